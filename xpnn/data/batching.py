@@ -1,0 +1,112 @@
+"""Mini-batches and train/test splits for arrays of any backend (NumPy, CuPy, any array-API namespace)."""
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional, Union
+
+import array_api_compat
+import numpy as np
+
+from ..backend import backend_of, namespace_of, to_numpy
+
+__all__ = ["batches", "train_test_split", "SeedLike", "as_generator"]
+
+SeedLike = Union[int, np.random.Generator, None]
+
+
+def as_generator(seed: SeedLike) -> np.random.Generator:
+    """A NumPy Generator from an int seed, ``None`` (fresh entropy) or an existing Generator (used as is)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)
+
+
+def _check_lengths(where: str, X: Any, y: Any) -> int:
+    if X.ndim < 1:
+        raise ValueError(f"{where}: X must have a leading sample axis, got a 0-d array")
+    n = int(X.shape[0])
+    if y is not None and int(y.shape[0]) != n:
+        raise ValueError(f"{where}: X has {n} samples but y has {int(y.shape[0])}")
+    return n
+
+
+def batches(
+    X: Any,
+    y: Any = None,
+    batch_size: int = 32,
+    shuffle: bool = True,
+    seed: SeedLike = None,
+    *,
+    drop_last: bool = False,
+) -> Iterator[tuple[Any, Any]]:
+    """Yield ``(X_batch, y_batch)`` pairs of at most ``batch_size`` rows (``y_batch`` is ``None`` when ``y`` is).
+
+    With ``shuffle`` the rows are permuted once per call (one gather on the arrays' own device); the batches are
+    then slices of the permuted copy, so a step costs no extra allocation. ``seed`` is an int (same order every
+    call), a ``numpy.random.Generator`` (a new order every call, reproducible) or ``None``.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batches: batch_size must be a positive int, got {batch_size!r}")
+    xp = namespace_of(X, y, where="batches")
+    n = _check_lengths("batches", X, y)
+    if shuffle and n > 1:
+        perm = backend_of(X).asarray(as_generator(seed).permutation(n))
+        X = xp.take(X, perm, axis=0)
+        if y is not None:
+            y = xp.take(y, perm, axis=0)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        end = min(start + batch_size, n)
+        yield X[start:end, ...], (None if y is None else y[start:end, ...])
+
+
+def train_test_split(
+    X: Any,
+    y: Any,
+    test_size: Union[float, int] = 0.25,
+    *,
+    seed: SeedLike = None,
+    shuffle: bool = True,
+    stratify: bool = False,
+) -> tuple[Any, Any, Any, Any]:
+    """Split rows into ``X_train, X_test, y_train, y_test`` (scikit-learn's order), on the arrays' own backend.
+
+    ``test_size``: a fraction in (0, 1) or a row count. ``stratify=True`` keeps each class's share of ``y`` in
+    both parts (needs integer labels). Without ``shuffle`` the last rows are the test set.
+    """
+    xp = namespace_of(X, y, where="train_test_split")
+    n = _check_lengths("train_test_split", X, y)
+    if isinstance(test_size, float):
+        if not 0.0 < test_size < 1.0:
+            raise ValueError(f"train_test_split: test_size must be in (0, 1) as a fraction, got {test_size}")
+        n_test = int(round(test_size * n))
+    elif isinstance(test_size, int) and not isinstance(test_size, bool):
+        n_test = test_size
+    else:
+        raise TypeError(f"train_test_split: test_size must be a float fraction or an int count, got {test_size!r}")
+    if not 0 < n_test < n:
+        raise ValueError(f"train_test_split: test_size={test_size} gives {n_test} test rows out of {n}; need 1..{n - 1}")
+    rng = as_generator(seed)
+    if stratify:
+        labels = to_numpy(y)
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise TypeError(f"train_test_split: stratify needs integer labels, got {labels.dtype}")
+        test_parts, train_parts = [], []
+        frac = n_test / n
+        for c in np.unique(labels):
+            idx = np.flatnonzero(labels == c)
+            if shuffle:
+                idx = rng.permutation(idx)
+            k = int(round(frac * idx.size))
+            test_parts.append(idx[idx.size - k:])
+            train_parts.append(idx[: idx.size - k])
+        train_idx, test_idx = np.concatenate(train_parts), np.concatenate(test_parts)
+        if shuffle:  # do not leave the rows grouped by class
+            train_idx, test_idx = rng.permutation(train_idx), rng.permutation(test_idx)
+        else:
+            train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    else:
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        train_idx, test_idx = order[: n - n_test], order[n - n_test:]
+    be = backend_of(X)
+    tr, te = be.asarray(train_idx), be.asarray(test_idx)
+    return xp.take(X, tr, axis=0), xp.take(X, te, axis=0), xp.take(y, tr, axis=0), xp.take(y, te, axis=0)

@@ -1,0 +1,65 @@
+"""Argument checks shared by the functional API (errors name the function and what was expected)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..backend import dtype_name, namespace_of
+from ..debug import check_finite
+from ..errors import DTypeError, ShapeError
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def floating(xp: Any, x: Any, where: str, what: str = "input") -> None:
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise DTypeError(f"{where}: {what} must be a floating array (float16/32/64), got dtype {dtype_name(x.dtype)}")
+
+
+def same_shape(a: Any, b: Any, where: str, names: tuple[str, str] = ("input", "grad")) -> None:
+    if tuple(a.shape) != tuple(b.shape):
+        raise ShapeError(f"{where}: {names[1]} must have the shape of {names[0]} {tuple(a.shape)}, got {tuple(b.shape)}")
+
+
+def same_dtype(a: Any, b: Any, where: str, names: tuple[str, str] = ("input", "grad")) -> None:
+    if a.dtype != b.dtype:
+        raise DTypeError(
+            f"{where}: {names[1]} dtype {dtype_name(b.dtype)} differs from {names[0]} dtype {dtype_name(a.dtype)}"
+        )
+
+
+def reduction(value: str, where: str) -> None:
+    if value not in REDUCTIONS:
+        raise ValueError(f"{where}: reduction must be one of {REDUCTIONS}, got {value!r}")
+
+
+def class_targets(xp: Any, logits: Any, target: Any, where: str, ignore_index: int) -> None:
+    """logits (N, C) floating, target (N,) integer in [0, C) or == ignore_index."""
+    floating(xp, logits, where, "logits")
+    if logits.ndim != 2:
+        raise ShapeError(f"{where}: logits must have shape (N, C), got {tuple(logits.shape)}")
+    n, c = logits.shape
+    if n == 0 or c == 0:
+        raise ShapeError(f"{where}: empty logits of shape {tuple(logits.shape)}")
+    if not xp.isdtype(target.dtype, "integral"):
+        raise DTypeError(
+            f"{where}: target must hold integer class indices of shape ({n},), got dtype {dtype_name(target.dtype)}"
+            " (use one_hot/float targets with mse_loss or binary_cross_entropy_with_logits instead)"
+        )
+    if tuple(target.shape) != (n,):
+        raise ShapeError(f"{where}: target must have shape ({n},) for logits {tuple(logits.shape)}, got {tuple(target.shape)}")
+    bad = xp.logical_and(xp.logical_or(target < 0, target >= c), target != ignore_index)
+    if bool(xp.any(bad)):
+        lo, hi = int(xp.min(target)), int(xp.max(target))
+        raise ValueError(
+            f"{where}: target values must be in [0, {c}) (or ignore_index={ignore_index}); got values in [{lo}, {hi}]"
+        )
+    check_finite(xp, logits, where, "logits")
+
+
+def pair(a: Any, b: Any, where: str, names: tuple[str, str]) -> Any:
+    """Namespace of a and b, which must be floating arrays of one shape and dtype."""
+    xp = namespace_of(a, b, where=where)
+    floating(xp, a, where, names[0])
+    same_shape(a, b, where, names)
+    same_dtype(a, b, where, names)
+    return xp

@@ -1,0 +1,101 @@
+"""Activations and their backwards: ``f(x)`` and ``f_backward(saved, dy) -> dx`` (elementwise, any shape).
+
+Each backward takes what its derivative needs: the output ``y`` for sigmoid/tanh, the input ``x`` otherwise.
+Backwards are the hot path a fused CUDA kernel overrides (one read of each input, one write).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .. import _dispatch
+from ..backend import namespace_of
+from . import _checks
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def _unary(x: Any, where: str) -> Any:
+    xp = namespace_of(x, where=where)
+    _checks.floating(xp, x, where)
+    return xp
+
+
+def _backward(op: str, saved: Any, dy: Any, *args: Any) -> tuple[Any, Any]:
+    """Validate a backward call; return (xp, kernel result or None)."""
+    xp = _checks.pair(saved, dy, op, ("saved input", "dy"))
+    kernel = _dispatch.lookup(op, xp, dy.dtype)
+    if kernel is not None:
+        out = kernel(saved, dy, *args)
+        if out is not NotImplemented:
+            return xp, out
+    return xp, None
+
+
+def sigmoid(x: Any) -> Any:
+    """``1 / (1 + exp(-x))`` computed without overflow for large ``|x|``."""
+    xp = _unary(x, "sigmoid")
+    e = xp.exp(-xp.abs(x))  # in (0, 1]: never overflows
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def sigmoid_backward(y: Any, dy: Any) -> Any:
+    """``dx = dy * y * (1 - y)`` where ``y = sigmoid(x)``."""
+    xp, out = _backward("sigmoid_backward", y, dy)
+    return out if out is not None else dy * y * (1 - y)
+
+
+def tanh(x: Any) -> Any:
+    return _unary(x, "tanh").tanh(x)
+
+
+def tanh_backward(y: Any, dy: Any) -> Any:
+    """``dx = dy * (1 - y**2)`` where ``y = tanh(x)``."""
+    xp, out = _backward("tanh_backward", y, dy)
+    return out if out is not None else dy * (1 - y * y)
+
+
+def relu(x: Any) -> Any:
+    return _unary(x, "relu").maximum(x, 0.0)
+
+
+def relu_backward(x: Any, dy: Any) -> Any:
+    """``dx = dy`` where ``x > 0`` else 0."""
+    xp, out = _backward("relu_backward", x, dy)
+    return out if out is not None else xp.where(x > 0, dy, 0.0)
+
+
+def leaky_relu(x: Any, negative_slope: float = 0.01) -> Any:
+    xp = _unary(x, "leaky_relu")
+    return xp.where(x > 0, x, x * negative_slope)
+
+
+def leaky_relu_backward(x: Any, dy: Any, negative_slope: float = 0.01) -> Any:
+    """``dx = dy`` where ``x > 0`` else ``negative_slope * dy``."""
+    xp, out = _backward("leaky_relu_backward", x, dy, negative_slope)
+    return out if out is not None else xp.where(x > 0, dy, dy * negative_slope)
+
+
+def elu(x: Any, alpha: float = 1.0) -> Any:
+    """``x`` for ``x > 0`` else ``alpha * (exp(x) - 1)``."""
+    xp = _unary(x, "elu")
+    return xp.where(x > 0, x, alpha * xp.expm1(xp.minimum(x, 0.0)))  # minimum: no overflow in the unused branch
+
+
+def elu_backward(x: Any, dy: Any, alpha: float = 1.0) -> Any:
+    """``dx = dy`` where ``x > 0`` else ``dy * alpha * exp(x)``."""
+    xp, out = _backward("elu_backward", x, dy, alpha)
+    return out if out is not None else xp.where(x > 0, dy, dy * (alpha * xp.exp(xp.minimum(x, 0.0))))
+
+
+def selu(x: Any) -> Any:
+    """``scale * elu(x, alpha)`` with the self-normalising constants of Klambauer et al. (2017)."""
+    return SELU_SCALE * elu(x, SELU_ALPHA)
+
+
+def selu_backward(x: Any, dy: Any) -> Any:
+    """``dx = scale * dy`` where ``x > 0`` else ``dy * scale * alpha * exp(x)``."""
+    xp, out = _backward("selu_backward", x, dy)
+    if out is not None:
+        return out
+    return xp.where(x > 0, dy * SELU_SCALE, dy * (SELU_SCALE * SELU_ALPHA * xp.exp(xp.minimum(x, 0.0))))

@@ -1,0 +1,54 @@
+"""Affine map, one-hot encoding and accuracy."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..backend import dtype_name, namespace_of
+from ..errors import DTypeError, ShapeError
+from . import _checks
+
+
+def linear(x: Any, weight: Any, bias: Any = None) -> Any:
+    """``y = x @ weight.T + bias`` with PyTorch's layout: x (N, in), weight (out, in), bias (out,) -> y (N, out)."""
+    xp = namespace_of(x, weight, bias, where="linear")
+    _checks.floating(xp, x, "linear")
+    if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ShapeError(
+            f"linear: expected input of shape (N, {weight.shape[1] if weight.ndim == 2 else '?'}) for weight "
+            f"{tuple(weight.shape)}, got {tuple(x.shape)}"
+        )
+    if x.dtype != weight.dtype:
+        raise DTypeError(f"linear: input dtype {dtype_name(x.dtype)} differs from weight dtype {dtype_name(weight.dtype)}")
+    y = x @ weight.T
+    if bias is not None:
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ShapeError(f"linear: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        y += bias
+    return y
+
+
+def one_hot(labels: Any, num_classes: int, dtype: Any = None) -> Any:
+    """(N,) integer labels -> (N, num_classes) array with a 1 in each label's column (float32 by default)."""
+    xp = namespace_of(labels, where="one_hot")
+    if not xp.isdtype(labels.dtype, "integral"):
+        raise DTypeError(f"one_hot: labels must be integers, got dtype {dtype_name(labels.dtype)}")
+    if labels.ndim != 1:
+        raise ShapeError(f"one_hot: labels must have shape (N,), got {tuple(labels.shape)}")
+    if labels.shape[0] and (int(xp.min(labels)) < 0 or int(xp.max(labels)) >= num_classes):
+        raise ValueError(
+            f"one_hot: labels must be in [0, {num_classes}), got values in [{int(xp.min(labels))}, {int(xp.max(labels))}]"
+        )
+    hot = xp.arange(num_classes, dtype=labels.dtype)[None, :] == labels[:, None]
+    return xp.astype(hot, dtype if dtype is not None else xp.float32)
+
+
+def accuracy(scores: Any, labels: Any) -> float:
+    """Fraction of rows of ``scores`` (N, C) whose argmax equals ``labels`` (N,)."""
+    xp = namespace_of(scores, labels, where="accuracy")
+    if scores.ndim != 2 or tuple(labels.shape) != (scores.shape[0],):
+        raise ShapeError(f"accuracy: expected scores (N, C) and labels (N,), got {tuple(scores.shape)} and {tuple(labels.shape)}")
+    if scores.shape[0] == 0:
+        raise ValueError("accuracy: empty batch")
+    pred = xp.argmax(scores, axis=-1)
+    hits = pred == xp.astype(labels, pred.dtype)
+    return float(xp.mean(xp.astype(hits, xp.float64)))

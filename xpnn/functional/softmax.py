@@ -1,0 +1,78 @@
+"""Softmax family, all through the log-sum-exp trick: ``lse(x) = m + log(sum(exp(x - m)))``, ``m = max(x)``.
+
+float16 inputs are computed in float32 and cast back. Rows that are all ``-inf`` give ``lse = -inf`` (and NaN
+softmax, like NumPy/PyTorch), never an overflow.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .. import _dispatch
+from ..backend import namespace_of
+from . import _checks
+
+
+def _prepare(x: Any, axis: int, op: str) -> tuple[Any, Any, Any]:
+    """(xp, x upcast to >= float32, kernel or None). Kernels are looked up for the last axis of 2-D arrays only."""
+    xp = namespace_of(x, where=op)
+    _checks.floating(xp, x, op)
+    if x.ndim == 0:
+        raise ValueError(f"{op}: input must have at least one dimension")
+    kernel = None
+    if x.ndim == 2 and axis in (-1, 1):
+        kernel = _dispatch.lookup(op, xp, x.dtype)
+    return xp, x, kernel
+
+
+def _shifted(xp: Any, x: Any, axis: int) -> tuple[Any, Any]:
+    """(z, m) with ``z = x - m`` and ``m`` the row max (keepdims), 0 where the max is not finite."""
+    m = xp.max(x, axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0.0)
+    return x - m, m
+
+
+def _upcast(xp: Any, x: Any) -> Any:
+    half = getattr(xp, "float16", None)  # not every namespace has float16
+    return xp.astype(x, xp.float32) if half is not None and x.dtype == half else x
+
+
+def logsumexp(x: Any, axis: int = -1, keepdims: bool = False) -> Any:
+    """``log(sum(exp(x), axis))`` without overflow. (N, C) -> (N,) for the default axis."""
+    xp, x, kernel = _prepare(x, axis, "logsumexp")
+    if kernel is not None and not keepdims:
+        out = kernel(x, axis)
+        if out is not NotImplemented:
+            return out
+    xf = _upcast(xp, x)
+    z, m = _shifted(xp, xf, axis)
+    out = xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True)) + m
+    if not keepdims:
+        out = xp.squeeze(out, axis=axis)
+    return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+
+
+def softmax(x: Any, axis: int = -1) -> Any:
+    """``exp(x - lse(x))`` along ``axis``; same shape as ``x``."""
+    xp, x, kernel = _prepare(x, axis, "softmax")
+    if kernel is not None:
+        out = kernel(x, axis)
+        if out is not NotImplemented:
+            return out
+    xf = _upcast(xp, x)
+    z, _ = _shifted(xp, xf, axis)
+    e = xp.exp(z)
+    e /= xp.sum(e, axis=axis, keepdims=True)
+    return xp.astype(e, x.dtype) if e.dtype != x.dtype else e
+
+
+def log_softmax(x: Any, axis: int = -1) -> Any:
+    """``x - lse(x)`` along ``axis``; same shape as ``x``."""
+    xp, x, kernel = _prepare(x, axis, "log_softmax")
+    if kernel is not None:
+        out = kernel(x, axis)
+        if out is not NotImplemented:
+            return out
+    xf = _upcast(xp, x)
+    z, _ = _shifted(xp, xf, axis)
+    out = z - xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True))
+    return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
