@@ -1,0 +1,198 @@
+"""The array-API reference functions against independent NumPy formulas, on NumPy and array_api_strict."""
+import array_api_strict
+import numpy as np
+import pytest
+
+import xpnn
+import xpnn.functional as F
+
+NAMESPACES = ["numpy", "array_api_strict"]
+
+
+def to_ns(name, a):
+    return np.asarray(a) if name == "numpy" else array_api_strict.asarray(a)
+
+
+def np_(a):
+    return xpnn.backend.to_numpy(a)
+
+
+def ref_log_softmax(x):
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def ref_cross_entropy(x, t, reduction="mean", ignore_index=-100, eps=0.0):
+    logp = ref_log_softmax(x)
+    n, c = x.shape
+    valid = t != ignore_index
+    ts = np.where(valid, t, 0)
+    nll = -logp[np.arange(n), ts]
+    per = (1 - eps) * nll + eps * (-logp.mean(axis=-1))
+    per = np.where(valid, per, 0.0)
+    p = np.exp(logp)
+    target = np.full_like(p, eps / c)
+    target[np.arange(n), ts] += 1 - eps
+    grad = (p - target) * valid[:, None]
+    if reduction == "mean":
+        return per.sum() / valid.sum(), grad / max(valid.sum(), 1)
+    if reduction == "sum":
+        return per.sum(), grad
+    return per, grad
+
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_activations_match_formulas(ns, dtype):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(13, 7)).astype(dtype) * 3
+    dy = rng.normal(size=x.shape).astype(dtype)
+    X, DY = to_ns(ns, x), to_ns(ns, dy)
+    tol = dict(rtol=1e-6 if dtype == "float32" else 1e-12, atol=1e-6 if dtype == "float32" else 1e-12)
+    s = 1 / (1 + np.exp(-x.astype(np.float64)))
+    np.testing.assert_allclose(np_(F.sigmoid(X)), s, **tol)
+    np.testing.assert_allclose(np_(F.sigmoid_backward(to_ns(ns, s.astype(dtype)), DY)), dy * s * (1 - s), **tol)
+    t = np.tanh(x)
+    np.testing.assert_allclose(np_(F.tanh(X)), t, **tol)
+    np.testing.assert_allclose(np_(F.tanh_backward(to_ns(ns, t), DY)), dy * (1 - t * t), **tol)
+    np.testing.assert_allclose(np_(F.relu(X)), np.maximum(x, 0), **tol)
+    np.testing.assert_allclose(np_(F.relu_backward(X, DY)), dy * (x > 0), **tol)
+    np.testing.assert_allclose(np_(F.leaky_relu(X, 0.2)), np.where(x > 0, x, 0.2 * x), **tol)
+    np.testing.assert_allclose(np_(F.leaky_relu_backward(X, DY, 0.2)), np.where(x > 0, dy, 0.2 * dy), **tol)
+    np.testing.assert_allclose(np_(F.elu(X, 1.5)), np.where(x > 0, x, 1.5 * (np.exp(x) - 1)), **tol)
+    np.testing.assert_allclose(np_(F.elu_backward(X, DY, 1.5)), np.where(x > 0, dy, dy * 1.5 * np.exp(x)), **tol)
+    a, sc = 1.6732632423543772, 1.0507009873554805
+    np.testing.assert_allclose(np_(F.selu(X)), sc * np.where(x > 0, x, a * (np.exp(x) - 1)), **tol)
+    np.testing.assert_allclose(np_(F.selu_backward(X, DY)), sc * np.where(x > 0, dy, dy * a * np.exp(x)), **tol)
+
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+def test_softmax_family(ns):
+    x = np.random.default_rng(1).normal(size=(6, 9)) * 5
+    X = to_ns(ns, x)
+    lsm = ref_log_softmax(x)
+    np.testing.assert_allclose(np_(F.log_softmax(X)), lsm, rtol=1e-12)
+    np.testing.assert_allclose(np_(F.softmax(X)), np.exp(lsm), rtol=1e-12)
+    np.testing.assert_allclose(np_(F.logsumexp(X)), np.log(np.exp(x).sum(-1)), rtol=1e-12)
+    np.testing.assert_allclose(np_(F.softmax(X, axis=0)), np.exp(ref_log_softmax(x.T)).T, rtol=1e-12)
+    assert F.logsumexp(X, keepdims=True).shape == (6, 1)
+
+
+def test_softmax_extreme_values_stay_finite():
+    x = np.array([[1e4, -1e4, 0.0], [-np.inf, 0.0, -np.inf], [-1e4, -1e4, -1e4]], dtype=np.float32)
+    assert np.isfinite(F.logsumexp(x)).all()
+    np.testing.assert_allclose(F.softmax(x)[1], [0, 1, 0])
+    assert np.isneginf(F.logsumexp(np.full((1, 3), -np.inf)))[0]
+    assert np.isfinite(F.sigmoid(np.array([-1e4, 1e4], dtype=np.float32))).all()
+    assert np.isfinite(F.elu(np.array([1e4], dtype=np.float32))).all()
+
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_cross_entropy_matches_reference(ns, reduction, eps):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(11, 5)) * 4
+    t = rng.integers(0, 5, size=11)
+    t[[2, 7]] = -100
+    want_loss, want_grad = ref_cross_entropy(x, t, reduction, -100, eps)
+    X, T = to_ns(ns, x), to_ns(ns, t)
+    loss, grad = F.cross_entropy_with_grad(X, T, reduction=reduction, label_smoothing=eps)
+    np.testing.assert_allclose(np_(loss), want_loss, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(np_(grad), want_grad, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(np_(F.cross_entropy(X, T, reduction=reduction, label_smoothing=eps)), want_loss, rtol=1e-12)
+
+
+def test_cross_entropy_custom_ignore_index_and_all_ignored():
+    x = np.random.default_rng(3).normal(size=(4, 3))
+    t = np.array([1, 5, 0, 5])
+    loss, grad = F.cross_entropy_with_grad(x, t, ignore_index=5)
+    want_loss, want_grad = ref_cross_entropy(x, t, "mean", 5)
+    np.testing.assert_allclose(loss, want_loss)
+    np.testing.assert_allclose(grad, want_grad)
+    loss, grad = F.cross_entropy_with_grad(x, np.full(4, -100))
+    assert np.isnan(loss) and not grad.any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_cross_entropy_large_logits_are_finite_and_accurate(dtype):
+    rng = np.random.default_rng(4)
+    x = (rng.choice([-1e4, 1e4], size=(64, 10)) + rng.normal(size=(64, 10))).astype(np.float32)
+    if dtype == np.float16:
+        x = (x / 1e4 * 2e4).astype(np.float16)
+    t = rng.integers(0, 10, size=64)
+    loss, grad = F.cross_entropy_with_grad(x, t, reduction="none")
+    assert loss.dtype == dtype and grad.dtype == dtype
+    assert np.isfinite(loss).all() and np.isfinite(grad).all()
+    want, _ = ref_cross_entropy(x.astype(np.float64), t, "none")
+    np.testing.assert_allclose(loss.astype(np.float64), want, rtol=1e-3 if dtype == np.float16 else 1e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_mse_and_bce(ns, reduction):
+    rng = np.random.default_rng(5)
+    p, y = rng.normal(size=(6, 3)), rng.uniform(size=(6, 3))
+    P, Y = to_ns(ns, p), to_ns(ns, y)
+    red = {"mean": np.mean, "sum": np.sum, "none": lambda a: a}[reduction]
+    scale = 1 / p.size if reduction == "mean" else 1
+    loss, grad = F.mse_loss_with_grad(P, Y, reduction)
+    np.testing.assert_allclose(np_(loss), red((p - y) ** 2))
+    np.testing.assert_allclose(np_(grad), 2 * (p - y) * scale)
+    np.testing.assert_allclose(np_(F.mse_loss(P, Y, reduction)), red((p - y) ** 2))
+    s = 1 / (1 + np.exp(-p))
+    bce = -(y * np.log(s) + (1 - y) * np.log(1 - s))
+    loss, grad = F.binary_cross_entropy_with_logits_with_grad(P, Y, reduction)
+    np.testing.assert_allclose(np_(loss), red(bce), rtol=1e-12)
+    np.testing.assert_allclose(np_(grad), (s - y) * scale, rtol=1e-12)
+    np.testing.assert_allclose(np_(F.binary_cross_entropy_with_logits(P, Y, reduction)), red(bce), rtol=1e-12)
+
+
+def test_bce_large_logits_finite():
+    x = np.array([-1e4, 1e4, 0.0], dtype=np.float32)
+    loss, grad = F.binary_cross_entropy_with_logits_with_grad(x, np.array([1.0, 0.0, 1.0], dtype=np.float32), "none")
+    np.testing.assert_allclose(loss, [1e4, 1e4, np.log(2)], rtol=1e-6)
+    assert np.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+def test_linear_one_hot_accuracy(ns):
+    rng = np.random.default_rng(6)
+    x, w, b = rng.normal(size=(4, 3)), rng.normal(size=(2, 3)), rng.normal(size=2)
+    np.testing.assert_allclose(np_(F.linear(to_ns(ns, x), to_ns(ns, w), to_ns(ns, b))), x @ w.T + b)
+    np.testing.assert_allclose(np_(F.linear(to_ns(ns, x), to_ns(ns, w))), x @ w.T)
+    np.testing.assert_array_equal(np_(F.one_hot(to_ns(ns, np.array([2, 0])), 3)), [[0, 0, 1], [1, 0, 0]])
+    scores = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert F.accuracy(to_ns(ns, scores), to_ns(ns, np.array([1, 1, 1]))) == pytest.approx(2 / 3)
+
+
+def test_bad_input_errors_name_the_function_and_shapes():
+    x = np.zeros((4, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"cross_entropy: target values must be in \[0, 3\)"):
+        F.cross_entropy(x, np.array([0, 1, 3, 0]))
+    with pytest.raises(xpnn.DTypeError, match="integer class indices"):
+        F.cross_entropy(x, np.zeros(4, dtype=np.float32))
+    with pytest.raises(xpnn.ShapeError, match=r"target must have shape \(4,\)"):
+        F.cross_entropy(x, np.zeros(5, dtype=np.int64))
+    with pytest.raises(xpnn.ShapeError, match="empty"):
+        F.cross_entropy(np.zeros((0, 3), dtype=np.float32), np.zeros(0, dtype=np.int64))
+    with pytest.raises(ValueError, match="reduction"):
+        F.cross_entropy(x, np.zeros(4, dtype=np.int64), reduction="avg")
+    with pytest.raises(xpnn.ShapeError, match=r"linear: expected input of shape \(N, 5\)"):
+        F.linear(x, np.zeros((2, 5), dtype=np.float32))
+    with pytest.raises(xpnn.ShapeError, match="sigmoid_backward"):
+        F.sigmoid_backward(x, np.zeros((4, 2), dtype=np.float32))
+    with pytest.raises(xpnn.DTypeError, match="relu"):
+        F.relu(np.zeros(3, dtype=np.int64))
+    with pytest.raises(xpnn.NamespaceMismatchError, match="cross_entropy"):
+        F.cross_entropy(x, array_api_strict.zeros(4, dtype=array_api_strict.int64))
+
+
+def test_debug_mode_catches_nan_logits():
+    x = np.zeros((2, 3), dtype=np.float32)
+    x[1, 2] = np.nan
+    F.cross_entropy(x, np.array([0, 1]))  # off by default: no check, no sync
+    with xpnn.debug.debug_mode(True):
+        with pytest.raises(xpnn.NonFiniteError, match="cross_entropy: logits contains 1 NaN"):
+            F.cross_entropy(x, np.array([0, 1]))
