@@ -1,0 +1,297 @@
+"""Optimizer updates: the reference math of ``xpnn.optim``, in place over arrays of one shape.
+
+Each function updates ``param`` and its state arrays in place and returns ``None``. They are normally called on a
+model's 1-D flat parameter buffer, so a whole model is updated in one call (one fused kernel on CUDA: a function
+first asks ``_dispatch.lookup("<function name>", xp, param.dtype)`` and returns early when a kernel takes the call).
+
+The formulas are PyTorch's (``torch.optim.SGD/Adagrad/RMSprop/Adam/AdamW``, single-tensor path), so results can be
+compared with it. The generic code writes every intermediate into a work array: on NumPy and CuPy through the
+library's ufunc ``out=`` (no temporaries when the caller passes ``scratch``, a list it keeps between steps and that
+these functions fill with the work arrays they need on first use); on other array-API namespaces through plain
+expressions assigned with ``out[...] = ...``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from .. import _dispatch
+from ..backend import dtype_name, is_cupy_namespace, is_numpy_namespace, namespace_of
+from ..errors import DTypeError, ShapeError
+
+__all__ = ["adam_update", "sgd_update", "adagrad_update", "rmsprop_update", "copy_into"]
+
+
+class _InPlace:
+    """``out = a <op> b`` for arrays of namespace ``xp``; ``out`` may alias ``a`` or ``b``. Returns ``out``.
+
+    NumPy/CuPy: the library ufunc with ``out=`` (no temporary). Elsewhere: the array-API expression, then
+    ``out[...] = result`` (one temporary, the standard has no ``out=``).
+    """
+
+    def __init__(self, xp: Any):
+        self.xp = xp
+        self.ufuncs = xp if (is_numpy_namespace(xp) or is_cupy_namespace(xp)) else None
+
+    def mul(self, a: Any, b: Any, out: Any) -> Any:
+        if self.ufuncs is not None:
+            return self.ufuncs.multiply(a, b, out=out)
+        out[...] = a * b
+        return out
+
+    def add(self, a: Any, b: Any, out: Any) -> Any:
+        if self.ufuncs is not None:
+            return self.ufuncs.add(a, b, out=out)
+        out[...] = a + b
+        return out
+
+    def sub(self, a: Any, b: Any, out: Any) -> Any:
+        if self.ufuncs is not None:
+            return self.ufuncs.subtract(a, b, out=out)
+        out[...] = a - b
+        return out
+
+    def div(self, a: Any, b: Any, out: Any) -> Any:
+        if self.ufuncs is not None:
+            return self.ufuncs.divide(a, b, out=out)
+        out[...] = a / b
+        return out
+
+    def sqrt(self, a: Any, out: Any) -> Any:
+        if self.ufuncs is not None:
+            return self.ufuncs.sqrt(a, out=out)
+        out[...] = self.xp.sqrt(a)
+        return out
+
+    def maximum(self, a: Any, b: Any, out: Any) -> Any:
+        if self.ufuncs is not None:
+            return self.ufuncs.maximum(a, b, out=out)
+        out[...] = self.xp.maximum(a, b)
+        return out
+
+    def copy(self, src: Any, out: Any) -> Any:
+        """``out[...] = src``, casting to ``out.dtype`` (e.g. float16 <-> float32)."""
+        if self.ufuncs is not None:
+            self.ufuncs.copyto(out, src, casting="same_kind")
+            return out
+        out[...] = src if src.dtype == out.dtype else self.xp.astype(src, out.dtype)
+        return out
+
+
+def copy_into(dst: Any, src: Any) -> None:
+    """``dst[...] = src`` in place, casting to ``dst.dtype``, without a temporary on NumPy/CuPy."""
+    _InPlace(namespace_of(dst, src, where="copy_into")).copy(src, dst)
+
+
+def _work(xp: Any, scratch: Optional[list], i: int, like: Any) -> Any:
+    """Work array ``i`` shaped like ``like``: ``scratch[i]`` (appended on first use, reused later) or a temporary."""
+    if scratch is None:
+        return xp.empty_like(like)
+    while len(scratch) <= i:
+        scratch.append(xp.empty_like(like))
+    w = scratch[i]
+    if tuple(w.shape) != tuple(like.shape) or w.dtype != like.dtype:
+        raise ShapeError(f"scratch[{i}] has shape {tuple(w.shape)} and dtype {dtype_name(w.dtype)}, expected "
+                         f"{tuple(like.shape)} and {dtype_name(like.dtype)} (the param's); use one list per param")
+    return w
+
+
+def _check(where: str, param: Any, grad: Any, **state: Any) -> Any:
+    """Namespace of the arrays; all must be floating with ``param``'s shape and dtype (``None`` states skipped)."""
+    arrays = {"grad": grad, **{k: v for k, v in state.items() if v is not None}}
+    xp = namespace_of(param, *arrays.values(), where=where)
+    if not xp.isdtype(param.dtype, "real floating"):
+        raise DTypeError(f"{where}: param must be a floating array (float16/32/64), got dtype {dtype_name(param.dtype)}")
+    for name, a in arrays.items():
+        if tuple(a.shape) != tuple(param.shape):
+            raise ShapeError(f"{where}: {name} must have the shape of param {tuple(param.shape)}, got {tuple(a.shape)}")
+        if a.dtype != param.dtype:
+            raise DTypeError(f"{where}: {name} dtype {dtype_name(a.dtype)} differs from param dtype "
+                             f"{dtype_name(param.dtype)}")
+    return xp
+
+
+def _effective_grad(ops: _InPlace, param: Any, grad: Any, weight_decay: float, maximize: bool,
+                    scratch: Optional[list]) -> Any:
+    """``g = (-grad if maximize else grad) + weight_decay * param``: ``grad`` itself when neither applies,
+    else written into work array 0 (so the callers' next free work index is ``0 if g is grad else 1``)."""
+    if weight_decay == 0 and not maximize:
+        return grad
+    g = _work(ops.xp, scratch, 0, param)
+    if weight_decay == 0:
+        return ops.mul(grad, -1.0, out=g)
+    ops.mul(param, weight_decay, out=g)
+    return ops.sub(g, grad, out=g) if maximize else ops.add(g, grad, out=g)
+
+
+def _kernel_took(op: str, xp: Any, dtype: Any, *args: Any, **kwargs: Any) -> bool:
+    """Run the fused kernel for ``op`` if one is registered; True when it did the update."""
+    kernel = _dispatch.lookup(op, xp, dtype)
+    return kernel is not None and kernel(*args, **kwargs) is not NotImplemented
+
+
+def sgd_update(param: Any, grad: Any, momentum_buffer: Any = None, *, lr: float, momentum: float = 0.0,
+               dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0, first_step: bool = False,
+               maximize: bool = False, scratch: Optional[list] = None) -> None:
+    """SGD with optional momentum, Nesterov momentum and L2 weight decay (``torch.optim.SGD``), in place.
+
+    g = -grad if maximize else grad;  g = g + weight_decay * p
+    if momentum != 0:  buf = g on the first step, else buf = momentum * buf + (1 - dampening) * g
+                       g = g + momentum * buf if nesterov else buf
+    p = p - lr * g
+
+    Arrays: any one shape and floating dtype. ``momentum_buffer`` is needed when ``momentum != 0``; ``first_step``
+    says it holds no history yet. ``scratch``: optional list of work arrays kept by the caller between steps.
+    """
+    xp = _check("sgd_update", param, grad, momentum_buffer=momentum_buffer)
+    if momentum != 0 and momentum_buffer is None:
+        raise ValueError(f"sgd_update: momentum={momentum} needs a momentum_buffer array")
+    if _kernel_took("sgd_update", xp, param.dtype, param, grad, momentum_buffer, lr=lr, momentum=momentum,
+                    dampening=dampening, nesterov=nesterov, weight_decay=weight_decay, first_step=first_step,
+                    maximize=maximize):
+        return None
+    ops = _InPlace(xp)
+    g = _effective_grad(ops, param, grad, weight_decay, maximize, scratch)
+    free = 0 if g is grad else 1
+    d = g  # the step direction
+    if momentum != 0:
+        buf = momentum_buffer
+        if first_step:
+            ops.copy(g, out=buf)
+        else:
+            ops.mul(buf, momentum, out=buf)
+            if dampening == 0:
+                ops.add(buf, g, out=buf)
+            else:  # scale g in place when it is our work array and no longer needed (not nesterov)
+                t = g if (g is not grad and not nesterov) else _work(xp, scratch, free, param)
+                ops.add(buf, ops.mul(g, 1 - dampening, out=t), out=buf)
+        if nesterov:
+            d = _work(xp, scratch, free, param)
+            ops.add(g, ops.mul(buf, momentum, out=d), out=d)
+        else:
+            d = buf
+    # p -= lr * d, scaling d in place when it is a work array (work array 0 is free by now otherwise)
+    t = d if (d is not grad and d is not momentum_buffer) else _work(xp, scratch, 0, param)
+    ops.sub(param, ops.mul(d, lr, out=t), out=param)
+    return None
+
+
+def adagrad_update(param: Any, grad: Any, state_sum: Any, *, step: int, lr: float, lr_decay: float = 0.0,
+                   weight_decay: float = 0.0, eps: float = 1e-10, maximize: bool = False,
+                   scratch: Optional[list] = None) -> None:
+    """Adagrad (``torch.optim.Adagrad``), in place; ``step`` counts from 1.
+
+    g = -grad if maximize else grad;  g = g + weight_decay * p
+    clr = lr / (1 + (step - 1) * lr_decay)
+    sum = sum + g * g
+    p = p - clr * g / (sqrt(sum) + eps)
+    """
+    xp = _check("adagrad_update", param, grad, state_sum=state_sum)
+    _check_step("adagrad_update", step)
+    if _kernel_took("adagrad_update", xp, param.dtype, param, grad, state_sum, step=step, lr=lr, lr_decay=lr_decay,
+                    weight_decay=weight_decay, eps=eps, maximize=maximize):
+        return None
+    ops = _InPlace(xp)
+    g = _effective_grad(ops, param, grad, weight_decay, maximize, scratch)
+    t = _work(xp, scratch, 0 if g is grad else 1, param)
+    clr = lr / (1 + (step - 1) * lr_decay)
+    ops.add(state_sum, ops.mul(g, g, out=t), out=state_sum)
+    ops.add(ops.sqrt(state_sum, out=t), eps, out=t)
+    ops.div(g, t, out=t)
+    ops.sub(param, ops.mul(t, clr, out=t), out=param)
+    return None
+
+
+def rmsprop_update(param: Any, grad: Any, square_avg: Any, grad_avg: Any = None, momentum_buffer: Any = None, *,
+                   lr: float, alpha: float, eps: float, weight_decay: float, momentum: float, centered: bool,
+                   maximize: bool = False, scratch: Optional[list] = None) -> None:
+    """RMSprop (``torch.optim.RMSprop``), in place.
+
+    g = -grad if maximize else grad;  g = g + weight_decay * p
+    sq = alpha * sq + (1 - alpha) * g * g
+    if centered: ga = alpha * ga + (1 - alpha) * g;  avg = sqrt(sq - ga * ga) + eps
+    else:        avg = sqrt(sq) + eps
+    if momentum > 0: buf = momentum * buf + g / avg;  p = p - lr * buf
+    else:            p = p - lr * g / avg
+
+    ``grad_avg`` is needed when ``centered``, ``momentum_buffer`` when ``momentum > 0``.
+    """
+    xp = _check("rmsprop_update", param, grad, square_avg=square_avg, grad_avg=grad_avg,
+                momentum_buffer=momentum_buffer)
+    if centered and grad_avg is None:
+        raise ValueError("rmsprop_update: centered=True needs a grad_avg array")
+    if momentum > 0 and momentum_buffer is None:
+        raise ValueError(f"rmsprop_update: momentum={momentum} needs a momentum_buffer array")
+    if _kernel_took("rmsprop_update", xp, param.dtype, param, grad, square_avg, grad_avg, momentum_buffer, lr=lr,
+                    alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
+                    maximize=maximize):
+        return None
+    ops = _InPlace(xp)
+    g = _effective_grad(ops, param, grad, weight_decay, maximize, scratch)
+    t = _work(xp, scratch, 0 if g is grad else 1, param)
+    ops.mul(square_avg, alpha, out=square_avg)
+    ops.add(square_avg, ops.mul(ops.mul(g, g, out=t), 1 - alpha, out=t), out=square_avg)
+    if centered:
+        ops.mul(grad_avg, alpha, out=grad_avg)
+        ops.add(grad_avg, ops.mul(g, 1 - alpha, out=t), out=grad_avg)
+        ops.sqrt(ops.sub(square_avg, ops.mul(grad_avg, grad_avg, out=t), out=t), out=t)
+    else:
+        ops.sqrt(square_avg, out=t)
+    ops.div(g, ops.add(t, eps, out=t), out=t)  # t = g / avg
+    if momentum > 0:
+        ops.add(ops.mul(momentum_buffer, momentum, out=momentum_buffer), t, out=momentum_buffer)
+        ops.mul(momentum_buffer, lr, out=t)
+    else:
+        ops.mul(t, lr, out=t)
+    ops.sub(param, t, out=param)
+    return None
+
+
+def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_avg_sq: Any = None, *, step: int,
+                lr: float, beta1: float, beta2: float, eps: float, weight_decay: float = 0.0,
+                decoupled_weight_decay: bool = False, amsgrad: bool = False, maximize: bool = False,
+                scratch: Optional[list] = None) -> None:
+    """Adam / AdamW (``torch.optim.Adam``, ``torch.optim.AdamW``), in place; ``step`` counts from 1.
+
+    g = -grad if maximize else grad
+    if decoupled_weight_decay: p = p * (1 - lr * weight_decay)       (AdamW)
+    else:                      g = g + weight_decay * p              (Adam's L2 penalty)
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    bc1 = 1 - beta1**step;  bc2 = 1 - beta2**step
+    if amsgrad: vmax = max(vmax, v);  denom = sqrt(vmax) / sqrt(bc2) + eps
+    else:       denom = sqrt(v) / sqrt(bc2) + eps
+    p = p - (lr / bc1) * m / denom
+
+    Epsilon is added after the bias correction of ``sqrt(v)``, as in PyTorch. ``max_exp_avg_sq`` is needed when
+    ``amsgrad``.
+    """
+    xp = _check("adam_update", param, grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, max_exp_avg_sq=max_exp_avg_sq)
+    _check_step("adam_update", step)
+    if amsgrad and max_exp_avg_sq is None:
+        raise ValueError("adam_update: amsgrad=True needs a max_exp_avg_sq array")
+    if _kernel_took("adam_update", xp, param.dtype, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step,
+                    lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                    decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize):
+        return None
+    ops = _InPlace(xp)
+    if decoupled_weight_decay and weight_decay != 0:
+        ops.mul(param, 1 - lr * weight_decay, out=param)
+    g = _effective_grad(ops, param, grad, 0.0 if decoupled_weight_decay else weight_decay, maximize, scratch)
+    t = _work(xp, scratch, 0 if g is grad else 1, param)
+    ops.mul(exp_avg, beta1, out=exp_avg)
+    ops.add(exp_avg, ops.mul(g, 1 - beta1, out=t), out=exp_avg)
+    ops.mul(exp_avg_sq, beta2, out=exp_avg_sq)
+    ops.add(exp_avg_sq, ops.mul(ops.mul(g, g, out=t), 1 - beta2, out=t), out=exp_avg_sq)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    v = ops.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq) if amsgrad else exp_avg_sq
+    ops.div(ops.sqrt(v, out=t), math.sqrt(bias_correction2), out=t)
+    ops.div(exp_avg, ops.add(t, eps, out=t), out=t)  # t = m / denom
+    ops.sub(param, ops.mul(t, lr / bias_correction1, out=t), out=param)
+    return None
+
+
+def _check_step(where: str, step: Any) -> None:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise ValueError(f"{where}: step must be an int >= 1 (the number of this update), got {step!r}")

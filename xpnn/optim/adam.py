@@ -1,0 +1,72 @@
+"""Adam and AdamW (``torch.optim.Adam``, ``torch.optim.AdamW``)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..functional.updates import adam_update
+from .optimizer import Optimizer, ParamsLike, check_non_negative, check_unit_interval
+
+
+class Adam(Optimizer):
+    r"""Adam with bias correction (Kingma & Ba), PyTorch's formula, epsilon placement and defaults.
+
+    For each step t (from 1), with gradient g_t of parameters p (m_0 = v_0 = vmax_0 = 0):
+
+        g_t = -g_t if maximize
+        p_{t-1} = p_{t-1} * (1 - lr * weight_decay)             (decoupled_weight_decay, i.e. AdamW)
+        g_t = g_t + weight_decay * p_{t-1}                      (otherwise: L2 penalty, if weight_decay != 0)
+        m_t = beta1 * m_{t-1} + (1 - beta1) * g_t
+        v_t = beta2 * v_{t-1} + (1 - beta2) * g_t * g_t
+        vmax_t = max(vmax_{t-1}, v_t); use vmax_t for v_t below (amsgrad)
+        p_t = p_{t-1} - (lr / (1 - beta1**t)) * m_t / (sqrt(v_t) / sqrt(1 - beta2**t) + eps)
+
+    Epsilon is added after the bias correction of sqrt(v_t) (PyTorch; the paper's "eps-hat" variant differs).
+    State per parameter: ``exp_avg`` (m), ``exp_avg_sq`` (v), ``max_exp_avg_sq`` (vmax, amsgrad) and ``step``.
+    """
+
+    state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def __init__(self, params: ParamsLike, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
+                 decoupled_weight_decay: bool = False):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                        decoupled_weight_decay=decoupled_weight_decay)
+        super().__init__(params, defaults)
+
+    def _validate(self, group: dict[str, Any]) -> None:
+        name = self._name
+        check_non_negative(name, "learning rate", "lr", group["lr"])
+        check_non_negative(name, "epsilon value", "eps", group["eps"])
+        check_non_negative(name, "weight_decay value", "weight_decay", group["weight_decay"])
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
+        group["betas"] = tuple(betas)
+        check_unit_interval(name, "beta parameter at index 0", "beta1", betas[0])
+        check_unit_interval(name, "beta parameter at index 1", "beta2", betas[1])
+
+    def _required_state(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
+
+    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], scratch: list) -> None:
+        exp_avg = self._buffer(state, "exp_avg", param)
+        exp_avg_sq = self._buffer(state, "exp_avg_sq", param)
+        max_exp_avg_sq = self._buffer(state, "max_exp_avg_sq", param) if group["amsgrad"] else None
+        beta1, beta2 = group["betas"]
+        adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=state["step"], lr=group["lr"],
+                    beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                    decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"],
+                    maximize=group["maximize"], scratch=scratch)
+
+
+class AdamW(Adam):
+    r"""Adam with decoupled weight decay (Loshchilov & Hutter), ``torch.optim.AdamW``: the same update as
+    :class:`Adam` except that weight decay shrinks the parameters directly,
+    ``p_{t-1} = p_{t-1} * (1 - lr * weight_decay)``, instead of adding ``weight_decay * p`` to the gradient.
+    Default ``weight_decay=1e-2``.
+    """
+
+    def __init__(self, params: ParamsLike, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                         maximize=maximize, decoupled_weight_decay=True)
