@@ -1,0 +1,91 @@
+"""xpnn.init: PyTorch's gains, fans and distributions; in place on arrays and Parameters, on any namespace."""
+import math
+
+import array_api_strict
+import numpy as np
+import pytest
+
+import xpnn.init as init
+import xpnn.nn as nn
+from xpnn.backend import to_numpy
+from xpnn.errors import ShapeError
+
+
+def test_calculate_gain_table():
+    assert init.calculate_gain("linear") == 1.0 and init.calculate_gain("sigmoid") == 1.0
+    assert init.calculate_gain("tanh") == pytest.approx(5 / 3)
+    assert init.calculate_gain("relu") == pytest.approx(math.sqrt(2))
+    assert init.calculate_gain("leaky_relu") == pytest.approx(math.sqrt(2 / (1 + 0.01**2)))
+    assert init.calculate_gain("leaky_relu", 0.2) == pytest.approx(math.sqrt(2 / 1.04))
+    assert init.calculate_gain("leaky_relu", math.sqrt(5)) == pytest.approx(math.sqrt(1 / 3))
+    assert init.calculate_gain("selu") == 0.75
+    with pytest.raises(ValueError, match="unsupported"):
+        init.calculate_gain("swish")
+
+
+def test_fans():
+    assert init.calculate_fan_in_and_fan_out(np.empty((30, 20))) == (20, 30)
+    assert init.calculate_fan_in_and_fan_out(np.empty((8, 4, 3, 3))) == (36, 72)
+    with pytest.raises(ShapeError, match="2 dimensions"):
+        init.calculate_fan_in_and_fan_out(np.empty(5))
+
+
+@pytest.mark.parametrize("fn,bound_or_std,kind", [
+    (lambda w, s: init.xavier_uniform(w, gain=2.0, seed=s), 2.0 * math.sqrt(6 / (300 + 200)), "uniform"),
+    (lambda w, s: init.xavier_normal(w, seed=s), math.sqrt(2 / (300 + 200)), "normal"),
+    (lambda w, s: init.kaiming_uniform(w, nonlinearity="relu", seed=s), math.sqrt(2) * math.sqrt(3 / 200), "uniform"),
+    (lambda w, s: init.kaiming_uniform(w, mode="fan_out", nonlinearity="relu", seed=s), math.sqrt(6 / 300), "uniform"),
+    (lambda w, s: init.kaiming_normal(w, nonlinearity="relu", seed=s), math.sqrt(2 / 200), "normal"),
+    (lambda w, s: init.kaiming_normal(w, a=0.1, mode="fan_out", seed=s), math.sqrt(2 / 1.01) / math.sqrt(300), "normal"),
+    (lambda w, s: init.uniform(w, -0.3, 0.3, seed=s), 0.3, "uniform"),
+    (lambda w, s: init.normal(w, 0.0, 0.05, seed=s), 0.05, "normal"),
+])
+def test_distributions(fn, bound_or_std, kind):
+    w = np.empty((300, 200))
+    assert fn(w, 0) is w
+    if kind == "uniform":
+        assert np.abs(w).max() <= bound_or_std
+        assert w.std() == pytest.approx(bound_or_std / math.sqrt(3), rel=0.02)
+    else:
+        assert w.std() == pytest.approx(bound_or_std, rel=0.02)
+    assert abs(w.mean()) < 0.02 * (bound_or_std + 1e-12) * 3
+    w2 = np.empty((300, 200))
+    fn(w2, 0)
+    np.testing.assert_array_equal(w, w2)  # seeded
+    fn(w2, 1)
+    assert not np.array_equal(w, w2)
+
+
+def test_constants_and_generator_seed():
+    w = np.empty((3, 4), np.float32)
+    assert init.zeros(w) is w and not w.any()
+    init.ones(w)
+    assert (w == 1).all()
+    init.constant(w, 0.5)
+    assert (w == 0.5).all()
+    g = np.random.default_rng(4)
+    a, b = init.normal(np.empty(5), seed=g), init.normal(np.empty(5), seed=g)
+    assert not np.array_equal(a, b)  # a Generator advances
+
+
+def test_parameter_in_place_keeps_flat_view_and_works_on_strict():
+    lin = nn.Linear(50, 40, seed=0, backend=array_api_strict)
+    buf = nn.flat_buffer_of(lin.parameters())
+    view = lin.weight.data
+    assert init.xavier_uniform(lin.weight, seed=3) is lin.weight
+    assert lin.weight.data is view and nn.flat_buffer_of(lin.parameters()) is buf
+    ref = init.xavier_uniform(np.empty((40, 50)), seed=3).astype(np.float32)
+    np.testing.assert_array_equal(to_numpy(buf.data)[:2000].reshape(40, 50), ref)
+    init.zeros_(lin.bias)
+    assert float(array_api_strict.sum(array_api_strict.abs(lin.bias.data))) == 0.0
+    # PyTorch spellings are the same functions
+    assert init.kaiming_uniform_ is init.kaiming_uniform and init.normal_ is init.normal
+
+
+def test_linear_default_init_equals_kaiming_uniform_sqrt5():
+    lin = nn.Linear(30, 20, seed=7, dtype="float64")
+    rng = np.random.default_rng(7)
+    w = init.kaiming_uniform(np.empty((20, 30)), a=math.sqrt(5), seed=rng)
+    b = rng.uniform(-1 / math.sqrt(30), 1 / math.sqrt(30), size=20)
+    np.testing.assert_array_equal(lin.weight.data, w)
+    np.testing.assert_array_equal(lin.bias.data, b)

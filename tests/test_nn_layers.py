@@ -1,0 +1,315 @@
+"""Layer behaviour: initialisation, forward values, gradient accumulation, modes, errors."""
+import math
+
+import array_api_strict
+import numpy as np
+import pytest
+
+import xpnn
+import xpnn.nn as nn
+from xpnn.errors import DTypeError, NamespaceMismatchError, NonFiniteError, ShapeError
+
+RNG = np.random.default_rng(0)
+
+
+def randn(*shape, dtype=np.float32):
+    return RNG.normal(size=shape).astype(dtype)
+
+
+def test_linear_init_like_torch_and_seeded():
+    lin = nn.Linear(400, 300, seed=1)
+    bound = 1 / math.sqrt(400)
+    w, b = lin.weight.data, lin.bias.data
+    assert w.shape == (300, 400) and b.shape == (300,) and w.dtype == np.float32
+    assert np.abs(w).max() <= bound and np.abs(b).max() <= bound
+    # uniform on [-bound, bound]: std = bound / sqrt(3)
+    assert abs(w.std() - bound / math.sqrt(3)) < 0.01 * bound
+    np.testing.assert_array_equal(nn.Linear(400, 300, seed=1).weight.data, w)
+    assert not np.array_equal(nn.Linear(400, 300, seed=2).weight.data, w)
+    # the same seed gives the same weights on another backend
+    ws = nn.Linear(400, 300, seed=1, backend=array_api_strict).weight.data
+    np.testing.assert_array_equal(xpnn.backend.to_numpy(ws), w)
+    assert nn.Linear(3, 2, bias=False).bias is None
+    assert [n for n, _ in nn.Linear(3, 2, bias=False).named_parameters()] == ["weight"]
+
+
+def test_linear_forward_backward_accumulates():
+    lin = nn.Linear(5, 4, seed=0, dtype="float64")
+    x, dy = randn(3, 5, dtype=np.float64), randn(3, 4, dtype=np.float64)
+    y = lin(x)
+    np.testing.assert_allclose(y, x @ lin.weight.data.T + lin.bias.data)
+    dx = lin.backward(dy)
+    np.testing.assert_allclose(dx, dy @ lin.weight.data)
+    np.testing.assert_allclose(lin.weight.grad, dy.T @ x)
+    lin.backward(dy)  # accumulates
+    np.testing.assert_allclose(lin.weight.grad, 2 * dy.T @ x)
+    np.testing.assert_allclose(lin.bias.grad, 2 * dy.sum(0))
+    assert lin.backward(dy, need_input_grad=False) is None
+    np.testing.assert_allclose(lin.bias.grad, 3 * dy.sum(0))
+
+
+def test_linear_errors_name_the_layer():
+    lin = nn.Linear(784, 512)
+    with pytest.raises(RuntimeError, match=r"Linear\(in_features=784, out_features=512\): backward\(\) called before"):
+        lin.backward(np.zeros((2, 512), np.float32))
+    msg = r"Linear\(in_features=784, out_features=512\): expected input of shape \(N, 784\), got \(32, 100\)"
+    with pytest.raises(ShapeError, match=msg):
+        lin(np.zeros((32, 100), np.float32))
+    with pytest.raises(ShapeError, match="empty batch"):
+        lin(np.zeros((0, 784), np.float32))
+    with pytest.raises(DTypeError, match="float32.*got float64"):
+        lin(np.zeros((2, 784), np.float64))
+    with pytest.raises(DTypeError):
+        lin(np.zeros((2, 784), np.int32))
+    with pytest.raises(NamespaceMismatchError, match="Linear"):
+        lin(array_api_strict.zeros((2, 784), dtype=array_api_strict.float32))
+    lin(np.zeros((2, 784), np.float32))
+    with pytest.raises(ShapeError, match=r"dy of shape \(2, 512\)"):
+        lin.backward(np.zeros((2, 10), np.float32))
+    with pytest.raises(ValueError, match="in_features"):
+        nn.Linear(0, 3)
+
+
+def test_debug_mode_catches_non_finite_inputs():
+    lin = nn.Linear(3, 2)
+    x = np.array([[1.0, np.nan, 0.0]], np.float32)
+    lin(x)  # off by default
+    with xpnn.debug.debug_mode(True):
+        with pytest.raises(NonFiniteError, match=r"Linear\(in_features=3, out_features=2\): input contains 1 NaN"):
+            lin(x)
+        lin(np.ones((1, 3), np.float32))
+        with pytest.raises(NonFiniteError, match="dy"):
+            lin.backward(np.array([[np.inf, 0.0]], np.float32))
+
+
+@pytest.mark.parametrize("cls,fn", [
+    (nn.Sigmoid, lambda x: 1 / (1 + np.exp(-x))),
+    (nn.Tanh, np.tanh),
+    (nn.ReLU, lambda x: np.maximum(x, 0)),
+    (lambda: nn.LeakyReLU(0.2), lambda x: np.where(x > 0, x, 0.2 * x)),
+    (lambda: nn.ELU(0.5), lambda x: np.where(x > 0, x, 0.5 * np.expm1(x))),
+    (nn.SELU, lambda x: 1.0507009873554805 * np.where(x > 0, x, 1.6732632423543772 * np.expm1(x))),
+    (nn.Softmax, lambda x: np.exp(x) / np.exp(x).sum(-1, keepdims=True)),
+])
+def test_activation_forward_values_and_backward_protocol(cls, fn):
+    m = cls()
+    with pytest.raises(RuntimeError, match="before forward"):
+        m.backward(np.ones((2, 3)))
+    x = randn(4, 3, dtype=np.float64)
+    np.testing.assert_allclose(m(x), fn(x), rtol=1e-12, atol=1e-12)
+    assert m.backward(np.ones((4, 3)), need_input_grad=False) is None
+    assert m.backward(np.ones((4, 3))).shape == (4, 3)
+    assert list(m.parameters()) == []
+
+
+def test_prelu():
+    m = nn.PReLU()
+    assert m.weight.data.tolist() == [0.25]
+    x = np.array([[-2.0, 3.0], [1.0, -4.0]], np.float32)
+    np.testing.assert_allclose(m(x), [[-0.5, 3.0], [1.0, -1.0]])
+    dx = m.backward(np.ones_like(x))
+    np.testing.assert_allclose(dx, [[0.25, 1], [1, 0.25]])
+    np.testing.assert_allclose(m.weight.grad, [-6.0])
+    pc = nn.PReLU(2, init=0.5, dtype="float64")
+    pc(x.astype(np.float64))
+    pc.backward(np.ones((2, 2)))
+    np.testing.assert_allclose(pc.weight.grad, [-2.0, -4.0])
+    with pytest.raises(ShapeError):
+        pc(np.ones((2, 3)))
+
+
+def test_dropout_train_eval_and_seed():
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        nn.Dropout(1.0)
+    with pytest.raises(ValueError):
+        nn.Dropout(-0.1)
+    d = nn.Dropout(0.25, seed=0)
+    x = np.ones((400, 500), np.float32)
+    y = d(x)
+    assert y.dtype == np.float32
+    vals = set(np.unique(y).tolist())
+    assert vals == {0.0, np.float32(1 / 0.75)}
+    assert abs((y == 0).mean() - 0.25) < 0.01
+    dx = d.backward(np.ones_like(x))
+    np.testing.assert_array_equal(dx, y)  # same mask
+    np.testing.assert_array_equal(nn.Dropout(0.25, seed=0)(x), y)
+    assert not np.array_equal(d(x), y)  # a new mask each call
+    d.eval()
+    assert d(x) is x and d.backward(x) is x
+    ys = nn.Dropout(0.5, seed=0)(array_api_strict.ones((3, 4), dtype=array_api_strict.float64))
+    assert ys.dtype == array_api_strict.float64
+
+
+def test_batchnorm_train_matches_formula_and_running_stats():
+    bn = nn.BatchNorm1d(3, momentum=0.1, dtype="float64")
+    x = randn(16, 3, dtype=np.float64) * 2 + 5
+    y = bn(x)
+    ref = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5)
+    np.testing.assert_allclose(y, ref, rtol=1e-10)
+    np.testing.assert_allclose(bn.running_mean, 0.1 * x.mean(0))
+    np.testing.assert_allclose(bn.running_var, 0.9 + 0.1 * x.var(0, ddof=1))
+    assert int(bn.num_batches_tracked) == 1
+    bn.eval()
+    y_eval = bn(x)
+    np.testing.assert_allclose(y_eval, (x - bn.running_mean) / np.sqrt(bn.running_var + 1e-5))
+    assert int(bn.num_batches_tracked) == 1
+    cum = nn.BatchNorm1d(3, momentum=None, dtype="float64")
+    x2 = randn(8, 3, dtype=np.float64)
+    cum(x)
+    cum(x2)
+    np.testing.assert_allclose(cum.running_mean, (x.mean(0) + x2.mean(0)) / 2)
+
+
+def test_batchnorm_errors():
+    bn = nn.BatchNorm1d(4)
+    with pytest.raises(ShapeError, match=r"BatchNorm1d\(4\): expected more than 1 value per channel"):
+        bn(np.ones((1, 4), np.float32))
+    with pytest.raises(ShapeError, match=r"expected input of shape \(N, 4\), got \(5, 3\)"):
+        bn(np.ones((5, 3), np.float32))
+    with pytest.raises(RuntimeError, match="before forward"):
+        bn.backward(np.ones((2, 4), np.float32))
+    bn.eval()
+    assert bn(np.ones((1, 4), np.float32)).shape == (1, 4)  # one sample is fine in eval
+    plain = nn.BatchNorm1d(4, affine=False, track_running_stats=False)
+    assert list(plain.parameters()) == [] and list(plain.state_dict()) == []
+    plain.eval()
+    y = plain(randn(6, 4))
+    np.testing.assert_allclose(y.mean(0), 0, atol=1e-5)  # batch statistics even in eval
+
+
+def test_maxout_forward():
+    m = nn.Maxout(4, 3, pieces=2, dtype="float64", seed=0)
+    assert m.weight.shape == (6, 4)
+    x = randn(5, 4, dtype=np.float64)
+    z = x @ m.weight.data.T + m.bias.data
+    np.testing.assert_allclose(m(x), z.reshape(5, 3, 2).max(-1))
+    with pytest.raises(ShapeError, match=r"Maxout.*\(N, 4\)"):
+        m(randn(5, 3, dtype=np.float64))
+
+
+def test_residual():
+    inner = nn.Linear(3, 3, dtype="float64", seed=0)
+    r = nn.Residual(inner)
+    x = randn(2, 3, dtype=np.float64)
+    np.testing.assert_allclose(r(x), x + inner(x))
+    assert [n for n, _ in r.named_parameters()] == ["module.weight", "module.bias"]
+    with pytest.raises(ShapeError, match="Residual"):
+        nn.Residual(nn.Linear(3, 2))(randn(2, 3))
+    with pytest.raises(TypeError):
+        nn.Residual(lambda x: x)
+
+
+def test_sequential_indexing_and_need_input_grad():
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    assert len(m) == 3 and isinstance(m[-1], nn.Linear) and len(list(m)) == 3
+    with pytest.raises(IndexError):
+        m[3]
+    x = randn(5, 3)
+    m(x)
+    assert m.backward(np.ones((5, 2), np.float32), need_input_grad=False) is None
+    assert m.backward(np.ones((5, 2), np.float32)).shape == (5, 3)
+    m.append(nn.Sigmoid())
+    assert len(m) == 4
+    with pytest.raises(TypeError, match="Module"):
+        nn.Sequential(nn.ReLU(), "relu")
+    from collections import OrderedDict
+
+    named = nn.Sequential(OrderedDict([("fc1", nn.Linear(3, 4)), ("act", nn.ReLU())]))
+    assert [n for n, _ in named.named_parameters()] == ["fc1.weight", "fc1.bias"]
+    assert "(fc1): Linear(in_features=3, out_features=4, bias=True)" in repr(named)
+
+
+def test_user_module_without_flag_in_sequential():
+    class Double(nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+        def backward(self, dy):
+            return 2 * dy
+
+    m = nn.Sequential(Double(), nn.Linear(2, 2))
+    m(np.ones((1, 2), np.float32))
+    assert m.backward(np.ones((1, 2), np.float32), need_input_grad=False) is None
+
+
+def test_losses():
+    logits = randn(6, 4, dtype=np.float64)
+    t = np.array([0, 1, 2, 3, 0, 1])
+    ce = nn.CrossEntropyLoss()
+    with pytest.raises(RuntimeError, match="before forward"):
+        ce.backward()
+    loss = ce(logits, t)
+    assert loss.shape == ()
+    loss_ref, grad_ref = xpnn.functional.cross_entropy_with_grad(logits, t)
+    np.testing.assert_allclose(loss, loss_ref)
+    np.testing.assert_allclose(ce.backward(), grad_ref)
+    none = nn.CrossEntropyLoss(reduction="none", label_smoothing=0.1, ignore_index=3)
+    assert none(logits, t).shape == (6,)
+    assert not none.backward()[3].any()
+    with pytest.raises(ValueError, match="reduction"):
+        nn.MSELoss(reduction="avg")
+    with pytest.raises(ValueError):
+        nn.CrossEntropyLoss(label_smoothing=2.0)
+    with pytest.raises(DTypeError):
+        ce(logits, t.astype(np.float64))
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        ce(logits, np.array([0, 1, 2, 3, 4, 0]))
+    mse = nn.MSELoss()
+    pred, target = randn(3, 2, dtype=np.float64), randn(3, 2, dtype=np.float64)
+    np.testing.assert_allclose(mse(pred, target), ((pred - target) ** 2).mean())
+    np.testing.assert_allclose(mse.backward(), 2 * (pred - target) / 6)
+    bce = nn.BCEWithLogitsLoss(reduction="sum")
+    p01 = RNG.uniform(size=(3, 2))
+    ref = -(p01 * np.log(1 / (1 + np.exp(-pred))) + (1 - p01) * np.log(1 - 1 / (1 + np.exp(-pred)))).sum()
+    np.testing.assert_allclose(bce(pred, p01), ref)
+    np.testing.assert_allclose(bce.backward(), 1 / (1 + np.exp(-pred)) - p01)
+    assert "reduction='sum'" in repr(bce)
+
+
+def test_float64_model_end_to_end():
+    m = nn.Sequential(nn.Linear(4, 8, dtype="float64", seed=0), nn.BatchNorm1d(8, dtype="float64"), nn.ELU(),
+                      nn.Dropout(0.1, seed=0), nn.Maxout(8, 4, dtype="float64", seed=1), nn.PReLU(dtype="float64"),
+                      nn.Residual(nn.Linear(4, 4, dtype="float64", seed=2)), nn.Linear(4, 3, dtype="float64", seed=3))
+    assert xpnn.nn.flat_buffer_of(m.parameters()).data.dtype == np.float64
+    loss_fn = nn.CrossEntropyLoss()
+    loss = loss_fn(m(randn(10, 4, dtype=np.float64)), np.arange(10) % 3)
+    assert loss.dtype == np.float64
+    m.zero_grad()
+    dx = m.backward(loss_fn.backward())
+    assert dx.shape == (10, 4) and dx.dtype == np.float64
+
+
+@pytest.mark.skipif(xpnn.backend.cuda_available(), reason="checks the error raised when no CUDA device exists")
+def test_backend_cuda_without_gpu_raises():
+    with pytest.raises(xpnn.BackendUnavailableError, match="cuda"):
+        nn.Linear(3, 2, backend="cuda")
+    with pytest.raises(xpnn.BackendUnavailableError):
+        nn.Sequential(nn.Linear(3, 2)).to("cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not xpnn.backend.cuda_available(), reason="needs CuPy and a CUDA device")
+def test_model_on_cuda_matches_numpy():
+    import cupy
+
+    def build():
+        return nn.Sequential(nn.Linear(6, 8, seed=0), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.3, seed=1),
+                             nn.Maxout(8, 4, seed=2), nn.Linear(4, 3, seed=3))
+
+    x, t = randn(16, 6), np.arange(16) % 3
+    cpu, gpu = build().eval(), build().to("cuda").eval()
+    assert isinstance(nn.flat_buffer_of(gpu.parameters()).data, cupy.ndarray)
+    loss_c, loss_g = nn.CrossEntropyLoss(), nn.CrossEntropyLoss()
+    lc = loss_c(cpu(x), t)
+    lg = loss_g(gpu(cupy.asarray(x)), cupy.asarray(t))
+    np.testing.assert_allclose(float(lg), float(lc), rtol=1e-5)
+    cpu.backward(loss_c.backward())
+    gpu.backward(loss_g.backward())
+    np.testing.assert_allclose(nn.flat_buffer_of(gpu.parameters()).grad.get(),
+                               nn.flat_buffer_of(cpu.parameters()).grad, rtol=1e-4, atol=1e-6)
+    gpu.train()
+    y = gpu(cupy.asarray(x))
+    assert isinstance(y, cupy.ndarray)
+    gpu.backward(cupy.ones_like(y))
+    with pytest.raises(xpnn.NamespaceMismatchError, match="Linear"):
+        gpu(x)

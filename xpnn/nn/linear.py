@@ -1,0 +1,107 @@
+"""``Linear``: the affine layer ``y = x @ weight.T + bias`` with PyTorch's layout and initialisation."""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from .. import functional as F
+from .. import init
+from ..backend import BackendLike, dtype_name
+from ..debug import check_finite
+from ..errors import DTypeError, ShapeError
+from ..functional.layers import linear_backward
+from .module import Module, layer_namespace
+from .parameter import FlatBuffer, Parameter, factory
+
+__all__ = ["Linear"]
+
+
+def check_features(module: Module, xp: Any, x: Any, in_features: int, dtype: Any) -> None:
+    """Shared input check of layers taking (N, in_features) input of the parameters' dtype."""
+    if x.ndim != 2 or x.shape[1] != in_features:
+        raise ShapeError(f"{module._where()}: expected input of shape (N, {in_features}), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ShapeError(f"{module._where()}: empty batch, got input of shape {tuple(x.shape)}")
+    if x.dtype != dtype:
+        raise DTypeError(f"{module._where()}: expected input of dtype {dtype_name(dtype)} (the parameters' dtype), "
+                         f"got {dtype_name(x.dtype)}")
+    check_finite(xp, x, module._where())
+
+
+def check_grad_output(module: Module, xp: Any, dy: Any, shape: tuple[int, ...], dtype: Any) -> None:
+    if tuple(dy.shape) != shape:
+        raise ShapeError(f"{module._where()}: backward expected dy of shape {shape}, got {tuple(dy.shape)}")
+    if dy.dtype != dtype:
+        raise DTypeError(f"{module._where()}: backward expected dy of dtype {dtype_name(dtype)}, got {dtype_name(dy.dtype)}")
+    check_finite(xp, dy, module._where(), "dy")
+
+
+def init_affine(rng: Any, out_rows: int, in_features: int, bias: bool) -> tuple[Any, Optional[Any]]:
+    """NumPy weight (out_rows, in_features) and bias like ``torch.nn.Linear.reset_parameters``:
+    ``kaiming_uniform(a=sqrt(5))`` (i.e. U(-1/sqrt(in), 1/sqrt(in))) and bias U(-1/sqrt(in), 1/sqrt(in))."""
+    import numpy as np
+
+    w = np.empty((out_rows, in_features))
+    init.kaiming_uniform(w, a=math.sqrt(5), seed=rng)
+    b = None
+    if bias:
+        bound = 1.0 / math.sqrt(in_features)
+        b = rng.uniform(-bound, bound, size=(out_rows,))
+    return w, b
+
+
+class Linear(Module):
+    """``y = x @ weight.T + bias``: x (N, in_features) -> y (N, out_features).
+
+    weight (out_features, in_features) and bias (out_features,) are initialised like ``torch.nn.Linear``
+    from a NumPy Generator seeded by ``seed``, in ``dtype`` (default float32) on ``backend``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 backend: BackendLike = None, dtype: Any = None, seed: Any = None):
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"Linear: {name} must be a positive integer, got {v!r}")
+        self.in_features = in_features
+        self.out_features = out_features
+        be, dt, rng = factory(backend, dtype, seed)
+        w, b = init_affine(rng, out_features, in_features, bias)
+        self.weight = Parameter(be.asarray(w, dtype=dt))
+        self.bias = Parameter(be.asarray(b, dtype=dt)) if b is not None else None
+        FlatBuffer.pack(self.parameters())
+        self._x: Any = None
+
+    def _where(self) -> str:
+        return f"Linear(in_features={self.in_features}, out_features={self.out_features})"
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+    def forward(self, x: Any) -> Any:
+        w = self.weight.data
+        xp = layer_namespace(self._where(), x, w)
+        check_features(self, xp, x, self.in_features, w.dtype)
+        y = F.linear(x, w, self.bias.data if self.bias is not None else None)
+        self._x = x
+        return y
+
+    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
+        """Add ``dy.T @ x`` to ``weight.grad`` and ``sum(dy, 0)`` to ``bias.grad``; return ``dy @ weight``
+        (``None`` when ``need_input_grad`` is false, e.g. for the first layer of a model)."""
+        x = self._x
+        if x is None:
+            raise self._no_forward()
+        w = self.weight.data
+        xp = layer_namespace(self._where(), dy, w)
+        check_grad_output(self, xp, dy, (x.shape[0], self.out_features), w.dtype)
+        dx, dw, db = linear_backward(x, w, dy, need_input_grad=need_input_grad, need_bias_grad=self.bias is not None)
+        g = self.weight.grad
+        g += dw
+        if db is not None:
+            gb = self.bias.grad
+            gb += db
+        return dx
+
+    def _moved(self) -> None:
+        self._x = None

@@ -1,0 +1,322 @@
+"""``Module``: the base of every layer, container and loss (explicit ``forward``/``backward``, no tape).
+
+Attribute assignment registers Parameters, child Modules and (via ``register_buffer``) state arrays such as
+BatchNorm's running statistics, in insertion order, like ``torch.nn.Module``.
+"""
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+from typing import Any, Iterator, NamedTuple, Optional
+
+import numpy as np
+
+from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, to_numpy
+from ..errors import CheckpointError
+from .parameter import FlatBuffer, Parameter, common_buffer, flat_buffer_of
+
+__all__ = ["Module", "IncompatibleKeys", "call_backward", "layer_namespace"]
+
+_NUMPY_XP = namespace_of(np.empty(0))
+
+
+def layer_namespace(where: str, *arrays: Any) -> Any:
+    """``namespace_of(*arrays, where=where)`` with a fast path for all-NumPy arguments (the per-call overhead of
+    the generic lookup is noticeable for small batches)."""
+    if all(type(a) is np.ndarray for a in arrays):
+        return _NUMPY_XP
+    return namespace_of(*arrays, where=where)
+
+
+_TAKES_FLAG: dict[type, bool] = {}
+
+
+def call_backward(module: "Module", dy: Any, need_input_grad: bool) -> Any:
+    """``module.backward(dy)``, passing ``need_input_grad=False`` to modules whose backward accepts it (all of
+    xpnn's) so the first layer of a model skips computing an input gradient nobody uses."""
+    if need_input_grad:
+        return module.backward(dy)
+    cls = type(module)
+    takes = _TAKES_FLAG.get(cls)
+    if takes is None:
+        takes = _TAKES_FLAG[cls] = "need_input_grad" in inspect.signature(cls.backward).parameters
+    return module.backward(dy, need_input_grad=False) if takes else module.backward(dy)
+
+
+class IncompatibleKeys(NamedTuple):
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+class Module:
+    """Base class: ``y = m(x)`` runs ``forward``; ``dx = m.backward(dy)`` accumulates parameter gradients.
+
+    Subclasses implement ``forward`` and ``backward``; ``extra_repr`` describes their configuration.
+    """
+
+    training: bool
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # --- registration -------------------------------------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        params, modules, buffers = self._parameters, self._modules, self._buffers
+        if isinstance(value, Parameter):
+            modules.pop(name, None)
+            buffers.pop(name, None)
+            if value.name is None:
+                value.name = name
+            params[name] = value
+        elif isinstance(value, Module):
+            params.pop(name, None)
+            buffers.pop(name, None)
+            modules[name] = value
+        elif name in buffers:
+            buffers[name] = value
+        else:
+            params.pop(name, None)
+            modules.pop(name, None)
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        self._buffers.pop(name, None)
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name: str, value: Any) -> None:
+        """Register a non-trainable state array (saved in ``state_dict``, moved by ``to``)."""
+        self._buffers[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_parameter(self, name: str, param: Optional[Parameter]) -> None:
+        if param is None:
+            object.__setattr__(self, name, None)
+            return
+        setattr(self, name, param)
+
+    def add_module(self, name: str, module: Module) -> None:
+        setattr(self, name, module)
+
+    # --- traversal ----------------------------------------------------------------------------------------
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """``(dotted name, module)`` for this module and every descendant (each once), depth first."""
+        seen: set[int] = set()
+        out: list[tuple[str, Module]] = []
+
+        def walk(pre: str, mod: Module) -> None:
+            if id(mod) in seen:
+                return
+            seen.add(id(mod))
+            out.append((pre, mod))
+            for n, child in mod._modules.items():
+                walk(f"{pre}.{n}" if pre else n, child)
+
+        walk(prefix, self)
+        return iter(out)
+
+    def modules(self) -> Iterator[Module]:
+        return (m for _, m in self.named_modules())
+
+    def children(self) -> Iterator[Module]:
+        return iter(list(self._modules.values()))
+
+    def _named_parameters_raw(self) -> list[tuple[str, Parameter]]:
+        seen: set[int] = set()
+        out = []
+        for pre, mod in self.named_modules():
+            for n, p in mod._parameters.items():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append((f"{pre}.{n}" if pre else n, p))
+        return out
+
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+        """``(dotted name, Parameter)`` pairs in registration order, e.g. ``("0.weight", p)``."""
+        named = self._named_parameters_raw()
+        self._ensure_packed([p for _, p in named])
+        return iter(named)
+
+    def parameters(self) -> Iterator[Parameter]:
+        """The module's Parameters in order. If they are not yet in one FlatBuffer (e.g. a user-defined module
+        made of several layers) and share a namespace and dtype, they are packed into one first; parameters that
+        already live together in one buffer (e.g. one layer of a larger model) are left where they are.
+        """
+        named = self._named_parameters_raw()
+        plist = [p for _, p in named]
+        self._ensure_packed(plist)
+        return iter(plist)
+
+    def named_buffers(self) -> Iterator[tuple[str, Any]]:
+        out = []
+        for pre, mod in self.named_modules():
+            for n, b in mod._buffers.items():
+                if b is not None:
+                    out.append((f"{pre}.{n}" if pre else n, b))
+        return iter(out)
+
+    @staticmethod
+    def _ensure_packed(plist: list[Parameter]) -> None:
+        if plist and common_buffer(plist) is None:
+            FlatBuffer.pack(plist)
+
+    def _pack(self) -> Optional[FlatBuffer]:
+        """Repack all parameters of this module (and its children) into one fresh FlatBuffer."""
+        return FlatBuffer.pack(p for _, p in self._named_parameters_raw())
+
+    def flat_buffer(self) -> Optional[FlatBuffer]:
+        """The FlatBuffer holding exactly this module's parameters, or ``None``."""
+        return flat_buffer_of(self.parameters())
+
+    # --- modes and gradients ------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> Module:
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zero every parameter gradient (one fill when the parameters are exactly one FlatBuffer)."""
+        plist = [p for _, p in self._named_parameters_raw()]
+        buf = flat_buffer_of(plist)
+        if buf is not None:
+            buf.zero_grad()
+            return
+        for p in plist:
+            if set_to_none and p._flat is None:
+                p.grad = None
+            else:
+                p.zero_grad()
+
+    # --- calling ------------------------------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def _where(self) -> str:
+        """Name used in error messages, e.g. ``Linear(in_features=784, out_features=512)``."""
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def _no_forward(self) -> RuntimeError:
+        return RuntimeError(f"{self._where()}: backward() called before forward()")
+
+    # --- devices and dtypes -------------------------------------------------------------------------------
+    def to(self, backend: BackendLike = None, *, dtype: Any = None) -> Module:
+        """Move parameters, gradients and buffers to ``backend`` (a name, a ``Backend`` or a namespace module;
+        ``None`` keeps each array's backend) and/or cast floating ones to ``dtype``; repack into one buffer.
+
+        Returns ``self``. Optimizers built before ``to`` still point at the old arrays: build them after.
+        """
+        be: Optional[Backend] = get_backend(backend) if backend is not None else None
+        plist = [p for _, p in self._named_parameters_raw()]
+
+        def move(a: Any, floating: bool = True) -> Any:
+            target = be if be is not None else get_backend(namespace_of(a))
+            return target.asarray(a, dtype=dtype if floating else None)
+
+        for p in plist:
+            had_grad = p.has_grad
+            p._detach_from_flat()
+            new_data = move(p.data)
+            new_grad = move(p._grad) if had_grad else None
+            p._grad = None
+            p.data = new_data
+            if new_grad is not None:
+                p.grad = new_grad
+        for mod in self.modules():
+            for n, b in list(mod._buffers.items()):
+                if b is None:
+                    continue
+                xp = namespace_of(b)
+                new_b = move(b, floating=xp.isdtype(b.dtype, "real floating"))
+                mod._buffers[n] = new_b
+                object.__setattr__(mod, n, new_b)
+            mod._moved()
+        FlatBuffer.pack(plist)
+        return self
+
+    def _moved(self) -> None:
+        """Hook: drop caches tied to the old arrays after ``to``."""
+
+    # --- checkpoints --------------------------------------------------------------------------------------
+    def state_dict(self) -> OrderedDict[str, Any]:
+        """Ordered ``name -> array`` copies of every parameter and buffer (BatchNorm running statistics)."""
+        out: OrderedDict[str, Any] = OrderedDict()
+        for pre, mod in self.named_modules():
+            for n, p in mod._parameters.items():
+                xp = namespace_of(p.data)
+                out[f"{pre}.{n}" if pre else n] = xp.asarray(p.data, copy=True)
+            for n, b in mod._buffers.items():
+                if b is not None:
+                    xp = namespace_of(b)
+                    out[f"{pre}.{n}" if pre else n] = xp.asarray(b, copy=True)
+        return out
+
+    def load_state_dict(self, state: Any, strict: bool = True) -> IncompatibleKeys:
+        """Copy arrays from ``state`` (any namespace: NumPy checkpoints, converted PyTorch state dicts) into the
+        existing parameters and buffers. Names and shapes must match (all names when ``strict``); raises
+        ``CheckpointError`` otherwise. Returns the missing and unexpected keys.
+        """
+        where = f"{type(self).__name__}.load_state_dict"
+        if not hasattr(state, "keys"):
+            raise CheckpointError(f"{where}: expected a mapping of name -> array, got {type(state).__name__}")
+        targets: OrderedDict[str, tuple[Module, str, bool]] = OrderedDict()
+        for pre, mod in self.named_modules():
+            for n in mod._parameters:
+                targets[f"{pre}.{n}" if pre else n] = (mod, n, True)
+            for n, b in mod._buffers.items():
+                if b is not None:
+                    targets[f"{pre}.{n}" if pre else n] = (mod, n, False)
+        missing = [k for k in targets if k not in state]
+        unexpected = [k for k in state.keys() if k not in targets]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if unexpected:
+                parts.append(f"unexpected keys {unexpected}")
+            raise CheckpointError(f"{where}: state does not match the model: {'; '.join(parts)}")
+        # check every shape before copying anything, so a failed load leaves the model unchanged
+        staged = []
+        for key, (mod, n, is_param) in targets.items():
+            if key not in state:
+                continue
+            current = mod._parameters[n].data if is_param else mod._buffers[n]
+            value = np.asarray(to_numpy(state[key]))
+            if tuple(value.shape) != tuple(current.shape):
+                raise CheckpointError(
+                    f"{where}: shape mismatch for {key!r}: the model has {tuple(current.shape)}, "
+                    f"the state has {tuple(value.shape)}"
+                )
+            staged.append((mod, n, is_param, current, value))
+        for mod, n, is_param, current, value in staged:
+            xp = namespace_of(current)
+            new = get_backend(xp).asarray(value, dtype=dtype_name(current.dtype))
+            current[...] = new  # in place: flat views stay shared with their buffer
+        return IncompatibleKeys(missing, unexpected)
+
+    # --- printing -----------------------------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        if not self._modules:
+            return lines[0] + ")"
+        for n, m in self._modules.items():
+            child = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({n}): {child}")
+        return "\n".join(lines) + "\n)"
