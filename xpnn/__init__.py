@@ -14,11 +14,13 @@ from .errors import (
     ShapeError,
     XpnnError,
 )
-from . import functional
+from . import functional, init, nn, optim
+from .io import load, save
 
 __all__ = [
     "__version__", "Backend", "get_backend", "set_backend", "use_backend", "set_debug",
-    "kernels_enabled", "set_kernels_enabled", "use_kernels", "functional",
+    "kernels_enabled", "set_kernels_enabled", "use_kernels", "functional", "nn", "optim", "init",
+    "save", "load",
     "XpnnError", "BackendUnavailableError", "ShapeError", "DTypeError", "NamespaceMismatchError",
     "NonFiniteError", "CheckpointError",
 ]

@@ -1,0 +1,22 @@
+// Accumulation type and precision-matched math overloads (no CUDA headers needed: used by the elementwise
+// kernels, where CuPy supplies its own float16 type, and by common.cuh).
+#ifndef XPNN_ACC_CUH
+#define XPNN_ACC_CUH
+
+// float for 16-bit floats (__half, CuPy's float16), else the type itself.
+template <typename T, int Size = sizeof(T)>
+struct xpnn_acc { typedef T type; };
+template <typename T>
+struct xpnn_acc<T, 2> { typedef float type; };
+
+// Overloads so templates call the math function of their own precision.
+__device__ __forceinline__ float xpnn_exp(float x) { return expf(x); }
+__device__ __forceinline__ double xpnn_exp(double x) { return exp(x); }
+__device__ __forceinline__ float xpnn_log(float x) { return logf(x); }
+__device__ __forceinline__ double xpnn_log(double x) { return log(x); }
+__device__ __forceinline__ float xpnn_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double xpnn_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float xpnn_max(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double xpnn_max(double a, double b) { return fmax(a, b); }
+
+#endif  // XPNN_ACC_CUH

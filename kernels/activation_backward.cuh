@@ -1,0 +1,42 @@
+// Activation backwards, one line each. Used as the preamble of CuPy ElementwiseKernels (one kernel per op; the
+// loop body is the `operation` of the op's row in xpnn/_cuda/registry.py) and by the CPU shim's loops.
+// A is the accumulation type (float for float16 data). Each reads its two inputs once and writes dx once.
+#ifndef XPNN_ACTIVATION_BACKWARD_CUH
+#define XPNN_ACTIVATION_BACKWARD_CUH
+
+#include "acc.cuh"
+
+#define XPNN_SELU_SCALE 1.0507009873554804934193349852946
+#define XPNN_SELU_SCALE_ALPHA 1.7580993408473768599402175208123  // scale * alpha
+
+// y = sigmoid(x): dx = dy * y * (1 - y)
+template <typename A>
+__device__ __forceinline__ A xpnn_sigmoid_backward(A y, A dy) { return dy * y * (A(1) - y); }
+
+// y = tanh(x): dx = dy * (1 - y^2)
+template <typename A>
+__device__ __forceinline__ A xpnn_tanh_backward(A y, A dy) { return dy * (A(1) - y * y); }
+
+// dx = dy where x > 0 else 0
+template <typename A>
+__device__ __forceinline__ A xpnn_relu_backward(A x, A dy) { return x > A(0) ? dy : A(0); }
+
+// dx = dy where x > 0 else negative_slope * dy
+template <typename A>
+__device__ __forceinline__ A xpnn_leaky_relu_backward(A x, A dy, A negative_slope) {
+    return x > A(0) ? dy : dy * negative_slope;
+}
+
+// dx = dy where x > 0 else dy * alpha * exp(x)   (x <= 0 there: exp cannot overflow)
+template <typename A>
+__device__ __forceinline__ A xpnn_elu_backward(A x, A dy, A alpha) {
+    return x > A(0) ? dy : dy * (alpha * xpnn_exp(x));
+}
+
+// dx = scale * dy where x > 0 else dy * scale * alpha * exp(x)
+template <typename A>
+__device__ __forceinline__ A xpnn_selu_backward(A x, A dy) {
+    return x > A(0) ? dy * A(XPNN_SELU_SCALE) : dy * (A(XPNN_SELU_SCALE_ALPHA) * xpnn_exp(x));
+}
+
+#endif  // XPNN_ACTIVATION_BACKWARD_CUH

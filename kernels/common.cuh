@@ -1,0 +1,141 @@
+// Shared device helpers for xpnn's CUDA kernels (included by every .cu file in this folder).
+//
+// Rules these sources follow (see ARCHITECTURE.md, "Testing CUDA code without a GPU"):
+// no host headers (NVRTC rejects them); block sizes are multiples of 32 and at most 1024; shuffles are called by
+// the full warp; a block returns early only as a whole; the same text also compiles with g++ through tests/shim.
+#ifndef XPNN_COMMON_CUH
+#define XPNN_COMMON_CUH
+
+#include <cuda_fp16.h>
+
+#include "acc.cuh"
+
+#define XPNN_FULL_MASK 0xffffffffu
+#define XPNN_MAX_WARPS 32  // 1024 threads per block at most
+
+// "#pragma unroll 1" for CUDA compilers only (a host compiler would warn about an unknown pragma).
+#ifdef __CUDACC__
+#define XPNN_NO_UNROLL _Pragma("unroll 1")
+#else
+#define XPNN_NO_UNROLL
+#endif
+
+__device__ __forceinline__ float xpnn_to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float xpnn_to_acc(float x) { return x; }
+__device__ __forceinline__ double xpnn_to_acc(double x) { return x; }
+
+template <typename T> __device__ __forceinline__ T xpnn_from_acc(float x);
+template <> __device__ __forceinline__ __half xpnn_from_acc<__half>(float x) { return __float2half(x); }
+template <> __device__ __forceinline__ float xpnn_from_acc<float>(float x) { return x; }
+template <typename T> __device__ __forceinline__ T xpnn_from_acc(double x) { return (T)x; }
+
+// -inf without <math.h>'s INFINITY (a host header).
+template <typename A> __device__ __forceinline__ A xpnn_neg_inf();
+template <> __device__ __forceinline__ float xpnn_neg_inf<float>() { return __int_as_float((int)0xff800000u); }
+template <> __device__ __forceinline__ double xpnn_neg_inf<double>() {
+    return __longlong_as_double((long long)0xfff0000000000000ULL);
+}
+
+// Online log-sum-exp state: the running max m and s = sum(exp(x - m)). Empty state: (-inf, 0).
+template <typename A>
+struct xpnn_max_sum {
+    A m;
+    A s;
+};
+
+template <typename A>
+__device__ __forceinline__ xpnn_max_sum<A> xpnn_max_sum_add(xpnn_max_sum<A> st, A x) {
+    if (x > st.m) {  // new max: rescale the sum (exp(-inf) = 0 covers the empty state)
+        st.s = st.s * xpnn_exp(st.m - x) + A(1);
+        st.m = x;
+    } else if (x > xpnn_neg_inf<A>()) {  // -inf entries contribute 0 (and -inf - -inf would be NaN)
+        st.s += xpnn_exp(x - st.m);
+    } else if (x != x) {  // NaN propagates into the sum
+        st.s += x;
+    }
+    return st;
+}
+
+template <typename A>
+__device__ __forceinline__ xpnn_max_sum<A> xpnn_max_sum_merge(xpnn_max_sum<A> a, xpnn_max_sum<A> b) {
+    const A m = xpnn_max(a.m, b.m);
+    if (!(m > xpnn_neg_inf<A>())) return a;  // both empty (or all -inf)
+    xpnn_max_sum<A> r;
+    r.m = m;
+    r.s = a.s * xpnn_exp(a.m - m) + b.s * xpnn_exp(b.m - m);
+    return r;
+}
+
+// Block-wide reductions: xor-shuffles inside each warp, then warp 0 combines the per-warp partials kept in
+// shared memory. Every thread of the block must call them; every thread gets the result.
+// Two barriers: after the partials are written, and after warp 0 wrote the result. A following call of the same
+// function may reuse the shared variables without a third barrier: its partials are written after every thread
+// passed the second barrier (so warp 0 is done reading them), and its result only after its own first barrier
+// (so every thread has read the previous result).
+template <typename A>
+__device__ __forceinline__ A xpnn_block_sum(A v) {
+    __shared__ A partial[XPNN_MAX_WARPS];
+    __shared__ A result;
+    const unsigned lane = threadIdx.x % 32u, warp = threadIdx.x / 32u, n_warps = blockDim.x / 32u;
+    for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(XPNN_FULL_MASK, v, off);
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < n_warps ? partial[lane] : A(0);
+        for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(XPNN_FULL_MASK, v, off);
+        if (lane == 0) result = v;
+    }
+    __syncthreads();
+    return result;
+}
+
+template <typename A>
+__device__ __forceinline__ xpnn_max_sum<A> xpnn_block_max_sum(xpnn_max_sum<A> st) {
+    __shared__ A partial_m[XPNN_MAX_WARPS];
+    __shared__ A partial_s[XPNN_MAX_WARPS];
+    __shared__ A result_m, result_s;
+    const unsigned lane = threadIdx.x % 32u, warp = threadIdx.x / 32u, n_warps = blockDim.x / 32u;
+    for (int off = 16; off > 0; off /= 2) {
+        xpnn_max_sum<A> other;
+        other.m = __shfl_xor_sync(XPNN_FULL_MASK, st.m, off);
+        other.s = __shfl_xor_sync(XPNN_FULL_MASK, st.s, off);
+        st = xpnn_max_sum_merge(st, other);
+    }
+    if (lane == 0) {
+        partial_m[warp] = st.m;
+        partial_s[warp] = st.s;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        st.m = lane < n_warps ? partial_m[lane] : xpnn_neg_inf<A>();
+        st.s = lane < n_warps ? partial_s[lane] : A(0);
+        for (int off = 16; off > 0; off /= 2) {
+            xpnn_max_sum<A> other;
+            other.m = __shfl_xor_sync(XPNN_FULL_MASK, st.m, off);
+            other.s = __shfl_xor_sync(XPNN_FULL_MASK, st.s, off);
+            st = xpnn_max_sum_merge(st, other);
+        }
+        if (lane == 0) {
+            result_m = st.m;
+            result_s = st.s;
+        }
+    }
+    __syncthreads();
+    st.m = result_m;
+    st.s = result_s;
+    return st;
+}
+
+// Per-row pass 1 shared by the row kernels: (max, sum(exp(x - max))) of row[0:n_cols] over the whole block.
+template <typename T>
+__device__ __forceinline__ xpnn_max_sum<typename xpnn_acc<T>::type> xpnn_row_max_sum(const T* __restrict__ row,
+                                                                                    long long n_cols) {
+    typedef typename xpnn_acc<T>::type A;
+    xpnn_max_sum<A> st;
+    st.m = xpnn_neg_inf<A>();
+    st.s = A(0);
+    for (long long c = threadIdx.x; c < n_cols; c += blockDim.x) st = xpnn_max_sum_add(st, (A)xpnn_to_acc(row[c]));
+    return xpnn_block_max_sum(st);
+}
+
+#endif  // XPNN_COMMON_CUH

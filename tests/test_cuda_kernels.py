@@ -1,0 +1,213 @@
+"""Verification layer 3: every kernel through real CuPy on a GPU against the array-API reference (same functions,
+kernels disabled). Marked ``cuda``: skipped with a visible reason without CuPy or a device, never skipped with one.
+Two tests at the top need no GPU: importing xpnn never touches it, and ``info()`` never raises.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import xpnn
+import xpnn.functional as F
+from xpnn import _dispatch, nn, optim
+from xpnn._cuda import info, registry
+from xpnn.functional import updates
+
+
+def test_import_does_not_touch_the_gpu():
+    code = ("import sys, xpnn, xpnn.functional, xpnn.nn, xpnn.optim, xpnn._cuda; "
+            "assert 'cupy' not in sys.modules, 'importing xpnn imported cupy'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_info_never_raises():
+    d = info()
+    assert {"cupy", "cuda_runtime", "cuda_driver", "device", "kernels_enabled"} <= set(d)
+    assert d["kernels_enabled"] == xpnn.kernels_enabled()
+
+
+# ---- on the GPU -------------------------------------------------------------------------------------------------
+
+cuda = pytest.mark.cuda
+TOL = {"float16": dict(rtol=5e-3, atol=5e-3), "float32": dict(rtol=1e-5, atol=1e-6),
+       "float64": dict(rtol=1e-12, atol=1e-13)}
+
+
+@pytest.fixture(scope="module")
+def cp():
+    import cupy
+
+    return cupy
+
+
+def both(fn, *args, **kwargs):
+    """(kernel result, reference result) of ``fn`` on the same CuPy arrays, as host arrays."""
+    with _dispatch.use_kernels(True):
+        got = fn(*args, **kwargs)
+    with _dispatch.use_kernels(False):
+        want = fn(*args, **kwargs)
+    return _host(got), _host(want)
+
+
+def _host(v):
+    if isinstance(v, tuple):
+        return tuple(_host(a) for a in v)
+    return xpnn.backend.to_numpy(v)
+
+
+def close(got, want, dtype):
+    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), **TOL[dtype])
+
+
+@cuda
+def test_info_names_the_device():
+    d = info()
+    assert isinstance(d["device"], str) and not d["device"].startswith("none")
+
+
+@cuda
+def test_provider_serves_cupy_arrays(cp):
+    from xpnn._cuda import provider
+
+    xp = xpnn.get_backend("cuda").xp
+    for row in registry.RAW + registry.ELEMENTWISE:
+        for dt in row.dtypes:
+            assert provider(row.name, xp, getattr(cp, dt)) is not None
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("fn,extra", [
+    (F.sigmoid_backward, ()), (F.tanh_backward, ()), (F.relu_backward, ()), (F.leaky_relu_backward, (0.2,)),
+    (F.elu_backward, (0.7,)), (F.selu_backward, ()),
+], ids=lambda v: getattr(v, "__name__", None))
+def test_activation_backward(cp, fn, extra, dtype):
+    rng = np.random.default_rng(0)
+    s = rng.uniform(-0.99, 0.99, (257, 129))
+    s[0, :4] = [1e4, -1e4, 0.0, 50.0]
+    s = cp.asarray(s.astype(dtype))
+    dy = cp.asarray(rng.standard_normal((257, 129)).astype(dtype))
+    got, want = both(fn, s, dy, *extra)
+    assert got.dtype == want.dtype
+    close(got, want, dtype)
+
+
+def _rows(cp, n, width, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, width)) * 3
+    x[:, 0] += np.arange(n)
+    if n > 2:
+        x[1] *= 3e3
+        if width > 1:
+            x[2, ::3] = -np.inf
+    return cp.asarray(x.astype(dtype))
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("n,width", [(7, 1), (64, 7), (300, 1000), (9, 4097), (3, 100_000), (70_000, 10)])
+@pytest.mark.parametrize("fn", [F.logsumexp, F.softmax, F.log_softmax], ids=lambda f: f.__name__)
+def test_row_kernels(cp, fn, n, width, dtype):
+    x = _rows(cp, n, width, dtype)
+    if dtype == "float16":
+        x = cp.clip(x, -6e4, 6e4)
+    got, want = both(fn, x)
+    close(got, want, dtype)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("n,width", [(7, 1), (64, 7), (300, 1000), (9, 4097), (3, 100_000), (70_000, 10)])
+def test_cross_entropy(cp, n, width, dtype):
+    x = _rows(cp, n, width, dtype, seed=1)
+    if dtype == "float16":
+        x = cp.clip(x, -6e4, 6e4)
+    rng = np.random.default_rng(width)
+    t = rng.integers(0, width, n)
+    t[2 % n] = 0
+    t[n // 2] = -100
+    t = cp.asarray(t)
+    for reduction in ("mean", "sum", "none"):
+        for eps in (0.0, 0.1):
+            got, want = both(F.cross_entropy_with_grad, x, t, reduction=reduction, label_smoothing=eps)
+            close(got[0], want[0], dtype)
+            close(got[1], want[1], dtype)
+
+
+def _steps(cp, fn, dtype, n_states, optional, kwargs_for_step, steps=5, n=1_000_003):
+    results = []
+    for use_kernel in (True, False):
+        rng = np.random.default_rng(0)
+        param = cp.asarray(rng.standard_normal(n).astype(dtype))
+        grads = [cp.asarray(rng.standard_normal(n).astype(dtype)) for _ in range(steps)]
+        states = [cp.zeros(n, dtype) if keep else None for keep in optional[:n_states]]
+        with _dispatch.use_kernels(use_kernel):
+            for i in range(steps):
+                fn(param, grads[i], *states, **kwargs_for_step(i + 1))
+        results.append([param.get()] + [s.get() for s in states if s is not None])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-6)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("opts", [dict(), dict(weight_decay=0.1, decoupled_weight_decay=True, amsgrad=True),
+                                  dict(weight_decay=0.01, maximize=True)], ids=str)
+def test_adam(cp, opts, dtype):
+    _steps(cp, updates.adam_update, dtype, 3, (True, True, opts.get("amsgrad", False)),
+           lambda s: dict(step=s, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, **opts))
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("opts", [dict(), dict(momentum=0.9, nesterov=True, weight_decay=0.01),
+                                  dict(momentum=0.8, dampening=0.3, maximize=True)], ids=str)
+def test_sgd(cp, opts, dtype):
+    _steps(cp, updates.sgd_update, dtype, 1, (opts.get("momentum", 0) != 0,),
+           lambda s: dict(lr=0.05, first_step=s == 1, **opts))
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_adagrad(cp, dtype):
+    _steps(cp, updates.adagrad_update, dtype, 1, (True,),
+           lambda s: dict(step=s, lr=0.1, lr_decay=0.01, weight_decay=0.01))
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("centered,momentum", [(False, 0.0), (True, 0.9)])
+def test_rmsprop(cp, dtype, centered, momentum):
+    _steps(cp, updates.rmsprop_update, dtype, 3, (True, centered, momentum > 0),
+           lambda s: dict(lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.01, momentum=momentum, centered=centered))
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_cuda_model_trains_through_the_kernels(cp, dtype):
+    backend = xpnn.get_backend("cuda")
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((5, 12)) * 2
+    y = rng.integers(0, 5, 256)
+    X = backend.asarray((centers[y] + rng.standard_normal((256, 12))).astype(np.float32))
+    y = backend.asarray(y)
+    results = []
+    for use_kernels in (True, False):
+        r = np.random.default_rng(1)
+        model = nn.Sequential(nn.Linear(12, 32, seed=r), nn.Sigmoid(), nn.Linear(32, 5, seed=r)).to(backend,
+                                                                                                       dtype=dtype)
+        loss_fn, opt = nn.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=0.05)
+        losses = []
+        with _dispatch.use_kernels(use_kernels):
+            for _ in range(30):
+                model.zero_grad()
+                losses.append(float(loss_fn(model(backend.asarray(X, dtype=dtype)), y)))
+                model.backward(loss_fn.backward())
+                opt.step()
+        results.append(np.array(losses))
+    got, want = results
+    assert got[-1] < got[0] * 0.5
+    np.testing.assert_allclose(got, want, rtol=1e-3 if dtype == "float32" else 3e-2, atol=1e-3)

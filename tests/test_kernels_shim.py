@@ -1,0 +1,307 @@
+"""Verification layer 2: the CUDA sources run on the CPU through the C++ shim (tests/shim) and the same Python launch
+code as on a GPU (xpnn._cuda.launch), and match the array-API reference in xpnn.functional.
+
+The reference runs with kernels disabled; the kernel runs with the shim provider installed. Cooperative kernels run
+with each block's threads in forward and in reverse order. Rows in one test are distinct, so stale shared memory
+from a previous row would show.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xpnn.functional as F
+from xpnn import _dispatch
+from xpnn._cuda import launch, make_provider, registry
+from xpnn.functional import updates
+
+from shim import ShimLoader, build
+from shim.loader import FLAGS
+
+ORDERS = ("forward", "reverse")
+WIDTHS = (1, 7, 1000, 4097)
+TOL = {"float16": dict(rtol=2e-3, atol=2e-3), "float32": dict(rtol=2e-5, atol=1e-6),
+       "float64": dict(rtol=1e-12, atol=1e-13)}
+
+
+@pytest.fixture(scope="module", params=ORDERS)
+def loader(request):
+    return ShimLoader(reverse=request.param == "reverse")
+
+
+@pytest.fixture(scope="module")
+def forward_loader():
+    return ShimLoader()
+
+
+def reference(fn, *args, **kwargs):
+    with _dispatch.use_kernels(False):
+        return fn(*args, **kwargs)
+
+
+def through_kernel(loader, fn, *args, **kwargs):
+    before = loader.launches
+    with _dispatch.use_provider(make_provider(loader)):
+        out = fn(*args, **kwargs)
+    assert loader.launches > before, f"{fn.__name__} did not run a shim kernel"
+    return out
+
+
+def close(got, want, dtype):
+    np.testing.assert_allclose(np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64),
+                               **TOL[dtype])
+
+
+# ---- the shim itself ----------------------------------------------------------------------------------------------
+
+def test_shim_build_is_warning_free():
+    log = build().log
+    assert log == "", f"g++ {' '.join(FLAGS)} warned:\n{log}"
+
+
+def test_non_cooperative_kernel_that_synchronises_is_an_error(forward_loader):
+    row = registry.RAW_BY_NAME["softmax"]
+    wrong = registry.RawKernel(row.name, row.source, row.entry, row.dtypes, cooperative=False)
+    x = np.ones((2, 40), np.float32)
+    with pytest.raises(RuntimeError, match="non-cooperative"):
+        forward_loader.raw(wrong, "float32").launch(2, 32, (x, np.empty_like(x), np.int64(2), np.int64(40)))
+
+
+def test_launcher_checks_scalar_types_and_block_size(forward_loader):
+    kernel = forward_loader.raw(registry.RAW_BY_NAME["softmax"], "float32")
+    x = np.ones((2, 40), np.float32)
+    out = np.empty_like(x)
+    with pytest.raises(TypeError, match="n_cols must be a numpy.int64, got int"):
+        kernel.launch(2, 32, (x, out, np.int64(2), 40))
+    with pytest.raises(TypeError, match="x must be float32, got float64"):
+        kernel.launch(2, 32, (x.astype(np.float64), out, np.int64(2), np.int64(40)))
+    with pytest.raises(TypeError, match="C-contiguous"):
+        kernel.launch(2, 32, (np.ones((40, 2), np.float32).T, out, np.int64(2), np.int64(40)))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        kernel.launch(2, 48, (x, out, np.int64(2), np.int64(40)))
+
+
+def test_block_choice():
+    assert [launch.row_block(c) for c in (1, 7, 256, 1000, 4097, 100_000)] == [32, 32, 32, 128, 1024, 1024]
+    assert launch.flat_grid(1) == 1 and launch.flat_grid(10**9) == launch.MAX_GRID
+
+
+# ---- elementwise activation backwards ---------------------------------------------------------------------------
+
+ACTIVATIONS = [
+    (F.sigmoid_backward, "y", ()), (F.tanh_backward, "y", ()), (F.relu_backward, "x", ()),
+    (F.leaky_relu_backward, "x", (0.2,)), (F.elu_backward, "x", (0.7,)), (F.selu_backward, "x", ()),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("fn,saved,extra", ACTIVATIONS, ids=lambda v: getattr(v, "__name__", None))
+def test_activation_backward(forward_loader, fn, saved, extra, dtype):
+    rng = np.random.default_rng(1)
+    if saved == "y":  # outputs of sigmoid/tanh
+        s = (rng.uniform(-1, 1, (33, 17)) if fn is F.tanh_backward else rng.uniform(0, 1, (33, 17)))
+    else:  # inputs, including extremes and exact zeros
+        s = rng.standard_normal((33, 17)) * 3
+        s[0, :6] = [1e4, -1e4, 0.0, -0.0, 80.0, -80.0]
+    dy = rng.standard_normal((33, 17))
+    s, dy = s.astype(dtype), dy.astype(dtype)
+    want = reference(fn, s, dy, *extra)
+    got = through_kernel(forward_loader, fn, s, dy, *extra)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    tol = dict(rtol=5e-3, atol=5e-3) if dtype == "float16" else TOL[dtype]  # the kernel computes half in float
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), **tol)
+
+
+def test_activation_backward_non_contiguous(forward_loader):
+    rng = np.random.default_rng(2)
+    y = rng.uniform(0, 1, (20, 30)).astype(np.float32).T
+    dy = rng.standard_normal((30, 20)).astype(np.float32)
+    close(through_kernel(forward_loader, F.sigmoid_backward, y, dy), reference(F.sigmoid_backward, y, dy), "float32")
+
+
+# ---- row kernels ------------------------------------------------------------------------------------------------
+
+def _rows(width: int, dtype: str, n: int = 5, scale: float = 3.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed + width)
+    x = rng.standard_normal((n, width)) * scale
+    x[:, 0] += np.arange(n)  # distinct rows
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("fn", [F.logsumexp, F.softmax, F.log_softmax], ids=lambda f: f.__name__)
+def test_row_kernels(loader, fn, width, dtype):
+    x = _rows(width, dtype)
+    x[1] *= 1e4 / 3  # |x| ~ 1e4
+    if width > 1:
+        x[2, ::3] = -np.inf  # -inf entries (never the whole row)
+    x[3] = -np.inf  # a whole row of -inf: lse = -inf, softmax NaN, like the reference
+    with np.errstate(invalid="ignore", divide="ignore"):
+        want = reference(fn, x)
+        got = through_kernel(loader, fn, x)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_allclose(got, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("fn", [F.logsumexp, F.softmax, F.log_softmax], ids=lambda f: f.__name__)
+def test_row_kernels_float16(forward_loader, fn):
+    x = _rows(300, "float16")
+    close(through_kernel(forward_loader, fn, x), reference(fn, x), "float16")
+
+
+def test_row_kernels_more_rows_than_blocks(forward_loader, monkeypatch):
+    monkeypatch.setattr(launch, "MAX_GRID", 3)  # grid-stride over rows: each block handles several rows
+    x = _rows(70, "float32", n=11)
+    close(through_kernel(forward_loader, F.softmax, x), reference(F.softmax, x), "float32")
+    t = np.arange(11) % 70
+    got, want = through_kernel(forward_loader, F.cross_entropy_with_grad, x, t), reference(F.cross_entropy_with_grad, x, t)
+    close(got[0], want[0], "float32")
+    close(got[1], want[1], "float32")
+
+
+# ---- cross-entropy ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("width", WIDTHS)
+def test_cross_entropy(loader, width, dtype):
+    n = 6
+    x = _rows(width, dtype, n=n, seed=5)
+    x[1] *= 1e4 / 3
+    if width > 1:
+        x[2, 1::2] = -np.inf
+    rng = np.random.default_rng(width)
+    target = rng.integers(0, width, n)
+    target[2] = 0  # a finite entry of the row with -inf entries
+    target[3] = -100  # ignored
+    target[4] = 7 if width > 7 else width - 1
+    for reduction in ("mean", "sum", "none"):
+        for eps in (0.0, 0.1):
+            want = reference(F.cross_entropy_with_grad, x, target, reduction=reduction, label_smoothing=eps)
+            got = through_kernel(loader, F.cross_entropy_with_grad, x, target, reduction=reduction,
+                                 label_smoothing=eps)
+            for g, w in zip(got, want):
+                assert np.asarray(g).dtype == np.asarray(w).dtype and np.shape(g) == np.shape(w)
+            close(got[0], want[0], dtype)
+            close(got[1], want[1], dtype)
+            assert not np.any(got[1][3]), "ignored rows get a zero gradient"
+
+
+def test_cross_entropy_ignore_index_and_int32_targets(forward_loader):
+    x = _rows(9, "float32", n=4)
+    target = np.array([3, 5, 3, 8], dtype=np.int32)
+    for kwargs in (dict(ignore_index=3), dict(ignore_index=3, reduction="sum", label_smoothing=0.3)):
+        want = reference(F.cross_entropy_with_grad, x, target, **kwargs)
+        got = through_kernel(forward_loader, F.cross_entropy_with_grad, x, target, **kwargs)
+        close(got[0], want[0], "float32")
+        close(got[1], want[1], "float32")
+
+
+def test_cross_entropy_all_ignored_mean_is_nan(forward_loader):
+    x = _rows(5, "float32", n=3)
+    target = np.full(3, -100)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loss, grad = through_kernel(forward_loader, F.cross_entropy_with_grad, x, target)
+    assert np.isnan(loss) and not np.any(grad)
+
+
+def test_cross_entropy_float16_computes_in_float32(forward_loader):
+    x = _rows(1000, "float16", n=4)
+    t = np.array([0, 999, 500, 3])
+    got = through_kernel(forward_loader, F.cross_entropy_with_grad, x, t, label_smoothing=0.05)
+    want = reference(F.cross_entropy_with_grad, x, t, label_smoothing=0.05)
+    assert got[0].dtype == np.float16 and got[1].dtype == np.float16
+    close(got[0], want[0], "float16")
+    close(got[1], want[1], "float16")
+
+
+def test_cross_entropy_large_logits_keep_float32_digits(forward_loader):
+    """(m - x[t]) + log(s) keeps the digits that (m + log s) - x[t] loses at |x| ~ 1e4."""
+    rng = np.random.default_rng(3)
+    x = (1e4 + rng.standard_normal((8, 50))).astype(np.float32)  # float32 spacing at 1e4: ~1e-3
+    t = np.argmax(x, axis=1)  # small losses at the row max ...
+    t[::2] = np.argmin(x[::2], axis=1)  # ... and larger ones
+    exact = reference(F.cross_entropy, x.astype(np.float64), t, reduction="none")
+    loss, _ = through_kernel(forward_loader, F.cross_entropy_with_grad, x, t, reduction="none")
+    np.testing.assert_allclose(loss, exact, rtol=1e-5, atol=1e-5)  # the other order is off by up to ~5e-4
+
+
+# ---- optimizer updates ------------------------------------------------------------------------------------------
+
+def _state(n: int, dtype: str, k: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    param = rng.standard_normal(n).astype(dtype)
+    states = [np.zeros(n, dtype) for _ in range(k)]  # as optimizers start; the steps make them non-zero
+    return param, states
+
+
+def _run_steps(fn, loader, n, dtype, n_states, optional, kwargs_for_step, steps=4):
+    """Run ``steps`` updates through the reference and through the shim kernel from the same start."""
+    results = []
+    for use_kernel in (False, True):
+        param, states = _state(n, dtype, n_states)
+        grads = np.random.default_rng(9).standard_normal((steps, n)).astype(dtype)
+        states = [s if keep else None for s, keep in zip(states, optional)]
+        for i in range(steps):
+            if use_kernel:
+                through_kernel(loader, fn, param, grads[i], *states, **kwargs_for_step(i + 1))
+            else:
+                reference(fn, param, grads[i], *states, **kwargs_for_step(i + 1))
+        results.append([param] + [s for s in states if s is not None])
+    # bit for bit: same operation order, scalars rounded as the reference rounds them, no FMA contraction in the shim
+    for want, got in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=0, atol=0)
+
+
+N_FLAT = 1000 + 37  # more than one block, not a multiple of the block size
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("opts", [
+    dict(), dict(weight_decay=0.1), dict(weight_decay=0.1, decoupled_weight_decay=True), dict(amsgrad=True),
+    dict(maximize=True, weight_decay=0.01, amsgrad=True),
+], ids=str)
+def test_adam(forward_loader, opts, dtype):
+    amsgrad = opts.get("amsgrad", False)
+    _run_steps(updates.adam_update, forward_loader, N_FLAT, dtype, 3, (True, True, amsgrad),
+               lambda step: dict(step=step, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, **opts))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("opts", [
+    dict(), dict(momentum=0.9), dict(momentum=0.9, nesterov=True, weight_decay=0.01),
+    dict(momentum=0.8, dampening=0.3, maximize=True),
+], ids=str)
+def test_sgd(forward_loader, opts, dtype):
+    _run_steps(updates.sgd_update, forward_loader, N_FLAT, dtype, 1, (opts.get("momentum", 0) != 0,),
+               lambda step: dict(lr=0.05, first_step=step == 1, **opts))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("opts", [dict(), dict(lr_decay=0.1, weight_decay=0.05, maximize=True)], ids=str)
+def test_adagrad(forward_loader, opts, dtype):
+    _run_steps(updates.adagrad_update, forward_loader, N_FLAT, dtype, 1, (True,),
+               lambda step: dict(step=step, lr=0.1, **opts))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("opts", [
+    dict(momentum=0.0, centered=False), dict(momentum=0.9, centered=False),
+    dict(momentum=0.0, centered=True, weight_decay=0.1), dict(momentum=0.5, centered=True, maximize=True),
+], ids=str)
+def test_rmsprop(forward_loader, opts, dtype):
+    _run_steps(updates.rmsprop_update, forward_loader, N_FLAT, dtype, 3,
+               (True, opts["centered"], opts["momentum"] > 0),
+               lambda step: dict(lr=0.01, alpha=0.99, eps=1e-8, weight_decay=opts.get("weight_decay", 0.0),
+                                 momentum=opts["momentum"], centered=opts["centered"],
+                                 maximize=opts.get("maximize", False)))
+
+
+def test_update_of_non_contiguous_param_falls_back(forward_loader):
+    param = np.ones((10, 4), np.float32).T  # not C-contiguous: an in-place kernel update would need a copy
+    grad, m, v = np.ones_like(param), np.zeros_like(param), np.zeros_like(param)
+    before = forward_loader.launches
+    with _dispatch.use_provider(make_provider(forward_loader)):
+        updates.adam_update(param, grad, m, v, step=1, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
+    assert forward_loader.launches == before
+    np.testing.assert_allclose(param, 0.9, rtol=1e-6)

@@ -1,0 +1,205 @@
+"""Launch code shared by the GPU and the CPU shim: block/grid choice, dtype dispatch, argument preparation.
+
+Each function here has the signature of the ``xpnn.functional`` function it overrides, preceded by the kernel
+``loader`` and the array namespace ``xp``. Arguments were validated by ``xpnn.functional`` (shapes, dtypes, labels
+in range); what is checked here is what the kernels assume: C-contiguous arrays, the exact C scalar types, sizes.
+A function returns ``NotImplemented`` for a case it leaves to the reference code.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..backend import dtype_name
+from . import registry
+from .loader import KernelLoader
+
+FLAT_BLOCK = 256  # threads per block of the grid-stride kernels over flat buffers
+MAX_GRID = 65535  # blocks per launch; the kernels loop (grid-stride) over whatever is left
+ITEMS_PER_THREAD = 8  # row kernels: aim for about this many row entries per thread
+
+
+def row_block(n_cols: int) -> int:
+    """Threads per block for a row of ``n_cols`` entries: a power of two in [32, 1024]."""
+    want = max(1, -(-n_cols // ITEMS_PER_THREAD))
+    return min(1024, max(32, 1 << (want - 1).bit_length()))
+
+
+def flat_grid(n: int, block: int = FLAT_BLOCK) -> int:
+    return max(1, min(MAX_GRID, -(-n // block)))
+
+
+def _contiguous(x: Any) -> Any:
+    return x if x.flags.c_contiguous else x.copy(order="C")
+
+
+def _scalar(dtype: str, value: float) -> np.generic:
+    return np.dtype(dtype).type(value)
+
+
+# ---- elementwise activation backwards ----------------------------------------------------------------------------
+
+def _activation_backward(op: str, loader: KernelLoader, xp: Any, saved: Any, dy: Any, *scalars: float) -> Any:
+    kernel = loader.elementwise(registry.ELEMENTWISE_BY_NAME[op], dtype_name(dy.dtype))
+    return kernel(_contiguous(saved), _contiguous(dy), *(float(s) for s in scalars))
+
+
+def sigmoid_backward(loader: KernelLoader, xp: Any, y: Any, dy: Any) -> Any:
+    return _activation_backward("sigmoid_backward", loader, xp, y, dy)
+
+
+def tanh_backward(loader: KernelLoader, xp: Any, y: Any, dy: Any) -> Any:
+    return _activation_backward("tanh_backward", loader, xp, y, dy)
+
+
+def relu_backward(loader: KernelLoader, xp: Any, x: Any, dy: Any) -> Any:
+    return _activation_backward("relu_backward", loader, xp, x, dy)
+
+
+def leaky_relu_backward(loader: KernelLoader, xp: Any, x: Any, dy: Any, negative_slope: float = 0.01) -> Any:
+    return _activation_backward("leaky_relu_backward", loader, xp, x, dy, negative_slope)
+
+
+def elu_backward(loader: KernelLoader, xp: Any, x: Any, dy: Any, alpha: float = 1.0) -> Any:
+    return _activation_backward("elu_backward", loader, xp, x, dy, alpha)
+
+
+def selu_backward(loader: KernelLoader, xp: Any, x: Any, dy: Any) -> Any:
+    return _activation_backward("selu_backward", loader, xp, x, dy)
+
+
+# ---- row kernels: logsumexp, softmax, log_softmax, cross-entropy ---------------------------------------------------
+
+def _rows(op: str, loader: KernelLoader, xp: Any, x: Any, axis: int, out_shape: tuple[int, ...]) -> Any:
+    """Run row kernel ``op`` over the rows of 2-D ``x`` into a new array of ``out_shape``."""
+    if x.ndim != 2 or axis not in (-1, 1):
+        return NotImplemented
+    n_rows, n_cols = (int(s) for s in x.shape)
+    if n_cols == 0:
+        return NotImplemented  # the reference decides what an empty row means
+    out = xp.empty(out_shape, dtype=x.dtype)
+    if n_rows == 0:
+        return out
+    dtype = dtype_name(x.dtype)
+    kernel = loader.raw(registry.RAW_BY_NAME[op], dtype)
+    kernel.launch(min(n_rows, MAX_GRID), row_block(n_cols), (_contiguous(x), out, np.int64(n_rows), np.int64(n_cols)))
+    return out
+
+
+def logsumexp(loader: KernelLoader, xp: Any, x: Any, axis: int = -1) -> Any:
+    """(N, C) -> (N,)"""
+    return _rows("logsumexp", loader, xp, x, axis, (int(x.shape[0]),))
+
+
+def softmax(loader: KernelLoader, xp: Any, x: Any, axis: int = -1) -> Any:
+    return _rows("softmax", loader, xp, x, axis, tuple(int(s) for s in x.shape))
+
+
+def log_softmax(loader: KernelLoader, xp: Any, x: Any, axis: int = -1) -> Any:
+    return _rows("log_softmax", loader, xp, x, axis, tuple(int(s) for s in x.shape))
+
+
+def cross_entropy_with_grad(loader: KernelLoader, xp: Any, logits: Any, target: Any, *, reduction: str = "mean",
+                            ignore_index: int = -100, label_smoothing: float = 0.0) -> Any:
+    """(loss, grad): one kernel writes the per-row losses and the gradient; a tiny reduction forms the loss."""
+    n_rows, n_cols = (int(s) for s in logits.shape)
+    dtype = dtype_name(logits.dtype)
+    acc = getattr(xp, registry.ACC_DTYPES[dtype])
+    logits = _contiguous(logits)
+    target = _contiguous(xp.astype(target, xp.int64))  # labels were validated by the caller
+    n_valid = xp.reshape(xp.sum(xp.astype(target != ignore_index, xp.int64)), (1,))  # stays on the device
+    grad = xp.empty((n_rows, n_cols), dtype=logits.dtype)
+    loss_rows = xp.empty((n_rows,), dtype=acc)
+    kernel = loader.raw(registry.RAW_BY_NAME["cross_entropy_with_grad"], dtype)
+    kernel.launch(min(n_rows, MAX_GRID), row_block(n_cols), (
+        logits, target, n_valid, grad, loss_rows, np.int64(n_rows), np.int64(n_cols), np.int64(ignore_index),
+        np.float64(label_smoothing), np.int32(reduction == "mean"),
+    ))
+    if reduction == "none":
+        loss = loss_rows
+    elif reduction == "sum":
+        loss = xp.sum(loss_rows)
+    else:  # NaN when every target is ignored, like PyTorch
+        loss = xp.sum(loss_rows) / xp.astype(n_valid[0], acc)
+    return xp.astype(xp.asarray(loss), logits.dtype), grad
+
+
+# ---- optimizer updates over flat buffers, in place --------------------------------------------------------------
+
+def _flat_update(op: str, loader: KernelLoader, arrays: tuple[Any, ...], scalars: tuple[np.generic, ...]) -> Any:
+    """Launch optimizer kernel ``op`` over ``arrays`` (param first; None -> placeholder never touched)."""
+    param = arrays[0]
+    present = [a for a in arrays if a is not None]
+    if not all(a.flags.c_contiguous for a in present):
+        return NotImplemented  # an in-place update through a copy would be lost
+    n = int(math.prod(param.shape))
+    if n == 0:
+        return None
+    args = tuple(param if a is None else a for a in arrays) + (np.int64(n),) + scalars
+    loader.raw(registry.RAW_BY_NAME[op], dtype_name(param.dtype)).launch(flat_grid(n), FLAT_BLOCK, args)
+    return None
+
+
+def adam_update(loader: KernelLoader, xp: Any, param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any,
+                max_exp_avg_sq: Any = None, *, step: int, lr: float, beta1: float, beta2: float, eps: float,
+                weight_decay: float = 0.0, decoupled_weight_decay: bool = False, amsgrad: bool = False,
+                maximize: bool = False) -> Any:
+    t = dtype_name(param.dtype)
+    decay = 1 - lr * weight_decay if decoupled_weight_decay else 1.0
+    scalars = tuple(_scalar(t, v) for v in (
+        beta1, 1 - beta1, beta2, 1 - beta2, eps, 0.0 if decoupled_weight_decay else weight_decay, decay,
+        lr / (1 - beta1**step), math.sqrt(1 - beta2**step),
+    )) + (np.int32(decoupled_weight_decay), np.int32(amsgrad), np.int32(maximize))
+    vmax = max_exp_avg_sq if amsgrad else None
+    return _flat_update("adam_update", loader, (param, grad, exp_avg, exp_avg_sq, vmax), scalars)
+
+
+def sgd_update(loader: KernelLoader, xp: Any, param: Any, grad: Any, momentum_buffer: Any = None, *, lr: float,
+               momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+               first_step: bool = False, maximize: bool = False) -> Any:
+    t = dtype_name(param.dtype)
+    use_momentum = momentum != 0
+    scalars = tuple(_scalar(t, v) for v in (lr, momentum, 1 - dampening, weight_decay)) + tuple(
+        np.int32(f) for f in (use_momentum, nesterov, first_step, maximize))
+    buf = momentum_buffer if use_momentum else None
+    return _flat_update("sgd_update", loader, (param, grad, buf), scalars)
+
+
+def adagrad_update(loader: KernelLoader, xp: Any, param: Any, grad: Any, state_sum: Any, *, step: int, lr: float,
+                   lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10,
+                   maximize: bool = False) -> Any:
+    t = dtype_name(param.dtype)
+    clr = lr / (1 + (step - 1) * lr_decay)
+    scalars = tuple(_scalar(t, v) for v in (clr, weight_decay, eps)) + (np.int32(maximize),)
+    return _flat_update("adagrad_update", loader, (param, grad, state_sum), scalars)
+
+
+def rmsprop_update(loader: KernelLoader, xp: Any, param: Any, grad: Any, square_avg: Any, grad_avg: Any = None,
+                   momentum_buffer: Any = None, *, lr: float, alpha: float, eps: float, weight_decay: float,
+                   momentum: float, centered: bool, maximize: bool = False) -> Any:
+    t = dtype_name(param.dtype)
+    use_momentum = momentum > 0
+    scalars = tuple(_scalar(t, v) for v in (lr, alpha, 1 - alpha, eps, weight_decay, momentum)) + tuple(
+        np.int32(f) for f in (centered, use_momentum, maximize))
+    return _flat_update("rmsprop_update", loader, (
+        param, grad, square_avg, grad_avg if centered else None, momentum_buffer if use_momentum else None), scalars)
+
+
+OPS = {
+    "sigmoid_backward": sigmoid_backward,
+    "tanh_backward": tanh_backward,
+    "relu_backward": relu_backward,
+    "leaky_relu_backward": leaky_relu_backward,
+    "elu_backward": elu_backward,
+    "selu_backward": selu_backward,
+    "logsumexp": logsumexp,
+    "softmax": softmax,
+    "log_softmax": log_softmax,
+    "cross_entropy_with_grad": cross_entropy_with_grad,
+    "adam_update": adam_update,
+    "sgd_update": sgd_update,
+    "adagrad_update": adagrad_update,
+    "rmsprop_update": rmsprop_update,
+}

@@ -1,0 +1,103 @@
+"""One row per CUDA kernel: which op it serves, where its source is, its entry point and its dtypes.
+
+Everything else is generated from these rows: the template instantiations compiled into each RawModule
+(``name_expressions``), the dispatch table of ``xpnn._cuda.provider``, the offline compile checks and the CPU shim
+build in ``tests/shim``. Adding a kernel = one source (or one elementwise body) + one row here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# storage dtype -> (C type in name expressions, accumulation dtype)
+C_TYPES = {"float16": "__half", "float32": "float", "float64": "double"}
+ACC_DTYPES = {"float16": "float32", "float32": "float32", "float64": "float64"}
+
+ELEMENTWISE_PREAMBLE = "activation_backward.cuh"
+
+
+@dataclass(frozen=True)
+class RawKernel:
+    """A ``__global__`` template in a ``.cu`` file, compiled through ``cupy.RawModule``.
+
+    ``entry`` is a name template with ``{T}`` (storage C type) and ``{A}`` (accumulation C type).
+    ``cooperative``: the kernel synchronises its block (``__syncthreads``/shuffles); the CPU shim runs such blocks
+    as fibers and others as a plain loop over threads (and fails if a non-cooperative kernel synchronises).
+    """
+
+    name: str
+    source: str
+    entry: str
+    dtypes: tuple[str, ...]
+    cooperative: bool = False
+
+    def name_expression(self, dtype: str) -> str:
+        return self.entry.format(T=C_TYPES[dtype], A=C_TYPES[ACC_DTYPES[dtype]])
+
+
+@dataclass(frozen=True)
+class ElementwiseKernel:
+    """A ``cupy.ElementwiseKernel``: CuPy's parameter lists and a loop body calling a function from
+    ``kernels/activation_backward.cuh`` (the preamble). ``A`` is the accumulation type inside the body."""
+
+    name: str
+    in_params: str
+    out_params: str
+    operation: str
+    dtypes: tuple[str, ...]
+
+    @property
+    def body(self) -> str:
+        return "typedef typename xpnn_acc<T>::type A; " + self.operation
+
+    @property
+    def kernel_name(self) -> str:
+        return "xpnn_" + self.name
+
+
+_FLOATS = ("float16", "float32", "float64")
+_FLOATS_NO_HALF = ("float32", "float64")  # optimizers keep float32 master copies of float16 parameters
+
+ELEMENTWISE: tuple[ElementwiseKernel, ...] = (
+    ElementwiseKernel("sigmoid_backward", "T y, T dy", "T dx",
+                      "dx = (T)xpnn_sigmoid_backward((A)y, (A)dy);", _FLOATS),
+    ElementwiseKernel("tanh_backward", "T y, T dy", "T dx",
+                      "dx = (T)xpnn_tanh_backward((A)y, (A)dy);", _FLOATS),
+    ElementwiseKernel("relu_backward", "T x, T dy", "T dx",
+                      "dx = (T)xpnn_relu_backward((A)x, (A)dy);", _FLOATS),
+    ElementwiseKernel("leaky_relu_backward", "T x, T dy, float64 negative_slope", "T dx",
+                      "dx = (T)xpnn_leaky_relu_backward((A)x, (A)dy, (A)negative_slope);", _FLOATS),
+    ElementwiseKernel("elu_backward", "T x, T dy, float64 alpha", "T dx",
+                      "dx = (T)xpnn_elu_backward((A)x, (A)dy, (A)alpha);", _FLOATS),
+    ElementwiseKernel("selu_backward", "T x, T dy", "T dx",
+                      "dx = (T)xpnn_selu_backward((A)x, (A)dy);", _FLOATS),
+)
+
+RAW: tuple[RawKernel, ...] = (
+    RawKernel("logsumexp", "softmax_cross_entropy.cu", "logsumexp_rows<{T}, {A}>", _FLOATS, cooperative=True),
+    RawKernel("softmax", "softmax_cross_entropy.cu", "softmax_rows<{T}, {A}>", _FLOATS, cooperative=True),
+    RawKernel("log_softmax", "softmax_cross_entropy.cu", "log_softmax_rows<{T}, {A}>", _FLOATS, cooperative=True),
+    RawKernel("cross_entropy_with_grad", "softmax_cross_entropy.cu", "cross_entropy_fwd_bwd<{T}, {A}>", _FLOATS,
+              cooperative=True),
+    RawKernel("adam_update", "optimizers.cu", "adam_update<{T}>", _FLOATS_NO_HALF),
+    RawKernel("sgd_update", "optimizers.cu", "sgd_update<{T}>", _FLOATS_NO_HALF),
+    RawKernel("adagrad_update", "optimizers.cu", "adagrad_update<{T}>", _FLOATS_NO_HALF),
+    RawKernel("rmsprop_update", "optimizers.cu", "rmsprop_update<{T}>", _FLOATS_NO_HALF),
+)
+
+RAW_BY_NAME = {row.name: row for row in RAW}
+ELEMENTWISE_BY_NAME = {row.name: row for row in ELEMENTWISE}
+
+
+def sources() -> tuple[str, ...]:
+    """The ``.cu`` files that hold RawModule kernels, in registry order."""
+    return tuple(dict.fromkeys(row.source for row in RAW))
+
+
+def name_expressions(source: str) -> tuple[str, ...]:
+    """Every template instantiation compiled into the RawModule of ``source``."""
+    return tuple(row.name_expression(dt) for row in RAW if row.source == source for dt in row.dtypes)
+
+
+def supports(op: str, dtype: str) -> bool:
+    row = RAW_BY_NAME.get(op) or ELEMENTWISE_BY_NAME.get(op)
+    return row is not None and dtype in row.dtypes
