@@ -1,9 +1,8 @@
 """Mini-batches and train/test splits for arrays of any backend (NumPy, CuPy, any array-API namespace)."""
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Union
 
-import array_api_compat
 import numpy as np
 
 from ..backend import backend_of, namespace_of, to_numpy
@@ -84,7 +83,9 @@ def train_test_split(
     else:
         raise TypeError(f"train_test_split: test_size must be a float fraction or an int count, got {test_size!r}")
     if not 0 < n_test < n:
-        raise ValueError(f"train_test_split: test_size={test_size} gives {n_test} test rows out of {n}; need 1..{n - 1}")
+        raise ValueError(
+            f"train_test_split: test_size={test_size} gives {n_test} test rows out of {n}; need 1..{n - 1}"
+        )
     rng = as_generator(seed)
     if stratify:
         labels = to_numpy(y)

@@ -116,7 +116,9 @@ def write_idx(path: PathLike, array: np.ndarray, *, compress: bool | None = None
     codes = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}
     code = codes.get(arr.dtype.newbyteorder("="))
     if code is None:
-        raise TypeError(f"write_idx: dtype {arr.dtype} has no IDX type code (use uint8, int8, int16, int32, float32, float64)")
+        raise TypeError(
+            f"write_idx: dtype {arr.dtype} has no IDX type code (use uint8, int8, int16, int32, float32, float64)"
+        )
     header = bytes([0, 0, code, arr.ndim]) + np.asarray(arr.shape, dtype=">u4").tobytes()
     data = header + arr.astype(_IDX_DTYPES[code]).tobytes()
     if compress or (compress is None and path.suffix == ".gz"):

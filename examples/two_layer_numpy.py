@@ -1,0 +1,60 @@
+"""The two-layer sigmoid network of the source notes (seeds/000), in plain NumPy.
+
+x -> sigmoid(x @ w1) -> @ w2 -> sum of squared errors, trained by hand-written backpropagation and gradient
+descent on random data. Compare with two_layer_xpnn.py: the same program on xpnn.functional (NumPy or CUDA).
+
+    python examples/two_layer_numpy.py [--steps 2000] [--plot loss.png]
+"""
+import argparse
+
+import numpy as np
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--n", type=int, default=64, help="batch size")
+parser.add_argument("--d-in", type=int, default=1000)
+parser.add_argument("--hidden", type=int, default=100)
+parser.add_argument("--d-out", type=int, default=10)
+parser.add_argument("--steps", type=int, default=2000)
+parser.add_argument("--lr", type=float, default=1e-4)
+parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--plot", help="save the loss curve to this PNG (needs matplotlib)")
+args = parser.parse_args()
+
+# sizes and random data: x (n, d_in), y (n, d_out); weights w1 (d_in, h), w2 (h, d_out)
+n, d_in, h, d_out = args.n, args.d_in, args.hidden, args.d_out
+rng = np.random.default_rng(args.seed)
+x, y = rng.standard_normal((n, d_in)), rng.standard_normal((n, d_out))
+w1, w2 = rng.standard_normal((d_in, h)), rng.standard_normal((h, d_out))
+
+losses = []
+for t in range(args.steps):
+    # forward
+    hid = 1 / (1 + np.exp(-x @ w1))  # sigmoid, (n, h)
+    y_pred = hid @ w2  # (n, d_out)
+    loss = np.square(y_pred - y).sum()
+    grad_y_pred = 2 * (y_pred - y)  # (n, d_out)
+    if t % 100 == 0 or t == args.steps - 1:
+        losses.append(float(loss))
+        print(t, float(loss))
+
+    # backward
+    grad_w2 = hid.T @ grad_y_pred  # (h, d_out)
+    grad_hid = grad_y_pred @ w2.T  # (n, h)
+    grad_w1 = x.T @ (grad_hid * hid * (1 - hid))  # (d_in, h)
+
+    # gradient descent
+    w1 -= args.lr * grad_w1
+    w2 -= args.lr * grad_w2
+
+print("backend numpy, dtype float64")
+if args.plot:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([t for t in range(args.steps) if t % 100 == 0 or t == args.steps - 1], losses)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    fig.savefig(args.plot)

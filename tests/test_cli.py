@@ -1,0 +1,131 @@
+"""The xpnn command line: train (digits, MNIST files, save, plot), info, bench, errors; python -m xpnn."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xpnn
+import xpnn.data as D
+from xpnn.backend import cuda_available
+from xpnn.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _accuracy(out: str) -> float:
+    return float(out.split("test accuracy: ")[1].split()[0])
+
+
+def test_train_defaults_reach_97_percent_on_digits_with_a_progress_bar(capsys):
+    assert main(["train"]) == 0
+    out, err = capsys.readouterr()
+    assert "digits: 1350 train / 447 test rows" in out and "model 64-128-10 relu, adam lr 0.003" in out
+    assert _accuracy(out) >= 0.97
+    assert "epoch 20/20" in err and "43/43" in err  # tqdm bars on stderr
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_train_defaults_hold_for_other_seeds(capsys, seed):
+    assert main(["train", "--seed", str(seed), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert _accuracy(out) >= 0.97
+    assert out.count("\nepoch ") == 20  # one plain line per epoch
+
+
+def test_train_options_save_and_plot(capsys, tmp_path):
+    ckpt, png = tmp_path / "run.npz", tmp_path / "curves.png"
+    code = main(["train", "--hidden", "32,16", "--activation", "tanh", "--optimizer", "momentum", "--lr", "0.02",
+                 "--epochs", "3", "--batch-size", "64", "--seed", "3", "--dtype", "float64", "--no-progress",
+                 "--save", str(ckpt), "--plot", str(png)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "model 64-32-16-10 tanh, momentum lr 0.02, 3 epochs, batch 64" in out
+    assert _accuracy(out) > 0.8
+    state, meta = xpnn.load(ckpt, with_metadata=True)
+    assert set(state) == {"model", "optimizer", "standardizer", "config"}
+    assert state["config"]["sizes"] == [64, 32, 16, 10] and state["config"]["epochs"] == 3
+    assert state["model"]["0.weight"].shape == (32, 64) and state["model"]["0.weight"].dtype == np.float64
+    assert meta["arrays"]["/standardizer/mean"]["shape"] == (64,)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    # the checkpoint rebuilds the model: same test accuracy as printed
+    from xpnn import nn
+    from xpnn.cli import build_model
+    from xpnn.train import evaluate
+
+    model = build_model(state["config"]["sizes"], "tanh", dtype="float64")
+    model.load_state_dict(state["model"])
+    X, y = D.load_digits()
+    _, X_test, _, y_test = D.train_test_split(X, y, 0.25, seed=3, stratify=True)
+    scaler = D.Standardizer().load_state_dict(state["standardizer"])
+    acc = evaluate(model, nn.CrossEntropyLoss(), scaler.transform(X_test.astype(np.float64)), y_test)["accuracy"]
+    assert acc == pytest.approx(state["config"]["test_accuracy"], abs=1e-9)
+
+
+def test_train_on_mnist_files(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 200), ("t10k", 50)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+        for i, k in enumerate(labels):
+            images[i, 2 + 2 * k: 4 + 2 * k, :] = 255
+        D.write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", images)
+        D.write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", labels)
+    assert main(["train", "--dataset", f"mnist:{tmp_path}", "--hidden", "16", "--epochs", "3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "200 train / 50 test rows, 784 features, 10 classes" in out and _accuracy(out) > 0.9
+
+
+def test_train_errors(capsys, tmp_path):
+    assert main(["train", "--dataset", f"mnist:{tmp_path}"]) == 1
+    assert "train-images-idx3-ubyte" in capsys.readouterr().err
+    assert main(["train", "--dataset", "cifar"]) == 1
+    assert "digits' or 'mnist:PATH'" in capsys.readouterr().err
+    assert main(["train", "--hidden", "12,x"]) == 2
+    assert "--hidden" in capsys.readouterr().err
+    assert main(["train", "--optimizer", "lbfgs"]) == 2
+    capsys.readouterr()
+
+
+@pytest.mark.skipif(cuda_available(), reason="checks the error shown when no GPU is present")
+def test_train_cuda_without_gpu_explains(capsys):
+    assert main(["train", "--backend", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert "xpnn train: error: backend 'cuda'" in err
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 1
+    assert "{train,info,bench}" in capsys.readouterr().out
+    assert main(["--help"]) == 0
+    capsys.readouterr()
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"xpnn {xpnn.__version__}" in out and "numpy: available" in out and "cuda:" in out
+    assert "fused kernels enabled:" in out and "array-api-compat" in out
+
+
+def test_bench_delegates_to_xpnn_bench(monkeypatch):
+    seen = []
+    fake = types.ModuleType("xpnn.bench")
+    fake.main = lambda argv: seen.append(argv) or 3
+    monkeypatch.setitem(sys.modules, "xpnn.bench", fake)
+    monkeypatch.setattr(xpnn, "bench", fake, raising=False)
+    assert main(["bench", "--quick", "--help"]) == 3
+    assert seen == [["--quick", "--help"]]
+
+
+def test_python_dash_m_xpnn():
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "xpnn", "info"], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("xpnn ")

@@ -1,0 +1,87 @@
+"""The scripts in examples/ run (small sizes) and do what they say."""
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xpnn.data as D
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_example(name, args, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLES / name)] + [str(a) for a in args])
+    runpy.run_path(str(EXAMPLES / name), run_name="__main__")
+    return capsys.readouterr()
+
+
+def _losses(out):
+    rows = [line.split() for line in out.splitlines() if line and line.split()[0].isdigit()]
+    return np.array([int(r[0]) for r in rows]), np.array([float(r[1]) for r in rows])
+
+
+def test_two_layer_numpy_and_xpnn_print_the_same_losses(monkeypatch, capsys, tmp_path):
+    small = ["--n", 16, "--d-in", 50, "--hidden", 20, "--d-out", 5, "--steps", 301, "--lr", 1e-3]
+    out_np = run_example("two_layer_numpy.py", small + ["--plot", tmp_path / "a.png"], monkeypatch, capsys).out
+    out_xp = run_example("two_layer_xpnn.py", small + ["--backend", "numpy"], monkeypatch, capsys).out
+    steps_np, loss_np = _losses(out_np)
+    steps_xp, loss_xp = _losses(out_xp)
+    assert steps_np.tolist() == steps_xp.tolist() == [0, 100, 200, 300]
+    assert np.allclose(loss_np, loss_xp, rtol=1e-9)
+    assert loss_np[-1] < loss_np[0] / 5  # it learns
+    assert (tmp_path / "a.png").stat().st_size > 0
+    assert "backend numpy, dtype float64" in out_xp
+
+
+def test_two_layer_xpnn_float32(monkeypatch, capsys):
+    out = run_example("two_layer_xpnn.py", ["--n", 8, "--d-in", 20, "--hidden", 10, "--d-out", 3, "--steps", 101,
+                                            "--lr", 1e-3, "--dtype", "float32"], monkeypatch, capsys).out
+    _, losses = _losses(out)
+    assert losses[-1] < losses[0] and "dtype float32" in out
+
+
+def test_digits_classifier(monkeypatch, capsys, tmp_path):
+    out = run_example("digits_classifier.py", ["--epochs", 6, "--hidden", 32, "--no-progress", "--cutout", 2,
+                                               "--dropconnect", 0.1, "--save", tmp_path / "d.npz",
+                                               "--plot", tmp_path / "d.png"], monkeypatch, capsys).out
+    acc = float(out.split("test accuracy ")[1].split(",")[0])
+    assert acc > 0.9
+    assert "reloaded model gives identical predictions: True" in out
+    assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_digits_classifier_with_pca(monkeypatch, capsys):
+    out = run_example("digits_classifier.py", ["--epochs", 4, "--hidden", 32, "--pca", 20, "--no-progress"],
+                      monkeypatch, capsys).out
+    assert "train (1214, 20)" in out and float(out.split("test accuracy ")[1].split(",")[0]) > 0.85
+
+
+def _fake_mnist(folder, n_train=300, n_test=100):
+    """Tiny MNIST-format files: class k images have a bright k-th horizontal band, plus noise."""
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, k in enumerate(labels):
+            images[i, 2 + 2 * k: 4 + 2 * k, :] = 255
+        D.write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        D.write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+
+
+def test_mnist_example_on_tiny_idx_files(monkeypatch, capsys, tmp_path):
+    _fake_mnist(tmp_path)
+    out = run_example("mnist.py", ["--path", tmp_path, "--backend", "numpy", "--hidden", 32, "--epochs", 3,
+                                   "--limit", 200, "--no-progress", "--save", tmp_path / "m.npz"],
+                      monkeypatch, capsys).out
+    assert "MNIST: 200 train / 100 test images" in out
+    assert float(out.split("test accuracy ")[1].split()[0]) > 0.9
+    assert (tmp_path / "m.npz").exists()
+
+
+def test_mnist_example_reports_missing_files(monkeypatch, capsys, tmp_path):
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+        run_example("mnist.py", ["--path", tmp_path, "--backend", "numpy"], monkeypatch, capsys)

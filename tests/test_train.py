@@ -1,0 +1,251 @@
+"""xpnn.train: fit / evaluate / predict, History and its plot, EarlyStopping, progress output, flat memory."""
+from __future__ import annotations
+
+import os
+import sys
+import tracemalloc
+
+import array_api_strict as xs
+import numpy as np
+import pytest
+
+import xpnn.data as D
+from xpnn import nn, optim
+from xpnn.train import Callback, EarlyStopping, History, evaluate, fit, predict
+
+
+def _digits(seed=0):
+    X, y = D.load_digits()
+    Xtr, Xte, ytr, yte = D.train_test_split(X, y, 0.25, seed=seed, stratify=True)
+    s = D.Standardizer().fit(Xtr)
+    return s.transform(Xtr), s.transform(Xte), ytr, yte
+
+
+def _mlp(d_in=64, hidden=32, d_out=10, seed=0, **kw):
+    rng = np.random.default_rng(seed)
+    return nn.Sequential(nn.Linear(d_in, hidden, seed=rng, **kw), nn.ReLU(), nn.Linear(hidden, d_out, seed=rng, **kw))
+
+
+def test_fit_learns_digits_and_records_history():
+    Xtr, Xte, ytr, yte = _digits()
+    model = _mlp()
+    opt = optim.Adam(model.parameters(), lr=3e-3)
+    hist = fit(model, nn.CrossEntropyLoss(), opt, Xtr, ytr, epochs=6, batch_size=32,
+               validation_data=(Xte, yte), progress=False, seed=0)
+    assert isinstance(hist, History) and hist.epochs == 6 and hist.stopped_epoch is None
+    assert set(hist.history) == {"loss", "accuracy", "val_loss", "val_accuracy", "time"}
+    assert hist["loss"][-1] < hist["loss"][0] / 3
+    assert hist["val_accuracy"][-1] > 0.93
+    res = evaluate(model, nn.CrossEntropyLoss(), Xte, yte)
+    assert res["accuracy"] == pytest.approx(hist["val_accuracy"][-1])
+    assert res["loss"] == pytest.approx(hist["val_loss"][-1], rel=1e-5)
+    logits = predict(model, Xte, batch_size=100)
+    assert logits.shape == (len(yte), 10)
+    assert np.mean(np.argmax(logits, axis=1) == yte) == pytest.approx(res["accuracy"])
+    assert model.training  # evaluate/predict restore the mode
+
+
+def test_epoch_loss_is_the_mean_over_samples():
+    # with lr=0 nothing changes, so the epoch's training loss equals evaluate's loss on the same data,
+    # even with an uneven last batch (10 rows, batches of 4)
+    X = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    model = _mlp(3, 5, 3)
+    hist = fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.0), X, y,
+               epochs=1, batch_size=4, progress=False, seed=0)
+    ref = evaluate(model, nn.CrossEntropyLoss(), X, y)
+    assert hist["loss"][0] == pytest.approx(ref["loss"], rel=1e-6)
+    assert hist["accuracy"][0] == pytest.approx(ref["accuracy"])
+
+
+def test_fit_is_reproducible_with_a_seed():
+    Xtr, _, ytr, _ = _digits()
+    states = []
+    for _ in range(2):
+        model = _mlp(seed=1)
+        fit(model, nn.CrossEntropyLoss(), optim.Adam(model.parameters()), Xtr[:200], ytr[:200],
+            epochs=2, batch_size=16, progress=False, seed=7)
+        states.append(model.state_dict())
+    for k in states[0]:
+        assert np.array_equal(states[0][k], states[1][k])
+
+
+def test_fit_moves_numpy_data_to_the_models_backend():
+    """The model lives in array_api_strict; fit gets NumPy float64 data and int labels."""
+    Xtr, Xte, ytr, yte = _digits()
+    model = _mlp().to(xs)
+    opt = optim.Adam(model.parameters(), lr=3e-3)
+    hist = fit(model, nn.CrossEntropyLoss(), opt, Xtr.astype(np.float64), ytr, epochs=3, batch_size=64,
+               validation_data=(Xte, yte), progress=False, seed=0)
+    assert hist["val_accuracy"][-1] > 0.9
+    assert type(predict(model, Xte)) is type(xs.asarray(0))
+
+
+def test_fit_regression_with_mse_has_no_accuracy():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 3)).astype(np.float32)
+    y = (X @ np.array([[1.0], [-2.0], [0.5]], np.float32)).astype(np.float32)
+    model = nn.Sequential(nn.Linear(3, 1, seed=0))
+    hist = fit(model, nn.MSELoss(), optim.Adam(model.parameters(), lr=0.05), X, y, epochs=30, batch_size=16,
+               progress=False, seed=0)
+    assert "accuracy" not in hist and hist["loss"][-1] < 0.05 * hist["loss"][0]
+
+
+def test_fit_argument_errors():
+    X, y = np.zeros((4, 3), np.float32), np.zeros(4, np.int64)
+    model = _mlp(3, 4, 2)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="epochs"):
+        fit(model, nn.CrossEntropyLoss(), opt, X, y, epochs=0, batch_size=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        fit(model, nn.CrossEntropyLoss(), opt, X, y, epochs=1, batch_size=0)
+    with pytest.raises(ValueError, match="same number of rows"):
+        fit(model, nn.CrossEntropyLoss(), opt, X, y[:3], epochs=1, batch_size=2)
+    with pytest.raises(ValueError, match="validation_data"):
+        fit(model, nn.CrossEntropyLoss(), opt, X, y, epochs=1, batch_size=2, validation_data=(X,))
+
+
+def test_batch_transform_and_callbacks_are_called():
+    X = np.random.default_rng(0).normal(size=(20, 64)).astype(np.float32)
+    y = np.arange(20) % 10
+    seen = {"transform": 0, "batch": [], "epoch": [], "begin": 0, "end": 0}
+
+    def transform(xb, yb):
+        seen["transform"] += 1
+        return D.cutout(xb, 3, image_shape=(8, 8)), yb
+
+    class Recorder(Callback):
+        def on_train_begin(self, model, history):
+            seen["begin"] += 1
+
+        def on_batch_end(self, step, model):
+            seen["batch"].append(step)
+
+        def on_epoch_end(self, epoch, logs, model):
+            seen["epoch"].append((epoch, sorted(logs)))
+
+        def on_train_end(self, model, history):
+            seen["end"] += 1
+
+    model = _mlp()
+    fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.01), X, y, epochs=2, batch_size=8,
+        callbacks=[Recorder()], progress=False, batch_transform=transform)
+    assert seen["transform"] == 6 and seen["batch"] == [1, 2, 3, 4, 5, 6]
+    assert seen["epoch"] == [(1, ["accuracy", "loss", "time"]), (2, ["accuracy", "loss", "time"])]
+    assert seen["begin"] == seen["end"] == 1
+
+
+class _FakeModel:
+    def __init__(self):
+        self.w = 0
+
+    def state_dict(self):
+        return {"w": self.w}
+
+    def load_state_dict(self, state):
+        self.w = state["w"]
+
+
+def test_early_stopping_logic_and_restore():
+    es = EarlyStopping(monitor="val_loss", patience=2, min_delta=0.01)
+    model, hist = _FakeModel(), History()
+    es.on_train_begin(model, hist)
+    stops = []
+    for epoch, value in enumerate([1.0, 0.8, 0.795, 0.9, 0.85, 0.7], start=1):
+        model.w = epoch
+        hist.append({"loss": 0.0, "val_loss": value})
+        stops.append(es.on_epoch_end(epoch, {"val_loss": value}, model))
+        if stops[-1]:
+            break
+    assert stops == [None, None, None, None, True]  # 0.795 is not better than 0.8 by more than min_delta
+    assert es.best == 0.8 and es.best_epoch == 2 and es.stopped_epoch == 5
+    es.on_train_end(model, hist)
+    assert model.w == 2  # best weights restored
+    acc = EarlyStopping(monitor="val_accuracy", patience=0)
+    acc.on_train_begin(model, hist)
+    assert acc.maximize and acc.on_epoch_end(1, {"val_accuracy": 0.5}, model) is None
+    assert acc.on_epoch_end(2, {"val_accuracy": 0.4}, model) is True
+    with pytest.raises(KeyError, match="validation_data"):
+        EarlyStopping().on_epoch_end(1, {"loss": 1.0}, model)
+
+
+def test_early_stopping_in_fit_restores_best_epoch():
+    Xtr, Xte, ytr, yte = _digits()
+    model = _mlp(hidden=64)
+    # 60 training rows and a large learning rate: the model overfits and validation loss turns up after a few epochs
+    es = EarlyStopping(monitor="val_loss", patience=1)
+    hist = fit(model, nn.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=0.03), Xtr[:60], ytr[:60],
+               epochs=40, batch_size=10, validation_data=(Xte, yte), callbacks=[es], progress=False, seed=0)
+    assert hist.stopped_epoch is not None and hist.epochs == hist.stopped_epoch < 40
+    assert es.best == min(hist["val_loss"]) and es.best_epoch < hist.epochs
+    assert evaluate(model, nn.CrossEntropyLoss(), Xte, yte)["loss"] == pytest.approx(es.best, rel=1e-5)
+
+
+def test_progress_bar_and_plain_progress(capsys, monkeypatch):
+    X = np.random.default_rng(0).normal(size=(16, 64)).astype(np.float32)
+    y = np.arange(16) % 10
+    model = _mlp()
+    opt = optim.SGD(model.parameters(), lr=0.01)
+    fit(model, nn.CrossEntropyLoss(), opt, X, y, epochs=2, batch_size=8, progress=True)
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "2/2" in err and "loss" in err
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # tqdm not installed: one printed line per epoch
+    fit(model, nn.CrossEntropyLoss(), opt, X, y, epochs=2, batch_size=8, progress=True)
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[0].startswith("epoch 1/2  loss ") and "accuracy" in out[1]
+    fit(model, nn.CrossEntropyLoss(), opt, X, y, epochs=1, batch_size=8, progress=False)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_history_plot(tmp_path, monkeypatch):
+    hist = History()
+    for i in range(4):
+        hist.append({"loss": 1.0 / (i + 1), "accuracy": 0.5 + 0.1 * i, "val_loss": 1.2 / (i + 1),
+                     "val_accuracy": 0.4 + 0.1 * i, "time": 0.1})
+    assert "epochs=4" in repr(hist)
+    hist.plot(tmp_path / "curves.png", title="test")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no completed epochs"):
+        History().plot(tmp_path / "empty.png")
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(ImportError, match=r"xpnn\[plot\]"):
+        hist.plot(tmp_path / "x.png")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc/self/statm (Linux) to read RSS")
+def test_ten_thousand_steps_keep_memory_flat():
+    """10,000 optimizer steps (about 3 s): resident memory does not grow between step 1,000 and step 10,000,
+    and tracemalloc over steps 2,000..3,000 finds no per-step growth of Python or NumPy allocations."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40_000, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 40_000)
+    model = _mlp(4, 8, 3)
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+    marks = {}
+
+    class Probe(Callback):
+        def on_batch_end(self, step, model):
+            if step in (1_000, 10_000):
+                marks[step] = _rss_bytes()
+            elif step == 2_000:
+                tracemalloc.start()  # counts only what is allocated from now on and still alive later
+            elif step == 2_100:
+                marks["traced_100"] = tracemalloc.get_traced_memory()[0]
+            elif step == 3_000:
+                marks["traced_1000"] = tracemalloc.get_traced_memory()[0]
+                tracemalloc.stop()
+
+    try:
+        fit(model, nn.CrossEntropyLoss(), opt, X, y, epochs=1, batch_size=4, callbacks=[Probe()],
+            progress=False, seed=0)
+    finally:
+        tracemalloc.stop()
+    assert len(marks) == 4
+    assert marks[10_000] - marks[1_000] < 1024 * 1024, marks  # < 1 MiB over 9,000 steps
+    assert marks["traced_1000"] - marks["traced_100"] < 8 * 1024, marks  # < 9 bytes per step

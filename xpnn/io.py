@@ -1,0 +1,287 @@
+"""Checkpoints: ``save(obj, path)`` / ``load(path)`` for nested dicts/lists of arrays and Python scalars.
+
+File format: an NPZ archive (``numpy.savez``; never pickled) holding every array as ``a0.npy, a1.npy, ...`` plus one
+entry ``__xpnn_metadata__``, a uint8 array of UTF-8 JSON: the format name and version, the xpnn version, a table of
+the arrays (their place in the structure, dtype and shape) and the structure itself, where every Python value is
+stored exactly (floats as ``float.hex``, ints as JSON integers, str, bool, None; dict key types and order, dict vs
+OrderedDict, list vs tuple). A model state dict, an optimizer state dict (``{"state": {0: {...}}, "param_groups":
+[...]}``) or any mix of them round-trips bit for bit.
+
+Writes are atomic: the archive goes to a temporary file in the target's folder, is flushed and fsync'ed, and then
+``os.replace``-d over the target, so a crash or an exception mid-write leaves the previous file untouched.
+Arrays from any backend (CuPy included) are saved through ``to_numpy``; ``load`` returns NumPy arrays
+(``model.load_state_dict`` moves them to the model's backend).
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import tempfile
+import zipfile
+from typing import Any, Optional, Union
+
+import array_api_compat
+import numpy as np
+
+from .backend import to_numpy
+from .errors import CheckpointError
+
+__all__ = ["save", "load", "CheckpointError", "CheckpointNotFoundError", "FORMAT", "FORMAT_VERSION"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+FORMAT = "xpnn-checkpoint"
+FORMAT_VERSION = 1
+META_KEY = "__xpnn_metadata__"
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint file does not exist (both a ``CheckpointError`` and a ``FileNotFoundError``)."""
+
+
+def _xpnn_version() -> str:
+    try:
+        from . import __version__  # type: ignore[attr-defined]
+
+        return str(__version__)
+    except ImportError:
+        from importlib import metadata
+
+        try:
+            return metadata.version("xpnn")
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+
+# --- encoding: Python structure -> JSON tree + list of arrays --------------------------------------------------
+
+class _Encoder:
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+        self.table: dict[str, dict[str, Any]] = {}
+
+    def _array(self, arr: np.ndarray, where: str, kind: str) -> dict[str, Any]:
+        if arr.dtype.hasobject:
+            raise TypeError(
+                f"xpnn.save: {where or 'the object'} is an object array, which NPZ cannot hold without pickle"
+            )
+        key = f"a{len(self.arrays)}"
+        self.arrays[key] = arr
+        self.table[key] = {"path": where or "/", "dtype": arr.dtype.str, "shape": list(arr.shape)}
+        return {"type": kind, "key": key}
+
+    def node(self, obj: Any, where: str) -> dict[str, Any]:
+        # order matters: bool before int, numpy scalars before Python numbers (np.float64 is a float subclass)
+        if obj is None:
+            return {"type": "none"}
+        if isinstance(obj, np.generic):
+            return self._array(np.asarray(obj), where, "npscalar")
+        if isinstance(obj, np.ndarray):
+            return self._array(obj, where, "array")
+        if isinstance(obj, bool):
+            return {"type": "bool", "value": obj}
+        if isinstance(obj, int):
+            return {"type": "int", "value": int(obj)}
+        if isinstance(obj, float):
+            return {"type": "float", "value": float(obj).hex()}
+        if isinstance(obj, str):
+            return {"type": "str", "value": obj}
+        if isinstance(obj, dict):
+            kind = "odict" if isinstance(obj, collections.OrderedDict) else "dict"
+            keys, values = [], []
+            for k, v in obj.items():
+                if not isinstance(k, (str, int, float, type(None))) or isinstance(k, np.generic):
+                    raise TypeError(
+                        f"xpnn.save: dict key {k!r} at {where or '/'} must be a str, int, float, bool or None"
+                    )
+                keys.append(self.node(k, where))
+                values.append(self.node(v, f"{where}/{k}"))
+            return {"type": kind, "keys": keys, "values": values}
+        if isinstance(obj, (list, tuple)):
+            kind = "tuple" if isinstance(obj, tuple) else "list"
+            return {"type": kind, "items": [self.node(v, f"{where}/{i}") for i, v in enumerate(obj)]}
+        if array_api_compat.is_array_api_obj(obj):  # CuPy, array_api_strict, ...: saved as NumPy
+            return self._array(np.asarray(to_numpy(obj)), where, "array")
+        hint = "; save its state_dict() instead" if hasattr(obj, "state_dict") else ""
+        raise TypeError(
+            f"xpnn.save: cannot store {type(obj).__name__} at {where or '/'} (supported: arrays, dict, list, tuple, "
+            f"str, int, float, bool, None){hint}"
+        )
+
+
+def _encode_meta(meta: dict[str, Any]) -> np.ndarray:
+    text = json.dumps(meta, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+
+
+# --- atomic write ----------------------------------------------------------------------------------------------
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync_dir(directory: str) -> None:
+    with contextlib.suppress(OSError):  # not possible on every OS/file system; the data itself is already synced
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_npz(f: Any, arrays: dict[str, np.ndarray], compress: bool) -> None:
+    (np.savez_compressed if compress else np.savez)(f, **arrays)
+
+
+def save(obj: Any, path: PathLike, *, metadata: Optional[dict[str, Any]] = None, compress: bool = False) -> None:
+    """Write ``obj`` (nested dicts/lists/tuples of arrays and Python scalars, e.g. ``model.state_dict()`` or
+    ``{"model": ..., "optimizer": ...}``) to ``path`` atomically. ``metadata``: an optional dict of your own,
+    returned by ``load(path, with_metadata=True)``. ``compress=True`` deflates the arrays (smaller, slower)."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"xpnn.save: folder {directory} does not exist")
+    enc = _Encoder()
+    tree = enc.node(obj, "")
+    user = enc.node(metadata, "metadata") if metadata is not None else None
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "xpnn_version": _xpnn_version(),
+        "arrays": enc.table,
+        "structure": tree,
+        "metadata": user,
+    }
+    arrays = dict(enc.arrays)
+    arrays[META_KEY] = _encode_meta(meta)
+    mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else _default_mode()
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_npz(f, arrays, compress)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+
+def _decode(node: Any, arrays: dict[str, np.ndarray], path: str) -> Any:
+    try:
+        kind = node["type"]
+        if kind == "none":
+            return None
+        if kind == "bool":
+            return bool(node["value"])
+        if kind == "int":
+            if not isinstance(node["value"], int):
+                raise ValueError("int node without an integer")
+            return node["value"]
+        if kind == "float":
+            return float.fromhex(node["value"])
+        if kind == "str":
+            return str(node["value"])
+        if kind == "array":
+            return arrays[node["key"]]
+        if kind == "npscalar":
+            return arrays[node["key"]][()]
+        if kind in ("dict", "odict"):
+            cls = collections.OrderedDict if kind == "odict" else dict
+            keys, values = node["keys"], node["values"]
+            if len(keys) != len(values):
+                raise ValueError("dict node with unequal keys and values")
+            return cls((_decode(k, arrays, path), _decode(v, arrays, path)) for k, v in zip(keys, values))
+        if kind in ("list", "tuple"):
+            items = [_decode(v, arrays, path) for v in node["items"]]
+            return tuple(items) if kind == "tuple" else items
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"xpnn.load: {path} has a damaged structure entry ({type(exc).__name__}: {exc})"
+        ) from None
+    raise CheckpointError(f"xpnn.load: {path} has an unknown structure entry type {kind!r}")
+
+
+def _read_npz(z: Any, path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Check the metadata of an open NPZ and read every array (checking dtype and shape): ``(meta, arrays)``."""
+    names = set(z.files)
+    if META_KEY not in names:
+        raise CheckpointError(
+            f"xpnn.load: {path} is an NPZ file but not an xpnn checkpoint (no {META_KEY} entry; "
+            f"it holds {sorted(names)[:5]}); read it with numpy.load"
+        )
+    meta = json.loads(bytes(z[META_KEY]).decode("utf-8"))
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"xpnn.load: {path} has metadata of an unknown format")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"xpnn.load: {path} uses checkpoint format {version!r} (written by xpnn "
+            f"{meta.get('xpnn_version')}); this xpnn reads format <= {FORMAT_VERSION}: upgrade xpnn"
+        )
+    table = meta["arrays"]
+    if set(table) != names - {META_KEY}:
+        raise CheckpointError(
+            f"xpnn.load: {path} is inconsistent: its metadata lists {len(table)} arrays, "
+            f"the archive holds {len(names) - 1}"
+        )
+    arrays = {}
+    for key, info in table.items():
+        arr = z[key]  # zipfile checks the CRC of every entry it reads
+        if arr.dtype.str != info["dtype"] or list(arr.shape) != info["shape"]:
+            raise CheckpointError(
+                f"xpnn.load: {path}: array {info.get('path')!r} is {arr.dtype.str} {list(arr.shape)}, "
+                f"its metadata says {info['dtype']} {info['shape']}"
+            )
+        arrays[key] = arr
+    return meta, arrays
+
+
+def load(path: PathLike, *, with_metadata: bool = False) -> Any:
+    """Read a checkpoint written by ``save``: exactly the saved structure, with NumPy arrays.
+
+    ``with_metadata=True`` returns ``(obj, meta)``; ``meta`` holds ``format_version``, ``xpnn_version``, ``arrays``
+    (for each stored array its place ``path``, ``dtype`` and ``shape``) and ``metadata`` (what you passed to save).
+    Raises ``CheckpointNotFoundError`` for a missing file and ``CheckpointError`` for a truncated or corrupt one.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointNotFoundError(f"xpnn.load: no checkpoint file {path}")
+    try:
+        with open(path, "rb") as f:
+            z = np.load(f, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise CheckpointError(f"xpnn.load: {path} is a single .npy array, not an xpnn checkpoint (NPZ)")
+            with z:
+                meta, arrays = _read_npz(z, path)
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        size = os.path.getsize(path)
+        raise CheckpointError(
+            f"xpnn.load: {path} ({size} bytes) is truncated or corrupt and cannot be read "
+            f"({type(exc).__name__}: {exc}); restore it from a backup or save again"
+        ) from None
+    obj = _decode(meta["structure"], arrays, path)
+    if not with_metadata:
+        return obj
+    user = meta.get("metadata")
+    info = {
+        "format": meta["format"],
+        "format_version": meta["format_version"],
+        "xpnn_version": meta.get("xpnn_version"),
+        "arrays": {
+            v["path"]: {"dtype": np.dtype(v["dtype"]).name, "shape": tuple(v["shape"])} for v in meta["arrays"].values()
+        },
+        "metadata": None if user is None else _decode(user, arrays, path),
+    }
+    return obj, info

@@ -1,0 +1,377 @@
+"""The training loop: ``fit`` (mini-batches, progress bar, validation, callbacks) -> ``History``; ``evaluate``;
+``predict``; the ``EarlyStopping`` callback.
+
+``fit`` works on any backend: it finds the model's backend from its parameters and moves the data there once,
+before the first epoch. Each epoch shuffles the data with one gather on that device and then walks through slices
+of it; losses and hit counts are summed on the device and read back only when the progress bar refreshes and at the
+end of the epoch, so a GPU run is not synchronised every step.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Optional, Sequence
+
+from .backend import Backend, backend_of, get_backend
+from .data.batching import SeedLike, as_generator, batches
+
+__all__ = ["fit", "evaluate", "predict", "History", "Callback", "EarlyStopping"]
+
+BatchTransform = Callable[[Any, Any], tuple[Any, Any]]
+
+
+class History:
+    """Per-epoch metrics of a ``fit`` run: ``history["loss"]``, ``["accuracy"]``, ``["val_loss"]``,
+    ``["val_accuracy"]`` (the accuracy keys only for integer class labels, the ``val_`` keys only with
+    validation data) and ``["time"]`` (seconds per epoch). ``stopped_epoch`` is set when a callback stopped early.
+    """
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.stopped_epoch: Optional[int] = None
+
+    def append(self, logs: dict[str, float]) -> None:
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(float(value))
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.history[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.history
+
+    @property
+    def epochs(self) -> int:
+        """Number of completed epochs."""
+        return len(self.history.get("loss", []))
+
+    def __repr__(self) -> str:
+        last = ", ".join(f"{k}={v[-1]:.4g}" for k, v in self.history.items() if v and k != "time")
+        return f"History(epochs={self.epochs}{', ' + last if last else ''})"
+
+    def plot(self, path: Any, *, title: Optional[str] = None) -> None:
+        """Write the loss (and accuracy) curves, training and validation, to an image file (PNG by extension).
+
+        Needs matplotlib (``pip install "xpnn[plot]"``). Uses matplotlib's object API (no pyplot global state).
+        """
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+            from matplotlib.ticker import MaxNLocator
+        except ImportError:
+            raise ImportError(
+                'History.plot needs matplotlib: pip install "xpnn[plot]" (or pip install matplotlib)'
+            ) from None
+        if not self.epochs:
+            raise ValueError("History.plot: no completed epochs to plot")
+        panels = [("loss", "loss")] + ([("accuracy", "accuracy")] if "accuracy" in self.history else [])
+        fig = Figure(figsize=(5.0 * len(panels), 3.6), layout="constrained")
+        FigureCanvasAgg(fig)
+        x = list(range(1, self.epochs + 1))
+        for i, (key, label) in enumerate(panels):
+            ax = fig.add_subplot(1, len(panels), i + 1)
+            ax.plot(x, self.history[key], label="train")
+            if f"val_{key}" in self.history:
+                ax.plot(x, self.history[f"val_{key}"], label="validation")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(label)
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+        if title:
+            fig.suptitle(title)
+        fig.savefig(path, dpi=100)
+
+
+class Callback:
+    """Hooks called by ``fit``; override the ones you need. ``on_epoch_end`` returning True stops training."""
+
+    def on_train_begin(self, model: Any, history: History) -> None:
+        pass
+
+    def on_batch_end(self, step: int, model: Any) -> None:
+        """``step`` counts optimizer steps from 1 over the whole run."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], model: Any) -> Optional[bool]:
+        """``epoch`` counts from 1; ``logs`` holds this epoch's metrics (the keys of ``History``)."""
+        return None
+
+    def on_train_end(self, model: Any, history: History) -> None:
+        pass
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+
+    ``mode``: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracies, min otherwise). With
+    ``restore_best_weights`` the model gets the parameters of its best epoch back at the end.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        patience: int = 5,
+        min_delta: float = 0.0,
+        mode: str = "auto",
+        restore_best_weights: bool = True,
+    ) -> None:
+        if patience < 0:
+            raise ValueError(f"EarlyStopping: patience must be >= 0, got {patience}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"EarlyStopping: mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.monitor = monitor
+        self.patience = patience
+        self.min_delta = abs(min_delta)
+        self.maximize = mode == "max" or (mode == "auto" and "acc" in monitor)
+        self.restore_best_weights = restore_best_weights
+        self.best: Optional[float] = None
+        self.best_epoch: Optional[int] = None
+        self.stopped_epoch: Optional[int] = None
+        self._best_state: Any = None
+        self._wait = 0
+
+    def on_train_begin(self, model: Any, history: History) -> None:
+        self.best, self.best_epoch, self.stopped_epoch, self._best_state, self._wait = None, None, None, None, 0
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return not math.isnan(value)
+        if self.maximize:
+            return value > self.best + self.min_delta
+        return value < self.best - self.min_delta
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], model: Any) -> Optional[bool]:
+        if self.monitor not in logs:
+            raise KeyError(
+                f"EarlyStopping: metric {self.monitor!r} not in this run's metrics {sorted(logs)}; "
+                "pass validation_data to fit to monitor val_ metrics"
+            )
+        value = float(logs[self.monitor])
+        if self._improved(value):
+            self.best, self.best_epoch, self._wait = value, epoch, 0
+            if self.restore_best_weights:
+                self._best_state = model.state_dict()
+            return None
+        self._wait += 1
+        if self._wait > self.patience:
+            self.stopped_epoch = epoch
+            return True
+        return None
+
+    def on_train_end(self, model: Any, history: History) -> None:
+        if self.restore_best_weights and self._best_state is not None and self.best_epoch != history.epochs:
+            model.load_state_dict(self._best_state)
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+
+def _model_backend(model: Any) -> tuple[Backend, Any]:
+    """The backend and floating dtype of the model's parameters (the default backend, float32 if it has none)."""
+    for p in model.parameters():
+        return backend_of(p.data), p.data.dtype
+    be = get_backend()
+    return be, be.xp.float32
+
+
+def _to_backend(be: Backend, dtype: Any, X: Any, y: Any, where: str) -> tuple[Any, Any]:
+    """Move X (cast to the model's floating dtype when floating) and y (dtype kept) to ``be``."""
+    X = be.asarray(X)
+    xp = be.xp
+    if xp.isdtype(X.dtype, "real floating") and X.dtype != dtype:
+        X = xp.astype(X, dtype)
+    y = be.asarray(y)
+    if X.ndim < 1 or y.ndim < 1 or X.shape[0] != y.shape[0]:
+        raise ValueError(f"{where}: X {tuple(X.shape)} and y {tuple(y.shape)} must have the same number of rows")
+    if X.shape[0] == 0:
+        raise ValueError(f"{where}: no samples")
+    return X, y
+
+
+def _loss_scale(loss_fn: Any, n: int) -> float:
+    """Factor turning the loss of an n-row batch into a sum over rows (mean reduction: n)."""
+    return float(n) if getattr(loss_fn, "reduction", "mean") == "mean" else 1.0
+
+
+class _Meter:
+    """Sums of loss and hits kept on the device; read back (one sync) only by ``result``."""
+
+    def __init__(self, xp: Any, classify: bool) -> None:
+        self.xp = xp
+        self.classify = classify
+        self.loss = xp.zeros((), dtype=xp.float64) if _has_float64(xp) else xp.zeros((), dtype=xp.float32)
+        self.hits = xp.zeros((), dtype=xp.int64)
+        self.n = 0
+
+    def add(self, loss: Any, scale: float, logits: Any, y: Any) -> None:
+        xp = self.xp
+        self.loss += xp.astype(loss, self.loss.dtype) * scale
+        if self.classify:
+            self.hits += xp.sum(xp.astype(xp.argmax(logits, axis=-1) == y, xp.int64))
+        self.n += int(y.shape[0])
+
+    def result(self, prefix: str = "") -> dict[str, float]:
+        out = {f"{prefix}loss": float(self.loss) / max(self.n, 1)}
+        if self.classify:
+            out[f"{prefix}accuracy"] = int(self.hits) / max(self.n, 1)
+        return out
+
+
+def _has_float64(xp: Any) -> bool:
+    return hasattr(xp, "float64")
+
+
+def _is_classification(xp: Any, y: Any) -> bool:
+    return xp.isdtype(y.dtype, "integral") and y.ndim == 1
+
+
+def _progress_bar(enabled: bool, total: int, desc: str) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="step", leave=True, dynamic_ncols=True)
+
+
+def _fmt(logs: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "time")
+
+
+# --- public API ------------------------------------------------------------------------------------------------
+
+def evaluate(model: Any, loss_fn: Any, X: Any, y: Any, *, batch_size: int = 1024) -> dict[str, float]:
+    """Mean loss (and accuracy, for integer class labels) of ``model`` on ``(X, y)`` in eval mode.
+
+    Returns ``{"loss": ..., "accuracy": ...}``; the model's train/eval mode is restored afterwards.
+    """
+    be, dtype = _model_backend(model)
+    X, y = _to_backend(be, dtype, X, y, "evaluate")
+    was_training = getattr(model, "training", True)
+    model.eval()
+    try:
+        meter = _Meter(be.xp, _is_classification(be.xp, y))
+        for xb, yb in batches(X, y, batch_size, shuffle=False):
+            logits = model(xb)
+            meter.add(loss_fn(logits, yb), _loss_scale(loss_fn, int(yb.shape[0])), logits, yb)
+        return meter.result()
+    finally:
+        model.train(was_training)
+
+
+def predict(model: Any, X: Any, *, batch_size: int = 1024) -> Any:
+    """``model(X)`` in eval mode, in batches, on the model's backend: the outputs (e.g. logits) for every row."""
+    be, dtype = _model_backend(model)
+    X = be.asarray(X)
+    if be.xp.isdtype(X.dtype, "real floating") and X.dtype != dtype:
+        X = be.xp.astype(X, dtype)
+    was_training = getattr(model, "training", True)
+    model.eval()
+    try:
+        outs = [model(xb) for xb, _ in batches(X, None, batch_size, shuffle=False)]
+    finally:
+        model.train(was_training)
+    return outs[0] if len(outs) == 1 else be.xp.concat(outs, axis=0)
+
+
+def fit(
+    model: Any,
+    loss_fn: Any,
+    optimizer: Any,
+    X: Any,
+    y: Any,
+    *,
+    epochs: int,
+    batch_size: int,
+    validation_data: Optional[tuple[Any, Any]] = None,
+    callbacks: Optional[Sequence[Callback]] = None,
+    progress: bool = True,
+    seed: SeedLike = None,
+    shuffle: bool = True,
+    batch_transform: Optional[BatchTransform] = None,
+) -> History:
+    """Train ``model`` with mini-batch steps of ``optimizer`` on ``loss_fn`` for ``epochs`` passes over ``(X, y)``.
+
+    X: ``(n, ...)`` inputs, y: ``(n,)`` integer class labels (accuracy is reported) or targets of the loss; arrays
+    of any backend (NumPy arrays are fine): they are moved to the model's backend, floating X cast to the model's
+    dtype. One step: ``zero_grad``; ``logits = model(xb)``; ``loss_fn(logits, yb)``;
+    ``model.backward(loss_fn.backward())``; ``optimizer.step()``.
+
+    validation_data: ``(X_val, y_val)`` evaluated after every epoch (``val_loss``, ``val_accuracy``).
+    callbacks: ``Callback`` objects (e.g. ``EarlyStopping``). progress: a tqdm bar per epoch (plain lines when tqdm
+    is not installed). seed: shuffling order (int, Generator or None). batch_transform: ``(xb, yb) -> (xb, yb)``
+    applied to training batches only (e.g. ``lambda x, y: (cutout(x, 3, image_shape=(8, 8)), y)``).
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"fit: batch_size must be a positive int, got {batch_size!r}")
+    be, dtype = _model_backend(model)
+    xp = be.xp
+    X, y = _to_backend(be, dtype, X, y, "fit")
+    if validation_data is not None:
+        if len(validation_data) != 2:
+            raise ValueError("fit: validation_data must be a pair (X_val, y_val)")
+        X_val, y_val = _to_backend(be, dtype, validation_data[0], validation_data[1], "fit (validation_data)")
+    classify = _is_classification(xp, y)
+    rng = as_generator(seed)
+    cbs: list[Callback] = list(callbacks or [])
+    history = History()
+    n = int(X.shape[0])
+    steps_per_epoch = -(-n // batch_size)
+    tqdm_ok = progress and _tqdm_available()
+    step = 0
+    model.train()
+    for cb in cbs:
+        cb.on_train_begin(model, history)
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        meter = _Meter(xp, classify)
+        bar = _progress_bar(tqdm_ok, steps_per_epoch, f"epoch {epoch}/{epochs}")
+        last_refresh = t0
+        for xb, yb in batches(X, y, batch_size, shuffle=shuffle, seed=rng):
+            if batch_transform is not None:
+                xb, yb = batch_transform(xb, yb)
+            optimizer.zero_grad()
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            model.backward(loss_fn.backward())
+            optimizer.step()
+            meter.add(loss, _loss_scale(loss_fn, int(yb.shape[0])), logits, yb)
+            step += 1
+            for cb in cbs:
+                cb.on_batch_end(step, model)
+            if bar is not None:
+                bar.update(1)
+                now = time.perf_counter()
+                if now - last_refresh > 0.5:  # reading the sums back syncs a GPU: do it twice a second at most
+                    bar.set_postfix_str(_fmt(meter.result()), refresh=False)
+                    last_refresh = now
+        logs = meter.result()
+        if validation_data is not None:
+            logs.update({f"val_{k}": v for k, v in evaluate(model, loss_fn, X_val, y_val,
+                                                             batch_size=max(batch_size, 1024)).items()})
+        logs["time"] = time.perf_counter() - t0
+        history.append(logs)
+        if bar is not None:
+            bar.set_postfix_str(_fmt(logs), refresh=False)
+            bar.close()
+        elif progress:
+            print(f"epoch {epoch}/{epochs}  {_fmt(logs)}  ({logs['time']:.2f} s)", flush=True)
+        stop = False
+        for cb in cbs:
+            stop = bool(cb.on_epoch_end(epoch, logs, model)) or stop
+        if stop:
+            history.stopped_epoch = epoch
+            break
+    for cb in cbs:
+        cb.on_train_end(model, history)
+    return history
+
+
+def _tqdm_available() -> bool:
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        return False
+    return True
