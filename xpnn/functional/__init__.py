@@ -27,6 +27,7 @@ from .losses import (
     mse_loss_with_grad,
 )
 from .softmax import log_softmax, logsumexp, softmax
+from .updates import adagrad_update, adam_update, rmsprop_update, sgd_update
 
 __all__ = [
     "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "relu", "relu_backward",
@@ -34,4 +35,5 @@ __all__ = [
     "softmax", "log_softmax", "logsumexp", "linear", "one_hot", "accuracy",
     "cross_entropy", "cross_entropy_with_grad", "mse_loss", "mse_loss_with_grad",
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
+    "adam_update", "sgd_update", "adagrad_update", "rmsprop_update",
 ]
