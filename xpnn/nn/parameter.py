@@ -59,8 +59,9 @@ class Parameter:
             if not xp.isdtype(value.dtype, "real floating"):
                 raise DTypeError(f"{self._where()}: data must be floating, got dtype {dtype_name(value.dtype)}")
             self._data = value
-            if self._grad is not None and (tuple(self._grad.shape) != tuple(value.shape) or self._grad.dtype != value.dtype
-                                           or namespace_of(self._grad) is not xp):
+            g = self._grad  # keep the gradient only if it still fits (namespace checked first: dtypes of two
+            if g is not None and (namespace_of(g) is not xp  # libraries must not be compared)
+                                  or tuple(g.shape) != tuple(value.shape) or g.dtype != value.dtype):
                 self._grad = None
 
     @property
