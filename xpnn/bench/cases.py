@@ -1,0 +1,562 @@
+"""Benchmark cases: each (case, size, implementation) builds a ``Runner`` whose ``fn()`` is one timed unit.
+
+Implementations ("impls"), compared side by side for every case and size:
+
+==================== ============ ==========================================================================
+impl                 device       what runs
+==================== ============ ==========================================================================
+``xpnn-numpy``       cpu          xpnn on the NumPy backend
+``numpy-plain``      cpu          the straightforward NumPy version (``xpnn.bench.numpy_reference``)
+``torch-cpu``        cpu          PyTorch on the CPU (default optimizer settings)
+``xpnn-cuda``        cuda         xpnn on the CUDA backend with its fused kernels
+``xpnn-cuda-generic`` cuda        xpnn on the CUDA backend with kernels off (the array-API path on CuPy)
+``torch-cuda``       torch-cuda   PyTorch on the GPU (``Adam(fused=True)`` for the Adam case)
+==================== ============ ==========================================================================
+
+Benchmark data is float32 drawn from normal/uniform distributions scaled so that no value, intermediate or
+optimizer state comes near the subnormal range (|x| < 1.2e-38), where NumPy arithmetic runs several times slower;
+``subnormal_count`` checks that after a run.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import array_api_compat
+import numpy as np
+
+from . import numpy_reference as ref
+
+__all__ = ["IMPLS", "CASES", "Impl", "Case", "Runner", "Unavailable", "make_runner", "unavailable_reason",
+           "subnormal_count"]
+
+
+class Unavailable(Exception):
+    """This (case, size, impl) cannot run here; the message says why (the suite turns it into a skip)."""
+
+
+@dataclass(frozen=True)
+class Impl:
+    name: str
+    device: str  # "cpu", "cuda" (CuPy) or "torch-cuda": how to synchronize and time it
+    label: str
+
+
+IMPLS: dict[str, Impl] = {i.name: i for i in (
+    Impl("xpnn-numpy", "cpu", "xpnn, NumPy backend"),
+    Impl("numpy-plain", "cpu", "straightforward NumPy"),
+    Impl("torch-cpu", "cpu", "PyTorch CPU"),
+    Impl("xpnn-cuda", "cuda", "xpnn, CUDA backend (fused kernels)"),
+    Impl("xpnn-cuda-generic", "cuda", "xpnn, CUDA backend, kernels off"),
+    Impl("torch-cuda", "torch-cuda", "PyTorch CUDA"),
+)}
+
+
+@dataclass
+class Runner:
+    """``fn()`` runs one unit of work (asynchronously on GPUs: the caller synchronizes); ``state()`` lists the arrays
+    to scan for subnormals afterwards; ``keep`` holds whatever must stay alive while ``fn`` is timed."""
+
+    fn: Callable[[], Any]
+    device: str
+    state: Callable[[], list[Any]]
+    keep: list[Any] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A benchmark case: sizes by label, bytes a memory-bound implementation must move (``None`` if compute-bound),
+    and one builder per implementation: ``builder(size) -> Runner``."""
+
+    name: str
+    title: str
+    sizes: dict[str, Any]
+    gpu_only: frozenset[str]  # size labels too large for the CPU (skipped there)
+    bytes_moved: Callable[[Any], Optional[int]]
+    builders: dict[str, Callable[[Any], Runner]]
+
+
+# --- availability ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _torch_reason() -> Optional[str]:
+    if importlib.util.find_spec("torch") is None:
+        return "PyTorch is not installed (pip install torch to compare against it)"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_reason() -> Optional[str]:
+    from ..backend import cuda_available
+
+    if not cuda_available():
+        return "no CUDA device (CuPy sees none): GPU implementations are skipped"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_cuda_reason() -> Optional[str]:
+    r = _torch_reason()
+    if r is not None:
+        return r
+    import torch
+
+    return None if torch.cuda.is_available() else "PyTorch sees no CUDA device"
+
+
+def unavailable_reason(impl: str) -> Optional[str]:
+    """Why ``impl`` cannot run on this machine, or ``None`` when it can."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown implementation {impl!r}; expected one of {', '.join(IMPLS)}")
+    if impl == "torch-cpu":
+        return _torch_reason()
+    if impl == "torch-cuda":
+        return _torch_cuda_reason()
+    if impl.startswith("xpnn-cuda"):
+        return _cuda_reason()
+    return None
+
+
+def make_runner(case: str, size: str, impl: str) -> Runner:
+    """Build the runner of ``case`` at size label ``size`` for ``impl``; raises ``Unavailable`` with the reason."""
+    c = CASES[case]
+    if size not in c.sizes:
+        raise ValueError(f"{case}: unknown size {size!r}; expected one of {', '.join(c.sizes)}")
+    reason = unavailable_reason(impl)
+    if reason is not None:
+        raise Unavailable(reason)
+    if size in c.gpu_only and IMPLS[impl].device == "cpu":
+        raise Unavailable(f"{case} at {size} runs on CUDA only (too large for the CPU suite)")
+    builder = c.builders.get(impl)
+    if builder is None:
+        raise Unavailable(f"{case}: no {impl} implementation")
+    if impl == "xpnn-cuda-generic":  # build and run with kernels off: the generic array-API path on CuPy
+        from .._dispatch import use_kernels
+
+        with use_kernels(False):
+            r = builder(c.sizes[size])
+        inner = r.fn
+
+        def generic() -> Any:
+            with use_kernels(False):
+                return inner()
+
+        r.fn = generic
+        return r
+    return builder(c.sizes[size])
+
+
+# --- data -----------------------------------------------------------------------------------------------------
+class _Data:
+    """Random float32 data made directly in one library: NumPy, CuPy or torch (CPU/GPU)."""
+
+    def __init__(self, impl: str, seed: int = 0):
+        self.lib = "torch" if impl.startswith("torch") else ("cupy" if impl.startswith("xpnn-cuda") else "numpy")
+        if self.lib == "numpy":
+            self.rng = np.random.default_rng(seed)
+        elif self.lib == "cupy":
+            import cupy
+
+            self.rng = cupy.random.default_rng(seed)
+        else:
+            import torch
+
+            self.device = "cuda" if impl == "torch-cuda" else "cpu"
+            self.gen = torch.Generator(device=self.device).manual_seed(seed)
+
+    def normal(self, shape: tuple[int, ...], scale: float = 1.0) -> Any:
+        if self.lib == "torch":
+            import torch
+
+            return torch.randn(shape, generator=self.gen, device=self.device) * scale
+        x = self.rng.standard_normal(shape, dtype=np.float32)
+        x *= np.float32(scale)
+        return x
+
+    def uniform(self, shape: tuple[int, ...], low: float, high: float) -> Any:
+        if self.lib == "torch":
+            import torch
+
+            return torch.empty(shape, device=self.device).uniform_(low, high, generator=self.gen)
+        x = self.rng.random(shape, dtype=np.float32)
+        x *= np.float32(high - low)
+        x += np.float32(low)
+        return x
+
+    def labels(self, n: int, classes: int) -> Any:
+        if self.lib == "torch":
+            import torch
+
+            return torch.randint(0, classes, (n,), generator=self.gen, device=self.device)
+        return self.rng.integers(0, classes, n, dtype=np.int64)
+
+
+def subnormal_count(arrays: list[Any]) -> int:
+    """Number of nonzero values with magnitude below the smallest normal float of their dtype (NumPy/CuPy/torch)."""
+    total = 0
+    for a in arrays:
+        if a is None:
+            continue
+        if type(a).__module__.startswith("torch"):
+            import torch
+
+            t = a.detach()
+            if not t.is_floating_point():
+                continue
+            tiny = torch.finfo(t.dtype).tiny
+            total += int(((t != 0) & (t.abs() < tiny)).sum().item())
+            continue
+        xp = array_api_compat.array_namespace(a)
+        if not xp.isdtype(a.dtype, "real floating"):
+            continue
+        tiny = float(xp.finfo(a.dtype).smallest_normal)
+        total += int(xp.sum(xp.astype((a != 0) & (xp.abs(a) < tiny), xp.int64)))
+    return total
+
+
+def _backend(impl: str) -> str:
+    return "cuda" if impl.startswith("xpnn-cuda") else "numpy"
+
+
+def _torch_device(impl: str) -> str:
+    return "cuda" if impl == "torch-cuda" else "cpu"
+
+
+# --- sigmoid backward: dx = dy * y * (1 - y) --------------------------------------------------------------------
+def _sigmoid_inputs(impl: str, n: int) -> tuple[Any, Any]:
+    d = _Data(impl)
+    # y in [0.05, 0.95] like a sigmoid output, dy ~ N(0, 1): products stay far from subnormals
+    return d.uniform((n,), 0.05, 0.95), d.normal((n,))
+
+
+def _sigmoid_xpnn(impl: str) -> Callable[[int], Runner]:
+    def build(n: int) -> Runner:
+        from .. import functional as F
+
+        y, dy = _sigmoid_inputs(impl, n)
+        out: list[Any] = [None]
+
+        def fn() -> None:
+            out[0] = F.sigmoid_backward(y, dy)
+
+        return Runner(fn, IMPLS[impl].device, lambda: [y, dy, out[0]])
+    return build
+
+
+def _sigmoid_plain(n: int) -> Runner:
+    y, dy = _sigmoid_inputs("numpy-plain", n)
+    out: list[Any] = [None]
+
+    def fn() -> None:
+        out[0] = ref.sigmoid_backward(y, dy)
+
+    return Runner(fn, "cpu", lambda: [y, dy, out[0]])
+
+
+def _sigmoid_torch(impl: str) -> Callable[[int], Runner]:
+    def build(n: int) -> Runner:
+        import torch
+
+        y, dy = _sigmoid_inputs(impl, n)
+        out: list[Any] = [None]
+
+        def fn() -> None:  # the op torch's autograd runs for sigmoid's backward
+            out[0] = torch.ops.aten.sigmoid_backward(dy, y)
+
+        return Runner(fn, IMPLS[impl].device, lambda: [y, dy, out[0]])
+    return build
+
+
+# --- softmax cross-entropy, forward + gradient -------------------------------------------------------------------
+def _ce_inputs(impl: str, shape: tuple[int, int]) -> tuple[Any, Any]:
+    n, c = shape
+    d = _Data(impl)
+    return d.normal((n, c), scale=2.0), d.labels(n, c)
+
+
+def _ce_xpnn(impl: str) -> Callable[[tuple[int, int]], Runner]:
+    def build(shape: tuple[int, int]) -> Runner:
+        from .. import functional as F
+
+        logits, target = _ce_inputs(impl, shape)
+        out: list[Any] = [None, None]
+
+        def fn() -> None:
+            out[:] = F.cross_entropy_with_grad(logits, target)
+
+        return Runner(fn, IMPLS[impl].device, lambda: [logits, out[1]])
+    return build
+
+
+def _ce_plain(shape: tuple[int, int]) -> Runner:
+    logits, target = _ce_inputs("numpy-plain", shape)
+    out: list[Any] = [None, None]
+
+    def fn() -> None:
+        out[:] = ref.cross_entropy_with_grad(logits, target)
+
+    return Runner(fn, "cpu", lambda: [logits, out[1]])
+
+
+def _ce_torch(impl: str) -> Callable[[tuple[int, int]], Runner]:
+    def build(shape: tuple[int, int]) -> Runner:
+        import torch
+        import torch.nn.functional as TF
+
+        logits, target = _ce_inputs(impl, shape)
+        logits.requires_grad_(True)
+        out: list[Any] = [None, None]
+
+        def fn() -> None:
+            loss = TF.cross_entropy(logits, target)
+            (grad,) = torch.autograd.grad(loss, logits)
+            out[:] = [loss, grad]
+
+        return Runner(fn, IMPLS[impl].device, lambda: [logits, out[1]])
+    return build
+
+
+# --- Adam step over a flat buffer, or over a model of 200 small tensors -----------------------------------------
+ADAM_LR = 1e-3
+MANY_TENSORS = "200-tensors"  # 100 Linear(64, 64) layers: 100 weights (64, 64) + 100 biases (64,)
+
+
+def _adam_shapes(size: Any) -> list[tuple[int, ...]]:
+    if size == MANY_TENSORS:
+        return [(64, 64), (64,)] * 100
+    return [(int(size),)]
+
+
+def _adam_bytes(size: Any) -> int:
+    return 28 * sum(math.prod(s) for s in _adam_shapes(size))  # read p, g, m, v; write p, m, v (float32)
+
+
+def _adam_xpnn(impl: str) -> Callable[[Any], Runner]:
+    def build(size: Any) -> Runner:
+        from .. import nn, optim
+
+        d = _Data(impl)
+        backend = _backend(impl)
+        if size == MANY_TENSORS:
+            model = nn.Sequential(*[nn.Linear(64, 64, backend=backend, seed=i) for i in range(100)])
+            params = list(model.parameters())  # one flat buffer holds all 200 tensors
+        else:
+            params = [nn.Parameter(d.normal((int(size),), scale=0.1))]
+        for p in params:
+            p.grad = d.normal(p.shape, scale=1e-2)
+        opt = optim.Adam(params, lr=ADAM_LR)
+
+        def state() -> list[Any]:
+            arrays = [p.data for p in params] + [p.grad for p in params]
+            for s in opt.state_dict().get("state", {}).values():
+                arrays += [v for v in (s.values() if isinstance(s, dict) else []) if hasattr(v, "shape")]
+            return arrays
+
+        return Runner(opt.step, IMPLS[impl].device, state, keep=[params])
+    return build
+
+
+def _adam_plain(size: Any) -> Runner:
+    d = _Data("numpy-plain")
+    params = [d.normal(s, scale=0.1) for s in _adam_shapes(size)]
+    grads = [d.normal(s, scale=1e-2) for s in _adam_shapes(size)]
+    opt = ref.Adam(params, lr=ADAM_LR)
+    return Runner(lambda: opt.step(grads), "cpu", lambda: params + grads + opt.state())
+
+
+def _adam_torch(impl: str) -> Callable[[Any], Runner]:
+    def build(size: Any) -> Runner:
+        import torch
+
+        d = _Data(impl)
+        params = [torch.nn.Parameter(d.normal(s, scale=0.1)) for s in _adam_shapes(size)]
+        for p in params:
+            p.grad = d.normal(tuple(p.shape), scale=1e-2)
+        # the GPU target compares with torch's fused Adam; the CPU one with torch's default Adam
+        opt = torch.optim.Adam(params, lr=ADAM_LR, fused=True if impl == "torch-cuda" else None)
+
+        def state() -> list[Any]:
+            arrays = list(params) + [p.grad for p in params]
+            for s in opt.state.values():
+                arrays += [v for v in s.values() if torch.is_tensor(v) and v.ndim > 0]
+            return arrays
+
+        return Runner(opt.step, IMPLS[impl].device, state, keep=[params])
+    return build
+
+
+# --- one training step of a 784-512-512-10 ReLU MLP: Adam, softmax cross-entropy, float32 ----------------------
+MLP_SIZES = (784, 512, 512, 10)
+
+
+def _mlp_inputs(impl: str, batch: int) -> tuple[Any, Any]:
+    d = _Data(impl)
+    return d.uniform((batch, MLP_SIZES[0]), 0.0, 1.0), d.labels(batch, MLP_SIZES[-1])  # pixel-like inputs
+
+
+def _mlp_xpnn(impl: str) -> Callable[[int], Runner]:
+    def build(batch: int) -> Runner:
+        from .. import nn, optim
+
+        backend = _backend(impl)
+        x, y = _mlp_inputs(impl, batch)
+        s = MLP_SIZES
+        model = nn.Sequential(
+            nn.Linear(s[0], s[1], backend=backend, seed=0), nn.ReLU(),
+            nn.Linear(s[1], s[2], backend=backend, seed=1), nn.ReLU(),
+            nn.Linear(s[2], s[3], backend=backend, seed=2),
+        )
+        loss_fn = nn.CrossEntropyLoss()
+        opt = optim.Adam(model.parameters(), lr=1e-3)
+
+        def step() -> None:
+            opt.zero_grad()
+            loss_fn(model(x), y)
+            model.backward(loss_fn.backward(), need_input_grad=False)  # no gradient for the data, like torch
+            opt.step()
+
+        def state() -> list[Any]:
+            arrays = [p.data for p in model.parameters()] + [p.grad for p in model.parameters()]
+            for st in opt.state_dict().get("state", {}).values():
+                arrays += [v for v in (st.values() if isinstance(st, dict) else []) if hasattr(v, "shape")]
+            return arrays
+
+        return Runner(step, IMPLS[impl].device, state, keep=[model])
+    return build
+
+
+def _mlp_plain(batch: int) -> Runner:
+    x, y = _mlp_inputs("numpy-plain", batch)
+    net = ref.MLP(MLP_SIZES, seed=0, lr=1e-3)
+    return Runner(lambda: net.train_step(x, y), "cpu", net.state)
+
+
+def _mlp_torch(impl: str) -> Callable[[int], Runner]:
+    def build(batch: int) -> Runner:
+        import torch
+
+        dev = _torch_device(impl)
+        torch.manual_seed(0)
+        x, y = _mlp_inputs(impl, batch)
+        s = MLP_SIZES
+        model = torch.nn.Sequential(
+            torch.nn.Linear(s[0], s[1]), torch.nn.ReLU(),
+            torch.nn.Linear(s[1], s[2]), torch.nn.ReLU(),
+            torch.nn.Linear(s[2], s[3]),
+        ).to(dev)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)  # torch's default Adam
+
+        def step() -> None:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+
+        def state() -> list[Any]:
+            arrays = list(model.parameters())
+            for st in opt.state.values():
+                arrays += [v for v in st.values() if torch.is_tensor(v) and v.ndim > 0]
+            return arrays
+
+        return Runner(step, IMPLS[impl].device, state, keep=[model])
+    return build
+
+
+# --- the source notes' two-layer sigmoid network (64 x 1000 -> 100 -> 10), summed squared error, SGD ------------
+SEED_SHAPE = (64, 1000, 100, 10)
+SEED_LR = 1e-4
+
+
+def _seed_data() -> dict[str, np.ndarray]:
+    return ref.seed_net_data(*SEED_SHAPE)
+
+
+def _seed_xpnn(impl: str) -> Callable[[Any], Runner]:
+    def build(_: Any) -> Runner:
+        from .. import nn, optim
+        from ..backend import get_backend
+
+        be = get_backend(_backend(impl))
+        data = _seed_data()
+        x, y = be.asarray(data["x"]), be.asarray(data["y"])
+        n, d_in, h, d_out = SEED_SHAPE
+        model = nn.Sequential(nn.Linear(d_in, h, bias=False, backend=be), nn.Sigmoid(),
+                              nn.Linear(h, d_out, bias=False, backend=be))
+        model[0].weight.data = be.asarray(data["w1"].T.copy())  # Linear keeps weight as (out, in)
+        model[2].weight.data = be.asarray(data["w2"].T.copy())
+        loss_fn = nn.MSELoss(reduction="sum")
+        opt = optim.SGD(model.parameters(), lr=SEED_LR)
+
+        def step() -> None:
+            opt.zero_grad()
+            loss_fn(model(x), y)
+            model.backward(loss_fn.backward(), need_input_grad=False)  # no gradient for the data, like torch
+            opt.step()
+
+        return Runner(step, IMPLS[impl].device, lambda: [p.data for p in model.parameters()], keep=[model])
+    return build
+
+
+def _seed_plain(_: Any) -> Runner:
+    net = ref.SeedNet(_seed_data(), lr=SEED_LR)
+    return Runner(net.train_step, "cpu", net.state)
+
+
+def _seed_torch(impl: str) -> Callable[[Any], Runner]:
+    def build(_: Any) -> Runner:
+        import torch
+
+        dev = _torch_device(impl)
+        data = {k: torch.from_numpy(v).to(dev) for k, v in _seed_data().items()}
+        n, d_in, h, d_out = SEED_SHAPE
+        model = torch.nn.Sequential(torch.nn.Linear(d_in, h, bias=False), torch.nn.Sigmoid(),
+                                    torch.nn.Linear(h, d_out, bias=False)).to(dev)
+        with torch.no_grad():
+            model[0].weight.copy_(data["w1"].T)
+            model[2].weight.copy_(data["w2"].T)
+        loss_fn = torch.nn.MSELoss(reduction="sum")
+        opt = torch.optim.SGD(model.parameters(), lr=SEED_LR)
+        x, y = data["x"], data["y"]
+
+        def step() -> None:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+
+        return Runner(step, IMPLS[impl].device, lambda: list(model.parameters()), keep=[model])
+    return build
+
+
+# --- the table of cases -------------------------------------------------------------------------------------------
+def _per_impl(xpnn: Callable[[str], Callable[[Any], Runner]], plain: Callable[[Any], Runner],
+              torch: Callable[[str], Callable[[Any], Runner]]) -> dict[str, Callable[[Any], Runner]]:
+    return {
+        "xpnn-numpy": xpnn("xpnn-numpy"),
+        "numpy-plain": plain,
+        "torch-cpu": torch("torch-cpu"),
+        "xpnn-cuda": xpnn("xpnn-cuda"),
+        "xpnn-cuda-generic": xpnn("xpnn-cuda-generic"),
+        "torch-cuda": torch("torch-cuda"),
+    }
+
+
+CASES: dict[str, Case] = {c.name: c for c in (
+    Case("sigmoid_backward", "sigmoid backward dx = dy*y*(1-y), float32",
+         {"1e4": 10**4, "1e6": 10**6, "1e7": 10**7, "1e8": 10**8}, frozenset({"1e8"}),
+         lambda n: 12 * n, _per_impl(_sigmoid_xpnn, _sigmoid_plain, _sigmoid_torch)),
+    Case("cross_entropy", "softmax cross-entropy, loss + gradient, float32 logits (N, C)",
+         {"256x10": (256, 10), "4096x1000": (4096, 1000), "65536x10": (65536, 10), "8192x32768": (8192, 32768)},
+         frozenset({"8192x32768"}),
+         lambda s: 2 * 4 * s[0] * s[1], _per_impl(_ce_xpnn, _ce_plain, _ce_torch)),
+    Case("adam", "Adam step, float32 (flat buffer of n parameters, or 100 Linear(64, 64) layers)",
+         {"1e4": 10**4, "1e6": 10**6, "1e7": 10**7, "1e8": 10**8, MANY_TENSORS: MANY_TENSORS}, frozenset({"1e8"}),
+         _adam_bytes, _per_impl(_adam_xpnn, _adam_plain, _adam_torch)),
+    Case("mlp_step", "training step of a 784-512-512-10 ReLU MLP, Adam, cross-entropy, float32",
+         {"batch16": 16, "batch256": 256, "batch4096": 4096}, frozenset(),
+         lambda b: None, _per_impl(_mlp_xpnn, _mlp_plain, _mlp_torch)),
+    Case("seed_net", "source notes' 2-layer sigmoid net 64x1000-100-10, squared error, SGD",
+         {"64x1000": None}, frozenset(),
+         lambda _: None, _per_impl(_seed_xpnn, _seed_plain, _seed_torch)),
+)}
