@@ -134,7 +134,7 @@ _global: list[Backend | None] = [None]
 
 def _from_name(name: str) -> Backend:
     key = name.strip().lower()
-    if key == "numpy":
+    if key in ("numpy", "cpu"):
         return _NUMPY
     if key in ("cuda", "cupy", "gpu"):
         if not _cuda_cache:
@@ -177,7 +177,12 @@ def get_backend(name: BackendLike = None) -> Backend:
     if active is not None:
         return active
     env = os.environ.get("XPNN_BACKEND", "").strip()
-    return _from_name(env) if env else _NUMPY
+    if not env:
+        return _NUMPY
+    try:
+        return _from_name(env)
+    except (ValueError, BackendUnavailableError) as exc:  # say where the name came from
+        raise type(exc)(f"{exc} (from the XPNN_BACKEND environment variable)") from None
 
 
 def set_backend(name: BackendLike) -> Backend:
@@ -222,9 +227,9 @@ def namespace_of(*arrays: Any, where: str = "xpnn") -> Any:
         kinds = sorted({_describe(a) for a in arrs})
         for a in arrs:
             if not array_api_compat.is_array_api_obj(a):
-                raise TypeError(
-                    f"{where}: expected arrays, got {type(a).__name__}; convert with xpnn.get_backend().asarray(x)"
-                ) from None
+                hint = ("pass its .data" if type(a).__name__ == "Parameter"
+                        else "convert with xpnn.get_backend().asarray(x)")
+                raise TypeError(f"{where}: expected arrays, got {type(a).__name__}; {hint}") from None
         raise NamespaceMismatchError(
             f"{where}: arrays from different libraries were mixed ({' and '.join(kinds)}); "
             "move them to one backend first, e.g. backend.asarray(x) or model.to(backend)"

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -92,10 +93,31 @@ def _load_dataset(spec: str, test_size: float, seed: int) -> tuple[str, tuple[An
         X, y = data.load_digits()
         return "digits", data.train_test_split(X, y, test_size, seed=seed, stratify=True)
     if spec.startswith("mnist:"):
-        path = spec[len("mnist:"):]
+        path = os.path.expanduser(spec[len("mnist:"):])  # the shell leaves "~" after "mnist:" alone
         (X_train, y_train), (X_test, y_test) = data.load_mnist(path)
         return f"mnist ({path})", (X_train, X_test, y_train, y_test)
     raise argparse.ArgumentTypeError(f"--dataset must be 'digits' or 'mnist:PATH', got {spec!r}")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Fail before training when ``--save``/``--plot`` cannot be written (missing folder, no matplotlib, bad format)."""
+    from pathlib import Path
+
+    args.save = os.path.expanduser(args.save) if args.save else None
+    args.plot = os.path.expanduser(args.plot) if args.plot else None
+    for flag, path in (("--save", args.save), ("--plot", args.plot)):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise FileNotFoundError(f"{flag} {path}: folder {Path(path).resolve().parent} does not exist")
+    if args.plot:
+        try:
+            from matplotlib.backend_bases import FigureCanvasBase
+        except ImportError:
+            raise ImportError('--plot needs matplotlib: pip install "xpnn[plot]"') from None
+        suffix = Path(args.plot).suffix.lstrip(".").lower()
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if suffix and suffix not in formats:
+            raise ValueError(f"--plot {args.plot}: unsupported image format {suffix!r} (use .png, or one of "
+                             f"{', '.join(sorted(formats))})")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -108,6 +130,7 @@ def _train(args: argparse.Namespace) -> int:
             metrics = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "time")
             print(f"epoch {epoch}/{args.epochs}  {metrics}", flush=True)
 
+    _check_outputs(args)  # a bad --save/--plot path fails now, not after the training it would have kept
     backend = get_backend(args.backend)  # None: XPNN_BACKEND or numpy
     name, (X_train, X_test, y_train, y_test) = _load_dataset(args.dataset, args.test_size, args.seed)
     scaler = data.Standardizer().fit(X_train)
@@ -128,7 +151,9 @@ def _train(args: argparse.Namespace) -> int:
                   callbacks=[EpochLines()] if args.no_progress else None)
     seconds = time.perf_counter() - t0
     result = evaluate(model, nn.CrossEntropyLoss(), X_test, y_test)
-    print(f"test accuracy: {result['accuracy']:.4f}  (test loss {result['loss']:.4f}; "
+    # val_loss above includes the label smoothing of training; the test loss is the plain cross-entropy
+    plain = " without label smoothing" if args.label_smoothing else ""
+    print(f"test accuracy: {result['accuracy']:.4f}  (test loss {result['loss']:.4f}{plain}; "
           f"{history.epochs} epochs in {seconds:.2f} s on {backend.name})", flush=True)
     if args.save:
         config = {"dataset": args.dataset, "sizes": sizes, "activation": args.activation, "dropout": args.dropout,

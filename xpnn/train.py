@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from .backend import Backend, backend_of, get_backend
 from .data.batching import SeedLike, as_generator, batches
+from .nn.module import call_backward
 
 __all__ = ["fit", "evaluate", "predict", "History", "Callback", "EarlyStopping"]
 
@@ -174,17 +175,31 @@ def _model_backend(model: Any) -> tuple[Backend, Any]:
 
 
 def _to_backend(be: Backend, dtype: Any, X: Any, y: Any, where: str) -> tuple[Any, Any]:
-    """Move X (cast to the model's floating dtype when floating) and y (dtype kept) to ``be``."""
+    """Move X and y to ``be``, casting floating ones (inputs, regression or one-hot targets) to the model's dtype;
+    integer class labels keep theirs."""
     X = be.asarray(X)
     xp = be.xp
     if xp.isdtype(X.dtype, "real floating") and X.dtype != dtype:
         X = xp.astype(X, dtype)
     y = be.asarray(y)
+    if xp.isdtype(y.dtype, "real floating") and y.dtype != dtype:
+        y = xp.astype(y, dtype)
     if X.ndim < 1 or y.ndim < 1 or X.shape[0] != y.shape[0]:
         raise ValueError(f"{where}: X {tuple(X.shape)} and y {tuple(y.shape)} must have the same number of rows")
     if X.shape[0] == 0:
         raise ValueError(f"{where}: no samples")
     return X, y
+
+
+def _check_optimizer(model: Any, optimizer: Any) -> None:
+    """An optimizer holding none of the model's parameters would train nothing, silently: refuse it."""
+    groups = getattr(optimizer, "param_groups", None)
+    if not groups:
+        return
+    mine = {id(p) for p in model.parameters()}
+    if mine and not any(id(p) in mine for g in groups for p in g["params"]):
+        raise ValueError(f"fit: the {type(optimizer).__name__} optimizer holds none of the model's parameters (was it "
+                         f"built for another model?); build it with {type(optimizer).__name__}(model.parameters(), ...)")
 
 
 def _loss_scale(loss_fn: Any, n: int) -> float:
@@ -306,6 +321,7 @@ def fit(
         raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"fit: batch_size must be a positive int, got {batch_size!r}")
+    _check_optimizer(model, optimizer)
     be, dtype = _model_backend(model)
     xp = be.xp
     X, y = _to_backend(be, dtype, X, y, "fit")
@@ -335,7 +351,7 @@ def fit(
             optimizer.zero_grad()
             logits = model(xb)
             loss = loss_fn(logits, yb)
-            model.backward(loss_fn.backward())
+            call_backward(model, loss_fn.backward(), need_input_grad=False)  # no gradient for the data
             optimizer.step()
             meter.add(loss, _loss_scale(loss_fn, int(yb.shape[0])), logits, yb)
             step += 1

@@ -13,9 +13,12 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Any:
     xp = namespace_of(x, weight, bias, where="linear")
     _checks.floating(xp, x, "linear")
     if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        transposed = weight.ndim == 2 and x.ndim >= 1 and x.shape[-1] == weight.shape[0]
         raise ShapeError(
             f"linear: expected input of shape (N, {weight.shape[1] if weight.ndim == 2 else '?'}) for weight "
             f"{tuple(weight.shape)}, got {tuple(x.shape)}"
+            + ("; weight has PyTorch's layout (out_features, in_features): pass w.T for a (in, out) matrix"
+               if transposed else "")
         )
     if x.dtype != weight.dtype:
         raise DTypeError(f"linear: input dtype {dtype_name(x.dtype)} differs from weight dtype {dtype_name(weight.dtype)}")

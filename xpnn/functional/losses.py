@@ -9,8 +9,9 @@ import math
 from typing import Any
 
 from .. import _dispatch
-from ..backend import namespace_of
+from ..backend import is_cupy_namespace, is_numpy_namespace, namespace_of
 from . import _checks
+from ._inplace import InPlace
 from .softmax import _shifted, _upcast
 
 
@@ -41,41 +42,49 @@ def _cross_entropy(xp: Any, logits: Any, target: Any, reduction: str, ignore_ind
     Per row: ``nll = (m - x[t]) + log(s)`` with ``s = sum(exp(x - m))`` (this order keeps float32 digits at |x| ~ 1e4),
     ``smooth = C*log(s) - sum(x - m)`` (= -sum log p), ``loss = (1-eps)*nll + eps/C*smooth``;
     gradient ``(softmax - (1-eps)*onehot - eps/C) * scale``, zero for ignored rows.
+    On NumPy/CuPy one (N, C) array is allocated: it holds ``x - m``, then ``exp(x - m)``, then the gradient.
     """
+    ops = InPlace(xp)
     x = _upcast(xp, logits)
     n, c = x.shape
     z, _ = _shifted(xp, x, -1)
-    e = xp.exp(z)
-    s = xp.sum(e, axis=-1, keepdims=True)
-    log_s = xp.log(s)
     valid = target != ignore_index
     t = xp.where(valid, target, xp.zeros_like(target))
-    z_t = xp.take_along_axis(z, xp.reshape(t, (n, 1)), axis=-1)
-    per = xp.reshape(log_s - z_t, (n,))
-    if eps > 0.0:
-        smooth = c * xp.reshape(log_s, (n,)) - xp.sum(z, axis=-1)
-        per = (1.0 - eps) * per + (eps / c) * smooth
+    z_t = xp.reshape(xp.take_along_axis(z, xp.reshape(t, (n, 1)), axis=-1), (n,))
+    sum_z = xp.sum(z, axis=-1) if eps > 0.0 else None
+    e = ops.exp(z, out=z)
+    s = xp.sum(e, axis=-1)
+    log_s = xp.log(s)
+    per = log_s - z_t
+    if sum_z is not None:
+        per = (1.0 - eps) * per + (eps / c) * (c * log_s - sum_z)
     per = xp.where(valid, per, 0.0)
-    n_valid = xp.sum(xp.astype(valid, x.dtype))
+    row_scale = xp.astype(valid, x.dtype)
+    n_valid = xp.sum(row_scale)
     if reduction == "mean":
         loss = xp.sum(per) / n_valid  # NaN when every target is ignored, like PyTorch
+        row_scale = row_scale / xp.maximum(n_valid, 1.0)
     else:
         loss = _reduce(xp, per, reduction)
     if not with_grad:
         return xp.astype(loss, logits.dtype) if loss.dtype != logits.dtype else loss
-    grad = e
-    grad /= s
-    onehot = xp.arange(c, dtype=t.dtype)[None, :] == t[:, None]
-    grad -= xp.astype(onehot, x.dtype) * (1.0 - eps)
+    grad = ops.mul(e, (row_scale / s)[:, None], out=e)  # softmax * scale; ignored rows become 0
+    _sub_at_targets(xp, grad, t, (1.0 - eps) * row_scale)
     if eps > 0.0:
-        grad -= eps / c
-    row_scale = xp.astype(valid, x.dtype)
-    if reduction == "mean":
-        row_scale = row_scale / xp.maximum(n_valid, 1.0)
-    grad *= row_scale[:, None]
+        grad -= ((eps / c) * row_scale)[:, None]
     if grad.dtype != logits.dtype:
         loss, grad = xp.astype(loss, logits.dtype), xp.astype(grad, logits.dtype)
     return loss, grad
+
+
+def _sub_at_targets(xp: Any, grad: Any, t: Any, value: Any) -> None:
+    """``grad[i, t[i]] -= value[i]`` for every row i, in place."""
+    n, c = grad.shape
+    if is_numpy_namespace(xp) or is_cupy_namespace(xp):  # integer-array indexing: touches N entries, not N*C
+        grad[xp.arange(n), t] -= value
+    else:  # the standard has no integer-array assignment: a one-hot mask
+        onehot = xp.arange(c, dtype=t.dtype)[None, :] == t[:, None]
+        grad -= xp.astype(onehot, grad.dtype) * value[:, None]
 
 
 def cross_entropy(
@@ -110,6 +119,7 @@ def _check_pair(pred: Any, target: Any, reduction: str, where: str, first: str) 
     from ..debug import check_finite
 
     check_finite(xp, pred, where, first)
+    check_finite(xp, target, where, "target")
     return xp
 
 

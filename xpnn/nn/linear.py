@@ -23,8 +23,11 @@ def check_features(module: Module, xp: Any, x: Any, in_features: int, dtype: Any
     if x.shape[0] == 0:
         raise ShapeError(f"{module._where()}: empty batch, got input of shape {tuple(x.shape)}")
     if x.dtype != dtype:
-        raise DTypeError(f"{module._where()}: expected input of dtype {dtype_name(dtype)} (the parameters' dtype), "
-                         f"got {dtype_name(x.dtype)}")
+        want, got = dtype_name(dtype), dtype_name(x.dtype)
+        hint = f"cast the input (e.g. x.astype('{want}') for NumPy)"
+        if xp.isdtype(x.dtype, "real floating"):
+            hint += f" or build the model with dtype='{got}'"
+        raise DTypeError(f"{module._where()}: expected input of dtype {want} (the parameters' dtype), got {got}; {hint}")
     check_finite(xp, x, module._where())
 
 
@@ -82,6 +85,7 @@ class Linear(Module):
         w = self.weight.data
         xp = layer_namespace(self._where(), x, w)
         check_features(self, xp, x, self.in_features, w.dtype)
+        check_finite(xp, w, self._where(), "weight")  # debug mode: NaN weights are reported where they are
         y = F.linear(x, w, self.bias.data if self.bias is not None else None)
         self._x = x
         return y

@@ -6,12 +6,13 @@ BatchNorm's running statistics, in insertion order, like ``torch.nn.Module``.
 from __future__ import annotations
 
 import inspect
+import types
 from collections import OrderedDict
 from typing import Any, Iterator, NamedTuple, Optional
 
 import numpy as np
 
-from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, to_numpy
+from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, resolve_dtype, to_numpy
 from ..errors import CheckpointError
 from .parameter import FlatBuffer, Parameter, common_buffer, flat_buffer_of
 
@@ -41,6 +42,19 @@ def call_backward(module: "Module", dy: Any, need_input_grad: bool) -> Any:
     if takes is None:
         takes = _TAKES_FLAG[cls] = "need_input_grad" in inspect.signature(cls.backward).parameters
     return module.backward(dy, need_input_grad=False) if takes else module.backward(dy)
+
+
+def _is_dtype_like(x: Any) -> bool:
+    """Whether ``x`` names a dtype (``"float64"``, ``np.float64``, a namespace dtype) rather than a backend."""
+    if x is None or isinstance(x, (Backend, types.ModuleType)):
+        return False
+    if isinstance(x, str):
+        return x.strip() in ("float16", "float32", "float64")
+    try:
+        resolve_dtype(np, x)
+    except Exception:
+        return False
+    return True
 
 
 class IncompatibleKeys(NamedTuple):
@@ -219,7 +233,10 @@ class Module:
         ``None`` keeps each array's backend) and/or cast floating ones to ``dtype``; repack into one buffer.
 
         Returns ``self``. Optimizers built before ``to`` still point at the old arrays: build them after.
+        A dtype given in place of the backend (``m.to("float64")``, ``m.to(np.float64)``) is taken as ``dtype``.
         """
+        if dtype is None and _is_dtype_like(backend):
+            backend, dtype = None, backend
         be: Optional[Backend] = get_backend(backend) if backend is not None else None
         plist = [p for _, p in self._named_parameters_raw()]
 
@@ -288,6 +305,9 @@ class Module:
                 parts.append(f"missing keys {missing}")
             if unexpected:
                 parts.append(f"unexpected keys {unexpected}")
+            nested = [k for k in state.keys() if hasattr(state[k], "keys")]
+            if nested and not any(k in state for k in targets):  # e.g. xpnn.load of {"model": ..., "optimizer": ...}
+                parts.append(f"this looks like a checkpoint holding {nested}: pass e.g. state[{nested[0]!r}]")
             raise CheckpointError(f"{where}: state does not match the model: {'; '.join(parts)}")
         # check every shape before copying anything, so a failed load leaves the model unchanged
         staged = []

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, resolve_dtype
+from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, resolve_dtype, to_numpy
 from ..errors import DTypeError, NamespaceMismatchError, ShapeError
 
 __all__ = ["Parameter", "FlatBuffer", "flat_buffer_of", "views_supported", "factory"]
@@ -130,6 +130,10 @@ class Parameter:
         self._grad = xp.asarray(self._grad, copy=True)
         self._flat = None
         self._offset = 0
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """``np.asarray(p)``: the values as a NumPy array (a host copy for GPU parameters)."""
+        return np.array(to_numpy(self._data), dtype=dtype, copy=True if copy else None)
 
     def __repr__(self) -> str:
         flat = ", flat" if self._flat is not None else ""

@@ -1,0 +1,68 @@
+"""In-place elementwise arithmetic: ``out = a <op> b`` without temporaries where the namespace allows it."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..backend import is_cupy_namespace, is_numpy_namespace
+
+
+class InPlace:
+    """``out = a <op> b`` for arrays of namespace ``xp``; ``out`` may alias ``a`` or ``b``. Returns ``out``.
+
+    NumPy/CuPy: the library ufunc with ``out=`` (no temporary). Elsewhere: the array-API expression, then
+    ``out[...] = result`` (one temporary, the standard has no ``out=``).
+    """
+
+    def __init__(self, xp: Any):
+        self.xp = xp
+        self.ufuncs = xp if (is_numpy_namespace(xp) or is_cupy_namespace(xp)) else None
+
+    def mul(self, a: Any, b: Any, out: Any) -> Any:
+        if self.ufuncs is not None:
+            return self.ufuncs.multiply(a, b, out=out)
+        out[...] = a * b
+        return out
+
+    def add(self, a: Any, b: Any, out: Any) -> Any:
+        if self.ufuncs is not None:
+            return self.ufuncs.add(a, b, out=out)
+        out[...] = a + b
+        return out
+
+    def sub(self, a: Any, b: Any, out: Any) -> Any:
+        if self.ufuncs is not None:
+            return self.ufuncs.subtract(a, b, out=out)
+        out[...] = a - b
+        return out
+
+    def div(self, a: Any, b: Any, out: Any) -> Any:
+        if self.ufuncs is not None:
+            return self.ufuncs.divide(a, b, out=out)
+        out[...] = a / b
+        return out
+
+    def sqrt(self, a: Any, out: Any) -> Any:
+        if self.ufuncs is not None:
+            return self.ufuncs.sqrt(a, out=out)
+        out[...] = self.xp.sqrt(a)
+        return out
+
+    def maximum(self, a: Any, b: Any, out: Any) -> Any:
+        if self.ufuncs is not None:
+            return self.ufuncs.maximum(a, b, out=out)
+        out[...] = self.xp.maximum(a, b)
+        return out
+
+    def copy(self, src: Any, out: Any) -> Any:
+        """``out[...] = src``, casting to ``out.dtype`` (e.g. float16 <-> float32)."""
+        if self.ufuncs is not None:
+            self.ufuncs.copyto(out, src, casting="same_kind")
+            return out
+        out[...] = src if src.dtype == out.dtype else self.xp.astype(src, out.dtype)
+        return out
+
+    def exp(self, a: Any, out: Any) -> Any:
+        if self.ufuncs is not None:
+            return self.ufuncs.exp(a, out=out)
+        out[...] = self.xp.exp(a)
+        return out
