@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .. import _dispatch
 from ..backend import namespace_of
 from . import _checks
+from ._inplace import InPlace
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
@@ -33,16 +36,25 @@ def _backward(op: str, saved: Any, dy: Any, *args: Any) -> tuple[Any, Any]:
 
 
 def sigmoid(x: Any) -> Any:
-    """``1 / (1 + exp(-x))`` computed without overflow for large ``|x|``."""
+    """``1 / (1 + exp(-x))``; for very negative ``x`` ``exp(-x)`` overflows to inf and the result is exactly 0."""
     xp = _unary(x, "sigmoid")
-    e = xp.exp(-xp.abs(x))  # in (0, 1]: never overflows
-    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    ops = InPlace(xp)
+    out = ops.mul(x, -1.0, out=xp.empty_like(x))
+    with np.errstate(over="ignore"):  # NumPy only: exp(large) = inf is the intended limit here
+        ops.exp(out, out=out)
+    ops.add(out, 1.0, out=out)
+    return ops.div(1.0, out, out=out)
 
 
 def sigmoid_backward(y: Any, dy: Any) -> Any:
     """``dx = dy * y * (1 - y)`` where ``y = sigmoid(x)``."""
     xp, out = _backward("sigmoid_backward", y, dy)
-    return out if out is not None else dy * y * (1 - y)
+    if out is not None:
+        return out
+    ops = InPlace(xp)
+    dx = ops.sub(1.0, y, out=xp.empty_like(y))  # one allocation: (1 - y), then * y, then * dy
+    ops.mul(dx, y, out=dx)
+    return ops.mul(dx, dy, out=dx)
 
 
 def tanh(x: Any) -> Any:
@@ -52,7 +64,12 @@ def tanh(x: Any) -> Any:
 def tanh_backward(y: Any, dy: Any) -> Any:
     """``dx = dy * (1 - y**2)`` where ``y = tanh(x)``."""
     xp, out = _backward("tanh_backward", y, dy)
-    return out if out is not None else dy * (1 - y * y)
+    if out is not None:
+        return out
+    ops = InPlace(xp)
+    dx = ops.mul(y, y, out=xp.empty_like(y))
+    ops.sub(1.0, dx, out=dx)
+    return ops.mul(dx, dy, out=dx)
 
 
 def relu(x: Any) -> Any:
