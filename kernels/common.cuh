@@ -59,15 +59,36 @@ __device__ __forceinline__ xpnn_max_sum<A> xpnn_max_sum_add(xpnn_max_sum<A> st, 
 template <typename A>
 __device__ __forceinline__ xpnn_max_sum<A> xpnn_max_sum_merge(xpnn_max_sum<A> a, xpnn_max_sum<A> b) {
     const A m = xpnn_max(a.m, b.m);
-    if (!(m > xpnn_neg_inf<A>())) return a;  // both empty (or all -inf)
     xpnn_max_sum<A> r;
     r.m = m;
+    if (!(m > xpnn_neg_inf<A>())) {  // both maxima -inf: sums are 0 (or NaN from a NaN entry), no rescaling
+        r.s = a.s + b.s;             // symmetric in a and b, so every lane of an xor-shuffle gets the same result
+        return r;
+    }
     r.s = a.s * xpnn_exp(a.m - m) + b.s * xpnn_exp(b.m - m);
     return r;
 }
 
-// Block-wide reductions: xor-shuffles inside each warp, then warp 0 combines the per-warp partials kept in
-// shared memory. Every thread of the block must call them; every thread gets the result.
+// Warp-wide all-reduce (xor-shuffles): every lane of the warp must call it; every lane gets the result.
+template <typename A>
+__device__ __forceinline__ A xpnn_warp_sum(A v) {
+    for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(XPNN_FULL_MASK, v, off);
+    return v;
+}
+
+template <typename A>
+__device__ __forceinline__ xpnn_max_sum<A> xpnn_warp_max_sum(xpnn_max_sum<A> st) {
+    for (int off = 16; off > 0; off /= 2) {
+        xpnn_max_sum<A> other;
+        other.m = __shfl_xor_sync(XPNN_FULL_MASK, st.m, off);
+        other.s = __shfl_xor_sync(XPNN_FULL_MASK, st.s, off);
+        st = xpnn_max_sum_merge(st, other);
+    }
+    return st;
+}
+
+// Block-wide reductions: a warp all-reduce, then warp 0 combines the per-warp partials kept in shared memory.
+// Every thread of the block must call them; every thread gets the result.
 // Two barriers: after the partials are written, and after warp 0 wrote the result. A following call of the same
 // function may reuse the shared variables without a third barrier: its partials are written after every thread
 // passed the second barrier (so warp 0 is done reading them), and its result only after its own first barrier
@@ -77,12 +98,11 @@ __device__ __forceinline__ A xpnn_block_sum(A v) {
     __shared__ A partial[XPNN_MAX_WARPS];
     __shared__ A result;
     const unsigned lane = threadIdx.x % 32u, warp = threadIdx.x / 32u, n_warps = blockDim.x / 32u;
-    for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(XPNN_FULL_MASK, v, off);
+    v = xpnn_warp_sum(v);
     if (lane == 0) partial[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        v = lane < n_warps ? partial[lane] : A(0);
-        for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(XPNN_FULL_MASK, v, off);
+        v = xpnn_warp_sum(lane < n_warps ? partial[lane] : A(0));
         if (lane == 0) result = v;
     }
     __syncthreads();
@@ -95,12 +115,7 @@ __device__ __forceinline__ xpnn_max_sum<A> xpnn_block_max_sum(xpnn_max_sum<A> st
     __shared__ A partial_s[XPNN_MAX_WARPS];
     __shared__ A result_m, result_s;
     const unsigned lane = threadIdx.x % 32u, warp = threadIdx.x / 32u, n_warps = blockDim.x / 32u;
-    for (int off = 16; off > 0; off /= 2) {
-        xpnn_max_sum<A> other;
-        other.m = __shfl_xor_sync(XPNN_FULL_MASK, st.m, off);
-        other.s = __shfl_xor_sync(XPNN_FULL_MASK, st.s, off);
-        st = xpnn_max_sum_merge(st, other);
-    }
+    st = xpnn_warp_max_sum(st);
     if (lane == 0) {
         partial_m[warp] = st.m;
         partial_s[warp] = st.s;
@@ -109,12 +124,7 @@ __device__ __forceinline__ xpnn_max_sum<A> xpnn_block_max_sum(xpnn_max_sum<A> st
     if (warp == 0) {
         st.m = lane < n_warps ? partial_m[lane] : xpnn_neg_inf<A>();
         st.s = lane < n_warps ? partial_s[lane] : A(0);
-        for (int off = 16; off > 0; off /= 2) {
-            xpnn_max_sum<A> other;
-            other.m = __shfl_xor_sync(XPNN_FULL_MASK, st.m, off);
-            other.s = __shfl_xor_sync(XPNN_FULL_MASK, st.s, off);
-            st = xpnn_max_sum_merge(st, other);
-        }
+        st = xpnn_warp_max_sum(st);
         if (lane == 0) {
             result_m = st.m;
             result_s = st.s;
@@ -126,16 +136,60 @@ __device__ __forceinline__ xpnn_max_sum<A> xpnn_block_max_sum(xpnn_max_sum<A> st
     return st;
 }
 
-// Per-row pass 1 shared by the row kernels: (max, sum(exp(x - max))) of row[0:n_cols] over the whole block.
+// ---- row groups ---------------------------------------------------------------------------------------------------
+// The row kernels give each row to a group of threads: a whole block (wide rows), or one warp (narrow rows; then a
+// block holds blockDim.x / 32 rows and reduces with shuffles only, no __syncthreads). `warp_rows` is a kernel
+// argument, hence uniform across the block, so the block-wide reductions are called by all threads or by none.
+struct xpnn_row_group {
+    long long first;   // first row of this group
+    long long stride;  // rows between two rows of this group (grid-stride)
+    unsigned rank;     // thread index inside the group
+    unsigned size;     // threads in the group
+};
+
+__device__ __forceinline__ xpnn_row_group xpnn_rows(int warp_rows) {
+    xpnn_row_group g;
+    if (warp_rows) {
+        const unsigned per_block = blockDim.x / 32u;
+        g.first = (long long)blockIdx.x * per_block + threadIdx.x / 32u;
+        g.stride = (long long)gridDim.x * per_block;
+        g.rank = threadIdx.x % 32u;
+        g.size = 32u;
+    } else {
+        g.first = blockIdx.x;
+        g.stride = gridDim.x;
+        g.rank = threadIdx.x;
+        g.size = blockDim.x;
+    }
+    return g;
+}
+
+template <typename A>
+__device__ __forceinline__ A xpnn_group_sum(A v, int warp_rows) {
+    return warp_rows ? xpnn_warp_sum(v) : xpnn_block_sum(v);
+}
+
+// Pass 1 shared by the row kernels: (max, sum(exp(x - max))) of row[0:n_cols] over the row's group.
 template <typename T>
-__device__ __forceinline__ xpnn_max_sum<typename xpnn_acc<T>::type> xpnn_row_max_sum(const T* __restrict__ row,
-                                                                                    long long n_cols) {
+__device__ __forceinline__ xpnn_max_sum<typename xpnn_acc<T>::type> xpnn_row_max_sum(
+        const T* __restrict__ row, long long n_cols, const xpnn_row_group& g, int warp_rows) {
     typedef typename xpnn_acc<T>::type A;
     xpnn_max_sum<A> st;
     st.m = xpnn_neg_inf<A>();
     st.s = A(0);
-    for (long long c = threadIdx.x; c < n_cols; c += blockDim.x) st = xpnn_max_sum_add(st, (A)xpnn_to_acc(row[c]));
-    return xpnn_block_max_sum(st);
+    for (long long c = g.rank; c < n_cols; c += g.size) st = xpnn_max_sum_add(st, (A)xpnn_to_acc(row[c]));
+    return warp_rows ? xpnn_warp_max_sum(st) : xpnn_block_max_sum(st);
+}
+
+// Stores of outputs nothing reads back soon: evict-first in L2 (__stcs), which leaves L2 to the input rows the
+// second pass reads again. Plain stores on compilers other than CUDA's (the CPU shim).
+template <typename T>
+__device__ __forceinline__ void xpnn_store_streaming(T* p, T v) {
+#ifdef __CUDACC__
+    __stcs(p, v);
+#else
+    *p = v;
+#endif
 }
 
 #endif  // XPNN_COMMON_CUH

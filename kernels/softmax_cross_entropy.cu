@@ -1,86 +1,139 @@
 // Row kernels over a row-major (n_rows, n_cols) matrix: log-sum-exp, softmax, log-softmax, and softmax
-// cross-entropy with its gradient fused into one kernel.
+// cross-entropy with its gradient (and its reduced loss) fused into one kernel.
 //
-// One block per row (grid-stride over rows when there are more rows than blocks). Pass 1 reads the row once and
-// computes m = max(x) and s = sum(exp(x - m)) with online rescaling, reduced across the block (warp shuffles, then
-// shared memory). Pass 2 reads the row again (mostly from cache) and writes the output once.
+// Each row belongs to a group of threads (common.cuh, "row groups"): one warp per row for narrow rows
+// (warp_rows != 0, several rows per block, shuffles only), the whole block for wide ones; groups loop over rows
+// (grid-stride) when there are more rows than groups. Pass 1 reads the row once and computes m = max(x) and
+// s = sum(exp(x - m)) with online rescaling. Pass 2 reads the row again (from L2: the outputs are stored
+// evict-first so that they do not push the row out) and writes the output once.
 // T is the storage type (__half, float, double), A the accumulation type (float for __half).
+// __launch_bounds__ = the largest block the launcher may use (xpnn/_cuda/launch.py reads it from here): without it
+// the compiler may use more registers than a block of that size can have (double cross-entropy took 72 per thread:
+// a 1024-thread block would fail to launch with "too many resources requested"; within 64 it spills, hence 512).
 #include "common.cuh"
 
 // out[r] = m + log(s)
 template <typename T, typename A>
-__global__ void logsumexp_rows(const T* __restrict__ x, T* __restrict__ out, long long n_rows, long long n_cols) {
-    for (long long r = blockIdx.x; r < n_rows; r += gridDim.x) {
-        const xpnn_max_sum<A> st = xpnn_row_max_sum(x + r * n_cols, n_cols);
-        if (threadIdx.x == 0) out[r] = xpnn_from_acc<T>(st.m + xpnn_log(st.s));
+__global__ void __launch_bounds__(1024)
+logsumexp_rows(const T* __restrict__ x, T* __restrict__ out, long long n_rows, long long n_cols, int warp_rows) {
+    const xpnn_row_group g = xpnn_rows(warp_rows);
+    for (long long r = g.first; r < n_rows; r += g.stride) {
+        const xpnn_max_sum<A> st = xpnn_row_max_sum(x + r * n_cols, n_cols, g, warp_rows);
+        if (g.rank == 0) out[r] = xpnn_from_acc<T>(st.m + xpnn_log(st.s));
     }
 }
 
 // out[r, c] = exp(x[r, c] - lse_r)
 template <typename T, typename A>
-__global__ void softmax_rows(const T* __restrict__ x, T* __restrict__ out, long long n_rows, long long n_cols) {
-    for (long long r = blockIdx.x; r < n_rows; r += gridDim.x) {
+__global__ void __launch_bounds__(1024)
+softmax_rows(const T* __restrict__ x, T* __restrict__ out, long long n_rows, long long n_cols, int warp_rows) {
+    const xpnn_row_group g = xpnn_rows(warp_rows);
+    for (long long r = g.first; r < n_rows; r += g.stride) {
         const T* row = x + r * n_cols;
-        const xpnn_max_sum<A> st = xpnn_row_max_sum(row, n_cols);
+        const xpnn_max_sum<A> st = xpnn_row_max_sum(row, n_cols, g, warp_rows);
         const A lse = st.m + xpnn_log(st.s);
-        for (long long c = threadIdx.x; c < n_cols; c += blockDim.x)
-            out[r * n_cols + c] = xpnn_from_acc<T>(xpnn_exp((A)xpnn_to_acc(row[c]) - lse));
+        for (long long c = g.rank; c < n_cols; c += g.size)
+            xpnn_store_streaming(out + r * n_cols + c, xpnn_from_acc<T>(xpnn_exp((A)xpnn_to_acc(row[c]) - lse)));
     }
 }
 
 // out[r, c] = (x[r, c] - m) - log(s)
 template <typename T, typename A>
-__global__ void log_softmax_rows(const T* __restrict__ x, T* __restrict__ out, long long n_rows, long long n_cols) {
-    for (long long r = blockIdx.x; r < n_rows; r += gridDim.x) {
+__global__ void __launch_bounds__(1024)
+log_softmax_rows(const T* __restrict__ x, T* __restrict__ out, long long n_rows, long long n_cols, int warp_rows) {
+    const xpnn_row_group g = xpnn_rows(warp_rows);
+    for (long long r = g.first; r < n_rows; r += g.stride) {
         const T* row = x + r * n_cols;
-        const xpnn_max_sum<A> st = xpnn_row_max_sum(row, n_cols);
+        const xpnn_max_sum<A> st = xpnn_row_max_sum(row, n_cols, g, warp_rows);
         const A log_s = xpnn_log(st.s);
-        for (long long c = threadIdx.x; c < n_cols; c += blockDim.x)
-            out[r * n_cols + c] = xpnn_from_acc<T>(((A)xpnn_to_acc(row[c]) - st.m) - log_s);
+        for (long long c = g.rank; c < n_cols; c += g.size)
+            xpnn_store_streaming(out + r * n_cols + c, xpnn_from_acc<T>(((A)xpnn_to_acc(row[c]) - st.m) - log_s));
     }
 }
+
+// For the mean, launched before cross_entropy_fwd_bwd on zeroed counters: counters[0] += #{r : target[r] !=
+// ignore_index} (an integer atomic per block: the count does not depend on block order).
+__global__ void __launch_bounds__(256)
+cross_entropy_count(const long long* __restrict__ target, long long n_rows, long long ignore_index,
+                    unsigned long long* counters) {
+    unsigned long long count = 0;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long r = blockIdx.x * (long long)blockDim.x + threadIdx.x; r < n_rows; r += stride)
+        count += target[r] != ignore_index ? 1ull : 0ull;
+    count = xpnn_block_sum(count);
+    if (threadIdx.x == 0 && count != 0ull) atomicAdd(counters, count);
+}
+
+#define XPNN_REDUCTION_NONE 0
+#define XPNN_REDUCTION_SUM 1
+#define XPNN_REDUCTION_MEAN 2
 
 // Softmax cross-entropy with logits, PyTorch semantics, forward and gradient in one kernel.
 //   nll_r    = (m - x[t]) + log(s)                     (this order keeps float32 digits at |x| ~ 1e4)
 //   smooth_r = sum_c (lse - x_c) = sum_c (m - x_c) + C log(s)
 //   loss_r   = (1 - eps) nll_r + (eps / C) smooth_r,   0 where t == ignore_index
 //   grad_r   = (softmax_r - (1 - eps) onehot(t) - eps / C) * scale,   0 rows where ignored
-// scale = 1 / *n_valid when mean_reduction != 0, else 1 (n_valid is a device scalar: no host sync needed).
-// loss_rows holds the per-row losses in A; the caller reduces them. Targets must be validated before launch.
+// counters (zeroed before launch): [0] the number of valid targets (from cross_entropy_count, for the mean only),
+// [1] the number of blocks done. scale = 1 / counters[0] for the mean, else 1.
+// reduction "none": loss[r] = loss_r. "sum"/"mean": each block adds its rows' losses (in double) into
+// partials[blockIdx.x]; the last block to finish (atomic count in counters[1]) sums the partials in a fixed order,
+// so the result does not depend on block timing, and writes loss[0] = sum (/ counters[0] for the mean: 0/0 = NaN
+// when every target is ignored, like PyTorch). Targets must be validated before launch.
 template <typename T, typename A>
-__global__ void cross_entropy_fwd_bwd(const T* __restrict__ logits, const long long* __restrict__ target,
-                                      const long long* __restrict__ n_valid, T* __restrict__ grad,
-                                      A* __restrict__ loss_rows, long long n_rows, long long n_cols,
-                                      long long ignore_index, double label_smoothing, int mean_reduction) {
+__global__ void __launch_bounds__(512)
+cross_entropy_fwd_bwd(const T* __restrict__ logits, const long long* __restrict__ target, unsigned long long* counters,
+                      T* __restrict__ grad, T* __restrict__ loss, double* __restrict__ partials, long long n_rows,
+                      long long n_cols, long long ignore_index, double label_smoothing, int reduction, int warp_rows) {
     const A eps = (A)label_smoothing;
-    const A on_weight = A(1) - eps;   // weight of the target class
+    const A on_weight = A(1) - eps;        // weight of the target class
     const A off_weight = eps / (A)n_cols;  // weight of every class
-    for (long long r = blockIdx.x; r < n_rows; r += gridDim.x) {
+    const A scale = reduction == XPNN_REDUCTION_MEAN ? A(1) / (A)counters[0] : A(1);
+    const xpnn_row_group g = xpnn_rows(warp_rows);
+    double total = 0.0;  // this thread's share of the summed loss (rank 0 of each group adds its rows)
+    for (long long r = g.first; r < n_rows; r += g.stride) {
         const T* row = logits + r * n_cols;
         T* grow = grad + r * n_cols;
         const long long t = target[r];
-        if (t == ignore_index) {  // uniform across the block: no barrier is skipped by part of it
-            for (long long c = threadIdx.x; c < n_cols; c += blockDim.x) grow[c] = xpnn_from_acc<T>(A(0));
-            if (threadIdx.x == 0) loss_rows[r] = A(0);
+        if (t == ignore_index) {  // uniform across the group: no barrier or shuffle is skipped by part of it
+            for (long long c = g.rank; c < n_cols; c += g.size) xpnn_store_streaming(grow + c, xpnn_from_acc<T>(A(0)));
+            if (g.rank == 0 && reduction == XPNN_REDUCTION_NONE) loss[r] = xpnn_from_acc<T>(A(0));
             continue;
         }
-        const xpnn_max_sum<A> st = xpnn_row_max_sum(row, n_cols);
+        const xpnn_max_sum<A> st = xpnn_row_max_sum(row, n_cols, g, warp_rows);
         const A log_s = xpnn_log(st.s);
         const A lse = st.m + log_s;
-        const A scale = mean_reduction ? A(1) / (A)(*n_valid) : A(1);
         A shifted_sum = A(0);  // sum_c (m - x_c), needed for label smoothing only
-        for (long long c = threadIdx.x; c < n_cols; c += blockDim.x) {
+        for (long long c = g.rank; c < n_cols; c += g.size) {
             const A xc = (A)xpnn_to_acc(row[c]);
-            A g = xpnn_exp(xc - lse) - off_weight;
-            if (c == t) g -= on_weight;
-            grow[c] = xpnn_from_acc<T>(g * scale);
+            A gc = xpnn_exp(xc - lse) - off_weight;
+            if (c == t) gc -= on_weight;
+            xpnn_store_streaming(grow + c, xpnn_from_acc<T>(gc * scale));
             shifted_sum += st.m - xc;
         }
-        if (eps > A(0)) shifted_sum = xpnn_block_sum(shifted_sum);  // eps is uniform: all threads or none
-        if (threadIdx.x == 0) {
-            A loss = on_weight * ((st.m - (A)xpnn_to_acc(row[t])) + log_s);
-            if (eps > A(0)) loss += off_weight * (shifted_sum + (A)n_cols * log_s);
-            loss_rows[r] = loss;
+        if (eps > A(0)) shifted_sum = xpnn_group_sum(shifted_sum, warp_rows);  // eps is uniform: all or none
+        if (g.rank == 0) {
+            A loss_r = on_weight * ((st.m - (A)xpnn_to_acc(row[t])) + log_s);
+            if (eps > A(0)) loss_r += off_weight * (shifted_sum + (A)n_cols * log_s);
+            if (reduction == XPNN_REDUCTION_NONE) loss[r] = xpnn_from_acc<T>(loss_r);
+            total += (double)loss_r;
         }
+    }
+    if (reduction == XPNN_REDUCTION_NONE) return;  // uniform: the whole grid returns
+    // every thread of the block gets here (the row loops above contain no return)
+    total = xpnn_block_sum(total);
+    __shared__ int is_last;
+    if (threadIdx.x == 0) {
+        partials[blockIdx.x] = total;
+        __threadfence();  // the partial is visible to every block before the count says so
+        is_last = atomicAdd(counters + 1, 1ull) == gridDim.x - 1ull;
+    }
+    __syncthreads();
+    if (!is_last) return;  // uniform across the block
+    const volatile double* ps = partials;  // written by other blocks: read from L2, not from a stale L1 line
+    double sum = 0.0;
+    for (unsigned b = threadIdx.x; b < gridDim.x; b += blockDim.x) sum += ps[b];
+    sum = xpnn_block_sum(sum);
+    if (threadIdx.x == 0) {
+        loss[0] = xpnn_from_acc<T>((A)(reduction == XPNN_REDUCTION_MEAN ? sum / (double)counters[0] : sum));
     }
 }

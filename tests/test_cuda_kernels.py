@@ -75,7 +75,22 @@ def test_provider_serves_cupy_arrays(cp):
     xp = xpnn.get_backend("cuda").xp
     for row in registry.RAW + registry.ELEMENTWISE:
         for dt in row.dtypes:
-            assert provider(row.name, xp, getattr(cp, dt)) is not None
+            served = provider(row.name, xp, getattr(cp, dt))
+            assert (served is None) == getattr(row, "helper", False), row.name
+
+
+@cuda
+def test_kernels_fit_their_largest_block(cp):
+    """As NVRTC compiled them here: every kernel can launch with the largest block the launcher may use (registers
+    within __launch_bounds__) and uses no local memory (no spills)."""
+    from xpnn._cuda.loader import CupyLoader
+
+    loader, device = CupyLoader(), cp.cuda.runtime.getDevice()
+    for row in registry.RAW:
+        for dt in row.dtypes:
+            fn = loader._module(device, row.source).get_function(row.name_expression(dt))
+            assert fn.max_threads_per_block >= loader.raw(row, dt).max_block, (row.name, dt, fn.attributes)
+            assert fn.local_size_bytes == 0, (row.name, dt, fn.attributes)
 
 
 @cuda
@@ -135,6 +150,35 @@ def test_cross_entropy(cp, n, width, dtype):
             got, want = both(F.cross_entropy_with_grad, x, t, reduction=reduction, label_smoothing=eps)
             close(got[0], want[0], dtype)
             close(got[1], want[1], dtype)
+
+
+@cuda
+@pytest.mark.parametrize("n,width", [(70_000, 10), (4096, 1000), (300, 5000)])
+def test_cross_entropy_loss_is_deterministic(cp, n, width):
+    """The loss is summed over blocks by the last block in a fixed order: bit-identical from run to run."""
+    x = _rows(cp, n, width, "float32", seed=2)
+    t = cp.asarray(np.random.default_rng(0).integers(0, width, n))
+    first = [F.cross_entropy_with_grad(x, t, reduction=r)[0].get() for r in ("mean", "sum")]
+    for _ in range(5):
+        again = [F.cross_entropy_with_grad(x, t, reduction=r)[0].get() for r in ("mean", "sum")]
+        assert [a.tobytes() for a in again] == [f.tobytes() for f in first]
+
+
+@cuda
+def test_cross_entropy_beyond_32bit_indices(cp):
+    """More than 2**31 logits (float16, 65540 x 32768): rows past the 32-bit index range are right."""
+    n, width = 65540, 32768
+    if cp.cuda.Device().mem_info[0] < 16 * 2**30:
+        pytest.skip("needs 16 GiB of free device memory")
+    x = cp.zeros((n, width), cp.float16)
+    tail = _rows(cp, 4, width, "float16", seed=3)
+    x[-4:] = tail
+    t = cp.asarray(np.array([0] * (n - 4) + [1, width - 1, 7, 12345]))
+    loss, grad = F.cross_entropy_with_grad(x, t, reduction="none")
+    want_loss, want_grad = both(F.cross_entropy_with_grad, tail, t[-4:], reduction="none")[1]
+    close(loss[-4:].get(), want_loss, "float16")
+    close(grad[-4:].get(), want_grad, "float16")
+    del x, grad
 
 
 def _steps(cp, fn, dtype, n_states, optional, kwargs_for_step, steps=5, n=1_000_003):

@@ -64,7 +64,8 @@ def test_non_cooperative_kernel_that_synchronises_is_an_error(forward_loader):
     wrong = registry.RawKernel(row.name, row.source, row.entry, row.dtypes, cooperative=False)
     x = np.ones((2, 40), np.float32)
     with pytest.raises(RuntimeError, match="non-cooperative"):
-        forward_loader.raw(wrong, "float32").launch(2, 32, (x, np.empty_like(x), np.int64(2), np.int64(40)))
+        forward_loader.raw(wrong, "float32").launch(2, 32, (x, np.empty_like(x), np.int64(2), np.int64(40),
+                                                                np.int32(0)))
 
 
 def test_launcher_checks_scalar_types_and_block_size(forward_loader):
@@ -72,18 +73,46 @@ def test_launcher_checks_scalar_types_and_block_size(forward_loader):
     x = np.ones((2, 40), np.float32)
     out = np.empty_like(x)
     with pytest.raises(TypeError, match="n_cols must be a numpy.int64, got int"):
-        kernel.launch(2, 32, (x, out, np.int64(2), 40))
+        kernel.launch(2, 32, (x, out, np.int64(2), 40, np.int32(0)))
     with pytest.raises(TypeError, match="x must be float32, got float64"):
-        kernel.launch(2, 32, (x.astype(np.float64), out, np.int64(2), np.int64(40)))
+        kernel.launch(2, 32, (x.astype(np.float64), out, np.int64(2), np.int64(40), np.int32(0)))
     with pytest.raises(TypeError, match="C-contiguous"):
-        kernel.launch(2, 32, (np.ones((40, 2), np.float32).T, out, np.int64(2), np.int64(40)))
+        kernel.launch(2, 32, (np.ones((40, 2), np.float32).T, out, np.int64(2), np.int64(40), np.int32(0)))
     with pytest.raises(ValueError, match="multiple of 32"):
-        kernel.launch(2, 48, (x, out, np.int64(2), np.int64(40)))
+        kernel.launch(2, 48, (x, out, np.int64(2), np.int64(40), np.int32(0)))
 
 
 def test_block_choice():
     assert [launch.row_block(c) for c in (1, 7, 256, 1000, 4097, 100_000)] == [32, 32, 32, 128, 1024, 1024]
     assert launch.flat_grid(1) == 1 and launch.flat_grid(10**9) == launch.MAX_GRID
+
+
+def test_row_launch_choice():
+    """(grid, block, warp_rows): a warp per narrow row, 8 rows a block; a block per wide row; grids capped."""
+    assert launch.row_launch(65536, 10) == (8192, 256, 1)
+    assert launch.row_launch(7, 1) == (1, 224, 1)
+    assert launch.row_launch(4096, 1000) == (4096, 128, 0)
+    assert launch.row_launch(8192, 32768) == (8192, 1024, 0)
+    assert launch.row_launch(10**7, 10)[0] == launch.row_launch(10**6, 1000)[0] == launch.MAX_GRID
+    assert launch.row_launch(8192, 32768, max_block=512) == (8192, 512, 0)
+    assert launch.row_launch(100, 10, max_block=64) == (50, 64, 1)
+
+
+def test_every_kernel_declares_its_launch_bounds(forward_loader):
+    """Without __launch_bounds__ the compiler may give a kernel more registers than its largest block can have
+    (the launch then fails on a GPU only); the launcher never exceeds the bound."""
+    from xpnn._cuda import sources
+
+    for row in registry.RAW:
+        kernel = row.entry.split("<")[0]
+        assert f"__launch_bounds__({sources.launch_bound(row.source, kernel)})\n{kernel}(" in \
+            sources.read_source(row.source), kernel
+    ce = forward_loader.raw(registry.RAW_BY_NAME["cross_entropy_with_grad"], "float64")
+    assert ce.max_block == 512
+    x = np.zeros((2, 4000))
+    with pytest.raises(ValueError, match="launch_bounds"):
+        ce.launch(2, 1024, (x, np.zeros(2, np.int64), np.zeros(2, np.uint64), x.copy(), np.zeros(()), np.zeros(2),
+                            np.int64(2), np.int64(4000), np.int64(-100), np.float64(0), np.int32(1), np.int32(0)))
 
 
 # ---- elementwise activation backwards ---------------------------------------------------------------------------
@@ -150,14 +179,50 @@ def test_row_kernels_float16(forward_loader, fn):
     close(through_kernel(forward_loader, fn, x), reference(fn, x), "float16")
 
 
-def test_row_kernels_more_rows_than_blocks(forward_loader, monkeypatch):
-    monkeypatch.setattr(launch, "MAX_GRID", 3)  # grid-stride over rows: each block handles several rows
-    x = _rows(70, "float32", n=11)
-    close(through_kernel(forward_loader, F.softmax, x), reference(F.softmax, x), "float32")
-    t = np.arange(11) % 70
-    got, want = through_kernel(forward_loader, F.cross_entropy_with_grad, x, t), reference(F.cross_entropy_with_grad, x, t)
-    close(got[0], want[0], "float32")
-    close(got[1], want[1], "float32")
+@pytest.mark.parametrize("width", [70, 300], ids=["warp_rows", "block_rows"])
+def test_row_kernels_more_rows_than_blocks(loader, monkeypatch, width):
+    """Grid-stride over rows (each block or warp handles several), and the cross-entropy loss summed over blocks."""
+    monkeypatch.setattr(launch, "MAX_GRID", 2)
+    n = 19
+    x = _rows(width, "float32", n=n)
+    close(through_kernel(loader, F.softmax, x), reference(F.softmax, x), "float32")
+    t = np.arange(n) * 7 % width
+    t[[3, 11]] = -100
+    for reduction in ("mean", "sum", "none"):
+        kwargs = dict(reduction=reduction, label_smoothing=0.1)
+        got = through_kernel(loader, F.cross_entropy_with_grad, x, t, **kwargs)
+        want = reference(F.cross_entropy_with_grad, x, t, **kwargs)
+        close(got[0], want[0], "float32")
+        close(got[1], want[1], "float32")
+
+
+@pytest.mark.parametrize("width", [2, 300], ids=["warp_rows", "block_rows"])
+def test_row_kernels_nan_among_neg_inf(loader, width):
+    """A NaN in a row whose other entries are all -inf propagates (the merge of two empty sums keeps the NaN on
+    every lane, whichever side it is on)."""
+    x = np.full((4, width), -np.inf, np.float32)
+    x[0, 1] = np.nan
+    x[1, width - 1] = np.nan
+    x[2, 0] = 1.0
+    x[3, :] = 0.5
+    with np.errstate(invalid="ignore"):
+        want = reference(F.logsumexp, x)
+        got = through_kernel(loader, F.logsumexp, x)
+    np.testing.assert_array_equal(np.isnan(got), [True, True, False, False])
+    close(got, want, "float32")
+
+
+def test_cross_entropy_many_rows(forward_loader):
+    """Thousands of rows: the count kernel loops over targets, hundreds of blocks add partial losses."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3001, 3)).astype(np.float32)
+    t = rng.integers(0, 3, 3001)
+    t[::5] = -100
+    for reduction in ("mean", "sum"):
+        got = through_kernel(forward_loader, F.cross_entropy_with_grad, x, t, reduction=reduction)
+        want = reference(F.cross_entropy_with_grad, x, t, reduction=reduction)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+        close(got[1], want[1], "float32")
 
 
 # ---- cross-entropy ----------------------------------------------------------------------------------------------

@@ -71,10 +71,8 @@ def generate_source() -> str:
     lines += [f'#include "{src}"' for src in registry.sources()]
     lines.append(f'#include "{registry.ELEMENTWISE_PREAMBLE}"')
     entries = []
-    for row in registry.RAW:
-        for dt in row.dtypes:
-            ne = row.name_expression(dt)
-            entries.append(f'    {{"{ne}", [](void** a) {{ return xpnn_shim::bind(&{ne}, a); }}}},')
+    for ne in dict.fromkeys(row.name_expression(dt) for row in registry.RAW for dt in row.dtypes):
+        entries.append(f'    {{"{ne}", [](void** a) {{ return xpnn_shim::bind(&{ne}, a); }}}},')
     for row in registry.ELEMENTWISE:
         for dt in row.dtypes:
             lines.append(_elementwise_loop(row, dt))

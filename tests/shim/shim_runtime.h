@@ -29,6 +29,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __shared__ static
+#define __launch_bounds__(...)
 
 struct dim3 {
     unsigned x, y, z;
@@ -234,6 +235,16 @@ inline V __shfl_xor_sync(unsigned mask, V v, int lane_mask) {
     memcpy(&r, &bits, sizeof(V));
     return r;
 }
+
+// Blocks run one at a time, so plain memory operations are already atomic and ordered across blocks.
+template <typename V>
+inline V atomicAdd(V* address, V value) {
+    const V old = *address;
+    *address = old + value;
+    return old;
+}
+
+inline void __threadfence() {}
 
 inline float __int_as_float(int i) {
     float f;

@@ -19,12 +19,29 @@ from .loader import KernelLoader
 FLAT_BLOCK = 256  # threads per block of the grid-stride kernels over flat buffers
 MAX_GRID = 65535  # blocks per launch; the kernels loop (grid-stride) over whatever is left
 ITEMS_PER_THREAD = 8  # row kernels: aim for about this many row entries per thread
+WARP_ROW_MAX_COLS = 256  # rows up to this wide get one warp each (several rows per block); wider rows a block each
+WARP_ROWS_PER_BLOCK = 8  # warps (rows) per block in warp-per-row mode
+COUNT_MAX_GRID = 1024  # blocks of the target-counting kernel (an atomic add each)
+REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}  # XPNN_REDUCTION_* in softmax_cross_entropy.cu
 
 
 def row_block(n_cols: int) -> int:
     """Threads per block for a row of ``n_cols`` entries: a power of two in [32, 1024]."""
     want = max(1, -(-n_cols // ITEMS_PER_THREAD))
     return min(1024, max(32, 1 << (want - 1).bit_length()))
+
+
+def row_launch(n_rows: int, n_cols: int, max_block: int = 1024) -> tuple[int, int, int]:
+    """(grid, block, warp_rows) of a row kernel over an (n_rows, n_cols) matrix, n_rows >= 1; ``max_block`` is
+    the kernel's ``__launch_bounds__``.
+
+    Narrow rows (like (65536, 10)) get a warp each, up to WARP_ROWS_PER_BLOCK rows per block, reduced with
+    shuffles only; a block per row for such rows would leave most threads idle and pay two barriers per row.
+    """
+    if n_cols <= WARP_ROW_MAX_COLS:
+        per_block = min(WARP_ROWS_PER_BLOCK, n_rows, max_block // 32)
+        return max(1, min(MAX_GRID, -(-n_rows // per_block))), 32 * per_block, 1
+    return max(1, min(MAX_GRID, n_rows)), min(row_block(n_cols), max_block), 0
 
 
 def flat_grid(n: int, block: int = FLAT_BLOCK) -> int:
@@ -82,9 +99,9 @@ def _rows(op: str, loader: KernelLoader, xp: Any, x: Any, axis: int, out_shape: 
     out = xp.empty(out_shape, dtype=x.dtype)
     if n_rows == 0:
         return out
-    dtype = dtype_name(x.dtype)
-    kernel = loader.raw(registry.RAW_BY_NAME[op], dtype)
-    kernel.launch(min(n_rows, MAX_GRID), row_block(n_cols), (_contiguous(x), out, np.int64(n_rows), np.int64(n_cols)))
+    kernel = loader.raw(registry.RAW_BY_NAME[op], dtype_name(x.dtype))
+    grid, block, warp_rows = row_launch(n_rows, n_cols, kernel.max_block)
+    kernel.launch(grid, block, (_contiguous(x), out, np.int64(n_rows), np.int64(n_cols), np.int32(warp_rows)))
     return out
 
 
@@ -103,27 +120,29 @@ def log_softmax(loader: KernelLoader, xp: Any, x: Any, axis: int = -1) -> Any:
 
 def cross_entropy_with_grad(loader: KernelLoader, xp: Any, logits: Any, target: Any, *, reduction: str = "mean",
                             ignore_index: int = -100, label_smoothing: float = 0.0) -> Any:
-    """(loss, grad): one kernel writes the per-row losses and the gradient; a tiny reduction forms the loss."""
+    """(loss, grad): zeroed counters, for the mean one kernel counting the valid targets, then one kernel writing
+    the gradient and the loss -- per row for "none", else summed inside the kernel (no further launches)."""
     n_rows, n_cols = (int(s) for s in logits.shape)
+    if n_rows == 0 or n_cols == 0:
+        return NotImplemented  # the reference decides what an empty batch means
     dtype = dtype_name(logits.dtype)
-    acc = getattr(xp, registry.ACC_DTYPES[dtype])
     logits = _contiguous(logits)
-    target = _contiguous(xp.astype(target, xp.int64))  # labels were validated by the caller
-    n_valid = xp.reshape(xp.sum(xp.astype(target != ignore_index, xp.int64)), (1,))  # stays on the device
-    grad = xp.empty((n_rows, n_cols), dtype=logits.dtype)
-    loss_rows = xp.empty((n_rows,), dtype=acc)
+    target = _contiguous(xp.astype(target, xp.int64, copy=False))  # labels were validated by the caller
     kernel = loader.raw(registry.RAW_BY_NAME["cross_entropy_with_grad"], dtype)
-    kernel.launch(min(n_rows, MAX_GRID), row_block(n_cols), (
-        logits, target, n_valid, grad, loss_rows, np.int64(n_rows), np.int64(n_cols), np.int64(ignore_index),
-        np.float64(label_smoothing), np.int32(reduction == "mean"),
+    grid, block, warp_rows = row_launch(n_rows, n_cols, kernel.max_block)
+    grad = xp.empty((n_rows, n_cols), dtype=logits.dtype)
+    loss = xp.empty((n_rows,) if reduction == "none" else (), dtype=logits.dtype)
+    partials = xp.empty((grid,), dtype=xp.float64)  # per-block loss sums
+    counters = xp.zeros((2,), dtype=xp.uint64)  # [valid targets, blocks done]
+    if reduction == "mean":
+        loader.raw(registry.RAW_BY_NAME["cross_entropy_count"], dtype).launch(
+            min(COUNT_MAX_GRID, flat_grid(n_rows)), FLAT_BLOCK,
+            (target, np.int64(n_rows), np.int64(ignore_index), counters))
+    kernel.launch(grid, block, (
+        logits, target, counters, grad, loss, partials, np.int64(n_rows), np.int64(n_cols),
+        np.int64(ignore_index), np.float64(label_smoothing), np.int32(REDUCTIONS[reduction]), np.int32(warp_rows),
     ))
-    if reduction == "none":
-        loss = loss_rows
-    elif reduction == "sum":
-        loss = xp.sum(loss_rows)
-    else:  # NaN when every target is ignored, like PyTorch
-        loss = xp.sum(loss_rows) / xp.astype(n_valid[0], acc)
-    return xp.astype(xp.asarray(loss), logits.dtype), grad
+    return loss, grad
 
 
 # ---- optimizer updates over flat buffers, in place --------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from ..errors import NamespaceMismatchError
 from . import registry, sources
 
 
@@ -46,6 +47,16 @@ def check_args(kernel: str, params: Sequence[sources.Param], dtype: str, args: S
             raise TypeError(f"kernel {kernel}: scalar {p.name} must be a numpy.{want}, got {got}")
 
 
+def check_device(kernel: str, device: int, args: Sequence[Any]) -> None:
+    """Raise unless every CuPy array in ``args`` lives on ``device`` (the device the kernel is launched on)."""
+    for a in args:
+        dev = getattr(getattr(a, "device", None), "id", None)
+        if dev is not None and dev != device:
+            raise NamespaceMismatchError(
+                f"kernel {kernel}: an argument lives on CUDA device {dev} but the current device is {device}; "
+                f"run the call under `with cupy.cuda.Device({dev}):`")
+
+
 class RawLaunch:
     """A compiled ``__global__`` function plus its signature; ``launch(grid, block, args)`` checks and runs it."""
 
@@ -54,11 +65,15 @@ class RawLaunch:
         self.dtype = dtype
         self.name = row.name_expression(dtype)
         self.params = sources.signature(row.source, row.entry.split("<")[0])
+        self.max_block = sources.launch_bound(row.source, row.entry.split("<")[0])
         self._run = run
 
     def launch(self, grid: int, block: int, args: tuple) -> None:
-        if not (1 <= block <= 1024 and block % 32 == 0):
-            raise ValueError(f"kernel {self.name}: block size must be a multiple of 32 in [32, 1024], got {block}")
+        if not (1 <= block <= self.max_block and block % 32 == 0):
+            raise ValueError(f"kernel {self.name}: block size must be a multiple of 32 in [32, {self.max_block}] "
+                             f"(its __launch_bounds__), got {block}")
+        if grid > 2**31 - 1:
+            raise ValueError(f"kernel {self.name}: grid must be at most 2**31 - 1 blocks, got {grid}")
         if grid < 1:
             raise ValueError(f"kernel {self.name}: grid must be >= 1, got {grid}")
         check_args(self.name, self.params, self.dtype, args)
@@ -100,9 +115,13 @@ class CupyLoader:
         launch = self._raw.get(key)
         if launch is None:
             with self._lock:
-                fn = self._module(device, row.source).get_function(row.name_expression(dtype))
+                name = row.name_expression(dtype)
+                fn = self._module(device, row.source).get_function(name)
 
                 def run(grid: int, block: int, args: tuple, fn: Any = fn) -> None:
+                    check_device(name, device, args)
+                    # RawKernel(grid, block, args): a tuple per dimension; numpy scalars are passed by value with
+                    # their own C type (a Python int or float would become a long long or a double)
                     fn((grid,), (block,), args)
 
                 launch = self._raw[key] = RawLaunch(row, dtype, run)

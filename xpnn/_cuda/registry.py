@@ -22,6 +22,8 @@ class RawKernel:
     ``entry`` is a name template with ``{T}`` (storage C type) and ``{A}`` (accumulation C type).
     ``cooperative``: the kernel synchronises its block (``__syncthreads``/shuffles); the CPU shim runs such blocks
     as fibers and others as a plain loop over threads (and fails if a non-cooperative kernel synchronises).
+    ``helper``: launched by another op's launcher, not an op itself (no provider entry); an ``entry`` without
+    ``{T}``/``{A}`` is one kernel shared by every dtype.
     """
 
     name: str
@@ -29,6 +31,7 @@ class RawKernel:
     entry: str
     dtypes: tuple[str, ...]
     cooperative: bool = False
+    helper: bool = False
 
     def name_expression(self, dtype: str) -> str:
         return self.entry.format(T=C_TYPES[dtype], A=C_TYPES[ACC_DTYPES[dtype]])
@@ -51,7 +54,8 @@ class ElementwiseKernel:
 
     @property
     def kernel_name(self) -> str:
-        return "xpnn_" + self.name
+        # not "xpnn_<op>": that is the preamble's device function, which the kernel would then overload
+        return "xpnn_" + self.name + "_kernel"
 
 
 _FLOATS = ("float16", "float32", "float64")
@@ -76,6 +80,8 @@ RAW: tuple[RawKernel, ...] = (
     RawKernel("logsumexp", "softmax_cross_entropy.cu", "logsumexp_rows<{T}, {A}>", _FLOATS, cooperative=True),
     RawKernel("softmax", "softmax_cross_entropy.cu", "softmax_rows<{T}, {A}>", _FLOATS, cooperative=True),
     RawKernel("log_softmax", "softmax_cross_entropy.cu", "log_softmax_rows<{T}, {A}>", _FLOATS, cooperative=True),
+    RawKernel("cross_entropy_count", "softmax_cross_entropy.cu", "cross_entropy_count", _FLOATS, cooperative=True,
+              helper=True),
     RawKernel("cross_entropy_with_grad", "softmax_cross_entropy.cu", "cross_entropy_fwd_bwd<{T}, {A}>", _FLOATS,
               cooperative=True),
     RawKernel("adam_update", "optimizers.cu", "adam_update<{T}>", _FLOATS_NO_HALF),
@@ -94,10 +100,15 @@ def sources() -> tuple[str, ...]:
 
 
 def name_expressions(source: str) -> tuple[str, ...]:
-    """Every template instantiation compiled into the RawModule of ``source``."""
-    return tuple(row.name_expression(dt) for row in RAW if row.source == source for dt in row.dtypes)
+    """Every kernel (template instantiation) compiled into the RawModule of ``source``, each once."""
+    return tuple(dict.fromkeys(row.name_expression(dt) for row in RAW if row.source == source for dt in row.dtypes))
+
+
+def ops() -> tuple[str, ...]:
+    """The ops served by kernels (helpers excluded)."""
+    return tuple(row.name for row in RAW + ELEMENTWISE if not getattr(row, "helper", False))
 
 
 def supports(op: str, dtype: str) -> bool:
     row = RAW_BY_NAME.get(op) or ELEMENTWISE_BY_NAME.get(op)
-    return row is not None and dtype in row.dtypes
+    return row is not None and not getattr(row, "helper", False) and dtype in row.dtypes

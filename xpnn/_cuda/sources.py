@@ -47,7 +47,8 @@ def read_source(name: str) -> str:
 
 # ---- kernel signatures -------------------------------------------------------------------------------------------
 
-_C_SCALARS = {"float": "float32", "double": "float64", "int": "int32", "long long": "int64", "unsigned": "uint32"}
+_C_SCALARS = {"float": "float32", "double": "float64", "int": "int32", "long long": "int64", "unsigned": "uint32",
+              "unsigned long long": "uint64"}
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class Param:
         return _C_SCALARS[self.ctype]
 
 
-_KERNEL = re.compile(r"__global__\s+void\s+(\w+)\s*\(([^)]*)\)", re.S)
+_KERNEL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\((\d+)\)\s*)?(\w+)\s*\(([^)]*)\)", re.S)
 
 
 def _parse_param(text: str) -> Param:
@@ -82,6 +83,16 @@ def _parse_param(text: str) -> Param:
 def signature(source: str, kernel: str) -> tuple[Param, ...]:
     """Parameters of ``__global__ void kernel(...)`` in ``source`` (parsed once, from the source itself)."""
     for m in _KERNEL.finditer(read_source(source)):
-        if m.group(1) == kernel:
-            return tuple(_parse_param(p) for p in m.group(2).split(","))
+        if m.group(2) == kernel:
+            return tuple(_parse_param(p) for p in m.group(3).split(","))
+    raise LookupError(f"kernel {kernel!r} not found in {source}")
+
+
+@functools.lru_cache(maxsize=None)
+def launch_bound(source: str, kernel: str) -> int:
+    """The ``__launch_bounds__`` of ``kernel`` in ``source``: the largest block it may be launched with (1024 when it
+    declares none -- but then the compiler may use more registers than such a block can have)."""
+    for m in _KERNEL.finditer(read_source(source)):
+        if m.group(2) == kernel:
+            return int(m.group(1)) if m.group(1) else 1024
     raise LookupError(f"kernel {kernel!r} not found in {source}")
