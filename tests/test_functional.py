@@ -198,3 +198,8 @@ def test_debug_mode_catches_nan_logits():
     with xpnn.debug.debug_mode(True):
         with pytest.raises(xpnn.NonFiniteError, match="cross_entropy: logits contains 1 NaN"):
             F.cross_entropy(x, np.array([0, 1]))
+
+
+def test_accuracy_rejects_float_labels():
+    with pytest.raises(xpnn.DTypeError, match="accuracy: labels must be integer"):
+        F.accuracy(np.zeros((2, 3)), np.zeros(2))

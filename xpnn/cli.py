@@ -143,7 +143,7 @@ def _train(args: argparse.Namespace) -> int:
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     print(f"xpnn train: {name}: {X_train.shape[0]} train / {X_test.shape[0]} test rows, {sizes[0]} features, "
           f"{n_classes} classes; backend {backend.name}", flush=True)
-    print(f"model {'-'.join(map(str, sizes))} {args.activation}, {args.optimizer} lr {lr:g}, {args.epochs} epochs, "
+    print(f"model {'-'.join(map(str, sizes))} {args.activation}, {args.optimizer} lr {lr:g}, {args.epochs} epoch{'s' if args.epochs != 1 else ''}, "
           f"batch {args.batch_size}, seed {args.seed} (validation = the test split)", flush=True)
     t0 = time.perf_counter()
     history = fit(model, loss_fn, optimizer, X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
@@ -154,7 +154,7 @@ def _train(args: argparse.Namespace) -> int:
     # val_loss above includes the label smoothing of training; the test loss is the plain cross-entropy
     plain = " without label smoothing" if args.label_smoothing else ""
     print(f"test accuracy: {result['accuracy']:.4f}  (test loss {result['loss']:.4f}{plain}; "
-          f"{history.epochs} epochs in {seconds:.2f} s on {backend.name})", flush=True)
+          f"{history.epochs} epoch{'s' if history.epochs != 1 else ''} in {seconds:.2f} s on {backend.name})", flush=True)
     if args.save:
         config = {"dataset": args.dataset, "sizes": sizes, "activation": args.activation, "dropout": args.dropout,
                   "optimizer": args.optimizer, "lr": lr, "epochs": history.epochs, "batch_size": args.batch_size,

@@ -8,7 +8,7 @@ import numpy as np
 from .. import functional as F
 from ..backend import BackendLike, namespace_of
 from ..functional.layers import dropout_mask, linear_backward, make_rng
-from .linear import Linear, check_features, check_grad_output
+from .linear import Linear, add_affine_grads, check_features, check_grad_output
 
 __all__ = ["DropConnect"]
 
@@ -64,11 +64,7 @@ class DropConnect(Linear):
         dx, dw, db = linear_backward(x, self._w_eff, dy, need_input_grad=need_input_grad,
                                      need_bias_grad=self.bias is not None)
         dw *= self._mask
-        g = self.weight.grad
-        g += dw
-        if db is not None:
-            gb = self.bias.grad
-            gb += db
+        add_affine_grads(self.weight, self.bias, dw, db)
         return dx
 
     def _moved(self) -> None:

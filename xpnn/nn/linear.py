@@ -39,6 +39,15 @@ def check_grad_output(module: Module, xp: Any, dy: Any, shape: tuple[int, ...], 
     check_finite(xp, dy, module._where(), "dy")
 
 
+def add_affine_grads(weight: Parameter, bias: Optional[Parameter], dw: Any, db: Any) -> None:
+    """``weight.grad += dw`` and ``bias.grad += db``, in place (into the model's flat gradient buffer)."""
+    g = weight.grad
+    g += dw
+    if bias is not None and db is not None:
+        gb = bias.grad
+        gb += db
+
+
 def init_affine(rng: Any, out_rows: int, in_features: int, bias: bool) -> tuple[Any, Optional[Any]]:
     """NumPy weight (out_rows, in_features) and bias like ``torch.nn.Linear.reset_parameters``:
     ``kaiming_uniform(a=sqrt(5))`` (i.e. U(-1/sqrt(in), 1/sqrt(in))) and bias U(-1/sqrt(in), 1/sqrt(in))."""
@@ -100,11 +109,7 @@ class Linear(Module):
         xp = layer_namespace(self._where(), dy, w)
         check_grad_output(self, xp, dy, (x.shape[0], self.out_features), w.dtype)
         dx, dw, db = linear_backward(x, w, dy, need_input_grad=need_input_grad, need_bias_grad=self.bias is not None)
-        g = self.weight.grad
-        g += dw
-        if db is not None:
-            gb = self.bias.grad
-            gb += db
+        add_affine_grads(self.weight, self.bias, dw, db)
         return dx
 
     def _moved(self) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 from .. import functional as F
 from ..backend import BackendLike
 from ..functional.layers import linear_backward, maxout, maxout_backward
-from .linear import check_features, check_grad_output, init_affine
+from .linear import add_affine_grads, check_features, check_grad_output, init_affine
 from .module import Module, layer_namespace
 from .parameter import FlatBuffer, Parameter, factory
 
@@ -55,11 +55,7 @@ class Maxout(Module):
         check_grad_output(self, xp, dy, (x.shape[0], self.out_features), w.dtype)
         dz = maxout_backward(self._idx, dy, self.pieces)
         dx, dw, db = linear_backward(x, w, dz, need_input_grad=need_input_grad, need_bias_grad=self.bias is not None)
-        g = self.weight.grad
-        g += dw
-        if db is not None:
-            gb = self.bias.grad
-            gb += db
+        add_affine_grads(self.weight, self.bias, dw, db)
         return dx
 
     def _moved(self) -> None:
