@@ -14,12 +14,12 @@ from .errors import (
     ShapeError,
     XpnnError,
 )
-from . import functional, init, nn, optim
+from . import data, functional, init, nn, optim, train
 from .io import load, save
 
 __all__ = [
     "__version__", "Backend", "get_backend", "set_backend", "use_backend", "set_debug",
-    "kernels_enabled", "set_kernels_enabled", "use_kernels", "functional", "nn", "optim", "init",
+    "kernels_enabled", "set_kernels_enabled", "use_kernels", "functional", "nn", "optim", "init", "data", "train",
     "save", "load",
     "XpnnError", "BackendUnavailableError", "ShapeError", "DTypeError", "NamespaceMismatchError",
     "NonFiniteError", "CheckpointError",
