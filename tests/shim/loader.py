@@ -98,8 +98,7 @@ void xpnn_shim_set_reverse(int reverse) { xpnn_shim::sched.reverse = reverse != 
     return "\n".join(lines)
 
 
-def _inputs() -> list[Path]:
-    kdir = kernel_dir()
+def _inputs(kdir: Path) -> list[Path]:
     return sorted(kdir.glob("*.cu*")) + [HERE / "shim_runtime.h", HERE / "include" / "cuda_fp16.h"]
 
 
@@ -109,14 +108,16 @@ class Build:
     log: str  # compiler output (warnings); empty for a clean build
 
 
-def build(extra_flags: tuple[str, ...] = ()) -> Build:
-    """Compile the shim (or reuse the cached build for identical sources and flags)."""
+def build(extra_flags: tuple[str, ...] = (), kernels: Optional[Path] = None) -> Build:
+    """Compile the shim (or reuse the cached build for identical sources and flags). ``kernels``: a folder to take
+    the kernel sources from instead of ``kernels/`` (tests build deliberately broken copies)."""
     if shutil.which(CXX) is None:
         raise RuntimeError(f"the CPU shim needs a C++ compiler ({CXX!r} not found): install g++")
+    kdir = Path(kernels) if kernels is not None else kernel_dir()
     src = generate_source()
     flags = FLAGS + tuple(extra_flags)
     h = hashlib.sha256()
-    for part in [src, " ".join(flags), CXX] + [p.read_text() for p in _inputs()]:
+    for part in [src, " ".join(flags), CXX] + [p.read_text() for p in _inputs(kdir)]:
         h.update(part.encode())
         h.update(b"\0")
     out_dir = Path(tempfile.gettempdir()) / "xpnn-shim" / h.hexdigest()[:24]
@@ -127,7 +128,7 @@ def build(extra_flags: tuple[str, ...] = ()) -> Build:
     cpp = out_dir / "xpnn_shim.cpp"
     cpp.write_text(src)
     tmp = out_dir / f"libxpnn_shim.{os.getpid()}.so"
-    cmd = [CXX, *flags, f"-I{HERE / 'include'}", f"-I{HERE}", f"-I{kernel_dir()}", str(cpp), "-o", str(tmp)]
+    cmd = [CXX, *flags, f"-I{HERE / 'include'}", f"-I{HERE}", f"-I{kdir}", str(cpp), "-o", str(tmp)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"building the CPU shim failed:\n{' '.join(cmd)}\n{proc.stderr}")
@@ -161,21 +162,67 @@ def _c_arg(a: Any) -> Any:
     raise TypeError(f"CPU shim: unsupported kernel argument {type(a).__name__}")
 
 
+class _ExactBuffers:
+    """Copies of the launch's arrays in buffers of exactly their size from C ``malloc`` (under AddressSanitizer:
+    with a redzone right after the last element, which a NumPy array viewing a larger buffer would not have).
+    The same array passed twice (a placeholder) gets one buffer; ``copy_back`` writes the buffers back."""
+
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(None)
+        self._libc.malloc.restype = ctypes.c_void_p
+        self._libc.malloc.argtypes = [ctypes.c_size_t]
+        self._libc.free.argtypes = [ctypes.c_void_p]
+        self._copies: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
+
+    def pointer(self, a: np.ndarray) -> ctypes.c_void_p:
+        key = (a.ctypes.data, a.nbytes)
+        if key not in self._copies:
+            ptr = self._libc.malloc(a.nbytes)
+            if not ptr and a.nbytes:
+                raise MemoryError(f"CPU shim: malloc({a.nbytes}) failed")
+            ctypes.memmove(ptr, a.ctypes.data, a.nbytes)
+            self._copies[key] = (a, ptr)
+        return ctypes.c_void_p(self._copies[key][1])
+
+    def copy_back(self) -> None:
+        for a, ptr in self._copies.values():
+            if a.flags.writeable:
+                ctypes.memmove(a.ctypes.data, ptr, a.nbytes)
+
+    def free(self) -> None:
+        for _, ptr in self._copies.values():
+            self._libc.free(ptr)
+        self._copies.clear()
+
+
 class ShimLoader:
-    """Kernels of the CPU shim for NumPy arrays. ``reverse=True`` runs each block's threads in reverse order."""
+    """Kernels of the CPU shim for NumPy arrays. ``reverse=True`` runs each block's threads in reverse order.
+
+    ``library``: a shim library built already (by default ``build(extra_flags)``). ``exact_buffers=True`` hands
+    the kernels exactly-sized copies of the arrays (see ``_ExactBuffers``; for the AddressSanitizer tests)."""
 
     name = "shim"
 
-    def __init__(self, reverse: bool = False, extra_flags: tuple[str, ...] = ()):
+    def __init__(self, reverse: bool = False, extra_flags: tuple[str, ...] = (), library: Optional[Path] = None,
+                 exact_buffers: bool = False):
         self.reverse = reverse
-        self.lib = _load(build(extra_flags).library)
+        self.lib = _load(Path(library) if library is not None else build(extra_flags).library)
+        self.exact_buffers = exact_buffers
         self.launches = 0  # kernels run through this loader (tests check the kernels were really used)
 
     def _launch(self, name: str, grid: int, block: int, args: tuple, cooperative: bool = False) -> None:
-        cargs = [_c_arg(a) for a in args]
-        argv = (ctypes.c_void_p * max(1, len(cargs)))(*[ctypes.addressof(c) for c in cargs])
-        self.lib.xpnn_shim_set_reverse(int(self.reverse))
-        rc = self.lib.xpnn_shim_launch(name.encode(), grid, block, int(cooperative), argv)
+        buffers = _ExactBuffers() if self.exact_buffers else None
+        try:
+            cargs = [buffers.pointer(a) if buffers is not None and isinstance(a, np.ndarray) else _c_arg(a)
+                     for a in args]
+            argv = (ctypes.c_void_p * max(1, len(cargs)))(*[ctypes.addressof(c) for c in cargs])
+            self.lib.xpnn_shim_set_reverse(int(self.reverse))
+            rc = self.lib.xpnn_shim_launch(name.encode(), grid, block, int(cooperative), argv)
+            if buffers is not None:
+                buffers.copy_back()
+        finally:
+            if buffers is not None:
+                buffers.free()
         if rc != 0:
             raise RuntimeError(f"CPU shim: kernel {name} failed: {self.lib.xpnn_shim_last_error().decode()}")
         self.launches += 1

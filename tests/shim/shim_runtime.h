@@ -8,6 +8,8 @@
 //   warp-wide barriers and require every thread of the warp to take part.
 // - Other kernels run their threads as a plain loop; if such a kernel synchronises, the launch fails.
 // - Errors never abort: the launch returns non-zero and xpnn_shim_last_error() says why.
+// - Under AddressSanitizer (tests/test_kernels_asan.py) every fiber switch is announced to it, as its fiber API asks;
+//   without the announcements it warns about an unknown stack and may report false positives.
 #ifndef XPNN_SHIM_RUNTIME_H
 #define XPNN_SHIM_RUNTIME_H
 
@@ -23,6 +25,15 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define XPNN_SHIM_ASAN 1
+#endif
+// The fiber switches are not instrumented: an instrumented caller of a function that does not return (the jumps)
+// first unpoisons the rest of its stack, a system call and a shadow memset per switch (6x slower); stale
+// redzones on abandoned fiber stacks are cleared once per block instead.
+#define XPNN_SHIM_NO_ASAN __attribute__((no_sanitize_address))
 
 #define __global__
 #define __device__
@@ -51,6 +62,7 @@ struct Fiber {
     void* jb[5];
     State state;
     bool started;
+    void* asan_fake_stack;  // AddressSanitizer's fake stack of this fiber while it is switched out
 };
 
 const size_t kStackSize = 64 * 1024;
@@ -65,6 +77,9 @@ struct Scheduler {
     std::vector<uint64_t> slots;  // shuffle exchange, one per thread
     const std::function<void()>* body = nullptr;
     unsigned current = 0;
+    void* main_asan_fake_stack = nullptr;  // the launching thread's, while a fiber runs
+    const void* main_stack_bottom = nullptr;  // the launching thread's stack, as AddressSanitizer reports it
+    size_t main_stack_size = 0;
 
     void fail(const std::string& msg) {
         if (error.empty()) error = msg;
@@ -73,31 +88,57 @@ struct Scheduler {
 
 static Scheduler sched;
 
-[[gnu::noinline]] inline void jump_to(void** jb) { __builtin_longjmp(jb, 1); }
+[[gnu::noinline]] XPNN_SHIM_NO_ASAN inline void jump_to(void** jb) { __builtin_longjmp(jb, 1); }
 
-inline void yield_at(State s) {
-    Fiber& f = sched.fibers[sched.current];
-    f.state = s;
-    if (__builtin_setjmp(f.jb) == 0) jump_to(sched.main_jb);
+// AddressSanitizer's fiber API (no-ops in a normal build): start_switch before leaving a stack (fake_stack_save
+// nullptr when leaving it for good), finish_switch first thing on the stack switched to.
+inline void asan_start_switch(void** fake_stack_save, const void* bottom, size_t size) {
+#ifdef XPNN_SHIM_ASAN
+    __sanitizer_start_switch_fiber(fake_stack_save, bottom, size);
+#else
+    (void)fake_stack_save, (void)bottom, (void)size;
+#endif
 }
 
-inline void fiber_entry(unsigned tid) {
+inline void asan_finish_switch(void* fake_stack_save, const void** bottom_old, size_t* size_old) {
+#ifdef XPNN_SHIM_ASAN
+    __sanitizer_finish_switch_fiber(fake_stack_save, bottom_old, size_old);
+#else
+    (void)fake_stack_save, (void)bottom_old, (void)size_old;
+#endif
+}
+
+XPNN_SHIM_NO_ASAN inline void yield_at(State s) {
+    Fiber& f = sched.fibers[sched.current];
+    f.state = s;
+    if (__builtin_setjmp(f.jb) == 0) {
+        asan_start_switch(&f.asan_fake_stack, sched.main_stack_bottom, sched.main_stack_size);
+        jump_to(sched.main_jb);
+    }
+    asan_finish_switch(sched.fibers[sched.current].asan_fake_stack, nullptr, nullptr);
+}
+
+XPNN_SHIM_NO_ASAN inline void fiber_entry(unsigned tid) {
+    asan_finish_switch(nullptr, &sched.main_stack_bottom, &sched.main_stack_size);
     threadIdx.x = tid;
     (*sched.body)();
     sched.fibers[tid].state = DONE;
+    asan_start_switch(nullptr, sched.main_stack_bottom, sched.main_stack_size);
     jump_to(sched.main_jb);  // never returns: the fiber's stack is abandoned
 }
 
 // Run fiber t until it waits at a barrier or finishes.
-[[gnu::noinline]] inline void resume(unsigned t) {
+[[gnu::noinline]] XPNN_SHIM_NO_ASAN inline void resume(unsigned t) {
     Fiber& f = sched.fibers[t];
     if (__builtin_setjmp(sched.main_jb) == 0) {
+        asan_start_switch(&sched.main_asan_fake_stack, f.ctx.uc_stack.ss_sp, f.ctx.uc_stack.ss_size);
         if (!f.started) {
             f.started = true;
             setcontext(&f.ctx);
         }
         jump_to(f.jb);
     }
+    asan_finish_switch(sched.main_asan_fake_stack, nullptr, nullptr);
 }
 
 inline void barrier(State kind, const char* what) {
@@ -113,6 +154,10 @@ inline void barrier(State kind, const char* what) {
 inline bool run_block_fibers(unsigned n) {
     sched.fibers.assign(n, Fiber());
     if (sched.stacks.size() < n * kStackSize) sched.stacks.resize(n * kStackSize);
+#ifdef XPNN_SHIM_ASAN
+    // frames of the last block's fibers never returned: clear their redzones before the stacks are reused
+    ASAN_UNPOISON_MEMORY_REGION(sched.stacks.data(), n * kStackSize);
+#endif
     sched.slots.assign(n, 0);
     for (unsigned t = 0; t < n; ++t) {
         Fiber& f = sched.fibers[t];
@@ -123,6 +168,7 @@ inline bool run_block_fibers(unsigned n) {
         makecontext(&f.ctx, reinterpret_cast<void (*)()>(&fiber_entry), 1, t);
         f.state = RUNNABLE;
         f.started = false;
+        f.asan_fake_stack = nullptr;
     }
     for (;;) {
         for (unsigned k = 0; k < n; ++k) {

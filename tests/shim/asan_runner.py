@@ -1,0 +1,232 @@
+"""Kernel cases for the sanitized CPU shim; run by ``shim.asan.run_cases`` in a Python with ASan's runtime preloaded.
+
+    python tests/shim/asan_runner.py --library LIB [--numpy-buffers] [CASE ...]
+
+Every kernel and dtype of the registry runs at least once, through the launch code of ``xpnn._cuda.launch``: rows
+of width 1, 7, 1000 and 4097 (warp-per-row and block-per-row), -inf entries and rows, ignored targets, more rows
+than blocks, every optimizer with its optional state buffers. Inputs are C-contiguous views at the start of larger
+arrays, so a kernel reading one element past its input reads the NumPy array's slack; the loader hands the kernels
+exactly-sized ``malloc`` copies instead (unless ``--numpy-buffers``), where ASan sees the overflow. Results are
+compared with the array-API reference too. Prints ``ok CASE`` per case; a sanitizer finding aborts the process.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]
+
+import numpy as np  # noqa: E402
+
+import xpnn.functional as F  # noqa: E402
+from xpnn import _dispatch  # noqa: E402
+from xpnn._cuda import launch, make_provider, registry  # noqa: E402
+from xpnn.functional import updates  # noqa: E402
+
+from shim.loader import ShimLoader  # noqa: E402
+
+FLOATS = ("float16", "float32", "float64")
+WIDTHS = (1, 7, 1000, 4097)
+TOL = {"float16": dict(rtol=5e-3, atol=5e-3), "float32": dict(rtol=2e-5, atol=1e-6),
+       "float64": dict(rtol=1e-12, atol=1e-13)}
+Case = Callable[[Callable[..., ShimLoader]], None]
+
+
+def slack(a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-contiguous view at the start of a larger array (NaN after its end)."""
+    flat = np.full(a.size + 16, np.nan if a.dtype.kind == "f" else -1, dtype=a.dtype)
+    flat[:a.size] = a.ravel()
+    return flat[:a.size].reshape(a.shape)
+
+
+def run(loader: ShimLoader, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn`` through the shim kernels, checked against the reference (kernels off)."""
+    copies = [np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in args]  # in-place updates
+    with np.errstate(all="ignore"):
+        with _dispatch.use_kernels(False):
+            want = fn(*copies, **kwargs)
+        before = loader.launches
+        with _dispatch.use_provider(make_provider(loader)):
+            got = fn(*args, **kwargs)
+    if loader.launches == before:
+        raise AssertionError(f"{fn.__name__} did not run a shim kernel")
+    dtype = np.dtype(args[0].dtype).name
+    pairs = list(zip(got, want)) if isinstance(got, tuple) else [(got, want)]
+    if got is None:  # in-place optimizer update: compare every array argument
+        pairs = [(a, c) for a, c in zip(args, copies) if isinstance(a, np.ndarray)]
+    for g, w in pairs:
+        np.testing.assert_allclose(np.asarray(g, np.float64), np.asarray(w, np.float64), **TOL[dtype],
+                                   err_msg=f"{fn.__name__} {dtype} {np.shape(args[0])} {kwargs}")
+    return got
+
+
+def rows(n: int, width: int, dtype: str, seed: int = 0) -> np.ndarray:
+    """Distinct rows: row 1 at |x| ~ 1e4, row 2 with -inf entries, row 3 all -inf (when n allows)."""
+    rng = np.random.default_rng(seed + width)
+    x = rng.standard_normal((n, width)) * 3
+    x[:, 0] += np.arange(n)
+    if n > 1:
+        x[1] *= 3e3 if dtype != "float16" else 1
+    if n > 2 and width > 1:
+        x[2, 1::2] = -np.inf
+    return x.astype(dtype)
+
+
+# ---- cases ----------------------------------------------------------------------------------------------------------
+
+def activations(make: Callable[..., ShimLoader]) -> None:
+    loader = make()
+    rng = np.random.default_rng(1)
+    for dtype in FLOATS:
+        for shape in ((1,), (7,), (33, 17)):
+            y = slack(rng.uniform(0, 1, shape).astype(dtype))
+            x = slack((rng.standard_normal(shape) * 3).astype(dtype))
+            dy = slack(rng.standard_normal(shape).astype(dtype))
+            run(loader, F.sigmoid_backward, y, dy)
+            run(loader, F.tanh_backward, y, dy)
+            run(loader, F.relu_backward, x, dy)
+            run(loader, F.leaky_relu_backward, x, dy, 0.2)
+            run(loader, F.elu_backward, x, dy, 0.7)
+            run(loader, F.selu_backward, x, dy)
+
+
+def row_kernels(make: Callable[..., ShimLoader]) -> None:
+    loader = make()
+    for dtype in FLOATS:
+        for width in WIDTHS:
+            x = rows(5, width, dtype)
+            x[3] = -np.inf  # a whole row of -inf
+            x = slack(x)
+            for fn in (F.logsumexp, F.softmax, F.log_softmax):
+                run(loader, fn, x)
+
+
+def cross_entropy(make: Callable[..., ShimLoader]) -> None:
+    loader = make()
+    for dtype in FLOATS:
+        for width in WIDTHS:
+            x = slack(rows(6, width, dtype, seed=5))
+            target = np.random.default_rng(width).integers(0, width, 6)
+            target[2] = 0  # a finite entry of the row with -inf entries
+            target[3] = -100  # ignored
+            target[5] = width - 1  # the last column
+            target = slack(target)
+            for reduction in ("mean", "sum", "none"):
+                run(loader, F.cross_entropy_with_grad, x, target, reduction=reduction,
+                    label_smoothing=0.1 if reduction != "sum" else 0.0)
+        x = slack(rows(4, 9, dtype))
+        run(loader, F.cross_entropy_with_grad, x, np.array([3, 5, 3, 8], np.int32), ignore_index=3)
+        run(loader, F.cross_entropy_with_grad, x, slack(np.full(4, -100)))  # every target ignored: NaN mean
+
+
+@contextmanager
+def max_grid(n: int) -> Iterator[None]:
+    old, launch.MAX_GRID = launch.MAX_GRID, n
+    try:
+        yield
+    finally:
+        launch.MAX_GRID = old
+
+
+def grid_stride(make: Callable[..., ShimLoader]) -> None:
+    """More rows than blocks (each warp or block loops over rows; partial losses of two blocks), in both thread
+    orders, and thousands of narrow rows (hundreds of blocks add their partial losses)."""
+    for reverse in (False, True):
+        loader = make(reverse=reverse)
+        with max_grid(2):
+            for width in (70, 300):  # warp rows, block rows
+                x = slack(rows(19, width, "float32"))
+                t = np.arange(19) * 7 % width
+                t[[3, 11]] = -100
+                run(loader, F.softmax, x)
+                for reduction in ("mean", "sum", "none"):
+                    run(loader, F.cross_entropy_with_grad, x, slack(t), reduction=reduction, label_smoothing=0.1)
+    rng = np.random.default_rng(4)
+    x = slack(rng.standard_normal((3001, 3)).astype(np.float32))
+    t = rng.integers(0, 3, 3001)
+    t[::5] = -100
+    run(make(), F.cross_entropy_with_grad, x, slack(t))
+
+
+def _steps(loader: ShimLoader, fn: Callable[..., Any], n: int, dtype: str, states: tuple[bool, ...],
+           step_kwargs: Callable[[int], dict]) -> None:
+    """Three updates from zero state (``states``: which optional buffers exist; the others are None)."""
+    rng = np.random.default_rng(n)
+    param = slack(rng.standard_normal(n).astype(dtype))
+    bufs = [slack(np.zeros(n, dtype)) if keep else None for keep in states]
+    for step in (1, 2, 3):
+        run(loader, fn, param, slack(rng.standard_normal(n).astype(dtype)), *bufs, **step_kwargs(step))
+
+
+def optimizers(make: Callable[..., ShimLoader]) -> None:
+    loader = make()
+    for dtype in ("float32", "float64"):
+        for n in (1, 7, 1037):
+            for opts in (dict(), dict(weight_decay=0.1, decoupled_weight_decay=True),
+                         dict(amsgrad=True, maximize=True, weight_decay=0.01)):
+                _steps(loader, updates.adam_update, n, dtype, (True, True, opts.get("amsgrad", False)),
+                       lambda s, o=opts: dict(step=s, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, **o))
+            for opts in (dict(), dict(momentum=0.9, nesterov=True, weight_decay=0.01),
+                         dict(momentum=0.8, dampening=0.3, maximize=True)):
+                _steps(loader, updates.sgd_update, n, dtype, (opts.get("momentum", 0) != 0,),
+                       lambda s, o=opts: dict(lr=0.05, first_step=s == 1, **o))
+            _steps(loader, updates.adagrad_update, n, dtype, (True,),
+                   lambda s: dict(step=s, lr=0.1, lr_decay=0.1, weight_decay=0.05))
+            for momentum, centered in ((0.0, False), (0.9, False), (0.0, True), (0.5, True)):
+                _steps(loader, updates.rmsprop_update, n, dtype, (True, centered, momentum > 0),
+                       lambda s, m=momentum, c=centered: dict(lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.1,
+                                                              momentum=m, centered=c))
+
+
+CASES: dict[str, Case] = {
+    "activations": activations,
+    "row_kernels": row_kernels,
+    "cross_entropy": cross_entropy,
+    "grid_stride": grid_stride,
+    "optimizers": optimizers,
+}
+
+
+def covered() -> set[tuple[str, str]]:
+    """(kernel, dtype) pairs the cases above are meant to reach: every registry row and dtype."""
+    return {(row.name, dt) for row in registry.RAW + registry.ELEMENTWISE for dt in row.dtypes}
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--library", required=True, type=Path)
+    ap.add_argument("--numpy-buffers", action="store_true", help="no exactly-sized copies (to show they matter)")
+    ap.add_argument("cases", nargs="*", metavar="CASE", help=f"any of {', '.join(CASES)} (default: all)")
+    args = ap.parse_args(argv)
+    unknown = [c for c in args.cases if c not in CASES]
+    if unknown:
+        ap.error(f"unknown cases {unknown}; known: {list(CASES)}")
+    launched: set[tuple[str, str]] = set()
+
+    def make(reverse: bool = False) -> ShimLoader:
+        loader = ShimLoader(reverse=reverse, library=args.library, exact_buffers=not args.numpy_buffers)
+        raw = loader.raw
+        loader.raw = lambda row, dtype: (launched.add((row.name, dtype)), raw(row, dtype))[1]  # type: ignore
+        elementwise = loader.elementwise
+        loader.elementwise = lambda row, dtype: (launched.add((row.name, dtype)),  # type: ignore
+                                                 elementwise(row, dtype))[1]
+        return loader
+
+    names = args.cases or list(CASES)
+    for name in names:
+        CASES[name](make)
+        print("ok", name, flush=True)
+    if not args.cases:
+        missing = covered() - launched
+        if missing:
+            print(f"kernels never launched: {sorted(missing)}", file=sys.stderr)
+            return 1
+        print(f"ok every kernel and dtype ({len(launched)})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
