@@ -9,6 +9,7 @@ import pytest
 
 import xpnn.data as D
 from xpnn.errors import DTypeError, ShapeError
+from test_gradcheck import numeric_grad  # central differences, float64
 
 
 # --- digits ------------------------------------------------------------------------------------------------------
@@ -161,6 +162,20 @@ def test_train_test_split_plain_and_stratified():
         D.train_test_split(X, y, 1797)
 
 
+def test_train_test_split_stratified_rare_classes_gives_the_asked_size():
+    y = np.array([0] * 50 + [1] * 50 + [2, 3], dtype=np.int64)
+    X = np.arange(y.size, dtype=np.float32)[:, None]
+    for test_size, n_test in ((0.25, 26), (0.5, 51), (10, 10)):
+        Xtr, Xte, ytr, yte = D.train_test_split(X, y, test_size, seed=0, stratify=True)
+        assert yte.size == n_test and ytr.size == y.size - n_test
+        assert np.array_equal(np.sort(np.concatenate([Xtr, Xte])[:, 0]), X[:, 0])
+        assert abs(np.sum(yte == 0) - np.sum(yte == 1)) <= 1
+    _, Xte, _, _ = D.train_test_split(np.zeros((10, 1), np.float32), np.arange(10), 0.3, seed=0, stratify=True)
+    assert Xte.shape == (3, 1)  # every class a singleton: still 3 test rows, not 0
+    with pytest.raises(ShapeError, match=r"stratify needs class labels of shape \(n,\)"):
+        D.train_test_split(X, np.eye(4, dtype=np.int64)[y], 0.25, stratify=True)
+
+
 def test_train_test_split_array_api_strict():
     X = xs.reshape(xs.arange(40, dtype=xs.float64), (20, 2))
     y = xs.asarray([0, 1] * 10)
@@ -184,6 +199,16 @@ def test_standardizer(xp):
     assert np.allclose(np.asarray(s.inverse_transform(s.transform(X))), raw)
     s2 = D.Standardizer().load_state_dict({k: np.asarray(v) for k, v in s.state_dict().items()}).to(xp)
     assert np.array_equal(np.asarray(s2.transform(X)), Z)
+
+
+def test_standardizer_constant_float32_columns_are_only_centred():
+    # a float32 mean of 1000 copies of 0.1 (or 1e4 + 0.3) is off by a few ulps: the std must still be 0
+    X = np.tile(np.float32([0.1, 1e4 + 0.3, 0.0]), (1000, 1))
+    X[:, 2] = np.linspace(0, 1, 1000, dtype=np.float32)
+    s = D.Standardizer().fit(X)
+    Z = s.transform(X)
+    assert np.all(Z[:, :2] == 0) and s.scale_[0] == 1 and s.scale_[1] == 1
+    assert np.isclose(Z[:, 2].std(), 1, atol=1e-5) and abs(Z[:, 2].mean()) < 1e-5
 
 
 def test_standardizer_errors():
@@ -318,22 +343,12 @@ def test_dropconnect_gradients_match_finite_differences():
     layer.zero_grad()
     dx = layer.backward(dy)
 
-    def f(w, b, xx):  # the same mask, fixed
+    w, b, xx = layer.weight.data.copy(), layer.bias.data.copy(), x.copy()
+
+    def f():  # the same mask, fixed
         return float(np.sum((xx @ (w * mask).T + b) * dy))
 
-    w, b, eps = layer.weight.data.copy(), layer.bias.data.copy(), 1e-6
-    num_w = np.zeros_like(w)
-    for idx in np.ndindex(w.shape):
-        wp, wm = w.copy(), w.copy()
-        wp[idx] += eps
-        wm[idx] -= eps
-        num_w[idx] = (f(wp, b, x) - f(wm, b, x)) / (2 * eps)
-    num_x = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        xp_, xm = x.copy(), x.copy()
-        xp_[idx] += eps
-        xm[idx] -= eps
-        num_x[idx] = (f(w, b, xp_) - f(w, b, xm)) / (2 * eps)
+    num_w, num_x = numeric_grad(f, w), numeric_grad(f, xx)
     assert np.allclose(layer.weight.grad, num_w, atol=1e-7)
     assert np.allclose(layer.bias.grad, dy.sum(0))
     assert np.allclose(dx, num_x, atol=1e-7)

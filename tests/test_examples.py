@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import xpnn.data as D
+from _fake_mnist import write_fake_mnist
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -57,23 +57,11 @@ def test_digits_classifier(monkeypatch, capsys, tmp_path):
 def test_digits_classifier_with_pca(monkeypatch, capsys):
     out = run_example("digits_classifier.py", ["--epochs", 4, "--hidden", 32, "--pca", 20, "--no-progress"],
                       monkeypatch, capsys).out
-    assert "train (1214, 20)" in out and float(out.split("test accuracy ")[1].split(",")[0]) > 0.85
-
-
-def _fake_mnist(folder, n_train=300, n_test=100):
-    """Tiny MNIST-format files: class k images have a bright k-th horizontal band, plus noise."""
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-        for i, k in enumerate(labels):
-            images[i, 2 + 2 * k: 4 + 2 * k, :] = 255
-        D.write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
-        D.write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    assert "train (1213, 20)" in out and float(out.split("test accuracy ")[1].split(",")[0]) > 0.85
 
 
 def test_mnist_example_on_tiny_idx_files(monkeypatch, capsys, tmp_path):
-    _fake_mnist(tmp_path)
+    write_fake_mnist(tmp_path)
     out = run_example("mnist.py", ["--path", tmp_path, "--backend", "numpy", "--hidden", 32, "--epochs", 3,
                                    "--limit", 200, "--no-progress", "--save", tmp_path / "m.npz"],
                       monkeypatch, capsys).out

@@ -140,6 +140,31 @@ def test_missing_truncated_and_corrupt_files(tmp_path):
         xio.load(tmp_path / "single.npy")
 
 
+def test_damaged_metadata_is_a_checkpoint_error(tmp_path):
+    import json
+
+    for meta in ({"format": xio.FORMAT, "format_version": 1, "arrays": []},
+                 {"format": xio.FORMAT, "format_version": 1, "arrays": {}}):  # no table / no structure
+        np.savez(tmp_path / "m.npz", **{xio.META_KEY: np.frombuffer(json.dumps(meta).encode(), np.uint8)})
+        with pytest.raises(CheckpointError, match="damaged metadata"):
+            xio.load(tmp_path / "m.npz")
+
+
+def test_odd_dtypes_and_file_names_round_trip(tmp_path):
+    obj = {"be": np.arange(4, dtype=">f8"), "bei": np.arange(3, dtype=">i4"), "u": np.array(["ab", "ü"]),
+           "empty": np.zeros((0, 3), np.float32), "c": np.array([1 + 2j], np.complex64)}
+    path = tmp_path / "we ird 'näme' ✓ [1].npz"
+    xio.save(obj, path)
+    _assert_identical(obj, xio.load(path))
+
+
+def test_failed_rename_removes_the_temporary_file(tmp_path):
+    (tmp_path / "d.npz").mkdir()  # os.replace(file, directory) fails
+    with pytest.raises(OSError):
+        xio.save({"x": np.ones(3)}, tmp_path / "d.npz")
+    assert os.listdir(tmp_path) == ["d.npz"]
+
+
 def test_newer_format_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(xio, "FORMAT_VERSION", 99)
     xio.save({"a": 1}, tmp_path / "n.npz")

@@ -123,12 +123,11 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> int:
     from . import data, io, nn
     from .backend import get_backend
-    from .train import Callback, evaluate, fit
+    from .train import Callback, _fmt, evaluate, fit
 
     class EpochLines(Callback):  # --no-progress: one plain line per epoch (log-friendly)
         def on_epoch_end(self, epoch: int, logs: dict, model: Any) -> None:
-            metrics = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "time")
-            print(f"epoch {epoch}/{args.epochs}  {metrics}", flush=True)
+            print(f"epoch {epoch}/{args.epochs}  {_fmt(logs)}", flush=True)
 
     _check_outputs(args)  # a bad --save/--plot path fails now, not after the training it would have kept
     backend = get_backend(args.backend)  # None: XPNN_BACKEND or numpy

@@ -228,7 +228,9 @@ def _read_npz(z: Any, path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]
             f"xpnn.load: {path} uses checkpoint format {version!r} (written by xpnn "
             f"{meta.get('xpnn_version')}); this xpnn reads format <= {FORMAT_VERSION}: upgrade xpnn"
         )
-    table = meta["arrays"]
+    table = meta.get("arrays")
+    if not isinstance(table, dict) or "structure" not in meta:
+        raise CheckpointError(f"xpnn.load: {path} has damaged metadata (no array table or no structure)")
     if set(table) != names - {META_KEY}:
         raise CheckpointError(
             f"xpnn.load: {path} is inconsistent: its metadata lists {len(table)} arrays, "

@@ -213,7 +213,7 @@ class _Meter:
     def __init__(self, xp: Any, classify: bool) -> None:
         self.xp = xp
         self.classify = classify
-        self.loss = xp.zeros((), dtype=xp.float64) if _has_float64(xp) else xp.zeros((), dtype=xp.float32)
+        self.loss = xp.zeros((), dtype=xp.float64)
         self.hits = xp.zeros((), dtype=xp.int64)
         self.n = 0
 
@@ -229,10 +229,6 @@ class _Meter:
         if self.classify:
             out[f"{prefix}accuracy"] = int(self.hits) / max(self.n, 1)
         return out
-
-
-def _has_float64(xp: Any) -> bool:
-    return hasattr(xp, "float64")
 
 
 def _is_classification(xp: Any, y: Any) -> bool:
@@ -327,7 +323,8 @@ def fit(
     X, y = _to_backend(be, dtype, X, y, "fit")
     if validation_data is not None:
         if len(validation_data) != 2:
-            raise ValueError("fit: validation_data must be a pair (X_val, y_val)")
+            raise ValueError(f"fit: validation_data must be a pair (X_val, y_val), got a "
+                             f"{type(validation_data).__name__} of length {len(validation_data)}")
         X_val, y_val = _to_backend(be, dtype, validation_data[0], validation_data[1], "fit (validation_data)")
     classify = _is_classification(xp, y)
     rng = as_generator(seed)
@@ -372,7 +369,7 @@ def fit(
         if bar is not None:
             bar.set_postfix_str(_fmt(logs), refresh=False)
             bar.close()
-        elif progress:
+        elif progress:  # tqdm is not installed: one plain line per epoch
             print(f"epoch {epoch}/{epochs}  {_fmt(logs)}  ({logs['time']:.2f} s)", flush=True)
         stop = False
         for cb in cbs:

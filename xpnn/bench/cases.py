@@ -216,6 +216,21 @@ def subnormal_count(arrays: list[Any]) -> int:
     return total
 
 
+def _xpnn_optimizer_arrays(opt: Any) -> list[Any]:
+    """The arrays in an xpnn optimizer's state (moments, ...), for the subnormal scan."""
+    arrays: list[Any] = []
+    for s in opt.state_dict().get("state", {}).values():
+        arrays += [v for v in (s.values() if isinstance(s, dict) else []) if hasattr(v, "shape")]
+    return arrays
+
+
+def _torch_optimizer_arrays(opt: Any) -> list[Any]:
+    """The tensors in a torch optimizer's state (not the 0-d step counters), for the subnormal scan."""
+    import torch
+
+    return [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.ndim > 0]
+
+
 def _backend(impl: str) -> str:
     return "cuda" if impl.startswith("xpnn-cuda") else "numpy"
 
@@ -349,10 +364,7 @@ def _adam_xpnn(impl: str) -> Callable[[Any], Runner]:
         opt = optim.Adam(params, lr=ADAM_LR)
 
         def state() -> list[Any]:
-            arrays = [p.data for p in params] + [p.grad for p in params]
-            for s in opt.state_dict().get("state", {}).values():
-                arrays += [v for v in (s.values() if isinstance(s, dict) else []) if hasattr(v, "shape")]
-            return arrays
+            return [p.data for p in params] + [p.grad for p in params] + _xpnn_optimizer_arrays(opt)
 
         return Runner(opt.step, IMPLS[impl].device, state, keep=[params])
     return build
@@ -378,10 +390,7 @@ def _adam_torch(impl: str) -> Callable[[Any], Runner]:
         opt = torch.optim.Adam(params, lr=ADAM_LR, fused=True if impl == "torch-cuda" else None)
 
         def state() -> list[Any]:
-            arrays = list(params) + [p.grad for p in params]
-            for s in opt.state.values():
-                arrays += [v for v in s.values() if torch.is_tensor(v) and v.ndim > 0]
-            return arrays
+            return list(params) + [p.grad for p in params] + _torch_optimizer_arrays(opt)
 
         return Runner(opt.step, IMPLS[impl].device, state, keep=[params])
     return build
@@ -418,10 +427,8 @@ def _mlp_xpnn(impl: str) -> Callable[[int], Runner]:
             opt.step()
 
         def state() -> list[Any]:
-            arrays = [p.data for p in model.parameters()] + [p.grad for p in model.parameters()]
-            for st in opt.state_dict().get("state", {}).values():
-                arrays += [v for v in (st.values() if isinstance(st, dict) else []) if hasattr(v, "shape")]
-            return arrays
+            params = list(model.parameters())
+            return [p.data for p in params] + [p.grad for p in params] + _xpnn_optimizer_arrays(opt)
 
         return Runner(step, IMPLS[impl].device, state, keep=[model])
     return build
@@ -455,10 +462,7 @@ def _mlp_torch(impl: str) -> Callable[[int], Runner]:
             opt.step()
 
         def state() -> list[Any]:
-            arrays = list(model.parameters())
-            for st in opt.state.values():
-                arrays += [v for v in st.values() if torch.is_tensor(v) and v.ndim > 0]
-            return arrays
+            return list(model.parameters()) + _torch_optimizer_arrays(opt)
 
         return Runner(step, IMPLS[impl].device, state, keep=[model])
     return build

@@ -6,6 +6,7 @@ from typing import Any, Iterator, Union
 import numpy as np
 
 from ..backend import backend_of, namespace_of, to_numpy
+from ..errors import ShapeError
 
 __all__ = ["batches", "train_test_split", "SeedLike", "as_generator"]
 
@@ -58,6 +59,16 @@ def batches(
         yield X[start:end, ...], (None if y is None else y[start:end, ...])
 
 
+def _stratified_counts(counts: np.ndarray, n_test: int) -> np.ndarray:
+    """Test rows per class: each class's share of ``n_test`` rounded down, the rows left over going to the largest
+    remainders (ties: larger classes first), so the counts add up to exactly ``n_test`` even with rare classes."""
+    ideal = counts * (n_test / counts.sum())
+    k = np.floor(ideal).astype(np.int64)
+    order = np.lexsort((-counts, -(ideal - k)))  # largest remainder first, then the larger class
+    k[order[: n_test - int(k.sum())]] += 1
+    return k
+
+
 def train_test_split(
     X: Any,
     y: Any,
@@ -91,15 +102,14 @@ def train_test_split(
         labels = to_numpy(y)
         if not np.issubdtype(labels.dtype, np.integer):
             raise TypeError(f"train_test_split: stratify needs integer labels, got {labels.dtype}")
-        test_parts, train_parts = [], []
-        frac = n_test / n
-        for c in np.unique(labels):
-            idx = np.flatnonzero(labels == c)
-            if shuffle:
-                idx = rng.permutation(idx)
-            k = int(round(frac * idx.size))
-            test_parts.append(idx[idx.size - k:])
-            train_parts.append(idx[: idx.size - k])
+        if labels.ndim != 1:
+            raise ShapeError(f"train_test_split: stratify needs class labels of shape (n,), got {labels.shape}")
+        groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+        if shuffle:
+            groups = [rng.permutation(idx) for idx in groups]
+        k = _stratified_counts(np.array([idx.size for idx in groups]), n_test)
+        test_parts = [idx[idx.size - kc:] for idx, kc in zip(groups, k)]
+        train_parts = [idx[: idx.size - kc] for idx, kc in zip(groups, k)]
         train_idx, test_idx = np.concatenate(train_parts), np.concatenate(test_parts)
         if shuffle:  # do not leave the rows grouped by class
             train_idx, test_idx = rng.permutation(train_idx), rng.permutation(test_idx)

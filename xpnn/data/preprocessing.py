@@ -43,8 +43,13 @@ class Standardizer:
         _check_2d("Standardizer.fit", xp, X)
         if X.shape[0] < 1:
             raise ShapeError("Standardizer.fit: X has no rows")
-        self.mean_ = xp.mean(X, axis=0)
-        std = xp.std(X, axis=0)
+        # statistics of X - X[0]: a constant column is then exactly 0, so its std is exactly 0 (computed on X
+        # itself, the rounding error of the float32 mean gives a spurious std like 1e-6 and the column would be
+        # scaled by 1e6 instead of only centred)
+        shift = X[0, ...]
+        D = X - shift
+        self.mean_ = shift + xp.mean(D, axis=0)
+        std = xp.std(D, axis=0)
         self.scale_ = xp.where(std > 0, std, xp.ones_like(std))
         return self
 
