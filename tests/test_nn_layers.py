@@ -110,6 +110,8 @@ def test_prelu():
     dx = m.backward(np.ones_like(x))
     np.testing.assert_allclose(dx, [[0.25, 1], [1, 0.25]])
     np.testing.assert_allclose(m.weight.grad, [-6.0])
+    y0 = m(np.array(-2.0, np.float32))  # a shared weight keeps the input's shape, 0-d included
+    assert y0.shape == () and float(y0) == -0.5 and m.backward(np.array(1.0, np.float32)).shape == ()
     pc = nn.PReLU(2, init=0.5, dtype="float64")
     pc(x.astype(np.float64))
     pc.backward(np.ones((2, 2)))
@@ -158,6 +160,17 @@ def test_batchnorm_train_matches_formula_and_running_stats():
     cum(x)
     cum(x2)
     np.testing.assert_allclose(cum.running_mean, (x.mean(0) + x2.mean(0)) / 2)
+
+
+def test_batchnorm_float16_statistics_do_not_overflow():
+    x = (randn(64, 3, dtype=np.float64) * 300).astype(np.float16)  # (x - mean)**2 overflows float16
+    bn = nn.BatchNorm1d(3, dtype="float16")
+    y = bn(x)
+    assert y.dtype == np.float16 and bn.running_var.dtype == np.float16
+    np.testing.assert_allclose(y.astype(np.float64).std(0), 1.0, rtol=1e-2)
+    xd = x.astype(np.float64)
+    np.testing.assert_allclose(bn.running_var, 0.9 + 0.1 * xd.var(0, ddof=1), rtol=2e-3)
+    assert bn.backward(np.ones_like(y)).dtype == np.float16
 
 
 def test_batchnorm_errors():

@@ -138,6 +138,28 @@ def test_float16_parameters_step_a_float32_master_copy(flat):
     np.testing.assert_allclose(npy(state[0]["master_param"]), np.float32(1) - 20 * np.float32(1e-4), rtol=1e-6)
 
 
+@pytest.mark.parametrize("flat", [True, False], ids=["flat", "per_param"])
+def test_float16_master_copy_follows_values_replaced_between_steps(flat):
+    # the float32 master copy must not overwrite values loaded/assigned/re-initialised after a step
+    params = make_params([np.ones(4), np.full(3, 2.0)], flat=flat, dtype=np.float16)
+    opt = SGD(params, lr=0.5)
+    set_grads(params, [np.ones(4), np.ones(3)])
+    opt.step()
+    params[0].data = np.full(4, 7.0, dtype=np.float16)  # assignment
+    xpnn.init.constant(params[1], -3.0)  # in-place re-initialisation
+    opt.step()
+    np.testing.assert_array_equal(npy(params[0].data), np.full(4, 6.5, np.float16))
+    np.testing.assert_array_equal(npy(params[1].data), np.full(3, -3.5, np.float16))
+    model = xpnn.nn.Linear(2, 2, dtype="float16", seed=0)
+    opt = SGD(model.parameters(), lr=0.5)
+    model.weight.grad = np.ones((2, 2), np.float16)
+    opt.step()
+    model.load_state_dict({k: np.zeros_like(npy(v)) for k, v in model.state_dict().items()})
+    model.zero_grad()
+    opt.step()
+    np.testing.assert_array_equal(npy(model.weight.data), np.zeros((2, 2), np.float16))
+
+
 def test_float16_adam_equals_float32_adam_cast_down():
     values, grads = random_problem(3)
     half = make_params(values, dtype=np.float16)
@@ -221,6 +243,37 @@ def test_state_follows_parameters_to_another_namespace():
         om.step(), orf.step()
     for a, b in zip(moved, ref):
         assert xpnn.backend.namespace_of(a.data) is array_api_strict
+        np.testing.assert_array_equal(npy(a.data), npy(b.data))
+
+
+def test_optimizer_made_before_to_dtype_and_repack_matches_one_made_after():
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(8, 4)), rng.integers(0, 3, 8)
+
+    def model():
+        return xpnn.nn.Sequential(xpnn.nn.Linear(4, 5, seed=1), xpnn.nn.Tanh(), xpnn.nn.Linear(5, 3, seed=2))
+
+    def step(m, opt, dtype):
+        loss_fn = xpnn.nn.CrossEntropyLoss()
+        opt.zero_grad()
+        loss_fn(m(x.astype(dtype)), y)
+        m.backward(loss_fn.backward())
+        opt.step()
+
+    early, late = model(), model()
+    oe, ol = Adam(early.parameters(), lr=0.1), Adam(late.parameters(), lr=0.1)
+    step(early, oe, np.float32), step(late, ol, np.float32)
+    early.to(dtype="float64")  # early's optimizer stays
+    early.append(xpnn.nn.Linear(3, 3, seed=3, dtype="float64"))  # repack: the group is now part of a buffer
+    late.to(dtype="float64")
+    late.append(xpnn.nn.Linear(3, 3, seed=3, dtype="float64"))
+    state = ol.state_dict()
+    ol = Adam(list(late.parameters())[:4], lr=0.1)
+    ol.load_state_dict(state)
+    for _ in range(2):
+        step(early, oe, np.float64), step(late, ol, np.float64)
+    for a, b in zip(early.parameters(), late.parameters()):
+        assert npy(a.data).dtype == np.float64
         np.testing.assert_array_equal(npy(a.data), npy(b.data))
 
 

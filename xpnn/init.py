@@ -91,6 +91,8 @@ def _write(tensor: Any, values: np.ndarray) -> Any:
     else:
         xp = namespace_of(target, where="init")
         target[...] = get_backend(xp).asarray(values, dtype=dtype_name(target.dtype))
+    if target is not tensor:
+        tensor.mark_changed()  # a Parameter: optimizers re-read it
     return tensor
 
 
@@ -136,14 +138,19 @@ def xavier_normal(tensor: Any, gain: float = 1.0, *, seed: Seed = None) -> Any:
     return normal(tensor, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)), seed=seed)
 
 
+def _kaiming_std(tensor: Any, a: float, mode: str, nonlinearity: str) -> float:
+    """``gain / sqrt(fan)``, ``gain = calculate_gain(nonlinearity, a)``: the std both He initialisations aim for."""
+    fan = _fan(tensor, mode)
+    if fan == 0:
+        raise ShapeError(f"init: cannot initialise an array of shape {_shape(tensor)} (fan is 0)")
+    return calculate_gain(nonlinearity, a) / math.sqrt(fan)
+
+
 def kaiming_uniform(
     tensor: Any, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu", *, seed: Seed = None
 ) -> Any:
     """He uniform: U(-bound, bound) with ``bound = gain * sqrt(3 / fan)``, ``gain = calculate_gain(nonlinearity, a)``."""
-    fan = _fan(tensor, mode)
-    if fan == 0:
-        raise ShapeError(f"init: cannot initialise an array of shape {_shape(tensor)} (fan is 0)")
-    bound = calculate_gain(nonlinearity, a) * math.sqrt(3.0 / fan)
+    bound = math.sqrt(3.0) * _kaiming_std(tensor, a, mode, nonlinearity)
     return uniform(tensor, -bound, bound, seed=seed)
 
 
@@ -151,10 +158,7 @@ def kaiming_normal(
     tensor: Any, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu", *, seed: Seed = None
 ) -> Any:
     """He normal: N(0, std**2) with ``std = gain / sqrt(fan)``, ``gain = calculate_gain(nonlinearity, a)``."""
-    fan = _fan(tensor, mode)
-    if fan == 0:
-        raise ShapeError(f"init: cannot initialise an array of shape {_shape(tensor)} (fan is 0)")
-    return normal(tensor, 0.0, calculate_gain(nonlinearity, a) / math.sqrt(fan), seed=seed)
+    return normal(tensor, 0.0, _kaiming_std(tensor, a, mode, nonlinearity), seed=seed)
 
 
 # PyTorch spellings

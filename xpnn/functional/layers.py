@@ -12,6 +12,7 @@ import numpy as np
 from ..backend import dtype_name, is_cupy_namespace, is_numpy_namespace, namespace_of
 from ..errors import DTypeError, ShapeError
 from . import _checks
+from .softmax import _upcast
 
 __all__ = [
     "linear_backward",
@@ -64,8 +65,11 @@ def _prelu_check(x: Any, weight: Any, where: str) -> Any:
 
 
 def _per_channel(weight: Any, x: Any) -> Any:
-    """Reshape a (C,) weight to broadcast over (N, C, ...) input."""
-    if weight.shape[0] == 1 or x.ndim == 2:
+    """The weight shaped to broadcast over x: 0-d when shared (so x of any shape, 0-d included, keeps its shape),
+    (C,) for x (N, C), (C, 1, ...) for x (N, C, ...)."""
+    if weight.shape[0] == 1:
+        return weight[0]
+    if x.ndim == 2:
         return weight
     return weight[(slice(None),) + (None,) * (x.ndim - 2)]
 
@@ -130,15 +134,20 @@ def batch_norm_train(
 ) -> tuple[Any, Any, Any, Any, Any]:
     """Batch normalisation with batch statistics: x (N, C) ->
     ``(y, xhat, invstd, mean, var)`` with ``mean``/``var`` (biased) over the batch, ``invstd = 1/sqrt(var + eps)``,
-    ``xhat = (x - mean) * invstd``, ``y = weight * xhat + bias`` (affine part skipped when weight is None)."""
+    ``xhat = (x - mean) * invstd``, ``y = weight * xhat + bias`` (affine part skipped when weight is None).
+    float16 input: the statistics are computed in float32 (``(x - mean)**2`` overflows float16 beyond |x - mean|
+    ~ 256) and returned in float32; ``y``, ``xhat``, ``invstd`` have x's dtype."""
     xp = _bn_check(x, weight, "batch_norm")
     if x.shape[0] < 2:
         raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input {tuple(x.shape)}")
-    mean = xp.mean(x, axis=0)
-    xhat = x - mean
+    xf = _upcast(xp, x)
+    mean = xp.mean(xf, axis=0)
+    xhat = xf - mean
     var = xp.mean(xhat * xhat, axis=0)
     invstd = 1.0 / xp.sqrt(var + eps)
     xhat *= invstd
+    if xf is not x:
+        xhat, invstd = xp.astype(xhat, x.dtype), xp.astype(invstd, x.dtype)
     y = xhat * weight if weight is not None else xp.asarray(xhat, copy=True)
     if bias is not None:
         y += bias

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backend import dtype_name, namespace_of
+from ..backend import dtype_name, namespace_of, resolve_dtype
 from ..errors import DTypeError, ShapeError
 from . import _checks
 
@@ -31,18 +31,20 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Any:
 
 
 def one_hot(labels: Any, num_classes: int, dtype: Any = None) -> Any:
-    """(N,) integer labels -> (N, num_classes) array with a 1 in each label's column (float32 by default)."""
+    """(N,) integer labels -> (N, num_classes) array with a 1 in each label's column; ``dtype`` (a name or a
+    namespace dtype) defaults to float32."""
     xp = namespace_of(labels, where="one_hot")
     if not xp.isdtype(labels.dtype, "integral"):
         raise DTypeError(f"one_hot: labels must be integers, got dtype {dtype_name(labels.dtype)}")
     if labels.ndim != 1:
         raise ShapeError(f"one_hot: labels must have shape (N,), got {tuple(labels.shape)}")
-    if labels.shape[0] and (int(xp.min(labels)) < 0 or int(xp.max(labels)) >= num_classes):
-        raise ValueError(
-            f"one_hot: labels must be in [0, {num_classes}), got values in [{int(xp.min(labels))}, {int(xp.max(labels))}]"
-        )
+    out_dtype = resolve_dtype(xp, dtype)
+    if labels.shape[0]:
+        lo, hi = int(xp.min(labels)), int(xp.max(labels))
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"one_hot: labels must be in [0, {num_classes}), got values in [{lo}, {hi}]")
     hot = xp.arange(num_classes, dtype=labels.dtype)[None, :] == labels[:, None]
-    return xp.astype(hot, dtype if dtype is not None else xp.float32)
+    return xp.astype(hot, out_dtype)
 
 
 def accuracy(scores: Any, labels: Any) -> float:

@@ -10,7 +10,9 @@ from typing import Any
 
 from .. import _dispatch
 from ..backend import is_cupy_namespace, is_numpy_namespace, namespace_of
+from ..debug import check_finite
 from . import _checks
+from .activations import sigmoid
 from ._inplace import InPlace
 from .softmax import _shifted, _upcast
 
@@ -116,8 +118,6 @@ def _check_pair(pred: Any, target: Any, reduction: str, where: str, first: str) 
     _checks.reduction(reduction, where)
     if pred.ndim > 0 and pred.shape[0] == 0:
         raise ValueError(f"{where}: empty batch of shape {tuple(pred.shape)}")
-    from ..debug import check_finite
-
     check_finite(xp, pred, where, first)
     check_finite(xp, target, where, "target")
     return xp
@@ -152,8 +152,6 @@ def binary_cross_entropy_with_logits(logits: Any, target: Any, reduction: str = 
 
 def binary_cross_entropy_with_logits_with_grad(logits: Any, target: Any, reduction: str = "mean") -> tuple[Any, Any]:
     """``(loss, (sigmoid(logits) - target) * scale)``."""
-    from .activations import sigmoid
-
     xp = _check_pair(logits, target, reduction, "binary_cross_entropy_with_logits_with_grad", "logits")
     loss = _reduce(xp, _bce_terms(xp, logits, target), reduction)
     grad = sigmoid(logits) - target

@@ -12,8 +12,8 @@ from ..backend import namespace_of
 from . import _checks
 
 
-def _prepare(x: Any, axis: int, op: str) -> tuple[Any, Any, Any]:
-    """(xp, x upcast to >= float32, kernel or None). Kernels are looked up for the last axis of 2-D arrays only."""
+def _prepare(x: Any, axis: int, op: str) -> tuple[Any, Any]:
+    """(xp, kernel or None) after checking x. Kernels are looked up for the last axis of 2-D arrays only."""
     xp = namespace_of(x, where=op)
     _checks.floating(xp, x, op)
     if x.ndim == 0:
@@ -21,7 +21,7 @@ def _prepare(x: Any, axis: int, op: str) -> tuple[Any, Any, Any]:
     kernel = None
     if x.ndim == 2 and axis in (-1, 1):
         kernel = _dispatch.lookup(op, xp, x.dtype)
-    return xp, x, kernel
+    return xp, kernel
 
 
 def _shifted(xp: Any, x: Any, axis: int) -> tuple[Any, Any]:
@@ -38,7 +38,7 @@ def _upcast(xp: Any, x: Any) -> Any:
 
 def logsumexp(x: Any, axis: int = -1, keepdims: bool = False) -> Any:
     """``log(sum(exp(x), axis))`` without overflow. (N, C) -> (N,) for the default axis."""
-    xp, x, kernel = _prepare(x, axis, "logsumexp")
+    xp, kernel = _prepare(x, axis, "logsumexp")
     if kernel is not None and not keepdims:
         out = kernel(x, axis)
         if out is not NotImplemented:
@@ -53,7 +53,7 @@ def logsumexp(x: Any, axis: int = -1, keepdims: bool = False) -> Any:
 
 def softmax(x: Any, axis: int = -1) -> Any:
     """``exp(x - lse(x))`` along ``axis``; same shape as ``x``."""
-    xp, x, kernel = _prepare(x, axis, "softmax")
+    xp, kernel = _prepare(x, axis, "softmax")
     if kernel is not None:
         out = kernel(x, axis)
         if out is not NotImplemented:
@@ -67,7 +67,7 @@ def softmax(x: Any, axis: int = -1) -> Any:
 
 def log_softmax(x: Any, axis: int = -1) -> Any:
     """``x - lse(x)`` along ``axis``; same shape as ``x``."""
-    xp, x, kernel = _prepare(x, axis, "log_softmax")
+    xp, kernel = _prepare(x, axis, "log_softmax")
     if kernel is not None:
         out = kernel(x, axis)
         if out is not NotImplemented:

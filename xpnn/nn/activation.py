@@ -160,7 +160,7 @@ class PReLU(Module):
         return f"num_parameters={self.num_parameters}"
 
     def forward(self, x: Any) -> Any:
-        layer_namespace(self._where(), x, self.weight.data)
+        layer_namespace(self, x, self.weight.data)
         y = prelu(x, self.weight.data)
         self._x = x
         return y

@@ -59,7 +59,7 @@ class BatchNorm1d(Module):
         w = self.weight.data if self.weight is not None else None
         b = self.bias.data if self.bias is not None else None
         ref = w if w is not None else self.running_mean
-        xp = layer_namespace(self._where(), x, ref)
+        xp = layer_namespace(self, x, ref)
         check_features(self, xp, x, self.num_features, ref.dtype if ref is not None else x.dtype)
         batch_stats = self.training or not self.track_running_stats
         if batch_stats:
@@ -89,7 +89,7 @@ class BatchNorm1d(Module):
             raise self._no_forward()
         xhat, invstd, batch_stats = self._cache
         w = self.weight.data if self.weight is not None else None
-        xp = layer_namespace(self._where(), dy, xhat)
+        xp = layer_namespace(self, dy, xhat)
         check_grad_output(self, xp, dy, tuple(xhat.shape), xhat.dtype)
         dx, dw, db = batch_norm_backward(dy, xhat, invstd, w, batch_stats)
         if self.weight is not None:

@@ -6,9 +6,10 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
-from ..backend import BackendLike, namespace_of
+from ..backend import BackendLike
 from ..functional.layers import dropout_mask, linear_backward, make_rng
 from .linear import Linear, add_affine_grads, check_features, check_grad_output
+from .module import layer_namespace
 
 __all__ = ["DropConnect"]
 
@@ -45,7 +46,7 @@ class DropConnect(Linear):
             self._mask = self._w_eff = None
             return super().forward(x)
         w = self.weight.data
-        xp = namespace_of(x, w, where=self._where())
+        xp = layer_namespace(self, x, w)
         check_features(self, xp, x, self.in_features, w.dtype)
         rng = self._rngs.get(id(xp))
         if rng is None:
@@ -59,7 +60,7 @@ class DropConnect(Linear):
         if self._mask is None:
             return super().backward(dy, need_input_grad)
         x = self._x
-        xp = namespace_of(dy, self._w_eff, where=self._where())
+        xp = layer_namespace(self, dy, self._w_eff)
         check_grad_output(self, xp, dy, (x.shape[0], self.out_features), self._w_eff.dtype)
         dx, dw, db = linear_backward(x, self._w_eff, dy, need_input_grad=need_input_grad,
                                      need_bias_grad=self.bias is not None)

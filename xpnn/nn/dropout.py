@@ -29,7 +29,7 @@ class Dropout(Module):
         return f"p={self.p}"
 
     def forward(self, x: Any) -> Any:
-        xp = layer_namespace(self._where(), x)
+        xp = layer_namespace(self, x)
         self._ran = True
         if not self.training or self.p == 0.0:
             self._mask = None
@@ -46,3 +46,6 @@ class Dropout(Module):
         if not need_input_grad:
             return None
         return dy if self._mask is None else dy * self._mask
+
+    def _moved(self) -> None:
+        self._mask, self._ran = None, False

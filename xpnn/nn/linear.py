@@ -4,10 +4,12 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+import numpy as np
+
 from .. import functional as F
 from .. import init
 from ..backend import BackendLike, dtype_name
-from ..debug import check_finite
+from ..debug import check_finite, get_debug
 from ..errors import DTypeError, ShapeError
 from ..functional.layers import linear_backward
 from .module import Module, layer_namespace
@@ -28,7 +30,8 @@ def check_features(module: Module, xp: Any, x: Any, in_features: int, dtype: Any
         if xp.isdtype(x.dtype, "real floating"):
             hint += f" or build the model with dtype='{got}'"
         raise DTypeError(f"{module._where()}: expected input of dtype {want} (the parameters' dtype), got {got}; {hint}")
-    check_finite(xp, x, module._where())
+    if get_debug():  # (the layer's name is only formatted when it may be needed)
+        check_finite(xp, x, module._where())
 
 
 def check_grad_output(module: Module, xp: Any, dy: Any, shape: tuple[int, ...], dtype: Any) -> None:
@@ -36,7 +39,8 @@ def check_grad_output(module: Module, xp: Any, dy: Any, shape: tuple[int, ...], 
         raise ShapeError(f"{module._where()}: backward expected dy of shape {shape}, got {tuple(dy.shape)}")
     if dy.dtype != dtype:
         raise DTypeError(f"{module._where()}: backward expected dy of dtype {dtype_name(dtype)}, got {dtype_name(dy.dtype)}")
-    check_finite(xp, dy, module._where(), "dy")
+    if get_debug():
+        check_finite(xp, dy, module._where(), "dy")
 
 
 def add_affine_grads(weight: Parameter, bias: Optional[Parameter], dw: Any, db: Any) -> None:
@@ -48,18 +52,20 @@ def add_affine_grads(weight: Parameter, bias: Optional[Parameter], dw: Any, db: 
         gb += db
 
 
-def init_affine(rng: Any, out_rows: int, in_features: int, bias: bool) -> tuple[Any, Optional[Any]]:
-    """NumPy weight (out_rows, in_features) and bias like ``torch.nn.Linear.reset_parameters``:
-    ``kaiming_uniform(a=sqrt(5))`` (i.e. U(-1/sqrt(in), 1/sqrt(in))) and bias U(-1/sqrt(in), 1/sqrt(in))."""
-    import numpy as np
-
+def init_affine(module: Module, out_rows: int, in_features: int, bias: bool,
+                backend: BackendLike, dtype: Any, seed: Any) -> None:
+    """Give ``module`` ``weight`` (out_rows, in_features) and ``bias`` (out_rows,) (or ``bias = None``), initialised
+    like ``torch.nn.Linear.reset_parameters`` from a NumPy Generator seeded by ``seed``: ``kaiming_uniform(a=sqrt(5))``
+    (i.e. U(-1/sqrt(in), 1/sqrt(in))) and bias U(-1/sqrt(in), 1/sqrt(in)); both in one FlatBuffer."""
+    be, dt, rng = factory(backend, dtype, seed)
     w = np.empty((out_rows, in_features))
     init.kaiming_uniform(w, a=math.sqrt(5), seed=rng)
-    b = None
+    module.weight = Parameter(be.asarray(w, dtype=dt))
+    module.bias = None
     if bias:
         bound = 1.0 / math.sqrt(in_features)
-        b = rng.uniform(-bound, bound, size=(out_rows,))
-    return w, b
+        module.bias = Parameter(be.asarray(rng.uniform(-bound, bound, size=(out_rows,)), dtype=dt))
+    FlatBuffer.pack(module.parameters())
 
 
 class Linear(Module):
@@ -77,11 +83,7 @@ class Linear(Module):
                 raise ValueError(f"Linear: {name} must be a positive integer, got {v!r}")
         self.in_features = in_features
         self.out_features = out_features
-        be, dt, rng = factory(backend, dtype, seed)
-        w, b = init_affine(rng, out_features, in_features, bias)
-        self.weight = Parameter(be.asarray(w, dtype=dt))
-        self.bias = Parameter(be.asarray(b, dtype=dt)) if b is not None else None
-        FlatBuffer.pack(self.parameters())
+        init_affine(self, out_features, in_features, bias, backend, dtype, seed)
         self._x: Any = None
 
     def _where(self) -> str:
@@ -92,9 +94,10 @@ class Linear(Module):
 
     def forward(self, x: Any) -> Any:
         w = self.weight.data
-        xp = layer_namespace(self._where(), x, w)
+        xp = layer_namespace(self, x, w)
         check_features(self, xp, x, self.in_features, w.dtype)
-        check_finite(xp, w, self._where(), "weight")  # debug mode: NaN weights are reported where they are
+        if get_debug():  # NaN weights are reported where they are
+            check_finite(xp, w, self._where(), "weight")
         y = F.linear(x, w, self.bias.data if self.bias is not None else None)
         self._x = x
         return y
@@ -106,7 +109,7 @@ class Linear(Module):
         if x is None:
             raise self._no_forward()
         w = self.weight.data
-        xp = layer_namespace(self._where(), dy, w)
+        xp = layer_namespace(self, dy, w)
         check_grad_output(self, xp, dy, (x.shape[0], self.out_features), w.dtype)
         dx, dw, db = linear_backward(x, w, dy, need_input_grad=need_input_grad, need_bias_grad=self.bias is not None)
         add_affine_grads(self.weight, self.bias, dw, db)

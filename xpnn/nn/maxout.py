@@ -8,7 +8,6 @@ from ..backend import BackendLike
 from ..functional.layers import linear_backward, maxout, maxout_backward
 from .linear import add_affine_grads, check_features, check_grad_output, init_affine
 from .module import Module, layer_namespace
-from .parameter import FlatBuffer, Parameter, factory
 
 __all__ = ["Maxout"]
 
@@ -26,11 +25,7 @@ class Maxout(Module):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"Maxout: {name} must be a positive integer, got {v!r}")
         self.in_features, self.out_features, self.pieces = in_features, out_features, pieces
-        be, dt, rng = factory(backend, dtype, seed)
-        w, b = init_affine(rng, out_features * pieces, in_features, bias)
-        self.weight = Parameter(be.asarray(w, dtype=dt))
-        self.bias = Parameter(be.asarray(b, dtype=dt)) if b is not None else None
-        FlatBuffer.pack(self.parameters())
+        init_affine(self, out_features * pieces, in_features, bias, backend, dtype, seed)
         self._x: Any = None
         self._idx: Any = None
 
@@ -39,7 +34,7 @@ class Maxout(Module):
 
     def forward(self, x: Any) -> Any:
         w = self.weight.data
-        xp = layer_namespace(self._where(), x, w)
+        xp = layer_namespace(self, x, w)
         check_features(self, xp, x, self.in_features, w.dtype)
         z = F.linear(x, w, self.bias.data if self.bias is not None else None)
         y, self._idx = maxout(z, self.pieces)
@@ -51,7 +46,7 @@ class Maxout(Module):
         if x is None:
             raise self._no_forward()
         w = self.weight.data
-        xp = layer_namespace(self._where(), dy, w)
+        xp = layer_namespace(self, dy, w)
         check_grad_output(self, xp, dy, (x.shape[0], self.out_features), w.dtype)
         dz = maxout_backward(self._idx, dy, self.pieces)
         dx, dw, db = linear_backward(x, w, dz, need_input_grad=need_input_grad, need_bias_grad=self.bias is not None)

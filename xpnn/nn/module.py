@@ -18,15 +18,12 @@ from .parameter import FlatBuffer, Parameter, common_buffer, flat_buffer_of
 
 __all__ = ["Module", "IncompatibleKeys", "call_backward", "layer_namespace"]
 
-_NUMPY_XP = namespace_of(np.empty(0))
-
-
-def layer_namespace(where: str, *arrays: Any) -> Any:
-    """``namespace_of(*arrays, where=where)`` with a fast path for all-NumPy arguments (the per-call overhead of
-    the generic lookup is noticeable for small batches)."""
+def layer_namespace(module: "Module", *arrays: Any) -> Any:
+    """``namespace_of(*arrays)``; an error names ``module`` (its name is formatted only then: NumPy arrays take
+    ``namespace_of``'s fast path, and this runs on every forward and backward)."""
     if all(type(a) is np.ndarray for a in arrays):
-        return _NUMPY_XP
-    return namespace_of(*arrays, where=where)
+        return namespace_of(*arrays)
+    return namespace_of(*arrays, where=module._where())
 
 
 _TAKES_FLAG: dict[type, bool] = {}
@@ -232,7 +229,8 @@ class Module:
         """Move parameters, gradients and buffers to ``backend`` (a name, a ``Backend`` or a namespace module;
         ``None`` keeps each array's backend) and/or cast floating ones to ``dtype``; repack into one buffer.
 
-        Returns ``self``. Optimizers built before ``to`` still point at the old arrays: build them after.
+        Returns ``self``. An optimizer built before ``to`` keeps working: it reads ``p.data``/``p.grad`` (or the new
+        flat buffer) at every step and moves/casts its state to match on the next ``step()``.
         A dtype given in place of the backend (``m.to("float64")``, ``m.to(np.float64)``) is taken as ``dtype``.
         """
         if dtype is None and _is_dtype_like(backend):
@@ -326,6 +324,8 @@ class Module:
             xp = namespace_of(current)
             new = get_backend(xp).asarray(value, dtype=dtype_name(current.dtype))
             current[...] = new  # in place: flat views stay shared with their buffer
+            if is_param:
+                mod._parameters[n].mark_changed()
         return IncompatibleKeys(missing, unexpected)
 
     # --- printing -----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ parameters keep their own arrays and ``FlatBuffer.pack`` returns ``None``: the g
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Iterable, Optional, Sequence
 
@@ -19,6 +20,8 @@ from ..errors import DTypeError, NamespaceMismatchError, ShapeError
 
 __all__ = ["Parameter", "FlatBuffer", "flat_buffer_of", "views_supported", "factory"]
 
+_changes = itertools.count(1)  # source of Parameter._version stamps
+
 
 class Parameter:
     """A trainable array: ``.data`` (the values) and ``.grad`` (the accumulated gradient, same shape and dtype).
@@ -27,9 +30,13 @@ class Parameter:
     assigning ``p.grad = None`` drops it (zeros again on next access). For a member of a ``FlatBuffer``,
     assigning ``p.data = a`` or ``p.grad = a`` copies ``a`` into the view (the view stays shared with the buffer),
     and ``p.grad = None`` zeroes the view.
+
+    ``_version`` changes whenever the values are replaced from outside an optimizer step (``data`` assignment,
+    ``Module.load_state_dict``, ``xpnn.init``): an optimizer keeping a float32 master copy of a float16 parameter
+    re-reads the parameter then instead of overwriting the new values with its stale copy.
     """
 
-    __slots__ = ("_data", "_grad", "_flat", "_offset", "name")
+    __slots__ = ("_data", "_grad", "_flat", "_offset", "_version", "name")
 
     def __init__(self, data: Any, name: Optional[str] = None):
         if isinstance(data, Parameter):
@@ -41,6 +48,7 @@ class Parameter:
         self._grad: Any = None
         self._flat: Optional[FlatBuffer] = None
         self._offset: int = 0
+        self._version = 0
         self.name = name
 
     # --- values -------------------------------------------------------------------------------------------
@@ -54,15 +62,17 @@ class Parameter:
             value = value.data
         if self._flat is not None:
             _copy_into(self._data, value, self._where(), "data")
-        else:
-            xp = namespace_of(value, where=self._where())
-            if not xp.isdtype(value.dtype, "real floating"):
-                raise DTypeError(f"{self._where()}: data must be floating, got dtype {dtype_name(value.dtype)}")
-            self._data = value
-            g = self._grad  # keep the gradient only if it still fits (namespace checked first: dtypes of two
-            if g is not None and (namespace_of(g) is not xp  # libraries must not be compared)
-                                  or tuple(g.shape) != tuple(value.shape) or g.dtype != value.dtype):
-                self._grad = None
+            self.mark_changed()
+            return
+        xp = namespace_of(value, where=self._where())
+        if not xp.isdtype(value.dtype, "real floating"):
+            raise DTypeError(f"{self._where()}: data must be floating, got dtype {dtype_name(value.dtype)}")
+        self._data = value
+        g = self._grad  # keep the gradient only if it still fits (namespace checked first: dtypes of two
+        if g is not None and (namespace_of(g) is not xp  # libraries must not be compared)
+                              or tuple(g.shape) != tuple(value.shape) or g.dtype != value.dtype):
+            self._grad = None
+        self.mark_changed()
 
     @property
     def grad(self) -> Any:
@@ -112,6 +122,11 @@ class Parameter:
     def size(self) -> int:
         """Number of elements."""
         return math.prod(self._data.shape)
+
+    def mark_changed(self) -> None:
+        """Record that the values were changed in place from outside an optimizer step (see the class docstring;
+        ``data`` assignment, ``load_state_dict`` and ``xpnn.init`` call it)."""
+        self._version = next(_changes)
 
     def zero_grad(self) -> None:
         """Set the gradient to zeros in place (allocating it for a lone Parameter if needed)."""

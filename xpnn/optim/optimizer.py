@@ -10,7 +10,7 @@ load into either layout.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 
@@ -29,15 +29,17 @@ class _Slot:
     """State of one updated array (one Parameter's data, or a whole flat buffer).
 
     ``state``: ``"step"`` (int) and the algorithm's arrays, in the compute dtype (float32 for float16 params).
-    ``master``: float32 copy of a float16 param (``None`` otherwise). ``grad32``, ``scratch``: work arrays reused
-    every step.
+    ``master``: float32 copy of a float16 param (``None`` otherwise); ``seen``: the ``_version`` of each parameter
+    when ``master`` was last written back (``None``: unknown, e.g. just loaded; the master is trusted).
+    ``grad32``, ``scratch``: work arrays reused every step.
     """
 
-    __slots__ = ("state", "master", "grad32", "scratch", "xp", "dtype")
+    __slots__ = ("state", "master", "seen", "grad32", "scratch", "xp", "dtype")
 
     def __init__(self, step: int = 0):
         self.state: dict[str, Any] = {"step": step}
         self.master: Any = None
+        self.seen: Optional[tuple[int, ...]] = None
         self.grad32: Any = None
         self.scratch: list = []
         self.xp: Any = None
@@ -130,23 +132,27 @@ class Optimizer:
             params = group["params"]
             flat = flat_buffer_of(params)
             if flat is not None:
-                self._gather(gi)
+                if self._param_slots:  # per-parameter state left from another layout: join it
+                    self._gather(gi)
                 slot = self._flat_slots.setdefault(gi, _Slot())
-                self._step_slot(slot, flat.data, flat.grad, group)
+                self._step_slot(slot, flat.data, flat.grad, group, params)
             else:
                 self._scatter(gi)
                 for p in params:
                     if p.has_grad:
                         slot = self._param_slots.setdefault(self._index[id(p)], _Slot())
-                        self._step_slot(slot, p.data, p.grad, group)
+                        self._step_slot(slot, p.data, p.grad, group, (p,))
 
-    def _step_slot(self, slot: _Slot, data: Any, grad: Any, group: dict[str, Any]) -> None:
+    def _step_slot(self, slot: _Slot, data: Any, grad: Any, group: dict[str, Any], params: Any) -> None:
+        """One update of ``data`` (the values of ``params``: one Parameter, or a whole flat buffer)."""
         xp = namespace_of(data, grad, where=f"{self._name}.step")
         half = dtype_name(data.dtype) == "float16"  # array_api_strict has no float16
         slot.conform(xp, xp.float32 if half else data.dtype)
         if half:
-            if slot.master is None:
-                slot.master = xp.astype(data, xp.float32)
+            versions = tuple(p._version for p in params)
+            if slot.master is None or (slot.seen is not None and slot.seen != versions):
+                slot.master = xp.astype(data, xp.float32)  # first step, or the values were replaced meanwhile
+            slot.seen = versions
             if slot.grad32 is None:
                 slot.grad32 = xp.empty_like(slot.master)
             copy_into(slot.grad32, grad)
@@ -196,7 +202,7 @@ class Optimizer:
         """Per-parameter copies of a flat slot (each parameter's slice, reshaped)."""
         out: dict[int, _Slot] = {}
         offset = 0
-        for p in self.param_groups[gi]["params"]:
+        for i, p in enumerate(self.param_groups[gi]["params"]):
             n, shape = p.size, p.shape
             s = _Slot(slot.state["step"])
             for k, v in slot.arrays().items():
@@ -207,6 +213,7 @@ class Optimizer:
                 else:
                     s.state[k] = piece
             s.xp, s.dtype = slot.xp, slot.dtype
+            s.seen = None if slot.seen is None else (slot.seen[i],)
             out[self._index[id(p)]] = s
             offset += n
         return out
@@ -236,6 +243,8 @@ class Optimizer:
             else:
                 flat.state[k] = joined
         flat.xp, flat.dtype = first.xp, first.dtype
+        if all(s is not None and s.seen is not None for s in slots):
+            flat.seen = tuple(s.seen[0] for s in slots)  # type: ignore[union-attr,index]
         for i in idx:
             del self._param_slots[i]
         self._flat_slots[gi] = flat
