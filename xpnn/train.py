@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from .backend import Backend, backend_of, get_backend
 from .data.batching import SeedLike, as_generator, batches
+from .debug import check_device_errors
 from .nn.module import call_backward
 
 __all__ = ["fit", "evaluate", "predict", "History", "Callback", "EarlyStopping"]
@@ -225,6 +226,7 @@ class _Meter:
         self.n += int(y.shape[0])
 
     def result(self, prefix: str = "") -> dict[str, float]:
+        check_device_errors()  # label checks deferred on the device (see xpnn.debug): a read happens here anyway
         out = {f"{prefix}loss": float(self.loss) / max(self.n, 1)}
         if self.classify:
             out[f"{prefix}accuracy"] = int(self.hits) / max(self.n, 1)
