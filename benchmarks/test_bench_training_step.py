@@ -14,3 +14,9 @@ def test_mlp_step(run_case, size, impl):
 @pytest.mark.parametrize("impl", IMPL_NAMES)
 def test_seed_net_step(run_case, impl):
     run_case("seed_net", "64x1000", impl)
+
+
+@pytest.mark.parametrize("impl", IMPL_NAMES)
+def test_tiny_step(run_case, impl):
+    """16-32-32-4, batch 8, Adam: nearly all host time (Python calls per op), the issue-13 before/after row."""
+    run_case("tiny_step", "batch8", impl)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -400,27 +401,28 @@ def _adam_torch(impl: str) -> Callable[[Any], Runner]:
 MLP_SIZES = (784, 512, 512, 10)
 
 
-def _mlp_inputs(impl: str, batch: int) -> tuple[Any, Any]:
+def _mlp_inputs(impl: str, batch: int, sizes: tuple[int, ...] = MLP_SIZES) -> tuple[Any, Any]:
     d = _Data(impl)
-    return d.uniform((batch, MLP_SIZES[0]), 0.0, 1.0), d.labels(batch, MLP_SIZES[-1])  # pixel-like inputs
+    return d.uniform((batch, sizes[0]), 0.0, 1.0), d.labels(batch, sizes[-1])  # pixel-like inputs
 
 
-def _mlp_xpnn(impl: str) -> Callable[[int], Runner]:
+def _mlp_xpnn(impl: str, sizes: tuple[int, ...] = MLP_SIZES, cycle: int = 1,
+              activation: str = "relu") -> Callable[[int], Runner]:
     def build(batch: int) -> Runner:
         from .. import nn, optim
 
         backend = _backend(impl)
-        x, y = _mlp_inputs(impl, batch)
-        s = MLP_SIZES
-        model = nn.Sequential(
-            nn.Linear(s[0], s[1], backend=backend, seed=0), nn.ReLU(),
-            nn.Linear(s[1], s[2], backend=backend, seed=1), nn.ReLU(),
-            nn.Linear(s[2], s[3], backend=backend, seed=2),
-        )
+        next_batch = _batches(impl, batch, sizes, cycle)
+        layers: list[Any] = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers += [nn.Linear(fan_in, fan_out, backend=backend, seed=i),
+                       nn.ReLU() if activation == "relu" else nn.Tanh()]
+        model = nn.Sequential(*layers[:-1])
         loss_fn = nn.CrossEntropyLoss()
         opt = optim.Adam(model.parameters(), lr=1e-3)
 
         def step() -> None:
+            x, y = next_batch()
             opt.zero_grad()
             loss_fn(model(x), y)
             model.backward(loss_fn.backward(), need_input_grad=False)  # no gradient for the data, like torch
@@ -434,29 +436,44 @@ def _mlp_xpnn(impl: str) -> Callable[[int], Runner]:
     return build
 
 
-def _mlp_plain(batch: int) -> Runner:
-    x, y = _mlp_inputs("numpy-plain", batch)
-    net = ref.MLP(MLP_SIZES, seed=0, lr=1e-3)
-    return Runner(lambda: net.train_step(x, y), "cpu", net.state)
+def _batches(impl: str, batch: int, sizes: tuple[int, ...], cycle: int) -> Callable[[], tuple[Any, Any]]:
+    """``next_batch()``: the same (x, y) every call when ``cycle == 1``; else one of ``cycle`` batches (normal
+    inputs, random labels) in turn (a tiny model would otherwise fit one batch within the timing loop, and its vanishing gradients
+    would drive Adam's state into the subnormal range)."""
+    if cycle == 1:
+        x, y = _mlp_inputs(impl, batch, sizes)
+        return lambda: (x, y)
+    # centred inputs: with [0, 1) pixels some ReLU units of a tiny net never fire, their Adam state decays to zero
+    d = _Data(impl)
+    x, y = d.normal((batch * cycle, sizes[0])), d.labels(batch * cycle, sizes[-1])
+    pairs = [(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]) for i in range(cycle)]
+    it = itertools.cycle(pairs)
+    return lambda: next(it)
 
 
-def _mlp_torch(impl: str) -> Callable[[int], Runner]:
+def _mlp_plain(batch: int, sizes: tuple[int, ...] = MLP_SIZES, cycle: int = 1, activation: str = "relu") -> Runner:
+    next_batch = _batches("numpy-plain", batch, sizes, cycle)
+    net = ref.MLP(sizes, seed=0, lr=1e-3, activation=activation)
+    return Runner(lambda: net.train_step(*next_batch()), "cpu", net.state)
+
+
+def _mlp_torch(impl: str, sizes: tuple[int, ...] = MLP_SIZES, cycle: int = 1,
+               activation: str = "relu") -> Callable[[int], Runner]:
     def build(batch: int) -> Runner:
         import torch
 
         dev = _torch_device(impl)
         torch.manual_seed(0)
-        x, y = _mlp_inputs(impl, batch)
-        s = MLP_SIZES
-        model = torch.nn.Sequential(
-            torch.nn.Linear(s[0], s[1]), torch.nn.ReLU(),
-            torch.nn.Linear(s[1], s[2]), torch.nn.ReLU(),
-            torch.nn.Linear(s[2], s[3]),
-        ).to(dev)
+        next_batch = _batches(impl, batch, sizes, cycle)
+        layers: list[Any] = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            layers += [torch.nn.Linear(fan_in, fan_out), torch.nn.ReLU() if activation == "relu" else torch.nn.Tanh()]
+        model = torch.nn.Sequential(*layers[:-1]).to(dev)
         loss_fn = torch.nn.CrossEntropyLoss()
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)  # torch's default Adam
 
         def step() -> None:
+            x, y = next_batch()
             opt.zero_grad()
             loss_fn(model(x), y).backward()
             opt.step()
@@ -466,6 +483,25 @@ def _mlp_torch(impl: str) -> Callable[[int], Runner]:
 
         return Runner(step, IMPLS[impl].device, state, keep=[model])
     return build
+
+
+# --- the tiny model of issue 13: 16-32-32-4, batch 8, Adam; host overhead dominates every backend ---------------
+# tanh, not ReLU: a ReLU unit of a net this small can stop firing for every input, and Adam's first moment of its
+# weights then decays by 0.9 a step through the subnormal range, which slows NumPy and invalidates the timing
+TINY_SIZES = (16, 32, 32, 4)
+TINY_CYCLE = 512  # batches with random labels, taken in turn
+
+
+def _tiny_xpnn(impl: str) -> Callable[[int], Runner]:
+    return _mlp_xpnn(impl, TINY_SIZES, TINY_CYCLE, "tanh")
+
+
+def _tiny_plain(batch: int) -> Runner:
+    return _mlp_plain(batch, TINY_SIZES, TINY_CYCLE, "tanh")
+
+
+def _tiny_torch(impl: str) -> Callable[[int], Runner]:
+    return _mlp_torch(impl, TINY_SIZES, TINY_CYCLE, "tanh")
 
 
 # --- the source notes' two-layer sigmoid network (64 x 1000 -> 100 -> 10), summed squared error, SGD ------------
@@ -560,6 +596,9 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("mlp_step", "training step of a 784-512-512-10 ReLU MLP, Adam, cross-entropy, float32",
          {"batch16": 16, "batch256": 256, "batch4096": 4096}, frozenset(),
          lambda b: None, _per_impl(_mlp_xpnn, _mlp_plain, _mlp_torch)),
+    Case("tiny_step", "training step of a 16-32-32-4 tanh MLP, Adam, cross-entropy, float32 (host-bound)",
+         {"batch8": 8}, frozenset(),
+         lambda b: None, _per_impl(_tiny_xpnn, _tiny_plain, _tiny_torch)),
     Case("seed_net", "source notes' 2-layer sigmoid net 64x1000-100-10, squared error, SGD",
          {"64x1000": None}, frozenset(),
          lambda _: None, _per_impl(_seed_xpnn, _seed_plain, _seed_torch)),

@@ -14,7 +14,9 @@ from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 
-from ..backend import dtype_name, get_backend, namespace_of, to_numpy
+from array_api_compat import device as _device
+
+from ..backend import dtype_name, get_backend, is_numpy_namespace, namespace_of, to_numpy
 from ..errors import CheckpointError
 from ..functional.updates import copy_into
 from ..nn.parameter import Parameter, flat_buffer_of
@@ -22,6 +24,7 @@ from ..nn.parameter import Parameter, flat_buffer_of
 ParamsLike = Union[Parameter, Iterable[Parameter], Iterable[dict]]
 
 MASTER = "master_param"  # state-dict key of the float32 master copy of a float16 parameter
+DEVICE_STEP = "step_device"  # state key of the 0-d device copy of "step" (capturable slots; never saved)
 EXTRA_GROUP_KEYS = ("initial_lr",)  # group entries besides the hyperparameters (set by learning-rate schedulers)
 
 
@@ -32,9 +35,15 @@ class _Slot:
     ``master``: float32 copy of a float16 param (``None`` otherwise); ``seen``: the ``_version`` of each parameter
     when ``master`` was last written back (``None``: unknown, e.g. just loaded; the master is trusted).
     ``grad32``, ``scratch``: work arrays reused every step.
+
+    Capturable slots (namespaces other than NumPy): ``state[DEVICE_STEP]`` is the step count as a 0-d device array
+    (compute dtype) incremented on the device, ``lr_device`` the learning rate as one, written from the group's
+    ``lr`` only when that changes (a host-to-device write, never a read). The update kernels/code read both from
+    device memory, so a step launches the same work whatever the schedule does (what a CUDA graph needs).
+    ``bound``: ``(data, grad, namespace, half)`` of the last step, so a step on the same arrays skips re-deriving them.
     """
 
-    __slots__ = ("state", "master", "seen", "grad32", "scratch", "xp", "dtype")
+    __slots__ = ("state", "master", "seen", "grad32", "scratch", "xp", "dtype", "lr_device", "lr_host", "bound")
 
     def __init__(self, step: int = 0):
         self.state: dict[str, Any] = {"step": step}
@@ -44,9 +53,12 @@ class _Slot:
         self.scratch: list = []
         self.xp: Any = None
         self.dtype: Any = None
+        self.lr_device: Any = None
+        self.lr_host: Any = None
+        self.bound: Optional[tuple] = None
 
     def arrays(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.state.items() if k != "step"}
+        out = {k: v for k, v in self.state.items() if k != "step" and k != DEVICE_STEP}
         if self.master is not None:
             out[MASTER] = self.master
         return out
@@ -57,6 +69,7 @@ class _Slot:
             return
         if self.xp is not None:
             backend = get_backend(xp)
+            self.state.pop(DEVICE_STEP, None)
             for k, v in list(self.state.items()):
                 if k != "step":
                     self.state[k] = xp.astype(backend.asarray(v), dtype)
@@ -64,6 +77,32 @@ class _Slot:
                 self.master = xp.astype(backend.asarray(self.master), dtype)
             self.grad32, self.scratch = None, []
         self.xp, self.dtype = xp, dtype
+        self.lr_device = self.lr_host = self.bound = None
+
+    def advance(self, lr: Any) -> Optional[Any]:
+        """Count one step: the host int, and on capturable slots the device copy (``+= 1`` on the device, made from
+        the int on first use); returns the learning rate to pass to the update (the device array there)."""
+        self.state["step"] += 1
+        xp = self.xp
+        if is_numpy_namespace(xp):
+            return lr
+        step = self.state.get(DEVICE_STEP)
+        if step is None:
+            self.state[DEVICE_STEP] = xp.asarray(float(self.state["step"]), dtype=self.dtype, device=_device(self.lr_like))
+        else:
+            step += 1
+        if self.lr_device is None:
+            self.lr_device = xp.asarray(float(lr), dtype=self.dtype, device=_device(self.lr_like))
+            self.lr_host = lr
+        elif self.lr_host != lr:
+            self.lr_device[...] = float(lr)  # a host-to-device write, only when a schedule changed lr
+            self.lr_host = lr
+        return self.lr_device
+
+    @property
+    def lr_like(self) -> Any:
+        """An array on the slot's device (where its device scalars go)."""
+        return self.master if self.master is not None else self.bound[0]
 
 
 class Optimizer:
@@ -81,6 +120,7 @@ class Optimizer:
         self._index: dict[int, int] = {}  # id(param) -> index
         self._param_slots: dict[int, _Slot] = {}  # per-parameter state, by index
         self._flat_slots: dict[int, _Slot] = {}  # flat-buffer state, by group index
+        self._grad_hook: Any = None  # (xp, grad) -> None, run on each updated gradient before the update (amp)
         if isinstance(params, Parameter):
             params = [params]
         if isinstance(params, dict):
@@ -145,9 +185,14 @@ class Optimizer:
 
     def _step_slot(self, slot: _Slot, data: Any, grad: Any, group: dict[str, Any], params: Any) -> None:
         """One update of ``data`` (the values of ``params``: one Parameter, or a whole flat buffer)."""
-        xp = namespace_of(data, grad, where=f"{self._name}.step")
-        half = dtype_name(data.dtype) == "float16"  # array_api_strict has no float16
-        slot.conform(xp, xp.float32 if half else data.dtype)
+        bound = slot.bound
+        if bound is not None and bound[0] is data and bound[1] is grad:  # the same arrays as last step
+            xp, half = bound[2], bound[3]
+        else:
+            xp = namespace_of(data, grad, where=f"{self._name}.step")
+            half = dtype_name(data.dtype) == "float16"  # array_api_strict has no float16
+            slot.conform(xp, xp.float32 if half else data.dtype)
+            slot.bound = (data, grad, xp, half)
         if half:
             versions = tuple(p._version for p in params)
             if slot.master is None or (slot.seen is not None and slot.seen != versions):
@@ -160,10 +205,17 @@ class Optimizer:
         else:
             slot.master = None
             param, g = data, grad
-        slot.state["step"] += 1
-        self._update(param, g, slot.state, group, slot.scratch)
+        if self._grad_hook is not None:  # e.g. GradScaler: unscale (and check) the gradient the update reads
+            self._grad_hook(xp, g)
+        lr = slot.advance(group["lr"])
+        self._update(param, g, slot.state, group if lr is group["lr"] else {**group, "lr": lr}, slot.scratch)
         if half:
             copy_into(data, param)
+
+    @staticmethod
+    def _step_of(state: dict[str, Any]) -> Any:
+        """The step count an update gets: the int, or on capturable slots its 0-d device copy."""
+        return state.get(DEVICE_STEP, state["step"])
 
     def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], scratch: list) -> None:
         """Apply one step to ``param`` in place (``state["step"]`` already counts it). Subclasses."""
