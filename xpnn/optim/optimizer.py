@@ -120,7 +120,9 @@ class Optimizer:
         self._index: dict[int, int] = {}  # id(param) -> index
         self._param_slots: dict[int, _Slot] = {}  # per-parameter state, by index
         self._flat_slots: dict[int, _Slot] = {}  # flat-buffer state, by group index
-        self._grad_hook: Any = None  # (xp, grad) -> None, run on each updated gradient before the update (amp)
+        # [(xp, grad), ...] -> bool: sees every gradient the updates will read (float32 copies for float16
+        # parameters) before any update, and says whether to update (GradScaler: unscale, check, skip on inf/NaN)
+        self._grad_hook: Any = None
         if isinstance(params, Parameter):
             params = [params]
         if isinstance(params, dict):
@@ -168,6 +170,7 @@ class Optimizer:
     # --- stepping -----------------------------------------------------------------------------------------
     def step(self) -> None:
         """Update every parameter from its ``.grad`` (one call over the flat buffer when the group is one)."""
+        work = []  # (slot, array to update, gradient it reads, group, data, half): every gradient first, then updates
         for gi, group in enumerate(self.param_groups):
             params = group["params"]
             flat = flat_buffer_of(params)
@@ -175,16 +178,26 @@ class Optimizer:
                 if self._param_slots:  # per-parameter state left from another layout: join it
                     self._gather(gi)
                 slot = self._flat_slots.setdefault(gi, _Slot())
-                self._step_slot(slot, flat.data, flat.grad, group, params)
+                work.append(self._prepare(slot, flat.data, flat.grad, group, params))
             else:
                 self._scatter(gi)
                 for p in params:
                     if p.has_grad:
                         slot = self._param_slots.setdefault(self._index[id(p)], _Slot())
-                        self._step_slot(slot, p.data, p.grad, group, (p,))
+                        work.append(self._prepare(slot, p.data, p.grad, group, (p,)))
+        hook = self._grad_hook
+        if hook is not None and not hook([(w[0].xp, w[2]) for w in work]):
+            return  # e.g. GradScaler found inf/NaN in the gradients: skip this step (step counts unchanged)
+        for slot, param, g, group, data, half in work:
+            lr = slot.advance(group["lr"])
+            self._update(param, g, slot.state, group if lr is group["lr"] else {**group, "lr": lr}, slot.scratch)
+            if half:
+                copy_into(data, param)
 
-    def _step_slot(self, slot: _Slot, data: Any, grad: Any, group: dict[str, Any], params: Any) -> None:
-        """One update of ``data`` (the values of ``params``: one Parameter, or a whole flat buffer)."""
+    def _prepare(self, slot: _Slot, data: Any, grad: Any, group: dict[str, Any], params: Any) -> tuple:
+        """Bind ``slot`` to ``data``/``grad`` (the values of ``params``: one Parameter, or a whole flat buffer) and
+        return what the update needs; a float16 parameter is updated through its float32 master copy, reading a
+        float32 copy of its gradient."""
         bound = slot.bound
         if bound is not None and bound[0] is data and bound[1] is grad:  # the same arrays as last step
             xp, half = bound[2], bound[3]
@@ -201,16 +214,9 @@ class Optimizer:
             if slot.grad32 is None:
                 slot.grad32 = xp.empty_like(slot.master)
             copy_into(slot.grad32, grad)
-            param, g = slot.master, slot.grad32
-        else:
-            slot.master = None
-            param, g = data, grad
-        if self._grad_hook is not None:  # e.g. GradScaler: unscale (and check) the gradient the update reads
-            self._grad_hook(xp, g)
-        lr = slot.advance(group["lr"])
-        self._update(param, g, slot.state, group if lr is group["lr"] else {**group, "lr": lr}, slot.scratch)
-        if half:
-            copy_into(data, param)
+            return slot, slot.master, slot.grad32, group, data, True
+        slot.master = None
+        return slot, data, grad, group, data, False
 
     @staticmethod
     def _step_of(state: dict[str, Any]) -> Any:
