@@ -56,7 +56,7 @@ def reads(monkeypatch):
         monkeypatch.setattr(ArrayType, name, counted, raising=False)
     check_device_errors()  # nothing left from other tests
     yield counter
-    check_device_errors.__globals__["_pending"].clear()
+    check_device_errors.__globals__["_pending"].clear()  # a test that raised a flag must not leak it
 
 
 def _data(n=8, d=16, classes=4, bad_label=None):
@@ -130,7 +130,7 @@ def test_bad_label_is_flagged_on_the_device_and_raised_at_the_next_check(reads):
     grad = loss_fn.backward()
     reads.active = False
     assert reads.count == 0, dict(reads.where)
-    assert pending_device_checks() == 1
+    assert pending_device_checks() == 1  # a read, after the step
     assert np.isnan(float(loss))  # never silently a number
     assert np.all(np.isfinite(np.asarray(grad)))  # the bad row is ignored: no kernel reads past a row
     with pytest.raises(ValueError, match=r"cross_entropy_with_grad: target values must be in \[0, 4\)"):
@@ -159,13 +159,23 @@ def test_debug_mode_and_numpy_raise_at_the_call():
     assert pending_device_checks() == 0
 
 
-def test_flags_of_many_steps_are_merged_into_one(reads):
+def test_flags_of_many_steps_are_merged_into_one_array_updated_in_place(reads):
     be = xpnn.get_backend(array_api_strict)
     x_np, y_np = _data()
+    _, bad_np = _data(bad_label=5)
     logits = be.asarray(x_np[:, :4])
-    for _ in range(5):
-        xpnn.functional.cross_entropy(logits, be.asarray(y_np))
+    xpnn.functional.cross_entropy(logits, be.asarray(y_np))
+    from xpnn.debug import _pending
+
+    flags = [e[0] for e in _pending.values()]
+    for labels in (bad_np, y_np, y_np):  # an error in an early step is not forgotten by later good ones
+        xpnn.functional.cross_entropy(logits, be.asarray(labels))
+    assert [e[0] for e in _pending.values()] == flags  # the same arrays (what a replayed CUDA graph writes to)
     assert pending_device_checks() == 1
+    with pytest.raises(ValueError, match="target values"):
+        check_device_errors()
+    assert pending_device_checks() == 0
+    xpnn.functional.cross_entropy(logits, be.asarray(y_np))
     check_device_errors()  # all labels valid: no error
 
 

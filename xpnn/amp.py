@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 from . import _dispatch
 from .backend import dtype_name, is_numpy_namespace, namespace_of
+from .debug import no_host_read_while_capturing
 from .functional._inplace import InPlace
 
 __all__ = ["GradScaler", "unscale_and_check_"]
@@ -163,6 +164,7 @@ class GradScaler:
 
     def _read_found_inf(self) -> bool:
         """The one host read of a step: whether any gradient since the last ``update`` was inf/NaN."""
+        no_host_read_while_capturing("GradScaler.step (deciding whether to skip the step)")
         return bool(self._found_inf > 0)
 
     def step(self, optimizer: Any) -> Optional[bool]:

@@ -302,6 +302,7 @@ def fit(
     seed: SeedLike = None,
     shuffle: bool = True,
     batch_transform: Optional[BatchTransform] = None,
+    cuda_graph: Any = False,
 ) -> History:
     """Train ``model`` with mini-batch steps of ``optimizer`` on ``loss_fn`` for ``epochs`` passes over ``(X, y)``.
 
@@ -314,6 +315,10 @@ def fit(
     callbacks: ``Callback`` objects (e.g. ``EarlyStopping``). progress: a tqdm bar per epoch (plain lines when tqdm
     is not installed). seed: shuffling order (int, Generator or None). batch_transform: ``(xb, yb) -> (xb, yb)``
     applied to training batches only (e.g. ``lambda x, y: (cutout(x, 3, image_shape=(8, 8)), y)``).
+    cuda_graph: capture the training step in a CUDA graph (``xpnn.cuda``) and replay it for every full batch: the
+    first three full batches run eagerly (warm-up), the last partial batch of an epoch too. Needs the CUDA backend
+    (or a ``xpnn.cuda.GraphRuntime`` stand-in); raises ``xpnn.errors.CaptureError`` for a step that cannot be
+    captured.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
@@ -335,6 +340,11 @@ def fit(
     n = int(X.shape[0])
     steps_per_epoch = -(-n // batch_size)
     tqdm_ok = progress and _tqdm_available()
+    graphed = None
+    if cuda_graph is not False and cuda_graph is not None:
+        from .cuda import graph_step_runner
+
+        graphed = graph_step_runner(model, loss_fn, optimizer, cuda_graph)
     step = 0
     model.train()
     for cb in cbs:
@@ -347,11 +357,14 @@ def fit(
         for xb, yb in batches(X, y, batch_size, shuffle=shuffle, seed=rng):
             if batch_transform is not None:
                 xb, yb = batch_transform(xb, yb)
-            optimizer.zero_grad()
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
-            call_backward(model, loss_fn.backward(), need_input_grad=False)  # no gradient for the data
-            optimizer.step()
+            if graphed is not None and int(xb.shape[0]) == batch_size:
+                loss, logits = graphed(xb, yb)  # replays write into the graph's static outputs: read them now
+            else:
+                optimizer.zero_grad()
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                call_backward(model, loss_fn.backward(), need_input_grad=False)  # no gradient for the data
+                optimizer.step()
             meter.add(loss, _loss_scale(loss_fn, int(yb.shape[0])), logits, yb)
             step += 1
             for cb in cbs:

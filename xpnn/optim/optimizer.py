@@ -123,6 +123,8 @@ class Optimizer:
         # [(xp, grad), ...] -> bool: sees every gradient the updates will read (float32 copies for float16
         # parameters) before any update, and says whether to update (GradScaler: unscale, check, skip on inf/NaN)
         self._grad_hook: Any = None
+        self._stepped: list = []  # (slot, group) of the last step's updates
+        self._steps_advanced = 0  # steps that advanced the counts (graph capture checks it)
         if isinstance(params, Parameter):
             params = [params]
         if isinstance(params, dict):
@@ -193,6 +195,25 @@ class Optimizer:
             self._update(param, g, slot.state, group if lr is group["lr"] else {**group, "lr": lr}, slot.scratch)
             if half:
                 copy_into(data, param)
+        self._stepped = [(w[0], w[3]) for w in work]
+        self._steps_advanced += 1
+
+    # --- CUDA graph support (xpnn.cuda) ---------------------------------------------------------------------
+    def _sync_device_hyperparameters(self) -> None:
+        """Write each capturable slot's device learning rate from its group's ``lr`` where a schedule changed it
+        (host-to-device, no read): a replayed graph reads them from device memory."""
+        for slot, group in self._stepped:
+            lr = group["lr"]
+            if slot.lr_device is not None and slot.lr_host != lr:
+                slot.lr_device[...] = float(lr)
+                slot.lr_host = lr
+
+    def _count_replayed_step(self, n: int = 1) -> None:
+        """Add ``n`` to the host step count of every slot of the last step (a graph replay advanced the device
+        counts; ``-1`` undoes the count of a step that was only recorded)."""
+        for slot, _group in self._stepped:
+            slot.state["step"] += n
+        self._steps_advanced += n
 
     def _prepare(self, slot: _Slot, data: Any, grad: Any, group: dict[str, Any], params: Any) -> tuple:
         """Bind ``slot`` to ``data``/``grad`` (the values of ``params``: one Parameter, or a whole flat buffer) and
