@@ -25,11 +25,12 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
         ("cross_entropy", "4096x1000"), ("cross_entropy", "8192x32768"),
         ("adam", "1e6"), ("adam", "1e8"), ("adam", "200-tensors"),
         ("mlp_step", "batch256"),
+        ("tiny_step", "batch8"),
         ("seed_net", "64x1000"),
     ],
     "tiny": [  # a smoke run: seconds, every case once
         ("sigmoid_backward", "1e4"), ("cross_entropy", "256x10"), ("adam", "1e4"), ("mlp_step", "batch16"),
-        ("seed_net", "64x1000"),
+        ("tiny_step", "batch8"), ("seed_net", "64x1000"),
     ],
 }
 
