@@ -17,6 +17,8 @@ def test_seed_net_step(run_case, impl):
 
 
 @pytest.mark.parametrize("impl", IMPL_NAMES)
-def test_tiny_step(run_case, impl):
-    """16-32-32-4, batch 8, Adam: nearly all host time (Python calls per op), the issue-13 before/after row."""
-    run_case("tiny_step", "batch8", impl)
+@pytest.mark.parametrize("size", ["batch8", "batch8-tape"])
+def test_tiny_step(run_case, size, impl):
+    """16-32-32-4, batch 8, Adam: nearly all host time (Python calls per op), the issue-13 before/after row;
+    xpnn's explicit API (batch8) and tape API (batch8-tape)."""
+    run_case("tiny_step", size, impl)

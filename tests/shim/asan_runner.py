@@ -181,12 +181,34 @@ def optimizers(make: Callable[..., ShimLoader]) -> None:
                                                               momentum=m, centered=c))
 
 
+def capturable(make: Callable[..., ShimLoader]) -> None:
+    """kernels/capturable.cu: Adam with step/lr in (exact-size, 0-d) device buffers; unscale + inf/NaN check."""
+    from xpnn.amp import unscale_and_check_
+
+    loader = make()
+    for dtype in ("float32", "float64"):
+        for n in (1, 7, 1037):
+            for opts in (dict(), dict(weight_decay=0.1, decoupled_weight_decay=True),
+                         dict(amsgrad=True, maximize=True, weight_decay=0.01)):
+                _steps(loader, updates.adam_update, n, dtype, (True, True, opts.get("amsgrad", False)),
+                       lambda s, o=opts, d=dtype: dict(step=slack(np.asarray(s, d)), lr=slack(np.asarray(1e-2, d)),
+                                                       beta1=0.9, beta2=0.999, eps=1e-8, **o))
+    for dtype in FLOATS:
+        for n in (1, 7, 1037):
+            g = slack(np.random.default_rng(n).standard_normal(n).astype(dtype) * 64)
+            if n > 1:
+                g[n - 2] = np.inf
+            run(loader, unscale_and_check_, g, slack(np.asarray(2.0**-6, np.float32)),
+                slack(np.zeros((), np.float32)))
+
+
 CASES: dict[str, Case] = {
     "activations": activations,
     "row_kernels": row_kernels,
     "cross_entropy": cross_entropy,
     "grid_stride": grid_stride,
     "optimizers": optimizers,
+    "capturable": capturable,
 }
 
 

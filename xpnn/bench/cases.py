@@ -407,9 +407,15 @@ def _mlp_inputs(impl: str, batch: int, sizes: tuple[int, ...] = MLP_SIZES) -> tu
 
 
 def _mlp_xpnn(impl: str, sizes: tuple[int, ...] = MLP_SIZES, cycle: int = 1,
-              activation: str = "relu") -> Callable[[int], Runner]:
-    def build(batch: int) -> Runner:
+              activation: str = "relu") -> Callable[[Any], Runner]:
+    """``build(batch)``: the explicit API (``model.backward(loss_fn.backward())``); ``build(("tape", batch))``: the
+    tape API (``loss_fn(model(tensor(x)), y).backward()``)."""
+    def build(size: Any) -> Runner:
         from .. import nn, optim
+        from ..autograd import tensor
+
+        tape = isinstance(size, tuple)
+        batch = size[1] if tape else size
 
         backend = _backend(impl)
         next_batch = _batches(impl, batch, sizes, cycle)
@@ -428,11 +434,17 @@ def _mlp_xpnn(impl: str, sizes: tuple[int, ...] = MLP_SIZES, cycle: int = 1,
             model.backward(loss_fn.backward(), need_input_grad=False)  # no gradient for the data, like torch
             opt.step()
 
+        def tape_step() -> None:
+            x, y = next_batch()
+            opt.zero_grad()
+            loss_fn(model(tensor(x)), y).backward()
+            opt.step()
+
         def state() -> list[Any]:
             params = list(model.parameters())
             return [p.data for p in params] + [p.grad for p in params] + _xpnn_optimizer_arrays(opt)
 
-        return Runner(step, IMPLS[impl].device, state, keep=[model])
+        return Runner(tape_step if tape else step, IMPLS[impl].device, state, keep=[model])
     return build
 
 
@@ -496,12 +508,13 @@ def _tiny_xpnn(impl: str) -> Callable[[int], Runner]:
     return _mlp_xpnn(impl, TINY_SIZES, TINY_CYCLE, "tanh")
 
 
-def _tiny_plain(batch: int) -> Runner:
-    return _mlp_plain(batch, TINY_SIZES, TINY_CYCLE, "tanh")
+def _tiny_plain(size: Any) -> Runner:  # no API to choose: the same step for both sizes
+    return _mlp_plain(size[1] if isinstance(size, tuple) else size, TINY_SIZES, TINY_CYCLE, "tanh")
 
 
-def _tiny_torch(impl: str) -> Callable[[int], Runner]:
-    return _mlp_torch(impl, TINY_SIZES, TINY_CYCLE, "tanh")
+def _tiny_torch(impl: str) -> Callable[[Any], Runner]:
+    build = _mlp_torch(impl, TINY_SIZES, TINY_CYCLE, "tanh")
+    return lambda size: build(size[1] if isinstance(size, tuple) else size)
 
 
 # --- the source notes' two-layer sigmoid network (64 x 1000 -> 100 -> 10), summed squared error, SGD ------------
@@ -596,8 +609,8 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("mlp_step", "training step of a 784-512-512-10 ReLU MLP, Adam, cross-entropy, float32",
          {"batch16": 16, "batch256": 256, "batch4096": 4096}, frozenset(),
          lambda b: None, _per_impl(_mlp_xpnn, _mlp_plain, _mlp_torch)),
-    Case("tiny_step", "training step of a 16-32-32-4 tanh MLP, Adam, cross-entropy, float32 (host-bound)",
-         {"batch8": 8}, frozenset(),
+    Case("tiny_step", "training step of a 16-32-32-4 tanh MLP, Adam, cross-entropy, float32 (host-bound; xpnn: explicit API, or the tape API for batch8-tape)",
+         {"batch8": 8, "batch8-tape": ("tape", 8)}, frozenset(),
          lambda b: None, _per_impl(_tiny_xpnn, _tiny_plain, _tiny_torch)),
     Case("seed_net", "source notes' 2-layer sigmoid net 64x1000-100-10, squared error, SGD",
          {"64x1000": None}, frozenset(),

@@ -252,21 +252,45 @@ def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_av
                     decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize):
         return None
     ops = _InPlace(xp)
+    step_size, bc2_sqrt, decay = _adam_scalars(xp, param.dtype, step, lr, beta1, beta2, weight_decay)
     if decoupled_weight_decay and weight_decay != 0:
-        ops.mul(param, 1 - lr * weight_decay, out=param)
+        ops.mul(param, decay, out=param)
     g = _effective_grad(ops, param, grad, 0.0 if decoupled_weight_decay else weight_decay, maximize, scratch)
     t = _work(xp, scratch, 0 if g is grad else 1, param)
     ops.mul(exp_avg, beta1, out=exp_avg)
     ops.add(exp_avg, ops.mul(g, 1 - beta1, out=t), out=exp_avg)
     ops.mul(exp_avg_sq, beta2, out=exp_avg_sq)
     ops.add(exp_avg_sq, ops.mul(ops.mul(g, g, out=t), 1 - beta2, out=t), out=exp_avg_sq)
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
     v = ops.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq) if amsgrad else exp_avg_sq
-    ops.div(ops.sqrt(v, out=t), _sqrt(xp, bias_correction2), out=t)
+    ops.div(ops.sqrt(v, out=t), bc2_sqrt, out=t)
     ops.div(exp_avg, ops.add(t, eps, out=t), out=t)  # t = m / denom
-    ops.sub(param, ops.mul(t, lr / bias_correction1, out=t), out=param)
+    ops.sub(param, ops.mul(t, step_size, out=t), out=param)
     return None
+
+
+def _adam_scalars(xp: Any, dtype: Any, step: Any, lr: Any, beta1: float, beta2: float,
+                  weight_decay: float) -> tuple[Any, Any, Any]:
+    """``(lr / (1 - beta1**step), sqrt(1 - beta2**step), 1 - lr * weight_decay)``, computed in float64: Python
+    floats for a Python ``step``/``lr``; for 0-d arrays (capturable) 0-d arrays of ``dtype`` computed on the device
+    in float64 and rounded once, as the Python path rounds its floats (``1 - 0.999**t`` in float32 would lose ~5
+    digits to cancellation). The capturable CUDA kernel computes them the same way."""
+    if not _is_device_scalar(step, lr):
+        return lr / (1 - beta1**step), math.sqrt(1 - beta2**step), 1 - lr * weight_decay
+    f64 = xp.float64
+    s = xp.astype(step, f64) if not isinstance(step, (int, float)) else float(step)
+    r = xp.astype(lr, f64) if not isinstance(lr, (int, float)) else float(lr)
+    like = step if not isinstance(step, (int, float)) else lr
+    one = xp.ones((), dtype=f64, device=_device(like))
+    step_size = r / (one - beta1**s)
+    bc2_sqrt = xp.sqrt(one - beta2**s)
+    decay = one - r * weight_decay
+    return tuple(xp.astype(v, dtype) for v in (step_size, bc2_sqrt, decay))  # type: ignore[return-value]
+
+
+def _device(x: Any) -> Any:
+    import array_api_compat
+
+    return array_api_compat.device(x)
 
 
 def _check_step(where: str, step: Any) -> None:
