@@ -28,6 +28,9 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
         ("tiny_step", "batch8"),
         ("seed_net", "64x1000"),
     ],
+    "graphs": [  # training steps: eager vs CUDA-graph replay (run with --impls xpnn-cuda xpnn-cuda-graph torch-cuda)
+        ("mlp_step", "batch16"), ("mlp_step", "batch256"), ("tiny_step", "batch8"),
+    ],
     "tiny": [  # a smoke run: seconds, every case once
         ("sigmoid_backward", "1e4"), ("cross_entropy", "256x10"), ("adam", "1e4"), ("mlp_step", "batch16"),
         ("tiny_step", "batch8"), ("seed_net", "64x1000"),

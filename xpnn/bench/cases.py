@@ -10,6 +10,7 @@ impl                 device       what runs
 ``torch-cpu``        cpu          PyTorch on the CPU (default optimizer settings)
 ``xpnn-cuda``        cuda         xpnn on the CUDA backend with its fused kernels
 ``xpnn-cuda-generic`` cuda        xpnn on the CUDA backend with kernels off (the array-API path on CuPy)
+``xpnn-cuda-graph``  cuda         xpnn on CUDA, the whole training step captured in a CUDA graph (step cases only)
 ``torch-cuda``       torch-cuda   PyTorch on the GPU (``Adam(fused=True)`` for the Adam case)
 ==================== ============ ==========================================================================
 
@@ -52,6 +53,7 @@ IMPLS: dict[str, Impl] = {i.name: i for i in (
     Impl("torch-cpu", "cpu", "PyTorch CPU"),
     Impl("xpnn-cuda", "cuda", "xpnn, CUDA backend (fused kernels)"),
     Impl("xpnn-cuda-generic", "cuda", "xpnn, CUDA backend, kernels off"),
+    Impl("xpnn-cuda-graph", "cuda", "xpnn, CUDA backend, step replayed from a CUDA graph"),
     Impl("torch-cuda", "torch-cuda", "PyTorch CUDA"),
 )}
 
@@ -444,14 +446,24 @@ def _mlp_xpnn(impl: str, sizes: tuple[int, ...] = MLP_SIZES, cycle: int = 1,
             params = list(model.parameters())
             return [p.data for p in params] + [p.grad for p in params] + _xpnn_optimizer_arrays(opt)
 
+        if impl == "xpnn-cuda-graph":  # warm-up + capture on the first batch; every call copies a batch in, replays
+            from ..cuda import make_graphed_step
+
+            x0, y0 = next_batch()
+            graphed = make_graphed_step(model, loss_fn, opt, x0, y0)
+
+            def graph_step() -> None:
+                graphed(*next_batch())
+
+            return Runner(graph_step, IMPLS[impl].device, state, keep=[model, graphed])
         return Runner(tape_step if tape else step, IMPLS[impl].device, state, keep=[model])
     return build
 
 
 def _batches(impl: str, batch: int, sizes: tuple[int, ...], cycle: int) -> Callable[[], tuple[Any, Any]]:
     """``next_batch()``: the same (x, y) every call when ``cycle == 1``; else one of ``cycle`` batches (normal
-    inputs, random labels) in turn (a tiny model would otherwise fit one batch within the timing loop, and its vanishing gradients
-    would drive Adam's state into the subnormal range)."""
+    inputs, random labels) in turn (a tiny model would otherwise fit one batch within the timing loop, and its
+    vanishing gradients would drive Adam's state into the subnormal range)."""
     if cycle == 1:
         x, y = _mlp_inputs(impl, batch, sizes)
         return lambda: (x, y)
@@ -608,10 +620,12 @@ CASES: dict[str, Case] = {c.name: c for c in (
          _adam_bytes, _per_impl(_adam_xpnn, _adam_plain, _adam_torch)),
     Case("mlp_step", "training step of a 784-512-512-10 ReLU MLP, Adam, cross-entropy, float32",
          {"batch16": 16, "batch256": 256, "batch4096": 4096}, frozenset(),
-         lambda b: None, _per_impl(_mlp_xpnn, _mlp_plain, _mlp_torch)),
+         lambda b: None,
+         {**_per_impl(_mlp_xpnn, _mlp_plain, _mlp_torch), "xpnn-cuda-graph": _mlp_xpnn("xpnn-cuda-graph")}),
     Case("tiny_step", "training step of a 16-32-32-4 tanh MLP, Adam, cross-entropy, float32 (host-bound; xpnn: explicit API, or the tape API for batch8-tape)",
          {"batch8": 8, "batch8-tape": ("tape", 8)}, frozenset(),
-         lambda b: None, _per_impl(_tiny_xpnn, _tiny_plain, _tiny_torch)),
+         lambda b: None,
+         {**_per_impl(_tiny_xpnn, _tiny_plain, _tiny_torch), "xpnn-cuda-graph": _tiny_xpnn("xpnn-cuda-graph")}),
     Case("seed_net", "source notes' 2-layer sigmoid net 64x1000-100-10, squared error, SGD",
          {"64x1000": None}, frozenset(),
          lambda _: None, _per_impl(_seed_xpnn, _seed_plain, _seed_torch)),

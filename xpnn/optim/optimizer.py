@@ -88,7 +88,8 @@ class _Slot:
             return lr
         step = self.state.get(DEVICE_STEP)
         if step is None:
-            self.state[DEVICE_STEP] = xp.asarray(float(self.state["step"]), dtype=self.dtype, device=_device(self.lr_like))
+            self.state[DEVICE_STEP] = xp.asarray(float(self.state["step"]), dtype=self.dtype,
+                                                 device=_device(self.lr_like))
         else:
             step += 1
         if self.lr_device is None:
