@@ -48,6 +48,76 @@ adam_update_capturable(T* __restrict__ param, const T* __restrict__ grad, T* __r
     }
 }
 
+// SGD as sgd_update in optimizers.cu, with lr = *lr.
+template <typename T>
+__global__ void __launch_bounds__(256)
+sgd_update_capturable(T* __restrict__ param, const T* __restrict__ grad, T* momentum_buffer, long long n,
+                      const T* __restrict__ lr, T momentum, T one_minus_dampening, T weight_decay, int use_momentum,
+                      int nesterov, int first_step, int maximize) {
+    const T rate = *lr;
+    XPNN_CAPTURABLE_GRID_STRIDE(i, n) {
+        const T p = param[i];
+        T g = maximize ? -grad[i] : grad[i];
+        if (weight_decay != T(0)) g = g + weight_decay * p;
+        if (use_momentum) {
+            const T b = first_step ? g : momentum * momentum_buffer[i] + one_minus_dampening * g;
+            momentum_buffer[i] = b;
+            g = nesterov ? g + momentum * b : b;
+        }
+        param[i] = p - (g * rate);
+    }
+}
+
+// Adagrad as adagrad_update in optimizers.cu, with clr = lr / (1 + (t - 1) * lr_decay) from t = *step, lr = *lr,
+// derived in double and rounded once (as the Python path does).
+template <typename T>
+__global__ void __launch_bounds__(256)
+adagrad_update_capturable(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ state_sum, long long n,
+                          const T* __restrict__ step, const T* __restrict__ lr, double lr_decay, T weight_decay,
+                          T eps, int maximize) {
+    const T clr = (T)((double)*lr / (1.0 + ((double)*step - 1.0) * lr_decay));
+    XPNN_CAPTURABLE_GRID_STRIDE(i, n) {
+        const T p = param[i];
+        T g = maximize ? -grad[i] : grad[i];
+        if (weight_decay != T(0)) g = g + weight_decay * p;
+        const T s = state_sum[i] + g * g;
+        state_sum[i] = s;
+        param[i] = p - (g / (xpnn_sqrt(s) + eps)) * clr;
+    }
+}
+
+// RMSprop as rmsprop_update in optimizers.cu, with lr = *lr.
+template <typename T>
+__global__ void __launch_bounds__(256)
+rmsprop_update_capturable(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ square_avg,
+                          T* grad_avg, T* momentum_buffer, long long n, const T* __restrict__ lr, T alpha,
+                          T one_minus_alpha, T eps, T weight_decay, T momentum, int centered, int use_momentum,
+                          int maximize) {
+    const T rate = *lr;
+    XPNN_CAPTURABLE_GRID_STRIDE(i, n) {
+        const T p = param[i];
+        T g = maximize ? -grad[i] : grad[i];
+        if (weight_decay != T(0)) g = g + weight_decay * p;
+        const T sq = alpha * square_avg[i] + (g * g) * one_minus_alpha;
+        square_avg[i] = sq;
+        T avg;
+        if (centered) {
+            const T ga = alpha * grad_avg[i] + one_minus_alpha * g;
+            grad_avg[i] = ga;
+            avg = xpnn_sqrt(sq - ga * ga) + eps;
+        } else {
+            avg = xpnn_sqrt(sq) + eps;
+        }
+        if (use_momentum) {
+            const T b = momentum * momentum_buffer[i] + g / avg;
+            momentum_buffer[i] = b;
+            param[i] = p - b * rate;
+        } else {
+            param[i] = p - (g / avg) * rate;
+        }
+    }
+}
+
 // Loss scaling (GradScaler): grad *= *inv_scale in place, and *found_inf = 1 when any element was inf/NaN before
 // scaling -- one pass over the gradient buffer. A value is finite iff g - g == 0 (inf - inf and NaN give NaN).
 // Threads that saw one store 1.0f (the same value: the race is benign); nobody ever stores 0 here.

@@ -62,6 +62,45 @@ def test_adam_capturable_matches_the_reference(loader, opts, dtype):
         np.testing.assert_allclose(got, want, rtol=0, atol=0)
 
 
+CASES = {  # function, state buffers present (by options), keyword arguments per step (step/lr 0-d arrays)
+    "sgd": (updates.sgd_update, lambda o: (o.get("momentum", 0) != 0,),
+            lambda o, step, lr: dict(lr=lr, first_step=int(step) == 1, **o),
+            [dict(), dict(momentum=0.9), dict(momentum=0.9, nesterov=True, weight_decay=0.01),
+             dict(momentum=0.8, dampening=0.3, maximize=True)]),
+    "adagrad": (updates.adagrad_update, lambda o: (True,), lambda o, step, lr: dict(step=step, lr=lr, **o),
+                [dict(), dict(lr_decay=0.1, weight_decay=0.05, maximize=True)]),
+    "rmsprop": (updates.rmsprop_update,
+                lambda o: (True, o["centered"], o["momentum"] > 0),
+                lambda o, step, lr: dict(lr=lr, alpha=0.99, eps=1e-8, weight_decay=o.get("weight_decay", 0.0),
+                                         momentum=o["momentum"], centered=o["centered"],
+                                         maximize=o.get("maximize", False)),
+                [dict(momentum=0.0, centered=False), dict(momentum=0.9, centered=False),
+                 dict(momentum=0.0, centered=True, weight_decay=0.1), dict(momentum=0.5, centered=True,
+                                                                           maximize=True)]),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name,opts", [(k, o) for k, c in CASES.items() for o in c[3]], ids=str)
+def test_other_capturable_optimizers_match_the_reference(loader, name, opts, dtype):
+    fn, present, kwargs = CASES[name][:3]
+    results = []
+    lrs = [5e-2, 5e-2, 2e-2, 1e-2]
+    for use_kernel in (False, True):
+        rng = np.random.default_rng(0)
+        param = rng.standard_normal(N_FLAT).astype(dtype)
+        states = [np.zeros(N_FLAT, dtype) if keep else None for keep in present(opts)]
+        step, lr = np.zeros((), dtype), np.zeros((), dtype)
+        grads = np.random.default_rng(9).standard_normal((4, N_FLAT)).astype(dtype)
+        for i in range(4):
+            step += 1
+            lr[...] = lrs[i]
+            _run(loader, use_kernel, fn, param, grads[i], *states, **kwargs(opts, step, lr))
+        results.append([param] + [x for x in states if x is not None])
+    for want, got in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=0, atol=0)
+
+
 def test_adam_capturable_equals_the_plain_kernel_path_within_rounding(loader):
     """Device step/lr vs Python step/lr: the same update, but for lr held in float32 on the device."""
     rng = np.random.default_rng(1)

@@ -90,6 +90,9 @@ RAW: tuple[RawKernel, ...] = (
     RawKernel("rmsprop_update", "optimizers.cu", "rmsprop_update<{T}>", _FLOATS_NO_HALF),
     # issue 13: step count / lr / loss scale read from device memory (capturable in CUDA graphs)
     RawKernel("adam_update_capturable", "capturable.cu", "adam_update_capturable<{T}>", _FLOATS_NO_HALF),
+    RawKernel("sgd_update_capturable", "capturable.cu", "sgd_update_capturable<{T}>", _FLOATS_NO_HALF),
+    RawKernel("adagrad_update_capturable", "capturable.cu", "adagrad_update_capturable<{T}>", _FLOATS_NO_HALF),
+    RawKernel("rmsprop_update_capturable", "capturable.cu", "rmsprop_update_capturable<{T}>", _FLOATS_NO_HALF),
     RawKernel("amp_unscale_check", "capturable.cu", "amp_unscale_check<{T}>", _FLOATS),
 )
 

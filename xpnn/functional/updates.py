@@ -168,7 +168,7 @@ def adagrad_update(param: Any, grad: Any, state_sum: Any, *, step: int, lr: floa
     ops = _InPlace(xp)
     g = _effective_grad(ops, param, grad, weight_decay, maximize, scratch)
     t = _work(xp, scratch, 0 if g is grad else 1, param)
-    clr = lr / (1 + (step - 1) * lr_decay)
+    clr = _adagrad_clr(xp, param.dtype, step, lr, lr_decay)
     ops.add(state_sum, ops.mul(g, g, out=t), out=state_sum)
     ops.add(ops.sqrt(state_sum, out=t), eps, out=t)
     ops.div(g, t, out=t)
@@ -285,6 +285,19 @@ def _adam_scalars(xp: Any, dtype: Any, step: Any, lr: Any, beta1: float, beta2: 
     bc2_sqrt = xp.sqrt(one - beta2**s)
     decay = one - r * weight_decay
     return tuple(xp.astype(v, dtype) for v in (step_size, bc2_sqrt, decay))  # type: ignore[return-value]
+
+
+def _adagrad_clr(xp: Any, dtype: Any, step: Any, lr: Any, lr_decay: float) -> Any:
+    """``lr / (1 + (step - 1) * lr_decay)`` in float64 (a Python float, or for 0-d arrays a 0-d array of ``dtype``
+    rounded once, as in ``_adam_scalars``)."""
+    if not _is_device_scalar(step, lr):
+        return lr / (1 + (step - 1) * lr_decay)
+    f64 = xp.float64
+    s = xp.astype(step, f64) if not isinstance(step, (int, float)) else float(step)
+    r = xp.astype(lr, f64) if not isinstance(lr, (int, float)) else float(lr)
+    like = step if not isinstance(step, (int, float)) else lr
+    one = xp.ones((), dtype=f64, device=_device(like))
+    return xp.astype(r / (one + (s - 1.0) * lr_decay), dtype)
 
 
 def _device(x: Any) -> Any:
