@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xpnn import _dispatch
+from xpnn import _dispatch, nn, optim
 from xpnn._cuda import make_provider, registry
 from xpnn.amp import unscale_and_check_
 from xpnn.functional import updates
+from xpnn.optim.lr_scheduler import StepLR
+from xpnn.optim.optimizer import DEVICE_STEP
 
 from shim import ShimLoader
 
@@ -136,3 +138,48 @@ def test_unscale_and_check_keeps_a_raised_flag(loader):
     g, inv, found = np.ones(N_FLAT, np.float32), np.asarray(0.5, np.float32), np.ones((), np.float32)
     _run(loader, True, unscale_and_check_, g, inv, found)
     assert float(found) == 1.0 and np.all(g == 0.5)  # only update() clears the flag
+
+
+@pytest.mark.parametrize("make_opt,op", [
+    (lambda p: optim.Adam(p, lr=0.05), "adam_update_capturable"),
+    (lambda p: optim.AdamW(p, lr=0.05, weight_decay=0.01, amsgrad=True), "adam_update_capturable"),
+    (lambda p: optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True), "sgd_update_capturable"),
+    (lambda p: optim.RMSprop(p, lr=0.01, momentum=0.5, centered=True), "rmsprop_update_capturable"),
+    (lambda p: optim.Adagrad(p, lr=0.1, lr_decay=0.01), "adagrad_update_capturable"),
+], ids=["adam", "adamw-amsgrad", "sgd-nesterov", "rmsprop-centered", "adagrad"])
+def test_capturable_optimizer_trains_through_the_kernels_with_an_lr_schedule(make_opt, op):
+    """``optimizer.capturable = True`` (the default on GPU namespaces) on NumPy arrays: the step count and lr
+    live in 0-d arrays, a schedule writes the lr in place, and the run matches the plain (host-scalar) optimizer."""
+    from test_kernels_train import Recording, _data
+
+    def train(capturable, use_shim):
+        X, y = _data()
+        rng = np.random.default_rng(1)
+        model = nn.Sequential(nn.Linear(12, 16, seed=rng), nn.Tanh(), nn.Linear(16, 5, seed=rng))
+        loss_fn = nn.CrossEntropyLoss()
+        opt = make_opt(model.parameters())
+        opt.capturable = capturable
+        sched = StepLR(opt, step_size=5, gamma=0.5)
+        recording = Recording(make_provider(ShimLoader()))
+        losses = []
+        with _dispatch.use_provider(recording if use_shim else None), _dispatch.use_kernels(use_shim):
+            for _ in range(15):
+                opt.zero_grad()
+                losses.append(float(loss_fn(model(X), y)))
+                model.backward(loss_fn.backward(), need_input_grad=False)
+                opt.step()
+                sched.step()
+        return np.array(losses), recording.served, opt
+
+    plain, _, plain_opt = train(False, use_shim=False)
+    generic, _, opt = train(True, use_shim=False)
+    kernel, served, kopt = train(True, use_shim=True)
+    assert op in served
+    plain_slot, slot, kslot = (o._flat_slots[0] for o in (plain_opt, opt, kopt))
+    assert plain_slot.lr_device is None and DEVICE_STEP not in plain_slot.state
+    lr_last_step = opt.defaults["lr"] * 0.5**2  # steps 11-15 ran at lr0 / 4 (the schedule's last write is pending)
+    for sl in (slot, kslot):
+        assert float(sl.state[DEVICE_STEP]) == 15 and sl.state["step"] == 15
+        assert float(sl.lr_device) == np.float32(lr_last_step)
+    np.testing.assert_allclose(generic, plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(kernel, plain, rtol=1e-4, atol=1e-5)

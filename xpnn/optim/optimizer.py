@@ -79,12 +79,15 @@ class _Slot:
         self.xp, self.dtype = xp, dtype
         self.lr_device = self.lr_host = self.bound = None
 
-    def advance(self, lr: Any) -> Optional[Any]:
+    def advance(self, lr: Any, capturable: Optional[bool]) -> Optional[Any]:
         """Count one step: the host int, and on capturable slots the device copy (``+= 1`` on the device, made from
-        the int on first use); returns the learning rate to pass to the update (the device array there)."""
+        the int on first use); returns the learning rate to pass to the update (the device array there).
+        ``capturable``: ``None`` = capturable unless the namespace is NumPy."""
         self.state["step"] += 1
         xp = self.xp
-        if is_numpy_namespace(xp):
+        if not capturable and (capturable is not None or is_numpy_namespace(xp)):
+            self.state.pop(DEVICE_STEP, None)
+            self.lr_device = self.lr_host = None
             return lr
         step = self.state.get(DEVICE_STEP)
         if step is None:
@@ -124,6 +127,9 @@ class Optimizer:
         # [(xp, grad), ...] -> bool: sees every gradient the updates will read (float32 copies for float16
         # parameters) before any update, and says whether to update (GradScaler: unscale, check, skip on inf/NaN)
         self._grad_hook: Any = None
+        #: step count and lr as 0-d device arrays read by the update (None: on every namespace but NumPy, where a
+        #: host scalar costs nothing; True also on NumPy, e.g. to test the capturable path on the CPU)
+        self.capturable: Optional[bool] = None
         self._stepped: list = []  # (slot, group) of the last step's updates
         self._steps_advanced = 0  # steps that advanced the counts (graph capture checks it)
         if isinstance(params, Parameter):
@@ -192,7 +198,7 @@ class Optimizer:
         if hook is not None and not hook([(w[0].xp, w[2]) for w in work]):
             return  # e.g. GradScaler found inf/NaN in the gradients: skip this step (step counts unchanged)
         for slot, param, g, group, data, half in work:
-            lr = slot.advance(group["lr"])
+            lr = slot.advance(group["lr"], self.capturable)
             self._update(param, g, slot.state, group if lr is group["lr"] else {**group, "lr": lr}, slot.scratch)
             if half:
                 copy_into(data, param)
