@@ -1,4 +1,4 @@
-"""Reverse-mode differentiation over the recorded graph: ``Node`` (one op call), ``run_backward`` and ``grad``.
+"""Reverse-mode differentiation over the recorded graph: ``Node`` (one op call) and ``run_backward``.
 
 A Tensor made by an op points at its ``Node`` (``grad_fn``); a node holds its op, the call's ``Context`` and its
 input Tensors (``None`` for constants). ``run_backward`` walks the nodes reachable from the outputs once,
@@ -9,13 +9,12 @@ Parameter's gradient stays its view of the model's flat gradient buffer) or retu
 """
 from __future__ import annotations
 
-import weakref
 from typing import Any, Optional, Sequence
 
 from .grad_mode import set_grad_enabled
 from .op import Context
 
-__all__ = ["Node", "run_backward", "grad"]
+__all__ = ["Node", "run_backward"]
 
 
 class Node:
@@ -118,8 +117,9 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
     Without ``inputs``: adds into ``.grad`` of every leaf that requires grad and returns ``None``. With ``inputs``:
     returns their gradients (``None`` where unreachable) and leaves ``.grad`` alone.
     """
-    from .tensor import Tensor
+    from . import op as _op
 
+    Tensor = _op.Tensor  # set by xpnn.autograd.tensor (which imports this module)
     wanted = {id(t) for t in inputs} if inputs is not None else None
     captured: dict[int, Any] = {}
     pending: dict[int, list[Any]] = {}
@@ -235,45 +235,3 @@ def _fire_hooks(t: Any) -> None:
             h(t)
 
 
-def grad(outputs: Any, inputs: Any, grad_outputs: Any = None, retain_graph: Optional[bool] = None,
-         create_graph: bool = False, allow_unused: bool = False) -> tuple[Any, ...]:
-    """Gradients of ``outputs`` with respect to ``inputs`` (``torch.autograd.grad``), returned as a tuple of Tensors
-    (recorded when ``create_graph``, for higher-order derivatives) without touching any ``.grad``.
-
-    ``outputs``/``inputs``: a Tensor or a sequence of Tensors. ``grad_outputs``: one gradient per output (arrays or
-    Tensors); may be omitted for 0-d outputs. Raises ``RuntimeError`` when an input was not used to compute the
-    outputs, unless ``allow_unused`` (then its entry is ``None``).
-    """
-    from .tensor import Tensor, _seed_grad
-
-    outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
-    ins = [inputs] if isinstance(inputs, Tensor) else list(inputs)
-    for t in ins:
-        if not isinstance(t, Tensor) or not t.requires_grad:
-            raise RuntimeError("xpnn.grad: every input must be a Tensor that requires grad, got "
-                               + (type(t).__name__ if not isinstance(t, Tensor) else "a Tensor with requires_grad=False"))
-    if grad_outputs is None:
-        gouts: list[Any] = [None] * len(outs)
-    elif isinstance(grad_outputs, Tensor) or not isinstance(grad_outputs, (list, tuple)):
-        gouts = [grad_outputs]
-    else:
-        gouts = list(grad_outputs)
-    if len(gouts) != len(outs):
-        raise ValueError(f"xpnn.grad: got {len(gouts)} grad_outputs for {len(outs)} outputs")
-    seeds = [_seed_grad(o, g, "xpnn.grad", create_graph) for o, g in zip(outs, gouts)]
-    keep = create_graph if retain_graph is None else retain_graph
-    result = run_backward(outs, seeds, retain_graph=keep, create_graph=create_graph, inputs=ins)
-    assert result is not None
-    out = []
-    for t, g in zip(ins, result):
-        if g is None:
-            if not allow_unused:
-                raise RuntimeError("xpnn.grad: one of the inputs was not used to compute the outputs "
-                                   f"(shape {tuple(t.shape)}); pass allow_unused=True to get None for it")
-            out.append(None)
-        else:
-            out.append(g if isinstance(g, Tensor) else Tensor(g))
-    return tuple(out)
-
-
-_ = weakref  # weak references to output Tensors are made in xpnn.autograd.tensor

@@ -89,12 +89,10 @@ class SumTo(Op):
 
 def _plain_key(key: Any) -> Any:
     """Tensors inside an index key -> their arrays."""
-    from ..autograd.tensor import Tensor
-
-    if isinstance(key, Tensor):
+    if hasattr(key, "_node"):
         return key.data
     if isinstance(key, tuple):
-        return tuple(k.data if isinstance(k, Tensor) else k for k in key)
+        return tuple(k.data if hasattr(k, "_node") else k for k in key)
     return key
 
 
