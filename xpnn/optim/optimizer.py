@@ -29,17 +29,15 @@ class _Slot:
     """State of one updated array (one Parameter's data, or a whole flat buffer).
 
     ``state``: ``"step"`` (int) and the algorithm's arrays, in the compute dtype (float32 for float16 params).
-    ``master``: float32 copy of a float16 param (``None`` otherwise); ``seen``: the ``_version`` of each parameter
-    when ``master`` was last written back (``None``: unknown, e.g. just loaded; the master is trusted).
-    ``grad32``, ``scratch``: work arrays reused every step.
+    ``master``: float32 copy of a float16 param (``None`` otherwise; see ``Optimizer._step_slot`` for how it
+    follows writes into the parameter). ``grad32``, ``scratch``: work arrays reused every step.
     """
 
-    __slots__ = ("state", "master", "seen", "grad32", "scratch", "xp", "dtype")
+    __slots__ = ("state", "master", "grad32", "scratch", "xp", "dtype")
 
     def __init__(self, step: int = 0):
         self.state: dict[str, Any] = {"step": step}
         self.master: Any = None
-        self.seen: Optional[tuple[int, ...]] = None
         self.grad32: Any = None
         self.scratch: list = []
         self.xp: Any = None
@@ -144,15 +142,25 @@ class Optimizer:
                         self._step_slot(slot, p.data, p.grad, group, (p,))
 
     def _step_slot(self, slot: _Slot, data: Any, grad: Any, group: dict[str, Any], params: Any) -> None:
-        """One update of ``data`` (the values of ``params``: one Parameter, or a whole flat buffer)."""
+        """One update of ``data`` (the values of ``params``: one Parameter, or a whole flat buffer).
+
+        float16 ``data`` is updated through a float32 master copy (small steps would round away in float16) and
+        written back after the update. Before the update the master copy is reconciled with ``data`` on the
+        device, element by element: ``master = where(data == float16(master), master, float32(data))``. An
+        element that still equals the rounded master keeps its float32 digits; any element written since the
+        last step (``p.data[...] = 0``, ``p.data = a``, ``p.data *= 2``, ``load_state_dict``, ``xpnn.init``,
+        a write through the flat buffer) is taken from the parameter. No device value is read on the host and
+        no ``mark_changed()`` call is needed. Cost: one float16 cast, one compare and one select per step.
+        """
         xp = namespace_of(data, grad, where=f"{self._name}.step")
         half = dtype_name(data.dtype) == "float16"  # array_api_strict has no float16
         slot.conform(xp, xp.float32 if half else data.dtype)
         if half:
-            versions = tuple(p._version for p in params)
-            if slot.master is None or (slot.seen is not None and slot.seen != versions):
-                slot.master = xp.astype(data, xp.float32)  # first step, or the values were replaced meanwhile
-            slot.seen = versions
+            if slot.master is None:
+                slot.master = xp.astype(data, xp.float32)
+            else:  # follow writes made since the last step (see the docstring)
+                kept = data == xp.astype(slot.master, data.dtype)
+                slot.master = xp.where(kept, slot.master, xp.astype(data, xp.float32))
             if slot.grad32 is None:
                 slot.grad32 = xp.empty_like(slot.master)
             copy_into(slot.grad32, grad)
@@ -202,7 +210,7 @@ class Optimizer:
         """Per-parameter copies of a flat slot (each parameter's slice, reshaped)."""
         out: dict[int, _Slot] = {}
         offset = 0
-        for i, p in enumerate(self.param_groups[gi]["params"]):
+        for p in self.param_groups[gi]["params"]:
             n, shape = p.size, p.shape
             s = _Slot(slot.state["step"])
             for k, v in slot.arrays().items():
@@ -213,7 +221,6 @@ class Optimizer:
                 else:
                     s.state[k] = piece
             s.xp, s.dtype = slot.xp, slot.dtype
-            s.seen = None if slot.seen is None else (slot.seen[i],)
             out[self._index[id(p)]] = s
             offset += n
         return out
@@ -243,8 +250,6 @@ class Optimizer:
             else:
                 flat.state[k] = joined
         flat.xp, flat.dtype = first.xp, first.dtype
-        if all(s is not None and s.seen is not None for s in slots):
-            flat.seen = tuple(s.seen[0] for s in slots)  # type: ignore[union-attr,index]
         for i in idx:
             del self._param_slots[i]
         self._flat_slots[gi] = flat
