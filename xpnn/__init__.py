@@ -17,9 +17,11 @@ from .errors import (
 from . import data, functional, init, nn, optim, train
 from .io import load, save
 
+F = functional  # ``from xpnn import F`` works as ``import xpnn.functional as F`` (PyTorch's spelling)
+
 __all__ = [
     "__version__", "Backend", "get_backend", "set_backend", "use_backend", "set_debug",
-    "kernels_enabled", "set_kernels_enabled", "use_kernels", "functional", "nn", "optim", "init", "data", "train",
+    "kernels_enabled", "set_kernels_enabled", "use_kernels", "functional", "F", "nn", "optim", "init", "data", "train",
     "save", "load",
     "XpnnError", "BackendUnavailableError", "ShapeError", "DTypeError", "NamespaceMismatchError",
     "NonFiniteError", "CheckpointError",

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from .. import _dispatch
 from ..backend import namespace_of
 from . import _checks
 from ._inplace import InPlace
+from .softmax import _upcast
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
@@ -36,25 +35,35 @@ def _backward(op: str, saved: Any, dy: Any, *args: Any) -> tuple[Any, Any]:
 
 
 def sigmoid(x: Any) -> Any:
-    """``1 / (1 + exp(-x))``; for very negative ``x`` ``exp(-x)`` overflows to inf and the result is exactly 0."""
+    """``1 / (1 + exp(-x))``, computed without an overflowing intermediate: with ``e = exp(-|x|)`` (in (0, 1]),
+    ``1 / (1 + e)`` for ``x >= 0`` and ``e / (1 + e)`` for ``x < 0``, so very negative ``x`` gives the tiny
+    ``exp(x)`` rather than ``1 / inf = 0`` (float32: down to ~1e-45 instead of 0 below x = -88.7). float16 is
+    computed in float32 and rounded once (``exp(12)`` alone overflows float16), like PyTorch.
+    """
     xp = _unary(x, "sigmoid")
     ops = InPlace(xp)
-    out = ops.mul(x, -1.0, out=xp.empty_like(x))
-    with np.errstate(over="ignore"):  # NumPy only: exp(large) = inf is the intended limit here
-        ops.exp(out, out=out)
-    ops.add(out, 1.0, out=out)
-    return ops.div(1.0, out, out=out)
+    xf = _upcast(xp, x)
+    e = xp.abs(xf)  # a new array: the in-place steps below never touch x
+    ops.mul(e, -1.0, out=e)
+    ops.exp(e, out=e)  # exp(-|x|): in (0, 1], no overflow
+    num = xp.where(xf >= 0, xp.ones_like(e), e)
+    ops.add(e, 1.0, out=e)
+    out = ops.div(num, e, out=num)
+    return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
 
 
 def sigmoid_backward(y: Any, dy: Any) -> Any:
-    """``dx = dy * y * (1 - y)`` where ``y = sigmoid(x)``."""
+    """``dx = dy * y * (1 - y)`` where ``y = sigmoid(x)``; float16 is computed in float32 and rounded once (the
+    product ``y * (1 - y)`` of a small ``y`` is subnormal in float16 and loses its digits), like the CUDA kernel."""
     xp, out = _backward("sigmoid_backward", y, dy)
     if out is not None:
         return out
     ops = InPlace(xp)
-    dx = ops.sub(1.0, y, out=xp.empty_like(y))  # one allocation: (1 - y), then * y, then * dy
-    ops.mul(dx, y, out=dx)
-    return ops.mul(dx, dy, out=dx)
+    yf, dyf = _upcast(xp, y), _upcast(xp, dy)
+    dx = ops.sub(1.0, yf, out=xp.empty_like(yf))  # one allocation: (1 - y), then * y, then * dy
+    ops.mul(dx, yf, out=dx)
+    ops.mul(dx, dyf, out=dx)
+    return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
 
 
 def tanh(x: Any) -> Any:

@@ -48,9 +48,12 @@ def linear_backward(
 
 
 def softmax_backward(y: Any, dy: Any, axis: int = -1) -> Any:
-    """Input gradient of ``y = softmax(x, axis)``: ``dx = y * (dy - sum(dy * y, axis))``."""
+    """Input gradient of ``y = softmax(x, axis)``: ``dx = y * (dy - sum(dy * y, axis))``; float16 is computed in
+    float32 (the sum over a row overflows or loses digits in float16) and rounded once."""
     xp = _checks.pair(y, dy, "softmax_backward", ("softmax output", "dy"))
-    return y * (dy - xp.sum(dy * y, axis=axis, keepdims=True))
+    yf, dyf = _upcast(xp, y), _upcast(xp, dy)
+    dx = yf * (dyf - xp.sum(dyf * yf, axis=axis, keepdims=True))
+    return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
 
 
 def _prelu_check(x: Any, weight: Any, where: str) -> Any:
