@@ -24,20 +24,22 @@ def exact_sigmoid(x):
 def test_float16_sigmoid_is_the_exact_sigmoid_rounded():
     x = np.array([-10.0, -12.0, -14.0, -16.0], np.float16)
     np.testing.assert_array_equal(F.sigmoid(x), np.array([4.54e-05, 6.14e-06, 8.34e-07, 1.19e-07], np.float16))
-    every = np.arange(-30, 30, 0.125).astype(np.float16)  # both tails, every 1/8
+    every = np.concatenate([np.arange(-30, 30, 0.125), [-1e4, 1e4, -65504]]).astype(np.float16)  # both tails
     np.testing.assert_array_equal(F.sigmoid(every), exact_sigmoid(every).astype(np.float16))
     assert F.sigmoid(every).dtype == np.float16
     layer = nn.Sigmoid()
     np.testing.assert_array_equal(layer(every), exact_sigmoid(every).astype(np.float16))
 
 
-def test_float32_sigmoid_keeps_its_subnormal_tail():
-    x = np.array([-80.0, -88.0, -95.0, -100.0, -103.0, 0.0, 40.0], np.float32)
-    y = F.sigmoid(x)
-    want = exact_sigmoid(x)
-    assert np.all(y[:5] > 0)  # 1 / (1 + exp(100)) was 1 / inf = 0
-    np.testing.assert_allclose(y, want, rtol=1e-6, atol=3e-45)  # subnormals: within two of their steps
-    assert np.isnan(F.sigmoid(np.array([np.nan])))[0] and list(F.sigmoid(np.array([np.inf, -np.inf]))) == [1, 0]
+@pytest.mark.parametrize("dtype, lowest", [(np.float32, -87.0), (np.float64, -708.0)])
+def test_float32_and_64_sigmoid_exact_wherever_the_result_is_normal(dtype, lowest):
+    x = np.linspace(lowest, 40, 4001).astype(dtype)
+    with np.errstate(over="raise"):  # the overflow of exp(-x) below is intended and must not warn
+        y = F.sigmoid(x)
+        tail = F.sigmoid(np.array([lowest - 30, np.nan, np.inf, -np.inf], dtype))
+    np.testing.assert_allclose(y, exact_sigmoid(x), rtol=4 * np.finfo(dtype).eps)
+    assert tail[0] == 0  # the exact value is subnormal there: 0, like PyTorch
+    assert np.isnan(tail[1]) and tail[2] == 1 and tail[3] == 0
 
 
 def test_float16_sigmoid_backward_computed_in_float32():
@@ -205,6 +207,36 @@ def test_float16_write_repro_from_the_issue_and_load_state_dict():
     lin.weight._flat.data[...] = 1.0
     opt.step()
     np.testing.assert_array_equal(lin.weight.data, np.ones((2, 3), np.float16))
+
+
+def test_float16_write_after_loading_optimizer_state():
+    """Right after load_state_dict the optimizer does not know what it last wrote: the saved master stands in."""
+    lin = nn.Linear(3, 2, dtype="float16", seed=0)
+    opt = optim.Adam(lin.parameters(), lr=1e-3)
+    lin.weight.grad = np.ones((2, 3), np.float16)
+    opt.step()
+    saved = opt.state_dict()
+    kept = lin.weight.data[1].copy()
+    fresh = optim.Adam(lin.parameters(), lr=1e-3)
+    fresh.load_state_dict(saved)
+    lin.weight.data[0] = 0.0  # a write between the load and the next step
+    lin.weight.grad = np.ones((2, 3), np.float16)
+    fresh.step()
+    assert np.all(np.abs(lin.weight.data[0]) < 0.01)  # continued from 0, not from the stale master
+    assert np.all(np.abs(lin.weight.data[1] - kept) < 0.01)
+    master = fresh.state_dict()["state"][0]["master_param"]
+    np.testing.assert_array_equal(master[1].astype(np.float16), lin.weight.data[1])
+
+
+def test_float16_lone_parameter_replaced_by_another_shape():
+    p = nn.Parameter(np.ones(3, np.float16))
+    opt = optim.SGD([p], lr=0.5)
+    p.grad = np.ones(3, np.float16)
+    opt.step()
+    p.data = np.zeros((2, 2), np.float16)
+    p.grad = np.ones((2, 2), np.float16)
+    opt.step()
+    np.testing.assert_array_equal(p.data, np.full((2, 2), -0.5, np.float16))
 
 
 def test_float16_master_keeps_its_digits_when_nothing_is_written():
