@@ -64,7 +64,7 @@ def test_label_smoothing_is_named_next_to_each_loss(capsys):
     assert main(["train", "--epochs", "1", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "loss and val_loss: cross-entropy with label smoothing 0.1" in out
-    assert "test loss (plain cross-entropy, no label smoothing)" in out
+    assert "test loss (plain cross-entropy, without label smoothing)" in out
     assert main(["train", "--epochs", "1", "--no-progress", "--label-smoothing", "0"]) == 0
     out = capsys.readouterr().out
     assert "label smoothing" not in out and "1 epoch," in out

@@ -233,7 +233,7 @@ def _train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     result = evaluate(model, nn.CrossEntropyLoss(), X_test, y_test)
     # val_loss above includes the label smoothing of training; the test loss is the plain cross-entropy
-    plain = " (plain cross-entropy, no label smoothing)" if args.label_smoothing else ""
+    plain = " (plain cross-entropy, without label smoothing)" if args.label_smoothing else ""
     print(f"test accuracy: {result['accuracy']:.4f}  (test loss{plain} {result['loss']:.4f}; "
           f"{history.epochs} epoch{'s' if history.epochs != 1 else ''} in {seconds:.2f} s on {backend.name})", flush=True)
     if args.save:
