@@ -64,6 +64,14 @@ def test_float16_bce_with_logits_gradient_and_sum():
     assert loss.dtype == np.float16 and float(loss) == pytest.approx(exact, rel=5e-4)
 
 
+def test_float16_sigmoid_and_bce_through_the_tape():
+    x = np.array([-16.0, -12.0, -10.0, 3.0], np.float16)
+    t = xpnn.tensor(x, requires_grad=True)
+    np.testing.assert_array_equal(F.sigmoid(t).data, exact_sigmoid(x).astype(np.float16))
+    F.binary_cross_entropy_with_logits(t, xpnn.tensor(np.zeros(4, np.float16)), reduction="sum").backward()
+    np.testing.assert_array_equal(t.grad, exact_sigmoid(x).astype(np.float16))
+
+
 def test_float16_mse_squares_do_not_overflow():
     pred = np.concatenate([np.full(50, 300.0), np.zeros(50)]).astype(np.float16)  # 300**2 > float16 max
     target = np.zeros(100, np.float16)
