@@ -323,10 +323,11 @@ def load_trained(path: str, backend: Any = None) -> tuple[Any, Any, dict[str, An
     model.load_state_dict(state["model"])
     model.eval()
     scaler = data.Standardizer().load_state_dict(state["standardizer"])
-    return model, scaler.to(model_backend(model)), config
+    return model, scaler.to(_model_backend(model)), config
 
 
-def model_backend(model: Any) -> Any:
+def _model_backend(model: Any) -> Any:
+    """The Backend holding the model's parameters."""
     from .backend import get_backend, namespace_of
 
     return get_backend(namespace_of(next(iter(model.parameters())).data))

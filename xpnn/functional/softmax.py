@@ -124,7 +124,14 @@ class LogSoftmax(Op):
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
+        """``g - softmax * sum(g)``; float16 arrays in float32 (the row sum of ``g`` overflows float16 first)."""
         (out,) = ctx.saved_tensors
+        if not hasattr(g, "_node") and not hasattr(out, "_node"):
+            xp = namespace_of(g, out)
+            gf, of = _upcast(xp, g), _upcast(xp, out)
+            if gf is not g:
+                dx = gf - xp.exp(of) * xp.sum(gf, axis=ctx.axis, keepdims=True)
+                return xp.astype(dx, g.dtype)
         return g - exp(out) * _sum(g, axis=ctx.axis, keepdims=True)
 
 
