@@ -164,19 +164,34 @@ def _available_memory() -> Optional[int]:
 _STATE_ARRAYS = {"adam": 2, "adamw": 2, "sgd": 0, "momentum": 1, "nesterov": 1, "rmsprop": 1, "adagrad": 1}
 
 
+def _free_device_memory(backend: Any) -> Optional[int]:
+    """Free bytes on the CUDA device of ``backend`` (``None`` for host backends or when unknown)."""
+    if backend.name != "cuda":
+        return None
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.memGetInfo()[0])
+    except Exception:  # noqa: BLE001 - a size check must never be what fails
+        return None
+
+
 def _check_model_size(sizes: Sequence[int], dtype: str, optimizer: str, backend: Any) -> None:
-    """Fail before building a model that cannot fit in host memory (``--hidden 100000,100000``)."""
+    """Fail before building a model that cannot fit in memory (``--hidden 100000,100000``): parameters, gradients
+    and optimizer state on the backend's device, and the float64 draw of the largest weight matrix on the host."""
     n = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-    itemsize = np.dtype(dtype).itemsize
-    # parameters + gradients + optimizer state, and the float64 draw of the largest weight matrix at init
-    need = n * itemsize * (2 + _STATE_ARRAYS.get(optimizer, 2)) + max(a * b for a, b in zip(sizes[:-1], sizes[1:])) * 8
-    avail = _available_memory()
-    if avail is not None and need > avail:
-        raise ValueError(
-            f"--hidden {','.join(map(str, sizes[1:-1])) or 0}: the {'-'.join(map(str, sizes))} model has {n:,} "
-            f"parameters, about {need / 2**30:.1f} GiB with gradients and {optimizer} state in {dtype}; only "
-            f"{avail / 2**30:.1f} GiB of memory is available: use smaller widths"
-        )
+    on_device = n * np.dtype(dtype).itemsize * (2 + _STATE_ARRAYS.get(optimizer, 2))
+    init_draw = max(a * b for a, b in zip(sizes[:-1], sizes[1:])) * 8
+    host, device = _available_memory(), _free_device_memory(backend)
+    needs = [(on_device + init_draw, host, "memory")] if backend.name != "cuda" else [
+        (on_device, device, "GPU memory"), (init_draw, host, "host memory")]
+    for need, avail, what in needs:
+        if avail is not None and need > avail:
+            raise ValueError(
+                f"--hidden {','.join(map(str, sizes[1:-1])) or 0}: the {'-'.join(map(str, sizes))} model has {n:,} "
+                f"parameters, about {need / 2**30:.1f} GiB with gradients and {optimizer} state in {dtype}; only "
+                f"{avail / 2**30:.1f} GiB of {what} is available: use smaller widths"
+            )
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
