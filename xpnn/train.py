@@ -12,6 +12,8 @@ import math
 import time
 from typing import Any, Callable, Optional, Sequence
 
+from .autograd.grad_mode import no_grad
+from .autograd.tensor import tensor
 from .backend import Backend, backend_of, get_backend
 from .data.batching import SeedLike, as_generator, batches
 from .debug import check_device_errors
@@ -103,7 +105,9 @@ class Callback:
 
 
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+    """Stop once ``patience`` epochs in a row have not improved ``monitor`` on its best by more than ``min_delta``
+    (Keras's rule: with ``patience=3`` and no improvement after epoch 1, training stops after epoch 4;
+    ``patience=0`` stops at the first epoch without improvement).
 
     ``mode``: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracies, min otherwise). With
     ``restore_best_weights`` the model gets the parameters of its best epoch back at the end.
@@ -155,7 +159,7 @@ class EarlyStopping(Callback):
                 self._best_state = model.state_dict()
             return None
         self._wait += 1
-        if self._wait > self.patience:
+        if self._wait >= self.patience:  # the patience-th epoch in a row without improvement: stop now
             self.stopped_epoch = epoch
             return True
         return None
@@ -251,10 +255,21 @@ def _fmt(logs: dict[str, float]) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "time")
 
 
+def _tape_ready(model: Any, loss_fn: Any) -> bool:
+    """Whether ``fit`` can train with ``loss.backward()`` (autograd): xpnn modules all the way down. A module or a
+    loss whose ``backward`` is written by hand keeps the explicit protocol."""
+    from .nn.module import Module
+
+    if not isinstance(model, Module) or not isinstance(loss_fn, Module):
+        return False
+    return not loss_fn._explicit_backward and not any(m._explicit_backward for m in model.modules())
+
+
 # --- public API ------------------------------------------------------------------------------------------------
 
 def evaluate(model: Any, loss_fn: Any, X: Any, y: Any, *, batch_size: int = 1024) -> dict[str, float]:
-    """Mean loss (and accuracy, for integer class labels) of ``model`` on ``(X, y)`` in eval mode.
+    """Mean loss (and accuracy, for integer class labels) of ``model`` on ``(X, y)`` in eval mode, under
+    ``xpnn.no_grad()`` (nothing is recorded, and a forward kept for a pending ``backward`` stays as it was).
 
     Returns ``{"loss": ..., "accuracy": ...}``; the model's train/eval mode is restored afterwards.
     """
@@ -264,16 +279,18 @@ def evaluate(model: Any, loss_fn: Any, X: Any, y: Any, *, batch_size: int = 1024
     model.eval()
     try:
         meter = _Meter(be.xp, _is_classification(be.xp, y))
-        for xb, yb in batches(X, y, batch_size, shuffle=False):
-            logits = model(xb)
-            meter.add(loss_fn(logits, yb), _loss_scale(loss_fn, int(yb.shape[0])), logits, yb)
+        with no_grad():
+            for xb, yb in batches(X, y, batch_size, shuffle=False):
+                logits = model(xb)
+                meter.add(loss_fn(logits, yb), _loss_scale(loss_fn, int(yb.shape[0])), logits, yb)
         return meter.result()
     finally:
         model.train(was_training)
 
 
 def predict(model: Any, X: Any, *, batch_size: int = 1024) -> Any:
-    """``model(X)`` in eval mode, in batches, on the model's backend: the outputs (e.g. logits) for every row."""
+    """``model(X)`` in eval mode under ``xpnn.no_grad()``, in batches, on the model's backend: the outputs (e.g.
+    logits, not probabilities) for every row, as one array."""
     be, dtype = _model_backend(model)
     X = be.asarray(X)
     if be.xp.isdtype(X.dtype, "real floating") and X.dtype != dtype:
@@ -281,7 +298,8 @@ def predict(model: Any, X: Any, *, batch_size: int = 1024) -> Any:
     was_training = getattr(model, "training", True)
     model.eval()
     try:
-        outs = [model(xb) for xb, _ in batches(X, None, batch_size, shuffle=False)]
+        with no_grad():
+            outs = [model(xb) for xb, _ in batches(X, None, batch_size, shuffle=False)]
     finally:
         model.train(was_training)
     return outs[0] if len(outs) == 1 else be.xp.concat(outs, axis=0)
@@ -308,8 +326,8 @@ def fit(
 
     X: ``(n, ...)`` inputs, y: ``(n,)`` integer class labels (accuracy is reported) or targets of the loss; arrays
     of any backend (NumPy arrays are fine): they are moved to the model's backend, floating X cast to the model's
-    dtype. One step: ``zero_grad``; ``logits = model(xb)``; ``loss_fn(logits, yb)``;
-    ``model.backward(loss_fn.backward())``; ``optimizer.step()``.
+    dtype. One step: ``zero_grad``; ``loss = loss_fn(model(xpnn.tensor(xb)), yb)``; ``loss.backward()`` (the
+    explicit ``model.backward(loss_fn.backward())`` for modules with a hand-written backward); ``optimizer.step()``.
 
     validation_data: ``(X_val, y_val)`` evaluated after every epoch (``val_loss``, ``val_accuracy``).
     callbacks: ``Callback`` objects (e.g. ``EarlyStopping``). progress: a tqdm bar per epoch (plain lines when tqdm
@@ -346,6 +364,7 @@ def fit(
 
         graphed = graph_step_runner(model, loss_fn, optimizer, cuda_graph)
     step = 0
+    tape = _tape_ready(model, loss_fn)
     model.train()
     for cb in cbs:
         cb.on_train_begin(model, history)
@@ -361,9 +380,15 @@ def fit(
                 loss, logits = graphed(xb, yb)  # replays write into the graph's static outputs: read them now
             else:
                 optimizer.zero_grad()
-                logits = model(xb)
-                loss = loss_fn(logits, yb)
-                call_backward(model, loss_fn.backward(), need_input_grad=False)  # no gradient for the data
+                if tape:
+                    out = model(tensor(xb))
+                    loss_t = loss_fn(out, yb)
+                    loss_t.backward()
+                    logits, loss = out.data, loss_t.data
+                else:  # a module with a hand-written backward (the first version's protocol) somewhere
+                    logits = model(xb)
+                    loss = loss_fn(logits, yb)
+                    call_backward(model, loss_fn.backward(), need_input_grad=False)  # no gradient for the data
                 optimizer.step()
             meter.add(loss, _loss_scale(loss_fn, int(yb.shape[0])), logits, yb)
             step += 1

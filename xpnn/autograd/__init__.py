@@ -4,7 +4,8 @@
 ``xpnn.functional`` declares every op with ``Op``; on plain arrays the ops run without any graph, on Tensors they
 record one. See ``xpnn.autograd.op`` for how to declare an op and register a fused kernel or fast path for it.
 """
-from .engine import Node, grad
+from .api import grad
+from .engine import Node
 from .grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .op import Context, Op, register_override
 from .tensor import Tensor, tensor

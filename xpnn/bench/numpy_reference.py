@@ -57,13 +57,10 @@ class Adam:
 
 
 class MLP:
-    """ReLU (or tanh) network (sizes e.g. (784, 512, 512, 10)) with softmax cross-entropy and Adam; PyTorch's layout and
+    """ReLU network (sizes e.g. (784, 512, 512, 10)) with softmax cross-entropy and Adam; PyTorch's layout and
     initialisation (weight (out, in), uniform(-1/sqrt(in), 1/sqrt(in)) for weights and biases)."""
 
-    def __init__(self, sizes: Sequence[int], seed: int = 0, lr: float = 1e-3, activation: str = "relu"):
-        if activation not in ("relu", "tanh"):
-            raise ValueError(f"MLP: activation must be 'relu' or 'tanh', got {activation!r}")
-        self.activation = activation
+    def __init__(self, sizes: Sequence[int], seed: int = 0, lr: float = 1e-3):
         rng = np.random.default_rng(seed)
         self.weights, self.biases = [], []
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
@@ -79,7 +76,7 @@ class MLP:
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             z = h @ w.T + b
-            h = z if i == last else (np.maximum(z, 0) if self.activation == "relu" else np.tanh(z))
+            h = np.maximum(z, 0) if i < last else z
             acts.append(h)
         loss, dz = cross_entropy_with_grad(acts[-1], y)
         gw, gb = [None] * len(self.weights), [None] * len(self.weights)
@@ -87,8 +84,7 @@ class MLP:
             gw[i] = dz.T @ acts[i]
             gb[i] = dz.sum(axis=0)
             if i > 0:
-                dz = dz @ self.weights[i]
-                dz = dz * (acts[i] > 0) if self.activation == "relu" else dz * (1 - acts[i] * acts[i])
+                dz = (dz @ self.weights[i]) * (acts[i] > 0)
         self.opt.step(gw + gb)
         return float(loss)
 

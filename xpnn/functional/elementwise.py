@@ -6,6 +6,7 @@ input's shape (``sum_to``) and is written with the same ops, so it is differenti
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 from ..autograd.op import Context, Op
@@ -113,7 +114,10 @@ class Pow(Op):
         a, b, out = ctx.saved_tensors
         need = ctx.needs_input_grad
         ga = _reduce_to(g * (b * a ** (b - 1)), _shape(a)) if need[0] else None
-        gb = _reduce_to(g * (out * log(a)), _shape(b)) if need[1] else None
+        gb = None
+        if need[1]:
+            log_a = log(a) if hasattr(a, "shape") else math.log(a)
+            gb = _reduce_to(g * (out * log_a), _shape(b))
         return ga, gb
 
 

@@ -89,12 +89,10 @@ class SumTo(Op):
 
 def _plain_key(key: Any) -> Any:
     """Tensors inside an index key -> their arrays."""
-    from ..autograd.tensor import Tensor
-
-    if isinstance(key, Tensor):
+    if hasattr(key, "_node"):
         return key.data
     if isinstance(key, tuple):
-        return tuple(k.data if isinstance(k, Tensor) else k for k in key)
+        return tuple(k.data if hasattr(k, "_node") else k for k in key)
     return key
 
 
@@ -151,6 +149,10 @@ def _one_hot_scatter(xp: Any, g: Any, key: Any, shape: tuple[int, ...]) -> Any:
     """Scatter-add for namespaces without integer-array assignment: one integer array at axis p (the other key
     entries full slices) -> ``onehot.T @ g`` along that axis."""
     parts = key if isinstance(key, tuple) else (key,)
+    if any(k is Ellipsis for k in parts):  # spell ... out as full slices
+        i = next(i for i, k in enumerate(parts) if k is Ellipsis)
+        parts = parts[:i] + (slice(None),) * (len(shape) - len(parts) + 1) + parts[i + 1:]
+    parts = parts + (slice(None),) * (len(shape) - len(parts))
     arrays = [i for i, k in enumerate(parts) if hasattr(k, "dtype")]
     if len(arrays) != 1 or any(not (isinstance(k, slice) and k == slice(None)) for i, k in enumerate(parts)
                                if i != arrays[0]) or parts[arrays[0]].ndim != 1:

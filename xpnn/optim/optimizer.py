@@ -10,13 +10,13 @@ load into either layout.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Union
 
 import numpy as np
 
 from array_api_compat import device as _device
 
-from ..backend import dtype_name, get_backend, is_numpy_namespace, namespace_of, to_numpy
+from ..backend import dtype_name, get_backend, is_cupy_namespace, is_numpy_namespace, namespace_of, to_numpy
 from ..errors import CheckpointError
 from ..functional.updates import copy_into
 from ..nn.parameter import Parameter, flat_buffer_of
@@ -32,9 +32,9 @@ class _Slot:
     """State of one updated array (one Parameter's data, or a whole flat buffer).
 
     ``state``: ``"step"`` (int) and the algorithm's arrays, in the compute dtype (float32 for float16 params).
-    ``master``: float32 copy of a float16 param (``None`` otherwise); ``seen``: the ``_version`` of each parameter
-    when ``master`` was last written back (``None``: unknown, e.g. just loaded; the master is trusted).
-    ``grad32``, ``scratch``: work arrays reused every step.
+    ``master``: float32 copy of a float16 param (``None`` otherwise); ``written``: the float16 values the last step
+    wrote into the param (``None``: unknown, e.g. just loaded or moved); see ``Optimizer._prepare`` for how the
+    two follow writes into the parameter. ``grad32``, ``scratch``: work arrays reused every step.
 
     Capturable slots (namespaces other than NumPy): ``state[DEVICE_STEP]`` is the step count as a 0-d device array
     (compute dtype) incremented on the device, ``lr_device`` the learning rate as one, written from the group's
@@ -43,12 +43,12 @@ class _Slot:
     ``bound``: ``(data, grad, namespace, half)`` of the last step, so a step on the same arrays skips re-deriving them.
     """
 
-    __slots__ = ("state", "master", "seen", "grad32", "scratch", "xp", "dtype", "lr_device", "lr_host", "bound")
+    __slots__ = ("state", "master", "written", "grad32", "scratch", "xp", "dtype", "lr_device", "lr_host", "bound")
 
     def __init__(self, step: int = 0):
         self.state: dict[str, Any] = {"step": step}
         self.master: Any = None
-        self.seen: Optional[tuple[int, ...]] = None
+        self.written: Any = None
         self.grad32: Any = None
         self.scratch: list = []
         self.xp: Any = None
@@ -75,7 +75,7 @@ class _Slot:
                     self.state[k] = xp.astype(backend.asarray(v), dtype)
             if self.master is not None:
                 self.master = xp.astype(backend.asarray(self.master), dtype)
-            self.grad32, self.scratch = None, []
+            self.grad32, self.scratch, self.written = None, [], None
         self.xp, self.dtype = xp, dtype
         self.lr_device = self.lr_host = self.bound = None
 
@@ -202,6 +202,9 @@ class Optimizer:
             self._update(param, g, slot.state, group if lr is group["lr"] else {**group, "lr": lr}, slot.scratch)
             if half:
                 copy_into(data, param)
+                if slot.written is None or tuple(slot.written.shape) != tuple(data.shape):
+                    slot.written = slot.xp.empty_like(data)
+                copy_into(slot.written, data)
         self._stepped = [(w[0], w[3]) for w in work]
         self._steps_advanced += 1
 
@@ -224,8 +227,19 @@ class Optimizer:
 
     def _prepare(self, slot: _Slot, data: Any, grad: Any, group: dict[str, Any], params: Any) -> tuple:
         """Bind ``slot`` to ``data``/``grad`` (the values of ``params``: one Parameter, or a whole flat buffer) and
-        return what the update needs; a float16 parameter is updated through its float32 master copy, reading a
-        float32 copy of its gradient."""
+        return what the update needs.
+
+        float16 ``data`` is updated through a float32 master copy (small steps would round away in float16) and
+        written back after the update; ``slot.written`` keeps a float16 copy of what was written. Before the next
+        update the master copy is reconciled with ``data`` on the device, element by element: where ``data``
+        differs from ``written`` (bit patterns compared), ``master = float32(data)``; elsewhere ``master`` keeps
+        its float32 digits. So any write since the last step (``p.data[...] = 0``, ``p.data = a``, ``p.data *= 2``,
+        ``np.multiply(..., out=p.data)``, ``load_state_dict``, ``xpnn.init``, a write through the flat buffer) is
+        honoured, with no ``mark_changed()`` call and no device value read on the host. When ``written`` is
+        unknown (after loading optimizer state or moving it), ``float16(master)`` stands in for it once. Cost per
+        step: a 2-byte copy per element more memory, one integer compare, one masked copy and one float16 copy.
+        The update reads a float32 copy of the float16 gradient.
+        """
         bound = slot.bound
         if bound is not None and bound[0] is data and bound[1] is grad:  # the same arrays as last step
             xp, half = bound[2], bound[3]
@@ -235,10 +249,10 @@ class Optimizer:
             slot.conform(xp, xp.float32 if half else data.dtype)
             slot.bound = (data, grad, xp, half)
         if half:
-            versions = tuple(p._version for p in params)
-            if slot.master is None or (slot.seen is not None and slot.seen != versions):
-                slot.master = xp.astype(data, xp.float32)  # first step, or the values were replaced meanwhile
-            slot.seen = versions
+            if slot.master is None or tuple(slot.master.shape) != tuple(data.shape):  # first step, or reshaped
+                slot.master, slot.grad32, slot.scratch = xp.astype(data, xp.float32), None, []
+            else:  # follow writes made since the last step (see the docstring)
+                _follow_writes(xp, slot, data)
             if slot.grad32 is None:
                 slot.grad32 = xp.empty_like(slot.master)
             copy_into(slot.grad32, grad)
@@ -288,7 +302,7 @@ class Optimizer:
         """Per-parameter copies of a flat slot (each parameter's slice, reshaped)."""
         out: dict[int, _Slot] = {}
         offset = 0
-        for i, p in enumerate(self.param_groups[gi]["params"]):
+        for p in self.param_groups[gi]["params"]:
             n, shape = p.size, p.shape
             s = _Slot(slot.state["step"])
             for k, v in slot.arrays().items():
@@ -299,7 +313,6 @@ class Optimizer:
                 else:
                     s.state[k] = piece
             s.xp, s.dtype = slot.xp, slot.dtype
-            s.seen = None if slot.seen is None else (slot.seen[i],)
             out[self._index[id(p)]] = s
             offset += n
         return out
@@ -329,8 +342,6 @@ class Optimizer:
             else:
                 flat.state[k] = joined
         flat.xp, flat.dtype = first.xp, first.dtype
-        if all(s is not None and s.seen is not None for s in slots):
-            flat.seen = tuple(s.seen[0] for s in slots)  # type: ignore[union-attr,index]
         for i in idx:
             del self._param_slots[i]
         self._flat_slots[gi] = flat
@@ -452,6 +463,31 @@ class Optimizer:
                 if k != "params":
                     lines.append(f"    {k}: {group[k]}")
         return "\n".join(lines) + "\n)"
+
+
+def _bits(xp: Any, a: Any) -> Any:
+    """The float16 array ``a`` as its 16-bit patterns where the library offers a view (NumPy, CuPy: an integer
+    compare is several times faster than a float16 one and also matches NaN with NaN), else ``a`` itself."""
+    view = getattr(a, "view", None)
+    uint16 = getattr(xp, "uint16", None)
+    if view is not None and uint16 is not None:
+        try:
+            return view(uint16)
+        except (TypeError, ValueError):
+            pass
+    return a
+
+
+def _follow_writes(xp: Any, slot: _Slot, data: Any) -> None:
+    """``master = float32(data)`` where ``data`` was written since the last step (see ``Optimizer._prepare``)."""
+    if slot.written is not None and tuple(slot.written.shape) == tuple(data.shape):
+        changed = _bits(xp, data) != _bits(xp, slot.written)
+    else:  # unknown what was written: the master rounded to float16 is what a step would have written
+        changed = data != xp.astype(slot.master, data.dtype)
+    if is_numpy_namespace(xp) or is_cupy_namespace(xp):
+        xp.copyto(slot.master, data, casting="same_kind", where=changed)  # in place, no float32 temporary
+    else:
+        slot.master = xp.where(changed, xp.astype(data, xp.float32), slot.master)
 
 
 def _plain(v: Any) -> Any:
