@@ -233,3 +233,29 @@ def test_float16_digits_with_the_scaler_match_float32():
     acc16 = _digits_accuracy("float16", GradScaler())
     assert acc32 > 94.0
     assert abs(acc16 - acc32) <= 0.5, (acc16, acc32)
+
+
+def test_tape_api_float16_step_with_the_scaler():
+    """``scaler.scale(loss).backward()`` on the tape, float16 model, loss in float32: gradients reach the float16
+    flat buffer scaled, the step unscales them into the optimizer's float32 copy."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 4)).astype(np.float16), rng.integers(0, 3, 16)
+    model = nn.Sequential(nn.Linear(4, 8, seed=0), nn.ReLU(), nn.Linear(8, 3, seed=1)).to(dtype="float16")
+    ref = nn.Sequential(nn.Linear(4, 8, seed=0), nn.ReLU(), nn.Linear(8, 3, seed=1)).to(dtype="float16")
+    opt, ref_opt = optim.Adam(model.parameters(), lr=1e-2), optim.Adam(ref.parameters(), lr=1e-2)
+    scaler, loss_fn = GradScaler(init_scale=2.0**8), nn.CrossEntropyLoss()
+    for _ in range(3):
+        for m, o in ((model, opt), (ref, ref_opt)):
+            o.zero_grad()
+            loss = loss_fn(m(xpnn.tensor(x)).to(dtype="float32"), y)
+            if m is model:
+                scaled = scaler.scale(loss)
+                assert isinstance(scaled, xpnn.Tensor) and float(scaled) == pytest.approx(256 * float(loss))
+                scaled.backward()
+                assert scaler.step(o) is True
+                scaler.update()
+            else:
+                loss.backward()
+                o.step()
+    for p, q in zip(model.parameters(), ref.parameters()):  # scaling by 2**8 is exact: the same steps
+        np.testing.assert_allclose(p.data.astype(np.float32), q.data.astype(np.float32), rtol=2e-3, atol=2e-3)
