@@ -319,3 +319,81 @@ def test_graphed_step_in_fit_on_cuda():
     hist = fit(model, nn.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=3e-3), X, y, epochs=5,
                batch_size=64, progress=False, seed=0, cuda_graph=True)
     assert hist["accuracy"][-1] > 0.9
+
+
+def test_cupy_runtime_drives_cupy_as_documented(monkeypatch):
+    """CupyGraphRuntime against a recording stand-in for the few CuPy calls it makes (no GPU needed): warm-up and
+    capture on its own non-blocking stream with its private pool's allocator, capture ended even when the step
+    fails, replays on the current stream."""
+    import sys
+    import types
+
+    calls = []
+
+    class Stream:
+        def __init__(self, non_blocking=False):
+            calls.append(("Stream", non_blocking))
+
+        def __enter__(self):
+            calls.append("stream_enter")
+            return self
+
+        def __exit__(self, *exc):
+            calls.append("stream_exit")
+
+        def synchronize(self):
+            calls.append("stream_sync")
+
+        def begin_capture(self):
+            calls.append("begin_capture")
+
+        def end_capture(self):
+            calls.append("end_capture")
+            return Graph()
+
+    class Graph:
+        def launch(self, stream=None):
+            calls.append(("launch", stream))
+
+    class MemoryPool:
+        def malloc(self, n):
+            raise AssertionError("not called here")
+
+        def total_bytes(self):
+            return 4096
+
+    current = object()
+
+    class CurrentStream:
+        def synchronize(self):
+            calls.append("current_sync")
+
+    @contextlib.contextmanager
+    def using_allocator(alloc):
+        calls.append(("allocator", alloc.__self__.__class__.__name__))
+        yield
+
+    cuda = types.SimpleNamespace(Stream=Stream, MemoryPool=MemoryPool, using_allocator=using_allocator,
+                                 get_current_stream=lambda: current if calls and calls[-1] == "want_current"
+                                 else CurrentStream())
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
+    from xpnn.cuda import CupyGraphRuntime
+
+    rt = CupyGraphRuntime()
+    with rt.side_stream():
+        with rt.capture() as captured:
+            pass
+    assert isinstance(captured.graph, Graph)
+    assert calls == [("Stream", True), "current_sync", ("allocator", "MemoryPool"), "stream_enter",
+                     "begin_capture", "end_capture", "stream_exit", "stream_sync"]
+    calls.clear()
+    with pytest.raises(RuntimeError, match="boom"), rt.capture():
+        raise RuntimeError("boom")
+    assert calls == ["begin_capture", "end_capture"]  # the stream never stays in capture mode
+    assert rt.pool_bytes() == 4096
+    calls.clear()
+    calls.append("want_current")
+    rt.launch(captured.graph)
+    assert calls[-1] == ("launch", current)
+    assert rt.is_capture_error(RuntimeError("cudaErrorStreamCaptureUnsupported: operation not permitted"))
+    assert not rt.is_capture_error(ValueError("shapes differ"))
