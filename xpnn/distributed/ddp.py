@@ -71,7 +71,8 @@ class DistributedDataParallel(Module):
         for r, theirs in enumerate(every[1:], start=1):
             if theirs == ref:
                 continue
-            diffs = [f"{a[0]}: rank 0 has {a[1]} {a[2]}, rank {r} has {b[0]} {b[1]} {b[2]}"
+            diffs = [f"{a[0]}: rank 0 has {a[1]} {a[2]}, rank {r} has "
+                     + (f"{b[1]} {b[2]}" if a[0] == b[0] else f"{b[0]} {b[1]} {b[2]}")
                      for a, b in zip(ref, theirs) if a != b]
             if len(ref) != len(theirs):
                 diffs.append(f"rank 0 has {len(ref)} parameters and buffers, rank {r} has {len(theirs)}")

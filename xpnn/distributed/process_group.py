@@ -110,6 +110,14 @@ class ProcessGroup:
         self.timeout = float(timeout)
         self.nccl: Any = None
         self.stream: Any = None  # CUDA side stream for NCCL
+        try:
+            self._choose_backend(backend)
+        except BaseException:
+            self.comm.Free()
+            raise
+
+    def _choose_backend(self, backend: str) -> None:
+        MPI = self.MPI
         gpus = _gpu_count()
         usable = gpus > 0 and nccl_available()
         if backend == "auto":  # NCCL only when every rank can use it (decided together: no rank left behind)
