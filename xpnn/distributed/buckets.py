@@ -132,6 +132,8 @@ class GradReducer:
 
     # --- transport ----------------------------------------------------------------------------------------
     def _launch(self, b: Bucket) -> None:
+        if self.group.world_size == 1:  # nothing to exchange (the bookkeeping above still checks every gradient)
+            return
         t0 = time.perf_counter()
         view = self.buf.grad[b.start:b.stop]
         if self.cupy and self.group.nccl is not None:
@@ -147,21 +149,24 @@ class GradReducer:
             import cupy
 
             b.host = cupy.asnumpy(view)
-            b.handle = self.group.iall_reduce_host(b.host)
-        else:
-            b.handle = self.group.iall_reduce_host(view)
+            b.handle = self.group.start_wait([self.group.iall_reduce_host(b.host)])
+        else:  # the helper thread drives it (MPI progresses only inside MPI calls) while backward goes on
+            b.handle = self.group.start_wait([self.group.iall_reduce_host(view)])
         self.comm_seconds += time.perf_counter() - t0
 
     def _complete(self) -> None:
         t0 = time.perf_counter()
         g = self.group
-        if self.cupy and g.nccl is not None:
+        if g.world_size == 1:
+            pass
+        elif self.cupy and g.nccl is not None:
             import cupy
 
             cupy.cuda.get_current_stream().wait_event(g.stream.record())
         else:
-            g.wait([b.handle for b in self.buckets], f"DistributedDataParallel gradient all-reduce "
-                                                     f"({len(self.buckets)} buckets)")
+            for b in self.buckets:
+                g.finish_wait(b.handle, f"DistributedDataParallel gradient all-reduce (bucket {b.index} of "
+                                        f"{len(self.buckets)})")
             if self.cupy:
                 import cupy
 

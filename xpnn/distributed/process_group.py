@@ -4,8 +4,11 @@ MPI (``mpi4py``) always carries set-up, Python objects and host (NumPy) arrays; 
 arrays go through a NCCL communicator whose unique id rank 0 broadcasts over MPI. CuPy arrays in an MPI group are
 staged through host memory (the ``mpich`` wheel is not CUDA-aware).
 
-Faults: every wait polls its requests (``MPI_Test``) instead of blocking inside MPI, so Python sees Ctrl-C and a
-wait longer than the group's ``timeout`` raises ``DistributedTimeoutError``. ``init_process_group`` installs a
+Waiting: non-blocking requests are completed by a helper thread that blocks in ``MPI_Waitall`` (MPI's own progress
+loop at full speed, the GIL released, and, for gradient buckets, progress while backward goes on); the main thread
+waits on an event with the group's ``timeout``, so Python still sees Ctrl-C, and a wait longer than the timeout
+raises ``DistributedTimeoutError``. (Polling ``MPI_Test`` from Python instead was 1.4-2x slower for a 25 MiB
+all-reduce on 2 ranks.) ``init_process_group`` installs a
 ``sys.excepthook`` that prints the traceback (with the rank) and calls ``MPI_Abort``: a rank that raises takes the
 whole job down with a non-zero exit status instead of leaving the others waiting forever in a collective.
 mpi4py is imported on first use only: ``import xpnn`` never initialises MPI.
@@ -13,8 +16,9 @@ mpi4py is imported on first use only: ``import xpnn`` never initialises MPI.
 from __future__ import annotations
 
 import os
+import queue
 import sys
-import time
+import threading
 import traceback
 from typing import Any, Optional
 
@@ -110,6 +114,7 @@ class ProcessGroup:
         self.timeout = float(timeout)
         self.nccl: Any = None
         self.stream: Any = None  # CUDA side stream for NCCL
+        self._waiter: Optional[_Waiter] = None
         try:
             self._choose_backend(backend)
         except BaseException:
@@ -148,25 +153,28 @@ class ProcessGroup:
         self.stream = cupy.cuda.Stream(non_blocking=True)
 
     # --- waiting ------------------------------------------------------------------------------------------
+    def start_wait(self, requests: list[Any]) -> "_Ticket":
+        """Hand MPI ``requests`` to the helper thread, which blocks in ``MPI_Waitall`` on them (so they progress
+        from now on); ``finish_wait`` the returned ticket."""
+        if self._waiter is None:
+            self._waiter = _Waiter(self.MPI)
+        return self._waiter.submit(requests)
+
+    def finish_wait(self, ticket: "_Ticket", what: str) -> None:
+        """Block until the helper thread has completed ``ticket``'s requests. Raises ``DistributedTimeoutError``
+        naming ``what`` after ``self.timeout`` seconds (counted from this call)."""
+        if not ticket.done.wait(self.timeout):
+            raise DistributedTimeoutError(
+                f"{what}: rank {self.rank} of {self.world_size} waited more than {self.timeout:g} s; another "
+                "rank has probably died or is running different code (set XPNN_DIST_TIMEOUT to change the limit)")
+        if ticket.error is not None:
+            raise DistributedError(f"{what}: MPI failed on rank {self.rank}: {ticket.error}") from ticket.error
+
     def wait(self, requests: list[Any], what: str) -> None:
-        """Complete MPI ``requests`` by polling: spin ~0.2 ms, then sleep in growing steps (<= 1 ms). Raises
-        ``DistributedTimeoutError`` naming ``what`` after ``self.timeout`` seconds."""
-        Testall = self.MPI.Request.Testall
-        if not requests or Testall(requests):
+        """Complete MPI ``requests`` (see ``finish_wait`` for the timeout)."""
+        if not requests or self.MPI.Request.Testall(requests):
             return
-        start = time.perf_counter()
-        while time.perf_counter() - start < 2e-4:
-            if Testall(requests):
-                return
-        delay = 1e-5
-        deadline = start + self.timeout
-        while not Testall(requests):
-            if time.perf_counter() > deadline:
-                raise DistributedTimeoutError(
-                    f"{what}: rank {self.rank} of {self.world_size} waited more than {self.timeout:g} s; another "
-                    "rank has probably died or is running different code (set XPNN_DIST_TIMEOUT to change the limit)")
-            time.sleep(delay)
-            delay = min(delay * 2, 1e-3)
+        self.finish_wait(self.start_wait(requests), what)
 
     # --- collectives on arrays ----------------------------------------------------------------------------
     def _mpi_op(self, op: str) -> Any:
@@ -238,6 +246,9 @@ class ProcessGroup:
             array[...] = buf
 
     def destroy(self) -> None:
+        if self._waiter is not None:
+            self._waiter.close()
+            self._waiter = None
         if self.nccl is not None:
             self.nccl.destroy()
             self.nccl = None
@@ -249,6 +260,48 @@ class ProcessGroup:
 
     def __repr__(self) -> str:
         return f"ProcessGroup(backend={self.backend!r}, rank={self.rank}, world_size={self.world_size})"
+
+
+class _Ticket:
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: Optional[BaseException] = None
+
+
+class _Waiter:
+    """A daemon thread completing batches of MPI requests in order with ``MPI_Waitall`` (mpi4py releases the GIL
+    while it blocks; MPI was initialised with ``MPI_THREAD_MULTIPLE``, mpi4py's default)."""
+
+    def __init__(self, MPI: Any) -> None:
+        if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+            raise DistributedError("xpnn.distributed needs MPI_THREAD_MULTIPLE (mpi4py's default; check "
+                                   "mpi4py.rc.thread_level and your MPI build)")
+        self.MPI = MPI
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="xpnn-mpi-wait", daemon=True)
+        self.thread.start()
+
+    def submit(self, requests: list[Any]) -> _Ticket:
+        ticket = _Ticket()
+        self.queue.put((requests, ticket))
+        return ticket
+
+    def _run(self) -> None:
+        while True:
+            requests, ticket = self.queue.get()
+            if ticket is None:
+                return
+            try:
+                self.MPI.Request.Waitall(requests)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                ticket.error = exc
+            ticket.done.set()
+
+    def close(self) -> None:
+        self.queue.put((None, None))
+        self.thread.join(timeout=5)
 
 
 def _host_buffer(array: Any) -> tuple[np.ndarray, Any]:
