@@ -5,9 +5,10 @@ so bucket 0 is the *last* ``cap`` elements of the buffer, bucket 1 the ``cap`` b
 bucket may be shorter). Boundaries fall at fixed element counts, so one parameter may span two buckets; a bucket
 is ready when every parameter overlapping it has its gradient. Buckets are launched strictly in index order (MPI
 and NCCL need every rank to start the same collectives in the same order), each as soon as it and all before it
-are ready: a non-blocking ``MPI_Iallreduce`` on the slice, or ``ncclAllReduce`` on a side CUDA stream.
-``finish`` waits for them all and divides by the world size (the sum is identical on every rank, so the averaged
-gradients agree bit for bit).
+are ready: the slice is multiplied by 1 / world size (while it is still in cache from backward; PyTorch's DDP
+pre-divides the same way) and summed over ranks by a non-blocking ``MPI_Iallreduce``, or ``ncclAllReduce`` on a
+side CUDA stream. ``finish`` waits for them all. The sum is the same on every rank, so the averaged gradients agree
+bit for bit; for 2 ranks (a power of two) pre-dividing gives exactly the bits of dividing the sum.
 """
 from __future__ import annotations
 
@@ -136,6 +137,7 @@ class GradReducer:
             return
         t0 = time.perf_counter()
         view = self.buf.grad[b.start:b.stop]
+        view *= 1.0 / self.group.world_size
         if self.cupy and self.group.nccl is not None:
             import cupy
 
@@ -173,8 +175,6 @@ class GradReducer:
                 for b in self.buckets:
                     self.buf.grad[b.start:b.stop] = cupy.asarray(b.host)
                     b.host = None
-        if g.world_size > 1:
-            self.buf.grad /= g.world_size
         self.comm_seconds += time.perf_counter() - t0
         self._reset()
         self._completed = True
