@@ -88,6 +88,40 @@ def case_parity_explicit(cap_mb: float = 25) -> None:
         check_close(ddp.flat_buffer().data, ref.flat_buffer().data, RTOL64, "parameters vs one process")
 
 
+def case_parity_float32() -> None:
+    """float32: 1e-5 relative to one process; ranks still bit-identical."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    X, y = data(12 * world, "float32")
+    ddp = dist.DistributedDataParallel(make_model("float32"), bucket_cap_mb=0.0001)
+    ref = reference_copy(ddp, "float32") if rank == 0 else None
+    explicit_steps(ddp, optim.Adam(ddp.parameters(), lr=1e-2), X, y, 4, rank, world, nn.CrossEntropyLoss())
+    if rank == 0:
+        reference_steps(ref, X, y, 4 * world, nn.CrossEntropyLoss())
+        check_close(ddp.flat_buffer().data, ref.flat_buffer().data, 1e-5, "float32 parameters vs one process")
+
+
+def case_batchnorm_buffers() -> None:
+    """BatchNorm running statistics: rank 0's at wrap time and before every training forward."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = nn.Sequential(nn.Linear(6, 8, dtype="float64", seed=rank), nn.BatchNorm1d(8, dtype="float64"),
+                          nn.ReLU(), nn.Linear(8, 3, dtype="float64", seed=rank + 5))
+    model[1].running_mean[...] = rank  # different on every rank before wrapping
+    ddp = dist.DistributedDataParallel(model)
+    if not np.all(model[1].running_mean == 0):
+        raise AssertionError("BatchNorm running_mean was not broadcast from rank 0 at wrap time")
+    X, y = data(10 * world)
+    fit(ddp, nn.CrossEntropyLoss(), optim.SGD(ddp.parameters(), lr=0.1), X, y, epochs=2, batch_size=5, seed=0,
+        progress=False)
+    before = dist.get_process_group().allgather_object(np.asarray(model[1].running_mean))
+    if world > 1 and all(np.array_equal(b, before[0]) for b in before):
+        raise AssertionError("the ranks' running statistics should differ after their last (sharded) batch")
+    ddp(X[:5])  # the same rows on every rank: equal statistics after it only if it started from rank 0's
+    stats = dist.get_process_group().allgather_object([np.asarray(b) for _, b in ddp.named_buffers()])
+    if any(not all(np.array_equal(a, b) for a, b in zip(s, stats[0])) for s in stats):
+        raise AssertionError("BatchNorm buffers differ across ranks")
+    check_same_on_all_ranks(ddp, "BatchNorm model after fit")
+
+
 def case_buckets_split() -> None:
     # 40 float64 elements per bucket: boundaries fall inside the 16x16 weight and elsewhere
     ddp_probe = dist.DistributedDataParallel(make_model(), bucket_cap_mb=40 * 8 / 2**20)

@@ -135,7 +135,7 @@ def test_nccl_without_gpus_is_a_clear_error():
 
 # --- several ranks ---------------------------------------------------------------------------------------------
 
-CASES = ["collectives", "parity_explicit", "buckets_split", "no_sync", "fit"]
+CASES = ["collectives", "parity_explicit", "parity_float32", "buckets_split", "no_sync", "fit", "batchnorm_buffers"]
 
 
 @needs_mpi

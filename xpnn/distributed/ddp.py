@@ -25,7 +25,9 @@ __all__ = ["DistributedDataParallel"]
 class DistributedDataParallel(Module):
     """Wrap ``module`` for data-parallel training over ``process_group`` (default: the initialised group).
 
-    ``bucket_cap_mb``: the size of one all-reduce (MiB of gradient). ``ddp(x)`` runs ``module(x)``;
+    ``bucket_cap_mb``: the size of one all-reduce (MiB of gradient). ``broadcast_buffers``: copy rank 0's buffers
+    (BatchNorm running statistics) to every rank before each training-mode forward, as PyTorch does by default, so
+    all replicas evaluate alike. ``ddp(x)`` runs ``module(x)``;
     ``ddp.backward(dy)`` runs ``module.backward(dy)`` and returns its input gradient, with the parameter gradients
     averaged over ranks when it returns. ``.module`` is the wrapped model; ``state_dict``/``load_state_dict``/
     ``named_parameters`` use its names (no ``module.`` prefix), so checkpoints load into an unwrapped model.
@@ -34,7 +36,7 @@ class DistributedDataParallel(Module):
     are not in one flat buffer (one backend and dtype), ``TypeError`` when ``module`` is not a Module.
     """
 
-    def __init__(self, module: Module, bucket_cap_mb: float = 25, *,
+    def __init__(self, module: Module, bucket_cap_mb: float = 25, *, broadcast_buffers: bool = True,
                  process_group: Optional[ProcessGroup] = None) -> None:
         super().__init__()
         if not isinstance(module, Module):
@@ -45,6 +47,7 @@ class DistributedDataParallel(Module):
         group = process_group if process_group is not None else get_process_group()
         object.__setattr__(self, "process_group", group)
         object.__setattr__(self, "bucket_cap_mb", bucket_cap_mb)
+        object.__setattr__(self, "broadcast_buffers", bool(broadcast_buffers))
         object.__setattr__(self, "require_backward_grad_sync", True)
         named = list(module.named_parameters())
         object.__setattr__(self, "_names", {id(p): n for n, p in named})
@@ -109,6 +112,9 @@ class DistributedDataParallel(Module):
                 "DistributedDataParallel: the previous backward did not produce gradients for parameters "
                 f"{missing[:10]}, so their buckets were never all-reduced (every parameter must take part in the "
                 "loss on every rank)")
+        if self.broadcast_buffers and self.training and self.process_group.world_size > 1:
+            for _, b in self.module.named_buffers():
+                self.process_group.broadcast(b, src=0)
         return self.module(*args, **kwargs)
 
     def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
