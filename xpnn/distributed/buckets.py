@@ -121,6 +121,10 @@ class GradReducer:
             self._next += 1
         if self._next == len(self.buckets):
             self._complete()
+        elif self._next and self.group.nccl is None:
+            # MPI advances non-blocking collectives only inside MPI calls: test the launched ones each time a
+            # parameter is done, so they progress while the rest of backward runs
+            self.group.MPI.Request.Testall([b.handle for b in self.buckets[:self._next] if b.handle is not None])
 
     def finish(self) -> None:
         """Mark every parameter not yet marked (it got no gradient this backward) and complete the reduction."""
@@ -151,9 +155,9 @@ class GradReducer:
             import cupy
 
             b.host = cupy.asnumpy(view)
-            b.handle = self.group.start_wait([self.group.iall_reduce_host(b.host)])
-        else:  # the helper thread drives it (MPI progresses only inside MPI calls) while backward goes on
-            b.handle = self.group.start_wait([self.group.iall_reduce_host(view)])
+            b.handle = self.group.iall_reduce_host(b.host)
+        else:
+            b.handle = self.group.iall_reduce_host(view)
         self.comm_seconds += time.perf_counter() - t0
 
     def _complete(self) -> None:
@@ -166,9 +170,8 @@ class GradReducer:
 
             cupy.cuda.get_current_stream().wait_event(g.stream.record())
         else:
-            for b in self.buckets:
-                g.finish_wait(b.handle, f"DistributedDataParallel gradient all-reduce (bucket {b.index} of "
-                                        f"{len(self.buckets)})")
+            g.wait([b.handle for b in self.buckets], f"DistributedDataParallel gradient all-reduce "
+                                                     f"({len(self.buckets)} buckets)")
             if self.cupy:
                 import cupy
 
