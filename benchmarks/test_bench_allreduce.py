@@ -54,7 +54,7 @@ def _rounds(benchmark: Any, full: int) -> int:
 
 
 def test_allreduce(benchmark, capsys):
-    rounds = _rounds(benchmark, 30)
+    rounds = _rounds(benchmark, 60)
     res: dict[str, Any] = {}
     benchmark.pedantic(lambda: res.update(_job(2, "allreduce", rounds=rounds)), rounds=1, iterations=1)
     lines = ["", "allreduce, 2 ranks, float32 gradient buffer; ms per call (min, median); throughput ratio = "

@@ -178,9 +178,13 @@ class ProcessGroup:
         if not requests or Testall(requests):
             return
         stop = time.perf_counter() + SPIN_SECONDS
+        polls = 0
         while time.perf_counter() < stop:
             if Testall(requests):
                 return
+            polls += 1
+            if polls > 100:  # let a rank that shares this core run (MPICH's own waits yield the same way)
+                _yield()
         self.finish_wait(self.start_wait(requests), what)
 
     # --- collectives on arrays ----------------------------------------------------------------------------
@@ -309,6 +313,9 @@ class _Waiter:
     def close(self) -> None:
         self.queue.put((None, None))
         self.thread.join(timeout=5)
+
+
+_yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 
 def _host_buffer(array: Any) -> tuple[np.ndarray, Any]:
