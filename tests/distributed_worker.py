@@ -15,6 +15,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import xpnn  # noqa: E402
 from xpnn import distributed as dist, nn, optim  # noqa: E402
 from xpnn.data import batches  # noqa: E402
 from xpnn.train import fit  # noqa: E402
@@ -88,6 +89,77 @@ def case_parity_explicit(cap_mb: float = 25) -> None:
         check_close(ddp.flat_buffer().data, ref.flat_buffer().data, RTOL64, "parameters vs one process")
 
 
+def tape_steps(ddp: dist.DistributedDataParallel, opt: optim.Optimizer, X: np.ndarray, y: np.ndarray, B: int,
+               rank: int, world: int, loss_fn: nn.Module) -> None:
+    """The same steps on the tape: ``loss_fn(ddp(tensor), y).backward()``."""
+    for xb, yb in batches(X, y, B, seed=3, rank=rank, world_size=world):
+        opt.zero_grad()
+        loss = loss_fn(ddp(xpnn.tensor(xb)), yb)
+        loss.backward()
+        opt.step()
+        check_same_on_all_ranks(ddp, "tape step")
+
+
+def case_parity_tape() -> None:
+    """``loss.backward()``: the hooks alone start and finish the reduction (no ddp.backward call)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    X, y = data(12 * world)
+    ddp = dist.DistributedDataParallel(make_model(), bucket_cap_mb=100 * 8 / 2**20)
+    ref = reference_copy(ddp) if rank == 0 else None
+    tape_steps(ddp, optim.Adam(ddp.parameters(), lr=1e-2), X, y, 4, rank, world, nn.CrossEntropyLoss())
+    if rank == 0:
+        reference_steps(ref, X, y, 4 * world, nn.CrossEntropyLoss())
+        check_close(ddp.flat_buffer().data, ref.flat_buffer().data, RTOL64, "tape parameters vs one process")
+
+
+def case_tape_no_sync() -> None:
+    """Two micro-batches under no_sync on the tape, the third synchronised: the average of the sums."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    X, y = data(9 * world)
+    ddp = dist.DistributedDataParallel(make_model(), bucket_cap_mb=0.0005)
+    ref = reference_copy(ddp) if rank == 0 else None
+    loss_fn = nn.CrossEntropyLoss()
+    parts = list(batches(X, y, 3, seed=1, rank=rank, world_size=world))
+    ddp.zero_grad()
+    with ddp.no_sync():
+        for xb, yb in parts[:2]:
+            loss_fn(ddp(xpnn.tensor(xb)), yb).backward()
+    xb, yb = parts[2]
+    loss_fn(ddp(xpnn.tensor(xb)), yb).backward()
+    grads = dist.get_process_group().allgather_object(np.array(ddp.flat_buffer().grad))
+    if any(not np.array_equal(g, grads[0]) for g in grads):
+        raise AssertionError("tape no_sync: ranks have different gradients after the synchronised backward")
+    if rank == 0:
+        ref.zero_grad()
+        for xb, yb in batches(X, y, 3 * world, seed=1):
+            loss_fn(ref(xb), yb)
+            ref.backward(loss_fn.backward(), need_input_grad=False)
+        check_close(grads[0], ref.flat_buffer().grad, RTOL64, "tape accumulated gradient vs one process")
+
+
+def case_unused_parameter() -> None:
+    """A parameter outside the loss on the tape: its bucket never completes; the next forward says which."""
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(6, 4, dtype="float64", seed=0)
+            self.unused = nn.Linear(4, 2, dtype="float64", seed=1)
+
+        def forward(self, x):
+            return self.body(x)
+
+    ddp = dist.DistributedDataParallel(TwoHeads())
+    X, y = data(8)
+    nn.CrossEntropyLoss()(ddp(xpnn.tensor(X)), y % 4).backward()
+    try:
+        ddp(X)
+    except dist.DistributedError as exc:
+        if "unused.weight" not in str(exc):
+            raise AssertionError(f"the error should name unused.weight: {exc}") from None
+    else:
+        raise AssertionError("a forward after an incomplete reduction should raise")
+
+
 def case_parity_float32() -> None:
     """float32: 1e-5 relative to one process; ranks still bit-identical."""
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -129,6 +201,17 @@ def case_buckets_split() -> None:
     split = [p for p in ddp_probe.parameters() if sum(any(q is p for q in b.params) for b in buckets) > 1]
     if len(buckets) < 5 or not split:
         raise AssertionError(f"expected many buckets splitting parameters, got {len(buckets)}, split {len(split)}")
+    # overlap: the first buckets start while backward still has parameters to do
+    reducer, ready_at_launch = ddp_probe.reducer, []
+    launch = reducer._launch
+    reducer._launch = lambda b: (ready_at_launch.append(len(reducer._ready)), launch(b))[-1]
+    X, y = data(8)
+    loss_fn = nn.CrossEntropyLoss()
+    loss_fn(ddp_probe(X), y)
+    ddp_probe.backward(loss_fn.backward())
+    n_params = len(list(ddp_probe.parameters()))
+    if len(ready_at_launch) != len(buckets) or ready_at_launch[0] >= n_params:
+        raise AssertionError(f"buckets should launch during backward: ready counts at launch {ready_at_launch}")
     case_parity_explicit(cap_mb=40 * 8 / 2**20)
 
 

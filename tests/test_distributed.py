@@ -135,7 +135,8 @@ def test_nccl_without_gpus_is_a_clear_error():
 
 # --- several ranks ---------------------------------------------------------------------------------------------
 
-CASES = ["collectives", "parity_explicit", "parity_float32", "buckets_split", "no_sync", "fit", "batchnorm_buffers"]
+CASES = ["collectives", "parity_explicit", "parity_tape", "parity_float32", "buckets_split", "no_sync",
+         "tape_no_sync", "unused_parameter", "fit", "batchnorm_buffers"]
 
 
 @needs_mpi

@@ -5,6 +5,10 @@ Follows ``torch.nn.parallel.DistributedDataParallel``: wrapping checks that ever
 flat gradient buffer in buckets (``xpnn.distributed.buckets``) while the rest of backward runs; ``no_sync()``
 skips the reduction for gradient accumulation. The optimizer is built on the module's parameters as usual and,
 since every rank then applies the same averaged gradient to the same values, the replicas stay identical.
+
+Both APIs work: ``loss = loss_fn(ddp(x_tensor), y); loss.backward()`` (the tape) and ``ddp.backward(dy)`` after
+``ddp(x_array)`` (the explicit API, sugar over the same engine). Buckets start from each parameter's
+post-accumulate-grad hook, so the engine's reverse order decides when a bucket is complete.
 """
 from __future__ import annotations
 
@@ -13,8 +17,7 @@ from collections import OrderedDict
 from typing import Any, Iterator, Optional
 
 from ..backend import dtype_name
-from ..nn.container import Sequential
-from ..nn.module import IncompatibleKeys, Module, call_backward
+from ..nn.module import IncompatibleKeys, Module
 from ..nn.parameter import Parameter
 from .buckets import GradReducer
 from .process_group import DistributedError, ProcessGroup, get_process_group
@@ -94,9 +97,9 @@ class DistributedDataParallel(Module):
             group.broadcast(b, src=0)
 
     def _register_hooks(self, named: list[tuple[str, Parameter]]) -> list[Any]:
-        """Use the autograd engine's post-accumulate-grad hooks when Parameters have them (both APIs fire them);
-        without them ``backward`` marks gradients ready itself, child by child."""
-        if self.reducer is None or not named or not hasattr(named[0][1], "register_post_accumulate_grad_hook"):
+        """A post-accumulate-grad hook on every parameter: the engine calls it once the parameter's gradient of
+        the running backward is complete, on both APIs (``loss.backward()`` and ``ddp.backward(dy)``)."""
+        if self.reducer is None:
             return []
         return [p.register_post_accumulate_grad_hook(self._grad_ready) for _, p in named]
 
@@ -118,25 +121,19 @@ class DistributedDataParallel(Module):
         return self.module(*args, **kwargs)
 
     def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
-        """``module.backward(dy)`` with the parameter gradients averaged over ranks (unless in ``no_sync``);
-        returns the input gradient (``None`` with ``need_input_grad=False``)."""
+        """Explicit API: back-propagate ``dy`` through the last ``ddp(x)`` on arrays, with the parameter gradients
+        averaged over ranks when it returns (unless in ``no_sync``); returns the input gradient (``None`` with
+        ``need_input_grad=False``). Buckets start from the hooks as backward completes them; at the end, parameters
+        that got no gradient (a layer written with its own ``backward``, or unused) are added as they are."""
         sync = self.require_backward_grad_sync and self.reducer is not None
-        if not sync:
-            return call_backward(self.module, dy, need_input_grad)
-        self.reducer.begin()
-        if self._hook_handles:
-            dx = call_backward(self.module, dy, need_input_grad)
-        elif isinstance(self.module, Sequential):  # mark each child's gradients ready as soon as it is done
-            mods = list(self.module)
-            for i in range(len(mods) - 1, -1, -1):
-                dy = call_backward(mods[i], dy, need_input_grad or i > 0)
-                for p in mods[i].parameters():
-                    self.reducer.mark_ready(p)
-            dx = dy if need_input_grad else None
-        else:
-            dx = call_backward(self.module, dy, need_input_grad)
-        self.reducer.finish()  # parameters that got no gradient still take part (zeros), then wait for all
+        if sync:
+            self.reducer.begin()
+        dx = Module.backward(self, dy, need_input_grad)
+        if sync:
+            self.reducer.finish()
         return dx
+
+    backward._xpnn_tape = True  # type: ignore[attr-defined]  # the tape's backward, not an explicit one
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:
