@@ -12,7 +12,6 @@ bit for bit; for 2 ranks (a power of two) pre-dividing gives exactly the bits of
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -78,7 +77,6 @@ class GradReducer:
                 self._of.setdefault(id(p), []).append(b)
         self._ready: set[int] = set()
         self._next = 0
-        self.comm_seconds = 0.0  # host time spent launching and waiting (for the overlap benchmark)
         self._completed = True
         self._reset()
 
@@ -139,7 +137,6 @@ class GradReducer:
     def _launch(self, b: Bucket) -> None:
         if self.group.world_size == 1:  # nothing to exchange (the bookkeeping above still checks every gradient)
             return
-        t0 = time.perf_counter()
         view = self.buf.grad[b.start:b.stop]
         view *= 1.0 / self.group.world_size
         if self.cupy and self.group.nccl is not None:
@@ -158,10 +155,8 @@ class GradReducer:
             b.handle = self.group.iall_reduce_host(b.host)
         else:
             b.handle = self.group.iall_reduce_host(view)
-        self.comm_seconds += time.perf_counter() - t0
 
     def _complete(self) -> None:
-        t0 = time.perf_counter()
         g = self.group
         if g.world_size == 1:
             pass
@@ -178,6 +173,5 @@ class GradReducer:
                 for b in self.buckets:
                     self.buf.grad[b.start:b.stop] = cupy.asarray(b.host)
                     b.host = None
-        self.comm_seconds += time.perf_counter() - t0
         self._reset()
         self._completed = True
