@@ -60,8 +60,8 @@ def plan_buckets(buf: FlatBuffer, cap_bytes: int) -> list[Bucket]:
 
 class GradReducer:
     """Averages ``buf.grad`` over the ranks of ``group`` bucket by bucket; ``mark_ready(p)`` is called once p's
-    gradient for this backward is complete, ``finish()`` completes the step (and marks parameters that got no
-    gradient, whose zero contribution must still be summed so every rank runs the same collectives)."""
+    gradient for this backward is complete, ``finish()`` completes the step (marking the parameters that got no
+    gradient: their buckets must still be summed, so that every rank runs the same collectives)."""
 
     def __init__(self, buf: FlatBuffer, group: ProcessGroup, cap_bytes: int) -> None:
         self.buf = buf
@@ -119,7 +119,7 @@ class GradReducer:
             self._next += 1
         if self._next == len(self.buckets):
             self._complete()
-        elif self._next and self.group.nccl is None:
+        elif self._next and not (self.cupy and self.group.nccl is not None):
             # MPI advances non-blocking collectives only inside MPI calls: test the launched ones each time a
             # parameter is done, so they progress while the rest of backward runs
             self.group.MPI.Request.Testall([b.handle for b in self.buckets[:self._next] if b.handle is not None])
