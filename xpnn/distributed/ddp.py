@@ -30,9 +30,9 @@ class DistributedDataParallel(Module):
 
     ``bucket_cap_mb``: the size of one all-reduce (MiB of gradient). ``broadcast_buffers``: copy rank 0's buffers
     (BatchNorm running statistics) to every rank before each training-mode forward, as PyTorch does by default, so
-    all replicas evaluate alike. ``ddp(x)`` runs ``module(x)``;
-    ``ddp.backward(dy)`` runs ``module.backward(dy)`` and returns its input gradient, with the parameter gradients
-    averaged over ranks when it returns. ``.module`` is the wrapped model; ``state_dict``/``load_state_dict``/
+    all replicas evaluate alike. ``ddp(x)`` runs ``module(x)`` (on the tape for Tensors); ``ddp.backward(dy)``
+    back-propagates through the last ``ddp(x)`` on arrays and returns the input gradient, with the parameter
+    gradients averaged over ranks when it returns; ``loss.backward()`` on the tape averages them the same way. ``.module`` is the wrapped model; ``state_dict``/``load_state_dict``/
     ``named_parameters`` use its names (no ``module.`` prefix), so checkpoints load into an unwrapped model.
 
     Raises ``DistributedError`` when the ranks' models differ (naming the rank and parameter) or the parameters
