@@ -160,6 +160,44 @@ def case_unused_parameter() -> None:
         raise AssertionError("a forward after an incomplete reduction should raise")
 
 
+class Scale(nn.Module):
+    """A layer in the first version's protocol (its own backward, adding into .grad itself): no hooks fire."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(np.linspace(0.5, 1.5, 6))
+
+    def forward(self, x):
+        self._x = x
+        return x * self.w.data
+
+    def backward(self, dy, need_input_grad=True):
+        self.w.grad += (dy * self._x).sum(axis=0)
+        return dy * self.w.data if need_input_grad else None
+
+
+def case_hand_written_backward() -> None:
+    """fit on a model with a hand-written backward (explicit path): the parameters without hooks are reduced by
+    ``finish`` at the end of ``ddp.backward``."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    X, y = data(8 * world)
+
+    def model() -> nn.Sequential:
+        return nn.Sequential(Scale(), nn.Linear(6, 3, dtype="float64", seed=rank))
+
+    ddp = dist.DistributedDataParallel(model(), bucket_cap_mb=10 * 8 / 2**20)
+    ref = model() if rank == 0 else None
+    if ref is not None:
+        ref.load_state_dict(ddp.state_dict())
+    fit(ddp, nn.CrossEntropyLoss(), optim.SGD(ddp.parameters(), lr=0.1), X, y, epochs=2, batch_size=4, seed=2,
+        progress=False)
+    check_same_on_all_ranks(ddp, "hand-written backward")
+    if rank == 0:
+        fit(ref, nn.CrossEntropyLoss(), optim.SGD(ref.parameters(), lr=0.1), X, y, epochs=2, batch_size=4 * world,
+            seed=2, progress=False)
+        check_close(ddp.flat_buffer().data, ref.flat_buffer().data, RTOL64, "hand-written backward vs one process")
+
+
 def case_parity_float32() -> None:
     """float32: 1e-5 relative to one process; ranks still bit-identical."""
     rank, world = dist.get_rank(), dist.get_world_size()

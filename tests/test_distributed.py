@@ -136,7 +136,7 @@ def test_nccl_without_gpus_is_a_clear_error():
 # --- several ranks ---------------------------------------------------------------------------------------------
 
 CASES = ["collectives", "parity_explicit", "parity_tape", "parity_float32", "buckets_split", "no_sync",
-         "tape_no_sync", "unused_parameter", "fit", "batchnorm_buffers"]
+         "tape_no_sync", "unused_parameter", "hand_written_backward", "fit", "batchnorm_buffers"]
 
 
 @needs_mpi
@@ -216,7 +216,7 @@ def test_cli_distributed_without_mpiexec_says_so_and_trains():
 
 
 @needs_mpi
-def test_cli_error_on_one_rank_stops_the_job(tmp_path):
+def test_cli_error_stops_every_rank(tmp_path):
     out = run_ranks(2, "-m", "xpnn", "train", "--distributed", "--dataset", "mnist:" + str(tmp_path / "none"),
                     timeout=60)
     assert out.returncode != 0 and "xpnn train: error" in out.stderr
