@@ -328,6 +328,13 @@ def case_mismatch() -> None:
     dist.DistributedDataParallel(make)
 
 
+def case_fit_mismatch() -> None:
+    X, y = data(20 + dist.get_rank())  # rank 1 loaded one row more: its shard would have more steps
+    ddp = dist.DistributedDataParallel(make_model())
+    fit(ddp, nn.CrossEntropyLoss(), optim.SGD(ddp.parameters(), lr=0.1), X, y, epochs=1, batch_size=4, seed=0,
+        progress=False)
+
+
 def case_fail() -> None:
     ddp = dist.DistributedDataParallel(make_model())
     X, y = data(40)

@@ -158,6 +158,13 @@ def test_mismatched_models_fail_on_every_rank():
 
 
 @needs_mpi
+def test_fit_with_different_data_on_the_ranks_fails_on_every_rank():
+    out = run_ranks(2, WORKER, "fit_mismatch")
+    assert out.returncode != 0
+    assert "every rank must pass the same data" in out.stderr and "'n': (20, 21)" in out.stderr
+
+
+@needs_mpi
 def test_a_failing_rank_stops_all_ranks():
     t0 = time.perf_counter()
     out = run_ranks(2, WORKER, "fail", timeout=60)

@@ -249,6 +249,18 @@ def _process_group(model: Any) -> Any:
     return group if isinstance(model, DistributedDataParallel) else None
 
 
+def _check_same_run(group: Any, **settings: Any) -> None:
+    """Every rank of a data-parallel ``fit`` must pass the same data size and settings (every rank raises)."""
+    every = group.allgather_object(settings)
+    for r, theirs in enumerate(every):
+        if theirs != every[0]:
+            diff = {k: (every[0][k], theirs[k]) for k in settings if theirs[k] != every[0][k]}
+            from .distributed import DistributedError
+
+            raise DistributedError(f"fit: every rank must pass the same data and settings (each rank takes its "
+                                   f"shard itself); rank 0 vs rank {r}: {diff}")
+
+
 def _is_classification(xp: Any, y: Any) -> bool:
     return xp.isdtype(y.dtype, "integral") and y.ndim == 1
 
@@ -284,7 +296,8 @@ def evaluate(model: Any, loss_fn: Any, X: Any, y: Any, *, batch_size: int = 1024
     ``xpnn.no_grad()`` (nothing is recorded, and a forward kept for a pending ``backward`` stays as it was).
 
     Returns ``{"loss": ..., "accuracy": ...}``; the model's train/eval mode is restored afterwards. For a
-    ``DistributedDataParallel`` model every rank evaluates a share of the rows and all get the result over all rows.
+    ``DistributedDataParallel`` model every rank evaluates a share of the rows and all get the result over all rows:
+    a collective, so call it on every rank (or evaluate ``model.module`` on one rank alone).
     """
     be, dtype = _model_backend(model)
     X, y = _to_backend(be, dtype, X, y, "evaluate")
@@ -371,6 +384,9 @@ def fit(
     classify = _is_classification(xp, y)
     group = _process_group(model)
     rank, world = (group.rank, group.world_size) if group is not None else (0, 1)
+    if group is not None:  # ranks that disagree here would run different numbers of steps and hang
+        _check_same_run(group, n=int(X.shape[0]), epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                        validation_rows=None if validation_data is None else int(X_val.shape[0]))
     if group is not None and seed is None:  # every rank must shuffle the same way: rank 0 draws the seed
         seed = group.broadcast_object(int(as_generator(None).integers(2**63)))
     rng = as_generator(seed)
