@@ -10,13 +10,12 @@ parameters keep their own arrays and ``FlatBuffer.pack`` returns ``None``: the g
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
 from ..autograd.tensor import Tensor
-from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, resolve_dtype, to_numpy
+from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, resolve_dtype
 from ..errors import DTypeError, NamespaceMismatchError, ShapeError
 from ..random import generator
 
@@ -118,24 +117,7 @@ class Parameter(Tensor):
         """Whether a gradient array exists (always true for flat members) without allocating one."""
         return self._grad is not None
 
-    # --- array-like metadata ------------------------------------------------------------------------------
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self._data.shape)
-
-    @property
-    def dtype(self) -> Any:
-        return self._data.dtype
-
-    @property
-    def ndim(self) -> int:
-        return self._data.ndim
-
-    @property
-    def size(self) -> int:
-        """Number of elements."""
-        return math.prod(self._data.shape)
-
+    # (shape, dtype, ndim, size and np.asarray(p) come from Tensor)
     def mark_changed(self) -> None:
         """Record that the values were changed in place from outside an optimizer step (see the class docstring;
         ``data`` assignment, ``load_state_dict`` and ``xpnn.init`` call it)."""
@@ -158,10 +140,6 @@ class Parameter(Tensor):
         self._grad = xp.asarray(self._grad, copy=True)
         self._flat = None
         self._offset = 0
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        """``np.asarray(p)``: the values as a NumPy array (a host copy for GPU parameters)."""
-        return np.array(to_numpy(self._data), dtype=dtype, copy=True if copy else None)
 
     def __repr__(self) -> str:
         flat = ", flat" if self._flat is not None else ""
