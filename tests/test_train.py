@@ -157,8 +157,9 @@ def test_early_stopping_logic_and_restore():
         stops.append(es.on_epoch_end(epoch, {"val_loss": value}, model))
         if stops[-1]:
             break
-    assert stops == [None, None, None, None, True]  # 0.795 is not better than 0.8 by more than min_delta
-    assert es.best == 0.8 and es.best_epoch == 2 and es.stopped_epoch == 5
+    # 0.795 is not better than 0.8 by more than min_delta: epochs 3 and 4 are the 2 epochs without improvement
+    assert stops == [None, None, None, True]
+    assert es.best == 0.8 and es.best_epoch == 2 and es.stopped_epoch == 4
     es.on_train_end(model, hist)
     assert model.w == 2  # best weights restored
     acc = EarlyStopping(monitor="val_accuracy", patience=0)

@@ -104,7 +104,9 @@ class Callback:
 
 
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+    """Stop once ``patience`` epochs in a row have not improved ``monitor`` on its best by more than ``min_delta``
+    (Keras's rule: with ``patience=3`` and no improvement after epoch 1, training stops after epoch 4;
+    ``patience=0`` stops at the first epoch without improvement).
 
     ``mode``: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracies, min otherwise). With
     ``restore_best_weights`` the model gets the parameters of its best epoch back at the end.
@@ -156,7 +158,7 @@ class EarlyStopping(Callback):
                 self._best_state = model.state_dict()
             return None
         self._wait += 1
-        if self._wait > self.patience:
+        if self._wait >= self.patience:  # the patience-th epoch in a row without improvement: stop now
             self.stopped_epoch = epoch
             return True
         return None

@@ -35,8 +35,9 @@ class Parameter(Tensor):
     and ``p.grad = None`` zeroes the view.
 
     ``_version`` changes whenever the values are replaced from outside an optimizer step (``data`` assignment,
-    ``Module.load_state_dict``, ``xpnn.init``): an optimizer keeping a float32 master copy of a float16 parameter
-    re-reads the parameter then instead of overwriting the new values with its stale copy.
+    ``Module.load_state_dict``, ``xpnn.init``). Optimizers do not rely on it: one keeping a float32 master copy of
+    a float16 parameter compares the copy with the values on the device before each step, so any write, even
+    ``p.data[...] = 0`` that bumps no version, is kept (``Optimizer._step_slot``).
     """
 
     __slots__ = ("_flat", "_offset", "_version", "name")
