@@ -306,3 +306,10 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(patience
                batch_size=10, validation_data=(X, y), callbacks=[es], progress=False, seed=0)
     # lr 0: val_loss is the same every epoch; epoch 1 sets the best, then `patience` epochs without improvement
     assert hist.epochs == epochs == max(patience, 1) + 1 and es.stopped_epoch == epochs and es.best_epoch == 1
+
+
+def test_pca_still_accepts_the_first_versions_eps_with_a_warning():
+    from xpnn.data import PCA
+
+    with pytest.warns(DeprecationWarning, match="eps is no longer used"):
+        PCA(2, whiten=True, eps=1e-8)

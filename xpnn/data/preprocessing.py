@@ -5,6 +5,8 @@ Both are written against the array API: they fit and transform arrays of whateve
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, Optional, Union
 
 from ..backend import BackendLike, get_backend, namespace_of
@@ -108,7 +110,12 @@ class PCA:
     (the divisor used when whitening).
     """
 
-    def __init__(self, n_components: Union[int, float], whiten: bool = False, rtol: Optional[float] = None) -> None:
+    def __init__(self, n_components: Union[int, float], whiten: bool = False, rtol: Optional[float] = None, *,
+                 eps: Optional[float] = None) -> None:
+        if eps is not None:  # the first version's absolute floor, which made whitening scale-dependent
+            warnings.warn("PCA: eps is no longer used (whitening divides by the standard deviation and leaves "
+                          "components below rtol * the largest singular value unscaled); pass rtol instead",
+                          DeprecationWarning, stacklevel=2)
         if isinstance(n_components, bool) or not isinstance(n_components, (int, float)):
             raise TypeError(f"PCA: n_components must be an int or a float fraction, got {n_components!r}")
         if isinstance(n_components, float) and not 0.0 < n_components < 1.0:
