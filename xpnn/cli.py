@@ -539,7 +539,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bars, one line per epoch instead")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel over the ranks of mpiexec -n N (NCCL when every rank has a GPU, else MPI); "
-                        "--batch-size is per rank")
+                        "--batch-size is per rank (default: off, one process)")
     pr = sub.add_parser("predict", help="class labels for new rows from a checkpoint of xpnn train --save",
                         description="Load a checkpoint written by `xpnn train --save PATH`, standardize the input "
                                     "rows as in training and print one predicted class label per line (or write "
