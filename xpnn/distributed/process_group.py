@@ -206,6 +206,9 @@ class ProcessGroup:
         max, min, prod. NumPy arrays go over MPI, CuPy arrays over NCCL (or MPI through host memory)."""
         if op not in _OPS:
             raise ValueError(f"all_reduce: op must be one of {', '.join(_OPS)}, got {op!r}")
+        if op == "mean" and not namespace_of(array).isdtype(array.dtype, "real floating"):
+            raise DistributedError(f"all_reduce(op='mean') needs a floating array, got {dtype_name(array.dtype)}; "
+                                   "use op='sum' and divide")
         if self._nccl_call(array):
             self._nccl_all_reduce(array, op)
         else:
