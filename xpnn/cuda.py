@@ -32,7 +32,7 @@ from .errors import CaptureError
 from .functional.updates import copy_into
 from .nn.module import call_backward
 
-__all__ = ["make_graphed_step", "GraphedStep", "GraphRuntime", "CupyGraphRuntime"]
+__all__ = ["make_graphed_step", "GraphedStep", "GraphBuilder", "GraphRuntime", "CupyGraphRuntime"]
 
 
 class GraphRuntime(Protocol):
