@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from .grad_mode import set_grad_enabled
-from .op import Context
+from .op import _OVERRIDDEN, Context, override_for
 
 __all__ = ["Node", "run_backward"]
 
@@ -213,9 +213,7 @@ def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create
         out = op.backward(ctx, *grads)
     else:
         out = None
-        if op._has_overrides:
-            from .op import override_for
-
+        if op.name in _OVERRIDDEN["backward"]:
             fn = override_for(op.name, "backward", grads[0])
             if fn is not None:
                 out = fn(ctx, *grads)
@@ -228,7 +226,9 @@ def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create
     if len(out) != len(node.inputs):
         raise RuntimeError(f"{op.name}: backward returned {len(out)} gradients for {len(node.inputs)} inputs")
     if not create_graph:
-        out = tuple(g._data if isinstance(g, tensor_cls) else g for g in out)
+        for g in out:
+            if isinstance(g, tensor_cls):  # (a backward that made Tensors from Tensors it kept)
+                return tuple(g._data if isinstance(g, tensor_cls) else g for g in out)
     return out
 
 

@@ -32,6 +32,7 @@ __all__ = ["Op", "Context", "register_override", "override_for"]
 
 _FREED = object()  # marks a context whose saved values were released after backward
 _OVERRIDES: dict[tuple[str, str, str], Callable[..., Any]] = {}
+_OVERRIDDEN: dict[str, set[str]] = {"forward": set(), "backward": set()}  # op names with an override, per phase
 _NO_FLAGS: dict[int, tuple[bool, ...]] = {}
 
 
@@ -55,12 +56,12 @@ def register_override(op: str, phase: str, kind: str, fn: Optional[Callable[...,
         _OVERRIDES.pop(key, None)
     else:
         _OVERRIDES[key] = fn
-    Op._has_overrides = bool(_OVERRIDES)
+    _OVERRIDDEN[phase] = {name for (name, ph, _) in _OVERRIDES if ph == phase}
 
 
 def override_for(op: str, phase: str, x: Any) -> Optional[Callable[..., Any]]:
     """The override registered for ``op``'s ``phase`` on arrays like ``x``, or ``None``."""
-    return _OVERRIDES.get((op, phase, _kind(x))) if _OVERRIDES else None
+    return _OVERRIDES.get((op, phase, _kind(x))) if op in _OVERRIDDEN[phase] else None
 
 
 class Context:
@@ -119,7 +120,6 @@ class Op:
     kernel: ClassVar[Optional[str]] = None
     #: outputs of forward that get gradients (a tuple output's other entries, e.g. argmax indices, get none)
     differentiable_outputs: ClassVar[Optional[tuple[int, ...]]] = None
-    _has_overrides: ClassVar[bool] = False
 
     @staticmethod
     def forward(ctx: Context, *inputs: Any, **params: Any) -> Any:
@@ -153,7 +153,7 @@ class Op:
                         if out is not NotImplemented:
                             cls.save(ctx, out, *arrays, **params)
                             return out
-            if cls._has_overrides and arrays:
+            if cls.name in _OVERRIDDEN["forward"] and arrays:
                 fn = override_for(cls.name, "forward", arrays[0])
                 if fn is not None:
                     out = fn(ctx, *arrays, **params)
