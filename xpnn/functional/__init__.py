@@ -17,6 +17,7 @@ from .activations import (
     tanh,
     tanh_backward,
 )
+from .conv import conv2d, conv2d_backward
 from .linear import accuracy, linear, one_hot
 from .losses import (
     binary_cross_entropy_with_logits,
@@ -25,6 +26,15 @@ from .losses import (
     cross_entropy_with_grad,
     mse_loss,
     mse_loss_with_grad,
+)
+from .pooling import (
+    adaptive_avg_pool2d,
+    adaptive_avg_pool2d_backward,
+    avg_pool2d,
+    avg_pool2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+    max_pool2d_with_argmax,
 )
 from .softmax import log_softmax, logsumexp, softmax
 from .updates import adagrad_update, adam_update, rmsprop_update, sgd_update
@@ -36,4 +46,6 @@ __all__ = [
     "cross_entropy", "cross_entropy_with_grad", "mse_loss", "mse_loss_with_grad",
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
     "adam_update", "sgd_update", "adagrad_update", "rmsprop_update",
+    "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_with_argmax", "max_pool2d_backward",
+    "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
 ]
