@@ -11,7 +11,7 @@ from . import nn
 __all__ = ["digits_cnn", "lenet5", "cnn_for"]
 
 
-def digits_cnn(n_classes: int = 10, in_channels: int = 1, *, channels: Sequence[int] = (8, 16), hidden: int = 64,
+def digits_cnn(n_classes: int = 10, in_channels: int = 1, *, channels: Sequence[int] = (16, 32), hidden: int = 64,
                backend: Any = None, dtype: Any = None, seed: Any = 0) -> nn.Sequential:
     """For (N, in_channels, 8, 8) images: two 3x3 same-padded convolutions with ReLU, 2x2 max pool, a hidden
     Linear layer: ``conv(c1) -> relu -> conv(c2) -> relu -> maxpool2 -> flatten -> linear(hidden) -> relu ->
@@ -60,4 +60,4 @@ def cnn_for(image_shape: Sequence[int], n_classes: int, *, backend: Any = None, 
         return lenet5(n_classes, c, backend=backend, dtype=dtype, seed=seed)
     if h < 2 or w < 2 or h % 2 or w % 2:
         raise ValueError(f"cnn_for: images must have even height and width >= 2, got {tuple(image_shape)}")
-    return _small_cnn(n_classes, c, h, w, (8, 16), 64, backend, dtype, seed)
+    return _small_cnn(n_classes, c, h, w, (16, 32), 64, backend, dtype, seed)
