@@ -15,7 +15,7 @@ import math
 from typing import Any, Optional, Sequence, Union
 
 from .. import _dispatch
-from ..backend import namespace_of
+from ..backend import is_numpy_namespace, namespace_of
 from ..errors import ShapeError
 from . import _checks
 from .conv import Conv2dGeometry, IntPair, col2im, im2col, pair_arg
@@ -80,9 +80,35 @@ def max_pool2d_with_argmax(x: Any, kernel_size: IntPair, stride: Optional[IntPai
         out = kernel(x, g)
         if out is not NotImplemented:
             return out
+    elif is_numpy_namespace(xp):
+        return _max_pool2d_numpy(x, g)
     cols = xp.reshape(im2col(x, g, pad_value=-math.inf), (g.n, g.c, g.offsets, g.oh, g.ow))
     arg = xp.argmax(cols, axis=2)  # first maximum (NumPy/CuPy: the first NaN, which max propagates)
     return xp.max(cols, axis=2), xp.astype(arg, xp.int32)
+
+
+def _max_pool2d_numpy(x: Any, g: Conv2dGeometry) -> tuple[Any, Any]:
+    """NumPy fast path: a running maximum over the kh*kw strided views of the padded input (3 elementwise passes
+    per offset; ``argmax`` over a short window axis costs more), the argmax updated where a view wins. Input with a
+    NaN (rare; one sum finds it) is left to the reference, which makes the NaN win its window."""
+    import numpy as np
+
+    xpad = x
+    if g.pt or g.pb or g.pl or g.pr:
+        xpad = np.full((g.n, g.c, g.hp, g.wp), -np.inf, dtype=x.dtype)
+        xpad[:, :, g.pt:g.pt + g.h, g.pl:g.pl + g.w] = x
+    y = xpad[(slice(None), slice(None)) + g.window(0, 0)].copy()
+    arg = np.zeros(y.shape, dtype=np.int32)
+    win = np.empty(y.shape, dtype=bool)
+    for k in range(1, g.offsets):
+        v = xpad[(slice(None), slice(None)) + g.window(k // g.kw, k % g.kw)]
+        np.greater(v, y, out=win)
+        np.copyto(y, v, where=win)
+        np.copyto(arg, np.int32(k), where=win)
+    if np.isnan(x.sum()):  # a NaN (or +inf and -inf) somewhere: `greater` skipped it, the reference does not
+        cols = im2col(x, g, pad_value=-math.inf).reshape(g.n, g.c, g.offsets, g.oh, g.ow)
+        return cols.max(axis=2), cols.argmax(axis=2).astype(np.int32)
+    return y, arg
 
 
 def max_pool2d(x: Any, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
@@ -106,10 +132,25 @@ def max_pool2d_backward(argmax: Any, dy: Any, input_shape: Sequence[int], kernel
         out = kernel(argmax, dy, g)
         if out is not NotImplemented:
             return out
+    elif is_numpy_namespace(xp):
+        return _max_pool2d_backward_numpy(argmax, dy, g)
     offsets = xp.reshape(xp.arange(g.offsets, dtype=argmax.dtype), (1, 1, g.offsets, 1, 1))
     hit = argmax[:, :, None, :, :] == offsets
     dcols = xp.where(hit, dy[:, :, None, :, :], xp.zeros((), dtype=dy.dtype))
     return col2im(xp.reshape(dcols, (g.n, g.c, g.kh, g.kw, g.oh, g.ow)), g)
+
+
+def _max_pool2d_backward_numpy(argmax: Any, dy: Any, g: Conv2dGeometry) -> Any:
+    """NumPy fast path: for each window offset, dy where the argmax is that offset added to the strided view of
+    dx it came from (one pass per offset; no (N, C, oh, ow, kh*kw) temporary)."""
+    import numpy as np
+
+    dxp = np.zeros((g.n, g.c, g.hp, g.wp), dtype=dy.dtype)
+    share = np.empty(dy.shape, dtype=dy.dtype)
+    for k in range(g.offsets):
+        np.multiply(argmax == k, dy, out=share)
+        dxp[(slice(None), slice(None)) + g.window(k // g.kw, k % g.kw)] += share
+    return dxp[:, :, g.pt:g.pt + g.h, g.pl:g.pl + g.w]
 
 
 # ---- average ------------------------------------------------------------------------------------------------------
