@@ -77,15 +77,30 @@ def test_conv2d_gradcheck(xs, ws, stride, padding, dilation, groups):
         np.testing.assert_allclose(got, numeric_grad(f, arr), rtol=1e-6, atol=1e-8)
 
 
-def test_conv2d_numpy_fast_path_equals_the_reference():
-    """The NumPy im2col (sliding_window_view) and the generic one (stacked slices) build the same columns."""
+def test_numpy_overrides_equal_the_reference():
+    """The NumPy fast paths registered as overrides (conv_numpy) compute what the array-API declarations compute:
+    the same columns, the same pooled values and argmax, the same pooling gradient."""
+    from xpnn.autograd.op import override_for
+    from xpnn.functional import conv_numpy, pooling
+
+    x = randn(2, 3, 5, 5)
+    assert override_for("conv2d", "forward", x) is not None
+    assert override_for("max_pool2d", "forward", x) is not None
+    assert override_for("max_pool2d", "backward", x) is not None
     for xs, ws, stride, padding, dilation, groups in CONV_CASES:
         x = randn(*xs)
         g = C.conv2d_geometry(xs, ws, stride, padding, dilation, groups)
-        fast = C.im2col(x, g)
-        import array_api_strict as xps
-        ref = np.asarray(C.im2col(xps.asarray(x), g))
-        np.testing.assert_array_equal(fast, ref)
+        np.testing.assert_array_equal(conv_numpy.im2col_numpy(x, g), C.im2col(x, g))
+    for xs, k, s, p, d, ceil in POOL_CASES:
+        x = randn(*xs, seed=3)
+        g = pooling.pool2d_geometry(xs, k, s, p, d, ceil, "test")
+        y, arg = conv_numpy.max_pool2d_numpy(x, g)
+        y_ref, arg_ref = F.max_pool2d_with_argmax(x, k, s, p, d, ceil)  # the declaration's array code
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(arg, arg_ref)
+        dy = randn(*y.shape, seed=4)
+        np.testing.assert_allclose(conv_numpy.max_pool2d_backward_numpy(arg, dy, g),
+                                   F.max_pool2d_backward(arg, dy, xs, k, s, p, d, ceil), rtol=1e-15)
 
 
 @pytest.mark.parametrize("case", CONV_CASES[:3])

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import xpnn
+import xpnn.functional as F_
 from xpnn import nn, optim
 from xpnn.cli import main
 from xpnn.errors import DTypeError, ShapeError
@@ -228,3 +229,51 @@ def test_train_model_cnn_rejects_non_square_rows(capsys):
     with pytest.raises(ValueError, match="square single-channel images"):
         _image_shape(60)
     assert _image_shape(784) == (1, 28, 28)
+
+
+# ---- the tape (Tensors in) -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make,shape", MODULES)
+def test_tape_gives_the_explicit_api_gradients(make, shape):
+    """The same module through Tensors (recorded) and through arrays (explicit backward): equal gradients."""
+    import xpnn.functional as F
+
+    m = make()
+    x = randn(*shape)
+    g = randn(*m(x).shape, seed=5)
+    m.zero_grad()
+    m(x)
+    dx = m.backward(g)
+    want = {n: np.array(p.grad) for n, p in m.named_parameters()}
+    m.zero_grad()
+    xt = xpnn.tensor(x, requires_grad=True)
+    out = m(xt)
+    assert isinstance(out, xpnn.Tensor)
+    F.sum(out * xpnn.tensor(g)).backward()
+    np.testing.assert_allclose(xt.grad, dx, rtol=1e-12, atol=1e-14)
+    for n, p in m.named_parameters():
+        np.testing.assert_allclose(p.grad, want[n], rtol=1e-12, atol=1e-14, err_msg=n)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x, w: F_.conv2d(x, w, None, 2, 1, 1, 1),
+    lambda x, w: F_.max_pool2d(F_.conv2d(x, w, padding=1), 3, 2, 1, ceil_mode=True),
+    lambda x, w: F_.avg_pool2d(F_.conv2d(x, w), 2, 1, 1, count_include_pad=False),
+    lambda x, w: F_.adaptive_avg_pool2d(F_.conv2d(x, w, dilation=2, padding=2), (2, 3)),
+])
+def test_tape_gradcheck_of_the_ops(fn):
+    """Finite differences of sum(f(x, w) * g) against the tape's gradients for x and w (float64)."""
+    x, w = randn(2, 2, 6, 6, seed=1), randn(3, 2, 3, 3, seed=2)
+    g = randn(*fn(x, w).shape, seed=3)
+    xt, wt = xpnn.tensor(x, requires_grad=True), xpnn.tensor(w, requires_grad=True)
+    F_.sum(fn(xt, wt) * xpnn.tensor(g)).backward()
+    f = lambda: float(np.sum(fn(x, w) * g))  # noqa: E731
+    np.testing.assert_allclose(xt.grad, numeric_grad(f, x), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(wt.grad, numeric_grad(f, w), rtol=1e-6, atol=1e-8)
+
+
+def test_higher_order_gradients_are_refused_with_a_clear_error():
+    x, w = xpnn.tensor(randn(1, 1, 4, 4), requires_grad=True), xpnn.tensor(randn(1, 1, 3, 3), requires_grad=True)
+    with pytest.raises(NotImplementedError, match="conv2d: higher-order gradients"):
+        xpnn.grad(F_.sum(F_.conv2d(x, w) * F_.conv2d(x, w)), [x], create_graph=True)
+

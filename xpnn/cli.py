@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .errors import XpnnError
+from .random import generator
 
 __all__ = ["main", "build_model", "make_optimizer", "ACTIVATIONS", "OPTIMIZERS"]
 
@@ -50,7 +51,7 @@ def build_model(sizes: Sequence[int], activation: str = "relu", *, backend: Any 
 
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}: choose from {', '.join(ACTIVATIONS)}")
-    rng = np.random.default_rng(seed)
+    rng = generator(seed)
     act = getattr(nn, ACTIVATIONS[activation])
     layers: list[Any] = []
     for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):

@@ -12,6 +12,7 @@ import math
 import time
 from typing import Any, Callable, Optional, Sequence
 
+from .autograd.grad_mode import no_grad
 from .backend import Backend, backend_of, get_backend
 from .data.batching import SeedLike, as_generator, batches
 from .nn.module import call_backward
@@ -252,7 +253,8 @@ def _fmt(logs: dict[str, float]) -> str:
 # --- public API ------------------------------------------------------------------------------------------------
 
 def evaluate(model: Any, loss_fn: Any, X: Any, y: Any, *, batch_size: int = 1024) -> dict[str, float]:
-    """Mean loss (and accuracy, for integer class labels) of ``model`` on ``(X, y)`` in eval mode.
+    """Mean loss (and accuracy, for integer class labels) of ``model`` on ``(X, y)`` in eval mode, under
+    ``xpnn.no_grad()`` (nothing is recorded, and a forward kept for a pending ``backward`` stays as it was).
 
     Returns ``{"loss": ..., "accuracy": ...}``; the model's train/eval mode is restored afterwards.
     """
@@ -262,16 +264,18 @@ def evaluate(model: Any, loss_fn: Any, X: Any, y: Any, *, batch_size: int = 1024
     model.eval()
     try:
         meter = _Meter(be.xp, _is_classification(be.xp, y))
-        for xb, yb in batches(X, y, batch_size, shuffle=False):
-            logits = model(xb)
-            meter.add(loss_fn(logits, yb), _loss_scale(loss_fn, int(yb.shape[0])), logits, yb)
+        with no_grad():
+            for xb, yb in batches(X, y, batch_size, shuffle=False):
+                logits = model(xb)
+                meter.add(loss_fn(logits, yb), _loss_scale(loss_fn, int(yb.shape[0])), logits, yb)
         return meter.result()
     finally:
         model.train(was_training)
 
 
 def predict(model: Any, X: Any, *, batch_size: int = 1024) -> Any:
-    """``model(X)`` in eval mode, in batches, on the model's backend: the outputs (e.g. logits) for every row."""
+    """``model(X)`` in eval mode under ``xpnn.no_grad()``, in batches, on the model's backend: the outputs (e.g.
+    logits, not probabilities) for every row, as one array."""
     be, dtype = _model_backend(model)
     X = be.asarray(X)
     if be.xp.isdtype(X.dtype, "real floating") and X.dtype != dtype:
@@ -279,7 +283,8 @@ def predict(model: Any, X: Any, *, batch_size: int = 1024) -> Any:
     was_training = getattr(model, "training", True)
     model.eval()
     try:
-        outs = [model(xb) for xb, _ in batches(X, None, batch_size, shuffle=False)]
+        with no_grad():
+            outs = [model(xb) for xb, _ in batches(X, None, batch_size, shuffle=False)]
     finally:
         model.train(was_training)
     return outs[0] if len(outs) == 1 else be.xp.concat(outs, axis=0)

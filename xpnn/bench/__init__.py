@@ -24,7 +24,7 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
         ("sigmoid_backward", "1e6"), ("sigmoid_backward", "1e8"),
         ("cross_entropy", "4096x1000"), ("cross_entropy", "8192x32768"),
         ("adam", "1e6"), ("adam", "1e8"), ("adam", "200-tensors"),
-        ("mlp_step", "batch256"),
+        ("mlp_step", "batch256"), ("tiny_step", "batch8"),
         ("seed_net", "64x1000"),
     ],
     "conv": [  # the convolution cases (compare with --reference torch-cpu: there is no plain-NumPy version)
@@ -32,7 +32,7 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
     ],
     "tiny": [  # a smoke run: seconds, every case once
         ("sigmoid_backward", "1e4"), ("cross_entropy", "256x10"), ("adam", "1e4"), ("mlp_step", "batch16"),
-        ("seed_net", "64x1000"),
+        ("tiny_step", "batch8"), ("seed_net", "64x1000"),
     ],
 }
 
@@ -56,6 +56,8 @@ def run(
         group: list[Row] = []
         nbytes = CASES[case].bytes_moved(CASES[case].sizes[size])
         for impl in impls:
+            if impl not in CASES[case].builders:  # e.g. autograd rows exist for training steps only
+                continue
             try:
                 runner = make_runner(case, size, impl)
             except Unavailable as exc:

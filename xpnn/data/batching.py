@@ -8,6 +8,8 @@ import numpy as np
 from ..backend import backend_of, namespace_of, to_numpy
 from ..errors import ShapeError
 
+from ..random import generator
+
 __all__ = ["batches", "train_test_split", "SeedLike", "as_generator"]
 
 SeedLike = Union[int, np.random.Generator, None]
@@ -15,9 +17,7 @@ SeedLike = Union[int, np.random.Generator, None]
 
 def as_generator(seed: SeedLike) -> np.random.Generator:
     """A NumPy Generator from an int seed, ``None`` (fresh entropy) or an existing Generator (used as is)."""
-    if isinstance(seed, np.random.Generator):
-        return seed
-    return np.random.default_rng(seed)
+    return generator(seed)
 
 
 def _check_lengths(where: str, X: Any, y: Any) -> int:

@@ -14,10 +14,11 @@ CuPy with the ``im2col``/``col2im`` kernels in ``kernels/conv.cu``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from .. import _dispatch
-from ..backend import dtype_name, is_numpy_namespace, namespace_of
+from ..autograd.op import Context, Op
+from ..backend import dtype_name, namespace_of
 from ..errors import DTypeError, ShapeError
 from . import _checks
 
@@ -146,25 +147,9 @@ def im2col(x: Any, g: Conv2dGeometry, pad_value: float = 0.0) -> Any:
         out = fast(x, g)
         if out is not NotImplemented:
             return out
-    elif is_numpy_namespace(xp):
-        return _im2col_numpy(x, g, pad_value)
     xpad = _pad(xp, x, g, pad_value)
     slices = [xpad[(slice(None), slice(None)) + g.window(i, j)] for i in range(g.kh) for j in range(g.kw)]
     return xp.reshape(xp.stack(slices, axis=2), (g.n, g.c, g.kh, g.kw, g.oh, g.ow))
-
-
-def _im2col_numpy(x: Any, g: Conv2dGeometry, pad_value: float = 0.0) -> Any:
-    """NumPy fast path of ``im2col``: a strided view of every window (``sliding_window_view``), copied once."""
-    import numpy as np
-    from numpy.lib.stride_tricks import sliding_window_view
-
-    xpad = x
-    if g.pt or g.pb or g.pl or g.pr:
-        xpad = np.full((g.n, g.c, g.hp, g.wp), pad_value, dtype=x.dtype)
-        xpad[:, :, g.pt:g.pt + g.h, g.pl:g.pl + g.w] = x
-    win = sliding_window_view(xpad, (g.dh * (g.kh - 1) + 1, g.dw * (g.kw - 1) + 1), axis=(2, 3))
-    win = win[:, :, :g.sh * (g.oh - 1) + 1:g.sh, :g.sw * (g.ow - 1) + 1:g.sw, ::g.dh, ::g.dw]
-    return np.ascontiguousarray(win.transpose(0, 1, 4, 5, 2, 3))
 
 
 def col2im(cols: Any, g: Conv2dGeometry) -> Any:
@@ -198,11 +183,13 @@ def _check(x: Any, weight: Any, bias: Any, where: str) -> Any:
     return xp
 
 
-def conv2d_forward(x: Any, weight: Any, bias: Any, g: Conv2dGeometry, groups: int) -> tuple[Any, Any]:
-    """(y, cols) for validated arguments: cols (N, groups, C_in/groups*kh*kw, oh*ow) is what backward needs."""
+def conv2d_forward(x: Any, weight: Any, bias: Any, g: Conv2dGeometry, groups: int,
+                   im2col_fn: Callable[[Any, Conv2dGeometry], Any] = im2col) -> tuple[Any, Any]:
+    """(y, cols) for validated arguments: cols (N, groups, C_in/groups*kh*kw, oh*ow) is what backward needs.
+    ``im2col_fn``: how the columns are built (the NumPy override passes its ``sliding_window_view`` version)."""
     xp = namespace_of(x, weight, bias, where="conv2d")
     c_out = int(weight.shape[0])
-    cols = xp.reshape(im2col(x, g), (g.n, groups, g.c // groups * g.offsets, g.oh * g.ow))
+    cols = xp.reshape(im2col_fn(x, g), (g.n, groups, g.c // groups * g.offsets, g.oh * g.ow))
     w3 = xp.reshape(weight, (groups, c_out // groups, g.c // groups * g.offsets))
     y = xp.reshape(xp.matmul(w3, cols), (g.n, c_out, g.oh, g.ow))
     if bias is not None:
@@ -210,14 +197,51 @@ def conv2d_forward(x: Any, weight: Any, bias: Any, g: Conv2dGeometry, groups: in
     return y, cols
 
 
+def no_higher_order(ctx: Context, op: str) -> None:
+    """The backwards of the convolution and pooling ops are array code, not recorded ops: refuse ``create_graph``."""
+    if ctx.create_graph:
+        raise NotImplementedError(f"{op}: higher-order gradients (create_graph=True) are not supported; its "
+                                  "backward runs on arrays")
+
+
+class Conv2d(Op):
+    """``conv2d`` declared once: forward saves x, weight and the column tensor; backward is ``conv2d_backward``.
+    NumPy arrays take the override in ``conv_numpy`` (``sliding_window_view`` columns); CuPy arrays build the
+    columns with the ``im2col``/``col2im`` kernels (looked up inside ``im2col``/``col2im``)."""
+
+    name = "conv2d"
+
+    @staticmethod
+    def check(x: Any, weight: Any, bias: Any = None, **params: Any) -> None:
+        _check(x, weight, bias, "conv2d")
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, weight: Any, bias: Any = None, *, stride: IntPair = 1,
+                padding: Union[IntPair, str] = 0, dilation: IntPair = 1, groups: int = 1,
+                im2col_fn: Callable[[Any, Conv2dGeometry], Any] = im2col) -> Any:
+        g = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+        y, cols = conv2d_forward(x, weight, bias, g, groups, im2col_fn)
+        ctx.save_for_backward(x, weight)
+        ctx.cols, ctx.params, ctx.has_bias = cols, (stride, padding, dilation, groups), bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx: Context, dy: Any) -> tuple[Any, Any, Any]:
+        no_higher_order(ctx, "conv2d")
+        x, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dx, dw, db = conv2d_backward(x, weight, dy, *ctx.params, cols=ctx.cols, need_input_grad=need[0],
+                                     need_bias_grad=ctx.has_bias and len(need) > 2 and need[2])
+        return dx, (dw if need[1] else None), db
+
+
 def conv2d(x: Any, weight: Any, bias: Optional[Any] = None, stride: IntPair = 1,
            padding: Union[IntPair, str] = 0, dilation: IntPair = 1, groups: int = 1) -> Any:
     """2-D cross-correlation like ``torch.nn.functional.conv2d``: x (N, C_in, H, W), weight
     (C_out, C_in/groups, kH, kW), bias (C_out,) or None -> (N, C_out, OH, OW). ``padding``: int, pair, ``"valid"``
-    or ``"same"`` (stride 1 only). Raises ShapeError/DTypeError/ValueError naming the mismatch."""
-    _check(x, weight, bias, "conv2d")
-    g = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
-    return conv2d_forward(x, weight, bias, g, groups)[0]
+    or ``"same"`` (stride 1 only). Arrays or Tensors (then recorded). Raises ShapeError/DTypeError/ValueError
+    naming the mismatch."""
+    return Conv2d.apply(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
 def conv2d_backward(x: Any, weight: Any, dy: Any, stride: IntPair = 1, padding: Union[IntPair, str] = 0,

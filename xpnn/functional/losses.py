@@ -1,7 +1,9 @@
-"""Losses, each with a ``*_with_grad`` variant returning ``(loss, grad_wrt_first_argument)`` in one pass.
+"""Losses, each an op declared once, with a ``*_with_grad`` variant returning ``(loss, grad_wrt_first_argument)``
+in one pass.
 
 For ``reduction="none"`` the loss is per sample/element and the gradient is that of the summed loss.
-``cross_entropy_with_grad`` is the fused hot path a CUDA kernel overrides.
+``cross_entropy_with_grad`` is the fused hot path a CUDA kernel overrides; the ``cross_entropy`` op runs it in its
+forward when the logits need a gradient and keeps that gradient for its backward (one pass over the logits).
 """
 from __future__ import annotations
 
@@ -9,12 +11,14 @@ import math
 from typing import Any
 
 from .. import _dispatch
+from ..autograd.op import Context, Op
 from ..backend import is_cupy_namespace, is_numpy_namespace, namespace_of
 from ..debug import check_finite
 from . import _checks
 from .activations import sigmoid
 from ._inplace import InPlace
-from .softmax import _shifted, _upcast
+from .shape import reshape
+from .softmax import _shifted, _upcast, softmax
 
 
 def _reduce(xp: Any, per: Any, reduction: str) -> Any:
@@ -89,15 +93,59 @@ def _sub_at_targets(xp: Any, grad: Any, t: Any, value: Any) -> None:
         grad -= xp.astype(onehot, grad.dtype) * value[:, None]
 
 
+class CrossEntropy(Op):
+    name = "cross_entropy"
+
+    @staticmethod
+    def forward(ctx: Context, logits: Any, target: Any, *, reduction: str = "mean", ignore_index: int = -100,
+                label_smoothing: float = 0.0) -> Any:
+        xp = _check_ce(logits, target, reduction, ignore_index, label_smoothing, "cross_entropy")
+        ctx.save_for_backward(logits)
+        ctx.target, ctx.reduction, ctx.ignore_index, ctx.eps = target, reduction, ignore_index, label_smoothing
+        if ctx.needs_input_grad[0]:  # the fused pass: loss and gradient at once
+            loss, ctx.grad = _with_grad(xp, logits, target, reduction, ignore_index, label_smoothing)
+            return loss
+        return _cross_entropy(xp, logits, target, reduction, ignore_index, label_smoothing, with_grad=False)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, None]:
+        if not ctx.create_graph:
+            grad = ctx.grad
+        else:  # recorded: (softmax - smoothed one-hot) * row scale, with the same ops
+            (x,) = ctx.saved_tensors
+            grad = _ce_grad_expression(ctx, x)
+        if ctx.reduction == "none":
+            return grad * reshape(g, (grad.shape[0], 1)), None
+        return grad * g, None
+
+
+def _ce_grad_expression(ctx: Context, x: Any) -> Any:
+    """d loss / d logits as an expression of ``x`` (a Tensor): ``(softmax(x) - (1-eps) onehot - eps/C) * scale``."""
+    xp = ctx.xp
+    target = ctx.target
+    n, c = x.shape
+    valid = target != ctx.ignore_index
+    t = xp.where(valid, target, xp.zeros_like(target))
+    dtype = x.dtype
+    onehot = xp.astype(xp.arange(c, dtype=t.dtype)[None, :] == t[:, None], dtype)
+    row = xp.astype(valid, dtype)
+    if ctx.reduction == "mean":
+        row = row / xp.maximum(xp.sum(row), 1.0)
+    dist = onehot * (1.0 - ctx.eps) + ctx.eps / c
+    return (softmax(x) - dist) * row[:, None]
+
+
 def cross_entropy(
     logits: Any, target: Any, *, reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0
 ) -> Any:
-    """Softmax cross-entropy of ``logits`` (N, C) against integer class ``target`` (N,), PyTorch semantics.
+    """Softmax cross-entropy of ``logits`` (N, C) against integer class ``target`` (N,), PyTorch semantics
+    (``torch.nn.functional.cross_entropy``: ``ignore_index``, ``label_smoothing``, ``reduction``).
 
-    Returns a 0-d array (``"mean"``/``"sum"``) or per-sample losses (N,) (``"none"``).
+    Returns a 0-d array/Tensor (``"mean"``/``"sum"``) or per-sample losses (N,) (``"none"``).
+    Raises ``ShapeError``/``DTypeError``/``ValueError`` for bad shapes, dtypes or out-of-range targets.
     """
-    xp = _check_ce(logits, target, reduction, ignore_index, label_smoothing, "cross_entropy")
-    return _cross_entropy(xp, logits, target, reduction, ignore_index, label_smoothing, with_grad=False)
+    return CrossEntropy.apply(logits, target, reduction=reduction, ignore_index=ignore_index,
+                              label_smoothing=label_smoothing)
 
 
 def cross_entropy_with_grad(
@@ -105,12 +153,17 @@ def cross_entropy_with_grad(
 ) -> tuple[Any, Any]:
     """``(cross_entropy(...), d loss / d logits)`` in one pass; the gradient has the shape of ``logits`` (N, C)."""
     xp = _check_ce(logits, target, reduction, ignore_index, label_smoothing, "cross_entropy_with_grad")
+    return _with_grad(xp, logits, target, reduction, ignore_index, label_smoothing)
+
+
+def _with_grad(xp: Any, logits: Any, target: Any, reduction: str, ignore_index: int, eps: float) -> tuple[Any, Any]:
+    """The fused kernel for ``cross_entropy_with_grad`` where one is registered, else the reference."""
     kernel = _dispatch.lookup("cross_entropy_with_grad", xp, logits.dtype)
     if kernel is not None:
-        out = kernel(logits, target, reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing)
+        out = kernel(logits, target, reduction=reduction, ignore_index=ignore_index, label_smoothing=eps)
         if out is not NotImplemented:
             return out
-    return _cross_entropy(xp, logits, target, reduction, ignore_index, label_smoothing, with_grad=True)
+    return _cross_entropy(xp, logits, target, reduction, ignore_index, eps, with_grad=True)
 
 
 def _check_pair(pred: Any, target: Any, reduction: str, where: str, first: str) -> Any:
@@ -123,11 +176,46 @@ def _check_pair(pred: Any, target: Any, reduction: str, where: str, first: str) 
     return xp
 
 
+class MSELoss(Op):
+    name = "mse_loss"
+
+    @staticmethod
+    def forward(ctx: Context, pred: Any, target: Any, *, reduction: str = "mean") -> Any:
+        xp = _check_pair(pred, target, reduction, "mse_loss", "pred")
+        ctx.save_for_backward(pred, target)
+        ctx.reduction, ctx.scale = reduction, 2.0 * _grad_scale(pred, reduction)
+        d = pred - target
+        return _reduce(xp, d * d, reduction)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
+        pred, target = ctx.saved_tensors
+        gd = (pred - target) * (g * ctx.scale)
+        return (gd if ctx.needs_input_grad[0] else None), (-gd if ctx.needs_input_grad[1] else None)
+
+
+class BCEWithLogits(Op):
+    name = "binary_cross_entropy_with_logits"
+
+    @staticmethod
+    def forward(ctx: Context, logits: Any, target: Any, *, reduction: str = "mean") -> Any:
+        xp = _check_pair(logits, target, reduction, "binary_cross_entropy_with_logits", "logits")
+        ctx.save_for_backward(logits, target)
+        ctx.scale = _grad_scale(logits, reduction)
+        return _reduce(xp, _bce_terms(xp, logits, target), reduction)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
+        x, t = ctx.saved_tensors
+        gs = g * ctx.scale
+        gx = (sigmoid(x) - t) * gs if ctx.needs_input_grad[0] else None
+        gt = -x * gs if ctx.needs_input_grad[1] else None
+        return gx, gt
+
+
 def mse_loss(pred: Any, target: Any, reduction: str = "mean") -> Any:
     """Mean squared error ``(pred - target)**2``, reduced; ``pred`` and ``target`` of one shape."""
-    xp = _check_pair(pred, target, reduction, "mse_loss", "pred")
-    d = pred - target
-    return _reduce(xp, d * d, reduction)
+    return MSELoss.apply(pred, target, reduction=reduction)
 
 
 def mse_loss_with_grad(pred: Any, target: Any, reduction: str = "mean") -> tuple[Any, Any]:
@@ -146,8 +234,7 @@ def _bce_terms(xp: Any, logits: Any, target: Any) -> Any:
 
 def binary_cross_entropy_with_logits(logits: Any, target: Any, reduction: str = "mean") -> Any:
     """Sigmoid + binary cross-entropy on ``logits`` with probabilities ``target`` (same shape), overflow-free."""
-    xp = _check_pair(logits, target, reduction, "binary_cross_entropy_with_logits", "logits")
-    return _reduce(xp, _bce_terms(xp, logits, target), reduction)
+    return BCEWithLogits.apply(logits, target, reduction=reduction)
 
 
 def binary_cross_entropy_with_logits_with_grad(logits: Any, target: Any, reduction: str = "mean") -> tuple[Any, Any]:

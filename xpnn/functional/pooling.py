@@ -15,10 +15,11 @@ import math
 from typing import Any, Optional, Sequence, Union
 
 from .. import _dispatch
-from ..backend import is_numpy_namespace, namespace_of
+from ..autograd.op import Context, Op
+from ..backend import namespace_of
 from ..errors import ShapeError
 from . import _checks
-from .conv import Conv2dGeometry, IntPair, col2im, im2col, pair_arg
+from .conv import Conv2dGeometry, IntPair, col2im, im2col, no_higher_order, pair_arg
 
 __all__ = ["pool2d_geometry", "max_pool2d", "max_pool2d_with_argmax", "max_pool2d_backward", "avg_pool2d",
            "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward"]
@@ -80,41 +81,37 @@ def max_pool2d_with_argmax(x: Any, kernel_size: IntPair, stride: Optional[IntPai
         out = kernel(x, g)
         if out is not NotImplemented:
             return out
-    elif is_numpy_namespace(xp):
-        return _max_pool2d_numpy(x, g)
     cols = xp.reshape(im2col(x, g, pad_value=-math.inf), (g.n, g.c, g.offsets, g.oh, g.ow))
     arg = xp.argmax(cols, axis=2)  # first maximum (NumPy/CuPy: the first NaN, which max propagates)
     return xp.max(cols, axis=2), xp.astype(arg, xp.int32)
 
 
-def _max_pool2d_numpy(x: Any, g: Conv2dGeometry) -> tuple[Any, Any]:
-    """NumPy fast path: a running maximum over the kh*kw strided views of the padded input (3 elementwise passes
-    per offset; ``argmax`` over a short window axis costs more), the argmax updated where a view wins. Input with a
-    NaN (rare; one sum finds it) is left to the reference, which makes the NaN win its window."""
-    import numpy as np
+class MaxPool2d(Op):
+    """``max_pool2d`` declared once: forward keeps the argmax, backward routes dy to it. The NumPy override lives in
+    ``conv_numpy``; CuPy arrays take the ``max_pool2d``/``max_pool2d_backward`` kernels (looked up inside
+    ``max_pool2d_with_argmax``/``max_pool2d_backward``)."""
 
-    xpad = x
-    if g.pt or g.pb or g.pl or g.pr:
-        xpad = np.full((g.n, g.c, g.hp, g.wp), -np.inf, dtype=x.dtype)
-        xpad[:, :, g.pt:g.pt + g.h, g.pl:g.pl + g.w] = x
-    y = xpad[(slice(None), slice(None)) + g.window(0, 0)].copy()
-    arg = np.zeros(y.shape, dtype=np.int32)
-    win = np.empty(y.shape, dtype=bool)
-    for k in range(1, g.offsets):
-        v = xpad[(slice(None), slice(None)) + g.window(k // g.kw, k % g.kw)]
-        np.greater(v, y, out=win)
-        np.copyto(y, v, where=win)
-        np.copyto(arg, np.int32(k), where=win)
-    if np.isnan(x.sum()):  # a NaN (or +inf and -inf) somewhere: `greater` skipped it, the reference does not
-        cols = im2col(x, g, pad_value=-math.inf).reshape(g.n, g.c, g.offsets, g.oh, g.ow)
-        return cols.max(axis=2), cols.argmax(axis=2).astype(np.int32)
-    return y, arg
+    name = "max_pool2d"
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, *, kernel_size: IntPair, stride: Optional[IntPair] = None,
+                padding: IntPair = 0, dilation: IntPair = 1, ceil_mode: bool = False) -> Any:
+        y, ctx.argmax = max_pool2d_with_argmax(x, kernel_size, stride, padding, dilation, ceil_mode)
+        ctx.args = (tuple(x.shape), kernel_size, stride, padding, dilation, ceil_mode)
+        return y
+
+    @staticmethod
+    def backward(ctx: Context, dy: Any) -> Any:
+        no_higher_order(ctx, "max_pool2d")
+        return max_pool2d_backward(ctx.argmax, dy, *ctx.args)
 
 
 def max_pool2d(x: Any, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
                dilation: IntPair = 1, ceil_mode: bool = False) -> Any:
-    """Max over sliding windows, like ``torch.nn.functional.max_pool2d``: (N, C, H, W) -> (N, C, OH, OW)."""
-    return max_pool2d_with_argmax(x, kernel_size, stride, padding, dilation, ceil_mode)[0]
+    """Max over sliding windows, like ``torch.nn.functional.max_pool2d``: (N, C, H, W) -> (N, C, OH, OW).
+    Arrays or Tensors (then recorded)."""
+    return MaxPool2d.apply(x, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
+                           ceil_mode=ceil_mode)
 
 
 def max_pool2d_backward(argmax: Any, dy: Any, input_shape: Sequence[int], kernel_size: IntPair,
@@ -132,25 +129,10 @@ def max_pool2d_backward(argmax: Any, dy: Any, input_shape: Sequence[int], kernel
         out = kernel(argmax, dy, g)
         if out is not NotImplemented:
             return out
-    elif is_numpy_namespace(xp):
-        return _max_pool2d_backward_numpy(argmax, dy, g)
     offsets = xp.reshape(xp.arange(g.offsets, dtype=argmax.dtype), (1, 1, g.offsets, 1, 1))
     hit = argmax[:, :, None, :, :] == offsets
     dcols = xp.where(hit, dy[:, :, None, :, :], xp.zeros((), dtype=dy.dtype))
     return col2im(xp.reshape(dcols, (g.n, g.c, g.kh, g.kw, g.oh, g.ow)), g)
-
-
-def _max_pool2d_backward_numpy(argmax: Any, dy: Any, g: Conv2dGeometry) -> Any:
-    """NumPy fast path: for each window offset, dy where the argmax is that offset added to the strided view of
-    dx it came from (one pass per offset; no (N, C, oh, ow, kh*kw) temporary)."""
-    import numpy as np
-
-    dxp = np.zeros((g.n, g.c, g.hp, g.wp), dtype=dy.dtype)
-    share = np.empty(dy.shape, dtype=dy.dtype)
-    for k in range(g.offsets):
-        np.multiply(argmax == k, dy, out=share)
-        dxp[(slice(None), slice(None)) + g.window(k // g.kw, k % g.kw)] += share
-    return dxp[:, :, g.pt:g.pt + g.h, g.pl:g.pl + g.w]
 
 
 # ---- average ------------------------------------------------------------------------------------------------------
@@ -176,9 +158,30 @@ def _avg_geometry(x_shape: Sequence[int], kernel_size: IntPair, stride: Optional
     return pool2d_geometry(x_shape, kernel_size, stride, padding, 1, ceil_mode, where)
 
 
+class AvgPool2d(Op):
+    name = "avg_pool2d"
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, **params: Any) -> Any:
+        ctx.shape, ctx.params = tuple(x.shape), params
+        return _avg_pool2d(x, **params)
+
+    @staticmethod
+    def backward(ctx: Context, dy: Any) -> Any:
+        no_higher_order(ctx, "avg_pool2d")
+        return avg_pool2d_backward(dy, ctx.shape, **ctx.params)
+
+
 def avg_pool2d(x: Any, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
                ceil_mode: bool = False, count_include_pad: bool = True) -> Any:
-    """Mean over sliding windows, like ``torch.nn.functional.avg_pool2d``: (N, C, H, W) -> (N, C, OH, OW)."""
+    """Mean over sliding windows, like ``torch.nn.functional.avg_pool2d``: (N, C, H, W) -> (N, C, OH, OW).
+    Arrays or Tensors (then recorded)."""
+    return AvgPool2d.apply(x, kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                           count_include_pad=count_include_pad)
+
+
+def _avg_pool2d(x: Any, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
+                ceil_mode: bool = False, count_include_pad: bool = True) -> Any:
     xp = _input(x, "avg_pool2d")
     g = _avg_geometry(x.shape, kernel_size, stride, padding, ceil_mode, "avg_pool2d")
     cols = xp.reshape(im2col(x, g), (g.n, g.c, g.offsets, g.oh, g.ow))
@@ -229,9 +232,27 @@ def _adaptive_matrix(xp: Any, out: int, size: int, dtype: Any) -> Any:
     return xp.astype(inside, dtype) / xp.astype(end - start, dtype)[:, None]
 
 
+class AdaptiveAvgPool2d(Op):
+    name = "adaptive_avg_pool2d"
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, *, output_size: Union[int, None, Sequence[Optional[int]]]) -> Any:
+        ctx.shape, ctx.output_size = tuple(x.shape), output_size
+        return _adaptive_avg_pool2d(x, output_size)
+
+    @staticmethod
+    def backward(ctx: Context, dy: Any) -> Any:
+        no_higher_order(ctx, "adaptive_avg_pool2d")
+        return adaptive_avg_pool2d_backward(dy, ctx.shape, ctx.output_size)
+
+
 def adaptive_avg_pool2d(x: Any, output_size: Union[int, None, Sequence[Optional[int]]]) -> Any:
     """Average pooling to a fixed output size, like ``torch.nn.functional.adaptive_avg_pool2d``:
-    (N, C, H, W) -> (N, C, OH, OW)."""
+    (N, C, H, W) -> (N, C, OH, OW). Arrays or Tensors (then recorded)."""
+    return AdaptiveAvgPool2d.apply(x, output_size=output_size)
+
+
+def _adaptive_avg_pool2d(x: Any, output_size: Union[int, None, Sequence[Optional[int]]]) -> Any:
     xp = _input(x, "adaptive_avg_pool2d")
     oh, ow = adaptive_output_size(x.shape, output_size)
     ah = _adaptive_matrix(xp, oh, int(x.shape[2]), x.dtype)

@@ -10,8 +10,9 @@ from .. import init
 from ..backend import BackendLike, dtype_name
 from ..debug import check_finite, get_debug
 from ..errors import DTypeError, ShapeError
-from ..functional.conv import IntPair, conv2d_backward, conv2d_forward, conv2d_geometry, pair_arg
-from .linear import add_affine_grads, check_grad_output
+from .. import functional as F
+from ..autograd.tensor import Tensor
+from ..functional.conv import IntPair, conv2d_geometry, pair_arg
 from .module import Module, layer_namespace
 from .parameter import FlatBuffer, Parameter, factory
 
@@ -19,8 +20,14 @@ __all__ = ["Conv2d", "check_image"]
 
 
 def check_image(module: Module, xp: Any, x: Any, channels: Any, dtype: Any) -> None:
-    """Shared input check of the image layers: 4-D (N, C, H, W) with ``channels`` channels (None: any) of
-    ``dtype`` (None: any floating dtype); errors name the layer, the expected and the given shape/dtype."""
+    """Shared input check of the image layers: 4-D (N, C, H, W) (array or Tensor) with ``channels`` channels
+    (None: any) of ``dtype`` (None: any floating dtype); errors name the layer, the expected and the given
+    shape/dtype. ``xp`` None: found from x and the layer's parameters."""
+    if isinstance(x, Tensor):
+        x = x.data
+    if xp is None:
+        ref = module._ref_array()
+        xp = layer_namespace(module, x) if ref is None else layer_namespace(module, x, ref)
     want = f"(N, {channels if channels is not None else 'C'}, H, W)"
     if x.ndim != 4:
         raise ShapeError(f"{module._where()}: expected 4-D input {want}, got shape {tuple(x.shape)}")
@@ -84,7 +91,6 @@ class Conv2d(Module):
             bound = 1.0 / math.sqrt(in_channels // groups * kh * kw)
             self.bias = Parameter(be.asarray(rng.uniform(-bound, bound, size=(out_channels,)), dtype=dt))
         FlatBuffer.pack(self.parameters())
-        self._cache: Any = None
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -98,31 +104,10 @@ class Conv2d(Module):
             s += ", bias=False"
         return s
 
-    def _args(self) -> tuple[Any, Any, Any, int]:
-        return self.stride, self.padding, self.dilation, self.groups
-
     def forward(self, x: Any) -> Any:
         w = self.weight.data
-        xp = layer_namespace(self, x, w)
-        check_image(self, xp, x, self.in_channels, w.dtype)
-        g = conv2d_geometry(x.shape, w.shape, *self._args(), where=self._where())
-        y, cols = conv2d_forward(x, w, self.bias.data if self.bias is not None else None, g, self.groups)
-        self._cache = (x, cols)
-        return y
-
-    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
-        """Add the weight and bias gradients into ``.grad``; return dx (None when ``need_input_grad`` is false)."""
-        if self._cache is None:
-            raise self._no_forward()
-        x, cols = self._cache
-        w = self.weight.data
-        xp = layer_namespace(self, dy, w)
-        g = conv2d_geometry(x.shape, w.shape, *self._args(), where=self._where())
-        check_grad_output(self, xp, dy, (g.n, self.out_channels, g.oh, g.ow), w.dtype)
-        dx, dw, db = conv2d_backward(x, w, dy, *self._args(), cols=cols, need_input_grad=need_input_grad,
-                                     need_bias_grad=self.bias is not None)
-        add_affine_grads(self.weight, self.bias, dw, db)
-        return dx
-
-    def _moved(self) -> None:
-        self._cache = None
+        check_image(self, None, x, self.in_channels, w.dtype)
+        data = x.data if isinstance(x, Tensor) else x
+        conv2d_geometry(data.shape, w.shape, self.stride, self.padding, self.dilation, self.groups,
+                        where=self._where())  # errors name the layer
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)

@@ -15,16 +15,20 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from ..autograd.tensor import Tensor
 from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, resolve_dtype, to_numpy
 from ..errors import DTypeError, NamespaceMismatchError, ShapeError
+from ..random import generator
 
 __all__ = ["Parameter", "FlatBuffer", "flat_buffer_of", "views_supported", "factory"]
 
 _changes = itertools.count(1)  # source of Parameter._version stamps
 
 
-class Parameter:
-    """A trainable array: ``.data`` (the values) and ``.grad`` (the accumulated gradient, same shape and dtype).
+class Parameter(Tensor):
+    """A trainable array: a leaf ``xpnn.Tensor`` (``requires_grad=True``) with ``.data`` (the values) and ``.grad``
+    (the accumulated gradient, same shape and dtype). ``loss.backward()`` and the explicit ``m.backward(dy)`` add
+    into ``.grad`` in place, so a model's gradients stay views of its flat gradient buffer.
 
     ``.grad`` of a lone Parameter is allocated as zeros on first access (it is never ``None`` when read);
     assigning ``p.grad = None`` drops it (zeros again on next access). For a member of a ``FlatBuffer``,
@@ -36,16 +40,20 @@ class Parameter:
     re-reads the parameter then instead of overwriting the new values with its stale copy.
     """
 
-    __slots__ = ("_data", "_grad", "_flat", "_offset", "_version", "name")
+    __slots__ = ("_flat", "_offset", "_version", "name")
 
-    def __init__(self, data: Any, name: Optional[str] = None):
-        if isinstance(data, Parameter):
+    def __init__(self, data: Any, name: Optional[str] = None, requires_grad: bool = True):
+        if isinstance(data, Tensor):
             data = data.data
         xp = namespace_of(data, where="Parameter")
         if not xp.isdtype(data.dtype, "real floating"):
             raise DTypeError(f"Parameter: data must be a floating array (float16/32/64), got dtype {dtype_name(data.dtype)}")
         self._data = data
         self._grad: Any = None
+        self._node = None
+        self._index = 0
+        self._hooks = None
+        self.requires_grad = bool(requires_grad)
         self._flat: Optional[FlatBuffer] = None
         self._offset: int = 0
         self._version = 0
@@ -58,7 +66,7 @@ class Parameter:
 
     @data.setter
     def data(self, value: Any) -> None:
-        if isinstance(value, Parameter):
+        if isinstance(value, Tensor):
             value = value.data
         if self._flat is not None:
             _copy_into(self._data, value, self._where(), "data")
@@ -99,6 +107,11 @@ class Parameter:
                              f"{dtype_name(self._data.dtype)}")
         namespace_of(self._data, value, where=self._where())
         self._grad = value
+
+    def _accumulate_grad(self, g: Any) -> None:
+        """``.grad += g`` in place (into the flat gradient buffer's view for a member of one)."""
+        cur = self.grad
+        cur += g
 
     @property
     def has_grad(self) -> bool:
@@ -156,7 +169,7 @@ class Parameter:
 
 
 def _copy_into(view: Any, value: Any, where: str, what: str) -> None:
-    if isinstance(value, Parameter):
+    if isinstance(value, Tensor):
         value = value.data
     if tuple(value.shape) != tuple(view.shape):
         raise ShapeError(f"{where}: {what} must have shape {tuple(view.shape)}, got {tuple(value.shape)}")
@@ -289,5 +302,4 @@ def factory(backend: BackendLike, dtype: Any, seed: Any) -> tuple[Backend, Any, 
     dt = resolve_dtype(be.xp, dtype)
     if not be.xp.isdtype(dt, "real floating"):
         raise DTypeError(f"parameters must be floating (float16/32/64), got dtype {dtype_name(dt)}")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    return be, dt, rng
+    return be, dt, generator(seed)
