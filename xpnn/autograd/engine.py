@@ -40,31 +40,39 @@ def _add(a: Any, b: Any) -> Any:
     return b if a is None else a + b
 
 
-def _topo(roots: Sequence[Node], wanted: Optional[set[int]]) -> tuple[list[Node], dict[int, bool], dict[int, int]]:
-    """(nodes in post-order, node id -> leads to a wanted leaf, leaf id -> number of live edges into it).
+def _topo(roots: Sequence[Node], wanted: Optional[set[int]]
+          ) -> tuple[list[Node], dict[int, tuple[bool, ...]], dict[int, int]]:
+    """(nodes in post-order, node id -> per-input "a gradient is needed here" flags (all False: the node leads to
+    no wanted leaf and is skipped), leaf id -> number of live edges into it).
 
     ``wanted``: ids of the Tensors whose gradients are asked for (``grad``), or ``None`` for every leaf that
     requires grad (``backward``)."""
     order: list[Node] = []
-    live: dict[int, bool] = {}
+    edges: dict[int, tuple[bool, ...]] = {}
     visited: set[int] = set()
     stack: list[tuple[Node, bool]] = [(r, False) for r in roots]
+    leaf_edges: dict[int, int] = {}
     while stack:
         node, expanded = stack.pop()
         if expanded:
-            is_live = False
+            flags = []
             for t in node.inputs:
                 if t is None:
+                    flags.append(False)
                     continue
                 n = t._node
                 if wanted is not None and id(t) in wanted:
-                    is_live = True
+                    flags.append(True)
                 elif n is None:
-                    if t.requires_grad and wanted is None:
-                        is_live = True
-                elif live[id(n)]:
-                    is_live = True
-            live[id(node)] = is_live
+                    flags.append(t.requires_grad and wanted is None)
+                else:
+                    flags.append(any(edges[id(n)]))
+            e = tuple(flags)
+            edges[id(node)] = e
+            if any(e):
+                for t, live in zip(node.inputs, e):
+                    if live and t._node is None:
+                        leaf_edges[id(t)] = leaf_edges.get(id(t), 0) + 1
             order.append(node)
             continue
         if id(node) in visited:
@@ -74,25 +82,7 @@ def _topo(roots: Sequence[Node], wanted: Optional[set[int]]) -> tuple[list[Node]
         for t in node.inputs:
             if t is not None and t._node is not None and id(t._node) not in visited:
                 stack.append((t._node, False))
-    leaf_edges: dict[int, int] = {}
-    for node in order:
-        if not live[id(node)]:
-            continue
-        for t in node.inputs:
-            if t is not None and t._node is None and t.requires_grad:
-                leaf_edges[id(t)] = leaf_edges.get(id(t), 0) + 1
-    return order, live, leaf_edges
-
-
-def _edge_live(t: Any, live: dict[int, bool], wanted: Optional[set[int]]) -> bool:
-    if t is None:
-        return False
-    if wanted is not None and id(t) in wanted:
-        return True
-    n = t._node
-    if n is None:
-        return bool(t.requires_grad) and wanted is None
-    return live[id(n)]
+    return order, edges, leaf_edges
 
 
 def _saved_as_tensors(node: Node, tensor_cls: Any) -> None:
@@ -136,10 +126,15 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
         slot = pending.setdefault(id(node), [None] * len(node.outputs))
         slot[out._index] = _add(slot[out._index], g)
         roots.append(node)
-    order, live, leaf_edges = _topo(roots, wanted)
+    if (wanted is None and not create_graph and len(roots) == 1 and not roots[0].ctx.freed
+            and all(t is None or t._node is None for t in roots[0].inputs)):
+        _backward_one_node(roots[0], pending.pop(id(roots[0])), retain_graph)  # e.g. a loss on a wrapped array
+        return None
+    order, all_edges, leaf_edges = _topo(roots, wanted)
     with set_grad_enabled(create_graph):
         for node in reversed(order):
-            if not live[id(node)]:
+            edges = all_edges[id(node)]
+            if True not in edges:
                 continue
             ctx = node.ctx
             if ctx.freed:
@@ -147,9 +142,8 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                     f"{node.op.name}: trying to backward through the graph a second time (its saved values were "
                     "freed by the first backward); pass retain_graph=True to the first backward or xpnn.grad call")
             grads = pending.pop(id(node), None)
-            edges = tuple(_edge_live(t, live, wanted) for t in node.inputs)
             in_grads: Any = None
-            if grads is not None and any(edges):
+            if grads is not None:
                 in_grads = _call_backward(node, grads, edges, create_graph, Tensor)
             if not retain_graph:
                 ctx.free()
@@ -177,6 +171,27 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
     if inputs is None:
         return None
     return [captured.get(id(t)) for t in inputs]
+
+
+def _backward_one_node(node: Node, grads: list[Any], retain_graph: bool) -> None:
+    """``run_backward`` for a graph of one node whose inputs are leaves (no ordering needed)."""
+    from . import op as _op
+
+    edges = tuple(t is not None and t.requires_grad for t in node.inputs)
+    if True not in edges:
+        return
+    with set_grad_enabled(False):
+        in_grads = _call_backward(node, grads, edges, False, _op.Tensor)
+    if not retain_graph:
+        node.ctx.free()
+    for t, e, g in zip(node.inputs, edges, in_grads):
+        if e and g is not None:
+            _accumulate_leaf(t, g, False)
+    fired: set[int] = set()
+    for t, e in zip(node.inputs, edges):
+        if e and t._hooks and id(t) not in fired:  # once per leaf, after all its contributions
+            fired.add(id(t))
+            _fire_hooks(t)
 
 
 def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create_graph: bool, tensor_cls: Any) -> Any:

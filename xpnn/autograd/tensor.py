@@ -393,26 +393,29 @@ def _make(data: Any, node: Optional[Node], index: int, requires_grad: bool) -> T
 
 def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
     """``Op.apply`` when some input is a Tensor: unwrap, run forward, wrap, record a node if needed."""
-    arrays = tuple(a._data if isinstance(a, Tensor) else a for a in args)
+    grad_on = is_grad_enabled()
+    arrays: list[Any] = []
+    flags: list[bool] = []
     record = False
-    if is_grad_enabled():
-        for a in args:
-            if isinstance(a, Tensor) and a.requires_grad:
-                record = True
-                break
-    if record:
-        flags = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
-    else:
-        flags = (False,) * len(args)
-    ctx = _op.Context(flags, arrays)
-    out = op._run_forward(ctx, arrays, params)
+    for a in args:
+        if isinstance(a, Tensor):
+            arrays.append(a._data)
+            need = grad_on and a.requires_grad
+            record = record or need
+            flags.append(need)
+        else:
+            arrays.append(a)
+            flags.append(False)
+    arrs = tuple(arrays)
+    ctx = _op.Context(tuple(flags), arrs)
+    out = op._run_forward(ctx, arrs, params)
     if not record:
         if isinstance(out, tuple):
             return tuple(_make(o, None, 0, False) for o in out)
         return _make(out, None, 0, False)
     node = Node(op, ctx, tuple(a if isinstance(a, Tensor) else None for a in args))
-    diff = op.differentiable_outputs
     if isinstance(out, tuple):
+        diff = op.differentiable_outputs
         outs = tuple(_make(o, node, i, diff is None or i in diff) for i, o in enumerate(out))
         node.outputs = tuple(weakref.ref(t) if t.requires_grad else None for t in outs)
         return outs

@@ -98,7 +98,8 @@ class Linear(Module):
 
     def forward(self, x: Any) -> Any:
         w = self.weight.data
-        check_features(self, None, x, self.in_features, w.dtype)
+        check_features(self, layer_namespace(self, x.data if isinstance(x, Tensor) else x, w), x, self.in_features,
+                       w.dtype)
         if get_debug():  # NaN weights are reported where they are
             check_finite(namespace_of(w), w, self._where(), "weight")
         return F.linear(x, self.weight, self.bias)

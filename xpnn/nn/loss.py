@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import functional as F
+import numpy as np
+
 from ..backend import namespace_of
 from ..functional._checks import REDUCTIONS
 from .module import Module
@@ -31,8 +33,9 @@ class _Loss(Module):
         ``dy`` defaults to ones (the gradient of the summed loss for ``reduction="none"``). One per forward."""
         call = self.__dict__.get("_last_call")
         if dy is None and call is not None:
-            out = call[1]
-            dy = namespace_of(out.data).ones_like(out.data)
+            out = call[1].data
+            dy = np.ones(out.shape, out.dtype) if isinstance(out, (np.ndarray, np.generic)) else \
+                namespace_of(out).ones_like(out)
         return Module.backward(self, dy, need_input_grad)
 
     backward._xpnn_tape = True  # type: ignore[attr-defined]

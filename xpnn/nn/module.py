@@ -327,7 +327,8 @@ class Module:
         if dy.dtype != out.dtype:
             raise DTypeError(f"{self._where()}: backward expected dy of dtype {dtype_name(out.dtype)}, got "
                              f"{dtype_name(dy.dtype)}")
-        namespace_of(out.data, dy, where=self._where())
+        if type(dy) is not type(out.data):
+            namespace_of(out.data, dy, where=self._where())
         if get_debug():
             check_finite(namespace_of(dy), dy, self._where(), "dy")
         if x is not None and not need_input_grad:
