@@ -32,7 +32,7 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
     ],
     "tiny": [  # a smoke run: seconds, every case once
         ("sigmoid_backward", "1e4"), ("cross_entropy", "256x10"), ("adam", "1e4"), ("mlp_step", "batch16"),
-        ("tiny_step", "batch8"), ("seed_net", "64x1000"),
+        ("tiny_step", "batch8"), ("seed_net", "64x1000"), ("conv2d", "lenet2"), ("lenet_step", "batch64"),
     ],
 }
 
