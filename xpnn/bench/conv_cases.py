@@ -4,8 +4,9 @@
   layers (batch 64) and a 3x3 64->64 layer at 32x32 (batch 32);
 - ``lenet_step``: a LeNet-5 training step (1x28x28, batch 64, Adam, cross-entropy, float32).
 
-Implementations: xpnn (NumPy, CUDA, CUDA with kernels off) and PyTorch (CPU, CUDA); there is no straightforward-NumPy
-version, so compare with ``xpnn bench --preset conv --reference torch-cpu``.
+Implementations: xpnn (NumPy, CUDA, CUDA with kernels off; the LeNet step also through autograd, ``*-tape``) and
+PyTorch (CPU, CUDA); there is no straightforward-NumPy version, so compare with
+``xpnn bench --preset conv --reference torch-cpu``.
 """
 from __future__ import annotations
 
@@ -74,11 +75,21 @@ def _lenet_xpnn(impl: str) -> Callable[[Any], Runner]:
         loss_fn = nn.CrossEntropyLoss()
         opt = optim.Adam(model.parameters(), lr=1e-3)
 
-        def step() -> None:
-            opt.zero_grad()
-            loss_fn(model(x), y)
-            model.backward(loss_fn.backward(), need_input_grad=False)  # no gradient for the data, like torch
-            opt.step()
+        if impl.endswith("-tape"):  # autograd: Tensors in, loss.backward()
+            from ..autograd import tensor
+
+            xt = tensor(x)
+
+            def step() -> None:
+                opt.zero_grad()
+                loss_fn(model(xt), y).backward()
+                opt.step()
+        else:
+            def step() -> None:
+                opt.zero_grad()
+                loss_fn(model(x), y)
+                model.backward(loss_fn.backward(), need_input_grad=False)  # no gradient for the data, like torch
+                opt.step()
 
         def state() -> list[Any]:
             params = list(model.parameters())
@@ -115,15 +126,18 @@ def _lenet_torch(impl: str) -> Callable[[Any], Runner]:
     return build
 
 
-def _impls(xpnn: Callable[[str], Callable[[Any], Runner]],
-           torch: Callable[[str], Callable[[Any], Runner]]) -> dict[str, Callable[[Any], Runner]]:
-    return {"xpnn-numpy": xpnn("xpnn-numpy"), "torch-cpu": torch("torch-cpu"), "xpnn-cuda": xpnn("xpnn-cuda"),
-            "xpnn-cuda-generic": xpnn("xpnn-cuda-generic"), "torch-cuda": torch("torch-cuda")}
+def _impls(xpnn: Callable[[str], Callable[[Any], Runner]], torch: Callable[[str], Callable[[Any], Runner]],
+           tape: bool = False) -> dict[str, Callable[[Any], Runner]]:
+    out = {"xpnn-numpy": xpnn("xpnn-numpy"), "torch-cpu": torch("torch-cpu"), "xpnn-cuda": xpnn("xpnn-cuda"),
+           "xpnn-cuda-generic": xpnn("xpnn-cuda-generic"), "torch-cuda": torch("torch-cuda")}
+    if tape:
+        out["xpnn-numpy-tape"], out["xpnn-cuda-tape"] = xpnn("xpnn-numpy-tape"), xpnn("xpnn-cuda-tape")
+    return out
 
 
 CONV_CASES: dict[str, Case] = {c.name: c for c in (
     Case("conv2d", "Conv2d forward + backward (dx, dW, db), float32", CONV_SIZES, frozenset(),
          lambda s: None, _impls(_conv_xpnn, _conv_torch)),
     Case("lenet_step", "training step of LeNet-5 (1x28x28), Adam, cross-entropy, float32", LENET_BATCH,
-         frozenset(), lambda b: None, _impls(_lenet_xpnn, _lenet_torch)),
+         frozenset(), lambda b: None, _impls(_lenet_xpnn, _lenet_torch, tape=True)),
 )}
