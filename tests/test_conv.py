@@ -87,10 +87,15 @@ def test_numpy_overrides_equal_the_reference():
     assert override_for("conv2d", "forward", x) is not None
     assert override_for("max_pool2d", "forward", x) is not None
     assert override_for("max_pool2d", "backward", x) is not None
+    assert override_for("conv2d", "backward", x) is not None
     for xs, ws, stride, padding, dilation, groups in CONV_CASES:
-        x = randn(*xs)
+        x, w = randn(*xs), randn(*ws, seed=2)
         g = C.conv2d_geometry(xs, ws, stride, padding, dilation, groups)
         np.testing.assert_array_equal(conv_numpy.im2col_numpy(x, g), C.im2col(x, g))
+        dy = randn(g.n, ws[0], g.oh, g.ow, seed=5)
+        want = F.conv2d_backward(x, w, dy, stride, padding, dilation, groups)[0]
+        np.testing.assert_allclose(conv_numpy.conv2d_input_grad_numpy(w, dy, g, groups), want, rtol=1e-12,
+                                   atol=1e-12)
     for xs, k, s, p, d, ceil in POOL_CASES:
         x = randn(*xs, seed=3)
         g = pooling.pool2d_geometry(xs, k, s, p, d, ceil, "test")
