@@ -1,6 +1,7 @@
 """The scripts in examples/ run (small sizes) and do what they say."""
 from __future__ import annotations
 
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -89,3 +90,11 @@ def test_mnist_example_cnn_on_tiny_idx_files(monkeypatch, capsys, tmp_path):
                                    "--limit", 200, "--lr", 3e-3, "--no-progress"], monkeypatch, capsys).out
     assert "MNIST: 200 train / 100 test images" in out
     assert float(out.split("test accuracy ")[1].split()[0]) > 0.8
+
+
+def test_autograd_custom_example(monkeypatch, capsys):
+    out = run_example("autograd_custom.py", ["--epochs", 8], monkeypatch, capsys).out
+    acc = float(re.search(r"test accuracy \(0-4 vs 5-9\) after 8 epochs: ([0-9.]+)", out).group(1))
+    assert acc > 0.9
+    rel = float(re.search(r"relative difference ([0-9.e+-]+)", out).group(1))
+    assert rel < 1e-6

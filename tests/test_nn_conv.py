@@ -277,3 +277,16 @@ def test_higher_order_gradients_are_refused_with_a_clear_error():
     with pytest.raises(NotImplementedError, match="conv2d: higher-order gradients"):
         xpnn.grad(F_.sum(F_.conv2d(x, w) * F_.conv2d(x, w)), [x], create_graph=True)
 
+
+
+def test_predict_from_a_cnn_checkpoint(capsys, tmp_path):
+    from xpnn.data import load_digits
+
+    ckpt = tmp_path / "cnn.npz"
+    assert main(["train", "--model", "cnn", "--epochs", "2", "--no-progress", "--save", str(ckpt)]) == 0
+    X, y = load_digits()
+    np.save(tmp_path / "rows.npy", X[:20])
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "rows.npy")]) == 0
+    labels = [int(v) for v in capsys.readouterr().out.split()]
+    assert len(labels) == 20 and np.mean(np.array(labels) == y[:20]) > 0.8

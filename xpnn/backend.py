@@ -115,7 +115,8 @@ def _cuda_backend() -> Backend:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError when no driver / no device
         raise BackendUnavailableError(
-            f"backend 'cuda' needs an NVIDIA GPU, but CuPy found none ({type(exc).__name__}: {exc}). "
+            f"backend 'cuda' needs an NVIDIA GPU, but no CUDA device or driver was found ({type(exc).__name__}: "
+            f"{exc}). "
             "Use backend='numpy' (or 'auto' to pick the GPU only when one exists)."
         ) from None
     if count == 0:

@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 from .autograd.grad_mode import no_grad
+from .autograd.tensor import tensor
 from .backend import Backend, backend_of, get_backend
 from .data.batching import SeedLike, as_generator, batches
 from .nn.module import call_backward
@@ -103,7 +104,9 @@ class Callback:
 
 
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+    """Stop once ``patience`` epochs in a row have not improved ``monitor`` on its best by more than ``min_delta``
+    (Keras's rule: with ``patience=3`` and no improvement after epoch 1, training stops after epoch 4;
+    ``patience=0`` stops at the first epoch without improvement).
 
     ``mode``: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracies, min otherwise). With
     ``restore_best_weights`` the model gets the parameters of its best epoch back at the end.
@@ -155,7 +158,7 @@ class EarlyStopping(Callback):
                 self._best_state = model.state_dict()
             return None
         self._wait += 1
-        if self._wait > self.patience:
+        if self._wait >= self.patience:  # the patience-th epoch in a row without improvement: stop now
             self.stopped_epoch = epoch
             return True
         return None
@@ -250,6 +253,16 @@ def _fmt(logs: dict[str, float]) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "time")
 
 
+def _tape_ready(model: Any, loss_fn: Any) -> bool:
+    """Whether ``fit`` can train with ``loss.backward()`` (autograd): xpnn modules all the way down. A module or a
+    loss whose ``backward`` is written by hand keeps the explicit protocol."""
+    from .nn.module import Module
+
+    if not isinstance(model, Module) or not isinstance(loss_fn, Module):
+        return False
+    return not loss_fn._explicit_backward and not any(m._explicit_backward for m in model.modules())
+
+
 # --- public API ------------------------------------------------------------------------------------------------
 
 def evaluate(model: Any, loss_fn: Any, X: Any, y: Any, *, batch_size: int = 1024) -> dict[str, float]:
@@ -310,8 +323,8 @@ def fit(
 
     X: ``(n, ...)`` inputs, y: ``(n,)`` integer class labels (accuracy is reported) or targets of the loss; arrays
     of any backend (NumPy arrays are fine): they are moved to the model's backend, floating X cast to the model's
-    dtype. One step: ``zero_grad``; ``logits = model(xb)``; ``loss_fn(logits, yb)``;
-    ``model.backward(loss_fn.backward())``; ``optimizer.step()``.
+    dtype. One step: ``zero_grad``; ``loss = loss_fn(model(xpnn.tensor(xb)), yb)``; ``loss.backward()`` (the
+    explicit ``model.backward(loss_fn.backward())`` for modules with a hand-written backward); ``optimizer.step()``.
 
     validation_data: ``(X_val, y_val)`` evaluated after every epoch (``val_loss``, ``val_accuracy``).
     callbacks: ``Callback`` objects (e.g. ``EarlyStopping``). progress: a tqdm bar per epoch (plain lines when tqdm
@@ -339,6 +352,7 @@ def fit(
     steps_per_epoch = -(-n // batch_size)
     tqdm_ok = progress and _tqdm_available()
     step = 0
+    tape = _tape_ready(model, loss_fn)
     model.train()
     for cb in cbs:
         cb.on_train_begin(model, history)
@@ -351,9 +365,15 @@ def fit(
             if batch_transform is not None:
                 xb, yb = batch_transform(xb, yb)
             optimizer.zero_grad()
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
-            call_backward(model, loss_fn.backward(), need_input_grad=False)  # no gradient for the data
+            if tape:
+                out = model(tensor(xb))
+                loss_t = loss_fn(out, yb)
+                loss_t.backward()
+                logits, loss = out.data, loss_t.data
+            else:  # a module with a hand-written backward (the first version's protocol) somewhere
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                call_backward(model, loss_fn.backward(), need_input_grad=False)  # no gradient for the data
             optimizer.step()
             meter.add(loss, _loss_scale(loss_fn, int(yb.shape[0])), logits, yb)
             step += 1

@@ -176,16 +176,23 @@ def _check_pair(pred: Any, target: Any, reduction: str, where: str, first: str) 
     return xp
 
 
+def _down(xp: Any, like: Any, *arrays: Any) -> Any:
+    """``arrays`` cast back to ``like.dtype`` (float16 losses are computed in float32); one array or a tuple."""
+    out = tuple(xp.astype(a, like.dtype) if a.dtype != like.dtype else a for a in arrays)
+    return out[0] if len(out) == 1 else out
+
+
 class MSELoss(Op):
     name = "mse_loss"
 
     @staticmethod
     def forward(ctx: Context, pred: Any, target: Any, *, reduction: str = "mean") -> Any:
+        """float16 is computed in float32 (``d * d`` overflows float16 at ``|d| >= 256``, a sum sooner), rounded once."""
         xp = _check_pair(pred, target, reduction, "mse_loss", "pred")
         ctx.save_for_backward(pred, target)
         ctx.reduction, ctx.scale = reduction, 2.0 * _grad_scale(pred, reduction)
-        d = pred - target
-        return _reduce(xp, d * d, reduction)
+        d = _upcast(xp, pred) - _upcast(xp, target)
+        return _down(xp, pred, _reduce(xp, d * d, reduction))
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -199,10 +206,12 @@ class BCEWithLogits(Op):
 
     @staticmethod
     def forward(ctx: Context, logits: Any, target: Any, *, reduction: str = "mean") -> Any:
+        """float16 is computed in float32 (a float16 sum of the terms overflows) and rounded once."""
         xp = _check_pair(logits, target, reduction, "binary_cross_entropy_with_logits", "logits")
         ctx.save_for_backward(logits, target)
         ctx.scale = _grad_scale(logits, reduction)
-        return _reduce(xp, _bce_terms(xp, logits, target), reduction)
+        x, t = _upcast(xp, logits), _upcast(xp, target)
+        return _down(xp, logits, _reduce(xp, _bce_terms(xp, x, t), reduction))
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -219,12 +228,12 @@ def mse_loss(pred: Any, target: Any, reduction: str = "mean") -> Any:
 
 
 def mse_loss_with_grad(pred: Any, target: Any, reduction: str = "mean") -> tuple[Any, Any]:
-    """``(mse_loss(...), 2 * (pred - target) * scale)``, scale ``1/numel`` for ``"mean"``."""
+    """``(mse_loss(...), 2 * (pred - target) * scale)``, scale ``1/numel`` for ``"mean"``; float16 in float32."""
     xp = _check_pair(pred, target, reduction, "mse_loss_with_grad", "pred")
-    d = pred - target
+    d = _upcast(xp, pred) - _upcast(xp, target)
     loss = _reduce(xp, d * d, reduction)
     d *= 2.0 * _grad_scale(d, reduction)
-    return loss, d
+    return _down(xp, pred, loss, d)
 
 
 def _bce_terms(xp: Any, logits: Any, target: Any) -> Any:
@@ -238,9 +247,10 @@ def binary_cross_entropy_with_logits(logits: Any, target: Any, reduction: str = 
 
 
 def binary_cross_entropy_with_logits_with_grad(logits: Any, target: Any, reduction: str = "mean") -> tuple[Any, Any]:
-    """``(loss, (sigmoid(logits) - target) * scale)``."""
+    """``(loss, (sigmoid(logits) - target) * scale)``; float16 in float32, rounded once."""
     xp = _check_pair(logits, target, reduction, "binary_cross_entropy_with_logits_with_grad", "logits")
-    loss = _reduce(xp, _bce_terms(xp, logits, target), reduction)
-    grad = sigmoid(logits) - target
+    x, t = _upcast(xp, logits), _upcast(xp, target)
+    loss = _reduce(xp, _bce_terms(xp, x, t), reduction)
+    grad = sigmoid(x) - t
     grad *= _grad_scale(grad, reduction)
-    return loss, grad
+    return _down(xp, logits, loss, grad)

@@ -165,7 +165,7 @@ def batch_norm_eval(
     x: Any, running_mean: Any, running_var: Any, weight: Optional[Any], bias: Optional[Any], eps: float = 1e-5
 ) -> tuple[Any, Any, Any]:
     """Batch normalisation with stored statistics: ``(y, xhat, invstd)``, ``xhat = (x - running_mean) * invstd``."""
-    xp = _check(x, weight, "batch_norm")
+    _check(x, weight, "batch_norm")
     if x.ndim != 2:
         raise ShapeError(f"batch_norm: expected input of shape (N, C), got {tuple(x.shape)}")
     ctx = Context((False, False, False), (x,))

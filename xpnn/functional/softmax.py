@@ -124,7 +124,14 @@ class LogSoftmax(Op):
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
+        """``g - softmax * sum(g)``; float16 arrays in float32 (the row sum of ``g`` overflows float16 first)."""
         (out,) = ctx.saved_tensors
+        if not hasattr(g, "_node") and not hasattr(out, "_node"):
+            xp = namespace_of(g, out)
+            gf, of = _upcast(xp, g), _upcast(xp, out)
+            if gf is not g:
+                dx = gf - xp.exp(of) * xp.sum(gf, axis=ctx.axis, keepdims=True)
+                return xp.astype(dx, g.dtype)
         return g - exp(out) * _sum(g, axis=ctx.axis, keepdims=True)
 
 
@@ -150,9 +157,14 @@ def log_softmax(x: Any, axis: int = -1) -> Any:
 
 
 def softmax_backward(y: Any, dy: Any, axis: int = -1) -> Any:
-    """Input gradient of ``y = softmax(x, axis)``: ``dx = y * (dy - sum(dy * y, axis))``."""
+    """Input gradient of ``y = softmax(x, axis)``: ``dx = y * (dy - sum(dy * y, axis))``; float16 arrays are computed
+    in float32 (the sum over a row overflows or loses digits in float16) and rounded once."""
     if not hasattr(y, "_node") and not hasattr(dy, "_node"):
-        _checks.pair(y, dy, "softmax_backward", ("softmax output", "dy"))
+        xp = _checks.pair(y, dy, "softmax_backward", ("softmax output", "dy"))
+        yf, dyf = _upcast(xp, y), _upcast(xp, dy)
+        if yf is not y or dyf is not dy:
+            dx = yf * (dyf - xp.sum(dyf * yf, axis=axis, keepdims=True))
+            return xp.astype(dx, dy.dtype)
     return y * (dy - _sum(dy * y, axis=axis, keepdims=True))
 
 

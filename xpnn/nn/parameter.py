@@ -10,13 +10,12 @@ parameters keep their own arrays and ``FlatBuffer.pack`` returns ``None``: the g
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
 from ..autograd.tensor import Tensor
-from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, resolve_dtype, to_numpy
+from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, resolve_dtype
 from ..errors import DTypeError, NamespaceMismatchError, ShapeError
 from ..random import generator
 
@@ -36,8 +35,9 @@ class Parameter(Tensor):
     and ``p.grad = None`` zeroes the view.
 
     ``_version`` changes whenever the values are replaced from outside an optimizer step (``data`` assignment,
-    ``Module.load_state_dict``, ``xpnn.init``): an optimizer keeping a float32 master copy of a float16 parameter
-    re-reads the parameter then instead of overwriting the new values with its stale copy.
+    ``Module.load_state_dict``, ``xpnn.init``). Optimizers do not rely on it: one keeping a float32 master copy of
+    a float16 parameter compares the copy with the values on the device before each step, so any write, even
+    ``p.data[...] = 0`` that bumps no version, is kept (``Optimizer._step_slot``).
     """
 
     __slots__ = ("_flat", "_offset", "_version", "name")
@@ -118,24 +118,7 @@ class Parameter(Tensor):
         """Whether a gradient array exists (always true for flat members) without allocating one."""
         return self._grad is not None
 
-    # --- array-like metadata ------------------------------------------------------------------------------
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self._data.shape)
-
-    @property
-    def dtype(self) -> Any:
-        return self._data.dtype
-
-    @property
-    def ndim(self) -> int:
-        return self._data.ndim
-
-    @property
-    def size(self) -> int:
-        """Number of elements."""
-        return math.prod(self._data.shape)
-
+    # (shape, dtype, ndim, size and np.asarray(p) come from Tensor)
     def mark_changed(self) -> None:
         """Record that the values were changed in place from outside an optimizer step (see the class docstring;
         ``data`` assignment, ``load_state_dict`` and ``xpnn.init`` call it)."""
@@ -158,10 +141,6 @@ class Parameter(Tensor):
         self._grad = xp.asarray(self._grad, copy=True)
         self._flat = None
         self._offset = 0
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        """``np.asarray(p)``: the values as a NumPy array (a host copy for GPU parameters)."""
-        return np.array(to_numpy(self._data), dtype=dtype, copy=True if copy else None)
 
     def __repr__(self) -> str:
         flat = ", flat" if self._flat is not None else ""

@@ -10,11 +10,11 @@ load into either layout.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Union
 
 import numpy as np
 
-from ..backend import dtype_name, get_backend, namespace_of, to_numpy
+from ..backend import dtype_name, get_backend, is_cupy_namespace, is_numpy_namespace, namespace_of, to_numpy
 from ..errors import CheckpointError
 from ..functional.updates import copy_into
 from ..nn.parameter import Parameter, flat_buffer_of
@@ -29,17 +29,17 @@ class _Slot:
     """State of one updated array (one Parameter's data, or a whole flat buffer).
 
     ``state``: ``"step"`` (int) and the algorithm's arrays, in the compute dtype (float32 for float16 params).
-    ``master``: float32 copy of a float16 param (``None`` otherwise); ``seen``: the ``_version`` of each parameter
-    when ``master`` was last written back (``None``: unknown, e.g. just loaded; the master is trusted).
-    ``grad32``, ``scratch``: work arrays reused every step.
+    ``master``: float32 copy of a float16 param (``None`` otherwise); ``written``: the float16 values the last step
+    wrote into the param (``None``: unknown, e.g. just loaded or moved); see ``Optimizer._step_slot`` for how the
+    two follow writes into the parameter. ``grad32``, ``scratch``: work arrays reused every step.
     """
 
-    __slots__ = ("state", "master", "seen", "grad32", "scratch", "xp", "dtype")
+    __slots__ = ("state", "master", "written", "grad32", "scratch", "xp", "dtype")
 
     def __init__(self, step: int = 0):
         self.state: dict[str, Any] = {"step": step}
         self.master: Any = None
-        self.seen: Optional[tuple[int, ...]] = None
+        self.written: Any = None
         self.grad32: Any = None
         self.scratch: list = []
         self.xp: Any = None
@@ -62,7 +62,7 @@ class _Slot:
                     self.state[k] = xp.astype(backend.asarray(v), dtype)
             if self.master is not None:
                 self.master = xp.astype(backend.asarray(self.master), dtype)
-            self.grad32, self.scratch = None, []
+            self.grad32, self.scratch, self.written = None, [], None
         self.xp, self.dtype = xp, dtype
 
 
@@ -144,15 +144,26 @@ class Optimizer:
                         self._step_slot(slot, p.data, p.grad, group, (p,))
 
     def _step_slot(self, slot: _Slot, data: Any, grad: Any, group: dict[str, Any], params: Any) -> None:
-        """One update of ``data`` (the values of ``params``: one Parameter, or a whole flat buffer)."""
+        """One update of ``data`` (the values of ``params``: one Parameter, or a whole flat buffer).
+
+        float16 ``data`` is updated through a float32 master copy (small steps would round away in float16) and
+        written back after the update; ``slot.written`` keeps a float16 copy of what was written. Before the next
+        update the master copy is reconciled with ``data`` on the device, element by element: where ``data``
+        differs from ``written`` (bit patterns compared), ``master = float32(data)``; elsewhere ``master`` keeps
+        its float32 digits. So any write since the last step (``p.data[...] = 0``, ``p.data = a``, ``p.data *= 2``,
+        ``np.multiply(..., out=p.data)``, ``load_state_dict``, ``xpnn.init``, a write through the flat buffer) is
+        honoured, with no ``mark_changed()`` call and no device value read on the host. When ``written`` is
+        unknown (after loading optimizer state or moving it), ``float16(master)`` stands in for it once. Cost per
+        step: a 2-byte copy per element more memory, one integer compare, one masked copy and one float16 copy.
+        """
         xp = namespace_of(data, grad, where=f"{self._name}.step")
         half = dtype_name(data.dtype) == "float16"  # array_api_strict has no float16
         slot.conform(xp, xp.float32 if half else data.dtype)
         if half:
-            versions = tuple(p._version for p in params)
-            if slot.master is None or (slot.seen is not None and slot.seen != versions):
-                slot.master = xp.astype(data, xp.float32)  # first step, or the values were replaced meanwhile
-            slot.seen = versions
+            if slot.master is None or tuple(slot.master.shape) != tuple(data.shape):  # first step, or reshaped
+                slot.master, slot.grad32, slot.scratch = xp.astype(data, xp.float32), None, []
+            else:  # follow writes made since the last step (see the docstring)
+                _follow_writes(xp, slot, data)
             if slot.grad32 is None:
                 slot.grad32 = xp.empty_like(slot.master)
             copy_into(slot.grad32, grad)
@@ -164,6 +175,9 @@ class Optimizer:
         self._update(param, g, slot.state, group, slot.scratch)
         if half:
             copy_into(data, param)
+            if slot.written is None or tuple(slot.written.shape) != tuple(data.shape):
+                slot.written = xp.empty_like(data)
+            copy_into(slot.written, data)
 
     def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], scratch: list) -> None:
         """Apply one step to ``param`` in place (``state["step"]`` already counts it). Subclasses."""
@@ -202,7 +216,7 @@ class Optimizer:
         """Per-parameter copies of a flat slot (each parameter's slice, reshaped)."""
         out: dict[int, _Slot] = {}
         offset = 0
-        for i, p in enumerate(self.param_groups[gi]["params"]):
+        for p in self.param_groups[gi]["params"]:
             n, shape = p.size, p.shape
             s = _Slot(slot.state["step"])
             for k, v in slot.arrays().items():
@@ -213,7 +227,6 @@ class Optimizer:
                 else:
                     s.state[k] = piece
             s.xp, s.dtype = slot.xp, slot.dtype
-            s.seen = None if slot.seen is None else (slot.seen[i],)
             out[self._index[id(p)]] = s
             offset += n
         return out
@@ -243,8 +256,6 @@ class Optimizer:
             else:
                 flat.state[k] = joined
         flat.xp, flat.dtype = first.xp, first.dtype
-        if all(s is not None and s.seen is not None for s in slots):
-            flat.seen = tuple(s.seen[0] for s in slots)  # type: ignore[union-attr,index]
         for i in idx:
             del self._param_slots[i]
         self._flat_slots[gi] = flat
@@ -366,6 +377,31 @@ class Optimizer:
                 if k != "params":
                     lines.append(f"    {k}: {group[k]}")
         return "\n".join(lines) + "\n)"
+
+
+def _bits(xp: Any, a: Any) -> Any:
+    """The float16 array ``a`` as its 16-bit patterns where the library offers a view (NumPy, CuPy: an integer
+    compare is several times faster than a float16 one and also matches NaN with NaN), else ``a`` itself."""
+    view = getattr(a, "view", None)
+    uint16 = getattr(xp, "uint16", None)
+    if view is not None and uint16 is not None:
+        try:
+            return view(uint16)
+        except (TypeError, ValueError):
+            pass
+    return a
+
+
+def _follow_writes(xp: Any, slot: _Slot, data: Any) -> None:
+    """``master = float32(data)`` where ``data`` was written since the last step (see ``Optimizer._step_slot``)."""
+    if slot.written is not None and tuple(slot.written.shape) == tuple(data.shape):
+        changed = _bits(xp, data) != _bits(xp, slot.written)
+    else:  # unknown what was written: the master rounded to float16 is what a step would have written
+        changed = data != xp.astype(slot.master, data.dtype)
+    if is_numpy_namespace(xp) or is_cupy_namespace(xp):
+        xp.copyto(slot.master, data, casting="same_kind", where=changed)  # in place, no float32 temporary
+    else:
+        slot.master = xp.where(changed, xp.astype(data, xp.float32), slot.master)
 
 
 def _plain(v: Any) -> Any:
