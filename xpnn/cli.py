@@ -235,9 +235,13 @@ def _train(args: argparse.Namespace) -> int:
     from .models import cnn_for
     from .train import Callback, _fmt, evaluate, fit
 
+    group = _init_distributed() if args.distributed else None
+    rank0 = group is None or group.rank == 0
+    say = print if rank0 else (lambda *a, **k: None)  # distributed: rank 0 prints, saves and plots
+
     class EpochLines(Callback):  # --no-progress: one plain line per epoch (log-friendly)
         def on_epoch_end(self, epoch: int, logs: dict, model: Any) -> None:
-            print(f"epoch {epoch}/{args.epochs}  {_fmt(logs)}", flush=True)
+            say(f"epoch {epoch}/{args.epochs}  {_fmt(logs)}", flush=True)
 
     if args.epochs is None:
         args.epochs = CNN_EPOCHS if args.model == "cnn" else DEFAULTS["epochs"]
@@ -246,29 +250,35 @@ def _train(args: argparse.Namespace) -> int:
     name, (X_train, X_test, y_train, y_test) = _load_dataset(args.dataset, args.test_size, args.seed)
     n_classes = int(max(y_train.max(), y_test.max())) + 1
     sizes = [int(X_train.shape[1])] + args.hidden + [n_classes]
+    if args.model != "cnn":
+        _check_model_size(sizes, args.dtype, args.optimizer, backend)
     scaler = data.Standardizer().fit(X_train)
     X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
     if args.model == "cnn":  # square single-channel images: rows of side*side pixels -> (N, 1, side, side)
         X_train, X_test, image_shape = _as_images(X_train), _as_images(X_test), _image_shape(int(X_train.shape[1]))
         model = cnn_for(image_shape, n_classes, backend=backend, dtype=args.dtype, seed=args.seed)
     else:
-        _check_model_size(sizes, args.dtype, args.optimizer, backend)
         model = build_model(sizes, args.activation, backend=backend, dtype=args.dtype, seed=args.seed,
                             dropout=args.dropout)
+    if group is not None:
+        from .distributed import DistributedDataParallel
+
+        model = DistributedDataParallel(model, process_group=group)  # rank 0's initial weights on every rank
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
     lr = optimizer.param_groups[0]["lr"]
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    print(f"xpnn train: {name}: {X_train.shape[0]} train / {X_test.shape[0]} test rows, {sizes[0]} features, "
+    say(f"xpnn train: {name}: {X_train.shape[0]} train / {X_test.shape[0]} test rows, {sizes[0]} features, "
           f"{n_classes} classes; backend {backend.name}", flush=True)
     arch = f"{'-'.join(map(str, sizes))} {args.activation}"
     if args.model == "cnn":
         kind = "lenet5" if image_shape[1:] == (28, 28) else "conv3x3(16)-conv3x3(32)-maxpool2-64"
         arch = f"cnn {kind} on {'x'.join(map(str, image_shape))} images, {n_classes} classes"
-    print(f"model {arch}, {args.optimizer} lr {lr:g}, {args.epochs} epoch{'s' if args.epochs != 1 else ''}, "
-          f"batch {args.batch_size}, seed {args.seed} (validation = the test split)", flush=True)
+    per_rank = f" per rank x {group.world_size} ranks ({group.backend})" if group is not None else ""
+    say(f"model {arch}, {args.optimizer} lr {lr:g}, {args.epochs} epoch{'s' if args.epochs != 1 else ''}, "
+        f"batch {args.batch_size}{per_rank}, seed {args.seed} (validation = the test split)", flush=True)
     if args.label_smoothing:
-        print(f"loss and val_loss: cross-entropy with label smoothing {args.label_smoothing:g} (the training "
-              "objective); test loss: plain cross-entropy", flush=True)
+        say(f"loss and val_loss: cross-entropy with label smoothing {args.label_smoothing:g} (the training "
+            "objective); test loss: plain cross-entropy", flush=True)
     t0 = time.perf_counter()
     history = fit(model, loss_fn, optimizer, X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                   validation_data=(X_test, y_test), progress=not args.no_progress, seed=args.seed,
@@ -277,12 +287,16 @@ def _train(args: argparse.Namespace) -> int:
     result = evaluate(model, nn.CrossEntropyLoss(), X_test, y_test)
     # val_loss above includes the label smoothing of training; the test loss is the plain cross-entropy
     plain = " (plain cross-entropy, without label smoothing)" if args.label_smoothing else ""
-    print(f"test accuracy: {result['accuracy']:.4f}  (test loss{plain} {result['loss']:.4f}; "
+    say(f"test accuracy: {result['accuracy']:.4f}  (test loss{plain} {result['loss']:.4f}; "
           f"{history.epochs} epoch{'s' if history.epochs != 1 else ''} in {seconds:.2f} s on {backend.name})", flush=True)
-    if args.save:
+    if not rank0:
+        return _leave_distributed()
+    if args.save:  # atomic (xpnn.save writes a temporary file and renames it), once: by rank 0
         config = {"dataset": args.dataset, "model": args.model, "sizes": sizes, "activation": args.activation, "dropout": args.dropout,
                   "optimizer": args.optimizer, "lr": lr, "epochs": history.epochs, "batch_size": args.batch_size,
                   "seed": args.seed, "dtype": args.dtype, "test_accuracy": result["accuracy"]}
+        if group is not None:
+            config["world_size"] = group.world_size
         io.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "standardizer": scaler.state_dict(),
                  "config": config}, args.save)
         print(f"saved checkpoint to {args.save}  (xpnn predict --checkpoint {args.save} --input FILE.npy; "
@@ -290,7 +304,60 @@ def _train(args: argparse.Namespace) -> int:
     if args.plot:
         history.plot(args.plot, title=f"xpnn train: {name}")
         print(f"saved training curves to {args.plot}")
+    return _leave_distributed() if group is not None else 0
+
+
+def _leave_distributed() -> int:
+    from .distributed import destroy_process_group
+
+    destroy_process_group()
     return 0
+
+
+def _init_distributed() -> Any:
+    """``--distributed``: join the mpiexec job (a note on stderr, and training anyway, when there is only one rank)."""
+    from .distributed import init_process_group
+
+    group = init_process_group("auto")
+    if group.world_size == 1:
+        print("xpnn train --distributed: world size 1 (not started with mpiexec -n N?); training on this process "
+              "alone", file=sys.stderr, flush=True)
+    return group
+
+
+def _abort_other_ranks(code: int) -> None:
+    """After an error on this rank of a distributed run: stop every rank (they may be waiting for this one)."""
+    from .distributed import get_process_group, get_world_size, is_initialized
+
+    if is_initialized() and get_world_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        get_process_group().abort(code)
+
+
+def _mpi_lines() -> list[str]:
+    """``xpnn info``: mpi4py, the MPI library and mpiexec; NCCL through CuPy (never raises)."""
+    import shutil
+
+    from .distributed import nccl_available
+
+    lines = []
+    try:
+        import mpi4py
+        from mpi4py import MPI
+
+        lib = " ".join(MPI.Get_library_version().strip().splitlines()[0].split())
+        where = shutil.which("mpiexec") or "not on PATH"
+        lines.append(f"distributed: mpi4py {mpi4py.__version__}, {lib}; mpiexec: {where}")
+    except Exception as exc:  # noqa: BLE001 - info must never crash
+        lines.append(f"distributed: MPI unavailable ({type(exc).__name__}: {exc}); pip install \"xpnn[mpi]\"")
+    if nccl_available():
+        from .distributed.process_group import _nccl_module
+
+        lines.append(f"             NCCL {_nccl_module().get_version()} (cupy.cuda.nccl)")
+    else:
+        lines.append("             NCCL: unavailable (needs CuPy and the nvidia-nccl-cu12/-cu13 wheel)")
+    return lines
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -328,6 +395,7 @@ def _info(args: argparse.Namespace) -> int:
     else:
         lines.append("fused kernels enabled: yes, but not used here: no CUDA device or driver found "
                      "(they are used when one is; NumPy runs the array-API code)")
+    lines.extend(_mpi_lines())
     try:
         from ._cuda.info import cuda_info
 
@@ -509,6 +577,9 @@ def _parser() -> argparse.ArgumentParser:
                                                    "xpnn predict or xpnn.load (default: none)")
     t.add_argument("--plot", metavar="PATH", help="write loss/accuracy curves (PNG; needs matplotlib) (default: none)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars, one line per epoch instead")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of mpiexec -n N (NCCL when every rank has a GPU, else MPI); "
+                        "--batch-size is per rank (default: off, one process)")
     pr = sub.add_parser("predict", help="class labels for new rows from a checkpoint of xpnn train --save",
                         description="Load a checkpoint written by `xpnn train --save PATH`, standardize the input "
                                     "rows as in training and print one predicted class label per line (or write "
@@ -550,11 +621,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _info(args)
     except (XpnnError, FileNotFoundError, ValueError, ImportError, argparse.ArgumentTypeError) as exc:
         print(f"xpnn {args.command}: error: {exc}", file=sys.stderr)
+        _abort_other_ranks(1)
         return 1
     except MemoryError as exc:
         hint = "" if str(exc).startswith("--") else " (use smaller --hidden widths or --batch-size)"
         print(f"xpnn {args.command}: error: out of memory: {exc}{hint}", file=sys.stderr)
+        _abort_other_ranks(1)
         return 1
     except KeyboardInterrupt:
         print(f"xpnn {args.command}: interrupted", file=sys.stderr)
+        _abort_other_ranks(130)
         return 130

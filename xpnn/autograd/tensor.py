@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, to_numpy
+from ..debug import check_device_errors
 from ..errors import DTypeError, ShapeError
 from . import op as _op
 from .engine import Node, run_backward
@@ -182,6 +183,7 @@ class Tensor:
         """The value of a one-element Tensor as a Python number."""
         if self.size != 1:
             raise ValueError(f"Tensor.item: only one-element tensors can be converted, got shape {self.shape}")
+        check_device_errors()  # this read syncs anyway: raise label errors deferred on the device (xpnn.debug)
         return to_numpy(self._data).reshape(()).item()
 
     def __float__(self) -> float:

@@ -12,6 +12,7 @@ impl                 device       what runs
 ``xpnn-cuda``        cuda         xpnn on the CUDA backend with its fused kernels
 ``xpnn-cuda-tape``   cuda         the same, autograd (training steps only)
 ``xpnn-cuda-generic`` cuda        xpnn on the CUDA backend with kernels off (the array-API path on CuPy)
+``xpnn-cuda-graph``  cuda         the step captured once in a CUDA graph and replayed (``xpnn.cuda``; steps only)
 ``torch-cuda``       torch-cuda   PyTorch on the GPU (``Adam(fused=True)`` for the Adam case)
 ==================== ============ ==========================================================================
 
@@ -55,6 +56,7 @@ IMPLS: dict[str, Impl] = {i.name: i for i in (
     Impl("xpnn-cuda", "cuda", "xpnn, CUDA backend (fused kernels)"),
     Impl("xpnn-cuda-tape", "cuda", "xpnn, CUDA backend, autograd"),
     Impl("xpnn-cuda-generic", "cuda", "xpnn, CUDA backend, kernels off"),
+    Impl("xpnn-cuda-graph", "cuda", "xpnn, CUDA backend, step replayed from a CUDA graph"),
     Impl("torch-cuda", "torch-cuda", "PyTorch CUDA"),
 )}
 
@@ -446,6 +448,15 @@ def _step_xpnn(impl: str, sizes: tuple[int, ...], inputs: Callable[[str, int], t
             params = list(model.parameters())
             return [p.data for p in params] + [p.grad for p in params] + _xpnn_optimizer_arrays(opt)
 
+        if impl == "xpnn-cuda-graph":  # warm-up and capture here; each timed call copies the batch in and replays
+            from ..cuda import make_graphed_step
+
+            graphed = make_graphed_step(model, loss_fn, opt, x, y)
+
+            def graph_step() -> None:
+                graphed(x, y)
+
+            return Runner(graph_step, IMPLS[impl].device, state, keep=[model, graphed])
         return Runner(step, IMPLS[impl].device, state, keep=[model])
     return build
 
@@ -576,9 +587,10 @@ def _seed_torch(impl: str) -> Callable[[Any], Runner]:
 def _per_impl(xpnn: Callable[[str], Callable[[Any], Runner]], plain: Callable[[Any], Runner],
               torch: Callable[[str], Callable[[Any], Runner]], tape: bool = False) -> dict[str, Callable[[Any], Runner]]:
     out = _impls(xpnn, plain, torch)
-    if tape:  # training steps: the autograd path beside the explicit one
+    if tape:  # training steps: the autograd path beside the explicit one, and the step replayed from a CUDA graph
         out["xpnn-numpy-tape"] = xpnn("xpnn-numpy-tape")
         out["xpnn-cuda-tape"] = xpnn("xpnn-cuda-tape")
+        out["xpnn-cuda-graph"] = xpnn("xpnn-cuda-graph")
     return out
 
 

@@ -33,13 +33,24 @@ def _grad_scale(per: Any, reduction: str) -> float:
     return 1.0 / math.prod(per.shape) if reduction == "mean" else 1.0
 
 
-def _check_ce(logits: Any, target: Any, reduction: str, ignore_index: int, label_smoothing: float, where: str) -> Any:
+def _check_ce(logits: Any, target: Any, reduction: str, ignore_index: int, label_smoothing: float,
+              where: str) -> tuple[Any, Any, Any]:
+    """``(xp, target, any_bad)``: on namespaces whose label check is deferred (not NumPy, debug off) ``target`` has
+    out-of-range labels replaced by ``ignore_index`` and ``any_bad`` is a 0-d flag (else ``None``)."""
     xp = namespace_of(logits, target, where=where)
     _checks.reduction(reduction, where)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{where}: label_smoothing must be in [0, 1], got {label_smoothing}")
-    _checks.class_targets(xp, logits, target, where, ignore_index)
-    return xp
+    bad = _checks.class_targets(xp, logits, target, where, ignore_index)
+    if bad is None:
+        return xp, target, None
+    target, any_bad = _checks.defer_class_targets(xp, target, bad, int(logits.shape[1]), where, ignore_index)
+    return xp, target, any_bad
+
+
+def _poison(xp: Any, loss: Any, any_bad: Any) -> Any:
+    """NaN where a deferred label check failed: a bad label never turns silently into a number."""
+    return loss if any_bad is None else xp.where(any_bad, xp.asarray(float("nan"), dtype=loss.dtype), loss)
 
 
 def _cross_entropy(xp: Any, logits: Any, target: Any, reduction: str, ignore_index: int, eps: float, with_grad: bool):
@@ -99,13 +110,14 @@ class CrossEntropy(Op):
     @staticmethod
     def forward(ctx: Context, logits: Any, target: Any, *, reduction: str = "mean", ignore_index: int = -100,
                 label_smoothing: float = 0.0) -> Any:
-        xp = _check_ce(logits, target, reduction, ignore_index, label_smoothing, "cross_entropy")
+        xp, target, any_bad = _check_ce(logits, target, reduction, ignore_index, label_smoothing, "cross_entropy")
         ctx.save_for_backward(logits)
         ctx.target, ctx.reduction, ctx.ignore_index, ctx.eps = target, reduction, ignore_index, label_smoothing
         if ctx.needs_input_grad[0]:  # the fused pass: loss and gradient at once
             loss, ctx.grad = _with_grad(xp, logits, target, reduction, ignore_index, label_smoothing)
-            return loss
-        return _cross_entropy(xp, logits, target, reduction, ignore_index, label_smoothing, with_grad=False)
+            return _poison(xp, loss, any_bad)
+        return _poison(xp, _cross_entropy(xp, logits, target, reduction, ignore_index, label_smoothing,
+                                          with_grad=False), any_bad)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, None]:
@@ -152,8 +164,10 @@ def cross_entropy_with_grad(
     logits: Any, target: Any, *, reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0
 ) -> tuple[Any, Any]:
     """``(cross_entropy(...), d loss / d logits)`` in one pass; the gradient has the shape of ``logits`` (N, C)."""
-    xp = _check_ce(logits, target, reduction, ignore_index, label_smoothing, "cross_entropy_with_grad")
-    return _with_grad(xp, logits, target, reduction, ignore_index, label_smoothing)
+    xp, target, any_bad = _check_ce(logits, target, reduction, ignore_index, label_smoothing,
+                                    "cross_entropy_with_grad")
+    out = _with_grad(xp, logits, target, reduction, ignore_index, label_smoothing)
+    return (_poison(xp, out[0], any_bad), out[1]) if any_bad is not None else out
 
 
 def _with_grad(xp: Any, logits: Any, target: Any, reduction: str, ignore_index: int, eps: float) -> tuple[Any, Any]:
