@@ -32,12 +32,15 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
         ("mlp_step", "batch256"), ("tiny_step", "batch8"),
         ("seed_net", "64x1000"),
     ],
+    "conv": [  # the convolution cases (compare with --reference torch-cpu: there is no plain-NumPy version)
+        ("conv2d", "lenet1"), ("conv2d", "lenet2"), ("conv2d", "3x3-64"), ("lenet_step", "batch64"),
+    ],
     "graphs": [  # training steps: eager vs CUDA-graph replay (run with --impls xpnn-cuda xpnn-cuda-graph torch-cuda)
         ("mlp_step", "batch16"), ("mlp_step", "batch256"), ("tiny_step", "batch8"),
     ],
     "tiny": [  # a smoke run: seconds, every case once
         ("sigmoid_backward", "1e4"), ("cross_entropy", "256x10"), ("adam", "1e4"), ("mlp_step", "batch16"),
-        ("tiny_step", "batch8"), ("seed_net", "64x1000"),
+        ("tiny_step", "batch8"), ("seed_net", "64x1000"), ("conv2d", "lenet2"), ("lenet_step", "batch64"),
     ],
 }
 

@@ -628,3 +628,8 @@ CASES: dict[str, Case] = {c.name: c for c in (
          {"64x1000": None}, frozenset(),
          lambda _: None, _per_impl(_seed_xpnn, _seed_plain, _seed_torch)),
 )}
+
+# the convolutional cases live in their own module (imported last: it builds on the helpers above)
+from .conv_cases import CONV_CASES  # noqa: E402
+
+CASES.update(CONV_CASES)

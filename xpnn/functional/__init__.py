@@ -23,6 +23,8 @@ from .activations import (
     tanh,
     tanh_backward,
 )
+from . import conv_numpy as _conv_numpy  # registers the NumPy fast paths of conv2d / max_pool2d  # noqa: F401
+from .conv import conv2d, conv2d_backward
 from .dropout import dropout, dropout_mask
 from .elementwise import abs, add, astype, clip, div, exp, log, matmul, mul, neg, pow, sqrt, sub
 from .linear import linear, linear_backward
@@ -35,6 +37,15 @@ from .losses import (
     mse_loss_with_grad,
 )
 from .normalization import batch_norm
+from .pooling import (
+    adaptive_avg_pool2d,
+    adaptive_avg_pool2d_backward,
+    avg_pool2d,
+    avg_pool2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+    max_pool2d_with_argmax,
+)
 from .reductions import max, mean, min, sum
 from .shape import broadcast_to, index, permute_dims, reshape, sum_to
 from .softmax import log_softmax, logsumexp, softmax, softmax_backward
@@ -52,4 +63,6 @@ __all__ = [
     "add", "sub", "mul", "div", "pow", "neg", "exp", "log", "sqrt", "abs", "clip", "astype", "matmul",
     "sum", "mean", "max", "min", "reshape", "permute_dims", "broadcast_to", "sum_to", "index",
     "adam_update", "sgd_update", "adagrad_update", "rmsprop_update",
+    "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_with_argmax", "max_pool2d_backward",
+    "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
 ]

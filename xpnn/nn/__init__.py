@@ -8,18 +8,23 @@ into it), so an optimizer step is one pass.
 """
 from .activation import ELU, SELU, LeakyReLU, PReLU, ReLU, Sigmoid, Softmax, Tanh
 from .batchnorm import BatchNorm1d
+from .batchnorm2d import BatchNorm2d
 from .container import Residual, Sequential
+from .conv import Conv2d
 from .dropconnect import DropConnect
 from .dropout import Dropout
+from .flatten import Flatten
 from .linear import Linear
 from .loss import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from .maxout import Maxout
 from .module import Module
 from .parameter import FlatBuffer, Parameter, flat_buffer_of
+from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
 __all__ = [
     "Module", "Parameter", "FlatBuffer", "flat_buffer_of",
     "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "Softmax", "Maxout",
     "Dropout", "DropConnect", "BatchNorm1d", "Sequential", "Residual",
     "CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss",
+    "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "BatchNorm2d",
 ]
