@@ -29,14 +29,18 @@ template <> __device__ __forceinline__ __half xpnn_from_acc<__half>(float x) { r
 template <> __device__ __forceinline__ float xpnn_from_acc<float>(float x) { return x; }
 template <typename T> __device__ __forceinline__ T xpnn_from_acc(double x) { return (T)x; }
 
-// -inf without <math.h>'s INFINITY (a host header).
+// -inf and +inf without <math.h>'s INFINITY (a host header).
 template <typename A> __device__ __forceinline__ A xpnn_neg_inf();
 template <> __device__ __forceinline__ float xpnn_neg_inf<float>() { return __int_as_float((int)0xff800000u); }
 template <> __device__ __forceinline__ double xpnn_neg_inf<double>() {
     return __longlong_as_double((long long)0xfff0000000000000ULL);
 }
+template <typename A> __device__ __forceinline__ A xpnn_pos_inf() { return -xpnn_neg_inf<A>(); }
 
 // Online log-sum-exp state: the running max m and s = sum(exp(x - m)). Empty state: (-inf, 0).
+// Rows with +inf or NaN (semantics of xpnn/functional/softmax.py, PyTorch's): entries equal to m count 1 without
+// computing exp(m - m) (NaN for m = +inf), so a row with +inf ends with (+inf, k >= 1); a NaN entry makes s NaN.
+// xpnn_row_lse / xpnn_row_poison turn that into lse = +inf and NaN softmax rows.
 template <typename A>
 struct xpnn_max_sum {
     A m;
@@ -45,28 +49,45 @@ struct xpnn_max_sum {
 
 template <typename A>
 __device__ __forceinline__ xpnn_max_sum<A> xpnn_max_sum_add(xpnn_max_sum<A> st, A x) {
-    if (x > st.m) {  // new max: rescale the sum (exp(-inf) = 0 covers the empty state)
+    if (x > st.m) {  // new max: rescale the sum (exp(-inf) = 0 covers the empty state; x = +inf: exp(-inf) too)
         st.s = st.s * xpnn_exp(st.m - x) + A(1);
         st.m = x;
     } else if (x > xpnn_neg_inf<A>()) {  // -inf entries contribute 0 (and -inf - -inf would be NaN)
-        st.s += xpnn_exp(x - st.m);
+        st.s += x == st.m ? A(1) : xpnn_exp(x - st.m);  // x == m: exactly 1, also for m = +inf
     } else if (x != x) {  // NaN propagates into the sum
         st.s += x;
     }
     return st;
 }
 
+// The factor exp(m_part - m) that rescales a partial sum to the merged max m (1 when m_part == m: no
+// exp(inf - inf) or exp(-inf - -inf), both NaN).
+template <typename A>
+__device__ __forceinline__ A xpnn_rescale(A m_part, A m) {
+    return m_part == m ? A(1) : xpnn_exp(m_part - m);
+}
+
 template <typename A>
 __device__ __forceinline__ xpnn_max_sum<A> xpnn_max_sum_merge(xpnn_max_sum<A> a, xpnn_max_sum<A> b) {
-    const A m = xpnn_max(a.m, b.m);
     xpnn_max_sum<A> r;
-    r.m = m;
-    if (!(m > xpnn_neg_inf<A>())) {  // both maxima -inf: sums are 0 (or NaN from a NaN entry), no rescaling
-        r.s = a.s + b.s;             // symmetric in a and b, so every lane of an xor-shuffle gets the same result
-        return r;
-    }
-    r.s = a.s * xpnn_exp(a.m - m) + b.s * xpnn_exp(b.m - m);
+    r.m = xpnn_max(a.m, b.m);
+    // symmetric in a and b, so every lane of an xor-shuffle gets the same result
+    r.s = a.s * xpnn_rescale(a.m, r.m) + b.s * xpnn_rescale(b.m, r.m);
     return r;
+}
+
+// log-sum-exp of a finished row state: +inf for a row with +inf and no NaN, NaN for a row with a NaN.
+template <typename A>
+__device__ __forceinline__ A xpnn_row_lse(xpnn_max_sum<A> st) {
+    return st.m == xpnn_pos_inf<A>() && st.s == st.s ? st.m : st.m + xpnn_log(st.s);
+}
+
+// The state the per-entry outputs (softmax, log-softmax, cross-entropy) are computed from: a row with +inf gets
+// s = NaN (inf - inf), so that every output of the row is NaN, like the reference's.
+template <typename A>
+__device__ __forceinline__ xpnn_max_sum<A> xpnn_row_poison(xpnn_max_sum<A> st) {
+    if (st.m == xpnn_pos_inf<A>()) st.s = st.m - st.m;
+    return st;
 }
 
 // Warp-wide all-reduce (xor-shuffles): every lane of the warp must call it; every lane gets the result.
@@ -191,5 +212,19 @@ __device__ __forceinline__ void xpnn_store_streaming(T* p, T v) {
     *p = v;
 #endif
 }
+
+// ---- data handed between blocks ----------------------------------------------------------------------------------
+// A value one block writes for another to read after an atomic hand-off (the last-block reductions): the writer
+// stores with xpnn_publish, then __threadfence() (release), then the atomic; the reader, once its atomic tells it
+// the others are done, calls __threadfence() (acquire) before any xpnn_load_published. __ldcg reads L2, where the
+// other SMs' stores are, not a possibly stale L1 line. The CPU shim (tests/shim) defines its own versions of these
+// two, which check that discipline: a store not fenced before the next atomic, or a load after an atomic without a
+// fence between, fails the launch.
+#ifdef __CUDACC__
+template <typename V>
+__device__ __forceinline__ void xpnn_publish(V* p, V v) { *p = v; }
+template <typename V>
+__device__ __forceinline__ V xpnn_load_published(const V* p) { return __ldcg(p); }
+#endif
 
 #endif  // XPNN_COMMON_CUH

@@ -19,7 +19,7 @@ logsumexp_rows(const T* __restrict__ x, T* __restrict__ out, long long n_rows, l
     const xpnn_row_group g = xpnn_rows(warp_rows);
     for (long long r = g.first; r < n_rows; r += g.stride) {
         const xpnn_max_sum<A> st = xpnn_row_max_sum(x + r * n_cols, n_cols, g, warp_rows);
-        if (g.rank == 0) out[r] = xpnn_from_acc<T>(st.m + xpnn_log(st.s));
+        if (g.rank == 0) out[r] = xpnn_from_acc<T>(xpnn_row_lse(st));
     }
 }
 
@@ -30,7 +30,7 @@ softmax_rows(const T* __restrict__ x, T* __restrict__ out, long long n_rows, lon
     const xpnn_row_group g = xpnn_rows(warp_rows);
     for (long long r = g.first; r < n_rows; r += g.stride) {
         const T* row = x + r * n_cols;
-        const xpnn_max_sum<A> st = xpnn_row_max_sum(row, n_cols, g, warp_rows);
+        const xpnn_max_sum<A> st = xpnn_row_poison(xpnn_row_max_sum(row, n_cols, g, warp_rows));
         const A lse = st.m + xpnn_log(st.s);
         for (long long c = g.rank; c < n_cols; c += g.size)
             xpnn_store_streaming(out + r * n_cols + c, xpnn_from_acc<T>(xpnn_exp((A)xpnn_to_acc(row[c]) - lse)));
@@ -44,7 +44,7 @@ log_softmax_rows(const T* __restrict__ x, T* __restrict__ out, long long n_rows,
     const xpnn_row_group g = xpnn_rows(warp_rows);
     for (long long r = g.first; r < n_rows; r += g.stride) {
         const T* row = x + r * n_cols;
-        const xpnn_max_sum<A> st = xpnn_row_max_sum(row, n_cols, g, warp_rows);
+        const xpnn_max_sum<A> st = xpnn_row_poison(xpnn_row_max_sum(row, n_cols, g, warp_rows));
         const A log_s = xpnn_log(st.s);
         for (long long c = g.rank; c < n_cols; c += g.size)
             xpnn_store_streaming(out + r * n_cols + c, xpnn_from_acc<T>(((A)xpnn_to_acc(row[c]) - st.m) - log_s));
@@ -72,7 +72,9 @@ cross_entropy_count(const long long* __restrict__ target, long long n_rows, long
 //   nll_r    = (m - x[t]) + log(s)                     (this order keeps float32 digits at |x| ~ 1e4)
 //   smooth_r = sum_c (lse - x_c) = sum_c (m - x_c) + C log(s)
 //   loss_r   = (1 - eps) nll_r + (eps / C) smooth_r,   0 where t == ignore_index
-//   grad_r   = (softmax_r - (1 - eps) onehot(t) - eps / C) * scale,   0 rows where ignored
+//   grad_r   = (softmax_r - (1 - eps) onehot(t) - eps / C) * scale_r,   scale_r = 0 where ignored
+// Ignored rows are computed like the others with scale_r = 0, so that a row with +inf/NaN gives a NaN gradient
+// there too, like the reference and PyTorch (rows with +inf: NaN loss and gradient, see common.cuh).
 // counters (zeroed before launch): [0] the number of valid targets (from cross_entropy_count, for the mean only),
 // [1] the number of blocks done. scale = 1 / counters[0] for the mean, else 1.
 // reduction "none": loss[r] = loss_r. "sum"/"mean": each block adds its rows' losses (in double) into
@@ -94,12 +96,9 @@ cross_entropy_fwd_bwd(const T* __restrict__ logits, const long long* __restrict_
         const T* row = logits + r * n_cols;
         T* grow = grad + r * n_cols;
         const long long t = target[r];
-        if (t == ignore_index) {  // uniform across the group: no barrier or shuffle is skipped by part of it
-            for (long long c = g.rank; c < n_cols; c += g.size) xpnn_store_streaming(grow + c, xpnn_from_acc<T>(A(0)));
-            if (g.rank == 0 && reduction == XPNN_REDUCTION_NONE) loss[r] = xpnn_from_acc<T>(A(0));
-            continue;
-        }
-        const xpnn_max_sum<A> st = xpnn_row_max_sum(row, n_cols, g, warp_rows);
+        const bool valid = t != ignore_index;  // uniform across the group
+        const A scale_r = valid ? scale : A(0);
+        const xpnn_max_sum<A> st = xpnn_row_poison(xpnn_row_max_sum(row, n_cols, g, warp_rows));
         const A log_s = xpnn_log(st.s);
         const A lse = st.m + log_s;
         A shifted_sum = A(0);  // sum_c (m - x_c), needed for label smoothing only
@@ -107,11 +106,13 @@ cross_entropy_fwd_bwd(const T* __restrict__ logits, const long long* __restrict_
             const A xc = (A)xpnn_to_acc(row[c]);
             A gc = xpnn_exp(xc - lse) - off_weight;
             if (c == t) gc -= on_weight;
-            xpnn_store_streaming(grow + c, xpnn_from_acc<T>(gc * scale));
+            xpnn_store_streaming(grow + c, xpnn_from_acc<T>(gc * scale_r));
             shifted_sum += st.m - xc;
         }
         if (eps > A(0)) shifted_sum = xpnn_group_sum(shifted_sum, warp_rows);  // eps is uniform: all or none
-        if (g.rank == 0) {
+        if (g.rank == 0 && !valid) {
+            if (reduction == XPNN_REDUCTION_NONE) loss[r] = xpnn_from_acc<T>(A(0));
+        } else if (g.rank == 0) {
             A loss_r = on_weight * ((st.m - (A)xpnn_to_acc(row[t])) + log_s);
             if (eps > A(0)) loss_r += off_weight * (shifted_sum + (A)n_cols * log_s);
             if (reduction == XPNN_REDUCTION_NONE) loss[r] = xpnn_from_acc<T>(loss_r);
@@ -123,15 +124,16 @@ cross_entropy_fwd_bwd(const T* __restrict__ logits, const long long* __restrict_
     total = xpnn_block_sum(total);
     __shared__ int is_last;
     if (threadIdx.x == 0) {
-        partials[blockIdx.x] = total;
-        __threadfence();  // the partial is visible to every block before the count says so
-        is_last = atomicAdd(counters + 1, 1ull) == gridDim.x - 1ull;
+        xpnn_publish(partials + blockIdx.x, total);
+        __threadfence();  // release: the partial is visible to every block before the count says so
+        const bool last = atomicAdd(counters + 1, 1ull) == gridDim.x - 1ull;
+        if (last) __threadfence();  // acquire: the other blocks' partials are read after their counts were seen
+        is_last = last;
     }
-    __syncthreads();
+    __syncthreads();  // the other threads read after thread 0's acquire fence
     if (!is_last) return;  // uniform across the block
-    const volatile double* ps = partials;  // written by other blocks: read from L2, not from a stale L1 line
     double sum = 0.0;
-    for (unsigned b = threadIdx.x; b < gridDim.x; b += blockDim.x) sum += ps[b];
+    for (unsigned b = threadIdx.x; b < gridDim.x; b += blockDim.x) sum += xpnn_load_published(partials + b);
     sum = xpnn_block_sum(sum);
     if (threadIdx.x == 0) {
         loss[0] = xpnn_from_acc<T>((A)(reduction == XPNN_REDUCTION_MEAN ? sum / (double)counters[0] : sum));
