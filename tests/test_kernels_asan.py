@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from shim.requirements import require_asan
+
+require_asan()  # skip (with the reason) without g++ or its sanitizer runtimes
+
 from shim.asan import SANITIZE_FLAGS, build_sanitized, run_cases, sanitizer_report
 from shim.loader import Build
 from xpnn._cuda.sources import kernel_dir

@@ -23,6 +23,10 @@ from xpnn._cuda import make_provider
 from xpnn._cuda.sources import kernel_dir
 from xpnn.functional import updates
 
+from shim.requirements import require_cxx
+
+require_cxx()  # skip (with the reason) without a C++ compiler, before anything builds the shim
+
 from shim import ShimLoader, build
 
 INF, NAN = np.inf, np.nan

@@ -15,6 +15,10 @@ from xpnn import _dispatch
 from xpnn._cuda import launch, make_provider, registry
 from xpnn.functional import updates
 
+from shim.requirements import require_cxx
+
+require_cxx()  # skip (with the reason) without a C++ compiler, before anything builds the shim
+
 from shim import ShimLoader, build
 from shim.loader import FLAGS
 
@@ -61,7 +65,7 @@ def test_shim_build_is_warning_free():
 
 def test_non_cooperative_kernel_that_synchronises_is_an_error(forward_loader):
     row = registry.RAW_BY_NAME["softmax"]
-    wrong = registry.RawKernel(row.name, row.source, row.entry, row.dtypes, cooperative=False)
+    wrong = registry.RawKernel(row.name, row.source, row.entry, row.dtypes, cooperative=False, launch=row.launch)
     x = np.ones((2, 40), np.float32)
     with pytest.raises(RuntimeError, match="non-cooperative"):
         forward_loader.raw(wrong, "float32").launch(2, 32, (x, np.empty_like(x), np.int64(2), np.int64(40),
@@ -85,6 +89,15 @@ def test_launcher_checks_scalar_types_and_block_size(forward_loader):
 def test_block_choice():
     assert [launch.row_block(c) for c in (1, 7, 256, 1000, 4097, 100_000)] == [32, 32, 32, 128, 1024, 1024]
     assert launch.flat_grid(1) == 1 and launch.flat_grid(10**9) == launch.MAX_GRID
+
+
+def test_launch_table_comes_from_the_registry():
+    """launch.OPS holds exactly the registry's ops, each served by the function its row names."""
+    assert set(launch.OPS) == set(registry.ops())
+    for op, name in registry.launchers().items():
+        assert launch.OPS[op] is getattr(launch, name) and name
+    with pytest.raises(ValueError, match="must name its launch function"):
+        registry.RawKernel("new_op", "optimizers.cu", "new_op<{T}>", ("float32",))
 
 
 def test_row_launch_choice():

@@ -101,7 +101,9 @@ XPNN_SHIM_API int xpnn_shim_launch(const char* name, unsigned grid, unsigned blo
 XPNN_SHIM_API const char* xpnn_shim_last_error() { return xpnn_shim::last_error.c_str(); }
 XPNN_SHIM_API void xpnn_shim_set_reverse(int reverse) { xpnn_reverse = reverse != 0; }
 // OS threads running blocks concurrently (1: one block after another).
-XPNN_SHIM_API void xpnn_shim_set_workers(unsigned workers) { xpnn_shim::requested_workers = workers == 0 ? 1 : workers; }
+XPNN_SHIM_API void xpnn_shim_set_workers(unsigned workers) {
+    xpnn_shim::requested_workers = workers == 0 ? 1 : workers;
+}
 // Of the last launch: OS threads that ran its blocks, and the most blocks that were running at once.
 XPNN_SHIM_API unsigned xpnn_shim_threads_used() { return xpnn_shim::last_threads_used; }
 XPNN_SHIM_API unsigned xpnn_shim_max_in_flight() { return xpnn_shim::last_max_in_flight; }

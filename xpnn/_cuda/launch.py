@@ -8,7 +8,7 @@ A function returns ``NotImplemented`` for a case it leaves to the reference code
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -206,19 +206,25 @@ def rmsprop_update(loader: KernelLoader, xp: Any, param: Any, grad: Any, square_
         param, grad, square_avg, grad_avg if centered else None, momentum_buffer if use_momentum else None), scalars)
 
 
-OPS = {
-    "sigmoid_backward": sigmoid_backward,
-    "tanh_backward": tanh_backward,
-    "relu_backward": relu_backward,
-    "leaky_relu_backward": leaky_relu_backward,
-    "elu_backward": elu_backward,
-    "selu_backward": selu_backward,
-    "logsumexp": logsumexp,
-    "softmax": softmax,
-    "log_softmax": log_softmax,
-    "cross_entropy_with_grad": cross_entropy_with_grad,
-    "adam_update": adam_update,
-    "sgd_update": sgd_update,
-    "adagrad_update": adagrad_update,
-    "rmsprop_update": rmsprop_update,
-}
+class _Ops(Mapping[str, Callable[..., Any]]):
+    """op -> launch function, built from the registry rows (each names its function here); looked up by name on
+    first use, so launch functions defined anywhere in this module are found."""
+
+    def __init__(self) -> None:
+        self._names = registry.launchers()
+
+    def __getitem__(self, op: str) -> Callable[..., Any]:
+        fn = globals().get(self._names[op])
+        if not callable(fn):
+            raise LookupError(f"registry row {op!r} names launch function {self._names[op]!r}, which "
+                              f"xpnn._cuda.launch does not define")
+        return fn
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+OPS: Mapping[str, Callable[..., Any]] = _Ops()
