@@ -1,53 +1,64 @@
 // Row kernels over a row-major (n_rows, n_cols) matrix: log-sum-exp, softmax, log-softmax, and softmax
 // cross-entropy with its gradient (and its reduced loss) fused into one kernel.
 //
-// Each row belongs to a group of threads (common.cuh, "row groups"): one warp per row for narrow rows
-// (warp_rows != 0, several rows per block, shuffles only), the whole block for wide ones; groups loop over rows
-// (grid-stride) when there are more rows than groups. Pass 1 reads the row once and computes m = max(x) and
-// s = sum(exp(x - m)) with online rescaling. Pass 2 reads the row again (from L2: the outputs are stored
-// evict-first so that they do not push the row out) and writes the output once.
+// Each row belongs to a group of threads (common.cuh, "row groups"): a few lanes of a warp per row for narrow rows
+// (`lanes` 1..32, several rows per warp, shuffles only or no reduction at all), the whole block for wide ones
+// (lanes == 0); groups loop over rows (grid-stride) when there are more rows than groups. Pass 1 reads the row once
+// in 16-byte packs (common.cuh, "16-byte vectors"; several loads in flight per thread) and computes m = max(x) and
+// s = sum(exp(x - m)), rescaling once per pack. Pass 2 reads the row again (from L2: the outputs are stored
+// evict-first so that they do not push the row out) and writes the output once, in packs too.
+// Rows with +inf or NaN: see common.cuh (lse = +inf, the row's other outputs NaN, like the reference).
 // T is the storage type (__half, float, double), A the accumulation type (float for __half).
 // __launch_bounds__ = the largest block the launcher may use (xpnn/_cuda/launch.py reads it from here): without it
 // the compiler may use more registers than a block of that size can have (double cross-entropy took 72 per thread:
-// a 1024-thread block would fail to launch with "too many resources requested"; within 64 it spills, hence 512).
+// a 1024-thread block would fail to launch with "too many resources requested"; within 64 it spills, hence 512;
+// the float16 softmax with four 16-byte packs in flight spilled within 64 registers too).
 #include "common.cuh"
 
 // out[r] = m + log(s)
 template <typename T, typename A>
-__global__ void __launch_bounds__(1024)
-logsumexp_rows(const T* __restrict__ x, T* __restrict__ out, long long n_rows, long long n_cols, int warp_rows) {
-    const xpnn_row_group g = xpnn_rows(warp_rows);
-    for (long long r = g.first; r < n_rows; r += g.stride) {
-        const xpnn_max_sum<A> st = xpnn_row_max_sum(x + r * n_cols, n_cols, g, warp_rows);
-        if (g.rank == 0) out[r] = xpnn_from_acc<T>(xpnn_row_lse(st));
+__global__ void __launch_bounds__(512)
+logsumexp_rows(const T* __restrict__ x, T* __restrict__ out, long long n_rows, long long n_cols, int lanes) {
+    const xpnn_row_group g = xpnn_rows(lanes);
+    for (long long r = g.first, r0 = g.warp_first; r0 < n_rows; r += g.stride, r0 += g.stride) {
+        const bool active = r < n_rows;
+        const xpnn_max_sum<A> st = xpnn_row_max_sum(x + (active ? r : 0) * n_cols, active ? n_cols : 0, g, lanes);
+        if (active && g.rank == 0) out[r] = xpnn_from_acc<T>(xpnn_row_lse(st));
     }
 }
 
-// out[r, c] = exp(x[r, c] - lse_r)
+// out[r, c] = exp(x[r, c] - m) / s  (not exp(x - lse): lse = m + log(s) rounds at the magnitude of m, an error
+// of ~1e-5 relative in float32 for |m| ~ 100 that the division avoids)
 template <typename T, typename A>
-__global__ void __launch_bounds__(1024)
-softmax_rows(const T* __restrict__ x, T* __restrict__ out, long long n_rows, long long n_cols, int warp_rows) {
-    const xpnn_row_group g = xpnn_rows(warp_rows);
-    for (long long r = g.first; r < n_rows; r += g.stride) {
-        const T* row = x + r * n_cols;
-        const xpnn_max_sum<A> st = xpnn_row_poison(xpnn_row_max_sum(row, n_cols, g, warp_rows));
-        const A lse = st.m + xpnn_log(st.s);
-        for (long long c = g.rank; c < n_cols; c += g.size)
-            xpnn_store_streaming(out + r * n_cols + c, xpnn_from_acc<T>(xpnn_exp((A)xpnn_to_acc(row[c]) - lse)));
+__global__ void __launch_bounds__(512)
+softmax_rows(const T* __restrict__ x, T* __restrict__ out, long long n_rows, long long n_cols, int lanes) {
+    const xpnn_row_group g = xpnn_rows(lanes);
+    for (long long r = g.first, r0 = g.warp_first; r0 < n_rows; r += g.stride, r0 += g.stride) {
+        const bool active = r < n_rows;
+        const long long n = active ? n_cols : 0;
+        const T* row = x + (active ? r : 0) * n_cols;
+        const xpnn_max_sum<A> st = xpnn_row_poison(xpnn_row_max_sum(row, n, g, lanes));
+        const A inv_s = A(1) / st.s;
+        xpnn_row_map(row, out + (active ? r : 0) * n_cols, n, g.rank, g.size, [&](long long, T xc) {
+            return xpnn_from_acc<T>(xpnn_exp_shifted((A)xpnn_to_acc(xc) - st.m) * inv_s);
+        });
     }
 }
 
 // out[r, c] = (x[r, c] - m) - log(s)
 template <typename T, typename A>
-__global__ void __launch_bounds__(1024)
-log_softmax_rows(const T* __restrict__ x, T* __restrict__ out, long long n_rows, long long n_cols, int warp_rows) {
-    const xpnn_row_group g = xpnn_rows(warp_rows);
-    for (long long r = g.first; r < n_rows; r += g.stride) {
-        const T* row = x + r * n_cols;
-        const xpnn_max_sum<A> st = xpnn_row_poison(xpnn_row_max_sum(row, n_cols, g, warp_rows));
+__global__ void __launch_bounds__(512)
+log_softmax_rows(const T* __restrict__ x, T* __restrict__ out, long long n_rows, long long n_cols, int lanes) {
+    const xpnn_row_group g = xpnn_rows(lanes);
+    for (long long r = g.first, r0 = g.warp_first; r0 < n_rows; r += g.stride, r0 += g.stride) {
+        const bool active = r < n_rows;
+        const long long n = active ? n_cols : 0;
+        const T* row = x + (active ? r : 0) * n_cols;
+        const xpnn_max_sum<A> st = xpnn_row_poison(xpnn_row_max_sum(row, n, g, lanes));
         const A log_s = xpnn_log(st.s);
-        for (long long c = g.rank; c < n_cols; c += g.size)
-            xpnn_store_streaming(out + r * n_cols + c, xpnn_from_acc<T>(((A)xpnn_to_acc(row[c]) - st.m) - log_s));
+        xpnn_row_map(row, out + (active ? r : 0) * n_cols, n, g.rank, g.size, [&](long long, T xc) {
+            return xpnn_from_acc<T>(((A)xpnn_to_acc(xc) - st.m) - log_s);
+        });
     }
 }
 
@@ -85,34 +96,35 @@ template <typename T, typename A>
 __global__ void __launch_bounds__(512)
 cross_entropy_fwd_bwd(const T* __restrict__ logits, const long long* __restrict__ target, unsigned long long* counters,
                       T* __restrict__ grad, T* __restrict__ loss, double* __restrict__ partials, long long n_rows,
-                      long long n_cols, long long ignore_index, double label_smoothing, int reduction, int warp_rows) {
+                      long long n_cols, long long ignore_index, double label_smoothing, int reduction, int lanes) {
     const A eps = (A)label_smoothing;
     const A on_weight = A(1) - eps;        // weight of the target class
     const A off_weight = eps / (A)n_cols;  // weight of every class
     const A scale = reduction == XPNN_REDUCTION_MEAN ? A(1) / (A)counters[0] : A(1);
-    const xpnn_row_group g = xpnn_rows(warp_rows);
+    const xpnn_row_group g = xpnn_rows(lanes);
     double total = 0.0;  // this thread's share of the summed loss (rank 0 of each group adds its rows)
-    for (long long r = g.first; r < n_rows; r += g.stride) {
-        const T* row = logits + r * n_cols;
-        T* grow = grad + r * n_cols;
-        const long long t = target[r];
+    for (long long r = g.first, r0 = g.warp_first; r0 < n_rows; r += g.stride, r0 += g.stride) {
+        const bool active = r < n_rows;
+        const long long n = active ? n_cols : 0;
+        const T* row = logits + (active ? r : 0) * n_cols;
+        const long long t = active ? target[r] : ignore_index;
         const bool valid = t != ignore_index;  // uniform across the group
         const A scale_r = valid ? scale : A(0);
-        const xpnn_max_sum<A> st = xpnn_row_poison(xpnn_row_max_sum(row, n_cols, g, warp_rows));
+        const xpnn_max_sum<A> st = xpnn_row_poison(xpnn_row_max_sum(row, n, g, lanes));
         const A log_s = xpnn_log(st.s);
-        const A lse = st.m + log_s;
+        const A inv_s = A(1) / st.s;
         A shifted_sum = A(0);  // sum_c (m - x_c), needed for label smoothing only
-        for (long long c = g.rank; c < n_cols; c += g.size) {
-            const A xc = (A)xpnn_to_acc(row[c]);
-            A gc = xpnn_exp(xc - lse) - off_weight;
-            if (c == t) gc -= on_weight;
-            xpnn_store_streaming(grow + c, xpnn_from_acc<T>(gc * scale_r));
+        xpnn_row_map(row, grad + (active ? r : 0) * n_cols, n, g.rank, g.size, [&](long long c, T x) {
+            const A xc = (A)xpnn_to_acc(x);
+            A gc = xpnn_exp_shifted(xc - st.m) * inv_s - off_weight;  // softmax as in softmax_rows
+            gc -= c == t ? on_weight : A(0);
             shifted_sum += st.m - xc;
-        }
-        if (eps > A(0)) shifted_sum = xpnn_group_sum(shifted_sum, warp_rows);  // eps is uniform: all or none
-        if (g.rank == 0 && !valid) {
+            return xpnn_from_acc<T>(gc * scale_r);
+        });
+        if (eps > A(0)) shifted_sum = xpnn_group_sum(shifted_sum, lanes);  // eps is uniform: all or none
+        if (active && g.rank == 0 && !valid) {
             if (reduction == XPNN_REDUCTION_NONE) loss[r] = xpnn_from_acc<T>(A(0));
-        } else if (g.rank == 0) {
+        } else if (active && g.rank == 0) {
             A loss_r = on_weight * ((st.m - (A)xpnn_to_acc(row[t])) + log_s);
             if (eps > A(0)) loss_r += off_weight * (shifted_sum + (A)n_cols * log_s);
             if (reduction == XPNN_REDUCTION_NONE) loss[r] = xpnn_from_acc<T>(loss_r);

@@ -18,30 +18,49 @@ from .loader import KernelLoader
 
 FLAT_BLOCK = 256  # threads per block of the grid-stride kernels over flat buffers
 MAX_GRID = 65535  # blocks per launch; the kernels loop (grid-stride) over whatever is left
-ITEMS_PER_THREAD = 8  # row kernels: aim for about this many row entries per thread
-WARP_ROW_MAX_COLS = 256  # rows up to this wide get one warp each (several rows per block); wider rows a block each
-WARP_ROWS_PER_BLOCK = 8  # warps (rows) per block in warp-per-row mode
+PACKS_PER_THREAD = 4  # wide rows: at least this many 16-byte packs per thread (XPNN_ROW_UNROLL in common.cuh)
+NARROW_ITEMS = 4  # narrow rows: about this many entries per lane
+NARROW_MAX_COLS = 64  # rows up to this wide get a few lanes each (several rows per warp)
+WARP_ROW_MAX_COLS = 256  # rows up to this wide get a warp each; wider rows a block each
+ROW_GROUP_BLOCK = 256  # threads per block when rows get lanes or warps (8 warps)
 COUNT_MAX_GRID = 1024  # blocks of the target-counting kernel (an atomic add each)
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}  # XPNN_REDUCTION_* in softmax_cross_entropy.cu
 
 
-def row_block(n_cols: int) -> int:
-    """Threads per block for a row of ``n_cols`` entries: a power of two in [32, 1024]."""
-    want = max(1, -(-n_cols // ITEMS_PER_THREAD))
-    return min(1024, max(32, 1 << (want - 1).bit_length()))
+def row_block(n_cols: int, itemsize: int = 4) -> int:
+    """Threads per block for a row of ``n_cols`` entries of ``itemsize`` bytes: the largest power of two in
+    [32, 1024] that leaves each thread at least PACKS_PER_THREAD 16-byte packs (kernels/common.cuh loads that many
+    at once: XPNN_ROW_UNROLL)."""
+    want = max(1, n_cols // (PACKS_PER_THREAD * (16 // itemsize)))
+    return min(1024, max(32, 1 << (want.bit_length() - 1)))
 
 
-def row_launch(n_rows: int, n_cols: int, max_block: int = 1024) -> tuple[int, int, int]:
-    """(grid, block, warp_rows) of a row kernel over an (n_rows, n_cols) matrix, n_rows >= 1; ``max_block`` is
-    the kernel's ``__launch_bounds__``.
+def row_lanes(n_cols: int) -> int:
+    """Lanes per row: a power of two in [1, 32] for rows up to WARP_ROW_MAX_COLS wide, 0 (a block) for wider."""
+    if n_cols > WARP_ROW_MAX_COLS:
+        return 0
+    if n_cols > NARROW_MAX_COLS:
+        return 32
+    want = max(1, -(-n_cols // NARROW_ITEMS))
+    return min(32, 1 << (want - 1).bit_length())
 
-    Narrow rows (like (65536, 10)) get a warp each, up to WARP_ROWS_PER_BLOCK rows per block, reduced with
-    shuffles only; a block per row for such rows would leave most threads idle and pay two barriers per row.
+
+def row_launch(n_rows: int, n_cols: int, max_block: int = 1024, itemsize: int = 4) -> tuple[int, int, int]:
+    """(grid, block, lanes) of a row kernel over an (n_rows, n_cols) matrix of ``itemsize``-byte entries,
+    n_rows >= 1; ``max_block`` is the kernel's ``__launch_bounds__``; ``lanes`` as in kernels/common.cuh.
+
+    Narrow rows (like (65536, 10)) get a few lanes each (4 for 10 classes: 8 rows per warp, two shuffle steps;
+    1 for 2-4 classes: a thread per row, no reduction at all); rows up to 256 a warp each; wider rows a block each
+    (block size from ``row_block``). A block per narrow row would leave most threads idle and pay two barriers
+    per row.
     """
-    if n_cols <= WARP_ROW_MAX_COLS:
-        per_block = min(WARP_ROWS_PER_BLOCK, n_rows, max_block // 32)
-        return max(1, min(MAX_GRID, -(-n_rows // per_block))), 32 * per_block, 1
-    return max(1, min(MAX_GRID, n_rows)), min(row_block(n_cols), max_block), 0
+    lanes = row_lanes(n_cols)
+    if lanes:
+        rows_per_block = (min(ROW_GROUP_BLOCK, max_block) // 32) * (32 // lanes)
+        blocks = -(-n_rows // rows_per_block)
+        block = min(ROW_GROUP_BLOCK, max_block, 32 * -(-n_rows // (32 // lanes)))  # no idle warps for few rows
+        return max(1, min(MAX_GRID, blocks)), block, lanes
+    return max(1, min(MAX_GRID, n_rows)), min(row_block(n_cols, itemsize), max_block), 0
 
 
 def flat_grid(n: int, block: int = FLAT_BLOCK) -> int:
@@ -100,8 +119,8 @@ def _rows(op: str, loader: KernelLoader, xp: Any, x: Any, axis: int, out_shape: 
     if n_rows == 0:
         return out
     kernel = loader.raw(registry.RAW_BY_NAME[op], dtype_name(x.dtype))
-    grid, block, warp_rows = row_launch(n_rows, n_cols, kernel.max_block)
-    kernel.launch(grid, block, (_contiguous(x), out, np.int64(n_rows), np.int64(n_cols), np.int32(warp_rows)))
+    grid, block, lanes = row_launch(n_rows, n_cols, kernel.max_block, x.dtype.itemsize)
+    kernel.launch(grid, block, (_contiguous(x), out, np.int64(n_rows), np.int64(n_cols), np.int32(lanes)))
     return out
 
 
@@ -129,7 +148,7 @@ def cross_entropy_with_grad(loader: KernelLoader, xp: Any, logits: Any, target: 
     logits = _contiguous(logits)
     target = _contiguous(xp.astype(target, xp.int64, copy=False))  # labels were validated by the caller
     kernel = loader.raw(registry.RAW_BY_NAME["cross_entropy_with_grad"], dtype)
-    grid, block, warp_rows = row_launch(n_rows, n_cols, kernel.max_block)
+    grid, block, lanes = row_launch(n_rows, n_cols, kernel.max_block, logits.dtype.itemsize)
     grad = xp.empty((n_rows, n_cols), dtype=logits.dtype)
     loss = xp.empty((n_rows,) if reduction == "none" else (), dtype=logits.dtype)
     partials = xp.empty((grid,), dtype=xp.float64)  # per-block loss sums
@@ -140,7 +159,7 @@ def cross_entropy_with_grad(loader: KernelLoader, xp: Any, logits: Any, target: 
             (target, np.int64(n_rows), np.int64(ignore_index), counters))
     kernel.launch(grid, block, (
         logits, target, counters, grad, loss, partials, np.int64(n_rows), np.int64(n_cols),
-        np.int64(ignore_index), np.float64(label_smoothing), np.int32(REDUCTIONS[reduction]), np.int32(warp_rows),
+        np.int64(ignore_index), np.float64(label_smoothing), np.int32(REDUCTIONS[reduction]), np.int32(lanes),
     ))
     return loss, grad
 

@@ -1,0 +1,109 @@
+"""The vectorised row kernels (16-byte packs, several per thread, scalar heads and tails; lanes per narrow row) on the
+CPU shim against the reference: widths 1, 7, 1000, 4097 and the edges of each path, float16/32/64, inputs starting
+at every offset from a 16-byte boundary (so the input's head differs from the fresh output's: scalar stores), both
+thread orders."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xpnn.functional as F
+from xpnn import _dispatch
+from xpnn._cuda import launch, make_provider
+
+from shim.requirements import require_cxx
+
+require_cxx()  # skip (with the reason) without a C++ compiler, before anything builds the shim
+
+from shim import ShimLoader  # noqa: E402
+
+TOL = {"float16": dict(rtol=4e-3, atol=4e-3), "float32": dict(rtol=3e-5, atol=2e-6),
+       "float64": dict(rtol=1e-12, atol=1e-13)}
+WIDTHS = (1, 2, 3, 4, 5, 7, 10, 16, 33, 64, 65, 255, 256, 257, 1000, 4097)
+
+
+@pytest.fixture(scope="module", params=("forward", "reverse"))
+def loader(request):
+    return ShimLoader(reverse=request.param == "reverse")
+
+
+def _offset(x: np.ndarray, items: int) -> np.ndarray:
+    """A C-contiguous copy of ``x`` starting ``items`` entries after a 64-byte boundary."""
+    itemsize = x.dtype.itemsize
+    raw = np.empty(x.nbytes + 64 + items * itemsize + 64, np.uint8)
+    start = (-raw.ctypes.data) % 64 + items * itemsize
+    out = raw[start:start + x.nbytes].view(x.dtype).reshape(x.shape)
+    out[...] = x
+    assert out.flags.c_contiguous and (out.ctypes.data - start) % 1 == 0
+    return out
+
+
+def _rows(n: int, width: int, dtype: str, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed * 7919 + width)
+    x = rng.standard_normal((n, width)) * 3 + np.arange(n)[:, None] * 0.25  # distinct rows
+    if width > 3:
+        x[n // 2, 1::3] = -np.inf
+    return x.astype(dtype)
+
+
+def _both(loader, fn, *args, **kwargs):
+    with _dispatch.use_kernels(False), np.errstate(all="ignore"):
+        want = fn(*args, **kwargs)
+    before = loader.launches
+    with _dispatch.use_provider(make_provider(loader)), np.errstate(all="ignore"):
+        got = fn(*args, **kwargs)
+    assert loader.launches > before
+    return got, want
+
+
+def _close(got, want, dtype):
+    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("width", WIDTHS)
+def test_row_kernels_every_alignment(loader, width, dtype):
+    n = 9
+    for offset in range(16 // np.dtype(dtype).itemsize):
+        x = _offset(_rows(n, width, dtype, seed=offset), offset)
+        for fn in (F.softmax, F.log_softmax, F.logsumexp):
+            got, want = _both(loader, fn, x)
+            _close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("width", WIDTHS)
+def test_cross_entropy_every_alignment(loader, width, dtype):
+    n = 9
+    rng = np.random.default_rng(width)
+    t = rng.integers(0, width, n)
+    t[n // 2] = 0  # a finite entry of the row with -inf entries
+    t[1] = -100
+    for offset in (0, 1, 16 // np.dtype(dtype).itemsize - 1):
+        x = _offset(_rows(n, width, dtype, seed=offset), offset)
+        for reduction, eps in (("none", 0.0), ("mean", 0.1), ("sum", 0.0)):
+            got, want = _both(loader, F.cross_entropy_with_grad, x, t, reduction=reduction, label_smoothing=eps)
+            _close(got[0], want[0], dtype)
+            _close(got[1], want[1], dtype)
+
+
+@pytest.mark.parametrize("width", [3, 10, 40, 100, 5000])
+def test_more_rows_than_groups(loader, monkeypatch, width):
+    """Grid-stride rounds where only part of a warp's row groups have a row (inactive lanes still shuffle)."""
+    monkeypatch.setattr(launch, "MAX_GRID", 2)
+    n = 8 * 32 * 2 + 13 if width < 64 else 37
+    x = _rows(n, width, "float32")
+    t = np.arange(n) % width
+    for fn in (F.softmax, F.logsumexp):
+        got, want = _both(loader, fn, x)
+        _close(got, want, "float32")
+    got, want = _both(loader, F.cross_entropy_with_grad, x, t, reduction="sum", label_smoothing=0.2)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    _close(got[1], want[1], "float32")
+
+
+def test_wide_rows_use_the_unrolled_loop():
+    """The launch gives every thread of a wide row at least 4 packs, so the 4-pack loop runs (not only the tail)."""
+    for n_cols, itemsize in ((4097, 4), (4097, 8), (4097, 2), (32768, 4), (100_000, 2)):
+        _, block, lanes = launch.row_launch(8, n_cols, itemsize=itemsize)
+        assert lanes == 0 and (n_cols // (16 // itemsize)) >= 4 * block or block == 1024
