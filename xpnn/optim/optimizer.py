@@ -201,9 +201,8 @@ class Optimizer:
     def _split(self, gi: int, slot: _Slot) -> dict[int, _Slot]:
         """Per-parameter copies of a flat slot (each parameter's slice, reshaped)."""
         out: dict[int, _Slot] = {}
-        offset = 0
         for i, p in enumerate(self.param_groups[gi]["params"]):
-            n, shape = p.size, p.shape
+            n, shape, offset = p.size, p.shape, p._offset  # slices of the flat buffer (padded: see FlatBuffer)
             s = _Slot(slot.state["step"])
             for k, v in slot.arrays().items():
                 xp = namespace_of(v)
@@ -215,7 +214,6 @@ class Optimizer:
             s.xp, s.dtype = slot.xp, slot.dtype
             s.seen = None if slot.seen is None else (slot.seen[i],)
             out[self._index[id(p)]] = s
-            offset += n
         return out
 
     def _gather(self, gi: int, error: type = ValueError) -> None:
@@ -236,8 +234,14 @@ class Optimizer:
         first = slots[0]
         assert first is not None and first.xp is not None  # every slot gets its namespace when made
         xp = first.xp
+        params = self.param_groups[gi]["params"]
+        size = params[0]._flat.size if params[0]._flat is not None else sum(p.size for p in params)
         for k in first.arrays():
-            joined = xp.concat([xp.reshape(s.arrays()[k], (-1,)) for s in slots if s is not None])
+            like = first.arrays()[k]
+            joined = xp.zeros((size,), dtype=like.dtype)  # the buffer's padding between parameters stays 0
+            for p, s in zip(params, slots):
+                if s is not None:
+                    joined[p._offset:p._offset + p.size] = xp.reshape(s.arrays()[k], (-1,))
             if k == MASTER:
                 flat.master = joined
             else:
