@@ -86,8 +86,9 @@ cross_entropy_count(const long long* __restrict__ target, long long n_rows, long
 //   grad_r   = (softmax_r - (1 - eps) onehot(t) - eps / C) * scale_r,   scale_r = 0 where ignored
 // Ignored rows are computed like the others with scale_r = 0, so that a row with +inf/NaN gives a NaN gradient
 // there too, like the reference and PyTorch (rows with +inf: NaN loss and gradient, see common.cuh).
-// counters (zeroed before launch): [0] the number of valid targets (from cross_entropy_count, for the mean only),
-// [1] the number of blocks done. scale = 1 / counters[0] for the mean, else 1.
+// counters (zero at launch; the last block sets them back to zero): [0] the number of valid targets (from
+// cross_entropy_count, for the mean only), [1] the number of blocks done. scale = 1 / counters[0] for the mean,
+// else 1.
 // reduction "none": loss[r] = loss_r. "sum"/"mean": each block adds its rows' losses (in double) into
 // partials[blockIdx.x]; the last block to finish (atomic count in counters[1]) sums the partials in a fixed order,
 // so the result does not depend on block timing, and writes loss[0] = sum (/ counters[0] for the mean: 0/0 = NaN
@@ -149,5 +150,7 @@ cross_entropy_fwd_bwd(const T* __restrict__ logits, const long long* __restrict_
     sum = xpnn_block_sum(sum);
     if (threadIdx.x == 0) {
         loss[0] = xpnn_from_acc<T>((A)(reduction == XPNN_REDUCTION_MEAN ? sum / (double)counters[0] : sum));
+        counters[0] = 0ull;  // ready for the next launch: the launcher keeps counters and partials across calls
+        counters[1] = 0ull;  // (every other block read counters[0] before its count, hence before this)
     }
 }

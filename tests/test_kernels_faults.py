@@ -239,3 +239,34 @@ def test_relu_backward_matches_pytorch():
     tx = torch.tensor(x, requires_grad=True)
     torch.relu(tx).backward(torch.tensor(dy))
     np.testing.assert_array_equal(reference(F.relu_backward, x, dy), tx.grad.numpy())
+
+
+# ---- persistent scratch -----------------------------------------------------------------------------------------
+
+def test_cross_entropy_keeps_its_scratch_and_leaves_counters_zero():
+    """Counters and partials are allocated once and reused; after each call the counters are back at zero (the
+    kernel resets them), also after a call that failed part way (the launcher resets them)."""
+    from xpnn._cuda import scratch
+
+    scratch.clear()
+    loader = ShimLoader(workers=3)
+    x = np.random.default_rng(4).standard_normal((50, 300)).astype(np.float32)
+    t = np.arange(50) % 300
+    for reduction in ("mean", "sum", "mean"):
+        got = through_kernel(loader, F.cross_entropy_with_grad, x, t, reduction=reduction)[0]
+        np.testing.assert_allclose(got, reference(F.cross_entropy_with_grad, x, t, reduction=reduction)[0],
+                                   rtol=1e-5)
+        kept = {k: v for k, v in scratch._arrays.items() if "counters" in k[-2]}
+        assert len(kept) == 1 and not next(iter(kept.values())).any()
+    assert len(scratch._arrays) == 2  # counters and partials, once
+
+
+def test_failed_launch_leaves_counters_zero(tmp_path):
+    from xpnn._cuda import scratch
+
+    broken = ShimLoader(library=build(kernels=_broken(tmp_path, ACQUIRE)).library)
+    with pytest.raises(RuntimeError):
+        _summed_loss(broken)
+    assert not any(v.any() for k, v in scratch._arrays.items() if "counters" in k[-2])
+    got, want = _summed_loss(ShimLoader())
+    np.testing.assert_allclose(got, want, rtol=1e-5)

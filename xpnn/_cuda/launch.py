@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from ..backend import dtype_name
-from . import registry
+from . import registry, scratch
 from .loader import KernelLoader
 
 FLAT_BLOCK = 256  # threads per block of the grid-stride kernels over flat buffers
@@ -139,8 +139,9 @@ def log_softmax(loader: KernelLoader, xp: Any, x: Any, axis: int = -1) -> Any:
 
 def cross_entropy_with_grad(loader: KernelLoader, xp: Any, logits: Any, target: Any, *, reduction: str = "mean",
                             ignore_index: int = -100, label_smoothing: float = 0.0) -> Any:
-    """(loss, grad): zeroed counters, for the mean one kernel counting the valid targets, then one kernel writing
-    the gradient and the loss -- per row for "none", else summed inside the kernel (no further launches)."""
+    """(loss, grad): for the mean one kernel counting the valid targets, then one kernel writing the gradient and
+    the loss -- per row for "none", else summed inside the kernel (no further launches, no allocation but the
+    outputs: the counters and partial sums are kept across calls)."""
     n_rows, n_cols = (int(s) for s in logits.shape)
     if n_rows == 0 or n_cols == 0:
         return NotImplemented  # the reference decides what an empty batch means
@@ -151,16 +152,22 @@ def cross_entropy_with_grad(loader: KernelLoader, xp: Any, logits: Any, target: 
     grid, block, lanes = row_launch(n_rows, n_cols, kernel.max_block, logits.dtype.itemsize)
     grad = xp.empty((n_rows, n_cols), dtype=logits.dtype)
     loss = xp.empty((n_rows,) if reduction == "none" else (), dtype=logits.dtype)
-    partials = xp.empty((grid,), dtype=xp.float64)  # per-block loss sums
-    counters = xp.zeros((2,), dtype=xp.uint64)  # [valid targets, blocks done]
-    if reduction == "mean":
-        loader.raw(registry.RAW_BY_NAME["cross_entropy_count"], dtype).launch(
-            min(COUNT_MAX_GRID, flat_grid(n_rows)), FLAT_BLOCK,
-            (target, np.int64(n_rows), np.int64(ignore_index), counters))
-    kernel.launch(grid, block, (
-        logits, target, counters, grad, loss, partials, np.int64(n_rows), np.int64(n_cols),
-        np.int64(ignore_index), np.float64(label_smoothing), np.int32(REDUCTIONS[reduction]), np.int32(lanes),
-    ))
+    # kept across calls (xpnn._cuda.scratch): per-block loss sums, and [valid targets, blocks done], which the
+    # kernel leaves at zero for the next call
+    partials = scratch.zeroed(xp, logits, "cross_entropy.partials", grid, xp.float64)
+    counters = scratch.zeroed(xp, logits, "cross_entropy.counters", 2, xp.uint64)
+    try:
+        if reduction == "mean":
+            loader.raw(registry.RAW_BY_NAME["cross_entropy_count"], dtype).launch(
+                min(COUNT_MAX_GRID, flat_grid(n_rows)), FLAT_BLOCK,
+                (target, np.int64(n_rows), np.int64(ignore_index), counters))
+        kernel.launch(grid, block, (
+            logits, target, counters, grad, loss, partials, np.int64(n_rows), np.int64(n_cols),
+            np.int64(ignore_index), np.float64(label_smoothing), np.int32(REDUCTIONS[reduction]), np.int32(lanes),
+        ))
+    except Exception:
+        counters[...] = 0  # a launch that failed part way must not leave its counts to the next call
+        raise
     return loss, grad
 
 
