@@ -232,6 +232,29 @@ def rmsprop_update(loader: KernelLoader, xp: Any, param: Any, grad: Any, square_
         param, grad, square_avg, grad_avg if centered else None, momentum_buffer if use_momentum else None), scalars)
 
 
+def adam_update_mixed(loader: KernelLoader, xp: Any, param: Any, master: Any, grad: Any, exp_avg: Any,
+                      exp_avg_sq: Any, max_exp_avg_sq: Any = None, *, step: int, lr: float, beta1: float,
+                      beta2: float, eps: float, weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
+                      amsgrad: bool = False, maximize: bool = False) -> Any:
+    """float16 ``param`` and ``grad``, float32 ``master`` and moments: one launch (kernels/adam_mixed.cu); the
+    scalars are rounded to float32, as the reference (adam_update on the float32 master) rounds them."""
+    decay = 1 - lr * weight_decay if decoupled_weight_decay else 1.0
+    scalars = tuple(_scalar("float32", v) for v in (
+        beta1, 1 - beta1, beta2, 1 - beta2, eps, 0.0 if decoupled_weight_decay else weight_decay, decay,
+        lr / (1 - beta1**step), math.sqrt(1 - beta2**step),
+    )) + (np.int32(decoupled_weight_decay), np.int32(amsgrad), np.int32(maximize))
+    arrays = (param, master, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None)
+    if not all(a.flags.c_contiguous for a in arrays if a is not None):
+        return NotImplemented  # an in-place update through a copy would be lost
+    n = int(math.prod(param.shape))
+    if n == 0:
+        return None
+    args = arrays[:5] + (master if arrays[5] is None else arrays[5], np.int64(n)) + scalars
+    loader.raw(registry.RAW_BY_NAME["adam_update_mixed"], "float16").launch(flat_grid(n, FLAT_BLOCK * 8),
+                                                                             FLAT_BLOCK, args)
+    return None
+
+
 class _Ops(Mapping[str, Callable[..., Any]]):
     """op -> launch function, built from the registry rows (each names its function here); looked up by name on
     first use, so launch functions defined anywhere in this module are found."""

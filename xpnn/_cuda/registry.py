@@ -101,6 +101,9 @@ RAW: tuple[RawKernel, ...] = (
     RawKernel("sgd_update", "optimizers.cu", "sgd_update<{T}>", _FLOATS_NO_HALF, launch="sgd_update"),
     RawKernel("adagrad_update", "optimizers.cu", "adagrad_update<{T}>", _FLOATS_NO_HALF, launch="adagrad_update"),
     RawKernel("rmsprop_update", "optimizers.cu", "rmsprop_update<{T}>", _FLOATS_NO_HALF, launch="rmsprop_update"),
+    # float16 parameters with float32 master copies (xpnn.functional.mixed_precision): keyed by the param dtype
+    RawKernel("adam_update_mixed", "adam_mixed.cu", "adam_update_mixed<{T}>", ("float16",),
+              launch="adam_update_mixed"),
 )
 
 RAW_BY_NAME = {row.name: row for row in RAW}

@@ -155,6 +155,10 @@ class Optimizer:
             slot.seen = versions
             if slot.grad32 is None:
                 slot.grad32 = xp.empty_like(slot.master)
+            if type(self)._update_mixed is not Optimizer._update_mixed:  # one fused call (one kernel on CUDA)
+                slot.state["step"] += 1
+                self._update_mixed(data, slot.master, grad, slot.grad32, slot.state, group, slot.scratch)
+                return
             copy_into(slot.grad32, grad)
             param, g = slot.master, slot.grad32
         else:
@@ -167,6 +171,13 @@ class Optimizer:
 
     def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], scratch: list) -> None:
         """Apply one step to ``param`` in place (``state["step"]`` already counts it). Subclasses."""
+        raise NotImplementedError
+
+    def _update_mixed(self, data: Any, master: Any, grad: Any, grad32: Any, state: dict[str, Any],
+                      group: dict[str, Any], scratch: list) -> None:
+        """Optional, for float16 parameters: one step on float32 ``master`` from float16 ``grad``, then ``data``
+        (float16) rewritten from it, in one call (``grad32``: a float32 work array). Subclasses that define it
+        replace the three passes of ``_step_slot`` (cast the gradient, ``_update``, cast back)."""
         raise NotImplementedError
 
     @staticmethod
