@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import xpnn.functional as F  # noqa: E402
 from xpnn import _dispatch  # noqa: E402
 from xpnn._cuda import launch, make_provider, registry  # noqa: E402
-from xpnn.functional import updates  # noqa: E402
+from xpnn.functional import mixed_precision, updates  # noqa: E402
 
 from shim.loader import ShimLoader  # noqa: E402
 
@@ -175,6 +175,15 @@ def optimizers(make: Callable[..., ShimLoader]) -> None:
                        lambda s, o=opts: dict(lr=0.05, first_step=s == 1, **o))
             _steps(loader, updates.adagrad_update, n, dtype, (True,),
                    lambda s: dict(step=s, lr=0.1, lr_decay=0.1, weight_decay=0.05))
+            if dtype == "float32":  # float16 params with float32 masters: one fused kernel
+                rng = np.random.default_rng(n)
+                master = rng.standard_normal(n).astype(np.float32)
+                arrays = [slack(master.astype(np.float16)), slack(master)] + [slack(np.zeros(n, np.float32))
+                                                                               for _ in range(3)]
+                for step in (1, 2, 3):
+                    run(loader, mixed_precision.adam_update_mixed, arrays[0], arrays[1],
+                        slack(rng.standard_normal(n).astype(np.float16)), *arrays[2:], step=step, lr=1e-2,
+                        beta1=0.9, beta2=0.999, eps=1e-8, amsgrad=True, weight_decay=0.01)
             for momentum, centered in ((0.0, False), (0.9, False), (0.0, True), (0.5, True)):
                 _steps(loader, updates.rmsprop_update, n, dtype, (True, centered, momentum > 0),
                        lambda s, m=momentum, c=centered: dict(lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.1,
