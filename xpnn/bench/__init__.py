@@ -26,10 +26,11 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
         ("adam", "1e6"), ("adam", "1e8"), ("adam", "200-tensors"),
         ("mlp_step", "batch256"),
         ("seed_net", "64x1000"),
+        ("softmax", "4096x1000"), ("softmax", "65536x10"), ("logsumexp", "4096x1000"), ("adam_fp16", "1e7"),
     ],
     "tiny": [  # a smoke run: seconds, every case once
         ("sigmoid_backward", "1e4"), ("cross_entropy", "256x10"), ("adam", "1e4"), ("mlp_step", "batch16"),
-        ("seed_net", "64x1000"),
+        ("seed_net", "64x1000"), ("softmax", "256x10"), ("logsumexp", "256x10"), ("adam_fp16", "1e4"),
     ],
 }
 
