@@ -34,6 +34,8 @@ VECTOR_KERNELS = {
     "adagrad_update": (True, True),
     "rmsprop_update": (True, True),
     "adam_update_mixed": (True, True),
+    "row_chunk_max_sum": (True, False),  # writes (m, s) per chunk
+    "row_chunk_finish": (True, True),
 }
 
 

@@ -144,3 +144,34 @@ def _both_inplace(loader, fn, *args, **kwargs):
     with _dispatch.use_provider(make_provider(loader)):
         fn(*args, **kwargs)
     assert loader.launches > before
+
+
+# ---- few wide rows split across blocks -------------------------------------------------------------------------
+
+def test_row_split_choice():
+    assert launch.row_split(8, 32768) == 4096 and launch.row_split(1, 10**6) == 4160
+    assert launch.row_split(256, 16384) == launch.row_split(8, 16383) == 0
+    assert all(launch.row_split(n, c) % 64 == 0 for n in (1, 3, 100) for c in (16384, 50_000, 10**6))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("n,width", [(1, 1000), (3, 4097), (5, 777)])
+def test_split_rows(loader, monkeypatch, n, width, dtype):
+    """Rows split into chunks of 64 entries or more (thresholds lowered), also with +inf/NaN rows and an input off a
+    16-byte boundary; the split path really runs (two launches per call)."""
+    monkeypatch.setattr(launch, "SPLIT_MIN_COLS", 100)
+    monkeypatch.setattr(launch, "SPLIT_MIN_CHUNK", 64)
+    assert launch.row_split(n, width) > 0
+    x = _rows(n, width, dtype, seed=2)
+    if n >= 3:
+        x[1, 5] = np.inf
+        x[2, width - 1] = np.nan
+    for offset in (0, 1):
+        xo = _offset(x, offset)
+        for fn in (F.softmax, F.log_softmax, F.logsumexp):
+            before = loader.launches
+            got, want = _both(loader, fn, xo)
+            assert loader.launches == before + 2
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+            _close(np.nan_to_num(got, nan=0, posinf=0), np.nan_to_num(want, nan=0, posinf=0), dtype)

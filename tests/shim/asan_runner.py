@@ -190,11 +190,28 @@ def optimizers(make: Callable[..., ShimLoader]) -> None:
                                                               momentum=m, centered=c))
 
 
+def split_rows(make: Callable[..., ShimLoader]) -> None:
+    """Few wide rows split across blocks (kernels/row_split.cu), thresholds lowered: chunks of 64 entries and a
+    shorter last chunk, every dtype."""
+    old = launch.SPLIT_MIN_COLS, launch.SPLIT_MIN_CHUNK
+    launch.SPLIT_MIN_COLS, launch.SPLIT_MIN_CHUNK = 100, 64
+    try:
+        loader = make()
+        for dtype in FLOATS:
+            for n, width in ((1, 1000), (3, 4097)):
+                x = slack(rows(n, width, dtype))
+                for fn in (F.softmax, F.log_softmax, F.logsumexp):
+                    run(loader, fn, x)
+    finally:
+        launch.SPLIT_MIN_COLS, launch.SPLIT_MIN_CHUNK = old
+
+
 CASES: dict[str, Case] = {
     "activations": activations,
     "row_kernels": row_kernels,
     "cross_entropy": cross_entropy,
     "grid_stride": grid_stride,
+    "split_rows": split_rows,
     "optimizers": optimizers,
 }
 

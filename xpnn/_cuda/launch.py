@@ -63,6 +63,24 @@ def row_launch(n_rows: int, n_cols: int, max_block: int = 1024, itemsize: int = 
     return max(1, min(MAX_GRID, n_rows)), min(row_block(n_cols, itemsize), max_block), 0
 
 
+SPLIT_MIN_COLS = 16384  # rows at least this wide ...
+SPLIT_MAX_ROWS = 256  # ... and fewer rows than this are split across blocks (kernels/row_split.cu)
+SPLIT_TARGET_BLOCKS = 512  # aim for about this many blocks over the whole matrix (a few per SM)
+SPLIT_MIN_CHUNK = 4096  # entries per chunk at least
+SPLIT_OPS = {"logsumexp": 0, "softmax": 1, "log_softmax": 2}  # XPNN_SPLIT_* in row_split.cu
+
+
+def row_split(n_rows: int, n_cols: int) -> int:
+    """Entries per chunk when the rows should be split across blocks (a multiple of 64, so each chunk keeps the
+    row's 16-byte alignment), else 0: only few rows of at least SPLIT_MIN_COLS entries are split."""
+    if n_cols < SPLIT_MIN_COLS or n_rows >= SPLIT_MAX_ROWS:
+        return 0
+    chunks = min(-(-SPLIT_TARGET_BLOCKS // n_rows), n_cols // SPLIT_MIN_CHUNK)
+    if chunks < 2:
+        return 0
+    return -(-(-(-n_cols // chunks)) // 64) * 64
+
+
 def flat_grid(n: int, block: int = FLAT_BLOCK) -> int:
     return max(1, min(MAX_GRID, -(-n // block)))
 
@@ -118,9 +136,29 @@ def _rows(op: str, loader: KernelLoader, xp: Any, x: Any, axis: int, out_shape: 
     out = xp.empty(out_shape, dtype=x.dtype)
     if n_rows == 0:
         return out
+    chunk = row_split(n_rows, n_cols)
+    if chunk:
+        return _rows_split(op, loader, xp, _contiguous(x), out, chunk)
     kernel = loader.raw(registry.RAW_BY_NAME[op], dtype_name(x.dtype))
     grid, block, lanes = row_launch(n_rows, n_cols, kernel.max_block, x.dtype.itemsize)
     kernel.launch(grid, block, (_contiguous(x), out, np.int64(n_rows), np.int64(n_cols), np.int32(lanes)))
+    return out
+
+
+def _rows_split(op: str, loader: KernelLoader, xp: Any, x: Any, out: Any, chunk: int) -> Any:
+    """Few wide rows: chunk partials (one launch), then every chunk finishes its row (a second launch)."""
+    n_rows, n_cols = (int(s) for s in x.shape)
+    dtype = dtype_name(x.dtype)
+    first = loader.raw(registry.RAW_BY_NAME["row_chunk_max_sum"], dtype)
+    finish = loader.raw(registry.RAW_BY_NAME["row_chunk_finish"], dtype)
+    blocks = n_rows * -(-n_cols // chunk)
+    grid = min(MAX_GRID, blocks)
+    block = min(row_block(chunk, x.dtype.itemsize), first.max_block)
+    acc = xp.float64 if dtype == "float64" else xp.float32
+    partials = scratch.zeroed(xp, x, "rows.partials", 2 * blocks, acc)  # every entry is written before read
+    dims = (np.int64(n_rows), np.int64(n_cols), np.int64(chunk))
+    first.launch(grid, block, (x, partials) + dims)
+    finish.launch(grid, block, (x, partials, out) + dims + (np.int32(SPLIT_OPS[op]),))
     return out
 
 

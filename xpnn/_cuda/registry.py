@@ -101,6 +101,11 @@ RAW: tuple[RawKernel, ...] = (
     RawKernel("sgd_update", "optimizers.cu", "sgd_update<{T}>", _FLOATS_NO_HALF, launch="sgd_update"),
     RawKernel("adagrad_update", "optimizers.cu", "adagrad_update<{T}>", _FLOATS_NO_HALF, launch="adagrad_update"),
     RawKernel("rmsprop_update", "optimizers.cu", "rmsprop_update<{T}>", _FLOATS_NO_HALF, launch="rmsprop_update"),
+    # few wide rows split across blocks (launched by the softmax/log_softmax/logsumexp launchers)
+    RawKernel("row_chunk_max_sum", "row_split.cu", "row_chunk_max_sum<{T}, {A}>", _FLOATS, cooperative=True,
+              helper=True),
+    RawKernel("row_chunk_finish", "row_split.cu", "row_chunk_finish<{T}, {A}>", _FLOATS, cooperative=True,
+              helper=True),
     # float16 parameters with float32 master copies (xpnn.functional.mixed_precision): keyed by the param dtype
     RawKernel("adam_update_mixed", "adam_mixed.cu", "adam_update_mixed<{T}>", ("float16",),
               launch="adam_update_mixed"),
