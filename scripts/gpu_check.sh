@@ -112,7 +112,7 @@ if wants sanitizer; then
     if [ -n "$SANITIZER" ]; then
         run_step memcheck "$OUT/sanitizer.log" "$SANITIZER" --tool memcheck --error-exitcode 1 \
             $PY -c "$NO_POOL" tests/test_cuda_kernels.py -q -p no:cacheprovider \
-            -k "(cross_entropy or row_kernels or adam) and not float64 and not beyond_32bit and not deterministic"
+            -k "(cross_entropy or row_kernels or adam or inf_and_nan) and not float64 and not beyond_32bit and not deterministic"
         run_step racecheck "$OUT/sanitizer.log" "$SANITIZER" --tool racecheck --error-exitcode 1 \
             $PY -c "$NO_POOL" tests/test_cuda_kernels.py -q -p no:cacheprovider \
             -k "float32 and (cross_entropy or row_kernels) and (64-7 or 300-1000 or 9-4097)"

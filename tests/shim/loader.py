@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -213,6 +214,7 @@ class _ExactBuffers:
 
 
 DEFAULT_WORKERS = 4
+_LAUNCH_LOCK = threading.Lock()
 
 
 class ShimLoader:
@@ -242,19 +244,21 @@ class ShimLoader:
             cargs = [buffers.pointer(a) if buffers is not None and isinstance(a, np.ndarray) else _c_arg(a)
                      for a in args]
             argv = (ctypes.c_void_p * max(1, len(cargs)))(*[ctypes.addressof(c) for c in cargs])
-            self.lib.xpnn_shim_set_reverse(int(self.reverse))
-            self.lib.xpnn_shim_set_workers(self.workers)
-            rc = self.lib.xpnn_shim_launch(name.encode(), grid, block, int(cooperative), argv)
+            with _LAUNCH_LOCK:  # the settings, the launch and its statistics belong together
+                self.lib.xpnn_shim_set_reverse(int(self.reverse))
+                self.lib.xpnn_shim_set_workers(self.workers)
+                rc = self.lib.xpnn_shim_launch(name.encode(), grid, block, int(cooperative), argv)
+                error = self.lib.xpnn_shim_last_error().decode() if rc != 0 else ""
+                threads, in_flight = int(self.lib.xpnn_shim_threads_used()), int(self.lib.xpnn_shim_max_in_flight())
             if buffers is not None:
                 buffers.copy_back()
         finally:
             if buffers is not None:
                 buffers.free()
         if rc != 0:
-            raise RuntimeError(f"CPU shim: kernel {name} failed: {self.lib.xpnn_shim_last_error().decode()}")
+            raise RuntimeError(f"CPU shim: kernel {name} failed: {error}")
         self.launches += 1
-        self.last_threads_used = int(self.lib.xpnn_shim_threads_used())
-        self.last_max_in_flight = int(self.lib.xpnn_shim_max_in_flight())
+        self.last_threads_used, self.last_max_in_flight = threads, in_flight
 
     def raw(self, row: registry.RawKernel, dtype: str) -> RawLaunch:
         name = row.name_expression(dtype)

@@ -353,8 +353,10 @@ static unsigned requested_workers = 4;
 static unsigned last_threads_used = 0, last_max_in_flight = 0;
 static std::string last_error;
 
-// Launch `body` over grid x block threads (1-D). Calls must not overlap (ShimLoader launches one at a time).
+// Launch `body` over grid x block threads (1-D). Launches from several host threads run one after another.
 inline int launch(const std::function<void()>& body, bool cooperative, unsigned grid, unsigned block, bool reverse) {
+    static std::mutex one_launch_at_a_time;
+    std::lock_guard<std::mutex> hold(one_launch_at_a_time);
     last_error.clear();
     if (cooperative && block % 32 != 0) {
         last_error = "cooperative kernels need a block size that is a multiple of 32, got " + std::to_string(block);
