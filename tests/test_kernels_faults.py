@@ -270,3 +270,27 @@ def test_failed_launch_leaves_counters_zero(tmp_path):
     assert not any(v.any() for k, v in scratch._arrays.items() if "counters" in k[-2])
     got, want = _summed_loss(ShimLoader())
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_zero_where_is_where_bit_for_bit(dtype):
+    """The NumPy fast path of the ReLU backward reference (bits ANDed with a mask) equals where(cond, 0, values),
+    -0.0, NaN and inf included, on contiguous and strided arrays; array_api_strict takes xp.where."""
+    from xpnn.functional._masking import zero_where
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(300).astype(dtype)
+    v = rng.standard_normal(300).astype(dtype)
+    x[:6] = [0.0, -0.0, NAN, INF, -INF, 1.0]
+    v[6:12] = [NAN, INF, -INF, -0.0, 0.0, NAN]
+    bits = f"u{np.dtype(dtype).itemsize}"
+    for xs, vs in ((x, v), (x[::3], v[::3])):
+        got = zero_where(np, xs <= 0, vs)
+        want = np.where(xs <= 0, np.zeros_like(vs), vs)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got.view(bits), want.view(bits))
+    strict = pytest.importorskip("array_api_strict")
+    if dtype != "float16":
+        xs, vs = strict.asarray(x), strict.asarray(v)
+        got = zero_where(strict, xs <= 0, vs)
+        np.testing.assert_array_equal(np.asarray(got), np.where(x <= 0, 0, v))

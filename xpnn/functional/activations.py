@@ -13,6 +13,7 @@ from .. import _dispatch
 from ..backend import namespace_of
 from . import _checks
 from ._inplace import InPlace
+from ._masking import zero_where
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
@@ -80,7 +81,7 @@ def relu_backward(x: Any, dy: Any) -> Any:
     """``dx = 0`` where ``x <= 0`` else ``dy``: PyTorch's ``threshold_backward`` semantics, so a NaN in ``dy`` at
     ``x <= 0`` gives 0 and a NaN ``x`` passes ``dy`` through (the CUDA kernel does the same)."""
     xp, out = _backward("relu_backward", x, dy)
-    return out if out is not None else xp.where(x <= 0, xp.zeros_like(dy), dy)
+    return out if out is not None else zero_where(xp, x <= 0, dy)
 
 
 def leaky_relu(x: Any, negative_slope: float = 0.01) -> Any:
