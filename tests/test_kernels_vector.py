@@ -175,3 +175,33 @@ def test_split_rows(loader, monkeypatch, n, width, dtype):
             np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
             np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
             _close(np.nan_to_num(got, nan=0, posinf=0), np.nan_to_num(want, nan=0, posinf=0), dtype)
+
+
+def test_random_shapes_offsets_and_grids(monkeypatch):
+    """Random (rows, width, dtype, offset, grid cap, thread order, workers): every row path against the reference."""
+    rng = np.random.default_rng(2026)
+    loaders = {(r, w): ShimLoader(reverse=r, workers=w) for r in (False, True) for w in (1, 3)}
+    for trial in range(60):
+        n = int(rng.integers(1, 40))
+        width = int(rng.choice([1, 2, 3, 5, 8, 13, 31, 32, 63, 64, 65, 100, 255, 256, 257, 511, 1025, 2049, 3001]))
+        dtype = str(rng.choice(["float16", "float32", "float64"]))
+        offset = int(rng.integers(0, 16 // np.dtype(dtype).itemsize))
+        monkeypatch.setattr(launch, "MAX_GRID", int(rng.choice([1, 2, 3, 65535])))
+        split = bool(rng.integers(0, 2)) and width >= 128
+        monkeypatch.setattr(launch, "SPLIT_MIN_COLS", 128 if split else 16384)
+        monkeypatch.setattr(launch, "SPLIT_MIN_CHUNK", 64 if split else 4096)
+        loader = loaders[(bool(rng.integers(0, 2)), int(rng.choice([1, 3])))]
+        x = _offset(_rows(n, width, dtype, seed=trial), offset)
+        t = rng.integers(0, width, n)
+        t[rng.random(n) < 0.2] = -100
+        where = f"trial {trial}: n={n} width={width} {dtype} offset={offset} split={split}"
+        for fn in (F.softmax, F.log_softmax, F.logsumexp):
+            got, want = _both(loader, fn, x)
+            np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), **TOL[dtype],
+                                       err_msg=where)
+        eps = float(rng.choice([0.0, 0.1]))
+        reduction = str(rng.choice(["none", "sum", "mean"]))
+        got, want = _both(loader, F.cross_entropy_with_grad, x, t, reduction=reduction, label_smoothing=eps)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(np.asarray(g, np.float64), np.asarray(w, np.float64), **TOL[dtype],
+                                       err_msg=where)
