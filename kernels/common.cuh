@@ -340,50 +340,122 @@ __device__ __forceinline__ A xpnn_exp_term(A x, A m) {
     return x == m ? (x > xpnn_neg_inf<A>() ? A(1) : A(0)) : xpnn_exp_shifted(x - m);
 }
 
-// Pass 1 shared by the row kernels: (max, sum(exp(x - max))) of row[0:n_cols] over the row's group (an inactive
-// group passes n_cols = 0). Per pack: the pack's max first (NaN ignored), the state rescaled once if it grew, then
-// one exponent per entry.
+// Adds the entries of pack p (its max first, NaN ignored; the state rescaled once if it grew; then one exponent
+// per entry) to a thread's state.
+template <typename T, typename A>
+__device__ __forceinline__ void xpnn_add_packs(xpnn_max_sum<A>& st, const xpnn_pack<T>* p, int count) {
+    const int V = 16 / (int)sizeof(T);
+    A pm = st.m;
+    XPNN_UNROLL
+    for (int u = 0; u < XPNN_ROW_UNROLL; ++u) {
+        if (u < count) {
+            XPNN_UNROLL
+            for (int j = 0; j < V; ++j) pm = xpnn_max(pm, (A)xpnn_to_acc(p[u].v[j]));
+        }
+    }
+    st.s *= xpnn_rescale(st.m, pm);
+    st.m = pm;
+    XPNN_UNROLL
+    for (int u = 0; u < XPNN_ROW_UNROLL; ++u) {
+        if (u < count) {
+            XPNN_UNROLL
+            for (int j = 0; j < V; ++j) st.s += xpnn_exp_term((A)xpnn_to_acc(p[u].v[j]), st.m);
+        }
+    }
+}
+
+// This thread's share of pass 1 over row[0:n]: scalar head, packs (XPNN_ROW_UNROLL at a time), scalar tail.
 template <typename T>
-__device__ __forceinline__ xpnn_max_sum<typename xpnn_acc<T>::type> xpnn_row_max_sum(
-        const T* __restrict__ row, long long n_cols, const xpnn_row_group& g, int lanes) {
+__device__ __forceinline__ xpnn_max_sum<typename xpnn_acc<T>::type> xpnn_row_max_sum_local(
+        const T* __restrict__ row, long long n, unsigned rank, unsigned size) {
     typedef typename xpnn_acc<T>::type A;
     xpnn_max_sum<A> st;
     st.m = xpnn_neg_inf<A>();
     st.s = A(0);
     const int V = 16 / (int)sizeof(T);
-    const long long head = xpnn_head(row, n_cols);
-    const long long n_packs = (n_cols - head) / V;
-    for (long long c = g.rank; c < head; c += g.size) st = xpnn_max_sum_add(st, (A)xpnn_to_acc(row[c]));
-    long long k = g.rank;
-    for (; k + (XPNN_ROW_UNROLL - 1) * (long long)g.size < n_packs; k += XPNN_ROW_UNROLL * (long long)g.size) {
+    const long long head = xpnn_head(row, n);
+    const long long n_packs = (n - head) / V;
+    for (long long c = rank; c < head; c += size) st = xpnn_max_sum_add(st, (A)xpnn_to_acc(row[c]));
+    long long k = rank;
+    for (; k + (XPNN_ROW_UNROLL - 1) * (long long)size < n_packs; k += XPNN_ROW_UNROLL * (long long)size) {
         xpnn_pack<T> p[XPNN_ROW_UNROLL];
-XPNN_UNROLL
-        for (int u = 0; u < XPNN_ROW_UNROLL; ++u) p[u] = xpnn_load_pack(row + head + (k + u * (long long)g.size) * V);
-        A pm = st.m;
-XPNN_UNROLL
-        for (int u = 0; u < XPNN_ROW_UNROLL; ++u)
-XPNN_UNROLL
-            for (int j = 0; j < V; ++j) pm = xpnn_max(pm, (A)xpnn_to_acc(p[u].v[j]));
-        st.s *= xpnn_rescale(st.m, pm);
-        st.m = pm;
-XPNN_UNROLL
-        for (int u = 0; u < XPNN_ROW_UNROLL; ++u)
-XPNN_UNROLL
-            for (int j = 0; j < V; ++j) st.s += xpnn_exp_term((A)xpnn_to_acc(p[u].v[j]), st.m);
+        XPNN_UNROLL
+        for (int u = 0; u < XPNN_ROW_UNROLL; ++u) p[u] = xpnn_load_pack(row + head + (k + u * (long long)size) * V);
+        xpnn_add_packs(st, p, XPNN_ROW_UNROLL);
     }
-    for (; k < n_packs; k += g.size) {
+    for (; k < n_packs; k += size) {
         const xpnn_pack<T> p = xpnn_load_pack(row + head + k * V);
-        A pm = st.m;
-XPNN_UNROLL
-        for (int j = 0; j < V; ++j) pm = xpnn_max(pm, (A)xpnn_to_acc(p.v[j]));
-        st.s *= xpnn_rescale(st.m, pm);
-        st.m = pm;
-XPNN_UNROLL
-        for (int j = 0; j < V; ++j) st.s += xpnn_exp_term((A)xpnn_to_acc(p.v[j]), st.m);
+        xpnn_add_packs(st, &p, 1);
     }
-    for (long long c = head + n_packs * V + g.rank; c < n_cols; c += g.size)
-        st = xpnn_max_sum_add(st, (A)xpnn_to_acc(row[c]));
-    return xpnn_group_max_sum(st, lanes);
+    for (long long c = head + n_packs * V + rank; c < n; c += size) st = xpnn_max_sum_add(st, (A)xpnn_to_acc(row[c]));
+    return st;
+}
+
+// Pass 1 shared by the row kernels: (max, sum(exp(x - max))) of row[0:n_cols] over the row's group (an inactive
+// group passes n_cols = 0).
+template <typename T>
+__device__ __forceinline__ xpnn_max_sum<typename xpnn_acc<T>::type> xpnn_row_max_sum(
+        const T* __restrict__ row, long long n_cols, const xpnn_row_group& g, int lanes) {
+    return xpnn_group_max_sum(xpnn_row_max_sum_local(row, n_cols, g.rank, g.size), lanes);
+}
+
+// Both passes of the softmax-like kernels: pass 1 over the group, then finish(st) with the group's state, then
+// out[c] = f(c, row[c]). When the row's packs are at most XPNN_ROW_UNROLL per thread (the launcher's block choice
+// aims at that for rows up to 4 * 16 bytes * 1024 threads), they stay in registers between the passes and the row
+// is read from memory once (its scalar head and tail, under 16 bytes each, are read twice); float and half only.
+// The group reduction has one call site, whichever path a group takes (lanes of one warp may take different ones).
+template <typename T, typename Fin, typename F>
+__device__ __forceinline__ void xpnn_row_two_pass(const T* __restrict__ row, T* __restrict__ out, long long n,
+                                                 const xpnn_row_group& g, int lanes, Fin&& finish, F&& f) {
+    typedef typename xpnn_acc<T>::type A;
+    const int V = 16 / (int)sizeof(T);
+    const long long head = xpnn_head(row, n);
+    const long long n_packs = (n - head) / V;
+    // (not for double: its 8-byte accumulators held across the reduction spilled within 128 registers)
+    const bool resident = sizeof(A) == 4 && n_packs <= XPNN_ROW_UNROLL * (long long)g.size;
+    xpnn_pack<T> p[XPNN_ROW_UNROLL];
+    int count = 0;  // packs this thread holds
+    xpnn_max_sum<A> st;
+    if (resident) {
+        st.m = xpnn_neg_inf<A>();
+        st.s = A(0);
+        for (long long c = g.rank; c < head; c += g.size) st = xpnn_max_sum_add(st, (A)xpnn_to_acc(row[c]));
+        XPNN_UNROLL
+        for (int u = 0; u < XPNN_ROW_UNROLL; ++u) {
+            const long long k = g.rank + u * (long long)g.size;
+            if (k < n_packs) {
+                p[u] = xpnn_load_pack(row + head + k * V);
+                count = u + 1;
+            }
+        }
+        xpnn_add_packs(st, p, count);
+        for (long long c = head + n_packs * V + g.rank; c < n; c += g.size)
+            st = xpnn_max_sum_add(st, (A)xpnn_to_acc(row[c]));
+    } else {
+        st = xpnn_row_max_sum_local(row, n, g.rank, g.size);
+    }
+    finish(xpnn_group_max_sum(st, lanes));
+    if (!resident) {
+        xpnn_row_map(row, out, n, g.rank, g.size, f);
+        return;
+    }
+    const bool packed_out = head == xpnn_head(out, n);
+    for (long long c = g.rank; c < head; c += g.size) xpnn_store_streaming(out + c, f(c, row[c]));
+    XPNN_UNROLL
+    for (int u = 0; u < XPNN_ROW_UNROLL; ++u) {
+        if (u < count) {
+            const long long c0 = head + (g.rank + u * (long long)g.size) * V;
+            XPNN_UNROLL
+            for (int j = 0; j < V; ++j) p[u].v[j] = f(c0 + j, p[u].v[j]);
+            if (packed_out) {
+                xpnn_store_pack_streaming(out + c0, p[u]);
+            } else {
+                XPNN_UNROLL
+                for (int j = 0; j < V; ++j) xpnn_store_streaming(out + c0 + j, p[u].v[j]);
+            }
+        }
+    }
+    for (long long c = head + n_packs * V + g.rank; c < n; c += g.size) xpnn_store_streaming(out + c, f(c, row[c]));
 }
 
 // ---- data handed between blocks ----------------------------------------------------------------------------------

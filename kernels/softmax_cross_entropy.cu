@@ -5,8 +5,9 @@
 // (`lanes` 1..32, several rows per warp, shuffles only or no reduction at all), the whole block for wide ones
 // (lanes == 0); groups loop over rows (grid-stride) when there are more rows than groups. Pass 1 reads the row once
 // in 16-byte packs (common.cuh, "16-byte vectors"; several loads in flight per thread) and computes m = max(x) and
-// s = sum(exp(x - m)), rescaling once per pack. Pass 2 reads the row again (from L2: the outputs are stored
-// evict-first so that they do not push the row out) and writes the output once, in packs too.
+// s = sum(exp(x - m)), rescaling once per pack. Pass 2 writes the output once, in packs too, from the packs still
+// in registers when the row fits 4 packs per thread (xpnn_row_two_pass), else reading the row again (from L2: the
+// outputs are stored evict-first so that they do not push the row out).
 // Rows with +inf or NaN: see common.cuh (lse = +inf, the row's other outputs NaN, like the reference).
 // T is the storage type (__half, float, double), A the accumulation type (float for __half).
 // __launch_bounds__ = the largest block the launcher may use (xpnn/_cuda/launch.py reads it from here): without it
@@ -37,11 +38,12 @@ softmax_rows(const T* __restrict__ x, T* __restrict__ out, long long n_rows, lon
         const bool active = r < n_rows;
         const long long n = active ? n_cols : 0;
         const T* row = x + (active ? r : 0) * n_cols;
-        const xpnn_max_sum<A> st = xpnn_row_poison(xpnn_row_max_sum(row, n, g, lanes));
-        const A inv_s = A(1) / st.s;
-        xpnn_row_map(row, out + (active ? r : 0) * n_cols, n, g.rank, g.size, [&](long long, T xc) {
-            return xpnn_from_acc<T>(xpnn_exp_shifted((A)xpnn_to_acc(xc) - st.m) * inv_s);
-        });
+        A m = A(0), inv_s = A(0);
+        xpnn_row_two_pass(row, out + (active ? r : 0) * n_cols, n, g, lanes, [&](xpnn_max_sum<A> st) {
+            st = xpnn_row_poison(st);
+            m = st.m;
+            inv_s = A(1) / st.s;
+        }, [&](long long, T xc) { return xpnn_from_acc<T>(xpnn_exp_shifted((A)xpnn_to_acc(xc) - m) * inv_s); });
     }
 }
 
@@ -54,11 +56,12 @@ log_softmax_rows(const T* __restrict__ x, T* __restrict__ out, long long n_rows,
         const bool active = r < n_rows;
         const long long n = active ? n_cols : 0;
         const T* row = x + (active ? r : 0) * n_cols;
-        const xpnn_max_sum<A> st = xpnn_row_poison(xpnn_row_max_sum(row, n, g, lanes));
-        const A log_s = xpnn_log(st.s);
-        xpnn_row_map(row, out + (active ? r : 0) * n_cols, n, g.rank, g.size, [&](long long, T xc) {
-            return xpnn_from_acc<T>(((A)xpnn_to_acc(xc) - st.m) - log_s);
-        });
+        A m = A(0), log_s = A(0);
+        xpnn_row_two_pass(row, out + (active ? r : 0) * n_cols, n, g, lanes, [&](xpnn_max_sum<A> st) {
+            st = xpnn_row_poison(st);
+            m = st.m;
+            log_s = xpnn_log(st.s);
+        }, [&](long long, T xc) { return xpnn_from_acc<T>(((A)xpnn_to_acc(xc) - m) - log_s); });
     }
 }
 
@@ -111,11 +114,14 @@ cross_entropy_fwd_bwd(const T* __restrict__ logits, const long long* __restrict_
         const long long t = active ? target[r] : ignore_index;
         const bool valid = t != ignore_index;  // uniform across the group
         const A scale_r = valid ? scale : A(0);
-        const xpnn_max_sum<A> st = xpnn_row_poison(xpnn_row_max_sum(row, n, g, lanes));
-        const A log_s = xpnn_log(st.s);
-        const A inv_s = A(1) / st.s;
+        xpnn_max_sum<A> st;
+        A log_s = A(0), inv_s = A(0);
         A shifted_sum = A(0);  // sum_c (m - x_c), needed for label smoothing only
-        xpnn_row_map(row, grad + (active ? r : 0) * n_cols, n, g.rank, g.size, [&](long long c, T x) {
+        xpnn_row_two_pass(row, grad + (active ? r : 0) * n_cols, n, g, lanes, [&](xpnn_max_sum<A> s) {
+            st = xpnn_row_poison(s);
+            log_s = xpnn_log(st.s);
+            inv_s = A(1) / st.s;
+        }, [&](long long c, T x) {
             const A xc = (A)xpnn_to_acc(x);
             A gc = xpnn_exp_shifted(xc - st.m) * inv_s - off_weight;  // softmax as in softmax_rows
             gc -= c == t ? on_weight : A(0);

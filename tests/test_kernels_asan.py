@@ -24,10 +24,11 @@ from xpnn._cuda.sources import kernel_dir
 # (file, correct text, broken text): one bug for each sanitizer, in a copy of kernels/
 BUGS = (
     # softmax reads its rows shifted by one element: past the end of the input on the last row (ASan)
-    ("softmax_cross_entropy.cu", "xpnn_row_map(row, out + (active ? r : 0) * n_cols, n, g.rank, g.size, [&](long long, "
-                                 "T xc) {\n            return xpnn_from_acc<T>(xpnn_exp_shifted(",
-     "xpnn_row_map(row + 1, out + (active ? r : 0) * n_cols, n, g.rank, g.size, [&](long long, "
-     "T xc) {\n            return xpnn_from_acc<T>(xpnn_exp_shifted("),
+    ("softmax_cross_entropy.cu", "xpnn_row_two_pass(row, out + (active ? r : 0) * n_cols, n, g, lanes, "
+                                 "[&](xpnn_max_sum<A> st) {\n            st = xpnn_row_poison(st);\n            m = st.m;"
+                                 "\n            inv_s",
+     "xpnn_row_two_pass(row + 1, out + (active ? r : 0) * n_cols, n, g, lanes, "
+     "[&](xpnn_max_sum<A> st) {\n            st = xpnn_row_poison(st);\n            m = st.m;\n            inv_s"),
     # the optimizers index their packs through an int product that overflows from the third pack on (UBSan)
     ("optimizers.cu", "p[a] = xpnn_load_pack(arrays[a] + k * V);",
      "p[a] = xpnn_load_pack(arrays[a] + (int)k * 1073741824 / 1073741824 * V);"),

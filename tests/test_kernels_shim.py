@@ -87,8 +87,8 @@ def test_launcher_checks_scalar_types_and_block_size(forward_loader):
 
 
 def test_block_choice():
-    assert [launch.row_block(c) for c in (1, 7, 256, 1000, 4097, 100_000)] == [32, 32, 32, 32, 256, 1024]
-    assert launch.row_block(4097, 8) == 512 and launch.row_block(4097, 2) == 128  # 4 packs per thread
+    assert [launch.row_block(c) for c in (1, 7, 256, 1000, 4097, 100_000)] == [32, 32, 32, 64, 256, 1024]
+    assert launch.row_block(4097, 8) == 512 and launch.row_block(4097, 2) == 128  # at most 4 packs per thread
     assert [launch.row_lanes(c) for c in (1, 2, 4, 5, 10, 33, 64, 65, 256, 257)] == [1, 1, 1, 2, 4, 16, 16, 32, 32, 0]
     assert launch.flat_grid(1) == 1 and launch.flat_grid(10**9) == launch.MAX_GRID
 
@@ -108,7 +108,7 @@ def test_row_launch_choice():
     assert launch.row_launch(65536, 10) == (1024, 256, 4)  # 64 rows per block
     assert launch.row_launch(7, 1) == (1, 32, 1)
     assert launch.row_launch(3, 70) == (1, 96, 32)
-    assert launch.row_launch(4096, 1000) == (4096, 32, 0)
+    assert launch.row_launch(4096, 1000) == (4096, 64, 0)
     assert launch.row_launch(8192, 32768) == (8192, 1024, 0)
     assert launch.row_launch(10**7, 10)[0] == launch.row_launch(10**6, 1000)[0] == launch.MAX_GRID
     assert launch.row_launch(8192, 32768, max_block=512) == (8192, 512, 0)

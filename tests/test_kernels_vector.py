@@ -102,11 +102,27 @@ def test_more_rows_than_groups(loader, monkeypatch, width):
     _close(got[1], want[1], "float32")
 
 
-def test_wide_rows_use_the_unrolled_loop():
-    """The launch gives every thread of a wide row at least 4 packs, so the 4-pack loop runs (not only the tail)."""
-    for n_cols, itemsize in ((4097, 4), (4097, 8), (4097, 2), (32768, 4), (100_000, 2)):
-        _, block, lanes = launch.row_launch(8, n_cols, itemsize=itemsize)
-        assert lanes == 0 and (n_cols // (16 // itemsize)) >= 4 * block or block == 1024
+def test_wide_rows_stay_in_registers_up_to_the_largest_block():
+    """The launch gives every thread of a wide row at most 4 packs (the row stays in registers between the passes)
+    while the block allows it; wider rows stream through the 4-pack loop (both paths run in the tests here:
+    4097 entries fit, 9000 float32 entries do not fit 512 threads)."""
+    for n_cols, itemsize in ((1000, 4), (4097, 4), (4097, 8), (4097, 2), (8192, 4)):
+        _, block, lanes = launch.row_launch(8, n_cols, max_block=512, itemsize=itemsize)
+        assert lanes == 0 and n_cols // (16 // itemsize) <= 4 * block
+    _, block, _ = launch.row_launch(8, 9000, max_block=512)
+    assert 9000 // 4 > 4 * block
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_rows_too_wide_for_registers(loader, dtype):
+    x = _offset(_rows(3, 9000 if dtype != "float16" else 18000, dtype), 1)
+    t = np.array([0, 17, 8999])
+    for fn in (F.softmax, F.log_softmax):
+        got, want = _both(loader, fn, x)
+        _close(got, want, dtype)
+    got, want = _both(loader, F.cross_entropy_with_grad, x, t, label_smoothing=0.1)
+    _close(got[0], want[0], dtype)
+    _close(got[1], want[1], dtype)
 
 
 # ---- optimizer updates in 16-byte packs ------------------------------------------------------------------------
@@ -183,7 +199,8 @@ def test_random_shapes_offsets_and_grids(monkeypatch):
     loaders = {(r, w): ShimLoader(reverse=r, workers=w) for r in (False, True) for w in (1, 3)}
     for trial in range(60):
         n = int(rng.integers(1, 40))
-        width = int(rng.choice([1, 2, 3, 5, 8, 13, 31, 32, 63, 64, 65, 100, 255, 256, 257, 511, 1025, 2049, 3001]))
+        width = int(rng.choice([1, 2, 3, 5, 8, 13, 31, 32, 63, 64, 65, 100, 255, 256, 257, 511, 1025, 2049, 3001,
+                                9001]))
         dtype = str(rng.choice(["float16", "float32", "float64"]))
         offset = int(rng.integers(0, 16 // np.dtype(dtype).itemsize))
         monkeypatch.setattr(launch, "MAX_GRID", int(rng.choice([1, 2, 3, 65535])))

@@ -18,7 +18,7 @@ from .loader import KernelLoader
 
 FLAT_BLOCK = 256  # threads per block of the grid-stride kernels over flat buffers
 MAX_GRID = 65535  # blocks per launch; the kernels loop (grid-stride) over whatever is left
-PACKS_PER_THREAD = 4  # wide rows: at least this many 16-byte packs per thread (XPNN_ROW_UNROLL in common.cuh)
+PACKS_PER_THREAD = 4  # wide rows: at most this many 16-byte packs per thread (XPNN_ROW_UNROLL in common.cuh)
 NARROW_ITEMS = 4  # narrow rows: about this many entries per lane
 NARROW_MAX_COLS = 64  # rows up to this wide get a few lanes each (several rows per warp)
 WARP_ROW_MAX_COLS = 256  # rows up to this wide get a warp each; wider rows a block each
@@ -28,11 +28,12 @@ REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}  # XPNN_REDUCTION_* in softmax_cro
 
 
 def row_block(n_cols: int, itemsize: int = 4) -> int:
-    """Threads per block for a row of ``n_cols`` entries of ``itemsize`` bytes: the largest power of two in
-    [32, 1024] that leaves each thread at least PACKS_PER_THREAD 16-byte packs (kernels/common.cuh loads that many
-    at once: XPNN_ROW_UNROLL)."""
-    want = max(1, n_cols // (PACKS_PER_THREAD * (16 // itemsize)))
-    return min(1024, max(32, 1 << (want.bit_length() - 1)))
+    """Threads per block for a row of ``n_cols`` entries of ``itemsize`` bytes: the smallest power of two in
+    [32, 1024] that leaves each thread at most PACKS_PER_THREAD 16-byte packs -- then the row stays in registers
+    between the two passes of softmax/log_softmax/cross-entropy (xpnn_row_two_pass in kernels/common.cuh), and
+    each thread has up to that many 128-bit loads in flight."""
+    want = max(1, -(-(n_cols // (16 // itemsize)) // PACKS_PER_THREAD))
+    return min(1024, max(32, 1 << (want - 1).bit_length()))
 
 
 def row_lanes(n_cols: int) -> int:
