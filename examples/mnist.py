@@ -15,9 +15,10 @@ import xpnn
 from xpnn import data, nn, optim
 from xpnn.train import evaluate, fit
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # the whole first paragraph
 parser.add_argument("--path", required=True, help="folder with the four MNIST IDX files (gzip or not)")
-parser.add_argument("--backend", default="auto", choices=["numpy", "cuda", "auto"])
+parser.add_argument("--backend", default="auto", choices=["numpy", "cpu", "cuda", "auto"],
+                    help="array backend; cpu is numpy (default: auto = cuda when a GPU is present)")
 parser.add_argument("--hidden", default="512,512", help="hidden widths, comma-separated")
 parser.add_argument("--epochs", type=int, default=10)
 parser.add_argument("--batch-size", type=int, default=128)
@@ -54,7 +55,7 @@ history = fit(model, nn.CrossEntropyLoss(), optimizer, X_train, y_train, epochs=
               batch_size=args.batch_size, validation_data=(X_test, y_test), progress=not args.no_progress,
               seed=args.seed)
 result = evaluate(model, nn.CrossEntropyLoss(), X_test, y_test)
-print(f"test accuracy {result['accuracy']:.4f} after {history.epochs} epochs "
+print(f"test accuracy {result['accuracy']:.4f} after {history.epochs} epoch{'s' if history.epochs != 1 else ''} "
       f"({sum(history['time']):.1f} s on {backend.name})")
 if args.save:
     xpnn.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()},
@@ -62,3 +63,4 @@ if args.save:
     print(f"saved {args.save}")
 if args.plot:
     history.plot(args.plot, title="MNIST")
+    print(f"curves written to {args.plot}")

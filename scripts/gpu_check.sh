@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Verification layer 3, on a machine with an NVIDIA GPU and no internet:
-#   scripts/gpu_check.sh [tests] [sanitizer] [bench]        (no argument: all three)
+#   scripts/gpu_check.sh [tests] [sanitizer] [graphs] [bench]        (no argument: all four)
 #   tests      tests marked `cuda` run every kernel through CuPy against the reference (they must not skip here),
 #              plus the CPU layers (offline compile: skipped with the reason when nvcc / CuPy's pinned private
 #              helpers are missing; CPU shim and its sanitizer build: skipped with the reason without g++/libasan)
 #   sanitizer  compute-sanitizer memcheck (CuPy's memory pool disabled: small overruns would land in pool slack)
 #              and racecheck on the row kernels, when the CUDA toolkit provides it
+#   graphs     CUDA-graph capture tests (graphed vs eager after 20 steps, fit(cuda_graph=True)) and a table of
+#              training steps: eager xpnn vs graphed xpnn vs PyTorch CUDA (`xpnn bench --preset graphs`)
 #   bench      the benchmarks (`pytest benchmarks --benchmark-only`)
 # Python: $PYTHON, else `python`, else `python3`. Setup it does when needed, offline: array-api-compat from a wheel
 # folder ($WHEELS, else ./wheels or ./.wheels), xpnn with `pip install --no-deps --no-build-isolation -e .`.
 # It stops early, saying why, when CuPy or NVRTC is unusable (what `xpnn info` reports).
-# Outputs go to $OUT (default: a new temp folder), at most 8 files: info.txt, info.json, tests.xml, tests.log,
-# sanitizer.log, bench.json, bench.log, summary.txt. Each step runs under `timeout $STEP_TIMEOUT` (default 540 s).
-# A short table is printed last (scripts/gpu_check_summary.py). Exit status: 0 when every step run passed, 1
-# otherwise, 2 when no GPU is visible, 3 when the setup failed, 4 when NVRTC (or CuPy) is unusable.
+# Outputs go to $OUT (default: a new temp folder), at most 9 files: info.txt, info.json, tests.xml, tests.log,
+# sanitizer.log, graphs.log, bench.json, bench.log, summary.txt. Each step runs under `timeout $STEP_TIMEOUT`
+# (default 540 s). A short table is printed last (scripts/gpu_check_summary.py). Exit status: 0 when every step run
+# passed, 1 otherwise, 2 when no GPU is visible, 3 when the setup failed, 4 when NVRTC (or CuPy) is unusable.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$(mktemp -d)}
@@ -31,7 +33,7 @@ fi
 STEP_TIMEOUT=${STEP_TIMEOUT:-540}
 unset CI  # under CI=true the offline-compile and shim layers fail instead of skipping when their toolchain is missing
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(tests sanitizer bench)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(tests sanitizer graphs bench)
 wants() { local s; for s in "${STEPS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 # ---- setup (offline) ---------------------------------------------------------------------------------------------
@@ -90,7 +92,7 @@ if ! $PY -c "import sys, xpnn.backend as b; sys.exit(0 if b.cuda_available() els
 fi
 
 # ---- steps -------------------------------------------------------------------------------------------------------
-declare -A STATUS=([tests]="not run" [memcheck]="not run" [racecheck]="not run" [bench]="not run")
+declare -A STATUS=([tests]="not run" [memcheck]="not run" [racecheck]="not run" [graphs]="not run" [bench]="not run")
 run_step() {  # run_step NAME LOG COMMAND...: status = exit code (124: timed out)
     local name=$1 log=$2
     shift 2
@@ -124,6 +126,12 @@ if wants sanitizer; then
     fi
 fi
 
+if wants graphs; then
+    run_step graphs "$OUT/graphs.log" bash -c "$PY -m pytest tests/test_cuda_graphs.py tests/test_amp.py \
+        tests/test_no_host_reads.py -q -rs -p no:cacheprovider && \
+        $PY -m xpnn bench --preset graphs --impls xpnn-cuda xpnn-cuda-graph torch-cuda --reference xpnn-cuda"
+fi
+
 if wants bench; then
     if [ -d benchmarks ] && $PY -c "import pytest_benchmark" 2>/dev/null; then
         run_step bench "$OUT/bench.log" $PY -m pytest benchmarks --benchmark-only -q -p no:cacheprovider \
@@ -136,5 +144,5 @@ fi
 
 # ---- table -------------------------------------------------------------------------------------------------------
 $PY scripts/gpu_check_summary.py "$OUT" tests="${STATUS[tests]}" memcheck="${STATUS[memcheck]}" \
-    racecheck="${STATUS[racecheck]}" bench="${STATUS[bench]}" | tee "$OUT/summary.txt"
+    racecheck="${STATUS[racecheck]}" graphs="${STATUS[graphs]}" bench="${STATUS[bench]}" | tee "$OUT/summary.txt"
 exit "${PIPESTATUS[0]}"

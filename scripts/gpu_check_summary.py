@@ -1,6 +1,6 @@
 """The short table ``scripts/gpu_check.sh`` prints last, from the files its steps left in its output folder.
 
-    python scripts/gpu_check_summary.py OUT tests=RC memcheck=RC racecheck=RC bench=RC
+    python scripts/gpu_check_summary.py OUT tests=RC memcheck=RC racecheck=RC graphs=RC bench=RC
 
 RC: a step's exit status, "skipped" or "not run". Reads ``info.json`` (``xpnn._cuda.info()`` plus versions),
 ``tests.xml`` (pytest's JUnit report) and ``bench.json`` (pytest-benchmark's), each optional. Prints: device and
@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Optional
 
-STEPS = ("tests", "memcheck", "racecheck", "bench")
+STEPS = ("tests", "memcheck", "racecheck", "graphs", "bench")
 VERSUS_TORCH = ("cross_entropy", "adam", "mlp_step")
 
 

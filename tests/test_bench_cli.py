@@ -120,8 +120,10 @@ def test_reference_adam_matches_xpnn_adam():
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_cpu_runner_runs(case):
     size = {"sigmoid_backward": "1e4", "cross_entropy": "256x10", "adam": "1e4", "mlp_step": "batch16",
-            "seed_net": "64x1000", "softmax": "256x10", "logsumexp": "256x10", "adam_fp16": "1e4"}[case]
-    for impl in ("xpnn-numpy", "numpy-plain"):
+            "seed_net": "64x1000", "tiny_step": "batch8", "softmax": "256x10", "logsumexp": "256x10",
+            "adam_fp16": "1e4"}[case]
+    impls = ["xpnn-numpy", "numpy-plain"] + [i for i in ("xpnn-numpy-tape",) if i in CASES[case].builders]
+    for impl in impls:
         r = make_runner(case, size, impl)
         assert IMPLS[impl].device == r.device == "cpu"
         r.fn()

@@ -206,6 +206,35 @@ def split_rows(make: Callable[..., ShimLoader]) -> None:
         launch.SPLIT_MIN_COLS, launch.SPLIT_MIN_CHUNK = old
 
 
+def capturable(make: Callable[..., ShimLoader]) -> None:
+    """kernels/capturable.cu: the optimizers with step/lr in (exact-size, 0-d) device buffers; unscale + check."""
+    from xpnn.amp import unscale_and_check_
+
+    loader = make()
+    for dtype in ("float32", "float64"):
+        for n in (1, 7, 1037):
+            for opts in (dict(), dict(weight_decay=0.1, decoupled_weight_decay=True),
+                         dict(amsgrad=True, maximize=True, weight_decay=0.01)):
+                _steps(loader, updates.adam_update, n, dtype, (True, True, opts.get("amsgrad", False)),
+                       lambda s, o=opts, d=dtype: dict(step=slack(np.asarray(s, d)), lr=slack(np.asarray(1e-2, d)),
+                                                       beta1=0.9, beta2=0.999, eps=1e-8, **o))
+            dev = lambda s, d=dtype: dict(lr=slack(np.asarray(0.05, d)), step=slack(np.asarray(s, d)))  # noqa: E731
+            _steps(loader, updates.sgd_update, n, dtype, (True,),
+                   lambda s, d=dev: dict(lr=d(s)["lr"], momentum=0.9, nesterov=True, first_step=s == 1))
+            _steps(loader, updates.adagrad_update, n, dtype, (True,),
+                   lambda s, d=dev: dict(**d(s), lr_decay=0.1, weight_decay=0.05))
+            _steps(loader, updates.rmsprop_update, n, dtype, (True, True, True),
+                   lambda s, d=dev: dict(lr=d(s)["lr"], alpha=0.99, eps=1e-8, weight_decay=0.1, momentum=0.5,
+                                         centered=True))
+    for dtype in FLOATS:
+        for n in (1, 7, 1037):
+            g = slack(np.random.default_rng(n).standard_normal(n).astype(dtype) * 64)
+            if n > 1:
+                g[n - 2] = np.inf
+            run(loader, unscale_and_check_, g, slack(np.asarray(2.0**-6, np.float32)),
+                slack(np.zeros((), np.float32)))
+
+
 CASES: dict[str, Case] = {
     "activations": activations,
     "row_kernels": row_kernels,
@@ -213,6 +242,7 @@ CASES: dict[str, Case] = {
     "grid_stride": grid_stride,
     "split_rows": split_rows,
     "optimizers": optimizers,
+    "capturable": capturable,
 }
 
 

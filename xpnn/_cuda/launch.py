@@ -295,14 +295,21 @@ def adam_update_mixed(loader: KernelLoader, xp: Any, param: Any, master: Any, gr
 
 
 class _Ops(Mapping[str, Callable[..., Any]]):
-    """op -> launch function, built from the registry rows (each names its function here); looked up by name on
-    first use, so launch functions defined anywhere in this module are found."""
+    """op -> launch function, built from the registry rows (each names its function: here, or as "module.name" in
+    another module of xpnn._cuda); looked up by name on use, so functions defined anywhere are found."""
 
     def __init__(self) -> None:
         self._names = registry.launchers()
 
     def __getitem__(self, op: str) -> Callable[..., Any]:
-        fn = globals().get(self._names[op])
+        name = self._names[op]
+        if "." in name:  # "module.function" in another module of xpnn._cuda
+            import importlib
+
+            module, _, attr = name.rpartition(".")
+            fn = getattr(importlib.import_module(f"{__package__}.{module}"), attr, None)
+        else:
+            fn = globals().get(name)
         if not callable(fn):
             raise LookupError(f"registry row {op!r} names launch function {self._names[op]!r}, which "
                               f"xpnn._cuda.launch does not define")

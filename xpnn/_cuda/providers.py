@@ -6,7 +6,7 @@ from typing import Any, Callable, Optional
 
 from ..backend import dtype_name
 from . import registry
-from .launch import OPS
+from .launch import OPS  # every registry row's launch function (xpnn._cuda.launch and xpnn._cuda.capturable)
 from .loader import CupyLoader, KernelLoader
 
 

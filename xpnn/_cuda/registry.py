@@ -24,8 +24,9 @@ class RawKernel:
     as fibers and others as a plain loop over threads (and fails if a non-cooperative kernel synchronises).
     ``helper``: launched by another op's launcher, not an op itself (no provider entry); an ``entry`` without
     ``{T}``/``{A}`` is one kernel shared by every dtype.
-    ``launch``: the function of ``xpnn._cuda.launch`` that serves the op (``launch.OPS`` is built from it); empty
-    for helpers.
+    ``launch``: the function that serves the op (``launch.OPS`` is built from it): a name in ``xpnn._cuda.launch``,
+    or ``"module.name"`` for one in another module of ``xpnn._cuda`` (``"capturable.adam_update_capturable"``);
+    empty for helpers.
     """
 
     name: str
@@ -109,6 +110,17 @@ RAW: tuple[RawKernel, ...] = (
     # float16 parameters with float32 master copies (xpnn.functional.mixed_precision): keyed by the param dtype
     RawKernel("adam_update_mixed", "adam_mixed.cu", "adam_update_mixed<{T}>", ("float16",),
               launch="adam_update_mixed"),
+    # issue 13: step count / lr / loss scale read from device memory (capturable in CUDA graphs)
+    RawKernel("adam_update_capturable", "capturable.cu", "adam_update_capturable<{T}>", _FLOATS_NO_HALF,
+              launch="capturable.adam_update_capturable"),
+    RawKernel("sgd_update_capturable", "capturable.cu", "sgd_update_capturable<{T}>", _FLOATS_NO_HALF,
+              launch="capturable.sgd_update_capturable"),
+    RawKernel("adagrad_update_capturable", "capturable.cu", "adagrad_update_capturable<{T}>", _FLOATS_NO_HALF,
+              launch="capturable.adagrad_update_capturable"),
+    RawKernel("rmsprop_update_capturable", "capturable.cu", "rmsprop_update_capturable<{T}>", _FLOATS_NO_HALF,
+              launch="capturable.rmsprop_update_capturable"),
+    RawKernel("amp_unscale_check", "capturable.cu", "amp_unscale_check<{T}>", _FLOATS,
+              launch="capturable.amp_unscale_check"),
 )
 
 RAW_BY_NAME = {row.name: row for row in RAW}

@@ -1,8 +1,10 @@
-"""Layers, containers and losses with an explicit ``forward``/``backward`` protocol (no autograd tape).
+"""Layers, containers and losses, each with one ``forward`` over ``xpnn.functional`` ops.
 
-``y = m(x)``; ``dx = m.backward(dy)`` adds parameter gradients into ``.grad`` and returns the input gradient;
-losses: ``loss = loss_fn(pred, target)``, ``dpred = loss_fn.backward()``. A model's parameters and gradients live
-in one flat buffer each (every Parameter's ``.data``/``.grad`` is a view into it).
+On Tensors: ``loss = loss_fn(model(xpnn.tensor(x)), y); loss.backward()`` (autograd). On arrays (the explicit API,
+sugar over the same recorded call): ``y = m(x)``; ``dx = m.backward(dy)`` adds parameter gradients into ``.grad``
+and returns the input gradient; losses: ``loss = loss_fn(pred, target)``, ``dpred = loss_fn.backward()``.
+A model's parameters and gradients live in one flat buffer each (every Parameter's ``.data``/``.grad`` is a view
+into it), so an optimizer step is one pass.
 """
 from .activation import ELU, SELU, LeakyReLU, PReLU, ReLU, Sigmoid, Softmax, Tanh
 from .batchnorm import BatchNorm1d
