@@ -199,9 +199,16 @@ class Optimizer:
             return  # e.g. GradScaler found inf/NaN in the gradients: skip this step (step counts unchanged)
         for slot, param, g, group, data, half in work:
             lr = slot.advance(group["lr"], self.capturable)
-            self._update(param, g, slot.state, group if lr is group["lr"] else {**group, "lr": lr}, slot.scratch)
+            if half == "fused" and lr is group["lr"]:  # float16 with host step and lr: one call (one kernel on CUDA)
+                self._update_mixed(data, param, g, slot.grad32, slot.state, group, slot.scratch)
+            else:
+                if half == "fused":  # capturable slot (device step and lr): the three passes
+                    copy_into(slot.grad32, g)
+                    g = slot.grad32
+                self._update(param, g, slot.state, group if lr is group["lr"] else {**group, "lr": lr}, slot.scratch)
+                if half:
+                    copy_into(data, param)
             if half:
-                copy_into(data, param)
                 if slot.written is None or tuple(slot.written.shape) != tuple(data.shape):
                     slot.written = slot.xp.empty_like(data)
                 copy_into(slot.written, data)
@@ -255,6 +262,8 @@ class Optimizer:
                 _follow_writes(xp, slot, data)
             if slot.grad32 is None:
                 slot.grad32 = xp.empty_like(slot.master)
+            if type(self)._update_mixed is not Optimizer._update_mixed and self._grad_hook is None:
+                return slot, slot.master, grad, group, data, "fused"  # float16 grad: see step()
             copy_into(slot.grad32, grad)
             return slot, slot.master, slot.grad32, group, data, True
         slot.master = None
@@ -267,6 +276,15 @@ class Optimizer:
 
     def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], scratch: list) -> None:
         """Apply one step to ``param`` in place (``state["step"]`` already counts it). Subclasses."""
+        raise NotImplementedError
+
+    def _update_mixed(self, data: Any, master: Any, grad: Any, grad32: Any, state: dict[str, Any],
+                      group: dict[str, Any], scratch: list) -> None:
+        """Optional, for float16 parameters: one step on float32 ``master`` from float16 ``grad``, then ``data``
+        (float16) rewritten from it, in one call (``grad32``: a float32 work array; ``state["step"]`` already counts
+        the step). Subclasses that define it replace the three passes of ``step`` (cast the gradient, ``_update``,
+        cast back) when the step and learning rate are host numbers (not capturable slots) and no gradient hook
+        (GradScaler) must see the float32 gradients first."""
         raise NotImplementedError
 
     @staticmethod
@@ -301,9 +319,8 @@ class Optimizer:
     def _split(self, gi: int, slot: _Slot) -> dict[int, _Slot]:
         """Per-parameter copies of a flat slot (each parameter's slice, reshaped)."""
         out: dict[int, _Slot] = {}
-        offset = 0
-        for p in self.param_groups[gi]["params"]:
-            n, shape = p.size, p.shape
+        for i, p in enumerate(self.param_groups[gi]["params"]):
+            n, shape, offset = p.size, p.shape, p._offset  # slices of the flat buffer (padded: see FlatBuffer)
             s = _Slot(slot.state["step"])
             for k, v in slot.arrays().items():
                 xp = namespace_of(v)
@@ -314,7 +331,6 @@ class Optimizer:
                     s.state[k] = piece
             s.xp, s.dtype = slot.xp, slot.dtype
             out[self._index[id(p)]] = s
-            offset += n
         return out
 
     def _gather(self, gi: int, error: type = ValueError) -> None:
@@ -335,8 +351,14 @@ class Optimizer:
         first = slots[0]
         assert first is not None and first.xp is not None  # every slot gets its namespace when made
         xp = first.xp
+        params = self.param_groups[gi]["params"]
+        size = params[0]._flat.size if params[0]._flat is not None else sum(p.size for p in params)
         for k in first.arrays():
-            joined = xp.concat([xp.reshape(s.arrays()[k], (-1,)) for s in slots if s is not None])
+            like = first.arrays()[k]
+            joined = xp.zeros((size,), dtype=like.dtype)  # the buffer's padding between parameters stays 0
+            for p, s in zip(params, slots):
+                if s is not None:
+                    joined[p._offset:p._offset + p.size] = xp.reshape(s.arrays()[k], (-1,))
             if k == MASTER:
                 flat.master = joined
             else:
