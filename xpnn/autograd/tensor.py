@@ -8,6 +8,7 @@ operators, methods) return Tensors and, when grad mode is on and an input requir
 from __future__ import annotations
 
 import itertools
+import operator
 import weakref
 from typing import Any, Callable, Optional
 
@@ -279,6 +280,56 @@ class Tensor:
 
     def __getitem__(self, key: Any) -> "Tensor":
         return F.index(self, key)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """``t[key] = value`` writes into ``data`` in place when no gradient is involved (``t`` does not require
+        grad and ``value`` is not a Tensor that does, or grad mode is off); item assignment is never recorded."""
+        v = value._data if isinstance(value, Tensor) else value
+        if is_grad_enabled() and (self.requires_grad or (isinstance(value, Tensor) and value.requires_grad)):
+            raise RuntimeError(
+                "Tensor item assignment (t[key] = value) is not recorded on the tape, and "
+                + ("this Tensor requires grad" if self.requires_grad else "the value requires grad")
+                + ": build the result out of place (e.g. x * mask + value * (1 - mask)), or assign into .data "
+                "(no gradient flows through it)")
+        if hasattr(v, "shape"):
+            namespace_of(self._data, v, where="Tensor item assignment")
+        self._data[key.data if isinstance(key, Tensor) else key] = v
+
+    # in-place operators (PyTorch's rules, without its version counter): under xpnn.no_grad() a leaf is updated
+    # in place (``w -= lr * w.grad``; a Parameter stays its view of the flat buffer); with grad mode on, the name
+    # is rebound to a recorded out-of-place result (values the graph saved are never changed), except that a leaf
+    # which requires grad raises, as in PyTorch
+    def _inplace(self, other: Any, fn: Callable[[Any, Any], Any], ifn: Callable[[Any, Any], Any], sym: str
+                 ) -> "Tensor":
+        if is_grad_enabled():
+            if self.requires_grad and self._node is None:
+                raise RuntimeError(
+                    f"Tensor {sym}=: a leaf Tensor that requires grad cannot be changed in place (PyTorch's rule); "
+                    f"update it under `with xpnn.no_grad():` (as an optimizer step does), or write `x = x {sym} "
+                    "...` for a new Tensor")
+            return fn(self, other)
+        if self._node is not None:
+            return fn(self, other)
+        o = other._data if isinstance(other, Tensor) else other
+        if hasattr(o, "shape"):
+            namespace_of(self._data, o, where=f"Tensor {sym}=")
+        d = self._data
+        out = ifn(d, o)  # the array's own in-place operator (operator.iadd, ...)
+        if out is not d:  # a namespace without in-place operators
+            self.data = out
+        return self
+
+    def __iadd__(self, other: Any) -> "Tensor":
+        return self._inplace(other, operator.add, operator.iadd, "+")
+
+    def __isub__(self, other: Any) -> "Tensor":
+        return self._inplace(other, operator.sub, operator.isub, "-")
+
+    def __imul__(self, other: Any) -> "Tensor":
+        return self._inplace(other, operator.mul, operator.imul, "*")
+
+    def __itruediv__(self, other: Any) -> "Tensor":
+        return self._inplace(other, operator.truediv, operator.itruediv, "/")
 
     # comparisons: no gradient, a boolean Tensor
     def _compare(self, other: Any, fn: Callable[[Any, Any], Any]) -> "Tensor":

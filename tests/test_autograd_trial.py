@@ -1,0 +1,217 @@
+"""Autograd used as a PyTorch user would (issue 8 trial): in-place operators, item assignment, frozen parameters
+in an optimizer, custom ops that break the backward contract, ``pow`` at zero, ``clip`` with Tensor bounds.
+Each test is a program that went wrong before its fix (wrong value, confusing error or silent NaN)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xpnn
+import xpnn.functional as F
+from xpnn import nn, optim
+from xpnn.autograd import Op
+from xpnn.errors import ShapeError
+
+RNG = np.random.default_rng(8)
+
+
+def _data(n=16, d=4, c=3):
+    return RNG.standard_normal((n, d)).astype(np.float32), RNG.integers(0, c, n)
+
+
+# --- in-place operators ---------------------------------------------------------------------------------------
+def test_manual_sgd_update_under_no_grad_stays_a_leaf_in_place():
+    """``with no_grad(): w -= lr * w.grad`` (the PyTorch manual-SGD loop) updates ``w`` in place and keeps it a
+    leaf that requires grad, so the next iteration's backward reaches it again."""
+    X, y = _data()
+    w = xpnn.tensor(RNG.standard_normal((4, 3)), requires_grad=True)
+    arr = w.data
+    losses = []
+    for _ in range(5):
+        loss = F.cross_entropy(xpnn.tensor(X.astype(np.float64)) @ w, y)
+        loss.backward()
+        with xpnn.no_grad():
+            w -= 0.5 * w.grad
+        w.grad = None
+        losses.append(loss.item())
+    assert w.is_leaf and w.requires_grad and w.data is arr
+    assert losses[-1] < losses[0]
+
+
+def test_inplace_ops_on_parameter_under_no_grad_keep_the_flat_buffer_view():
+    model = nn.Linear(4, 3, seed=0)
+    model.flat_buffer()  # pack the parameters into one buffer
+    w = model.weight
+    view, before = w.data, w.numpy()
+    with xpnn.no_grad():
+        w *= 2.0
+        w += 1.0
+        w /= 4.0
+        w -= xpnn.tensor(np.full((3, 4), 0.25, np.float32))
+    assert w.data is view
+    np.testing.assert_allclose(w.numpy(), (before * 2 + 1) / 4 - 0.25, rtol=1e-6)
+
+
+def test_inplace_op_on_leaf_that_requires_grad_raises_like_pytorch():
+    w = xpnn.tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"leaf Tensor that requires grad.*no_grad"):
+        w += 1.0
+    np.testing.assert_array_equal(w.data, np.ones(3))
+
+
+def test_inplace_op_on_non_leaf_is_recorded():
+    x = xpnn.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    y = x * 3
+    y += x * x
+    y *= 2.0
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad, 2 * (3 + 2 * np.array([1.0, 2.0])))
+
+
+def test_inplace_op_under_grad_mode_never_changes_values_a_graph_saved():
+    """``x += 1`` on data that an op saved for backward (no version counter here) must not change the saved
+    values: under grad mode the operator rebinds ``x`` to a new Tensor."""
+    arr = np.array([[1.0, 2.0]])
+    x = xpnn.tensor(arr)
+    w = xpnn.tensor(np.array([[3.0], [4.0]]), requires_grad=True)
+    loss = (x @ w).sum()
+    x += 1.0
+    loss.backward()
+    np.testing.assert_array_equal(arr, [[1.0, 2.0]])
+    np.testing.assert_allclose(w.grad, [[1.0], [2.0]])
+
+
+# --- item assignment ------------------------------------------------------------------------------------------
+def test_item_assignment_on_tensor_without_grad():
+    t = xpnn.tensor(np.zeros(4))
+    t[0] = 1.0
+    t[np.array([False, True, False, True])] = xpnn.tensor(np.array([2.0, 3.0]))
+    t[-1:] = 5
+    np.testing.assert_array_equal(t.data, [1.0, 2.0, 0.0, 5.0])
+
+
+def test_item_assignment_that_would_need_a_gradient_raises_clearly():
+    w = xpnn.tensor(np.zeros(3), requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"Tensor item assignment.*not recorded"):
+        w[0] = 1.0
+    t = xpnn.tensor(np.zeros(3))
+    with pytest.raises(RuntimeError, match=r"Tensor item assignment.*not recorded"):
+        t[0] = w[1]
+
+
+# --- frozen parameters ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1),
+    lambda ps: optim.Adam(ps, lr=0.1, weight_decay=0.1),
+], ids=["sgd-momentum-wd", "adam-wd"])
+def test_optimizer_leaves_frozen_parameters_alone(make):
+    """PyTorch: a parameter with ``requires_grad=False`` gets no ``.grad``, so an optimizer given
+    ``model.parameters()`` skips it (no weight decay, no momentum)."""
+    X, y = _data()
+    model = nn.Sequential(nn.Linear(4, 5, seed=0), nn.ReLU(), nn.Linear(5, 3, seed=1))
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    frozen = [p.numpy() for p in model[0].parameters()]
+    trained = model[2].weight.numpy()
+    opt = make(model.parameters())
+    for _ in range(3):
+        opt.zero_grad()
+        nn.CrossEntropyLoss()(model(xpnn.tensor(X)), y).backward()
+        opt.step()
+    for p, before in zip(model[0].parameters(), frozen):
+        np.testing.assert_array_equal(p.numpy(), before)
+    assert np.abs(model[2].weight.numpy() - trained).max() > 0
+    for p in model[0].parameters():  # unfrozen again: trained again
+        p.requires_grad_(True)
+    opt.zero_grad()
+    nn.CrossEntropyLoss()(model(xpnn.tensor(X)), y).backward()
+    opt.step()
+    assert np.abs(model[0].weight.numpy() - frozen[0]).max() > 0
+
+
+# --- custom ops that break the backward contract ----------------------------------------------------------------
+class _UnreducedMul(Op):
+    """Broken on purpose: backward returns ``g`` for ``w`` without summing the broadcast axis back."""
+
+    name = "unreduced_mul"
+
+    @staticmethod
+    def forward(ctx, x, w):
+        return x * w
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, g
+
+
+class _NumpyBackward(Op):
+    """A backward written with NumPy calls instead of ``xpnn.functional`` ops (works, but not differentiable)."""
+
+    name = "np_sin"
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return np.sin(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * np.cos(x)
+
+
+def test_custom_op_gradient_of_wrong_shape_names_the_op():
+    x = xpnn.tensor(np.ones((2, 3)), requires_grad=True)
+    w = xpnn.tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(ShapeError, match=r"unreduced_mul.*\(2, 3\).*\(3,\)"):
+        _UnreducedMul.apply(x, w).sum().backward()
+    with pytest.raises(ShapeError, match=r"unreduced_mul"):
+        _UnreducedMul.apply(x * 1.0, w * 1.0).sum().backward()
+
+
+def test_custom_op_with_numpy_backward_under_create_graph_names_the_op():
+    x = xpnn.tensor(np.array([0.5, 1.0]), requires_grad=True)
+    (g,) = xpnn.grad(_NumpyBackward.apply(x).sum(), x)  # first order works
+    np.testing.assert_allclose(g.data, np.cos([0.5, 1.0]))
+    with pytest.raises(TypeError, match=r"np_sin: backward.*create_graph.*xpnn.functional"):
+        xpnn.grad(_NumpyBackward.apply(x).sum(), x, create_graph=True)
+
+
+# --- pow at zero (PyTorch's masks) ----------------------------------------------------------------------------
+def test_pow_gradients_at_zero_are_finite_like_pytorch():
+    """d(a**b)/da is 0 where b == 0 (0 * inf before), d(a**b)/db is 0 where a == 0 and b >= 0 (0 * log 0)."""
+    a = xpnn.tensor(np.array([0.0, 3.0, 0.0]), requires_grad=True)
+    b = xpnn.tensor(np.array([2.0, 2.0, 0.0]), requires_grad=True)
+    with np.errstate(all="ignore"):
+        (a ** b).sum().backward()
+    np.testing.assert_allclose(a.grad, [0.0, 6.0, 0.0])
+    np.testing.assert_allclose(b.grad, [0.0, 9.0 * np.log(3.0), 0.0])
+    z = xpnn.tensor(np.array([0.0, 2.0]), requires_grad=True)
+    with np.errstate(all="ignore"):
+        (z ** 0.0).sum().backward()
+    np.testing.assert_array_equal(z.grad, [0.0, 0.0])
+
+
+def test_pow_masked_gradients_match_finite_differences_and_second_order():
+    a0, b0 = np.array([0.7, 1.3, 2.0]), np.array([2.0, 0.0, 1.5])
+    a = xpnn.tensor(a0, requires_grad=True)
+    b = xpnn.tensor(b0, requires_grad=True)
+    ga, gb = xpnn.grad((a ** b).sum(), [a, b], create_graph=True)
+    eps = 1e-6
+    np.testing.assert_allclose(ga.data, (((a0 + eps) ** b0) - ((a0 - eps) ** b0)) / (2 * eps), atol=1e-6)
+    np.testing.assert_allclose(gb.data, ((a0 ** (b0 + eps)) - (a0 ** (b0 - eps))) / (2 * eps), atol=1e-6)
+    (haa,) = xpnn.grad(ga.sum(), a)
+    np.testing.assert_allclose(haa.data, b0 * (b0 - 1) * a0 ** (b0 - 2), atol=1e-9)
+
+
+# --- clip with Tensor bounds ----------------------------------------------------------------------------------
+def test_clip_with_tensor_bounds():
+    x = xpnn.tensor(np.array([-2.0, 0.5, 3.0]), requires_grad=True)
+    lo, hi = xpnn.tensor(np.array([-1.0, -1.0, -1.0])), xpnn.tensor(np.array([1.0, 1.0, 2.0]))
+    y = x.clip(lo, hi)
+    np.testing.assert_array_equal(y.data, [-1.0, 0.5, 2.0])
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, [0.0, 1.0, 0.0])
+    bound = xpnn.tensor(np.zeros(3), requires_grad=True)
+    with pytest.raises(NotImplementedError, match=r"clip: .*requires grad"):
+        x.clip(min=bound)
