@@ -346,7 +346,15 @@ def abs(a: Any) -> Any:  # noqa: A001
 
 def clip(a: Any, min: Any = None, max: Any = None) -> Any:  # noqa: A002 (PyTorch's and the array API's names)
     """Clamp to ``[min, max]`` (either may be ``None``); the gradient is 1 where ``min <= a <= max``, else 0
-    (``torch.clamp``)."""
+    (``torch.clamp``). ``min``/``max`` may be numbers, arrays or Tensors that do not require grad (the bounds get
+    no gradient; ``NotImplementedError`` for one that requires grad)."""
+    if isinstance(min, _op.Tensor) or isinstance(max, _op.Tensor):
+        for bound, which in ((min, "min"), (max, "max")):
+            if isinstance(bound, _op.Tensor) and bound.requires_grad:
+                raise NotImplementedError(f"clip: the bound {which}= is a Tensor that requires grad; clip gives no "
+                                          "gradient to its bounds: pass bound.detach(), or write the clamp with ops "
+                                          "(e.g. relu(x - lo) + lo for a lower bound lo)")
+        min, max = _values(min), _values(max)  # noqa: A001
     return Clip.apply(a, min=min, max=max)
 
 
