@@ -215,3 +215,22 @@ def test_clip_with_tensor_bounds():
     bound = xpnn.tensor(np.zeros(3), requires_grad=True)
     with pytest.raises(NotImplementedError, match=r"clip: .*requires grad"):
         x.clip(min=bound)
+
+
+# --- requires_grad assigned as an attribute -------------------------------------------------------------------
+def test_requires_grad_attribute_is_checked_like_requires_grad_():
+    """``t.requires_grad = True`` on an integer Tensor was accepted, and backward then truncated the gradient into
+    an int64 ``.grad`` (2.5 -> 2) silently; PyTorch refuses both assignments below."""
+    from xpnn.errors import DTypeError
+
+    a = xpnn.tensor(np.array([1, 2]))
+    with pytest.raises(DTypeError, match="only floating tensors can require gradients"):
+        a.requires_grad = True
+    assert a.requires_grad is False
+    x = xpnn.tensor(np.ones(2), requires_grad=True)
+    y = x * 2
+    with pytest.raises(RuntimeError, match="non-leaf.*detach"):
+        y.requires_grad = False
+    w = nn.Linear(2, 2, seed=0).weight
+    w.requires_grad = False
+    assert not w.requires_grad and w.is_leaf

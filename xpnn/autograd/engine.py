@@ -64,7 +64,7 @@ def _topo(roots: Sequence[Node], wanted: Optional[set[int]]
                 if wanted is not None and id(t) in wanted:
                     flags.append(True)
                 elif n is None:
-                    flags.append(t.requires_grad and wanted is None)
+                    flags.append(t._requires_grad and wanted is None)
                 else:
                     flags.append(any(edges[id(n)]))
             e = tuple(flags)
@@ -177,7 +177,7 @@ def _backward_one_node(node: Node, grads: list[Any], retain_graph: bool) -> None
     """``run_backward`` for a graph of one node whose inputs are leaves (no ordering needed)."""
     from . import op as _op
 
-    edges = tuple(t is not None and t.requires_grad for t in node.inputs)
+    edges = tuple(t is not None and t._requires_grad for t in node.inputs)
     if True not in edges:
         return
     with set_grad_enabled(False):

@@ -54,7 +54,7 @@ class Tensor:
     Build with ``xpnn.tensor(data, requires_grad=...)``.
     """
 
-    __slots__ = ("_data", "_grad", "requires_grad", "_node", "_index", "_hooks", "__weakref__")
+    __slots__ = ("_data", "_grad", "_requires_grad", "_node", "_index", "_hooks", "__weakref__")
     __array_ufunc__ = None  # NumPy operators (ndarray + Tensor) defer to the Tensor's reflected methods
     __array_priority__ = 1000.0
     __hash__ = object.__hash__  # hashed by identity, like torch.Tensor, although == is elementwise
@@ -70,7 +70,7 @@ class Tensor:
         self._node: Optional[Node] = None
         self._index = 0
         self._hooks: Optional[dict[int, Callable[[Tensor], None]]] = None
-        self.requires_grad = False
+        self._requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
 
@@ -116,8 +116,18 @@ class Tensor:
         if not requires_grad and self._node is not None:
             raise RuntimeError("Tensor.requires_grad_: a non-leaf Tensor's requires_grad cannot be turned off; "
                                "use .detach()")
-        self.requires_grad = bool(requires_grad)
+        self._requires_grad = bool(requires_grad)
         return self
+
+    @property
+    def requires_grad(self) -> bool:
+        """Whether backward computes a gradient for this Tensor; assigning it checks as ``requires_grad_`` does
+        (floating leaves only), as in PyTorch."""
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        self.requires_grad_(value)
 
     @property
     def grad_fn(self) -> Optional[Node]:
@@ -440,7 +450,7 @@ def _make(data: Any, node: Optional[Node], index: int, requires_grad: bool) -> T
     t._node = node
     t._index = index
     t._hooks = None
-    t.requires_grad = requires_grad
+    t._requires_grad = requires_grad
     return t
 
 
@@ -453,7 +463,7 @@ def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> An
     for a in args:
         if isinstance(a, Tensor):
             arrays.append(a._data)
-            need = grad_on and a.requires_grad
+            need = grad_on and a._requires_grad
             record = record or need
             flags.append(need)
         else:
@@ -470,7 +480,7 @@ def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> An
     if isinstance(out, tuple):
         diff = op.differentiable_outputs
         outs = tuple(_make(o, node, i, diff is None or i in diff) for i, o in enumerate(out))
-        node.outputs = tuple(weakref.ref(t) if t.requires_grad else None for t in outs)
+        node.outputs = tuple(weakref.ref(t) if t._requires_grad else None for t in outs)
         return outs
     t = _make(out, node, 0, True)
     node.outputs = (weakref.ref(t),)

@@ -292,7 +292,7 @@ class Module:
         for i, a in enumerate(args):
             if _is_float_array(a):
                 first = _InputTensor(a)
-                first.requires_grad = record
+                first._requires_grad = record
                 wrapped[i] = first
                 break
         out = self.forward(*wrapped, **kwargs)
@@ -332,7 +332,7 @@ class Module:
         if get_debug():
             check_finite(namespace_of(dy), dy, self._where(), "dy")
         if x is not None and not need_input_grad:
-            x.requires_grad = False
+            x._requires_grad = False
         if out is x:  # the forward returned its input (e.g. Dropout in eval mode)
             return dy if need_input_grad else None
         if out._node is not None:

@@ -53,7 +53,7 @@ class Parameter(Tensor):
         self._node = None
         self._index = 0
         self._hooks = None
-        self.requires_grad = bool(requires_grad)
+        self._requires_grad = bool(requires_grad)
         self._flat: Optional[FlatBuffer] = None
         self._offset: int = 0
         self._version = 0
