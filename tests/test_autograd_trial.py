@@ -234,3 +234,21 @@ def test_requires_grad_attribute_is_checked_like_requires_grad_():
     w = nn.Linear(2, 2, seed=0).weight
     w.requires_grad = False
     assert not w.requires_grad and w.is_leaf
+
+
+# --- indexing on array_api_strict -----------------------------------------------------------------------------
+def test_index_on_array_api_strict_basic_keys_and_boolean_masks():
+    """``x[0]``/``x[-1, ::2]`` of a matrix (the standard wants the trailing ``...`` NumPy implies) and boolean masks
+    (the backward's integer-array scatter failed inside ``arange`` on a bool mask) on array_api_strict."""
+    xs = pytest.importorskip("array_api_strict")
+    base = np.arange(12.0).reshape(4, 3)
+    for key, np_key in [(1, 1), (-1, -1), ((-1, slice(None, None, 2)), (-1, slice(None, None, 2))),
+                        (xs.asarray([True, False, True, True]), np.array([True, False, True, True])),
+                        (xs.asarray(base > 5), base > 5)]:
+        x = xpnn.tensor(xs.asarray(base), requires_grad=True)
+        out = x[key]
+        np.testing.assert_array_equal(np.asarray(out.data), base[np_key])
+        (out * out).sum().backward()
+        expect = np.zeros_like(base)
+        expect[np_key] = 2 * base[np_key]
+        np.testing.assert_array_equal(np.asarray(x.grad), expect)
