@@ -252,3 +252,53 @@ def test_index_on_array_api_strict_basic_keys_and_boolean_masks():
         expect = np.zeros_like(base)
         expect[np_key] = 2 * base[np_key]
         np.testing.assert_array_equal(np.asarray(x.grad), expect)
+
+
+class _ScaleByKeyword(Op):
+    name = "scale_by_keyword"
+
+    @staticmethod
+    def forward(ctx, x, factor=2.0):
+        ctx.factor = factor
+        return x * factor
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.factor
+
+
+class _ReturnsFloat(Op):
+    name = "returns_float"
+
+    @staticmethod
+    def forward(ctx, x):
+        return float(x.sum())
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def test_custom_op_forward_output_is_checked():
+    """A Tensor passed as a keyword parameter made forward return a Tensor, which was wrapped inside another Tensor
+    (its gradient silently lost; a later op failed with 'expected arrays, got Tensor'); a forward returning a
+    Python float gave a Tensor without shape."""
+    x = xpnn.tensor(np.ones(2), requires_grad=True)
+    with pytest.raises(TypeError, match=r"scale_by_keyword: forward returned a Tensor.*keyword.*factor"):
+        _ScaleByKeyword.apply(x, factor=xpnn.tensor(np.array(3.0), requires_grad=True))
+    out = _ScaleByKeyword.apply(x, factor=3.0)
+    out.sum().backward()
+    np.testing.assert_array_equal(x.grad, [3.0, 3.0])
+    with pytest.raises(TypeError, match=r"returns_float: forward must return an array.*float"):
+        _ReturnsFloat.apply(x)
+
+
+# --- formatting -------------------------------------------------------------------------------------------------
+def test_format_of_a_0d_tensor_like_pytorch():
+    """``f"{loss:.4f}"`` in a training loop (PyTorch formats a 0-d tensor as its number)."""
+    loss = (xpnn.tensor(np.array([1.0, 2.5]), requires_grad=True) ** 2).mean()
+    assert f"{loss:.3f}" == "3.625"
+    assert f"{xpnn.tensor(np.float32(0.5))}" == "0.5"  # (torch.Tensor.__format__ too)
+    assert f"{xpnn.tensor(np.ones(2))}" == str(xpnn.tensor(np.ones(2)))
+    with pytest.raises(TypeError):
+        f"{xpnn.tensor(np.ones(2)):.2f}"

@@ -203,6 +203,12 @@ class Tensor:
     def __int__(self) -> int:
         return int(self.item())
 
+    def __format__(self, spec: str) -> str:
+        """A 0-d Tensor formats as its number (``f"{loss:.4f}"``, as in PyTorch); others as their repr."""
+        if self.ndim == 0:
+            return format(self.item(), spec)
+        return object.__format__(self, spec)
+
     def __bool__(self) -> bool:
         if self.size != 1:
             raise ValueError(f"the truth value of a Tensor of shape {self.shape} is ambiguous")
@@ -472,6 +478,8 @@ def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> An
     arrs = tuple(arrays)
     ctx = _op.Context(tuple(flags), arrs)
     out = op._run_forward(ctx, arrs, params)
+    if op._user_op:
+        _check_forward_output(op, out, params)
     if not record:
         if isinstance(out, tuple):
             return tuple(_make(o, None, 0, False) for o in out)
@@ -485,6 +493,19 @@ def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> An
     t = _make(out, node, 0, True)
     node.outputs = (weakref.ref(t),)
     return t
+
+
+def _check_forward_output(op: Any, out: Any, params: dict[str, Any]) -> None:
+    """Errors naming a user-declared op whose forward returned something other than arrays."""
+    for o in (out if isinstance(out, tuple) else (out,)):
+        if isinstance(o, Tensor):
+            kw = [k for k, v in params.items() if isinstance(v, Tensor)]
+            raise TypeError(f"{op.name}: forward returned a Tensor; forward runs on arrays"
+                            + (f", and the keyword argument(s) {', '.join(kw)} were Tensors (keyword arguments are "
+                               "parameters, never differentiated): pass a Tensor positionally to get its gradient, "
+                               "or pass its .data" if kw else ": call array functions there, not Tensor ops"))
+        if not hasattr(o, "shape") or not hasattr(o, "dtype"):
+            raise TypeError(f"{op.name}: forward must return an array (or a tuple of arrays), got {type(o).__name__}")
 
 
 def _seed_grad(out: Tensor, g: Any, where: str, create_graph: bool) -> Any:
