@@ -302,3 +302,14 @@ def test_format_of_a_0d_tensor_like_pytorch():
     assert f"{xpnn.tensor(np.ones(2))}" == str(xpnn.tensor(np.ones(2)))
     with pytest.raises(TypeError):
         f"{xpnn.tensor(np.ones(2)):.2f}"
+
+
+def test_optimizer_given_a_plain_tensor_says_how_to_make_a_parameter():
+    w = xpnn.tensor(np.zeros(3), requires_grad=True)
+    with pytest.raises(TypeError, match=r"SGD: can only optimize xpnn.nn.Parameter.*nn.Parameter\(array\)"):
+        optim.SGD([w], lr=0.1)
+    p = nn.Parameter(np.zeros(3))
+    opt = optim.SGD([p], lr=0.5)
+    ((xpnn.tensor(np.ones(3)) - p) ** 2).sum().backward()
+    opt.step()
+    np.testing.assert_allclose(p.data, [1.0, 1.0, 1.0])

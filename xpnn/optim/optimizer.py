@@ -19,6 +19,7 @@ from array_api_compat import device as _device
 from ..backend import dtype_name, get_backend, is_cupy_namespace, is_numpy_namespace, namespace_of, to_numpy
 from ..errors import CheckpointError
 from ..functional.updates import copy_into
+from ..autograd.tensor import Tensor
 from ..nn.parameter import Parameter, flat_buffer_of
 
 ParamsLike = Union[Parameter, Iterable[Parameter], Iterable[dict]]
@@ -157,7 +158,9 @@ class Optimizer:
         plist = [params] if isinstance(params, Parameter) else list(params)
         for p in plist:
             if not isinstance(p, Parameter):
-                raise TypeError(f"{self._name}: can only optimize xpnn.nn.Parameter objects, got {type(p).__name__}")
+                raise TypeError(f"{self._name}: can only optimize xpnn.nn.Parameter objects, got {type(p).__name__}"
+                                + ("; make the leaf with xpnn.nn.Parameter(array) (a Tensor that requires grad) "
+                                   "instead of xpnn.tensor(array, requires_grad=True)" if isinstance(p, Tensor) else ""))
         if len({id(p) for p in plist}) != len(plist):
             raise ValueError(f"{self._name}: a parameter appears more than once in a parameter group")
         if any(id(p) in self._index for p in plist):
