@@ -313,3 +313,14 @@ def test_optimizer_given_a_plain_tensor_says_how_to_make_a_parameter():
     ((xpnn.tensor(np.ones(3)) - p) ** 2).sum().backward()
     opt.step()
     np.testing.assert_allclose(p.data, [1.0, 1.0, 1.0])
+
+
+def test_tensor_to_takes_a_dtype_in_place_of_the_backend_like_module_to():
+    """``t.to(np.float32)`` (PyTorch's ``t.to(torch.float32)``) failed: 'backend must be a name ... not type'."""
+    x = xpnn.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    for d in (np.float32, "float32", np.dtype("float32")):
+        y = x.to(d)
+        assert y.dtype == np.float32
+    (x.to(np.float32) * 3).sum().backward()
+    assert x.grad.dtype == np.float64
+    np.testing.assert_array_equal(x.grad, [3.0, 3.0])

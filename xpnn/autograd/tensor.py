@@ -219,8 +219,13 @@ class Tensor:
 
     def to(self, backend: BackendLike = None, *, dtype: Any = None) -> "Tensor":
         """This Tensor's values on ``backend`` and/or in ``dtype`` (recorded: gradients flow back through the
-        move and the cast)."""
+        move and the cast). A dtype in place of the backend (``t.to("float64")``, ``t.to(np.float32)``) is taken
+        as ``dtype``, as ``Module.to`` does."""
         from ..functional.shape import to_backend
+        from ..nn.module import _is_dtype_like
+
+        if dtype is None and _is_dtype_like(backend):
+            backend, dtype = None, backend
 
         return to_backend(self, backend=get_backend(backend) if backend is not None else self.backend, dtype=dtype)
 
