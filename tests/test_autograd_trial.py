@@ -324,3 +324,42 @@ def test_tensor_to_takes_a_dtype_in_place_of_the_backend_like_module_to():
     (x.to(np.float32) * 3).sum().backward()
     assert x.grad.dtype == np.float64
     np.testing.assert_array_equal(x.grad, [3.0, 3.0])
+
+
+# --- modules with a hand-written backward on the tape -----------------------------------------------------------
+class _OldScale(nn.Module):
+    """The first version's protocol: forward keeps its input on the module, backward reads it."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(np.array([2.0]))
+
+    def forward(self, x):
+        self.x = x
+        return x * self.w.data
+
+    def backward(self, dy):
+        self.w.grad += np.reshape((dy * self.x).sum(), (1,))
+        return dy * self.w.data
+
+
+def test_hand_written_backward_module_once_per_graph_is_right():
+    m = _OldScale()
+    x = xpnn.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    (m(x) * 3).sum().backward()
+    np.testing.assert_array_equal(x.grad, [6.0, 6.0])
+    np.testing.assert_array_equal(m.w.grad, [9.0])
+
+
+def test_hand_written_backward_module_called_again_before_backward_raises():
+    """Used twice in one graph (w.grad was 18 instead of 24), or called again under no_grad between a forward and
+    its backward (w.grad was 20 instead of 3): the hand-written backward read the last call's input silently."""
+    m = _OldScale()
+    x = xpnn.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"OldScale.*hand-written backward.*1 more time"):
+        m(m(x)).sum().backward()
+    out = m(x).sum()
+    with xpnn.no_grad():
+        m(xpnn.tensor(np.array([10.0, 10.0])))
+    with pytest.raises(RuntimeError, match=r"hand-written backward"):
+        out.backward()
