@@ -363,3 +363,15 @@ def test_hand_written_backward_module_called_again_before_backward_raises():
         m(xpnn.tensor(np.array([10.0, 10.0])))
     with pytest.raises(RuntimeError, match=r"hand-written backward"):
         out.backward()
+
+
+def test_iteration_over_a_tensor():
+    """Iterating a 0-d Tensor gave an empty loop silently (IndexError ended the __getitem__ protocol)."""
+    with pytest.raises(TypeError, match="0-d"):
+        list(xpnn.tensor(np.array(1.0)))
+    x = xpnn.tensor(np.arange(6.0).reshape(3, 2), requires_grad=True)
+    rows = list(x)
+    assert [r.shape for r in rows] == [(2,)] * 3
+    a, b, c = x
+    (a * 1 + c * 2).sum().backward()
+    np.testing.assert_array_equal(x.grad, [[1.0, 1.0], [0.0, 0.0], [2.0, 2.0]])

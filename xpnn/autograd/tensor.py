@@ -181,6 +181,13 @@ class Tensor:
             raise TypeError("len() of a 0-d Tensor")
         return int(self._data.shape[0])
 
+    def __iter__(self) -> Any:
+        """The rows ``t[0], t[1], ...`` (recorded); a 0-d Tensor raises ``TypeError`` (PyTorch's rule; it was an
+        empty iteration)."""
+        if self._data.ndim == 0:
+            raise TypeError("iteration over a 0-d Tensor")
+        return (self[i] for i in range(int(self._data.shape[0])))
+
     # --- leaving the graph --------------------------------------------------------------------------------
     def detach(self) -> "Tensor":
         """A Tensor sharing ``data`` without history (no gradient flows back through it)."""
