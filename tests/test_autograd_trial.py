@@ -375,3 +375,58 @@ def test_iteration_over_a_tensor():
     a, b, c = x
     (a * 1 + c * 2).sum().backward()
     np.testing.assert_array_equal(x.grad, [[1.0, 1.0], [0.0, 0.0], [2.0, 2.0]])
+
+
+# --- concat / stack (torch.cat / torch.stack had no counterpart: xpnn.tensor([a, b]) drops the graph) ----------
+def _numgrad(f, arrays, i, eps=1e-6):
+    g = np.zeros_like(arrays[i])
+    for idx in np.ndindex(arrays[i].shape):
+        plus = [a.copy() for a in arrays]
+        minus = [a.copy() for a in arrays]
+        plus[i][idx] += eps
+        minus[i][idx] -= eps
+        g[idx] = (f(*plus) - f(*minus)) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_concat_and_stack_gradients_match_finite_differences(axis):
+    arrays = [RNG.standard_normal((2, 3)), RNG.standard_normal((2, 3))]
+    w_cat = RNG.standard_normal(np.concatenate(arrays, axis=axis).shape)
+    w_stack = RNG.standard_normal(np.stack(arrays, axis=axis).shape)
+
+    def value(*arrs):
+        return float((np.concatenate(arrs, axis=axis) * w_cat).sum() + (np.stack(arrs, axis=axis) ** 2 * w_stack).sum())
+
+    ts = [xpnn.tensor(a, requires_grad=True) for a in arrays]
+    out = (F.concat(ts, axis=axis) * xpnn.tensor(w_cat)).sum() + (F.stack(ts, axis=axis) ** 2 * xpnn.tensor(w_stack)).sum()
+    np.testing.assert_allclose(out.item(), value(*arrays))
+    out.backward()
+    for i, t in enumerate(ts):
+        np.testing.assert_allclose(t.grad, _numgrad(value, arrays, i), atol=1e-6)
+
+
+def test_concat_mixed_inputs_second_order_and_arrays():
+    a = xpnn.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    c = np.array([5.0])
+    y = F.concat([a * a, c, a], axis=0)
+    assert y.shape == (5,)
+    (g,) = xpnn.grad((y ** 2).sum(), a, create_graph=True)  # d/da (a^4 + a^2) = 4a^3 + 2a
+    np.testing.assert_allclose(g.data, 4 * a.data ** 3 + 2 * a.data)
+    (h,) = xpnn.grad(g.sum(), a)
+    np.testing.assert_allclose(h.data, 12 * a.data ** 2 + 2)
+    out = F.stack([np.ones(2), np.zeros(2)], axis=1)
+    assert type(out) is np.ndarray and out.shape == (2, 2)
+    with pytest.raises(ShapeError, match="stack: inputs must have one shape"):
+        F.stack([np.ones(2), np.ones(3)])
+    with pytest.raises(ShapeError, match="concat: inputs must have the same number of dimensions"):
+        F.concat([np.ones(2), np.ones((1, 2))])
+
+
+def test_concat_on_array_api_strict():
+    xs = pytest.importorskip("array_api_strict")
+    a = xpnn.tensor(xs.asarray([[1.0, 2.0]]), requires_grad=True)
+    b = xpnn.tensor(xs.asarray([[3.0, 4.0], [5.0, 6.0]]), requires_grad=True)
+    (F.concat([a, b]) * xpnn.tensor(xs.asarray([[1.0], [2.0], [3.0]]))).sum().backward()
+    np.testing.assert_array_equal(np.asarray(a.grad), [[1.0, 1.0]])
+    np.testing.assert_array_equal(np.asarray(b.grad), [[2.0, 2.0], [3.0, 3.0]])
