@@ -430,3 +430,14 @@ def test_concat_on_array_api_strict():
     (F.concat([a, b]) * xpnn.tensor(xs.asarray([[1.0], [2.0], [3.0]]))).sum().backward()
     np.testing.assert_array_equal(np.asarray(a.grad), [[1.0, 1.0]])
     np.testing.assert_array_equal(np.asarray(b.grad), [[2.0, 2.0], [3.0, 3.0]])
+
+
+def test_argmax_for_accuracy_like_pytorch():
+    """``(logits.argmax(axis=1) == y).astype("float32").mean()`` (PyTorch's ``argmax(dim=1)``) had no method."""
+    logits = xpnn.tensor(np.array([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5]]), requires_grad=True)
+    pred = logits.argmax(axis=1)
+    assert not pred.requires_grad and pred.shape == (2,)
+    np.testing.assert_array_equal(pred.data, [1, 0])
+    np.testing.assert_array_equal(logits.argmin(axis=1, keepdims=True).data, [[2], [1]])
+    assert (pred == xpnn.tensor(np.array([1, 2]))).astype("float32").mean().item() == 0.5
+    assert int(logits.argmax()) == 3

@@ -397,6 +397,14 @@ class Tensor:
     def min(self, axis: Any = None, keepdims: bool = False) -> "Tensor":
         return F.min(self, axis=axis, keepdims=keepdims)
 
+    def argmax(self, axis: Optional[int] = None, keepdims: bool = False) -> "Tensor":
+        """Indices of the maxima (an integer Tensor, no gradient), e.g. ``(logits.argmax(axis=1) == y)``."""
+        return Tensor(namespace_of(self._data).argmax(self._data, axis=axis, keepdims=keepdims))
+
+    def argmin(self, axis: Optional[int] = None, keepdims: bool = False) -> "Tensor":
+        """Indices of the minima (an integer Tensor, no gradient)."""
+        return Tensor(namespace_of(self._data).argmin(self._data, axis=axis, keepdims=keepdims))
+
     def reshape(self, *shape: Any) -> "Tensor":
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
