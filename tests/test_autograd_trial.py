@@ -441,3 +441,20 @@ def test_argmax_for_accuracy_like_pytorch():
     np.testing.assert_array_equal(logits.argmin(axis=1, keepdims=True).data, [[2], [1]])
     assert (pred == xpnn.tensor(np.array([1, 2]))).astype("float32").mean().item() == 0.5
     assert int(logits.argmax()) == 3
+
+
+def test_backward_with_inputs_accumulates_only_there():
+    """PyTorch's ``loss.backward(inputs=[...])`` (was a TypeError: unexpected keyword)."""
+    a = xpnn.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    b = xpnn.tensor(np.array([3.0, 4.0]), requires_grad=True)
+    h = a * b
+    loss = (h * h).sum()
+    loss.backward(inputs=[a], retain_graph=True)
+    np.testing.assert_allclose(a.grad, 2 * (a.data * b.data) * b.data)
+    assert b.grad is None
+    loss.backward(inputs=a, retain_graph=True)  # accumulates
+    np.testing.assert_allclose(a.grad, 4 * (a.data * b.data) * b.data)
+    loss.backward(inputs=[h])  # a non-leaf input gets its .grad too
+    np.testing.assert_allclose(h.grad, 2 * h.data)
+    with pytest.raises(ValueError, match="inputs="):
+        (a * 2).sum().backward(inputs=[])

@@ -18,7 +18,7 @@ from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_o
 from ..debug import check_device_errors
 from ..errors import DTypeError, ShapeError
 from . import op as _op
-from .engine import Node, run_backward
+from .engine import Node, _accumulate_leaf, _fire_hooks, run_backward
 from .grad_mode import is_grad_enabled
 
 __all__ = ["Tensor", "tensor"]
@@ -245,20 +245,37 @@ class Tensor:
         return f"tensor({to_numpy(self._data)!r}{extra})".replace("\n", "\n       ")
 
     # --- backward -----------------------------------------------------------------------------------------
-    def backward(self, grad: Any = None, retain_graph: Optional[bool] = None, create_graph: bool = False) -> None:
+    def backward(self, grad: Any = None, retain_graph: Optional[bool] = None, create_graph: bool = False,
+                 inputs: Any = None) -> None:
         """Accumulate the gradient of this Tensor into ``.grad`` of every leaf that requires grad.
 
         ``grad``: d(something)/d(self), same shape (array or Tensor); may be omitted for a one-element Tensor.
         ``retain_graph`` (default ``create_graph``): keep the saved values for another backward.
         ``create_graph``: record the backward itself (use ``xpnn.grad`` to get the differentiable gradients;
         ``.grad`` holds values).
+        ``inputs``: a Tensor or a sequence of Tensors; accumulate into their ``.grad`` only (PyTorch's ``inputs=``;
+        non-leaf Tensors included).
         """
         if not self.requires_grad:
             raise RuntimeError("backward: this Tensor does not require grad and has no grad_fn (no input of the ops "
                                "that made it requires grad, or it was made under xpnn.no_grad())")
         seed = _seed_grad(self, grad, "backward", create_graph)
-        run_backward([self], [seed], retain_graph=create_graph if retain_graph is None else retain_graph,
-                     create_graph=create_graph)
+        keep = create_graph if retain_graph is None else retain_graph
+        if inputs is None:
+            run_backward([self], [seed], retain_graph=keep, create_graph=create_graph)
+            return
+        ins = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+        if not ins or not all(isinstance(t, Tensor) and t.requires_grad for t in ins):
+            raise ValueError("backward: inputs= must be a non-empty sequence of Tensors that require grad")
+        grads = run_backward([self], [seed], retain_graph=keep, create_graph=create_graph, inputs=ins)
+        assert grads is not None
+        done: set[int] = set()
+        for t, g in zip(ins, grads):
+            if g is not None and id(t) not in done:
+                done.add(id(t))
+                _accumulate_leaf(t, g, create_graph)
+                if t._hooks:
+                    _fire_hooks(t)
 
     # --- operators ----------------------------------------------------------------------------------------
     def __add__(self, other: Any) -> "Tensor":
