@@ -458,3 +458,11 @@ def test_backward_with_inputs_accumulates_only_there():
     np.testing.assert_allclose(h.grad, 2 * h.data)
     with pytest.raises(ValueError, match="inputs="):
         (a * 2).sum().backward(inputs=[])
+
+
+def test_missing_pytorch_hooks_say_what_to_use():
+    t = xpnn.tensor(np.ones(2), requires_grad=True) * 2
+    with pytest.raises(NotImplementedError, match=r"register_hook.*register_post_accumulate_grad_hook.*inputs="):
+        t.register_hook(lambda g: g)
+    with pytest.raises(NotImplementedError, match=r"retain_grad.*xpnn.grad"):
+        t.retain_grad()

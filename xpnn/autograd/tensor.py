@@ -148,6 +148,19 @@ class Tensor:
         self._hooks[key] = hook
         return _HookHandle(self, key)
 
+    def register_hook(self, hook: Callable[[Any], Any]) -> None:
+        """Not supported: hooks on a gradient in flight (``torch.Tensor.register_hook``) are not implemented."""
+        raise NotImplementedError(
+            "Tensor.register_hook: gradient hooks on Tensors are not implemented; for a leaf use "
+            "register_post_accumulate_grad_hook(fn) (called with the Tensor once its .grad is complete); for an "
+            "intermediate Tensor t get its gradient with xpnn.grad(loss, t) or loss.backward(inputs=[t])")
+
+    def retain_grad(self) -> None:
+        """Not supported (``torch.Tensor.retain_grad``); see the error for what to use."""
+        raise NotImplementedError(
+            "Tensor.retain_grad: not implemented; get an intermediate Tensor's gradient with xpnn.grad(loss, t), or "
+            "loss.backward(inputs=[t, *params]) (fills t.grad)")
+
     # --- metadata -----------------------------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, ...]:
