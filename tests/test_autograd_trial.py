@@ -351,6 +351,15 @@ def test_hand_written_backward_module_once_per_graph_is_right():
     np.testing.assert_array_equal(m.w.grad, [9.0])
 
 
+def test_xpnn_grad_for_the_parameter_of_a_hand_written_backward_module_says_why_unused():
+    m = _OldScale()
+    x = xpnn.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"not used.*hand-written backward.*loss.backward\(\)"):
+        xpnn.grad(m(x).sum(), m.w)
+    with pytest.raises(RuntimeError, match=r"not used to compute the outputs \(shape \(2,\)\); pass allow_unused=True to get None for it$"):
+        xpnn.grad(m(x).sum(), xpnn.tensor(np.ones(2), requires_grad=True))
+
+
 def test_hand_written_backward_module_called_again_before_backward_raises():
     """Used twice in one graph (w.grad was 18 instead of 24), or called again under no_grad between a forward and
     its backward (w.grad was 20 instead of 3): the hand-written backward read the last call's input silently."""
