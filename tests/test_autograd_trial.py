@@ -475,3 +475,21 @@ def test_missing_pytorch_hooks_say_what_to_use():
         t.register_hook(lambda g: g)
     with pytest.raises(NotImplementedError, match=r"retain_grad.*xpnn.grad"):
         t.retain_grad()
+
+
+def test_gradient_of_another_dtype_is_cast_into_a_leaf_on_array_api_strict():
+    """A float64 constant in a float32 model sends float64 gradients to float32 leaves; NumPy cast them in the
+    in-place add, array_api_strict refused it (TypeError: Cannot perform __iadd__ with float32 and float64)."""
+    xs = pytest.importorskip("array_api_strict")
+    m = nn.Linear(2, 2, seed=0).to(xs)
+    x = xpnn.tensor(xs.asarray([[1.0, 2.0]], dtype=xs.float32))
+    c = xpnn.tensor(xs.asarray([[1.0, 3.0]], dtype=xs.float64))
+    for _ in range(2):
+        (m(x) * c).sum().backward()
+    assert m.weight.grad.dtype == xs.float32
+    np.testing.assert_allclose(np.asarray(m.weight.grad), 2 * np.array([[1.0, 2.0], [3.0, 6.0]]))
+    w = xpnn.tensor(xs.asarray([1.0], dtype=xs.float32), requires_grad=True)
+    for _ in range(2):
+        (w * c[0, :1]).sum().backward()
+    assert w.grad.dtype == xs.float32
+    np.testing.assert_allclose(np.asarray(w.grad), [2.0])

@@ -255,6 +255,10 @@ def _accumulate_leaf(t: Any, g: Any, create_graph: bool, node: Optional[Node] = 
                           f"shape {tuple(t.shape)} (a backward must sum broadcast axes back, e.g. with sum_to)"
                           if node is not None else
                           f"gradient of shape {tuple(g.shape)} does not match tensor of shape {tuple(t.shape)}"))
+    if g.dtype != t._data.dtype:  # e.g. a float64 constant in a float32 model: cast as PyTorch does (the array
+        from ..backend import namespace_of  # API refuses float32 += float64 in place)
+
+        g = namespace_of(g).astype(g, t._data.dtype)
     t._accumulate_grad(g)
 
 
