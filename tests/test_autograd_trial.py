@@ -493,3 +493,18 @@ def test_gradient_of_another_dtype_is_cast_into_a_leaf_on_array_api_strict():
         (w * c[0, :1]).sum().backward()
     assert w.grad.dtype == xs.float32
     np.testing.assert_allclose(np.asarray(w.grad), [2.0])
+
+
+def test_batch_norm_with_tensor_running_statistics():
+    """``F.batch_norm(x, rm, rv, training=True)`` with Tensors (as ``torch.nn.functional.batch_norm`` takes them):
+    the running statistics were rebound inside the op and never updated, and ``training=False`` failed with
+    NumPy's 'operand Tensor does not support ufuncs'."""
+    data = np.arange(12.0).reshape(4, 3)
+    x = xpnn.tensor(data, requires_grad=True)
+    rm, rv = xpnn.tensor(np.zeros(3)), xpnn.tensor(np.ones(3))
+    F.batch_norm(x, rm, rv, training=True)
+    np.testing.assert_allclose(rm.data, 0.1 * data.mean(0))
+    np.testing.assert_allclose(rv.data, 0.9 + 0.1 * data.var(0, ddof=1))
+    y = F.batch_norm(x, rm, rv, training=False)
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad, np.broadcast_to(1 / np.sqrt(rv.data + 1e-5), (4, 3)))
