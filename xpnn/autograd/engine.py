@@ -196,6 +196,9 @@ def _backward_one_node(node: Node, grads: list[Any], retain_graph: bool) -> None
 
 def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create_graph: bool, tensor_cls: Any) -> Any:
     ctx = node.ctx
+    if ctx.create_graph and not create_graph:  # a recorded backward before this one swapped Tensors in: hand the
+        saved = ctx._saved  # rule arrays again (array * Tensor fails on namespaces whose operators do not defer)
+        ctx._saved = tuple(v._data if isinstance(v, tensor_cls) else v for v in saved)
     ctx.needs_input_grad = edges
     ctx.create_graph = create_graph
     op = node.op
