@@ -88,6 +88,10 @@ def test_item_assignment_on_tensor_without_grad():
     t[np.array([False, True, False, True])] = xpnn.tensor(np.array([2.0, 3.0]))
     t[-1:] = 5
     np.testing.assert_array_equal(t.data, [1.0, 2.0, 0.0, 5.0])
+    m = xpnn.tensor(np.zeros((2, 3)))
+    m[xpnn.tensor(np.array([True, False]))] = 1.0
+    m[:, xpnn.tensor(np.array([2]))] = 7.0
+    np.testing.assert_array_equal(m.data, [[1.0, 1.0, 7.0], [0.0, 0.0, 7.0]])
 
 
 def test_item_assignment_that_would_need_a_gradient_raises_clearly():

@@ -351,7 +351,9 @@ class Tensor:
                 "(no gradient flows through it)")
         if hasattr(v, "shape"):
             namespace_of(self._data, v, where="Tensor item assignment")
-        self._data[key.data if isinstance(key, Tensor) else key] = v
+        from ..functional.shape import _plain_key
+
+        self._data[_plain_key(key)] = v
 
     # in-place operators (PyTorch's rules, without its version counter): under xpnn.no_grad() a leaf is updated
     # in place (``w -= lr * w.grad``; a Parameter stays its view of the flat buffer); with grad mode on, the name
