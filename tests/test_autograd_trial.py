@@ -1,6 +1,9 @@
 """Autograd used as a PyTorch user would (issue 8 trial): in-place operators, item assignment, frozen parameters
-in an optimizer, custom ops that break the backward contract, ``pow`` at zero, ``clip`` with Tensor bounds.
-Each test is a program that went wrong before its fix (wrong value, confusing error or silent NaN)."""
+in an optimizer, custom ops that break the backward contract, ``pow`` at zero, ``clip`` with Tensor bounds,
+array_api_strict indexing and second order, modules with a hand-written backward on the tape, and the PyTorch
+spellings that were missing (``concat``/``stack``, ``argmax``, ``backward(inputs=)``, ``to(dtype)``, format).
+Most tests are programs that went wrong before their fix (wrong value, confusing error or silent NaN); the others
+guard the side of a fix that already worked (recorded ops on non-leaves, single use of a module, masks' values)."""
 from __future__ import annotations
 
 import numpy as np
