@@ -542,3 +542,33 @@ def test_second_order_through_the_first_order_graph(backend, name):
     num = np.array([((first(a0 + eps * e) ** 2).sum() - (first(a0 - eps * e) ** 2).sum()) / (2 * eps)
                     for e in np.eye(3)])
     np.testing.assert_allclose(np.asarray(h.data), num, atol=1e-6)
+
+
+class _TwoOutputs(Op):
+    name = "two_outputs"
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * 2, x * x
+
+    @staticmethod
+    def backward(ctx, g1, g2):
+        (x,) = ctx.saved_tensors
+        return g1 * 2 + g2 * 2 * x
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_multi_output_op_with_an_output_dropped_by_the_caller(create_graph):
+    """``u = op(x)[0]`` (the other output garbage-collected) raised 'an output needed for backward was freed';
+    PyTorch passes zeros for it."""
+    x = xpnn.tensor(np.array([1.0, 3.0]), requires_grad=True)
+    u = _TwoOutputs.apply(x)[0]
+    (g,) = xpnn.grad((u * u).sum(), x, create_graph=create_graph)  # d/dx (2x)^2 = 8x
+    np.testing.assert_allclose(g.data, [8.0, 24.0])
+    if create_graph:
+        (h,) = xpnn.grad(g.sum(), x)
+        np.testing.assert_allclose(h.data, [8.0, 8.0])
+    v = _TwoOutputs.apply(x)[1]
+    v.sum().backward()
+    np.testing.assert_allclose(x.grad, [2.0, 6.0])

@@ -206,9 +206,15 @@ def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create
         for i, ref in enumerate(node.outputs):
             if grads[i] is None and ref is not None:  # (outputs without gradients, e.g. indices, stay None)
                 t = ref()
-                if t is None:
-                    raise RuntimeError(f"{op.name}: an output needed for backward was freed")
-                z = t._data * 0
+                if t is not None:
+                    z = t._data * 0
+                else:  # the caller dropped this output (e.g. ``y = op(x)[0]``): zeros of its shape and dtype
+                    shape, dtype = ctx._xpnn_out_meta[i]
+                    like = next(g for g in grads if g is not None)
+                    like = like._data if isinstance(like, tensor_cls) else like
+                    from ..backend import namespace_of
+
+                    z = namespace_of(like).zeros(shape, dtype=dtype)
                 grads[i] = tensor_cls(z) if create_graph else z
     if create_graph:
         _saved_as_tensors(node, tensor_cls)

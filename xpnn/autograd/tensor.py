@@ -539,6 +539,7 @@ def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> An
     node = Node(op, ctx, tuple(a if isinstance(a, Tensor) else None for a in args))
     if isinstance(out, tuple):
         diff = op.differentiable_outputs
+        ctx._xpnn_out_meta = tuple((tuple(o.shape), o.dtype) for o in out)  # zeros for an output the caller dropped
         outs = tuple(_make(o, node, i, diff is None or i in diff) for i, o in enumerate(out))
         node.outputs = tuple(weakref.ref(t) if t._requires_grad else None for t in outs)
         return outs
