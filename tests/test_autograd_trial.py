@@ -572,3 +572,29 @@ def test_multi_output_op_with_an_output_dropped_by_the_caller(create_graph):
     v = _TwoOutputs.apply(x)[1]
     v.sum().backward()
     np.testing.assert_allclose(x.grad, [2.0, 6.0])
+
+
+# --- copies of a model --------------------------------------------------------------------------------------------
+def test_deepcopy_of_a_packed_model_trains_the_copy_and_only_the_copy():
+    """``m2 = copy.deepcopy(model)`` (PyTorch's usual way to fork a model): the copied parameters were arrays of
+    their own, no longer views of the copied flat buffer, so an optimizer of the copy stepped the buffer and the
+    copy never changed (silently)."""
+    import copy
+    import pickle
+
+    X, y = _data()
+    model = nn.Sequential(nn.Linear(4, 5, seed=0), nn.ReLU(), nn.Linear(5, 3, seed=1))
+    nn.CrossEntropyLoss()(model(xpnn.tensor(X)), y).backward()
+    before = [p.numpy() for p in model.parameters()]
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        start = [p.numpy() for p in twin.parameters()]
+        for a, b in zip(start, before):
+            np.testing.assert_array_equal(a, b)
+        opt = optim.SGD(twin.parameters(), lr=0.5)
+        assert twin.flat_buffer() is not None  # packed again
+        opt.zero_grad()
+        nn.CrossEntropyLoss()(twin(xpnn.tensor(X)), y).backward()
+        opt.step()
+        assert all(np.abs(p.numpy() - s).max() > 0 for p, s in zip(twin.parameters(), start))
+        for p, b in zip(model.parameters(), before):
+            np.testing.assert_array_equal(p.numpy(), b)
