@@ -55,11 +55,25 @@ class Parameter(Tensor):
         self._node = None
         self._index = 0
         self._hooks = None
-        self.requires_grad = bool(requires_grad)
+        self._requires_grad = bool(requires_grad)
         self._flat: Optional[FlatBuffer] = None
         self._offset: int = 0
         self._version = 0
         self.name = name
+
+    # --- copies -------------------------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        """For ``copy.deepcopy`` and pickle: the values without the FlatBuffer (a copied view would be an array of
+        its own, no longer in the copied buffer, so an optimizer of the copy updated the buffer and not the
+        parameters, silently); the copy is a lone Parameter until its module packs it again (``parameters()``)."""
+        state = {k: getattr(self, k) for k in ("_data", "_grad", "_requires_grad", "_node", "_index", "_hooks",
+                                               "_version", "name")}
+        state["_flat"], state["_offset"] = None, 0
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
 
     # --- values -------------------------------------------------------------------------------------------
     @property

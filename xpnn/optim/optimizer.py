@@ -19,6 +19,7 @@ from array_api_compat import device as _device
 from ..backend import dtype_name, get_backend, is_cupy_namespace, is_numpy_namespace, namespace_of, to_numpy
 from ..errors import CheckpointError
 from ..functional.updates import copy_into
+from ..autograd.tensor import Tensor
 from ..nn.parameter import Parameter, flat_buffer_of
 
 ParamsLike = Union[Parameter, Iterable[Parameter], Iterable[dict]]
@@ -157,7 +158,9 @@ class Optimizer:
         plist = [params] if isinstance(params, Parameter) else list(params)
         for p in plist:
             if not isinstance(p, Parameter):
-                raise TypeError(f"{self._name}: can only optimize xpnn.nn.Parameter objects, got {type(p).__name__}")
+                raise TypeError(f"{self._name}: can only optimize xpnn.nn.Parameter objects, got {type(p).__name__}"
+                                + ("; make the leaf with xpnn.nn.Parameter(array) (a Tensor that requires grad) "
+                                   "instead of xpnn.tensor(array, requires_grad=True)" if isinstance(p, Tensor) else ""))
         if len({id(p) for p in plist}) != len(plist):
             raise ValueError(f"{self._name}: a parameter appears more than once in a parameter group")
         if any(id(p) in self._index for p in plist):
@@ -183,6 +186,10 @@ class Optimizer:
         for gi, group in enumerate(self.param_groups):
             params = group["params"]
             flat = flat_buffer_of(params)
+            if flat is not None and (not all(p.requires_grad for p in params)
+                                     or self._param_slots and not self._states_agree(gi)):
+                flat = None  # frozen members (PyTorch: their .grad is None), or states that differ since some were
+                # frozen: per-parameter updates that skip the frozen ones
             if flat is not None:
                 if self._param_slots:  # per-parameter state left from another layout: join it
                     self._gather(gi)
@@ -191,7 +198,7 @@ class Optimizer:
             else:
                 self._scatter(gi)
                 for p in params:
-                    if p.has_grad:
+                    if p.has_grad and p.requires_grad:
                         slot = self._param_slots.setdefault(self._index[id(p)], _Slot())
                         work.append(self._prepare(slot, p.data, p.grad, group, (p,)))
         hook = self._grad_hook
@@ -332,6 +339,16 @@ class Optimizer:
             s.xp, s.dtype = slot.xp, slot.dtype
             out[self._index[id(p)]] = s
         return out
+
+    def _states_agree(self, gi: int) -> bool:
+        """Whether group ``gi``'s per-parameter states (if any) have one step count and one set of arrays (so
+        ``_gather`` can join them)."""
+        slots = [self._param_slots.get(self._index[id(p)]) for p in self.param_groups[gi]["params"]]
+        if all(s is None for s in slots):
+            return True
+        steps = {s.state["step"] if s is not None else 0 for s in slots}
+        keys = {tuple(sorted(s.arrays())) if s is not None else () for s in slots}
+        return len(steps) == 1 and len(keys) == 1
 
     def _gather(self, gi: int, error: type = ValueError) -> None:
         """Turn group ``gi``'s per-parameter state (if any) into one flat slot (parameters in buffer order)."""
