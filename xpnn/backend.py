@@ -220,8 +220,8 @@ def namespace_of(*arrays: Any, where: str = "xpnn") -> Any:
     Raises ``NamespaceMismatchError`` naming ``where`` and the disagreeing arguments when libraries or devices mix.
     """
     numpy_only = False
-    for a in arrays:  # fast path: NumPy arrays only (the generic lookup costs ~10 us per call)
-        if type(a) is np.ndarray:
+    for a in arrays:  # fast path: NumPy arrays (and the scalars NumPy reductions return) only: the generic
+        if type(a) is np.ndarray or isinstance(a, np.generic):  # lookup costs ~10 us per call
             numpy_only = True
         elif a is not None:
             numpy_only = False

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from .grad_mode import set_grad_enabled
+from . import op as _op
 from .op import _OVERRIDDEN, Context, override_for
 
 __all__ = ["Node", "run_backward"]
@@ -107,8 +108,6 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
     Without ``inputs``: adds into ``.grad`` of every leaf that requires grad and returns ``None``. With ``inputs``:
     returns their gradients (``None`` where unreachable) and leaves ``.grad`` alone.
     """
-    from . import op as _op
-
     Tensor = _op.Tensor  # set by xpnn.autograd.tensor (which imports this module)
     wanted = {id(t) for t in inputs} if inputs is not None else None
     captured: dict[int, Any] = {}
@@ -175,8 +174,6 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
 
 def _backward_one_node(node: Node, grads: list[Any], retain_graph: bool) -> None:
     """``run_backward`` for a graph of one node whose inputs are leaves (no ordering needed)."""
-    from . import op as _op
-
     edges = tuple(t is not None and t._requires_grad for t in node.inputs)
     if True not in edges:
         return
