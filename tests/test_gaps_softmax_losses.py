@@ -1,0 +1,266 @@
+"""Gaps in the tests of the softmax family, the losses and the activations found by mutation testing (issue 14).
+
+float16 inputs are computed in float32 and rounded once at the end: results must equal the float32 computation on the
+same (exactly widened) values, cast to float16 — not a computation in native float16, which rounds every step.
+"""
+from __future__ import annotations
+
+import warnings
+
+import array_api_strict as xs
+import numpy as np
+import pytest
+
+from xpnn import functional as F
+from xpnn.errors import DTypeError, ShapeError
+
+
+def _half(shape=(64, 257), scale=4.0, seed=0):
+    return (np.random.default_rng(seed).normal(size=shape) * scale).astype(np.float16)
+
+
+def _native_softmax(x):
+    z = x - x.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+# --- softmax family ------------------------------------------------------------------------------------------------
+
+def test_float16_softmax_is_the_float32_result_rounded_once():
+    x = _half()
+    out = F.softmax(x)
+    assert out.dtype == np.float16
+    assert np.array_equal(out, F.softmax(x.astype(np.float32)).astype(np.float16))
+    assert not np.array_equal(out, _native_softmax(x))  # the test data tells the two apart
+
+
+def test_float16_log_softmax_is_the_float32_result_rounded_once():
+    x = _half(seed=1)
+    out = F.log_softmax(x)
+    assert out.dtype == np.float16
+    assert np.array_equal(out, F.log_softmax(x.astype(np.float32)).astype(np.float16))
+    z = x - x.max(-1, keepdims=True)
+    assert not np.array_equal(out, z - np.log(np.exp(z).sum(-1, keepdims=True)))
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_float16_logsumexp_is_the_float32_result_rounded_once(keepdims):
+    x = _half(shape=(256, 1000), scale=8.0, seed=2)
+    out = F.logsumexp(x, keepdims=keepdims)
+    assert out.dtype == np.float16 and out.shape == ((256, 1) if keepdims else (256,))
+    assert np.array_equal(out, F.logsumexp(x.astype(np.float32), keepdims=keepdims).astype(np.float16))
+    m = x.max(-1, keepdims=True)
+    native = np.log(np.exp(x - m).sum(-1, keepdims=True)) + m
+    assert not np.array_equal(out.reshape(256, 1), native)
+
+
+def test_float16_softmax_along_axis_0_and_3d():
+    x = _half(shape=(5, 7, 9), seed=3)
+    for axis in (0, 1, -1):
+        out = F.softmax(x, axis=axis)
+        assert out.dtype == np.float16
+        assert np.array_equal(out, F.softmax(x.astype(np.float32), axis=axis).astype(np.float16))
+        assert np.array_equal(F.log_softmax(x, axis=axis),
+                              F.log_softmax(x.astype(np.float32), axis=axis).astype(np.float16))
+
+
+@pytest.mark.parametrize("f", [F.softmax, F.log_softmax, F.logsumexp])
+def test_softmax_family_dtype_is_kept_for_float32_and_float64(f):
+    for dt in (np.float32, np.float64):
+        assert f(np.zeros((2, 3), dt)).dtype == dt
+
+
+@pytest.mark.parametrize("f", [F.softmax, F.log_softmax, F.logsumexp])
+def test_softmax_family_needs_one_dimension_and_accepts_1d(f):
+    with pytest.raises(ValueError, match="at least one dimension"):
+        f(np.float64(1.0) * np.ones(()))
+    x = np.array([1.0, 2.0, 3.0])
+    lse = np.log(np.exp(x).sum())
+    want = {F.softmax: np.exp(x - lse), F.log_softmax: x - lse, F.logsumexp: lse}[f]
+    np.testing.assert_allclose(f(x), want, rtol=1e-14)
+
+
+@pytest.mark.parametrize("f", [F.softmax, F.log_softmax, F.logsumexp])
+def test_softmax_family_rejects_integers(f):
+    with pytest.raises(DTypeError, match="floating"):
+        f(np.ones((2, 3), np.int64))
+
+
+def test_softmax_of_huge_equal_logits_is_uniform():
+    x = np.full((2, 4), 1e308)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        assert np.array_equal(F.softmax(x), np.full((2, 4), 0.25))
+        assert np.array_equal(F.log_softmax(x), np.full((2, 4), -np.log(4.0)))
+        np.testing.assert_allclose(F.logsumexp(x), 1e308, rtol=1e-15)
+
+
+# --- losses --------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_float16_cross_entropy_is_the_float32_result_rounded_once(reduction):
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(300, 50)) * 3).astype(np.float16)
+    t = rng.integers(0, 50, size=300)
+    t[::7] = -100
+    x32 = x.astype(np.float32)
+    loss = F.cross_entropy(x, t, reduction=reduction)
+    want = F.cross_entropy(x32, t, reduction=reduction)
+    assert loss.dtype == np.float16 and loss.shape == want.shape
+    assert np.array_equal(loss, want.astype(np.float16))
+    loss2, grad = F.cross_entropy_with_grad(x, t, reduction=reduction)
+    want2, want_grad = F.cross_entropy_with_grad(x32, t, reduction=reduction)
+    assert loss2.dtype == np.float16 and grad.dtype == np.float16
+    assert np.array_equal(loss2, want2.astype(np.float16))
+    assert np.array_equal(grad, want_grad.astype(np.float16))
+
+
+def test_cross_entropy_float32_result_dtypes():
+    x = np.zeros((3, 4), np.float32)
+    t = np.array([0, 1, 2])
+    assert F.cross_entropy(x, t).dtype == np.float32
+    loss, grad = F.cross_entropy_with_grad(x, t)
+    assert loss.dtype == np.float32 and grad.dtype == np.float32
+    np.testing.assert_allclose(loss, np.log(4.0), rtol=1e-6)
+
+
+def test_cross_entropy_label_smoothing_bounds():
+    x, t = np.zeros((2, 3)), np.array([0, 1])
+    for ok in (0.0, 1.0):
+        F.cross_entropy(x, t, label_smoothing=ok)
+    for bad in (-0.01, 1.01):
+        with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\]"):
+            F.cross_entropy(x, t, label_smoothing=bad)
+        with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\]"):
+            F.cross_entropy_with_grad(x, t, label_smoothing=bad)
+
+
+def test_cross_entropy_full_label_smoothing_is_the_uniform_target():
+    x = np.array([[1.0, 2.0, 4.0]])
+    lsm = x - np.log(np.exp(x).sum())
+    loss, grad = F.cross_entropy_with_grad(x, np.array([2]), label_smoothing=1.0)
+    np.testing.assert_allclose(loss, -lsm.mean(), rtol=1e-14)
+    np.testing.assert_allclose(grad, np.exp(lsm) - 1 / 3, rtol=1e-13)
+
+
+def test_cross_entropy_sum_and_none_ignore_rows():
+    x = np.array([[0.0, 1.0], [2.0, 0.0], [5.0, 5.0]])
+    t = np.array([1, -100, 0])
+    per = F.cross_entropy(x, t, reduction="none")
+    np.testing.assert_allclose(per, [np.log1p(np.exp(-1.0)), 0.0, np.log(2.0)], rtol=1e-14)
+    np.testing.assert_allclose(F.cross_entropy(x, t, reduction="sum"), per.sum(), rtol=1e-14)
+    np.testing.assert_allclose(F.cross_entropy(x, t), per.sum() / 2, rtol=1e-14)  # mean over the 2 kept rows
+    _, g = F.cross_entropy_with_grad(x, t)
+    assert np.array_equal(g[1], [0.0, 0.0])
+    np.testing.assert_allclose(g[2], [0.5 / 2 - 1 / 2, 0.5 / 2], rtol=1e-14)
+
+
+@pytest.mark.parametrize("fn", ["mse_loss", "binary_cross_entropy_with_logits"])
+def test_pair_losses_reject_an_empty_batch_and_accept_a_batch_of_one(fn):
+    f, fg = getattr(F, fn), getattr(F, fn + "_with_grad")
+    for g in (f, fg):
+        with pytest.raises(ValueError, match=r"empty batch of shape \(0, 3\)"):
+            g(np.zeros((0, 3)), np.zeros((0, 3)))
+    p, y = np.array([[0.5, -1.0, 2.0]]), np.array([[1.0, 0.0, 1.0]])
+    if fn == "mse_loss":
+        want = ((p - y) ** 2).mean()
+        want_grad = 2 * (p - y) / 3
+    else:
+        want = (np.maximum(p, 0) - p * y + np.log1p(np.exp(-np.abs(p)))).mean()
+        want_grad = (1 / (1 + np.exp(-p)) - y) / 3
+    np.testing.assert_allclose(f(p, y), want, rtol=1e-14)
+    loss, grad = fg(p, y)
+    np.testing.assert_allclose(loss, want, rtol=1e-14)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-14)
+
+
+def test_pair_losses_on_0d_arrays():
+    p, y = np.array(3.0), np.array(1.0)
+    assert F.mse_loss(p, y) == 4.0
+    loss, grad = F.mse_loss_with_grad(p, y)
+    assert loss == 4.0 and grad == 4.0
+    loss, grad = F.binary_cross_entropy_with_logits_with_grad(np.array(0.0), np.array(1.0))
+    np.testing.assert_allclose(loss, np.log(2.0), rtol=1e-15)
+    assert grad == -0.5
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_pair_loss_gradients_are_unscaled_for_sum_and_none(reduction):
+    p, y = np.array([[1.0, 2.0], [3.0, 5.0]]), np.zeros((2, 2))
+    _, g = F.mse_loss_with_grad(p, y, reduction=reduction)
+    assert np.array_equal(g, 2 * p)
+    _, g = F.binary_cross_entropy_with_logits_with_grad(p, y, reduction=reduction)
+    np.testing.assert_allclose(g, 1 / (1 + np.exp(-p)), rtol=1e-15)
+
+
+def test_pair_loss_checks():
+    with pytest.raises(ShapeError):
+        F.mse_loss(np.zeros((2, 3)), np.zeros((3, 2)))
+    with pytest.raises(DTypeError):
+        F.mse_loss(np.zeros((2, 3)), np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        F.mse_loss(np.zeros((2, 3)), np.zeros((2, 3)), reduction="avg")
+
+
+def test_bce_with_logits_is_finite_for_huge_logits():
+    x = np.array([-1e4, 1e4, 0.0])
+    t = np.array([1.0, 0.0, 0.5])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        per = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+        _, g = F.binary_cross_entropy_with_logits_with_grad(x, t, reduction="none")
+    np.testing.assert_allclose(per, [1e4, 1e4, np.log(2.0)], rtol=1e-15)
+    assert np.array_equal(g, [-1.0, 1.0, 0.0])
+
+
+# --- activations ---------------------------------------------------------------------------------------------------
+
+def test_leaky_relu_default_slope_is_0_01():
+    x = np.array([-3.0, -0.5, 0.0, 2.0])
+    dy = np.array([1.0, 2.0, 3.0, 4.0])
+    assert np.array_equal(F.leaky_relu(x), [-0.03, -0.005, 0.0, 2.0])
+    assert np.array_equal(F.leaky_relu_backward(x, dy), [0.01, 0.02, 0.03, 4.0])
+
+
+def test_elu_default_alpha_is_1():
+    x = np.array([-3.0, -0.5, 0.0, 2.0])
+    dy = np.array([1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_allclose(F.elu(x), [np.expm1(-3.0), np.expm1(-0.5), 0.0, 2.0], rtol=1e-15)
+    np.testing.assert_allclose(F.elu_backward(x, dy), [np.exp(-3.0), 2 * np.exp(-0.5), 3.0, 4.0], rtol=1e-15)
+
+
+def test_activation_layers_use_the_same_defaults():
+    from xpnn import nn
+
+    x = np.array([[-2.0, 3.0]])
+    assert np.array_equal(nn.LeakyReLU()(x), [[-0.02, 3.0]])
+    np.testing.assert_allclose(nn.ELU()(x), [[np.expm1(-2.0), 3.0]], rtol=1e-15)
+
+
+def test_sigmoid_of_very_negative_input_is_exactly_zero_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(over="warn", invalid="warn", divide="warn", under="ignore"):
+            out = F.sigmoid(np.array([-1000.0, 1000.0, 0.0]))
+            out16 = F.sigmoid(np.array([-100.0], np.float16))
+    assert np.array_equal(out, [0.0, 1.0, 0.5])
+    assert out16.dtype == np.float16 and out16[0] == 0
+
+
+def test_sigmoid_on_array_api_strict():
+    y = F.sigmoid(xs.asarray([-1000.0, 0.0, 2.0]))
+    np.testing.assert_allclose(np.asarray(y), [0.0, 0.5, 1 / (1 + np.exp(-2.0))], rtol=1e-15)
+
+
+def test_activation_backwards_check_their_inputs():
+    for f in (F.sigmoid_backward, F.tanh_backward, F.relu_backward, F.leaky_relu_backward, F.elu_backward,
+              F.selu_backward):
+        with pytest.raises(ShapeError):
+            f(np.zeros(3), np.zeros(4))
+        with pytest.raises(DTypeError):
+            f(np.zeros(3), np.zeros(3, np.float32))
+
+
+def test_activations_reject_integers():
+    for f in (F.sigmoid, F.tanh, F.relu, F.leaky_relu, F.elu, F.selu):
+        with pytest.raises(DTypeError, match="floating"):
+            f(np.arange(3))
