@@ -534,3 +534,60 @@ def test_float16_state_dict_holds_a_float32_master_that_loads_back():
         o.step()
     assert np.array_equal(p.data, q.data)
     np.testing.assert_array_equal(dst.state_dict()["state"][0]["master_param"], opt.state_dict()["state"][0]["master_param"])
+
+
+def test_a_step_zero_entry_needs_no_arrays():
+    (p,) = params_of([1.0, 2.0])
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    sd = opt.state_dict()
+    sd["state"] = {0: {"step": 0}}
+    opt.load_state_dict(sd)
+    assert opt.state_dict()["state"] == {0: {"step": 0}}
+    p.grad = np.ones(2)
+    opt.step()  # the buffer starts from this step's gradient, as on a first step
+    assert p.data.tolist() == [0.9, 1.9]
+    assert opt.state_dict()["state"][0]["step"] == 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), True, "0.1", None, -1e-9])
+def test_hyperparameters_must_be_finite_non_negative_numbers(bad):
+    p = Parameter(np.ones(2))
+    with pytest.raises(ValueError, match=r"expected a finite number >= 0"):
+        SGD([p], lr=bad)
+    with pytest.raises(ValueError, match=r"expected a finite number >= 0"):
+        Adam([p], eps=bad)
+
+
+def test_unit_interval_checks_open_and_closed():
+    p = Parameter(np.ones(2))
+    RMSprop([p], alpha=1.0)  # closed: 1 allowed
+    RMSprop([p], alpha=0.0)
+    for bad in (1.0001, -0.1, True, float("nan"), "0.5"):
+        with pytest.raises(ValueError, match=r"alpha value: alpha=.*\(expected 0 <= alpha <= 1\)"):
+            RMSprop([p], alpha=bad)
+    with pytest.raises(ValueError, match=r"\(expected 0 <= beta1 < 1\)"):
+        Adam([p], betas=(1.0, 0.5))
+    with pytest.raises(ValueError, match=r"\(expected 0 <= beta2 < 1\)"):
+        Adam([p], betas=(0.5, True))
+
+
+def test_repr_lists_every_hyperparameter_of_every_group():
+    a, b = Parameter(np.ones(2)), Parameter(np.ones(2))
+    text = repr(SGD([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1))
+    assert text == ("SGD (\nParameter Group 0\n    dampening: 0.0\n    lr: 0.1\n    maximize: False\n"
+                    "    momentum: 0.0\n    nesterov: False\n    weight_decay: 0.0\nParameter Group 1\n"
+                    "    dampening: 0.0\n    lr: 0.5\n    maximize: False\n    momentum: 0.0\n    nesterov: False\n"
+                    "    weight_decay: 0.0\n)")
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_parameters_without_grad_keep_their_values_and_get_no_state(flat):
+    ps = params_of([1.0, 2.0], [3.0], flat=flat)
+    opt = Adam(ps, lr=0.1)
+    ps[0].grad = np.ones(2)
+    opt.step()
+    assert ps[0].data.tolist() != [1.0, 2.0]
+    if flat:  # a flat buffer is updated as a whole: the other member's gradient is a zero view
+        assert sorted(opt.state_dict()["state"]) == [0, 1]
+    else:
+        assert ps[1].data.tolist() == [3.0] and sorted(opt.state_dict()["state"]) == [0]
