@@ -264,3 +264,36 @@ def test_activations_reject_integers():
     for f in (F.sigmoid, F.tanh, F.relu, F.leaky_relu, F.elu, F.selu):
         with pytest.raises(DTypeError, match="floating"):
             f(np.arange(3))
+
+
+def test_cross_entropy_on_a_batch_of_one():
+    x = np.array([[0.5, -1.0, 2.0, 0.0]])
+    p = np.exp(x - np.log(np.exp(x).sum()))
+    for reduction in ("mean", "sum"):
+        loss, grad = F.cross_entropy_with_grad(x, np.array([1]), reduction=reduction)
+        np.testing.assert_allclose(loss, -np.log(p[0, 1]), rtol=1e-14)
+        np.testing.assert_allclose(grad, p - np.array([[0.0, 1.0, 0.0, 0.0]]), rtol=1e-14, atol=1e-16)
+    # one kept row among ignored ones: the mean is over that row alone
+    x3 = np.vstack([x, x * 3, x - 1])
+    loss, grad = F.cross_entropy_with_grad(x3, np.array([-100, 1, -100]))
+    p1 = np.exp(3 * x - np.log(np.exp(3 * x).sum()))
+    np.testing.assert_allclose(loss, -np.log(p1[0, 1]), rtol=1e-14)
+    np.testing.assert_allclose(grad[1], p1[0] - [0.0, 1.0, 0.0, 0.0], rtol=1e-13, atol=1e-16)
+    assert not grad[0].any() and not grad[2].any()
+
+
+@pytest.mark.parametrize("name,first", [("mse_loss", "pred"), ("binary_cross_entropy_with_logits", "logits")])
+def test_pair_losses_check_finite_values_in_debug_mode(name, first):
+    import xpnn
+
+    good, bad = np.zeros((2, 3)), np.zeros((2, 3))
+    bad[0, 1] = np.inf
+    for fn in (name, name + "_with_grad"):
+        f = getattr(F, fn)
+        with np.errstate(invalid="ignore"):  # inf * 0 in the BCE terms
+            f(bad, good)  # off by default
+        with xpnn.debug.debug_mode(True):
+            with pytest.raises(xpnn.NonFiniteError, match=rf"{fn}: {first} contains 0 NaN and 1 inf"):
+                f(bad, good)
+            with pytest.raises(xpnn.NonFiniteError, match=rf"{fn}: target contains 0 NaN and 1 inf"):
+                f(good, bad)
