@@ -300,3 +300,32 @@ def test_pca_to_moves_every_fitted_array():
     np.testing.assert_allclose(np.asarray(p.inverse_transform(Z)), expected_back, rtol=1e-12)
     p.to("numpy")
     assert all(isinstance(getattr(p, n), np.ndarray) for n in ("mean_", "components_"))
+
+
+@pytest.mark.parametrize("make", [lambda: D.Standardizer(), lambda: D.PCA(4)], ids=["Standardizer", "PCA"])
+@pytest.mark.parametrize("method", ["transform", "inverse_transform"])
+def test_checks_name_the_method_and_refuse_other_namespaces(make, method):
+    from xpnn.errors import NamespaceMismatchError
+
+    obj = make().fit(_data())
+    name = f"{type(obj).__name__}.{method}"
+    f = getattr(obj, method)
+    with pytest.raises(NamespaceMismatchError, match=name):
+        f(xs.asarray(np.zeros((2, 4))))
+    with pytest.raises(ShapeError, match=rf"{name}: fitted on 4 features"):
+        f(np.zeros((2, 3)))
+    with pytest.raises(ShapeError, match=rf"{name}: expected X of shape \(n_samples, n_features\)"):
+        f(np.zeros(4))
+    with pytest.raises(DTypeError, match=rf"{name}: expected a floating X"):
+        f(np.zeros((2, 4), np.int16))
+    assert f(np.zeros((2, 4))).shape == (2, 4)
+
+
+@pytest.mark.parametrize("cls", [D.Standardizer, lambda: D.PCA(1)], ids=["Standardizer", "PCA"])
+def test_fit_checks_name_the_class(cls):
+    obj = cls()
+    name = f"{type(obj).__name__}.fit"
+    with pytest.raises(ShapeError, match=rf"{name}: expected X of shape"):
+        obj.fit(np.zeros(4))
+    with pytest.raises(DTypeError, match=rf"{name}: expected a floating X"):
+        obj.fit(np.zeros((3, 4), np.int8))
