@@ -329,3 +329,5 @@ def test_fit_checks_name_the_class(cls):
         obj.fit(np.zeros(4))
     with pytest.raises(DTypeError, match=rf"{name}: expected a floating X"):
         obj.fit(np.zeros((3, 4), np.int8))
+    with pytest.raises(TypeError, match=rf"{name}: expected arrays, got list"):
+        obj.fit([[1.0, 2.0], [3.0, 4.0]])
