@@ -297,3 +297,24 @@ def test_pair_losses_check_finite_values_in_debug_mode(name, first):
                 f(bad, good)
             with pytest.raises(xpnn.NonFiniteError, match=rf"{fn}: target contains 0 NaN and 1 inf"):
                 f(good, bad)
+
+
+def test_activation_derivatives_at_exactly_zero_take_the_left_branch():
+    x, dy = np.array([0.0]), np.array([3.0])
+    from xpnn.functional.activations import SELU_ALPHA, SELU_SCALE
+
+    assert F.relu_backward(x, dy).tolist() == [0.0]  # PyTorch: relu'(0) = 0
+    assert F.leaky_relu_backward(x, dy, 0.2).tolist() == [3.0 * 0.2]
+    assert F.elu_backward(x, dy, 2.0).tolist() == [6.0]  # alpha * exp(0) * dy
+    np.testing.assert_allclose(F.selu_backward(x, dy), [3.0 * SELU_SCALE * SELU_ALPHA], rtol=1e-15)
+    assert F.relu(x).tolist() == [0.0] and F.elu(x, 2.0).tolist() == [0.0] and F.selu(x).tolist() == [0.0]
+
+
+def test_elu_and_selu_never_overflow_in_the_unused_branch():
+    x = np.array([1000.0, -1000.0, 0.5])
+    dy = np.ones(3)
+    with np.errstate(over="raise", invalid="raise"):
+        np.testing.assert_allclose(F.elu(x, 1.5), [1000.0, -1.5, 0.5], rtol=1e-15)
+        np.testing.assert_allclose(F.elu_backward(x, dy, 1.5), [1.0, 0.0, 1.0], rtol=1e-15)
+        assert np.isfinite(F.selu(x)).all() and np.isfinite(F.selu_backward(x, dy)).all()
+        np.testing.assert_allclose(F.tanh_backward(F.tanh(x), dy), [0.0, 0.0, 1 - np.tanh(0.5) ** 2], rtol=1e-12)
