@@ -206,3 +206,46 @@ def test_load_with_metadata_describes_the_arrays(tmp_path):
 def test_save_needs_a_path_not_a_file_object():
     with pytest.raises(TypeError):
         xio.save({"w": 1}, io.BytesIO())
+
+
+def test_save_fsyncs_the_data_and_the_folder(tmp_path, monkeypatch):
+    synced = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    if not os.path.exists("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to name the synced descriptors")
+    monkeypatch.setattr(os, "fsync", spy)
+    xio.save({"w": np.ones(2)}, tmp_path / "m.npz")
+    assert len(synced) == 2
+    assert os.path.dirname(synced[0]) == str(tmp_path) and synced[0].endswith(".tmp")  # the data, before the rename
+    assert synced[1] == str(tmp_path)  # the folder entry, after it
+
+
+@pytest.mark.parametrize("damage", ["not-utf8", "not-json", "entry-without-dtype", "entry-not-a-dict"])
+def test_damaged_metadata_bytes_or_table_entries_are_checkpoint_errors(tmp_path, damage):
+    path = tmp_path / "m.npz"
+    xio.save({"w": np.ones(2)}, path)
+    if damage in ("not-utf8", "not-json"):
+        raw = b"\xff\xfe{" if damage == "not-utf8" else b"{not json"
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays[xio.META_KEY] = np.frombuffer(raw, np.uint8)
+        np.savez(path, **arrays)
+    elif damage == "entry-without-dtype":
+        _rewrite(path, lambda m: m["arrays"]["a0"].pop("dtype"))
+    else:
+        _rewrite(path, lambda m: m["arrays"].update(a0=["<f8", [2]]))
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        xio.load(path)
+
+
+def test_a_top_level_array_is_listed_at_the_root(tmp_path):
+    path = tmp_path / "a.npz"
+    xio.save(np.arange(3.0), path)
+    obj, info = xio.load(path, with_metadata=True)
+    assert np.array_equal(obj, np.arange(3.0))
+    assert info["arrays"] == {"/": {"dtype": "float64", "shape": (3,)}}
