@@ -4,6 +4,8 @@ Everything is checked through public behaviour: parameter values after ``step()`
 ``load_state_dict()``, ``defaults`` and the errors raised."""
 from __future__ import annotations
 
+import tracemalloc
+
 import array_api_strict as xs
 import numpy as np
 import pytest
@@ -210,9 +212,11 @@ def test_adam_betas_are_checked_and_stored_as_a_tuple():
     for bad, idx in (((1.0, 0.9), 0), ((0.9, 1.0), 1), ((-0.1, 0.9), 0), ((0.9, -0.1), 1)):
         with pytest.raises(ValueError, match=f"beta parameter at index {idx}"):
             Adam([p], betas=bad)
-    for name in ("lr", "eps", "weight_decay"):
-        with pytest.raises(ValueError, match=f"Adam: invalid .*{name}=-1"):
+    for name, what in (("lr", "learning rate"), ("eps", "epsilon value"), ("weight_decay", "weight_decay value")):
+        with pytest.raises(ValueError, match=f"Adam: invalid {what}: {name}=-1"):
             Adam([p], **{name: -1})
+        with pytest.raises(ValueError, match=f"AdamW: invalid {what}: {name}=-1"):
+            AdamW([p], **{name: -1})
     Adam([p], betas=(0.0, 0.0), lr=0, eps=0, weight_decay=0)  # the bounds themselves are fine
 
 
@@ -260,8 +264,9 @@ def test_sgd_nesterov_needs_momentum_and_no_dampening():
     with pytest.raises(ValueError, match="Nesterov momentum requires a momentum and zero dampening"):
         SGD([p], momentum=0.9, dampening=0.1, nesterov=True)
     SGD([p], momentum=0.9, nesterov=True)
-    for name in ("lr", "momentum", "dampening", "weight_decay"):
-        with pytest.raises(ValueError, match=f"SGD: invalid .*{name}=-1"):
+    for name, what in (("lr", "learning rate"), ("momentum", "momentum value"), ("dampening", "dampening value"),
+                       ("weight_decay", "weight_decay value")):
+        with pytest.raises(ValueError, match=f"SGD: invalid {what}: {name}=-1"):
             SGD([p], **{name: -1})
 
 
@@ -591,3 +596,30 @@ def test_parameters_without_grad_keep_their_values_and_get_no_state(flat):
         assert sorted(opt.state_dict()["state"]) == [0, 1]
     else:
         assert ps[1].data.tolist() == [3.0] and sorted(opt.state_dict()["state"]) == [0]
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: SGD(ps, lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01),
+    lambda ps: SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, maximize=True),
+    lambda ps: Adam(ps, lr=0.1, weight_decay=0.01, amsgrad=True),
+    lambda ps: AdamW(ps, lr=0.1, maximize=True),
+], ids=["sgd-dampening", "sgd-nesterov", "adam", "adamw"])
+@pytest.mark.parametrize("flat", [False, True])
+def test_optimizer_steps_reuse_their_work_arrays(make, flat):
+    n = 50_000  # 400 kB per float64 array: a per-step temporary would show in the traced peak
+    rng = np.random.default_rng(0)
+    ps = params_of(rng.normal(size=n), rng.normal(size=(10, 10)), flat=flat)
+    opt = make(ps)
+    for p in ps:
+        p.grad = rng.normal(size=p.shape)
+    opt.step()
+    opt.step()  # the first steps make the state and the work arrays
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        opt.step()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * n // 4, f"a step allocated {peak} bytes over {8 * n} bytes of parameters"
