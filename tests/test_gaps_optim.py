@@ -40,6 +40,7 @@ def test_sgd_dampening_1_keeps_the_first_buffer():
     assert np.array_equal(buf, 0.5 * g1) and np.array_equal(p, -0.75 * g1)
     sgd_update(p, g3, buf, lr=0.5, momentum=0.5, dampening=1.0, scratch=[])
     assert np.array_equal(buf, 0.25 * g1) and np.array_equal(p, -0.875 * g1)
+    assert g1.tolist() == [1.0, 2.0, 4.0] and g2.tolist() == [8.0, -8.0, 8.0] and g3.tolist() == [5.0] * 3
 
 
 @pytest.mark.parametrize("dampening", [0.25, 1.0])
