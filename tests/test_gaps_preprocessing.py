@@ -331,3 +331,36 @@ def test_fit_checks_name_the_class(cls):
         obj.fit(np.zeros((3, 4), np.int8))
     with pytest.raises(TypeError, match=rf"{name}: expected arrays, got list"):
         obj.fit([[1.0, 2.0], [3.0, 4.0]])
+
+
+def test_pca_ratios_do_not_depend_on_the_scale_of_the_data():
+    X = _data(n=40, d=3, seed=17)
+    big = np.asarray(D.PCA(3).fit(X).explained_variance_ratio_)
+    for scale in (1e-2, 1e-4):  # total variance far below 1
+        small = D.PCA(3).fit(X * scale)
+        np.testing.assert_allclose(small.explained_variance_ratio_, big, rtol=1e-9)
+        assert float(np.sum(small.explained_variance_)) < 1
+
+
+def test_pca_fraction_reached_exactly_keeps_the_fewest_components():
+    X = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])  # two components of equal variance
+    p = D.PCA(0.5).fit(X)
+    first = float(np.asarray(D.PCA(2).fit(X).explained_variance_ratio_)[0])
+    # "at least that share": a first ratio of exactly 0.5 is enough (this holds for any rounding of the SVD)
+    assert p.components_.shape[0] == (1 if first >= 0.5 else 2)
+
+
+def test_pca_fraction_on_array_api_strict():
+    X = _data(n=40, d=4, seed=18)
+    want = D.PCA(0.8).fit(X)
+    got = D.PCA(0.8).fit(xs.asarray(X))
+    assert got.components_.shape == want.components_.shape
+    np.testing.assert_allclose(np.asarray(got.explained_variance_ratio_), want.explained_variance_ratio_, rtol=1e-10)
+
+
+def test_pca_component_with_a_tie_between_opposite_peaks_is_kept():
+    # centred rows +-(3, -3): the component is (1, -1)/sqrt(2), whose two peaks may cancel in the sign rule
+    p = D.PCA(1).fit(np.array([[3.0, -3.0], [-3.0, 3.0]]))
+    C = np.asarray(p.components_)
+    np.testing.assert_allclose(np.abs(C), [[2 ** -0.5, 2 ** -0.5]], rtol=1e-12)
+    np.testing.assert_allclose(p.transform(np.array([[1.0, -1.0]])) ** 2, [[2.0]], rtol=1e-12)
