@@ -624,3 +624,22 @@ def test_optimizer_steps_reuse_their_work_arrays(make, flat):
     finally:
         tracemalloc.stop()
     assert peak < 8 * n // 4, f"a step allocated {peak} bytes over {8 * n} bytes of parameters"
+
+
+@pytest.mark.parametrize("alg", ["adagrad", "rmsprop", "adam"])
+def test_work_arrays_are_only_those_needed(alg):
+    # the update reads grad in place: one work array; a decayed or negated gradient needs a second one for g
+    def run(scratch, **kw):
+        p, z1, z2 = np.ones(4), np.zeros(4), np.zeros(4)
+        if alg == "adagrad":
+            adagrad_update(p, np.ones(4), z1, step=1, lr=0.1, scratch=scratch, **kw)
+        elif alg == "rmsprop":
+            rmsprop_update(p, np.ones(4), z1, lr=0.1, alpha=0.9, eps=1e-8, momentum=0.0, centered=False,
+                           scratch=scratch, **{"weight_decay": 0.0, **kw})
+        else:
+            adam_update(p, np.ones(4), z1, z2, step=1, lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, scratch=scratch, **kw)
+        return scratch
+
+    assert len(run([])) == 1
+    assert len(run([], weight_decay=0.1)) == 2
+    assert len(run([], maximize=True)) == 2

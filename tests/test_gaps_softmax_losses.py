@@ -82,9 +82,14 @@ def test_softmax_family_needs_one_dimension_and_accepts_1d(f):
 
 
 @pytest.mark.parametrize("f", [F.softmax, F.log_softmax, F.logsumexp])
-def test_softmax_family_rejects_integers(f):
-    with pytest.raises(DTypeError, match="floating"):
+def test_softmax_family_rejects_integers_and_lists_naming_the_function(f):
+    name = f.__name__
+    with pytest.raises(DTypeError, match=rf"{name}: input must be a floating array"):
         f(np.ones((2, 3), np.int64))
+    with pytest.raises(TypeError, match=rf"{name}: expected arrays, got list"):
+        f([[1.0, 2.0]])
+    with pytest.raises(ValueError, match=rf"{name}: input must have at least one dimension"):
+        f(np.ones(()))
 
 
 def test_softmax_of_huge_equal_logits_is_uniform():
