@@ -81,6 +81,7 @@ def run_case(benchmark: Any) -> Callable[[str, str, str], None]:
     return run
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's own tables, so the summary is the last thing printed
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not _rows:
         return

@@ -14,3 +14,9 @@ def test_mlp_step(run_case, size, impl):
 @pytest.mark.parametrize("impl", IMPL_NAMES)
 def test_seed_net_step(run_case, impl):
     run_case("seed_net", "64x1000", impl)
+
+
+@pytest.mark.parametrize("impl", IMPL_NAMES)
+def test_tiny_step(run_case, impl):
+    """Host overhead: a 16-32-32-4 MLP at batch 8 (explicit API, autograd, PyTorch, plain NumPy)."""
+    run_case("tiny_step", "batch8", impl)

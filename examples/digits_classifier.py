@@ -11,20 +11,39 @@ import xpnn
 from xpnn import data, nn, optim
 from xpnn.train import EarlyStopping, evaluate, fit, predict
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--backend", default="numpy", choices=["numpy", "cuda", "auto"])
-parser.add_argument("--hidden", type=int, default=128)
-parser.add_argument("--epochs", type=int, default=40, help="at most this many (early stopping may end sooner)")
-parser.add_argument("--batch-size", type=int, default=32)
-parser.add_argument("--lr", type=float, default=3e-3)
-parser.add_argument("--dropconnect", type=float, default=0.0, help="DropConnect probability of the hidden layer")
-parser.add_argument("--cutout", type=int, default=0, help="cutout square size for training batches (0: off)")
-parser.add_argument("--pca", type=int, default=0, help="keep this many principal components (0: all pixels)")
-parser.add_argument("--seed", type=int, default=0)
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # the whole first paragraph
+parser.add_argument("--backend", default="numpy", choices=["numpy", "cpu", "cuda", "auto"],
+                    help="array backend; cpu is numpy, auto = cuda when a GPU is present (default: numpy)")
+parser.add_argument("--hidden", type=int, default=128, help="hidden layer width (default: 128)")
+parser.add_argument("--epochs", type=int, default=40,
+                    help="at most this many; early stopping (patience 5 on val_loss) may end sooner (default: 40)")
+parser.add_argument("--batch-size", type=int, default=32, help="rows per step (default: 32)")
+parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default: 3e-3)")
+parser.add_argument("--dropconnect", type=float, default=0.0,
+                    help="DropConnect probability of the hidden layer, in [0, 1) (default: 0)")
+parser.add_argument("--cutout", type=int, default=0,
+                    help="cutout square size in pixels for training batches, 0-8; not with --pca (default: 0, off)")
+parser.add_argument("--pca", type=int, default=0,
+                    help="keep this many whitened principal components, 1-64; not with --cutout (default: 0, all pixels)")
+parser.add_argument("--seed", type=int, default=0, help="seed >= 0 (default: 0)")
 parser.add_argument("--save", help="checkpoint path (the model is reloaded from it to check the predictions)")
 parser.add_argument("--plot", help="write the training curves to this PNG (needs matplotlib)")
 parser.add_argument("--no-progress", action="store_true")
 args = parser.parse_args()
+# every incompatible or out-of-range flag is rejected here, before any work
+for flag, value, ok, want in (("--hidden", args.hidden, args.hidden >= 1, ">= 1"),
+                              ("--epochs", args.epochs, args.epochs >= 1, ">= 1"),
+                              ("--batch-size", args.batch_size, args.batch_size >= 1, ">= 1"),
+                              ("--lr", args.lr, args.lr > 0, "> 0"),
+                              ("--dropconnect", args.dropconnect, 0 <= args.dropconnect < 1, "in [0, 1)"),
+                              ("--cutout", args.cutout, 0 <= args.cutout <= 8, "in 0..8"),
+                              ("--pca", args.pca, 0 <= args.pca <= 64, "in 0..64"),
+                              ("--seed", args.seed, args.seed >= 0, ">= 0")):
+    if not ok:
+        parser.error(f"argument {flag}: must be {want}, got {value}")
+if args.pca and args.cutout:
+    parser.error("--cutout blanks squares of the 8x8 images, --pca replaces the pixels by components: "
+                 "use one of them")
 
 backend = xpnn.get_backend(args.backend)
 
@@ -58,14 +77,22 @@ if args.cutout:  # cutout works on the flat rows of 8x8 images (not after PCA)
     def transform(xb, yb):
         return data.cutout(xb, args.cutout, image_shape=(8, 8), seed=rng), yb
 
+early = EarlyStopping("val_loss", patience=5)
+print("loss and val_loss: cross-entropy with label smoothing 0.1 (the training objective); "
+      "test loss: plain cross-entropy")
 history = fit(model, loss_fn, optimizer, X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-              validation_data=(X_val, y_val), callbacks=[EarlyStopping("val_loss", patience=5)],
-              progress=not args.no_progress, seed=args.seed, batch_transform=transform)
+              validation_data=(X_val, y_val), callbacks=[early], progress=not args.no_progress, seed=args.seed,
+              batch_transform=transform)
 result = evaluate(model, nn.CrossEntropyLoss(), X_test, y_test)
-print(f"stopped after {history.epochs} epochs; test accuracy {result['accuracy']:.4f}, test loss {result['loss']:.4f}")
+if early.stopped_epoch is not None:
+    ran = (f"early stopping after epoch {early.stopped_epoch} (no val_loss improvement for 5 epochs; the weights "
+           f"of the best epoch, {early.best_epoch}, restored)")
+else:
+    ran = f"ran all {history.epochs} epoch{'s' if history.epochs != 1 else ''} (early stopping did not trigger)"
+print(f"{ran}; test accuracy {result['accuracy']:.4f}, test loss (plain cross-entropy) {result['loss']:.4f}")
 
 if args.plot:
-    history.plot(args.plot, title="digits")
+    history.plot(args.plot, title=f"digits: MLP 64-{args.hidden}-10, Adam lr {args.lr:g}")
     print(f"curves written to {args.plot}")
 if args.save:
     xpnn.save({"model": model.state_dict(), "scaler": scaler.state_dict()}, args.save,

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Verification layer 3, on a machine with an NVIDIA GPU and no internet:
-#   scripts/gpu_check.sh [tests] [sanitizer] [bench]        (no argument: all three)
+#   scripts/gpu_check.sh [tests] [sanitizer] [graphs] [bench]        (no argument: all four)
 #   tests      tests marked `cuda` run every kernel through CuPy against the reference (they must not skip here),
 #              plus the CPU layers (offline compile: skipped with the reason when nvcc / CuPy's pinned private
 #              helpers are missing; CPU shim: needs g++)
 #   sanitizer  compute-sanitizer memcheck and racecheck on the row kernels, when the CUDA toolkit provides it
+#   graphs     CUDA-graph capture tests (graphed vs eager after 20 steps, fit(cuda_graph=True)) and a table of
+#              training steps: eager xpnn vs graphed xpnn vs PyTorch CUDA (`xpnn bench --preset graphs`)
 #   bench      the benchmarks (`pytest benchmarks --benchmark-only`)
 # Setup it does when needed, offline: array-api-compat from a wheel folder ($WHEELS, else ./wheels or
 # ./.wheels), xpnn with `pip install --no-deps --no-build-isolation -e .`.
-# Outputs go to $OUT (default: a new temp folder), at most 7 files: info.txt, tests.xml, tests.log,
-# sanitizer.log, bench.json, bench.log, summary.txt. Each step runs under `timeout $STEP_TIMEOUT` (default 540 s).
+# Outputs go to $OUT (default: a new temp folder), at most 8 files: info.txt, tests.xml, tests.log,
+# sanitizer.log, graphs.log, bench.json, bench.log, summary.txt. Each step runs under `timeout $STEP_TIMEOUT` (default 540 s).
 # A short table is printed last. Exit status: 0 when every step run passed, 1 otherwise, 2 when no GPU is visible,
 # 3 when the setup failed.
 set -u
@@ -20,7 +22,7 @@ PY=${PYTHON:-python}
 STEP_TIMEOUT=${STEP_TIMEOUT:-540}
 unset CI  # under CI=true the offline-compile layer fails instead of skipping when its toolchain is missing
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(tests sanitizer bench)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(tests sanitizer graphs bench)
 wants() { local s; for s in "${STEPS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 # ---- setup (offline) ---------------------------------------------------------------------------------------------
@@ -48,7 +50,7 @@ if ! $PY -c "import sys, xpnn.backend as b; sys.exit(0 if b.cuda_available() els
 fi
 
 # ---- steps -------------------------------------------------------------------------------------------------------
-declare -A STATUS=([tests]="not run" [memcheck]="not run" [racecheck]="not run" [bench]="not run")
+declare -A STATUS=([tests]="not run" [memcheck]="not run" [racecheck]="not run" [graphs]="not run" [bench]="not run")
 run_step() {  # run_step NAME LOG COMMAND...: status = exit code (124: timed out)
     local name=$1 log=$2
     shift 2
@@ -79,6 +81,12 @@ if wants sanitizer; then
     fi
 fi
 
+if wants graphs; then
+    run_step graphs "$OUT/graphs.log" bash -c "$PY -m pytest tests/test_cuda_graphs.py tests/test_amp.py \
+        tests/test_no_host_reads.py -q -rs -p no:cacheprovider && \
+        $PY -m xpnn bench --preset graphs --impls xpnn-cuda xpnn-cuda-graph torch-cuda --reference xpnn-cuda"
+fi
+
 if wants bench; then
     if [ -d benchmarks ] && $PY -c "import pytest_benchmark" 2>/dev/null; then
         run_step bench "$OUT/bench.log" $PY -m pytest benchmarks --benchmark-only -q -p no:cacheprovider \
@@ -90,13 +98,14 @@ if wants bench; then
 fi
 
 # ---- table -------------------------------------------------------------------------------------------------------
-$PY - "$OUT" "${STATUS[tests]}" "${STATUS[memcheck]}" "${STATUS[racecheck]}" "${STATUS[bench]}" <<'PYEOF' \
+$PY - "$OUT" "${STATUS[tests]}" "${STATUS[memcheck]}" "${STATUS[racecheck]}" "${STATUS[graphs]}" "${STATUS[bench]}" \
+    <<'PYEOF' \
     | tee "$OUT/summary.txt"
 import json, sys, xml.etree.ElementTree as ET
 from pathlib import Path
 
 out = Path(sys.argv[1])
-status = dict(zip(("kernel tests", "memcheck", "racecheck", "benchmarks"), sys.argv[2:]))
+status = dict(zip(("kernel tests", "memcheck", "racecheck", "cuda graphs", "benchmarks"), sys.argv[2:]))
 
 
 def word(rc):

@@ -91,12 +91,12 @@ def test_train_errors(capsys, tmp_path):
 def test_train_cuda_without_gpu_explains(capsys):
     assert main(["train", "--backend", "cuda"]) == 1
     err = capsys.readouterr().err
-    assert "xpnn train: error: backend 'cuda'" in err
+    assert "xpnn train: error: --backend cuda: backend 'cuda'" in err
 
 
 def test_no_command_prints_help(capsys):
     assert main([]) == 1
-    assert "{train,info,bench}" in capsys.readouterr().out
+    assert "{train,predict,info,bench}" in capsys.readouterr().out
     assert main(["--help"]) == 0
     capsys.readouterr()
 

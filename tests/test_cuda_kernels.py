@@ -25,8 +25,7 @@ def test_import_does_not_touch_the_gpu():
 
 def test_info_never_raises():
     d = info()
-    assert {"cupy", "cuda_runtime", "cuda_driver", "device", "kernels_enabled"} <= set(d)
-    assert d["kernels_enabled"] == xpnn.kernels_enabled()
+    assert {"cupy", "cuda_runtime", "cuda_driver", "device"} <= set(d)
 
 
 # ---- on the GPU -------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The scripts in examples/ run (small sizes) and do what they say."""
 from __future__ import annotations
 
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -73,3 +74,27 @@ def test_mnist_example_on_tiny_idx_files(monkeypatch, capsys, tmp_path):
 def test_mnist_example_reports_missing_files(monkeypatch, capsys, tmp_path):
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
         run_example("mnist.py", ["--path", tmp_path, "--backend", "numpy"], monkeypatch, capsys)
+
+
+def test_cnn_digits_example(monkeypatch, capsys, tmp_path):
+    out = run_example("cnn_digits.py", ["--epochs", 3, "--channels", "4,8", "--no-progress",
+                                        "--save", tmp_path / "c.npz"], monkeypatch, capsys).out
+    assert "digits: train (1348, 1, 8, 8), test (449, 1, 8, 8)" in out and "Conv2d(1, 4" in out
+    assert float(out.split("test accuracy ")[1].split(",")[0]) > 0.9
+    assert "reloaded model gives identical predictions: True" in out
+
+
+def test_mnist_example_cnn_on_tiny_idx_files(monkeypatch, capsys, tmp_path):
+    write_fake_mnist(tmp_path)
+    out = run_example("mnist.py", ["--path", tmp_path, "--backend", "numpy", "--model", "cnn", "--epochs", 3,
+                                   "--limit", 200, "--lr", 3e-3, "--no-progress"], monkeypatch, capsys).out
+    assert "MNIST: 200 train / 100 test images" in out
+    assert float(out.split("test accuracy ")[1].split()[0]) > 0.8
+
+
+def test_autograd_custom_example(monkeypatch, capsys):
+    out = run_example("autograd_custom.py", ["--epochs", 8], monkeypatch, capsys).out
+    acc = float(re.search(r"test accuracy \(0-4 vs 5-9\) after 8 epochs: ([0-9.]+)", out).group(1))
+    assert acc > 0.9
+    rel = float(re.search(r"relative difference ([0-9.e+-]+)", out).group(1))
+    assert rel < 1e-6

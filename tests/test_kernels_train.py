@@ -36,7 +36,7 @@ def _data(n=96, d=12, classes=5, seed=0):
     return X, y
 
 
-def _train(act, make_opt, use_shim, steps=25):
+def _train(act, make_opt, use_shim, steps=25, tape=False):
     backend = xpnn.get_backend("numpy")
     X, y = (backend.asarray(a) for a in _data())
     rng = np.random.default_rng(1)
@@ -48,8 +48,13 @@ def _train(act, make_opt, use_shim, steps=25):
     with _dispatch.use_provider(recording if use_shim else None), _dispatch.use_kernels(use_shim):
         for _ in range(steps):
             model.zero_grad()
-            losses.append(float(loss_fn(model(X), y)))
-            model.backward(loss_fn.backward())
+            if tape:  # autograd: the same kernels run under the tape
+                loss = loss_fn(model(xpnn.tensor(X)), y)
+                loss.backward()
+            else:
+                loss = loss_fn(model(X), y)
+                model.backward(loss_fn.backward())
+            losses.append(float(loss))
             opt.step()
     return np.array(losses), recording.served
 
@@ -67,3 +72,17 @@ def test_model_trains_through_the_kernels(act, make_opt, ops):
     assert ops | {"cross_entropy_with_grad"} <= served
     assert got[-1] < got[0] * 0.5, f"no learning through the kernels: {got[0]:.3f} -> {got[-1]:.3f}"
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("act,make_opt,ops", [
+    (nn.Sigmoid, lambda p: optim.Adam(p, lr=0.05), {"sigmoid_backward", "adam_update"}),
+    (nn.ReLU, lambda p: optim.SGD(p, lr=0.1, momentum=0.9), {"relu_backward", "sgd_update"}),
+], ids=["sigmoid-adam", "relu-sgd"])
+def test_tape_model_trains_through_the_kernels(act, make_opt, ops):
+    ref, _ = _train(act, make_opt, use_shim=False, tape=True)
+    got, served = _train(act, make_opt, use_shim=True, tape=True)
+    assert ops | {"cross_entropy_with_grad"} <= served
+    assert got[-1] < got[0] * 0.5, f"no learning through the kernels: {got[0]:.3f} -> {got[-1]:.3f}"
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    explicit, _ = _train(act, make_opt, use_shim=True)
+    np.testing.assert_allclose(got, explicit, rtol=1e-5, atol=1e-6)

@@ -41,9 +41,13 @@ def test_linear_forward_backward_accumulates():
     dx = lin.backward(dy)
     np.testing.assert_allclose(dx, dy @ lin.weight.data)
     np.testing.assert_allclose(lin.weight.grad, dy.T @ x)
+    with pytest.raises(RuntimeError, match="a backward already used it"):
+        lin.backward(dy)  # one backward per forward
+    lin(x)
     lin.backward(dy)  # accumulates
     np.testing.assert_allclose(lin.weight.grad, 2 * dy.T @ x)
     np.testing.assert_allclose(lin.bias.grad, 2 * dy.sum(0))
+    lin(x)
     assert lin.backward(dy, need_input_grad=False) is None
     np.testing.assert_allclose(lin.bias.grad, 3 * dy.sum(0))
 
@@ -98,6 +102,7 @@ def test_activation_forward_values_and_backward_protocol(cls, fn):
     x = randn(4, 3, dtype=np.float64)
     np.testing.assert_allclose(m(x), fn(x), rtol=1e-12, atol=1e-12)
     assert m.backward(np.ones((4, 3)), need_input_grad=False) is None
+    m(x)  # one backward per forward
     assert m.backward(np.ones((4, 3))).shape == (4, 3)
     assert list(m.parameters()) == []
 
@@ -220,6 +225,7 @@ def test_sequential_indexing_and_need_input_grad():
     x = randn(5, 3)
     m(x)
     assert m.backward(np.ones((5, 2), np.float32), need_input_grad=False) is None
+    m(x)  # one backward per forward
     assert m.backward(np.ones((5, 2), np.float32)).shape == (5, 3)
     m.append(nn.Sigmoid())
     assert len(m) == 4

@@ -157,8 +157,9 @@ def test_early_stopping_logic_and_restore():
         stops.append(es.on_epoch_end(epoch, {"val_loss": value}, model))
         if stops[-1]:
             break
-    assert stops == [None, None, None, None, True]  # 0.795 is not better than 0.8 by more than min_delta
-    assert es.best == 0.8 and es.best_epoch == 2 and es.stopped_epoch == 5
+    # 0.795 is not better than 0.8 by more than min_delta: epochs 3 and 4 are the 2 epochs without improvement
+    assert stops == [None, None, None, True]
+    assert es.best == 0.8 and es.best_epoch == 2 and es.stopped_epoch == 4
     es.on_train_end(model, hist)
     assert model.w == 2  # best weights restored
     acc = EarlyStopping(monitor="val_accuracy", patience=0)
@@ -249,3 +250,31 @@ def test_ten_thousand_steps_keep_memory_flat():
     assert len(marks) == 4
     assert marks[10_000] - marks[1_000] < 1024 * 1024, marks  # < 1 MiB over 9,000 steps
     assert marks["traced_1000"] - marks["traced_100"] < 8 * 1024, marks  # < 9 bytes per step
+
+
+def test_fit_trains_on_the_tape_and_with_hand_written_modules():
+    """fit uses loss.backward() for xpnn modules and the explicit protocol when a module writes its own backward;
+    both give the same parameters."""
+    class Double(nn.Module):  # the first version's protocol
+        def forward(self, x):
+            return x * 2.0
+
+        def backward(self, dy, need_input_grad=True):
+            return dy * 2.0 if need_input_grad else None
+
+    X = np.random.default_rng(0).normal(size=(24, 5)).astype(np.float32)
+    y = np.arange(24) % 3
+    params = []
+    for hand_written in (False, True):
+        body = [nn.Linear(5, 6, seed=0), nn.Tanh()] + ([Double()] if hand_written else [nn.Linear(6, 6, seed=9)])
+        model = nn.Sequential(*body, nn.Linear(6, 3, seed=1))
+        if not hand_written:  # the same function: a frozen Linear that doubles
+            w = model[2].weight
+            w.data = 2.0 * np.eye(6, dtype=np.float32)
+            model[2].bias.data = np.zeros(6, np.float32)
+            w.requires_grad = model[2].bias.requires_grad = False
+        opt = optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        fit(model, nn.CrossEntropyLoss(), opt, X, y, epochs=2, batch_size=8, progress=False, seed=0)
+        params.append([p.data.copy() for p in (model[0].weight, model[-1].weight)])
+    for a, b in zip(*params):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -136,14 +136,17 @@ def test_linear_with_numpy_weight_layout_suggests_transpose():
     assert F.linear(x, w.T).shape == (5, 6)
 
 
-def test_parameter_converts_with_numpy_and_functional_errors_point_to_data():
+def test_parameter_converts_with_numpy_and_is_a_tensor_for_functional():
     layer = nn.Linear(3, 2, seed=0)
     a = np.asarray(layer.weight)
     assert a.shape == (2, 3) and a.dtype == np.float32
     np.testing.assert_array_equal(a, layer.weight.data)
     assert np.asarray(layer.weight, dtype=np.float64).dtype == np.float64
-    with pytest.raises(TypeError, match=r"linear: expected arrays, got Parameter; pass its \.data"):
-        F.linear(np.ones((1, 3), np.float32), layer.weight)
+    y = F.linear(np.ones((1, 3), np.float32), layer.weight)  # a Parameter is a Tensor: the call is recorded
+    assert isinstance(y, xpnn.Tensor) and y.grad_fn is not None
+    np.testing.assert_allclose(y.data, np.ones((1, 3), np.float32) @ layer.weight.data.T, rtol=1e-6)
+    with pytest.raises(TypeError, match=r"expected arrays, got list"):
+        F.linear(np.ones((1, 3), np.float32), [[1.0, 2.0, 3.0]])
 
 
 def test_loading_a_whole_checkpoint_into_a_model_points_to_the_model_entry(tmp_path):
@@ -164,7 +167,7 @@ def test_debug_mode_catches_nan_targets_and_names_the_layer_with_nan_weights():
     target = np.zeros((4, 3), np.float32)
     target[1, 2] = np.nan
     with xpnn.debug.debug_mode(True):
-        with pytest.raises(NonFiniteError, match=r"mse_loss_with_grad: target contains 1 NaN"):
+        with pytest.raises(NonFiniteError, match=r"mse_loss: target contains 1 NaN"):
             nn.MSELoss()(model(x), target)
         model[0].weight.data[0, 0] = np.inf
         with pytest.raises(NonFiniteError, match=r"Linear\(in_features=4, out_features=8\): weight contains 0 NaN and 1 inf"):

@@ -2,6 +2,7 @@
 kernels) on NVIDIA GPUs, and any other array-API library.
 """
 from ._dispatch import kernels_enabled, set_kernels_enabled, use_kernels
+from .autograd import Tensor, enable_grad, grad, is_grad_enabled, no_grad, set_grad_enabled, tensor
 from ._version import __version__
 from .backend import Backend, get_backend, set_backend, use_backend
 from .debug import set_debug
@@ -14,10 +15,12 @@ from .errors import (
     ShapeError,
     XpnnError,
 )
-from . import data, functional, init, nn, optim, train
+from . import autograd, data, functional, init, nn, optim, train
+from . import functional as F
 from .io import load, save
 
 __all__ = [
+    "Tensor", "tensor", "grad", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "autograd", "F",
     "__version__", "Backend", "get_backend", "set_backend", "use_backend", "set_debug",
     "kernels_enabled", "set_kernels_enabled", "use_kernels", "functional", "nn", "optim", "init", "data", "train",
     "save", "load",

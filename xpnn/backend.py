@@ -115,7 +115,8 @@ def _cuda_backend() -> Backend:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError when no driver / no device
         raise BackendUnavailableError(
-            f"backend 'cuda' needs an NVIDIA GPU, but CuPy found none ({type(exc).__name__}: {exc}). "
+            f"backend 'cuda' needs an NVIDIA GPU, but no CUDA device or driver was found ({type(exc).__name__}: "
+            f"{exc}). "
             "Use backend='numpy' (or 'auto' to pick the GPU only when one exists)."
         ) from None
     if count == 0:
@@ -218,11 +219,18 @@ def namespace_of(*arrays: Any, where: str = "xpnn") -> Any:
 
     Raises ``NamespaceMismatchError`` naming ``where`` and the disagreeing arguments when libraries or devices mix.
     """
+    numpy_only = False
+    for a in arrays:  # fast path: NumPy arrays only (the generic lookup costs ~10 us per call)
+        if type(a) is np.ndarray:
+            numpy_only = True
+        elif a is not None:
+            numpy_only = False
+            break
+    if numpy_only:
+        return _NUMPY.xp
     arrs = [a for a in arrays if a is not None]
     if not arrs:
         raise TypeError(f"{where}: no arrays given")
-    if all(type(a) is np.ndarray for a in arrs):  # fast path: the generic lookup costs ~10 us per call
-        return _NUMPY.xp
     try:
         xp = array_api_compat.array_namespace(*arrs)
     except TypeError:

@@ -1,4 +1,7 @@
-"""The ``xpnn`` command: ``xpnn train`` (train an MLP on digits or MNIST), ``xpnn info``, ``xpnn bench``.
+"""The ``xpnn`` command: ``xpnn train`` (train an MLP on digits or MNIST), ``xpnn predict`` (class labels from a
+``xpnn train --save`` checkpoint), ``xpnn info``, ``xpnn bench``.
+
+Every flag is checked by argparse before any work: a bad value is a usage error (exit status 2) that names the flag.
 
 ``main(argv=None) -> int`` is the entry point (``pyproject.toml``: ``xpnn = "xpnn.cli:main"``; also ``python -m xpnn``).
 """
@@ -14,8 +17,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .errors import XpnnError
+from .random import generator
 
-__all__ = ["main", "build_model", "make_optimizer", "ACTIVATIONS", "OPTIMIZERS"]
+__all__ = ["main", "build_model", "make_optimizer", "load_trained", "ACTIVATIONS", "OPTIMIZERS"]
 
 # name -> class name in xpnn.nn
 ACTIVATIONS = {
@@ -38,6 +42,10 @@ OPTIMIZERS: dict[str, tuple[str, float, dict[str, Any]]] = {
 DEFAULTS = {"hidden": "128", "activation": "relu", "optimizer": "adam", "epochs": 20, "batch_size": 32,
             "seed": 0, "label_smoothing": 0.1, "test_size": 0.25}
 
+# `xpnn train --model cnn` (16-32 channel CNN, 15 epochs) on digits: 98.9-100% test accuracy for seeds 0-9 (mean
+# 99.4%), 5-10 s on 2 shared CPU cores with OPENBLAS_NUM_THREADS=1
+CNN_EPOCHS = 15
+
 
 def build_model(sizes: Sequence[int], activation: str = "relu", *, backend: Any = None, dtype: Any = None,
                 seed: Any = 0, dropout: float = 0.0) -> Any:
@@ -46,7 +54,7 @@ def build_model(sizes: Sequence[int], activation: str = "relu", *, backend: Any 
 
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}: choose from {', '.join(ACTIVATIONS)}")
-    rng = np.random.default_rng(seed)
+    rng = generator(seed)
     act = getattr(nn, ACTIVATIONS[activation])
     layers: list[Any] = []
     for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -69,6 +77,37 @@ def make_optimizer(name: str, params: Any, lr: Optional[float] = None, weight_de
     if weight_decay:
         kwargs["weight_decay"] = weight_decay
     return getattr(optim, cls_name)(params, lr=default_lr if lr is None else lr, **kwargs)
+
+
+def _int_at_least(low: int) -> Any:
+    """argparse ``type=``: an int >= ``low`` (argparse adds the flag's name to the message)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def _float_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Any:
+    """argparse ``type=``: a finite float in the interval from ``low`` to ``high`` (open ends as given)."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {text!r}") from None
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        if not ok or value != value:
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {text}")
+        return value
+    parse.__name__ = f"number in {interval}"
+    return parse
 
 
 def _parse_hidden(text: str) -> list[int]:
@@ -99,6 +138,77 @@ def _load_dataset(spec: str, test_size: float, seed: int) -> tuple[str, tuple[An
     raise argparse.ArgumentTypeError(f"--dataset must be 'digits' or 'mnist:PATH', got {spec!r}")
 
 
+def _image_shape(n_features: int) -> tuple[int, int, int]:
+    side = int(round(n_features ** 0.5))
+    if side * side != n_features:
+        raise ValueError(f"--model cnn needs square single-channel images, got rows of {n_features} features")
+    return 1, side, side
+
+
+def _as_images(X: Any) -> Any:
+    return X.reshape((X.shape[0],) + _image_shape(int(X.shape[1])))
+
+
+def _cli_backend(name: Optional[str]) -> Any:
+    """``get_backend(name)`` with the advice spelled as command-line flags (``--backend numpy``)."""
+    from .backend import get_backend
+    from .errors import BackendUnavailableError
+
+    try:
+        return get_backend(name)
+    except BackendUnavailableError as exc:
+        reason = str(exc).split(" Use backend=")[0].rstrip()
+        flag = f"--backend {name}" if name else f"$XPNN_BACKEND={os.environ.get('XPNN_BACKEND', '')}"
+        raise BackendUnavailableError(f"{flag}: {reason} Use --backend numpy (or --backend auto to use the GPU "
+                                      "only when one exists).") from None
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``; ``None`` when unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# arrays an optimizer keeps per parameter, besides the parameter and its gradient (upper bound per family)
+_STATE_ARRAYS = {"adam": 2, "adamw": 2, "sgd": 0, "momentum": 1, "nesterov": 1, "rmsprop": 1, "adagrad": 1}
+
+
+def _free_device_memory(backend: Any) -> Optional[int]:
+    """Free bytes on the CUDA device of ``backend`` (``None`` for host backends or when unknown)."""
+    if backend.name != "cuda":
+        return None
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.memGetInfo()[0])
+    except Exception:  # noqa: BLE001 - a size check must never be what fails
+        return None
+
+
+def _check_model_size(sizes: Sequence[int], dtype: str, optimizer: str, backend: Any) -> None:
+    """Fail before building a model that cannot fit in memory (``--hidden 100000,100000``): parameters, gradients
+    and optimizer state on the backend's device, and the float64 draw of the largest weight matrix on the host."""
+    n = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    on_device = n * np.dtype(dtype).itemsize * (2 + _STATE_ARRAYS.get(optimizer, 2))
+    init_draw = max(a * b for a, b in zip(sizes[:-1], sizes[1:])) * 8
+    host, device = _available_memory(), _free_device_memory(backend)
+    needs = [(on_device + init_draw, host, "memory")] if backend.name != "cuda" else [
+        (on_device, device, "GPU memory"), (init_draw, host, "host memory")]
+    for need, avail, what in needs:
+        if avail is not None and need > avail:
+            raise ValueError(
+                f"--hidden {','.join(map(str, sizes[1:-1])) or 0}: the {'-'.join(map(str, sizes))} model has {n:,} "
+                f"parameters, about {need / 2**30:.1f} GiB with gradients and {optimizer} state in {dtype}; only "
+                f"{avail / 2**30:.1f} GiB of {what} is available: use smaller widths"
+            )
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
     """Fail before training when ``--save``/``--plot`` cannot be written (missing folder, no matplotlib, bad format)."""
     from pathlib import Path
@@ -122,28 +232,53 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from . import data, io, nn
-    from .backend import get_backend
+    from .models import cnn_for
     from .train import Callback, _fmt, evaluate, fit
+
+    group = _init_distributed() if args.distributed else None
+    rank0 = group is None or group.rank == 0
+    say = print if rank0 else (lambda *a, **k: None)  # distributed: rank 0 prints, saves and plots
 
     class EpochLines(Callback):  # --no-progress: one plain line per epoch (log-friendly)
         def on_epoch_end(self, epoch: int, logs: dict, model: Any) -> None:
-            print(f"epoch {epoch}/{args.epochs}  {_fmt(logs)}", flush=True)
+            say(f"epoch {epoch}/{args.epochs}  {_fmt(logs)}", flush=True)
 
+    if args.epochs is None:
+        args.epochs = CNN_EPOCHS if args.model == "cnn" else DEFAULTS["epochs"]
     _check_outputs(args)  # a bad --save/--plot path fails now, not after the training it would have kept
-    backend = get_backend(args.backend)  # None: XPNN_BACKEND or numpy
+    backend = _cli_backend(args.backend)  # None: XPNN_BACKEND or numpy
     name, (X_train, X_test, y_train, y_test) = _load_dataset(args.dataset, args.test_size, args.seed)
-    scaler = data.Standardizer().fit(X_train)
-    X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
     n_classes = int(max(y_train.max(), y_test.max())) + 1
     sizes = [int(X_train.shape[1])] + args.hidden + [n_classes]
-    model = build_model(sizes, args.activation, backend=backend, dtype=args.dtype, seed=args.seed, dropout=args.dropout)
+    if args.model != "cnn":
+        _check_model_size(sizes, args.dtype, args.optimizer, backend)
+    scaler = data.Standardizer().fit(X_train)
+    X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
+    if args.model == "cnn":  # square single-channel images: rows of side*side pixels -> (N, 1, side, side)
+        X_train, X_test, image_shape = _as_images(X_train), _as_images(X_test), _image_shape(int(X_train.shape[1]))
+        model = cnn_for(image_shape, n_classes, backend=backend, dtype=args.dtype, seed=args.seed)
+    else:
+        model = build_model(sizes, args.activation, backend=backend, dtype=args.dtype, seed=args.seed,
+                            dropout=args.dropout)
+    if group is not None:
+        from .distributed import DistributedDataParallel
+
+        model = DistributedDataParallel(model, process_group=group)  # rank 0's initial weights on every rank
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
     lr = optimizer.param_groups[0]["lr"]
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    print(f"xpnn train: {name}: {X_train.shape[0]} train / {X_test.shape[0]} test rows, {sizes[0]} features, "
+    say(f"xpnn train: {name}: {X_train.shape[0]} train / {X_test.shape[0]} test rows, {sizes[0]} features, "
           f"{n_classes} classes; backend {backend.name}", flush=True)
-    print(f"model {'-'.join(map(str, sizes))} {args.activation}, {args.optimizer} lr {lr:g}, {args.epochs} epoch{'s' if args.epochs != 1 else ''}, "
-          f"batch {args.batch_size}, seed {args.seed} (validation = the test split)", flush=True)
+    arch = f"{'-'.join(map(str, sizes))} {args.activation}"
+    if args.model == "cnn":
+        kind = "lenet5" if image_shape[1:] == (28, 28) else "conv3x3(16)-conv3x3(32)-maxpool2-64"
+        arch = f"cnn {kind} on {'x'.join(map(str, image_shape))} images, {n_classes} classes"
+    per_rank = f" per rank x {group.world_size} ranks ({group.backend})" if group is not None else ""
+    say(f"model {arch}, {args.optimizer} lr {lr:g}, {args.epochs} epoch{'s' if args.epochs != 1 else ''}, "
+        f"batch {args.batch_size}{per_rank}, seed {args.seed} (validation = the test split)", flush=True)
+    if args.label_smoothing:
+        say(f"loss and val_loss: cross-entropy with label smoothing {args.label_smoothing:g} (the training "
+            "objective); test loss: plain cross-entropy", flush=True)
     t0 = time.perf_counter()
     history = fit(model, loss_fn, optimizer, X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                   validation_data=(X_test, y_test), progress=not args.no_progress, seed=args.seed,
@@ -151,20 +286,78 @@ def _train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     result = evaluate(model, nn.CrossEntropyLoss(), X_test, y_test)
     # val_loss above includes the label smoothing of training; the test loss is the plain cross-entropy
-    plain = " without label smoothing" if args.label_smoothing else ""
-    print(f"test accuracy: {result['accuracy']:.4f}  (test loss {result['loss']:.4f}{plain}; "
+    plain = " (plain cross-entropy, without label smoothing)" if args.label_smoothing else ""
+    say(f"test accuracy: {result['accuracy']:.4f}  (test loss{plain} {result['loss']:.4f}; "
           f"{history.epochs} epoch{'s' if history.epochs != 1 else ''} in {seconds:.2f} s on {backend.name})", flush=True)
-    if args.save:
-        config = {"dataset": args.dataset, "sizes": sizes, "activation": args.activation, "dropout": args.dropout,
+    if not rank0:
+        return _leave_distributed()
+    if args.save:  # atomic (xpnn.save writes a temporary file and renames it), once: by rank 0
+        config = {"dataset": args.dataset, "model": args.model, "sizes": sizes, "activation": args.activation, "dropout": args.dropout,
                   "optimizer": args.optimizer, "lr": lr, "epochs": history.epochs, "batch_size": args.batch_size,
                   "seed": args.seed, "dtype": args.dtype, "test_accuracy": result["accuracy"]}
+        if group is not None:
+            config["world_size"] = group.world_size
         io.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "standardizer": scaler.state_dict(),
                  "config": config}, args.save)
-        print(f"saved checkpoint to {args.save}  (xpnn.load(path) -> dict with model, optimizer, standardizer, config)")
+        print(f"saved checkpoint to {args.save}  (xpnn predict --checkpoint {args.save} --input FILE.npy; "
+              "xpnn.load(path) -> dict with model, optimizer, standardizer, config)")
     if args.plot:
         history.plot(args.plot, title=f"xpnn train: {name}")
         print(f"saved training curves to {args.plot}")
+    return _leave_distributed() if group is not None else 0
+
+
+def _leave_distributed() -> int:
+    from .distributed import destroy_process_group
+
+    destroy_process_group()
     return 0
+
+
+def _init_distributed() -> Any:
+    """``--distributed``: join the mpiexec job (a note on stderr, and training anyway, when there is only one rank)."""
+    from .distributed import init_process_group
+
+    group = init_process_group("auto")
+    if group.world_size == 1:
+        print("xpnn train --distributed: world size 1 (not started with mpiexec -n N?); training on this process "
+              "alone", file=sys.stderr, flush=True)
+    return group
+
+
+def _abort_other_ranks(code: int) -> None:
+    """After an error on this rank of a distributed run: stop every rank (they may be waiting for this one)."""
+    from .distributed import get_process_group, get_world_size, is_initialized
+
+    if is_initialized() and get_world_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        get_process_group().abort(code)
+
+
+def _mpi_lines() -> list[str]:
+    """``xpnn info``: mpi4py, the MPI library and mpiexec; NCCL through CuPy (never raises)."""
+    import shutil
+
+    from .distributed import nccl_available
+
+    lines = []
+    try:
+        import mpi4py
+        from mpi4py import MPI
+
+        lib = " ".join(MPI.Get_library_version().strip().splitlines()[0].split())
+        where = shutil.which("mpiexec") or "not on PATH"
+        lines.append(f"distributed: mpi4py {mpi4py.__version__}, {lib}; mpiexec: {where}")
+    except Exception as exc:  # noqa: BLE001 - info must never crash
+        lines.append(f"distributed: MPI unavailable ({type(exc).__name__}: {exc}); pip install \"xpnn[mpi]\"")
+    if nccl_available():
+        from .distributed.process_group import _nccl_module
+
+        lines.append(f"             NCCL {_nccl_module().get_version()} (cupy.cuda.nccl)")
+    else:
+        lines.append("             NCCL: unavailable (needs CuPy and the nvidia-nccl-cu12/-cu13 wheel)")
+    return lines
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -184,15 +377,25 @@ def _info(args: argparse.Namespace) -> int:
     except (BackendUnavailableError, ValueError) as exc:
         lines.append(f"default backend: unavailable ({exc})")
     lines.append("backends: numpy: available")
-    if cuda_available():
+    gpu = cuda_available()
+    if gpu:
         lines.append("          cuda: available")
     else:
         try:
             get_backend("cuda")
             lines.append("          cuda: available")
+            gpu = True
         except BackendUnavailableError as exc:
-            lines.append(f"          cuda: unavailable: {exc}")
-    lines.append(f"fused kernels enabled: {'yes' if _dispatch.kernels_enabled() else 'no (XPNN_DISABLE_KERNELS)'}")
+            reason = str(exc).split(" Use backend=")[0].rstrip()
+            lines.append(f"          cuda: unavailable: {reason}")
+    if not _dispatch.kernels_enabled():
+        lines.append("fused kernels enabled: no (XPNN_DISABLE_KERNELS)")
+    elif gpu:
+        lines.append("fused kernels enabled: yes (used for CuPy arrays on the CUDA device)")
+    else:
+        lines.append("fused kernels enabled: yes, but not used here: no CUDA device or driver found "
+                     "(they are used when one is; NumPy runs the array-API code)")
+    lines.extend(_mpi_lines())
     try:
         from ._cuda.info import cuda_info
 
@@ -203,6 +406,119 @@ def _info(args: argparse.Namespace) -> int:
         lines.append("cuda details:")
         lines.extend(f"  {key}: {value}" for key, value in info.items())
     print("\n".join(lines))
+    return 0
+
+
+def load_trained(path: str, backend: Any = None) -> tuple[Any, Any, dict[str, Any]]:
+    """``(model, standardizer, config)`` rebuilt from a checkpoint written by ``xpnn train --save``.
+
+    The model is in eval mode on ``backend``; ``config`` holds the training settings (``sizes``, ``activation``,
+    ``dtype``, ...). Raises ``CheckpointError`` when the file is not such a checkpoint.
+    """
+    from . import data, io
+    from .errors import CheckpointError
+
+    state = io.load(path)
+    missing = [k for k in ("model", "standardizer", "config") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"--checkpoint {path}: not a checkpoint written by `xpnn train --save` (no "
+                              f"{', '.join(missing)} entry); load it with xpnn.load(path) instead")
+    config = state["config"]
+    try:
+        sizes = [int(v) for v in config["sizes"]]
+        if config.get("model") == "cnn":  # xpnn train --model cnn
+            from .models import cnn_for
+
+            model = cnn_for(_image_shape(sizes[0]), sizes[-1], backend=backend, dtype=str(config["dtype"]))
+        else:
+            model = build_model(sizes, str(config["activation"]), backend=backend, dtype=str(config["dtype"]),
+                                dropout=float(config.get("dropout", 0.0)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"--checkpoint {path}: its config cannot rebuild the model ({exc})") from None
+    model.load_state_dict(state["model"])
+    model.eval()
+    scaler = data.Standardizer().load_state_dict(state["standardizer"])
+    return model, scaler.to(_model_backend(model)), config
+
+
+def _model_backend(model: Any) -> Any:
+    """The Backend holding the model's parameters."""
+    from .backend import get_backend, namespace_of
+
+    return get_backend(namespace_of(next(iter(model.parameters())).data))
+
+
+def _read_rows(path: str, n_features: int) -> np.ndarray:
+    """Rows of ``path`` (.npy: an array of rows, or of images flattened to rows; .csv: comma-separated numbers, an
+    optional header line) as a 2-D float64 array of ``n_features`` columns."""
+    lower = path.lower()
+    if lower.endswith(".npy"):
+        try:
+            X = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--input {path}: cannot read it as a .npy array ({exc})") from None
+    elif lower.endswith((".csv", ".txt")):
+        with open(path) as f:
+            first = f.readline()
+        try:
+            [float(v) for v in first.replace(",", " ").split()]
+            skip = 0
+        except ValueError:
+            skip = 1  # a header line
+        try:
+            X = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+        except ValueError as exc:
+            raise ValueError(f"--input {path}: cannot read it as comma-separated numbers ({exc})") from None
+    else:
+        raise ValueError(f"--input {path}: expected a .npy or .csv file")
+    if X.dtype.kind not in "biuf":
+        raise ValueError(f"--input {path}: expected numbers, got an array of dtype {X.dtype}")
+    if X.ndim == 1 and X.shape[0] == n_features:
+        X = X[None, :]  # one sample
+    elif X.ndim > 2 and int(np.prod(X.shape[1:])) == n_features:
+        X = X.reshape(X.shape[0], -1)  # images, e.g. (n, 8, 8) or (n, 28, 28)
+    if X.ndim != 2 or X.shape[1] != n_features:
+        raise ValueError(f"--input {path}: got an array of shape {X.shape}; the model expects rows of "
+                         f"{n_features} features (shape (n, {n_features}))")
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"--input {path}: holds NaN or infinite values")
+    return X.astype(np.float64)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .backend import to_numpy
+    from .train import predict
+
+    out = os.path.expanduser(args.output) if args.output else None
+    if out:
+        from pathlib import Path
+
+        if not Path(out).resolve().parent.is_dir():
+            raise FileNotFoundError(f"--output {out}: folder {Path(out).resolve().parent} does not exist")
+        if not out.lower().endswith((".npy", ".csv", ".txt")):
+            raise ValueError(f"--output {out}: expected a .npy, .csv or .txt file name")
+    path = os.path.expanduser(args.checkpoint)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--checkpoint {path}: no such file (write one with xpnn train --save {path})")
+    backend = _cli_backend(args.backend)
+    model, scaler, config = load_trained(path, backend)
+    sizes = [int(v) for v in config["sizes"]]
+    X = _read_rows(os.path.expanduser(args.input), sizes[0])
+    xp = backend.xp
+    Xb = xp.astype(backend.asarray(X), getattr(xp, str(config["dtype"])))
+    Xs = scaler.transform(Xb)
+    if config.get("model") == "cnn":
+        Xs = _as_images(Xs)
+    logits = predict(model, Xs, batch_size=args.batch_size)  # predict returns logits
+    labels = to_numpy(xp.argmax(logits, axis=1)).astype(np.int64)
+    if out is None:
+        sys.stdout.write("".join(f"{v}\n" for v in labels.tolist()))
+    elif out.lower().endswith(".npy"):
+        np.save(out, labels)
+    else:
+        np.savetxt(out, labels, fmt="%d")
+    if out is not None:
+        print(f"wrote {labels.shape[0]} class labels to {out}", file=sys.stderr)
     return 0
 
 
@@ -217,29 +533,67 @@ def _bench(argv: list[str]) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xpnn", description="xpnn: neural networks on NumPy (CPU) or CuPy (GPU).")
-    sub = parser.add_subparsers(dest="command", metavar="{train,info,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,predict,info,bench}")
     t = sub.add_parser("train", help="train an MLP classifier (bundled digits by default)",
                        description="Train an MLP classifier and print the test accuracy. With no arguments: the "
                                    "bundled 8x8 digits, 64-128-10 ReLU network, Adam, on the default backend.")
-    t.add_argument("--dataset", default="digits", help="digits (bundled) or mnist:PATH (folder with the IDX files)")
-    t.add_argument("--backend", default=None, choices=["auto", "numpy", "cuda"],
-                   help="array backend (default: $XPNN_BACKEND or numpy; auto = cuda when a GPU is present)")
+    t.add_argument("--dataset", default="digits",
+                   help="digits (bundled 8x8 digits) or mnist:PATH (folder with the IDX files) (default: digits)")
+    t.add_argument("--backend", default=None, choices=["auto", "numpy", "cpu", "cuda"],
+                   help="array backend; cpu is numpy (default: $XPNN_BACKEND or numpy; auto = cuda when a GPU is "
+                        "present)")
+    t.add_argument("--model", default="mlp", choices=["mlp", "cnn"],
+                   help="mlp, or cnn: a small CNN for 8x8 images (digits), LeNet-5 for 28x28 (MNIST); --hidden, "
+                        "--activation and --dropout apply to mlp only (default: mlp)")
     t.add_argument("--hidden", type=_parse_hidden, default=_parse_hidden(DEFAULTS["hidden"]),
-                   help="hidden layer widths, comma-separated (default 128; 0 for none)")
-    t.add_argument("--activation", default=DEFAULTS["activation"], choices=list(ACTIVATIONS))
-    t.add_argument("--optimizer", default=DEFAULTS["optimizer"], choices=list(OPTIMIZERS))
-    t.add_argument("--lr", type=float, default=None, help="learning rate (default: 3e-3 for adam, see docs for others)")
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--dropout", type=float, default=0.0, help="dropout after each hidden activation (default 0)")
-    t.add_argument("--label-smoothing", type=float, default=DEFAULTS["label_smoothing"])
-    t.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    t.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    t.add_argument("--test-size", type=float, default=DEFAULTS["test_size"], help="digits: test fraction")
-    t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    t.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    t.add_argument("--save", metavar="PATH", help="write a checkpoint (model, optimizer, standardizer, config)")
-    t.add_argument("--plot", metavar="PATH", help="write loss/accuracy curves (PNG; needs matplotlib)")
+                   help=f"hidden layer widths, comma-separated, 0 for none (default: {DEFAULTS['hidden']})")
+    t.add_argument("--activation", default=DEFAULTS["activation"], choices=list(ACTIVATIONS),
+                   help=f"activation after each hidden layer (default: {DEFAULTS['activation']})")
+    t.add_argument("--optimizer", default=DEFAULTS["optimizer"], choices=list(OPTIMIZERS),
+                   help=f"optimizer (default: {DEFAULTS['optimizer']})")
+    lrs = ", ".join(f"{k} {v[1]:g}" for k, v in OPTIMIZERS.items())
+    t.add_argument("--lr", type=_float_in(0.0, float("inf"), low_open=True, high_open=True), default=None,
+                   help=f"learning rate > 0 (default: per optimizer: {lrs})")
+    t.add_argument("--weight-decay", type=_float_in(0.0, float("inf"), high_open=True), default=0.0,
+                   help="L2 weight decay >= 0 (AdamW: decoupled) (default: 0)")
+    t.add_argument("--dropout", type=_float_in(0.0, 1.0, high_open=True), default=0.0,
+                   help="dropout probability in [0, 1) after each hidden activation (default: 0)")
+    t.add_argument("--label-smoothing", type=_float_in(0.0, 1.0), default=DEFAULTS["label_smoothing"],
+                   help="label smoothing in [0, 1] of the training loss; loss and val_loss include it, the final "
+                        f"test loss does not (default: {DEFAULTS['label_smoothing']})")
+    t.add_argument("--epochs", type=_int_at_least(1), default=None,
+                   help=f"passes over the training rows, >= 1 (default: {DEFAULTS['epochs']} for mlp, {CNN_EPOCHS} "
+                        "for cnn)")
+    t.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULTS["batch_size"],
+                   help=f"rows per optimizer step, >= 1 (default: {DEFAULTS['batch_size']})")
+    t.add_argument("--test-size", type=_float_in(0.0, 1.0, low_open=True, high_open=True),
+                   default=DEFAULTS["test_size"],
+                   help=f"digits: fraction of rows held out for testing, in (0, 1) (default: {DEFAULTS['test_size']})")
+    t.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="parameter and input dtype (default: float32)")
+    t.add_argument("--seed", type=_int_at_least(0), default=DEFAULTS["seed"],
+                   help=f"seed >= 0 of the split, the initial weights and the batch order (default: {DEFAULTS['seed']})")
+    t.add_argument("--save", metavar="PATH", help="write a checkpoint (model, optimizer, standardizer, config) for "
+                                                   "xpnn predict or xpnn.load (default: none)")
+    t.add_argument("--plot", metavar="PATH", help="write loss/accuracy curves (PNG; needs matplotlib) (default: none)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars, one line per epoch instead")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of mpiexec -n N (NCCL when every rank has a GPU, else MPI); "
+                        "--batch-size is per rank (default: off, one process)")
+    pr = sub.add_parser("predict", help="class labels for new rows from a checkpoint of xpnn train --save",
+                        description="Load a checkpoint written by `xpnn train --save PATH`, standardize the input "
+                                    "rows as in training and print one predicted class label per line (or write "
+                                    "them to --output). Input rows are in the units of the training data (digits, "
+                                    "mnist: pixel values in [0, 1], as xpnn.data.load_digits/load_mnist return).")
+    pr.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint of xpnn train --save")
+    pr.add_argument("--input", required=True, metavar="FILE",
+                    help=".npy (rows, or images flattened to rows) or .csv (comma-separated rows, optional header)")
+    pr.add_argument("--output", metavar="FILE", default=None,
+                    help="write the labels to a .npy, .csv or .txt file instead of printing them (default: print)")
+    pr.add_argument("--backend", default=None, choices=["auto", "numpy", "cpu", "cuda"],
+                    help="array backend (default: $XPNN_BACKEND or numpy)")
+    pr.add_argument("--batch-size", type=_int_at_least(1), default=1024,
+                    help="rows per forward pass, >= 1 (default: 1024)")
     sub.add_parser("info", help="versions, backends, CUDA device and kernel status")
     sub.add_parser("bench", help="run the benchmarks (arguments are passed on; see xpnn bench --help)",
                    add_help=False)
@@ -262,10 +616,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "predict":
+            return _predict(args)
         return _info(args)
     except (XpnnError, FileNotFoundError, ValueError, ImportError, argparse.ArgumentTypeError) as exc:
         print(f"xpnn {args.command}: error: {exc}", file=sys.stderr)
+        _abort_other_ranks(1)
+        return 1
+    except MemoryError as exc:
+        hint = "" if str(exc).startswith("--") else " (use smaller --hidden widths or --batch-size)"
+        print(f"xpnn {args.command}: error: out of memory: {exc}{hint}", file=sys.stderr)
+        _abort_other_ranks(1)
         return 1
     except KeyboardInterrupt:
         print(f"xpnn {args.command}: interrupted", file=sys.stderr)
+        _abort_other_ranks(130)
         return 130

@@ -28,3 +28,7 @@ class NonFiniteError(XpnnError, FloatingPointError):
 
 class CheckpointError(XpnnError, ValueError):
     """A checkpoint file is missing, truncated, corrupt or does not match the model."""
+
+
+class CaptureError(XpnnError, RuntimeError):
+    """A training step cannot be captured in a CUDA graph (a host read, a new allocation, a changed shape/dtype)."""

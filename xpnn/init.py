@@ -12,6 +12,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from .random import generator
+
 from .backend import dtype_name, get_backend, namespace_of
 from .errors import ShapeError
 
@@ -81,7 +83,7 @@ def _fan(tensor: Any, mode: str) -> int:
 
 
 def _rng(seed: Seed) -> np.random.Generator:
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    return generator(seed)
 
 
 def _write(tensor: Any, values: np.ndarray) -> Any:

@@ -12,8 +12,11 @@ import math
 import time
 from typing import Any, Callable, Optional, Sequence
 
+from .autograd.grad_mode import no_grad
+from .autograd.tensor import tensor
 from .backend import Backend, backend_of, get_backend
 from .data.batching import SeedLike, as_generator, batches
+from .debug import check_device_errors
 from .nn.module import call_backward
 
 __all__ = ["fit", "evaluate", "predict", "History", "Callback", "EarlyStopping"]
@@ -102,7 +105,9 @@ class Callback:
 
 
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+    """Stop once ``patience`` epochs in a row have not improved ``monitor`` on its best by more than ``min_delta``
+    (Keras's rule: with ``patience=3`` and no improvement after epoch 1, training stops after epoch 4;
+    ``patience=0`` stops at the first epoch without improvement).
 
     ``mode``: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracies, min otherwise). With
     ``restore_best_weights`` the model gets the parameters of its best epoch back at the end.
@@ -154,7 +159,7 @@ class EarlyStopping(Callback):
                 self._best_state = model.state_dict()
             return None
         self._wait += 1
-        if self._wait > self.patience:
+        if self._wait >= self.patience:  # the patience-th epoch in a row without improvement: stop now
             self.stopped_epoch = epoch
             return True
         return None
@@ -224,11 +229,40 @@ class _Meter:
             self.hits += xp.sum(xp.astype(xp.argmax(logits, axis=-1) == y, xp.int64))
         self.n += int(y.shape[0])
 
-    def result(self, prefix: str = "") -> dict[str, float]:
-        out = {f"{prefix}loss": float(self.loss) / max(self.n, 1)}
+    def result(self, prefix: str = "", group: Any = None) -> dict[str, float]:
+        """The mean loss (and accuracy); with a process ``group``, over the rows of all ranks (a collective)."""
+        check_device_errors()  # label checks deferred on the device (see xpnn.debug): a read happens here anyway
+        loss, hits, n = float(self.loss), int(self.hits) if self.classify else 0, self.n
+        if group is not None:
+            import numpy as np
+
+            loss, hits, n = (float(v) for v in group.all_reduce(np.array([loss, hits, n], dtype=np.float64)))
+        out = {f"{prefix}loss": loss / max(n, 1)}
         if self.classify:
-            out[f"{prefix}accuracy"] = int(self.hits) / max(self.n, 1)
+            out[f"{prefix}accuracy"] = hits / max(n, 1)
         return out
+
+
+def _process_group(model: Any) -> Any:
+    """The process group of a ``DistributedDataParallel`` model with more than one rank, else ``None``."""
+    group = getattr(model, "process_group", None)
+    if group is None or getattr(group, "world_size", 1) == 1:
+        return None
+    from .distributed import DistributedDataParallel
+
+    return group if isinstance(model, DistributedDataParallel) else None
+
+
+def _check_same_run(group: Any, **settings: Any) -> None:
+    """Every rank of a data-parallel ``fit`` must pass the same data size and settings (every rank raises)."""
+    every = group.allgather_object(settings)
+    for r, theirs in enumerate(every):
+        if theirs != every[0]:
+            diff = {k: (every[0][k], theirs[k]) for k in settings if theirs[k] != every[0][k]}
+            from .distributed import DistributedError
+
+            raise DistributedError(f"fit: every rank must pass the same data and settings (each rank takes its "
+                                   f"shard itself); rank 0 vs rank {r}: {diff}")
 
 
 def _is_classification(xp: Any, y: Any) -> bool:
@@ -249,29 +283,47 @@ def _fmt(logs: dict[str, float]) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "time")
 
 
+def _tape_ready(model: Any, loss_fn: Any) -> bool:
+    """Whether ``fit`` can train with ``loss.backward()`` (autograd): xpnn modules all the way down. A module or a
+    loss whose ``backward`` is written by hand keeps the explicit protocol."""
+    from .nn.module import Module
+
+    if not isinstance(model, Module) or not isinstance(loss_fn, Module):
+        return False
+    return not loss_fn._explicit_backward and not any(m._explicit_backward for m in model.modules())
+
+
 # --- public API ------------------------------------------------------------------------------------------------
 
 def evaluate(model: Any, loss_fn: Any, X: Any, y: Any, *, batch_size: int = 1024) -> dict[str, float]:
-    """Mean loss (and accuracy, for integer class labels) of ``model`` on ``(X, y)`` in eval mode.
+    """Mean loss (and accuracy, for integer class labels) of ``model`` on ``(X, y)`` in eval mode, under
+    ``xpnn.no_grad()`` (nothing is recorded, and a forward kept for a pending ``backward`` stays as it was).
 
-    Returns ``{"loss": ..., "accuracy": ...}``; the model's train/eval mode is restored afterwards.
+    Returns ``{"loss": ..., "accuracy": ...}``; the model's train/eval mode is restored afterwards. For a
+    ``DistributedDataParallel`` model every rank evaluates a share of the rows and all get the result over all rows:
+    a collective, so call it on every rank (or evaluate ``model.module`` on one rank alone).
     """
     be, dtype = _model_backend(model)
     X, y = _to_backend(be, dtype, X, y, "evaluate")
     was_training = getattr(model, "training", True)
     model.eval()
+    group = _process_group(model)
+    if group is not None:  # each rank evaluates rows rank, rank + world_size, ...; the sums are added up
+        X, y = X[group.rank::group.world_size, ...], y[group.rank::group.world_size, ...]
     try:
         meter = _Meter(be.xp, _is_classification(be.xp, y))
-        for xb, yb in batches(X, y, batch_size, shuffle=False):
-            logits = model(xb)
-            meter.add(loss_fn(logits, yb), _loss_scale(loss_fn, int(yb.shape[0])), logits, yb)
-        return meter.result()
+        with no_grad():
+            for xb, yb in batches(X, y, batch_size, shuffle=False):
+                logits = model(xb)
+                meter.add(loss_fn(logits, yb), _loss_scale(loss_fn, int(yb.shape[0])), logits, yb)
+        return meter.result(group=group)
     finally:
         model.train(was_training)
 
 
 def predict(model: Any, X: Any, *, batch_size: int = 1024) -> Any:
-    """``model(X)`` in eval mode, in batches, on the model's backend: the outputs (e.g. logits) for every row."""
+    """``model(X)`` in eval mode under ``xpnn.no_grad()``, in batches, on the model's backend: the outputs (e.g.
+    logits, not probabilities) for every row, as one array."""
     be, dtype = _model_backend(model)
     X = be.asarray(X)
     if be.xp.isdtype(X.dtype, "real floating") and X.dtype != dtype:
@@ -279,7 +331,8 @@ def predict(model: Any, X: Any, *, batch_size: int = 1024) -> Any:
     was_training = getattr(model, "training", True)
     model.eval()
     try:
-        outs = [model(xb) for xb, _ in batches(X, None, batch_size, shuffle=False)]
+        with no_grad():
+            outs = [model(xb) for xb, _ in batches(X, None, batch_size, shuffle=False)]
     finally:
         model.train(was_training)
     return outs[0] if len(outs) == 1 else be.xp.concat(outs, axis=0)
@@ -300,18 +353,29 @@ def fit(
     seed: SeedLike = None,
     shuffle: bool = True,
     batch_transform: Optional[BatchTransform] = None,
+    cuda_graph: Any = False,
 ) -> History:
     """Train ``model`` with mini-batch steps of ``optimizer`` on ``loss_fn`` for ``epochs`` passes over ``(X, y)``.
 
     X: ``(n, ...)`` inputs, y: ``(n,)`` integer class labels (accuracy is reported) or targets of the loss; arrays
     of any backend (NumPy arrays are fine): they are moved to the model's backend, floating X cast to the model's
-    dtype. One step: ``zero_grad``; ``logits = model(xb)``; ``loss_fn(logits, yb)``;
-    ``model.backward(loss_fn.backward())``; ``optimizer.step()``.
+    dtype. One step: ``zero_grad``; ``loss = loss_fn(model(xpnn.tensor(xb)), yb)``; ``loss.backward()`` (the
+    explicit ``model.backward(loss_fn.backward())`` for modules with a hand-written backward); ``optimizer.step()``.
 
     validation_data: ``(X_val, y_val)`` evaluated after every epoch (``val_loss``, ``val_accuracy``).
     callbacks: ``Callback`` objects (e.g. ``EarlyStopping``). progress: a tqdm bar per epoch (plain lines when tqdm
     is not installed). seed: shuffling order (int, Generator or None). batch_transform: ``(xb, yb) -> (xb, yb)``
     applied to training batches only (e.g. ``lambda x, y: (cutout(x, 3, image_shape=(8, 8)), y)``).
+    cuda_graph: capture the training step in a CUDA graph (``xpnn.cuda``) and replay it for every full batch: the
+    first three full batches run eagerly (warm-up), the last partial batch of an epoch too. Needs the CUDA backend
+    (or a ``xpnn.cuda.GraphRuntime`` stand-in); raises ``xpnn.errors.CaptureError`` for a step that cannot be
+    captured.
+
+    Data-parallel (``model`` a ``xpnn.distributed.DistributedDataParallel`` over several ranks, every rank calling
+    ``fit`` with the same data): each epoch's order is sharded like ``DistributedSampler`` (see
+    ``xpnn.data.batches``), ``batch_size`` is per rank, a ``seed`` of ``None`` is drawn on rank 0 and shared,
+    metrics (training and validation) are averaged over all ranks' rows, so callbacks such as ``EarlyStopping``
+    decide the same on every rank; the progress bar or lines appear on rank 0 only. Callbacks run on every rank.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
@@ -327,13 +391,31 @@ def fit(
                              f"{type(validation_data).__name__} of length {len(validation_data)}")
         X_val, y_val = _to_backend(be, dtype, validation_data[0], validation_data[1], "fit (validation_data)")
     classify = _is_classification(xp, y)
+    group = _process_group(model)
+    if group is not None and cuda_graph is not False and cuda_graph is not None:  # before any collective
+        raise ValueError("fit: cuda_graph=True with a DistributedDataParallel model over several ranks is not "
+                         "supported (its gradient all-reduce is issued from the host during backward and cannot "
+                         "be captured); train data-parallel without cuda_graph")
+    rank, world = (group.rank, group.world_size) if group is not None else (0, 1)
+    if group is not None:  # ranks that disagree here would run different numbers of steps and hang
+        _check_same_run(group, n=int(X.shape[0]), epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                        validation_rows=None if validation_data is None else int(X_val.shape[0]))
+    if group is not None and seed is None:  # every rank must shuffle the same way: rank 0 draws the seed
+        seed = group.broadcast_object(int(as_generator(None).integers(2**63)))
     rng = as_generator(seed)
     cbs: list[Callback] = list(callbacks or [])
     history = History()
     n = int(X.shape[0])
-    steps_per_epoch = -(-n // batch_size)
+    steps_per_epoch = -(-(-(-n // world)) // batch_size)
+    progress = progress and rank == 0
     tqdm_ok = progress and _tqdm_available()
+    graphed = None
+    if cuda_graph is not False and cuda_graph is not None:
+        from .cuda import graph_step_runner
+
+        graphed = graph_step_runner(model, loss_fn, optimizer, cuda_graph)
     step = 0
+    tape = _tape_ready(model, loss_fn)
     model.train()
     for cb in cbs:
         cb.on_train_begin(model, history)
@@ -342,14 +424,23 @@ def fit(
         meter = _Meter(xp, classify)
         bar = _progress_bar(tqdm_ok, steps_per_epoch, f"epoch {epoch}/{epochs}")
         last_refresh = t0
-        for xb, yb in batches(X, y, batch_size, shuffle=shuffle, seed=rng):
+        for xb, yb in batches(X, y, batch_size, shuffle=shuffle, seed=rng, rank=rank, world_size=world):
             if batch_transform is not None:
                 xb, yb = batch_transform(xb, yb)
-            optimizer.zero_grad()
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
-            call_backward(model, loss_fn.backward(), need_input_grad=False)  # no gradient for the data
-            optimizer.step()
+            if graphed is not None and int(xb.shape[0]) == batch_size:
+                loss, logits = graphed(xb, yb)  # replays write into the graph's static outputs: read them now
+            else:
+                optimizer.zero_grad()
+                if tape:
+                    out = model(tensor(xb))
+                    loss_t = loss_fn(out, yb)
+                    loss_t.backward()
+                    logits, loss = out.data, loss_t.data
+                else:  # a module with a hand-written backward (the first version's protocol) somewhere
+                    logits = model(xb)
+                    loss = loss_fn(logits, yb)
+                    call_backward(model, loss_fn.backward(), need_input_grad=False)  # no gradient for the data
+                optimizer.step()
             meter.add(loss, _loss_scale(loss_fn, int(yb.shape[0])), logits, yb)
             step += 1
             for cb in cbs:
@@ -358,9 +449,9 @@ def fit(
                 bar.update(1)
                 now = time.perf_counter()
                 if now - last_refresh > 0.5:  # reading the sums back syncs a GPU: do it twice a second at most
-                    bar.set_postfix_str(_fmt(meter.result()), refresh=False)
+                    bar.set_postfix_str(_fmt(meter.result()), refresh=False)  # distributed: rank 0's rows
                     last_refresh = now
-        logs = meter.result()
+        logs = meter.result(group=group)
         if validation_data is not None:
             logs.update({f"val_{k}": v for k, v in evaluate(model, loss_fn, X_val, y_val,
                                                              batch_size=max(batch_size, 1024)).items()})

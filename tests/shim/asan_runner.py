@@ -181,12 +181,71 @@ def optimizers(make: Callable[..., ShimLoader]) -> None:
                                                               momentum=m, centered=c))
 
 
+def conv(make: Callable[..., ShimLoader]) -> None:
+    """im2col/col2im (through conv2d and avg_pool2d) and max-pool forward/backward on edge geometries: kernel =
+    input size, 1x1 with stride > kernel, dilation, groups, padding, ceil_mode."""
+    loader = make()
+    rng = np.random.default_rng(6)
+
+    def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, *args: Any) -> Any:  # dy first: run()'s dtype
+        return F.max_pool2d_backward(argmax, dy, *args)
+
+    for dtype in FLOATS:
+        for xs, ws, stride, padding, dilation, groups in (
+                ((2, 3, 7, 6), (4, 3, 3, 2), 1, 0, 1, 1), ((2, 4, 9, 8), (6, 2, 3, 3), 2, 1, 2, 2),
+                ((1, 2, 5, 5), (2, 2, 5, 5), 1, 0, 1, 1), ((3, 6, 8, 10), (3, 2, 1, 1), 3, (1, 2), 1, 3)):
+            x = slack(rng.standard_normal(xs).astype(dtype))
+            w = slack((rng.standard_normal(ws) * 0.5).astype(dtype))
+            y = run(loader, F.conv2d, x, w, None, stride, padding, dilation, groups)
+            dy = slack(rng.standard_normal(y.shape).astype(dtype))
+            run(loader, F.conv2d_backward, x, w, dy, stride, padding, dilation, groups)
+        for xs, k, st, p, d, ceil in (((2, 3, 7, 6), (3, 2), (2, 1), 1, 1, True), ((1, 2, 9, 9), 3, 2, 1, 2, True),
+                                      ((2, 2, 4, 4), 4, 1, 0, 1, False), ((1, 2, 5, 5), 1, 2, 0, 1, False)):
+            x = slack(rng.standard_normal(xs).astype(dtype))
+            y, arg = run(loader, F.max_pool2d_with_argmax, x, k, st, p, d, ceil)
+            dy = slack(rng.standard_normal(y.shape).astype(dtype))
+            run(loader, max_pool2d_backward, dy, slack(arg), xs, k, st, p, d, ceil)
+            if d == 1:
+                run(loader, F.avg_pool2d, x, k, st, p, ceil, False)
+
+
+def capturable(make: Callable[..., ShimLoader]) -> None:
+    """kernels/capturable.cu: the optimizers with step/lr in (exact-size, 0-d) device buffers; unscale + check."""
+    from xpnn.amp import unscale_and_check_
+
+    loader = make()
+    for dtype in ("float32", "float64"):
+        for n in (1, 7, 1037):
+            for opts in (dict(), dict(weight_decay=0.1, decoupled_weight_decay=True),
+                         dict(amsgrad=True, maximize=True, weight_decay=0.01)):
+                _steps(loader, updates.adam_update, n, dtype, (True, True, opts.get("amsgrad", False)),
+                       lambda s, o=opts, d=dtype: dict(step=slack(np.asarray(s, d)), lr=slack(np.asarray(1e-2, d)),
+                                                       beta1=0.9, beta2=0.999, eps=1e-8, **o))
+            dev = lambda s, d=dtype: dict(lr=slack(np.asarray(0.05, d)), step=slack(np.asarray(s, d)))  # noqa: E731
+            _steps(loader, updates.sgd_update, n, dtype, (True,),
+                   lambda s, d=dev: dict(lr=d(s)["lr"], momentum=0.9, nesterov=True, first_step=s == 1))
+            _steps(loader, updates.adagrad_update, n, dtype, (True,),
+                   lambda s, d=dev: dict(**d(s), lr_decay=0.1, weight_decay=0.05))
+            _steps(loader, updates.rmsprop_update, n, dtype, (True, True, True),
+                   lambda s, d=dev: dict(lr=d(s)["lr"], alpha=0.99, eps=1e-8, weight_decay=0.1, momentum=0.5,
+                                         centered=True))
+    for dtype in FLOATS:
+        for n in (1, 7, 1037):
+            g = slack(np.random.default_rng(n).standard_normal(n).astype(dtype) * 64)
+            if n > 1:
+                g[n - 2] = np.inf
+            run(loader, unscale_and_check_, g, slack(np.asarray(2.0**-6, np.float32)),
+                slack(np.zeros((), np.float32)))
+
+
 CASES: dict[str, Case] = {
     "activations": activations,
     "row_kernels": row_kernels,
     "cross_entropy": cross_entropy,
     "grid_stride": grid_stride,
     "optimizers": optimizers,
+    "conv": conv,
+    "capturable": capturable,
 }
 
 

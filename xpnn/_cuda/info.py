@@ -15,7 +15,8 @@ def _version(v: int) -> str:
 
 
 def cuda_info() -> dict[str, Any]:
-    from .. import _dispatch
+    """CuPy/CUDA versions, device and kernel sources (whether kernels are enabled is ``xpnn.kernels_enabled()``:
+    this package never imports the dispatcher, which imports it)."""
     from . import registry, sources
 
     out: dict[str, Any] = {
@@ -25,7 +26,6 @@ def cuda_info() -> dict[str, Any]:
         "nvrtc": None,
         "device": None,
         "compute_capability": None,
-        "kernels_enabled": _dispatch.kernels_enabled(),
         "kernels": len(registry.RAW) + len(registry.ELEMENTWISE),
     }
     try:

@@ -206,6 +206,64 @@ def rmsprop_update(loader: KernelLoader, xp: Any, param: Any, grad: Any, square_
         param, grad, square_avg, grad_avg if centered else None, momentum_buffer if use_momentum else None), scalars)
 
 
+# ---- convolution and pooling (kernels/conv.cu): geometry from xpnn.functional.conv.Conv2dGeometry ------------------
+
+def _geometry_args(g: Any) -> tuple[np.generic, ...]:
+    """(n, c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow) as the kernels' C types (long long sizes, int params)."""
+    return (np.int64(g.n), np.int64(g.c), np.int64(g.h), np.int64(g.w), *(np.int32(v) for v in (
+        g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl)), np.int64(g.oh), np.int64(g.ow))
+
+
+def _fits(g: Any) -> bool:
+    """The kernels index within an image with 32-bit ints (padded sides and output sides below 2**31)."""
+    return max(g.hp, g.wp, g.oh, g.ow) < 2**31
+
+
+def _flat_launch(op: str, loader: KernelLoader, dtype: Any, n: int, args: tuple) -> None:
+    if n > 0:
+        loader.raw(registry.RAW_BY_NAME[op], dtype_name(dtype)).launch(flat_grid(n), FLAT_BLOCK, args)
+
+
+def im2col(loader: KernelLoader, xp: Any, x: Any, g: Any) -> Any:
+    """x (N, C, H, W) -> cols (N, C, kh, kw, oh, ow), zero padding."""
+    if not _fits(g):
+        return NotImplemented
+    cols = xp.empty((g.n, g.c, g.kh, g.kw, g.oh, g.ow), dtype=x.dtype)
+    _flat_launch("im2col", loader, x.dtype, int(math.prod(cols.shape)), (_contiguous(x), cols, *_geometry_args(g)))
+    return cols
+
+
+def col2im(loader: KernelLoader, xp: Any, cols: Any, g: Any) -> Any:
+    """cols (N, C, kh, kw, oh, ow) -> dx (N, C, H, W), summed in the accumulation type (gather, no atomics)."""
+    if not _fits(g):
+        return NotImplemented
+    dx = xp.empty((g.n, g.c, g.h, g.w), dtype=cols.dtype)
+    _flat_launch("col2im", loader, cols.dtype, int(math.prod(dx.shape)), (_contiguous(cols), dx, *_geometry_args(g)))
+    return dx
+
+
+def max_pool2d(loader: KernelLoader, xp: Any, x: Any, g: Any) -> Any:
+    """(y, argmax int32) of max pooling over x (N, C, H, W)."""
+    if not _fits(g):
+        return NotImplemented
+    y = xp.empty((g.n, g.c, g.oh, g.ow), dtype=x.dtype)
+    arg = xp.empty((g.n, g.c, g.oh, g.ow), dtype=xp.int32)
+    _flat_launch("max_pool2d", loader, x.dtype, int(math.prod(y.shape)), (_contiguous(x), y, arg, *_geometry_args(g)))
+    return y, arg
+
+
+def max_pool2d_backward(loader: KernelLoader, xp: Any, argmax: Any, dy: Any, g: Any) -> Any:
+    """dx (N, C, H, W): dy routed to each window's argmax (gather per input pixel)."""
+    if not _fits(g):
+        return NotImplemented
+    if argmax.dtype != xp.int32:
+        return NotImplemented
+    dx = xp.empty((g.n, g.c, g.h, g.w), dtype=dy.dtype)
+    _flat_launch("max_pool2d_backward", loader, dy.dtype, int(math.prod(dx.shape)),
+                 (_contiguous(argmax), _contiguous(dy), dx, *_geometry_args(g)))
+    return dx
+
+
 OPS = {
     "sigmoid_backward": sigmoid_backward,
     "tanh_backward": tanh_backward,
@@ -221,4 +279,8 @@ OPS = {
     "sgd_update": sgd_update,
     "adagrad_update": adagrad_update,
     "rmsprop_update": rmsprop_update,
+    "im2col": im2col,
+    "col2im": col2im,
+    "max_pool2d": max_pool2d,
+    "max_pool2d_backward": max_pool2d_backward,
 }

@@ -6,8 +6,12 @@ from typing import Any, Callable, Optional
 
 from ..backend import dtype_name
 from . import registry
-from .launch import OPS
+from .capturable import OPS as _CAPTURABLE_OPS
+from .launch import OPS as _LAUNCH_OPS
 from .loader import CupyLoader, KernelLoader
+
+
+OPS = {**_LAUNCH_OPS, **_CAPTURABLE_OPS}
 
 
 def make_provider(loader: KernelLoader) -> Callable[[str, Any, Any], Optional[Callable[..., Any]]]:

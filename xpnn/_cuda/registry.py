@@ -88,6 +88,17 @@ RAW: tuple[RawKernel, ...] = (
     RawKernel("sgd_update", "optimizers.cu", "sgd_update<{T}>", _FLOATS_NO_HALF),
     RawKernel("adagrad_update", "optimizers.cu", "adagrad_update<{T}>", _FLOATS_NO_HALF),
     RawKernel("rmsprop_update", "optimizers.cu", "rmsprop_update<{T}>", _FLOATS_NO_HALF),
+    # convolution / pooling (kernels/conv.cu); the GEMMs of conv2d run through CuPy's matmul (cuBLAS)
+    RawKernel("im2col", "conv.cu", "im2col<{T}>", _FLOATS),
+    RawKernel("col2im", "conv.cu", "col2im<{T}, {A}>", _FLOATS),
+    RawKernel("max_pool2d", "conv.cu", "max_pool2d_fwd<{T}, {A}>", _FLOATS),
+    RawKernel("max_pool2d_backward", "conv.cu", "max_pool2d_bwd<{T}, {A}>", _FLOATS),
+    # issue 13: step count / lr / loss scale read from device memory (capturable in CUDA graphs)
+    RawKernel("adam_update_capturable", "capturable.cu", "adam_update_capturable<{T}>", _FLOATS_NO_HALF),
+    RawKernel("sgd_update_capturable", "capturable.cu", "sgd_update_capturable<{T}>", _FLOATS_NO_HALF),
+    RawKernel("adagrad_update_capturable", "capturable.cu", "adagrad_update_capturable<{T}>", _FLOATS_NO_HALF),
+    RawKernel("rmsprop_update_capturable", "capturable.cu", "rmsprop_update_capturable<{T}>", _FLOATS_NO_HALF),
+    RawKernel("amp_unscale_check", "capturable.cu", "amp_unscale_check<{T}>", _FLOATS),
 )
 
 RAW_BY_NAME = {row.name: row for row in RAW}

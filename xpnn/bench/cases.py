@@ -5,11 +5,14 @@ Implementations ("impls"), compared side by side for every case and size:
 ==================== ============ ==========================================================================
 impl                 device       what runs
 ==================== ============ ==========================================================================
-``xpnn-numpy``       cpu          xpnn on the NumPy backend
+``xpnn-numpy``       cpu          xpnn on the NumPy backend (explicit API: ``model.backward(dy)``)
+``xpnn-numpy-tape``  cpu          xpnn on the NumPy backend, autograd (``loss.backward()``; training steps only)
 ``numpy-plain``      cpu          the straightforward NumPy version (``xpnn.bench.numpy_reference``)
 ``torch-cpu``        cpu          PyTorch on the CPU (default optimizer settings)
 ``xpnn-cuda``        cuda         xpnn on the CUDA backend with its fused kernels
+``xpnn-cuda-tape``   cuda         the same, autograd (training steps only)
 ``xpnn-cuda-generic`` cuda        xpnn on the CUDA backend with kernels off (the array-API path on CuPy)
+``xpnn-cuda-graph``  cuda         the step captured once in a CUDA graph and replayed (``xpnn.cuda``; steps only)
 ``torch-cuda``       torch-cuda   PyTorch on the GPU (``Adam(fused=True)`` for the Adam case)
 ==================== ============ ==========================================================================
 
@@ -47,10 +50,13 @@ class Impl:
 
 IMPLS: dict[str, Impl] = {i.name: i for i in (
     Impl("xpnn-numpy", "cpu", "xpnn, NumPy backend"),
+    Impl("xpnn-numpy-tape", "cpu", "xpnn, NumPy backend, autograd"),
     Impl("numpy-plain", "cpu", "straightforward NumPy"),
     Impl("torch-cpu", "cpu", "PyTorch CPU"),
     Impl("xpnn-cuda", "cuda", "xpnn, CUDA backend (fused kernels)"),
+    Impl("xpnn-cuda-tape", "cuda", "xpnn, CUDA backend, autograd"),
     Impl("xpnn-cuda-generic", "cuda", "xpnn, CUDA backend, kernels off"),
+    Impl("xpnn-cuda-graph", "cuda", "xpnn, CUDA backend, step replayed from a CUDA graph"),
     Impl("torch-cuda", "torch-cuda", "PyTorch CUDA"),
 )}
 
@@ -405,33 +411,58 @@ def _mlp_inputs(impl: str, batch: int) -> tuple[Any, Any]:
     return d.uniform((batch, MLP_SIZES[0]), 0.0, 1.0), d.labels(batch, MLP_SIZES[-1])  # pixel-like inputs
 
 
-def _mlp_xpnn(impl: str) -> Callable[[int], Runner]:
+def _step_xpnn(impl: str, sizes: tuple[int, ...], inputs: Callable[[str, int], tuple[Any, Any]],
+               lr: float = 1e-3) -> Callable[[int], Runner]:
+    """One Adam training step of a ReLU MLP of layer widths ``sizes``: the explicit API (``xpnn-*``) or autograd
+    (``xpnn-*-tape``: ``loss_fn(model(tensor(x)), y).backward()``)."""
     def build(batch: int) -> Runner:
         from .. import nn, optim
+        from ..autograd import tensor
 
         backend = _backend(impl)
-        x, y = _mlp_inputs(impl, batch)
-        s = MLP_SIZES
-        model = nn.Sequential(
-            nn.Linear(s[0], s[1], backend=backend, seed=0), nn.ReLU(),
-            nn.Linear(s[1], s[2], backend=backend, seed=1), nn.ReLU(),
-            nn.Linear(s[2], s[3], backend=backend, seed=2),
-        )
+        x, y = inputs(impl, batch)
+        layers: list[Any] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b, backend=backend, seed=i))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        model = nn.Sequential(*layers)
         loss_fn = nn.CrossEntropyLoss()
-        opt = optim.Adam(model.parameters(), lr=1e-3)
+        opt = optim.Adam(model.parameters(), lr=lr)
 
-        def step() -> None:
-            opt.zero_grad()
-            loss_fn(model(x), y)
-            model.backward(loss_fn.backward(), need_input_grad=False)  # no gradient for the data, like torch
-            opt.step()
+        if impl.endswith("-tape"):
+            xt = tensor(x)
+
+            def step() -> None:
+                opt.zero_grad()
+                loss_fn(model(xt), y).backward()
+                opt.step()
+        else:
+            def step() -> None:
+                opt.zero_grad()
+                loss_fn(model(x), y)
+                model.backward(loss_fn.backward(), need_input_grad=False)  # no gradient for the data, like torch
+                opt.step()
 
         def state() -> list[Any]:
             params = list(model.parameters())
             return [p.data for p in params] + [p.grad for p in params] + _xpnn_optimizer_arrays(opt)
 
+        if impl == "xpnn-cuda-graph":  # warm-up and capture here; each timed call copies the batch in and replays
+            from ..cuda import make_graphed_step
+
+            graphed = make_graphed_step(model, loss_fn, opt, x, y)
+
+            def graph_step() -> None:
+                graphed(x, y)
+
+            return Runner(graph_step, IMPLS[impl].device, state, keep=[model, graphed])
         return Runner(step, IMPLS[impl].device, state, keep=[model])
     return build
+
+
+def _mlp_xpnn(impl: str) -> Callable[[int], Runner]:
+    return _step_xpnn(impl, MLP_SIZES, _mlp_inputs)
 
 
 def _mlp_plain(batch: int) -> Runner:
@@ -440,21 +471,23 @@ def _mlp_plain(batch: int) -> Runner:
     return Runner(lambda: net.train_step(x, y), "cpu", net.state)
 
 
-def _mlp_torch(impl: str) -> Callable[[int], Runner]:
+def _mlp_torch(impl: str, sizes: tuple[int, ...] = MLP_SIZES,
+               inputs: Optional[Callable[[str, int], tuple[Any, Any]]] = None, lr: float = 1e-3
+               ) -> Callable[[int], Runner]:
     def build(batch: int) -> Runner:
         import torch
 
         dev = _torch_device(impl)
         torch.manual_seed(0)
-        x, y = _mlp_inputs(impl, batch)
-        s = MLP_SIZES
-        model = torch.nn.Sequential(
-            torch.nn.Linear(s[0], s[1]), torch.nn.ReLU(),
-            torch.nn.Linear(s[1], s[2]), torch.nn.ReLU(),
-            torch.nn.Linear(s[2], s[3]),
-        ).to(dev)
+        x, y = (inputs or _mlp_inputs)(impl, batch)
+        layers: list[Any] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(torch.nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(torch.nn.ReLU())
+        model = torch.nn.Sequential(*layers).to(dev)
         loss_fn = torch.nn.CrossEntropyLoss()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)  # torch's default Adam
+        opt = torch.optim.Adam(model.parameters(), lr=lr)  # torch's default Adam
 
         def step() -> None:
             opt.zero_grad()
@@ -466,6 +499,23 @@ def _mlp_torch(impl: str) -> Callable[[int], Runner]:
 
         return Runner(step, IMPLS[impl].device, state, keep=[model])
     return build
+
+
+# --- one training step of a tiny 16-32-32-4 ReLU MLP, batch 8: host overhead (Python calls, launches) -----------
+TINY_SIZES = (16, 32, 32, 4)
+TINY_LR = 1e-7  # thousands of timed steps on one batch: a tiny rate keeps the model from fitting it (gradients
+#                 of a fitted model decay into subnormals, which would slow every implementation)
+
+
+def _tiny_inputs(impl: str, batch: int) -> tuple[Any, Any]:
+    d = _Data(impl)
+    return d.normal((batch, TINY_SIZES[0])), d.labels(batch, TINY_SIZES[-1])
+
+
+def _tiny_plain(batch: int) -> Runner:
+    x, y = _tiny_inputs("numpy-plain", batch)
+    net = ref.MLP(TINY_SIZES, seed=0, lr=TINY_LR)
+    return Runner(lambda: net.train_step(x, y), "cpu", net.state)
 
 
 # --- the source notes' two-layer sigmoid network (64 x 1000 -> 100 -> 10), summed squared error, SGD ------------
@@ -535,7 +585,17 @@ def _seed_torch(impl: str) -> Callable[[Any], Runner]:
 
 # --- the table of cases -------------------------------------------------------------------------------------------
 def _per_impl(xpnn: Callable[[str], Callable[[Any], Runner]], plain: Callable[[Any], Runner],
-              torch: Callable[[str], Callable[[Any], Runner]]) -> dict[str, Callable[[Any], Runner]]:
+              torch: Callable[[str], Callable[[Any], Runner]], tape: bool = False) -> dict[str, Callable[[Any], Runner]]:
+    out = _impls(xpnn, plain, torch)
+    if tape:  # training steps: the autograd path beside the explicit one, and the step replayed from a CUDA graph
+        out["xpnn-numpy-tape"] = xpnn("xpnn-numpy-tape")
+        out["xpnn-cuda-tape"] = xpnn("xpnn-cuda-tape")
+        out["xpnn-cuda-graph"] = xpnn("xpnn-cuda-graph")
+    return out
+
+
+def _impls(xpnn: Callable[[str], Callable[[Any], Runner]], plain: Callable[[Any], Runner],
+           torch: Callable[[str], Callable[[Any], Runner]]) -> dict[str, Callable[[Any], Runner]]:
     return {
         "xpnn-numpy": xpnn("xpnn-numpy"),
         "numpy-plain": plain,
@@ -559,8 +619,17 @@ CASES: dict[str, Case] = {c.name: c for c in (
          _adam_bytes, _per_impl(_adam_xpnn, _adam_plain, _adam_torch)),
     Case("mlp_step", "training step of a 784-512-512-10 ReLU MLP, Adam, cross-entropy, float32",
          {"batch16": 16, "batch256": 256, "batch4096": 4096}, frozenset(),
-         lambda b: None, _per_impl(_mlp_xpnn, _mlp_plain, _mlp_torch)),
+         lambda b: None, _per_impl(_mlp_xpnn, _mlp_plain, _mlp_torch, tape=True)),
+    Case("tiny_step", "training step of a 16-32-32-4 ReLU MLP, Adam, cross-entropy, float32 (host overhead)",
+         {"batch8": 8}, frozenset(),
+         lambda b: None, _per_impl(lambda i: _step_xpnn(i, TINY_SIZES, _tiny_inputs, TINY_LR), _tiny_plain,
+                                   lambda i: _mlp_torch(i, TINY_SIZES, _tiny_inputs, TINY_LR), tape=True)),
     Case("seed_net", "source notes' 2-layer sigmoid net 64x1000-100-10, squared error, SGD",
          {"64x1000": None}, frozenset(),
          lambda _: None, _per_impl(_seed_xpnn, _seed_plain, _seed_torch)),
 )}
+
+# the convolutional cases live in their own module (imported last: it builds on the helpers above)
+from .conv_cases import CONV_CASES  # noqa: E402
+
+CASES.update(CONV_CASES)

@@ -8,7 +8,10 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
-__all__ = ["Row", "machine_info", "format_bytes", "format_time", "format_table", "write_json", "write_plot"]
+UNSTABLE_REPEATS = 1.5  # a row whose repeated passes' medians differ by more than this factor is unstable
+UNSTABLE_IQR = 0.5  # ... or whose spread (IQR) is above this fraction of its median
+
+__all__ = ["UNSTABLE_REPEATS", "UNSTABLE_IQR", "Row", "machine_info", "format_bytes", "format_time", "format_table", "write_json", "write_plot"]
 
 
 @dataclass
@@ -28,6 +31,12 @@ class Row:
     copy_bandwidth: Optional[float] = None  # bytes/s of a plain copy moving the same bytes, same device, same run
     ratio: Optional[float] = None
     subnormals: int = 0
+    repeat_spread: Optional[float] = None  # largest / smallest median of the repeated passes (1.0: they agree)
+
+    def unstable(self, repeats_factor: float = UNSTABLE_REPEATS, iqr_fraction: float = UNSTABLE_IQR) -> bool:
+        """Whether the passes disagree by more than ``repeats_factor`` or the spread exceeds ``iqr_fraction``."""
+        apart = self.repeat_spread is not None and self.repeat_spread > repeats_factor
+        return apart or (self.median > 0 and self.iqr > iqr_fraction * self.median)
 
     @property
     def bandwidth(self) -> Optional[float]:
@@ -120,16 +129,17 @@ def format_time(seconds: float) -> str:
 
 def format_table(rows: Sequence[Row], reference: str) -> str:
     """The results as an aligned text table, one line per row, grouped by case and size in the given order."""
-    header = ("case", "size", "backend", "median", "spread (IQR)", f"ratio to {reference}", "GB/s", "of floor")
+    header = ("case", "size", "backend", "median", "spread (IQR)", f"ratio to {reference}", "GB/s", "of floor",
+              "stability")
     lines = []
     for r in rows:
         ratio = "-" if r.ratio is None else ("1 (ref)" if r.impl == reference else f"{r.ratio:.2f}")
         bw = "-" if r.bandwidth is None else f"{r.bandwidth / 1e9:.1f}"
         frac = "-" if r.floor_fraction is None else f"{100 * r.floor_fraction:.0f}%"
         spread = f"{format_time(r.iqr)} ({100 * r.iqr / r.median:.0f}%)" if r.median > 0 else "-"
-        lines.append((r.case, r.size, r.impl, format_time(r.median), spread, ratio, bw, frac))
+        lines.append((r.case, r.size, r.impl, format_time(r.median), spread, ratio, bw, frac, _stability(r)))
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
-    fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    fmt = "  ".join(f"{{:<{w}}}" if i < 3 or i == 8 else f"{{:>{w}}}" for i, w in enumerate(widths))
     out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     prev = None
     for r, line in zip(rows, lines):
@@ -137,7 +147,19 @@ def format_table(rows: Sequence[Row], reference: str) -> str:
             out.append("")
         prev = (r.case, r.size)
         out.append(fmt.format(*line))
-    return "\n".join(out)
+    return "\n".join(line.rstrip() for line in out)
+
+
+def _stability(r: Row) -> str:
+    """``ok``, or ``UNSTABLE`` with why (passes apart, wide spread); ``-`` for a single pass with a narrow spread."""
+    why = []
+    if r.repeat_spread is not None and r.repeat_spread > UNSTABLE_REPEATS:
+        why.append(f"passes {r.repeat_spread:.1f}x apart")
+    if r.median > 0 and r.iqr > UNSTABLE_IQR * r.median:
+        why.append("wide spread")
+    if why:
+        return "UNSTABLE: " + ", ".join(why)
+    return "ok" if r.repeat_spread is not None else "-"
 
 
 def write_json(path: str, rows: Sequence[Row], *, machine: dict[str, Any], reference: str,
@@ -149,6 +171,7 @@ def write_json(path: str, rows: Sequence[Row], *, machine: dict[str, Any], refer
         "notes": {
             "median": "seconds per call; GPU calls timed with CUDA events",
             "ratio": "median / median of the reference implementation for the same case and size",
+            "repeat_spread": "largest / smallest median of the repeated passes over the plan (1.0: they agree)",
             "floor_fraction": "(bytes that must move / median) / bandwidth of a plain copy of the same bytes, "
                               "same device, same run",
             "data": "float32 data scaled to stay clear of subnormal floats; "

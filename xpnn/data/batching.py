@@ -8,6 +8,8 @@ import numpy as np
 from ..backend import backend_of, namespace_of, to_numpy
 from ..errors import ShapeError
 
+from ..random import generator
+
 __all__ = ["batches", "train_test_split", "SeedLike", "as_generator"]
 
 SeedLike = Union[int, np.random.Generator, None]
@@ -15,9 +17,7 @@ SeedLike = Union[int, np.random.Generator, None]
 
 def as_generator(seed: SeedLike) -> np.random.Generator:
     """A NumPy Generator from an int seed, ``None`` (fresh entropy) or an existing Generator (used as is)."""
-    if isinstance(seed, np.random.Generator):
-        return seed
-    return np.random.default_rng(seed)
+    return generator(seed)
 
 
 def _check_lengths(where: str, X: Any, y: Any) -> int:
@@ -37,18 +37,36 @@ def batches(
     seed: SeedLike = None,
     *,
     drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[tuple[Any, Any]]:
     """Yield ``(X_batch, y_batch)`` pairs of at most ``batch_size`` rows (``y_batch`` is ``None`` when ``y`` is).
 
     With ``shuffle`` the rows are permuted once per call (one gather on the arrays' own device); the batches are
     then slices of the permuted copy, so a step costs no extra allocation. ``seed`` is an int (same order every
     call), a ``numpy.random.Generator`` (a new order every call, reproducible) or ``None``.
+
+    ``rank``/``world_size`` (data-parallel training): this rank's shard, as ``torch.utils.data.DistributedSampler``
+    makes it: the same permutation on every rank (so ``seed`` must be an int or a Generator in the same state on
+    every rank), padded with its first rows to a multiple of ``world_size``, rank r taking positions
+    r, r + world_size, ... Every rank then gets the same number of rows and batches, and batch k of all ranks
+    together is batch k of ``batch_size * world_size`` rows of the unsharded order.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batches: batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"batches: world_size must be a positive int, got {world_size!r}")
+    if not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"batches: rank must be an int in 0..{world_size - 1} (world_size={world_size}), got {rank!r}")
     xp = namespace_of(X, y, where="batches")
     n = _check_lengths("batches", X, y)
-    if shuffle and n > 1:
+    if world_size > 1:
+        if shuffle and seed is None:
+            raise ValueError("batches: with world_size > 1 and shuffle, pass seed (an int, or a Generator in the same "
+                             "state on every rank) so that all ranks shuffle the same way")
+        order = as_generator(seed).permutation(n) if shuffle else np.arange(n)
+        X, y, n = _shard(xp, X, y, order, rank, world_size)
+    elif shuffle and n > 1:
         perm = backend_of(X).asarray(as_generator(seed).permutation(n))
         X = xp.take(X, perm, axis=0)
         if y is not None:
@@ -57,6 +75,19 @@ def batches(
     for start in range(0, stop, batch_size):
         end = min(start + batch_size, n)
         yield X[start:end, ...], (None if y is None else y[start:end, ...])
+
+
+def _shard(xp: Any, X: Any, y: Any, order: np.ndarray, rank: int, world_size: int) -> tuple[Any, Any, int]:
+    """Rows ``order[rank::world_size]`` of ``order`` padded (cyclically, from its start) to a multiple of
+    ``world_size`` (DistributedSampler's padding), gathered from X and y on their device."""
+    total = -(-order.size // world_size) * world_size
+    if total > order.size:
+        order = np.resize(order, total)  # repeats order from its start as often as needed (n < world_size too)
+    idx = backend_of(X).asarray(order[rank:total:world_size])
+    X = xp.take(X, idx, axis=0)
+    if y is not None:
+        y = xp.take(y, idx, axis=0)
+    return X, y, int(idx.shape[0])
 
 
 def _stratified_counts(counts: np.ndarray, n_test: int) -> np.ndarray:

@@ -5,6 +5,8 @@ Both are written against the array API: they fit and transform arrays of whateve
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, Optional, Union
 
 from ..backend import BackendLike, get_backend, namespace_of
@@ -99,25 +101,37 @@ class PCA:
 
     n_components: the number of components kept (an int), or a fraction in (0, 1): keep the fewest components
     that explain at least that share of the variance. ``whiten=True`` divides each component by its standard
-    deviation so Z has unit variance per component. Component signs are fixed (largest-magnitude entry positive)
+    deviation so Z has unit variance per component at any scale of X (components whose singular value is below
+    ``rtol * s_max``, i.e. numerically zero, are left unscaled instead of blown up; ``rtol=None`` is NumPy's
+    ``matrix_rank`` tolerance ``max(n, d) * finfo(dtype).eps``; a relative tolerance, since an absolute ``eps``
+    added to the variance stops being small when the data's scale is). Component signs are fixed (largest-magnitude entry positive)
     so the result does not depend on the backend's SVD. Attributes after ``fit``: ``mean_ (d,)``,
-    ``components_ (k, d)``, ``explained_variance_ (k,)``, ``explained_variance_ratio_ (k,)``.
+    ``components_ (k, d)``, ``explained_variance_ (k,)``, ``explained_variance_ratio_ (k,)``, ``whiten_scale_ (k,)``
+    (the divisor used when whitening).
     """
 
-    def __init__(self, n_components: Union[int, float], whiten: bool = False, eps: float = 1e-8) -> None:
+    def __init__(self, n_components: Union[int, float], whiten: bool = False, rtol: Optional[float] = None, *,
+                 eps: Optional[float] = None) -> None:
+        if eps is not None:  # the first version's absolute floor, which made whitening scale-dependent
+            warnings.warn("PCA: eps is no longer used (whitening divides by the standard deviation and leaves "
+                          "components below rtol * the largest singular value unscaled); pass rtol instead",
+                          DeprecationWarning, stacklevel=2)
         if isinstance(n_components, bool) or not isinstance(n_components, (int, float)):
             raise TypeError(f"PCA: n_components must be an int or a float fraction, got {n_components!r}")
         if isinstance(n_components, float) and not 0.0 < n_components < 1.0:
             raise ValueError(f"PCA: a float n_components is a variance fraction in (0, 1), got {n_components}")
         if isinstance(n_components, int) and n_components < 1:
             raise ValueError(f"PCA: n_components must be >= 1, got {n_components}")
+        if rtol is not None and not 0.0 <= rtol < 1.0:
+            raise ValueError(f"PCA: rtol is a relative tolerance in [0, 1), got {rtol!r}")
         self.n_components = n_components
         self.whiten = whiten
-        self.eps = eps
+        self.rtol = rtol
         self.mean_: Any = None
         self.components_: Any = None
         self.explained_variance_: Any = None
         self.explained_variance_ratio_: Any = None
+        self.whiten_scale_: Any = None
 
     def _fitted(self, where: str) -> None:
         if self.components_ is None:
@@ -156,6 +170,9 @@ class PCA:
         self.components_ = comps * sign
         self.explained_variance_ = var[:k]
         self.explained_variance_ratio_ = ratio[:k]
+        rtol = self.rtol if self.rtol is not None else max(n, d) * float(xp.finfo(s.dtype).eps)
+        tiny = s[:k] <= rtol * xp.max(s)  # numerically zero components: a division would only amplify noise
+        self.whiten_scale_ = xp.where(tiny, xp.ones_like(s[:k]), xp.sqrt(var[:k]))
         return self
 
     def transform(self, X: Any) -> Any:
@@ -165,7 +182,7 @@ class PCA:
         _check_2d("PCA.transform", xp, X, int(self.mean_.shape[0]))
         Z = (X - xp.astype(self.mean_, X.dtype)) @ xp.astype(self.components_, X.dtype).T
         if self.whiten:
-            Z = Z / xp.astype(xp.sqrt(self.explained_variance_ + self.eps), X.dtype)
+            Z = Z / xp.astype(self.whiten_scale_, X.dtype)
         return Z
 
     def fit_transform(self, X: Any) -> Any:
@@ -177,13 +194,13 @@ class PCA:
         xp = namespace_of(Z, self.components_, where="PCA.inverse_transform")
         _check_2d("PCA.inverse_transform", xp, Z, int(self.components_.shape[0]))
         if self.whiten:
-            Z = Z * xp.astype(xp.sqrt(self.explained_variance_ + self.eps), Z.dtype)
+            Z = Z * xp.astype(self.whiten_scale_, Z.dtype)
         return Z @ xp.astype(self.components_, Z.dtype) + xp.astype(self.mean_, Z.dtype)
 
     def to(self, backend: BackendLike) -> "PCA":
         """Move the fitted arrays to ``backend``. Returns self."""
         self._fitted("to")
         be = get_backend(backend)
-        for name in ("mean_", "components_", "explained_variance_", "explained_variance_ratio_"):
+        for name in ("mean_", "components_", "explained_variance_", "explained_variance_ratio_", "whiten_scale_"):
             setattr(self, name, be.asarray(getattr(self, name)))
         return self

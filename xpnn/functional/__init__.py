@@ -1,13 +1,19 @@
-"""Pure functions on arrays: forward and backward of every op, written once against the Python Array API.
+"""Every op of xpnn, declared once (forward, backward, per-call context) and written against the Python Array API.
 
-Arrays in, arrays of the same namespace out: plain NumPy code can call these directly, and CuPy arrays take the
-fused CUDA kernels where they exist (``xpnn.set_kernels_enabled(False)`` forces the generic path).
+Plain arrays in -> arrays of the same namespace out, with no graph: plain NumPy code can call these directly, and
+CuPy arrays take the fused CUDA kernels where they exist (``xpnn.set_kernels_enabled(False)`` forces the generic
+path). ``xpnn.Tensor`` in -> Tensors out, recording the graph that ``backward()`` walks. ``import xpnn.functional
+as F`` (or ``from xpnn import F``).
 """
 from .activations import (
     elu,
     elu_backward,
     leaky_relu,
     leaky_relu_backward,
+    maxout,
+    maxout_backward,
+    prelu,
+    prelu_backward,
     relu,
     relu_backward,
     selu,
@@ -17,7 +23,11 @@ from .activations import (
     tanh,
     tanh_backward,
 )
-from .linear import accuracy, linear, one_hot
+from . import conv_numpy as _conv_numpy  # registers the NumPy fast paths of conv2d / max_pool2d  # noqa: F401
+from .conv import conv2d, conv2d_backward
+from .dropout import dropout, dropout_mask
+from .elementwise import abs, add, astype, clip, div, exp, log, matmul, mul, neg, pow, sqrt, sub
+from .linear import linear, linear_backward
 from .losses import (
     binary_cross_entropy_with_logits,
     binary_cross_entropy_with_logits_with_grad,
@@ -26,14 +36,33 @@ from .losses import (
     mse_loss,
     mse_loss_with_grad,
 )
-from .softmax import log_softmax, logsumexp, softmax
+from .normalization import batch_norm
+from .pooling import (
+    adaptive_avg_pool2d,
+    adaptive_avg_pool2d_backward,
+    avg_pool2d,
+    avg_pool2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+    max_pool2d_with_argmax,
+)
+from .reductions import max, mean, min, sum
+from .shape import broadcast_to, index, permute_dims, reshape, sum_to
+from .softmax import log_softmax, logsumexp, softmax, softmax_backward
+from .targets import accuracy, one_hot
 from .updates import adagrad_update, adam_update, rmsprop_update, sgd_update
 
 __all__ = [
     "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "relu", "relu_backward",
     "leaky_relu", "leaky_relu_backward", "elu", "elu_backward", "selu", "selu_backward",
-    "softmax", "log_softmax", "logsumexp", "linear", "one_hot", "accuracy",
+    "prelu", "prelu_backward", "maxout", "maxout_backward",
+    "softmax", "log_softmax", "logsumexp", "softmax_backward", "linear", "linear_backward", "one_hot", "accuracy",
     "cross_entropy", "cross_entropy_with_grad", "mse_loss", "mse_loss_with_grad",
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
+    "batch_norm", "dropout", "dropout_mask",
+    "add", "sub", "mul", "div", "pow", "neg", "exp", "log", "sqrt", "abs", "clip", "astype", "matmul",
+    "sum", "mean", "max", "min", "reshape", "permute_dims", "broadcast_to", "sum_to", "index",
     "adam_update", "sgd_update", "adagrad_update", "rmsprop_update",
+    "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_with_argmax", "max_pool2d_backward",
+    "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
 ]

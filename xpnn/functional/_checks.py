@@ -3,14 +3,24 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..backend import dtype_name, namespace_of
-from ..debug import check_finite
+from ..debug import check_finite, defer_check, defers_checks, get_debug as _debug_on
 from ..errors import DTypeError, ShapeError
 
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def _device(x: Any) -> Any:
+    import array_api_compat
+
+    return array_api_compat.device(x)
+
+
 def floating(xp: Any, x: Any, where: str, what: str = "input") -> None:
+    if getattr(x.dtype, "kind", None) == "f":  # NumPy/CuPy dtypes: skip the (slow) generic isdtype
+        return
     if not xp.isdtype(x.dtype, "real floating"):
         raise DTypeError(f"{where}: {what} must be a floating array (float16/32/64), got dtype {dtype_name(x.dtype)}")
 
@@ -32,28 +42,51 @@ def reduction(value: str, where: str) -> None:
         raise ValueError(f"{where}: reduction must be one of {REDUCTIONS}, got {value!r}")
 
 
-def class_targets(xp: Any, logits: Any, target: Any, where: str, ignore_index: int) -> None:
-    """logits (N, C) floating, target (N,) integer in [0, C) or == ignore_index."""
+def class_targets(xp: Any, logits: Any, target: Any, where: str, ignore_index: int) -> Any:
+    """logits (N, C) floating, target (N,) integer in [0, C) or == ignore_index.
+
+    Raises at once on NumPy or in debug mode and returns ``None``; elsewhere returns the (N,) boolean mask of
+    out-of-range labels unread (see ``defer_class_targets``)."""
     floating(xp, logits, where, "logits")
     if logits.ndim != 2:
         raise ShapeError(f"{where}: logits must have shape (N, C), got {tuple(logits.shape)}")
     n, c = logits.shape
     if n == 0 or c == 0:
         raise ShapeError(f"{where}: empty logits of shape {tuple(logits.shape)}")
-    if not xp.isdtype(target.dtype, "integral"):
+    if getattr(target.dtype, "kind", None) not in ("i", "u") and not xp.isdtype(target.dtype, "integral"):
         raise DTypeError(
             f"{where}: target must hold integer class indices of shape ({n},), got dtype {dtype_name(target.dtype)}"
             " (use one_hot/float targets with mse_loss or binary_cross_entropy_with_logits instead)"
         )
     if tuple(target.shape) != (n,):
         raise ShapeError(f"{where}: target must have shape ({n},) for logits {tuple(logits.shape)}, got {tuple(target.shape)}")
+    if type(target) is np.ndarray and not _debug_on():  # NumPy: two reductions decide the common case
+        if target.size == 0 or (int(target.min()) >= 0 and int(target.max()) < c):
+            return None
     bad = xp.logical_and(xp.logical_or(target < 0, target >= c), target != ignore_index)
+    if defers_checks(xp):  # no host read inside a step: the caller masks `bad` and poisons the loss
+        check_finite(xp, logits, where, "logits")
+        return bad
     if bool(xp.any(bad)):
         lo, hi = int(xp.min(target)), int(xp.max(target))
         raise ValueError(
             f"{where}: target values must be in [0, {c}) (or ignore_index={ignore_index}); got values in [{lo}, {hi}]"
         )
     check_finite(xp, logits, where, "logits")
+    return None
+
+
+def defer_class_targets(xp: Any, target: Any, bad: Any, c: int, where: str, ignore_index: int) -> tuple[Any, Any]:
+    """For a deferred label check (``class_targets`` returned ``bad``): ``(safe_target, any_bad)`` where out-of-range
+    labels become ``ignore_index`` (no kernel reads past a row) and ``any_bad`` (0-d bool) is recorded with
+    ``xpnn.debug.defer_check``; the caller makes its loss NaN where ``any_bad``."""
+    any_bad = xp.any(bad)
+    defer_check(xp, any_bad, ("class_targets", where, c, ignore_index), lambda: ValueError(
+        f"{where}: target values must be in [0, {c}) (or ignore_index={ignore_index}); an out-of-range label was "
+        "seen in a batch since the last check (checked on the device, read at the next metrics read; "
+        "xpnn.set_debug(True) raises at the offending call)"))
+    safe = xp.where(bad, xp.asarray(ignore_index, dtype=target.dtype, device=_device(target)), target)
+    return safe, any_bad
 
 
 def pair(a: Any, b: Any, where: str, names: tuple[str, str]) -> Any:

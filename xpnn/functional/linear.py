@@ -1,15 +1,19 @@
-"""Affine map, one-hot encoding and accuracy."""
+"""The affine map ``y = x @ weight.T + bias`` (PyTorch's layout), declared once with its backward."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
-from ..backend import dtype_name, namespace_of, resolve_dtype
+from ..autograd.op import Context, Op
+from ..backend import dtype_name, namespace_of
 from ..errors import DTypeError, ShapeError
 from . import _checks
+from .reductions import sum as _sum
+from .shape import reshape
+
+__all__ = ["linear", "linear_backward"]
 
 
-def linear(x: Any, weight: Any, bias: Any = None) -> Any:
-    """``y = x @ weight.T + bias`` with PyTorch's layout: x (N, in), weight (out, in), bias (out,) -> y (N, out)."""
+def _check_linear(x: Any, weight: Any, bias: Any) -> Any:
     xp = namespace_of(x, weight, bias, where="linear")
     _checks.floating(xp, x, "linear")
     if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
@@ -22,40 +26,63 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Any:
         )
     if x.dtype != weight.dtype:
         raise DTypeError(f"linear: input dtype {dtype_name(x.dtype)} differs from weight dtype {dtype_name(weight.dtype)}")
-    y = x @ weight.T
-    if bias is not None:
-        if tuple(bias.shape) != (weight.shape[0],):
-            raise ShapeError(f"linear: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-        y += bias
-    return y
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ShapeError(f"linear: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    return xp
 
 
-def one_hot(labels: Any, num_classes: int, dtype: Any = None) -> Any:
-    """(N,) integer labels -> (N, num_classes) array with a 1 in each label's column; ``dtype`` (a name or a
-    namespace dtype) defaults to float32."""
-    xp = namespace_of(labels, where="one_hot")
-    if not xp.isdtype(labels.dtype, "integral"):
-        raise DTypeError(f"one_hot: labels must be integers, got dtype {dtype_name(labels.dtype)}")
-    if labels.ndim != 1:
-        raise ShapeError(f"one_hot: labels must have shape (N,), got {tuple(labels.shape)}")
-    out_dtype = resolve_dtype(xp, dtype)
-    if labels.shape[0]:
-        lo, hi = int(xp.min(labels)), int(xp.max(labels))
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(f"one_hot: labels must be in [0, {num_classes}), got values in [{lo}, {hi}]")
-    hot = xp.arange(num_classes, dtype=labels.dtype)[None, :] == labels[:, None]
-    return xp.astype(hot, out_dtype)
+class Linear(Op):
+    name = "linear"
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, weight: Any, bias: Any = None) -> Any:
+        """x (..., in), weight (out, in), bias (out,) or None -> (..., out)."""
+        _check_linear(x, weight, bias)
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        y = x @ weight.T
+        if bias is not None:
+            y += bias
+        return y
+
+    @staticmethod
+    def backward(ctx: Context, dy: Any) -> tuple[Any, Any, Any]:
+        """``dx = dy @ weight``, ``dweight = dy.T @ x``, ``dbias = sum(dy)`` over all but the last axis."""
+        x, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        if tuple(dy.shape) != tuple(x.shape[:-1]) + (weight.shape[0],):
+            raise ShapeError(f"linear backward: expected dy of shape {tuple(x.shape[:-1]) + (weight.shape[0],)}, "
+                             f"got {tuple(dy.shape)}")
+        if len(x.shape) != 2:  # fold leading axes into the batch
+            dy2 = reshape(dy, (-1, weight.shape[0]))
+            x2 = reshape(x, (-1, weight.shape[1]))
+        else:
+            dy2, x2 = dy, x
+        dx = dy @ weight if need[0] else None
+        dw = dy2.T @ x2 if need[1] else None
+        db = _sum(dy2, axis=0) if len(need) > 2 and need[2] else None
+        return dx, dw, db
 
 
-def accuracy(scores: Any, labels: Any) -> float:
-    """Fraction of rows of ``scores`` (N, C) whose argmax equals ``labels`` (N,)."""
-    xp = namespace_of(scores, labels, where="accuracy")
-    if scores.ndim != 2 or tuple(labels.shape) != (scores.shape[0],):
-        raise ShapeError(f"accuracy: expected scores (N, C) and labels (N,), got {tuple(scores.shape)} and {tuple(labels.shape)}")
-    if scores.shape[0] == 0:
-        raise ValueError("accuracy: empty batch")
-    if not xp.isdtype(labels.dtype, "integral"):
-        raise DTypeError(f"accuracy: labels must be integer class indices, got dtype {dtype_name(labels.dtype)}")
-    pred = xp.argmax(scores, axis=-1)
-    hits = pred == xp.astype(labels, pred.dtype)
-    return float(xp.mean(xp.astype(hits, xp.float64)))
+def linear(x: Any, weight: Any, bias: Any = None) -> Any:
+    """``y = x @ weight.T + bias`` with PyTorch's layout: x (N, in), weight (out, in), bias (out,) -> y (N, out).
+
+    Arrays or Tensors; raises ``ShapeError``/``DTypeError`` naming the expected and given shape/dtype."""
+    return Linear.apply(x, weight, bias)
+
+
+def linear_backward(
+    x: Any, weight: Any, dy: Any, *, need_input_grad: bool = True, need_bias_grad: bool = True
+) -> tuple[Optional[Any], Any, Optional[Any]]:
+    """Gradients of ``y = x @ weight.T + bias``: x (N, in), weight (out, in), dy (N, out) ->
+    ``(dx = dy @ weight, dweight = dy.T @ x, dbias = sum(dy, axis=0))``; ``dx``/``dbias`` are ``None`` when not needed.
+    """
+    namespace_of(x, weight, dy, where="linear_backward")
+    if dy.ndim != 2 or x.ndim != 2 or dy.shape[0] != x.shape[0] or dy.shape[1] != weight.shape[0]:
+        raise ShapeError(
+            f"linear_backward: expected dy of shape ({x.shape[0]}, {weight.shape[0]}), got {tuple(dy.shape)}"
+        )
+    _checks.same_dtype(weight, dy, "linear_backward", ("weight", "dy"))
+    ctx = Context((need_input_grad, True, need_bias_grad), (x, weight))
+    ctx.save_for_backward(x, weight)
+    return Linear.backward(ctx, dy)

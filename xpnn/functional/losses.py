@@ -1,7 +1,9 @@
-"""Losses, each with a ``*_with_grad`` variant returning ``(loss, grad_wrt_first_argument)`` in one pass.
+"""Losses, each an op declared once, with a ``*_with_grad`` variant returning ``(loss, grad_wrt_first_argument)``
+in one pass.
 
 For ``reduction="none"`` the loss is per sample/element and the gradient is that of the summed loss.
-``cross_entropy_with_grad`` is the fused hot path a CUDA kernel overrides.
+``cross_entropy_with_grad`` is the fused hot path a CUDA kernel overrides; the ``cross_entropy`` op runs it in its
+forward when the logits need a gradient and keeps that gradient for its backward (one pass over the logits).
 """
 from __future__ import annotations
 
@@ -9,12 +11,14 @@ import math
 from typing import Any
 
 from .. import _dispatch
+from ..autograd.op import Context, Op
 from ..backend import is_cupy_namespace, is_numpy_namespace, namespace_of
 from ..debug import check_finite
 from . import _checks
 from .activations import sigmoid
 from ._inplace import InPlace
-from .softmax import _shifted, _upcast
+from .shape import reshape
+from .softmax import _shifted, _upcast, softmax
 
 
 def _reduce(xp: Any, per: Any, reduction: str) -> Any:
@@ -29,13 +33,24 @@ def _grad_scale(per: Any, reduction: str) -> float:
     return 1.0 / math.prod(per.shape) if reduction == "mean" else 1.0
 
 
-def _check_ce(logits: Any, target: Any, reduction: str, ignore_index: int, label_smoothing: float, where: str) -> Any:
+def _check_ce(logits: Any, target: Any, reduction: str, ignore_index: int, label_smoothing: float,
+              where: str) -> tuple[Any, Any, Any]:
+    """``(xp, target, any_bad)``: on namespaces whose label check is deferred (not NumPy, debug off) ``target`` has
+    out-of-range labels replaced by ``ignore_index`` and ``any_bad`` is a 0-d flag (else ``None``)."""
     xp = namespace_of(logits, target, where=where)
     _checks.reduction(reduction, where)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{where}: label_smoothing must be in [0, 1], got {label_smoothing}")
-    _checks.class_targets(xp, logits, target, where, ignore_index)
-    return xp
+    bad = _checks.class_targets(xp, logits, target, where, ignore_index)
+    if bad is None:
+        return xp, target, None
+    target, any_bad = _checks.defer_class_targets(xp, target, bad, int(logits.shape[1]), where, ignore_index)
+    return xp, target, any_bad
+
+
+def _poison(xp: Any, loss: Any, any_bad: Any) -> Any:
+    """NaN where a deferred label check failed: a bad label never turns silently into a number."""
+    return loss if any_bad is None else xp.where(any_bad, xp.asarray(float("nan"), dtype=loss.dtype), loss)
 
 
 def _cross_entropy(xp: Any, logits: Any, target: Any, reduction: str, ignore_index: int, eps: float, with_grad: bool):
@@ -89,28 +104,80 @@ def _sub_at_targets(xp: Any, grad: Any, t: Any, value: Any) -> None:
         grad -= xp.astype(onehot, grad.dtype) * value[:, None]
 
 
+class CrossEntropy(Op):
+    name = "cross_entropy"
+
+    @staticmethod
+    def forward(ctx: Context, logits: Any, target: Any, *, reduction: str = "mean", ignore_index: int = -100,
+                label_smoothing: float = 0.0) -> Any:
+        xp, target, any_bad = _check_ce(logits, target, reduction, ignore_index, label_smoothing, "cross_entropy")
+        ctx.save_for_backward(logits)
+        ctx.target, ctx.reduction, ctx.ignore_index, ctx.eps = target, reduction, ignore_index, label_smoothing
+        if ctx.needs_input_grad[0]:  # the fused pass: loss and gradient at once
+            loss, ctx.grad = _with_grad(xp, logits, target, reduction, ignore_index, label_smoothing)
+            return _poison(xp, loss, any_bad)
+        return _poison(xp, _cross_entropy(xp, logits, target, reduction, ignore_index, label_smoothing,
+                                          with_grad=False), any_bad)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, None]:
+        if not ctx.create_graph:
+            grad = ctx.grad
+        else:  # recorded: (softmax - smoothed one-hot) * row scale, with the same ops
+            (x,) = ctx.saved_tensors
+            grad = _ce_grad_expression(ctx, x)
+        if ctx.reduction == "none":
+            return grad * reshape(g, (grad.shape[0], 1)), None
+        return grad * g, None
+
+
+def _ce_grad_expression(ctx: Context, x: Any) -> Any:
+    """d loss / d logits as an expression of ``x`` (a Tensor): ``(softmax(x) - (1-eps) onehot - eps/C) * scale``."""
+    xp = ctx.xp
+    target = ctx.target
+    n, c = x.shape
+    valid = target != ctx.ignore_index
+    t = xp.where(valid, target, xp.zeros_like(target))
+    dtype = x.dtype
+    onehot = xp.astype(xp.arange(c, dtype=t.dtype)[None, :] == t[:, None], dtype)
+    row = xp.astype(valid, dtype)
+    if ctx.reduction == "mean":
+        row = row / xp.maximum(xp.sum(row), 1.0)
+    dist = onehot * (1.0 - ctx.eps) + ctx.eps / c
+    return (softmax(x) - dist) * row[:, None]
+
+
 def cross_entropy(
     logits: Any, target: Any, *, reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0
 ) -> Any:
-    """Softmax cross-entropy of ``logits`` (N, C) against integer class ``target`` (N,), PyTorch semantics.
+    """Softmax cross-entropy of ``logits`` (N, C) against integer class ``target`` (N,), PyTorch semantics
+    (``torch.nn.functional.cross_entropy``: ``ignore_index``, ``label_smoothing``, ``reduction``).
 
-    Returns a 0-d array (``"mean"``/``"sum"``) or per-sample losses (N,) (``"none"``).
+    Returns a 0-d array/Tensor (``"mean"``/``"sum"``) or per-sample losses (N,) (``"none"``).
+    Raises ``ShapeError``/``DTypeError``/``ValueError`` for bad shapes, dtypes or out-of-range targets.
     """
-    xp = _check_ce(logits, target, reduction, ignore_index, label_smoothing, "cross_entropy")
-    return _cross_entropy(xp, logits, target, reduction, ignore_index, label_smoothing, with_grad=False)
+    return CrossEntropy.apply(logits, target, reduction=reduction, ignore_index=ignore_index,
+                              label_smoothing=label_smoothing)
 
 
 def cross_entropy_with_grad(
     logits: Any, target: Any, *, reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0
 ) -> tuple[Any, Any]:
     """``(cross_entropy(...), d loss / d logits)`` in one pass; the gradient has the shape of ``logits`` (N, C)."""
-    xp = _check_ce(logits, target, reduction, ignore_index, label_smoothing, "cross_entropy_with_grad")
+    xp, target, any_bad = _check_ce(logits, target, reduction, ignore_index, label_smoothing,
+                                    "cross_entropy_with_grad")
+    out = _with_grad(xp, logits, target, reduction, ignore_index, label_smoothing)
+    return (_poison(xp, out[0], any_bad), out[1]) if any_bad is not None else out
+
+
+def _with_grad(xp: Any, logits: Any, target: Any, reduction: str, ignore_index: int, eps: float) -> tuple[Any, Any]:
+    """The fused kernel for ``cross_entropy_with_grad`` where one is registered, else the reference."""
     kernel = _dispatch.lookup("cross_entropy_with_grad", xp, logits.dtype)
     if kernel is not None:
-        out = kernel(logits, target, reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing)
+        out = kernel(logits, target, reduction=reduction, ignore_index=ignore_index, label_smoothing=eps)
         if out is not NotImplemented:
             return out
-    return _cross_entropy(xp, logits, target, reduction, ignore_index, label_smoothing, with_grad=True)
+    return _cross_entropy(xp, logits, target, reduction, ignore_index, eps, with_grad=True)
 
 
 def _check_pair(pred: Any, target: Any, reduction: str, where: str, first: str) -> Any:
@@ -123,20 +190,64 @@ def _check_pair(pred: Any, target: Any, reduction: str, where: str, first: str) 
     return xp
 
 
+def _down(xp: Any, like: Any, *arrays: Any) -> Any:
+    """``arrays`` cast back to ``like.dtype`` (float16 losses are computed in float32); one array or a tuple."""
+    out = tuple(xp.astype(a, like.dtype) if a.dtype != like.dtype else a for a in arrays)
+    return out[0] if len(out) == 1 else out
+
+
+class MSELoss(Op):
+    name = "mse_loss"
+
+    @staticmethod
+    def forward(ctx: Context, pred: Any, target: Any, *, reduction: str = "mean") -> Any:
+        """float16 is computed in float32 (``d * d`` overflows float16 at ``|d| >= 256``, a sum sooner), rounded once."""
+        xp = _check_pair(pred, target, reduction, "mse_loss", "pred")
+        ctx.save_for_backward(pred, target)
+        ctx.reduction, ctx.scale = reduction, 2.0 * _grad_scale(pred, reduction)
+        d = _upcast(xp, pred) - _upcast(xp, target)
+        return _down(xp, pred, _reduce(xp, d * d, reduction))
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
+        pred, target = ctx.saved_tensors
+        gd = (pred - target) * (g * ctx.scale)
+        return (gd if ctx.needs_input_grad[0] else None), (-gd if ctx.needs_input_grad[1] else None)
+
+
+class BCEWithLogits(Op):
+    name = "binary_cross_entropy_with_logits"
+
+    @staticmethod
+    def forward(ctx: Context, logits: Any, target: Any, *, reduction: str = "mean") -> Any:
+        """float16 is computed in float32 (a float16 sum of the terms overflows) and rounded once."""
+        xp = _check_pair(logits, target, reduction, "binary_cross_entropy_with_logits", "logits")
+        ctx.save_for_backward(logits, target)
+        ctx.scale = _grad_scale(logits, reduction)
+        x, t = _upcast(xp, logits), _upcast(xp, target)
+        return _down(xp, logits, _reduce(xp, _bce_terms(xp, x, t), reduction))
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
+        x, t = ctx.saved_tensors
+        gs = g * ctx.scale
+        gx = (sigmoid(x) - t) * gs if ctx.needs_input_grad[0] else None
+        gt = -x * gs if ctx.needs_input_grad[1] else None
+        return gx, gt
+
+
 def mse_loss(pred: Any, target: Any, reduction: str = "mean") -> Any:
     """Mean squared error ``(pred - target)**2``, reduced; ``pred`` and ``target`` of one shape."""
-    xp = _check_pair(pred, target, reduction, "mse_loss", "pred")
-    d = pred - target
-    return _reduce(xp, d * d, reduction)
+    return MSELoss.apply(pred, target, reduction=reduction)
 
 
 def mse_loss_with_grad(pred: Any, target: Any, reduction: str = "mean") -> tuple[Any, Any]:
-    """``(mse_loss(...), 2 * (pred - target) * scale)``, scale ``1/numel`` for ``"mean"``."""
+    """``(mse_loss(...), 2 * (pred - target) * scale)``, scale ``1/numel`` for ``"mean"``; float16 in float32."""
     xp = _check_pair(pred, target, reduction, "mse_loss_with_grad", "pred")
-    d = pred - target
+    d = _upcast(xp, pred) - _upcast(xp, target)
     loss = _reduce(xp, d * d, reduction)
     d *= 2.0 * _grad_scale(d, reduction)
-    return loss, d
+    return _down(xp, pred, loss, d)
 
 
 def _bce_terms(xp: Any, logits: Any, target: Any) -> Any:
@@ -146,14 +257,14 @@ def _bce_terms(xp: Any, logits: Any, target: Any) -> Any:
 
 def binary_cross_entropy_with_logits(logits: Any, target: Any, reduction: str = "mean") -> Any:
     """Sigmoid + binary cross-entropy on ``logits`` with probabilities ``target`` (same shape), overflow-free."""
-    xp = _check_pair(logits, target, reduction, "binary_cross_entropy_with_logits", "logits")
-    return _reduce(xp, _bce_terms(xp, logits, target), reduction)
+    return BCEWithLogits.apply(logits, target, reduction=reduction)
 
 
 def binary_cross_entropy_with_logits_with_grad(logits: Any, target: Any, reduction: str = "mean") -> tuple[Any, Any]:
-    """``(loss, (sigmoid(logits) - target) * scale)``."""
+    """``(loss, (sigmoid(logits) - target) * scale)``; float16 in float32, rounded once."""
     xp = _check_pair(logits, target, reduction, "binary_cross_entropy_with_logits_with_grad", "logits")
-    loss = _reduce(xp, _bce_terms(xp, logits, target), reduction)
-    grad = sigmoid(logits) - target
+    x, t = _upcast(xp, logits), _upcast(xp, target)
+    loss = _reduce(xp, _bce_terms(xp, x, t), reduction)
+    grad = sigmoid(x) - t
     grad *= _grad_scale(grad, reduction)
-    return loss, grad
+    return _down(xp, logits, loss, grad)

@@ -1,27 +1,31 @@
 """Softmax family, all through the log-sum-exp trick: ``lse(x) = m + log(sum(exp(x - m)))``, ``m = max(x)``.
 
 float16 inputs are computed in float32 and cast back. Rows that are all ``-inf`` give ``lse = -inf`` (and NaN
-softmax, like NumPy/PyTorch), never an overflow.
+softmax, like NumPy/PyTorch), never an overflow. Each is an op; a fused CUDA kernel (one read of each row) replaces
+the forward for 2-D inputs along the last axis.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from .. import _dispatch
+from ..autograd.op import Context, Op
 from ..backend import namespace_of
 from . import _checks
+from .elementwise import exp
+from .reductions import sum as _sum
+from .shape import reshape
+
+__all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward"]
 
 
-def _prepare(x: Any, axis: int, op: str) -> tuple[Any, Any]:
-    """(xp, kernel or None) after checking x. Kernels are looked up for the last axis of 2-D arrays only."""
+def _prepare(x: Any, axis: int, op: str) -> Any:
     xp = namespace_of(x, where=op)
     _checks.floating(xp, x, op)
     if x.ndim == 0:
         raise ValueError(f"{op}: input must have at least one dimension")
-    kernel = None
-    if x.ndim == 2 and axis in (-1, 1):
-        kernel = _dispatch.lookup(op, xp, x.dtype)
-    return xp, kernel
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"{op}: axis {axis} is out of range for input of shape {tuple(x.shape)}")
+    return xp
 
 
 def _shifted(xp: Any, x: Any, axis: int) -> tuple[Any, Any]:
@@ -36,43 +40,140 @@ def _upcast(xp: Any, x: Any) -> Any:
     return xp.astype(x, xp.float32) if half is not None and x.dtype == half else x
 
 
+class LogSumExp(Op):
+    name = "logsumexp"
+    check = staticmethod(lambda x, *, axis=-1, keepdims=False: _prepare(x, axis, "logsumexp"))
+    kernel = "logsumexp"
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, *, axis: int = -1, keepdims: bool = False) -> Any:
+        """``log(sum(exp(x), axis))`` without overflow. (N, C) -> (N,) for the default axis."""
+        xp = namespace_of(x)
+        xf = _upcast(xp, x)
+        z, m = _shifted(xp, xf, axis)
+        out = xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True)) + m
+        if not keepdims:
+            out = xp.squeeze(out, axis=axis)
+        out = xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+        LogSumExp.save(ctx, out, x, axis=axis, keepdims=keepdims)
+        return out
+
+    @staticmethod
+    def save(ctx: Context, out: Any, x: Any, *, axis: int = -1, keepdims: bool = False) -> None:
+        ctx.save_for_backward(x, out)
+        ctx.axis, ctx.keepdims = axis, keepdims
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        x, out = ctx.saved_tensors
+        shape = list(x.shape)
+        shape[ctx.axis] = 1
+        if not ctx.keepdims:
+            g, out = reshape(g, tuple(shape)), reshape(out, tuple(shape))
+        return g * exp(x - out)  # g * softmax(x)
+
+
+class Softmax(Op):
+    name = "softmax"
+    check = staticmethod(lambda x, *, axis=-1, keepdims=False: _prepare(x, axis, "softmax"))
+    kernel = "softmax"
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, *, axis: int = -1) -> Any:
+        """``exp(x - lse(x))`` along ``axis``; same shape as ``x``."""
+        xp = namespace_of(x)
+        xf = _upcast(xp, x)
+        z, _ = _shifted(xp, xf, axis)
+        e = xp.exp(z)
+        e /= xp.sum(e, axis=axis, keepdims=True)
+        out = xp.astype(e, x.dtype) if e.dtype != x.dtype else e
+        Softmax.save(ctx, out, x, axis=axis)
+        return out
+
+    @staticmethod
+    def save(ctx: Context, out: Any, x: Any, *, axis: int = -1) -> None:
+        ctx.save_for_backward(out)
+        ctx.axis = axis
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        (y,) = ctx.saved_tensors
+        return softmax_backward(y, g, ctx.axis)
+
+
+class LogSoftmax(Op):
+    name = "log_softmax"
+    check = staticmethod(lambda x, *, axis=-1, keepdims=False: _prepare(x, axis, "log_softmax"))
+    kernel = "log_softmax"
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, *, axis: int = -1) -> Any:
+        """``x - lse(x)`` along ``axis``; same shape as ``x``."""
+        xp = namespace_of(x)
+        xf = _upcast(xp, x)
+        z, _ = _shifted(xp, xf, axis)
+        out = z - xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True))
+        out = xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+        LogSoftmax.save(ctx, out, x, axis=axis)
+        return out
+
+    @staticmethod
+    def save(ctx: Context, out: Any, x: Any, *, axis: int = -1) -> None:
+        ctx.save_for_backward(out)
+        ctx.axis = axis
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        """``g - softmax * sum(g)``; float16 arrays in float32 (the row sum of ``g`` overflows float16 first)."""
+        (out,) = ctx.saved_tensors
+        if not hasattr(g, "_node") and not hasattr(out, "_node"):
+            xp = namespace_of(g, out)
+            gf, of = _upcast(xp, g), _upcast(xp, out)
+            if gf is not g:
+                dx = gf - xp.exp(of) * xp.sum(gf, axis=ctx.axis, keepdims=True)
+                return xp.astype(dx, g.dtype)
+        return g - exp(out) * _sum(g, axis=ctx.axis, keepdims=True)
+
+
+def _kernel_ok(x: Any, axis: int) -> bool:
+    return getattr(x, "ndim", 0) == 2 and axis in (-1, 1)
+
+
 def logsumexp(x: Any, axis: int = -1, keepdims: bool = False) -> Any:
     """``log(sum(exp(x), axis))`` without overflow. (N, C) -> (N,) for the default axis."""
-    xp, kernel = _prepare(x, axis, "logsumexp")
-    if kernel is not None and not keepdims:
-        out = kernel(x, axis)
-        if out is not NotImplemented:
-            return out
-    xf = _upcast(xp, x)
-    z, m = _shifted(xp, xf, axis)
-    out = xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True)) + m
-    if not keepdims:
-        out = xp.squeeze(out, axis=axis)
-    return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+    if not keepdims and _kernel_ok(x, axis):
+        return LogSumExp.apply(x, axis=axis)
+    return _generic(LogSumExp).apply(x, axis=axis, keepdims=keepdims)
 
 
 def softmax(x: Any, axis: int = -1) -> Any:
     """``exp(x - lse(x))`` along ``axis``; same shape as ``x``."""
-    xp, kernel = _prepare(x, axis, "softmax")
-    if kernel is not None:
-        out = kernel(x, axis)
-        if out is not NotImplemented:
-            return out
-    xf = _upcast(xp, x)
-    z, _ = _shifted(xp, xf, axis)
-    e = xp.exp(z)
-    e /= xp.sum(e, axis=axis, keepdims=True)
-    return xp.astype(e, x.dtype) if e.dtype != x.dtype else e
+    return (Softmax if _kernel_ok(x, axis) else _generic(Softmax)).apply(x, axis=axis)
 
 
 def log_softmax(x: Any, axis: int = -1) -> Any:
     """``x - lse(x)`` along ``axis``; same shape as ``x``."""
-    xp, kernel = _prepare(x, axis, "log_softmax")
-    if kernel is not None:
-        out = kernel(x, axis)
-        if out is not NotImplemented:
-            return out
-    xf = _upcast(xp, x)
-    z, _ = _shifted(xp, xf, axis)
-    out = z - xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True))
-    return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+    return (LogSoftmax if _kernel_ok(x, axis) else _generic(LogSoftmax)).apply(x, axis=axis)
+
+
+def softmax_backward(y: Any, dy: Any, axis: int = -1) -> Any:
+    """Input gradient of ``y = softmax(x, axis)``: ``dx = y * (dy - sum(dy * y, axis))``; float16 arrays are computed
+    in float32 (the sum over a row overflows or loses digits in float16) and rounded once."""
+    if not hasattr(y, "_node") and not hasattr(dy, "_node"):
+        xp = _checks.pair(y, dy, "softmax_backward", ("softmax output", "dy"))
+        yf, dyf = _upcast(xp, y), _upcast(xp, dy)
+        if yf is not y or dyf is not dy:
+            dx = yf * (dyf - xp.sum(dyf * yf, axis=axis, keepdims=True))
+            return xp.astype(dx, dy.dtype)
+    return y * (dy - _sum(dy * y, axis=axis, keepdims=True))
+
+
+_GENERIC: dict[type, type] = {}
+
+
+def _generic(op: type) -> type:
+    """``op`` without its kernel (the kernels serve 2-D inputs along the last axis only)."""
+    cls = _GENERIC.get(op)
+    if cls is None:
+        cls = _GENERIC[op] = type(op.__name__ + "Generic", (op,), {"kernel": None})
+    return cls

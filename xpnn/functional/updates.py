@@ -9,6 +9,11 @@ compared with it. The generic code writes every intermediate into a work array: 
 library's ufunc ``out=`` (no temporaries when the caller passes ``scratch``, a list it keeps between steps and that
 these functions fill with the work arrays they need on first use); on other array-API namespaces through plain
 expressions assigned with ``out[...] = ...``.
+
+Capturable form: ``step`` and ``lr`` may be 0-d arrays of the param's namespace and compute dtype (what
+``xpnn.optim`` passes on namespaces other than NumPy). They are then never read on the host: bias corrections are
+computed from them on the device, and the fused kernel looked up is ``"<function name>_capturable"`` (one that reads
+them from device memory), else the generic code runs.
 """
 from __future__ import annotations
 
@@ -41,9 +46,25 @@ def _work(xp: Any, scratch: Optional[list], i: int, like: Any) -> Any:
     return w
 
 
+_SIGNATURES: dict[tuple, Any] = {}  # (where, state names, (type, dtype, shape, device) per array) -> namespace
+_MAX_SIGNATURES = 1024
+
+
 def _check(where: str, param: Any, grad: Any, **state: Any) -> Any:
-    """Namespace of the arrays; all must be floating with ``param``'s shape and dtype (``None`` states skipped)."""
+    """Namespace of the arrays; all must be floating with ``param``'s shape and dtype (``None`` states skipped).
+
+    What the checks derive from types, dtypes, shapes and devices is cached per signature: an optimizer calls
+    with the same signature every step, and a cache hit costs one tuple lookup instead of the namespace and
+    dtype derivations (error messages are formatted only when raising)."""
     arrays = {"grad": grad, **{k: v for k, v in state.items() if v is not None}}
+    key = (where, tuple(arrays), *((type(a), a.dtype, a.shape, getattr(a, "device", None))
+                                   for a in (param, *arrays.values())))
+    try:
+        xp = _SIGNATURES.get(key)
+    except TypeError:  # an unhashable device or dtype: check every time
+        xp, key = None, None
+    if xp is not None:
+        return xp
     xp = namespace_of(param, *arrays.values(), where=where)
     if not xp.isdtype(param.dtype, "real floating"):
         raise DTypeError(f"{where}: param must be a floating array (float16/32/64), got dtype {dtype_name(param.dtype)}")
@@ -53,6 +74,10 @@ def _check(where: str, param: Any, grad: Any, **state: Any) -> Any:
         if a.dtype != param.dtype:
             raise DTypeError(f"{where}: {name} dtype {dtype_name(a.dtype)} differs from param dtype "
                              f"{dtype_name(param.dtype)}")
+    if key is not None:
+        if len(_SIGNATURES) >= _MAX_SIGNATURES:
+            _SIGNATURES.clear()
+        _SIGNATURES[key] = xp
     return xp
 
 
@@ -91,7 +116,9 @@ def sgd_update(param: Any, grad: Any, momentum_buffer: Any = None, *, lr: float,
     xp = _check("sgd_update", param, grad, momentum_buffer=momentum_buffer)
     if momentum != 0 and momentum_buffer is None:
         raise ValueError(f"sgd_update: momentum={momentum} needs a momentum_buffer array")
-    if _kernel_took("sgd_update", xp, param.dtype, param, grad, momentum_buffer, lr=lr, momentum=momentum,
+    # a device-scalar lr/step (capturable optimizers) needs a kernel reading it from device memory
+    op = "sgd_update_capturable" if _is_device_scalar(lr) else "sgd_update"
+    if _kernel_took(op, xp, param.dtype, param, grad, momentum_buffer, lr=lr, momentum=momentum,
                     dampening=dampening, nesterov=nesterov, weight_decay=weight_decay, first_step=first_step,
                     maximize=maximize):
         return None
@@ -133,13 +160,15 @@ def adagrad_update(param: Any, grad: Any, state_sum: Any, *, step: int, lr: floa
     """
     xp = _check("adagrad_update", param, grad, state_sum=state_sum)
     _check_step("adagrad_update", step)
-    if _kernel_took("adagrad_update", xp, param.dtype, param, grad, state_sum, step=step, lr=lr, lr_decay=lr_decay,
+    # a device-scalar lr/step (capturable optimizers) needs a kernel reading it from device memory
+    op = "adagrad_update_capturable" if _is_device_scalar(step, lr) else "adagrad_update"
+    if _kernel_took(op, xp, param.dtype, param, grad, state_sum, step=step, lr=lr, lr_decay=lr_decay,
                     weight_decay=weight_decay, eps=eps, maximize=maximize):
         return None
     ops = _InPlace(xp)
     g = _effective_grad(ops, param, grad, weight_decay, maximize, scratch)
     t = _work(xp, scratch, 0 if g is grad else 1, param)
-    clr = lr / (1 + (step - 1) * lr_decay)
+    clr = _adagrad_clr(xp, param.dtype, step, lr, lr_decay)
     ops.add(state_sum, ops.mul(g, g, out=t), out=state_sum)
     ops.add(ops.sqrt(state_sum, out=t), eps, out=t)
     ops.div(g, t, out=t)
@@ -167,7 +196,9 @@ def rmsprop_update(param: Any, grad: Any, square_avg: Any, grad_avg: Any = None,
         raise ValueError("rmsprop_update: centered=True needs a grad_avg array")
     if momentum > 0 and momentum_buffer is None:
         raise ValueError(f"rmsprop_update: momentum={momentum} needs a momentum_buffer array")
-    if _kernel_took("rmsprop_update", xp, param.dtype, param, grad, square_avg, grad_avg, momentum_buffer, lr=lr,
+    # a device-scalar lr/step (capturable optimizers) needs a kernel reading it from device memory
+    op = "rmsprop_update_capturable" if _is_device_scalar(lr) else "rmsprop_update"
+    if _kernel_took(op, xp, param.dtype, param, grad, square_avg, grad_avg, momentum_buffer, lr=lr,
                     alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
                     maximize=maximize):
         return None
@@ -192,8 +223,8 @@ def rmsprop_update(param: Any, grad: Any, square_avg: Any, grad_avg: Any = None,
     return None
 
 
-def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_avg_sq: Any = None, *, step: int,
-                lr: float, beta1: float, beta2: float, eps: float, weight_decay: float = 0.0,
+def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_avg_sq: Any = None, *, step: Any,
+                lr: Any, beta1: float, beta2: float, eps: float, weight_decay: float = 0.0,
                 decoupled_weight_decay: bool = False, amsgrad: bool = False, maximize: bool = False,
                 scratch: Optional[list] = None) -> None:
     """Adam / AdamW (``torch.optim.Adam``, ``torch.optim.AdamW``), in place; ``step`` counts from 1.
@@ -215,28 +246,81 @@ def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_av
     _check_step("adam_update", step)
     if amsgrad and max_exp_avg_sq is None:
         raise ValueError("adam_update: amsgrad=True needs a max_exp_avg_sq array")
-    if _kernel_took("adam_update", xp, param.dtype, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step,
+    op = "adam_update_capturable" if _is_device_scalar(step, lr) else "adam_update"
+    if _kernel_took(op, xp, param.dtype, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step,
                     lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                     decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize):
         return None
     ops = _InPlace(xp)
+    step_size, bc2_sqrt, decay = _adam_scalars(xp, param.dtype, step, lr, beta1, beta2, weight_decay)
     if decoupled_weight_decay and weight_decay != 0:
-        ops.mul(param, 1 - lr * weight_decay, out=param)
+        ops.mul(param, decay, out=param)
     g = _effective_grad(ops, param, grad, 0.0 if decoupled_weight_decay else weight_decay, maximize, scratch)
     t = _work(xp, scratch, 0 if g is grad else 1, param)
     ops.mul(exp_avg, beta1, out=exp_avg)
     ops.add(exp_avg, ops.mul(g, 1 - beta1, out=t), out=exp_avg)
     ops.mul(exp_avg_sq, beta2, out=exp_avg_sq)
     ops.add(exp_avg_sq, ops.mul(ops.mul(g, g, out=t), 1 - beta2, out=t), out=exp_avg_sq)
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
     v = ops.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq) if amsgrad else exp_avg_sq
-    ops.div(ops.sqrt(v, out=t), math.sqrt(bias_correction2), out=t)
+    ops.div(ops.sqrt(v, out=t), bc2_sqrt, out=t)
     ops.div(exp_avg, ops.add(t, eps, out=t), out=t)  # t = m / denom
-    ops.sub(param, ops.mul(t, lr / bias_correction1, out=t), out=param)
+    ops.sub(param, ops.mul(t, step_size, out=t), out=param)
     return None
 
 
+def _adam_scalars(xp: Any, dtype: Any, step: Any, lr: Any, beta1: float, beta2: float,
+                  weight_decay: float) -> tuple[Any, Any, Any]:
+    """``(lr / (1 - beta1**step), sqrt(1 - beta2**step), 1 - lr * weight_decay)``, computed in float64: Python
+    floats for a Python ``step``/``lr``; for 0-d arrays (capturable) 0-d arrays of ``dtype`` computed on the device
+    in float64 and rounded once, as the Python path rounds its floats (``1 - 0.999**t`` in float32 would lose ~5
+    digits to cancellation). The capturable CUDA kernel computes them the same way."""
+    if not _is_device_scalar(step, lr):
+        return lr / (1 - beta1**step), math.sqrt(1 - beta2**step), 1 - lr * weight_decay
+    f64 = xp.float64
+    s = xp.astype(step, f64) if not isinstance(step, (int, float)) else float(step)
+    r = xp.astype(lr, f64) if not isinstance(lr, (int, float)) else float(lr)
+    like = step if not isinstance(step, (int, float)) else lr
+    one = xp.ones((), dtype=f64, device=_device(like))
+    step_size = r / (one - beta1**s)
+    bc2_sqrt = xp.sqrt(one - beta2**s)
+    decay = one - r * weight_decay
+    return tuple(xp.astype(v, dtype) for v in (step_size, bc2_sqrt, decay))  # type: ignore[return-value]
+
+
+def _adagrad_clr(xp: Any, dtype: Any, step: Any, lr: Any, lr_decay: float) -> Any:
+    """``lr / (1 + (step - 1) * lr_decay)`` in float64 (a Python float, or for 0-d arrays a 0-d array of ``dtype``
+    rounded once, as in ``_adam_scalars``)."""
+    if not _is_device_scalar(step, lr):
+        return lr / (1 + (step - 1) * lr_decay)
+    f64 = xp.float64
+    s = xp.astype(step, f64) if not isinstance(step, (int, float)) else float(step)
+    r = xp.astype(lr, f64) if not isinstance(lr, (int, float)) else float(lr)
+    like = step if not isinstance(step, (int, float)) else lr
+    one = xp.ones((), dtype=f64, device=_device(like))
+    return xp.astype(r / (one + (s - 1.0) * lr_decay), dtype)
+
+
+def _device(x: Any) -> Any:
+    import array_api_compat
+
+    return array_api_compat.device(x)
+
+
 def _check_step(where: str, step: Any) -> None:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise ValueError(f"{where}: step must be an int >= 1 (the number of this update), got {step!r}")
+    """``step``: an int >= 1, or (capturable optimizers) a 0-d floating array holding it, never read here."""
+    if isinstance(step, int) and not isinstance(step, bool):
+        if step < 1:
+            raise ValueError(f"{where}: step must be an int >= 1 (the number of this update), got {step!r}")
+        return
+    if getattr(step, "ndim", None) == 0 and hasattr(step, "dtype") and not isinstance(step, (bool, float)):
+        return
+    raise ValueError(f"{where}: step must be an int >= 1 or a 0-d device array holding it, got {step!r}")
+
+
+def _is_device_scalar(*values: Any) -> bool:
+    """Whether any of ``values`` is a 0-d array (a capturable optimizer's step count or learning rate)."""
+    return any(not isinstance(v, (int, float)) for v in values)
+
+
+def _sqrt(xp: Any, x: Any) -> Any:
+    return math.sqrt(x) if isinstance(x, float) else xp.sqrt(x)

@@ -1,23 +1,30 @@
-"""Layers, containers and losses with an explicit ``forward``/``backward`` protocol (no autograd tape).
+"""Layers, containers and losses, each with one ``forward`` over ``xpnn.functional`` ops.
 
-``y = m(x)``; ``dx = m.backward(dy)`` adds parameter gradients into ``.grad`` and returns the input gradient;
-losses: ``loss = loss_fn(pred, target)``, ``dpred = loss_fn.backward()``. A model's parameters and gradients live
-in one flat buffer each (every Parameter's ``.data``/``.grad`` is a view into it).
+On Tensors: ``loss = loss_fn(model(xpnn.tensor(x)), y); loss.backward()`` (autograd). On arrays (the explicit API,
+sugar over the same recorded call): ``y = m(x)``; ``dx = m.backward(dy)`` adds parameter gradients into ``.grad``
+and returns the input gradient; losses: ``loss = loss_fn(pred, target)``, ``dpred = loss_fn.backward()``.
+A model's parameters and gradients live in one flat buffer each (every Parameter's ``.data``/``.grad`` is a view
+into it), so an optimizer step is one pass.
 """
 from .activation import ELU, SELU, LeakyReLU, PReLU, ReLU, Sigmoid, Softmax, Tanh
 from .batchnorm import BatchNorm1d
+from .batchnorm2d import BatchNorm2d
 from .container import Residual, Sequential
+from .conv import Conv2d
 from .dropconnect import DropConnect
 from .dropout import Dropout
+from .flatten import Flatten
 from .linear import Linear
 from .loss import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from .maxout import Maxout
 from .module import Module
 from .parameter import FlatBuffer, Parameter, flat_buffer_of
+from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
 __all__ = [
     "Module", "Parameter", "FlatBuffer", "flat_buffer_of",
     "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "Softmax", "Maxout",
     "Dropout", "DropConnect", "BatchNorm1d", "Sequential", "Residual",
     "CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss",
+    "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "BatchNorm2d",
 ]

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from .. import functional as F
 from ..backend import BackendLike
 from ..errors import ShapeError
-from ..functional.layers import batch_norm_backward, batch_norm_eval, batch_norm_train
-from .linear import check_features, check_grad_output
-from .module import Module, layer_namespace
+from .linear import check_features
+from .module import Module
 from .parameter import FlatBuffer, Parameter, factory
 
 __all__ = ["BatchNorm1d"]
@@ -46,7 +46,6 @@ class BatchNorm1d(Module):
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
-        self._cache: Any = None
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
@@ -56,48 +55,16 @@ class BatchNorm1d(Module):
         return f"BatchNorm1d({self.num_features})"
 
     def forward(self, x: Any) -> Any:
-        w = self.weight.data if self.weight is not None else None
-        b = self.bias.data if self.bias is not None else None
-        ref = w if w is not None else self.running_mean
-        xp = layer_namespace(self, x, ref)
-        check_features(self, xp, x, self.num_features, ref.dtype if ref is not None else x.dtype)
+        ref = self.weight.data if self.weight is not None else self.running_mean
+        check_features(self, None, x, self.num_features, ref.dtype if ref is not None else x.dtype)
         batch_stats = self.training or not self.track_running_stats
+        if batch_stats and x.shape[0] < 2:
+            raise ShapeError(f"{self._where()}: expected more than 1 value per channel when training, "
+                             f"got input of shape {tuple(x.shape)}")
+        w, b = self.weight, self.bias
+        if self.training and self.track_running_stats:
+            return F.batch_norm(x, self.running_mean, self.running_var, w, b, training=True, momentum=self.momentum,
+                                eps=self.eps, num_batches_tracked=self.num_batches_tracked)
         if batch_stats:
-            if x.shape[0] < 2:
-                raise ShapeError(f"{self._where()}: expected more than 1 value per channel when training, "
-                                 f"got input of shape {tuple(x.shape)}")
-            y, xhat, invstd, mean, var = batch_norm_train(x, w, b, self.eps)
-            if self.training and self.track_running_stats:
-                self._update_running(xp, mean, var, x.shape[0])
-        else:
-            y, xhat, invstd = batch_norm_eval(x, self.running_mean, self.running_var, w, b, self.eps)
-        self._cache = (xhat, invstd, batch_stats)
-        return y
-
-    def _update_running(self, xp: Any, mean: Any, var: Any, n: int) -> None:
-        nbt = self.num_batches_tracked
-        nbt += 1
-        f = 1.0 / float(nbt) if self.momentum is None else float(self.momentum)
-        rm, rv = self.running_mean, self.running_var
-        rm *= 1.0 - f
-        rm += f * mean
-        rv *= 1.0 - f
-        rv += (f * n / (n - 1)) * var  # unbiased variance, like PyTorch
-
-    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
-        if self._cache is None:
-            raise self._no_forward()
-        xhat, invstd, batch_stats = self._cache
-        w = self.weight.data if self.weight is not None else None
-        xp = layer_namespace(self, dy, xhat)
-        check_grad_output(self, xp, dy, tuple(xhat.shape), xhat.dtype)
-        dx, dw, db = batch_norm_backward(dy, xhat, invstd, w, batch_stats)
-        if self.weight is not None:
-            g = self.weight.grad
-            g += dw
-            gb = self.bias.grad
-            gb += db
-        return dx if need_input_grad else None
-
-    def _moved(self) -> None:
-        self._cache = None
+            return F.batch_norm(x, None, None, w, b, training=True, eps=self.eps)
+        return F.batch_norm(x, self.running_mean, self.running_var, w, b, training=False, eps=self.eps)

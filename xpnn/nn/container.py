@@ -1,4 +1,4 @@
-"""Containers: ``Sequential`` (a chain of modules) and ``Residual`` (``y = x + f(x)``).
+"""Containers: ``Sequential`` (a chain of modules) and ``Residual`` (``y = x + f(x)``); their backward is the tape's.
 
 Both repack all their children's parameters into one FlatBuffer at construction, so a model built from them
 has one data and one grad array (optimizers then update it in one pass).
@@ -9,7 +9,7 @@ from collections import OrderedDict
 from typing import Any, Iterator, Union
 
 from ..errors import ShapeError
-from .module import Module, call_backward
+from .module import Module
 
 __all__ = ["Sequential", "Residual"]
 
@@ -39,13 +39,6 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
-        """Backward through the children in reverse; ``need_input_grad=False`` lets the first child skip dx."""
-        mods = list(self._modules.values())
-        for i in range(len(mods) - 1, -1, -1):
-            dy = call_backward(mods[i], dy, need_input_grad or i > 0)
-        return dy if need_input_grad else None
-
     def append(self, module: Module) -> "Sequential":
         """Add ``module`` at the end and repack all parameters into one buffer."""
         setattr(self, str(len(self._modules)), _check_module("Sequential", str(len(self._modules)), module))
@@ -74,18 +67,10 @@ class Residual(Module):
         super().__init__()
         self.module = _check_module("Residual", "module", module)
         self._pack()
-        self._ran = False
 
     def forward(self, x: Any) -> Any:
         y = self.module(x)
         if tuple(y.shape) != tuple(x.shape):
             raise ShapeError(f"Residual: the wrapped {type(self.module).__name__} must keep the input shape "
                              f"{tuple(x.shape)}, but returned {tuple(y.shape)}")
-        self._ran = True
         return x + y
-
-    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
-        if not self._ran:
-            raise self._no_forward()
-        dx = call_backward(self.module, dy, need_input_grad)
-        return dy + dx if need_input_grad else None

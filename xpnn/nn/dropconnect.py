@@ -3,13 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from .. import functional as F
-from ..backend import BackendLike
-from ..functional.layers import dropout_mask, linear_backward, make_rng
-from .linear import Linear, add_affine_grads, check_features, check_grad_output
-from .module import layer_namespace
+from ..backend import BackendLike, namespace_of
+from ..functional.dropout import dropout_mask, make_rng
+from ..random import generator
+from .linear import Linear, check_features
 
 __all__ = ["DropConnect"]
 
@@ -20,20 +18,19 @@ class DropConnect(Linear):
     eval mode is the plain ``Linear`` with the learned weight). The bias is not dropped.
 
     x (N, in_features) -> y (N, out_features). Gradients: ``dweight = (dy.T @ x) * M``, ``dx = dy @ (weight * M)``.
-    ``seed`` seeds both the initial weights and the mask sequence.
+    ``seed`` seeds both the initial weights and the mask sequence. ``_mask`` is the last mask drawn.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, p: float = 0.5,
                  backend: BackendLike = None, dtype: Any = None, seed: Any = None):
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
             raise ValueError(f"DropConnect: p must be a probability in [0, 1), got {p!r}")
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        rng = generator(seed)
         super().__init__(in_features, out_features, bias, backend=backend, dtype=dtype, seed=rng)
         self.p = float(p)
         self._mask_seed = int(rng.integers(2**63))
         self._rngs: dict[int, Any] = {}
         self._mask: Any = None
-        self._w_eff: Any = None
 
     def _where(self) -> str:
         return f"DropConnect(in_features={self.in_features}, out_features={self.out_features}, p={self.p})"
@@ -43,32 +40,16 @@ class DropConnect(Linear):
 
     def forward(self, x: Any) -> Any:
         if not self.training or self.p == 0.0:
-            self._mask = self._w_eff = None
             return super().forward(x)
         w = self.weight.data
-        xp = layer_namespace(self, x, w)
-        check_features(self, xp, x, self.in_features, w.dtype)
+        xp = namespace_of(w)
+        check_features(self, None, x, self.in_features, w.dtype)
         rng = self._rngs.get(id(xp))
         if rng is None:
             rng = self._rngs[id(xp)] = make_rng(xp, self._mask_seed)
         self._mask = dropout_mask(xp, tuple(w.shape), self.p, w.dtype, rng)
-        self._w_eff = w * self._mask
-        self._x = x
-        return F.linear(x, self._w_eff, self.bias.data if self.bias is not None else None)
-
-    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
-        if self._mask is None:
-            return super().backward(dy, need_input_grad)
-        x = self._x
-        xp = layer_namespace(self, dy, self._w_eff)
-        check_grad_output(self, xp, dy, (x.shape[0], self.out_features), self._w_eff.dtype)
-        dx, dw, db = linear_backward(x, self._w_eff, dy, need_input_grad=need_input_grad,
-                                     need_bias_grad=self.bias is not None)
-        dw *= self._mask
-        add_affine_grads(self.weight, self.bias, dw, db)
-        return dx
+        return F.linear(x, self.weight * self._mask, self.bias)
 
     def _moved(self) -> None:
-        super()._moved()
-        self._mask = self._w_eff = None
+        self._mask = None
         self._rngs = {}

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..functional.layers import dropout_mask, make_rng
-from .module import Module, layer_namespace
+from .. import functional as F
+from ..backend import namespace_of
+from ..functional.dropout import dropout_mask, make_rng
+from .module import Module
 
 __all__ = ["Dropout"]
 
@@ -22,30 +24,20 @@ class Dropout(Module):
         self.p = float(p)
         self._seed = seed
         self._rngs: dict[int, Any] = {}
-        self._mask: Any = None
-        self._ran = False
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
-    def forward(self, x: Any) -> Any:
-        xp = layer_namespace(self, x)
-        self._ran = True
-        if not self.training or self.p == 0.0:
-            self._mask = None
-            return x
+    def _rng(self, xp: Any) -> Any:
         rng = self._rngs.get(id(xp))
         if rng is None:
             rng = self._rngs[id(xp)] = make_rng(xp, self._seed)
-        self._mask = dropout_mask(xp, tuple(x.shape), self.p, x.dtype, rng)
-        return x * self._mask
+        return rng
 
-    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
-        if not self._ran:
-            raise self._no_forward()
-        if not need_input_grad:
-            return None
-        return dy if self._mask is None else dy * self._mask
-
-    def _moved(self) -> None:
-        self._mask, self._ran = None, False
+    def forward(self, x: Any) -> Any:
+        data = x.data if hasattr(x, "_node") else x
+        xp = namespace_of(data, where=self._where())
+        if not self.training or self.p == 0.0:
+            return x
+        mask = dropout_mask(xp, tuple(data.shape), self.p, data.dtype, self._rng(xp))
+        return F.dropout.__wrapped_op__.apply(x, mask=mask)

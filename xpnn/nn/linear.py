@@ -8,10 +8,10 @@ import numpy as np
 
 from .. import functional as F
 from .. import init
-from ..backend import BackendLike, dtype_name
+from ..autograd.tensor import Tensor
+from ..backend import BackendLike, dtype_name, namespace_of
 from ..debug import check_finite, get_debug
 from ..errors import DTypeError, ShapeError
-from ..functional.layers import linear_backward
 from .module import Module, layer_namespace
 from .parameter import FlatBuffer, Parameter, factory
 
@@ -19,7 +19,11 @@ __all__ = ["Linear"]
 
 
 def check_features(module: Module, xp: Any, x: Any, in_features: int, dtype: Any) -> None:
-    """Shared input check of layers taking (N, in_features) input of the parameters' dtype."""
+    """Shared input check of layers taking (N, in_features) input (array or Tensor) of the parameters' dtype."""
+    if isinstance(x, Tensor):
+        x = x.data
+    if xp is None:
+        xp = layer_namespace(module, x, module._ref_array())
     if x.ndim != 2 or x.shape[1] != in_features:
         raise ShapeError(f"{module._where()}: expected input of shape (N, {in_features}), got {tuple(x.shape)}")
     if x.shape[0] == 0:
@@ -94,26 +98,8 @@ class Linear(Module):
 
     def forward(self, x: Any) -> Any:
         w = self.weight.data
-        xp = layer_namespace(self, x, w)
-        check_features(self, xp, x, self.in_features, w.dtype)
+        check_features(self, layer_namespace(self, x.data if isinstance(x, Tensor) else x, w), x, self.in_features,
+                       w.dtype)
         if get_debug():  # NaN weights are reported where they are
-            check_finite(xp, w, self._where(), "weight")
-        y = F.linear(x, w, self.bias.data if self.bias is not None else None)
-        self._x = x
-        return y
-
-    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
-        """Add ``dy.T @ x`` to ``weight.grad`` and ``sum(dy, 0)`` to ``bias.grad``; return ``dy @ weight``
-        (``None`` when ``need_input_grad`` is false, e.g. for the first layer of a model)."""
-        x = self._x
-        if x is None:
-            raise self._no_forward()
-        w = self.weight.data
-        xp = layer_namespace(self, dy, w)
-        check_grad_output(self, xp, dy, (x.shape[0], self.out_features), w.dtype)
-        dx, dw, db = linear_backward(x, w, dy, need_input_grad=need_input_grad, need_bias_grad=self.bias is not None)
-        add_affine_grads(self.weight, self.bias, dw, db)
-        return dx
-
-    def _moved(self) -> None:
-        self._x = None
+            check_finite(namespace_of(w), w, self._where(), "weight")
+        return F.linear(x, self.weight, self.bias)

@@ -1,13 +1,17 @@
-"""Loss modules: ``loss = loss_fn(pred, target)``, then ``dpred = loss_fn.backward()`` (no argument).
+"""Loss modules: ``loss = loss_fn(pred, target)``; on Tensors ``loss.backward()``, on arrays (explicit API)
+``dpred = loss_fn.backward()`` (no argument).
 
-Each calls the ``*_with_grad`` function of ``xpnn.functional``, so the loss and its gradient come from one pass;
-for ``reduction="none"`` the gradient is that of the summed per-sample losses.
+Each calls its ``xpnn.functional`` op; cross-entropy computes the loss and its gradient in one pass (the fused
+kernel on CUDA). For ``reduction="none"`` the gradient is that of the summed per-sample losses.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from .. import functional as F
+import numpy as np
+
+from ..backend import namespace_of
 from ..functional._checks import REDUCTIONS
 from .module import Module
 
@@ -20,16 +24,21 @@ class _Loss(Module):
         if reduction not in REDUCTIONS:
             raise ValueError(f"{type(self).__name__}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
-        self._grad: Any = None
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}"
 
-    def backward(self) -> Any:  # type: ignore[override]
-        """Gradient of the last loss with respect to the prediction (same shape as it)."""
-        if self._grad is None:
-            raise self._no_forward()
-        return self._grad
+    def backward(self, dy: Any = None, need_input_grad: bool = True) -> Any:  # type: ignore[override]
+        """Gradient of the last loss (computed on arrays) with respect to the prediction (same shape as it);
+        ``dy`` defaults to ones (the gradient of the summed loss for ``reduction="none"``). One per forward."""
+        call = self.__dict__.get("_last_call")
+        if dy is None and call is not None:
+            out = call[1].data
+            dy = np.ones(out.shape, out.dtype) if isinstance(out, (np.ndarray, np.generic)) else \
+                namespace_of(out).ones_like(out)
+        return Module.backward(self, dy, need_input_grad)
+
+    backward._xpnn_tape = True  # type: ignore[attr-defined]
 
 
 class CrossEntropyLoss(_Loss):
@@ -47,23 +56,19 @@ class CrossEntropyLoss(_Loss):
         return f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}"
 
     def forward(self, logits: Any, target: Any) -> Any:
-        loss, self._grad = F.cross_entropy_with_grad(
-            logits, target, reduction=self.reduction, ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing)
-        return loss
+        return F.cross_entropy(logits, target, reduction=self.reduction, ignore_index=self.ignore_index,
+                               label_smoothing=self.label_smoothing)
 
 
 class MSELoss(_Loss):
     """Mean squared error between pred and target of one shape."""
 
     def forward(self, pred: Any, target: Any) -> Any:
-        loss, self._grad = F.mse_loss_with_grad(pred, target, reduction=self.reduction)
-        return loss
+        return F.mse_loss(pred, target, reduction=self.reduction)
 
 
 class BCEWithLogitsLoss(_Loss):
     """Sigmoid + binary cross-entropy on logits against probabilities of the same shape."""
 
     def forward(self, logits: Any, target: Any) -> Any:
-        loss, self._grad = F.binary_cross_entropy_with_logits_with_grad(logits, target, reduction=self.reduction)
-        return loss
+        return F.binary_cross_entropy_with_logits(logits, target, reduction=self.reduction)

@@ -1,4 +1,9 @@
-"""``Module``: the base of every layer, container and loss (explicit ``forward``/``backward``, no tape).
+"""``Module``: the base of every layer, container and loss.
+
+A layer writes one ``forward`` with ``xpnn.functional`` ops. Called on ``xpnn.Tensor``s it records on the tape and
+returns a Tensor (``loss.backward()`` then fills the parameters' ``.grad``). Called on plain arrays (the explicit
+API) it runs the same forward on the tape, returns an array and keeps that call, so that ``m.backward(dy)`` can add
+the parameter gradients and return the input gradient: the explicit API is sugar over the recorded call.
 
 Attribute assignment registers Parameters, child Modules and (via ``register_buffer``) state arrays such as
 BatchNorm's running statistics, in insertion order, like ``torch.nn.Module``.
@@ -12,8 +17,13 @@ from typing import Any, Iterator, NamedTuple, Optional
 
 import numpy as np
 
+from ..autograd.engine import run_backward
+from ..autograd.grad_mode import is_grad_enabled
+from ..autograd.op import Context, Op
+from ..autograd.tensor import Tensor
+from ..debug import check_finite, get_debug
 from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, resolve_dtype, to_numpy
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DTypeError, ShapeError
 from .parameter import FlatBuffer, Parameter, common_buffer, flat_buffer_of
 
 __all__ = ["Module", "IncompatibleKeys", "call_backward", "layer_namespace"]
@@ -30,15 +40,56 @@ _TAKES_FLAG: dict[type, bool] = {}
 
 
 def call_backward(module: "Module", dy: Any, need_input_grad: bool) -> Any:
-    """``module.backward(dy)``, passing ``need_input_grad=False`` to modules whose backward accepts it (all of
-    xpnn's) so the first layer of a model skips computing an input gradient nobody uses."""
+    """``module.backward(dy, need_input_grad=...)``: the backward contract lets the first layer of a model skip the
+    input gradient nobody uses. (A user module written for the first version whose ``backward`` takes no such
+    argument is called with ``dy`` alone.)"""
     if need_input_grad:
         return module.backward(dy)
     cls = type(module)
+    if not cls._explicit_backward:
+        return module.backward(dy, need_input_grad=False)
     takes = _TAKES_FLAG.get(cls)
     if takes is None:
         takes = _TAKES_FLAG[cls] = "need_input_grad" in inspect.signature(cls.backward).parameters
     return module.backward(dy, need_input_grad=False) if takes else module.backward(dy)
+
+
+class _InputTensor(Tensor):
+    """The Tensor wrapping an array passed to a module (explicit API): its gradient is the returned ``dx``, so the
+    first contribution is kept as is instead of copied."""
+
+    __slots__ = ()
+
+    def _accumulate_grad(self, g: Any) -> None:
+        self._grad = g if self._grad is None else self._grad + g
+
+
+def _is_float_array(a: Any) -> bool:
+    if type(a) is np.ndarray:
+        return a.dtype.kind == "f"
+    if not (hasattr(a, "shape") and hasattr(a, "dtype")) or isinstance(a, Tensor):
+        return False
+    try:
+        return namespace_of(a).isdtype(a.dtype, "real floating")
+    except Exception:
+        return False
+
+
+class _ExplicitModuleCall(Op):
+    """A module written with its own ``backward`` (the first version's protocol), as one node of the tape."""
+
+    name = "module"
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, *rest: Any, module: "Module", kwargs: dict) -> Any:
+        ctx.module = module
+        return module.forward(x, *rest, **kwargs)
+
+    @staticmethod
+    def backward(ctx: Context, dy: Any) -> Any:
+        need = ctx.needs_input_grad
+        dx = call_backward(ctx.module, dy, need[0])
+        return (dx,) + (None,) * (len(need) - 1)
 
 
 def _is_dtype_like(x: Any) -> bool:
@@ -208,14 +259,91 @@ class Module:
                 p.zero_grad()
 
     # --- calling ------------------------------------------------------------------------------------------
+    #: whether the class defines its own ``backward`` (the first version's explicit protocol) instead of
+    #: relying on the tape; set for each subclass
+    _explicit_backward = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("backward")
+        if own is not None:
+            cls._explicit_backward = not getattr(own, "_xpnn_tape", False)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward(*args, **kwargs)
+        tensors = False
+        for a in args:
+            if isinstance(a, Tensor):
+                tensors = True
+                break
+        if self._explicit_backward:
+            if tensors:
+                return _ExplicitModuleCall.apply(*args, module=self, kwargs=kwargs)
+            return self.forward(*args, **kwargs)
+        if tensors:
+            return self.forward(*args, **kwargs)
+        return self._explicit_call(args, kwargs)
+
+    def _explicit_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Arrays in: run ``forward`` on the tape (the first floating array argument is the input whose gradient
+        ``backward`` returns), keep the call for ``backward`` (unless grad mode is off) and return arrays."""
+        record = is_grad_enabled()
+        wrapped = list(args)
+        first: Optional[Tensor] = None
+        for i, a in enumerate(args):
+            if _is_float_array(a):
+                first = _InputTensor(a)
+                first.requires_grad = record
+                wrapped[i] = first
+                break
+        out = self.forward(*wrapped, **kwargs)
+        if record:
+            object.__setattr__(self, "_last_call", (first, out) if isinstance(out, Tensor) else None)
+        if isinstance(out, Tensor):
+            return out._data
+        if isinstance(out, tuple):
+            return tuple(o._data if isinstance(o, Tensor) else o for o in out)
+        return out
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
-    def backward(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
+        """Back-propagate ``dy`` (d loss / d output, the output's shape and dtype) through the last call on arrays:
+        add the parameters' gradients into ``.grad`` and return the gradient of the input (``None`` when
+        ``need_input_grad`` is false). Each forward allows one backward; a forward under ``xpnn.no_grad()`` keeps
+        nothing, so evaluating between a forward and its backward is safe."""
+        call = self.__dict__.get("_last_call")
+        if call is None:
+            raise RuntimeError(f"{self._where()}: backward() called before forward(): each backward needs its own "
+                               "forward on arrays (this one has none, or a backward already used it; a forward "
+                               "under xpnn.no_grad() keeps nothing)")
+        object.__setattr__(self, "_last_call", None)
+        x, out = call
+        if isinstance(dy, Tensor):
+            dy = dy.data
+        if not hasattr(dy, "shape") or tuple(dy.shape) != out.shape:
+            got = tuple(dy.shape) if hasattr(dy, "shape") else type(dy).__name__
+            raise ShapeError(f"{self._where()}: backward expected dy of shape {out.shape}, got {got}")
+        if dy.dtype != out.dtype:
+            raise DTypeError(f"{self._where()}: backward expected dy of dtype {dtype_name(out.dtype)}, got "
+                             f"{dtype_name(dy.dtype)}")
+        if type(dy) is not type(out.data):
+            namespace_of(out.data, dy, where=self._where())
+        if get_debug():
+            check_finite(namespace_of(dy), dy, self._where(), "dy")
+        if x is not None and not need_input_grad:
+            x.requires_grad = False
+        if out is x:  # the forward returned its input (e.g. Dropout in eval mode)
+            return dy if need_input_grad else None
+        if out._node is not None:
+            run_backward([out], [dy])
+        if x is None or not need_input_grad:
+            return None
+        if x._grad is None:  # the output does not depend on the input
+            return namespace_of(x.data).zeros_like(x.data)
+        return x._grad
+
+    backward._xpnn_tape = True  # type: ignore[attr-defined]
 
     def _where(self) -> str:
         """Name used in error messages, e.g. ``Linear(in_features=784, out_features=512)``."""
@@ -223,6 +351,19 @@ class Module:
 
     def _no_forward(self) -> RuntimeError:
         return RuntimeError(f"{self._where()}: backward() called before forward()")
+
+    def _ref_array(self) -> Any:
+        """An array of the module's backend (its first parameter or buffer), for namespace checks of inputs."""
+        for p in self._parameters.values():
+            if p is not None:
+                return p.data
+        for b in self._buffers.values():
+            if b is not None:
+                return b
+        return None
+
+    def _drop_call(self) -> None:
+        object.__setattr__(self, "_last_call", None)
 
     # --- devices and dtypes -------------------------------------------------------------------------------
     def to(self, backend: BackendLike = None, *, dtype: Any = None) -> Module:
@@ -259,6 +400,7 @@ class Module:
                 new_b = move(b, floating=xp.isdtype(b.dtype, "real floating"))
                 mod._buffers[n] = new_b
                 object.__setattr__(mod, n, new_b)
+            mod._drop_call()
             mod._moved()
         FlatBuffer.pack(plist)
         return self

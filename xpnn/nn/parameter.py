@@ -10,21 +10,24 @@ parameters keep their own arrays and ``FlatBuffer.pack`` returns ``None``: the g
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, resolve_dtype, to_numpy
+from ..autograd.tensor import Tensor
+from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, resolve_dtype
 from ..errors import DTypeError, NamespaceMismatchError, ShapeError
+from ..random import generator
 
 __all__ = ["Parameter", "FlatBuffer", "flat_buffer_of", "views_supported", "factory"]
 
 _changes = itertools.count(1)  # source of Parameter._version stamps
 
 
-class Parameter:
-    """A trainable array: ``.data`` (the values) and ``.grad`` (the accumulated gradient, same shape and dtype).
+class Parameter(Tensor):
+    """A trainable array: a leaf ``xpnn.Tensor`` (``requires_grad=True``) with ``.data`` (the values) and ``.grad``
+    (the accumulated gradient, same shape and dtype). ``loss.backward()`` and the explicit ``m.backward(dy)`` add
+    into ``.grad`` in place, so a model's gradients stay views of its flat gradient buffer.
 
     ``.grad`` of a lone Parameter is allocated as zeros on first access (it is never ``None`` when read);
     assigning ``p.grad = None`` drops it (zeros again on next access). For a member of a ``FlatBuffer``,
@@ -32,20 +35,25 @@ class Parameter:
     and ``p.grad = None`` zeroes the view.
 
     ``_version`` changes whenever the values are replaced from outside an optimizer step (``data`` assignment,
-    ``Module.load_state_dict``, ``xpnn.init``): an optimizer keeping a float32 master copy of a float16 parameter
-    re-reads the parameter then instead of overwriting the new values with its stale copy.
+    ``Module.load_state_dict``, ``xpnn.init``). Optimizers do not rely on it: one keeping a float32 master copy of
+    a float16 parameter compares the copy with the values on the device before each step, so any write, even
+    ``p.data[...] = 0`` that bumps no version, is kept (``Optimizer._step_slot``).
     """
 
-    __slots__ = ("_data", "_grad", "_flat", "_offset", "_version", "name")
+    __slots__ = ("_flat", "_offset", "_version", "name")
 
-    def __init__(self, data: Any, name: Optional[str] = None):
-        if isinstance(data, Parameter):
+    def __init__(self, data: Any, name: Optional[str] = None, requires_grad: bool = True):
+        if isinstance(data, Tensor):
             data = data.data
         xp = namespace_of(data, where="Parameter")
         if not xp.isdtype(data.dtype, "real floating"):
             raise DTypeError(f"Parameter: data must be a floating array (float16/32/64), got dtype {dtype_name(data.dtype)}")
         self._data = data
         self._grad: Any = None
+        self._node = None
+        self._index = 0
+        self._hooks = None
+        self.requires_grad = bool(requires_grad)
         self._flat: Optional[FlatBuffer] = None
         self._offset: int = 0
         self._version = 0
@@ -58,7 +66,7 @@ class Parameter:
 
     @data.setter
     def data(self, value: Any) -> None:
-        if isinstance(value, Parameter):
+        if isinstance(value, Tensor):
             value = value.data
         if self._flat is not None:
             _copy_into(self._data, value, self._where(), "data")
@@ -100,29 +108,17 @@ class Parameter:
         namespace_of(self._data, value, where=self._where())
         self._grad = value
 
+    def _accumulate_grad(self, g: Any) -> None:
+        """``.grad += g`` in place (into the flat gradient buffer's view for a member of one)."""
+        cur = self.grad
+        cur += g
+
     @property
     def has_grad(self) -> bool:
         """Whether a gradient array exists (always true for flat members) without allocating one."""
         return self._grad is not None
 
-    # --- array-like metadata ------------------------------------------------------------------------------
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self._data.shape)
-
-    @property
-    def dtype(self) -> Any:
-        return self._data.dtype
-
-    @property
-    def ndim(self) -> int:
-        return self._data.ndim
-
-    @property
-    def size(self) -> int:
-        """Number of elements."""
-        return math.prod(self._data.shape)
-
+    # (shape, dtype, ndim, size and np.asarray(p) come from Tensor)
     def mark_changed(self) -> None:
         """Record that the values were changed in place from outside an optimizer step (see the class docstring;
         ``data`` assignment, ``load_state_dict`` and ``xpnn.init`` call it)."""
@@ -146,17 +142,13 @@ class Parameter:
         self._flat = None
         self._offset = 0
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        """``np.asarray(p)``: the values as a NumPy array (a host copy for GPU parameters)."""
-        return np.array(to_numpy(self._data), dtype=dtype, copy=True if copy else None)
-
     def __repr__(self) -> str:
         flat = ", flat" if self._flat is not None else ""
         return f"Parameter(shape={self.shape}, dtype={dtype_name(self.dtype)}{flat})"
 
 
 def _copy_into(view: Any, value: Any, where: str, what: str) -> None:
-    if isinstance(value, Parameter):
+    if isinstance(value, Tensor):
         value = value.data
     if tuple(value.shape) != tuple(view.shape):
         raise ShapeError(f"{where}: {what} must have shape {tuple(view.shape)}, got {tuple(value.shape)}")
@@ -289,5 +281,4 @@ def factory(backend: BackendLike, dtype: Any, seed: Any) -> tuple[Backend, Any, 
     dt = resolve_dtype(be.xp, dtype)
     if not be.xp.isdtype(dt, "real floating"):
         raise DTypeError(f"parameters must be floating (float16/32/64), got dtype {dtype_name(dt)}")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    return be, dt, rng
+    return be, dt, generator(seed)

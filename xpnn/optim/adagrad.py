@@ -42,6 +42,6 @@ class Adagrad(Optimizer):
 
     def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], scratch: list) -> None:
         state_sum = self._buffer(state, "sum", param, fill=group["initial_accumulator_value"])
-        adagrad_update(param, grad, state_sum, step=state["step"], lr=group["lr"], lr_decay=group["lr_decay"],
+        adagrad_update(param, grad, state_sum, step=self._step_of(state), lr=group["lr"], lr_decay=group["lr_decay"],
                        weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
                        scratch=scratch)

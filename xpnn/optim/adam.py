@@ -53,7 +53,7 @@ class Adam(Optimizer):
         exp_avg_sq = self._buffer(state, "exp_avg_sq", param)
         max_exp_avg_sq = self._buffer(state, "max_exp_avg_sq", param) if group["amsgrad"] else None
         beta1, beta2 = group["betas"]
-        adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=state["step"], lr=group["lr"],
+        adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=self._step_of(state), lr=group["lr"],
                     beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                     decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"],
                     maximize=group["maximize"], scratch=scratch)

@@ -54,10 +54,24 @@ class LRScheduler:
         return {k: (list(v) if isinstance(v, list) else v) for k, v in self.__dict__.items() if k != "optimizer"}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a ``state_dict()`` and write its last learning rates back into the optimizer's groups.
+
+        A scheduler rebuilt on resume has set the epoch-0 rate in its constructor; without the write-back the
+        epoch after loading would run at that rate instead of the rate at save time (PyTorch keeps the saved rate:
+        its chainable forms start from the group's current ``lr``).
+        """
+        where = f"{type(self).__name__}.load_state_dict"
         unknown = sorted(set(state_dict) - set(self.__dict__))
         if unknown:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: unknown entries {unknown}")
+            raise ValueError(f"{where}: unknown entries {unknown}")
+        last = state_dict.get("_last_lr", self._last_lr)
+        groups = self.optimizer.param_groups
+        if last and len(last) != len(groups):
+            raise ValueError(f"{where}: the state holds learning rates for {len(last)} parameter groups, "
+                             f"the optimizer has {len(groups)}")
         self.__dict__.update(state_dict)
+        for group, lr in zip(groups, last):
+            group["lr"] = lr
 
 
 class StepLR(LRScheduler):

@@ -14,7 +14,9 @@ from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 
-from ..backend import dtype_name, get_backend, namespace_of, to_numpy
+from array_api_compat import device as _device
+
+from ..backend import dtype_name, get_backend, is_cupy_namespace, is_numpy_namespace, namespace_of, to_numpy
 from ..errors import CheckpointError
 from ..functional.updates import copy_into
 from ..nn.parameter import Parameter, flat_buffer_of
@@ -22,6 +24,7 @@ from ..nn.parameter import Parameter, flat_buffer_of
 ParamsLike = Union[Parameter, Iterable[Parameter], Iterable[dict]]
 
 MASTER = "master_param"  # state-dict key of the float32 master copy of a float16 parameter
+DEVICE_STEP = "step_device"  # state key of the 0-d device copy of "step" (capturable slots; never saved)
 EXTRA_GROUP_KEYS = ("initial_lr",)  # group entries besides the hyperparameters (set by learning-rate schedulers)
 
 
@@ -29,24 +32,33 @@ class _Slot:
     """State of one updated array (one Parameter's data, or a whole flat buffer).
 
     ``state``: ``"step"`` (int) and the algorithm's arrays, in the compute dtype (float32 for float16 params).
-    ``master``: float32 copy of a float16 param (``None`` otherwise); ``seen``: the ``_version`` of each parameter
-    when ``master`` was last written back (``None``: unknown, e.g. just loaded; the master is trusted).
-    ``grad32``, ``scratch``: work arrays reused every step.
+    ``master``: float32 copy of a float16 param (``None`` otherwise); ``written``: the float16 values the last step
+    wrote into the param (``None``: unknown, e.g. just loaded or moved); see ``Optimizer._prepare`` for how the
+    two follow writes into the parameter. ``grad32``, ``scratch``: work arrays reused every step.
+
+    Capturable slots (namespaces other than NumPy): ``state[DEVICE_STEP]`` is the step count as a 0-d device array
+    (compute dtype) incremented on the device, ``lr_device`` the learning rate as one, written from the group's
+    ``lr`` only when that changes (a host-to-device write, never a read). The update kernels/code read both from
+    device memory, so a step launches the same work whatever the schedule does (what a CUDA graph needs).
+    ``bound``: ``(data, grad, namespace, half)`` of the last step, so a step on the same arrays skips re-deriving them.
     """
 
-    __slots__ = ("state", "master", "seen", "grad32", "scratch", "xp", "dtype")
+    __slots__ = ("state", "master", "written", "grad32", "scratch", "xp", "dtype", "lr_device", "lr_host", "bound")
 
     def __init__(self, step: int = 0):
         self.state: dict[str, Any] = {"step": step}
         self.master: Any = None
-        self.seen: Optional[tuple[int, ...]] = None
+        self.written: Any = None
         self.grad32: Any = None
         self.scratch: list = []
         self.xp: Any = None
         self.dtype: Any = None
+        self.lr_device: Any = None
+        self.lr_host: Any = None
+        self.bound: Optional[tuple] = None
 
     def arrays(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.state.items() if k != "step"}
+        out = {k: v for k, v in self.state.items() if k != "step" and k != DEVICE_STEP}
         if self.master is not None:
             out[MASTER] = self.master
         return out
@@ -57,13 +69,44 @@ class _Slot:
             return
         if self.xp is not None:
             backend = get_backend(xp)
+            self.state.pop(DEVICE_STEP, None)
             for k, v in list(self.state.items()):
                 if k != "step":
                     self.state[k] = xp.astype(backend.asarray(v), dtype)
             if self.master is not None:
                 self.master = xp.astype(backend.asarray(self.master), dtype)
-            self.grad32, self.scratch = None, []
+            self.grad32, self.scratch, self.written = None, [], None
         self.xp, self.dtype = xp, dtype
+        self.lr_device = self.lr_host = self.bound = None
+
+    def advance(self, lr: Any, capturable: Optional[bool]) -> Optional[Any]:
+        """Count one step: the host int, and on capturable slots the device copy (``+= 1`` on the device, made from
+        the int on first use); returns the learning rate to pass to the update (the device array there).
+        ``capturable``: ``None`` = capturable unless the namespace is NumPy."""
+        self.state["step"] += 1
+        xp = self.xp
+        if not capturable and (capturable is not None or is_numpy_namespace(xp)):
+            self.state.pop(DEVICE_STEP, None)
+            self.lr_device = self.lr_host = None
+            return lr
+        step = self.state.get(DEVICE_STEP)
+        if step is None:
+            self.state[DEVICE_STEP] = xp.asarray(float(self.state["step"]), dtype=self.dtype,
+                                                 device=_device(self.lr_like))
+        else:
+            step += 1
+        if self.lr_device is None:
+            self.lr_device = xp.asarray(float(lr), dtype=self.dtype, device=_device(self.lr_like))
+            self.lr_host = lr
+        elif self.lr_host != lr:
+            self.lr_device[...] = float(lr)  # a host-to-device write, only when a schedule changed lr
+            self.lr_host = lr
+        return self.lr_device
+
+    @property
+    def lr_like(self) -> Any:
+        """An array on the slot's device (where its device scalars go)."""
+        return self.master if self.master is not None else self.bound[0]
 
 
 class Optimizer:
@@ -81,6 +124,14 @@ class Optimizer:
         self._index: dict[int, int] = {}  # id(param) -> index
         self._param_slots: dict[int, _Slot] = {}  # per-parameter state, by index
         self._flat_slots: dict[int, _Slot] = {}  # flat-buffer state, by group index
+        # [(xp, grad), ...] -> bool: sees every gradient the updates will read (float32 copies for float16
+        # parameters) before any update, and says whether to update (GradScaler: unscale, check, skip on inf/NaN)
+        self._grad_hook: Any = None
+        #: step count and lr as 0-d device arrays read by the update (None: on every namespace but NumPy, where a
+        #: host scalar costs nothing; True also on NumPy, e.g. to test the capturable path on the CPU)
+        self.capturable: Optional[bool] = None
+        self._stepped: list = []  # (slot, group) of the last step's updates
+        self._steps_advanced = 0  # steps that advanced the counts (graph capture checks it)
         if isinstance(params, Parameter):
             params = [params]
         if isinstance(params, dict):
@@ -128,6 +179,7 @@ class Optimizer:
     # --- stepping -----------------------------------------------------------------------------------------
     def step(self) -> None:
         """Update every parameter from its ``.grad`` (one call over the flat buffer when the group is one)."""
+        work = []  # (slot, array to update, gradient it reads, group, data, half): every gradient first, then updates
         for gi, group in enumerate(self.param_groups):
             params = group["params"]
             flat = flat_buffer_of(params)
@@ -135,35 +187,83 @@ class Optimizer:
                 if self._param_slots:  # per-parameter state left from another layout: join it
                     self._gather(gi)
                 slot = self._flat_slots.setdefault(gi, _Slot())
-                self._step_slot(slot, flat.data, flat.grad, group, params)
+                work.append(self._prepare(slot, flat.data, flat.grad, group, params))
             else:
                 self._scatter(gi)
                 for p in params:
                     if p.has_grad:
                         slot = self._param_slots.setdefault(self._index[id(p)], _Slot())
-                        self._step_slot(slot, p.data, p.grad, group, (p,))
+                        work.append(self._prepare(slot, p.data, p.grad, group, (p,)))
+        hook = self._grad_hook
+        if hook is not None and not hook([(w[0].xp, w[2]) for w in work]):
+            return  # e.g. GradScaler found inf/NaN in the gradients: skip this step (step counts unchanged)
+        for slot, param, g, group, data, half in work:
+            lr = slot.advance(group["lr"], self.capturable)
+            self._update(param, g, slot.state, group if lr is group["lr"] else {**group, "lr": lr}, slot.scratch)
+            if half:
+                copy_into(data, param)
+                if slot.written is None or tuple(slot.written.shape) != tuple(data.shape):
+                    slot.written = slot.xp.empty_like(data)
+                copy_into(slot.written, data)
+        self._stepped = [(w[0], w[3]) for w in work]
+        self._steps_advanced += 1
 
-    def _step_slot(self, slot: _Slot, data: Any, grad: Any, group: dict[str, Any], params: Any) -> None:
-        """One update of ``data`` (the values of ``params``: one Parameter, or a whole flat buffer)."""
-        xp = namespace_of(data, grad, where=f"{self._name}.step")
-        half = dtype_name(data.dtype) == "float16"  # array_api_strict has no float16
-        slot.conform(xp, xp.float32 if half else data.dtype)
+    # --- CUDA graph support (xpnn.cuda) ---------------------------------------------------------------------
+    def _sync_device_hyperparameters(self) -> None:
+        """Write each capturable slot's device learning rate from its group's ``lr`` where a schedule changed it
+        (host-to-device, no read): a replayed graph reads them from device memory."""
+        for slot, group in self._stepped:
+            lr = group["lr"]
+            if slot.lr_device is not None and slot.lr_host != lr:
+                slot.lr_device[...] = float(lr)
+                slot.lr_host = lr
+
+    def _count_replayed_step(self, n: int = 1) -> None:
+        """Add ``n`` to the host step count of every slot of the last step (a graph replay advanced the device
+        counts; ``-1`` undoes the count of a step that was only recorded)."""
+        for slot, _group in self._stepped:
+            slot.state["step"] += n
+        self._steps_advanced += n
+
+    def _prepare(self, slot: _Slot, data: Any, grad: Any, group: dict[str, Any], params: Any) -> tuple:
+        """Bind ``slot`` to ``data``/``grad`` (the values of ``params``: one Parameter, or a whole flat buffer) and
+        return what the update needs.
+
+        float16 ``data`` is updated through a float32 master copy (small steps would round away in float16) and
+        written back after the update; ``slot.written`` keeps a float16 copy of what was written. Before the next
+        update the master copy is reconciled with ``data`` on the device, element by element: where ``data``
+        differs from ``written`` (bit patterns compared), ``master = float32(data)``; elsewhere ``master`` keeps
+        its float32 digits. So any write since the last step (``p.data[...] = 0``, ``p.data = a``, ``p.data *= 2``,
+        ``np.multiply(..., out=p.data)``, ``load_state_dict``, ``xpnn.init``, a write through the flat buffer) is
+        honoured, with no ``mark_changed()`` call and no device value read on the host. When ``written`` is
+        unknown (after loading optimizer state or moving it), ``float16(master)`` stands in for it once. Cost per
+        step: a 2-byte copy per element more memory, one integer compare, one masked copy and one float16 copy.
+        The update reads a float32 copy of the float16 gradient.
+        """
+        bound = slot.bound
+        if bound is not None and bound[0] is data and bound[1] is grad:  # the same arrays as last step
+            xp, half = bound[2], bound[3]
+        else:
+            xp = namespace_of(data, grad, where=f"{self._name}.step")
+            half = dtype_name(data.dtype) == "float16"  # array_api_strict has no float16
+            slot.conform(xp, xp.float32 if half else data.dtype)
+            slot.bound = (data, grad, xp, half)
         if half:
-            versions = tuple(p._version for p in params)
-            if slot.master is None or (slot.seen is not None and slot.seen != versions):
-                slot.master = xp.astype(data, xp.float32)  # first step, or the values were replaced meanwhile
-            slot.seen = versions
+            if slot.master is None or tuple(slot.master.shape) != tuple(data.shape):  # first step, or reshaped
+                slot.master, slot.grad32, slot.scratch = xp.astype(data, xp.float32), None, []
+            else:  # follow writes made since the last step (see the docstring)
+                _follow_writes(xp, slot, data)
             if slot.grad32 is None:
                 slot.grad32 = xp.empty_like(slot.master)
             copy_into(slot.grad32, grad)
-            param, g = slot.master, slot.grad32
-        else:
-            slot.master = None
-            param, g = data, grad
-        slot.state["step"] += 1
-        self._update(param, g, slot.state, group, slot.scratch)
-        if half:
-            copy_into(data, param)
+            return slot, slot.master, slot.grad32, group, data, True
+        slot.master = None
+        return slot, data, grad, group, data, False
+
+    @staticmethod
+    def _step_of(state: dict[str, Any]) -> Any:
+        """The step count an update gets: the int, or on capturable slots its 0-d device copy."""
+        return state.get(DEVICE_STEP, state["step"])
 
     def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], scratch: list) -> None:
         """Apply one step to ``param`` in place (``state["step"]`` already counts it). Subclasses."""
@@ -202,7 +302,7 @@ class Optimizer:
         """Per-parameter copies of a flat slot (each parameter's slice, reshaped)."""
         out: dict[int, _Slot] = {}
         offset = 0
-        for i, p in enumerate(self.param_groups[gi]["params"]):
+        for p in self.param_groups[gi]["params"]:
             n, shape = p.size, p.shape
             s = _Slot(slot.state["step"])
             for k, v in slot.arrays().items():
@@ -213,7 +313,6 @@ class Optimizer:
                 else:
                     s.state[k] = piece
             s.xp, s.dtype = slot.xp, slot.dtype
-            s.seen = None if slot.seen is None else (slot.seen[i],)
             out[self._index[id(p)]] = s
             offset += n
         return out
@@ -243,8 +342,6 @@ class Optimizer:
             else:
                 flat.state[k] = joined
         flat.xp, flat.dtype = first.xp, first.dtype
-        if all(s is not None and s.seen is not None for s in slots):
-            flat.seen = tuple(s.seen[0] for s in slots)  # type: ignore[union-attr,index]
         for i in idx:
             del self._param_slots[i]
         self._flat_slots[gi] = flat
@@ -366,6 +463,31 @@ class Optimizer:
                 if k != "params":
                     lines.append(f"    {k}: {group[k]}")
         return "\n".join(lines) + "\n)"
+
+
+def _bits(xp: Any, a: Any) -> Any:
+    """The float16 array ``a`` as its 16-bit patterns where the library offers a view (NumPy, CuPy: an integer
+    compare is several times faster than a float16 one and also matches NaN with NaN), else ``a`` itself."""
+    view = getattr(a, "view", None)
+    uint16 = getattr(xp, "uint16", None)
+    if view is not None and uint16 is not None:
+        try:
+            return view(uint16)
+        except (TypeError, ValueError):
+            pass
+    return a
+
+
+def _follow_writes(xp: Any, slot: _Slot, data: Any) -> None:
+    """``master = float32(data)`` where ``data`` was written since the last step (see ``Optimizer._prepare``)."""
+    if slot.written is not None and tuple(slot.written.shape) == tuple(data.shape):
+        changed = _bits(xp, data) != _bits(xp, slot.written)
+    else:  # unknown what was written: the master rounded to float16 is what a step would have written
+        changed = data != xp.astype(slot.master, data.dtype)
+    if is_numpy_namespace(xp) or is_cupy_namespace(xp):
+        xp.copyto(slot.master, data, casting="same_kind", where=changed)  # in place, no float32 temporary
+    else:
+        slot.master = xp.where(changed, xp.astype(data, xp.float32), slot.master)
 
 
 def _plain(v: Any) -> Any:

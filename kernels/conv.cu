@@ -1,0 +1,126 @@
+// Convolution and max-pooling helpers over NCHW tensors (see xpnn/functional/conv.py and pooling.py, the
+// reference). Every kernel is a grid-stride loop with one output element per iteration and no atomics: the
+// adjoints (col2im, max-pool backward) gather, for each input pixel, the column entries / window outputs that read
+// it, so results are deterministic. Geometry: kernel (kh, kw), stride (sh, sw), dilation (dh, dw), top/left padding
+// (pt, pl); output (oh, ow). An output position (p, q) at kernel offset (i, j) reads padded pixel
+// (p*sh + i*dh, q*sw + j*dw), i.e. input pixel (p*sh + i*dh - pt, q*sw + j*dw - pl).
+#include "common.cuh"
+
+#define XPNN_FOR_EACH(i, n)                                                        \
+    XPNN_NO_UNROLL for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; \
+                        i < (n); i += (long long)gridDim.x * blockDim.x)
+
+// Output row p (or column q) of offset i that reads input row h, or -1: h + pt - i*dh = p*sh with 0 <= p < oh.
+// 32-bit arithmetic (image sides fit in int): a 64-bit division is a call that spills registers in the loops below.
+__device__ __forceinline__ int xpnn_window_of(int h, int i, int s, int d, int pad, int out) {
+    const int r = h + pad - i * d;
+    if (r < 0 || r % s != 0) return -1;
+    const int p = r / s;
+    return p < out ? p : -1;
+}
+
+// cols (N, C, kh, kw, oh, ow) = x (N, C, h, w) read at every window position; zero outside the input.
+template <typename T>
+__global__ void __launch_bounds__(256)
+im2col(const T* __restrict__ x, T* __restrict__ cols, long long n, long long c, long long h, long long w, int kh,
+       int kw, int sh, int sw, int dh, int dw, int pt, int pl, long long oh, long long ow) {
+    const long long total = n * c * kh * kw * oh * ow;
+    XPNN_FOR_EACH(idx, total) {
+        long long t = idx;
+        const long long q = t % ow;
+        t /= ow;
+        const long long p = t % oh;
+        t /= oh;
+        const int j = (int)(t % kw);
+        t /= kw;
+        const int i = (int)(t % kh);
+        const long long plane = t / kh;  // n * c + channel
+        const long long hh = p * sh + (long long)i * dh - pt;
+        const long long ww = q * sw + (long long)j * dw - pl;
+        const bool inside = hh >= 0 && hh < h && ww >= 0 && ww < w;
+        cols[idx] = inside ? x[(plane * h + hh) * w + ww] : xpnn_from_acc<T>((typename xpnn_acc<T>::type)0);
+    }
+}
+
+// dx (N, C, h, w) = sum of the column entries read from each pixel (the adjoint of im2col), accumulated in A.
+template <typename T, typename A>
+__global__ void __launch_bounds__(256)
+col2im(const T* __restrict__ cols, T* __restrict__ dx, long long n, long long c, long long h, long long w, int kh,
+       int kw, int sh, int sw, int dh, int dw, int pt, int pl, long long oh, long long ow) {
+    const long long total = n * c * h * w;
+    XPNN_FOR_EACH(idx, total) {
+        const int ww = (int)(idx % w);
+        const int hh = (int)((idx / w) % h);
+        const long long plane = idx / (w * h);
+        A sum = A(0);
+        for (int i = 0; i < kh; ++i) {
+            const int p = xpnn_window_of(hh, i, sh, dh, pt, (int)oh);
+            if (p < 0) continue;
+            for (int j = 0; j < kw; ++j) {
+                const int q = xpnn_window_of(ww, j, sw, dw, pl, (int)ow);
+                if (q < 0) continue;
+                sum += (A)xpnn_to_acc(cols[(((plane * kh + i) * kw + j) * oh + p) * ow + q]);
+            }
+        }
+        dx[idx] = xpnn_from_acc<T>(sum);
+    }
+}
+
+// y (N, C, oh, ow): window maxima; argmax: the winning offset i*kw + j. Padding never wins; the first maximum does,
+// and a NaN wins over numbers (the first NaN), as NumPy's argmax over the window (padding = -inf) decides.
+template <typename T, typename A>
+__global__ void __launch_bounds__(256)
+max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y, int* __restrict__ argmax, long long n, long long c,
+               long long h, long long w, int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl, long long oh,
+               long long ow) {
+    const long long total = n * c * oh * ow;
+    XPNN_FOR_EACH(idx, total) {
+        const long long q = idx % ow;
+        const long long p = (idx / ow) % oh;
+        const long long plane = idx / (ow * oh);
+        const T* img = x + plane * h * w;
+        A best = xpnn_neg_inf<A>();
+        int arg = 0;
+        for (int i = 0; i < kh; ++i) {
+            const long long hh = p * sh + (long long)i * dh - pt;
+            if (hh < 0 || hh >= h) continue;
+            for (int j = 0; j < kw; ++j) {
+                const long long ww = q * sw + (long long)j * dw - pl;
+                if (ww < 0 || ww >= w) continue;
+                const A v = (A)xpnn_to_acc(img[hh * w + ww]);
+                if (v > best || (v != v && best == best)) {
+                    best = v;
+                    arg = i * kw + j;
+                }
+            }
+        }
+        y[idx] = xpnn_from_acc<T>(best);
+        argmax[idx] = arg;
+    }
+}
+
+// dx (N, C, h, w): for each pixel, the sum of dy over the windows whose argmax is this pixel.
+template <typename T, typename A>
+__global__ void __launch_bounds__(256)
+max_pool2d_bwd(const int* __restrict__ argmax, const T* __restrict__ dy, T* __restrict__ dx, long long n,
+               long long c, long long h, long long w, int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl,
+               long long oh, long long ow) {
+    const long long total = n * c * h * w;
+    XPNN_FOR_EACH(idx, total) {
+        const int ww = (int)(idx % w);
+        const int hh = (int)((idx / w) % h);
+        const long long plane = idx / (w * h);
+        A sum = A(0);
+        for (int i = 0; i < kh; ++i) {
+            const int p = xpnn_window_of(hh, i, sh, dh, pt, (int)oh);
+            if (p < 0) continue;
+            for (int j = 0; j < kw; ++j) {
+                const int q = xpnn_window_of(ww, j, sw, dw, pl, (int)ow);
+                if (q < 0) continue;
+                const long long o = (plane * oh + p) * ow + q;
+                if (argmax[o] == i * kw + j) sum += (A)xpnn_to_acc(dy[o]);
+            }
+        }
+        dx[idx] = xpnn_from_acc<T>(sum);
+    }
+}

@@ -1,0 +1,274 @@
+"""Convolution and pooling: xpnn.functional against torch.nn.functional on the same inputs, float64
+finite-difference gradchecks over stride/padding/dilation/groups/ceil_mode/count_include_pad, the array-API
+reference on array_api_strict, and argument errors."""
+import numpy as np
+import pytest
+
+import xpnn.functional as F
+from xpnn import _dispatch
+from xpnn.errors import DTypeError, ShapeError
+from xpnn.functional import conv as C
+
+try:
+    import torch
+    TF = torch.nn.functional
+except ImportError:  # the comparisons with PyTorch are optional; the finite-difference checks are not
+    torch = TF = None
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed; the comparison with it is optional")
+
+EPS = 1e-6
+
+
+def randn(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def numeric_grad(f, arr):
+    g = np.zeros(arr.shape)
+    flat = arr.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + EPS
+        fp = f()
+        flat[i] = old - EPS
+        fm = f()
+        flat[i] = old
+        g.reshape(-1)[i] = (fp - fm) / (2 * EPS)
+    return g
+
+
+# (x shape, weight shape, stride, padding, dilation, groups)
+CONV_CASES = [
+    ((2, 3, 7, 6), (4, 3, 3, 2), 1, 0, 1, 1),             # non-square kernel
+    ((2, 4, 9, 8), (6, 2, 3, 3), 2, 1, 2, 2),             # stride, padding, dilation, groups
+    ((1, 2, 5, 5), (2, 2, 5, 5), 1, 0, 1, 1),             # kernel = input size
+    ((3, 6, 8, 10), (3, 2, 1, 1), 3, (1, 2), 1, 3),       # 1x1, stride > kernel, pair padding
+    ((2, 2, 6, 7), (4, 1, 2, 3), 1, "same", (1, 2), 2),   # "same" with an even kernel: extra pad bottom/right
+    ((2, 3, 5, 6), (2, 3, 3, 3), (2, 1), "valid", 1, 1),
+    ((1, 4, 6, 6), (4, 1, 3, 3), 1, 1, 1, 4),             # depthwise
+]
+
+
+@needs_torch
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", CONV_CASES)
+def test_conv2d_matches_torch(xs, ws, stride, padding, dilation, groups):
+    x, w, b = randn(*xs, seed=1), randn(*ws, seed=2), randn(ws[0], seed=3)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = TF.conv2d(tx, tw, tb, stride, padding, dilation, groups)
+    y = F.conv2d(x, w, b, stride, padding, dilation, groups)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+    dy = randn(*y.shape, seed=4)
+    ty.backward(torch.tensor(dy))
+    dx, dw, db = F.conv2d_backward(x, w, dy, stride, padding, dilation, groups)
+    for got, t in ((dx, tx), (dw, tw), (db, tb)):
+        np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", CONV_CASES[:5])
+def test_conv2d_gradcheck(xs, ws, stride, padding, dilation, groups):
+    x, w, b = randn(*xs, seed=1), randn(*ws, seed=2), randn(ws[0], seed=3)
+    g = randn(*F.conv2d(x, w, b, stride, padding, dilation, groups).shape, seed=5)
+
+    def f():
+        return float(np.sum(F.conv2d(x, w, b, stride, padding, dilation, groups) * g))
+
+    dx, dw, db = F.conv2d_backward(x, w, g, stride, padding, dilation, groups)
+    for got, arr in ((dx, x), (dw, w), (db, b)):
+        np.testing.assert_allclose(got, numeric_grad(f, arr), rtol=1e-6, atol=1e-8)
+
+
+def test_numpy_overrides_equal_the_reference():
+    """The NumPy fast paths registered as overrides (conv_numpy) compute what the array-API declarations compute:
+    the same columns, the same pooled values and argmax, the same pooling gradient."""
+    from xpnn.autograd.op import override_for
+    from xpnn.functional import conv_numpy, pooling
+
+    x = randn(2, 3, 5, 5)
+    assert override_for("conv2d", "forward", x) is not None
+    assert override_for("max_pool2d", "forward", x) is not None
+    assert override_for("max_pool2d", "backward", x) is not None
+    assert override_for("conv2d", "backward", x) is not None
+    for xs, ws, stride, padding, dilation, groups in CONV_CASES:
+        x, w = randn(*xs), randn(*ws, seed=2)
+        g = C.conv2d_geometry(xs, ws, stride, padding, dilation, groups)
+        np.testing.assert_array_equal(conv_numpy.im2col_numpy(x, g), C.im2col(x, g))
+        dy = randn(g.n, ws[0], g.oh, g.ow, seed=5)
+        want = F.conv2d_backward(x, w, dy, stride, padding, dilation, groups)[0]
+        np.testing.assert_allclose(conv_numpy.conv2d_input_grad_numpy(w, dy, g, groups), want, rtol=1e-12,
+                                   atol=1e-12)
+    for xs, k, s, p, d, ceil in POOL_CASES:
+        x = randn(*xs, seed=3)
+        g = pooling.pool2d_geometry(xs, k, s, p, d, ceil, "test")
+        y, arg = conv_numpy.max_pool2d_numpy(x, g)
+        y_ref, arg_ref = F.max_pool2d_with_argmax(x, k, s, p, d, ceil)  # the declaration's array code
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(arg, arg_ref)
+        dy = randn(*y.shape, seed=4)
+        np.testing.assert_allclose(conv_numpy.max_pool2d_backward_numpy(arg, dy, g),
+                                   F.max_pool2d_backward(arg, dy, xs, k, s, p, d, ceil), rtol=1e-15)
+
+
+@pytest.mark.parametrize("case", CONV_CASES[:3])
+def test_conv2d_runs_on_array_api_strict(case):
+    xps = pytest.importorskip("array_api_strict")
+    xs, ws, stride, padding, dilation, groups = case
+    x, w, b = randn(*xs, seed=1), randn(*ws, seed=2), randn(ws[0], seed=3)
+    y = F.conv2d(x, w, b, stride, padding, dilation, groups)
+    ys = F.conv2d(xps.asarray(x), xps.asarray(w), xps.asarray(b), stride, padding, dilation, groups)
+    assert isinstance(ys, type(xps.asarray(0.0)))
+    np.testing.assert_allclose(np.asarray(ys), y, rtol=1e-12)
+    dy = randn(*y.shape, seed=4)
+    want = F.conv2d_backward(x, w, dy, stride, padding, dilation, groups)
+    got = F.conv2d_backward(xps.asarray(x), xps.asarray(w), xps.asarray(dy), stride, padding, dilation, groups)
+    for a, b_ in zip(got, want):
+        np.testing.assert_allclose(np.asarray(a), b_, rtol=1e-12, atol=1e-14)
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype,tol", [("float16", 2e-2), ("float32", 1e-5)])
+def test_conv2d_low_precision_dtypes(dtype, tol):
+    x, w = randn(2, 3, 6, 6).astype(dtype), (randn(4, 3, 3, 3) * 0.3).astype(dtype)
+    y = F.conv2d(x, w, padding=1)
+    assert y.dtype == np.dtype(dtype)
+    want = TF.conv2d(torch.tensor(x.astype(np.float64)), torch.tensor(w.astype(np.float64)), padding=1).numpy()
+    np.testing.assert_allclose(y.astype(np.float64), want, rtol=tol, atol=tol)
+
+
+def test_conv2d_errors():
+    x, w = randn(2, 3, 5, 5), randn(4, 3, 3, 3)
+    with pytest.raises(ShapeError, match=r"conv2d: expected input with 3 channels .*got input of shape \(2, 2, 5, 5\)"):
+        F.conv2d(randn(2, 2, 5, 5), w)
+    with pytest.raises(ShapeError, match="4-D input"):
+        F.conv2d(randn(3, 5, 5), w)
+    with pytest.raises(ShapeError, match="smaller than the kernel"):
+        F.conv2d(randn(2, 3, 2, 5), w)
+    with pytest.raises(ValueError, match="divisible by groups"):
+        F.conv2d(randn(2, 4, 5, 5), randn(3, 2, 3, 3), groups=2)
+    with pytest.raises(ValueError, match="'same' is not supported for strided"):
+        F.conv2d(x, w, stride=2, padding="same")
+    with pytest.raises(ValueError, match="padding must be"):
+        F.conv2d(x, w, padding="full")
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        F.conv2d(x, w, stride=0)
+    with pytest.raises(DTypeError, match="differs from weight dtype"):
+        F.conv2d(x.astype(np.float32), w)
+    with pytest.raises(ShapeError, match="bias must have shape"):
+        F.conv2d(x, w, randn(3))
+    with pytest.raises(ShapeError, match="dy must have shape"):
+        F.conv2d_backward(x, w, randn(2, 4, 4, 4))
+
+
+def torch_result(fn, x, dy_seed):
+    """(y, dx) of ``fn`` (a torch.nn.functional call) at x for a random dy, or None without torch."""
+    if torch is None:
+        return None
+    tx = torch.tensor(x, requires_grad=True)
+    ty = fn(tx)
+    ty.backward(torch.tensor(randn(*ty.shape, seed=dy_seed)))
+    return ty.detach().numpy(), tx.grad.numpy()
+
+
+# ---- pooling -------------------------------------------------------------------------------------------------------
+
+# (x shape, kernel_size, stride, padding, dilation, ceil_mode)
+POOL_CASES = [
+    ((2, 3, 7, 6), 3, None, 0, 1, False),
+    ((2, 3, 7, 6), (3, 2), (2, 1), 1, 1, True),
+    ((1, 2, 9, 9), 3, 2, 1, 2, True),
+    ((2, 2, 5, 5), 2, 3, 0, 1, False),        # stride > kernel
+    ((1, 1, 6, 6), 2, 2, 1, 1, True),
+    ((2, 2, 4, 4), 4, 1, 0, 1, False),        # kernel = input size
+    ((1, 3, 8, 7), (2, 3), (3, 2), (1, 1), (2, 1), True),
+    ((1, 2, 5, 5), 1, 2, 0, 1, False),        # 1x1
+]
+
+
+@pytest.mark.parametrize("xs,k,s,p,d,ceil", POOL_CASES)
+def test_max_pool2d_matches_torch_and_gradcheck(xs, k, s, p, d, ceil):
+    x = randn(*xs, seed=7)
+    y, arg = F.max_pool2d_with_argmax(x, k, s, p, d, ceil)
+    np.testing.assert_array_equal(F.max_pool2d(x, k, s, p, d, ceil), y)
+    dy = randn(*y.shape, seed=8)
+    dx = F.max_pool2d_backward(arg, dy, xs, k, s, p, d, ceil)
+    want = torch_result(lambda t: TF.max_pool2d(t, k, s, p, d, ceil), x, 8)
+    if want is not None:
+        np.testing.assert_array_equal(y, want[0])
+        np.testing.assert_allclose(dx, want[1], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dx, numeric_grad(lambda: float(np.sum(F.max_pool2d(x, k, s, p, d, ceil) * dy)), x),
+                               rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("include_pad", [True, False])
+@pytest.mark.parametrize("xs,k,s,p,d,ceil", [c for c in POOL_CASES if c[4] == 1])
+def test_avg_pool2d_matches_torch_and_gradcheck(xs, k, s, p, d, ceil, include_pad):
+    x = randn(*xs, seed=9)
+    y = F.avg_pool2d(x, k, s, p, ceil, include_pad)
+    dy = randn(*y.shape, seed=10)
+    dx = F.avg_pool2d_backward(dy, xs, k, s, p, ceil, include_pad)
+    want = torch_result(lambda t: TF.avg_pool2d(t, k, s, p, ceil, include_pad), x, 10)
+    if want is not None:
+        np.testing.assert_allclose(y, want[0], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(dx, want[1], rtol=1e-12, atol=1e-14)
+    f = lambda: float(np.sum(F.avg_pool2d(x, k, s, p, ceil, include_pad) * dy))  # noqa: E731
+    np.testing.assert_allclose(dx, numeric_grad(f, x), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("xs,out", [((2, 3, 7, 6), 3), ((2, 3, 7, 6), (2, 4)), ((1, 2, 5, 9), (None, 4)),
+                                    ((1, 1, 4, 4), 1), ((1, 1, 3, 3), 5)])
+def test_adaptive_avg_pool2d_matches_torch_and_gradcheck(xs, out):
+    x = randn(*xs, seed=11)
+    y = F.adaptive_avg_pool2d(x, out)
+    dy = randn(*y.shape, seed=12)
+    dx = F.adaptive_avg_pool2d_backward(dy, xs, out)
+    want = torch_result(lambda t: TF.adaptive_avg_pool2d(t, out), x, 12)
+    if want is not None:
+        np.testing.assert_allclose(y, want[0], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(dx, want[1], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dx, numeric_grad(lambda: float(np.sum(F.adaptive_avg_pool2d(x, out) * dy)), x),
+                               rtol=1e-6, atol=1e-8)
+
+
+def test_pooling_runs_on_array_api_strict():
+    xps = pytest.importorskip("array_api_strict")
+    x = randn(2, 3, 7, 6)
+    xs = xps.asarray(x)
+    y, arg = F.max_pool2d_with_argmax(xs, 3, 2, 1, 1, True)
+    np.testing.assert_array_equal(np.asarray(y), F.max_pool2d(x, 3, 2, 1, 1, True))
+    dy = xps.asarray(randn(*y.shape))
+    np.testing.assert_allclose(np.asarray(F.max_pool2d_backward(arg, dy, x.shape, 3, 2, 1, 1, True)),
+                               F.max_pool2d_backward(np.asarray(arg), np.asarray(dy), x.shape, 3, 2, 1, 1, True))
+    np.testing.assert_allclose(np.asarray(F.avg_pool2d(xs, 3, 2, 1, True, False)), F.avg_pool2d(x, 3, 2, 1, True, False))
+    np.testing.assert_allclose(np.asarray(F.adaptive_avg_pool2d(xs, (2, 4))), F.adaptive_avg_pool2d(x, (2, 4)))
+
+
+def test_max_pool2d_propagates_nan_and_takes_the_first_maximum():
+    x = np.zeros((1, 1, 2, 4))
+    x[0, 0, 1, 2] = np.nan
+    y, arg = F.max_pool2d_with_argmax(x, 2)
+    assert y[0, 0, 0, 0] == 0 and np.isnan(y[0, 0, 0, 1])
+    assert arg[0, 0, 0, 0] == 0 and arg[0, 0, 0, 1] == 2  # ties: the first offset; NaN wins its window
+    assert arg.dtype == np.int32
+
+
+def test_pooling_errors():
+    x = randn(2, 3, 5, 5)
+    with pytest.raises(ValueError, match="at most half of the kernel size"):
+        F.max_pool2d(x, 2, padding=2)
+    with pytest.raises(ShapeError, match="4-D input"):
+        F.avg_pool2d(randn(3, 5, 5), 2)
+    with pytest.raises(ShapeError, match="too small for kernel"):
+        F.max_pool2d(randn(1, 1, 2, 2), 3)
+    with pytest.raises(ValueError, match="output_size"):
+        F.adaptive_avg_pool2d(x, 0)
+    with pytest.raises(DTypeError, match="floating"):
+        F.max_pool2d(np.ones((1, 1, 4, 4), np.int64), 2)
+    y, arg = F.max_pool2d_with_argmax(x, 2)
+    with pytest.raises(ShapeError, match="dy must have shape"):
+        F.max_pool2d_backward(arg, randn(2, 3, 3, 3), x.shape, 2)
+
+
+def test_kernels_disabled_gives_the_same_conv():
+    x, w = randn(2, 3, 6, 6), randn(4, 3, 3, 3)
+    with _dispatch.use_kernels(False):
+        ref = F.conv2d(x, w, padding=1)
+    np.testing.assert_array_equal(F.conv2d(x, w, padding=1), ref)

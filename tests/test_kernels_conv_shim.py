@@ -1,0 +1,143 @@
+"""Verification layer 2 for kernels/conv.cu: im2col, col2im and max-pool forward/backward run on the CPU shim through
+the same launch code as on a GPU (xpnn._cuda.launch), and match the reference in xpnn.functional (kernels off) on
+random and edge shapes: kernel = input size, 1x1 kernels, stride > kernel, dilation, groups, ceil_mode, padding."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xpnn.functional as F
+from xpnn import _dispatch
+from xpnn._cuda import make_provider
+
+from shim import ShimLoader
+
+TOL = {"float16": dict(rtol=5e-3, atol=5e-3), "float32": dict(rtol=1e-5, atol=1e-5),
+       "float64": dict(rtol=1e-12, atol=1e-12)}
+DTYPES = ("float16", "float32", "float64")
+
+
+@pytest.fixture(scope="module")
+def loader():
+    return ShimLoader()
+
+
+def reference(fn, *args, **kwargs):
+    with _dispatch.use_kernels(False):
+        return fn(*args, **kwargs)
+
+
+def through_kernel(loader, fn, *args, **kwargs):
+    before = loader.launches
+    with _dispatch.use_provider(make_provider(loader)):
+        out = fn(*args, **kwargs)
+    assert loader.launches > before, f"{fn.__name__} did not run a shim kernel"
+    return out
+
+
+def close(got, want, dtype):
+    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), **TOL[dtype])
+
+
+def randn(shape, dtype, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+# (x shape, weight shape, stride, padding, dilation, groups)
+CONV = [
+    ((2, 3, 7, 6), (4, 3, 3, 2), 1, 0, 1, 1),
+    ((2, 4, 9, 8), (6, 2, 3, 3), 2, 1, 2, 2),
+    ((1, 2, 5, 5), (2, 2, 5, 5), 1, 0, 1, 1),          # kernel = input size
+    ((3, 6, 8, 10), (3, 2, 1, 1), 3, (1, 2), 1, 3),    # 1x1, stride > kernel
+    ((2, 2, 6, 7), (4, 1, 2, 3), 1, "same", (1, 2), 2),
+    ((1, 1, 1, 1), (1, 1, 1, 1), 1, 0, 1, 1),          # a single pixel
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", CONV)
+def test_conv2d_forward_backward(loader, xs, ws, stride, padding, dilation, groups, dtype):
+    x, w, b = randn(xs, dtype, 1), (randn(ws, dtype, 2) * 0.5).astype(dtype), randn(ws[:1], dtype, 3)
+    args = (stride, padding, dilation, groups)
+    y = through_kernel(loader, F.conv2d, x, w, b, *args)
+    close(y, reference(F.conv2d, x, w, b, *args), dtype)
+    dy = randn(y.shape, dtype, 4)
+    got = through_kernel(loader, F.conv2d_backward, x, w, dy, *args)
+    want = reference(F.conv2d_backward, x, w, dy, *args)
+    for a, b_ in zip(got, want):
+        close(a, b_, dtype)
+
+
+def test_im2col_col2im_are_adjoint(loader):
+    """<im2col(x), c> == <x, col2im(c)> for the kernels themselves (exact inputs, float64)."""
+    from xpnn.functional.conv import col2im, conv2d_geometry, im2col
+
+    g = conv2d_geometry((2, 3, 7, 9), (4, 3, 3, 2), (2, 1), (1, 2), (2, 1), 1)
+    x = randn((2, 3, 7, 9), "float64", 5)
+    c = randn((g.n, g.c, g.kh, g.kw, g.oh, g.ow), "float64", 6)
+    cx = through_kernel(loader, im2col, x, g)
+    xc = through_kernel(loader, col2im, c, g)
+    np.testing.assert_allclose(np.sum(cx * c), np.sum(x * xc), rtol=1e-12)
+    np.testing.assert_array_equal(cx, reference(im2col, x, g))
+
+
+# (x shape, kernel_size, stride, padding, dilation, ceil_mode)
+POOL = [
+    ((2, 3, 7, 6), 3, None, 0, 1, False),
+    ((2, 3, 7, 6), (3, 2), (2, 1), 1, 1, True),
+    ((1, 2, 9, 9), 3, 2, 1, 2, True),
+    ((2, 2, 5, 5), 2, 3, 0, 1, False),     # stride > kernel
+    ((2, 2, 4, 4), 4, 1, 0, 1, False),     # kernel = input size
+    ((1, 2, 5, 5), 1, 2, 0, 1, False),     # 1x1
+    ((1, 3, 8, 7), (2, 3), (3, 2), (1, 1), (2, 1), True),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs,k,s,p,d,ceil", POOL)
+def test_max_pool2d(loader, xs, k, s, p, d, ceil, dtype):
+    x = randn(xs, dtype, 7)
+    y, arg = through_kernel(loader, F.max_pool2d_with_argmax, x, k, s, p, d, ceil)
+    y_ref, arg_ref = reference(F.max_pool2d_with_argmax, x, k, s, p, d, ceil)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(arg, arg_ref)
+    assert arg.dtype == np.int32
+    dy = randn(y.shape, dtype, 8)
+    close(through_kernel(loader, F.max_pool2d_backward, arg, dy, xs, k, s, p, d, ceil),
+          reference(F.max_pool2d_backward, arg, dy, xs, k, s, p, d, ceil), dtype)
+
+
+def test_max_pool2d_ties_nan_and_inf(loader):
+    x = np.zeros((1, 2, 4, 4), np.float32)  # all ties: the first offset wins
+    x[0, 1] = -np.inf
+    x[0, 1, 1, 1] = np.nan
+    x[0, 1, 2, 3] = np.nan
+    for k, p in ((2, 0), (3, 1)):
+        y, arg = through_kernel(loader, F.max_pool2d_with_argmax, x, k, 1, p)
+        y_ref, arg_ref = reference(F.max_pool2d_with_argmax, x, k, 1, p)
+        np.testing.assert_array_equal(y, y_ref)
+        # windows of only padding/-inf: offset 0 in both (the reference counts padding as -inf entries)
+        np.testing.assert_array_equal(arg, arg_ref)
+
+
+@pytest.mark.parametrize("include_pad", [True, False])
+@pytest.mark.parametrize("xs,k,s,p,d,ceil", [c for c in POOL if c[4] == 1])
+def test_avg_pool2d_uses_im2col_col2im(loader, xs, k, s, p, d, ceil, include_pad):
+    x = randn(xs, "float32", 9)
+    y = through_kernel(loader, F.avg_pool2d, x, k, s, p, ceil, include_pad)
+    close(y, reference(F.avg_pool2d, x, k, s, p, ceil, include_pad), "float32")
+    dy = randn(y.shape, "float32", 10)
+    close(through_kernel(loader, F.avg_pool2d_backward, dy, xs, k, s, p, ceil, include_pad),
+          reference(F.avg_pool2d_backward, dy, xs, k, s, p, ceil, include_pad), "float32")
+
+
+def test_more_elements_than_the_grid(loader, monkeypatch):
+    """The grid-stride loops cover more elements than grid * block threads."""
+    from xpnn._cuda import launch
+
+    monkeypatch.setattr(launch, "MAX_GRID", 2)
+    x = randn((2, 3, 12, 11), "float64", 11)
+    w = randn((5, 3, 3, 3), "float64", 12)
+    close(through_kernel(loader, F.conv2d, x, w, None, 1, 1), reference(F.conv2d, x, w, None, 1, 1), "float64")
+    y, arg = through_kernel(loader, F.max_pool2d_with_argmax, x, 2)
+    np.testing.assert_array_equal(y, reference(F.max_pool2d, x, 2))

@@ -1,0 +1,252 @@
+"""Reverse-mode differentiation over the recorded graph: ``Node`` (one op call) and ``run_backward``.
+
+A Tensor made by an op points at its ``Node`` (``grad_fn``); a node holds its op, the call's ``Context`` and its
+input Tensors (``None`` for constants). ``run_backward`` walks the nodes reachable from the outputs once,
+depth first, keeps the ones that lead to a wanted leaf (so gradients nobody asked for, e.g. the data's in the
+explicit API with ``need_input_grad=False``, are never computed), and visits them in reverse topological order,
+summing the gradients of values used several times. Leaf gradients are added into ``.grad`` (in place, so a
+Parameter's gradient stays its view of the model's flat gradient buffer) or returned (``grad``).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from .grad_mode import set_grad_enabled
+from .op import _OVERRIDDEN, Context, override_for
+
+__all__ = ["Node", "run_backward"]
+
+
+class Node:
+    """One recorded op call: ``op`` (the ``Op`` subclass), ``ctx``, ``inputs`` (Tensors or ``None`` per positional
+    input) and weak references to its output Tensors (to hand them to a recorded backward)."""
+
+    __slots__ = ("op", "ctx", "inputs", "outputs", "__weakref__")
+
+    def __init__(self, op: Any, ctx: Context, inputs: tuple[Any, ...]) -> None:
+        self.op = op
+        self.ctx = ctx
+        self.inputs = inputs
+        self.outputs: tuple[Any, ...] = ()
+
+    def name(self) -> str:
+        return self.op.name
+
+    def __repr__(self) -> str:
+        return f"<{self.op.name} backward>"
+
+
+def _add(a: Any, b: Any) -> Any:
+    return b if a is None else a + b
+
+
+def _topo(roots: Sequence[Node], wanted: Optional[set[int]]
+          ) -> tuple[list[Node], dict[int, tuple[bool, ...]], dict[int, int]]:
+    """(nodes in post-order, node id -> per-input "a gradient is needed here" flags (all False: the node leads to
+    no wanted leaf and is skipped), leaf id -> number of live edges into it).
+
+    ``wanted``: ids of the Tensors whose gradients are asked for (``grad``), or ``None`` for every leaf that
+    requires grad (``backward``)."""
+    order: list[Node] = []
+    edges: dict[int, tuple[bool, ...]] = {}
+    visited: set[int] = set()
+    stack: list[tuple[Node, bool]] = [(r, False) for r in roots]
+    leaf_edges: dict[int, int] = {}
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            flags = []
+            for t in node.inputs:
+                if t is None:
+                    flags.append(False)
+                    continue
+                n = t._node
+                if wanted is not None and id(t) in wanted:
+                    flags.append(True)
+                elif n is None:
+                    flags.append(t.requires_grad and wanted is None)
+                else:
+                    flags.append(any(edges[id(n)]))
+            e = tuple(flags)
+            edges[id(node)] = e
+            if any(e):
+                for t, live in zip(node.inputs, e):
+                    if live and t._node is None:
+                        leaf_edges[id(t)] = leaf_edges.get(id(t), 0) + 1
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        for t in node.inputs:
+            if t is not None and t._node is not None and id(t._node) not in visited:
+                stack.append((t._node, False))
+    return order, edges, leaf_edges
+
+
+def _saved_as_tensors(node: Node, tensor_cls: Any) -> None:
+    """For a recorded backward: replace saved arrays that are the call's inputs or outputs by their Tensors."""
+    ctx = node.ctx
+    by_id = {}
+    for t in node.inputs:
+        if t is not None:
+            by_id[id(t._data)] = t
+    for ref in node.outputs:
+        t = ref() if ref is not None else None
+        if t is not None:
+            by_id[id(t._data)] = t
+    ctx._saved = tuple(by_id.get(id(v), v) if v is not None and not isinstance(v, tensor_cls) else v
+                       for v in ctx._saved)
+
+
+def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_graph: bool = False,
+                 create_graph: bool = False, inputs: Optional[Sequence[Any]] = None) -> Optional[list[Any]]:
+    """Back-propagate ``grad_outputs`` (arrays, or Tensors with ``create_graph``) from ``outputs`` (Tensors).
+
+    Without ``inputs``: adds into ``.grad`` of every leaf that requires grad and returns ``None``. With ``inputs``:
+    returns their gradients (``None`` where unreachable) and leaves ``.grad`` alone.
+    """
+    from . import op as _op
+
+    Tensor = _op.Tensor  # set by xpnn.autograd.tensor (which imports this module)
+    wanted = {id(t) for t in inputs} if inputs is not None else None
+    captured: dict[int, Any] = {}
+    pending: dict[int, list[Any]] = {}
+    roots = []
+    for out, g in zip(outputs, grad_outputs):
+        if wanted is not None and id(out) in wanted:
+            captured[id(out)] = _add(captured.get(id(out)), g)
+        node = out._node
+        if node is None:
+            if wanted is None and out.requires_grad:
+                _accumulate_leaf(out, g, create_graph)
+                _fire_hooks(out)
+            continue
+        slot = pending.setdefault(id(node), [None] * len(node.outputs))
+        slot[out._index] = _add(slot[out._index], g)
+        roots.append(node)
+    if (wanted is None and not create_graph and len(roots) == 1 and not roots[0].ctx.freed
+            and all(t is None or t._node is None for t in roots[0].inputs)):
+        _backward_one_node(roots[0], pending.pop(id(roots[0])), retain_graph)  # e.g. a loss on a wrapped array
+        return None
+    order, all_edges, leaf_edges = _topo(roots, wanted)
+    with set_grad_enabled(create_graph):
+        for node in reversed(order):
+            edges = all_edges[id(node)]
+            if True not in edges:
+                continue
+            ctx = node.ctx
+            if ctx.freed:
+                raise RuntimeError(
+                    f"{node.op.name}: trying to backward through the graph a second time (its saved values were "
+                    "freed by the first backward); pass retain_graph=True to the first backward or xpnn.grad call")
+            grads = pending.pop(id(node), None)
+            in_grads: Any = None
+            if grads is not None:
+                in_grads = _call_backward(node, grads, edges, create_graph, Tensor)
+            if not retain_graph:
+                ctx.free()
+            for i, t in enumerate(node.inputs):
+                if not edges[i]:
+                    continue
+                g = in_grads[i] if in_grads is not None else None
+                if wanted is not None and id(t) in wanted:
+                    if g is not None:
+                        captured[id(t)] = _add(captured.get(id(t)), g)
+                    if t._node is None:
+                        continue
+                n = t._node
+                if n is not None:
+                    if g is not None:
+                        slot = pending.setdefault(id(n), [None] * len(n.outputs))
+                        slot[t._index] = _add(slot[t._index], g)
+                    continue
+                if g is not None:
+                    _accumulate_leaf(t, g, create_graph)
+                left = leaf_edges[id(t)] - 1
+                leaf_edges[id(t)] = left
+                if left == 0:
+                    _fire_hooks(t)
+    if inputs is None:
+        return None
+    return [captured.get(id(t)) for t in inputs]
+
+
+def _backward_one_node(node: Node, grads: list[Any], retain_graph: bool) -> None:
+    """``run_backward`` for a graph of one node whose inputs are leaves (no ordering needed)."""
+    from . import op as _op
+
+    edges = tuple(t is not None and t.requires_grad for t in node.inputs)
+    if True not in edges:
+        return
+    with set_grad_enabled(False):
+        in_grads = _call_backward(node, grads, edges, False, _op.Tensor)
+    if not retain_graph:
+        node.ctx.free()
+    for t, e, g in zip(node.inputs, edges, in_grads):
+        if e and g is not None:
+            _accumulate_leaf(t, g, False)
+    fired: set[int] = set()
+    for t, e in zip(node.inputs, edges):
+        if e and t._hooks and id(t) not in fired:  # once per leaf, after all its contributions
+            fired.add(id(t))
+            _fire_hooks(t)
+
+
+def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create_graph: bool, tensor_cls: Any) -> Any:
+    ctx = node.ctx
+    ctx.needs_input_grad = edges
+    ctx.create_graph = create_graph
+    op = node.op
+    if len(grads) > 1 and any(g is None for g in grads):  # materialise missing output gradients as zeros
+        for i, ref in enumerate(node.outputs):
+            if grads[i] is None and ref is not None:  # (outputs without gradients, e.g. indices, stay None)
+                t = ref()
+                if t is None:
+                    raise RuntimeError(f"{op.name}: an output needed for backward was freed")
+                z = t._data * 0
+                grads[i] = tensor_cls(z) if create_graph else z
+    if create_graph:
+        _saved_as_tensors(node, tensor_cls)
+        grads = [g if g is None or isinstance(g, tensor_cls) else tensor_cls(g) for g in grads]
+        out = op.backward(ctx, *grads)
+    else:
+        out = None
+        if op.name in _OVERRIDDEN["backward"]:
+            fn = override_for(op.name, "backward", grads[0])
+            if fn is not None:
+                out = fn(ctx, *grads)
+                if out is NotImplemented:
+                    out = None
+        if out is None:
+            out = op.backward(ctx, *grads)
+    if not isinstance(out, tuple):
+        out = (out,)
+    if len(out) != len(node.inputs):
+        raise RuntimeError(f"{op.name}: backward returned {len(out)} gradients for {len(node.inputs)} inputs")
+    if not create_graph:
+        for g in out:
+            if isinstance(g, tensor_cls):  # (a backward that made Tensors from Tensors it kept)
+                return tuple(g._data if isinstance(g, tensor_cls) else g for g in out)
+    return out
+
+
+def _accumulate_leaf(t: Any, g: Any, create_graph: bool) -> None:
+    """``t.grad += g`` in place when a gradient array exists (a Parameter's flat-buffer view), else store a copy."""
+    if hasattr(g, "_node"):  # a Tensor (create_graph): .grad holds values only
+        g = g._data
+    if g.shape != t._data.shape:
+        from ..errors import ShapeError
+
+        raise ShapeError(f"gradient of shape {tuple(g.shape)} does not match tensor of shape {tuple(t.shape)}")
+    t._accumulate_grad(g)
+
+
+def _fire_hooks(t: Any) -> None:
+    hooks = t._hooks
+    if hooks:
+        for h in list(hooks.values()):
+            h(t)
+
+

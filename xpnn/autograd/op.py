@@ -1,0 +1,180 @@
+"""One declaration per differentiable op: ``Op`` (forward and backward on arrays, a per-call ``Context``), and the
+overrides (fused CUDA kernels, CPU fast paths) that replace a declaration's forward or backward.
+
+An op is a subclass of ``Op`` with static ``forward(ctx, *inputs, **params)`` and ``backward(ctx, *grads)``
+(the idea of PyTorch's ``torch.autograd.Function`` and Chainer's ``FunctionNode``). ``Op.apply`` is the function
+users call: on plain arrays it runs ``forward`` and returns arrays (no graph, no Tensor); when any positional input
+is an ``xpnn.Tensor`` it returns Tensors and, if grad mode is on and an input requires grad, records a ``Node``.
+
+Positional arguments are the inputs (arrays, Tensors, Python scalars or ``None``); only Tensors that require grad
+get gradients. Keyword arguments are parameters (axes, flags, masks) and are never differentiated. ``backward``
+returns one gradient per positional input (``None`` where there is none) and is written with ``xpnn.functional``
+ops, so the same rule runs on arrays and, with ``create_graph=True``, on Tensors (higher-order gradients).
+
+Overrides, keyed by (op name, phase, namespace kind), live in one table here:
+- ``Op.kernel = "<registry name>"``: the kernel registered under that name in ``xpnn._cuda.registry`` (found
+  through ``xpnn._dispatch.lookup``) replaces ``forward`` for CuPy arrays; it takes the forward's arguments without
+  ``ctx``. Tests route NumPy arrays to the CPU shim's build of the same kernel with ``_dispatch.use_provider``.
+- ``register_override(op, phase, kind, fn)``: ``fn(ctx, ...)`` with the signature of the declaration's
+  ``forward``/``backward`` replaces it for arrays of namespace kind ``"numpy"``, ``"cupy"`` or ``"other"``.
+Either may return ``NotImplemented`` to leave a call to the reference (the declaration).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Optional
+
+import numpy as np
+
+from .. import _dispatch
+from ..backend import namespace_of
+
+__all__ = ["Op", "Context", "register_override", "override_for"]
+
+_FREED = object()  # marks a context whose saved values were released after backward
+_OVERRIDES: dict[tuple[str, str, str], Callable[..., Any]] = {}
+_OVERRIDDEN: dict[str, set[str]] = {"forward": set(), "backward": set()}  # op names with an override, per phase
+_NO_FLAGS: dict[int, tuple[bool, ...]] = {}
+
+
+def _kind(x: Any) -> str:
+    if type(x) is np.ndarray:
+        return "numpy"
+    mod = type(x).__module__
+    return "cupy" if mod.startswith("cupy") else "other"
+
+
+def register_override(op: str, phase: str, kind: str, fn: Optional[Callable[..., Any]]) -> None:
+    """Make ``fn`` replace op ``op``'s ``phase`` (``"forward"`` or ``"backward"``) for arrays of ``kind``
+    (``"numpy"``, ``"cupy"``, ``"other"``); ``fn=None`` removes the override. ``fn`` takes the declaration's
+    arguments (``ctx`` first) and returns its result, or ``NotImplemented`` to fall back to the declaration."""
+    if phase not in ("forward", "backward"):
+        raise ValueError(f"register_override: phase must be 'forward' or 'backward', got {phase!r}")
+    if kind not in ("numpy", "cupy", "other"):
+        raise ValueError(f"register_override: kind must be 'numpy', 'cupy' or 'other', got {kind!r}")
+    key = (op, phase, kind)
+    if fn is None:
+        _OVERRIDES.pop(key, None)
+    else:
+        _OVERRIDES[key] = fn
+    _OVERRIDDEN[phase] = {name for (name, ph, _) in _OVERRIDES if ph == phase}
+
+
+def override_for(op: str, phase: str, x: Any) -> Optional[Callable[..., Any]]:
+    """The override registered for ``op``'s ``phase`` on arrays like ``x``, or ``None``."""
+    return _OVERRIDES.get((op, phase, _kind(x))) if op in _OVERRIDDEN[phase] else None
+
+
+class Context:
+    """What one call of an op keeps for its backward: ``save_for_backward(*values)`` / ``saved_tensors``, plus any
+    attribute the forward sets (shapes, masks, indices). ``needs_input_grad`` has one bool per positional input;
+    ``xp`` is the arrays' namespace; ``create_graph`` is True while a backward is itself being recorded."""
+
+    __slots__ = ("needs_input_grad", "create_graph", "_saved", "_args", "_xp", "__dict__")
+
+    def __init__(self, needs_input_grad: tuple[bool, ...], args: tuple[Any, ...]) -> None:
+        self.needs_input_grad = needs_input_grad
+        self.create_graph = False
+        self._saved: Any = ()
+        self._args = args
+        self._xp: Any = None
+
+    @property
+    def xp(self) -> Any:
+        """The namespace of the call's array inputs (found on first use)."""
+        if self._xp is None:
+            arrays = [a for a in self._args if a is not None and not isinstance(a, (int, float, complex))]
+            self._xp = namespace_of(*arrays)
+            self._args = ()
+        return self._xp
+
+    def save_for_backward(self, *values: Any) -> None:
+        """Keep ``values`` (inputs, outputs or other arrays) for ``backward``. Save inputs and outputs rather than
+        intermediates where the rule allows: with ``create_graph`` they are handed back as the graph's Tensors, so
+        the backward is differentiable through them."""
+        self._saved = values
+
+    @property
+    def saved_tensors(self) -> tuple[Any, ...]:
+        saved = self._saved
+        if saved is _FREED:
+            raise RuntimeError("the values this op saved for backward were freed by an earlier backward; "
+                               "pass retain_graph=True to the first backward to run backward twice")
+        return saved
+
+    @property
+    def freed(self) -> bool:
+        return self._saved is _FREED
+
+    def free(self) -> None:
+        self._saved = _FREED
+        self._args = ()
+        self.__dict__.clear()
+
+
+class Op:
+    """Base of every differentiable op (see the module docstring). Subclasses set ``name`` and define static
+    ``forward(ctx, *inputs, **params)`` and ``backward(ctx, *grads)``."""
+
+    name: ClassVar[str] = "op"
+    #: registry name of a fused kernel that replaces ``forward`` for CuPy arrays (same arguments, no ctx)
+    kernel: ClassVar[Optional[str]] = None
+    #: outputs of forward that get gradients (a tuple output's other entries, e.g. argmax indices, get none)
+    differentiable_outputs: ClassVar[Optional[tuple[int, ...]]] = None
+
+    @staticmethod
+    def forward(ctx: Context, *inputs: Any, **params: Any) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx: Context, *grads: Any) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def save(ctx: Context, out: Any, *inputs: Any, **params: Any) -> None:
+        """What ``backward`` needs from a call whose ``out`` a kernel computed in place of ``forward`` (ops with a
+        ``kernel`` define it, and their ``forward`` calls it too, so the two paths save the same)."""
+
+    #: optional ``check(*inputs, **params)``: validates the arguments (raising errors that name the op) before the
+    #: forward, a kernel or an override runs; ops with a ``kernel`` define it (kernels assume valid arguments)
+    check: ClassVar[Optional[Callable[..., Any]]] = None
+
+    @classmethod
+    def _run_forward(cls, ctx: Context, arrays: tuple[Any, ...], params: dict[str, Any]) -> Any:
+        check = cls.check
+        if check is not None:
+            check(*arrays, **params)
+        if _dispatch._enabled[0]:
+            if cls.kernel is not None and arrays and arrays[0] is not None:
+                first = arrays[0]
+                if type(first) is not np.ndarray or _dispatch._provider[0] is not None:
+                    kernel = _dispatch.lookup(cls.kernel, namespace_of(first), first.dtype)
+                    if kernel is not None:
+                        out = kernel(*arrays, **params)
+                        if out is not NotImplemented:
+                            cls.save(ctx, out, *arrays, **params)
+                            return out
+            if cls.name in _OVERRIDDEN["forward"] and arrays:
+                fn = override_for(cls.name, "forward", arrays[0])
+                if fn is not None:
+                    out = fn(ctx, *arrays, **params)
+                    if out is not NotImplemented:
+                        return out
+        return cls.forward(ctx, *arrays, **params)
+
+    @classmethod
+    def apply(cls, *args: Any, **params: Any) -> Any:
+        """Run the op: arrays in -> arrays out; any Tensor in -> Tensor(s) out, recorded when grad mode is on and
+        some input requires grad."""
+        for a in args:
+            if isinstance(a, Tensor):
+                return _apply_tensors(cls, args, params)
+        n = len(args)
+        flags = _NO_FLAGS.get(n)
+        if flags is None:
+            flags = _NO_FLAGS[n] = (False,) * n
+        return cls._run_forward(Context(flags, args), args, params)
+
+
+# set at the end of xpnn.autograd.tensor's import (tensor imports this module)
+Tensor: Any = None
+_apply_tensors: Callable[..., Any] = None  # type: ignore[assignment]

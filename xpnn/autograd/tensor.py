@@ -1,0 +1,486 @@
+"""``xpnn.Tensor``: an array of any backend plus what reverse-mode differentiation needs (PyTorch's semantics).
+
+A Tensor wraps one array (``.data``: NumPy, CuPy or any array-API array) and, once a backward reaches it,
+its gradient ``.grad`` (an array of the same backend and shape). Ops on Tensors (``xpnn.functional`` functions,
+operators, methods) return Tensors and, when grad mode is on and an input requires grad, record the graph that
+``backward()`` walks. ``xpnn.nn.Parameter`` is a leaf Tensor that requires grad.
+"""
+from __future__ import annotations
+
+import itertools
+import weakref
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, to_numpy
+from ..debug import check_device_errors
+from ..errors import DTypeError, ShapeError
+from . import op as _op
+from .engine import Node, run_backward
+from .grad_mode import is_grad_enabled
+
+__all__ = ["Tensor", "tensor"]
+
+_hook_ids = itertools.count()
+
+
+class _HookHandle:
+    """Returned by ``register_post_accumulate_grad_hook``; ``remove()`` unregisters the hook."""
+
+    def __init__(self, owner: "Tensor", key: int) -> None:
+        self._owner = weakref.ref(owner)
+        self._key = key
+
+    def remove(self) -> None:
+        t = self._owner()
+        if t is not None and t._hooks:
+            t._hooks.pop(self._key, None)
+
+
+def _is_floating(x: Any) -> bool:
+    try:
+        return namespace_of(x).isdtype(x.dtype, "real floating")
+    except Exception:
+        return False
+
+
+class Tensor:
+    """An array with an optional gradient and the op that produced it.
+
+    Attributes: ``data`` (the array), ``grad`` (array or ``None``), ``requires_grad``, ``shape``, ``dtype``,
+    ``ndim``, ``T``, ``backend``, ``grad_fn`` (the recording node, ``None`` for leaves), ``is_leaf``.
+    Build with ``xpnn.tensor(data, requires_grad=...)``.
+    """
+
+    __slots__ = ("_data", "_grad", "requires_grad", "_node", "_index", "_hooks", "__weakref__")
+    __array_ufunc__ = None  # NumPy operators (ndarray + Tensor) defer to the Tensor's reflected methods
+    __array_priority__ = 1000.0
+    __hash__ = object.__hash__  # hashed by identity, like torch.Tensor, although == is elementwise
+
+    def __init__(self, data: Any, requires_grad: bool = False) -> None:
+        if isinstance(data, Tensor):
+            data = data._data
+        if not hasattr(data, "shape") or not hasattr(data, "dtype"):
+            raise TypeError(f"Tensor: expected an array, got {type(data).__name__}; use xpnn.tensor(data) for "
+                            "lists and scalars")
+        self._data = data
+        self._grad: Any = None
+        self._node: Optional[Node] = None
+        self._index = 0
+        self._hooks: Optional[dict[int, Callable[[Tensor], None]]] = None
+        self.requires_grad = False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    # --- the array and its gradient ----------------------------------------------------------------------
+    @property
+    def data(self) -> Any:
+        """The array (NumPy, CuPy, ...). Assigning replaces it (no gradient flows through the assignment)."""
+        return self._data
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        if isinstance(value, Tensor):
+            value = value._data
+        self._data = value
+
+    @property
+    def grad(self) -> Any:
+        """The gradient accumulated by backward passes (an array like ``data``), ``None`` until one reaches here."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Any) -> None:
+        if isinstance(value, Tensor):
+            value = value._data
+        if value is not None and tuple(value.shape) != tuple(self._data.shape):
+            raise ShapeError(f"Tensor.grad must have shape {tuple(self._data.shape)}, got {tuple(value.shape)}")
+        self._grad = value
+
+    def _accumulate_grad(self, g: Any) -> None:
+        """Add ``g`` into ``.grad`` (in place when a gradient array exists; a private copy otherwise)."""
+        if self._grad is None:
+            xp = namespace_of(g)
+            self._grad = xp.asarray(g, copy=True) if g.dtype == self._data.dtype else xp.astype(g, self._data.dtype)
+        else:
+            cur = self._grad
+            cur += g
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Tensor":
+        """Set ``requires_grad`` in place (leaves only); only floating tensors can require gradients."""
+        if requires_grad and not _is_floating(self._data):
+            raise DTypeError(f"Tensor.requires_grad: only floating tensors can require gradients, got dtype "
+                             f"{dtype_name(self._data.dtype)}; cast first (e.g. x.astype('float32'))")
+        if not requires_grad and self._node is not None:
+            raise RuntimeError("Tensor.requires_grad_: a non-leaf Tensor's requires_grad cannot be turned off; "
+                               "use .detach()")
+        self.requires_grad = bool(requires_grad)
+        return self
+
+    @property
+    def grad_fn(self) -> Optional[Node]:
+        return self._node
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._node is None
+
+    def register_post_accumulate_grad_hook(self, hook: Callable[["Tensor"], None]) -> _HookHandle:
+        """Call ``hook(self)`` during each backward once this leaf's gradient is complete (every contribution of
+        that backward added into ``.grad``), like ``torch.Tensor.register_post_accumulate_grad_hook``."""
+        if self._node is not None:
+            raise RuntimeError("register_post_accumulate_grad_hook: only leaf Tensors accumulate gradients")
+        if self._hooks is None:
+            self._hooks = {}
+        key = next(_hook_ids)
+        self._hooks[key] = hook
+        return _HookHandle(self, key)
+
+    # --- metadata -----------------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._data.shape)
+
+    @property
+    def dtype(self) -> Any:
+        return self._data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self._data.ndim
+
+    @property
+    def size(self) -> int:
+        """Number of elements (``numel()``)."""
+        n = 1
+        for d in self._data.shape:
+            n *= d
+        return n
+
+    def numel(self) -> int:
+        return self.size
+
+    @property
+    def backend(self) -> Backend:
+        return get_backend(namespace_of(self._data))
+
+    def __len__(self) -> int:
+        if self._data.ndim == 0:
+            raise TypeError("len() of a 0-d Tensor")
+        return int(self._data.shape[0])
+
+    # --- leaving the graph --------------------------------------------------------------------------------
+    def detach(self) -> "Tensor":
+        """A Tensor sharing ``data`` without history (no gradient flows back through it)."""
+        return Tensor(self._data)
+
+    def numpy(self) -> np.ndarray:
+        """A NumPy copy of ``data`` (a host copy for GPU Tensors); no ``detach`` needed."""
+        return np.array(to_numpy(self._data), copy=True)
+
+    def item(self) -> float:
+        """The value of a one-element Tensor as a Python number."""
+        if self.size != 1:
+            raise ValueError(f"Tensor.item: only one-element tensors can be converted, got shape {self.shape}")
+        check_device_errors()  # this read syncs anyway: raise label errors deferred on the device (xpnn.debug)
+        return to_numpy(self._data).reshape(()).item()
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __bool__(self) -> bool:
+        if self.size != 1:
+            raise ValueError(f"the truth value of a Tensor of shape {self.shape} is ambiguous")
+        return bool(self.item())
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.array(to_numpy(self._data), dtype=dtype, copy=True if copy else None)
+
+    def to(self, backend: BackendLike = None, *, dtype: Any = None) -> "Tensor":
+        """This Tensor's values on ``backend`` and/or in ``dtype`` (recorded: gradients flow back through the
+        move and the cast)."""
+        from ..functional.shape import to_backend
+
+        return to_backend(self, backend=get_backend(backend) if backend is not None else self.backend, dtype=dtype)
+
+    def __repr__(self) -> str:
+        extra = ""
+        if self._node is not None:
+            extra = f", grad_fn=<{self._node.op.name}>"
+        elif self.requires_grad:
+            extra = ", requires_grad=True"
+        return f"tensor({to_numpy(self._data)!r}{extra})".replace("\n", "\n       ")
+
+    # --- backward -----------------------------------------------------------------------------------------
+    def backward(self, grad: Any = None, retain_graph: Optional[bool] = None, create_graph: bool = False) -> None:
+        """Accumulate the gradient of this Tensor into ``.grad`` of every leaf that requires grad.
+
+        ``grad``: d(something)/d(self), same shape (array or Tensor); may be omitted for a one-element Tensor.
+        ``retain_graph`` (default ``create_graph``): keep the saved values for another backward.
+        ``create_graph``: record the backward itself (use ``xpnn.grad`` to get the differentiable gradients;
+        ``.grad`` holds values).
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward: this Tensor does not require grad and has no grad_fn (no input of the ops "
+                               "that made it requires grad, or it was made under xpnn.no_grad())")
+        seed = _seed_grad(self, grad, "backward", create_graph)
+        run_backward([self], [seed], retain_graph=create_graph if retain_graph is None else retain_graph,
+                     create_graph=create_graph)
+
+    # --- operators ----------------------------------------------------------------------------------------
+    def __add__(self, other: Any) -> "Tensor":
+        return F.add(self, other)
+
+    def __radd__(self, other: Any) -> "Tensor":
+        return F.add(other, self)
+
+    def __sub__(self, other: Any) -> "Tensor":
+        return F.sub(self, other)
+
+    def __rsub__(self, other: Any) -> "Tensor":
+        return F.sub(other, self)
+
+    def __mul__(self, other: Any) -> "Tensor":
+        return F.mul(self, other)
+
+    def __rmul__(self, other: Any) -> "Tensor":
+        return F.mul(other, self)
+
+    def __truediv__(self, other: Any) -> "Tensor":
+        return F.div(self, other)
+
+    def __rtruediv__(self, other: Any) -> "Tensor":
+        return F.div(other, self)
+
+    def __pow__(self, other: Any) -> "Tensor":
+        return F.pow(self, other)
+
+    def __rpow__(self, other: Any) -> "Tensor":
+        return F.pow(other, self)
+
+    def __matmul__(self, other: Any) -> "Tensor":
+        return F.matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> "Tensor":
+        return F.matmul(other, self)
+
+    def __neg__(self) -> "Tensor":
+        return F.neg(self)
+
+    def __pos__(self) -> "Tensor":
+        return self
+
+    def __abs__(self) -> "Tensor":
+        return F.abs(self)
+
+    def __getitem__(self, key: Any) -> "Tensor":
+        return F.index(self, key)
+
+    # comparisons: no gradient, a boolean Tensor
+    def _compare(self, other: Any, fn: Callable[[Any, Any], Any]) -> "Tensor":
+        o = other._data if isinstance(other, Tensor) else other
+        if hasattr(o, "shape"):
+            namespace_of(self._data, o, where="Tensor comparison")
+        return Tensor(fn(self._data, o))
+
+    def __lt__(self, other: Any) -> "Tensor":
+        return self._compare(other, lambda a, b: a < b)
+
+    def __le__(self, other: Any) -> "Tensor":
+        return self._compare(other, lambda a, b: a <= b)
+
+    def __gt__(self, other: Any) -> "Tensor":
+        return self._compare(other, lambda a, b: a > b)
+
+    def __ge__(self, other: Any) -> "Tensor":
+        return self._compare(other, lambda a, b: a >= b)
+
+    def __eq__(self, other: Any) -> "Tensor":  # type: ignore[override]
+        return self._compare(other, lambda a, b: a == b)
+
+    def __ne__(self, other: Any) -> "Tensor":  # type: ignore[override]
+        return self._compare(other, lambda a, b: a != b)
+
+    # --- methods (each the xpnn.functional op of the same name) ---------------------------------------------
+    def sum(self, axis: Any = None, keepdims: bool = False) -> "Tensor":
+        return F.sum(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis: Any = None, keepdims: bool = False) -> "Tensor":
+        return F.mean(self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis: Any = None, keepdims: bool = False) -> "Tensor":
+        return F.max(self, axis=axis, keepdims=keepdims)
+
+    def min(self, axis: Any = None, keepdims: bool = False) -> "Tensor":
+        return F.min(self, axis=axis, keepdims=keepdims)
+
+    def reshape(self, *shape: Any) -> "Tensor":
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return F.reshape(self, shape)
+
+    def permute_dims(self, *axes: Any) -> "Tensor":
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        return F.permute_dims(self, axes)
+
+    def transpose(self, *axes: Any) -> "Tensor":
+        """Reverse the axes (no arguments), or permute them (``transpose(1, 0, 2)``), like ``ndarray.transpose``."""
+        if not axes:
+            return F.permute_dims(self, tuple(range(self.ndim - 1, -1, -1)))
+        return self.permute_dims(*axes)
+
+    @property
+    def T(self) -> "Tensor":
+        if self.ndim != 2:
+            raise ShapeError(f"Tensor.T: expected a 2-D Tensor, got shape {self.shape}; use transpose/permute_dims")
+        return F.permute_dims(self, (1, 0))
+
+    def matmul(self, other: Any) -> "Tensor":
+        return F.matmul(self, other)
+
+    def exp(self) -> "Tensor":
+        return F.exp(self)
+
+    def log(self) -> "Tensor":
+        return F.log(self)
+
+    def sqrt(self) -> "Tensor":
+        return F.sqrt(self)
+
+    def abs(self) -> "Tensor":
+        return F.abs(self)
+
+    def clip(self, min: Any = None, max: Any = None) -> "Tensor":  # noqa: A002 (PyTorch's names)
+        return F.clip(self, min, max)
+
+    def tanh(self) -> "Tensor":
+        return F.tanh(self)
+
+    def sigmoid(self) -> "Tensor":
+        return F.sigmoid(self)
+
+    def relu(self) -> "Tensor":
+        return F.relu(self)
+
+    def softmax(self, axis: int = -1) -> "Tensor":
+        return F.softmax(self, axis=axis)
+
+    def log_softmax(self, axis: int = -1) -> "Tensor":
+        return F.log_softmax(self, axis=axis)
+
+    def logsumexp(self, axis: int = -1, keepdims: bool = False) -> "Tensor":
+        return F.logsumexp(self, axis=axis, keepdims=keepdims)
+
+    def astype(self, dtype: Any) -> "Tensor":
+        """A cast copy (recorded: the gradient is cast back)."""
+        return F.astype(self, dtype)
+
+
+def _make(data: Any, node: Optional[Node], index: int, requires_grad: bool) -> Tensor:
+    """An op's output Tensor (no validation: the op made ``data``)."""
+    t = Tensor.__new__(Tensor)
+    t._data = data
+    t._grad = None
+    t._node = node
+    t._index = index
+    t._hooks = None
+    t.requires_grad = requires_grad
+    return t
+
+
+def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+    """``Op.apply`` when some input is a Tensor: unwrap, run forward, wrap, record a node if needed."""
+    grad_on = is_grad_enabled()
+    arrays: list[Any] = []
+    flags: list[bool] = []
+    record = False
+    for a in args:
+        if isinstance(a, Tensor):
+            arrays.append(a._data)
+            need = grad_on and a.requires_grad
+            record = record or need
+            flags.append(need)
+        else:
+            arrays.append(a)
+            flags.append(False)
+    arrs = tuple(arrays)
+    ctx = _op.Context(tuple(flags), arrs)
+    out = op._run_forward(ctx, arrs, params)
+    if not record:
+        if isinstance(out, tuple):
+            return tuple(_make(o, None, 0, False) for o in out)
+        return _make(out, None, 0, False)
+    node = Node(op, ctx, tuple(a if isinstance(a, Tensor) else None for a in args))
+    if isinstance(out, tuple):
+        diff = op.differentiable_outputs
+        outs = tuple(_make(o, node, i, diff is None or i in diff) for i, o in enumerate(out))
+        node.outputs = tuple(weakref.ref(t) if t.requires_grad else None for t in outs)
+        return outs
+    t = _make(out, node, 0, True)
+    node.outputs = (weakref.ref(t),)
+    return t
+
+
+def _seed_grad(out: Tensor, g: Any, where: str, create_graph: bool) -> Any:
+    """The starting gradient of a backward from ``out``: ``g`` checked, or ones for a one-element ``out``."""
+    if g is None:
+        if out.size != 1:
+            made_by = f" (made by {out._node.op.name})" if out._node is not None else ""
+            raise RuntimeError(f"{where}: grad can be implicitly created only for one-element outputs; this Tensor"
+                               f"{made_by} has shape {out.shape}: pass grad= (e.g. ones of that shape), or reduce "
+                               "it first (.sum() or .mean())")
+        xp = namespace_of(out._data)
+        seed = xp.ones_like(out._data)
+        return Tensor(seed) if create_graph else seed
+    gd = g._data if isinstance(g, Tensor) else g
+    if not hasattr(gd, "shape"):
+        raise TypeError(f"{where}: grad must be an array or Tensor, got {type(g).__name__}")
+    namespace_of(out._data, gd, where=where)
+    if tuple(gd.shape) != out.shape:
+        raise ShapeError(f"{where}: grad must have the output's shape {out.shape}, got {tuple(gd.shape)}")
+    if create_graph:
+        return g if isinstance(g, Tensor) else Tensor(gd)
+    return gd
+
+
+def tensor(data: Any, requires_grad: bool = False, backend: BackendLike = None, dtype: Any = None) -> Tensor:
+    """A leaf Tensor holding ``data`` (an array of any backend, a Tensor, a nested list or a scalar).
+
+    An array keeps its backend and dtype (float64 stays float64) unless ``backend=``/``dtype=`` say otherwise;
+    lists and scalars go to ``backend`` (default: the active backend, see ``xpnn.get_backend``) with NumPy's
+    dtype rules (Python floats -> float64). ``requires_grad=True`` needs a floating dtype (``DTypeError``).
+    """
+    if isinstance(data, Tensor):
+        data = data._data
+    if backend is None and hasattr(data, "__array_namespace__") or type(data) is np.ndarray:
+        be = get_backend(backend) if backend is not None else None
+        if be is not None and namespace_of(data) is not be.xp:
+            data = be.asarray(data)
+        if dtype is not None:
+            xp = namespace_of(data)
+            data = xp.astype(data, _resolve(xp, dtype))
+    else:
+        be = get_backend(backend)
+        if hasattr(data, "shape") and hasattr(data, "dtype"):
+            arr = be.asarray(data, dtype=dtype)
+        else:
+            arr = be.asarray(np.asarray(data), dtype=dtype)
+        data = arr
+    return Tensor(data, requires_grad=requires_grad)
+
+
+def _resolve(xp: Any, dtype: Any) -> Any:
+    from ..backend import resolve_dtype
+
+    return resolve_dtype(xp, dtype)
+
+
+_op.Tensor = Tensor
+_op._apply_tensors = _apply_tensors
+
+from .. import functional as F  # noqa: E402  (the ops behind the operators; functional imports autograd.op only)

@@ -1,0 +1,227 @@
+"""Shape ops: ``reshape, permute_dims, broadcast_to, sum_to, index`` (``x[key]``) and ``to_backend``.
+
+``index`` takes basic keys (ints, slices, ``None``, ``...``) and integer arrays; in its backward, entries picked
+several times by an integer array get the sum of their gradients (a scatter-add: ``numpy.add.at`` on NumPy,
+``cupyx.scatter_add`` on CuPy, a one-hot product on other namespaces, which supports one integer array).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..autograd.op import Context, Op
+from ..backend import Backend, dtype_name, is_cupy_namespace, is_numpy_namespace, namespace_of, resolve_dtype
+from ..errors import ShapeError
+
+__all__ = ["reshape", "permute_dims", "broadcast_to", "sum_to", "index", "to_backend"]
+
+
+class Reshape(Op):
+    name = "reshape"
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, *, shape: tuple[int, ...]) -> Any:
+        xp = namespace_of(x, where="reshape")
+        ctx.shape = tuple(x.shape)
+        try:
+            return xp.reshape(x, tuple(shape))
+        except ValueError:
+            raise ShapeError(f"reshape: cannot reshape an array of shape {tuple(x.shape)} into {tuple(shape)}") from None
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        return reshape(g, ctx.shape)
+
+
+class PermuteDims(Op):
+    name = "permute_dims"
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, *, axes: tuple[int, ...]) -> Any:
+        xp = namespace_of(x, where="permute_dims")
+        axes = tuple(a % x.ndim for a in axes) if x.ndim else tuple(axes)
+        if sorted(axes) != list(range(x.ndim)):
+            raise ShapeError(f"permute_dims: axes {tuple(axes)} are not a permutation of the {x.ndim} axes")
+        ctx.inverse = tuple(int(i) for i in np.argsort(axes))
+        return xp.permute_dims(x, axes)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        return permute_dims(g, ctx.inverse)
+
+
+class BroadcastTo(Op):
+    name = "broadcast_to"
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, *, shape: tuple[int, ...]) -> Any:
+        xp = namespace_of(x, where="broadcast_to")
+        ctx.shape = tuple(x.shape)
+        return xp.broadcast_to(x, tuple(shape))
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        return sum_to(g, ctx.shape)
+
+
+class SumTo(Op):
+    """The adjoint of broadcasting: sum ``x`` over the axes that broadcasting to its shape added or stretched."""
+
+    name = "sum_to"
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, *, shape: tuple[int, ...]) -> Any:
+        xp = namespace_of(x, where="sum_to")
+        shape = tuple(shape)
+        lead = x.ndim - len(shape)
+        if lead < 0 or any(s != 1 and s != x.shape[i + lead] for i, s in enumerate(shape)):
+            raise ShapeError(f"sum_to: shape {shape} does not broadcast to {tuple(x.shape)}")
+        axes = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape) if s == 1 and x.shape[i + lead] != 1)
+        ctx.shape = tuple(x.shape)
+        out = xp.sum(x, axis=axes, keepdims=True) if axes else x
+        return xp.reshape(out, shape)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        return broadcast_to(g, ctx.shape)
+
+
+def _plain_key(key: Any) -> Any:
+    """Tensors inside an index key -> their arrays."""
+    if hasattr(key, "_node"):
+        return key.data
+    if isinstance(key, tuple):
+        return tuple(k.data if hasattr(k, "_node") else k for k in key)
+    return key
+
+
+def _is_basic(key: Any) -> bool:
+    parts = key if isinstance(key, tuple) else (key,)
+    return all(k is None or k is Ellipsis or isinstance(k, (int, slice)) for k in parts)
+
+
+class Index(Op):
+    name = "index"
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, *, key: Any) -> Any:
+        namespace_of(x, where="index")
+        ctx.shape, ctx.key = tuple(x.shape), key
+        try:
+            return x[key]
+        except IndexError as exc:
+            raise IndexError(f"index: {exc} (array of shape {tuple(x.shape)})") from None
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        return IndexBackward.apply(g, key=ctx.key, shape=ctx.shape)
+
+
+class IndexBackward(Op):
+    """Scatter-add of ``g`` (the gradient of ``x[key]``) into zeros of ``x``'s shape."""
+
+    name = "index_backward"
+
+    @staticmethod
+    def forward(ctx: Context, g: Any, *, key: Any, shape: tuple[int, ...]) -> Any:
+        xp = namespace_of(g, where="index backward")
+        ctx.key = key
+        out = xp.zeros(shape, dtype=g.dtype)
+        if _is_basic(key):
+            out[key] = g
+        elif is_numpy_namespace(xp):
+            np.add.at(out, key, g)
+        elif is_cupy_namespace(xp):
+            import cupyx
+
+            cupyx.scatter_add(out, key, g)
+        else:
+            out = _one_hot_scatter(xp, g, key, shape)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, gg: Any) -> Any:
+        return index(gg, ctx.key)
+
+
+def _one_hot_scatter(xp: Any, g: Any, key: Any, shape: tuple[int, ...]) -> Any:
+    """Scatter-add for namespaces without integer-array assignment: one integer array at axis p (the other key
+    entries full slices) -> ``onehot.T @ g`` along that axis."""
+    parts = key if isinstance(key, tuple) else (key,)
+    if any(k is Ellipsis for k in parts):  # spell ... out as full slices
+        i = next(i for i, k in enumerate(parts) if k is Ellipsis)
+        parts = parts[:i] + (slice(None),) * (len(shape) - len(parts) + 1) + parts[i + 1:]
+    parts = parts + (slice(None),) * (len(shape) - len(parts))
+    arrays = [i for i, k in enumerate(parts) if hasattr(k, "dtype")]
+    if len(arrays) != 1 or any(not (isinstance(k, slice) and k == slice(None)) for i, k in enumerate(parts)
+                               if i != arrays[0]) or parts[arrays[0]].ndim != 1:
+        raise NotImplementedError("index: on this namespace the backward of an integer-array index supports one 1-D "
+                                  "integer array with full slices elsewhere (x[idx], x[:, idx])")
+    p = arrays[0]
+    idx = parts[p]
+    n = shape[p]
+    hot = xp.astype(xp.arange(n, dtype=idx.dtype)[:, None] == idx[None, :], g.dtype)  # (n, k)
+    order = (p,) + tuple(i for i in range(g.ndim) if i != p)
+    gm = xp.permute_dims(g, order)
+    rest = tuple(gm.shape[1:])
+    k = gm.shape[0]
+    prod = 1
+    for s in rest:
+        prod *= s
+    out = hot @ xp.reshape(gm, (k, prod))
+    out = xp.reshape(out, (n,) + rest)
+    return xp.permute_dims(out, tuple(int(i) for i in np.argsort(order)))
+
+
+class ToBackend(Op):
+    name = "to_backend"
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, *, backend: Backend, dtype: Any = None) -> Any:
+        src = namespace_of(x, where="to_backend")
+        from ..backend import get_backend
+
+        ctx.src, ctx.dtype = get_backend(src), dtype_name(x.dtype)
+        dt = None if dtype is None else dtype_name(resolve_dtype(backend.xp, dtype))
+        return backend.asarray(x, dtype=dt)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        return to_backend(g, backend=ctx.src, dtype=ctx.dtype)
+
+
+def reshape(x: Any, shape: tuple[int, ...]) -> Any:
+    """``x`` with a new ``shape`` (one entry may be -1)."""
+    if tuple(x.shape) == tuple(shape):
+        return x
+    return Reshape.apply(x, shape=tuple(shape))
+
+
+def permute_dims(x: Any, axes: tuple[int, ...]) -> Any:
+    """Axes reordered: ``out.shape[i] = x.shape[axes[i]]``."""
+    return PermuteDims.apply(x, axes=tuple(axes))
+
+
+def broadcast_to(x: Any, shape: tuple[int, ...]) -> Any:
+    """``x`` broadcast to ``shape`` (a read-only view on NumPy); the gradient is summed back."""
+    if tuple(x.shape) == tuple(shape):
+        return x
+    return BroadcastTo.apply(x, shape=tuple(shape))
+
+
+def sum_to(x: Any, shape: tuple[int, ...]) -> Any:
+    """Sum ``x`` down to ``shape``, which must broadcast to ``x.shape`` (the gradient of broadcasting)."""
+    if tuple(x.shape) == tuple(shape):
+        return x
+    return SumTo.apply(x, shape=tuple(shape))
+
+
+def index(x: Any, key: Any) -> Any:
+    """``x[key]`` with basic keys or integer arrays; repeated indices accumulate their gradients."""
+    return Index.apply(x, key=_plain_key(key))
+
+
+def to_backend(x: Any, backend: Backend, dtype: Any = None) -> Any:
+    """``x`` copied to ``backend`` (and cast to ``dtype``); the gradient goes back to ``x``'s backend and dtype."""
+    return ToBackend.apply(x, backend=backend, dtype=dtype)
