@@ -139,8 +139,8 @@ def test_pca_count_must_be_positive(bad):
 
 def test_pca_defaults():
     p = D.PCA(2)
-    assert p.n_components == 2 and p.whiten is False and p.eps == 1e-8
-    assert p.mean_ is None and p.components_ is None
+    assert p.n_components == 2 and p.whiten is False and p.rtol is None
+    assert p.mean_ is None and p.components_ is None and p.whiten_scale_ is None
     assert p.explained_variance_ is None and p.explained_variance_ratio_ is None
 
 
@@ -224,17 +224,35 @@ def test_pca_whitened_transform_and_its_inverse():
     X = _data(n=80, d=4, seed=12)
     p = D.PCA(4, whiten=True).fit(X)
     var = np.asarray(p.explained_variance_)
+    np.testing.assert_allclose(p.whiten_scale_, np.sqrt(var), rtol=1e-15)
     Z = p.transform(X)
-    np.testing.assert_allclose(Z, (X - X.mean(0)) @ p.components_.T / np.sqrt(var + 1e-8), rtol=1e-10)
+    np.testing.assert_allclose(Z, (X - X.mean(0)) @ p.components_.T / np.sqrt(var), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.cov(Z, rowvar=False), np.eye(4), atol=1e-10)
     np.testing.assert_allclose(p.inverse_transform(Z), X, rtol=1e-9, atol=1e-9)
-    # eps reaches both directions
-    q = D.PCA(2, whiten=True, eps=4.0).fit(X)
-    Zq = q.transform(X)
-    np.testing.assert_allclose(Zq, (X - X.mean(0)) @ q.components_.T / np.sqrt(q.explained_variance_ + 4.0),
-                               rtol=1e-10)
-    back = q.inverse_transform(Zq)
-    np.testing.assert_allclose(back, (Zq * np.sqrt(q.explained_variance_ + 4.0)) @ q.components_ + X.mean(0),
-                               rtol=1e-10)
+    # the same at any scale of X (no absolute floor added to the variance)
+    q = D.PCA(4, whiten=True).fit(X * 1e-6)
+    np.testing.assert_allclose(q.transform(X * 1e-6), Z, rtol=1e-7, atol=1e-9)
+
+
+def test_pca_whitening_leaves_components_below_rtol_unscaled():
+    X = _data(n=80, d=3, seed=19)
+    X[:, 2] = X[:, 0] + X[:, 1]  # rank 2: the third singular value is rounding noise
+    p = D.PCA(3, whiten=True).fit(X)
+    var = np.asarray(p.explained_variance_)
+    assert p.whiten_scale_[2] == 1.0
+    np.testing.assert_allclose(p.whiten_scale_[:2], np.sqrt(var[:2]), rtol=1e-15)
+    Z = p.transform(X)
+    np.testing.assert_allclose(Z[:, 2], (X - X.mean(0)) @ p.components_[2], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(p.inverse_transform(Z), X, rtol=1e-9, atol=1e-9)
+    # a larger rtol also leaves a small but real component unscaled: s_2 / s_1 < 0.9 here
+    r = D.PCA(2, whiten=True, rtol=0.9).fit(X)
+    s = np.sqrt(np.asarray(r.explained_variance_))
+    assert s[1] < 0.9 * s[0]
+    np.testing.assert_allclose(r.whiten_scale_, [s[0], 1.0], rtol=1e-15)
+    with pytest.raises(ValueError, match=r"rtol is a relative tolerance in \[0, 1\)"):
+        D.PCA(2, rtol=1.0)
+    with pytest.warns(DeprecationWarning, match="eps is no longer used"):
+        D.PCA(2, eps=1e-8)
 
 
 def test_pca_fit_transform_is_fit_then_transform():
