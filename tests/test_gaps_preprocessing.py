@@ -382,3 +382,19 @@ def test_pca_component_with_a_tie_between_opposite_peaks_is_kept():
     C = np.asarray(p.components_)
     np.testing.assert_allclose(np.abs(C), [[2 ** -0.5, 2 ** -0.5]], rtol=1e-12)
     np.testing.assert_allclose(p.transform(np.array([[1.0, -1.0]])) ** 2, [[2.0]], rtol=1e-12)
+
+
+def test_pca_rtol_zero_still_leaves_an_exactly_zero_component_unscaled():
+    X = np.array([[1.0, 0.0], [-1.0, 0.0], [2.0, 0.0], [0.5, 0.0]])  # no variance at all along the second axis
+    p = D.PCA(2, whiten=True, rtol=0.0).fit(X)
+    assert p.whiten_scale_[1] == 1.0
+    with np.errstate(divide="raise", invalid="raise"):
+        Z = p.transform(X)
+    assert np.array_equal(Z[:, 1], np.zeros(4))
+    np.testing.assert_allclose(np.abs(Z[:, 0]), np.abs(X[:, 0] - 0.625) / 1.25, rtol=1e-12)
+
+
+def test_pca_eps_deprecation_points_at_the_caller():
+    with pytest.warns(DeprecationWarning) as record:
+        D.PCA(2, eps=1e-3)
+    assert record[0].filename == __file__
