@@ -393,8 +393,3 @@ def test_pca_rtol_zero_still_leaves_an_exactly_zero_component_unscaled():
     assert np.array_equal(Z[:, 1], np.zeros(4))
     np.testing.assert_allclose(np.abs(Z[:, 0]), np.abs(X[:, 0] - 0.625) / 1.25, rtol=1e-12)
 
-
-def test_pca_eps_deprecation_points_at_the_caller():
-    with pytest.warns(DeprecationWarning) as record:
-        D.PCA(2, eps=1e-3)
-    assert record[0].filename == __file__
