@@ -193,3 +193,24 @@ def test_cumulative_average_when_momentum_is_none():
     np.testing.assert_allclose(bn.running_mean, np.mean([x.mean(0) for x in xs], axis=0), rtol=1e-12)
     np.testing.assert_allclose(bn.running_var, np.mean([x.var(0, ddof=1) for x in xs], axis=0), rtol=1e-12)
     assert int(bn.num_batches_tracked) == 3
+
+
+def test_no_running_statistics_with_affine_parameters_and_eps():
+    x, dy = _x(seed=9), _x(seed=10)
+    bn = _bn(3, eps=0.5, track_running_stats=False)
+    bn.weight.data[...] = [2.0, -1.0, 0.5]
+    bn.bias.data[...] = [0.1, 0.2, 0.3]
+    want = (x - x.mean(0)) / np.sqrt(x.var(0) + 0.5) * [2.0, -1.0, 0.5] + [0.1, 0.2, 0.3]
+    for mode in ("train", "eval"):
+        getattr(bn, mode)()
+        np.testing.assert_allclose(bn(x), want, rtol=1e-12)
+    bn.backward(dy)
+    xhat = (x - x.mean(0)) / np.sqrt(x.var(0) + 0.5)
+    np.testing.assert_allclose(bn.weight.grad, (dy * xhat).sum(0), rtol=1e-12)
+    np.testing.assert_allclose(bn.bias.grad, dy.sum(0), rtol=1e-12)
+
+
+def test_affine_without_running_statistics_still_checks_the_dtype():
+    bn = _bn(3, track_running_stats=False)
+    with pytest.raises(DTypeError, match=r"BatchNorm1d\(3\): expected input of dtype float64"):
+        bn(_x().astype(np.float32))
