@@ -323,3 +323,80 @@ def test_elu_and_selu_never_overflow_in_the_unused_branch():
         np.testing.assert_allclose(F.elu_backward(x, dy, 1.5), [1.0, 0.0, 1.0], rtol=1e-15)
         assert np.isfinite(F.selu(x)).all() and np.isfinite(F.selu_backward(x, dy)).all()
         np.testing.assert_allclose(F.tanh_backward(F.tanh(x), dy), [0.0, 0.0, 1 - np.tanh(0.5) ** 2], rtol=1e-12)
+
+
+# --- gradients of the softmax family (through xpnn.Tensor) ---------------------------------------------------------
+
+def _grad_of(f, x, g, **kw):
+    import xpnn
+
+    t = xpnn.tensor(x, requires_grad=True)
+    f(t, **kw).backward(g)
+    return t.grad
+
+
+def _softmax64(x, axis):
+    e = np.exp(x - x.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_softmax_family_gradients_along_any_axis(axis):
+    rng = np.random.default_rng(20)
+    x = rng.normal(size=(4, 5))
+    p = _softmax64(x, axis)
+    g = rng.normal(size=(4, 5))
+    np.testing.assert_allclose(_grad_of(F.softmax, x, g, axis=axis), p * (g - (g * p).sum(axis, keepdims=True)),
+                               rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(_grad_of(F.log_softmax, x, g, axis=axis), g - p * g.sum(axis, keepdims=True),
+                               rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(F.softmax_backward(p, g, axis), p * (g - (g * p).sum(axis, keepdims=True)),
+                               rtol=1e-12, atol=1e-15)
+    for keepdims in (False, True):
+        gl = rng.normal(size=(1, 5) if axis == 0 else (4, 1))
+        if not keepdims:
+            gl = gl.reshape(-1)
+        want = (gl if keepdims else np.expand_dims(gl, axis)) * p
+        np.testing.assert_allclose(_grad_of(F.logsumexp, x, gl, axis=axis, keepdims=keepdims), want,
+                                   rtol=1e-10, atol=1e-14)
+
+
+def test_float16_softmax_backward_is_computed_in_float32_and_rounded_once():
+    rng = np.random.default_rng(21)
+    y = F.softmax((rng.normal(size=(16, 300)) * 3).astype(np.float16))
+    dy = rng.normal(size=(16, 300)).astype(np.float16)
+    y32, dy32 = y.astype(np.float32), dy.astype(np.float32)
+    want = (y32 * (dy32 - (dy32 * y32).sum(-1, keepdims=True))).astype(np.float16)
+    out = F.softmax_backward(y, dy)
+    assert out.dtype == np.float16 and np.array_equal(out, want)
+    assert _grad_of(F.softmax, (y * 0).astype(np.float16), dy).dtype == np.float16
+    for axis in (0, 1):
+        w = (y32 * (dy32 - (dy32 * y32).sum(axis, keepdims=True))).astype(np.float16)
+        assert np.array_equal(F.softmax_backward(y, dy, axis), w)
+
+
+def test_float16_log_softmax_backward_is_computed_in_float32_and_rounded_once():
+    rng = np.random.default_rng(22)
+    x = (rng.normal(size=(16, 300)) * 3).astype(np.float16)
+    g = rng.normal(size=(16, 300)).astype(np.float16)
+    out32 = F.log_softmax(x).astype(np.float32)
+    g32 = g.astype(np.float32)
+    want = (g32 - np.exp(out32) * g32.sum(-1, keepdims=True)).astype(np.float16)
+    got = _grad_of(F.log_softmax, x, g)
+    assert got.dtype == np.float16 and np.array_equal(got, want)
+
+
+def test_softmax_backward_checks_its_arrays():
+    with pytest.raises(ShapeError, match="softmax_backward"):
+        F.softmax_backward(np.ones((2, 3)), np.ones((3, 2)))
+    with pytest.raises(DTypeError, match="softmax_backward"):
+        F.softmax_backward(np.ones((2, 3)), np.ones((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("f", [F.softmax, F.log_softmax, F.logsumexp])
+def test_softmax_family_axis_out_of_range(f):
+    with pytest.raises(ValueError, match=rf"{f.__name__}: axis 2 is out of range for input of shape \(2, 3\)"):
+        f(np.ones((2, 3)), axis=2)
+    with pytest.raises(ValueError, match="out of range"):
+        f(np.ones((2, 3)), axis=-3)
+    assert f(np.ones((2, 3)), axis=-2).shape == ((3,) if f is F.logsumexp else (2, 3))
