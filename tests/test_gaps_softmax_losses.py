@@ -400,3 +400,43 @@ def test_softmax_family_axis_out_of_range(f):
     with pytest.raises(ValueError, match="out of range"):
         f(np.ones((2, 3)), axis=-3)
     assert f(np.ones((2, 3)), axis=-2).shape == ((3,) if f is F.logsumexp else (2, 3))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_cross_entropy_gradient_recorded_for_higher_orders_has_the_plain_value(reduction, eps):
+    # create_graph builds d loss / d logits as an expression of the logits: its value is the fused gradient's,
+    # including a mean over a single kept row and ignored rows
+    import xpnn
+
+    rng = np.random.default_rng(23)
+    x = rng.normal(size=(4, 5))
+    for t in (np.array([1, -100, 4, 0]), np.array([-100, 3, -100, -100])):
+        X = xpnn.tensor(x, requires_grad=True)
+        loss = F.cross_entropy(X, t, reduction=reduction, label_smoothing=eps)
+        seed = np.ones(4) if reduction == "none" else None
+        (g,) = xpnn.grad(loss, [X], grad_outputs=None if seed is None else [seed], create_graph=True)
+        _, want = F.cross_entropy_with_grad(x, t, reduction=reduction, label_smoothing=eps)
+        np.testing.assert_allclose(np.asarray(g.data), want, rtol=1e-12, atol=1e-15)
+        # and it is differentiable: cross-entropy is convex in the logits, so v' H v >= 0
+        v = rng.normal(size=(4, 5))
+        (hv,) = xpnn.grad((g * v).sum(), [X])
+        assert float(np.sum(np.asarray(hv.data) * v)) >= -1e-12
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_float16_pair_losses_are_the_float32_result_rounded_once(reduction):
+    rng = np.random.default_rng(24)
+    p = (rng.normal(size=(64, 33)) * 4).astype(np.float16)
+    y = rng.uniform(size=(64, 33)).astype(np.float16)
+    p32, y32 = p.astype(np.float32), y.astype(np.float32)
+    for name in ("mse_loss", "binary_cross_entropy_with_logits"):
+        f, fg = getattr(F, name), getattr(F, name + "_with_grad")
+        loss = f(p, y, reduction=reduction)
+        assert loss.dtype == np.float16
+        assert np.array_equal(loss, f(p32, y32, reduction=reduction).astype(np.float16)), name
+        loss, grad = fg(p, y, reduction=reduction)
+        want_loss, want_grad = fg(p32, y32, reduction=reduction)
+        assert loss.dtype == np.float16 and grad.dtype == np.float16
+        assert np.array_equal(loss, want_loss.astype(np.float16)), name
+        assert np.array_equal(grad, want_grad.astype(np.float16)), name
