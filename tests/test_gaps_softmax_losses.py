@@ -440,3 +440,61 @@ def test_float16_pair_losses_are_the_float32_result_rounded_once(reduction):
         assert loss.dtype == np.float16 and grad.dtype == np.float16
         assert np.array_equal(loss, want_loss.astype(np.float16)), name
         assert np.array_equal(grad, want_grad.astype(np.float16)), name
+
+
+# --- second derivatives of the activations (the backward ops are differentiable too) ------------------------------
+
+def _second_order(f, x, s, v):
+    """(d/dx and d/ds of sum(v * grad(f(x), x, seed s))) through xpnn.grad with create_graph."""
+    import xpnn
+
+    X, S = xpnn.tensor(x, requires_grad=True), xpnn.tensor(s, requires_grad=True)
+    (g1,) = xpnn.grad(f(X), [X], grad_outputs=[S], create_graph=True)
+    gx, gs = xpnn.grad((g1 * v).sum(), [X, S], allow_unused=True)  # relu'' = 0: x may not be used at all
+    gx = np.zeros_like(x) if gx is None else np.asarray(gx.data)
+    return np.asarray(g1.data), gx, np.asarray(gs.data)
+
+
+def _derivatives(name, x):
+    """(f'(x), f''(x)) for x away from 0."""
+    from xpnn.functional.activations import SELU_ALPHA as A, SELU_SCALE as SC
+
+    if name == "sigmoid":
+        y = 1 / (1 + np.exp(-x))
+        return y * (1 - y), y * (1 - y) * (1 - 2 * y)
+    if name == "tanh":
+        t = np.tanh(x)
+        return 1 - t * t, -2 * t * (1 - t * t)
+    if name == "relu":
+        return (x > 0) * 1.0, np.zeros_like(x)
+    if name == "leaky_relu":
+        return np.where(x > 0, 1.0, 0.3), np.zeros_like(x)
+    if name == "elu":
+        return np.where(x > 0, 1.0, 1.7 * np.exp(x)), np.where(x > 0, 0.0, 1.7 * np.exp(x))
+    return np.where(x > 0, SC, SC * A * np.exp(x)), np.where(x > 0, 0.0, SC * A * np.exp(x))  # selu
+
+
+_ACTS = {"sigmoid": lambda t: F.sigmoid(t), "tanh": lambda t: F.tanh(t), "relu": lambda t: F.relu(t),
+         "leaky_relu": lambda t: F.leaky_relu(t, 0.3), "elu": lambda t: F.elu(t, 1.7), "selu": lambda t: F.selu(t)}
+
+
+@pytest.mark.parametrize("name", list(_ACTS))
+def test_activation_second_derivatives(name):
+    rng = np.random.default_rng(25)
+    x = rng.normal(size=(5, 6)) * 2
+    x[np.abs(x) < 0.05] = 0.5  # away from the kink at 0
+    s, v = rng.normal(size=(5, 6)), rng.normal(size=(5, 6))
+    d1, d2 = _derivatives(name, x)
+    g1, gx, gs = _second_order(_ACTS[name], x, s, v)
+    np.testing.assert_allclose(g1, d1 * s, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(gx, d2 * s * v, rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(gs, d1 * v, rtol=1e-10, atol=1e-14)
+
+
+def test_float16_sigmoid_backward_is_computed_in_float32_and_rounded_once():
+    rng = np.random.default_rng(26)
+    y = F.sigmoid(rng.normal(size=(64, 64)).astype(np.float16) * 4)
+    dy = rng.normal(size=(64, 64)).astype(np.float16)
+    y32, dy32 = y.astype(np.float32), dy.astype(np.float32)
+    got = F.sigmoid_backward(y, dy)
+    assert got.dtype == np.float16 and np.array_equal(got, ((1 - y32) * y32 * dy32).astype(np.float16))
