@@ -265,10 +265,14 @@ def test_activation_backwards_check_their_inputs():
             f(np.zeros(3), np.zeros(3, np.float32))
 
 
-def test_activations_reject_integers():
-    for f in (F.sigmoid, F.tanh, F.relu, F.leaky_relu, F.elu, F.selu):
-        with pytest.raises(DTypeError, match="floating"):
+def test_activations_reject_integers_naming_the_function():
+    for f in (F.sigmoid, F.tanh, F.relu, F.leaky_relu, F.elu):
+        with pytest.raises(DTypeError, match=rf"^{f.__name__}: input must be a floating array"):
             f(np.arange(3))
+        with pytest.raises(TypeError, match=rf"^{f.__name__}: expected arrays"):
+            f([1.0, 2.0])
+    with pytest.raises(DTypeError, match="input must be a floating array"):  # (named "elu": selu runs the elu op)
+        F.selu(np.arange(3))
 
 
 def test_cross_entropy_on_a_batch_of_one():
