@@ -432,8 +432,10 @@ def test_a_group_without_params_is_a_checkpoint_error():
 def test_load_state_dict_structure_errors():
     (p,) = params_of([1.0, 2.0])
     opt = SGD([p], lr=0.1, momentum=0.9)
-    for bad in ([], {"state": {}}, {"state": {}, "param_groups": [], "x": 1}):
-        with pytest.raises(CheckpointError, match="expected a dict with keys 'state' and 'param_groups'"):
+    for bad, got in (([], "list"), ({"state": {}}, r"\['state'\]"),
+                     ({"state": {}, "param_groups": [], "x": 1}, r"\['param_groups', 'state', 'x'\]")):
+        with pytest.raises(CheckpointError, match=rf"^SGD\.load_state_dict: expected a dict with keys 'state' and "
+                                                  rf"'param_groups', got {got}$"):
             opt.load_state_dict(bad)
     with pytest.raises(CheckpointError, match="the state has 2 parameter groups, the optimizer has 1"):
         opt.load_state_dict({"state": {}, "param_groups": [{"params": [0]}, {"params": [1]}]})
@@ -449,8 +451,8 @@ def test_load_state_dict_structure_errors():
                          ({"step": -1}, "negative step -1"),
                          ({"step": 1, "momentum_buffer": np.zeros(3)}, r"has shape \(3,\), the parameter has \(2,\)"),
                          ({"step": 1, "momentum_buffer": np.zeros(2), "exp_avg": np.zeros(2)},
-                          r"unexpected arrays \['exp_avg'\]")):
-        with pytest.raises(CheckpointError, match=match):
+                          r"unexpected arrays \['exp_avg'\]; SGD keeps \['momentum_buffer'\]$")):
+        with pytest.raises(CheckpointError, match=r"^SGD\.load_state_dict: .*" + match):
             opt.load_state_dict({"state": {0: entry}, "param_groups": good["param_groups"]})
     groups = [dict(good["param_groups"][0], lr=-1.0)]
     with pytest.raises(CheckpointError, match="parameter group 0: SGD: invalid learning rate"):
