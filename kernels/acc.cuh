@@ -18,5 +18,8 @@ __device__ __forceinline__ float xpnn_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double xpnn_sqrt(double x) { return sqrt(x); }
 __device__ __forceinline__ float xpnn_max(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double xpnn_max(double a, double b) { return fmax(a, b); }
+// max that propagates NaN from either side (torch.maximum, numpy.maximum); fmax/fmaxf return the other operand.
+template <typename A>
+__device__ __forceinline__ A xpnn_max_nan(A a, A b) { return (a > b || a != a) ? a : b; }
 
 #endif  // XPNN_ACC_CUH

@@ -17,9 +17,9 @@ __device__ __forceinline__ A xpnn_sigmoid_backward(A y, A dy) { return dy * y * 
 template <typename A>
 __device__ __forceinline__ A xpnn_tanh_backward(A y, A dy) { return dy * (A(1) - y * y); }
 
-// dx = dy where x > 0 else 0
+// dx = 0 where x <= 0 else dy: PyTorch's threshold_backward, so dy = NaN at x <= 0 gives 0 and x = NaN passes dy
 template <typename A>
-__device__ __forceinline__ A xpnn_relu_backward(A x, A dy) { return x > A(0) ? dy : A(0); }
+__device__ __forceinline__ A xpnn_relu_backward(A x, A dy) { return x <= A(0) ? A(0) : dy; }
 
 // dx = dy where x > 0 else negative_slope * dy
 template <typename A>

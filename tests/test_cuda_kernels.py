@@ -122,7 +122,8 @@ def _rows(cp, n, width, dtype, seed=0):
 
 @cuda
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
-@pytest.mark.parametrize("n,width", [(7, 1), (64, 7), (300, 1000), (9, 4097), (3, 100_000), (70_000, 10)])
+@pytest.mark.parametrize("n,width", [(7, 1), (64, 7), (300, 1000), (9, 4097), (3, 100_000), (70_000, 10),
+                                     (1000, 3), (513, 33), (129, 200)])
 @pytest.mark.parametrize("fn", [F.logsumexp, F.softmax, F.log_softmax], ids=lambda f: f.__name__)
 def test_row_kernels(cp, fn, n, width, dtype):
     x = _rows(cp, n, width, dtype)
@@ -254,3 +255,124 @@ def test_cuda_model_trains_through_the_kernels(cp, dtype):
     got, want = results
     assert got[-1] < got[0] * 0.5
     np.testing.assert_allclose(got, want, rtol=1e-3 if dtype == "float32" else 3e-2, atol=1e-3)
+
+
+# ---- issue 10: +inf rows, NaN semantics, alignment, mixed precision, scratch -------------------------------------
+
+def _special_rows(cp, width, dtype):
+    """Rows: finite; one +inf; two +inf; +inf and NaN; NaN; -inf but one +inf; finite."""
+    rng = np.random.default_rng(width)
+    x = rng.standard_normal((7, width)) * 2 + np.arange(7)[:, None]
+    x[1, width // 2] = np.inf
+    x[2, 0] = x[2, -1] = np.inf
+    x[3, 0], x[3, -1] = np.inf, np.nan
+    x[4, width // 3] = np.nan
+    x[5, :] = -np.inf
+    x[5, -1] = np.inf
+    return cp.asarray(x.astype(dtype))
+
+
+def _same_specials(got, want, dtype):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+    close(np.nan_to_num(got, nan=0, posinf=0), np.nan_to_num(want, nan=0, posinf=0), dtype)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("width", [1, 7, 100, 4097])
+def test_inf_and_nan_rows(cp, width, dtype):
+    """logsumexp +inf for a row with +inf (no NaN); softmax, log_softmax, cross-entropy NaN over such rows."""
+    x = _special_rows(cp, width, dtype)
+    for fn in (F.logsumexp, F.softmax, F.log_softmax):
+        got, want = both(fn, x)
+        _same_specials(got, want, dtype)
+    t = cp.asarray(np.array([0, width // 2, 0, width - 1, 0, width - 1, -100]))
+    for reduction in ("none", "sum"):
+        got, want = both(F.cross_entropy_with_grad, x, t, reduction=reduction, label_smoothing=0.1)
+        _same_specials(got[0], want[0], dtype)
+        _same_specials(got[1], want[1], dtype)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("width", [7, 1000, 4097])
+def test_row_kernels_unaligned_input(cp, width, dtype):
+    """An input starting off a 16-byte boundary (a slice of a larger buffer): scalar heads, packs, scalar stores."""
+    base = _rows(cp, 41, width, dtype, seed=4).ravel()
+    for offset in (1, 3):
+        x = base[offset:offset + 40 * width].reshape(40, width)
+        for fn in (F.softmax, F.log_softmax, F.logsumexp):
+            got, want = both(fn, x)
+            close(got, want, dtype)
+        t = cp.asarray(np.arange(40) % width)
+        got, want = both(F.cross_entropy_with_grad, x, t, reduction="mean")
+        close(got[0], want[0], dtype)
+        close(got[1], want[1], dtype)
+
+
+@cuda
+def test_amsgrad_propagates_nan(cp):
+    n = 1000
+    results = []
+    for use_kernel in (True, False):
+        rng = np.random.default_rng(0)
+        param = cp.asarray(rng.standard_normal(n).astype(np.float32))
+        m, v, vmax = (cp.zeros(n, cp.float32) for _ in range(3))
+        with _dispatch.use_kernels(use_kernel):
+            for step in (1, 2):
+                g = rng.standard_normal(n).astype(np.float32)
+                if step == 2:
+                    g[[3, 500]] = np.nan
+                updates.adam_update(param, cp.asarray(g), m, v, vmax, step=step, lr=1e-2, beta1=0.9, beta2=0.999,
+                                    eps=1e-8, amsgrad=True)
+        results.append(vmax.get())
+    assert np.isnan(results[0][[3, 500]]).all()
+    np.testing.assert_array_equal(np.isnan(results[0]), np.isnan(results[1]))
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_relu_backward_nan_semantics(cp, dtype):
+    x = cp.asarray(np.array([0.0, -1.0, 2.0, np.nan, np.nan, -np.inf], dtype))
+    dy = cp.asarray(np.array([np.nan, np.nan, np.nan, 3.0, np.nan, 1.0], dtype))
+    got, want = both(F.relu_backward, x, dy)
+    np.testing.assert_array_equal(got.astype(np.float64), [0.0, 0.0, np.nan, 3.0, np.nan, 0.0])
+    np.testing.assert_array_equal(want.astype(np.float64), [0.0, 0.0, np.nan, 3.0, np.nan, 0.0])
+
+
+@cuda
+@pytest.mark.parametrize("n", [1, 7, 1_000_003])
+def test_adam_update_mixed(cp, n):
+    from xpnn.functional.mixed_precision import adam_update_mixed
+
+    results = []
+    for use_kernel in (True, False):
+        rng = np.random.default_rng(0)
+        master = cp.asarray(rng.standard_normal(n).astype(np.float32))
+        param = master.astype(cp.float16)
+        states = [cp.zeros(n, cp.float32) for _ in range(3)]
+        with _dispatch.use_kernels(use_kernel):
+            for step in (1, 2, 3):
+                g = cp.asarray(rng.standard_normal(n).astype(np.float16))
+                adam_update_mixed(param, master, g, *states, step=step, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8,
+                                  weight_decay=0.01, amsgrad=True)
+        results.append([param.get(), master.get()] + [s.get() for s in states])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=1e-3, atol=1e-5)
+
+
+@cuda
+def test_cross_entropy_scratch_is_kept_and_clean(cp):
+    """Counters and partials are allocated once per stream; the counters are zero after every call."""
+    from xpnn._cuda import scratch
+
+    scratch.clear()
+    x = _rows(cp, 300, 1000, "float32", seed=5)
+    t = cp.asarray(np.arange(300) % 1000)
+    for reduction in ("mean", "sum", "mean"):
+        got, want = both(F.cross_entropy_with_grad, x, t, reduction=reduction)
+        close(got[0], want[0], "float32")
+        counters = [v for k, v in scratch._arrays.items() if "counters" in k[-2]]
+        assert len(counters) == 1 and not bool(counters[0].any())

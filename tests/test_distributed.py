@@ -53,18 +53,22 @@ def run_ranks(n: int, *args: str, timeout: float = TIMEOUT, **env: str) -> subpr
 def test_bucket_plan_covers_the_buffer_backwards_and_splits_parameters():
     model = nn.Sequential(nn.Linear(5, 7, seed=0), nn.ReLU(), nn.Linear(7, 3, seed=1))  # 42 + 24 = 66 floats
     buf = model.flat_buffer()
-    buckets = plan_buckets(buf, 10 * 4)  # 10 float32 elements per bucket
-    assert [(b.start, b.stop) for b in buckets] == [(56, 66), (46, 56), (36, 46), (26, 36), (16, 26), (6, 16),
-                                                    (0, 6)]
     w0, b0, w1, b1 = buf.params
-    assert buckets[0].params == [w1, b1]  # the last parameters' gradients come first in backward
+    # offsets are 64-byte aligned (16 float32): w0 [0, 35), b0 [48, 55), w1 [64, 85), b1 [96, 99); zero padding
+    assert [(p._offset, p._offset + p.size) for p in buf.params] == [(0, 35), (48, 55), (64, 85), (96, 99)]
+    buckets = plan_buckets(buf, 10 * 4)  # 10 float32 elements per bucket
+    assert [(b.start, b.stop) for b in buckets] == [(89, 99), (79, 89), (69, 79), (59, 69), (49, 59), (39, 49),
+                                                    (29, 39), (19, 29), (9, 19), (0, 9)]
+    assert buckets[0].params == [b1]  # the last parameters' gradients come first in backward
     assert buckets[-1].params == [w0]
-    # offsets: w0 [0, 35), b0 [35, 42), w1 [42, 63), b1 [63, 66)
-    assert buckets[2].params == [b0, w1] and buckets[3].params == [w0, b0]
+    for b in buckets:  # each bucket holds the parameters it overlaps
+        want = [p for p in buf.params if p._offset < b.stop and p._offset + p.size > b.start]
+        assert [id(p) for p in b.params] == [id(p) for p in want]
+    assert buckets[1].params == [w1] and buckets[5].params == [b0] and buckets[6].params == [w0]
     split = [p for p in buf.params if sum(any(q is p for q in b.params) for b in buckets) > 1]
-    assert split == [w0, b0, w1]  # every boundary but the last falls inside a parameter
+    assert [id(p) for p in split] == [id(w0), id(b0), id(w1)]  # w0, b0 and w1 straddle bucket boundaries
     one = plan_buckets(buf, 25 * 2**20)
-    assert len(one) == 1 and (one[0].start, one[0].stop) == (0, 66) and one[0].params == buf.params
+    assert len(one) == 1 and (one[0].start, one[0].stop) == (0, 99) and one[0].params == buf.params
     with pytest.raises(ValueError, match="bucket_cap_mb"):
         plan_buckets(buf, 0)
 

@@ -13,20 +13,25 @@ from pathlib import Path
 
 import pytest
 
+from shim.requirements import require_asan
+
+require_asan()  # skip (with the reason) without g++ or its sanitizer runtimes
+
 from shim.asan import SANITIZE_FLAGS, build_sanitized, run_cases, sanitizer_report
 from shim.loader import Build
 from xpnn._cuda.sources import kernel_dir
 
 # (file, correct text, broken text): one bug for each sanitizer, in a copy of kernels/
 BUGS = (
-    # softmax reads one element past each row: past the end of the input on the last row (ASan)
-    ("softmax_cross_entropy.cu", "xpnn_exp((A)xpnn_to_acc(row[c]) - lse)",
-     "xpnn_exp((A)xpnn_to_acc(row[c + 1]) - lse)"),
-    # SGD indexes through an int product that overflows from the third element on (UBSan)
-    ("optimizers.cu", "const T p = param[i];\n        T g = maximize ? -grad[i] : grad[i];\n        if (weight_decay "
-                      "!= T(0)) g = g + weight_decay * p;\n        if (use_momentum)",
-     "const T p = param[(int)i * 1073741824 / 1073741824];\n        T g = maximize ? -grad[i] : grad[i];\n"
-     "        if (weight_decay != T(0)) g = g + weight_decay * p;\n        if (use_momentum)"),
+    # softmax reads its rows shifted by one element: past the end of the input on the last row (ASan)
+    ("softmax_cross_entropy.cu", "xpnn_row_two_pass(row, out + (active ? r : 0) * n_cols, n, g, lanes, "
+                                 "[&](xpnn_max_sum<A> st) {\n            st = xpnn_row_poison(st);\n            m = st.m;"
+                                 "\n            inv_s",
+     "xpnn_row_two_pass(row + 1, out + (active ? r : 0) * n_cols, n, g, lanes, "
+     "[&](xpnn_max_sum<A> st) {\n            st = xpnn_row_poison(st);\n            m = st.m;\n            inv_s"),
+    # the optimizers index their packs through an int product that overflows from the third pack on (UBSan)
+    ("optimizers.cu", "p[a] = xpnn_load_pack(arrays[a] + k * V);",
+     "p[a] = xpnn_load_pack(arrays[a] + (int)k * 1073741824 / 1073741824 * V);"),
 )
 
 

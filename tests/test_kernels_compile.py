@@ -147,6 +147,8 @@ def nvcc():
     path = shutil.which("nvcc") or (shutil.which("nvcc", path="/usr/local/cuda/bin"))
     if path is None:
         _missing("nvcc is not installed")
+    if shutil.which(os.environ.get("NVCC_CCBIN", "g++")) is None:
+        _missing("nvcc needs a host C++ compiler (g++, or NVCC_CCBIN) and none was found")
     return path
 
 

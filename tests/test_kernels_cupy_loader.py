@@ -17,6 +17,10 @@ from xpnn._cuda import make_provider, registry, sources
 from xpnn.errors import NamespaceMismatchError
 from xpnn.functional import updates
 
+from shim.requirements import require_cxx
+
+require_cxx()  # skip (with the reason) without a C++ compiler, before anything builds the shim
+
 from shim import ShimLoader
 
 

@@ -15,6 +15,10 @@ from xpnn import _dispatch
 from xpnn._cuda import launch, make_provider, registry
 from xpnn.functional import updates
 
+from shim.requirements import require_cxx
+
+require_cxx()  # skip (with the reason) without a C++ compiler, before anything builds the shim
+
 from shim import ShimLoader, build
 from shim.loader import FLAGS
 
@@ -61,7 +65,7 @@ def test_shim_build_is_warning_free():
 
 def test_non_cooperative_kernel_that_synchronises_is_an_error(forward_loader):
     row = registry.RAW_BY_NAME["softmax"]
-    wrong = registry.RawKernel(row.name, row.source, row.entry, row.dtypes, cooperative=False)
+    wrong = registry.RawKernel(row.name, row.source, row.entry, row.dtypes, cooperative=False, launch=row.launch)
     x = np.ones((2, 40), np.float32)
     with pytest.raises(RuntimeError, match="non-cooperative"):
         forward_loader.raw(wrong, "float32").launch(2, 32, (x, np.empty_like(x), np.int64(2), np.int64(40),
@@ -83,19 +87,36 @@ def test_launcher_checks_scalar_types_and_block_size(forward_loader):
 
 
 def test_block_choice():
-    assert [launch.row_block(c) for c in (1, 7, 256, 1000, 4097, 100_000)] == [32, 32, 32, 128, 1024, 1024]
+    assert [launch.row_block(c) for c in (1, 7, 256, 1000, 4097, 100_000)] == [32, 32, 32, 64, 256, 1024]
+    assert launch.row_block(4097, 8) == 512 and launch.row_block(4097, 2) == 128  # at most 4 packs per thread
+    assert [launch.row_lanes(c) for c in (1, 2, 4, 5, 10, 33, 64, 65, 256, 257)] == [1, 1, 1, 2, 4, 16, 16, 32, 32, 0]
     assert launch.flat_grid(1) == 1 and launch.flat_grid(10**9) == launch.MAX_GRID
 
 
+def test_launch_table_comes_from_the_registry():
+    """launch.OPS holds exactly the registry's ops, each served by the function its row names."""
+    assert set(launch.OPS) == set(registry.ops())
+    import importlib
+
+    for op, name in registry.launchers().items():
+        module, _, attr = name.rpartition(".")
+        owner = importlib.import_module(f"xpnn._cuda.{module}") if module else launch
+        assert launch.OPS[op] is getattr(owner, attr) and attr
+    with pytest.raises(ValueError, match="must name its launch function"):
+        registry.RawKernel("new_op", "optimizers.cu", "new_op<{T}>", ("float32",))
+
+
 def test_row_launch_choice():
-    """(grid, block, warp_rows): a warp per narrow row, 8 rows a block; a block per wide row; grids capped."""
-    assert launch.row_launch(65536, 10) == (8192, 256, 1)
-    assert launch.row_launch(7, 1) == (1, 224, 1)
-    assert launch.row_launch(4096, 1000) == (4096, 128, 0)
+    """(grid, block, lanes): a few lanes per narrow row (several rows per warp), a warp per row up to 256 entries,
+    a block per wider row; no idle warps for few rows; grids capped."""
+    assert launch.row_launch(65536, 10) == (1024, 256, 4)  # 64 rows per block
+    assert launch.row_launch(7, 1) == (1, 32, 1)
+    assert launch.row_launch(3, 70) == (1, 96, 32)
+    assert launch.row_launch(4096, 1000) == (4096, 64, 0)
     assert launch.row_launch(8192, 32768) == (8192, 1024, 0)
     assert launch.row_launch(10**7, 10)[0] == launch.row_launch(10**6, 1000)[0] == launch.MAX_GRID
     assert launch.row_launch(8192, 32768, max_block=512) == (8192, 512, 0)
-    assert launch.row_launch(100, 10, max_block=64) == (50, 64, 1)
+    assert launch.row_launch(100, 10, max_block=64) == (7, 64, 4)
 
 
 def test_every_kernel_declares_its_launch_bounds(forward_loader):
@@ -179,7 +200,7 @@ def test_row_kernels_float16(forward_loader, fn):
     close(through_kernel(forward_loader, fn, x), reference(fn, x), "float16")
 
 
-@pytest.mark.parametrize("width", [70, 300], ids=["warp_rows", "block_rows"])
+@pytest.mark.parametrize("width", [3, 10, 70, 300], ids=["lane_rows", "sub_warp_rows", "warp_rows", "block_rows"])
 def test_row_kernels_more_rows_than_blocks(loader, monkeypatch, width):
     """Grid-stride over rows (each block or warp handles several), and the cross-entropy loss summed over blocks."""
     monkeypatch.setattr(launch, "MAX_GRID", 2)
@@ -196,7 +217,7 @@ def test_row_kernels_more_rows_than_blocks(loader, monkeypatch, width):
         close(got[1], want[1], "float32")
 
 
-@pytest.mark.parametrize("width", [2, 300], ids=["warp_rows", "block_rows"])
+@pytest.mark.parametrize("width", [2, 10, 70, 300], ids=["lane_rows", "sub_warp_rows", "warp_rows", "block_rows"])
 def test_row_kernels_nan_among_neg_inf(loader, width):
     """A NaN in a row whose other entries are all -inf propagates (the merge of two empty sums keeps the NaN on
     every lane, whichever side it is on)."""

@@ -12,6 +12,10 @@ import xpnn
 from xpnn import _dispatch, nn, optim
 from xpnn._cuda import make_provider
 
+from shim.requirements import require_cxx
+
+require_cxx()  # skip (with the reason) without a C++ compiler, before anything builds the shim
+
 from shim import ShimLoader
 
 

@@ -41,10 +41,10 @@ def test_flat_buffer_views_and_assignment_copies_into_view():
     b = Parameter(np.full((4,), 2.0, np.float32))
     b.grad = np.full((4,), 7.0, np.float32)
     buf = FlatBuffer.pack([a, b])
-    assert buf.data.shape == (10,) and buf.grad.shape == (10,)
-    assert buf.params == [a, b] and a._flat is buf and b._offset == 6
-    np.testing.assert_array_equal(buf.data, [1] * 6 + [2] * 4)
-    np.testing.assert_array_equal(buf.grad, [0] * 6 + [7] * 4)  # existing grads are carried over
+    assert buf.data.shape == (20,) and buf.grad.shape == (20,)  # b starts 64 bytes in: 10 zeros of padding
+    assert buf.params == [a, b] and a._flat is buf and b._offset == 16
+    np.testing.assert_array_equal(buf.data, [1] * 6 + [0] * 10 + [2] * 4)
+    np.testing.assert_array_equal(buf.grad, [0] * 6 + [0] * 10 + [7] * 4)  # existing grads are carried over
     view = a.grad
     a.grad = np.full((2, 3), 3.0, np.float32)
     assert a.grad is view  # copied into the view, not rebound
@@ -52,7 +52,7 @@ def test_flat_buffer_views_and_assignment_copies_into_view():
     a.data = np.zeros((2, 3), np.float32)
     assert buf.data[:6].tolist() == [0.0] * 6
     b.data[...] = 5.0  # in-place writes go to the buffer
-    assert buf.data[6:].tolist() == [5.0] * 4
+    assert buf.data[16:].tolist() == [5.0] * 4 and not buf.data[6:16].any()
     buf.data[:] = -1.0
     assert float(a.data.sum()) == -6.0
     a.grad = None  # zeroes the view for flat members
@@ -70,7 +70,39 @@ def test_flat_buffer_of_requires_exact_member_list():
     assert flat_buffer_of(ps[::-1]) is None
     assert flat_buffer_of([]) is None
     assert flat_buffer_of([Parameter(np.zeros(3, np.float32))]) is None
-    assert buf.size == sum(p.size for p in ps)
+    assert buf.size == ps[-1]._offset + ps[-1].size >= sum(p.size for p in ps)  # padded, see the next test
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_flat_buffer_offsets_are_64_byte_aligned_and_padding_stays_zero(dtype):
+    """Each parameter starts at a multiple of 64 bytes; the padding is 0 in data and grad, and stays 0 through
+    optimizer steps (weight decay, momentum, Adam's moments) and a state-dict round trip."""
+    from xpnn import optim
+
+    ps = [Parameter(np.full(shape, 0.5, dtype)) for shape in [(3, 5), (7,), (1,), (33,)]]
+    buf = FlatBuffer.pack(ps)
+    itemsize = np.dtype(dtype).itemsize
+    assert all(p._offset * itemsize % 64 == 0 for p in ps)
+    assert all(a._offset + a.size <= b._offset for a, b in zip(ps, ps[1:]))
+    pad = np.ones(buf.size, bool)
+    for p in ps:
+        pad[p._offset:p._offset + p.size] = False
+    assert pad.sum() == buf.size - sum(p.size for p in ps) > 0
+    for opt in (optim.Adam(ps, lr=0.1, weight_decay=0.1, amsgrad=True), optim.SGD(ps, lr=0.1, momentum=0.9),
+                optim.RMSprop(ps, lr=0.1, centered=True, momentum=0.5), optim.Adagrad(ps, lr=0.1)):
+        for _ in range(3):
+            for p in ps:
+                p.grad = np.full(p.shape, -1.0, dtype)
+            opt.step()
+        assert not buf.data[pad].any() and not buf.grad[pad].any(), type(opt).__name__
+        state = opt.state_dict()
+        for i, p in enumerate(ps):
+            for k, v in state["state"][i].items():
+                if k != "step":
+                    assert np.shape(v) == p.shape, (type(opt).__name__, k)
+        opt.load_state_dict(state)
+        opt.step()
+        assert not buf.data[pad].any(), type(opt).__name__
 
 
 def test_pack_refuses_mixed_dtypes_and_namespaces():

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import xpnn.functional as F  # noqa: E402
 from xpnn import _dispatch  # noqa: E402
 from xpnn._cuda import launch, make_provider, registry  # noqa: E402
-from xpnn.functional import updates  # noqa: E402
+from xpnn.functional import mixed_precision, updates  # noqa: E402
 
 from shim.loader import ShimLoader  # noqa: E402
 
@@ -175,6 +175,15 @@ def optimizers(make: Callable[..., ShimLoader]) -> None:
                        lambda s, o=opts: dict(lr=0.05, first_step=s == 1, **o))
             _steps(loader, updates.adagrad_update, n, dtype, (True,),
                    lambda s: dict(step=s, lr=0.1, lr_decay=0.1, weight_decay=0.05))
+            if dtype == "float32":  # float16 params with float32 masters: one fused kernel
+                rng = np.random.default_rng(n)
+                master = rng.standard_normal(n).astype(np.float32)
+                arrays = [slack(master.astype(np.float16)), slack(master)] + [slack(np.zeros(n, np.float32))
+                                                                               for _ in range(3)]
+                for step in (1, 2, 3):
+                    run(loader, mixed_precision.adam_update_mixed, arrays[0], arrays[1],
+                        slack(rng.standard_normal(n).astype(np.float16)), *arrays[2:], step=step, lr=1e-2,
+                        beta1=0.9, beta2=0.999, eps=1e-8, amsgrad=True, weight_decay=0.01)
             for momentum, centered in ((0.0, False), (0.9, False), (0.0, True), (0.5, True)):
                 _steps(loader, updates.rmsprop_update, n, dtype, (True, centered, momentum > 0),
                        lambda s, m=momentum, c=centered: dict(lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.1,
@@ -207,6 +216,22 @@ def conv(make: Callable[..., ShimLoader]) -> None:
             run(loader, max_pool2d_backward, dy, slack(arg), xs, k, st, p, d, ceil)
             if d == 1:
                 run(loader, F.avg_pool2d, x, k, st, p, ceil, False)
+
+
+def split_rows(make: Callable[..., ShimLoader]) -> None:
+    """Few wide rows split across blocks (kernels/row_split.cu), thresholds lowered: chunks of 64 entries and a
+    shorter last chunk, every dtype."""
+    old = launch.SPLIT_MIN_COLS, launch.SPLIT_MIN_CHUNK
+    launch.SPLIT_MIN_COLS, launch.SPLIT_MIN_CHUNK = 100, 64
+    try:
+        loader = make()
+        for dtype in FLOATS:
+            for n, width in ((1, 1000), (3, 4097)):
+                x = slack(rows(n, width, dtype))
+                for fn in (F.softmax, F.log_softmax, F.logsumexp):
+                    run(loader, fn, x)
+    finally:
+        launch.SPLIT_MIN_COLS, launch.SPLIT_MIN_CHUNK = old
 
 
 def capturable(make: Callable[..., ShimLoader]) -> None:
@@ -243,6 +268,7 @@ CASES: dict[str, Case] = {
     "row_kernels": row_kernels,
     "cross_entropy": cross_entropy,
     "grid_stride": grid_stride,
+    "split_rows": split_rows,
     "optimizers": optimizers,
     "conv": conv,
     "capturable": capturable,

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -26,7 +27,11 @@ HERE = Path(__file__).resolve().parent
 CXX = os.environ.get("CXX", "g++")
 WARNING_FLAGS = ("-Wall", "-Wextra", "-Wconversion", "-Wsign-conversion", "-Wshadow")
 # -ffp-contract=off: no a*b+c -> FMA contraction, so float results follow the source (and NumPy) op by op.
-FLAGS = ("-std=c++17", "-O2", "-ffp-contract=off", "-fPIC", "-shared", *WARNING_FLAGS)
+# -fvisibility=hidden -fno-gnu-unique: every symbol but the C API binds inside its own library, so two shim builds
+# loaded in one process (a test's deliberately broken copy next to the real one) never share a template
+# instantiation or a function-static (__shared__) variable.
+FLAGS = ("-std=c++17", "-O2", "-ffp-contract=off", "-fPIC", "-shared", "-fvisibility=hidden", "-fno-gnu-unique",
+         *WARNING_FLAGS)
 _CTYPES = {"float16": ctypes.c_uint16, "float32": ctypes.c_float, "float64": ctypes.c_double,
            "int32": ctypes.c_int32, "int64": ctypes.c_int64, "uint32": ctypes.c_uint32}
 
@@ -82,17 +87,27 @@ def generate_source() -> str:
     lines += entries
     lines.append("};")
     lines.append(r'''
+#define XPNN_SHIM_API __attribute__((visibility("default")))
 extern "C" {
+static bool xpnn_reverse = false;
 // cooperative != 0: run each block's threads as fibers (the kernel synchronises its block), else as a loop.
-int xpnn_shim_launch(const char* name, unsigned grid, unsigned block, int cooperative, void** args) {
+XPNN_SHIM_API int xpnn_shim_launch(const char* name, unsigned grid, unsigned block, int cooperative, void** args) {
     for (const xpnn_shim::Entry& e : xpnn_entries) {
-        if (strcmp(e.name, name) == 0) return xpnn_shim::launch(e.bind(args), cooperative != 0, grid, block);
+        if (strcmp(e.name, name) == 0) return xpnn_shim::launch(e.bind(args), cooperative != 0, grid, block,
+                                                                xpnn_reverse);
     }
-    xpnn_shim::sched.error = std::string("no kernel named ") + name;
+    xpnn_shim::last_error = std::string("no kernel named ") + name;
     return 2;
 }
-const char* xpnn_shim_last_error() { return xpnn_shim::sched.error.c_str(); }
-void xpnn_shim_set_reverse(int reverse) { xpnn_shim::sched.reverse = reverse != 0; }
+XPNN_SHIM_API const char* xpnn_shim_last_error() { return xpnn_shim::last_error.c_str(); }
+XPNN_SHIM_API void xpnn_shim_set_reverse(int reverse) { xpnn_reverse = reverse != 0; }
+// OS threads running blocks concurrently (1: one block after another).
+XPNN_SHIM_API void xpnn_shim_set_workers(unsigned workers) {
+    xpnn_shim::requested_workers = workers == 0 ? 1 : workers;
+}
+// Of the last launch: OS threads that ran its blocks, and the most blocks that were running at once.
+XPNN_SHIM_API unsigned xpnn_shim_threads_used() { return xpnn_shim::last_threads_used; }
+XPNN_SHIM_API unsigned xpnn_shim_max_in_flight() { return xpnn_shim::last_max_in_flight; }
 }
 ''')
     return "\n".join(lines)
@@ -148,6 +163,9 @@ def _load(path: Path) -> ctypes.CDLL:
         lib.xpnn_shim_launch.restype = ctypes.c_int
         lib.xpnn_shim_last_error.restype = ctypes.c_char_p
         lib.xpnn_shim_set_reverse.argtypes = [ctypes.c_int]
+        lib.xpnn_shim_set_workers.argtypes = [ctypes.c_uint]
+        lib.xpnn_shim_threads_used.restype = ctypes.c_uint
+        lib.xpnn_shim_max_in_flight.restype = ctypes.c_uint
         _libs[path] = lib
     return _libs[path]
 
@@ -195,8 +213,13 @@ class _ExactBuffers:
         self._copies.clear()
 
 
+DEFAULT_WORKERS = 4
+_LAUNCH_LOCK = threading.Lock()
+
+
 class ShimLoader:
-    """Kernels of the CPU shim for NumPy arrays. ``reverse=True`` runs each block's threads in reverse order.
+    """Kernels of the CPU shim for NumPy arrays. ``reverse=True`` runs each block's threads (and the blocks) in
+    reverse order; ``workers``: OS threads running blocks concurrently (1: one block after another).
 
     ``library``: a shim library built already (by default ``build(extra_flags)``). ``exact_buffers=True`` hands
     the kernels exactly-sized copies of the arrays (see ``_ExactBuffers``; for the AddressSanitizer tests)."""
@@ -204,11 +227,16 @@ class ShimLoader:
     name = "shim"
 
     def __init__(self, reverse: bool = False, extra_flags: tuple[str, ...] = (), library: Optional[Path] = None,
-                 exact_buffers: bool = False):
+                 exact_buffers: bool = False, workers: int = DEFAULT_WORKERS):
+        if workers < 1:
+            raise ValueError(f"ShimLoader: workers must be >= 1, got {workers}")
         self.reverse = reverse
+        self.workers = workers
         self.lib = _load(Path(library) if library is not None else build(extra_flags).library)
         self.exact_buffers = exact_buffers
         self.launches = 0  # kernels run through this loader (tests check the kernels were really used)
+        self.last_threads_used = 0  # of the last launch: OS threads that ran blocks, most blocks running at once
+        self.last_max_in_flight = 0
 
     def _launch(self, name: str, grid: int, block: int, args: tuple, cooperative: bool = False) -> None:
         buffers = _ExactBuffers() if self.exact_buffers else None
@@ -216,16 +244,21 @@ class ShimLoader:
             cargs = [buffers.pointer(a) if buffers is not None and isinstance(a, np.ndarray) else _c_arg(a)
                      for a in args]
             argv = (ctypes.c_void_p * max(1, len(cargs)))(*[ctypes.addressof(c) for c in cargs])
-            self.lib.xpnn_shim_set_reverse(int(self.reverse))
-            rc = self.lib.xpnn_shim_launch(name.encode(), grid, block, int(cooperative), argv)
+            with _LAUNCH_LOCK:  # the settings, the launch and its statistics belong together
+                self.lib.xpnn_shim_set_reverse(int(self.reverse))
+                self.lib.xpnn_shim_set_workers(self.workers)
+                rc = self.lib.xpnn_shim_launch(name.encode(), grid, block, int(cooperative), argv)
+                error = self.lib.xpnn_shim_last_error().decode() if rc != 0 else ""
+                threads, in_flight = int(self.lib.xpnn_shim_threads_used()), int(self.lib.xpnn_shim_max_in_flight())
             if buffers is not None:
                 buffers.copy_back()
         finally:
             if buffers is not None:
                 buffers.free()
         if rc != 0:
-            raise RuntimeError(f"CPU shim: kernel {name} failed: {self.lib.xpnn_shim_last_error().decode()}")
+            raise RuntimeError(f"CPU shim: kernel {name} failed: {error}")
         self.launches += 1
+        self.last_threads_used, self.last_max_in_flight = threads, in_flight
 
     def raw(self, row: registry.RawKernel, dtype: str) -> RawLaunch:
         name = row.name_expression(dtype)

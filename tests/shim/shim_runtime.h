@@ -1,7 +1,15 @@
-// A CPU runtime for xpnn's CUDA kernels: the same .cu sources compile with g++ and run here, one block at a time.
+// A CPU runtime for xpnn's CUDA kernels: the same .cu sources compile with g++ and run here.
 //
 // - CUDA qualifiers are macros; threadIdx/blockIdx/blockDim/gridDim are thread-local variables the launcher sets.
-// - Blocks run one at a time, so static __shared__ variables (plain statics here) belong to the running block.
+// - Blocks run concurrently on a pool of OS threads ("workers"; xpnn_shim_set_workers, 4 by default): worker w runs
+//   blocks w, w + W, w + 2W, ... (reverse order: from the last block down), so a grid of at least W blocks always
+//   uses W threads. __shared__ variables are function-static thread_local: each worker's block has its own.
+//   atomicAdd is a real atomic (__atomic builtins) and __threadfence a real fence (seq_cst), so the kernels' block
+//   hand-offs are exercised across OS threads. With one worker, blocks run one after another.
+// - Hand-off discipline (the CUDA memory model, which x86 would forgive): a value stored with xpnn_publish must be
+//   fenced before the storing thread's next atomic (release), and once a thread of the block did an atomic, no
+//   thread of the block may xpnn_load_published until that thread has fenced (acquire). Either mistake fails the
+//   launch with a message naming it (see common.cuh, "data handed between blocks").
 // - Cooperative kernels run their block's threads as ucontext fibers, in forward or reverse order (a missing
 //   barrier shows up in one order only). __syncthreads() suspends a fiber until every live thread of the block
 //   arrives (threads that returned drop out); warp shuffles exchange values through per-thread slots between two
@@ -18,8 +26,14 @@
 #include <string.h>
 #include <ucontext.h>
 
+#include <sys/mman.h>
+
+#include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <functional>
+#include <mutex>
+#include <thread>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -39,7 +53,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__ static
+#define __shared__ static thread_local
 #define __launch_bounds__(...)
 
 struct dim3 {
@@ -73,20 +87,25 @@ struct Scheduler {
     std::string error;
     void* main_jb[5];
     std::vector<Fiber> fibers;
-    std::vector<char> stacks;
+    char* stacks = nullptr;  // mmap'ed (pages are touched only as deep as the fibers go)
+    size_t stacks_size = 0;
     std::vector<uint64_t> slots;  // shuffle exchange, one per thread
     const std::function<void()>* body = nullptr;
     unsigned current = 0;
     void* main_asan_fake_stack = nullptr;  // the launching thread's, while a fiber runs
     const void* main_stack_bottom = nullptr;  // the launching thread's stack, as AddressSanitizer reports it
     size_t main_stack_size = 0;
+    // hand-off discipline, per thread of the running block
+    std::vector<unsigned char> unfenced_publish;  // stored with xpnn_publish, no __threadfence since
+    std::vector<unsigned char> unfenced_atomic;   // did an atomic, no __threadfence since
+    unsigned unfenced_atomics = 0;                // threads of the block with unfenced_atomic set
 
     void fail(const std::string& msg) {
         if (error.empty()) error = msg;
     }
 };
 
-static Scheduler sched;
+static thread_local Scheduler sched;  // one per worker (OS thread)
 
 [[gnu::noinline]] XPNN_SHIM_NO_ASAN inline void jump_to(void** jb) { __builtin_longjmp(jb, 1); }
 
@@ -153,16 +172,28 @@ inline void barrier(State kind, const char* what) {
 // Run one block of `n` threads as fibers; returns false on error (sched.error says why).
 inline bool run_block_fibers(unsigned n) {
     sched.fibers.assign(n, Fiber());
-    if (sched.stacks.size() < n * kStackSize) sched.stacks.resize(n * kStackSize);
+    if (sched.stacks_size < n * kStackSize) {
+        if (sched.stacks != nullptr) munmap(sched.stacks, sched.stacks_size);
+        void* p = mmap(nullptr, n * kStackSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                       -1, 0);
+        if (p == MAP_FAILED) {
+            sched.stacks = nullptr;
+            sched.stacks_size = 0;
+            sched.fail("mmap of the fiber stacks failed");
+            return false;
+        }
+        sched.stacks = static_cast<char*>(p);
+        sched.stacks_size = n * kStackSize;
+    }
 #ifdef XPNN_SHIM_ASAN
     // frames of the last block's fibers never returned: clear their redzones before the stacks are reused
-    ASAN_UNPOISON_MEMORY_REGION(sched.stacks.data(), n * kStackSize);
+    ASAN_UNPOISON_MEMORY_REGION(sched.stacks, n * kStackSize);
 #endif
     sched.slots.assign(n, 0);
     for (unsigned t = 0; t < n; ++t) {
         Fiber& f = sched.fibers[t];
         getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = sched.stacks.data() + static_cast<size_t>(t) * kStackSize;
+        f.ctx.uc_stack.ss_sp = sched.stacks + static_cast<size_t>(t) * kStackSize;
         f.ctx.uc_stack.ss_size = kStackSize;
         f.ctx.uc_link = nullptr;
         makecontext(&f.ctx, reinterpret_cast<void (*)()>(&fiber_entry), 1, t);
@@ -214,28 +245,136 @@ inline bool run_block_fibers(unsigned n) {
     }
 }
 
-// Launch `body` over grid x block threads (1-D).
-inline int launch(const std::function<void()>& body, bool cooperative, unsigned grid, unsigned block) {
-    sched.error.clear();
-    sched.cooperative = cooperative;
-    sched.body = &body;
-    if (cooperative && block % 32 != 0) {
-        sched.fail("cooperative kernels need a block size that is a multiple of 32, got " + std::to_string(block));
-        return 1;
+// Run block b of the current launch on this worker.
+inline bool run_block(unsigned b, unsigned block) {
+    blockIdx = {b, 0, 0};
+    sched.unfenced_publish.assign(block, 0);
+    sched.unfenced_atomic.assign(block, 0);
+    sched.unfenced_atomics = 0;
+    if (sched.cooperative) return run_block_fibers(block);
+    for (unsigned k = 0; k < block; ++k) {
+        threadIdx = {sched.reverse ? block - 1 - k : k, 0, 0};
+        (*sched.body)();
+        if (!sched.error.empty()) return false;
     }
-    gridDim = {grid, 1, 1};
-    blockDim = {block, 1, 1};
-    for (unsigned b = 0; b < grid; ++b) {
-        blockIdx = {b, 0, 0};
-        if (cooperative) {
-            if (!run_block_fibers(block)) return 1;
-        } else {
-            for (unsigned k = 0; k < block; ++k) {
-                threadIdx = {sched.reverse ? block - 1 - k : k, 0, 0};
-                body();
-                if (!sched.error.empty()) return 1;
+    return true;
+}
+
+// The launch the workers are running: its parameters, and the first error any of them met.
+struct Launch {
+    const std::function<void()>* body = nullptr;
+    bool cooperative = false, reverse = false;
+    unsigned grid = 0, block = 0, workers = 1;
+    std::atomic<bool> failed{false};
+    std::mutex error_lock;
+    std::string error;
+    std::atomic<unsigned> in_flight{0}, max_in_flight{0};  // blocks running at once (statistics for the tests)
+};
+
+inline void run_worker(Launch& L, unsigned w) {
+    sched.error.clear();
+    sched.cooperative = L.cooperative;
+    sched.reverse = L.reverse;
+    sched.body = L.body;
+    gridDim = {L.grid, 1, 1};
+    blockDim = {L.block, 1, 1};
+    for (unsigned k = w; k < L.grid && !L.failed.load(std::memory_order_relaxed); k += L.workers) {
+        const unsigned b = L.reverse ? L.grid - 1 - k : k;
+        const unsigned now = L.in_flight.fetch_add(1) + 1;
+        unsigned seen = L.max_in_flight.load();
+        while (now > seen && !L.max_in_flight.compare_exchange_weak(seen, now)) {
+        }
+        const bool ok = run_block(b, L.block);
+        L.in_flight.fetch_sub(1);
+        if (!ok) {
+            std::lock_guard<std::mutex> g(L.error_lock);
+            if (L.error.empty()) L.error = sched.error;
+            L.failed.store(true);
+            return;
+        }
+    }
+}
+
+// A pool of worker threads that live as long as the process (never joined: they wait on a condition variable).
+// The launching thread is worker 0; pool thread i is worker i + 1.
+struct Pool {
+    std::mutex lock;
+    std::condition_variable wake, done;
+    std::vector<std::thread*> threads;
+    Launch* job = nullptr;
+    unsigned long long generation = 0;
+    unsigned busy = 0;
+
+    void thread_main(unsigned w) {
+        unsigned long long seen = 0;
+        for (;;) {
+            Launch* L;
+            {
+                std::unique_lock<std::mutex> g(lock);
+                wake.wait(g, [&] { return generation != seen; });
+                seen = generation;
+                L = job;
+            }
+            if (L != nullptr && w < L->workers) run_worker(*L, w);
+            {
+                std::lock_guard<std::mutex> g(lock);
+                if (--busy == 0) done.notify_all();
             }
         }
+    }
+
+    void run(Launch& L) {
+        while (threads.size() + 1 < L.workers) {
+            const unsigned w = static_cast<unsigned>(threads.size()) + 1;
+            threads.push_back(new std::thread([this, w] { thread_main(w); }));
+        }
+        if (L.workers > 1) {
+            std::lock_guard<std::mutex> g(lock);
+            job = &L;
+            busy = static_cast<unsigned>(threads.size());
+            ++generation;
+            wake.notify_all();
+        }
+        run_worker(L, 0);
+        if (L.workers > 1) {
+            std::unique_lock<std::mutex> g(lock);
+            done.wait(g, [&] { return busy == 0; });
+            job = nullptr;
+        }
+    }
+};
+
+inline Pool& pool() {
+    static Pool* p = new Pool();  // never destroyed: its threads outlive static destruction
+    return *p;
+}
+
+static unsigned requested_workers = 4;
+static unsigned last_threads_used = 0, last_max_in_flight = 0;
+static std::string last_error;
+
+// Launch `body` over grid x block threads (1-D). Launches from several host threads run one after another.
+inline int launch(const std::function<void()>& body, bool cooperative, unsigned grid, unsigned block, bool reverse) {
+    static std::mutex one_launch_at_a_time;
+    std::lock_guard<std::mutex> hold(one_launch_at_a_time);
+    last_error.clear();
+    if (cooperative && block % 32 != 0) {
+        last_error = "cooperative kernels need a block size that is a multiple of 32, got " + std::to_string(block);
+        return 1;
+    }
+    Launch L;
+    L.body = &body;
+    L.cooperative = cooperative;
+    L.reverse = reverse;
+    L.grid = grid;
+    L.block = block;
+    L.workers = grid < requested_workers ? (grid == 0 ? 1 : grid) : requested_workers;
+    pool().run(L);
+    last_threads_used = L.workers;
+    last_max_in_flight = L.max_in_flight.load();
+    if (L.failed.load()) {
+        last_error = L.error;
+        return 1;
     }
     return 0;
 }
@@ -282,15 +421,66 @@ inline V __shfl_xor_sync(unsigned mask, V v, int lane_mask) {
     return r;
 }
 
-// Blocks run one at a time, so plain memory operations are already atomic and ordered across blocks.
+namespace xpnn_shim {
+inline unsigned tid() { return threadIdx.x; }
+inline bool in_block() { return tid() < sched.unfenced_atomic.size(); }
+}  // namespace xpnn_shim
+
+// A real atomic read-modify-write (relaxed: ordering comes from __threadfence, as on a GPU), after the release
+// check of the hand-off discipline.
 template <typename V>
 inline V atomicAdd(V* address, V value) {
-    const V old = *address;
-    *address = old + value;
-    return old;
+    using namespace xpnn_shim;
+    if (in_block()) {
+        if (sched.unfenced_publish[tid()]) {
+            sched.fail("atomicAdd after xpnn_publish without __threadfence() between them (missing release fence; "
+                       "block " + std::to_string(blockIdx.x) + ", thread " + std::to_string(tid()) + ")");
+        }
+        if (!sched.unfenced_atomic[tid()]) {
+            sched.unfenced_atomic[tid()] = 1;
+            ++sched.unfenced_atomics;
+        }
+    }
+    if constexpr (std::is_integral<V>::value) {
+        return __atomic_fetch_add(address, value, __ATOMIC_RELAXED);
+    } else {
+        V old, desired;
+        __atomic_load(address, &old, __ATOMIC_RELAXED);
+        do {
+            desired = old + value;
+        } while (!__atomic_compare_exchange(address, &old, &desired, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+        return old;
+    }
 }
 
-inline void __threadfence() {}
+inline void __threadfence() {
+    using namespace xpnn_shim;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (in_block()) {
+        sched.unfenced_publish[tid()] = 0;
+        if (sched.unfenced_atomic[tid()]) {
+            sched.unfenced_atomic[tid()] = 0;
+            --sched.unfenced_atomics;
+        }
+    }
+}
+
+// common.cuh's hand-off helpers (CUDA versions there), checked.
+template <typename V>
+inline void xpnn_publish(V* p, V v) {
+    *p = v;
+    if (xpnn_shim::in_block()) xpnn_shim::sched.unfenced_publish[xpnn_shim::tid()] = 1;
+}
+
+template <typename V>
+inline V xpnn_load_published(const V* p) {
+    using namespace xpnn_shim;
+    if (sched.unfenced_atomics != 0) {
+        sched.fail("xpnn_load_published after an atomic of this block without __threadfence() after it (missing "
+                   "acquire fence; block " + std::to_string(blockIdx.x) + ", thread " + std::to_string(tid()) + ")");
+    }
+    return *p;
+}
 
 inline float __int_as_float(int i) {
     float f;

@@ -105,12 +105,3 @@ def amp_unscale_check(loader: KernelLoader, xp: Any, grad: Any, inv_scale: Any, 
     loader.raw(registry.RAW_BY_NAME["amp_unscale_check"], dtype_name(grad.dtype)).launch(
         flat_grid(n), FLAT_BLOCK, (grad, np.int64(n), inv_scale, found_inf))
     return None
-
-
-OPS = {
-    "adam_update_capturable": adam_update_capturable,
-    "sgd_update_capturable": sgd_update_capturable,
-    "adagrad_update_capturable": adagrad_update_capturable,
-    "rmsprop_update_capturable": rmsprop_update_capturable,
-    "amp_unscale_check": amp_unscale_check,
-}

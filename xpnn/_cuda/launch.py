@@ -8,40 +8,78 @@ A function returns ``NotImplemented`` for a case it leaves to the reference code
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from ..backend import dtype_name
-from . import registry
+from . import registry, scratch
 from .loader import KernelLoader
 
 FLAT_BLOCK = 256  # threads per block of the grid-stride kernels over flat buffers
 MAX_GRID = 65535  # blocks per launch; the kernels loop (grid-stride) over whatever is left
-ITEMS_PER_THREAD = 8  # row kernels: aim for about this many row entries per thread
-WARP_ROW_MAX_COLS = 256  # rows up to this wide get one warp each (several rows per block); wider rows a block each
-WARP_ROWS_PER_BLOCK = 8  # warps (rows) per block in warp-per-row mode
+PACKS_PER_THREAD = 4  # wide rows: at most this many 16-byte packs per thread (XPNN_ROW_UNROLL in common.cuh)
+NARROW_ITEMS = 4  # narrow rows: about this many entries per lane
+NARROW_MAX_COLS = 64  # rows up to this wide get a few lanes each (several rows per warp)
+WARP_ROW_MAX_COLS = 256  # rows up to this wide get a warp each; wider rows a block each
+ROW_GROUP_BLOCK = 256  # threads per block when rows get lanes or warps (8 warps)
 COUNT_MAX_GRID = 1024  # blocks of the target-counting kernel (an atomic add each)
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}  # XPNN_REDUCTION_* in softmax_cross_entropy.cu
 
 
-def row_block(n_cols: int) -> int:
-    """Threads per block for a row of ``n_cols`` entries: a power of two in [32, 1024]."""
-    want = max(1, -(-n_cols // ITEMS_PER_THREAD))
+def row_block(n_cols: int, itemsize: int = 4) -> int:
+    """Threads per block for a row of ``n_cols`` entries of ``itemsize`` bytes: the smallest power of two in
+    [32, 1024] that leaves each thread at most PACKS_PER_THREAD 16-byte packs -- then the row stays in registers
+    between the two passes of softmax/log_softmax/cross-entropy (xpnn_row_two_pass in kernels/common.cuh), and
+    each thread has up to that many 128-bit loads in flight."""
+    want = max(1, -(-(n_cols // (16 // itemsize)) // PACKS_PER_THREAD))
     return min(1024, max(32, 1 << (want - 1).bit_length()))
 
 
-def row_launch(n_rows: int, n_cols: int, max_block: int = 1024) -> tuple[int, int, int]:
-    """(grid, block, warp_rows) of a row kernel over an (n_rows, n_cols) matrix, n_rows >= 1; ``max_block`` is
-    the kernel's ``__launch_bounds__``.
+def row_lanes(n_cols: int) -> int:
+    """Lanes per row: a power of two in [1, 32] for rows up to WARP_ROW_MAX_COLS wide, 0 (a block) for wider."""
+    if n_cols > WARP_ROW_MAX_COLS:
+        return 0
+    if n_cols > NARROW_MAX_COLS:
+        return 32
+    want = max(1, -(-n_cols // NARROW_ITEMS))
+    return min(32, 1 << (want - 1).bit_length())
 
-    Narrow rows (like (65536, 10)) get a warp each, up to WARP_ROWS_PER_BLOCK rows per block, reduced with
-    shuffles only; a block per row for such rows would leave most threads idle and pay two barriers per row.
+
+def row_launch(n_rows: int, n_cols: int, max_block: int = 1024, itemsize: int = 4) -> tuple[int, int, int]:
+    """(grid, block, lanes) of a row kernel over an (n_rows, n_cols) matrix of ``itemsize``-byte entries,
+    n_rows >= 1; ``max_block`` is the kernel's ``__launch_bounds__``; ``lanes`` as in kernels/common.cuh.
+
+    Narrow rows (like (65536, 10)) get a few lanes each (4 for 10 classes: 8 rows per warp, two shuffle steps;
+    1 for 2-4 classes: a thread per row, no reduction at all); rows up to 256 a warp each; wider rows a block each
+    (block size from ``row_block``). A block per narrow row would leave most threads idle and pay two barriers
+    per row.
     """
-    if n_cols <= WARP_ROW_MAX_COLS:
-        per_block = min(WARP_ROWS_PER_BLOCK, n_rows, max_block // 32)
-        return max(1, min(MAX_GRID, -(-n_rows // per_block))), 32 * per_block, 1
-    return max(1, min(MAX_GRID, n_rows)), min(row_block(n_cols), max_block), 0
+    lanes = row_lanes(n_cols)
+    if lanes:
+        rows_per_block = (min(ROW_GROUP_BLOCK, max_block) // 32) * (32 // lanes)
+        blocks = -(-n_rows // rows_per_block)
+        block = min(ROW_GROUP_BLOCK, max_block, 32 * -(-n_rows // (32 // lanes)))  # no idle warps for few rows
+        return max(1, min(MAX_GRID, blocks)), block, lanes
+    return max(1, min(MAX_GRID, n_rows)), min(row_block(n_cols, itemsize), max_block), 0
+
+
+SPLIT_MIN_COLS = 16384  # rows at least this wide ...
+SPLIT_MAX_ROWS = 256  # ... and fewer rows than this are split across blocks (kernels/row_split.cu)
+SPLIT_TARGET_BLOCKS = 512  # aim for about this many blocks over the whole matrix (a few per SM)
+SPLIT_MIN_CHUNK = 4096  # entries per chunk at least
+SPLIT_OPS = {"logsumexp": 0, "softmax": 1, "log_softmax": 2}  # XPNN_SPLIT_* in row_split.cu
+
+
+def row_split(n_rows: int, n_cols: int) -> int:
+    """Entries per chunk when the rows should be split across blocks (a multiple of 64, so each chunk keeps the
+    row's 16-byte alignment), else 0: only few rows of at least SPLIT_MIN_COLS entries are split."""
+    if n_cols < SPLIT_MIN_COLS or n_rows >= SPLIT_MAX_ROWS:
+        return 0
+    chunks = min(-(-SPLIT_TARGET_BLOCKS // n_rows), n_cols // SPLIT_MIN_CHUNK)
+    if chunks < 2:
+        return 0
+    return -(-(-(-n_cols // chunks)) // 64) * 64
 
 
 def flat_grid(n: int, block: int = FLAT_BLOCK) -> int:
@@ -99,9 +137,29 @@ def _rows(op: str, loader: KernelLoader, xp: Any, x: Any, axis: int, out_shape: 
     out = xp.empty(out_shape, dtype=x.dtype)
     if n_rows == 0:
         return out
+    chunk = row_split(n_rows, n_cols)
+    if chunk:
+        return _rows_split(op, loader, xp, _contiguous(x), out, chunk)
     kernel = loader.raw(registry.RAW_BY_NAME[op], dtype_name(x.dtype))
-    grid, block, warp_rows = row_launch(n_rows, n_cols, kernel.max_block)
-    kernel.launch(grid, block, (_contiguous(x), out, np.int64(n_rows), np.int64(n_cols), np.int32(warp_rows)))
+    grid, block, lanes = row_launch(n_rows, n_cols, kernel.max_block, x.dtype.itemsize)
+    kernel.launch(grid, block, (_contiguous(x), out, np.int64(n_rows), np.int64(n_cols), np.int32(lanes)))
+    return out
+
+
+def _rows_split(op: str, loader: KernelLoader, xp: Any, x: Any, out: Any, chunk: int) -> Any:
+    """Few wide rows: chunk partials (one launch), then every chunk finishes its row (a second launch)."""
+    n_rows, n_cols = (int(s) for s in x.shape)
+    dtype = dtype_name(x.dtype)
+    first = loader.raw(registry.RAW_BY_NAME["row_chunk_max_sum"], dtype)
+    finish = loader.raw(registry.RAW_BY_NAME["row_chunk_finish"], dtype)
+    blocks = n_rows * -(-n_cols // chunk)
+    grid = min(MAX_GRID, blocks)
+    block = min(row_block(chunk, x.dtype.itemsize), first.max_block)
+    acc = xp.float64 if dtype == "float64" else xp.float32
+    partials = scratch.zeroed(xp, x, "rows.partials", 2 * blocks, acc)  # every entry is written before read
+    dims = (np.int64(n_rows), np.int64(n_cols), np.int64(chunk))
+    first.launch(grid, block, (x, partials) + dims)
+    finish.launch(grid, block, (x, partials, out) + dims + (np.int32(SPLIT_OPS[op]),))
     return out
 
 
@@ -120,8 +178,9 @@ def log_softmax(loader: KernelLoader, xp: Any, x: Any, axis: int = -1) -> Any:
 
 def cross_entropy_with_grad(loader: KernelLoader, xp: Any, logits: Any, target: Any, *, reduction: str = "mean",
                             ignore_index: int = -100, label_smoothing: float = 0.0) -> Any:
-    """(loss, grad): zeroed counters, for the mean one kernel counting the valid targets, then one kernel writing
-    the gradient and the loss -- per row for "none", else summed inside the kernel (no further launches)."""
+    """(loss, grad): for the mean one kernel counting the valid targets, then one kernel writing the gradient and
+    the loss -- per row for "none", else summed inside the kernel (no further launches, no allocation but the
+    outputs: the counters and partial sums are kept across calls)."""
     n_rows, n_cols = (int(s) for s in logits.shape)
     if n_rows == 0 or n_cols == 0:
         return NotImplemented  # the reference decides what an empty batch means
@@ -129,19 +188,25 @@ def cross_entropy_with_grad(loader: KernelLoader, xp: Any, logits: Any, target: 
     logits = _contiguous(logits)
     target = _contiguous(xp.astype(target, xp.int64, copy=False))  # labels were validated by the caller
     kernel = loader.raw(registry.RAW_BY_NAME["cross_entropy_with_grad"], dtype)
-    grid, block, warp_rows = row_launch(n_rows, n_cols, kernel.max_block)
+    grid, block, lanes = row_launch(n_rows, n_cols, kernel.max_block, logits.dtype.itemsize)
     grad = xp.empty((n_rows, n_cols), dtype=logits.dtype)
     loss = xp.empty((n_rows,) if reduction == "none" else (), dtype=logits.dtype)
-    partials = xp.empty((grid,), dtype=xp.float64)  # per-block loss sums
-    counters = xp.zeros((2,), dtype=xp.uint64)  # [valid targets, blocks done]
-    if reduction == "mean":
-        loader.raw(registry.RAW_BY_NAME["cross_entropy_count"], dtype).launch(
-            min(COUNT_MAX_GRID, flat_grid(n_rows)), FLAT_BLOCK,
-            (target, np.int64(n_rows), np.int64(ignore_index), counters))
-    kernel.launch(grid, block, (
-        logits, target, counters, grad, loss, partials, np.int64(n_rows), np.int64(n_cols),
-        np.int64(ignore_index), np.float64(label_smoothing), np.int32(REDUCTIONS[reduction]), np.int32(warp_rows),
-    ))
+    # kept across calls (xpnn._cuda.scratch): per-block loss sums, and [valid targets, blocks done], which the
+    # kernel leaves at zero for the next call
+    partials = scratch.zeroed(xp, logits, "cross_entropy.partials", grid, xp.float64)
+    counters = scratch.zeroed(xp, logits, "cross_entropy.counters", 2, xp.uint64)
+    try:
+        if reduction == "mean":
+            loader.raw(registry.RAW_BY_NAME["cross_entropy_count"], dtype).launch(
+                min(COUNT_MAX_GRID, flat_grid(n_rows)), FLAT_BLOCK,
+                (target, np.int64(n_rows), np.int64(ignore_index), counters))
+        kernel.launch(grid, block, (
+            logits, target, counters, grad, loss, partials, np.int64(n_rows), np.int64(n_cols),
+            np.int64(ignore_index), np.float64(label_smoothing), np.int32(REDUCTIONS[reduction]), np.int32(lanes),
+        ))
+    except Exception:
+        counters[...] = 0  # a launch that failed part way must not leave its counts to the next call
+        raise
     return loss, grad
 
 
@@ -264,23 +329,55 @@ def max_pool2d_backward(loader: KernelLoader, xp: Any, argmax: Any, dy: Any, g: 
     return dx
 
 
-OPS = {
-    "sigmoid_backward": sigmoid_backward,
-    "tanh_backward": tanh_backward,
-    "relu_backward": relu_backward,
-    "leaky_relu_backward": leaky_relu_backward,
-    "elu_backward": elu_backward,
-    "selu_backward": selu_backward,
-    "logsumexp": logsumexp,
-    "softmax": softmax,
-    "log_softmax": log_softmax,
-    "cross_entropy_with_grad": cross_entropy_with_grad,
-    "adam_update": adam_update,
-    "sgd_update": sgd_update,
-    "adagrad_update": adagrad_update,
-    "rmsprop_update": rmsprop_update,
-    "im2col": im2col,
-    "col2im": col2im,
-    "max_pool2d": max_pool2d,
-    "max_pool2d_backward": max_pool2d_backward,
-}
+def adam_update_mixed(loader: KernelLoader, xp: Any, param: Any, master: Any, grad: Any, exp_avg: Any,
+                      exp_avg_sq: Any, max_exp_avg_sq: Any = None, *, step: int, lr: float, beta1: float,
+                      beta2: float, eps: float, weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
+                      amsgrad: bool = False, maximize: bool = False) -> Any:
+    """float16 ``param`` and ``grad``, float32 ``master`` and moments: one launch (kernels/adam_mixed.cu); the
+    scalars are rounded to float32, as the reference (adam_update on the float32 master) rounds them."""
+    decay = 1 - lr * weight_decay if decoupled_weight_decay else 1.0
+    scalars = tuple(_scalar("float32", v) for v in (
+        beta1, 1 - beta1, beta2, 1 - beta2, eps, 0.0 if decoupled_weight_decay else weight_decay, decay,
+        lr / (1 - beta1**step), math.sqrt(1 - beta2**step),
+    )) + (np.int32(decoupled_weight_decay), np.int32(amsgrad), np.int32(maximize))
+    arrays = (param, master, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None)
+    if not all(a.flags.c_contiguous for a in arrays if a is not None):
+        return NotImplemented  # an in-place update through a copy would be lost
+    n = int(math.prod(param.shape))
+    if n == 0:
+        return None
+    args = arrays[:5] + (master if arrays[5] is None else arrays[5], np.int64(n)) + scalars
+    loader.raw(registry.RAW_BY_NAME["adam_update_mixed"], "float16").launch(flat_grid(n, FLAT_BLOCK * 8),
+                                                                             FLAT_BLOCK, args)
+    return None
+
+
+class _Ops(Mapping[str, Callable[..., Any]]):
+    """op -> launch function, built from the registry rows (each names its function: here, or as "module.name" in
+    another module of xpnn._cuda); looked up by name on use, so functions defined anywhere are found."""
+
+    def __init__(self) -> None:
+        self._names = registry.launchers()
+
+    def __getitem__(self, op: str) -> Callable[..., Any]:
+        name = self._names[op]
+        if "." in name:  # "module.function" in another module of xpnn._cuda
+            import importlib
+
+            module, _, attr = name.rpartition(".")
+            fn = getattr(importlib.import_module(f"{__package__}.{module}"), attr, None)
+        else:
+            fn = globals().get(name)
+        if not callable(fn):
+            raise LookupError(f"registry row {op!r} names launch function {self._names[op]!r}, which "
+                              f"xpnn._cuda.launch does not define")
+        return fn
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+OPS: Mapping[str, Callable[..., Any]] = _Ops()

@@ -6,12 +6,8 @@ from typing import Any, Callable, Optional
 
 from ..backend import dtype_name
 from . import registry
-from .capturable import OPS as _CAPTURABLE_OPS
-from .launch import OPS as _LAUNCH_OPS
+from .launch import OPS  # every registry row's launch function (xpnn._cuda.launch and xpnn._cuda.capturable)
 from .loader import CupyLoader, KernelLoader
-
-
-OPS = {**_LAUNCH_OPS, **_CAPTURABLE_OPS}
 
 
 def make_provider(loader: KernelLoader) -> Callable[[str, Any, Any], Optional[Callable[..., Any]]]:

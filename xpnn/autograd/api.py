@@ -41,8 +41,11 @@ def grad(outputs: Any, inputs: Any, grad_outputs: Any = None, retain_graph: Opti
     for t, g in zip(ins, result):
         if g is None:
             if not allow_unused:
+                hint = ("; the parameters of a module with a hand-written backward are not inputs of the graph "
+                        "(that backward adds into their .grad): use loss.backward() for them"
+                        if t._node is None and hasattr(t, "_flat") else "")
                 raise RuntimeError("xpnn.grad: one of the inputs was not used to compute the outputs "
-                                   f"(shape {tuple(t.shape)}); pass allow_unused=True to get None for it")
+                                   f"(shape {tuple(t.shape)}); pass allow_unused=True to get None for it{hint}")
             out.append(None)
         else:
             out.append(g if isinstance(g, Tensor) else Tensor(g))

@@ -64,7 +64,7 @@ def _topo(roots: Sequence[Node], wanted: Optional[set[int]]
                 if wanted is not None and id(t) in wanted:
                     flags.append(True)
                 elif n is None:
-                    flags.append(t.requires_grad and wanted is None)
+                    flags.append(t._requires_grad and wanted is None)
                 else:
                     flags.append(any(edges[id(n)]))
             e = tuple(flags)
@@ -163,7 +163,7 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                         slot[t._index] = _add(slot[t._index], g)
                     continue
                 if g is not None:
-                    _accumulate_leaf(t, g, create_graph)
+                    _accumulate_leaf(t, g, create_graph, node)
                 left = leaf_edges[id(t)] - 1
                 leaf_edges[id(t)] = left
                 if left == 0:
@@ -177,7 +177,7 @@ def _backward_one_node(node: Node, grads: list[Any], retain_graph: bool) -> None
     """``run_backward`` for a graph of one node whose inputs are leaves (no ordering needed)."""
     from . import op as _op
 
-    edges = tuple(t is not None and t.requires_grad for t in node.inputs)
+    edges = tuple(t is not None and t._requires_grad for t in node.inputs)
     if True not in edges:
         return
     with set_grad_enabled(False):
@@ -186,7 +186,7 @@ def _backward_one_node(node: Node, grads: list[Any], retain_graph: bool) -> None
         node.ctx.free()
     for t, e, g in zip(node.inputs, edges, in_grads):
         if e and g is not None:
-            _accumulate_leaf(t, g, False)
+            _accumulate_leaf(t, g, False, node)
     fired: set[int] = set()
     for t, e in zip(node.inputs, edges):
         if e and t._hooks and id(t) not in fired:  # once per leaf, after all its contributions
@@ -196,6 +196,9 @@ def _backward_one_node(node: Node, grads: list[Any], retain_graph: bool) -> None
 
 def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create_graph: bool, tensor_cls: Any) -> Any:
     ctx = node.ctx
+    if ctx.create_graph and not create_graph:  # a recorded backward before this one swapped Tensors in: hand the
+        saved = ctx._saved  # rule arrays again (array * Tensor fails on namespaces whose operators do not defer)
+        ctx._saved = tuple(v._data if isinstance(v, tensor_cls) else v for v in saved)
     ctx.needs_input_grad = edges
     ctx.create_graph = create_graph
     op = node.op
@@ -203,14 +206,27 @@ def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create
         for i, ref in enumerate(node.outputs):
             if grads[i] is None and ref is not None:  # (outputs without gradients, e.g. indices, stay None)
                 t = ref()
-                if t is None:
-                    raise RuntimeError(f"{op.name}: an output needed for backward was freed")
-                z = t._data * 0
+                if t is not None:
+                    z = t._data * 0
+                else:  # the caller dropped this output (e.g. ``y = op(x)[0]``): zeros of its shape and dtype
+                    shape, dtype = ctx._xpnn_out_meta[i]
+                    like = next(g for g in grads if g is not None)
+                    like = like._data if isinstance(like, tensor_cls) else like
+                    from ..backend import namespace_of
+
+                    z = namespace_of(like).zeros(shape, dtype=dtype)
                 grads[i] = tensor_cls(z) if create_graph else z
     if create_graph:
         _saved_as_tensors(node, tensor_cls)
         grads = [g if g is None or isinstance(g, tensor_cls) else tensor_cls(g) for g in grads]
-        out = op.backward(ctx, *grads)
+        try:
+            out = op.backward(ctx, *grads)
+        except TypeError as exc:
+            if "Tensor" not in str(exc):
+                raise
+            raise TypeError(f"{op.name}: backward failed on Tensors while create_graph=True records it ({exc}); "
+                            "a backward that is differentiated again must be written with xpnn.functional ops "
+                            "(or the Tensor operators), not calls into an array library") from exc
     else:
         out = None
         if op.name in _OVERRIDDEN["backward"]:
@@ -225,6 +241,10 @@ def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create
         out = (out,)
     if len(out) != len(node.inputs):
         raise RuntimeError(f"{op.name}: backward returned {len(out)} gradients for {len(node.inputs)} inputs")
+    if op._user_op:  # ops declared outside xpnn: check each gradient's shape here, where the op can be named
+        for t, g, e in zip(node.inputs, out, edges):
+            if e and g is not None and tuple(g.shape) != tuple(t._data.shape):
+                _accumulate_leaf(t, g, False, node)  # raises the ShapeError that names the op
     if not create_graph:
         for g in out:
             if isinstance(g, tensor_cls):  # (a backward that made Tensors from Tensors it kept)
@@ -232,14 +252,22 @@ def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create
     return out
 
 
-def _accumulate_leaf(t: Any, g: Any, create_graph: bool) -> None:
-    """``t.grad += g`` in place when a gradient array exists (a Parameter's flat-buffer view), else store a copy."""
+def _accumulate_leaf(t: Any, g: Any, create_graph: bool, node: Optional[Node] = None) -> None:
+    """``t.grad += g`` in place when a gradient array exists (a Parameter's flat-buffer view), else store a copy.
+    ``node``: the op whose backward made ``g`` (named in the error when its shape is wrong)."""
     if hasattr(g, "_node"):  # a Tensor (create_graph): .grad holds values only
         g = g._data
     if g.shape != t._data.shape:
         from ..errors import ShapeError
 
-        raise ShapeError(f"gradient of shape {tuple(g.shape)} does not match tensor of shape {tuple(t.shape)}")
+        raise ShapeError((f"{node.op.name}: backward returned a gradient of shape {tuple(g.shape)} for an input of "
+                          f"shape {tuple(t.shape)} (a backward must sum broadcast axes back, e.g. with sum_to)"
+                          if node is not None else
+                          f"gradient of shape {tuple(g.shape)} does not match tensor of shape {tuple(t.shape)}"))
+    if g.dtype != t._data.dtype:  # e.g. a float64 constant in a float32 model: cast as PyTorch does (the array
+        from ..backend import namespace_of  # API refuses float32 += float64 in place)
+
+        g = namespace_of(g).astype(g, t._data.dtype)
     t._accumulate_grad(g)
 
 

@@ -121,6 +121,13 @@ class Op:
     #: outputs of forward that get gradients (a tuple output's other entries, e.g. argmax indices, get none)
     differentiable_outputs: ClassVar[Optional[tuple[int, ...]]] = None
 
+    #: declared outside the xpnn package (the engine checks the shapes its backward returns); set per subclass
+    _user_op: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._user_op = not cls.__module__.startswith("xpnn.")
+
     @staticmethod
     def forward(ctx: Context, *inputs: Any, **params: Any) -> Any:
         raise NotImplementedError

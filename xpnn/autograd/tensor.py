@@ -8,6 +8,7 @@ operators, methods) return Tensors and, when grad mode is on and an input requir
 from __future__ import annotations
 
 import itertools
+import operator
 import weakref
 from typing import Any, Callable, Optional
 
@@ -17,7 +18,7 @@ from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_o
 from ..debug import check_device_errors
 from ..errors import DTypeError, ShapeError
 from . import op as _op
-from .engine import Node, run_backward
+from .engine import Node, _accumulate_leaf, _fire_hooks, run_backward
 from .grad_mode import is_grad_enabled
 
 __all__ = ["Tensor", "tensor"]
@@ -53,7 +54,7 @@ class Tensor:
     Build with ``xpnn.tensor(data, requires_grad=...)``.
     """
 
-    __slots__ = ("_data", "_grad", "requires_grad", "_node", "_index", "_hooks", "__weakref__")
+    __slots__ = ("_data", "_grad", "_requires_grad", "_node", "_index", "_hooks", "__weakref__")
     __array_ufunc__ = None  # NumPy operators (ndarray + Tensor) defer to the Tensor's reflected methods
     __array_priority__ = 1000.0
     __hash__ = object.__hash__  # hashed by identity, like torch.Tensor, although == is elementwise
@@ -69,7 +70,7 @@ class Tensor:
         self._node: Optional[Node] = None
         self._index = 0
         self._hooks: Optional[dict[int, Callable[[Tensor], None]]] = None
-        self.requires_grad = False
+        self._requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
 
@@ -115,8 +116,18 @@ class Tensor:
         if not requires_grad and self._node is not None:
             raise RuntimeError("Tensor.requires_grad_: a non-leaf Tensor's requires_grad cannot be turned off; "
                                "use .detach()")
-        self.requires_grad = bool(requires_grad)
+        self._requires_grad = bool(requires_grad)
         return self
+
+    @property
+    def requires_grad(self) -> bool:
+        """Whether backward computes a gradient for this Tensor; assigning it checks as ``requires_grad_`` does
+        (floating leaves only), as in PyTorch."""
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        self.requires_grad_(value)
 
     @property
     def grad_fn(self) -> Optional[Node]:
@@ -136,6 +147,19 @@ class Tensor:
         key = next(_hook_ids)
         self._hooks[key] = hook
         return _HookHandle(self, key)
+
+    def register_hook(self, hook: Callable[[Any], Any]) -> None:
+        """Not supported: hooks on a gradient in flight (``torch.Tensor.register_hook``) are not implemented."""
+        raise NotImplementedError(
+            "Tensor.register_hook: gradient hooks on Tensors are not implemented; for a leaf use "
+            "register_post_accumulate_grad_hook(fn) (called with the Tensor once its .grad is complete); for an "
+            "intermediate Tensor t get its gradient with xpnn.grad(loss, t) or loss.backward(inputs=[t])")
+
+    def retain_grad(self) -> None:
+        """Not supported (``torch.Tensor.retain_grad``); see the error for what to use."""
+        raise NotImplementedError(
+            "Tensor.retain_grad: not implemented; get an intermediate Tensor's gradient with xpnn.grad(loss, t), or "
+            "loss.backward(inputs=[t, *params]) (fills t.grad)")
 
     # --- metadata -----------------------------------------------------------------------------------------
     @property
@@ -170,6 +194,13 @@ class Tensor:
             raise TypeError("len() of a 0-d Tensor")
         return int(self._data.shape[0])
 
+    def __iter__(self) -> Any:
+        """The rows ``t[0], t[1], ...`` (recorded); a 0-d Tensor raises ``TypeError`` (PyTorch's rule; it was an
+        empty iteration)."""
+        if self._data.ndim == 0:
+            raise TypeError("iteration over a 0-d Tensor")
+        return (self[i] for i in range(int(self._data.shape[0])))
+
     # --- leaving the graph --------------------------------------------------------------------------------
     def detach(self) -> "Tensor":
         """A Tensor sharing ``data`` without history (no gradient flows back through it)."""
@@ -192,6 +223,12 @@ class Tensor:
     def __int__(self) -> int:
         return int(self.item())
 
+    def __format__(self, spec: str) -> str:
+        """A 0-d Tensor formats as its number (``f"{loss:.4f}"``, as in PyTorch); others as their repr."""
+        if self.ndim == 0:
+            return format(self.item(), spec)
+        return object.__format__(self, spec)
+
     def __bool__(self) -> bool:
         if self.size != 1:
             raise ValueError(f"the truth value of a Tensor of shape {self.shape} is ambiguous")
@@ -202,8 +239,13 @@ class Tensor:
 
     def to(self, backend: BackendLike = None, *, dtype: Any = None) -> "Tensor":
         """This Tensor's values on ``backend`` and/or in ``dtype`` (recorded: gradients flow back through the
-        move and the cast)."""
+        move and the cast). A dtype in place of the backend (``t.to("float64")``, ``t.to(np.float32)``) is taken
+        as ``dtype``, as ``Module.to`` does."""
         from ..functional.shape import to_backend
+        from ..nn.module import _is_dtype_like
+
+        if dtype is None and _is_dtype_like(backend):
+            backend, dtype = None, backend
 
         return to_backend(self, backend=get_backend(backend) if backend is not None else self.backend, dtype=dtype)
 
@@ -216,20 +258,37 @@ class Tensor:
         return f"tensor({to_numpy(self._data)!r}{extra})".replace("\n", "\n       ")
 
     # --- backward -----------------------------------------------------------------------------------------
-    def backward(self, grad: Any = None, retain_graph: Optional[bool] = None, create_graph: bool = False) -> None:
+    def backward(self, grad: Any = None, retain_graph: Optional[bool] = None, create_graph: bool = False,
+                 inputs: Any = None) -> None:
         """Accumulate the gradient of this Tensor into ``.grad`` of every leaf that requires grad.
 
         ``grad``: d(something)/d(self), same shape (array or Tensor); may be omitted for a one-element Tensor.
         ``retain_graph`` (default ``create_graph``): keep the saved values for another backward.
         ``create_graph``: record the backward itself (use ``xpnn.grad`` to get the differentiable gradients;
         ``.grad`` holds values).
+        ``inputs``: a Tensor or a sequence of Tensors; accumulate into their ``.grad`` only (PyTorch's ``inputs=``;
+        non-leaf Tensors included).
         """
         if not self.requires_grad:
             raise RuntimeError("backward: this Tensor does not require grad and has no grad_fn (no input of the ops "
                                "that made it requires grad, or it was made under xpnn.no_grad())")
         seed = _seed_grad(self, grad, "backward", create_graph)
-        run_backward([self], [seed], retain_graph=create_graph if retain_graph is None else retain_graph,
-                     create_graph=create_graph)
+        keep = create_graph if retain_graph is None else retain_graph
+        if inputs is None:
+            run_backward([self], [seed], retain_graph=keep, create_graph=create_graph)
+            return
+        ins = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+        if not ins or not all(isinstance(t, Tensor) and t.requires_grad for t in ins):
+            raise ValueError("backward: inputs= must be a non-empty sequence of Tensors that require grad")
+        grads = run_backward([self], [seed], retain_graph=keep, create_graph=create_graph, inputs=ins)
+        assert grads is not None
+        done: set[int] = set()
+        for t, g in zip(ins, grads):
+            if g is not None and id(t) not in done:
+                done.add(id(t))
+                _accumulate_leaf(t, g, create_graph)
+                if t._hooks:
+                    _fire_hooks(t)
 
     # --- operators ----------------------------------------------------------------------------------------
     def __add__(self, other: Any) -> "Tensor":
@@ -280,6 +339,58 @@ class Tensor:
     def __getitem__(self, key: Any) -> "Tensor":
         return F.index(self, key)
 
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """``t[key] = value`` writes into ``data`` in place when no gradient is involved (``t`` does not require
+        grad and ``value`` is not a Tensor that does, or grad mode is off); item assignment is never recorded."""
+        v = value._data if isinstance(value, Tensor) else value
+        if is_grad_enabled() and (self.requires_grad or (isinstance(value, Tensor) and value.requires_grad)):
+            raise RuntimeError(
+                "Tensor item assignment (t[key] = value) is not recorded on the tape, and "
+                + ("this Tensor requires grad" if self.requires_grad else "the value requires grad")
+                + ": build the result out of place (e.g. x * mask + value * (1 - mask)), or assign into .data "
+                "(no gradient flows through it)")
+        if hasattr(v, "shape"):
+            namespace_of(self._data, v, where="Tensor item assignment")
+        from ..functional.shape import _plain_key
+
+        self._data[_plain_key(key)] = v
+
+    # in-place operators (PyTorch's rules, without its version counter): under xpnn.no_grad() a leaf is updated
+    # in place (``w -= lr * w.grad``; a Parameter stays its view of the flat buffer); with grad mode on, the name
+    # is rebound to a recorded out-of-place result (values the graph saved are never changed), except that a leaf
+    # which requires grad raises, as in PyTorch
+    def _inplace(self, other: Any, fn: Callable[[Any, Any], Any], ifn: Callable[[Any, Any], Any], sym: str
+                 ) -> "Tensor":
+        if is_grad_enabled():
+            if self.requires_grad and self._node is None:
+                raise RuntimeError(
+                    f"Tensor {sym}=: a leaf Tensor that requires grad cannot be changed in place (PyTorch's rule); "
+                    f"update it under `with xpnn.no_grad():` (as an optimizer step does), or write `x = x {sym} "
+                    "...` for a new Tensor")
+            return fn(self, other)
+        if self._node is not None:
+            return fn(self, other)
+        o = other._data if isinstance(other, Tensor) else other
+        if hasattr(o, "shape"):
+            namespace_of(self._data, o, where=f"Tensor {sym}=")
+        d = self._data
+        out = ifn(d, o)  # the array's own in-place operator (operator.iadd, ...)
+        if out is not d:  # a namespace without in-place operators
+            self.data = out
+        return self
+
+    def __iadd__(self, other: Any) -> "Tensor":
+        return self._inplace(other, operator.add, operator.iadd, "+")
+
+    def __isub__(self, other: Any) -> "Tensor":
+        return self._inplace(other, operator.sub, operator.isub, "-")
+
+    def __imul__(self, other: Any) -> "Tensor":
+        return self._inplace(other, operator.mul, operator.imul, "*")
+
+    def __itruediv__(self, other: Any) -> "Tensor":
+        return self._inplace(other, operator.truediv, operator.itruediv, "/")
+
     # comparisons: no gradient, a boolean Tensor
     def _compare(self, other: Any, fn: Callable[[Any, Any], Any]) -> "Tensor":
         o = other._data if isinstance(other, Tensor) else other
@@ -317,6 +428,14 @@ class Tensor:
 
     def min(self, axis: Any = None, keepdims: bool = False) -> "Tensor":
         return F.min(self, axis=axis, keepdims=keepdims)
+
+    def argmax(self, axis: Optional[int] = None, keepdims: bool = False) -> "Tensor":
+        """Indices of the maxima (an integer Tensor, no gradient), e.g. ``(logits.argmax(axis=1) == y)``."""
+        return Tensor(namespace_of(self._data).argmax(self._data, axis=axis, keepdims=keepdims))
+
+    def argmin(self, axis: Optional[int] = None, keepdims: bool = False) -> "Tensor":
+        """Indices of the minima (an integer Tensor, no gradient)."""
+        return Tensor(namespace_of(self._data).argmin(self._data, axis=axis, keepdims=keepdims))
 
     def reshape(self, *shape: Any) -> "Tensor":
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
@@ -389,7 +508,7 @@ def _make(data: Any, node: Optional[Node], index: int, requires_grad: bool) -> T
     t._node = node
     t._index = index
     t._hooks = None
-    t.requires_grad = requires_grad
+    t._requires_grad = requires_grad
     return t
 
 
@@ -402,7 +521,7 @@ def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> An
     for a in args:
         if isinstance(a, Tensor):
             arrays.append(a._data)
-            need = grad_on and a.requires_grad
+            need = grad_on and a._requires_grad
             record = record or need
             flags.append(need)
         else:
@@ -411,6 +530,8 @@ def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> An
     arrs = tuple(arrays)
     ctx = _op.Context(tuple(flags), arrs)
     out = op._run_forward(ctx, arrs, params)
+    if op._user_op:
+        _check_forward_output(op, out, params)
     if not record:
         if isinstance(out, tuple):
             return tuple(_make(o, None, 0, False) for o in out)
@@ -418,12 +539,26 @@ def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> An
     node = Node(op, ctx, tuple(a if isinstance(a, Tensor) else None for a in args))
     if isinstance(out, tuple):
         diff = op.differentiable_outputs
+        ctx._xpnn_out_meta = tuple((tuple(o.shape), o.dtype) for o in out)  # zeros for an output the caller dropped
         outs = tuple(_make(o, node, i, diff is None or i in diff) for i, o in enumerate(out))
-        node.outputs = tuple(weakref.ref(t) if t.requires_grad else None for t in outs)
+        node.outputs = tuple(weakref.ref(t) if t._requires_grad else None for t in outs)
         return outs
     t = _make(out, node, 0, True)
     node.outputs = (weakref.ref(t),)
     return t
+
+
+def _check_forward_output(op: Any, out: Any, params: dict[str, Any]) -> None:
+    """Errors naming a user-declared op whose forward returned something other than arrays."""
+    for o in (out if isinstance(out, tuple) else (out,)):
+        if isinstance(o, Tensor):
+            kw = [k for k, v in params.items() if isinstance(v, Tensor)]
+            raise TypeError(f"{op.name}: forward returned a Tensor; forward runs on arrays"
+                            + (f", and the keyword argument(s) {', '.join(kw)} were Tensors (keyword arguments are "
+                               "parameters, never differentiated): pass a Tensor positionally to get its gradient, "
+                               "or pass its .data" if kw else ": call array functions there, not Tensor ops"))
+        if not hasattr(o, "shape") or not hasattr(o, "dtype"):
+            raise TypeError(f"{op.name}: forward must return an array (or a tuple of arrays), got {type(o).__name__}")
 
 
 def _seed_grad(out: Tensor, g: Any, where: str, create_graph: bool) -> Any:

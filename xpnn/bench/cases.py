@@ -584,6 +584,106 @@ def _seed_torch(impl: str) -> Callable[[Any], Runner]:
 
 
 # --- the table of cases -------------------------------------------------------------------------------------------
+# --- row kernels: softmax and logsumexp over the rows of a float32 (N, C) matrix ------------------------------
+def _rows_xpnn(op: str) -> Callable[[str], Callable[[tuple[int, int]], Runner]]:
+    def per_impl(impl: str) -> Callable[[tuple[int, int]], Runner]:
+        def build(shape: tuple[int, int]) -> Runner:
+            from .. import functional as F
+
+            x = _Data(impl).normal(shape, scale=2.0)
+            f = getattr(F, op)
+            out: list[Any] = [None]
+
+            def fn() -> None:
+                out[0] = f(x)
+
+            return Runner(fn, IMPLS[impl].device, lambda: [x, out[0]])
+        return build
+    return per_impl
+
+
+def _rows_plain(op: str) -> Callable[[tuple[int, int]], Runner]:
+    def build(shape: tuple[int, int]) -> Runner:
+        x = _Data("numpy-plain").normal(shape, scale=2.0)
+        f = getattr(ref, op)
+        out: list[Any] = [None]
+
+        def fn() -> None:
+            out[0] = f(x)
+
+        return Runner(fn, "cpu", lambda: [x, out[0]])
+    return build
+
+
+def _rows_torch(op: str) -> Callable[[str], Callable[[tuple[int, int]], Runner]]:
+    def per_impl(impl: str) -> Callable[[tuple[int, int]], Runner]:
+        def build(shape: tuple[int, int]) -> Runner:
+            import torch
+
+            x = _Data(impl).normal(shape, scale=2.0)
+            f = {"softmax": lambda a: torch.softmax(a, dim=1), "logsumexp": lambda a: torch.logsumexp(a, dim=1)}[op]
+            out: list[Any] = [None]
+
+            def fn() -> None:
+                out[0] = f(x)
+
+            return Runner(fn, IMPLS[impl].device, lambda: [x, out[0]])
+        return build
+    return per_impl
+
+
+# --- Adam step of a float16 model with float32 master copies ---------------------------------------------------
+# float16 subnormals start below 6.1e-5: parameters in [256, 512] (a step moves them by about lr = 1e-3, so even
+# 1e5 timed rounds never bring one near 0) and gradients in [0.01, 0.02] stay normal; the time does not depend on
+# the values otherwise.
+def _adam_fp16_xpnn(impl: str) -> Callable[[int], Runner]:
+    def build(n: int) -> Runner:
+        from .. import nn, optim
+
+        d = _Data(impl)
+        xp = array_api_compat.array_namespace(d.uniform((1,), 0, 1))
+        p = nn.Parameter(xp.astype(d.uniform((n,), 256.0, 512.0), xp.float16))
+        p.grad = xp.astype(d.uniform((n,), 0.01, 0.02), xp.float16)
+        opt = optim.Adam([p], lr=ADAM_LR)
+        return Runner(opt.step, IMPLS[impl].device, lambda: [p.data, p.grad] + _xpnn_optimizer_arrays(opt),
+                      keep=[p])
+    return build
+
+
+def _adam_fp16_plain(n: int) -> Runner:
+    d = _Data("numpy-plain")
+    param16 = d.uniform((n,), 256.0, 512.0).astype(np.float16)
+    grad16 = d.uniform((n,), 0.01, 0.02).astype(np.float16)
+    master = [param16.astype(np.float32)]
+    opt = ref.Adam(master, lr=ADAM_LR)
+
+    def step() -> None:  # the textbook mixed-precision step: cast the gradient up, update the master, cast down
+        opt.step([grad16.astype(np.float32)])
+        param16[...] = master[0]
+
+    return Runner(step, "cpu", lambda: [param16, master[0]] + opt.state())
+
+
+def _adam_fp16_torch(impl: str) -> Callable[[int], Runner]:
+    def build(n: int) -> Runner:
+        import torch
+
+        d = _Data(impl)
+        param16 = d.uniform((n,), 256.0, 512.0).half()
+        grad16 = d.uniform((n,), 0.01, 0.02).half()
+        master = torch.nn.Parameter(param16.float())
+        opt = torch.optim.Adam([master], lr=ADAM_LR, fused=True if impl == "torch-cuda" else None)
+
+        def step() -> None:  # PyTorch's usual mixed-precision step: float32 master, cast in and out
+            master.grad = grad16.float()
+            opt.step()
+            param16.copy_(master.detach())
+
+        return Runner(step, IMPLS[impl].device, lambda: [param16, master] + _torch_optimizer_arrays(opt),
+                      keep=[master])
+    return build
+
+
 def _per_impl(xpnn: Callable[[str], Callable[[Any], Runner]], plain: Callable[[Any], Runner],
               torch: Callable[[str], Callable[[Any], Runner]], tape: bool = False) -> dict[str, Callable[[Any], Runner]]:
     out = _impls(xpnn, plain, torch)
@@ -617,6 +717,20 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("adam", "Adam step, float32 (flat buffer of n parameters, or 100 Linear(64, 64) layers)",
          {"1e4": 10**4, "1e6": 10**6, "1e7": 10**7, "1e8": 10**8, MANY_TENSORS: MANY_TENSORS}, frozenset({"1e8"}),
          _adam_bytes, _per_impl(_adam_xpnn, _adam_plain, _adam_torch)),
+    Case("softmax", "softmax over the rows of float32 (N, C)",
+         {"256x10": (256, 10), "4096x1000": (4096, 1000), "65536x10": (65536, 10), "8192x32768": (8192, 32768)},
+         frozenset({"8192x32768"}),
+         lambda s: 2 * 4 * s[0] * s[1], _per_impl(_rows_xpnn("softmax"), _rows_plain("softmax"),
+                                                  _rows_torch("softmax"))),
+    Case("logsumexp", "log-sum-exp of the rows of float32 (N, C)",
+         {"256x10": (256, 10), "4096x1000": (4096, 1000), "65536x10": (65536, 10), "8192x32768": (8192, 32768)},
+         frozenset({"8192x32768"}),
+         lambda s: 4 * s[0] * s[1] + 4 * s[0], _per_impl(_rows_xpnn("logsumexp"), _rows_plain("logsumexp"),
+                                                          _rows_torch("logsumexp"))),
+    Case("adam_fp16", "Adam step of n float16 parameters with float32 master copies (read g16, p32, m, v; write "
+         "p32, m, v, p16)",
+         {"1e4": 10**4, "1e6": 10**6, "1e7": 10**7, "1e8": 10**8}, frozenset({"1e8"}),
+         lambda n: 28 * n, _per_impl(_adam_fp16_xpnn, _adam_fp16_plain, _adam_fp16_torch)),
     Case("mlp_step", "training step of a 784-512-512-10 ReLU MLP, Adam, cross-entropy, float32",
          {"batch16": 16, "batch256": 256, "batch4096": 4096}, frozenset(),
          lambda b: None, _per_impl(_mlp_xpnn, _mlp_plain, _mlp_torch, tape=True)),

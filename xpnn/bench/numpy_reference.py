@@ -10,12 +10,25 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["sigmoid_backward", "cross_entropy_with_grad", "Adam", "MLP", "SeedNet", "seed_net_data"]
+__all__ = ["sigmoid_backward", "softmax", "logsumexp", "cross_entropy_with_grad", "Adam", "MLP", "SeedNet",
+           "seed_net_data"]
 
 
 def sigmoid_backward(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
     """dx = dy * y * (1 - y), any shape."""
     return dy * y * (1 - y)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the rows of x (N, C), with the row max subtracted."""
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def logsumexp(x: np.ndarray) -> np.ndarray:
+    """log(sum(exp(x))) of each row of x (N, C) -> (N,), with the row max subtracted."""
+    m = x.max(axis=1, keepdims=True)
+    return (np.log(np.exp(x - m).sum(axis=1, keepdims=True)) + m)[:, 0]
 
 
 def cross_entropy_with_grad(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ from .activations import (
     tanh_backward,
 )
 from . import conv_numpy as _conv_numpy  # registers the NumPy fast paths of conv2d / max_pool2d  # noqa: F401
+from .concat import concat, stack
 from .conv import conv2d, conv2d_backward
 from .dropout import dropout, dropout_mask
 from .elementwise import abs, add, astype, clip, div, exp, log, matmul, mul, neg, pow, sqrt, sub
@@ -53,6 +54,7 @@ from .targets import accuracy, one_hot
 from .updates import adagrad_update, adam_update, rmsprop_update, sgd_update
 
 __all__ = [
+    "concat", "stack",
     "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "relu", "relu_backward",
     "leaky_relu", "leaky_relu_backward", "elu", "elu_backward", "selu", "selu_backward",
     "prelu", "prelu_backward", "maxout", "maxout_backward",

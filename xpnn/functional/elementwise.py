@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+from ..autograd import op as _op
 from ..autograd.op import Context, Op
 from ..backend import namespace_of, resolve_dtype
 from ..errors import ShapeError
@@ -26,6 +27,11 @@ def _shape(v: Any) -> Optional[tuple[int, ...]]:
 def _check_pair(a: Any, b: Any, where: str) -> None:
     if hasattr(a, "shape") and hasattr(b, "shape") and type(a) is not type(b):
         namespace_of(a, b, where=where)
+
+
+def _values(v: Any) -> Any:
+    """The array of a Tensor saved for a recorded backward (for masks, which need no gradient), else ``v``."""
+    return v.data if isinstance(v, _op.Tensor) else v
 
 
 def _reduce_to(g: Any, shape: Optional[tuple[int, ...]]) -> Any:
@@ -113,10 +119,23 @@ class Pow(Op):
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
         a, b, out = ctx.saved_tensors
         need = ctx.needs_input_grad
-        ga = _reduce_to(g * (b * a ** (b - 1)), _shape(a)) if need[0] else None
-        gb = None
-        if need[1]:
-            log_a = log(a) if hasattr(a, "shape") else math.log(a)
+        ad, bd = _values(a), _values(b)
+        ga = gb = None
+        if need[0]:  # PyTorch's mask: 0 where b == 0 (b * a ** (b - 1) would be 0 * inf at a == 0)
+            if hasattr(bd, "shape"):
+                xp = namespace_of(bd)
+                zero_b = xp.astype(bd == 0, ad.dtype if hasattr(ad, "dtype") else bd.dtype)
+                ga = g * (b * (a * (1 - zero_b) + zero_b) ** (b - 1))  # base 1 where b == 0
+            else:
+                ga = g * (b * a ** (b - 1)) if bd != 0 else g * 0
+            ga = _reduce_to(ga, _shape(a))
+        if need[1]:  # PyTorch's mask: 0 where a == 0 and b >= 0 (a ** b * log(a) would be 0 * -inf)
+            if hasattr(ad, "shape"):
+                xp = namespace_of(ad)
+                zero_a = xp.astype((ad == 0) & (bd >= 0), ad.dtype)
+                log_a = log(a * (1 - zero_a) + zero_a)  # log 1 = 0 where masked
+            else:
+                log_a = math.log(a)
             gb = _reduce_to(g * (out * log_a), _shape(b))
         return ga, gb
 
@@ -327,7 +346,15 @@ def abs(a: Any) -> Any:  # noqa: A001
 
 def clip(a: Any, min: Any = None, max: Any = None) -> Any:  # noqa: A002 (PyTorch's and the array API's names)
     """Clamp to ``[min, max]`` (either may be ``None``); the gradient is 1 where ``min <= a <= max``, else 0
-    (``torch.clamp``)."""
+    (``torch.clamp``). ``min``/``max`` may be numbers, arrays or Tensors that do not require grad (the bounds get
+    no gradient; ``NotImplementedError`` for one that requires grad)."""
+    if isinstance(min, _op.Tensor) or isinstance(max, _op.Tensor):
+        for bound, which in ((min, "min"), (max, "max")):
+            if isinstance(bound, _op.Tensor) and bound.requires_grad:
+                raise NotImplementedError(f"clip: the bound {which}= is a Tensor that requires grad; clip gives no "
+                                          "gradient to its bounds: pass bound.detach(), or write the clamp with ops "
+                                          "(e.g. relu(x - lo) + lo for a lower bound lo)")
+        min, max = _values(min), _values(max)  # noqa: A001
     return Clip.apply(a, min=min, max=max)
 
 

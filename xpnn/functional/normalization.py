@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from ..autograd import op as _op
 from ..autograd.op import Context, Op
 from ..backend import namespace_of
 from ..errors import ShapeError
@@ -139,7 +140,11 @@ def batch_norm(x: Any, running_mean: Optional[Any], running_var: Optional[Any], 
                eps: float = 1e-5, num_batches_tracked: Optional[Any] = None) -> Any:
     """Batch normalisation of x (N, C) or (N, C, ...) per channel, ``torch.nn.functional.batch_norm``'s arguments:
     with ``training`` the batch statistics normalise and update ``running_mean``/``running_var`` in place (if
-    given); otherwise the running statistics normalise. ``y = (x - mean) / sqrt(var + eps) * weight + bias``."""
+    given); otherwise the running statistics normalise. ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
+    The running statistics may be Tensors: their arrays are used and updated (they get no gradient)."""
+    if isinstance(running_mean, _op.Tensor) or isinstance(running_var, _op.Tensor):  # (were rebound, not updated)
+        running_mean = running_mean.data if isinstance(running_mean, _op.Tensor) else running_mean
+        running_var = running_var.data if isinstance(running_var, _op.Tensor) else running_var
     return BatchNorm.apply(x, weight, bias, running_mean=running_mean, running_var=running_var, training=training,
                            momentum=momentum, eps=eps, num_batches_tracked=num_batches_tracked)
 

@@ -101,12 +101,36 @@ def _is_basic(key: Any) -> bool:
     return all(k is None or k is Ellipsis or isinstance(k, (int, slice)) for k in parts)
 
 
+def _is_mask(key: Any) -> bool:
+    """A key of basic entries and one boolean array (selects each element at most once)."""
+    parts = key if isinstance(key, tuple) else (key,)
+    masks = [k for k in parts if hasattr(k, "dtype")]
+    if len(masks) != 1 or not all(k is None or k is Ellipsis or isinstance(k, (int, slice)) or k is masks[0]
+                                  for k in parts):
+        return False
+    try:
+        return bool(namespace_of(masks[0]).isdtype(masks[0].dtype, "bool"))
+    except Exception:
+        return False
+
+
+def _with_ellipsis(key: Any, ndim: int) -> Any:
+    """A basic ``key`` with a trailing ``...`` when it indexes fewer axes than ``ndim`` (NumPy implies it; the array
+    API standard, e.g. ``array_api_strict``, requires it: ``x[0]`` of a matrix is its first row)."""
+    parts = key if isinstance(key, tuple) else (key,)
+    if not _is_basic(parts) or any(k is Ellipsis for k in parts):  # (array keys: the namespace's own rules)
+        return key
+    return parts + (Ellipsis,) if sum(k is not None for k in parts) < ndim else key
+
+
 class Index(Op):
     name = "index"
 
     @staticmethod
     def forward(ctx: Context, x: Any, *, key: Any) -> Any:
         namespace_of(x, where="index")
+        if type(x) is not np.ndarray:
+            key = _with_ellipsis(key, x.ndim)
         ctx.shape, ctx.key = tuple(x.shape), key
         try:
             return x[key]
@@ -128,7 +152,7 @@ class IndexBackward(Op):
         xp = namespace_of(g, where="index backward")
         ctx.key = key
         out = xp.zeros(shape, dtype=g.dtype)
-        if _is_basic(key):
+        if _is_basic(key) or _is_mask(key):  # no index repeats: assignment is the scatter-add
             out[key] = g
         elif is_numpy_namespace(xp):
             np.add.at(out, key, g)

@@ -3,6 +3,12 @@
 float16 inputs are computed in float32 and cast back. Rows that are all ``-inf`` give ``lse = -inf`` (and NaN
 softmax, like NumPy/PyTorch), never an overflow. Each is an op; a fused CUDA kernel (one read of each row) replaces
 the forward for 2-D inputs along the last axis.
+
+Rows containing ``+inf`` or NaN follow PyTorch, the same in every function here, in ``cross_entropy`` and in the
+CUDA kernels: a row with ``+inf`` (and no NaN) has ``logsumexp = +inf``, and ``softmax``, ``log_softmax``,
+``cross_entropy`` (its loss and its gradient) are NaN over the whole row; a row with a NaN is NaN everywhere,
+``logsumexp`` included. (Computing through ``m = +inf`` gives exactly that: ``x - m`` is NaN at the ``+inf``
+entries, so the row's sum is NaN.)
 """
 from __future__ import annotations
 
@@ -29,9 +35,10 @@ def _prepare(x: Any, axis: int, op: str) -> Any:
 
 
 def _shifted(xp: Any, x: Any, axis: int) -> tuple[Any, Any]:
-    """(z, m) with ``z = x - m`` and ``m`` the row max (keepdims), 0 where the max is not finite."""
+    """(z, m) with ``z = x - m`` and ``m`` the row max (keepdims), 0 where the max is -inf or NaN (+inf is kept:
+    the row then becomes NaN, see the module docstring)."""
     m = xp.max(x, axis=axis, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, 0.0)
+    m = xp.where(xp.isfinite(m) | (m > 0), m, 0.0)
     return x - m, m
 
 
@@ -52,6 +59,7 @@ class LogSumExp(Op):
         xf = _upcast(xp, x)
         z, m = _shifted(xp, xf, axis)
         out = xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True)) + m
+        out = xp.where(m == float("inf"), m, out)  # a +inf entry (and no NaN, else m is NaN): lse = +inf
         if not keepdims:
             out = xp.squeeze(out, axis=axis)
         out = xp.astype(out, x.dtype) if out.dtype != x.dtype else out

@@ -83,13 +83,29 @@ class _ExplicitModuleCall(Op):
     @staticmethod
     def forward(ctx: Context, x: Any, *rest: Any, module: "Module", kwargs: dict) -> Any:
         ctx.module = module
+        ctx.call = _count_forward(module)
         return module.forward(x, *rest, **kwargs)
 
     @staticmethod
     def backward(ctx: Context, dy: Any) -> Any:
         need = ctx.needs_input_grad
+        calls = ctx.module.__dict__.get("_xpnn_forwards")
+        if calls != ctx.call:  # its backward would read the values a later forward left on the module
+            raise RuntimeError(
+                f"{ctx.module._where()}: this module has a hand-written backward, which reads what its last forward "
+                f"kept on the module, but it ran forward {calls - ctx.call} more time(s) after the call being "
+                "differentiated (used twice in one graph, or called again, e.g. under no_grad, before backward): "
+                "its gradient would be wrong. Use one instance per call, or drop its backward and write forward "
+                "with xpnn.functional ops (the tape then keeps each call's values)")
         dx = call_backward(ctx.module, dy, need[0])
         return (dx,) + (None,) * (len(need) - 1)
+
+
+def _count_forward(module: "Module") -> int:
+    """Count a forward of a module with a hand-written backward (which keeps its last call's values on itself)."""
+    n = module.__dict__.get("_xpnn_forwards", 0) + 1
+    module.__dict__["_xpnn_forwards"] = n
+    return n
 
 
 def _is_dtype_like(x: Any) -> bool:
@@ -278,6 +294,7 @@ class Module:
         if self._explicit_backward:
             if tensors:
                 return _ExplicitModuleCall.apply(*args, module=self, kwargs=kwargs)
+            _count_forward(self)
             return self.forward(*args, **kwargs)
         if tensors:
             return self.forward(*args, **kwargs)
@@ -292,7 +309,7 @@ class Module:
         for i, a in enumerate(args):
             if _is_float_array(a):
                 first = _InputTensor(a)
-                first.requires_grad = record
+                first._requires_grad = record
                 wrapped[i] = first
                 break
         out = self.forward(*wrapped, **kwargs)
@@ -332,7 +349,7 @@ class Module:
         if get_debug():
             check_finite(namespace_of(dy), dy, self._where(), "dy")
         if x is not None and not need_input_grad:
-            x.requires_grad = False
+            x._requires_grad = False
         if out is x:  # the forward returned its input (e.g. Dropout in eval mode)
             return dy if need_input_grad else None
         if out._node is not None:

@@ -1,7 +1,9 @@
 """Parameters and the flat buffers that hold a model's parameters and gradients in one array each.
 
 A ``FlatBuffer`` owns two 1-D arrays, ``data`` and ``grad``; each member Parameter's ``.data`` and ``.grad`` are
-reshaped views of a slice of them (``p._flat`` is the buffer, ``p._offset`` the start of the slice). Optimizers
+reshaped views of a slice of them (``p._flat`` is the buffer, ``p._offset`` the start of the slice). Slices start
+at multiples of 64 bytes (``ALIGN_BYTES``); the padding between them is 0 in both arrays, so the buffer size is
+not the sum of the parameter sizes: code splitting a flat array per parameter uses ``p._offset``. Optimizers
 that find the whole parameter list in one buffer (``flat_buffer_of``) update it in one pass.
 
 On a namespace where a reshaped slice is not a writable view (checked once per namespace by writing through),
@@ -53,11 +55,25 @@ class Parameter(Tensor):
         self._node = None
         self._index = 0
         self._hooks = None
-        self.requires_grad = bool(requires_grad)
+        self._requires_grad = bool(requires_grad)
         self._flat: Optional[FlatBuffer] = None
         self._offset: int = 0
         self._version = 0
         self.name = name
+
+    # --- copies -------------------------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        """For ``copy.deepcopy`` and pickle: the values without the FlatBuffer (a copied view would be an array of
+        its own, no longer in the copied buffer, so an optimizer of the copy updated the buffer and not the
+        parameters, silently); the copy is a lone Parameter until its module packs it again (``parameters()``)."""
+        state = {k: getattr(self, k) for k in ("_data", "_grad", "_requires_grad", "_node", "_index", "_hooks",
+                                               "_version", "name")}
+        state["_flat"], state["_offset"] = None, 0
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
 
     # --- values -------------------------------------------------------------------------------------------
     @property
@@ -212,12 +228,12 @@ class FlatBuffer:
         dtype = plist[0].dtype
         if any(p.dtype != dtype for p in plist) or not views_supported(xp):
             return None
-        total = sum(p.size for p in plist)
-        data = xp.empty(total, dtype=dtype)
+        offsets = _aligned_offsets([p.size for p in plist], np.dtype(dtype_name(dtype)).itemsize)
+        total = offsets[-1] + plist[-1].size
+        data = xp.zeros(total, dtype=dtype)  # padding between parameters stays 0 (data and grad)
         grad = xp.zeros(total, dtype=dtype)
         buf = FlatBuffer(data, grad, plist)
-        offset = 0
-        for p in plist:
+        for p, offset in zip(plist, offsets):
             n, shape = p.size, p.shape
             old_data, old_grad = p._data, p._grad
             data[offset:offset + n] = xp.reshape(old_data, (n,))
@@ -227,7 +243,6 @@ class FlatBuffer:
             p._grad = xp.reshape(grad[offset:offset + n], shape)
             p._flat = buf
             p._offset = offset
-            offset += n
         return buf
 
     def zero_grad(self) -> None:
@@ -235,6 +250,21 @@ class FlatBuffer:
 
     def __repr__(self) -> str:
         return f"FlatBuffer(size={self.size}, dtype={dtype_name(self.dtype)}, params={len(self.params)})"
+
+
+ALIGN_BYTES = 64  # each parameter's offset in a FlatBuffer is a multiple of this many bytes
+
+
+def _aligned_offsets(sizes: Sequence[int], itemsize: int) -> list[int]:
+    """Start of each parameter in a flat buffer: consecutive, each rounded up to ALIGN_BYTES (so that a kernel
+    over one parameter's slice, like over the whole buffer, can use 16-byte vector loads; the padding entries are 0
+    in data and grad and stay 0 under every optimizer's update)."""
+    step = max(1, ALIGN_BYTES // itemsize)
+    offsets, offset = [], 0
+    for n in sizes:
+        offsets.append(offset)
+        offset += -(-n // step) * step
+    return offsets
 
 
 def _unique(params: Iterable[Parameter]) -> list[Parameter]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..functional.mixed_precision import adam_update_mixed
 from ..functional.updates import adam_update
 from .optimizer import Optimizer, ParamsLike, check_non_negative, check_unit_interval
 
@@ -57,6 +58,17 @@ class Adam(Optimizer):
                     beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                     decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"],
                     maximize=group["maximize"], scratch=scratch)
+
+    def _update_mixed(self, data: Any, master: Any, grad: Any, grad32: Any, state: dict[str, Any],
+                      group: dict[str, Any], scratch: list) -> None:
+        exp_avg = self._buffer(state, "exp_avg", master)
+        exp_avg_sq = self._buffer(state, "exp_avg_sq", master)
+        max_exp_avg_sq = self._buffer(state, "max_exp_avg_sq", master) if group["amsgrad"] else None
+        beta1, beta2 = group["betas"]
+        adam_update_mixed(data, master, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=state["step"],
+                          lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                          weight_decay=group["weight_decay"], decoupled_weight_decay=group["decoupled_weight_decay"],
+                          amsgrad=group["amsgrad"], maximize=group["maximize"], grad32=grad32, scratch=scratch)
 
 
 class AdamW(Adam):

@@ -19,6 +19,7 @@ from array_api_compat import device as _device
 from ..backend import dtype_name, get_backend, is_cupy_namespace, is_numpy_namespace, namespace_of, to_numpy
 from ..errors import CheckpointError
 from ..functional.updates import copy_into
+from ..autograd.tensor import Tensor
 from ..nn.parameter import Parameter, flat_buffer_of
 
 ParamsLike = Union[Parameter, Iterable[Parameter], Iterable[dict]]
@@ -157,7 +158,9 @@ class Optimizer:
         plist = [params] if isinstance(params, Parameter) else list(params)
         for p in plist:
             if not isinstance(p, Parameter):
-                raise TypeError(f"{self._name}: can only optimize xpnn.nn.Parameter objects, got {type(p).__name__}")
+                raise TypeError(f"{self._name}: can only optimize xpnn.nn.Parameter objects, got {type(p).__name__}"
+                                + ("; make the leaf with xpnn.nn.Parameter(array) (a Tensor that requires grad) "
+                                   "instead of xpnn.tensor(array, requires_grad=True)" if isinstance(p, Tensor) else ""))
         if len({id(p) for p in plist}) != len(plist):
             raise ValueError(f"{self._name}: a parameter appears more than once in a parameter group")
         if any(id(p) in self._index for p in plist):
@@ -183,6 +186,10 @@ class Optimizer:
         for gi, group in enumerate(self.param_groups):
             params = group["params"]
             flat = flat_buffer_of(params)
+            if flat is not None and (not all(p.requires_grad for p in params)
+                                     or self._param_slots and not self._states_agree(gi)):
+                flat = None  # frozen members (PyTorch: their .grad is None), or states that differ since some were
+                # frozen: per-parameter updates that skip the frozen ones
             if flat is not None:
                 if self._param_slots:  # per-parameter state left from another layout: join it
                     self._gather(gi)
@@ -191,7 +198,7 @@ class Optimizer:
             else:
                 self._scatter(gi)
                 for p in params:
-                    if p.has_grad:
+                    if p.has_grad and p.requires_grad:
                         slot = self._param_slots.setdefault(self._index[id(p)], _Slot())
                         work.append(self._prepare(slot, p.data, p.grad, group, (p,)))
         hook = self._grad_hook
@@ -199,9 +206,16 @@ class Optimizer:
             return  # e.g. GradScaler found inf/NaN in the gradients: skip this step (step counts unchanged)
         for slot, param, g, group, data, half in work:
             lr = slot.advance(group["lr"], self.capturable)
-            self._update(param, g, slot.state, group if lr is group["lr"] else {**group, "lr": lr}, slot.scratch)
+            if half == "fused" and lr is group["lr"]:  # float16 with host step and lr: one call (one kernel on CUDA)
+                self._update_mixed(data, param, g, slot.grad32, slot.state, group, slot.scratch)
+            else:
+                if half == "fused":  # capturable slot (device step and lr): the three passes
+                    copy_into(slot.grad32, g)
+                    g = slot.grad32
+                self._update(param, g, slot.state, group if lr is group["lr"] else {**group, "lr": lr}, slot.scratch)
+                if half:
+                    copy_into(data, param)
             if half:
-                copy_into(data, param)
                 if slot.written is None or tuple(slot.written.shape) != tuple(data.shape):
                     slot.written = slot.xp.empty_like(data)
                 copy_into(slot.written, data)
@@ -255,6 +269,8 @@ class Optimizer:
                 _follow_writes(xp, slot, data)
             if slot.grad32 is None:
                 slot.grad32 = xp.empty_like(slot.master)
+            if type(self)._update_mixed is not Optimizer._update_mixed and self._grad_hook is None:
+                return slot, slot.master, grad, group, data, "fused"  # float16 grad: see step()
             copy_into(slot.grad32, grad)
             return slot, slot.master, slot.grad32, group, data, True
         slot.master = None
@@ -267,6 +283,15 @@ class Optimizer:
 
     def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], scratch: list) -> None:
         """Apply one step to ``param`` in place (``state["step"]`` already counts it). Subclasses."""
+        raise NotImplementedError
+
+    def _update_mixed(self, data: Any, master: Any, grad: Any, grad32: Any, state: dict[str, Any],
+                      group: dict[str, Any], scratch: list) -> None:
+        """Optional, for float16 parameters: one step on float32 ``master`` from float16 ``grad``, then ``data``
+        (float16) rewritten from it, in one call (``grad32``: a float32 work array; ``state["step"]`` already counts
+        the step). Subclasses that define it replace the three passes of ``step`` (cast the gradient, ``_update``,
+        cast back) when the step and learning rate are host numbers (not capturable slots) and no gradient hook
+        (GradScaler) must see the float32 gradients first."""
         raise NotImplementedError
 
     @staticmethod
@@ -301,9 +326,8 @@ class Optimizer:
     def _split(self, gi: int, slot: _Slot) -> dict[int, _Slot]:
         """Per-parameter copies of a flat slot (each parameter's slice, reshaped)."""
         out: dict[int, _Slot] = {}
-        offset = 0
-        for p in self.param_groups[gi]["params"]:
-            n, shape = p.size, p.shape
+        for i, p in enumerate(self.param_groups[gi]["params"]):
+            n, shape, offset = p.size, p.shape, p._offset  # slices of the flat buffer (padded: see FlatBuffer)
             s = _Slot(slot.state["step"])
             for k, v in slot.arrays().items():
                 xp = namespace_of(v)
@@ -314,8 +338,17 @@ class Optimizer:
                     s.state[k] = piece
             s.xp, s.dtype = slot.xp, slot.dtype
             out[self._index[id(p)]] = s
-            offset += n
         return out
+
+    def _states_agree(self, gi: int) -> bool:
+        """Whether group ``gi``'s per-parameter states (if any) have one step count and one set of arrays (so
+        ``_gather`` can join them)."""
+        slots = [self._param_slots.get(self._index[id(p)]) for p in self.param_groups[gi]["params"]]
+        if all(s is None for s in slots):
+            return True
+        steps = {s.state["step"] if s is not None else 0 for s in slots}
+        keys = {tuple(sorted(s.arrays())) if s is not None else () for s in slots}
+        return len(steps) == 1 and len(keys) == 1
 
     def _gather(self, gi: int, error: type = ValueError) -> None:
         """Turn group ``gi``'s per-parameter state (if any) into one flat slot (parameters in buffer order)."""
@@ -335,8 +368,14 @@ class Optimizer:
         first = slots[0]
         assert first is not None and first.xp is not None  # every slot gets its namespace when made
         xp = first.xp
+        params = self.param_groups[gi]["params"]
+        size = params[0]._flat.size if params[0]._flat is not None else sum(p.size for p in params)
         for k in first.arrays():
-            joined = xp.concat([xp.reshape(s.arrays()[k], (-1,)) for s in slots if s is not None])
+            like = first.arrays()[k]
+            joined = xp.zeros((size,), dtype=like.dtype)  # the buffer's padding between parameters stays 0
+            for p, s in zip(params, slots):
+                if s is not None:
+                    joined[p._offset:p._offset + p.size] = xp.reshape(s.arrays()[k], (-1,))
             if k == MASTER:
                 flat.master = joined
             else:

@@ -1,0 +1,296 @@
+"""Faults found in the review of the kernels (issue 10), each checked on the CPU shim against the reference, and the
+semantics the reference and the kernels share checked against PyTorch where it is installed.
+
+1. rows containing +inf: logsumexp = +inf, softmax/log_softmax/cross-entropy NaN over the row (the online
+   log-sum-exp merge computed exp(inf - inf) = NaN for logsumexp);
+2. AMSGrad propagates a NaN into max_exp_avg_sq (fmaxf dropped it);
+3. the last-block loss reduction fences on both sides of its atomic hand-off (the reader's acquire fence was
+   missing): checked by the shim's hand-off discipline on deliberately broken copies of the source;
+4. ReLU backward follows PyTorch for NaN: dy = NaN at x <= 0 gives 0, x = NaN passes dy.
+Also: the shim really runs blocks on several OS threads at once.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xpnn.functional as F
+from xpnn import _dispatch
+from xpnn._cuda import make_provider
+from xpnn._cuda.sources import kernel_dir
+from xpnn.functional import updates
+
+from shim.requirements import require_cxx
+
+require_cxx()  # skip (with the reason) without a C++ compiler, before anything builds the shim
+
+from shim import ShimLoader, build
+
+INF, NAN = np.inf, np.nan
+ORDERS = ("forward", "reverse")
+
+
+@pytest.fixture(scope="module", params=ORDERS)
+def loader(request):
+    return ShimLoader(reverse=request.param == "reverse")
+
+
+def reference(fn, *args, **kwargs):
+    with _dispatch.use_kernels(False), np.errstate(all="ignore"):
+        return fn(*args, **kwargs)
+
+
+def through_kernel(loader, fn, *args, **kwargs):
+    before = loader.launches
+    with _dispatch.use_provider(make_provider(loader)), np.errstate(all="ignore"):
+        out = fn(*args, **kwargs)
+    assert loader.launches > before, f"{fn.__name__} did not run a shim kernel"
+    return out
+
+
+def _special_rows(width: int, dtype: str) -> np.ndarray:
+    """Rows: finite; one +inf; +inf twice; +inf and NaN; NaN; all -inf but one +inf; finite (distinct rows)."""
+    rng = np.random.default_rng(width)
+    x = rng.standard_normal((7, width)) * 2 + np.arange(7)[:, None]
+    x[1, width // 2] = INF
+    x[2, 0] = x[2, -1] = INF
+    x[3, 0], x[3, -1] = INF, NAN
+    x[4, width // 3] = NAN
+    x[5, :] = -INF
+    x[5, width - 1] = INF
+    return x.astype(dtype)
+
+
+def _assert_same(got, want, dtype):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+    tol = {"float16": 3e-3, "float32": 2e-5, "float64": 1e-12}[dtype]
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+# ---- 1. rows containing +inf ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("width", [1, 7, 1000, 4097])
+def test_reference_semantics_of_inf_rows(width):
+    """logsumexp +inf for a row with +inf and no NaN, NaN with a NaN; every other output NaN over such rows."""
+    x = _special_rows(width, "float64")
+    has_inf = np.isposinf(x).any(axis=1)
+    has_nan = np.isnan(x).any(axis=1)
+    lse = reference(F.logsumexp, x)
+    np.testing.assert_array_equal(np.isposinf(lse), has_inf & ~has_nan)
+    np.testing.assert_array_equal(np.isnan(lse), has_nan)
+    bad = has_inf | has_nan
+    for fn in (F.softmax, F.log_softmax):
+        out = reference(fn, x)
+        assert np.isnan(out[bad]).all() and np.isfinite(out[~bad]).all() | (out[~bad] == -INF).all()
+    t = np.zeros(7, np.int64)
+    loss, grad = reference(F.cross_entropy_with_grad, x, t, reduction="none")
+    np.testing.assert_array_equal(np.isnan(loss), bad)
+    assert np.isnan(grad[bad]).all() and np.isfinite(grad[~bad]).all()
+
+
+def test_reference_semantics_match_pytorch():
+    torch = pytest.importorskip("torch")
+    x = _special_rows(9, "float64")
+    x[6, 0] = -INF  # one -inf entry in a finite row
+    t = np.array([0, 4, 1, 2, 3, 8, 0])
+    tx = torch.tensor(x, requires_grad=True)
+    _assert_same(reference(F.logsumexp, x), torch.logsumexp(tx, 1).detach().numpy(), "float64")
+    _assert_same(reference(F.softmax, x), torch.softmax(tx, 1).detach().numpy(), "float64")
+    _assert_same(reference(F.log_softmax, x), torch.log_softmax(tx, 1).detach().numpy(), "float64")
+    for kwargs in (dict(reduction="none"), dict(reduction="sum", label_smoothing=0.1)):
+        loss, grad = reference(F.cross_entropy_with_grad, x, t, **kwargs)
+        tx.grad = None
+        want = torch.nn.functional.cross_entropy(tx, torch.tensor(t), **kwargs)
+        want.sum().backward()
+        _assert_same(loss, want.detach().numpy(), "float64")
+        _assert_same(grad, tx.grad.numpy(), "float64")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("width", [1, 7, 1000, 4097])
+@pytest.mark.parametrize("fn", [F.logsumexp, F.softmax, F.log_softmax], ids=lambda f: f.__name__)
+def test_row_kernels_inf_rows(loader, fn, width, dtype):
+    x = _special_rows(width, dtype)
+    _assert_same(through_kernel(loader, fn, x), reference(fn, x), dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("width", [1, 7, 1000, 4097])
+def test_cross_entropy_inf_rows(loader, width, dtype):
+    x = _special_rows(width, dtype)
+    t = np.array([0, width // 2, 0, width - 1, 0, width - 1, -100])
+    x[6, 0] = INF  # an ignored row with +inf: NaN gradient, loss 0 (PyTorch's too)
+    for reduction in ("none", "sum", "mean"):
+        for eps in (0.0, 0.1):
+            got = through_kernel(loader, F.cross_entropy_with_grad, x, t, reduction=reduction, label_smoothing=eps)
+            want = reference(F.cross_entropy_with_grad, x, t, reduction=reduction, label_smoothing=eps)
+            _assert_same(got[0], want[0], dtype)
+            _assert_same(got[1], want[1], dtype)
+
+
+# ---- 2. AMSGrad NaN -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_amsgrad_propagates_nan(loader, dtype):
+    results = []
+    for use_kernel in (False, True):
+        rng = np.random.default_rng(0)
+        param = rng.standard_normal(300).astype(dtype)
+        m, v, vmax = (np.zeros(300, dtype) for _ in range(3))
+        for step in (1, 2):
+            grad = rng.standard_normal(300).astype(dtype)
+            if step == 2:
+                grad[[3, 150, 299]] = NAN
+            args = (param, grad, m, v, vmax)
+            kwargs = dict(step=step, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, amsgrad=True)
+            (through_kernel(loader, updates.adam_update, *args, **kwargs) if use_kernel
+             else reference(updates.adam_update, *args, **kwargs))
+        results.append((param, m, v, vmax))
+    for want, got in zip(*results):
+        assert np.isnan(want[[3, 150, 299]]).all()
+        np.testing.assert_array_equal(got, want)  # NaN where the reference has NaN, equal elsewhere
+
+
+# ---- 3. the last-block hand-off ---------------------------------------------------------------------------------
+
+ACQUIRE = "        if (last) __threadfence();  // acquire"
+RELEASE = "        __threadfence();  // release"
+
+
+def _broken(tmp_path: Path, remove: str) -> Path:
+    dest = tmp_path / "kernels"
+    shutil.copytree(kernel_dir(), dest)
+    src = dest / "softmax_cross_entropy.cu"
+    text = src.read_text()
+    assert text.count(remove) == 1, f"softmax_cross_entropy.cu changed: update {__file__}"
+    src.write_text(text.replace(remove, "        // (fence removed by the test)"))
+    return dest
+
+
+def _summed_loss(loader):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((40, 3000)).astype(np.float32)  # 40 blocks, 4 workers
+    t = rng.integers(0, 3000, 40)
+    return through_kernel(loader, F.cross_entropy_with_grad, x, t, reduction="sum")[0], \
+        reference(F.cross_entropy_with_grad, x, t, reduction="sum")[0]
+
+
+@pytest.mark.parametrize("remove,message", [(ACQUIRE, "missing acquire fence"), (RELEASE, "missing release fence")],
+                         ids=["acquire", "release"])
+def test_shim_catches_a_missing_fence(tmp_path, remove, message):
+    broken = ShimLoader(library=build(kernels=_broken(tmp_path, remove)).library)
+    with pytest.raises(RuntimeError, match=message):
+        _summed_loss(broken)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4, 7])
+def test_last_block_reduction_on_concurrent_blocks(workers):
+    """The summed loss is right whichever block finishes last, with blocks on up to 7 OS threads at once."""
+    loader = ShimLoader(workers=workers)
+    for _ in range(3):
+        got, want = _summed_loss(loader)
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert loader.last_threads_used == workers
+
+
+def test_blocks_run_concurrently():
+    loader = ShimLoader(workers=4)
+    x = np.random.default_rng(2).standard_normal((64, 4000)).astype(np.float32)
+    for _ in range(20):  # blocks of 512 fibers each take long enough for the OS threads to overlap
+        through_kernel(loader, F.softmax, x)
+        if loader.last_max_in_flight >= 2:
+            break
+    assert loader.last_threads_used == 4
+    assert loader.last_max_in_flight >= 2, "no two blocks ever ran at the same time"
+
+
+def test_shared_memory_is_per_block_under_concurrency():
+    """__shared__ is thread_local per worker: concurrent blocks reducing different rows do not mix partials."""
+    x = np.random.default_rng(3).standard_normal((97, 2000)) + np.arange(97)[:, None]
+    got = through_kernel(ShimLoader(workers=7), F.logsumexp, x)
+    np.testing.assert_allclose(got, reference(F.logsumexp, x), rtol=1e-12)
+
+
+# ---- 4. ReLU backward NaN ------------------------------------------------------------------------------------------
+
+def _relu_cases(dtype):
+    x = np.array([0.0, -0.0, -1.0, 2.0, NAN, NAN, -INF, INF, 1.0], dtype)
+    dy = np.array([NAN, NAN, NAN, NAN, 3.0, NAN, INF, 5.0, -INF], dtype)
+    return x, dy
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_relu_backward_nan_semantics(loader, dtype):
+    x, dy = _relu_cases(dtype)
+    want = np.array([0.0, 0.0, 0.0, NAN, 3.0, NAN, 0.0, 5.0, -INF])
+    ref = reference(F.relu_backward, x, dy)
+    np.testing.assert_array_equal(ref.astype(np.float64), want)
+    np.testing.assert_array_equal(through_kernel(loader, F.relu_backward, x, dy).astype(np.float64), want)
+
+
+def test_relu_backward_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    x, dy = _relu_cases("float32")
+    tx = torch.tensor(x, requires_grad=True)
+    torch.relu(tx).backward(torch.tensor(dy))
+    np.testing.assert_array_equal(reference(F.relu_backward, x, dy), tx.grad.numpy())
+
+
+# ---- persistent scratch -----------------------------------------------------------------------------------------
+
+def test_cross_entropy_keeps_its_scratch_and_leaves_counters_zero():
+    """Counters and partials are allocated once and reused; after each call the counters are back at zero (the
+    kernel resets them), also after a call that failed part way (the launcher resets them)."""
+    from xpnn._cuda import scratch
+
+    scratch.clear()
+    loader = ShimLoader(workers=3)
+    x = np.random.default_rng(4).standard_normal((50, 300)).astype(np.float32)
+    t = np.arange(50) % 300
+    for reduction in ("mean", "sum", "mean"):
+        got = through_kernel(loader, F.cross_entropy_with_grad, x, t, reduction=reduction)[0]
+        np.testing.assert_allclose(got, reference(F.cross_entropy_with_grad, x, t, reduction=reduction)[0],
+                                   rtol=1e-5)
+        kept = {k: v for k, v in scratch._arrays.items() if "counters" in k[-2]}
+        assert len(kept) == 1 and not next(iter(kept.values())).any()
+    assert len(scratch._arrays) == 2  # counters and partials, once
+
+
+def test_failed_launch_leaves_counters_zero(tmp_path):
+    from xpnn._cuda import scratch
+
+    broken = ShimLoader(library=build(kernels=_broken(tmp_path, ACQUIRE)).library)
+    with pytest.raises(RuntimeError):
+        _summed_loss(broken)
+    assert not any(v.any() for k, v in scratch._arrays.items() if "counters" in k[-2])
+    got, want = _summed_loss(ShimLoader())
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_zero_where_is_where_bit_for_bit(dtype):
+    """The NumPy fast path of the ReLU backward reference (bits ANDed with a mask) equals where(cond, 0, values),
+    -0.0, NaN and inf included, on contiguous and strided arrays; array_api_strict takes xp.where."""
+    from xpnn.functional._masking import zero_where
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(300).astype(dtype)
+    v = rng.standard_normal(300).astype(dtype)
+    x[:6] = [0.0, -0.0, NAN, INF, -INF, 1.0]
+    v[6:12] = [NAN, INF, -INF, -0.0, 0.0, NAN]
+    bits = f"u{np.dtype(dtype).itemsize}"
+    for xs, vs in ((x, v), (x[::3], v[::3])):
+        got = zero_where(np, xs <= 0, vs)
+        want = np.where(xs <= 0, np.zeros_like(vs), vs)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got.view(bits), want.view(bits))
+    strict = pytest.importorskip("array_api_strict")
+    if dtype != "float16":
+        xs, vs = strict.asarray(x), strict.asarray(v)
+        got = zero_where(strict, xs <= 0, vs)
+        np.testing.assert_array_equal(np.asarray(got), np.where(x <= 0, 0, v))

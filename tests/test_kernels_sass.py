@@ -1,0 +1,162 @@
+"""Offline evidence about the machine code of the kernels (no GPU): nvcc builds every registry instantiation for
+sm_80 and sm_90 and
+
+- ``-Xptxas -v``: every kernel has a 0-byte stack frame and no spill stores or loads (no local memory at all);
+- ``cuobjdump -sass`` (with nvdisasm; the pip packages ``nvidia-cuda-cuobjdump`` and ``nvidia-cuda-nvdisasm`` of the
+  ``kernel-check`` extra, or the CUDA toolkit): the row kernels read their rows with 128-bit loads (``LDG.E.128``)
+  and write softmax/log-softmax/gradient rows with 128-bit stores (``STG.E.128``), the optimizer kernels read and
+  write the flat buffers with 128-bit accesses.
+In CI (``CI=true``) a missing tool fails these tests instead of skipping them.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from xpnn._cuda import registry, sources
+
+ARCHS = ("80", "90")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+# kernels whose hot loops must use 16-byte accesses: (entry prefix, loads, stores)
+VECTOR_KERNELS = {
+    "logsumexp_rows": (True, False),  # writes one value per row
+    "softmax_rows": (True, True),
+    "log_softmax_rows": (True, True),
+    "cross_entropy_fwd_bwd": (True, True),
+    "adam_update": (True, True),
+    "sgd_update": (True, True),
+    "adagrad_update": (True, True),
+    "rmsprop_update": (True, True),
+    "adam_update_mixed": (True, True),
+    "row_chunk_max_sum": (True, False),  # writes (m, s) per chunk
+    "row_chunk_finish": (True, True),
+}
+
+
+def _missing(what: str) -> None:
+    msg = f"{what} (install with: pip install -e '.[kernel-check]'; nvcc from the CUDA toolkit)"
+    if IN_CI:
+        pytest.fail(f"CI=true but {msg}")
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="module")
+def nvcc() -> str:
+    path = shutil.which("nvcc") or shutil.which("nvcc", path="/usr/local/cuda/bin")
+    if path is None:
+        _missing("nvcc is not installed")
+    if shutil.which(os.environ.get("NVCC_CCBIN", "g++")) is None:
+        _missing("nvcc needs a host C++ compiler (g++, or NVCC_CCBIN) and none was found")
+    return path
+
+
+def find_cuobjdump() -> tuple[str, str] | None:
+    """(cuobjdump, folder holding nvdisasm) from PATH, the pip packages (nvidia/cu*/bin) or the CUDA toolkit."""
+    candidates = [shutil.which("cuobjdump")]
+    try:
+        import nvidia
+
+        for root in nvidia.__path__:
+            candidates += sorted(glob.glob(os.path.join(root, "*", "bin", "cuobjdump")), reverse=True)
+    except ImportError:
+        pass
+    candidates += [os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "cuobjdump")]
+    for c in candidates:
+        if c and os.path.isfile(c):
+            folder = os.path.dirname(c)
+            nvdisasm = shutil.which("nvdisasm") or (os.path.join(folder, "nvdisasm")
+                                                     if os.path.isfile(os.path.join(folder, "nvdisasm")) else None)
+            if nvdisasm:
+                return c, os.path.dirname(nvdisasm)
+    return None
+
+
+@pytest.fixture(scope="module")
+def cuobjdump() -> tuple[str, str]:
+    found = find_cuobjdump()
+    if found is None:
+        _missing("cuobjdump with nvdisasm is not installed")
+    return found
+
+
+def _program(source: str) -> str:
+    names = registry.name_expressions(source)
+    return sources.read_source(source) + "\nvoid* xpnn_instantiate[] = {" + ", ".join(
+        f"(void*)&{n}" for n in names) + "};\n"
+
+
+@pytest.fixture(scope="module")
+def builds(nvcc, tmp_path_factory) -> dict[tuple[str, str], tuple[Path, str]]:
+    """(source, arch) -> (cubin, ptxas -v report)."""
+    out = {}
+    tmp = tmp_path_factory.mktemp("sass")
+    for source in registry.sources():
+        src = tmp / source
+        src.write_text(_program(source))
+        for arch in ARCHS:
+            cubin = tmp / f"{source}.sm_{arch}.cubin"
+            cmd = [nvcc, "-std=c++17", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-cubin", "-Xptxas", "-v",
+                   str(src), "-o", str(cubin)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            assert proc.returncode == 0, f"nvcc failed:\n{' '.join(cmd)}\n{proc.stderr}"
+            out[(source, arch)] = (cubin, proc.stdout + proc.stderr)
+    return out
+
+
+_FUNCTION = re.compile(r"Function properties for (\S+)\n\s*(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                       r"(\d+) bytes spill loads")
+
+
+def _demangled_prefix(mangled: str) -> str:
+    m = re.match(r"_Z(\d+)", mangled)
+    return mangled[len(m.group(0)):len(m.group(0)) + int(m.group(1))] if m else mangled
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("source", registry.sources())
+def test_ptxas_no_spills_no_local_memory(builds, source, arch):
+    report = builds[(source, arch)][1]
+    found = {}
+    for name, frame, stores, loads in _FUNCTION.findall(report):
+        found.setdefault(_demangled_prefix(name), []).append((name, int(frame), int(stores), int(loads)))
+    expected = {row.entry.split("<")[0] for row in registry.RAW if row.source == source}
+    assert expected <= set(found), f"ptxas -v reported no properties for {expected - set(found)}:\n{report}"
+    for entries in found.values():
+        for name, frame, stores, loads in entries:
+            assert (frame, stores, loads) == (0, 0, 0), \
+                f"{name} (sm_{arch}): {frame} bytes stack frame, {stores}/{loads} bytes spill stores/loads"
+
+
+def _sass_by_function(cubin: Path, tool: tuple[str, str]) -> dict[str, str]:
+    env = dict(os.environ, PATH=tool[1] + os.pathsep + os.environ.get("PATH", ""))
+    proc = subprocess.run([tool[0], "-sass", str(cubin)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    parts = re.split(r"\n\s*Function : (\S+)\n", proc.stdout)
+    return {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+
+
+@pytest.mark.parametrize("source", registry.sources())
+def test_hot_loops_use_128_bit_accesses(builds, cuobjdump, source):
+    """Every instantiation (float16/32/64) of the kernels in VECTOR_KERNELS has LDG.E.128 (and STG.E.128 where it
+    writes rows or buffers) in its sm_90 SASS."""
+    functions = _sass_by_function(builds[(source, "90")][0], cuobjdump)
+    checked = 0
+    for mangled, sass in functions.items():
+        kernel = _demangled_prefix(mangled)
+        if kernel not in VECTOR_KERNELS:
+            continue
+        loads, stores = VECTOR_KERNELS[kernel]
+        if loads:
+            assert re.search(r"LDG\.E\.128", sass), f"{mangled}: no 128-bit load in its SASS"
+        if stores:
+            assert re.search(r"STG\.E(\.EF)?\.128", sass), f"{mangled}: no 128-bit store in its SASS"
+        checked += 1
+    expected = sum(len(row.dtypes) for row in registry.RAW if row.source == source
+                   and row.entry.split("<")[0] in VECTOR_KERNELS)
+    assert checked == expected, f"{source}: checked {checked} of {expected} instantiations"
