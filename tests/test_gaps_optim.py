@@ -356,7 +356,9 @@ def test_several_flat_groups_step_independently():
     assert sd["param_groups"][1]["params"] == [2, 3]
 
 
-def test_mixed_per_parameter_states_cannot_join_one_flat_buffer():
+def test_mixed_per_parameter_states_in_a_flat_group_step_per_parameter():
+    # a flat buffer is updated as a whole only when its members' states agree; otherwise (e.g. some were frozen)
+    # each parameter keeps its own state and count
     ps = params_of([1.0, 2.0], [3.0])
     opt = SGD(ps, lr=0.1, momentum=0.9)
     ps[0].grad = np.ones(2)  # only the first parameter steps: the second has no state
@@ -364,9 +366,13 @@ def test_mixed_per_parameter_states_cannot_join_one_flat_buffer():
     assert FlatBuffer.pack(ps) is not None
     for p in ps:
         p.grad = np.ones(p.shape)
-    with pytest.raises(ValueError, match=r"parameter group 0 is one flat buffer, but its parameters' states differ "
-                                         r"\(steps \[0, 1\]"):
-        opt.step()
+    opt.step()
+    state = opt.state_dict()["state"]
+    assert state[0]["step"] == 2 and state[1]["step"] == 1
+    np.testing.assert_allclose(state[0]["momentum_buffer"], [1.9, 1.9], rtol=1e-15)
+    np.testing.assert_allclose(state[1]["momentum_buffer"], [1.0], rtol=1e-15)
+    np.testing.assert_allclose(ps[0].data, [0.71, 1.71], rtol=1e-14)
+    np.testing.assert_allclose(ps[1].data, [2.9], rtol=1e-14)
 
 
 def test_mixed_state_arrays_in_a_flat_group_are_a_checkpoint_error():
