@@ -451,3 +451,12 @@ def test_tape_runs_on_array_api_strict():
     t = xpnn.tensor(X[:, 0], requires_grad=True)  # the standard allows integer arrays with integer keys only
     (t[xp.asarray(np.array([0, 0, 3]))] * 2.0).sum().backward()
     assert float(t.grad[0]) == 4.0 and float(t.grad[3]) == 2.0 and float(t.grad[1]) == 0.0
+
+
+def test_selu_errors_name_selu_and_float16_tanh_backward_rounds_once():
+    with pytest.raises(DTypeError, match="^selu: input must be a floating array"):
+        F.selu(np.arange(3))
+    y = np.array([0.999, 0.5, -0.99, 0.9995], np.float16)
+    dy = np.array([1e-3, 2.0, 3e-4, 6e-5], np.float16)
+    want = (dy.astype(np.float32) * (1 - y.astype(np.float32) ** 2)).astype(np.float16)
+    np.testing.assert_array_equal(F.tanh_backward(y, dy), want)

@@ -128,13 +128,15 @@ class TanhBackward(Op):
 
     @staticmethod
     def forward(ctx: Context, y: Any, dy: Any) -> Any:
-        """``dx = dy * (1 - y**2)``."""
+        """``dx = dy * (1 - y**2)``; float16 is computed in float32 and rounded once, as sigmoid_backward."""
         xp = namespace_of(y, dy)
         TanhBackward.save(ctx, None, y, dy)
         ops = InPlace(xp)
-        dx = ops.mul(y, y, out=xp.empty_like(y))
+        yf, dyf = _upcast(xp, y), _upcast(xp, dy)
+        dx = ops.mul(yf, yf, out=xp.empty_like(yf))
         ops.sub(1.0, dx, out=dx)
-        return ops.mul(dx, dy, out=dx)
+        ops.mul(dx, dyf, out=dx)
+        return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
 
     @staticmethod
     def save(ctx: Context, out: Any, y: Any, dy: Any) -> None:
@@ -231,7 +233,7 @@ class Elu(Op):
     def forward(ctx: Context, x: Any, *, alpha: float = 1.0, scale: float = 1.0) -> Any:
         """``scale * x`` for ``x > 0`` else ``scale * alpha * (exp(x) - 1)`` (scale 1: ELU; SELU's constants:
         SELU)."""
-        xp = _unary(x, "elu")
+        xp = _unary(x, "elu" if scale == 1.0 else "selu")
         ctx.save_for_backward(x)
         ctx.alpha, ctx.scale = alpha, scale
         y = xp.where(x > 0, x, alpha * xp.expm1(xp.minimum(x, 0.0)))  # minimum: no overflow in the unused branch
