@@ -8,6 +8,7 @@ import xpnn.functional as F
 from xpnn import _dispatch
 from xpnn.errors import DTypeError, ShapeError
 from xpnn.functional import conv as C
+from _numgrad import numeric_grad
 
 try:
     import torch
@@ -21,20 +22,6 @@ EPS = 1e-6
 
 def randn(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape)
-
-
-def numeric_grad(f, arr):
-    g = np.zeros(arr.shape)
-    flat = arr.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + EPS
-        fp = f()
-        flat[i] = old - EPS
-        fm = f()
-        flat[i] = old
-        g.reshape(-1)[i] = (fp - fm) / (2 * EPS)
-    return g
 
 
 # (x shape, weight shape, stride, padding, dilation, groups)

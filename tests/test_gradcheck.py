@@ -6,24 +6,10 @@ import pytest
 import xpnn.functional as F
 import xpnn.nn as nn
 from xpnn.functional.layers import softmax_backward
+from _numgrad import numeric_grad
 
 EPS = 1e-6
 TOL = dict(rtol=1e-6, atol=1e-8)
-
-
-def numeric_grad(f, arr):
-    """d f() / d arr by central differences, perturbing ``arr`` in place."""
-    g = np.zeros(arr.shape)
-    flat = arr.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + EPS
-        fp = f()
-        flat[i] = old - EPS
-        fm = f()
-        flat[i] = old
-        g.reshape(-1)[i] = (fp - fm) / (2 * EPS)
-    return g
 
 
 def check_module(make, x, *, train=True):

@@ -9,6 +9,7 @@ import xpnn.functional as F_
 from xpnn import nn, optim
 from xpnn.cli import main
 from xpnn.errors import DTypeError, ShapeError
+from _numgrad import numeric_grad
 
 try:
     import torch
@@ -21,20 +22,6 @@ EPS = 1e-6
 
 def randn(*shape, seed=1):
     return np.random.default_rng(seed).standard_normal(shape)
-
-
-def numeric_grad(f, arr):
-    g = np.zeros(arr.shape)
-    flat = arr.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + EPS
-        fp = f()
-        flat[i] = old - EPS
-        fm = f()
-        flat[i] = old
-        g.reshape(-1)[i] = (fp - fm) / (2 * EPS)
-    return g
 
 
 def check_module(m, x, train=True):
@@ -276,7 +263,6 @@ def test_higher_order_gradients_are_refused_with_a_clear_error():
     x, w = xpnn.tensor(randn(1, 1, 4, 4), requires_grad=True), xpnn.tensor(randn(1, 1, 3, 3), requires_grad=True)
     with pytest.raises(NotImplementedError, match="conv2d: higher-order gradients"):
         xpnn.grad(F_.sum(F_.conv2d(x, w) * F_.conv2d(x, w)), [x], create_graph=True)
-
 
 
 def test_predict_from_a_cnn_checkpoint(capsys, tmp_path):
