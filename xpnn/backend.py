@@ -270,6 +270,20 @@ def resolve_dtype(xp: Any, dtype: Any, default: str = "float32") -> Any:
     return getattr(xp, name)
 
 
+def is_dtype_like(x: Any) -> bool:
+    """Whether ``x`` names a dtype (``"float64"``, ``np.float64``, a namespace dtype) rather than a backend (so
+    ``m.to("float64")`` and ``t.to(np.float32)`` read as casts)."""
+    if x is None or isinstance(x, (Backend, types.ModuleType)):
+        return False
+    if isinstance(x, str):
+        return x.strip() in ("float16", "float32", "float64")
+    try:
+        resolve_dtype(np, x)
+    except Exception:
+        return False
+    return True
+
+
 def dtype_name(dtype: Any) -> str:
     """'float32' for any spelling of float32 (NumPy, CuPy, array_api_strict dtypes)."""
     try:

@@ -242,7 +242,7 @@ class Tensor:
         move and the cast). A dtype in place of the backend (``t.to("float64")``, ``t.to(np.float32)``) is taken
         as ``dtype``, as ``Module.to`` does."""
         from ..functional.shape import to_backend
-        from ..nn.module import _is_dtype_like
+        from ..backend import is_dtype_like as _is_dtype_like
 
         if dtype is None and _is_dtype_like(backend):
             backend, dtype = None, backend

@@ -743,7 +743,5 @@ CASES: dict[str, Case] = {c.name: c for c in (
          lambda _: None, _per_impl(_seed_xpnn, _seed_plain, _seed_torch)),
 )}
 
-# the convolutional cases live in their own module (imported last: it builds on the helpers above)
-from .conv_cases import CONV_CASES  # noqa: E402
-
-CASES.update(CONV_CASES)
+# the convolutional cases live in xpnn/bench/conv_cases.py, which builds on the helpers above and adds its cases
+# to CASES when the package is imported (xpnn/bench/__init__.py imports it)

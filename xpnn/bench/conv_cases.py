@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .cases import IMPLS, Case, Runner, _backend, _Data, _torch_device, _torch_optimizer_arrays, _xpnn_optimizer_arrays
+from .cases import (CASES, IMPLS, Case, Runner, _backend, _Data, _torch_device, _torch_optimizer_arrays,
+                    _xpnn_optimizer_arrays)
 
 # (N, C_in, H, W, C_out, k, padding)
 CONV_SIZES = {
@@ -141,3 +142,5 @@ CONV_CASES: dict[str, Case] = {c.name: c for c in (
     Case("lenet_step", "training step of LeNet-5 (1x28x28), Adam, cross-entropy, float32", LENET_BATCH,
          frozenset(), lambda b: None, _impls(_lenet_xpnn, _lenet_torch, tape=True)),
 )}
+
+CASES.update(CONV_CASES)  # one table for the suite and xpnn bench

@@ -11,7 +11,6 @@ BatchNorm's running statistics, in insertion order, like ``torch.nn.Module``.
 from __future__ import annotations
 
 import inspect
-import types
 from collections import OrderedDict
 from typing import Any, Iterator, NamedTuple, Optional
 
@@ -22,7 +21,8 @@ from ..autograd.grad_mode import is_grad_enabled
 from ..autograd.op import Context, Op
 from ..autograd.tensor import Tensor
 from ..debug import check_finite, get_debug
-from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, resolve_dtype, to_numpy
+from ..backend import is_dtype_like as _is_dtype_like
+from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, to_numpy
 from ..errors import CheckpointError, DTypeError, ShapeError
 from .parameter import FlatBuffer, Parameter, common_buffer, flat_buffer_of
 
@@ -106,19 +106,6 @@ def _count_forward(module: "Module") -> int:
     n = module.__dict__.get("_xpnn_forwards", 0) + 1
     module.__dict__["_xpnn_forwards"] = n
     return n
-
-
-def _is_dtype_like(x: Any) -> bool:
-    """Whether ``x`` names a dtype (``"float64"``, ``np.float64``, a namespace dtype) rather than a backend."""
-    if x is None or isinstance(x, (Backend, types.ModuleType)):
-        return False
-    if isinstance(x, str):
-        return x.strip() in ("float16", "float32", "float64")
-    try:
-        resolve_dtype(np, x)
-    except Exception:
-        return False
-    return True
 
 
 class IncompatibleKeys(NamedTuple):
