@@ -23,6 +23,12 @@ from xpnn.bench.timing import copy_bandwidth, device_sync, free_gpu_memory, sett
 REFERENCE = "numpy-plain"
 IMPL_NAMES = list(IMPLS)
 
+
+def impls(*cases: str) -> list[str]:
+    """The implementations ``cases`` have (e.g. the autograd rows exist for training steps only), in table order;
+    those that cannot run on this machine still skip with the reason."""
+    return [i for i in IMPL_NAMES if any(i in CASES[c].builders for c in cases)]
+
 settle_allocator()  # the same malloc state for every implementation, whichever runs first (see its docstring)
 
 _copy_bw: dict[tuple[str, int], float] = {}

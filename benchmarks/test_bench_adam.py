@@ -3,10 +3,10 @@ a model of 200 small tensors (100 Linear(64, 64) layers). 28 bytes must move per
 write p, m, v). PyTorch: default Adam on the CPU, ``Adam(fused=True)`` on the GPU."""
 import pytest
 
-from conftest import IMPL_NAMES
+from conftest import impls
 
 
-@pytest.mark.parametrize("impl", IMPL_NAMES)
+@pytest.mark.parametrize("impl", impls("adam"))
 @pytest.mark.parametrize("size", ["1e6", "1e7", "1e8", "200-tensors"])
 def test_adam(run_case, size, impl):
     run_case("adam", size, impl)

@@ -3,15 +3,15 @@
 the ratio column is empty for these; compare the xpnn-numpy and torch-cpu rows of a group)."""
 import pytest
 
-from conftest import IMPL_NAMES
+from conftest import impls
 
 
-@pytest.mark.parametrize("impl", IMPL_NAMES)
+@pytest.mark.parametrize("impl", impls("conv2d"))
 @pytest.mark.parametrize("size", ["lenet1", "lenet2", "3x3-64"])
 def test_conv2d(run_case, size, impl):
     run_case("conv2d", size, impl)
 
 
-@pytest.mark.parametrize("impl", IMPL_NAMES)
+@pytest.mark.parametrize("impl", impls("lenet_step"))
 def test_lenet_step(run_case, impl):
     run_case("lenet_step", "batch64", impl)

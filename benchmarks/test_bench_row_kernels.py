@@ -3,10 +3,10 @@ written once (softmax: N*C entries; logsumexp: N). Narrow rows (65536x10) run a 
 block per row with 16-byte loads (kernels/softmax_cross_entropy.cu)."""
 import pytest
 
-from conftest import IMPL_NAMES
+from conftest import impls
 
 
-@pytest.mark.parametrize("impl", IMPL_NAMES)
+@pytest.mark.parametrize("impl", impls("softmax", "logsumexp"))
 @pytest.mark.parametrize("size", ["4096x1000", "65536x10", "8192x32768"])
 @pytest.mark.parametrize("case", ["softmax", "logsumexp"])
 def test_row_kernels(run_case, case, size, impl):
