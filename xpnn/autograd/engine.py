@@ -125,10 +125,6 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
         slot = pending.setdefault(id(node), [None] * len(node.outputs))
         slot[out._index] = _add(slot[out._index], g)
         roots.append(node)
-    if (wanted is None and not create_graph and len(roots) == 1 and not roots[0].ctx.freed
-            and all(t is None or t._node is None for t in roots[0].inputs)):
-        _backward_one_node(roots[0], pending.pop(id(roots[0])), retain_graph)  # e.g. a loss on a wrapped array
-        return None
     order, all_edges, leaf_edges = _topo(roots, wanted)
     with set_grad_enabled(create_graph):
         for node in reversed(order):
@@ -170,25 +166,6 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
     if inputs is None:
         return None
     return [captured.get(id(t)) for t in inputs]
-
-
-def _backward_one_node(node: Node, grads: list[Any], retain_graph: bool) -> None:
-    """``run_backward`` for a graph of one node whose inputs are leaves (no ordering needed)."""
-    edges = tuple(t is not None and t._requires_grad for t in node.inputs)
-    if True not in edges:
-        return
-    with set_grad_enabled(False):
-        in_grads = _call_backward(node, grads, edges, False, _op.Tensor)
-    if not retain_graph:
-        node.ctx.free()
-    for t, e, g in zip(node.inputs, edges, in_grads):
-        if e and g is not None:
-            _accumulate_leaf(t, g, False, node)
-    fired: set[int] = set()
-    for t, e in zip(node.inputs, edges):
-        if e and t._hooks and id(t) not in fired:  # once per leaf, after all its contributions
-            fired.add(id(t))
-            _fire_hooks(t)
 
 
 def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create_graph: bool, tensor_cls: Any) -> Any:
