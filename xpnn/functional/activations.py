@@ -46,6 +46,26 @@ def _negative_part(ctx: Context, x: Any) -> Any:
     return xp.astype(x <= 0, x.dtype) if not hasattr(x, "_node") else xp.astype(x.data <= 0, x.dtype)
 
 
+class _ActivationBackward(Op):
+    """An activation's backward as an op of its own, ``f_backward(saved, dy) -> dx`` (what a fused CUDA kernel of the
+    same name overrides): ``saved`` and ``dy`` of one shape and floating dtype, scalar parameters as keywords. It
+    keeps both inputs and its parameters for its own backward (second derivatives)."""
+
+    saved_what = "saved input"  # the name of ``saved`` in error messages
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name, what = cls.name, cls.saved_what
+        cls.kernel = name
+        cls.check = staticmethod(lambda saved, dy, **_: _pair(saved, dy, name, what))
+
+    @staticmethod
+    def save(ctx: Context, out: Any, saved: Any, dy: Any, **params: Any) -> None:
+        ctx.save_for_backward(saved, dy)
+        for key, value in params.items():
+            setattr(ctx, key, value)
+
+
 # --- sigmoid --------------------------------------------------------------------------------------------------
 class Sigmoid(Op):
     name = "sigmoid"
@@ -76,27 +96,22 @@ class Sigmoid(Op):
         return sigmoid_backward(y, dy)
 
 
-class SigmoidBackward(Op):
-    check = staticmethod(lambda a, dy, **_: _pair(a, dy, "sigmoid_backward", "sigmoid output"))
+class SigmoidBackward(_ActivationBackward):
     name = "sigmoid_backward"
-    kernel = "sigmoid_backward"
+    saved_what = "sigmoid output"
 
     @staticmethod
     def forward(ctx: Context, y: Any, dy: Any) -> Any:
         """``dx = dy * y * (1 - y)``; float16 is computed in float32 and rounded once (the product ``y * (1 - y)``
         of a small ``y`` is subnormal in float16 and loses its digits), like the CUDA kernel."""
         xp = namespace_of(y, dy)
-        SigmoidBackward.save(ctx, None, y, dy)
+        _ActivationBackward.save(ctx, None, y, dy)
         ops = InPlace(xp)
         yf, dyf = _upcast(xp, y), _upcast(xp, dy)
         dx = ops.sub(1.0, yf, out=xp.empty_like(yf))  # one allocation: (1 - y), then * y, then * dy
         ops.mul(dx, yf, out=dx)
         ops.mul(dx, dyf, out=dx)
         return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
-
-    @staticmethod
-    def save(ctx: Context, out: Any, y: Any, dy: Any) -> None:
-        ctx.save_for_backward(y, dy)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -121,26 +136,21 @@ class Tanh(Op):
         return tanh_backward(y, dy)
 
 
-class TanhBackward(Op):
-    check = staticmethod(lambda a, dy, **_: _pair(a, dy, "tanh_backward", "tanh output"))
+class TanhBackward(_ActivationBackward):
     name = "tanh_backward"
-    kernel = "tanh_backward"
+    saved_what = "tanh output"
 
     @staticmethod
     def forward(ctx: Context, y: Any, dy: Any) -> Any:
         """``dx = dy * (1 - y**2)``; float16 is computed in float32 and rounded once, as sigmoid_backward."""
         xp = namespace_of(y, dy)
-        TanhBackward.save(ctx, None, y, dy)
+        _ActivationBackward.save(ctx, None, y, dy)
         ops = InPlace(xp)
         yf, dyf = _upcast(xp, y), _upcast(xp, dy)
         dx = ops.mul(yf, yf, out=xp.empty_like(yf))
         ops.sub(1.0, dx, out=dx)
         ops.mul(dx, dyf, out=dx)
         return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
-
-    @staticmethod
-    def save(ctx: Context, out: Any, y: Any, dy: Any) -> None:
-        ctx.save_for_backward(y, dy)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -164,26 +174,20 @@ class Relu(Op):
         return relu_backward(x, dy)
 
 
-class ReluBackward(Op):
-    check = staticmethod(lambda a, dy, **_: _pair(a, dy, "relu_backward"))
+class ReluBackward(_ActivationBackward):
     name = "relu_backward"
-    kernel = "relu_backward"
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any) -> Any:
         """``dx = 0`` where ``x <= 0`` else ``dy`` (PyTorch's NaN semantics; ``zero_where``: as fast as a multiply
         by the 0/1 mask on NumPy, which would keep a NaN ``dy`` at ``x <= 0``)."""
         xp = namespace_of(x, dy)
-        ReluBackward.save(ctx, None, x, dy)
+        _ActivationBackward.save(ctx, None, x, dy)
         return zero_where(xp, x <= 0, dy)
 
     @staticmethod
-    def save(ctx: Context, out: Any, x: Any, dy: Any) -> None:
-        ctx.save_for_backward(x)
-
-    @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
-        (x,) = ctx.saved_tensors  # d/dx is 0 almost everywhere
+        x, _ = ctx.saved_tensors  # d/dx is 0 almost everywhere
         return None, (relu_backward(x, g) if ctx.needs_input_grad[1] else None)
 
 
@@ -203,26 +207,19 @@ class LeakyRelu(Op):
         return leaky_relu_backward(x, dy, ctx.negative_slope)
 
 
-class LeakyReluBackward(Op):
-    check = staticmethod(lambda a, dy, **_: _pair(a, dy, "leaky_relu_backward"))
+class LeakyReluBackward(_ActivationBackward):
     name = "leaky_relu_backward"
-    kernel = "leaky_relu_backward"
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, negative_slope: float = 0.01) -> Any:
         """``dx = dy`` where ``x > 0`` else ``negative_slope * dy``."""
         xp = namespace_of(x, dy)
-        LeakyReluBackward.save(ctx, None, x, dy, negative_slope=negative_slope)
+        _ActivationBackward.save(ctx, None, x, dy, negative_slope=negative_slope)
         return xp.where(x > 0, dy, dy * negative_slope)
 
     @staticmethod
-    def save(ctx: Context, out: Any, x: Any, dy: Any, *, negative_slope: float = 0.01) -> None:
-        ctx.save_for_backward(x)
-        ctx.negative_slope = negative_slope
-
-    @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
-        (x,) = ctx.saved_tensors
+        x, _ = ctx.saved_tensors  # d/dx is 0 almost everywhere
         return None, (leaky_relu_backward(x, g, ctx.negative_slope) if ctx.needs_input_grad[1] else None)
 
 
@@ -247,22 +244,15 @@ class Elu(Op):
         return selu_backward(x, dy)
 
 
-class EluBackward(Op):
-    check = staticmethod(lambda a, dy, **_: _pair(a, dy, "elu_backward"))
+class EluBackward(_ActivationBackward):
     name = "elu_backward"
-    kernel = "elu_backward"
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, alpha: float = 1.0) -> Any:
         """``dx = dy`` where ``x > 0`` else ``dy * alpha * exp(x)``."""
         xp = namespace_of(x, dy)
-        EluBackward.save(ctx, None, x, dy, alpha=alpha)
+        _ActivationBackward.save(ctx, None, x, dy, alpha=alpha)
         return xp.where(x > 0, dy, dy * (alpha * xp.exp(xp.minimum(x, 0.0))))
-
-    @staticmethod
-    def save(ctx: Context, out: Any, x: Any, dy: Any, *, alpha: float = 1.0) -> None:
-        ctx.save_for_backward(x, dy)
-        ctx.alpha = alpha
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -271,21 +261,15 @@ class EluBackward(Op):
         return gx, (elu_backward(x, g, ctx.alpha) if ctx.needs_input_grad[1] else None)
 
 
-class SeluBackward(Op):
-    check = staticmethod(lambda a, dy, **_: _pair(a, dy, "selu_backward"))
+class SeluBackward(_ActivationBackward):
     name = "selu_backward"
-    kernel = "selu_backward"
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any) -> Any:
         """``dx = scale * dy`` where ``x > 0`` else ``dy * scale * alpha * exp(x)``."""
         xp = namespace_of(x, dy)
-        SeluBackward.save(ctx, None, x, dy)
+        _ActivationBackward.save(ctx, None, x, dy)
         return xp.where(x > 0, dy * SELU_SCALE, dy * (SELU_SCALE * SELU_ALPHA * xp.exp(xp.minimum(x, 0.0))))
-
-    @staticmethod
-    def save(ctx: Context, out: Any, x: Any, dy: Any) -> None:
-        ctx.save_for_backward(x, dy)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
