@@ -163,8 +163,10 @@ def _rows_split(op: str, loader: KernelLoader, xp: Any, x: Any, out: Any, chunk:
     return out
 
 
-def logsumexp(loader: KernelLoader, xp: Any, x: Any, axis: int = -1) -> Any:
-    """(N, C) -> (N,)"""
+def logsumexp(loader: KernelLoader, xp: Any, x: Any, axis: int = -1, keepdims: bool = False) -> Any:
+    """(N, C) -> (N,) (``keepdims`` is left to the reference)"""
+    if keepdims:
+        return NotImplemented
     return _rows("logsumexp", loader, xp, x, axis, (int(x.shape[0]),))
 
 

@@ -143,25 +143,19 @@ class LogSoftmax(Op):
         return g - exp(out) * _sum(g, axis=ctx.axis, keepdims=True)
 
 
-def _kernel_ok(x: Any, axis: int) -> bool:
-    return getattr(x, "ndim", 0) == 2 and axis in (-1, 1)
-
-
 def logsumexp(x: Any, axis: int = -1, keepdims: bool = False) -> Any:
     """``log(sum(exp(x), axis))`` without overflow. (N, C) -> (N,) for the default axis."""
-    if not keepdims and _kernel_ok(x, axis):
-        return LogSumExp.apply(x, axis=axis)
-    return _generic(LogSumExp).apply(x, axis=axis, keepdims=keepdims)
+    return LogSumExp.apply(x, axis=axis, keepdims=keepdims)
 
 
 def softmax(x: Any, axis: int = -1) -> Any:
     """``exp(x - lse(x))`` along ``axis``; same shape as ``x``."""
-    return (Softmax if _kernel_ok(x, axis) else _generic(Softmax)).apply(x, axis=axis)
+    return Softmax.apply(x, axis=axis)
 
 
 def log_softmax(x: Any, axis: int = -1) -> Any:
     """``x - lse(x)`` along ``axis``; same shape as ``x``."""
-    return (LogSoftmax if _kernel_ok(x, axis) else _generic(LogSoftmax)).apply(x, axis=axis)
+    return LogSoftmax.apply(x, axis=axis)
 
 
 def softmax_backward(y: Any, dy: Any, axis: int = -1) -> Any:
@@ -174,14 +168,3 @@ def softmax_backward(y: Any, dy: Any, axis: int = -1) -> Any:
             dx = yf * (dyf - xp.sum(dyf * yf, axis=axis, keepdims=True))
             return xp.astype(dx, dy.dtype)
     return y * (dy - _sum(dy * y, axis=axis, keepdims=True))
-
-
-_GENERIC: dict[type, type] = {}
-
-
-def _generic(op: type) -> type:
-    """``op`` without its kernel (the kernels serve 2-D inputs along the last axis only)."""
-    cls = _GENERIC.get(op)
-    if cls is None:
-        cls = _GENERIC[op] = type(op.__name__ + "Generic", (op,), {"kernel": None})
-    return cls
