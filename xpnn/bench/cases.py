@@ -411,13 +411,47 @@ def _mlp_inputs(impl: str, batch: int) -> tuple[Any, Any]:
     return d.uniform((batch, MLP_SIZES[0]), 0.0, 1.0), d.labels(batch, MLP_SIZES[-1])  # pixel-like inputs
 
 
+def step_runner(impl: str, model: Any, loss_fn: Any, opt: Any, x: Any, y: Any) -> Runner:
+    """One training step of ``model`` (zero_grad, forward, backward, optimizer step) as ``impl`` runs it: the
+    explicit API (``xpnn-*``), autograd (``xpnn-*-tape``: ``loss_fn(model(tensor(x)), y).backward()``) or a captured
+    CUDA graph (``xpnn-cuda-graph``: each call copies the batch in and replays)."""
+    from ..autograd import tensor
+
+    if impl.endswith("-tape"):
+        xt = tensor(x)
+
+        def step() -> None:
+            opt.zero_grad()
+            loss_fn(model(xt), y).backward()
+            opt.step()
+    else:
+        def step() -> None:
+            opt.zero_grad()
+            loss_fn(model(x), y)
+            model.backward(loss_fn.backward(), need_input_grad=False)  # no gradient for the data, like torch
+            opt.step()
+
+    def state() -> list[Any]:
+        params = list(model.parameters())
+        return [p.data for p in params] + [p.grad for p in params] + _xpnn_optimizer_arrays(opt)
+
+    if impl == "xpnn-cuda-graph":  # warm-up and capture here; each timed call copies the batch in and replays
+        from ..cuda import make_graphed_step
+
+        graphed = make_graphed_step(model, loss_fn, opt, x, y)
+
+        def graph_step() -> None:
+            graphed(x, y)
+
+        return Runner(graph_step, IMPLS[impl].device, state, keep=[model, graphed])
+    return Runner(step, IMPLS[impl].device, state, keep=[model])
+
+
 def _step_xpnn(impl: str, sizes: tuple[int, ...], inputs: Callable[[str, int], tuple[Any, Any]],
                lr: float = 1e-3) -> Callable[[int], Runner]:
-    """One Adam training step of a ReLU MLP of layer widths ``sizes``: the explicit API (``xpnn-*``) or autograd
-    (``xpnn-*-tape``: ``loss_fn(model(tensor(x)), y).backward()``)."""
+    """One Adam training step of a ReLU MLP of layer widths ``sizes`` (``step_runner`` says how ``impl`` runs it)."""
     def build(batch: int) -> Runner:
         from .. import nn, optim
-        from ..autograd import tensor
 
         backend = _backend(impl)
         x, y = inputs(impl, batch)
@@ -429,35 +463,7 @@ def _step_xpnn(impl: str, sizes: tuple[int, ...], inputs: Callable[[str, int], t
         model = nn.Sequential(*layers)
         loss_fn = nn.CrossEntropyLoss()
         opt = optim.Adam(model.parameters(), lr=lr)
-
-        if impl.endswith("-tape"):
-            xt = tensor(x)
-
-            def step() -> None:
-                opt.zero_grad()
-                loss_fn(model(xt), y).backward()
-                opt.step()
-        else:
-            def step() -> None:
-                opt.zero_grad()
-                loss_fn(model(x), y)
-                model.backward(loss_fn.backward(), need_input_grad=False)  # no gradient for the data, like torch
-                opt.step()
-
-        def state() -> list[Any]:
-            params = list(model.parameters())
-            return [p.data for p in params] + [p.grad for p in params] + _xpnn_optimizer_arrays(opt)
-
-        if impl == "xpnn-cuda-graph":  # warm-up and capture here; each timed call copies the batch in and replays
-            from ..cuda import make_graphed_step
-
-            graphed = make_graphed_step(model, loss_fn, opt, x, y)
-
-            def graph_step() -> None:
-                graphed(x, y)
-
-            return Runner(graph_step, IMPLS[impl].device, state, keep=[model, graphed])
-        return Runner(step, IMPLS[impl].device, state, keep=[model])
+        return step_runner(impl, model, loss_fn, opt, x, y)
     return build
 
 

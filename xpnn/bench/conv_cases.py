@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .cases import (CASES, IMPLS, Case, Runner, _backend, _Data, _torch_device, _torch_optimizer_arrays,
-                    _xpnn_optimizer_arrays)
+                    step_runner)
 
 # (N, C_in, H, W, C_out, k, padding)
 CONV_SIZES = {
@@ -75,28 +75,7 @@ def _lenet_xpnn(impl: str) -> Callable[[Any], Runner]:
         model = lenet5(10, backend=_backend(impl), seed=0)
         loss_fn = nn.CrossEntropyLoss()
         opt = optim.Adam(model.parameters(), lr=1e-3)
-
-        if impl.endswith("-tape"):  # autograd: Tensors in, loss.backward()
-            from ..autograd import tensor
-
-            xt = tensor(x)
-
-            def step() -> None:
-                opt.zero_grad()
-                loss_fn(model(xt), y).backward()
-                opt.step()
-        else:
-            def step() -> None:
-                opt.zero_grad()
-                loss_fn(model(x), y)
-                model.backward(loss_fn.backward(), need_input_grad=False)  # no gradient for the data, like torch
-                opt.step()
-
-        def state() -> list[Any]:
-            params = list(model.parameters())
-            return [p.data for p in params] + [p.grad for p in params] + _xpnn_optimizer_arrays(opt)
-
-        return Runner(step, IMPLS[impl].device, state, keep=[model])
+        return step_runner(impl, model, loss_fn, opt, x, y)
     return build
 
 
