@@ -50,12 +50,8 @@ class Parameter(Tensor):
         xp = namespace_of(data, where="Parameter")
         if not xp.isdtype(data.dtype, "real floating"):
             raise DTypeError(f"Parameter: data must be a floating array (float16/32/64), got dtype {dtype_name(data.dtype)}")
-        self._data = data
-        self._grad: Any = None
-        self._node = None
-        self._index = 0
-        self._hooks = None
-        self._requires_grad = bool(requires_grad)
+        super().__init__(data)
+        self._requires_grad = bool(requires_grad)  # (floating: checked above)
         self._flat: Optional[FlatBuffer] = None
         self._offset: int = 0
         self._version = 0
