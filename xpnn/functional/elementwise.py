@@ -14,7 +14,6 @@ from ..autograd.op import Context, Op
 from ..backend import namespace_of, resolve_dtype
 from ..errors import ShapeError
 from . import _checks
-from .reductions import sum as _sum
 from .shape import reshape, sum_to
 
 __all__ = ["add", "sub", "mul", "div", "pow", "neg", "exp", "log", "sqrt", "abs", "clip", "astype", "matmul"]
@@ -367,5 +366,3 @@ def matmul(a: Any, b: Any) -> Any:
     """Matrix product ``a @ b`` with NumPy's rules (1-D operands promoted, batch axes broadcast)."""
     return Matmul.apply(a, b)
 
-
-_ = _sum
