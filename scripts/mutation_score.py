@@ -1,25 +1,41 @@
 """Per-module kill rates of the last ``mutmut run`` (run from the repository root, after ``mutmut run``).
 
-    python scripts/mutation_score.py            # one table: module, mutants, string-only, killed, rate
-    python scripts/mutation_score.py --survivors # also list the surviving non-string mutants (see `mutmut show NAME`)
+    python scripts/mutation_score.py              # one table: module, mutants, string-only, killed, rate
+    python scripts/mutation_score.py --survivors  # also list the surviving non-string mutants (see `mutmut show NAME`)
+    python scripts/mutation_score.py --pending    # names of the non-string mutants not run yet (for `mutmut run`)
+    python scripts/mutation_score.py --recheck tests/test_gaps_io.py --module "xpnn.io*"
+                                                  # run the survivors against these test files only; record kills
 
 A mutant is *string-only* when its function differs from the original only inside string literals (error messages,
 docstrings): mutmut's ``"XXtextXX"`` and case changes. The rate counts the others: killed (a test failed, or the
 mutant timed out) over all that were run, "no tests" (no test reaches the function) counting as survived.
 Reads mutmut's own result files under ``mutants/`` (mutmut 3.8, pinned in the ``dev`` extra).
+
+``--recheck`` is the fast way to check new tests against the survivors: ``mutmut run NAME...`` reruns every test
+that reaches each mutant, which for the autograd core is most of the suite. It forks one process per survivor from
+one that has imported pytest and the package from ``mutants/``, runs the given test files there with the mutant
+active (``MUTANT_UNDER_TEST``, mutmut's own switch), and keeps the verdicts in ``mutants/recheck.json`` next to
+mutmut's, each tied to the mutant's source (a verdict for code that has changed since is ignored). A survivor counts
+as killed when those files fail on it or it runs past ``--timeout`` seconds.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import fnmatch
+import hashlib
 import json
 import os
 import re
+import shutil
+import signal
 import sys
+import time
 from pathlib import Path
 
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 SURVIVED = {"survived", "no tests", "suspicious"}
+RECHECK = "recheck.json"
 
 
 def _status(code):
@@ -48,49 +64,159 @@ def _normal(fn):
     return ast.dump(_Strip().visit(fn))
 
 
-def score(root: Path, show_survivors: bool) -> int:
-    metas = sorted((root / "mutants").rglob("*.py.meta"))
-    if not metas:
-        print("no mutmut results under mutants/: run `mutmut run` first", file=sys.stderr)
-        return 1
-    print(f"{'module':34} {'mutants':>7} {'string':>6} {'run':>5} {'killed':>6} {'rate':>7}")
-    for meta in metas:
+def _mutants(root: Path):
+    """Yield (module path, mutant name, status or None when not run, source digest) for every non-string mutant."""
+    for meta in sorted((root / "mutants").rglob("*.py.meta")):
         src = meta.with_suffix("")  # the mutated copy of the module: every mutant is a function in it
         funcs = _functions(ast.parse(src.read_text(encoding="utf-8")))
         codes = json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
-        total = strings = run = killed = 0
-        survivors = []
+        module = str(src.relative_to(root / "mutants"))
+        yield module, None, None, None  # so that modules whose mutants are all string-only still get a row
         for name, code in codes.items():
-            total += 1
             short = name.rsplit(".", 1)[1]
             orig = re.sub(r"__mutmut_\d+$", "__mutmut_orig", short)
             if short in funcs and orig in funcs and _normal(funcs[short]) == _normal(funcs[orig]):
-                strings += 1
+                yield module, name, "string", None
                 continue
-            status = "not checked" if code is None else _status(code)
-            if status not in KILLED | SURVIVED:  # not run (a run restricted to other modules), skipped, interrupted
-                continue
-            run += 1
-            if status in KILLED:
-                killed += 1
-            elif status in SURVIVED:
-                survivors.append(f"{name} ({status})")
-        module = str(src.relative_to(root / "mutants"))
-        rate = f"{100 * killed / run:6.1f}%" if run else "   n/a"
-        print(f"{module:34} {total:7d} {strings:6d} {run:5d} {killed:6d} {rate}")
+            body = ast.unparse(funcs[short]) if short in funcs else name
+            digest = hashlib.sha256(body.encode()).hexdigest()[:16]
+            yield module, name, None if code is None else _status(code), digest
+
+
+def _load_recheck(root: Path) -> dict:
+    path = root / "mutants" / RECHECK
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def score(root: Path, show_survivors: bool) -> int:
+    if not list((root / "mutants").rglob("*.py.meta")):
+        print("no mutmut results under mutants/: run `mutmut run` first", file=sys.stderr)
+        return 1
+    rechecked = _load_recheck(root)
+    rows: dict[str, dict] = {}
+    for module, name, status, digest in _mutants(root):
+        row = rows.setdefault(module, {"total": 0, "string": 0, "run": 0, "killed": 0, "recheck": 0, "left": []})
+        if name is None:
+            continue
+        row["total"] += 1
+        if status == "string":
+            row["string"] += 1
+            continue
+        if status not in KILLED | SURVIVED:  # not run (a run restricted to other modules), skipped, interrupted
+            continue
+        row["run"] += 1
+        again = rechecked.get(name)
+        if status in KILLED:
+            row["killed"] += 1
+        elif again and again["digest"] == digest and again["killed"]:
+            row["killed"] += 1
+            row["recheck"] += 1
+        else:
+            row["left"].append(f"{name} ({status})")
+    print(f"{'module':34} {'mutants':>7} {'string':>6} {'run':>5} {'killed':>6} {'rate':>7}  (killed on recheck)")
+    for module, row in rows.items():
+        rate = f"{100 * row['killed'] / row['run']:6.1f}%" if row["run"] else "   n/a"
+        print(f"{module:34} {row['total']:7d} {row['string']:6d} {row['run']:5d} {row['killed']:6d} {rate}"
+              + (f"  ({row['recheck']})" if row["recheck"] else ""))
         if show_survivors:
-            for s in survivors:
+            for s in row["left"]:
                 print(f"    {s}")
+    return 0
+
+
+def pending(root: Path, pattern: str) -> int:
+    for _module, name, status, _digest in _mutants(root):
+        if name is not None and status is None and fnmatch.fnmatch(name, pattern):
+            print(name)
+    return 0
+
+
+def _run_one(name: str, files: list[str]) -> None:
+    """In a forked child: run the test files with mutant ``name`` active; exit with pytest's status."""
+    import pytest  # noqa: PLC0415
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.environ["MUTANT_UNDER_TEST"] = name
+    os._exit(int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *files])))
+
+
+def recheck(root: Path, files: list[str], pattern: str, jobs: int, timeout: float) -> int:
+    rechecked = _load_recheck(root)
+    todo = [(name, digest) for module, name, status, digest in _mutants(root)
+            if name is not None and status in SURVIVED and fnmatch.fnmatch(name, pattern)
+            and not (name in rechecked and rechecked[name]["digest"] == digest and rechecked[name]["killed"])]
+    if not todo:
+        print("no survivors match", pattern)
+        return 0
+    shutil.copytree(root / "tests", root / "mutants" / "tests", dirs_exist_ok=True)  # the tests as they are now
+    os.chdir(root / "mutants")
+    sys.path.insert(0, str(root / "mutants"))
+    import pytest  # noqa: PLC0415
+    import xpnn  # noqa: PLC0415 (imported once here, so every child starts warm)
+
+    if not Path(xpnn.__file__).resolve().is_relative_to((root / "mutants").resolve()):
+        print(f"xpnn imports from {xpnn.__file__}, not from mutants/: uninstall other copies first", file=sys.stderr)
+        return 1
+    pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", *files])  # import the test modules once
+    todo.insert(0, ("", None))  # no mutant: the files must pass on the real code
+    running: dict[int, tuple[str, str | None, float]] = {}
+    killed = 0
+    while todo or running:
+        while todo and len(running) < jobs:
+            name, digest = todo.pop(0)
+            pid = os.fork()
+            if pid == 0:
+                _run_one(name, files)
+            running[pid] = (name, digest, time.monotonic())
+        time.sleep(0.02)
+        for pid, (name, digest, start) in list(running.items()):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            over = not done and time.monotonic() - start > timeout
+            if over:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            if not (done or over):
+                continue
+            del running[pid]
+            code = os.waitstatus_to_exitcode(status) if done else None
+            if digest is None:  # the clean run
+                if code != 0:
+                    print(f"the test files fail without a mutant (pytest status {code}): fix them first",
+                          file=sys.stderr)
+                    for other in running:
+                        os.kill(other, signal.SIGKILL)
+                    return 1
+                continue
+            if code not in (0, 1, None):
+                print(f"{name}: pytest status {code} (not counted)")
+                continue
+            rechecked[name] = {"digest": digest, "killed": code != 0, "tests": files}
+            killed += code != 0
+            print(f"{'killed  ' if code else 'survived'} {name}" + (" (timeout)" if code is None else ""))
+    (root / "mutants" / RECHECK).write_text(json.dumps(rechecked, indent=1), encoding="utf-8")
+    print(f"{killed} of the survivors killed by {' '.join(files)}")
     return 0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--survivors", action="store_true", help="list the surviving non-string mutants")
+    ap.add_argument("--pending", action="store_true", help="print the names of the non-string mutants not yet run")
+    ap.add_argument("--recheck", nargs="+", metavar="TEST_FILE", help="run the survivors against these test files")
+    ap.add_argument("--module", default="*", help="mutant name pattern for --pending/--recheck, e.g. 'xpnn.io*'")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="--recheck: processes at once")
+    ap.add_argument("--timeout", type=float, default=60.0, help="--recheck: seconds before a mutant counts as hung")
     ap.add_argument("--root", type=Path, default=Path("."), help="repository root (holds mutants/)")
     args = ap.parse_args()
     root = args.root.resolve()
     os.chdir(root)  # mutmut reads its configuration from the current folder
+    if args.pending:
+        return pending(root, args.module)
+    if args.recheck:
+        files = [str(Path(f).resolve().relative_to(root)) for f in args.recheck]
+        return recheck(root, files, args.module, args.jobs, args.timeout)
     return score(root, args.survivors)
 
 
