@@ -4,26 +4,30 @@
     python scripts/mutation_score.py --survivors  # also list the surviving non-string mutants (see `mutmut show NAME`)
     python scripts/mutation_score.py --pending    # names of the non-string mutants not run yet (for `mutmut run`)
     python scripts/mutation_score.py --recheck tests/test_gaps_io.py --module "xpnn.io*"
-                                                  # run the survivors against these test files only; record kills
+                                                  # run the mutants not killed yet against these test files only
 
 A mutant is *string-only* when its function differs from the original only inside string literals (error messages,
 docstrings): mutmut's ``"XXtextXX"`` and case changes. The rate counts the others: killed (a test failed, or the
 mutant timed out) over all that were run, "no tests" (no test reaches the function) counting as survived.
 Reads mutmut's own result files under ``mutants/`` (mutmut 3.8, pinned in the ``dev`` extra).
 
-``--recheck`` is the fast way to check new tests against the survivors: ``mutmut run NAME...`` reruns every test
-that reaches each mutant, which for the autograd core is most of the suite. It forks one process per survivor from
-one that has imported pytest and the package from ``mutants/``, runs the given test files there with the mutant
-active (``MUTANT_UNDER_TEST``, mutmut's own switch), and keeps the verdicts in ``mutants/recheck.json`` next to
-mutmut's, each tied to the mutant's source (a verdict for code that has changed since is ignored). A survivor counts
-as killed when those files fail on it or it runs past ``--timeout`` seconds.
+``--recheck`` is the fast way to check new tests against the survivors, or a module's mutants against its own test
+files: ``mutmut run NAME...`` reruns every test that reaches each mutant, which for the autograd core is most of the
+suite. It takes every non-string mutant of ``--module`` that is not killed yet (survivors and mutants not run),
+collects the given test files once (the package imported from ``mutants/``), forks one process per mutant that runs
+them with the mutant active (``MUTANT_UNDER_TEST``, mutmut's own switch) up to the first failure, and keeps the verdicts in
+``mutants/recheck.json`` next to mutmut's, each tied to the mutant's source (a verdict for code that has changed
+since is ignored). A mutant counts as killed when those files fail on it or it runs past ``--timeout`` seconds. Fewer
+test files can only kill fewer mutants, so a rate reached this way is a lower bound of mutmut's.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import fnmatch
 import hashlib
+import io
 import json
 import os
 import re
@@ -102,13 +106,17 @@ def score(root: Path, show_survivors: bool) -> int:
         if status == "string":
             row["string"] += 1
             continue
+        again = rechecked.get(name)
+        if again and again["digest"] != digest:
+            again = None  # a verdict for code that has changed since
+        if status is None and again:
+            status = "survived"  # run by --recheck only
         if status not in KILLED | SURVIVED:  # not run (a run restricted to other modules), skipped, interrupted
             continue
         row["run"] += 1
-        again = rechecked.get(name)
         if status in KILLED:
             row["killed"] += 1
-        elif again and again["digest"] == digest and again["killed"]:
+        elif again and again["killed"]:
             row["killed"] += 1
             row["recheck"] += 1
         else:
@@ -131,24 +139,78 @@ def pending(root: Path, pattern: str) -> int:
     return 0
 
 
-def _run_one(name: str, files: list[str]) -> None:
-    """In a forked child: run the test files with mutant ``name`` active; exit with pytest's status."""
-    import pytest  # noqa: PLC0415
+class _ForkPerMutant:
+    """A pytest plugin: collect the test files once, then, in place of pytest's own loop, fork one process per mutant
+    that runs the collected tests with the mutant active and exits 1 at the first failure (0 when all pass)."""
 
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    os.environ["MUTANT_UNDER_TEST"] = name
-    os._exit(int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *files])))
+    def __init__(self, todo: list[tuple[str, str]], jobs: int, timeout: float, record) -> None:
+        self.todo, self.jobs, self.timeout, self.record = todo, jobs, timeout, record
+        self.clean_failed = False
+
+    def _child(self, session, name: str) -> None:
+        from _pytest.runner import runtestprotocol  # noqa: PLC0415
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        os.environ["MUTANT_UNDER_TEST"] = name
+        factory = session.config._tmp_path_factory  # a temporary folder of its own: no child cleans up another's
+        factory._given_basetemp, factory._basetemp = Path(f"/tmp/xpnn-recheck-{os.getpid()}"), None
+        items = session.items
+        for i, item in enumerate(items):
+            reports = runtestprotocol(item, nextitem=items[i + 1] if i + 1 < len(items) else None, log=False)
+            if any(r.failed for r in reports):
+                os._exit(1)
+        os._exit(0)
+
+    def _run(self, session, jobs: list[tuple[str, str | None]]) -> None:
+        running: dict[int, tuple[str, str | None, float]] = {}
+        while jobs or running:
+            while jobs and len(running) < self.jobs:
+                name, digest = jobs.pop(0)
+                pid = os.fork()
+                if pid == 0:
+                    self._child(session, name)
+                running[pid] = (name, digest, time.monotonic())
+            time.sleep(0.005)
+            for pid, (name, digest, start) in list(running.items()):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                over = not done and time.monotonic() - start > self.timeout
+                if over:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                if done or over:
+                    del running[pid]
+                    shutil.rmtree(f"/tmp/xpnn-recheck-{pid}", ignore_errors=True)
+                    self.record(name, digest, os.waitstatus_to_exitcode(status) if done else None)
+
+    def pytest_runtestloop(self, session) -> bool:
+        self._run(session, [("", None)])  # no mutant: the files must pass on the real code
+        if self.clean_failed:
+            return True
+        self._run(session, self.todo)
+        return True  # the tests ran in the children
+
+
+def _refresh_mutants() -> None:
+    """Regenerate the mutated copy of every module changed since the last run, as ``mutmut run`` does first (the
+    verdicts of changed functions are dropped)."""
+    from mutmut.__main__ import create_mutants  # noqa: PLC0415
+    from mutmut.utils.file_utils import copy_src_dir  # noqa: PLC0415
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints every file's name
+        copy_src_dir()
+        create_mutants(1)
 
 
 def recheck(root: Path, files: list[str], pattern: str, jobs: int, timeout: float) -> int:
+    _refresh_mutants()
     rechecked = _load_recheck(root)
     todo = [(name, digest) for module, name, status, digest in _mutants(root)
-            if name is not None and status in SURVIVED and fnmatch.fnmatch(name, pattern)
+            if name is not None and (status is None or status in SURVIVED) and fnmatch.fnmatch(name, pattern)
             and not (name in rechecked and rechecked[name]["digest"] == digest and rechecked[name]["killed"])]
     if not todo:
-        print("no survivors match", pattern)
+        print("no mutant left to kill matches", pattern)
         return 0
     shutil.copytree(root / "tests", root / "mutants" / "tests", dirs_exist_ok=True)  # the tests as they are now
     os.chdir(root / "mutants")
@@ -159,44 +221,32 @@ def recheck(root: Path, files: list[str], pattern: str, jobs: int, timeout: floa
     if not Path(xpnn.__file__).resolve().is_relative_to((root / "mutants").resolve()):
         print(f"xpnn imports from {xpnn.__file__}, not from mutants/: uninstall other copies first", file=sys.stderr)
         return 1
-    pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", *files])  # import the test modules once
-    todo.insert(0, ("", None))  # no mutant: the files must pass on the real code
-    running: dict[int, tuple[str, str | None, float]] = {}
     killed = 0
-    while todo or running:
-        while todo and len(running) < jobs:
-            name, digest = todo.pop(0)
-            pid = os.fork()
-            if pid == 0:
-                _run_one(name, files)
-            running[pid] = (name, digest, time.monotonic())
-        time.sleep(0.02)
-        for pid, (name, digest, start) in list(running.items()):
-            done, status = os.waitpid(pid, os.WNOHANG)
-            over = not done and time.monotonic() - start > timeout
-            if over:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            if not (done or over):
-                continue
-            del running[pid]
-            code = os.waitstatus_to_exitcode(status) if done else None
-            if digest is None:  # the clean run
-                if code != 0:
-                    print(f"the test files fail without a mutant (pytest status {code}): fix them first",
-                          file=sys.stderr)
-                    for other in running:
-                        os.kill(other, signal.SIGKILL)
-                    return 1
-                continue
-            if code not in (0, 1, None):
-                print(f"{name}: pytest status {code} (not counted)")
-                continue
-            rechecked[name] = {"digest": digest, "killed": code != 0, "tests": files}
-            killed += code != 0
-            print(f"{'killed  ' if code else 'survived'} {name}" + (" (timeout)" if code is None else ""))
+    rechecked_now: list[str] = []
+
+    def record(name: str, digest: str | None, code: int | None) -> None:
+        nonlocal killed
+        if digest is None:  # the clean run
+            if code != 0:
+                print(f"the test files fail without a mutant (status {code}): fix them first", file=sys.stderr)
+                plugin.clean_failed = True
+            return
+        if code not in (0, 1, None):
+            print(f"{name}: status {code} (not counted)")
+            return
+        rechecked[name] = {"digest": digest, "killed": code != 0, "tests": files}
+        rechecked_now.append(name)
+        if len(rechecked_now) % 20 == 0:  # keep what is done if the run is stopped
+            (root / "mutants" / RECHECK).write_text(json.dumps(rechecked, indent=1), encoding="utf-8")
+        killed += code != 0
+        print(f"{'killed  ' if code else 'survived'} {name}" + (" (timeout)" if code is None else ""), flush=True)
+
+    plugin = _ForkPerMutant(todo, jobs, timeout, record)
+    pytest.main(["-q", "-s", "-p", "no:cacheprovider", "-p", "no:randomly", "-m", "not slow", *files], plugins=[plugin])
+    if plugin.clean_failed:
+        return 1
     (root / "mutants" / RECHECK).write_text(json.dumps(rechecked, indent=1), encoding="utf-8")
-    print(f"{killed} of the survivors killed by {' '.join(files)}")
+    print(f"{killed} of {len(rechecked_now)} killed by {' '.join(files)}")
     return 0
 
 
