@@ -1,6 +1,7 @@
 """Gaps in the tests of ``nn.BatchNorm1d`` found by mutation testing (issue 14): ``eps`` in both modes, no running
-statistics while training, a batch of two, the dtype and ``dy`` checks and ``need_input_grad=False``. Only forward
-and backward results, gradients, buffers and errors are checked."""
+statistics while training, a batch of two, the dtype and ``dy`` checks, ``need_input_grad=False``, the defaults
+(float32, one feature), ``backend=``/``seed=``, and ``torch.nn.BatchNorm1d`` in every mode. Only forward and backward
+results, gradients, buffers and errors are checked."""
 from __future__ import annotations
 
 import numpy as np
@@ -214,3 +215,66 @@ def test_affine_without_running_statistics_still_checks_the_dtype():
     bn = _bn(3, track_running_stats=False)
     with pytest.raises(DTypeError, match=r"BatchNorm1d\(3\): expected input of dtype float64"):
         bn(_x().astype(np.float32))
+
+
+def test_one_feature_is_allowed():
+    bn = nn.BatchNorm1d(1, dtype="float64")
+    x = np.array([[1.0], [3.0], [5.0]])
+    np.testing.assert_allclose(bn(x), (x - 3.0) / np.sqrt(8 / 3 + 1e-5), rtol=1e-12)
+    assert bn.weight.shape == (1,) and bn.running_mean.shape == (1,)
+
+
+def test_default_dtype_is_float32_for_parameters_and_statistics():
+    bn = nn.BatchNorm1d(3)
+    for a in (bn.weight.data, bn.bias.data, bn.running_mean, bn.running_var):
+        assert a.dtype == np.float32
+    assert bn.num_batches_tracked.dtype == np.int64
+    y = bn(_x().astype(np.float32))
+    assert y.dtype == np.float32 and bn.running_var.dtype == np.float32
+
+
+def test_backend_and_seed_are_taken_like_every_layer():
+    xs = pytest.importorskip("array_api_strict")
+    bn = nn.BatchNorm1d(3, backend=xs)
+    for a in (bn.weight.data, bn.bias.data, bn.running_mean, bn.running_var, bn.num_batches_tracked):
+        assert type(a) is type(xs.asarray(0.0))
+    y = bn(xs.asarray(_x().astype(np.float32)))
+    assert type(y) is type(xs.asarray(0.0)) and y.dtype == xs.float32
+    assert nn.BatchNorm1d(3, seed=np.random.default_rng(0)).weight.shape == (3,)
+    with pytest.raises(TypeError):  # a seed that no layer accepts is refused here too
+        nn.BatchNorm1d(3, seed="not a seed")
+
+
+@pytest.mark.parametrize("affine,track", [(True, True), (False, True), (True, False), (False, False)])
+def test_matches_torch_batchnorm1d_in_training_and_eval(affine, track):
+    torch = pytest.importorskip("torch")
+    x, dy = _x(n=6, seed=11), _x(n=6, seed=12)
+    ours = _bn(3, eps=1e-3, momentum=0.3, affine=affine, track_running_stats=track)
+    ref = torch.nn.BatchNorm1d(3, eps=1e-3, momentum=0.3, affine=affine, track_running_stats=track).double()
+    if affine:
+        w, b = np.array([0.5, -2.0, 1.5]), np.array([0.25, 0.0, -1.0])
+        ours.weight.data[...], ours.bias.data[...] = w, b
+        with torch.no_grad():
+            ref.weight.copy_(torch.from_numpy(w))
+            ref.bias.copy_(torch.from_numpy(b))
+    for step in range(2):  # two steps: the running statistics are updated from a non-initial value
+        xt = torch.tensor(x + step, requires_grad=True)
+        yt = ref(xt)
+        yt.backward(torch.from_numpy(dy))
+        np.testing.assert_allclose(ours(x + step), yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(ours.backward(dy), xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+    if affine:
+        np.testing.assert_allclose(ours.weight.grad, ref.weight.grad.numpy(), rtol=1e-10)
+        np.testing.assert_allclose(ours.bias.grad, ref.bias.grad.numpy(), rtol=1e-10)
+    if track:
+        np.testing.assert_allclose(ours.running_mean, ref.running_mean.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(ours.running_var, ref.running_var.numpy(), rtol=1e-12)
+        assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 2
+    ours.eval()
+    ref.eval()
+    x2 = _x(n=4, seed=13)
+    xt = torch.tensor(x2, requires_grad=True)
+    yt = ref(xt)
+    yt.backward(torch.from_numpy(dy[:4]))
+    np.testing.assert_allclose(ours(x2), yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ours.backward(dy[:4]), xt.grad.numpy(), rtol=1e-9, atol=1e-12)

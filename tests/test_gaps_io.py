@@ -1,10 +1,14 @@
 """Gaps in the tests of ``xpnn.save`` / ``xpnn.load`` found by mutation testing (issue 14): file permissions,
-compression, foreign or inconsistent metadata, object arrays, and where the temporary file is made."""
+compression, foreign or inconsistent metadata, object arrays, where the temporary file is made, folders that cannot
+be fsync'ed, failed clean-ups, the place of every array in the table, and load errors that name the file."""
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import re
+import stat
 import tempfile
 import zipfile
 
@@ -52,6 +56,34 @@ def test_a_new_checkpoint_gets_the_usual_mode_for_the_umask(tmp_path, umask, mas
     xio.save({"w": np.ones(2)}, path)
     assert os.stat(path).st_mode & 0o777 == mode
     assert os.umask(mask) == mask  # save left the process umask as it was
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the umask from /proc (Linux)")
+def test_save_never_changes_the_umask_on_linux(tmp_path, umask, monkeypatch):
+    # setting the umask, even for an instant, changes the mode of files other threads create meanwhile
+    umask(0o027)
+
+    def no_umask(mask):
+        raise AssertionError(f"xpnn.save set the umask to {mask:o}")
+
+    monkeypatch.setattr(os, "umask", no_umask)
+    xio.save({"w": np.ones(2)}, tmp_path / "m.npz")
+    assert os.stat(tmp_path / "m.npz").st_mode & 0o777 == 0o640
+
+
+def test_the_umask_is_read_by_setting_it_without_proc(tmp_path, umask, monkeypatch):
+    umask(0o027)
+    real_open = open
+
+    def no_proc(file, *args, **kwargs):
+        if str(file).startswith("/proc/"):
+            raise FileNotFoundError(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_proc)
+    xio.save({"w": np.ones(2)}, tmp_path / "m.npz")
+    assert os.stat(tmp_path / "m.npz").st_mode & 0o777 == 0o640
+    assert os.umask(0o027) == 0o027  # restored
 
 
 def test_an_overwritten_checkpoint_keeps_its_mode(tmp_path, umask):
@@ -152,11 +184,11 @@ def test_a_broken_structure_entry_is_a_checkpoint_error(tmp_path):
         xio.load(path)
     xio.save({"n": 3}, path)
     _rewrite(path, lambda m: m["structure"]["values"][0].update(value=3.5))
-    with pytest.raises(CheckpointError, match="damaged structure entry"):
+    with pytest.raises(CheckpointError, match=r"damaged structure entry \(ValueError: int node without an integer\)"):
         xio.load(path)
     xio.save({"n": 3, "m": 4}, path)
     _rewrite(path, lambda m: m["structure"]["keys"].pop())
-    with pytest.raises(CheckpointError, match="damaged structure entry"):
+    with pytest.raises(CheckpointError, match=r"damaged structure entry \(ValueError: dict node with unequal keys"):
         xio.load(path)
 
 
@@ -249,3 +281,95 @@ def test_a_top_level_array_is_listed_at_the_root(tmp_path):
     obj, info = xio.load(path, with_metadata=True)
     assert np.array_equal(obj, np.arange(3.0))
     assert info["arrays"] == {"/": {"dtype": "float64", "shape": (3,)}}
+
+
+def test_a_folder_that_cannot_be_fsynced_does_not_fail_the_save(tmp_path, monkeypatch):
+    # some file systems (and Windows) refuse to open or fsync a folder: the data itself is synced, the save succeeds
+    real = os.fsync
+
+    def no_folder_sync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", no_folder_sync)
+    xio.save({"w": np.arange(3.0)}, tmp_path / "m.npz")
+    assert np.array_equal(xio.load(tmp_path / "m.npz")["w"], np.arange(3.0))
+
+
+def test_a_failed_cleanup_does_not_hide_the_error_of_the_save(tmp_path, monkeypatch):
+    def no_replace(src, dst):
+        raise PermissionError(errno.EACCES, "Permission denied", dst)
+
+    def no_unlink(name, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", name)
+
+    monkeypatch.setattr(os, "replace", no_replace)
+    monkeypatch.setattr(os, "unlink", no_unlink)
+    with pytest.raises(PermissionError, match="Permission denied"):
+        xio.save({"w": np.ones(2)}, tmp_path / "m.npz")
+    monkeypatch.undo()
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_the_metadata_is_utf8_json_with_names_unescaped(tmp_path):
+    path = tmp_path / "u.npz"
+    xio.save({"größe ✓": np.ones(1)}, path, metadata={"note": "über"})
+    with np.load(path, allow_pickle=False) as z:
+        raw = bytes(z[xio.META_KEY])
+    assert "größe ✓".encode("utf-8") in raw and "über".encode("utf-8") in raw
+    meta = json.loads(raw.decode("utf-8"))
+    assert meta["format"] == xio.FORMAT and meta["arrays"]["a0"]["path"] == "/größe ✓"
+
+
+def test_the_array_table_names_every_place_an_array_is_stored(tmp_path):
+    xs = pytest.importorskip("array_api_strict")
+    path = tmp_path / "p.npz"
+    obj = {"layers": [np.ones(2), (np.zeros(1, np.float32), {"k": np.int8(3)})], "strict": xs.asarray([1.0, 2.0])}
+    xio.save(obj, path, metadata={"best": np.arange(3), "hist": [np.ones(1)]})
+    _, info = xio.load(path, with_metadata=True)
+    assert info["arrays"] == {
+        "/layers/0": {"dtype": "float64", "shape": (2,)},
+        "/layers/1/0": {"dtype": "float32", "shape": (1,)},
+        "/layers/1/1/k": {"dtype": "int8", "shape": ()},
+        "/strict": {"dtype": "float64", "shape": (2,)},
+        "metadata/best": {"dtype": "int64", "shape": (3,)},
+        "metadata/hist/0": {"dtype": "float64", "shape": (1,)},
+    }
+
+
+def test_an_unsupported_object_without_state_dict_gets_no_state_dict_hint(tmp_path):
+    with pytest.raises(TypeError, match=r"cannot store set at /w/1 \(supported: .*None\)$"):
+        xio.save({"w": [1, {2, 3}]}, tmp_path / "o.npz")
+    with pytest.raises(TypeError, match=r"dict key (np\.float64\()?1\.0\)? at /w must be"):
+        xio.save({"w": {np.float64(1.0): 2}}, tmp_path / "o.npz")  # NumPy scalars are no keys: they load as arrays
+
+
+def test_load_errors_name_the_file(tmp_path):
+    path = tmp_path / "named.npz"
+    xio.save({"w": [np.ones(2)], "d": {"k": 1}}, path)
+    _rewrite(path, lambda m: m["structure"]["values"][0]["items"][0].update(type="mystery"))
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(path))} has an unknown structure entry type 'mystery'"):
+        xio.load(path)
+    xio.save({"d": {"k": 1}}, path)
+    _rewrite(path, lambda m: m["structure"]["values"][0]["keys"][0].pop("value"))  # damaged inner key
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(path))} has a damaged structure entry") as caught:
+        xio.load(path)
+    assert str(caught.value).count("damaged") == 1  # said once, not once per level of nesting
+    xio.save({"d": {"k": 1}}, path)
+    _rewrite(path, lambda m: m["structure"]["values"][0]["values"][0].pop("value"))  # damaged inner value
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(path))} has a damaged structure entry"):
+        xio.load(path)
+    xio.save({"w": 1}, path, metadata={"epoch": 3})
+    _rewrite(path, lambda m: m["metadata"]["values"][0].pop("value"))  # damaged user metadata
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(path))} has a damaged structure entry"):
+        xio.load(path, with_metadata=True)
+    assert xio.load(path) == {"w": 1}  # only with_metadata reads it
+    xio.save({"w": np.ones(2)}, path)
+    _rewrite(path, lambda m: m.update(format="other"))
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(path))} has metadata of an unknown format"):
+        xio.load(path)
+    data = path.read_bytes()[:50]
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(path))} \\(50 bytes\\) is truncated or corrupt"):
+        xio.load(path)

@@ -25,6 +25,7 @@ from typing import Any, Optional, Union
 import array_api_compat
 import numpy as np
 
+from ._version import __version__
 from .backend import to_numpy
 from .errors import CheckpointError
 
@@ -39,20 +40,6 @@ META_KEY = "__xpnn_metadata__"
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The checkpoint file does not exist (both a ``CheckpointError`` and a ``FileNotFoundError``)."""
-
-
-def _xpnn_version() -> str:
-    try:
-        from . import __version__  # type: ignore[attr-defined]
-
-        return str(__version__)
-    except ImportError:
-        from importlib import metadata
-
-        try:
-            return metadata.version("xpnn")
-        except metadata.PackageNotFoundError:
-            return "unknown"
 
 
 # --- encoding: Python structure -> JSON tree + list of arrays --------------------------------------------------
@@ -112,15 +99,22 @@ class _Encoder:
 
 
 def _encode_meta(meta: dict[str, Any]) -> np.ndarray:
-    text = json.dumps(meta, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text = json.dumps(meta, ensure_ascii=False, separators=(",", ":"))  # no float reaches it: they are hex strings
     return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
 
 # --- atomic write ----------------------------------------------------------------------------------------------
 
 def _default_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
+    """``0o666`` less the process umask: the mode ``open()`` gives a new file. Linux shows the umask in
+    ``/proc/self/status``; elsewhere ``os.umask`` reads it only by setting it, so a strict mask stands for that
+    instant (a file another thread creates then is private, never wide open)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o077)
+        os.umask(umask)
     return 0o666 & ~umask
 
 
@@ -151,7 +145,7 @@ def save(obj: Any, path: PathLike, *, metadata: Optional[dict[str, Any]] = None,
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "xpnn_version": _xpnn_version(),
+        "xpnn_version": __version__,
         "arrays": enc.table,
         "structure": tree,
         "metadata": user,
@@ -204,6 +198,8 @@ def _decode(node: Any, arrays: dict[str, np.ndarray], path: str) -> Any:
         if kind in ("list", "tuple"):
             items = [_decode(v, arrays, path) for v in node["items"]]
             return tuple(items) if kind == "tuple" else items
+    except CheckpointError:
+        raise  # from a nested entry, which already said what is damaged
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(
             f"xpnn.load: {path} has a damaged structure entry ({type(exc).__name__}: {exc})"
