@@ -80,13 +80,13 @@ def _topo(roots: Sequence[Node], wanted: Optional[set[int]]
             continue
         visited.add(id(node))
         stack.append((node, True))
-        for t in node.inputs:
-            if t is not None and t._node is not None and id(t._node) not in visited:
+        for t in node.inputs:  # (a node pushed twice is expanded once: see the check above)
+            if t is not None and t._node is not None:
                 stack.append((t._node, False))
     return order, edges, leaf_edges
 
 
-def _saved_as_tensors(node: Node, tensor_cls: Any) -> None:
+def _saved_as_tensors(node: Node) -> None:
     """For a recorded backward: replace saved arrays that are the call's inputs or outputs by their Tensors."""
     ctx = node.ctx
     by_id = {}
@@ -97,8 +97,7 @@ def _saved_as_tensors(node: Node, tensor_cls: Any) -> None:
         t = ref() if ref is not None else None
         if t is not None:
             by_id[id(t._data)] = t
-    ctx._saved = tuple(by_id.get(id(v), v) if v is not None and not isinstance(v, tensor_cls) else v
-                       for v in ctx._saved)
+    ctx._saved = tuple(by_id.get(id(v), v) for v in ctx._saved)  # (keys are ids of live arrays: never a Tensor's)
 
 
 def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_graph: bool = False,
@@ -119,7 +118,7 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
         node = out._node
         if node is None:
             if wanted is None and out.requires_grad:
-                _accumulate_leaf(out, g, create_graph)
+                _accumulate_leaf(out, g)
                 _fire_hooks(out)
             continue
         slot = pending.setdefault(id(node), [None] * len(node.outputs))
@@ -158,7 +157,7 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                         slot[t._index] = _add(slot[t._index], g)
                     continue
                 if g is not None:
-                    _accumulate_leaf(t, g, create_graph, node)
+                    _accumulate_leaf(t, g, node=node)
                 left = leaf_edges[id(t)] - 1
                 leaf_edges[id(t)] = left
                 if left == 0:
@@ -176,22 +175,16 @@ def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create
     ctx.needs_input_grad = edges
     ctx.create_graph = create_graph
     op = node.op
-    if len(grads) > 1 and any(g is None for g in grads):  # materialise missing output gradients as zeros
-        for i, ref in enumerate(node.outputs):
-            if grads[i] is None and ref is not None:  # (outputs without gradients, e.g. indices, stay None)
-                t = ref()
-                if t is not None:
-                    z = t._data * 0
-                else:  # the caller dropped this output (e.g. ``y = op(x)[0]``): zeros of its shape and dtype
-                    shape, dtype = ctx._xpnn_out_meta[i]
-                    like = next(g for g in grads if g is not None)
-                    like = like._data if isinstance(like, tensor_cls) else like
-                    from ..backend import namespace_of
+    for i, ref in enumerate(node.outputs):  # an output no gradient reached (unused, or dropped by the caller as in
+        if grads[i] is None and ref is not None:  # ``y = op(x)[0]``) gets zeros of its shape and dtype, as in
+            shape, dtype = ctx._xpnn_out_meta[i]  # PyTorch (outputs without gradients, e.g. indices, stay None)
+            like = next(g for g in grads if g is not None)
+            like = like._data if isinstance(like, tensor_cls) else like
+            from ..backend import namespace_of
 
-                    z = namespace_of(like).zeros(shape, dtype=dtype)
-                grads[i] = tensor_cls(z) if create_graph else z
+            grads[i] = namespace_of(like).zeros(shape, dtype=dtype)
     if create_graph:
-        _saved_as_tensors(node, tensor_cls)
+        _saved_as_tensors(node)
         grads = [g if g is None or isinstance(g, tensor_cls) else tensor_cls(g) for g in grads]
         try:
             out = op.backward(ctx, *grads)
@@ -218,7 +211,7 @@ def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create
     if op._user_op:  # ops declared outside xpnn: check each gradient's shape here, where the op can be named
         for t, g, e in zip(node.inputs, out, edges):
             if e and g is not None and tuple(g.shape) != tuple(t._data.shape):
-                _accumulate_leaf(t, g, False, node)  # raises the ShapeError that names the op
+                _accumulate_leaf(t, g, node=node)  # raises the ShapeError that names the op
     if not create_graph:
         for g in out:
             if isinstance(g, tensor_cls):  # (a backward that made Tensors from Tensors it kept)
@@ -226,9 +219,10 @@ def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create
     return out
 
 
-def _accumulate_leaf(t: Any, g: Any, create_graph: bool, node: Optional[Node] = None) -> None:
-    """``t.grad += g`` in place when a gradient array exists (a Parameter's flat-buffer view), else store a copy.
-    ``node``: the op whose backward made ``g`` (named in the error when its shape is wrong)."""
+def _accumulate_leaf(t: Any, g: Any, node: Optional[Node] = None) -> None:
+    """``t.grad += g`` in place when a gradient array exists (a Parameter's flat-buffer view), else store a copy
+    (values only: under ``create_graph`` too, as PyTorch's ``.grad`` of a leaf). ``node``: the op whose backward made
+    ``g`` (named in the error when its shape is wrong)."""
     if hasattr(g, "_node"):  # a Tensor (create_graph): .grad holds values only
         g = g._data
     if g.shape != t._data.shape:

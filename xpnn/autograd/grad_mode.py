@@ -32,6 +32,21 @@ class set_grad_enabled:
     def __exit__(self, *exc: Any) -> None:
         _state.enabled = self.prev
 
+    def __call__(self, fn: F) -> F:
+        """As a decorator (``@set_grad_enabled(False)``): the mode applies inside each call of ``fn`` only, so
+        undo the switch that building this object made (as PyTorch does)."""
+        import functools
+
+        _state.enabled = self.prev
+        mode = self.mode
+
+        @functools.wraps(fn)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            with set_grad_enabled(mode):
+                return fn(*args, **kwargs)
+
+        return wrapped  # type: ignore[return-value]
+
 
 class _Mode:
     mode = True

@@ -33,7 +33,6 @@ __all__ = ["Op", "Context", "register_override", "override_for"]
 _FREED = object()  # marks a context whose saved values were released after backward
 _OVERRIDES: dict[tuple[str, str, str], Callable[..., Any]] = {}
 _OVERRIDDEN: dict[str, set[str]] = {"forward": set(), "backward": set()}  # op names with an override, per phase
-_NO_FLAGS: dict[int, tuple[bool, ...]] = {}
 
 
 def _kind(x: Any) -> str:
@@ -60,8 +59,9 @@ def register_override(op: str, phase: str, kind: str, fn: Optional[Callable[...,
 
 
 def override_for(op: str, phase: str, x: Any) -> Optional[Callable[..., Any]]:
-    """The override registered for ``op``'s ``phase`` on arrays like ``x``, or ``None``."""
-    return _OVERRIDES.get((op, phase, _kind(x))) if op in _OVERRIDDEN[phase] else None
+    """The override registered for ``op``'s ``phase`` on arrays like ``x``, or ``None`` (callers on hot paths test
+    ``op in _OVERRIDDEN[phase]`` first)."""
+    return _OVERRIDES.get((op, phase, _kind(x)))
 
 
 class Context:
@@ -175,11 +175,7 @@ class Op:
         for a in args:
             if isinstance(a, Tensor):
                 return _apply_tensors(cls, args, params)
-        n = len(args)
-        flags = _NO_FLAGS.get(n)
-        if flags is None:
-            flags = _NO_FLAGS[n] = (False,) * n
-        return cls._run_forward(Context(flags, args), args, params)
+        return cls._run_forward(Context((False,) * len(args), args), args, params)
 
 
 # set at the end of xpnn.autograd.tensor's import (tensor imports this module)

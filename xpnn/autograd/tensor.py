@@ -100,10 +100,10 @@ class Tensor:
         self._grad = value
 
     def _accumulate_grad(self, g: Any) -> None:
-        """Add ``g`` into ``.grad`` (in place when a gradient array exists; a private copy otherwise)."""
+        """Add ``g`` into ``.grad`` (in place when a gradient array exists; a private copy otherwise). ``g`` has
+        ``data``'s shape and dtype (the engine's ``_accumulate_leaf`` checks the shape and casts)."""
         if self._grad is None:
-            xp = namespace_of(g)
-            self._grad = xp.asarray(g, copy=True) if g.dtype == self._data.dtype else xp.astype(g, self._data.dtype)
+            self._grad = namespace_of(g).asarray(g, copy=True)
         else:
             cur = self._grad
             cur += g
@@ -208,14 +208,14 @@ class Tensor:
 
     def numpy(self) -> np.ndarray:
         """A NumPy copy of ``data`` (a host copy for GPU Tensors); no ``detach`` needed."""
-        return np.array(to_numpy(self._data), copy=True)
+        return np.array(to_numpy(self._data))  # np.array copies by default
 
     def item(self) -> float:
         """The value of a one-element Tensor as a Python number."""
         if self.size != 1:
             raise ValueError(f"Tensor.item: only one-element tensors can be converted, got shape {self.shape}")
         check_device_errors()  # this read syncs anyway: raise label errors deferred on the device (xpnn.debug)
-        return to_numpy(self._data).reshape(()).item()
+        return to_numpy(self._data).item()  # (ndarray.item takes any one-element shape)
 
     def __float__(self) -> float:
         return float(self.item())
@@ -286,7 +286,7 @@ class Tensor:
         for t, g in zip(ins, grads):
             if g is not None and id(t) not in done:
                 done.add(id(t))
-                _accumulate_leaf(t, g, create_graph)
+                _accumulate_leaf(t, g)
                 if t._hooks:
                     _fire_hooks(t)
 
@@ -562,25 +562,23 @@ def _check_forward_output(op: Any, out: Any, params: dict[str, Any]) -> None:
 
 
 def _seed_grad(out: Tensor, g: Any, where: str, create_graph: bool) -> Any:
-    """The starting gradient of a backward from ``out``: ``g`` checked, or ones for a one-element ``out``."""
+    """The starting gradient of a backward from ``out``: ``g`` checked, or ones for a one-element ``out``. An array,
+    except a Tensor ``g`` under ``create_graph`` (kept: the gradients then depend on it); the engine wraps arrays
+    itself when it records the backward."""
     if g is None:
         if out.size != 1:
             made_by = f" (made by {out._node.op.name})" if out._node is not None else ""
             raise RuntimeError(f"{where}: grad can be implicitly created only for one-element outputs; this Tensor"
                                f"{made_by} has shape {out.shape}: pass grad= (e.g. ones of that shape), or reduce "
                                "it first (.sum() or .mean())")
-        xp = namespace_of(out._data)
-        seed = xp.ones_like(out._data)
-        return Tensor(seed) if create_graph else seed
+        return namespace_of(out._data).ones_like(out._data)
     gd = g._data if isinstance(g, Tensor) else g
     if not hasattr(gd, "shape"):
         raise TypeError(f"{where}: grad must be an array or Tensor, got {type(g).__name__}")
     namespace_of(out._data, gd, where=where)
     if tuple(gd.shape) != out.shape:
         raise ShapeError(f"{where}: grad must have the output's shape {out.shape}, got {tuple(gd.shape)}")
-    if create_graph:
-        return g if isinstance(g, Tensor) else Tensor(gd)
-    return gd
+    return g if create_graph and isinstance(g, Tensor) else gd
 
 
 def tensor(data: Any, requires_grad: bool = False, backend: BackendLike = None, dtype: Any = None) -> Tensor:
