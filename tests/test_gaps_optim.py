@@ -1,7 +1,8 @@
 """Gaps in the tests of the optimizers and their update functions found by mutation testing (issue 14).
 
 Everything is checked through public behaviour: parameter values after ``step()``, ``state_dict()`` and
-``load_state_dict()``, ``defaults`` and the errors raised."""
+``load_state_dict()``, ``defaults``, the errors raised, and what the fused-kernel hook (``xpnn._dispatch``) is asked
+for (one update call per flat buffer, device step counts on capturable slots)."""
 from __future__ import annotations
 
 import tracemalloc
@@ -11,10 +12,11 @@ import numpy as np
 import pytest
 
 import xpnn
+from xpnn import _dispatch
 from xpnn.errors import CheckpointError, DTypeError, NamespaceMismatchError, ShapeError
 from xpnn.functional.updates import adagrad_update, adam_update, copy_into, rmsprop_update, sgd_update
 from xpnn.nn.parameter import FlatBuffer, Parameter
-from xpnn.optim import SGD, Adam, AdamW, RMSprop
+from xpnn.optim import SGD, Adagrad, Adam, AdamW, RMSprop
 
 
 def npy(a):
@@ -651,3 +653,421 @@ def test_work_arrays_are_only_those_needed(alg):
     assert len(run([])) == 1
     assert len(run([], weight_decay=0.1)) == 2
     assert len(run([], maximize=True)) == 2
+
+
+@pytest.mark.parametrize("target", ["numpy", "torch"])
+def test_model_to_keeps_the_float16_master(target):
+    # the float32 master holds digits float16 cannot: moving the model (new arrays, a new flat buffer, another
+    # namespace) must carry it over, else the small steps below would round away
+    backend = pytest.importorskip("torch") if target == "torch" else "numpy"
+
+    def model():
+        return xpnn.nn.Sequential(xpnn.nn.Linear(3, 2, seed=0)).to(dtype="float16")
+
+    moved, ref = model(), model()
+    om, orf = SGD(moved.parameters(), lr=1e-4, momentum=0.5), SGD(ref.parameters(), lr=1e-4, momentum=0.5)
+    for i in range(4):
+        if i == 2:
+            moved.to(backend)
+        for m, o in ((moved, om), (ref, orf)):
+            for p in m.parameters():
+                p.grad = xpnn.backend.namespace_of(p.data).ones(p.shape, dtype=p.data.dtype)
+            o.step()
+    sm, sr = om.state_dict()["state"], orf.state_dict()["state"]
+    assert sorted(sm) == sorted(sr) == [0, 1]
+    for i in sm:
+        assert sm[i]["step"] == 4 and npy(sm[i]["master_param"]).dtype == np.float32
+        np.testing.assert_array_equal(npy(sm[i]["master_param"]), sr[i]["master_param"])
+        np.testing.assert_array_equal(npy(sm[i]["momentum_buffer"]), sr[i]["momentum_buffer"])
+    # buffers 1, 1.5, 1.75, 1.875: the master moved by 6.125 * lr (float16 steps of 1e-4 would round away)
+    w0 = npy(list(model().parameters())[0].data).astype(np.float32)
+    np.testing.assert_allclose(npy(sm[0]["master_param"]), w0 - 1e-4 * 6.125, rtol=0, atol=1e-7)
+    for a, b in zip(moved.parameters(), ref.parameters()):
+        assert npy(a.data).dtype == np.float16
+        np.testing.assert_array_equal(npy(a.data), npy(b.data))
+
+
+@pytest.mark.parametrize("kw", [dict(weight_decay=0.1, maximize=True), dict(weight_decay=0.1, amsgrad=True),
+                                dict(weight_decay=0.1, decoupled_weight_decay=True, amsgrad=True, maximize=True)],
+                         ids=["l2-maximize", "l2-amsgrad", "decoupled-amsgrad-maximize"])
+@pytest.mark.parametrize("flat", [False, True])
+def test_float16_adam_options_equal_float32_adam_cast_down(kw, flat):
+    rng = np.random.default_rng(4)
+    half = params_of(rng.normal(size=5), rng.normal(size=(2, 3)), flat=flat, dtype=np.float16)
+    single = params_of(*(p.data.astype(np.float32) for p in half), flat=flat, dtype=np.float32)
+    oh, os_ = Adam(half, lr=0.01, betas=(0.8, 0.9), **kw), Adam(single, lr=0.01, betas=(0.8, 0.9), **kw)
+    for i in range(3):
+        for h, s in zip(half, single):
+            g = (rng.normal(size=h.shape) * (0.1 if i == 1 else 1.0)).astype(np.float16)
+            h.grad, s.grad = g, g.astype(np.float32)
+        oh.step(), os_.step()
+        for h, s in zip(half, single):
+            assert np.array_equal(h.data, s.data.astype(np.float16))
+    names = {"step", "exp_avg", "exp_avg_sq", "master_param"} | ({"max_exp_avg_sq"} if kw.get("amsgrad") else set())
+    sh, ss = oh.state_dict()["state"], os_.state_dict()["state"]
+    for i in (0, 1):
+        assert set(sh[i]) == names
+        for k in names - {"step", "master_param"}:
+            assert sh[i][k].dtype == np.float32 and np.array_equal(sh[i][k], ss[i][k]), k
+        assert np.array_equal(sh[i]["master_param"], single[i].data)
+
+
+@pytest.mark.parametrize("make", [lambda ps: Adam(ps, lr=0.1, weight_decay=0.01, amsgrad=True),
+                                  lambda ps: SGD(ps, lr=0.1, momentum=0.9)], ids=["adam", "sgd"])
+@pytest.mark.parametrize("flat", [False, True])
+def test_float16_steps_reuse_their_work_arrays(make, flat):
+    n = 50_000  # 200 kB per float32 array: a per-step float32 temporary would show in the traced peak
+    rng = np.random.default_rng(0)
+    ps = params_of(rng.normal(size=n), rng.normal(size=(10, 10)), flat=flat, dtype=np.float16)
+    opt = make(ps)
+    for p in ps:
+        p.grad = rng.normal(size=p.shape).astype(np.float16)
+    opt.step()
+    opt.step()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        opt.step()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    # the step's own bookkeeping: the float16 change mask of the master copy (1 byte per element) at most
+    assert peak < 2 * n, f"a float16 step allocated {peak} bytes over {2 * n} bytes of parameters"
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_float16_master_follows_a_sign_flip_of_zero(flat):
+    # writes are found by comparing bit patterns: -0.0 written over the +0.0 a step wrote is a write, so the master
+    # copy takes it (a float16 compare would call them equal and keep the master's tiny positive value)
+    (p, q) = params_of([0.0, 1.0, -2.0], [3.0], flat=flat, dtype=np.float16)
+    opt = SGD([p, q], lr=1e-6)
+    p.grad, q.grad = np.array([-1e-3, 0.0, 0.0], np.float16), np.zeros(1, np.float16)
+    opt.step()
+    master = opt.state_dict()["state"][0]["master_param"]
+    assert 0 < master[0] < 1e-8 and p.data[0] == 0 and not np.signbit(p.data[0])  # below float16's smallest
+    np.negative(p.data, out=p.data)  # -0.0, -1.0, 2.0
+    p.grad = np.zeros(3, np.float16)
+    opt.step()
+    master = opt.state_dict()["state"][0]["master_param"]
+    assert master.tolist() == [0.0, -1.0, 2.0] and np.signbit(master[0])
+    assert np.signbit(p.data[0]) and p.data.tolist() == [0.0, -1.0, 2.0]
+
+
+# --- capturable slots (device step count and lr) on the CPU -----------------------------------------------------
+
+def _adam_run(params, grads, opt, on_step=None):
+    for i, gs in enumerate(grads):
+        if on_step is not None:
+            on_step(i)
+        for p, g in zip(params, gs):
+            p.grad = xpnn.backend.namespace_of(p.data).asarray(g) if not isinstance(p.data, np.ndarray) else g
+        opt.step()
+    return [_host(p.data) for p in params]
+
+
+def _host(a):
+    """A NumPy copy of ``a`` (array_api_strict arrays from any of its devices)."""
+    if type(a).__module__.startswith("array_api_strict"):
+        a = a.to_device(xs.Device("CPU_DEVICE"))
+    return npy(a)
+
+
+def _problem(dtype=np.float32, steps=4):
+    rng = np.random.default_rng(11)
+    values = [rng.normal(size=3).astype(dtype), rng.normal(size=(2, 2)).astype(dtype)]
+    grads = [[rng.normal(size=v.shape).astype(dtype) for v in values] for _ in range(steps)]
+    return values, grads
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_capturable_can_be_switched_on_and_off_between_steps(flat):
+    # capturable=True on NumPy keeps a device copy of the step count; switching it off must drop that copy (a stale
+    # count would give the wrong bias correction) and switching it on again must start from the host count
+    values, grads = _problem(np.float64, steps=6)
+    ps, ref = params_of(*values, flat=flat), params_of(*values, flat=flat)
+    opt, oref = Adam(ps, lr=0.1, amsgrad=True), Adam(ref, lr=0.1, amsgrad=True)
+
+    def toggle(i):
+        opt.capturable = (True, True, False, False, True, None)[i]
+
+    got = _adam_run(ps, grads, opt, toggle)
+    want = _adam_run(ref, grads, oref)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
+    assert opt.state_dict()["state"][0]["step"] == 6
+
+
+@pytest.mark.parametrize("make", [lambda ps: Adam(ps, lr=0.1, amsgrad=True, weight_decay=0.1),
+                                  lambda ps: SGD(ps, lr=0.1, momentum=0.9), lambda ps: RMSprop(ps, lr=0.01)],
+                         ids=["adam", "sgd", "rmsprop"])
+def test_optimizer_state_lives_on_the_parameters_device(make):
+    # array_api_strict refuses to mix devices: the device step count and lr must be made on the parameters' device
+    values, grads = _problem()
+    d1 = xs.Device("device1")
+    ps = [Parameter(xs.asarray(v, device=d1)) for v in values]
+    ref = params_of(*values, dtype=np.float32)
+    got = _adam_run(ps, [[xs.asarray(g, device=d1) for g in gs] for gs in grads], make(ps))
+    want = _adam_run(ref, grads, make(ref))
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("target", ["torch", "numpy"])
+def test_state_follows_parameters_from_one_array_library_to_another(target):
+    # array_api_strict -> torch, or -> NumPy with capturable=True: every library keeps a device step count, each
+    # in its own arrays, after two steps
+    if target == "torch":
+        to = pytest.importorskip("torch").asarray
+    else:
+        to = np.asarray
+    values, grads = _problem()
+    ps = [Parameter(xs.asarray(v)) for v in values]
+    ref = params_of(*values, dtype=np.float32)
+    opt, oref = Adam(ps, lr=0.1, amsgrad=True), Adam(ref, lr=0.1, amsgrad=True)
+    opt.capturable = True
+    for i, gs in enumerate(grads):
+        if i == 2:
+            for p in ps:
+                p.data = to(npy(p.data))
+        for p, g in zip(ps, gs):
+            p.grad = to(g) if i >= 2 else xs.asarray(g)
+        opt.step()
+    want = _adam_run(ref, grads, oref)
+    for p, b in zip(ps, want):
+        assert type(p.data) is type(to(b))
+        np.testing.assert_allclose(npy(p.data), b, rtol=1e-6, atol=1e-7)
+    assert opt.state_dict()["state"][1]["step"] == 4
+
+
+def test_the_tensor_hint_is_only_for_tensors():
+    with pytest.raises(TypeError, match=r"can only optimize xpnn.nn.Parameter objects, got ndarray$"):
+        SGD([np.ones(2)], lr=0.1)
+    with pytest.raises(TypeError, match=r"got Tensor; make the leaf with xpnn.nn.Parameter\(array\)"):
+        SGD([xpnn.tensor(np.ones(2), requires_grad=True)], lr=0.1)
+
+
+def test_a_flat_group_is_one_update_call_whatever_the_other_groups_hold():
+    calls = []
+
+    def provider(op, xp, dtype):
+        def kernel(param, *args, **kwargs):
+            calls.append(param.shape)
+            return NotImplemented  # decline: the reference code runs
+        return kernel
+
+    flat = params_of([1.0, 2.0], [3.0], flat=True)
+    loose = params_of([4.0, 5.0], [6.0])
+    opt = SGD([{"params": loose}, {"params": flat}], lr=0.1, momentum=0.9)
+    with _dispatch.use_provider(provider):
+        for _ in range(2):
+            for p in flat + loose:
+                p.grad = np.ones(p.shape)
+            opt.step()
+    # per step: the two loose parameters one by one, the flat buffer in one call
+    n = flat[0]._flat.size
+    assert calls == [(2,), (1,), (n,)] * 2
+    assert flat[0].data.tolist() == [1 - 0.1 - 0.19, 2 - 0.1 - 0.19]
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_float16_capturable_steps_equal_host_steps(flat):
+    # capturable slots (device step and lr) take the three passes (cast the gradient, update the float32 master,
+    # cast back) instead of the fused call: the same values (lr exact in float32, so both read the same lr)
+    rng = np.random.default_rng(8)
+    values = [rng.normal(size=5), rng.normal(size=(2, 3))]
+    a = params_of(*values, flat=flat, dtype=np.float16)
+    b = params_of(*values, flat=flat, dtype=np.float16)
+    lr = float(np.float32(0.01))
+    oa, ob = Adam(a, lr=lr, amsgrad=True, weight_decay=0.1), Adam(b, lr=lr, amsgrad=True, weight_decay=0.1)
+    ob.capturable = True
+    for _ in range(3):
+        for x, y in zip(a, b):
+            x.grad = rng.normal(size=x.shape).astype(np.float16)
+            y.grad = x.grad.copy()
+        oa.step(), ob.step()
+    for x, y in zip(a, b):
+        assert np.array_equal(x.data, y.data)
+    sa, sb = oa.state_dict()["state"], ob.state_dict()["state"]
+    for i in (0, 1):
+        assert set(sa[i]) == set(sb[i]) and sb[i]["step"] == 3
+        for k in set(sa[i]) - {"step"}:
+            assert np.array_equal(sa[i][k], sb[i][k]), k
+
+
+@pytest.mark.parametrize("capturable", [None, True])
+def test_float16_adam_asks_for_one_fused_update_per_step(capturable):
+    # host step and lr: one adam_update_mixed call over the float16 buffer (one kernel on CUDA); capturable slots:
+    # the float32 master is updated by the capturable kernel (device step and lr), the casts around it
+    calls = []
+
+    def provider(op, xp, dtype):
+        def kernel(*args, **kwargs):
+            calls.append((op, str(dtype)))
+            return NotImplemented  # decline: the reference code runs
+        return kernel
+
+    ps = params_of([1.0, 2.0], [3.0], flat=True, dtype=np.float16)
+    opt = Adam(ps, lr=0.1)
+    opt.capturable = capturable
+    with _dispatch.use_provider(provider):
+        for p in ps:
+            p.grad = np.ones(p.shape, np.float16)
+        opt.step()
+    if capturable is None:  # (the declined mixed call's reference code then asks for the float32 update)
+        assert calls == [("adam_update_mixed", "float16"), ("adam_update", "float32")]
+    else:
+        assert calls == [("adam_update_capturable", "float32")]
+    assert ps[0].data.tolist() == [0.89990234375, 1.900390625] and ps[1].data.tolist() == [2.900390625]
+
+
+# --- per-parameter state joining a flat buffer -------------------------------------------------------------------
+
+def _ns_params(ns, values, dtype, flat=False):
+    if ns == "numpy":
+        return params_of(*values, flat=flat, dtype=dtype)
+    ps = [Parameter(xs.asarray(np.asarray(v, dtype))) for v in values]
+    if flat:
+        assert FlatBuffer.pack(ps) is not None
+    return ps
+
+
+def _counting_provider(calls):
+    def provider(op, xp, dtype):
+        def kernel(*args, **kwargs):
+            calls.append(op)
+            return NotImplemented  # decline: the reference code runs
+        return kernel
+    return provider
+
+
+@pytest.mark.parametrize("ns,dtype", [("numpy", np.float32), ("numpy", np.float16), ("array_api_strict", np.float32)])
+def test_per_parameter_state_joins_a_flat_buffer_exactly(ns, dtype):
+    rng = np.random.default_rng(6)
+    values = [rng.normal(size=3), rng.normal(size=(2, 2))]
+    grads = [[rng.normal(size=np.shape(v)).astype(dtype) for v in values] for _ in range(4)]
+    ps, ref = _ns_params(ns, values, dtype), _ns_params(ns, values, dtype, flat=True)
+    opt, oref = Adam(ps, lr=0.01, amsgrad=True), Adam(ref, lr=0.01, amsgrad=True)
+    to = (lambda g: g) if ns == "numpy" else xs.asarray
+    for i, gs in enumerate(grads):
+        if i == 2:  # the per-parameter optimizer's parameters become one buffer: its states join
+            assert FlatBuffer.pack(ps) is not None
+        calls = []
+        with _dispatch.use_provider(_counting_provider(calls)):
+            for p, r, g in zip(ps, ref, gs):
+                p.grad, r.grad = to(g), to(g)
+            opt.step()
+        assert len(calls) == (2 if i < 2 else 1) * (2 if dtype == np.float16 else 1), calls  # one call when flat
+        oref.step()
+    for p, r in zip(ps, ref):
+        assert np.array_equal(_host(p.data), _host(r.data))
+    sa, sr = opt.state_dict()["state"], oref.state_dict()["state"]
+    for i in (0, 1):
+        assert set(sa[i]) == set(sr[i]) and sa[i]["step"] == 4
+        for k in set(sa[i]) - {"step"}:
+            assert _host(sa[i][k]).dtype == _host(sr[i][k]).dtype and np.array_equal(_host(sa[i][k]), _host(sr[i][k]))
+
+
+def test_a_flat_group_whose_members_stepped_apart_steps_per_parameter():
+    # every member has state, but the counts differ (one was frozen for a step): no joining, no error
+    ps = params_of([1.0, 2.0], [3.0])
+    opt = Adam(ps, lr=0.1)
+    for freeze in (None, ps[1]):
+        for p in ps:
+            p.requires_grad = p is not freeze
+            p.grad = np.ones(p.shape) if p.requires_grad else None
+        opt.step()
+    ps[1].requires_grad = True
+    assert FlatBuffer.pack(ps) is not None
+    for p in ps:
+        p.grad = np.ones(p.shape)
+    opt.step()
+    state = opt.state_dict()["state"]
+    assert state[0]["step"] == 3 and state[1]["step"] == 2
+
+
+def test_stateless_members_with_and_without_a_count_step_per_parameter():
+    # plain SGD keeps no arrays: a member that stepped (count 1) and one that never did (no state) still differ
+    ps = params_of([1.0, 2.0], [3.0])
+    opt = SGD(ps, lr=0.5)
+    ps[0].grad = np.ones(2)
+    opt.step()
+    assert FlatBuffer.pack(ps) is not None
+    for p in ps:
+        p.grad = np.ones(p.shape)
+    opt.step()
+    state = opt.state_dict()["state"]
+    assert state[0]["step"] == 2 and state[1]["step"] == 1
+    assert ps[0].data.tolist() == [0.0, 1.0] and ps[1].data.tolist() == [2.5]
+    # loading such a state into a flat group is refused (a flat buffer is updated as a whole)
+    dst = SGD(params_of([0.0, 0.0], [0.0], flat=True), lr=0.5)
+    sd = opt.state_dict()
+    del sd["state"][1]
+    with pytest.raises(CheckpointError, match=r"states differ \(steps \[0, 2\]"):
+        dst.load_state_dict(sd)
+
+
+def test_members_with_the_same_count_but_different_arrays_step_per_parameter():
+    ps = params_of([1.0, 2.0], [3.0])
+    opt = Adam(ps, lr=0.1)
+    z = np.zeros
+    opt.load_state_dict({"state": {0: {"step": 1, "exp_avg": z(2), "exp_avg_sq": z(2)},
+                                   1: {"step": 1, "exp_avg": z(1), "exp_avg_sq": z(1), "max_exp_avg_sq": z(1)}},
+                         "param_groups": opt.state_dict()["param_groups"]})
+    assert FlatBuffer.pack(ps) is not None
+    for p in ps:
+        p.grad = np.ones(p.shape)
+    opt.step()
+    state = opt.state_dict()["state"]
+    assert state[0]["step"] == state[1]["step"] == 2
+    assert "max_exp_avg_sq" not in state[0] and "max_exp_avg_sq" in state[1]
+
+
+def test_a_one_parameter_flat_group_loads_state():
+    (p,) = params_of([1.0, 2.0], flat=True)
+    (q,) = params_of([1.0, 2.0])
+    opt, oq = SGD([p], lr=0.1, momentum=0.9), SGD([q], lr=0.1, momentum=0.9)
+    q.grad = np.ones(2)
+    oq.step()
+    p.data[...] = q.data
+    opt.load_state_dict(oq.state_dict())
+    for x, o in ((p, opt), (q, oq)):
+        x.grad = np.ones(2)
+        o.step()
+    assert np.array_equal(p.data, q.data) and opt.state_dict()["state"][0]["step"] == 2
+
+
+def test_adagrad_initial_accumulator_takes_the_parameter_dtype():
+    (p,) = params_of([1.0, 2.0], dtype=np.float32)
+    opt = Adagrad([p], lr=0.1, initial_accumulator_value=0.5)
+    p.grad = np.ones(2, np.float32)
+    opt.step()
+    s = opt.state_dict()["state"][0]["sum"]
+    assert s.dtype == np.float32 and s.tolist() == [1.5, 1.5]
+    np.testing.assert_allclose(p.data, np.float32([1, 2]) - 0.1 / (np.sqrt(1.5) + 1e-10), rtol=1e-6)
+
+
+@pytest.mark.parametrize("capturable", [None, True])
+def test_kernels_get_the_step_count_the_slot_keeps(capturable):
+    # host slots pass the int count; capturable slots the 0-d device copy of it (and of lr)
+    seen = []
+
+    def provider(op, xp, dtype):
+        def kernel(*args, step, lr, **kwargs):
+            seen.append((op, step if isinstance(step, int) else ("0-d", float(step), step.ndim),
+                         lr if isinstance(lr, float) else ("0-d", float(lr))))
+            return NotImplemented
+        return kernel
+
+    (p,) = params_of([1.0, 2.0], dtype=np.float32)
+    opt = Adam([p], lr=0.25)
+    opt.capturable = capturable
+    with _dispatch.use_provider(provider):
+        for _ in range(2):
+            p.grad = np.ones(2, np.float32)
+            opt.step()
+    if capturable:
+        assert seen == [("adam_update_capturable", ("0-d", 1.0, 0), ("0-d", 0.25)),
+                        ("adam_update_capturable", ("0-d", 2.0, 0), ("0-d", 0.25))]
+    else:
+        assert seen == [("adam_update", 1, 0.25), ("adam_update", 2, 0.25)]

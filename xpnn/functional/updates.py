@@ -320,7 +320,3 @@ def _check_step(where: str, step: Any) -> None:
 def _is_device_scalar(*values: Any) -> bool:
     """Whether any of ``values`` is a 0-d array (a capturable optimizer's step count or learning rate)."""
     return any(not isinstance(v, (int, float)) for v in values)
-
-
-def _sqrt(xp: Any, x: Any) -> Any:
-    return math.sqrt(x) if isinstance(x, float) else xp.sqrt(x)

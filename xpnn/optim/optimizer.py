@@ -41,7 +41,7 @@ class _Slot:
     (compute dtype) incremented on the device, ``lr_device`` the learning rate as one, written from the group's
     ``lr`` only when that changes (a host-to-device write, never a read). The update kernels/code read both from
     device memory, so a step launches the same work whatever the schedule does (what a CUDA graph needs).
-    ``bound``: ``(data, grad, namespace, half)`` of the last step, so a step on the same arrays skips re-deriving them.
+    ``bound``: ``(data, namespace, half)`` of the last step, so a step on the same array skips re-deriving them.
     """
 
     __slots__ = ("state", "master", "written", "grad32", "scratch", "xp", "dtype", "lr_device", "lr_host", "bound")
@@ -121,8 +121,7 @@ class Optimizer:
         self.defaults = dict(defaults)
         self._validate(self.defaults)
         self.param_groups: list[dict[str, Any]] = []
-        self._params: list[Parameter] = []  # every parameter, in group order: the state-dict indices
-        self._index: dict[int, int] = {}  # id(param) -> index
+        self._index: dict[int, int] = {}  # id(param) -> index: every parameter, numbered in group order (state dicts)
         self._param_slots: dict[int, _Slot] = {}  # per-parameter state, by index
         self._flat_slots: dict[int, _Slot] = {}  # flat-buffer state, by group index
         # [(xp, grad), ...] -> bool: sees every gradient the updates will read (float32 copies for float16
@@ -172,8 +171,7 @@ class Optimizer:
         new = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}, "params": plist}
         self._validate(new)
         for p in plist:
-            self._index[id(p)] = len(self._params)
-            self._params.append(p)
+            self._index[id(p)] = len(self._index)
         self.param_groups.append(new)
 
     def _validate(self, group: dict[str, Any]) -> None:
@@ -194,13 +192,13 @@ class Optimizer:
                 if self._param_slots:  # per-parameter state left from another layout: join it
                     self._gather(gi)
                 slot = self._flat_slots.setdefault(gi, _Slot())
-                work.append(self._prepare(slot, flat.data, flat.grad, group, params))
+                work.append(self._prepare(slot, flat.data, flat.grad, group))
             else:
                 self._scatter(gi)
                 for p in params:
                     if p.has_grad and p.requires_grad:
                         slot = self._param_slots.setdefault(self._index[id(p)], _Slot())
-                        work.append(self._prepare(slot, p.data, p.grad, group, (p,)))
+                        work.append(self._prepare(slot, p.data, p.grad, group))
         hook = self._grad_hook
         if hook is not None and not hook([(w[0].xp, w[2]) for w in work]):
             return  # e.g. GradScaler found inf/NaN in the gradients: skip this step (step counts unchanged)
@@ -239,9 +237,9 @@ class Optimizer:
             slot.state["step"] += n
         self._steps_advanced += n
 
-    def _prepare(self, slot: _Slot, data: Any, grad: Any, group: dict[str, Any], params: Any) -> tuple:
-        """Bind ``slot`` to ``data``/``grad`` (the values of ``params``: one Parameter, or a whole flat buffer) and
-        return what the update needs.
+    def _prepare(self, slot: _Slot, data: Any, grad: Any, group: dict[str, Any]) -> tuple:
+        """Bind ``slot`` to ``data``/``grad`` (the values of one Parameter, or of a whole flat buffer) and return what
+        the update needs.
 
         float16 ``data`` is updated through a float32 master copy (small steps would round away in float16) and
         written back after the update; ``slot.written`` keeps a float16 copy of what was written. Before the next
@@ -255,13 +253,13 @@ class Optimizer:
         The update reads a float32 copy of the float16 gradient.
         """
         bound = slot.bound
-        if bound is not None and bound[0] is data and bound[1] is grad:  # the same arrays as last step
-            xp, half = bound[2], bound[3]
-        else:
-            xp = namespace_of(data, grad, where=f"{self._name}.step")
+        if bound is not None and bound[0] is data:  # the same array as last step
+            xp, half = bound[1], bound[2]
+        else:  # (a gradient always has its parameter's namespace, shape and dtype: Parameter and FlatBuffer check)
+            xp = namespace_of(data)
             half = dtype_name(data.dtype) == "float16"  # array_api_strict has no float16
             slot.conform(xp, xp.float32 if half else data.dtype)
-            slot.bound = (data, grad, xp, half)
+            slot.bound = (data, xp, half)
         if half:
             if slot.master is None or tuple(slot.master.shape) != tuple(data.shape):  # first step, or reshaped
                 slot.master, slot.grad32, slot.scratch = xp.astype(data, xp.float32), None, []
@@ -331,7 +329,7 @@ class Optimizer:
             s = _Slot(slot.state["step"])
             for k, v in slot.arrays().items():
                 xp = namespace_of(v)
-                piece = xp.asarray(xp.reshape(v[offset:offset + n], shape), copy=True)
+                piece = xp.reshape(v[offset:offset + n], shape)  # a view: _scatter drops the flat slot, state_dict copies
                 if k == MASTER:
                     s.master = piece
                 else:
@@ -369,13 +367,13 @@ class Optimizer:
         assert first is not None and first.xp is not None  # every slot gets its namespace when made
         xp = first.xp
         params = self.param_groups[gi]["params"]
-        size = params[0]._flat.size if params[0]._flat is not None else sum(p.size for p in params)
+        size = params[0]._flat.size  # (a flat group: its parameters live in one FlatBuffer)
         for k in first.arrays():
             like = first.arrays()[k]
             joined = xp.zeros((size,), dtype=like.dtype)  # the buffer's padding between parameters stays 0
             for p, s in zip(params, slots):
                 if s is not None:
-                    joined[p._offset:p._offset + p.size] = xp.reshape(s.arrays()[k], (-1,))
+                    joined[p._offset:p._offset + p.size] = xp.reshape(s.arrays()[k], (p.size,))
             if k == MASTER:
                 flat.master = joined
             else:
@@ -507,14 +505,10 @@ class Optimizer:
 def _bits(xp: Any, a: Any) -> Any:
     """The float16 array ``a`` as its 16-bit patterns where the library offers a view (NumPy, CuPy: an integer
     compare is several times faster than a float16 one and also matches NaN with NaN), else ``a`` itself."""
-    view = getattr(a, "view", None)
-    uint16 = getattr(xp, "uint16", None)
-    if view is not None and uint16 is not None:
-        try:
-            return view(uint16)
-        except (TypeError, ValueError):
-            pass
-    return a
+    try:
+        return a.view(xp.uint16)
+    except (AttributeError, TypeError, ValueError):
+        return a
 
 
 def _follow_writes(xp: Any, slot: _Slot, data: Any) -> None:
@@ -524,9 +518,9 @@ def _follow_writes(xp: Any, slot: _Slot, data: Any) -> None:
     else:  # unknown what was written: the master rounded to float16 is what a step would have written
         changed = data != xp.astype(slot.master, data.dtype)
     if is_numpy_namespace(xp) or is_cupy_namespace(xp):
-        xp.copyto(slot.master, data, casting="same_kind", where=changed)  # in place, no float32 temporary
-    else:
-        slot.master = xp.where(changed, xp.astype(data, xp.float32), slot.master)
+        xp.copyto(slot.master, data, where=changed)  # in place, no float32 temporary
+    else:  # float16 and float32 promote to float32
+        slot.master = xp.where(changed, data, slot.master)
 
 
 def _plain(v: Any) -> Any:
