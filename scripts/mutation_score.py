@@ -156,11 +156,15 @@ class _ForkPerMutant:
         os.environ["MUTANT_UNDER_TEST"] = name
         factory = session.config._tmp_path_factory  # a temporary folder of its own: no child cleans up another's
         factory._given_basetemp, factory._basetemp = Path(f"/tmp/xpnn-recheck-{os.getpid()}"), None
-        items = session.items
+        items, took = session.items, []
         for i, item in enumerate(items):
+            start = time.perf_counter()
             reports = runtestprotocol(item, nextitem=items[i + 1] if i + 1 < len(items) else None, log=False)
+            took.append(time.perf_counter() - start)
             if any(r.failed for r in reports):
                 os._exit(1)
+        if not name:  # the clean run: its times order the tests for the mutants, fastest first (as mutmut does)
+            Path(self.times).write_text(json.dumps(took), encoding="utf-8")
         os._exit(0)
 
     def _run(self, session, jobs: list[tuple[str, str | None]]) -> None:
@@ -185,9 +189,13 @@ class _ForkPerMutant:
                     self.record(name, digest, os.waitstatus_to_exitcode(status) if done else None)
 
     def pytest_runtestloop(self, session) -> bool:
+        self.times = f"/tmp/xpnn-recheck-times-{os.getpid()}.json"
         self._run(session, [("", None)])  # no mutant: the files must pass on the real code
         if self.clean_failed:
             return True
+        took = json.loads(Path(self.times).read_text(encoding="utf-8"))
+        os.unlink(self.times)
+        session.items[:] = [item for _, _, item in sorted(zip(took, range(len(took)), session.items))]
         self._run(session, self.todo)
         return True  # the tests ran in the children
 
@@ -242,7 +250,8 @@ def recheck(root: Path, files: list[str], pattern: str, jobs: int, timeout: floa
         print(f"{'killed  ' if code else 'survived'} {name}" + (" (timeout)" if code is None else ""), flush=True)
 
     plugin = _ForkPerMutant(todo, jobs, timeout, record)
-    pytest.main(["-q", "-s", "-p", "no:cacheprovider", "-p", "no:randomly", "-m", "not slow", *files], plugins=[plugin])
+    pytest.main(["-q", "-s", "--tb=native", "-p", "no:cacheprovider", "-p", "no:randomly", "-m", "not slow", *files],
+                plugins=[plugin])  # --tb=native: pytest's own style takes seconds through the mutated modules
     if plugin.clean_failed:
         return 1
     (root / "mutants" / RECHECK).write_text(json.dumps(rechecked, indent=1), encoding="utf-8")
