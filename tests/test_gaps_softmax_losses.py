@@ -502,3 +502,79 @@ def test_float16_sigmoid_backward_is_computed_in_float32_and_rounded_once():
     y32, dy32 = y.astype(np.float32), dy.astype(np.float32)
     got = F.sigmoid_backward(y, dy)
     assert got.dtype == np.float16 and np.array_equal(got, ((1 - y32) * y32 * dy32).astype(np.float16))
+
+
+# --- the cross-entropy gradient recorded for higher orders (create_graph) ------------------------------------------
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_float32_cross_entropy_recorded_gradient_stays_float32(reduction):
+    import xpnn
+
+    rng = np.random.default_rng(27)
+    x = rng.normal(size=(4, 5)).astype(np.float32)
+    t = np.array([1, -100, 4, 0])
+    X = xpnn.tensor(x, requires_grad=True)
+    loss = F.cross_entropy(X, t, reduction=reduction, label_smoothing=0.1)
+    (g,) = xpnn.grad(loss, [X], grad_outputs=[np.ones(4, np.float32)] if reduction == "none" else None,
+                     create_graph=True)
+    _, want = F.cross_entropy_with_grad(x, t, reduction=reduction, label_smoothing=0.1)
+    assert g.dtype == np.float32
+    np.testing.assert_allclose(g.numpy(), want, rtol=1e-5, atol=1e-7)
+    (hv,) = xpnn.grad((g * x).sum(), [X])
+    assert hv.dtype == np.float32
+
+
+def test_cross_entropy_recorded_gradient_on_array_api_strict_with_unsigned_targets():
+    # uint64 class indices (ignore_index in their range): int64, arange's default, does not promote with uint64
+    import xpnn
+
+    x = np.random.default_rng(28).normal(size=(3, 4))
+    for t in (xs.asarray([1, 3, 2], dtype=xs.uint64), xs.asarray([1, 3, 2], dtype=xs.int32)):
+        X = xpnn.tensor(xs.asarray(x), requires_grad=True)
+        (g,) = xpnn.grad(F.cross_entropy(X, t, ignore_index=3), [X], create_graph=True)
+        _, want = F.cross_entropy_with_grad(x, np.array([1, 3, 2]), ignore_index=3)
+        np.testing.assert_allclose(np.asarray(g.data), want, rtol=1e-12, atol=1e-15)
+        assert not np.asarray(g.data)[1].any()
+
+
+# --- softmax_backward and the float16 gradients, seen from outside the graph ---------------------------------------
+
+def test_softmax_backward_of_a_tensor_and_an_array_is_a_differentiable_tensor():
+    import xpnn
+
+    rng = np.random.default_rng(29)
+    y, dy = _softmax64(rng.normal(size=(3, 4)), -1), rng.normal(size=(3, 4))
+    want = y * (dy - (dy * y).sum(-1, keepdims=True))
+    for Y, DY in ((xpnn.tensor(y, requires_grad=True), dy), (y, xpnn.tensor(dy, requires_grad=True))):
+        dx = F.softmax_backward(Y, DY)
+        assert isinstance(dx, xpnn.Tensor)
+        np.testing.assert_allclose(dx.numpy(), want, rtol=1e-12, atol=1e-15)
+        src = Y if isinstance(Y, xpnn.Tensor) else DY
+        (g,) = xpnn.grad(dx.sum(), [src])
+        assert g.shape == (3, 4)
+
+
+@pytest.mark.parametrize("f", [F.softmax, F.log_softmax, F.logsumexp])
+def test_float16_gradients_of_the_softmax_family_are_float16(f):
+    # xpnn.grad hands the gradient out as the backward made it (no cast at a leaf's .grad)
+    import xpnn
+
+    rng = np.random.default_rng(30)
+    x = (rng.normal(size=(8, 50)) * 3).astype(np.float16)
+    X = xpnn.tensor(x, requires_grad=True)
+    out = f(X)
+    g = rng.normal(size=out.shape).astype(np.float16)
+    (gx,) = xpnn.grad(out, [X], grad_outputs=[g])
+    assert gx.dtype == np.float16
+    X32 = xpnn.tensor(x.astype(np.float32), requires_grad=True)
+    (want,) = xpnn.grad(f(X32), [X32], grad_outputs=[g.astype(np.float32)])
+    np.testing.assert_allclose(gx.numpy().astype(np.float32), want.numpy(), rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("f", [F.softmax, F.log_softmax, F.logsumexp])
+def test_softmax_family_shifts_each_row_by_its_own_max(f):
+    # rows 1000 apart: a shift by one max for the whole array underflows the other row to exp(-1000) = 0
+    x = np.array([[0.0, 1.0], [-1000.0, -999.0]])
+    lse = np.log1p(np.exp(-1.0)) + np.array([1.0, -999.0])
+    want = {F.softmax: np.exp(x - lse[:, None]), F.log_softmax: x - lse[:, None], F.logsumexp: lse}[f]
+    np.testing.assert_allclose(f(x), want, rtol=1e-12)

@@ -40,10 +40,10 @@ def _pair(saved: Any, dy: Any, where: str, first: str = "saved input") -> Any:
     return _checks.pair(saved, dy, where, (first, "dy"))
 
 
-def _negative_part(ctx: Context, x: Any) -> Any:
-    """0/1 mask of ``x <= 0`` in x's dtype (a constant of the backward)."""
-    xp = ctx.xp
-    return xp.astype(x <= 0, x.dtype) if not hasattr(x, "_node") else xp.astype(x.data <= 0, x.dtype)
+def _data(x: Any) -> Any:
+    """The array of a saved value (a Tensor while the backward is recorded, with ``create_graph``): masks built from
+    it are constants of the backward."""
+    return x.data if hasattr(x, "_node") else x
 
 
 class _ActivationBackward(Op):
@@ -104,13 +104,13 @@ class SigmoidBackward(_ActivationBackward):
     def forward(ctx: Context, y: Any, dy: Any) -> Any:
         """``dx = dy * y * (1 - y)``; float16 is computed in float32 and rounded once (the product ``y * (1 - y)``
         of a small ``y`` is subnormal in float16 and loses its digits), like the CUDA kernel."""
-        xp = namespace_of(y, dy)
+        xp = ctx.xp  # (check has validated the pair)
         _ActivationBackward.save(ctx, None, y, dy)
         ops = InPlace(xp)
-        yf, dyf = _upcast(xp, y), _upcast(xp, dy)
+        yf = _upcast(xp, y)  # (dy, of y's dtype, promotes exactly in the last product)
         dx = ops.sub(1.0, yf, out=xp.empty_like(yf))  # one allocation: (1 - y), then * y, then * dy
         ops.mul(dx, yf, out=dx)
-        ops.mul(dx, dyf, out=dx)
+        ops.mul(dx, dy, out=dx)
         return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
 
     @staticmethod
@@ -143,13 +143,13 @@ class TanhBackward(_ActivationBackward):
     @staticmethod
     def forward(ctx: Context, y: Any, dy: Any) -> Any:
         """``dx = dy * (1 - y**2)``; float16 is computed in float32 and rounded once, as sigmoid_backward."""
-        xp = namespace_of(y, dy)
+        xp = ctx.xp  # (check has validated the pair)
         _ActivationBackward.save(ctx, None, y, dy)
         ops = InPlace(xp)
-        yf, dyf = _upcast(xp, y), _upcast(xp, dy)
+        yf = _upcast(xp, y)  # (dy, of y's dtype, promotes exactly in the last product)
         dx = ops.mul(yf, yf, out=xp.empty_like(yf))
         ops.sub(1.0, dx, out=dx)
-        ops.mul(dx, dyf, out=dx)
+        ops.mul(dx, dy, out=dx)
         return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
 
     @staticmethod
@@ -181,7 +181,7 @@ class ReluBackward(_ActivationBackward):
     def forward(ctx: Context, x: Any, dy: Any) -> Any:
         """``dx = 0`` where ``x <= 0`` else ``dy`` (PyTorch's NaN semantics; ``zero_where``: as fast as a multiply
         by the 0/1 mask on NumPy, which would keep a NaN ``dy`` at ``x <= 0``)."""
-        xp = namespace_of(x, dy)
+        xp = ctx.xp  # (check has validated the pair)
         _ActivationBackward.save(ctx, None, x, dy)
         return zero_where(xp, x <= 0, dy)
 
@@ -195,7 +195,7 @@ class LeakyRelu(Op):
     name = "leaky_relu"
 
     @staticmethod
-    def forward(ctx: Context, x: Any, *, negative_slope: float = 0.01) -> Any:
+    def forward(ctx: Context, x: Any, *, negative_slope: float) -> Any:
         xp = _unary(x, "leaky_relu")
         ctx.save_for_backward(x)
         ctx.negative_slope = negative_slope
@@ -211,9 +211,9 @@ class LeakyReluBackward(_ActivationBackward):
     name = "leaky_relu_backward"
 
     @staticmethod
-    def forward(ctx: Context, x: Any, dy: Any, *, negative_slope: float = 0.01) -> Any:
+    def forward(ctx: Context, x: Any, dy: Any, *, negative_slope: float) -> Any:
         """``dx = dy`` where ``x > 0`` else ``negative_slope * dy``."""
-        xp = namespace_of(x, dy)
+        xp = ctx.xp  # (check has validated the pair)
         _ActivationBackward.save(ctx, None, x, dy, negative_slope=negative_slope)
         return xp.where(x > 0, dy, dy * negative_slope)
 
@@ -227,7 +227,7 @@ class Elu(Op):
     name = "elu"
 
     @staticmethod
-    def forward(ctx: Context, x: Any, *, alpha: float = 1.0, scale: float = 1.0) -> Any:
+    def forward(ctx: Context, x: Any, *, alpha: float, scale: float) -> Any:
         """``scale * x`` for ``x > 0`` else ``scale * alpha * (exp(x) - 1)`` (scale 1: ELU; SELU's constants:
         SELU)."""
         xp = _unary(x, "elu" if scale == 1.0 else "selu")
@@ -244,20 +244,27 @@ class Elu(Op):
         return selu_backward(x, dy)
 
 
+def _negative(ctx: Context, x: Any) -> Any:
+    """0/1 mask of ``x < 0``, where the second derivative of ELU/SELU is not 0: 0 at ``x = 0`` (PyTorch's
+    ``elu_double_backward``), although the first derivative takes the ``x <= 0`` branch there."""
+    xd = _data(x)
+    return ctx.xp.astype(xd < 0, xd.dtype)
+
+
 class EluBackward(_ActivationBackward):
     name = "elu_backward"
 
     @staticmethod
-    def forward(ctx: Context, x: Any, dy: Any, *, alpha: float = 1.0) -> Any:
+    def forward(ctx: Context, x: Any, dy: Any, *, alpha: float) -> Any:
         """``dx = dy`` where ``x > 0`` else ``dy * alpha * exp(x)``."""
-        xp = namespace_of(x, dy)
+        xp = ctx.xp  # (check has validated the pair)
         _ActivationBackward.save(ctx, None, x, dy, alpha=alpha)
         return xp.where(x > 0, dy, dy * (alpha * xp.exp(xp.minimum(x, 0.0))))
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
         x, dy = ctx.saved_tensors
-        gx = g * dy * exp(clip(x, max=0.0)) * (ctx.alpha * _negative_part(ctx, x)) if ctx.needs_input_grad[0] else None
+        gx = g * dy * exp(clip(x, max=0.0)) * (ctx.alpha * _negative(ctx, x)) if ctx.needs_input_grad[0] else None
         return gx, (elu_backward(x, g, ctx.alpha) if ctx.needs_input_grad[1] else None)
 
 
@@ -267,14 +274,14 @@ class SeluBackward(_ActivationBackward):
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any) -> Any:
         """``dx = scale * dy`` where ``x > 0`` else ``dy * scale * alpha * exp(x)``."""
-        xp = namespace_of(x, dy)
+        xp = ctx.xp  # (check has validated the pair)
         _ActivationBackward.save(ctx, None, x, dy)
         return xp.where(x > 0, dy * SELU_SCALE, dy * (SELU_SCALE * SELU_ALPHA * xp.exp(xp.minimum(x, 0.0))))
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
         x, dy = ctx.saved_tensors
-        gx = (g * dy * exp(clip(x, max=0.0)) * ((SELU_SCALE * SELU_ALPHA) * _negative_part(ctx, x))
+        gx = (g * dy * exp(clip(x, max=0.0)) * ((SELU_SCALE * SELU_ALPHA) * _negative(ctx, x))
               if ctx.needs_input_grad[0] else None)
         return gx, (selu_backward(x, g) if ctx.needs_input_grad[1] else None)
 
@@ -284,8 +291,7 @@ def _prelu_check(x: Any, weight: Any, where: str) -> Any:
     xp = namespace_of(x, weight, where=where)
     _checks.floating(xp, x, where)
     _checks.same_dtype(weight, x, where, ("weight", "input"))
-    n = weight.shape[0] if weight.ndim == 1 else -1
-    if weight.ndim != 1 or (n != 1 and (x.ndim < 2 or x.shape[1] != n)):
+    if weight.ndim != 1 or (weight.shape[0] != 1 and (x.ndim < 2 or x.shape[1] != weight.shape[0])):
         raise ShapeError(f"{where}: weight of shape {tuple(weight.shape)} does not fit input {tuple(x.shape)} "
                          "(expected (1,) or (C,) for input (N, C))")
     return xp
@@ -313,20 +319,12 @@ class PRelu(Op):
     @staticmethod
     def backward(ctx: Context, dy: Any) -> tuple[Any, Any]:
         x, weight = ctx.saved_tensors
-        xd = x.data if hasattr(x, "_node") else x
-        if tuple(dy.shape) != tuple(xd.shape):
-            raise ShapeError(f"prelu_backward: dy must have the shape of input {tuple(xd.shape)}, got {tuple(dy.shape)}")
-        xp = ctx.xp
-        neg = xp.astype(xd <= 0, xd.dtype)
-        w = reshape(weight, _channel_shape(tuple(weight.shape), xd.ndim))
+        xd = _data(x)
+        neg = ctx.xp.astype(xd <= 0, xd.dtype)  # PyTorch: prelu'(0) = weight
+        w = reshape(weight, _channel_shape(tuple(weight.shape), x.ndim))
         dx = dy + dy * neg * (w - 1.0) if ctx.needs_input_grad[0] else None  # dy where x > 0, w * dy elsewhere
-        dw = None
-        if ctx.needs_input_grad[1]:
-            contrib = dy * x * neg
-            if weight.shape[0] == 1:
-                dw = reshape(_sum(contrib), (1,))
-            else:
-                dw = _sum(contrib, axis=(0,) + tuple(range(2, xd.ndim)))
+        axes = None if weight.shape[0] == 1 else (0,) + tuple(range(2, x.ndim))  # all, or all but the channels
+        dw = reshape(_sum(dy * x * neg, axis=axes), tuple(weight.shape)) if ctx.needs_input_grad[1] else None
         return dx, dw
 
 
@@ -351,6 +349,12 @@ class Maxout(Op):
         return maxout_backward(ctx.idx, dy, ctx.pieces)
 
 
+def _winner(xp: Any, idx: Any, pieces: int, dtype: Any) -> Any:
+    """0/1 mask (N, out, pieces) of the winning column of each group, in ``dtype`` (the arange takes idx's dtype:
+    integer dtypes that do not promote together, e.g. int64 and uint64, cannot be compared)."""
+    return xp.astype(xp.arange(pieces, dtype=idx.dtype) == idx[..., None], dtype)
+
+
 class MaxoutBackward(Op):
     name = "maxout_backward"
 
@@ -360,17 +364,14 @@ class MaxoutBackward(Op):
         xp = namespace_of(idx, dy, where="maxout_backward")
         if tuple(idx.shape) != tuple(dy.shape):
             raise ShapeError(f"maxout_backward: dy must have shape {tuple(idx.shape)}, got {tuple(dy.shape)}")
-        winner = xp.astype(xp.arange(pieces, dtype=idx.dtype) == idx[..., None], dy.dtype)  # (N, out, pieces)
         ctx.idx, ctx.pieces = idx, pieces
-        return xp.reshape(dy[..., None] * winner, (dy.shape[0], dy.shape[1] * pieces))
+        return xp.reshape(dy[..., None] * _winner(xp, idx, pieces, dy.dtype), (dy.shape[0], dy.shape[1] * pieces))
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
-        xp = ctx.xp
         n, out = ctx.idx.shape
         g3 = reshape(g, (n, out, ctx.pieces))
-        winner = xp.astype(xp.arange(ctx.pieces, dtype=ctx.idx.dtype) == ctx.idx[..., None], g.dtype)
-        return _sum(g3 * winner, axis=-1)
+        return _sum(g3 * _winner(ctx.xp, ctx.idx, ctx.pieces, g.dtype), axis=-1)
 
 
 # --- the functions --------------------------------------------------------------------------------------------
@@ -417,7 +418,7 @@ def leaky_relu_backward(x: Any, dy: Any, negative_slope: float = 0.01) -> Any:
 
 def elu(x: Any, alpha: float = 1.0) -> Any:
     """``x`` for ``x > 0`` else ``alpha * (exp(x) - 1)``."""
-    return Elu.apply(x, alpha=alpha)
+    return Elu.apply(x, alpha=alpha, scale=1.0)
 
 
 def elu_backward(x: Any, dy: Any, alpha: float = 1.0) -> Any:
@@ -443,11 +444,10 @@ def prelu(x: Any, weight: Any) -> Any:
 def prelu_backward(x: Any, weight: Any, dy: Any) -> tuple[Any, Any]:
     """``(dx, dweight)`` of PReLU: ``dx = dy`` where ``x > 0`` else ``weight * dy``;
     ``dweight = sum(dy * x)`` over the entries with ``x <= 0`` (per channel, or all for a shared weight)."""
-    xp = _prelu_check(x, weight, "prelu_backward")
-    _checks.same_shape(x, dy, "prelu_backward", ("input", "dy"))
-    ctx = Context((True, True), (x, weight))
+    _prelu_check(x, weight, "prelu_backward")
+    _checks.pair(x, dy, "prelu_backward", ("input", "dy"))
+    ctx = Context((True, True), (x, weight))  # (its namespace: that of x and weight)
     ctx.save_for_backward(x, weight)
-    ctx._xp = xp
     return PRelu.backward(ctx, dy)
 
 

@@ -108,8 +108,8 @@ class CrossEntropy(Op):
     name = "cross_entropy"
 
     @staticmethod
-    def forward(ctx: Context, logits: Any, target: Any, *, reduction: str = "mean", ignore_index: int = -100,
-                label_smoothing: float = 0.0) -> Any:
+    def forward(ctx: Context, logits: Any, target: Any, *, reduction: str, ignore_index: int,
+                label_smoothing: float) -> Any:  # (no defaults: cross_entropy passes every parameter)
         xp, target, any_bad = _check_ce(logits, target, reduction, ignore_index, label_smoothing, "cross_entropy")
         ctx.save_for_backward(logits)
         ctx.target, ctx.reduction, ctx.ignore_index, ctx.eps = target, reduction, ignore_index, label_smoothing
@@ -205,7 +205,7 @@ class MSELoss(Op):
         xp = _check_pair(pred, target, reduction, "mse_loss", "pred")
         ctx.save_for_backward(pred, target)
         ctx.reduction, ctx.scale = reduction, 2.0 * _grad_scale(pred, reduction)
-        d = _upcast(xp, pred) - _upcast(xp, target)
+        d = _upcast(xp, pred) - target  # (target has the dtype of pred: float16 promotes to float32 exactly)
         return _down(xp, pred, _reduce(xp, d * d, reduction))
 
     @staticmethod
@@ -224,8 +224,8 @@ class BCEWithLogits(Op):
         xp = _check_pair(logits, target, reduction, "binary_cross_entropy_with_logits", "logits")
         ctx.save_for_backward(logits, target)
         ctx.scale = _grad_scale(logits, reduction)
-        x, t = _upcast(xp, logits), _upcast(xp, target)
-        return _down(xp, logits, _reduce(xp, _bce_terms(xp, x, t), reduction))
+        x = _upcast(xp, logits)  # (target has the dtype of logits: float16 promotes to float32 exactly)
+        return _down(xp, logits, _reduce(xp, _bce_terms(xp, x, target), reduction))
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -244,7 +244,7 @@ def mse_loss(pred: Any, target: Any, reduction: str = "mean") -> Any:
 def mse_loss_with_grad(pred: Any, target: Any, reduction: str = "mean") -> tuple[Any, Any]:
     """``(mse_loss(...), 2 * (pred - target) * scale)``, scale ``1/numel`` for ``"mean"``; float16 in float32."""
     xp = _check_pair(pred, target, reduction, "mse_loss_with_grad", "pred")
-    d = _upcast(xp, pred) - _upcast(xp, target)
+    d = _upcast(xp, pred) - target  # (target has the dtype of pred: float16 promotes to float32 exactly)
     loss = _reduce(xp, d * d, reduction)
     d *= 2.0 * _grad_scale(d, reduction)
     return _down(xp, pred, loss, d)
@@ -263,8 +263,8 @@ def binary_cross_entropy_with_logits(logits: Any, target: Any, reduction: str = 
 def binary_cross_entropy_with_logits_with_grad(logits: Any, target: Any, reduction: str = "mean") -> tuple[Any, Any]:
     """``(loss, (sigmoid(logits) - target) * scale)``; float16 in float32, rounded once."""
     xp = _check_pair(logits, target, reduction, "binary_cross_entropy_with_logits_with_grad", "logits")
-    x, t = _upcast(xp, logits), _upcast(xp, target)
-    loss = _reduce(xp, _bce_terms(xp, x, t), reduction)
-    grad = sigmoid(x) - t
+    x = _upcast(xp, logits)  # (target has the dtype of logits: float16 promotes to float32 exactly)
+    loss = _reduce(xp, _bce_terms(xp, x, target), reduction)
+    grad = sigmoid(x) - target
     grad *= _grad_scale(grad, reduction)
     return _down(xp, logits, loss, grad)

@@ -163,8 +163,8 @@ def softmax_backward(y: Any, dy: Any, axis: int = -1) -> Any:
     in float32 (the sum over a row overflows or loses digits in float16) and rounded once."""
     if not hasattr(y, "_node") and not hasattr(dy, "_node"):
         xp = _checks.pair(y, dy, "softmax_backward", ("softmax output", "dy"))
-        yf, dyf = _upcast(xp, y), _upcast(xp, dy)
-        if yf is not y or dyf is not dy:
-            dx = yf * (dyf - xp.sum(dyf * yf, axis=axis, keepdims=True))
+        dyf = _upcast(xp, dy)
+        if dyf is not dy:  # float16 (y too): in float32, where y promotes exactly, then rounded once
+            dx = y * (dyf - xp.sum(dyf * y, axis=axis, keepdims=True))
             return xp.astype(dx, dy.dtype)
     return y * (dy - _sum(dy * y, axis=axis, keepdims=True))
