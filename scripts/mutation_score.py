@@ -92,6 +92,15 @@ def _load_recheck(root: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
+def _save_recheck(root: Path, verdicts: dict) -> None:
+    """Add ``verdicts`` to the file (re-read first, so runs for other modules at the same time keep theirs)."""
+    path = root / "mutants" / RECHECK
+    merged = {**_load_recheck(root), **verdicts}
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(merged, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def score(root: Path, show_survivors: bool) -> int:
     if not list((root / "mutants").rglob("*.py.meta")):
         print("no mutmut results under mutants/: run `mutmut run` first", file=sys.stderr)
@@ -245,7 +254,7 @@ def recheck(root: Path, files: list[str], pattern: str, jobs: int, timeout: floa
         rechecked[name] = {"digest": digest, "killed": code != 0, "tests": files}
         rechecked_now.append(name)
         if len(rechecked_now) % 20 == 0:  # keep what is done if the run is stopped
-            (root / "mutants" / RECHECK).write_text(json.dumps(rechecked, indent=1), encoding="utf-8")
+            _save_recheck(root, {n: rechecked[n] for n in rechecked_now})
         killed += code != 0
         print(f"{'killed  ' if code else 'survived'} {name}" + (" (timeout)" if code is None else ""), flush=True)
 
@@ -254,7 +263,7 @@ def recheck(root: Path, files: list[str], pattern: str, jobs: int, timeout: floa
                 plugins=[plugin])  # --tb=native: pytest's own style takes seconds through the mutated modules
     if plugin.clean_failed:
         return 1
-    (root / "mutants" / RECHECK).write_text(json.dumps(rechecked, indent=1), encoding="utf-8")
+    _save_recheck(root, {n: rechecked[n] for n in rechecked_now})
     print(f"{killed} of {len(rechecked_now)} killed by {' '.join(files)}")
     return 0
 
