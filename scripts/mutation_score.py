@@ -204,7 +204,13 @@ class _ForkPerMutant:
             return True
         took = json.loads(Path(self.times).read_text(encoding="utf-8"))
         os.unlink(self.times)
-        session.items[:] = [item for _, _, item in sorted(zip(took, range(len(took)), session.items))]
+        in_order = list(session.items)
+        session.items[:] = [item for _, _, item in sorted(zip(took, range(len(took)), in_order))]
+        self._run(session, [("", None)])  # the same, fastest first: tests that need an order keep the files' order
+        if self.clean_failed:
+            print("some of these tests fail out of their files' order: running them in that order", file=sys.stderr)
+            session.items[:] = in_order
+            self.clean_failed = False
         self._run(session, self.todo)
         return True  # the tests ran in the children
 
@@ -244,9 +250,7 @@ def recheck(root: Path, files: list[str], pattern: str, jobs: int, timeout: floa
     def record(name: str, digest: str | None, code: int | None) -> None:
         nonlocal killed
         if digest is None:  # the clean run
-            if code != 0:
-                print(f"the test files fail without a mutant (status {code}): fix them first", file=sys.stderr)
-                plugin.clean_failed = True
+            plugin.clean_failed = code != 0
             return
         if code not in (0, 1, None):
             print(f"{name}: status {code} (not counted)")
@@ -262,6 +266,7 @@ def recheck(root: Path, files: list[str], pattern: str, jobs: int, timeout: floa
     pytest.main(["-q", "-s", "--tb=native", "-p", "no:cacheprovider", "-p", "no:randomly", "-m", "not slow", *files],
                 plugins=[plugin])  # --tb=native: pytest's own style takes seconds through the mutated modules
     if plugin.clean_failed:
+        print("the test files fail without a mutant: fix them first", file=sys.stderr)
         return 1
     _save_recheck(root, {n: rechecked[n] for n in rechecked_now})
     print(f"{killed} of {len(rechecked_now)} killed by {' '.join(files)}")
