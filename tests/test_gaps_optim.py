@@ -609,6 +609,18 @@ def test_parameters_without_grad_keep_their_values_and_get_no_state(flat):
         assert ps[1].data.tolist() == [3.0] and sorted(opt.state_dict()["state"]) == [0]
 
 
+def _step_peak_bytes(opt):
+    """The most memory (bytes, traced by tracemalloc) one ``opt.step()`` holds beyond what existed before it."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        opt.step()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("make", [
     lambda ps: SGD(ps, lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01),
     lambda ps: SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, maximize=True),
@@ -625,14 +637,7 @@ def test_optimizer_steps_reuse_their_work_arrays(make, flat):
         p.grad = rng.normal(size=p.shape)
     opt.step()
     opt.step()  # the first steps make the state and the work arrays
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        opt.step()
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    peak = _step_peak_bytes(opt)
     assert peak < 8 * n // 4, f"a step allocated {peak} bytes over {8 * n} bytes of parameters"
 
 
@@ -724,14 +729,7 @@ def test_float16_steps_reuse_their_work_arrays(make, flat):
         p.grad = rng.normal(size=p.shape).astype(np.float16)
     opt.step()
     opt.step()
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        opt.step()
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    peak = _step_peak_bytes(opt)
     # the step's own bookkeeping: the float16 change mask of the master copy (1 byte per element) at most
     assert peak < 2 * n, f"a float16 step allocated {peak} bytes over {2 * n} bytes of parameters"
 
