@@ -17,7 +17,7 @@ from ..errors import ShapeError
 from . import _checks
 from ._inplace import InPlace
 from ._masking import zero_where
-from .elementwise import clip, exp
+from .elementwise import _values, clip, exp
 from .reductions import sum as _sum
 from .shape import reshape
 from .softmax import _upcast
@@ -38,12 +38,6 @@ def _unary(x: Any, where: str) -> Any:
 
 def _pair(saved: Any, dy: Any, where: str, first: str = "saved input") -> Any:
     return _checks.pair(saved, dy, where, (first, "dy"))
-
-
-def _data(x: Any) -> Any:
-    """The array of a saved value (a Tensor while the backward is recorded, with ``create_graph``): masks built from
-    it are constants of the backward."""
-    return x.data if hasattr(x, "_node") else x
 
 
 class _ActivationBackward(Op):
@@ -247,7 +241,7 @@ class Elu(Op):
 def _negative(ctx: Context, x: Any) -> Any:
     """0/1 mask of ``x < 0``, where the second derivative of ELU/SELU is not 0: 0 at ``x = 0`` (PyTorch's
     ``elu_double_backward``), although the first derivative takes the ``x <= 0`` branch there."""
-    xd = _data(x)
+    xd = _values(x)
     return ctx.xp.astype(xd < 0, xd.dtype)
 
 
@@ -319,7 +313,7 @@ class PRelu(Op):
     @staticmethod
     def backward(ctx: Context, dy: Any) -> tuple[Any, Any]:
         x, weight = ctx.saved_tensors
-        xd = _data(x)
+        xd = _values(x)
         neg = ctx.xp.astype(xd <= 0, xd.dtype)  # PyTorch: prelu'(0) = weight
         w = reshape(weight, _channel_shape(tuple(weight.shape), x.ndim))
         dx = dy + dy * neg * (w - 1.0) if ctx.needs_input_grad[0] else None  # dy where x > 0, w * dy elsewhere
