@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+from ..backend import namespace_of
 from .grad_mode import set_grad_enabled
 from . import op as _op
 from .op import _OVERRIDDEN, Context, override_for
@@ -175,14 +176,8 @@ def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create
     ctx.needs_input_grad = edges
     ctx.create_graph = create_graph
     op = node.op
-    for i, ref in enumerate(node.outputs):  # an output no gradient reached (unused, or dropped by the caller as in
-        if grads[i] is None and ref is not None:  # ``y = op(x)[0]``) gets zeros of its shape and dtype, as in
-            shape, dtype = ctx._xpnn_out_meta[i]  # PyTorch (outputs without gradients, e.g. indices, stay None)
-            like = next(g for g in grads if g is not None)
-            like = like._data if isinstance(like, tensor_cls) else like
-            from ..backend import namespace_of
-
-            grads[i] = namespace_of(like).zeros(shape, dtype=dtype)
+    if len(grads) > 1 and any(g is None for g in grads):  # (a single output was reached: it has its gradient)
+        _zero_missing(ctx, node, grads, tensor_cls)
     if create_graph:
         _saved_as_tensors(node)
         grads = [g if g is None or isinstance(g, tensor_cls) else tensor_cls(g) for g in grads]
@@ -217,6 +212,17 @@ def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create
             if isinstance(g, tensor_cls):  # (a backward that made Tensors from Tensors it kept)
                 return tuple(g._data if isinstance(g, tensor_cls) else g for g in out)
     return out
+
+
+def _zero_missing(ctx: Context, node: Node, grads: list[Any], tensor_cls: Any) -> None:
+    """An output no gradient reached (unused, or dropped by the caller as in ``y = op(x)[0]``) gets zeros of its
+    shape and dtype, as in PyTorch; outputs without gradients (e.g. indices) stay None."""
+    like = next(g for g in grads if g is not None)
+    xp = namespace_of(like._data if isinstance(like, tensor_cls) else like)
+    for i, ref in enumerate(node.outputs):
+        if grads[i] is None and ref is not None:
+            shape, dtype = ctx._xpnn_out_meta[i]
+            grads[i] = xp.zeros(shape, dtype=dtype)
 
 
 def _accumulate_leaf(t: Any, g: Any, node: Optional[Node] = None) -> None:
