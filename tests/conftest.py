@@ -1,11 +1,31 @@
 """Tests marked ``cuda`` need CuPy and a CUDA device: skipped (with the reason shown) when there is none, never
-skipped when there is one."""
+skipped when there is one. Tests that compare with PyTorch or scikit-learn are marked ``reference`` (from their
+source) and counted at the end of the run, so a run says how many comparisons actually ran."""
 from __future__ import annotations
+
+import inspect
+import re
 
 import pytest
 
+_REFERENCE = re.compile(r"""importorskip\(\s*["'](torch|sklearn)|^\s*(import|from) (torch|sklearn)\b""", re.M)
+_reference_outcomes: dict[str, str] = {}
+
+
+def _compares_with_reference(item) -> bool:
+    if "torch" in getattr(item, "fixturenames", ()):
+        return True
+    fn = getattr(item, "function", None)
+    try:
+        return fn is not None and _REFERENCE.search(inspect.getsource(fn)) is not None
+    except (OSError, TypeError):
+        return False
+
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _compares_with_reference(item):
+            item.add_marker(pytest.mark.reference)
     marked = [item for item in items if item.get_closest_marker("cuda") is not None]
     if not marked:
         return
@@ -16,3 +36,24 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs CuPy and a CUDA device")
     for item in marked:
         item.add_marker(skip)
+
+
+@pytest.fixture
+def torch():
+    """PyTorch, the reference for tests that compare semantics; such a test skips, naming the reason, without it
+    (no extra of the README's test command installs PyTorch; `.ci/run` does, so CI runs them)."""
+    return pytest.importorskip("torch", reason="PyTorch is not installed (the reference for this comparison); "
+                                               "`pip install torch` runs it")
+
+
+def pytest_runtest_logreport(report):
+    if "reference" in report.keywords and (report.when == "call" or report.outcome != "passed"):
+        _reference_outcomes.setdefault(report.nodeid, report.outcome)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _reference_outcomes:
+        counts = {k: list(_reference_outcomes.values()).count(k) for k in ("passed", "skipped", "failed")}
+        terminalreporter.write_line(
+            "reference comparisons (PyTorch / scikit-learn): {passed} passed, {skipped} skipped, {failed} failed"
+            .format(**counts))

@@ -40,7 +40,10 @@ def test_falls_back_to_python3_and_stops_without_a_device(tmp_path):
     """With no `python` on PATH the script uses `python3`; without a device it exits 2 and says so."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "python3").symlink_to(sys.executable)
+    # a wrapper, not a symlink: a venv's interpreter reached through a symlink elsewhere loses the venv's packages
+    wrapper = bin_dir / "python3"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
     path = os.pathsep.join([str(bin_dir), "/usr/bin", "/bin"])
     assert shutil.which("python", path=path) is None, "this test needs a PATH without `python`"
     proc = _run(tmp_path, {"PYTHONPATH": str(REPO)}, path=path)
