@@ -377,6 +377,9 @@ def _abort_hook(exc_type: Any, exc: Any, tb: Any) -> None:
                      f"[xpnn rank {group.rank}/{group.world_size}] aborting all ranks (MPI_Abort)\n")
     sys.stderr.flush()
     sys.stdout.flush()
+    # mpiexec forwards a rank's output through its proxy process, and MPI_Abort kills that proxy too: on a busy
+    # machine the traceback was lost (the job failed without a word). A moment lets the proxy forward it.
+    time.sleep(0.5)
     group.abort(1 if exc_type is not KeyboardInterrupt else 130)
 
 
