@@ -420,6 +420,31 @@ def case_mismatch() -> None:
     dist.DistributedDataParallel(make)
 
 
+def case_frozen_mismatch() -> None:
+    """Ranks that froze different parameters would plan different buckets (a hang or mixed-up sums): refused at
+    wrap time and when requires_grad changes between steps, on every rank."""
+    rank = dist.get_rank()
+    model = frozen_first_layer()
+    if rank == 1:
+        model[0].bias.requires_grad_(True)
+    try:
+        dist.DistributedDataParallel(model)
+    except dist.DistributedError as exc:
+        if "0.bias: rank 0 has (2,) float64 (frozen), rank 1 has (2,) float64" not in str(exc):
+            raise AssertionError(f"the error should name 0.bias and which rank froze it: {exc}") from None
+    else:
+        raise AssertionError("wrapping models frozen differently should raise")
+    ddp = dist.DistributedDataParallel(frozen_first_layer())
+    (ddp.module[0].weight if rank == 0 else ddp.module[0].bias).requires_grad_(True)
+    try:
+        ddp(np.ones((1, 2)))
+    except dist.DistributedError as exc:
+        if "changed requires_grad differently" not in str(exc) or "'0.bias'" not in str(exc):
+            raise AssertionError(f"the error should say the ranks froze differently: {exc}") from None
+    else:
+        raise AssertionError("unfreezing different parameters on the ranks should raise")
+
+
 def case_fit_mismatch() -> None:
     X, y = data(20 + dist.get_rank())  # rank 1 loaded one row more: its shard would have more steps
     ddp = dist.DistributedDataParallel(make_model())

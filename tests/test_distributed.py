@@ -169,8 +169,8 @@ def test_nccl_without_gpus_is_a_clear_error():
 # --- several ranks ---------------------------------------------------------------------------------------------
 
 CASES = ["collectives", "parity_explicit", "parity_tape", "parity_float32", "buckets_split", "no_sync",
-         "tape_no_sync", "unused_parameter", "frozen_parameters", "find_unused_parameters", "hand_written_backward",
-         "fit", "batchnorm_buffers"]
+         "tape_no_sync", "unused_parameter", "frozen_parameters", "find_unused_parameters", "frozen_mismatch",
+         "hand_written_backward", "fit", "batchnorm_buffers"]
 
 
 @needs_mpi

@@ -19,11 +19,12 @@ optimizer found an overflow since the last ``update`` and doubles it after ``gro
         scaler.step(opt)      # unscale + finite check in one pass per gradient buffer; skips on inf/NaN
         scaler.update()
 
-Host reads: ``step`` reads one flag (whether any of this optimizer's gradients was inf/NaN) to decide whether to call
-the optimizer -- the read PyTorch's ``GradScaler.step`` makes too. We chose it over a device-side skip because a skipped step
-must leave the step count, every moment buffer and the learning-rate schedule's view of the step untouched, which
-every optimizer (and its fused kernel) would otherwise have to implement as a masked update; the cost is one
-device sync per step when a scaler is used. ``scale``, the unscaling, the check and ``update`` read nothing.
+Host reads: ``step`` reads one flag (whether any of this optimizer's gradients was inf/NaN) to decide whether to
+call the optimizer -- the read PyTorch's ``GradScaler.step`` makes too. We chose it over a device-side skip because a
+skipped step must leave the step count, every moment buffer and the learning-rate schedule's view of the step
+untouched, which every optimizer (and its fused kernel) would otherwise have to implement as a masked update; the
+cost is one device sync per optimizer step when a scaler is used. ``scale``, the unscaling, the check and ``update``
+read nothing.
 """
 from __future__ import annotations
 

@@ -84,7 +84,8 @@ class DistributedDataParallel(Module):
     @staticmethod
     def _check_same_model(group: ProcessGroup, named: list[tuple[str, Parameter]],
                           buffers: list[tuple[str, Any]]) -> None:
-        mine = [(n, tuple(p.shape), dtype_name(p.dtype) + ("" if p.requires_grad else " (frozen)")) for n, p in named]
+        mine = [(n, tuple(p.shape), dtype_name(p.dtype) + ("" if p.requires_grad else " (frozen)"))
+                for n, p in named]
         mine += [(f"buffer {n}", tuple(b.shape), dtype_name(b.dtype)) for n, b in buffers]
         every = group.allgather_object(mine)  # every rank sees every list and raises the same error: no hang
         ref = every[0]
