@@ -154,10 +154,102 @@ def case_unused_parameter() -> None:
     try:
         ddp(X)
     except dist.DistributedError as exc:
-        if "unused.weight" not in str(exc):
-            raise AssertionError(f"the error should name unused.weight: {exc}") from None
+        if "unused.weight" not in str(exc) or "find_unused_parameters=True" not in str(exc):
+            raise AssertionError(f"the error should name unused.weight and find_unused_parameters: {exc}") from None
     else:
         raise AssertionError("a forward after an incomplete reduction should raise")
+
+
+def local_grads(model: nn.Module, xb: np.ndarray, loss) -> list[np.ndarray]:
+    """This rank's gradients of ``loss(model(xb))`` on an unwrapped model (the tape), and their average over the
+    ranks: what DDP must give."""
+    model.zero_grad()
+    loss(model(xpnn.tensor(xb))).backward()
+    mine = [np.array(p.grad) for p in model.parameters()]
+    every = dist.get_process_group().allgather_object(mine)
+    return [sum(g[i] for g in every) / len(every) for i in range(len(mine))]
+
+
+def frozen_first_layer(seed: int = 0) -> nn.Sequential:
+    model = nn.Sequential(nn.Linear(2, 2, dtype="float64", seed=seed), nn.Linear(2, 1, dtype="float64", seed=seed + 1))
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def case_frozen_parameters() -> None:
+    """A frozen first layer: only the head is reduced (averaged over ranks after the first backward, on the tape and
+    the explicit API), the next forward runs, the frozen gradients stay zero; unfreezing on every rank plans new
+    buckets that reduce the first layer too."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    g = np.random.default_rng(10 + rank)  # different data per rank
+    xs = [g.normal(size=(4, 2)) for _ in range(4)]
+    loss = lambda out: (out ** 2).mean()  # noqa: E731
+    ddp = dist.DistributedDataParallel(frozen_first_layer(), bucket_cap_mb=3 * 8 / 2**20)
+    opt = optim.SGD(ddp.parameters(), lr=0.1)
+    for step, xb in enumerate(xs):
+        if step == 2:  # unfreeze on every rank: the next forward plans buckets over every parameter
+            for p in ddp.module[0].parameters():
+                p.requires_grad_(True)
+        twin = frozen_first_layer()
+        twin.load_state_dict(ddp.state_dict())
+        for p, q in zip(twin.parameters(), ddp.parameters()):
+            p.requires_grad_(q.requires_grad)
+        want = local_grads(twin, xb, loss)
+        opt.zero_grad()
+        if step % 2 == 0:
+            loss(ddp(xpnn.tensor(xb))).backward()
+        else:
+            out = ddp(xb)
+            ddp.backward(2.0 * out / out.size, need_input_grad=False)  # d mean(out**2) / d out
+        for (name, p), w in zip(ddp.named_parameters(), want):
+            check_close(np.array(p.grad), w, RTOL64, f"step {step}: averaged gradient of {name}")
+        if step < 2 and (np.any(ddp.module[0].weight.grad != 0) or np.any(ddp.module[0].bias.grad != 0)):
+            raise AssertionError("a frozen parameter got a gradient")
+        opt.step()
+        check_same_on_all_ranks(ddp, f"frozen layer, step {step}")
+    if len(ddp.reducer.params) != 4:
+        raise AssertionError("after unfreezing, every parameter should be reduced")
+
+
+class Heads(nn.Module):
+    """A body and two heads: ``head`` is used on rank 1 only, ``never`` on no rank."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(6, 4, dtype="float64", seed=0)
+        self.head = nn.Linear(4, 4, dtype="float64", seed=1)
+        self.never = nn.Linear(4, 2, dtype="float64", seed=2)
+        self.use_head = False
+
+    def forward(self, x):
+        h = self.body(x)
+        return h + self.head(h) if self.use_head else h
+
+
+def case_find_unused_parameters() -> None:
+    """find_unused_parameters=True on the tape: a head used on rank 1 only gets (0 + rank 1's gradient) / world on
+    every rank (PyTorch's semantics), a head used nowhere keeps a zero gradient, and training goes on."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    X, y = data(8 * world)
+    model = Heads()
+    ddp = dist.DistributedDataParallel(model, bucket_cap_mb=10 * 8 / 2**20, find_unused_parameters=True)
+    twin = Heads()
+    twin.load_state_dict(ddp.state_dict())
+    model.use_head = twin.use_head = rank == 1
+    loss_fn = nn.CrossEntropyLoss()
+    opt = optim.SGD(ddp.parameters(), lr=0.1)
+    for step, (xb, yb) in enumerate(batches(X, y, 4, seed=0, rank=rank, world_size=world)):
+        twin.load_state_dict(ddp.state_dict())
+        want = local_grads(twin, xb, lambda out: loss_fn(out, yb % 4))
+        opt.zero_grad()
+        loss_fn(ddp(xpnn.tensor(xb)), yb % 4).backward()
+        for (name, p), w in zip(ddp.named_parameters(), want):
+            check_close(np.array(p.grad), w, RTOL64, f"step {step}: gradient of {name}")
+        if np.any(model.never.weight.grad != 0):
+            raise AssertionError("a parameter unused on every rank should keep a zero gradient")
+        opt.step()
+        check_same_on_all_ranks(ddp, f"find_unused_parameters, step {step}")
 
 
 class Scale(nn.Module):
@@ -326,6 +418,31 @@ def case_collectives() -> None:
 def case_mismatch() -> None:
     make = make_model(hidden=16 + dist.get_rank())  # rank 1 builds a wider model
     dist.DistributedDataParallel(make)
+
+
+def case_frozen_mismatch() -> None:
+    """Ranks that froze different parameters would plan different buckets (a hang or mixed-up sums): refused at
+    wrap time and when requires_grad changes between steps, on every rank."""
+    rank = dist.get_rank()
+    model = frozen_first_layer()
+    if rank == 1:
+        model[0].bias.requires_grad_(True)
+    try:
+        dist.DistributedDataParallel(model)
+    except dist.DistributedError as exc:
+        if "0.bias: rank 0 has (2,) float64 (frozen), rank 1 has (2,) float64" not in str(exc):
+            raise AssertionError(f"the error should name 0.bias and which rank froze it: {exc}") from None
+    else:
+        raise AssertionError("wrapping models frozen differently should raise")
+    ddp = dist.DistributedDataParallel(frozen_first_layer())
+    (ddp.module[0].weight if rank == 0 else ddp.module[0].bias).requires_grad_(True)
+    try:
+        ddp(np.ones((1, 2)))
+    except dist.DistributedError as exc:
+        if "changed requires_grad differently" not in str(exc) or "'0.bias'" not in str(exc):
+            raise AssertionError(f"the error should say the ranks froze differently: {exc}") from None
+    else:
+        raise AssertionError("unfreezing different parameters on the ranks should raise")
 
 
 def case_fit_mismatch() -> None:

@@ -8,6 +8,7 @@ import xpnn
 import xpnn.nn as nn
 import xpnn.optim as optim
 from xpnn.amp import GradScaler, unscale_and_check_
+from xpnn.backend import dtype_name
 from xpnn.data import load_digits
 
 
@@ -259,3 +260,154 @@ def test_tape_api_float16_step_with_the_scaler():
                 o.step()
     for p, q in zip(model.parameters(), ref.parameters()):  # scaling by 2**8 is exact: the same steps
         np.testing.assert_allclose(p.data.astype(np.float32), q.data.astype(np.float32), rtol=2e-3, atol=2e-3)
+
+
+# --- several optimizers: each skips on its own gradients (torch.amp.GradScaler's per-optimizer state) ---------------
+
+def _two_models(backend=None, dtype="float32"):
+    a = nn.Sequential(nn.Linear(3, 2, seed=0, backend=backend))
+    b = nn.Sequential(nn.Linear(3, 2, seed=1, backend=backend))
+    if dtype != "float32":
+        a.to(dtype=dtype), b.to(dtype=dtype)
+    return a, b
+
+
+def _torch_copy(torch, model):
+    lin = model[0]
+    t = torch.nn.Linear(lin.in_features, lin.out_features)
+    with torch.no_grad():
+        t.weight.copy_(torch.tensor(np.asarray(lin.weight.data, np.float32)))
+        t.bias.copy_(torch.tensor(np.asarray(lin.bias.data, np.float32)))
+    return t
+
+
+def _host(p):
+    return np.array(xpnn.backend.to_numpy(p.data), np.float32)  # a copy
+
+
+_X = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+# which model's loss term is multiplied by inf in each iteration; "clip" calls unscale_ on both before step
+PLAN = [None, "a", None, "b", "clip", "both", None, None]
+
+
+def _xpnn_run(a, b, be, capturable=False):
+    oa, ob = optim.Adam(a.parameters(), lr=0.1), optim.SGD(b.parameters(), lr=0.1, momentum=0.9)
+    if capturable:
+        oa.capturable = ob.capturable = True  # device step and lr (the CUDA-graph path), here on the CPU
+    s = GradScaler(init_scale=2.0**4, growth_interval=2)
+    x = xpnn.tensor(be.asarray(_X.astype(dtype_name(a[0].weight.dtype))))
+    seen = []
+    for bad in PLAN:
+        oa.zero_grad(), ob.zero_grad()
+        la = a(x).to(dtype="float32").sum() * (float("inf") if bad in ("a", "both") else 1.0)
+        lb = b(x).to(dtype="float32").sum() * (float("inf") if bad in ("b", "both") else 1.0)
+        s.scale(la + lb).backward()
+        if bad == "clip" and dtype_name(a[0].weight.dtype) != "float16":  # (float16: unscaled in step only)
+            s.unscale_(oa), s.unscale_(ob)
+        ran = (s.step(oa), s.step(ob))
+        s.update()
+        seen.append((ran, [_host(p) for p in (*a.parameters(), *b.parameters())], s.get_scale(),
+                     s.state_dict()["_growth_tracker"]))
+    return seen, s
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the planted inf
+def test_each_optimizer_skips_on_its_own_gradients_like_pytorch():
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for GradScaler with several optimizers")
+    a, b = _two_models()
+    ta, tb = _torch_copy(torch, a), _torch_copy(torch, b)
+    toa, tob = torch.optim.Adam(ta.parameters(), lr=0.1), torch.optim.SGD(tb.parameters(), lr=0.1, momentum=0.9)
+    ts = torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=2)
+    tx = torch.tensor(_X)
+    seen, s = _xpnn_run(a, b, xpnn.get_backend("numpy"))
+    for i, bad in enumerate(PLAN):
+        toa.zero_grad(), tob.zero_grad()
+        la = ta(tx).sum() * (float("inf") if bad in ("a", "both") else 1.0)
+        lb = tb(tx).sum() * (float("inf") if bad in ("b", "both") else 1.0)
+        ts.scale(la + lb).backward()
+        if bad == "clip":
+            ts.unscale_(toa), ts.unscale_(tob)
+        ts.step(toa), ts.step(tob)
+        ts.update()
+        ran, params, scale, tracker = seen[i]
+        assert ran == (bad not in ("a", "both"), bad not in ("b", "both")), (i, bad)
+        want = [p.detach().numpy() for p in (*ta.parameters(), *tb.parameters())]
+        for got, w in zip(params, want):
+            np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6, err_msg=f"iteration {i} ({bad})")
+        assert (scale, tracker) == (ts.get_scale(), ts._get_growth_tracker()), (i, bad)
+    assert s.state_dict() == ts.state_dict()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the planted inf
+@pytest.mark.parametrize("path", ["array_api_strict", "capturable", "float16"])
+def test_each_optimizer_skips_on_its_own_gradients_on_every_path(path):
+    """The same plan on the generic array-API path, with capturable optimizers (device step and lr: the CUDA-graph
+    path) and on float16 models (the float32 gradient copy the scaler checks): each optimizer skips only on its
+    own overflow, and the scales and steps agree with the plain NumPy float32 run."""
+    ref, _ = _xpnn_run(*_two_models(), xpnn.get_backend("numpy"))
+    if path == "array_api_strict":
+        be = xpnn.get_backend(array_api_strict)
+        seen, _ = _xpnn_run(*_two_models(backend=be), be)
+    else:
+        seen, _ = _xpnn_run(*_two_models(dtype="float16" if path == "float16" else "float32"),
+                            xpnn.get_backend("numpy"), capturable=path == "capturable")
+    tol = 2e-3 if path == "float16" else 1e-6
+    for bad, (ran, params, scale, tracker), (ran0, params0, scale0, tracker0) in zip(PLAN, seen, ref):
+        assert ran == (bad not in ("a", "both"), bad not in ("b", "both")), bad
+        assert (ran, scale, tracker) == (ran0, scale0, tracker0)
+        for p, q in zip(params, params0):
+            np.testing.assert_allclose(p, q, rtol=tol, atol=tol)
+
+
+def test_stage_errors_and_update_resets_every_optimizer():
+    """PyTorch's order rules, per optimizer: unscale_ twice, unscale_ after step, step twice raise until update();
+    update() with nothing checked raises; update() lets every optimizer start again."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for GradScaler's order rules")
+    a, b = _two_models()
+    oa, ob = optim.SGD(a.parameters(), lr=0.1), optim.SGD(b.parameters(), lr=0.1)
+    s = GradScaler(init_scale=8.0)
+    ta, tb = _torch_copy(torch, a), _torch_copy(torch, b)
+    toa, tob = torch.optim.SGD(ta.parameters(), lr=0.1), torch.optim.SGD(tb.parameters(), lr=0.1)
+    ts = torch.amp.GradScaler("cpu", init_scale=8.0)
+    x, tx = xpnn.tensor(np.ones((2, 3), np.float32)), torch.ones(2, 3)
+    for scaler, (ma, mb), (o1, o2), xx in ((s, (a, b), (oa, ob), x), (ts, (ta, tb), (toa, tob), tx)):
+        scaler.scale(ma(xx).sum() + mb(xx).sum()).backward()
+        with pytest.raises((RuntimeError, AssertionError)):
+            scaler.update()  # nothing checked yet
+        scaler.unscale_(o1)
+        with pytest.raises(RuntimeError, match="already"):
+            scaler.unscale_(o1)
+        scaler.step(o1)
+        with pytest.raises(RuntimeError, match="after step"):
+            scaler.unscale_(o1)
+        with pytest.raises(RuntimeError, match="already"):
+            scaler.step(o1)
+        scaler.step(o2)  # the other optimizer is independent
+        scaler.update()
+        scaler.scale(ma(xx).sum() + mb(xx).sum()).backward()
+        scaler.unscale_(o1)  # allowed again after update()
+        scaler.step(o1), scaler.step(o2)
+        scaler.update()
+    for p, q in zip((*a.parameters(), *b.parameters()), (*ta.parameters(), *tb.parameters())):
+        np.testing.assert_allclose(p.data, q.detach().numpy(), rtol=1e-6)  # step after unscale_: unscaled once
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the planted inf
+def test_state_dict_mid_training_matches_pytorch_and_resumes():
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for GradScaler.state_dict")
+    seen, s = _xpnn_run(*_two_models(), xpnn.get_backend("numpy"))
+    ts = torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=2)
+    ts.load_state_dict(s.state_dict())
+    assert ts.state_dict() == s.state_dict() and s.get_scale() != 2.0**4
+    resumed = GradScaler()
+    resumed.load_state_dict(s.state_dict())
+    for scaler in (s, resumed, ts):  # two clean steps each: the tracker reaches growth_interval, the scale grows
+        model = _linear() if scaler is not ts else torch.nn.Linear(4, 3)
+        opt = (optim.SGD if scaler is not ts else torch.optim.SGD)(model.parameters(), lr=0.1)
+        x = xpnn.tensor(np.ones((1, 4), np.float32)) if scaler is not ts else torch.ones(1, 4)
+        for _ in range(2):
+            scaler.scale(model(x).sum()).backward()
+            scaler.step(opt)
+            scaler.update()
+    assert s.state_dict() == resumed.state_dict() == ts.state_dict()
+    assert s.get_scale() == 2 * seen[-1][2]

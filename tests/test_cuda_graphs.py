@@ -217,6 +217,7 @@ def test_xpnn_host_reads_refuse_during_capture(monkeypatch):
         def step(self):
             scaler.scale(be.asarray(np.float32(1.0)))
             scaler.step(opt)
+            scaler.update()  # (one step per optimizer between updates, as in PyTorch)
 
     with pytest.raises(CaptureError, match="GradScaler.step"):
         make_graphed_step(model, loss_fn, ScaledOptimizer(), x[0], y[0], warmup=1, runtime=rt)

@@ -6,8 +6,9 @@ on its way back through a float16 network and training stalls. The scaler multip
 API, the loss gradient) by ``scale`` before backward, so the gradients are ``scale`` times larger while they are
 float16; ``step`` divides them by ``scale`` again in float32 -- for float16 parameters on the optimizer's float32
 copy of the gradient, so nothing underflows after unscaling -- checks them for inf/NaN in the same pass, and skips
-the step when it finds any. ``update`` then halves the scale after an overflow and doubles it after
-``growth_interval`` clean steps::
+the step when it finds any. Each optimizer keeps its own inf/NaN flag (PyTorch's per-optimizer state): with two
+optimizers, only the one whose gradients overflowed skips its step. ``update`` then halves the scale when any
+optimizer found an overflow since the last ``update`` and doubles it after ``growth_interval`` clean steps::
 
     scaler = GradScaler()
     for xb, yb in batches:
@@ -18,11 +19,12 @@ the step when it finds any. ``update`` then halves the scale after an overflow a
         scaler.step(opt)      # unscale + finite check in one pass per gradient buffer; skips on inf/NaN
         scaler.update()
 
-Host reads: ``step`` reads one flag (whether any gradient was inf/NaN) to decide whether to call the optimizer
--- the read PyTorch's ``GradScaler.step`` makes too. We chose it over a device-side skip because a skipped step
-must leave the step count, every moment buffer and the learning-rate schedule's view of the step untouched, which
-every optimizer (and its fused kernel) would otherwise have to implement as a masked update; the cost is one
-device sync per step when a scaler is used. ``scale``, the unscaling, the check and ``update`` read nothing.
+Host reads: ``step`` reads one flag (whether any of this optimizer's gradients was inf/NaN) to decide whether to
+call the optimizer -- the read PyTorch's ``GradScaler.step`` makes too. We chose it over a device-side skip because a
+skipped step must leave the step count, every moment buffer and the learning-rate schedule's view of the step
+untouched, which every optimizer (and its fused kernel) would otherwise have to implement as a masked update; the
+cost is one device sync per optimizer step when a scaler is used. ``scale``, the unscaling, the check and ``update``
+read nothing.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from .functional._inplace import InPlace
 
 __all__ = ["GradScaler", "unscale_and_check_"]
 
-_READY, _UNSCALED = 0, 1
+_READY, _UNSCALED, _STEPPED = 0, 1, 2  # an optimizer's stage since the last update() (PyTorch's OptState)
 
 
 def unscale_and_check_(grad: Any, inv_scale: Any, found_inf: Any) -> None:
@@ -86,8 +88,9 @@ class GradScaler:
         self._xp: Any = None
         self._scale: Any = None  # 0-d float32 on the device
         self._tracker: Any = None  # 0-d int32: clean steps since the last change of scale
-        self._found_inf: Any = None  # 0-d float32: any inf/NaN since the last update()
-        self._stages: dict[int, int] = {}  # id(optimizer) -> _READY / _UNSCALED
+        # id(optimizer) -> [stage, found_inf]: _READY / _UNSCALED / _STEPPED, and a 0-d float32 flag (1: inf/NaN in
+        # this optimizer's gradients) once they were checked; cleared by update() (PyTorch's _per_optimizer_states)
+        self._per_optimizer: dict[int, list[Any]] = {}
 
     # --- device state ---------------------------------------------------------------------------------------
     def _lazy_init(self, like: Any) -> Any:
@@ -97,7 +100,6 @@ class GradScaler:
             self._xp = xp
             self._scale = xp.asarray(self._init_scale, dtype=xp.float32, device=dev)
             self._tracker = xp.asarray(self._init_tracker, dtype=xp.int32, device=dev)
-            self._found_inf = xp.zeros((), dtype=xp.float32, device=dev)
         elif xp is not self._xp:
             raise ValueError(f"GradScaler: its scale lives on {_describe(self._xp)}, got arrays of {_describe(xp)}; "
                              "use one scaler per backend")
@@ -136,49 +138,74 @@ class GradScaler:
             out += [(namespace_of(g), g) for g in grads]
         return out
 
+    def _state(self, optimizer: Any) -> list[Any]:
+        return self._per_optimizer.setdefault(id(optimizer), [_READY, None])
+
+    def _require_scale(self, method: str) -> None:
+        if self._scale is None:
+            raise RuntimeError(f"GradScaler.{method}: nothing was scaled since the scaler was made; call "
+                               "scaler.scale(loss) (or scale the loss gradient) before backward")
+
     def unscale_(self, optimizer: Any) -> None:
         """Divide ``optimizer``'s gradients by the scale in place now (e.g. to clip them before ``step``) and
-        record inf/NaN. Once per ``step``. float16 gradients are refused, as in PyTorch: unscaled in float16 they
-        would underflow again; ``step`` unscales them into the optimizer's float32 copy instead."""
+        record whether any is inf/NaN (for this optimizer only). Once per optimizer between ``update`` calls, and
+        not after ``step``: ``RuntimeError`` otherwise (as PyTorch). float16 gradients are refused, as in
+        PyTorch: unscaled in float16 they would underflow again; ``step`` unscales them into the optimizer's
+        float32 copy instead."""
         if not self._enabled:
             return
-        if self._stages.get(id(optimizer), _READY) == _UNSCALED:
+        self._require_scale("unscale_")
+        state = self._state(optimizer)
+        if state[0] == _UNSCALED:
             raise RuntimeError("GradScaler.unscale_: unscale_() was already called on this optimizer since the last "
                                "update()")
+        if state[0] == _STEPPED:
+            raise RuntimeError("GradScaler.unscale_: unscale_() is being called after step() (call it before "
+                               "step(), once per optimizer between update() calls)")
         grads = self._grads_of(optimizer)
         for _xp, g in grads:
             if dtype_name(g.dtype) == "float16":
                 raise ValueError("GradScaler.unscale_: float16 gradients cannot be unscaled in place (they would "
                                  "underflow again); call scaler.step(optimizer), which unscales into the optimizer's "
                                  "float32 gradient copy")
-        self._unscale_all(grads)
-        self._stages[id(optimizer)] = _UNSCALED
+        state[1] = self._unscale_all(grads)
+        state[0] = _UNSCALED
 
-    def _unscale_all(self, grads: list[tuple[Any, Any]]) -> None:
+    def _unscale_all(self, grads: list[tuple[Any, Any]]) -> Any:
+        """Unscale ``grads`` in place; return a new 0-d float32 flag on the scale's device: 1 if any was inf/NaN.
+        ``RuntimeError`` when there is no gradient to check (PyTorch: "No inf checks were recorded")."""
         if not grads:
-            return
-        self._lazy_init(grads[0][1])
+            raise RuntimeError("GradScaler: the optimizer has no gradients to unscale and check (no parameter of "
+                               "its groups has a .grad); run backward on the scaled loss before step()")
+        xp = self._lazy_init(grads[0][1])  # the check that the scale and the gradients share a backend
+        found_inf = xp.zeros((), dtype=xp.float32, device=_device(self._scale))
         inv = self._inv_scale()
         for _xp, g in grads:
-            unscale_and_check_(g, inv, self._found_inf)
+            unscale_and_check_(g, inv, found_inf)
+        return found_inf
 
-    def _read_found_inf(self) -> bool:
-        """The one host read of a step: whether any gradient since the last ``update`` was inf/NaN."""
+    @staticmethod
+    def _read_found_inf(found_inf: Any) -> bool:
+        """The one host read of a step: whether this optimizer's gradients held an inf/NaN."""
         no_host_read_while_capturing("GradScaler.step (deciding whether to skip the step)")
-        return bool(self._found_inf > 0)
+        return bool(found_inf > 0)
 
     def step(self, optimizer: Any) -> Optional[bool]:
         """Unscale ``optimizer``'s gradients (unless ``unscale_`` did), check them for inf/NaN in the same pass and
-        call ``optimizer.step()`` only when all are finite. Returns ``True`` when the step ran, ``False`` when it
-        was skipped (PyTorch returns the optimizer's ``step`` return value; xpnn's optimizers return ``None``)."""
+        call ``optimizer.step()`` only when all of *its* gradients are finite (another optimizer's overflow does
+        not skip this one). Returns ``True`` when the step ran, ``False`` when it was skipped (PyTorch returns the
+        optimizer's ``step`` return value; xpnn's optimizers return ``None``). Once per optimizer between
+        ``update`` calls: ``RuntimeError`` otherwise (as PyTorch)."""
         if not self._enabled:
             optimizer.step()
             return True
-        if self._scale is None:
-            raise RuntimeError("GradScaler.step: nothing was scaled since the scaler was made; call "
-                               "scaler.scale(loss) (or scale the loss gradient) before backward")
-        if self._stages.get(id(optimizer), _READY) == _UNSCALED:
-            ran = not self._read_found_inf()
+        self._require_scale("step")
+        state = self._state(optimizer)
+        if state[0] == _STEPPED:
+            raise RuntimeError("GradScaler.step: step() was already called on this optimizer since the last "
+                               "update()")
+        if state[0] == _UNSCALED:
+            ran = not self._read_found_inf(state[1])
             if ran:
                 optimizer.step()
         else:
@@ -186,8 +213,8 @@ class GradScaler:
 
             def hook(grads: list[tuple[Any, Any]]) -> bool:
                 nonlocal ran
-                self._unscale_all(grads)
-                ran = not self._read_found_inf()
+                state[1] = self._unscale_all(grads)
+                ran = not self._read_found_inf(state[1])
                 return ran
 
             old, optimizer._grad_hook = optimizer._grad_hook, hook
@@ -195,21 +222,31 @@ class GradScaler:
                 optimizer.step()
             finally:
                 optimizer._grad_hook = old
-        self._stages[id(optimizer)] = _READY
+        state[0] = _STEPPED
         return ran
 
     def update(self, new_scale: Optional[float] = None) -> None:
-        """After an inf/NaN since the last update: ``scale *= backoff_factor`` and the growth count restarts;
-        else after ``growth_interval`` clean updates in a row: ``scale *= growth_factor``. Computed on the device
-        (no host read). ``new_scale`` sets the scale directly instead."""
-        if not self._enabled or self._scale is None:
+        """After an inf/NaN in any optimizer's gradients since the last update: ``scale *= backoff_factor`` and the
+        growth count restarts; else after ``growth_interval`` clean updates in a row: ``scale *= growth_factor``
+        (``torch._amp_update_scale_``). Computed on the device (no host read). ``new_scale`` sets the scale
+        directly instead (the growth count is kept, as in PyTorch). Then every optimizer's state is cleared for the
+        next iteration. ``RuntimeError`` when nothing was scaled, or (without ``new_scale``) when no ``step`` or
+        ``unscale_`` checked any gradient since the last update (as PyTorch)."""
+        if not self._enabled:
             return
+        self._require_scale("update")
         xp = self._xp
         if new_scale is not None:
             self._scale[...] = float(new_scale)
-            self._tracker[...] = 0
         else:
-            found = self._found_inf > 0
+            flags = [f for _stage, f in self._per_optimizer.values() if f is not None]
+            if not flags:
+                raise RuntimeError("GradScaler.update: no gradients were checked since the last update(); call "
+                                   "scaler.step(optimizer) (or unscale_) for each optimizer first")
+            found_sum = flags[0]
+            for f in flags[1:]:
+                found_sum = found_sum + f
+            found = found_sum > 0
             zero = xp.zeros_like(self._tracker)
             tracker = xp.where(found, zero, self._tracker + 1)
             grow = tracker >= self._growth_interval
@@ -218,8 +255,7 @@ class GradScaler:
             self._scale[...] = xp.where(found, self._scale * self._backoff_factor,
                                         xp.where(grow, grown, self._scale))
             self._tracker[...] = xp.where(grow, zero, tracker)
-        self._found_inf[...] = 0
-        self._stages.clear()
+        self._per_optimizer.clear()
 
     # --- inspection and state ---------------------------------------------------------------------------------
     def get_scale(self) -> float:

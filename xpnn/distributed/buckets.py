@@ -23,6 +23,11 @@ from .process_group import DistributedError, ProcessGroup, _nccl_dtype, _nccl_mo
 
 __all__ = ["Bucket", "plan_buckets", "GradReducer"]
 
+#: how to resolve a parameter that requires grad but got none (named in the errors, README "When a job hangs")
+UNUSED_HINT = ("every parameter that requires grad must take part in the loss on every rank: pass "
+               "find_unused_parameters=True to DistributedDataParallel when some do not (their gradients are then "
+               "reduced as they are, zero after zero_grad), or freeze them with requires_grad_(False) on every rank")
+
 
 @dataclass
 class Bucket:
@@ -41,32 +46,57 @@ class Bucket:
         return self.stop - self.start
 
 
-def plan_buckets(buf: FlatBuffer, cap_bytes: int) -> list[Bucket]:
-    """Split ``buf`` into buckets of at most ``cap_bytes`` (at least one element each), from the end backwards."""
+def plan_buckets(buf: FlatBuffer, cap_bytes: int, params: Optional[list[Parameter]] = None) -> list[Bucket]:
+    """Split the parts of ``buf`` that hold ``params`` into buckets of at most ``cap_bytes`` (at least one element
+    each), from the end backwards.
+
+    ``params``: the parameters to reduce; default: those that require grad (PyTorch's DDP reduces only those: a
+    frozen layer's gradient is neither sent nor changed). Buckets cover runs of consecutive reduced parameters
+    (with the alignment padding between them) and never reach into a parameter left out."""
     if cap_bytes <= 0:
         raise ValueError(f"bucket_cap_mb must be > 0, got a cap of {cap_bytes} bytes")
     itemsize = int(np.dtype(dtype_name(buf.dtype)).itemsize)
     cap = max(1, int(cap_bytes) // itemsize)
-    spans = [(p._offset, p._offset + p.size, p) for p in buf.params]
+    if params is None:
+        params = [p for p in buf.params if p.requires_grad]
+    keep = {id(p) for p in params}
+    spans = []  # (start, stop, param) of the reduced parameters
+    runs: list[list[int]] = []  # [start, stop) of each run of consecutive reduced parameters
+    open_run = False
+    for p in sorted(buf.params, key=lambda q: q._offset):
+        if id(p) not in keep:
+            open_run = False
+            continue
+        a, b = p._offset, p._offset + p.size
+        spans.append((a, b, p))
+        if open_run:
+            runs[-1][1] = b
+        else:
+            runs.append([a, b])
+            open_run = True
     buckets: list[Bucket] = []
-    stop = buf.size
-    while stop > 0:
-        start = max(0, stop - cap)
-        params = [p for a, b, p in spans if a < stop and b > start and b > a]
-        buckets.append(Bucket(len(buckets), start, stop, params))
-        stop = start
+    for first, stop in reversed(runs):
+        while stop > first:
+            start = max(first, stop - cap)
+            members = [p for a, b, p in spans if a < stop and b > start and b > a]
+            buckets.append(Bucket(len(buckets), start, stop, members))
+            stop = start
     return buckets
 
 
 class GradReducer:
-    """Averages ``buf.grad`` over the ranks of ``group`` bucket by bucket; ``mark_ready(p)`` is called once p's
-    gradient for this backward is complete, ``finish()`` completes the step (marking the parameters that got no
-    gradient: their buckets must still be summed, so that every rank runs the same collectives)."""
+    """Averages the gradients of the parameters of ``buf`` that require grad (``params``, fixed when made) over the
+    ranks of ``group`` bucket by bucket; ``mark_ready(p)`` is called once p's gradient for this backward is
+    complete, ``finish()`` completes the step (marking the parameters that got no gradient: their buckets must
+    still be summed, with the gradient they hold -- zero after ``zero_grad`` -- so that every rank runs the same
+    collectives). ``stale()`` says whether ``requires_grad`` changed since (then make a new reducer)."""
 
     def __init__(self, buf: FlatBuffer, group: ProcessGroup, cap_bytes: int) -> None:
         self.buf = buf
         self.group = group
-        self.buckets = plan_buckets(buf, cap_bytes)
+        self._flags = tuple(p.requires_grad for p in buf.params)
+        self.params = [p for p in buf.params if p.requires_grad]
+        self.buckets = plan_buckets(buf, cap_bytes, self.params)
         self.cupy = is_cupy_namespace(namespace_of(buf.grad))
         if dtype_name(buf.dtype) == "float16" and not (self.cupy and group.nccl is not None):
             raise DistributedError("DistributedDataParallel: float16 gradients cannot be reduced over MPI (no MPI "
@@ -79,6 +109,10 @@ class GradReducer:
         self._next = 0
         self._completed = True
         self._reset()
+
+    def stale(self) -> bool:
+        """Whether some parameter's ``requires_grad`` changed since this reducer was planned."""
+        return tuple(p.requires_grad for p in self.buf.params) != self._flags
 
     @property
     def active(self) -> bool:
@@ -94,14 +128,14 @@ class GradReducer:
 
     def missing(self) -> list[Parameter]:
         """Parameters whose gradient has not been marked ready in the current reduction."""
-        return [p for p in self.buf.params if id(p) not in self._ready and p.size > 0]
+        return [p for p in self.params if id(p) not in self._ready and p.size > 0]
 
     def begin(self) -> None:
         """Start a reduction for the coming backward (the first ``mark_ready`` also starts one)."""
         if self._ready:
             raise DistributedError("DistributedDataParallel: the previous backward's gradient reduction did not "
                                    f"finish: no gradient reached {len(self.missing())} parameters "
-                                   f"(shapes {[p.shape for p in self.missing()][:10]})")
+                                   f"(shapes {[p.shape for p in self.missing()][:10]}); {UNUSED_HINT}")
         self._completed = False
 
     def mark_ready(self, p: Parameter) -> None:
@@ -128,7 +162,10 @@ class GradReducer:
         """Mark every parameter not yet marked (it got no gradient this backward) and complete the reduction."""
         if self._completed:
             return
-        for p in self.buf.params:
+        if not self.buckets:  # every parameter frozen: nothing to reduce
+            self._completed = True
+            return
+        for p in self.params:
             self.mark_ready(p)
             if self._completed:  # the last mark launched the last bucket and completed
                 return
