@@ -212,7 +212,7 @@ class Tensor:
 
     def item(self) -> float:
         """The value of a one-element Tensor as a Python number."""
-        if self.size != 1:
+        if self.numel() != 1:
             raise ValueError(f"Tensor.item: only one-element tensors can be converted, got shape {self.shape}")
         check_device_errors()  # this read syncs anyway: raise label errors deferred on the device (xpnn.debug)
         return to_numpy(self._data).item()  # (ndarray.item takes any one-element shape)
@@ -230,7 +230,7 @@ class Tensor:
         return object.__format__(self, spec)
 
     def __bool__(self) -> bool:
-        if self.size != 1:
+        if self.numel() != 1:
             raise ValueError(f"the truth value of a Tensor of shape {self.shape} is ambiguous")
         return bool(self.item())
 
@@ -679,7 +679,7 @@ def _seed_grad(out: Tensor, g: Any, where: str, create_graph: bool) -> Any:
     except a Tensor ``g`` under ``create_graph`` (kept: the gradients then depend on it); the engine wraps arrays
     itself when it records the backward."""
     if g is None:
-        if out.size != 1:
+        if out.numel() != 1:
             made_by = f" (made by {out._node.op.name})" if out._node is not None else ""
             raise RuntimeError(f"{where}: grad can be implicitly created only for one-element outputs; this Tensor"
                                f"{made_by} has shape {out.shape}: pass grad= (e.g. ones of that shape), or reduce "
