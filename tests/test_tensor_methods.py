@@ -156,3 +156,17 @@ def test_max_with_dim_gradient_and_indices():
     np.testing.assert_array_equal(t.grad, [[0, 1, 0], [0, 0, 1]])
     with pytest.raises(TypeError, match="max: dim must be an int"):
         t.max(dim=(0, 1))
+
+
+@pytest.mark.cuda
+def test_cuda_device_string_and_methods():
+    import cupy
+
+    t = xpnn.tensor(np.arange(6.0).reshape(2, 3), backend="cuda", requires_grad=True)
+    assert t.device == f"cuda:{cupy.cuda.Device().id}"
+    values, indices = t.max(dim=1)
+    assert indices.tolist() == [2, 2] and t.size(1) == 3 and t.view(3, 2).shape == (3, 2)
+    (values.sum() + t.unsqueeze(0).flatten().float().sum()).backward()
+    np.testing.assert_array_equal(cupy.asnumpy(t.grad), [[1, 1, 2], [1, 1, 2]])
+    total = xpnn.nn.utils.clip_grad_norm_([t], 1.0)
+    assert total.device == t.device and float(total) == pytest.approx(np.sqrt(4 * 1 + 2 * 4))
