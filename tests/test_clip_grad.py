@@ -83,6 +83,10 @@ def test_clip_grad_norm_tensors_without_grad_are_skipped():
     single.grad = np.array([0.0, 2.0])
     assert float(nn.utils.clip_grad_norm_(single, 1.0)) == 2.0  # one Tensor instead of an iterable
     assert float(nn.utils.clip_grad_norm_([], 1.0)) == 0.0
+    with pytest.raises(ValueError, match="clip_grad_norm_: norm_type must be positive or inf, got 0.0"):
+        nn.utils.clip_grad_norm_([a], 1.0, norm_type=0)
+    with pytest.raises(TypeError, match="clip_grad_norm_: expected Parameters or Tensors, got ndarray"):
+        nn.utils.clip_grad_norm_([np.zeros(2)], 1.0)
 
 
 def test_clip_grad_norm_non_finite():

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Optional, Union
 
+import numpy as np
+
 from ..autograd.tensor import Tensor
 from ..backend import namespace_of
 from .parameter import Parameter, flat_buffer_of
@@ -38,12 +40,13 @@ def clip_grad_norm_(parameters: Params, max_norm: float, norm_type: float = 2.0,
     ``torch.nn.utils.clip_grad_norm_``. Returns the total norm before clipping as a 0-d Tensor (no gradient; 0.0
     for no gradients). ``error_if_nonfinite``: raise ``RuntimeError`` when the total norm is NaN or infinite (a
     host read). ``foreach`` is accepted for PyTorch compatibility (the flat buffer is already one pass).
-    float16 gradients are reduced in float32."""
+    ``norm_type`` must be positive (PyTorch's 0, negative and -inf orders are not supported); float16 gradients are
+    reduced in float32."""
     grads = _grads(parameters, "clip_grad_norm_")
     norm_type = float(norm_type)
+    if not norm_type > 0:
+        raise ValueError(f"clip_grad_norm_: norm_type must be positive or inf, got {norm_type}")
     if not grads:
-        import numpy as np
-
         return Tensor(np.asarray(0.0, dtype=np.float32))
     xp = namespace_of(*grads, where="clip_grad_norm_")
     wide = xp.float64 if any(g.dtype == xp.float64 for g in grads) else xp.float32
