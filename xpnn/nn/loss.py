@@ -1,5 +1,7 @@
 """Loss modules: ``loss = loss_fn(pred, target)``; on Tensors ``loss.backward()``, on arrays (explicit API)
-``dpred = loss_fn.backward()`` (no argument).
+``dpred = loss_fn.backward()`` (no argument). On arrays the loss is NumPy's own scalar or 0-d array, so
+``loss.backward()`` there fails with NumPy's "'numpy.float32' object has no attribute 'backward'": wrap the model's
+input with ``xpnn.tensor`` to get a Tensor loss.
 
 Each calls its ``xpnn.functional`` op; cross-entropy computes the loss and its gradient in one pass (the fused
 kernel on CUDA). For ``reduction="none"`` the gradient is that of the summed per-sample losses.
