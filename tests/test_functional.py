@@ -203,3 +203,125 @@ def test_debug_mode_catches_nan_logits():
 def test_accuracy_rejects_float_labels():
     with pytest.raises(xpnn.DTypeError, match="accuracy: labels must be integer"):
         F.accuracy(np.zeros((2, 3)), np.zeros(2))
+
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+def test_dim_keyword_matches_torch(ns):
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for dim= (its name for axis=)")
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+    A, B = to_ns(ns, a), to_ns(ns, b)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    for d in (0, 1, -1):
+        for name in ("sum", "mean", "softmax", "log_softmax", "logsumexp"):
+            np.testing.assert_allclose(np_(getattr(F, name)(A, dim=d)), getattr(torch, name)(ta, dim=d).numpy(),
+                                       rtol=1e-12, err_msg=f"{name}(dim={d})")
+        for name in ("max", "min"):  # dim= gives (values, indices), as torch.max(x, dim)
+            values, indices = getattr(F, name)(A, dim=d)
+            ref = getattr(torch, name)(ta, dim=d)
+            np.testing.assert_allclose(np_(values), ref.values.numpy())
+            np.testing.assert_array_equal(np_(indices), ref.indices.numpy())
+        np.testing.assert_allclose(np_(F.concat([A, B], dim=d)), torch.cat([ta, tb], dim=d).numpy())
+        np.testing.assert_allclose(np_(F.stack([A, B], dim=d)), torch.stack([ta, tb], dim=d).numpy())
+    keep = F.max(A, dim=1, keepdims=True)
+    assert tuple(keep.values.shape) == tuple(keep.indices.shape) == (3, 1)
+    # the axis= spelling and the defaults are unchanged
+    np.testing.assert_allclose(np_(F.max(A, axis=1)), a.max(axis=1))
+    np.testing.assert_allclose(np_(F.softmax(A)), torch.softmax(ta, dim=-1).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(np_(F.concat([A, B])), np.concatenate([a, b]))
+
+
+@pytest.mark.parametrize("name", ["sum", "mean", "max", "min", "softmax", "log_softmax", "logsumexp"])
+def test_axis_and_dim_together_raise(name):
+    with pytest.raises(TypeError, match=rf"^{name}: got both axis=0 and dim=1; dim is PyTorch's name for axis"):
+        getattr(F, name)(np.ones((2, 3)), axis=0, dim=1)
+
+
+@pytest.mark.parametrize("name", ["concat", "stack"])
+def test_axis_and_dim_together_raise_for_joins(name):
+    with pytest.raises(TypeError, match=rf"^{name}: got both axis=0 and dim=0"):
+        getattr(F, name)([np.ones((2, 3))] * 2, axis=0, dim=0)
+
+
+def test_dim_keyword_on_tensors_is_recorded():
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(3, 4))
+    x = xpnn.tensor(a, requires_grad=True)
+    F.log_softmax(x, dim=0).sum(dim=1).mean(dim=0).backward()
+    ref = xpnn.tensor(a, requires_grad=True)
+    F.log_softmax(ref, axis=0).sum(axis=1).mean(axis=0).backward()
+    np.testing.assert_allclose(x.grad, ref.grad)
+    assert np.abs(x.grad).max() > 0
+
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_nll_loss_matches_torch(ns, reduction, weighted):
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for nll_loss")
+    rng = np.random.default_rng(5)
+    logp = ref_log_softmax(rng.normal(size=(7, 4)))
+    t = np.array([0, 3, 1, -100, 2, 3, 0])
+    w = rng.uniform(0.5, 2.0, size=4) if weighted else None
+    kw = dict(weight=None if w is None else torch.from_numpy(w), reduction=reduction)
+    x = xpnn.tensor(to_ns(ns, logp), requires_grad=True)
+    loss = F.nll_loss(x, to_ns(ns, t), weight=None if w is None else to_ns(ns, w), reduction=reduction)
+    r = torch.from_numpy(logp).requires_grad_(True)
+    ref = torch.nn.functional.nll_loss(r, torch.from_numpy(t), **kw)
+    np.testing.assert_allclose(np_(loss.data), ref.detach().numpy(), rtol=1e-12)
+    loss.sum().backward()
+    ref.sum().backward()
+    np.testing.assert_allclose(np_(x.grad), r.grad.numpy(), rtol=1e-12)
+    # arrays in, array out (the explicit API)
+    np.testing.assert_allclose(np_(F.nll_loss(to_ns(ns, logp), to_ns(ns, t), weight=None if w is None else
+                                              to_ns(ns, w), reduction=reduction)), ref.detach().numpy(), rtol=1e-12)
+
+
+def test_nll_loss_ignore_index_and_log_softmax_equals_cross_entropy():
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for nll_loss")
+    rng = np.random.default_rng(6)
+    z = rng.normal(size=(5, 3)).astype(np.float32)
+    t = np.array([2, 1, 1, 0, 2])
+    ours = F.nll_loss(F.log_softmax(z, dim=1), t, ignore_index=1)
+    ref = torch.nn.functional.nll_loss(torch.log_softmax(torch.from_numpy(z), 1), torch.from_numpy(t), ignore_index=1)
+    np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(ours, F.cross_entropy(z, t, ignore_index=1), rtol=1e-6)
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(F.nll_loss(F.log_softmax(z), np.full(5, -100)))  # every target ignored: NaN, as torch
+
+
+def test_nll_loss_gradcheck_and_double_backward_float64():
+    from _numgrad import numeric_grad
+
+    rng = np.random.default_rng(7)
+    z = rng.normal(size=(4, 3))
+    t = np.array([0, 2, 2, 1])
+    w = np.array([0.5, 1.0, 2.0])
+
+    def f():
+        return float(F.nll_loss(F.log_softmax(z, dim=1), t, weight=w))
+
+    x = xpnn.tensor(z, requires_grad=True)
+    (g,) = xpnn.grad(F.nll_loss(F.log_softmax(x, dim=1), t, weight=w), [x], create_graph=True)
+    np.testing.assert_allclose(np_(g.data), numeric_grad(f, z), rtol=1e-7, atol=1e-9)
+    v = rng.normal(size=z.shape)
+
+    def gv():  # d/dz of <grad, v>: the Hessian-vector product, by finite differences of the gradient
+        xx = xpnn.tensor(z, requires_grad=True)
+        (gg,) = xpnn.grad(F.nll_loss(F.log_softmax(xx, dim=1), t, weight=w), [xx])
+        return float((np_(gg.data) * v).sum())
+
+    (h,) = xpnn.grad((g * v).sum(), [x])
+    np.testing.assert_allclose(np_(h.data), numeric_grad(gv, z), rtol=1e-6, atol=1e-8)
+
+
+def test_nll_loss_errors_name_the_function():
+    logp = np.zeros((3, 4))
+    with pytest.raises(ValueError, match=r"nll_loss: target values must be in \[0, 4\)"):
+        F.nll_loss(logp, np.array([0, 4, 1]))
+    with pytest.raises(xpnn.ShapeError, match=r"nll_loss: weight must have shape \(4,\)"):
+        F.nll_loss(logp, np.array([0, 1, 1]), weight=np.ones(3))
+    with pytest.raises(xpnn.DTypeError, match="nll_loss: target must hold integer class indices"):
+        F.nll_loss(logp, np.zeros(3))
+    with pytest.raises(ValueError, match="nll_loss: reduction must be one of"):
+        F.nll_loss(logp, np.array([0, 1, 1]), reduction="avg")

@@ -4,6 +4,8 @@ import math
 import numpy as np
 import pytest
 
+import xpnn
+
 from xpnn.nn.parameter import Parameter
 from xpnn.optim import SGD, Adam
 from xpnn.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, StepLR
@@ -87,3 +89,69 @@ def test_against_torch(make):
         ours.step()
         topt.step()
         theirs.step()
+
+
+METRICS = [1.0, 0.9, 0.95, 0.95, 0.95, 0.89, 0.9, 0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]
+
+
+@pytest.mark.parametrize("kw", [
+    {}, {"patience": 2}, {"patience": 1, "cooldown": 2}, {"patience": 0, "factor": 0.5, "min_lr": 0.02},
+    {"mode": "max", "patience": 1}, {"threshold_mode": "abs", "threshold": 0.05, "patience": 1},
+    {"mode": "max", "threshold_mode": "abs", "threshold": 0.01, "patience": 0, "min_lr": [0.001, 0.5]},
+    {"patience": 0, "factor": 0.9999, "eps": 1e-3},
+], ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "defaults")
+def test_reduce_lr_on_plateau_matches_torch(kw):
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for ReduceLROnPlateau")
+    from xpnn.optim.lr_scheduler import ReduceLROnPlateau
+
+    ours = ReduceLROnPlateau(optimizer(lr=0.1), **kw)
+    tp = [torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)]
+    topt = torch.optim.SGD([{"params": [tp[0]]}, {"params": [tp[1]], "lr": 1.0}], lr=0.1)
+    theirs = torch.optim.lr_scheduler.ReduceLROnPlateau(topt, **kw)
+    for m in METRICS + METRICS[::-1]:
+        ours.step(m)
+        theirs.step(m)
+        assert [g["lr"] for g in ours.optimizer.param_groups] == pytest.approx([g["lr"] for g in topt.param_groups],
+                                                                              rel=1e-12)
+        assert ours.get_last_lr() == pytest.approx(theirs.get_last_lr(), rel=1e-12)
+        assert (ours.best, ours.num_bad_epochs, ours.cooldown_counter) == \
+            (theirs.best, theirs.num_bad_epochs, theirs.cooldown_counter)
+
+
+def test_reduce_lr_on_plateau_by_hand_and_state_dict():
+    from xpnn.optim.lr_scheduler import ReduceLROnPlateau
+
+    sched = ReduceLROnPlateau(optimizer(lr=1.0), patience=1, factor=0.5)
+    seen = []
+    for m in [3.0, 2.0, 2.0, 2.0, 2.0, 2.0, 1.0]:
+        sched.step(np.float32(m))  # a NumPy scalar (or 0-d array / Tensor) works as the metric
+        seen.append(sched.get_last_lr()[0])
+    assert seen == [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    state = sched.state_dict()
+    assert "optimizer" not in state and state["best"] == 1.0 and state["last_epoch"] == 7
+    resumed = ReduceLROnPlateau(optimizer(lr=1.0), patience=1, factor=0.5)
+    resumed.load_state_dict(state)
+    assert resumed.get_last_lr() == [0.25, 2.5] and resumed.optimizer.param_groups[0]["lr"] == 0.25
+    for s in (sched, resumed):
+        s.step(1.5)
+        s.step(1.5)
+    assert resumed.get_last_lr() == sched.get_last_lr() == [0.125, 1.25]
+    sched.step(xpnn.tensor(0.1))  # a 0-d Tensor
+    assert sched.best == pytest.approx(0.1)
+
+
+def test_reduce_lr_on_plateau_errors():
+    from xpnn.optim.lr_scheduler import ReduceLROnPlateau
+
+    with pytest.raises(ValueError, match="factor should be < 1.0"):
+        ReduceLROnPlateau(optimizer(), factor=1.0)
+    with pytest.raises(ValueError, match="mode must be 'min' or 'max', got 'minimum'"):
+        ReduceLROnPlateau(optimizer(), mode="minimum")
+    with pytest.raises(ValueError, match="threshold_mode must be 'rel' or 'abs'"):
+        ReduceLROnPlateau(optimizer(), threshold_mode="relative")
+    with pytest.raises(ValueError, match="expected 2 min_lrs"):
+        ReduceLROnPlateau(optimizer(), min_lr=[0.1])
+    with pytest.raises(TypeError, match="expected an xpnn.optim optimizer"):
+        ReduceLROnPlateau(object())
+    with pytest.raises(TypeError, match=r"pass the monitored metric, e.g. scheduler.step\(val_loss\)"):
+        ReduceLROnPlateau(optimizer()).step()

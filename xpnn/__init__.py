@@ -18,12 +18,13 @@ from .errors import (
 from . import autograd, data, functional, init, nn, optim, train
 from . import functional as F
 from .io import load, save
+from .random import manual_seed
 
 __all__ = [
     "Tensor", "tensor", "grad", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "autograd", "F",
     "__version__", "Backend", "get_backend", "set_backend", "use_backend", "set_debug",
     "kernels_enabled", "set_kernels_enabled", "use_kernels", "functional", "nn", "optim", "init", "data", "train",
-    "save", "load",
+    "save", "load", "manual_seed",
     "XpnnError", "BackendUnavailableError", "ShapeError", "DTypeError", "NamespaceMismatchError",
     "NonFiniteError", "CheckpointError",
 ]

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .._torch_names import axis_from_dim
 from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, to_numpy
 from ..debug import check_device_errors
 from ..errors import DTypeError, ShapeError
@@ -175,15 +176,14 @@ class Tensor:
         return self._data.ndim
 
     @property
-    def size(self) -> int:
-        """Number of elements (``numel()``)."""
-        n = 1
-        for d in self._data.shape:
-            n *= d
-        return n
+    def size(self) -> "_Size":
+        """Number of elements, an int that is also callable as PyTorch's method: ``t.size`` (the element count, as
+        before), ``t.size()`` (the shape tuple), ``t.size(d)`` (one dimension, negative ``d`` from the end)."""
+        return _Size(_numel(self._data.shape), self._data.shape)
 
     def numel(self) -> int:
-        return self.size
+        """Number of elements (``torch.Tensor.numel``)."""
+        return _numel(self._data.shape)
 
     @property
     def backend(self) -> Backend:
@@ -212,7 +212,7 @@ class Tensor:
 
     def item(self) -> float:
         """The value of a one-element Tensor as a Python number."""
-        if self.size != 1:
+        if self.numel() != 1:
             raise ValueError(f"Tensor.item: only one-element tensors can be converted, got shape {self.shape}")
         check_device_errors()  # this read syncs anyway: raise label errors deferred on the device (xpnn.debug)
         return to_numpy(self._data).item()  # (ndarray.item takes any one-element shape)
@@ -230,7 +230,7 @@ class Tensor:
         return object.__format__(self, spec)
 
     def __bool__(self) -> bool:
-        if self.size != 1:
+        if self.numel() != 1:
             raise ValueError(f"the truth value of a Tensor of shape {self.shape} is ambiguous")
         return bool(self.item())
 
@@ -417,24 +417,29 @@ class Tensor:
         return self._compare(other, lambda a, b: a != b)
 
     # --- methods (each the xpnn.functional op of the same name) ---------------------------------------------
-    def sum(self, axis: Any = None, keepdims: bool = False) -> "Tensor":
-        return F.sum(self, axis=axis, keepdims=keepdims)
+    # (``dim=`` is PyTorch's name for ``axis=``; ``max``/``min`` given ``dim=`` return ``(values, indices)``)
+    def sum(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None) -> "Tensor":
+        return F.sum(self, axis=axis, keepdims=keepdims, dim=dim)
 
-    def mean(self, axis: Any = None, keepdims: bool = False) -> "Tensor":
-        return F.mean(self, axis=axis, keepdims=keepdims)
+    def mean(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None) -> "Tensor":
+        return F.mean(self, axis=axis, keepdims=keepdims, dim=dim)
 
-    def max(self, axis: Any = None, keepdims: bool = False) -> "Tensor":
-        return F.max(self, axis=axis, keepdims=keepdims)
+    def max(self, axis: Any = None, keepdims: bool = False, *, dim: Optional[int] = None) -> Any:
+        return F.max(self, axis=axis, keepdims=keepdims, dim=dim)
 
-    def min(self, axis: Any = None, keepdims: bool = False) -> "Tensor":
-        return F.min(self, axis=axis, keepdims=keepdims)
+    def min(self, axis: Any = None, keepdims: bool = False, *, dim: Optional[int] = None) -> Any:
+        return F.min(self, axis=axis, keepdims=keepdims, dim=dim)
 
-    def argmax(self, axis: Optional[int] = None, keepdims: bool = False) -> "Tensor":
+    def argmax(self, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None) -> "Tensor":
         """Indices of the maxima (an integer Tensor, no gradient), e.g. ``(logits.argmax(axis=1) == y)``."""
+        if dim is not None:
+            axis = axis_from_dim(axis, dim, "argmax")
         return Tensor(namespace_of(self._data).argmax(self._data, axis=axis, keepdims=keepdims))
 
-    def argmin(self, axis: Optional[int] = None, keepdims: bool = False) -> "Tensor":
+    def argmin(self, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None) -> "Tensor":
         """Indices of the minima (an integer Tensor, no gradient)."""
+        if dim is not None:
+            axis = axis_from_dim(axis, dim, "argmin")
         return Tensor(namespace_of(self._data).argmin(self._data, axis=axis, keepdims=keepdims))
 
     def reshape(self, *shape: Any) -> "Tensor":
@@ -486,18 +491,126 @@ class Tensor:
     def relu(self) -> "Tensor":
         return F.relu(self)
 
-    def softmax(self, axis: int = -1) -> "Tensor":
-        return F.softmax(self, axis=axis)
+    def softmax(self, axis: Optional[int] = None, *, dim: Optional[int] = None) -> "Tensor":
+        return F.softmax(self, axis=axis, dim=dim)
 
-    def log_softmax(self, axis: int = -1) -> "Tensor":
-        return F.log_softmax(self, axis=axis)
+    def log_softmax(self, axis: Optional[int] = None, *, dim: Optional[int] = None) -> "Tensor":
+        return F.log_softmax(self, axis=axis, dim=dim)
 
-    def logsumexp(self, axis: int = -1, keepdims: bool = False) -> "Tensor":
-        return F.logsumexp(self, axis=axis, keepdims=keepdims)
+    def logsumexp(self, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None
+                  ) -> "Tensor":
+        return F.logsumexp(self, axis=axis, keepdims=keepdims, dim=dim)
 
     def astype(self, dtype: Any) -> "Tensor":
         """A cast copy (recorded: the gradient is cast back)."""
         return F.astype(self, dtype)
+
+    # --- PyTorch's spellings (torch.Tensor methods of the same names, built from the ops above) ---------------
+    def dim(self) -> int:
+        """Number of dimensions (``ndim``)."""
+        return self._data.ndim
+
+    ndimension = dim
+
+    def view(self, *shape: Any) -> "Tensor":
+        """``reshape`` under PyTorch's name (a tuple or the sizes as arguments; one may be -1). NumPy returns a view
+        when the layout allows one, else a copy (PyTorch would raise for a non-contiguous input)."""
+        return self.reshape(*shape)
+
+    def unsqueeze(self, dim: int) -> "Tensor":
+        """A new axis of length 1 at ``dim`` (in ``[-ndim-1, ndim]``), like ``torch.unsqueeze``."""
+        d = _dim_index(dim, self._data.ndim + 1, "unsqueeze")
+        shape = self.shape
+        return F.reshape(self, shape[:d] + (1,) + shape[d:])
+
+    def squeeze(self, dim: Any = None) -> "Tensor":
+        """Drop axes of length 1: all of them (``dim=None``), or those among ``dim`` (an int or a tuple) that have
+        length 1 (others are kept, as in ``torch.squeeze``)."""
+        shape, n = self.shape, self._data.ndim
+        if dim is None:
+            drop = {i for i, s in enumerate(shape) if s == 1}
+        else:
+            dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+            drop = {d for d in (_dim_index(d, max(n, 1), "squeeze") for d in dims) if d < n and shape[d] == 1}
+        return F.reshape(self, tuple(s for i, s in enumerate(shape) if i not in drop))
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
+        """Axes ``start_dim..end_dim`` (inclusive) merged into one (``torch.flatten``; a 0-d Tensor becomes (1,))."""
+        shape = self.shape
+        if not shape:
+            return F.reshape(self, (1,))
+        a = _dim_index(start_dim, len(shape), "flatten")
+        b = _dim_index(end_dim, len(shape), "flatten")
+        if a > b:
+            raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {shape}")
+        return F.reshape(self, shape[:a] + (_numel(shape[a:b + 1]),) + shape[b + 1:])
+
+    def float(self) -> "Tensor":
+        """Cast to float32 (recorded: the gradient is cast back)."""
+        return F.astype(self, "float32")
+
+    def double(self) -> "Tensor":
+        """Cast to float64 (recorded)."""
+        return F.astype(self, "float64")
+
+    def half(self) -> "Tensor":
+        """Cast to float16 (recorded)."""
+        return F.astype(self, "float16")
+
+    def long(self) -> "Tensor":
+        """Cast to int64 (no gradient flows through an integer cast, as in PyTorch)."""
+        return Tensor(F.astype(self._data, "int64"))
+
+    def int(self) -> "Tensor":
+        """Cast to int32 (no gradient)."""
+        return Tensor(F.astype(self._data, "int32"))
+
+    def tolist(self) -> Any:
+        """The values as (nested) Python lists of numbers; a 0-d Tensor gives a number."""
+        return to_numpy(self._data).tolist()
+
+    @property
+    def device(self) -> str:
+        """Where the data lives, as PyTorch writes it: ``"cpu"`` for NumPy, ``"cuda:<id>"`` for CuPy; other
+        array-API namespaces give their backend name (e.g. ``"array_api_strict"``)."""
+        be = self.backend
+        if be.name == "numpy":
+            return "cpu"
+        if be.name == "cuda":
+            return f"cuda:{self._data.device.id}"
+        return be.name
+
+
+class _Size(int):
+    """``Tensor.size``: the element count (an int, so ``p.size`` keeps working as before) that, called, answers
+    like ``torch.Tensor.size``: ``()`` -> the shape tuple, ``(d)`` -> ``shape[d]``."""
+
+    def __new__(cls, n: int, shape: Any = ()) -> "_Size":
+        obj = super().__new__(cls, n)
+        obj.shape = tuple(shape)
+        return obj
+
+    def __call__(self, dim: Optional[int] = None) -> Any:
+        if dim is None:
+            return self.shape
+        return self.shape[_dim_index(dim, len(self.shape), "size")]
+
+
+def _numel(shape: Any) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _dim_index(dim: Any, n: int, where: str) -> int:
+    """``dim`` in ``[-n, n)`` as an index in ``[0, n)``; ``IndexError`` otherwise (PyTorch's "Dimension out of
+    range")."""
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"{where}: dim must be an int, got {type(dim).__name__}")
+    if not -n <= dim < n:
+        raise IndexError(f"{where}: dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {dim})")
+    return dim % n
 
 
 def _make(data: Any, node: Optional[Node], index: int, requires_grad: bool) -> Tensor:
@@ -566,7 +679,7 @@ def _seed_grad(out: Tensor, g: Any, where: str, create_graph: bool) -> Any:
     except a Tensor ``g`` under ``create_graph`` (kept: the gradients then depend on it); the engine wraps arrays
     itself when it records the backward."""
     if g is None:
-        if out.size != 1:
+        if out.numel() != 1:
             made_by = f" (made by {out._node.op.name})" if out._node is not None else ""
             raise RuntimeError(f"{where}: grad can be implicitly created only for one-element outputs; this Tensor"
                                f"{made_by} has shape {out.shape}: pass grad= (e.g. ones of that shape), or reduce "

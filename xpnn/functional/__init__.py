@@ -36,6 +36,7 @@ from .losses import (
     cross_entropy_with_grad,
     mse_loss,
     mse_loss_with_grad,
+    nll_loss,
 )
 from .normalization import batch_norm
 from .pooling import (
@@ -59,7 +60,7 @@ __all__ = [
     "leaky_relu", "leaky_relu_backward", "elu", "elu_backward", "selu", "selu_backward",
     "prelu", "prelu_backward", "maxout", "maxout_backward",
     "softmax", "log_softmax", "logsumexp", "softmax_backward", "linear", "linear_backward", "one_hot", "accuracy",
-    "cross_entropy", "cross_entropy_with_grad", "mse_loss", "mse_loss_with_grad",
+    "cross_entropy", "cross_entropy_with_grad", "nll_loss", "mse_loss", "mse_loss_with_grad",
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
     "batch_norm", "dropout", "dropout_mask",
     "add", "sub", "mul", "div", "pow", "neg", "exp", "log", "sqrt", "abs", "clip", "astype", "matmul",

@@ -2,8 +2,9 @@
 is its slice of the output's gradient (written with ``index``, so it is differentiable again)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
+from .._torch_names import axis_from_dim
 from ..autograd.op import Context, Op
 from ..backend import namespace_of
 from ..errors import ShapeError
@@ -43,17 +44,27 @@ class Concat(Op):
         return tuple(grads)
 
 
-def concat(tensors: Sequence[Any], axis: int = 0) -> Any:
-    """Join arrays or Tensors of one backend along the existing ``axis`` (``torch.cat``; ``dim=`` is ``axis=``).
-    All inputs have the same number of dimensions and agree in the other axes. Plain arrays in -> an array out."""
+def concat(tensors: Sequence[Any], axis: Optional[int] = None, *, dim: Optional[int] = None) -> Any:
+    """Join arrays or Tensors of one backend along the existing ``axis`` (default 0; ``torch.cat``, whose ``dim=``
+    is accepted too). All inputs have the same number of dimensions and agree in the other axes. Plain arrays in ->
+    an array out."""
+    if dim is not None:
+        axis = axis_from_dim(axis, dim, "concat")
+    elif axis is None:
+        axis = 0
     xs = tuple(tensors)
     if not xs:
         raise ValueError("concat: expected a non-empty sequence of arrays or Tensors")
     return Concat.apply(*xs, axis=axis)
 
 
-def stack(tensors: Sequence[Any], axis: int = 0) -> Any:
-    """Join arrays or Tensors of one shape along a new ``axis`` (``torch.stack``)."""
+def stack(tensors: Sequence[Any], axis: Optional[int] = None, *, dim: Optional[int] = None) -> Any:
+    """Join arrays or Tensors of one shape along a new ``axis`` (default 0; ``torch.stack``, whose ``dim=`` is
+    accepted too)."""
+    if dim is not None:
+        axis = axis_from_dim(axis, dim, "stack")
+    elif axis is None:
+        axis = 0
     xs = tuple(tensors)
     if not xs:
         raise ValueError("stack: expected a non-empty sequence of arrays or Tensors")

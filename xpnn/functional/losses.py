@@ -1,5 +1,5 @@
 """Losses, each an op declared once, with a ``*_with_grad`` variant returning ``(loss, grad_wrt_first_argument)``
-in one pass.
+in one pass; ``nll_loss`` is composed of ops.
 
 For ``reduction="none"`` the loss is per sample/element and the gradient is that of the summed loss.
 ``cross_entropy_with_grad`` is the fused hot path a CUDA kernel overrides; the ``cross_entropy`` op runs it in its
@@ -14,9 +14,12 @@ from .. import _dispatch
 from ..autograd.op import Context, Op
 from ..backend import is_cupy_namespace, is_numpy_namespace, namespace_of
 from ..debug import check_finite
+from ..errors import ShapeError
 from . import _checks
 from .activations import sigmoid
 from ._inplace import InPlace
+from .elementwise import add, div, mul, neg
+from .reductions import sum as _sum
 from .shape import reshape
 from .softmax import _shifted, _upcast, softmax
 
@@ -178,6 +181,45 @@ def _with_grad(xp: Any, logits: Any, target: Any, reduction: str, ignore_index: 
         if out is not NotImplemented:
             return out
     return _cross_entropy(xp, logits, target, reduction, ignore_index, eps, with_grad=True)
+
+
+def nll_loss(input: Any, target: Any, weight: Any = None, ignore_index: int = -100,  # noqa: A002 (PyTorch's name)
+             reduction: str = "mean") -> Any:
+    """Negative log-likelihood of log-probabilities ``input`` (N, C) (e.g. ``log_softmax`` output) at integer
+    class ``target`` (N,), PyTorch semantics (``torch.nn.functional.nll_loss``): per sample
+    ``-weight[t] * input[i, t]`` (0 where ``t == ignore_index``); ``"mean"`` divides the sum by the summed weights of
+    the counted samples (NaN when every target is ignored, like PyTorch), ``"sum"`` sums, ``"none"`` gives (N,).
+    ``weight`` (C,) rescales each class (an array; a Tensor's values are used, no gradient flows into it).
+
+    Written with ``mul``/``sum``/``div`` ops, so it is differentiable to any order. Raises ``ShapeError``/
+    ``DTypeError``/``ValueError`` for bad shapes, dtypes or out-of-range targets (as ``cross_entropy``).
+    """
+    x = input.data if hasattr(input, "_node") else input
+    t = target.data if hasattr(target, "_node") else target
+    xp, t, any_bad = _check_ce(x, t, reduction, ignore_index, 0.0, "nll_loss")
+    n, c = x.shape
+    valid = t != ignore_index
+    safe = xp.where(valid, t, xp.zeros_like(t))
+    rows = xp.astype(valid, x.dtype)
+    if weight is not None:
+        w = weight.data if hasattr(weight, "_node") else weight
+        namespace_of(x, w, where="nll_loss")
+        if tuple(w.shape) != (c,):
+            raise ShapeError(f"nll_loss: weight must have shape ({c},) for input {tuple(x.shape)}, got "
+                                     f"{tuple(w.shape)}")
+        _checks.floating(xp, w, "nll_loss", "weight")
+        rows = rows * xp.astype(xp.take(w, safe, axis=0), x.dtype)
+    pick = xp.astype(xp.arange(c, dtype=safe.dtype)[None, :] == safe[:, None], x.dtype) * rows[:, None]
+    per = neg(_sum(mul(input, pick), axis=1))
+    if reduction == "none":
+        loss = per
+    elif reduction == "sum":
+        loss = _sum(per)
+    else:
+        loss = div(_sum(per), xp.sum(rows))
+    if any_bad is not None:  # a deferred label check failed: NaN, never a number (as cross_entropy)
+        loss = add(loss, xp.where(any_bad, xp.asarray(float("nan"), dtype=x.dtype), xp.asarray(0.0, dtype=x.dtype)))
+    return loss
 
 
 def _check_pair(pred: Any, target: Any, reduction: str, where: str, first: str) -> Any:

@@ -1,16 +1,20 @@
 """Reductions ``sum, mean, max, min`` over ``axis`` (``None``: all; an int or a tuple), with ``keepdims``.
 
 ``max``/``min`` split the gradient evenly between tied extrema (like ``torch.amax``/``torch.amin``).
+Each also takes PyTorch's ``dim=`` for ``axis=``; ``max``/``min`` given ``dim=`` return ``(values, indices)`` as
+``torch.max(x, dim)`` does.
 """
 from __future__ import annotations
 
 import builtins
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
+from .._torch_names import axis_from_dim
+from ..autograd import op as _op
 from ..autograd.op import Context, Op
 from ..backend import namespace_of
 
-__all__ = ["sum", "mean", "max", "min"]
+__all__ = ["sum", "mean", "max", "min", "ValuesIndices"]
 
 Axis = Union[None, int, tuple[int, ...]]
 
@@ -115,22 +119,49 @@ class Min(_Extremum):
         return xp.min(x, axis=axis, keepdims=keepdims)
 
 
-def sum(x: Any, axis: Axis = None, keepdims: bool = False) -> Any:  # noqa: A001 (the array API's name)
-    """Sum over ``axis`` (all axes by default)."""
+class ValuesIndices(NamedTuple):
+    """``(values, indices)`` of ``max``/``min`` over ``dim`` (``torch.return_types.max``): ``indices`` (int64 in
+    NumPy) point at the first extremum of each row and carry no gradient."""
+
+    values: Any
+    indices: Any
+
+
+def _with_indices(op: Any, arg: str, x: Any, dim: Any, keepdims: bool) -> ValuesIndices:
+    """``max``/``min`` over ``dim`` the PyTorch way: values and the arg-extremum indices."""
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"{op.name}: dim must be an int (a tuple of axes: use axis=), got {dim!r}")
+    values = op.apply(x, axis=dim, keepdims=keepdims)
+    data = x.data if isinstance(x, _op.Tensor) else x
+    idx = getattr(namespace_of(data, where=op.name), arg)(data, axis=dim, keepdims=keepdims)
+    return ValuesIndices(values, _op.Tensor(idx) if isinstance(x, _op.Tensor) else idx)
+
+
+def sum(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None) -> Any:  # noqa: A001
+    """Sum over ``axis`` (all axes by default; ``dim=`` is PyTorch's name for it)."""
+    if dim is not None:
+        axis = axis_from_dim(axis, dim, "sum")
     return Sum.apply(x, axis=axis, keepdims=keepdims)
 
 
-def mean(x: Any, axis: Axis = None, keepdims: bool = False) -> Any:
-    """Mean over ``axis`` (all axes by default)."""
+def mean(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None) -> Any:
+    """Mean over ``axis`` (all axes by default; ``dim=`` is PyTorch's name for it)."""
+    if dim is not None:
+        axis = axis_from_dim(axis, dim, "mean")
     return Mean.apply(x, axis=axis, keepdims=keepdims)
 
 
-def max(x: Any, axis: Axis = None, keepdims: bool = False) -> Any:  # noqa: A001
-    """Maximum over ``axis``; tied maxima share the gradient evenly."""
+def max(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Any = None) -> Any:  # noqa: A001
+    """Maximum over ``axis``; tied maxima share the gradient evenly. With ``dim=`` (an int): ``(values, indices)``
+    like ``torch.max(x, dim)`` (``ValuesIndices``)."""
+    if dim is not None:
+        return _with_indices(Max, "argmax", x, axis_from_dim(axis, dim, "max"), keepdims)
     return Max.apply(x, axis=axis, keepdims=keepdims)
 
 
-def min(x: Any, axis: Axis = None, keepdims: bool = False) -> Any:  # noqa: A001
-    """Minimum over ``axis``; tied minima share the gradient evenly."""
+def min(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Any = None) -> Any:  # noqa: A001
+    """Minimum over ``axis``; tied minima share the gradient evenly. With ``dim=`` (an int): ``(values, indices)``
+    like ``torch.min(x, dim)`` (``ValuesIndices``)."""
+    if dim is not None:
+        return _with_indices(Min, "argmin", x, axis_from_dim(axis, dim, "min"), keepdims)
     return Min.apply(x, axis=axis, keepdims=keepdims)
-

@@ -12,8 +12,9 @@ entries, so the row's sum is NaN.)
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
+from .._torch_names import axis_from_dim
 from ..autograd.op import Context, Op
 from ..backend import namespace_of
 from . import _checks
@@ -143,18 +144,31 @@ class LogSoftmax(Op):
         return g - exp(out) * _sum(g, axis=ctx.axis, keepdims=True)
 
 
-def logsumexp(x: Any, axis: int = -1, keepdims: bool = False) -> Any:
-    """``log(sum(exp(x), axis))`` without overflow. (N, C) -> (N,) for the default axis."""
+def logsumexp(x: Any, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None) -> Any:
+    """``log(sum(exp(x), axis))`` without overflow; ``axis`` defaults to -1 (``dim=`` is PyTorch's name for it).
+    (N, C) -> (N,) for the default axis."""
+    if dim is not None:
+        axis = axis_from_dim(axis, dim, "logsumexp")
+    elif axis is None:
+        axis = -1
     return LogSumExp.apply(x, axis=axis, keepdims=keepdims)
 
 
-def softmax(x: Any, axis: int = -1) -> Any:
-    """``exp(x - lse(x))`` along ``axis``; same shape as ``x``."""
+def softmax(x: Any, axis: Optional[int] = None, *, dim: Optional[int] = None) -> Any:
+    """``exp(x - lse(x))`` along ``axis`` (default -1; ``dim=`` is PyTorch's name for it); same shape as ``x``."""
+    if dim is not None:
+        axis = axis_from_dim(axis, dim, "softmax")
+    elif axis is None:
+        axis = -1
     return Softmax.apply(x, axis=axis)
 
 
-def log_softmax(x: Any, axis: int = -1) -> Any:
-    """``x - lse(x)`` along ``axis``; same shape as ``x``."""
+def log_softmax(x: Any, axis: Optional[int] = None, *, dim: Optional[int] = None) -> Any:
+    """``x - lse(x)`` along ``axis`` (default -1; ``dim=`` is PyTorch's name for it); same shape as ``x``."""
+    if dim is not None:
+        axis = axis_from_dim(axis, dim, "log_softmax")
+    elif axis is None:
+        axis = -1
     return LogSoftmax.apply(x, axis=axis)
 
 

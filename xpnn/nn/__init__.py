@@ -6,25 +6,26 @@ and returns the input gradient; losses: ``loss = loss_fn(pred, target)``, ``dpre
 A model's parameters and gradients live in one flat buffer each (every Parameter's ``.data``/``.grad`` is a view
 into it), so an optimizer step is one pass.
 """
-from .activation import ELU, SELU, LeakyReLU, PReLU, ReLU, Sigmoid, Softmax, Tanh
+from .activation import ELU, SELU, LeakyReLU, LogSoftmax, PReLU, ReLU, Sigmoid, Softmax, Tanh
 from .batchnorm import BatchNorm1d
 from .batchnorm2d import BatchNorm2d
-from .container import Residual, Sequential
+from .container import Identity, ModuleList, Residual, Sequential
 from .conv import Conv2d
 from .dropconnect import DropConnect
 from .dropout import Dropout
 from .flatten import Flatten
 from .linear import Linear
-from .loss import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from .loss import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss
 from .maxout import Maxout
 from .module import Module
 from .parameter import FlatBuffer, Parameter, flat_buffer_of
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from . import utils
 
 __all__ = [
     "Module", "Parameter", "FlatBuffer", "flat_buffer_of",
-    "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "Softmax", "Maxout",
-    "Dropout", "DropConnect", "BatchNorm1d", "Sequential", "Residual",
-    "CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss",
-    "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "BatchNorm2d",
+    "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "Softmax", "LogSoftmax", "Maxout",
+    "Dropout", "DropConnect", "BatchNorm1d", "Sequential", "Residual", "ModuleList", "Identity",
+    "CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss",
+    "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "BatchNorm2d", "utils",
 ]

@@ -1,14 +1,15 @@
 """Activation layers: each calls its ``xpnn.functional`` op (whose declaration holds the backward)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from .. import functional as F
+from .._torch_names import axis_from_dim
 from ..backend import BackendLike
 from .module import Module
 from .parameter import FlatBuffer, Parameter, factory
 
-__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "SELU", "Softmax", "PReLU"]
+__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "SELU", "Softmax", "LogSoftmax", "PReLU"]
 
 
 class Sigmoid(Module):
@@ -67,18 +68,35 @@ class SELU(Module):
         return F.selu(x)
 
 
-class Softmax(Module):
-    """``y = softmax(x, axis)``; backward ``dx = y * (dy - sum(dy * y, axis))``."""
+class _AlongAxis(Module):
+    """A layer applied along ``axis`` (default -1; ``dim=`` is PyTorch's name for it, ``.dim`` reads it)."""
 
-    def __init__(self, axis: int = -1) -> None:
+    def __init__(self, axis: Optional[int] = None, *, dim: Optional[int] = None) -> None:
         super().__init__()
-        self.axis = int(axis)
+        if dim is not None:
+            axis = axis_from_dim(axis, dim, type(self).__name__)
+        self.axis = -1 if axis is None else int(axis)
+
+    @property
+    def dim(self) -> int:
+        return self.axis
 
     def extra_repr(self) -> str:
         return f"axis={self.axis}"
 
+
+class Softmax(_AlongAxis):
+    """``y = softmax(x, axis)`` (``torch.nn.Softmax``); backward ``dx = y * (dy - sum(dy * y, axis))``."""
+
     def forward(self, x: Any) -> Any:
         return F.softmax(x, axis=self.axis)
+
+
+class LogSoftmax(_AlongAxis):
+    """``y = log_softmax(x, axis) = x - logsumexp(x, axis)`` (``torch.nn.LogSoftmax``)."""
+
+    def forward(self, x: Any) -> Any:
+        return F.log_softmax(x, axis=self.axis)
 
 
 class PReLU(Module):

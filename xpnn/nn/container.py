@@ -1,17 +1,19 @@
-"""Containers: ``Sequential`` (a chain of modules) and ``Residual`` (``y = x + f(x)``); their backward is the tape's.
+"""Containers: ``Sequential`` (a chain of modules), ``Residual`` (``y = x + f(x)``), ``ModuleList`` (a list of
+children for a ``forward`` written by hand) and ``Identity``; their backward is the tape's.
 
-Both repack all their children's parameters into one FlatBuffer at construction, so a model built from them
-has one data and one grad array (optimizers then update it in one pass).
+``Sequential`` and ``Residual`` repack all their children's parameters into one FlatBuffer at construction, so a
+model built from them has one data and one grad array (optimizers then update it in one pass). A ``ModuleList``
+only registers its children: the module that owns it packs them with its other parameters on ``parameters()``.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterator, Union
+from typing import Any, Iterable, Iterator, Union
 
 from ..errors import ShapeError
 from .module import Module
 
-__all__ = ["Sequential", "Residual"]
+__all__ = ["Sequential", "Residual", "ModuleList", "Identity"]
 
 
 def _check_module(owner: str, name: str, m: Any) -> Module:
@@ -74,3 +76,86 @@ class Residual(Module):
             raise ShapeError(f"Residual: the wrapped {type(self.module).__name__} must keep the input shape "
                              f"{tuple(x.shape)}, but returned {tuple(y.shape)}")
         return x + y
+
+
+class ModuleList(Module):
+    """Children held in a list (``torch.nn.ModuleList``): registered as ``"0"``, ``"1"``, ... so their parameters
+    are ``"0.weight"``, ... in ``named_parameters()`` and ``state_dict()``. Supports ``append``, ``extend``,
+    ``insert``, indexing (an int; a slice gives a new ``ModuleList`` of the same modules), item assignment and
+    deletion, ``len``, iteration and ``+=``. It has no ``forward``: call its children from the owner's ``forward``.
+    """
+
+    def __init__(self, modules: Iterable[Module] = ()) -> None:
+        super().__init__()
+        self.extend(modules)
+
+    def _renumber(self, mods: list[Module]) -> None:
+        for name in list(self._modules):
+            delattr(self, name)
+        for i, m in enumerate(mods):
+            setattr(self, str(i), _check_module("ModuleList", str(i), m))
+
+    def _index(self, idx: Any) -> int:
+        n = len(self._modules)
+        if isinstance(idx, bool) or not isinstance(idx, int):
+            raise TypeError(f"ModuleList indices must be integers or slices, got {type(idx).__name__}")
+        if not -n <= idx < n:
+            raise IndexError(f"ModuleList index {idx} out of range for {n} modules")
+        return idx % n
+
+    def append(self, module: Module) -> "ModuleList":
+        """Add ``module`` at the end."""
+        name = str(len(self._modules))
+        setattr(self, name, _check_module("ModuleList", name, module))
+        return self
+
+    def extend(self, modules: Iterable[Module]) -> "ModuleList":
+        """Append each of ``modules`` in order."""
+        if isinstance(modules, Module) and not isinstance(modules, (ModuleList, Sequential)):
+            raise TypeError(f"ModuleList.extend: expected an iterable of modules, got {type(modules).__name__}")
+        for m in modules:
+            self.append(m)
+        return self
+
+    def insert(self, index: int, module: Module) -> None:
+        """Insert ``module`` before position ``index`` (as ``list.insert``; the children are renumbered)."""
+        mods = list(self._modules.values())
+        mods.insert(index, module)
+        self._renumber(mods)
+
+    def __getitem__(self, idx: Union[int, slice]) -> Any:
+        mods = list(self._modules.values())
+        if isinstance(idx, slice):
+            return ModuleList(mods[idx])
+        return mods[self._index(idx)]
+
+    def __setitem__(self, idx: int, module: Module) -> None:
+        name = str(self._index(idx))
+        setattr(self, name, _check_module("ModuleList", name, module))
+
+    def __delitem__(self, idx: Union[int, slice]) -> None:
+        mods = list(self._modules.values())
+        if isinstance(idx, slice):
+            del mods[idx]
+        else:
+            del mods[self._index(idx)]
+        self._renumber(mods)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(list(self._modules.values()))
+
+    def __iadd__(self, modules: Iterable[Module]) -> "ModuleList":
+        return self.extend(modules)
+
+
+class Identity(Module):
+    """``y = x`` (``torch.nn.Identity``; any constructor arguments are accepted and ignored, as there)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+
+    def forward(self, x: Any) -> Any:
+        return x

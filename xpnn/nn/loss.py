@@ -1,5 +1,7 @@
 """Loss modules: ``loss = loss_fn(pred, target)``; on Tensors ``loss.backward()``, on arrays (explicit API)
-``dpred = loss_fn.backward()`` (no argument).
+``dpred = loss_fn.backward()`` (no argument). On arrays the loss is NumPy's own scalar or 0-d array, so
+``loss.backward()`` there fails with NumPy's "'numpy.float32' object has no attribute 'backward'": wrap the model's
+input with ``xpnn.tensor`` to get a Tensor loss.
 
 Each calls its ``xpnn.functional`` op; cross-entropy computes the loss and its gradient in one pass (the fused
 kernel on CUDA). For ``reduction="none"`` the gradient is that of the summed per-sample losses.
@@ -15,7 +17,7 @@ from ..backend import namespace_of
 from ..functional._checks import REDUCTIONS
 from .module import Module
 
-__all__ = ["CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss"]
+__all__ = ["CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss"]
 
 
 class _Loss(Module):
@@ -58,6 +60,24 @@ class CrossEntropyLoss(_Loss):
     def forward(self, logits: Any, target: Any) -> Any:
         return F.cross_entropy(logits, target, reduction=self.reduction, ignore_index=self.ignore_index,
                                label_smoothing=self.label_smoothing)
+
+
+class NLLLoss(_Loss):
+    """Negative log-likelihood of log-probabilities (N, C) (``LogSoftmax`` output) against integer class targets
+    (N,), like ``torch.nn.NLLLoss`` (``weight`` (C,) per class, kept as a buffer; ``ignore_index``; ``reduction``).
+    ``LogSoftmax(dim=1)`` followed by ``NLLLoss()`` equals ``CrossEntropyLoss()``."""
+
+    def __init__(self, weight: Any = None, *, ignore_index: int = -100, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.register_buffer("weight", weight.data if hasattr(weight, "_node") else weight)
+        self.ignore_index = int(ignore_index)
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}, ignore_index={self.ignore_index}"
+
+    def forward(self, log_probs: Any, target: Any) -> Any:
+        return F.nll_loss(log_probs, target, weight=self.weight, ignore_index=self.ignore_index,
+                          reduction=self.reduction)
 
 
 class MSELoss(_Loss):

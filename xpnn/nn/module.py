@@ -192,6 +192,14 @@ class Module:
     def children(self) -> Iterator[Module]:
         return iter(list(self._modules.values()))
 
+    def apply(self, fn: Any) -> Module:
+        """Call ``fn(m)`` on every child (recursively, each subtree first) and then on this module; returns
+        ``self`` (``torch.nn.Module.apply``, e.g. ``model.apply(init_weights)``)."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
     def _named_parameters_raw(self) -> list[tuple[str, Parameter]]:
         seen: set[int] = set()
         out = []

@@ -2,16 +2,17 @@
 optimizer's parameter groups. Call ``scheduler.step()`` once per epoch, after ``optimizer.step()``.
 
 Each uses the closed form of its schedule from the group's ``initial_lr`` (PyTorch's chainable forms give the same
-values as long as nothing else changes the learning rate in between).
+values as long as nothing else changes the learning rate in between). ``ReduceLROnPlateau`` instead reacts to a
+metric: ``scheduler.step(val_loss)``.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence, Union
 
 from .optimizer import Optimizer
 
-__all__ = ["LRScheduler", "StepLR", "ExponentialLR", "CosineAnnealingLR"]
+__all__ = ["LRScheduler", "StepLR", "ExponentialLR", "CosineAnnealingLR", "ReduceLROnPlateau"]
 
 
 class LRScheduler:
@@ -116,3 +117,75 @@ class CosineAnnealingLR(LRScheduler):
 
     def lr_at(self, base_lr: float, epoch: int) -> float:
         return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
+
+
+class ReduceLROnPlateau(LRScheduler):
+    """Multiply each group's ``lr`` by ``factor`` once the metric passed to ``step(metric)`` has not improved for
+    more than ``patience`` epochs (``torch.optim.lr_scheduler.ReduceLROnPlateau``, same arguments and rules):
+
+    - improvement (``mode="min"``): ``metric < best * (1 - threshold)`` (``threshold_mode="rel"``) or
+      ``metric < best - threshold`` (``"abs"``); ``mode="max"`` mirrors it (``best * (1 + threshold)``,
+      ``best + threshold``);
+    - after a reduction, ``cooldown`` epochs pass with the bad-epoch count held at 0;
+    - the new rate is ``max(lr * factor, min_lr)`` (``min_lr`` a number or one per group), applied only when it
+      changes the rate by more than ``eps``.
+    """
+
+    def __init__(self, optimizer: Optimizer, mode: str = "min", factor: float = 0.1, patience: int = 10,
+                 threshold: float = 1e-4, threshold_mode: str = "rel", cooldown: int = 0,
+                 min_lr: Union[float, Sequence[float]] = 0.0, eps: float = 1e-8):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"ReduceLROnPlateau: expected an xpnn.optim optimizer, got {type(optimizer).__name__}")
+        if not factor < 1.0:
+            raise ValueError(f"ReduceLROnPlateau: factor should be < 1.0, got {factor!r}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"ReduceLROnPlateau: mode must be 'min' or 'max', got {mode!r}")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"ReduceLROnPlateau: threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
+        groups = optimizer.param_groups
+        if isinstance(min_lr, (list, tuple)):
+            if len(min_lr) != len(groups):
+                raise ValueError(f"ReduceLROnPlateau: expected {len(groups)} min_lrs (one per parameter group), got "
+                                 f"{len(min_lr)}")
+            self.min_lrs = [float(v) for v in min_lr]
+        else:
+            self.min_lrs = [float(min_lr)] * len(groups)
+        self.optimizer = optimizer
+        self.mode, self.factor, self.patience = mode, float(factor), int(patience)
+        self.threshold, self.threshold_mode = float(threshold), threshold_mode
+        self.cooldown, self.eps = int(cooldown), float(eps)
+        self.best = math.inf if mode == "min" else -math.inf
+        self.num_bad_epochs = 0
+        self.cooldown_counter = 0
+        self.last_epoch = 0
+        self._last_lr = [group["lr"] for group in groups]
+
+    def is_better(self, a: float, best: float) -> bool:
+        """Whether metric ``a`` improves on ``best`` by more than the threshold."""
+        if self.mode == "min":
+            return a < (best * (1.0 - self.threshold) if self.threshold_mode == "rel" else best - self.threshold)
+        return a > (best * (1.0 + self.threshold) if self.threshold_mode == "rel" else best + self.threshold)
+
+    def step(self, metrics: Any = None) -> None:  # type: ignore[override]
+        """Record one epoch's ``metrics`` (a number, 0-d array or Tensor: read on the host) and reduce the rates
+        when it has plateaued."""
+        if metrics is None:
+            raise TypeError("ReduceLROnPlateau.step: pass the monitored metric, e.g. scheduler.step(val_loss)")
+        current = float(metrics)
+        self.last_epoch += 1
+        if self.is_better(current, self.best):
+            self.best, self.num_bad_epochs = current, 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            for group, floor in zip(self.optimizer.param_groups, self.min_lrs):
+                old = float(group["lr"])
+                new = max(old * self.factor, floor)
+                if old - new > self.eps:
+                    group["lr"] = new
+            self.cooldown_counter = self.cooldown
+            self.num_bad_epochs = 0
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
