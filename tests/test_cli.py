@@ -179,3 +179,21 @@ def test_train_with_output_redirected_prints_lines_without_carriage_returns(tmp_
     assert "\r" not in stdout + stderr and stderr == ""
     assert [line.split("  ")[0] for line in stdout.splitlines() if line.startswith("epoch ")] == ["epoch 1/2",
                                                                                                  "epoch 2/2"]
+
+
+def test_a_reader_that_leaves_early_stops_train_quietly(tmp_path):
+    """``xpnn train | head -1``: the later lines meet a closed pipe; the command stops with 141 (128 + SIGPIPE,
+    like cat), without a BrokenPipeError traceback."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "xpnn", "train", "--epochs", "3", "--hidden", "16", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    try:
+        assert proc.stdout.readline().startswith(b"xpnn train: digits")
+        proc.stdout.close()  # the reader leaves
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=300) == 141, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in err and "BrokenPipeError" not in err

@@ -624,22 +624,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
+        if args.command == "train":
+            _check_train_flags(args, _subcommand(parser, "train"))
     except SystemExit as exc:  # argparse exits on --help and on usage errors
         return int(exc.code or 0)
     if args.command is None:
         parser.print_help()
         return 1
-    if args.command == "train":
-        try:
-            _check_train_flags(args, _subcommand(parser, "train"))
-        except SystemExit as exc:
-            return int(exc.code or 0)
     try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "predict":
-            return _predict(args)
-        return _info(args)
+        run = {"train": _train, "predict": _predict, "info": _info}[args.command]
+        code = run(args)
+        sys.stdout.flush()  # a reader that left shows here (below), not as a traceback at exit
+        return code
+    except BrokenPipeError:  # stdout's reader left early (xpnn predict ... | head -3): stop quietly, as cat does
+        try:  # Python flushes stdout again at exit: point it at /dev/null
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        _abort_other_ranks(141)
+        return 141  # 128 + SIGPIPE, the status of a shell tool stopped the same way
     except (XpnnError, FileNotFoundError, ValueError, ImportError, argparse.ArgumentTypeError) as exc:
         print(f"xpnn {args.command}: error: {exc}", file=sys.stderr)
         _abort_other_ranks(1)
