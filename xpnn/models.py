@@ -4,7 +4,7 @@ picks one by image size; ``load_trained`` rebuilds the model of an ``xpnn train 
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence, Union
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -102,7 +102,7 @@ def square_image_shape(n_features: int) -> tuple[int, int, int]:
     return 1, side, side
 
 
-def load_trained(path: Union[str, "os.PathLike[str]"], backend: Any = None) -> tuple[Any, Any, dict[str, Any]]:
+def load_trained(path: io.PathLike, backend: Any = None) -> tuple[Any, Any, dict[str, Any]]:
     """``(model, standardizer, config)`` rebuilt from a checkpoint written by ``xpnn train --save``.
 
     The model (``mlp`` or ``cnn_for``, as trained) is in eval mode on ``backend`` and takes standardized rows:
@@ -127,7 +127,8 @@ def load_trained(path: Union[str, "os.PathLike[str]"], backend: Any = None) -> t
             model = mlp(sizes, str(config["activation"]), backend=backend, dtype=str(config["dtype"]),
                         dropout=float(config.get("dropout", 0.0)))
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"xpnn.models.load_trained: {path}: its config cannot rebuild the model ({exc})") from None
+        raise CheckpointError(f"xpnn.models.load_trained: {path}: its config cannot rebuild the model "
+                              f"({exc})") from None
     model.load_state_dict(state["model"])
     model.eval()
     scaler = data.Standardizer().load_state_dict(state["standardizer"])

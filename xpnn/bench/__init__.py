@@ -101,9 +101,8 @@ def run(
                 continue
             t = Timing([x for pass_times in times[key] for x in pass_times])
             medians = [statistics.median(pass_times) for pass_times in times[key]]
-            row = Row(case, size, impl, devices[key], t.median, t.iqr, t.min, t.rounds, nbytes,
-                      subnormals=subnormals[key], repeat_spread=max(medians) / min(medians) if min(medians) > 0 else None,
-                      max=t.max)
+            row = Row(case, size, impl, devices[key], t.median, t.iqr, t.min, t.rounds, nbytes, max=t.max,
+                      subnormals=subnormals[key], repeat_spread=max(medians) / min(medians) if min(medians) > 0 else None)
             if nbytes is not None:
                 bw_key = (row.device, nbytes)
                 if bw_key not in copy_bw:
