@@ -74,7 +74,7 @@ def run_case(benchmark: Any) -> Callable[[str, str, str], None]:
         if stats is None:  # --benchmark-disable: ran once, nothing measured
             return
         s = stats.stats
-        row = Row(case, size, impl, benchmark.extra_info["device"], s.median, s.iqr, s.min, s.rounds, nbytes)
+        row = Row(case, size, impl, benchmark.extra_info["device"], s.median, s.iqr, s.min, s.rounds, nbytes, max=s.max)
         if nbytes is not None:
             key = (row.device, nbytes)
             if key not in _copy_bw:

@@ -2,7 +2,7 @@
 trained with ``loss.backward()`` on the bundled digits (is it a 0-4 or a 5-9?), then a Hessian-vector product of
 the loss checked against finite differences of the gradient.
 
-    python examples/autograd_custom.py [--backend numpy|cuda] [--epochs 30]
+    python examples/autograd_custom.py [--backend numpy|cpu|cuda|auto] [--epochs 30]
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from xpnn import data, nn, optim
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description="Train a residual block with a custom loss written as Tensor "
                                                  "expressions; check a Hessian-vector product.")
-    parser.add_argument("--backend", default="numpy", choices=["numpy", "cuda", "auto"],
+    parser.add_argument("--backend", default="numpy", choices=["numpy", "cpu", "cuda", "auto"],
                         help="array backend (default numpy)")
     parser.add_argument("--epochs", type=int, default=30, help="passes over the training split (default 30)")
     args = parser.parse_args(argv)

@@ -13,7 +13,7 @@ from xpnn.models import digits_cnn
 from xpnn.train import evaluate, fit, predict
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--backend", default="numpy", choices=["numpy", "cuda", "auto"])
+parser.add_argument("--backend", default="numpy", choices=["numpy", "cpu", "cuda", "auto"])
 parser.add_argument("--epochs", type=int, default=15)
 parser.add_argument("--channels", default="16,32", help="channels of the two convolutions")
 parser.add_argument("--batch-size", type=int, default=32)

@@ -7,7 +7,7 @@ The same program as two_layer_numpy.py (`diff` the two files). What changed, the
      numerically stable, and fused CUDA kernels on a GPU;
   3. `float(loss)` reads the scalar back (a device sync on a GPU), so it happens only when printing.
 
-    python examples/two_layer_xpnn.py [--backend numpy|cuda|auto] [--steps 2000] [--plot loss.png]
+    python examples/two_layer_xpnn.py [--backend numpy|cpu|cuda|auto] [--steps 2000] [--plot loss.png]
 """
 import argparse
 
@@ -24,7 +24,7 @@ parser.add_argument("--d-out", type=int, default=10)
 parser.add_argument("--steps", type=int, default=2000)
 parser.add_argument("--lr", type=float, default=1e-4)
 parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--backend", default="numpy", choices=["numpy", "cuda", "auto"])
+parser.add_argument("--backend", default="numpy", choices=["numpy", "cpu", "cuda", "auto"])
 parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
 parser.add_argument("--plot", help="save the loss curve to this PNG (needs matplotlib)")
 args = parser.parse_args()

@@ -38,6 +38,15 @@ def test_env_variable_is_read(monkeypatch):
         xpnn.get_backend()
 
 
+def test_unknown_backend_error_lists_every_accepted_name():
+    with pytest.raises(ValueError) as caught:
+        xpnn.get_backend("tpu")
+    for name in ("numpy", "cuda", "auto", "cpu", "cupy", "gpu"):
+        assert f" {name}" in str(caught.value)
+    assert "cpu = numpy" in str(caught.value)
+    assert xpnn.get_backend("CPU").name == "numpy"  # what the message lists is accepted
+
+
 def test_auto_falls_back_to_numpy_without_gpu():
     expected = "cuda" if cuda_available() else "numpy"
     assert xpnn.get_backend("auto").name == expected

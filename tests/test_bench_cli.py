@@ -131,3 +131,60 @@ def test_every_cpu_runner_runs(case):
         r.fn()
         r.fn()
         assert subnormal_count(r.state()) == 0
+
+
+def _plotted_figure(monkeypatch, tmp_path, rows):
+    """Render ``write_plot`` and keep its figure (it closes it) to inspect the artists."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from xpnn.bench.report import write_plot
+
+    kept = []
+    monkeypatch.setattr(plt, "close", kept.append)
+    write_plot(str(tmp_path / "bench.png"), rows, "numpy-plain")
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    (fig,) = kept
+    return fig
+
+
+def test_plot_draws_the_spread_and_marks_unstable_rows(monkeypatch, tmp_path):
+    from matplotlib.container import BarContainer, ErrorbarContainer
+
+    rows = [
+        Row("adam", "1e6", "numpy-plain", "cpu", median=2e-3, iqr=1e-4, min=1.8e-3, rounds=20, max=2.6e-3,
+            repeat_spread=1.05, ratio=1.0),
+        Row("adam", "1e6", "xpnn-numpy", "cpu", median=1.5e-3, iqr=1.2e-3, min=0.9e-3, rounds=20, max=4e-3,
+            repeat_spread=2.5, ratio=0.75),  # the table says UNSTABLE
+        Row("adam", "1e6", "torch-cpu", "cpu", median=1e-3, iqr=1e-5, min=0.8e-3, rounds=20, ratio=0.5),  # no max
+    ]
+    assert "UNSTABLE" in format_table(rows, "numpy-plain").splitlines()[3] and rows[1].unstable()
+    fig = _plotted_figure(monkeypatch, tmp_path, rows)
+    ax = fig.axes[0]
+    (bars,) = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [bar.get_hatch() for bar in bars] == [None, "//", None]
+    (whiskers,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    (segments,) = [lines.get_segments() for lines in whiskers.lines[2]]
+    spans = [(float(seg[0][0]), float(seg[1][0])) for seg in segments]  # in ms: fastest to slowest call
+    assert spans == [pytest.approx((1.8, 2.6)), pytest.approx((0.9, 4.0)), pytest.approx((0.8, 1.0))]
+    labels = [t.get_text() for t in ax.texts]
+    assert ["UNSTABLE" in label for label in labels] == [False, True, False]
+    assert ax.get_xlim()[1] >= 4.0  # the longest whisker is inside the axes
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()][0].startswith("UNSTABLE")
+    assert legend.legend_handles[0].get_hatch() == "//"
+
+
+def test_plot_of_stable_rows_has_no_unstable_legend(monkeypatch, tmp_path):
+    rows = [Row("softmax", "1e4", impl, "cpu", median=5e-5, iqr=1e-6, min=4.5e-5, rounds=20, max=7e-5,
+                repeat_spread=1.0, ratio=1.0) for impl in ("numpy-plain", "xpnn-numpy")]
+    fig = _plotted_figure(monkeypatch, tmp_path, rows)
+    assert fig.legends == [] and not any("UNSTABLE" in t.get_text() for t in fig.axes[0].texts)
+
+
+def test_bench_rows_record_the_slowest_call(tmp_path):
+    rows, _ = bench.run([("adam", "1e4")], ["numpy-plain"], max_time=0.01, repeats=2)
+    (row,) = rows
+    assert row.min <= row.median <= row.max and row.to_dict()["max"] == row.max

@@ -24,7 +24,8 @@ def _accuracy(out: str) -> float:
     return float(out.split("test accuracy: ")[1].split()[0])
 
 
-def test_train_defaults_reach_97_percent_on_digits_with_a_progress_bar(capsys):
+def test_train_defaults_reach_97_percent_on_digits_with_a_progress_bar(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal: bars (not on a file/pipe)
     assert main(["train"]) == 0
     out, err = capsys.readouterr()
     assert "digits: 1348 train / 449 test rows" in out and "model 64-128-10 relu, adam lr 0.003" in out
@@ -124,3 +125,75 @@ def test_python_dash_m_xpnn():
                           cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("xpnn ")
+
+
+@pytest.mark.parametrize("argv, flags", [
+    (["--model", "cnn", "--hidden", "64"], "--hidden applies"),
+    (["--model", "cnn", "--activation", "tanh"], "--activation applies"),
+    (["--model", "cnn", "--dropout", "0.1", "--hidden", "0"], "--hidden, --dropout apply"),
+])
+def test_mlp_only_flags_with_the_cnn_are_usage_errors(capsys, argv, flags):
+    assert main(["train", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "usage: xpnn train" in err
+    assert f"xpnn train: error: {flags} to --model mlp only; --model cnn has a fixed architecture" in err
+
+
+def test_test_size_with_mnist_is_a_usage_error(capsys, tmp_path):
+    assert main(["train", "--dataset", f"mnist:{tmp_path}", "--test-size", "0.2"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "--test-size applies to --dataset digits only" in err and "usage: xpnn train" in err
+
+
+def test_mlp_defaults_still_apply_and_are_saved(capsys, tmp_path):
+    assert main(["train", "--epochs", "1", "--no-progress", "--save", str(tmp_path / "c.npz")]) == 0
+    config = xpnn.load(tmp_path / "c.npz")["config"]
+    assert (config["sizes"], config["activation"], config["dropout"]) == ([64, 128, 10], "relu", 0.0)
+    assert "digits: 1348 train / 449 test rows" in capsys.readouterr().out  # --test-size default 0.25
+
+
+@pytest.mark.parametrize("command, argv", [("train", []), ("predict", ["--checkpoint", "c.npz", "--input", "x.npy"])])
+def test_an_unknown_flag_shows_the_subcommands_usage(capsys, command, argv):
+    assert main([command, *argv, "--bogus"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"usage: xpnn {command} ")
+    assert f"xpnn {command}: error: unrecognized arguments: --bogus" in err
+
+
+def test_train_help_describes_both_models(capsys):
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Train an MLP classifier" not in text
+    assert "Train a classifier (an MLP, or with --model cnn a small CNN" in text and "LeNet-5" in text
+    assert "mlp only: hidden layer widths" in text
+
+
+def test_train_with_output_redirected_prints_lines_without_carriage_returns(tmp_path):
+    """stdout and stderr to files (a log): one plain line per epoch, no tqdm bar redrawn with carriage returns."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with open(tmp_path / "out.log", "w") as out, open(tmp_path / "err.log", "w") as err:
+        proc = subprocess.run([sys.executable, "-m", "xpnn", "train", "--epochs", "2", "--hidden", "16"], stdout=out,
+                              stderr=err, env=env, cwd=tmp_path, timeout=300)
+    stdout, stderr = (tmp_path / "out.log").read_text(), (tmp_path / "err.log").read_text()
+    assert proc.returncode == 0, stderr
+    assert "\r" not in stdout + stderr and stderr == ""
+    assert [line.split("  ")[0] for line in stdout.splitlines() if line.startswith("epoch ")] == ["epoch 1/2",
+                                                                                                 "epoch 2/2"]
+
+
+def test_a_reader_that_leaves_early_stops_train_quietly(tmp_path):
+    """``xpnn train | head -1``: the later lines meet a closed pipe; the command stops with 141 (128 + SIGPIPE,
+    like cat), without a BrokenPipeError traceback."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "xpnn", "train", "--epochs", "3", "--hidden", "16", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    try:
+        assert proc.stdout.readline().startswith(b"xpnn train: digits")
+        proc.stdout.close()  # the reader leaves
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=300) == 141, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in err and "BrokenPipeError" not in err

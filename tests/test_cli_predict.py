@@ -88,3 +88,61 @@ def test_predict_errors_name_the_flag(checkpoint, tmp_path, capsys):
     for argv, code, message in cases:
         assert main(["predict", *argv]) == code, argv
         assert message in capsys.readouterr().err, argv
+
+
+def test_load_trained_lives_in_xpnn_models_and_the_cli_name_is_the_same_function(checkpoint):
+    import xpnn.cli
+    import xpnn.models
+
+    assert xpnn.cli.load_trained is xpnn.models.load_trained and xpnn.cli.build_model is xpnn.models.mlp
+    model, scaler, config = xpnn.models.load_trained(checkpoint)  # a Path works too
+    X, y = D.load_digits()
+    logits = np.asarray(model(scaler.transform(X[:100])))
+    assert np.mean(logits.argmax(axis=1) == y[:100]) > 0.85
+
+
+def test_the_checkpoint_saves_the_input_range_of_the_training_data(checkpoint):
+    assert xpnn.load(checkpoint)["config"]["input_range"] == [0.0, 1.0]  # digits: pixels in [0, 1]
+
+
+@pytest.mark.parametrize("scale, dtype, given, hint", [
+    (255, np.uint8, "[0, 255]", "X / 255"),  # 8-bit pixels
+    (16, np.float64, "[0, 16]", "X / 16"),  # raw digit counts (sklearn's load_digits)
+])
+def test_predict_warns_when_the_input_is_far_outside_the_trained_range(checkpoint, tmp_path, capsys, scale, dtype,
+                                                                       given, hint):
+    X, _ = D.load_digits()
+    np.save(tmp_path / "raw.npy", np.round(X[:20] * scale).astype(dtype))
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "raw.npy")]) == 0
+    out, err = capsys.readouterr()
+    assert len(_printed(out)) == 20  # still predicts
+    assert "xpnn predict: warning: --input" in err and f"holds values in {given}" in err
+    assert "far outside [0, 1]" in err and str(checkpoint) in err and f"e.g. {hint}" in err
+
+
+def test_predict_does_not_warn_for_input_in_the_trained_range(checkpoint, tmp_path, capsys):
+    X, _ = D.load_digits()
+    np.save(tmp_path / "rows.npy", X[:20])
+    np.save(tmp_path / "noisy.npy", X[:20] * 1.5 - 0.2)  # a little outside: not far
+    capsys.readouterr()
+    for name in ("rows.npy", "noisy.npy"):
+        assert main(["predict", "--checkpoint", str(checkpoint), "--input", str(tmp_path / name)]) == 0
+        assert capsys.readouterr().err == ""
+
+
+def test_predict_says_a_file_that_is_no_checkpoint_is_not_one(checkpoint, tmp_path, capsys):
+    from xpnn.data import write_idx
+
+    np.save(tmp_path / "rows.npy", np.zeros((2, 64)))
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((2, 8, 8), np.uint8))
+    (tmp_path / "rows.csv").write_text("1,2,3\n")
+    cases = [("train-images-idx3-ubyte", "it is an IDX file"), ("rows.csv", "it is a text file"),
+             ("rows.npy", "it is a single .npy array")]
+    for name, what in cases:
+        path = tmp_path / name
+        assert main(["predict", "--checkpoint", str(path), "--input", str(tmp_path / "rows.npy")]) == 1
+        err = capsys.readouterr().err
+        assert f"xpnn predict: error: --checkpoint {path} is not an xpnn checkpoint: {what}" in err, err
+        assert "expected an NPZ archive written by xpnn.save or `xpnn train --save`" in err
+        assert "pickle" not in err and "truncated" not in err

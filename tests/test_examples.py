@@ -98,3 +98,20 @@ def test_autograd_custom_example(monkeypatch, capsys):
     assert acc > 0.9
     rel = float(re.search(r"relative difference ([0-9.e+-]+)", out).group(1))
     assert rel < 1e-6
+
+
+@pytest.mark.parametrize("name", ["two_layer_xpnn.py", "cnn_digits.py", "autograd_custom.py", "digits_classifier.py",
+                                  "mnist.py"])
+def test_examples_accept_every_backend_name_of_the_cli(name, monkeypatch, capsys):
+    """``--backend cpu`` works in the examples as in ``xpnn train`` (cpu is numpy)."""
+    with pytest.raises(SystemExit) as caught:
+        run_example(name, ["--help"], monkeypatch, capsys)
+    assert caught.value.code == 0
+    choices = re.search(r"--backend \{([\w,]+)\}", capsys.readouterr().out)[1].split(",")
+    assert sorted(choices) == ["auto", "cpu", "cuda", "numpy"]
+
+
+def test_two_layer_xpnn_backend_cpu_is_numpy(monkeypatch, capsys):
+    out = run_example("two_layer_xpnn.py", ["--n", 8, "--d-in", 20, "--hidden", 10, "--d-out", 3, "--steps", 101,
+                                            "--backend", "cpu"], monkeypatch, capsys).out
+    assert "backend numpy" in out

@@ -140,6 +140,39 @@ def test_missing_truncated_and_corrupt_files(tmp_path):
         xio.load(tmp_path / "single.npy")
 
 
+def _write_zip(path, members):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
+@pytest.mark.parametrize("make, what", [
+    (lambda p: p.write_text("label,pixel0\n3,0.5\n"), "is not an xpnn checkpoint: it is a text file"),
+    (lambda p: __import__("xpnn.data", fromlist=["write_idx"]).write_idx(p, np.zeros((2, 3, 3), np.uint8)),
+     "is not an xpnn checkpoint: it is an IDX file"),
+    (lambda p: p.write_bytes(bytes(range(256))), "is not an xpnn checkpoint: it is a file starting with the bytes"),
+    (lambda p: p.write_bytes(b"\x80\x04K\x01."), "is not an xpnn checkpoint: it is a Python pickle"),
+    (lambda p: p.write_bytes(b"\x1f\x8b\x08\x00" + bytes(20)), "is not an xpnn checkpoint: it is a gzip-compressed"),
+    (lambda p: p.write_bytes(b""), "is empty (0 bytes)"),
+    (lambda p: _write_zip(p, {"model.pt": b"x", "notes.txt": b"y"}), "is a ZIP archive but not an xpnn checkpoint"),
+    (lambda p: np.savez(p, w=np.ones(2)), "is an NPZ file but not an xpnn checkpoint"),
+    (lambda p: np.save(p, np.ones(2)), "is not an xpnn checkpoint: it is a single .npy array"),
+], ids=["text", "idx", "random-bytes", "pickle", "gzip", "empty", "zip", "npz", "npy"])
+def test_a_file_that_is_no_checkpoint_is_named_and_described(tmp_path, make, what):
+    """Any file that is no checkpoint: a CheckpointError naming the file and what it is, never numpy's guess that an
+    unknown file holds pickled data ("allow_pickle=")."""
+    path = tmp_path / "ckpt.bin"
+    make(path)
+    path = next(tmp_path.iterdir())  # np.save / np.savez add their own suffix
+    with pytest.raises(CheckpointError) as caught:
+        xio.load(path)
+    message = str(caught.value)
+    assert message.startswith(f"xpnn.load: {path} ") and what in message
+    assert "allow_pickle" not in message and "pickled (object) data" not in message
+
+
 def test_damaged_metadata_is_a_checkpoint_error(tmp_path):
     import json
 

@@ -183,6 +183,7 @@ def test_early_stopping_in_fit_restores_best_epoch():
 
 
 def test_progress_bar_and_plain_progress(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal: bars (not on a file/pipe)
     X = np.random.default_rng(0).normal(size=(16, 64)).astype(np.float32)
     y = np.arange(16) % 10
     model = _mlp()
@@ -194,6 +195,23 @@ def test_progress_bar_and_plain_progress(capsys, monkeypatch):
     fit(model, nn.CrossEntropyLoss(), opt, X, y, epochs=2, batch_size=8, progress=True)
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and out[0].startswith("epoch 1/2  loss ") and "accuracy" in out[1]
+    fit(model, nn.CrossEntropyLoss(), opt, X, y, epochs=1, batch_size=8, progress=False)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_progress_to_a_file_or_pipe_is_one_plain_line_per_epoch(capsys, monkeypatch):
+    """stderr not a terminal (a log file, a pipe; here pytest's capture): no tqdm bar, whose carriage returns would
+    fill the log, but one plain line per epoch on stdout; progress=False still prints nothing."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    X = np.random.default_rng(0).normal(size=(16, 64)).astype(np.float32)
+    y = np.arange(16) % 10
+    model = _mlp()
+    opt = optim.SGD(model.parameters(), lr=0.01)
+    fit(model, nn.CrossEntropyLoss(), opt, X, y, epochs=2, batch_size=8, progress=True)
+    out, err = capsys.readouterr()
+    assert err == "" and "\r" not in out
+    lines = out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2  loss ") and lines[1].startswith("epoch 2/2  loss ")
     fit(model, nn.CrossEntropyLoss(), opt, X, y, epochs=1, batch_size=8, progress=False)
     assert capsys.readouterr() == ("", "")
 

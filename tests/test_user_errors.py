@@ -41,6 +41,32 @@ def test_readme_python_block_runs_verbatim(index, tmp_path, monkeypatch, capsys)
     assert capsys.readouterr().out.strip(), "a README example should show its result"
 
 
+def test_readme_dotted_names_work_after_a_plain_import_xpnn():
+    """Every ``xpnn.a.b`` the README writes outside shell blocks and import lines (``xpnn.models.load_trained(...)``,
+    ``xpnn.amp.GradScaler``) is reachable after ``import xpnn`` alone, checked in a fresh interpreter (here the
+    tests have imported every submodule already)."""
+    import subprocess
+    import sys
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    # drop shell blocks (command lines, mutmut's mutant names); python blocks and prose stay
+    text = re.sub(r"```(\w*)\n(.*?)```", lambda m: m[2] if m[1] == "python" else "", text, flags=re.S)
+    names = sorted(set(re.findall(r"(?<![\w/.])(?<!from )(?<!import )xpnn(?:\.[A-Za-z_]\w*)+", text)))
+    assert "xpnn.models.load_trained" in names and len(names) > 10
+    check = ("import functools, sys, xpnn\n"
+             "def ok(name):\n"
+             "    try:\n"
+             "        functools.reduce(getattr, name.split('.')[1:], xpnn)\n"
+             "    except AttributeError:\n"
+             "        return False\n"
+             "    return True\n"
+             "print([n for n in sys.argv[1:] if not ok(n)])")
+    proc = subprocess.run([sys.executable, "-c", check, *names], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", f"README names that `import xpnn` does not reach: {proc.stdout}"
+
+
 # --- xpnn train ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flag, path, message", [

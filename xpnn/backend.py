@@ -32,6 +32,7 @@ __all__ = [
 
 CUDA_INSTALL_HINT = 'pip install "xpnn[cuda12]"  (or "xpnn[cuda13]" for CUDA 13 drivers)'
 BACKEND_NAMES = ("numpy", "cuda", "auto")
+BACKEND_ALIASES = {"cpu": "numpy", "cupy": "cuda", "gpu": "cuda"}  # other names get_backend accepts
 
 
 class Backend:
@@ -134,16 +135,17 @@ _global: list[Backend | None] = [None]
 
 
 def _from_name(name: str) -> Backend:
-    key = name.strip().lower()
-    if key in ("numpy", "cpu"):
+    key = BACKEND_ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key == "numpy":
         return _NUMPY
-    if key in ("cuda", "cupy", "gpu"):
+    if key == "cuda":
         if not _cuda_cache:
             _cuda_cache.append(_cuda_backend())
         return _cuda_cache[0]
     if key == "auto":
         return _from_name("cuda") if cuda_available() else _NUMPY
-    raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKEND_NAMES)}")
+    raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKEND_NAMES + tuple(BACKEND_ALIASES))} "
+                     f"({', '.join(f'{alias} = {to}' for alias, to in BACKEND_ALIASES.items())})")
 
 
 def _from_module(mod: types.ModuleType) -> Backend:

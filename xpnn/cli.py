@@ -1,7 +1,8 @@
-"""The ``xpnn`` command: ``xpnn train`` (train an MLP on digits or MNIST), ``xpnn predict`` (class labels from a
-``xpnn train --save`` checkpoint), ``xpnn info``, ``xpnn bench``.
+"""The ``xpnn`` command: ``xpnn train`` (train an MLP or a CNN on digits or MNIST), ``xpnn predict`` (class labels from
+a ``xpnn train --save`` checkpoint), ``xpnn info``, ``xpnn bench``.
 
-Every flag is checked by argparse before any work: a bad value is a usage error (exit status 2) that names the flag.
+Every flag is checked by argparse before any work: a bad value, an unknown flag or a flag that does not apply to the
+chosen model or dataset is a usage error (exit status 2) that names the flag and shows the subcommand's usage.
 
 ``main(argv=None) -> int`` is the entry point (``pyproject.toml``: ``xpnn = "xpnn.cli:main"``; also ``python -m xpnn``).
 """
@@ -10,22 +11,19 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import sys
 import time
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .errors import XpnnError
-from .random import generator
+from .errors import CheckpointError, XpnnError
+from .models import ACTIVATIONS, load_trained, square_image_shape
+from .models import mlp as build_model
 
 __all__ = ["main", "build_model", "make_optimizer", "load_trained", "ACTIVATIONS", "OPTIMIZERS"]
 
-# name -> class name in xpnn.nn
-ACTIVATIONS = {
-    "relu": "ReLU", "leaky_relu": "LeakyReLU", "prelu": "PReLU", "elu": "ELU", "selu": "SELU",
-    "tanh": "Tanh", "sigmoid": "Sigmoid",
-}
 # name -> (class name in xpnn.optim, default learning rate, extra keyword arguments)
 OPTIMIZERS: dict[str, tuple[str, float, dict[str, Any]]] = {
     "adam": ("Adam", 3e-3, {}),
@@ -45,25 +43,6 @@ DEFAULTS = {"hidden": "128", "activation": "relu", "optimizer": "adam", "epochs"
 # `xpnn train --model cnn` (16-32 channel CNN, 15 epochs) on digits: 98.9-100% test accuracy for seeds 0-9 (mean
 # 99.4%), 5-10 s on 2 shared CPU cores with OPENBLAS_NUM_THREADS=1
 CNN_EPOCHS = 15
-
-
-def build_model(sizes: Sequence[int], activation: str = "relu", *, backend: Any = None, dtype: Any = None,
-                seed: Any = 0, dropout: float = 0.0) -> Any:
-    """An MLP ``Linear -> activation [-> Dropout] -> ... -> Linear`` for layer widths ``sizes`` (input first)."""
-    from . import nn
-
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}: choose from {', '.join(ACTIVATIONS)}")
-    rng = generator(seed)
-    act = getattr(nn, ACTIVATIONS[activation])
-    layers: list[Any] = []
-    for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(d_in, d_out, backend=backend, dtype=dtype, seed=rng))
-        if i < len(sizes) - 2:
-            layers.append(act(backend=backend, dtype=dtype) if activation == "prelu" else act())
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout, seed=int(rng.integers(2**31))))
-    return nn.Sequential(*layers)
 
 
 def make_optimizer(name: str, params: Any, lr: Optional[float] = None, weight_decay: float = 0.0) -> Any:
@@ -139,10 +118,10 @@ def _load_dataset(spec: str, test_size: float, seed: int) -> tuple[str, tuple[An
 
 
 def _image_shape(n_features: int) -> tuple[int, int, int]:
-    side = int(round(n_features ** 0.5))
-    if side * side != n_features:
-        raise ValueError(f"--model cnn needs square single-channel images, got rows of {n_features} features")
-    return 1, side, side
+    try:
+        return square_image_shape(n_features)
+    except ValueError:
+        raise ValueError(f"--model cnn needs square single-channel images, got rows of {n_features} features") from None
 
 
 def _as_images(X: Any) -> Any:
@@ -252,6 +231,7 @@ def _train(args: argparse.Namespace) -> int:
     sizes = [int(X_train.shape[1])] + args.hidden + [n_classes]
     if args.model != "cnn":
         _check_model_size(sizes, args.dtype, args.optimizer, backend)
+    input_range = [float(np.min(X_train)), float(np.max(X_train))]  # saved: xpnn predict warns about other units
     scaler = data.Standardizer().fit(X_train)
     X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
     if args.model == "cnn":  # square single-channel images: rows of side*side pixels -> (N, 1, side, side)
@@ -294,7 +274,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.save:  # atomic (xpnn.save writes a temporary file and renames it), once: by rank 0
         config = {"dataset": args.dataset, "model": args.model, "sizes": sizes, "activation": args.activation, "dropout": args.dropout,
                   "optimizer": args.optimizer, "lr": lr, "epochs": history.epochs, "batch_size": args.batch_size,
-                  "seed": args.seed, "dtype": args.dtype, "test_accuracy": result["accuracy"]}
+                  "seed": args.seed, "dtype": args.dtype, "test_accuracy": result["accuracy"],
+                  "input_range": input_range}
         if group is not None:
             config["world_size"] = group.world_size
         io.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "standardizer": scaler.state_dict(),
@@ -409,45 +390,6 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_trained(path: str, backend: Any = None) -> tuple[Any, Any, dict[str, Any]]:
-    """``(model, standardizer, config)`` rebuilt from a checkpoint written by ``xpnn train --save``.
-
-    The model is in eval mode on ``backend``; ``config`` holds the training settings (``sizes``, ``activation``,
-    ``dtype``, ...). Raises ``CheckpointError`` when the file is not such a checkpoint.
-    """
-    from . import data, io
-    from .errors import CheckpointError
-
-    state = io.load(path)
-    missing = [k for k in ("model", "standardizer", "config") if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise CheckpointError(f"--checkpoint {path}: not a checkpoint written by `xpnn train --save` (no "
-                              f"{', '.join(missing)} entry); load it with xpnn.load(path) instead")
-    config = state["config"]
-    try:
-        sizes = [int(v) for v in config["sizes"]]
-        if config.get("model") == "cnn":  # xpnn train --model cnn
-            from .models import cnn_for
-
-            model = cnn_for(_image_shape(sizes[0]), sizes[-1], backend=backend, dtype=str(config["dtype"]))
-        else:
-            model = build_model(sizes, str(config["activation"]), backend=backend, dtype=str(config["dtype"]),
-                                dropout=float(config.get("dropout", 0.0)))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"--checkpoint {path}: its config cannot rebuild the model ({exc})") from None
-    model.load_state_dict(state["model"])
-    model.eval()
-    scaler = data.Standardizer().load_state_dict(state["standardizer"])
-    return model, scaler.to(_model_backend(model)), config
-
-
-def _model_backend(model: Any) -> Any:
-    """The Backend holding the model's parameters."""
-    from .backend import get_backend, namespace_of
-
-    return get_backend(namespace_of(next(iter(model.parameters())).data))
-
-
 def _read_rows(path: str, n_features: int) -> np.ndarray:
     """Rows of ``path`` (.npy: an array of rows, or of images flattened to rows; .csv: comma-separated numbers, an
     optional header line) as a 2-D float64 array of ``n_features`` columns."""
@@ -485,6 +427,34 @@ def _read_rows(path: str, n_features: int) -> np.ndarray:
     return X.astype(np.float64)
 
 
+def _rescale_hint(low: float, high: float, given_low: float, given_high: float, integral: bool) -> str:
+    """An expression that maps input values in [given_low, given_high] onto the trained range [low, high]."""
+    if given_low >= 0 and low == 0:  # counts or pixels: divide by the full scale (8-bit pixels: 255, digits: 16)
+        full = next((f for f in (16, 255, 65535) if given_high <= f), given_high) if integral else given_high
+        return f"X / {full:g}" if high == 1 else f"X * {high:g} / {full:g}"
+    shifted = f"(X {'-' if given_low >= 0 else '+'} {abs(given_low):g})"
+    scaled = f"{shifted} * {(high - low) / ((given_high - given_low) or 1.0):.6g}"
+    return scaled if low == 0 else f"{low:g} + {scaled}"
+
+
+def _warn_if_out_of_range(X: np.ndarray, config: dict[str, Any], in_path: str, ckpt: str) -> None:
+    """A warning on stderr when the input's values lie far outside the range of the training data saved in the
+    checkpoint (0-255 pixels or raw 0-16 digits given to a model trained on [0, 1]): farther than the trained
+    range's own width beyond either end. Checkpoints without ``input_range`` (older ones) are not checked."""
+    if "input_range" not in config or X.size == 0:
+        return
+    low, high = (float(v) for v in config["input_range"])
+    given_low, given_high = float(X.min()), float(X.max())
+    width = max(high - low, 1e-12)
+    if low - width <= given_low and given_high <= high + width:
+        return
+    hint = _rescale_hint(low, high, given_low, given_high, bool(np.all(X == np.round(X))))
+    print(f"xpnn predict: warning: --input {in_path} holds values in [{given_low:g}, {given_high:g}], far outside "
+          f"[{low:g}, {high:g}], the range of the data the model in {ckpt} was trained on "
+          f"({config.get('dataset', 'unknown dataset')}); its predictions for these rows are unreliable. Rescale the "
+          f"input to the trained range first, e.g. {hint}", file=sys.stderr, flush=True)
+
+
 def _predict(args: argparse.Namespace) -> int:
     from .backend import to_numpy
     from .train import predict
@@ -501,9 +471,14 @@ def _predict(args: argparse.Namespace) -> int:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--checkpoint {path}: no such file (write one with xpnn train --save {path})")
     backend = _cli_backend(args.backend)
-    model, scaler, config = load_trained(path, backend)
+    try:
+        model, scaler, config = load_trained(path, backend)
+    except CheckpointError as exc:  # the message names the file and says what it is; name the flag instead
+        raise CheckpointError(re.sub(r"^xpnn\.(load|models\.load_trained): ", "--checkpoint ", str(exc))) from None
     sizes = [int(v) for v in config["sizes"]]
-    X = _read_rows(os.path.expanduser(args.input), sizes[0])
+    in_path = os.path.expanduser(args.input)
+    X = _read_rows(in_path, sizes[0])
+    _warn_if_out_of_range(X, config, in_path, path)
     xp = backend.xp
     Xb = xp.astype(backend.asarray(X), getattr(xp, str(config["dtype"])))
     Xs = scaler.transform(Xb)
@@ -531,12 +506,49 @@ def _bench(argv: list[str]) -> int:
     return int(bench.main(argv) or 0)
 
 
+class _SubcommandParser(argparse.ArgumentParser):
+    """The parser of one subcommand: an unrecognized argument is its own usage error (argparse hands it up to the
+    top-level parser, whose usage says nothing about the subcommand's flags)."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
+# flags of `xpnn train` that only --model mlp uses: (flag, dest, default)
+_MLP_ONLY = (("--hidden", "hidden", DEFAULTS["hidden"]), ("--activation", "activation", DEFAULTS["activation"]),
+             ("--dropout", "dropout", 0.0))
+
+
+def _check_train_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Usage error for a flag that the chosen model or dataset would ignore; then fill in the defaults."""
+    if args.model != "mlp":
+        given = [flag for flag, dest, _ in _MLP_ONLY if getattr(args, dest) is not None]
+        if given:
+            parser.error(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --model mlp only; "
+                         f"--model {args.model} has a fixed architecture (see xpnn train --help): leave "
+                         f"{'it' if len(given) == 1 else 'them'} out")
+    if args.test_size is not None and args.dataset != "digits":
+        parser.error(f"--test-size applies to --dataset digits only; --dataset {args.dataset} has its own test "
+                     "split: leave it out")
+    for flag, dest, default in _MLP_ONLY:
+        if getattr(args, dest) is None:
+            setattr(args, dest, _parse_hidden(default) if dest == "hidden" else default)
+    if args.test_size is None:
+        args.test_size = DEFAULTS["test_size"]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xpnn", description="xpnn: neural networks on NumPy (CPU) or CuPy (GPU).")
-    sub = parser.add_subparsers(dest="command", metavar="{train,predict,info,bench}")
-    t = sub.add_parser("train", help="train an MLP classifier (bundled digits by default)",
-                       description="Train an MLP classifier and print the test accuracy. With no arguments: the "
-                                   "bundled 8x8 digits, 64-128-10 ReLU network, Adam, on the default backend.")
+    sub = parser.add_subparsers(dest="command", metavar="{train,predict,info,bench}", parser_class=_SubcommandParser)
+    t = sub.add_parser("train", help="train a classifier: an MLP, or a CNN with --model cnn (bundled digits by "
+                                     "default)",
+                       description="Train a classifier (an MLP, or with --model cnn a small CNN for 8x8 images and "
+                                   "LeNet-5 for 28x28) on the bundled digits or MNIST and print the test accuracy. "
+                                   "With no arguments: the bundled 8x8 digits, 64-128-10 ReLU MLP, Adam, on the "
+                                   "default backend.")
     t.add_argument("--dataset", default="digits",
                    help="digits (bundled 8x8 digits) or mnist:PATH (folder with the IDX files) (default: digits)")
     t.add_argument("--backend", default=None, choices=["auto", "numpy", "cpu", "cuda"],
@@ -545,10 +557,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default="mlp", choices=["mlp", "cnn"],
                    help="mlp, or cnn: a small CNN for 8x8 images (digits), LeNet-5 for 28x28 (MNIST); --hidden, "
                         "--activation and --dropout apply to mlp only (default: mlp)")
-    t.add_argument("--hidden", type=_parse_hidden, default=_parse_hidden(DEFAULTS["hidden"]),
-                   help=f"hidden layer widths, comma-separated, 0 for none (default: {DEFAULTS['hidden']})")
-    t.add_argument("--activation", default=DEFAULTS["activation"], choices=list(ACTIVATIONS),
-                   help=f"activation after each hidden layer (default: {DEFAULTS['activation']})")
+    t.add_argument("--hidden", type=_parse_hidden, default=None,
+                   help=f"mlp only: hidden layer widths, comma-separated, 0 for none (default: {DEFAULTS['hidden']})")
+    t.add_argument("--activation", default=None, choices=list(ACTIVATIONS),
+                   help=f"mlp only: activation after each hidden layer (default: {DEFAULTS['activation']})")
     t.add_argument("--optimizer", default=DEFAULTS["optimizer"], choices=list(OPTIMIZERS),
                    help=f"optimizer (default: {DEFAULTS['optimizer']})")
     lrs = ", ".join(f"{k} {v[1]:g}" for k, v in OPTIMIZERS.items())
@@ -556,8 +568,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"learning rate > 0 (default: per optimizer: {lrs})")
     t.add_argument("--weight-decay", type=_float_in(0.0, float("inf"), high_open=True), default=0.0,
                    help="L2 weight decay >= 0 (AdamW: decoupled) (default: 0)")
-    t.add_argument("--dropout", type=_float_in(0.0, 1.0, high_open=True), default=0.0,
-                   help="dropout probability in [0, 1) after each hidden activation (default: 0)")
+    t.add_argument("--dropout", type=_float_in(0.0, 1.0, high_open=True), default=None,
+                   help="mlp only: dropout probability in [0, 1) after each hidden activation (default: 0)")
     t.add_argument("--label-smoothing", type=_float_in(0.0, 1.0), default=DEFAULTS["label_smoothing"],
                    help="label smoothing in [0, 1] of the training loss; loss and val_loss include it, the final "
                         f"test loss does not (default: {DEFAULTS['label_smoothing']})")
@@ -566,8 +578,7 @@ def _parser() -> argparse.ArgumentParser:
                         "for cnn)")
     t.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULTS["batch_size"],
                    help=f"rows per optimizer step, >= 1 (default: {DEFAULTS['batch_size']})")
-    t.add_argument("--test-size", type=_float_in(0.0, 1.0, low_open=True, high_open=True),
-                   default=DEFAULTS["test_size"],
+    t.add_argument("--test-size", type=_float_in(0.0, 1.0, low_open=True, high_open=True), default=None,
                    help=f"digits: fraction of rows held out for testing, in (0, 1) (default: {DEFAULTS['test_size']})")
     t.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="parameter and input dtype (default: float32)")
@@ -600,6 +611,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name`` of ``parser``."""
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``xpnn`` command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -608,17 +624,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
+        if args.command == "train":
+            _check_train_flags(args, _subcommand(parser, "train"))
     except SystemExit as exc:  # argparse exits on --help and on usage errors
         return int(exc.code or 0)
     if args.command is None:
         parser.print_help()
         return 1
     try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "predict":
-            return _predict(args)
-        return _info(args)
+        run = {"train": _train, "predict": _predict, "info": _info}[args.command]
+        code = run(args)
+        sys.stdout.flush()  # a reader that left shows here (below), not as a traceback at exit
+        return code
+    except BrokenPipeError:  # stdout's reader left early (xpnn predict ... | head -3): stop quietly, as cat does
+        try:  # Python flushes stdout again at exit: point it at /dev/null
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        _abort_other_ranks(141)
+        return 141  # 128 + SIGPIPE, the status of a shell tool stopped the same way
     except (XpnnError, FileNotFoundError, ValueError, ImportError, argparse.ArgumentTypeError) as exc:
         print(f"xpnn {args.command}: error: {exc}", file=sys.stderr)
         _abort_other_ranks(1)

@@ -211,9 +211,14 @@ def _read_npz(z: Any, path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]
     """Check the metadata of an open NPZ and read every array (checking dtype and shape): ``(meta, arrays)``."""
     names = set(z.files)
     if META_KEY not in names:
+        members = z.zip.namelist()
+        if all(name.endswith(".npy") for name in members):
+            what, advice = "an NPZ file", "; read it with numpy.load"
+        else:
+            what, advice = "a ZIP archive", ""
         raise CheckpointError(
-            f"xpnn.load: {path} is an NPZ file but not an xpnn checkpoint (no {META_KEY} entry; "
-            f"it holds {sorted(names)[:5]}); read it with numpy.load"
+            f"xpnn.load: {path} is {what} but not an xpnn checkpoint (no {META_KEY} entry; it holds "
+            f"{sorted(members)[:5]}{' ...' if len(members) > 5 else ''}){advice}"
         )
     meta = json.loads(bytes(z[META_KEY]).decode("utf-8"))
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -244,21 +249,60 @@ def _read_npz(z: Any, path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]
     return meta, arrays
 
 
+_ZIP_MAGIC = b"PK"  # every ZIP archive (hence every NPZ file and every checkpoint) starts with it
+_IDX_DTYPES = (0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E)  # the third byte of an IDX file's magic number
+
+
+def _check_head(head: bytes, path: str) -> None:
+    """Raise a ``CheckpointError`` that says what the file is when its first bytes show it is no checkpoint (empty,
+    a single .npy array, an IDX or text file, ...) rather than letting ``numpy.load`` guess (it takes any unknown
+    file for a pickle)."""
+    if not head:
+        raise CheckpointError(f"xpnn.load: {path} is empty (0 bytes): truncated or corrupt, not a readable xpnn "
+                              "checkpoint; restore it from a backup or save again")
+    if head.startswith(_ZIP_MAGIC) or _ZIP_MAGIC.startswith(head):
+        return  # a ZIP archive (or a truncated one): read on
+    if head.startswith(b"\x93NUMPY"):
+        what = "a single .npy array"
+    elif len(head) >= 4 and head[:2] == b"\0\0" and head[2] in _IDX_DTYPES:
+        what = "an IDX file (MNIST-style data, read by xpnn.data.load_mnist)"
+    elif head.startswith(b"\x1f\x8b"):
+        what = "a gzip-compressed file"
+    elif head.startswith(b"\x89HDF"):
+        what = "an HDF5 file"
+    elif head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        what = "a Python pickle (xpnn checkpoints never hold pickles)"
+    else:
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError as exc:  # a character cut at the end of the 512 bytes is still text
+            text = head[:exc.start].decode("utf-8") if exc.start > len(head) - 4 else None
+        if text is not None and all(c.isprintable() or c in "\t\r\n" for c in text):
+            what = "a text file"
+        else:
+            what = f"a file starting with the bytes {head[:8]!r}"
+    raise CheckpointError(f"xpnn.load: {path} is not an xpnn checkpoint: it is {what}; expected an NPZ archive "
+                          "written by xpnn.save or `xpnn train --save`")
+
+
 def load(path: PathLike, *, with_metadata: bool = False) -> Any:
     """Read a checkpoint written by ``save``: exactly the saved structure, with NumPy arrays.
 
     ``with_metadata=True`` returns ``(obj, meta)``; ``meta`` holds ``format_version``, ``xpnn_version``, ``arrays``
     (for each stored array its place ``path``, ``dtype`` and ``shape``) and ``metadata`` (what you passed to save).
-    Raises ``CheckpointNotFoundError`` for a missing file and ``CheckpointError`` for a truncated or corrupt one.
+    Raises ``CheckpointNotFoundError`` for a missing file and ``CheckpointError`` for a truncated or corrupt one,
+    and for any file that is no xpnn checkpoint (saying what it is: a .npy array, an NPZ or ZIP archive without
+    xpnn's metadata, an IDX, text or other file, an empty file).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(f"xpnn.load: no checkpoint file {path}")
     try:
         with open(path, "rb") as f:
+            head = f.read(512)
+            f.seek(0)
+            _check_head(head, path)
             z = np.load(f, allow_pickle=False)
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise CheckpointError(f"xpnn.load: {path} is a single .npy array, not an xpnn checkpoint (NPZ)")
             with z:
                 meta, arrays = _read_npz(z, path)
     except CheckpointError:

@@ -9,6 +9,7 @@ end of the epoch, so a GPU run is not synchronised every step.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -363,9 +364,11 @@ def fit(
     explicit ``model.backward(loss_fn.backward())`` for modules with a hand-written backward); ``optimizer.step()``.
 
     validation_data: ``(X_val, y_val)`` evaluated after every epoch (``val_loss``, ``val_accuracy``).
-    callbacks: ``Callback`` objects (e.g. ``EarlyStopping``). progress: a tqdm bar per epoch (plain lines when tqdm
-    is not installed). seed: shuffling order (int, Generator or None). batch_transform: ``(xb, yb) -> (xb, yb)``
-    applied to training batches only (e.g. ``lambda x, y: (cutout(x, 3, image_shape=(8, 8)), y)``).
+    callbacks: ``Callback`` objects (e.g. ``EarlyStopping``). progress: a tqdm bar per epoch on a terminal or in a
+    notebook; one plain line per epoch on stdout when tqdm is not installed or stderr goes to a file or a pipe (a
+    bar's carriage returns would fill the log); nothing with ``progress=False``. seed: shuffling order (int,
+    Generator or None). batch_transform: ``(xb, yb) -> (xb, yb)`` applied to training batches only (e.g.
+    ``lambda x, y: (cutout(x, 3, image_shape=(8, 8)), y)``).
     cuda_graph: capture the training step in a CUDA graph (``xpnn.cuda``) and replay it for every full batch: the
     first three full batches run eagerly (warm-up), the last partial batch of an epoch too. Needs the CUDA backend
     (or a ``xpnn.cuda.GraphRuntime`` stand-in); raises ``xpnn.errors.CaptureError`` for a step that cannot be
@@ -408,7 +411,7 @@ def fit(
     n = int(X.shape[0])
     steps_per_epoch = -(-(-(-n // world)) // batch_size)
     progress = progress and rank == 0
-    tqdm_ok = progress and _tqdm_available()
+    tqdm_ok = progress and _bars_can_draw()
     graphed = None
     if cuda_graph is not False and cuda_graph is not None:
         from .cuda import graph_step_runner
@@ -460,7 +463,7 @@ def fit(
         if bar is not None:
             bar.set_postfix_str(_fmt(logs), refresh=False)
             bar.close()
-        elif progress:  # tqdm is not installed: one plain line per epoch
+        elif progress:  # no tqdm, or output to a file or pipe: one plain line per epoch
             print(f"epoch {epoch}/{epochs}  {_fmt(logs)}  ({logs['time']:.2f} s)", flush=True)
         stop = False
         for cb in cbs:
@@ -473,9 +476,17 @@ def fit(
     return history
 
 
-def _tqdm_available() -> bool:
+def _bars_can_draw() -> bool:
+    """Whether tqdm is installed and can redraw a bar in place: stderr is a terminal, or ``tqdm.auto`` picked its
+    notebook widget (Jupyter)."""
     try:
         import tqdm  # noqa: F401
+        from tqdm.auto import tqdm as auto_tqdm
     except ImportError:
         return False
-    return True
+    if any(cls.__module__ == "tqdm.notebook" for cls in auto_tqdm.__mro__):
+        return True
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # no stderr (pythonw), or a closed one
+        return False

@@ -101,7 +101,7 @@ def run(
                 continue
             t = Timing([x for pass_times in times[key] for x in pass_times])
             medians = [statistics.median(pass_times) for pass_times in times[key]]
-            row = Row(case, size, impl, devices[key], t.median, t.iqr, t.min, t.rounds, nbytes,
+            row = Row(case, size, impl, devices[key], t.median, t.iqr, t.min, t.rounds, nbytes, max=t.max,
                       subnormals=subnormals[key], repeat_spread=max(medians) / min(medians) if min(medians) > 0 else None)
             if nbytes is not None:
                 bw_key = (row.device, nbytes)

@@ -16,8 +16,9 @@ __all__ = ["UNSTABLE_REPEATS", "UNSTABLE_IQR", "Row", "machine_info", "format_by
 
 @dataclass
 class Row:
-    """One measured (case, size, impl). Times in seconds; ``ratio`` = median / reference median (below 1 is faster);
-    ``floor_fraction`` = (bytes moved / median) / plain-copy bandwidth of the same device (1.0 = at the floor)."""
+    """One measured (case, size, impl). Times in seconds (``min``/``max``: the fastest and slowest call); ``ratio`` =
+    median / reference median (below 1 is faster); ``floor_fraction`` = (bytes moved / median) / plain-copy
+    bandwidth of the same device (1.0 = at the floor)."""
 
     case: str
     size: str
@@ -32,6 +33,7 @@ class Row:
     ratio: Optional[float] = None
     subnormals: int = 0
     repeat_spread: Optional[float] = None  # largest / smallest median of the repeated passes (1.0: they agree)
+    max: Optional[float] = None  # the slowest call (None in results written before it was recorded)
 
     def unstable(self, repeats_factor: float = UNSTABLE_REPEATS, iqr_fraction: float = UNSTABLE_IQR) -> bool:
         """Whether the passes disagree by more than ``repeats_factor`` or the spread exceeds ``iqr_fraction``."""
@@ -186,12 +188,15 @@ def write_json(path: str, rows: Sequence[Row], *, machine: dict[str, Any], refer
 
 
 def write_plot(path: str, rows: Sequence[Row], reference: str) -> None:
-    """PNG with one panel per (case, size): a horizontal bar of median time per implementation, labelled with the
-    ratio to the reference and the fraction of the copy floor."""
+    """PNG with one panel per (case, size): a horizontal bar of median time per implementation with a whisker from
+    the fastest to the slowest call (to the median when the slowest is unknown), labelled with the ratio to the
+    reference and the fraction of the copy floor. Rows the table marks UNSTABLE are hatched, say so in their label
+    and get a legend entry."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     groups: dict[tuple[str, str], list[Row]] = {}
     for r in rows:
@@ -203,15 +208,27 @@ def write_plot(path: str, rows: Sequence[Row], reference: str) -> None:
     height = max(1.0, 0.42 * max(len(g) for g in groups.values()) + 0.9)
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, height * nrows), squeeze=False)
     colors = {"cpu": "#4C72B0", "cuda": "#55A868", "torch-cuda": "#C44E52"}
+    any_unstable = False
     for ax, ((case, size), grp) in zip(axes.flat, groups.items()):
         scale, unit = (1e3, "ms") if max(r.median for r in grp) >= 1e-3 else (1e6, "us")
         ms = [r.median * scale for r in grp]
-        ax.barh(range(len(grp)), ms, color=[colors.get(r.device, "gray") for r in grp])
+        lows = [r.min * scale for r in grp]
+        highs = [(r.median if r.max is None else r.max) * scale for r in grp]
+        unstable = [r.unstable() for r in grp]
+        any_unstable = any_unstable or any(unstable)
+        bars = ax.barh(range(len(grp)), ms, color=[colors.get(r.device, "gray") for r in grp])
+        for bar, bad in zip(bars, unstable):
+            if bad:
+                bar.set_hatch("//")
+                bar.set_edgecolor("black")
+                bar.set_alpha(0.55)
+        spread = [[m - lo for m, lo in zip(ms, lows)], [hi - m for m, hi in zip(ms, highs)]]
+        ax.errorbar(ms, range(len(grp)), xerr=spread, fmt="none", ecolor="black", elinewidth=1, capsize=3)
         ax.set_yticks(range(len(grp)), [r.impl for r in grp])
         ax.invert_yaxis()
         ax.set_title(f"{case}  {size}", fontsize=10)
-        ax.set_xlabel(f"median time per call ({unit})")
-        ax.set_xlim(0, max(ms) * 1.45)
+        ax.set_xlabel(f"median time per call ({unit}); whisker: fastest to slowest call")
+        ax.set_xlim(0, max(highs) * 1.6)
         for i, r in enumerate(grp):
             bits = []
             if r.impl == reference:
@@ -220,10 +237,18 @@ def write_plot(path: str, rows: Sequence[Row], reference: str) -> None:
                 bits.append(f"{r.ratio:.2f}x ref")
             if r.floor_fraction is not None:
                 bits.append(f"{100 * r.floor_fraction:.0f}% floor")
-            ax.text(ms[i], i, "  " + ", ".join(bits), va="center", fontsize=8)
+            if unstable[i]:
+                bits.append("UNSTABLE")
+            ax.text(highs[i], i, "  " + ", ".join(bits), va="center", fontsize=8,
+                    fontweight="bold" if unstable[i] else "normal")
     for ax in list(axes.flat)[len(groups):]:
         ax.axis("off")
     fig.suptitle(f"xpnn bench (ratio: time / {reference} time; floor: plain copy bandwidth)", fontsize=11)
-    fig.tight_layout()
+    if any_unstable:
+        fig.legend(handles=[Patch(facecolor="lightgray", edgecolor="black", hatch="//",
+                                  label="UNSTABLE (see the table's stability column): passes disagree or the "
+                                        "spread is wide; rerun on an idle machine")],
+                   loc="lower center", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05 if any_unstable else 0, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -41,6 +41,10 @@ class Timing:
         return min(self.times)
 
     @property
+    def max(self) -> float:
+        return max(self.times)
+
+    @property
     def rounds(self) -> int:
         return len(self.times)
 
