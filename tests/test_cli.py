@@ -124,3 +124,12 @@ def test_python_dash_m_xpnn():
                           cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("xpnn ")
+
+
+def test_train_stops_with_a_clear_error_when_the_loss_is_nan(capsys):
+    """A diverging run (lr 1e30) stops at the first NaN loss: exit code 1 and one line naming epoch and batch."""
+    code = main(["train", "--optimizer", "sgd", "--lr", "1e30", "--epochs", "3", "--hidden", "16", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "xpnn train: error: fit: the training loss became nan at epoch 1, batch" in err
+    assert "Traceback" not in err
