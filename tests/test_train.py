@@ -357,3 +357,29 @@ def test_fit_nan_check_names_the_batch_on_array_api_strict():
         fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), X, y, epochs=3, batch_size=10,
             progress=False, shuffle=False, callbacks=[PoisonInEpoch2()])
     assert info.value.history.epochs == 1 and np.isfinite(info.value.history["loss"][0])
+
+
+def test_fit_nan_check_at_a_progress_refresh_stops_within_the_epoch(capsys, monkeypatch):
+    """With a progress bar fit reads the loss at each refresh (twice a second): a NaN stops it there, in the middle
+    of the epoch, naming the first bad batch."""
+    pytest.importorskip("tqdm", reason="the progress bar needs tqdm")
+    import xpnn.train as T
+    from xpnn.errors import NonFiniteError
+
+    clock = iter(range(10**6))
+    monkeypatch.setattr(T.time, "perf_counter", lambda: float(next(clock)))  # 1 s per call: refresh every step
+    Xtr, _, ytr, _ = _digits()
+    X, y = Xtr[:100].copy(), ytr[:100]
+    X[25, 0] = np.inf  # batch 3 of 10
+    model = _mlp()
+    steps = []
+
+    class Count(Callback):
+        def on_batch_end(self, step, model):
+            steps.append(step)
+
+    with pytest.raises(NonFiniteError, match=r"at epoch 1, batch 3 of 10 \(step 3\)"):
+        fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), X, y, epochs=2, batch_size=10,
+            shuffle=False, callbacks=[Count()])
+    assert steps == [1, 2, 3]  # stopped at the refresh after batch 3, not at the end of the epoch
+    capsys.readouterr()
