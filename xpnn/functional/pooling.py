@@ -22,8 +22,9 @@ from ..errors import ShapeError
 from . import _checks
 from .conv import Conv2dGeometry, IntPair, col2im, im2col, no_higher_order, pair_arg
 
-__all__ = ["pool2d_geometry", "window_max", "first_inbounds_offset", "max_pool2d", "max_pool2d_with_argmax", "max_pool2d_backward", "avg_pool2d",
-           "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward"]
+__all__ = ["pool2d_geometry", "window_max", "first_inbounds_offset", "max_pool2d", "max_pool2d_with_argmax",
+           "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
+           "adaptive_avg_pool2d_backward"]
 
 
 def _pool_out(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
