@@ -66,8 +66,9 @@ col2im(const T* __restrict__ cols, T* __restrict__ dx, long long n, long long c,
     }
 }
 
-// y (N, C, oh, ow): window maxima; argmax: the winning offset i*kw + j. Padding never wins; the first maximum does,
-// and a NaN wins over numbers (the first NaN), as NumPy's argmax over the window (padding = -inf) decides.
+// y (N, C, oh, ow): window maxima; argmax: the winning offset i*kw + j, chosen as PyTorch's max_pool2d_with_indices:
+// from the window's first in-bounds element on, `v > best || isnan(v)` (the first maximum, the last NaN). Padding
+// never wins, even in a window of only -inf (pytorch#23161); a window with no in-bounds element reports offset 0.
 template <typename T, typename A>
 __global__ void __launch_bounds__(256)
 max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y, int* __restrict__ argmax, long long n, long long c,
@@ -80,7 +81,7 @@ max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y, int* __restrict__ arg
         const long long plane = idx / (ow * oh);
         const T* img = x + plane * h * w;
         A best = xpnn_neg_inf<A>();
-        int arg = 0;
+        int arg = -1;
         for (int i = 0; i < kh; ++i) {
             const long long hh = p * sh + (long long)i * dh - pt;
             if (hh < 0 || hh >= h) continue;
@@ -88,14 +89,14 @@ max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y, int* __restrict__ arg
                 const long long ww = q * sw + (long long)j * dw - pl;
                 if (ww < 0 || ww >= w) continue;
                 const A v = (A)xpnn_to_acc(img[hh * w + ww]);
-                if (v > best || (v != v && best == best)) {
+                if (arg < 0 || v > best || v != v) {
                     best = v;
                     arg = i * kw + j;
                 }
             }
         }
         y[idx] = xpnn_from_acc<T>(best);
-        argmax[idx] = arg;
+        argmax[idx] = arg < 0 ? 0 : arg;
     }
 }
 

@@ -28,7 +28,7 @@ def test_train_defaults_reach_97_percent_on_digits_with_a_progress_bar(capsys, m
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal: bars (not on a file/pipe)
     assert main(["train"]) == 0
     out, err = capsys.readouterr()
-    assert "digits: 1348 train / 449 test rows" in out and "model 64-128-10 relu, adam lr 0.003" in out
+    assert "digits: 1347 train / 450 test rows" in out and "model 64-128-10 relu, adam lr 0.003" in out
     assert _accuracy(out) >= 0.97
     assert "epoch 20/20" in err and "43/43" in err  # tqdm bars on stderr
 
@@ -149,7 +149,7 @@ def test_mlp_defaults_still_apply_and_are_saved(capsys, tmp_path):
     assert main(["train", "--epochs", "1", "--no-progress", "--save", str(tmp_path / "c.npz")]) == 0
     config = xpnn.load(tmp_path / "c.npz")["config"]
     assert (config["sizes"], config["activation"], config["dropout"]) == ([64, 128, 10], "relu", 0.0)
-    assert "digits: 1348 train / 449 test rows" in capsys.readouterr().out  # --test-size default 0.25
+    assert "digits: 1347 train / 450 test rows" in capsys.readouterr().out  # --test-size default 0.25
 
 
 @pytest.mark.parametrize("command, argv", [("train", []), ("predict", ["--checkpoint", "c.npz", "--input", "x.npy"])])
@@ -197,3 +197,10 @@ def test_a_reader_that_leaves_early_stops_train_quietly(tmp_path):
             proc.kill()
             proc.wait()
     assert "Traceback" not in err and "BrokenPipeError" not in err
+def test_train_stops_with_a_clear_error_when_the_loss_is_nan(capsys):
+    """A diverging run (lr 1e30) stops at the first NaN loss: exit code 1 and one line naming epoch and batch."""
+    code = main(["train", "--optimizer", "sgd", "--lr", "1e30", "--epochs", "3", "--hidden", "16", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "xpnn train: error: fit: the training loss became nan at epoch 1, batch" in err
+    assert "Traceback" not in err

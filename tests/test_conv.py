@@ -259,3 +259,67 @@ def test_kernels_disabled_gives_the_same_conv():
     with _dispatch.use_kernels(False):
         ref = F.conv2d(x, w, padding=1)
     np.testing.assert_array_equal(F.conv2d(x, w, padding=1), ref)
+
+
+# (x shape, kernel_size, stride, padding, dilation, ceil_mode) with windows that reach into the padding
+POOL_EDGE_CASES = [((1, 1, 2, 2), 2, 1, 1, 1, False), ((2, 3, 5, 6), 3, 2, 1, 1, True),
+                   ((1, 2, 7, 7), (3, 2), (1, 2), (1, 1), (2, 1), True), ((1, 1, 5, 5), 2, 2, 1, 2, False)]
+
+
+def _max_pool_paths(x, dy, args):
+    """(y, dx) of max pooling through the Tensor op (NumPy fast path), the array-API reference on NumPy and the
+    reference on array_api_strict."""
+    import xpnn
+    from xpnn.functional import pooling
+
+    t = xpnn.tensor(x, requires_grad=True)
+    yt = F.max_pool2d(t, *args)
+    yt.backward(xpnn.tensor(dy))
+    out = {"numpy fast path": (np.asarray(yt.data), np.asarray(t.grad))}
+    y, arg = pooling.max_pool2d_with_argmax(x, *args)
+    out["reference (numpy)"] = (y, F.max_pool2d_backward(arg, dy, x.shape, *args))
+    xps = pytest.importorskip("array_api_strict")
+    y, arg = pooling.max_pool2d_with_argmax(xps.asarray(x), *args)
+    out["reference (array_api_strict)"] = (np.asarray(y), np.asarray(
+        F.max_pool2d_backward(arg, xps.asarray(dy), x.shape, *args)))
+    return out
+
+
+def _torch_max_pool(x, dy, args):
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for max pooling's argmax rule")
+    t = torch.tensor(x, requires_grad=True)
+    y = torch.nn.functional.max_pool2d(t, *args)
+    y.backward(torch.tensor(dy))
+    return y.detach().numpy(), t.grad.numpy()
+
+
+@pytest.mark.parametrize("xs,k,s,p,d,ceil", POOL_EDGE_CASES)
+def test_max_pool2d_windows_of_only_minus_inf_route_into_the_input_like_torch(xs, k, s, p, d, ceil):
+    """A window whose elements are all -inf (padding included) takes its first in-bounds element as the argmax, so
+    dx sums to dy.sum() (pytorch#23161); routing into the padding lost the gradient."""
+    args = (k, s, p, d, ceil)
+    x = np.full(xs, -np.inf)
+    x.reshape(-1)[::3] = randn(x.size, seed=3)[::3] if xs != (1, 1, 2, 2) else -np.inf
+    y_ref, dx_ref = _torch_max_pool(x, np.ones(F.max_pool2d(x, *args).shape), args)
+    dy = np.ones(y_ref.shape)
+    for path, (y, dx) in _max_pool_paths(x, dy, args).items():
+        np.testing.assert_array_equal(y, y_ref, err_msg=path)
+        np.testing.assert_array_equal(dx, dx_ref, err_msg=path)
+        assert dx.sum() == dy.size, path
+    if xs == (1, 1, 2, 2):
+        np.testing.assert_array_equal(dx_ref[0, 0], [[4, 2], [2, 1]])
+
+
+@pytest.mark.parametrize("xs,k,s,p,d,ceil", POOL_EDGE_CASES[1:])
+def test_max_pool2d_nan_windows_like_torch(xs, k, s, p, d, ceil):
+    """NaN propagates to every window holding one and, as in PyTorch (``val > maxval || isnan(val)``), the last NaN
+    of a window gets its gradient; -inf and +inf mixed in."""
+    args = (k, s, p, d, ceil)
+    x = randn(*xs, seed=4)
+    flat = x.reshape(-1)
+    flat[::4], flat[1::7], flat[2::9] = np.nan, -np.inf, np.inf
+    y_ref, dx_ref = _torch_max_pool(x, randn(*F.max_pool2d(x, *args).shape, seed=5), args)
+    dy = randn(*y_ref.shape, seed=5)
+    for path, (y, dx) in _max_pool_paths(x, dy, args).items():
+        np.testing.assert_array_equal(y, y_ref, err_msg=path)
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12, err_msg=path)

@@ -148,7 +148,7 @@ def test_batches_array_api_strict():
 def test_train_test_split_plain_and_stratified():
     X, y = D.load_digits()
     Xtr, Xte, ytr, yte = D.train_test_split(X, y, 0.25, seed=0)
-    assert Xtr.shape == (1348, 64) and Xte.shape == (449, 64)
+    assert Xtr.shape == (1347, 64) and Xte.shape == (450, 64)  # ceil(0.25 * 1797) test rows, as scikit-learn
     both = np.concatenate([Xtr, Xte])
     assert np.array_equal(np.sort(both, axis=0), np.sort(X, axis=0))
     Xtr, Xte, ytr, yte = D.train_test_split(X, y, 0.2, seed=1, stratify=True)
@@ -163,15 +163,18 @@ def test_train_test_split_plain_and_stratified():
 
 
 def test_train_test_split_stratified_rare_classes_gives_the_asked_size():
-    y = np.array([0] * 50 + [1] * 50 + [2, 3], dtype=np.int64)
+    y = np.array([0] * 50 + [1] * 50 + [2, 2, 3, 3], dtype=np.int64)
     X = np.arange(y.size, dtype=np.float32)[:, None]
-    for test_size, n_test in ((0.25, 26), (0.5, 51), (10, 10)):
+    for test_size, n_test in ((0.25, 26), (0.5, 52), (10, 10)):
         Xtr, Xte, ytr, yte = D.train_test_split(X, y, test_size, seed=0, stratify=True)
         assert yte.size == n_test and ytr.size == y.size - n_test
         assert np.array_equal(np.sort(np.concatenate([Xtr, Xte])[:, 0]), X[:, 0])
         assert abs(np.sum(yte == 0) - np.sum(yte == 1)) <= 1
-    _, Xte, _, _ = D.train_test_split(np.zeros((10, 1), np.float32), np.arange(10), 0.3, seed=0, stratify=True)
-    assert Xte.shape == (3, 1)  # every class a singleton: still 3 test rows, not 0
+    # a class of one member cannot be in both parts: scikit-learn's error, not a silent test-only class
+    with pytest.raises(ValueError, match=r"least populated classes in y have only 1 member.*members are: \[2, 3\]"):
+        D.train_test_split(X[:102], np.array([0] * 50 + [1] * 50 + [2, 3]), 0.25, seed=0, stratify=True)
+    with pytest.raises(ValueError, match="least populated"):
+        D.train_test_split(np.zeros((10, 1), np.float32), np.arange(10), 0.3, seed=0, stratify=True)
     with pytest.raises(ShapeError, match=r"stratify needs class labels of shape \(n,\)"):
         D.train_test_split(X, np.eye(4, dtype=np.int64)[y], 0.25, stratify=True)
 
@@ -364,3 +367,80 @@ def test_dropconnect_trains_in_a_model_and_on_array_api_strict():
     fit(model, nn.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=3e-3), Xtr, ytr, epochs=4,
         batch_size=32, progress=False, seed=0)
     assert evaluate(model, nn.CrossEntropyLoss(), Xte, yte)["accuracy"] > 0.9
+
+
+# --- split sizes as scikit-learn's ---------------------------------------------------------------------------------
+
+def test_train_test_split_sizes_match_sklearn():
+    """Test rows = ceil(test_size * n) for a fraction, the count for an int, train = the rest (7 @ 0.3 -> 3 test
+    rows, not round()'s 2; the digits 1797 @ 0.25 -> 450); out-of-range sizes raise ValueError as sklearn does."""
+    sk = pytest.importorskip("sklearn.model_selection", reason="scikit-learn is the reference for split sizes")
+    for n in list(range(2, 40)) + [99, 100, 101, 1000, 1797]:
+        for test_size in (0.01, 0.1, 0.15, 0.2, 0.25, 0.3, 1 / 3, 0.5, 0.7, 0.9, 0.99, 1, 2, n // 2, n - 1):
+            X = np.arange(n, dtype=np.float32)[:, None]
+            y = np.arange(n) % 3
+            try:
+                want = [a.shape[0] for a in sk.train_test_split(X, y, test_size=test_size, random_state=0)[:2]]
+            except ValueError as exc:
+                with pytest.raises(ValueError, match="test_size|train set will be empty"):
+                    D.train_test_split(X, y, test_size, seed=0)
+                assert "test_size" in str(exc) or "empty" in str(exc)
+                continue
+            got = [a.shape[0] for a in D.train_test_split(X, y, test_size, seed=0)[:2]]
+            assert got == want, (n, test_size)
+    for n, test_size, n_test in ((7, 0.3, 3), (10, 0.25, 3), (11, 0.1, 2), (1797, 0.25, 450)):
+        assert D.train_test_split(np.zeros((n, 1)), np.zeros(n, np.int64), test_size, seed=0)[1].shape[0] == n_test
+    for bad in (0.0, 1.0, 1.5, -0.1, 0, 10, -1):
+        with pytest.raises(ValueError, match=r"should be either positive and smaller than the number of samples 10"):
+            D.train_test_split(np.zeros((10, 1)), np.zeros(10, np.int64), bad)
+    with pytest.raises(ValueError, match="train set will be empty"):
+        D.train_test_split(np.zeros((10, 1)), np.zeros(10, np.int64), 0.95)  # ceil(9.5) = 10 test rows
+    with pytest.raises(TypeError, match="float fraction or an int count"):
+        D.train_test_split(np.zeros((10, 1)), np.zeros(10, np.int64), "0.2")
+
+
+def _sklearn_stratified_test_counts(sk, y, test_size, seeds):
+    """The per-class test counts scikit-learn's stratified split gives for each random_state in ``seeds`` (it
+    breaks ties between equal remainders at random)."""
+    classes = np.unique(y)
+    out = set()
+    for rs in seeds:
+        yte = sk.train_test_split(np.zeros((y.size, 1)), y, test_size=test_size, random_state=rs, stratify=y)[3]
+        out.add(tuple(int(np.sum(yte == c)) for c in classes))
+    return out
+
+
+@pytest.mark.parametrize("namespace", ["numpy", "array_api_strict"])
+def test_train_test_split_stratified_counts_match_sklearn(namespace):
+    """Per-class test counts as scikit-learn's StratifiedShuffleSplit (its approximate mode): equal where sklearn's
+    are the same for every random_state, one of sklearn's outcomes where it breaks a tie at random; its errors for
+    a one-member class and for fewer test or train rows than classes."""
+    sk = pytest.importorskip("sklearn.model_selection", reason="scikit-learn is the reference for stratified splits")
+    wrap = (lambda a: a) if namespace == "numpy" else xs.asarray
+    rng = np.random.default_rng(0)
+    layouts = [np.repeat(np.arange(3), [5, 7, 11]), np.repeat(np.arange(4), [2, 2, 3, 40]),
+               np.repeat(np.arange(5), [10, 10, 10, 10, 10]), np.asarray(D.load_digits()[1]),
+               rng.integers(0, 6, 97), np.repeat(np.arange(2), [3, 50])]
+    for y in layouts:
+        X = np.arange(y.size, dtype=np.float64)[:, None]
+        classes = np.unique(y)
+        for test_size in (0.1, 0.2, 0.25, 0.3, 0.5, 0.75, len(classes), y.size - len(classes)):
+            try:
+                sk_counts = _sklearn_stratified_test_counts(sk, y, test_size, range(4))
+            except ValueError as exc:
+                with pytest.raises(ValueError, match=str(exc).split(" ")[1]):
+                    D.train_test_split(wrap(X), wrap(y), test_size, seed=0, stratify=True)
+                continue
+            Xtr, Xte, ytr, yte = (np.asarray(a) for a in D.train_test_split(wrap(X), wrap(y), test_size, seed=1,
+                                                                                stratify=True))
+            got = tuple(int(np.sum(yte == c)) for c in classes)
+            if len(sk_counts) > 1:  # a random tie-break: ours must be one of sklearn's possible outcomes
+                sk_counts |= _sklearn_stratified_test_counts(sk, y, test_size, range(4, 64))
+            assert got in sk_counts, (y.size, test_size, got, sk_counts)
+            assert np.array_equal(np.sort(np.concatenate([Xtr, Xte])[:, 0]), X[:, 0])
+            np.testing.assert_array_equal(ytr, y[Xtr[:, 0].astype(int)])
+    y = np.repeat(np.arange(4), 5)
+    with pytest.raises(ValueError, match="the test_size = 2 should be greater or equal to the number of classes = 4"):
+        D.train_test_split(wrap(np.zeros((20, 1))), wrap(y), 2, stratify=True)
+    with pytest.raises(ValueError, match="the train_size = 3 should be greater or equal to the number of classes = 4"):
+        D.train_test_split(wrap(np.zeros((20, 1))), wrap(y), 17, stratify=True)

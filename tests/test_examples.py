@@ -58,7 +58,7 @@ def test_digits_classifier(monkeypatch, capsys, tmp_path):
 def test_digits_classifier_with_pca(monkeypatch, capsys):
     out = run_example("digits_classifier.py", ["--epochs", 4, "--hidden", 32, "--pca", 20, "--no-progress"],
                       monkeypatch, capsys).out
-    assert "train (1213, 20)" in out and float(out.split("test accuracy ")[1].split(",")[0]) > 0.85
+    assert "train (1212, 20)" in out and float(out.split("test accuracy ")[1].split(",")[0]) > 0.85
 
 
 def test_mnist_example_on_tiny_idx_files(monkeypatch, capsys, tmp_path):
@@ -79,7 +79,7 @@ def test_mnist_example_reports_missing_files(monkeypatch, capsys, tmp_path):
 def test_cnn_digits_example(monkeypatch, capsys, tmp_path):
     out = run_example("cnn_digits.py", ["--epochs", 3, "--channels", "4,8", "--no-progress",
                                         "--save", tmp_path / "c.npz"], monkeypatch, capsys).out
-    assert "digits: train (1348, 1, 8, 8), test (449, 1, 8, 8)" in out and "Conv2d(1, 4" in out
+    assert "digits: train (1347, 1, 8, 8), test (450, 1, 8, 8)" in out and "Conv2d(1, 4" in out
     assert float(out.split("test accuracy ")[1].split(",")[0]) > 0.9
     assert "reloaded model gives identical predictions: True" in out
 

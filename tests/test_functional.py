@@ -325,3 +325,61 @@ def test_nll_loss_errors_name_the_function():
         F.nll_loss(logp, np.zeros(3))
     with pytest.raises(ValueError, match="nll_loss: reduction must be one of"):
         F.nll_loss(logp, np.array([0, 1, 1]), reduction="avg")
+# --- reductions over empty axes, as PyTorch -------------------------------------------------------------------------
+
+# (name, xpnn function, torch function, input shape); torch raising means xpnn must raise a ValueError naming the op
+EMPTY_CASES = [
+    ("logsumexp", lambda x: F.logsumexp(x, axis=1), lambda t: t.logsumexp(1), (2, 0)),
+    ("logsumexp", lambda x: F.logsumexp(x, axis=0), lambda t: t.logsumexp(0), (0, 3)),
+    ("logsumexp", lambda x: F.logsumexp(x, axis=1, keepdims=True), lambda t: t.logsumexp(1, keepdim=True), (2, 0)),
+    ("logsumexp", lambda x: F.logsumexp(x, axis=1), lambda t: t.logsumexp(1), (0, 3)),
+    ("softmax", lambda x: F.softmax(x, axis=1), lambda t: t.softmax(1), (2, 0)),
+    ("softmax", lambda x: F.softmax(x, axis=0), lambda t: t.softmax(0), (0, 3)),
+    ("log_softmax", lambda x: F.log_softmax(x, axis=-1), lambda t: t.log_softmax(-1), (2, 0)),
+    ("log_softmax", lambda x: F.log_softmax(x, axis=1), lambda t: t.log_softmax(1), (0, 3)),
+    ("sum", lambda x: F.sum(x, axis=1), lambda t: t.sum(1), (2, 0)),
+    ("sum", lambda x: F.sum(x), lambda t: t.sum(), (0, 3)),
+    ("mean", lambda x: F.mean(x, axis=1), lambda t: t.mean(1), (2, 0)),
+    ("mean", lambda x: F.mean(x, axis=(0, 1), keepdims=True), lambda t: t.mean((0, 1), keepdim=True), (0, 3)),
+    ("mean", lambda x: F.mean(x, axis=0), lambda t: t.mean(0), (2, 0)),
+    ("max", lambda x: F.max(x, axis=1), lambda t: t.amax(1), (0, 3)),
+    ("max", lambda x: F.max(x, axis=1), lambda t: t.amax(1), (2, 0)),
+    ("max", lambda x: F.max(x), lambda t: t.amax(), (0, 3)),
+    ("min", lambda x: F.min(x, axis=0, keepdims=True), lambda t: t.amin(0, keepdim=True), (2, 0)),
+    ("min", lambda x: F.min(x, axis=(0, 1)), lambda t: t.amin((0, 1)), (2, 0)),
+]
+
+
+@pytest.mark.parametrize("ns", ["numpy", "array_api_strict"])
+@pytest.mark.parametrize("case", range(len(EMPTY_CASES)))
+def test_reductions_over_empty_axes_match_torch(ns, case):
+    """logsumexp over an empty axis is -inf and softmax/log_softmax are empty (they crashed in NumPy's max); sum is
+    0, mean NaN (without NumPy's warnings); max/min over an empty axis raise ValueError naming the op where PyTorch
+    raises, and reduce fine over a non-empty axis of an empty array. Forward and backward."""
+    import warnings
+
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for empty reductions")
+    name, fn, tfn, shape = EMPTY_CASES[case]
+    xp = np if ns == "numpy" else array_api_strict
+    t = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+    x = xpnn.tensor(xp.zeros(shape, dtype=xp.float64), requires_grad=True)
+    try:
+        ty = tfn(t)
+    except (IndexError, RuntimeError):
+        with pytest.raises(ValueError, match=rf"^{name}: cannot reduce over axis \d of size 0"):
+            fn(x)
+        return
+    ty.sum().backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NumPy warning either
+        y = fn(x)
+        y.sum().backward()
+    assert tuple(y.shape) == tuple(ty.shape)
+    np.testing.assert_array_equal(np.asarray(y.data), ty.detach().numpy())
+    np.testing.assert_array_equal(np.asarray(x.grad), t.grad.numpy())
+
+
+def test_accuracy_and_one_hot_over_empty_classes_or_labels():
+    with pytest.raises(ValueError, match=r"accuracy: scores of shape \(3, 0\) have no class"):
+        F.accuracy(np.zeros((3, 0), np.float32), np.zeros(3, np.int64))
+    assert F.one_hot(np.zeros(0, np.int64), 4).shape == (0, 4)

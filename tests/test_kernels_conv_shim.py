@@ -116,8 +116,31 @@ def test_max_pool2d_ties_nan_and_inf(loader):
         y, arg = through_kernel(loader, F.max_pool2d_with_argmax, x, k, 1, p)
         y_ref, arg_ref = reference(F.max_pool2d_with_argmax, x, k, 1, p)
         np.testing.assert_array_equal(y, y_ref)
-        # windows of only padding/-inf: offset 0 in both (the reference counts padding as -inf entries)
+        # windows of only padding/-inf: the first in-bounds offset in both; several NaN: the last one
         np.testing.assert_array_equal(arg, arg_ref)
+
+
+@pytest.mark.parametrize("xs,k,s,p,d,ceil", [((1, 1, 2, 2), 2, 1, 1, 1, False), ((2, 3, 5, 6), 3, 2, 1, 1, True),
+                                             ((1, 2, 7, 7), (3, 2), (1, 2), (1, 1), (2, 1), True)])
+def test_max_pool2d_minus_inf_and_nan_windows_like_torch(loader, xs, k, s, p, d, ceil):
+    """The kernel picks PyTorch's winner: a window of only -inf (padding included) routes dy to its first in-bounds
+    element, not into the padding (pytorch#23161); the last NaN of a window wins."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for max pooling's argmax rule")
+    args = (k, s, p, d, ceil)
+    for fill in ("-inf", "nan"):
+        x = np.full(xs, -np.inf, np.float32)
+        if fill == "nan":
+            x = randn(xs, "float32", 9)
+            x.reshape(-1)[::3] = np.nan
+            x.reshape(-1)[1::5] = -np.inf
+        y, arg = through_kernel(loader, F.max_pool2d_with_argmax, x, *args)
+        dy = np.ones(y.shape, np.float32)
+        dx = through_kernel(loader, F.max_pool2d_backward, arg, dy, xs, *args)
+        t = torch.tensor(x, requires_grad=True)
+        ty = torch.nn.functional.max_pool2d(t, *args)
+        ty.sum().backward()
+        np.testing.assert_array_equal(y, ty.detach().numpy())
+        np.testing.assert_array_equal(dx, t.grad.numpy())
 
 
 @pytest.mark.parametrize("include_pad", [True, False])

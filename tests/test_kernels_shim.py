@@ -391,3 +391,25 @@ def test_update_of_non_contiguous_param_falls_back(forward_loader):
         updates.adam_update(param, grad, m, v, step=1, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
     assert forward_loader.launches == before
     np.testing.assert_allclose(param, 0.9, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 0), (0, 7)])
+def test_row_kernels_do_not_launch_on_empty_rows(forward_loader, shape):
+    """No launch for N = 0 or C = 0: the launchers answer an empty result (N = 0) or leave an empty row to the
+    reference (C = 0: logsumexp -inf, softmax/log_softmax empty, as PyTorch), and cross-entropy leaves an empty
+    batch to the reference's error."""
+    x = np.zeros(shape, np.float32)
+    for name, want in (("logsumexp", np.full(shape[0], -np.inf, np.float32)), ("softmax", x), ("log_softmax", x)):
+        before = forward_loader.launches
+        direct = getattr(launch, name)(forward_loader, np, x)
+        assert direct is NotImplemented if shape[1] == 0 else direct.shape == want.shape
+        with _dispatch.use_provider(make_provider(forward_loader)):
+            got = getattr(F, name)(x)
+        assert forward_loader.launches == before, name
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == np.float32
+    before = forward_loader.launches
+    assert launch.cross_entropy_with_grad(forward_loader, np, x, np.zeros(shape[0], np.int64)) is NotImplemented
+    with _dispatch.use_provider(make_provider(forward_loader)), pytest.raises(ValueError, match="cross_entropy"):
+        F.cross_entropy_with_grad(x, np.zeros(shape[0], np.int64))
+    assert forward_loader.launches == before

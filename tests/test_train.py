@@ -296,3 +296,108 @@ def test_fit_trains_on_the_tape_and_with_hand_written_modules():
         params.append([p.data.copy() for p in (model[0].weight, model[-1].weight)])
     for a, b in zip(*params):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _ignored_rows_data(n=6):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(n, 4)).astype(np.float32)
+    y = rng.integers(0, 3, n)
+    y[[1, 4]] = -100
+    return X, y
+
+
+@pytest.mark.parametrize("namespace", ["numpy", "array_api_strict"])
+def test_evaluate_with_ignored_targets_does_not_depend_on_the_batch_size(namespace):
+    """Each batch's mean loss is weighted by the targets it averaged (not its rows), so the result is the mean over
+    the non-ignored targets -- what one PyTorch cross_entropy over all rows gives -- for every batch size, and a
+    batch whose targets are all ignored (NaN mean) adds nothing. Accuracy counts the non-ignored targets too."""
+    torch = pytest.importorskip("torch", reason="PyTorch's mean reduction is the reference")
+    from xpnn.backend import get_backend
+
+    X, y = _ignored_rows_data()
+    be = get_backend(xs if namespace == "array_api_strict" else "numpy")
+    model = _mlp(4, 5, 3).to(be)
+    logits = np.asarray(predict(model, X))
+    want = float(torch.nn.functional.cross_entropy(torch.tensor(logits, dtype=torch.float64), torch.tensor(y)))
+    want_acc = np.mean(np.argmax(logits, 1)[y != -100] == y[y != -100])
+    loss_fn = nn.CrossEntropyLoss(ignore_index=-100)
+    for bs in (6, 4, 3, 2, 1):  # bs 1 and 2: batches of only ignored targets
+        res = evaluate(model, loss_fn, be.asarray(X), be.asarray(y), batch_size=bs)
+        assert res["loss"] == pytest.approx(want, rel=1e-6), bs
+        assert res["accuracy"] == pytest.approx(want_acc), bs
+    # fit's history uses the same meter: with lr=0 its epoch loss is evaluate's
+    hist = fit(model, loss_fn, optim.SGD(model.parameters(), lr=0.0), X, y, epochs=1, batch_size=1,
+               progress=False, shuffle=False)
+    assert hist["loss"][0] == pytest.approx(want, rel=1e-6)
+    assert hist["accuracy"][0] == pytest.approx(want_acc)
+
+
+def test_fit_stops_at_the_first_nan_loss_naming_epoch_and_batch():
+    """A NaN in the training data: fit raises NonFiniteError at the end of the epoch (where it reads the loss
+    anyway), naming the first batch whose loss was NaN; the error carries the history of the epochs before."""
+    from xpnn.errors import NonFiniteError
+
+    Xtr, _, ytr, _ = _digits()
+    X, y = Xtr[:100].copy(), ytr[:100]
+    model = _mlp()
+    hist_ok = fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), X, y, epochs=1,
+                  batch_size=10, progress=False, shuffle=False)
+    assert hist_ok.epochs == 1
+    X[37, 5] = np.nan  # row 37: the 4th batch of 10 without shuffling
+    with pytest.raises(NonFiniteError, match=r"fit: the training loss became nan at epoch 1, batch 4 of 10 "
+                                             r"\(step 4\)") as info:
+        fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), X, y, epochs=3, batch_size=10,
+            progress=False, shuffle=False)
+    assert (info.value.epoch, info.value.batch, info.value.step) == (1, 4, 4)
+    assert info.value.history.epochs == 0
+    assert isinstance(info.value, FloatingPointError)
+
+
+def test_fit_nan_check_names_the_batch_on_array_api_strict():
+    """On a namespace where reads cost a sync the check reads nothing per step (test_no_host_reads counts them): it
+    looks at the epoch's loss that fit reads anyway (the count of finite batches is kept on the device) and names
+    the batch (here inf weights from epoch 2 on)."""
+    from xpnn.backend import get_backend
+    from xpnn.errors import NonFiniteError
+
+    Xtr, _, ytr, _ = _digits()
+    X, y = Xtr[:60], ytr[:60]
+    be = get_backend(xs)
+    model = _mlp().to(be)
+
+    class PoisonInEpoch2(Callback):  # overflow the weights after epoch 1: the loss of epoch 2's first batch is inf
+        def on_epoch_end(self, epoch, logs, model):
+            if epoch == 1:
+                p = next(iter(model.parameters()))
+                p.data[...] = xs.full(p.data.shape, xs.inf, dtype=p.data.dtype)
+
+    with pytest.raises(NonFiniteError, match=r"at epoch 2, batch 1 of 6 \(step 7\)") as info:
+        fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), X, y, epochs=3, batch_size=10,
+            progress=False, shuffle=False, callbacks=[PoisonInEpoch2()])
+    assert info.value.history.epochs == 1 and np.isfinite(info.value.history["loss"][0])
+
+
+def test_fit_nan_check_at_a_progress_refresh_stops_within_the_epoch(capsys, monkeypatch):
+    """With a progress bar fit reads the loss at each refresh (twice a second): a NaN stops it there, in the middle
+    of the epoch, naming the first bad batch."""
+    pytest.importorskip("tqdm", reason="the progress bar needs tqdm")
+    import xpnn.train as T
+    from xpnn.errors import NonFiniteError
+
+    clock = iter(range(10**6))
+    monkeypatch.setattr(T.time, "perf_counter", lambda: float(next(clock)))  # 1 s per call: refresh every step
+    Xtr, _, ytr, _ = _digits()
+    X, y = Xtr[:100].copy(), ytr[:100]
+    X[25, 0] = np.inf  # batch 3 of 10
+    model = _mlp()
+    steps = []
+
+    class Count(Callback):
+        def on_batch_end(self, step, model):
+            steps.append(step)
+
+    with pytest.raises(NonFiniteError, match=r"at epoch 1, batch 3 of 10 \(step 3\)"):
+        fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), X, y, epochs=2, batch_size=10,
+            shuffle=False, callbacks=[Count()])
+    assert steps == [1, 2, 3]  # stopped at the refresh after batch 3, not at the end of the epoch
+    capsys.readouterr()

@@ -23,7 +23,7 @@ class NamespaceMismatchError(XpnnError, TypeError):
 
 
 class NonFiniteError(XpnnError, FloatingPointError):
-    """NaN or inf found where it would silently poison training (debug mode)."""
+    """NaN or inf found where it would silently poison training (debug mode; ``fit``'s training loss)."""
 
 
 class CheckpointError(XpnnError, ValueError):

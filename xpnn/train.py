@@ -13,11 +13,14 @@ import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
+
 from .autograd.grad_mode import no_grad
 from .autograd.tensor import tensor
-from .backend import Backend, backend_of, get_backend
+from .backend import Backend, backend_of, get_backend, to_numpy
 from .data.batching import SeedLike, as_generator, batches
 from .debug import check_device_errors
+from .errors import NonFiniteError
 from .nn.module import call_backward
 
 __all__ = ["fit", "evaluate", "predict", "History", "Callback", "EarlyStopping"]
@@ -208,40 +211,87 @@ def _check_optimizer(model: Any, optimizer: Any) -> None:
                          f"built for another model?); build it with {type(optimizer).__name__}(model.parameters(), ...)")
 
 
-def _loss_scale(loss_fn: Any, n: int) -> float:
-    """Factor turning the loss of an n-row batch into a sum over rows (mean reduction: n)."""
-    return float(n) if getattr(loss_fn, "reduction", "mean") == "mean" else 1.0
+def _sample_count(loss_fn: Any, y: Any) -> Any:
+    """How many samples the loss of a batch with targets ``y`` averages over (``sample_count`` of xpnn's losses:
+    the rows, or for ``CrossEntropyLoss`` the targets not ignored, counted on the device); the rows for any other
+    callable."""
+    count = getattr(loss_fn, "sample_count", None)
+    return count(y) if callable(count) else int(y.shape[0])
 
 
 class _Meter:
-    """Sums of loss and hits kept on the device; read back (one sync) only by ``result``."""
+    """Per-batch losses and sample counts written into two device buffers, hits summed on the device; read back
+    (one sync) only by ``result``. The epoch's loss is the mean over its samples whatever the batch size: each
+    batch's mean loss weighted by the number of samples it covers (``_sample_count``; a summed loss as it is); a batch
+    with no sample (every target ignored: its mean is NaN, as PyTorch's) adds nothing. Accuracy counts the same
+    samples (an ignored target never hits). Keeping each batch's loss (one write per step, no per-step reduction)
+    lets ``first_nonfinite`` name the batch that made the mean NaN."""
 
-    def __init__(self, xp: Any, classify: bool) -> None:
+    def __init__(self, xp: Any, classify: bool, loss_fn: Any, batches: int) -> None:
         self.xp = xp
         self.classify = classify
-        self.loss = xp.zeros((), dtype=xp.float64)
+        self.mean = getattr(loss_fn, "reduction", "mean") == "mean"
+        self.losses = xp.zeros((batches,), dtype=xp.float64)
+        self.counts = xp.zeros((batches,), dtype=xp.int64)
         self.hits = xp.zeros((), dtype=xp.int64)
-        self.n = 0
+        self.batches = 0
 
-    def add(self, loss: Any, scale: float, logits: Any, y: Any) -> None:
-        xp = self.xp
-        self.loss += xp.astype(loss, self.loss.dtype) * scale
+    def add(self, loss: Any, count: Any, logits: Any, y: Any) -> None:
+        self.losses[self.batches] = loss
+        self.counts[self.batches] = count
+        self.batches += 1
         if self.classify:
+            xp = self.xp
             self.hits += xp.sum(xp.astype(xp.argmax(logits, axis=-1) == y, xp.int64))
-        self.n += int(y.shape[0])
+
+    def _kept(self) -> tuple[Any, Any]:
+        """(this epoch's batch losses, whether each covers a sample)."""
+        return self.losses[:self.batches], self.counts[:self.batches] > 0
 
     def result(self, prefix: str = "", group: Any = None) -> dict[str, float]:
         """The mean loss (and accuracy); with a process ``group``, over the rows of all ranks (a collective)."""
         check_device_errors()  # label checks deferred on the device (see xpnn.debug): a read happens here anyway
-        loss, hits, n = float(self.loss), int(self.hits) if self.classify else 0, self.n
+        xp = self.xp
+        losses, used = self._kept()
+        counts = self.counts[:self.batches]
+        terms = losses * xp.astype(counts, losses.dtype) if self.mean else losses
+        loss = float(xp.sum(xp.where(used, terms, xp.zeros((), dtype=terms.dtype))))
+        hits, n = (int(v) for v in to_numpy(xp.stack([self.hits, xp.sum(counts)])))
         if group is not None:
-            import numpy as np
-
             loss, hits, n = (float(v) for v in group.all_reduce(np.array([loss, hits, n], dtype=np.float64)))
         out = {f"{prefix}loss": loss / max(n, 1)}
         if self.classify:
             out[f"{prefix}accuracy"] = hits / max(n, 1)
         return out
+
+    def first_nonfinite(self) -> Optional[int]:
+        """The 1-based index of this meter's first batch (of samples) whose loss is NaN or inf, ``None`` if there is
+        none (one read; call it once a result was not finite)."""
+        losses, used = self._kept()
+        bad = to_numpy(self.xp.logical_and(self.xp.logical_not(self.xp.isfinite(losses)), used))
+        return int(np.argmax(bad)) + 1 if bad.any() else None
+
+
+def _check_finite_loss(loss: float, meter: _Meter, epoch: int, first_step: int, steps_per_epoch: int,
+                       history: History, bar: Any) -> None:
+    """Raise ``NonFiniteError`` naming the epoch and first batch when the mean training loss ``fit`` just read is
+    NaN or inf (Keras' ``TerminateOnNaN`` stops there too; this raises, so a script cannot go on with NaN weights).
+    Costs no read unless the loss is bad; the error carries ``epoch``, ``batch``, ``step`` and the ``history`` of
+    the epochs completed before."""
+    if math.isfinite(loss):
+        return
+    if bar is not None:
+        bar.close()
+    batch = meter.first_nonfinite()  # None: data-parallel, another rank's batch
+    where = f"epoch {epoch}" if batch is None else \
+        f"epoch {epoch}, batch {batch} of {steps_per_epoch} (step {first_step + batch})"
+    err = NonFiniteError(
+        f"fit: the training loss became {loss} at {where}; training stopped (the parameters are likely NaN/inf from "
+        f"that step on). Check the data for NaN/inf (numpy.isfinite(X).all()), lower the learning rate, or run "
+        f"with xpnn.set_debug(True) to raise at the first op that makes one")
+    err.epoch, err.batch, err.history = epoch, batch, history  # type: ignore[attr-defined]
+    err.step = None if batch is None else first_step + batch  # type: ignore[attr-defined]
+    raise err
 
 
 def _process_group(model: Any) -> Any:
@@ -300,7 +350,8 @@ def evaluate(model: Any, loss_fn: Any, X: Any, y: Any, *, batch_size: int = 1024
     """Mean loss (and accuracy, for integer class labels) of ``model`` on ``(X, y)`` in eval mode, under
     ``xpnn.no_grad()`` (nothing is recorded, and a forward kept for a pending ``backward`` stays as it was).
 
-    Returns ``{"loss": ..., "accuracy": ...}``; the model's train/eval mode is restored afterwards. For a
+    Returns ``{"loss": ..., "accuracy": ...}``, means over the samples (ignored targets do not count), the same for
+    every ``batch_size``; the model's train/eval mode is restored afterwards. For a
     ``DistributedDataParallel`` model every rank evaluates a share of the rows and all get the result over all rows:
     a collective, so call it on every rank (or evaluate ``model.module`` on one rank alone).
     """
@@ -312,11 +363,11 @@ def evaluate(model: Any, loss_fn: Any, X: Any, y: Any, *, batch_size: int = 1024
     if group is not None:  # each rank evaluates rows rank, rank + world_size, ...; the sums are added up
         X, y = X[group.rank::group.world_size, ...], y[group.rank::group.world_size, ...]
     try:
-        meter = _Meter(be.xp, _is_classification(be.xp, y))
+        meter = _Meter(be.xp, _is_classification(be.xp, y), loss_fn, -(-int(y.shape[0]) // batch_size))
         with no_grad():
             for xb, yb in batches(X, y, batch_size, shuffle=False):
                 logits = model(xb)
-                meter.add(loss_fn(logits, yb), _loss_scale(loss_fn, int(yb.shape[0])), logits, yb)
+                meter.add(loss_fn(logits, yb), _sample_count(loss_fn, yb), logits, yb)
         return meter.result(group=group)
     finally:
         model.train(was_training)
@@ -374,6 +425,10 @@ def fit(
     (or a ``xpnn.cuda.GraphRuntime`` stand-in); raises ``xpnn.errors.CaptureError`` for a step that cannot be
     captured.
 
+    Metrics are means over samples (``_Meter``; ignored targets do not count). Raises ``xpnn.NonFiniteError`` when
+    the training loss is NaN or inf, naming the epoch and the first bad batch (attributes ``epoch``, ``batch``,
+    ``step``, ``history``); checked where the loss is read anyway (epoch end, progress refresh), so no extra sync.
+
     Data-parallel (``model`` a ``xpnn.distributed.DistributedDataParallel`` over several ranks, every rank calling
     ``fit`` with the same data): each epoch's order is sharded like ``DistributedSampler`` (see
     ``xpnn.data.batches``), ``batch_size`` is per rank, a ``seed`` of ``None`` is drawn on rank 0 and shared,
@@ -424,7 +479,8 @@ def fit(
         cb.on_train_begin(model, history)
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        meter = _Meter(xp, classify)
+        meter = _Meter(xp, classify, loss_fn, steps_per_epoch)
+        first_step = step
         bar = _progress_bar(tqdm_ok, steps_per_epoch, f"epoch {epoch}/{epochs}")
         last_refresh = t0
         for xb, yb in batches(X, y, batch_size, shuffle=shuffle, seed=rng, rank=rank, world_size=world):
@@ -444,7 +500,7 @@ def fit(
                     loss = loss_fn(logits, yb)
                     call_backward(model, loss_fn.backward(), need_input_grad=False)  # no gradient for the data
                 optimizer.step()
-            meter.add(loss, _loss_scale(loss_fn, int(yb.shape[0])), logits, yb)
+            meter.add(loss, _sample_count(loss_fn, yb), logits, yb)
             step += 1
             for cb in cbs:
                 cb.on_batch_end(step, model)
@@ -452,9 +508,13 @@ def fit(
                 bar.update(1)
                 now = time.perf_counter()
                 if now - last_refresh > 0.5:  # reading the sums back syncs a GPU: do it twice a second at most
-                    bar.set_postfix_str(_fmt(meter.result()), refresh=False)  # distributed: rank 0's rows
+                    partial = meter.result()  # distributed: rank 0's rows
+                    if group is None:  # (ranks stop together, at the end of the epoch)
+                        _check_finite_loss(partial["loss"], meter, epoch, first_step, steps_per_epoch, history, bar)
+                    bar.set_postfix_str(_fmt(partial), refresh=False)
                     last_refresh = now
         logs = meter.result(group=group)
+        _check_finite_loss(logs["loss"], meter, epoch, first_step, steps_per_epoch, history, bar)
         if validation_data is not None:
             logs.update({f"val_{k}": v for k, v in evaluate(model, loss_fn, X_val, y_val,
                                                              batch_size=max(batch_size, 1024)).items()})

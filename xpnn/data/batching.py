@@ -1,7 +1,9 @@
 """Mini-batches and train/test splits for arrays of any backend (NumPy, CuPy, any array-API namespace)."""
 from __future__ import annotations
 
-from typing import Any, Iterator, Union
+import math
+import numbers
+from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 
@@ -10,7 +12,7 @@ from ..errors import ShapeError
 
 from ..random import generator
 
-__all__ = ["batches", "train_test_split", "SeedLike", "as_generator"]
+__all__ = ["batches", "train_test_split", "split_sizes", "SeedLike", "as_generator"]
 
 SeedLike = Union[int, np.random.Generator, None]
 
@@ -90,14 +92,61 @@ def _shard(xp: Any, X: Any, y: Any, order: np.ndarray, rank: int, world_size: in
     return X, y, int(idx.shape[0])
 
 
-def _stratified_counts(counts: np.ndarray, n_test: int) -> np.ndarray:
-    """Test rows per class: each class's share of ``n_test`` rounded down, the rows left over going to the largest
-    remainders (ties: larger classes first), so the counts add up to exactly ``n_test`` even with rare classes."""
-    ideal = counts * (n_test / counts.sum())
-    k = np.floor(ideal).astype(np.int64)
-    order = np.lexsort((-counts, -(ideal - k)))  # largest remainder first, then the larger class
-    k[order[: n_test - int(k.sum())]] += 1
-    return k
+def split_sizes(n: int, test_size: Union[float, int], where: str = "train_test_split") -> tuple[int, int]:
+    """``(n_train, n_test)`` for ``n`` rows as scikit-learn's ``train_test_split`` sizes them: a float fraction in
+    (0, 1) gives ``ceil(test_size * n)`` test rows, an int that many; the rest are training rows. Raises ValueError
+    (scikit-learn's message) for a size out of range or an empty train set, TypeError for another type."""
+    if isinstance(test_size, numbers.Integral) and not isinstance(test_size, bool):
+        if not 0 < test_size < n:
+            raise ValueError(f"{where}: test_size={test_size} should be either positive and smaller than the number "
+                             f"of samples {n} or a float in the (0, 1) range ({test_size} test rows out of {n})")
+        n_test = int(test_size)
+    elif isinstance(test_size, numbers.Real) and not isinstance(test_size, bool):
+        if not 0.0 < test_size < 1.0:
+            raise ValueError(f"{where}: test_size={test_size} should be either positive and smaller than the number "
+                             f"of samples {n} or a float in the (0, 1) range")
+        n_test = math.ceil(test_size * n)
+    else:
+        raise TypeError(f"{where}: test_size must be a float fraction or an int count, got {test_size!r}")
+    if n - n_test <= 0:
+        raise ValueError(f"{where}: with n_samples={n}, test_size={test_size} and train_size=None, the resulting "
+                         f"train set will be empty ({n_test} test rows out of {n}). Adjust test_size.")
+    return n - n_test, n_test
+
+
+def _approximate_mode(counts: np.ndarray, draws: int, rng: Optional[np.random.Generator]) -> np.ndarray:
+    """Per class, how many of ``draws`` rows to take from classes of ``counts`` rows: each class's share rounded
+    down, the rows left over going to the largest remainders; equal remainders in a random order (``rng``) or in
+    label order (``None``). scikit-learn's ``_approximate_mode`` (same expression, so the same rounding)."""
+    continuous = counts / counts.sum() * draws
+    floored = np.floor(continuous)
+    remainder = continuous - floored
+    tiebreak = rng.permutation(counts.size) if rng is not None else np.arange(counts.size)
+    order = np.lexsort((tiebreak, -remainder))  # largest remainder first
+    floored[order[: int(draws - floored.sum())]] += 1
+    return floored.astype(np.int64)
+
+
+def _stratified_test_counts(labels: Any, n_train: int, n_test: int, rng: Optional[np.random.Generator]) -> tuple[
+        list[np.ndarray], np.ndarray]:
+    """(row indices of each class, test rows per class) as scikit-learn's ``StratifiedShuffleSplit`` chooses them:
+    the training rows per class are the approximate mode for ``n_train`` draws, the rest of each class is test. Raises
+    scikit-learn's ValueErrors for a class of one member and for fewer train or test rows than classes."""
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"train_test_split: stratify needs integer labels, got {labels.dtype}")
+    if labels.ndim != 1:
+        raise ShapeError(f"train_test_split: stratify needs class labels of shape (n,), got {labels.shape}")
+    classes, counts = np.unique(labels, return_counts=True)
+    if counts.min() < 2:
+        raise ValueError("train_test_split: the least populated classes in y have only 1 member, which is too few. "
+                         "The minimum number of groups for any class cannot be less than 2. Classes with too few "
+                         f"members are: {classes[counts < 2].tolist()}")
+    for name, size in (("train_size", n_train), ("test_size", n_test)):
+        if size < classes.size:
+            raise ValueError(f"train_test_split: the {name} = {size} should be greater or equal to the number of "
+                             f"classes = {classes.size}")
+    groups = [np.flatnonzero(labels == c) for c in classes]
+    return groups, counts - _approximate_mode(counts, n_train, rng)
 
 
 def train_test_split(
@@ -111,34 +160,19 @@ def train_test_split(
 ) -> tuple[Any, Any, Any, Any]:
     """Split rows into ``X_train, X_test, y_train, y_test`` (scikit-learn's order), on the arrays' own backend.
 
-    ``test_size``: a fraction in (0, 1) or a row count. ``stratify=True`` keeps each class's share of ``y`` in
-    both parts (needs integer labels). Without ``shuffle`` the last rows are the test set.
+    ``test_size``: a fraction in (0, 1) (``ceil(test_size * n)`` test rows, as scikit-learn) or a row count; the
+    other rows train (``split_sizes``). ``stratify=True`` keeps each class's share of ``y`` in both parts (needs
+    integer labels; per-class counts as scikit-learn's ``StratifiedShuffleSplit``, which raises ValueError for a
+    class of one member or fewer train/test rows than classes). Without ``shuffle`` the last rows are the test set.
     """
     xp = namespace_of(X, y, where="train_test_split")
     n = _check_lengths("train_test_split", X, y)
-    if isinstance(test_size, float):
-        if not 0.0 < test_size < 1.0:
-            raise ValueError(f"train_test_split: test_size must be in (0, 1) as a fraction, got {test_size}")
-        n_test = int(round(test_size * n))
-    elif isinstance(test_size, int) and not isinstance(test_size, bool):
-        n_test = test_size
-    else:
-        raise TypeError(f"train_test_split: test_size must be a float fraction or an int count, got {test_size!r}")
-    if not 0 < n_test < n:
-        raise ValueError(
-            f"train_test_split: test_size={test_size} gives {n_test} test rows out of {n}; need 1..{n - 1}"
-        )
+    n_train, n_test = split_sizes(n, test_size)
     rng = as_generator(seed)
     if stratify:
-        labels = to_numpy(y)
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise TypeError(f"train_test_split: stratify needs integer labels, got {labels.dtype}")
-        if labels.ndim != 1:
-            raise ShapeError(f"train_test_split: stratify needs class labels of shape (n,), got {labels.shape}")
-        groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+        groups, k = _stratified_test_counts(to_numpy(y), n_train, n_test, rng if shuffle else None)
         if shuffle:
             groups = [rng.permutation(idx) for idx in groups]
-        k = _stratified_counts(np.array([idx.size for idx in groups]), n_test)
         test_parts = [idx[idx.size - kc:] for idx, kc in zip(groups, k)]
         train_parts = [idx[: idx.size - kc] for idx, kc in zip(groups, k)]
         train_idx, test_idx = np.concatenate(train_parts), np.concatenate(test_parts)
@@ -148,7 +182,7 @@ def train_test_split(
             train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
     else:
         order = rng.permutation(n) if shuffle else np.arange(n)
-        train_idx, test_idx = order[: n - n_test], order[n - n_test:]
+        train_idx, test_idx = order[:n_train], order[n_train:]
     be = backend_of(X)
     tr, te = be.asarray(train_idx), be.asarray(test_idx)
     return xp.take(X, tr, axis=0), xp.take(X, te, axis=0), xp.take(y, tr, axis=0), xp.take(y, te, axis=0)

@@ -23,7 +23,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .. import _dispatch
 from ..autograd.op import Context, register_override
 from .conv import Conv2d, Conv2dGeometry, conv2d_backward, conv2d_geometry, im2col
-from .pooling import MaxPool2d, pool2d_geometry
+from .pooling import MaxPool2d, first_inbounds_offset, pool2d_geometry, window_max
 
 __all__ = ["im2col_numpy", "conv2d_input_grad_numpy", "max_pool2d_numpy", "max_pool2d_backward_numpy"]
 
@@ -94,10 +94,12 @@ def _conv2d_backward(ctx: Context, dy: Any) -> Any:
 def max_pool2d_numpy(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, np.ndarray]:
     """(y, argmax int32) of max pooling: a running maximum over the kh*kw strided views of the (-inf) padded input
     (3 elementwise passes per offset), the argmax updated where a view wins. Input with a NaN (rare; one sum finds
-    it) is left to the reference, which makes the NaN win its window."""
-    if np.isnan(x.sum()):  # a NaN (or +inf and -inf) somewhere: `greater` would skip it, the reference does not
-        cols = im2col(x, g, pad_value=-math.inf).reshape(g.n, g.c, g.offsets, g.oh, g.ow)
-        return cols.max(axis=2), cols.argmax(axis=2).astype(np.int32)
+    it) is left to the reference, which makes the NaN win its window. A window of only -inf (padding included)
+    picks its first in-bounds element, as the reference (``pooling.window_max``)."""
+    with np.errstate(invalid="ignore"):  # +inf + -inf is NaN too, without a warning
+        any_nan = np.isnan(x.sum())
+    if any_nan:  # a NaN (or +inf and -inf) somewhere: `greater` would skip it, the reference does not
+        return window_max(np, im2col(x, g, pad_value=-math.inf).reshape(g.n, g.c, g.offsets, g.oh, g.ow), g)
     xpad = x
     if g.pt or g.pb or g.pl or g.pr:
         xpad = np.full((g.n, g.c, g.hp, g.wp), -np.inf, dtype=x.dtype)
@@ -110,6 +112,8 @@ def max_pool2d_numpy(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, np.n
         np.greater(v, y, out=win)
         np.copyto(y, v, where=win)
         np.copyto(arg, np.int32(k), where=win)
+    if g.pt or g.pl:  # only top/left padding can come first in a window (every window starts in it or the input)
+        np.copyto(arg, first_inbounds_offset(np, g), where=y == -np.inf)
     return y, arg
 
 

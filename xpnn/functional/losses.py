@@ -82,8 +82,9 @@ def _cross_entropy(xp: Any, logits: Any, target: Any, reduction: str, ignore_ind
     row_scale = xp.astype(valid, x.dtype)
     n_valid = xp.sum(row_scale)
     if reduction == "mean":
-        loss = xp.sum(per) / n_valid  # NaN when every target is ignored, like PyTorch
-        row_scale = row_scale / xp.maximum(n_valid, 1.0)
+        denom = xp.maximum(n_valid, 1.0)
+        loss = xp.where(n_valid > 0, xp.sum(per) / denom, xp.nan)  # NaN when every target is ignored, like PyTorch
+        row_scale = row_scale / denom
     else:
         loss = _reduce(xp, per, reduction)
     if not with_grad:

@@ -4,7 +4,8 @@
 Output size (``torch.nn.MaxPool2d`` docs): ``OH = floor_or_ceil((H + 2*pad - dilation*(k-1) - 1) / stride) + 1``;
 with ``ceil_mode`` the last window must start inside the input or the left padding (else OH -= 1). Padding is at
 most half the kernel. Windows are the column tensor of ``conv.im2col`` (padded with -inf for max, 0 for average).
-Max: the first maximum of each window wins (NumPy/CuPy: a NaN propagates, as in PyTorch); backward routes dy to it.
+Max: the first maximum of each window wins, a NaN propagates (the last NaN wins), and a window of only -inf picks its
+first in-bounds element, never padding (all as PyTorch); backward routes dy to the winner.
 Average: the divisor is the window clipped to the padded input (``count_include_pad``) or to the input itself.
 Adaptive average: output cell o covers rows ``floor(o*H/OH) .. ceil((o+1)*H/OH)``; written as ``A_h @ x @ A_w.T``
 with averaging matrices, so backward is ``A_h.T @ dy @ A_w``.
@@ -21,8 +22,9 @@ from ..errors import ShapeError
 from . import _checks
 from .conv import Conv2dGeometry, IntPair, col2im, im2col, no_higher_order, pair_arg
 
-__all__ = ["pool2d_geometry", "max_pool2d", "max_pool2d_with_argmax", "max_pool2d_backward", "avg_pool2d",
-           "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward"]
+__all__ = ["pool2d_geometry", "window_max", "first_inbounds_offset", "max_pool2d", "max_pool2d_with_argmax",
+           "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
+           "adaptive_avg_pool2d_backward"]
 
 
 def _pool_out(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
@@ -81,9 +83,34 @@ def max_pool2d_with_argmax(x: Any, kernel_size: IntPair, stride: Optional[IntPai
         out = kernel(x, g)
         if out is not NotImplemented:
             return out
-    cols = xp.reshape(im2col(x, g, pad_value=-math.inf), (g.n, g.c, g.offsets, g.oh, g.ow))
-    arg = xp.argmax(cols, axis=2)  # first maximum (NumPy/CuPy: the first NaN, which max propagates)
-    return xp.max(cols, axis=2), xp.astype(arg, xp.int32)
+    return window_max(xp, xp.reshape(im2col(x, g, pad_value=-math.inf), (g.n, g.c, g.offsets, g.oh, g.ow)), g)
+
+
+def first_inbounds_offset(xp: Any, g: Conv2dGeometry) -> Any:
+    """(OH, OW) int32: the offset ``i * kW + j`` of each window's first element inside the input (not padding);
+    0 for a window that has none (dilation can step over a small input)."""
+    def first(out: int, k: int, s: int, d: int, pad: int, size: int) -> Any:
+        pos = xp.arange(out, dtype=xp.int32)[:, None] * s + xp.arange(k, dtype=xp.int32)[None, :] * d - pad
+        inside = xp.logical_and(pos >= 0, pos < size)
+        return xp.astype(xp.argmax(xp.astype(inside, xp.int32), axis=1), xp.int32)
+
+    fi = first(g.oh, g.kh, g.sh, g.dh, g.pt, g.h)
+    fj = first(g.ow, g.kw, g.sw, g.dw, g.pl, g.w)
+    return fi[:, None] * g.kw + fj[None, :]
+
+
+def window_max(xp: Any, cols: Any, g: Conv2dGeometry) -> tuple[Any, Any]:
+    """(y, argmax int32) over the window axis 2 of ``cols`` (N, C, kH*kW, OH, OW), padding = -inf, with PyTorch's
+    choice of the winner (``max_pool2d_with_indices``: ``val > maxval || isnan(val)`` from the window's first
+    in-bounds element): the first maximum; the last NaN of a window that has one (max propagates NaN); and a window
+    of only -inf (padding included) picks its first in-bounds element, never the padding (pytorch#23161), so backward
+    routes dy into the input."""
+    y = xp.max(cols, axis=2)
+    arg = xp.astype(xp.argmax(cols, axis=2), xp.int32)  # the first maximum (NumPy/CuPy: the first NaN)
+    nan = xp.astype(xp.isnan(cols), xp.int32)
+    last_nan = (g.offsets - 1) - xp.astype(xp.argmax(xp.flip(nan, axis=2), axis=2), xp.int32)
+    arg = xp.where(xp.isnan(y), last_nan, arg)
+    return y, xp.where(y == -math.inf, first_inbounds_offset(xp, g), arg)
 
 
 class MaxPool2d(Op):

@@ -3,6 +3,10 @@
 ``max``/``min`` split the gradient evenly between tied extrema (like ``torch.amax``/``torch.amin``).
 Each also takes PyTorch's ``dim=`` for ``axis=``; ``max``/``min`` given ``dim=`` return ``(values, indices)`` as
 ``torch.max(x, dim)`` does.
+
+Empty axes follow PyTorch: ``sum`` over one is 0, ``mean`` NaN (without NumPy's empty-slice warnings); ``max``/``min``
+over one raise ValueError naming the op (there is no identity), while other axes may be empty (the result is then
+empty too).
 """
 from __future__ import annotations
 
@@ -44,6 +48,13 @@ def expand_as_input(g: Any, in_shape: tuple[int, ...], axes: tuple[int, ...], ke
     return broadcast_to(g, in_shape)
 
 
+def _reduced_size(shape: tuple[int, ...], axes: tuple[int, ...]) -> int:
+    n = 1
+    for a in axes:
+        n *= shape[a]
+    return n
+
+
 class Sum(Op):
     name = "sum"
 
@@ -69,13 +80,15 @@ class Mean(Op):
         ctx.shape = tuple(x.shape)
         ctx.axes = _axes(axis, x.ndim, "mean")
         ctx.keepdims = keepdims
+        if _reduced_size(ctx.shape, ctx.axes) == 0:  # the mean of nothing: NaN (PyTorch), no NumPy warning
+            kept = _keep_shape(ctx.shape, ctx.axes)
+            shape = kept if keepdims else tuple(s for i, s in enumerate(kept) if i not in ctx.axes)
+            return xp.full(shape, float("nan"), dtype=x.dtype)
         return xp.mean(x, axis=axis if axis is None or isinstance(axis, int) else tuple(axis), keepdims=keepdims)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
-        n = 1
-        for a in ctx.axes:
-            n *= ctx.shape[a]
+        n = _reduced_size(ctx.shape, ctx.axes)
         return expand_as_input(g, ctx.shape, ctx.axes, ctx.keepdims) * (1.0 / builtins.max(n, 1))
 
 
@@ -87,11 +100,13 @@ class _Extremum(Op):
     @classmethod
     def forward(cls, ctx: Context, x: Any, *, axis: Axis = None, keepdims: bool = False) -> Any:  # type: ignore[override]
         xp = namespace_of(x, where=cls.name)
-        if 0 in tuple(x.shape):
-            raise ValueError(f"{cls.name}: cannot reduce an empty array of shape {tuple(x.shape)}")
+        axes = _axes(axis, x.ndim, cls.name)
+        empty = [a for a in axes if x.shape[a] == 0]
+        if empty:  # PyTorch: "Expected reduction dim ... to have non-zero size"
+            raise ValueError(f"{cls.name}: cannot reduce over axis {empty[0]} of size 0 (input of shape "
+                             f"{tuple(x.shape)}): the {cls.name} of no element is undefined; reduce a non-empty axis")
         ax = axis if axis is None or isinstance(axis, int) else tuple(axis)
         out = cls._reduce(xp, x, ax, keepdims)
-        axes = _axes(axis, x.ndim, cls.name)
         kept = out if keepdims else xp.reshape(out, _keep_shape(tuple(x.shape), axes))
         hit = xp.astype(x == kept, x.dtype)
         ctx.share = hit / xp.sum(hit, axis=axes, keepdims=True)  # ties share the gradient evenly

@@ -9,6 +9,9 @@ CUDA kernels: a row with ``+inf`` (and no NaN) has ``logsumexp = +inf``, and ``s
 ``cross_entropy`` (its loss and its gradient) are NaN over the whole row; a row with a NaN is NaN everywhere,
 ``logsumexp`` included. (Computing through ``m = +inf`` gives exactly that: ``x - m`` is NaN at the ``+inf``
 entries, so the row's sum is NaN.)
+
+An empty ``axis`` (e.g. shape (N, 0)) has no maximum to shift by: ``logsumexp`` is then ``-inf`` (the log of an empty
+sum) and ``softmax``/``log_softmax`` are empty, as in PyTorch; gradients are empty too.
 """
 from __future__ import annotations
 
@@ -43,6 +46,11 @@ def _shifted(xp: Any, x: Any, axis: int) -> tuple[Any, Any]:
     return x - m, m
 
 
+def _empty_axis(x: Any, axis: int) -> bool:
+    """Whether ``axis`` of ``x`` has length 0 (no max to shift by: each op answers without reducing)."""
+    return int(x.shape[axis]) == 0
+
+
 def _upcast(xp: Any, x: Any) -> Any:
     half = getattr(xp, "float16", None)  # not every namespace has float16
     return xp.astype(x, xp.float32) if half is not None and x.dtype == half else x
@@ -57,10 +65,15 @@ class LogSumExp(Op):
     def forward(ctx: Context, x: Any, *, axis: int = -1, keepdims: bool = False) -> Any:
         """``log(sum(exp(x), axis))`` without overflow. (N, C) -> (N,) for the default axis."""
         xp = namespace_of(x)
-        xf = _upcast(xp, x)
-        z, m = _shifted(xp, xf, axis)
-        out = xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True)) + m
-        out = xp.where(m == float("inf"), m, out)  # a +inf entry (and no NaN, else m is NaN): lse = +inf
+        if _empty_axis(x, axis):  # the log of an empty sum
+            shape = list(x.shape)
+            shape[axis] = 1
+            out = xp.full(tuple(shape), -float("inf"), dtype=x.dtype)
+        else:
+            xf = _upcast(xp, x)
+            z, m = _shifted(xp, xf, axis)
+            out = xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True)) + m
+            out = xp.where(m == float("inf"), m, out)  # a +inf entry (and no NaN, else m is NaN): lse = +inf
         if not keepdims:
             out = xp.squeeze(out, axis=axis)
         out = xp.astype(out, x.dtype) if out.dtype != x.dtype else out
@@ -91,6 +104,10 @@ class Softmax(Op):
     def forward(ctx: Context, x: Any, *, axis: int = -1) -> Any:
         """``exp(x - lse(x))`` along ``axis``; same shape as ``x``."""
         xp = namespace_of(x)
+        if _empty_axis(x, axis):
+            out = xp.zeros(x.shape, dtype=x.dtype)  # empty
+            Softmax.save(ctx, out, x, axis=axis)
+            return out
         xf = _upcast(xp, x)
         z, _ = _shifted(xp, xf, axis)
         e = xp.exp(z)
@@ -119,6 +136,10 @@ class LogSoftmax(Op):
     def forward(ctx: Context, x: Any, *, axis: int = -1) -> Any:
         """``x - lse(x)`` along ``axis``; same shape as ``x``."""
         xp = namespace_of(x)
+        if _empty_axis(x, axis):
+            out = xp.zeros(x.shape, dtype=x.dtype)  # empty
+            LogSoftmax.save(ctx, out, x, axis=axis)
+            return out
         xf = _upcast(xp, x)
         z, _ = _shifted(xp, xf, axis)
         out = z - xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True))

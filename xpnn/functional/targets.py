@@ -31,6 +31,8 @@ def accuracy(scores: Any, labels: Any) -> float:
         raise ShapeError(f"accuracy: expected scores (N, C) and labels (N,), got {tuple(scores.shape)} and {tuple(labels.shape)}")
     if scores.shape[0] == 0:
         raise ValueError("accuracy: empty batch")
+    if scores.shape[1] == 0:
+        raise ValueError(f"accuracy: scores of shape {tuple(scores.shape)} have no class to take the argmax over")
     if not xp.isdtype(labels.dtype, "integral"):
         raise DTypeError(f"accuracy: labels must be integer class indices, got dtype {dtype_name(labels.dtype)}")
     pred = xp.argmax(scores, axis=-1)

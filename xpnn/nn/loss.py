@@ -30,6 +30,12 @@ class _Loss(Module):
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}"
 
+    def sample_count(self, target: Any) -> Any:
+        """How many samples this loss averages over for ``target`` (what ``reduction="mean"`` divides by, per
+        row): the rows here. ``fit``/``evaluate`` weight each batch's loss by it, so their epoch mean is the mean
+        over all samples whatever the batch size. An int, or a 0-d integer array left on the device."""
+        return int(target.shape[0])
+
     def backward(self, dy: Any = None, need_input_grad: bool = True) -> Any:  # type: ignore[override]
         """Gradient of the last loss (computed on arrays) with respect to the prediction (same shape as it);
         ``dy`` defaults to ones (the gradient of the summed loss for ``reduction="none"``). One per forward."""
@@ -56,6 +62,14 @@ class CrossEntropyLoss(_Loss):
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}"
+
+    def sample_count(self, target: Any) -> Any:
+        """The targets that are not ``ignore_index`` (a 0-d integer array, unread): what PyTorch's mean reduction
+        divides by."""
+        xp = namespace_of(target)
+        if not xp.isdtype(target.dtype, "integral"):
+            return int(target.shape[0])
+        return xp.count_nonzero(target != self.ignore_index)
 
     def forward(self, logits: Any, target: Any) -> Any:
         return F.cross_entropy(logits, target, reduction=self.reduction, ignore_index=self.ignore_index,
