@@ -5,7 +5,8 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import dtype_name, namespace_of
+from ..autograd import op as _op
+from ..backend import dtype_name, get_backend, namespace_of
 from ..debug import check_finite, defer_check, defers_checks, get_debug as _debug_on
 from ..errors import DTypeError, ShapeError
 
@@ -16,6 +17,42 @@ def _device(x: Any) -> Any:
     import array_api_compat
 
     return array_api_compat.device(x)
+
+
+PYTHON = (int, float, list, tuple)  # (bool is an int)
+
+
+def as_arrays(*values: Any) -> tuple[Any, ...]:
+    """``values`` with Python scalars and lists turned into arrays (arrays, Tensors and ``None`` pass through), so
+    NumPy code can pass ``1.0`` or ``[0.0, 1.0]`` where NumPy would accept them.
+
+    Next to arrays a value takes their namespace; a Python int/float next to a floating array also takes its dtype
+    (NumPy 2 / array-API promotion: ``1.0`` with a float32 array stays float32). Lists, and scalars with no array
+    beside them, become arrays of the default backend (``xpnn.get_backend()``) with its default dtypes (float64 for
+    Python floats on NumPy)."""
+    for v in values:
+        if isinstance(v, PYTHON):
+            break
+    else:
+        return values
+    ref = next((v for v in values if v is not None and not isinstance(v, PYTHON)), None)
+    if ref is None:
+        xp, dtype = get_backend().xp, None
+    else:
+        arr = ref.data if isinstance(ref, _op.Tensor) else ref
+        xp = namespace_of(arr)
+        dtype = arr.dtype if xp.isdtype(arr.dtype, "real floating") else None
+        device = getattr(arr, "device", None)
+    out = []
+    for v in values:
+        if isinstance(v, PYTHON):
+            scalar = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if ref is None:
+                v = xp.asarray(v)
+            else:
+                v = xp.asarray(v, dtype=dtype if scalar else None, device=device)
+        out.append(v)
+    return tuple(out)
 
 
 def floating(xp: Any, x: Any, where: str, what: str = "input") -> None:

@@ -17,6 +17,20 @@ class InPlace:
         self.xp = xp
         self.ufuncs = xp if (is_numpy_namespace(xp) or is_cupy_namespace(xp)) else None
 
+    @classmethod
+    def of(cls, xp: Any) -> "InPlace":
+        """The ``InPlace`` of namespace ``xp``, built once (small calls on NumPy should not pay for it each time)."""
+        ops = _BY_NAMESPACE.get(xp)
+        if ops is None:
+            ops = _BY_NAMESPACE[xp] = cls(xp)
+        return ops
+
+    def neg(self, a: Any) -> Any:
+        """``-a`` as a new array (NumPy/CuPy: one ufunc call, no ``empty_like`` wrapper)."""
+        if self.ufuncs is not None:
+            return self.ufuncs.negative(a)
+        return -a
+
     def mul(self, a: Any, b: Any, out: Any) -> Any:
         if self.ufuncs is not None:
             return self.ufuncs.multiply(a, b, out=out)
@@ -66,3 +80,6 @@ class InPlace:
             return self.ufuncs.exp(a, out=out)
         out[...] = self.xp.exp(a)
         return out
+
+
+_BY_NAMESPACE: dict[Any, InPlace] = {}

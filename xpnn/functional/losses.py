@@ -11,9 +11,11 @@ import math
 from typing import Any
 
 from .. import _dispatch
-from ..autograd.op import Context, Op
+import numpy as np
+
+from ..autograd.op import Context, Op, numpy_direct
 from ..backend import is_cupy_namespace, is_numpy_namespace, namespace_of
-from ..debug import check_finite
+from ..debug import check_finite, get_debug as _debug_on
 from . import _checks
 from .activations import sigmoid
 from ._inplace import InPlace
@@ -163,11 +165,52 @@ def cross_entropy(
 def cross_entropy_with_grad(
     logits: Any, target: Any, *, reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0
 ) -> tuple[Any, Any]:
-    """``(cross_entropy(...), d loss / d logits)`` in one pass; the gradient has the shape of ``logits`` (N, C)."""
+    """``(cross_entropy(...), d loss / d logits)`` in one pass; the gradient has the shape of ``logits`` (N, C).
+
+    ``target``: class indices (N,), or class probabilities of the shape of ``logits`` (see ``cross_entropy``)."""
+    if _numpy_small_call(logits, target, reduction, ignore_index, label_smoothing):
+        return _cross_entropy_numpy(logits, target, reduction)
     xp, target, any_bad = _check_ce(logits, target, reduction, ignore_index, label_smoothing,
                                     "cross_entropy_with_grad")
     out = _with_grad(xp, logits, target, reduction, ignore_index, label_smoothing)
     return (_poison(xp, out[0], any_bad), out[1]) if any_bad is not None else out
+
+
+def _numpy_small_call(logits: Any, target: Any, reduction: str, ignore_index: int, eps: float) -> bool:
+    """Whether ``cross_entropy_with_grad`` may take the NumPy fast path: float32/64 logits (N, C), integer labels
+    (N,) all in [0, C) (checked here, in one pass over the labels), none ignored, no smoothing, debug mode off."""
+    if not (type(logits) is np.ndarray and type(target) is np.ndarray and logits.dtype.char in "fd"
+            and target.dtype.kind in "iu" and logits.ndim == 2 and target.shape == logits.shape[:1]
+            and eps == 0.0 and reduction in _checks.REDUCTIONS and target.size > 0 and logits.shape[1] > 0
+            and not _debug_on() and numpy_direct("cross_entropy")):
+        return False
+    c = logits.shape[1]
+    return not 0 <= ignore_index < c and int(target.min()) >= 0 and int(target.max()) < c
+
+
+def _cross_entropy_numpy(logits: Any, target: Any, reduction: str) -> tuple[Any, Any]:
+    """``_cross_entropy(..., with_grad=True)`` for the case ``_numpy_small_call`` accepts, in plain NumPy: the same
+    operations in the same order (so the same values, tests/test_small_calls.py), without the namespace wrappers
+    and the masks of ignored rows (there are none)."""
+    n = logits.shape[0]
+    m = logits.max(axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m) | (m > 0), m, 0.0)  # as _shifted
+    e = logits - m
+    rows = np.arange(n)
+    z_t = e[rows, target]
+    np.exp(e, out=e)
+    s = e.sum(axis=-1)
+    per = np.log(s) - z_t
+    one = logits.dtype.type(1.0)
+    if reduction == "mean":
+        scale = one / logits.dtype.type(n)
+        loss = per.sum() / logits.dtype.type(n)
+    else:
+        scale = one
+        loss = per.sum() if reduction == "sum" else per
+    e *= (scale / s)[:, None]
+    e[rows, target] -= scale
+    return loss, e
 
 
 def _with_grad(xp: Any, logits: Any, target: Any, reduction: str, ignore_index: int, eps: float) -> tuple[Any, Any]:

@@ -32,7 +32,7 @@ class _Loss(Module):
         """Gradient of the last loss (computed on arrays) with respect to the prediction (same shape as it);
         ``dy`` defaults to ones (the gradient of the summed loss for ``reduction="none"``). One per forward."""
         call = self.__dict__.get("_last_call")
-        if dy is None and call is not None:
+        if dy is None and type(call) is tuple:  # (not after its backward: Module.backward says so)
             out = call[1].data
             dy = np.ones(out.shape, out.dtype) if isinstance(out, (np.ndarray, np.generic)) else \
                 namespace_of(out).ones_like(out)
