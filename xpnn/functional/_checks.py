@@ -1,6 +1,8 @@
 """Argument checks shared by the functional API (errors name the function and what was expected)."""
 from __future__ import annotations
 
+import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,24 @@ def as_arrays(*values: Any) -> tuple[Any, ...]:
                 v = xp.asarray(v, dtype=dtype if scalar else None, device=device)
         out.append(v)
     return tuple(out)
+
+
+def warn_user(message: str) -> None:
+    """``warnings.warn(message, UserWarning)`` pointing at the first caller outside xpnn (so the default filter shows
+    it once per call site of the user's code)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("xpnn."):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
+def length_one_axis(x: Any, axis: int, where: str, result: str,
+                    hint: str = "pass axis=0, or x.T to get xpnn's (N, C) rows") -> None:
+    """Warn when ``where`` normalises over an axis of length 1: ``result`` is then constant, which is what a column
+    vector of class scores (C, 1) with the default ``axis=-1`` silently gives."""
+    if x.shape[axis] == 1:
+        warn_user(f"{where}: axis {axis} of the input of shape {tuple(x.shape)} has length 1, so {result}; for "
+                  f"scores laid out as a column (C, 1) {hint}")
 
 
 def floating(xp: Any, x: Any, where: str, what: str = "input") -> None:

@@ -44,6 +44,8 @@ def _check_ce(logits: Any, target: Any, reduction: str, ignore_index: int, label
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{where}: label_smoothing must be in [0, 1], got {label_smoothing}")
     bad = _checks.class_targets(xp, logits, target, where, ignore_index)
+    _checks.length_one_axis(logits, 1, where, "every loss and gradient is 0 (one class)",
+                            "pass logits.T: logits are (N, C) rows")
     if bad is None:
         return xp, target, None
     target, any_bad = _checks.defer_class_targets(xp, target, bad, int(logits.shape[1]), where, ignore_index)
@@ -178,10 +180,10 @@ def cross_entropy_with_grad(
 
 def _numpy_small_call(logits: Any, target: Any, reduction: str, ignore_index: int, eps: float) -> bool:
     """Whether ``cross_entropy_with_grad`` may take the NumPy fast path: float32/64 logits (N, C), integer labels
-    (N,) all in [0, C) (checked here, in one pass over the labels), none ignored, no smoothing, debug mode off."""
+    (N,) all in [0, C), C > 1 (checked here, in one pass over the labels), none ignored, no smoothing, debug mode off."""
     if not (type(logits) is np.ndarray and type(target) is np.ndarray and logits.dtype.char in "fd"
             and target.dtype.kind in "iu" and logits.ndim == 2 and target.shape == logits.shape[:1]
-            and eps == 0.0 and reduction in _checks.REDUCTIONS and target.size > 0 and logits.shape[1] > 0
+            and eps == 0.0 and reduction in _checks.REDUCTIONS and target.size > 0 and logits.shape[1] > 1
             and not _debug_on() and numpy_direct("cross_entropy")):
         return False
     c = logits.shape[1]
