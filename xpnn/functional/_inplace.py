@@ -3,7 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..backend import is_cupy_namespace, is_numpy_namespace
+
+
+def _array(r: Any) -> Any:
+    """A ufunc's result as an array (NumPy returns a scalar for 0-d inputs, which ``out=`` cannot take)."""
+    return np.asarray(r) if isinstance(r, np.generic) else r
 
 
 class InPlace:
@@ -28,8 +35,14 @@ class InPlace:
     def neg(self, a: Any) -> Any:
         """``-a`` as a new array (NumPy/CuPy: one ufunc call, no ``empty_like`` wrapper)."""
         if self.ufuncs is not None:
-            return self.ufuncs.negative(a)
+            return _array(self.ufuncs.negative(a))
         return -a
+
+    def rsub(self, s: float, a: Any) -> Any:
+        """``s - a`` as a new array, ``s`` a Python scalar."""
+        if self.ufuncs is not None:
+            return _array(self.ufuncs.subtract(s, a))
+        return s - a
 
     def mul(self, a: Any, b: Any, out: Any) -> Any:
         if self.ufuncs is not None:

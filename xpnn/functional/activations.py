@@ -78,7 +78,7 @@ def _sigmoid(ops: InPlace, x: Any) -> Any:
 
 def _sigmoid_grad(ops: InPlace, y: Any, dy: Any) -> Any:
     """``dy * y * (1 - y)`` in one new array: (1 - y), then * y, then * dy."""
-    dx = 1.0 - y
+    dx = ops.rsub(1.0, y)
     ops.mul(dx, y, out=dx)
     return ops.mul(dx, dy, out=dx)
 
@@ -153,7 +153,7 @@ class TanhBackward(_ActivationBackward):
         _ActivationBackward.save(ctx, None, y, dy)
         ops = InPlace.of(xp)
         yf = _upcast(xp, y)  # (dy, of y's dtype, promotes exactly in the last product)
-        dx = yf * yf
+        dx = ops.mul(yf, yf, out=xp.empty_like(yf))
         ops.sub(1.0, dx, out=dx)
         ops.mul(dx, dy, out=dx)
         return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx

@@ -12,6 +12,7 @@ from ..autograd.tensor import Tensor
 from ..backend import BackendLike, dtype_name, namespace_of
 from ..debug import check_finite, get_debug
 from ..errors import DTypeError, ShapeError
+from ..autograd.op import numpy_direct
 from ..functional.linear import Linear as LinearOp
 from .module import Module, layer_namespace
 from .parameter import FlatBuffer, Parameter, factory
@@ -105,7 +106,8 @@ class Linear(Module):
     def _explicit_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Plain NumPy input: the explicit API without the tape (``Module._array_call``), the same checks first."""
         x = args[0] if len(args) == 1 and not kwargs else None
-        if type(x) is np.ndarray and type(self.weight.data) is np.ndarray and not get_debug():
+        if type(x) is np.ndarray and type(self.weight.data) is np.ndarray and not get_debug() \
+                and numpy_direct("linear"):
             check_features(self, layer_namespace(self, x, self.weight.data), x, self.in_features,
                            self.weight.data.dtype)
             out = self._array_call(LinearOp, x, self.weight, self.bias)
