@@ -75,8 +75,8 @@ def _check(where: str, param: Any, grad: Any, **state: Any) -> Any:
         raise DTypeError(f"{where}: param must be a floating array (float16/32/64), got dtype {dtype_name(param.dtype)}")
     for name, a in arrays.items():
         if tuple(a.shape) != tuple(param.shape):  # (a grad that broadcasts was expanded by _arguments)
-            raise ShapeError(f"{where}: {name} must have the shape of param {tuple(param.shape)}"
-                             f"{' (or broadcast to it)' if name == 'grad' else ''}, got {tuple(a.shape)}")
+            raise ShapeError(f"{where}: {name} must have the shape of param {tuple(param.shape)}, got "
+                             f"{tuple(a.shape)}{' (nor does it broadcast to it)' if name == 'grad' else ''}")
         if a.dtype != param.dtype:
             raise DTypeError(f"{where}: {name} dtype {dtype_name(a.dtype)} differs from param dtype "
                              f"{dtype_name(param.dtype)}")
