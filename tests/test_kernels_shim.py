@@ -391,3 +391,19 @@ def test_update_of_non_contiguous_param_falls_back(forward_loader):
         updates.adam_update(param, grad, m, v, step=1, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
     assert forward_loader.launches == before
     np.testing.assert_allclose(param, 0.9, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fn, n_states, kwargs", [
+    (updates.adam_update, 2, dict(step=2, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)),
+    (updates.sgd_update, 1, dict(lr=0.1, momentum=0.9)),
+])
+def test_update_with_a_gradient_that_broadcasts_runs_the_kernel(forward_loader, fn, n_states, kwargs):
+    rng = np.random.default_rng(0)
+    param = rng.normal(size=(4, 8)).astype(np.float32)
+    grad = rng.normal(size=(1, 8)).astype(np.float32)  # broadcasts to the param, as NumPy's p -= lr * g
+    want = param.copy()
+    reference(fn, want, np.broadcast_to(grad, param.shape).copy(), *[np.zeros_like(param) for _ in range(n_states)],
+              **kwargs)
+    out = through_kernel(forward_loader, fn, param, grad, *[np.zeros_like(param) for _ in range(n_states)], **kwargs)
+    assert out is param
+    close(param, want, "float32")

@@ -97,13 +97,14 @@ def _broadcasts(shape: tuple[int, ...], to: tuple[int, ...]) -> bool:
 def _arguments(where: str, param: Any, grad: Any) -> tuple[Any, Any]:
     """``(param, grad)`` as arrays: Python scalars and lists converted (``_checks.as_arrays``: a scalar ``param``
     becomes a 0-d array of the default backend, which the caller returns updated), and a ``grad`` that broadcasts
-    to ``param``'s shape materialised at that shape (one contiguous copy, which the fused kernels need too); a grad
-    that does not broadcast is left for ``_check`` to report."""
+    to ``param``'s shape materialised at that shape (one copy laid out like ``param``, as the fused kernels need);
+    a grad that does not broadcast is left for ``_check`` to report."""
     if isinstance(param, _checks.PYTHON) or isinstance(grad, _checks.PYTHON):
         param, grad = _checks.as_arrays(param, grad)
     if grad.shape != param.shape and _broadcasts(tuple(grad.shape), shape := tuple(param.shape)):
-        xp = namespace_of(param, grad, where=where)
-        grad = xp.asarray(xp.broadcast_to(grad, shape), copy=True)
+        full = namespace_of(param, grad, where=where).empty_like(param, dtype=grad.dtype)
+        full[...] = grad  # (laid out like param: C-contiguous for a kernel when param is)
+        grad = full
     return param, grad
 
 
