@@ -112,8 +112,8 @@ def class_targets(xp: Any, logits: Any, target: Any, where: str, ignore_index: i
         raise ShapeError(f"{where}: empty logits of shape {tuple(logits.shape)}")
     if getattr(target.dtype, "kind", None) not in ("i", "u") and not xp.isdtype(target.dtype, "integral"):
         raise DTypeError(
-            f"{where}: target must hold integer class indices of shape ({n},), got dtype {dtype_name(target.dtype)}"
-            " (use one_hot/float targets with mse_loss or binary_cross_entropy_with_logits instead)"
+            f"{where}: target must hold integer class indices of shape ({n},) or class probabilities of the shape of "
+            f"logits ({n}, {c}), got dtype {dtype_name(target.dtype)} and shape {tuple(target.shape)}"
         )
     if tuple(target.shape) != (n,):
         raise ShapeError(f"{where}: target must have shape ({n},) for logits {tuple(logits.shape)}, got {tuple(target.shape)}")

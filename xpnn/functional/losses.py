@@ -201,9 +201,10 @@ def cross_entropy_with_grad(
 
 
 def _probabilities(target: Any) -> bool:
-    """Whether ``target`` holds class probabilities (a floating array or Tensor) rather than class indices."""
+    """Whether ``target`` holds class probabilities (a floating array or Tensor of 2 or more axes) rather than class
+    indices (a floating (N,) target is reported by the class-index check, as a dtype error)."""
     dtype = getattr(target, "dtype", None)
-    if dtype is None:
+    if dtype is None or getattr(target, "ndim", 0) < 2:
         return False
     kind = getattr(dtype, "kind", None)
     if kind is not None:
