@@ -342,9 +342,9 @@ class Module:
         call = self.__dict__.get("_last_call")
         if call is None or call is _USED:
             raise RuntimeError(
-                f"{self._where()}: backward() called twice for one forward (the first backward used that forward's "
-                "call up, so this backward() called before forward() has none): run a forward on arrays before "
-                "each backward" if call is _USED else
+                f"{self._where()}: backward() called twice for one forward (a backward already used it: as a "
+                "backward() called before forward(), this one has nothing to differentiate); run a forward on "
+                "arrays before each backward" if call is _USED else
                 f"{self._where()}: backward() called before forward(): each backward needs its own forward on "
                 "arrays (this one has none; a forward under xpnn.no_grad() keeps nothing)")
         object.__setattr__(self, "_last_call", _USED)
