@@ -69,11 +69,21 @@ def _exp_inplace(ops: InPlace, out: Any) -> Any:  # costs ~0.7 us a call; a `wit
 
 
 def _sigmoid(ops: InPlace, x: Any) -> Any:
-    """``1 / (1 + exp(-x))`` in one new array (``x`` float32/float64): the math of the op and of its NumPy fast
-    path."""
+    """``1 / (1 + exp(-x))`` in one new array (``x`` float32/float64): the op's math (``_sigmoid_numpy`` is the same
+    for the NumPy fast path)."""
     out = _exp_inplace(ops, ops.neg(x))
     ops.add(out, 1.0, out=out)
     return ops.div(1.0, out, out=out)
+
+
+@np.errstate(over="ignore")
+def _sigmoid_numpy(x: np.ndarray) -> np.ndarray:
+    """``_sigmoid`` for a NumPy float32/float64 array of one or more axes, with the ufuncs called directly (the same
+    operations in the same order: the same values, tests/test_small_calls.py)."""
+    out = np.negative(x)
+    np.exp(out, out=out)
+    np.add(out, 1.0, out=out)
+    return np.divide(1.0, out, out=out)
 
 
 def _sigmoid_grad(ops: InPlace, y: Any, dy: Any) -> Any:
@@ -392,26 +402,21 @@ def _with_dy(saved: Any, dy: Any) -> tuple[Any, Any]:
     return saved, dy
 
 
-def _np_float(x: Any) -> bool:
-    """A plain NumPy float32/float64 array (the small-call fast paths take these; float16 computes in float32)."""
-    return type(x) is np.ndarray and x.dtype.char in "fd"
-
-
 def sigmoid(x: Any) -> Any:
     """``1 / (1 + exp(-x))``; for very negative ``x`` the result is exactly 0 (no overflow warning).
 
     ``x``: an array or Tensor of any shape and floating dtype (a list or Python scalar becomes an array of the
     default backend). Raises ``DTypeError`` for other dtypes."""
-    if _np_float(x) and numpy_direct("sigmoid"):  # NumPy fast path: the op's math without Op.apply
-        return _sigmoid(_NP_OPS, x)
+    if type(x) is np.ndarray and x.dtype.char in "fd" and x.ndim and numpy_direct("sigmoid"):
+        return _sigmoid_numpy(x)  # the NumPy fast path: the op's math, without Op.apply
     return Sigmoid.apply(*_checks.as_arrays(x))
 
 
 def sigmoid_backward(y: Any, dy: Any) -> Any:
     """``dx = dy * y * (1 - y)`` where ``y = sigmoid(x)``; ``y`` and ``dy`` of one shape and floating dtype (a
     Python scalar ``dy`` takes ``y``'s dtype and is broadcast). Raises ``ShapeError``/``DTypeError``."""
-    if (_np_float(y) and type(dy) is np.ndarray and dy.dtype == y.dtype and dy.shape == y.shape
-            and numpy_direct("sigmoid_backward")):  # NumPy fast path: the op's math without Op.apply
+    if (type(y) is np.ndarray and y.dtype.char in "fd" and type(dy) is np.ndarray and dy.dtype == y.dtype
+            and dy.shape == y.shape and numpy_direct("sigmoid_backward")):  # NumPy fast path: the op's math without Op.apply
         return _sigmoid_grad(_NP_OPS, y, dy)
     return SigmoidBackward.apply(*_with_dy(y, dy))
 

@@ -106,10 +106,10 @@ class Linear(Module):
     def _explicit_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Plain NumPy input: the explicit API without the tape (``Module._array_call``), the same checks first."""
         x = args[0] if len(args) == 1 and not kwargs else None
-        if type(x) is np.ndarray and type(self.weight.data) is np.ndarray and not get_debug() \
-                and numpy_direct("linear"):
-            check_features(self, layer_namespace(self, x, self.weight.data), x, self.in_features,
-                           self.weight.data.dtype)
+        w = self.weight._data
+        if type(x) is np.ndarray and type(w) is np.ndarray and not get_debug() and numpy_direct("linear"):
+            if x.ndim != 2 or x.shape[1] != self.in_features or x.dtype != w.dtype or x.shape[0] == 0:
+                check_features(self, None, x, self.in_features, w.dtype)  # (raises, naming the layer)
             out = self._array_call(LinearOp, x, self.weight, self.bias)
             if out is not NotImplemented:
                 return out

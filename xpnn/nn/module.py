@@ -382,18 +382,23 @@ class Module:
     backward._xpnn_tape = True  # type: ignore[attr-defined]
 
     def _array_call(self, op: type[Op], x: Any, *params: Optional[Parameter]) -> Any:
-        """The explicit API's fast path for a layer that is one op on plain NumPy arrays (``nn.Linear``): run
-        ``op`` on ``x`` and the parameters' arrays with a context of its own and keep that call for ``backward``,
-        which then runs ``op.backward`` on arrays, with no tape (the same math, a fraction of the host time).
-        Returns ``NotImplemented`` where the tape is needed (a parameter with hooks)."""
+        """The explicit API's fast path for a layer that is one op on plain NumPy arrays (``nn.Linear``; the caller
+        has checked ``numpy_direct(op.name)``): run ``op`` on ``x`` and the parameters' arrays with a context of its
+        own and keep that call for ``backward``, which then runs ``op.backward`` on arrays, with no tape (the same
+        math, a fraction of the host time). Returns ``NotImplemented`` where the tape is needed (a parameter with
+        hooks)."""
         arrays, needs = [x], [True]
         for p in params:
-            if p is not None and p._hooks:
+            if p is None:
+                arrays.append(None)
+                needs.append(False)
+                continue
+            if p._hooks:
                 return NotImplemented
-            arrays.append(None if p is None else p._data)
-            needs.append(p is not None and p._requires_grad)
+            arrays.append(p._data)
+            needs.append(p._requires_grad)
         ctx = Context(tuple(needs), (x,))
-        out = op._run_forward(ctx, tuple(arrays), {})
+        out = op.forward(ctx, *arrays) if op.check is None else op._run_forward(ctx, tuple(arrays), {})
         if is_grad_enabled():
             object.__setattr__(self, "_last_call", _ArrayCall(op, ctx, out, params))
         return out
