@@ -156,3 +156,14 @@ def test_other_namespaces_take_the_general_path():
     # float16 and NumPy scalars/subclasses are not fast-path input either
     h = x.astype(np.float16)
     assert F.sigmoid(h).dtype == np.float16
+
+
+def test_sigmoid_fast_path_keeps_the_users_numpy_error_state():
+    x = np.array([-800.0, 0.0, 800.0])
+    with np.errstate(under="raise"):  # exp(-800) underflows: the general path raises too
+        with pytest.raises(FloatingPointError, match="underflow"):
+            F.sigmoid(x)
+    with np.errstate(over="raise"):  # the overflow of exp(800) stays silent, as on the general path
+        np.testing.assert_array_equal(F.sigmoid(x), [0.0, 0.5, 1.0])
+    with np.errstate(all="warn"):
+        np.testing.assert_array_equal(F.sigmoid(x), [0.0, 0.5, 1.0])

@@ -722,10 +722,9 @@ def _small_xpnn(impl: str) -> Callable[[str], Runner]:
             return Runner(fn, "cpu", lambda: [out[0]])
         layer = nn.Linear(64, 30, dtype="float64", seed=0)
 
-        def fn() -> None:
+        def fn() -> None:  # (the gradients accumulate, as they would between two zero_grad calls)
             layer(a["x"])
             out[0] = layer.backward(a["dy"])
-            layer.zero_grad()  # (NumPy code computes fresh gradients each step)
         return Runner(fn, "cpu", lambda: [out[0], layer.weight.grad], keep=[layer])
     return build
 

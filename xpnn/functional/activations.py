@@ -23,6 +23,14 @@ from .shape import broadcast_to, reshape
 from .softmax import _upcast
 
 _NP_OPS = InPlace.of(namespace_of(np.empty(0)))
+try:  # NumPy >= 2 keeps its floating-point error state in a context variable; setting a prepared state costs ~0.1 us
+    # where np.errstate costs ~0.7 us, a third of a small sigmoid (private names: np.errstate is the fallback)
+    from numpy._core._ufunc_config import _extobj_contextvar as _NP_ERRSTATE, _make_extobj
+
+    _NP_ERRSTATE_AT_IMPORT = _NP_ERRSTATE.get()
+    _NP_IGNORE_OVER = _make_extobj(over="ignore")  # that state with overflow ignored
+except (ImportError, AttributeError, TypeError):  # pragma: no cover (NumPy 1.x)
+    _NP_ERRSTATE = _NP_ERRSTATE_AT_IMPORT = _NP_IGNORE_OVER = None
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
@@ -76,12 +84,18 @@ def _sigmoid(ops: InPlace, x: Any) -> Any:
     return ops.div(1.0, out, out=out)
 
 
-@np.errstate(over="ignore")
 def _sigmoid_numpy(x: np.ndarray) -> np.ndarray:
     """``_sigmoid`` for a NumPy float32/float64 array of one or more axes, with the ufuncs called directly (the same
     operations in the same order: the same values, tests/test_small_calls.py)."""
     out = np.negative(x)
-    np.exp(out, out=out)
+    if _NP_ERRSTATE is not None and _NP_ERRSTATE.get() is _NP_ERRSTATE_AT_IMPORT:
+        token = _NP_ERRSTATE.set(_NP_IGNORE_OVER)  # as np.errstate(over="ignore"), at a fifth of its cost
+        try:
+            np.exp(out, out=out)
+        finally:
+            _NP_ERRSTATE.reset(token)
+    else:  # the user changed NumPy's error state (np.seterr, np.errstate): np.errstate keeps their other flags
+        _exp_inplace(_NP_OPS, out)
     np.add(out, 1.0, out=out)
     return np.divide(1.0, out, out=out)
 
