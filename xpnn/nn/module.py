@@ -123,7 +123,8 @@ class _ArrayCall:
     def backward(self, dy: Any, need_input_grad: bool) -> Any:
         """Add the parameters' gradients into their ``.grad`` and return the input's (``None`` when not needed)."""
         ctx = self.ctx
-        ctx.needs_input_grad = (need_input_grad,) + ctx.needs_input_grad[1:]
+        if not need_input_grad:
+            ctx.needs_input_grad = (False,) + ctx.needs_input_grad[1:]
         grads = self.op.backward(ctx, dy)
         for p, g in zip(self.params, grads[1:]):
             if p is not None and g is not None:
