@@ -387,6 +387,8 @@ def test_python_scalars_and_lists():
     listed = adam_update([1.0, 2.0], [0.1, 0.1], np.zeros(2), np.zeros(2), step=1, lr=0.1, beta1=0.9, beta2=0.999,
                          eps=1e-8)
     np.testing.assert_allclose(listed, [0.9, 1.9])
+    with pytest.raises(TypeError, match="sgd_update: param and grad must be arrays, got grad=None"):
+        sgd_update(w, None, lr=0.1)
     s = array_api_strict.ones((2,), dtype=array_api_strict.float32)
     assert sgd_update(s, 1.0, lr=0.5) is s  # next to an array a scalar takes its namespace and dtype
     assert s.dtype == array_api_strict.float32 and npy(s).tolist() == [0.5, 0.5]

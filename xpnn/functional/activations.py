@@ -408,7 +408,7 @@ class MaxoutBackward(Op):
 def _with_dy(saved: Any, dy: Any) -> tuple[Any, Any]:
     """``(saved, dy)`` of a ``*_backward`` as arrays: a Python scalar or 0-d ``dy`` is broadcast to ``saved``'s shape
     (as NumPy's ``dy * y * (1 - y)`` would), lists and scalars converted by ``_checks.as_arrays``."""
-    if not (isinstance(dy, _checks.PYTHON) or isinstance(saved, _checks.PYTHON) or dy.ndim == 0):
+    if not (isinstance(dy, _checks.PYTHON) or isinstance(saved, _checks.PYTHON) or getattr(dy, "ndim", 0) == 0):
         return saved, dy  # (the common case, on the backward's hot path: one check)
     saved, dy = _checks.as_arrays(saved, dy)
     if getattr(dy, "ndim", None) == 0 and getattr(saved, "ndim", 0) > 0:
@@ -430,7 +430,7 @@ def sigmoid_backward(y: Any, dy: Any) -> Any:
     """``dx = dy * y * (1 - y)`` where ``y = sigmoid(x)``; ``y`` and ``dy`` of one shape and floating dtype (a
     Python scalar ``dy`` takes ``y``'s dtype and is broadcast). Raises ``ShapeError``/``DTypeError``."""
     if (type(y) is np.ndarray and y.dtype.char in "fd" and type(dy) is np.ndarray and dy.dtype == y.dtype
-            and dy.shape == y.shape and numpy_direct("sigmoid_backward")):  # NumPy fast path: the op's math without Op.apply
+            and dy.shape == y.shape and numpy_direct("sigmoid_backward")):  # NumPy fast path: no Op.apply
         return _sigmoid_grad(_NP_OPS, y, dy)
     return SigmoidBackward.apply(*_with_dy(y, dy))
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .. import _dispatch
 import numpy as np
 
+from .. import _dispatch
 from ..autograd.op import Context, Op, numpy_direct
 from ..backend import dtype_name, is_cupy_namespace, is_numpy_namespace, namespace_of
-from ..errors import DTypeError, ShapeError
 from ..debug import check_finite, get_debug as _debug_on
+from ..errors import DTypeError, ShapeError
 from . import _checks
 from .activations import sigmoid
 from ._inplace import InPlace
@@ -186,7 +186,7 @@ def cross_entropy_with_grad(
     (for ``"none"``, the gradient of the summed losses).
 
     ``target``: class indices (N,), or class probabilities of the shape of ``logits`` (see ``cross_entropy``)."""
-    if _numpy_small_call(logits, target, reduction, ignore_index, label_smoothing) and weight is None:
+    if weight is None and _numpy_small_call(logits, target, reduction, ignore_index, label_smoothing):
         return _cross_entropy_numpy(logits, target, reduction)
     if weight is not None or _probabilities(target):
         where = "cross_entropy_with_grad"
@@ -277,8 +277,8 @@ def _ce_coefficients(logits: Any, target: Any, reduction: str, ignore_index: int
 
 
 def _numpy_small_call(logits: Any, target: Any, reduction: str, ignore_index: int, eps: float) -> bool:
-    """Whether ``cross_entropy_with_grad`` may take the NumPy fast path: float32/64 logits (N, C), integer labels
-    (N,) all in [0, C), C > 1 (checked here, in one pass over the labels), none ignored, no smoothing, debug mode off."""
+    """Whether ``cross_entropy_with_grad`` may take the NumPy fast path: float32/64 logits (N, C) with C > 1,
+    integer labels (N,) all in [0, C) (checked here, one min/max pass), none ignored, no smoothing, debug off."""
     if not (type(logits) is np.ndarray and type(target) is np.ndarray and logits.dtype.char in "fd"
             and target.dtype.kind in "iu" and logits.ndim == 2 and target.shape == logits.shape[:1]
             and eps == 0.0 and reduction in _checks.REDUCTIONS and target.size > 0 and logits.shape[1] > 1

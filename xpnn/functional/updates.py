@@ -101,6 +101,8 @@ def _arguments(where: str, param: Any, grad: Any) -> tuple[Any, Any]:
     a grad that does not broadcast is left for ``_check`` to report."""
     if isinstance(param, _checks.PYTHON) or isinstance(grad, _checks.PYTHON):
         param, grad = _checks.as_arrays(param, grad)
+    elif param is None or grad is None:
+        raise TypeError(f"{where}: param and grad must be arrays, got {'param' if param is None else 'grad'}=None")
     if grad.shape != param.shape and _broadcasts(tuple(grad.shape), shape := tuple(param.shape)):
         full = namespace_of(param, grad, where=where).empty_like(param, dtype=grad.dtype)
         full[...] = grad  # (laid out like param: C-contiguous for a kernel when param is)

@@ -3,7 +3,9 @@
 A layer writes one ``forward`` with ``xpnn.functional`` ops. Called on ``xpnn.Tensor``s it records on the tape and
 returns a Tensor (``loss.backward()`` then fills the parameters' ``.grad``). Called on plain arrays (the explicit
 API) it runs the same forward on the tape, returns an array and keeps that call, so that ``m.backward(dy)`` can add
-the parameter gradients and return the input gradient: the explicit API is sugar over the recorded call.
+the parameter gradients and return the input gradient: the explicit API is sugar over the recorded call. (A layer
+that is one op, ``nn.Linear``, runs that op and its backward directly on plain NumPy arrays, without the tape:
+``Module._array_call``; the values are the same.)
 
 Attribute assignment registers Parameters, child Modules and (via ``register_buffer``) state arrays such as
 BatchNorm's running statistics, in insertion order, like ``torch.nn.Module``.
