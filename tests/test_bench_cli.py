@@ -123,7 +123,7 @@ def test_reference_adam_matches_xpnn_adam():
 def test_every_cpu_runner_runs(case):
     size = {"sigmoid_backward": "1e4", "cross_entropy": "256x10", "adam": "1e4", "mlp_step": "batch16",
             "seed_net": "64x1000", "tiny_step": "batch8", "conv2d": "lenet2", "lenet_step": "batch64",
-            "softmax": "256x10", "logsumexp": "256x10", "adam_fp16": "1e4"}[case]
+            "softmax": "256x10", "logsumexp": "256x10", "adam_fp16": "1e4", "small_calls": "linear"}[case]
     impls = [i for i in ("xpnn-numpy", "numpy-plain", "xpnn-numpy-tape") if i in CASES[case].builders]
     for impl in impls:
         r = make_runner(case, size, impl)

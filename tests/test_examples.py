@@ -115,3 +115,24 @@ def test_two_layer_xpnn_backend_cpu_is_numpy(monkeypatch, capsys):
     out = run_example("two_layer_xpnn.py", ["--n", 8, "--d-in", 20, "--hidden", 10, "--d-out", 3, "--steps", 101,
                                             "--backend", "cpu"], monkeypatch, capsys).out
     assert "backend numpy" in out
+def test_readme_numpy_network_converts_in_a_few_lines_and_gives_the_same_numbers():
+    """README "From NumPy code": the NumPy network and its xpnn.functional version, each run; the xpnn one differs in
+    fewer than 10 lines and ends with the same weights and loss."""
+    import difflib
+
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### From NumPy code\n", 1)[1].split("\n### ", 1)[0]
+    numpy_code, xpnn_code = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert "import xpnn.functional as F" in xpnn_code and "xpnn.functional" not in numpy_code
+    edited = [line for line in difflib.ndiff(numpy_code.splitlines(), xpnn_code.splitlines()) if line[:2] == "+ "]
+    assert 0 < len(edited) < 10, edited
+    runs = []
+    for code in (numpy_code, xpnn_code):
+        scope: dict = {"__name__": "__readme__"}
+        exec(compile(code, "README.md", "exec"), scope)
+        runs.append(scope)
+    np.testing.assert_allclose(runs[1]["loss"], runs[0]["loss"], rtol=1e-9)
+    for name in ("W1", "b1", "W2", "b2"):
+        assert runs[1][name].shape == runs[0][name].shape  # the (1, H) biases kept their shape
+        np.testing.assert_allclose(runs[1][name], runs[0][name], rtol=1e-7, atol=1e-10)
+    assert runs[0]["loss"] < 2.0  # it trains (from above log(10) = 2.3)

@@ -1,4 +1,6 @@
 """The array-API reference functions against independent NumPy formulas, on NumPy and array_api_strict."""
+import warnings
+
 import array_api_strict
 import numpy as np
 import pytest
@@ -383,3 +385,56 @@ def test_accuracy_and_one_hot_over_empty_classes_or_labels():
     with pytest.raises(ValueError, match=r"accuracy: scores of shape \(3, 0\) have no class"):
         F.accuracy(np.zeros((3, 0), np.float32), np.zeros(3, np.int64))
     assert F.one_hot(np.zeros(0, np.int64), 4).shape == (0, 4)
+# --- NumPy code's habits: Python scalars and lists, column-vector layouts ------------------------------------------
+def test_python_scalars_and_lists_become_arrays():
+    y = F.sigmoid(np.linspace(-2, 2, 5))
+    np.testing.assert_array_equal(F.sigmoid_backward(y, 1.0), F.sigmoid_backward(y, np.ones_like(y)))
+    y32 = y.astype(np.float32)
+    assert F.sigmoid_backward(y32, 1.0).dtype == np.float32  # a Python float with a float32 array stays float32
+    assert F.tanh_backward(y32, 2).dtype == np.float32
+    listed = F.sigmoid([0.0, 1.0])  # a list becomes an array of the default backend (float64 on NumPy)
+    assert isinstance(listed, np.ndarray) and listed.dtype == np.float64
+    np.testing.assert_allclose(listed, [0.5, 1 / (1 + np.exp(-1.0))])
+    lone = F.sigmoid(0.0)
+    assert isinstance(lone, np.ndarray) and lone.shape == () and float(lone) == 0.5
+    for fn in (F.relu, F.tanh, F.leaky_relu, F.elu, F.selu):
+        np.testing.assert_array_equal(fn([-1.0, 2.0]), fn(np.array([-1.0, 2.0])))
+    for fn in (F.relu_backward, F.leaky_relu_backward, F.elu_backward, F.selu_backward):
+        np.testing.assert_array_equal(fn([-1.0, 2.0], 1.0), fn(np.array([-1.0, 2.0]), np.ones(2)))
+    s = array_api_strict.asarray(np.array([0.25, 0.5], np.float32))
+    out = F.sigmoid_backward(s, 1.0)  # next to an array a scalar takes its namespace and dtype
+    assert out.dtype == array_api_strict.float32 and np_(out).tolist() == [0.1875, 0.25]
+    t = xpnn.tensor(np.array([0.0, 1.0]), requires_grad=True)
+    F.sigmoid_backward(F.sigmoid(t), 1.0).sum().backward()  # a Tensor next to a scalar records as usual
+    assert t.grad.shape == (2,)
+    with pytest.raises(xpnn.errors.DTypeError, match="sigmoid: input must be a floating array"):
+        F.sigmoid([0, 1])  # integers stay integers, and the error says what is wrong
+
+
+def test_column_vector_layouts_say_what_to_do():
+    w, x = np.ones((30, 64)), np.ones((10, 64))
+    with pytest.raises(xpnn.errors.ShapeError, match=r"bias must have shape \(30,\), got \(30, 1\); pass b.ravel\(\)"):
+        F.linear(x, w, np.ones((30, 1)))
+    with pytest.raises(xpnn.errors.ShapeError, match=r"got \(64, 1\); samples are rows .* pass x.T"):
+        F.linear(np.ones((64, 1)), w)
+    with pytest.raises(xpnn.errors.ShapeError, match=r"got \(30, 2\)$"):
+        F.linear(x, w, np.ones((30, 2)))  # no hint where ravel does not fit
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda x: F.softmax(x), "softmax"),
+    (lambda x: F.log_softmax(x), "log_softmax"),
+    (lambda x: F.cross_entropy(x, np.zeros(5, np.int64)), "cross_entropy"),
+    (lambda x: F.cross_entropy_with_grad(x, np.zeros(5, np.int64)), "cross_entropy_with_grad"),
+    (lambda x: F.cross_entropy(x, np.ones((5, 1))), "cross_entropy"),
+    (lambda x: F.softmax(xpnn.tensor(x)), "softmax"),
+])
+def test_normalising_over_an_axis_of_length_one_warns(call, name):
+    x = np.linspace(-1, 1, 5).reshape(5, 1)  # a column of 5 class scores, with the default axis=-1
+    with pytest.warns(UserWarning, match=rf"^{name}: axis -?1 of the input of shape \(5, 1\) has length 1") as rec:
+        call(x)
+    assert rec[0].filename == __file__  # it points at the caller's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        F.softmax(x, axis=0)
+        F.logsumexp(x)  # (one term: no surprise)

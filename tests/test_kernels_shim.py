@@ -413,3 +413,17 @@ def test_row_kernels_do_not_launch_on_empty_rows(forward_loader, shape):
     with _dispatch.use_provider(make_provider(forward_loader)), pytest.raises(ValueError, match="cross_entropy"):
         F.cross_entropy_with_grad(x, np.zeros(shape[0], np.int64))
     assert forward_loader.launches == before
+@pytest.mark.parametrize("fn, n_states, kwargs", [
+    (updates.adam_update, 2, dict(step=2, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)),
+    (updates.sgd_update, 1, dict(lr=0.1, momentum=0.9)),
+])
+def test_update_with_a_gradient_that_broadcasts_runs_the_kernel(forward_loader, fn, n_states, kwargs):
+    rng = np.random.default_rng(0)
+    param = rng.normal(size=(4, 8)).astype(np.float32)
+    grad = rng.normal(size=(1, 8)).astype(np.float32)  # broadcasts to the param, as NumPy's p -= lr * g
+    want = param.copy()
+    reference(fn, want, np.broadcast_to(grad, param.shape).copy(), *[np.zeros_like(param) for _ in range(n_states)],
+              **kwargs)
+    out = through_kernel(forward_loader, fn, param, grad, *[np.zeros_like(param) for _ in range(n_states)], **kwargs)
+    assert out is param
+    close(param, want, "float32")

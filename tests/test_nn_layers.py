@@ -332,3 +332,40 @@ def test_model_on_cuda_matches_numpy():
     gpu.backward(cupy.ones_like(y))
     with pytest.raises(xpnn.NamespaceMismatchError, match="Linear"):
         gpu(x)
+
+
+# --- the explicit API from NumPy code ----------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [
+    lambda: nn.Linear(4, 3, dtype="float64", seed=0),  # (the fast path without the tape)
+    lambda: nn.Sequential(nn.Linear(4, 3, dtype="float64", seed=0), nn.ReLU()),
+    lambda: nn.Sigmoid(),
+])
+def test_a_second_backward_for_one_forward_says_so(make):
+    m = make()
+    x = np.ones((2, 4)) if not isinstance(m, nn.Sigmoid) else np.ones((2, 3))
+    with pytest.raises(RuntimeError, match=r"backward\(\) called before forward\(\)"):
+        m.backward(np.ones((2, 3)))
+    m(x)
+    m.backward(np.ones((2, 3)))
+    with pytest.raises(RuntimeError, match=r"backward\(\) called twice for one forward"):
+        m.backward(np.ones((2, 3)))
+    m(x)  # a new forward allows a new backward
+    assert m.backward(np.ones((2, 3))).shape == x.shape
+
+
+def test_loss_module_second_backward_says_twice():
+    ce = nn.CrossEntropyLoss()
+    ce(np.zeros((2, 3)), np.array([0, 1]))
+    ce.backward()
+    with pytest.raises(RuntimeError, match="called twice for one forward"):
+        ce.backward()
+
+
+def test_linear_on_a_column_vector_says_transpose():
+    m = nn.Linear(64, 30, dtype="float64")
+    with pytest.raises(ShapeError, match=r"expected input of shape \(N, 64\), got \(64, 1\); .*pass x.T"):
+        m(np.ones((64, 1)))
+    with pytest.raises(ShapeError, match=r"got \(64,\); pass x\[None, :\]"):
+        m(np.ones(64))
+    with pytest.raises(ShapeError, match=r"expected input of shape \(N, 64\), got \(64, 1\); .*pass x.T"):
+        m(xpnn.tensor(np.ones((64, 1))))

@@ -386,6 +386,7 @@ def test_fit_nan_check_at_a_progress_refresh_stops_within_the_epoch(capsys, monk
 
     clock = iter(range(10**6))
     monkeypatch.setattr(T.time, "perf_counter", lambda: float(next(clock)))  # 1 s per call: refresh every step
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal: bars (not on a file/pipe)
     Xtr, _, ytr, _ = _digits()
     X, y = Xtr[:100].copy(), ytr[:100]
     X[25, 0] = np.inf  # batch 3 of 10

@@ -315,3 +315,80 @@ def test_cupy_generic_path_matches_numpy():
     with _dispatch.use_kernels(False):
         adam_update(got[0], cupy.asarray(g), *got[1:], scratch=[], **kw)
     np.testing.assert_allclose(got[0].get(), ref[0], rtol=1e-12)
+
+
+# --- NumPy code's habits: rebinding, broadcasting gradients, Python scalars ---------------------------------------
+def _all_updates(param, grad):
+    """Every update function once on ``param``/``grad`` with fresh state shaped like ``param``; their returns."""
+    z = lambda: xpnn.backend.namespace_of(param).zeros(param.shape, dtype=param.dtype)  # noqa: E731
+    adam = dict(step=1, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
+    return [
+        sgd_update(param, grad, lr=0.1),
+        sgd_update(param, grad, z(), lr=0.1, momentum=0.9, first_step=True),
+        adagrad_update(param, grad, z(), step=1, lr=0.1),
+        rmsprop_update(param, grad, z(), lr=0.1, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                       centered=False),
+        adam_update(param, grad, z(), z(), **adam),
+        adam_update(param, grad, z(), z(), **adam, weight_decay=0.01, decoupled_weight_decay=True),
+    ]
+
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+def test_every_update_returns_the_param_it_updated_in_place(ns):
+    w = asns(ns, [[1.0, 2.0], [3.0, -4.0]])
+    alias = w  # NumPy code that kept the old weights under another name sees the new ones (the in-place trap)
+    before = npy(w).copy()
+    for out in _all_updates(w, asns(ns, [[0.5, 0.5], [0.5, 0.5]])):
+        assert out is w
+    assert alias is w and not np.array_equal(npy(alias), before)
+    w2 = sgd_update(w, asns(ns, [[1.0, 1.0], [1.0, 1.0]]), lr=0.5)  # rebinding works as NumPy code expects
+    assert w2 is w
+
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+def test_a_gradient_that_broadcasts_to_the_param_is_accepted(ns):
+    b, db = asns(ns, [[1.0, 2.0, 3.0]]), asns(ns, [1.0, 2.0, 3.0])  # b (1, 3), db (3,): NumPy's b -= lr * db works
+    assert sgd_update(b, db, lr=0.1) is b
+    np.testing.assert_allclose(npy(b), [[0.9, 1.8, 2.7]])
+    for p, g in ((asns(ns, [[1.0, 2.0]] * 3), asns(ns, [[0.5], [1.0], [2.0]])), (asns(ns, [[1.0, 2.0]] * 3), asns(ns, 2.0))):
+        want = npy(p) - 0.1 * npy(g)
+        sgd_update(p, g, lr=0.1)
+        np.testing.assert_allclose(npy(p), want)
+        assert npy(p).shape == (3, 2)  # the param's shape never changes
+    # the same through every update, against the explicitly broadcast gradient
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        p1 = asns(ns, rng.normal(size=(4, 3)))
+        p2 = asns(ns, npy(p1).copy())
+        g = rng.normal(size=(3,))
+        _all_updates(p1, asns(ns, g))
+        _all_updates(p2, asns(ns, np.broadcast_to(g, (4, 3)).copy()))
+        np.testing.assert_array_equal(npy(p1), npy(p2))
+
+
+def test_a_gradient_that_would_enlarge_the_param_is_an_error_naming_both_shapes():
+    with pytest.raises(ShapeError, match=r"sgd_update: grad must have the shape of param \(3,\), got \(2, 3\) \(nor "
+                                         r"does it broadcast to it\)"):
+        sgd_update(np.zeros(3), np.ones((2, 3)), lr=0.1)
+    with pytest.raises(ShapeError, match=r"adam_update: grad .* param \(1, 3\).* got \(2,\)"):
+        adam_update(np.zeros((1, 3)), np.ones(2), np.zeros((1, 3)), np.zeros((1, 3)), step=1, lr=0.1, beta1=0.9,
+                    beta2=0.999, eps=1e-8)
+    with pytest.raises(ShapeError, match=r"exp_avg must have the shape of param \(1, 3\), got \(3,\)"):
+        adam_update(np.zeros((1, 3)), np.ones(3), np.zeros(3), np.zeros((1, 3)), step=1, lr=0.1, beta1=0.9,
+                    beta2=0.999, eps=1e-8)
+
+
+def test_python_scalars_and_lists():
+    out = sgd_update(1.0, 0.5, lr=0.1)  # a Python scalar cannot be updated in place: the new value is returned
+    assert isinstance(out, np.ndarray) and out.shape == () and out.dtype == np.float64 and float(out) == 0.95
+    w = np.ones(3, np.float32)
+    assert sgd_update(w, 0.5, lr=0.1) is w  # a scalar grad takes the param's dtype and broadcasts
+    assert w.dtype == np.float32 and np.allclose(w, 0.95)
+    listed = adam_update([1.0, 2.0], [0.1, 0.1], np.zeros(2), np.zeros(2), step=1, lr=0.1, beta1=0.9, beta2=0.999,
+                         eps=1e-8)
+    np.testing.assert_allclose(listed, [0.9, 1.9])
+    with pytest.raises(TypeError, match="sgd_update: param and grad must be arrays, got grad=None"):
+        sgd_update(w, None, lr=0.1)
+    s = array_api_strict.ones((2,), dtype=array_api_strict.float32)
+    assert sgd_update(s, 1.0, lr=0.5) is s  # next to an array a scalar takes its namespace and dtype
+    assert s.dtype == array_api_strict.float32 and npy(s).tolist() == [0.5, 0.5]

@@ -28,7 +28,7 @@ import numpy as np
 from .. import _dispatch
 from ..backend import namespace_of
 
-__all__ = ["Op", "Context", "register_override", "override_for"]
+__all__ = ["Op", "Context", "register_override", "override_for", "numpy_direct"]
 
 _FREED = object()  # marks a context whose saved values were released after backward
 _OVERRIDES: dict[tuple[str, str, str], Callable[..., Any]] = {}
@@ -62,6 +62,13 @@ def override_for(op: str, phase: str, x: Any) -> Optional[Callable[..., Any]]:
     """The override registered for ``op``'s ``phase`` on arrays like ``x``, or ``None`` (callers on hot paths test
     ``op in _OVERRIDDEN[phase]`` first)."""
     return _OVERRIDES.get((op, phase, _kind(x)))
+
+
+def numpy_direct(op: str) -> bool:
+    """Whether plain NumPy arrays may run op ``op``'s reference math directly, without ``Op.apply`` (the small-call
+    fast paths of ``xpnn.functional``): no kernel provider routes NumPy arrays (the tests' CPU shim) and no override
+    replaces the op's forward."""
+    return _dispatch._provider[0] is None and op not in _OVERRIDDEN["forward"]
 
 
 class Context:

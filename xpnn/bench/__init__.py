@@ -31,7 +31,8 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
         ("cross_entropy", "4096x1000"), ("cross_entropy", "8192x32768"),
         ("adam", "1e6"), ("adam", "1e8"), ("adam", "200-tensors"),
         ("mlp_step", "batch256"), ("tiny_step", "batch8"),
-        ("seed_net", "64x1000"),
+        ("seed_net", "64x1000"), ("small_calls", "sigmoid"), ("small_calls", "cross_entropy"),
+        ("small_calls", "linear"),
         ("softmax", "4096x1000"), ("softmax", "65536x10"), ("logsumexp", "4096x1000"), ("adam_fp16", "1e7"),
     ],
     "conv": [  # the convolution cases (compare with --reference torch-cpu: there is no plain-NumPy version)
@@ -43,7 +44,7 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
     "tiny": [  # a smoke run: seconds, every case once
         ("sigmoid_backward", "1e4"), ("cross_entropy", "256x10"), ("adam", "1e4"), ("mlp_step", "batch16"),
         ("tiny_step", "batch8"), ("seed_net", "64x1000"), ("conv2d", "lenet2"), ("lenet_step", "batch64"),
-        ("softmax", "256x10"), ("logsumexp", "256x10"), ("adam_fp16", "1e4"),
+        ("softmax", "256x10"), ("logsumexp", "256x10"), ("adam_fp16", "1e4"), ("small_calls", "linear"),
     ],
 }
 

@@ -690,6 +690,62 @@ def _adam_fp16_torch(impl: str) -> Callable[[int], Runner]:
     return build
 
 
+# --- small calls from NumPy code: what one call costs next to the NumPy expression it replaces -------------------
+SMALL_CALLS = {"sigmoid": "F.sigmoid on (30, 1)", "cross_entropy": "F.cross_entropy_with_grad on (1, 65)",
+               "linear": "nn.Linear(64, 30) forward + backward (explicit API), batch 10"}
+
+
+def _small_inputs(call: str) -> dict[str, np.ndarray]:
+    """float64 NumPy arrays (what NumPy code passes) for one of ``SMALL_CALLS``."""
+    rng = np.random.default_rng(0)
+    if call == "sigmoid":
+        return {"x": rng.standard_normal((30, 1))}
+    if call == "cross_entropy":
+        return {"logits": rng.standard_normal((1, 65)) * 2.0, "target": np.array([3])}
+    return {"x": rng.standard_normal((10, 64)), "dy": rng.standard_normal((10, 30)) * 0.1}
+
+
+def _small_xpnn(impl: str) -> Callable[[str], Runner]:
+    def build(call: str) -> Runner:
+        from .. import functional as F
+        from .. import nn
+
+        a = _small_inputs(call)
+        out: list[Any] = [None]
+        if call == "sigmoid":
+            def fn() -> None:
+                out[0] = F.sigmoid(a["x"])
+            return Runner(fn, "cpu", lambda: [out[0]])
+        if call == "cross_entropy":
+            def fn() -> None:
+                out[0] = F.cross_entropy_with_grad(a["logits"], a["target"])[1]
+            return Runner(fn, "cpu", lambda: [out[0]])
+        layer = nn.Linear(64, 30, dtype="float64", seed=0)
+
+        def fn() -> None:  # (the gradients accumulate, as they would between two zero_grad calls)
+            layer(a["x"])
+            out[0] = layer.backward(a["dy"])
+        return Runner(fn, "cpu", lambda: [out[0], layer.weight.grad], keep=[layer])
+    return build
+
+
+def _small_plain(call: str) -> Runner:
+    a = _small_inputs(call)
+    out: list[Any] = [None]
+    if call == "sigmoid":
+        def fn() -> None:
+            out[0] = ref.sigmoid(a["x"])
+    elif call == "cross_entropy":
+        def fn() -> None:
+            out[0] = ref.cross_entropy_with_grad(a["logits"], a["target"])[1]
+    else:
+        w, b = np.random.default_rng(1).uniform(-0.125, 0.125, (30, 64)), np.zeros(30)
+
+        def fn() -> None:
+            out[0] = ref.linear_forward_backward(a["x"], w, b, a["dy"])[1]
+    return Runner(fn, "cpu", lambda: [out[0]])
+
+
 def _per_impl(xpnn: Callable[[str], Callable[[Any], Runner]], plain: Callable[[Any], Runner],
               torch: Callable[[str], Callable[[Any], Runner]], tape: bool = False) -> dict[str, Callable[[Any], Runner]]:
     out = _impls(xpnn, plain, torch)
@@ -744,6 +800,9 @@ CASES: dict[str, Case] = {c.name: c for c in (
          {"batch8": 8}, frozenset(),
          lambda b: None, _per_impl(lambda i: _step_xpnn(i, TINY_SIZES, _tiny_inputs, TINY_LR), _tiny_plain,
                                    lambda i: _mlp_torch(i, TINY_SIZES, _tiny_inputs, TINY_LR), tape=True)),
+    Case("small_calls", "one small float64 call from NumPy code (" + "; ".join(SMALL_CALLS.values()) + ")",
+         {k: k for k in SMALL_CALLS}, frozenset(),
+         lambda _: None, {"xpnn-numpy": _small_xpnn("xpnn-numpy"), "numpy-plain": _small_plain}),
     Case("seed_net", "source notes' 2-layer sigmoid net 64x1000-100-10, squared error, SGD",
          {"64x1000": None}, frozenset(),
          lambda _: None, _per_impl(_seed_xpnn, _seed_plain, _seed_torch)),

@@ -14,6 +14,17 @@ __all__ = ["sigmoid_backward", "softmax", "logsumexp", "cross_entropy_with_grad"
            "seed_net_data"]
 
 
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)), the textbook expression."""
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def linear_forward_backward(x: np.ndarray, w: np.ndarray, b: np.ndarray,
+                            dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """y = x @ w.T + b and its gradients: (y, dx = dy @ w, dw = dy.T @ x, db = dy.sum(0))."""
+    return x @ w.T + b, dy @ w, dy.T @ x, dy.sum(axis=0)
+
+
 def sigmoid_backward(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
     """dx = dy * y * (1 - y), any shape."""
     return dy * y * (1 - y)

@@ -1,11 +1,14 @@
 """Argument checks shared by the functional API (errors name the function and what was expected)."""
 from __future__ import annotations
 
+import sys
+import warnings
 from typing import Any
 
 import numpy as np
 
-from ..backend import dtype_name, namespace_of
+from ..autograd import op as _op
+from ..backend import dtype_name, get_backend, namespace_of
 from ..debug import check_finite, defer_check, defers_checks, get_debug as _debug_on
 from ..errors import DTypeError, ShapeError
 
@@ -16,6 +19,60 @@ def _device(x: Any) -> Any:
     import array_api_compat
 
     return array_api_compat.device(x)
+
+
+PYTHON = (int, float, list, tuple)  # (bool is an int)
+
+
+def as_arrays(*values: Any) -> tuple[Any, ...]:
+    """``values`` with Python scalars and lists turned into arrays (arrays, Tensors and ``None`` pass through), so
+    NumPy code can pass ``1.0`` or ``[0.0, 1.0]`` where NumPy would accept them.
+
+    Next to arrays a value takes their namespace; a Python int/float next to a floating array also takes its dtype
+    (NumPy 2 / array-API promotion: ``1.0`` with a float32 array stays float32). Lists, and scalars with no array
+    beside them, become arrays of the default backend (``xpnn.get_backend()``) with its default dtypes (float64 for
+    Python floats on NumPy)."""
+    for v in values:
+        if isinstance(v, PYTHON):
+            break
+    else:
+        return values
+    ref = next((v for v in values if v is not None and not isinstance(v, PYTHON)), None)
+    if ref is None:
+        xp, dtype = get_backend().xp, None
+    else:
+        arr = ref.data if isinstance(ref, _op.Tensor) else ref
+        xp = namespace_of(arr)
+        dtype = arr.dtype if xp.isdtype(arr.dtype, "real floating") else None
+        device = getattr(arr, "device", None)
+    out = []
+    for v in values:
+        if isinstance(v, PYTHON):
+            scalar = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if ref is None:
+                v = xp.asarray(v)
+            else:
+                v = xp.asarray(v, dtype=dtype if scalar else None, device=device)
+        out.append(v)
+    return tuple(out)
+
+
+def warn_user(message: str) -> None:
+    """``warnings.warn(message, UserWarning)`` pointing at the first caller outside xpnn (so the default filter shows
+    it once per call site of the user's code)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("xpnn."):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
+def length_one_axis(x: Any, axis: int, where: str, result: str,
+                    hint: str = "pass axis=0, or x.T to get xpnn's (N, C) rows") -> None:
+    """Warn when ``where`` normalises over an axis of length 1: ``result`` is then constant, which is what a column
+    vector of class scores (C, 1) with the default ``axis=-1`` silently gives."""
+    if x.shape[axis] == 1:
+        warn_user(f"{where}: axis {axis} of the input of shape {tuple(x.shape)} has length 1, so {result}; for "
+                  f"scores laid out as a column (C, 1) {hint}")
 
 
 def floating(xp: Any, x: Any, where: str, what: str = "input") -> None:
@@ -55,8 +112,8 @@ def class_targets(xp: Any, logits: Any, target: Any, where: str, ignore_index: i
         raise ShapeError(f"{where}: empty logits of shape {tuple(logits.shape)}")
     if getattr(target.dtype, "kind", None) not in ("i", "u") and not xp.isdtype(target.dtype, "integral"):
         raise DTypeError(
-            f"{where}: target must hold integer class indices of shape ({n},), got dtype {dtype_name(target.dtype)}"
-            " (use one_hot/float targets with mse_loss or binary_cross_entropy_with_logits instead)"
+            f"{where}: target must hold integer class indices of shape ({n},) or class probabilities of the shape of "
+            f"logits ({n}, {c}), got dtype {dtype_name(target.dtype)} and shape {tuple(target.shape)}"
         )
     if tuple(target.shape) != (n,):
         raise ShapeError(f"{where}: target must have shape ({n},) for logits {tuple(logits.shape)}, got {tuple(target.shape)}")

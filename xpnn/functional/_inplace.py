@@ -3,7 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..backend import is_cupy_namespace, is_numpy_namespace
+
+
+def _array(r: Any) -> Any:
+    """A ufunc's result as an array (NumPy returns a scalar for 0-d inputs, which ``out=`` cannot take)."""
+    return np.asarray(r) if isinstance(r, np.generic) else r
 
 
 class InPlace:
@@ -16,6 +23,26 @@ class InPlace:
     def __init__(self, xp: Any):
         self.xp = xp
         self.ufuncs = xp if (is_numpy_namespace(xp) or is_cupy_namespace(xp)) else None
+
+    @classmethod
+    def of(cls, xp: Any) -> "InPlace":
+        """The ``InPlace`` of namespace ``xp``, built once (small calls on NumPy should not pay for it each time)."""
+        ops = _BY_NAMESPACE.get(xp)
+        if ops is None:
+            ops = _BY_NAMESPACE[xp] = cls(xp)
+        return ops
+
+    def neg(self, a: Any) -> Any:
+        """``-a`` as a new array (NumPy/CuPy: one ufunc call, no ``empty_like`` wrapper)."""
+        if self.ufuncs is not None:
+            return _array(self.ufuncs.negative(a))
+        return -a
+
+    def rsub(self, s: float, a: Any) -> Any:
+        """``s - a`` as a new array, ``s`` a Python scalar."""
+        if self.ufuncs is not None:
+            return _array(self.ufuncs.subtract(s, a))
+        return s - a
 
     def mul(self, a: Any, b: Any, out: Any) -> Any:
         if self.ufuncs is not None:
@@ -66,3 +93,6 @@ class InPlace:
             return self.ufuncs.exp(a, out=out)
         out[...] = self.xp.exp(a)
         return out
+
+
+_BY_NAMESPACE: dict[Any, InPlace] = {}

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..autograd.op import Context, Op
+from ..autograd.op import Context, Op, numpy_direct
 from ..backend import namespace_of
 from ..errors import ShapeError
 from . import _checks
@@ -19,8 +19,18 @@ from ._inplace import InPlace
 from ._masking import zero_where
 from .elementwise import _values, clip, exp
 from .reductions import sum as _sum
-from .shape import reshape
+from .shape import broadcast_to, reshape
 from .softmax import _upcast
+
+_NP_OPS = InPlace.of(namespace_of(np.empty(0)))
+try:  # NumPy >= 2 keeps its floating-point error state in a context variable; setting a prepared state costs ~0.1 us
+    # where np.errstate costs ~0.7 us, a third of a small sigmoid (private names: np.errstate is the fallback)
+    from numpy._core._ufunc_config import _extobj_contextvar as _NP_ERRSTATE, _make_extobj
+
+    _NP_ERRSTATE_AT_IMPORT = _NP_ERRSTATE.get()
+    _NP_IGNORE_OVER = _make_extobj(over="ignore")  # that state with overflow ignored
+except (ImportError, AttributeError, TypeError):  # pragma: no cover (NumPy 1.x)
+    _NP_ERRSTATE = _NP_ERRSTATE_AT_IMPORT = _NP_IGNORE_OVER = None
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
@@ -61,6 +71,42 @@ class _ActivationBackward(Op):
 
 
 # --- sigmoid --------------------------------------------------------------------------------------------------
+@np.errstate(over="ignore")  # NumPy only: exp(large) = inf is the intended limit here (as a decorator np.errstate
+def _exp_inplace(ops: InPlace, out: Any) -> Any:  # costs ~0.7 us a call; a `with` block ~1.3 us)
+    return ops.exp(out, out=out)
+
+
+def _sigmoid(ops: InPlace, x: Any) -> Any:
+    """``1 / (1 + exp(-x))`` in one new array (``x`` float32/float64): the op's math (``_sigmoid_numpy`` is the same
+    for the NumPy fast path)."""
+    out = _exp_inplace(ops, ops.neg(x))
+    ops.add(out, 1.0, out=out)
+    return ops.div(1.0, out, out=out)
+
+
+def _sigmoid_numpy(x: np.ndarray) -> np.ndarray:
+    """``_sigmoid`` for a NumPy float32/float64 array of one or more axes, with the ufuncs called directly (the same
+    operations in the same order: the same values, tests/test_small_calls.py)."""
+    out = np.negative(x)
+    if _NP_ERRSTATE is not None and _NP_ERRSTATE.get() is _NP_ERRSTATE_AT_IMPORT:
+        token = _NP_ERRSTATE.set(_NP_IGNORE_OVER)  # as np.errstate(over="ignore"), at a fifth of its cost
+        try:
+            np.exp(out, out=out)
+        finally:
+            _NP_ERRSTATE.reset(token)
+    else:  # the user changed NumPy's error state (np.seterr, np.errstate): np.errstate keeps their other flags
+        _exp_inplace(_NP_OPS, out)
+    np.add(out, 1.0, out=out)
+    return np.divide(1.0, out, out=out)
+
+
+def _sigmoid_grad(ops: InPlace, y: Any, dy: Any) -> Any:
+    """``dy * y * (1 - y)`` in one new array: (1 - y), then * y, then * dy."""
+    dx = ops.rsub(1.0, y)
+    ops.mul(dx, y, out=dx)
+    return ops.mul(dx, dy, out=dx)
+
+
 class Sigmoid(Op):
     name = "sigmoid"
 
@@ -72,13 +118,7 @@ class Sigmoid(Op):
         subnormal (``x < -88.7`` / ``x < -709.8``): the result is then exactly 0, like PyTorch's (a where-free form
         that kept those subnormals measured ~3x slower on NumPy)."""
         xp = _unary(x, "sigmoid")
-        ops = InPlace(xp)
-        xf = _upcast(xp, x)
-        out = ops.mul(xf, -1.0, out=xp.empty_like(xf))
-        with np.errstate(over="ignore"):  # NumPy only: exp(large) = inf is the intended limit here
-            ops.exp(out, out=out)
-        ops.add(out, 1.0, out=out)
-        out = ops.div(1.0, out, out=out)
+        out = _sigmoid(InPlace.of(xp), _upcast(xp, x))
         if out.dtype != x.dtype:
             out = xp.astype(out, x.dtype)
         ctx.save_for_backward(out)
@@ -100,11 +140,7 @@ class SigmoidBackward(_ActivationBackward):
         of a small ``y`` is subnormal in float16 and loses its digits), like the CUDA kernel."""
         xp = ctx.xp  # (check has validated the pair)
         _ActivationBackward.save(ctx, None, y, dy)
-        ops = InPlace(xp)
-        yf = _upcast(xp, y)  # (dy, of y's dtype, promotes exactly in the last product)
-        dx = ops.sub(1.0, yf, out=xp.empty_like(yf))  # one allocation: (1 - y), then * y, then * dy
-        ops.mul(dx, yf, out=dx)
-        ops.mul(dx, dy, out=dx)
+        dx = _sigmoid_grad(InPlace.of(xp), _upcast(xp, y), dy)  # (dy, of y's dtype, promotes exactly)
         return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
 
     @staticmethod
@@ -139,7 +175,7 @@ class TanhBackward(_ActivationBackward):
         """``dx = dy * (1 - y**2)``; float16 is computed in float32 and rounded once, as sigmoid_backward."""
         xp = ctx.xp  # (check has validated the pair)
         _ActivationBackward.save(ctx, None, y, dy)
-        ops = InPlace(xp)
+        ops = InPlace.of(xp)
         yf = _upcast(xp, y)  # (dy, of y's dtype, promotes exactly in the last product)
         dx = ops.mul(yf, yf, out=xp.empty_like(yf))
         ops.sub(1.0, dx, out=dx)
@@ -369,65 +405,85 @@ class MaxoutBackward(Op):
 
 
 # --- the functions --------------------------------------------------------------------------------------------
+def _with_dy(saved: Any, dy: Any) -> tuple[Any, Any]:
+    """``(saved, dy)`` of a ``*_backward`` as arrays: a Python scalar or 0-d ``dy`` is broadcast to ``saved``'s shape
+    (as NumPy's ``dy * y * (1 - y)`` would), lists and scalars converted by ``_checks.as_arrays``."""
+    if not (isinstance(dy, _checks.PYTHON) or isinstance(saved, _checks.PYTHON) or getattr(dy, "ndim", 0) == 0):
+        return saved, dy  # (the common case, on the backward's hot path: one check)
+    saved, dy = _checks.as_arrays(saved, dy)
+    if getattr(dy, "ndim", None) == 0 and getattr(saved, "ndim", 0) > 0:
+        dy = broadcast_to(dy, tuple(saved.shape))
+    return saved, dy
+
+
 def sigmoid(x: Any) -> Any:
-    """``1 / (1 + exp(-x))``; for very negative ``x`` the result is exactly 0 (no overflow warning)."""
-    return Sigmoid.apply(x)
+    """``1 / (1 + exp(-x))``; for very negative ``x`` the result is exactly 0 (no overflow warning).
+
+    ``x``: an array or Tensor of any shape and floating dtype (a list or Python scalar becomes an array of the
+    default backend). Raises ``DTypeError`` for other dtypes."""
+    if type(x) is np.ndarray and x.dtype.char in "fd" and x.ndim and numpy_direct("sigmoid"):
+        return _sigmoid_numpy(x)  # the NumPy fast path: the op's math, without Op.apply
+    return Sigmoid.apply(*_checks.as_arrays(x))
 
 
 def sigmoid_backward(y: Any, dy: Any) -> Any:
-    """``dx = dy * y * (1 - y)`` where ``y = sigmoid(x)``."""
-    return SigmoidBackward.apply(y, dy)
+    """``dx = dy * y * (1 - y)`` where ``y = sigmoid(x)``; ``y`` and ``dy`` of one shape and floating dtype (a
+    Python scalar ``dy`` takes ``y``'s dtype and is broadcast). Raises ``ShapeError``/``DTypeError``."""
+    if (type(y) is np.ndarray and y.dtype.char in "fd" and type(dy) is np.ndarray and dy.dtype == y.dtype
+            and dy.shape == y.shape and numpy_direct("sigmoid_backward")):  # NumPy fast path: no Op.apply
+        return _sigmoid_grad(_NP_OPS, y, dy)
+    return SigmoidBackward.apply(*_with_dy(y, dy))
 
 
 def tanh(x: Any) -> Any:
     """``tanh(x)``."""
-    return Tanh.apply(x)
+    return Tanh.apply(*_checks.as_arrays(x))
 
 
 def tanh_backward(y: Any, dy: Any) -> Any:
     """``dx = dy * (1 - y**2)`` where ``y = tanh(x)``."""
-    return TanhBackward.apply(y, dy)
+    return TanhBackward.apply(*_with_dy(y, dy))
 
 
 def relu(x: Any) -> Any:
     """``max(x, 0)``."""
-    return Relu.apply(x)
+    return Relu.apply(*_checks.as_arrays(x))
 
 
 def relu_backward(x: Any, dy: Any) -> Any:
     """``dx = 0`` where ``x <= 0`` else ``dy``: PyTorch's ``threshold_backward`` semantics, so a NaN in ``dy`` at
     ``x <= 0`` gives 0 and a NaN ``x`` passes ``dy`` through (the CUDA kernel does the same)."""
-    return ReluBackward.apply(x, dy)
+    return ReluBackward.apply(*_with_dy(x, dy))
 
 
 def leaky_relu(x: Any, negative_slope: float = 0.01) -> Any:
     """``x`` where ``x > 0`` else ``negative_slope * x`` (``torch.nn.functional.leaky_relu``)."""
-    return LeakyRelu.apply(x, negative_slope=negative_slope)
+    return LeakyRelu.apply(_checks.as_arrays(x)[0], negative_slope=negative_slope)
 
 
 def leaky_relu_backward(x: Any, dy: Any, negative_slope: float = 0.01) -> Any:
     """``dx = dy`` where ``x > 0`` else ``negative_slope * dy``."""
-    return LeakyReluBackward.apply(x, dy, negative_slope=negative_slope)
+    return LeakyReluBackward.apply(*_with_dy(x, dy), negative_slope=negative_slope)
 
 
 def elu(x: Any, alpha: float = 1.0) -> Any:
     """``x`` for ``x > 0`` else ``alpha * (exp(x) - 1)``."""
-    return Elu.apply(x, alpha=alpha, scale=1.0)
+    return Elu.apply(_checks.as_arrays(x)[0], alpha=alpha, scale=1.0)
 
 
 def elu_backward(x: Any, dy: Any, alpha: float = 1.0) -> Any:
     """``dx = dy`` where ``x > 0`` else ``dy * alpha * exp(x)``."""
-    return EluBackward.apply(x, dy, alpha=alpha)
+    return EluBackward.apply(*_with_dy(x, dy), alpha=alpha)
 
 
 def selu(x: Any) -> Any:
     """``scale * elu(x, alpha)`` with the self-normalising constants of Klambauer et al. (2017)."""
-    return Elu.apply(x, alpha=SELU_ALPHA, scale=SELU_SCALE)
+    return Elu.apply(_checks.as_arrays(x)[0], alpha=SELU_ALPHA, scale=SELU_SCALE)
 
 
 def selu_backward(x: Any, dy: Any) -> Any:
     """``dx = scale * dy`` where ``x > 0`` else ``dy * scale * alpha * exp(x)``."""
-    return SeluBackward.apply(x, dy)
+    return SeluBackward.apply(*_with_dy(x, dy))
 
 
 def prelu(x: Any, weight: Any) -> Any:

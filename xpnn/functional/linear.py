@@ -1,7 +1,10 @@
 """The affine map ``y = x @ weight.T + bias`` (PyTorch's layout), declared once with its backward."""
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
+
+import numpy as np
 
 from ..autograd.op import Context, Op
 from ..backend import dtype_name, namespace_of
@@ -18,16 +21,20 @@ def _check_linear(x: Any, weight: Any, bias: Any) -> Any:
     _checks.floating(xp, x, "linear")
     if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
         transposed = weight.ndim == 2 and x.ndim >= 1 and x.shape[-1] == weight.shape[0]
+        column = weight.ndim == 2 and x.ndim == 2 and x.shape[0] == weight.shape[1]
         raise ShapeError(
             f"linear: expected input of shape (N, {weight.shape[1] if weight.ndim == 2 else '?'}) for weight "
             f"{tuple(weight.shape)}, got {tuple(x.shape)}"
             + ("; weight has PyTorch's layout (out_features, in_features): pass w.T for a (in, out) matrix"
-               if transposed else "")
+               if transposed else
+               "; samples are rows in xpnn (PyTorch's layout): pass x.T for a (features, N) array" if column else "")
         )
     if x.dtype != weight.dtype:
         raise DTypeError(f"linear: input dtype {dtype_name(x.dtype)} differs from weight dtype {dtype_name(weight.dtype)}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ShapeError(f"linear: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        flat = math.prod(bias.shape) == weight.shape[0]  # e.g. a column (out, 1) or a row (1, out)
+        raise ShapeError(f"linear: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}"
+                         + ("; pass b.ravel()" if flat else ""))
     return xp
 
 
@@ -60,7 +67,9 @@ class Linear(Op):
             dy2, x2 = dy, x
         dx = dy @ weight if need[0] else None
         dw = dy2.T @ x2 if need[1] else None
-        db = _sum(dy2, axis=0) if len(need) > 2 and need[2] else None
+        db = None
+        if len(need) > 2 and need[2]:  # (plain NumPy: the library's sum, what the op would call, without the op)
+            db = dy2.sum(axis=0) if type(dy2) is np.ndarray else _sum(dy2, axis=0)
         return dx, dw, db
 
 

@@ -10,18 +10,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from .. import _dispatch
-from ..autograd.op import Context, Op
-from ..backend import is_cupy_namespace, is_numpy_namespace, namespace_of
-from ..debug import check_finite
-from ..errors import ShapeError
+from ..autograd.op import Context, Op, numpy_direct
+from ..backend import dtype_name, is_cupy_namespace, is_numpy_namespace, namespace_of
+from ..debug import check_finite, get_debug as _debug_on
+from ..errors import DTypeError, ShapeError
 from . import _checks
 from .activations import sigmoid
 from ._inplace import InPlace
-from .elementwise import add, div, mul, neg
+from .elementwise import _values, add, div, mul, neg
 from .reductions import sum as _sum
 from .shape import reshape
-from .softmax import _shifted, _upcast, softmax
+from .softmax import _shifted, _upcast, log_softmax, softmax
 
 
 def _reduce(xp: Any, per: Any, reduction: str) -> Any:
@@ -45,6 +47,8 @@ def _check_ce(logits: Any, target: Any, reduction: str, ignore_index: int, label
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{where}: label_smoothing must be in [0, 1], got {label_smoothing}")
     bad = _checks.class_targets(xp, logits, target, where, ignore_index)
+    _checks.length_one_axis(logits, 1, where, "every loss and gradient is 0 (one class)",
+                            "pass logits.T: logits are (N, C) rows")
     if bad is None:
         return xp, target, None
     target, any_bad = _checks.defer_class_targets(xp, target, bad, int(logits.shape[1]), where, ignore_index)
@@ -82,9 +86,11 @@ def _cross_entropy(xp: Any, logits: Any, target: Any, reduction: str, ignore_ind
     row_scale = xp.astype(valid, x.dtype)
     n_valid = xp.sum(row_scale)
     if reduction == "mean":
-        denom = xp.maximum(n_valid, 1.0)
-        loss = xp.where(n_valid > 0, xp.sum(per) / denom, xp.nan)  # NaN when every target is ignored, like PyTorch
-        row_scale = row_scale / denom
+        # NaN when every target is ignored, like PyTorch: a division by NaN (no 0/0 warning), and a division so that
+        # NumPy still answers a scalar, as the fast path does
+        nan = xp.full((), xp.nan, dtype=n_valid.dtype)
+        loss = xp.sum(per) / xp.where(n_valid > 0, n_valid, nan)
+        row_scale = row_scale / xp.maximum(n_valid, 1.0)
     else:
         loss = _reduce(xp, per, reduction)
     if not with_grad:
@@ -152,26 +158,162 @@ def _ce_grad_expression(ctx: Context, x: Any) -> Any:
 
 
 def cross_entropy(
-    logits: Any, target: Any, *, reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0
+    logits: Any, target: Any, *, reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0,
+    weight: Any = None,
 ) -> Any:
-    """Softmax cross-entropy of ``logits`` (N, C) against integer class ``target`` (N,), PyTorch semantics
-    (``torch.nn.functional.cross_entropy``: ``ignore_index``, ``label_smoothing``, ``reduction``).
+    """Softmax cross-entropy of ``logits`` (N, C), PyTorch semantics (``torch.nn.functional.cross_entropy``,
+    PyTorch >= 1.10: ``weight``, ``ignore_index``, ``label_smoothing``, ``reduction``).
+
+    ``target``: integer class indices (N,), or class probabilities (floating, the shape and dtype of ``logits``;
+    ``ignore_index`` is not allowed with them, as in PyTorch). ``weight``: optional per-class weights (C,), which
+    multiply each class's term; with class indices ``"mean"`` divides by the summed weights of the targets, with
+    probabilities by N (PyTorch's rule). ``label_smoothing`` mixes the target with the uniform distribution.
+    Class indices without ``weight`` take the fused path (one pass; a CUDA kernel on CuPy); probabilities and
+    ``weight`` are composed from ``log_softmax`` and sums, so they differentiate twice too.
 
     Returns a 0-d array/Tensor (``"mean"``/``"sum"``) or per-sample losses (N,) (``"none"``).
     Raises ``ShapeError``/``DTypeError``/``ValueError`` for bad shapes, dtypes or out-of-range targets.
     """
+    if weight is not None or _probabilities(target):
+        return _cross_entropy_composed(logits, target, reduction, ignore_index, label_smoothing, weight,
+                                       "cross_entropy")
     return CrossEntropy.apply(logits, target, reduction=reduction, ignore_index=ignore_index,
                               label_smoothing=label_smoothing)
 
 
 def cross_entropy_with_grad(
-    logits: Any, target: Any, *, reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0
+    logits: Any, target: Any, *, reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0,
+    weight: Any = None,
 ) -> tuple[Any, Any]:
-    """``(cross_entropy(...), d loss / d logits)`` in one pass; the gradient has the shape of ``logits`` (N, C)."""
+    """``(cross_entropy(...), d loss / d logits)`` in one pass; the gradient has the shape of ``logits`` (N, C)
+    (for ``"none"``, the gradient of the summed losses).
+
+    ``target``: class indices (N,), or class probabilities of the shape of ``logits`` (see ``cross_entropy``)."""
+    if weight is None and _numpy_small_call(logits, target, reduction, ignore_index, label_smoothing):
+        return _cross_entropy_numpy(logits, target, reduction)
+    if weight is not None or _probabilities(target):
+        where = "cross_entropy_with_grad"
+        xp, a, denom = _ce_coefficients(logits, target, reduction, ignore_index, label_smoothing, weight, where)
+        loss = _ce_from_coefficients(log_softmax(logits, axis=-1), a, denom, reduction)
+        grad = softmax(logits, axis=-1) * xp.sum(a, axis=-1)[:, None] - a  # d(-sum_c a_c log p_c)/dx
+        return loss, (grad / denom if reduction == "mean" else grad)
     xp, target, any_bad = _check_ce(logits, target, reduction, ignore_index, label_smoothing,
                                     "cross_entropy_with_grad")
     out = _with_grad(xp, logits, target, reduction, ignore_index, label_smoothing)
     return (_poison(xp, out[0], any_bad), out[1]) if any_bad is not None else out
+
+
+def _probabilities(target: Any) -> bool:
+    """Whether ``target`` holds class probabilities (a floating array or Tensor of 2 or more axes) rather than class
+    indices (a floating (N,) target is reported by the class-index check, as a dtype error)."""
+    dtype = getattr(target, "dtype", None)
+    if dtype is None or getattr(target, "ndim", 0) < 2:
+        return False
+    kind = getattr(dtype, "kind", None)
+    if kind is not None:
+        return kind == "f"
+    return namespace_of(_values(target)).isdtype(dtype, "real floating")
+
+
+def _cross_entropy_composed(logits: Any, target: Any, reduction: str, ignore_index: int, eps: float, weight: Any,
+                            where: str) -> Any:
+    """Cross-entropy with class-probability targets or class weights, from ``log_softmax`` and sums (arrays or
+    Tensors; the backward and its backward come from those ops): ``loss = -sum_c a_c log_softmax(x)_c`` per row,
+    with the coefficients ``a`` of ``_ce_coefficients``."""
+    _, a, denom = _ce_coefficients(logits, target, reduction, ignore_index, eps, weight, where)
+    return _ce_from_coefficients(log_softmax(logits, axis=-1), a, denom, reduction)
+
+
+def _ce_from_coefficients(logp: Any, a: Any, denom: Any, reduction: str) -> Any:
+    per = -_sum(logp * a, axis=-1)
+    if reduction == "none":
+        return per
+    return _sum(per) / denom if reduction == "mean" else _sum(per)
+
+
+def _ce_coefficients(logits: Any, target: Any, reduction: str, ignore_index: int, eps: float, weight: Any,
+                     where: str) -> tuple[Any, Any, Any]:
+    """``(xp, a, denom)`` for ``loss = -sum_c a_c log_softmax(x)_c`` per row (``torch.nn.functional.cross_entropy``):
+    ``a = w * ((1 - eps) q + eps / C)`` with ``q`` the target distribution and ``w`` the class weights, except that
+    for class indices the label term takes the label's weight, ``a = (1 - eps) w_t onehot + (eps / C) w``, and
+    ignored rows are 0. ``denom`` ("mean"): N for probabilities, the summed ``w_t`` of the kept rows for indices (a
+    0-d array, NaN when a deferred label check failed on a device)."""
+    x = _values(logits)
+    xp = namespace_of(x, _values(target), where=where)
+    _checks.reduction(reduction, where)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"{where}: label_smoothing must be in [0, 1], got {eps}")
+    _checks.floating(xp, x, where, "logits")
+    if x.ndim != 2 or 0 in x.shape:
+        raise ShapeError(f"{where}: logits must have shape (N, C) with N, C > 0, got {tuple(x.shape)}")
+    n, c = x.shape
+    if weight is not None:
+        weight = _values(weight)
+        namespace_of(x, weight, where=where)
+        if tuple(weight.shape) != (c,) or weight.dtype != x.dtype:
+            raise ShapeError(f"{where}: weight must be a ({c},) array of the logits' dtype {dtype_name(x.dtype)}, "
+                             f"got shape {tuple(weight.shape)} and dtype {dtype_name(weight.dtype)}")
+    t = _values(target)
+    if _probabilities(t):
+        if tuple(t.shape) != (n, c):
+            raise ShapeError(f"{where}: class-probability target must have the shape of logits {(n, c)}, got "
+                             f"{tuple(t.shape)} (class indices are integers of shape ({n},))")
+        if t.dtype != x.dtype:
+            raise DTypeError(f"{where}: class-probability target dtype {dtype_name(t.dtype)} differs from logits "
+                             f"dtype {dtype_name(x.dtype)}")
+        if ignore_index != -100:
+            raise ValueError(f"{where}: ignore_index is not supported with class-probability targets (as in "
+                             "PyTorch); give those rows zero probability mass instead")
+        _checks.length_one_axis(x, 1, where, "every loss and gradient is 0 (one class)",
+                                "pass logits.T: logits are (N, C) rows")
+        a = t * (1.0 - eps) + eps / c if eps > 0.0 else t
+        return xp, (a * weight if weight is not None else a), n
+    xp, t, any_bad = _check_ce(x, t, reduction, ignore_index, eps, where)
+    valid = xp.astype(t != ignore_index, x.dtype)
+    safe = xp.where(t != ignore_index, t, xp.zeros_like(t))
+    onehot = xp.astype(xp.arange(c, dtype=safe.dtype)[None, :] == safe[:, None], x.dtype)
+    w_t = xp.take(weight, safe, axis=0) * valid  # the label's weight, 0 for ignored rows
+    a = onehot * ((1.0 - eps) * w_t)[:, None]
+    if eps > 0.0:
+        a = a + (eps / c) * weight[None, :] * valid[:, None]
+    return xp, a, _poison(xp, xp.sum(w_t), any_bad)
+
+
+def _numpy_small_call(logits: Any, target: Any, reduction: str, ignore_index: int, eps: float) -> bool:
+    """Whether ``cross_entropy_with_grad`` may take the NumPy fast path: float32/64 logits (N, C) with C > 1,
+    integer labels (N,) all in [0, C) (checked here, one min/max pass), none ignored, no smoothing, debug off."""
+    if not (type(logits) is np.ndarray and type(target) is np.ndarray and logits.dtype.char in "fd"
+            and target.dtype.kind in "iu" and logits.ndim == 2 and target.shape == logits.shape[:1]
+            and eps == 0.0 and reduction in _checks.REDUCTIONS and target.size > 0 and logits.shape[1] > 1
+            and not _debug_on() and numpy_direct("cross_entropy")):
+        return False
+    c = logits.shape[1]
+    return not 0 <= ignore_index < c and int(target.min()) >= 0 and int(target.max()) < c
+
+
+def _cross_entropy_numpy(logits: Any, target: Any, reduction: str) -> tuple[Any, Any]:
+    """``_cross_entropy(..., with_grad=True)`` for the case ``_numpy_small_call`` accepts, in plain NumPy: the same
+    operations in the same order (so the same values, tests/test_small_calls.py), without the namespace wrappers
+    and the masks of ignored rows (there are none)."""
+    n = logits.shape[0]
+    m = logits.max(axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m) | (m > 0), m, 0.0)  # as _shifted
+    e = logits - m
+    rows = np.arange(n)
+    z_t = e[rows, target]
+    np.exp(e, out=e)
+    s = e.sum(axis=-1)
+    per = np.log(s) - z_t
+    one = logits.dtype.type(1.0)
+    if reduction == "mean":
+        scale = one / logits.dtype.type(n)
+        loss = per.sum() / logits.dtype.type(n)
+    else:
+        scale = one
+        loss = per.sum() if reduction == "sum" else per
+    e *= (scale / s)[:, None]
+    e[rows, target] -= scale
+    return loss, e
 
 
 def _with_grad(xp: Any, logits: Any, target: Any, reduction: str, ignore_index: int, eps: float) -> tuple[Any, Any]:

@@ -35,6 +35,8 @@ def _prepare(x: Any, axis: int, op: str) -> Any:
         raise ValueError(f"{op}: input must have at least one dimension")
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"{op}: axis {axis} is out of range for input of shape {tuple(x.shape)}")
+    if op != "logsumexp":
+        _checks.length_one_axis(x, axis, op, "every output is 1" if op == "softmax" else "every output is 0")
     return xp
 
 

@@ -1,6 +1,10 @@
 """Optimizer updates: the reference math of ``xpnn.optim``, in place over arrays of one shape.
 
-Each function updates ``param`` and its state arrays in place and returns ``None``. They are normally called on a
+Each function updates ``param`` and its state arrays in place and returns ``param`` (the same array), so NumPy code
+that rebinds (``w = sgd_update(w, g, lr=0.1)``) works too. In place means aliases see the new values: an array kept
+as ``w_old = w`` before the update is the updated array, not a copy (keep ``w.copy()`` to backpropagate through the
+old weights). ``grad`` may broadcast to ``param``'s shape (``b`` (1, 3) with ``db`` (3,), as ``b -= lr * db`` in
+NumPy); ``param``'s shape never changes. They are normally called on a
 model's 1-D flat parameter buffer, so a whole model is updated in one call (one fused kernel on CUDA: a function
 first asks ``_dispatch.lookup("<function name>", xp, param.dtype)`` and returns early when a kernel takes the call).
 
@@ -23,6 +27,7 @@ from typing import Any, Optional
 from .. import _dispatch
 from ..backend import dtype_name, namespace_of
 from ..errors import DTypeError, ShapeError
+from . import _checks
 from ._inplace import InPlace as _InPlace
 
 __all__ = ["adam_update", "sgd_update", "adagrad_update", "rmsprop_update", "copy_into"]
@@ -69,8 +74,9 @@ def _check(where: str, param: Any, grad: Any, **state: Any) -> Any:
     if not xp.isdtype(param.dtype, "real floating"):
         raise DTypeError(f"{where}: param must be a floating array (float16/32/64), got dtype {dtype_name(param.dtype)}")
     for name, a in arrays.items():
-        if tuple(a.shape) != tuple(param.shape):
-            raise ShapeError(f"{where}: {name} must have the shape of param {tuple(param.shape)}, got {tuple(a.shape)}")
+        if tuple(a.shape) != tuple(param.shape):  # (a grad that broadcasts was expanded by _arguments)
+            raise ShapeError(f"{where}: {name} must have the shape of param {tuple(param.shape)}, got "
+                             f"{tuple(a.shape)}{' (nor does it broadcast to it)' if name == 'grad' else ''}")
         if a.dtype != param.dtype:
             raise DTypeError(f"{where}: {name} dtype {dtype_name(a.dtype)} differs from param dtype "
                              f"{dtype_name(param.dtype)}")
@@ -79,6 +85,29 @@ def _check(where: str, param: Any, grad: Any, **state: Any) -> Any:
             _SIGNATURES.clear()
         _SIGNATURES[key] = xp
     return xp
+
+
+def _broadcasts(shape: tuple[int, ...], to: tuple[int, ...]) -> bool:
+    """Whether an array of ``shape`` broadcasts to ``to`` without enlarging it (NumPy's rules)."""
+    if len(shape) > len(to):
+        return False
+    return all(a == b or a == 1 for a, b in zip(shape[::-1], to[::-1]))
+
+
+def _arguments(where: str, param: Any, grad: Any) -> tuple[Any, Any]:
+    """``(param, grad)`` as arrays: Python scalars and lists converted (``_checks.as_arrays``: a scalar ``param``
+    becomes a 0-d array of the default backend, which the caller returns updated), and a ``grad`` that broadcasts
+    to ``param``'s shape materialised at that shape (one copy laid out like ``param``, as the fused kernels need);
+    a grad that does not broadcast is left for ``_check`` to report."""
+    if isinstance(param, _checks.PYTHON) or isinstance(grad, _checks.PYTHON):
+        param, grad = _checks.as_arrays(param, grad)
+    elif param is None or grad is None:
+        raise TypeError(f"{where}: param and grad must be arrays, got {'param' if param is None else 'grad'}=None")
+    if grad.shape != param.shape and _broadcasts(tuple(grad.shape), shape := tuple(param.shape)):
+        full = namespace_of(param, grad, where=where).empty_like(param, dtype=grad.dtype)
+        full[...] = grad  # (laid out like param: C-contiguous for a kernel when param is)
+        grad = full
+    return param, grad
 
 
 def _effective_grad(ops: _InPlace, param: Any, grad: Any, weight_decay: float, maximize: bool,
@@ -102,7 +131,7 @@ def _kernel_took(op: str, xp: Any, dtype: Any, *args: Any, **kwargs: Any) -> boo
 
 def sgd_update(param: Any, grad: Any, momentum_buffer: Any = None, *, lr: float, momentum: float = 0.0,
                dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0, first_step: bool = False,
-               maximize: bool = False, scratch: Optional[list] = None) -> None:
+               maximize: bool = False, scratch: Optional[list] = None) -> Any:
     """SGD with optional momentum, Nesterov momentum and L2 weight decay (``torch.optim.SGD``), in place.
 
     g = -grad if maximize else grad;  g = g + weight_decay * p
@@ -112,7 +141,13 @@ def sgd_update(param: Any, grad: Any, momentum_buffer: Any = None, *, lr: float,
 
     Arrays: any one shape and floating dtype. ``momentum_buffer`` is needed when ``momentum != 0``; ``first_step``
     says it holds no history yet. ``scratch``: optional list of work arrays kept by the caller between steps.
+    Returns ``param``, updated in place, so NumPy code may rebind (``w = sgd_update(w, dw, ...)``). In place:
+    every alias of it (``w_old = w``, kept to backpropagate through the old weights) sees the new values; keep
+    ``w.copy()`` for those. ``grad``
+    may broadcast to ``param``'s shape; a Python scalar or list ``param`` becomes a new array (returned, since it
+    cannot be updated in place). Raises ``ShapeError``/``DTypeError`` naming the array and both shapes/dtypes.
     """
+    param, grad = _arguments("sgd_update", param, grad)
     xp = _check("sgd_update", param, grad, momentum_buffer=momentum_buffer)
     if momentum != 0 and momentum_buffer is None:
         raise ValueError(f"sgd_update: momentum={momentum} needs a momentum_buffer array")
@@ -121,7 +156,7 @@ def sgd_update(param: Any, grad: Any, momentum_buffer: Any = None, *, lr: float,
     if _kernel_took(op, xp, param.dtype, param, grad, momentum_buffer, lr=lr, momentum=momentum,
                     dampening=dampening, nesterov=nesterov, weight_decay=weight_decay, first_step=first_step,
                     maximize=maximize):
-        return None
+        return param
     ops = _InPlace(xp)
     g = _effective_grad(ops, param, grad, weight_decay, maximize, scratch)
     free = 0 if g is grad else 1
@@ -145,26 +180,32 @@ def sgd_update(param: Any, grad: Any, momentum_buffer: Any = None, *, lr: float,
     # p -= lr * d, scaling d in place when it is a work array (work array 0 is free by now otherwise)
     t = d if (d is not grad and d is not momentum_buffer) else _work(xp, scratch, 0, param)
     ops.sub(param, ops.mul(d, lr, out=t), out=param)
-    return None
+    return param
 
 
 def adagrad_update(param: Any, grad: Any, state_sum: Any, *, step: int, lr: float, lr_decay: float = 0.0,
                    weight_decay: float = 0.0, eps: float = 1e-10, maximize: bool = False,
-                   scratch: Optional[list] = None) -> None:
+                   scratch: Optional[list] = None) -> Any:
     """Adagrad (``torch.optim.Adagrad``), in place; ``step`` counts from 1.
 
     g = -grad if maximize else grad;  g = g + weight_decay * p
     clr = lr / (1 + (step - 1) * lr_decay)
     sum = sum + g * g
     p = p - clr * g / (sqrt(sum) + eps)
+    Returns ``param``, updated in place, so NumPy code may rebind (``w = adagrad_update(w, dw, ...)``). In place:
+    every alias of it (``w_old = w``, kept to backpropagate through the old weights) sees the new values; keep
+    ``w.copy()`` for those. ``grad``
+    may broadcast to ``param``'s shape; a Python scalar or list ``param`` becomes a new array (returned, since it
+    cannot be updated in place). Raises ``ShapeError``/``DTypeError`` naming the array and both shapes/dtypes.
     """
+    param, grad = _arguments("adagrad_update", param, grad)
     xp = _check("adagrad_update", param, grad, state_sum=state_sum)
     _check_step("adagrad_update", step)
     # a device-scalar lr/step (capturable optimizers) needs a kernel reading it from device memory
     op = "adagrad_update_capturable" if _is_device_scalar(step, lr) else "adagrad_update"
     if _kernel_took(op, xp, param.dtype, param, grad, state_sum, step=step, lr=lr, lr_decay=lr_decay,
                     weight_decay=weight_decay, eps=eps, maximize=maximize):
-        return None
+        return param
     ops = _InPlace(xp)
     g = _effective_grad(ops, param, grad, weight_decay, maximize, scratch)
     t = _work(xp, scratch, 0 if g is grad else 1, param)
@@ -173,12 +214,12 @@ def adagrad_update(param: Any, grad: Any, state_sum: Any, *, step: int, lr: floa
     ops.add(ops.sqrt(state_sum, out=t), eps, out=t)
     ops.div(g, t, out=t)
     ops.sub(param, ops.mul(t, clr, out=t), out=param)
-    return None
+    return param
 
 
 def rmsprop_update(param: Any, grad: Any, square_avg: Any, grad_avg: Any = None, momentum_buffer: Any = None, *,
                    lr: float, alpha: float, eps: float, weight_decay: float, momentum: float, centered: bool,
-                   maximize: bool = False, scratch: Optional[list] = None) -> None:
+                   maximize: bool = False, scratch: Optional[list] = None) -> Any:
     """RMSprop (``torch.optim.RMSprop``), in place.
 
     g = -grad if maximize else grad;  g = g + weight_decay * p
@@ -189,7 +230,13 @@ def rmsprop_update(param: Any, grad: Any, square_avg: Any, grad_avg: Any = None,
     else:            p = p - lr * g / avg
 
     ``grad_avg`` is needed when ``centered``, ``momentum_buffer`` when ``momentum > 0``.
+    Returns ``param``, updated in place, so NumPy code may rebind (``w = rmsprop_update(w, dw, ...)``). In place:
+    every alias of it (``w_old = w``, kept to backpropagate through the old weights) sees the new values; keep
+    ``w.copy()`` for those. ``grad``
+    may broadcast to ``param``'s shape; a Python scalar or list ``param`` becomes a new array (returned, since it
+    cannot be updated in place). Raises ``ShapeError``/``DTypeError`` naming the array and both shapes/dtypes.
     """
+    param, grad = _arguments("rmsprop_update", param, grad)
     xp = _check("rmsprop_update", param, grad, square_avg=square_avg, grad_avg=grad_avg,
                 momentum_buffer=momentum_buffer)
     if centered and grad_avg is None:
@@ -201,7 +248,7 @@ def rmsprop_update(param: Any, grad: Any, square_avg: Any, grad_avg: Any = None,
     if _kernel_took(op, xp, param.dtype, param, grad, square_avg, grad_avg, momentum_buffer, lr=lr,
                     alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
                     maximize=maximize):
-        return None
+        return param
     ops = _InPlace(xp)
     g = _effective_grad(ops, param, grad, weight_decay, maximize, scratch)
     t = _work(xp, scratch, 0 if g is grad else 1, param)
@@ -220,13 +267,13 @@ def rmsprop_update(param: Any, grad: Any, square_avg: Any, grad_avg: Any = None,
     else:
         ops.mul(t, lr, out=t)
     ops.sub(param, t, out=param)
-    return None
+    return param
 
 
 def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_avg_sq: Any = None, *, step: Any,
                 lr: Any, beta1: float, beta2: float, eps: float, weight_decay: float = 0.0,
                 decoupled_weight_decay: bool = False, amsgrad: bool = False, maximize: bool = False,
-                scratch: Optional[list] = None) -> None:
+                scratch: Optional[list] = None) -> Any:
     """Adam / AdamW (``torch.optim.Adam``, ``torch.optim.AdamW``), in place; ``step`` counts from 1.
 
     g = -grad if maximize else grad
@@ -241,7 +288,13 @@ def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_av
 
     Epsilon is added after the bias correction of ``sqrt(v)``, as in PyTorch. ``max_exp_avg_sq`` is needed when
     ``amsgrad``.
+    Returns ``param``, updated in place, so NumPy code may rebind (``w = adam_update(w, dw, ...)``). In place:
+    every alias of it (``w_old = w``, kept to backpropagate through the old weights) sees the new values; keep
+    ``w.copy()`` for those. ``grad``
+    may broadcast to ``param``'s shape; a Python scalar or list ``param`` becomes a new array (returned, since it
+    cannot be updated in place). Raises ``ShapeError``/``DTypeError`` naming the array and both shapes/dtypes.
     """
+    param, grad = _arguments("adam_update", param, grad)
     xp = _check("adam_update", param, grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, max_exp_avg_sq=max_exp_avg_sq)
     _check_step("adam_update", step)
     if amsgrad and max_exp_avg_sq is None:
@@ -250,7 +303,7 @@ def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_av
     if _kernel_took(op, xp, param.dtype, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step,
                     lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                     decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize):
-        return None
+        return param
     ops = _InPlace(xp)
     step_size, bc2_sqrt, decay = _adam_scalars(xp, param.dtype, step, lr, beta1, beta2, weight_decay)
     if decoupled_weight_decay and weight_decay != 0:
@@ -265,7 +318,7 @@ def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_av
     ops.div(ops.sqrt(v, out=t), bc2_sqrt, out=t)
     ops.div(exp_avg, ops.add(t, eps, out=t), out=t)  # t = m / denom
     ops.sub(param, ops.mul(t, step_size, out=t), out=param)
-    return None
+    return param
 
 
 def _adam_scalars(xp: Any, dtype: Any, step: Any, lr: Any, beta1: float, beta2: float,

@@ -12,6 +12,8 @@ from ..autograd.tensor import Tensor
 from ..backend import BackendLike, dtype_name, namespace_of
 from ..debug import check_finite, get_debug
 from ..errors import DTypeError, ShapeError
+from ..autograd.op import numpy_direct
+from ..functional.linear import Linear as LinearOp
 from .module import Module, layer_namespace
 from .parameter import FlatBuffer, Parameter, factory
 
@@ -25,7 +27,12 @@ def check_features(module: Module, xp: Any, x: Any, in_features: int, dtype: Any
     if xp is None:
         xp = layer_namespace(module, x, module._ref_array())
     if x.ndim != 2 or x.shape[1] != in_features:
-        raise ShapeError(f"{module._where()}: expected input of shape (N, {in_features}), got {tuple(x.shape)}")
+        hint = ""
+        if x.ndim == 2 and x.shape[0] == in_features:  # a column-vector layout (features, N), as in many NumPy books
+            hint = "; samples are rows in xpnn (PyTorch's layout): pass x.T for a (features, N) array"
+        elif x.ndim == 1 and x.shape[0] == in_features:
+            hint = "; pass x[None, :] (or x.reshape(1, -1)) for one sample"
+        raise ShapeError(f"{module._where()}: expected input of shape (N, {in_features}), got {tuple(x.shape)}{hint}")
     if x.shape[0] == 0:
         raise ShapeError(f"{module._where()}: empty batch, got input of shape {tuple(x.shape)}")
     if x.dtype != dtype:
@@ -95,6 +102,19 @@ class Linear(Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+    def _explicit_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Plain NumPy input: the explicit API without the tape (``Module._array_call``), the same checks first."""
+        x = args[0] if len(args) == 1 and not kwargs else None
+        w = self.weight._data
+        if (type(x) is np.ndarray and type(w) is np.ndarray and type(self).forward is Linear.forward
+                and not get_debug() and numpy_direct("linear")):  # (a subclass with its own forward runs it)
+            if x.ndim != 2 or x.shape[1] != self.in_features or x.dtype != w.dtype or x.shape[0] == 0:
+                check_features(self, None, x, self.in_features, w.dtype)  # (raises, naming the layer)
+            out = self._array_call(LinearOp, x, self.weight, self.bias)
+            if out is not NotImplemented:
+                return out
+        return super()._explicit_call(args, kwargs)
 
     def forward(self, x: Any) -> Any:
         w = self.weight.data

@@ -40,7 +40,7 @@ class _Loss(Module):
         """Gradient of the last loss (computed on arrays) with respect to the prediction (same shape as it);
         ``dy`` defaults to ones (the gradient of the summed loss for ``reduction="none"``). One per forward."""
         call = self.__dict__.get("_last_call")
-        if dy is None and call is not None:
+        if dy is None and type(call) is tuple:  # (not after its backward: Module.backward says so)
             out = call[1].data
             dy = np.ones(out.shape, out.dtype) if isinstance(out, (np.ndarray, np.generic)) else \
                 namespace_of(out).ones_like(out)
@@ -50,11 +50,18 @@ class _Loss(Module):
 
 
 class CrossEntropyLoss(_Loss):
-    """Softmax cross-entropy of logits (N, C) against integer class targets (N,), like ``torch.nn.CrossEntropyLoss``
-    (``ignore_index``, ``label_smoothing``, ``reduction``)."""
+    """Softmax cross-entropy of logits (N, C) against integer class targets (N,) or class probabilities (N, C),
+    like ``torch.nn.CrossEntropyLoss`` (``weight``, ``ignore_index``, ``label_smoothing``, ``reduction``; see
+    ``xpnn.functional.cross_entropy``). ``weight``: optional per-class weights (C,), an array of the logits'
+    backend and dtype."""
 
-    def __init__(self, *, reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0) -> None:
+    def __init__(self, weight: Any = None, *, reduction: str = "mean", ignore_index: int = -100,
+                 label_smoothing: float = 0.0) -> None:
         super().__init__(reduction)
+        if weight is None:
+            self.weight = None
+        else:  # a buffer, as in PyTorch: in state_dict, moved and cast by to()
+            self.register_buffer("weight", weight)
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing}")
         self.ignore_index = int(ignore_index)
@@ -73,7 +80,7 @@ class CrossEntropyLoss(_Loss):
 
     def forward(self, logits: Any, target: Any) -> Any:
         return F.cross_entropy(logits, target, reduction=self.reduction, ignore_index=self.ignore_index,
-                               label_smoothing=self.label_smoothing)
+                               label_smoothing=self.label_smoothing, weight=self.weight)
 
 
 class NLLLoss(_Loss):

@@ -3,7 +3,9 @@
 A layer writes one ``forward`` with ``xpnn.functional`` ops. Called on ``xpnn.Tensor``s it records on the tape and
 returns a Tensor (``loss.backward()`` then fills the parameters' ``.grad``). Called on plain arrays (the explicit
 API) it runs the same forward on the tape, returns an array and keeps that call, so that ``m.backward(dy)`` can add
-the parameter gradients and return the input gradient: the explicit API is sugar over the recorded call.
+the parameter gradients and return the input gradient: the explicit API is sugar over the recorded call. (A layer
+that is one op, ``nn.Linear``, runs that op and its backward directly on plain NumPy arrays, without the tape:
+``Module._array_call``; the values are the same.)
 
 Attribute assignment registers Parameters, child Modules and (via ``register_buffer``) state arrays such as
 BatchNorm's running statistics, in insertion order, like ``torch.nn.Module``.
@@ -106,6 +108,30 @@ def _count_forward(module: "Module") -> int:
     n = module.__dict__.get("_xpnn_forwards", 0) + 1
     module.__dict__["_xpnn_forwards"] = n
     return n
+
+
+_USED = object()  # ``_last_call`` after its backward: a second backward is an error that says so
+
+
+class _ArrayCall:
+    """One call kept by ``Module._array_call``: the op, its context, its output array and the parameters (or
+    ``None``) passed after the input."""
+
+    __slots__ = ("op", "ctx", "out", "params")
+
+    def __init__(self, op: type[Op], ctx: Context, out: Any, params: tuple[Optional[Parameter], ...]) -> None:
+        self.op, self.ctx, self.out, self.params = op, ctx, out, params
+
+    def backward(self, dy: Any, need_input_grad: bool) -> Any:
+        """Add the parameters' gradients into their ``.grad`` and return the input's (``None`` when not needed)."""
+        ctx = self.ctx
+        if not need_input_grad:
+            ctx.needs_input_grad = (False,) + ctx.needs_input_grad[1:]
+        grads = self.op.backward(ctx, dy)
+        for p, g in zip(self.params, grads[1:]):
+            if p is not None and g is not None:
+                p._accumulate_grad(g)
+        return grads[0] if need_input_grad else None
 
 
 class IncompatibleKeys(NamedTuple):
@@ -325,24 +351,33 @@ class Module:
         ``need_input_grad`` is false). Each forward allows one backward; a forward under ``xpnn.no_grad()`` keeps
         nothing, so evaluating between a forward and its backward is safe."""
         call = self.__dict__.get("_last_call")
-        if call is None:
-            raise RuntimeError(f"{self._where()}: backward() called before forward(): each backward needs its own "
-                               "forward on arrays (this one has none, or a backward already used it; a forward "
-                               "under xpnn.no_grad() keeps nothing)")
-        object.__setattr__(self, "_last_call", None)
-        x, out = call
+        if call is None or call is _USED:
+            raise RuntimeError(
+                f"{self._where()}: backward() called twice for one forward (a backward already used it: as a "
+                "backward() called before forward(), this one has nothing to differentiate); run a forward on "
+                "arrays before each backward" if call is _USED else
+                f"{self._where()}: backward() called before forward(): each backward needs its own forward on "
+                "arrays (this one has none; a forward under xpnn.no_grad() keeps nothing)")
+        object.__setattr__(self, "_last_call", _USED)
+        if type(call) is _ArrayCall:
+            x, out, out_data = None, None, call.out
+        else:
+            x, out = call
+            out_data = out.data
         if isinstance(dy, Tensor):
             dy = dy.data
-        if not hasattr(dy, "shape") or tuple(dy.shape) != out.shape:
+        if not hasattr(dy, "shape") or tuple(dy.shape) != tuple(out_data.shape):
             got = tuple(dy.shape) if hasattr(dy, "shape") else type(dy).__name__
-            raise ShapeError(f"{self._where()}: backward expected dy of shape {out.shape}, got {got}")
-        if dy.dtype != out.dtype:
-            raise DTypeError(f"{self._where()}: backward expected dy of dtype {dtype_name(out.dtype)}, got "
+            raise ShapeError(f"{self._where()}: backward expected dy of shape {tuple(out_data.shape)}, got {got}")
+        if dy.dtype != out_data.dtype:
+            raise DTypeError(f"{self._where()}: backward expected dy of dtype {dtype_name(out_data.dtype)}, got "
                              f"{dtype_name(dy.dtype)}")
-        if type(dy) is not type(out.data):
-            namespace_of(out.data, dy, where=self._where())
+        if type(dy) is not type(out_data):
+            namespace_of(out_data, dy, where=self._where())
         if get_debug():
             check_finite(namespace_of(dy), dy, self._where(), "dy")
+        if out is None:
+            return call.backward(dy, need_input_grad)
         if x is not None and not need_input_grad:
             x._requires_grad = False
         if out is x:  # the forward returned its input (e.g. Dropout in eval mode)
@@ -356,6 +391,28 @@ class Module:
         return x._grad
 
     backward._xpnn_tape = True  # type: ignore[attr-defined]
+
+    def _array_call(self, op: type[Op], x: Any, *params: Optional[Parameter]) -> Any:
+        """The explicit API's fast path for a layer that is one op on plain NumPy arrays (``nn.Linear``; the caller
+        has checked ``numpy_direct(op.name)``): run ``op`` on ``x`` and the parameters' arrays with a context of its
+        own and keep that call for ``backward``, which then runs ``op.backward`` on arrays, with no tape (the same
+        math, a fraction of the host time). Returns ``NotImplemented`` where the tape is needed (a parameter with
+        hooks)."""
+        arrays, needs = [x], [True]
+        for p in params:
+            if p is None:
+                arrays.append(None)
+                needs.append(False)
+                continue
+            if p._hooks:
+                return NotImplemented
+            arrays.append(p._data)
+            needs.append(p._requires_grad)
+        ctx = Context(tuple(needs), (x,))
+        out = op.forward(ctx, *arrays) if op.check is None else op._run_forward(ctx, tuple(arrays), {})
+        if is_grad_enabled():
+            object.__setattr__(self, "_last_call", _ArrayCall(op, ctx, out, params))
+        return out
 
     def _where(self) -> str:
         """Name used in error messages, e.g. ``Linear(in_features=784, out_features=512)``."""

@@ -1,0 +1,169 @@
+"""The NumPy fast paths of small calls (F.sigmoid, F.sigmoid_backward, F.cross_entropy_with_grad, nn.Linear's explicit
+API): on plain NumPy arrays they skip Op.apply and the tape, and must return exactly what the general path returns
+(same type, dtype, shape and values), step aside for kernel providers and overrides, and never touch other
+namespaces."""
+import array_api_strict
+import numpy as np
+import pytest
+
+import xpnn
+import xpnn.functional as F
+from xpnn import _dispatch, nn
+from xpnn.autograd import register_override
+from xpnn.functional.activations import Sigmoid, SigmoidBackward
+
+SHAPES = [(30, 1), (5,), (), (3, 4, 5), (0, 3), (1, 65)]
+DTYPES = [np.float32, np.float64]
+
+
+def general_path():
+    """A kernel provider that finds no kernel: the fast paths step aside and the general path runs (reference)."""
+    return _dispatch.use_provider(lambda op, xp, dtype: None)
+
+
+def assert_same(fast, general):
+    assert type(fast) is type(general)
+    assert fast.dtype == general.dtype and fast.shape == general.shape
+    np.testing.assert_array_equal(fast, general)  # (NaN equals NaN here)
+
+
+def values(shape, dtype, seed=0):
+    x = np.random.default_rng(seed).standard_normal(shape) * 30
+    flat = x.reshape(-1)
+    extremes = [-800.0, 800.0, -90.0, np.nan, np.inf, -np.inf, 0.0, -0.0]
+    flat[: min(len(extremes), flat.size)] = extremes[: flat.size]
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sigmoid_fast_path_equals_general_path(shape, dtype):
+    x = values(shape, dtype)
+    with np.errstate(over="raise"):  # the fast path keeps the general path's silence on exp overflow
+        fast = F.sigmoid(x)
+    with general_path():
+        general = F.sigmoid(x)
+    assert_same(fast, general)
+    assert_same(fast, Sigmoid.apply(x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sigmoid_backward_fast_path_equals_general_path(shape, dtype):
+    y = F.sigmoid(values(shape, dtype))
+    dy = values(shape, dtype, seed=1)
+    fast = F.sigmoid_backward(y, dy)
+    with general_path():
+        general = F.sigmoid_backward(y, dy)
+    assert_same(fast, general)
+    assert_same(fast, SigmoidBackward.apply(y, dy))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # (the NaN rows)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, c", [(1, 65), (7, 3), (64, 10), (5, 2)])
+def test_cross_entropy_with_grad_fast_path_equals_general_path(n, c, dtype, reduction):
+    rng = np.random.default_rng(n * c)
+    logits = (rng.standard_normal((n, c)) * 20).astype(dtype)
+    logits[0, 0] = 1e4  # large logits keep their digits on both paths
+    if n > 2:
+        logits[1] = -np.inf  # an all -inf row: NaN like the general path (PyTorch's semantics)
+        logits[2, 1] = np.nan
+    for target in (rng.integers(0, c, n), rng.integers(0, c, n).astype(np.int32)):
+        before = logits.copy()
+        fast = F.cross_entropy_with_grad(logits, target, reduction=reduction)
+        with general_path():
+            general = F.cross_entropy_with_grad(logits, target, reduction=reduction)
+        np.testing.assert_array_equal(logits, before)  # the logits are not written
+        for a, b in zip(fast, general):
+            assert_same(a, b)
+
+
+def test_cross_entropy_fast_path_leaves_ignored_labels_and_errors_to_the_general_path():
+    logits = np.random.default_rng(0).standard_normal((4, 3))
+    loss, grad = F.cross_entropy_with_grad(logits, np.array([0, 1, 2, 1]), ignore_index=1)
+    assert np.all(grad[[1, 3]] == 0)  # rows with the ignored label
+    with pytest.raises(ValueError, match=r"target values must be in \[0, 3\)"):
+        F.cross_entropy_with_grad(logits, np.array([0, 1, 3, 1]))
+    with pytest.raises(ValueError, match=r"target values must be in \[0, 3\)"):
+        F.cross_entropy_with_grad(logits, np.array([0, -1, 2, 1]))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_linear_explicit_fast_path_equals_the_tape(dtype, bias):
+    rng = np.random.default_rng(0)
+    fast, tape = nn.Linear(64, 30, bias=bias, dtype=dtype, seed=0), nn.Linear(64, 30, bias=bias, dtype=dtype, seed=0)
+    x = rng.standard_normal((10, 64)).astype(dtype)
+    dy = rng.standard_normal((10, 30)).astype(dtype)
+    for _ in range(2):  # gradients accumulate the same way
+        y1, dx1 = fast(x), None
+        dx1 = fast.backward(dy)
+        with general_path():
+            y2 = tape(x)
+            assert type(tape.__dict__["_last_call"]) is tuple  # (the recorded call)
+            dx2 = tape.backward(dy)
+        assert_same(y1, y2)
+        assert_same(dx1, dx2)
+        for p, q in zip(fast.parameters(), tape.parameters()):
+            assert_same(p.grad, q.grad)
+    assert fast.backward is not None and fast(x) is not None
+    assert fast.backward(dy, need_input_grad=False) is None
+
+
+def test_linear_explicit_fast_path_keeps_no_call_under_no_grad_and_respects_hooks():
+    m = nn.Linear(4, 2, dtype="float64", seed=0)
+    x = np.ones((3, 4))
+    with xpnn.no_grad():
+        m(x)
+    with pytest.raises(RuntimeError, match="before forward"):
+        m.backward(np.ones((3, 2)))
+    seen = []
+    m.weight.register_post_accumulate_grad_hook(lambda t: seen.append(t.grad.copy()))
+    m(x)
+    m.backward(np.ones((3, 2)))
+    assert len(seen) == 1  # a parameter with a hook takes the tape, which fires it
+
+
+def test_fast_paths_step_aside_for_overrides():
+    calls = []
+
+    def override(ctx, x):
+        calls.append(x.shape)
+        return NotImplemented
+
+    register_override("sigmoid", "forward", "numpy", override)
+    try:
+        F.sigmoid(np.zeros(3))
+    finally:
+        register_override("sigmoid", "forward", "numpy", None)
+    assert calls == [(3,)]
+
+
+def test_other_namespaces_take_the_general_path():
+    x = np.linspace(-5, 5, 12).reshape(4, 3)
+    xs = array_api_strict.asarray(x)
+    np.testing.assert_array_equal(np.asarray(F.sigmoid(xs)), F.sigmoid(x))
+    y = F.sigmoid(x)
+    np.testing.assert_array_equal(np.asarray(F.sigmoid_backward(array_api_strict.asarray(y), xs)),
+                                  F.sigmoid_backward(y, x))
+    t = np.array([0, 2, 1, 1])
+    loss, grad = F.cross_entropy_with_grad(xs, array_api_strict.asarray(t))
+    want_loss, want_grad = F.cross_entropy_with_grad(x, t)
+    np.testing.assert_allclose(float(loss), want_loss, rtol=1e-14)
+    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-13, atol=1e-16)
+    # float16 and NumPy scalars/subclasses are not fast-path input either
+    h = x.astype(np.float16)
+    assert F.sigmoid(h).dtype == np.float16
+
+
+def test_sigmoid_fast_path_keeps_the_users_numpy_error_state():
+    x = np.array([-800.0, 0.0, 800.0])
+    with np.errstate(under="raise"):  # exp(-800) underflows: the general path raises too
+        with pytest.raises(FloatingPointError, match="underflow"):
+            F.sigmoid(x)
+    with np.errstate(over="raise"):  # the overflow of exp(800) stays silent, as on the general path
+        np.testing.assert_array_equal(F.sigmoid(x), [0.0, 0.5, 1.0])
+    with np.errstate(all="warn"):
+        np.testing.assert_array_equal(F.sigmoid(x), [0.0, 0.5, 1.0])
