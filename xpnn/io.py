@@ -20,7 +20,7 @@ import json
 import os
 import tempfile
 import zipfile
-from typing import Any, Optional, Union
+from typing import Any, BinaryIO, Callable, Optional, Union
 
 import array_api_compat
 import numpy as np
@@ -131,6 +131,30 @@ def _write_npz(f: Any, arrays: dict[str, np.ndarray], compress: bool) -> None:
     (np.savez_compressed if compress else np.savez)(f, **arrays)
 
 
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None], where: str = "xpnn.save") -> None:
+    """Call ``write(f)`` on a temporary file in ``path``'s folder, flush and fsync it, then ``os.replace`` it over
+    ``path`` (keeping an existing file's permissions): a crash or an exception in ``write`` leaves ``path`` as it
+    was and no temporary file behind. ``where`` names the caller in the error for a missing folder."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{where}: folder {directory} does not exist")
+    mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else _default_mode()
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
 def save(obj: Any, path: PathLike, *, metadata: Optional[dict[str, Any]] = None, compress: bool = False) -> None:
     """Write ``obj`` (nested dicts/lists/tuples of arrays and Python scalars, e.g. ``model.state_dict()`` or
     ``{"model": ..., "optimizer": ...}``) to ``path`` atomically. ``metadata``: an optional dict of your own,
@@ -152,20 +176,7 @@ def save(obj: Any, path: PathLike, *, metadata: Optional[dict[str, Any]] = None,
     }
     arrays = dict(enc.arrays)
     arrays[META_KEY] = _encode_meta(meta)
-    mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else _default_mode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_npz(f, arrays, compress)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
+    atomic_write(path, lambda f: _write_npz(f, arrays, compress))
 
 
 # --- reading ---------------------------------------------------------------------------------------------------

@@ -42,6 +42,10 @@ class Concat(Op):
             start += n
         return tuple(grads)
 
+    @staticmethod
+    def onnx(g: Any, *xs: str, axis: int = 0) -> str:
+        return g.op("Concat", *xs, axis=axis)
+
 
 def concat(tensors: Sequence[Any], axis: int = 0) -> Any:
     """Join arrays or Tensors of one backend along the existing ``axis`` (``torch.cat``; ``dim=`` is ``axis=``).

@@ -33,6 +33,22 @@ class Reshape(Op):
     def backward(ctx: Context, g: Any) -> Any:
         return reshape(g, ctx.shape)
 
+    @staticmethod
+    def onnx(g: Any, x: str, *, shape: tuple[int, ...]) -> str:
+        """``Reshape`` written to hold for other sizes of the leading axes it keeps (a dynamic batch): the leading
+        dims equal to the input's are 0 ("copy"), and a single dim after them is -1 (``Flatten``)."""
+        in_shape = g.shape(x)
+        size = int(np.prod(in_shape))
+        known = int(np.prod([d for d in shape if d != -1]))
+        target = [size // known if d == -1 and known else int(d) for d in shape]
+        k = 0
+        while k < min(len(target), len(in_shape)) and target[k] == in_shape[k]:
+            k += 1
+        dims = [0] * k + target[k:]
+        if len(target) - k == 1:
+            dims[k] = -1
+        return g.op("Reshape", x, g.ints(dims))
+
 
 class PermuteDims(Op):
     name = "permute_dims"
@@ -49,6 +65,11 @@ class PermuteDims(Op):
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
         return permute_dims(g, ctx.inverse)
+
+    @staticmethod
+    def onnx(g: Any, x: str, *, axes: tuple[int, ...]) -> str:
+        nd = len(g.shape(x))
+        return g.op("Transpose", x, perm=[a % nd for a in axes])
 
 
 class BroadcastTo(Op):
