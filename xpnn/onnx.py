@@ -53,6 +53,7 @@ class _Graph:
         self.nodes: list[Any] = []
         self.initializers: dict[str, np.ndarray] = {}
         self.meta: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
+        self.state_names: dict[int, str] = {}  # id of a parameter (its Tensor and array) or buffer -> state_dict key
         self._count = 0
 
     def _fresh(self, stem: str) -> str:
@@ -68,15 +69,21 @@ class _Graph:
                                                       name=self._fresh(f"node_{op_type}"), **attrs))
         return names[0] if outputs == 1 else tuple(names)
 
-    def const(self, value: Any, dtype: Any = None, name: Optional[str] = None) -> str:
-        """An initializer holding ``value`` (array or scalar) as ``dtype`` (a NumPy dtype, or a value name whose
-        dtype to take; default the value's own); returns its name."""
-        if isinstance(dtype, str):
+    def const(self, value: Any, dtype: Any = None) -> str:
+        """An initializer holding ``value`` (array, Tensor or scalar) as ``dtype`` (a NumPy dtype, or a value name
+        whose dtype to take; default the value's own); returns its name: the ``state_dict`` key for a parameter or
+        buffer of the model (one initializer each, however often used), else a fresh one."""
+        if isinstance(value, Tensor):
+            value = value.data
+        if isinstance(dtype, str) and dtype in self.meta:
             dtype = self.dtype(dtype)
+        known = self.state_names.get(id(value))
         arr = np.asarray(to_numpy(value) if hasattr(value, "__array_namespace__") else value)
-        if dtype is not None:
-            arr = arr.astype(dtype)
-        name = name or self._fresh("const")
+        if dtype is not None and arr.dtype != np.dtype(dtype):
+            arr, known = arr.astype(dtype), None
+        if known is not None and known in self.initializers:
+            return known
+        name = known or self._fresh("const")
         self.initializers[name] = np.ascontiguousarray(arr)
         self.meta[name] = (arr.dtype, tuple(arr.shape))
         return name
@@ -139,12 +146,12 @@ def _trace(model: Any, x: Any) -> tuple[Tensor, list[Tensor]]:
 def _lower(onnx: Any, opset: int, model: Any, inp: Tensor, outs: list[Tensor], input_name: str) -> _Graph:
     """Walk the recorded graph from ``outs`` back to ``inp`` and emit each op on the path through its lowering."""
     g = _Graph(onnx, opset)
-    state_names: dict[int, str] = {}
     for name, p in model.named_parameters():
-        state_names.setdefault(id(p), name)
-        state_names.setdefault(id(p.data), name)
-    for name, arr in model.state_dict().items():  # buffers (running statistics) are passed to ops as arrays
-        state_names.setdefault(id(arr), name)
+        g.state_names.setdefault(id(p.data), name)
+    for prefix, mod in model.named_modules():  # buffers (running statistics) are passed to ops as arrays
+        for name, arr in mod._buffers.items():
+            if arr is not None:
+                g.state_names.setdefault(id(arr), f"{prefix}.{name}" if prefix else name)
 
     g.meta[input_name] = (_np_dtype(inp.data), tuple(inp.shape))
     names: dict[tuple[int, int], str] = {}  # (id(node), output index) -> value name
@@ -156,14 +163,6 @@ def _lower(onnx: Any, opset: int, model: Any, inp: Tensor, outs: list[Tensor], i
         node = t._node
         return node is not None and depends[id(node)]
 
-    def const_name(value: Any) -> str:
-        if isinstance(value, Tensor):
-            value = value.data
-        known = state_names.get(id(value))
-        if known is not None and known in g.initializers:
-            return known
-        return g.const(value, name=known)
-
     def operand(a: Any) -> Any:
         if a is None or isinstance(a, (bool, int, float)):
             return a
@@ -172,7 +171,7 @@ def _lower(onnx: Any, opset: int, model: Any, inp: Tensor, outs: list[Tensor], i
                 return input_name
             if on_path(a):
                 return names[(id(a._node), a._index)]
-        return const_name(a)  # a parameter, a buffer, or folded: computed from them alone
+        return g.const(a)  # a parameter, a buffer, or folded: computed from them alone
 
     # post-order over the nodes reachable from the outputs (iterative: deep models exceed the recursion limit)
     order: list[Any] = []

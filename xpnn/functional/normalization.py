@@ -122,7 +122,7 @@ class BatchNorm(Op):
 
     @staticmethod
     def onnx(g: Any, x: str, weight: Optional[str] = None, bias: Optional[str] = None, *,
-             running_mean: Optional[str] = None, running_var: Optional[str] = None, training: bool = True,
+             running_mean: Any = None, running_var: Any = None, training: bool = True,
              eps: float = 1e-5, **_: Any) -> str:
         """Running statistics: ``BatchNormalization`` (ones/zeros for a missing weight/bias). Batch statistics
         (``track_running_stats=False``): the mean and biased variance over (N, ...) as nodes, in float32 for float16
@@ -135,7 +135,8 @@ class BatchNorm(Op):
         if bias is None:
             bias = g.const(np.zeros(c), dtype=dt)
         if not training:
-            return g.op("BatchNormalization", x, weight, bias, running_mean, running_var, epsilon=float(eps))
+            return g.op("BatchNormalization", x, weight, bias, g.const(running_mean), g.const(running_var),
+                        epsilon=float(eps))
         axes, bshape, _ = _layout(tuple(shape))
         xf = g.cast(x, np.float32) if dt == np.float16 else x
         xc = g.op("Sub", xf, g.reduce("ReduceMean", xf, axes))
