@@ -84,7 +84,7 @@ class _Graph:
         if known is not None and known in self.initializers:
             return known
         name = known or self._fresh("const")
-        self.initializers[name] = np.ascontiguousarray(arr)
+        self.initializers[name] = arr
         self.meta[name] = (arr.dtype, tuple(arr.shape))
         return name
 
