@@ -1,5 +1,6 @@
 """The ``xpnn`` command: ``xpnn train`` (train an MLP on digits or MNIST), ``xpnn predict`` (class labels from a
-``xpnn train --save`` checkpoint), ``xpnn info``, ``xpnn bench``.
+``xpnn train --save`` checkpoint), ``xpnn export`` (such a checkpoint as ONNX / safetensors), ``xpnn info``,
+``xpnn bench``.
 
 Every flag is checked by argparse before any work: a bad value is a usage error (exit status 2) that names the flag.
 
@@ -409,15 +410,21 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_trained(path: str, backend: Any = None) -> tuple[Any, Any, dict[str, Any]]:
-    """``(model, standardizer, config)`` rebuilt from a checkpoint written by ``xpnn train --save``.
+def load_trained(path: str, backend: Any = None, *, model: Optional[str] = None,
+                 activation: Optional[str] = None) -> tuple[Any, Any, dict[str, Any]]:
+    """``(model, standardizer, config)`` rebuilt from a checkpoint written by ``xpnn train --save``, or from a
+    ``.safetensors`` file (``xpnn export --safetensors``, or a PyTorch model's ``safetensors.torch.save_file`` of
+    the same layout: see ``_safetensors_config``; ``model``/``activation`` then say what its metadata does not).
 
     The model is in eval mode on ``backend``; ``config`` holds the training settings (``sizes``, ``activation``,
-    ``dtype``, ...). Raises ``CheckpointError`` when the file is not such a checkpoint.
+    ``dtype``, ...); the standardizer is ``None`` for a .safetensors file that holds none. Raises
+    ``CheckpointError`` when the file is not such a checkpoint.
     """
     from . import data, io
     from .errors import CheckpointError
 
+    if path.lower().endswith(".safetensors"):
+        return _load_safetensors_model(path, backend, model, activation)
     state = io.load(path)
     missing = [k for k in ("model", "standardizer", "config") if not isinstance(state, dict) or k not in state]
     if missing:
@@ -446,6 +453,167 @@ def _model_backend(model: Any) -> Any:
     from .backend import get_backend, namespace_of
 
     return get_backend(namespace_of(next(iter(model.parameters())).data))
+
+
+# metadata keys of a .safetensors file written by `xpnn export --safetensors` (all str -> str)
+_ST_KEYS = ("xpnn_model", "sizes", "activation", "dropout", "dtype", "standardizer")
+
+
+def _safetensors_config(path: str, state: dict[str, Any], meta: dict[str, str], model: Optional[str],
+                        activation: Optional[str]) -> dict[str, Any]:
+    """The config that rebuilds the model of a .safetensors file: from the metadata ``xpnn export`` writes, else
+    from the weights' shapes (PyTorch's layout of ``build_model``'s MLP, ``Sequential(Linear, act, Linear, ...)``,
+    or of ``xpnn.models``' CNNs) with ``model`` ("mlp" or "cnn") and ``activation`` (default relu)."""
+    from .errors import CheckpointError
+
+    if "xpnn_model" in meta:
+        try:
+            config = {"model": meta["xpnn_model"], "sizes": [int(v) for v in meta["sizes"].split(",")],
+                      "activation": meta.get("activation", "relu"), "dropout": float(meta.get("dropout", 0.0)),
+                      "dtype": meta["dtype"]}
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"--checkpoint {path}: damaged xpnn metadata ({type(exc).__name__}: {exc})") from None
+        if model is not None and model != config["model"]:
+            raise ValueError(f"--model {model}: {path} holds a {config['model']} model")
+        if activation is not None and activation != config["activation"]:
+            raise ValueError(f"--activation {activation}: {path} holds a model with {config['activation']}")
+        return config
+    if model is None:
+        raise ValueError(f"--checkpoint {path}: the file has no xpnn metadata; say which model its weights belong "
+                         "to with --model mlp or --model cnn (and --activation for an MLP without ReLU)")
+    layers = sorted((int(k.split(".")[0]), v) for k, v in state.items()
+                    if k.endswith(".weight") and k.split(".")[0].isdigit() and v.ndim >= 2)
+    if not layers:
+        raise CheckpointError(f"--checkpoint {path}: no Sequential layer weights ('0.weight', ...) in it; it holds "
+                              f"{sorted(state)[:6]}")
+    dtype = str(layers[0][1].dtype)
+    if model == "cnn":
+        first = layers[0][1]
+        linear = [w for _, w in layers if w.ndim == 2]
+        convs = [w for _, w in layers if w.ndim == 4]
+        if first.ndim != 4 or not linear or len(convs) != 2:
+            raise CheckpointError(f"--checkpoint {path}: its weights are not those of xpnn.models' CNNs "
+                                  "(two Conv2d then Linear layers)")
+        if first.shape[-1] == 5:  # lenet5: 28x28 images
+            side = 28
+        else:  # digits_cnn-like: conv3x3 c1, conv3x3 c2, maxpool2, Linear(c2 * (side/2)**2, ...)
+            side = 2 * int(round((linear[0].shape[1] / convs[1].shape[0]) ** 0.5))
+        sizes = [int(first.shape[1]) * side * side, int(linear[-1].shape[0])]
+        return {"model": "cnn", "sizes": sizes, "activation": "relu", "dropout": 0.0, "dtype": dtype}
+    if model != "mlp":
+        raise ValueError(f"--model {model}: expected mlp or cnn")
+    if any(w.ndim != 2 for _, w in layers):
+        raise CheckpointError(f"--checkpoint {path}: --model mlp, but it holds weights of other than 2 dimensions "
+                              "(a CNN? then --model cnn)")
+    idx = [i for i, _ in layers]
+    step = idx[1] - idx[0] if len(idx) > 1 else 2
+    prelu = any(k.endswith(".weight") and v.ndim == 1 for k, v in state.items())
+    return {"model": "mlp", "sizes": [int(layers[0][1].shape[1])] + [int(w.shape[0]) for _, w in layers],
+            "activation": activation or ("prelu" if prelu else "relu"), "dropout": 0.5 if step == 3 else 0.0,
+            "dtype": dtype}
+
+
+def _load_safetensors_model(path: str, backend: Any, model: Optional[str],
+                            activation: Optional[str]) -> tuple[Any, Any, dict[str, Any]]:
+    """``load_trained`` for a .safetensors file (see ``_safetensors_config``)."""
+    import json
+
+    from . import data, io
+    from .errors import CheckpointError
+
+    state, meta = io.load_safetensors(path, with_metadata=True)
+    config = _safetensors_config(path, state, meta, model, activation)
+    sizes = config["sizes"]
+    if config["model"] == "cnn":
+        from .models import cnn_for
+
+        net = cnn_for(_image_shape(sizes[0]), sizes[-1], backend=backend, dtype=config["dtype"])
+    else:
+        net = build_model(sizes, config["activation"], backend=backend, dtype=config["dtype"],
+                          dropout=config["dropout"])
+    net.load_state_dict(state)  # CheckpointError naming missing/unexpected keys or a shape mismatch
+    net.eval()
+    scaler = None
+    if "standardizer" in meta:
+        try:
+            stats = json.loads(meta["standardizer"])
+            scaler = data.Standardizer().load_state_dict(
+                {k: np.asarray(stats[k], dtype=np.float64) for k in ("mean", "scale")})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"--checkpoint {path}: damaged standardizer metadata ({exc})") from None
+        scaler = scaler.to(_model_backend(net))
+    return net, scaler, config
+
+
+def _preprocessed(model: Any, scaler: Any, config: dict[str, Any]) -> Any:
+    """``model`` behind what ``xpnn predict`` does to the rows first: the standardizer, then (cnn) rows to
+    (N, 1, side, side) images. The exported ONNX model then takes the rows predict takes."""
+    from . import functional as F
+    from . import nn
+
+    xp = _model_backend(model).xp
+    dtype = getattr(xp, str(config["dtype"]))
+    mean, scale = xp.astype(scaler.mean_, dtype), xp.astype(scaler.scale_, dtype)
+    image = _image_shape(int(config["sizes"][0])) if config.get("model") == "cnn" else None
+
+    class Preprocessed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: Any) -> Any:
+            x = (x - mean) / scale
+            if image is not None:
+                x = F.reshape(x, (x.shape[0],) + image)
+            return self.model(x)
+
+    return Preprocessed()
+
+
+def _export(args: argparse.Namespace) -> int:
+    import json
+
+    from . import io
+
+    if not args.onnx and not args.safetensors:
+        raise ValueError("give --onnx PATH and/or --safetensors PATH (what to write)")
+    outputs = [(flag, os.path.expanduser(p)) for flag, p in (("--onnx", args.onnx), ("--safetensors", args.safetensors))
+               if p]
+    for flag, out in outputs:
+        folder = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{flag} {out}: folder {folder} does not exist")
+    path = os.path.expanduser(args.checkpoint)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file (write one with xpnn train --save {path})")
+    model, scaler, config = load_trained(path)
+    n_features = int(config["sizes"][0])
+    if args.onnx:
+        from . import onnx as xonnx
+
+        xp = _model_backend(model).xp
+        net = _preprocessed(model, scaler, config) if scaler is not None else model
+        example = xp.zeros((2, n_features), dtype=getattr(xp, str(config["dtype"])))
+        if scaler is None and config.get("model") == "cnn":
+            example = _as_images(example)
+        xonnx.export(net, example, os.path.expanduser(args.onnx), input_names=["input"], output_names=["logits"],
+                     dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=args.opset)
+        print(f"wrote {args.onnx}: input 'input' (batch, {n_features}) {config['dtype']} rows in the units of the "
+              f"training data{' (standardized inside)' if scaler is not None else ''}, output 'logits' "
+              f"(batch, {config['sizes'][-1]})")
+    if args.safetensors:
+        meta = {"xpnn_model": str(config.get("model", "mlp")), "sizes": ",".join(str(int(v)) for v in config["sizes"]),
+                "activation": str(config.get("activation", "relu")), "dropout": repr(float(config.get("dropout", 0.0))),
+                "dtype": str(config["dtype"])}
+        if scaler is not None:
+            from .backend import to_numpy
+
+            meta["standardizer"] = json.dumps({k: np.asarray(to_numpy(v), dtype=np.float64).tolist()
+                                               for k, v in scaler.state_dict().items()})
+        io.save_safetensors(model.state_dict(), os.path.expanduser(args.safetensors), metadata=meta)
+        print(f"wrote {args.safetensors}: the model's state_dict (PyTorch's names) and the metadata xpnn predict "
+              f"needs (xpnn predict --checkpoint {args.safetensors} --input FILE)")
+    return 0
 
 
 def _read_rows(path: str, n_features: int) -> np.ndarray:
@@ -501,12 +669,12 @@ def _predict(args: argparse.Namespace) -> int:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--checkpoint {path}: no such file (write one with xpnn train --save {path})")
     backend = _cli_backend(args.backend)
-    model, scaler, config = load_trained(path, backend)
+    model, scaler, config = load_trained(path, backend, model=args.model, activation=args.activation)
     sizes = [int(v) for v in config["sizes"]]
     X = _read_rows(os.path.expanduser(args.input), sizes[0])
     xp = backend.xp
     Xb = xp.astype(backend.asarray(X), getattr(xp, str(config["dtype"])))
-    Xs = scaler.transform(Xb)
+    Xs = scaler.transform(Xb) if scaler is not None else Xb  # (a .safetensors file may hold no standardizer)
     if config.get("model") == "cnn":
         Xs = _as_images(Xs)
     logits = predict(model, Xs, batch_size=args.batch_size)  # predict returns logits
@@ -533,7 +701,7 @@ def _bench(argv: list[str]) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xpnn", description="xpnn: neural networks on NumPy (CPU) or CuPy (GPU).")
-    sub = parser.add_subparsers(dest="command", metavar="{train,predict,info,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,predict,export,info,bench}")
     t = sub.add_parser("train", help="train an MLP classifier (bundled digits by default)",
                        description="Train an MLP classifier and print the test accuracy. With no arguments: the "
                                    "bundled 8x8 digits, 64-128-10 ReLU network, Adam, on the default backend.")
@@ -594,6 +762,23 @@ def _parser() -> argparse.ArgumentParser:
                     help="array backend (default: $XPNN_BACKEND or numpy)")
     pr.add_argument("--batch-size", type=_int_at_least(1), default=1024,
                     help="rows per forward pass, >= 1 (default: 1024)")
+    pr.add_argument("--model", default=None, choices=["mlp", "cnn"],
+                    help="for a .safetensors --checkpoint without xpnn metadata (e.g. saved from PyTorch): the "
+                         "model its weights belong to (default: from the file's metadata)")
+    pr.add_argument("--activation", default=None, choices=list(ACTIVATIONS),
+                    help="for a .safetensors --checkpoint without xpnn metadata: the MLP's activation (default: "
+                         "from the metadata, else relu)")
+    ex = sub.add_parser("export", help="write a checkpoint of xpnn train --save as ONNX and/or safetensors",
+                        description="Export a checkpoint written by `xpnn train --save`: --onnx writes an ONNX "
+                                    "model (input 'input': rows as xpnn predict takes them, standardized inside; "
+                                    "output 'logits'; dynamic batch axis), --safetensors the model's state_dict "
+                                    "with the metadata xpnn predict needs.")
+    ex.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint of xpnn train --save")
+    ex.add_argument("--onnx", metavar="PATH", default=None, help="write an ONNX model (needs the onnx package)")
+    ex.add_argument("--safetensors", metavar="PATH", default=None,
+                    help="write the weights as .safetensors (needs the safetensors package)")
+    ex.add_argument("--opset", type=_int_at_least(13), default=None,
+                    help="ONNX opset version (default: 17)")
     sub.add_parser("info", help="versions, backends, CUDA device and kernel status")
     sub.add_parser("bench", help="run the benchmarks (arguments are passed on; see xpnn bench --help)",
                    add_help=False)
@@ -618,6 +803,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _train(args)
         if args.command == "predict":
             return _predict(args)
+        if args.command == "export":
+            return _export(args)
         return _info(args)
     except (XpnnError, FileNotFoundError, ValueError, ImportError, argparse.ArgumentTypeError) as exc:
         print(f"xpnn {args.command}: error: {exc}", file=sys.stderr)
