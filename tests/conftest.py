@@ -56,5 +56,5 @@ def pytest_terminal_summary(terminalreporter):
     if _reference_outcomes:
         counts = {k: list(_reference_outcomes.values()).count(k) for k in ("passed", "skipped", "failed")}
         terminalreporter.write_line(
-            "reference comparisons (PyTorch / scikit-learn / ONNX Runtime): {passed} passed, {skipped} skipped, {failed} failed"
-            .format(**counts))
+            "reference comparisons (PyTorch / scikit-learn / ONNX Runtime): {passed} passed, {skipped} skipped, "
+            "{failed} failed".format(**counts))

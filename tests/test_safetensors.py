@@ -200,7 +200,8 @@ def rows(tmp_path_factory):
 def test_cli_export_safetensors_then_predict_gives_the_checkpoints_labels(model, rows, tmp_path, capsys):
     ckpt, st = tmp_path / "d.npz", tmp_path / "d.safetensors"
     train = ["train", "--epochs", "1", "--no-progress", "--save", str(ckpt), "--model", model]
-    assert main(train + (["--hidden", "16", "--activation", "prelu", "--dropout", "0.2"] if model == "mlp" else [])) == 0
+    mlp_flags = ["--hidden", "16", "--activation", "prelu", "--dropout", "0.2"]
+    assert main(train + (mlp_flags if model == "mlp" else [])) == 0
     assert main(["export", str(ckpt), "--safetensors", str(st)]) == 0
     capsys.readouterr()
     assert main(["predict", "--checkpoint", str(ckpt), "--input", str(rows)]) == 0
