@@ -20,8 +20,7 @@ onnx = pytest.importorskip("onnx", reason="xpnn.onnx.export writes models with t
 import xpnn.onnx as xonnx  # noqa: E402
 
 
-def _ort():
-    return pytest.importorskip("onnxruntime", reason="ONNX Runtime is the reference that runs the exported models")
+ORT = "ONNX Runtime is the reference that runs the exported models (xpnn[reference])"
 
 
 def _session(ort, path):
@@ -38,10 +37,10 @@ def _xpnn_out(model, x):
         return np.asarray(model(xpnn.tensor(x)).data)
 
 
-def _export_and_compare(model, shape, tmp_path, *, dtype=np.float32, batches=(3, 7), atol=1e-5, rtol=0.0, **kw):
+def _export_and_compare(ort, model, shape, tmp_path, *, dtype=np.float32, batches=(3, 7), atol=1e-5, rtol=0.0,
+                        **kw):
     """Export with a dynamic batch axis from an example of batch ``batches[0]``; compare ORT with xpnn at each
     batch size on fresh random inputs; return the loaded ONNX model."""
-    ort = _ort()
     rng = np.random.default_rng(0)
     path = tmp_path / "model.onnx"
     example = rng.standard_normal((batches[0],) + shape).astype(dtype)
@@ -59,8 +58,9 @@ def _export_and_compare(model, shape, tmp_path, *, dtype=np.float32, batches=(3,
 
 
 def test_mlp_matches_onnxruntime_at_two_batch_sizes(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
     model = build_model([64, 128, 64, 10], "relu", seed=0)
-    proto = _export_and_compare(model, (64,), tmp_path)
+    proto = _export_and_compare(ort, model, (64,), tmp_path)
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param == "batch" and dims[1].dim_value == 64
     assert proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
@@ -70,11 +70,13 @@ def test_mlp_matches_onnxruntime_at_two_batch_sizes(tmp_path):
 
 
 def test_lenet5_matches_onnxruntime_at_two_batch_sizes(tmp_path):
-    _export_and_compare(models.lenet5(seed=1), (1, 28, 28), tmp_path, batches=(2, 5))
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    _export_and_compare(ort, models.lenet5(seed=1), (1, 28, 28), tmp_path, batches=(2, 5))
 
 
 def test_digits_cnn_matches_onnxruntime(tmp_path):
-    _export_and_compare(models.digits_cnn(seed=2), (1, 8, 8), tmp_path)
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    _export_and_compare(ort, models.digits_cnn(seed=2), (1, 8, 8), tmp_path)
 
 
 def _with_stats(bn, seed):
@@ -117,8 +119,9 @@ LAYER_MODELS = {"dense": (_dense_model, (8,)), "conv": (_conv_model, (2, 13, 11)
 
 @pytest.mark.parametrize("case", sorted(LAYER_MODELS))
 def test_layers_match_onnxruntime(case, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
     make, shape = LAYER_MODELS[case]
-    _export_and_compare(make(), shape, tmp_path)
+    _export_and_compare(ort, make(), shape, tmp_path)
 
 
 def test_export_traces_in_eval_mode_and_gives_the_mode_back(tmp_path):
@@ -156,29 +159,32 @@ def test_reshape_to_a_fixed_batch_with_a_dynamic_axis_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float16", "float64"])
 def test_float16_and_float64_weights_export_and_run(dtype, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
     np_dtype = np.dtype(dtype)
     mlp = build_model([32, 64, 10], "relu", dtype=dtype, seed=0)
     mlp.append(nn.Softmax(axis=1))
     atol = 2e-3 if dtype == "float16" else 1e-12
-    proto = _export_and_compare(mlp, (32,), tmp_path, dtype=np_dtype, atol=atol)
+    proto = _export_and_compare(ort, mlp, (32,), tmp_path, dtype=np_dtype, atol=atol)
     want = onnx.helper.np_dtype_to_tensor_dtype(np_dtype)
     assert proto.graph.input[0].type.tensor_type.elem_type == want
     assert all(i.data_type == want for i in proto.graph.initializer)
     if dtype == "float16":  # (ONNX Runtime's CPU provider has no float64 Conv)
-        _export_and_compare(models.digits_cnn(dtype=dtype, seed=3), (1, 8, 8), tmp_path, dtype=np_dtype, atol=1e-2)
+        _export_and_compare(ort, models.digits_cnn(dtype=dtype, seed=3), (1, 8, 8), tmp_path, dtype=np_dtype,
+                            atol=1e-2)
 
 
 @pytest.mark.parametrize("opset", [13, 18])
 def test_other_opsets(opset, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
     # opset 18 moved the axes of ReduceMean/ReduceMax to an input (batch statistics, Maxout use them)
     model = nn.Sequential(nn.Maxout(8, 6, pieces=2, seed=0), nn.BatchNorm1d(6, track_running_stats=False),
                           nn.Softmax(axis=1))
-    proto = _export_and_compare(model, (8,), tmp_path, opset_version=opset)
+    proto = _export_and_compare(ort, model, (8,), tmp_path, opset_version=opset)
     assert proto.opset_import[0].version == opset
 
 
 def test_static_by_default_like_torch(tmp_path):
-    ort = _ort()
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
     model = build_model([16, 8, 3], "tanh", seed=0)
     path = tmp_path / "m.onnx"
     x = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
@@ -193,6 +199,7 @@ def test_static_by_default_like_torch(tmp_path):
 
 
 def test_expressions_with_constants_and_shape_ops(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
     class Expr(nn.Module):
         def __init__(self):
             super().__init__()
@@ -208,7 +215,7 @@ def test_expressions_with_constants_and_shape_ops(tmp_path):
             return F.log_softmax(h, axis=1) + F.logsumexp(h, axis=1, keepdims=True) + F.max(h, axis=1, keepdims=True)
 
     model = Expr()
-    proto = _export_and_compare(model, (6,), tmp_path, atol=1e-5, rtol=1e-5)
+    proto = _export_and_compare(ort, model, (6,), tmp_path, atol=1e-5, rtol=1e-5)
     ops = {n.op_type for n in proto.graph.node}
     assert "Mul" in ops and "Transpose" in ops and "Concat" in ops
     reshapes = [n for n in proto.graph.node if n.op_type == "Reshape"]
@@ -271,6 +278,7 @@ def test_a_module_with_a_handwritten_backward_is_refused_by_name(tmp_path):
 
 
 def test_only_ops_on_the_path_from_the_input_are_traced(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
     # an op of the forward that does not feed the output (a statistic computed and dropped) is not exported:
     # here one without a lowering, which would otherwise be refused
     class SideBranch(nn.Module):
@@ -283,7 +291,7 @@ def test_only_ops_on_the_path_from_the_input_are_traced(tmp_path):
             self.seen = _Cube.apply(x)  # not on the path to the output
             return self.lin(x)
 
-    proto = _export_and_compare(SideBranch(), (4,), tmp_path)
+    proto = _export_and_compare(ort, SideBranch(), (4,), tmp_path)
     assert [n.op_type for n in proto.graph.node] == ["Gemm", "Identity"]
 
 
@@ -313,7 +321,7 @@ def test_without_the_onnx_package_the_error_names_the_extra(monkeypatch, tmp_pat
 
 
 def test_cli_export_onnx_gives_the_labels_of_predict(tmp_path, capsys):
-    ort = _ort()
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
     ckpt, onnx_path, rows = tmp_path / "d.npz", tmp_path / "d.onnx", tmp_path / "rows.npy"
     assert main(["train", "--epochs", "2", "--hidden", "16", "--no-progress", "--save", str(ckpt)]) == 0
     X, _ = xpnn.data.load_digits()
