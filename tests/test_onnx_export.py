@@ -114,7 +114,7 @@ def _pool_model():
                          nn.MaxPool2d(2, stride=1, dilation=2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
-LAYER_MODELS = {"dense": (_dense_model, (8,)), "conv": (_conv_model, (2, 13, 11)), "pool": (_pool_model, (2, 9, 10))}
+LAYER_MODELS = {"dense": (_dense_model, (8,)), "conv": (_conv_model, (2, 12, 11)), "pool": (_pool_model, (2, 9, 10))}
 
 
 @pytest.mark.parametrize("case", sorted(LAYER_MODELS))
