@@ -701,7 +701,7 @@ def _bench(argv: list[str]) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xpnn", description="xpnn: neural networks on NumPy (CPU) or CuPy (GPU).")
-    sub = parser.add_subparsers(dest="command", metavar="{train,predict,export,info,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,predict,info,bench}")
     t = sub.add_parser("train", help="train an MLP classifier (bundled digits by default)",
                        description="Train an MLP classifier and print the test accuracy. With no arguments: the "
                                    "bundled 8x8 digits, 64-128-10 ReLU network, Adam, on the default backend.")
