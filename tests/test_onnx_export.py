@@ -183,6 +183,24 @@ def test_other_opsets(opset, tmp_path):
     assert proto.opset_import[0].version == opset
 
 
+def test_a_model_on_array_api_strict_exports_the_same_graph(tmp_path):
+    # the generic path: parameters and the example input of another namespace (the list form of dynamic_axes, the
+    # output's batch axis named after the input's)
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    xps = pytest.importorskip("array_api_strict", reason="the strict namespace runs the generic path")
+    model = models.digits_cnn(backend=xps, seed=0)
+    x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    xonnx.export(model, xps.asarray(x), tmp_path / "m.onnx", dynamic_axes={"input": [0]})
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "input_dynamic_axes_1"
+    assert proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "input_dynamic_axes_1"
+    sess = _session(ort, tmp_path / "m.onnx")
+    model.eval()
+    for n in (3, 5):
+        xn = np.random.default_rng(n).standard_normal((n, 1, 8, 8)).astype(np.float32)
+        np.testing.assert_allclose(_run(sess, xn), np.asarray(model(xps.asarray(xn))), atol=1e-5)
+
+
 def test_static_by_default_like_torch(tmp_path):
     ort = pytest.importorskip("onnxruntime", reason=ORT)
     model = build_model([16, 8, 3], "tanh", seed=0)

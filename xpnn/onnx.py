@@ -53,7 +53,8 @@ class _Graph:
         self.nodes: list[Any] = []
         self.initializers: dict[str, np.ndarray] = {}
         self.meta: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
-        self.state_names: dict[int, str] = {}  # id of a parameter (its Tensor and array) or buffer -> state_dict key
+        self.state_names: dict[int, str] = {}  # id of a parameter's array or a buffer -> its state_dict key
+        self.outputs: list[str] = []  # the value names of the model's outputs
         self._count = 0
 
     def _fresh(self, stem: str) -> str:
@@ -214,7 +215,7 @@ def _lower(onnx: Any, opset: int, model: Any, inp: Tensor, outs: list[Tensor], i
             t = ref() if ref is not None else None
             if t is not None and i < len(results):
                 g.meta[results[i]] = (_np_dtype(t.data), tuple(t.shape))
-    g.outputs = [operand(o) for o in outs]  # type: ignore[attr-defined]
+    g.outputs = [operand(o) for o in outs]
     return g
 
 
@@ -333,7 +334,7 @@ def export(model: Any, example_input: Any, path: Union[str, "os.PathLike[str]"],
     helper = onnx.helper
     nodes = list(g.nodes)
     outputs = []
-    for k, (value, name) in enumerate(zip(g.outputs, out_names)):  # type: ignore[attr-defined]
+    for k, (value, name) in enumerate(zip(g.outputs, out_names)):
         nodes.append(helper.make_node("Identity", [value], [name], name=f"output_{k}"))
         outputs.append(helper.make_tensor_value_info(
             name, helper.np_dtype_to_tensor_dtype(_np_dtype(outs[k].data)), out_dims[k]))
