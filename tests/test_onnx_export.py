@@ -241,6 +241,23 @@ def test_expressions_with_constants_and_shape_ops(tmp_path):
     assert not any(n.op_type == "Mul" and "lin.weight" in n.input for n in proto.graph.node)
 
 
+def test_a_parameter_or_constant_used_twice_is_one_initializer(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    shift = np.arange(4, dtype=np.float32)
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4, seed=0)
+
+        def forward(self, x):
+            return self.lin((x - shift) * shift) + self.lin(x) * 2.0
+
+    proto = _export_and_compare(ort, Twice(), (4,), tmp_path)
+    names = [i.name for i in proto.graph.initializer]
+    assert names.count("lin.weight") == 1 and len(names) == 4  # weight, bias, shift, 2.0
+
+
 class _Cube(Op):
     name = "cube"
 

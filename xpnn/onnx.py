@@ -55,6 +55,7 @@ class _Graph:
         self.meta: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
         self.state_names: dict[int, str] = {}  # id of a parameter's array or a buffer -> its state_dict key
         self.outputs: list[str] = []  # the value names of the model's outputs
+        self._arrays: dict[int, tuple[Any, str]] = {}  # id of a constant array -> (the array, its initializer)
         self._count = 0
 
     def _fresh(self, stem: str) -> str:
@@ -82,11 +83,17 @@ class _Graph:
         arr = np.asarray(to_numpy(value) if hasattr(value, "__array_namespace__") else value)
         if dtype is not None and arr.dtype != np.dtype(dtype):
             arr, known = arr.astype(dtype), None
+        elif known is None and hasattr(value, "shape"):  # an array used by several ops: one initializer
+            seen = self._arrays.get(id(value))
+            if seen is not None and seen[0] is value:
+                return seen[1]
         if known is not None and known in self.initializers:
             return known
         name = known or self._fresh("const")
         self.initializers[name] = arr
         self.meta[name] = (arr.dtype, tuple(arr.shape))
+        if known is None and dtype is None and hasattr(value, "shape"):
+            self._arrays[id(value)] = (value, name)  # (keeps value alive: its id is not reused)
         return name
 
     def ints(self, values: Sequence[int]) -> str:
@@ -202,11 +209,9 @@ def _lower(onnx: Any, opset: int, model: Any, inp: Tensor, outs: list[Tensor], i
                 f"xpnn.onnx.export: op {op.name!r} ({op.__module__}.{op.__qualname__}) has no ONNX lowering; "
                 "declare an onnx(g, *inputs, **params) static method on it (see xpnn.autograd.Op.onnx)")
         args = [operand(a) for a in node.args]
-        for a, t in zip(node.args, node.inputs):  # record what is known of each input (dtype, example shape)
-            if t is not None:
-                name = operand(a)
-                if name not in g.meta:
-                    g.meta[name] = (_np_dtype(t.data), tuple(t.shape))
+        for name, t in zip(args, node.inputs):  # what is known of each input (dtype, example shape)
+            if t is not None and name not in g.meta:
+                g.meta[name] = (_np_dtype(t.data), tuple(t.shape))
         result = lowering(g, *args, **(node.params or {}))
         results = result if isinstance(result, tuple) else (result,)
         for i, name in enumerate(results):
@@ -224,7 +229,7 @@ def _np_dtype(arr: Any) -> np.dtype:
     return np.dtype(name.split(".")[-1])
 
 
-def _dynamic_map(dynamic_axes: Optional[DynamicAxes], names: Sequence[str], known: Sequence[str],
+def _dynamic_map(dynamic_axes: Optional[DynamicAxes], known: Sequence[str],
                  ndims: dict[str, int]) -> dict[str, dict[int, str]]:
     """``dynamic_axes`` (torch's forms: ``{name: [axis, ...]}`` or ``{name: {axis: "dim name"}}``) checked and
     normalised to ``{name: {axis: dim name}}``."""
@@ -303,7 +308,7 @@ def export(model: Any, example_input: Any, path: Union[str, "os.PathLike[str]"],
     if len(set(in_names + out_names)) != len(in_names) + len(out_names):
         raise ValueError(f"xpnn.onnx.export: input and output names must be distinct, got {in_names + out_names}")
     ndims = {in_names[0]: data.ndim, **{n: o.ndim for n, o in zip(out_names, outs)}}
-    dyn = _dynamic_map(dynamic_axes, in_names + out_names, in_names + out_names, ndims)
+    dyn = _dynamic_map(dynamic_axes, in_names + out_names, ndims)
 
     g = _lower(onnx, opset, model, inp, outs, in_names[0])
     out_dims: list[list[Any]] = [list(o.shape) for o in outs]
