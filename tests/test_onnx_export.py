@@ -241,6 +241,30 @@ def test_expressions_with_constants_and_shape_ops(tmp_path):
     assert not any(n.op_type == "Mul" and "lin.weight" in n.input for n in proto.graph.node)
 
 
+@pytest.mark.parametrize("key", [
+    (slice(None), slice(1, 3)), (slice(None), 0), (slice(None), None, slice(None, None, -1)), (Ellipsis, -1),
+    (slice(None), slice(-2, None), None, 1), (slice(None), slice(None, None, 2), Ellipsis, slice(3, 0, -2))],
+    ids=["slice", "int", "newaxis-reversed", "ellipsis-last", "mixed", "strided"])
+def test_basic_indexing(key, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+
+    class Pick(nn.Module):
+        def forward(self, x):
+            return x[key] * 2.0
+
+    proto = _export_and_compare(ort, Pick(), (4, 5), tmp_path, atol=0.0)
+    assert "Slice" in {n.op_type for n in proto.graph.node}
+
+
+def test_an_array_key_is_refused(tmp_path):
+    class Gather(nn.Module):
+        def forward(self, x):
+            return x[:, np.array([0, 2])]
+
+    with pytest.raises(NotImplementedError, match="op 'index' with an array or mask key"):
+        xonnx.export(Gather(), np.ones((2, 3), np.float32), tmp_path / "m.onnx")
+
+
 def test_a_parameter_or_constant_used_twice_is_one_initializer(tmp_path):
     ort = pytest.importorskip("onnxruntime", reason=ORT)
     shift = np.arange(4, dtype=np.float32)

@@ -163,6 +163,50 @@ class Index(Op):
         return IndexBackward.apply(g, key=ctx.key, shape=ctx.shape)
 
 
+    @staticmethod
+    def onnx(g: Any, x: str, *, key: Any) -> str:
+        """Basic keys (ints, slices, ``None``, ``...``): ``Slice`` (full slices left out, so a dynamic axis stays
+        free), ``Squeeze`` of the integer-indexed axes, ``Unsqueeze`` for ``None``. Array keys have no lowering."""
+        parts = key if isinstance(key, tuple) else (key,)
+        if not _is_basic(parts):
+            raise NotImplementedError("xpnn.onnx.export: op 'index' with an array or mask key has no ONNX lowering "
+                                      "(basic keys only: ints, slices, None, ...)")
+        ndim = len(g.shape(x))
+        if not any(k is Ellipsis for k in parts):
+            parts = parts + (Ellipsis,)
+        at = parts.index(Ellipsis)
+        fill = ndim - sum(k is not None for k in parts if k is not Ellipsis)
+        parts = parts[:at] + (slice(None),) * fill + parts[at + 1:]
+        big = np.iinfo(np.int64).max
+        slices: list[tuple[int, int, int, int]] = []  # (start, end, axis, step) of Slice
+        squeeze, unsqueeze = [], []
+        axis = out = 0
+        for k in parts:
+            if k is None:
+                unsqueeze.append(out)
+                out += 1
+                continue
+            if isinstance(k, int):
+                slices.append((k, k + 1 if k != -1 else big, axis, 1))
+                squeeze.append(axis)
+            else:
+                step = 1 if k.step is None else k.step
+                if (k.start, k.stop, step) != (None, None, 1):
+                    start = k.start if k.start is not None else (0 if step > 0 else big)
+                    stop = k.stop if k.stop is not None else (big if step > 0 else -big - 1)
+                    slices.append((start, stop, axis, step))
+                out += 1
+            axis += 1
+        y = x
+        if slices:
+            starts, ends, axes, steps = zip(*slices)
+            y = g.op("Slice", y, g.ints(starts), g.ints(ends), g.ints(axes), g.ints(steps))
+        if squeeze:
+            y = g.op("Squeeze", y, g.ints(squeeze))
+        if unsqueeze:
+            y = g.op("Unsqueeze", y, g.ints(unsqueeze))
+        return y if y is not x else g.op("Identity", x)
+
 class IndexBackward(Op):
     """Scatter-add of ``g`` (the gradient of ``x[key]``) into zeros of ``x``'s shape."""
 
