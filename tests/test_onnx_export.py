@@ -157,6 +157,20 @@ def test_reshape_to_a_fixed_batch_with_a_dynamic_axis_is_an_error(tmp_path):
     assert path.exists()
 
 
+def test_broadcast_to_a_batch_shape_exports_static_only(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+
+    class Spread(nn.Module):
+        def forward(self, x):
+            return x + F.broadcast_to(F.min(x, axis=1, keepdims=True), tuple(x.shape))
+
+    x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    with pytest.raises(ValueError, match="depends on the size of the dynamic axes"):
+        xonnx.export(Spread(), x, tmp_path / "m.onnx", dynamic_axes={"input": [0]})
+    xonnx.export(Spread(), x, tmp_path / "m.onnx")
+    np.testing.assert_allclose(_run(_session(ort, tmp_path / "m.onnx"), x), _xpnn_out(Spread(), x), atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float64"])
 def test_float16_and_float64_weights_export_and_run(dtype, tmp_path):
     ort = pytest.importorskip("onnxruntime", reason=ORT)
@@ -226,7 +240,7 @@ def test_expressions_with_constants_and_shape_ops(tmp_path):
         def forward(self, x):
             h = F.reshape(x, (x.shape[0], 2, 3))                     # leading axis kept: exported as 0
             h = F.permute_dims(h, (0, 2, 1)) * 0.5 + 1.0              # scalars become constants of h's dtype
-            h = F.reshape(h, (-1, 6))
+            h = F.reshape(h, (-1, 6)) + F.broadcast_to(F.sum(self.lin.bias), (6,))  # folded: a constant
             w2 = self.lin.weight * 2.0                                 # parameters only: folded to a constant
             h = F.matmul(F.exp(-F.abs(h)), w2) / F.sqrt(F.clip(h * h, min=0.1, max=4.0))
             h = F.concat([h, F.log(F.sigmoid(h))], axis=1) - F.mean(h, axis=1, keepdims=True)

@@ -85,6 +85,10 @@ class BroadcastTo(Op):
     def backward(ctx: Context, g: Any) -> Any:
         return sum_to(g, ctx.shape)
 
+    @staticmethod
+    def onnx(g: Any, x: str, *, shape: tuple[int, ...]) -> str:
+        return g.op("Expand", x, g.ints(shape))
+
 
 class SumTo(Op):
     """The adjoint of broadcasting: sum ``x`` over the axes that broadcasting to its shape added or stretched."""
