@@ -2,7 +2,7 @@
 
 The trace is the graph autograd records anyway: the model runs once in eval mode on a Tensor that requires grad,
 and the exporter walks the recorded ``Node``s back from the output (each names its ``Op`` class, its inputs and the
-call's arguments), so normal execution pays nothing for export. Every op on the path from the input to the output
+call's arguments: two references per recorded op, the only cost normal execution pays for export). Every op on the path from the input to the output
 is lowered by its declaration's ``onnx`` static method (next to its ``forward`` and ``backward`` in
 ``xpnn/functional``), which emits ONNX nodes through the small builder ``_Graph`` below; an op without one is refused
 by name. Values that do not depend on the input (parameters, buffers, anything computed from them alone) become
@@ -28,7 +28,7 @@ from .io import atomic_write
 
 __all__ = ["export", "DEFAULT_OPSET", "MIN_OPSET"]
 
-DEFAULT_OPSET = 17  # torch.onnx.export's default since PyTorch 2.1
+DEFAULT_OPSET = 17
 MIN_OPSET = 13  # Softmax over one axis, Squeeze/Unsqueeze/Split with axes as inputs
 
 DynamicAxes = Mapping[str, Union[Sequence[int], Mapping[int, str]]]
