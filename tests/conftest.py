@@ -1,6 +1,6 @@
 """Tests marked ``cuda`` need CuPy and a CUDA device: skipped (with the reason shown) when there is none, never
-skipped when there is one. Tests that compare with PyTorch or scikit-learn are marked ``reference`` (from their
-source) and counted at the end of the run, so a run says how many comparisons actually ran."""
+skipped when there is one. Tests that compare with PyTorch, scikit-learn or ONNX Runtime are marked ``reference``
+(from their source) and counted at the end of the run, so a run says how many comparisons actually ran."""
 from __future__ import annotations
 
 import inspect
@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-_REFERENCE = re.compile(r"""importorskip\(\s*["'](torch|sklearn)|^\s*(import|from) (torch|sklearn)\b""", re.M)
+_REFERENCE = re.compile(r"""importorskip\(\s*["'](torch|sklearn|onnxruntime)|^\s*(import|from) (torch|sklearn)\b""",
+                        re.M)
 _reference_outcomes: dict[str, str] = {}
 
 
@@ -55,5 +56,5 @@ def pytest_terminal_summary(terminalreporter):
     if _reference_outcomes:
         counts = {k: list(_reference_outcomes.values()).count(k) for k in ("passed", "skipped", "failed")}
         terminalreporter.write_line(
-            "reference comparisons (PyTorch / scikit-learn): {passed} passed, {skipped} skipped, {failed} failed"
-            .format(**counts))
+            "reference comparisons (PyTorch / scikit-learn / ONNX Runtime): {passed} passed, {skipped} skipped, "
+            "{failed} failed".format(**counts))

@@ -16,7 +16,7 @@ from .errors import (
     XpnnError,
 )
 from . import autograd, data, functional, init, nn, optim, train
-from . import amp, cuda, distributed, models  # xpnn.models.load_trained(...) etc. after a plain `import xpnn`
+from . import amp, cuda, distributed, models, onnx  # xpnn.models.load_trained(...) etc. after a plain `import xpnn`
 from . import functional as F
 from .io import load, save
 from .random import manual_seed
@@ -25,7 +25,7 @@ __all__ = [
     "Tensor", "tensor", "grad", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "autograd", "F",
     "__version__", "Backend", "get_backend", "set_backend", "use_backend", "set_debug",
     "kernels_enabled", "set_kernels_enabled", "use_kernels", "functional", "nn", "optim", "init", "data", "train",
-    "amp", "cuda", "distributed", "models",
+    "amp", "cuda", "distributed", "models", "onnx",
     "save", "load", "manual_seed",
     "XpnnError", "BackendUnavailableError", "ShapeError", "DTypeError", "NamespaceMismatchError",
     "NonFiniteError", "CheckpointError",

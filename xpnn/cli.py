@@ -1,5 +1,6 @@
 """The ``xpnn`` command: ``xpnn train`` (train an MLP or a CNN on digits or MNIST), ``xpnn predict`` (class labels from
-a ``xpnn train --save`` checkpoint), ``xpnn info``, ``xpnn bench``.
+a ``xpnn train --save`` checkpoint or a ``.safetensors`` file), ``xpnn export`` (such a checkpoint as ONNX /
+safetensors), ``xpnn info``, ``xpnn bench``.
 
 Every flag is checked by argparse before any work: a bad value, an unknown flag or a flag that does not apply to the
 chosen model or dataset is a usage error (exit status 2) that names the flag and shows the subcommand's usage.
@@ -19,7 +20,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .errors import CheckpointError, XpnnError
-from .models import ACTIVATIONS, load_trained, square_image_shape
+from .models import ACTIVATIONS, load_trained, model_backend, square_image_shape
 from .models import mlp as build_model
 
 __all__ = ["main", "build_model", "make_optimizer", "load_trained", "ACTIVATIONS", "OPTIMIZERS"]
@@ -390,6 +391,77 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preprocessed(model: Any, scaler: Any, config: dict[str, Any]) -> Any:
+    """``model`` behind what ``xpnn predict`` does to the rows first: the standardizer, then (cnn) rows to
+    (N, 1, side, side) images. The exported ONNX model then takes the rows predict takes."""
+    from . import functional as F
+    from . import nn
+
+    xp = model_backend(model).xp
+    dtype = getattr(xp, str(config["dtype"]))
+    mean, scale = xp.astype(scaler.mean_, dtype), xp.astype(scaler.scale_, dtype)
+    image = _image_shape(int(config["sizes"][0])) if config.get("model") == "cnn" else None
+
+    class Preprocessed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: Any) -> Any:
+            x = (x - mean) / scale
+            if image is not None:
+                x = F.reshape(x, (x.shape[0],) + image)
+            return self.model(x)
+
+    return Preprocessed()
+
+
+def _export(args: argparse.Namespace) -> int:
+    import json
+
+    from . import io
+
+    if not args.onnx and not args.safetensors:
+        raise ValueError("give --onnx PATH and/or --safetensors PATH (what to write)")
+    outputs = [(flag, os.path.expanduser(p)) for flag, p in (("--onnx", args.onnx), ("--safetensors", args.safetensors))
+               if p]
+    for flag, out in outputs:
+        folder = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{flag} {out}: folder {folder} does not exist")
+    path = os.path.expanduser(args.checkpoint)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file (write one with xpnn train --save {path})")
+    model, scaler, config = load_trained(path)
+    n_features = int(config["sizes"][0])
+    if args.onnx:
+        from . import onnx as xonnx
+
+        xp = model_backend(model).xp
+        net = _preprocessed(model, scaler, config) if scaler is not None else model
+        example = xp.zeros((2, n_features), dtype=getattr(xp, str(config["dtype"])))
+        if scaler is None and config.get("model") == "cnn":
+            example = _as_images(example)
+        xonnx.export(net, example, os.path.expanduser(args.onnx), input_names=["input"], output_names=["logits"],
+                     dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=args.opset)
+        print(f"wrote {args.onnx}: input 'input' (batch, {n_features}) {config['dtype']} rows in the units of the "
+              f"training data{' (standardized inside)' if scaler is not None else ''}, output 'logits' "
+              f"(batch, {config['sizes'][-1]})")
+    if args.safetensors:
+        meta = {"xpnn_model": str(config.get("model", "mlp")), "sizes": ",".join(str(int(v)) for v in config["sizes"]),
+                "activation": str(config.get("activation", "relu")), "dropout": repr(float(config.get("dropout", 0.0))),
+                "dtype": str(config["dtype"])}
+        if scaler is not None:
+            from .backend import to_numpy
+
+            meta["standardizer"] = json.dumps({k: np.asarray(to_numpy(v), dtype=np.float64).tolist()
+                                               for k, v in scaler.state_dict().items()})
+        io.save_safetensors(model.state_dict(), os.path.expanduser(args.safetensors), metadata=meta)
+        print(f"wrote {args.safetensors}: the model's state_dict (PyTorch's names) and the metadata xpnn predict "
+              f"needs (xpnn predict --checkpoint {args.safetensors} --input FILE)")
+    return 0
+
+
 def _read_rows(path: str, n_features: int) -> np.ndarray:
     """Rows of ``path`` (.npy: an array of rows, or of images flattened to rows; .csv: comma-separated numbers, an
     optional header line) as a 2-D float64 array of ``n_features`` columns."""
@@ -472,16 +544,16 @@ def _predict(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--checkpoint {path}: no such file (write one with xpnn train --save {path})")
     backend = _cli_backend(args.backend)
     try:
-        model, scaler, config = load_trained(path, backend)
-    except CheckpointError as exc:  # the message names the file and says what it is; name the flag instead
-        raise CheckpointError(re.sub(r"^xpnn\.(load|models\.load_trained): ", "--checkpoint ", str(exc))) from None
+        model, scaler, config = load_trained(path, backend, model=args.model, activation=args.activation)
+    except (CheckpointError, ValueError) as exc:  # the message names the file and what it is; name the flag instead
+        raise type(exc)(re.sub(r"^xpnn\.(load|models\.load_trained): ", "--checkpoint ", str(exc))) from None
     sizes = [int(v) for v in config["sizes"]]
     in_path = os.path.expanduser(args.input)
     X = _read_rows(in_path, sizes[0])
     _warn_if_out_of_range(X, config, in_path, path)
     xp = backend.xp
     Xb = xp.astype(backend.asarray(X), getattr(xp, str(config["dtype"])))
-    Xs = scaler.transform(Xb)
+    Xs = scaler.transform(Xb) if scaler is not None else Xb  # (a .safetensors file may hold no standardizer)
     if config.get("model") == "cnn":
         Xs = _as_images(Xs)
     logits = predict(model, Xs, batch_size=args.batch_size)  # predict returns logits
@@ -605,6 +677,23 @@ def _parser() -> argparse.ArgumentParser:
                     help="array backend (default: $XPNN_BACKEND or numpy)")
     pr.add_argument("--batch-size", type=_int_at_least(1), default=1024,
                     help="rows per forward pass, >= 1 (default: 1024)")
+    pr.add_argument("--model", default=None, choices=["mlp", "cnn"],
+                    help="for a .safetensors --checkpoint without xpnn metadata (e.g. saved from PyTorch): the "
+                         "model its weights belong to (default: from the file's metadata)")
+    pr.add_argument("--activation", default=None, choices=list(ACTIVATIONS),
+                    help="for a .safetensors --checkpoint without xpnn metadata: the MLP's activation (default: "
+                         "from the metadata, else relu)")
+    ex = sub.add_parser("export", help="write a checkpoint of xpnn train --save as ONNX and/or safetensors",
+                        description="Export a checkpoint written by `xpnn train --save`: --onnx writes an ONNX "
+                                    "model (input 'input': rows as xpnn predict takes them, standardized inside; "
+                                    "output 'logits'; dynamic batch axis), --safetensors the model's state_dict "
+                                    "with the metadata xpnn predict needs.")
+    ex.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint of xpnn train --save")
+    ex.add_argument("--onnx", metavar="PATH", default=None, help="write an ONNX model (needs the onnx package)")
+    ex.add_argument("--safetensors", metavar="PATH", default=None,
+                    help="write the weights as .safetensors (needs the safetensors package)")
+    ex.add_argument("--opset", type=_int_at_least(13), default=None,
+                    help="ONNX opset version (default: 17)")
     sub.add_parser("info", help="versions, backends, CUDA device and kernel status")
     sub.add_parser("bench", help="run the benchmarks (arguments are passed on; see xpnn bench --help)",
                    add_help=False)
@@ -632,7 +721,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 1
     try:
-        run = {"train": _train, "predict": _predict, "info": _info}[args.command]
+        run = {"train": _train, "predict": _predict, "export": _export, "info": _info}[args.command]
         code = run(args)
         sys.stdout.flush()  # a reader that left shows here (below), not as a traceback at exit
         return code

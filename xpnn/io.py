@@ -11,6 +11,11 @@ Writes are atomic: the archive goes to a temporary file in the target's folder, 
 ``os.replace``-d over the target, so a crash or an exception mid-write leaves the previous file untouched.
 Arrays from any backend (CuPy included) are saved through ``to_numpy``; ``load`` returns NumPy arrays
 (``model.load_state_dict`` moves them to the model's backend).
+
+``save_safetensors(state_dict, path)`` / ``load_safetensors(path)`` read and write a flat state dict in the
+safetensors format (Hugging Face's; ``pip install "xpnn[safetensors]"``), under the state dict's keys, which are
+PyTorch's: a file of ``safetensors.torch.save_file(torch_model.state_dict(), path)`` loads into the xpnn model of the
+same layout, and the other way round. Same atomic write.
 """
 from __future__ import annotations
 
@@ -20,16 +25,17 @@ import json
 import os
 import tempfile
 import zipfile
-from typing import Any, Optional, Union
+from typing import Any, BinaryIO, Callable, Optional, Union
 
 import array_api_compat
 import numpy as np
 
 from ._version import __version__
-from .backend import to_numpy
+from .backend import BackendLike, get_backend, to_numpy
 from .errors import CheckpointError
 
-__all__ = ["save", "load", "CheckpointError", "CheckpointNotFoundError", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save", "load", "save_safetensors", "load_safetensors", "CheckpointError", "CheckpointNotFoundError",
+           "FORMAT", "FORMAT_VERSION"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -131,6 +137,30 @@ def _write_npz(f: Any, arrays: dict[str, np.ndarray], compress: bool) -> None:
     (np.savez_compressed if compress else np.savez)(f, **arrays)
 
 
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None], where: str = "xpnn.save") -> None:
+    """Call ``write(f)`` on a temporary file in ``path``'s folder, flush and fsync it, then ``os.replace`` it over
+    ``path`` (keeping an existing file's permissions): a crash or an exception in ``write`` leaves ``path`` as it
+    was and no temporary file behind. ``where`` names the caller in the error for a missing folder."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{where}: folder {directory} does not exist")
+    mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else _default_mode()
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
 def save(obj: Any, path: PathLike, *, metadata: Optional[dict[str, Any]] = None, compress: bool = False) -> None:
     """Write ``obj`` (nested dicts/lists/tuples of arrays and Python scalars, e.g. ``model.state_dict()`` or
     ``{"model": ..., "optimizer": ...}``) to ``path`` atomically. ``metadata``: an optional dict of your own,
@@ -152,20 +182,7 @@ def save(obj: Any, path: PathLike, *, metadata: Optional[dict[str, Any]] = None,
     }
     arrays = dict(enc.arrays)
     arrays[META_KEY] = _encode_meta(meta)
-    mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else _default_mode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_npz(f, arrays, compress)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
+    atomic_write(path, lambda f: _write_npz(f, arrays, compress))
 
 
 # --- reading ---------------------------------------------------------------------------------------------------
@@ -327,3 +344,76 @@ def load(path: PathLike, *, with_metadata: bool = False) -> Any:
         "metadata": None if user is None else _decode(user, arrays, path),
     }
     return obj, info
+
+
+# --- safetensors -----------------------------------------------------------------------------------------------
+
+def _safetensors_numpy() -> Any:
+    try:
+        import safetensors.numpy
+    except ImportError:
+        raise ImportError('xpnn.io: reading and writing .safetensors files needs the safetensors package: '
+                          'pip install "xpnn[safetensors]"') from None
+    return safetensors.numpy
+
+
+def save_safetensors(state_dict: Any, path: PathLike, *, metadata: Optional[dict[str, str]] = None) -> None:
+    """Write ``state_dict`` (a flat mapping ``str -> array`` of any backend, e.g. ``model.state_dict()``) to
+    ``path`` in the safetensors format, atomically, each array under its key with its dtype and shape.
+    ``metadata``: ``str -> str`` pairs stored in the header (``load_safetensors(..., with_metadata=True)``).
+
+    Raises ``TypeError`` naming the entry that is not an array (a nested dict: save ``state["model"]``) or a
+    metadata pair that is not ``str -> str``; ``ImportError`` without the safetensors package."""
+    st = _safetensors_numpy()
+    path = os.fspath(path)
+    if not hasattr(state_dict, "items"):
+        raise TypeError(f"xpnn.save_safetensors: expected a mapping of name -> array, got {type(state_dict).__name__}")
+    tensors: dict[str, np.ndarray] = {}
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise TypeError(f"xpnn.save_safetensors: keys must be str, got {key!r}")
+        if isinstance(value, (np.ndarray, np.generic)):
+            arr = np.asarray(value)
+        elif array_api_compat.is_array_api_obj(value):
+            arr = np.asarray(to_numpy(value))
+        else:
+            raise TypeError(f"xpnn.save_safetensors: entry {key!r} is a {type(value).__name__}, not an array "
+                            "(safetensors holds a flat name -> array mapping; for a checkpoint dict pass its "
+                            "state_dict, or use xpnn.save)")
+        if arr.dtype.hasobject:
+            raise TypeError(f"xpnn.save_safetensors: entry {key!r} is an object array")
+        tensors[key] = arr if arr.flags.c_contiguous else arr.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
+    if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise TypeError(f"xpnn.save_safetensors: metadata must map str to str, got {metadata!r}")
+    payload = st.save(tensors, metadata=metadata)
+    atomic_write(path, lambda f: f.write(payload), where="xpnn.save_safetensors")
+
+
+def load_safetensors(path: PathLike, backend: BackendLike = None, *, with_metadata: bool = False) -> Any:
+    """Read a safetensors file (written by ``save_safetensors``, ``safetensors.torch.save_file`` or
+    ``safetensors.numpy.save_file``) as an ordered ``name -> array`` dict, for ``model.load_state_dict``.
+
+    Arrays are NumPy unless ``backend`` names another (``"cuda"``, ...). ``with_metadata=True`` returns
+    ``(state, metadata)`` with the header's ``str -> str`` metadata (``{}`` when there is none).
+    Raises ``CheckpointNotFoundError`` for a missing file and ``CheckpointError`` naming the file for a truncated or
+    corrupt one (safetensors keeps no checksum: a flipped bit inside the data is not detected);
+    ``ImportError`` without the safetensors package."""
+    _safetensors_numpy()
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointNotFoundError(f"xpnn.load_safetensors: no file {path}")
+    try:
+        with safe_open(path, framework="numpy") as f:
+            meta = dict(f.metadata() or {})
+            state = collections.OrderedDict((key, f.get_tensor(key)) for key in f.keys())
+    except Exception as exc:  # safetensors raises its own SafetensorError (and OSError, ValueError) for bad files
+        size = os.path.getsize(path)
+        raise CheckpointError(
+            f"xpnn.load_safetensors: {path} ({size} bytes) is truncated or not a safetensors file and cannot be "
+            f"read ({type(exc).__name__}: {exc})") from None
+    if backend is not None:
+        be = get_backend(backend)
+        state = collections.OrderedDict((k, be.asarray(v)) for k, v in state.items())
+    return (state, meta) if with_metadata else state

@@ -3,8 +3,9 @@ multi-layer perceptron of given widths), ``digits_cnn`` for 1x8x8 images, ``lene
 picks one by image size; ``load_trained`` rebuilds the model of an ``xpnn train --save`` checkpoint."""
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -13,7 +14,7 @@ from .backend import get_backend, namespace_of
 from .errors import CheckpointError
 from .random import generator
 
-__all__ = ["mlp", "digits_cnn", "lenet5", "cnn_for", "square_image_shape", "load_trained", "ACTIVATIONS"]
+__all__ = ["mlp", "digits_cnn", "lenet5", "cnn_for", "square_image_shape", "load_trained", "model_backend", "ACTIVATIONS"]
 
 # activation name (as ``xpnn train --activation`` takes it) -> class name in xpnn.nn
 ACTIVATIONS = {
@@ -102,8 +103,12 @@ def square_image_shape(n_features: int) -> tuple[int, int, int]:
     return 1, side, side
 
 
-def load_trained(path: io.PathLike, backend: Any = None) -> tuple[Any, Any, dict[str, Any]]:
-    """``(model, standardizer, config)`` rebuilt from a checkpoint written by ``xpnn train --save``.
+def load_trained(path: io.PathLike, backend: Any = None, *, model: Optional[str] = None,
+                 activation: Optional[str] = None) -> tuple[Any, Any, dict[str, Any]]:
+    """``(model, standardizer, config)`` rebuilt from a checkpoint written by ``xpnn train --save``, or from a
+    ``.safetensors`` file (``xpnn export --safetensors``, or a PyTorch model's ``safetensors.torch.save_file`` of the
+    same layout: ``model`` ("mlp" or "cnn") and ``activation`` then say what its metadata does not; its standardizer
+    is ``None`` when it holds none).
 
     The model (``mlp`` or ``cnn_for``, as trained) is in eval mode on ``backend`` and takes standardized rows:
     ``model(scaler.transform(X))`` for an MLP, with the rows reshaped to ``(N, 1, side, side)`` images for a CNN.
@@ -112,6 +117,8 @@ def load_trained(path: io.PathLike, backend: Any = None) -> tuple[Any, Any, dict
     checkpoint.
     """
     path = os.fspath(path)
+    if path.lower().endswith(".safetensors"):
+        return _load_safetensors_model(path, backend, model, activation)
     state = io.load(path)
     missing = [k for k in ("model", "standardizer", "config") if not isinstance(state, dict) or k not in state]
     if missing:
@@ -122,14 +129,100 @@ def load_trained(path: io.PathLike, backend: Any = None) -> tuple[Any, Any, dict
     try:
         sizes = [int(v) for v in config["sizes"]]
         if config.get("model") == "cnn":  # xpnn train --model cnn
-            model = cnn_for(square_image_shape(sizes[0]), sizes[-1], backend=backend, dtype=str(config["dtype"]))
+            net = cnn_for(square_image_shape(sizes[0]), sizes[-1], backend=backend, dtype=str(config["dtype"]))
         else:
-            model = mlp(sizes, str(config["activation"]), backend=backend, dtype=str(config["dtype"]),
-                        dropout=float(config.get("dropout", 0.0)))
+            net = mlp(sizes, str(config["activation"]), backend=backend, dtype=str(config["dtype"]),
+                      dropout=float(config.get("dropout", 0.0)))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"xpnn.models.load_trained: {path}: its config cannot rebuild the model "
                               f"({exc})") from None
-    model.load_state_dict(state["model"])
-    model.eval()
+    net.load_state_dict(state["model"])
+    net.eval()
     scaler = data.Standardizer().load_state_dict(state["standardizer"])
-    return model, scaler.to(get_backend(namespace_of(next(iter(model.parameters())).data))), config
+    return net, scaler.to(model_backend(net)), config
+
+
+def model_backend(model: Any) -> Any:
+    """The Backend holding the model's parameters."""
+    return get_backend(namespace_of(next(iter(model.parameters())).data))
+
+
+def _safetensors_config(path: str, state: dict[str, Any], meta: dict[str, str], model: Optional[str],
+                        activation: Optional[str]) -> dict[str, Any]:
+    """The config that rebuilds the model of a .safetensors file: from the metadata ``xpnn export`` writes, else
+    from the weights' shapes (PyTorch's layout of ``mlp``'s MLP, ``Sequential(Linear, act, Linear, ...)``,
+    or of ``xpnn.models``' CNNs) with ``model`` ("mlp" or "cnn") and ``activation`` (default relu)."""
+    if "xpnn_model" in meta:
+        try:
+            config = {"model": meta["xpnn_model"], "sizes": [int(v) for v in meta["sizes"].split(",")],
+                      "activation": meta.get("activation", "relu"), "dropout": float(meta.get("dropout", 0.0)),
+                      "dtype": meta["dtype"]}
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"xpnn.models.load_trained: {path}: "
+                                  f"damaged xpnn metadata ({type(exc).__name__}: {exc})") from None
+        if model is not None and model != config["model"]:
+            raise ValueError(f"--model {model}: {path} holds a {config['model']} model")
+        if activation is not None and activation != config["activation"]:
+            raise ValueError(f"--activation {activation}: {path} holds a model with {config['activation']}")
+        return config
+    if model is None:
+        raise ValueError(f"xpnn.models.load_trained: {path}: "
+                         f"the file has no xpnn metadata; say which model its weights belong "
+                         "to with --model mlp or --model cnn (and --activation for an MLP without ReLU)")
+    layers = sorted((int(k.split(".")[0]), v) for k, v in state.items()
+                    if k.endswith(".weight") and k.split(".")[0].isdigit() and v.ndim >= 2)
+    if not layers:
+        raise CheckpointError(f"xpnn.models.load_trained: {path}: "
+                              f"no Sequential layer weights ('0.weight', ...) in it; it holds "
+                              f"{sorted(state)[:6]}")
+    dtype = str(layers[0][1].dtype)
+    if model == "cnn":
+        first = layers[0][1]
+        linear = [w for _, w in layers if w.ndim == 2]
+        convs = [w for _, w in layers if w.ndim == 4]
+        if first.ndim != 4 or not linear or len(convs) != 2:
+            raise CheckpointError(f"xpnn.models.load_trained: {path}: its weights are not those of xpnn.models' CNNs "
+                                  "(two Conv2d then Linear layers)")
+        if first.shape[-1] == 5:  # lenet5: 28x28 images
+            side = 28
+        else:  # digits_cnn-like: conv3x3 c1, conv3x3 c2, maxpool2, Linear(c2 * (side/2)**2, ...)
+            side = 2 * int(round((linear[0].shape[1] / convs[1].shape[0]) ** 0.5))
+        sizes = [int(first.shape[1]) * side * side, int(linear[-1].shape[0])]
+        return {"model": "cnn", "sizes": sizes, "activation": "relu", "dropout": 0.0, "dtype": dtype}
+    if model != "mlp":
+        raise ValueError(f"--model {model}: expected mlp or cnn")
+    if any(w.ndim != 2 for _, w in layers):
+        raise CheckpointError(f"xpnn.models.load_trained: {path}: "
+                              f"--model mlp, but it holds weights of other than 2 dimensions "
+                              "(a CNN? then --model cnn)")
+    idx = [i for i, _ in layers]
+    step = idx[1] - idx[0] if len(idx) > 1 else 2
+    prelu = any(k.endswith(".weight") and v.ndim == 1 for k, v in state.items())
+    return {"model": "mlp", "sizes": [int(layers[0][1].shape[1])] + [int(w.shape[0]) for _, w in layers],
+            "activation": activation or ("prelu" if prelu else "relu"), "dropout": 0.5 if step == 3 else 0.0,
+            "dtype": dtype}
+
+
+def _load_safetensors_model(path: str, backend: Any, model: Optional[str],
+                            activation: Optional[str]) -> tuple[Any, Any, dict[str, Any]]:
+    """``load_trained`` for a .safetensors file (see ``_safetensors_config``)."""
+    state, meta = io.load_safetensors(path, with_metadata=True)
+    config = _safetensors_config(path, state, meta, model, activation)
+    sizes = config["sizes"]
+    if config["model"] == "cnn":
+        net = cnn_for(square_image_shape(sizes[0]), sizes[-1], backend=backend, dtype=config["dtype"])
+    else:
+        net = mlp(sizes, config["activation"], backend=backend, dtype=config["dtype"],
+                  dropout=config["dropout"])
+    net.load_state_dict(state)  # CheckpointError naming missing/unexpected keys or a shape mismatch
+    net.eval()
+    scaler = None
+    if "standardizer" in meta:
+        try:
+            stats = json.loads(meta["standardizer"])
+            scaler = data.Standardizer().load_state_dict(
+                {k: np.asarray(stats[k], dtype=np.float64) for k in ("mean", "scale")})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"xpnn.models.load_trained: {path}: damaged standardizer metadata ({exc})") from None
+        scaler = scaler.to(model_backend(net))
+    return net, scaler, config

@@ -21,15 +21,20 @@ __all__ = ["Node", "run_backward"]
 
 class Node:
     """One recorded op call: ``op`` (the ``Op`` subclass), ``ctx``, ``inputs`` (Tensors or ``None`` per positional
-    input) and weak references to its output Tensors (to hand them to a recorded backward)."""
+    input), weak references to its output Tensors (to hand them to a recorded backward), and the call's arguments as
+    given: ``args`` (positional: Tensors and constants) and ``params`` (keywords), which ``xpnn.onnx`` reads to lower
+    the graph (references to objects the call made anyway)."""
 
-    __slots__ = ("op", "ctx", "inputs", "outputs", "__weakref__")
+    __slots__ = ("op", "ctx", "inputs", "outputs", "args", "params", "__weakref__")
 
-    def __init__(self, op: Any, ctx: Context, inputs: tuple[Any, ...]) -> None:
+    def __init__(self, op: Any, ctx: Context, inputs: tuple[Any, ...], args: tuple[Any, ...] = (),
+                 params: Optional[dict[str, Any]] = None) -> None:
         self.op = op
         self.ctx = ctx
         self.inputs = inputs
         self.outputs: tuple[Any, ...] = ()
+        self.args = args
+        self.params = params
 
     def name(self) -> str:
         return self.op.name

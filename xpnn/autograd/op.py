@@ -148,6 +148,13 @@ class Op:
         """What ``backward`` needs from a call whose ``out`` a kernel computed in place of ``forward`` (ops with a
         ``kernel`` define it, and their ``forward`` calls it too, so the two paths save the same)."""
 
+    #: optional ONNX lowering, ``onnx(g, *inputs, **params)`` (a static method next to ``forward``): emits the op's
+    #: ONNX nodes through the builder ``g`` of ``xpnn.onnx`` (``g.op``, ``g.const``, ``g.ints``, ``g.reduce``,
+    #: ``g.dtype``, ``g.shape``, ``g.opset``) and returns the name of its output (a tuple for a tuple output).
+    #: ``inputs`` are the ONNX value names of the positional inputs (``None`` for ``None``; Python scalars stay
+    #: scalars), ``params`` the keyword arguments of the recorded call. ``xpnn.onnx.export`` refuses an op without it.
+    onnx: ClassVar[Optional[Callable[..., Any]]] = None
+
     #: optional ``check(*inputs, **params)``: validates the arguments (raising errors that name the op) before the
     #: forward, a kernel or an override runs; ops with a ``kernel`` define it (kernels assume valid arguments)
     check: ClassVar[Optional[Callable[..., Any]]] = None

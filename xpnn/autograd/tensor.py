@@ -649,7 +649,7 @@ def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> An
         if isinstance(out, tuple):
             return tuple(_make(o, None, 0, False) for o in out)
         return _make(out, None, 0, False)
-    node = Node(op, ctx, tuple(a if isinstance(a, Tensor) else None for a in args))
+    node = Node(op, ctx, tuple(a if isinstance(a, Tensor) else None for a in args), args, params)
     if isinstance(out, tuple):
         diff = op.differentiable_outputs
         ctx._xpnn_out_meta = tuple((tuple(o.shape), o.dtype) for o in out)  # zeros for an output the caller dropped

@@ -129,6 +129,10 @@ class Sigmoid(Op):
         (y,) = ctx.saved_tensors
         return sigmoid_backward(y, dy)
 
+    @staticmethod
+    def onnx(g: Any, x: str) -> str:
+        return g.in_float32("Sigmoid", x)
+
 
 class SigmoidBackward(_ActivationBackward):
     name = "sigmoid_backward"
@@ -164,6 +168,10 @@ class Tanh(Op):
     def backward(ctx: Context, dy: Any) -> Any:
         (y,) = ctx.saved_tensors
         return tanh_backward(y, dy)
+
+    @staticmethod
+    def onnx(g: Any, x: str) -> str:
+        return g.op("Tanh", x)
 
 
 class TanhBackward(_ActivationBackward):
@@ -203,6 +211,10 @@ class Relu(Op):
         (x,) = ctx.saved_tensors
         return relu_backward(x, dy)
 
+    @staticmethod
+    def onnx(g: Any, x: str) -> str:
+        return g.op("Relu", x)
+
 
 class ReluBackward(_ActivationBackward):
     name = "relu_backward"
@@ -235,6 +247,10 @@ class LeakyRelu(Op):
     def backward(ctx: Context, dy: Any) -> Any:
         (x,) = ctx.saved_tensors
         return leaky_relu_backward(x, dy, ctx.negative_slope)
+
+    @staticmethod
+    def onnx(g: Any, x: str, *, negative_slope: float) -> str:
+        return g.op("LeakyRelu", x, alpha=float(negative_slope))
 
 
 class LeakyReluBackward(_ActivationBackward):
@@ -272,6 +288,12 @@ class Elu(Op):
         if ctx.scale == 1.0:
             return elu_backward(x, dy, ctx.alpha)
         return selu_backward(x, dy)
+
+    @staticmethod
+    def onnx(g: Any, x: str, *, alpha: float, scale: float) -> str:
+        if scale == 1.0:
+            return g.op("Elu", x, alpha=float(alpha))
+        return g.op("Selu", x, alpha=float(alpha), gamma=float(scale))
 
 
 def _negative(ctx: Context, x: Any) -> Any:
@@ -357,6 +379,12 @@ class PRelu(Op):
         dw = reshape(_sum(dy * x * neg, axis=axes), tuple(weight.shape)) if ctx.needs_input_grad[1] else None
         return dx, dw
 
+    @staticmethod
+    def onnx(g: Any, x: str, weight: str) -> str:
+        """ONNX's PRelu broadcasts the slope from the right: (C,) becomes (C, 1, ...) for x (N, C, ...)."""
+        slope = g.op("Reshape", weight, g.ints(_channel_shape(g.shape(weight), len(g.shape(x)))))
+        return g.op("PRelu", x, slope)
+
 
 # --- Maxout ---------------------------------------------------------------------------------------------------
 class Maxout(Op):
@@ -377,6 +405,11 @@ class Maxout(Op):
     @staticmethod
     def backward(ctx: Context, dy: Any, didx: Any = None) -> Any:
         return maxout_backward(ctx.idx, dy, ctx.pieces)
+
+    @staticmethod
+    def onnx(g: Any, z: str, *, pieces: int) -> tuple[str, str]:
+        z3 = g.op("Reshape", z, g.ints((0, -1, pieces)))
+        return g.reduce("ReduceMax", z3, (-1,), keepdims=False), g.op("ArgMax", z3, axis=-1, keepdims=0)
 
 
 def _winner(xp: Any, idx: Any, pieces: int, dtype: Any) -> Any:

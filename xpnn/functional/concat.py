@@ -43,6 +43,10 @@ class Concat(Op):
             start += n
         return tuple(grads)
 
+    @staticmethod
+    def onnx(g: Any, *xs: str, axis: int = 0) -> str:
+        return g.op("Concat", *xs, axis=axis)
+
 
 def concat(tensors: Sequence[Any], axis: Optional[int] = None, *, dim: Optional[int] = None) -> Any:
     """Join arrays or Tensors of one backend along the existing ``axis`` (default 0; ``torch.cat``, whose ``dim=``

@@ -234,6 +234,14 @@ class Conv2d(Op):
                                      need_bias_grad=ctx.has_bias and len(need) > 2 and need[2])
         return dx, (dw if need[1] else None), db
 
+    @staticmethod
+    def onnx(g: Any, x: str, weight: str, bias: Optional[str] = None, *, stride: IntPair = 1,
+             padding: Union[IntPair, str] = 0, dilation: IntPair = 1, groups: int = 1, **_: Any) -> str:
+        """``Conv`` with explicit pads (``"same"``: the odd pixel at the bottom/right, as the geometry says)."""
+        geo = conv2d_geometry(g.shape(x), g.shape(weight), stride, padding, dilation, groups)
+        return g.op("Conv", x, weight, bias, kernel_shape=[geo.kh, geo.kw], strides=[geo.sh, geo.sw],
+                    dilations=[geo.dh, geo.dw], pads=[geo.pt, geo.pl, geo.pb, geo.pr], group=groups)
+
 
 def conv2d(x: Any, weight: Any, bias: Optional[Any] = None, stride: IntPair = 1,
            padding: Union[IntPair, str] = 0, dilation: IntPair = 1, groups: int = 1) -> Any:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+import numpy as np
+
 from ..autograd import op as _op
 from ..autograd.op import Context, Op
 from ..backend import namespace_of, resolve_dtype
@@ -37,8 +39,26 @@ def _reduce_to(g: Any, shape: Optional[tuple[int, ...]]) -> Any:
     return None if shape is None else sum_to(g, shape)
 
 
+def _onnx_binary(op_type: str) -> Any:
+    """The ONNX lowering of a binary op: ``op_type(a, b)``, a Python scalar operand as a constant of the other's
+    dtype (as NumPy's scalar promotion keeps the array's dtype)."""
+    def onnx(g: Any, a: Any, b: Any) -> str:
+        if not isinstance(a, str):
+            a = g.const(a, dtype=b)
+        if not isinstance(b, str):
+            b = g.const(b, dtype=a)
+        return g.op(op_type, a, b)
+    return staticmethod(onnx)
+
+
+def _onnx_unary(op_type: str) -> Any:
+    """The ONNX lowering of a unary op: ``op_type(a)``."""
+    return staticmethod(lambda g, a: g.op(op_type, a))
+
+
 class Add(Op):
     name = "add"
+    onnx = _onnx_binary("Add")
 
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:
@@ -55,6 +75,7 @@ class Add(Op):
 
 class Sub(Op):
     name = "sub"
+    onnx = _onnx_binary("Sub")
 
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:
@@ -71,6 +92,7 @@ class Sub(Op):
 
 class Mul(Op):
     name = "mul"
+    onnx = _onnx_binary("Mul")
 
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:
@@ -87,6 +109,7 @@ class Mul(Op):
 
 class Div(Op):
     name = "div"
+    onnx = _onnx_binary("Div")
 
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:
@@ -106,6 +129,7 @@ class Div(Op):
 
 class Pow(Op):
     name = "pow"
+    onnx = _onnx_binary("Pow")
 
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:
@@ -141,6 +165,7 @@ class Pow(Op):
 
 class Neg(Op):
     name = "neg"
+    onnx = _onnx_unary("Neg")
 
     @staticmethod
     def forward(ctx: Context, a: Any) -> Any:
@@ -153,6 +178,7 @@ class Neg(Op):
 
 class Exp(Op):
     name = "exp"
+    onnx = _onnx_unary("Exp")
 
     @staticmethod
     def forward(ctx: Context, a: Any) -> Any:
@@ -168,6 +194,7 @@ class Exp(Op):
 
 class Log(Op):
     name = "log"
+    onnx = _onnx_unary("Log")
 
     @staticmethod
     def forward(ctx: Context, a: Any) -> Any:
@@ -182,6 +209,7 @@ class Log(Op):
 
 class Sqrt(Op):
     name = "sqrt"
+    onnx = _onnx_unary("Sqrt")
 
     @staticmethod
     def forward(ctx: Context, a: Any) -> Any:
@@ -197,6 +225,7 @@ class Sqrt(Op):
 
 class Abs(Op):
     name = "abs"
+    onnx = _onnx_unary("Abs")
 
     @staticmethod
     def forward(ctx: Context, a: Any) -> Any:
@@ -228,6 +257,12 @@ class Clip(Op):
         return xp.asarray(out, copy=True) if out is a else out
 
     @staticmethod
+    def onnx(g: Any, a: str, *, min: Any = None, max: Any = None) -> str:  # noqa: A002
+        out = a if min is None else g.op("Max", a, g.const(min, dtype=a))
+        out = out if max is None else g.op("Min", out, g.const(max, dtype=a))
+        return g.op("Identity", out) if out is a else out
+
+    @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
         return g if ctx.keep is None else g * ctx.keep
 
@@ -242,12 +277,17 @@ class AsType(Op):
         return xp.astype(a, resolve_dtype(xp, dtype))
 
     @staticmethod
+    def onnx(g: Any, a: str, *, dtype: Any) -> str:
+        return g.cast(a, resolve_dtype(np, dtype))
+
+    @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
         return astype(g, ctx.dtype)
 
 
 class Matmul(Op):
     name = "matmul"
+    onnx = _onnx_binary("MatMul")
 
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:

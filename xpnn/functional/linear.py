@@ -72,6 +72,14 @@ class Linear(Op):
             db = dy2.sum(axis=0) if type(dy2) is np.ndarray else _sum(dy2, axis=0)
         return dx, dw, db
 
+    @staticmethod
+    def onnx(g: Any, x: str, weight: str, bias: Optional[str] = None) -> str:
+        """``Gemm`` (transB) for x (N, in); ``MatMul`` with the transposed weight plus ``Add`` for x (..., in)."""
+        if len(g.shape(x)) == 2:
+            return g.op("Gemm", x, weight, bias, transB=1)
+        y = g.op("MatMul", x, g.op("Transpose", weight, perm=[1, 0]))
+        return y if bias is None else g.op("Add", y, bias)
+
 
 def linear(x: Any, weight: Any, bias: Any = None) -> Any:
     """``y = x @ weight.T + bias`` with PyTorch's layout: x (N, in), weight (out, in), bias (out,) -> y (N, out).

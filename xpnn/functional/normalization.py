@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
+
 from ..autograd import op as _op
 from ..autograd.op import Context, Op
 from ..backend import namespace_of
@@ -117,6 +119,33 @@ class BatchNorm(Op):
             else:
                 dx = dy * scale
         return dx, (dweight if len(need) > 1 and need[1] else None), (dbias if len(need) > 2 and need[2] else None)
+
+    @staticmethod
+    def onnx(g: Any, x: str, weight: Optional[str] = None, bias: Optional[str] = None, *,
+             running_mean: Any = None, running_var: Any = None, training: bool = True,
+             eps: float = 1e-5, **_: Any) -> str:
+        """Running statistics: ``BatchNormalization`` (ones/zeros for a missing weight/bias). Batch statistics
+        (``track_running_stats=False``): the mean and biased variance over (N, ...) as nodes, in float32 for float16
+        input (as ``_stats``); the running statistics are not updated (an exported model is for inference)."""
+        shape = g.shape(x)
+        c = shape[1]
+        dt = g.dtype(x)
+        if weight is None:
+            weight = g.const(np.ones(c), dtype=dt)
+        if bias is None:
+            bias = g.const(np.zeros(c), dtype=dt)
+        if not training:
+            return g.op("BatchNormalization", x, weight, bias, g.const(running_mean), g.const(running_var),
+                        epsilon=float(eps))
+        axes, bshape, _ = _layout(tuple(shape))
+        xf = g.cast(x, np.float32) if dt == np.float16 else x
+        xc = g.op("Sub", xf, g.reduce("ReduceMean", xf, axes))
+        var = g.reduce("ReduceMean", g.op("Mul", xc, xc), axes)
+        xhat = g.op("Div", xc, g.op("Sqrt", g.op("Add", var, g.const(eps, dtype=g.dtype(xf)))))
+        if dt == np.float16:
+            xhat = g.cast(xhat, dt)
+        scale = g.op("Reshape", weight, g.ints(bshape))
+        return g.op("Add", g.op("Mul", xhat, scale), g.op("Reshape", bias, g.ints(bshape)))
 
 
 def _update_running(xp: Any, rm: Any, rv: Any, mean: Any, var: Any, n: int, momentum: Optional[float],

@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Sequence, Union
 
+import numpy as np
+
 from .. import _dispatch
 from ..autograd.op import Context, Op
 from ..backend import namespace_of
@@ -132,6 +134,15 @@ class MaxPool2d(Op):
         no_higher_order(ctx, "max_pool2d")
         return max_pool2d_backward(ctx.argmax, dy, *ctx.args)
 
+    @staticmethod
+    def onnx(g: Any, x: str, *, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
+             dilation: IntPair = 1, ceil_mode: bool = False) -> str:
+        """``MaxPool`` with the geometry's pads, which already hold the extra bottom/right of ``ceil_mode`` (so
+        the floor rule gives PyTorch's output size, a last window starting in the padding included)."""
+        geo = pool2d_geometry(g.shape(x), kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
+        return g.op("MaxPool", x, kernel_shape=[geo.kh, geo.kw], strides=[geo.sh, geo.sw],
+                    dilations=[geo.dh, geo.dw], pads=[geo.pt, geo.pl, geo.pb, geo.pr])
+
 
 def max_pool2d(x: Any, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
                dilation: IntPair = 1, ceil_mode: bool = False) -> Any:
@@ -197,6 +208,21 @@ class AvgPool2d(Op):
     def backward(ctx: Context, dy: Any) -> Any:
         no_higher_order(ctx, "avg_pool2d")
         return avg_pool2d_backward(dy, ctx.shape, **ctx.params)
+
+    @staticmethod
+    def onnx(g: Any, x: str, **params: Any) -> str:
+        """Zero ``Pad``, ``AveragePool`` (the window sum / kH*kW), then a ``Mul`` by kH*kW / PyTorch's divisor
+        (``_avg_divisor``) where the two differ (padding left out of the count, ceil_mode's partial windows)."""
+        geo = _avg_geometry(g.shape(x), params.get("kernel_size"), params.get("stride"), params.get("padding", 0),
+                            params.get("ceil_mode", False), "avg_pool2d")
+        padded = x
+        if any((geo.pt, geo.pl, geo.pb, geo.pr)):
+            padded = g.op("Pad", x, g.ints([0, 0, geo.pt, geo.pl, 0, 0, geo.pb, geo.pr]), mode="constant")
+        y = g.op("AveragePool", padded, kernel_shape=[geo.kh, geo.kw], strides=[geo.sh, geo.sw])
+        divisor = _avg_divisor(np, geo, params.get("count_include_pad", True), np.float64)
+        if (divisor == geo.kh * geo.kw).all():
+            return y
+        return g.op("Mul", y, g.const(geo.kh * geo.kw / divisor, dtype=x))
 
 
 def avg_pool2d(x: Any, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
@@ -271,6 +297,17 @@ class AdaptiveAvgPool2d(Op):
     def backward(ctx: Context, dy: Any) -> Any:
         no_higher_order(ctx, "adaptive_avg_pool2d")
         return adaptive_avg_pool2d_backward(dy, ctx.shape, ctx.output_size)
+
+    @staticmethod
+    def onnx(g: Any, x: str, *, output_size: Union[int, None, Sequence[Optional[int]]]) -> str:
+        """``A_h @ x @ A_w.T`` with the averaging matrices as constants (exact for every output size)."""
+        shape = g.shape(x)
+        oh, ow = adaptive_output_size(shape, output_size)
+        if (oh, ow) == (1, 1):
+            return g.op("GlobalAveragePool", x)
+        ah = _adaptive_matrix(np, oh, int(shape[2]), np.float64)
+        aw = _adaptive_matrix(np, ow, int(shape[3]), np.float64)
+        return g.op("MatMul", g.op("MatMul", g.const(ah, dtype=x), x), g.const(aw.T, dtype=x))
 
 
 def adaptive_avg_pool2d(x: Any, output_size: Union[int, None, Sequence[Optional[int]]]) -> Any:

@@ -53,10 +53,16 @@ def _reduced_size(shape: tuple[int, ...], axes: tuple[int, ...]) -> int:
     for a in axes:
         n *= shape[a]
     return n
+def _onnx_reduce(op_type: str) -> Any:
+    """The ONNX lowering of a reduction over ``axis`` (``None``: all axes)."""
+    def onnx(g: Any, x: str, *, axis: Axis = None, keepdims: bool = False) -> str:
+        return g.reduce(op_type, x, _axes(axis, len(g.shape(x)), op_type), keepdims=keepdims)
+    return staticmethod(onnx)
 
 
 class Sum(Op):
     name = "sum"
+    onnx = _onnx_reduce("ReduceSum")
 
     @staticmethod
     def forward(ctx: Context, x: Any, *, axis: Axis = None, keepdims: bool = False) -> Any:
@@ -73,6 +79,7 @@ class Sum(Op):
 
 class Mean(Op):
     name = "mean"
+    onnx = _onnx_reduce("ReduceMean")
 
     @staticmethod
     def forward(ctx: Context, x: Any, *, axis: Axis = None, keepdims: bool = False) -> Any:
@@ -120,6 +127,7 @@ class _Extremum(Op):
 
 class Max(_Extremum):
     name = "max"
+    onnx = _onnx_reduce("ReduceMax")
 
     @classmethod
     def _reduce(cls, xp: Any, x: Any, axis: Any, keepdims: bool) -> Any:
@@ -128,6 +136,7 @@ class Max(_Extremum):
 
 class Min(_Extremum):
     name = "min"
+    onnx = _onnx_reduce("ReduceMin")
 
     @classmethod
     def _reduce(cls, xp: Any, x: Any, axis: Any, keepdims: bool) -> Any:

@@ -33,6 +33,22 @@ class Reshape(Op):
     def backward(ctx: Context, g: Any) -> Any:
         return reshape(g, ctx.shape)
 
+    @staticmethod
+    def onnx(g: Any, x: str, *, shape: tuple[int, ...]) -> str:
+        """``Reshape`` written to hold for other sizes of the leading axes it keeps (a dynamic batch): the leading
+        dims equal to the input's are 0 ("copy"), and a single dim after them is -1 (``Flatten``)."""
+        in_shape = g.shape(x)
+        size = int(np.prod(in_shape))
+        known = int(np.prod([d for d in shape if d != -1]))
+        target = [size // known if d == -1 and known else int(d) for d in shape]
+        k = 0
+        while k < min(len(target), len(in_shape)) and target[k] == in_shape[k]:
+            k += 1
+        dims = [0] * k + target[k:]
+        if len(target) - k == 1:
+            dims[k] = -1
+        return g.op("Reshape", x, g.ints(dims))
+
 
 class PermuteDims(Op):
     name = "permute_dims"
@@ -50,6 +66,11 @@ class PermuteDims(Op):
     def backward(ctx: Context, g: Any) -> Any:
         return permute_dims(g, ctx.inverse)
 
+    @staticmethod
+    def onnx(g: Any, x: str, *, axes: tuple[int, ...]) -> str:
+        nd = len(g.shape(x))
+        return g.op("Transpose", x, perm=[a % nd for a in axes])
+
 
 class BroadcastTo(Op):
     name = "broadcast_to"
@@ -63,6 +84,10 @@ class BroadcastTo(Op):
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
         return sum_to(g, ctx.shape)
+
+    @staticmethod
+    def onnx(g: Any, x: str, *, shape: tuple[int, ...]) -> str:
+        return g.op("Expand", x, g.ints(shape))
 
 
 class SumTo(Op):
@@ -141,6 +166,50 @@ class Index(Op):
     def backward(ctx: Context, g: Any) -> Any:
         return IndexBackward.apply(g, key=ctx.key, shape=ctx.shape)
 
+
+    @staticmethod
+    def onnx(g: Any, x: str, *, key: Any) -> str:
+        """Basic keys (ints, slices, ``None``, ``...``): ``Slice`` (full slices left out, so a dynamic axis stays
+        free), ``Squeeze`` of the integer-indexed axes, ``Unsqueeze`` for ``None``. Array keys have no lowering."""
+        parts = key if isinstance(key, tuple) else (key,)
+        if not _is_basic(parts):
+            raise NotImplementedError("xpnn.onnx.export: op 'index' with an array or mask key has no ONNX lowering "
+                                      "(basic keys only: ints, slices, None, ...)")
+        ndim = len(g.shape(x))
+        if not any(k is Ellipsis for k in parts):
+            parts = parts + (Ellipsis,)
+        at = parts.index(Ellipsis)
+        fill = ndim - sum(k is not None for k in parts if k is not Ellipsis)
+        parts = parts[:at] + (slice(None),) * fill + parts[at + 1:]
+        big = np.iinfo(np.int64).max
+        slices: list[tuple[int, int, int, int]] = []  # (start, end, axis, step) of Slice
+        squeeze, unsqueeze = [], []
+        axis = out = 0
+        for k in parts:
+            if k is None:
+                unsqueeze.append(out)
+                out += 1
+                continue
+            if isinstance(k, int):
+                slices.append((k, k + 1 if k != -1 else big, axis, 1))
+                squeeze.append(axis)
+            else:
+                step = 1 if k.step is None else k.step
+                if (k.start, k.stop, step) != (None, None, 1):
+                    start = k.start if k.start is not None else (0 if step > 0 else big)
+                    stop = k.stop if k.stop is not None else (big if step > 0 else -big - 1)
+                    slices.append((start, stop, axis, step))
+                out += 1
+            axis += 1
+        y = x
+        if slices:
+            starts, ends, axes, steps = zip(*slices)
+            y = g.op("Slice", y, g.ints(starts), g.ints(ends), g.ints(axes), g.ints(steps))
+        if squeeze:
+            y = g.op("Squeeze", y, g.ints(squeeze))
+        if unsqueeze:
+            y = g.op("Unsqueeze", y, g.ints(unsqueeze))
+        return y if y is not x else g.op("Identity", x)
 
 class IndexBackward(Op):
     """Scatter-add of ``g`` (the gradient of ``x[key]``) into zeros of ``x``'s shape."""

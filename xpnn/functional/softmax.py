@@ -96,6 +96,12 @@ class LogSumExp(Op):
             g, out = reshape(g, tuple(shape)), reshape(out, tuple(shape))
         return g * exp(x - out)  # g * softmax(x)
 
+    @staticmethod
+    def onnx(g: Any, x: str, *, axis: int = -1, keepdims: bool = False) -> str:
+        xf = g.cast(x, "float32") if g.dtype(x) == "float16" else x
+        out = g.reduce("ReduceLogSumExp", xf, (axis,), keepdims=keepdims)
+        return out if xf is x else g.cast(out, "float16")
+
 
 class Softmax(Op):
     name = "softmax"
@@ -128,6 +134,10 @@ class Softmax(Op):
         (y,) = ctx.saved_tensors
         return softmax_backward(y, g, ctx.axis)
 
+    @staticmethod
+    def onnx(g: Any, x: str, *, axis: int = -1) -> str:
+        return g.in_float32("Softmax", x, axis=axis)
+
 
 class LogSoftmax(Op):
     name = "log_softmax"
@@ -153,6 +163,10 @@ class LogSoftmax(Op):
     def save(ctx: Context, out: Any, x: Any, *, axis: int = -1) -> None:
         ctx.save_for_backward(out)
         ctx.axis = axis
+
+    @staticmethod
+    def onnx(g: Any, x: str, *, axis: int = -1) -> str:
+        return g.in_float32("LogSoftmax", x, axis=axis)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:

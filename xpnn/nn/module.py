@@ -102,6 +102,13 @@ class _ExplicitModuleCall(Op):
         dx = call_backward(ctx.module, dy, need[0])
         return (dx,) + (None,) * (len(need) - 1)
 
+    @staticmethod
+    def onnx(g: Any, x: Any, *rest: Any, module: "Module", kwargs: dict) -> Any:
+        raise NotImplementedError(
+            f"xpnn.onnx.export: {module._where()} has a hand-written backward, so its forward is array code that "
+            "the recorded graph cannot see into (op 'module'); write its forward with xpnn.functional ops (and drop "
+            "its backward) to export it")
+
 
 def _count_forward(module: "Module") -> int:
     """Count a forward of a module with a hand-written backward (which keeps its last call's values on itself)."""

@@ -1,0 +1,432 @@
+"""`xpnn.onnx.export`: the exported graph, run by ONNX Runtime, gives xpnn's outputs (MLP and LeNet-5 at two batch
+sizes through one file with a dynamic batch axis; every layer of xpnn.nn; float16, float64; opsets 13 and 18);
+static shapes unless asked; ops without a lowering, graphs tied to a dynamic size and bad arguments are errors that
+name the cause and write nothing; `xpnn export CHECKPOINT --onnx` gives predict's labels."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import xpnn
+import xpnn.functional as F
+from xpnn import models, nn
+from xpnn.autograd import Op
+from xpnn.cli import build_model, main
+
+onnx = pytest.importorskip("onnx", reason="xpnn.onnx.export writes models with the onnx package (xpnn[onnx])")
+import xpnn.onnx as xonnx  # noqa: E402
+
+
+ORT = "ONNX Runtime is the reference that runs the exported models (xpnn[reference])"
+
+
+def _session(ort, path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _run(sess, x):
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def _xpnn_out(model, x):
+    model.eval()
+    with xpnn.no_grad():
+        return np.asarray(model(xpnn.tensor(x)).data)
+
+
+def _export_and_compare(ort, model, shape, tmp_path, *, dtype=np.float32, batches=(3, 7), atol=1e-5, rtol=0.0,
+                        **kw):
+    """Export with a dynamic batch axis from an example of batch ``batches[0]``; compare ORT with xpnn at each
+    batch size on fresh random inputs; return the loaded ONNX model."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "model.onnx"
+    example = rng.standard_normal((batches[0],) + shape).astype(dtype)
+    xonnx.export(model, example, path, dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, **kw)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    sess = _session(ort, path)
+    for n in batches:
+        x = rng.standard_normal((n,) + shape).astype(dtype)
+        got = _run(sess, x)
+        want = _xpnn_out(model, x)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), atol=atol, rtol=rtol)
+    return proto
+
+
+def test_mlp_matches_onnxruntime_at_two_batch_sizes(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    model = build_model([64, 128, 64, 10], "relu", seed=0)
+    proto = _export_and_compare(ort, model, (64,), tmp_path)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and dims[1].dim_value == 64
+    assert proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    # parameters are initializers under their state_dict names; the input is the only graph input
+    assert {i.name for i in proto.graph.initializer} == set(model.state_dict())
+    assert [i.name for i in proto.graph.input] == ["input"]
+
+
+def test_lenet5_matches_onnxruntime_at_two_batch_sizes(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    _export_and_compare(ort, models.lenet5(seed=1), (1, 28, 28), tmp_path, batches=(2, 5))
+
+
+def test_digits_cnn_matches_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    _export_and_compare(ort, models.digits_cnn(seed=2), (1, 8, 8), tmp_path)
+
+
+def _with_stats(bn, seed):
+    """A BatchNorm with running statistics that are not the identity (as after training)."""
+    rng = np.random.default_rng(seed)
+    bn.running_mean[...] = rng.standard_normal(bn.num_features)
+    bn.running_var[...] = rng.uniform(0.5, 2.0, bn.num_features)
+    with xpnn.no_grad():
+        bn.weight.data[...] = rng.uniform(0.5, 1.5, bn.num_features)
+        bn.bias.data[...] = rng.standard_normal(bn.num_features)
+    return bn
+
+
+def _dense_model():
+    return nn.Sequential(
+        nn.Linear(8, 16, seed=0), _with_stats(nn.BatchNorm1d(16), 1), nn.Sigmoid(), nn.Dropout(0.3, seed=0),
+        nn.Linear(16, 16, seed=1), nn.Tanh(), nn.LeakyReLU(0.1), nn.ELU(0.7), nn.SELU(), nn.PReLU(16, init=0.2),
+        nn.Residual(nn.Sequential(nn.Linear(16, 16, seed=2), nn.ReLU())),
+        nn.DropConnect(16, 12, p=0.3, seed=3), nn.Maxout(12, 6, pieces=3, seed=4), nn.PReLU(),
+        nn.BatchNorm1d(6, affine=False, track_running_stats=False), nn.Softmax(axis=1))
+
+
+def _conv_model():
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding="same", seed=0), _with_stats(nn.BatchNorm2d(4), 2), nn.PReLU(4),
+        nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+        nn.Conv2d(4, 6, 2, dilation=2, groups=2, padding=1, seed=1),
+        nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+        nn.AdaptiveAvgPool2d((3, 2)), nn.BatchNorm2d(6, track_running_stats=False), nn.Flatten(),
+        nn.Linear(36, 5, seed=2))
+
+
+class _Stack(nn.Module):
+    """Layers held in a ModuleList, run in turn (the usual use of a ModuleList)."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def _pool_model():
+    return nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1, seed=0), nn.AvgPool2d(2, padding=1),
+                         _Stack(nn.MaxPool2d(2, stride=1, dilation=2), nn.Identity()), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.LogSoftmax(axis=1))
+
+
+LAYER_MODELS = {"dense": (_dense_model, (8,)), "conv": (_conv_model, (2, 12, 11)), "pool": (_pool_model, (2, 9, 10))}
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_MODELS))
+def test_layers_match_onnxruntime(case, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    make, shape = LAYER_MODELS[case]
+    _export_and_compare(ort, make(), shape, tmp_path)
+
+
+def test_export_traces_in_eval_mode_and_gives_the_mode_back(tmp_path):
+    model = _dense_model()
+    model.train()  # Dropout, DropConnect: identity in eval; BatchNorm: the running statistics
+    stats = model[1].running_mean.copy()
+    xonnx.export(model, np.ones((4, 8), np.float32), tmp_path / "m.onnx")
+    assert model.training and all(m.training for _, m in model.named_modules())
+    np.testing.assert_array_equal(model[1].running_mean, stats)  # not updated by the trace
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert "Dropout" not in ops and "BatchNormalization" in ops
+
+
+def test_every_nn_layer_is_covered():
+    layers = {name for name in nn.__all__ if isinstance(getattr(nn, name), type)
+              and issubclass(getattr(nn, name), nn.Module) and not name.endswith("Loss") and name != "Module"}
+    covered = set()
+    for make, _ in LAYER_MODELS.values():
+        covered |= {type(m).__name__ for _, m in make().named_modules()}
+    assert layers <= covered, f"layers without an export test: {sorted(layers - covered)}"
+
+
+def test_reshape_to_a_fixed_batch_with_a_dynamic_axis_is_an_error(tmp_path):
+    class FixedBatch(nn.Module):
+        def forward(self, x):
+            return F.reshape(x, (4, -1))  # ties the graph to batch 4
+
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ValueError, match=r"depends on the size of the dynamic axes \[0\]"):
+        xonnx.export(FixedBatch(), np.zeros((4, 2, 3), np.float32), path, dynamic_axes={"input": [0]})
+    assert not path.exists()
+    xonnx.export(FixedBatch(), np.zeros((4, 2, 3), np.float32), path)  # static: exact for batch 4
+    assert path.exists()
+
+
+def test_broadcast_to_a_batch_shape_exports_static_only(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+
+    class Spread(nn.Module):
+        def forward(self, x):
+            return x + F.broadcast_to(F.min(x, axis=1, keepdims=True), tuple(x.shape))
+
+    x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    with pytest.raises(ValueError, match="depends on the size of the dynamic axes"):
+        xonnx.export(Spread(), x, tmp_path / "m.onnx", dynamic_axes={"input": [0]})
+    xonnx.export(Spread(), x, tmp_path / "m.onnx")
+    np.testing.assert_allclose(_run(_session(ort, tmp_path / "m.onnx"), x), _xpnn_out(Spread(), x), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_float16_and_float64_weights_export_and_run(dtype, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    np_dtype = np.dtype(dtype)
+    mlp = build_model([32, 64, 10], "relu", dtype=dtype, seed=0)
+    mlp.append(nn.Softmax(axis=1))
+    atol = 2e-3 if dtype == "float16" else 1e-12
+    proto = _export_and_compare(ort, mlp, (32,), tmp_path, dtype=np_dtype, atol=atol)
+    want = onnx.helper.np_dtype_to_tensor_dtype(np_dtype)
+    assert proto.graph.input[0].type.tensor_type.elem_type == want
+    assert all(i.data_type == want for i in proto.graph.initializer)
+    if dtype == "float16":  # (ONNX Runtime's CPU provider has no float64 Conv)
+        _export_and_compare(ort, models.digits_cnn(dtype=dtype, seed=3), (1, 8, 8), tmp_path, dtype=np_dtype,
+                            atol=1e-2)
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_other_opsets(opset, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    # opset 18 moved the axes of ReduceMean/ReduceMax to an input (batch statistics, Maxout use them)
+    model = nn.Sequential(nn.Maxout(8, 6, pieces=2, seed=0), nn.BatchNorm1d(6, track_running_stats=False),
+                          nn.Softmax(axis=1))
+    proto = _export_and_compare(ort, model, (8,), tmp_path, opset_version=opset)
+    assert proto.opset_import[0].version == opset
+
+
+def test_a_model_on_array_api_strict_exports_the_same_graph(tmp_path):
+    # the generic path: parameters and the example input of another namespace (the list form of dynamic_axes, the
+    # output's batch axis named after the input's)
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    xps = pytest.importorskip("array_api_strict", reason="the strict namespace runs the generic path")
+    model = models.digits_cnn(backend=xps, seed=0)
+    x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    xonnx.export(model, xps.asarray(x), tmp_path / "m.onnx", dynamic_axes={"input": [0]})
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "input_dynamic_axes_1"
+    assert proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "input_dynamic_axes_1"
+    sess = _session(ort, tmp_path / "m.onnx")
+    model.eval()
+    for n in (3, 5):
+        xn = np.random.default_rng(n).standard_normal((n, 1, 8, 8)).astype(np.float32)
+        np.testing.assert_allclose(_run(sess, xn), np.asarray(model(xps.asarray(xn))), atol=1e-5)
+
+
+def test_static_by_default_like_torch(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    model = build_model([16, 8, 3], "tanh", seed=0)
+    path = tmp_path / "m.onnx"
+    x = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
+    xonnx.export(model, x, path, input_names=["rows"], output_names=["scores"])
+    proto = onnx.load(str(path))
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [5, 16]
+    assert proto.graph.input[0].name == "rows" and proto.graph.output[0].name == "scores"
+    sess = _session(ort, path)
+    np.testing.assert_allclose(sess.run(None, {"rows": x})[0], _xpnn_out(model, x), atol=1e-6)
+    with pytest.raises(Exception, match="(?i)dimension|shape"):
+        sess.run(None, {"rows": x[:2]})
+
+
+def test_expressions_with_constants_and_shape_ops(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    class Expr(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(6, 6, seed=0)
+
+        def forward(self, x):
+            h = F.reshape(x, (x.shape[0], 2, 3))                     # leading axis kept: exported as 0
+            h = F.permute_dims(h, (0, 2, 1)) * 0.5 + 1.0              # scalars become constants of h's dtype
+            h = F.reshape(h, (-1, 6)) + F.broadcast_to(F.sum(self.lin.bias), (6,))  # folded: a constant
+            w2 = self.lin.weight * 2.0                                 # parameters only: folded to a constant
+            h = F.matmul(F.exp(-F.abs(h)), w2) / F.sqrt(F.clip(h * h, min=0.1, max=4.0))
+            h = F.concat([h, F.log(F.sigmoid(h))], axis=1) - F.mean(h, axis=1, keepdims=True)
+            return F.log_softmax(h, axis=1) + F.logsumexp(h, axis=1, keepdims=True) + F.max(h, axis=1, keepdims=True)
+
+    model = Expr()
+    proto = _export_and_compare(ort, model, (6,), tmp_path, atol=1e-5, rtol=1e-5)
+    ops = {n.op_type for n in proto.graph.node}
+    assert "Mul" in ops and "Transpose" in ops and "Concat" in ops
+    reshapes = [n for n in proto.graph.node if n.op_type == "Reshape"]
+    assert reshapes  # the folded weight is an initializer, not a Mul of the parameter
+    assert not any(n.op_type == "Mul" and "lin.weight" in n.input for n in proto.graph.node)
+
+
+@pytest.mark.parametrize("key", [
+    (slice(None), slice(1, 3)), (slice(None), 0), (slice(None), None, slice(None, None, -1)), (Ellipsis, -1),
+    (slice(None), slice(-2, None), None, 1), (slice(None), slice(None, None, 2), Ellipsis, slice(3, 0, -2))],
+    ids=["slice", "int", "newaxis-reversed", "ellipsis-last", "mixed", "strided"])
+def test_basic_indexing(key, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+
+    class Pick(nn.Module):
+        def forward(self, x):
+            return x[key] * 2.0
+
+    proto = _export_and_compare(ort, Pick(), (4, 5), tmp_path, atol=0.0)
+    assert "Slice" in {n.op_type for n in proto.graph.node}
+
+
+def test_an_array_key_is_refused(tmp_path):
+    class Gather(nn.Module):
+        def forward(self, x):
+            return x[:, np.array([0, 2])]
+
+    with pytest.raises(NotImplementedError, match="op 'index' with an array or mask key"):
+        xonnx.export(Gather(), np.ones((2, 3), np.float32), tmp_path / "m.onnx")
+
+
+def test_a_parameter_or_constant_used_twice_is_one_initializer(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    shift = np.arange(4, dtype=np.float32)
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4, seed=0)
+
+        def forward(self, x):
+            return self.lin((x - shift) * shift) + self.lin(x) * 2.0
+
+    proto = _export_and_compare(ort, Twice(), (4,), tmp_path)
+    names = [i.name for i in proto.graph.initializer]
+    assert names.count("lin.weight") == 1 and len(names) == 4  # weight, bias, shift, 2.0
+
+
+class _Cube(Op):
+    name = "cube"
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * 3.0 * x * x
+
+
+class _CubeNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4, seed=0)
+
+    def forward(self, x):
+        return _Cube.apply(self.lin(x))
+
+
+def test_an_op_without_lowering_is_refused_by_name_and_nothing_is_written(tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"previous")
+    with pytest.raises(NotImplementedError, match=r"op 'cube' .*_Cube.* has no ONNX lowering"):
+        xonnx.export(_CubeNet(), np.zeros((2, 4), np.float32), path)
+    assert path.read_bytes() == b"previous"
+    assert os.listdir(tmp_path) == ["m.onnx"]  # no temporary file left
+
+
+def test_training_mode_dropout_called_explicitly_is_refused(tmp_path):
+    class AlwaysDrop(nn.Module):
+        def forward(self, x):
+            return F.dropout(x, 0.5, training=True, seed=0)
+
+    with pytest.raises(NotImplementedError, match="op 'dropout'"):
+        xonnx.export(AlwaysDrop(), np.ones((2, 3), np.float32), tmp_path / "m.onnx")
+
+
+def test_a_module_with_a_handwritten_backward_is_refused_by_name(tmp_path):
+    class Handmade(nn.Module):
+        def forward(self, x):
+            return x * 2.0
+
+        def backward(self, dy):
+            return dy * 2.0
+
+    with pytest.raises(NotImplementedError, match=r"Handmade\(\) has a hand-written backward"):
+        xonnx.export(nn.Sequential(nn.Linear(3, 3, seed=0), Handmade()), np.ones((2, 3), np.float32),
+                     tmp_path / "m.onnx")
+
+
+def test_only_ops_on_the_path_from_the_input_are_traced(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    # an op of the forward that does not feed the output (a statistic computed and dropped) is not exported:
+    # here one without a lowering, which would otherwise be refused
+    class SideBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4, seed=0)
+            self.seen = None
+
+        def forward(self, x):
+            self.seen = _Cube.apply(x)  # not on the path to the output
+            return self.lin(x)
+
+    proto = _export_and_compare(ort, SideBranch(), (4,), tmp_path)
+    assert [n.op_type for n in proto.graph.node] == ["Gemm", "Identity"]
+
+
+def test_bad_arguments(tmp_path):
+    model = build_model([4, 3], "relu")
+    x = np.zeros((2, 4), np.float32)
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ValueError, match="opset_version must be an int from 13"):
+        xonnx.export(model, x, path, opset_version=7)
+    with pytest.raises(ValueError, match="dynamic_axes names 'x'"):
+        xonnx.export(model, x, path, dynamic_axes={"x": [0]})
+    with pytest.raises(ValueError, match="dynamic axis 2 of 'input' is out of range"):
+        xonnx.export(model, x, path, dynamic_axes={"input": [2]})
+    with pytest.raises(ValueError, match="1 output"):
+        xonnx.export(model, x, path, output_names=["a", "b"])
+    with pytest.raises(TypeError, match="example_input must be an array"):
+        xonnx.export(model, [[0.0] * 4], path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        xonnx.export(model, x, tmp_path / "no-folder" / "m.onnx")
+    assert not path.exists()
+
+
+def test_without_the_onnx_package_the_error_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ImportError, match=r'pip install "xpnn\[onnx\]"'):
+        xonnx.export(build_model([4, 3], "relu"), np.zeros((2, 4), np.float32), tmp_path / "m.onnx")
+
+
+def test_cli_export_onnx_gives_the_labels_of_predict(tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    ckpt, onnx_path, rows = tmp_path / "d.npz", tmp_path / "d.onnx", tmp_path / "rows.npy"
+    assert main(["train", "--epochs", "2", "--hidden", "16", "--no-progress", "--save", str(ckpt)]) == 0
+    X, _ = xpnn.data.load_digits()
+    np.save(rows, X[:40])
+    capsys.readouterr()
+    assert main(["export", str(ckpt), "--onnx", str(onnx_path)]) == 0
+    assert "standardized inside" in capsys.readouterr().out
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(rows)]) == 0
+    labels = [int(v) for v in capsys.readouterr().out.split()]
+    sess = _session(ort, onnx_path)
+    for part in (X[:40], X[:7]):  # the batch axis is dynamic
+        logits = sess.run(None, {"input": part.astype(np.float32)})[0]
+        assert logits.argmax(axis=1).tolist() == labels[:len(part)]
+    assert [o.name for o in sess.get_outputs()] == ["logits"]
+
+
+def test_cli_export_needs_an_output_and_a_checkpoint(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "none.npz"), "--onnx", str(tmp_path / "m.onnx")]) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "none.npz")]) == 1
+    assert "--onnx PATH and/or --safetensors PATH" in capsys.readouterr().err
