@@ -170,3 +170,24 @@ def test_cuda_device_string_and_methods():
     np.testing.assert_array_equal(cupy.asnumpy(t.grad), [[1, 1, 2], [1, 1, 2]])
     total = xpnn.nn.utils.clip_grad_norm_([t], 1.0)
     assert total.device == t.device and float(total) == pytest.approx(np.sqrt(4 * 1 + 2 * 4))
+
+
+def test_transpose_of_two_dims_swaps_them_like_torch(torch):
+    a = np.arange(60.0).reshape(3, 4, 5)
+    x = xpnn.tensor(a, requires_grad=True)
+    ta = torch.tensor(a, requires_grad=True)
+    for dims in [(0, 1), (1, 2), (2, 0), (-1, -2), (1, 1)]:
+        np.testing.assert_array_equal(x.transpose(*dims).numpy(), ta.transpose(*dims).detach().numpy())
+    m = xpnn.tensor(a[0])
+    np.testing.assert_array_equal(m.transpose(0, 1).numpy(), a[0].T)  # 2-D: the transpose (NumPy: identity)
+    np.testing.assert_array_equal(m.t().numpy(), a[0].T)
+    np.testing.assert_array_equal(x.permute(2, 0, 1).numpy(), ta.permute(2, 0, 1).detach().numpy())
+    np.testing.assert_array_equal(x.transpose(1, 0, 2).numpy(), a.transpose(1, 0, 2))  # all axes: NumPy's reading
+    w = np.random.default_rng(0).normal(size=(5, 4, 3))
+    (x.transpose(0, 2) * xpnn.tensor(w)).sum().backward()
+    (ta.transpose(0, 2) * torch.tensor(w)).sum().backward()
+    np.testing.assert_array_equal(x.grad, ta.grad.numpy())
+    with pytest.raises(IndexError, match="Tensor.transpose: dims"):
+        x.transpose(0, 3)
+    with pytest.raises(xpnn.ShapeError, match="Tensor.t: expected at most 2"):
+        x.t()

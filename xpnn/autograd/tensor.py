@@ -453,10 +453,34 @@ class Tensor:
         return F.permute_dims(self, axes)
 
     def transpose(self, *axes: Any) -> "Tensor":
-        """Reverse the axes (no arguments), or permute them (``transpose(1, 0, 2)``), like ``ndarray.transpose``."""
+        """Reverse the axes (no arguments); swap two (``transpose(dim0, dim1)``, ``torch.transpose``); or permute all
+        of them (``transpose(1, 0, 2)`` or a tuple, like ``ndarray.transpose``). Two ints always swap, as in PyTorch:
+        on a 2-D Tensor ``transpose(0, 1)`` is the transpose (NumPy would read it as the identity permutation)."""
         if not axes:
             return F.permute_dims(self, tuple(range(self.ndim - 1, -1, -1)))
+        if len(axes) == 2 and all(isinstance(a, int) for a in axes) and self.ndim >= 2:
+            order = list(range(self.ndim))
+            try:
+                i, j = order[axes[0]], order[axes[1]]
+            except IndexError:
+                raise IndexError(f"Tensor.transpose: dims {axes} out of range for a {self.ndim}-D Tensor "
+                                 f"(shape {self.shape})") from None
+            order[i], order[j] = j, i
+            return F.permute_dims(self, tuple(order))
         return self.permute_dims(*axes)
+
+    def permute(self, *dims: Any) -> "Tensor":
+        """Axes reordered (``torch.Tensor.permute``): ``out.shape[i] = self.shape[dims[i]]``; same as
+        ``permute_dims``."""
+        return self.permute_dims(*dims)
+
+    def t(self) -> "Tensor":
+        """The transpose of a Tensor of at most 2 dimensions (``torch.Tensor.t``); 0-D and 1-D come back as they are.
+        Raises ShapeError for more dimensions (use ``transpose(dim0, dim1)``)."""
+        if self.ndim > 2:
+            raise ShapeError(f"Tensor.t: expected at most 2 dimensions, got shape {self.shape}; use "
+                             "transpose(dim0, dim1) or permute")
+        return self if self.ndim < 2 else F.permute_dims(self, (1, 0))
 
     @property
     def T(self) -> "Tensor":
