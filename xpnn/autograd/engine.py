@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from ..backend import namespace_of
+from ..backend import dtype_name, namespace_of
+from ..errors import InplaceModifiedError
 from .grad_mode import set_grad_enabled
 from . import op as _op
 from .op import _OVERRIDDEN, Context, override_for
 
-__all__ = ["Node", "run_backward"]
+__all__ = ["Node", "run_backward", "check_saved_versions"]
 
 
 class Node:
@@ -139,6 +140,8 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
             grads = pending.pop(id(node), None)
             in_grads: Any = None
             if grads is not None:
+                if ctx._versions:
+                    check_saved_versions(node)
                 in_grads = _call_backward(node, grads, edges, create_graph, Tensor)
             if not retain_graph:
                 ctx.free()
@@ -166,6 +169,23 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
     if inputs is None:
         return None
     return [captured.get(id(t)) for t in inputs]
+
+
+def check_saved_versions(node: Node) -> None:
+    """Raise ``InplaceModifiedError`` when a value ``node``'s op saved for backward (one of its inputs or outputs)
+    was written in place since (its version counter moved): the gradient would silently use the new values
+    (PyTorch's check). Writes straight into an array (``t.data[...] = v``) bump no counter and are not seen."""
+    for counter, version, pos, k in node.ctx._versions:
+        if counter.value != version:
+            name = node.op.name
+            saved = node.ctx._saved[k]
+            what = f"input {pos}" if pos >= 0 else f"output {-1 - pos}"
+            raise InplaceModifiedError(
+                f"{name}: one of the variables needed for gradient computation has been modified by an inplace "
+                f"operation: {what} of {name} ({dtype_name(saved.dtype)}, shape {tuple(saved.shape)}), saved for "
+                f"backward at version {version}, is now at version {counter.value}. Write out of place instead "
+                "(y = x * 2, not x[...] = ... or x *= 2 under no_grad), write before the forward, or run the "
+                "backward before the write (e.g. before optimizer.step())")
 
 
 def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create_graph: bool, tensor_cls: Any) -> Any:

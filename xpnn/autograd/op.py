@@ -69,12 +69,13 @@ class Context:
     attribute the forward sets (shapes, masks, indices). ``needs_input_grad`` has one bool per positional input;
     ``xp`` is the arrays' namespace; ``create_graph`` is True while a backward is itself being recorded."""
 
-    __slots__ = ("needs_input_grad", "create_graph", "_saved", "_args", "_xp", "__dict__")
+    __slots__ = ("needs_input_grad", "create_graph", "_saved", "_versions", "_args", "_xp", "__dict__")
 
     def __init__(self, needs_input_grad: tuple[bool, ...], args: tuple[Any, ...]) -> None:
         self.needs_input_grad = needs_input_grad
         self.create_graph = False
         self._saved: Any = ()
+        self._versions: Any = ()  # version counters of the saved inputs/outputs (xpnn.autograd.tensor)
         self._args = args
         self._xp: Any = None
 
@@ -107,6 +108,7 @@ class Context:
 
     def free(self) -> None:
         self._saved = _FREED
+        self._versions = ()
         self._args = ()
         self.__dict__.clear()
 
@@ -120,6 +122,10 @@ class Op:
     kernel: ClassVar[Optional[str]] = None
     #: outputs of forward that get gradients (a tuple output's other entries, e.g. argmax indices, get none)
     differentiable_outputs: ClassVar[Optional[tuple[int, ...]]] = None
+
+    #: the output may share the first input's memory (reshape, slicing): its Tensor then shares the input's version
+    #: counter, so an in-place write through either is seen by the ops that saved the other
+    view: ClassVar[bool] = False
 
     #: declared outside the xpnn package (the engine checks the shapes its backward returns); set per subclass
     _user_op: ClassVar[bool] = False

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, to_numpy
 from ..debug import check_device_errors
-from ..errors import DTypeError, ShapeError
+from ..errors import DTypeError, InplaceModifiedError, ShapeError
 from . import op as _op
 from .engine import Node, _accumulate_leaf, _fire_hooks, run_backward
 from .grad_mode import is_grad_enabled
@@ -24,6 +24,25 @@ from .grad_mode import is_grad_enabled
 __all__ = ["Tensor", "tensor"]
 
 _hook_ids = itertools.count()
+
+
+class _VersionCounter:
+    """The version of one array's values, shared by the Tensors that hold that array or a view of it (``detach()``,
+    the views xpnn's ops make): every in-place write xpnn makes through one of them adds 1 (PyTorch's version
+    counter). A Tensor gets its counter on the first write or save that needs it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+def _counter(t: "Tensor") -> _VersionCounter:
+    """``t``'s version counter, made on first use."""
+    c = t._vc
+    if c is None:
+        c = t._vc = _VersionCounter()
+    return c
 
 
 class _HookHandle:
@@ -54,7 +73,7 @@ class Tensor:
     Build with ``xpnn.tensor(data, requires_grad=...)``.
     """
 
-    __slots__ = ("_data", "_grad", "_requires_grad", "_node", "_index", "_hooks", "__weakref__")
+    __slots__ = ("_data", "_grad", "_requires_grad", "_node", "_index", "_hooks", "_vc", "__weakref__")
     __array_ufunc__ = None  # NumPy operators (ndarray + Tensor) defer to the Tensor's reflected methods
     __array_priority__ = 1000.0
     __hash__ = object.__hash__  # hashed by identity, like torch.Tensor, although == is elementwise
@@ -70,6 +89,7 @@ class Tensor:
         self._node: Optional[Node] = None
         self._index = 0
         self._hooks: Optional[dict[int, Callable[[Tensor], None]]] = None
+        self._vc: Optional[_VersionCounter] = None
         self._requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -128,6 +148,23 @@ class Tensor:
     @requires_grad.setter
     def requires_grad(self, value: bool) -> None:
         self.requires_grad_(value)
+
+    @property
+    def _version(self) -> int:
+        """How many in-place writes xpnn has made to this Tensor's values (``torch.Tensor._version``), counted
+        over every Tensor sharing them (``detach()``, views made by xpnn's ops); see ``_bump_version``."""
+        c = self._vc
+        return 0 if c is None else c.value
+
+    def _bump_version(self) -> None:
+        """Record an in-place write to the values: an op that saved them for backward then raises
+        ``InplaceModifiedError`` at backward (PyTorch's rule). xpnn calls it for every in-place write it makes
+        (``t[key] = v``, ``t += v`` under ``no_grad``, optimizer steps, ``load_state_dict``, ``xpnn.init``); a
+        write straight into the array (``t.data[...] = v``, NumPy's ``out=``) is not seen."""
+        c = self._vc
+        if c is None:
+            c = self._vc = _VersionCounter()
+        c.value += 1
 
     @property
     def grad_fn(self) -> Optional[Node]:
@@ -203,8 +240,11 @@ class Tensor:
 
     # --- leaving the graph --------------------------------------------------------------------------------
     def detach(self) -> "Tensor":
-        """A Tensor sharing ``data`` without history (no gradient flows back through it)."""
-        return Tensor(self._data)
+        """A Tensor sharing ``data`` (and its version counter: an in-place write through either is seen by the ops
+        that saved the other) without history (no gradient flows back through it)."""
+        t = Tensor(self._data)
+        t._vc = _counter(self)
+        return t
 
     def numpy(self) -> np.ndarray:
         """A NumPy copy of ``data`` (a host copy for GPU Tensors); no ``detach`` needed."""
@@ -354,11 +394,12 @@ class Tensor:
         from ..functional.shape import _plain_key
 
         self._data[_plain_key(key)] = v
+        self._bump_version()
 
-    # in-place operators (PyTorch's rules, without its version counter): under xpnn.no_grad() a leaf is updated
-    # in place (``w -= lr * w.grad``; a Parameter stays its view of the flat buffer); with grad mode on, the name
-    # is rebound to a recorded out-of-place result (values the graph saved are never changed), except that a leaf
-    # which requires grad raises, as in PyTorch
+    # in-place operators: under xpnn.no_grad() a leaf is updated in place (``w -= lr * w.grad``; a Parameter stays
+    # its view of the flat buffer) and its version counter bumped (a graph that saved it raises at backward, as in
+    # PyTorch); with grad mode on, the name is rebound to a recorded out-of-place result (values the graph saved
+    # are never changed), except that a leaf which requires grad raises, as in PyTorch
     def _inplace(self, other: Any, fn: Callable[[Any, Any], Any], ifn: Callable[[Any, Any], Any], sym: str
                  ) -> "Tensor":
         if is_grad_enabled():
@@ -377,6 +418,7 @@ class Tensor:
         out = ifn(d, o)  # the array's own in-place operator (operator.iadd, ...)
         if out is not d:  # a namespace without in-place operators
             self.data = out
+        self._bump_version()
         return self
 
     def __iadd__(self, other: Any) -> "Tensor":
@@ -508,6 +550,7 @@ def _make(data: Any, node: Optional[Node], index: int, requires_grad: bool) -> T
     t._node = node
     t._index = index
     t._hooks = None
+    t._vc = None
     t._requires_grad = requires_grad
     return t
 
@@ -535,17 +578,71 @@ def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> An
     if not record:
         if isinstance(out, tuple):
             return tuple(_make(o, None, 0, False) for o in out)
-        return _make(out, None, 0, False)
+        t = _make(out, None, 0, False)
+        if op.view:
+            _share_version(t, args[0])
+        return t
     node = Node(op, ctx, tuple(a if isinstance(a, Tensor) else None for a in args))
     if isinstance(out, tuple):
         diff = op.differentiable_outputs
         ctx._xpnn_out_meta = tuple((tuple(o.shape), o.dtype) for o in out)  # zeros for an output the caller dropped
         outs = tuple(_make(o, node, i, diff is None or i in diff) for i, o in enumerate(out))
         node.outputs = tuple(weakref.ref(t) if t._requires_grad else None for t in outs)
+        if ctx._saved:
+            _save_versions(ctx, node.inputs, outs)
         return outs
     t = _make(out, node, 0, True)
     node.outputs = (weakref.ref(t),)
+    if op.view:
+        _share_version(t, args[0])
+    if ctx._saved:
+        _save_versions(ctx, node.inputs, (t,))
     return t
+
+
+def _save_versions(ctx: Any, inputs: tuple[Any, ...], outs: tuple[Tensor, ...]) -> None:
+    """Note in ``ctx._versions`` the version of each saved value that is an input's or output's array:
+    ``(counter, version, position, k)`` (position ``i`` = input i, ``-1 - j`` = output j; ``k`` its index in the
+    saved values). The engine compares them before the backward runs (``check_saved_versions``)."""
+    vers = []
+    k = 0
+    for s in ctx._saved:
+        pos = 0
+        for t in inputs:
+            if t is not None and t._data is s:
+                c = _counter(t)
+                vers.append((c, c.value, pos, k))
+                break
+            pos += 1
+        else:
+            pos = -1
+            for t in outs:
+                if t._data is s:
+                    c = _counter(t)
+                    vers.append((c, c.value, pos, k))
+                    break
+                pos -= 1
+        k += 1
+    ctx._versions = vers
+
+
+def _share_version(t: Tensor, src: Any) -> None:
+    """Give ``t`` (the output of a view op) ``src``'s version counter when its array shares ``src``'s memory."""
+    if isinstance(src, Tensor) and _same_buffer(t._data, src._data):
+        t._vc = _counter(src)
+
+
+def _same_buffer(a: Any, b: Any) -> bool:
+    """Whether array ``a`` is ``b`` or a view of the memory ``b`` views (NumPy and CuPy keep the owner of a view's
+    memory in ``.base``; ``array_api_strict`` wraps a NumPy array in ``._array``)."""
+    if a is b:
+        return True
+    a, b = getattr(a, "_array", a), getattr(b, "_array", b)
+    base_a = getattr(a, "base", None)
+    if base_a is None:
+        return False
+    base_b = getattr(b, "base", None)
+    return base_a is (b if base_b is None else base_b)
 
 
 def _check_forward_output(op: Any, out: Any, params: dict[str, Any]) -> None:
