@@ -173,17 +173,26 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
 
 def check_saved_versions(node: Node) -> None:
     """Raise ``InplaceModifiedError`` when a value ``node``'s op saved for backward (one of its inputs or outputs)
-    was written in place since (its version counter moved): the gradient would silently use the new values
-    (PyTorch's check). Writes straight into an array (``t.data[...] = v``) bump no counter and are not seen."""
-    for counter, version, pos, k in node.ctx._versions:
-        if counter.value != version:
+    was written in place since (its Tensor's version counter moved): the gradient would silently use the new
+    values (PyTorch's check). Writes straight into an array (``t.data[...] = v``) bump no counter and are not seen."""
+    ctx = node.ctx
+    for pos, k, version in ctx._versions:
+        if pos >= 0:
+            t = node.inputs[pos]
+        else:
+            ref = node.outputs[-1 - pos]
+            t = ref() if ref is not None else None
+            if t is None:  # (an output nobody holds: nothing can write to it)
+                continue
+        c = t._vc
+        if c is not None and c.value != version:
             name = node.op.name
-            saved = node.ctx._saved[k]
+            saved = ctx._saved[k]
             what = f"input {pos}" if pos >= 0 else f"output {-1 - pos}"
             raise InplaceModifiedError(
                 f"{name}: one of the variables needed for gradient computation has been modified by an inplace "
                 f"operation: {what} of {name} ({dtype_name(saved.dtype)}, shape {tuple(saved.shape)}), saved for "
-                f"backward at version {version}, is now at version {counter.value}. Write out of place instead "
+                f"backward at version {version}, is now at version {c.value}. Write out of place instead "
                 "(y = x * 2, not x[...] = ... or x *= 2 under no_grad), write before the forward, or run the "
                 "backward before the write (e.g. before optimizer.step())")
 

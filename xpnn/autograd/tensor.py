@@ -79,7 +79,9 @@ class Tensor:
     __hash__ = object.__hash__  # hashed by identity, like torch.Tensor, although == is elementwise
 
     def __init__(self, data: Any, requires_grad: bool = False) -> None:
-        if isinstance(data, Tensor):
+        vc = None
+        if isinstance(data, Tensor):  # the same array: the same version counter
+            vc = _counter(data)
             data = data._data
         if not hasattr(data, "shape") or not hasattr(data, "dtype"):
             raise TypeError(f"Tensor: expected an array, got {type(data).__name__}; use xpnn.tensor(data) for "
@@ -89,7 +91,7 @@ class Tensor:
         self._node: Optional[Node] = None
         self._index = 0
         self._hooks: Optional[dict[int, Callable[[Tensor], None]]] = None
-        self._vc: Optional[_VersionCounter] = None
+        self._vc: Optional[_VersionCounter] = vc
         self._requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -242,9 +244,7 @@ class Tensor:
     def detach(self) -> "Tensor":
         """A Tensor sharing ``data`` (and its version counter: an in-place write through either is seen by the ops
         that saved the other) without history (no gradient flows back through it)."""
-        t = Tensor(self._data)
-        t._vc = _counter(self)
-        return t
+        return Tensor(self)
 
     def numpy(self) -> np.ndarray:
         """A NumPy copy of ``data`` (a host copy for GPU Tensors); no ``detach`` needed."""
@@ -601,25 +601,26 @@ def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> An
 
 
 def _save_versions(ctx: Any, inputs: tuple[Any, ...], outs: tuple[Tensor, ...]) -> None:
-    """Note in ``ctx._versions`` the version of each saved value that is an input's or output's array:
-    ``(counter, version, position, k)`` (position ``i`` = input i, ``-1 - j`` = output j; ``k`` its index in the
-    saved values). The engine compares them before the backward runs (``check_saved_versions``)."""
+    """Note in ``ctx._versions`` the version of each saved value that is an input's or output's array, as
+    ``(position, k, version)``: position ``i`` = input i, ``-1 - j`` = output j; ``k`` its index among the saved
+    values. Before the backward runs, the engine compares them with the Tensors' versions then
+    (``check_saved_versions``). (A Tensor without a counter has had no write: version 0.)"""
     vers = []
     k = 0
     for s in ctx._saved:
         pos = 0
         for t in inputs:
             if t is not None and t._data is s:
-                c = _counter(t)
-                vers.append((c, c.value, pos, k))
+                c = t._vc
+                vers.append((pos, k, 0 if c is None else c.value))
                 break
             pos += 1
         else:
             pos = -1
             for t in outs:
                 if t._data is s:
-                    c = _counter(t)
-                    vers.append((c, c.value, pos, k))
+                    c = t._vc
+                    vers.append((pos, k, 0 if c is None else c.value))
                     break
                 pos -= 1
         k += 1
@@ -685,8 +686,9 @@ def tensor(data: Any, requires_grad: bool = False, backend: BackendLike = None, 
     lists and scalars go to ``backend`` (default: the active backend, see ``xpnn.get_backend``) with NumPy's
     dtype rules (Python floats -> float64). ``requires_grad=True`` needs a floating dtype (``DTypeError``).
     """
-    if isinstance(data, Tensor):
-        data = data._data
+    src = data if isinstance(data, Tensor) else None
+    if src is not None:
+        data = src._data
     if backend is None and hasattr(data, "__array_namespace__") or type(data) is np.ndarray:
         be = get_backend(backend) if backend is not None else None
         if be is not None and namespace_of(data) is not be.xp:
@@ -701,7 +703,10 @@ def tensor(data: Any, requires_grad: bool = False, backend: BackendLike = None, 
         else:
             arr = be.asarray(np.asarray(data), dtype=dtype)
         data = arr
-    return Tensor(data, requires_grad=requires_grad)
+    t = Tensor(data, requires_grad=requires_grad)
+    if src is not None and data is src._data:  # not copied: a write through either is a write to both
+        t._vc = _counter(src)
+    return t
 
 
 def _resolve(xp: Any, dtype: Any) -> Any:
