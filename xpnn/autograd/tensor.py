@@ -99,7 +99,9 @@ class Tensor:
     # --- the array and its gradient ----------------------------------------------------------------------
     @property
     def data(self) -> Any:
-        """The array (NumPy, CuPy, ...). Assigning replaces it (no gradient flows through the assignment)."""
+        """The array (NumPy, CuPy, ...). Assigning replaces it (no gradient flows through the assignment). A write
+        straight into it (``t.data[...] = v``) bumps no version counter, so backward cannot see it; ``t[...] = v``
+        can."""
         return self._data
 
     @data.setter
@@ -381,7 +383,8 @@ class Tensor:
 
     def __setitem__(self, key: Any, value: Any) -> None:
         """``t[key] = value`` writes into ``data`` in place when no gradient is involved (``t`` does not require
-        grad and ``value`` is not a Tensor that does, or grad mode is off); item assignment is never recorded."""
+        grad and ``value`` is not a Tensor that does, or grad mode is off); item assignment is never recorded. It
+        bumps the version counter: a backward through an op that saved these values raises ``InplaceModifiedError``."""
         v = value._data if isinstance(value, Tensor) else value
         if is_grad_enabled() and (self.requires_grad or (isinstance(value, Tensor) and value.requires_grad)):
             raise RuntimeError(
