@@ -96,6 +96,39 @@ def test_max_shares_the_gradient_between_ties():
     np.testing.assert_allclose(x.grad, [[0, 0.5, 0.5], [1, 0, 0]])
 
 
+@pytest.mark.parametrize("ns", [np, array_api_strict], ids=["numpy", "array_api_strict"])
+@pytest.mark.parametrize("name", ["max", "min"])
+@pytest.mark.parametrize("call", ["function", "method"])
+@pytest.mark.parametrize("axis", [None, 1, 0])
+def test_max_min_gradient_goes_to_the_nan_like_pytorch(ns, name, call, axis):
+    """A slice holding a NaN reduces to NaN, which equals nothing: the gradient was NaN everywhere (0/0).
+    PyTorch selects the NaN (torch.max(x, dim) routes the gradient to it; torch.max(x) splits it among the NaNs)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for max/min gradients")
+    nan = float("nan")
+    values = [[1.0, nan, 3.0], [4.0, 5.0, 0.5], [nan, 2.0, 7.0]]  # one NaN per row and column at most
+    if axis is None:
+        values[2][2] = nan  # two NaNs: torch.max() shares between them, as xpnn shares between ties
+    x = xpnn.tensor(ns.asarray(values), requires_grad=True)
+    y = getattr(F, name)(x, axis=axis) if call == "function" else getattr(x, name)(axis=axis)
+    y.sum().backward()
+    tx = torch.tensor(values, dtype=torch.float64, requires_grad=True)
+    ty = getattr(tx, name)() if axis is None else getattr(tx, name)(dim=axis).values
+    ty.sum().backward()
+    np.testing.assert_allclose(np.asarray(y.data), ty.detach().numpy())
+    np.testing.assert_allclose(np.asarray(x.grad), tx.grad.numpy(), rtol=1e-15)
+
+
+def test_abs_gradient_at_nan_is_zero_like_pytorch():
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for abs's gradient")
+    values = [float("nan"), -2.0, 0.0, 3.0]
+    for ns in (np, array_api_strict):
+        x = xpnn.tensor(ns.asarray(values), requires_grad=True)
+        x.abs().sum().backward()
+        tx = torch.tensor(values, dtype=torch.float64, requires_grad=True)
+        tx.abs().sum().backward()
+        np.testing.assert_array_equal(np.asarray(x.grad), tx.grad.numpy())
+
+
 def test_shape_ops():
     x = rand(2, 3, 4)
     gradcheck(lambda t: t.reshape(4, 6) * np.arange(24.0).reshape(4, 6), x)

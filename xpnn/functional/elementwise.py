@@ -201,7 +201,8 @@ class Abs(Op):
     @staticmethod
     def forward(ctx: Context, a: Any) -> Any:
         xp = namespace_of(a, where="abs")
-        ctx.sign = xp.sign(a)  # d|a|/da; 0 at 0, like PyTorch
+        # d|a|/da: 0 at 0 and at NaN (where sign gives NaN), like PyTorch's sgn
+        ctx.sign = xp.astype(a > 0, a.dtype) - xp.astype(a < 0, a.dtype)
         return xp.abs(a)
 
     @staticmethod

@@ -89,8 +89,10 @@ class _Extremum(Op):
         out = cls._reduce(xp, x, ax, keepdims)
         axes = _axes(axis, x.ndim, cls.name)
         kept = out if keepdims else xp.reshape(out, _keep_shape(tuple(x.shape), axes))
-        hit = xp.astype(x == kept, x.dtype)
-        ctx.share = hit / xp.sum(hit, axis=axes, keepdims=True)  # ties share the gradient evenly
+        # the selected entries: those equal to the result, or the NaNs of a slice holding one (its result is NaN,
+        # equal to nothing; PyTorch selects the NaN): ties share the gradient evenly
+        hit = xp.astype((x == kept) | xp.isnan(x), x.dtype)
+        ctx.share = hit / xp.sum(hit, axis=axes, keepdims=True)
         ctx.shape, ctx.axes, ctx.keepdims = tuple(x.shape), axes, keepdims
         return out
 
@@ -126,11 +128,13 @@ def mean(x: Any, axis: Axis = None, keepdims: bool = False) -> Any:
 
 
 def max(x: Any, axis: Axis = None, keepdims: bool = False) -> Any:  # noqa: A001
-    """Maximum over ``axis``; tied maxima share the gradient evenly."""
+    """Maximum over ``axis``; tied maxima share the gradient evenly. A slice holding a NaN has the maximum NaN,
+    and its NaN(s) get the gradient (PyTorch's rule)."""
     return Max.apply(x, axis=axis, keepdims=keepdims)
 
 
 def min(x: Any, axis: Axis = None, keepdims: bool = False) -> Any:  # noqa: A001
-    """Minimum over ``axis``; tied minima share the gradient evenly."""
+    """Minimum over ``axis``; tied minima share the gradient evenly. A slice holding a NaN has the minimum NaN,
+    and its NaN(s) get the gradient (PyTorch's rule)."""
     return Min.apply(x, axis=axis, keepdims=keepdims)
 
