@@ -418,7 +418,13 @@ class Tensor:
         if hasattr(o, "shape"):
             namespace_of(self._data, o, where=f"Tensor {sym}=")
         d = self._data
-        out = ifn(d, o)  # the array's own in-place operator (operator.iadd, ...)
+        try:
+            out = ifn(d, o)  # the array's own in-place operator (operator.iadd, ...)
+        except ValueError:
+            from ..functional._checks import broadcast
+
+            broadcast(f"Tensor {sym}=", d, o, into=d)  # (the backend's error names no op)
+            raise
         if out is not d:  # a namespace without in-place operators
             self.data = out
         self._bump_version()
@@ -437,29 +443,35 @@ class Tensor:
         return self._inplace(other, operator.truediv, operator.itruediv, "/")
 
     # comparisons: no gradient, a boolean Tensor
-    def _compare(self, other: Any, fn: Callable[[Any, Any], Any]) -> "Tensor":
+    def _compare(self, other: Any, fn: Callable[[Any, Any], Any], sym: str) -> "Tensor":
         o = other._data if isinstance(other, Tensor) else other
         if hasattr(o, "shape"):
             namespace_of(self._data, o, where="Tensor comparison")
-        return Tensor(fn(self._data, o))
+        try:
+            return Tensor(fn(self._data, o))
+        except ValueError:
+            from ..functional._checks import broadcast
+
+            broadcast(f"Tensor comparison {sym}", self._data, o)  # (the backend's error names no op)
+            raise
 
     def __lt__(self, other: Any) -> "Tensor":
-        return self._compare(other, lambda a, b: a < b)
+        return self._compare(other, operator.lt, "<")
 
     def __le__(self, other: Any) -> "Tensor":
-        return self._compare(other, lambda a, b: a <= b)
+        return self._compare(other, operator.le, "<=")
 
     def __gt__(self, other: Any) -> "Tensor":
-        return self._compare(other, lambda a, b: a > b)
+        return self._compare(other, operator.gt, ">")
 
     def __ge__(self, other: Any) -> "Tensor":
-        return self._compare(other, lambda a, b: a >= b)
+        return self._compare(other, operator.ge, ">=")
 
     def __eq__(self, other: Any) -> "Tensor":  # type: ignore[override]
-        return self._compare(other, lambda a, b: a == b)
+        return self._compare(other, operator.eq, "==")
 
     def __ne__(self, other: Any) -> "Tensor":  # type: ignore[override]
-        return self._compare(other, lambda a, b: a != b)
+        return self._compare(other, operator.ne, "!=")
 
     # --- methods (each the xpnn.functional op of the same name) ---------------------------------------------
     def sum(self, axis: Any = None, keepdims: bool = False) -> "Tensor":

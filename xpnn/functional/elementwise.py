@@ -44,7 +44,11 @@ class Add(Op):
     def forward(ctx: Context, a: Any, b: Any) -> Any:
         _check_pair(a, b, "add")
         ctx.shapes = (_shape(a), _shape(b))
-        return a + b
+        try:
+            return a + b
+        except ValueError:
+            _checks.broadcast("add", a, b)  # (the backend's error names no op)
+            raise
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -60,7 +64,11 @@ class Sub(Op):
     def forward(ctx: Context, a: Any, b: Any) -> Any:
         _check_pair(a, b, "sub")
         ctx.shapes = (_shape(a), _shape(b))
-        return a - b
+        try:
+            return a - b
+        except ValueError:
+            _checks.broadcast("sub", a, b)
+            raise
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -76,7 +84,11 @@ class Mul(Op):
     def forward(ctx: Context, a: Any, b: Any) -> Any:
         _check_pair(a, b, "mul")
         ctx.save_for_backward(a, b)
-        return a * b
+        try:
+            return a * b
+        except ValueError:
+            _checks.broadcast("mul", a, b)
+            raise
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -91,7 +103,11 @@ class Div(Op):
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:
         _check_pair(a, b, "div")
-        out = a / b
+        try:
+            out = a / b
+        except ValueError:
+            _checks.broadcast("div", a, b)
+            raise
         ctx.save_for_backward(a, b, out)
         return out
 
@@ -110,7 +126,11 @@ class Pow(Op):
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:
         _check_pair(a, b, "pow")
-        out = a ** b
+        try:
+            out = a ** b
+        except ValueError:
+            _checks.broadcast("pow", a, b)
+            raise
         ctx.save_for_backward(a, b, out)
         return out
 
@@ -219,12 +239,16 @@ class Clip(Op):
         _checks.floating(xp, a, "clip")
         out = a
         keep = None
-        if min is not None:
-            out = xp.maximum(out, min)
-            keep = a >= min
-        if max is not None:
-            out = xp.minimum(out, max)
-            keep = (a <= max) if keep is None else xp.logical_and(keep, a <= max)
+        try:
+            if min is not None:
+                out = xp.maximum(out, min)
+                keep = a >= min
+            if max is not None:
+                out = xp.minimum(out, max)
+                keep = (a <= max) if keep is None else xp.logical_and(keep, a <= max)
+        except ValueError:
+            _checks.broadcast("clip", a, *(v for v in (min, max) if v is not None))
+            raise
         ctx.keep = None if keep is None else xp.astype(keep, a.dtype)  # gradient 1 inside [min, max], like PyTorch
         return xp.asarray(out, copy=True) if out is a else out
 
