@@ -75,7 +75,7 @@ class Context:
         self.needs_input_grad = needs_input_grad
         self.create_graph = False
         self._saved: Any = ()
-        self._versions: Any = ()  # version counters of the saved inputs/outputs (xpnn.autograd.tensor)
+        self._versions: Any = ()  # (position, index, version) of each saved input/output (autograd.tensor)
         self._args = args
         self._xp: Any = None
 

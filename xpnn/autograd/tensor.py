@@ -16,7 +16,7 @@ import numpy as np
 
 from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, to_numpy
 from ..debug import check_device_errors
-from ..errors import DTypeError, InplaceModifiedError, ShapeError
+from ..errors import DTypeError, ShapeError
 from . import op as _op
 from .engine import Node, _accumulate_leaf, _fire_hooks, run_backward
 from .grad_mode import is_grad_enabled
@@ -29,7 +29,7 @@ _hook_ids = itertools.count()
 class _VersionCounter:
     """The version of one array's values, shared by the Tensors that hold that array or a view of it (``detach()``,
     the views xpnn's ops make): every in-place write xpnn makes through one of them adds 1 (PyTorch's version
-    counter). A Tensor gets its counter on the first write or save that needs it."""
+    counter). A Tensor gets its counter on its first write, ``detach()`` or view; until then its version is 0."""
 
     __slots__ = ("value",)
 
@@ -165,10 +165,7 @@ class Tensor:
         ``InplaceModifiedError`` at backward (PyTorch's rule). xpnn calls it for every in-place write it makes
         (``t[key] = v``, ``t += v`` under ``no_grad``, optimizer steps, ``load_state_dict``, ``xpnn.init``); a
         write straight into the array (``t.data[...] = v``, NumPy's ``out=``) is not seen."""
-        c = self._vc
-        if c is None:
-            c = self._vc = _VersionCounter()
-        c.value += 1
+        _counter(self).value += 1
 
     @property
     def grad_fn(self) -> Optional[Node]:
