@@ -10,6 +10,7 @@ from .errors import (
     BackendUnavailableError,
     CheckpointError,
     DTypeError,
+    InplaceModifiedError,
     NamespaceMismatchError,
     NonFiniteError,
     ShapeError,
@@ -25,5 +26,5 @@ __all__ = [
     "kernels_enabled", "set_kernels_enabled", "use_kernels", "functional", "nn", "optim", "init", "data", "train",
     "save", "load",
     "XpnnError", "BackendUnavailableError", "ShapeError", "DTypeError", "NamespaceMismatchError",
-    "NonFiniteError", "CheckpointError",
+    "NonFiniteError", "CheckpointError", "InplaceModifiedError",
 ]
