@@ -28,7 +28,7 @@ import numpy as np
 from .. import _dispatch
 from ..backend import namespace_of
 
-__all__ = ["Op", "Context", "register_override", "override_for"]
+__all__ = ["Op", "Context", "VersionCounter", "register_override", "override_for"]
 
 _FREED = object()  # marks a context whose saved values were released after backward
 _OVERRIDES: dict[tuple[str, str, str], Callable[..., Any]] = {}
@@ -64,18 +64,38 @@ def override_for(op: str, phase: str, x: Any) -> Optional[Callable[..., Any]]:
     return _OVERRIDES.get((op, phase, _kind(x)))
 
 
+class VersionCounter:
+    """The version of one array's values, shared by the Tensors that hold that array or a view of it (``detach()``,
+    the views xpnn's ops make): every in-place write xpnn makes through one of them adds 1 (PyTorch's version
+    counter; ``xpnn.autograd.tensor.bump_versions``). A Tensor gets its counter on its first write, ``detach()`` or
+    view; until then its version is 0."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+#: in-place writes so far (``bump_versions`` calls): a backward whose forward saw the same count skips the check of
+#: the saved versions (nothing was written in between, the usual case)
+writes = 0
+
+
 class Context:
     """What one call of an op keeps for its backward: ``save_for_backward(*values)`` / ``saved_tensors``, plus any
     attribute the forward sets (shapes, masks, indices). ``needs_input_grad`` has one bool per positional input;
     ``xp`` is the arrays' namespace; ``create_graph`` is True while a backward is itself being recorded."""
 
-    __slots__ = ("needs_input_grad", "create_graph", "_saved", "_versions", "_args", "_xp", "__dict__")
+    __slots__ = ("needs_input_grad", "create_graph", "_saved", "_writes", "_versions", "_args", "_xp", "__dict__")
 
     def __init__(self, needs_input_grad: tuple[bool, ...], args: tuple[Any, ...]) -> None:
         self.needs_input_grad = needs_input_grad
         self.create_graph = False
         self._saved: Any = ()
-        self._versions: Any = ()  # (position, index, version) of each saved input/output (autograd.tensor)
+        # at a recorded forward that saved values (xpnn.autograd.tensor): the module's `writes`, and (Tensor,
+        # version) of each input/output Tensor with a version counter
+        self._writes = -1
+        self._versions: Any = ()
         self._args = args
         self._xp: Any = None
 

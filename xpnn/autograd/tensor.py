@@ -20,28 +20,18 @@ from ..errors import DTypeError, ShapeError
 from . import op as _op
 from .engine import Node, _accumulate_leaf, _fire_hooks, run_backward
 from .grad_mode import is_grad_enabled
+from .op import VersionCounter
 
 __all__ = ["Tensor", "tensor"]
 
 _hook_ids = itertools.count()
 
 
-class _VersionCounter:
-    """The version of one array's values, shared by the Tensors that hold that array or a view of it (``detach()``,
-    the views xpnn's ops make): every in-place write xpnn makes through one of them adds 1 (PyTorch's version
-    counter). A Tensor gets its counter on its first write, ``detach()`` or view; until then its version is 0."""
-
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0
-
-
-def _counter(t: "Tensor") -> _VersionCounter:
+def _counter(t: "Tensor") -> VersionCounter:
     """``t``'s version counter, made on first use."""
     c = t._vc
     if c is None:
-        c = t._vc = _VersionCounter()
+        c = t._vc = VersionCounter()
     return c
 
 
@@ -91,7 +81,7 @@ class Tensor:
         self._node: Optional[Node] = None
         self._index = 0
         self._hooks: Optional[dict[int, Callable[[Tensor], None]]] = None
-        self._vc: Optional[_VersionCounter] = vc
+        self._vc: Optional[VersionCounter] = vc
         self._requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -165,7 +155,7 @@ class Tensor:
         ``InplaceModifiedError`` at backward (PyTorch's rule). xpnn calls it for every in-place write it makes
         (``t[key] = v``, ``t += v`` under ``no_grad``, optimizer steps, ``load_state_dict``, ``xpnn.init``); a
         write straight into the array (``t.data[...] = v``, NumPy's ``out=``) is not seen."""
-        _counter(self).value += 1
+        bump_versions((self,))
 
     @property
     def grad_fn(self) -> Optional[Node]:
@@ -601,42 +591,40 @@ def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> An
         outs = tuple(_make(o, node, i, diff is None or i in diff) for i, o in enumerate(out))
         node.outputs = tuple(weakref.ref(t) if t._requires_grad else None for t in outs)
         if ctx._saved:
-            _save_versions(ctx, node.inputs, outs)
+            _note_versions(ctx, node.inputs + outs[1:], outs[0])
         return outs
     t = _make(out, node, 0, True)
     node.outputs = (weakref.ref(t),)
     if op.view:
         _share_version(t, args[0])
     if ctx._saved:
-        _save_versions(ctx, node.inputs, (t,))
+        _note_versions(ctx, node.inputs, t)
     return t
 
 
-def _save_versions(ctx: Any, inputs: tuple[Any, ...], outs: tuple[Tensor, ...]) -> None:
-    """Note in ``ctx._versions`` the version of each saved value that is an input's or output's array, as
-    ``(position, k, version)``: position ``i`` = input i, ``-1 - j`` = output j; ``k`` its index among the saved
-    values. Before the backward runs, the engine compares them with the Tensors' versions then
-    (``check_saved_versions``). (A Tensor without a counter has had no write: version 0.)"""
-    vers = []
-    k = 0
-    for s in ctx._saved:
-        pos = 0
-        for t in inputs:
-            if t is not None and t._data is s:
-                c = t._vc
-                vers.append((pos, k, 0 if c is None else c.value))
-                break
-            pos += 1
-        else:
-            pos = -1
-            for t in outs:
-                if t._data is s:
-                    c = t._vc
-                    vers.append((pos, k, 0 if c is None else c.value))
-                    break
-                pos -= 1
-        k += 1
-    ctx._versions = vers
+def bump_versions(tensors: Any) -> None:
+    """Record in-place writes to ``tensors`` (an iterable of Tensors): each one's version goes up by 1, so an op
+    that saved its values raises ``InplaceModifiedError`` at backward (``Tensor._bump_version`` for one Tensor;
+    optimizers call it once per step for the parameters they wrote)."""
+    _op.writes += 1
+    for t in tensors:
+        c = t._vc
+        if c is None:
+            c = t._vc = VersionCounter()
+        c.value += 1
+
+
+def _note_versions(ctx: Any, tensors: tuple[Any, ...], out: Tensor) -> None:
+    """For the check before backward (``check_saved_versions``): ``ctx._writes``, the count of all in-place writes
+    so far, and ``ctx._versions``, (t, version) of each of ``tensors`` (inputs, ``None`` for constants, and more
+    outputs) and ``out`` that has a counter (one without has had no write: version 0). Which of them the op saved
+    is sorted out only when some write happened before the backward (the usual case has none: no work here)."""
+    ctx._writes = _op.writes
+    for t in tensors:
+        if t is not None and t._vc is not None:
+            ctx._versions += ((t, t._vc.value),)
+    if out._vc is not None:  # (the output of a view op)
+        ctx._versions += ((out, out._vc.value),)
 
 
 def _share_version(t: Tensor, src: Any) -> None:

@@ -19,7 +19,7 @@ from array_api_compat import device as _device
 from ..backend import dtype_name, get_backend, is_cupy_namespace, is_numpy_namespace, namespace_of, to_numpy
 from ..errors import CheckpointError
 from ..functional.updates import copy_into
-from ..autograd.tensor import Tensor
+from ..autograd.tensor import Tensor, bump_versions
 from ..nn.parameter import Parameter, flat_buffer_of
 
 ParamsLike = Union[Parameter, Iterable[Parameter], Iterable[dict]]
@@ -220,8 +220,9 @@ class Optimizer:
                 if slot.written is None or tuple(slot.written.shape) != tuple(data.shape):
                     slot.written = slot.xp.empty_like(data)
                 copy_into(slot.written, data)
-        for p in written:  # in-place writes, as PyTorch counts them: a backward through a graph that saved one of
-            p._bump_version()  # these parameters before this step raises instead of using the new values
+        # in-place writes, as PyTorch counts them: a backward through a graph that saved one of these parameters
+        # before this step raises instead of using the new values
+        bump_versions(written)
         self._stepped = [(w[0], w[3]) for w in work]
         self._steps_advanced += 1
 
