@@ -177,7 +177,8 @@ def check_saved_versions(node: Node) -> None:
     use the new values (PyTorch's check). Writes straight into an array (``t.data[...] = v``) bump no counter and
     are not seen."""
     ctx = node.ctx
-    before = {id(t): v for t, v in ctx._versions}  # (no counter at the forward: version 0)
+    vers = ctx._versions
+    before = {id(t): v for t, v in zip(vers[::2], vers[1::2])}  # (no counter at the forward: version 0)
     outputs = [ref() if ref is not None else None for ref in node.outputs]
     for k, s in enumerate(ctx._saved):
         for what, tensors in (("input", node.inputs), ("output", outputs)):

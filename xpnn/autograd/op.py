@@ -93,7 +93,7 @@ class Context:
         self.create_graph = False
         self._saved: Any = ()
         # at a recorded forward that saved values (xpnn.autograd.tensor): the module's `writes`, and (Tensor,
-        # version) of each input/output Tensor with a version counter
+        # version, Tensor, version...) for the input/output Tensors with a version counter
         self._writes = -1
         self._versions: Any = ()
         self._args = args

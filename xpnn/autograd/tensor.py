@@ -616,15 +616,15 @@ def bump_versions(tensors: Any) -> None:
 
 def _note_versions(ctx: Any, tensors: tuple[Any, ...], out: Tensor) -> None:
     """For the check before backward (``check_saved_versions``): ``ctx._writes``, the count of all in-place writes
-    so far, and ``ctx._versions``, (t, version) of each of ``tensors`` (inputs, ``None`` for constants, and more
-    outputs) and ``out`` that has a counter (one without has had no write: version 0). Which of them the op saved
-    is sorted out only when some write happened before the backward (the usual case has none: no work here)."""
+    so far, and ``ctx._versions``, ``(t, version, t, version, ...)`` for each of ``tensors`` (inputs, ``None`` for
+    constants, and more outputs) and ``out`` that has a counter (one without has had no write: version 0). Which of
+    them the op saved is sorted out only when some write happened before the backward (the usual case has none)."""
     ctx._writes = _op.writes
     for t in tensors:
         if t is not None and t._vc is not None:
-            ctx._versions += ((t, t._vc.value),)
+            ctx._versions += (t, t._vc.value)
     if out._vc is not None:  # (the output of a view op)
-        ctx._versions += ((out, out._vc.value),)
+        ctx._versions += (out, out._vc.value)
 
 
 def _share_version(t: Tensor, src: Any) -> None:
