@@ -22,6 +22,7 @@ from ..random import generator
 
 __all__ = ["Parameter", "FlatBuffer", "flat_buffer_of", "views_supported", "factory"]
 
+
 class Parameter(Tensor):
     """A trainable array: a leaf ``xpnn.Tensor`` (``requires_grad=True``) with ``.data`` (the values) and ``.grad``
     (the accumulated gradient, same shape and dtype). ``loss.backward()`` and the explicit ``m.backward(dy)`` add
