@@ -95,6 +95,21 @@ def test_writes_nothing_saved_stay_free(ns):
     with xpnn.no_grad():
         w2 += 1.0
     np.testing.assert_array_equal(np.asarray(w2.grad), [100.0, 7.0])
+    w3, other = _t(xp, [1.0, 2.0], True), _t(xp, [0.0, 0.0])
+    u = (w3 * x).sum()  # mul saves w3 and x; a write elsewhere (even to a Tensor with a counter) is free
+    other[0] = 1.0
+    w3.detach()[0] = 1.0  # the same value: still a write, but...
+    with pytest.raises(InplaceModifiedError):  # ...to a saved input
+        u.backward(retain_graph=True)
+
+
+def test_unrelated_writes_between_forward_and_backward_stay_free():
+    w, x, other = _t(np, [1.0, 2.0], True), _t(np, [2.0, 3.0]), _t(np, [5.0, 6.0])
+    y = (w * x * other.detach().sum()).sum()  # other is read, not saved (its sum is)
+    other[0] = 0.0
+    x.reshape(2).detach()
+    y.backward()
+    np.testing.assert_array_equal(w.grad, [22.0, 33.0])
 
 
 def test_saved_output_written_through_detach_raises_like_pytorch():
