@@ -27,16 +27,17 @@ __device__ __forceinline__ A xpnn_leaky_relu_backward(A x, A dy, A negative_slop
     return x > A(0) ? dy : dy * negative_slope;
 }
 
-// dx = dy where x > 0 else dy * alpha * exp(x)   (x <= 0 there: exp cannot overflow)
+// dx = dy * alpha * exp(x) where x <= 0 (exp cannot overflow there) else dy: PyTorch's elu_backward, so x = NaN
+// passes dy
 template <typename A>
 __device__ __forceinline__ A xpnn_elu_backward(A x, A dy, A alpha) {
-    return x > A(0) ? dy : dy * (alpha * xpnn_exp(x));
+    return x <= A(0) ? dy * (alpha * xpnn_exp(x)) : dy;
 }
 
-// dx = scale * dy where x > 0 else dy * scale * alpha * exp(x)
+// dx = dy * scale * alpha * exp(x) where x <= 0 else scale * dy (x = NaN too, as in PyTorch)
 template <typename A>
 __device__ __forceinline__ A xpnn_selu_backward(A x, A dy) {
-    return x > A(0) ? dy * A(XPNN_SELU_SCALE) : dy * (A(XPNN_SELU_SCALE_ALPHA) * xpnn_exp(x));
+    return x <= A(0) ? dy * (A(XPNN_SELU_SCALE_ALPHA) * xpnn_exp(x)) : dy * A(XPNN_SELU_SCALE);
 }
 
 #endif  // XPNN_ACTIVATION_BACKWARD_CUH

@@ -2,6 +2,8 @@
 fan-out, second order), the Tensor API, modules on Tensors and arrays, and the errors."""
 from __future__ import annotations
 
+import re
+
 import array_api_strict
 import numpy as np
 import pytest
@@ -60,6 +62,48 @@ def test_arithmetic_broadcasts_gradients_back(op, shapes):
     gradcheck(getattr(F, op), a, b)
 
 
+_NOT_BROADCASTING = {
+    "+": ("add", lambda a, b: a + b), "-": ("sub", lambda a, b: a - b), "*": ("mul", lambda a, b: a * b),
+    "/": ("div", lambda a, b: a / b), "**": ("pow", lambda a, b: a ** b),
+    "reflected +": ("add", lambda a, b: a.__radd__(b.data)), "reflected *": ("mul", lambda a, b: a.__rmul__(b.data)),
+    "F.add": ("add", F.add), "F.sub": ("sub", F.sub), "F.mul": ("mul", F.mul), "F.div": ("div", F.div),
+    "F.pow": ("pow", F.pow), "F.mul arrays": ("mul", lambda a, b: F.mul(a.data, b.data)),
+    "F.clip": ("clip", lambda a, b: F.clip(a, b, None)), "F.clip max": ("clip", lambda a, b: F.clip(a, None, b)),
+    "<": ("Tensor comparison <", lambda a, b: a < b), ">=": ("Tensor comparison >=", lambda a, b: a >= b),
+    "==": ("Tensor comparison ==", lambda a, b: a == b), "!=": ("Tensor comparison !=", lambda a, b: a != b),
+}
+
+
+@pytest.mark.parametrize("ns", [np, array_api_strict], ids=["numpy", "array_api_strict"])
+@pytest.mark.parametrize("case", list(_NOT_BROADCASTING))
+@pytest.mark.parametrize("grad", [False, True])
+def test_operands_that_do_not_broadcast_raise_shape_error_naming_the_op(case, ns, grad):
+    """The backend's own error ("operands could not be broadcast together with shapes (2,3) (4,)") named no op.
+    PyTorch raises for the same shapes."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for broadcasting errors")
+    name, fn = _NOT_BROADCASTING[case]
+    with pytest.raises(RuntimeError, match="must match the size"):
+        torch.ones(2, 3) + torch.ones(4)
+    a = xpnn.tensor(ns.ones((5, 2, 3), dtype=ns.float64), requires_grad=grad)
+    b = xpnn.tensor(ns.ones((4, 1, 3), dtype=ns.float64))
+    shapes = r"\(5, 2, 3\) and \(4, 1, 3\)" + (r"|\(4, 1, 3\) and \(5, 2, 3\)" if "reflected" in case else "")
+    with pytest.raises(ShapeError, match=rf"^{re.escape(name)}: operands of shapes ({shapes}) do not broadcast "
+                                         r"together \(sizes (5 and 4|4 and 5) at dimension -3"):
+        fn(a, b)
+
+
+@pytest.mark.parametrize("ns", [np, array_api_strict], ids=["numpy", "array_api_strict"])
+def test_in_place_operator_whose_result_does_not_fit_raises_shape_error(ns):
+    t = xpnn.tensor(ns.ones((3,), dtype=ns.float64))
+    with xpnn.no_grad():
+        with pytest.raises(ShapeError, match=r"^Tensor \+=: operands of shapes \(3,\) and \(4,\) do not broadcast"):
+            t += ns.ones((4,), dtype=ns.float64)
+        with pytest.raises(ShapeError, match=r"^Tensor \*=: the result of shape \(2, 3\) .* does not fit in place "
+                                             r"into shape \(3,\)"):
+            t *= ns.ones((2, 3), dtype=ns.float64)
+    assert t._version == 0  # nothing was written
+
+
 def test_operators_and_reflected_forms_with_scalars_and_arrays():
     a = rand(3, 4)
     c = rand(4, lo=0.5, hi=1.5)
@@ -94,6 +138,39 @@ def test_max_shares_the_gradient_between_ties():
     x = xpnn.tensor(np.array([[1.0, 3.0, 3.0], [2.0, 0.0, 1.0]]), requires_grad=True)
     x.max(axis=1).sum().backward()
     np.testing.assert_allclose(x.grad, [[0, 0.5, 0.5], [1, 0, 0]])
+
+
+@pytest.mark.parametrize("ns", [np, array_api_strict], ids=["numpy", "array_api_strict"])
+@pytest.mark.parametrize("name", ["max", "min"])
+@pytest.mark.parametrize("call", ["function", "method"])
+@pytest.mark.parametrize("axis", [None, 1, 0])
+def test_max_min_gradient_goes_to_the_nan_like_pytorch(ns, name, call, axis):
+    """A slice holding a NaN reduces to NaN, which equals nothing: the gradient was NaN everywhere (0/0).
+    PyTorch selects the NaN (torch.max(x, dim) routes the gradient to it; torch.max(x) splits it among the NaNs)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for max/min gradients")
+    nan = float("nan")
+    values = [[1.0, nan, 3.0], [4.0, 5.0, 0.5], [nan, 2.0, 7.0]]  # one NaN per row and column at most
+    if axis is None:
+        values[2][2] = nan  # two NaNs: torch.max() shares between them, as xpnn shares between ties
+    x = xpnn.tensor(ns.asarray(values), requires_grad=True)
+    y = getattr(F, name)(x, axis=axis) if call == "function" else getattr(x, name)(axis=axis)
+    y.sum().backward()
+    tx = torch.tensor(values, dtype=torch.float64, requires_grad=True)
+    ty = getattr(tx, name)() if axis is None else getattr(tx, name)(dim=axis).values
+    ty.sum().backward()
+    np.testing.assert_allclose(np.asarray(y.data), ty.detach().numpy())
+    np.testing.assert_allclose(np.asarray(x.grad), tx.grad.numpy(), rtol=1e-15)
+
+
+def test_abs_gradient_at_nan_is_zero_like_pytorch():
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for abs's gradient")
+    values = [float("nan"), -2.0, 0.0, 3.0]
+    for ns in (np, array_api_strict):
+        x = xpnn.tensor(ns.asarray(values), requires_grad=True)
+        x.abs().sum().backward()
+        tx = torch.tensor(values, dtype=torch.float64, requires_grad=True)
+        tx.abs().sum().backward()
+        np.testing.assert_array_equal(np.asarray(x.grad), tx.grad.numpy())
 
 
 def test_shape_ops():

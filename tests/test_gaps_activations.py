@@ -223,6 +223,31 @@ def test_second_derivative_of_elu_is_zero_not_nan_in_the_linear_part(name):
     assert gx16.dtype == np.float16 and gx16.numpy().tolist() == [0.0]
 
 
+@pytest.mark.parametrize("ns", [np, xs], ids=["numpy", "array_api_strict"])
+@pytest.mark.parametrize("name", ["relu", "leaky_relu", "elu", "selu", "prelu"])
+def test_gradient_at_nan_input_matches_pytorch(name, ns):
+    """PyTorch's backwards test ``x > 0`` (or ``x <= 0``) on the saved input, so a NaN takes one branch: ELU's
+    gradient there is ``dy`` (was NaN: ``dy * alpha * exp(NaN)``), SELU's ``scale * dy``, PReLU's ``weight * dy``
+    (was ``dy``); ReLU and leaky ReLU already agreed."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for gradients at NaN")
+    tf = torch.nn.functional
+    values, w0 = [float("nan"), -1.5, 0.0, 2.0], [0.25]
+    x, w = xpnn.tensor(ns.asarray(values), requires_grad=True), xpnn.tensor(ns.asarray(w0), requires_grad=True)
+    tx = torch.tensor(values, dtype=torch.float64, requires_grad=True)
+    tw = torch.tensor(w0, dtype=torch.float64, requires_grad=True)
+    ours = {"relu": lambda: F.relu(x), "leaky_relu": lambda: F.leaky_relu(x, 0.1), "elu": lambda: F.elu(x),
+            "selu": lambda: F.selu(x), "prelu": lambda: F.prelu(x, w)}[name]
+    theirs = {"relu": lambda: tf.relu(tx), "leaky_relu": lambda: tf.leaky_relu(tx, 0.1), "elu": lambda: tf.elu(tx),
+              "selu": lambda: tf.selu(tx), "prelu": lambda: tf.prelu(tx, tw)}[name]
+    dy = [3.0, 5.0, 7.0, 11.0]
+    ours().backward(xpnn.tensor(ns.asarray(dy)))
+    theirs().backward(torch.tensor(dy, dtype=torch.float64))
+    np.testing.assert_allclose(np.asarray(x.grad), tx.grad.numpy(), rtol=1e-14)
+    assert np.isfinite(np.asarray(x.grad)[0])
+    if name == "prelu":
+        np.testing.assert_allclose(np.asarray(w.grad), tw.grad.numpy())  # NaN: the NaN entry's x * dy
+
+
 def test_float16_selu_backward_does_not_overflow_in_the_unused_branch():
     dy = np.array([30000.0, 30000.0], np.float16)
     x = np.array([2.0, -0.5], np.float16)

@@ -150,14 +150,16 @@ def test_activation_backward(forward_loader, fn, saved, extra, dtype):
     rng = np.random.default_rng(1)
     if saved == "y":  # outputs of sigmoid/tanh
         s = (rng.uniform(-1, 1, (33, 17)) if fn is F.tanh_backward else rng.uniform(0, 1, (33, 17)))
-    else:  # inputs, including extremes and exact zeros
+    else:  # inputs, including extremes, exact zeros and a NaN (PyTorch: a NaN input passes a finite gradient)
         s = rng.standard_normal((33, 17)) * 3
-        s[0, :6] = [1e4, -1e4, 0.0, -0.0, 80.0, -80.0]
+        s[0, :7] = [1e4, -1e4, 0.0, -0.0, 80.0, -80.0, np.nan]
     dy = rng.standard_normal((33, 17))
     s, dy = s.astype(dtype), dy.astype(dtype)
     want = reference(fn, s, dy, *extra)
     got = through_kernel(forward_loader, fn, s, dy, *extra)
     assert got.dtype == want.dtype and got.shape == want.shape
+    if saved == "x":
+        assert np.isfinite(got[0, 6]) and np.isfinite(want[0, 6])
     tol = dict(rtol=5e-3, atol=5e-3) if dtype == "float16" else TOL[dtype]  # the kernel computes half in float
     np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), **tol)
 

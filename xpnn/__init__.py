@@ -10,6 +10,7 @@ from .errors import (
     BackendUnavailableError,
     CheckpointError,
     DTypeError,
+    InplaceModifiedError,
     NamespaceMismatchError,
     NonFiniteError,
     ShapeError,
@@ -28,5 +29,5 @@ __all__ = [
     "amp", "cuda", "distributed", "models", "onnx",
     "save", "load", "manual_seed",
     "XpnnError", "BackendUnavailableError", "ShapeError", "DTypeError", "NamespaceMismatchError",
-    "NonFiniteError", "CheckpointError",
+    "NonFiniteError", "CheckpointError", "InplaceModifiedError",
 ]

@@ -32,3 +32,8 @@ class CheckpointError(XpnnError, ValueError):
 
 class CaptureError(XpnnError, RuntimeError):
     """A training step cannot be captured in a CUDA graph (a host read, a new allocation, a changed shape/dtype)."""
+
+
+class InplaceModifiedError(XpnnError, RuntimeError):
+    """A value an op saved for backward was changed in place after the op ran (its version counter moved), so the
+    gradient would be wrong: PyTorch's "modified by an inplace operation" error."""

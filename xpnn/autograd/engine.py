@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from ..backend import namespace_of
+from ..backend import dtype_name, namespace_of
+from ..errors import InplaceModifiedError
 from .grad_mode import set_grad_enabled
 from . import op as _op
 from .op import _OVERRIDDEN, Context, override_for
 
-__all__ = ["Node", "run_backward"]
+__all__ = ["Node", "run_backward", "check_saved_versions"]
 
 
 class Node:
@@ -144,6 +145,8 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
             grads = pending.pop(id(node), None)
             in_grads: Any = None
             if grads is not None:
+                if ctx._saved and ctx._writes != _op.writes:  # something was written since the forward
+                    check_saved_versions(node)
                 in_grads = _call_backward(node, grads, edges, create_graph, Tensor)
             if not retain_graph:
                 ctx.free()
@@ -171,6 +174,33 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
     if inputs is None:
         return None
     return [captured.get(id(t)) for t in inputs]
+
+
+def check_saved_versions(node: Node) -> None:
+    """Raise ``InplaceModifiedError`` when a value ``node``'s op saved for backward (one of its input or output
+    Tensors' arrays) was written in place since the forward (its version counter moved): the gradient would silently
+    use the new values (PyTorch's check). Writes straight into an array (``t.data[...] = v``) bump no counter and
+    are not seen."""
+    ctx = node.ctx
+    vers = ctx._versions
+    before = {id(t): v for t, v in zip(vers[::2], vers[1::2])}  # (no counter at the forward: version 0)
+    outputs = [ref() if ref is not None else None for ref in node.outputs]
+    for k, s in enumerate(ctx._saved):
+        for what, tensors in (("input", node.inputs), ("output", outputs)):
+            pos = next((i for i, t in enumerate(tensors) if t is not None and t._data is s), None)
+            if pos is None:
+                continue
+            t = tensors[pos]
+            version, now = before.get(id(t), 0), t._version
+            if now != version:
+                name = node.op.name
+                raise InplaceModifiedError(
+                    f"{name}: one of the variables needed for gradient computation has been modified by an inplace "
+                    f"operation: {what} {pos} of {name} ({dtype_name(s.dtype)}, shape {tuple(s.shape)}), saved for "
+                    f"backward at version {version}, is now at version {now}. Write out of place instead "
+                    "(y = x * 2, not x[...] = ... or x *= 2 under no_grad), write before the forward, or run the "
+                    "backward before the write (e.g. before optimizer.step())")
+            break
 
 
 def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create_graph: bool, tensor_cls: Any) -> Any:

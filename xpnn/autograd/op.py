@@ -28,7 +28,7 @@ import numpy as np
 from .. import _dispatch
 from ..backend import namespace_of
 
-__all__ = ["Op", "Context", "register_override", "override_for", "numpy_direct"]
+__all__ = ["Op", "Context", "VersionCounter", "register_override", "override_for", "numpy_direct"]
 
 _FREED = object()  # marks a context whose saved values were released after backward
 _OVERRIDES: dict[tuple[str, str, str], Callable[..., Any]] = {}
@@ -71,17 +71,38 @@ def numpy_direct(op: str) -> bool:
     return _dispatch._provider[0] is None and op not in _OVERRIDDEN["forward"]
 
 
+class VersionCounter:
+    """The version of one array's values, shared by the Tensors that hold that array or a view of it (``detach()``,
+    the views xpnn's ops make): every in-place write xpnn makes through one of them adds 1 (PyTorch's version
+    counter; ``xpnn.autograd.tensor.bump_versions``). A Tensor gets its counter on its first write, ``detach()`` or
+    view; until then its version is 0."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+#: in-place writes so far (``bump_versions`` calls): a backward whose forward saw the same count skips the check of
+#: the saved versions (nothing was written in between, the usual case)
+writes = 0
+
+
 class Context:
     """What one call of an op keeps for its backward: ``save_for_backward(*values)`` / ``saved_tensors``, plus any
     attribute the forward sets (shapes, masks, indices). ``needs_input_grad`` has one bool per positional input;
     ``xp`` is the arrays' namespace; ``create_graph`` is True while a backward is itself being recorded."""
 
-    __slots__ = ("needs_input_grad", "create_graph", "_saved", "_args", "_xp", "__dict__")
+    __slots__ = ("needs_input_grad", "create_graph", "_saved", "_writes", "_versions", "_args", "_xp", "__dict__")
 
     def __init__(self, needs_input_grad: tuple[bool, ...], args: tuple[Any, ...]) -> None:
         self.needs_input_grad = needs_input_grad
         self.create_graph = False
         self._saved: Any = ()
+        # at a recorded forward that saved values (xpnn.autograd.tensor): the module's `writes`, and (Tensor,
+        # version, Tensor, version...) for the input/output Tensors with a version counter
+        self._writes = -1
+        self._versions: Any = ()
         self._args = args
         self._xp: Any = None
 
@@ -114,6 +135,7 @@ class Context:
 
     def free(self) -> None:
         self._saved = _FREED
+        self._versions = ()
         self._args = ()
         self.__dict__.clear()
 
@@ -127,6 +149,10 @@ class Op:
     kernel: ClassVar[Optional[str]] = None
     #: outputs of forward that get gradients (a tuple output's other entries, e.g. argmax indices, get none)
     differentiable_outputs: ClassVar[Optional[tuple[int, ...]]] = None
+
+    #: the output may share the first input's memory (reshape, slicing): its Tensor then shares the input's version
+    #: counter, so an in-place write through either is seen by the ops that saved the other
+    view: ClassVar[bool] = False
 
     #: declared outside the xpnn package (the engine checks the shapes its backward returns); set per subclass
     _user_op: ClassVar[bool] = False

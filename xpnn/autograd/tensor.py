@@ -21,10 +21,19 @@ from ..errors import DTypeError, ShapeError
 from . import op as _op
 from .engine import Node, _accumulate_leaf, _fire_hooks, run_backward
 from .grad_mode import is_grad_enabled
+from .op import VersionCounter
 
 __all__ = ["Tensor", "tensor"]
 
 _hook_ids = itertools.count()
+
+
+def _counter(t: "Tensor") -> VersionCounter:
+    """``t``'s version counter, made on first use."""
+    c = t._vc
+    if c is None:
+        c = t._vc = VersionCounter()
+    return c
 
 
 class _HookHandle:
@@ -55,13 +64,15 @@ class Tensor:
     Build with ``xpnn.tensor(data, requires_grad=...)``.
     """
 
-    __slots__ = ("_data", "_grad", "_requires_grad", "_node", "_index", "_hooks", "__weakref__")
+    __slots__ = ("_data", "_grad", "_requires_grad", "_node", "_index", "_hooks", "_vc", "__weakref__")
     __array_ufunc__ = None  # NumPy operators (ndarray + Tensor) defer to the Tensor's reflected methods
     __array_priority__ = 1000.0
     __hash__ = object.__hash__  # hashed by identity, like torch.Tensor, although == is elementwise
 
     def __init__(self, data: Any, requires_grad: bool = False) -> None:
-        if isinstance(data, Tensor):
+        vc = None
+        if isinstance(data, Tensor):  # the same array: the same version counter
+            vc = _counter(data)
             data = data._data
         if not hasattr(data, "shape") or not hasattr(data, "dtype"):
             raise TypeError(f"Tensor: expected an array, got {type(data).__name__}; use xpnn.tensor(data) for "
@@ -71,6 +82,7 @@ class Tensor:
         self._node: Optional[Node] = None
         self._index = 0
         self._hooks: Optional[dict[int, Callable[[Tensor], None]]] = None
+        self._vc: Optional[VersionCounter] = vc
         self._requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -78,7 +90,9 @@ class Tensor:
     # --- the array and its gradient ----------------------------------------------------------------------
     @property
     def data(self) -> Any:
-        """The array (NumPy, CuPy, ...). Assigning replaces it (no gradient flows through the assignment)."""
+        """The array (NumPy, CuPy, ...). Assigning replaces it (no gradient flows through the assignment). A write
+        straight into it (``t.data[...] = v``) bumps no version counter, so backward cannot see it; ``t[...] = v``
+        can."""
         return self._data
 
     @data.setter
@@ -129,6 +143,20 @@ class Tensor:
     @requires_grad.setter
     def requires_grad(self, value: bool) -> None:
         self.requires_grad_(value)
+
+    @property
+    def _version(self) -> int:
+        """How many in-place writes xpnn has made to this Tensor's values (``torch.Tensor._version``), counted
+        over every Tensor sharing them (``detach()``, views made by xpnn's ops); see ``_bump_version``."""
+        c = self._vc
+        return 0 if c is None else c.value
+
+    def _bump_version(self) -> None:
+        """Record an in-place write to the values: an op that saved them for backward then raises
+        ``InplaceModifiedError`` at backward (PyTorch's rule). xpnn calls it for every in-place write it makes
+        (``t[key] = v``, ``t += v`` under ``no_grad``, optimizer steps, ``load_state_dict``, ``xpnn.init``); a
+        write straight into the array (``t.data[...] = v``, NumPy's ``out=``) is not seen."""
+        bump_versions((self,))
 
     @property
     def grad_fn(self) -> Optional[Node]:
@@ -203,8 +231,9 @@ class Tensor:
 
     # --- leaving the graph --------------------------------------------------------------------------------
     def detach(self) -> "Tensor":
-        """A Tensor sharing ``data`` without history (no gradient flows back through it)."""
-        return Tensor(self._data)
+        """A Tensor sharing ``data`` (and its version counter: an in-place write through either is seen by the ops
+        that saved the other) without history (no gradient flows back through it)."""
+        return Tensor(self)
 
     def numpy(self) -> np.ndarray:
         """A NumPy copy of ``data`` (a host copy for GPU Tensors); no ``detach`` needed."""
@@ -341,7 +370,8 @@ class Tensor:
 
     def __setitem__(self, key: Any, value: Any) -> None:
         """``t[key] = value`` writes into ``data`` in place when no gradient is involved (``t`` does not require
-        grad and ``value`` is not a Tensor that does, or grad mode is off); item assignment is never recorded."""
+        grad and ``value`` is not a Tensor that does, or grad mode is off); item assignment is never recorded. It
+        bumps the version counter: a backward through an op that saved these values raises ``InplaceModifiedError``."""
         v = value._data if isinstance(value, Tensor) else value
         if is_grad_enabled() and (self.requires_grad or (isinstance(value, Tensor) and value.requires_grad)):
             raise RuntimeError(
@@ -354,11 +384,12 @@ class Tensor:
         from ..functional.shape import _plain_key
 
         self._data[_plain_key(key)] = v
+        self._bump_version()
 
-    # in-place operators (PyTorch's rules, without its version counter): under xpnn.no_grad() a leaf is updated
-    # in place (``w -= lr * w.grad``; a Parameter stays its view of the flat buffer); with grad mode on, the name
-    # is rebound to a recorded out-of-place result (values the graph saved are never changed), except that a leaf
-    # which requires grad raises, as in PyTorch
+    # in-place operators: under xpnn.no_grad() a leaf is updated in place (``w -= lr * w.grad``; a Parameter stays
+    # its view of the flat buffer) and its version counter bumped (a graph that saved it raises at backward, as in
+    # PyTorch); with grad mode on, the name is rebound to a recorded out-of-place result (values the graph saved
+    # are never changed), except that a leaf which requires grad raises, as in PyTorch
     def _inplace(self, other: Any, fn: Callable[[Any, Any], Any], ifn: Callable[[Any, Any], Any], sym: str
                  ) -> "Tensor":
         if is_grad_enabled():
@@ -374,9 +405,16 @@ class Tensor:
         if hasattr(o, "shape"):
             namespace_of(self._data, o, where=f"Tensor {sym}=")
         d = self._data
-        out = ifn(d, o)  # the array's own in-place operator (operator.iadd, ...)
+        try:
+            out = ifn(d, o)  # the array's own in-place operator (operator.iadd, ...)
+        except ValueError:
+            from ..functional._checks import broadcast
+
+            broadcast(f"Tensor {sym}=", d, o, into=d)  # (the backend's error names no op)
+            raise
         if out is not d:  # a namespace without in-place operators
             self.data = out
+        self._bump_version()
         return self
 
     def __iadd__(self, other: Any) -> "Tensor":
@@ -392,29 +430,35 @@ class Tensor:
         return self._inplace(other, operator.truediv, operator.itruediv, "/")
 
     # comparisons: no gradient, a boolean Tensor
-    def _compare(self, other: Any, fn: Callable[[Any, Any], Any]) -> "Tensor":
+    def _compare(self, other: Any, fn: Callable[[Any, Any], Any], sym: str) -> "Tensor":
         o = other._data if isinstance(other, Tensor) else other
         if hasattr(o, "shape"):
             namespace_of(self._data, o, where="Tensor comparison")
-        return Tensor(fn(self._data, o))
+        try:
+            return Tensor(fn(self._data, o))
+        except ValueError:
+            from ..functional._checks import broadcast
+
+            broadcast(f"Tensor comparison {sym}", self._data, o)  # (the backend's error names no op)
+            raise
 
     def __lt__(self, other: Any) -> "Tensor":
-        return self._compare(other, lambda a, b: a < b)
+        return self._compare(other, operator.lt, "<")
 
     def __le__(self, other: Any) -> "Tensor":
-        return self._compare(other, lambda a, b: a <= b)
+        return self._compare(other, operator.le, "<=")
 
     def __gt__(self, other: Any) -> "Tensor":
-        return self._compare(other, lambda a, b: a > b)
+        return self._compare(other, operator.gt, ">")
 
     def __ge__(self, other: Any) -> "Tensor":
-        return self._compare(other, lambda a, b: a >= b)
+        return self._compare(other, operator.ge, ">=")
 
     def __eq__(self, other: Any) -> "Tensor":  # type: ignore[override]
-        return self._compare(other, lambda a, b: a == b)
+        return self._compare(other, operator.eq, "==")
 
     def __ne__(self, other: Any) -> "Tensor":  # type: ignore[override]
-        return self._compare(other, lambda a, b: a != b)
+        return self._compare(other, operator.ne, "!=")
 
     # --- methods (each the xpnn.functional op of the same name) ---------------------------------------------
     # (``dim=`` is PyTorch's name for ``axis=``; ``max``/``min`` given ``dim=`` return ``(values, indices)``)
@@ -645,6 +689,7 @@ def _make(data: Any, node: Optional[Node], index: int, requires_grad: bool) -> T
     t._node = node
     t._index = index
     t._hooks = None
+    t._vc = None
     t._requires_grad = requires_grad
     return t
 
@@ -672,17 +717,70 @@ def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> An
     if not record:
         if isinstance(out, tuple):
             return tuple(_make(o, None, 0, False) for o in out)
-        return _make(out, None, 0, False)
+        t = _make(out, None, 0, False)
+        if op.view:
+            _share_version(t, args[0])
+        return t
     node = Node(op, ctx, tuple(a if isinstance(a, Tensor) else None for a in args), args, params)
     if isinstance(out, tuple):
         diff = op.differentiable_outputs
         ctx._xpnn_out_meta = tuple((tuple(o.shape), o.dtype) for o in out)  # zeros for an output the caller dropped
         outs = tuple(_make(o, node, i, diff is None or i in diff) for i, o in enumerate(out))
         node.outputs = tuple(weakref.ref(t) if t._requires_grad else None for t in outs)
+        if ctx._saved:
+            _note_versions(ctx, node.inputs + outs[1:], outs[0])
         return outs
     t = _make(out, node, 0, True)
     node.outputs = (weakref.ref(t),)
+    if op.view:
+        _share_version(t, args[0])
+    if ctx._saved:
+        _note_versions(ctx, node.inputs, t)
     return t
+
+
+def bump_versions(tensors: Any) -> None:
+    """Record in-place writes to ``tensors`` (an iterable of Tensors): each one's version goes up by 1, so an op
+    that saved its values raises ``InplaceModifiedError`` at backward (``Tensor._bump_version`` for one Tensor;
+    optimizers call it once per step for the parameters they wrote)."""
+    _op.writes += 1
+    for t in tensors:
+        c = t._vc
+        if c is None:
+            c = t._vc = VersionCounter()
+        c.value += 1
+
+
+def _note_versions(ctx: Any, tensors: tuple[Any, ...], out: Tensor) -> None:
+    """For the check before backward (``check_saved_versions``): ``ctx._writes``, the count of all in-place writes
+    so far, and ``ctx._versions``, ``(t, version, t, version, ...)`` for each of ``tensors`` (inputs, ``None`` for
+    constants, and more outputs) and ``out`` that has a counter (one without has had no write: version 0). Which of
+    them the op saved is sorted out only when some write happened before the backward (the usual case has none)."""
+    ctx._writes = _op.writes
+    for t in tensors:
+        if t is not None and t._vc is not None:
+            ctx._versions += (t, t._vc.value)
+    if out._vc is not None:  # (the output of a view op)
+        ctx._versions += (out, out._vc.value)
+
+
+def _share_version(t: Tensor, src: Any) -> None:
+    """Give ``t`` (the output of a view op) ``src``'s version counter when its array shares ``src``'s memory."""
+    if isinstance(src, Tensor) and _same_buffer(t._data, src._data):
+        t._vc = _counter(src)
+
+
+def _same_buffer(a: Any, b: Any) -> bool:
+    """Whether array ``a`` is ``b`` or a view of the memory ``b`` views (NumPy and CuPy keep the owner of a view's
+    memory in ``.base``; ``array_api_strict`` wraps a NumPy array in ``._array``)."""
+    if a is b:
+        return True
+    a, b = getattr(a, "_array", a), getattr(b, "_array", b)
+    base_a = getattr(a, "base", None)
+    if base_a is None:
+        return False
+    base_b = getattr(b, "base", None)
+    return base_a is (b if base_b is None else base_b)
 
 
 def _check_forward_output(op: Any, out: Any, params: dict[str, Any]) -> None:
@@ -725,8 +823,9 @@ def tensor(data: Any, requires_grad: bool = False, backend: BackendLike = None, 
     lists and scalars go to ``backend`` (default: the active backend, see ``xpnn.get_backend``) with NumPy's
     dtype rules (Python floats -> float64). ``requires_grad=True`` needs a floating dtype (``DTypeError``).
     """
-    if isinstance(data, Tensor):
-        data = data._data
+    src = data if isinstance(data, Tensor) else None
+    if src is not None:
+        data = src._data
     if backend is None and hasattr(data, "__array_namespace__") or type(data) is np.ndarray:
         be = get_backend(backend) if backend is not None else None
         if be is not None and namespace_of(data) is not be.xp:
@@ -741,7 +840,10 @@ def tensor(data: Any, requires_grad: bool = False, backend: BackendLike = None, 
         else:
             arr = be.asarray(np.asarray(data), dtype=dtype)
         data = arr
-    return Tensor(data, requires_grad=requires_grad)
+    t = Tensor(data, requires_grad=requires_grad)
+    if src is not None and data is src._data:  # not copied: a write through either is a write to both
+        t._vc = _counter(src)
+    return t
 
 
 def _resolve(xp: Any, dtype: Any) -> Any:

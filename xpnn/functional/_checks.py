@@ -153,3 +153,23 @@ def pair(a: Any, b: Any, where: str, names: tuple[str, str]) -> Any:
     same_shape(a, b, where, names)
     same_dtype(a, b, where, names)
     return xp
+
+
+def broadcast(where: str, *operands: Any, into: Any = None) -> None:
+    """Raise ``ShapeError`` naming ``where`` and the shapes when ``operands`` (arrays; scalars are skipped) do not
+    broadcast together under NumPy's rules (trailing dimensions equal, or 1 in one of them), or, with ``into``
+    (an in-place target), when their broadcast shape is not ``into``'s shape. Called after the backend refused an
+    operation (its own error does not name the op), so it costs nothing on the success path."""
+    shapes = [tuple(x.shape) for x in operands if hasattr(x, "shape")]
+    out: list[int] = []
+    for dims in zip(*(((1,) * (max(map(len, shapes)) - len(s)) + s) for s in shapes)):
+        sizes = {d for d in dims if d != 1}
+        if len(sizes) > 1:
+            axis = len(out) - max(map(len, shapes))
+            raise ShapeError(f"{where}: operands of shapes {' and '.join(map(str, shapes))} do not broadcast "
+                             f"together (sizes {' and '.join(str(d) for d in dims)} at dimension {axis}: each must "
+                             "be equal or 1)")
+        out.append(sizes.pop() if sizes else 1)
+    if into is not None and tuple(out) != tuple(into.shape):
+        raise ShapeError(f"{where}: the result of shape {tuple(out)} (operands {' and '.join(map(str, shapes))}) "
+                         f"does not fit in place into shape {tuple(into.shape)}")

@@ -308,10 +308,11 @@ class EluBackward(_ActivationBackward):
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, alpha: float) -> Any:
-        """``dx = dy`` where ``x > 0`` else ``dy * alpha * exp(x)``."""
+        """``dx = dy * alpha * exp(x)`` where ``x <= 0`` else ``dy`` (so a NaN ``x`` passes ``dy``, like PyTorch's
+        ``elu_backward``)."""
         xp = ctx.xp  # (check has validated the pair)
         _ActivationBackward.save(ctx, None, x, dy, alpha=alpha)
-        return xp.where(x > 0, dy, dy * (alpha * xp.exp(xp.minimum(x, 0.0))))
+        return xp.where(x <= 0, dy * (alpha * xp.exp(xp.minimum(x, 0.0))), dy)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -325,10 +326,11 @@ class SeluBackward(_ActivationBackward):
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any) -> Any:
-        """``dx = scale * dy`` where ``x > 0`` else ``dy * scale * alpha * exp(x)``."""
+        """``dx = dy * scale * alpha * exp(x)`` where ``x <= 0`` else ``scale * dy`` (a NaN ``x`` gives
+        ``scale * dy``, like PyTorch's ``elu_backward``)."""
         xp = ctx.xp  # (check has validated the pair)
         _ActivationBackward.save(ctx, None, x, dy)
-        return xp.where(x > 0, dy * SELU_SCALE, dy * (SELU_SCALE * SELU_ALPHA * xp.exp(xp.minimum(x, 0.0))))
+        return xp.where(x <= 0, dy * (SELU_SCALE * SELU_ALPHA * xp.exp(xp.minimum(x, 0.0))), dy * SELU_SCALE)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -372,7 +374,7 @@ class PRelu(Op):
     def backward(ctx: Context, dy: Any) -> tuple[Any, Any]:
         x, weight = ctx.saved_tensors
         xd = _values(x)
-        neg = ctx.xp.astype(xd <= 0, xd.dtype)  # PyTorch: prelu'(0) = weight
+        neg = ctx.xp.astype(~(xd > 0), xd.dtype)  # PyTorch: prelu' = weight where not x > 0 (0 and NaN too)
         w = reshape(weight, _channel_shape(tuple(weight.shape), x.ndim))
         dx = dy + dy * neg * (w - 1.0) if ctx.needs_input_grad[0] else None  # dy where x > 0, w * dy elsewhere
         axes = None if weight.shape[0] == 1 else (0,) + tuple(range(2, x.ndim))  # all, or all but the channels
@@ -526,7 +528,8 @@ def prelu(x: Any, weight: Any) -> Any:
 
 def prelu_backward(x: Any, weight: Any, dy: Any) -> tuple[Any, Any]:
     """``(dx, dweight)`` of PReLU: ``dx = dy`` where ``x > 0`` else ``weight * dy``;
-    ``dweight = sum(dy * x)`` over the entries with ``x <= 0`` (per channel, or all for a shared weight)."""
+    ``dweight = sum(dy * x)`` over the other entries (per channel, or all for a shared weight); NaN in ``x`` takes
+    the ``weight`` branch, as in PyTorch."""
     _prelu_check(x, weight, "prelu_backward")
     _checks.pair(x, dy, "prelu_backward", ("input", "dy"))
     ctx = Context((True, True), (x, weight))  # (its namespace: that of x and weight)

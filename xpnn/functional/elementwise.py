@@ -64,7 +64,11 @@ class Add(Op):
     def forward(ctx: Context, a: Any, b: Any) -> Any:
         _check_pair(a, b, "add")
         ctx.shapes = (_shape(a), _shape(b))
-        return a + b
+        try:
+            return a + b
+        except ValueError:
+            _checks.broadcast("add", a, b)  # (the backend's error names no op)
+            raise
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -81,7 +85,11 @@ class Sub(Op):
     def forward(ctx: Context, a: Any, b: Any) -> Any:
         _check_pair(a, b, "sub")
         ctx.shapes = (_shape(a), _shape(b))
-        return a - b
+        try:
+            return a - b
+        except ValueError:
+            _checks.broadcast("sub", a, b)
+            raise
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -98,7 +106,11 @@ class Mul(Op):
     def forward(ctx: Context, a: Any, b: Any) -> Any:
         _check_pair(a, b, "mul")
         ctx.save_for_backward(a, b)
-        return a * b
+        try:
+            return a * b
+        except ValueError:
+            _checks.broadcast("mul", a, b)
+            raise
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -114,7 +126,11 @@ class Div(Op):
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:
         _check_pair(a, b, "div")
-        out = a / b
+        try:
+            out = a / b
+        except ValueError:
+            _checks.broadcast("div", a, b)
+            raise
         ctx.save_for_backward(a, b, out)
         return out
 
@@ -134,7 +150,11 @@ class Pow(Op):
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:
         _check_pair(a, b, "pow")
-        out = a ** b
+        try:
+            out = a ** b
+        except ValueError:
+            _checks.broadcast("pow", a, b)
+            raise
         ctx.save_for_backward(a, b, out)
         return out
 
@@ -230,7 +250,8 @@ class Abs(Op):
     @staticmethod
     def forward(ctx: Context, a: Any) -> Any:
         xp = namespace_of(a, where="abs")
-        ctx.sign = xp.sign(a)  # d|a|/da; 0 at 0, like PyTorch
+        # d|a|/da: 0 at 0 and at NaN (where sign gives NaN), like PyTorch's sgn
+        ctx.sign = xp.astype(a > 0, a.dtype) - xp.astype(a < 0, a.dtype)
         return xp.abs(a)
 
     @staticmethod
@@ -247,12 +268,16 @@ class Clip(Op):
         _checks.floating(xp, a, "clip")
         out = a
         keep = None
-        if min is not None:
-            out = xp.maximum(out, min)
-            keep = a >= min
-        if max is not None:
-            out = xp.minimum(out, max)
-            keep = (a <= max) if keep is None else xp.logical_and(keep, a <= max)
+        try:
+            if min is not None:
+                out = xp.maximum(out, min)
+                keep = a >= min
+            if max is not None:
+                out = xp.minimum(out, max)
+                keep = (a <= max) if keep is None else xp.logical_and(keep, a <= max)
+        except ValueError:
+            _checks.broadcast("clip", a, *(v for v in (min, max) if v is not None))
+            raise
         ctx.keep = None if keep is None else xp.astype(keep, a.dtype)  # gradient 1 inside [min, max], like PyTorch
         return xp.asarray(out, copy=True) if out is a else out
 

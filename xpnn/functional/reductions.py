@@ -115,8 +115,10 @@ class _Extremum(Op):
         ax = axis if axis is None or isinstance(axis, int) else tuple(axis)
         out = cls._reduce(xp, x, ax, keepdims)
         kept = out if keepdims else xp.reshape(out, _keep_shape(tuple(x.shape), axes))
-        hit = xp.astype(x == kept, x.dtype)
-        ctx.share = hit / xp.sum(hit, axis=axes, keepdims=True)  # ties share the gradient evenly
+        # the selected entries: those equal to the result, or the NaNs of a slice holding one (its result is NaN,
+        # equal to nothing; PyTorch selects the NaN): ties share the gradient evenly
+        hit = xp.astype((x == kept) | xp.isnan(x), x.dtype)
+        ctx.share = hit / xp.sum(hit, axis=axes, keepdims=True)
         ctx.shape, ctx.axes, ctx.keepdims = tuple(x.shape), axes, keepdims
         return out
 
@@ -176,7 +178,8 @@ def mean(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None)
 
 
 def max(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Any = None) -> Any:  # noqa: A001
-    """Maximum over ``axis``; tied maxima share the gradient evenly. With ``dim=`` (an int): ``(values, indices)``
+    """Maximum over ``axis``; tied maxima share the gradient evenly, and a slice holding a NaN has the maximum NaN,
+    its NaN(s) getting the gradient (PyTorch's rule). With ``dim=`` (an int): ``(values, indices)``
     like ``torch.max(x, dim)`` (``ValuesIndices``)."""
     if dim is not None:
         return _with_indices(Max, "argmax", x, axis_from_dim(axis, dim, "max"), keepdims)
@@ -184,7 +187,8 @@ def max(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Any = None) -
 
 
 def min(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Any = None) -> Any:  # noqa: A001
-    """Minimum over ``axis``; tied minima share the gradient evenly. With ``dim=`` (an int): ``(values, indices)``
+    """Minimum over ``axis``; tied minima share the gradient evenly, and a slice holding a NaN has the minimum NaN,
+    its NaN(s) getting the gradient (PyTorch's rule). With ``dim=`` (an int): ``(values, indices)``
     like ``torch.min(x, dim)`` (``ValuesIndices``)."""
     if dim is not None:
         return _with_indices(Min, "argmin", x, axis_from_dim(axis, dim, "min"), keepdims)

@@ -19,6 +19,7 @@ __all__ = ["reshape", "permute_dims", "broadcast_to", "sum_to", "index", "to_bac
 
 class Reshape(Op):
     name = "reshape"
+    view = True
 
     @staticmethod
     def forward(ctx: Context, x: Any, *, shape: tuple[int, ...]) -> Any:
@@ -52,6 +53,7 @@ class Reshape(Op):
 
 class PermuteDims(Op):
     name = "permute_dims"
+    view = True
 
     @staticmethod
     def forward(ctx: Context, x: Any, *, axes: tuple[int, ...]) -> Any:
@@ -74,6 +76,7 @@ class PermuteDims(Op):
 
 class BroadcastTo(Op):
     name = "broadcast_to"
+    view = True
 
     @staticmethod
     def forward(ctx: Context, x: Any, *, shape: tuple[int, ...]) -> Any:
@@ -94,6 +97,7 @@ class SumTo(Op):
     """The adjoint of broadcasting: sum ``x`` over the axes that broadcasting to its shape added or stretched."""
 
     name = "sum_to"
+    view = True
 
     @staticmethod
     def forward(ctx: Context, x: Any, *, shape: tuple[int, ...]) -> Any:
@@ -150,6 +154,7 @@ def _with_ellipsis(key: Any, ndim: int) -> Any:
 
 class Index(Op):
     name = "index"
+    view = True
 
     @staticmethod
     def forward(ctx: Context, x: Any, *, key: Any) -> Any:
@@ -269,6 +274,7 @@ def _one_hot_scatter(xp: Any, g: Any, key: Any, shape: tuple[int, ...]) -> Any:
 
 class ToBackend(Op):
     name = "to_backend"
+    view = True
 
     @staticmethod
     def forward(ctx: Context, x: Any, *, backend: Backend, dtype: Any = None) -> Any:

@@ -11,7 +11,6 @@ parameters keep their own arrays and ``FlatBuffer.pack`` returns ``None``: the g
 """
 from __future__ import annotations
 
-import itertools
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
@@ -22,8 +21,6 @@ from ..errors import DTypeError, NamespaceMismatchError, ShapeError
 from ..random import generator
 
 __all__ = ["Parameter", "FlatBuffer", "flat_buffer_of", "views_supported", "factory"]
-
-_changes = itertools.count(1)  # source of Parameter._version stamps
 
 
 class Parameter(Tensor):
@@ -36,13 +33,14 @@ class Parameter(Tensor):
     assigning ``p.data = a`` or ``p.grad = a`` copies ``a`` into the view (the view stays shared with the buffer),
     and ``p.grad = None`` zeroes the view.
 
-    ``_version`` changes whenever the values are replaced from outside an optimizer step (``data`` assignment,
-    ``Module.load_state_dict``, ``xpnn.init``). Optimizers do not rely on it: one keeping a float32 master copy of
-    a float16 parameter compares the copy with the values on the device before each step, so any write, even
-    ``p.data[...] = 0`` that bumps no version, is kept (``Optimizer._step_slot``).
+    Its version counter (``_version``, PyTorch's) counts in-place writes: ``data`` assignment, optimizer steps,
+    ``Module.load_state_dict``, ``xpnn.init``, ``p[key] = v``; a backward through an op that saved the parameter
+    before such a write raises ``InplaceModifiedError``. Optimizers do not rely on it: one keeping a float32 master
+    copy of a float16 parameter compares the copy with the values on the device before each step, so any write,
+    even ``p.data[...] = 0`` that bumps no version, is kept (``Optimizer._prepare``).
     """
 
-    __slots__ = ("_flat", "_offset", "_version", "name")
+    __slots__ = ("_flat", "_offset", "name")
 
     def __init__(self, data: Any, name: Optional[str] = None, requires_grad: bool = True):
         if isinstance(data, Tensor):
@@ -54,7 +52,6 @@ class Parameter(Tensor):
         self._requires_grad = bool(requires_grad)  # (floating: checked above)
         self._flat: Optional[FlatBuffer] = None
         self._offset: int = 0
-        self._version = 0
         self.name = name
 
     # --- copies -------------------------------------------------------------------------------------------
@@ -63,13 +60,15 @@ class Parameter(Tensor):
         its own, no longer in the copied buffer, so an optimizer of the copy updated the buffer and not the
         parameters, silently); the copy is a lone Parameter until its module packs it again (``parameters()``)."""
         state = {k: getattr(self, k) for k in ("_data", "_grad", "_requires_grad", "_node", "_index", "_hooks",
-                                               "_version", "name")}
-        state["_flat"], state["_offset"] = None, 0
+                                               "name")}
+        state["_flat"], state["_offset"], state["_vc"] = None, 0, None  # (the copy's values are its own)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        self._vc = None
         for k, v in state.items():
-            object.__setattr__(self, k, v)
+            if k != "_version":  # (an int stamp that pickles of earlier versions carry; the counter replaced it)
+                object.__setattr__(self, k, v)
 
     # --- values -------------------------------------------------------------------------------------------
     @property
@@ -132,9 +131,9 @@ class Parameter(Tensor):
 
     # (shape, dtype, ndim, size and np.asarray(p) come from Tensor)
     def mark_changed(self) -> None:
-        """Record that the values were changed in place from outside an optimizer step (see the class docstring;
-        ``data`` assignment, ``load_state_dict`` and ``xpnn.init`` call it)."""
-        self._version = next(_changes)
+        """Record that the values were changed in place (bumps the version counter, see the class docstring;
+        ``data`` assignment, ``load_state_dict``, ``xpnn.init`` and data-parallel broadcasts call it)."""
+        self._bump_version()
 
     def zero_grad(self) -> None:
         """Set the gradient to zeros in place (allocating it for a lone Parameter if needed)."""

@@ -19,7 +19,7 @@ from array_api_compat import device as _device
 from ..backend import dtype_name, get_backend, is_cupy_namespace, is_numpy_namespace, namespace_of, to_numpy
 from ..errors import CheckpointError
 from ..functional.updates import copy_into
-from ..autograd.tensor import Tensor
+from ..autograd.tensor import Tensor, bump_versions
 from ..nn.parameter import Parameter, flat_buffer_of
 
 ParamsLike = Union[Parameter, Iterable[Parameter], Iterable[dict]]
@@ -181,6 +181,7 @@ class Optimizer:
     def step(self) -> None:
         """Update every parameter from its ``.grad`` (one call over the flat buffer when the group is one)."""
         work = []  # (slot, array to update, gradient it reads, group, data, half): every gradient first, then updates
+        written: list[Parameter] = []  # the parameters the updates write (their version counters move)
         for gi, group in enumerate(self.param_groups):
             params = group["params"]
             flat = flat_buffer_of(params)
@@ -193,12 +194,14 @@ class Optimizer:
                     self._gather(gi)
                 slot = self._flat_slots.setdefault(gi, _Slot())
                 work.append(self._prepare(slot, flat.data, flat.grad, group))
+                written += params
             else:
                 self._scatter(gi)
                 for p in params:
                     if p.has_grad and p.requires_grad:
                         slot = self._param_slots.setdefault(self._index[id(p)], _Slot())
                         work.append(self._prepare(slot, p.data, p.grad, group))
+                        written.append(p)
         hook = self._grad_hook
         if hook is not None and not hook([(w[0].xp, w[2]) for w in work]):
             return  # e.g. GradScaler found inf/NaN in the gradients: skip this step (step counts unchanged)
@@ -217,6 +220,9 @@ class Optimizer:
                 if slot.written is None or tuple(slot.written.shape) != tuple(data.shape):
                     slot.written = slot.xp.empty_like(data)
                 copy_into(slot.written, data)
+        # in-place writes, as PyTorch counts them: a backward through a graph that saved one of these parameters
+        # before this step raises instead of using the new values
+        bump_versions(written)
         self._stepped = [(w[0], w[3]) for w in work]
         self._steps_advanced += 1
 
