@@ -444,3 +444,25 @@ def test_train_test_split_stratified_counts_match_sklearn(namespace):
         D.train_test_split(wrap(np.zeros((20, 1))), wrap(y), 2, stratify=True)
     with pytest.raises(ValueError, match="the train_size = 3 should be greater or equal to the number of classes = 4"):
         D.train_test_split(wrap(np.zeros((20, 1))), wrap(y), 17, stratify=True)
+
+
+def test_train_test_split_takes_the_labels_to_stratify_by_as_scikit_learn_does():
+    """``stratify=y`` (an array, scikit-learn's form) stratifies like ``stratify=True``; other labels stratify by
+    those; a wrong length is a ShapeError."""
+    sklearn_ms = pytest.importorskip("sklearn.model_selection", reason="scikit-learn is the reference for the counts")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    y = np.repeat(np.arange(4), 10)
+    groups = np.tile(np.arange(2), 20)
+    for by, want in ((y, y), (list(groups), groups)):
+        _, _, _, y_te = D.train_test_split(X, y, 0.25, seed=0, stratify=by)
+        _, _, _, by_te = D.train_test_split(X, want, 0.25, seed=0, stratify=by)
+        _, ref = sklearn_ms.train_test_split(want, test_size=0.25, random_state=0, stratify=want)
+        assert sorted(np.bincount(by_te).tolist()) == sorted(np.bincount(ref).tolist())
+        assert y_te.shape == (10,)
+    a = D.train_test_split(X, y, 0.25, seed=1, stratify=True)
+    b = D.train_test_split(X, y, 0.25, seed=1, stratify=y)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    with pytest.raises(ShapeError, match="stratify must be True or an array of 40 labels"):
+        D.train_test_split(X, y, 0.25, stratify=y[:5])

@@ -1004,3 +1004,27 @@ def test_grad_mode_decorators_keep_the_function_and_restore_after_errors():
     assert xpnn.is_grad_enabled() is True
     with xpnn.no_grad():
         assert g(x).requires_grad and xpnn.is_grad_enabled() is False
+
+
+def test_no_grad_and_enable_grad_as_bare_decorators(torch):
+    """``@xpnn.no_grad`` without parentheses decorates as ``@torch.no_grad`` does; anything else is a TypeError."""
+    @xpnn.no_grad
+    def off(x):
+        return xpnn.is_grad_enabled(), (x * 2).requires_grad
+
+    @torch.no_grad
+    def off_torch(x):
+        return torch.is_grad_enabled(), (x * 2).requires_grad
+
+    assert off(xpnn.tensor([1.0], requires_grad=True)) == off_torch(torch.ones(1, requires_grad=True)) == (False,
+                                                                                                           False)
+    assert off.__name__ == "off" and xpnn.is_grad_enabled()
+    with xpnn.no_grad():
+
+        @xpnn.enable_grad
+        def on():
+            return xpnn.is_grad_enabled()
+
+        assert on() and not xpnn.is_grad_enabled()
+    with pytest.raises(TypeError, match=r"no_grad\(\) takes no arguments"):
+        xpnn.no_grad(3)

@@ -51,6 +51,18 @@ class set_grad_enabled:
 class _Mode:
     mode = True
 
+    def __new__(cls, fn: Any = None) -> Any:
+        # a bare decorator, ``@xpnn.no_grad`` without parentheses (PyTorch accepts it too): the decorated function
+        if fn is not None:
+            if not callable(fn):
+                raise TypeError(f"{cls.__name__}() takes no arguments (or a function, as a bare decorator), "
+                                f"got {type(fn).__name__}")
+            return object.__new__(cls)(fn)
+        return object.__new__(cls)
+
+    def __init__(self, fn: Any = None) -> None:
+        pass
+
     def __enter__(self) -> None:
         self.prev = is_grad_enabled()
         _state.enabled = self.mode

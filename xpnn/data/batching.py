@@ -156,12 +156,13 @@ def train_test_split(
     *,
     seed: SeedLike = None,
     shuffle: bool = True,
-    stratify: bool = False,
+    stratify: Any = False,
 ) -> tuple[Any, Any, Any, Any]:
     """Split rows into ``X_train, X_test, y_train, y_test`` (scikit-learn's order), on the arrays' own backend.
 
     ``test_size``: a fraction in (0, 1) (``ceil(test_size * n)`` test rows, as scikit-learn) or a row count; the
-    other rows train (``split_sizes``). ``stratify=True`` keeps each class's share of ``y`` in both parts (needs
+    other rows train (``split_sizes``). ``stratify=True`` keeps each class's share of ``y`` in both parts;
+    ``stratify=labels`` (an array of n labels, scikit-learn's form, e.g. ``stratify=y``) those of ``labels`` (needs
     integer labels; per-class counts as scikit-learn's ``StratifiedShuffleSplit``, which raises ValueError for a
     class of one member or fewer train/test rows than classes). Without ``shuffle`` the last rows are the test set.
     """
@@ -169,8 +170,13 @@ def train_test_split(
     n = _check_lengths("train_test_split", X, y)
     n_train, n_test = split_sizes(n, test_size)
     rng = as_generator(seed)
-    if stratify:
-        groups, k = _stratified_test_counts(to_numpy(y), n_train, n_test, rng if shuffle else None)
+    if stratify is not False and stratify is not None:
+        by = y if stratify is True else stratify
+        labels = to_numpy(by) if hasattr(by, "shape") else np.asarray(by)  # (a list of labels too)
+        if labels.shape[:1] != (n,):
+            raise ShapeError(f"train_test_split: stratify must be True or an array of {n} labels (one per row), got "
+                             f"shape {tuple(labels.shape)}")
+        groups, k = _stratified_test_counts(labels, n_train, n_test, rng if shuffle else None)
         if shuffle:
             groups = [rng.permutation(idx) for idx in groups]
         test_parts = [idx[idx.size - kc:] for idx, kc in zip(groups, k)]
