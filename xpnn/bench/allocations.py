@@ -96,8 +96,11 @@ def _install() -> dict[str, Any]:
     capsule = ctypes.pythonapi.PyCapsule_New(ctypes.addressof(handler), b"mem_handler", None)
     ctypes.pythonapi.PyCapsule_GetPointer.restype = ctypes.c_void_p
     ctypes.pythonapi.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    api = ctypes.cast(ctypes.pythonapi.PyCapsule_GetPointer(np._core._multiarray_umath._ARRAY_API, None),
-                      ctypes.POINTER(ctypes.c_void_p))
+    table = getattr(getattr(getattr(np, "_core", None), "_multiarray_umath", None), "_ARRAY_API", None)
+    if table is None:
+        raise RuntimeError(f"count_allocations: NumPy {np.__version__} exposes no C-API table "
+                           "(numpy._core._multiarray_umath._ARRAY_API); NumPy >= 2 is needed")
+    api = ctypes.cast(ctypes.pythonapi.PyCapsule_GetPointer(table, None), ctypes.POINTER(ctypes.c_void_p))
     set_handler = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.py_object)(api[304])  # PyDataMem_SetHandler
     _state.update(handler=handler, fns=fns, capsule=capsule, set_handler=set_handler, counts=counts)
     return _state
@@ -107,7 +110,8 @@ def count_allocations(fn: Callable[[], Any]) -> AllocationCount:
     """Call ``fn()`` once with NumPy's data allocations counted (blocks, bytes, blocks of at least ``LARGE_BLOCK``)
     and tracemalloc's peak above the memory in use before the call. Only NumPy array data is counted (not Python
     objects, BLAS's own buffers or another library's allocator). The handler is set for the calling thread's
-    context only (NEP 49), and the previous one is restored afterwards."""
+    context only (NEP 49), and the previous one is restored afterwards. Raises RuntimeError where NumPy's C-API
+    table cannot be reached (NumPy < 2)."""
     st = _install()
     count = AllocationCount()
     started = tracemalloc.is_tracing()
