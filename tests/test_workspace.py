@@ -142,3 +142,20 @@ def test_conv_pool_step_allocates_no_large_scratch():
     results = sorted([out] * 4 + [inp])  # conv y, relu y, pool dx, relu dx (409,600 B each); conv dx
     assert sorted(count.sizes) == results
     assert all(s >= LARGE_BLOCK for s in results)
+
+
+def test_relu_backward_with_a_recycled_mask():
+    """Large NumPy inputs build relu's backward mask in a recycled buffer: the results equal the small-input path
+    (NaN in dy kept where x > 0, +0.0 where x <= 0) and a result stays intact after later calls."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 512)).astype(np.float32)
+    dy = rng.standard_normal((256, 512)).astype(np.float32)
+    dy[0, :4] = np.nan
+    first = F.relu_backward(x, dy)
+    want = np.where(x <= 0, np.float32(0), dy)
+    np.testing.assert_array_equal(first, want)
+    kept = first.copy()
+    F.relu_backward(-x, dy)
+    np.testing.assert_array_equal(first, kept)
+    small = F.relu_backward(x[:4], dy[:4])  # below the recycling size: the plain path
+    np.testing.assert_array_equal(small, want[:4])
