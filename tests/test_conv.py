@@ -235,16 +235,30 @@ def test_pooling_runs_on_array_api_strict():
     np.testing.assert_allclose(np.asarray(F.adaptive_avg_pool2d(xs, (2, 4))), F.adaptive_avg_pool2d(x, (2, 4)))
 
 
-@pytest.mark.parametrize("channels_last", [True, False])
-@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", CONV_CASES)
+# stride-1 cases the transposed-convolution dx takes (odd sizes, asymmetric "same" padding, dilation, groups)
+TRANSPOSED_CASES = [
+    ((2, 3, 7, 7), (3, 3, 3, 3), 1, 1, 1, 1),
+    ((2, 4, 6, 5), (4, 2, 3, 2), 1, (1, 0), (2, 1), 2),
+    ((1, 2, 5, 6), (2, 2, 2, 3), 1, "same", 1, 1),
+]
+
+
+@pytest.mark.parametrize("path", ["transposed", "channels_last", "cols"])
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", CONV_CASES + TRANSPOSED_CASES)
 def test_conv2d_numpy_backward_override_matches_the_reference(monkeypatch, xs, ws, stride, padding, dilation,
-                                                               groups, channels_last):
-    """Gradients through the tape (the NumPy backward override, either dx path) equal the array-API reference's
-    in float64; each case twice, so the second call runs on recycled workspace buffers."""
+                                                               groups, path):
+    """Gradients through the tape (the NumPy backward override, each dx path; the transposed one where it applies)
+    equal the array-API reference's in float64; each case twice, so the second call runs on recycled buffers."""
     import xpnn
     from xpnn.functional import conv_numpy
 
-    monkeypatch.setattr(conv_numpy, "CHANNELS_LAST_MIN", 1 if channels_last else 10**9)
+    g = C.conv2d_geometry(xs, ws, stride, padding, dilation, groups)
+    if path == "transposed" and conv_numpy._transposed_padding(g) is None:
+        assert conv_numpy.input_grad_path(g, ws[0], groups) != "transposed"  # falls back
+        with pytest.raises(ValueError, match="stride 1"):
+            conv_numpy.conv2d_input_grad_transposed_numpy(randn(*ws), randn(g.n, ws[0], g.oh, g.ow), g, groups)
+        return
+    monkeypatch.setattr(conv_numpy, "input_grad_path", lambda *_: path)
     x, w, b = randn(*xs, seed=1), randn(*ws, seed=2), randn(ws[0], seed=3)
     want = None
     for _ in range(2):

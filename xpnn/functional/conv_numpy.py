@@ -4,7 +4,9 @@ same context, so the declaration's backward (or the backward override here) foll
 
 - ``conv2d`` forward: the column tensor from a ``sliding_window_view`` of the padded input, copied once (the
   reference stacks kh*kw strided slices);
-- ``conv2d`` backward: dx accumulated channels-last (``conv2d_input_grad_numpy``), dW/db as the reference;
+- ``conv2d`` backward: dW/db as the reference; dx as a forward convolution of dy with the flipped kernel for stride 1
+  where its columns are no larger (``conv2d_input_grad_transposed_numpy``), else accumulated channels-last
+  (``conv2d_input_grad_numpy``) or, for short channel rows, with the reference's NCHW ``col2im``;
 - ``max_pool2d`` forward: a running maximum over the kh*kw strided views (the reference builds the column tensor
   and takes ``argmax`` over its window axis, which NumPy does slowly for short axes);
 - ``max_pool2d`` backward: per window offset, dy where the argmax is that offset added into the strided view of dx
@@ -21,7 +23,7 @@ kernels run.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -56,12 +58,16 @@ def _padded(x: np.ndarray, g: Conv2dGeometry, value: float, tag: str) -> np.ndar
 def im2col_numpy(x: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
     """``conv.im2col`` for NumPy arrays (zero padding): a strided view of every window, copied once into a recycled
     (N, C, kh, kw, oh, ow) buffer (kept out of reuse while the caller, e.g. a saved autograd context, holds it)."""
-    xpad = _padded(x, g, 0.0, "conv2d.pad")
+    cols = _workspace.buffer("conv2d.cols", (g.n, g.c, g.kh, g.kw, g.oh, g.ow), x.dtype)
+    np.copyto(cols, _windows(_padded(x, g, 0.0, "conv2d.pad"), g))
+    return cols
+
+
+def _windows(xpad: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
+    """The (N, C, kh, kw, oh, ow) strided view of every window of the padded input (no copy)."""
     win = sliding_window_view(xpad, (g.dh * (g.kh - 1) + 1, g.dw * (g.kw - 1) + 1), axis=(2, 3))
     win = win[:, :, :g.sh * (g.oh - 1) + 1:g.sh, :g.sw * (g.ow - 1) + 1:g.sw, ::g.dh, ::g.dw]
-    cols = _workspace.buffer("conv2d.cols", (g.n, g.c, g.kh, g.kw, g.oh, g.ow), x.dtype)
-    np.copyto(cols, win.transpose(0, 1, 4, 5, 2, 3))
-    return cols
+    return win.transpose(0, 1, 4, 5, 2, 3)
 
 
 def _conv2d_forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Any = None, **params: Any) -> Any:
@@ -131,6 +137,49 @@ def conv2d_input_grad_cols_numpy(weight: np.ndarray, dy: np.ndarray, g: Conv2dGe
     return dxp[:, :, g.pt:g.pt + g.h, g.pl:g.pl + g.w]
 
 
+def conv2d_input_grad_transposed_numpy(weight: np.ndarray, dy: np.ndarray, g: Conv2dGeometry,
+                                       groups: int) -> np.ndarray:
+    """dx of a stride-1 ``conv2d`` as a forward convolution (the transposed convolution): dy padded by
+    ``dilation * (k - 1) - padding`` on each side, correlated with the flipped kernel whose in/out channels are
+    swapped per group, ``W'[g, c, co, i, j] = W[g, co, c, kh-1-i, kw-1-j]``:
+    ``dx[n, c, h, w] = sum_{co,i,j} dy[n, co, h + pt - i*dh, w + pl - j*dw] W[co, c, i, j]``. Columns and one
+    batched GEMM whose output is dx in NCHW: no scatter-add passes and no layout change afterwards. Raises
+    ValueError where it does not apply (``_transposed_padding`` None: stride > 1, or padding wider than the dilated
+    kernel)."""
+    pads = _transposed_padding(g)
+    if pads is None:
+        raise ValueError(f"conv2d_input_grad_transposed_numpy: needs stride 1 and padding <= dilation*(kernel-1), "
+                         f"got {g}")
+    c_out = int(weight.shape[0])
+    cog, cg = c_out // groups, g.c // groups
+    gt = Conv2dGeometry(g.n, c_out, g.oh, g.ow, g.kh, g.kw, 1, 1, g.dh, g.dw, *pads, g.h, g.w)
+    cols = _workspace.buffer("conv2d.dx_cols", (g.n, c_out, g.kh, g.kw, g.h, g.w), dy.dtype)
+    np.copyto(cols, _windows(_padded(dy, gt, 0.0, "conv2d.dy_pad"), gt))
+    wt = weight.reshape(groups, cog, cg, g.kh, g.kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    wt = np.ascontiguousarray(wt).reshape(groups, cg, cog * g.offsets)
+    dx = np.matmul(wt, cols.reshape(g.n, groups, cog * g.offsets, g.h * g.w))
+    return dx.reshape(g.n, g.c, g.h, g.w)
+
+
+def _transposed_padding(g: Conv2dGeometry) -> Optional[tuple[int, int, int, int]]:
+    """Padding (top, bottom, left, right) of dy in the transposed convolution, or None where it does not apply."""
+    pads = (g.dh * (g.kh - 1) - g.pt, g.dh * (g.kh - 1) - g.pb, g.dw * (g.kw - 1) - g.pl, g.dw * (g.kw - 1) - g.pr)
+    return pads if g.sh == g.sw == 1 and min(pads) >= 0 else None
+
+
+def input_grad_path(g: Conv2dGeometry, c_out: int, groups: int) -> str:
+    """Which dx of the NumPy backward runs: ``"transposed"`` (stride 1, when its column tensor, C_out*H*W per
+    sample and offset, is no larger than the scatter's, C_in*oh*ow: e.g. 3x3 64->64 with "same" padding),
+    else ``"channels_last"`` or, for short channel rows (N*C_in/groups below ``CHANNELS_LAST_MIN``), ``"cols"``."""
+    if c_out * g.h * g.w <= g.c * g.oh * g.ow and _transposed_padding(g) is not None:
+        return "transposed"
+    return "channels_last" if g.n * (g.c // groups) >= CHANNELS_LAST_MIN else "cols"
+
+
+INPUT_GRAD_PATHS = {"transposed": conv2d_input_grad_transposed_numpy, "channels_last": conv2d_input_grad_numpy,
+                    "cols": conv2d_input_grad_cols_numpy}
+
+
 def _conv2d_backward(ctx: Context, dy: Any) -> Any:
     if type(dy) is not np.ndarray or ctx.create_graph or _kernels_answer("col2im", dy.dtype):
         return NotImplemented
@@ -145,10 +194,7 @@ def _conv2d_backward(ctx: Context, dy: Any) -> Any:
     db = dy.sum(axis=(0, 2, 3)) if ctx.has_bias and len(need) > 2 and need[2] else None
     dx = None
     if need[0]:
-        if g.n * (g.c // groups) >= CHANNELS_LAST_MIN:
-            dx = conv2d_input_grad_numpy(weight, dy, g, groups)
-        else:  # short channels-last rows (e.g. one input channel): the reference's NCHW col2im is faster
-            dx = conv2d_input_grad_cols_numpy(weight, dy, g, groups)
+        dx = INPUT_GRAD_PATHS[input_grad_path(g, c_out, groups)](weight, dy, g, groups)
     return dx, dw, db
 
 
