@@ -25,7 +25,7 @@ import numpy as np
 __all__ = ["buffer", "clear", "cached_bytes", "PER_KEY", "MAX_BYTES"]
 
 PER_KEY = 4
-MAX_BYTES = 512 << 20
+MAX_BYTES = 256 << 20
 _local = threading.local()
 
 
