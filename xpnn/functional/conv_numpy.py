@@ -31,7 +31,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .. import _dispatch
 from . import _workspace
 from ..autograd.op import Context, register_override
-from .conv import Conv2d, Conv2dGeometry, conv2d_backward, conv2d_geometry, im2col
+from .conv import Conv2d, Conv2dGeometry, conv2d_geometry, im2col
 from .pooling import MaxPool2d, pool2d_geometry
 
 __all__ = ["im2col_numpy", "conv2d_input_grad_numpy", "max_pool2d_numpy", "max_pool2d_backward_numpy"]
@@ -228,7 +228,8 @@ def max_pool2d_backward_numpy(argmax: np.ndarray, dy: np.ndarray, g: Conv2dGeome
     """dx of max pooling: for each window offset, dy where the argmax is that offset added into the strided view
     of dx it came from (one pass per offset, no (N, C, oh, ow, kh*kw) temporary). When the windows tile the input
     exactly (stride = kernel, no dilation or padding, the sizes divisible: e.g. 2x2 pooling of even sizes), each
-    input pixel is in one window: the products are written straight into a fresh dx, with no zeroed accumulator."""
+    input pixel is in one window: the products are written straight into a fresh dx, with no zeroed accumulator
+    (a pixel that did not win gets ``0 * dy``: -0.0 where dy < 0, which compares equal to the reference's +0.0)."""
     hit = _workspace.buffer("max_pool2d.hit", dy.shape, bool)
     tiles = (g.sh == g.kh and g.sw == g.kw and g.dh == g.dw == 1 and g.oh * g.kh == g.hp == g.h
              and g.ow * g.kw == g.wp == g.w)
