@@ -110,14 +110,16 @@ def test_retained_graph_backward_twice_after_other_calls():
 def test_gradients_handed_out_stay_valid_across_steps():
     """An input gradient returned to the caller (a view of a workspace accumulator on the col2im path) keeps its
     values while the caller holds it, whatever runs next."""
-    conv = nn.Conv2d(1, 2, 3, padding=1, seed=0, dtype="float64")  # N*C small: the NCHW col2im path, dx a view of the accumulator
+    # N*C small and stride 2: the NCHW col2im path, dx a view of its padded accumulator
+    conv = nn.Conv2d(1, 2, 3, stride=2, padding=1, seed=0, dtype="float64")
     x = randn(2, 1, 6, 6, seed=5)
     conv(x)
-    dx = conv.backward(np.ones((2, 2, 6, 6)))
+    dx = conv.backward(np.ones((2, 2, 3, 3)))
+    assert dx.base is not None  # a view of the accumulator, which must stay out of reuse
     kept = dx.copy()
     for seed in range(3):
         conv(randn(2, 1, 6, 6, seed=seed))
-        conv.backward(randn(2, 2, 6, 6, seed=seed))
+        conv.backward(randn(2, 2, 3, 3, seed=seed))
     np.testing.assert_array_equal(dx, kept)
 
 
