@@ -8,6 +8,9 @@ implementations live in ``xpnn.bench.cases`` (shared with ``xpnn bench``).
 GPU calls are followed by a device synchronize inside the timed function. Memory-bound cases record, in each
 benchmark's ``extra_info``, the bytes that must move, the bandwidth of a plain copy of the same bytes on the same
 device measured in this run, and the fraction of that floor reached; a summary table closes the run.
+Implementations whose arrays are NumPy's (xpnn on NumPy, straightforward NumPy) also record ``allocations``: the
+NumPy data blocks one steady-state call allocates (all, and those of at least 128 KiB, which glibc serves as fresh
+pages that page-fault), counted after the timing by ``xpnn.bench.allocations``; the closing summary lists them.
 Implementations or sizes that cannot run here (no GPU, no PyTorch, GPU-only sizes on the CPU) skip with the reason.
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any, Callable
 
 import pytest
 
+from xpnn.bench.allocations import LARGE_BLOCK, count_allocations
 from xpnn.bench.cases import CASES, IMPLS, Unavailable, make_runner, subnormal_count
 from xpnn.bench.report import Row, format_table, machine_info
 from xpnn.bench.timing import copy_bandwidth, device_sync, free_gpu_memory, settle_allocator
@@ -33,6 +37,8 @@ settle_allocator()  # the same malloc state for every implementation, whichever 
 
 _copy_bw: dict[tuple[str, int], float] = {}
 _rows: list[Row] = []
+_allocations: list[tuple[str, str, str, dict[str, int]]] = []
+NUMPY_IMPLS = ("xpnn-numpy", "xpnn-numpy-tape", "numpy-plain")  # their arrays are NumPy's: allocations counted
 
 
 def _synced(fn: Callable[[], Any], device: str) -> Callable[[], Any]:
@@ -64,6 +70,17 @@ def run_case(benchmark: Any) -> Callable[[str, str, str], None]:
         fn = _synced(runner.fn, runner.device)
         fn()  # warm-up: kernel compilation, first-touch page faults, optimizer state allocation
         benchmark(fn)
+        a = None
+        if impl in NUMPY_IMPLS:
+            try:
+                a = count_allocations(fn)
+            except RuntimeError as exc:  # NumPy < 2: no counting allocator; the timing stands
+                benchmark.extra_info["allocations"] = str(exc)
+        if a is not None:
+            alloc = dict(bytes=a.bytes, blocks=a.blocks, large_bytes=a.large_bytes, large_blocks=a.large_blocks,
+                         peak=a.peak)
+            benchmark.extra_info["allocations"] = alloc
+            _allocations.append((case, size, impl, alloc))
         subnormals = subnormal_count(runner.state())
         del runner, fn
         if benchmark.extra_info["device"] != "cpu":
@@ -103,3 +120,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     tr.write_line(format_table(rows, REFERENCE))
     tr.write_line(f"ratio: median / {REFERENCE} median (below 1 = faster); of floor: (bytes that must move / median) "
                   "/ bandwidth of dst[...] = src moving the same bytes on the same device in this run")
+    if _allocations:
+        tr.write_sep("-", "allocations: NumPy data allocated by one steady-state call")
+        tr.write_line(f"{'case':<18}{'size':<10}{'impl':<17}{'blocks':>7}{'bytes':>12}"
+                      f"{'>= 128 KiB':>12}{'bytes':>12}{'peak':>12}")
+        for case, size, impl, a in _allocations:
+            tr.write_line(f"{case:<18}{size:<10}{impl:<17}{a['blocks']:>7}{a['bytes']:>12,}"
+                          f"{a['large_blocks']:>12}{a['large_bytes']:>12,}{a['peak']:>12,}")
+        tr.write_line(f"blocks of >= {LARGE_BLOCK // 1024} KiB come from mmap or a grown heap (fresh pages: page "
+                      "faults) unless glibc already holds them; peak: tracemalloc's, above the memory in use before")

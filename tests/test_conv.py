@@ -83,6 +83,11 @@ def test_numpy_overrides_equal_the_reference():
         want = F.conv2d_backward(x, w, dy, stride, padding, dilation, groups)[0]
         np.testing.assert_allclose(conv_numpy.conv2d_input_grad_numpy(w, dy, g, groups), want, rtol=1e-12,
                                    atol=1e-12)
+        # the NCHW col2im path and dW: the reference's products and summation order, so bit for bit
+        np.testing.assert_array_equal(conv_numpy.conv2d_input_grad_cols_numpy(w, dy, g, groups), want)
+        cols = conv_numpy.im2col_numpy(x, g).reshape(g.n, groups, -1, g.oh * g.ow)
+        np.testing.assert_array_equal(conv_numpy.conv2d_weight_grad_numpy(dy, cols, g, groups, ws),
+                                      F.conv2d_backward(x, w, dy, stride, padding, dilation, groups)[1])
     for xs, k, s, p, d, ceil in POOL_CASES:
         x = randn(*xs, seed=3)
         g = pooling.pool2d_geometry(xs, k, s, p, d, ceil, "test")
@@ -167,6 +172,8 @@ POOL_CASES = [
     ((2, 2, 4, 4), 4, 1, 0, 1, False),        # kernel = input size
     ((1, 3, 8, 7), (2, 3), (3, 2), (1, 1), (2, 1), True),
     ((1, 2, 5, 5), 1, 2, 0, 1, False),        # 1x1
+    ((2, 3, 8, 6), 2, None, 0, 1, False),     # windows tile the input (the NumPy backward's direct write)
+    ((1, 2, 6, 4), (3, 2), None, 0, 1, False),
 ]
 
 
@@ -226,6 +233,65 @@ def test_pooling_runs_on_array_api_strict():
                                F.max_pool2d_backward(np.asarray(arg), np.asarray(dy), x.shape, 3, 2, 1, 1, True))
     np.testing.assert_allclose(np.asarray(F.avg_pool2d(xs, 3, 2, 1, True, False)), F.avg_pool2d(x, 3, 2, 1, True, False))
     np.testing.assert_allclose(np.asarray(F.adaptive_avg_pool2d(xs, (2, 4))), F.adaptive_avg_pool2d(x, (2, 4)))
+
+
+# stride-1 cases the transposed-convolution dx takes (odd sizes, asymmetric "same" padding, dilation, groups)
+TRANSPOSED_CASES = [
+    ((2, 3, 7, 7), (3, 3, 3, 3), 1, 1, 1, 1),
+    ((2, 4, 6, 5), (4, 2, 3, 2), 1, (1, 0), (2, 1), 2),
+    ((1, 2, 5, 6), (2, 2, 2, 3), 1, "same", 1, 1),
+]
+
+
+@pytest.mark.parametrize("path", ["transposed", "channels_last", "cols"])
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", CONV_CASES + TRANSPOSED_CASES)
+def test_conv2d_numpy_backward_override_matches_the_reference(monkeypatch, xs, ws, stride, padding, dilation,
+                                                               groups, path):
+    """Gradients through the tape (the NumPy backward override, each dx path; the transposed one where it applies)
+    equal the array-API reference's in float64; each case twice, so the second call runs on recycled buffers."""
+    import xpnn
+    from xpnn.functional import conv_numpy
+
+    g = C.conv2d_geometry(xs, ws, stride, padding, dilation, groups)
+    if path == "transposed" and conv_numpy._transposed_padding(g) is None:
+        assert conv_numpy.input_grad_path(g, ws[0], groups) != "transposed"  # falls back
+        with pytest.raises(ValueError, match="stride 1"):
+            conv_numpy.conv2d_input_grad_transposed_numpy(randn(*ws), randn(g.n, ws[0], g.oh, g.ow), g, groups)
+        return
+    monkeypatch.setattr(conv_numpy, "input_grad_path", lambda *_: path)
+    x, w, b = randn(*xs, seed=1), randn(*ws, seed=2), randn(ws[0], seed=3)
+    want = None
+    for _ in range(2):
+        xt, wt, bt = (xpnn.tensor(a, requires_grad=True) for a in (x, w, b))
+        y = F.conv2d(xt, wt, bt, stride, padding, dilation, groups)
+        dy = randn(*y.shape, seed=4)
+        F.sum(y * xpnn.tensor(dy)).backward()
+        want = want or F.conv2d_backward(x, w, dy, stride, padding, dilation, groups)
+        np.testing.assert_allclose(xt.grad, want[0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(wt.grad, want[1])
+        np.testing.assert_array_equal(bt.grad, want[2])
+
+
+def test_max_pool2d_numpy_ties_and_signed_zeros_follow_the_reference():
+    """The branch-free updates of the NumPy max pooling keep the first maximum on ties (-0.0 against +0.0
+    included: y is that element, as with ``copyto(y, v, where=v > y)``) and route dy like the reference, in the
+    tiling backward and the general one."""
+    from xpnn.functional import conv_numpy, pooling
+
+    rng = np.random.default_rng(0)
+    x = rng.choice(np.array([-0.0, 0.0, 1.0, -1.0]), size=(2, 3, 8, 8))
+    for k, s, p in ((2, None, 0), (3, 2, 1)):
+        g = pooling.pool2d_geometry(x.shape, k, s, p, 1, False, "test")
+        y, arg = conv_numpy.max_pool2d_numpy(x, g)
+        y_ref, arg_ref = F.max_pool2d_with_argmax(x, k, s, p)
+        np.testing.assert_array_equal(arg, arg_ref)
+        np.testing.assert_array_equal(y, y_ref)
+        cols = C.im2col(x, g, pad_value=-np.inf).reshape(g.n, g.c, g.offsets, g.oh, g.ow)
+        first = np.take_along_axis(cols, arg[:, :, None].astype(np.intp), axis=2)[:, :, 0]
+        np.testing.assert_array_equal(np.signbit(y), np.signbit(first))  # y is the winning element, sign included
+        dy = rng.standard_normal(y.shape)
+        np.testing.assert_array_equal(conv_numpy.max_pool2d_backward_numpy(arg, dy, g),
+                                      F.max_pool2d_backward(arg_ref, dy, x.shape, k, s, p))
 
 
 def test_max_pool2d_propagates_nan_and_takes_the_first_maximum():

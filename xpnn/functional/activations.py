@@ -14,7 +14,7 @@ import numpy as np
 from ..autograd.op import Context, Op, numpy_direct
 from ..backend import namespace_of
 from ..errors import ShapeError
-from . import _checks
+from . import _checks, _workspace
 from ._inplace import InPlace
 from ._masking import zero_where
 from .elementwise import _values, clip, exp
@@ -198,6 +198,11 @@ class TanhBackward(_ActivationBackward):
 
 
 # --- ReLU family ----------------------------------------------------------------------------------------------
+# NumPy masks of at least this many elements come from the recycled workspace (a 256x512 batch's mask is 128 KiB,
+# glibc's mmap threshold: a fresh one each step page-faults); smaller ones are cheaper made fresh
+_RECYCLED_MASK = 1 << 16
+
+
 class Relu(Op):
     name = "relu"
 
@@ -225,6 +230,8 @@ class ReluBackward(_ActivationBackward):
         by the 0/1 mask on NumPy, which would keep a NaN ``dy`` at ``x <= 0``)."""
         xp = ctx.xp  # (check has validated the pair)
         _ActivationBackward.save(ctx, None, x, dy)
+        if type(x) is np.ndarray and x.size >= _RECYCLED_MASK:  # the mask is scratch: zero_where returns a new array
+            return zero_where(xp, np.less_equal(x, 0, out=_workspace.buffer("relu_backward.mask", x.shape, bool)), dy)
         return zero_where(xp, x <= 0, dy)
 
     @staticmethod
