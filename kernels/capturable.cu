@@ -40,7 +40,7 @@ adam_update_capturable(T* __restrict__ param, const T* __restrict__ grad, T* __r
         exp_avg[i] = m;
         exp_avg_sq[i] = v;
         if (amsgrad) {
-            v = xpnn_max(max_exp_avg_sq[i], v);
+            v = xpnn_max_nan(max_exp_avg_sq[i], v);  // NaN propagates, as in the reference (fmax drops it)
             max_exp_avg_sq[i] = v;
         }
         const T denom = xpnn_sqrt(v) / bc2_sqrt + eps;
