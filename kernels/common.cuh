@@ -458,6 +458,87 @@ __device__ __forceinline__ void xpnn_row_two_pass(const T* __restrict__ row, T* 
     for (long long c = head + n_packs * V + g.rank; c < n; c += g.size) xpnn_store_streaming(out + c, f(c, row[c]));
 }
 
+// ---- flat buffers (optimizer updates) ----------------------------------------------------------------------------
+// Each element's update is a lambda over its values in the N arrays, applied by xpnn_flat_update: 16-byte packs of
+// every array (one 128-bit load and store each) when all of them are 16-byte aligned -- flat buffers are, and
+// parameters in them start at 64-byte offsets (xpnn/nn/parameter.py) --, then a scalar tail; else scalar.
+// Arrays the options leave unused are passed as nullptr here: never loaded nor stored (their values are 0).
+template <typename T, unsigned N, typename F>
+__device__ __forceinline__ void xpnn_flat_update(T* const (&arrays)[N], unsigned store_mask, long long n, F&& f) {
+    const int V = 16 / (int)sizeof(T);
+    bool aligned = true;
+    XPNN_UNROLL
+    for (unsigned a = 0; a < N; ++a)
+        if (arrays[a] != nullptr && (unsigned long long)arrays[a] % 16u != 0u) aligned = false;
+    const long long n_packs = aligned ? n / V : 0;
+    const long long first = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    XPNN_NO_UNROLL for (long long k = first; k < n_packs; k += stride) {
+        xpnn_pack<T> p[N];
+        XPNN_UNROLL
+        for (unsigned a = 0; a < N; ++a) {
+            if (arrays[a] != nullptr) {
+                p[a] = xpnn_load_pack(arrays[a] + k * V);
+            } else {
+                XPNN_UNROLL
+                for (int j = 0; j < V; ++j) p[a].v[j] = T(0);
+            }
+        }
+        XPNN_UNROLL
+        for (int j = 0; j < V; ++j) {
+            T x[N];
+            XPNN_UNROLL
+            for (unsigned a = 0; a < N; ++a) x[a] = p[a].v[j];
+            f(x);
+            XPNN_UNROLL
+            for (unsigned a = 0; a < N; ++a) p[a].v[j] = x[a];
+        }
+        XPNN_UNROLL
+        for (unsigned a = 0; a < N; ++a)
+            if (arrays[a] != nullptr && (store_mask >> a) & 1u)
+                *reinterpret_cast<xpnn_pack<T>*>(arrays[a] + k * V) = p[a];
+    }
+    XPNN_NO_UNROLL for (long long i = n_packs * V + first; i < n; i += stride) {
+        T x[N];
+        XPNN_UNROLL
+        for (unsigned a = 0; a < N; ++a) x[a] = arrays[a] != nullptr ? arrays[a][i] : T(0);
+        f(x);
+        XPNN_UNROLL
+        for (unsigned a = 0; a < N; ++a)
+            if (arrays[a] != nullptr && (store_mask >> a) & 1u) arrays[a][i] = x[a];
+    }
+}
+
+// One Adam / AdamW element (formulas in optimizers.cu, adam_update), shared by adam_update, adam_update_capturable
+// and adam_update_mixed so that the three agree bit for bit: p, m, v (and vmax when amsgrad) updated in place.
+template <typename T>
+struct xpnn_adam_params {
+    T beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay, step_size, bc2_sqrt;
+    int decoupled, amsgrad, maximize;
+};
+
+template <typename T>
+__device__ __forceinline__ void xpnn_adam_element(const xpnn_adam_params<T>& h, T& p_io, T grad, T& m_io, T& v_io,
+                                                  T& vmax_io) {
+    T p = p_io;
+    T g = h.maximize ? -grad : grad;
+    if (h.decoupled) {
+        p = p * h.decay;
+    } else if (h.weight_decay != T(0)) {
+        g = g + h.weight_decay * p;
+    }
+    const T m = h.beta1 * m_io + h.one_minus_beta1 * g;
+    T v = h.beta2 * v_io + (g * g) * h.one_minus_beta2;
+    m_io = m;
+    v_io = v;
+    if (h.amsgrad) {
+        v = xpnn_max_nan(vmax_io, v);  // NaN propagates, as in the reference (fmax drops it)
+        vmax_io = v;
+    }
+    const T denom = xpnn_sqrt(v) / h.bc2_sqrt + h.eps;
+    p_io = p - (m / denom) * h.step_size;
+}
+
 // ---- data handed between blocks ----------------------------------------------------------------------------------
 // A value one block writes for another to read after an atomic hand-off (the last-block reductions): the writer
 // stores with xpnn_publish, then __threadfence() (release), then the atomic; the reader, once its atomic tells it

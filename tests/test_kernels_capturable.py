@@ -28,7 +28,7 @@ def _run(loader, use_kernel, fn, *args, **kwargs):
     if use_kernel:
         with _dispatch.use_provider(make_provider(loader)):
             fn(*args, **kwargs)
-        assert loader.launches == before + 1, f"{fn.__name__} did not run its capturable kernel"
+        assert loader.launches > before, f"{fn.__name__} did not run its capturable kernel"
     else:
         with _dispatch.use_kernels(False):
             fn(*args, **kwargs)

@@ -4,8 +4,9 @@ sm_80 and sm_90 and
 - ``-Xptxas -v``: every kernel has a 0-byte stack frame and no spill stores or loads (no local memory at all);
 - ``cuobjdump -sass`` (with nvdisasm; the pip packages ``nvidia-cuda-cuobjdump`` and ``nvidia-cuda-nvdisasm`` of the
   ``kernel-check`` extra, or the CUDA toolkit): the row kernels read their rows with 128-bit loads (``LDG.E.128``)
-  and write softmax/log-softmax/gradient rows with 128-bit stores (``STG.E.128``), the optimizer kernels read and
-  write the flat buffers with 128-bit accesses.
+  and write softmax/log-softmax/gradient rows with 128-bit stores (``STG.E.128``), the optimizer kernels (the
+  capturable ones and the loss-scaling unscale too) read and write the flat buffers with 128-bit accesses, and the
+  float32 optimizer kernels run no double-precision instruction.
 In CI (``CI=true``) a missing tool fails these tests instead of skipping them.
 """
 from __future__ import annotations
@@ -36,7 +37,17 @@ VECTOR_KERNELS = {
     "adam_update_mixed": (True, True),
     "row_chunk_max_sum": (True, False),  # writes (m, s) per chunk
     "row_chunk_finish": (True, True),
+    "adam_update_capturable": (True, True),
+    "sgd_update_capturable": (True, True),
+    "adagrad_update_capturable": (True, True),
+    "rmsprop_update_capturable": (True, True),
+    "amp_unscale_check": (True, True),
 }
+# float32 kernels with no double-precision instruction at all (the capturable optimizers' step scalars are derived
+# in double once per step by capturable_step_scalars, not by every thread of the update)
+FP32_ONLY_KERNELS = ("adam_update_capturable", "sgd_update_capturable", "adagrad_update_capturable",
+                     "rmsprop_update_capturable", "adam_update")
+FP64_SASS = re.compile(r"\b(DADD|DMUL|DFMA|DSETP|DSET|DMNMX|DMMA)\b|MUFU\.\w+64H|\.F64\b")
 
 
 def _missing(what: str) -> None:
@@ -160,3 +171,19 @@ def test_hot_loops_use_128_bit_accesses(builds, cuobjdump, source):
     expected = sum(len(row.dtypes) for row in registry.RAW if row.source == source
                    and row.entry.split("<")[0] in VECTOR_KERNELS)
     assert checked == expected, f"{source}: checked {checked} of {expected} instantiations"
+
+
+def test_float32_optimizer_kernels_have_no_fp64_instructions(builds, cuobjdump):
+    """The float32 instantiations in FP32_ONLY_KERNELS (sm_90 SASS) contain no FP64 instruction (DADD, DMUL, DFMA,
+    MUFU.RCP64H, conversions to or from F64, ...): the capturable Adam once derived its bias corrections with two
+    double pow per thread (about 215 FP64 instructions before its loop)."""
+    checked = []
+    for source in {row.source for row in registry.RAW if row.entry.split("<")[0] in FP32_ONLY_KERNELS}:
+        for mangled, sass in _sass_by_function(builds[(source, "90")][0], cuobjdump).items():
+            kernel = _demangled_prefix(mangled)
+            if kernel not in FP32_ONLY_KERNELS or not mangled.startswith(f"_Z{len(kernel)}{kernel}IfE"):
+                continue  # (the float instantiation: template argument "f")
+            bad = sorted({m.group(0) for m in FP64_SASS.finditer(sass)})
+            assert not bad, f"{mangled}: FP64 instructions {bad} in its SASS"
+            checked.append(kernel)
+    assert sorted(checked) == sorted(FP32_ONLY_KERNELS), f"checked {checked}"

@@ -93,6 +93,45 @@ def test_block_choice():
     assert launch.flat_grid(1) == 1 and launch.flat_grid(10**9) == launch.MAX_GRID
 
 
+@pytest.mark.parametrize("dtype,per_pack", [("float16", 8), ("float32", 4), ("float64", 2)])
+@pytest.mark.parametrize("n", [1, 255, 4096, 10**6, 2**24 + 3, 67 * 2**20])
+def test_flat_grid_sizes_by_packs(dtype, per_pack, n):
+    """The optimizer kernels take a 16-byte pack per thread and iteration: the grid has a thread per pack (no block
+    without a pack, as one thread per element left 3/4 of the float32 blocks empty), and on a GPU at most
+    FLAT_BLOCKS_PER_SM blocks per multiprocessor (grid-stride loops cover the rest)."""
+    assert launch.pack_items(np.dtype(dtype)) == per_pack
+    packs = -(-n // per_pack)
+    grid = launch.flat_grid(n, per_thread=per_pack)
+    threads = grid * launch.FLAT_BLOCK
+    if grid < launch.MAX_GRID:
+        assert threads >= packs > threads - launch.FLAT_BLOCK  # every block has at least one pack
+    sms = 132  # an H100 SXM
+    capped = launch.flat_grid(n, per_thread=per_pack, sm_count=sms)
+    assert capped == min(grid, launch.FLAT_BLOCKS_PER_SM * sms) >= 1
+
+
+def test_optimizer_launches_size_their_grid_by_packs():
+    """adam_update over 3 * 1024 + 1 float32 entries (769 packs and a tail entry): 4 blocks of 256 threads, not the
+    13 of one thread per element; the result still matches the reference (the tail included)."""
+    loader = ShimLoader()
+    grids = []
+    run = loader._launch
+    loader._launch = lambda name, grid, *rest: (grids.append((name, grid)), run(name, grid, *rest))[1]
+    n = 3 * 1024 + 1
+    rng = np.random.default_rng(0)
+    results = []
+    for provider in (None, make_provider(loader)):
+        p, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+        m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
+        with _dispatch.use_provider(provider), _dispatch.use_kernels(provider is not None):
+            updates.adam_update(p, g, m, v, step=1, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)
+        results.append((p, m, v))
+        rng = np.random.default_rng(0)
+    assert grids == [("adam_update<float>", 4)]
+    for want, got in zip(*results):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_launch_table_comes_from_the_registry():
     """launch.OPS holds exactly the registry's ops, each served by the function its row names."""
     assert set(launch.OPS) == set(registry.ops())

@@ -82,8 +82,22 @@ def row_split(n_rows: int, n_cols: int) -> int:
     return -(-(-(-n_cols // chunks)) // 64) * 64
 
 
-def flat_grid(n: int, block: int = FLAT_BLOCK) -> int:
-    return max(1, min(MAX_GRID, -(-n // block)))
+FLAT_BLOCKS_PER_SM = 32  # grid-stride kernels: at most this many blocks per multiprocessor (4 waves of 8 resident
+# 256-thread blocks); more blocks only add scheduling, the threads loop over the rest
+
+
+def flat_grid(n: int, block: int = FLAT_BLOCK, *, per_thread: int = 1, sm_count: int | None = None) -> int:
+    """Blocks of a grid-stride launch over ``n`` elements of which each thread takes ``per_thread`` per iteration
+    (``16 // itemsize`` for the kernels reading 16-byte packs: a grid sized for one element per thread would leave
+    3/4 of its float32 blocks without a pack), capped at FLAT_BLOCKS_PER_SM blocks per multiprocessor when
+    ``sm_count`` is known (the GPU), else at MAX_GRID."""
+    cap = MAX_GRID if sm_count is None else min(MAX_GRID, FLAT_BLOCKS_PER_SM * sm_count)
+    return max(1, min(cap, -(-n // (block * per_thread))))
+
+
+def pack_items(dtype: Any) -> int:
+    """Entries of ``dtype`` in one 16-byte pack (xpnn_pack in kernels/common.cuh)."""
+    return 16 // np.dtype(dtype_name(dtype)).itemsize
 
 
 def _contiguous(x: Any) -> Any:
@@ -224,7 +238,8 @@ def _flat_update(op: str, loader: KernelLoader, arrays: tuple[Any, ...], scalars
     if n == 0:
         return None
     args = tuple(param if a is None else a for a in arrays) + (np.int64(n),) + scalars
-    loader.raw(registry.RAW_BY_NAME[op], dtype_name(param.dtype)).launch(flat_grid(n), FLAT_BLOCK, args)
+    kernel = loader.raw(registry.RAW_BY_NAME[op], dtype_name(param.dtype))
+    kernel.launch(flat_grid(n, per_thread=pack_items(param.dtype), sm_count=kernel.sm_count), FLAT_BLOCK, args)
     return None
 
 
@@ -288,7 +303,8 @@ def _fits(g: Any) -> bool:
 
 def _flat_launch(op: str, loader: KernelLoader, dtype: Any, n: int, args: tuple) -> None:
     if n > 0:
-        loader.raw(registry.RAW_BY_NAME[op], dtype_name(dtype)).launch(flat_grid(n), FLAT_BLOCK, args)
+        kernel = loader.raw(registry.RAW_BY_NAME[op], dtype_name(dtype))
+        kernel.launch(flat_grid(n, sm_count=kernel.sm_count), FLAT_BLOCK, args)
 
 
 def im2col(loader: KernelLoader, xp: Any, x: Any, g: Any) -> Any:
@@ -349,8 +365,8 @@ def adam_update_mixed(loader: KernelLoader, xp: Any, param: Any, master: Any, gr
     if n == 0:
         return None
     args = arrays[:5] + (master if arrays[5] is None else arrays[5], np.int64(n)) + scalars
-    loader.raw(registry.RAW_BY_NAME["adam_update_mixed"], "float16").launch(flat_grid(n, FLAT_BLOCK * 8),
-                                                                             FLAT_BLOCK, args)
+    kernel = loader.raw(registry.RAW_BY_NAME["adam_update_mixed"], "float16")
+    kernel.launch(flat_grid(n, per_thread=8, sm_count=kernel.sm_count), FLAT_BLOCK, args)  # 8 entries per thread
     return None
 
 
