@@ -15,6 +15,7 @@ from xpnn import _dispatch
 from xpnn._cuda import launch, make_provider, registry
 from xpnn.functional import updates
 
+from _row_accuracy import check_exponent_term, check_row_entries
 from shim.requirements import require_cxx
 
 require_cxx()  # skip (with the reason) without a C++ compiler, before anything builds the shim
@@ -283,6 +284,17 @@ def test_cross_entropy_many_rows(forward_loader):
         want = reference(F.cross_entropy_with_grad, x, t, reduction=reduction)
         np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
         close(got[1], want[1], "float32")
+
+
+def test_softmax_exponent_term_within_2_ulp(forward_loader):
+    """The exponent term exp(x - m) within 2 ulp (tests/_row_accuracy.py); exp2f(d * log2(e)) was up to 64 ulp off
+    at d = -87 (the rounding of the product: |d| * 2^-24 in the exponent)."""
+    check_exponent_term(lambda fn, *a, **k: through_kernel(forward_loader, fn, *a, **k))
+
+
+@pytest.mark.parametrize("width", [10, 1000, 4097, 40000])  # lanes, block rows, block rows, split rows
+def test_row_entries_within_the_stated_ulp_bound(forward_loader, width):
+    check_row_entries(lambda fn, *a, **k: through_kernel(forward_loader, fn, *a, **k), width)
 
 
 # ---- cross-entropy ----------------------------------------------------------------------------------------------
