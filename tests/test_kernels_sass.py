@@ -187,3 +187,13 @@ def test_float32_optimizer_kernels_have_no_fp64_instructions(builds, cuobjdump):
             assert not bad, f"{mangled}: FP64 instructions {bad} in its SASS"
             checked.append(kernel)
     assert sorted(checked) == sorted(FP32_ONLY_KERNELS), f"checked {checked}"
+
+
+def test_split_rows_merge_their_partials_across_a_warp(builds, cuobjdump):
+    """row_chunk_finish merges a row's chunk partials with a lane per chunk and butterfly shuffles (SHFL.BFLY), not
+    with every thread walking all the partials serially."""
+    functions = _sass_by_function(builds[("row_split.cu", "90")][0], cuobjdump)
+    finish = {m: sass for m, sass in functions.items() if _demangled_prefix(m) == "row_chunk_finish"}
+    assert len(finish) == len(registry.RAW_BY_NAME["row_chunk_finish"].dtypes)
+    for mangled, sass in finish.items():
+        assert "SHFL.BFLY" in sass, f"{mangled}: no warp shuffle in the merge of the partials"
