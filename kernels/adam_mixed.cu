@@ -14,10 +14,10 @@ adam_update_mixed(T* __restrict__ param, float* __restrict__ master, const T* __
                   float beta1, float one_minus_beta1, float beta2, float one_minus_beta2, float eps,
                   float weight_decay, float decay, float step_size, float bc2_sqrt, int decoupled, int amsgrad,
                   int maximize) {
-    const xpnn_adam_params<float> h = {beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay,
-                                       step_size, bc2_sqrt, decoupled, amsgrad, maximize};
+    const xpnn_adam_params<float> hyper = {beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay,
+                                           step_size, bc2_sqrt, decoupled, amsgrad, maximize};
     auto step = [&](float p, float g, float& m_io, float& v_io, float& vmax_io) -> float {
-        xpnn_adam_element(h, p, g, m_io, v_io, vmax_io);
+        xpnn_adam_element(hyper, p, g, m_io, v_io, vmax_io);
         return p;
     };
     const unsigned long long any_misaligned =

@@ -197,3 +197,35 @@ def test_split_rows_merge_their_partials_across_a_warp(builds, cuobjdump):
     assert len(finish) == len(registry.RAW_BY_NAME["row_chunk_finish"].dtypes)
     for mangled, sass in finish.items():
         assert "SHFL.BFLY" in sass, f"{mangled}: no warp shuffle in the merge of the partials"
+
+
+_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
+_DIVISION = re.compile(r"^(CALL\b|I2F\.U(32|64)\.RP\b)")  # a call (the 64-bit division routine), a reciprocal seed
+
+
+def _loops(sass: str) -> list[list[str]]:
+    """The instructions of each loop: from a backward branch's target to the branch."""
+    instructions = [(int(a, 16), text.strip()) for a, text in _INSTRUCTION.findall(sass)]
+    loops = []
+    for addr, text in instructions:
+        m = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
+        if m and int(m.group(1), 16) <= addr:
+            loops.append([t for a, t in instructions if int(m.group(1), 16) <= a <= addr])
+    return loops
+
+
+def test_im2col_loop_does_not_divide(builds, cuobjdump):
+    """im2col decodes its flat index once per thread and steps it with carries: no loop of its calls the 64-bit
+    division routine or seeds an integer division (I2F.U32.RP / I2F.U64.RP); before, every element divided its
+    index by ow, oh, kw and kh."""
+    checked = 0
+    for mangled, sass in _sass_by_function(builds[("conv.cu", "90")][0], cuobjdump).items():
+        if _demangled_prefix(mangled) != "im2col":
+            continue
+        loops = _loops(sass)
+        assert loops, f"{mangled}: no loop found in its SASS"
+        for body in loops:
+            found = [t for t in body if _DIVISION.match(t)]
+            assert not found, f"{mangled}: integer division in a loop: {found}"
+        checked += 1
+    assert checked == len(registry.RAW_BY_NAME["im2col"].dtypes)

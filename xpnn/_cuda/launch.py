@@ -90,7 +90,8 @@ def flat_grid(n: int, block: int = FLAT_BLOCK, *, per_thread: int = 1, sm_count:
     """Blocks of a grid-stride launch over ``n`` elements of which each thread takes ``per_thread`` per iteration
     (``16 // itemsize`` for the kernels reading 16-byte packs: a grid sized for one element per thread would leave
     3/4 of its float32 blocks without a pack), capped at FLAT_BLOCKS_PER_SM blocks per multiprocessor when
-    ``sm_count`` is known (the GPU), else at MAX_GRID."""
+    ``sm_count`` is known (the GPU), else at MAX_GRID. Never more than MAX_GRID: kernels/conv.cu relies on
+    grid * block < 2**32 (it decodes its first index and the grid's stride with 32-bit divisions)."""
     cap = MAX_GRID if sm_count is None else min(MAX_GRID, FLAT_BLOCKS_PER_SM * sm_count)
     return max(1, min(cap, -(-n // (block * per_thread))))
 
