@@ -2,7 +2,8 @@
 //
 // Rules these sources follow (see ARCHITECTURE.md, "Testing CUDA code without a GPU"):
 // no host headers (NVRTC rejects them); block sizes are multiples of 32 and at most 1024; shuffles are called by
-// the full warp; a block returns early only as a whole; the same text also compiles with g++ through tests/shim.
+// the full warp; a block returns early only as a whole; static shared memory through XPNN_SHARED(_ARRAY); the same
+// text also compiles with g++ through tests/shim.
 #ifndef XPNN_COMMON_CUH
 #define XPNN_COMMON_CUH
 
@@ -12,6 +13,13 @@
 
 #define XPNN_FULL_MASK 0xffffffffu
 #define XPNN_MAX_WARPS 32  // 1024 threads per block at most
+
+// Static shared memory is declared through these two (so that the CPU shim can fill it with 0xFF bytes -- NaN for
+// floats -- at the start of every block: uninitialised shared memory holds garbage on a GPU, not zeros).
+#ifdef __CUDACC__
+#define XPNN_SHARED(T, name) __shared__ T name
+#define XPNN_SHARED_ARRAY(T, name, n) __shared__ T name[n]
+#endif
 
 // "#pragma unroll 1" / "#pragma unroll" for CUDA compilers only (a host compiler would warn about an unknown pragma).
 #ifdef __CUDACC__
@@ -118,8 +126,8 @@ __device__ __forceinline__ xpnn_max_sum<A> xpnn_warp_max_sum(xpnn_max_sum<A> st)
 // (so every thread has read the previous result).
 template <typename A>
 __device__ __forceinline__ A xpnn_block_sum(A v) {
-    __shared__ A partial[XPNN_MAX_WARPS];
-    __shared__ A result;
+    XPNN_SHARED_ARRAY(A, partial, XPNN_MAX_WARPS);
+    XPNN_SHARED(A, result);
     const unsigned lane = threadIdx.x % 32u, warp = threadIdx.x / 32u, n_warps = blockDim.x / 32u;
     v = xpnn_warp_sum(v);
     if (lane == 0) partial[warp] = v;
@@ -134,9 +142,10 @@ __device__ __forceinline__ A xpnn_block_sum(A v) {
 
 template <typename A>
 __device__ __forceinline__ xpnn_max_sum<A> xpnn_block_max_sum(xpnn_max_sum<A> st) {
-    __shared__ A partial_m[XPNN_MAX_WARPS];
-    __shared__ A partial_s[XPNN_MAX_WARPS];
-    __shared__ A result_m, result_s;
+    XPNN_SHARED_ARRAY(A, partial_m, XPNN_MAX_WARPS);
+    XPNN_SHARED_ARRAY(A, partial_s, XPNN_MAX_WARPS);
+    XPNN_SHARED(A, result_m);
+    XPNN_SHARED(A, result_s);
     const unsigned lane = threadIdx.x % 32u, warp = threadIdx.x / 32u, n_warps = blockDim.x / 32u;
     st = xpnn_warp_max_sum(st);
     if (lane == 0) {

@@ -54,6 +54,17 @@
 #define __host__
 #define __forceinline__ inline
 #define __shared__ static thread_local
+
+// common.cuh's static shared memory: function-static thread_local (each worker's block has its own), filled with
+// 0xFF bytes (NaN for float/double, -1 for integers) by the first thread of each block that reaches the
+// declaration -- so a read of a slot no thread of this block wrote sees garbage, as on a GPU, instead of the zeros
+// (or a previous block's values) a static would hold. -DXPNN_SHIM_NO_POISON builds the old behaviour (tests).
+#define XPNN_SHARED(T, name) \
+    static thread_local T name; \
+    xpnn_shim::shared_block_start(&name, sizeof(name))
+#define XPNN_SHARED_ARRAY(T, name, n) \
+    static thread_local T name[n]; \
+    xpnn_shim::shared_block_start(name, sizeof(name))
 #define __launch_bounds__(...)
 
 struct dim3 {
@@ -99,6 +110,9 @@ struct Scheduler {
     std::vector<unsigned char> unfenced_publish;  // stored with xpnn_publish, no __threadfence since
     std::vector<unsigned char> unfenced_atomic;   // did an atomic, no __threadfence since
     unsigned unfenced_atomics = 0;                // threads of the block with unfenced_atomic set
+    // static shared memory: (address, serial of the block that last poisoned it) on this worker
+    unsigned long long block_serial = 0;
+    std::vector<std::pair<void*, unsigned long long>> shared_poisoned;
 
     void fail(const std::string& msg) {
         if (error.empty()) error = msg;
@@ -248,6 +262,7 @@ inline bool run_block_fibers(unsigned n) {
 // Run block b of the current launch on this worker.
 inline bool run_block(unsigned b, unsigned block) {
     blockIdx = {b, 0, 0};
+    ++sched.block_serial;  // XPNN_SHARED variables are poisoned again when this block first reaches them
     sched.unfenced_publish.assign(block, 0);
     sched.unfenced_atomic.assign(block, 0);
     sched.unfenced_atomics = 0;
@@ -422,6 +437,21 @@ inline V __shfl_xor_sync(unsigned mask, V v, int lane_mask) {
 }
 
 namespace xpnn_shim {
+// Called at every XPNN_SHARED declaration: the first call in a block fills the variable with 0xFF bytes.
+inline void shared_block_start(void* p, size_t size) {
+    std::pair<void*, unsigned long long>* seen = nullptr;
+    for (auto& e : sched.shared_poisoned)
+        if (e.first == p) seen = &e;
+    if (seen != nullptr && seen->second == sched.block_serial) return;  // poisoned by this block already
+    if (seen == nullptr) sched.shared_poisoned.emplace_back(p, sched.block_serial);
+    else seen->second = sched.block_serial;
+#ifndef XPNN_SHIM_NO_POISON
+    memset(p, 0xff, size);
+#else
+    (void)size;
+#endif
+}
+
 inline unsigned tid() { return threadIdx.x; }
 inline bool in_block() { return tid() < sched.unfenced_atomic.size(); }
 }  // namespace xpnn_shim
