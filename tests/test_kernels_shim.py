@@ -297,6 +297,63 @@ def test_row_entries_within_the_stated_ulp_bound(forward_loader, width):
     check_row_entries(lambda fn, *a, **k: through_kernel(forward_loader, fn, *a, **k), width)
 
 
+def _row_kernels_within_tolerance(loader):
+    """Row kernels and cross-entropy (every row path: lanes, warps, blocks, split rows) against the reference at
+    the float32 tolerance of this file."""
+    for width in (3, 10, 70, 300, 1000, 4097):
+        x = _rows(width, "float32", n=9)
+        x[1] *= 20  # |x - m| up to ~100: exponents down to 1e-40
+        for fn in (F.logsumexp, F.softmax, F.log_softmax):
+            with np.errstate(under="ignore"):
+                close(through_kernel(loader, fn, x), reference(fn, x), "float32")
+        t = np.arange(9) * 5 % width
+        t[4] = -100
+        for reduction in ("mean", "none"):
+            kwargs = dict(reduction=reduction, label_smoothing=0.1)
+            got = through_kernel(loader, F.cross_entropy_with_grad, x, t, **kwargs)
+            want = reference(F.cross_entropy_with_grad, x, t, **kwargs)
+            close(got[0], want[0], "float32")
+            close(got[1], want[1], "float32")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_cooperative_kernels_under_random_thread_orders(seed):
+    """Each block's fibers in a seeded random order, drawn afresh at every barrier and shuffle (beyond forward and
+    reverse): a missing barrier or a read of a slot another thread writes in the same phase shows up in some
+    orders only."""
+    _row_kernels_within_tolerance(ShimLoader(order_seed=seed))
+
+
+def test_tolerances_hold_with_fma_contraction_and_a_fast_exp():
+    """The shim built as a GPU may compute: a*b+c contracted into FMAs (-ffp-contract=fast -mfma) and expf as
+    fast-math's ex2.approx of the rounded product (-DXPNN_SHIM_FAST_EXP, up to 64 ulp): the comparisons with the
+    reference still hold at this file's tolerances (rows, cross-entropy, the optimizers)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            has_fma = " fma " in f.read()
+    except OSError:
+        has_fma = False
+    if not has_fma:
+        pytest.skip("the CPU has no FMA instructions (-mfma): contraction cannot be emulated here")
+    loader = ShimLoader(extra_flags=("-ffp-contract=fast", "-mfma", "-DXPNN_SHIM_FAST_EXP"))
+    _row_kernels_within_tolerance(loader)
+    rng = np.random.default_rng(6)
+    n = 1037
+    for amsgrad in (False, True):
+        results = []
+        for provider in (None, make_provider(loader)):
+            p, m, v, vmax = rng.standard_normal(n).astype(np.float32), *(np.zeros(n, np.float32) for _ in range(3))
+            rng = np.random.default_rng(6)
+            grads = np.random.default_rng(7).standard_normal((3, n)).astype(np.float32)
+            with _dispatch.use_provider(provider), _dispatch.use_kernels(provider is not None):
+                for step in (1, 2, 3):
+                    updates.adam_update(p, grads[step - 1], m, v, vmax if amsgrad else None, step=step, lr=1e-2,
+                                        beta1=0.9, beta2=0.999, eps=1e-8, amsgrad=amsgrad)
+            results.append((p, m, v))
+        for got, want in zip(results[1], results[0]):
+            close(got, want, "float32")
+
+
 # ---- cross-entropy ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

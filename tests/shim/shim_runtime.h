@@ -10,7 +10,8 @@
 //   fenced before the storing thread's next atomic (release), and once a thread of the block did an atomic, no
 //   thread of the block may xpnn_load_published until that thread has fenced (acquire). Either mistake fails the
 //   launch with a message naming it (see common.cuh, "data handed between blocks").
-// - Cooperative kernels run their block's threads as ucontext fibers, in forward or reverse order (a missing
+// - Cooperative kernels run their block's threads as ucontext fibers, in forward or reverse order, or in a seeded
+//   random order drawn afresh at every scheduling round (xpnn_shim_set_order_seed; a missing
 //   barrier shows up in one order only). __syncthreads() suspends a fiber until every live thread of the block
 //   arrives (threads that returned drop out); warp shuffles exchange values through per-thread slots between two
 //   warp-wide barriers and require every thread of the warp to take part.
@@ -95,6 +96,7 @@ const size_t kStackSize = 64 * 1024;
 struct Scheduler {
     bool cooperative = false;  // fibers (true) or a plain loop over threads (false)
     bool reverse = false;
+    unsigned long long order_seed = 0;  // != 0: fibers run in a fresh seeded random order each scheduling round
     std::string error;
     void* main_jb[5];
     std::vector<Fiber> fibers;
@@ -215,9 +217,20 @@ inline bool run_block_fibers(unsigned n) {
         f.started = false;
         f.asan_fake_stack = nullptr;
     }
+    std::vector<unsigned> order(n);
+    unsigned long long rng = (sched.order_seed * 0x9E3779B97F4A7C15ull) ^ (blockIdx.x + 1ull);
     for (;;) {
+        for (unsigned k = 0; k < n; ++k) order[k] = sched.reverse ? n - 1 - k : k;
+        if (sched.order_seed != 0) {  // Fisher-Yates with xorshift64: every round a different interleaving
+            for (unsigned k = n; k > 1; --k) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                std::swap(order[k - 1], order[static_cast<unsigned>(rng % k)]);
+            }
+        }
         for (unsigned k = 0; k < n; ++k) {
-            const unsigned t = sched.reverse ? n - 1 - k : k;
+            const unsigned t = order[k];
             if (sched.fibers[t].state != RUNNABLE) continue;
             sched.current = t;
             threadIdx.x = t;
@@ -279,6 +292,7 @@ inline bool run_block(unsigned b, unsigned block) {
 struct Launch {
     const std::function<void()>* body = nullptr;
     bool cooperative = false, reverse = false;
+    unsigned long long order_seed = 0;
     unsigned grid = 0, block = 0, workers = 1;
     std::atomic<bool> failed{false};
     std::mutex error_lock;
@@ -290,6 +304,7 @@ inline void run_worker(Launch& L, unsigned w) {
     sched.error.clear();
     sched.cooperative = L.cooperative;
     sched.reverse = L.reverse;
+    sched.order_seed = L.order_seed;
     sched.body = L.body;
     gridDim = {L.grid, 1, 1};
     blockDim = {L.block, 1, 1};
@@ -365,6 +380,7 @@ inline Pool& pool() {
 }
 
 static unsigned requested_workers = 4;
+static unsigned long long requested_order_seed = 0;
 static unsigned last_threads_used = 0, last_max_in_flight = 0;
 static std::string last_error;
 
@@ -381,6 +397,7 @@ inline int launch(const std::function<void()>& body, bool cooperative, unsigned 
     L.body = &body;
     L.cooperative = cooperative;
     L.reverse = reverse;
+    L.order_seed = requested_order_seed;
     L.grid = grid;
     L.block = block;
     L.workers = grid < requested_workers ? (grid == 0 ? 1 : grid) : requested_workers;
@@ -523,5 +540,13 @@ inline double __longlong_as_double(long long i) {
     memcpy(&d, &i, sizeof d);
     return d;
 }
+
+// -DXPNN_SHIM_FAST_EXP: expf as a GPU computes it under fast math (__expf: ex2.approx of the rounded product
+// x * log2(e), up to ~64 ulp off at |x| ~ 87), to check that the tests' tolerances also hold for that arithmetic
+// (with -ffp-contract=fast -mfma for the GPU's a*b+c contraction).
+#ifdef XPNN_SHIM_FAST_EXP
+inline float xpnn_shim_fast_expf(float x) { return exp2f(x * 1.4426950408889634f); }
+#define expf xpnn_shim_fast_expf
+#endif
 
 #endif  // XPNN_SHIM_RUNTIME_H
