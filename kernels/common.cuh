@@ -336,21 +336,29 @@ XPNN_UNROLL
     for (long long c = head + n_packs * V + rank; c < n; c += size) xpnn_store_streaming(out + c, f(c, row[c]));
 }
 
-// exp(d) for d = x - m <= 0 (or NaN), the hot-loop exponent (the difference is formed first, so |x| ~ 1e4 loses no
-// digits): expf, at most 2 ulp from exp(d) (CUDA's documented bound for expf; the CPU shim's glibc expf: under 1 ulp).
-// Not exp2f(d * log2(e)): rounding that product errs by |d| * 2^-24 in the exponent, up to 64 ulp (3.8e-6 relative)
-// of the result at d = -87, where float32 results are still normal. A float32 softmax or cross-entropy-gradient entry
-// adds the roundings of 1/s and of the product and the error of s: within 8 ulp of the exact value from the same
-// x - m (log-softmax: 2 ulp of the entry + 8 * 2^-24) for rows up to 40,000 wide (the error of s grows with the
-// width); tests/test_kernels_shim.py checks these bounds, tests/test_cuda_kernels.py on a GPU.
+// exp(d) for d = x - m <= 0 (or NaN) (the difference is formed first, so |x| ~ 1e4 loses no digits), two ways:
+// - xpnn_exp_shifted, for the per-entry outputs (softmax, the cross-entropy gradient): expf, at most 2 ulp from
+//   exp(d) (CUDA's documented bound for expf; the CPU shim's glibc expf: under 1 ulp). Not exp2f(d * log2(e)):
+//   rounding that product (and log2(e)) errs by up to |d| * 7.3e-8 relative, 64 ulp (3.8e-6) at d = -87, where
+//   float32 results are still normal.
+// - xpnn_exp_sum_term, for the terms of s = sum(exp(x - m)) (pass 1): exp2f(d * log2(e)), one multiply and ex2 and
+//   fewer registers (expf there made ptxas spill log_softmax_rows<float> on sm_90). The error of s is the terms'
+//   errors weighted by the terms: 2 ulp + 7.3e-8 times the softmax-weighted mean of |x - m|, where the largest
+//   terms have the smallest |x - m|.
+// A float32 softmax or cross-entropy-gradient entry adds the roundings of 1/s and of the product and the error of s:
+// within 8 ulp of the exact value from the same x - m (log-softmax: 2 ulp of the entry + 8 * 2^-24) for the rows of
+// tests/_row_accuracy.py (up to 40,000 wide, |x - m| up to ~150); tests/test_kernels_shim.py checks these bounds,
+// tests/test_cuda_kernels.py on a GPU.
 __device__ __forceinline__ float xpnn_exp_shifted(float d) { return expf(d); }
 __device__ __forceinline__ double xpnn_exp_shifted(double d) { return exp(d); }
+__device__ __forceinline__ float xpnn_exp_sum_term(float d) { return exp2f(d * 1.4426950408889634f); }
+__device__ __forceinline__ double xpnn_exp_sum_term(double d) { return exp(d); }
 
 // Contribution of entry x to s = sum(exp(x - m)) for a state whose max m >= x (m from xpnn_max, so m is never
 // NaN): exactly 1 for x == m (also m = +inf), 0 for x = m = -inf, NaN for x = NaN.
 template <typename A>
 __device__ __forceinline__ A xpnn_exp_term(A x, A m) {
-    return x == m ? (x > xpnn_neg_inf<A>() ? A(1) : A(0)) : xpnn_exp_shifted(x - m);
+    return x == m ? (x > xpnn_neg_inf<A>() ? A(1) : A(0)) : xpnn_exp_sum_term(x - m);
 }
 
 // Adds the entries of pack p (its max first, NaN ignored; the state rescaled once if it grew; then one exponent

@@ -49,7 +49,7 @@ row_chunk_finish(const T* __restrict__ x, const A* __restrict__ partials, T* __r
         xpnn_max_sum<A> st;
         st.m = xpnn_neg_inf<A>();
         st.s = A(0);
-        for (long long j = threadIdx.x % 32u; j < chunks; j += 32) {
+        XPNN_NO_UNROLL for (long long j = threadIdx.x % 32u; j < chunks; j += 32) {  // (unrolled: spills)
             xpnn_max_sum<A> other;
             other.m = partials[2 * (r * chunks + j)];
             other.s = partials[2 * (r * chunks + j) + 1];

@@ -5,8 +5,9 @@ CPU shim (tests/test_kernels_shim.py) and on a GPU (tests/test_cuda_kernels.py) 
 - a softmax or cross-entropy-gradient entry: within ROW_ULP ulp (relative, normal results) of the exact value
   computed from the same float32 differences x - m; target entries (softmax - 1) within ROW_ULP * 2**-24 absolute;
 - a log-softmax entry: within 2 ulp of itself plus ROW_ULP * 2**-24 (the relative error of s, through log s).
-Measured on the shim (glibc expf, under 1 ulp): 0.5 ulp for the term, up to 4.2 ulp for entries of rows up to
-40,000 wide; a GPU's expf (up to 2 ulp) adds up to 1.5 ulp to the term and to s: ROW_ULP leaves room for both.
+Measured on the shim (glibc expf, under 1 ulp; the terms of s from exp2f(d * log2 e), see common.cuh): 0.5 ulp for
+the term, up to 4.2 ulp for entries of rows up to 40,000 wide; a GPU's expf and exp2f (up to 2 ulp each) add up to
+1.5 ulp to the term and to s: ROW_ULP leaves room for both.
 ``run(fn, *args, **kwargs)`` calls an xpnn.functional function through the kernels and returns NumPy arrays.
 """
 from __future__ import annotations
