@@ -33,6 +33,7 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
         ("mlp_step", "batch256"), ("tiny_step", "batch8"),
         ("seed_net", "64x1000"),
         ("softmax", "4096x1000"), ("softmax", "65536x10"), ("logsumexp", "4096x1000"), ("adam_fp16", "1e7"),
+        ("amp_unscale", "1e7"),
     ],
     "conv": [  # the convolution cases (compare with --reference torch-cpu: there is no plain-NumPy version)
         ("conv2d", "lenet1"), ("conv2d", "lenet2"), ("conv2d", "3x3-64"), ("lenet_step", "batch64"),
@@ -43,7 +44,7 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
     "tiny": [  # a smoke run: seconds, every case once
         ("sigmoid_backward", "1e4"), ("cross_entropy", "256x10"), ("adam", "1e4"), ("mlp_step", "batch16"),
         ("tiny_step", "batch8"), ("seed_net", "64x1000"), ("conv2d", "lenet2"), ("lenet_step", "batch64"),
-        ("softmax", "256x10"), ("logsumexp", "256x10"), ("adam_fp16", "1e4"),
+        ("softmax", "256x10"), ("logsumexp", "256x10"), ("adam_fp16", "1e4"), ("amp_unscale", "1e4"),
     ],
 }
 
