@@ -133,6 +133,37 @@ def test_optimizer_launches_size_their_grid_by_packs():
         np.testing.assert_array_equal(got, want)
 
 
+def test_cross_entropy_lanes_follow_the_width():
+    """Cross-entropy rows get about two 16-byte packs per lane: 10 float32 classes -> 2 lanes (16 rows per warp),
+    1 lane up to 8 classes, and as many lanes as the other row kernels from 65 classes on."""
+    assert [launch.cross_entropy_lanes(c) for c in (1, 3, 8, 9, 10, 16, 17, 33, 64, 65, 256, 257)] == \
+        [1, 1, 1, 2, 2, 2, 4, 8, 8, 32, 32, 0]
+    assert launch.cross_entropy_lanes(10, 2) == 1 and launch.cross_entropy_lanes(10, 8) == 4
+    assert launch.row_launch(65536, 10, lanes=2) == (512, 256, 2)  # 128 rows per block
+
+
+@pytest.mark.parametrize("width", [3, 10, 17, 33, 64])
+def test_cross_entropy_narrow_rows_with_fewer_lanes(width):
+    """The kernel at the lanes cross_entropy_lanes chooses (recorded from the launch), rows at every offset from a
+    16-byte boundary (the row start moves with the row index), several rounds of the grid-stride loop."""
+    loader = ShimLoader()
+    launched = []
+    run = loader._launch
+    loader._launch = lambda name, grid, block, args, *rest: (launched.append((name, args[-1])),
+                                                             run(name, grid, block, args, *rest))[1]
+    x = _rows(width, "float32", n=301, seed=width)
+    t = np.arange(301) * 7 % width
+    t[::13] = -100
+    for reduction in ("mean", "none"):
+        kwargs = dict(reduction=reduction, label_smoothing=0.05)
+        got = through_kernel(loader, F.cross_entropy_with_grad, x, t, **kwargs)
+        want = reference(F.cross_entropy_with_grad, x, t, **kwargs)
+        close(got[0], want[0], "float32")
+        close(got[1], want[1], "float32")
+    lanes = {int(a) for n, a in launched if n.startswith("cross_entropy_fwd_bwd")}
+    assert lanes == {launch.cross_entropy_lanes(width)}
+
+
 def test_launch_table_comes_from_the_registry():
     """launch.OPS holds exactly the registry's ops, each served by the function its row names."""
     assert set(launch.OPS) == set(registry.ops())

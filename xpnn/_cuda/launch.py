@@ -46,16 +46,29 @@ def row_lanes(n_cols: int) -> int:
     return min(32, 1 << (want - 1).bit_length())
 
 
-def row_launch(n_rows: int, n_cols: int, max_block: int = 1024, itemsize: int = 4) -> tuple[int, int, int]:
+def cross_entropy_lanes(n_cols: int, itemsize: int = 4) -> int:
+    """Lanes per row of the cross-entropy kernel: for narrow rows (up to NARROW_MAX_COLS) a power of two giving each
+    lane about two 16-byte packs of the row (so every lane has a whole pack wherever the row starts: 2 lanes for
+    10 float32 classes, 16 rows per warp; ``row_lanes``' 4 left 2 lanes of 4 without a pack), else ``row_lanes``.
+    The kernel's per-row work beyond the row (the target's logit, the loss) is then spread over more rows per
+    warp."""
+    if n_cols > NARROW_MAX_COLS:
+        return row_lanes(n_cols)
+    want = max(1, -(-n_cols // (2 * (16 // itemsize))))
+    return min(32, 1 << (want - 1).bit_length())
+
+
+def row_launch(n_rows: int, n_cols: int, max_block: int = 1024, itemsize: int = 4,
+               lanes: int | None = None) -> tuple[int, int, int]:
     """(grid, block, lanes) of a row kernel over an (n_rows, n_cols) matrix of ``itemsize``-byte entries,
     n_rows >= 1; ``max_block`` is the kernel's ``__launch_bounds__``; ``lanes`` as in kernels/common.cuh.
 
     Narrow rows (like (65536, 10)) get a few lanes each (4 for 10 classes: 8 rows per warp, two shuffle steps;
     1 for 2-4 classes: a thread per row, no reduction at all); rows up to 256 a warp each; wider rows a block each
     (block size from ``row_block``). A block per narrow row would leave most threads idle and pay two barriers
-    per row.
+    per row. ``lanes``: the lanes per row chosen by the caller instead of ``row_lanes(n_cols)``.
     """
-    lanes = row_lanes(n_cols)
+    lanes = row_lanes(n_cols) if lanes is None else lanes
     if lanes:
         rows_per_block = (min(ROW_GROUP_BLOCK, max_block) // 32) * (32 // lanes)
         blocks = -(-n_rows // rows_per_block)
@@ -205,7 +218,8 @@ def cross_entropy_with_grad(loader: KernelLoader, xp: Any, logits: Any, target: 
     logits = _contiguous(logits)
     target = _contiguous(xp.astype(target, xp.int64, copy=False))  # labels were validated by the caller
     kernel = loader.raw(registry.RAW_BY_NAME["cross_entropy_with_grad"], dtype)
-    grid, block, lanes = row_launch(n_rows, n_cols, kernel.max_block, logits.dtype.itemsize)
+    itemsize = logits.dtype.itemsize
+    grid, block, lanes = row_launch(n_rows, n_cols, kernel.max_block, itemsize, cross_entropy_lanes(n_cols, itemsize))
     grad = xp.empty((n_rows, n_cols), dtype=logits.dtype)
     loss = xp.empty((n_rows,) if reduction == "none" else (), dtype=logits.dtype)
     # kept across calls (xpnn._cuda.scratch): per-block loss sums, and [valid targets, blocks done], which the
