@@ -1,8 +1,8 @@
 // Adam / AdamW for float16 parameters with float32 master copies, in one pass: reads the float16 gradient and the
 // float32 master and moments, writes the master, the moments and the float16 parameter (28 bytes per parameter).
-// The math is adam_update's (optimizers.cu) in float, element by element in the same order, so that it agrees bit
-// for bit with the reference (xpnn/functional/mixed_precision.py: cast the gradient up, adam_update on the master,
-// cast the master down) where the compiler does not contract a*b+c (the CPU shim).
+// The math is adam_update's (xpnn_adam_element in common.cuh) in float, element by element in the same order,
+// so that it agrees bit for bit with the reference (xpnn/functional/mixed_precision.py: cast the gradient up,
+// adam_update on the master, cast the master down) where the compiler does not contract a*b+c (the CPU shim).
 // Each thread handles 8 entries per step when every array is 16-byte aligned: one 128-bit access per float16
 // array, two per float32 array; else (and for the tail) one entry at a time.
 #include "common.cuh"
@@ -14,23 +14,11 @@ adam_update_mixed(T* __restrict__ param, float* __restrict__ master, const T* __
                   float beta1, float one_minus_beta1, float beta2, float one_minus_beta2, float eps,
                   float weight_decay, float decay, float step_size, float bc2_sqrt, int decoupled, int amsgrad,
                   int maximize) {
+    const xpnn_adam_params<float> hyper = {beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay,
+                                           step_size, bc2_sqrt, decoupled, amsgrad, maximize};
     auto step = [&](float p, float g, float& m_io, float& v_io, float& vmax_io) -> float {
-        g = maximize ? -g : g;
-        if (decoupled) {
-            p = p * decay;
-        } else if (weight_decay != 0.0f) {
-            g = g + weight_decay * p;
-        }
-        const float m = beta1 * m_io + one_minus_beta1 * g;
-        float v = beta2 * v_io + (g * g) * one_minus_beta2;
-        m_io = m;
-        v_io = v;
-        if (amsgrad) {
-            v = xpnn_max_nan(vmax_io, v);
-            vmax_io = v;
-        }
-        const float denom = xpnn_sqrt(v) / bc2_sqrt + eps;
-        return p - (m / denom) * step_size;
+        xpnn_adam_element(hyper, p, g, m_io, v_io, vmax_io);
+        return p;
     };
     const unsigned long long any_misaligned =
         ((unsigned long long)param | (unsigned long long)master | (unsigned long long)grad |

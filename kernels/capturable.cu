@@ -6,46 +6,47 @@
 // and xpnn/amp.py (unscale_and_check_); products are grouped as there.
 #include "common.cuh"
 
-#define XPNN_CAPTURABLE_GRID_STRIDE(i, n)                                                   \
-    XPNN_NO_UNROLL for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; \
-                        i < (n); i += (long long)gridDim.x * blockDim.x)
+#define XPNN_SCALARS_ADAM 0
+#define XPNN_SCALARS_ADAGRAD 1
 
-// Adam / AdamW with the step count t = *step (already counting this step) and lr = *lr on the device. The scalars
-// the Python path derives in float64 are derived here in double too, from the double hyperparameters, and rounded
-// to T once (in T, 1 - 0.999^t would lose ~5 digits to cancellation):
-// step_size = lr / (1 - beta1^t), bc2_sqrt = sqrt(1 - beta2^t), decay = 1 - lr * weight_decay;
-// then exactly adam_update in optimizers.cu. Every thread derives the same scalars from the same two loads.
+// The step's scalars, derived once per step by one thread (not by every thread of the update: two double pow, a
+// sqrt and divisions each), in double from the double hyperparameters and the device step count t = *step and
+// lr = *lr, rounded to T once (in T, 1 - 0.999^t would lose ~5 digits to cancellation), into scalars[]:
+//   XPNN_SCALARS_ADAM:    [step_size = lr / (1 - beta1^t), bc2_sqrt = sqrt(1 - beta2^t), decay = 1 - lr * wd]
+//   XPNN_SCALARS_ADAGRAD: [clr = lr / (1 + (t - 1) * lr_decay)]
+// The launcher runs it just before the update on the same stream (kernels on one stream run in order, also as
+// nodes of a captured CUDA graph), so the update reads finished values; scalars is a kept device array.
+template <typename T>
+__global__ void __launch_bounds__(32)
+capturable_step_scalars(const T* __restrict__ step, const T* __restrict__ lr, double beta1, double beta2,
+                        double weight_decay, double lr_decay, int kind, T* __restrict__ scalars) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        const double t = (double)*step;
+        const double rate = (double)*lr;
+        if (kind == XPNN_SCALARS_ADAM) {
+            scalars[0] = (T)(rate / (1.0 - pow(beta1, t)));
+            scalars[1] = (T)sqrt(1.0 - pow(beta2, t));
+            scalars[2] = (T)(1.0 - rate * weight_decay);
+        } else {
+            scalars[0] = (T)(rate / (1.0 + (t - 1.0) * lr_decay));
+        }
+    }
+}
+
+// Adam / AdamW with the scalars of capturable_step_scalars (XPNN_SCALARS_ADAM, same launch stream): exactly
+// adam_update in optimizers.cu (xpnn_adam_element, 16-byte packs of every buffer).
 template <typename T>
 __global__ void __launch_bounds__(256)
 adam_update_capturable(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ exp_avg,
-                       T* __restrict__ exp_avg_sq, T* max_exp_avg_sq, long long n, const T* __restrict__ step,
-                       const T* __restrict__ lr, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T eps,
-                       T weight_decay, double beta1_d, double beta2_d, double weight_decay_d, int decoupled,
+                       T* __restrict__ exp_avg_sq, T* max_exp_avg_sq, long long n, const T* __restrict__ scalars,
+                       T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T eps, T weight_decay, int decoupled,
                        int amsgrad, int maximize) {
-    const double t = (double)*step;
-    const double rate = (double)*lr;
-    const T step_size = (T)(rate / (1.0 - pow(beta1_d, t)));
-    const T bc2_sqrt = (T)sqrt(1.0 - pow(beta2_d, t));
-    const T decay = (T)(1.0 - rate * weight_decay_d);
-    XPNN_CAPTURABLE_GRID_STRIDE(i, n) {
-        T p = param[i];
-        T g = maximize ? -grad[i] : grad[i];
-        if (decoupled) {
-            p = p * decay;
-        } else if (weight_decay != T(0)) {
-            g = g + weight_decay * p;
-        }
-        const T m = beta1 * exp_avg[i] + one_minus_beta1 * g;
-        T v = beta2 * exp_avg_sq[i] + (g * g) * one_minus_beta2;
-        exp_avg[i] = m;
-        exp_avg_sq[i] = v;
-        if (amsgrad) {
-            v = xpnn_max(max_exp_avg_sq[i], v);
-            max_exp_avg_sq[i] = v;
-        }
-        const T denom = xpnn_sqrt(v) / bc2_sqrt + eps;
-        param[i] = p - (m / denom) * step_size;
-    }
+    const xpnn_adam_params<T> h = {beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, scalars[2],
+                                   scalars[0], scalars[1], decoupled, amsgrad, maximize};
+    T* const arrays[5] = {param, const_cast<T*>(grad), exp_avg, exp_avg_sq, amsgrad ? max_exp_avg_sq : nullptr};
+    xpnn_flat_update(arrays, 0x1du, n, [&](T (&x)[5]) {  // stores: param, exp_avg, exp_avg_sq, max_exp_avg_sq
+        xpnn_adam_element(h, x[0], x[1], x[2], x[3], x[4]);
+    });
 }
 
 // SGD as sgd_update in optimizers.cu, with lr = *lr.
@@ -55,35 +56,37 @@ sgd_update_capturable(T* __restrict__ param, const T* __restrict__ grad, T* mome
                       const T* __restrict__ lr, T momentum, T one_minus_dampening, T weight_decay, int use_momentum,
                       int nesterov, int first_step, int maximize) {
     const T rate = *lr;
-    XPNN_CAPTURABLE_GRID_STRIDE(i, n) {
-        const T p = param[i];
-        T g = maximize ? -grad[i] : grad[i];
+    T* const arrays[3] = {param, const_cast<T*>(grad), use_momentum ? momentum_buffer : nullptr};
+    xpnn_flat_update(arrays, 0x5u, n, [&](T (&x)[3]) {
+        const T p = x[0];
+        T g = maximize ? -x[1] : x[1];
         if (weight_decay != T(0)) g = g + weight_decay * p;
         if (use_momentum) {
-            const T b = first_step ? g : momentum * momentum_buffer[i] + one_minus_dampening * g;
-            momentum_buffer[i] = b;
+            const T b = first_step ? g : momentum * x[2] + one_minus_dampening * g;
+            x[2] = b;
             g = nesterov ? g + momentum * b : b;
         }
-        param[i] = p - (g * rate);
-    }
+        x[0] = p - (g * rate);
+    });
 }
 
-// Adagrad as adagrad_update in optimizers.cu, with clr = lr / (1 + (t - 1) * lr_decay) from t = *step, lr = *lr,
-// derived in double and rounded once (as the Python path does).
+// Adagrad as adagrad_update in optimizers.cu, with clr from capturable_step_scalars (XPNN_SCALARS_ADAGRAD).
 template <typename T>
 __global__ void __launch_bounds__(256)
 adagrad_update_capturable(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ state_sum, long long n,
-                          const T* __restrict__ step, const T* __restrict__ lr, double lr_decay, T weight_decay,
-                          T eps, int maximize) {
-    const T clr = (T)((double)*lr / (1.0 + ((double)*step - 1.0) * lr_decay));
-    XPNN_CAPTURABLE_GRID_STRIDE(i, n) {
-        const T p = param[i];
-        T g = maximize ? -grad[i] : grad[i];
+                          const T* __restrict__ scalars, T weight_decay, T eps, int maximize) {
+    T* const arrays[3] = {param, const_cast<T*>(grad), state_sum};
+    xpnn_flat_update(arrays, 0x5u, n, [&](T (&x)[3]) {
+        // read per element (an L1 hit), not held in a register: across the call of double division's slow path
+        // a held value was spilled to the stack
+        const T clr = scalars[0];
+        const T p = x[0];
+        T g = maximize ? -x[1] : x[1];
         if (weight_decay != T(0)) g = g + weight_decay * p;
-        const T s = state_sum[i] + g * g;
-        state_sum[i] = s;
-        param[i] = p - (g / (xpnn_sqrt(s) + eps)) * clr;
-    }
+        const T s = x[2] + g * g;
+        x[2] = s;
+        x[0] = p - (g / (xpnn_sqrt(s) + eps)) * clr;
+    });
 }
 
 // RMSprop as rmsprop_update in optimizers.cu, with lr = *lr.
@@ -94,41 +97,58 @@ rmsprop_update_capturable(T* __restrict__ param, const T* __restrict__ grad, T* 
                           T one_minus_alpha, T eps, T weight_decay, T momentum, int centered, int use_momentum,
                           int maximize) {
     const T rate = *lr;
-    XPNN_CAPTURABLE_GRID_STRIDE(i, n) {
-        const T p = param[i];
-        T g = maximize ? -grad[i] : grad[i];
+    T* const arrays[5] = {param, const_cast<T*>(grad), square_avg, centered ? grad_avg : nullptr,
+                          use_momentum ? momentum_buffer : nullptr};
+    xpnn_flat_update(arrays, 0x1du, n, [&](T (&x)[5]) {
+        const T p = x[0];
+        T g = maximize ? -x[1] : x[1];
         if (weight_decay != T(0)) g = g + weight_decay * p;
-        const T sq = alpha * square_avg[i] + (g * g) * one_minus_alpha;
-        square_avg[i] = sq;
+        const T sq = alpha * x[2] + (g * g) * one_minus_alpha;
+        x[2] = sq;
         T avg;
         if (centered) {
-            const T ga = alpha * grad_avg[i] + one_minus_alpha * g;
-            grad_avg[i] = ga;
+            const T ga = alpha * x[3] + one_minus_alpha * g;
+            x[3] = ga;
             avg = xpnn_sqrt(sq - ga * ga) + eps;
         } else {
             avg = xpnn_sqrt(sq) + eps;
         }
         if (use_momentum) {
-            const T b = momentum * momentum_buffer[i] + g / avg;
-            momentum_buffer[i] = b;
-            param[i] = p - b * rate;
+            const T b = momentum * x[4] + g / avg;
+            x[4] = b;
+            x[0] = p - b * rate;
         } else {
-            param[i] = p - (g / avg) * rate;
+            x[0] = p - (g / avg) * rate;
         }
-    }
+    });
 }
 
 // Loss scaling (GradScaler): grad *= *inv_scale in place, and *found_inf = 1 when any element was inf/NaN before
-// scaling -- one pass over the gradient buffer. A value is finite iff g - g == 0 (inf - inf and NaN give NaN).
-// Threads that saw one store 1.0f (the same value: the race is benign); nobody ever stores 0 here.
+// scaling -- one pass over the gradient buffer, in 16-byte packs (8 float16, 4 float, 2 double: one 128-bit load
+// and store each) when grad is 16-byte aligned, then a scalar tail. A value is finite iff g - g == 0 (inf - inf and
+// NaN give NaN). Threads that saw one store 1.0f (the same value: the race is benign); nobody ever stores 0 here.
 template <typename T>
 __global__ void __launch_bounds__(256)
 amp_unscale_check(T* __restrict__ grad, long long n, const float* __restrict__ inv_scale,
                   float* __restrict__ found_inf) {
     typedef typename xpnn_acc<T>::type A;
+    const int V = 16 / (int)sizeof(T);
     const A s = (A)*inv_scale;
     bool bad = false;
-    XPNN_CAPTURABLE_GRID_STRIDE(i, n) {
+    const long long n_packs = (unsigned long long)grad % 16u == 0u ? n / V : 0;
+    const long long first = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    XPNN_NO_UNROLL for (long long k = first; k < n_packs; k += stride) {
+        xpnn_pack<T> p = xpnn_load_pack(grad + k * V);
+        XPNN_UNROLL
+        for (int j = 0; j < V; ++j) {
+            const A g = xpnn_to_acc(p.v[j]);
+            if (!((g - g) == A(0))) bad = true;
+            p.v[j] = xpnn_from_acc<T>(g * s);
+        }
+        *reinterpret_cast<xpnn_pack<T>*>(grad + k * V) = p;
+    }
+    XPNN_NO_UNROLL for (long long i = n_packs * V + first; i < n; i += stride) {
         const A g = xpnn_to_acc(grad[i]);
         if (!((g - g) == A(0))) bad = true;
         grad[i] = xpnn_from_acc<T>(g * s);

@@ -2,7 +2,8 @@
 //
 // Rules these sources follow (see ARCHITECTURE.md, "Testing CUDA code without a GPU"):
 // no host headers (NVRTC rejects them); block sizes are multiples of 32 and at most 1024; shuffles are called by
-// the full warp; a block returns early only as a whole; the same text also compiles with g++ through tests/shim.
+// the full warp; a block returns early only as a whole; static shared memory through XPNN_SHARED(_ARRAY); the same
+// text also compiles with g++ through tests/shim.
 #ifndef XPNN_COMMON_CUH
 #define XPNN_COMMON_CUH
 
@@ -12,6 +13,13 @@
 
 #define XPNN_FULL_MASK 0xffffffffu
 #define XPNN_MAX_WARPS 32  // 1024 threads per block at most
+
+// Static shared memory is declared through these two (so that the CPU shim can fill it with 0xFF bytes -- NaN for
+// floats -- at the start of every block: uninitialised shared memory holds garbage on a GPU, not zeros).
+#ifdef __CUDACC__
+#define XPNN_SHARED(T, name) __shared__ T name
+#define XPNN_SHARED_ARRAY(T, name, n) __shared__ T name[n]
+#endif
 
 // "#pragma unroll 1" / "#pragma unroll" for CUDA compilers only (a host compiler would warn about an unknown pragma).
 #ifdef __CUDACC__
@@ -118,8 +126,8 @@ __device__ __forceinline__ xpnn_max_sum<A> xpnn_warp_max_sum(xpnn_max_sum<A> st)
 // (so every thread has read the previous result).
 template <typename A>
 __device__ __forceinline__ A xpnn_block_sum(A v) {
-    __shared__ A partial[XPNN_MAX_WARPS];
-    __shared__ A result;
+    XPNN_SHARED_ARRAY(A, partial, XPNN_MAX_WARPS);
+    XPNN_SHARED(A, result);
     const unsigned lane = threadIdx.x % 32u, warp = threadIdx.x / 32u, n_warps = blockDim.x / 32u;
     v = xpnn_warp_sum(v);
     if (lane == 0) partial[warp] = v;
@@ -134,9 +142,10 @@ __device__ __forceinline__ A xpnn_block_sum(A v) {
 
 template <typename A>
 __device__ __forceinline__ xpnn_max_sum<A> xpnn_block_max_sum(xpnn_max_sum<A> st) {
-    __shared__ A partial_m[XPNN_MAX_WARPS];
-    __shared__ A partial_s[XPNN_MAX_WARPS];
-    __shared__ A result_m, result_s;
+    XPNN_SHARED_ARRAY(A, partial_m, XPNN_MAX_WARPS);
+    XPNN_SHARED_ARRAY(A, partial_s, XPNN_MAX_WARPS);
+    XPNN_SHARED(A, result_m);
+    XPNN_SHARED(A, result_s);
     const unsigned lane = threadIdx.x % 32u, warp = threadIdx.x / 32u, n_warps = blockDim.x / 32u;
     st = xpnn_warp_max_sum(st);
     if (lane == 0) {
@@ -327,17 +336,29 @@ XPNN_UNROLL
     for (long long c = head + n_packs * V + rank; c < n; c += size) xpnn_store_streaming(out + c, f(c, row[c]));
 }
 
-// exp(d) for d = x - m <= 0 (or NaN), the hot-loop exponent: exp2 of the pre-scaled difference for float (one
-// multiply and ex2: the difference is formed first, so |x| ~ 1e4 loses no digits; within 2 ulp of expf), exp for
-// double.
-__device__ __forceinline__ float xpnn_exp_shifted(float d) { return exp2f(d * 1.4426950408889634f); }
+// exp(d) for d = x - m <= 0 (or NaN) (the difference is formed first, so |x| ~ 1e4 loses no digits), two ways:
+// - xpnn_exp_shifted, for the per-entry outputs (softmax, the cross-entropy gradient): expf, at most 2 ulp from
+//   exp(d) (CUDA's documented bound for expf; the CPU shim's glibc expf: under 1 ulp). Not exp2f(d * log2(e)):
+//   rounding that product (and log2(e)) errs by up to |d| * 7.3e-8 relative, 64 ulp (3.8e-6) at d = -87, where
+//   float32 results are still normal.
+// - xpnn_exp_sum_term, for the terms of s = sum(exp(x - m)) (pass 1): exp2f(d * log2(e)), one multiply and ex2 and
+//   fewer registers (expf there made ptxas spill log_softmax_rows<float> on sm_90). The error of s is the terms'
+//   errors weighted by the terms: 2 ulp + 7.3e-8 times the softmax-weighted mean of |x - m|, where the largest
+//   terms have the smallest |x - m|.
+// A float32 softmax or cross-entropy-gradient entry adds the roundings of 1/s and of the product and the error of s:
+// within 8 ulp of the exact value from the same x - m (log-softmax: 2 ulp of the entry + 8 * 2^-24) for the rows of
+// tests/_row_accuracy.py (up to 40,000 wide, |x - m| up to ~150); tests/test_kernels_shim.py checks these bounds,
+// tests/test_cuda_kernels.py on a GPU.
+__device__ __forceinline__ float xpnn_exp_shifted(float d) { return expf(d); }
 __device__ __forceinline__ double xpnn_exp_shifted(double d) { return exp(d); }
+__device__ __forceinline__ float xpnn_exp_sum_term(float d) { return exp2f(d * 1.4426950408889634f); }
+__device__ __forceinline__ double xpnn_exp_sum_term(double d) { return exp(d); }
 
 // Contribution of entry x to s = sum(exp(x - m)) for a state whose max m >= x (m from xpnn_max, so m is never
 // NaN): exactly 1 for x == m (also m = +inf), 0 for x = m = -inf, NaN for x = NaN.
 template <typename A>
 __device__ __forceinline__ A xpnn_exp_term(A x, A m) {
-    return x == m ? (x > xpnn_neg_inf<A>() ? A(1) : A(0)) : xpnn_exp_shifted(x - m);
+    return x == m ? (x > xpnn_neg_inf<A>() ? A(1) : A(0)) : xpnn_exp_sum_term(x - m);
 }
 
 // Adds the entries of pack p (its max first, NaN ignored; the state rescaled once if it grew; then one exponent
@@ -456,6 +477,87 @@ __device__ __forceinline__ void xpnn_row_two_pass(const T* __restrict__ row, T* 
         }
     }
     for (long long c = head + n_packs * V + g.rank; c < n; c += g.size) xpnn_store_streaming(out + c, f(c, row[c]));
+}
+
+// ---- flat buffers (optimizer updates) ----------------------------------------------------------------------------
+// Each element's update is a lambda over its values in the N arrays, applied by xpnn_flat_update: 16-byte packs of
+// every array (one 128-bit load and store each) when all of them are 16-byte aligned -- flat buffers are, and
+// parameters in them start at 64-byte offsets (xpnn/nn/parameter.py) --, then a scalar tail; else scalar.
+// Arrays the options leave unused are passed as nullptr here: never loaded nor stored (their values are 0).
+template <typename T, unsigned N, typename F>
+__device__ __forceinline__ void xpnn_flat_update(T* const (&arrays)[N], unsigned store_mask, long long n, F&& f) {
+    const int V = 16 / (int)sizeof(T);
+    bool aligned = true;
+    XPNN_UNROLL
+    for (unsigned a = 0; a < N; ++a)
+        if (arrays[a] != nullptr && (unsigned long long)arrays[a] % 16u != 0u) aligned = false;
+    const long long n_packs = aligned ? n / V : 0;
+    const long long first = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    XPNN_NO_UNROLL for (long long k = first; k < n_packs; k += stride) {
+        xpnn_pack<T> p[N];
+        XPNN_UNROLL
+        for (unsigned a = 0; a < N; ++a) {
+            if (arrays[a] != nullptr) {
+                p[a] = xpnn_load_pack(arrays[a] + k * V);
+            } else {
+                XPNN_UNROLL
+                for (int j = 0; j < V; ++j) p[a].v[j] = T(0);
+            }
+        }
+        XPNN_UNROLL
+        for (int j = 0; j < V; ++j) {
+            T x[N];
+            XPNN_UNROLL
+            for (unsigned a = 0; a < N; ++a) x[a] = p[a].v[j];
+            f(x);
+            XPNN_UNROLL
+            for (unsigned a = 0; a < N; ++a) p[a].v[j] = x[a];
+        }
+        XPNN_UNROLL
+        for (unsigned a = 0; a < N; ++a)
+            if (arrays[a] != nullptr && (store_mask >> a) & 1u)
+                *reinterpret_cast<xpnn_pack<T>*>(arrays[a] + k * V) = p[a];
+    }
+    XPNN_NO_UNROLL for (long long i = n_packs * V + first; i < n; i += stride) {
+        T x[N];
+        XPNN_UNROLL
+        for (unsigned a = 0; a < N; ++a) x[a] = arrays[a] != nullptr ? arrays[a][i] : T(0);
+        f(x);
+        XPNN_UNROLL
+        for (unsigned a = 0; a < N; ++a)
+            if (arrays[a] != nullptr && (store_mask >> a) & 1u) arrays[a][i] = x[a];
+    }
+}
+
+// One Adam / AdamW element (formulas in optimizers.cu, adam_update), shared by adam_update, adam_update_capturable
+// and adam_update_mixed so that the three agree bit for bit: p, m, v (and vmax when amsgrad) updated in place.
+template <typename T>
+struct xpnn_adam_params {
+    T beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay, step_size, bc2_sqrt;
+    int decoupled, amsgrad, maximize;
+};
+
+template <typename T>
+__device__ __forceinline__ void xpnn_adam_element(const xpnn_adam_params<T>& h, T& p_io, T grad, T& m_io, T& v_io,
+                                                  T& vmax_io) {
+    T p = p_io;
+    T g = h.maximize ? -grad : grad;
+    if (h.decoupled) {
+        p = p * h.decay;
+    } else if (h.weight_decay != T(0)) {
+        g = g + h.weight_decay * p;
+    }
+    const T m = h.beta1 * m_io + h.one_minus_beta1 * g;
+    T v = h.beta2 * v_io + (g * g) * h.one_minus_beta2;
+    m_io = m;
+    v_io = v;
+    if (h.amsgrad) {
+        v = xpnn_max_nan(vmax_io, v);  // NaN propagates, as in the reference (fmax drops it)
+        vmax_io = v;
+    }
+    const T denom = xpnn_sqrt(v) / h.bc2_sqrt + h.eps;
+    p_io = p - (m / denom) * h.step_size;
 }
 
 // ---- data handed between blocks ----------------------------------------------------------------------------------

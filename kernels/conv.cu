@@ -19,26 +19,62 @@ __device__ __forceinline__ int xpnn_window_of(int h, int i, int s, int d, int pa
     return p < out ? p : -1;
 }
 
-// cols (N, C, kh, kw, oh, ow) = x (N, C, h, w) read at every window position; zero outside the input.
+// A flat index as mixed-radix digits (least significant first, digit[k] < radix[k], each radix below 2^31) and
+// what is left above them (top). The im2col grid-stride loop decodes its first index and the grid's stride once
+// per thread and then steps by adding the stride's digits with a carry: no division per element
+// (digit + step digit + carry < 2 * radix < 2^32, so one subtraction wraps it). Both decoded values are below
+// gridDim.x * blockDim.x, which the launcher keeps below 2^32 (at most MAX_GRID = 65535 blocks of 256 threads):
+// 32-bit divisions (a 64-bit division is a call to a library routine).
+template <unsigned K>
+struct xpnn_mixed_radix {
+    unsigned digit[K];
+    long long top;
+};
+
+template <unsigned K>
+__device__ __forceinline__ xpnn_mixed_radix<K> xpnn_decode(unsigned x, const unsigned (&radix)[K]) {
+    xpnn_mixed_radix<K> r;
+    XPNN_UNROLL
+    for (unsigned k = 0; k < K; ++k) {
+        r.digit[k] = x % radix[k];
+        x /= radix[k];
+    }
+    r.top = x;
+    return r;
+}
+
+template <unsigned K>
+__device__ __forceinline__ void xpnn_advance(xpnn_mixed_radix<K>& a, const xpnn_mixed_radix<K>& step,
+                                             const unsigned (&radix)[K]) {
+    unsigned carry = 0u;
+    XPNN_UNROLL
+    for (unsigned k = 0; k < K; ++k) {
+        const unsigned d = a.digit[k] + step.digit[k] + carry;
+        carry = d >= radix[k] ? 1u : 0u;
+        a.digit[k] = d - carry * radix[k];
+    }
+    a.top += step.top + (long long)carry;
+}
+
+// cols (N, C, kh, kw, oh, ow) = x (N, C, h, w) read at every window position; zero outside the input. Index math
+// inside an image in 32 bits: the launcher checks that padded and output sides are below 2^31 (p*sh + i*dh is at
+// most the padded height - 1).
 template <typename T>
 __global__ void __launch_bounds__(256)
 im2col(const T* __restrict__ x, T* __restrict__ cols, long long n, long long c, long long h, long long w, int kh,
        int kw, int sh, int sw, int dh, int dw, int pt, int pl, long long oh, long long ow) {
     const long long total = n * c * kh * kw * oh * ow;
-    XPNN_FOR_EACH(idx, total) {
-        long long t = idx;
-        const long long q = t % ow;
-        t /= ow;
-        const long long p = t % oh;
-        t /= oh;
-        const int j = (int)(t % kw);
-        t /= kw;
-        const int i = (int)(t % kh);
-        const long long plane = t / kh;  // n * c + channel
-        const long long hh = p * sh + (long long)i * dh - pt;
-        const long long ww = q * sw + (long long)j * dw - pl;
+    const unsigned radix[4] = {(unsigned)ow, (unsigned)oh, (unsigned)kw, (unsigned)kh};  // q, p, j, i; top: plane
+    const unsigned first = blockIdx.x * blockDim.x + threadIdx.x, stride = gridDim.x * blockDim.x;
+    xpnn_mixed_radix<4> at = xpnn_decode(first, radix);
+    const xpnn_mixed_radix<4> step = xpnn_decode(stride, radix);
+    long long idx = first;
+    XPNN_NO_UNROLL for (; idx < total; idx += stride) {
+        const int hh = (int)(at.digit[1] * (unsigned)sh + at.digit[3] * (unsigned)dh) - pt;
+        const int ww = (int)(at.digit[0] * (unsigned)sw + at.digit[2] * (unsigned)dw) - pl;
         const bool inside = hh >= 0 && hh < h && ww >= 0 && ww < w;
-        cols[idx] = inside ? x[(plane * h + hh) * w + ww] : xpnn_from_acc<T>((typename xpnn_acc<T>::type)0);
+        cols[idx] = inside ? x[(at.top * h + hh) * w + ww] : xpnn_from_acc<T>((typename xpnn_acc<T>::type)0);
+        xpnn_advance(at, step, radix);
     }
 }
 

@@ -6,61 +6,6 @@
 // options leave unused are never touched (the launcher passes a placeholder).
 #include "common.cuh"
 
-// Not unrolled: the loop body is memory-bound, and unrolling multiplies compile time (and code size) by ~4.
-#define XPNN_GRID_STRIDE(i, n)                                                     \
-    XPNN_NO_UNROLL for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; \
-                        i < (n); i += (long long)gridDim.x * blockDim.x)
-
-// Each element's update is a lambda over its values in the N arrays, applied by xpnn_flat_update: 16-byte packs of
-// every array (one 128-bit load and store each) when all of them are 16-byte aligned -- flat buffers are, and
-// parameters in them start at 64-byte offsets (xpnn/nn/parameter.py) --, then a scalar tail; else scalar.
-// Arrays the options leave unused are passed as nullptr here: never loaded nor stored (their values are 0).
-template <typename T, unsigned N, typename F>
-__device__ __forceinline__ void xpnn_flat_update(T* const (&arrays)[N], unsigned store_mask, long long n, F&& f) {
-    const int V = 16 / (int)sizeof(T);
-    bool aligned = true;
-    XPNN_UNROLL
-    for (unsigned a = 0; a < N; ++a)
-        if (arrays[a] != nullptr && (unsigned long long)arrays[a] % 16u != 0u) aligned = false;
-    const long long n_packs = aligned ? n / V : 0;
-    const long long first = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    XPNN_NO_UNROLL for (long long k = first; k < n_packs; k += stride) {
-        xpnn_pack<T> p[N];
-        XPNN_UNROLL
-        for (unsigned a = 0; a < N; ++a) {
-            if (arrays[a] != nullptr) {
-                p[a] = xpnn_load_pack(arrays[a] + k * V);
-            } else {
-                XPNN_UNROLL
-                for (int j = 0; j < V; ++j) p[a].v[j] = T(0);
-            }
-        }
-        XPNN_UNROLL
-        for (int j = 0; j < V; ++j) {
-            T x[N];
-            XPNN_UNROLL
-            for (unsigned a = 0; a < N; ++a) x[a] = p[a].v[j];
-            f(x);
-            XPNN_UNROLL
-            for (unsigned a = 0; a < N; ++a) p[a].v[j] = x[a];
-        }
-        XPNN_UNROLL
-        for (unsigned a = 0; a < N; ++a)
-            if (arrays[a] != nullptr && (store_mask >> a) & 1u)
-                *reinterpret_cast<xpnn_pack<T>*>(arrays[a] + k * V) = p[a];
-    }
-    XPNN_NO_UNROLL for (long long i = n_packs * V + first; i < n; i += stride) {
-        T x[N];
-        XPNN_UNROLL
-        for (unsigned a = 0; a < N; ++a) x[a] = arrays[a] != nullptr ? arrays[a][i] : T(0);
-        f(x);
-        XPNN_UNROLL
-        for (unsigned a = 0; a < N; ++a)
-            if (arrays[a] != nullptr && (store_mask >> a) & 1u) arrays[a][i] = x[a];
-    }
-}
-
 // Adam / AdamW (decoupled != 0): g = -grad if maximize; p *= decay (= 1 - lr*wd) if decoupled, elif wd: g += wd*p;
 // m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g; vmax = max(vmax, v) if amsgrad;
 // p -= step_size * m / (sqrt(v or vmax) / bc2_sqrt + eps),
@@ -70,25 +15,11 @@ __global__ void __launch_bounds__(256)
 adam_update(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ exp_avg, T* __restrict__ exp_avg_sq,
             T* max_exp_avg_sq, long long n, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T eps,
             T weight_decay, T decay, T step_size, T bc2_sqrt, int decoupled, int amsgrad, int maximize) {
+    const xpnn_adam_params<T> h = {beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay,
+                                   step_size, bc2_sqrt, decoupled, amsgrad, maximize};
     T* const arrays[5] = {param, const_cast<T*>(grad), exp_avg, exp_avg_sq, amsgrad ? max_exp_avg_sq : nullptr};
     xpnn_flat_update(arrays, 0x1du, n, [&](T (&x)[5]) {  // stores: param, exp_avg, exp_avg_sq, max_exp_avg_sq
-        T p = x[0];
-        T g = maximize ? -x[1] : x[1];
-        if (decoupled) {
-            p = p * decay;
-        } else if (weight_decay != T(0)) {
-            g = g + weight_decay * p;
-        }
-        const T m = beta1 * x[2] + one_minus_beta1 * g;
-        T v = beta2 * x[3] + (g * g) * one_minus_beta2;
-        x[2] = m;
-        x[3] = v;
-        if (amsgrad) {
-            v = xpnn_max_nan(x[4], v);  // NaN propagates, as in the reference (fmax drops it)
-            x[4] = v;
-        }
-        const T denom = xpnn_sqrt(v) / bc2_sqrt + eps;
-        x[0] = p - (m / denom) * step_size;
+        xpnn_adam_element(h, x[0], x[1], x[2], x[3], x[4]);
     });
 }
 

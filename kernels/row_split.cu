@@ -1,9 +1,9 @@
 // Softmax, log-softmax and log-sum-exp of few wide rows (say 8 rows of 32768), split across blocks: a block per
 // row would leave most of the GPU idle. Two launches:
 //   row_chunk_max_sum   block (r, k) reduces chunk k of row r to its (max, sum(exp(x - max))) in partials;
-//   row_chunk_finish    block (r, k) merges row r's partials (every thread, in chunk order: the same state in
-//                       every block of the row) and writes its chunk of the output (op 1 softmax, 2 log-softmax),
-//                       or, for op 0, block (r, 0) writes lse_r.
+//   row_chunk_finish    block (r, k) merges row r's partials (each warp: a lane per chunk, then shuffles; the
+//                       same state in every block of the row) and writes its chunk of the output (op 1 softmax,
+//                       2 log-softmax), or, for op 0, block (r, 0) writes lse_r.
 // Chunks hold a multiple of 64 entries (the launcher's choice), so every chunk starts at the row's offset from a
 // 16-byte boundary and reads in packs like a whole row (common.cuh). Rows with +inf/NaN as in common.cuh.
 // partials: 2 * n_rows * chunks entries of A, (m, s) per (row, chunk).
@@ -42,15 +42,20 @@ row_chunk_finish(const T* __restrict__ x, const A* __restrict__ partials, T* __r
     for (long long b = blockIdx.x; b < n_rows * chunks; b += gridDim.x) {
         const long long r = b / chunks, k = b % chunks, c0 = k * chunk;
         const long long n = n_cols - c0 < chunk ? n_cols - c0 : chunk;
+        // Every warp merges the row's partials: lane j takes chunks j, j + 32, ..., then an xor-shuffle tree (the
+        // merge is symmetric, so every lane ends with the same state). Every warp of every block of the row does the
+        // same operations in the same order: the same state bit for bit. Merging the empty state (-inf, 0) returns
+        // the other state exactly, also (+inf, k) and a NaN sum.
         xpnn_max_sum<A> st;
-        st.m = partials[2 * r * chunks];
-        st.s = partials[2 * r * chunks + 1];
-        for (long long j = 1; j < chunks; ++j) {
+        st.m = xpnn_neg_inf<A>();
+        st.s = A(0);
+        XPNN_NO_UNROLL for (long long j = threadIdx.x % 32u; j < chunks; j += 32) {  // (unrolled: spills)
             xpnn_max_sum<A> other;
             other.m = partials[2 * (r * chunks + j)];
             other.s = partials[2 * (r * chunks + j) + 1];
             st = xpnn_max_sum_merge(st, other);
         }
+        st = xpnn_warp_max_sum(st);
         if (op == XPNN_SPLIT_LSE) {
             if (k == 0 && threadIdx.x == 0) out[r] = xpnn_from_acc<T>(xpnn_row_lse(st));
             continue;

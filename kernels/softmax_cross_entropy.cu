@@ -141,7 +141,7 @@ cross_entropy_fwd_bwd(const T* __restrict__ logits, const long long* __restrict_
     if (reduction == XPNN_REDUCTION_NONE) return;  // uniform: the whole grid returns
     // every thread of the block gets here (the row loops above contain no return)
     total = xpnn_block_sum(total);
-    __shared__ int is_last;
+    XPNN_SHARED(int, is_last);
     if (threadIdx.x == 0) {
         xpnn_publish(partials + blockIdx.x, total);
         __threadfence();  // release: the partial is visible to every block before the count says so

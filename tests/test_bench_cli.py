@@ -34,7 +34,8 @@ def test_tiny_run_prints_table_and_writes_json_and_png(tmp_path, capsys):
         assert r["median"] > 0 and r["rounds"] >= 5 and r["subnormals"] == 0
         if "numpy-plain" in CASES[r["case"]].builders:
             assert r["ratio"] == pytest.approx(1.0) if r["impl"] == "numpy-plain" else r["ratio"] > 0
-        memory_bound = r["case"] in ("sigmoid_backward", "cross_entropy", "adam", "softmax", "logsumexp", "adam_fp16")
+        memory_bound = r["case"] in ("sigmoid_backward", "cross_entropy", "adam", "softmax", "logsumexp", "adam_fp16",
+                                     "amp_unscale")
         assert (r["floor_fraction"] is not None) == memory_bound
         if memory_bound:
             assert r["floor_fraction"] == pytest.approx(r["bytes_moved"] / r["median"] / r["copy_bandwidth"])
@@ -123,7 +124,8 @@ def test_reference_adam_matches_xpnn_adam():
 def test_every_cpu_runner_runs(case):
     size = {"sigmoid_backward": "1e4", "cross_entropy": "256x10", "adam": "1e4", "mlp_step": "batch16",
             "seed_net": "64x1000", "tiny_step": "batch8", "conv2d": "lenet2", "lenet_step": "batch64",
-            "softmax": "256x10", "logsumexp": "256x10", "adam_fp16": "1e4", "small_calls": "linear"}[case]
+            "softmax": "256x10", "logsumexp": "256x10", "adam_fp16": "1e4", "small_calls": "linear",
+            "amp_unscale": "1e4"}[case]
     impls = [i for i in ("xpnn-numpy", "numpy-plain", "xpnn-numpy-tape") if i in CASES[case].builders]
     for impl in impls:
         r = make_runner(case, size, impl)

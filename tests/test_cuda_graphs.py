@@ -223,6 +223,43 @@ def test_xpnn_host_reads_refuse_during_capture(monkeypatch):
         make_graphed_step(model, loss_fn, ScaledOptimizer(), x[0], y[0], warmup=1, runtime=rt)
 
 
+def test_graph_keeps_the_work_arrays_it_captured_alive(monkeypatch):
+    """A launcher's kept work array (xpnn._cuda.scratch) that a captured step used stays alive as long as the graph,
+    also after a larger call replaced it in scratch: the graph writes to its address at every replay, and freed
+    memory would be handed out again by the pool (a use after free on the GPU)."""
+    import gc
+    import weakref
+
+    from xpnn._cuda import scratch
+
+    be, model, opt, loss_fn, x, y, rt = _setup(monkeypatch)
+
+    class KeepsWork(nn.Module):  # a layer whose kernel uses a kept work array, as the cross-entropy launcher does
+        def forward(self, h):
+            scratch.zeroed(be.xp, h, "test_cuda_graphs.work", 8, be.xp.float32)
+            return h
+
+        def backward(self, dy, need_input_grad=True):
+            return dy
+
+    model.add_module("work", KeepsWork())
+    scratch.clear()
+    try:
+        graphed = make_graphed_step(model, loss_fn, opt, x[0], y[0], warmup=1, runtime=rt)
+        key = ("array_api_strict", None, None, "test_cuda_graphs.work", str(be.xp.float32))
+        captured = weakref.ref(scratch._arrays[key]._array)  # the memory the graph recorded
+        assert any(a._array is captured() for a in graphed.keep_alive)
+        scratch.zeroed(be.xp, x[0], "test_cuda_graphs.work", 1000, be.xp.float32)  # a larger call replaces it
+        assert scratch._arrays[key]._array is not captured()
+        gc.collect()
+        assert captured() is not None, "the graph's work array was freed while the graph lives"
+        del graphed
+        gc.collect()
+        assert captured() is None  # and it goes with the graph
+    finally:
+        scratch.clear()
+
+
 def test_new_allocation_during_capture_is_refused(monkeypatch):
     be, model, opt, loss_fn, x, y, rt = _setup(monkeypatch)
     # no warm-up through the builder: the optimizer's state would be created during capture

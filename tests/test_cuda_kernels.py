@@ -16,6 +16,8 @@ from xpnn import _dispatch, nn, optim
 from xpnn._cuda import info, registry
 from xpnn.functional import updates
 
+from _row_accuracy import check_exponent_term, check_row_entries
+
 
 def test_import_does_not_touch_the_gpu():
     code = ("import sys, xpnn, xpnn.functional, xpnn.nn, xpnn.optim, xpnn._cuda; "
@@ -313,7 +315,9 @@ def test_row_kernels_unaligned_input(cp, width, dtype):
 
 
 @cuda
-def test_amsgrad_propagates_nan(cp):
+@pytest.mark.parametrize("capturable", [False, True], ids=["host-step", "device-step"])
+def test_amsgrad_propagates_nan(cp, capturable):
+    """Both Adam kernels (host step/lr: optimizers.cu; device step/lr: capturable.cu) keep a NaN in max_exp_avg_sq."""
     n = 1000
     results = []
     for use_kernel in (True, False):
@@ -325,11 +329,24 @@ def test_amsgrad_propagates_nan(cp):
                 g = rng.standard_normal(n).astype(np.float32)
                 if step == 2:
                     g[[3, 500]] = np.nan
-                updates.adam_update(param, cp.asarray(g), m, v, vmax, step=step, lr=1e-2, beta1=0.9, beta2=0.999,
+                t, lr = (cp.asarray(step, cp.float32), cp.asarray(1e-2, cp.float32)) if capturable else (step, 1e-2)
+                updates.adam_update(param, cp.asarray(g), m, v, vmax, step=t, lr=lr, beta1=0.9, beta2=0.999,
                                     eps=1e-8, amsgrad=True)
         results.append(vmax.get())
     assert np.isnan(results[0][[3, 500]]).all()
     np.testing.assert_array_equal(np.isnan(results[0]), np.isnan(results[1]))
+
+
+@cuda
+def test_softmax_exponent_term_within_2_ulp(cp):
+    """The bounds of tests/_row_accuracy.py (stated in kernels/common.cuh) with the GPU's expf."""
+    check_exponent_term(lambda fn, *a, **k: _host(fn(*(cp.asarray(v) for v in a), **k)))
+
+
+@cuda
+@pytest.mark.parametrize("width", [10, 1000, 4097, 40000])
+def test_row_entries_within_the_stated_ulp_bound(cp, width):
+    check_row_entries(lambda fn, *a, **k: _host(fn(*(cp.asarray(v) for v in a), **k)), width)
 
 
 @cuda

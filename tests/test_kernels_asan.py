@@ -29,8 +29,9 @@ BUGS = (
                                  "\n            inv_s",
      "xpnn_row_two_pass(row + 1, out + (active ? r : 0) * n_cols, n, g, lanes, "
      "[&](xpnn_max_sum<A> st) {\n            st = xpnn_row_poison(st);\n            m = st.m;\n            inv_s"),
-    # the optimizers index their packs through an int product that overflows from the third pack on (UBSan)
-    ("optimizers.cu", "p[a] = xpnn_load_pack(arrays[a] + k * V);",
+    # the optimizers (xpnn_flat_update, common.cuh) index their packs through an int product that overflows from
+    # the third pack on (UBSan)
+    ("common.cuh", "p[a] = xpnn_load_pack(arrays[a] + k * V);",
      "p[a] = xpnn_load_pack(arrays[a] + (int)k * 1073741824 / 1073741824 * V);"),
 )
 

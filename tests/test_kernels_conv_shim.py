@@ -164,3 +164,19 @@ def test_more_elements_than_the_grid(loader, monkeypatch):
     close(through_kernel(loader, F.conv2d, x, w, None, 1, 1), reference(F.conv2d, x, w, None, 1, 1), "float64")
     y, arg = through_kernel(loader, F.max_pool2d_with_argmax, x, 2)
     np.testing.assert_array_equal(y, reference(F.max_pool2d, x, 2))
+
+
+@pytest.mark.parametrize("max_grid", [1, 3, 7, 65535])
+def test_im2col_steps_its_index_across_grid_strides(loader, monkeypatch, max_grid):
+    """im2col decodes its first flat index once and then steps by the grid's stride with carries through
+    (ow, oh, kw, kh): grids of 1, 3 and 7 blocks make strides (256, 768, 1792 elements) that wrap several digits at
+    once and cross planes; the results equal the reference exactly (a copy; col2im's sums are exact too)."""
+    from xpnn._cuda import launch
+    from xpnn.functional.conv import col2im, conv2d_geometry, im2col
+
+    monkeypatch.setattr(launch, "MAX_GRID", max_grid)
+    g = conv2d_geometry((3, 2, 11, 13), (4, 2, 3, 2), (2, 1), (1, 2), (2, 1), 1)
+    x = randn((3, 2, 11, 13), "float64", 7)
+    c = np.round(randn((g.n, g.c, g.kh, g.kw, g.oh, g.ow), "float64", 8) * 64) / 64  # sums exact in any order
+    np.testing.assert_array_equal(through_kernel(loader, im2col, x, g), reference(im2col, x, g))
+    np.testing.assert_array_equal(through_kernel(loader, col2im, c, g), reference(col2im, c, g))

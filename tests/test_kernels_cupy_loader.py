@@ -110,6 +110,7 @@ def cupy_loader(monkeypatch):
     shim = ShimLoader()
     monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(shim, calls))
     monkeypatch.setattr(loader_mod.CupyLoader, "_device", staticmethod(lambda: 0))
+    monkeypatch.setattr(loader_mod.CupyLoader, "_sm_count", staticmethod(lambda device: 2))  # small grid caps
     cl = loader_mod.CupyLoader()
     cl.calls = calls
     return cl
@@ -170,3 +171,23 @@ def test_cupy_loader_refuses_arrays_of_another_device(cupy_loader):
     kernel = cupy_loader.raw(registry.RAW_BY_NAME["softmax"], "float32")
     with pytest.raises(NamespaceMismatchError, match="device 1 but the current device is 0"):
         kernel.launch(1, 64, (x, np.empty((2, 40), np.float32), np.int64(2), np.int64(40), np.int32(1)))
+
+
+def test_flat_grids_are_capped_by_the_devices_multiprocessors(cupy_loader):
+    """With 2 multiprocessors (the fixture's stand-in) an optimizer launch over 100,003 float32 entries (25,001
+    packs: 98 blocks of 256 threads) gets FLAT_BLOCKS_PER_SM * 2 = 64 blocks, whose grid-stride loop still updates
+    every entry like the reference."""
+    from xpnn._cuda import launch
+
+    n = 100_003
+    rng = np.random.default_rng(1)
+    p, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    results = []
+    for use in (False, True):
+        param, m, v = p.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+        with _dispatch.use_provider(make_provider(cupy_loader)), _dispatch.use_kernels(use):
+            updates.adam_update(param, g, m, v, step=3, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
+        results.append((param, m, v))
+    assert cupy_loader.calls == [("adam_update<float>", (launch.FLAT_BLOCKS_PER_SM * 2,), (launch.FLAT_BLOCK,))]
+    for want, got in zip(*results):
+        np.testing.assert_array_equal(got, want)

@@ -294,3 +294,37 @@ def test_zero_where_is_where_bit_for_bit(dtype):
         xs, vs = strict.asarray(x), strict.asarray(v)
         got = zero_where(strict, xs <= 0, vs)
         np.testing.assert_array_equal(np.asarray(got), np.where(x <= 0, 0, v))
+
+
+UNWRITTEN_PARTIAL = ("    if (lane == 0) {\n        partial_m[warp] = st.m;",
+                     "    if (lane == 0 && st.s != A(0)) {  // broken: warps with nothing to add write nothing\n"
+                     "        partial_m[warp] = st.m;")
+
+
+def _lse_of_rows_with_one_finite_pack(loader):
+    """logsumexp of rows whose entries are -inf but for the first pack (positive): a block of 64 threads per row,
+    the second warp's share is all -inf (its state (-inf, 0))."""
+    x = np.full((8, 1000), -np.inf, np.float32)
+    x[:, :4] = np.random.default_rng(5).random((8, 4)) + 0.5
+    return through_kernel(loader, F.logsumexp, x), reference(F.logsumexp, x)
+
+
+def test_shim_poisons_uninitialised_shared_memory(tmp_path):
+    """A block reduction that reads the shared partials of warps that never wrote them (here: warps with nothing
+    to add skip the write) is wrong on a GPU, where unwritten shared memory holds garbage. A shim whose shared
+    memory stays zero (the old behaviour, -DXPNN_SHIM_NO_POISON) passes it (the partial (0, 0) merges to the same
+    result here); the shim that fills shared memory with 0xFF bytes (NaN) at every block start catches it."""
+    dest = tmp_path / "kernels"
+    shutil.copytree(kernel_dir(), dest)
+    common = dest / "common.cuh"
+    text = common.read_text()
+    assert text.count(UNWRITTEN_PARTIAL[0]) == 1
+    common.write_text(text.replace(*UNWRITTEN_PARTIAL))
+    zero_filled = ShimLoader(library=build(("-DXPNN_SHIM_NO_POISON",), kernels=dest).library)
+    got, want = _lse_of_rows_with_one_finite_pack(zero_filled)
+    np.testing.assert_allclose(got, want, rtol=1e-6)  # the old shim did not see the fault
+    poisoned = ShimLoader(library=build(kernels=dest).library)
+    got, want = _lse_of_rows_with_one_finite_pack(poisoned)
+    assert np.isnan(got).all(), f"the poisoned shim missed the unwritten partials: {got} vs {want}"
+    got, want = _lse_of_rows_with_one_finite_pack(ShimLoader())  # the real source reads only what it wrote
+    np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -4,8 +4,9 @@ sm_80 and sm_90 and
 - ``-Xptxas -v``: every kernel has a 0-byte stack frame and no spill stores or loads (no local memory at all);
 - ``cuobjdump -sass`` (with nvdisasm; the pip packages ``nvidia-cuda-cuobjdump`` and ``nvidia-cuda-nvdisasm`` of the
   ``kernel-check`` extra, or the CUDA toolkit): the row kernels read their rows with 128-bit loads (``LDG.E.128``)
-  and write softmax/log-softmax/gradient rows with 128-bit stores (``STG.E.128``), the optimizer kernels read and
-  write the flat buffers with 128-bit accesses.
+  and write softmax/log-softmax/gradient rows with 128-bit stores (``STG.E.128``), the optimizer kernels (the
+  capturable ones and the loss-scaling unscale too) read and write the flat buffers with 128-bit accesses, and the
+  float32 optimizer kernels run no double-precision instruction.
 In CI (``CI=true``) a missing tool fails these tests instead of skipping them.
 """
 from __future__ import annotations
@@ -36,7 +37,17 @@ VECTOR_KERNELS = {
     "adam_update_mixed": (True, True),
     "row_chunk_max_sum": (True, False),  # writes (m, s) per chunk
     "row_chunk_finish": (True, True),
+    "adam_update_capturable": (True, True),
+    "sgd_update_capturable": (True, True),
+    "adagrad_update_capturable": (True, True),
+    "rmsprop_update_capturable": (True, True),
+    "amp_unscale_check": (True, True),
 }
+# float32 kernels with no double-precision instruction at all (the capturable optimizers' step scalars are derived
+# in double once per step by capturable_step_scalars, not by every thread of the update)
+FP32_ONLY_KERNELS = ("adam_update_capturable", "sgd_update_capturable", "adagrad_update_capturable",
+                     "rmsprop_update_capturable", "adam_update")
+FP64_SASS = re.compile(r"\b(DADD|DMUL|DFMA|DSETP|DSET|DMNMX|DMMA)\b|MUFU\.\w+64H|\.F64\b")
 
 
 def _missing(what: str) -> None:
@@ -160,3 +171,61 @@ def test_hot_loops_use_128_bit_accesses(builds, cuobjdump, source):
     expected = sum(len(row.dtypes) for row in registry.RAW if row.source == source
                    and row.entry.split("<")[0] in VECTOR_KERNELS)
     assert checked == expected, f"{source}: checked {checked} of {expected} instantiations"
+
+
+def test_float32_optimizer_kernels_have_no_fp64_instructions(builds, cuobjdump):
+    """The float32 instantiations in FP32_ONLY_KERNELS (sm_90 SASS) contain no FP64 instruction (DADD, DMUL, DFMA,
+    MUFU.RCP64H, conversions to or from F64, ...): the capturable Adam once derived its bias corrections with two
+    double pow per thread (about 215 FP64 instructions before its loop)."""
+    checked = []
+    for source in {row.source for row in registry.RAW if row.entry.split("<")[0] in FP32_ONLY_KERNELS}:
+        for mangled, sass in _sass_by_function(builds[(source, "90")][0], cuobjdump).items():
+            kernel = _demangled_prefix(mangled)
+            if kernel not in FP32_ONLY_KERNELS or not mangled.startswith(f"_Z{len(kernel)}{kernel}IfE"):
+                continue  # (the float instantiation: template argument "f")
+            bad = sorted({m.group(0) for m in FP64_SASS.finditer(sass)})
+            assert not bad, f"{mangled}: FP64 instructions {bad} in its SASS"
+            checked.append(kernel)
+    assert sorted(checked) == sorted(FP32_ONLY_KERNELS), f"checked {checked}"
+
+
+def test_split_rows_merge_their_partials_across_a_warp(builds, cuobjdump):
+    """row_chunk_finish merges a row's chunk partials with a lane per chunk and butterfly shuffles (SHFL.BFLY), not
+    with every thread walking all the partials serially."""
+    functions = _sass_by_function(builds[("row_split.cu", "90")][0], cuobjdump)
+    finish = {m: sass for m, sass in functions.items() if _demangled_prefix(m) == "row_chunk_finish"}
+    assert len(finish) == len(registry.RAW_BY_NAME["row_chunk_finish"].dtypes)
+    for mangled, sass in finish.items():
+        assert "SHFL.BFLY" in sass, f"{mangled}: no warp shuffle in the merge of the partials"
+
+
+_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
+_DIVISION = re.compile(r"^(CALL\b|I2F\.U(32|64)\.RP\b)")  # a call (the 64-bit division routine), a reciprocal seed
+
+
+def _loops(sass: str) -> list[list[str]]:
+    """The instructions of each loop: from a backward branch's target to the branch."""
+    instructions = [(int(a, 16), text.strip()) for a, text in _INSTRUCTION.findall(sass)]
+    loops = []
+    for addr, text in instructions:
+        m = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
+        if m and int(m.group(1), 16) <= addr:
+            loops.append([t for a, t in instructions if int(m.group(1), 16) <= a <= addr])
+    return loops
+
+
+def test_im2col_loop_does_not_divide(builds, cuobjdump):
+    """im2col decodes its flat index once per thread and steps it with carries: no loop of its calls the 64-bit
+    division routine or seeds an integer division (I2F.U32.RP / I2F.U64.RP); before, every element divided its
+    index by ow, oh, kw and kh."""
+    checked = 0
+    for mangled, sass in _sass_by_function(builds[("conv.cu", "90")][0], cuobjdump).items():
+        if _demangled_prefix(mangled) != "im2col":
+            continue
+        loops = _loops(sass)
+        assert loops, f"{mangled}: no loop found in its SASS"
+        for body in loops:
+            found = [t for t in body if _DIVISION.match(t)]
+            assert not found, f"{mangled}: integer division in a loop: {found}"
+        checked += 1
+    assert checked == len(registry.RAW_BY_NAME["im2col"].dtypes)

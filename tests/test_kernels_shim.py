@@ -15,6 +15,7 @@ from xpnn import _dispatch
 from xpnn._cuda import launch, make_provider, registry
 from xpnn.functional import updates
 
+from _row_accuracy import check_exponent_term, check_row_entries
 from shim.requirements import require_cxx
 
 require_cxx()  # skip (with the reason) without a C++ compiler, before anything builds the shim
@@ -91,6 +92,76 @@ def test_block_choice():
     assert launch.row_block(4097, 8) == 512 and launch.row_block(4097, 2) == 128  # at most 4 packs per thread
     assert [launch.row_lanes(c) for c in (1, 2, 4, 5, 10, 33, 64, 65, 256, 257)] == [1, 1, 1, 2, 4, 16, 16, 32, 32, 0]
     assert launch.flat_grid(1) == 1 and launch.flat_grid(10**9) == launch.MAX_GRID
+
+
+@pytest.mark.parametrize("dtype,per_pack", [("float16", 8), ("float32", 4), ("float64", 2)])
+@pytest.mark.parametrize("n", [1, 255, 4096, 10**6, 2**24 + 3, 67 * 2**20])
+def test_flat_grid_sizes_by_packs(dtype, per_pack, n):
+    """The optimizer kernels take a 16-byte pack per thread and iteration: the grid has a thread per pack (no block
+    without a pack, as one thread per element left 3/4 of the float32 blocks empty), and on a GPU at most
+    FLAT_BLOCKS_PER_SM blocks per multiprocessor (grid-stride loops cover the rest)."""
+    assert launch.pack_items(np.dtype(dtype)) == per_pack
+    packs = -(-n // per_pack)
+    grid = launch.flat_grid(n, per_thread=per_pack)
+    threads = grid * launch.FLAT_BLOCK
+    if grid < launch.MAX_GRID:
+        assert threads >= packs > threads - launch.FLAT_BLOCK  # every block has at least one pack
+    sms = 132  # an H100 SXM
+    capped = launch.flat_grid(n, per_thread=per_pack, sm_count=sms)
+    assert capped == min(grid, launch.FLAT_BLOCKS_PER_SM * sms) >= 1
+
+
+def test_optimizer_launches_size_their_grid_by_packs():
+    """adam_update over 3 * 1024 + 1 float32 entries (769 packs and a tail entry): 4 blocks of 256 threads, not the
+    13 of one thread per element; the result still matches the reference (the tail included)."""
+    loader = ShimLoader()
+    grids = []
+    run = loader._launch
+    loader._launch = lambda name, grid, *rest: (grids.append((name, grid)), run(name, grid, *rest))[1]
+    n = 3 * 1024 + 1
+    rng = np.random.default_rng(0)
+    results = []
+    for provider in (None, make_provider(loader)):
+        p, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+        m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
+        with _dispatch.use_provider(provider), _dispatch.use_kernels(provider is not None):
+            updates.adam_update(p, g, m, v, step=1, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)
+        results.append((p, m, v))
+        rng = np.random.default_rng(0)
+    assert grids == [("adam_update<float>", 4)]
+    for want, got in zip(*results):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_cross_entropy_lanes_follow_the_width():
+    """Cross-entropy rows get about two 16-byte packs per lane: 10 float32 classes -> 2 lanes (16 rows per warp),
+    1 lane up to 8 classes, and as many lanes as the other row kernels from 65 classes on."""
+    assert [launch.cross_entropy_lanes(c) for c in (1, 3, 8, 9, 10, 16, 17, 33, 64, 65, 256, 257)] == \
+        [1, 1, 1, 2, 2, 2, 4, 8, 8, 32, 32, 0]
+    assert launch.cross_entropy_lanes(10, 2) == 1 and launch.cross_entropy_lanes(10, 8) == 4
+    assert launch.row_launch(65536, 10, lanes=2) == (512, 256, 2)  # 128 rows per block
+
+
+@pytest.mark.parametrize("width", [3, 10, 17, 33, 64])
+def test_cross_entropy_narrow_rows_with_fewer_lanes(width):
+    """The kernel at the lanes cross_entropy_lanes chooses (recorded from the launch), rows at every offset from a
+    16-byte boundary (the row start moves with the row index), several rounds of the grid-stride loop."""
+    loader = ShimLoader()
+    launched = []
+    run = loader._launch
+    loader._launch = lambda name, grid, block, args, *rest: (launched.append((name, args[-1])),
+                                                             run(name, grid, block, args, *rest))[1]
+    x = _rows(width, "float32", n=301, seed=width)
+    t = np.arange(301) * 7 % width
+    t[::13] = -100
+    for reduction in ("mean", "none"):
+        kwargs = dict(reduction=reduction, label_smoothing=0.05)
+        got = through_kernel(loader, F.cross_entropy_with_grad, x, t, **kwargs)
+        want = reference(F.cross_entropy_with_grad, x, t, **kwargs)
+        close(got[0], want[0], "float32")
+        close(got[1], want[1], "float32")
+    lanes = {int(a) for n, a in launched if n.startswith("cross_entropy_fwd_bwd")}
+    assert lanes == {launch.cross_entropy_lanes(width)}
 
 
 def test_launch_table_comes_from_the_registry():
@@ -246,6 +317,74 @@ def test_cross_entropy_many_rows(forward_loader):
         want = reference(F.cross_entropy_with_grad, x, t, reduction=reduction)
         np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
         close(got[1], want[1], "float32")
+
+
+def test_softmax_exponent_term_within_2_ulp(forward_loader):
+    """The exponent term exp(x - m) within 2 ulp (tests/_row_accuracy.py); exp2f(d * log2(e)) was up to 64 ulp off
+    at d = -87 (the rounding of the product: |d| * 2^-24 in the exponent)."""
+    check_exponent_term(lambda fn, *a, **k: through_kernel(forward_loader, fn, *a, **k))
+
+
+@pytest.mark.parametrize("width", [10, 1000, 4097, 40000])  # lanes, block rows, block rows, split rows
+def test_row_entries_within_the_stated_ulp_bound(forward_loader, width):
+    check_row_entries(lambda fn, *a, **k: through_kernel(forward_loader, fn, *a, **k), width)
+
+
+def _row_kernels_within_tolerance(loader):
+    """Row kernels and cross-entropy (every row path: lanes, warps, blocks, split rows) against the reference at
+    the float32 tolerance of this file."""
+    for width in (3, 10, 70, 300, 1000, 4097):
+        x = _rows(width, "float32", n=9)
+        x[1] *= 20  # |x - m| up to ~100: exponents down to 1e-40
+        for fn in (F.logsumexp, F.softmax, F.log_softmax):
+            with np.errstate(under="ignore"):
+                close(through_kernel(loader, fn, x), reference(fn, x), "float32")
+        t = np.arange(9) * 5 % width
+        t[4] = -100
+        for reduction in ("mean", "none"):
+            kwargs = dict(reduction=reduction, label_smoothing=0.1)
+            got = through_kernel(loader, F.cross_entropy_with_grad, x, t, **kwargs)
+            want = reference(F.cross_entropy_with_grad, x, t, **kwargs)
+            close(got[0], want[0], "float32")
+            close(got[1], want[1], "float32")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_cooperative_kernels_under_random_thread_orders(seed):
+    """Each block's fibers in a seeded random order, drawn afresh at every barrier and shuffle (beyond forward and
+    reverse): a missing barrier or a read of a slot another thread writes in the same phase shows up in some
+    orders only."""
+    _row_kernels_within_tolerance(ShimLoader(order_seed=seed))
+
+
+def test_tolerances_hold_with_fma_contraction_and_a_fast_exp():
+    """The shim built as a GPU may compute: a*b+c contracted into FMAs (-ffp-contract=fast -mfma) and expf as
+    fast-math's ex2.approx of the rounded product (-DXPNN_SHIM_FAST_EXP, up to 64 ulp): the comparisons with the
+    reference still hold at this file's tolerances (rows, cross-entropy, the optimizers)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            has_fma = " fma " in f.read()
+    except OSError:
+        has_fma = False
+    if not has_fma:
+        pytest.skip("the CPU has no FMA instructions (-mfma): contraction cannot be emulated here")
+    loader = ShimLoader(extra_flags=("-ffp-contract=fast", "-mfma", "-DXPNN_SHIM_FAST_EXP"))
+    _row_kernels_within_tolerance(loader)
+    rng = np.random.default_rng(6)
+    n = 1037
+    for amsgrad in (False, True):
+        results = []
+        for provider in (None, make_provider(loader)):
+            p, m, v, vmax = rng.standard_normal(n).astype(np.float32), *(np.zeros(n, np.float32) for _ in range(3))
+            rng = np.random.default_rng(6)
+            grads = np.random.default_rng(7).standard_normal((3, n)).astype(np.float32)
+            with _dispatch.use_provider(provider), _dispatch.use_kernels(provider is not None):
+                for step in (1, 2, 3):
+                    updates.adam_update(p, grads[step - 1], m, v, vmax if amsgrad else None, step=step, lr=1e-2,
+                                        beta1=0.9, beta2=0.999, eps=1e-8, amsgrad=amsgrad)
+            results.append((p, m, v))
+        for got, want in zip(results[1], results[0]):
+            close(got, want, "float32")
 
 
 # ---- cross-entropy ----------------------------------------------------------------------------------------------

@@ -193,6 +193,40 @@ def test_split_rows(loader, monkeypatch, n, width, dtype):
             _close(np.nan_to_num(got, nan=0, posinf=0), np.nan_to_num(want, nan=0, posinf=0), dtype)
 
 
+@pytest.mark.parametrize("width", [64 * 100, 64 * 45])  # 100 and 45 chunks: several per lane of the merge
+def test_split_rows_many_chunks_with_special_partials(loader, monkeypatch, width):
+    """Many chunks per row, merged by each warp (a lane per chunk, then shuffles): partials of +inf, all -inf
+    chunks (-inf, 0) and NaN merge exactly like the reference's row, and every chunk of a row sees the same lse."""
+    monkeypatch.setattr(launch, "SPLIT_MIN_COLS", 100)
+    monkeypatch.setattr(launch, "SPLIT_MIN_CHUNK", 64)
+    monkeypatch.setattr(launch, "SPLIT_TARGET_BLOCKS", 1000)
+    n = 6
+    chunk = launch.row_split(n, width)
+    assert chunk == 64 and -(-width // chunk) > 32
+    x = _rows(n, width, "float32", seed=3)
+    x[0, :] = 0.75  # constant: every log-softmax entry is -log(s), the same in every chunk
+    x[1, 40 * 64 + 3] = np.inf  # a +inf partial: lse +inf, softmax NaN
+    x[2, width - 2] = np.nan  # a NaN partial in the last chunk
+    x[3, :] = -np.inf  # every partial (-inf, 0) but chunk 33's
+    x[3, 33 * 64:34 * 64] = _rows(1, 64, "float32", seed=4)
+    x[4, :] = -np.inf  # only empty partials: lse -inf, softmax NaN
+    x[5, 31 * 64:] = -np.inf  # empty partials after lane 31's first chunk
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for fn in (F.logsumexp, F.softmax, F.log_softmax):
+            before = loader.launches
+            got, want = _both(loader, fn, x)
+            assert loader.launches == before + 2
+            for special in (np.isnan, np.isposinf, np.isneginf):
+                np.testing.assert_array_equal(special(got), special(want), err_msg=fn.__name__)
+            finite = np.isfinite(want)
+            _close(got[finite], want[finite], "float32")
+        lse = _both(loader, F.logsumexp, x)[0]
+        ls = _both(loader, F.log_softmax, x)[0]
+    ref3 = x[3, 33 * 64:34 * 64].astype(np.float64)
+    np.testing.assert_allclose(lse[3], np.log(np.exp(ref3 - ref3.max()).sum()) + ref3.max(), rtol=1e-6)
+    assert len(set(ls[0].tolist())) == 1  # a constant row: every chunk's block merged to the same log(s)
+
+
 def test_random_shapes_offsets_and_grids(monkeypatch):
     """Random (rows, width, dtype, offset, grid cap, thread order, workers): every row path against the reference."""
     rng = np.random.default_rng(2026)

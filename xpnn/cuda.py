@@ -26,6 +26,7 @@ import sys
 import traceback
 from typing import Any, Callable, Iterator, Optional, Protocol
 
+from ._cuda import scratch
 from .backend import backend_of, dtype_name, is_cupy_namespace, namespace_of
 from .debug import capturing, get_debug
 from .errors import CaptureError
@@ -120,15 +121,18 @@ class GraphedStep:
     """A captured training step (made by ``make_graphed_step``). ``step(x, y)`` copies the batch into the static
     input buffers, brings the optimizer's device learning rates up to date, replays the graph and returns
     ``(loss, logits)``: the graph's static output arrays, overwritten by the next replay (copy them to keep them).
+    ``keep_alive``: arrays the graph writes to that nothing else may keep (the launchers' kept work arrays,
+    ``xpnn._cuda.scratch``), held as long as the graph.
     """
 
     def __init__(self, runtime: Any, graph: Any, static_x: Any, static_y: Any, loss: Any, logits: Any,
-                 optimizer: Any) -> None:
+                 optimizer: Any, keep_alive: tuple[Any, ...] = ()) -> None:
         self.runtime = runtime
         self.graph = graph
         self.static_x, self.static_y = static_x, static_y
         self.loss, self.logits = loss, logits
         self.optimizer = optimizer
+        self.keep_alive = keep_alive
         self.replays = 0
 
     def __call__(self, x: Any, y: Any) -> tuple[Any, Any]:
@@ -194,7 +198,7 @@ class GraphBuilder:
         with runtime.side_stream():
             before, advanced = runtime.pool_bytes(), optimizer._steps_advanced
             try:
-                with capturing("make_graphed_step"), runtime.capture() as captured:
+                with scratch.recording() as kept, capturing("make_graphed_step"), runtime.capture() as captured:
                     loss, logits = self._step()
             except CaptureError:
                 raise
@@ -213,7 +217,8 @@ class GraphBuilder:
             raise CaptureError(f"make_graphed_step: the step allocated {grown} bytes of new memory during capture "
                                f"that the {self.warmed} warm-up step(s) did not; the graph would write into memory "
                                "handed out again later. Warm up first (warmup >= 1), and keep the step's shapes fixed")
-        return GraphedStep(runtime, captured.graph, self.static_x, self.static_y, loss, logits, optimizer)
+        return GraphedStep(runtime, captured.graph, self.static_x, self.static_y, loss, logits, optimizer,
+                           keep_alive=tuple(kept))
 
 
 def make_graphed_step(model: Any, loss_fn: Any, optimizer: Any, sample_x: Any, sample_y: Any, *, warmup: int = 3,

@@ -10,7 +10,8 @@
 //   fenced before the storing thread's next atomic (release), and once a thread of the block did an atomic, no
 //   thread of the block may xpnn_load_published until that thread has fenced (acquire). Either mistake fails the
 //   launch with a message naming it (see common.cuh, "data handed between blocks").
-// - Cooperative kernels run their block's threads as ucontext fibers, in forward or reverse order (a missing
+// - Cooperative kernels run their block's threads as ucontext fibers, in forward or reverse order, or in a seeded
+//   random order drawn afresh at every scheduling round (xpnn_shim_set_order_seed; a missing
 //   barrier shows up in one order only). __syncthreads() suspends a fiber until every live thread of the block
 //   arrives (threads that returned drop out); warp shuffles exchange values through per-thread slots between two
 //   warp-wide barriers and require every thread of the warp to take part.
@@ -54,6 +55,17 @@
 #define __host__
 #define __forceinline__ inline
 #define __shared__ static thread_local
+
+// common.cuh's static shared memory: function-static thread_local (each worker's block has its own), filled with
+// 0xFF bytes (NaN for float/double, -1 for integers) by the first thread of each block that reaches the
+// declaration -- so a read of a slot no thread of this block wrote sees garbage, as on a GPU, instead of the zeros
+// (or a previous block's values) a static would hold. -DXPNN_SHIM_NO_POISON builds the old behaviour (tests).
+#define XPNN_SHARED(T, name) \
+    static thread_local T name; \
+    xpnn_shim::shared_block_start(&name, sizeof(name))
+#define XPNN_SHARED_ARRAY(T, name, n) \
+    static thread_local T name[n]; \
+    xpnn_shim::shared_block_start(name, sizeof(name))
 #define __launch_bounds__(...)
 
 struct dim3 {
@@ -84,6 +96,7 @@ const size_t kStackSize = 64 * 1024;
 struct Scheduler {
     bool cooperative = false;  // fibers (true) or a plain loop over threads (false)
     bool reverse = false;
+    unsigned long long order_seed = 0;  // != 0: fibers run in a fresh seeded random order each scheduling round
     std::string error;
     void* main_jb[5];
     std::vector<Fiber> fibers;
@@ -99,6 +112,9 @@ struct Scheduler {
     std::vector<unsigned char> unfenced_publish;  // stored with xpnn_publish, no __threadfence since
     std::vector<unsigned char> unfenced_atomic;   // did an atomic, no __threadfence since
     unsigned unfenced_atomics = 0;                // threads of the block with unfenced_atomic set
+    // static shared memory: (address, serial of the block that last poisoned it) on this worker
+    unsigned long long block_serial = 0;
+    std::vector<std::pair<void*, unsigned long long>> shared_poisoned;
 
     void fail(const std::string& msg) {
         if (error.empty()) error = msg;
@@ -201,9 +217,20 @@ inline bool run_block_fibers(unsigned n) {
         f.started = false;
         f.asan_fake_stack = nullptr;
     }
+    std::vector<unsigned> order(n);
+    unsigned long long rng = (sched.order_seed * 0x9E3779B97F4A7C15ull) ^ (blockIdx.x + 1ull);
     for (;;) {
+        for (unsigned k = 0; k < n; ++k) order[k] = sched.reverse ? n - 1 - k : k;
+        if (sched.order_seed != 0) {  // Fisher-Yates with xorshift64: every round a different interleaving
+            for (unsigned k = n; k > 1; --k) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                std::swap(order[k - 1], order[static_cast<unsigned>(rng % k)]);
+            }
+        }
         for (unsigned k = 0; k < n; ++k) {
-            const unsigned t = sched.reverse ? n - 1 - k : k;
+            const unsigned t = order[k];
             if (sched.fibers[t].state != RUNNABLE) continue;
             sched.current = t;
             threadIdx.x = t;
@@ -248,6 +275,7 @@ inline bool run_block_fibers(unsigned n) {
 // Run block b of the current launch on this worker.
 inline bool run_block(unsigned b, unsigned block) {
     blockIdx = {b, 0, 0};
+    ++sched.block_serial;  // XPNN_SHARED variables are poisoned again when this block first reaches them
     sched.unfenced_publish.assign(block, 0);
     sched.unfenced_atomic.assign(block, 0);
     sched.unfenced_atomics = 0;
@@ -264,6 +292,7 @@ inline bool run_block(unsigned b, unsigned block) {
 struct Launch {
     const std::function<void()>* body = nullptr;
     bool cooperative = false, reverse = false;
+    unsigned long long order_seed = 0;
     unsigned grid = 0, block = 0, workers = 1;
     std::atomic<bool> failed{false};
     std::mutex error_lock;
@@ -275,6 +304,7 @@ inline void run_worker(Launch& L, unsigned w) {
     sched.error.clear();
     sched.cooperative = L.cooperative;
     sched.reverse = L.reverse;
+    sched.order_seed = L.order_seed;
     sched.body = L.body;
     gridDim = {L.grid, 1, 1};
     blockDim = {L.block, 1, 1};
@@ -350,6 +380,7 @@ inline Pool& pool() {
 }
 
 static unsigned requested_workers = 4;
+static unsigned long long requested_order_seed = 0;
 static unsigned last_threads_used = 0, last_max_in_flight = 0;
 static std::string last_error;
 
@@ -366,6 +397,7 @@ inline int launch(const std::function<void()>& body, bool cooperative, unsigned 
     L.body = &body;
     L.cooperative = cooperative;
     L.reverse = reverse;
+    L.order_seed = requested_order_seed;
     L.grid = grid;
     L.block = block;
     L.workers = grid < requested_workers ? (grid == 0 ? 1 : grid) : requested_workers;
@@ -422,6 +454,21 @@ inline V __shfl_xor_sync(unsigned mask, V v, int lane_mask) {
 }
 
 namespace xpnn_shim {
+// Called at every XPNN_SHARED declaration: the first call in a block fills the variable with 0xFF bytes.
+inline void shared_block_start(void* p, size_t size) {
+    std::pair<void*, unsigned long long>* seen = nullptr;
+    for (auto& e : sched.shared_poisoned)
+        if (e.first == p) seen = &e;
+    if (seen != nullptr && seen->second == sched.block_serial) return;  // poisoned by this block already
+    if (seen == nullptr) sched.shared_poisoned.emplace_back(p, sched.block_serial);
+    else seen->second = sched.block_serial;
+#ifndef XPNN_SHIM_NO_POISON
+    memset(p, 0xff, size);
+#else
+    (void)size;
+#endif
+}
+
 inline unsigned tid() { return threadIdx.x; }
 inline bool in_block() { return tid() < sched.unfenced_atomic.size(); }
 }  // namespace xpnn_shim
@@ -493,5 +540,13 @@ inline double __longlong_as_double(long long i) {
     memcpy(&d, &i, sizeof d);
     return d;
 }
+
+// -DXPNN_SHIM_FAST_EXP: expf as a GPU computes it under fast math (__expf: ex2.approx of the rounded product
+// x * log2(e), up to ~64 ulp off at |x| ~ 87), to check that the tests' tolerances also hold for that arithmetic
+// (with -ffp-contract=fast -mfma for the GPU's a*b+c contraction).
+#ifdef XPNN_SHIM_FAST_EXP
+inline float xpnn_shim_fast_expf(float x) { return exp2f(x * 1.4426950408889634f); }
+#define expf xpnn_shim_fast_expf
+#endif
 
 #endif  // XPNN_SHIM_RUNTIME_H

@@ -12,14 +12,30 @@ from typing import Any
 import numpy as np
 
 from ..backend import dtype_name
-from . import registry
-from .launch import FLAT_BLOCK, _scalar, flat_grid
+from . import registry, scratch
+from .launch import FLAT_BLOCK, _scalar, flat_grid, pack_items
 from .loader import KernelLoader
 
 
 def _device_scalar(x: Any, dtype: str) -> bool:
     """A 0-d, C-contiguous device array of ``dtype`` (what the kernel dereferences)."""
     return getattr(x, "ndim", None) == 0 and not isinstance(x, (int, float)) and dtype_name(x.dtype) == dtype
+
+
+SCALARS_ADAM, SCALARS_ADAGRAD = 0, 1  # XPNN_SCALARS_* in capturable.cu
+
+
+def _step_scalars(loader: KernelLoader, xp: Any, param: Any, step: Any, lr: Any, kind: int, *, beta1: float = 0.0,
+                  beta2: float = 0.0, weight_decay: float = 0.0, lr_decay: float = 0.0) -> Any:
+    """Launch ``capturable_step_scalars`` (one thread) into a kept array of 3 entries of param's dtype and return
+    it: the update launched next on the same stream reads it (no host read, and nothing allocated per step, so
+    the pair can be captured in a CUDA graph)."""
+    t = dtype_name(param.dtype)
+    scalars = scratch.zeroed(xp, param, "capturable.scalars", 3, param.dtype)  # written before every read
+    loader.raw(registry.RAW_BY_NAME["capturable_step_scalars"], t).launch(1, 32, (
+        step, lr, np.float64(beta1), np.float64(beta2), np.float64(weight_decay), np.float64(lr_decay),
+        np.int32(kind), scalars))
+    return scalars
 
 
 def adam_update_capturable(loader: KernelLoader, xp: Any, param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any,
@@ -35,11 +51,13 @@ def adam_update_capturable(loader: KernelLoader, xp: Any, param: Any, grad: Any,
     n = int(math.prod(param.shape))
     if n == 0:
         return None
-    args = tuple(param if a is None else a for a in arrays) + (np.int64(n), step, lr) + tuple(
+    scalars = _step_scalars(loader, xp, param, step, lr, SCALARS_ADAM, beta1=beta1, beta2=beta2,
+                            weight_decay=weight_decay)
+    args = tuple(param if a is None else a for a in arrays) + (np.int64(n), scalars) + tuple(
         _scalar(t, v) for v in (beta1, 1 - beta1, beta2, 1 - beta2, eps, weight_decay)) + tuple(
-        np.float64(v) for v in (beta1, beta2, weight_decay)) + tuple(
         np.int32(f) for f in (decoupled_weight_decay, amsgrad, maximize))
-    loader.raw(registry.RAW_BY_NAME["adam_update_capturable"], t).launch(flat_grid(n), FLAT_BLOCK, args)
+    kernel = loader.raw(registry.RAW_BY_NAME["adam_update_capturable"], t)
+    kernel.launch(flat_grid(n, per_thread=pack_items(param.dtype), sm_count=kernel.sm_count), FLAT_BLOCK, args)
     return None
 
 
@@ -53,7 +71,8 @@ def _flat(op: str, param: Any, arrays: tuple[Any, ...], middle: tuple[Any, ...],
     if n == 0:
         return None
     args = tuple(param if a is None else a for a in arrays) + (np.int64(n),) + middle + scalars
-    loader.raw(registry.RAW_BY_NAME[op], dtype_name(param.dtype)).launch(flat_grid(n), FLAT_BLOCK, args)
+    kernel = loader.raw(registry.RAW_BY_NAME[op], dtype_name(param.dtype))
+    kernel.launch(flat_grid(n, per_thread=pack_items(param.dtype), sm_count=kernel.sm_count), FLAT_BLOCK, args)
     return None
 
 
@@ -76,8 +95,13 @@ def adagrad_update_capturable(loader: KernelLoader, xp: Any, param: Any, grad: A
     t = dtype_name(param.dtype)
     if not (_device_scalar(step, t) and _device_scalar(lr, t)):
         return NotImplemented
-    scalars = (np.float64(lr_decay), _scalar(t, weight_decay), _scalar(t, eps), np.int32(maximize))
-    return _flat("adagrad_update_capturable", param, (param, grad, state_sum), (step, lr), scalars, loader)
+    if not all(a.flags.c_contiguous for a in (param, grad, state_sum)):
+        return NotImplemented  # (checked before the scalars launch; _flat checks again)
+    if int(math.prod(param.shape)) == 0:
+        return None
+    step_scalars = _step_scalars(loader, xp, param, step, lr, SCALARS_ADAGRAD, lr_decay=lr_decay)
+    scalars = (_scalar(t, weight_decay), _scalar(t, eps), np.int32(maximize))
+    return _flat("adagrad_update_capturable", param, (param, grad, state_sum), (step_scalars,), scalars, loader)
 
 
 def rmsprop_update_capturable(loader: KernelLoader, xp: Any, param: Any, grad: Any, square_avg: Any,
@@ -102,6 +126,7 @@ def amp_unscale_check(loader: KernelLoader, xp: Any, grad: Any, inv_scale: Any, 
     n = int(math.prod(grad.shape))
     if n == 0:
         return None
-    loader.raw(registry.RAW_BY_NAME["amp_unscale_check"], dtype_name(grad.dtype)).launch(
-        flat_grid(n), FLAT_BLOCK, (grad, np.int64(n), inv_scale, found_inf))
+    kernel = loader.raw(registry.RAW_BY_NAME["amp_unscale_check"], dtype_name(grad.dtype))
+    kernel.launch(flat_grid(n, per_thread=pack_items(grad.dtype), sm_count=kernel.sm_count), FLAT_BLOCK,
+                  (grad, np.int64(n), inv_scale, found_inf))
     return None

@@ -46,16 +46,29 @@ def row_lanes(n_cols: int) -> int:
     return min(32, 1 << (want - 1).bit_length())
 
 
-def row_launch(n_rows: int, n_cols: int, max_block: int = 1024, itemsize: int = 4) -> tuple[int, int, int]:
+def cross_entropy_lanes(n_cols: int, itemsize: int = 4) -> int:
+    """Lanes per row of the cross-entropy kernel: for narrow rows (up to NARROW_MAX_COLS) a power of two giving each
+    lane about two 16-byte packs of the row (so every lane has a whole pack wherever the row starts: 2 lanes for
+    10 float32 classes, 16 rows per warp; ``row_lanes``' 4 left 2 lanes of 4 without a pack), else ``row_lanes``.
+    The kernel's per-row work beyond the row (the target's logit, the loss) is then spread over more rows per
+    warp."""
+    if n_cols > NARROW_MAX_COLS:
+        return row_lanes(n_cols)
+    want = max(1, -(-n_cols // (2 * (16 // itemsize))))
+    return min(32, 1 << (want - 1).bit_length())
+
+
+def row_launch(n_rows: int, n_cols: int, max_block: int = 1024, itemsize: int = 4,
+               lanes: int | None = None) -> tuple[int, int, int]:
     """(grid, block, lanes) of a row kernel over an (n_rows, n_cols) matrix of ``itemsize``-byte entries,
     n_rows >= 1; ``max_block`` is the kernel's ``__launch_bounds__``; ``lanes`` as in kernels/common.cuh.
 
     Narrow rows (like (65536, 10)) get a few lanes each (4 for 10 classes: 8 rows per warp, two shuffle steps;
     1 for 2-4 classes: a thread per row, no reduction at all); rows up to 256 a warp each; wider rows a block each
     (block size from ``row_block``). A block per narrow row would leave most threads idle and pay two barriers
-    per row.
+    per row. ``lanes``: the lanes per row chosen by the caller instead of ``row_lanes(n_cols)``.
     """
-    lanes = row_lanes(n_cols)
+    lanes = row_lanes(n_cols) if lanes is None else lanes
     if lanes:
         rows_per_block = (min(ROW_GROUP_BLOCK, max_block) // 32) * (32 // lanes)
         blocks = -(-n_rows // rows_per_block)
@@ -82,8 +95,23 @@ def row_split(n_rows: int, n_cols: int) -> int:
     return -(-(-(-n_cols // chunks)) // 64) * 64
 
 
-def flat_grid(n: int, block: int = FLAT_BLOCK) -> int:
-    return max(1, min(MAX_GRID, -(-n // block)))
+FLAT_BLOCKS_PER_SM = 32  # grid-stride kernels: at most this many blocks per multiprocessor (4 waves of 8 resident
+# 256-thread blocks); more blocks only add scheduling, the threads loop over the rest
+
+
+def flat_grid(n: int, block: int = FLAT_BLOCK, *, per_thread: int = 1, sm_count: int | None = None) -> int:
+    """Blocks of a grid-stride launch over ``n`` elements of which each thread takes ``per_thread`` per iteration
+    (``16 // itemsize`` for the kernels reading 16-byte packs: a grid sized for one element per thread would leave
+    3/4 of its float32 blocks without a pack), capped at FLAT_BLOCKS_PER_SM blocks per multiprocessor when
+    ``sm_count`` is known (the GPU), else at MAX_GRID. Never more than MAX_GRID: kernels/conv.cu relies on
+    grid * block < 2**32 (it decodes its first index and the grid's stride with 32-bit divisions)."""
+    cap = MAX_GRID if sm_count is None else min(MAX_GRID, FLAT_BLOCKS_PER_SM * sm_count)
+    return max(1, min(cap, -(-n // (block * per_thread))))
+
+
+def pack_items(dtype: Any) -> int:
+    """Entries of ``dtype`` in one 16-byte pack (xpnn_pack in kernels/common.cuh)."""
+    return 16 // np.dtype(dtype_name(dtype)).itemsize
 
 
 def _contiguous(x: Any) -> Any:
@@ -190,7 +218,8 @@ def cross_entropy_with_grad(loader: KernelLoader, xp: Any, logits: Any, target: 
     logits = _contiguous(logits)
     target = _contiguous(xp.astype(target, xp.int64, copy=False))  # labels were validated by the caller
     kernel = loader.raw(registry.RAW_BY_NAME["cross_entropy_with_grad"], dtype)
-    grid, block, lanes = row_launch(n_rows, n_cols, kernel.max_block, logits.dtype.itemsize)
+    itemsize = logits.dtype.itemsize
+    grid, block, lanes = row_launch(n_rows, n_cols, kernel.max_block, itemsize, cross_entropy_lanes(n_cols, itemsize))
     grad = xp.empty((n_rows, n_cols), dtype=logits.dtype)
     loss = xp.empty((n_rows,) if reduction == "none" else (), dtype=logits.dtype)
     # kept across calls (xpnn._cuda.scratch): per-block loss sums, and [valid targets, blocks done], which the
@@ -224,7 +253,8 @@ def _flat_update(op: str, loader: KernelLoader, arrays: tuple[Any, ...], scalars
     if n == 0:
         return None
     args = tuple(param if a is None else a for a in arrays) + (np.int64(n),) + scalars
-    loader.raw(registry.RAW_BY_NAME[op], dtype_name(param.dtype)).launch(flat_grid(n), FLAT_BLOCK, args)
+    kernel = loader.raw(registry.RAW_BY_NAME[op], dtype_name(param.dtype))
+    kernel.launch(flat_grid(n, per_thread=pack_items(param.dtype), sm_count=kernel.sm_count), FLAT_BLOCK, args)
     return None
 
 
@@ -288,7 +318,8 @@ def _fits(g: Any) -> bool:
 
 def _flat_launch(op: str, loader: KernelLoader, dtype: Any, n: int, args: tuple) -> None:
     if n > 0:
-        loader.raw(registry.RAW_BY_NAME[op], dtype_name(dtype)).launch(flat_grid(n), FLAT_BLOCK, args)
+        kernel = loader.raw(registry.RAW_BY_NAME[op], dtype_name(dtype))
+        kernel.launch(flat_grid(n, sm_count=kernel.sm_count), FLAT_BLOCK, args)
 
 
 def im2col(loader: KernelLoader, xp: Any, x: Any, g: Any) -> Any:
@@ -349,8 +380,8 @@ def adam_update_mixed(loader: KernelLoader, xp: Any, param: Any, master: Any, gr
     if n == 0:
         return None
     args = arrays[:5] + (master if arrays[5] is None else arrays[5], np.int64(n)) + scalars
-    loader.raw(registry.RAW_BY_NAME["adam_update_mixed"], "float16").launch(flat_grid(n, FLAT_BLOCK * 8),
-                                                                             FLAT_BLOCK, args)
+    kernel = loader.raw(registry.RAW_BY_NAME["adam_update_mixed"], "float16")
+    kernel.launch(flat_grid(n, per_thread=8, sm_count=kernel.sm_count), FLAT_BLOCK, args)  # 8 entries per thread
     return None
 
 

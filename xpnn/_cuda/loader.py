@@ -60,13 +60,15 @@ def check_device(kernel: str, device: int, args: Sequence[Any]) -> None:
 class RawLaunch:
     """A compiled ``__global__`` function plus its signature; ``launch(grid, block, args)`` checks and runs it."""
 
-    def __init__(self, row: registry.RawKernel, dtype: str, run: Callable[[int, int, tuple], None]):
+    def __init__(self, row: registry.RawKernel, dtype: str, run: Callable[[int, int, tuple], None],
+                 sm_count: int | None = None):
         self.row = row
         self.dtype = dtype
         self.name = row.name_expression(dtype)
         self.params = sources.signature(row.source, row.entry.split("<")[0])
         self.max_block = sources.launch_bound(row.source, row.entry.split("<")[0])
         self._run = run
+        self.sm_count = sm_count  # multiprocessors of the device it runs on (grid caps); None: unknown (the shim)
 
     def launch(self, grid: int, block: int, args: tuple) -> None:
         if not (1 <= block <= self.max_block and block % 32 == 0):
@@ -91,12 +93,20 @@ class CupyLoader:
         self._modules: dict[tuple[int, str], Any] = {}
         self._raw: dict[tuple[int, str, str], RawLaunch] = {}
         self._elementwise: dict[str, Any] = {}
+        self._sm_counts: dict[int, int] = {}
 
     @staticmethod
     def _device() -> int:
         import cupy
 
         return cupy.cuda.runtime.getDevice()
+
+    @staticmethod
+    def _sm_count(device: int) -> int:
+        """Multiprocessors of ``device`` (the grid-stride launches cap their grids by it)."""
+        import cupy
+
+        return int(cupy.cuda.Device(device).attributes["MultiProcessorCount"])
 
     def _module(self, device: int, source: str) -> Any:
         import cupy
@@ -124,7 +134,9 @@ class CupyLoader:
                     # their own C type (a Python int or float would become a long long or a double)
                     fn((grid,), (block,), args)
 
-                launch = self._raw[key] = RawLaunch(row, dtype, run)
+                if device not in self._sm_counts:
+                    self._sm_counts[device] = self._sm_count(device)
+                launch = self._raw[key] = RawLaunch(row, dtype, run, self._sm_counts[device])
         return launch
 
     def elementwise(self, row: registry.ElementwiseKernel, dtype: str) -> Any:

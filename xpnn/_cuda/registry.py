@@ -116,6 +116,8 @@ RAW: tuple[RawKernel, ...] = (
     RawKernel("max_pool2d", "conv.cu", "max_pool2d_fwd<{T}, {A}>", _FLOATS, launch="max_pool2d"),
     RawKernel("max_pool2d_backward", "conv.cu", "max_pool2d_bwd<{T}, {A}>", _FLOATS, launch="max_pool2d_backward"),
     # issue 13: step count / lr / loss scale read from device memory (capturable in CUDA graphs)
+    RawKernel("capturable_step_scalars", "capturable.cu", "capturable_step_scalars<{T}>", _FLOATS_NO_HALF,
+              helper=True),  # launched before the Adam / Adagrad updates below
     RawKernel("adam_update_capturable", "capturable.cu", "adam_update_capturable<{T}>", _FLOATS_NO_HALF,
               launch="capturable.adam_update_capturable"),
     RawKernel("sgd_update_capturable", "capturable.cu", "sgd_update_capturable<{T}>", _FLOATS_NO_HALF,

@@ -34,6 +34,7 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
         ("seed_net", "64x1000"), ("small_calls", "sigmoid"), ("small_calls", "cross_entropy"),
         ("small_calls", "linear"),
         ("softmax", "4096x1000"), ("softmax", "65536x10"), ("logsumexp", "4096x1000"), ("adam_fp16", "1e7"),
+        ("amp_unscale", "1e7"),
     ],
     "conv": [  # the convolution cases (compare with --reference torch-cpu: there is no plain-NumPy version)
         ("conv2d", "lenet1"), ("conv2d", "lenet2"), ("conv2d", "3x3-64"), ("lenet_step", "batch64"),
@@ -45,6 +46,7 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
         ("sigmoid_backward", "1e4"), ("cross_entropy", "256x10"), ("adam", "1e4"), ("mlp_step", "batch16"),
         ("tiny_step", "batch8"), ("seed_net", "64x1000"), ("conv2d", "lenet2"), ("lenet_step", "batch64"),
         ("softmax", "256x10"), ("logsumexp", "256x10"), ("adam_fp16", "1e4"), ("small_calls", "linear"),
+        ("amp_unscale", "1e4"),
     ],
 }
 

@@ -744,6 +744,45 @@ def _small_plain(call: str) -> Runner:
         def fn() -> None:
             out[0] = ref.linear_forward_backward(a["x"], w, b, a["dy"])[1]
     return Runner(fn, "cpu", lambda: [out[0]])
+# --- loss scaling: unscale a float16 gradient buffer in place and flag inf/NaN (GradScaler.unscale_) -------------
+# inv_scale = 1: every call still reads and writes the whole buffer, and repeated calls leave the values (and no
+# subnormals) as they were.
+def _amp_unscale_xpnn(impl: str) -> Callable[[int], Runner]:
+    def build(n: int) -> Runner:
+        from ..amp import unscale_and_check_
+
+        d = _Data(impl)
+        xp = array_api_compat.array_namespace(d.uniform((1,), 0, 1))
+        grad = xp.astype(d.uniform((n,), 0.5, 1.0), xp.float16)
+        inv_scale = xp.ones((), dtype=xp.float32)
+        found_inf = xp.zeros((), dtype=xp.float32)
+        return Runner(lambda: unscale_and_check_(grad, inv_scale, found_inf), IMPLS[impl].device,
+                      lambda: [grad, found_inf], keep=[grad])
+    return build
+
+
+def _amp_unscale_plain(n: int) -> Runner:
+    grad = _Data("numpy-plain").uniform((n,), 0.5, 1.0).astype(np.float16)
+    found = [False]
+
+    def fn() -> None:
+        found[0] = found[0] or not bool(np.isfinite(grad).all())
+        np.multiply(grad, np.float16(1.0), out=grad)
+
+    return Runner(fn, "cpu", lambda: [grad])
+
+
+def _amp_unscale_torch(impl: str) -> Callable[[int], Runner]:
+    def build(n: int) -> Runner:
+        import torch
+
+        d = _Data(impl)
+        grad = d.uniform((n,), 0.5, 1.0).half()
+        inv_scale = torch.ones((), device=grad.device)
+        found_inf = torch.zeros((), device=grad.device)
+        return Runner(lambda: torch._amp_foreach_non_finite_check_and_unscale_([grad], found_inf, inv_scale),
+                      IMPLS[impl].device, lambda: [grad, found_inf], keep=[grad])
+    return build
 
 
 def _per_impl(xpnn: Callable[[str], Callable[[Any], Runner]], plain: Callable[[Any], Runner],
@@ -780,19 +819,25 @@ CASES: dict[str, Case] = {c.name: c for c in (
          {"1e4": 10**4, "1e6": 10**6, "1e7": 10**7, "1e8": 10**8, MANY_TENSORS: MANY_TENSORS}, frozenset({"1e8"}),
          _adam_bytes, _per_impl(_adam_xpnn, _adam_plain, _adam_torch)),
     Case("softmax", "softmax over the rows of float32 (N, C)",
-         {"256x10": (256, 10), "4096x1000": (4096, 1000), "65536x10": (65536, 10), "8192x32768": (8192, 32768)},
-         frozenset({"8192x32768"}),
+         {"256x10": (256, 10), "4096x1000": (4096, 1000), "65536x10": (65536, 10), "8192x32768": (8192, 32768),
+          "8x262144": (8, 262144)},  # few wide rows: split across blocks (kernels/row_split.cu)
+         frozenset({"8192x32768", "8x262144"}),
          lambda s: 2 * 4 * s[0] * s[1], _per_impl(_rows_xpnn("softmax"), _rows_plain("softmax"),
                                                   _rows_torch("softmax"))),
     Case("logsumexp", "log-sum-exp of the rows of float32 (N, C)",
-         {"256x10": (256, 10), "4096x1000": (4096, 1000), "65536x10": (65536, 10), "8192x32768": (8192, 32768)},
-         frozenset({"8192x32768"}),
+         {"256x10": (256, 10), "4096x1000": (4096, 1000), "65536x10": (65536, 10), "8192x32768": (8192, 32768),
+          "8x262144": (8, 262144)},
+         frozenset({"8192x32768", "8x262144"}),
          lambda s: 4 * s[0] * s[1] + 4 * s[0], _per_impl(_rows_xpnn("logsumexp"), _rows_plain("logsumexp"),
                                                           _rows_torch("logsumexp"))),
     Case("adam_fp16", "Adam step of n float16 parameters with float32 master copies (read g16, p32, m, v; write "
          "p32, m, v, p16)",
          {"1e4": 10**4, "1e6": 10**6, "1e7": 10**7, "1e8": 10**8}, frozenset({"1e8"}),
          lambda n: 28 * n, _per_impl(_adam_fp16_xpnn, _adam_fp16_plain, _adam_fp16_torch)),
+    Case("amp_unscale", "loss-scaling unscale of n float16 gradients in place, with the inf/NaN flag (read and write "
+         "the buffer)",
+         {"1e4": 10**4, "1e6": 10**6, "1e7": 10**7, "1e8": 10**8}, frozenset({"1e8"}),
+         lambda n: 4 * n, _per_impl(_amp_unscale_xpnn, _amp_unscale_plain, _amp_unscale_torch)),
     Case("mlp_step", "training step of a 784-512-512-10 ReLU MLP, Adam, cross-entropy, float32",
          {"batch16": 16, "batch256": 256, "batch4096": 4096}, frozenset(),
          lambda b: None, _per_impl(_mlp_xpnn, _mlp_plain, _mlp_torch, tape=True)),
