@@ -259,7 +259,7 @@ def test_cuda_model_trains_through_the_kernels(cp, dtype):
     np.testing.assert_allclose(got, want, rtol=1e-3 if dtype == "float32" else 3e-2, atol=1e-3)
 
 
-# ---- issue 10: +inf rows, NaN semantics, alignment, mixed precision, scratch -------------------------------------
+# ---- +inf rows, NaN semantics, alignment, mixed precision, scratch -------------------------------------
 
 def _special_rows(cp, width, dtype):
     """Rows: finite; one +inf; two +inf; +inf and NaN; NaN; -inf but one +inf; finite."""
