@@ -39,7 +39,7 @@ class Parameter(Tensor):
     ``_version`` changes whenever the values are replaced from outside an optimizer step (``data`` assignment,
     ``Module.load_state_dict``, ``xpnn.init``). Optimizers do not rely on it: one keeping a float32 master copy of
     a float16 parameter compares the copy with the values on the device before each step, so any write, even
-    ``p.data[...] = 0`` that bumps no version, is kept (``Optimizer._step_slot``).
+    ``p.data[...] = 0`` that bumps no version, is kept.
     """
 
     __slots__ = ("_flat", "_offset", "_version", "name")
