@@ -21,6 +21,7 @@ from .backend import Backend, backend_of, get_backend, to_numpy
 from .data.batching import SeedLike, as_generator, batches
 from .debug import check_device_errors
 from .errors import NonFiniteError
+from .nn.explicit import call_backward
 
 __all__ = ["fit", "evaluate", "predict", "History", "Callback", "EarlyStopping"]
 
@@ -333,6 +334,17 @@ def _fmt(logs: dict[str, float]) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "time")
 
 
+def _tape_ready(model: Any, loss_fn: Any) -> bool:
+    """Whether ``fit`` can train with ``loss.backward()`` (autograd): xpnn modules all the way down. A module or a
+    loss whose ``backward`` is written by hand keeps the explicit protocol: its parameters get their gradients
+    outside the tape, and ``DistributedDataParallel`` reduces those only at the end of its explicit ``backward``."""
+    from .nn.module import Module
+
+    if not isinstance(model, Module) or not isinstance(loss_fn, Module):
+        return False
+    return not loss_fn._explicit_backward and not any(m._explicit_backward for m in model.modules())
+
+
 # --- public API ------------------------------------------------------------------------------------------------
 
 def evaluate(model: Any, loss_fn: Any, X: Any, y: Any, *, batch_size: int = 1024) -> dict[str, float]:
@@ -401,8 +413,8 @@ def fit(
 
     X: ``(n, ...)`` inputs, y: ``(n,)`` integer class labels (accuracy is reported) or targets of the loss; arrays
     of any backend (NumPy arrays are fine): they are moved to the model's backend, floating X cast to the model's
-    dtype. One step: ``zero_grad``; ``loss = loss_fn(model(xpnn.tensor(xb)), yb)``; ``loss.backward()`` (a module with
-    a hand-written ``backward`` is one node of that graph); ``optimizer.step()``.
+    dtype. One step: ``zero_grad``; ``loss = loss_fn(model(xpnn.tensor(xb)), yb)``; ``loss.backward()`` (the
+    explicit ``model.backward(loss_fn.backward())`` for modules with a hand-written backward); ``optimizer.step()``.
 
     validation_data: ``(X_val, y_val)`` evaluated after every epoch (``val_loss``, ``val_accuracy``).
     callbacks: ``Callback`` objects (e.g. ``EarlyStopping``). progress: a tqdm bar per epoch on a terminal or in a
@@ -463,6 +475,7 @@ def fit(
 
         graphed = graph_step_runner(model, loss_fn, optimizer, cuda_graph)
     step = 0
+    tape = _tape_ready(model, loss_fn)
     model.train()
     for cb in cbs:
         cb.on_train_begin(model, history)
@@ -479,10 +492,15 @@ def fit(
                 loss, logits = graphed(xb, yb)  # replays write into the graph's static outputs: read them now
             else:
                 optimizer.zero_grad()
-                out = model(tensor(xb))  # (a module with a hand-written backward joins the graph as one node)
-                loss_t = loss_fn(out, yb)
-                loss_t.backward()
-                logits, loss = out.data, loss_t.data
+                if tape:
+                    out = model(tensor(xb))
+                    loss_t = loss_fn(out, yb)
+                    loss_t.backward()
+                    logits, loss = out.data, loss_t.data
+                else:  # a module with a hand-written backward (the first version's protocol) somewhere
+                    logits = model(xb)
+                    loss = loss_fn(logits, yb)
+                    call_backward(model, loss_fn.backward(), need_input_grad=False)  # no gradient for the data
                 optimizer.step()
             meter.add(loss, _sample_count(loss_fn, yb), logits, yb)
             step += 1

@@ -48,9 +48,11 @@ class IncompatibleKeys(NamedTuple):
 
 
 class Module:
-    """Base class: ``y = m(x)`` runs ``forward``; ``dx = m.backward(dy)`` accumulates parameter gradients.
+    """Base class: ``y = m(x)`` on Tensors runs ``forward`` (recorded on the tape). On arrays, or for a class that
+    writes its own ``backward``, the call goes to the explicit API (``xpnn.nn.explicit``), where
+    ``dx = m.backward(dy)`` accumulates parameter gradients.
 
-    Subclasses implement ``forward`` and ``backward``; ``extra_repr`` describes their configuration.
+    Subclasses implement ``forward`` (and ``extra_repr``, which describes their configuration).
     """
 
     training: bool
