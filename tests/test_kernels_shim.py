@@ -66,7 +66,7 @@ def test_shim_build_is_warning_free():
 
 def test_non_cooperative_kernel_that_synchronises_is_an_error(forward_loader):
     row = registry.RAW_BY_NAME["softmax"]
-    wrong = registry.RawKernel(row.name, row.source, row.entry, row.dtypes, cooperative=False, launch=row.launch)
+    wrong = registry.RawKernel(row.name, row.source, row.entry, row.dtypes, cooperative=False)
     x = np.ones((2, 40), np.float32)
     with pytest.raises(RuntimeError, match="non-cooperative"):
         forward_loader.raw(wrong, "float32").launch(2, 32, (x, np.empty_like(x), np.int64(2), np.int64(40),
@@ -165,16 +165,16 @@ def test_cross_entropy_narrow_rows_with_fewer_lanes(width):
 
 
 def test_launch_table_comes_from_the_registry():
-    """launch.OPS holds exactly the registry's ops, each served by the function its row names."""
-    assert set(launch.OPS) == set(registry.ops())
-    import importlib
+    """providers.LAUNCHERS has a launch function for exactly the registry's ops (helpers excluded), each row a module
+    constant of the registry; every elementwise row is served by the one generated launcher bound to it."""
+    from xpnn._cuda import providers
 
-    for op, name in registry.launchers().items():
-        module, _, attr = name.rpartition(".")
-        owner = importlib.import_module(f"xpnn._cuda.{module}") if module else launch
-        assert launch.OPS[op] is getattr(owner, attr) and attr
-    with pytest.raises(ValueError, match="must name its launch function"):
-        registry.RawKernel("new_op", "optimizers.cu", "new_op<{T}>", ("float32",))
+    assert {row.name for row in providers.LAUNCHERS} == set(registry.ops())
+    assert all(getattr(registry, row.name.upper()) is row for row in registry.RAW + registry.ELEMENTWISE)
+    assert providers.LAUNCHERS[registry.SOFTMAX] is launch.softmax
+    for row in registry.ELEMENTWISE:
+        fn = providers.LAUNCHERS[row]
+        assert fn.func is launch.elementwise and fn.args == (row,)
 
 
 def test_row_launch_choice():
