@@ -369,10 +369,12 @@ def _sigmoid_values(xp: Any, z: Any) -> Any:
     return xp.where(z >= 0, 1.0, e) / (1.0 + e)
 
 
-def _above(ctx: Context, z: Any, threshold: float) -> Any:
-    """0/1 mask of ``z <= threshold`` (where softplus is not the identity) in ``z``'s dtype, as a constant."""
+def _below(ctx: Context, z: Any, threshold: float) -> Any:
+    """0/1 mask of ``z < threshold``, where softplus's second derivative is not 0, in ``z``'s dtype, as a constant:
+    0 at ``z = threshold`` (PyTorch's ``softplus_double_backward``), although the first derivative takes the
+    softplus branch there."""
     zd = _values(z)
-    return ctx.xp.astype(zd <= threshold, zd.dtype)
+    return ctx.xp.astype(zd < threshold, zd.dtype)
 
 
 class Softplus(Op):
@@ -423,7 +425,7 @@ class SoftplusBackward(_ActivationBackward):
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
-        """d/dx: ``dy * beta * s * (1 - s)`` with ``s = sigmoid(beta * x)`` where ``beta * x <= threshold``, else 0;
+        """d/dx: ``dy * beta * s * (1 - s)`` with ``s = sigmoid(beta * x)`` where ``beta * x < threshold``, else 0;
         d/d(dy): ``softplus_backward(x, g)``."""
         x, dy = ctx.saved_tensors
         beta, threshold = ctx.beta, ctx.threshold
@@ -431,7 +433,7 @@ class SoftplusBackward(_ActivationBackward):
         if ctx.needs_input_grad[0]:
             z = x * beta
             s = sigmoid(z)
-            gx = g * dy * s * (1.0 - s) * (beta * _above(ctx, z, threshold))
+            gx = g * dy * s * (1.0 - s) * (beta * _below(ctx, z, threshold))
         return gx, (softplus_backward(x, g, beta, threshold) if ctx.needs_input_grad[1] else None)
 
 
