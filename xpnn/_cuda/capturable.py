@@ -61,7 +61,8 @@ def adam_update_capturable(loader: KernelLoader, xp: Any, param: Any, grad: Any,
     return None
 
 
-def _flat(row: registry.RawKernel, param: Any, arrays: tuple[Any, ...], middle: tuple[Any, ...], scalars: tuple[Any, ...],
+def _flat(row: registry.RawKernel, param: Any, arrays: tuple[Any, ...], middle: tuple[Any, ...],
+          scalars: tuple[Any, ...],
           loader: KernelLoader) -> Any:
     """Launch ``row`` over ``arrays`` (param first; None -> placeholder never touched), then ``n``, ``middle``
     (device scalars) and ``scalars``."""

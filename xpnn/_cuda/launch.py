@@ -308,7 +308,8 @@ def im2col(loader: KernelLoader, xp: Any, x: Any, g: Any) -> Any:
     if not _fits(g):
         return NotImplemented
     cols = xp.empty((g.n, g.c, g.kh, g.kw, g.oh, g.ow), dtype=x.dtype)
-    _flat_launch(registry.IM2COL, loader, x.dtype, int(math.prod(cols.shape)), (_contiguous(x), cols, *_geometry_args(g)))
+    _flat_launch(registry.IM2COL, loader, x.dtype, int(math.prod(cols.shape)),
+                 (_contiguous(x), cols, *_geometry_args(g)))
     return cols
 
 
@@ -317,7 +318,8 @@ def col2im(loader: KernelLoader, xp: Any, cols: Any, g: Any) -> Any:
     if not _fits(g):
         return NotImplemented
     dx = xp.empty((g.n, g.c, g.h, g.w), dtype=cols.dtype)
-    _flat_launch(registry.COL2IM, loader, cols.dtype, int(math.prod(dx.shape)), (_contiguous(cols), dx, *_geometry_args(g)))
+    _flat_launch(registry.COL2IM, loader, cols.dtype, int(math.prod(dx.shape)),
+                 (_contiguous(cols), dx, *_geometry_args(g)))
     return dx
 
 
@@ -327,7 +329,8 @@ def max_pool2d(loader: KernelLoader, xp: Any, x: Any, g: Any) -> Any:
         return NotImplemented
     y = xp.empty((g.n, g.c, g.oh, g.ow), dtype=x.dtype)
     arg = xp.empty((g.n, g.c, g.oh, g.ow), dtype=xp.int32)
-    _flat_launch(registry.MAX_POOL2D, loader, x.dtype, int(math.prod(y.shape)), (_contiguous(x), y, arg, *_geometry_args(g)))
+    _flat_launch(registry.MAX_POOL2D, loader, x.dtype, int(math.prod(y.shape)),
+                 (_contiguous(x), y, arg, *_geometry_args(g)))
     return y, arg
 
 

@@ -6,7 +6,8 @@ as ``w_old = w`` before the update is the updated array, not a copy (keep ``w.co
 old weights). ``grad`` may broadcast to ``param``'s shape (``b`` (1, 3) with ``db`` (3,), as ``b -= lr * db`` in
 NumPy); ``param``'s shape never changes. They are normally called on a
 model's 1-D flat parameter buffer, so a whole model is updated in one call (one fused kernel on CUDA: a function
-first asks ``_dispatch.lookup(registry.<FUNCTION NAME>, xp, param.dtype)`` and returns early when a kernel takes the call).
+first asks ``_dispatch.lookup(registry.<FUNCTION NAME>, xp, param.dtype)`` with its row of ``xpnn._cuda.registry``
+and returns early when a kernel takes the call).
 
 The formulas are PyTorch's (``torch.optim.SGD/Adagrad/RMSprop/Adam/AdamW``, single-tensor path), so results can be
 compared with it. The generic code writes every intermediate into a work array: on NumPy and CuPy through the
@@ -16,8 +17,8 @@ expressions assigned with ``out[...] = ...``.
 
 Capturable form: ``step`` and ``lr`` may be 0-d arrays of the param's namespace and compute dtype (what
 ``xpnn.optim`` passes on namespaces other than NumPy). They are then never read on the host: bias corrections are
-computed from them on the device, and the fused kernel looked up is ``registry.<FUNCTION NAME>_CAPTURABLE`` (one that reads
-them from device memory), else the generic code runs.
+computed from them on the device, and the fused kernel looked up is ``registry.<FUNCTION NAME>_CAPTURABLE`` (one
+that reads them from device memory), else the generic code runs.
 """
 from __future__ import annotations
 
