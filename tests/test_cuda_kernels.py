@@ -98,7 +98,8 @@ def test_kernels_fit_their_largest_block(cp):
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
 @pytest.mark.parametrize("fn,extra", [
     (F.sigmoid_backward, ()), (F.tanh_backward, ()), (F.relu_backward, ()), (F.leaky_relu_backward, (0.2,)),
-    (F.elu_backward, (0.7,)), (F.selu_backward, ()),
+    (F.elu_backward, (0.7,)), (F.selu_backward, ()), (F.softplus_backward, ()), (F.softplus_backward, (0.5, 0.25)),
+    (F.mish_backward, ()),
 ], ids=lambda v: getattr(v, "__name__", None))
 def test_activation_backward(cp, fn, extra, dtype):
     rng = np.random.default_rng(0)
