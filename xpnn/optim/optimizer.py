@@ -20,28 +20,32 @@ __all__ = ["Optimizer", "ParamsLike"]
 class Optimizer:
     """Base class of xpnn's optimizers. ``param_groups[i]["lr"]`` etc. may change between steps (schedules).
 
-    A new optimizer is its update rule and its state, nothing else::
+    A new optimizer is its update rule and its state, nothing else. ``xpnn.optim.Adagrad``, less its docstring::
 
-        class Lion(Optimizer):
-            state_names = ("exp_avg",)                     # every array a state dict may hold for a parameter
+        class Adagrad(Optimizer):
+            state_names = ("sum",)               # every array a saved state entry may hold (besides "step")
 
-            def __init__(self, params, lr=1e-4, betas=(0.9, 0.99)):
-                super().__init__(params, dict(lr=lr, betas=betas))
+            def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
+                         eps=1e-10, *, maximize=False):
+                super().__init__(params, dict(lr=lr, lr_decay=lr_decay, ...))   # the defaults of every group
 
-            def _validate(self, group): ...               # ValueError naming the optimizer and the bad value
+            def _validate(self, group):          # ValueError naming the optimizer and the bad hyperparameter
+                check_non_negative("Adagrad", "learning rate", "lr", group["lr"]) ...
 
-            def _state(self, group):                       # the arrays a step with these hyperparameters keeps
-                return {"exp_avg": 0.0}                    # name -> initial value (made on first use)
+            def _state(self, group):             # the arrays a step with these hyperparameters keeps:
+                return {"sum": group["initial_accumulator_value"]}   # name -> initial value (made on first use)
 
             def _update(self, param, grad, state, group, *, step, lr, scratch, new):
-                lion_update(param, grad, state["exp_avg"], lr=lr, betas=group["betas"], scratch=scratch)
+                adagrad_update(param, grad, state["sum"], step=step, lr=lr, lr_decay=group["lr_decay"], ...,
+                               scratch=scratch)
 
     ``_update`` calls one function of ``xpnn.functional.updates`` on ``param`` in place: a model's whole flat
     buffer when a group is one (one kernel on CUDA), else one parameter. ``state``: the arrays ``_state`` declared,
-    like ``param``; ``new``: the names made for this step; ``step`` (counting this one) and ``lr`` are ints/floats,
-    or 0-d device arrays on capturable slots; ``scratch``: work arrays kept between steps. The base class does the
-    rest: layouts, float32 master copies of float16 parameters (an optional ``_update_mixed`` fuses cast, update and
-    cast back), device step and lr for CUDA graphs, state dicts (per parameter, PyTorch's layout), GradScaler.
+    like ``param``; ``new``: the names made for this step (SGD's first momentum step); ``step`` (counting this
+    one) and ``lr``: an int and the group's lr, or 0-d device arrays on capturable slots; ``scratch``: work arrays
+    kept between steps. The base class does the rest: layouts, float32 master copies of float16 parameters (an
+    optional ``_update_mixed`` fuses cast, update and cast back: Adam), device step and lr for CUDA graphs, state
+    dicts (per parameter, PyTorch's layout), the GradScaler hook.
     """
 
     state_names: tuple[str, ...] = ()
@@ -146,8 +150,8 @@ class Optimizer:
         parameter; a float16 parameter's state also holds its float32 master copy under ``"master_param"``."""
         state = {i: {"step": int(s.step), **{k: s.xp.asarray(v, copy=True) for k, v in s.saved().items()}}
                  for i, s in sorted(self._layout.all_per_param(self.param_groups).items())}
-        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [self._index[id(p)] for p in g["params"]]}
-                  for g in self.param_groups]
+        groups = [{**{k: v for k, v in g.items() if k != "params"},
+                   "params": [self._index[id(p)] for p in g["params"]]} for g in self.param_groups]
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -158,7 +162,7 @@ class Optimizer:
         layout = Layout(self._index, slots)
         for gi, group in enumerate(groups):  # flat groups' state back into the flat layout
             if flat_buffer_of(group["params"]) is not None:
-                layout.gather(gi, group["params"], f"{self._name}.load_state_dict", CheckpointError)
+                layout.gather(gi, group["params"], self._name, CheckpointError)
         self.param_groups, self._layout = groups, layout
 
     # --- CUDA graphs (xpnn.cuda) ----------------------------------------------------------------------------
