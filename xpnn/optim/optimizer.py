@@ -116,9 +116,10 @@ class Optimizer:
         """One update: counts the step, makes missing state, then writes ``w.data`` (directly or via its master)."""
         slot, group, state, master = w.slot, w.group, w.slot.arrays, w.slot.master
         step, lr = advance(slot, group["lr"], self.capturable, w.target)
-        new = tuple(k for k in self._state(group) if k not in state)
+        declared = self._state(group)
+        new = () if declared.keys() <= state.keys() else tuple(k for k in declared if k not in state)
         for k in new:
-            state[k] = slot.xp.full_like(w.target, self._state(group)[k])
+            state[k] = slot.xp.full_like(w.target, declared[k])
         if w.grad16 and lr is group["lr"]:  # host step and lr: one fused call (one kernel on CUDA)
             self._update_mixed(w.data, w.target, w.grad, master.grad32, state, group, step=step, lr=lr,
                                scratch=slot.scratch)
