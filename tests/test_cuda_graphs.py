@@ -63,8 +63,8 @@ class StandInRuntime:
     def _arrays(self):
         out = [p.data for p in self.model.parameters()] + [p.grad for p in self.model.parameters()]
         opt = self.optimizer
-        for slot in opt._layout.slots():
-            out += list(slot.saved().values()) + ([slot.device.step, slot.device.lr] if slot.device else [])
+        for slot in [*opt._layout.flat.values(), *opt._layout.per_param.values()]:
+            out += list(slot.saved().values()) + ([slot.device.step, slot.device.lr] if slot.device is not None else [])
         out += [entry[0] for entry in xpnn.debug._pending.values()]  # deferred label-check flags
         return [a for a in out if a is not None]
 

@@ -112,9 +112,6 @@ class Layout:
                     out.append((slot, p.data, p.grad, group))
         return out
 
-    def slots(self) -> list[Slot]:
-        return [*self.flat.values(), *self.per_param.values()]
-
     def all_per_param(self, groups: list[dict[str, Any]]) -> dict[int, Slot]:
         """Every parameter's state, flat slots split into per-parameter views (state dicts copy them)."""
         slots = dict(self.per_param)
