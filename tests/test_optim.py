@@ -394,7 +394,7 @@ class _Heavyball(xpnn.optim.Optimizer):
     def _state(self, group):
         return {"momentum_buffer": 0.0}
 
-    def _update(self, param, grad, state, group, *, step, lr, scratch, new):
+    def _update(self, param, grad, state, group, step, lr, scratch, new):
         xpnn.functional.updates.sgd_update(param, grad, state["momentum_buffer"], lr=lr, momentum=group["momentum"],
                                            first_step="momentum_buffer" in new, scratch=scratch)
 

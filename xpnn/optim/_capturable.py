@@ -12,8 +12,6 @@ from typing import Any, Optional
 
 from array_api_compat import device as _device
 
-from ..backend import is_numpy_namespace
-
 
 class DeviceCounts:
     """``step``: the step count as a 0-d device array; ``lr``: the learning rate as one; ``lr_host``: the value
@@ -39,7 +37,7 @@ def advance(slot: Any, lr: Any, capturable: Optional[bool], like: Any) -> tuple[
     on the device of ``like``). ``capturable``: ``None`` = capturable unless the namespace is NumPy; a slot that
     stops being capturable drops its device copies (a later switch back starts again from the host count)."""
     slot.step += 1
-    if not capturable and (capturable is not None or is_numpy_namespace(slot.xp)):
+    if not capturable and (capturable is not None or slot.on_numpy):
         slot.device = None
         return slot.step, lr
     counts = slot.device

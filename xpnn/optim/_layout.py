@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional
 
-from ..backend import get_backend, namespace_of
+from ..backend import get_backend, is_numpy_namespace, namespace_of
 from ..nn.parameter import flat_buffer_of
 from ._masters import MASTER, MasterCopy, keeps_master
 
@@ -14,14 +14,14 @@ from ._masters import MASTER, MasterCopy, keeps_master
 class Slot:
     """State of one updated array (one Parameter's values, or a whole flat buffer).
 
-    ``step``: the host step count; ``arrays``: the algorithm's state arrays, in the compute dtype ``dtype``
-    (float32 for float16 parameters); ``master``: the ``MasterCopy`` of a float16 parameter (else ``None``);
-    ``device``: the ``DeviceCounts`` of a capturable slot (else ``None``); ``scratch``: work arrays of the update
-    function; ``bound``: ``(data, namespace, half)`` of the last step, so a step on the same array skips
-    re-deriving them.
+    ``step``: the host step count; ``arrays``: the algorithm's state arrays, in the compute dtype ``dtype`` of
+    namespace ``xp`` (float32 for float16 parameters; ``on_numpy``: whether ``xp`` is NumPy); ``master``: the
+    ``MasterCopy`` of a float16 parameter (else ``None``); ``device``: the ``DeviceCounts`` of a capturable slot
+    (else ``None``); ``scratch``: work arrays of the update function; ``bound``: ``(data, namespace, half)`` of the
+    last step, so a step on the same array skips re-deriving them.
     """
 
-    __slots__ = ("step", "arrays", "master", "device", "scratch", "xp", "dtype", "bound")
+    __slots__ = ("step", "arrays", "master", "device", "scratch", "xp", "dtype", "on_numpy", "bound")
 
     def __init__(self, step: int = 0, xp: Any = None, dtype: Any = None):
         self.step = step
@@ -29,7 +29,7 @@ class Slot:
         self.master: Optional[MasterCopy] = None
         self.device: Any = None
         self.scratch: list = []
-        self.xp, self.dtype = xp, dtype
+        self.xp, self.dtype, self.on_numpy = xp, dtype, xp is not None and is_numpy_namespace(xp)
         self.bound: Optional[tuple] = None
 
     def saved(self) -> dict[str, Any]:
@@ -60,7 +60,7 @@ class Slot:
                 for k, v in list(self.saved().items()):
                     self.put(k, xp.astype(backend.asarray(v), dtype))
                 self.scratch = []
-            self.xp, self.dtype, self.device = xp, dtype, None
+            self.xp, self.dtype, self.on_numpy, self.device = xp, dtype, is_numpy_namespace(xp), None
         self.bound = (data, xp, half)
         return xp, half
 

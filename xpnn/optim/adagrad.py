@@ -41,7 +41,7 @@ class Adagrad(Optimizer):
     def _state(self, group: dict[str, Any]) -> dict[str, float]:
         return {"sum": group["initial_accumulator_value"]}
 
-    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], *, step: Any, lr: Any,
+    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], step: Any, lr: Any,
                 scratch: list, new: tuple[str, ...]) -> None:
         adagrad_update(param, grad, state["sum"], step=step, lr=lr, lr_decay=group["lr_decay"],
                        weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],

@@ -51,7 +51,7 @@ class Adam(Optimizer):
     def _state(self, group: dict[str, Any]) -> dict[str, float]:
         return _AMSGRAD if group["amsgrad"] else _MOMENTS
 
-    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], *, step: Any, lr: Any,
+    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], step: Any, lr: Any,
                 scratch: list, new: tuple[str, ...]) -> None:
         beta1, beta2 = group["betas"]
         adam_update(param, grad, state["exp_avg"], state["exp_avg_sq"],
@@ -61,7 +61,7 @@ class Adam(Optimizer):
                     maximize=group["maximize"], scratch=scratch)
 
     def _update_mixed(self, data: Any, master: Any, grad: Any, grad32: Any, state: dict[str, Any],
-                      group: dict[str, Any], *, step: int, lr: float, scratch: list) -> None:
+                      group: dict[str, Any], step: int, lr: float, scratch: list) -> None:
         beta1, beta2 = group["betas"]
         adam_update_mixed(data, master, grad, state["exp_avg"], state["exp_avg_sq"],
                           state["max_exp_avg_sq"] if group["amsgrad"] else None, step=step, lr=lr, beta1=beta1,

@@ -35,7 +35,7 @@ class Optimizer:
             def _state(self, group):             # the arrays a step with these hyperparameters keeps:
                 return {"sum": group["initial_accumulator_value"]}   # name -> initial value (made on first use)
 
-            def _update(self, param, grad, state, group, *, step, lr, scratch, new):
+            def _update(self, param, grad, state, group, step, lr, scratch, new):
                 adagrad_update(param, grad, state["sum"], step=step, lr=lr, lr_decay=group["lr_decay"], ...,
                                scratch=scratch)
 
@@ -85,15 +85,16 @@ class Optimizer:
         """The state arrays a step with ``group``'s hyperparameters keeps: name -> initial value (subclasses)."""
         return {}
 
-    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], *, step: Any, lr: Any,
+    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], step: Any, lr: Any,
                 scratch: list, new: tuple[str, ...]) -> None:
         raise NotImplementedError  # subclasses: see the class docstring
 
-    _update_mixed: Any = None  # optional (data16, master, grad16, grad32, state, group, *, step, lr, scratch)
+    _update_mixed: Any = None  # optional (data16, master, grad16, grad32, state, group, step, lr, scratch)
 
     def step(self) -> None:
         """Update every parameter from its ``.grad`` (one call over the flat buffer when the group is one)."""
-        work = [self._bind(*target) for target in self._layout.targets(self.param_groups)]
+        targets = self._layout.targets(self.param_groups)
+        work = [self._bind(slot, data, grad, group) for slot, data, grad, group in targets]
         hook = self._grad_hook
         if hook is not None and not hook([(w.slot.xp, w.grad) for w in work]):
             return  # e.g. GradScaler found inf/NaN in the gradients: skip this step (step counts unchanged)
@@ -121,11 +122,10 @@ class Optimizer:
         for k in new:
             state[k] = slot.xp.full_like(w.target, declared[k])
         if w.grad16 and lr is group["lr"]:  # host step and lr: one fused call (one kernel on CUDA)
-            self._update_mixed(w.data, w.target, w.grad, master.grad32, state, group, step=step, lr=lr,
-                               scratch=slot.scratch)
+            self._update_mixed(w.data, w.target, w.grad, master.grad32, state, group, step, lr, slot.scratch)
         else:  # float16 on capturable slots: cast the gradient, update the master, cast back
-            self._update(w.target, master.cast(w.grad) if w.grad16 else w.grad, state, group, step=step, lr=lr,
-                         scratch=slot.scratch, new=new)
+            self._update(w.target, master.cast(w.grad) if w.grad16 else w.grad, state, group, step, lr, slot.scratch,
+                         new)
             if master is not None:
                 copy_into(w.data, w.target)
         if master is not None:

@@ -44,7 +44,7 @@ class RMSprop(Optimizer):
     def _state(self, group: dict[str, Any]) -> dict[str, float]:
         return _STATES[bool(group["centered"]), group["momentum"] > 0]
 
-    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], *, step: Any, lr: Any,
+    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], step: Any, lr: Any,
                 scratch: list, new: tuple[str, ...]) -> None:
         rmsprop_update(param, grad, state["square_avg"], state["grad_avg"] if group["centered"] else None,
                        state["momentum_buffer"] if group["momentum"] > 0 else None, lr=lr, alpha=group["alpha"],

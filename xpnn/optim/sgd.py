@@ -45,7 +45,7 @@ class SGD(Optimizer):
     def _state(self, group: dict[str, Any]) -> dict[str, float]:
         return _MOMENTUM if group["momentum"] != 0 else {}
 
-    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], *, step: Any, lr: Any,
+    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], step: Any, lr: Any,
                 scratch: list, new: tuple[str, ...]) -> None:
         # a new buffer holds no history: the first step with momentum copies the gradient into it
         sgd_update(param, grad, state.get("momentum_buffer"), lr=lr, momentum=group["momentum"],
