@@ -18,7 +18,7 @@ class Slot:
     namespace ``xp`` (float32 for float16 parameters; ``on_numpy``: whether ``xp`` is NumPy); ``master``: the
     ``MasterCopy`` of a float16 parameter (else ``None``); ``device``: the ``DeviceCounts`` of a capturable slot
     (else ``None``); ``scratch``: work arrays of the update function; ``bound``: ``(data, namespace, half)`` of the
-    last step, so a step on the same array skips re-deriving them.
+    last step, so a step on the same array skips re-deriving them (``bind``).
     """
 
     __slots__ = ("step", "arrays", "master", "device", "scratch", "xp", "dtype", "on_numpy", "bound")
@@ -45,12 +45,10 @@ class Slot:
         else:
             self.arrays[name] = value
 
-    def bind(self, data: Any) -> tuple[Any, bool]:
-        """``(namespace, half)`` of ``data``, the array this slot updates; moves the state to that namespace and
-        dtype first when they changed (after ``model.to(...)``)."""
-        bound = self.bound
-        if bound is not None and bound[0] is data:  # the same array as last step
-            return bound[1], bound[2]
+    def bind(self, data: Any) -> tuple[Any, Any, bool]:
+        """Bind the slot to ``data``, the array it updates from now on (when ``bound[0]`` is not ``data``): returns
+        ``bound``, ``(data, namespace, half)``; moves the state to that namespace and dtype first when they changed
+        (after ``model.to(...)``)."""
         xp = namespace_of(data)  # (a gradient always has its parameter's namespace, shape and dtype)
         half = keeps_master(data.dtype)
         dtype = xp.float32 if half else data.dtype
@@ -62,7 +60,7 @@ class Slot:
                 self.scratch = []
             self.xp, self.dtype, self.on_numpy, self.device = xp, dtype, is_numpy_namespace(xp), None
         self.bound = (data, xp, half)
-        return xp, half
+        return self.bound
 
 
 class Work(NamedTuple):
@@ -93,7 +91,7 @@ class Layout:
         for gi, group in enumerate(groups):
             params = group["params"]
             flat = flat_buffer_of(params)
-            if flat is not None and all(p.requires_grad for p in params) and (
+            if flat is not None and all([p.requires_grad for p in params]) and (
                     not self.per_param or self.agree(params)):
                 if self.per_param:  # per-parameter state left from another layout: join it
                     self.gather(gi, params)

@@ -104,7 +104,10 @@ class Optimizer:
         self._steps_advanced += 1
 
     def _bind(self, slot: Slot, data: Any, grad: Any, group: dict[str, Any]) -> Work:
-        xp, half = slot.bind(data)
+        bound = slot.bound
+        if bound is None or bound[0] is not data:  # not the array of the last step
+            bound = slot.bind(data)
+        xp, half = bound[1], bound[2]
         if not half:
             slot.master = None
             return Work(slot, data, grad, data, group, False)
