@@ -424,3 +424,16 @@ def test_an_optimizer_is_its_state_and_update_rule(flat, dtype, capturable):
     for i in a:
         for k in list(a[i])[1:]:
             assert np.array_equal(a[i][k], b[i][k]), k
+
+
+def test_state_with_a_nonzero_initial_value_is_made_on_the_parameters_device():
+    # Adagrad's accumulator starts at initial_accumulator_value: it was once made on the default device, which
+    # array_api_strict refuses to combine with parameters on another one
+    d1 = array_api_strict.Device("device1")
+    p = Parameter(array_api_strict.asarray(np.ones(3, np.float32), device=d1))
+    opt = Adagrad([p], lr=0.1, initial_accumulator_value=1)
+    p.grad = array_api_strict.asarray(np.ones(3, np.float32), device=d1)
+    opt.step()
+    s = opt.state_dict()["state"][0]["sum"]
+    assert s.device == d1 and npy(s).tolist() == [2.0, 2.0, 2.0]
+    np.testing.assert_allclose(npy(p.data), 1 - 0.1 / np.sqrt(2), rtol=1e-6)
