@@ -104,6 +104,8 @@ class Optimizer:
         self._steps_advanced += 1
 
     def _bind(self, slot: Slot, data: Any, grad: Any, group: dict[str, Any]) -> Work:
+        """The work item of one update; float16 ``data``: its master copy, up to date, and the gradient cast to
+        float32 now unless one fused call (no hook) will read it as it is."""
         bound = slot.bound
         if bound is None or bound[0] is not data:  # not the array of the last step
             bound = slot.bind(data)
@@ -126,7 +128,7 @@ class Optimizer:
             state[k] = slot.xp.full_like(w.target, declared[k])
         if w.grad16 and lr is group["lr"]:  # host step and lr: one fused call (one kernel on CUDA)
             self._update_mixed(w.data, w.target, w.grad, master.grad32, state, group, step, lr, slot.scratch)
-        else:  # float16 on capturable slots: cast the gradient, update the master, cast back
+        else:  # the update rule on data or on the master (float16: then cast back into data)
             self._update(w.target, master.cast(w.grad) if w.grad16 else w.grad, state, group, step, lr, slot.scratch,
                          new)
             if master is not None:
