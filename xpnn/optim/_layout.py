@@ -21,11 +21,12 @@ class Slot:
     last step, so a step on the same array skips re-deriving them (``bind``).
     """
 
-    __slots__ = ("step", "arrays", "master", "device", "scratch", "xp", "dtype", "on_numpy", "bound")
+    __slots__ = ("step", "arrays", "declared", "master", "device", "scratch", "xp", "dtype", "on_numpy", "bound")
 
     def __init__(self, step: int = 0, xp: Any = None, dtype: Any = None):
         self.step = step
         self.arrays: dict[str, Any] = {}
+        self.declared: Any = None  # the state declaration whose arrays ``arrays`` holds (all of them)
         self.master: Optional[MasterCopy] = None
         self.device: Any = None
         self.scratch: list = []
@@ -72,6 +73,9 @@ class Work(NamedTuple):
     data: Any  # the parameter values (one Parameter's, or a whole flat buffer)
     group: dict
     grad16: bool  # the float16 gradient, left for one fused mixed-precision update to read
+
+
+make_work = tuple.__new__  # make_work(Work, (...)): a Work without the Python-level __new__ (once per update)
 
 
 class Layout:

@@ -11,7 +11,7 @@ from ..functional.updates import copy_into
 from ..nn.parameter import flat_buffer_of
 from ._capturable import advance
 from ._groups import ParamsLike, group_list, new_group, read_state_dict
-from ._layout import Layout, Slot, Work
+from ._layout import Layout, Slot, Work, make_work
 from ._masters import master_for
 
 __all__ = ["Optimizer", "ParamsLike"]
@@ -112,20 +112,22 @@ class Optimizer:
         xp, half = bound[1], bound[2]
         if not half:
             slot.master = None
-            return Work(slot, data, grad, data, group, False)
+            return make_work(Work, (slot, data, grad, data, group, False))
         master = master_for(slot, xp, data)
         if self._update_mixed is not None and self._grad_hook is None:
-            return Work(slot, master.array, grad, data, group, True)
-        return Work(slot, master.array, master.cast(grad), data, group, False)  # a hook sees the float32 copy
+            return make_work(Work, (slot, master.array, grad, data, group, True))
+        return make_work(Work, (slot, master.array, master.cast(grad), data, group, False))  # hooks see float32
 
     def _apply(self, w: Work) -> None:
         """One update: counts the step, makes missing state, then writes ``w.data`` (directly or via its master)."""
         slot, group, state, master = w.slot, w.group, w.slot.arrays, w.slot.master
         step, lr = advance(slot, group["lr"], self.capturable, w.target)
-        declared = self._state(group)
-        new = () if declared.keys() <= state.keys() else tuple(k for k in declared if k not in state)
-        for k in new:
-            state[k] = slot.xp.full_like(w.target, declared[k])
+        declared, new = self._state(group), ()
+        if declared is not slot.declared:  # (a declaration seen last step: its arrays exist)
+            new = tuple(k for k in declared if k not in state)
+            for k in new:
+                state[k] = slot.xp.full_like(w.target, declared[k])
+            slot.declared = declared
         if w.grad16 and lr is group["lr"]:  # host step and lr: one fused call (one kernel on CUDA)
             self._update_mixed(w.data, w.target, w.grad, master.grad32, state, group, step, lr, slot.scratch)
         else:  # the update rule on data or on the master (float16: then cast back into data)

@@ -43,7 +43,7 @@ class SGD(Optimizer):
                              f"(got momentum={group['momentum']!r}, dampening={group['dampening']!r})")
 
     def _state(self, group: dict[str, Any]) -> dict[str, float]:
-        return _MOMENTUM if group["momentum"] != 0 else {}
+        return _MOMENTUM if group["momentum"] != 0 else _NONE
 
     def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], step: Any, lr: Any,
                 scratch: list, new: tuple[str, ...]) -> None:
@@ -53,4 +53,4 @@ class SGD(Optimizer):
                    first_step="momentum_buffer" in new, maximize=group["maximize"], scratch=scratch)
 
 
-_MOMENTUM = {"momentum_buffer": 0.0}
+_MOMENTUM, _NONE = {"momentum_buffer": 0.0}, {}
