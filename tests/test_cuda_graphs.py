@@ -18,7 +18,6 @@ import xpnn.optim as optim
 from xpnn.amp import GradScaler
 from xpnn.cuda import make_graphed_step
 from xpnn.errors import CaptureError
-from xpnn.optim.optimizer import DEVICE_STEP
 from xpnn.train import fit
 
 ArrayType = type(array_api_strict.asarray(1.0))
@@ -64,8 +63,8 @@ class StandInRuntime:
     def _arrays(self):
         out = [p.data for p in self.model.parameters()] + [p.grad for p in self.model.parameters()]
         opt = self.optimizer
-        for slot in list(opt._flat_slots.values()) + list(opt._param_slots.values()):
-            out += list(slot.arrays().values()) + [slot.state.get(DEVICE_STEP), slot.lr_device]
+        for slot in [*opt._layout.flat.values(), *opt._layout.per_param.values()]:
+            out += list(slot.saved().values()) + ([slot.device.step, slot.device.lr] if slot.device is not None else [])
         out += [entry[0] for entry in xpnn.debug._pending.values()]  # deferred label-check flags
         return [a for a in out if a is not None]
 
@@ -179,11 +178,11 @@ def test_lr_schedule_reaches_the_replayed_step_through_the_device_lr(monkeypatch
     # warmup=1 would not do for SGD with momentum: its first step (buf = g) allocates less than later ones
     graphed = make_graphed_step(model, loss_fn, opt, x[0], y[0], warmup=2, runtime=rt)
     _wire_replay(rt, graphed, model, loss_fn, opt)
-    slot = opt._flat_slots[0]
-    lr_array = slot.lr_device
+    slot = opt._layout.flat[0]
+    lr_array = slot.device.lr
     opt.param_groups[0]["lr"] = 0.025
     graphed(x[1], y[1])
-    assert slot.lr_device is lr_array and float(lr_array) == np.float32(0.025)  # written in place, before replay
+    assert slot.device.lr is lr_array and float(lr_array) == np.float32(0.025)  # written in place, before replay
 
 
 def test_host_read_during_capture_names_the_op(monkeypatch):

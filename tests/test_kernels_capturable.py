@@ -11,7 +11,6 @@ from xpnn._cuda import make_provider, registry
 from xpnn.amp import unscale_and_check_
 from xpnn.functional import updates
 from xpnn.optim.lr_scheduler import StepLR
-from xpnn.optim.optimizer import DEVICE_STEP
 
 from shim import ShimLoader
 
@@ -204,11 +203,11 @@ def test_capturable_optimizer_trains_through_the_kernels_with_an_lr_schedule(mak
     generic, _, opt = train(True, use_shim=False)
     kernel, served, kopt = train(True, use_shim=True)
     assert op in served
-    plain_slot, slot, kslot = (o._flat_slots[0] for o in (plain_opt, opt, kopt))
-    assert plain_slot.lr_device is None and DEVICE_STEP not in plain_slot.state
+    plain_slot, slot, kslot = (o._layout.flat[0] for o in (plain_opt, opt, kopt))
+    assert plain_slot.device is None  # neither a device lr nor a device step count
     lr_last_step = opt.defaults["lr"] * 0.5**2  # steps 11-15 ran at lr0 / 4 (the schedule's last write is pending)
     for sl in (slot, kslot):
-        assert float(sl.state[DEVICE_STEP]) == 15 and sl.state["step"] == 15
-        assert float(sl.lr_device) == np.float32(lr_last_step)
+        assert float(sl.device.step) == 15 and sl.step == 15
+        assert float(sl.device.lr) == np.float32(lr_last_step)
     np.testing.assert_allclose(generic, plain, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(kernel, plain, rtol=1e-4, atol=1e-5)

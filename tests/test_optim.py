@@ -380,3 +380,87 @@ def test_trains_a_model_in_one_update_call_per_step(make):
         model.backward(loss_fn.backward())
         opt.step()
     assert loss < 0.5 * losses[0]
+
+
+class _Heavyball(xpnn.optim.Optimizer):
+    """An optimizer written by the recipe of ``Optimizer``'s docstring: its state and one update call, nothing else
+    (SGD's momentum update under another name, so SGD is the reference)."""
+
+    state_names = ("momentum_buffer",)
+
+    def __init__(self, params, lr=0.1, momentum=0.9):
+        super().__init__(params, dict(lr=lr, momentum=momentum))
+
+    def _state(self, group):
+        return {"momentum_buffer": 0.0}
+
+    def _update(self, param, grad, state, group, step, lr, scratch, new):
+        xpnn.functional.updates.sgd_update(param, grad, state["momentum_buffer"], lr=lr, momentum=group["momentum"],
+                                           first_step="momentum_buffer" in new, scratch=scratch)
+
+
+@pytest.mark.parametrize("capturable", [None, True], ids=["host", "capturable"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("flat", [True, False], ids=["flat", "per_param"])
+def test_an_optimizer_is_its_state_and_update_rule(flat, dtype, capturable):
+    # the base class gives it the layouts, float16 master copies, device step/lr and state dicts
+    values = [np.linspace(-1, 1, 6).reshape(2, 3), np.array([0.5, -0.25])]
+    mine, ref = make_params(values, flat=flat, dtype=dtype), make_params(values, flat=flat, dtype=dtype)
+    opt, oref = _Heavyball(mine, lr=0.05), SGD(ref, lr=0.05, momentum=0.9)
+    opt.capturable = oref.capturable = capturable
+    rng = np.random.default_rng(4)
+    for i in range(4):
+        if i == 2:  # a state-dict round trip in the middle
+            opt.load_state_dict(opt.state_dict())
+        for p, q in zip(mine, ref):
+            p.grad = rng.normal(size=p.shape).astype(dtype)
+            q.grad = p.grad.copy()
+        opt.step()
+        oref.step()
+    for p, q in zip(mine, ref):
+        assert np.array_equal(p.data, q.data)
+    a, b = opt.state_dict()["state"], oref.state_dict()["state"]
+    assert a.keys() == b.keys() and all(list(a[i]) == list(b[i]) and a[i]["step"] == 4 for i in a)
+    for i in a:
+        for k in list(a[i])[1:]:
+            assert np.array_equal(a[i][k], b[i][k]), k
+
+
+def test_state_with_a_nonzero_initial_value_is_made_on_the_parameters_device():
+    # Adagrad's accumulator starts at initial_accumulator_value: it was once made on the default device, which
+    # array_api_strict refuses to combine with parameters on another one
+    d1 = array_api_strict.Device("device1")
+    p = Parameter(array_api_strict.asarray(np.ones(3, np.float32), device=d1))
+    opt = Adagrad([p], lr=0.1, initial_accumulator_value=1)
+    p.grad = array_api_strict.asarray(np.ones(3, np.float32), device=d1)
+    opt.step()
+    s = opt.state_dict()["state"][0]["sum"]
+    assert s.device == d1 and npy(s).tolist() == [2.0, 2.0, 2.0]
+    np.testing.assert_allclose(npy(p.data), 1 - 0.1 / np.sqrt(2), rtol=1e-6)
+
+
+def test_numpy_scalar_hyperparameters_are_accepted_like_python_numbers(torch):
+    """``lr=np.float32(0.1)``, ``betas`` and ``weight_decay`` of NumPy scalars (what NumPy code computes; torch.optim
+    takes ``lr`` so) give the same steps as Python floats and as torch.optim; bools and arrays are still refused."""
+    w0 = np.array([1.0, -2.0, 3.0])
+    g = np.array([0.5, 0.25, -1.0])
+    results = []
+    for kw in (dict(lr=0.1, betas=(0.9, 0.99), weight_decay=0.01),
+               dict(lr=np.float32(0.1), betas=(np.float64(0.9), np.float32(0.99)), weight_decay=np.float64(0.01))):
+        p = Parameter(w0.copy())
+        opt = Adam([p], **kw)
+        for _ in range(3):
+            p.grad = g
+            opt.step()
+        results.append(p.data.copy())
+        tp = torch.tensor(w0.copy(), requires_grad=True)
+        topt = torch.optim.Adam([tp], lr=0.1, betas=(0.9, 0.99), weight_decay=0.01)  # (torch wants float betas)
+        for _ in range(3):
+            tp.grad = torch.tensor(g)
+            topt.step()
+        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-6)
+    SGD([Parameter(w0.copy())], lr=np.int64(1))
+    for bad in (True, np.bool_(True), np.array([0.1])):
+        with pytest.raises(ValueError, match="invalid learning rate"):
+            SGD([Parameter(w0.copy())], lr=bad)

@@ -147,3 +147,103 @@ def test_load_errors_are_clear_and_leave_the_optimizer_unchanged():
     # a flat buffer is updated as a whole: its parameters' states must agree
     bad(lambda sd: sd["state"]["0"].update(step=5), r"parameter group 0 is one flat buffer.*steps \[1, 5\]")
     bad(lambda sd: sd["state"].pop("1"), r"parameter group 0 is one flat buffer")
+
+
+# --- the saved layout: what checkpoints written by earlier versions hold --------------------------------------------
+
+# per optimizer: the arrays of a state entry after "step", in order, and the keys of a saved group, in order (float16
+# parameters' entries end with "master_param"). Checkpoints written before the optimizer base class was split into
+# helpers (layouts, master copies, capturable state) have exactly this layout, so it must not change.
+SAVED_LAYOUT = {
+    "SGD": (["momentum_buffer"], ["lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"]),
+    "Adagrad": (["sum"], ["lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize"]),
+    "RMSprop": (["square_avg", "grad_avg", "momentum_buffer"],
+                ["lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize"]),
+    "Adam": (["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+             ["lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay"]),
+    "AdamW": (["exp_avg", "exp_avg_sq"],
+              ["lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay"]),
+}
+LAYOUT_CONFIGS = {
+    "SGD": lambda ps: SGD(ps, lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01),
+    "Adagrad": lambda ps: Adagrad(ps, lr=0.1, lr_decay=0.01, initial_accumulator_value=0.5),
+    "RMSprop": lambda ps: RMSprop(ps, lr=0.01, momentum=0.5, centered=True),
+    "Adam": lambda ps: Adam(ps, lr=0.01, amsgrad=True),
+    "AdamW": lambda ps: AdamW(ps, lr=0.01),
+}
+
+
+def _three_steps(name, dtype, flat):
+    rng = np.random.default_rng(3)
+    ps = [Parameter(rng.normal(size=s).astype(dtype)) for s in ((3,), (2, 2))]
+    if flat:
+        assert FlatBuffer.pack(ps) is not None
+    opt = LAYOUT_CONFIGS[name](ps)
+    for _ in range(3):
+        for p in ps:
+            p.grad = rng.normal(size=p.shape).astype(dtype)
+        opt.step()
+    return ps, opt, rng
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["per-parameter", "flat"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("name", list(SAVED_LAYOUT))
+def test_saved_layout_is_the_one_earlier_checkpoints_have(name, dtype, flat):
+    arrays, group_keys = SAVED_LAYOUT[name]
+    ps, opt, _ = _three_steps(name, dtype, flat)
+    sd = opt.state_dict()
+    assert list(sd) == ["state", "param_groups"] and list(sd["state"]) == [0, 1]
+    for i, p in enumerate(ps):
+        entry = sd["state"][i]
+        assert list(entry) == ["step", *arrays, *(["master_param"] if dtype == np.float16 else [])]
+        assert type(entry["step"]) is int and entry["step"] == 3
+        for k in list(entry)[1:]:
+            assert entry[k].dtype == np.float32 and entry[k].shape == p.shape, k
+    assert [list(g) for g in sd["param_groups"]] == [group_keys + ["params"]]
+    assert sd["param_groups"][0]["params"] == [0, 1]
+
+
+# Adam(lr=0.01, amsgrad=True) on two float16 parameters in one flat buffer after three steps, as the optimizer code
+# before the split saved it (float32 values, written out exactly)
+OLD_ADAM_FLOAT16_STATE = {
+    0: {"step": 3, "exp_avg": [0.04088135063648224, -0.05077001824975014, 0.2619404196739197],
+        "exp_avg_sq": [0.0035547411534935236, 0.0011966999154537916, 0.011502813547849655],
+        "max_exp_avg_sq": [0.0035547411534935236, 0.0011966999154537916, 0.011502813547849655],
+        "master_param": [2.0583367347717285, -2.5345051288604736, 0.3955792784690857]},
+    1: {"step": 3, "exp_avg": [-0.021461183205246925, 0.11167383193969727, 0.15278881788253784, -0.07887506484985352],
+        "exp_avg_sq": [0.00014117301907390356, 0.0013321321457624435, 0.003865177044644952, 0.0005185254849493504],
+        "max_exp_avg_sq": [0.00014117301907390356, 0.0013321321457624435, 0.003865177044644952,
+                           0.0005185254849493504],
+        "master_param": [-0.5734228491783142, -0.4534870982170105, -0.20076796412467957, -1.9961081743240356]},
+}
+
+
+def test_an_earlier_checkpoint_loads_and_continues_identically():
+    ps, opt, rng = _three_steps("Adam", np.float16, flat=True)
+    sd = opt.state_dict()
+    for i, p in enumerate(ps):  # the same values as the earlier code saved, bit for bit
+        for k, v in OLD_ADAM_FLOAT16_STATE[i].items():
+            assert sd["state"][i][k] == v if k == "step" else sd["state"][i][k].ravel().tolist() == v, k
+    old = {"state": {i: {k: (v if k == "step" else np.asarray(v, np.float32).reshape(p.shape)) for k, v in e.items()}
+                     for (i, e), p in zip(OLD_ADAM_FLOAT16_STATE.items(), ps)},
+           "param_groups": [{"lr": 0.01, "betas": (0.9, 0.999), "eps": 1e-08, "weight_decay": 0.0, "amsgrad": True,
+                             "maximize": False, "decoupled_weight_decay": False, "params": [0, 1]}]}
+    twin = [Parameter(p.data.copy()) for p in ps]
+    assert FlatBuffer.pack(twin) is not None
+    opt_twin = Adam(twin, lr=0.5)
+    opt_twin.load_state_dict(old)
+    for _ in range(2):
+        for p, q in zip(ps, twin):
+            p.grad = rng.normal(size=p.shape).astype(np.float16)
+            q.grad = p.grad.copy()
+        opt.step()
+        opt_twin.step()
+    for p, q in zip(ps, twin):
+        assert np.array_equal(p.data, q.data)
+    a, b = opt.state_dict(), opt_twin.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for i in (0, 1):
+        assert list(a["state"][i]) == list(b["state"][i]) and a["state"][i]["step"] == 5
+        for k in list(a["state"][i])[1:]:
+            assert np.array_equal(a["state"][i][k], b["state"][i][k]), k

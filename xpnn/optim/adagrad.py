@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..functional.updates import adagrad_update
-from .optimizer import Optimizer, ParamsLike, check_non_negative
+from ._groups import check_non_negative
+from .optimizer import Optimizer, ParamsLike
 
 
 class Adagrad(Optimizer):
@@ -37,11 +38,11 @@ class Adagrad(Optimizer):
                            group["initial_accumulator_value"])
         check_non_negative("Adagrad", "epsilon value", "eps", group["eps"])
 
-    def _required_state(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("sum",)
+    def _state(self, group: dict[str, Any]) -> dict[str, float]:
+        return {"sum": group["initial_accumulator_value"]}
 
-    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], scratch: list) -> None:
-        state_sum = self._buffer(state, "sum", param, fill=group["initial_accumulator_value"])
-        adagrad_update(param, grad, state_sum, step=self._step_of(state), lr=group["lr"], lr_decay=group["lr_decay"],
+    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], step: Any, lr: Any,
+                scratch: list, new: tuple[str, ...]) -> None:
+        adagrad_update(param, grad, state["sum"], step=step, lr=lr, lr_decay=group["lr_decay"],
                        weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
                        scratch=scratch)

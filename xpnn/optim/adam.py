@@ -5,7 +5,8 @@ from typing import Any
 
 from ..functional.mixed_precision import adam_update_mixed
 from ..functional.updates import adam_update
-from .optimizer import Optimizer, ParamsLike, check_non_negative, check_unit_interval
+from ._groups import check_non_negative, check_unit_interval
+from .optimizer import Optimizer, ParamsLike
 
 
 class Adam(Optimizer):
@@ -23,6 +24,7 @@ class Adam(Optimizer):
 
     Epsilon is added after the bias correction of sqrt(v_t) (PyTorch; the paper's "eps-hat" variant differs).
     State per parameter: ``exp_avg`` (m), ``exp_avg_sq`` (v), ``max_exp_avg_sq`` (vmax, amsgrad) and ``step``.
+    float16 parameters take one fused call (``adam_update_mixed``) when the step count and lr are host numbers.
     """
 
     state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -46,29 +48,30 @@ class Adam(Optimizer):
         check_unit_interval(name, "beta parameter at index 0", "beta1", betas[0])
         check_unit_interval(name, "beta parameter at index 1", "beta2", betas[1])
 
-    def _required_state(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
+    def _state(self, group: dict[str, Any]) -> dict[str, float]:
+        return _AMSGRAD if group["amsgrad"] else _MOMENTS
 
-    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], scratch: list) -> None:
-        exp_avg = self._buffer(state, "exp_avg", param)
-        exp_avg_sq = self._buffer(state, "exp_avg_sq", param)
-        max_exp_avg_sq = self._buffer(state, "max_exp_avg_sq", param) if group["amsgrad"] else None
+    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], step: Any, lr: Any,
+                scratch: list, new: tuple[str, ...]) -> None:
         beta1, beta2 = group["betas"]
-        adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=self._step_of(state), lr=group["lr"],
-                    beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+        adam_update(param, grad, state["exp_avg"], state["exp_avg_sq"],
+                    state["max_exp_avg_sq"] if group["amsgrad"] else None, step=step, lr=lr, beta1=beta1,
+                    beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                     decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"],
                     maximize=group["maximize"], scratch=scratch)
 
     def _update_mixed(self, data: Any, master: Any, grad: Any, grad32: Any, state: dict[str, Any],
-                      group: dict[str, Any], scratch: list) -> None:
-        exp_avg = self._buffer(state, "exp_avg", master)
-        exp_avg_sq = self._buffer(state, "exp_avg_sq", master)
-        max_exp_avg_sq = self._buffer(state, "max_exp_avg_sq", master) if group["amsgrad"] else None
+                      group: dict[str, Any], step: int, lr: float, scratch: list) -> None:
         beta1, beta2 = group["betas"]
-        adam_update_mixed(data, master, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=state["step"],
-                          lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                          weight_decay=group["weight_decay"], decoupled_weight_decay=group["decoupled_weight_decay"],
-                          amsgrad=group["amsgrad"], maximize=group["maximize"], grad32=grad32, scratch=scratch)
+        adam_update_mixed(data, master, grad, state["exp_avg"], state["exp_avg_sq"],
+                          state["max_exp_avg_sq"] if group["amsgrad"] else None, step=step, lr=lr, beta1=beta1,
+                          beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                          decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"],
+                          maximize=group["maximize"], grad32=grad32, scratch=scratch)
+
+
+_MOMENTS = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+_AMSGRAD = {**_MOMENTS, "max_exp_avg_sq": 0.0}
 
 
 class AdamW(Adam):

@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..functional.updates import rmsprop_update
-from .optimizer import Optimizer, ParamsLike, check_non_negative, check_unit_interval
+from ._groups import check_non_negative, check_unit_interval
+from .optimizer import Optimizer, ParamsLike
 
 
 class RMSprop(Optimizer):
@@ -40,14 +41,17 @@ class RMSprop(Optimizer):
         check_non_negative("RMSprop", "weight_decay value", "weight_decay", group["weight_decay"])
         check_unit_interval("RMSprop", "alpha value", "alpha", group["alpha"], closed=True)
 
-    def _required_state(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return (("square_avg",) + (("grad_avg",) if group["centered"] else ())
-                + (("momentum_buffer",) if group["momentum"] > 0 else ()))
+    def _state(self, group: dict[str, Any]) -> dict[str, float]:
+        return _STATES[bool(group["centered"]), group["momentum"] > 0]
 
-    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], scratch: list) -> None:
-        square_avg = self._buffer(state, "square_avg", param)
-        grad_avg = self._buffer(state, "grad_avg", param) if group["centered"] else None
-        buf = self._buffer(state, "momentum_buffer", param) if group["momentum"] > 0 else None
-        rmsprop_update(param, grad, square_avg, grad_avg, buf, lr=group["lr"], alpha=group["alpha"],
+    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], step: Any, lr: Any,
+                scratch: list, new: tuple[str, ...]) -> None:
+        rmsprop_update(param, grad, state["square_avg"], state["grad_avg"] if group["centered"] else None,
+                       state["momentum_buffer"] if group["momentum"] > 0 else None, lr=lr, alpha=group["alpha"],
                        eps=group["eps"], weight_decay=group["weight_decay"], momentum=group["momentum"],
                        centered=group["centered"], maximize=group["maximize"], scratch=scratch)
+
+
+_STATES = {(centered, momentum): {"square_avg": 0.0, **({"grad_avg": 0.0} if centered else {}),
+                                  **({"momentum_buffer": 0.0} if momentum else {})}
+           for centered in (False, True) for momentum in (False, True)}

@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..functional.updates import sgd_update
-from .optimizer import Optimizer, ParamsLike, check_non_negative
+from ._groups import check_non_negative
+from .optimizer import Optimizer, ParamsLike
 
 
 class SGD(Optimizer):
@@ -41,14 +42,15 @@ class SGD(Optimizer):
             raise ValueError(f"SGD: Nesterov momentum requires a momentum and zero dampening "
                              f"(got momentum={group['momentum']!r}, dampening={group['dampening']!r})")
 
-    def _required_state(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("momentum_buffer",) if group["momentum"] != 0 else ()
+    def _state(self, group: dict[str, Any]) -> dict[str, float]:
+        return _MOMENTUM if group["momentum"] != 0 else _NONE
 
-    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], scratch: list) -> None:
-        buf, first = None, False
-        if group["momentum"] != 0:
-            first = "momentum_buffer" not in state
-            buf = self._buffer(state, "momentum_buffer", param)
-        sgd_update(param, grad, buf, lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
-                   nesterov=group["nesterov"], weight_decay=group["weight_decay"], first_step=first,
-                   maximize=group["maximize"], scratch=scratch)
+    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any], step: Any, lr: Any,
+                scratch: list, new: tuple[str, ...]) -> None:
+        # a new buffer holds no history: the first step with momentum copies the gradient into it
+        sgd_update(param, grad, state.get("momentum_buffer"), lr=lr, momentum=group["momentum"],
+                   dampening=group["dampening"], nesterov=group["nesterov"], weight_decay=group["weight_decay"],
+                   first_step="momentum_buffer" in new, maximize=group["maximize"], scratch=scratch)
+
+
+_MOMENTUM, _NONE = {"momentum_buffer": 0.0}, {}
