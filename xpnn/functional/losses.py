@@ -120,9 +120,15 @@ class CrossEntropy(Op):
     @staticmethod
     def forward(ctx: Context, logits: Any, target: Any, *, reduction: str, ignore_index: int,
                 label_smoothing: float) -> Any:  # (no defaults: cross_entropy passes every parameter)
-        xp, target, any_bad = _check_ce(logits, target, reduction, ignore_index, label_smoothing, "cross_entropy")
+        # plain NumPy, labels in range (checked), none ignored: the reference's operations without its masks
+        fast = ctx.needs_input_grad[0] and _numpy_small_call(logits, target, reduction, ignore_index, label_smoothing)
+        if not fast:
+            xp, target, any_bad = _check_ce(logits, target, reduction, ignore_index, label_smoothing, "cross_entropy")
         ctx.save_for_backward(logits)
         ctx.target, ctx.reduction, ctx.ignore_index, ctx.eps = target, reduction, ignore_index, label_smoothing
+        if fast:
+            loss, ctx.grad = _cross_entropy_numpy(logits, target, reduction)
+            return loss
         if ctx.needs_input_grad[0]:  # the fused pass: loss and gradient at once
             loss, ctx.grad = _with_grad(xp, logits, target, reduction, ignore_index, label_smoothing)
             return _poison(xp, loss, any_bad)
