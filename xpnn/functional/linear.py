@@ -46,7 +46,6 @@ class Linear(Op):
         """x (..., in), weight (out, in), bias (out,) or None -> (..., out)."""
         _check_linear(x, weight, bias)
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
         y = x @ weight.T
         if bias is not None:
             y += bias
