@@ -294,7 +294,9 @@ def _numpy_small_call(logits: Any, target: Any, reduction: str, ignore_index: in
             and not _debug_on() and numpy_direct("cross_entropy")):
         return False
     c = logits.shape[1]
-    return not 0 <= ignore_index < c and int(target.min()) >= 0 and int(target.max()) < c
+    # one pass for both bounds: viewed as unsigned, a negative label is above every class index
+    unsigned = target.view(target.dtype.str.replace("i", "u"))
+    return not 0 <= ignore_index < c and int(unsigned.max()) < c
 
 
 def _cross_entropy_numpy(logits: Any, target: Any, reduction: str) -> tuple[Any, Any]:
@@ -303,7 +305,7 @@ def _cross_entropy_numpy(logits: Any, target: Any, reduction: str) -> tuple[Any,
     and the masks of ignored rows (there are none)."""
     n = logits.shape[0]
     m = logits.max(axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m) | (m > 0), m, 0.0)  # as _shifted
+    m = np.where(m > -np.inf, m, 0.0)  # as _shifted: 0 for a row max of -inf or NaN
     e = logits - m
     rows = np.arange(n)
     z_t = e[rows, target]
