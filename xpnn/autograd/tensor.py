@@ -298,7 +298,7 @@ class Tensor:
         ``inputs``: a Tensor or a sequence of Tensors; accumulate into their ``.grad`` only (PyTorch's ``inputs=``;
         non-leaf Tensors included).
         """
-        if not self.requires_grad:
+        if not self._requires_grad:
             raise RuntimeError("backward: this Tensor does not require grad and has no grad_fn (no input of the ops "
                                "that made it requires grad, or it was made under xpnn.no_grad())")
         seed = _seed_grad(self, grad, "backward", create_graph)
@@ -810,7 +810,10 @@ def _seed_grad(out: Tensor, g: Any, where: str, create_graph: bool) -> Any:
             raise RuntimeError(f"{where}: grad can be implicitly created only for one-element outputs; this Tensor"
                                f"{made_by} has shape {out.shape}: pass grad= (e.g. ones of that shape), or reduce "
                                "it first (.sum() or .mean())")
-        return namespace_of(out._data).ones_like(out._data)
+        d = out._data
+        if type(d) is np.ndarray or isinstance(d, np.generic):  # (what the namespace's ones_like returns, faster)
+            return np.ones_like(d)
+        return namespace_of(d).ones_like(d)
     gd = g._data if isinstance(g, Tensor) else g
     if not hasattr(gd, "shape"):
         raise TypeError(f"{where}: grad must be an array or Tensor, got {type(g).__name__}")
