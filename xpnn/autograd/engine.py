@@ -153,7 +153,7 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                     # the usual call (one output, arrays, no override): _call_backward's steps that apply
                     ctx.needs_input_grad = edges
                     in_grads = op.backward(ctx, grads[0])
-                    if type(in_grads) is not tuple:
+                    if not isinstance(in_grads, tuple):
                         in_grads = (in_grads,)
                     if len(in_grads) != len(edges):
                         raise RuntimeError(f"{op.name}: backward returned {len(in_grads)} gradients for "
