@@ -296,7 +296,7 @@ def _numpy_small_call(logits: Any, target: Any, reduction: str, ignore_index: in
     c = logits.shape[1]
     # one pass for both bounds: viewed as unsigned, a negative label is above every class index
     unsigned = target.view(target.dtype.str.replace("i", "u"))
-    return not 0 <= ignore_index < c and int(unsigned.max()) < c
+    return not 0 <= ignore_index < c and int(np.maximum.reduce(unsigned, axis=None)) < c
 
 
 def _cross_entropy_numpy(logits: Any, target: Any, reduction: str) -> tuple[Any, Any]:
@@ -304,21 +304,21 @@ def _cross_entropy_numpy(logits: Any, target: Any, reduction: str) -> tuple[Any,
     operations in the same order (so the same values, tests/test_small_calls.py), without the namespace wrappers
     and the masks of ignored rows (there are none)."""
     n = logits.shape[0]
-    m = logits.max(axis=-1, keepdims=True)
+    m = np.maximum.reduce(logits, axis=-1, keepdims=True)  # (ndarray.max without its Python wrapper)
     m = np.where(m > -np.inf, m, 0.0)  # as _shifted: 0 for a row max of -inf or NaN
     e = logits - m
     rows = np.arange(n)
     z_t = e[rows, target]
     np.exp(e, out=e)
-    s = e.sum(axis=-1)
+    s = np.add.reduce(e, axis=-1)
     per = np.log(s) - z_t
     one = logits.dtype.type(1.0)
     if reduction == "mean":
         scale = one / logits.dtype.type(n)
-        loss = per.sum() / logits.dtype.type(n)
+        loss = np.add.reduce(per, axis=None) / logits.dtype.type(n)
     else:
         scale = one
-        loss = per.sum() if reduction == "sum" else per
+        loss = np.add.reduce(per, axis=None) if reduction == "sum" else per
     e *= (scale / s)[:, None]
     e[rows, target] -= scale
     return loss, e
