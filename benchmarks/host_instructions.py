@@ -15,12 +15,15 @@ Times (thread CPU time, ``time.thread_time``, per block of ``--steps`` steps; mi
 
     python benchmarks/host_instructions.py --time --blocks 200 --steps 20 --impls xpnn-numpy-tape torch-cpu
 
-Several ``--impls`` take turns block by block (PyTorch runs with one thread); the ratios of each to the last are
+After the warm-up the objects made so far are frozen (``gc.freeze``), so that a full collection's cost does not
+fall into one of the two runs at random (it moved the per-step figure by ~10% without it); ``--instructions``
+runs both with ``PYTHONHASHSEED=0``. Several ``--impls`` take turns block by block (PyTorch runs with one thread); the ratios of each to the last are
 printed. Point PYTHONPATH at another tree to measure it with the same script.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import statistics
@@ -40,7 +43,9 @@ def build(impl: str):  # noqa: ANN201
     r = make_runner("tiny_step", "batch8", impl)
     for _ in range(20):  # warm-up: optimizer state, caches, first-touch pages
         r.fn()
-    return r
+    gc.collect()
+    gc.freeze()  # (the objects made so far are never scanned again: a full collection's cost does not land in the
+    return r     # timed steps at random; the collections of what the steps make still do)
 
 
 def count(impl: str, steps: int) -> int:
@@ -48,7 +53,8 @@ def count(impl: str, steps: int) -> int:
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "cg.out")
         subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
-                        "--impls", impl, "--steps", str(steps)], check=True, capture_output=True)
+                        "--impls", impl, "--steps", str(steps)], check=True, capture_output=True,
+                       env={**os.environ, "PYTHONHASHSEED": "0"})  # (the same dict layouts in both runs)
         text = subprocess.run(["callgrind_annotate", out], check=True, capture_output=True, text=True).stdout
     m = re.search(r"([\d,]+)\s+(?:\(100\.0%\)\s+)?PROGRAM TOTALS", text)
     assert m is not None, text[:2000]

@@ -14,6 +14,12 @@ __device__ __forceinline__ float xpnn_exp(float x) { return expf(x); }
 __device__ __forceinline__ double xpnn_exp(double x) { return exp(x); }
 __device__ __forceinline__ float xpnn_log(float x) { return logf(x); }
 __device__ __forceinline__ double xpnn_log(double x) { return log(x); }
+__device__ __forceinline__ float xpnn_log1p(float x) { return log1pf(x); }
+__device__ __forceinline__ double xpnn_log1p(double x) { return log1p(x); }
+__device__ __forceinline__ float xpnn_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double xpnn_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float xpnn_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ double xpnn_abs(double x) { return fabs(x); }
 __device__ __forceinline__ float xpnn_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double xpnn_sqrt(double x) { return sqrt(x); }
 __device__ __forceinline__ float xpnn_max(float a, float b) { return fmaxf(a, b); }

@@ -40,4 +40,27 @@ __device__ __forceinline__ A xpnn_selu_backward(A x, A dy) {
     return x <= A(0) ? dy * (A(XPNN_SELU_SCALE_ALPHA) * xpnn_exp(x)) : dy * A(XPNN_SELU_SCALE);
 }
 
+// sigmoid(z) without overflow: e = exp(-|z|) <= 1, then 1 / (1 + e) for z >= 0 and e / (1 + e) below
+template <typename A>
+__device__ __forceinline__ A xpnn_stable_sigmoid(A z) {
+    const A e = xpnn_exp(-xpnn_abs(z));
+    return z >= A(0) ? A(1) / (A(1) + e) : e / (A(1) + e);
+}
+
+// y = softplus(x) = log1p(exp(beta * x)) / beta, x where beta * x > threshold (torch.nn.functional.softplus):
+// dx = dy * sigmoid(beta * x), dy where beta * x > threshold (PyTorch's softplus_backward)
+template <typename A>
+__device__ __forceinline__ A xpnn_softplus_backward(A x, A dy, A beta, A threshold) {
+    const A z = x * beta;
+    return z > threshold ? dy : dy * xpnn_stable_sigmoid(z);
+}
+
+// y = mish(x) = x * tanh(softplus(x)) (Misra 2019): dx = dy * (t + x * (1 - t^2) * sigmoid(x)), t = tanh(softplus(x)),
+// softplus(x) = log1p(exp(-|x|)) + max(x, 0) (never overflows)
+template <typename A>
+__device__ __forceinline__ A xpnn_mish_backward(A x, A dy) {
+    const A t = xpnn_tanh(xpnn_log1p(xpnn_exp(-xpnn_abs(x))) + (x > A(0) ? x : A(0)));
+    return dy * (t + x * (A(1) - t * t) * xpnn_stable_sigmoid(x));
+}
+
 #endif  // XPNN_ACTIVATION_BACKWARD_CUH

@@ -3,7 +3,7 @@
     python scripts/mutation_score.py              # one table: module, mutants, string-only, killed, rate
     python scripts/mutation_score.py --survivors  # also list the surviving non-string mutants (see `mutmut show NAME`)
     python scripts/mutation_score.py --pending    # names of the non-string mutants not run yet (for `mutmut run`)
-    python scripts/mutation_score.py --recheck tests/test_gaps_io.py --module "xpnn.io*"
+    python scripts/mutation_score.py --recheck tests/test_io_files.py --module "xpnn.io*"
                                                   # run the mutants not killed yet against these test files only
 
 A mutant is *string-only* when its function differs from the original only inside string literals (error messages,

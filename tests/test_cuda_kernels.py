@@ -98,7 +98,8 @@ def test_kernels_fit_their_largest_block(cp):
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
 @pytest.mark.parametrize("fn,extra", [
     (F.sigmoid_backward, ()), (F.tanh_backward, ()), (F.relu_backward, ()), (F.leaky_relu_backward, (0.2,)),
-    (F.elu_backward, (0.7,)), (F.selu_backward, ()),
+    (F.elu_backward, (0.7,)), (F.selu_backward, ()), (F.softplus_backward, ()), (F.softplus_backward, (0.5, 0.25)),
+    (F.mish_backward, ()),
 ], ids=lambda v: getattr(v, "__name__", None))
 def test_activation_backward(cp, fn, extra, dtype):
     rng = np.random.default_rng(0)
@@ -259,7 +260,7 @@ def test_cuda_model_trains_through_the_kernels(cp, dtype):
     np.testing.assert_allclose(got, want, rtol=1e-3 if dtype == "float32" else 3e-2, atol=1e-3)
 
 
-# ---- issue 10: +inf rows, NaN semantics, alignment, mixed precision, scratch -------------------------------------
+# ---- +inf rows, NaN semantics, alignment, mixed precision, scratch -------------------------------------
 
 def _special_rows(cp, width, dtype):
     """Rows: finite; one +inf; two +inf; +inf and NaN; NaN; -inf but one +inf; finite."""

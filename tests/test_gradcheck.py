@@ -39,6 +39,7 @@ def randn(*shape, seed=1, scale=1.0):
 ACTIVATIONS = [
     nn.Sigmoid, nn.Tanh, nn.ReLU, lambda: nn.LeakyReLU(0.1), lambda: nn.ELU(0.7), nn.SELU, nn.Softmax,
     lambda: nn.Softmax(axis=0), lambda: nn.PReLU(dtype="float64"), lambda: nn.PReLU(5, init=0.1, dtype="float64"),
+    nn.Softplus, lambda: nn.Softplus(0.5, 0.25), nn.Mish,
 ]
 
 

@@ -5,6 +5,7 @@ import array_api_strict
 import numpy as np
 import pytest
 
+import xpnn
 import xpnn.init as init
 import xpnn.nn as nn
 from xpnn.backend import to_numpy
@@ -89,3 +90,21 @@ def test_linear_default_init_equals_kaiming_uniform_sqrt5():
     b = rng.uniform(-1 / math.sqrt(30), 1 / math.sqrt(30), size=20)
     np.testing.assert_array_equal(lin.weight.data, w)
     np.testing.assert_array_equal(lin.bias.data, b)
+
+
+def test_init_writes_into_a_tensor_and_bumps_its_version(torch):
+    """``xpnn.init`` on a plain Tensor (as ``torch.nn.init`` on any tensor) writes in place and counts as an in-place
+    write: a backward through an op that saved the old values raises."""
+    w = xpnn.tensor(np.ones((2, 3)), requires_grad=True)
+    y = (w ** 2).sum()  # saves w
+    with xpnn.no_grad():
+        init.zeros(w)
+    assert float(np.abs(w.numpy()).sum()) == 0.0 and w._version == 1
+    tw = torch.ones((2, 3), dtype=torch.float64, requires_grad=True)
+    ty = (tw ** 2).sum()
+    with torch.no_grad():
+        torch.nn.init.zeros_(tw)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        ty.backward()
+    with pytest.raises(xpnn.InplaceModifiedError):
+        y.backward()

@@ -1,4 +1,4 @@
-"""Faults found in the review of the kernels (issue 10), each checked on the CPU shim against the reference, and the
+"""Faults found in a review of the kernels, each checked on the CPU shim against the reference, and the
 semantics the reference and the kernels share checked against PyTorch where it is installed.
 
 1. rows containing +inf: logsumexp = +inf, softmax/log_softmax/cross-entropy NaN over the row (the online

@@ -66,7 +66,7 @@ def test_shim_build_is_warning_free():
 
 def test_non_cooperative_kernel_that_synchronises_is_an_error(forward_loader):
     row = registry.RAW_BY_NAME["softmax"]
-    wrong = registry.RawKernel(row.name, row.source, row.entry, row.dtypes, cooperative=False, launch=row.launch)
+    wrong = registry.RawKernel(row.name, row.source, row.entry, row.dtypes, cooperative=False)
     x = np.ones((2, 40), np.float32)
     with pytest.raises(RuntimeError, match="non-cooperative"):
         forward_loader.raw(wrong, "float32").launch(2, 32, (x, np.empty_like(x), np.int64(2), np.int64(40),
@@ -165,16 +165,16 @@ def test_cross_entropy_narrow_rows_with_fewer_lanes(width):
 
 
 def test_launch_table_comes_from_the_registry():
-    """launch.OPS holds exactly the registry's ops, each served by the function its row names."""
-    assert set(launch.OPS) == set(registry.ops())
-    import importlib
+    """providers.LAUNCHERS has a launch function for exactly the registry's ops (helpers excluded), each row a module
+    constant of the registry; every elementwise row is served by the one generated launcher bound to it."""
+    from xpnn._cuda import providers
 
-    for op, name in registry.launchers().items():
-        module, _, attr = name.rpartition(".")
-        owner = importlib.import_module(f"xpnn._cuda.{module}") if module else launch
-        assert launch.OPS[op] is getattr(owner, attr) and attr
-    with pytest.raises(ValueError, match="must name its launch function"):
-        registry.RawKernel("new_op", "optimizers.cu", "new_op<{T}>", ("float32",))
+    assert {row.name for row in providers.LAUNCHERS} == set(registry.ops())
+    assert all(getattr(registry, row.name.upper()) is row for row in registry.RAW + registry.ELEMENTWISE)
+    assert providers.LAUNCHERS[registry.SOFTMAX] is launch.softmax
+    for row in registry.ELEMENTWISE:
+        fn = providers.LAUNCHERS[row]
+        assert fn.func is launch.elementwise and fn.args == (row,)
 
 
 def test_row_launch_choice():
@@ -212,6 +212,8 @@ def test_every_kernel_declares_its_launch_bounds(forward_loader):
 ACTIVATIONS = [
     (F.sigmoid_backward, "y", ()), (F.tanh_backward, "y", ()), (F.relu_backward, "x", ()),
     (F.leaky_relu_backward, "x", (0.2,)), (F.elu_backward, "x", (0.7,)), (F.selu_backward, "x", ()),
+    # inputs whose NaN gives NaN (PyTorch's softplus/mish backwards too)
+    (F.softplus_backward, "x_nan", ()), (F.softplus_backward, "x_nan", (0.5, 3.0)), (F.mish_backward, "x_nan", ()),
 ]
 
 
@@ -221,9 +223,10 @@ def test_activation_backward(forward_loader, fn, saved, extra, dtype):
     rng = np.random.default_rng(1)
     if saved == "y":  # outputs of sigmoid/tanh
         s = (rng.uniform(-1, 1, (33, 17)) if fn is F.tanh_backward else rng.uniform(0, 1, (33, 17)))
-    else:  # inputs, including extremes, exact zeros and a NaN (PyTorch: a NaN input passes a finite gradient)
+    else:  # inputs, including extremes, exact zeros, both sides of softplus's threshold (20 and 3 / 0.5 = 6) and
+        # a NaN (PyTorch: a NaN input passes a finite gradient, except through softplus and mish)
         s = rng.standard_normal((33, 17)) * 3
-        s[0, :7] = [1e4, -1e4, 0.0, -0.0, 80.0, -80.0, np.nan]
+        s[0, :11] = [1e4, -1e4, 0.0, -0.0, 80.0, -80.0, np.nan, 20.0, 20.001, 6.0, 6.001]
     dy = rng.standard_normal((33, 17))
     s, dy = s.astype(dtype), dy.astype(dtype)
     want = reference(fn, s, dy, *extra)
@@ -231,6 +234,8 @@ def test_activation_backward(forward_loader, fn, saved, extra, dtype):
     assert got.dtype == want.dtype and got.shape == want.shape
     if saved == "x":
         assert np.isfinite(got[0, 6]) and np.isfinite(want[0, 6])
+    elif saved == "x_nan":
+        assert np.isnan(got[0, 6]) and np.isnan(want[0, 6])
     tol = dict(rtol=5e-3, atol=5e-3) if dtype == "float16" else TOL[dtype]  # the kernel computes half in float
     np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), **tol)
 

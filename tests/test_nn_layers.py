@@ -369,3 +369,35 @@ def test_linear_on_a_column_vector_says_transpose():
         m(np.ones(64))
     with pytest.raises(ShapeError, match=r"expected input of shape \(N, 64\), got \(64, 1\); .*pass x.T"):
         m(xpnn.tensor(np.ones((64, 1))))
+
+
+def test_the_core_does_not_import_the_explicit_api():
+    """``Module`` on Tensors, autograd and functional never import ``xpnn.nn.explicit`` (the explicit API is a layer
+    on top: ``Module`` reaches it through one lazily set reference, inside a function)."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(xpnn.__file__).parent
+    core = [root / "nn" / "module.py", *sorted((root / "autograd").glob("*.py")),
+            *sorted((root / "functional").glob("*.py"))]
+    for path in core:
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # top-level statements only
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{a.name}" if node.module else a.name for a in node.names] + [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            assert not any(n.split(".")[-1] == "explicit" for n in names), f"{path.name} imports the explicit API"
+
+
+def test_explicit_api_runs_and_tape_call_does_not_use_it():
+    """A call on Tensors runs ``forward`` and leaves nothing for the explicit ``backward``; a call on arrays keeps it."""
+    m = nn.Linear(3, 2, dtype="float64", seed=0)
+    y = m(xpnn.tensor(np.ones((4, 3))))
+    assert isinstance(y, xpnn.Tensor) and "_last_call" not in m.__dict__
+    with pytest.raises(RuntimeError, match="before forward"):
+        m.backward(np.ones((4, 2)))
+    out = m(np.ones((4, 3)))
+    assert type(out) is np.ndarray
+    np.testing.assert_allclose(m.backward(np.ones((4, 2))), np.ones((4, 2)) @ m.weight.data)

@@ -1,4 +1,4 @@
-"""A training step makes no device-to-host read on a non-NumPy namespace (issue 13, part 1).
+"""A training step makes no device-to-host read on a non-NumPy namespace.
 
 ``array_api_strict``'s Array is patched so that ``__bool__``, ``__float__``, ``__int__``, ``__index__``, ``item`` and
 ``tolist`` count their calls; a step (forward, loss, backward, optimizer step) must make none. Label-range checks

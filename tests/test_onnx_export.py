@@ -94,6 +94,7 @@ def _dense_model():
     return nn.Sequential(
         nn.Linear(8, 16, seed=0), _with_stats(nn.BatchNorm1d(16), 1), nn.Sigmoid(), nn.Dropout(0.3, seed=0),
         nn.Linear(16, 16, seed=1), nn.Tanh(), nn.LeakyReLU(0.1), nn.ELU(0.7), nn.SELU(), nn.PReLU(16, init=0.2),
+        nn.Softplus(2.0, 0.5), nn.Mish(),
         nn.Residual(nn.Sequential(nn.Linear(16, 16, seed=2), nn.ReLU())),
         nn.DropConnect(16, 12, p=0.3, seed=3), nn.Maxout(12, 6, pieces=3, seed=4), nn.PReLU(),
         nn.BatchNorm1d(6, affine=False, track_running_stats=False), nn.Softmax(axis=1))
@@ -209,6 +210,20 @@ def test_other_opsets(opset, tmp_path):
                           nn.Softmax(axis=1))
     proto = _export_and_compare(ort, model, (8,), tmp_path, opset_version=opset)
     assert proto.opset_import[0].version == opset
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_softplus_and_mish_lowerings(opset, dtype, tmp_path):
+    """Softplus with beta and threshold (Mul/Softplus/Div/Where) and with the defaults (ONNX's Softplus alone below
+    the threshold), Mish as ONNX's Mish from opset 18 and as x * tanh(softplus(x)) before; float16 in float32."""
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    model = nn.Sequential(nn.Linear(8, 8, seed=0, dtype=dtype), nn.Softplus(), nn.Linear(8, 8, seed=1, dtype=dtype),
+                          nn.Softplus(0.5, 0.25), nn.Mish())
+    proto = _export_and_compare(ort, model, (8,), tmp_path, dtype=np.dtype(dtype), opset_version=opset,
+                                atol=2e-3 if dtype == "float16" else 1e-5)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("Softplus") == (2 if opset >= 18 else 3) and ("Mish" in ops) == (opset >= 18)
 
 
 def test_a_model_on_array_api_strict_exports_the_same_graph(tmp_path):

@@ -1,7 +1,9 @@
 """Kernel overrides: the one place where a fused kernel may replace the array-API reference code.
 
-A function in ``xpnn.functional`` asks ``lookup(op, xp, dtype)``; it gets a callable with the same signature as
-the reference (arguments already validated) or ``None``, and then runs the generic code. By default kernels are
+A function in ``xpnn.functional`` asks ``lookup(row, xp, dtype)`` with the kernel's row of ``xpnn._cuda.registry``
+(``registry.ADAM_UPDATE``; an ``xpnn.autograd.Op`` names its row in ``kernel``); it gets a callable with the same
+signature as the reference (arguments already validated) or ``None``, and then runs the generic code. A provider
+is asked by the row's name: ``provider(name, xp, dtype)``. By default kernels are
 found only for CuPy namespaces, from ``xpnn._cuda`` (imported lazily: importing xpnn never touches the GPU).
 Tests install another provider (the CPU shim) with ``use_provider`` to run the same launch code without a GPU.
 """
@@ -51,8 +53,9 @@ def use_provider(provider: Optional[Provider]) -> Iterator[None]:
         _provider[0] = old
 
 
-def lookup(op: str, xp: Any, dtype: Any) -> Optional[Callable[..., Any]]:
-    """The fused kernel for ``op`` on arrays of namespace ``xp`` and ``dtype``, or ``None`` for the generic path."""
+def lookup(op: Any, xp: Any, dtype: Any) -> Optional[Callable[..., Any]]:
+    """The fused kernel for ``op`` (a registry row, or a kernel name) on arrays of namespace ``xp`` and ``dtype``,
+    or ``None`` for the generic path."""
     if not _enabled[0]:
         return None
     provider = _provider[0]
@@ -63,4 +66,4 @@ def lookup(op: str, xp: Any, dtype: Any) -> Optional[Callable[..., Any]]:
             from ._cuda import provider  # type: ignore[attr-defined,no-redef]
         except ImportError:
             return None
-    return provider(op, xp, dtype)
+    return provider(op if type(op) is str else op.name, xp, dtype)

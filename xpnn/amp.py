@@ -31,6 +31,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from . import _dispatch
+from ._cuda import registry
 from .backend import dtype_name, is_numpy_namespace, namespace_of
 from .debug import no_host_read_while_capturing
 from .functional._inplace import InPlace
@@ -49,7 +50,7 @@ def unscale_and_check_(grad: Any, inv_scale: Any, found_inf: Any) -> None:
     (PyTorch: ``torch._amp_foreach_non_finite_check_and_unscale_``.)
     """
     xp = namespace_of(grad, inv_scale, found_inf, where="unscale_and_check_")
-    kernel = _dispatch.lookup("amp_unscale_check", xp, grad.dtype)
+    kernel = _dispatch.lookup(registry.AMP_UNSCALE_CHECK, xp, grad.dtype)
     if kernel is not None and kernel(grad, inv_scale, found_inf) is not NotImplemented:
         return
     bad = xp.logical_not(xp.all(xp.isfinite(grad)))

@@ -31,7 +31,7 @@ from .backend import backend_of, dtype_name, is_cupy_namespace, namespace_of
 from .debug import capturing, get_debug
 from .errors import CaptureError
 from .functional.updates import copy_into
-from .nn.module import call_backward
+from .nn.explicit import call_backward
 
 __all__ = ["make_graphed_step", "GraphedStep", "GraphBuilder", "GraphRuntime", "CupyGraphRuntime"]
 

@@ -12,10 +12,10 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .random import generator
-
+from .autograd.tensor import Tensor, bump_versions
 from .backend import dtype_name, get_backend, namespace_of
 from .errors import ShapeError
+from .random import generator
 
 __all__ = [
     "calculate_gain",
@@ -60,10 +60,8 @@ def calculate_gain(nonlinearity: str, param: Optional[float] = None) -> float:
 
 
 def _target(tensor: Any) -> Any:
-    """The array to write into (a Parameter's ``.data`` view, or the array itself)."""
-    from .nn.parameter import Parameter  # local: nn imports init
-
-    return tensor.data if isinstance(tensor, Parameter) else tensor
+    """The array to write into (a Tensor's or Parameter's ``.data``, or the array itself)."""
+    return tensor.data if isinstance(tensor, Tensor) else tensor
 
 
 def calculate_fan_in_and_fan_out(tensor: Any) -> tuple[int, int]:
@@ -94,7 +92,7 @@ def _write(tensor: Any, values: np.ndarray) -> Any:
         xp = namespace_of(target, where="init")
         target[...] = get_backend(xp).asarray(values, dtype=dtype_name(target.dtype))
     if target is not tensor:
-        tensor.mark_changed()  # a Parameter: optimizers re-read it
+        bump_versions((tensor,))  # a Tensor or Parameter: an in-place write (optimizers re-read it)
     return tensor
 
 

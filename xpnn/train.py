@@ -16,12 +16,12 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from .autograd.grad_mode import no_grad
-from .autograd.tensor import tensor
+from .autograd.tensor import Tensor, tensor
 from .backend import Backend, backend_of, get_backend, to_numpy
 from .data.batching import SeedLike, as_generator, batches
 from .debug import check_device_errors
 from .errors import NonFiniteError
-from .nn.module import call_backward
+from .nn.explicit import call_backward
 
 __all__ = ["fit", "evaluate", "predict", "History", "Callback", "EarlyStopping"]
 
@@ -336,7 +336,8 @@ def _fmt(logs: dict[str, float]) -> str:
 
 def _tape_ready(model: Any, loss_fn: Any) -> bool:
     """Whether ``fit`` can train with ``loss.backward()`` (autograd): xpnn modules all the way down. A module or a
-    loss whose ``backward`` is written by hand keeps the explicit protocol."""
+    loss whose ``backward`` is written by hand keeps the explicit protocol: its parameters get their gradients
+    outside the tape, and ``DistributedDataParallel`` reduces those only at the end of its explicit ``backward``."""
     from .nn.module import Module
 
     if not isinstance(model, Module) or not isinstance(loss_fn, Module):
@@ -366,8 +367,9 @@ def evaluate(model: Any, loss_fn: Any, X: Any, y: Any, *, batch_size: int = 1024
         meter = _Meter(be.xp, _is_classification(be.xp, y), loss_fn, -(-int(y.shape[0]) // batch_size))
         with no_grad():
             for xb, yb in batches(X, y, batch_size, shuffle=False):
-                logits = model(xb)
-                meter.add(loss_fn(logits, yb), _sample_count(loss_fn, yb), logits, yb)
+                out = model(tensor(xb))
+                loss = loss_fn(out, yb)
+                meter.add(loss.data if isinstance(loss, Tensor) else loss, _sample_count(loss_fn, yb), out.data, yb)
         return meter.result(group=group)
     finally:
         model.train(was_training)
@@ -384,7 +386,7 @@ def predict(model: Any, X: Any, *, batch_size: int = 1024) -> Any:
     model.eval()
     try:
         with no_grad():
-            outs = [model(xb) for xb, _ in batches(X, None, batch_size, shuffle=False)]
+            outs = [model(tensor(xb)).data for xb, _ in batches(X, None, batch_size, shuffle=False)]
     finally:
         model.train(was_training)
     return outs[0] if len(outs) == 1 else be.xp.concat(outs, axis=0)

@@ -91,6 +91,8 @@ def activations(make: Callable[..., ShimLoader]) -> None:
             run(loader, F.leaky_relu_backward, x, dy, 0.2)
             run(loader, F.elu_backward, x, dy, 0.7)
             run(loader, F.selu_backward, x, dy)
+            run(loader, F.softplus_backward, x, dy, 0.5, 1.0)
+            run(loader, F.mish_backward, x, dy)
 
 
 def row_kernels(make: Callable[..., ShimLoader]) -> None:

@@ -32,7 +32,7 @@ def _step_scalars(loader: KernelLoader, xp: Any, param: Any, step: Any, lr: Any,
     the pair can be captured in a CUDA graph)."""
     t = dtype_name(param.dtype)
     scalars = scratch.zeroed(xp, param, "capturable.scalars", 3, param.dtype)  # written before every read
-    loader.raw(registry.RAW_BY_NAME["capturable_step_scalars"], t).launch(1, 32, (
+    loader.raw(registry.CAPTURABLE_STEP_SCALARS, t).launch(1, 32, (
         step, lr, np.float64(beta1), np.float64(beta2), np.float64(weight_decay), np.float64(lr_decay),
         np.int32(kind), scalars))
     return scalars
@@ -56,14 +56,15 @@ def adam_update_capturable(loader: KernelLoader, xp: Any, param: Any, grad: Any,
     args = tuple(param if a is None else a for a in arrays) + (np.int64(n), scalars) + tuple(
         _scalar(t, v) for v in (beta1, 1 - beta1, beta2, 1 - beta2, eps, weight_decay)) + tuple(
         np.int32(f) for f in (decoupled_weight_decay, amsgrad, maximize))
-    kernel = loader.raw(registry.RAW_BY_NAME["adam_update_capturable"], t)
+    kernel = loader.raw(registry.ADAM_UPDATE_CAPTURABLE, t)
     kernel.launch(flat_grid(n, per_thread=pack_items(param.dtype), sm_count=kernel.sm_count), FLAT_BLOCK, args)
     return None
 
 
-def _flat(op: str, param: Any, arrays: tuple[Any, ...], middle: tuple[Any, ...], scalars: tuple[Any, ...],
+def _flat(row: registry.RawKernel, param: Any, arrays: tuple[Any, ...], middle: tuple[Any, ...],
+          scalars: tuple[Any, ...],
           loader: KernelLoader) -> Any:
-    """Launch ``op`` over ``arrays`` (param first; None -> placeholder never touched), then ``n``, ``middle``
+    """Launch ``row`` over ``arrays`` (param first; None -> placeholder never touched), then ``n``, ``middle``
     (device scalars) and ``scalars``."""
     if not all(a.flags.c_contiguous for a in arrays if a is not None):
         return NotImplemented  # an in-place update through a copy would be lost
@@ -71,7 +72,7 @@ def _flat(op: str, param: Any, arrays: tuple[Any, ...], middle: tuple[Any, ...],
     if n == 0:
         return None
     args = tuple(param if a is None else a for a in arrays) + (np.int64(n),) + middle + scalars
-    kernel = loader.raw(registry.RAW_BY_NAME[op], dtype_name(param.dtype))
+    kernel = loader.raw(row, dtype_name(param.dtype))
     kernel.launch(flat_grid(n, per_thread=pack_items(param.dtype), sm_count=kernel.sm_count), FLAT_BLOCK, args)
     return None
 
@@ -85,7 +86,7 @@ def sgd_update_capturable(loader: KernelLoader, xp: Any, param: Any, grad: Any, 
     use_momentum = momentum != 0
     scalars = tuple(_scalar(t, v) for v in (momentum, 1 - dampening, weight_decay)) + tuple(
         np.int32(f) for f in (use_momentum, nesterov, first_step, maximize))
-    return _flat("sgd_update_capturable", param, (param, grad, momentum_buffer if use_momentum else None), (lr,),
+    return _flat(registry.SGD_UPDATE_CAPTURABLE, param, (param, grad, momentum_buffer if use_momentum else None), (lr,),
                  scalars, loader)
 
 
@@ -101,7 +102,7 @@ def adagrad_update_capturable(loader: KernelLoader, xp: Any, param: Any, grad: A
         return None
     step_scalars = _step_scalars(loader, xp, param, step, lr, SCALARS_ADAGRAD, lr_decay=lr_decay)
     scalars = (_scalar(t, weight_decay), _scalar(t, eps), np.int32(maximize))
-    return _flat("adagrad_update_capturable", param, (param, grad, state_sum), (step_scalars,), scalars, loader)
+    return _flat(registry.ADAGRAD_UPDATE_CAPTURABLE, param, (param, grad, state_sum), (step_scalars,), scalars, loader)
 
 
 def rmsprop_update_capturable(loader: KernelLoader, xp: Any, param: Any, grad: Any, square_avg: Any,
@@ -115,7 +116,7 @@ def rmsprop_update_capturable(loader: KernelLoader, xp: Any, param: Any, grad: A
     scalars = tuple(_scalar(t, v) for v in (alpha, 1 - alpha, eps, weight_decay, momentum)) + tuple(
         np.int32(f) for f in (centered, use_momentum, maximize))
     arrays = (param, grad, square_avg, grad_avg if centered else None, momentum_buffer if use_momentum else None)
-    return _flat("rmsprop_update_capturable", param, arrays, (lr,), scalars, loader)
+    return _flat(registry.RMSPROP_UPDATE_CAPTURABLE, param, arrays, (lr,), scalars, loader)
 
 
 def amp_unscale_check(loader: KernelLoader, xp: Any, grad: Any, inv_scale: Any, found_inf: Any) -> Any:
@@ -126,7 +127,7 @@ def amp_unscale_check(loader: KernelLoader, xp: Any, grad: Any, inv_scale: Any, 
     n = int(math.prod(grad.shape))
     if n == 0:
         return None
-    kernel = loader.raw(registry.RAW_BY_NAME["amp_unscale_check"], dtype_name(grad.dtype))
+    kernel = loader.raw(registry.AMP_UNSCALE_CHECK, dtype_name(grad.dtype))
     kernel.launch(flat_grid(n, per_thread=pack_items(grad.dtype), sm_count=kernel.sm_count), FLAT_BLOCK,
                   (grad, np.int64(n), inv_scale, found_inf))
     return None

@@ -8,7 +8,7 @@ A function returns ``NotImplemented`` for a case it leaves to the reference code
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -124,39 +124,19 @@ def _scalar(dtype: str, value: float) -> np.generic:
 
 # ---- elementwise activation backwards ----------------------------------------------------------------------------
 
-def _activation_backward(op: str, loader: KernelLoader, xp: Any, saved: Any, dy: Any, *scalars: float) -> Any:
-    kernel = loader.elementwise(registry.ELEMENTWISE_BY_NAME[op], dtype_name(dy.dtype))
-    return kernel(_contiguous(saved), _contiguous(dy), *(float(s) for s in scalars))
-
-
-def sigmoid_backward(loader: KernelLoader, xp: Any, y: Any, dy: Any) -> Any:
-    return _activation_backward("sigmoid_backward", loader, xp, y, dy)
-
-
-def tanh_backward(loader: KernelLoader, xp: Any, y: Any, dy: Any) -> Any:
-    return _activation_backward("tanh_backward", loader, xp, y, dy)
-
-
-def relu_backward(loader: KernelLoader, xp: Any, x: Any, dy: Any) -> Any:
-    return _activation_backward("relu_backward", loader, xp, x, dy)
-
-
-def leaky_relu_backward(loader: KernelLoader, xp: Any, x: Any, dy: Any, negative_slope: float = 0.01) -> Any:
-    return _activation_backward("leaky_relu_backward", loader, xp, x, dy, negative_slope)
-
-
-def elu_backward(loader: KernelLoader, xp: Any, x: Any, dy: Any, alpha: float = 1.0) -> Any:
-    return _activation_backward("elu_backward", loader, xp, x, dy, alpha)
-
-
-def selu_backward(loader: KernelLoader, xp: Any, x: Any, dy: Any) -> Any:
-    return _activation_backward("selu_backward", loader, xp, x, dy)
+def elementwise(row: registry.ElementwiseKernel, loader: KernelLoader, xp: Any, *arrays: Any,
+                **scalars: float) -> Any:
+    """The launcher of every elementwise row (``providers`` binds ``row``): the op's arrays (C-contiguous) and its
+    keyword parameters in the row's order, as float64 (the parameters were validated by the op's ``check``)."""
+    kernel = loader.elementwise(row, dtype_name(arrays[-1].dtype))
+    return kernel(*(_contiguous(a) for a in arrays), *(float(scalars[name]) for name in row.scalars))
 
 
 # ---- row kernels: logsumexp, softmax, log_softmax, cross-entropy ---------------------------------------------------
 
-def _rows(op: str, loader: KernelLoader, xp: Any, x: Any, axis: int, out_shape: tuple[int, ...]) -> Any:
-    """Run row kernel ``op`` over the rows of 2-D ``x`` into a new array of ``out_shape``."""
+def _rows(row: registry.RawKernel, loader: KernelLoader, xp: Any, x: Any, axis: int,
+          out_shape: tuple[int, ...]) -> Any:
+    """Run row kernel ``row`` over the rows of 2-D ``x`` into a new array of ``out_shape``."""
     if x.ndim != 2 or axis not in (-1, 1):
         return NotImplemented
     n_rows, n_cols = (int(s) for s in x.shape)
@@ -167,8 +147,8 @@ def _rows(op: str, loader: KernelLoader, xp: Any, x: Any, axis: int, out_shape: 
         return out
     chunk = row_split(n_rows, n_cols)
     if chunk:
-        return _rows_split(op, loader, xp, _contiguous(x), out, chunk)
-    kernel = loader.raw(registry.RAW_BY_NAME[op], dtype_name(x.dtype))
+        return _rows_split(row.name, loader, xp, _contiguous(x), out, chunk)
+    kernel = loader.raw(row, dtype_name(x.dtype))
     grid, block, lanes = row_launch(n_rows, n_cols, kernel.max_block, x.dtype.itemsize)
     kernel.launch(grid, block, (_contiguous(x), out, np.int64(n_rows), np.int64(n_cols), np.int32(lanes)))
     return out
@@ -178,8 +158,8 @@ def _rows_split(op: str, loader: KernelLoader, xp: Any, x: Any, out: Any, chunk:
     """Few wide rows: chunk partials (one launch), then every chunk finishes its row (a second launch)."""
     n_rows, n_cols = (int(s) for s in x.shape)
     dtype = dtype_name(x.dtype)
-    first = loader.raw(registry.RAW_BY_NAME["row_chunk_max_sum"], dtype)
-    finish = loader.raw(registry.RAW_BY_NAME["row_chunk_finish"], dtype)
+    first = loader.raw(registry.ROW_CHUNK_MAX_SUM, dtype)
+    finish = loader.raw(registry.ROW_CHUNK_FINISH, dtype)
     blocks = n_rows * -(-n_cols // chunk)
     grid = min(MAX_GRID, blocks)
     block = min(row_block(chunk, x.dtype.itemsize), first.max_block)
@@ -195,15 +175,15 @@ def logsumexp(loader: KernelLoader, xp: Any, x: Any, axis: int = -1, keepdims: b
     """(N, C) -> (N,) (``keepdims`` is left to the reference)"""
     if keepdims:
         return NotImplemented
-    return _rows("logsumexp", loader, xp, x, axis, (int(x.shape[0]),))
+    return _rows(registry.LOGSUMEXP, loader, xp, x, axis, (int(x.shape[0]),))
 
 
 def softmax(loader: KernelLoader, xp: Any, x: Any, axis: int = -1) -> Any:
-    return _rows("softmax", loader, xp, x, axis, tuple(int(s) for s in x.shape))
+    return _rows(registry.SOFTMAX, loader, xp, x, axis, tuple(int(s) for s in x.shape))
 
 
 def log_softmax(loader: KernelLoader, xp: Any, x: Any, axis: int = -1) -> Any:
-    return _rows("log_softmax", loader, xp, x, axis, tuple(int(s) for s in x.shape))
+    return _rows(registry.LOG_SOFTMAX, loader, xp, x, axis, tuple(int(s) for s in x.shape))
 
 
 def cross_entropy_with_grad(loader: KernelLoader, xp: Any, logits: Any, target: Any, *, reduction: str = "mean",
@@ -217,7 +197,7 @@ def cross_entropy_with_grad(loader: KernelLoader, xp: Any, logits: Any, target: 
     dtype = dtype_name(logits.dtype)
     logits = _contiguous(logits)
     target = _contiguous(xp.astype(target, xp.int64, copy=False))  # labels were validated by the caller
-    kernel = loader.raw(registry.RAW_BY_NAME["cross_entropy_with_grad"], dtype)
+    kernel = loader.raw(registry.CROSS_ENTROPY_WITH_GRAD, dtype)
     itemsize = logits.dtype.itemsize
     grid, block, lanes = row_launch(n_rows, n_cols, kernel.max_block, itemsize, cross_entropy_lanes(n_cols, itemsize))
     grad = xp.empty((n_rows, n_cols), dtype=logits.dtype)
@@ -228,7 +208,7 @@ def cross_entropy_with_grad(loader: KernelLoader, xp: Any, logits: Any, target: 
     counters = scratch.zeroed(xp, logits, "cross_entropy.counters", 2, xp.uint64)
     try:
         if reduction == "mean":
-            loader.raw(registry.RAW_BY_NAME["cross_entropy_count"], dtype).launch(
+            loader.raw(registry.CROSS_ENTROPY_COUNT, dtype).launch(
                 min(COUNT_MAX_GRID, flat_grid(n_rows)), FLAT_BLOCK,
                 (target, np.int64(n_rows), np.int64(ignore_index), counters))
         kernel.launch(grid, block, (
@@ -243,8 +223,9 @@ def cross_entropy_with_grad(loader: KernelLoader, xp: Any, logits: Any, target: 
 
 # ---- optimizer updates over flat buffers, in place --------------------------------------------------------------
 
-def _flat_update(op: str, loader: KernelLoader, arrays: tuple[Any, ...], scalars: tuple[np.generic, ...]) -> Any:
-    """Launch optimizer kernel ``op`` over ``arrays`` (param first; None -> placeholder never touched)."""
+def _flat_update(row: registry.RawKernel, loader: KernelLoader, arrays: tuple[Any, ...],
+                 scalars: tuple[np.generic, ...]) -> Any:
+    """Launch optimizer kernel ``row`` over ``arrays`` (param first; None -> placeholder never touched)."""
     param = arrays[0]
     present = [a for a in arrays if a is not None]
     if not all(a.flags.c_contiguous for a in present):
@@ -253,7 +234,7 @@ def _flat_update(op: str, loader: KernelLoader, arrays: tuple[Any, ...], scalars
     if n == 0:
         return None
     args = tuple(param if a is None else a for a in arrays) + (np.int64(n),) + scalars
-    kernel = loader.raw(registry.RAW_BY_NAME[op], dtype_name(param.dtype))
+    kernel = loader.raw(row, dtype_name(param.dtype))
     kernel.launch(flat_grid(n, per_thread=pack_items(param.dtype), sm_count=kernel.sm_count), FLAT_BLOCK, args)
     return None
 
@@ -269,7 +250,7 @@ def adam_update(loader: KernelLoader, xp: Any, param: Any, grad: Any, exp_avg: A
         lr / (1 - beta1**step), math.sqrt(1 - beta2**step),
     )) + (np.int32(decoupled_weight_decay), np.int32(amsgrad), np.int32(maximize))
     vmax = max_exp_avg_sq if amsgrad else None
-    return _flat_update("adam_update", loader, (param, grad, exp_avg, exp_avg_sq, vmax), scalars)
+    return _flat_update(registry.ADAM_UPDATE, loader, (param, grad, exp_avg, exp_avg_sq, vmax), scalars)
 
 
 def sgd_update(loader: KernelLoader, xp: Any, param: Any, grad: Any, momentum_buffer: Any = None, *, lr: float,
@@ -280,7 +261,7 @@ def sgd_update(loader: KernelLoader, xp: Any, param: Any, grad: Any, momentum_bu
     scalars = tuple(_scalar(t, v) for v in (lr, momentum, 1 - dampening, weight_decay)) + tuple(
         np.int32(f) for f in (use_momentum, nesterov, first_step, maximize))
     buf = momentum_buffer if use_momentum else None
-    return _flat_update("sgd_update", loader, (param, grad, buf), scalars)
+    return _flat_update(registry.SGD_UPDATE, loader, (param, grad, buf), scalars)
 
 
 def adagrad_update(loader: KernelLoader, xp: Any, param: Any, grad: Any, state_sum: Any, *, step: int, lr: float,
@@ -289,7 +270,7 @@ def adagrad_update(loader: KernelLoader, xp: Any, param: Any, grad: Any, state_s
     t = dtype_name(param.dtype)
     clr = lr / (1 + (step - 1) * lr_decay)
     scalars = tuple(_scalar(t, v) for v in (clr, weight_decay, eps)) + (np.int32(maximize),)
-    return _flat_update("adagrad_update", loader, (param, grad, state_sum), scalars)
+    return _flat_update(registry.ADAGRAD_UPDATE, loader, (param, grad, state_sum), scalars)
 
 
 def rmsprop_update(loader: KernelLoader, xp: Any, param: Any, grad: Any, square_avg: Any, grad_avg: Any = None,
@@ -299,7 +280,7 @@ def rmsprop_update(loader: KernelLoader, xp: Any, param: Any, grad: Any, square_
     use_momentum = momentum > 0
     scalars = tuple(_scalar(t, v) for v in (lr, alpha, 1 - alpha, eps, weight_decay, momentum)) + tuple(
         np.int32(f) for f in (centered, use_momentum, maximize))
-    return _flat_update("rmsprop_update", loader, (
+    return _flat_update(registry.RMSPROP_UPDATE, loader, (
         param, grad, square_avg, grad_avg if centered else None, momentum_buffer if use_momentum else None), scalars)
 
 
@@ -316,9 +297,9 @@ def _fits(g: Any) -> bool:
     return max(g.hp, g.wp, g.oh, g.ow) < 2**31
 
 
-def _flat_launch(op: str, loader: KernelLoader, dtype: Any, n: int, args: tuple) -> None:
+def _flat_launch(row: registry.RawKernel, loader: KernelLoader, dtype: Any, n: int, args: tuple) -> None:
     if n > 0:
-        kernel = loader.raw(registry.RAW_BY_NAME[op], dtype_name(dtype))
+        kernel = loader.raw(row, dtype_name(dtype))
         kernel.launch(flat_grid(n, sm_count=kernel.sm_count), FLAT_BLOCK, args)
 
 
@@ -327,7 +308,8 @@ def im2col(loader: KernelLoader, xp: Any, x: Any, g: Any) -> Any:
     if not _fits(g):
         return NotImplemented
     cols = xp.empty((g.n, g.c, g.kh, g.kw, g.oh, g.ow), dtype=x.dtype)
-    _flat_launch("im2col", loader, x.dtype, int(math.prod(cols.shape)), (_contiguous(x), cols, *_geometry_args(g)))
+    _flat_launch(registry.IM2COL, loader, x.dtype, int(math.prod(cols.shape)),
+                 (_contiguous(x), cols, *_geometry_args(g)))
     return cols
 
 
@@ -336,7 +318,8 @@ def col2im(loader: KernelLoader, xp: Any, cols: Any, g: Any) -> Any:
     if not _fits(g):
         return NotImplemented
     dx = xp.empty((g.n, g.c, g.h, g.w), dtype=cols.dtype)
-    _flat_launch("col2im", loader, cols.dtype, int(math.prod(dx.shape)), (_contiguous(cols), dx, *_geometry_args(g)))
+    _flat_launch(registry.COL2IM, loader, cols.dtype, int(math.prod(dx.shape)),
+                 (_contiguous(cols), dx, *_geometry_args(g)))
     return dx
 
 
@@ -346,7 +329,8 @@ def max_pool2d(loader: KernelLoader, xp: Any, x: Any, g: Any) -> Any:
         return NotImplemented
     y = xp.empty((g.n, g.c, g.oh, g.ow), dtype=x.dtype)
     arg = xp.empty((g.n, g.c, g.oh, g.ow), dtype=xp.int32)
-    _flat_launch("max_pool2d", loader, x.dtype, int(math.prod(y.shape)), (_contiguous(x), y, arg, *_geometry_args(g)))
+    _flat_launch(registry.MAX_POOL2D, loader, x.dtype, int(math.prod(y.shape)),
+                 (_contiguous(x), y, arg, *_geometry_args(g)))
     return y, arg
 
 
@@ -357,7 +341,7 @@ def max_pool2d_backward(loader: KernelLoader, xp: Any, argmax: Any, dy: Any, g: 
     if argmax.dtype != xp.int32:
         return NotImplemented
     dx = xp.empty((g.n, g.c, g.h, g.w), dtype=dy.dtype)
-    _flat_launch("max_pool2d_backward", loader, dy.dtype, int(math.prod(dx.shape)),
+    _flat_launch(registry.MAX_POOL2D_BACKWARD, loader, dy.dtype, int(math.prod(dx.shape)),
                  (_contiguous(argmax), _contiguous(dy), dx, *_geometry_args(g)))
     return dx
 
@@ -380,37 +364,6 @@ def adam_update_mixed(loader: KernelLoader, xp: Any, param: Any, master: Any, gr
     if n == 0:
         return None
     args = arrays[:5] + (master if arrays[5] is None else arrays[5], np.int64(n)) + scalars
-    kernel = loader.raw(registry.RAW_BY_NAME["adam_update_mixed"], "float16")
+    kernel = loader.raw(registry.ADAM_UPDATE_MIXED, "float16")
     kernel.launch(flat_grid(n, per_thread=8, sm_count=kernel.sm_count), FLAT_BLOCK, args)  # 8 entries per thread
     return None
-
-
-class _Ops(Mapping[str, Callable[..., Any]]):
-    """op -> launch function, built from the registry rows (each names its function: here, or as "module.name" in
-    another module of xpnn._cuda); looked up by name on use, so functions defined anywhere are found."""
-
-    def __init__(self) -> None:
-        self._names = registry.launchers()
-
-    def __getitem__(self, op: str) -> Callable[..., Any]:
-        name = self._names[op]
-        if "." in name:  # "module.function" in another module of xpnn._cuda
-            import importlib
-
-            module, _, attr = name.rpartition(".")
-            fn = getattr(importlib.import_module(f"{__package__}.{module}"), attr, None)
-        else:
-            fn = globals().get(name)
-        if not callable(fn):
-            raise LookupError(f"registry row {op!r} names launch function {self._names[op]!r}, which "
-                              f"xpnn._cuda.launch does not define")
-        return fn
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-
-OPS: Mapping[str, Callable[..., Any]] = _Ops()

@@ -1,19 +1,45 @@
-"""Kernel providers for ``xpnn._dispatch``: ``(op, xp, dtype) -> callable | None`` built over a kernel loader."""
+"""Kernel providers for ``xpnn._dispatch``: ``(op, xp, dtype) -> callable | None`` built over a kernel loader, and
+``LAUNCHERS``, the one table from a registry row to the function that launches it."""
 from __future__ import annotations
 
 import functools
 from typing import Any, Callable, Optional
 
 from ..backend import dtype_name
-from . import registry
-from .launch import OPS  # every registry row's launch function (xpnn._cuda.launch and xpnn._cuda.capturable)
+from . import capturable, launch, registry
 from .loader import CupyLoader, KernelLoader
 
 
-def make_provider(loader: KernelLoader) -> Callable[[str, Any, Any], Optional[Callable[..., Any]]]:
-    """A provider running the launch code of ``xpnn._cuda.launch`` on ``loader``'s kernels.
+#: registry row -> launch function ``fn(loader, xp, *args, **kwargs)`` with the signature of the function it
+#: overrides after ``loader`` and ``xp``: written by hand for the raw kernels (``xpnn._cuda.launch``,
+#: ``xpnn._cuda.capturable``), generated for every elementwise row (``launch.elementwise`` bound to the row)
+LAUNCHERS: dict[Any, Callable[..., Any]] = {
+    registry.LOGSUMEXP: launch.logsumexp,
+    registry.SOFTMAX: launch.softmax,
+    registry.LOG_SOFTMAX: launch.log_softmax,
+    registry.CROSS_ENTROPY_WITH_GRAD: launch.cross_entropy_with_grad,
+    registry.ADAM_UPDATE: launch.adam_update,
+    registry.SGD_UPDATE: launch.sgd_update,
+    registry.ADAGRAD_UPDATE: launch.adagrad_update,
+    registry.RMSPROP_UPDATE: launch.rmsprop_update,
+    registry.ADAM_UPDATE_MIXED: launch.adam_update_mixed,
+    registry.IM2COL: launch.im2col,
+    registry.COL2IM: launch.col2im,
+    registry.MAX_POOL2D: launch.max_pool2d,
+    registry.MAX_POOL2D_BACKWARD: launch.max_pool2d_backward,
+    registry.ADAM_UPDATE_CAPTURABLE: capturable.adam_update_capturable,
+    registry.SGD_UPDATE_CAPTURABLE: capturable.sgd_update_capturable,
+    registry.ADAGRAD_UPDATE_CAPTURABLE: capturable.adagrad_update_capturable,
+    registry.RMSPROP_UPDATE_CAPTURABLE: capturable.rmsprop_update_capturable,
+    registry.AMP_UNSCALE_CHECK: capturable.amp_unscale_check,
+    **{row: functools.partial(launch.elementwise, row) for row in registry.ELEMENTWISE},
+}
 
-    It answers ``None`` for ops without a kernel and for dtypes a kernel's registry row does not list.
+def make_provider(loader: KernelLoader) -> Callable[[str, Any, Any], Optional[Callable[..., Any]]]:
+    """A provider running the launch functions of ``LAUNCHERS`` on ``loader``'s kernels.
+
+    ``op`` is a registry row's name (``xpnn._dispatch.lookup`` passes ``row.name``). It answers ``None`` for ops
+    without a kernel and for dtypes a kernel's registry row does not list.
     """
     cache: dict[tuple[str, int, str], Callable[..., Any]] = {}
 
@@ -22,12 +48,13 @@ def make_provider(loader: KernelLoader) -> Callable[[str, Any, Any], Optional[Ca
             name = dtype_name(dtype)
         except Exception:
             return None
-        if op not in OPS or not registry.supports(op, name):
-            return None
         key = (op, id(xp), name)
         fn = cache.get(key)
         if fn is None:
-            fn = cache[key] = functools.partial(OPS[op], loader, xp)
+            row = registry.BY_NAME.get(op)
+            if row is None or row not in LAUNCHERS or name not in row.dtypes:
+                return None
+            fn = cache[key] = functools.partial(LAUNCHERS[row], loader, xp)
         return fn
 
     return provider

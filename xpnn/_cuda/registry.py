@@ -1,8 +1,12 @@
 """One row per CUDA kernel: which op it serves, where its source is, its entry point and its dtypes.
 
-Everything else is generated from these rows: the template instantiations compiled into each RawModule
-(``name_expressions``), the dispatch table of ``xpnn._cuda.provider``, the offline compile checks and the CPU shim
-build in ``tests/shim``. Adding a kernel = one source (or one elementwise body) + one row here.
+Each row is a module constant that the op it serves names (``kernel = registry.SIGMOID_BACKWARD`` on the
+``xpnn.autograd.Op`` declaration, ``_dispatch.lookup(registry.ADAM_UPDATE, ...)`` in a function), so
+go-to-definition leads from the op to its row. Everything else is generated from these rows: the template
+instantiations compiled into each RawModule (``name_expressions``), the elementwise kernels and their launcher, the
+offline compile checks and the CPU shim build in ``tests/shim``. Adding an elementwise kernel = one device function
+in ``kernels/activation_backward.cuh`` + one row here; a raw kernel = its ``.cu`` source, a row here, its launch
+function and its entry in ``xpnn._cuda.providers.LAUNCHERS``.
 """
 from __future__ import annotations
 
@@ -23,10 +27,8 @@ class RawKernel:
     ``cooperative``: the kernel synchronises its block (``__syncthreads``/shuffles); the CPU shim runs such blocks
     as fibers and others as a plain loop over threads (and fails if a non-cooperative kernel synchronises).
     ``helper``: launched by another op's launcher, not an op itself (no provider entry); an ``entry`` without
-    ``{T}``/``{A}`` is one kernel shared by every dtype.
-    ``launch``: the function that serves the op (``launch.OPS`` is built from it): a name in ``xpnn._cuda.launch``,
-    or ``"module.name"`` for one in another module of ``xpnn._cuda`` (``"capturable.adam_update_capturable"``);
-    empty for helpers.
+    ``{T}``/``{A}`` is one kernel shared by every dtype. The function that serves an op row is in
+    ``xpnn._cuda.providers.LAUNCHERS`` (keyed by the row).
     """
 
     name: str
@@ -35,28 +37,41 @@ class RawKernel:
     dtypes: tuple[str, ...]
     cooperative: bool = False
     helper: bool = False
-    launch: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.helper and not self.launch:
-            raise ValueError(f"registry row {self.name!r}: an op row must name its launch function (launch=...)")
 
     def name_expression(self, dtype: str) -> str:
         return self.entry.format(T=C_TYPES[dtype], A=C_TYPES[ACC_DTYPES[dtype]])
 
 
+_FLOATS = ("float16", "float32", "float64")
+_FLOATS_NO_HALF = ("float32", "float64")  # optimizers keep float32 master copies of float16 parameters
+
+
 @dataclass(frozen=True)
 class ElementwiseKernel:
-    """A ``cupy.ElementwiseKernel``: CuPy's parameter lists and a loop body calling a function from
-    ``kernels/activation_backward.cuh`` (the preamble). ``A`` is the accumulation type inside the body.
-    ``launch``: the function of ``xpnn._cuda.launch`` that serves the op."""
+    """A ``cupy.ElementwiseKernel`` whose loop body calls the device function ``xpnn_<name>`` of
+    ``kernels/activation_backward.cuh`` (the preamble) on its inputs converted to the accumulation type ``A`` and
+    rounds the result to ``T``. ``in_params`` in CuPy's syntax: arrays of ``T`` first (what the op passes
+    positionally), then ``float64`` scalars (the op's keyword parameters, same names). Its launcher is generated:
+    ``xpnn._cuda.launch.elementwise``."""
 
     name: str
     in_params: str
-    out_params: str
-    operation: str
-    dtypes: tuple[str, ...]
-    launch: str
+    out_params: str = "T dx"
+    dtypes: tuple[str, ...] = _FLOATS
+
+    def _params(self) -> list[tuple[str, str]]:
+        return [tuple(p.split()) for p in self.in_params.split(",")]  # type: ignore[misc]
+
+    @property
+    def scalars(self) -> tuple[str, ...]:
+        """Names of the scalar (keyword) parameters, in kernel order."""
+        return tuple(name for typ, name in self._params() if typ != "T")
+
+    @property
+    def operation(self) -> str:
+        out = self.out_params.split()[-1]
+        args = ", ".join(f"(A){name}" for _, name in self._params())
+        return f"{out} = (T)xpnn_{self.name}({args});"
 
     @property
     def body(self) -> str:
@@ -68,66 +83,69 @@ class ElementwiseKernel:
         return "xpnn_" + self.name + "_kernel"
 
 
-_FLOATS = ("float16", "float32", "float64")
-_FLOATS_NO_HALF = ("float32", "float64")  # optimizers keep float32 master copies of float16 parameters
+# ---- elementwise activation backwards (kernels/activation_backward.cuh) ----------------------------------------------
+SIGMOID_BACKWARD = ElementwiseKernel("sigmoid_backward", "T y, T dy")
+TANH_BACKWARD = ElementwiseKernel("tanh_backward", "T y, T dy")
+RELU_BACKWARD = ElementwiseKernel("relu_backward", "T x, T dy")
+LEAKY_RELU_BACKWARD = ElementwiseKernel("leaky_relu_backward", "T x, T dy, float64 negative_slope")
+ELU_BACKWARD = ElementwiseKernel("elu_backward", "T x, T dy, float64 alpha")
+SELU_BACKWARD = ElementwiseKernel("selu_backward", "T x, T dy")
+SOFTPLUS_BACKWARD = ElementwiseKernel("softplus_backward", "T x, T dy, float64 beta, float64 threshold")
+MISH_BACKWARD = ElementwiseKernel("mish_backward", "T x, T dy")
 
 ELEMENTWISE: tuple[ElementwiseKernel, ...] = (
-    ElementwiseKernel("sigmoid_backward", "T y, T dy", "T dx",
-                      "dx = (T)xpnn_sigmoid_backward((A)y, (A)dy);", _FLOATS, "sigmoid_backward"),
-    ElementwiseKernel("tanh_backward", "T y, T dy", "T dx",
-                      "dx = (T)xpnn_tanh_backward((A)y, (A)dy);", _FLOATS, "tanh_backward"),
-    ElementwiseKernel("relu_backward", "T x, T dy", "T dx",
-                      "dx = (T)xpnn_relu_backward((A)x, (A)dy);", _FLOATS, "relu_backward"),
-    ElementwiseKernel("leaky_relu_backward", "T x, T dy, float64 negative_slope", "T dx",
-                      "dx = (T)xpnn_leaky_relu_backward((A)x, (A)dy, (A)negative_slope);", _FLOATS,
-                      "leaky_relu_backward"),
-    ElementwiseKernel("elu_backward", "T x, T dy, float64 alpha", "T dx",
-                      "dx = (T)xpnn_elu_backward((A)x, (A)dy, (A)alpha);", _FLOATS, "elu_backward"),
-    ElementwiseKernel("selu_backward", "T x, T dy", "T dx",
-                      "dx = (T)xpnn_selu_backward((A)x, (A)dy);", _FLOATS, "selu_backward"),
+    SIGMOID_BACKWARD, TANH_BACKWARD, RELU_BACKWARD, LEAKY_RELU_BACKWARD, ELU_BACKWARD, SELU_BACKWARD,
+    SOFTPLUS_BACKWARD, MISH_BACKWARD,
 )
 
+# ---- row kernels (softmax_cross_entropy.cu, row_split.cu) ------------------------------------------------------------
+LOGSUMEXP = RawKernel("logsumexp", "softmax_cross_entropy.cu", "logsumexp_rows<{T}, {A}>", _FLOATS, cooperative=True)
+SOFTMAX = RawKernel("softmax", "softmax_cross_entropy.cu", "softmax_rows<{T}, {A}>", _FLOATS, cooperative=True)
+LOG_SOFTMAX = RawKernel("log_softmax", "softmax_cross_entropy.cu", "log_softmax_rows<{T}, {A}>", _FLOATS,
+                        cooperative=True)
+CROSS_ENTROPY_COUNT = RawKernel("cross_entropy_count", "softmax_cross_entropy.cu", "cross_entropy_count", _FLOATS,
+                                cooperative=True, helper=True)
+CROSS_ENTROPY_WITH_GRAD = RawKernel("cross_entropy_with_grad", "softmax_cross_entropy.cu",
+                                    "cross_entropy_fwd_bwd<{T}, {A}>", _FLOATS, cooperative=True)
+# few wide rows split across blocks (launched by the softmax/log_softmax/logsumexp launchers)
+ROW_CHUNK_MAX_SUM = RawKernel("row_chunk_max_sum", "row_split.cu", "row_chunk_max_sum<{T}, {A}>", _FLOATS,
+                              cooperative=True, helper=True)
+ROW_CHUNK_FINISH = RawKernel("row_chunk_finish", "row_split.cu", "row_chunk_finish<{T}, {A}>", _FLOATS,
+                             cooperative=True, helper=True)
+
+# ---- optimizer updates over flat buffers (optimizers.cu, adam_mixed.cu) ----------------------------------------------
+ADAM_UPDATE = RawKernel("adam_update", "optimizers.cu", "adam_update<{T}>", _FLOATS_NO_HALF)
+SGD_UPDATE = RawKernel("sgd_update", "optimizers.cu", "sgd_update<{T}>", _FLOATS_NO_HALF)
+ADAGRAD_UPDATE = RawKernel("adagrad_update", "optimizers.cu", "adagrad_update<{T}>", _FLOATS_NO_HALF)
+RMSPROP_UPDATE = RawKernel("rmsprop_update", "optimizers.cu", "rmsprop_update<{T}>", _FLOATS_NO_HALF)
+# float16 parameters with float32 master copies (xpnn.functional.mixed_precision): keyed by the param dtype
+ADAM_UPDATE_MIXED = RawKernel("adam_update_mixed", "adam_mixed.cu", "adam_update_mixed<{T}>", ("float16",))
+
+# ---- convolution / pooling (conv.cu); the GEMMs of conv2d run through CuPy's matmul (cuBLAS) -------------------------
+IM2COL = RawKernel("im2col", "conv.cu", "im2col<{T}>", _FLOATS)
+COL2IM = RawKernel("col2im", "conv.cu", "col2im<{T}, {A}>", _FLOATS)
+MAX_POOL2D = RawKernel("max_pool2d", "conv.cu", "max_pool2d_fwd<{T}, {A}>", _FLOATS)
+MAX_POOL2D_BACKWARD = RawKernel("max_pool2d_backward", "conv.cu", "max_pool2d_bwd<{T}, {A}>", _FLOATS)
+
+# ---- step count / lr / loss scale read from device memory (capturable.cu: capturable in CUDA graphs) -----------------
+CAPTURABLE_STEP_SCALARS = RawKernel("capturable_step_scalars", "capturable.cu", "capturable_step_scalars<{T}>",
+                                    _FLOATS_NO_HALF, helper=True)  # launched before the Adam / Adagrad updates below
+ADAM_UPDATE_CAPTURABLE = RawKernel("adam_update_capturable", "capturable.cu", "adam_update_capturable<{T}>",
+                                   _FLOATS_NO_HALF)
+SGD_UPDATE_CAPTURABLE = RawKernel("sgd_update_capturable", "capturable.cu", "sgd_update_capturable<{T}>",
+                                  _FLOATS_NO_HALF)
+ADAGRAD_UPDATE_CAPTURABLE = RawKernel("adagrad_update_capturable", "capturable.cu",
+                                      "adagrad_update_capturable<{T}>", _FLOATS_NO_HALF)
+RMSPROP_UPDATE_CAPTURABLE = RawKernel("rmsprop_update_capturable", "capturable.cu",
+                                      "rmsprop_update_capturable<{T}>", _FLOATS_NO_HALF)
+AMP_UNSCALE_CHECK = RawKernel("amp_unscale_check", "capturable.cu", "amp_unscale_check<{T}>", _FLOATS)
+
 RAW: tuple[RawKernel, ...] = (
-    RawKernel("logsumexp", "softmax_cross_entropy.cu", "logsumexp_rows<{T}, {A}>", _FLOATS, cooperative=True,
-              launch="logsumexp"),
-    RawKernel("softmax", "softmax_cross_entropy.cu", "softmax_rows<{T}, {A}>", _FLOATS, cooperative=True,
-              launch="softmax"),
-    RawKernel("log_softmax", "softmax_cross_entropy.cu", "log_softmax_rows<{T}, {A}>", _FLOATS, cooperative=True,
-              launch="log_softmax"),
-    RawKernel("cross_entropy_count", "softmax_cross_entropy.cu", "cross_entropy_count", _FLOATS, cooperative=True,
-              helper=True),
-    RawKernel("cross_entropy_with_grad", "softmax_cross_entropy.cu", "cross_entropy_fwd_bwd<{T}, {A}>", _FLOATS,
-              cooperative=True, launch="cross_entropy_with_grad"),
-    RawKernel("adam_update", "optimizers.cu", "adam_update<{T}>", _FLOATS_NO_HALF, launch="adam_update"),
-    RawKernel("sgd_update", "optimizers.cu", "sgd_update<{T}>", _FLOATS_NO_HALF, launch="sgd_update"),
-    RawKernel("adagrad_update", "optimizers.cu", "adagrad_update<{T}>", _FLOATS_NO_HALF, launch="adagrad_update"),
-    RawKernel("rmsprop_update", "optimizers.cu", "rmsprop_update<{T}>", _FLOATS_NO_HALF, launch="rmsprop_update"),
-    # few wide rows split across blocks (launched by the softmax/log_softmax/logsumexp launchers)
-    RawKernel("row_chunk_max_sum", "row_split.cu", "row_chunk_max_sum<{T}, {A}>", _FLOATS, cooperative=True,
-              helper=True),
-    RawKernel("row_chunk_finish", "row_split.cu", "row_chunk_finish<{T}, {A}>", _FLOATS, cooperative=True,
-              helper=True),
-    # float16 parameters with float32 master copies (xpnn.functional.mixed_precision): keyed by the param dtype
-    RawKernel("adam_update_mixed", "adam_mixed.cu", "adam_update_mixed<{T}>", ("float16",),
-              launch="adam_update_mixed"),
-    # convolution / pooling (kernels/conv.cu); the GEMMs of conv2d run through CuPy's matmul (cuBLAS)
-    RawKernel("im2col", "conv.cu", "im2col<{T}>", _FLOATS, launch="im2col"),
-    RawKernel("col2im", "conv.cu", "col2im<{T}, {A}>", _FLOATS, launch="col2im"),
-    RawKernel("max_pool2d", "conv.cu", "max_pool2d_fwd<{T}, {A}>", _FLOATS, launch="max_pool2d"),
-    RawKernel("max_pool2d_backward", "conv.cu", "max_pool2d_bwd<{T}, {A}>", _FLOATS, launch="max_pool2d_backward"),
-    # issue 13: step count / lr / loss scale read from device memory (capturable in CUDA graphs)
-    RawKernel("capturable_step_scalars", "capturable.cu", "capturable_step_scalars<{T}>", _FLOATS_NO_HALF,
-              helper=True),  # launched before the Adam / Adagrad updates below
-    RawKernel("adam_update_capturable", "capturable.cu", "adam_update_capturable<{T}>", _FLOATS_NO_HALF,
-              launch="capturable.adam_update_capturable"),
-    RawKernel("sgd_update_capturable", "capturable.cu", "sgd_update_capturable<{T}>", _FLOATS_NO_HALF,
-              launch="capturable.sgd_update_capturable"),
-    RawKernel("adagrad_update_capturable", "capturable.cu", "adagrad_update_capturable<{T}>", _FLOATS_NO_HALF,
-              launch="capturable.adagrad_update_capturable"),
-    RawKernel("rmsprop_update_capturable", "capturable.cu", "rmsprop_update_capturable<{T}>", _FLOATS_NO_HALF,
-              launch="capturable.rmsprop_update_capturable"),
-    RawKernel("amp_unscale_check", "capturable.cu", "amp_unscale_check<{T}>", _FLOATS,
-              launch="capturable.amp_unscale_check"),
+    LOGSUMEXP, SOFTMAX, LOG_SOFTMAX, CROSS_ENTROPY_COUNT, CROSS_ENTROPY_WITH_GRAD,
+    ADAM_UPDATE, SGD_UPDATE, ADAGRAD_UPDATE, RMSPROP_UPDATE, ROW_CHUNK_MAX_SUM, ROW_CHUNK_FINISH, ADAM_UPDATE_MIXED,
+    IM2COL, COL2IM, MAX_POOL2D, MAX_POOL2D_BACKWARD,
+    CAPTURABLE_STEP_SCALARS, ADAM_UPDATE_CAPTURABLE, SGD_UPDATE_CAPTURABLE, ADAGRAD_UPDATE_CAPTURABLE,
+    RMSPROP_UPDATE_CAPTURABLE, AMP_UNSCALE_CHECK,
 )
 
 RAW_BY_NAME = {row.name: row for row in RAW}
@@ -149,11 +167,9 @@ def ops() -> tuple[str, ...]:
     return tuple(row.name for row in RAW + ELEMENTWISE if not getattr(row, "helper", False))
 
 
-def launchers() -> dict[str, str]:
-    """op -> name of its launch function in ``xpnn._cuda.launch`` (helpers excluded), from the rows."""
-    return {row.name: row.launch for row in RAW + ELEMENTWISE if not getattr(row, "helper", False)}
+BY_NAME: dict[str, "RawKernel | ElementwiseKernel"] = {**RAW_BY_NAME, **ELEMENTWISE_BY_NAME}
 
 
 def supports(op: str, dtype: str) -> bool:
-    row = RAW_BY_NAME.get(op) or ELEMENTWISE_BY_NAME.get(op)
+    row = BY_NAME.get(op)
     return row is not None and not getattr(row, "helper", False) and dtype in row.dtypes

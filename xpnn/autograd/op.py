@@ -12,9 +12,11 @@ returns one gradient per positional input (``None`` where there is none) and is 
 ops, so the same rule runs on arrays and, with ``create_graph=True``, on Tensors (higher-order gradients).
 
 Overrides, keyed by (op name, phase, namespace kind), live in one table here:
-- ``Op.kernel = "<registry name>"``: the kernel registered under that name in ``xpnn._cuda.registry`` (found
-  through ``xpnn._dispatch.lookup``) replaces ``forward`` for CuPy arrays; it takes the forward's arguments without
-  ``ctx``. Tests route NumPy arrays to the CPU shim's build of the same kernel with ``_dispatch.use_provider``.
+- ``Op.kernel = registry.<ROW>``: a row of ``xpnn._cuda.registry`` (go-to-definition leads there; its launch function
+  is ``xpnn._cuda.providers.LAUNCHERS[row]``) whose kernel, found through ``xpnn._dispatch.lookup``, replaces
+  ``forward`` for CuPy arrays; it takes the forward's arguments without ``ctx``. A kernel name (a string) is
+  accepted too, for kernels a provider serves by name. Tests route NumPy arrays to the CPU shim's build of the same
+  kernel with ``_dispatch.use_provider``.
 - ``register_override(op, phase, kind, fn)``: ``fn(ctx, ...)`` with the signature of the declaration's
   ``forward``/``backward`` replaces it for arrays of namespace kind ``"numpy"``, ``"cupy"`` or ``"other"``.
 Either may return ``NotImplemented`` to leave a call to the reference (the declaration).
@@ -145,8 +147,9 @@ class Op:
     ``forward(ctx, *inputs, **params)`` and ``backward(ctx, *grads)``."""
 
     name: ClassVar[str] = "op"
-    #: registry name of a fused kernel that replaces ``forward`` for CuPy arrays (same arguments, no ctx)
-    kernel: ClassVar[Optional[str]] = None
+    #: the ``xpnn._cuda.registry`` row (or name) of a fused kernel that replaces ``forward`` for CuPy arrays (same
+    #: arguments, no ctx)
+    kernel: ClassVar[Any] = None
     #: outputs of forward that get gradients (a tuple output's other entries, e.g. argmax indices, get none)
     differentiable_outputs: ClassVar[Optional[tuple[int, ...]]] = None
 

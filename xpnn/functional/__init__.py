@@ -5,24 +5,8 @@ CuPy arrays take the fused CUDA kernels where they exist (``xpnn.set_kernels_ena
 path). ``xpnn.Tensor`` in -> Tensors out, recording the graph that ``backward()`` walks. ``import xpnn.functional
 as F`` (or ``from xpnn import F``).
 """
-from .activations import (
-    elu,
-    elu_backward,
-    leaky_relu,
-    leaky_relu_backward,
-    maxout,
-    maxout_backward,
-    prelu,
-    prelu_backward,
-    relu,
-    relu_backward,
-    selu,
-    selu_backward,
-    sigmoid,
-    sigmoid_backward,
-    tanh,
-    tanh_backward,
-)
+from . import activations as _activations
+from .activations import *  # noqa: F401,F403 (every name in its __all__: a new activation needs no edit here)
 from . import conv_numpy as _conv_numpy  # registers the NumPy fast paths of conv2d / max_pool2d  # noqa: F401
 from .concat import concat, stack
 from .conv import conv2d, conv2d_backward
@@ -56,9 +40,7 @@ from .updates import adagrad_update, adam_update, rmsprop_update, sgd_update
 
 __all__ = [
     "concat", "stack",
-    "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "relu", "relu_backward",
-    "leaky_relu", "leaky_relu_backward", "elu", "elu_backward", "selu", "selu_backward",
-    "prelu", "prelu_backward", "maxout", "maxout_backward",
+    *_activations.__all__,
     "softmax", "log_softmax", "logsumexp", "softmax_backward", "linear", "linear_backward", "one_hot", "accuracy",
     "cross_entropy", "cross_entropy_with_grad", "nll_loss", "mse_loss", "mse_loss_with_grad",
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .._cuda import registry
 from ..autograd.op import Context, Op, numpy_direct
 from ..backend import namespace_of
 from ..errors import ShapeError
@@ -36,7 +37,8 @@ SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 
 __all__ = ["sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "relu", "relu_backward", "leaky_relu",
-           "leaky_relu_backward", "elu", "elu_backward", "selu", "selu_backward", "prelu", "prelu_backward",
+           "leaky_relu_backward", "elu", "elu_backward", "selu", "selu_backward", "softplus", "softplus_backward",
+           "mish", "mish_backward", "prelu", "prelu_backward",
            "maxout", "maxout_backward"]
 
 
@@ -60,7 +62,8 @@ class _ActivationBackward(Op):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         name, what = cls.name, cls.saved_what
-        cls.kernel = name
+        if "kernel" not in cls.__dict__:  # a backward declared without its row: the kernel a provider has by its name
+            cls.kernel = name
         cls.check = staticmethod(lambda saved, dy, **_: _pair(saved, dy, name, what))
 
     @staticmethod
@@ -136,6 +139,7 @@ class Sigmoid(Op):
 
 class SigmoidBackward(_ActivationBackward):
     name = "sigmoid_backward"
+    kernel = registry.SIGMOID_BACKWARD
     saved_what = "sigmoid output"
 
     @staticmethod
@@ -176,6 +180,7 @@ class Tanh(Op):
 
 class TanhBackward(_ActivationBackward):
     name = "tanh_backward"
+    kernel = registry.TANH_BACKWARD
     saved_what = "tanh output"
 
     @staticmethod
@@ -223,6 +228,7 @@ class Relu(Op):
 
 class ReluBackward(_ActivationBackward):
     name = "relu_backward"
+    kernel = registry.RELU_BACKWARD
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any) -> Any:
@@ -262,6 +268,7 @@ class LeakyRelu(Op):
 
 class LeakyReluBackward(_ActivationBackward):
     name = "leaky_relu_backward"
+    kernel = registry.LEAKY_RELU_BACKWARD
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, negative_slope: float) -> Any:
@@ -312,6 +319,7 @@ def _negative(ctx: Context, x: Any) -> Any:
 
 class EluBackward(_ActivationBackward):
     name = "elu_backward"
+    kernel = registry.ELU_BACKWARD
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, alpha: float) -> Any:
@@ -330,6 +338,7 @@ class EluBackward(_ActivationBackward):
 
 class SeluBackward(_ActivationBackward):
     name = "selu_backward"
+    kernel = registry.SELU_BACKWARD
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any) -> Any:
@@ -345,6 +354,139 @@ class SeluBackward(_ActivationBackward):
         gx = (g * dy * exp(clip(x, max=0.0)) * ((SELU_SCALE * SELU_ALPHA) * _negative(ctx, x))
               if ctx.needs_input_grad[0] else None)
         return gx, (selu_backward(x, g) if ctx.needs_input_grad[1] else None)
+
+
+# --- softplus and mish -----------------------------------------------------------------------------------------
+def _softplus_values(xp: Any, z: Any) -> Any:
+    """``log(1 + exp(z))`` as ``log1p(exp(-|z|)) + max(z, 0)``: ``exp`` never overflows, whatever ``|z|``."""
+    return xp.log1p(xp.exp(-xp.abs(z))) + xp.maximum(z, 0.0)
+
+
+def _sigmoid_values(xp: Any, z: Any) -> Any:
+    """``1 / (1 + exp(-z))`` as the kernels compute it (``xpnn_stable_sigmoid``): ``e = exp(-|z|) <= 1``, then
+    ``1 / (1 + e)`` for ``z >= 0`` and ``e / (1 + e)`` below (no overflow, no warning)."""
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1.0, e) / (1.0 + e)
+
+
+def _below(ctx: Context, z: Any, threshold: float) -> Any:
+    """0/1 mask of ``z < threshold``, where softplus's second derivative is not 0, in ``z``'s dtype, as a constant:
+    0 at ``z = threshold`` (PyTorch's ``softplus_double_backward``), although the first derivative takes the
+    softplus branch there."""
+    zd = _values(z)
+    return ctx.xp.astype(zd < threshold, zd.dtype)
+
+
+class Softplus(Op):
+    name = "softplus"
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, *, beta: float, threshold: float) -> Any:
+        """``log(1 + exp(beta * x)) / beta``, and ``x`` where ``beta * x > threshold``
+        (``torch.nn.functional.softplus``), computed as ``(log1p(exp(-|z|)) + max(z, 0)) / beta`` with
+        ``z = beta * x`` so that no ``exp`` overflows; float16 is computed in float32 and rounded once."""
+        xp = _unary(x, "softplus")
+        ctx.save_for_backward(x)
+        ctx.beta, ctx.threshold = beta, threshold
+        xf = _upcast(xp, x)
+        z = xf * beta
+        out = xp.where(z > threshold, xf, _softplus_values(xp, z) / beta)
+        return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+
+    @staticmethod
+    def backward(ctx: Context, dy: Any) -> Any:
+        (x,) = ctx.saved_tensors
+        return softplus_backward(x, dy, ctx.beta, ctx.threshold)
+
+    @staticmethod
+    def onnx(g: Any, x: str, *, beta: float, threshold: float) -> str:
+        """ONNX's Softplus is ``log(exp(x) + 1)``: scaled by ``beta`` around it, ``x`` above the threshold (float16
+        computed in float32, as the forward)."""
+        xf = g.cast(x, np.float32) if g.dtype(x) == np.float16 else x
+        z = xf if beta == 1.0 else g.op("Mul", xf, g.const(beta, dtype=xf))
+        sp = g.op("Softplus", z) if beta == 1.0 else g.op("Div", g.op("Softplus", z), g.const(beta, dtype=xf))
+        out = g.op("Where", g.op("Greater", z, g.const(threshold, dtype=xf)), xf, sp)
+        return out if xf == x else g.cast(out, np.float16)
+
+
+class SoftplusBackward(_ActivationBackward):
+    name = "softplus_backward"
+    kernel = registry.SOFTPLUS_BACKWARD
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, dy: Any, *, beta: float, threshold: float) -> Any:
+        """``dx = dy * sigmoid(beta * x)``, ``dy`` where ``beta * x > threshold`` (PyTorch's
+        ``softplus_backward``); float16 is computed in float32 and rounded once, like the CUDA kernel."""
+        xp = ctx.xp  # (check has validated the pair)
+        _ActivationBackward.save(ctx, None, x, dy, beta=beta, threshold=threshold)
+        z = _upcast(xp, x) * beta
+        dx = xp.where(z > threshold, 1.0, _sigmoid_values(xp, z)) * dy
+        return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
+        """d/dx: ``dy * beta * s * (1 - s)`` with ``s = sigmoid(beta * x)`` where ``beta * x < threshold``, else 0;
+        d/d(dy): ``softplus_backward(x, g)``."""
+        x, dy = ctx.saved_tensors
+        beta, threshold = ctx.beta, ctx.threshold
+        gx = None
+        if ctx.needs_input_grad[0]:
+            z = x * beta
+            s = sigmoid(z)
+            gx = g * dy * s * (1.0 - s) * (beta * _below(ctx, z, threshold))
+        return gx, (softplus_backward(x, g, beta, threshold) if ctx.needs_input_grad[1] else None)
+
+
+class Mish(Op):
+    name = "mish"
+
+    @staticmethod
+    def forward(ctx: Context, x: Any) -> Any:
+        """``x * tanh(softplus(x))`` (Misra 2019, ``torch.nn.functional.mish``), softplus as
+        ``log1p(exp(-|x|)) + max(x, 0)``; float16 is computed in float32 and rounded once."""
+        xp = _unary(x, "mish")
+        ctx.save_for_backward(x)
+        xf = _upcast(xp, x)
+        out = xf * xp.tanh(_softplus_values(xp, xf))
+        return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+
+    @staticmethod
+    def backward(ctx: Context, dy: Any) -> Any:
+        (x,) = ctx.saved_tensors
+        return mish_backward(x, dy)
+
+    @staticmethod
+    def onnx(g: Any, x: str) -> str:
+        if g.opset >= 18:
+            return g.in_float32("Mish", x)
+        return g.op("Mul", x, g.op("Tanh", g.in_float32("Softplus", x)))
+
+
+class MishBackward(_ActivationBackward):
+    name = "mish_backward"
+    kernel = registry.MISH_BACKWARD
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, dy: Any) -> Any:
+        """``dx = dy * (t + x * (1 - t**2) * sigmoid(x))`` with ``t = tanh(softplus(x))``; float16 is computed in
+        float32 and rounded once, like the CUDA kernel."""
+        xp = ctx.xp  # (check has validated the pair)
+        _ActivationBackward.save(ctx, None, x, dy)
+        xf = _upcast(xp, x)
+        t = xp.tanh(_softplus_values(xp, xf))
+        dx = (t + xf * (1.0 - t * t) * _sigmoid_values(xp, xf)) * dy
+        return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
+        """d/dx: ``dy * (1 - t**2) * s * (2 + x * (1 - s - 2 * t * s))`` (``s = sigmoid(x)``); d/d(dy):
+        ``mish_backward(x, g)``."""
+        x, dy = ctx.saved_tensors
+        gx = None
+        if ctx.needs_input_grad[0]:
+            t, s = tanh(softplus(x)), sigmoid(x)
+            gx = g * dy * (1.0 - t * t) * s * (2.0 + x * (1.0 - s - 2.0 * t * s))
+        return gx, (mish_backward(x, g) if ctx.needs_input_grad[1] else None)
 
 
 # --- PReLU (learned slope) ------------------------------------------------------------------------------------
@@ -529,6 +671,31 @@ def selu(x: Any) -> Any:
 def selu_backward(x: Any, dy: Any) -> Any:
     """``dx = scale * dy`` where ``x > 0`` else ``dy * scale * alpha * exp(x)``."""
     return SeluBackward.apply(*_with_dy(x, dy))
+
+
+def softplus(x: Any, beta: float = 1.0, threshold: float = 20.0) -> Any:
+    """``log(1 + exp(beta * x)) / beta``, reverting to ``x`` where ``beta * x > threshold``
+    (``torch.nn.functional.softplus``); never overflows. ``x``: any shape, floating dtype (float16 computes in
+    float32). Raises ``DTypeError`` for other dtypes."""
+    return Softplus.apply(_checks.as_arrays(x)[0], beta=float(beta), threshold=float(threshold))
+
+
+def softplus_backward(x: Any, dy: Any, beta: float = 1.0, threshold: float = 20.0) -> Any:
+    """``dx = dy * sigmoid(beta * x)``, ``dy`` where ``beta * x > threshold``; ``x`` and ``dy`` of one shape and
+    floating dtype. Raises ``ShapeError``/``DTypeError``."""
+    return SoftplusBackward.apply(*_with_dy(x, dy), beta=float(beta), threshold=float(threshold))
+
+
+def mish(x: Any) -> Any:
+    """``x * tanh(softplus(x))`` (Misra 2019, ``torch.nn.functional.mish``). ``x``: any shape, floating dtype
+    (float16 computes in float32). Raises ``DTypeError`` for other dtypes."""
+    return Mish.apply(*_checks.as_arrays(x))
+
+
+def mish_backward(x: Any, dy: Any) -> Any:
+    """``dx = dy * (t + x * (1 - t**2) * sigmoid(x))`` with ``t = tanh(softplus(x))``; ``x`` and ``dy`` of one
+    shape and floating dtype. Raises ``ShapeError``/``DTypeError``."""
+    return MishBackward.apply(*_with_dy(x, dy))
 
 
 def prelu(x: Any, weight: Any) -> Any:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
 from .. import _dispatch
+from .._cuda import registry
 from ..autograd.op import Context, Op
 from ..backend import dtype_name, namespace_of
 from ..errors import DTypeError, ShapeError
@@ -142,7 +143,7 @@ def im2col(x: Any, g: Conv2dGeometry, pad_value: float = 0.0) -> Any:
     """x (N, C, H, W) -> cols (N, C, kh, kw, oh, ow): ``cols[n, c, i, j, p, q] =
     xpad[n, c, p*sh + i*dh, q*sw + j*dw]`` (``xpad``: x padded with ``pad_value``). Kernel / NumPy overrides first."""
     xp = namespace_of(x, where="im2col")
-    fast = _dispatch.lookup("im2col", xp, x.dtype) if pad_value == 0.0 else None
+    fast = _dispatch.lookup(registry.IM2COL, xp, x.dtype) if pad_value == 0.0 else None
     if fast is not None:
         out = fast(x, g)
         if out is not NotImplemented:
@@ -156,7 +157,7 @@ def col2im(cols: Any, g: Conv2dGeometry) -> Any:
     """Adjoint of ``im2col``: cols (N, C, kh, kw, oh, ow) -> dx (N, C, H, W), each column entry added to the input
     pixel it was read from (padding dropped). One strided slice addition per kernel offset."""
     xp = namespace_of(cols, where="col2im")
-    fast = _dispatch.lookup("col2im", xp, cols.dtype)
+    fast = _dispatch.lookup(registry.COL2IM, xp, cols.dtype)
     if fast is not None:
         out = fast(cols, g)
         if out is not NotImplemented:

@@ -29,6 +29,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import _dispatch
+from .._cuda import registry
 from . import _workspace
 from ..autograd.op import Context, register_override
 from .conv import Conv2d, Conv2dGeometry, conv2d_geometry, im2col
@@ -37,7 +38,7 @@ from .pooling import MaxPool2d, first_inbounds_offset, pool2d_geometry, window_m
 __all__ = ["im2col_numpy", "conv2d_input_grad_numpy", "max_pool2d_numpy", "max_pool2d_backward_numpy"]
 
 
-def _kernels_answer(op: str, dtype: Any) -> bool:
+def _kernels_answer(op: Any, dtype: Any) -> bool:
     return _dispatch.lookup(op, np, dtype) is not None
 
 
@@ -71,7 +72,7 @@ def _windows(xpad: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
 
 
 def _conv2d_forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Any = None, **params: Any) -> Any:
-    if _kernels_answer("im2col", x.dtype):
+    if _kernels_answer(registry.IM2COL, x.dtype):
         return NotImplemented
     return Conv2d.forward(ctx, x, weight, bias, im2col_fn=im2col_numpy, **params)
 
@@ -181,7 +182,7 @@ INPUT_GRAD_PATHS = {"transposed": conv2d_input_grad_transposed_numpy, "channels_
 
 
 def _conv2d_backward(ctx: Context, dy: Any) -> Any:
-    if type(dy) is not np.ndarray or ctx.create_graph or _kernels_answer("col2im", dy.dtype):
+    if type(dy) is not np.ndarray or ctx.create_graph or _kernels_answer(registry.COL2IM, dy.dtype):
         return NotImplemented
     x, weight = ctx.saved_tensors
     need = ctx.needs_input_grad
@@ -254,7 +255,7 @@ def max_pool2d_backward_numpy(argmax: np.ndarray, dy: np.ndarray, g: Conv2dGeome
 
 def _max_pool2d_forward(ctx: Context, x: np.ndarray, *, kernel_size: Any, stride: Any = None, padding: Any = 0,
                         dilation: Any = 1, ceil_mode: bool = False) -> Any:
-    if _kernels_answer("max_pool2d", x.dtype) or x.dtype.kind != "f":
+    if _kernels_answer(registry.MAX_POOL2D, x.dtype) or x.dtype.kind != "f":
         return NotImplemented  # kernels (shim), or an error message from the reference
     g = pool2d_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
     y, ctx.argmax = max_pool2d_numpy(x, g)
@@ -266,7 +267,7 @@ def _max_pool2d_forward(ctx: Context, x: np.ndarray, *, kernel_size: Any, stride
 def _max_pool2d_backward(ctx: Context, dy: Any) -> Any:
     g = ctx.__dict__.get("geometry")
     if g is None or type(dy) is not np.ndarray or ctx.create_graph or tuple(dy.shape) != (g.n, g.c, g.oh, g.ow) \
-            or _kernels_answer("max_pool2d_backward", dy.dtype):
+            or _kernels_answer(registry.MAX_POOL2D_BACKWARD, dy.dtype):
         return NotImplemented
     return max_pool2d_backward_numpy(ctx.argmax, dy, g)
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import _dispatch
+from .._cuda import registry
 from ..autograd.op import Context, Op, numpy_direct
 from ..backend import dtype_name, is_cupy_namespace, is_numpy_namespace, namespace_of
 from ..debug import check_finite, get_debug as _debug_on
@@ -326,7 +327,7 @@ def _cross_entropy_numpy(logits: Any, target: Any, reduction: str) -> tuple[Any,
 
 def _with_grad(xp: Any, logits: Any, target: Any, reduction: str, ignore_index: int, eps: float) -> tuple[Any, Any]:
     """The fused kernel for ``cross_entropy_with_grad`` where one is registered, else the reference."""
-    kernel = _dispatch.lookup("cross_entropy_with_grad", xp, logits.dtype)
+    kernel = _dispatch.lookup(registry.CROSS_ENTROPY_WITH_GRAD, xp, logits.dtype)
     if kernel is not None:
         out = kernel(logits, target, reduction=reduction, ignore_index=ignore_index, label_smoothing=eps)
         if out is not NotImplemented:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from .. import _dispatch
+from .._cuda import registry
 from ..backend import dtype_name, namespace_of
 from ..errors import DTypeError, ShapeError
 from .updates import adam_update, copy_into
@@ -44,7 +45,7 @@ def adam_update_mixed(param: Any, master: Any, grad: Any, exp_avg: Any, exp_avg_
     xp = _check_mixed("adam_update_mixed", param, master, grad, states)
     if amsgrad and max_exp_avg_sq is None:
         raise ValueError("adam_update_mixed: amsgrad=True needs a max_exp_avg_sq array")
-    kernel = _dispatch.lookup("adam_update_mixed", xp, param.dtype)
+    kernel = _dispatch.lookup(registry.ADAM_UPDATE_MIXED, xp, param.dtype)
     if kernel is not None and kernel(param, master, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, lr=lr,
                                      beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                                      decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,

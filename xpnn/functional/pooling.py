@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from .. import _dispatch
+from .._cuda import registry
 from ..autograd.op import Context, Op
 from ..backend import namespace_of
 from ..errors import ShapeError
@@ -80,7 +81,7 @@ def max_pool2d_with_argmax(x: Any, kernel_size: IntPair, stride: Optional[IntPai
     ``i * kW + j`` inside each window (what ``max_pool2d_backward`` needs)."""
     xp = _input(x, "max_pool2d")
     g = pool2d_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
-    kernel = _dispatch.lookup("max_pool2d", xp, x.dtype)
+    kernel = _dispatch.lookup(registry.MAX_POOL2D, xp, x.dtype)
     if kernel is not None:
         out = kernel(x, g)
         if out is not NotImplemented:
@@ -162,7 +163,7 @@ def max_pool2d_backward(argmax: Any, dy: Any, input_shape: Sequence[int], kernel
     if tuple(argmax.shape) != tuple(dy.shape):
         raise ShapeError(f"max_pool2d_backward: argmax must have the shape of dy {tuple(dy.shape)}, "
                          f"got {tuple(argmax.shape)}")
-    kernel = _dispatch.lookup("max_pool2d_backward", xp, dy.dtype)
+    kernel = _dispatch.lookup(registry.MAX_POOL2D_BACKWARD, xp, dy.dtype)
     if kernel is not None:
         out = kernel(argmax, dy, g)
         if out is not NotImplemented:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from .._torch_names import axis_from_dim
+from .._cuda import registry
 from ..autograd.op import Context, Op
 from ..backend import namespace_of
 from . import _checks
@@ -61,7 +62,7 @@ def _upcast(xp: Any, x: Any) -> Any:
 class LogSumExp(Op):
     name = "logsumexp"
     check = staticmethod(lambda x, *, axis=-1, keepdims=False: _prepare(x, axis, "logsumexp"))
-    kernel = "logsumexp"
+    kernel = registry.LOGSUMEXP
 
     @staticmethod
     def forward(ctx: Context, x: Any, *, axis: int = -1, keepdims: bool = False) -> Any:
@@ -106,7 +107,7 @@ class LogSumExp(Op):
 class Softmax(Op):
     name = "softmax"
     check = staticmethod(lambda x, *, axis=-1, keepdims=False: _prepare(x, axis, "softmax"))
-    kernel = "softmax"
+    kernel = registry.SOFTMAX
 
     @staticmethod
     def forward(ctx: Context, x: Any, *, axis: int = -1) -> Any:
@@ -142,7 +143,7 @@ class Softmax(Op):
 class LogSoftmax(Op):
     name = "log_softmax"
     check = staticmethod(lambda x, *, axis=-1, keepdims=False: _prepare(x, axis, "log_softmax"))
-    kernel = "log_softmax"
+    kernel = registry.LOG_SOFTMAX
 
     @staticmethod
     def forward(ctx: Context, x: Any, *, axis: int = -1) -> Any:

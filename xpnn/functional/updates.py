@@ -6,7 +6,8 @@ as ``w_old = w`` before the update is the updated array, not a copy (keep ``w.co
 old weights). ``grad`` may broadcast to ``param``'s shape (``b`` (1, 3) with ``db`` (3,), as ``b -= lr * db`` in
 NumPy); ``param``'s shape never changes. They are normally called on a
 model's 1-D flat parameter buffer, so a whole model is updated in one call (one fused kernel on CUDA: a function
-first asks ``_dispatch.lookup("<function name>", xp, param.dtype)`` and returns early when a kernel takes the call).
+first asks ``_dispatch.lookup(registry.<FUNCTION NAME>, xp, param.dtype)`` with its row of ``xpnn._cuda.registry``
+and returns early when a kernel takes the call).
 
 The formulas are PyTorch's (``torch.optim.SGD/Adagrad/RMSprop/Adam/AdamW``, single-tensor path), so results can be
 compared with it. The generic code writes every intermediate into a work array: on NumPy and CuPy through the
@@ -16,8 +17,8 @@ expressions assigned with ``out[...] = ...``.
 
 Capturable form: ``step`` and ``lr`` may be 0-d arrays of the param's namespace and compute dtype (what
 ``xpnn.optim`` passes on namespaces other than NumPy). They are then never read on the host: bias corrections are
-computed from them on the device, and the fused kernel looked up is ``"<function name>_capturable"`` (one that reads
-them from device memory), else the generic code runs.
+computed from them on the device, and the fused kernel looked up is ``registry.<FUNCTION NAME>_CAPTURABLE`` (one
+that reads them from device memory), else the generic code runs.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import math
 from typing import Any, Optional
 
 from .. import _dispatch
+from .._cuda import registry
 from ..backend import dtype_name, namespace_of
 from ..errors import DTypeError, ShapeError
 from . import _checks
@@ -123,7 +125,7 @@ def _effective_grad(ops: _InPlace, param: Any, grad: Any, weight_decay: float, m
     return ops.sub(g, grad, out=g) if maximize else ops.add(g, grad, out=g)
 
 
-def _kernel_took(op: str, xp: Any, dtype: Any, *args: Any, **kwargs: Any) -> bool:
+def _kernel_took(op: Any, xp: Any, dtype: Any, *args: Any, **kwargs: Any) -> bool:
     """Run the fused kernel for ``op`` if one is registered; True when it did the update."""
     kernel = _dispatch.lookup(op, xp, dtype)
     return kernel is not None and kernel(*args, **kwargs) is not NotImplemented
@@ -152,7 +154,7 @@ def sgd_update(param: Any, grad: Any, momentum_buffer: Any = None, *, lr: float,
     if momentum != 0 and momentum_buffer is None:
         raise ValueError(f"sgd_update: momentum={momentum} needs a momentum_buffer array")
     # a device-scalar lr/step (capturable optimizers) needs a kernel reading it from device memory
-    op = "sgd_update_capturable" if _is_device_scalar(lr) else "sgd_update"
+    op = registry.SGD_UPDATE_CAPTURABLE if _is_device_scalar(lr) else registry.SGD_UPDATE
     if _kernel_took(op, xp, param.dtype, param, grad, momentum_buffer, lr=lr, momentum=momentum,
                     dampening=dampening, nesterov=nesterov, weight_decay=weight_decay, first_step=first_step,
                     maximize=maximize):
@@ -202,7 +204,7 @@ def adagrad_update(param: Any, grad: Any, state_sum: Any, *, step: int, lr: floa
     xp = _check("adagrad_update", param, grad, state_sum=state_sum)
     _check_step("adagrad_update", step)
     # a device-scalar lr/step (capturable optimizers) needs a kernel reading it from device memory
-    op = "adagrad_update_capturable" if _is_device_scalar(step, lr) else "adagrad_update"
+    op = registry.ADAGRAD_UPDATE_CAPTURABLE if _is_device_scalar(step, lr) else registry.ADAGRAD_UPDATE
     if _kernel_took(op, xp, param.dtype, param, grad, state_sum, step=step, lr=lr, lr_decay=lr_decay,
                     weight_decay=weight_decay, eps=eps, maximize=maximize):
         return param
@@ -244,7 +246,7 @@ def rmsprop_update(param: Any, grad: Any, square_avg: Any, grad_avg: Any = None,
     if momentum > 0 and momentum_buffer is None:
         raise ValueError(f"rmsprop_update: momentum={momentum} needs a momentum_buffer array")
     # a device-scalar lr/step (capturable optimizers) needs a kernel reading it from device memory
-    op = "rmsprop_update_capturable" if _is_device_scalar(lr) else "rmsprop_update"
+    op = registry.RMSPROP_UPDATE_CAPTURABLE if _is_device_scalar(lr) else registry.RMSPROP_UPDATE
     if _kernel_took(op, xp, param.dtype, param, grad, square_avg, grad_avg, momentum_buffer, lr=lr,
                     alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
                     maximize=maximize):
@@ -299,7 +301,7 @@ def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_av
     _check_step("adam_update", step)
     if amsgrad and max_exp_avg_sq is None:
         raise ValueError("adam_update: amsgrad=True needs a max_exp_avg_sq array")
-    op = "adam_update_capturable" if _is_device_scalar(step, lr) else "adam_update"
+    op = registry.ADAM_UPDATE_CAPTURABLE if _is_device_scalar(step, lr) else registry.ADAM_UPDATE
     if _kernel_took(op, xp, param.dtype, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step,
                     lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                     decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize):

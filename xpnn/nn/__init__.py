@@ -6,7 +6,8 @@ and returns the input gradient; losses: ``loss = loss_fn(pred, target)``, ``dpre
 A model's parameters and gradients live in one flat buffer each (every Parameter's ``.data``/``.grad`` is a view
 into it), so an optimizer step is one pass.
 """
-from .activation import ELU, SELU, LeakyReLU, LogSoftmax, PReLU, ReLU, Sigmoid, Softmax, Tanh
+from . import activation as _activation
+from .activation import *  # noqa: F401,F403 (every layer in its __all__: a new activation needs no edit here)
 from .batchnorm import BatchNorm1d
 from .batchnorm2d import BatchNorm2d
 from .container import Identity, ModuleList, Residual, Sequential
@@ -24,7 +25,7 @@ from . import utils
 
 __all__ = [
     "Module", "Parameter", "FlatBuffer", "flat_buffer_of",
-    "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "Softmax", "LogSoftmax", "Maxout",
+    "Linear", *_activation.__all__, "Maxout",
     "Dropout", "DropConnect", "BatchNorm1d", "Sequential", "Residual", "ModuleList", "Identity",
     "CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss",
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "BatchNorm2d", "utils",

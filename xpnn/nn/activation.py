@@ -9,7 +9,8 @@ from ..backend import BackendLike
 from .module import Module
 from .parameter import FlatBuffer, Parameter, factory
 
-__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "SELU", "Softmax", "LogSoftmax", "PReLU"]
+__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "SELU", "Softplus", "Mish", "Softmax", "LogSoftmax",
+           "PReLU"]
 
 
 class Sigmoid(Module):
@@ -66,6 +67,27 @@ class SELU(Module):
 
     def forward(self, x: Any) -> Any:
         return F.selu(x)
+
+
+class Softplus(Module):
+    """``y = log(1 + exp(beta * x)) / beta``, ``x`` where ``beta * x > threshold`` (``torch.nn.Softplus``)."""
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
+        super().__init__()
+        self.beta, self.threshold = float(beta), float(threshold)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, threshold={self.threshold}"
+
+    def forward(self, x: Any) -> Any:
+        return F.softplus(x, self.beta, self.threshold)
+
+
+class Mish(Module):
+    """``y = x * tanh(softplus(x))`` (Misra 2019, ``torch.nn.Mish``)."""
+
+    def forward(self, x: Any) -> Any:
+        return F.mish(x)
 
 
 class _AlongAxis(Module):

@@ -1,10 +1,12 @@
 """``BatchNorm1d``: batch normalisation over the batch axis of (N, C) input, with running statistics."""
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 from .. import functional as F
 from ..backend import BackendLike
+from ..debug import get_debug
 from ..errors import ShapeError
 from .linear import check_features
 from .module import Module
@@ -20,6 +22,8 @@ class BatchNorm1d(Module):
     with the unbiased variance) by ``momentum`` (``None``: cumulative average); eval uses the running statistics
     (or batch statistics when ``track_running_stats=False``). weight starts at 1, bias at 0.
     """
+
+    _ndim = 2  # the input's number of axes
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
                  track_running_stats: bool = True, *,
@@ -54,11 +58,26 @@ class BatchNorm1d(Module):
     def _where(self) -> str:
         return f"BatchNorm1d({self.num_features})"
 
-    def forward(self, x: Any) -> Any:
+    def _check(self, x: Any) -> None:
+        """The layer's check of x (N, num_features): errors name the layer."""
         ref = self.weight.data if self.weight is not None else self.running_mean
         check_features(self, None, x, self.num_features, ref.dtype if ref is not None else x.dtype)
+
+    def forward(self, x: Any) -> Any:
+        """The op validates the arguments (the channels and dtype against ``weight``); a failed check is
+        re-diagnosed by ``_check`` so that the error names the layer. ``_check`` runs first only where the op cannot
+        see the rule: no ``weight``, the layer's 2-D (or 4-D) input and non-empty batch, debug mode."""
+        if x.ndim != self._ndim or x.shape[0] == 0 or self.weight is None or get_debug():
+            self._check(x)
+        try:
+            return self._normalize(x)
+        except (ValueError, TypeError):  # (ShapeError, DTypeError, NamespaceMismatchError among them)
+            self._check(x)
+            raise
+
+    def _normalize(self, x: Any) -> Any:
         batch_stats = self.training or not self.track_running_stats
-        if batch_stats and x.shape[0] < 2:
+        if batch_stats and math.prod(int(s) for i, s in enumerate(x.shape) if i != 1) < 2:
             raise ShapeError(f"{self._where()}: expected more than 1 value per channel when training, "
                              f"got input of shape {tuple(x.shape)}")
         w, b = self.weight, self.bias

@@ -105,9 +105,15 @@ class Conv2d(Module):
         return s
 
     def forward(self, x: Any) -> Any:
+        """The op validates the arguments; a failed check is re-diagnosed here so that the error names the layer.
+        The layer's own rules (a non-empty batch) and, in debug mode, the finite check run first."""
         w = self.weight.data
-        check_image(self, None, x, self.in_channels, w.dtype)
-        data = x.data if isinstance(x, Tensor) else x
-        conv2d_geometry(data.shape, w.shape, self.stride, self.padding, self.dilation, self.groups,
-                        where=self._where())  # errors name the layer
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if x.ndim != 4 or x.shape[0] == 0 or get_debug():
+            check_image(self, None, x, self.in_channels, w.dtype)
+        try:
+            return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        except (ValueError, TypeError):  # (ShapeError, DTypeError, NamespaceMismatchError among them)
+            check_image(self, None, x, self.in_channels, w.dtype)
+            conv2d_geometry(tuple(x.shape), w.shape, self.stride, self.padding, self.dilation, self.groups,
+                            where=self._where())
+            raise

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import functional as F
 from ..backend import BackendLike, namespace_of
 from ..functional.dropout import dropout_mask, make_rng
 from ..random import generator
-from .linear import Linear, check_features
+from .linear import Linear, affine
 
 __all__ = ["DropConnect"]
 
@@ -43,12 +42,11 @@ class DropConnect(Linear):
             return super().forward(x)
         w = self.weight.data
         xp = namespace_of(w)
-        check_features(self, None, x, self.in_features, w.dtype)
         rng = self._rngs.get(id(xp))
         if rng is None:
             rng = self._rngs[id(xp)] = make_rng(xp, self._mask_seed)
         self._mask = dropout_mask(xp, tuple(w.shape), self.p, w.dtype, rng)
-        return F.linear(x, self.weight * self._mask, self.bias)
+        return affine(self, x, self.weight * self._mask, self.in_features)
 
     def _moved(self) -> None:
         self._mask = None

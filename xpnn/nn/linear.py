@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -11,9 +11,7 @@ from .. import init
 from ..autograd.tensor import Tensor
 from ..backend import BackendLike, dtype_name, namespace_of
 from ..debug import check_finite, get_debug
-from ..errors import DTypeError, ShapeError
-from ..autograd.op import numpy_direct
-from ..functional.linear import Linear as LinearOp
+from ..errors import DTypeError, NamespaceMismatchError, ShapeError
 from .module import Module, layer_namespace
 from .parameter import FlatBuffer, Parameter, factory
 
@@ -45,22 +43,19 @@ def check_features(module: Module, xp: Any, x: Any, in_features: int, dtype: Any
         check_finite(xp, x, module._where())
 
 
-def check_grad_output(module: Module, xp: Any, dy: Any, shape: tuple[int, ...], dtype: Any) -> None:
-    if tuple(dy.shape) != shape:
-        raise ShapeError(f"{module._where()}: backward expected dy of shape {shape}, got {tuple(dy.shape)}")
-    if dy.dtype != dtype:
-        raise DTypeError(f"{module._where()}: backward expected dy of dtype {dtype_name(dtype)}, got {dtype_name(dy.dtype)}")
-    if get_debug():
-        check_finite(xp, dy, module._where(), "dy")
-
-
-def add_affine_grads(weight: Parameter, bias: Optional[Parameter], dw: Any, db: Any) -> None:
-    """``weight.grad += dw`` and ``bias.grad += db``, in place (into the model's flat gradient buffer)."""
-    g = weight.grad
-    g += dw
-    if bias is not None and db is not None:
-        gb = bias.grad
-        gb += db
+def affine(module: Module, x: Any, weight: Any, in_features: int) -> Any:
+    """``F.linear(x, weight, module.bias)`` for a layer taking (N, in_features) input: the op validates the
+    arguments; a failed check is re-diagnosed by ``check_features`` so that the error names the layer (and says what
+    to do). The layer's own rules (2-D, a non-empty batch) and, in debug mode, the finite check run here."""
+    if x.ndim != 2 or x.shape[0] == 0 or get_debug():
+        check_features(module, None, x, in_features, module.weight.data.dtype)
+        if get_debug():  # NaN weights are reported where they are
+            check_finite(namespace_of(module.weight.data), module.weight.data, module._where(), "weight")
+    try:
+        return F.linear(x, weight, module.bias)
+    except (ShapeError, DTypeError, NamespaceMismatchError):
+        check_features(module, None, x, in_features, module.weight.data.dtype)  # raises, naming the layer
+        raise
 
 
 def init_affine(module: Module, out_rows: int, in_features: int, bias: bool,
@@ -95,7 +90,6 @@ class Linear(Module):
         self.in_features = in_features
         self.out_features = out_features
         init_affine(self, out_features, in_features, bias, backend, dtype, seed)
-        self._x: Any = None
 
     def _where(self) -> str:
         return f"Linear(in_features={self.in_features}, out_features={self.out_features})"
@@ -103,23 +97,5 @@ class Linear(Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
-    def _explicit_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Plain NumPy input: the explicit API without the tape (``Module._array_call``), the same checks first."""
-        x = args[0] if len(args) == 1 and not kwargs else None
-        w = self.weight._data
-        if (type(x) is np.ndarray and type(w) is np.ndarray and type(self).forward is Linear.forward
-                and not get_debug() and numpy_direct("linear")):  # (a subclass with its own forward runs it)
-            if x.ndim != 2 or x.shape[1] != self.in_features or x.dtype != w.dtype or x.shape[0] == 0:
-                check_features(self, None, x, self.in_features, w.dtype)  # (raises, naming the layer)
-            out = self._array_call(LinearOp, x, self.weight, self.bias)
-            if out is not NotImplemented:
-                return out
-        return super()._explicit_call(args, kwargs)
-
     def forward(self, x: Any) -> Any:
-        w = self.weight.data
-        check_features(self, layer_namespace(self, x.data if isinstance(x, Tensor) else x, w), x, self.in_features,
-                       w.dtype)
-        if get_debug():  # NaN weights are reported where they are
-            check_finite(namespace_of(w), w, self._where(), "weight")
-        return F.linear(x, self.weight, self.bias)
+        return affine(self, x, self.weight, self.in_features)

@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import functional as F
-import numpy as np
-
 from ..backend import namespace_of
 from ..functional._checks import REDUCTIONS
+from . import explicit
 from .module import Module
 
 __all__ = ["CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss"]
@@ -37,14 +36,12 @@ class _Loss(Module):
         return int(target.shape[0])
 
     def backward(self, dy: Any = None, need_input_grad: bool = True) -> Any:  # type: ignore[override]
-        """Gradient of the last loss (computed on arrays) with respect to the prediction (same shape as it);
-        ``dy`` defaults to ones (the gradient of the summed loss for ``reduction="none"``). One per forward."""
-        call = self.__dict__.get("_last_call")
-        if dy is None and type(call) is tuple:  # (not after its backward: Module.backward says so)
-            out = call[1].data
-            dy = np.ones(out.shape, out.dtype) if isinstance(out, (np.ndarray, np.generic)) else \
-                namespace_of(out).ones_like(out)
-        return Module.backward(self, dy, need_input_grad)
+        """The explicit API: gradient of the last loss (computed on arrays) with respect to the prediction (same
+        shape as it); ``dy`` defaults to ones (the gradient of the summed loss for ``reduction="none"``). One per
+        forward."""
+        if dy is None:
+            dy = explicit.ones_like_output(self)  # (None without a kept call: Module.backward says why)
+        return explicit.backward(self, dy, need_input_grad)
 
     backward._xpnn_tape = True  # type: ignore[attr-defined]
 

@@ -5,7 +5,7 @@ from typing import Any
 
 from .. import functional as F
 from ..backend import BackendLike
-from .linear import check_features, init_affine
+from .linear import affine, init_affine
 from .module import Module
 
 __all__ = ["Maxout"]
@@ -30,6 +30,5 @@ class Maxout(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, pieces={self.pieces}"
 
     def forward(self, x: Any) -> Any:
-        check_features(self, None, x, self.in_features, self.weight.dtype)
-        y, _ = F.maxout(F.linear(x, self.weight, self.bias), self.pieces)
+        y, _ = F.maxout(affine(self, x, self.weight, self.in_features), self.pieces)
         return y

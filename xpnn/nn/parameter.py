@@ -37,7 +37,7 @@ class Parameter(Tensor):
     ``Module.load_state_dict``, ``xpnn.init``, ``p[key] = v``; a backward through an op that saved the parameter
     before such a write raises ``InplaceModifiedError``. Optimizers do not rely on it: one keeping a float32 master
     copy of a float16 parameter compares the copy with the values on the device before each step, so any write,
-    even ``p.data[...] = 0`` that bumps no version, is kept (``Optimizer._prepare``).
+    even ``p.data[...] = 0`` that bumps no version, is kept.
     """
 
     __slots__ = ("_flat", "_offset", "name")

@@ -1,4 +1,4 @@
-"""Gaps in the tests of the softmax family, the losses and the activations found by mutation testing (issue 14).
+"""The softmax family, the losses and the activations: float16 paths, options and checks.
 
 float16 inputs are computed in float32 and rounded once at the end: results must equal the float32 computation on the
 same (exactly widened) values, cast to float16 — not a computation in native float16, which rounds every step.

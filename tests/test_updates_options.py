@@ -1,4 +1,4 @@
-"""Gaps in the tests of xpnn.functional.updates found by mutation testing (issue 14): argument checks that a
+"""The options of xpnn.functional.updates: argument checks that a
 signature cache must not skip, the capturable form (0-d ``step``/``lr`` arrays) against the host form and
 torch.optim, and the option branches of each update against hand-computed or float64 NumPy values."""
 from __future__ import annotations

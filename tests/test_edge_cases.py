@@ -1,4 +1,4 @@
-"""Issue 9 faults, each with the right value as the expectation: float16 intermediates (sigmoid, its backward, BCE,
+"""Edge cases across the library, each with the right value as the expectation: float16 intermediates (sigmoid, its backward, BCE,
 MSE, softmax backward), a learning-rate scheduler rebuilt on resume, writes into float16 parameters between optimizer
 steps, PCA whitening at any scale, EarlyStopping's epoch count."""
 import math

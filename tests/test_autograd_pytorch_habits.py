@@ -1,4 +1,4 @@
-"""Autograd used as a PyTorch user would (issue 8 trial): in-place operators, item assignment, frozen parameters
+"""Autograd used as a PyTorch user would: in-place operators, item assignment, frozen parameters
 in an optimizer, custom ops that break the backward contract, ``pow`` at zero, ``clip`` with Tensor bounds,
 array_api_strict indexing and second order, modules with a hand-written backward on the tape, and the PyTorch
 spellings that were missing (``concat``/``stack``, ``argmax``, ``backward(inputs=)``, ``to(dtype)``, format).

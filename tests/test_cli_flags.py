@@ -1,4 +1,4 @@
-"""First-use checks of `xpnn train` / `xpnn info` from issue 9: every flag has help with its default, bad values are
+"""The flags of `xpnn train` / `xpnn info` as a first use meets them: every flag has help with its default, bad values are
 usage errors naming the flag before any output, GPU advice spelled as flags, label smoothing named in the output."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gaps in the tests of ``xpnn.save`` / ``xpnn.load`` found by mutation testing (issue 14): file permissions,
+"""The files of ``xpnn.save`` / ``xpnn.load``: file permissions,
 compression, foreign or inconsistent metadata, object arrays, where the temporary file is made, folders that cannot
 be fsync'ed, failed clean-ups, the place of every array in the table, and load errors that name the file."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Gaps in the tests of the optimizers and their update functions found by mutation testing (issue 14).
+"""The optimizers and their update functions, in detail.
 
 Everything is checked through public behaviour: parameter values after ``step()``, ``state_dict()`` and
 ``load_state_dict()``, ``defaults``, the errors raised, and what the fused-kernel hook (``xpnn._dispatch``) is asked

@@ -1,4 +1,4 @@
-"""Example scripts, issue 9: incompatible or bad flags rejected before any work, whole descriptions in --help, honest
+"""The example scripts' flags: incompatible or bad flags rejected before any work, whole descriptions in --help, honest
 epoch messages, titled log-scale loss plots."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gaps in the tests of the activations found by mutation testing (issue 14).
+"""The activations: their backward ops' declarations and checks, kernels, and values at the edges.
 
 - The backward ops declared through ``_ActivationBackward``: a subclass declared here (as a new activation would
   be) gets the argument check that names it and its saved input, and the kernel of its name replaces its forward.

@@ -1,4 +1,4 @@
-"""Gaps in the tests of the autograd core found by mutation testing (issue 14): the op declaration (``Op``, its
+"""The autograd core: the op declaration (``Op``, its
 per-call ``Context``, kernels and the overrides registry), the backward engine, ``xpnn.grad`` and the grad-mode
 switches, with ``torch.autograd`` as the reference for the semantics.
 

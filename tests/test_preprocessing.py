@@ -1,4 +1,4 @@
-"""Gaps in the tests of ``xpnn.data`` preprocessing found by mutation testing (issue 14): exact statistics,
+"""``xpnn.data`` preprocessing: exact statistics,
 edge sizes (0, 1 and 2 rows), every check of transform/inverse_transform, ``fit_transform`` and ``to``."""
 from __future__ import annotations
 

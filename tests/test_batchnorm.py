@@ -1,4 +1,4 @@
-"""Gaps in the tests of ``nn.BatchNorm1d`` found by mutation testing (issue 14): ``eps`` in both modes, no running
+"""``nn.BatchNorm1d``: ``eps`` in both modes, no running
 statistics while training, a batch of two, the dtype and ``dy`` checks, ``need_input_grad=False``, the defaults
 (float32, one feature), ``backend=``/``seed=``, and ``torch.nn.BatchNorm1d`` in every mode. Only forward and backward
 results, gradients, buffers and errors are checked."""

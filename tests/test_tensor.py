@@ -1,4 +1,4 @@
-"""Gaps in the tests of ``xpnn.Tensor`` and ``xpnn.tensor()`` found by mutation testing (issue 14): construction,
+"""``xpnn.Tensor`` and ``xpnn.tensor()``: construction,
 the leaf/graph flags, hooks, conversions (item, numpy, ``__array__``, format, repr), backward's arguments, the
 operators (reflected and in-place), comparisons, the method aliases of ``xpnn.functional`` ops, and the wrapping
 of op outputs. PyTorch's ``torch.Tensor`` is the reference where it has the same feature."""

@@ -1,4 +1,4 @@
-"""`xpnn bench` from issue 9: --json/--plot checked before anything runs, unstable rows and a busy machine named in
+"""`xpnn bench`'s report: --json/--plot checked before anything runs, unstable rows and a busy machine named in
 the output, repeated passes recorded; the pytest-benchmark suite prints its ratio table last."""
 from __future__ import annotations
 

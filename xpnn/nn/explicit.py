@@ -1,0 +1,261 @@
+"""The explicit API: ``out = m(x_array)``; ``dx = m.backward(dy)`` (the first version's protocol), a layer on top of
+``Module.forward`` on Tensors. ``Module.__call__`` comes here for a call with no Tensor argument and for a module
+with a hand-written ``backward``, ``Module.backward`` always; the core (``Module`` on Tensors, autograd, functional)
+never imports this module (``Module`` reaches it through one lazily set reference).
+
+- A call on arrays runs ``forward`` on the tape with the first floating array wrapped (``_InputTensor``), keeps
+  ``(input, output)`` on the module (``_last_call``) and returns arrays; ``backward(dy)`` runs the tape from that
+  output and returns the input's gradient: the explicit API is sugar over the recorded call.
+- A layer that is one op (``nn.Linear``: ``_ONE_OP``) runs that op and its backward directly on plain NumPy arrays,
+  without the tape (``_OneOpCall``): the same values, a fraction of the host time.
+- A module whose class writes its own ``backward`` runs its forward as it is on arrays, and joins a Tensor graph as
+  one node (``_ModuleOp``).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from ..autograd.engine import run_backward
+from ..autograd.grad_mode import is_grad_enabled
+from ..autograd.op import Context, Op, numpy_direct
+from ..autograd.tensor import Tensor
+from ..backend import dtype_name, namespace_of
+from ..debug import check_finite, get_debug
+from ..errors import DTypeError, ShapeError
+from ..functional.linear import Linear as LinearOp
+from .linear import Linear, check_features
+from .module import Module
+from .parameter import Parameter
+
+__all__ = ["call", "backward", "call_backward", "ones_like_output"]
+
+_USED = object()  # ``_last_call`` after its backward: a second backward is an error that says so
+_TAKES_FLAG: dict[type, bool] = {}
+
+
+def call_backward(module: Module, dy: Any, need_input_grad: bool) -> Any:
+    """``module.backward(dy, need_input_grad=...)``: the backward contract lets the first layer of a model skip the
+    input gradient nobody uses. (A user module written for the first version whose ``backward`` takes no such
+    argument is called with ``dy`` alone.)"""
+    if need_input_grad:
+        return module.backward(dy)
+    cls = type(module)
+    if not cls._explicit_backward:
+        return module.backward(dy, need_input_grad=False)
+    takes = _TAKES_FLAG.get(cls)
+    if takes is None:
+        takes = _TAKES_FLAG[cls] = "need_input_grad" in inspect.signature(cls.backward).parameters
+    return module.backward(dy, need_input_grad=False) if takes else module.backward(dy)
+
+
+# --- a module with a hand-written backward ----------------------------------------------------------------------
+def _count_forward(module: Module) -> int:
+    """Count a forward of a module with a hand-written backward (which keeps its last call's values on itself)."""
+    n = module.__dict__.get("_xpnn_forwards", 0) + 1
+    module.__dict__["_xpnn_forwards"] = n
+    return n
+
+
+class _ModuleOp(Op):
+    """A module written with its own ``backward`` (the first version's protocol), as one node of the tape."""
+
+    name = "module"
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, *rest: Any, module: Module, kwargs: dict) -> Any:
+        ctx.module = module
+        ctx.call = _count_forward(module)
+        return module.forward(x, *rest, **kwargs)
+
+    @staticmethod
+    def backward(ctx: Context, dy: Any) -> Any:
+        need = ctx.needs_input_grad
+        calls = ctx.module.__dict__.get("_xpnn_forwards")
+        if calls != ctx.call:  # its backward would read the values a later forward left on the module
+            raise RuntimeError(
+                f"{ctx.module._where()}: this module has a hand-written backward, which reads what its last forward "
+                f"kept on the module, but it ran forward {calls - ctx.call} more time(s) after the call being "
+                "differentiated (used twice in one graph, or called again, e.g. under no_grad, before backward): "
+                "its gradient would be wrong. Use one instance per call, or drop its backward and write forward "
+                "with xpnn.functional ops (the tape then keeps each call's values)")
+        dx = call_backward(ctx.module, dy, need[0])
+        return (dx,) + (None,) * (len(need) - 1)
+
+    @staticmethod
+    def onnx(g: Any, x: Any, *rest: Any, module: Module, kwargs: dict) -> Any:
+        raise NotImplementedError(
+            f"xpnn.onnx.export: {module._where()} has a hand-written backward, so its forward is array code that "
+            "the recorded graph cannot see into (op 'module'); write its forward with xpnn.functional ops (and drop "
+            "its backward) to export it")
+
+
+# --- calls on arrays ----------------------------------------------------------------------------------------------
+class _InputTensor(Tensor):
+    """The Tensor wrapping an array passed to a module (explicit API): its gradient is the returned ``dx``, so the
+    first contribution is kept as is instead of copied."""
+
+    __slots__ = ()
+
+    def _accumulate_grad(self, g: Any) -> None:
+        self._grad = g if self._grad is None else self._grad + g
+
+
+def _is_float_array(a: Any) -> bool:
+    if type(a) is np.ndarray:
+        return a.dtype.kind == "f"
+    if not (hasattr(a, "shape") and hasattr(a, "dtype")) or isinstance(a, Tensor):
+        return False
+    try:
+        return namespace_of(a).isdtype(a.dtype, "real floating")
+    except Exception:
+        return False
+
+
+class _OneOpCall:
+    """One call kept by ``_one_op_call``: the op, its context, its output array and the parameters (or ``None``)
+    passed after the input."""
+
+    __slots__ = ("op", "ctx", "out", "params")
+
+    def __init__(self, op: type[Op], ctx: Context, out: Any, params: tuple[Optional[Parameter], ...]) -> None:
+        self.op, self.ctx, self.out, self.params = op, ctx, out, params
+
+    def backward(self, dy: Any, need_input_grad: bool) -> Any:
+        """Add the parameters' gradients into their ``.grad`` and return the input's (``None`` when not needed)."""
+        ctx = self.ctx
+        if not need_input_grad:
+            ctx.needs_input_grad = (False,) + ctx.needs_input_grad[1:]
+        grads = self.op.backward(ctx, dy)
+        for p, g in zip(self.params, grads[1:]):
+            if p is not None and g is not None:
+                p._accumulate_grad(g)
+        return grads[0] if need_input_grad else None
+
+
+def _one_op_call(module: Module, op: type[Op], x: Any, *params: Optional[Parameter]) -> Any:
+    """Run ``op`` on the NumPy array ``x`` and the parameters' arrays with a context of its own and keep that call
+    for ``backward``, which then runs ``op.backward`` on arrays, with no tape (the same math, a fraction of the host
+    time). Returns ``NotImplemented`` where the tape is needed (a parameter with hooks)."""
+    arrays, needs = [x], [True]
+    for p in params:
+        if p is None:
+            arrays.append(None)
+            needs.append(False)
+            continue
+        if p._hooks:
+            return NotImplemented
+        arrays.append(p._data)
+        needs.append(p._requires_grad)
+    ctx = Context(tuple(needs), (x,))
+    out = op.forward(ctx, *arrays) if op.check is None else op._run_forward(ctx, tuple(arrays), {})
+    if is_grad_enabled():
+        object.__setattr__(module, "_last_call", _OneOpCall(op, ctx, out, params))
+    return out
+
+
+def _linear(m: Linear, x: Any) -> Any:
+    w = m.weight._data
+    if type(x) is not np.ndarray or type(w) is not np.ndarray or get_debug() or not numpy_direct("linear"):
+        return NotImplemented
+    if x.ndim != 2 or x.shape[0] == 0:  # the layer's own rules (see nn.linear.affine)
+        check_features(m, None, x, m.in_features, w.dtype)  # (raises, naming the layer)
+    try:
+        return _one_op_call(m, LinearOp, x, m.weight, m.bias)
+    except (ShapeError, DTypeError):  # the op's check failed: say it naming the layer
+        check_features(m, None, x, m.in_features, w.dtype)
+        raise
+
+
+#: layers that are one op, by their ``forward`` (a subclass with a forward of its own, e.g. ``DropConnect``, is not
+#: here and runs its forward): ``fn(module, x)`` returns the output array or ``NotImplemented`` (take the tape)
+_ONE_OP: dict[Callable[..., Any], Callable[[Any, Any], Any]] = {Linear.forward: _linear}
+
+
+def call(module: Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``module(*args, **kwargs)`` with no Tensor argument, or for a module with a hand-written ``backward``."""
+    cls = type(module)
+    if cls._explicit_backward:
+        for a in args:
+            if isinstance(a, Tensor):
+                return _ModuleOp.apply(*args, module=module, kwargs=kwargs)
+        _count_forward(module)
+        return module.forward(*args, **kwargs)
+    fast = _ONE_OP.get(cls.forward)
+    if fast is not None and len(args) == 1 and not kwargs:
+        out = fast(module, args[0])
+        if out is not NotImplemented:
+            return out
+    record = is_grad_enabled()
+    wrapped = list(args)
+    first: Optional[Tensor] = None
+    for i, a in enumerate(args):  # the first floating array is the input whose gradient backward returns
+        if _is_float_array(a):
+            first = _InputTensor(a)
+            first._requires_grad = record
+            wrapped[i] = first
+            break
+    out = module.forward(*wrapped, **kwargs)
+    if record:
+        object.__setattr__(module, "_last_call", (first, out) if isinstance(out, Tensor) else None)
+    if isinstance(out, Tensor):
+        return out._data
+    if isinstance(out, tuple):
+        return tuple(o._data if isinstance(o, Tensor) else o for o in out)
+    return out
+
+
+def ones_like_output(module: Module) -> Any:
+    """Ones of the shape and dtype of the output kept by the last call on arrays (a loss's default ``dy``), or
+    ``None`` when no call is kept."""
+    call = module.__dict__.get("_last_call")
+    if type(call) is tuple:
+        out = call[1].data
+        return np.ones(out.shape, out.dtype) if isinstance(out, (np.ndarray, np.generic)) else \
+            namespace_of(out).ones_like(out)
+    return None
+
+
+def backward(module: Module, dy: Any, need_input_grad: bool) -> Any:
+    """``Module.backward``: back-propagate ``dy`` through the module's last call on arrays."""
+    call = module.__dict__.get("_last_call")
+    if call is None or call is _USED:
+        raise RuntimeError(
+            f"{module._where()}: backward() called twice for one forward (a backward already used it: as a "
+            "backward() called before forward(), this one has nothing to differentiate); run a forward on "
+            "arrays before each backward" if call is _USED else
+            f"{module._where()}: backward() called before forward(): each backward needs its own forward on "
+            "arrays (this one has none; a forward under xpnn.no_grad() keeps nothing)")
+    object.__setattr__(module, "_last_call", _USED)
+    if type(call) is _OneOpCall:
+        x, out, out_data = None, None, call.out
+    else:
+        x, out = call
+        out_data = out.data
+    if isinstance(dy, Tensor):
+        dy = dy.data
+    if not hasattr(dy, "shape") or tuple(dy.shape) != tuple(out_data.shape):
+        got = tuple(dy.shape) if hasattr(dy, "shape") else type(dy).__name__
+        raise ShapeError(f"{module._where()}: backward expected dy of shape {tuple(out_data.shape)}, got {got}")
+    if dy.dtype != out_data.dtype:
+        raise DTypeError(f"{module._where()}: backward expected dy of dtype {dtype_name(out_data.dtype)}, got "
+                         f"{dtype_name(dy.dtype)}")
+    if type(dy) is not type(out_data):
+        namespace_of(out_data, dy, where=module._where())
+    if get_debug():
+        check_finite(namespace_of(dy), dy, module._where(), "dy")
+    if out is None:
+        return call.backward(dy, need_input_grad)
+    if x is not None and not need_input_grad:
+        x._requires_grad = False
+    if out is x:  # the forward returned its input (e.g. Dropout in eval mode)
+        return dy if need_input_grad else None
+    if out._node is not None:
+        run_backward([out], [dy])
+    if x is None or not need_input_grad:
+        return None
+    if x._grad is None:  # the output does not depend on the input
+        return namespace_of(x.data).zeros_like(x.data)
+    return x._grad
