@@ -43,9 +43,11 @@ def build(impl: str):  # noqa: ANN201
     r = make_runner("tiny_step", "batch8", impl)
     for _ in range(20):  # warm-up: optimizer state, caches, first-touch pages
         r.fn()
+    # the objects made so far are never scanned again: a full collection's cost does not land in the timed steps
+    # at random (the collections of what the steps make still do)
     gc.collect()
-    gc.freeze()  # (the objects made so far are never scanned again: a full collection's cost does not land in the
-    return r     # timed steps at random; the collections of what the steps make still do)
+    gc.freeze()
+    return r
 
 
 def count(impl: str, steps: int) -> int:
