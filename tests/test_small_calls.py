@@ -10,7 +10,8 @@ import xpnn
 import xpnn.functional as F
 from xpnn import _dispatch, nn
 from xpnn.autograd import register_override
-from xpnn.functional.activations import Sigmoid, SigmoidBackward
+from xpnn.functional import losses
+from xpnn.functional.activations import ReluBackward, Sigmoid, SigmoidBackward
 
 SHAPES = [(30, 1), (5,), (), (3, 4, 5), (0, 3), (1, 65)]
 DTYPES = [np.float32, np.float64]
@@ -78,6 +79,52 @@ def test_cross_entropy_with_grad_fast_path_equals_general_path(n, c, dtype, redu
         np.testing.assert_array_equal(logits, before)  # the logits are not written
         for a, b in zip(fast, general):
             assert_same(a, b)
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the general path ran where the NumPy fast path applies")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # (the NaN rows)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, c", [(1, 65), (8, 4), (7, 3), (5, 2)])
+def test_cross_entropy_on_tensors_takes_the_fast_path_and_equals_the_general_path(n, c, dtype, reduction,
+                                                                                   monkeypatch):
+    """The cross_entropy op on a Tensor that needs a gradient (the tape's training step) runs the NumPy fast path
+    in its forward: the same loss, the same gradient after backward, as the general (reference) path."""
+    rng = np.random.default_rng(n + c)
+    logits = (rng.standard_normal((n, c)) * 20).astype(dtype)
+    logits[0, 0] = 1e4
+    if n > 2:
+        logits[1] = -np.inf
+        logits[2, 1] = np.nan
+    target = rng.integers(0, c, n)
+
+    def run():
+        x = xpnn.tensor(logits, requires_grad=True)
+        loss = F.cross_entropy(x, target, reduction=reduction)
+        loss.backward(np.ones(loss.shape, dtype) if reduction == "none" else None)
+        return loss.data, x.grad
+
+    with general_path():
+        general = run()
+    monkeypatch.setattr(losses, "_cross_entropy", _must_not_run)
+    fast = run()
+    for a, b in zip(fast, general):
+        assert_same(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_relu_backward_fast_path_equals_general_path(shape, dtype, monkeypatch):
+    x = np.asarray(values(shape, dtype))  # (0-d too: an array, not a NumPy scalar)
+    dy = np.asarray(values(shape, dtype, seed=1))
+    with general_path():
+        general = F.relu_backward(x, dy)
+    assert_same(general, ReluBackward.apply(x, dy))
+    monkeypatch.setattr(ReluBackward, "apply", _must_not_run)
+    assert_same(F.relu_backward(x, dy), general)
 
 
 def test_cross_entropy_fast_path_leaves_ignored_labels_and_errors_to_the_general_path():

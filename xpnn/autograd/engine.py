@@ -13,9 +13,9 @@ from typing import Any, Optional, Sequence
 
 from ..backend import dtype_name, namespace_of
 from ..errors import InplaceModifiedError
-from .grad_mode import set_grad_enabled
+from .grad_mode import _state as _grad_state
 from . import op as _op
-from .op import _OVERRIDDEN, Context, override_for
+from .op import _FREED, _OVERRIDDEN, Context, override_for
 
 __all__ = ["Node", "run_backward", "check_saved_versions"]
 
@@ -49,15 +49,14 @@ def _add(a: Any, b: Any) -> Any:
 
 
 def _topo(roots: Sequence[Node], wanted: Optional[set[int]]
-          ) -> tuple[list[Node], dict[int, tuple[bool, ...]], dict[int, int]]:
-    """(nodes in post-order, node id -> per-input "a gradient is needed here" flags (all False: the node leads to
+          ) -> tuple[list[Node], dict[Node, tuple[bool, ...]], dict[int, int]]:
+    """(nodes in post-order, node -> per-input "a gradient is needed here" flags (all False: the node leads to
     no wanted leaf and is skipped), leaf id -> number of live edges into it).
 
     ``wanted``: ids of the Tensors whose gradients are asked for (``grad``), or ``None`` for every leaf that
-    requires grad (``backward``)."""
+    requires grad (``backward``). (Nodes are keys by identity: ``Node`` keeps object's hash and equality.)"""
     order: list[Node] = []
-    edges: dict[int, tuple[bool, ...]] = {}
-    visited: set[int] = set()
+    edges: dict[Node, tuple[bool, ...]] = {}
     stack: list[tuple[Node, bool]] = [(r, False) for r in roots]
     leaf_edges: dict[int, int] = {}
     while stack:
@@ -70,22 +69,20 @@ def _topo(roots: Sequence[Node], wanted: Optional[set[int]]
                     continue
                 n = t._node
                 if wanted is not None and id(t) in wanted:
-                    flags.append(True)
+                    f = True
                 elif n is None:
-                    flags.append(t._requires_grad and wanted is None)
+                    f = t._requires_grad and wanted is None
                 else:
-                    flags.append(any(edges[id(n)]))
-            e = tuple(flags)
-            edges[id(node)] = e
-            if any(e):
-                for t, live in zip(node.inputs, e):
-                    if live and t._node is None:
-                        leaf_edges[id(t)] = leaf_edges.get(id(t), 0) + 1
+                    f = True in edges[n]
+                flags.append(f)
+                if f and n is None:
+                    leaf_edges[id(t)] = leaf_edges.get(id(t), 0) + 1
+            edges[node] = tuple(flags)
             order.append(node)
             continue
-        if id(node) in visited:
+        if node in edges:
             continue
-        visited.add(id(node))
+        edges[node] = ()  # (visited: the flags come when the node is expanded, after its inputs' nodes)
         stack.append((node, True))
         for t in node.inputs:  # (a node pushed twice is expanded once: see the check above)
             if t is not None and t._node is not None:
@@ -117,7 +114,7 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
     Tensor = _op.Tensor  # set by xpnn.autograd.tensor (which imports this module)
     wanted = {id(t) for t in inputs} if inputs is not None else None
     captured: dict[int, Any] = {}
-    pending: dict[int, list[Any]] = {}
+    pending: dict[Node, list[Any]] = {}  # node -> the gradients reaching its outputs so far
     roots = []
     for out, g in zip(outputs, grad_outputs):
         if wanted is not None and id(out) in wanted:
@@ -128,32 +125,52 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                 _accumulate_leaf(out, g)
                 _fire_hooks(out)
             continue
-        slot = pending.setdefault(id(node), [None] * len(node.outputs))
-        slot[out._index] = _add(slot[out._index], g)
+        _pend(pending, node, out._index, g)
         roots.append(node)
     order, all_edges, leaf_edges = _topo(roots, wanted)
-    with set_grad_enabled(create_graph):
+    overridden = _OVERRIDDEN["backward"]
+    writes = _op.writes
+    prev_mode = _grad_state.enabled
+    _grad_state.enabled = bool(create_graph)
+    try:
         for node in reversed(order):
-            edges = all_edges[id(node)]
+            edges = all_edges[node]
             if True not in edges:
                 continue
             ctx = node.ctx
-            if ctx.freed:
+            if ctx._saved is _FREED:
                 raise RuntimeError(
                     f"{node.op.name}: trying to backward through the graph a second time (its saved values were "
                     "freed by the first backward); pass retain_graph=True to the first backward or xpnn.grad call")
-            grads = pending.pop(id(node), None)
+            grads = pending.pop(node, None)
             in_grads: Any = None
             if grads is not None:
-                if ctx._saved and ctx._writes != _op.writes:  # something was written since the forward
+                if ctx._saved and ctx._writes != writes:  # something was written since the forward
                     check_saved_versions(node)
-                in_grads = _call_backward(node, grads, edges, create_graph, Tensor)
+                op = node.op
+                if (len(grads) == 1 and not create_graph and not ctx.create_graph and not op._user_op
+                        and op.name not in overridden):
+                    # the usual call (one output, arrays, no override): _call_backward's steps that apply
+                    ctx.needs_input_grad = edges
+                    in_grads = op.backward(ctx, grads[0])
+                    if not isinstance(in_grads, tuple):
+                        in_grads = (in_grads,)
+                    if len(in_grads) != len(edges):
+                        raise RuntimeError(f"{op.name}: backward returned {len(in_grads)} gradients for "
+                                           f"{len(edges)} inputs")
+                    for g in in_grads:
+                        if isinstance(g, Tensor):  # (a backward that made Tensors from Tensors it kept)
+                            in_grads = tuple([g._data if isinstance(g, Tensor) else g for g in in_grads])
+                            break
+                else:
+                    in_grads = _call_backward(node, grads, edges, create_graph, Tensor)
             if not retain_graph:
                 ctx.free()
-            for i, t in enumerate(node.inputs):
-                if not edges[i]:
+            for t, live, g in zip(node.inputs, edges, in_grads if in_grads is not None else edges):
+                if not live:
                     continue
-                g = in_grads[i] if in_grads is not None else None
+                if in_grads is None:
+                    g = None
                 if wanted is not None and id(t) in wanted:
                     if g is not None:
                         captured[id(t)] = _add(captured.get(id(t)), g)
@@ -162,18 +179,29 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                 n = t._node
                 if n is not None:
                     if g is not None:
-                        slot = pending.setdefault(id(n), [None] * len(n.outputs))
-                        slot[t._index] = _add(slot[t._index], g)
+                        _pend(pending, n, t._index, g)
                     continue
                 if g is not None:
                     _accumulate_leaf(t, g, node=node)
                 left = leaf_edges[id(t)] - 1
                 leaf_edges[id(t)] = left
-                if left == 0:
+                if left == 0 and t._hooks:
                     _fire_hooks(t)
+    finally:
+        _grad_state.enabled = prev_mode
     if inputs is None:
         return None
     return [captured.get(id(t)) for t in inputs]
+
+
+def _pend(pending: dict[Node, list[Any]], node: Node, index: int, g: Any) -> None:
+    """Add ``g``, the gradient of ``node``'s output ``index``, to the gradients waiting for ``node``'s backward."""
+    slot = pending.get(node)
+    if slot is None:
+        slot = pending[node] = [None] * len(node.outputs)
+        slot[index] = g
+    else:
+        slot[index] = _add(slot[index], g)
 
 
 def check_saved_versions(node: Node) -> None:
@@ -264,7 +292,7 @@ def _accumulate_leaf(t: Any, g: Any, node: Optional[Node] = None) -> None:
     """``t.grad += g`` in place when a gradient array exists (a Parameter's flat-buffer view), else store a copy
     (values only: under ``create_graph`` too, as PyTorch's ``.grad`` of a leaf). ``node``: the op whose backward made
     ``g`` (named in the error when its shape is wrong)."""
-    if hasattr(g, "_node"):  # a Tensor (create_graph): .grad holds values only
+    if isinstance(g, _op.Tensor):  # (create_graph): .grad holds values only
         g = g._data
     if g.shape != t._data.shape:
         from ..errors import ShapeError

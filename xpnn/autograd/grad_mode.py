@@ -9,13 +9,17 @@ from typing import Any, Callable, TypeVar
 
 __all__ = ["no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled"]
 
-_state = threading.local()
+class _State(threading.local):
+    enabled = True  # (a class default: each thread starts with recording on, read without a getattr default)
+
+
+_state = _State()
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def is_grad_enabled() -> bool:
     """Whether ops on Tensors record the graph (False inside ``no_grad()``)."""
-    return getattr(_state, "enabled", True)
+    return _state.enabled
 
 
 class set_grad_enabled:

@@ -20,7 +20,7 @@ from ..debug import check_device_errors
 from ..errors import DTypeError, ShapeError
 from . import op as _op
 from .engine import Node, _accumulate_leaf, _fire_hooks, run_backward
-from .grad_mode import is_grad_enabled
+from .grad_mode import _state as _grad_state, is_grad_enabled
 from .op import VersionCounter
 
 __all__ = ["Tensor", "tensor"]
@@ -298,7 +298,7 @@ class Tensor:
         ``inputs``: a Tensor or a sequence of Tensors; accumulate into their ``.grad`` only (PyTorch's ``inputs=``;
         non-leaf Tensors included).
         """
-        if not self.requires_grad:
+        if not self._requires_grad:
             raise RuntimeError("backward: this Tensor does not require grad and has no grad_fn (no input of the ops "
                                "that made it requires grad, or it was made under xpnn.no_grad())")
         seed = _seed_grad(self, grad, "backward", create_graph)
@@ -685,29 +685,32 @@ def _make(data: Any, node: Optional[Node], index: int, requires_grad: bool) -> T
     """An op's output Tensor (no validation: the op made ``data``)."""
     t = Tensor.__new__(Tensor)
     t._data = data
-    t._grad = None
+    t._grad = t._hooks = t._vc = None
     t._node = node
     t._index = index
-    t._hooks = None
-    t._vc = None
     t._requires_grad = requires_grad
     return t
 
 
 def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
     """``Op.apply`` when some input is a Tensor: unwrap, run forward, wrap, record a node if needed."""
-    grad_on = is_grad_enabled()
+    grad_on = _grad_state.enabled
     arrays: list[Any] = []
+    inputs: list[Any] = []  # (the node's inputs: the Tensors, None for constants)
     flags: list[bool] = []
     record = False
     for a in args:
         if isinstance(a, Tensor):
             arrays.append(a._data)
-            need = grad_on and a._requires_grad
-            record = record or need
-            flags.append(need)
+            inputs.append(a)
+            if grad_on and a._requires_grad:
+                record = True
+                flags.append(True)
+            else:
+                flags.append(False)
         else:
             arrays.append(a)
+            inputs.append(None)
             flags.append(False)
     arrs = tuple(arrays)
     ctx = _op.Context(tuple(flags), arrs)
@@ -715,27 +718,28 @@ def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> An
     if op._user_op:
         _check_forward_output(op, out, params)
     if not record:
-        if isinstance(out, tuple):
-            return tuple(_make(o, None, 0, False) for o in out)
+        if type(out) is tuple:
+            return tuple([_make(o, None, 0, False) for o in out])
         t = _make(out, None, 0, False)
         if op.view:
             _share_version(t, args[0])
         return t
-    node = Node(op, ctx, tuple(a if isinstance(a, Tensor) else None for a in args), args, params)
-    if isinstance(out, tuple):
+    ins = tuple(inputs)
+    node = Node(op, ctx, ins, args, params)
+    if type(out) is tuple:
         diff = op.differentiable_outputs
         ctx._xpnn_out_meta = tuple((tuple(o.shape), o.dtype) for o in out)  # zeros for an output the caller dropped
-        outs = tuple(_make(o, node, i, diff is None or i in diff) for i, o in enumerate(out))
-        node.outputs = tuple(weakref.ref(t) if t._requires_grad else None for t in outs)
+        outs = tuple([_make(o, node, i, diff is None or i in diff) for i, o in enumerate(out)])
+        node.outputs = tuple([weakref.ref(t) if t._requires_grad else None for t in outs])
         if ctx._saved:
-            _note_versions(ctx, node.inputs + outs[1:], outs[0])
+            _note_versions(ctx, ins + outs[1:], outs[0])
         return outs
     t = _make(out, node, 0, True)
     node.outputs = (weakref.ref(t),)
     if op.view:
         _share_version(t, args[0])
     if ctx._saved:
-        _note_versions(ctx, node.inputs, t)
+        _note_versions(ctx, ins, t)
     return t
 
 
@@ -757,11 +761,11 @@ def _note_versions(ctx: Any, tensors: tuple[Any, ...], out: Tensor) -> None:
     constants, and more outputs) and ``out`` that has a counter (one without has had no write: version 0). Which of
     them the op saved is sorted out only when some write happened before the backward (the usual case has none)."""
     ctx._writes = _op.writes
-    for t in tensors:
-        if t is not None and t._vc is not None:
-            ctx._versions += (t, t._vc.value)
+    vers = [x for t in tensors if t is not None and t._vc is not None for x in (t, t._vc.value)]
     if out._vc is not None:  # (the output of a view op)
-        ctx._versions += (out, out._vc.value)
+        vers += (out, out._vc.value)
+    if vers:
+        ctx._versions = vers
 
 
 def _share_version(t: Tensor, src: Any) -> None:
@@ -806,7 +810,10 @@ def _seed_grad(out: Tensor, g: Any, where: str, create_graph: bool) -> Any:
             raise RuntimeError(f"{where}: grad can be implicitly created only for one-element outputs; this Tensor"
                                f"{made_by} has shape {out.shape}: pass grad= (e.g. ones of that shape), or reduce "
                                "it first (.sum() or .mean())")
-        return namespace_of(out._data).ones_like(out._data)
+        d = out._data
+        if type(d) is np.ndarray or isinstance(d, np.generic):  # (what the namespace's ones_like returns, faster)
+            return np.ones_like(d)
+        return namespace_of(d).ones_like(d)
     gd = g._data if isinstance(g, Tensor) else g
     if not hasattr(gd, "shape"):
         raise TypeError(f"{where}: grad must be an array or Tensor, got {type(g).__name__}")

@@ -12,15 +12,18 @@ import numpy as np
 
 from ..backend import is_numpy_namespace
 
+_UNSIGNED = {n: np.dtype(f"u{n}") for n in (1, 2, 4, 8)}  # the unsigned type of each float width
+_ONE = np.uint8(1)
+
 
 def zero_where(xp: Any, cond: Any, values: Any) -> Any:
     """A new array: ``values`` with +0.0 where ``cond`` (bool, same shape) is true, ``values`` elsewhere (bit for
     bit, -0.0 and NaN payloads included)."""
-    if (is_numpy_namespace(xp) and isinstance(values, np.ndarray) and values.dtype.kind == "f"
-            and tuple(cond.shape) == tuple(values.shape)):
-        bits = np.dtype(f"u{values.dtype.itemsize}")
+    if ((xp is np or is_numpy_namespace(xp)) and isinstance(values, np.ndarray) and values.dtype.kind == "f"
+            and values.dtype.itemsize in _UNSIGNED and tuple(cond.shape) == tuple(values.shape)):
+        bits = _UNSIGNED[values.dtype.itemsize]
         # cond as 0/1 bytes, minus 1 in the unsigned type of the values' width: 0 where zeroed, all ones elsewhere
-        mask = np.subtract(cond.view(np.uint8), np.uint8(1), dtype=bits)
+        mask = np.subtract(cond.view(np.uint8), _ONE, dtype=bits)
         mask &= values.view(bits)
         return mask.view(values.dtype)
     return xp.where(cond, xp.zeros_like(values), values)

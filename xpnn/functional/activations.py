@@ -637,6 +637,9 @@ def relu(x: Any) -> Any:
 def relu_backward(x: Any, dy: Any) -> Any:
     """``dx = 0`` where ``x <= 0`` else ``dy``: PyTorch's ``threshold_backward`` semantics, so a NaN in ``dy`` at
     ``x <= 0`` gives 0 and a NaN ``x`` passes ``dy`` through (the CUDA kernel does the same)."""
+    if (type(x) is np.ndarray and x.dtype.char in "fd" and type(dy) is np.ndarray and dy.dtype == x.dtype
+            and dy.shape == x.shape and x.size < _RECYCLED_MASK and numpy_direct("relu_backward")):
+        return zero_where(np, x <= 0, dy)  # NumPy fast path (small: a fresh mask), no Op.apply
     return ReluBackward.apply(*_with_dy(x, dy))
 
 

@@ -46,7 +46,6 @@ class Linear(Op):
         """x (..., in), weight (out, in), bias (out,) or None -> (..., out)."""
         _check_linear(x, weight, bias)
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
         y = x @ weight.T
         if bias is not None:
             y += bias
@@ -68,8 +67,8 @@ class Linear(Op):
         dx = dy @ weight if need[0] else None
         dw = dy2.T @ x2 if need[1] else None
         db = None
-        if len(need) > 2 and need[2]:  # (plain NumPy: the library's sum, what the op would call, without the op)
-            db = dy2.sum(axis=0) if type(dy2) is np.ndarray else _sum(dy2, axis=0)
+        if len(need) > 2 and need[2]:  # (plain NumPy: ndarray.sum's reduction, without the op or its Python wrapper)
+            db = np.add.reduce(dy2, axis=0) if type(dy2) is np.ndarray else _sum(dy2, axis=0)
         return dx, dw, db
 
     @staticmethod

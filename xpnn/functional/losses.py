@@ -121,9 +121,15 @@ class CrossEntropy(Op):
     @staticmethod
     def forward(ctx: Context, logits: Any, target: Any, *, reduction: str, ignore_index: int,
                 label_smoothing: float) -> Any:  # (no defaults: cross_entropy passes every parameter)
-        xp, target, any_bad = _check_ce(logits, target, reduction, ignore_index, label_smoothing, "cross_entropy")
+        # plain NumPy, labels in range (checked), none ignored: the reference's operations without its masks
+        fast = ctx.needs_input_grad[0] and _numpy_small_call(logits, target, reduction, ignore_index, label_smoothing)
+        if not fast:
+            xp, target, any_bad = _check_ce(logits, target, reduction, ignore_index, label_smoothing, "cross_entropy")
         ctx.save_for_backward(logits)
         ctx.target, ctx.reduction, ctx.ignore_index, ctx.eps = target, reduction, ignore_index, label_smoothing
+        if fast:
+            loss, ctx.grad = _cross_entropy_numpy(logits, target, reduction)
+            return loss
         if ctx.needs_input_grad[0]:  # the fused pass: loss and gradient at once
             loss, ctx.grad = _with_grad(xp, logits, target, reduction, ignore_index, label_smoothing)
             return _poison(xp, loss, any_bad)
@@ -289,7 +295,9 @@ def _numpy_small_call(logits: Any, target: Any, reduction: str, ignore_index: in
             and not _debug_on() and numpy_direct("cross_entropy")):
         return False
     c = logits.shape[1]
-    return not 0 <= ignore_index < c and int(target.min()) >= 0 and int(target.max()) < c
+    # one pass for both bounds: viewed as unsigned, a negative label is above every class index
+    unsigned = target.view(target.dtype.str.replace("i", "u"))
+    return not 0 <= ignore_index < c and int(np.maximum.reduce(unsigned, axis=None)) < c
 
 
 def _cross_entropy_numpy(logits: Any, target: Any, reduction: str) -> tuple[Any, Any]:
@@ -297,21 +305,21 @@ def _cross_entropy_numpy(logits: Any, target: Any, reduction: str) -> tuple[Any,
     operations in the same order (so the same values, tests/test_small_calls.py), without the namespace wrappers
     and the masks of ignored rows (there are none)."""
     n = logits.shape[0]
-    m = logits.max(axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m) | (m > 0), m, 0.0)  # as _shifted
+    m = np.maximum.reduce(logits, axis=-1, keepdims=True)  # (ndarray.max without its Python wrapper)
+    m = np.where(m > -np.inf, m, 0.0)  # as _shifted: 0 for a row max of -inf or NaN
     e = logits - m
     rows = np.arange(n)
     z_t = e[rows, target]
     np.exp(e, out=e)
-    s = e.sum(axis=-1)
+    s = np.add.reduce(e, axis=-1)
     per = np.log(s) - z_t
     one = logits.dtype.type(1.0)
     if reduction == "mean":
         scale = one / logits.dtype.type(n)
-        loss = per.sum() / logits.dtype.type(n)
+        loss = np.add.reduce(per, axis=None) / logits.dtype.type(n)
     else:
         scale = one
-        loss = per.sum() if reduction == "sum" else per
+        loss = np.add.reduce(per, axis=None) if reduction == "sum" else per
     e *= (scale / s)[:, None]
     e[rows, target] -= scale
     return loss, e
