@@ -145,9 +145,9 @@ def sgd_update(param: Any, grad: Any, momentum_buffer: Any = None, *, lr: float,
     says it holds no history yet. ``scratch``: optional list of work arrays kept by the caller between steps.
     Returns ``param``, updated in place, so NumPy code may rebind (``w = sgd_update(w, dw, ...)``). In place:
     every alias of it (``w_old = w``, kept to backpropagate through the old weights) sees the new values; keep
-    ``w.copy()`` for those. ``grad``
-    may broadcast to ``param``'s shape; a Python scalar or list ``param`` becomes a new array (returned, since it
-    cannot be updated in place). Raises ``ShapeError``/``DTypeError`` naming the array and both shapes/dtypes.
+    ``w.copy()`` for those. ``grad`` may broadcast to
+    ``param``'s shape; a Python scalar or list ``param`` becomes a new array (returned, since it cannot be updated
+    in place). Raises ``ShapeError``/``DTypeError`` naming the array and both shapes/dtypes.
     """
     param, grad = _arguments("sgd_update", param, grad)
     xp = _check("sgd_update", param, grad, momentum_buffer=momentum_buffer)
@@ -196,9 +196,9 @@ def adagrad_update(param: Any, grad: Any, state_sum: Any, *, step: int, lr: floa
     p = p - clr * g / (sqrt(sum) + eps)
     Returns ``param``, updated in place, so NumPy code may rebind (``w = adagrad_update(w, dw, ...)``). In place:
     every alias of it (``w_old = w``, kept to backpropagate through the old weights) sees the new values; keep
-    ``w.copy()`` for those. ``grad``
-    may broadcast to ``param``'s shape; a Python scalar or list ``param`` becomes a new array (returned, since it
-    cannot be updated in place). Raises ``ShapeError``/``DTypeError`` naming the array and both shapes/dtypes.
+    ``w.copy()`` for those. ``grad`` may broadcast to
+    ``param``'s shape; a Python scalar or list ``param`` becomes a new array (returned, since it cannot be updated
+    in place). Raises ``ShapeError``/``DTypeError`` naming the array and both shapes/dtypes.
     """
     param, grad = _arguments("adagrad_update", param, grad)
     xp = _check("adagrad_update", param, grad, state_sum=state_sum)
@@ -234,9 +234,9 @@ def rmsprop_update(param: Any, grad: Any, square_avg: Any, grad_avg: Any = None,
     ``grad_avg`` is needed when ``centered``, ``momentum_buffer`` when ``momentum > 0``.
     Returns ``param``, updated in place, so NumPy code may rebind (``w = rmsprop_update(w, dw, ...)``). In place:
     every alias of it (``w_old = w``, kept to backpropagate through the old weights) sees the new values; keep
-    ``w.copy()`` for those. ``grad``
-    may broadcast to ``param``'s shape; a Python scalar or list ``param`` becomes a new array (returned, since it
-    cannot be updated in place). Raises ``ShapeError``/``DTypeError`` naming the array and both shapes/dtypes.
+    ``w.copy()`` for those. ``grad`` may broadcast to
+    ``param``'s shape; a Python scalar or list ``param`` becomes a new array (returned, since it cannot be updated
+    in place). Raises ``ShapeError``/``DTypeError`` naming the array and both shapes/dtypes.
     """
     param, grad = _arguments("rmsprop_update", param, grad)
     xp = _check("rmsprop_update", param, grad, square_avg=square_avg, grad_avg=grad_avg,
@@ -292,9 +292,9 @@ def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_av
     ``amsgrad``.
     Returns ``param``, updated in place, so NumPy code may rebind (``w = adam_update(w, dw, ...)``). In place:
     every alias of it (``w_old = w``, kept to backpropagate through the old weights) sees the new values; keep
-    ``w.copy()`` for those. ``grad``
-    may broadcast to ``param``'s shape; a Python scalar or list ``param`` becomes a new array (returned, since it
-    cannot be updated in place). Raises ``ShapeError``/``DTypeError`` naming the array and both shapes/dtypes.
+    ``w.copy()`` for those. ``grad`` may broadcast to
+    ``param``'s shape; a Python scalar or list ``param`` becomes a new array (returned, since it cannot be updated
+    in place). Raises ``ShapeError``/``DTypeError`` naming the array and both shapes/dtypes.
     """
     param, grad = _arguments("adam_update", param, grad)
     xp = _check("adam_update", param, grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, max_exp_avg_sq=max_exp_avg_sq)
