@@ -4,9 +4,9 @@ Each function updates ``param`` and its state arrays in place and returns ``para
 that rebinds (``w = sgd_update(w, g, lr=0.1)``) works too. In place means aliases see the new values: an array kept
 as ``w_old = w`` before the update is the updated array, not a copy (keep ``w.copy()`` to backpropagate through the
 old weights). ``grad`` may broadcast to ``param``'s shape (``b`` (1, 3) with ``db`` (3,), as ``b -= lr * db`` in
-NumPy); ``param``'s shape never changes. They are normally called on a
-model's 1-D flat parameter buffer, so a whole model is updated in one call (one fused kernel on CUDA: a function
-first asks ``_dispatch.lookup(registry.<FUNCTION NAME>, xp, param.dtype)`` with its row of ``xpnn._cuda.registry``
+NumPy); ``param``'s shape never changes. A Python scalar or list ``param`` becomes a new array (returned: it cannot be
+updated in place). They are normally called on a model's 1-D flat parameter buffer, so a whole model is updated in
+one call (one fused kernel on CUDA: a function first asks ``_dispatch.lookup(registry.<FUNCTION NAME>, xp, param.dtype)`` with its row of ``xpnn._cuda.registry``
 and returns early when a kernel takes the call).
 
 The formulas are PyTorch's (``torch.optim.SGD/Adagrad/RMSprop/Adam/AdamW``, single-tensor path), so results can be
@@ -143,11 +143,8 @@ def sgd_update(param: Any, grad: Any, momentum_buffer: Any = None, *, lr: float,
 
     Arrays: any one shape and floating dtype. ``momentum_buffer`` is needed when ``momentum != 0``; ``first_step``
     says it holds no history yet. ``scratch``: optional list of work arrays kept by the caller between steps.
-    Returns ``param``, updated in place, so NumPy code may rebind (``w = sgd_update(w, dw, ...)``). In place:
-    every alias of it (``w_old = w``, kept to backpropagate through the old weights) sees the new values; keep
-    ``w.copy()`` for those. ``grad`` may broadcast to
-    ``param``'s shape; a Python scalar or list ``param`` becomes a new array (returned, since it cannot be updated
-    in place). Raises ``ShapeError``/``DTypeError`` naming the array and both shapes/dtypes.
+    Returns ``param`` (``w = sgd_update(w, dw, ...)`` works), updated in place: an alias kept as ``w_old = w``
+    sees the new values (see the module docstring). Raises ``ShapeError``/``DTypeError`` naming the array.
     """
     param, grad = _arguments("sgd_update", param, grad)
     xp = _check("sgd_update", param, grad, momentum_buffer=momentum_buffer)
@@ -194,11 +191,8 @@ def adagrad_update(param: Any, grad: Any, state_sum: Any, *, step: int, lr: floa
     clr = lr / (1 + (step - 1) * lr_decay)
     sum = sum + g * g
     p = p - clr * g / (sqrt(sum) + eps)
-    Returns ``param``, updated in place, so NumPy code may rebind (``w = adagrad_update(w, dw, ...)``). In place:
-    every alias of it (``w_old = w``, kept to backpropagate through the old weights) sees the new values; keep
-    ``w.copy()`` for those. ``grad`` may broadcast to
-    ``param``'s shape; a Python scalar or list ``param`` becomes a new array (returned, since it cannot be updated
-    in place). Raises ``ShapeError``/``DTypeError`` naming the array and both shapes/dtypes.
+    Returns ``param`` (``w = adagrad_update(w, dw, ...)`` works), updated in place: an alias kept as ``w_old = w``
+    sees the new values (see the module docstring). Raises ``ShapeError``/``DTypeError`` naming the array.
     """
     param, grad = _arguments("adagrad_update", param, grad)
     xp = _check("adagrad_update", param, grad, state_sum=state_sum)
@@ -232,11 +226,8 @@ def rmsprop_update(param: Any, grad: Any, square_avg: Any, grad_avg: Any = None,
     else:            p = p - lr * g / avg
 
     ``grad_avg`` is needed when ``centered``, ``momentum_buffer`` when ``momentum > 0``.
-    Returns ``param``, updated in place, so NumPy code may rebind (``w = rmsprop_update(w, dw, ...)``). In place:
-    every alias of it (``w_old = w``, kept to backpropagate through the old weights) sees the new values; keep
-    ``w.copy()`` for those. ``grad`` may broadcast to
-    ``param``'s shape; a Python scalar or list ``param`` becomes a new array (returned, since it cannot be updated
-    in place). Raises ``ShapeError``/``DTypeError`` naming the array and both shapes/dtypes.
+    Returns ``param`` (``w = rmsprop_update(w, dw, ...)`` works), updated in place: an alias kept as ``w_old = w``
+    sees the new values (see the module docstring). Raises ``ShapeError``/``DTypeError`` naming the array.
     """
     param, grad = _arguments("rmsprop_update", param, grad)
     xp = _check("rmsprop_update", param, grad, square_avg=square_avg, grad_avg=grad_avg,
@@ -290,11 +281,8 @@ def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_av
 
     Epsilon is added after the bias correction of ``sqrt(v)``, as in PyTorch. ``max_exp_avg_sq`` is needed when
     ``amsgrad``.
-    Returns ``param``, updated in place, so NumPy code may rebind (``w = adam_update(w, dw, ...)``). In place:
-    every alias of it (``w_old = w``, kept to backpropagate through the old weights) sees the new values; keep
-    ``w.copy()`` for those. ``grad`` may broadcast to
-    ``param``'s shape; a Python scalar or list ``param`` becomes a new array (returned, since it cannot be updated
-    in place). Raises ``ShapeError``/``DTypeError`` naming the array and both shapes/dtypes.
+    Returns ``param`` (``w = adam_update(w, dw, ...)`` works), updated in place: an alias kept as ``w_old = w``
+    sees the new values (see the module docstring). Raises ``ShapeError``/``DTypeError`` naming the array.
     """
     param, grad = _arguments("adam_update", param, grad)
     xp = _check("adam_update", param, grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, max_exp_avg_sq=max_exp_avg_sq)
