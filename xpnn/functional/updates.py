@@ -6,8 +6,8 @@ as ``w_old = w`` before the update is the updated array, not a copy (keep ``w.co
 old weights). ``grad`` may broadcast to ``param``'s shape (``b`` (1, 3) with ``db`` (3,), as ``b -= lr * db`` in
 NumPy); ``param``'s shape never changes. A Python scalar or list ``param`` becomes a new array (returned: it cannot be
 updated in place). They are normally called on a model's 1-D flat parameter buffer, so a whole model is updated in
-one call (one fused kernel on CUDA: a function first asks ``_dispatch.lookup(registry.<FUNCTION NAME>, xp, param.dtype)`` with its row of ``xpnn._cuda.registry``
-and returns early when a kernel takes the call).
+one call (one fused kernel on CUDA: a function first asks ``_dispatch.lookup(registry.<FUNCTION NAME>, xp,
+param.dtype)`` with its row of ``xpnn._cuda.registry`` and returns early when a kernel takes the call).
 
 The formulas are PyTorch's (``torch.optim.SGD/Adagrad/RMSprop/Adam/AdamW``, single-tensor path), so results can be
 compared with it. The generic code writes every intermediate into a work array: on NumPy and CuPy through the
