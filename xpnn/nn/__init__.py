@@ -14,7 +14,9 @@ from .container import Identity, ModuleList, Residual, Sequential
 from .conv import Conv2d
 from .dropconnect import DropConnect
 from .dropout import Dropout
+from .embedding import Embedding
 from .flatten import Flatten
+from .layernorm import LayerNorm
 from .linear import Linear
 from .loss import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss
 from .maxout import Maxout
@@ -29,4 +31,5 @@ __all__ = [
     "Dropout", "DropConnect", "BatchNorm1d", "Sequential", "Residual", "ModuleList", "Identity",
     "CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss",
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "BatchNorm2d", "utils",
+    "Embedding", "LayerNorm",
 ]
