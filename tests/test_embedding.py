@@ -139,3 +139,21 @@ def test_bad_ids_name_the_layer_range_and_value():
         nn.Embedding(10, 4, max_norm=1.0)
     with pytest.raises(ValueError, match="num_embeddings must be a positive integer"):
         nn.Embedding(0, 4)
+
+
+def test_explicit_api_on_token_ids_in_a_sequential():
+    """Arrays in (integer ids, no floating input): the layers inside still record, ``backward(dy)`` fills the
+    parameters' gradients as the tape does and returns no input gradient."""
+    ids = IDS
+    make = lambda: nn.Sequential(nn.Embedding(10, 4, padding_idx=3, seed=0, dtype="float64"),  # noqa: E731
+                                 nn.LayerNorm(4, dtype="float64"), nn.GELU(), nn.Flatten(),
+                                 nn.Linear(20, 3, seed=1, dtype="float64"))
+    a, b = make(), make()
+    out = a(ids)
+    assert isinstance(out, np.ndarray) and out.shape == (2, 3)
+    dy = np.random.default_rng(6).normal(size=out.shape)
+    assert a.backward(dy) is None
+    (b(xpnn.tensor(ids)) * dy).sum().backward()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-12, err_msg=name)
+    assert not np.any(a[0].weight.grad[3])

@@ -303,7 +303,8 @@ class LayerNorm(Op):
             dw = _sum(dyf * xhat, axis=lead) if lead else dyf * xhat
             dw = astype(dw, x.dtype) if half else dw
         if len(need) > 2 and need[2]:
-            db = _sum(dy, axis=lead) if lead else dy
+            db = _sum(dyf, axis=lead) if lead else dyf
+            db = astype(db, x.dtype) if half else db
         return dx, dw, db
 
     @staticmethod
