@@ -268,7 +268,10 @@ def conv2d_backward(x: Any, weight: Any, dy: Any, stride: IntPair = 1, padding: 
     if cols is None:
         cols = xp.reshape(im2col(x, g), (g.n, groups, kg, g.oh * g.ow))
     dy4 = xp.reshape(dy, (g.n, groups, c_out // groups, g.oh * g.ow))
-    dw = xp.reshape(xp.sum(xp.matmul(dy4, xp.matrix_transpose(cols)), axis=0), tuple(weight.shape))
+    # dW = sum_n dy[n] @ cols[n]^T, computed transposed (sum_n cols[n] @ dy[n]^T): a tall (kg, C_out/G) product
+    # per sample, which OpenBLAS runs 1.2-1.5x faster than the wide one on conv shapes (LeNet, 3x3 64->64)
+    dw_t = xp.sum(xp.matmul(cols, xp.matrix_transpose(dy4)), axis=0)  # (G, kg, C_out/G)
+    dw = xp.reshape(xp.matrix_transpose(dw_t), tuple(weight.shape))
     db = xp.sum(dy, axis=(0, 2, 3)) if need_bias_grad else None
     dx = None
     if need_input_grad:
