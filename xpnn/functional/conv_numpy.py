@@ -71,134 +71,10 @@ def _windows(xpad: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
     return win.transpose(0, 1, 4, 5, 2, 3)
 
 
-def _conv2d_forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Any = None, *, stride: Any = 1,
-                    padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Any:
+def _conv2d_forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Any = None, **params: Any) -> Any:
     if _kernels_answer(registry.IM2COL, x.dtype):
         return NotImplemented
-    g = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
-    if not winograd_applies(g, int(weight.shape[0]), groups, x.dtype):
-        return Conv2d.forward(ctx, x, weight, bias, stride=stride, padding=padding, dilation=dilation,
-                              groups=groups, im2col_fn=im2col_numpy)
-    y, ctx.winograd_v = conv2d_winograd_numpy(x, weight, g, "conv2d")
-    if bias is not None:
-        y += bias.reshape(1, -1, 1, 1)
-    ctx.save_for_backward(x, weight)
-    # no column tensor: the declaration's backward (if it runs instead of the override) recomputes it from x
-    ctx.cols, ctx.params, ctx.has_bias = None, (stride, padding, dilation, groups), bias is not None
-    return y
-
-
-# F(2,3) Winograd along the width (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016,
-# the 1-D transforms B^T, G, A^T of F(2,3)): two outputs y[2t], y[2t+1] of a 3-tap correlation from the 4 inputs
-# d = x[2t .. 2t+3] with 4 multiplications, y = A^T [(G g) * (B^T d)]. The kernel rows (kh) and input channels
-# stay a GEMM dimension (K = C_in*kh), so the products are 4 batched GEMMs with 2/3 of the im2col GEMM's flops,
-# on an input transform no larger than the column tensor (4/(2*kw) = 2/3 of it). The 2-D F(2x2,3x3) would cut the
-# flops 2.25x but its GEMMs have K = C_in only (1.7x slower per flop in OpenBLAS at 64 channels) and its
-# transforms cost ~3x the im2col copy in NumPy passes; measured slower overall (benchmarks/RESULTS.md).
-WINOGRAD_MIN_K = 64  # C_in*kh (the GEMMs' inner size) and C_out from which F(2,3) runs
-WINOGRAD_MIN_COUT = 32
-
-
-def winograd_applies(g: Conv2dGeometry, c_out: int, groups: int, dtype: Any) -> bool:
-    """Whether ``conv2d`` runs as F(2,3) Winograd along the width: width-3 kernels, stride and dilation 1, no
-    groups, float32/float64, and enough channels that the GEMMs dominate (``WINOGRAD_MIN_K``, ``..._COUT``)."""
-    return (g.kw == 3 and g.sh == g.sw == 1 and g.dh == g.dw == 1 and groups == 1 and g.ow >= 2
-            and np.dtype(dtype) in (np.float32, np.float64) and g.c * g.kh >= WINOGRAD_MIN_K
-            and c_out >= WINOGRAD_MIN_COUT)
-
-
-def _winograd_input(x: np.ndarray, g: Conv2dGeometry, tag: str) -> np.ndarray:
-    """V (4, N, C*kh, oh*tw), tw = ceil(ow/2): ``B^T d`` of every 4-wide input tile at columns 2t..2t+3 of every
-    kernel row: V0 = d0 - d2, V1 = d1 + d2, V2 = d2 - d1, V3 = d1 - d3 (four passes over strided views of the
-    zero-padded input, whose width is rounded up to 2*tw + 2 for odd ow)."""
-    tw = (g.ow + 1) // 2
-    wq = 2 * tw + 2
-    xpad = _workspace.buffer(tag + ".wino_pad", (g.n, g.c, g.hp, wq), x.dtype)
-    top, left = g.pt + g.h, g.pl + g.w
-    xpad[:, :, :g.pt] = 0
-    xpad[:, :, top:] = 0
-    xpad[:, :, g.pt:top, :g.pl] = 0
-    xpad[:, :, g.pt:top, left:] = 0
-    xpad[:, :, g.pt:top, g.pl:left] = x
-    rows = sliding_window_view(xpad, g.kh, axis=2).transpose(0, 1, 4, 2, 3)  # (N, C, kh, oh, wq)
-    d = [rows[..., t:t + 2 * tw:2] for t in range(4)]  # d[t][n, c, i, h, u] = xpad[n, c, h + i, 2u + t]
-    v = _workspace.buffer(tag + ".wino_v", (4, g.n, g.c, g.kh, g.oh, tw), x.dtype)
-    np.subtract(d[0], d[2], out=v[0])
-    np.add(d[1], d[2], out=v[1])
-    np.subtract(d[2], d[1], out=v[2])
-    np.subtract(d[1], d[3], out=v[3])
-    return v.reshape(4, g.n, g.c * g.kh, g.oh * tw)
-
-
-def _winograd_weight(weight: np.ndarray) -> np.ndarray:
-    """U (4, C_out, C_in*kh) = ``G g`` of every kernel row g = (g0, g1, g2): g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2."""
-    c_out, c, kh, _ = weight.shape
-    g0, g1, g2 = weight[..., 0], weight[..., 1], weight[..., 2]
-    u = np.empty((4, c_out, c, kh), dtype=weight.dtype)
-    u[0] = g0
-    u[3] = g2
-    half_sum = (g0 + g2) * 0.5
-    half_mid = g1 * 0.5
-    np.add(half_sum, half_mid, out=u[1])
-    np.subtract(half_sum, half_mid, out=u[2])
-    return u.reshape(4, c_out, c * kh)
-
-
-def conv2d_winograd_numpy(x: np.ndarray, weight: np.ndarray, g: Conv2dGeometry,
-                          tag: str) -> tuple[np.ndarray, np.ndarray]:
-    """(y, V) of a stride-1 ``conv2d`` with width-3 kernels (``winograd_applies``): V = the input transform
-    (recycled buffer, kept for dW), M_e = U_e @ V_e per sample (4 batched GEMMs), y = ``A^T M``: y[2t] = M0 + M1
-    + M2, y[2t+1] = M1 - M2 - M3. The same products as the direct sum regrouped: float64 agrees to ~1e-15
-    relative; float32 differs from the im2col result by a few ulps of sum |w||x| (tests/test_conv.py)."""
-    c_out = int(weight.shape[0])
-    tw = (g.ow + 1) // 2
-    v = _winograd_input(x, g, tag)
-    m = _workspace.buffer(tag + ".wino_m", (4, g.n, c_out, g.oh * tw), x.dtype)
-    np.matmul(_winograd_weight(weight)[:, None], v, out=m)
-    m5 = m.reshape(4, g.n, c_out, g.oh, tw)
-    if g.ow == 2 * tw:
-        y = np.empty((g.n, c_out, g.oh, g.ow), dtype=x.dtype)
-        pairs = y.reshape(g.n, c_out, g.oh, tw, 2)
-    else:
-        pairs = _workspace.buffer(tag + ".wino_y", (g.n, c_out, g.oh, tw, 2), x.dtype)
-    np.add(m5[0], m5[1], out=pairs[..., 0])
-    pairs[..., 0] += m5[2]
-    np.subtract(m5[1], m5[2], out=pairs[..., 1])
-    pairs[..., 1] -= m5[3]
-    if g.ow != 2 * tw:
-        y = np.ascontiguousarray(pairs.reshape(g.n, c_out, g.oh, 2 * tw)[..., :g.ow])
-    return y, v
-
-
-def conv2d_weight_grad_winograd_numpy(dy: np.ndarray, v: np.ndarray, g: Conv2dGeometry,
-                                      w_shape: tuple[int, ...]) -> np.ndarray:
-    """dW of the Winograd forward from its saved input transform V: dM = ``A dy`` per output pair (dM0 = dy0,
-    dM1 = dy0 + dy1, dM2 = dy0 - dy1, dM3 = -dy1), dU_e = sum_n dM_e[n] @ V_e[n]^T (computed transposed, as
-    ``conv2d_weight_grad_numpy``), dW = ``G^T dU`` per kernel row: (dU0 + (dU1+dU2)/2, (dU1-dU2)/2,
-    (dU1+dU2)/2 + dU3). The gradient of the regrouped sum is the gradient of the sum: the exact dW."""
-    c_out, c, kh, _ = w_shape
-    tw = (g.ow + 1) // 2
-    if g.ow == 2 * tw:
-        pairs = dy.reshape(g.n, c_out, g.oh, tw, 2)
-    else:
-        pairs = _workspace.buffer("conv2d.wino_dy", (g.n, c_out, g.oh, tw, 2), dy.dtype)
-        pairs[..., -1, 1] = 0
-        pairs.reshape(g.n, c_out, g.oh, 2 * tw)[..., :g.ow] = dy
-    dm = _workspace.buffer("conv2d.wino_dm", (4, g.n, c_out, g.oh, tw), dy.dtype)
-    np.copyto(dm[0], pairs[..., 0])
-    np.add(pairs[..., 0], pairs[..., 1], out=dm[1])
-    np.subtract(pairs[..., 0], pairs[..., 1], out=dm[2])
-    np.negative(pairs[..., 1], out=dm[3])
-    part = _workspace.buffer("conv2d.wino_du", (4, g.n, c * kh, c_out), dy.dtype)
-    np.matmul(v, dm.reshape(4, g.n, c_out, g.oh * tw).swapaxes(-1, -2), out=part)
-    du = part.sum(axis=1)  # (4, C_in*kh, C_out)
-    half_sum = (du[1] + du[2]) * 0.5
-    dw = np.empty((c * kh, c_out, 3), dtype=dy.dtype)
-    np.add(du[0], half_sum, out=dw[..., 0])
-    np.subtract(du[1], du[2], out=dw[..., 1])
-    dw[..., 1] *= 0.5
-    np.add(half_sum, du[3], out=dw[..., 2])
-    return np.ascontiguousarray(dw.reshape(c, kh, c_out, 3).transpose(2, 0, 1, 3))
+    return Conv2d.forward(ctx, x, weight, bias, im2col_fn=im2col_numpy, **params)
 
 
 # N * C_in/groups from which dx is accumulated channels-last (measured at LeNet sizes: N*C = 64 (one input channel)
@@ -278,11 +154,9 @@ def conv2d_input_grad_transposed_numpy(weight: np.ndarray, dy: np.ndarray, g: Co
     c_out = int(weight.shape[0])
     cog, cg = c_out // groups, g.c // groups
     gt = Conv2dGeometry(g.n, c_out, g.oh, g.ow, g.kh, g.kw, 1, 1, g.dh, g.dw, *pads, g.h, g.w)
-    wt = weight.reshape(groups, cog, cg, g.kh, g.kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-    if winograd_applies(gt, g.c, groups, dy.dtype):
-        return conv2d_winograd_numpy(dy, np.ascontiguousarray(wt[0]), gt, "conv2d.dx")[0]
     cols = _workspace.buffer("conv2d.dx_cols", (g.n, c_out, g.kh, g.kw, g.h, g.w), dy.dtype)
     np.copyto(cols, _windows(_padded(dy, gt, 0.0, "conv2d.dy_pad"), gt))
+    wt = weight.reshape(groups, cog, cg, g.kh, g.kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
     wt = np.ascontiguousarray(wt).reshape(groups, cg, cog * g.offsets)
     dx = np.matmul(wt, cols.reshape(g.n, groups, cog * g.offsets, g.h * g.w))
     return dx.reshape(g.n, g.c, g.h, g.w)
@@ -317,11 +191,7 @@ def _conv2d_backward(ctx: Context, dy: Any) -> Any:
     c_out = int(weight.shape[0])
     if tuple(dy.shape) != (g.n, c_out, g.oh, g.ow) or dy.dtype != x.dtype:
         return NotImplemented  # the reference raises the error that names the mismatch
-    dw = None
-    if need[1]:
-        v = ctx.__dict__.get("winograd_v")
-        dw = (conv2d_weight_grad_numpy(dy, ctx.cols, g, groups, tuple(weight.shape)) if v is None
-              else conv2d_weight_grad_winograd_numpy(dy, v, g, tuple(weight.shape)))
+    dw = conv2d_weight_grad_numpy(dy, ctx.cols, g, groups, tuple(weight.shape)) if need[1] else None
     db = dy.sum(axis=(0, 2, 3)) if ctx.has_bias and len(need) > 2 and need[2] else None
     dx = None
     if need[0]:
