@@ -6,8 +6,9 @@ Shapes: x (N, C_in, H, W), weight (C_out, C_in // groups, kH, kW), bias (C_out,)
 The array-API reference builds the column tensor ``cols`` (N, C_in, kH, kW, OH, OW) from kH*kW strided slices of
 the zero-padded input and multiplies it by the weight, one batched ``matmul`` over the groups:
 ``y[n, g] = W[g] (C_out/G, C_in/G*kH*kW) @ cols[n, g] (C_in/G*kH*kW, OH*OW)``. Backward:
-``dW[g] = sum_n dy[n, g] @ cols[n, g].T``, ``dcols = W[g].T @ dy[n, g]`` scattered back by ``col2im`` (a sum of
-strided slice additions, one per kernel offset; no ``add.at``), ``db = sum(dy, (0, 2, 3))``.
+``dW[g] = sum_n dy[n, g] @ cols[n, g].T`` (computed as ``(sum_n cols[n, g] @ dy[n, g].T).T``),
+``dcols = W[g].T @ dy[n, g]`` scattered back by ``col2im`` (a sum of strided slice additions, one per kernel offset;
+no ``add.at``), ``db = sum(dy, (0, 2, 3))``.
 The column tensor is the only piece a backend changes: NumPy builds it with ``sliding_window_view`` (one copy),
 CuPy with the ``im2col``/``col2im`` kernels in ``kernels/conv.cu``.
 """
