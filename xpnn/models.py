@@ -1,6 +1,7 @@
 """Ready-made networks built from ``xpnn.nn`` layers (used by ``xpnn train`` and the examples): ``mlp`` (a
 multi-layer perceptron of given widths), ``digits_cnn`` for 1x8x8 images, ``lenet5`` for 1x28x28 images, ``cnn_for``
-picks one by image size; ``load_trained`` rebuilds the model of an ``xpnn train --save`` checkpoint."""
+picks one by image size, ``GPT`` (a small decoder-only transformer, with ``NextTokenLoss`` and the sorting task's
+``sort_digits`` / ``sorted_exactly``); ``load_trained`` rebuilds the model of an ``xpnn train --save`` checkpoint."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from .backend import get_backend, namespace_of
 from .errors import CheckpointError, ShapeError
 from .random import generator
 
-__all__ = ["GPT", "mlp", "digits_cnn", "lenet5", "cnn_for", "square_image_shape", "load_trained", "model_backend", "ACTIVATIONS"]
+__all__ = ["GPT", "NextTokenLoss", "sort_digits", "sorted_exactly", "gpt_from_config", "mlp", "digits_cnn", "lenet5", "cnn_for", "square_image_shape", "load_trained", "model_backend", "ACTIVATIONS"]
 
 # activation name (as ``xpnn train --activation`` takes it) -> class name in xpnn.nn
 ACTIVATIONS = {
@@ -114,6 +115,7 @@ def load_trained(path: io.PathLike, backend: Any = None, *, model: Optional[str]
     The model (``mlp`` or ``cnn_for``, as trained) is in eval mode on ``backend`` and takes standardized rows:
     ``model(scaler.transform(X))`` for an MLP, with the rows reshaped to ``(N, 1, side, side)`` images for a CNN.
     ``config`` holds the training settings (``model``, ``sizes``, ``activation``, ``dtype``, ``input_range``, ...).
+    A ``--model gpt`` checkpoint gives ``(GPT, None, config)`` (tokens in, no standardizer).
     Raises ``CheckpointNotFoundError`` for a missing file and ``CheckpointError`` when the file is not such a
     checkpoint.
     """
@@ -121,12 +123,23 @@ def load_trained(path: io.PathLike, backend: Any = None, *, model: Optional[str]
     if path.lower().endswith(".safetensors"):
         return _load_safetensors_model(path, backend, model, activation)
     state = io.load(path)
-    missing = [k for k in ("model", "standardizer", "config") if not isinstance(state, dict) or k not in state]
+    gpt = isinstance(state, dict) and isinstance(state.get("config"), dict) and state["config"].get("model") == "gpt"
+    missing = [k for k in ("model", "config") + (() if gpt else ("standardizer",))
+               if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"xpnn.models.load_trained: {path} is an xpnn checkpoint but not a checkpoint written "
                               f"by `xpnn train --save` (no {', '.join(missing)} entry); load it with xpnn.load(path) "
                               "instead")
     config = state["config"]
+    if config.get("model") == "gpt":  # xpnn train --model gpt: no standardizer (tokens in, tokens out)
+        try:
+            net = gpt_from_config(config, backend)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"xpnn.models.load_trained: {path}: its config cannot rebuild the model "
+                                  f"({exc})") from None
+        net.load_state_dict(state["model"])
+        net.eval()
+        return net, None, config
     try:
         sizes = [int(v) for v in config["sizes"]]
         if config.get("model") == "cnn":  # xpnn train --model cnn
@@ -394,3 +407,46 @@ class GPT(nn.Module):
         finally:
             self.train(was_training)
         return out
+
+
+class NextTokenLoss(nn.CrossEntropyLoss):
+    """Cross-entropy of next-token logits (B, T, V) against targets (B, T), positions whose target is
+    ``ignore_index`` (default -100) left out: ``CrossEntropyLoss`` over the B*T rows (what ``GPT`` trains on with
+    ``xpnn.train.fit``, which then reports the accuracy of the predicted tokens)."""
+
+    def forward(self, logits: Any, target: Any) -> Any:
+        v = int(logits.shape[-1])
+        target = target.data if hasattr(target, "_node") else target
+        return super().forward(F.reshape(logits, (-1, v)), namespace_of(target).reshape(target, (-1,)))
+
+
+def sort_digits(model: GPT, sequences: Sequence[Sequence[int]]) -> list[list[int]]:
+    """The answers ``model`` generates (greedy, KV-cache) for the sorting task (``xpnn.data.sorting_task``): each
+    digit sequence, followed by the separator, is a prompt; as many tokens as it has digits are generated.
+    Sequences of one length are decoded as one batch."""
+    be = model_backend(model)
+    out: list[list[int]] = [[] for _ in sequences]
+    by_len: dict[int, list[int]] = {}
+    for i, s in enumerate(sequences):
+        by_len.setdefault(len(s), []).append(i)
+    for n, rows in by_len.items():
+        prompt = np.array([list(sequences[i]) + [data.sorting.SORT_SEP] for i in rows], dtype=np.int64)
+        gen = be.to_numpy(model.generate(be.asarray(prompt), n))[:, n + 1:]
+        for i, answer in zip(rows, gen.tolist()):
+            out[i] = [int(t) for t in answer]
+    return out
+
+
+def sorted_exactly(model: GPT, tokens: np.ndarray) -> float:
+    """The fraction of the sorting task's rows (``tokens`` of ``xpnn.data.sorting_task``) whose generated answer is
+    the digits sorted, every digit right."""
+    seqs = [row[:list(row).index(data.sorting.SORT_SEP)].tolist() for row in np.asarray(tokens)]
+    answers = sort_digits(model, seqs)
+    return float(np.mean([a == sorted(s) for a, s in zip(answers, seqs)]))
+
+
+def gpt_from_config(config: dict[str, Any], backend: Any = None) -> GPT:
+    """The ``GPT`` that a checkpoint's ``config`` (``xpnn train --model gpt --save``) describes."""
+    return GPT(int(config["vocab_size"]), int(config["block_size"]), n_layer=int(config["n_layer"]),
+               n_head=int(config["n_head"]), d_model=int(config["d_model"]), backend=backend,
+               dtype=str(config["dtype"]))
