@@ -15,3 +15,9 @@ def test_attention(run_case, size, impl):
 @pytest.mark.parametrize("impl", impls("gpt_step"))
 def test_gpt_step(run_case, impl):
     run_case("gpt_step", "d128l4h4t64b32", impl)
+
+
+@pytest.mark.parametrize("impl", impls("generate"))
+@pytest.mark.parametrize("size", ["kv-cache", "recompute"])
+def test_generate(run_case, size, impl):
+    run_case("generate", size, impl)

@@ -42,7 +42,7 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
     ],
     "transformer": [  # attention and a GPT training step (compare with --reference torch-cpu)
         ("attention", "b32h4t64d32"), ("attention", "b8h8t256d64"), ("attention", "b4h8t1024d64"),
-        ("gpt_step", "d128l4h4t64b32"),
+        ("gpt_step", "d128l4h4t64b32"), ("generate", "kv-cache"), ("generate", "recompute"),
     ],
     "graphs": [  # training steps: eager vs CUDA-graph replay (run with --impls xpnn-cuda xpnn-cuda-graph torch-cuda)
         ("mlp_step", "batch16"), ("mlp_step", "batch256"), ("tiny_step", "batch8"),

@@ -3,6 +3,8 @@
 - ``attention``: causal ``scaled_dot_product_attention`` forward + backward (dq, dk, dv), float32, q/k/v of shape
   (B, H, T, D); ``attention_flops(size)`` counts its multiply-adds (``12 B H T^2 D`` FLOPs: 2 matmuls forward,
   4 backward, the causal half not discounted, as PyTorch's FLOP counter does) for a FLOP/s figure;
+- ``generate``: ``GPT.generate`` of 64 new tokens after a 16-token prompt, batch 16 (the ``gpt_step`` model, block
+  128), with the KV-cache (size ``kv-cache``) and recomputing the prefix for every token (``recompute``);
 - ``gpt_step``: a training step of ``xpnn.models.GPT`` (d_model 128, 4 layers, 4 heads, T 64, batch 32, vocabulary
   256, AdamW, next-token cross-entropy, float32) and of the same model written in PyTorch (GPT-2 / nanoGPT layout:
   ``F.scaled_dot_product_attention(is_causal=True)``, tanh GELU, tied LM head).
@@ -23,6 +25,8 @@ __all__ = ["ATTENTION_SIZES", "GPT_STEP", "attention_flops"]
 ATTENTION_SIZES = {"b32h4t64d32": (32, 4, 64, 32), "b8h8t256d64": (8, 8, 256, 64), "b4h8t1024d64": (4, 8, 1024, 64)}
 # (vocab, d_model, n_layer, n_head, T, batch)
 GPT_STEP = {"d128l4h4t64b32": (256, 128, 4, 4, 64, 32)}
+# generate: (batch, prompt, new tokens) and whether the KV-cache is used
+GENERATE = {"kv-cache": (16, 16, 64, True), "recompute": (16, 16, 64, False)}
 
 
 def attention_flops(size: tuple[int, int, int, int]) -> int:
@@ -104,6 +108,26 @@ def _gpt_xpnn(impl: str) -> Callable[[Any], Runner]:
             return [p.data for p in params] + [p.grad for p in params] + _xpnn_optimizer_arrays(opt)
 
         return Runner(step, IMPLS[impl].device, state, keep=[model])
+    return build
+
+
+def _generate_xpnn(impl: str) -> Callable[[Any], Runner]:
+    def build(size: Any) -> Runner:
+        from ..models import GPT
+
+        b, prompt, new, cache = size
+        vocab, dm, n_layer, n_head, _, _ = GPT_STEP["d128l4h4t64b32"]
+        model = GPT(vocab, 128, n_layer=n_layer, n_head=n_head, d_model=dm, backend=_backend(impl), seed=0)
+        idx = _Data(impl).labels(b * prompt, vocab).reshape(b, prompt)
+        if _backend(impl) == "cuda":
+            import cupy
+
+            idx = cupy.asarray(idx)
+
+        def run() -> None:
+            model.generate(idx, new, use_cache=cache)
+
+        return Runner(run, IMPLS[impl].device, lambda: [], keep=[model])
     return build
 
 
@@ -195,6 +219,9 @@ TRANSFORMER_CASES: dict[str, Case] = {c.name: c for c in (
     Case("attention", "causal scaled_dot_product_attention forward + backward, float32 (B, H, T, D); "
          "FLOPs = 12 B H T^2 D (xpnn.bench.transformer_cases.attention_flops)", ATTENTION_SIZES,
          frozenset({"b4h8t1024d64"}), lambda s: None, _impls(_attention_xpnn, _attention_torch, False)),
+    Case("generate", "GPT.generate: 64 new tokens after 16, batch 16 (d_model 128, 4 layers), with the KV-cache or "
+         "recomputing the prefix", GENERATE, frozenset(), lambda s: None,
+         {"xpnn-numpy": _generate_xpnn("xpnn-numpy"), "xpnn-cuda": _generate_xpnn("xpnn-cuda")}),
     Case("gpt_step", "training step of a GPT (d_model 128, 4 layers, 4 heads, T 64, batch 32, vocab 256), AdamW, "
          "next-token cross-entropy, float32", GPT_STEP, frozenset(), lambda s: None,
          _impls(_gpt_xpnn, _gpt_torch, True)),
