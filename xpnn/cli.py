@@ -221,6 +221,7 @@ def _train_gpt(args: argparse.Namespace, say: Any) -> int:
     """``xpnn train --model gpt``: next-token training on the sorting task, then the held-out rows sorted exactly."""
     from . import data, io
     from .models import GPT, NextTokenLoss, sorted_exactly
+    from .optim.lr_scheduler import CosineAnnealingLR
     from .train import Callback, _fmt, fit
 
     class EpochLines(Callback):
@@ -243,13 +244,19 @@ def _train_gpt(args: argparse.Namespace, say: Any) -> int:
     say(f"xpnn train: sorting task (6-12 digits -> sorted): {X_train.shape[0]} train / {n_test} held-out rows; "
         f"backend {backend.name}", flush=True)
     say(f"model gpt {GPT_SIZE['n_layer']} layers, {GPT_SIZE['n_head']} heads, d_model {GPT_SIZE['d_model']}, "
-        f"{sum(int(p.size) for p in model.parameters())} parameters; {args.optimizer} lr {lr:g}, {args.epochs} "
+        f"{sum(int(p.size) for p in model.parameters())} parameters; {args.optimizer} lr {lr:g} (cosine), {args.epochs} "
         f"epochs, batch {args.batch_size}, seed {args.seed} (loss and accuracy: next tokens of the answers)",
         flush=True)
+    schedule = CosineAnnealingLR(optimizer, args.epochs * -(-int(X_train.shape[0]) // args.batch_size))
+
+    class Cosine(Callback):  # the learning rate decays to 0 over the run, step by step
+        def on_batch_end(self, step: int, model: Any) -> None:
+            schedule.step()
+
     t0 = time.perf_counter()
     history = fit(model, loss_fn, optimizer, X_train, Y_train, epochs=args.epochs, batch_size=args.batch_size,
                   validation_data=(X_test, Y_test), progress=not args.no_progress, seed=args.seed,
-                  callbacks=[EpochLines()] if args.no_progress else None)
+                  callbacks=[Cosine()] + ([EpochLines()] if args.no_progress else []))
     seconds = time.perf_counter() - t0
     exact = sorted_exactly(model, X_test)
     say(f"held-out sequences sorted exactly: {exact:.4f} ({n_test} rows, greedy generation; {history.epochs} epochs "
@@ -699,6 +706,8 @@ def _check_train_flags(args: argparse.Namespace, parser: argparse.ArgumentParser
                      "task): leave them out")
     if args.dataset is None:
         args.dataset = "digits"
+    if args.optimizer is None:
+        args.optimizer = "adamw" if args.model == "gpt" else DEFAULTS["optimizer"]
     if args.test_size is not None and args.dataset != "digits":
         parser.error(f"--test-size applies to --dataset digits only; --dataset {args.dataset} has its own test "
                      "split: leave it out")
@@ -731,8 +740,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"mlp only: hidden layer widths, comma-separated, 0 for none (default: {DEFAULTS['hidden']})")
     t.add_argument("--activation", default=None, choices=list(ACTIVATIONS),
                    help=f"mlp only: activation after each hidden layer (default: {DEFAULTS['activation']})")
-    t.add_argument("--optimizer", default=DEFAULTS["optimizer"], choices=list(OPTIMIZERS),
-                   help=f"optimizer (default: {DEFAULTS['optimizer']})")
+    t.add_argument("--optimizer", default=None, choices=list(OPTIMIZERS),
+                   help=f"optimizer (default: {DEFAULTS['optimizer']}; adamw for gpt)")
     lrs = ", ".join(f"{k} {v[1]:g}" for k, v in OPTIMIZERS.items())
     t.add_argument("--lr", type=_float_in(0.0, float("inf"), low_open=True, high_open=True), default=None,
                    help=f"learning rate > 0 (default: per optimizer: {lrs})")
