@@ -214,7 +214,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
 # GPT_SIZE (xpnn.models.GPT) trained on GPT_ROWS generated rows, held-out rows scored by greedy generation
 GPT_SIZE = {"n_layer": 2, "n_head": 4, "d_model": 64}
 GPT_ROWS = {"train": 20000, "test": 1000}
-GPT_DEFAULTS = {"epochs": 6, "lr": 3e-3}
+GPT_DEFAULTS = {"epochs": 4, "lr": 3e-3}
 
 
 def _train_gpt(args: argparse.Namespace, say: Any) -> int:
