@@ -92,14 +92,14 @@ def test_a_short_cli_run_learns_and_predict_prints_sorted_answers(tmp_path, monk
     monkeypatch.setitem(cli.GPT_ROWS, "train", 4000)
     monkeypatch.setitem(cli.GPT_ROWS, "test", 200)
     ckpt = tmp_path / "gpt.npz"
-    assert cli.main(["train", "--model", "gpt", "--epochs", "2", "--batch-size", "64", "--save", str(ckpt),
+    assert cli.main(["train", "--model", "gpt", "--epochs", "2", "--save", str(ckpt),
                      "--no-progress"]) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("epoch ")]
-    first, last = (float(line.split("val_accuracy ")[1].split()[0]) for line in (lines[0], lines[-1]))
+    first, last = (float(line.split("val_loss ")[1].split()[0]) for line in (lines[0], lines[-1]))
     exact = float(out.split("held-out sequences sorted exactly: ")[1].split()[0])
-    assert last > 0.6 and last > first, out  # next-token accuracy on the answers; chance is 0.1
-    assert exact > 0.0, out
+    assert last < 1.2 and last < first, out  # next-token loss on the answers (a guessed digit: ln 10 = 2.3)
+    assert exact > 0.02, out  # (11% in 2 epochs of 4000 rows with seed 0)
     inp = tmp_path / "digits.txt"
     inp.write_text("3 1 4 1 5 9 2 6\n271828\n")
     assert cli.main(["predict", "--checkpoint", str(ckpt), "--input", str(inp)]) == 0

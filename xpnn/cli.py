@@ -214,7 +214,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
 # GPT_SIZE (xpnn.models.GPT) trained on GPT_ROWS generated rows, held-out rows scored by greedy generation
 GPT_SIZE = {"n_layer": 2, "n_head": 4, "d_model": 64}
 GPT_ROWS = {"train": 20000, "test": 1000}
-GPT_DEFAULTS = {"epochs": 4, "lr": 3e-3}
+GPT_DEFAULTS = {"epochs": 4, "lr": 3e-3, "batch_size": 64}
 
 
 def _train_gpt(args: argparse.Namespace, say: Any) -> int:
@@ -245,7 +245,7 @@ def _train_gpt(args: argparse.Namespace, say: Any) -> int:
         f"backend {backend.name}", flush=True)
     say(f"model gpt {GPT_SIZE['n_layer']} layers, {GPT_SIZE['n_head']} heads, d_model {GPT_SIZE['d_model']}, "
         f"{sum(int(p.size) for p in model.parameters())} parameters; {args.optimizer} lr {lr:g} (cosine), {args.epochs} "
-        f"epochs, batch {args.batch_size}, seed {args.seed} (loss and accuracy: next tokens of the answers)",
+        f"epochs, batch {args.batch_size}, seed {args.seed} (loss: next-token cross-entropy on the answers)",
         flush=True)
     schedule = CosineAnnealingLR(optimizer, args.epochs * -(-int(X_train.shape[0]) // args.batch_size))
 
@@ -708,6 +708,8 @@ def _check_train_flags(args: argparse.Namespace, parser: argparse.ArgumentParser
         args.dataset = "digits"
     if args.optimizer is None:
         args.optimizer = "adamw" if args.model == "gpt" else DEFAULTS["optimizer"]
+    if args.batch_size is None:
+        args.batch_size = GPT_DEFAULTS["batch_size"] if args.model == "gpt" else DEFAULTS["batch_size"]
     if args.test_size is not None and args.dataset != "digits":
         parser.error(f"--test-size applies to --dataset digits only; --dataset {args.dataset} has its own test "
                      "split: leave it out")
@@ -755,8 +757,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_int_at_least(1), default=None,
                    help=f"passes over the training rows, >= 1 (default: {DEFAULTS['epochs']} for mlp, {CNN_EPOCHS} "
                         "for cnn)")
-    t.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULTS["batch_size"],
-                   help=f"rows per optimizer step, >= 1 (default: {DEFAULTS['batch_size']})")
+    t.add_argument("--batch-size", type=_int_at_least(1), default=None,
+                   help=f"rows per optimizer step, >= 1 (default: {DEFAULTS['batch_size']}; "
+                        f"{GPT_DEFAULTS['batch_size']} for gpt)")
     t.add_argument("--test-size", type=_float_in(0.0, 1.0, low_open=True, high_open=True), default=None,
                    help=f"digits: fraction of rows held out for testing, in (0, 1) (default: {DEFAULTS['test_size']})")
     t.add_argument("--dtype", default="float32", choices=["float32", "float64"],
