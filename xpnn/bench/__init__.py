@@ -51,7 +51,7 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
         ("sigmoid_backward", "1e4"), ("cross_entropy", "256x10"), ("adam", "1e4"), ("mlp_step", "batch16"),
         ("tiny_step", "batch8"), ("seed_net", "64x1000"), ("conv2d", "lenet2"), ("lenet_step", "batch64"),
         ("softmax", "256x10"), ("logsumexp", "256x10"), ("adam_fp16", "1e4"), ("small_calls", "linear"),
-        ("amp_unscale", "1e4"),
+        ("amp_unscale", "1e4"), ("attention", "b32h4t64d32"), ("gpt_step", "d32l1h2t16b4"), ("generate", "tiny"),
     ],
 }
 

@@ -9,7 +9,8 @@
   256, AdamW, next-token cross-entropy, float32) and of the same model written in PyTorch (GPT-2 / nanoGPT layout:
   ``F.scaled_dot_product_attention(is_causal=True)``, tanh GELU, tied LM head).
 
-Implementations: xpnn (NumPy; CUDA with and without kernels) and PyTorch (CPU, CUDA); no plain-NumPy version, so
+Implementations: xpnn (NumPy; CUDA with and without kernels; on autograd, the only way GPT runs) and PyTorch (CPU,
+CUDA); no plain-NumPy version, so
 compare with ``xpnn bench --preset transformer --reference torch-cpu``.
 """
 from __future__ import annotations
@@ -24,9 +25,9 @@ __all__ = ["ATTENTION_SIZES", "GPT_STEP", "attention_flops"]
 # (B, H, T, D)
 ATTENTION_SIZES = {"b32h4t64d32": (32, 4, 64, 32), "b8h8t256d64": (8, 8, 256, 64), "b4h8t1024d64": (4, 8, 1024, 64)}
 # (vocab, d_model, n_layer, n_head, T, batch)
-GPT_STEP = {"d128l4h4t64b32": (256, 128, 4, 4, 64, 32)}
+GPT_STEP = {"d128l4h4t64b32": (256, 128, 4, 4, 64, 32), "d32l1h2t16b4": (64, 32, 1, 2, 16, 4)}
 # generate: (batch, prompt, new tokens) and whether the KV-cache is used
-GENERATE = {"kv-cache": (16, 16, 64, True), "recompute": (16, 16, 64, False)}
+GENERATE = {"kv-cache": (16, 16, 64, True), "recompute": (16, 16, 64, False), "tiny": (2, 4, 8, True)}
 
 
 def attention_flops(size: tuple[int, int, int, int]) -> int:
@@ -115,7 +116,7 @@ def _generate_xpnn(impl: str) -> Callable[[Any], Runner]:
     def build(size: Any) -> Runner:
         from ..models import GPT
 
-        b, prompt, new, cache = size
+        b, prompt, new, cache = size  # (the d128l4h4 model of gpt_step, block 128)
         vocab, dm, n_layer, n_head, _, _ = GPT_STEP["d128l4h4t64b32"]
         model = GPT(vocab, 128, n_layer=n_layer, n_head=n_head, d_model=dm, backend=_backend(impl), seed=0)
         idx = _Data(impl).labels(b * prompt, vocab).reshape(b, prompt)
@@ -127,7 +128,7 @@ def _generate_xpnn(impl: str) -> Callable[[Any], Runner]:
         def run() -> None:
             model.generate(idx, new, use_cache=cache)
 
-        return Runner(run, IMPLS[impl].device, lambda: [], keep=[model])
+        return Runner(run, IMPLS[impl].device, lambda: [p.data for p in model.parameters()], keep=[model])
     return build
 
 
@@ -205,26 +206,23 @@ def _gpt_torch(impl: str) -> Callable[[Any], Runner]:
     return build
 
 
-def _impls(xpnn: Callable[[str], Callable[[Any], Runner]], torch: Callable[[str], Callable[[Any], Runner]],
-           tape_names: bool) -> dict[str, Callable[[Any], Runner]]:
-    suffix = "-tape" if tape_names else ""
-    out = {f"xpnn-numpy{suffix}": xpnn(f"xpnn-numpy{suffix}"), "torch-cpu": torch("torch-cpu"),
-           f"xpnn-cuda{suffix}": xpnn(f"xpnn-cuda{suffix}"), "torch-cuda": torch("torch-cuda")}
-    if not tape_names:
-        out["xpnn-cuda-generic"] = xpnn("xpnn-cuda-generic")
-    return out
+def _impls(xpnn: Callable[[str], Callable[[Any], Runner]], torch: Callable[[str], Callable[[Any], Runner]]
+           ) -> dict[str, Callable[[Any], Runner]]:
+    """The xpnn rows run on autograd (Tensors; GPT has no explicit-API ``backward``) under the plain impl names."""
+    return {"xpnn-numpy": xpnn("xpnn-numpy"), "torch-cpu": torch("torch-cpu"), "xpnn-cuda": xpnn("xpnn-cuda"),
+            "xpnn-cuda-generic": xpnn("xpnn-cuda-generic"), "torch-cuda": torch("torch-cuda")}
 
 
 TRANSFORMER_CASES: dict[str, Case] = {c.name: c for c in (
     Case("attention", "causal scaled_dot_product_attention forward + backward, float32 (B, H, T, D); "
          "FLOPs = 12 B H T^2 D (xpnn.bench.transformer_cases.attention_flops)", ATTENTION_SIZES,
-         frozenset({"b4h8t1024d64"}), lambda s: None, _impls(_attention_xpnn, _attention_torch, False)),
+         frozenset({"b4h8t1024d64"}), lambda s: None, _impls(_attention_xpnn, _attention_torch)),
     Case("generate", "GPT.generate: 64 new tokens after 16, batch 16 (d_model 128, 4 layers), with the KV-cache or "
          "recomputing the prefix", GENERATE, frozenset(), lambda s: None,
          {"xpnn-numpy": _generate_xpnn("xpnn-numpy"), "xpnn-cuda": _generate_xpnn("xpnn-cuda")}),
     Case("gpt_step", "training step of a GPT (d_model 128, 4 layers, 4 heads, T 64, batch 32, vocab 256), AdamW, "
          "next-token cross-entropy, float32", GPT_STEP, frozenset(), lambda s: None,
-         _impls(_gpt_xpnn, _gpt_torch, True)),
+         _impls(_gpt_xpnn, _gpt_torch)),
 )}
 
 CASES.update(TRANSFORMER_CASES)  # one table for the suite and xpnn bench
