@@ -166,7 +166,7 @@ class Index(Op):
             key = _with_ellipsis(key, x.ndim)
         ctx.shape, ctx.key = tuple(x.shape), key
         try:
-            if not _is_basic(key) and type(x) is not np.ndarray and not is_cupy_namespace(ctx.xp):
+            if type(x) is not np.ndarray and not _is_basic(key) and not is_cupy_namespace(ctx.xp):
                 out = _take(ctx.xp, x, key)
                 if out is not NotImplemented:
                     return out
