@@ -306,3 +306,34 @@ def test_mha_bad_arguments_raise_naming_the_layer():
         m(xpnn.tensor(np.zeros((2, 4, 6))), x, x)
     with pytest.raises(DTypeError, match=r"expected query of dtype float64 .*got float32"):
         m(xpnn.tensor(np.zeros((2, 4, 8), dtype=np.float32)), x, x)
+
+
+def test_a_forward_override_that_saves_only_the_inputs_and_output_gets_the_same_gradients():
+    """A fused kernel replaces the forward and keeps what ``save`` keeps (q, k, v, mask, out), not the (L, S)
+    probabilities: the backward then recomputes them, with the same result."""
+    from xpnn.autograd import register_override
+    from xpnn.functional.attention import ScaledDotProductAttention
+
+    def fused(ctx, q, k, v, attn_mask=None, **params):
+        out = ScaledDotProductAttention.forward(ctx, q, k, v, attn_mask, **params)
+        del ctx.probs  # (a kernel has only out; it calls save)
+        return out
+
+    rng = np.random.default_rng(8)
+    q, k, v = _qkv(rng)
+    mask = _mask(rng, "bool_dead_row")
+    g = rng.standard_normal((2, 3, 5, 7))
+
+    def grads():
+        ts = [xpnn.tensor(a, requires_grad=True) for a in (q, k, v)]
+        (F.scaled_dot_product_attention(*ts, attn_mask=mask, dropout_p=0.3, seed=1) * g).sum().backward()
+        return [t.grad for t in ts]
+
+    want = grads()
+    register_override("scaled_dot_product_attention", "forward", "numpy", fused)
+    try:
+        got = grads()
+    finally:
+        register_override("scaled_dot_product_attention", "forward", "numpy", None)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, atol=1e-12)
