@@ -337,3 +337,14 @@ def test_a_forward_override_that_saves_only_the_inputs_and_output_gets_the_same_
         register_override("scaled_dot_product_attention", "forward", "numpy", None)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, atol=1e-12)
+
+
+def test_sdpa_float16_computes_the_softmax_in_float32():
+    rng = np.random.default_rng(9)
+    q, k, v = _qkv(rng)
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=False)
+    ts = [xpnn.tensor(a.astype(np.float16), requires_grad=True) for a in (q, k, v)]
+    out = F.scaled_dot_product_attention(*ts)
+    out.sum().backward()
+    assert out.dtype == np.float16 and all(t.grad.dtype == np.float16 for t in ts)
+    np.testing.assert_allclose(out.numpy(), want, atol=1e-2)
