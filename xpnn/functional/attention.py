@@ -29,8 +29,7 @@ from ..autograd.op import Context, Op
 from ..backend import dtype_name, is_cupy_namespace, is_numpy_namespace, namespace_of
 from ..errors import DTypeError, ShapeError
 from .dropout import dropout_mask as _dropout_mask, make_rng
-from .elementwise import _mT, matmul, mul, sub
-from .reductions import sum as _sum
+from .elementwise import _mT, matmul, mul
 from .shape import sum_to
 from .softmax import softmax, softmax_backward
 
