@@ -289,6 +289,18 @@ def test_mha_gradcheck_float64():
         np.testing.assert_allclose(p.grad, numeric_grad(loss, p.data), atol=1e-7, err_msg=name)
 
 
+def test_mha_constructor_takes_pytorchs_positional_arguments(torch):
+    import inspect
+
+    ours = list(inspect.signature(nn.MultiheadAttention.__init__).parameters)
+    theirs = list(inspect.signature(torch.nn.MultiheadAttention.__init__).parameters)
+    assert ours[:10] == theirs[:10]  # (embed_dim, num_heads, dropout, bias, add_bias_kv, ..., batch_first)
+    assert nn.MultiheadAttention(8, 2, 0.0, True, False, False, None, None, True).batch_first
+    for kw in ({"add_bias_kv": True}, {"add_zero_attn": True}, {"kdim": 4}, {"vdim": 6}):
+        with pytest.raises(NotImplementedError, match="MultiheadAttention: add_bias_kv, add_zero_attn and kdim"):
+            nn.MultiheadAttention(8, 2, **kw)
+
+
 def test_mha_bad_arguments_raise_naming_the_layer():
     with pytest.raises(ValueError, match=r"MultiheadAttention\(embed_dim=10, num_heads=3\): embed_dim must be "
                                          r"divisible by num_heads.*10 / 3"):
