@@ -8,6 +8,7 @@ as F`` (or ``from xpnn import F``).
 from . import activations as _activations
 from .activations import *  # noqa: F401,F403 (every name in its __all__: a new activation needs no edit here)
 from . import conv_numpy as _conv_numpy  # registers the NumPy fast paths of conv2d / max_pool2d  # noqa: F401
+from .attention import scaled_dot_product_attention
 from .concat import cat, chunk, concat, split, stack
 from .conv import conv2d, conv2d_backward
 from .dropout import dropout, dropout_mask
@@ -43,6 +44,7 @@ from .updates import adagrad_update, adam_update, rmsprop_update, sgd_update
 
 __all__ = [
     "concat", "stack",
+    "scaled_dot_product_attention",
     *_activations.__all__,
     "softmax", "log_softmax", "logsumexp", "softmax_backward", "linear", "linear_backward", "one_hot", "accuracy",
     "cross_entropy", "cross_entropy_with_grad", "nll_loss", "mse_loss", "mse_loss_with_grad",

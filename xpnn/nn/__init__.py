@@ -8,6 +8,7 @@ into it), so an optimizer step is one pass.
 """
 from . import activation as _activation
 from .activation import *  # noqa: F401,F403 (every layer in its __all__: a new activation needs no edit here)
+from .attention import MultiheadAttention
 from .batchnorm import BatchNorm1d
 from .batchnorm2d import BatchNorm2d
 from .container import Identity, ModuleList, Residual, Sequential
@@ -23,6 +24,7 @@ from .maxout import Maxout
 from .module import Module
 from .parameter import FlatBuffer, Parameter, flat_buffer_of
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .transformer import TransformerEncoderLayer
 from . import utils
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "Linear", *_activation.__all__, "Maxout",
     "Dropout", "DropConnect", "BatchNorm1d", "Sequential", "Residual", "ModuleList", "Identity",
     "CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss",
+    "MultiheadAttention", "TransformerEncoderLayer",
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "BatchNorm2d", "utils",
     "Embedding", "LayerNorm",
 ]
