@@ -140,6 +140,12 @@ RMSPROP_UPDATE_CAPTURABLE = RawKernel("rmsprop_update_capturable", "capturable.c
                                       "rmsprop_update_capturable<{T}>", _FLOATS_NO_HALF)
 AMP_UNSCALE_CHECK = RawKernel("amp_unscale_check", "capturable.cu", "amp_unscale_check<{T}>", _FLOATS)
 
+# ---- recurrent cells: one step's gates, cell and hidden update (rnn_cells.cu; xpnn.functional.recurrent) -----------
+LSTM_CELL = RawKernel("lstm_cell", "rnn_cells.cu", "lstm_cell_fwd<{T}, {A}>", _FLOATS)
+LSTM_CELL_BACKWARD = RawKernel("lstm_cell_backward", "rnn_cells.cu", "lstm_cell_bwd<{T}, {A}>", _FLOATS)
+GRU_CELL = RawKernel("gru_cell", "rnn_cells.cu", "gru_cell_fwd<{T}, {A}>", _FLOATS)
+GRU_CELL_BACKWARD = RawKernel("gru_cell_backward", "rnn_cells.cu", "gru_cell_bwd<{T}, {A}>", _FLOATS)
+
 RAW: tuple[RawKernel, ...] = (
     LOGSUMEXP, SOFTMAX, LOG_SOFTMAX, CROSS_ENTROPY_COUNT, CROSS_ENTROPY_WITH_GRAD,
     ADAM_UPDATE, SGD_UPDATE, ADAGRAD_UPDATE, RMSPROP_UPDATE, ROW_CHUNK_MAX_SUM, ROW_CHUNK_FINISH, ADAM_UPDATE_MIXED,
