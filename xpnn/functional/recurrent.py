@@ -12,8 +12,8 @@ the hidden projection ``gh = h @ weight_hh.T + bias_hh`` and calls the cell op o
   ``r = sigmoid(gx_r + gh_r)``, ``z = sigmoid(gx_z + gh_z)``, ``n = tanh(gx_n + r * gh_n)``,
   ``h' = (h - n) * z + n`` (= ``(1 - z) * n + z * h``).
 
-Both save their inputs only and recompute the gates in ``backward`` with ``xpnn.functional`` ops, so
-``create_graph`` differentiates them again. A fused CUDA kernel (``kernels/rnn_cells.cu``) overrides the forward
+Both save their inputs, plus the gate activations for a backward on arrays; under ``create_graph`` the backward
+recomputes the gates from the inputs with ``xpnn.functional`` ops, so it is differentiated again. A fused CUDA kernel (``kernels/rnn_cells.cu``) overrides the forward
 (``kernel = registry.<ROW>``) and, on arrays, the backward (asked for with ``_dispatch.lookup``).
 """
 from __future__ import annotations
@@ -56,16 +56,15 @@ def _arrays(*values: Any) -> bool:
 
 # --- LSTM -------------------------------------------------------------------------------------------------------
 def _lstm_gates(gx: Any, gh: Any, c: Any) -> tuple[Any, ...]:
-    """``(i, f, g, o, c', tanh(c'))`` of one LSTM step (arrays or Tensors)."""
+    """``(i, f, g, o, c', tanh(c'))`` of one LSTM step (arrays or Tensors): one sigmoid over all four gates (the g
+    columns of it unused), one tanh over g."""
     hidden = c.shape[-1]
     gates = gx + gh
-    i = sigmoid(gates[..., :hidden])
-    f = sigmoid(gates[..., hidden:2 * hidden])
+    s = sigmoid(gates)
+    i, f, o = s[..., :hidden], s[..., hidden:2 * hidden], s[..., 3 * hidden:]
     g = tanh(gates[..., 2 * hidden:3 * hidden])
-    o = sigmoid(gates[..., 3 * hidden:])
     c_new = f * c + i * g
-    tc = tanh(c_new)
-    return i, f, g, o, c_new, tc
+    return i, f, g, o, c_new, tanh(c_new)
 
 
 class LSTMCell(Op):
@@ -81,7 +80,7 @@ class LSTMCell(Op):
     def forward(ctx: Context, gx: Any, gh: Any, c: Any) -> tuple[Any, Any]:
         """gx, gh (N, 4H), c (N, H) -> (h' (N, H), c' (N, H))."""
         LSTMCell.save(ctx, None, gx, gh, c)
-        _, _, _, o, c_new, tc = _lstm_gates(gx, gh, c)
+        i, f, g, o, c_new, tc = ctx.gates = _lstm_gates(gx, gh, c)
         return o * tc, c_new
 
     @staticmethod
@@ -94,7 +93,9 @@ class LSTMCell(Op):
             if kernel is not None:
                 dgates, dc_prev = kernel(gx, gh, c, dh, dc)
                 return dgates, dgates, dc_prev
-        i, f, g, o, _, tc = _lstm_gates(gx, gh, c)
+        # the forward's gates on arrays; recomputed from the inputs under create_graph (so they are differentiable)
+        gates = ctx.__dict__.get("gates") if not ctx.create_graph else None
+        i, f, g, o, _, tc = gates if gates is not None else _lstm_gates(gx, gh, c)
         dct = tanh_backward(tc, dh * o) + dc
         dgates = concat([sigmoid_backward(i, dct * g), sigmoid_backward(f, dct * c), tanh_backward(g, dct * i),
                          sigmoid_backward(o, dh * tc)], axis=-1)
@@ -132,7 +133,8 @@ class GRUCell(Op):
     def forward(ctx: Context, gx: Any, gh: Any, h: Any) -> Any:
         """gx, gh (N, 3H), h (N, H) -> h' (N, H)."""
         GRUCell.save(ctx, None, gx, gh, h)
-        return _gru_gates(gx, gh, h)[-1]
+        ctx.gates = _gru_gates(gx, gh, h)
+        return ctx.gates[-1]
 
     @staticmethod
     def backward(ctx: Context, dy: Any) -> tuple[Any, Any, Any]:
@@ -142,7 +144,8 @@ class GRUCell(Op):
             kernel = _dispatch.lookup(registry.GRU_CELL_BACKWARD, namespace_of(gx), gx.dtype)
             if kernel is not None:
                 return kernel(gx, gh, h, dy)
-        r, z, n, ghn, _ = _gru_gates(gx, gh, h)
+        gates = ctx.__dict__.get("gates") if not ctx.create_graph else None
+        r, z, n, ghn, _ = gates if gates is not None else _gru_gates(gx, gh, h)
         dn = tanh_backward(n, dy - dy * z)
         dr = sigmoid_backward(r, dn * ghn)
         dz = sigmoid_backward(z, dy * (h - n))

@@ -255,7 +255,11 @@ class RNNBase(Module):
                 b_ih = getattr(self, f"bias_ih_l{layer}{suffix}") if self.bias else None
                 b_hh = getattr(self, f"bias_hh_l{layer}{suffix}") if self.bias else None
                 w_hh = getattr(self, f"weight_hh_l{layer}{suffix}")
-                gx = F.unbind(F.linear(x, getattr(self, f"weight_ih_l{layer}{suffix}"), b_ih))
+                w_ih = getattr(self, f"weight_ih_l{layer}{suffix}")
+                # every step's input projection in one (T*N, in) x (in, G*H) product (NumPy's matmul of a 3-D
+                # array would loop over the steps)
+                gx = F.linear(F.reshape(x, (steps * batch, x.shape[2])), w_ih, b_ih)
+                gx = F.unbind(F.reshape(gx, (steps, batch, w_ih.shape[0])))
                 h = h0s[k] if h0s is not None else zeros
                 c = (c0s[k] if c0s is not None else zeros) if lstm else None
                 ys: list[Any] = [None] * steps
