@@ -8,7 +8,7 @@ from .._torch_names import axis_from_dim
 from ..autograd.op import Context, Op
 from ..backend import namespace_of
 from ..errors import ShapeError
-from .shape import index, reshape
+from .shape import index
 
 __all__ = ["concat", "stack"]
 
@@ -77,5 +77,5 @@ def stack(tensors: Sequence[Any], axis: Optional[int] = None, *, dim: Optional[i
         if tuple(x.shape) != shape:
             raise ShapeError(f"stack: inputs must have one shape, got {[tuple(x.shape) for x in xs]}")
     ax = _axis(axis, len(shape) + 1, "stack")
-    new = shape[:ax] + (1,) + shape[ax:]
-    return concat([reshape(x, new) for x in xs], axis=ax)
+    key = (slice(None),) * ax + (None, ...)  # a new axis without naming the others' sizes (an exported graph
+    return concat([index(x, key) for x in xs], axis=ax)  # keeps its dynamic axes)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .. import _dispatch
 from .._cuda import registry
 from ..autograd.op import Context, Op
@@ -101,6 +103,20 @@ class LSTMCell(Op):
                          sigmoid_backward(o, dh * tc)], axis=-1)
         return dgates, dgates, dct * f
 
+    @staticmethod
+    def onnx(g: Any, gx: str, gh: str, c: str) -> tuple[str, str]:
+        hidden = g.shape(c)[-1]
+        gates = g.op("Add", gx, gh)
+        s = g.op("Sigmoid", gates)
+        i, f, o = (_onnx_cols(g, s, k, hidden) for k in (0, 1, 3))
+        c_new = g.op("Add", g.op("Mul", f, c), g.op("Mul", i, g.op("Tanh", _onnx_cols(g, gates, 2, hidden))))
+        return g.op("Mul", o, g.op("Tanh", c_new)), c_new
+
+
+def _onnx_cols(g: Any, x: str, k: int, hidden: int) -> str:
+    """Columns ``k*hidden:(k+1)*hidden`` of the last axis of ``x`` (ONNX ``Slice``)."""
+    return g.op("Slice", x, g.ints([k * hidden]), g.ints([(k + 1) * hidden]), g.ints([-1]))
+
 
 def lstm_cell(gx: Any, gh: Any, c: Any) -> tuple[Any, Any]:
     """One LSTM step's pointwise part (``torch.nn.LSTMCell``'s formulas): ``gx = x @ W_ih.T + b_ih`` and
@@ -151,6 +167,14 @@ class GRUCell(Op):
         dz = sigmoid_backward(z, dy * (h - n))
         return concat([dr, dz, dn], axis=-1), concat([dr, dz, dn * r], axis=-1), dy * z
 
+    @staticmethod
+    def onnx(g: Any, gx: str, gh: str, h: str) -> str:
+        hidden = g.shape(h)[-1]
+        r, z = (g.op("Sigmoid", g.op("Add", _onnx_cols(g, gx, k, hidden), _onnx_cols(g, gh, k, hidden)))
+                for k in (0, 1))
+        n = g.op("Tanh", g.op("Add", _onnx_cols(g, gx, 2, hidden), g.op("Mul", r, _onnx_cols(g, gh, 2, hidden))))
+        return g.op("Add", g.op("Mul", g.op("Sub", h, n), z), n)
+
 
 def gru_cell(gx: Any, gh: Any, h: Any) -> Any:
     """One GRU step's pointwise part (``torch.nn.GRUCell``'s formulas): ``gx = x @ W_ih.T + b_ih`` and
@@ -174,6 +198,11 @@ class Unbind(Op):
     def backward(ctx: Context, *grads: Any) -> Any:
         return stack(grads, axis=0)
 
+    @staticmethod
+    def onnx(g: Any, x: str) -> tuple[str, ...]:
+        return tuple(g.op("Gather", x, g.const(np.asarray(t, dtype=np.int64)), axis=0)
+                     for t in range(g.shape(x)[0]))
+
 
 def unbind(x: Any) -> tuple[Any, ...]:
     """The slices ``x[0], x[1], ...`` along the first axis (``torch.unbind``), recorded as one node: its backward
@@ -196,6 +225,10 @@ class MaskedUpdate(Op):
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
         keep = ctx.xp.astype(ctx.mask, g.dtype)
         return g * keep, g * (1 - keep)
+
+    @staticmethod
+    def onnx(g: Any, new: str, old: str, *, mask: Any) -> str:
+        return g.op("Where", g.const(mask), new, old)
 
 
 def masked_update(new: Any, old: Any, mask: Any) -> Any:

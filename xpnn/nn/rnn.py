@@ -258,8 +258,8 @@ class RNNBase(Module):
                 w_ih = getattr(self, f"weight_ih_l{layer}{suffix}")
                 # every step's input projection in one (T*N, in) x (in, G*H) product (NumPy's matmul of a 3-D
                 # array would loop over the steps)
-                gx = F.linear(F.reshape(x, (steps * batch, x.shape[2])), w_ih, b_ih)
-                gx = F.unbind(F.reshape(gx, (steps, batch, w_ih.shape[0])))
+                gx = F.linear(F.reshape(x, (-1, x.shape[2])), w_ih, b_ih)  # (-1: an exported graph keeps
+                gx = F.unbind(F.reshape(gx, (steps, -1, w_ih.shape[0])))  # a dynamic batch axis)
                 h = h0s[k] if h0s is not None else zeros
                 c = (c0s[k] if c0s is not None else zeros) if lstm else None
                 ys: list[Any] = [None] * steps
