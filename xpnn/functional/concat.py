@@ -2,13 +2,14 @@
 is its slice of the output's gradient (written with ``index``, so it is differentiable again)."""
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Sequence
 
 from .._torch_names import axis_from_dim
 from ..autograd.op import Context, Op
 from ..backend import namespace_of
 from ..errors import ShapeError
-from .shape import index
+from .shape import index, reshape
 
 __all__ = ["concat", "stack"]
 
@@ -77,5 +78,7 @@ def stack(tensors: Sequence[Any], axis: Optional[int] = None, *, dim: Optional[i
         if tuple(x.shape) != shape:
             raise ShapeError(f"stack: inputs must have one shape, got {[tuple(x.shape) for x in xs]}")
     ax = _axis(axis, len(shape) + 1, "stack")
-    key = (slice(None),) * ax + (None, ...)  # a new axis without naming the others' sizes (an exported graph
-    return concat([index(x, key) for x in xs], axis=ax)  # keeps its dynamic axes)
+    new = list(shape[:ax] + (1,) + shape[ax:])
+    if shape and math.prod(shape) > 0:  # the inputs' first axis as -1: an exported graph keeps it dynamic
+        new[1 if ax == 0 else 0] = -1
+    return concat([reshape(x, tuple(new)) for x in xs], axis=ax)
