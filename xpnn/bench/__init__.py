@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import conv_cases  # noqa: F401  (adds the convolution cases to CASES)
+from . import rnn_cases  # noqa: F401  (adds the recurrent case to CASES)
 from .cases import CASES, IMPLS, Unavailable, make_runner, subnormal_count, unavailable_reason
 from .report import UNSTABLE_IQR, UNSTABLE_REPEATS, Row, format_bytes, format_table, machine_info, write_json, write_plot
 from .timing import Timing, copy_bandwidth, free_gpu_memory, measure, settle_allocator
