@@ -258,6 +258,28 @@ def test_cell_double_backward_matches_torch(torch, mode):
     _compare_grads(mine, ref, {"input": (X, Xt)})
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_layer_double_backward_matches_torch(torch, mode):
+    """``create_graph=True`` through ``F.recurrence`` (bidirectional, with lengths): its backward recomputes the
+    steps with recorded ops, so a function of the input gradient differentiates again."""
+    lstm = mode == "LSTM"
+    mine, ref = _pair(torch, mode, input_size=3, hidden_size=2, bidirectional=True)
+    x = np.random.default_rng(11).normal(size=(4, 3, 3))
+    lengths = [4, 2, 3]
+    X, Xt = xpnn.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    out = mine(X, lengths=lengths)
+    out_t = ref(torch.nn.utils.rnn.pack_padded_sequence(Xt, torch.tensor(lengths), enforce_sorted=False))
+    y = (out[0] * out[0]).sum() + sum((s * s).sum() for s in _states(out, lstm))
+    padded_t, _ = torch.nn.utils.rnn.pad_packed_sequence(out_t[0])
+    y_t = (padded_t * padded_t).sum() + sum((s * s).sum() for s in _states(out_t, lstm))
+    (gx,) = xpnn.grad(y, [X], create_graph=True)
+    (gx_t,) = torch.autograd.grad(y_t, [Xt], create_graph=True)
+    np.testing.assert_allclose(gx.numpy(), gx_t.detach().numpy(), **TOL)
+    (gx * gx).sum().backward()
+    (gx_t * gx_t).sum().backward()
+    _compare_grads(mine, ref, {"input": (X, Xt)})
+
+
 def test_generic_path_on_array_api_strict():
     strict = pytest.importorskip("array_api_strict")
     x = np.random.default_rng(10).normal(size=(4, 2, 3))

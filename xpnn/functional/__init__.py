@@ -32,7 +32,7 @@ from .pooling import (
     max_pool2d_backward,
     max_pool2d_with_argmax,
 )
-from .recurrent import gru_cell, lstm_cell, masked_update, unbind
+from .recurrent import gru_cell, lstm_cell, masked_update, recurrence
 from .reductions import max, mean, min, sum
 from .shape import broadcast_to, index, permute_dims, reshape, sum_to
 from .softmax import log_softmax, logsumexp, softmax, softmax_backward
@@ -51,5 +51,5 @@ __all__ = [
     "adam_update", "sgd_update", "adagrad_update", "rmsprop_update",
     "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_with_argmax", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
-    "lstm_cell", "gru_cell", "unbind", "masked_update",
+    "lstm_cell", "gru_cell", "recurrence", "masked_update",
 ]

@@ -1,10 +1,10 @@
 """Recurrent layers with PyTorch's arguments, parameter names, gate order, initialisation and return shapes:
 ``RNN`` (tanh or relu), ``LSTM``, ``GRU`` and the single-step cells ``RNNCell``, ``LSTMCell``, ``GRUCell``.
 
-Per layer and direction the input projection of all time steps is one matrix product (``F.linear`` on (T, N, in))
-before the loop; each step then computes the hidden projection ``h @ weight_hh.T + bias_hh`` and the cell's
-pointwise op (``F.lstm_cell``, ``F.gru_cell``; ``tanh``/``relu`` of the sum for ``RNN``), which a fused CUDA kernel
-replaces on CuPy arrays. A ``torch.nn.LSTM``'s ``state_dict`` converted to arrays loads as is and gives its outputs.
+Per layer and direction the input projection of all time steps is one matrix product (``F.linear`` on (T*N, in))
+before the loop; ``F.recurrence`` then runs the steps (the hidden projection ``h @ weight_hh.T + bias_hh`` and the
+cell's pointwise math per step, which a fused CUDA kernel replaces on CuPy arrays) as one node of the tape. The
+cells call ``F.lstm_cell`` / ``F.gru_cell``. A ``torch.nn.LSTM``'s ``state_dict`` converted to arrays loads as is and gives its outputs.
 
 Variable-length batches: a ``PackedSequence`` (``xpnn.nn.utils.rnn.pack_padded_sequence``) in gives one out, or a
 padded input with ``lengths=``; either way a sequence's state stops at its last step (``F.masked_update``), padded
@@ -80,7 +80,7 @@ def _check_dtype(where: str, x: Any, dtype: Any, what: str = "input") -> None:
 
 
 def _step(mode: str, gx: Any, h: Any, c: Any, w_hh: Any, b_hh: Any) -> tuple[Any, Any]:
-    """One recurrent step from the step's input projection ``gx``: ``(h', c')`` (``c'`` is ``None`` but for LSTM)."""
+    """One cell step from the step's input projection ``gx``: ``(h', c')`` (``c'`` is ``None`` but for LSTM)."""
     gh = F.linear(h, w_hh, b_hh)
     if mode == "LSTM":
         return F.lstm_cell(gx, gh, c)
@@ -239,10 +239,11 @@ class RNNBase(Module):
         xp = namespace_of(xv)
         steps, batch = x.shape[0], x.shape[1]
         zeros = xp.zeros((batch, self.hidden_size), dtype=xv.dtype)
-        h0s = F.unbind(h0) if h0 is not None else None
-        c0s = F.unbind(c0) if c0 is not None else None
-        masks: list[Any] = [None] * steps  # per step: None (every sequence goes on) or bool (N, 1) and its float
-        if lens is not None:
+        h0s = [h0[k] for k in range(h0.shape[0])] if h0 is not None else None
+        c0s = [c0[k] for k in range(c0.shape[0])] if c0 is not None else None
+        masks: Optional[list[Any]] = None  # per step: None (every sequence goes on) or bool (N, 1) and its float
+        if lens is not None and int(lens.min()) < steps:
+            masks = [None] * steps
             for t in range(int(lens.min()), steps):
                 keep = xp.asarray((lens > t)[:, None])
                 masks[t] = (keep, xp.astype(keep, xv.dtype))
@@ -254,27 +255,17 @@ class RNNBase(Module):
                 k = layer * self._directions + d
                 b_ih = getattr(self, f"bias_ih_l{layer}{suffix}") if self.bias else None
                 b_hh = getattr(self, f"bias_hh_l{layer}{suffix}") if self.bias else None
-                w_hh = getattr(self, f"weight_hh_l{layer}{suffix}")
                 w_ih = getattr(self, f"weight_ih_l{layer}{suffix}")
                 # every step's input projection in one (T*N, in) x (in, G*H) product (NumPy's matmul of a 3-D
-                # array would loop over the steps)
-                gx = F.linear(F.reshape(x, (-1, x.shape[2])), w_ih, b_ih)  # (-1: an exported graph keeps
-                gx = F.unbind(F.reshape(gx, (steps, -1, w_ih.shape[0])))  # a dynamic batch axis)
+                # array would loop over the steps; -1: an exported graph keeps a dynamic batch axis)
+                gx = F.reshape(F.linear(F.reshape(x, (-1, x.shape[2])), w_ih, b_ih), (steps, -1, w_ih.shape[0]))
                 h = h0s[k] if h0s is not None else zeros
                 c = (c0s[k] if c0s is not None else zeros) if lstm else None
-                ys: list[Any] = [None] * steps
-                for t in (range(steps - 1, -1, -1) if d else range(steps)):
-                    h_new, c_new = _step(self.mode, gx[t], h, c, w_hh, b_hh)
-                    if masks[t] is None:
-                        h, c, ys[t] = h_new, c_new, h_new
-                    else:  # finished sequences keep their state; their outputs are zeros
-                        keep, keep_f = masks[t]
-                        h = F.masked_update(h_new, h, keep)
-                        c = F.masked_update(c_new, c, keep) if lstm else None
-                        ys[t] = h_new * keep_f
-                h_n.append(h)
-                c_n.append(c)
-                outs.append(F.stack(ys, axis=0))
+                res = F.recurrence(gx, getattr(self, f"weight_hh_l{layer}{suffix}"), b_hh, h, c, mode=self.mode,
+                                   reverse=bool(d), masks=masks)
+                outs.append(res[0])
+                h_n.append(res[1])
+                c_n.append(res[2] if lstm else None)
             x = outs[0] if len(outs) == 1 else F.concat(outs, axis=-1)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 mask = dropout_mask(xp, tuple(x.shape), self.dropout, xv.dtype, self._rng(xp))
