@@ -47,8 +47,9 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
         ("sigmoid_backward", "1e4"), ("cross_entropy", "256x10"), ("adam", "1e4"), ("mlp_step", "batch16"),
         ("tiny_step", "batch8"), ("seed_net", "64x1000"), ("conv2d", "lenet2"), ("lenet_step", "batch64"),
         ("softmax", "256x10"), ("logsumexp", "256x10"), ("adam_fp16", "1e4"), ("small_calls", "linear"),
-        ("amp_unscale", "1e4"),
+        ("amp_unscale", "1e4"), ("lstm_step", "h16-T5-batch4"),
     ],
+    "rnn": [("lstm_step", "h256-T50-batch32")],  # compare with --reference torch-cpu (no plain-NumPy version)
 }
 
 

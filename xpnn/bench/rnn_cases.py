@@ -4,7 +4,8 @@
   forward, mean squared error against a fixed target of the output's shape, backward, Adam step.
 
 Implementations: xpnn through autograd (NumPy; CUDA with the fused gate kernels; CUDA with kernels off, the
-generic path) and PyTorch (CPU, CUDA).
+generic path) and PyTorch (CPU, CUDA). The recurrent layers have no explicit-API step (``m.backward(dy)`` has no rule
+for several outputs), so ``xpnn-numpy`` runs the same autograd step as ``xpnn-numpy-tape``.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, Callable
 from .cases import CASES, IMPLS, Case, Runner, _backend, _Data, _torch_device, _torch_optimizer_arrays
 
 # (input_size, hidden_size, num_layers, T, batch)
-LSTM_SIZES = {"h256-T50-batch32": (64, 256, 2, 50, 32)}
+LSTM_SIZES = {"h256-T50-batch32": (64, 256, 2, 50, 32), "h16-T5-batch4": (8, 16, 2, 5, 4)}  # (the second: smoke runs)
 
 
 def _lstm_xpnn(impl: str) -> Callable[[Any], Runner]:
@@ -63,7 +64,7 @@ def _lstm_torch(impl: str) -> Callable[[Any], Runner]:
 RNN_CASES: dict[str, Case] = {c.name: c for c in (
     Case("lstm_step", "training step of a 2-layer LSTM (input 64, hidden 256, T 50, batch 32), MSE, Adam, float32",
          LSTM_SIZES, frozenset(), lambda s: None,
-         {"xpnn-numpy-tape": _lstm_xpnn("xpnn-numpy-tape"), "torch-cpu": _lstm_torch("torch-cpu"),
+         {"xpnn-numpy": _lstm_xpnn("xpnn-numpy"), "xpnn-numpy-tape": _lstm_xpnn("xpnn-numpy-tape"), "torch-cpu": _lstm_torch("torch-cpu"),
           "xpnn-cuda-tape": _lstm_xpnn("xpnn-cuda-tape"), "xpnn-cuda-generic": _lstm_xpnn("xpnn-cuda-generic"),
           "torch-cuda": _lstm_torch("torch-cuda")}),
 )}
