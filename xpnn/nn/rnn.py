@@ -26,7 +26,7 @@ from ..functional import _checks
 from ..functional.dropout import dropout_mask, make_rng
 from .module import Module
 from .parameter import FlatBuffer, Parameter, factory
-from .utils.rnn import PackedSequence, batch_sizes_of, lengths_array, pack_time_major, pad_time_major
+from .utils.rnn import PackedSequence, lengths_array, lengths_of, pack_time_major, pad_time_major
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
@@ -192,7 +192,7 @@ class RNNBase(Module):
                 raise ShapeError(f"{where}: expected packed data of shape (sum(lengths), {self.input_size}), got "
                                  f"{tuple(data.shape)}")
             x = pad_time_major(data, batch_sizes, len(batch_sizes))
-            lens = (batch_sizes[None, :] > np.arange(int(batch_sizes[0]))[:, None]).sum(axis=1)
+            lens = lengths_of(batch_sizes)
             unbatched = False
             order = input.sorted_indices
             if order is not None:  # h_0 / c_0 are in the caller's batch order: put them in the packed order

@@ -58,6 +58,12 @@ def batch_sizes_of(lengths: np.ndarray) -> np.ndarray:
     return (lengths[None, :] > np.arange(int(lengths.max()))[:, None]).sum(axis=1).astype(np.int64)
 
 
+def lengths_of(batch_sizes: np.ndarray) -> np.ndarray:
+    """The sequence lengths (in the packed order) of a packed batch's ``batch_sizes`` (the inverse of
+    ``batch_sizes_of``)."""
+    return (batch_sizes[None, :] > np.arange(int(batch_sizes[0]))[:, None]).sum(axis=1).astype(np.int64)
+
+
 def pack_time_major(x: Any, batch_sizes: np.ndarray) -> Any:
     """Padded (T, B, *) in decreasing order of length -> packed data (sum(batch_sizes), *), one gather."""
     steps, batch = x.shape[0], x.shape[1]
@@ -126,7 +132,7 @@ def pad_packed_sequence(sequence: PackedSequence, batch_first: bool = False, pad
                              f"({steps}), got {total_length}")
         steps = int(total_length)
     padded = pad_time_major(sequence.data, batch_sizes, steps, padding_value)
-    lengths = (batch_sizes[None, :] > np.arange(int(batch_sizes[0]))[:, None]).sum(axis=1).astype(np.int64)
+    lengths = lengths_of(batch_sizes)
     if sequence.unsorted_indices is not None:
         unsorted = sequence.unsorted_indices
         padded = F.index(padded, (slice(None), namespace_of(_array(padded)).asarray(unsorted)))
