@@ -162,8 +162,31 @@ class _CausalEncoder(nn.Module):
         return self.head(F.reshape(h, (-1, 48)))
 
 
+class _Recurrent(nn.Module):
+    """The recurrent layers and cells in turn on (N, T, 4), from initial states computed from the input (a zero
+    state made by the layer would be a constant of the traced batch size: with a dynamic batch axis the export
+    refuses it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.init = nn.Linear(4, 4 * 3, seed=0)
+        self.lstm = nn.LSTM(4, 3, num_layers=2, bidirectional=True, batch_first=True, seed=1)
+        self.gru = nn.GRU(6, 3, batch_first=True, seed=2)
+        self.rnn = nn.RNN(3, 3, nonlinearity="relu", batch_first=True, seed=3)
+        self.lstm_cell, self.gru_cell, self.rnn_cell = nn.LSTMCell(3, 3, seed=4), nn.GRUCell(3, 3, seed=5), \
+            nn.RNNCell(3, 3, seed=6)
+
+    def forward(self, x):
+        h = F.permute_dims(F.reshape(self.init(x[:, 0, :]), (-1, 4, 3)), (1, 0, 2))  # (4, N, 3)
+        y, _ = self.lstm(x, (h, h * 0.5))
+        y, _ = self.gru(y, h[:1])
+        y, _ = self.rnn(y, h[1:2])
+        c, _ = self.lstm_cell(y[:, -1, :], (h[0], h[1]))
+        return self.rnn_cell(self.gru_cell(c, h[2]), h[3])
+
+
 LAYER_MODELS = {"dense": (_dense_model, (8,)), "conv": (_conv_model, (2, 12, 11)), "pool": (_pool_model, (2, 9, 10)),
-                "tokens": (_token_model, (6,)), "attention": (_CausalEncoder, (6,))}
+                "tokens": (_token_model, (6,)), "attention": (_CausalEncoder, (6,)), "recurrent": (_Recurrent, (5, 4))}
 VOCAB = {"tokens": 11, "attention": 11}  # models whose input is token ids
 
 

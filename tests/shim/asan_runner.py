@@ -265,6 +265,33 @@ def capturable(make: Callable[..., ShimLoader]) -> None:
                 slack(np.zeros((), np.float32)))
 
 
+def recurrent(make: Callable[..., ShimLoader]) -> None:
+    """kernels/rnn_cells.cu: the LSTM and GRU steps, forward and backward, at a few batch and hidden sizes."""
+    from xpnn.functional.recurrent import step_backward
+
+    def lstm_cell_backward(gx: Any, gh: Any, c: Any, dh: Any, dc: Any) -> Any:
+        dgates, _, _, dc_prev = step_backward("LSTM", gx, gh, None, c, None, dh, dc)
+        return dgates, dc_prev
+
+    def gru_cell_backward(gx: Any, gh: Any, h: Any, dh: Any) -> Any:
+        return step_backward("GRU", gx, gh, h, None, None, dh, None)[:3]
+
+    loader = make()
+    rng = np.random.default_rng(8)
+    for dtype in FLOATS:
+        for n, hidden in ((1, 1), (3, 5), (7, 33)):
+            state = slack(rng.standard_normal((n, hidden)).astype(dtype))
+            dh, dc = (slack(rng.standard_normal((n, hidden)).astype(dtype)) for _ in range(2))
+            for gates in (4, 3):
+                gx, gh = (slack((rng.standard_normal((n, gates * hidden)) * 2).astype(dtype)) for _ in range(2))
+                if gates == 4:
+                    run(loader, F.lstm_cell, gx, gh, state)
+                    run(loader, lstm_cell_backward, gx, gh, state, dh, dc)
+                else:
+                    run(loader, F.gru_cell, gx, gh, state)
+                    run(loader, gru_cell_backward, gx, gh, state, dh)
+
+
 CASES: dict[str, Case] = {
     "activations": activations,
     "row_kernels": row_kernels,
@@ -274,6 +301,7 @@ CASES: dict[str, Case] = {
     "optimizers": optimizers,
     "conv": conv,
     "capturable": capturable,
+    "recurrent": recurrent,
 }
 
 

@@ -367,3 +367,60 @@ def adam_update_mixed(loader: KernelLoader, xp: Any, param: Any, master: Any, gr
     kernel = loader.raw(registry.ADAM_UPDATE_MIXED, "float16")
     kernel.launch(flat_grid(n, per_thread=8, sm_count=kernel.sm_count), FLAT_BLOCK, args)  # 8 entries per thread
     return None
+
+
+# ---- recurrent cells (kernels/rnn_cells.cu; the reference is xpnn/functional/recurrent.py) ------------------------
+def _cell_fits(rows: int, gates: int, hidden: int) -> bool:
+    """The kernels index in 32 bits: rows * gates * hidden below 2^31 (else the reference runs)."""
+    return rows * gates * hidden < 2**31
+
+
+def _cell_launch(row: registry.RawKernel, loader: KernelLoader, dtype: Any, n: int, hidden: int,
+                 arrays: tuple) -> None:
+    _flat_launch(row, loader, dtype, n, (*arrays, np.uint32(n), np.uint32(hidden)))
+
+
+def lstm_cell(loader: KernelLoader, xp: Any, gx: Any, gh: Any, c: Any) -> Any:
+    """``(h', c')`` (N, H) of one LSTM step from gx, gh (N, 4H) and c (N, H) (validated by the op)."""
+    rows, hidden = c.shape
+    if not _cell_fits(rows, 4, hidden):
+        return NotImplemented
+    h_out, c_out = xp.empty(c.shape, dtype=c.dtype), xp.empty(c.shape, dtype=c.dtype)
+    _cell_launch(registry.LSTM_CELL, loader, c.dtype, rows * hidden, hidden,
+                 (_contiguous(gx), _contiguous(gh), _contiguous(c), h_out, c_out))
+    return h_out, c_out
+
+
+def lstm_cell_backward(loader: KernelLoader, xp: Any, gx: Any, gh: Any, c: Any, dh: Any, dc: Any) -> Any:
+    """``(dgates (N, 4H), dc_prev (N, H))`` of one LSTM step."""
+    rows, hidden = c.shape
+    if not _cell_fits(rows, 4, hidden):
+        return NotImplemented
+    dgates, dc_prev = xp.empty(gx.shape, dtype=c.dtype), xp.empty(c.shape, dtype=c.dtype)
+    _cell_launch(registry.LSTM_CELL_BACKWARD, loader, c.dtype, rows * hidden, hidden,
+                 (_contiguous(gx), _contiguous(gh), _contiguous(c), _contiguous(dh), _contiguous(dc), dgates,
+                  dc_prev))
+    return dgates, dc_prev
+
+
+def gru_cell(loader: KernelLoader, xp: Any, gx: Any, gh: Any, h: Any) -> Any:
+    """``h'`` (N, H) of one GRU step from gx, gh (N, 3H) and h (N, H)."""
+    rows, hidden = h.shape
+    if not _cell_fits(rows, 3, hidden):
+        return NotImplemented
+    h_out = xp.empty(h.shape, dtype=h.dtype)
+    _cell_launch(registry.GRU_CELL, loader, h.dtype, rows * hidden, hidden,
+                 (_contiguous(gx), _contiguous(gh), _contiguous(h), h_out))
+    return h_out
+
+
+def gru_cell_backward(loader: KernelLoader, xp: Any, gx: Any, gh: Any, h: Any, dh: Any) -> Any:
+    """``(dgx, dgh (N, 3H), dh_prev (N, H))`` of one GRU step (``dh_prev``: the part through ``z * h``)."""
+    rows, hidden = h.shape
+    if not _cell_fits(rows, 3, hidden):
+        return NotImplemented
+    dgx, dgh = xp.empty(gx.shape, dtype=h.dtype), xp.empty(gx.shape, dtype=h.dtype)
+    dh_prev = xp.empty(h.shape, dtype=h.dtype)
+    _cell_launch(registry.GRU_CELL_BACKWARD, loader, h.dtype, rows * hidden, hidden,
+                 (_contiguous(gx), _contiguous(gh), _contiguous(h), _contiguous(dh), dgx, dgh, dh_prev))
+    return dgx, dgh, dh_prev

@@ -32,6 +32,10 @@ LAUNCHERS: dict[Any, Callable[..., Any]] = {
     registry.ADAGRAD_UPDATE_CAPTURABLE: capturable.adagrad_update_capturable,
     registry.RMSPROP_UPDATE_CAPTURABLE: capturable.rmsprop_update_capturable,
     registry.AMP_UNSCALE_CHECK: capturable.amp_unscale_check,
+    registry.LSTM_CELL: launch.lstm_cell,
+    registry.LSTM_CELL_BACKWARD: launch.lstm_cell_backward,
+    registry.GRU_CELL: launch.gru_cell,
+    registry.GRU_CELL_BACKWARD: launch.gru_cell_backward,
     **{row: functools.partial(launch.elementwise, row) for row in registry.ELEMENTWISE},
 }
 

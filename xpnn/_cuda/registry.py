@@ -140,12 +140,19 @@ RMSPROP_UPDATE_CAPTURABLE = RawKernel("rmsprop_update_capturable", "capturable.c
                                       "rmsprop_update_capturable<{T}>", _FLOATS_NO_HALF)
 AMP_UNSCALE_CHECK = RawKernel("amp_unscale_check", "capturable.cu", "amp_unscale_check<{T}>", _FLOATS)
 
+# ---- recurrent cells: one step's gates, cell and hidden update (rnn_cells.cu; xpnn.functional.recurrent) -----------
+LSTM_CELL = RawKernel("lstm_cell", "rnn_cells.cu", "lstm_cell_fwd<{T}, {A}>", _FLOATS)
+LSTM_CELL_BACKWARD = RawKernel("lstm_cell_backward", "rnn_cells.cu", "lstm_cell_bwd<{T}, {A}>", _FLOATS)
+GRU_CELL = RawKernel("gru_cell", "rnn_cells.cu", "gru_cell_fwd<{T}, {A}>", _FLOATS)
+GRU_CELL_BACKWARD = RawKernel("gru_cell_backward", "rnn_cells.cu", "gru_cell_bwd<{T}, {A}>", _FLOATS)
+
 RAW: tuple[RawKernel, ...] = (
     LOGSUMEXP, SOFTMAX, LOG_SOFTMAX, CROSS_ENTROPY_COUNT, CROSS_ENTROPY_WITH_GRAD,
     ADAM_UPDATE, SGD_UPDATE, ADAGRAD_UPDATE, RMSPROP_UPDATE, ROW_CHUNK_MAX_SUM, ROW_CHUNK_FINISH, ADAM_UPDATE_MIXED,
     IM2COL, COL2IM, MAX_POOL2D, MAX_POOL2D_BACKWARD,
     CAPTURABLE_STEP_SCALARS, ADAM_UPDATE_CAPTURABLE, SGD_UPDATE_CAPTURABLE, ADAGRAD_UPDATE_CAPTURABLE,
     RMSPROP_UPDATE_CAPTURABLE, AMP_UNSCALE_CHECK,
+    LSTM_CELL, LSTM_CELL_BACKWARD, GRU_CELL, GRU_CELL_BACKWARD,
 )
 
 RAW_BY_NAME = {row.name: row for row in RAW}

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 from . import conv_cases  # noqa: F401  (adds the convolution cases to CASES)
 from . import transformer_cases  # noqa: F401  (adds attention and gpt_step to CASES)
+from . import rnn_cases  # noqa: F401  (adds the recurrent case to CASES)
 from .cases import CASES, IMPLS, Unavailable, make_runner, subnormal_count, unavailable_reason
 from .report import UNSTABLE_IQR, UNSTABLE_REPEATS, Row, format_bytes, format_table, machine_info, write_json, write_plot
 from .timing import Timing, copy_bandwidth, free_gpu_memory, measure, settle_allocator
@@ -52,7 +53,9 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
         ("tiny_step", "batch8"), ("seed_net", "64x1000"), ("conv2d", "lenet2"), ("lenet_step", "batch64"),
         ("softmax", "256x10"), ("logsumexp", "256x10"), ("adam_fp16", "1e4"), ("small_calls", "linear"),
         ("amp_unscale", "1e4"), ("attention", "b32h4t64d32"), ("gpt_step", "d32l1h2t16b4"), ("generate", "tiny"),
+        ("lstm_step", "h16-T5-batch4"),
     ],
+    "rnn": [("lstm_step", "h256-T50-batch32")],  # compare with --reference torch-cpu (no plain-NumPy version)
 }
 
 

@@ -34,6 +34,7 @@ from .pooling import (
     max_pool2d_backward,
     max_pool2d_with_argmax,
 )
+from .recurrent import gru_cell, lstm_cell, masked_update, recurrence
 from .reductions import max, mean, min, sum
 from .selection import gather, masked_fill, tril, tril_mask, triu, triu_mask, where
 from .shape import (broadcast_to, clone, contiguous, expand, index, permute, permute_dims, reshape, squeeze, sum_to,
@@ -58,4 +59,5 @@ __all__ = [
     "embedding", "embedding_backward", "layer_norm",
     "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_with_argmax", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
+    "lstm_cell", "gru_cell", "recurrence", "masked_update",
 ]

@@ -3,6 +3,7 @@ input gradients are slices of the output's gradient (written with ``index``, so 
 ``split`` / ``chunk`` (``torch.split``, ``torch.chunk``), whose input gradient is the pieces' gradients joined."""
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Sequence
 
 from .._torch_names import axis_from_dim
@@ -102,8 +103,10 @@ def stack(tensors: Sequence[Any], axis: Optional[int] = None, *, dim: Optional[i
         if tuple(x.shape) != shape:
             raise ShapeError(f"stack: inputs must have one shape, got {[tuple(x.shape) for x in xs]}")
     ax = _axis(axis, len(shape) + 1, "stack")
-    new = shape[:ax] + (1,) + shape[ax:]
-    return concat([reshape(x, new) for x in xs], axis=ax)
+    new = list(shape[:ax] + (1,) + shape[ax:])
+    if shape and math.prod(shape) > 0:  # the inputs' first axis as -1: an exported graph keeps it dynamic
+        new[1 if ax == 0 else 0] = -1
+    return concat([reshape(x, tuple(new)) for x in xs], axis=ax)
 
 
 def cat(tensors: Sequence[Any], dim: int = 0) -> Any:

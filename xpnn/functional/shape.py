@@ -40,7 +40,8 @@ class Reshape(Op):
     @staticmethod
     def onnx(g: Any, x: str, *, shape: tuple[int, ...]) -> str:
         """``Reshape`` written to hold for other sizes of the leading axes it keeps (a dynamic batch): the leading
-        dims equal to the input's are 0 ("copy"), and a single dim after them is -1 (``Flatten``)."""
+        dims equal to the input's are 0 ("copy"), and a single dim after them is -1 (``Flatten``); otherwise the
+        caller's own -1, if any, stays."""
         in_shape = g.shape(x)
         size = int(np.prod(in_shape))
         known = int(np.prod([d for d in shape if d != -1]))
@@ -51,6 +52,8 @@ class Reshape(Op):
         dims = [0] * k + target[k:]
         if len(target) - k == 1:
             dims[k] = -1
+        elif -1 in shape and 0 not in shape:  # no kept leading axis: the caller's -1 (ONNX reads it as NumPy does)
+            dims = [int(d) for d in shape]  # holds for other sizes of the axis it stands for, e.g. (T, N, F) -> (-1, F)
         return g.op("Reshape", x, g.ints(dims))
 
 

@@ -25,6 +25,7 @@ from .module import Module
 from .parameter import FlatBuffer, Parameter, flat_buffer_of
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .transformer import TransformerEncoderLayer
+from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from . import utils
 
 __all__ = [
@@ -35,4 +36,5 @@ __all__ = [
     "MultiheadAttention", "TransformerEncoderLayer",
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "BatchNorm2d", "utils",
     "Embedding", "LayerNorm",
+    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
 ]
