@@ -16,6 +16,8 @@
 //   arrives (threads that returned drop out); warp shuffles exchange values through per-thread slots between two
 //   warp-wide barriers and require every thread of the warp to take part.
 // - Other kernels run their threads as a plain loop; if such a kernel synchronises, the launch fails.
+// - xpnn_shim_set_blocks runs only the listed blocks of a grid (gridDim unchanged): a grid-stride kernel then
+//   touches only those blocks' elements, so index math past 2^31 elements runs on sparse arrays in little memory.
 // - Errors never abort: the launch returns non-zero and xpnn_shim_last_error() says why.
 // - Under AddressSanitizer (tests/test_kernels_asan.py) every fiber switch is announced to it, as its fiber API asks;
 //   without the announcements it warns about an unknown stack and may report false positives.
@@ -29,6 +31,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
@@ -294,6 +297,7 @@ struct Launch {
     bool cooperative = false, reverse = false;
     unsigned long long order_seed = 0;
     unsigned grid = 0, block = 0, workers = 1;
+    std::vector<unsigned> only_blocks;  // not empty: run just these blocks of the grid (sorted)
     std::atomic<bool> failed{false};
     std::mutex error_lock;
     std::string error;
@@ -310,6 +314,7 @@ inline void run_worker(Launch& L, unsigned w) {
     blockDim = {L.block, 1, 1};
     for (unsigned k = w; k < L.grid && !L.failed.load(std::memory_order_relaxed); k += L.workers) {
         const unsigned b = L.reverse ? L.grid - 1 - k : k;
+        if (!L.only_blocks.empty() && !std::binary_search(L.only_blocks.begin(), L.only_blocks.end(), b)) continue;
         const unsigned now = L.in_flight.fetch_add(1) + 1;
         unsigned seen = L.max_in_flight.load();
         while (now > seen && !L.max_in_flight.compare_exchange_weak(seen, now)) {
@@ -381,6 +386,7 @@ inline Pool& pool() {
 
 static unsigned requested_workers = 4;
 static unsigned long long requested_order_seed = 0;
+static std::vector<unsigned> requested_blocks;  // xpnn_shim_set_blocks
 static unsigned last_threads_used = 0, last_max_in_flight = 0;
 static std::string last_error;
 
@@ -398,6 +404,7 @@ inline int launch(const std::function<void()>& body, bool cooperative, unsigned 
     L.cooperative = cooperative;
     L.reverse = reverse;
     L.order_seed = requested_order_seed;
+    L.only_blocks = requested_blocks;
     L.grid = grid;
     L.block = block;
     L.workers = grid < requested_workers ? (grid == 0 ? 1 : grid) : requested_workers;
