@@ -5,7 +5,8 @@ semantics the reference and the kernels share checked against PyTorch where it i
    log-sum-exp merge computed exp(inf - inf) = NaN for logsumexp);
 2. AMSGrad propagates a NaN into max_exp_avg_sq (fmaxf dropped it);
 3. the last-block loss reduction fences on both sides of its atomic hand-off (the reader's acquire fence was
-   missing): checked by the shim's hand-off discipline on deliberately broken copies of the source;
+   missing): checked by the shim's hand-off discipline on deliberately broken copies of the source, and by its
+   cross-block ordering model (a published store no acquire ordered before another block's load);
 4. ReLU backward follows PyTorch for NaN: dy = NaN at x <= 0 gives 0, x = NaN passes dy.
 Also: the shim really runs blocks on several OS threads at once.
 """
@@ -186,6 +187,32 @@ def test_shim_catches_a_missing_fence(tmp_path, remove, message):
     broken = ShimLoader(library=build(kernels=_broken(tmp_path, remove)).library)
     with pytest.raises(RuntimeError, match=message):
         _summed_loss(broken)
+
+
+OTHER_THREAD_STORES = (
+    "    if (threadIdx.x == 0) {\n        xpnn_publish(partials + blockIdx.x, total);\n",
+    "    if (threadIdx.x == blockDim.x - 1u) xpnn_publish(partials + blockIdx.x, total);  // broken: not thread 0\n"
+    "    if (threadIdx.x == 0) {\n")
+
+
+def test_shim_orders_stores_between_blocks(tmp_path):
+    """A block's partial stored by its last thread while thread 0 fences and counts the block done, with nothing
+    ordering the two (no __syncthreads, and the fence is not the storing thread's): on a GPU the last block may
+    read the partial before it lands. Every thread keeps the per-thread fence rules, so the shim without the
+    cross-block ordering model (-DXPNN_SHIM_NO_ORDERING) computes the right sum on one worker and reports nothing;
+    the shim that tags each published store with its block, thread and fence epoch finds that no acquire ordered
+    the last block's load of it."""
+    dest = tmp_path / "kernels"
+    shutil.copytree(kernel_dir(), dest)
+    src = dest / "softmax_cross_entropy.cu"
+    text = src.read_text()
+    assert text.count(OTHER_THREAD_STORES[0]) == 1, f"softmax_cross_entropy.cu changed: update {__file__}"
+    src.write_text(text.replace(*OTHER_THREAD_STORES))
+    unordered = ShimLoader(library=build(("-DXPNN_SHIM_NO_ORDERING",), kernels=dest).library, workers=1)
+    got, want = _summed_loss(unordered)
+    np.testing.assert_allclose(got, want, rtol=1e-5)  # the old shim did not see the fault
+    with pytest.raises(RuntimeError, match=r"block \d+ \(thread 255\) stored, which no acquire ordered"):
+        _summed_loss(ShimLoader(library=build(kernels=dest).library, workers=1))
 
 
 @pytest.mark.parametrize("workers", [1, 2, 4, 7])

@@ -9,7 +9,9 @@
 // - Hand-off discipline (the CUDA memory model, which x86 would forgive): a value stored with xpnn_publish must be
 //   fenced before the storing thread's next atomic (release), and once a thread of the block did an atomic, no
 //   thread of the block may xpnn_load_published until that thread has fenced (acquire). Either mistake fails the
-//   launch with a message naming it (see common.cuh, "data handed between blocks").
+//   launch with a message naming it (see common.cuh, "data handed between blocks"). Beyond these per-thread rules,
+//   each published store is tagged with its block, thread and fence epoch, and a load of another block's value
+//   fails unless a release of it reached the loading thread through atomics and an acquire fence (Ordering).
 // - Cooperative kernels run their block's threads as ucontext fibers, in forward or reverse order, or in a seeded
 //   random order drawn afresh at every scheduling round (xpnn_shim_set_order_seed; a missing
 //   barrier shows up in one order only). __syncthreads() suspends a fiber until every live thread of the block
@@ -41,6 +43,7 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -96,6 +99,38 @@ struct Fiber {
 
 const size_t kStackSize = 64 * 1024;
 
+// Cross-block ordering, the CUDA memory model's rules for data one block hands to another (common.cuh, "data
+// handed between blocks"), tracked per launch: every xpnn_publish store is tagged with the writing (block, thread)
+// and that thread's fence count at the store (its epoch). An atomic releases what its thread stored before its
+// last fence (the address records writer -> fence count); an atomic of another thread reads those releases, and
+// its thread's next __threadfence() acquires them (a __syncthreads() then shares them with the block). An
+// xpnn_load_published of a value another block stored must be covered by an acquired release of the storing
+// thread with a fence after the store, else the launch fails: a load that no acquire ordered (x86 and the
+// shim's seq_cst fences would have made it harmless). The storing thread itself must fence and do the atomic.
+// -DXPNN_SHIM_NO_ORDERING builds the shim without these checks (tests show what they add).
+struct StoreTag {
+    unsigned block, thread;
+    unsigned long long epoch;
+};
+
+struct Ordering {
+    std::mutex lock;
+    std::unordered_map<const void*, StoreTag> stores;  // published addresses -> last store
+    std::unordered_map<const void*, std::unordered_map<unsigned long long, unsigned long long>> released;
+};
+
+inline unsigned long long writer_key(unsigned block, unsigned thread) {
+    return (static_cast<unsigned long long>(block) << 32) | thread;
+}
+
+inline void merge_releases(std::unordered_map<unsigned long long, unsigned long long>& into,
+                           const std::unordered_map<unsigned long long, unsigned long long>& from) {
+    for (const auto& e : from) {
+        unsigned long long& f = into[e.first];
+        if (e.second > f) f = e.second;
+    }
+}
+
 struct Scheduler {
     bool cooperative = false;  // fibers (true) or a plain loop over threads (false)
     bool reverse = false;
@@ -115,6 +150,11 @@ struct Scheduler {
     std::vector<unsigned char> unfenced_publish;  // stored with xpnn_publish, no __threadfence since
     std::vector<unsigned char> unfenced_atomic;   // did an atomic, no __threadfence since
     unsigned unfenced_atomics = 0;                // threads of the block with unfenced_atomic set
+    // cross-block ordering (see Ordering below), per thread of the running block: __threadfence() calls so far;
+    // releases seen by its atomics since its last fence (pending) and after one (acquired): writer -> fences
+    std::vector<unsigned long long> fences;
+    std::vector<std::unordered_map<unsigned long long, unsigned long long>> pending, acquired;
+    struct Ordering* ordering = nullptr;  // of the running launch, shared by the workers
     // static shared memory: (address, serial of the block that last poisoned it) on this worker
     unsigned long long block_serial = 0;
     std::vector<std::pair<void*, unsigned long long>> shared_poisoned;
@@ -186,6 +226,14 @@ inline void barrier(State kind, const char* what) {
     }
     yield_at(kind);
     threadIdx.x = sched.current;
+}
+
+// __syncthreads(): what any thread of the block acquired is ordered before every thread's later loads.
+inline void share_acquired() {
+    std::unordered_map<unsigned long long, unsigned long long> all;
+    for (const auto& a : sched.acquired) merge_releases(all, a);
+    if (all.empty()) return;
+    for (auto& a : sched.acquired) a = all;
 }
 
 // Run one block of `n` threads as fibers; returns false on error (sched.error says why).
@@ -272,6 +320,7 @@ inline bool run_block_fibers(unsigned n) {
         }
         for (unsigned t = 0; t < n; ++t)
             if (sched.fibers[t].state == AT_BLOCK_BARRIER) sched.fibers[t].state = RUNNABLE;
+        share_acquired();
     }
 }
 
@@ -282,6 +331,9 @@ inline bool run_block(unsigned b, unsigned block) {
     sched.unfenced_publish.assign(block, 0);
     sched.unfenced_atomic.assign(block, 0);
     sched.unfenced_atomics = 0;
+    sched.fences.assign(block, 0);
+    sched.pending.assign(block, {});
+    sched.acquired.assign(block, {});
     if (sched.cooperative) return run_block_fibers(block);
     for (unsigned k = 0; k < block; ++k) {
         threadIdx = {sched.reverse ? block - 1 - k : k, 0, 0};
@@ -298,6 +350,7 @@ struct Launch {
     unsigned long long order_seed = 0;
     unsigned grid = 0, block = 0, workers = 1;
     std::vector<unsigned> only_blocks;  // not empty: run just these blocks of the grid (sorted)
+    Ordering ordering;
     std::atomic<bool> failed{false};
     std::mutex error_lock;
     std::string error;
@@ -310,6 +363,7 @@ inline void run_worker(Launch& L, unsigned w) {
     sched.reverse = L.reverse;
     sched.order_seed = L.order_seed;
     sched.body = L.body;
+    sched.ordering = &L.ordering;
     gridDim = {L.grid, 1, 1};
     blockDim = {L.block, 1, 1};
     for (unsigned k = w; k < L.grid && !L.failed.load(std::memory_order_relaxed); k += L.workers) {
@@ -495,6 +549,17 @@ inline V atomicAdd(V* address, V value) {
             ++sched.unfenced_atomics;
         }
     }
+#ifndef XPNN_SHIM_NO_ORDERING
+    // release what this thread stored before its last fence; read the releases of the atomics before this one
+    std::unique_lock<std::mutex> hold;
+    if (in_block() && sched.ordering != nullptr) {
+        hold = std::unique_lock<std::mutex>(sched.ordering->lock);
+        auto& rel = sched.ordering->released[address];
+        unsigned long long& mine = rel[writer_key(blockIdx.x, tid())];
+        if (sched.fences[tid()] > mine) mine = sched.fences[tid()];
+        merge_releases(sched.pending[tid()], rel);
+    }
+#endif
     if constexpr (std::is_integral<V>::value) {
         return __atomic_fetch_add(address, value, __ATOMIC_RELAXED);
     } else {
@@ -516,14 +581,27 @@ inline void __threadfence() {
             sched.unfenced_atomic[tid()] = 0;
             --sched.unfenced_atomics;
         }
+        ++sched.fences[tid()];  // stores before this fence are released by this thread's next atomic
+        if (!sched.pending[tid()].empty()) {  // acquire what its atomics read
+            merge_releases(sched.acquired[tid()], sched.pending[tid()]);
+            sched.pending[tid()].clear();
+        }
     }
 }
 
 // common.cuh's hand-off helpers (CUDA versions there), checked.
 template <typename V>
 inline void xpnn_publish(V* p, V v) {
+    using namespace xpnn_shim;
     *p = v;
-    if (xpnn_shim::in_block()) xpnn_shim::sched.unfenced_publish[xpnn_shim::tid()] = 1;
+    if (!in_block()) return;
+    sched.unfenced_publish[tid()] = 1;
+#ifndef XPNN_SHIM_NO_ORDERING
+    if (sched.ordering != nullptr) {
+        std::lock_guard<std::mutex> hold(sched.ordering->lock);
+        sched.ordering->stores[p] = StoreTag{blockIdx.x, tid(), sched.fences[tid()]};
+    }
+#endif
 }
 
 template <typename V>
@@ -533,6 +611,25 @@ inline V xpnn_load_published(const V* p) {
         sched.fail("xpnn_load_published after an atomic of this block without __threadfence() after it (missing "
                    "acquire fence; block " + std::to_string(blockIdx.x) + ", thread " + std::to_string(tid()) + ")");
     }
+#ifndef XPNN_SHIM_NO_ORDERING
+    if (in_block() && sched.ordering != nullptr) {
+        std::lock_guard<std::mutex> hold(sched.ordering->lock);
+        const auto it = sched.ordering->stores.find(p);
+        if (it != sched.ordering->stores.end() && it->second.block != blockIdx.x) {
+            const StoreTag& w = it->second;
+            const auto& acq = sched.acquired[tid()];
+            const auto got = acq.find(writer_key(w.block, w.thread));
+            if (got == acq.end() || got->second <= w.epoch) {
+                sched.fail("xpnn_load_published of a value block " + std::to_string(w.block) + " (thread " +
+                           std::to_string(w.thread) + ") stored, which no acquire ordered (block " +
+                           std::to_string(blockIdx.x) + ", thread " + std::to_string(tid()) + "): the storing thread "
+                           "must __threadfence() after the store and then do an atomic that an atomic of this "
+                           "block reads, followed by __threadfence() here (and __syncthreads() for the other "
+                           "threads)");
+            }
+        }
+    }
+#endif
     return *p;
 }
 
