@@ -61,7 +61,7 @@ __device__ __forceinline__ void xpnn_for_each_decoded(long long tops, const unsi
 // reads input coordinate x, p*s + i*d == x + pad. (p, m) = divmod(x + pad - i*d, s) is formed once per element
 // (one 32-bit division, none for s == 1) and stepped to the next offset by subtracting divmod(d, s) = (dq, dm) with
 // a borrow; offset i reads x when m == 0 and 0 <= p < out, and no later offset does once p < 0 (x + pad - i*d < 0).
-// dq and dm are kernel arguments (the launcher divides once): derived per thread, the four of them took registers
+// dq is a kernel argument (the launcher divides once; dm = d - dq*s): a division per thread took the registers
 // that made ptxas spill max_pool2d_bwd<float> on sm_80.
 struct xpnn_axis {
     int k, s, pad, out, dq, dm;
@@ -114,14 +114,14 @@ im2col(const T* __restrict__ x, T* __restrict__ cols, long long n, long long c, 
 }
 
 // dx (N, C, h, w) = sum of the column entries read from each pixel (the adjoint of im2col), accumulated in A.
-// (dqh, dmh) = divmod(dh, sh) and (dqw, dmw) = divmod(dw, sw), from the launcher (see xpnn_axis).
+// dqh = dh / sh and dqw = dw / sw, from the launcher (see xpnn_axis).
 template <typename T, typename A>
 __global__ void __launch_bounds__(256)
 col2im(const T* __restrict__ cols, T* __restrict__ dx, long long n, long long c, long long h, long long w, int kh,
-       int kw, int sh, int sw, int dh, int dw, int pt, int pl, long long oh, long long ow, int dqh, int dmh, int dqw,
-       int dmw) {
+       int kw, int sh, int sw, int dh, int dw, int pt, int pl, long long oh, long long ow, int dqh, int dqw) {
     const unsigned radix[2] = {(unsigned)w, (unsigned)h};  // ww, hh; top: plane
-    const xpnn_axis ah = {kh, sh, pt, (int)oh, dqh, dmh}, aw = {kw, sw, pl, (int)ow, dqw, dmw};
+    const xpnn_axis ah = {kh, sh, pt, (int)oh, dqh, dh - dqh * sh};
+    const xpnn_axis aw = {kw, sw, pl, (int)ow, dqw, dw - dqw * sw};
     xpnn_for_each_decoded(n * c, radix, [&](long long, const xpnn_mixed_radix<2>& at) {
         const T* plane = cols + at.top * kh * kw * oh * ow;
         A sum = A(0);  // (dx's index from the digits below: idx kept live pushed ptxas into spilling)
@@ -164,15 +164,16 @@ max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y, int* __restrict__ arg
     });
 }
 
-// dx (N, C, h, w): for each pixel, the sum of dy over the windows whose argmax is this pixel. (dqh, dmh) and
-// (dqw, dmw) as for col2im.
+// dx (N, C, h, w): for each pixel, the sum of dy over the windows whose argmax is this pixel. dqh, dqw as for
+// col2im.
 template <typename T, typename A>
 __global__ void __launch_bounds__(256)
 max_pool2d_bwd(const int* __restrict__ argmax, const T* __restrict__ dy, T* __restrict__ dx, long long n,
                long long c, long long h, long long w, int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl,
-               long long oh, long long ow, int dqh, int dmh, int dqw, int dmw) {
+               long long oh, long long ow, int dqh, int dqw) {
     const unsigned radix[2] = {(unsigned)w, (unsigned)h};  // ww, hh; top: plane
-    const xpnn_axis ah = {kh, sh, pt, (int)oh, dqh, dmh}, aw = {kw, sw, pl, (int)ow, dqw, dmw};
+    const xpnn_axis ah = {kh, sh, pt, (int)oh, dqh, dh - dqh * sh};
+    const xpnn_axis aw = {kw, sw, pl, (int)ow, dqw, dw - dqw * sw};
     xpnn_for_each_decoded(n * c, radix, [&](long long, const xpnn_mixed_radix<2>& at) {
         const int* arg = argmax + at.top * oh * ow;
         const T* g = dy + at.top * oh * ow;

@@ -16,7 +16,8 @@
 //   random order drawn afresh at every scheduling round (xpnn_shim_set_order_seed; a missing
 //   barrier shows up in one order only). __syncthreads() suspends a fiber until every live thread of the block
 //   arrives (threads that returned drop out); warp shuffles exchange values through per-thread slots between two
-//   warp-wide barriers and require every thread of the warp to take part.
+//   warp barriers of the lanes of their mask (partial masks and __syncwarp too), which must all meet at the same
+//   call site with the same mask (release_warp).
 // - Other kernels run their threads as a plain loop; if such a kernel synchronises, the launch fails.
 // - xpnn_shim_set_blocks runs only the listed blocks of a grid (gridDim unchanged): a grid-stride kernel then
 //   touches only those blocks' elements, so index math past 2^31 elements runs on sparse arrays in little memory.
@@ -141,6 +142,13 @@ struct Scheduler {
     char* stacks = nullptr;  // mmap'ed (pages are touched only as deep as the fibers go)
     size_t stacks_size = 0;
     std::vector<uint64_t> slots;  // shuffle exchange, one per thread
+    struct WarpCall {             // what a thread waiting at a warp barrier called, and where
+        unsigned mask;
+        const char* what;
+        const char* file;
+        int line;
+    };
+    std::vector<WarpCall> warp_calls;  // one per thread
     const std::function<void()>* body = nullptr;
     unsigned current = 0;
     void* main_asan_fake_stack = nullptr;  // the launching thread's, while a fiber runs
@@ -236,6 +244,70 @@ inline void share_acquired() {
     for (auto& a : sched.acquired) a = all;
 }
 
+inline std::string hex(unsigned v) {
+    std::string r = "0x";
+    for (int k = 28; k >= 0; k -= 4) r += "0123456789abcdef"[(v >> k) & 15u];
+    return r;
+}
+
+inline std::string site(const Scheduler::WarpCall& c) {
+    return std::string(c.what) + " at " + c.file + ":" + std::to_string(c.line) + " (mask " + hex(c.mask) + ")";
+}
+
+// Warp w's threads waiting at a warp barrier (a shuffle or __syncwarp): each names a mask of lanes, which must
+// include itself. A mask's lanes go on together once every one of them waits at the same call site (file and line
+// of the shuffle or __syncwarp) with the same mask; a lane of the mask that has exited, waits at __syncthreads, or
+// waits at another call site or with another mask fails the launch (a shuffle in divergent code, a wrong mask).
+// Lanes outside every waiting mask run on (partial masks). Sets `released` when a mask's lanes were released.
+inline bool release_warp(unsigned w, unsigned n, bool& released) {
+    const unsigned base = w * 32, lanes = n - base < 32 ? n - base : 32;
+    const std::string where = " (block " + std::to_string(blockIdx.x) + ", warp " + std::to_string(w) + ")";
+    unsigned handled = 0;
+    for (unsigned l = 0; l < lanes; ++l) {
+        if (sched.fibers[base + l].state != AT_WARP_BARRIER || (handled >> l) & 1u) continue;
+        const Scheduler::WarpCall& c = sched.warp_calls[base + l];
+        if (!((c.mask >> l) & 1u)) {
+            sched.fail(site(c) + ": lane " + std::to_string(l) + " is not in its mask " + hex(c.mask) + where);
+            return false;
+        }
+        for (unsigned m = 0; m < 32; ++m) {
+            if (!((c.mask >> m) & 1u)) continue;
+            if (m >= lanes) {
+                sched.fail(site(c) + ": the mask names lane " + std::to_string(m) + ", past the block" + where);
+                return false;
+            }
+            const State st = sched.fibers[base + m].state;
+            const Scheduler::WarpCall& o = sched.warp_calls[base + m];
+            if (st == DONE) {
+                sched.fail(site(c) + ": lane " + std::to_string(m) + " of the mask has exited" + where);
+                return false;
+            }
+            if (st != AT_WARP_BARRIER) {
+                sched.fail(site(c) + ": lane " + std::to_string(m) + " of the mask is not at a warp barrier (at "
+                           "__syncthreads: a shuffle in divergent code)" + where);
+                return false;
+            }
+#ifdef XPNN_SHIM_COUNT_SHUFFLES  // the old model (tests): lanes meet whatever shuffle each waits at
+            const bool differ = false;
+#else
+            const bool differ =
+                strcmp(o.file, c.file) != 0 || o.line != c.line || strcmp(o.what, c.what) != 0 || o.mask != c.mask;
+#endif
+            if (differ) {
+                sched.fail(site(c) + " (lane " + std::to_string(l) + ") and " + site(o) + " (lane " +
+                           std::to_string(m) + ") meet in one warp barrier: a shuffle in divergent code or "
+                           "different masks" + where);
+                return false;
+            }
+        }
+        for (unsigned m = 0; m < lanes; ++m)
+            if ((c.mask >> m) & 1u) sched.fibers[base + m].state = RUNNABLE;
+        handled |= c.mask;
+        released = true;
+    }
+    return true;
+}
+
 // Run one block of `n` threads as fibers; returns false on error (sched.error says why).
 inline bool run_block_fibers(unsigned n) {
     sched.fibers.assign(n, Fiber());
@@ -257,6 +329,7 @@ inline bool run_block_fibers(unsigned n) {
     ASAN_UNPOISON_MEMORY_REGION(sched.stacks, n * kStackSize);
 #endif
     sched.slots.assign(n, 0);
+    sched.warp_calls.assign(n, Scheduler::WarpCall{0u, nullptr, nullptr, 0});
     for (unsigned t = 0; t < n; ++t) {
         Fiber& f = sched.fibers[t];
         getcontext(&f.ctx);
@@ -290,24 +363,8 @@ inline bool run_block_fibers(unsigned n) {
         }
         // every fiber is done or waiting: release warp barriers first, then the block barrier
         bool released = false, all_done = true, all_at_block = true;
-        for (unsigned w = 0; w * 32 < n; ++w) {
-            unsigned waiting = 0, done = 0, other = 0;
-            for (unsigned t = w * 32; t < n && t < w * 32 + 32; ++t) {
-                const State s = sched.fibers[t].state;
-                if (s == AT_WARP_BARRIER) ++waiting;
-                else if (s == DONE) ++done;
-                else ++other;
-            }
-            if (waiting > 0 && (done > 0 || other > 0)) {
-                sched.fail("warp shuffle without the full warp (block " + std::to_string(blockIdx.x) + ", warp " +
-                           std::to_string(w) + ")");
-                return false;
-            }
-            if (waiting > 0) {
-                for (unsigned t = w * 32; t < w * 32 + 32; ++t) sched.fibers[t].state = RUNNABLE;
-                released = true;
-            }
-        }
+        for (unsigned w = 0; w * 32 < n; ++w)
+            if (!release_warp(w, n, released)) return false;
         if (released) continue;
         for (unsigned t = 0; t < n; ++t) {
             if (sched.fibers[t].state != DONE) all_done = false;
@@ -493,26 +550,52 @@ struct Entry {
 
 inline void __syncthreads() { xpnn_shim::barrier(xpnn_shim::AT_BLOCK_BARRIER, "__syncthreads"); }
 
+namespace xpnn_shim {
+// Wait at a warp barrier for the lanes of `mask` (see release_warp); false when the kernel may not.
+inline bool warp_barrier(unsigned mask, const char* what, const char* file, int line) {
+    if (!sched.cooperative) {
+        sched.fail(std::string(what) + " called by a kernel registered as non-cooperative");
+        return false;
+    }
+    sched.warp_calls[threadIdx.x] = Scheduler::WarpCall{mask, what, file, line};
+    barrier(AT_WARP_BARRIER, what);
+    return true;
+}
+
+// __shfl_xor_sync, tagged with its call site by the macro below: the value of lane (lane ^ lane_mask), which must
+// be in the mask too (a lane outside it gives an undefined value on a GPU).
 template <typename V>
-inline V __shfl_xor_sync(unsigned mask, V v, int lane_mask) {
+inline V shfl_xor(unsigned mask, V v, int lane_mask, const char* file, int line) {
     static_assert(sizeof(V) <= sizeof(uint64_t), "shuffle of a type wider than 64 bits");
-    if (mask != 0xffffffffu) xpnn_shim::sched.fail("__shfl_xor_sync: only the full mask is supported");
-    if (!xpnn_shim::sched.cooperative) {
-        xpnn_shim::sched.fail("__shfl_xor_sync called by a kernel registered as non-cooperative");
+    if (!sched.cooperative) {
+        sched.fail("__shfl_xor_sync called by a kernel registered as non-cooperative");
         return v;
     }
     const unsigned t = threadIdx.x;
+    const unsigned src_lane = (t & 31u) ^ static_cast<unsigned>(lane_mask & 31);
     uint64_t bits = 0;
     memcpy(&bits, &v, sizeof(V));
-    xpnn_shim::sched.slots[t] = bits;
-    xpnn_shim::barrier(xpnn_shim::AT_WARP_BARRIER, "__shfl_xor_sync");
-    const unsigned src = (t & ~31u) | ((t & 31u) ^ static_cast<unsigned>(lane_mask & 31));
-    bits = xpnn_shim::sched.slots[src];
-    xpnn_shim::barrier(xpnn_shim::AT_WARP_BARRIER, "__shfl_xor_sync");
+    sched.slots[t] = bits;
+    warp_barrier(mask, "__shfl_xor_sync", file, line);
+    if (!((mask >> src_lane) & 1u)) {
+        sched.fail(std::string("__shfl_xor_sync at ") + file + ":" + std::to_string(line) + ": lane " +
+                   std::to_string(t & 31u) + " reads lane " + std::to_string(src_lane) + ", outside the mask");
+        return v;
+    }
+    bits = sched.slots[(t & ~31u) | src_lane];
+    warp_barrier(mask, "__shfl_xor_sync", file, line);
     V r;
     memcpy(&r, &bits, sizeof(V));
     return r;
 }
+}  // namespace xpnn_shim
+
+// Call sites (file and line) travel with every warp-level call, so lanes meeting at different ones are caught.
+#define __shfl_xor_sync(mask, v, lane_mask) xpnn_shim::shfl_xor((mask), (v), (lane_mask), __FILE__, __LINE__)
+#define __syncwarp(...) xpnn_shim::warp_barrier(xpnn_shim::syncwarp_mask(__VA_ARGS__), "__syncwarp", __FILE__, __LINE__)
+namespace xpnn_shim {
+inline unsigned syncwarp_mask(unsigned mask = 0xffffffffu) { return mask; }
+}  // namespace xpnn_shim
 
 namespace xpnn_shim {
 // Called at every XPNN_SHARED declaration: the first call in a block fills the variable with 0xFF bytes.

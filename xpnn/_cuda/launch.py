@@ -293,9 +293,9 @@ def _geometry_args(g: Any) -> tuple[np.generic, ...]:
 
 
 def _gather_args(g: Any) -> tuple[np.generic, ...]:
-    """The geometry and divmod(dh, sh), divmod(dw, sw) (int32): the gathers (col2im, max-pool backward) step from
-    kernel offset to offset by these (kernels/conv.cu, xpnn_axis)."""
-    return (*_geometry_args(g), *(np.int32(v) for v in (*divmod(g.dh, g.sh), *divmod(g.dw, g.sw))))
+    """The geometry and dh // sh, dw // sw (int32): the gathers (col2im, max-pool backward) step from kernel offset
+    to offset by divmod(dilation, stride) (kernels/conv.cu, xpnn_axis)."""
+    return (*_geometry_args(g), np.int32(g.dh // g.sh), np.int32(g.dw // g.sw))
 
 
 def _fits(g: Any) -> bool:
