@@ -292,6 +292,12 @@ def _geometry_args(g: Any) -> tuple[np.generic, ...]:
         g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl)), np.int64(g.oh), np.int64(g.ow))
 
 
+def _gather_args(g: Any) -> tuple[np.generic, ...]:
+    """The geometry and dh // sh, dw // sw (int32): the gathers (col2im, max-pool backward) step from kernel offset
+    to offset by divmod(dilation, stride) (kernels/conv.cu, xpnn_axis)."""
+    return (*_geometry_args(g), np.int32(g.dh // g.sh), np.int32(g.dw // g.sw))
+
+
 def _fits(g: Any) -> bool:
     """The kernels index within an image with 32-bit ints (padded sides and output sides below 2**31)."""
     return max(g.hp, g.wp, g.oh, g.ow) < 2**31
@@ -319,7 +325,7 @@ def col2im(loader: KernelLoader, xp: Any, cols: Any, g: Any) -> Any:
         return NotImplemented
     dx = xp.empty((g.n, g.c, g.h, g.w), dtype=cols.dtype)
     _flat_launch(registry.COL2IM, loader, cols.dtype, int(math.prod(dx.shape)),
-                 (_contiguous(cols), dx, *_geometry_args(g)))
+                 (_contiguous(cols), dx, *_gather_args(g)))
     return dx
 
 
@@ -342,7 +348,7 @@ def max_pool2d_backward(loader: KernelLoader, xp: Any, argmax: Any, dy: Any, g: 
         return NotImplemented
     dx = xp.empty((g.n, g.c, g.h, g.w), dtype=dy.dtype)
     _flat_launch(registry.MAX_POOL2D_BACKWARD, loader, dy.dtype, int(math.prod(dx.shape)),
-                 (_contiguous(argmax), _contiguous(dy), dx, *_geometry_args(g)))
+                 (_contiguous(argmax), _contiguous(dy), dx, *_gather_args(g)))
     return dx
 
 
