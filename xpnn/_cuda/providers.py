@@ -6,7 +6,7 @@ import functools
 from typing import Any, Callable, Optional
 
 from ..backend import dtype_name
-from . import capturable, launch, registry
+from . import capturable, launch, registry, transformer
 from .loader import CupyLoader, KernelLoader
 
 
@@ -32,6 +32,11 @@ LAUNCHERS: dict[Any, Callable[..., Any]] = {
     registry.ADAGRAD_UPDATE_CAPTURABLE: capturable.adagrad_update_capturable,
     registry.RMSPROP_UPDATE_CAPTURABLE: capturable.rmsprop_update_capturable,
     registry.AMP_UNSCALE_CHECK: capturable.amp_unscale_check,
+    registry.LAYER_NORM: transformer.layer_norm,
+    registry.LAYER_NORM_BACKWARD: transformer.layer_norm_backward,
+    registry.FLASH_ATTENTION: transformer.flash_attention,
+    registry.FLASH_ATTENTION_BACKWARD: transformer.flash_attention_backward,
+    registry.EMBEDDING_BACKWARD: transformer.embedding_backward,
     **{row: functools.partial(launch.elementwise, row) for row in registry.ELEMENTWISE},
 }
 

@@ -1,0 +1,371 @@
+"""The transformer kernels (kernels/layer_norm.cu, attention.cu, embedding.cu and the GELU / SiLU elementwise rows)
+on the CPU shim, through their launchers (xpnn._cuda.transformer, xpnn._cuda.launch), against NumPy references of
+the math the ops compute (float64), for float16/32/64. Blocks run concurrently on several OS threads, with each
+block's threads in forward, reverse and seeded random orders; shapes include rows, sequence lengths and head dims
+that are not multiples of the kernels' tiles.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from xpnn._cuda import launch, make_provider, registry, transformer
+
+from shim.requirements import require_cxx
+
+require_cxx()
+
+from shim import ShimLoader
+
+DTYPES = ("float16", "float32", "float64")
+TOL = {"float16": dict(rtol=1e-2, atol=1e-2), "float32": dict(rtol=1e-4, atol=1e-5),
+       "float64": dict(rtol=1e-10, atol=1e-12)}
+LOADERS = {"forward": dict(), "reverse": dict(reverse=True), "random1": dict(order_seed=1),
+           "random2": dict(order_seed=2)}
+
+
+@pytest.fixture(scope="module", params=list(LOADERS))
+def loader(request):
+    return ShimLoader(**LOADERS[request.param])
+
+
+@pytest.fixture(scope="module")
+def forward_loader():
+    return ShimLoader()
+
+
+def close(got, want, dtype, scale=1.0):
+    tol = dict(TOL[dtype])
+    tol["atol"] *= scale
+    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), **tol)
+
+
+# ---- references (float64) ----------------------------------------------------------------------------------------
+
+def layer_norm_reference(x, weight, bias, eps):
+    """y, mean, rstd over the last axis: biased variance, rstd = 1 / sqrt(var + eps) (torch.nn.functional.layer_norm,
+    its saved statistics)."""
+    x = x.astype(np.float64)
+    mean = x.mean(-1)
+    rstd = 1 / np.sqrt(((x - mean[..., None]) ** 2).mean(-1) + eps)
+    y = (x - mean[..., None]) * rstd[..., None]
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y, mean, rstd
+
+
+def layer_norm_backward_reference(x, dy, weight):
+    """dx, dweight, dbias from x and dy (the statistics recomputed in float64)."""
+    x, dy = x.astype(np.float64), dy.astype(np.float64)
+    _, mean, rstd = layer_norm_reference(x, None, None, EPS)
+    xhat = (x - mean[..., None]) * rstd[..., None]
+    g = dy * (1.0 if weight is None else weight.astype(np.float64))
+    n = x.shape[-1]
+    dx = rstd[..., None] * (g - g.sum(-1, keepdims=True) / n - xhat * (g * xhat).sum(-1, keepdims=True) / n)
+    return dx, (dy * xhat).reshape(-1, n).sum(0), dy.reshape(-1, n).sum(0)
+
+
+def attention_reference(q, k, v, causal, scale):
+    """out, lse, and the backward closure of softmax(scale q k^T [tril mask]) v (torch's
+    scaled_dot_product_attention, is_causal: the top-left aligned tril(ones(Tq, Tk)))."""
+    q, k, v = (a.astype(np.float64) for a in (q, k, v))
+    s = np.einsum("...td,...sd->...ts", q, k) * scale
+    if causal:
+        s = np.where(np.tril(np.ones(s.shape[-2:], bool)), s, -np.inf)
+    m = s.max(-1, keepdims=True)
+    lse = (m + np.log(np.exp(s - m).sum(-1, keepdims=True)))[..., 0]
+    p = np.exp(s - lse[..., None])
+    out = p @ v
+
+    def backward(dout):
+        dout = dout.astype(np.float64)
+        dp = dout @ np.swapaxes(v, -1, -2)
+        ds = p * (dp - (dout * out).sum(-1, keepdims=True))
+        return ds @ k * scale, np.swapaxes(ds, -1, -2) @ q * scale, np.swapaxes(p, -1, -2) @ dout
+
+    return out, lse, backward
+
+
+def gelu_reference(x, approximate):
+    from math import erf
+
+    x = x.astype(np.float64)
+    if approximate == "tanh":
+        u = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)
+        t = np.tanh(u)
+        y = 0.5 * x * (1 + t)
+        dydx = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * x * x)
+    else:
+        cdf = 0.5 * (1 + np.vectorize(erf)(x / math.sqrt(2)))
+        y = x * cdf
+        dydx = cdf + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    return y, dydx
+
+
+EPS = 1e-5
+
+
+def _rows(shape, dtype, seed, offset=3.0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape) * 2 + offset  # a mean far from 0: the two-pass variance keeps its digits
+    x.reshape(-1, shape[-1])[:, 0] += np.arange(math.prod(shape[:-1]))  # distinct rows
+    return x.astype(dtype)
+
+
+# ---- layer norm ---------------------------------------------------------------------------------------------------
+
+# (rows, cols): lanes per row (3, 10, 64), a warp per row (200), block rows (1000, 4097), one chunk at most 512
+# threads (8192 float32), several chunks (20000: read per pass)
+LN_SHAPES = [(5, 3), (33, 10), (7, 64), (9, 200), (6, 1000), (3, 4097), (2, 20000)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", LN_SHAPES, ids=str)
+@pytest.mark.parametrize("affine", [(True, True), (True, False), (False, False)], ids=["wb", "w", "none"])
+def test_layer_norm_forward(loader, shape, dtype, affine):
+    x = _rows(shape, dtype, seed=shape[1])
+    rng = np.random.default_rng(1)
+    weight = rng.standard_normal(shape[1]).astype(dtype) if affine[0] else None
+    bias = rng.standard_normal(shape[1]).astype(dtype) if affine[1] else None
+    before = loader.launches
+    y, mean, rstd = transformer.layer_norm(loader, np, x, weight, bias, shape[1], EPS)
+    assert loader.launches == before + 1
+    want_y, want_mean, want_rstd = layer_norm_reference(x, weight, bias, EPS)
+    acc = np.float64 if dtype == "float64" else np.float32
+    assert y.dtype == x.dtype and y.shape == x.shape and mean.dtype == acc and rstd.dtype == acc
+    close(y, want_y, dtype, scale=4)
+    # statistics in float32 for float16 input: float32 accuracy, not float16's
+    stat_dtype = "float64" if dtype == "float64" else "float32"
+    close(mean, want_mean.reshape(-1), stat_dtype, scale=100)
+    close(rstd, want_rstd.reshape(-1), stat_dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", LN_SHAPES + [(2000, 24)], ids=str)  # 2000 rows: groups loop over rows
+@pytest.mark.parametrize("affine", [(True, True), (False, False)], ids=["wb", "none"])
+def test_layer_norm_backward(loader, shape, dtype, affine):
+    x = _rows(shape, dtype, seed=shape[1] + 1)
+    rng = np.random.default_rng(2)
+    dy = rng.standard_normal(shape).astype(dtype)
+    weight = rng.standard_normal(shape[1]).astype(dtype) if affine[0] else None
+    _, mean, rstd = transformer.layer_norm(loader, np, x, weight, None, shape[1], EPS)
+    dx, dweight, dbias = transformer.layer_norm_backward(loader, np, x, dy, mean, rstd, weight, shape[1],
+                                                         need_bias=affine[1])
+    want_dx, want_dw, want_db = layer_norm_backward_reference(x, dy, weight)
+    assert dx.dtype == x.dtype and dx.shape == x.shape
+    close(dx, want_dx, dtype, scale=4)
+    sums = math.sqrt(shape[0])  # dweight / dbias sum the rows
+    if affine[0]:
+        assert dweight.dtype == x.dtype and dweight.shape == (shape[1],)
+        close(dweight, want_dw, dtype, scale=4 * sums)
+    else:
+        assert dweight is None and dbias is None
+    if affine[1]:
+        close(dbias, want_db, dtype, scale=4 * sums)
+
+
+def test_layer_norm_backward_is_deterministic_and_independent_of_the_grid(monkeypatch):
+    """dweight / dbias: per-group partials summed in group order. The same bits in every block order and with
+    several workers; the group count (grid) changes the rounding only within float32 accuracy."""
+    x = _rows((301, 96), "float32", seed=3)
+    dy = np.random.default_rng(4).standard_normal(x.shape).astype(np.float32)
+    w = np.random.default_rng(5).standard_normal(96).astype(np.float32)
+    results = []
+    for kwargs in ({}, dict(reverse=True), dict(order_seed=7, workers=3), dict(workers=1)):
+        ld = ShimLoader(**kwargs)
+        _, mean, rstd = transformer.layer_norm(ld, np, x, w, None, 96, EPS)
+        results.append(transformer.layer_norm_backward(ld, np, x, dy, mean, rstd, w, 96))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+    monkeypatch.setattr(transformer, "LN_BWD_MAX_GROUPS", 8)  # 8 groups of ~38 rows instead of 1024 of one
+    ld = ShimLoader()
+    _, mean, rstd = transformer.layer_norm(ld, np, x, w, None, 96, EPS)
+    few = transformer.layer_norm_backward(ld, np, x, dy, mean, rstd, w, 96)
+    for a, b in zip(results[0], few):
+        close(a, b, "float32", scale=10)
+
+
+def test_layer_norm_rows_of_every_alignment(forward_loader):
+    """Rows whose start is not 16-byte aligned (an odd width) take scalar loads; a view starting one element into
+    its buffer too: the result does not depend on alignment."""
+    base = _rows((1, 7 * 333 + 1), "float32", seed=9).reshape(-1)[1:].reshape(7, 333)  # misaligned start
+    assert base.ctypes.data % 16 != 0
+    y, _, _ = transformer.layer_norm(forward_loader, np, base, None, None, 333, EPS)
+    close(y, layer_norm_reference(base, None, None, EPS)[0], "float32", scale=4)
+
+
+def test_layer_norm_block_choice():
+    """Rows up to 256 entries get lanes or a warp; wider rows a block that holds the row in one chunk (16 float32
+    or float16, 8 float64 entries per thread), at most the kernels' bound of 512 threads."""
+    assert transformer.layer_norm_launch(100, 10, 4, 512) == launch.row_launch(100, 10, 512, 4, 4)
+    assert transformer.layer_norm_launch(100, 1024, 4, 512) == (100, 64, 0)
+    assert transformer.layer_norm_launch(100, 1024, 2, 512) == (100, 64, 0)
+    assert transformer.layer_norm_launch(100, 1024, 8, 512) == (100, 128, 0)
+    assert transformer.layer_norm_launch(3, 8192, 4, 512) == (3, 512, 0)
+    assert transformer.layer_norm_launch(3, 100_000, 4, 512) == (3, 512, 0)  # several chunks
+
+
+# ---- GELU / SiLU --------------------------------------------------------------------------------------------------
+
+def _activation_input(dtype):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((37, 29)) * 3
+    x[0, :8] = [0.0, -0.0, 10.0, -10.0, 30.0, -30.0, 1e-3, -6.0]
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_forward_and_backward(forward_loader, dtype, approximate):
+    x = _activation_input(dtype)
+    dy = np.random.default_rng(4).standard_normal(x.shape).astype(dtype)
+    provider = make_provider(forward_loader)
+    y = provider("gelu", np, x.dtype)(x, approximate=approximate)
+    dx = provider("gelu_backward", np, x.dtype)(x, dy, approximate=approximate)
+    want_y, dydx = gelu_reference(x, approximate)
+    assert y.dtype == x.dtype and dx.dtype == x.dtype
+    tol = dict(rtol=2e-3, atol=2e-3) if dtype == "float16" else TOL[dtype]  # float16 computes in float32
+    np.testing.assert_allclose(y.astype(np.float64), want_y, **tol)
+    np.testing.assert_allclose(dx.astype(np.float64), dy.astype(np.float64) * dydx, **tol)
+
+
+def test_gelu_rejects_an_unknown_approximation(forward_loader):
+    fn = make_provider(forward_loader)("gelu", np, np.dtype(np.float32))
+    with pytest.raises(ValueError):
+        fn(np.ones(3, np.float32), approximate="fast")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_forward_and_backward(forward_loader, dtype):
+    x = _activation_input(dtype)
+    dy = np.random.default_rng(5).standard_normal(x.shape).astype(dtype)
+    provider = make_provider(forward_loader)
+    y = provider("silu", np, x.dtype)(x)
+    dx = provider("silu_backward", np, x.dtype)(x, dy)
+    x64 = x.astype(np.float64)
+    s = 1 / (1 + np.exp(-x64))
+    tol = dict(rtol=2e-3, atol=2e-3) if dtype == "float16" else TOL[dtype]
+    np.testing.assert_allclose(y.astype(np.float64), x64 * s, **tol)
+    np.testing.assert_allclose(dx.astype(np.float64), dy * s * (1 + x64 * (1 - s)), **tol)
+
+
+# ---- attention ----------------------------------------------------------------------------------------------------
+
+# (batch, heads, Tq, Tk, D): head dims 32 / 64 / 128 and others below 128; T not a multiple of the 32-key tile or
+# of the block's rows; Tq != Tk (causal: top-left aligned)
+ATTN_SHAPES = [(2, 3, 37, 37, 32), (1, 2, 70, 70, 64), (1, 1, 45, 45, 128), (2, 1, 17, 50, 24), (1, 2, 50, 17, 64),
+               (1, 1, 1, 1, 8)]
+
+
+def _qkv(shape, dtype, seed):
+    b, h, tq, tk, d = shape
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((b, h, tq, d)).astype(dtype)
+    k = rng.standard_normal((b, h, tk, d)).astype(dtype)
+    v = rng.standard_normal((b, h, tk, d)).astype(dtype)
+    return q, k, v
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ATTN_SHAPES, ids=str)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_flash_attention_forward_and_backward(loader, shape, dtype, causal):
+    q, k, v = _qkv(shape, dtype, seed=shape[2] + shape[4])
+    scale = 1 / math.sqrt(shape[4]) if shape[4] != 24 else 0.3  # an explicit scale too
+    want_out, want_lse, backward = attention_reference(q, k, v, causal, scale)
+    out, lse = transformer.flash_attention(loader, np, q, k, v, is_causal=causal,
+                                           scale=None if shape[4] != 24 else scale)
+    acc = np.float64 if dtype == "float64" else np.float32
+    assert out.dtype == q.dtype and out.shape == q.shape and lse.dtype == acc and lse.shape == q.shape[:-1]
+    close(out, want_out, dtype)
+    close(lse, want_lse, "float64" if dtype == "float64" else "float32", scale=10 if dtype != "float16" else 100)
+    dout = np.random.default_rng(7).standard_normal(q.shape).astype(dtype)
+    dq, dk, dv = transformer.flash_attention_backward(loader, np, q, k, v, out, lse, dout, is_causal=causal,
+                                                      scale=None if shape[4] != 24 else scale)
+    for got, want, like in zip((dq, dk, dv), backward(dout), (q, k, v)):
+        assert got.dtype == like.dtype and got.shape == like.shape
+        close(got, want, dtype, scale=4)
+
+
+def test_flash_attention_many_blocks_per_launch(monkeypatch, forward_loader):
+    """More (batch * head, row block) pairs than blocks in the grid: blocks loop over them."""
+    monkeypatch.setattr(transformer, "MAX_GRID", 3)
+    q, k, v = _qkv((2, 2, 40, 40, 16), "float32", seed=3)
+    out, lse = transformer.flash_attention(forward_loader, np, q, k, v, is_causal=True)
+    want_out, want_lse, backward = attention_reference(q, k, v, True, 0.25)
+    close(out, want_out, "float32")
+    dout = np.random.default_rng(8).standard_normal(q.shape).astype(np.float32)
+    for got, want in zip(transformer.flash_attention_backward(forward_loader, np, q, k, v, out, lse, dout,
+                                                              is_causal=True), backward(dout)):
+        close(got, want, "float32", scale=4)
+
+
+def test_flash_attention_large_scores_and_noncontiguous_inputs(forward_loader):
+    """Scores up to ~1e3 (the online softmax rescales without overflow) on transposed views ((B, T, H, D) data
+    read as (B, H, T, D), as attention code produces them)."""
+    rng = np.random.default_rng(11)
+    q, k, v = (np.swapaxes(rng.standard_normal((1, 77, 2, 32)) * s, 1, 2).astype(np.float32) for s in (6, 6, 1))
+    assert not q.flags.c_contiguous
+    out, lse = transformer.flash_attention(forward_loader, np, q, k, v, is_causal=True)
+    want_out, want_lse, _ = attention_reference(q, k, v, True, 1 / math.sqrt(32))
+    assert np.abs(want_lse).max() > 200
+    close(out, want_out, "float32", scale=10)
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-5)
+
+
+def test_flash_attention_leaves_unsupported_shapes_to_the_reference(forward_loader):
+    q = np.ones((1, 1, 4, 160), np.float32)  # head dim above 128
+    assert transformer.flash_attention(forward_loader, np, q, q, q) is NotImplemented
+    q, k = np.ones((2, 4, 8), np.float32), np.ones((1, 4, 8), np.float32)  # leading dims differ (broadcasting)
+    assert transformer.flash_attention(forward_loader, np, q, k, k) is NotImplemented
+    assert transformer.flash_attention(forward_loader, np, q, q[:, :0], q[:, :0]) is NotImplemented  # no keys
+
+
+def test_attention_launch_config_matches_the_kernel():
+    """ATTENTION_CONFIG mirrors xpnn_attn_cfg in kernels/attention.cu (warps x rows per warp)."""
+    from xpnn._cuda import sources
+
+    text = sources.read_source("attention.cu")
+    assert "static const unsigned warps = 4u;\n    static const unsigned rows = 4u;" in text
+    assert "struct xpnn_attn_cfg<double> {\n    static const unsigned warps = 2u;\n    static const unsigned rows = 2u;" \
+        in text
+    assert transformer.ATTENTION_CONFIG == {4: (4, 4), 8: (2, 2)}
+    assert transformer.attention_launch(6, 37, "float32") == (6 * 3, 128)
+    assert transformer.attention_launch(6, 37, "float16") == (6 * 3, 128)
+    assert transformer.attention_launch(6, 37, "float64") == (6 * 10, 64)
+
+
+# ---- embedding backward -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("padding_idx", [None, 3])
+def test_embedding_backward(loader, dtype, padding_idx):
+    rng = np.random.default_rng(12)
+    ids = rng.integers(0, 20, (6, 37))
+    ids[0, :10] = 5  # a long segment
+    dy = rng.standard_normal((6, 37, 300)).astype(dtype)
+    got = transformer.embedding_backward(loader, np, ids, dy, 25, padding_idx)
+    want = np.zeros((25, 300))
+    np.add.at(want, ids.reshape(-1), dy.reshape(-1, 300).astype(np.float64))
+    if padding_idx is not None:
+        want[padding_idx] = 0
+    assert got.dtype == dy.dtype and got.shape == (25, 300)
+    assert not got[20:].any()  # ids no position names
+    close(got, want, dtype, scale=4)
+
+
+def test_embedding_backward_sums_in_position_order(forward_loader):
+    """Each id's rows summed in position order in the accumulation type: float32 results equal a sequential
+    float32 sum exactly (np.add.at adds in index order), whatever the block order."""
+    rng = np.random.default_rng(13)
+    ids = rng.integers(0, 7, 500)
+    dy = (rng.standard_normal((500, 40)) * 10 ** rng.uniform(-3, 3, (500, 1))).astype(np.float32)
+    want = np.zeros((7, 40), np.float32)
+    np.add.at(want, ids, dy)
+    for ld in (forward_loader, ShimLoader(reverse=True), ShimLoader(workers=3, order_seed=5)):
+        np.testing.assert_array_equal(transformer.embedding_backward(ld, np, ids, dy, 7), want)
