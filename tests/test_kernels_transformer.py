@@ -306,14 +306,14 @@ def test_flash_attention_many_blocks_per_launch(monkeypatch, forward_loader):
 
 
 def test_flash_attention_large_scores_and_noncontiguous_inputs(forward_loader):
-    """Scores up to ~1e3 (the online softmax rescales without overflow) on transposed views ((B, T, H, D) data
+    """Scores beyond 100 (the online softmax rescales without overflow) on transposed views ((B, T, H, D) data
     read as (B, H, T, D), as attention code produces them)."""
     rng = np.random.default_rng(11)
     q, k, v = (np.swapaxes(rng.standard_normal((1, 77, 2, 32)) * s, 1, 2).astype(np.float32) for s in (6, 6, 1))
     assert not q.flags.c_contiguous
     out, lse = transformer.flash_attention(forward_loader, np, q, k, v, is_causal=True)
     want_out, want_lse, _ = attention_reference(q, k, v, True, 1 / math.sqrt(32))
-    assert np.abs(want_lse).max() > 200
+    assert np.abs(want_lse).max() > 100
     close(out, want_out, "float32", scale=10)
     np.testing.assert_allclose(lse, want_lse, rtol=1e-5)
 
