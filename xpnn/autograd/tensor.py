@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .._torch_names import axis_from_dim
+from .._torch_names import axis_from_dim, dim_index as _dim_index
 from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, to_numpy
 from ..debug import check_device_errors
 from ..errors import DTypeError, ShapeError
@@ -460,6 +460,16 @@ class Tensor:
     def __ne__(self, other: Any) -> "Tensor":  # type: ignore[override]
         return self._compare(other, operator.ne, "!=")
 
+    # logical operators on bool (and integer) Tensors, e.g. to combine attention masks: no gradient
+    def __invert__(self) -> "Tensor":
+        return Tensor(~self._data)
+
+    def __and__(self, other: Any) -> "Tensor":
+        return self._compare(other, operator.and_, "&")
+
+    def __or__(self, other: Any) -> "Tensor":
+        return self._compare(other, operator.or_, "|")
+
     # --- methods (each the xpnn.functional op of the same name) ---------------------------------------------
     # (``dim=`` is PyTorch's name for ``axis=``; ``max``/``min`` given ``dim=`` return ``(values, indices)``)
     def sum(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None) -> "Tensor":
@@ -587,20 +597,12 @@ class Tensor:
 
     def unsqueeze(self, dim: int) -> "Tensor":
         """A new axis of length 1 at ``dim`` (in ``[-ndim-1, ndim]``), like ``torch.unsqueeze``."""
-        d = _dim_index(dim, self._data.ndim + 1, "unsqueeze")
-        shape = self.shape
-        return F.reshape(self, shape[:d] + (1,) + shape[d:])
+        return F.unsqueeze(self, dim)
 
     def squeeze(self, dim: Any = None) -> "Tensor":
         """Drop axes of length 1: all of them (``dim=None``), or those among ``dim`` (an int or a tuple) that have
         length 1 (others are kept, as in ``torch.squeeze``)."""
-        shape, n = self.shape, self._data.ndim
-        if dim is None:
-            drop = {i for i, s in enumerate(shape) if s == 1}
-        else:
-            dims = dim if isinstance(dim, (tuple, list)) else (dim,)
-            drop = {d for d in (_dim_index(d, max(n, 1), "squeeze") for d in dims) if d < n and shape[d] == 1}
-        return F.reshape(self, tuple(s for i, s in enumerate(shape) if i not in drop))
+        return F.squeeze(self, dim)
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
         """Axes ``start_dim..end_dim`` (inclusive) merged into one (``torch.flatten``; a 0-d Tensor becomes (1,))."""
@@ -612,6 +614,51 @@ class Tensor:
         if a > b:
             raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {shape}")
         return F.reshape(self, shape[:a] + (_numel(shape[a:b + 1]),) + shape[b + 1:])
+
+    def expand(self, *sizes: Any) -> "Tensor":
+        """``F.expand``: broadcast to ``sizes`` (``-1`` keeps an axis; ``torch.Tensor.expand``)."""
+        return F.expand(self, *sizes)
+
+    def expand_as(self, other: Any) -> "Tensor":
+        """``expand(other.shape)``."""
+        return F.expand(self, tuple(other.shape))
+
+    def contiguous(self) -> "Tensor":
+        """``self`` when its array is in C order or its namespace has no strides, else a copy (``F.contiguous``)."""
+        return F.contiguous(self)
+
+    def clone(self) -> "Tensor":
+        """A copy sharing no memory; the gradient passes through (``torch.Tensor.clone``)."""
+        return F.clone(self)
+
+    def split(self, split_size_or_sections: Any, dim: int = 0) -> tuple["Tensor", ...]:
+        """Pieces along ``dim``: of ``split_size_or_sections`` each (an int; the last may be shorter) or of the
+        listed sizes (``torch.Tensor.split``)."""
+        return F.split(self, split_size_or_sections, dim)
+
+    def chunk(self, chunks: int, dim: int = 0) -> tuple["Tensor", ...]:
+        """At most ``chunks`` pieces of equal size along ``dim`` (``torch.Tensor.chunk``)."""
+        return F.chunk(self, chunks, dim)
+
+    def masked_fill(self, mask: Any, value: Any) -> "Tensor":
+        """``value`` where the boolean ``mask`` (broadcast to this shape) is true (``torch.Tensor.masked_fill``)."""
+        return F.masked_fill(self, mask, value)
+
+    def where(self, condition: Any, other: Any) -> "Tensor":
+        """``F.where(condition, self, other)`` (``torch.Tensor.where``)."""
+        return F.where(condition, self, other)
+
+    def tril(self, diagonal: int = 0) -> "Tensor":
+        """Zeros above the ``diagonal``-th diagonal of the last two axes (``torch.tril``)."""
+        return F.tril(self, diagonal)
+
+    def triu(self, diagonal: int = 0) -> "Tensor":
+        """Zeros below the ``diagonal``-th diagonal of the last two axes (``torch.triu``)."""
+        return F.triu(self, diagonal)
+
+    def gather(self, dim: int, index: Any) -> "Tensor":
+        """``out[i][j] = self[index[i][j]][j]`` for ``dim=0`` and so on (``torch.gather``)."""
+        return F.gather(self, dim, index)
 
     def float(self) -> "Tensor":
         """Cast to float32 (recorded: the gradient is cast back)."""
@@ -669,16 +716,6 @@ def _numel(shape: Any) -> int:
     for d in shape:
         n *= d
     return n
-
-
-def _dim_index(dim: Any, n: int, where: str) -> int:
-    """``dim`` in ``[-n, n)`` as an index in ``[0, n)``; ``IndexError`` otherwise (PyTorch's "Dimension out of
-    range")."""
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"{where}: dim must be an int, got {type(dim).__name__}")
-    if not -n <= dim < n:
-        raise IndexError(f"{where}: dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {dim})")
-    return dim % n
 
 
 def _make(data: Any, node: Optional[Node], index: int, requires_grad: bool) -> Tensor:

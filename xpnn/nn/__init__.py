@@ -8,6 +8,7 @@ into it), so an optimizer step is one pass.
 """
 from . import activation as _activation
 from .activation import *  # noqa: F401,F403 (every layer in its __all__: a new activation needs no edit here)
+from .attention import MultiheadAttention
 from .batchnorm import BatchNorm1d
 from .batchnorm2d import BatchNorm2d
 from .container import Identity, ModuleList, Residual, Sequential
@@ -28,5 +29,6 @@ __all__ = [
     "Linear", *_activation.__all__, "Maxout",
     "Dropout", "DropConnect", "BatchNorm1d", "Sequential", "Residual", "ModuleList", "Identity",
     "CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss",
+    "MultiheadAttention",
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "BatchNorm2d", "utils",
 ]

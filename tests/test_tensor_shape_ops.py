@@ -1,0 +1,233 @@
+"""PyTorch's tensor ops for attention code (``view``/``reshape``, ``unsqueeze``, ``squeeze``, ``permute``,
+``transpose``, ``contiguous``, ``clone``, ``split``, ``chunk``, ``cat``, ``stack``, ``where``, ``masked_fill``,
+``tril``/``triu`` and their masks, ``expand``, integer-array indexing, ``gather``): values and gradients against
+PyTorch in float64, float64 finite differences, the array-API path (array_api_strict) and bad input."""
+from __future__ import annotations
+
+import array_api_strict as xs
+import numpy as np
+import pytest
+
+import xpnn
+import xpnn.functional as F
+from xpnn.errors import DTypeError, ShapeError
+from _numgrad import numeric_grad
+
+RNG = np.random.default_rng(0)
+MASK = RNG.random((3, 4)) > 0.5
+IDX = np.array([2, 0, 2, 1, 2])
+GIDX = RNG.integers(0, 4, size=(2, 3, 2))
+
+# name -> (input shapes, constants, f(lib, inputs, constants)); lib is xpnn.functional or torch, and the calls are
+# spelled the same for both (PyTorch's names)
+CASES = {
+    "view": ([(2, 3, 4)], {}, lambda L, x, c: x[0].view(4, 6)),
+    "view_minus_one": ([(2, 3, 4)], {}, lambda L, x, c: x[0].view(-1, 4)),
+    "reshape": ([(2, 3, 4)], {}, lambda L, x, c: x[0].reshape((3, 8))),
+    "unsqueeze": ([(2, 3)], {}, lambda L, x, c: L.unsqueeze(x[0], -1) * x[0].unsqueeze(0).unsqueeze(2)),
+    "squeeze_all": ([(2, 1, 3, 1)], {}, lambda L, x, c: x[0].squeeze()),
+    "squeeze_dim": ([(2, 1, 3, 1)], {}, lambda L, x, c: L.squeeze(x[0], 1) * 1.0),
+    "squeeze_kept": ([(2, 1, 3)], {}, lambda L, x, c: x[0].squeeze(0)),
+    "permute": ([(2, 3, 4)], {}, lambda L, x, c: L.permute(x[0], (2, 0, 1)) * x[0].permute(2, 0, 1)),
+    "transpose": ([(2, 3, 4)], {}, lambda L, x, c: L.transpose(x[0], 0, 2) + x[0].transpose(-1, 0)),
+    "transpose_then_view": ([(2, 3, 4)], {}, lambda L, x, c: x[0].transpose(1, 2).contiguous().view(2, 12)),
+    "clone": ([(3, 4)], {}, lambda L, x, c: x[0].clone() * L.clone(x[0])),
+    "split_int": ([(7, 3)], {}, lambda L, x, c: L.split(x[0], 3)),
+    "split_sizes": ([(2, 7)], {}, lambda L, x, c: x[0].split([2, 0, 5], dim=1)),
+    "split_one_piece_used": ([(4, 6)], {}, lambda L, x, c: x[0].split(2, -1)[1]),
+    "chunk": ([(2, 3, 7)], {}, lambda L, x, c: L.chunk(x[0], 3, dim=2)),
+    "chunk_fewer": ([(5, 2)], {}, lambda L, x, c: x[0].chunk(4)),
+    "cat": ([(2, 3), (2, 1), (2, 2)], {}, lambda L, x, c: L.cat(x, dim=1)),
+    "cat_dim0": ([(1, 3), (2, 3)], {}, lambda L, x, c: L.cat(x)),
+    "stack": ([(2, 3), (2, 3)], {}, lambda L, x, c: L.stack(x, dim=-1)),
+    "where": ([(3, 4), (4,)], {"m": MASK}, lambda L, x, c: L.where(c["m"], x[0], x[1])),
+    "where_scalar": ([(3, 4)], {"m": MASK}, lambda L, x, c: L.where(c["m"], 0.25, x[0]) + x[0].where(c["m"], -1.0)),
+    "masked_fill": ([(2, 3, 4)], {"m": MASK}, lambda L, x, c: x[0].masked_fill(c["m"], -3.0)),
+    "masked_fill_row": ([(3, 4)], {"m": MASK[:1]}, lambda L, x, c: L.masked_fill(x[0], c["m"], 2.0)),
+    "tril": ([(2, 4, 5)], {}, lambda L, x, c: L.tril(x[0]) + x[0].tril(-1) + L.tril(x[0], 2)),
+    "triu": ([(4, 3)], {}, lambda L, x, c: L.triu(x[0], 1) * x[0].triu()),
+    "expand": ([(3, 1)], {}, lambda L, x, c: x[0].expand(2, 3, 4) * x[0].expand(-1, 4)),
+    "expand_as": ([(1, 4)], {"m": MASK}, lambda L, x, c: x[0].expand_as(c["m"])),
+    "index_rows": ([(3, 4)], {"i": IDX}, lambda L, x, c: x[0][c["i"]]),
+    "index_cols": ([(3, 4)], {"i": IDX[:3]}, lambda L, x, c: x[0][:, c["i"]]),
+    "index_pairs": ([(3, 4)], {"i": IDX, "j": IDX[::-1].copy()}, lambda L, x, c: x[0][c["i"], c["j"]]),
+    "gather": ([(3, 4, 5)], {"i": GIDX}, lambda L, x, c: L.gather(x[0], 1, c["i"]) + x[0].gather(1, c["i"])),
+    "gather_last": ([(3, 4)], {"i": GIDX[0]}, lambda L, x, c: x[0].gather(-1, c["i"])),
+}
+NP_ONLY = {"index_pairs"}  # the one-hot scatter of other namespaces takes one integer array
+
+
+def _inputs(name):
+    shapes = CASES[name][0]
+    rng = np.random.default_rng(len(name))
+    return [rng.standard_normal(s) for s in shapes]
+
+
+def _weights(outs, seed=1):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(tuple(o.shape)) for o in outs]
+
+
+def _run_xpnn(name, arrays, ns="numpy"):
+    """Outputs and input gradients of case ``name`` (loss: the outputs weighted by fixed random arrays)."""
+    _, consts, fn = CASES[name]
+    conv = (lambda a: a) if ns == "numpy" else xs.asarray
+    ts = [xpnn.tensor(conv(a), requires_grad=True) for a in arrays]
+    c = {k: xpnn.tensor(conv(v)) for k, v in consts.items()}
+    outs = fn(F, ts, c)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    loss = sum(((o * conv(w)).sum() for o, w in zip(outs, _weights(outs))), start=xpnn.tensor(conv(np.zeros(()))))
+    loss.backward()
+    return [np.asarray(o.numpy()) for o in outs], [np.asarray(xpnn.get_backend("numpy").asarray(t.grad))
+                                                   if t.grad is not None else np.zeros(t.shape) for t in ts]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_values_and_gradients_match_torch(name):
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for its tensor ops")
+    arrays = _inputs(name)
+    outs, grads = _run_xpnn(name, arrays)
+    _, consts, fn = CASES[name]
+    ts = [torch.tensor(a, requires_grad=True) for a in arrays]
+    touts = fn(torch, ts, {k: torch.tensor(v) for k, v in consts.items()})
+    touts = touts if isinstance(touts, tuple) else (touts,)
+    assert len(outs) == len(touts)
+    sum((o * torch.tensor(w)).sum() for o, w in zip(touts, _weights(touts))).backward()
+    for o, t in zip(outs, touts):
+        assert o.shape == tuple(t.shape)
+        np.testing.assert_allclose(o, t.detach().numpy(), rtol=1e-6, atol=1e-12)
+    for g, t in zip(grads, ts):
+        want = t.grad.numpy() if t.grad is not None else np.zeros(t.shape)
+        np.testing.assert_allclose(g, want, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_gradients_match_finite_differences(name):
+    arrays = _inputs(name)
+    _, grads = _run_xpnn(name, arrays)
+    _, consts, fn = CASES[name]
+    c = {k: xpnn.tensor(v) for k, v in consts.items()}
+
+    def loss():
+        outs = fn(F, [xpnn.tensor(a) for a in arrays], c)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        return float(sum(float((o.numpy() * w).sum()) for o, w in zip(outs, _weights(outs))))
+
+    for a, g in zip(arrays, grads):
+        np.testing.assert_allclose(g, numeric_grad(loss, a), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", sorted(set(CASES) - NP_ONLY))
+def test_array_api_strict_matches_numpy(name):
+    arrays = _inputs(name)
+    outs, grads = _run_xpnn(name, arrays)
+    souts, sgrads = _run_xpnn(name, arrays, ns="array_api_strict")
+    for a, b in zip(outs + grads, souts + sgrads):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["where", "masked_fill", "tril", "gather", "split_sizes", "cat"])
+def test_double_backward_matches_torch(name):
+    """The backward rules are written with ops: a second derivative through them (of loss = sum(w * out**2)) is
+    PyTorch's."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for its tensor ops")
+    arrays = _inputs(name)
+    _, consts, fn = CASES[name]
+
+    def second(L, ts, c, grad, const):
+        outs = fn(L, ts, c)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        loss = sum(((o * o * const(w)).sum() for o, w in zip(outs, _weights(outs))), start=0.0)
+        gs = grad(loss, ts)
+        return grad(sum(((g * g).sum() for g in gs), start=0.0), ts)
+
+    xts = [xpnn.tensor(a, requires_grad=True) for a in arrays]
+    got = second(F, xts, {k: xpnn.tensor(v) for k, v in consts.items()},
+                 lambda y, ts: xpnn.grad(y, ts, create_graph=True), lambda w: w)
+    tts = [torch.tensor(a, requires_grad=True) for a in arrays]
+    want = second(torch, tts, {k: torch.tensor(v) for k, v in consts.items()},
+                  lambda y, ts: torch.autograd.grad(y, ts, create_graph=True), torch.tensor)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), w.detach().numpy(), rtol=1e-6, atol=1e-12)
+
+
+def test_arrays_in_arrays_out():
+    x = np.arange(12.0).reshape(3, 4)
+    assert type(F.transpose(x, 0, 1)) is np.ndarray and F.transpose(x, 0, 1).shape == (4, 3)
+    pieces = F.split(x, 2, dim=1)
+    assert all(type(p) is np.ndarray for p in pieces) and np.shares_memory(pieces[0], x)  # views
+    np.testing.assert_array_equal(F.tril(x), np.tril(x))
+    np.testing.assert_array_equal(F.triu(x, -1), np.triu(x, -1))
+    np.testing.assert_array_equal(F.masked_fill(x, MASK, 0.0), np.where(MASK, 0.0, x))
+    assert F.masked_fill(x.astype(np.float32), MASK, -np.inf).dtype == np.float32
+    np.testing.assert_array_equal(F.gather(x, 1, GIDX[0]), np.take_along_axis(x, GIDX[0], 1))
+
+
+def test_contiguous_copies_only_strided_arrays():
+    x = np.arange(12.0).reshape(3, 4)
+    assert F.contiguous(x) is x
+    c = F.contiguous(x.T)
+    assert c.flags.c_contiguous and not np.shares_memory(c, x)
+    t = xpnn.tensor(x)
+    assert t.contiguous() is t
+    s = xpnn.tensor(xs.asarray(x))
+    assert s.contiguous() is s  # (no strides in the array API)
+    assert not np.shares_memory(F.clone(x), x)
+
+
+def test_masks_match_torch():
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for tril/triu")
+    for rows, cols, k in [(4, None, 0), (3, 5, 1), (5, 3, -2)]:
+        ones = torch.ones(rows, rows if cols is None else cols, dtype=torch.bool)
+        np.testing.assert_array_equal(F.tril_mask(rows, cols, k), torch.tril(ones, k).numpy())
+        np.testing.assert_array_equal(F.triu_mask(rows, cols, k), torch.triu(ones, k).numpy())
+    m = F.tril_mask(3, backend=xs)
+    assert isinstance(m, type(xs.asarray(1))) and m.dtype == xs.bool
+
+
+def test_causal_attention_pattern():
+    """The pattern attention code writes: scores masked with -inf above the diagonal, then a softmax."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for its tensor ops")
+    s = np.random.default_rng(3).standard_normal((2, 4, 4))
+    x = xpnn.tensor(s, requires_grad=True)
+    y = F.softmax(x.masked_fill(~xpnn.tensor(F.tril_mask(4)), float("-inf")), axis=-1)
+    (y * y).sum().backward()
+    tx = torch.tensor(s, requires_grad=True)
+    ty = torch.softmax(tx.masked_fill(~torch.tril(torch.ones(4, 4, dtype=torch.bool)), float("-inf")), -1)
+    (ty * ty).sum().backward()
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(x.grad, tx.grad.numpy(), rtol=1e-10, atol=1e-15)
+
+
+def test_bad_input_errors():
+    x = xpnn.tensor(np.zeros((2, 3)))
+    with pytest.raises(ShapeError, match=r"expand: cannot expand shape \(2, 3\) to \(2, 4\)"):
+        x.expand(2, 4)
+    with pytest.raises(ShapeError, match="expand"):
+        x.expand(-1, 2, 3)  # -1 on a new axis
+    with pytest.raises(ShapeError, match=r"split: sizes \[1, 1\] must .* add up to the size 3"):
+        x.split([1, 1], dim=1)
+    with pytest.raises(ValueError, match="chunk: chunks must be a positive int"):
+        x.chunk(0)
+    with pytest.raises(IndexError, match="dimension out of range"):
+        F.transpose(x, 0, 2)
+    with pytest.raises(IndexError, match="unsqueeze: dimension out of range"):
+        x.unsqueeze(3)
+    with pytest.raises(DTypeError, match="where: condition must be a bool array, got float64"):
+        F.where(x, x, 0.0)
+    with pytest.raises(ShapeError, match="where: operands of shapes"):
+        F.where(np.zeros((4,), bool), x, 0.0)
+    with pytest.raises(ShapeError, match=r"masked_fill: mask of shape \(3, 3\) does not broadcast"):
+        x.masked_fill(np.zeros((3, 3), bool), 0.0)
+    with pytest.raises(ShapeError, match=r"masked_fill: mask of shape \(2, 2, 3\) does not broadcast"):
+        x.masked_fill(np.zeros((2, 2, 3), bool), 0.0)  # would grow the input
+    with pytest.raises(ShapeError, match="tril: expected an input of at least 2 dimensions"):
+        F.tril(np.zeros(3))
+    with pytest.raises(IndexError, match=r"gather: index must be in \[0, 2\], got 3"):
+        x.gather(1, np.array([[0, 3]]))
+    with pytest.raises(IndexError, match=r"gather: index must be in \[0, 2\], got -1"):
+        x.gather(1, np.array([[-1, 0]]))
+    with pytest.raises(DTypeError, match="gather: index must be an integer array, got dtype float64"):
+        x.gather(1, np.zeros((2, 3)))
+    with pytest.raises(ShapeError, match="gather: index of shape"):
+        x.gather(0, np.zeros((3,), np.int64))
