@@ -369,3 +369,46 @@ def test_embedding_backward_sums_in_position_order(forward_loader):
     np.add.at(want, ids, dy)
     for ld in (forward_loader, ShimLoader(reverse=True), ShimLoader(workers=3, order_seed=5)):
         np.testing.assert_array_equal(transformer.embedding_backward(ld, np, ids, dy, 7), want)
+
+
+# ---- the ops that run the kernels ---------------------------------------------------------------------------------
+
+def _sdpa_through(provider, q, k, v, dout, **kwargs):
+    import xpnn
+    import xpnn.functional as F
+    from xpnn import _dispatch
+
+    ts = [xpnn.Tensor(a.copy(), requires_grad=True) for a in (q, k, v)]
+    with _dispatch.use_provider(provider), _dispatch.use_kernels(provider is not None):
+        out = F.scaled_dot_product_attention(*ts, **kwargs)
+        (out * xpnn.Tensor(dout)).sum().backward()
+    return [np.asarray(out.data)] + [np.asarray(t.grad.data if hasattr(t.grad, "data") else t.grad) for t in ts]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_scaled_dot_product_attention_op_runs_the_fused_kernels(causal):
+    """F.scaled_dot_product_attention without a mask or dropout: the fused forward (out, lse) and, in backward, the
+    fused dq / dk / dv kernels -- against the op's generic path."""
+    loader = ShimLoader()
+    q, k, v = _qkv((2, 3, 45, 45, 32), "float32", seed=21)
+    dout = np.random.default_rng(22).standard_normal(q.shape).astype(np.float32)
+    names = []
+    run = loader._launch
+    loader._launch = lambda name, *rest: (names.append(name.split("<")[0]), run(name, *rest))[1]
+    got = _sdpa_through(make_provider(loader), q, k, v, dout, is_causal=causal)
+    want = _sdpa_through(None, q, k, v, dout, is_causal=causal)
+    assert names == ["attention_fwd", "attention_bwd_dq", "attention_bwd_dkv"]
+    for a, b in zip(got, want):
+        close(a, b, "float32", scale=4)
+
+
+def test_scaled_dot_product_attention_with_a_mask_stays_generic():
+    loader = ShimLoader()
+    q, k, v = _qkv((1, 2, 9, 9, 16), "float32", seed=23)
+    mask = np.tril(np.ones((9, 9), bool))
+    dout = np.ones(q.shape, np.float32)
+    got = _sdpa_through(make_provider(loader), q, k, v, dout, attn_mask=mask)
+    assert loader.launches == 0
+    want = _sdpa_through(None, q, k, v, dout, attn_mask=mask)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
