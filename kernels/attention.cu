@@ -21,6 +21,8 @@
 #define XPNN_ATTN_MAX_D 128
 #define XPNN_ATTN_TILE 32
 #define XPNN_ATTN_PAD (XPNN_ATTN_MAX_D + 1)
+// __launch_bounds__(128, 4): with the thread bound alone ptxas for sm_90 kept attention_fwd within 64-72 registers
+// and spilled; 4 blocks per multiprocessor leave it 128
 
 // warps per block and rows per warp (xpnn/_cuda/launch.py ATTENTION_WARPS / ATTENTION_ROWS mirror these): 4 x 4
 // for float; 2 x 2 for double, whose tiles take twice the shared memory (static shared memory stays under 48 KiB)
@@ -58,7 +60,7 @@ __device__ __forceinline__ void xpnn_attn_stage(A* dst, int pitch, const T* __re
 
 // O and lse of query rows [q0, q0 + W * R) of one (batch, head), blocks over (bh, query block) grid-stride.
 template <typename T, typename A>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(128, 4)
 attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
               A* __restrict__ lse, long long n_bh, long long t_q, long long t_k, long long d, A scale, int causal) {
     const int W = (int)xpnn_attn_cfg<A>::warps, R = (int)xpnn_attn_cfg<A>::rows, BR = W * R;
@@ -67,6 +69,7 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
     XPNN_SHARED_ARRAY(A, kv, XPNN_ATTN_TILE * XPNN_ATTN_PAD);
     XPNN_SHARED_ARRAY(A, ps, XPNN_ATTN_BLOCK_ROWS(A) * XPNN_ATTN_TILE);
     const int lane = (int)(threadIdx.x % 32u), warp = (int)(threadIdx.x / 32u);
+    const int dd = (int)d;  // <= XPNN_ATTN_MAX_D (the launcher's check)
     const long long n_qb = (t_q + BR - 1) / BR;
     for (long long b = blockIdx.x; b < n_bh * n_qb; b += gridDim.x) {  // uniform across the block
         const long long bh = b / n_qb, q0 = (b - bh * n_qb) * BR;
@@ -91,7 +94,7 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
             A s[XPNN_ATTN_R(A)];
             XPNN_UNROLL
             for (int r = 0; r < R; ++r) s[r] = A(0);
-            XPNN_NO_UNROLL for (long long c = 0; c < d; ++c) {
+            XPNN_NO_UNROLL for (int c = 0; c < dd; ++c) {
                 const A kc = kv[lane * PAD + c];
                 XPNN_UNROLL
                 for (int r = 0; r < R; ++r) s[r] += qs[(warp * R + r) * MD + c] * kc;
@@ -117,8 +120,8 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
             XPNN_NO_UNROLL for (int j = 0; j < TILE; ++j) {
                 XPNN_UNROLL
                 for (int i = 0; i < 4; ++i) {
-                    const long long c = lane + 32 * i;
-                    if (c < d) {
+                    const int c = lane + 32 * i;
+                    if (c < dd) {
                         const A vc = kv[j * PAD + c];
                         XPNN_UNROLL
                         for (int r = 0; r < R; ++r) acc[r][i] += ps[(warp * R + r) * TILE + j] * vc;
@@ -133,8 +136,8 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
                 const A inv = A(1) / l[r];
                 XPNN_UNROLL
                 for (int i = 0; i < 4; ++i) {
-                    const long long c = lane + 32 * i;
-                    if (c < d) o[(bh * t_q + t) * d + c] = xpnn_from_acc<T>(acc[r][i] * inv);
+                    const int c = lane + 32 * i;
+                    if (c < dd) o[(bh * t_q + t) * d + c] = xpnn_from_acc<T>(acc[r][i] * inv);
                 }
                 if (lane == 0) lse[bh * t_q + t] = m[r] + xpnn_log(l[r]);
             }
@@ -145,7 +148,7 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
 // dQ of query rows [q0, q0 + W * R), and delta_t = sum_c dO[t, c] O[t, c] of those rows (written for
 // attention_bwd_dkv, launched next).
 template <typename T, typename A>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(128, 4)
 attention_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                  const T* __restrict__ o, const T* __restrict__ dout, const A* __restrict__ lse,
                  A* __restrict__ delta, T* __restrict__ dq, long long n_bh, long long t_q, long long t_k, long long d,
@@ -157,6 +160,7 @@ attention_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __re
     XPNN_SHARED_ARRAY(A, kv, XPNN_ATTN_TILE * XPNN_ATTN_PAD);
     XPNN_SHARED_ARRAY(A, dss, XPNN_ATTN_BLOCK_ROWS(A) * XPNN_ATTN_TILE);
     const int lane = (int)(threadIdx.x % 32u), warp = (int)(threadIdx.x / 32u);
+    const int dd = (int)d;  // <= XPNN_ATTN_MAX_D (the launcher's check)
     const long long n_qb = (t_q + BR - 1) / BR;
     for (long long b = blockIdx.x; b < n_bh * n_qb; b += gridDim.x) {
         const long long bh = b / n_qb, q0 = (b - bh * n_qb) * BR;
@@ -188,7 +192,7 @@ attention_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __re
             A dp[XPNN_ATTN_R(A)];
             XPNN_UNROLL
             for (int r = 0; r < R; ++r) dp[r] = A(0);
-            XPNN_NO_UNROLL for (long long c = 0; c < d; ++c) {
+            XPNN_NO_UNROLL for (int c = 0; c < dd; ++c) {
                 const A vc = kv[lane * PAD + c];
                 XPNN_UNROLL
                 for (int r = 0; r < R; ++r) dp[r] += dos[(warp * R + r) * MD + c] * vc;
@@ -199,7 +203,7 @@ attention_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __re
             A s[XPNN_ATTN_R(A)];
             XPNN_UNROLL
             for (int r = 0; r < R; ++r) s[r] = A(0);
-            XPNN_NO_UNROLL for (long long c = 0; c < d; ++c) {
+            XPNN_NO_UNROLL for (int c = 0; c < dd; ++c) {
                 const A kc = kv[lane * PAD + c];
                 XPNN_UNROLL
                 for (int r = 0; r < R; ++r) s[r] += qs[(warp * R + r) * MD + c] * kc;
@@ -216,8 +220,8 @@ attention_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __re
             XPNN_NO_UNROLL for (int j = 0; j < TILE; ++j) {
                 XPNN_UNROLL
                 for (int i = 0; i < 4; ++i) {
-                    const long long c = lane + 32 * i;
-                    if (c < d) {
+                    const int c = lane + 32 * i;
+                    if (c < dd) {
                         const A kc = kv[j * PAD + c];
                         XPNN_UNROLL
                         for (int r = 0; r < R; ++r) acc[r][i] += dss[(warp * R + r) * TILE + j] * kc;
@@ -231,8 +235,8 @@ attention_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __re
             if (t < t_q) {
                 XPNN_UNROLL
                 for (int i = 0; i < 4; ++i) {
-                    const long long c = lane + 32 * i;
-                    if (c < d) dq[(bh * t_q + t) * d + c] = xpnn_from_acc<T>(acc[r][i] * scale);
+                    const int c = lane + 32 * i;
+                    if (c < dd) dq[(bh * t_q + t) * d + c] = xpnn_from_acc<T>(acc[r][i] * scale);
                 }
             }
         }
@@ -241,7 +245,7 @@ attention_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __re
 
 // dK and dV of key rows [k0, k0 + W * R), walking the query tiles (causal: from the tile of query k0 on).
 template <typename T, typename A>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(128, 4)
 attention_bwd_dkv(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                   const T* __restrict__ dout, const A* __restrict__ lse, const A* __restrict__ delta,
                   T* __restrict__ dk, T* __restrict__ dv, long long n_bh, long long t_q, long long t_k, long long d,
@@ -256,6 +260,7 @@ attention_bwd_dkv(const T* __restrict__ q, const T* __restrict__ k, const T* __r
     XPNN_SHARED_ARRAY(A, lse_s, XPNN_ATTN_TILE);
     XPNN_SHARED_ARRAY(A, delta_s, XPNN_ATTN_TILE);
     const int lane = (int)(threadIdx.x % 32u), warp = (int)(threadIdx.x / 32u);
+    const int dd = (int)d;  // <= XPNN_ATTN_MAX_D (the launcher's check)
     const long long n_kb = (t_k + BK - 1) / BK;
     for (long long b = blockIdx.x; b < n_bh * n_kb; b += gridDim.x) {
         const long long bh = b / n_kb, k0 = (b - bh * n_kb) * BK;
@@ -282,7 +287,7 @@ attention_bwd_dkv(const T* __restrict__ q, const T* __restrict__ k, const T* __r
             A s[XPNN_ATTN_R(A)];
             XPNN_UNROLL
             for (int r = 0; r < R; ++r) s[r] = A(0);
-            XPNN_NO_UNROLL for (long long c = 0; c < d; ++c) {
+            XPNN_NO_UNROLL for (int c = 0; c < dd; ++c) {
                 const A qc = buf[lane * PAD + c];
                 XPNN_UNROLL
                 for (int r = 0; r < R; ++r) s[r] += ks[(warp * R + r) * MD + c] * qc;
@@ -302,7 +307,7 @@ attention_bwd_dkv(const T* __restrict__ q, const T* __restrict__ k, const T* __r
             A dp[XPNN_ATTN_R(A)];
             XPNN_UNROLL
             for (int r = 0; r < R; ++r) dp[r] = A(0);
-            XPNN_NO_UNROLL for (long long c = 0; c < d; ++c) {
+            XPNN_NO_UNROLL for (int c = 0; c < dd; ++c) {
                 const A gc = buf[lane * PAD + c];
                 XPNN_UNROLL
                 for (int r = 0; r < R; ++r) dp[r] += vs[(warp * R + r) * MD + c] * gc;
@@ -314,8 +319,8 @@ attention_bwd_dkv(const T* __restrict__ q, const T* __restrict__ k, const T* __r
             XPNN_NO_UNROLL for (int j = 0; j < TILE; ++j) {
                 XPNN_UNROLL
                 for (int i = 0; i < 4; ++i) {
-                    const long long c = lane + 32 * i;
-                    if (c < d) {
+                    const int c = lane + 32 * i;
+                    if (c < dd) {
                         const A gc = buf[j * PAD + c];
                         XPNN_UNROLL
                         for (int r = 0; r < R; ++r) dv_acc[r][i] += ps[(warp * R + r) * TILE + j] * gc;
@@ -328,8 +333,8 @@ attention_bwd_dkv(const T* __restrict__ q, const T* __restrict__ k, const T* __r
             XPNN_NO_UNROLL for (int j = 0; j < TILE; ++j) {
                 XPNN_UNROLL
                 for (int i = 0; i < 4; ++i) {
-                    const long long c = lane + 32 * i;
-                    if (c < d) {
+                    const int c = lane + 32 * i;
+                    if (c < dd) {
                         const A qc = buf[j * PAD + c];
                         XPNN_UNROLL
                         for (int r = 0; r < R; ++r) dk_acc[r][i] += dss[(warp * R + r) * TILE + j] * qc;
@@ -343,8 +348,8 @@ attention_bwd_dkv(const T* __restrict__ q, const T* __restrict__ k, const T* __r
             if (key < t_k) {
                 XPNN_UNROLL
                 for (int i = 0; i < 4; ++i) {
-                    const long long c = lane + 32 * i;
-                    if (c < d) {
+                    const int c = lane + 32 * i;
+                    if (c < dd) {
                         dk[(bh * t_k + key) * d + c] = xpnn_from_acc<T>(dk_acc[r][i]);
                         dv[(bh * t_k + key) * d + c] = xpnn_from_acc<T>(dv_acc[r][i]);
                     }

@@ -116,10 +116,11 @@ layer_norm_fwd(const T* __restrict__ x, const T* __restrict__ weight, const T* _
     }
 }
 
-// dx, and the group's partial dweight / dbias in partials[0 / 1][group][c] (group = g.first: the groups are
+// dx, and the group's partial dweight / dbias (at most 256 threads: x, dy and two accumulators per entry held in
+// registers spilled within the 128 registers of a 512-thread block) in partials[0 / 1][group][c] (group = g.first: the groups are
 // numbered 0 .. g.stride - 1 in row order). Every group writes its partials, also a group without rows (zeros).
 template <typename T, typename A>
-__global__ void __launch_bounds__(512)
+__global__ void __launch_bounds__(256)
 layer_norm_bwd(const T* __restrict__ x, const T* __restrict__ dy, const A* __restrict__ mean,
                const A* __restrict__ rstd, const T* __restrict__ weight, T* __restrict__ dx,
                A* __restrict__ partials, long long n_rows, long long n_cols, int has_weight, int lanes) {
