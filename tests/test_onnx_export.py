@@ -38,18 +38,24 @@ def _xpnn_out(model, x):
 
 
 def _export_and_compare(ort, model, shape, tmp_path, *, dtype=np.float32, batches=(3, 7), atol=1e-5, rtol=0.0,
-                        **kw):
+                        vocab=None, **kw):
     """Export with a dynamic batch axis from an example of batch ``batches[0]``; compare ORT with xpnn at each
-    batch size on fresh random inputs; return the loaded ONNX model."""
+    batch size on fresh random inputs (int64 ids below ``vocab`` if given); return the loaded ONNX model."""
     rng = np.random.default_rng(0)
     path = tmp_path / "model.onnx"
-    example = rng.standard_normal((batches[0],) + shape).astype(dtype)
+
+    def inputs(n):
+        if vocab is not None:
+            return rng.integers(0, vocab, size=(n,) + shape)
+        return rng.standard_normal((n,) + shape).astype(dtype)
+
+    example = inputs(batches[0])
     xonnx.export(model, example, path, dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, **kw)
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
     sess = _session(ort, path)
     for n in batches:
-        x = rng.standard_normal((n,) + shape).astype(dtype)
+        x = inputs(n)
         got = _run(sess, x)
         want = _xpnn_out(model, x)
         assert got.dtype == want.dtype and got.shape == want.shape
@@ -129,14 +135,37 @@ def _pool_model():
                          nn.Flatten(), nn.LogSoftmax(axis=1))
 
 
-LAYER_MODELS = {"dense": (_dense_model, (8,)), "conv": (_conv_model, (2, 12, 11)), "pool": (_pool_model, (2, 9, 10))}
+def _token_model(dtype=None):
+    """Token ids (N, 6) -> embeddings, the transformer layers' normalisations and activations, then a Linear."""
+    return nn.Sequential(
+        nn.Embedding(11, 8, padding_idx=0, seed=0, dtype=dtype), nn.LayerNorm(8, dtype=dtype), nn.GELU(),
+        nn.SiLU(), nn.GELU("tanh"), nn.LayerNorm((6, 8), bias=False, dtype=dtype), nn.Flatten(),
+        nn.Linear(48, 5, seed=1, dtype=dtype))
+
+
+LAYER_MODELS = {"dense": (_dense_model, (8,)), "conv": (_conv_model, (2, 12, 11)), "pool": (_pool_model, (2, 9, 10)),
+                "tokens": (_token_model, (6,))}
+VOCAB = {"tokens": 11}  # models whose input is token ids
 
 
 @pytest.mark.parametrize("case", sorted(LAYER_MODELS))
 def test_layers_match_onnxruntime(case, tmp_path):
     ort = pytest.importorskip("onnxruntime", reason=ORT)
     make, shape = LAYER_MODELS[case]
-    _export_and_compare(ort, make(), shape, tmp_path)
+    _export_and_compare(ort, make(), shape, tmp_path, vocab=VOCAB.get(case))
+
+
+@pytest.mark.parametrize("opset", [13, 17, 20])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_layer_norm_and_gelu_lowerings(opset, dtype, tmp_path):
+    """LayerNorm as ONNX's LayerNormalization from opset 17 and as its formula before; GELU as ONNX's Gelu from
+    opset 20 and as its formula (Erf, or Tanh) before; float16 computed in float32."""
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    proto = _export_and_compare(ort, _token_model(dtype), (6,), tmp_path, vocab=11, opset_version=opset,
+                                atol=2e-2 if dtype == "float16" else 1e-5)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ("LayerNormalization" in ops) == (opset >= 17) and ops.count("Gelu") == (2 if opset >= 20 else 0)
+    assert ("Erf" in ops) == (opset < 20) and "Gather" in ops
 
 
 def test_export_traces_in_eval_mode_and_gives_the_mode_back(tmp_path):

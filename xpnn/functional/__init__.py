@@ -12,6 +12,7 @@ from .attention import scaled_dot_product_attention
 from .concat import cat, chunk, concat, split, stack
 from .conv import conv2d, conv2d_backward
 from .dropout import dropout, dropout_mask
+from .embedding import embedding, embedding_backward
 from .elementwise import abs, add, astype, clip, div, exp, log, matmul, mul, neg, pow, sqrt, sub
 from .linear import linear, linear_backward
 from .losses import (
@@ -23,7 +24,7 @@ from .losses import (
     mse_loss_with_grad,
     nll_loss,
 )
-from .normalization import batch_norm
+from .normalization import batch_norm, layer_norm
 from .pooling import (
     adaptive_avg_pool2d,
     adaptive_avg_pool2d_backward,
@@ -54,6 +55,7 @@ __all__ = [
     "adam_update", "sgd_update", "adagrad_update", "rmsprop_update",
     "cat", "split", "chunk", "unsqueeze", "squeeze", "transpose", "permute", "expand", "contiguous", "clone",
     "where", "masked_fill", "tril", "triu", "tril_mask", "triu_mask", "gather",
+    "embedding", "embedding_backward", "layer_norm",
     "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_with_argmax", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
 ]

@@ -166,7 +166,7 @@ class Index(Op):
             key = _with_ellipsis(key, x.ndim)
         ctx.shape, ctx.key = tuple(x.shape), key
         try:
-            if not _is_basic(key) and type(x) is not np.ndarray and not is_cupy_namespace(ctx.xp):
+            if type(x) is not np.ndarray and not _is_basic(key) and not is_cupy_namespace(ctx.xp):
                 out = _take(ctx.xp, x, key)
                 if out is not NotImplemented:
                     return out
@@ -230,24 +230,29 @@ class IndexBackward(Op):
 
     @staticmethod
     def forward(ctx: Context, g: Any, *, key: Any, shape: tuple[int, ...]) -> Any:
-        xp = namespace_of(g, where="index backward")
         ctx.key = key
-        out = xp.zeros(shape, dtype=g.dtype)
-        if _is_basic(key) or _is_mask(key):  # no index repeats: assignment is the scatter-add
-            out[key] = g
-        elif is_numpy_namespace(xp):
-            np.add.at(out, key, g)
-        elif is_cupy_namespace(xp):
-            import cupyx
-
-            cupyx.scatter_add(out, key, g)
-        else:
-            out = _one_hot_scatter(xp, g, key, shape)
-        return out
+        return scatter_add(namespace_of(g, where="index backward"), g, key, shape)
 
     @staticmethod
     def backward(ctx: Context, gg: Any) -> Any:
         return index(gg, ctx.key)
+
+
+def scatter_add(xp: Any, g: Any, key: Any, shape: tuple[int, ...]) -> Any:
+    """Zeros of ``shape`` (``g``'s dtype) with ``g`` added at ``out[key]``, entries picked several times getting the
+    sum (the adjoint of ``x[key]``)."""
+    out = xp.zeros(shape, dtype=g.dtype)
+    if _is_basic(key) or _is_mask(key):  # no index repeats: assignment is the scatter-add
+        out[key] = g
+    elif is_numpy_namespace(xp):
+        np.add.at(out, key, g)
+    elif is_cupy_namespace(xp):
+        import cupyx
+
+        cupyx.scatter_add(out, key, g)
+    else:
+        out = _one_hot_scatter(xp, g, key, shape)
+    return out
 
 
 def _single_array(key: Any, ndim: int) -> Optional[tuple[int, Any]]:

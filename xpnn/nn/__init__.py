@@ -15,7 +15,9 @@ from .container import Identity, ModuleList, Residual, Sequential
 from .conv import Conv2d
 from .dropconnect import DropConnect
 from .dropout import Dropout
+from .embedding import Embedding
 from .flatten import Flatten
+from .layernorm import LayerNorm
 from .linear import Linear
 from .loss import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss
 from .maxout import Maxout
@@ -31,4 +33,5 @@ __all__ = [
     "CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss",
     "MultiheadAttention",
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "BatchNorm2d", "utils",
+    "Embedding", "LayerNorm",
 ]

@@ -9,8 +9,8 @@ from ..backend import BackendLike
 from .module import Module
 from .parameter import FlatBuffer, Parameter, factory
 
-__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "SELU", "Softplus", "Mish", "Softmax", "LogSoftmax",
-           "PReLU"]
+__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "SELU", "Softplus", "Mish", "GELU", "SiLU", "Softmax",
+           "LogSoftmax", "PReLU"]
 
 
 class Sigmoid(Module):
@@ -88,6 +88,30 @@ class Mish(Module):
 
     def forward(self, x: Any) -> Any:
         return F.mish(x)
+
+
+class GELU(Module):
+    """``y = x * Phi(x)``, ``Phi`` the standard normal CDF; ``approximate="tanh"`` for the tanh form
+    (``torch.nn.GELU``)."""
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+    def forward(self, x: Any) -> Any:
+        return F.gelu(x, self.approximate)
+
+
+class SiLU(Module):
+    """``y = x * sigmoid(x)`` (``torch.nn.SiLU``)."""
+
+    def forward(self, x: Any) -> Any:
+        return F.silu(x)
 
 
 class _AlongAxis(Module):

@@ -1,0 +1,96 @@
+"""Embedding lookup (``torch.nn.functional.embedding``): rows of a ``(num_embeddings, embedding_dim)`` weight picked
+by integer ids; the weight's gradient is a scatter-add of the output's gradient into those rows (ids that repeat add
+up), with no gradient for the ``padding_idx`` row."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ..autograd.op import Context, Op
+from ..backend import namespace_of
+from ..errors import ShapeError
+from . import _checks
+from .elementwise import _values
+from .selection import check_indices, where
+from .shape import scatter_add
+
+__all__ = ["embedding", "embedding_backward"]
+
+
+def _check(weight: Any, indices: Any, *, padding_idx: Optional[int] = None) -> None:
+    xp = namespace_of(weight, indices, where="embedding")
+    _checks.floating(xp, weight, "embedding", "weight")
+    if weight.ndim != 2:
+        raise ShapeError(f"embedding: expected weight of shape (num_embeddings, embedding_dim), got "
+                         f"{tuple(weight.shape)}")
+    check_indices(xp, indices, weight.shape[0], "embedding", "token ids")
+
+
+class Embedding(Op):
+    name = "embedding"
+    check = staticmethod(_check)
+
+    @staticmethod
+    def forward(ctx: Context, weight: Any, indices: Any, *, padding_idx: Optional[int] = None) -> Any:
+        xp = ctx.xp
+        ctx.indices, ctx.num, ctx.padding_idx = indices, weight.shape[0], padding_idx
+        out = xp.take(weight, xp.reshape(indices, (-1,)), axis=0)
+        return xp.reshape(out, tuple(indices.shape) + (weight.shape[1],))
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, None]:
+        return embedding_backward(g, ctx.indices, ctx.num, ctx.padding_idx), None
+
+    @staticmethod
+    def onnx(g: Any, weight: str, indices: str, *, padding_idx: Optional[int] = None) -> str:
+        return g.op("Gather", weight, indices, axis=0)
+
+
+class EmbeddingBackward(Op):
+    """The weight's gradient: ``g`` (``indices.shape + (dim,)``) added into zero rows at ``indices``; the
+    ``padding_idx`` row stays 0."""
+
+    name = "embedding_backward"
+
+    @staticmethod
+    def forward(ctx: Context, g: Any, *, indices: Any, num_embeddings: int, padding_idx: Optional[int] = None) -> Any:
+        xp = ctx.xp
+        ctx.indices, ctx.padding_idx = indices, padding_idx
+        dim = g.shape[-1]
+        flat = xp.reshape(indices, (-1,))
+        out = scatter_add(xp, xp.reshape(g, (flat.shape[0], dim)), flat, (num_embeddings, dim))
+        if padding_idx is not None:
+            out[padding_idx, ...] = 0
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, gg: Any) -> Any:
+        """The rows of ``gg`` at ``indices`` (0 where an id is ``padding_idx``)."""
+        out = Embedding.apply(gg, ctx.indices)
+        if ctx.padding_idx is None:
+            return out
+        return where(ctx.indices[..., None] != ctx.padding_idx, out, 0)
+
+
+def embedding(input: Any, weight: Any, padding_idx: Optional[int] = None,  # noqa: A002 (PyTorch's names)
+              max_norm: Optional[float] = None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
+              sparse: bool = False) -> Any:
+    """``weight[input]``: the rows of ``weight`` (num_embeddings, embedding_dim) for the integer ids ``input`` (any
+    shape) -> ``input.shape + (embedding_dim,)`` (``torch.nn.functional.embedding``). ``padding_idx`` (negative
+    counts from the end): that row gets no gradient. ``max_norm``, ``scale_grad_by_freq`` and ``sparse`` are not
+    supported (``NotImplementedError``). Raises ``IndexError`` naming the range and the first bad id for an id
+    outside ``[0, num_embeddings)`` (ids are never clamped), ``DTypeError`` for non-integer ids."""
+    if max_norm is not None or scale_grad_by_freq or sparse:
+        raise NotImplementedError("embedding: max_norm, scale_grad_by_freq and sparse are not supported")
+    n = weight.shape[0]
+    if padding_idx is not None:
+        if not -n <= padding_idx < n:
+            raise ValueError(f"embedding: padding_idx must be within num_embeddings ({n}), got {padding_idx}")
+        padding_idx = int(padding_idx) % n
+    return Embedding.apply(weight, input, padding_idx=padding_idx)
+
+
+def embedding_backward(g: Any, indices: Any, num_embeddings: int, padding_idx: Optional[int] = None) -> Any:
+    """The gradient of ``embedding`` for its weight: ``g`` (``indices.shape + (dim,)``) scatter-added into
+    ``(num_embeddings, dim)`` zeros at ``indices`` (repeated ids add up), the ``padding_idx`` row left 0."""
+    return EmbeddingBackward.apply(g, indices=_values(indices), num_embeddings=int(num_embeddings),
+                                   padding_idx=padding_idx)
