@@ -477,3 +477,30 @@ def test_embedding_backward_and_gelu_on_gpu(gpu, dtype):
         y = providers.LAUNCHERS[registry.GELU](ld, cp, cp.asarray(x), approximate=approximate)
         tol = dict(rtol=2e-3, atol=2e-3) if dtype == "float16" else TOL[dtype]
         np.testing.assert_allclose(cp.asnumpy(y).astype(np.float64), gelu_reference(x, approximate)[0], **tol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_layer_norm_op_runs_the_fused_kernels(dtype):
+    """F.layer_norm over two trailing dims: the fused forward (saving mean / rstd) and backward kernels, against the
+    op's generic path."""
+    import xpnn
+    import xpnn.functional as F
+    from xpnn import _dispatch
+
+    x = _rows((6, 5, 48), dtype, seed=31).reshape(6, 5, 4, 12)
+    rng = np.random.default_rng(32)
+    w, b = (rng.standard_normal((4, 12)).astype(dtype) for _ in range(2))
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    loader = ShimLoader()
+    results = []
+    for provider in (make_provider(loader), None):
+        ts = [xpnn.Tensor(a.copy(), requires_grad=True) for a in (x, w, b)]
+        with _dispatch.use_provider(provider), _dispatch.use_kernels(provider is not None):
+            y = F.layer_norm(ts[0], (4, 12), ts[1], ts[2], eps=1e-5)
+            (y * xpnn.Tensor(dy)).sum().backward()
+        results.append([np.asarray(y.data)] + [np.asarray(t.grad.data if hasattr(t.grad, "data") else t.grad)
+                                               for t in ts])
+    assert loader.launches == 3  # forward, backward, dweight / dbias
+    for got, want in zip(*results):
+        assert got.shape == want.shape
+        close(got, want, dtype, scale=4)
