@@ -21,6 +21,8 @@
 // packs per thread and chunk: 4 (16 float / 8 double entries), 2 for __half (16 entries: the backward holds x, dy
 // and two float accumulators per entry; 4 packs of half spilled within 128 registers)
 #define XPNN_LN_PACKS(T) (sizeof(T) == 2 ? 2u : 4u)
+// __launch_bounds__(N, 1): with the thread bound alone ptxas for sm_90 kept layer_norm_fwd<float> within 64
+// registers and spilled; a minimum of one block lets it use what N threads may have
 #define XPNN_LN_V(T) (16u / (unsigned)sizeof(T))  // entries per pack
 
 // Loads this thread's packs of chunk `chunk` of row[0:n] into v: pack k = (chunk * U + u) * size + rank (adjacent
@@ -50,7 +52,7 @@ __device__ __forceinline__ long long xpnn_ln_entry(long long chunk, int u, unsig
 }
 
 template <typename T, typename A>
-__global__ void __launch_bounds__(512)
+__global__ void __launch_bounds__(512, 1)
 layer_norm_fwd(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
                T* __restrict__ y, A* __restrict__ mean_out, A* __restrict__ rstd_out, long long n_rows,
                long long n_cols, A eps, int has_weight, int has_bias, int lanes) {
@@ -117,10 +119,11 @@ layer_norm_fwd(const T* __restrict__ x, const T* __restrict__ weight, const T* _
 }
 
 // dx, and the group's partial dweight / dbias (at most 256 threads: x, dy and two accumulators per entry held in
-// registers spilled within the 128 registers of a 512-thread block) in partials[0 / 1][group][c] (group = g.first: the groups are
+// registers spilled within the 128 registers of a 512-thread block; the minimum of 1 block lets ptxas use
+// more than 128 registers (it spilled the __half one at 128)) in partials[0 / 1][group][c] (group = g.first: the groups are
 // numbered 0 .. g.stride - 1 in row order). Every group writes its partials, also a group without rows (zeros).
 template <typename T, typename A>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(256, 1)
 layer_norm_bwd(const T* __restrict__ x, const T* __restrict__ dy, const A* __restrict__ mean,
                const A* __restrict__ rstd, const T* __restrict__ weight, T* __restrict__ dx,
                A* __restrict__ partials, long long n_rows, long long n_cols, int has_weight, int lanes) {

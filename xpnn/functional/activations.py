@@ -573,6 +573,7 @@ class Gelu(Op):
 
 class GeluBackward(_ActivationBackward):
     name = "gelu_backward"
+    kernel = registry.GELU_BACKWARD
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, approximate: str = "none") -> Any:
@@ -638,6 +639,7 @@ class Silu(Op):
 
 class SiluBackward(_ActivationBackward):
     name = "silu_backward"
+    kernel = registry.SILU_BACKWARD
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any) -> Any:
