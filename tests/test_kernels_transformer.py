@@ -349,7 +349,8 @@ def test_embedding_backward(loader, dtype, padding_idx):
     ids = rng.integers(0, 20, (6, 37))
     ids[0, :10] = 5  # a long segment
     dy = rng.standard_normal((6, 37, 300)).astype(dtype)
-    got = transformer.embedding_backward(loader, np, ids, dy, 25, padding_idx)
+    got = transformer.embedding_backward(loader, np, dy, indices=ids, num_embeddings=25,
+                                         padding_idx=padding_idx)
     want = np.zeros((25, 300))
     np.add.at(want, ids.reshape(-1), dy.reshape(-1, 300).astype(np.float64))
     if padding_idx is not None:
@@ -368,7 +369,7 @@ def test_embedding_backward_sums_in_position_order(forward_loader):
     want = np.zeros((7, 40), np.float32)
     np.add.at(want, ids, dy)
     for ld in (forward_loader, ShimLoader(reverse=True), ShimLoader(workers=3, order_seed=5)):
-        np.testing.assert_array_equal(transformer.embedding_backward(ld, np, ids, dy, 7), want)
+        np.testing.assert_array_equal(transformer.embedding_backward(ld, np, dy, indices=ids, num_embeddings=7), want)
 
 
 # ---- the ops that run the kernels ---------------------------------------------------------------------------------
@@ -468,7 +469,7 @@ def test_embedding_backward_and_gelu_on_gpu(gpu, dtype):
     dy = rng.standard_normal((8, 64, 128)).astype(dtype)
     want = np.zeros((50, 128))
     np.add.at(want, ids.reshape(-1), dy.reshape(-1, 128).astype(np.float64))
-    got = transformer.embedding_backward(ld, cp, cp.asarray(ids), cp.asarray(dy), 50, None)
+    got = transformer.embedding_backward(ld, cp, cp.asarray(dy), indices=cp.asarray(ids), num_embeddings=50)
     close(cp.asnumpy(got), want, dtype, scale=4)
     x = _activation_input(dtype)
     from xpnn._cuda import providers
@@ -504,3 +505,38 @@ def test_layer_norm_op_runs_the_fused_kernels(dtype):
     for got, want in zip(*results):
         assert got.shape == want.shape
         close(got, want, dtype, scale=4)
+
+
+@pytest.mark.parametrize("case", ["gelu", "gelu_tanh", "silu", "embedding"])
+def test_activation_and_embedding_ops_run_the_kernels(case):
+    """F.gelu / F.silu (forward and backward rows) and F.embedding's weight gradient through the kernels, against
+    the ops' generic paths."""
+    import xpnn
+    import xpnn.functional as F
+    from xpnn import _dispatch
+
+    rng = np.random.default_rng(41)
+    loader = ShimLoader()
+    if case == "embedding":
+        inputs = [rng.standard_normal((30, 24)).astype(np.float32)]
+        ids = rng.integers(0, 30, (5, 17))
+
+        def fn(w):
+            return F.embedding(ids, w, padding_idx=2)
+    else:
+        inputs = [_activation_input("float32")]
+
+        def fn(x):
+            return F.silu(x) if case == "silu" else F.gelu(x, approximate="tanh" if case == "gelu_tanh" else "none")
+    results = []
+    for provider in (make_provider(loader), None):
+        ts = [xpnn.Tensor(a.copy(), requires_grad=True) for a in inputs]
+        with _dispatch.use_provider(provider), _dispatch.use_kernels(provider is not None):
+            y = fn(*ts)
+            dy = np.random.default_rng(42).standard_normal(y.shape).astype(np.float32)
+            (y * xpnn.Tensor(dy)).sum().backward()
+        results.append([np.asarray(y.data)] + [np.asarray(t.grad.data if hasattr(t.grad, "data") else t.grad)
+                                               for t in ts])
+    assert loader.launches == (1 if case == "embedding" else 2)
+    for got, want in zip(*results):
+        close(got, want, "float32")
