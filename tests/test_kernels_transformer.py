@@ -19,9 +19,10 @@ require_cxx()
 
 from shim import ShimLoader
 
-DTYPES = ("float16", "float32", "float64")
-TOL = {"float16": dict(rtol=1e-2, atol=1e-2), "float32": dict(rtol=1e-4, atol=1e-5),
-       "float64": dict(rtol=1e-10, atol=1e-12)}
+from _transformer_reference import (ATTN_SHAPES, DTYPES, EPS, LN_SHAPES, TOL, _activation_input, _qkv, _rows,
+                                    attention_reference, close, gelu_reference, layer_norm_backward_reference,
+                                    layer_norm_reference)
+
 LOADERS = {"forward": dict(), "reverse": dict(reverse=True), "random1": dict(order_seed=1),
            "random2": dict(order_seed=2)}
 
@@ -36,92 +37,7 @@ def forward_loader():
     return ShimLoader()
 
 
-def close(got, want, dtype, scale=1.0):
-    tol = dict(TOL[dtype])
-    tol["atol"] *= scale
-    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), **tol)
-
-
-# ---- references (float64) ----------------------------------------------------------------------------------------
-
-def layer_norm_reference(x, weight, bias, eps):
-    """y, mean, rstd over the last axis: biased variance, rstd = 1 / sqrt(var + eps) (torch.nn.functional.layer_norm,
-    its saved statistics)."""
-    x = x.astype(np.float64)
-    mean = x.mean(-1)
-    rstd = 1 / np.sqrt(((x - mean[..., None]) ** 2).mean(-1) + eps)
-    y = (x - mean[..., None]) * rstd[..., None]
-    if weight is not None:
-        y = y * weight
-    if bias is not None:
-        y = y + bias
-    return y, mean, rstd
-
-
-def layer_norm_backward_reference(x, dy, weight):
-    """dx, dweight, dbias from x and dy (the statistics recomputed in float64)."""
-    x, dy = x.astype(np.float64), dy.astype(np.float64)
-    _, mean, rstd = layer_norm_reference(x, None, None, EPS)
-    xhat = (x - mean[..., None]) * rstd[..., None]
-    g = dy * (1.0 if weight is None else weight.astype(np.float64))
-    n = x.shape[-1]
-    dx = rstd[..., None] * (g - g.sum(-1, keepdims=True) / n - xhat * (g * xhat).sum(-1, keepdims=True) / n)
-    return dx, (dy * xhat).reshape(-1, n).sum(0), dy.reshape(-1, n).sum(0)
-
-
-def attention_reference(q, k, v, causal, scale):
-    """out, lse, and the backward closure of softmax(scale q k^T [tril mask]) v (torch's
-    scaled_dot_product_attention, is_causal: the top-left aligned tril(ones(Tq, Tk)))."""
-    q, k, v = (a.astype(np.float64) for a in (q, k, v))
-    s = np.einsum("...td,...sd->...ts", q, k) * scale
-    if causal:
-        s = np.where(np.tril(np.ones(s.shape[-2:], bool)), s, -np.inf)
-    m = s.max(-1, keepdims=True)
-    lse = (m + np.log(np.exp(s - m).sum(-1, keepdims=True)))[..., 0]
-    p = np.exp(s - lse[..., None])
-    out = p @ v
-
-    def backward(dout):
-        dout = dout.astype(np.float64)
-        dp = dout @ np.swapaxes(v, -1, -2)
-        ds = p * (dp - (dout * out).sum(-1, keepdims=True))
-        return ds @ k * scale, np.swapaxes(ds, -1, -2) @ q * scale, np.swapaxes(p, -1, -2) @ dout
-
-    return out, lse, backward
-
-
-def gelu_reference(x, approximate):
-    from math import erf
-
-    x = x.astype(np.float64)
-    if approximate == "tanh":
-        u = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)
-        t = np.tanh(u)
-        y = 0.5 * x * (1 + t)
-        dydx = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * x * x)
-    else:
-        cdf = 0.5 * (1 + np.vectorize(erf)(x / math.sqrt(2)))
-        y = x * cdf
-        dydx = cdf + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-    return y, dydx
-
-
-EPS = 1e-5
-
-
-def _rows(shape, dtype, seed, offset=3.0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape) * 2 + offset  # a mean far from 0: the two-pass variance keeps its digits
-    x.reshape(-1, shape[-1])[:, 0] += np.arange(math.prod(shape[:-1]))  # distinct rows
-    return x.astype(dtype)
-
-
 # ---- layer norm ---------------------------------------------------------------------------------------------------
-
-# (rows, cols): lanes per row (3, 10, 64), a warp per row (200), block rows (1000, 4097), one chunk at most 512
-# threads (8192 float32), several chunks (20000: read per pass)
-LN_SHAPES = [(5, 3), (33, 10), (7, 64), (9, 200), (6, 1000), (3, 4097), (2, 20000)]
-
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", LN_SHAPES, ids=str)
@@ -212,13 +128,6 @@ def test_layer_norm_block_choice():
 
 # ---- GELU / SiLU --------------------------------------------------------------------------------------------------
 
-def _activation_input(dtype):
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((37, 29)) * 3
-    x[0, :8] = [0.0, -0.0, 10.0, -10.0, 30.0, -30.0, 1e-3, -6.0]
-    return x.astype(dtype)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_gelu_forward_and_backward(forward_loader, dtype, approximate):
@@ -255,21 +164,6 @@ def test_silu_forward_and_backward(forward_loader, dtype):
 
 
 # ---- attention ----------------------------------------------------------------------------------------------------
-
-# (batch, heads, Tq, Tk, D): head dims 32 / 64 / 128 and others below 128; T not a multiple of the 32-key tile or
-# of the block's rows; Tq != Tk (causal: top-left aligned)
-ATTN_SHAPES = [(2, 3, 37, 37, 32), (1, 2, 70, 70, 64), (1, 1, 45, 45, 128), (2, 1, 17, 50, 24), (1, 2, 50, 17, 64),
-               (1, 1, 1, 1, 8)]
-
-
-def _qkv(shape, dtype, seed):
-    b, h, tq, tk, d = shape
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal((b, h, tq, d)).astype(dtype)
-    k = rng.standard_normal((b, h, tk, d)).astype(dtype)
-    v = rng.standard_normal((b, h, tk, d)).astype(dtype)
-    return q, k, v
-
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", ATTN_SHAPES, ids=str)
@@ -332,8 +226,8 @@ def test_attention_launch_config_matches_the_kernel():
 
     text = sources.read_source("attention.cu")
     assert "static const unsigned warps = 4u;\n    static const unsigned rows = 4u;" in text
-    assert "struct xpnn_attn_cfg<double> {\n    static const unsigned warps = 2u;\n    static const unsigned rows = 2u;" \
-        in text
+    assert ("struct xpnn_attn_cfg<double> {\n    static const unsigned warps = 2u;\n"
+            "    static const unsigned rows = 2u;") in text
     assert transformer.ATTENTION_CONFIG == {4: (4, 4), 8: (2, 2)}
     assert transformer.attention_launch(6, 37, "float32") == (6 * 3, 128)
     assert transformer.attention_launch(6, 37, "float16") == (6 * 3, 128)
@@ -413,71 +307,6 @@ def test_scaled_dot_product_attention_with_a_mask_stays_generic():
     want = _sdpa_through(None, q, k, v, dout, attn_mask=mask)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
-
-
-# ---- on a GPU (scripts/gpu_check.sh): the same launchers through CuPy, against the same references ----------------
-
-@pytest.fixture(scope="module")
-def gpu():
-    import cupy
-
-    from xpnn._cuda.loader import CupyLoader
-
-    return cupy, CupyLoader()
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", LN_SHAPES + [(4096, 768)], ids=str)
-def test_layer_norm_on_gpu(gpu, shape, dtype):
-    cp, ld = gpu
-    x = _rows(shape, dtype, seed=1)
-    rng = np.random.default_rng(2)
-    w, b, dy = (rng.standard_normal(s).astype(dtype) for s in (shape[1], shape[1], shape))
-    y, mean, rstd = transformer.layer_norm(ld, cp, cp.asarray(x), cp.asarray(w), cp.asarray(b), shape[1], EPS)
-    close(cp.asnumpy(y), layer_norm_reference(x, w, b, EPS)[0], dtype, scale=4)
-    got = transformer.layer_norm_backward(ld, cp, cp.asarray(x), cp.asarray(dy), mean, rstd, cp.asarray(w), shape[1])
-    for g, want, s in zip(got, layer_norm_backward_reference(x, dy, w), (4, 4 * math.sqrt(shape[0]),
-                                                                         4 * math.sqrt(shape[0]))):
-        close(cp.asnumpy(g), want, dtype, scale=s)
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", ATTN_SHAPES + [(2, 4, 300, 300, 64)], ids=str)
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_flash_attention_on_gpu(gpu, shape, dtype, causal):
-    cp, ld = gpu
-    q, k, v = _qkv(shape, dtype, seed=5)
-    scale = 1 / math.sqrt(shape[4])
-    want_out, want_lse, backward = attention_reference(q, k, v, causal, scale)
-    dq_, dk_, dv_ = (cp.asarray(a) for a in (q, k, v))
-    out, lse = transformer.flash_attention(ld, cp, dq_, dk_, dv_, is_causal=causal)
-    close(cp.asnumpy(out), want_out, dtype)
-    dout = np.random.default_rng(7).standard_normal(q.shape).astype(dtype)
-    got = transformer.flash_attention_backward(ld, cp, dq_, dk_, dv_, out, lse, cp.asarray(dout), is_causal=causal)
-    for g, want in zip(got, backward(dout)):
-        close(cp.asnumpy(g), want, dtype, scale=4)
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_embedding_backward_and_gelu_on_gpu(gpu, dtype):
-    cp, ld = gpu
-    rng = np.random.default_rng(12)
-    ids = rng.integers(0, 50, (8, 64))
-    dy = rng.standard_normal((8, 64, 128)).astype(dtype)
-    want = np.zeros((50, 128))
-    np.add.at(want, ids.reshape(-1), dy.reshape(-1, 128).astype(np.float64))
-    got = transformer.embedding_backward(ld, cp, cp.asarray(dy), indices=cp.asarray(ids), num_embeddings=50)
-    close(cp.asnumpy(got), want, dtype, scale=4)
-    x = _activation_input(dtype)
-    from xpnn._cuda import providers
-
-    for approximate in ("none", "tanh"):
-        y = providers.LAUNCHERS[registry.GELU](ld, cp, cp.asarray(x), approximate=approximate)
-        tol = dict(rtol=2e-3, atol=2e-3) if dtype == "float16" else TOL[dtype]
-        np.testing.assert_allclose(cp.asnumpy(y).astype(np.float64), gelu_reference(x, approximate)[0], **tol)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

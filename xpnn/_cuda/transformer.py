@@ -188,8 +188,9 @@ def flash_attention_backward(loader: KernelLoader, xp: Any, q: Any, k: Any, v: A
 def embedding_backward(loader: KernelLoader, xp: Any, dy: Any, *, indices: Any, num_embeddings: int,
                        padding_idx: Optional[int] = None) -> Any:
     """dweight (num_embeddings, D) = the rows of ``dy`` (indices.shape + (D,)) summed per index (ids validated by
-    the op: an id out of range would write outside dweight): a stable sort of the positions by id, then one kernel summing each id's segment in position order
-    (deterministic, no atomics); rows of ``padding_idx`` and of ids no position names are 0."""
+    the op: an id out of range would write outside dweight): a stable sort of the positions by id, then one kernel
+    summing each id's segment in position order (deterministic, no atomics); rows of ``padding_idx`` and of ids no
+    position names are 0."""
     n_cols = int(dy.shape[-1])
     n = int(math.prod(indices.shape))
     dweight = xp.zeros((num_embeddings, n_cols), dtype=dy.dtype)
