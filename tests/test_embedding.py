@@ -127,8 +127,6 @@ def test_bad_ids_name_the_layer_range_and_value():
         m(xpnn.tensor(np.array([-1, 3, 12])))
     with pytest.raises(IndexError, match=r"^embedding: token ids must be in \[0, 9\], got 99$"):
         F.embedding(np.array([99]), W)
-    with pytest.raises(IndexError, match=r"Embedding\(10, 4\): token ids must be in \[0, 9\], got 10"):
-        nn.Embedding(10, 4, backend=xs)(xs.asarray([3, 10]))  # (the array API path checks too)
     with pytest.raises(DTypeError, match=r"Embedding\(10, 4\): token ids must be an integer array, got dtype float32"):
         m(np.array([1.0, 2.0], np.float32))
     with pytest.raises(ShapeError, match="embedding: expected weight of shape"):
@@ -139,3 +137,44 @@ def test_bad_ids_name_the_layer_range_and_value():
         nn.Embedding(10, 4, max_norm=1.0)
     with pytest.raises(ValueError, match="num_embeddings must be a positive integer"):
         nn.Embedding(0, 4)
+
+
+def test_explicit_api_on_token_ids_in_a_sequential():
+    """Arrays in (integer ids, no floating input): the layers inside still record, ``backward(dy)`` fills the
+    parameters' gradients as the tape does and returns no input gradient."""
+    ids = IDS
+    make = lambda: nn.Sequential(nn.Embedding(10, 4, padding_idx=3, seed=0, dtype="float64"),  # noqa: E731
+                                 nn.LayerNorm(4, dtype="float64"), nn.GELU(), nn.Flatten(),
+                                 nn.Linear(20, 3, seed=1, dtype="float64"))
+    a, b = make(), make()
+    out = a(ids)
+    assert isinstance(out, np.ndarray) and out.shape == (2, 3)
+    dy = np.random.default_rng(6).normal(size=out.shape)
+    assert a.backward(dy) is None
+    (b(xpnn.tensor(ids)) * dy).sum().backward()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-12, err_msg=name)
+    assert not np.any(a[0].weight.grad[3])
+
+
+def test_out_of_range_ids_off_numpy_are_checked_on_the_device():
+    """On other namespaces (no host read inside a step, as for class labels): the rows of bad ids are NaN, nothing is
+    read out of bounds, and check_device_errors raises; in debug mode the call raises at once."""
+    from xpnn.debug import check_device_errors, debug_mode
+
+    m = nn.Embedding(10, 4, backend=xs, dtype="float64", seed=0)
+    y = m(xpnn.tensor(xs.asarray([[3, 10], [-2, 1]])))
+    out = np.asarray(y.numpy())
+    assert np.isnan(out[0, 1]).all() and np.isnan(out[1, 0]).all()
+    np.testing.assert_array_equal(out[0, 0], np.asarray(m.weight.data)[3])
+    y.sum().backward()  # (NaN rows carry no gradient into row 0, the stand-in id)
+    np.testing.assert_array_equal(np.asarray(m.weight.grad)[0], 0.0)
+    with pytest.raises(IndexError, match=r"embedding: token ids must be in \[0, 9\], an out-of-range one was seen"):
+        check_device_errors()
+    check_device_errors()  # (reset)
+    with debug_mode(), pytest.raises(IndexError, match=r"Embedding\(10, 4\): token ids must be in \[0, 9\], got 10"):
+        m(xs.asarray([3, 10]))
+    g = F.gather(xs.asarray(np.eye(3)), 1, xs.asarray([[0], [3], [1]]))
+    assert np.isnan(np.asarray(g)[1, 0]) and np.asarray(g)[2, 0] == 0.0
+    with pytest.raises(IndexError, match=r"gather: index must be in \[0, 2\]"):
+        check_device_errors()

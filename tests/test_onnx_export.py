@@ -313,6 +313,29 @@ def test_expressions_with_constants_and_shape_ops(tmp_path):
     assert not any(n.op_type == "Mul" and "lin.weight" in n.input for n in proto.graph.node)
 
 
+def test_tensor_ops_of_attention_code(tmp_path):
+    """split, transpose, unsqueeze/squeeze, expand, masked_fill with a causal mask, tril, where with a scalar, cat,
+    clone, gather and a matmul of the pieces."""
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+
+    class Attentionish(nn.Module):
+        def forward(self, x):                                          # (N, 4, 6)
+            q, k, v = x.split([2, 2, 2], dim=-1)                       # (N, 4, 2) each
+            s = F.matmul(q, k.transpose(1, 2)).masked_fill(~xpnn.tensor(F.tril_mask(4)), float("-inf"))
+            h = F.matmul(F.softmax(s, axis=-1), v)                     # (N, 4, 2)
+            h = F.cat([h, F.tril(s.masked_fill(~xpnn.tensor(F.tril_mask(4)), 0.0), -1)], dim=-1)  # (N, 4, 6)
+            h = F.where(F.triu_mask(4, 6), h, 0.25).unsqueeze(1).expand(-1, 3, -1, -1).clone()  # (N, 3, 4, 6)
+            h = h.sum(axis=1).squeeze()                                # (N, 4, 6) (no axis of length 1)
+            return h[:, :, :3] + h.gather(2, xpnn.tensor(np.array([[[5, 0, 1]] * 4])))  # index (1, 4, 3)
+
+    x = np.random.default_rng(0).standard_normal((3, 4, 6)).astype(np.float32)
+    path = tmp_path / "m.onnx"
+    xonnx.export(Attentionish(), x, path)  # (static: expand's target shape holds the batch size)
+    np.testing.assert_allclose(_run(_session(ort, path), x), _xpnn_out(Attentionish(), x), atol=1e-6)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"Split", "Transpose", "Where", "Expand", "GatherElements", "Concat"} <= ops
+
+
 @pytest.mark.parametrize("key", [
     (slice(None), slice(1, 3)), (slice(None), 0), (slice(None), None, slice(None, None, -1)), (Ellipsis, -1),
     (slice(None), slice(-2, None), None, 1), (slice(None), slice(None, None, 2), Ellipsis, slice(3, 0, -2))],

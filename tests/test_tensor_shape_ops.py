@@ -231,3 +231,17 @@ def test_bad_input_errors():
         x.gather(1, np.zeros((2, 3)))
     with pytest.raises(ShapeError, match="gather: index of shape"):
         x.gather(0, np.zeros((3,), np.int64))
+
+
+def test_masked_fill_value_tensor_gets_the_gradient_of_the_filled_entries():
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for masked_fill")
+    x = np.random.default_rng(4).standard_normal((3, 4))
+    g = np.random.default_rng(5).standard_normal((3, 4))
+    X, V = xpnn.tensor(x, requires_grad=True), xpnn.tensor(np.array(0.5), requires_grad=True)
+    (X.masked_fill(xpnn.tensor(MASK), V) * g).sum().backward()
+    TX, TV = torch.tensor(x, requires_grad=True), torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    (TX.masked_fill(torch.tensor(MASK), TV) * torch.tensor(g)).sum().backward()
+    np.testing.assert_allclose(V.grad, TV.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(X.grad, TX.grad.numpy(), rtol=1e-12)
+    with pytest.raises(ShapeError, match="masked_fill: value must be a number or a 0-d array"):
+        X.masked_fill(MASK, np.ones(4))

@@ -507,8 +507,9 @@ _TANH_C = 0.044715
 
 
 def _horner(coefs: tuple[float, ...], z: Any) -> Any:
-    out = coefs[-1] + 0.0 * z
-    for c in coefs[-2::-1]:
+    """``sum(coefs[i] * z**i)``."""
+    out = z * coefs[-1] + coefs[-2]
+    for c in coefs[-3::-1]:
         out = out * z + c
     return out
 

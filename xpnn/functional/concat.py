@@ -70,9 +70,7 @@ class Split(Op):
 
     @staticmethod
     def onnx(g: Any, x: str, *, sizes: tuple[int, ...], axis: int) -> tuple[str, ...]:
-        if g.opset >= 13:
-            return g.op("Split", x, g.ints(sizes), axis=axis, outputs=len(sizes))
-        return g.op("Split", x, axis=axis, split=list(sizes), outputs=len(sizes))
+        return g.op("Split", x, g.ints(sizes), axis=axis, outputs=len(sizes))  # (opset 13: sizes as an input)
 
 
 def concat(tensors: Sequence[Any], axis: Optional[int] = None, *, dim: Optional[int] = None) -> Any:

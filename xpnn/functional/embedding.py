@@ -11,19 +11,23 @@ from ..backend import namespace_of
 from ..errors import ShapeError
 from . import _checks
 from .elementwise import _values
-from .selection import check_indices, where
+from .selection import _poison, checked_indices, integer_indices, where
 from .shape import scatter_add
 
 __all__ = ["embedding", "embedding_backward"]
 
 
+def _weight_shape(weight: Any) -> None:
+    if len(weight.shape) != 2:
+        raise ShapeError(f"embedding: expected weight of shape (num_embeddings, embedding_dim), got "
+                         f"{tuple(weight.shape)}")
+
+
 def _check(weight: Any, indices: Any, *, padding_idx: Optional[int] = None) -> None:
     xp = namespace_of(weight, indices, where="embedding")
     _checks.floating(xp, weight, "embedding", "weight")
-    if weight.ndim != 2:
-        raise ShapeError(f"embedding: expected weight of shape (num_embeddings, embedding_dim), got "
-                         f"{tuple(weight.shape)}")
-    check_indices(xp, indices, weight.shape[0], "embedding", "token ids")
+    _weight_shape(weight)
+    integer_indices(xp, indices, "embedding", "token ids")
 
 
 class Embedding(Op):
@@ -89,22 +93,26 @@ def embedding(input: Any, weight: Any, padding_idx: Optional[int] = None,  # noq
     shape) -> ``input.shape + (embedding_dim,)`` (``torch.nn.functional.embedding``). ``padding_idx`` (negative
     counts from the end): that row gets no gradient. ``max_norm``, ``scale_grad_by_freq`` and ``sparse`` are not
     supported (``NotImplementedError``). Raises ``IndexError`` naming the range and the first bad id for an id
-    outside ``[0, num_embeddings)`` (ids are never clamped), ``DTypeError`` for non-integer ids."""
+    outside ``[0, num_embeddings)`` (ids are never clamped; on namespaces other than NumPy, outside debug mode, the
+    check runs on the device: the rows of bad ids are NaN and ``xpnn.debug.check_device_errors`` raises, as for
+    class labels), ``DTypeError`` for non-integer ids."""
     if max_norm is not None or scale_grad_by_freq or sparse:
         raise NotImplementedError("embedding: max_norm, scale_grad_by_freq and sparse are not supported")
+    _weight_shape(weight)
     n = weight.shape[0]
     if padding_idx is not None:
         if not -n <= padding_idx < n:
             raise ValueError(f"embedding: padding_idx must be within num_embeddings ({n}), got {padding_idx}")
         padding_idx = int(padding_idx) % n
-    return Embedding.apply(weight, input, padding_idx=padding_idx)
+    safe, bad = checked_indices(_values(input), n, "embedding", "token ids")
+    return _poison(Embedding.apply(weight, input if bad is None else safe, padding_idx=padding_idx), bad)
 
 
 def embedding_backward(g: Any, indices: Any, num_embeddings: int, padding_idx: Optional[int] = None) -> Any:
     """The gradient of ``embedding`` for its weight: ``g`` (``indices.shape + (dim,)``) scatter-added into
-    ``(num_embeddings, dim)`` zeros at ``indices`` (repeated ids add up), the ``padding_idx`` row left 0. Raises
-    ``IndexError`` for an id outside ``[0, num_embeddings)``, ``DTypeError`` for non-integer ids."""
-    ids = _values(indices)
-    check_indices(namespace_of(ids), ids, int(num_embeddings), "embedding_backward", "token ids")
-    return EmbeddingBackward.apply(g, indices=_values(indices), num_embeddings=int(num_embeddings),
-                                   padding_idx=padding_idx)
+    ``(num_embeddings, dim)`` zeros at ``indices`` (repeated ids add up), the ``padding_idx`` row left 0. Ids
+    outside ``[0, num_embeddings)`` raise ``IndexError`` as in ``embedding`` (on the device: deferred to
+    ``xpnn.debug.check_device_errors``, the bad ids read as 0 so that nothing is written out of bounds);
+    ``DTypeError`` for non-integer ids."""
+    safe, _ = checked_indices(_values(indices), int(num_embeddings), "embedding_backward", "token ids")
+    return EmbeddingBackward.apply(g, indices=safe, num_embeddings=int(num_embeddings), padding_idx=padding_idx)

@@ -302,7 +302,7 @@ class LayerNorm(Op):
                 shape = tuple(x.shape[x.ndim - len(axes):])
                 return (dx if need[0] else None, None if dw is None else ctx.xp.reshape(dw, shape),
                         None if db is None else ctx.xp.reshape(db, shape))
-        half = _upcast(ctx.xp, _values(x)) is not _values(x)
+        half = _values(x).dtype == getattr(ctx.xp, "float16", None)  # computed in float32, as the forward
         xf = astype(x, "float32") if half else x
         dyf = astype(dy, "float32") if half else dy
         if ctx.create_graph:  # recorded: the statistics as expressions of x
@@ -324,7 +324,8 @@ class LayerNorm(Op):
             dw = _sum(dyf * xhat, axis=lead) if lead else dyf * xhat
             dw = astype(dw, x.dtype) if half else dw
         if len(need) > 2 and need[2]:
-            db = _sum(dy, axis=lead) if lead else dy
+            db = _sum(dyf, axis=lead) if lead else dyf
+            db = astype(db, x.dtype) if half else db
         return dx, dw, db
 
     @staticmethod

@@ -14,6 +14,7 @@ import numpy as np
 from .._torch_names import dim_index
 from ..autograd.op import Context, Op
 from ..backend import BackendLike, dtype_name, get_backend, is_cupy_namespace, is_numpy_namespace, namespace_of, to_numpy
+from ..debug import defer_check, defers_checks
 from ..errors import DTypeError, ShapeError
 from . import _checks
 from .elementwise import _values, astype
@@ -134,16 +135,48 @@ def triu_mask(rows: int, cols: Optional[int] = None, diagonal: int = 0, *, backe
     return band_mask(get_backend(backend).xp, rows, rows if cols is None else cols, diagonal, False)
 
 
-def check_indices(xp: Any, idx: Any, n: int, where: str, what: str) -> None:
-    """Raise ``DTypeError`` unless ``idx`` is an integer array, ``IndexError`` naming ``where``, the range and the
-    first bad value unless every entry is in ``[0, n)`` (one host read; an index is never clamped)."""
+def integer_indices(xp: Any, idx: Any, where: str, what: str) -> None:
+    """Raise ``DTypeError`` naming ``where`` unless ``idx`` is an integer array."""
     if not xp.isdtype(idx.dtype, "integral"):
         raise DTypeError(f"{where}: {what} must be an integer array, got dtype {dtype_name(idx.dtype)}")
-    if idx.size != 0 and bool(xp.any((idx < 0) | (idx >= n))):
-        vals = to_numpy(idx).reshape(-1)
-        bad = vals[(vals < 0) | (vals >= n)]
-        raise IndexError(f"{where}: {what} must be in [0, {n - 1}], got {int(bad[0])}"
-                         + (f" ({bad.size} entries out of range)" if bad.size > 1 else ""))
+
+
+def checked_indices(idx: Any, n: int, where: str, what: str) -> tuple[Any, Any]:
+    """``(idx, bad)`` for integer indices that must lie in ``[0, n)`` (never clamped). On NumPy or in debug mode the
+    check reads its result at once and raises ``IndexError`` naming ``where``, the range and the first bad value
+    (``bad`` is ``None``). Elsewhere there is no host read inside a step (as for class labels): out-of-range entries
+    become 0 (so nothing reads out of bounds), ``bad`` is their boolean mask, the outcome is recorded with
+    ``xpnn.debug.defer_check`` (raised by ``check_device_errors``), and the caller makes its result NaN where ``bad``."""
+    xp = namespace_of(idx, where=where)
+    integer_indices(xp, idx, where, what)
+    if type(idx) is np.ndarray and idx.size and int(idx.min()) >= 0 and int(idx.max()) < n:
+        return idx, None  # (NumPy: two reductions decide the common case)
+    bad = (idx < 0) | (idx >= n)
+
+    def error(first: Any = None, count: int = 0) -> IndexError:
+        got = f"got {first}" + (f" ({count} entries out of range)" if count > 1 else "") if first is not None else \
+            "an out-of-range one was seen since the last check (checked on the device, read at the next metrics " \
+            "read; xpnn.set_debug(True) raises at the offending call)"
+        return IndexError(f"{where}: {what} must be in [0, {n - 1}], {got}")
+
+    if not defers_checks(xp):
+        if idx.size and bool(xp.any(bad)):
+            vals = to_numpy(idx).reshape(-1)
+            out = vals[(vals < 0) | (vals >= n)]
+            raise error(int(out[0]), out.size)
+        return idx, None
+    defer_check(xp, xp.any(bad), ("indices", where, what, n), error)
+    return xp.where(bad, xp.zeros_like(idx), idx), bad
+
+
+def _poison(out: Any, bad: Optional[Any]) -> Any:
+    """``out`` with NaN where ``bad`` (broadcast from the left: an index's entries or rows), for a deferred index
+    check (``checked_indices``)."""
+    if bad is None:
+        return out
+    while bad.ndim < len(out.shape):
+        bad = bad[..., None]
+    return where(bad, float("nan"), out)
 
 
 def _block(index_shape: tuple[int, ...], axis: int) -> tuple[slice, ...]:
@@ -160,7 +193,7 @@ class Gather(Op):
         if index.ndim != x.ndim or any(i > s for d, (i, s) in enumerate(zip(index.shape, x.shape)) if d != axis):
             raise ShapeError(f"gather: index of shape {tuple(index.shape)} must have the input's {x.ndim} dimensions "
                              f"and sizes at most the input's {tuple(x.shape)} except in dimension {axis}")
-        check_indices(xp, index, x.shape[axis], "gather", "index")
+        integer_indices(xp, index, "gather", "index")
 
     @staticmethod
     def forward(ctx: Context, x: Any, index: Any, *, axis: int) -> Any:
@@ -214,5 +247,9 @@ def gather(x: Any, dim: int, index: Any) -> Any:
     """``out[i][j][k] = x[index[i][j][k]][j][k]`` for ``dim=0`` (and likewise for the other dims), as
     ``torch.gather``: ``index`` is an integer array or Tensor with ``x``'s number of dimensions and sizes at most
     ``x``'s except in ``dim``; the output has ``index``'s shape. Repeated indices add up their gradients. Raises
-    ``IndexError`` for an index out of ``[0, x.shape[dim])``, ``DTypeError``/``ShapeError`` for a bad index."""
-    return Gather.apply(x, index, axis=dim_index(dim, max(len(x.shape), 1), "gather"))
+    ``IndexError`` for an index out of ``[0, x.shape[dim])`` (on namespaces other than NumPy, outside debug mode,
+    at the next ``xpnn.debug.check_device_errors``, the result NaN there: no host read), ``DTypeError``/``ShapeError``
+    for a bad index."""
+    axis = dim_index(dim, max(len(x.shape), 1), "gather")
+    safe, bad = checked_indices(_values(index), x.shape[axis], "gather", "index")
+    return _poison(Gather.apply(x, index if bad is None else safe, axis=axis), bad)

@@ -197,6 +197,11 @@ def call(module: Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             first._requires_grad = record
             wrapped[i] = first
             break
+    else:  # no floating input (token ids): a Tensor all the same, so that layers inside take the tape with it
+        for i, a in enumerate(args):
+            if hasattr(a, "shape") and hasattr(a, "dtype") and not isinstance(a, Tensor):
+                wrapped[i] = Tensor(a)
+                break
     out = module.forward(*wrapped, **kwargs)
     if record:
         object.__setattr__(module, "_last_call", (first, out) if isinstance(out, Tensor) else None)
