@@ -143,9 +143,28 @@ def _token_model(dtype=None):
         nn.Linear(48, 5, seed=1, dtype=dtype))
 
 
+class _CausalEncoder(nn.Module):
+    """Token ids (N, 6) -> embeddings -> a causal TransformerEncoderLayer (MultiheadAttention inside) -> a
+    MultiheadAttention with a float mask -> a Linear of the flattened sequence."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(11, 8, seed=0)
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, norm_first=True,
+                                                activation="gelu", seed=1)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True, seed=2)
+        self.head = nn.Linear(48, 5, seed=3)
+
+    def forward(self, x):
+        h = self.layer(self.embed(x), src_mask=np.triu(np.ones((6, 6), dtype=bool), 1))
+        bias = np.linspace(-1.0, 1.0, 36, dtype=np.float32).reshape(6, 6)
+        h = self.attn(h, h, h, attn_mask=bias, need_weights=False)[0]
+        return self.head(F.reshape(h, (-1, 48)))
+
+
 LAYER_MODELS = {"dense": (_dense_model, (8,)), "conv": (_conv_model, (2, 12, 11)), "pool": (_pool_model, (2, 9, 10)),
-                "tokens": (_token_model, (6,))}
-VOCAB = {"tokens": 11}  # models whose input is token ids
+                "tokens": (_token_model, (6,)), "attention": (_CausalEncoder, (6,))}
+VOCAB = {"tokens": 11, "attention": 11}  # models whose input is token ids
 
 
 @pytest.mark.parametrize("case", sorted(LAYER_MODELS))

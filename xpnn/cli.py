@@ -214,13 +214,14 @@ def _check_outputs(args: argparse.Namespace) -> None:
 # GPT_SIZE (xpnn.models.GPT) trained on GPT_ROWS generated rows, held-out rows scored by greedy generation
 GPT_SIZE = {"n_layer": 2, "n_head": 4, "d_model": 64}
 GPT_ROWS = {"train": 20000, "test": 1000}
-GPT_DEFAULTS = {"epochs": 6, "lr": 3e-3}
+GPT_DEFAULTS = {"epochs": 4, "lr": 3e-3, "batch_size": 64}
 
 
 def _train_gpt(args: argparse.Namespace, say: Any) -> int:
     """``xpnn train --model gpt``: next-token training on the sorting task, then the held-out rows sorted exactly."""
     from . import data, io
     from .models import GPT, NextTokenLoss, sorted_exactly
+    from .optim.lr_scheduler import CosineAnnealingLR
     from .train import Callback, _fmt, fit
 
     class EpochLines(Callback):
@@ -243,13 +244,19 @@ def _train_gpt(args: argparse.Namespace, say: Any) -> int:
     say(f"xpnn train: sorting task (6-12 digits -> sorted): {X_train.shape[0]} train / {n_test} held-out rows; "
         f"backend {backend.name}", flush=True)
     say(f"model gpt {GPT_SIZE['n_layer']} layers, {GPT_SIZE['n_head']} heads, d_model {GPT_SIZE['d_model']}, "
-        f"{sum(int(p.size) for p in model.parameters())} parameters; {args.optimizer} lr {lr:g}, {args.epochs} "
-        f"epochs, batch {args.batch_size}, seed {args.seed} (loss and accuracy: next tokens of the answers)",
+        f"{sum(int(p.size) for p in model.parameters())} parameters; {args.optimizer} lr {lr:g} (cosine), {args.epochs} "
+        f"epochs, batch {args.batch_size}, seed {args.seed} (loss: next-token cross-entropy on the answers)",
         flush=True)
+    schedule = CosineAnnealingLR(optimizer, args.epochs * -(-int(X_train.shape[0]) // args.batch_size))
+
+    class Cosine(Callback):  # the learning rate decays to 0 over the run, step by step
+        def on_batch_end(self, step: int, model: Any) -> None:
+            schedule.step()
+
     t0 = time.perf_counter()
     history = fit(model, loss_fn, optimizer, X_train, Y_train, epochs=args.epochs, batch_size=args.batch_size,
                   validation_data=(X_test, Y_test), progress=not args.no_progress, seed=args.seed,
-                  callbacks=[EpochLines()] if args.no_progress else None)
+                  callbacks=[Cosine()] + ([EpochLines()] if args.no_progress else []))
     seconds = time.perf_counter() - t0
     exact = sorted_exactly(model, X_test)
     say(f"held-out sequences sorted exactly: {exact:.4f} ({n_test} rows, greedy generation; {history.epochs} epochs "
@@ -699,6 +706,10 @@ def _check_train_flags(args: argparse.Namespace, parser: argparse.ArgumentParser
                      "task): leave them out")
     if args.dataset is None:
         args.dataset = "digits"
+    if args.optimizer is None:
+        args.optimizer = "adamw" if args.model == "gpt" else DEFAULTS["optimizer"]
+    if args.batch_size is None:
+        args.batch_size = GPT_DEFAULTS["batch_size"] if args.model == "gpt" else DEFAULTS["batch_size"]
     if args.test_size is not None and args.dataset != "digits":
         parser.error(f"--test-size applies to --dataset digits only; --dataset {args.dataset} has its own test "
                      "split: leave it out")
@@ -731,8 +742,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"mlp only: hidden layer widths, comma-separated, 0 for none (default: {DEFAULTS['hidden']})")
     t.add_argument("--activation", default=None, choices=list(ACTIVATIONS),
                    help=f"mlp only: activation after each hidden layer (default: {DEFAULTS['activation']})")
-    t.add_argument("--optimizer", default=DEFAULTS["optimizer"], choices=list(OPTIMIZERS),
-                   help=f"optimizer (default: {DEFAULTS['optimizer']})")
+    t.add_argument("--optimizer", default=None, choices=list(OPTIMIZERS),
+                   help=f"optimizer (default: {DEFAULTS['optimizer']}; adamw for gpt)")
     lrs = ", ".join(f"{k} {v[1]:g}" for k, v in OPTIMIZERS.items())
     t.add_argument("--lr", type=_float_in(0.0, float("inf"), low_open=True, high_open=True), default=None,
                    help=f"learning rate > 0 (default: per optimizer: {lrs})")
@@ -746,8 +757,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_int_at_least(1), default=None,
                    help=f"passes over the training rows, >= 1 (default: {DEFAULTS['epochs']} for mlp, {CNN_EPOCHS} "
                         "for cnn)")
-    t.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULTS["batch_size"],
-                   help=f"rows per optimizer step, >= 1 (default: {DEFAULTS['batch_size']})")
+    t.add_argument("--batch-size", type=_int_at_least(1), default=None,
+                   help=f"rows per optimizer step, >= 1 (default: {DEFAULTS['batch_size']}; "
+                        f"{GPT_DEFAULTS['batch_size']} for gpt)")
     t.add_argument("--test-size", type=_float_in(0.0, 1.0, low_open=True, high_open=True), default=None,
                    help=f"digits: fraction of rows held out for testing, in (0, 1) (default: {DEFAULTS['test_size']})")
     t.add_argument("--dtype", default="float32", choices=["float32", "float64"],

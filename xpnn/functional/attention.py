@@ -170,6 +170,27 @@ class ScaledDotProductAttention(Op):
         return out
 
     @staticmethod
+    def onnx(g: Any, q: str, k: str, v: str, attn_mask: Optional[str] = None, *, is_causal: bool = False,
+             scale: float = 1.0, dropout_mask: Any = None) -> str:
+        """``MatMul``, ``Mul`` by the scale, the mask (``Where`` for bool and ``is_causal``, ``Add`` for float),
+        ``Softmax`` (in float32 for float16), ``MatMul``; dropout is off in an exported (eval) model. A query whose
+        keys are all masked out gives NaN there (``Softmax`` of a row of -inf), not 0."""
+        nq, nk = len(g.shape(q)), len(g.shape(k))
+        kt = g.op("Transpose", k, perm=list(range(nk - 2)) + [nk - 1, nk - 2])
+        s = g.op("Mul", g.op("MatMul", q, kt), g.const(scale, dtype=q))
+        if is_causal:
+            n_q, n_k = g.shape(q)[nq - 2], g.shape(k)[nk - 2]
+            attn_mask = g.const(np.arange(n_k)[None, :] <= np.arange(n_q)[:, None])
+        if attn_mask is not None:
+            if g.dtype(attn_mask) == np.bool_:
+                s = g.op("Where", attn_mask, s, g.const(-np.inf, dtype=q))
+            else:
+                s = g.op("Add", s, attn_mask)
+        half = g.dtype(q) == np.float16
+        p = g.op("Softmax", g.cast(s, np.float32) if half else s, axis=-1)
+        return g.op("MatMul", g.cast(p, np.float16) if half else p, v)
+
+    @staticmethod
     def save(ctx: Context, out: Any, q: Any, k: Any, v: Any, attn_mask: Any = None, *, is_causal: bool = False,
              scale: float = 1.0, dropout_mask: Any = None) -> None:
         ctx.save_for_backward(q, k, v, attn_mask, out)

@@ -24,6 +24,7 @@ from .maxout import Maxout
 from .module import Module
 from .parameter import FlatBuffer, Parameter, flat_buffer_of
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .transformer import TransformerEncoderLayer
 from . import utils
 
 __all__ = [
@@ -31,7 +32,7 @@ __all__ = [
     "Linear", *_activation.__all__, "Maxout",
     "Dropout", "DropConnect", "BatchNorm1d", "Sequential", "Residual", "ModuleList", "Identity",
     "CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss",
-    "MultiheadAttention",
+    "MultiheadAttention", "TransformerEncoderLayer",
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "BatchNorm2d", "utils",
     "Embedding", "LayerNorm",
 ]

@@ -12,7 +12,7 @@ from .attention import MultiheadAttention
 from .dropout import Dropout
 from .linear import Linear
 from .module import Module
-from .normalization import LayerNorm
+from .layernorm import LayerNorm
 from .parameter import FlatBuffer
 
 __all__ = ["TransformerEncoderLayer"]
