@@ -289,6 +289,18 @@ def test_mha_gradcheck_float64():
         np.testing.assert_allclose(p.grad, numeric_grad(loss, p.data), atol=1e-7, err_msg=name)
 
 
+def test_mha_constructor_takes_pytorchs_positional_arguments(torch):
+    import inspect
+
+    ours = list(inspect.signature(nn.MultiheadAttention.__init__).parameters)
+    theirs = list(inspect.signature(torch.nn.MultiheadAttention.__init__).parameters)
+    assert ours[:10] == theirs[:10]  # (embed_dim, num_heads, dropout, bias, add_bias_kv, ..., batch_first)
+    assert nn.MultiheadAttention(8, 2, 0.0, True, False, False, None, None, True).batch_first
+    for kw in ({"add_bias_kv": True}, {"add_zero_attn": True}, {"kdim": 4}, {"vdim": 6}):
+        with pytest.raises(NotImplementedError, match="MultiheadAttention: add_bias_kv, add_zero_attn and kdim"):
+            nn.MultiheadAttention(8, 2, **kw)
+
+
 def test_mha_bad_arguments_raise_naming_the_layer():
     with pytest.raises(ValueError, match=r"MultiheadAttention\(embed_dim=10, num_heads=3\): embed_dim must be "
                                          r"divisible by num_heads.*10 / 3"):
@@ -306,3 +318,45 @@ def test_mha_bad_arguments_raise_naming_the_layer():
         m(xpnn.tensor(np.zeros((2, 4, 6))), x, x)
     with pytest.raises(DTypeError, match=r"expected query of dtype float64 .*got float32"):
         m(xpnn.tensor(np.zeros((2, 4, 8), dtype=np.float32)), x, x)
+
+
+def test_a_forward_override_that_saves_only_the_inputs_and_output_gets_the_same_gradients():
+    """A fused kernel replaces the forward and keeps what ``save`` keeps (q, k, v, mask, out), not the (L, S)
+    probabilities: the backward then recomputes them, with the same result."""
+    from xpnn.autograd import register_override
+    from xpnn.functional.attention import ScaledDotProductAttention
+
+    def fused(ctx, q, k, v, attn_mask=None, **params):
+        out = ScaledDotProductAttention.forward(ctx, q, k, v, attn_mask, **params)
+        del ctx.probs  # (a kernel has only out; it calls save)
+        return out
+
+    rng = np.random.default_rng(8)
+    q, k, v = _qkv(rng)
+    mask = _mask(rng, "bool_dead_row")
+    g = rng.standard_normal((2, 3, 5, 7))
+
+    def grads():
+        ts = [xpnn.tensor(a, requires_grad=True) for a in (q, k, v)]
+        (F.scaled_dot_product_attention(*ts, attn_mask=mask, dropout_p=0.3, seed=1) * g).sum().backward()
+        return [t.grad for t in ts]
+
+    want = grads()
+    register_override("scaled_dot_product_attention", "forward", "numpy", fused)
+    try:
+        got = grads()
+    finally:
+        register_override("scaled_dot_product_attention", "forward", "numpy", None)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+
+
+def test_sdpa_float16_computes_the_softmax_in_float32():
+    rng = np.random.default_rng(9)
+    q, k, v = _qkv(rng)
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=False)
+    ts = [xpnn.tensor(a.astype(np.float16), requires_grad=True) for a in (q, k, v)]
+    out = F.scaled_dot_product_attention(*ts)
+    out.sum().backward()
+    assert out.dtype == np.float16 and all(t.grad.dtype == np.float16 for t in ts)
+    np.testing.assert_allclose(out.numpy(), want, atol=1e-2)

@@ -105,5 +105,19 @@ def test_a_short_cli_run_learns_and_predict_prints_sorted_answers(tmp_path, monk
     assert cli.main(["predict", "--checkpoint", str(ckpt), "--input", str(inp)]) == 0
     answers = [[int(t) for t in line.split()] for line in capsys.readouterr().out.splitlines()]
     assert [len(a) for a in answers] == [8, 6] and all(0 <= t <= 9 for a in answers for t in a)
+    assert cli.main(["export", str(ckpt), "--onnx", str(tmp_path / "gpt.onnx")]) == 1  # classifiers only
+    assert "for a --model gpt checkpoint use xpnn.models.load_trained" in capsys.readouterr().err
     model, _, config = xpnn.models.load_trained(ckpt)
     assert config["model"] == "gpt" and sort_digits(model, [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8]]) == answers
+
+
+def test_exports_to_onnx_with_the_same_logits(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime runs the exported model")
+    import xpnn.onnx as xonnx
+
+    m = GPT(12, 10, n_layer=2, n_head=2, d_model=16, seed=0)
+    idx = np.random.default_rng(0).integers(0, 12, (3, 7))
+    xonnx.export(m, idx, tmp_path / "gpt.onnx")
+    session = ort.InferenceSession(str(tmp_path / "gpt.onnx"))
+    got = session.run(None, {session.get_inputs()[0].name: idx})[0]
+    np.testing.assert_allclose(got, m(xpnn.tensor(idx)).numpy(), atol=1e-5)

@@ -125,3 +125,28 @@ def test_bad_arguments_raise_naming_the_layer():
         m(x, src_mask=np.zeros((4, 4), dtype=bool))
     with pytest.raises(DTypeError, match=r"expected key_padding_mask of dtype bool .* or float64 .*got int32"):
         m(x, src_key_padding_mask=np.zeros((2, 5), dtype=np.int32))
+
+
+def test_runs_on_array_api_strict_with_numpys_results():
+    import array_api_strict as xps
+
+    rng = np.random.default_rng(5)
+    m = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True, activation="gelu",
+                                   dtype="float64", seed=0)
+    x = rng.standard_normal((2, 5, 8))
+    kpm = np.zeros((2, 5), dtype=bool)
+    kpm[1, 3:] = True
+    xx = xpnn.tensor(x, requires_grad=True)
+    want = m(xx, src_key_padding_mask=kpm)
+    want.sum().backward()
+    grads = {n: np.array(p.grad) for n, p in m.named_parameters()}
+    m.zero_grad()
+    m.to(xps)
+    sx = xpnn.tensor(xps.asarray(x), requires_grad=True)
+    got = m(sx, src_key_padding_mask=xps.asarray(kpm))
+    got.sum().backward()
+    assert type(got.data).__module__.startswith("array_api_strict")
+    np.testing.assert_allclose(np.asarray(got.data), want.numpy(), atol=1e-12)
+    np.testing.assert_allclose(np.asarray(sx.grad), xx.grad, atol=1e-12)
+    for name, p in m.named_parameters():
+        np.testing.assert_allclose(np.asarray(p.grad), grads[name], atol=1e-12, err_msg=name)

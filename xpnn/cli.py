@@ -502,6 +502,9 @@ def _export(args: argparse.Namespace) -> int:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file (write one with xpnn train --save {path})")
     model, scaler, config = load_trained(path)
+    if config.get("model") == "gpt":
+        raise ValueError(f"{path}: xpnn export writes classifiers (mlp, cnn); for a --model gpt checkpoint use "
+                         "xpnn.models.load_trained(path) and xpnn.onnx.export / xpnn.io.save_safetensors in Python")
     n_features = int(config["sizes"][0])
     if args.onnx:
         from . import onnx as xonnx

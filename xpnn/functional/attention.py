@@ -32,11 +32,10 @@ from .. import _dispatch
 from .._cuda import registry
 from ..autograd import op as _op
 from ..autograd.op import Context, Op
-from ..backend import dtype_name, is_numpy_namespace, namespace_of
+from ..backend import dtype_name, is_cupy_namespace, is_numpy_namespace, namespace_of
 from ..errors import DTypeError, ShapeError
 from .dropout import dropout_mask as _dropout_mask, make_rng
-from .elementwise import _mT, matmul, mul, sub
-from .reductions import sum as _sum
+from .elementwise import _mT, matmul, mul
 from .shape import sum_to
 from .softmax import softmax, softmax_backward
 
@@ -118,14 +117,14 @@ def _bias(xp: Any, attn_mask: Any, is_causal: bool, n_q: int, n_k: int, dtype: A
 
 
 def _softmax_rows(xp: Any, s: Any) -> Any:
-    """softmax over the last axis of the (fresh) score array ``s``, in place where the namespace allows (NumPy);
-    float16 in float32."""
+    """softmax over the last axis of the (fresh) score array ``s``, in place where the namespace allows (NumPy,
+    CuPy); float16 in float32."""
     half = getattr(xp, "float16", None)
     if half is not None and s.dtype == half:
         return xp.astype(_softmax_rows(xp, xp.astype(s, xp.float32)), half)
     s -= xp.max(s, axis=-1, keepdims=True)
-    if is_numpy_namespace(xp) and isinstance(s, np.ndarray):
-        np.exp(s, out=s)
+    if (is_numpy_namespace(xp) and isinstance(s, np.ndarray)) or is_cupy_namespace(xp):
+        xp.exp(s, out=s)  # (NumPy and CuPy take out=; the standard has no in-place exp)
     else:
         s = xp.exp(s)
     s /= xp.sum(s, axis=-1, keepdims=True)

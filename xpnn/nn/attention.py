@@ -39,14 +39,19 @@ class MultiheadAttention(Module):
     ``attn_mask`` is the causal mask (it needs ``attn_mask``).
 
     Parameters initialised as PyTorch: ``in_proj_weight`` Xavier-uniform, biases 0, ``out_proj.weight`` like a
-    ``Linear``. Raises ``ValueError`` when ``embed_dim`` is not divisible by ``num_heads``; ``ShapeError`` /
+    ``Linear``. PyTorch's constructor signature; ``add_bias_kv``, ``add_zero_attn`` and ``kdim``/``vdim`` other than
+    ``embed_dim`` raise ``NotImplementedError``. Raises ``ValueError`` when ``embed_dim`` is not divisible by ``num_heads``; ``ShapeError`` /
     ``DTypeError`` naming the layer for inputs or masks of the wrong shape or dtype.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
-                 batch_first: bool = False, *, backend: BackendLike = None, dtype: Any = None,
-                 seed: Any = None) -> None:
+                 add_bias_kv: bool = False, add_zero_attn: bool = False, kdim: Optional[int] = None,
+                 vdim: Optional[int] = None, batch_first: bool = False, *, backend: BackendLike = None,
+                 dtype: Any = None, seed: Any = None) -> None:
         super().__init__()
+        if add_bias_kv or add_zero_attn or kdim not in (None, embed_dim) or vdim not in (None, embed_dim):
+            raise NotImplementedError("MultiheadAttention: add_bias_kv, add_zero_attn and kdim/vdim other than "
+                                      "embed_dim are not supported")
         for name, val in (("embed_dim", embed_dim), ("num_heads", num_heads)):
             if not isinstance(val, int) or isinstance(val, bool) or val < 1:
                 raise ValueError(f"MultiheadAttention: {name} must be a positive integer, got {val!r}")
