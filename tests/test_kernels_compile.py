@@ -168,7 +168,8 @@ def _elementwise_probe() -> str:
             decl = "".join(f"const T {n} = in[i]; " if n in ("x", "y") else
                            f"const T {n} = in[i + n]; " if n == "dy" else f"const double {n} = s; "
                            for n in names)
-            body.append(f"{{ {decl}T dx; {op} out[i] = dx; }}")
+            out = row.out_params.split()[-1]  # dx for the backwards, y for the forwards (gelu, silu)
+            body.append(f"{{ {decl}T {out}; {op} out[i] = {out}; }}")
         text += (f"__global__ void probe_{ctype.strip('_')}(const {ctype}* in, {ctype}* out, double s, long long n) "
                  f"{{ typedef {ctype} T; long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; "
                  f"if (i < n) {{ {' '.join(body)} }} }}\n")

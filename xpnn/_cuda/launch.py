@@ -127,9 +127,12 @@ def _scalar(dtype: str, value: float) -> np.generic:
 def elementwise(row: registry.ElementwiseKernel, loader: KernelLoader, xp: Any, *arrays: Any,
                 **scalars: float) -> Any:
     """The launcher of every elementwise row (``providers`` binds ``row``): the op's arrays (C-contiguous) and its
-    keyword parameters in the row's order, as float64 (the parameters were validated by the op's ``check``)."""
+    keyword parameters in the row's order, as float64 (a string parameter of ``row.choices`` as its index; the
+    parameters were validated by the op's ``check``)."""
     kernel = loader.elementwise(row, dtype_name(arrays[-1].dtype))
-    return kernel(*(_contiguous(a) for a in arrays), *(float(scalars[name]) for name in row.scalars))
+    choices = dict(row.choices)
+    values = (float(choices[name].index(scalars[name]) if name in choices else scalars[name]) for name in row.scalars)
+    return kernel(*(_contiguous(a) for a in arrays), *values)
 
 
 # ---- row kernels: logsumexp, softmax, log_softmax, cross-entropy ---------------------------------------------------

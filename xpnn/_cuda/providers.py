@@ -6,7 +6,7 @@ import functools
 from typing import Any, Callable, Optional
 
 from ..backend import dtype_name
-from . import capturable, launch, registry
+from . import capturable, launch, registry, transformer
 from .loader import CupyLoader, KernelLoader
 
 
@@ -36,6 +36,11 @@ LAUNCHERS: dict[Any, Callable[..., Any]] = {
     registry.LSTM_CELL_BACKWARD: launch.lstm_cell_backward,
     registry.GRU_CELL: launch.gru_cell,
     registry.GRU_CELL_BACKWARD: launch.gru_cell_backward,
+    registry.LAYER_NORM: transformer.layer_norm,
+    registry.LAYER_NORM_BACKWARD: transformer.layer_norm_backward,
+    registry.FLASH_ATTENTION: transformer.flash_attention,
+    registry.FLASH_ATTENTION_BACKWARD: transformer.flash_attention_backward,
+    registry.EMBEDDING_BACKWARD: transformer.embedding_backward,
     **{row: functools.partial(launch.elementwise, row) for row in registry.ELEMENTWISE},
 }
 

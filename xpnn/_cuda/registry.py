@@ -58,6 +58,9 @@ class ElementwiseKernel:
     in_params: str
     out_params: str = "T dx"
     dtypes: tuple[str, ...] = _FLOATS
+    #: (parameter, its allowed strings): a keyword parameter given as a string (``approximate="tanh"``) reaches the
+    #: kernel as the string's index in that tuple (a float64 like the other scalars)
+    choices: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def _params(self) -> list[tuple[str, str]]:
         return [tuple(p.split()) for p in self.in_params.split(",")]  # type: ignore[misc]
@@ -93,9 +96,16 @@ SELU_BACKWARD = ElementwiseKernel("selu_backward", "T x, T dy")
 SOFTPLUS_BACKWARD = ElementwiseKernel("softplus_backward", "T x, T dy, float64 beta, float64 threshold")
 MISH_BACKWARD = ElementwiseKernel("mish_backward", "T x, T dy")
 
+# ---- transformer activations: GELU and SiLU forward and backward (kernels/activation_backward.cuh) ---------------------
+_GELU_APPROXIMATE = (("approximate", ("none", "tanh")),)
+GELU = ElementwiseKernel("gelu", "T x, float64 approximate", "T y", choices=_GELU_APPROXIMATE)
+GELU_BACKWARD = ElementwiseKernel("gelu_backward", "T x, T dy, float64 approximate", choices=_GELU_APPROXIMATE)
+SILU = ElementwiseKernel("silu", "T x", "T y")
+SILU_BACKWARD = ElementwiseKernel("silu_backward", "T x, T dy")
+
 ELEMENTWISE: tuple[ElementwiseKernel, ...] = (
     SIGMOID_BACKWARD, TANH_BACKWARD, RELU_BACKWARD, LEAKY_RELU_BACKWARD, ELU_BACKWARD, SELU_BACKWARD,
-    SOFTPLUS_BACKWARD, MISH_BACKWARD,
+    SOFTPLUS_BACKWARD, MISH_BACKWARD, GELU, GELU_BACKWARD, SILU, SILU_BACKWARD,
 )
 
 # ---- row kernels (softmax_cross_entropy.cu, row_split.cu) ------------------------------------------------------------
@@ -145,6 +155,20 @@ LSTM_CELL = RawKernel("lstm_cell", "rnn_cells.cu", "lstm_cell_fwd<{T}, {A}>", _F
 LSTM_CELL_BACKWARD = RawKernel("lstm_cell_backward", "rnn_cells.cu", "lstm_cell_bwd<{T}, {A}>", _FLOATS)
 GRU_CELL = RawKernel("gru_cell", "rnn_cells.cu", "gru_cell_fwd<{T}, {A}>", _FLOATS)
 GRU_CELL_BACKWARD = RawKernel("gru_cell_backward", "rnn_cells.cu", "gru_cell_bwd<{T}, {A}>", _FLOATS)
+# ---- transformer blocks (layer_norm.cu, attention.cu, embedding.cu; launchers in xpnn._cuda.transformer) ------------
+LAYER_NORM = RawKernel("layer_norm", "layer_norm.cu", "layer_norm_fwd<{T}, {A}>", _FLOATS, cooperative=True)
+LAYER_NORM_BACKWARD = RawKernel("layer_norm_backward", "layer_norm.cu", "layer_norm_bwd<{T}, {A}>", _FLOATS,
+                                cooperative=True)
+# sums the per-group dweight / dbias partials of layer_norm_bwd (launched by the layer_norm_backward launcher)
+LAYER_NORM_BACKWARD_PARAMS = RawKernel("layer_norm_backward_params", "layer_norm.cu",
+                                       "layer_norm_bwd_params<{T}, {A}>", _FLOATS, helper=True)
+FLASH_ATTENTION = RawKernel("flash_attention", "attention.cu", "attention_fwd<{T}, {A}>", _FLOATS, cooperative=True)
+# dQ (and delta = rowsum(dO * O)), then dK / dV: the flash_attention_backward launcher runs both
+FLASH_ATTENTION_BACKWARD = RawKernel("flash_attention_backward", "attention.cu", "attention_bwd_dq<{T}, {A}>",
+                                     _FLOATS, cooperative=True)
+FLASH_ATTENTION_BACKWARD_DKV = RawKernel("flash_attention_backward_dkv", "attention.cu",
+                                         "attention_bwd_dkv<{T}, {A}>", _FLOATS, cooperative=True, helper=True)
+EMBEDDING_BACKWARD = RawKernel("embedding_backward", "embedding.cu", "embedding_bwd<{T}, {A}>", _FLOATS)
 
 RAW: tuple[RawKernel, ...] = (
     LOGSUMEXP, SOFTMAX, LOG_SOFTMAX, CROSS_ENTROPY_COUNT, CROSS_ENTROPY_WITH_GRAD,
@@ -153,6 +177,8 @@ RAW: tuple[RawKernel, ...] = (
     CAPTURABLE_STEP_SCALARS, ADAM_UPDATE_CAPTURABLE, SGD_UPDATE_CAPTURABLE, ADAGRAD_UPDATE_CAPTURABLE,
     RMSPROP_UPDATE_CAPTURABLE, AMP_UNSCALE_CHECK,
     LSTM_CELL, LSTM_CELL_BACKWARD, GRU_CELL, GRU_CELL_BACKWARD,
+    LAYER_NORM, LAYER_NORM_BACKWARD, LAYER_NORM_BACKWARD_PARAMS, FLASH_ATTENTION, FLASH_ATTENTION_BACKWARD,
+    FLASH_ATTENTION_BACKWARD_DKV, EMBEDDING_BACKWARD,
 )
 
 RAW_BY_NAME = {row.name: row for row in RAW}

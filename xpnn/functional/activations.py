@@ -531,16 +531,25 @@ def _gelu_check(approximate: str) -> None:
 
 class Gelu(Op):
     name = "gelu"
+    kernel = registry.GELU
+
+    @staticmethod
+    def check(x: Any, *, approximate: str = "none") -> None:
+        _unary(x, "gelu")
+        _gelu_check(approximate)
+
+    @staticmethod
+    def save(ctx: Context, out: Any, x: Any, *, approximate: str = "none") -> None:
+        ctx.save_for_backward(x)
+        ctx.approximate = approximate
 
     @staticmethod
     def forward(ctx: Context, x: Any, *, approximate: str = "none") -> Any:
         """``x * Phi(x)`` with the normal CDF ``Phi(x) = (1 + erf(x / sqrt(2))) / 2`` (Hendrycks & Gimpel 2016,
         ``torch.nn.functional.gelu``), or with ``approximate="tanh"``: ``x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715
         x**3)))``; float16 is computed in float32 and rounded once."""
-        xp = _unary(x, "gelu")
-        _gelu_check(approximate)
-        ctx.save_for_backward(x)
-        ctx.approximate = approximate
+        xp = ctx.xp  # (check has validated x and approximate)
+        Gelu.save(ctx, None, x, approximate=approximate)
         xf = _upcast(xp, x)
         if approximate == "tanh":
             out = 0.5 * xf * (1.0 + xp.tanh(_TANH_K * (xf + _TANH_C * xf * xf * xf)))
@@ -574,6 +583,7 @@ class Gelu(Op):
 
 class GeluBackward(_ActivationBackward):
     name = "gelu_backward"
+    kernel = registry.GELU_BACKWARD
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, approximate: str = "none") -> Any:
@@ -616,13 +626,22 @@ class GeluBackward(_ActivationBackward):
 
 class Silu(Op):
     name = "silu"
+    kernel = registry.SILU
+
+    @staticmethod
+    def check(x: Any) -> None:
+        _unary(x, "silu")
+
+    @staticmethod
+    def save(ctx: Context, out: Any, x: Any) -> None:
+        ctx.save_for_backward(x)
 
     @staticmethod
     def forward(ctx: Context, x: Any) -> Any:
         """``x * sigmoid(x)`` (Elfwing et al. 2017; ``torch.nn.functional.silu``), the sigmoid in its overflow-free
         form; float16 is computed in float32 and rounded once."""
-        xp = _unary(x, "silu")
-        ctx.save_for_backward(x)
+        xp = ctx.xp  # (check has validated x)
+        Silu.save(ctx, None, x)
         xf = _upcast(xp, x)
         out = xf * _sigmoid_values(xp, xf)
         return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
@@ -639,6 +658,7 @@ class Silu(Op):
 
 class SiluBackward(_ActivationBackward):
     name = "silu_backward"
+    kernel = registry.SILU_BACKWARD
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any) -> Any:

@@ -16,6 +16,10 @@ row statistic ``delta = rowsum(dP * P) = rowsum(g * out)`` is taken from the out
 
 A fused kernel may replace ``forward`` (``Op.kernel`` or ``register_override``); it then needs to save only what
 ``save`` saves (q, k, v, mask, out): without ``ctx.probs`` the backward recomputes P block-free from q and k.
+Without a mask and dropout, the forward asks ``_dispatch.lookup(registry.FLASH_ATTENTION, ...)`` for the fused
+FlashAttention-style kernel (``kernels/attention.cu``, as ``losses`` asks for the fused cross-entropy): it returns
+out and the rows' log-sum-exp ``lse`` (saved as ``ctx.lse``), and never materialises an (L, S) block; the array
+backward then runs ``registry.FLASH_ATTENTION_BACKWARD``, which recomputes P tile by tile from q, k and lse.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .. import _dispatch
+from .._cuda import registry
 from ..autograd import op as _op
 from ..autograd.op import Context, Op
 from ..backend import dtype_name, is_cupy_namespace, is_numpy_namespace, namespace_of
@@ -137,6 +143,14 @@ class ScaledDotProductAttention(Op):
     def forward(ctx: Context, q: Any, k: Any, v: Any, attn_mask: Any = None, *, is_causal: bool = False,
                 scale: float = 1.0, dropout_mask: Any = None) -> Any:
         xp = namespace_of(q, k, v)
+        fused = _dispatch.lookup(registry.FLASH_ATTENTION, xp, q.dtype) if attn_mask is None and \
+            dropout_mask is None else None
+        res = NotImplemented if fused is None else fused(q, k, v, is_causal=is_causal, scale=scale)
+        if res is not NotImplemented:
+            out, ctx.lse = res
+            ScaledDotProductAttention.save(ctx, out, q, k, v, attn_mask, is_causal=is_causal, scale=scale,
+                                           dropout_mask=dropout_mask)
+            return out
         s = q @ _mT(k)  # the one (L, S) block
         s *= scale
         bias, keep = _bias(xp, attn_mask, is_causal, int(q.shape[-2]), int(k.shape[-2]), q.dtype)
@@ -191,6 +205,13 @@ class ScaledDotProductAttention(Op):
         need = ctx.needs_input_grad
         dm, scale = ctx.dropout_mask, ctx.scale
         p = getattr(ctx, "probs", None)
+        lse = getattr(ctx, "lse", None)
+        if lse is not None and not ctx.create_graph:  # after the fused forward (no mask, no dropout)
+            fused = _dispatch.lookup(registry.FLASH_ATTENTION_BACKWARD, namespace_of(g), g.dtype)
+            res = NotImplemented if fused is None else fused(q, k, v, out, lse, g, is_causal=ctx.is_causal,
+                                                             scale=scale)
+            if res is not NotImplemented:
+                return (*(d if n else None for d, n in zip(res, need)), None)
         if ctx.create_graph or p is None:
             p = _probs(ctx, q, k, attn_mask)
             pd = p if dm is None else mul(p, dm)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from .._cuda import registry
 from ..autograd.op import Context, Op
 from ..backend import namespace_of
 from ..errors import ShapeError
@@ -42,7 +43,9 @@ class Embedding(Op):
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, None]:
-        return embedding_backward(g, ctx.indices, ctx.num, ctx.padding_idx), None
+        # (the ids were checked by the forward: no second host read here)
+        return EmbeddingBackward.apply(g, indices=ctx.indices, num_embeddings=int(ctx.num),
+                                       padding_idx=ctx.padding_idx), None
 
     @staticmethod
     def onnx(g: Any, weight: str, indices: str, *, padding_idx: Optional[int] = None) -> str:
@@ -54,11 +57,19 @@ class EmbeddingBackward(Op):
     ``padding_idx`` row stays 0."""
 
     name = "embedding_backward"
+    #: kernels/embedding.cu: a deterministic segmented sum (positions stably sorted by id, each id's rows summed in
+    #: position order, no atomics); it trusts the ids (checked by ``embedding`` / ``embedding_backward``)
+    kernel = registry.EMBEDDING_BACKWARD
+
+    @staticmethod
+    def save(ctx: Context, out: Any, g: Any, *, indices: Any, num_embeddings: int,
+             padding_idx: Optional[int] = None) -> None:
+        ctx.indices, ctx.padding_idx = indices, padding_idx
 
     @staticmethod
     def forward(ctx: Context, g: Any, *, indices: Any, num_embeddings: int, padding_idx: Optional[int] = None) -> Any:
         xp = ctx.xp
-        ctx.indices, ctx.padding_idx = indices, padding_idx
+        EmbeddingBackward.save(ctx, None, g, indices=indices, num_embeddings=num_embeddings, padding_idx=padding_idx)
         dim = g.shape[-1]
         flat = xp.reshape(indices, (-1,))
         out = scatter_add(xp, xp.reshape(g, (flat.shape[0], dim)), flat, (num_embeddings, dim))
@@ -99,6 +110,9 @@ def embedding(input: Any, weight: Any, padding_idx: Optional[int] = None,  # noq
 
 def embedding_backward(g: Any, indices: Any, num_embeddings: int, padding_idx: Optional[int] = None) -> Any:
     """The gradient of ``embedding`` for its weight: ``g`` (``indices.shape + (dim,)``) scatter-added into
-    ``(num_embeddings, dim)`` zeros at ``indices`` (repeated ids add up), the ``padding_idx`` row left 0."""
-    return EmbeddingBackward.apply(g, indices=_values(indices), num_embeddings=int(num_embeddings),
-                                   padding_idx=padding_idx)
+    ``(num_embeddings, dim)`` zeros at ``indices`` (repeated ids add up), the ``padding_idx`` row left 0. Ids
+    outside ``[0, num_embeddings)`` raise ``IndexError`` as in ``embedding`` (on the device: deferred to
+    ``xpnn.debug.check_device_errors``, the bad ids read as 0 so that nothing is written out of bounds);
+    ``DTypeError`` for non-integer ids."""
+    safe, _ = checked_indices(_values(indices), int(num_embeddings), "embedding_backward", "token ids")
+    return EmbeddingBackward.apply(g, indices=safe, num_embeddings=int(num_embeddings), padding_idx=padding_idx)

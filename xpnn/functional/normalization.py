@@ -4,10 +4,13 @@ normalising, unbiased variance for the running estimate, ``momentum=None`` for a
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import numpy as np
 
+from .. import _dispatch
+from .._cuda import registry
 from ..autograd import op as _op
 from ..autograd.op import Context, Op
 from ..backend import dtype_name, namespace_of
@@ -258,6 +261,15 @@ class LayerNorm(Op):
                 normalized_shape: tuple[int, ...], eps: float = 1e-5) -> Any:
         xp = ctx.xp
         axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))
+        lead = tuple(x.shape[:x.ndim - len(normalized_shape)])
+        ctx.axes, ctx.eps = axes, eps
+        fused = _dispatch.lookup(registry.LAYER_NORM, xp, x.dtype)  # kernels/layer_norm.cu: one read of x
+        res = NotImplemented if fused is None else fused(x, weight, bias, math.prod(normalized_shape), eps)
+        if res is not NotImplemented:
+            y, mean, rstd = res
+            ctx.mean, ctx.rstd = xp.reshape(mean, lead), xp.reshape(rstd, lead)
+            ctx.save_for_backward(x, weight)
+            return y
         xf = _upcast(xp, x)  # float16: statistics and normalisation in float32
         mean = xp.mean(xf, axis=axes, keepdims=True)
         y = xf - mean
@@ -267,9 +279,7 @@ class LayerNorm(Op):
             y *= weight if xf is x else xp.astype(weight, xf.dtype)
         if bias is not None:
             y += bias if xf is x else xp.astype(bias, xf.dtype)
-        lead = tuple(x.shape[:x.ndim - len(normalized_shape)])
         ctx.mean, ctx.rstd = xp.reshape(mean, lead), xp.reshape(rstd, lead)
-        ctx.axes, ctx.eps = axes, eps
         ctx.save_for_backward(x, weight)
         return xp.astype(y, x.dtype) if y.dtype != x.dtype else y
 
@@ -281,6 +291,17 @@ class LayerNorm(Op):
         x, weight = ctx.saved_tensors
         axes = ctx.axes
         need = ctx.needs_input_grad
+        if not ctx.create_graph:  # arrays: the fused kernels (dx; dweight / dbias summed without atomics)
+            fused = _dispatch.lookup(registry.LAYER_NORM_BACKWARD, ctx.xp, x.dtype)
+            res = NotImplemented if fused is None else fused(
+                x, dy, ctx.xp.reshape(ctx.mean, (-1,)), ctx.xp.reshape(ctx.rstd, (-1,)), weight,
+                math.prod(x.shape[x.ndim - len(axes):]), need_weight=len(need) > 1 and need[1],
+                need_bias=len(need) > 2 and need[2])
+            if res is not NotImplemented:
+                dx, dw, db = res
+                shape = tuple(x.shape[x.ndim - len(axes):])
+                return (dx if need[0] else None, None if dw is None else ctx.xp.reshape(dw, shape),
+                        None if db is None else ctx.xp.reshape(db, shape))
         half = _values(x).dtype == getattr(ctx.xp, "float16", None)  # computed in float32, as the forward
         xf = astype(x, "float32") if half else x
         dyf = astype(dy, "float32") if half else dy
