@@ -245,3 +245,23 @@ def test_masked_fill_value_tensor_gets_the_gradient_of_the_filled_entries():
     np.testing.assert_allclose(X.grad, TX.grad.numpy(), rtol=1e-12)
     with pytest.raises(ShapeError, match="masked_fill: value must be a number or a 0-d array"):
         X.masked_fill(MASK, np.ones(4))
+
+
+@pytest.mark.parametrize("op", ["masked_fill", "where", "gather"])
+def test_writing_into_a_saved_mask_or_index_raises_at_backward(op):
+    """The bool mask of ``masked_fill``/``where`` and the index of ``gather`` are saved for the backward: a write
+    into them (``t[...] = v``) between the forward and the backward raises, as in PyTorch, instead of routing the
+    gradient by the new values. PyTorch raises in the same cases."""
+    from xpnn.errors import InplaceModifiedError
+
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for the version counter")
+    x = RNG.normal(size=(3, 4))
+    keys = {"masked_fill": MASK, "where": MASK, "gather": np.zeros((3, 1), np.int64)}
+    calls = {"masked_fill": lambda t, k: t.masked_fill(k, 0.0), "where": lambda t, k: t.where(k, 0.0),
+             "gather": lambda t, k: t.gather(1, k)}
+    for lib, make, error in ((torch, torch.tensor, RuntimeError), (xpnn, xpnn.tensor, InplaceModifiedError)):
+        t, k = make(x, requires_grad=True), make(keys[op].copy())
+        y = calls[op](t, k)
+        k[0, 0] = not keys[op][0, 0] if op != "gather" else 3
+        with pytest.raises(error, match="modified by an inplace operation"):
+            y.sum().backward()

@@ -53,7 +53,7 @@ class Where(Op):
         if not hasattr(x, "shape") and not hasattr(y, "shape"):
             raise TypeError("where: input or other must be an array or Tensor (both are Python scalars)")
         x, y = _operand(xp, x, y), _operand(xp, y, x)
-        ctx.cond = condition
+        ctx.save_for_backward(condition)  # (saved, so that a write into the mask after the forward raises)
         ctx.metas = (tuple(x.shape), x.dtype), (tuple(y.shape), y.dtype)
         try:
             return xp.where(condition, x, y)
@@ -63,7 +63,7 @@ class Where(Op):
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any, Any]:
-        cond, (xm, ym) = ctx.cond, ctx.metas
+        (cond,), (xm, ym) = ctx.saved_tensors, ctx.metas
         gx = _back_to(where(cond, g, 0), *xm) if ctx.needs_input_grad[1] else None
         gy = _back_to(where(cond, 0, g), *ym) if ctx.needs_input_grad[2] else None
         return None, gx, gy
@@ -198,12 +198,13 @@ class Gather(Op):
     @staticmethod
     def forward(ctx: Context, x: Any, index: Any, *, axis: int) -> Any:
         xp = namespace_of(x, index)
-        ctx.index, ctx.axis, ctx.shape = index, axis, tuple(x.shape)
+        ctx.save_for_backward(index)  # (saved, so that a write into the index after the forward raises)
+        ctx.axis, ctx.shape = axis, tuple(x.shape)
         return xp.take_along_axis(x[_block(tuple(index.shape), axis)], index, axis=axis)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, None]:
-        return GatherBackward.apply(g, index=ctx.index, axis=ctx.axis, shape=ctx.shape), None
+        return GatherBackward.apply(g, index=_values(ctx.saved_tensors[0]), axis=ctx.axis, shape=ctx.shape), None
 
     @staticmethod
     def onnx(g: Any, x: str, index: str, *, axis: int) -> str:
