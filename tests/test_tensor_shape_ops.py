@@ -265,3 +265,25 @@ def test_writing_into_a_saved_mask_or_index_raises_at_backward(op):
         k[0, 0] = not keys[op][0, 0] if op != "gather" else 3
         with pytest.raises(error, match="modified by an inplace operation"):
             y.sum().backward()
+
+
+@pytest.mark.parametrize("xp", [np, xs], ids=["numpy", "array_api_strict"])
+def test_masked_fill_keeps_the_input_dtype_and_where_promotes_as_torch(xp):
+    """``masked_fill`` never changes the input's dtype (an integer input with a float value truncates it, a
+    non-finite one is a ValueError naming the op); ``where`` with operands of different kinds promotes as PyTorch
+    (bool < integer < floating; a Python int next to a bool array is an integer), on NumPy and array_api_strict
+    (whose own ``where`` refuses mixed kinds)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for masked_fill and where dtypes")
+    c, i, f = np.array([True, False, True]), np.array([1, 2, 3]), np.array([0.5, 1.5, 2.5], np.float32)
+    mk = (lambda a: xpnn.tensor(a, backend=xp))
+    cases = [(lambda L, T: T(i).masked_fill(T(c), 1.5)), (lambda L, T: T(i).masked_fill(T(c), -2.7)),
+             (lambda L, T: T(c).masked_fill(T(c), 0)), (lambda L, T: L.where(T(c), T(c), 2)),
+             (lambda L, T: L.where(T(c), T(i), T(f))), (lambda L, T: L.where(T(c), T(c), T(i))),
+             (lambda L, T: L.where(T(c), T(f), T(f.astype(np.float64))))]
+    for case in cases:
+        want, got = case(torch, torch.tensor), case(F, mk)
+        got = np.asarray(got.to("numpy").numpy())
+        assert got.dtype == want.numpy().dtype
+        np.testing.assert_array_equal(got, want.numpy())
+    with pytest.raises(ValueError, match="masked_fill: value -inf cannot be converted to the input's dtype int64"):
+        mk(i).masked_fill(mk(c), float("-inf"))

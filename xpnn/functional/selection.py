@@ -7,6 +7,7 @@ axes broadcasting stretched), ``gather``'s by a scatter-add into the input's sha
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import numpy as np
@@ -24,13 +25,24 @@ __all__ = ["where", "masked_fill", "tril", "triu", "tril_mask", "triu_mask", "ga
 
 
 def _operand(xp: Any, v: Any, other: Any) -> Any:
-    """A Python scalar operand of ``where`` as a 0-d array of the other operand's dtype (a float with an integer
-    array: the default floating dtype), as PyTorch treats scalars."""
+    """A Python scalar operand of ``where`` as a 0-d array of the other operand's dtype (a float with an integer or
+    bool array: the default floating dtype; an int with a bool array: the default integer dtype), as PyTorch
+    promotes scalars."""
     if hasattr(v, "shape"):
         return v
-    if isinstance(v, float) and not xp.isdtype(other.dtype, "real floating"):
+    if (isinstance(v, float) and not xp.isdtype(other.dtype, "real floating")) or (
+            type(v) is int and xp.isdtype(other.dtype, "bool")):
         return xp.asarray(v)
     return xp.asarray(v, dtype=other.dtype)
+
+
+def _common_dtype(xp: Any, x: Any, y: Any) -> tuple[Any, Any]:
+    """``x`` and ``y`` cast to one dtype as PyTorch promotes them: within a kind the namespace's ``result_type``;
+    across kinds (the array API leaves that undefined) the floating one over an integer or bool one, and the
+    integer one over a bool one."""
+    rank = [xp.isdtype(a.dtype, "real floating") * 2 + xp.isdtype(a.dtype, "integral") for a in (x, y)]
+    dt = xp.result_type(x.dtype, y.dtype) if rank[0] == rank[1] else (x if rank[0] > rank[1] else y).dtype
+    return tuple(a if a.dtype == dt else xp.astype(a, dt) for a in (x, y))  # type: ignore[return-value]
 
 
 def _back_to(g: Any, shape: tuple[int, ...], dtype: Any) -> Any:
@@ -55,6 +67,8 @@ class Where(Op):
         x, y = _operand(xp, x, y), _operand(xp, y, x)
         ctx.save_for_backward(condition)  # (saved, so that a write into the mask after the forward raises)
         ctx.metas = (tuple(x.shape), x.dtype), (tuple(y.shape), y.dtype)
+        if x.dtype != y.dtype:
+            x, y = _common_dtype(xp, x, y)
         try:
             return xp.where(condition, x, y)
         except ValueError:
@@ -94,6 +108,12 @@ def masked_fill(x: Any, mask: Any, value: Any) -> Any:
             raise ShapeError(f"masked_fill: value must be a number or a 0-d array, got shape {tuple(value.shape)}")
         if value.dtype != x.dtype:
             value = astype(value, x.dtype)
+    elif isinstance(value, (bool, int, float)) and not namespace_of(_values(x)).isdtype(x.dtype, "real floating"):
+        # an integer or bool input keeps its dtype, as in PyTorch: a float value is truncated toward zero
+        if not math.isfinite(value):
+            raise ValueError(f"masked_fill: value {value} cannot be converted to the input's dtype "
+                             f"{dtype_name(x.dtype)}")
+        value = bool(value) if namespace_of(_values(x)).isdtype(x.dtype, "bool") else int(value)
     return Where.apply(mask, value, x)
 
 
