@@ -287,3 +287,22 @@ def test_masked_fill_keeps_the_input_dtype_and_where_promotes_as_torch(xp):
         np.testing.assert_array_equal(got, want.numpy())
     with pytest.raises(ValueError, match="masked_fill: value -inf cannot be converted to the input's dtype int64"):
         mk(i).masked_fill(mk(c), float("-inf"))
+
+
+def test_transpose_of_0d_and_1d_and_chunk_of_an_empty_dim_as_torch():
+    """``t.transpose(0, -1)`` of a 1-D (or 0-d) Tensor is the Tensor (dims in [-1, 0]), as in PyTorch;
+    ``chunk(k)`` along an axis of length 0 gives ``k`` empty pieces, as ``torch.chunk``."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for transpose and chunk")
+    for shape in [(), (3,)]:
+        for dims in [(0, 0), (-1, -1), (0, -1), (-1, 0)]:
+            x = xpnn.tensor(np.arange(float(np.prod(shape))).reshape(shape), requires_grad=True)
+            y = x.transpose(*dims)
+            assert y.shape == tuple(torch.zeros(shape).transpose(*dims).shape)
+            (y * 2.0).sum().backward()
+            np.testing.assert_array_equal(x.grad, np.full(shape, 2.0))
+    with pytest.raises(IndexError, match="transpose"):
+        xpnn.tensor(np.ones(3)).transpose(0, 1)
+    for shape, dim in [((0, 2), 0), ((2, 0), -1)]:
+        want = [tuple(t.shape) for t in torch.zeros(shape).chunk(3, dim)]
+        assert [tuple(t.shape) for t in xpnn.tensor(np.zeros(shape)).chunk(3, dim)] == want
+        assert [tuple(t.shape) for t in F.chunk(np.zeros(shape), 3, dim)] == want

@@ -512,7 +512,9 @@ class Tensor:
         on a 2-D Tensor ``transpose(0, 1)`` is the transpose (NumPy would read it as the identity permutation)."""
         if not axes:
             return F.permute_dims(self, tuple(range(self.ndim - 1, -1, -1)))
-        if len(axes) == 2 and all(isinstance(a, int) for a in axes) and self.ndim >= 2:
+        if len(axes) == 2 and all(isinstance(a, int) for a in axes) and self.ndim < 2:
+            return F.transpose(self, *axes)  # (0-d and 1-D: dims in [-1, 0], the Tensor itself, as in PyTorch)
+        if len(axes) == 2 and all(isinstance(a, int) for a in axes):
             order = list(range(self.ndim))
             try:
                 i, j = order[axes[0]], order[axes[1]]

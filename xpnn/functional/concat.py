@@ -137,4 +137,6 @@ def chunk(x: Any, chunks: int, dim: int = 0) -> tuple[Any, ...]:
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
         raise ValueError(f"chunk: chunks must be a positive int, got {chunks!r}")
     n = tuple(x.shape)[dim_index(dim, len(x.shape), "chunk")]
-    return split(x, max(-(-n // chunks), 1), dim)
+    if n == 0:  # `chunks` empty pieces, as torch.chunk
+        return split(x, [0] * chunks, dim)
+    return split(x, -(-n // chunks), dim)
