@@ -306,3 +306,23 @@ def test_transpose_of_0d_and_1d_and_chunk_of_an_empty_dim_as_torch():
         want = [tuple(t.shape) for t in torch.zeros(shape).chunk(3, dim)]
         assert [tuple(t.shape) for t in xpnn.tensor(np.zeros(shape)).chunk(3, dim)] == want
         assert [tuple(t.shape) for t in F.chunk(np.zeros(shape), 3, dim)] == want
+
+
+@pytest.mark.parametrize("key", [np.array([0, 2, 2]), [0, 1, 1], (slice(None), np.array([3, 0, 3])),
+                                 (Ellipsis, [3, 0]), np.array([True, False, True])],
+                         ids=["ndarray", "list", "slice-ndarray", "ellipsis-list", "bool-ndarray"])
+def test_index_with_numpy_arrays_and_lists_on_array_api_strict(key):
+    """``x[np.array(...)]`` and ``x[[...]]`` as in PyTorch on a Tensor of any namespace: the host index becomes an
+    array of the Tensor's namespace (array_api_strict indexes with its own arrays only, and raised a TypeError from
+    deep inside it)."""
+    a = np.arange(12.0).reshape(3, 4)
+    ref = xpnn.tensor(a, requires_grad=True)
+    want = ref[key]
+    (want * want).sum().backward()
+    x = xpnn.tensor(a, backend=xs, requires_grad=True)
+    y = x[key]
+    (y * y).sum().backward()
+    np.testing.assert_array_equal(np.asarray(y.to("numpy").numpy()), want.numpy())
+    from xpnn.backend import to_numpy
+
+    np.testing.assert_array_equal(to_numpy(x.grad), ref.grad)

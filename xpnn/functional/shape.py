@@ -128,6 +128,16 @@ def _plain_key(key: Any) -> Any:
     return key
 
 
+def _host_indices_to(xp: Any, key: Any) -> Any:
+    """Lists and NumPy arrays inside an index key as arrays of ``xp``, the indexed array's namespace (PyTorch takes
+    them as indices; ``array_api_strict`` indexes with its own arrays only)."""
+    parts = key if isinstance(key, tuple) else (key,)
+    if not any(isinstance(k, (list, np.ndarray)) for k in parts):
+        return key
+    parts = tuple(xp.asarray(k) if isinstance(k, (list, np.ndarray)) else k for k in parts)
+    return parts if isinstance(key, tuple) else parts[0]
+
+
 def _is_basic(key: Any) -> bool:
     parts = key if isinstance(key, tuple) else (key,)
     return all(k is None or k is Ellipsis or isinstance(k, (int, slice)) for k in parts)
@@ -163,7 +173,7 @@ class Index(Op):
     def forward(ctx: Context, x: Any, *, key: Any) -> Any:
         namespace_of(x, where="index")
         if type(x) is not np.ndarray:
-            key = _with_ellipsis(key, x.ndim)
+            key = _with_ellipsis(_host_indices_to(ctx.xp, key), x.ndim)
         ctx.shape, ctx.key = tuple(x.shape), key
         try:
             if type(x) is not np.ndarray and not _is_basic(key) and not is_cupy_namespace(ctx.xp):
