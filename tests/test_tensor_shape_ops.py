@@ -326,3 +326,22 @@ def test_index_with_numpy_arrays_and_lists_on_array_api_strict(key):
     from xpnn.backend import to_numpy
 
     np.testing.assert_array_equal(to_numpy(x.grad), ref.grad)
+
+
+def test_more_bad_input_names_the_op():
+    """Errors that came from NumPy without the op's name (expand to fewer sizes, cat of mismatched shapes), named
+    the wrong op (masked_fill's non-bool mask said "where") or let a float diagonal through (tril(x, 0.5))."""
+    x = xpnn.tensor(np.ones((2, 3, 4)))
+    with pytest.raises(ShapeError, match=r"expand: the number of sizes \(3, 4\) must be at least the number of "
+                                         r"dimensions of shape \(2, 3, 4\)"):
+        x.expand(3, 4)
+    with pytest.raises(ShapeError, match=r"concat: inputs must have one shape except in dimension 1, got shapes "
+                                         r"\[\(2, 3, 4\), \(2, 2, 5\)\]"):
+        F.cat([x, xpnn.tensor(np.ones((2, 2, 5)))], dim=1)
+    for mask in (np.ones(4, int), xpnn.tensor(np.ones(4))):
+        with pytest.raises(DTypeError, match="masked_fill: mask must be a bool array, got (int64|float64)"):
+            x.masked_fill(mask, 0.0)
+    for fn in (F.tril, F.triu):
+        with pytest.raises(TypeError, match=r"(tril|triu): diagonal must be an int, got 0.5"):
+            fn(x, 0.5)
+    np.testing.assert_array_equal(F.tril(np.ones((2, 2)), np.int64(-1)), [[0.0, 0.0], [1.0, 0.0]])

@@ -32,6 +32,9 @@ class Concat(Op):
             raise ShapeError(f"concat: inputs must have the same number of dimensions (at least 1), got shapes "
                              f"{[tuple(x.shape) for x in xs]}")
         ax = _axis(axis, ndim, "concat")
+        if any(x.shape[:ax] + x.shape[ax + 1:] != xs[0].shape[:ax] + xs[0].shape[ax + 1:] for x in xs):
+            raise ShapeError(f"concat: inputs must have one shape except in dimension {ax}, got shapes "
+                             f"{[tuple(x.shape) for x in xs]}")
         ctx.axis, ctx.sizes = ax, tuple(int(x.shape[ax]) for x in xs)
         return xp.concat(list(xs), axis=ax)
 

@@ -8,6 +8,7 @@ axes broadcasting stretched), ``gather``'s by a scatter-add into the input's sha
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Optional
 
 import numpy as np
@@ -114,7 +115,10 @@ def masked_fill(x: Any, mask: Any, value: Any) -> Any:
             raise ValueError(f"masked_fill: value {value} cannot be converted to the input's dtype "
                              f"{dtype_name(x.dtype)}")
         value = bool(value) if namespace_of(_values(x)).isdtype(x.dtype, "bool") else int(value)
-    return Where.apply(mask, value, x)
+    try:
+        return Where.apply(mask, value, x)
+    except DTypeError:  # (where's only one: a condition that is not bool)
+        raise DTypeError(f"masked_fill: mask must be a bool array, got {dtype_name(mask.dtype)}") from None
 
 
 def band_mask(xp: Any, rows: int, cols: int, diagonal: int, lower: bool) -> Any:
@@ -128,8 +132,12 @@ def _band(x: Any, diagonal: int, lower: bool) -> Any:
     shape = tuple(x.shape)
     if len(shape) < 2:
         raise ShapeError(f"{where_}: expected an input of at least 2 dimensions, got shape {shape}")
+    try:
+        diagonal = operator.index(diagonal)
+    except TypeError:
+        raise TypeError(f"{where_}: diagonal must be an int, got {diagonal!r}") from None
     xp = namespace_of(_values(x), where=where_)
-    return Where.apply(band_mask(xp, shape[-2], shape[-1], int(diagonal), lower), x, 0)
+    return Where.apply(band_mask(xp, shape[-2], shape[-1], diagonal, lower), x, 0)
 
 
 def tril(x: Any, diagonal: int = 0) -> Any:

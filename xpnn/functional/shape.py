@@ -434,6 +434,9 @@ def expand(x: Any, *sizes: Any) -> Any:
         sizes = tuple(sizes[0])
     shape = tuple(x.shape)
     lead = len(sizes) - len(shape)
+    if lead < 0:
+        raise ShapeError(f"expand: the number of sizes {tuple(sizes)} must be at least the number of dimensions of "
+                         f"shape {shape}")
     out = []
     for i, s in enumerate(sizes):
         old = shape[i - lead] if i >= lead else None
