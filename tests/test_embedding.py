@@ -196,3 +196,8 @@ def test_writing_into_the_ids_after_the_forward_raises_at_backward():
     ids[0, 0] = 5
     with pytest.raises(InplaceModifiedError, match="embedding: .*modified by an inplace operation"):
         y.sum().backward()
+
+
+def test_from_pretrained_refuses_a_list_naming_the_method():
+    with pytest.raises(TypeError, match="Embedding.from_pretrained: embeddings must be a 2-D array or Tensor, got list"):
+        nn.Embedding.from_pretrained(W.tolist())
