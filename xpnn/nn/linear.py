@@ -36,7 +36,7 @@ def check_features(module: Module, xp: Any, x: Any, in_features: int, dtype: Any
         batch = "N, *" if leading and x.ndim != 2 else "N"
         raise ShapeError(f"{module._where()}: expected input of shape ({batch}, {in_features}), got "
                          f"{tuple(x.shape)}{hint}")
-    if x.ndim > 1 and x.shape[0] == 0:
+    if x.shape[0] == 0:
         raise ShapeError(f"{module._where()}: empty batch, got input of shape {tuple(x.shape)}")
     if x.dtype != dtype:
         want, got = dtype_name(dtype), dtype_name(x.dtype)
@@ -49,7 +49,7 @@ def check_features(module: Module, xp: Any, x: Any, in_features: int, dtype: Any
 
 
 def affine(module: Module, x: Any, weight: Any, in_features: int, leading: bool = False) -> Any:
-    """``F.linear(x, weight, module.bias)`` for a layer taking (N, in_features) input (``leading``: (*,
+    """``F.linear(x, weight, module.bias)`` for a layer taking (N, in_features) input (``leading``: (N, *,
     in_features)): the op validates the arguments; a failed check is re-diagnosed by ``check_features`` so that the
     error names the layer (and says what to do). The layer's own rules (2-D, a non-empty batch) and, in debug mode,
     the finite check run here."""
