@@ -178,3 +178,26 @@ def test_out_of_range_ids_off_numpy_are_checked_on_the_device():
     assert np.isnan(np.asarray(g)[1, 0]) and np.asarray(g)[2, 0] == 0.0
     with pytest.raises(IndexError, match=r"gather: index must be in \[0, 2\]"):
         check_device_errors()
+
+
+def test_writing_into_the_ids_after_the_forward_raises_at_backward():
+    """The ids are saved for the weight's gradient: a write into the ids Tensor before the backward raises (as in
+    PyTorch) instead of scattering the gradient into the new rows."""
+    from xpnn.errors import InplaceModifiedError
+
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for the version counter")
+    tw, tids = torch.tensor(W, requires_grad=True), torch.tensor(IDS)
+    ty = torch.nn.functional.embedding(tids, tw)
+    tids[0, 0] = 5
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        ty.sum().backward()
+    w, ids = xpnn.tensor(W, requires_grad=True), xpnn.tensor(IDS.copy())
+    y = F.embedding(ids, w)
+    ids[0, 0] = 5
+    with pytest.raises(InplaceModifiedError, match="embedding: .*modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_from_pretrained_refuses_a_list_naming_the_method():
+    with pytest.raises(TypeError, match="Embedding.from_pretrained: embeddings must be a 2-D array or Tensor, got list"):
+        nn.Embedding.from_pretrained(W.tolist())

@@ -140,3 +140,19 @@ def test_bad_arguments():
         F.silu(np.arange(3))
     with pytest.raises(ShapeError, match="silu_backward"):
         F.silu_backward(np.zeros(3), np.zeros(4))
+
+
+@pytest.mark.parametrize("name, args", [("SiLU", (True,)), ("ReLU", (True,)), ("LeakyReLU", (0.2, True)),
+                                        ("ELU", (0.5, True)), ("SELU", (True,)), ("Mish", (True,)),
+                                        ("Dropout", (0.3, True)), ("SiLU", ()), ("Dropout", ())])
+def test_activation_layers_take_torch_inplace_flag(name, args):
+    """``nn.SiLU(inplace=True)``, ``nn.ReLU(inplace=True)`` ... as ported PyTorch code writes them: accepted (the
+    output computed out of place, the same values; the input left as it was), with PyTorch's repr."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for the layers' signatures")
+    mine, theirs = getattr(nn, name)(*args), getattr(torch.nn, name)(*args)
+    assert repr(mine) == repr(theirs)
+    mine.eval(), theirs.eval()
+    x = _xs()
+    before = x.copy()
+    np.testing.assert_allclose(mine(xpnn.tensor(x)).numpy(), theirs(torch.tensor(x)).numpy(), rtol=1e-6, atol=1e-12)
+    np.testing.assert_array_equal(x, before)

@@ -176,3 +176,9 @@ def test_bad_input():
         F.layer_norm(np.zeros((2, 3)), 3, np.ones(4))
     with pytest.raises(ValueError, match="LayerNorm: normalized_shape must be"):
         nn.LayerNorm(())
+
+
+@pytest.mark.parametrize("kw", [{}, {"bias": False}, {"elementwise_affine": False}])
+def test_layer_norm_repr_matches_torch(kw):
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for LayerNorm's repr")
+    assert repr(nn.LayerNorm((3, 4), eps=1e-3, **kw)) == repr(torch.nn.LayerNorm((3, 4), eps=1e-3, **kw))

@@ -191,3 +191,23 @@ def test_transpose_of_two_dims_swaps_them_like_torch(torch):
         x.transpose(0, 3)
     with pytest.raises(xpnn.ShapeError, match="Tensor.t: expected at most 2"):
         x.t()
+
+
+@pytest.mark.parametrize("expr", ["t.sum(dim=-1, keepdim=True)", "t.mean(-1, keepdim=True)",
+                                  "t.mean(dim=(1, 2), keepdim=True)", "t.max(dim=-1, keepdim=True)[0]",
+                                  "t.max(dim=-1, keepdim=True)[1]", "t.min(dim=1, keepdim=True).values",
+                                  "t.argmax(dim=-1, keepdim=True)", "t.argmin(dim=0, keepdim=True)",
+                                  "t.logsumexp(dim=-1, keepdim=True)", "t.sum(dim=1, keepdim=False)"])
+def test_reductions_take_torch_keepdim(expr):
+    """``keepdim=`` (PyTorch's name, next to ``dim=``) on the reductions, e.g. a hand-written LayerNorm's
+    ``x.mean(-1, keepdim=True)``; the gradient broadcasts back."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for keepdim")
+    x = np.random.default_rng(0).standard_normal((2, 3, 4))
+    t, tt = xpnn.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    got, want = eval(expr, {"t": t}), eval(expr, {"t": tt})
+    np.testing.assert_allclose(np.asarray(got.numpy()), want.detach().numpy(), rtol=1e-12)
+    if want.is_floating_point():
+        (got * xpnn.tensor(x[..., :1].copy() if got.shape[-1] == 1 else np.ones(got.shape))).sum().backward()
+        (want * torch.tensor(x[..., :1].copy() if want.shape[-1] == 1 else np.ones(tuple(want.shape)))).sum().backward()
+        np.testing.assert_allclose(t.grad, tt.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(xpnn.F.mean(x, dim=-1, keepdim=True), x.mean(-1, keepdims=True), rtol=1e-12)

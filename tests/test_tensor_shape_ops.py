@@ -245,3 +245,103 @@ def test_masked_fill_value_tensor_gets_the_gradient_of_the_filled_entries():
     np.testing.assert_allclose(X.grad, TX.grad.numpy(), rtol=1e-12)
     with pytest.raises(ShapeError, match="masked_fill: value must be a number or a 0-d array"):
         X.masked_fill(MASK, np.ones(4))
+
+
+@pytest.mark.parametrize("op", ["masked_fill", "where", "gather"])
+def test_writing_into_a_saved_mask_or_index_raises_at_backward(op):
+    """The bool mask of ``masked_fill``/``where`` and the index of ``gather`` are saved for the backward: a write
+    into them (``t[...] = v``) between the forward and the backward raises, as in PyTorch, instead of routing the
+    gradient by the new values. PyTorch raises in the same cases."""
+    from xpnn.errors import InplaceModifiedError
+
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for the version counter")
+    x = RNG.normal(size=(3, 4))
+    keys = {"masked_fill": MASK, "where": MASK, "gather": np.zeros((3, 1), np.int64)}
+    calls = {"masked_fill": lambda t, k: t.masked_fill(k, 0.0), "where": lambda t, k: t.where(k, 0.0),
+             "gather": lambda t, k: t.gather(1, k)}
+    for lib, make, error in ((torch, torch.tensor, RuntimeError), (xpnn, xpnn.tensor, InplaceModifiedError)):
+        t, k = make(x, requires_grad=True), make(keys[op].copy())
+        y = calls[op](t, k)
+        k[0, 0] = not keys[op][0, 0] if op != "gather" else 3
+        with pytest.raises(error, match="modified by an inplace operation"):
+            y.sum().backward()
+
+
+@pytest.mark.parametrize("xp", [np, xs], ids=["numpy", "array_api_strict"])
+def test_masked_fill_keeps_the_input_dtype_and_where_promotes_as_torch(xp):
+    """``masked_fill`` never changes the input's dtype (an integer input with a float value truncates it, a
+    non-finite one is a ValueError naming the op); ``where`` with operands of different kinds promotes as PyTorch
+    (bool < integer < floating; a Python int next to a bool array is an integer), on NumPy and array_api_strict
+    (whose own ``where`` refuses mixed kinds)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for masked_fill and where dtypes")
+    c, i, f = np.array([True, False, True]), np.array([1, 2, 3]), np.array([0.5, 1.5, 2.5], np.float32)
+    mk = (lambda a: xpnn.tensor(a, backend=xp))
+    cases = [(lambda L, T: T(i).masked_fill(T(c), 1.5)), (lambda L, T: T(i).masked_fill(T(c), -2.7)),
+             (lambda L, T: T(c).masked_fill(T(c), 0)), (lambda L, T: L.where(T(c), T(c), 2)),
+             (lambda L, T: L.where(T(c), T(i), T(f))), (lambda L, T: L.where(T(c), T(c), T(i))),
+             (lambda L, T: L.where(T(c), T(f), T(f.astype(np.float64))))]
+    for case in cases:
+        want, got = case(torch, torch.tensor), case(F, mk)
+        got = np.asarray(got.to("numpy").numpy())
+        assert got.dtype == want.numpy().dtype
+        np.testing.assert_array_equal(got, want.numpy())
+    with pytest.raises(ValueError, match="masked_fill: value -inf cannot be converted to the input's dtype int64"):
+        mk(i).masked_fill(mk(c), float("-inf"))
+
+
+def test_transpose_of_0d_and_1d_and_chunk_of_an_empty_dim_as_torch():
+    """``t.transpose(0, -1)`` of a 1-D (or 0-d) Tensor is the Tensor (dims in [-1, 0]), as in PyTorch;
+    ``chunk(k)`` along an axis of length 0 gives ``k`` empty pieces, as ``torch.chunk``."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for transpose and chunk")
+    for shape in [(), (3,)]:
+        for dims in [(0, 0), (-1, -1), (0, -1), (-1, 0)]:
+            x = xpnn.tensor(np.arange(float(np.prod(shape))).reshape(shape), requires_grad=True)
+            y = x.transpose(*dims)
+            assert y.shape == tuple(torch.zeros(shape).transpose(*dims).shape)
+            (y * 2.0).sum().backward()
+            np.testing.assert_array_equal(x.grad, np.full(shape, 2.0))
+    with pytest.raises(IndexError, match="transpose"):
+        xpnn.tensor(np.ones(3)).transpose(0, 1)
+    for shape, dim in [((0, 2), 0), ((2, 0), -1)]:
+        want = [tuple(t.shape) for t in torch.zeros(shape).chunk(3, dim)]
+        assert [tuple(t.shape) for t in xpnn.tensor(np.zeros(shape)).chunk(3, dim)] == want
+        assert [tuple(t.shape) for t in F.chunk(np.zeros(shape), 3, dim)] == want
+
+
+@pytest.mark.parametrize("key", [np.array([0, 2, 2]), [0, 1, 1], (slice(None), np.array([3, 0, 3])),
+                                 (Ellipsis, [3, 0]), np.array([True, False, True])],
+                         ids=["ndarray", "list", "slice-ndarray", "ellipsis-list", "bool-ndarray"])
+def test_index_with_numpy_arrays_and_lists_on_array_api_strict(key):
+    """``x[np.array(...)]`` and ``x[[...]]`` as in PyTorch on a Tensor of any namespace: the host index becomes an
+    array of the Tensor's namespace (array_api_strict indexes with its own arrays only, and raised a TypeError from
+    deep inside it)."""
+    a = np.arange(12.0).reshape(3, 4)
+    ref = xpnn.tensor(a, requires_grad=True)
+    want = ref[key]
+    (want * want).sum().backward()
+    x = xpnn.tensor(a, backend=xs, requires_grad=True)
+    y = x[key]
+    (y * y).sum().backward()
+    np.testing.assert_array_equal(np.asarray(y.to("numpy").numpy()), want.numpy())
+    from xpnn.backend import to_numpy
+
+    np.testing.assert_array_equal(to_numpy(x.grad), ref.grad)
+
+
+def test_more_bad_input_names_the_op():
+    """Errors that came from NumPy without the op's name (expand to fewer sizes, cat of mismatched shapes), named
+    the wrong op (masked_fill's non-bool mask said "where") or let a float diagonal through (tril(x, 0.5))."""
+    x = xpnn.tensor(np.ones((2, 3, 4)))
+    with pytest.raises(ShapeError, match=r"expand: the number of sizes \(3, 4\) must be at least the number of "
+                                         r"dimensions of shape \(2, 3, 4\)"):
+        x.expand(3, 4)
+    with pytest.raises(ShapeError, match=r"concat: inputs must have one shape except in dimension 1, got shapes "
+                                         r"\[\(2, 3, 4\), \(2, 2, 5\)\]"):
+        F.cat([x, xpnn.tensor(np.ones((2, 2, 5)))], dim=1)
+    for mask in (np.ones(4, int), xpnn.tensor(np.ones(4))):
+        with pytest.raises(DTypeError, match="masked_fill: mask must be a bool array, got (int64|float64)"):
+            x.masked_fill(mask, 0.0)
+    for fn in (F.tril, F.triu):
+        with pytest.raises(TypeError, match=r"(tril|triu): diagonal must be an int, got 0.5"):
+            fn(x, 0.5)
+    np.testing.assert_array_equal(F.tril(np.ones((2, 2)), np.int64(-1)), [[0.0, 0.0], [1.0, 0.0]])

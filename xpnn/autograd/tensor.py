@@ -472,28 +472,38 @@ class Tensor:
 
     # --- methods (each the xpnn.functional op of the same name) ---------------------------------------------
     # (``dim=`` is PyTorch's name for ``axis=``; ``max``/``min`` given ``dim=`` return ``(values, indices)``)
-    def sum(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None) -> "Tensor":
-        return F.sum(self, axis=axis, keepdims=keepdims, dim=dim)
+    def sum(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None, keepdim: Optional[bool] = None
+            ) -> "Tensor":
+        return F.sum(self, axis=axis, keepdims=keepdims, dim=dim, keepdim=keepdim)
 
-    def mean(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None) -> "Tensor":
-        return F.mean(self, axis=axis, keepdims=keepdims, dim=dim)
+    def mean(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None, keepdim: Optional[bool] = None
+            ) -> "Tensor":
+        return F.mean(self, axis=axis, keepdims=keepdims, dim=dim, keepdim=keepdim)
 
-    def max(self, axis: Any = None, keepdims: bool = False, *, dim: Optional[int] = None) -> Any:
-        return F.max(self, axis=axis, keepdims=keepdims, dim=dim)
+    def max(self, axis: Any = None, keepdims: bool = False, *, dim: Optional[int] = None,
+            keepdim: Optional[bool] = None) -> Any:
+        return F.max(self, axis=axis, keepdims=keepdims, dim=dim, keepdim=keepdim)
 
-    def min(self, axis: Any = None, keepdims: bool = False, *, dim: Optional[int] = None) -> Any:
-        return F.min(self, axis=axis, keepdims=keepdims, dim=dim)
+    def min(self, axis: Any = None, keepdims: bool = False, *, dim: Optional[int] = None,
+            keepdim: Optional[bool] = None) -> Any:
+        return F.min(self, axis=axis, keepdims=keepdims, dim=dim, keepdim=keepdim)
 
-    def argmax(self, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None) -> "Tensor":
+    def argmax(self, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None,
+               keepdim: Optional[bool] = None) -> "Tensor":
         """Indices of the maxima (an integer Tensor, no gradient), e.g. ``(logits.argmax(axis=1) == y)``."""
         if dim is not None:
             axis = axis_from_dim(axis, dim, "argmax")
+        if keepdim is not None:
+            keepdims = keepdim
         return Tensor(namespace_of(self._data).argmax(self._data, axis=axis, keepdims=keepdims))
 
-    def argmin(self, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None) -> "Tensor":
+    def argmin(self, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None,
+               keepdim: Optional[bool] = None) -> "Tensor":
         """Indices of the minima (an integer Tensor, no gradient)."""
         if dim is not None:
             axis = axis_from_dim(axis, dim, "argmin")
+        if keepdim is not None:
+            keepdims = keepdim
         return Tensor(namespace_of(self._data).argmin(self._data, axis=axis, keepdims=keepdims))
 
     def reshape(self, *shape: Any) -> "Tensor":
@@ -512,7 +522,9 @@ class Tensor:
         on a 2-D Tensor ``transpose(0, 1)`` is the transpose (NumPy would read it as the identity permutation)."""
         if not axes:
             return F.permute_dims(self, tuple(range(self.ndim - 1, -1, -1)))
-        if len(axes) == 2 and all(isinstance(a, int) for a in axes) and self.ndim >= 2:
+        if len(axes) == 2 and all(isinstance(a, int) for a in axes) and self.ndim < 2:
+            return F.transpose(self, *axes)  # (0-d and 1-D: dims in [-1, 0], the Tensor itself, as in PyTorch)
+        if len(axes) == 2 and all(isinstance(a, int) for a in axes):
             order = list(range(self.ndim))
             try:
                 i, j = order[axes[0]], order[axes[1]]
@@ -575,9 +587,9 @@ class Tensor:
     def log_softmax(self, axis: Optional[int] = None, *, dim: Optional[int] = None) -> "Tensor":
         return F.log_softmax(self, axis=axis, dim=dim)
 
-    def logsumexp(self, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None
-                  ) -> "Tensor":
-        return F.logsumexp(self, axis=axis, keepdims=keepdims, dim=dim)
+    def logsumexp(self, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None,
+                  keepdim: Optional[bool] = None) -> "Tensor":
+        return F.logsumexp(self, axis=axis, keepdims=keepdims, dim=dim, keepdim=keepdim)
 
     def astype(self, dtype: Any) -> "Tensor":
         """A cast copy (recorded: the gradient is cast back)."""

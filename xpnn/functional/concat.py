@@ -33,6 +33,9 @@ class Concat(Op):
             raise ShapeError(f"concat: inputs must have the same number of dimensions (at least 1), got shapes "
                              f"{[tuple(x.shape) for x in xs]}")
         ax = _axis(axis, ndim, "concat")
+        if any(x.shape[:ax] + x.shape[ax + 1:] != xs[0].shape[:ax] + xs[0].shape[ax + 1:] for x in xs):
+            raise ShapeError(f"concat: inputs must have one shape except in dimension {ax}, got shapes "
+                             f"{[tuple(x.shape) for x in xs]}")
         ctx.axis, ctx.sizes = ax, tuple(int(x.shape[ax]) for x in xs)
         return xp.concat(list(xs), axis=ax)
 
@@ -140,4 +143,6 @@ def chunk(x: Any, chunks: int, dim: int = 0) -> tuple[Any, ...]:
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
         raise ValueError(f"chunk: chunks must be a positive int, got {chunks!r}")
     n = tuple(x.shape)[dim_index(dim, len(x.shape), "chunk")]
-    return split(x, max(-(-n // chunks), 1), dim)
+    if n == 0:  # `chunks` empty pieces, as torch.chunk
+        return split(x, [0] * chunks, dim)
+    return split(x, -(-n // chunks), dim)

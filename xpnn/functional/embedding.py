@@ -37,14 +37,15 @@ class Embedding(Op):
     @staticmethod
     def forward(ctx: Context, weight: Any, indices: Any, *, padding_idx: Optional[int] = None) -> Any:
         xp = ctx.xp
-        ctx.indices, ctx.num, ctx.padding_idx = indices, weight.shape[0], padding_idx
+        ctx.save_for_backward(indices)  # (saved, so that a write into the ids after the forward raises)
+        ctx.num, ctx.padding_idx = weight.shape[0], padding_idx
         out = xp.take(weight, xp.reshape(indices, (-1,)), axis=0)
         return xp.reshape(out, tuple(indices.shape) + (weight.shape[1],))
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, None]:
         # (the ids were checked by the forward: no second host read here)
-        return EmbeddingBackward.apply(g, indices=ctx.indices, num_embeddings=int(ctx.num),
+        return EmbeddingBackward.apply(g, indices=_values(ctx.saved_tensors[0]), num_embeddings=int(ctx.num),
                                        padding_idx=ctx.padding_idx), None
 
     @staticmethod

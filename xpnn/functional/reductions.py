@@ -11,7 +11,7 @@ empty too).
 from __future__ import annotations
 
 import builtins
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from .._torch_names import axis_from_dim
 from ..autograd import op as _op
@@ -163,33 +163,46 @@ def _with_indices(op: Any, arg: str, x: Any, dim: Any, keepdims: bool) -> Values
     return ValuesIndices(values, _op.Tensor(idx) if isinstance(x, _op.Tensor) else idx)
 
 
-def sum(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None) -> Any:  # noqa: A001
-    """Sum over ``axis`` (all axes by default; ``dim=`` is PyTorch's name for it)."""
+def sum(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None,  # noqa: A001
+        keepdim: Optional[bool] = None) -> Any:
+    """Sum over ``axis`` (all axes by default; ``dim=`` and ``keepdim=`` are PyTorch's names for ``axis`` and
+    ``keepdims``, as in every reduction here)."""
+    if keepdim is not None:  # (PyTorch's name)
+        keepdims = keepdim
     if dim is not None:
         axis = axis_from_dim(axis, dim, "sum")
     return Sum.apply(x, axis=axis, keepdims=keepdims)
 
 
-def mean(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None) -> Any:
+def mean(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None,
+        keepdim: Optional[bool] = None) -> Any:
     """Mean over ``axis`` (all axes by default; ``dim=`` is PyTorch's name for it)."""
+    if keepdim is not None:  # (PyTorch's name)
+        keepdims = keepdim
     if dim is not None:
         axis = axis_from_dim(axis, dim, "mean")
     return Mean.apply(x, axis=axis, keepdims=keepdims)
 
 
-def max(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Any = None) -> Any:  # noqa: A001
+def max(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Any = None,  # noqa: A001
+        keepdim: Optional[bool] = None) -> Any:
     """Maximum over ``axis``; tied maxima share the gradient evenly, and a slice holding a NaN has the maximum NaN,
     its NaN(s) getting the gradient (PyTorch's rule). With ``dim=`` (an int): ``(values, indices)``
     like ``torch.max(x, dim)`` (``ValuesIndices``)."""
+    if keepdim is not None:  # (PyTorch's name)
+        keepdims = keepdim
     if dim is not None:
         return _with_indices(Max, "argmax", x, axis_from_dim(axis, dim, "max"), keepdims)
     return Max.apply(x, axis=axis, keepdims=keepdims)
 
 
-def min(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Any = None) -> Any:  # noqa: A001
+def min(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Any = None,  # noqa: A001
+        keepdim: Optional[bool] = None) -> Any:
     """Minimum over ``axis``; tied minima share the gradient evenly, and a slice holding a NaN has the minimum NaN,
     its NaN(s) getting the gradient (PyTorch's rule). With ``dim=`` (an int): ``(values, indices)``
     like ``torch.min(x, dim)`` (``ValuesIndices``)."""
+    if keepdim is not None:  # (PyTorch's name)
+        keepdims = keepdim
     if dim is not None:
         return _with_indices(Min, "argmin", x, axis_from_dim(axis, dim, "min"), keepdims)
     return Min.apply(x, axis=axis, keepdims=keepdims)

@@ -7,6 +7,8 @@ axes broadcasting stretched), ``gather``'s by a scatter-add into the input's sha
 """
 from __future__ import annotations
 
+import math
+import operator
 from typing import Any, Optional
 
 import numpy as np
@@ -24,13 +26,24 @@ __all__ = ["where", "masked_fill", "tril", "triu", "tril_mask", "triu_mask", "ga
 
 
 def _operand(xp: Any, v: Any, other: Any) -> Any:
-    """A Python scalar operand of ``where`` as a 0-d array of the other operand's dtype (a float with an integer
-    array: the default floating dtype), as PyTorch treats scalars."""
+    """A Python scalar operand of ``where`` as a 0-d array of the other operand's dtype (a float with an integer or
+    bool array: the default floating dtype; an int with a bool array: the default integer dtype), as PyTorch
+    promotes scalars."""
     if hasattr(v, "shape"):
         return v
-    if isinstance(v, float) and not xp.isdtype(other.dtype, "real floating"):
+    if (isinstance(v, float) and not xp.isdtype(other.dtype, "real floating")) or (
+            type(v) is int and xp.isdtype(other.dtype, "bool")):
         return xp.asarray(v)
     return xp.asarray(v, dtype=other.dtype)
+
+
+def _common_dtype(xp: Any, x: Any, y: Any) -> tuple[Any, Any]:
+    """``x`` and ``y`` cast to one dtype as PyTorch promotes them: within a kind the namespace's ``result_type``;
+    across kinds (the array API leaves that undefined) the floating one over an integer or bool one, and the
+    integer one over a bool one."""
+    rank = [xp.isdtype(a.dtype, "real floating") * 2 + xp.isdtype(a.dtype, "integral") for a in (x, y)]
+    dt = xp.result_type(x.dtype, y.dtype) if rank[0] == rank[1] else (x if rank[0] > rank[1] else y).dtype
+    return tuple(a if a.dtype == dt else xp.astype(a, dt) for a in (x, y))  # type: ignore[return-value]
 
 
 def _back_to(g: Any, shape: tuple[int, ...], dtype: Any) -> Any:
@@ -53,8 +66,10 @@ class Where(Op):
         if not hasattr(x, "shape") and not hasattr(y, "shape"):
             raise TypeError("where: input or other must be an array or Tensor (both are Python scalars)")
         x, y = _operand(xp, x, y), _operand(xp, y, x)
-        ctx.cond = condition
+        ctx.save_for_backward(condition)  # (saved, so that a write into the mask after the forward raises)
         ctx.metas = (tuple(x.shape), x.dtype), (tuple(y.shape), y.dtype)
+        if x.dtype != y.dtype:
+            x, y = _common_dtype(xp, x, y)
         try:
             return xp.where(condition, x, y)
         except ValueError:
@@ -63,7 +78,7 @@ class Where(Op):
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any, Any]:
-        cond, (xm, ym) = ctx.cond, ctx.metas
+        (cond,), (xm, ym) = ctx.saved_tensors, ctx.metas
         gx = _back_to(where(cond, g, 0), *xm) if ctx.needs_input_grad[1] else None
         gy = _back_to(where(cond, 0, g), *ym) if ctx.needs_input_grad[2] else None
         return None, gx, gy
@@ -94,7 +109,16 @@ def masked_fill(x: Any, mask: Any, value: Any) -> Any:
             raise ShapeError(f"masked_fill: value must be a number or a 0-d array, got shape {tuple(value.shape)}")
         if value.dtype != x.dtype:
             value = astype(value, x.dtype)
-    return Where.apply(mask, value, x)
+    elif isinstance(value, (bool, int, float)) and not namespace_of(_values(x)).isdtype(x.dtype, "real floating"):
+        # an integer or bool input keeps its dtype, as in PyTorch: a float value is truncated toward zero
+        if not math.isfinite(value):
+            raise ValueError(f"masked_fill: value {value} cannot be converted to the input's dtype "
+                             f"{dtype_name(x.dtype)}")
+        value = bool(value) if namespace_of(_values(x)).isdtype(x.dtype, "bool") else int(value)
+    try:
+        return Where.apply(mask, value, x)
+    except DTypeError:  # (where's only one: a condition that is not bool)
+        raise DTypeError(f"masked_fill: mask must be a bool array, got {dtype_name(mask.dtype)}") from None
 
 
 def band_mask(xp: Any, rows: int, cols: int, diagonal: int, lower: bool) -> Any:
@@ -108,8 +132,12 @@ def _band(x: Any, diagonal: int, lower: bool) -> Any:
     shape = tuple(x.shape)
     if len(shape) < 2:
         raise ShapeError(f"{where_}: expected an input of at least 2 dimensions, got shape {shape}")
+    try:
+        diagonal = operator.index(diagonal)
+    except TypeError:
+        raise TypeError(f"{where_}: diagonal must be an int, got {diagonal!r}") from None
     xp = namespace_of(_values(x), where=where_)
-    return Where.apply(band_mask(xp, shape[-2], shape[-1], int(diagonal), lower), x, 0)
+    return Where.apply(band_mask(xp, shape[-2], shape[-1], diagonal, lower), x, 0)
 
 
 def tril(x: Any, diagonal: int = 0) -> Any:
@@ -198,12 +226,13 @@ class Gather(Op):
     @staticmethod
     def forward(ctx: Context, x: Any, index: Any, *, axis: int) -> Any:
         xp = namespace_of(x, index)
-        ctx.index, ctx.axis, ctx.shape = index, axis, tuple(x.shape)
+        ctx.save_for_backward(index)  # (saved, so that a write into the index after the forward raises)
+        ctx.axis, ctx.shape = axis, tuple(x.shape)
         return xp.take_along_axis(x[_block(tuple(index.shape), axis)], index, axis=axis)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, None]:
-        return GatherBackward.apply(g, index=ctx.index, axis=ctx.axis, shape=ctx.shape), None
+        return GatherBackward.apply(g, index=_values(ctx.saved_tensors[0]), axis=ctx.axis, shape=ctx.shape), None
 
     @staticmethod
     def onnx(g: Any, x: str, index: str, *, axis: int) -> str:

@@ -131,6 +131,16 @@ def _plain_key(key: Any) -> Any:
     return key
 
 
+def _host_indices_to(xp: Any, key: Any) -> Any:
+    """Lists and NumPy arrays inside an index key as arrays of ``xp``, the indexed array's namespace (PyTorch takes
+    them as indices; ``array_api_strict`` indexes with its own arrays only)."""
+    parts = key if isinstance(key, tuple) else (key,)
+    if not any(isinstance(k, (list, np.ndarray)) for k in parts):
+        return key
+    parts = tuple(xp.asarray(k) if isinstance(k, (list, np.ndarray)) else k for k in parts)
+    return parts if isinstance(key, tuple) else parts[0]
+
+
 def _is_basic(key: Any) -> bool:
     parts = key if isinstance(key, tuple) else (key,)
     return all(k is None or k is Ellipsis or isinstance(k, (int, slice)) for k in parts)
@@ -166,7 +176,7 @@ class Index(Op):
     def forward(ctx: Context, x: Any, *, key: Any) -> Any:
         namespace_of(x, where="index")
         if type(x) is not np.ndarray:
-            key = _with_ellipsis(key, x.ndim)
+            key = _with_ellipsis(_host_indices_to(ctx.xp, key), x.ndim)
         ctx.shape, ctx.key = tuple(x.shape), key
         try:
             if type(x) is not np.ndarray and not _is_basic(key) and not is_cupy_namespace(ctx.xp):
@@ -427,6 +437,9 @@ def expand(x: Any, *sizes: Any) -> Any:
         sizes = tuple(sizes[0])
     shape = tuple(x.shape)
     lead = len(sizes) - len(shape)
+    if lead < 0:
+        raise ShapeError(f"expand: the number of sizes {tuple(sizes)} must be at least the number of dimensions of "
+                         f"shape {shape}")
     out = []
     for i, s in enumerate(sizes):
         old = shape[i - lead] if i >= lead else None

@@ -182,9 +182,12 @@ class LogSoftmax(Op):
         return g - exp(out) * _sum(g, axis=ctx.axis, keepdims=True)
 
 
-def logsumexp(x: Any, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None) -> Any:
-    """``log(sum(exp(x), axis))`` without overflow; ``axis`` defaults to -1 (``dim=`` is PyTorch's name for it).
-    (N, C) -> (N,) for the default axis."""
+def logsumexp(x: Any, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None,
+              keepdim: Optional[bool] = None) -> Any:
+    """``log(sum(exp(x), axis))`` without overflow; ``axis`` defaults to -1 (``dim=`` and ``keepdim=`` are
+    PyTorch's names for ``axis`` and ``keepdims``). (N, C) -> (N,) for the default axis."""
+    if keepdim is not None:
+        keepdims = keepdim
     if dim is not None:
         axis = axis_from_dim(axis, dim, "logsumexp")
     elif axis is None:

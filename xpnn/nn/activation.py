@@ -13,6 +13,19 @@ __all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "SELU", "Softplus", "M
            "LogSoftmax", "PReLU"]
 
 
+class _Inplace(Module):
+    """A layer with PyTorch's ``inplace`` flag. xpnn records no in-place op: ``inplace=True`` is accepted so that
+    ported code runs, and the output is computed out of place (the same values; the input is left unchanged)."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = bool(inplace)
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
+
+
+
 class Sigmoid(Module):
     """``y = 1 / (1 + exp(-x))``."""
 
@@ -27,42 +40,42 @@ class Tanh(Module):
         return F.tanh(x)
 
 
-class ReLU(Module):
+class ReLU(_Inplace):
     """``y = max(x, 0)``."""
 
     def forward(self, x: Any) -> Any:
         return F.relu(x)
 
 
-class LeakyReLU(Module):
+class LeakyReLU(_Inplace):
     """``y = x`` for ``x > 0`` else ``negative_slope * x``."""
 
-    def __init__(self, negative_slope: float = 0.01) -> None:
-        super().__init__()
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
+        super().__init__(inplace)
         self.negative_slope = float(negative_slope)
 
     def extra_repr(self) -> str:
-        return f"negative_slope={self.negative_slope}"
+        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
 
     def forward(self, x: Any) -> Any:
         return F.leaky_relu(x, self.negative_slope)
 
 
-class ELU(Module):
+class ELU(_Inplace):
     """``y = x`` for ``x > 0`` else ``alpha * (exp(x) - 1)``."""
 
-    def __init__(self, alpha: float = 1.0) -> None:
-        super().__init__()
+    def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
+        super().__init__(inplace)
         self.alpha = float(alpha)
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}"
+        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
 
     def forward(self, x: Any) -> Any:
         return F.elu(x, self.alpha)
 
 
-class SELU(Module):
+class SELU(_Inplace):
     """``y = scale * elu(x, alpha)`` with the fixed self-normalising constants."""
 
     def forward(self, x: Any) -> Any:
@@ -83,7 +96,7 @@ class Softplus(Module):
         return F.softplus(x, self.beta, self.threshold)
 
 
-class Mish(Module):
+class Mish(_Inplace):
     """``y = x * tanh(softplus(x))`` (Misra 2019, ``torch.nn.Mish``)."""
 
     def forward(self, x: Any) -> Any:
@@ -107,7 +120,7 @@ class GELU(Module):
         return F.gelu(x, self.approximate)
 
 
-class SiLU(Module):
+class SiLU(_Inplace):
     """``y = x * sigmoid(x)`` (``torch.nn.SiLU``)."""
 
     def forward(self, x: Any) -> Any:

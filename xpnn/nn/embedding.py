@@ -66,6 +66,9 @@ class Embedding(Module):
                         sparse: bool = False, *, backend: BackendLike = None) -> "Embedding":
         """An ``Embedding`` holding ``embeddings`` (num_embeddings, embedding_dim), frozen unless ``freeze=False``
         (``torch.nn.Embedding.from_pretrained``)."""
+        if not hasattr(embeddings, "shape"):
+            raise TypeError(f"Embedding.from_pretrained: embeddings must be a 2-D array or Tensor, got "
+                            f"{type(embeddings).__name__}")
         if len(embeddings.shape) != 2:
             raise ShapeError(f"Embedding.from_pretrained: embeddings must be 2-D, got shape {tuple(embeddings.shape)}")
         n, d = (int(s) for s in embeddings.shape)

@@ -161,11 +161,11 @@ def _linear(m: Linear, x: Any) -> Any:
     if type(x) is not np.ndarray or type(w) is not np.ndarray or get_debug() or not numpy_direct("linear"):
         return NotImplemented
     if x.ndim != 2 or x.shape[0] == 0:  # the layer's own rules (see nn.linear.affine)
-        check_features(m, None, x, m.in_features, w.dtype)  # (raises, naming the layer)
+        check_features(m, None, x, m.in_features, w.dtype, leading=True)  # (raises, naming the layer)
     try:
         return _one_op_call(m, LinearOp, x, m.weight, m.bias)
     except (ShapeError, DTypeError):  # the op's check failed: say it naming the layer
-        check_features(m, None, x, m.in_features, w.dtype)
+        check_features(m, None, x, m.in_features, w.dtype, leading=True)
         raise
 
 

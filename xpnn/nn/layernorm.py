@@ -36,7 +36,8 @@ class LayerNorm(Module):
             FlatBuffer.pack(self.parameters())
 
     def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+                f"bias={self.bias is not None}")
 
     def forward(self, x: Any) -> Any:
         try:
