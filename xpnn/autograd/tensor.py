@@ -23,7 +23,7 @@ from .engine import Node, _accumulate_leaf, _fire_hooks, run_backward
 from .grad_mode import _state as _grad_state, is_grad_enabled
 from .op import VersionCounter
 
-__all__ = ["Tensor", "tensor"]
+__all__ = ["Tensor", "tensor", "zeros_like", "ones_like"]
 
 _hook_ids = itertools.count()
 
@@ -554,6 +554,14 @@ class Tensor:
             raise ShapeError(f"Tensor.T: expected a 2-D Tensor, got shape {self.shape}; use transpose/permute_dims")
         return F.permute_dims(self, (1, 0))
 
+    @property
+    def mT(self) -> "Tensor":
+        """The last two axes swapped (``torch.Tensor.mT``: a batch of matrices transposed). Raises ``ShapeError`` for
+        fewer than 2 dimensions."""
+        if self.ndim < 2:
+            raise ShapeError(f"Tensor.mT: expected at least 2 dimensions, got shape {self.shape}")
+        return F.transpose(self, -2, -1)
+
     def matmul(self, other: Any) -> "Tensor":
         return F.matmul(self, other)
 
@@ -671,6 +679,184 @@ class Tensor:
     def gather(self, dim: int, index: Any) -> "Tensor":
         """``out[i][j] = self[index[i][j]][j]`` for ``dim=0`` and so on (``torch.gather``)."""
         return F.gather(self, dim, index)
+
+    def masked_fill_(self, mask: Any, value: Any) -> "Tensor":
+        """In-place ``masked_fill`` (``torch.Tensor.masked_fill_``): ``value`` written where the bool ``mask``
+        (broadcast to this shape) is true; returns ``self``. The write goes into ``data`` (arrays that view it see
+        it) and bumps the version counter: an op that saved these values raises ``InplaceModifiedError`` at
+        backward. While recording, a Tensor in the graph takes the fill as its new history (the gradient flows to the
+        entries not filled, and to a 0-d ``value`` Tensor); a leaf that requires grad raises ``RuntimeError``, as
+        in PyTorch, and so does a non-leaf whose values a view or ``detach()`` shares (their history could not
+        follow: write ``x = x.masked_fill(mask, value)``)."""
+        recording = is_grad_enabled() and (
+            self._requires_grad or (isinstance(value, Tensor) and value._requires_grad))
+        if not recording:
+            filled = F.masked_fill(self._data, mask._data if isinstance(mask, Tensor) else mask,
+                                   value._data if isinstance(value, Tensor) else value)
+            self._data[...] = filled
+            self._bump_version()
+            return self
+        if self._requires_grad and self._node is None:
+            raise RuntimeError("Tensor.masked_fill_: a leaf Tensor that requires grad cannot be changed in place "
+                               "(PyTorch's rule); fill it under `with xpnn.no_grad():`, or write "
+                               "`x = x.masked_fill(mask, value)` for a new Tensor")
+        if self._node is not None and self._vc is not None:
+            raise RuntimeError("Tensor.masked_fill_: this Tensor's values are shared with a view or a detach()ed "
+                               "Tensor, whose history cannot follow an in-place fill while recording; write "
+                               "`x = x.masked_fill(mask, value)` instead")
+        # the values before the fill, as a Tensor of their own: the fill's input, and the output of self's old op
+        old = _make(self._data, self._node, self._index, self._requires_grad)
+        old._vc = _counter(self)
+        if self._node is not None:
+            refs = list(self._node.outputs)
+            refs[self._index] = weakref.ref(old)
+            self._node.outputs = tuple(refs)
+        out = F.masked_fill(old, mask, value)
+        self._data[...] = out._data
+        self._node, self._index, self._requires_grad = out._node, 0, out._requires_grad
+        if out._node is not None:
+            out._node.outputs = (weakref.ref(self),)
+        self._bump_version()
+        return self
+
+    def unbind(self, dim: int = 0) -> tuple["Tensor", ...]:
+        """The slices along ``dim``, that axis removed (``torch.unbind``); one ``split`` (views on NumPy/CuPy), so
+        the gradient is one concatenation. Raises ``IndexError`` for ``dim`` out of range or a 0-d Tensor."""
+        d = _dim_index(dim, self.ndim, "unbind")
+        if self.shape[d] == 0:
+            return ()
+        return tuple(F.squeeze(p, d) for p in F.split(self, 1, d))
+
+    def repeat(self, *sizes: Any) -> "Tensor":
+        """This Tensor tiled ``sizes[i]`` times along axis ``i`` (``torch.Tensor.repeat``, i.e. ``numpy.tile``); more
+        sizes than dimensions add leading axes. Built as reshape -> broadcast -> reshape, so the gradient sums the
+        copies. Raises ``ShapeError`` for fewer sizes than dimensions, ``ValueError`` for a negative size."""
+        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+            sizes = tuple(sizes[0])
+        reps = tuple(int(s) for s in sizes)
+        shape = self.shape
+        if len(reps) < len(shape):
+            raise ShapeError(f"Tensor.repeat: the number of repeat sizes {reps} cannot be smaller than the number of "
+                             f"dimensions of shape {shape}")
+        if any(r < 0 for r in reps):
+            raise ValueError(f"Tensor.repeat: repeat sizes must be non-negative, got {reps}")
+        full = (1,) * (len(reps) - len(shape)) + shape
+        inter = tuple(x for s in full for x in (1, s))
+        wide = tuple(x for r, s in zip(reps, full) for x in (r, s))
+        return F.reshape(F.broadcast_to(F.reshape(self, inter), wide), tuple(r * s for r, s in zip(reps, full)))
+
+    def flip(self, *dims: Any) -> "Tensor":
+        """The order of the entries along each of ``dims`` reversed (``torch.flip``; a tuple or the dims as
+        arguments); a reversed-slice index, so the gradient is flipped back. Raises ``IndexError`` for a dim out of
+        range, ``ValueError`` for a dim given twice."""
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        axes = [_dim_index(d, max(self.ndim, 1), "flip") for d in dims]
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"flip: dims {tuple(dims)} name a dimension more than once")
+        if self.ndim == 0:
+            return F.index(self, ...)
+        rev = slice(None, None, -1)
+        return F.index(self, tuple(rev if i in axes else slice(None) for i in range(self.ndim)))
+
+    def var(self, dim: Any = None, unbiased: Optional[bool] = None, keepdim: bool = False, *,
+            correction: Optional[float] = None) -> "Tensor":
+        """Variance over ``dim`` (an int, a tuple, or ``None`` for all; ``torch.var``):
+        ``sum((x - mean)**2) / max(0, N - correction)`` with ``N`` the number of entries reduced; ``correction``
+        defaults to 1 (Bessel's correction), and PyTorch's older ``unbiased=False`` means ``correction=0``. Composed
+        of mean/sub/mul/sum, so it has gradients (any order). ``N <= correction`` gives inf or nan, as in PyTorch.
+        Raises ``TypeError`` for both ``unbiased`` and ``correction``."""
+        if unbiased is not None and correction is not None:
+            raise TypeError("Tensor.var: pass unbiased= or correction=, not both (unbiased=False is correction=0)")
+        corr = correction if correction is not None else (0 if unbiased is False else 1)
+        axes = tuple(range(self.ndim)) if dim is None else dim if isinstance(dim, (tuple, list)) else (dim,)
+        axes = tuple(_dim_index(a, max(self.ndim, 1), "var") for a in axes)
+        n = _numel(tuple(self.shape[a] for a in axes if a < self.ndim))
+        dev = self - F.mean(self, axis=axes, keepdims=True)
+        ss = F.sum(dev * dev, axis=axes, keepdims=keepdim)
+        denom = max(0, n - corr)
+        with np.errstate(divide="ignore", invalid="ignore"):  # N <= correction: x / 0, as PyTorch (inf or nan)
+            return ss / float(denom)
+
+    def rsqrt(self) -> "Tensor":
+        """``1 / sqrt(x)`` (``torch.rsqrt``), as ``x ** -0.5`` (one op; inf at 0, nan below)."""
+        return F.pow(self, -0.5)
+
+    def pow(self, exponent: Any) -> "Tensor":
+        """``self ** exponent`` (``torch.Tensor.pow``; ``F.pow``, gradients for both)."""
+        return F.pow(self, exponent)
+
+    def type_as(self, other: Any) -> "Tensor":
+        """This Tensor in ``other``'s dtype (``torch.Tensor.type_as``): itself when the dtype already matches; a
+        floating target is recorded (the gradient is cast back), an integer or bool one carries no gradient."""
+        dtype = other.dtype
+        if dtype == self.dtype:
+            return self
+        if _is_floating(other._data if isinstance(other, Tensor) else other):
+            return F.astype(self, dtype)
+        return Tensor(F.astype(self._data, dtype))
+
+    def _new(self, size: Any, fill: Any, dtype: Any, requires_grad: bool, where: str) -> "Tensor":
+        if len(size) == 1 and isinstance(size[0], (tuple, list)):
+            size = tuple(size[0])
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in size):
+            raise TypeError(f"Tensor.{where}: size must be non-negative ints, got {tuple(size)}")
+        return _filled(self._data, tuple(size), fill, dtype, requires_grad)
+
+    def new_zeros(self, *size: Any, dtype: Any = None, requires_grad: bool = False) -> "Tensor":
+        """Zeros of shape ``size`` with this Tensor's backend and dtype (or ``dtype``), a new leaf
+        (``torch.Tensor.new_zeros``)."""
+        return self._new(size, 0, dtype, requires_grad, "new_zeros")
+
+    def new_ones(self, *size: Any, dtype: Any = None, requires_grad: bool = False) -> "Tensor":
+        """Ones of shape ``size``, this Tensor's backend and dtype (``torch.Tensor.new_ones``)."""
+        return self._new(size, 1, dtype, requires_grad, "new_ones")
+
+    def new_full(self, size: Any, fill_value: Any, *, dtype: Any = None, requires_grad: bool = False) -> "Tensor":
+        """``fill_value`` in shape ``size``, this Tensor's backend and dtype (``torch.Tensor.new_full``)."""
+        return self._new((size,), fill_value, dtype, requires_grad, "new_full")
+
+    def narrow(self, dim: int, start: int, length: int) -> "Tensor":
+        """Entries ``start .. start + length - 1`` along ``dim`` (``torch.narrow``; a negative ``start`` counts from
+        the end); a view on NumPy/CuPy, recorded. Raises ``IndexError`` when ``start`` is out of range or the piece
+        runs past the end."""
+        d = _dim_index(dim, max(self.ndim, 1), "narrow")
+        if self.ndim == 0:
+            raise IndexError("narrow: cannot narrow a 0-d Tensor")
+        n = self.shape[d]
+        if not -n <= start <= n:
+            raise IndexError(f"narrow: start {start} out of range for dimension {dim} of size {n}")
+        if start < 0:
+            start += n
+        if length < 0 or start + length > n:
+            raise IndexError(f"narrow: start ({start}) + length ({length}) exceeds dimension {dim} of size {n}")
+        key = (slice(None),) * d + (slice(start, start + length),)
+        return F.index(self, key)
+
+    def unflatten(self, dim: int, sizes: Any) -> "Tensor":
+        """Axis ``dim`` split into ``sizes`` (``torch.Tensor.unflatten``; one size may be -1). Raises
+        ``ShapeError`` when the sizes do not multiply to that axis's length."""
+        shape = self.shape
+        d = _dim_index(dim, max(len(shape), 1), "unflatten")
+        sizes = tuple(int(s) for s in sizes)
+        n = shape[d] if shape else 1
+        known = _numel(tuple(s for s in sizes if s != -1))
+        if not sizes or sizes.count(-1) > 1 or (-1 in sizes and (known == 0 or n % known)) or \
+                (-1 not in sizes and known != n):
+            raise ShapeError(f"unflatten: sizes {sizes} do not multiply to the size {n} of dimension {dim} (shape "
+                             f"{shape}; at most one -1)")
+        sizes = tuple(n // known if s == -1 else s for s in sizes)
+        return F.reshape(self, shape[:d] + sizes + shape[d + 1:])
+
+    def is_contiguous(self) -> bool:
+        """Whether the array is in C order (``torch.Tensor.is_contiguous``); ``True`` for a namespace without
+        strides (the array API standard has none)."""
+        flags = getattr(self._data, "flags", None)
+        return True if flags is None else bool(flags.c_contiguous)
+
+    def bool(self) -> "Tensor":
+        """Cast to bool: nonzero -> ``True`` (no gradient, as in PyTorch)."""
+        return Tensor(F.astype(self._data, "bool"))
 
     def float(self) -> "Tensor":
         """Cast to float32 (recorded: the gradient is cast back)."""
@@ -900,6 +1086,26 @@ def tensor(data: Any, requires_grad: bool = False, backend: BackendLike = None, 
     if src is not None and data is src._data:  # not copied: a write through either is a write to both
         t._vc = _counter(src)
     return t
+
+
+def _filled(like: Any, shape: tuple[int, ...], fill: Any, dtype: Any, requires_grad: bool) -> Tensor:
+    """A new leaf of ``shape`` filled with ``fill``, on ``like``'s backend, in ``dtype`` (default ``like``'s)."""
+    xp = namespace_of(like)
+    dt = like.dtype if dtype is None else _resolve(xp, dtype)
+    return Tensor(xp.full(shape, fill, dtype=dt), requires_grad=requires_grad)
+
+
+def zeros_like(input: Any, *, dtype: Any = None, requires_grad: bool = False) -> Tensor:  # noqa: A002
+    """Zeros of ``input``'s shape, backend and dtype (or ``dtype``): a new leaf Tensor (``torch.zeros_like``);
+    ``input`` is a Tensor or an array."""
+    a = input._data if isinstance(input, Tensor) else input
+    return _filled(a, tuple(a.shape), 0, dtype, requires_grad)
+
+
+def ones_like(input: Any, *, dtype: Any = None, requires_grad: bool = False) -> Tensor:  # noqa: A002
+    """Ones of ``input``'s shape, backend and dtype (or ``dtype``): a new leaf Tensor (``torch.ones_like``)."""
+    a = input._data if isinstance(input, Tensor) else input
+    return _filled(a, tuple(a.shape), 1, dtype, requires_grad)
 
 
 def _resolve(xp: Any, dtype: Any) -> Any:
