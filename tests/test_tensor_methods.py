@@ -355,6 +355,21 @@ def test_masked_fill_inplace_in_a_graph_matches_torch_gradient(ns, torch):
     np.testing.assert_allclose(float(np.asarray(v.grad)), vv.grad.item(), rtol=1e-10)
 
 
+def test_masked_fill_inplace_of_a_value_that_requires_grad_into_a_constant_matches_torch(torch):
+    a = np.arange(4.0)
+    mask = np.array([True, False, True, False])
+    t, tt = xpnn.tensor(a.copy()), torch.tensor(a.copy())
+    v, vv = xpnn.tensor(np.float64(2.0), requires_grad=True), torch.tensor(2.0, dtype=torch.float64,
+                                                                            requires_grad=True)
+    t.masked_fill_(xpnn.tensor(mask), v)
+    tt.masked_fill_(torch.from_numpy(mask), vv)
+    assert t.requires_grad and not t.is_leaf and tt.requires_grad
+    np.testing.assert_array_equal(t.numpy(), tt.detach().numpy())
+    (t * t).sum().backward()
+    (tt * tt).sum().backward()
+    assert float(v.grad) == vv.grad.item() == 8.0
+
+
 def test_masked_fill_inplace_gradcheck_float64():
     a = np.random.default_rng(10).normal(size=(3, 4))
     mask = xpnn.tensor(np.array([False, True, False, True]))
@@ -429,6 +444,8 @@ def test_new_tensor_methods_raise_errors_naming_the_method():
         t.var(0, unbiased=True, correction=1)
     with pytest.raises(IndexError, match="var: dimension out of range"):
         t.var(2)
+    with pytest.raises(xpnn.DTypeError, match="Tensor.var: expected a floating Tensor, got dtype int64"):
+        xpnn.tensor(np.ones(3, np.int64)).var()
     with pytest.raises(IndexError, match=r"narrow: start \(2\) \+ length \(2\) exceeds dimension 1 of size 3"):
         t.narrow(1, 2, 2)
     with pytest.raises(IndexError, match="narrow: start -4 out of range"):
@@ -444,3 +461,25 @@ def test_new_tensor_methods_raise_errors_naming_the_method():
     with pytest.raises(TypeError, match="Tensor.new_zeros: size must be non-negative ints"):
         t.new_zeros(2.5)
     assert xpnn.tensor(np.ones((0, 3))).unbind(0) == ()
+
+
+@pytest.mark.cuda
+def test_new_tensor_methods_on_cuda_match_numpy():
+    import cupy
+
+    a = np.random.default_rng(12).uniform(0.5, 2.0, size=(2, 3, 4))
+    mask = np.array([True, False, False, True])
+    for expr in METHOD_EXPRS + ["t.masked_fill(m, 0.0)"]:
+        grads = []
+        for backend in ("numpy", "cuda"):
+            t = xpnn.tensor(a, backend=backend, requires_grad=True)
+            y = t * 1.0
+            y.masked_fill_(xpnn.tensor(mask, backend=backend), 0.25)
+            outs = _as_tuple(eval(expr, {"t": y, "m": xpnn.tensor(mask, backend=backend)}))
+            sum((o * o).sum() for o in outs).backward()
+            grads.append(cupy.asnumpy(t.grad) if backend == "cuda" else t.grad)
+        np.testing.assert_allclose(grads[1], grads[0], rtol=1e-10, atol=1e-12, err_msg=expr)
+    t = xpnn.tensor(a, backend="cuda")
+    z = t.new_zeros(2, 2)
+    assert isinstance(z.data, cupy.ndarray) and z.device == t.device and xpnn.zeros_like(t).device == t.device
+    assert t.bool().device == t.device and t.is_contiguous() and not t.mT.is_contiguous()

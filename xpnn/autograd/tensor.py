@@ -765,9 +765,12 @@ class Tensor:
         ``sum((x - mean)**2) / max(0, N - correction)`` with ``N`` the number of entries reduced; ``correction``
         defaults to 1 (Bessel's correction), and PyTorch's older ``unbiased=False`` means ``correction=0``. Composed
         of mean/sub/mul/sum, so it has gradients (any order). ``N <= correction`` gives inf or nan, as in PyTorch.
-        Raises ``TypeError`` for both ``unbiased`` and ``correction``."""
+        Raises ``TypeError`` for both ``unbiased`` and ``correction``, ``DTypeError`` for a non-floating Tensor."""
         if unbiased is not None and correction is not None:
             raise TypeError("Tensor.var: pass unbiased= or correction=, not both (unbiased=False is correction=0)")
+        if not _is_floating(self._data):
+            raise DTypeError(f"Tensor.var: expected a floating Tensor, got dtype {dtype_name(self.dtype)} (as "
+                             "torch.var); cast first (e.g. t.double())")
         corr = correction if correction is not None else (0 if unbiased is False else 1)
         axes = tuple(range(self.ndim)) if dim is None else dim if isinstance(dim, (tuple, list)) else (dim,)
         axes = tuple(_dim_index(a, max(self.ndim, 1), "var") for a in axes)
