@@ -404,6 +404,12 @@ def test_masked_fill_inplace_errors_follow_torch():
         xpnn.tensor(np.ones(2)).masked_fill_(xpnn.tensor(np.ones(3, bool)), 0.0)
     with pytest.raises(xpnn.DTypeError, match="masked_fill: mask must be a bool"):
         xpnn.tensor(np.ones(2)).masked_fill_(xpnn.tensor(np.ones(2)), 0.0)
+    y = leaf * 3  # a failed fill leaves a recorded Tensor as it was
+    with pytest.raises(xpnn.ShapeError, match="masked_fill: mask of shape"):
+        y.masked_fill_(xpnn.tensor(np.ones(3, bool)), 0.0)
+    leaf.grad = None
+    y.sum().backward()
+    np.testing.assert_array_equal(leaf.grad, [3.0, 3.0])
 
 
 @pytest.mark.parametrize("ns", NAMESPACES)

@@ -707,11 +707,11 @@ class Tensor:
         # the values before the fill, as a Tensor of their own: the fill's input, and the output of self's old op
         old = _make(self._data, self._node, self._index, self._requires_grad)
         old._vc = _counter(self)
+        out = F.masked_fill(old, mask, value)  # (checks mask and value before anything changes)
         if self._node is not None:
             refs = list(self._node.outputs)
             refs[self._index] = weakref.ref(old)
             self._node.outputs = tuple(refs)
-        out = F.masked_fill(old, mask, value)
         self._data[...] = out._data
         self._node, self._index, self._requires_grad = out._node, 0, out._requires_grad
         if out._node is not None:
