@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from .autograd.grad_mode import no_grad
-from .autograd.tensor import Tensor, tensor
+from ._tensor import Tensor, tensor
 from .backend import Backend, backend_of, get_backend, to_numpy
 from .data.batching import SeedLike, as_generator, batches
 from .debug import check_device_errors

@@ -6,13 +6,13 @@ import functools
 from typing import Any, Callable, Optional
 
 from ..backend import dtype_name
-from . import capturable, launch, registry
+from . import launch, launch_capturable, registry
 from .loader import CupyLoader, KernelLoader
 
 
 #: registry row -> launch function ``fn(loader, xp, *args, **kwargs)`` with the signature of the function it
 #: overrides after ``loader`` and ``xp``: written by hand for the raw kernels (``xpnn._cuda.launch``,
-#: ``xpnn._cuda.capturable``), generated for every elementwise row (``launch.elementwise`` bound to the row)
+#: ``xpnn._cuda.launch_capturable``), generated for every elementwise row (``launch.elementwise`` bound to the row)
 LAUNCHERS: dict[Any, Callable[..., Any]] = {
     registry.LOGSUMEXP: launch.logsumexp,
     registry.SOFTMAX: launch.softmax,
@@ -27,11 +27,11 @@ LAUNCHERS: dict[Any, Callable[..., Any]] = {
     registry.COL2IM: launch.col2im,
     registry.MAX_POOL2D: launch.max_pool2d,
     registry.MAX_POOL2D_BACKWARD: launch.max_pool2d_backward,
-    registry.ADAM_UPDATE_CAPTURABLE: capturable.adam_update_capturable,
-    registry.SGD_UPDATE_CAPTURABLE: capturable.sgd_update_capturable,
-    registry.ADAGRAD_UPDATE_CAPTURABLE: capturable.adagrad_update_capturable,
-    registry.RMSPROP_UPDATE_CAPTURABLE: capturable.rmsprop_update_capturable,
-    registry.AMP_UNSCALE_CHECK: capturable.amp_unscale_check,
+    registry.ADAM_UPDATE_CAPTURABLE: launch_capturable.adam_update_capturable,
+    registry.SGD_UPDATE_CAPTURABLE: launch_capturable.sgd_update_capturable,
+    registry.ADAGRAD_UPDATE_CAPTURABLE: launch_capturable.adagrad_update_capturable,
+    registry.RMSPROP_UPDATE_CAPTURABLE: launch_capturable.rmsprop_update_capturable,
+    registry.AMP_UNSCALE_CHECK: launch_capturable.amp_unscale_check,
     **{row: functools.partial(launch.elementwise, row) for row in registry.ELEMENTWISE},
 }
 

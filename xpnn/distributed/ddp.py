@@ -24,7 +24,7 @@ from collections import OrderedDict
 from typing import Any, Iterator, Optional
 
 from ..autograd.grad_mode import is_grad_enabled
-from ..autograd.tensor import Tensor
+from .._tensor import Tensor
 from ..backend import dtype_name
 from ..nn.module import IncompatibleKeys, Module
 from ..nn.parameter import Parameter

@@ -158,9 +158,9 @@ def _with_indices(op: Any, arg: str, x: Any, dim: Any, keepdims: bool) -> Values
     if isinstance(dim, bool) or not isinstance(dim, int):
         raise TypeError(f"{op.name}: dim must be an int (a tuple of axes: use axis=), got {dim!r}")
     values = op.apply(x, axis=dim, keepdims=keepdims)
-    data = x.data if isinstance(x, _op.Tensor) else x
+    data = x.data if isinstance(x, _op.TensorBase) else x
     idx = getattr(namespace_of(data, where=op.name), arg)(data, axis=dim, keepdims=keepdims)
-    return ValuesIndices(values, _op.Tensor(idx) if isinstance(x, _op.Tensor) else idx)
+    return ValuesIndices(values, type(values)(idx) if isinstance(x, _op.TensorBase) else idx)  # (a Tensor)
 
 
 def sum(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None) -> Any:  # noqa: A001

@@ -21,7 +21,7 @@ import numpy as np
 from ..autograd.engine import run_backward
 from ..autograd.grad_mode import is_grad_enabled
 from ..autograd.op import Context, Op, numpy_direct
-from ..autograd.tensor import Tensor
+from .._tensor import Tensor
 from ..backend import dtype_name, namespace_of
 from ..debug import check_finite, get_debug
 from ..errors import DTypeError, ShapeError

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import init
-from ..autograd.tensor import Tensor
+from .._tensor import Tensor
 from ..backend import BackendLike, dtype_name, namespace_of
 from ..debug import check_finite, get_debug
 from ..errors import DTypeError, NamespaceMismatchError, ShapeError

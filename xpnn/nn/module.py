@@ -15,7 +15,7 @@ from typing import Any, Iterator, NamedTuple, Optional
 
 import numpy as np
 
-from ..autograd.tensor import Tensor
+from .._tensor import Tensor
 from ..backend import is_dtype_like as _is_dtype_like
 from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, to_numpy
 from ..errors import CheckpointError

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from ..autograd.tensor import Tensor
+from .._tensor import Tensor
 from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, resolve_dtype
 from ..errors import DTypeError, NamespaceMismatchError, ShapeError
 from ..random import generator
