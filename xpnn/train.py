@@ -338,11 +338,11 @@ def _tape_ready(model: Any, loss_fn: Any) -> bool:
     """Whether ``fit`` can train with ``loss.backward()`` (autograd): xpnn modules all the way down. A module or a
     loss whose ``backward`` is written by hand keeps the explicit protocol: its parameters get their gradients
     outside the tape, and ``DistributedDataParallel`` reduces those only at the end of its explicit ``backward``."""
-    from .nn.module import Module
+    from .nn.explicit import Module
 
     if not isinstance(model, Module) or not isinstance(loss_fn, Module):
         return False
-    return not loss_fn._explicit_backward and not any(m._explicit_backward for m in model.modules())
+    return not loss_fn._explicit_backward and not any(getattr(m, "_explicit_backward", False) for m in model.modules())
 
 
 # --- public API ------------------------------------------------------------------------------------------------

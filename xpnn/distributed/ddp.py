@@ -26,7 +26,8 @@ from typing import Any, Iterator, Optional
 from ..autograd.grad_mode import is_grad_enabled
 from .._tensor import Tensor
 from ..backend import dtype_name
-from ..nn.module import IncompatibleKeys, Module
+from ..nn.explicit import Module
+from ..nn.module import IncompatibleKeys
 from ..nn.parameter import Parameter
 from .buckets import UNUSED_HINT, GradReducer
 from .process_group import DistributedError, ProcessGroup, get_process_group

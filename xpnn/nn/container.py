@@ -11,7 +11,7 @@ from collections import OrderedDict
 from typing import Any, Iterable, Iterator, Union
 
 from ..errors import ShapeError
-from .module import Module
+from .explicit import Module
 
 __all__ = ["Sequential", "Residual", "ModuleList", "Identity"]
 

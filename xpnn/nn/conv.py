@@ -13,7 +13,8 @@ from ..errors import DTypeError, ShapeError
 from .. import functional as F
 from .._tensor import Tensor
 from ..functional.conv import IntPair, conv2d_geometry, pair_arg
-from .module import Module, layer_namespace
+from .explicit import Module
+from .module import layer_namespace
 from .parameter import FlatBuffer, Parameter, factory
 
 __all__ = ["Conv2d", "check_image"]

@@ -1,9 +1,9 @@
-"""``Module``: the base of every layer, container and loss.
+"""``Module``: the core of every layer, container and loss: ``forward`` over ``xpnn.functional`` ops.
 
 A layer writes one ``forward`` with ``xpnn.functional`` ops. Called on ``xpnn.Tensor``s it records on the tape and
-returns a Tensor (``loss.backward()`` then fills the parameters' ``.grad``). Called on plain arrays, or for a class
-that writes its own ``backward``, the call goes to the explicit API (``xpnn.nn.explicit``: arrays out,
-``m.backward(dy)``), a layer on top that this module does not import.
+returns a Tensor (``loss.backward()`` then fills the parameters' ``.grad``). The explicit API of the first version
+(``y = m(x_array)``, ``dx = m.backward(dy)``) is a layer on top that this module does not import:
+``xpnn.nn.explicit.Module`` (``xpnn.nn.Module``, which the layers of ``xpnn.nn`` subclass) adds it.
 
 Attribute assignment registers Parameters, child Modules and (via ``register_buffer``) state arrays such as
 BatchNorm's running statistics, in insertion order, like ``torch.nn.Module``.
@@ -15,24 +15,12 @@ from typing import Any, Iterator, NamedTuple, Optional
 
 import numpy as np
 
-from .._tensor import Tensor
 from ..backend import is_dtype_like as _is_dtype_like
 from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, to_numpy
 from ..errors import CheckpointError
 from .parameter import FlatBuffer, Parameter, common_buffer, flat_buffer_of
 
 __all__ = ["Module", "IncompatibleKeys", "layer_namespace"]
-
-_explicit: Any = None  # xpnn.nn.explicit, imported by the first call that needs it (``_explicit_api``)
-
-
-def _explicit_api() -> Any:
-    global _explicit
-    from . import explicit
-
-    _explicit = explicit
-    return explicit
-
 
 def layer_namespace(module: "Module", *arrays: Any) -> Any:
     """``namespace_of(*arrays)``; an error names ``module`` (its name is formatted only then: NumPy arrays take
@@ -48,9 +36,8 @@ class IncompatibleKeys(NamedTuple):
 
 
 class Module:
-    """Base class: ``y = m(x)`` on Tensors runs ``forward`` (recorded on the tape). On arrays, or for a class that
-    writes its own ``backward``, the call goes to the explicit API (``xpnn.nn.explicit``), where
-    ``dx = m.backward(dy)`` accumulates parameter gradients.
+    """Base class: ``y = m(x)`` runs ``forward`` (on Tensors: recorded on the tape). ``xpnn.nn.Module`` is its
+    subclass ``xpnn.nn.explicit.Module``, which adds the explicit API (calls on arrays, ``m.backward(dy)``).
 
     Subclasses implement ``forward`` (and ``extra_repr``, which describes their configuration).
     """
@@ -206,34 +193,11 @@ class Module:
                 p.zero_grad()
 
     # --- calling ------------------------------------------------------------------------------------------
-    #: whether the class defines its own ``backward`` (the first version's explicit protocol) instead of
-    #: relying on the tape; set for each subclass
-    _explicit_backward = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        own = cls.__dict__.get("backward")
-        if own is not None:
-            cls._explicit_backward = not getattr(own, "_xpnn_tape", False)
-
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if not self._explicit_backward:
-            for a in args:
-                if isinstance(a, Tensor):
-                    return self.forward(*args, **kwargs)
-        return (_explicit or _explicit_api()).call(self, args, kwargs)  # the explicit API
+        return self.forward(*args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
-
-    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
-        """The explicit API (``xpnn.nn.explicit``): back-propagate ``dy`` (d loss / d output, the output's shape
-        and dtype) through the last call on arrays: add the parameters' gradients into ``.grad`` and return the
-        gradient of the input (``None`` when ``need_input_grad`` is false). Each forward allows one backward; a
-        forward under ``xpnn.no_grad()`` keeps nothing, so evaluating between a forward and its backward is safe."""
-        return (_explicit or _explicit_api()).backward(self, dy, need_input_grad)
-
-    backward._xpnn_tape = True  # type: ignore[attr-defined]
 
     def _where(self) -> str:
         """Name used in error messages, e.g. ``Linear(in_features=784, out_features=512)``."""
@@ -284,7 +248,6 @@ class Module:
                 new_b = move(b, floating=xp.isdtype(b.dtype, "real floating"))
                 mod._buffers[n] = new_b
                 object.__setattr__(mod, n, new_b)
-            mod.__dict__.pop("_last_call", None)  # an explicit-API call kept on the old arrays
             mod._moved()
         FlatBuffer.pack(plist)
         return self
