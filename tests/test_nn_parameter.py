@@ -165,6 +165,19 @@ def test_user_module_registration_and_lazy_packing():
     assert [n for n, _ in m.named_parameters()] == ["fc1.weight", "fc1.bias"]
 
 
+def test_parameters_is_a_plain_read():
+    """``parameters()``/``named_parameters()`` pack nothing: a module packs its parameters when it is built (and a
+    deep copy when it is copied); a layer assigned later keeps its own buffer."""
+    m = TwoLayer()
+    assert flat_buffer_of(m.parameters()) is not None  # packed when built
+    m.extra = nn.Linear(2, 2, seed=3)
+    before = [(p._flat, p.data) for p in m.parameters()]
+    list(m.named_parameters())
+    after = [(p._flat, p.data) for p in m.parameters()]
+    assert all(b[0] is a[0] and b[1] is a[1] for b, a in zip(before, after))
+    assert flat_buffer_of(list(m.parameters())) is None
+
+
 def test_module_requires_super_init():
     class Bad(nn.Module):
         def __init__(self):

@@ -35,9 +35,22 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list[str]
 
 
-class Module:
+class _Packing(type):
+    """The metaclass of ``Module``: building a module (its ``__init__`` returned) packs its parameters into one
+    FlatBuffer (``Module._ensure_packed``), so ``parameters()`` and ``named_parameters()`` are plain reads."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        module = super().__call__(*args, **kwargs)
+        if "_modules" in module.__dict__:  # (an __init__ that skipped super().__init__() registered nothing)
+            module._ensure_packed()
+        return module
+
+
+class Module(metaclass=_Packing):
     """Base class: ``y = m(x)`` runs ``forward`` (on Tensors: recorded on the tape). ``xpnn.nn.Module`` is its
     subclass ``xpnn.nn.explicit.Module``, which adds the explicit API (calls on arrays, ``m.backward(dy)``).
+    A module's parameters are packed into one FlatBuffer when it is built (when they share namespace and dtype);
+    ``Sequential.append`` and ``to`` repack, a Parameter assigned later keeps its own arrays.
 
     Subclasses implement ``forward`` (and ``extra_repr``, which describes their configuration).
     """
@@ -135,19 +148,11 @@ class Module:
 
     def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
         """``(dotted name, Parameter)`` pairs in registration order, e.g. ``("0.weight", p)``."""
-        named = self._named_parameters_raw()
-        self._ensure_packed([p for _, p in named])
-        return iter(named)
+        return iter(self._named_parameters_raw())
 
     def parameters(self) -> Iterator[Parameter]:
-        """The module's Parameters in order. If they are not yet in one FlatBuffer (e.g. a user-defined module
-        made of several layers) and share a namespace and dtype, they are packed into one first; parameters that
-        already live together in one buffer (e.g. one layer of a larger model) are left where they are.
-        """
-        named = self._named_parameters_raw()
-        plist = [p for _, p in named]
-        self._ensure_packed(plist)
-        return iter(plist)
+        """The module's Parameters in order (no side effect: building the module packed them, see ``Module``)."""
+        return iter([p for _, p in self._named_parameters_raw()])
 
     def named_buffers(self) -> Iterator[tuple[str, Any]]:
         out = []
@@ -157,10 +162,18 @@ class Module:
                     out.append((f"{pre}.{n}" if pre else n, b))
         return iter(out)
 
-    @staticmethod
-    def _ensure_packed(plist: list[Parameter]) -> None:
+    def _ensure_packed(self) -> None:
+        """Pack the parameters into one FlatBuffer unless they already live together in one (e.g. one layer of a
+        larger model) or differ in namespace or dtype (``FlatBuffer.pack`` then leaves them alone)."""
+        plist = [p for _, p in self._named_parameters_raw()]
         if plist and common_buffer(plist) is None:
             FlatBuffer.pack(plist)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """``copy.deepcopy`` / ``pickle``: the copied Parameters are arrays of their own (``Parameter.__getstate__``):
+        pack them again."""
+        self.__dict__.update(state)
+        self._ensure_packed()
 
     def _pack(self) -> Optional[FlatBuffer]:
         """Repack all parameters of this module (and its children) into one fresh FlatBuffer."""
