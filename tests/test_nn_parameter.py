@@ -171,11 +171,11 @@ def test_parameters_is_a_plain_read():
     m = TwoLayer()
     assert flat_buffer_of(m.parameters()) is not None  # packed when built
     m.extra = nn.Linear(2, 2, seed=3)
-    before = [(p._flat, p.data) for p in m.parameters()]
-    list(m.named_parameters())
-    after = [(p._flat, p.data) for p in m.parameters()]
-    assert all(b[0] is a[0] and b[1] is a[1] for b, a in zip(before, after))
-    assert flat_buffer_of(list(m.parameters())) is None
+    ps = [m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, m.extra.weight, m.extra.bias]
+    before = [(p._flat, p.data) for p in ps]
+    assert list(m.parameters()) == ps and [p for _, p in m.named_parameters()] == ps
+    assert all(p._flat is flat and p.data is data for p, (flat, data) in zip(ps, before))
+    assert flat_buffer_of(ps) is None
 
 
 def test_module_requires_super_init():
