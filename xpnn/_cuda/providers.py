@@ -10,9 +10,9 @@ from . import launch, launch_capturable, registry
 from .loader import CupyLoader, KernelLoader
 
 
-#: registry row -> launch function ``fn(loader, xp, *args, **kwargs)`` with the signature of the function it
-#: overrides after ``loader`` and ``xp``: written by hand for the raw kernels (``xpnn._cuda.launch``,
-#: ``xpnn._cuda.launch_capturable``), generated for every elementwise row (``launch.elementwise`` bound to the row)
+#: raw registry row -> launch function ``fn(loader, xp, *args, **kwargs)`` with the signature of the function it
+#: overrides after ``loader`` and ``xp``, written by hand (``xpnn._cuda.launch``, ``xpnn._cuda.launch_capturable``);
+#: an elementwise row's is generated (``launcher``)
 LAUNCHERS: dict[Any, Callable[..., Any]] = {
     registry.LOGSUMEXP: launch.logsumexp,
     registry.SOFTMAX: launch.softmax,
@@ -32,11 +32,19 @@ LAUNCHERS: dict[Any, Callable[..., Any]] = {
     registry.ADAGRAD_UPDATE_CAPTURABLE: launch_capturable.adagrad_update_capturable,
     registry.RMSPROP_UPDATE_CAPTURABLE: launch_capturable.rmsprop_update_capturable,
     registry.AMP_UNSCALE_CHECK: launch_capturable.amp_unscale_check,
-    **{row: functools.partial(launch.elementwise, row) for row in registry.ELEMENTWISE},
 }
 
+
+def launcher(row: Any) -> Optional[Callable[..., Any]]:
+    """The launch function of ``row``: ``LAUNCHERS[row]`` for a raw kernel, ``launch.elementwise`` bound to an
+    elementwise row (declared on its op), ``None`` for a helper kernel."""
+    if isinstance(row, registry.ElementwiseKernel):
+        return functools.partial(launch.elementwise, row)
+    return LAUNCHERS.get(row)
+
+
 def make_provider(loader: KernelLoader) -> Callable[[str, Any, Any], Optional[Callable[..., Any]]]:
-    """A provider running the launch functions of ``LAUNCHERS`` on ``loader``'s kernels.
+    """A provider running the launch functions of the rows (``launcher``) on ``loader``'s kernels.
 
     ``op`` is a registry row's name (``xpnn._dispatch.lookup`` passes ``row.name``). It answers ``None`` for ops
     without a kernel and for dtypes a kernel's registry row does not list.
@@ -51,10 +59,11 @@ def make_provider(loader: KernelLoader) -> Callable[[str, Any, Any], Optional[Ca
         key = (op, id(xp), name)
         fn = cache.get(key)
         if fn is None:
-            row = registry.BY_NAME.get(op)
-            if row is None or row not in LAUNCHERS or name not in row.dtypes:
+            row = registry.row(op)
+            launch_fn = launcher(row) if row is not None and name in row.dtypes else None
+            if launch_fn is None:
                 return None
-            fn = cache[key] = functools.partial(LAUNCHERS[row], loader, xp)
+            fn = cache[key] = functools.partial(launch_fn, loader, xp)
         return fn
 
     return provider

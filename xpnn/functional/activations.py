@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .._cuda import registry
+from .._cuda.registry import ElementwiseKernel
 from ..autograd.op import Context, Op, numpy_direct
 from ..backend import namespace_of
 from ..errors import ShapeError
@@ -55,7 +55,11 @@ def _pair(saved: Any, dy: Any, where: str, first: str = "saved input") -> Any:
 class _ActivationBackward(Op):
     """An activation's backward as an op of its own, ``f_backward(saved, dy) -> dx`` (what a fused CUDA kernel of the
     same name overrides): ``saved`` and ``dy`` of one shape and floating dtype, scalar parameters as keywords. It
-    keeps both inputs and its parameters for its own backward (second derivatives)."""
+    keeps both inputs and its parameters for its own backward (second derivatives).
+
+    Its kernel is declared here, on the op: ``kernel = ElementwiseKernel(name, "T x, T dy, float64 <param>...")``
+    (``xpnn._cuda.registry``), whose body is the device function ``xpnn_<name>`` of
+    ``kernels/activation_backward.cuh`` and whose launcher is generated (``xpnn._cuda.launch.elementwise``)."""
 
     saved_what = "saved input"  # the name of ``saved`` in error messages
 
@@ -139,7 +143,7 @@ class Sigmoid(Op):
 
 class SigmoidBackward(_ActivationBackward):
     name = "sigmoid_backward"
-    kernel = registry.SIGMOID_BACKWARD
+    kernel = ElementwiseKernel("sigmoid_backward", "T y, T dy")
     saved_what = "sigmoid output"
 
     @staticmethod
@@ -180,7 +184,7 @@ class Tanh(Op):
 
 class TanhBackward(_ActivationBackward):
     name = "tanh_backward"
-    kernel = registry.TANH_BACKWARD
+    kernel = ElementwiseKernel("tanh_backward", "T y, T dy")
     saved_what = "tanh output"
 
     @staticmethod
@@ -228,7 +232,7 @@ class Relu(Op):
 
 class ReluBackward(_ActivationBackward):
     name = "relu_backward"
-    kernel = registry.RELU_BACKWARD
+    kernel = ElementwiseKernel("relu_backward", "T x, T dy")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any) -> Any:
@@ -268,7 +272,7 @@ class LeakyRelu(Op):
 
 class LeakyReluBackward(_ActivationBackward):
     name = "leaky_relu_backward"
-    kernel = registry.LEAKY_RELU_BACKWARD
+    kernel = ElementwiseKernel("leaky_relu_backward", "T x, T dy, float64 negative_slope")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, negative_slope: float) -> Any:
@@ -319,7 +323,7 @@ def _negative(ctx: Context, x: Any) -> Any:
 
 class EluBackward(_ActivationBackward):
     name = "elu_backward"
-    kernel = registry.ELU_BACKWARD
+    kernel = ElementwiseKernel("elu_backward", "T x, T dy, float64 alpha")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, alpha: float) -> Any:
@@ -338,7 +342,7 @@ class EluBackward(_ActivationBackward):
 
 class SeluBackward(_ActivationBackward):
     name = "selu_backward"
-    kernel = registry.SELU_BACKWARD
+    kernel = ElementwiseKernel("selu_backward", "T x, T dy")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any) -> Any:
@@ -411,7 +415,7 @@ class Softplus(Op):
 
 class SoftplusBackward(_ActivationBackward):
     name = "softplus_backward"
-    kernel = registry.SOFTPLUS_BACKWARD
+    kernel = ElementwiseKernel("softplus_backward", "T x, T dy, float64 beta, float64 threshold")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, beta: float, threshold: float) -> Any:
@@ -464,7 +468,7 @@ class Mish(Op):
 
 class MishBackward(_ActivationBackward):
     name = "mish_backward"
-    kernel = registry.MISH_BACKWARD
+    kernel = ElementwiseKernel("mish_backward", "T x, T dy")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any) -> Any:
