@@ -18,9 +18,13 @@ __all__ = ["no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "Op"
 def __getattr__(name: str):  # PEP 562
     """``xpnn.autograd.Tensor``, ``.tensor`` and ``.grad``, the names this package had before the Tensor moved above
     ``xpnn.functional``: handed on from ``xpnn`` when asked for (an import at the top would run back up, and in a
-    circle: ``xpnn._tensor`` imports ``xpnn.functional``, which imports this package)."""
+    circle: ``xpnn._tensor`` imports ``xpnn.functional``, which imports this package). Deprecated: a
+    ``DeprecationWarning`` names the ``xpnn`` name to use."""
     if name in ("Tensor", "tensor", "grad"):
+        import warnings
+
         import xpnn
 
+        warnings.warn(f"xpnn.autograd.{name} is deprecated: use xpnn.{name}", DeprecationWarning, stacklevel=2)
         return getattr(xpnn, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
