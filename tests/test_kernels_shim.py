@@ -166,17 +166,28 @@ def test_cross_entropy_narrow_rows_with_fewer_lanes(width):
     assert lanes == {launch.cross_entropy_lanes(width)}
 
 
-def test_launch_table_comes_from_the_registry():
-    """providers.LAUNCHERS has a launch function for exactly the registry's ops (helpers excluded), each row a module
-    constant of the registry; every elementwise row is served by the one generated launcher bound to it."""
+def test_launch_table_comes_from_the_rows():
+    """Every op of the registry has a launch function (helpers excluded): a raw row's from providers.LAUNCHERS (each
+    a module constant of the registry), an elementwise row's the one generated launcher bound to it; each elementwise
+    row is the kernel an op declares."""
     from xpnn._cuda import providers
+    from xpnn.autograd import Op
 
-    assert {row.name for row in providers.LAUNCHERS} == set(registry.ops())
-    assert all(getattr(registry, row.name.upper()) is row for row in registry.RAW + registry.ELEMENTWISE)
-    assert providers.LAUNCHERS[registry.SOFTMAX] is launch.softmax
-    for row in registry.ELEMENTWISE:
-        fn = providers.LAUNCHERS[row]
+    assert {row.name for row in registry.RAW + registry.elementwise() if providers.launcher(row) is not None} == \
+        set(registry.ops())
+    assert {row.name for row in providers.LAUNCHERS} == {row.name for row in registry.RAW if not row.helper}
+    assert all(getattr(registry, row.name.upper()) is row for row in registry.RAW)
+    assert providers.launcher(registry.SOFTMAX) is launch.softmax
+    for row in registry.elementwise():
+        fn = providers.launcher(row)
         assert fn.func is launch.elementwise and fn.args == (row,)
+
+    def declared(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from declared(sub)
+
+    assert set(registry.elementwise()) <= {op.kernel for op in declared(Op)}
 
 
 def test_row_launch_choice():

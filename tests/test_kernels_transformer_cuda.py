@@ -73,6 +73,6 @@ def test_embedding_backward_and_gelu_on_gpu(gpu, dtype):
     from xpnn._cuda import providers
 
     for approximate in ("none", "tanh"):
-        y = providers.LAUNCHERS[registry.GELU](ld, cp, cp.asarray(x), approximate=approximate)
+        y = providers.launcher(registry.row("gelu"))(ld, cp, cp.asarray(x), approximate=approximate)
         tol = dict(rtol=2e-3, atol=2e-3) if dtype == "float16" else TOL[dtype]
         np.testing.assert_allclose(cp.asnumpy(y).astype(np.float64), gelu_reference(x, approximate)[0], **tol)

@@ -2,8 +2,8 @@
 kernels) on NVIDIA GPUs, and any other array-API library.
 """
 from ._dispatch import kernels_enabled, set_kernels_enabled, use_kernels
-from .autograd import Tensor, enable_grad, grad, is_grad_enabled, no_grad, set_grad_enabled, tensor
-from .autograd.tensor import ones_like, zeros_like
+from ._tensor import Tensor, grad, ones_like, tensor, zeros_like
+from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from ._version import __version__
 from .backend import Backend, get_backend, set_backend, use_backend
 from .debug import set_debug

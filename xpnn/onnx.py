@@ -22,7 +22,7 @@ import numpy as np
 
 from ._version import __version__
 from .autograd.grad_mode import enable_grad
-from .autograd.tensor import Tensor
+from ._tensor import Tensor
 from .backend import namespace_of, to_numpy
 from .io import atomic_write
 

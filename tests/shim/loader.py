@@ -78,7 +78,7 @@ def generate_source() -> str:
     entries = []
     for ne in dict.fromkeys(row.name_expression(dt) for row in registry.RAW for dt in row.dtypes):
         entries.append(f'    {{"{ne}", [](void** a) {{ return xpnn_shim::bind(&{ne}, a); }}}},')
-    for row in registry.ELEMENTWISE:
+    for row in registry.elementwise():
         for dt in row.dtypes:
             lines.append(_elementwise_loop(row, dt))
             entries.append(f'    {{"{_ew_name(row.name, dt)}", '

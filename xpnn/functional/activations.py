@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .._cuda import registry
+from .._cuda.registry import ElementwiseKernel
 from ..autograd.op import Context, Op, numpy_direct
 from ..backend import namespace_of
 from ..errors import ShapeError
@@ -56,7 +56,11 @@ def _pair(saved: Any, dy: Any, where: str, first: str = "saved input") -> Any:
 class _ActivationBackward(Op):
     """An activation's backward as an op of its own, ``f_backward(saved, dy) -> dx`` (what a fused CUDA kernel of the
     same name overrides): ``saved`` and ``dy`` of one shape and floating dtype, scalar parameters as keywords. It
-    keeps both inputs and its parameters for its own backward (second derivatives)."""
+    keeps both inputs and its parameters for its own backward (second derivatives).
+
+    Its kernel is declared here, on the op: ``kernel = ElementwiseKernel(name, "T x, T dy, float64 <param>...")``
+    (``xpnn._cuda.registry``), whose body is the device function ``xpnn_<name>`` of
+    ``kernels/activation_backward.cuh`` and whose launcher is generated (``xpnn._cuda.launch.elementwise``)."""
 
     saved_what = "saved input"  # the name of ``saved`` in error messages
 
@@ -140,7 +144,7 @@ class Sigmoid(Op):
 
 class SigmoidBackward(_ActivationBackward):
     name = "sigmoid_backward"
-    kernel = registry.SIGMOID_BACKWARD
+    kernel = ElementwiseKernel("sigmoid_backward", "T y, T dy")
     saved_what = "sigmoid output"
 
     @staticmethod
@@ -181,7 +185,7 @@ class Tanh(Op):
 
 class TanhBackward(_ActivationBackward):
     name = "tanh_backward"
-    kernel = registry.TANH_BACKWARD
+    kernel = ElementwiseKernel("tanh_backward", "T y, T dy")
     saved_what = "tanh output"
 
     @staticmethod
@@ -229,7 +233,7 @@ class Relu(Op):
 
 class ReluBackward(_ActivationBackward):
     name = "relu_backward"
-    kernel = registry.RELU_BACKWARD
+    kernel = ElementwiseKernel("relu_backward", "T x, T dy")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any) -> Any:
@@ -269,7 +273,7 @@ class LeakyRelu(Op):
 
 class LeakyReluBackward(_ActivationBackward):
     name = "leaky_relu_backward"
-    kernel = registry.LEAKY_RELU_BACKWARD
+    kernel = ElementwiseKernel("leaky_relu_backward", "T x, T dy, float64 negative_slope")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, negative_slope: float) -> Any:
@@ -320,7 +324,7 @@ def _negative(ctx: Context, x: Any) -> Any:
 
 class EluBackward(_ActivationBackward):
     name = "elu_backward"
-    kernel = registry.ELU_BACKWARD
+    kernel = ElementwiseKernel("elu_backward", "T x, T dy, float64 alpha")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, alpha: float) -> Any:
@@ -339,7 +343,7 @@ class EluBackward(_ActivationBackward):
 
 class SeluBackward(_ActivationBackward):
     name = "selu_backward"
-    kernel = registry.SELU_BACKWARD
+    kernel = ElementwiseKernel("selu_backward", "T x, T dy")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any) -> Any:
@@ -412,7 +416,7 @@ class Softplus(Op):
 
 class SoftplusBackward(_ActivationBackward):
     name = "softplus_backward"
-    kernel = registry.SOFTPLUS_BACKWARD
+    kernel = ElementwiseKernel("softplus_backward", "T x, T dy, float64 beta, float64 threshold")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, beta: float, threshold: float) -> Any:
@@ -465,7 +469,7 @@ class Mish(Op):
 
 class MishBackward(_ActivationBackward):
     name = "mish_backward"
-    kernel = registry.MISH_BACKWARD
+    kernel = ElementwiseKernel("mish_backward", "T x, T dy")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any) -> Any:
@@ -524,6 +528,10 @@ def _erf(xp: Any, x: Any) -> Any:
     return xp.where(a < 1.0, small, xp.where(x < 0, -big, big))
 
 
+# the kernels take ``approximate`` as the index of its string in this tuple
+_GELU_APPROXIMATE = (("approximate", ("none", "tanh")),)
+
+
 def _gelu_check(approximate: str) -> None:
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
@@ -531,7 +539,7 @@ def _gelu_check(approximate: str) -> None:
 
 class Gelu(Op):
     name = "gelu"
-    kernel = registry.GELU
+    kernel = ElementwiseKernel("gelu", "T x, float64 approximate", "T y", choices=_GELU_APPROXIMATE)
 
     @staticmethod
     def check(x: Any, *, approximate: str = "none") -> None:
@@ -583,7 +591,7 @@ class Gelu(Op):
 
 class GeluBackward(_ActivationBackward):
     name = "gelu_backward"
-    kernel = registry.GELU_BACKWARD
+    kernel = ElementwiseKernel("gelu_backward", "T x, T dy, float64 approximate", choices=_GELU_APPROXIMATE)
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, approximate: str = "none") -> Any:
@@ -626,7 +634,7 @@ class GeluBackward(_ActivationBackward):
 
 class Silu(Op):
     name = "silu"
-    kernel = registry.SILU
+    kernel = ElementwiseKernel("silu", "T x", "T y")
 
     @staticmethod
     def check(x: Any) -> None:
@@ -658,7 +666,7 @@ class Silu(Op):
 
 class SiluBackward(_ActivationBackward):
     name = "silu_backward"
-    kernel = registry.SILU_BACKWARD
+    kernel = ElementwiseKernel("silu_backward", "T x, T dy")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any) -> Any:

@@ -175,9 +175,9 @@ def batch_norm(x: Any, running_mean: Optional[Any], running_var: Optional[Any], 
     with ``training`` the batch statistics normalise and update ``running_mean``/``running_var`` in place (if
     given); otherwise the running statistics normalise. ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
     The running statistics may be Tensors: their arrays are used and updated (they get no gradient)."""
-    if isinstance(running_mean, _op.Tensor) or isinstance(running_var, _op.Tensor):  # (were rebound, not updated)
-        running_mean = running_mean.data if isinstance(running_mean, _op.Tensor) else running_mean
-        running_var = running_var.data if isinstance(running_var, _op.Tensor) else running_var
+    if isinstance(running_mean, _op.TensorBase) or isinstance(running_var, _op.TensorBase):  # (rebound, not updated)
+        running_mean = running_mean.data if isinstance(running_mean, _op.TensorBase) else running_mean
+        running_var = running_var.data if isinstance(running_var, _op.TensorBase) else running_var
     return BatchNorm.apply(x, weight, bias, running_mean=running_mean, running_var=running_var, training=training,
                            momentum=momentum, eps=eps, num_batches_tracked=num_batches_tracked)
 

@@ -6,7 +6,7 @@ from typing import Any, Optional
 from .. import functional as F
 from .._torch_names import axis_from_dim
 from ..backend import BackendLike
-from .module import Module
+from .explicit import Module
 from .parameter import FlatBuffer, Parameter, factory
 
 __all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "SELU", "Softplus", "Mish", "GELU", "SiLU", "Softmax",

@@ -10,12 +10,12 @@ import numpy as np
 
 from .. import functional as F
 from .. import init
-from ..autograd.tensor import Tensor
+from .._tensor import Tensor
 from ..backend import BackendLike, dtype_name, namespace_of
 from ..errors import DTypeError, ShapeError
 from ..functional.dropout import make_rng
 from .linear import Linear
-from .module import Module
+from .explicit import Module
 from .parameter import FlatBuffer, Parameter, factory
 
 __all__ = ["MultiheadAttention"]

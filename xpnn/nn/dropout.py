@@ -6,7 +6,7 @@ from typing import Any
 from .. import functional as F
 from ..backend import namespace_of
 from ..functional.dropout import dropout_mask, make_rng
-from .module import Module
+from .explicit import Module
 
 __all__ = ["Dropout"]
 

@@ -6,7 +6,7 @@ from typing import Any, Optional
 from .. import functional as F
 from ..backend import BackendLike
 from ..errors import DTypeError, ShapeError
-from .module import Module
+from .explicit import Module
 from .parameter import FlatBuffer, Parameter, factory
 
 __all__ = ["Embedding"]

@@ -8,7 +8,7 @@ from .. import functional as F
 from ..backend import BackendLike
 from ..errors import DTypeError, ShapeError
 from .embedding import layer_error
-from .module import Module
+from .explicit import Module
 from .parameter import FlatBuffer, Parameter, factory
 
 __all__ = ["LayerNorm"]

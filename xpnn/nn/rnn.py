@@ -19,12 +19,12 @@ import numpy as np
 
 from .. import functional as F
 from ..autograd.grad_mode import no_grad
-from ..autograd.tensor import Tensor
+from .._tensor import Tensor
 from ..backend import BackendLike, dtype_name, namespace_of
 from ..errors import DTypeError, ShapeError
 from ..functional import _checks
 from ..functional.dropout import dropout_mask, make_rng
-from .module import Module
+from .explicit import Module
 from .parameter import FlatBuffer, Parameter, factory
 from .utils.rnn import PackedSequence, lengths_array, lengths_of, pack_time_major, pad_time_major
 

@@ -11,7 +11,7 @@ from ..random import generator
 from .attention import MultiheadAttention
 from .dropout import Dropout
 from .linear import Linear
-from .module import Module
+from .explicit import Module
 from .layernorm import LayerNorm
 from .parameter import FlatBuffer
 

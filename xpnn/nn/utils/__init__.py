@@ -11,7 +11,7 @@ from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 
-from ...autograd.tensor import Tensor
+from ..._tensor import Tensor
 from ...backend import namespace_of
 from ..parameter import Parameter, flat_buffer_of
 

@@ -1,9 +1,12 @@
-"""``xpnn.Tensor``: an array of any backend plus what reverse-mode differentiation needs (PyTorch's semantics).
+"""``xpnn.Tensor``, ``xpnn.tensor`` and ``xpnn.grad``: an array of any backend plus what reverse-mode differentiation
+needs (PyTorch's semantics).
 
 A Tensor wraps one array (``.data``: NumPy, CuPy or any array-API array) and, once a backward reaches it,
 its gradient ``.grad`` (an array of the same backend and shape). Ops on Tensors (``xpnn.functional`` functions,
 operators, methods) return Tensors and, when grad mode is on and an input requires grad, record the graph that
-``backward()`` walks. ``xpnn.nn.Parameter`` is a leaf Tensor that requires grad.
+``backward()`` walks; ``grad`` returns gradients instead of accumulating them. ``xpnn.nn.Parameter`` is a leaf
+Tensor that requires grad. This module sits above ``xpnn.functional`` (the operators and methods are its ops); the op
+core below it (``xpnn.autograd``: ``Op``, the engine) knows a Tensor only as ``TensorBase``.
 """
 from __future__ import annotations
 
@@ -14,16 +17,17 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .._torch_names import axis_from_dim, dim_index as _dim_index
-from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, to_numpy
-from ..debug import check_device_errors
-from ..errors import DTypeError, ShapeError
-from . import op as _op
-from .engine import Node, _accumulate_leaf, _fire_hooks, run_backward
-from .grad_mode import _state as _grad_state, is_grad_enabled
-from .op import VersionCounter
+from ._torch_names import axis_from_dim, dim_index as _dim_index
+from .backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, to_numpy
+from .debug import check_device_errors
+from .errors import DTypeError, ShapeError
+from . import functional as F  # the ops behind the operators and methods (functional sits below: it imports op)
+from .autograd import op as _op
+from .autograd.engine import Node, _accumulate_leaf, _fire_hooks, run_backward
+from .autograd.grad_mode import _state as _grad_state, is_grad_enabled
+from .autograd.op import TensorBase, VersionCounter
 
-__all__ = ["Tensor", "tensor", "zeros_like", "ones_like"]
+__all__ = ["Tensor", "tensor", "grad", "zeros_like", "ones_like"]
 
 _hook_ids = itertools.count()
 
@@ -34,6 +38,69 @@ def _counter(t: "Tensor") -> VersionCounter:
     if c is None:
         c = t._vc = VersionCounter()
     return c
+
+
+def _make(data: Any, node: Optional[Node], index: int, requires_grad: bool) -> Tensor:
+    """An op's output Tensor (no validation: the op made ``data``)."""
+    t = Tensor.__new__(Tensor)
+    t._data = data
+    t._grad = t._hooks = t._vc = None
+    t._node = node
+    t._index = index
+    t._requires_grad = requires_grad
+    return t
+
+
+def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+    """``Op.apply`` when some input (``self``, the first) is a Tensor: unwrap, run forward, wrap, record a node if
+    needed (``Tensor._apply_op``)."""
+    grad_on = _grad_state.enabled
+    arrays: list[Any] = []
+    inputs: list[Any] = []  # (the node's inputs: the Tensors, None for constants)
+    flags: list[bool] = []
+    record = False
+    for a in args:
+        if isinstance(a, Tensor):
+            arrays.append(a._data)
+            inputs.append(a)
+            if grad_on and a._requires_grad:
+                record = True
+                flags.append(True)
+            else:
+                flags.append(False)
+        else:
+            arrays.append(a)
+            inputs.append(None)
+            flags.append(False)
+    arrs = tuple(arrays)
+    ctx = _op.Context(tuple(flags), arrs)
+    out = op._run_forward(ctx, arrs, params)
+    if op._user_op:
+        _check_forward_output(op, out, params)
+    if not record:
+        if type(out) is tuple:
+            return tuple([_make(o, None, 0, False) for o in out])
+        t = _make(out, None, 0, False)
+        if op.view:
+            _share_version(t, args[0])
+        return t
+    ins = tuple(inputs)
+    node = Node(op, ctx, ins, args, params)
+    if type(out) is tuple:
+        diff = op.differentiable_outputs
+        ctx._xpnn_out_meta = tuple((tuple(o.shape), o.dtype) for o in out)  # zeros for an output the caller dropped
+        outs = tuple([_make(o, node, i, diff is None or i in diff) for i, o in enumerate(out)])
+        node.outputs = tuple([weakref.ref(t) if t._requires_grad else None for t in outs])
+        if ctx._saved:
+            _note_versions(ctx, ins + outs[1:], outs[0])
+        return outs
+    t = _make(out, node, 0, True)
+    node.outputs = (weakref.ref(t),)
+    if op.view:
+        _share_version(t, args[0])
+    if ctx._saved:
+        _note_versions(ctx, ins, t)
+    return t
 
 
 class _HookHandle:
@@ -56,7 +123,7 @@ def _is_floating(x: Any) -> bool:
         return False
 
 
-class Tensor:
+class Tensor(TensorBase):
     """An array with an optional gradient and the op that produced it.
 
     Attributes: ``data`` (the array), ``grad`` (array or ``None``), ``requires_grad``, ``shape``, ``dtype``,
@@ -68,6 +135,7 @@ class Tensor:
     __array_ufunc__ = None  # NumPy operators (ndarray + Tensor) defer to the Tensor's reflected methods
     __array_priority__ = 1000.0
     __hash__ = object.__hash__  # hashed by identity, like torch.Tensor, although == is elementwise
+    _apply_op = _apply_tensors  # Op.apply with this Tensor as its first Tensor input
 
     def __init__(self, data: Any, requires_grad: bool = False) -> None:
         vc = None
@@ -270,8 +338,8 @@ class Tensor:
         """This Tensor's values on ``backend`` and/or in ``dtype`` (recorded: gradients flow back through the
         move and the cast). A dtype in place of the backend (``t.to("float64")``, ``t.to(np.float32)``) is taken
         as ``dtype``, as ``Module.to`` does."""
-        from ..functional.shape import to_backend
-        from ..backend import is_dtype_like as _is_dtype_like
+        from .functional.shape import to_backend
+        from .backend import is_dtype_like as _is_dtype_like
 
         if dtype is None and _is_dtype_like(backend):
             backend, dtype = None, backend
@@ -304,12 +372,13 @@ class Tensor:
         seed = _seed_grad(self, grad, "backward", create_graph)
         keep = create_graph if retain_graph is None else retain_graph
         if inputs is None:
-            run_backward([self], [seed], retain_graph=keep, create_graph=create_graph)
+            run_backward([self], [seed], retain_graph=keep, create_graph=create_graph, tensor_cls=Tensor)
             return
         ins = [inputs] if isinstance(inputs, Tensor) else list(inputs)
         if not ins or not all(isinstance(t, Tensor) and t.requires_grad for t in ins):
             raise ValueError("backward: inputs= must be a non-empty sequence of Tensors that require grad")
-        grads = run_backward([self], [seed], retain_graph=keep, create_graph=create_graph, inputs=ins)
+        grads = run_backward([self], [seed], retain_graph=keep, create_graph=create_graph, inputs=ins,
+                             tensor_cls=Tensor)
         assert grads is not None
         done: set[int] = set()
         for t, g in zip(ins, grads):
@@ -381,7 +450,7 @@ class Tensor:
                 "(no gradient flows through it)")
         if hasattr(v, "shape"):
             namespace_of(self._data, v, where="Tensor item assignment")
-        from ..functional.shape import _plain_key
+        from .functional.shape import _plain_key
 
         self._data[_plain_key(key)] = v
         self._bump_version()
@@ -408,7 +477,7 @@ class Tensor:
         try:
             out = ifn(d, o)  # the array's own in-place operator (operator.iadd, ...)
         except ValueError:
-            from ..functional._checks import broadcast
+            from .functional._checks import broadcast
 
             broadcast(f"Tensor {sym}=", d, o, into=d)  # (the backend's error names no op)
             raise
@@ -437,7 +506,7 @@ class Tensor:
         try:
             return Tensor(fn(self._data, o))
         except ValueError:
-            from ..functional._checks import broadcast
+            from .functional._checks import broadcast
 
             broadcast(f"Tensor comparison {sym}", self._data, o)  # (the backend's error names no op)
             raise
@@ -919,66 +988,6 @@ def _numel(shape: Any) -> int:
     return n
 
 
-def _make(data: Any, node: Optional[Node], index: int, requires_grad: bool) -> Tensor:
-    """An op's output Tensor (no validation: the op made ``data``)."""
-    t = Tensor.__new__(Tensor)
-    t._data = data
-    t._grad = t._hooks = t._vc = None
-    t._node = node
-    t._index = index
-    t._requires_grad = requires_grad
-    return t
-
-
-def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
-    """``Op.apply`` when some input is a Tensor: unwrap, run forward, wrap, record a node if needed."""
-    grad_on = _grad_state.enabled
-    arrays: list[Any] = []
-    inputs: list[Any] = []  # (the node's inputs: the Tensors, None for constants)
-    flags: list[bool] = []
-    record = False
-    for a in args:
-        if isinstance(a, Tensor):
-            arrays.append(a._data)
-            inputs.append(a)
-            if grad_on and a._requires_grad:
-                record = True
-                flags.append(True)
-            else:
-                flags.append(False)
-        else:
-            arrays.append(a)
-            inputs.append(None)
-            flags.append(False)
-    arrs = tuple(arrays)
-    ctx = _op.Context(tuple(flags), arrs)
-    out = op._run_forward(ctx, arrs, params)
-    if op._user_op:
-        _check_forward_output(op, out, params)
-    if not record:
-        if type(out) is tuple:
-            return tuple([_make(o, None, 0, False) for o in out])
-        t = _make(out, None, 0, False)
-        if op.view:
-            _share_version(t, args[0])
-        return t
-    ins = tuple(inputs)
-    node = Node(op, ctx, ins, args, params)
-    if type(out) is tuple:
-        diff = op.differentiable_outputs
-        ctx._xpnn_out_meta = tuple((tuple(o.shape), o.dtype) for o in out)  # zeros for an output the caller dropped
-        outs = tuple([_make(o, node, i, diff is None or i in diff) for i, o in enumerate(out)])
-        node.outputs = tuple([weakref.ref(t) if t._requires_grad else None for t in outs])
-        if ctx._saved:
-            _note_versions(ctx, ins + outs[1:], outs[0])
-        return outs
-    t = _make(out, node, 0, True)
-    node.outputs = (weakref.ref(t),)
-    if op.view:
-        _share_version(t, args[0])
-    if ctx._saved:
-        _note_versions(ctx, ins, t)
-    return t
 
 
 def bump_versions(tensors: Any) -> None:
@@ -1112,12 +1121,49 @@ def ones_like(input: Any, *, dtype: Any = None, requires_grad: bool = False) -> 
 
 
 def _resolve(xp: Any, dtype: Any) -> Any:
-    from ..backend import resolve_dtype
+    from .backend import resolve_dtype
 
     return resolve_dtype(xp, dtype)
 
 
-_op.Tensor = Tensor
-_op._apply_tensors = _apply_tensors
+def grad(outputs: Any, inputs: Any, grad_outputs: Any = None, retain_graph: Optional[bool] = None,
+         create_graph: bool = False, allow_unused: bool = False) -> tuple[Any, ...]:
+    """Gradients of ``outputs`` with respect to ``inputs`` (``torch.autograd.grad``), returned as a tuple of Tensors
+    (recorded when ``create_graph``, for higher-order derivatives) without touching any ``.grad``.
 
-from .. import functional as F  # noqa: E402  (the ops behind the operators; functional imports autograd.op only)
+    ``outputs``/``inputs``: a Tensor or a sequence of Tensors. ``grad_outputs``: one gradient per output (arrays or
+    Tensors); may be omitted for 0-d outputs. Raises ``RuntimeError`` when an input was not used to compute the
+    outputs, unless ``allow_unused`` (then its entry is ``None``).
+    """
+    outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    ins = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    for t in ins:
+        if not isinstance(t, Tensor) or not t.requires_grad:
+            raise RuntimeError("xpnn.grad: every input must be a Tensor that requires grad, got "
+                               + (type(t).__name__ if not isinstance(t, Tensor) else "a Tensor with requires_grad=False"))
+    if grad_outputs is None:
+        gouts: list[Any] = [None] * len(outs)
+    elif isinstance(grad_outputs, Tensor) or not isinstance(grad_outputs, (list, tuple)):
+        gouts = [grad_outputs]
+    else:
+        gouts = list(grad_outputs)
+    if len(gouts) != len(outs):
+        raise ValueError(f"xpnn.grad: got {len(gouts)} grad_outputs for {len(outs)} outputs")
+    seeds = [_seed_grad(o, g, "xpnn.grad", create_graph) for o, g in zip(outs, gouts)]
+    keep = create_graph if retain_graph is None else retain_graph
+    result = run_backward(outs, seeds, retain_graph=keep, create_graph=create_graph, inputs=ins,
+                          tensor_cls=Tensor)
+    assert result is not None
+    out = []
+    for t, g in zip(ins, result):
+        if g is None:
+            if not allow_unused:
+                hint = ("; the parameters of a module with a hand-written backward are not inputs of the graph "
+                        "(that backward adds into their .grad): use loss.backward() for them"
+                        if t._node is None and hasattr(t, "_flat") else "")
+                raise RuntimeError("xpnn.grad: one of the inputs was not used to compute the outputs "
+                                   f"(shape {tuple(t.shape)}); pass allow_unused=True to get None for it{hint}")
+            out.append(None)
+        else:
+            out.append(g if isinstance(g, Tensor) else Tensor(g))
+    return tuple(out)
