@@ -300,6 +300,18 @@ def test_new_tensor_methods_gradcheck_float64(expr):
                                rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("ns", NAMESPACES)
+def test_flip_and_repeat_return_writable_copies_as_torch(ns):
+    a = np.arange(6.0).reshape(3, 2)
+    t = make(ns, a.copy())
+    for out in (t.flip(0), t.flip(0, 1), t.repeat(1, 1), t.repeat(2, 1), t[:, :1].repeat(1, 4),
+                make(ns, np.ones((3, 1))).repeat(1, 4)):
+        out[...] = -1.0  # no read-only view, and no write through to t
+        assert float(out.numpy().max()) == -1.0
+    np.testing.assert_array_equal(np.asarray(t.numpy()), a)
+    assert t.flip(0)._version == t._version == 0
+
+
 def test_var_with_too_few_entries_is_inf_or_nan_as_torch(torch):
     a = np.array([[1.0, 2.0, 4.0]])
     t, r = xpnn.tensor(a), torch.from_numpy(a)

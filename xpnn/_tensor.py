@@ -812,21 +812,24 @@ class Tensor(TensorBase):
         full = (1,) * (len(reps) - len(shape)) + shape
         inter = tuple(x for s in full for x in (1, s))
         wide = tuple(x for r, s in zip(reps, full) for x in (r, s))
-        return F.reshape(F.broadcast_to(F.reshape(self, inter), wide), tuple(r * s for r, s in zip(reps, full)))
+        out = F.reshape(F.broadcast_to(F.reshape(self, inter), wide), tuple(r * s for r, s in zip(reps, full)))
+        if all(r == 1 or s == 1 for r, s in zip(reps, full)):
+            # only then can the last reshape be a (read-only, stride-0) view of self: copy, as torch's repeat does
+            out = F.clone(out)
+        return out
 
     def flip(self, *dims: Any) -> "Tensor":
         """The order of the entries along each of ``dims`` reversed (``torch.flip``; a tuple or the dims as
-        arguments); a reversed-slice index, so the gradient is flipped back. Raises ``IndexError`` for a dim out of
+        arguments); a copy of a reversed-slice index, so the gradient is flipped back. Raises ``IndexError`` for a dim out of
         range, ``ValueError`` for a dim given twice."""
         if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
             dims = tuple(dims[0])
         axes = [_dim_index(d, max(self.ndim, 1), "flip") for d in dims]
         if len(set(axes)) != len(axes):
             raise ValueError(f"flip: dims {tuple(dims)} name a dimension more than once")
-        if self.ndim == 0:
-            return F.index(self, ...)
         rev = slice(None, None, -1)
-        return F.index(self, tuple(rev if i in axes else slice(None) for i in range(self.ndim)))
+        # (a copy, as torch.flip: the reversed slice alone is a NumPy/CuPy view of self)
+        return F.clone(F.index(self, tuple(rev if i in axes else slice(None) for i in range(self.ndim))))
 
     def var(self, dim: Any = None, unbiased: Optional[bool] = None, keepdim: bool = False, *,
             correction: Optional[float] = None) -> "Tensor":
