@@ -257,7 +257,8 @@ def test_top_level_tensor_functions_match_torch(ns, torch):
 METHOD_EXPRS = [
     "t.repeat(2, 1, 3)", "t.repeat(2, 1, 1, 2)", "t.repeat((1, 2, 1))", "t.flip(0, 2)", "t.flip((1,))", "t.flip(-1)",
     "t.var()", "t.var(1)", "t.var((0, 2), keepdim=True)", "t.var(1, unbiased=False)", "t.var(1, True, True)",
-    "t.var(dim=-1, correction=0)", "t.var(dim=-1, correction=2)", "t.var(dim=(0, 1), correction=1.5)",
+    "t.var(None, keepdim=True)", "t.var([0, 2])", "t.var(dim=-1, correction=0)",
+    "t.var(dim=-1, correction=2)", "t.var(dim=(0, 1), correction=1.5)",
     "t.rsqrt()", "t.pow(3)", "t.pow(2.5)", "t.narrow(1, 1, 2)", "t.narrow(-1, -3, 2)", "t.narrow(0, 0, 0)",
     "t.unflatten(2, (2, -1))", "t.unflatten(-1, (2, 2))", "t.unflatten(0, (1, 2))", "t.mT", "t.unbind(0)",
     "t.unbind(-1)", "t.unbind(1)",
