@@ -374,4 +374,4 @@ def test_sdpa_nan_and_infinite_scores_give_the_generic_rows():
         strict = F.scaled_dot_product_attention(*(array_api_strict.asarray(a) for a in (q, k, v)), is_causal=causal)
         np.testing.assert_array_equal(got, np.asarray(strict))
         assert np.isnan(got[1, 3]).all() and np.isfinite(np.delete(got[1], 3, 0)).all()
-        assert np.isnan(got[0, 2:]).all()  # (rows before the NaN key: NaN from the causal bias added to NaN)
+        assert np.isnan(got[0, 2:]).all()  # the rows that attend the NaN key
