@@ -164,7 +164,7 @@ def test_numpy_fast_path_equals_the_declaration(approximate, dtype):
     """The in-place blocked NumPy override of gelu / gelu_backward (xpnn.functional.activations_numpy) gives the
     declaration's values bit for bit: several blocks and a partial last one, extremes, a non-contiguous input (which
     goes to the declaration) and a NaN."""
-    from xpnn.autograd.op import Context
+    from xpnn.autograd.op import Context, override_for
     from xpnn.functional import activations_numpy
     from xpnn.functional.activations import Gelu, GeluBackward
 
@@ -181,6 +181,8 @@ def test_numpy_fast_path_equals_the_declaration(approximate, dtype):
         assert got.dtype == want.dtype == dtype and got_dx.dtype == dtype
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(got_dx, want_dx)
+    assert override_for("gelu", "forward", x) is activations_numpy.gelu_numpy
+    assert override_for("gelu_backward", "forward", x) is activations_numpy.gelu_backward_numpy
     assert activations_numpy.gelu_numpy(Context((False,), (x,)), x, approximate=approximate) is not NotImplemented
     assert activations_numpy.gelu_numpy(Context((False,), (x,)), x[:, ::2], approximate=approximate) \
         is NotImplemented

@@ -190,7 +190,7 @@ def test_numpy_backward_fast_path_matches_the_declaration(case, dtype):
     """The in-place NumPy override of layer_norm's backward (xpnn.functional.normalization_numpy) gives the
     declaration's dx, dweight and dbias (to float rounding), with and without weight/bias, several normalized axes;
     create_graph goes to the declaration."""
-    from xpnn.autograd.op import Context
+    from xpnn.autograd.op import Context, override_for
     from xpnn.functional.normalization import LayerNorm
     from xpnn.functional.normalization_numpy import layer_norm_backward_numpy
 
@@ -210,5 +210,6 @@ def test_numpy_backward_fast_path_matches_the_declaration(case, dtype):
         if r is not None:
             assert g.shape == r.shape and g.dtype == r.dtype
             np.testing.assert_allclose(g, r, rtol=tol, atol=tol)
+    assert override_for("layer_norm", "backward", dy) is layer_norm_backward_numpy
     ctx.create_graph = True
     assert layer_norm_backward_numpy(ctx, dy) is NotImplemented
