@@ -360,3 +360,18 @@ def test_sdpa_float16_computes_the_softmax_in_float32():
     out.sum().backward()
     assert out.dtype == np.float16 and all(t.grad.dtype == np.float16 for t in ts)
     np.testing.assert_allclose(out.numpy(), want, atol=1e-2)
+
+
+def test_sdpa_nan_and_infinite_scores_give_the_generic_rows():
+    """The NumPy softmax's row maximum (np.fmax.reduce, which skips NaN) gives the rows of the array-API path
+    (array_api_strict, xp.max): a NaN key makes every row that sees it NaN, an infinite score row is NaN too."""
+    rng = np.random.default_rng(4)
+    q, k, v = _qkv(rng, q_shape=(2, 5, 4), k_len=6, v_dim=3)
+    k[0, 2, 1] = np.nan
+    q[1, 3, :] = np.inf
+    for causal in (False, True):
+        got = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        strict = F.scaled_dot_product_attention(*(array_api_strict.asarray(a) for a in (q, k, v)), is_causal=causal)
+        np.testing.assert_array_equal(got, np.asarray(strict))
+        assert np.isnan(got[1, 3]).all() and np.isfinite(np.delete(got[1], 3, 0)).all()
+        assert np.isnan(got[0, 2:]).all()  # the rows that attend the NaN key

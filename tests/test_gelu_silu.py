@@ -156,3 +156,33 @@ def test_activation_layers_take_torch_inplace_flag(name, args):
     before = x.copy()
     np.testing.assert_allclose(mine(xpnn.tensor(x)).numpy(), theirs(torch.tensor(x)).numpy(), rtol=1e-6, atol=1e-12)
     np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_fast_path_equals_the_declaration(approximate, dtype):
+    """The in-place blocked NumPy override of gelu / gelu_backward (xpnn.functional.activations_numpy) gives the
+    declaration's values bit for bit: several blocks and a partial last one, extremes, a non-contiguous input (which
+    goes to the declaration) and a NaN."""
+    from xpnn.autograd.op import Context, override_for
+    from xpnn.functional import activations_numpy
+    from xpnn.functional.activations import Gelu, GeluBackward
+
+    rng = np.random.default_rng(1)
+    n = 7 * (activations_numpy._BLOCK // 3 + 11)
+    x = (rng.normal(size=n) * 4).astype(dtype)
+    x[:16] = np.concatenate([_xs()[:15], [np.nan]])
+    dy = rng.normal(size=n).astype(dtype)
+    x, dy = x.reshape(-1, 7), dy.reshape(-1, 7)
+    for xx, dd in ((x, dy), (x[:, ::2], dy[:, ::2])):
+        want = Gelu.forward(Context((False,), (xx,)), xx, approximate=approximate)
+        want_dx = GeluBackward.forward(Context((False, False), (xx, dd)), xx, dd, approximate=approximate)
+        got, got_dx = F.gelu(xx, approximate), F.gelu_backward(xx, dd, approximate)
+        assert got.dtype == want.dtype == dtype and got_dx.dtype == dtype
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got_dx, want_dx)
+    assert override_for("gelu", "forward", x) is activations_numpy.gelu_numpy
+    assert override_for("gelu_backward", "forward", x) is activations_numpy.gelu_backward_numpy
+    assert activations_numpy.gelu_numpy(Context((False,), (x,)), x, approximate=approximate) is not NotImplemented
+    assert activations_numpy.gelu_numpy(Context((False,), (x,)), x[:, ::2], approximate=approximate) \
+        is NotImplemented

