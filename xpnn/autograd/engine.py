@@ -59,6 +59,7 @@ def _topo(roots: Sequence[Node], wanted: Optional[set[int]]
     edges: dict[Node, tuple[bool, ...]] = {}
     stack: list[tuple[Node, bool]] = [(r, False) for r in roots]
     leaf_edges: dict[int, int] = {}
+    every = wanted is None
     while stack:
         node, expanded = stack.pop()
         if expanded:
@@ -68,15 +69,17 @@ def _topo(roots: Sequence[Node], wanted: Optional[set[int]]
                     flags.append(False)
                     continue
                 n = t._node
-                if wanted is not None and id(t) in wanted:
+                if not every and id(t) in wanted:
                     f = True
-                elif n is None:
-                    f = t._requires_grad and wanted is None
+                elif n is not None:
+                    flags.append(True in edges[n])
+                    continue
                 else:
-                    f = True in edges[n]
+                    f = every and t._requires_grad
                 flags.append(f)
                 if f and n is None:
-                    leaf_edges[id(t)] = leaf_edges.get(id(t), 0) + 1
+                    i = id(t)
+                    leaf_edges[i] = leaf_edges.get(i, 0) + 1
             edges[node] = tuple(flags)
             order.append(node)
             continue
@@ -149,7 +152,7 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                     check_saved_versions(node)
                 op = node.op
                 if (len(grads) == 1 and not create_graph and not ctx.create_graph and not op._user_op
-                        and op.name not in overridden):
+                        and (not overridden or op.name not in overridden)):
                     # the usual call (one output, arrays, no override): _call_backward's steps that apply
                     ctx.needs_input_grad = edges
                     in_grads = op.backward(ctx, grads[0])
@@ -171,7 +174,7 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                     continue
                 if in_grads is None:
                     g = None
-                if wanted is not None and id(t) in wanted:
+                if wanted and id(t) in wanted:
                     if g is not None:
                         captured[id(t)] = _add(captured.get(id(t)), g)
                     if t._node is None:
@@ -179,12 +182,20 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                 n = t._node
                 if n is not None:
                     if g is not None:
-                        _pend(pending, n, t._index, g)
+                        if n in pending or len(n.outputs) != 1:
+                            _pend(pending, n, t._index, g)
+                        else:  # (the first gradient of a one-output node)
+                            pending[n] = [g]
                     continue
                 if g is not None:
-                    _accumulate_leaf(t, g, node=node)
-                left = leaf_edges[id(t)] - 1
-                leaf_edges[id(t)] = left
+                    d = t._data
+                    if type(g) is type(d) and g.shape == d.shape and g.dtype == d.dtype:
+                        t._accumulate_grad(g)  # (what _accumulate_leaf does once its checks pass)
+                    else:
+                        _accumulate_leaf(t, g, node=node)
+                i = id(t)
+                left = leaf_edges[i] - 1
+                leaf_edges[i] = left
                 if left == 0 and t._hooks:
                     _fire_hooks(t)
     finally:

@@ -805,12 +805,15 @@ def _seed_grad(out: Tensor, g: Any, where: str, create_graph: bool) -> Any:
     except a Tensor ``g`` under ``create_graph`` (kept: the gradients then depend on it); the engine wraps arrays
     itself when it records the backward."""
     if g is None:
+        d = out._data
+        if isinstance(d, np.generic) or type(d) is np.ndarray and d.ndim == 0:  # (a NumPy loss: what ones_like
+            # returns, in one call)
+            return np.array(1, dtype=d.dtype)
         if out.numel() != 1:
             made_by = f" (made by {out._node.op.name})" if out._node is not None else ""
             raise RuntimeError(f"{where}: grad can be implicitly created only for one-element outputs; this Tensor"
                                f"{made_by} has shape {out.shape}: pass grad= (e.g. ones of that shape), or reduce "
                                "it first (.sum() or .mean())")
-        d = out._data
         if type(d) is np.ndarray or isinstance(d, np.generic):  # (what the namespace's ones_like returns, faster)
             return np.ones_like(d)
         return namespace_of(d).ones_like(d)

@@ -69,7 +69,7 @@ def _cross_entropy(xp: Any, logits: Any, target: Any, reduction: str, ignore_ind
     gradient ``(softmax - (1-eps)*onehot - eps/C) * scale``, zero for ignored rows.
     On NumPy/CuPy one (N, C) array is allocated: it holds ``x - m``, then ``exp(x - m)``, then the gradient.
     """
-    ops = InPlace(xp)
+    ops = InPlace.of(xp)
     x = _upcast(xp, logits)
     n, c = x.shape
     z, _ = _shifted(xp, x, -1)
@@ -306,7 +306,8 @@ def _cross_entropy_numpy(logits: Any, target: Any, reduction: str) -> tuple[Any,
     and the masks of ignored rows (there are none)."""
     n = logits.shape[0]
     m = np.maximum.reduce(logits, axis=-1, keepdims=True)  # (ndarray.max without its Python wrapper)
-    m = np.where(m > -np.inf, m, 0.0)  # as _shifted: 0 for a row max of -inf or NaN
+    # (no _shifted rule here: a row whose max is -inf or NaN gives a NaN loss and NaN gradients with or without
+    # it, and the other rows' values are the same)
     e = logits - m
     rows = np.arange(n)
     z_t = e[rows, target]
