@@ -51,46 +51,49 @@ def _add(a: Any, b: Any) -> Any:
 def _topo(roots: Sequence[Node], wanted: Optional[set[int]]
           ) -> tuple[list[Node], dict[Node, tuple[bool, ...]], dict[int, int]]:
     """(nodes in post-order, node -> per-input "a gradient is needed here" flags (all False: the node leads to
-    no wanted leaf and is skipped), leaf id -> number of live edges into it).
+    no wanted leaf and is skipped), id -> number of live edges into it, for each leaf with hooks).
 
     ``wanted``: ids of the Tensors whose gradients are asked for (``grad``), or ``None`` for every leaf that
     requires grad (``backward``). (Nodes are keys by identity: ``Node`` keeps object's hash and equality.)"""
     order: list[Node] = []
-    edges: dict[Node, tuple[bool, ...]] = {}
-    stack: list[tuple[Node, bool]] = [(r, False) for r in roots]
+    edges: dict[Node, Any] = {}
     leaf_edges: dict[int, int] = {}
     every = wanted is None
+    stack = list(roots)
     while stack:
-        node, expanded = stack.pop()
-        if expanded:
-            flags = []
+        node = stack[-1]
+        flags = edges.get(node)
+        if flags is None:  # first visit: its inputs' nodes go on top (it is finished when it is on top again)
+            edges[node] = _OPEN
             for t in node.inputs:
-                if t is None:
-                    flags.append(False)
-                    continue
-                n = t._node
-                if not every and id(t) in wanted:
-                    f = True
-                elif n is not None:
-                    flags.append(True in edges[n])
-                    continue
-                else:
-                    f = every and t._requires_grad
-                flags.append(f)
-                if f and n is None:
-                    i = id(t)
-                    leaf_edges[i] = leaf_edges.get(i, 0) + 1
-            edges[node] = tuple(flags)
-            order.append(node)
+                if t is not None:
+                    n = t._node
+                    if n is not None and n not in edges:
+                        stack.append(n)
             continue
-        if node in edges:
+        stack.pop()
+        if flags is not _OPEN:  # (a node pushed twice: finished already)
             continue
-        edges[node] = ()  # (visited: the flags come when the node is expanded, after its inputs' nodes)
-        stack.append((node, True))
-        for t in node.inputs:  # (a node pushed twice is expanded once: see the check above)
-            if t is not None and t._node is not None:
-                stack.append((t._node, False))
+        fl = []
+        for t in node.inputs:
+            if t is None:
+                fl.append(False)
+                continue
+            n = t._node
+            if every:
+                f = t._requires_grad if n is None else True in edges[n]
+            else:
+                f = id(t) in wanted or n is not None and True in edges[n]
+            fl.append(f)
+            if f and n is None and t._hooks:
+                i = id(t)
+                leaf_edges[i] = leaf_edges.get(i, 0) + 1
+        edges[node] = tuple(fl)
+        order.append(node)
     return order, edges, leaf_edges
+
+
+_OPEN: Any = object()  # (a node being visited: its inputs' nodes are not all finished yet)
 
 
 def _saved_as_tensors(node: Node) -> None:
@@ -146,34 +149,38 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                     f"{node.op.name}: trying to backward through the graph a second time (its saved values were "
                     "freed by the first backward); pass retain_graph=True to the first backward or xpnn.grad call")
             grads = pending.pop(node, None)
-            in_grads: Any = None
-            if grads is not None:
-                if ctx._saved and ctx._writes != writes:  # something was written since the forward
-                    check_saved_versions(node)
-                op = node.op
-                if (len(grads) == 1 and not create_graph and not ctx.create_graph and not op._user_op
-                        and (not overridden or op.name not in overridden)):
-                    # the usual call (one output, arrays, no override): _call_backward's steps that apply
-                    ctx.needs_input_grad = edges
-                    in_grads = op.backward(ctx, grads[0])
-                    if not isinstance(in_grads, tuple):
-                        in_grads = (in_grads,)
-                    if len(in_grads) != len(edges):
-                        raise RuntimeError(f"{op.name}: backward returned {len(in_grads)} gradients for "
-                                           f"{len(edges)} inputs")
-                    for g in in_grads:
-                        if isinstance(g, Tensor):  # (a backward that made Tensors from Tensors it kept)
-                            in_grads = tuple([g._data if isinstance(g, Tensor) else g for g in in_grads])
-                            break
-                else:
-                    in_grads = _call_backward(node, grads, edges, create_graph, Tensor)
+            if grads is None:  # no gradient reached this node: its leaves' edges still count for their hooks
+                if not retain_graph:
+                    ctx.free()
+                if wanted is None:  # (with inputs=, the live leaves are the wanted ones: no hooks then)
+                    for t, live in zip(node.inputs, edges):
+                        if live and t._node is None and t._hooks:
+                            _leaf_edge_done(t, leaf_edges)
+                continue
+            if ctx._saved and ctx._writes != writes:  # something was written since the forward
+                check_saved_versions(node)
+            op = node.op
+            if (len(grads) == 1 and not create_graph and not ctx.create_graph and not op._user_op
+                    and (not overridden or op.name not in overridden)):
+                # the usual call (one output, arrays, no override): _call_backward's steps that apply
+                ctx.needs_input_grad = edges
+                in_grads = op.backward(ctx, grads[0])
+                if type(in_grads) is not tuple:
+                    in_grads = (in_grads,)
+                if len(in_grads) != len(edges):
+                    raise RuntimeError(f"{op.name}: backward returned {len(in_grads)} gradients for "
+                                       f"{len(edges)} inputs")
+                for g in in_grads:
+                    if isinstance(g, Tensor):  # (a backward that made Tensors from Tensors it kept)
+                        in_grads = tuple([g._data if isinstance(g, Tensor) else g for g in in_grads])
+                        break
+            else:
+                in_grads = _call_backward(node, grads, edges, create_graph, Tensor)
             if not retain_graph:
                 ctx.free()
-            for t, live, g in zip(node.inputs, edges, in_grads if in_grads is not None else edges):
+            for t, live, g in zip(node.inputs, edges, in_grads):
                 if not live:
                     continue
-                if in_grads is None:
-                    g = None
                 if wanted and id(t) in wanted:
                     if g is not None:
                         captured[id(t)] = _add(captured.get(id(t)), g)
@@ -193,16 +200,23 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                         t._accumulate_grad(g)  # (what _accumulate_leaf does once its checks pass)
                     else:
                         _accumulate_leaf(t, g, node=node)
-                i = id(t)
-                left = leaf_edges[i] - 1
-                leaf_edges[i] = left
-                if left == 0 and t._hooks:
-                    _fire_hooks(t)
+                if t._hooks:
+                    _leaf_edge_done(t, leaf_edges)
     finally:
         _grad_state.enabled = prev_mode
     if inputs is None:
         return None
     return [captured.get(id(t)) for t in inputs]
+
+
+def _leaf_edge_done(t: Any, leaf_edges: dict[int, int]) -> None:
+    """One edge into leaf ``t`` (which has hooks) is through: fire its hooks after the last one (``_topo`` counted
+    them; a hook added during this backward fires at the first edge it meets)."""
+    i = id(t)
+    left = leaf_edges.get(i, 1) - 1
+    leaf_edges[i] = left
+    if left == 0:
+        _fire_hooks(t)
 
 
 def _pend(pending: dict[Node, list[Any]], node: Node, index: int, g: Any) -> None:

@@ -738,8 +738,19 @@ def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> An
     node.outputs = (weakref.ref(t),)
     if op.view:
         _share_version(t, args[0])
-    if ctx._saved:
-        _note_versions(ctx, ins, t)
+        if ctx._saved:
+            _note_versions(ctx, ins, t)
+    elif ctx._saved:  # _note_versions (inline: the usual call, the output has no counter)
+        ctx._writes = _op.writes
+        vers = None
+        for a in ins:
+            if a is not None and a._vc is not None:
+                if vers is None:
+                    vers = [a, a._vc.value]
+                else:
+                    vers += (a, a._vc.value)
+        if vers is not None:
+            ctx._versions = vers
     return t
 
 

@@ -377,4 +377,7 @@ def _check_step(where: str, step: Any) -> None:
 
 def _is_device_scalar(*values: Any) -> bool:
     """Whether any of ``values`` is a 0-d array (a capturable optimizer's step count or learning rate)."""
-    return any(not isinstance(v, (int, float)) for v in values)
+    for v in values:  # (a loop, not any() over a generator: this runs once per update)
+        if not isinstance(v, (int, float)):
+            return True
+    return False
