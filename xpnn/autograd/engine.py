@@ -9,6 +9,7 @@ Parameter's gradient stays its view of the model's flat gradient buffer) or retu
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any, Optional, Sequence
 
 from ..backend import dtype_name, namespace_of
@@ -77,17 +78,15 @@ def _topo(roots: Sequence[Node], wanted: Optional[set[int]]
         fl = []
         for t in node.inputs:
             if t is None:
-                fl.append(False)
-                continue
-            n = t._node
-            if every:
-                f = t._requires_grad if n is None else True in edges[n]
+                f = False
+            elif t._node is not None:
+                f = True in edges[t._node] or not every and id(t) in wanted
             else:
-                f = id(t) in wanted or n is not None and True in edges[n]
+                f = t._requires_grad if every else id(t) in wanted
+                if f and t._hooks:
+                    i = id(t)
+                    leaf_edges[i] = leaf_edges.get(i, 0) + 1
             fl.append(f)
-            if f and n is None and t._hooks:
-                i = id(t)
-                leaf_edges[i] = leaf_edges.get(i, 0) + 1
         edges[node] = tuple(fl)
         order.append(node)
     return order, edges, leaf_edges
@@ -136,6 +135,8 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
     order, all_edges, leaf_edges = _topo(roots, wanted)
     overridden = _OVERRIDDEN["backward"]
     writes = _op.writes
+    plain = not create_graph
+    tensor_cls = itertools.repeat(Tensor)  # (isinstance's second argument, for map)
     prev_mode = _grad_state.enabled
     _grad_state.enabled = bool(create_graph)
     try:
@@ -160,7 +161,7 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
             if ctx._saved and ctx._writes != writes:  # something was written since the forward
                 check_saved_versions(node)
             op = node.op
-            if (len(grads) == 1 and not create_graph and not ctx.create_graph and not op._user_op
+            if (plain and len(grads) == 1 and not ctx.create_graph and not op._user_op
                     and (not overridden or op.name not in overridden)):
                 # the usual call (one output, arrays, no override): _call_backward's steps that apply
                 ctx.needs_input_grad = edges
@@ -170,10 +171,8 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                 if len(in_grads) != len(edges):
                     raise RuntimeError(f"{op.name}: backward returned {len(in_grads)} gradients for "
                                        f"{len(edges)} inputs")
-                for g in in_grads:
-                    if isinstance(g, Tensor):  # (a backward that made Tensors from Tensors it kept)
-                        in_grads = tuple([g._data if isinstance(g, Tensor) else g for g in in_grads])
-                        break
+                if any(map(isinstance, in_grads, tensor_cls)):  # (a backward that made Tensors from Tensors
+                    in_grads = tuple([g._data if isinstance(g, Tensor) else g for g in in_grads])  # it kept)
             else:
                 in_grads = _call_backward(node, grads, edges, create_graph, Tensor)
             if not retain_graph:

@@ -49,7 +49,7 @@ def _work(xp: Any, scratch: Optional[list], i: int, like: Any) -> Any:
     while len(scratch) <= i:
         scratch.append(xp.empty_like(like))
     w = scratch[i]
-    if tuple(w.shape) != tuple(like.shape) or w.dtype != like.dtype:
+    if w.shape != like.shape or w.dtype != like.dtype:
         raise ShapeError(f"scratch[{i}] has shape {tuple(w.shape)} and dtype {dtype_name(w.dtype)}, expected "
                          f"{tuple(like.shape)} and {dtype_name(like.dtype)} (the param's); use one list per param")
     return w
