@@ -734,7 +734,12 @@ def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> An
         if ctx._saved:
             _note_versions(ctx, ins + outs[1:], outs[0])
         return outs
-    t = _make(out, node, 0, True)
+    t = Tensor.__new__(Tensor)  # (_make, inline: the usual call)
+    t._data = out
+    t._grad = t._hooks = t._vc = None
+    t._node = node
+    t._index = 0
+    t._requires_grad = True
     node.outputs = (weakref.ref(t),)
     if op.view:
         _share_version(t, args[0])

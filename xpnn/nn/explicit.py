@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..autograd.engine import run_backward
-from ..autograd.grad_mode import is_grad_enabled
+from ..autograd.grad_mode import _state as _grad_state
 from ..autograd.op import Context, Op, numpy_direct
 from ..autograd.tensor import Tensor
 from ..backend import dtype_name, namespace_of
@@ -151,7 +151,7 @@ def _one_op_call(module: Module, op: type[Op], x: Any, *params: Optional[Paramet
         needs.append(p._requires_grad)
     ctx = Context(tuple(needs), (x,))
     out = op.forward(ctx, *arrays) if op.check is None else op._run_forward(ctx, tuple(arrays), {})
-    if is_grad_enabled():
+    if _grad_state.enabled:  # (is_grad_enabled() without its call)
         object.__setattr__(module, "_last_call", _OneOpCall(op, ctx, out, params))
     return out
 
@@ -188,7 +188,7 @@ def call(module: Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         out = fast(module, args[0])
         if out is not NotImplemented:
             return out
-    record = is_grad_enabled()
+    record = _grad_state.enabled
     wrapped = list(args)
     first: Optional[Tensor] = None
     for i, a in enumerate(args):  # the first floating array is the input whose gradient backward returns
