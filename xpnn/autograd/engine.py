@@ -52,7 +52,7 @@ def _add(a: Any, b: Any) -> Any:
 def _topo(roots: Sequence[Node], wanted: Optional[set[int]]
           ) -> tuple[list[Node], dict[Node, tuple[bool, ...]], dict[int, int]]:
     """(nodes in post-order, node -> per-input "a gradient is needed here" flags (all False: the node leads to
-    no wanted leaf and is skipped), id -> number of live edges into it, for each leaf with hooks).
+    no wanted leaf and is skipped), leaf id -> number of live edges into it).
 
     ``wanted``: ids of the Tensors whose gradients are asked for (``grad``), or ``None`` for every leaf that
     requires grad (``backward``). (Nodes are keys by identity: ``Node`` keeps object's hash and equality.)"""
@@ -83,7 +83,7 @@ def _topo(roots: Sequence[Node], wanted: Optional[set[int]]
                 f = True in edges[t._node] or not every and id(t) in wanted
             else:
                 f = t._requires_grad if every else id(t) in wanted
-                if f and t._hooks:
+                if f:  # (every leaf: a hook may be added to one while the backward runs)
                     i = id(t)
                     leaf_edges[i] = leaf_edges.get(i, 0) + 1
             fl.append(f)
@@ -155,7 +155,7 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                     ctx.free()
                 if wanted is None:  # (with inputs=, the live leaves are the wanted ones: no hooks then)
                     for t, live in zip(node.inputs, edges):
-                        if live and t._node is None and t._hooks:
+                        if live and t._node is None:
                             _leaf_edge_done(t, leaf_edges)
                 continue
             if ctx._saved and ctx._writes != writes:  # something was written since the forward
@@ -199,8 +199,11 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                         t._accumulate_grad(g)  # (what _accumulate_leaf does once its checks pass)
                     else:
                         _accumulate_leaf(t, g, node=node)
-                if t._hooks:
-                    _leaf_edge_done(t, leaf_edges)
+                i = id(t)  # (_leaf_edge_done, inline)
+                left = leaf_edges[i] - 1
+                leaf_edges[i] = left
+                if left == 0 and t._hooks:
+                    _fire_hooks(t)
     finally:
         _grad_state.enabled = prev_mode
     if inputs is None:
@@ -209,12 +212,11 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
 
 
 def _leaf_edge_done(t: Any, leaf_edges: dict[int, int]) -> None:
-    """One edge into leaf ``t`` (which has hooks) is through: fire its hooks after the last one (``_topo`` counted
-    them; a hook added during this backward fires at the first edge it meets)."""
+    """One edge into leaf ``t`` is through: fire its hooks after the last one (``_topo`` counted them)."""
     i = id(t)
-    left = leaf_edges.get(i, 1) - 1
+    left = leaf_edges[i] - 1
     leaf_edges[i] = left
-    if left == 0:
+    if left == 0 and t._hooks:
         _fire_hooks(t)
 
 
