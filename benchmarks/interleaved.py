@@ -16,6 +16,7 @@ import statistics
 import time
 
 import xpnn.bench.conv_cases  # noqa: F401  (registers the conv cases)
+import xpnn.bench.rnn_cases  # noqa: F401  (registers the recurrent case)
 from xpnn.bench.cases import CASES, make_runner
 
 

@@ -18,6 +18,8 @@ __device__ __forceinline__ float xpnn_log1p(float x) { return log1pf(x); }
 __device__ __forceinline__ double xpnn_log1p(double x) { return log1p(x); }
 __device__ __forceinline__ float xpnn_tanh(float x) { return tanhf(x); }
 __device__ __forceinline__ double xpnn_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float xpnn_erf(float x) { return erff(x); }
+__device__ __forceinline__ double xpnn_erf(double x) { return erf(x); }
 __device__ __forceinline__ float xpnn_abs(float x) { return fabsf(x); }
 __device__ __forceinline__ double xpnn_abs(double x) { return fabs(x); }
 __device__ __forceinline__ float xpnn_sqrt(float x) { return sqrtf(x); }

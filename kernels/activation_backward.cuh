@@ -63,4 +63,50 @@ __device__ __forceinline__ A xpnn_mish_backward(A x, A dy) {
     return dy * (t + x * (A(1) - t * t) * xpnn_stable_sigmoid(x));
 }
 
+// GELU (Hendrycks & Gimpel 2016; torch.nn.functional.gelu), `approximate` 0 for "none", 1 for "tanh":
+//   none: y = x Phi(x) = x / 2 (1 + erf(x / sqrt 2)),  dx = dy (Phi(x) + x phi(x)),
+//         phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+//   tanh: y = x / 2 (1 + tanh(u)),  u = sqrt(2 / pi) (x + 0.044715 x^3),
+//         dx = dy (1 / 2 (1 + tanh(u)) + x / 2 (1 - tanh(u)^2) sqrt(2 / pi) (1 + 3 * 0.044715 x^2))
+// (PyTorch's GeluCUDAKernelImpl / GeluBackwardCUDAKernelImpl, same order of operations)
+#define XPNN_SQRT1_2 0.70710678118654752440
+#define XPNN_SQRT_2_OVER_PI 0.79788456080286535588  // sqrt(2 / pi)
+#define XPNN_INV_SQRT_2PI 0.39894228040143267794  // 1 / sqrt(2 pi)
+#define XPNN_GELU_KAPPA 0.044715
+
+template <typename A>
+__device__ __forceinline__ A xpnn_gelu(A x, A approximate) {
+    if (approximate != A(0)) {
+        const A u = A(XPNN_SQRT_2_OVER_PI) * (x + A(XPNN_GELU_KAPPA) * x * x * x);
+        return A(0.5) * x * (A(1) + xpnn_tanh(u));
+    }
+    return x * A(0.5) * (A(1) + xpnn_erf(x * A(XPNN_SQRT1_2)));
+}
+
+template <typename A>
+__device__ __forceinline__ A xpnn_gelu_backward(A x, A dy, A approximate) {
+    if (approximate != A(0)) {
+        const A x_sq = x * x;
+        const A t = xpnn_tanh(A(XPNN_SQRT_2_OVER_PI) * (x + A(XPNN_GELU_KAPPA) * x_sq * x));
+        const A left = A(0.5) * x, right = A(1) + t;
+        const A right_derivative = left * (A(1) - t * t) * A(XPNN_SQRT_2_OVER_PI) *
+                                   (A(1) + A(3 * XPNN_GELU_KAPPA) * x_sq);
+        return dy * (A(0.5) * right + right_derivative);
+    }
+    const A cdf = A(0.5) * (A(1) + xpnn_erf(x * A(XPNN_SQRT1_2)));
+    const A pdf = xpnn_exp(A(-0.5) * x * x) * A(XPNN_INV_SQRT_2PI);
+    return dy * (cdf + x * pdf);
+}
+
+// SiLU (swish, Elfwing et al. 2017; torch.nn.functional.silu): y = x sigmoid(x), dx = dy s (1 + x (1 - s)),
+// s = sigmoid(x)
+template <typename A>
+__device__ __forceinline__ A xpnn_silu(A x) { return x * xpnn_stable_sigmoid(x); }
+
+template <typename A>
+__device__ __forceinline__ A xpnn_silu_backward(A x, A dy) {
+    const A s = xpnn_stable_sigmoid(x);
+    return dy * (s * (A(1) + x * (A(1) - s)));
+}
+
 #endif  // XPNN_ACTIVATION_BACKWARD_CUH

@@ -6,22 +6,9 @@
 // (p*sh + i*dh, q*sw + j*dw), i.e. input pixel (p*sh + i*dh - pt, q*sw + j*dw - pl).
 #include "common.cuh"
 
-#define XPNN_FOR_EACH(i, n)                                                        \
-    XPNN_NO_UNROLL for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; \
-                        i < (n); i += (long long)gridDim.x * blockDim.x)
-
-// Output row p (or column q) of offset i that reads input row h, or -1: h + pt - i*dh = p*sh with 0 <= p < oh.
-// 32-bit arithmetic (image sides fit in int): a 64-bit division is a call that spills registers in the loops below.
-__device__ __forceinline__ int xpnn_window_of(int h, int i, int s, int d, int pad, int out) {
-    const int r = h + pad - i * d;
-    if (r < 0 || r % s != 0) return -1;
-    const int p = r / s;
-    return p < out ? p : -1;
-}
-
 // A flat index as mixed-radix digits (least significant first, digit[k] < radix[k], each radix below 2^31) and
-// what is left above them (top). The im2col grid-stride loop decodes its first index and the grid's stride once
-// per thread and then steps by adding the stride's digits with a carry: no division per element
+// what is left above them (top). The grid-stride loops here decode their first index and the grid's stride once
+// per thread and then step by adding the stride's digits with a carry: no division per element
 // (digit + step digit + carry < 2 * radix < 2^32, so one subtraction wraps it). Both decoded values are below
 // gridDim.x * blockDim.x, which the launcher keeps below 2^32 (at most MAX_GRID = 65535 blocks of 256 threads):
 // 32-bit divisions (a 64-bit division is a call to a library routine).
@@ -56,6 +43,60 @@ __device__ __forceinline__ void xpnn_advance(xpnn_mixed_radix<K>& a, const xpnn_
     a.top += step.top + (long long)carry;
 }
 
+// The grid-stride loop of every kernel here: f(idx, digits of idx) for this thread's flat indices idx below
+// tops * prod(radix) (the loop tests the top digit: no 64-bit total to keep in registers).
+template <unsigned K, typename F>
+__device__ __forceinline__ void xpnn_for_each_decoded(long long tops, const unsigned (&radix)[K], F&& f) {
+    const unsigned first = blockIdx.x * blockDim.x + threadIdx.x, stride = gridDim.x * blockDim.x;
+    xpnn_mixed_radix<K> at = xpnn_decode(first, radix);
+    const xpnn_mixed_radix<K> step = xpnn_decode(stride, radix);
+    long long idx = first;
+    XPNN_NO_UNROLL for (; at.top < tops; idx += stride) {
+        f(idx, (const xpnn_mixed_radix<K>&)at);
+        xpnn_advance(at, step, radix);
+    }
+}
+
+// The adjoints' gather along one image axis: the kernel offsets i (< k) and output positions p (< out) whose window
+// reads input coordinate x, p*s + i*d == x + pad. (p, m) = divmod(x + pad - i*d, s) is formed once per element
+// (one 32-bit division, none for s == 1) and stepped to the next offset by subtracting divmod(d, s) = (dq, dm) with
+// a borrow; offset i reads x when m == 0 and 0 <= p < out, and no later offset does once p < 0 (x + pad - i*d < 0).
+// dq is a kernel argument (the launcher divides once; dm = d - dq*s): a division per thread took the registers
+// that made ptxas spill max_pool2d_bwd<float> on sm_80.
+struct xpnn_axis {
+    int k, s, pad, out, dq, dm;
+};
+
+// f(i * kw + j, p, q) for every window (output position (p, q), kernel offset (i, j)) that reads input pixel
+// (hh, ww), offsets in increasing order (row-major): col2im's and max-pool backward's loop.
+template <typename F>
+__device__ __forceinline__ void xpnn_for_each_window_reading(int hh, int ww, const xpnn_axis& ah, const xpnn_axis& aw,
+                                                             F&& f) {
+    const unsigned rh = (unsigned)(hh + ah.pad), rw = (unsigned)(ww + aw.pad);
+    int p = ah.s == 1 ? (int)rh : (int)(rh / (unsigned)ah.s), mp = (int)rh - p * ah.s;
+    const int q0 = aw.s == 1 ? (int)rw : (int)(rw / (unsigned)aw.s), mq0 = (int)rw - q0 * aw.s;
+    for (int i = 0; i < ah.k && p >= 0; ++i) {
+        if (mp == 0 && p < ah.out) {
+            int q = q0, mq = mq0;
+            for (int j = 0; j < aw.k && q >= 0; ++j) {
+                if (mq == 0 && q < aw.out) f(i * aw.k + j, p, q);
+                q -= aw.dq;
+                mq -= aw.dm;
+                if (mq < 0) {
+                    mq += aw.s;
+                    --q;
+                }
+            }
+        }
+        p -= ah.dq;
+        mp -= ah.dm;
+        if (mp < 0) {
+            mp += ah.s;
+            --p;
+        }
+    }
+}
+
 // cols (N, C, kh, kw, oh, ow) = x (N, C, h, w) read at every window position; zero outside the input. Index math
 // inside an image in 32 bits: the launcher checks that padded and output sides are below 2^31 (p*sh + i*dh is at
 // most the padded height - 1).
@@ -63,43 +104,32 @@ template <typename T>
 __global__ void __launch_bounds__(256)
 im2col(const T* __restrict__ x, T* __restrict__ cols, long long n, long long c, long long h, long long w, int kh,
        int kw, int sh, int sw, int dh, int dw, int pt, int pl, long long oh, long long ow) {
-    const long long total = n * c * kh * kw * oh * ow;
     const unsigned radix[4] = {(unsigned)ow, (unsigned)oh, (unsigned)kw, (unsigned)kh};  // q, p, j, i; top: plane
-    const unsigned first = blockIdx.x * blockDim.x + threadIdx.x, stride = gridDim.x * blockDim.x;
-    xpnn_mixed_radix<4> at = xpnn_decode(first, radix);
-    const xpnn_mixed_radix<4> step = xpnn_decode(stride, radix);
-    long long idx = first;
-    XPNN_NO_UNROLL for (; idx < total; idx += stride) {
+    xpnn_for_each_decoded(n * c, radix, [&](long long idx, const xpnn_mixed_radix<4>& at) {
         const int hh = (int)(at.digit[1] * (unsigned)sh + at.digit[3] * (unsigned)dh) - pt;
         const int ww = (int)(at.digit[0] * (unsigned)sw + at.digit[2] * (unsigned)dw) - pl;
         const bool inside = hh >= 0 && hh < h && ww >= 0 && ww < w;
         cols[idx] = inside ? x[(at.top * h + hh) * w + ww] : xpnn_from_acc<T>((typename xpnn_acc<T>::type)0);
-        xpnn_advance(at, step, radix);
-    }
+    });
 }
 
 // dx (N, C, h, w) = sum of the column entries read from each pixel (the adjoint of im2col), accumulated in A.
+// dqh = dh / sh and dqw = dw / sw, from the launcher (see xpnn_axis).
 template <typename T, typename A>
 __global__ void __launch_bounds__(256)
 col2im(const T* __restrict__ cols, T* __restrict__ dx, long long n, long long c, long long h, long long w, int kh,
-       int kw, int sh, int sw, int dh, int dw, int pt, int pl, long long oh, long long ow) {
-    const long long total = n * c * h * w;
-    XPNN_FOR_EACH(idx, total) {
-        const int ww = (int)(idx % w);
-        const int hh = (int)((idx / w) % h);
-        const long long plane = idx / (w * h);
-        A sum = A(0);
-        for (int i = 0; i < kh; ++i) {
-            const int p = xpnn_window_of(hh, i, sh, dh, pt, (int)oh);
-            if (p < 0) continue;
-            for (int j = 0; j < kw; ++j) {
-                const int q = xpnn_window_of(ww, j, sw, dw, pl, (int)ow);
-                if (q < 0) continue;
-                sum += (A)xpnn_to_acc(cols[(((plane * kh + i) * kw + j) * oh + p) * ow + q]);
-            }
-        }
-        dx[idx] = xpnn_from_acc<T>(sum);
-    }
+       int kw, int sh, int sw, int dh, int dw, int pt, int pl, long long oh, long long ow, int dqh, int dqw) {
+    const unsigned radix[2] = {(unsigned)w, (unsigned)h};  // ww, hh; top: plane
+    const xpnn_axis ah = {kh, sh, pt, (int)oh, dqh, dh - dqh * sh};
+    const xpnn_axis aw = {kw, sw, pl, (int)ow, dqw, dw - dqw * sw};
+    xpnn_for_each_decoded(n * c, radix, [&](long long, const xpnn_mixed_radix<2>& at) {
+        const T* plane = cols + at.top * kh * kw * oh * ow;
+        A sum = A(0);  // (dx's index from the digits below: idx kept live pushed ptxas into spilling)
+        xpnn_for_each_window_reading((int)at.digit[1], (int)at.digit[0], ah, aw, [&](int k, int p, int q) {
+            sum += (A)xpnn_to_acc(plane[((long long)k * oh + p) * ow + q]);
+        });
+        dx[(at.top * h + at.digit[1]) * w + at.digit[0]] = xpnn_from_acc<T>(sum);
+    });
 }
 
 // y (N, C, oh, ow): window maxima; argmax: the winning offset i*kw + j, chosen as PyTorch's max_pool2d_with_indices:
@@ -110,21 +140,19 @@ __global__ void __launch_bounds__(256)
 max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y, int* __restrict__ argmax, long long n, long long c,
                long long h, long long w, int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl, long long oh,
                long long ow) {
-    const long long total = n * c * oh * ow;
-    XPNN_FOR_EACH(idx, total) {
-        const long long q = idx % ow;
-        const long long p = (idx / ow) % oh;
-        const long long plane = idx / (ow * oh);
-        const T* img = x + plane * h * w;
+    const unsigned radix[2] = {(unsigned)ow, (unsigned)oh};  // q, p; top: plane
+    xpnn_for_each_decoded(n * c, radix, [&](long long idx, const xpnn_mixed_radix<2>& at) {
+        const T* img = x + at.top * h * w;
+        const int h0 = (int)(at.digit[1] * (unsigned)sh) - pt, w0 = (int)(at.digit[0] * (unsigned)sw) - pl;
         A best = xpnn_neg_inf<A>();
         int arg = -1;
         for (int i = 0; i < kh; ++i) {
-            const long long hh = p * sh + (long long)i * dh - pt;
+            const int hh = h0 + i * dh;
             if (hh < 0 || hh >= h) continue;
             for (int j = 0; j < kw; ++j) {
-                const long long ww = q * sw + (long long)j * dw - pl;
+                const int ww = w0 + j * dw;
                 if (ww < 0 || ww >= w) continue;
-                const A v = (A)xpnn_to_acc(img[hh * w + ww]);
+                const A v = (A)xpnn_to_acc(img[(long long)hh * w + ww]);
                 if (arg < 0 || v > best || v != v) {
                     best = v;
                     arg = i * kw + j;
@@ -133,31 +161,27 @@ max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y, int* __restrict__ arg
         }
         y[idx] = xpnn_from_acc<T>(best);
         argmax[idx] = arg < 0 ? 0 : arg;
-    }
+    });
 }
 
-// dx (N, C, h, w): for each pixel, the sum of dy over the windows whose argmax is this pixel.
+// dx (N, C, h, w): for each pixel, the sum of dy over the windows whose argmax is this pixel. dqh, dqw as for
+// col2im.
 template <typename T, typename A>
 __global__ void __launch_bounds__(256)
 max_pool2d_bwd(const int* __restrict__ argmax, const T* __restrict__ dy, T* __restrict__ dx, long long n,
                long long c, long long h, long long w, int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl,
-               long long oh, long long ow) {
-    const long long total = n * c * h * w;
-    XPNN_FOR_EACH(idx, total) {
-        const int ww = (int)(idx % w);
-        const int hh = (int)((idx / w) % h);
-        const long long plane = idx / (w * h);
+               long long oh, long long ow, int dqh, int dqw) {
+    const unsigned radix[2] = {(unsigned)w, (unsigned)h};  // ww, hh; top: plane
+    const xpnn_axis ah = {kh, sh, pt, (int)oh, dqh, dh - dqh * sh};
+    const xpnn_axis aw = {kw, sw, pl, (int)ow, dqw, dw - dqw * sw};
+    xpnn_for_each_decoded(n * c, radix, [&](long long, const xpnn_mixed_radix<2>& at) {
+        const int* arg = argmax + at.top * oh * ow;
+        const T* g = dy + at.top * oh * ow;
         A sum = A(0);
-        for (int i = 0; i < kh; ++i) {
-            const int p = xpnn_window_of(hh, i, sh, dh, pt, (int)oh);
-            if (p < 0) continue;
-            for (int j = 0; j < kw; ++j) {
-                const int q = xpnn_window_of(ww, j, sw, dw, pl, (int)ow);
-                if (q < 0) continue;
-                const long long o = (plane * oh + p) * ow + q;
-                if (argmax[o] == i * kw + j) sum += (A)xpnn_to_acc(dy[o]);
-            }
-        }
-        dx[idx] = xpnn_from_acc<T>(sum);
-    }
+        xpnn_for_each_window_reading((int)at.digit[1], (int)at.digit[0], ah, aw, [&](int k, int p, int q) {
+            const long long o = (long long)p * ow + q;
+            if (arg[o] == k) sum += (A)xpnn_to_acc(g[o]);
+        });
+        dx[(at.top * h + at.digit[1]) * w + at.digit[0]] = xpnn_from_acc<T>(sum);
+    });
 }

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Verification layer 3, on a machine with an NVIDIA GPU and no internet:
 #   scripts/gpu_check.sh [tests] [sanitizer] [graphs] [bench]        (no argument: all four)
-#   tests      tests marked `cuda` run every kernel through CuPy against the reference (they must not skip here),
+#   tests      tests marked `cuda` run every kernel through CuPy against the reference (they must not skip here;
+#              the transformer kernels' in tests/test_kernels_transformer.py),
 #              plus the CPU layers (offline compile: skipped with the reason when nvcc / CuPy's pinned private
 #              helpers are missing; CPU shim and its sanitizer build: skipped with the reason without g++/libasan)
 #   sanitizer  compute-sanitizer memcheck (CuPy's memory pool disabled: small overruns would land in pool slack)
-#              and racecheck on the row kernels, when the CUDA toolkit provides it
+#              and racecheck on the row kernels and the transformer kernels (layer norm, attention, embedding
+#              backward, GELU), when the CUDA toolkit provides it
 #   graphs     CUDA-graph capture tests (graphed vs eager after 20 steps, fit(cuda_graph=True)) and a table of
 #              training steps: eager xpnn vs graphed xpnn vs PyTorch CUDA (`xpnn bench --preset graphs`)
-#   bench      the benchmarks (`pytest benchmarks --benchmark-only`)
+#   bench      the benchmarks (`pytest benchmarks --benchmark-only`; the transformer kernels vs the generic path,
+#              layer_norm's fraction of the copy floor: benchmarks/test_bench_transformer_kernels.py)
 # Python: $PYTHON, else `python`, else `python3`. Setup it does when needed, offline: array-api-compat from a wheel
 # folder ($WHEELS, else ./wheels or ./.wheels), xpnn with `pip install --no-deps --no-build-isolation -e .`.
 # It stops early, saying why, when CuPy or NVRTC is unusable (what `xpnn info` reports).
@@ -113,11 +116,11 @@ if wants sanitizer; then
     SANITIZER=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/compute-sanitizer 2>/dev/null)
     if [ -n "$SANITIZER" ]; then
         run_step memcheck "$OUT/sanitizer.log" "$SANITIZER" --tool memcheck --error-exitcode 1 \
-            $PY -c "$NO_POOL" tests/test_cuda_kernels.py -q -p no:cacheprovider \
-            -k "(cross_entropy or row_kernels or adam or inf_and_nan) and not float64 and not beyond_32bit and not deterministic"
+            $PY -c "$NO_POOL" tests/test_cuda_kernels.py tests/test_kernels_transformer.py -q -p no:cacheprovider \
+            -k "((cross_entropy or row_kernels or adam or inf_and_nan) and not float64 and not beyond_32bit and not deterministic) or (on_gpu and float32)"
         run_step racecheck "$OUT/sanitizer.log" "$SANITIZER" --tool racecheck --error-exitcode 1 \
-            $PY -c "$NO_POOL" tests/test_cuda_kernels.py -q -p no:cacheprovider \
-            -k "float32 and (cross_entropy or row_kernels) and (64-7 or 300-1000 or 9-4097)"
+            $PY -c "$NO_POOL" tests/test_cuda_kernels.py tests/test_kernels_transformer.py -q -p no:cacheprovider \
+            -k "float32 and (((cross_entropy or row_kernels) and (64-7 or 300-1000 or 9-4097)) or (on_gpu and (37 or 4097 or 17)))"
     else
         echo "gpu_check: compute-sanitizer not found (part of the CUDA toolkit); sanitizer runs skipped" \
             | tee -a "$OUT/sanitizer.log"

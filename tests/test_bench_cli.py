@@ -125,7 +125,8 @@ def test_every_cpu_runner_runs(case):
     size = {"sigmoid_backward": "1e4", "cross_entropy": "256x10", "adam": "1e4", "mlp_step": "batch16",
             "seed_net": "64x1000", "tiny_step": "batch8", "conv2d": "lenet2", "lenet_step": "batch64",
             "softmax": "256x10", "logsumexp": "256x10", "adam_fp16": "1e4", "small_calls": "linear",
-            "amp_unscale": "1e4"}[case]
+            "amp_unscale": "1e4", "attention": "b32h4t64d32", "gpt_step": "d32l1h2t16b4", "generate": "tiny",
+            "lstm_step": "h16-T5-batch4"}[case]
     impls = [i for i in ("xpnn-numpy", "numpy-plain", "xpnn-numpy-tape") if i in CASES[case].builders]
     for impl in impls:
         r = make_runner(case, size, impl)

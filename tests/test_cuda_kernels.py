@@ -74,7 +74,7 @@ def test_provider_serves_cupy_arrays(cp):
     from xpnn._cuda import provider
 
     xp = xpnn.get_backend("cuda").xp
-    for row in registry.RAW + registry.ELEMENTWISE:
+    for row in registry.RAW + registry.elementwise():
         for dt in row.dtypes:
             served = provider(row.name, xp, getattr(cp, dt))
             assert (served is None) == getattr(row, "helper", False), row.name

@@ -39,7 +39,7 @@ def randn(*shape, seed=1, scale=1.0):
 ACTIVATIONS = [
     nn.Sigmoid, nn.Tanh, nn.ReLU, lambda: nn.LeakyReLU(0.1), lambda: nn.ELU(0.7), nn.SELU, nn.Softmax,
     lambda: nn.Softmax(axis=0), lambda: nn.PReLU(dtype="float64"), lambda: nn.PReLU(5, init=0.1, dtype="float64"),
-    nn.Softplus, lambda: nn.Softplus(0.5, 0.25), nn.Mish,
+    nn.Softplus, lambda: nn.Softplus(0.5, 0.25), nn.Mish, nn.GELU, lambda: nn.GELU("tanh"), nn.SiLU,
 ]
 
 
@@ -53,6 +53,16 @@ def test_activations(make):
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear(bias):
     check_module(lambda: nn.Linear(5, 3, bias=bias, dtype="float64", seed=0), randn(4, 5))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_norm(bias):
+    def make():
+        m = nn.LayerNorm((3, 5), bias=bias, dtype="float64")
+        m.weight.data[...] = randn(3, 5, seed=2)
+        return m
+
+    check_module(make, randn(4, 3, 5))
 
 
 def test_maxout():

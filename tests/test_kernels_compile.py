@@ -123,7 +123,7 @@ def _elementwise_code(nvrtc, row: registry.ElementwiseKernel, dtype: str) -> str
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("row,dtype", [(r, d) for r in registry.ELEMENTWISE for d in r.dtypes],
+@pytest.mark.parametrize("row,dtype", [(r, d) for r in registry.elementwise() for d in r.dtypes],
                          ids=lambda v: getattr(v, "name", v))
 def test_nvrtc_elementwise(nvrtc, row, dtype, arch):
     compiler, core, *_ = nvrtc
@@ -162,13 +162,14 @@ def _elementwise_probe() -> str:
     text = sources.read_source(registry.ELEMENTWISE_PREAMBLE) + "\n#include <cuda_fp16.h>\n"
     for ctype in ("__half", "float", "double"):
         body = []
-        for row in registry.ELEMENTWISE:
+        for row in registry.elementwise():
             op = row.body.replace("(T)", "(T)(A)")  # __half has no cast from double: go through A
             names = [p.split()[1] for p in row.in_params.split(",")]
             decl = "".join(f"const T {n} = in[i]; " if n in ("x", "y") else
                            f"const T {n} = in[i + n]; " if n == "dy" else f"const double {n} = s; "
                            for n in names)
-            body.append(f"{{ {decl}T dx; {op} out[i] = dx; }}")
+            out = row.out_params.split()[-1]  # dx for the backwards, y for the forwards (gelu, silu)
+            body.append(f"{{ {decl}T {out}; {op} out[i] = {out}; }}")
         text += (f"__global__ void probe_{ctype.strip('_')}(const {ctype}* in, {ctype}* out, double s, long long n) "
                  f"{{ typedef {ctype} T; long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; "
                  f"if (i < n) {{ {' '.join(body)} }} }}\n")

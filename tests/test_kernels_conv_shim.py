@@ -180,3 +180,33 @@ def test_im2col_steps_its_index_across_grid_strides(loader, monkeypatch, max_gri
     c = np.round(randn((g.n, g.c, g.kh, g.kw, g.oh, g.ow), "float64", 8) * 64) / 64  # sums exact in any order
     np.testing.assert_array_equal(through_kernel(loader, im2col, x, g), reference(im2col, x, g))
     np.testing.assert_array_equal(through_kernel(loader, col2im, c, g), reference(col2im, c, g))
+
+
+@pytest.mark.parametrize("max_grid", [1, 3, 65535])
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [
+    ((3, 2), (2, 1), (1, 1), (2, 1)),   # dilation a multiple of the stride
+    ((3, 4), (2, 3), (1, 2), (3, 2)),   # dilation % stride != 0 in both axes, dilation > stride
+    ((2, 3), (3, 2), (1, 1), (5, 1)),   # stride > kernel, dilation > stride
+    ((4, 1), (1, 4), (2, 0), (1, 1)),
+])
+def test_gathers_step_offsets_with_a_borrow(loader, monkeypatch, max_grid, kernel, stride, padding, dilation):
+    """col2im and max-pool backward share one gather (xpnn_for_each_window_reading): each pixel's (p, remainder)
+    along an axis is divided once and stepped from offset to offset by subtracting divmod(dilation, stride) with a
+    borrow, and the pixel itself steps by the grid's stride through (w, h) digits. Geometries where the dilation is
+    not a multiple of the stride, exceeds it, or the stride exceeds the kernel; grids of 1 and 3 blocks (strides of
+    256 and 768 pixels that wrap rows and planes). Exact inputs: the sums equal the reference bit for bit."""
+    from xpnn._cuda import launch
+    from xpnn.functional.conv import col2im, conv2d_geometry
+
+    monkeypatch.setattr(launch, "MAX_GRID", max_grid)
+    xs = (2, 3, 13, 14)
+    g = conv2d_geometry(xs, (1, 3, *kernel), stride, padding, dilation, 1)
+    c = np.round(randn((g.n, g.c, g.kh, g.kw, g.oh, g.ow), "float64", 13) * 64) / 64
+    np.testing.assert_array_equal(through_kernel(loader, col2im, c, g), reference(col2im, c, g))
+    x = randn(xs, "float32", 14)
+    args = (kernel, stride, padding, dilation, True)
+    y, arg = through_kernel(loader, F.max_pool2d_with_argmax, x, *args)
+    np.testing.assert_array_equal(arg, reference(F.max_pool2d_with_argmax, x, *args)[1])
+    dy = np.round(randn(y.shape, "float32", 15) * 64) / 64
+    np.testing.assert_array_equal(through_kernel(loader, F.max_pool2d_backward, arg, dy, xs, *args),
+                                  reference(F.max_pool2d_backward, arg, dy, xs, *args))

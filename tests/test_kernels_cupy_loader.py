@@ -52,7 +52,7 @@ def test_raw_module_as_cupy_builds_it(cupy, monkeypatch):
 
 def test_elementwise_kernels_as_cupy_builds_them(cupy):
     cl = loader_mod.CupyLoader()
-    for row in registry.ELEMENTWISE:
+    for row in registry.elementwise():
         k = cl.elementwise(row, "float32")
         assert isinstance(k, cupy.ElementwiseKernel)
         assert k.name == row.kernel_name and k.name != "xpnn_" + row.name  # no overload of the preamble function
@@ -79,7 +79,7 @@ class _FakeRawKernel:
 
 def _fake_cupy(shim: ShimLoader, calls: list) -> types.ModuleType:
     rows = {row.name_expression(dt): row for row in registry.RAW for dt in row.dtypes}
-    ew_rows = {row.kernel_name: row for row in registry.ELEMENTWISE}
+    ew_rows = {row.kernel_name: row for row in registry.elementwise()}
 
     class RawModule:
         def __init__(self, *, code, name_expressions=None, options=(), **kwargs):

@@ -5,8 +5,11 @@ semantics the reference and the kernels share checked against PyTorch where it i
    log-sum-exp merge computed exp(inf - inf) = NaN for logsumexp);
 2. AMSGrad propagates a NaN into max_exp_avg_sq (fmaxf dropped it);
 3. the last-block loss reduction fences on both sides of its atomic hand-off (the reader's acquire fence was
-   missing): checked by the shim's hand-off discipline on deliberately broken copies of the source;
-4. ReLU backward follows PyTorch for NaN: dy = NaN at x <= 0 gives 0, x = NaN passes dy.
+   missing): checked by the shim's hand-off discipline on deliberately broken copies of the source, and by its
+   cross-block ordering model (a published store no acquire ordered before another block's load);
+4. ReLU backward follows PyTorch for NaN: dy = NaN at x <= 0 gives 0, x = NaN passes dy;
+5. warp semantics on the shim: shuffles meet only at the same call site with the same mask, partial masks and
+   __syncwarp are modelled (deliberately broken copies of common.cuh).
 Also: the shim really runs blocks on several OS threads at once.
 """
 from __future__ import annotations
@@ -188,6 +191,32 @@ def test_shim_catches_a_missing_fence(tmp_path, remove, message):
         _summed_loss(broken)
 
 
+OTHER_THREAD_STORES = (
+    "    if (threadIdx.x == 0) {\n        xpnn_publish(partials + blockIdx.x, total);\n",
+    "    if (threadIdx.x == blockDim.x - 1u) xpnn_publish(partials + blockIdx.x, total);  // broken: not thread 0\n"
+    "    if (threadIdx.x == 0) {\n")
+
+
+def test_shim_orders_stores_between_blocks(tmp_path):
+    """A block's partial stored by its last thread while thread 0 fences and counts the block done, with nothing
+    ordering the two (no __syncthreads, and the fence is not the storing thread's): on a GPU the last block may
+    read the partial before it lands. Every thread keeps the per-thread fence rules, so the shim without the
+    cross-block ordering model (-DXPNN_SHIM_NO_ORDERING) computes the right sum on one worker and reports nothing;
+    the shim that tags each published store with its block, thread and fence epoch finds that no acquire ordered
+    the last block's load of it."""
+    dest = tmp_path / "kernels"
+    shutil.copytree(kernel_dir(), dest)
+    src = dest / "softmax_cross_entropy.cu"
+    text = src.read_text()
+    assert text.count(OTHER_THREAD_STORES[0]) == 1, f"softmax_cross_entropy.cu changed: update {__file__}"
+    src.write_text(text.replace(*OTHER_THREAD_STORES))
+    unordered = ShimLoader(library=build(("-DXPNN_SHIM_NO_ORDERING",), kernels=dest).library, workers=1)
+    got, want = _summed_loss(unordered)
+    np.testing.assert_allclose(got, want, rtol=1e-5)  # the old shim did not see the fault
+    with pytest.raises(RuntimeError, match=r"block \d+ \(thread 255\) stored, which no acquire ordered"):
+        _summed_loss(ShimLoader(library=build(kernels=dest).library, workers=1))
+
+
 @pytest.mark.parametrize("workers", [1, 2, 4, 7])
 def test_last_block_reduction_on_concurrent_blocks(workers):
     """The summed loss is right whichever block finishes last, with blocks on up to 7 OS threads at once."""
@@ -329,3 +358,78 @@ def test_shim_poisons_uninitialised_shared_memory(tmp_path):
     assert np.isnan(got).all(), f"the poisoned shim missed the unwritten partials: {got} vs {want}"
     got, want = _lse_of_rows_with_one_finite_pack(ShimLoader())  # the real source reads only what it wrote
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+# ---- 5. warp semantics --------------------------------------------------------------------------------------------
+
+WARP_SUM = "    for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(XPNN_FULL_MASK, v, off);\n"
+DIVERGENT_WARP_SUM = (
+    "    for (int off = 16; off > 0; off /= 2) {  // broken: the two lanes of a pair shuffle at different lines\n"
+    "        if (threadIdx.x & (unsigned)off) v += __shfl_xor_sync(XPNN_FULL_MASK, v, off);\n"
+    "        else v += __shfl_xor_sync(XPNN_FULL_MASK, v, off);\n"
+    "    }\n")
+GROUP_SUM = "    for (int off = lanes / 2; off > 0; off /= 2) v += __shfl_xor_sync(XPNN_FULL_MASK, v, off);\n"
+
+
+def _with_common(tmp_path: Path, old: str, new: str) -> Path:
+    dest = tmp_path / "kernels"
+    shutil.copytree(kernel_dir(), dest)
+    common = dest / "common.cuh"
+    text = common.read_text()
+    assert text.count(old) == 1, f"common.cuh changed: update {__file__}"
+    common.write_text(text.replace(old, new))
+    return dest
+
+
+def test_shim_matches_shuffles_by_call_site(tmp_path):
+    """A warp sum whose lanes shuffle at two different lines (the pair's lanes in different branches) computes
+    the right sum when shuffles are matched by count (the old shim, -DXPNN_SHIM_COUNT_SHUFFLES), but lanes of one
+    shuffle must meet at the same instruction: the shim that tags each shuffle with its call site fails it."""
+    dest = _with_common(tmp_path, WARP_SUM, DIVERGENT_WARP_SUM)
+    counted = ShimLoader(library=build(("-DXPNN_SHIM_COUNT_SHUFFLES",), kernels=dest).library, workers=1)
+    got, want = _summed_loss(counted)
+    np.testing.assert_allclose(got, want, rtol=1e-5)  # the old shim did not see the fault
+    with pytest.raises(RuntimeError, match=r"common.cuh:\d+ .*and __shfl_xor_sync at .*common.cuh:\d+ .*meet in one "
+                                           r"warp barrier"):
+        _summed_loss(ShimLoader(library=build(kernels=dest).library, workers=1))
+
+
+def _smoothed_narrow_rows(loader):
+    """Cross-entropy with label smoothing over 10 classes: 2 lanes per row, 16 rows per warp, and the smoothing
+    sum reduced over each row's lanes (xpnn_group_sum with lanes = 2)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((70, 10)).astype(np.float32)
+    t = rng.integers(0, 10, 70)
+    return (through_kernel(loader, F.cross_entropy_with_grad, x, t, label_smoothing=0.1),
+            reference(F.cross_entropy_with_grad, x, t, label_smoothing=0.1))
+
+
+@pytest.mark.parametrize("mask,error", [
+    ("(((1u << lanes) - 1u) << (threadIdx.x % 32u / (unsigned)lanes * (unsigned)lanes))", None),  # the row's lanes
+    ("((1u << lanes) - 1u)", r"lane \d+ is not in its mask 0x00000003"),  # the warp's first row's lanes only
+    ("0x0000ffffu", r"lane \d+ is not in its mask 0x0000ffff"),
+])
+def test_shim_models_partial_masks(tmp_path, mask, error):
+    """The row-group sum with a partial mask: each row's own lanes (and a __syncwarp of them first) is right and
+    runs (the old shim refused any mask but the full one); a mask that leaves out lanes that call the shuffle fails
+    the launch, naming the lane and the mask."""
+    group = (f"    const unsigned group = {mask};\n    __syncwarp(group);\n"
+             "    for (int off = lanes / 2; off > 0; off /= 2) v += __shfl_xor_sync(group, v, off);\n")
+    loader = ShimLoader(library=build(kernels=_with_common(tmp_path, GROUP_SUM, group)).library)
+    if error is None:
+        (loss, grad), (loss_ref, grad_ref) = _smoothed_narrow_rows(loader)
+        np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
+        np.testing.assert_allclose(grad, grad_ref, rtol=1e-5, atol=1e-7)
+    else:
+        with pytest.raises(RuntimeError, match=error):
+            _smoothed_narrow_rows(loader)
+
+
+def test_shim_catches_a_shuffle_reading_outside_its_mask(tmp_path):
+    """Lanes 0-15 shuffle among themselves (mask 0x0000ffff) while lanes 16-31 do with theirs, but the xor offset 16
+    reads the other half: undefined on a GPU, a failed launch on the shim."""
+    broken = ("    const unsigned half = threadIdx.x % 32u < 16u ? 0x0000ffffu : 0xffff0000u;  // broken\n"
+              "    for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(half, v, off);\n")
+    loader = ShimLoader(library=build(kernels=_with_common(tmp_path, WARP_SUM, broken)).library, workers=1)
+    with pytest.raises(RuntimeError, match=r"reads lane \d+, outside the mask"):
+        _summed_loss(loader)

@@ -214,18 +214,31 @@ def _loops(sass: str) -> list[list[str]]:
     return loops
 
 
-def test_im2col_loop_does_not_divide(builds, cuobjdump):
-    """im2col decodes its flat index once per thread and steps it with carries: no loop of its calls the 64-bit
-    division routine or seeds an integer division (I2F.U32.RP / I2F.U64.RP); before, every element divided its
-    index by ow, oh, kw and kh."""
+# kernels/conv.cu: integer division seeds (I2F.U32.RP) allowed inside one loop of each kernel. im2col and max-pool
+# forward decode their flat index once per thread and step it with carries: none. The gathers (col2im, max-pool
+# backward) step the pixel the same way and divide its row and column by the stride once per pixel (32-bit, skipped
+# for stride 1), stepping from kernel offset to offset with a borrow: two.
+CONV_LOOP_DIVISIONS = {"im2col": 0, "max_pool2d": 0, "col2im": 2, "max_pool2d_backward": 2}  # registry rows
+_DIVISION_64 = re.compile(r"^(CALL\b|I2F\.U64\.RP\b)")  # the 64-bit division routine, a 64-bit reciprocal seed
+
+
+@pytest.mark.parametrize("name", sorted(CONV_LOOP_DIVISIONS))
+def test_conv_loops_do_not_divide_64_bit(builds, cuobjdump, name):
+    """No loop of the conv kernels calls the 64-bit division routine or seeds a 64-bit division, and each has at most
+    CONV_LOOP_DIVISIONS[kernel] 32-bit division seeds (I2F.U32.RP). Before, every element divided its 64-bit index
+    by ow, oh, kw and kh (im2col; max-pool forward by ow and oh) or by w and h and then each kernel offset by the
+    stride (col2im, max-pool backward: 3 64-bit divisions and kh + kw 32-bit ones per pixel)."""
+    row = registry.RAW_BY_NAME[name]
     checked = 0
-    for mangled, sass in _sass_by_function(builds[("conv.cu", "90")][0], cuobjdump).items():
-        if _demangled_prefix(mangled) != "im2col":
+    for mangled, sass in _sass_by_function(builds[(row.source, "90")][0], cuobjdump).items():
+        if _demangled_prefix(mangled) != row.entry.split("<")[0]:
             continue
         loops = _loops(sass)
         assert loops, f"{mangled}: no loop found in its SASS"
         for body in loops:
+            found = [t for t in body if _DIVISION_64.match(t)]
+            assert not found, f"{mangled}: 64-bit integer division in a loop: {found}"
             found = [t for t in body if _DIVISION.match(t)]
-            assert not found, f"{mangled}: integer division in a loop: {found}"
+            assert len(found) <= CONV_LOOP_DIVISIONS[name], f"{mangled}: integer divisions in a loop: {found}"
         checked += 1
-    assert checked == len(registry.RAW_BY_NAME["im2col"].dtypes)
+    assert checked == len(row.dtypes)

@@ -7,6 +7,8 @@ from a previous row would show.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -164,17 +166,28 @@ def test_cross_entropy_narrow_rows_with_fewer_lanes(width):
     assert lanes == {launch.cross_entropy_lanes(width)}
 
 
-def test_launch_table_comes_from_the_registry():
-    """providers.LAUNCHERS has a launch function for exactly the registry's ops (helpers excluded), each row a module
-    constant of the registry; every elementwise row is served by the one generated launcher bound to it."""
+def test_launch_table_comes_from_the_rows():
+    """Every op of the registry has a launch function (helpers excluded): a raw row's from providers.LAUNCHERS (each
+    a module constant of the registry), an elementwise row's the one generated launcher bound to it; each elementwise
+    row is the kernel an op declares."""
     from xpnn._cuda import providers
+    from xpnn.autograd import Op
 
-    assert {row.name for row in providers.LAUNCHERS} == set(registry.ops())
-    assert all(getattr(registry, row.name.upper()) is row for row in registry.RAW + registry.ELEMENTWISE)
-    assert providers.LAUNCHERS[registry.SOFTMAX] is launch.softmax
-    for row in registry.ELEMENTWISE:
-        fn = providers.LAUNCHERS[row]
+    assert {row.name for row in registry.RAW + registry.elementwise() if providers.launcher(row) is not None} == \
+        set(registry.ops())
+    assert {row.name for row in providers.LAUNCHERS} == {row.name for row in registry.RAW if not row.helper}
+    assert all(getattr(registry, row.name.upper()) is row for row in registry.RAW)
+    assert providers.launcher(registry.SOFTMAX) is launch.softmax
+    for row in registry.elementwise():
+        fn = providers.launcher(row)
         assert fn.func is launch.elementwise and fn.args == (row,)
+
+    def declared(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from declared(sub)
+
+    assert set(registry.elementwise()) <= {op.kernel for op in declared(Op)}
 
 
 def test_row_launch_choice():
@@ -197,8 +210,8 @@ def test_every_kernel_declares_its_launch_bounds(forward_loader):
 
     for row in registry.RAW:
         kernel = row.entry.split("<")[0]
-        assert f"__launch_bounds__({sources.launch_bound(row.source, kernel)})\n{kernel}(" in \
-            sources.read_source(row.source), kernel
+        bound = sources.launch_bound(row.source, kernel)  # optionally with a minimum of blocks per multiprocessor
+        assert re.search(rf"__launch_bounds__\({bound}(, \d+)?\)\n{kernel}\(", sources.read_source(row.source)), kernel
     ce = forward_loader.raw(registry.RAW_BY_NAME["cross_entropy_with_grad"], "float64")
     assert ce.max_block == 512
     x = np.zeros((2, 4000))

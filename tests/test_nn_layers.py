@@ -401,3 +401,44 @@ def test_explicit_api_runs_and_tape_call_does_not_use_it():
     out = m(np.ones((4, 3)))
     assert type(out) is np.ndarray
     np.testing.assert_allclose(m.backward(np.ones((4, 2))), np.ones((4, 2)) @ m.weight.data)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4), (2, 2, 3, 4)])
+def test_linear_takes_any_leading_dims_as_torch(shape):
+    """nn.Linear maps (*, in_features) -> (*, out_features) like torch.nn.Linear (a transformer's (N, L, in)), on
+    Tensors (gradients of input, weight and bias) and through the explicit API (arrays in, ``backward(dy)``)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for nn.Linear")
+    rng = np.random.default_rng(0)
+    lin = nn.Linear(4, 5, dtype="float64", seed=0)
+    ref = torch.nn.Linear(4, 5, dtype=torch.float64)
+    ref.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in lin.state_dict().items()})
+    x, dy = rng.standard_normal(shape), rng.standard_normal(shape[:-1] + (5,))
+    tx = torch.tensor(x, requires_grad=True)
+    ty = ref(tx)
+    ty.backward(torch.tensor(dy))
+    xt = xpnn.tensor(x, requires_grad=True)
+    y = lin(xt)
+    y.backward(dy)
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(xt.grad, tx.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(lin.weight.grad, ref.weight.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(lin.bias.grad, ref.bias.grad.numpy(), rtol=1e-12)
+    lin.zero_grad()
+    np.testing.assert_allclose(lin(x), ty.detach().numpy(), rtol=1e-12)  # explicit API
+    np.testing.assert_allclose(lin.backward(dy), tx.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(lin.weight.grad, ref.weight.grad.numpy(), rtol=1e-12)
+
+
+def test_linear_leading_dims_on_array_api_strict_and_errors():
+    lin = nn.Linear(4, 3, dtype="float64", seed=0)
+    x = np.random.default_rng(1).standard_normal((2, 3, 4))
+    want = x @ np.asarray(lin.weight).T + np.asarray(lin.bias)
+    lin.to(array_api_strict)
+    y = lin(xpnn.tensor(x, backend=array_api_strict))
+    np.testing.assert_allclose(np.asarray(y.to("numpy").numpy()), want, rtol=1e-12)
+    with pytest.raises(ShapeError, match=r"Linear\(in_features=4, out_features=3\): expected input of shape "
+                                         r"\(N, \*, 4\), got \(2, 3, 5\)"):
+        nn.Linear(4, 3)(np.zeros((2, 3, 5), np.float32))
+    with pytest.raises(ShapeError, match=r"Linear\(in_features=4, out_features=3\): expected input of shape "
+                                         r"\(N, \*, 4\), got \(2, 3, 5\)"):
+        nn.Linear(4, 3)(xpnn.tensor(np.zeros((2, 3, 5), np.float32)))

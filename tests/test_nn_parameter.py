@@ -165,6 +165,19 @@ def test_user_module_registration_and_lazy_packing():
     assert [n for n, _ in m.named_parameters()] == ["fc1.weight", "fc1.bias"]
 
 
+def test_parameters_is_a_plain_read():
+    """``parameters()``/``named_parameters()`` pack nothing: a module packs its parameters when it is built (and a
+    deep copy when it is copied); a layer assigned later keeps its own buffer."""
+    m = TwoLayer()
+    assert flat_buffer_of(m.parameters()) is not None  # packed when built
+    m.extra = nn.Linear(2, 2, seed=3)
+    ps = [m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, m.extra.weight, m.extra.bias]
+    before = [(p._flat, p.data) for p in ps]
+    assert list(m.parameters()) == ps and [p for _, p in m.named_parameters()] == ps
+    assert all(p._flat is flat and p.data is data for p, (flat, data) in zip(ps, before))
+    assert flat_buffer_of(ps) is None
+
+
 def test_module_requires_super_init():
     class Bad(nn.Module):
         def __init__(self):

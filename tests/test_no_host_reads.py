@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import xpnn
+import xpnn.functional as F
 import xpnn.nn as nn
 import xpnn.optim as optim
 from xpnn.debug import check_device_errors, debug_mode, pending_device_checks
@@ -228,3 +229,30 @@ def test_fit_raises_the_deferred_label_error_at_the_end_of_the_epoch():
     with pytest.raises(ValueError, match="target values must be in"):
         fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), x, y, epochs=1, batch_size=8,
                  progress=False)
+
+
+def test_token_model_step_makes_no_host_read(reads):
+    """Embedding (ids checked on the device), LayerNorm, GELU, SiLU, masked_fill with a causal mask, split and
+    gather: a tape step on token ids reads nothing on the host."""
+    be = xpnn.get_backend(array_api_strict)
+    rng = np.random.default_rng(0)
+    ids, y = be.asarray(rng.integers(0, 11, (8, 6))), be.asarray(rng.integers(0, 4, 8))
+    model = nn.Sequential(nn.Embedding(11, 8, padding_idx=0, seed=0, backend=be), nn.LayerNorm(8, backend=be),
+                          nn.GELU(), nn.SiLU())
+    head = nn.Linear(24, 4, seed=1, backend=be)
+    causal = F.tril_mask(6, backend=be)
+    pick = be.asarray(np.zeros((8, 6, 1), np.int64))
+    opt = optim.Adam([*model.parameters(), *head.parameters()], lr=1e-3)
+    reads.active = True
+    for _ in range(2):
+        opt.zero_grad()
+        h = model(xpnn.tensor(ids))                                   # (8, 6, 8)
+        q, k = h.split(4, dim=-1)
+        s = F.softmax((q @ k.transpose(1, 2)).masked_fill(~xpnn.tensor(causal), float("-inf")), axis=-1)
+        h = F.cat([s @ k, h.gather(2, xpnn.tensor(pick))], dim=-1)    # (8, 6, 5)
+        loss = F.cross_entropy(head(h[:, :, :4].reshape((8, 24))), y)
+        loss.backward()
+        opt.step()
+    reads.active = False
+    assert reads.count == 0, dict(reads.where)
+    assert np.isfinite(float(loss))

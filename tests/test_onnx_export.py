@@ -38,18 +38,24 @@ def _xpnn_out(model, x):
 
 
 def _export_and_compare(ort, model, shape, tmp_path, *, dtype=np.float32, batches=(3, 7), atol=1e-5, rtol=0.0,
-                        **kw):
+                        vocab=None, **kw):
     """Export with a dynamic batch axis from an example of batch ``batches[0]``; compare ORT with xpnn at each
-    batch size on fresh random inputs; return the loaded ONNX model."""
+    batch size on fresh random inputs (int64 ids below ``vocab`` if given); return the loaded ONNX model."""
     rng = np.random.default_rng(0)
     path = tmp_path / "model.onnx"
-    example = rng.standard_normal((batches[0],) + shape).astype(dtype)
+
+    def inputs(n):
+        if vocab is not None:
+            return rng.integers(0, vocab, size=(n,) + shape)
+        return rng.standard_normal((n,) + shape).astype(dtype)
+
+    example = inputs(batches[0])
     xonnx.export(model, example, path, dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, **kw)
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
     sess = _session(ort, path)
     for n in batches:
-        x = rng.standard_normal((n,) + shape).astype(dtype)
+        x = inputs(n)
         got = _run(sess, x)
         want = _xpnn_out(model, x)
         assert got.dtype == want.dtype and got.shape == want.shape
@@ -129,14 +135,79 @@ def _pool_model():
                          nn.Flatten(), nn.LogSoftmax(axis=1))
 
 
-LAYER_MODELS = {"dense": (_dense_model, (8,)), "conv": (_conv_model, (2, 12, 11)), "pool": (_pool_model, (2, 9, 10))}
+def _token_model(dtype=None):
+    """Token ids (N, 6) -> embeddings, the transformer layers' normalisations and activations, then a Linear."""
+    return nn.Sequential(
+        nn.Embedding(11, 8, padding_idx=0, seed=0, dtype=dtype), nn.LayerNorm(8, dtype=dtype), nn.GELU(),
+        nn.SiLU(), nn.GELU("tanh"), nn.LayerNorm((6, 8), bias=False, dtype=dtype), nn.Flatten(),
+        nn.Linear(48, 5, seed=1, dtype=dtype))
+
+
+class _CausalEncoder(nn.Module):
+    """Token ids (N, 6) -> embeddings -> a causal TransformerEncoderLayer (MultiheadAttention inside) -> a
+    MultiheadAttention with a float mask -> a Linear of the flattened sequence."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(11, 8, seed=0)
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, norm_first=True,
+                                                activation="gelu", seed=1)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True, seed=2)
+        self.head = nn.Linear(48, 5, seed=3)
+
+    def forward(self, x):
+        h = self.layer(self.embed(x), src_mask=np.triu(np.ones((6, 6), dtype=bool), 1))
+        bias = np.linspace(-1.0, 1.0, 36, dtype=np.float32).reshape(6, 6)
+        h = self.attn(h, h, h, attn_mask=bias, need_weights=False)[0]
+        return self.head(F.reshape(h, (-1, 48)))
+
+
+class _Recurrent(nn.Module):
+    """The recurrent layers and cells in turn on (N, T, 4), from initial states computed from the input (a zero
+    state made by the layer would be a constant of the traced batch size: with a dynamic batch axis the export
+    refuses it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.init = nn.Linear(4, 4 * 3, seed=0)
+        self.lstm = nn.LSTM(4, 3, num_layers=2, bidirectional=True, batch_first=True, seed=1)
+        self.gru = nn.GRU(6, 3, batch_first=True, seed=2)
+        self.rnn = nn.RNN(3, 3, nonlinearity="relu", batch_first=True, seed=3)
+        self.lstm_cell, self.gru_cell, self.rnn_cell = nn.LSTMCell(3, 3, seed=4), nn.GRUCell(3, 3, seed=5), \
+            nn.RNNCell(3, 3, seed=6)
+
+    def forward(self, x):
+        h = F.permute_dims(F.reshape(self.init(x[:, 0, :]), (-1, 4, 3)), (1, 0, 2))  # (4, N, 3)
+        y, _ = self.lstm(x, (h, h * 0.5))
+        y, _ = self.gru(y, h[:1])
+        y, _ = self.rnn(y, h[1:2])
+        c, _ = self.lstm_cell(y[:, -1, :], (h[0], h[1]))
+        return self.rnn_cell(self.gru_cell(c, h[2]), h[3])
+
+
+LAYER_MODELS = {"dense": (_dense_model, (8,)), "conv": (_conv_model, (2, 12, 11)), "pool": (_pool_model, (2, 9, 10)),
+                "tokens": (_token_model, (6,)), "attention": (_CausalEncoder, (6,)), "recurrent": (_Recurrent, (5, 4))}
+VOCAB = {"tokens": 11, "attention": 11}  # models whose input is token ids
 
 
 @pytest.mark.parametrize("case", sorted(LAYER_MODELS))
 def test_layers_match_onnxruntime(case, tmp_path):
     ort = pytest.importorskip("onnxruntime", reason=ORT)
     make, shape = LAYER_MODELS[case]
-    _export_and_compare(ort, make(), shape, tmp_path)
+    _export_and_compare(ort, make(), shape, tmp_path, vocab=VOCAB.get(case))
+
+
+@pytest.mark.parametrize("opset", [13, 17, 20])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_layer_norm_and_gelu_lowerings(opset, dtype, tmp_path):
+    """LayerNorm as ONNX's LayerNormalization from opset 17 and as its formula before; GELU as ONNX's Gelu from
+    opset 20 and as its formula (Erf, or Tanh) before; float16 computed in float32."""
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    proto = _export_and_compare(ort, _token_model(dtype), (6,), tmp_path, vocab=11, opset_version=opset,
+                                atol=2e-2 if dtype == "float16" else 1e-5)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ("LayerNormalization" in ops) == (opset >= 17) and ops.count("Gelu") == (2 if opset >= 20 else 0)
+    assert ("Erf" in ops) == (opset < 20) and "Gather" in ops
 
 
 def test_export_traces_in_eval_mode_and_gives_the_mode_back(tmp_path):
@@ -282,6 +353,29 @@ def test_expressions_with_constants_and_shape_ops(tmp_path):
     reshapes = [n for n in proto.graph.node if n.op_type == "Reshape"]
     assert reshapes  # the folded weight is an initializer, not a Mul of the parameter
     assert not any(n.op_type == "Mul" and "lin.weight" in n.input for n in proto.graph.node)
+
+
+def test_tensor_ops_of_attention_code(tmp_path):
+    """split, transpose, unsqueeze/squeeze, expand, masked_fill with a causal mask, tril, where with a scalar, cat,
+    clone, gather and a matmul of the pieces."""
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+
+    class Attentionish(nn.Module):
+        def forward(self, x):                                          # (N, 4, 6)
+            q, k, v = x.split([2, 2, 2], dim=-1)                       # (N, 4, 2) each
+            s = F.matmul(q, k.transpose(1, 2)).masked_fill(~xpnn.tensor(F.tril_mask(4)), float("-inf"))
+            h = F.matmul(F.softmax(s, axis=-1), v)                     # (N, 4, 2)
+            h = F.cat([h, F.tril(s.masked_fill(~xpnn.tensor(F.tril_mask(4)), 0.0), -1)], dim=-1)  # (N, 4, 6)
+            h = F.where(F.triu_mask(4, 6), h, 0.25).unsqueeze(1).expand(-1, 3, -1, -1).clone()  # (N, 3, 4, 6)
+            h = h.sum(axis=1).squeeze()                                # (N, 4, 6) (no axis of length 1)
+            return h[:, :, :3] + h.gather(2, xpnn.tensor(np.array([[[5, 0, 1]] * 4])))  # index (1, 4, 3)
+
+    x = np.random.default_rng(0).standard_normal((3, 4, 6)).astype(np.float32)
+    path = tmp_path / "m.onnx"
+    xonnx.export(Attentionish(), x, path)  # (static: expand's target shape holds the batch size)
+    np.testing.assert_allclose(_run(_session(ort, path), x), _xpnn_out(Attentionish(), x), atol=1e-6)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"Split", "Transpose", "Where", "Expand", "GatherElements", "Concat"} <= ops
 
 
 @pytest.mark.parametrize("key", [

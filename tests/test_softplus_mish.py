@@ -134,11 +134,15 @@ def test_layers_call_the_ops_and_show_their_parameters():
                                                           "mish_backward"} <= set(F.__all__)
 
 
-def test_backwards_name_their_registry_rows():
-    assert SoftplusBackward.kernel is registry.SOFTPLUS_BACKWARD and MishBackward.kernel is registry.MISH_BACKWARD
-    assert registry.SOFTPLUS_BACKWARD.scalars == ("beta", "threshold")
-    assert registry.SOFTPLUS_BACKWARD.operation == (
-        "dx = (T)xpnn_softplus_backward((A)x, (A)dy, (A)beta, (A)threshold);")
+def test_backwards_declare_their_kernel_rows():
+    """Each backward op holds its kernel's row (the recipe: op, kernel source, module); the registry lists the row
+    under its name for the providers, the compile checks and the shim."""
+    sp, mi = SoftplusBackward.kernel, MishBackward.kernel
+    assert isinstance(sp, registry.ElementwiseKernel) and isinstance(mi, registry.ElementwiseKernel)
+    assert registry.row("softplus_backward") is sp and registry.row("mish_backward") is mi
+    assert {sp, mi} <= set(registry.elementwise())
+    assert sp.scalars == ("beta", "threshold")
+    assert sp.operation == "dx = (T)xpnn_softplus_backward((A)x, (A)dy, (A)beta, (A)threshold);"
 
 
 def test_bad_arguments_name_the_op():

@@ -2,7 +2,8 @@
 kernels) on NVIDIA GPUs, and any other array-API library.
 """
 from ._dispatch import kernels_enabled, set_kernels_enabled, use_kernels
-from .autograd import Tensor, enable_grad, grad, is_grad_enabled, no_grad, set_grad_enabled, tensor
+from ._tensor import Tensor, grad, ones_like, tensor, zeros_like
+from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from ._version import __version__
 from .backend import Backend, get_backend, set_backend, use_backend
 from .debug import set_debug
@@ -19,6 +20,7 @@ from .errors import (
 from . import autograd, data, functional, init, nn, optim, train
 from . import amp, cuda, distributed, models, onnx  # xpnn.models.load_trained(...) etc. after a plain `import xpnn`
 from . import functional as F
+from .functional import cat, chunk, split, stack, tril, triu, where  # torch.cat, torch.where, ... (the F ops)
 from .io import load, save
 from .random import manual_seed
 
@@ -28,6 +30,7 @@ __all__ = [
     "kernels_enabled", "set_kernels_enabled", "use_kernels", "functional", "nn", "optim", "init", "data", "train",
     "amp", "cuda", "distributed", "models", "onnx",
     "save", "load", "manual_seed",
+    "cat", "stack", "split", "chunk", "where", "tril", "triu", "zeros_like", "ones_like",
     "XpnnError", "BackendUnavailableError", "ShapeError", "DTypeError", "NamespaceMismatchError",
     "NonFiniteError", "CheckpointError", "InplaceModifiedError",
 ]

@@ -210,10 +210,79 @@ def _check_outputs(args: argparse.Namespace) -> None:
                              f"{', '.join(sorted(formats))})")
 
 
+# `xpnn train --model gpt`: the sorting task (xpnn.data.sorting_task: 6-12 digits -> the digits sorted); a GPT of
+# GPT_SIZE (xpnn.models.GPT) trained on GPT_ROWS generated rows, held-out rows scored by greedy generation
+GPT_SIZE = {"n_layer": 2, "n_head": 4, "d_model": 64}
+GPT_ROWS = {"train": 20000, "test": 1000}
+GPT_DEFAULTS = {"epochs": 4, "lr": 3e-3, "batch_size": 64}
+
+
+def _train_gpt(args: argparse.Namespace, say: Any) -> int:
+    """``xpnn train --model gpt``: next-token training on the sorting task, then the held-out rows sorted exactly."""
+    from . import data, io
+    from .models import GPT, NextTokenLoss, sorted_exactly
+    from .optim.lr_scheduler import CosineAnnealingLR
+    from .train import Callback, _fmt, fit
+
+    class EpochLines(Callback):
+        def on_epoch_end(self, epoch: int, logs: dict, model: Any) -> None:
+            say(f"epoch {epoch}/{args.epochs}  {_fmt(logs)}", flush=True)
+
+    if args.epochs is None:
+        args.epochs = GPT_DEFAULTS["epochs"]
+    _check_outputs(args)
+    backend = _cli_backend(args.backend)
+    X, Y = data.sorting_task(GPT_ROWS["train"] + GPT_ROWS["test"], seed=args.seed)
+    n_test = GPT_ROWS["test"]
+    X_train, Y_train, X_test, Y_test = X[n_test:], Y[n_test:], X[:n_test], Y[:n_test]
+    block = int(X.shape[1])
+    model = GPT(data.sorting.SORT_VOCAB, block, backend=backend, dtype=args.dtype, seed=args.seed, **GPT_SIZE)
+    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr if args.lr is not None else
+                               GPT_DEFAULTS["lr"], args.weight_decay)
+    lr = optimizer.param_groups[0]["lr"]
+    loss_fn = NextTokenLoss(label_smoothing=args.label_smoothing)
+    say(f"xpnn train: sorting task (6-12 digits -> sorted): {X_train.shape[0]} train / {n_test} held-out rows; "
+        f"backend {backend.name}", flush=True)
+    say(f"model gpt {GPT_SIZE['n_layer']} layers, {GPT_SIZE['n_head']} heads, d_model {GPT_SIZE['d_model']}, "
+        f"{sum(int(p.size) for p in model.parameters())} parameters; {args.optimizer} lr {lr:g} (cosine), {args.epochs} "
+        f"epochs, batch {args.batch_size}, seed {args.seed} (loss: next-token cross-entropy on the answers)",
+        flush=True)
+    schedule = CosineAnnealingLR(optimizer, args.epochs * -(-int(X_train.shape[0]) // args.batch_size))
+
+    class Cosine(Callback):  # the learning rate decays to 0 over the run, step by step
+        def on_batch_end(self, step: int, model: Any) -> None:
+            schedule.step()
+
+    t0 = time.perf_counter()
+    history = fit(model, loss_fn, optimizer, X_train, Y_train, epochs=args.epochs, batch_size=args.batch_size,
+                  validation_data=(X_test, Y_test), progress=not args.no_progress, seed=args.seed,
+                  callbacks=[Cosine()] + ([EpochLines()] if args.no_progress else []))
+    seconds = time.perf_counter() - t0
+    exact = sorted_exactly(model, X_test)
+    say(f"held-out sequences sorted exactly: {exact:.4f} ({n_test} rows, greedy generation; {history.epochs} epochs "
+        f"in {seconds:.2f} s on {backend.name})", flush=True)
+    if args.save:
+        config = {"model": "gpt", "task": "sort", "vocab_size": data.sorting.SORT_VOCAB, "block_size": block,
+                  **GPT_SIZE, "optimizer": args.optimizer, "lr": lr, "epochs": history.epochs,
+                  "batch_size": args.batch_size, "seed": args.seed, "dtype": args.dtype, "sorted_exactly": exact}
+        io.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": config}, args.save)
+        print(f"saved checkpoint to {args.save}  (xpnn predict --checkpoint {args.save} --input FILE.txt: one digit "
+              "sequence per line)")
+    if args.plot:
+        history.plot(args.plot, title="xpnn train: gpt on the sorting task")
+        print(f"saved training curves to {args.plot}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from . import data, io, nn
     from .models import cnn_for
     from .train import Callback, _fmt, evaluate, fit
+
+    if args.model == "gpt":
+        if args.distributed:
+            raise ValueError("--distributed is not supported with --model gpt")
+        return _train_gpt(args, print)
 
     group = _init_distributed() if args.distributed else None
     rank0 = group is None or group.rank == 0
@@ -433,6 +502,9 @@ def _export(args: argparse.Namespace) -> int:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file (write one with xpnn train --save {path})")
     model, scaler, config = load_trained(path)
+    if config.get("model") == "gpt":
+        raise ValueError(f"{path}: xpnn export writes classifiers (mlp, cnn); for a --model gpt checkpoint use "
+                         "xpnn.models.load_trained(path) and xpnn.onnx.export / xpnn.io.save_safetensors in Python")
     n_features = int(config["sizes"][0])
     if args.onnx:
         from . import onnx as xonnx
@@ -547,6 +619,8 @@ def _predict(args: argparse.Namespace) -> int:
         model, scaler, config = load_trained(path, backend, model=args.model, activation=args.activation)
     except (CheckpointError, ValueError) as exc:  # the message names the file and what it is; name the flag instead
         raise type(exc)(re.sub(r"^xpnn\.(load|models\.load_trained): ", "--checkpoint ", str(exc))) from None
+    if config.get("model") == "gpt":
+        return _predict_gpt(model, config, os.path.expanduser(args.input), out)
     sizes = [int(v) for v in config["sizes"]]
     in_path = os.path.expanduser(args.input)
     X = _read_rows(in_path, sizes[0])
@@ -566,6 +640,34 @@ def _predict(args: argparse.Namespace) -> int:
         np.savetxt(out, labels, fmt="%d")
     if out is not None:
         print(f"wrote {labels.shape[0]} class labels to {out}", file=sys.stderr)
+    return 0
+
+
+def _predict_gpt(model: Any, config: dict[str, Any], in_path: str, out: Optional[str]) -> int:
+    """``xpnn predict`` of a ``--model gpt`` checkpoint: each line of the text file ``in_path`` is a digit sequence
+    (``3 1 4 1 5`` or ``31415``); prints (or writes to ``out``) the generated answer, the digits sorted."""
+    from .models import sort_digits
+
+    if not os.path.isfile(in_path):
+        raise FileNotFoundError(f"--input {in_path}: no such file")
+    seqs = []
+    max_len = (int(config["block_size"]) - 1) // 2
+    with open(in_path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            digits = line.replace(" ", "").replace(",", "").strip()
+            if not digits:
+                continue
+            if not digits.isdigit() or not 1 <= len(digits) <= max_len:
+                raise ValueError(f"--input {in_path}, line {n}: expected 1 to {max_len} digits 0-9 (a --model gpt "
+                                 f"checkpoint sorts digit sequences), got {line.strip()!r}")
+            seqs.append([int(c) for c in digits])
+    text = "".join(" ".join(map(str, a)) + "\n" for a in sort_digits(model, seqs))
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"wrote {len(seqs)} answers to {out}", file=sys.stderr)
     return 0
 
 
@@ -602,6 +704,15 @@ def _check_train_flags(args: argparse.Namespace, parser: argparse.ArgumentParser
             parser.error(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --model mlp only; "
                          f"--model {args.model} has a fixed architecture (see xpnn train --help): leave "
                          f"{'it' if len(given) == 1 else 'them'} out")
+    if args.model == "gpt" and (args.dataset is not None or args.test_size is not None):
+        parser.error("--dataset and --test-size do not apply to --model gpt (it trains on the generated sorting "
+                     "task): leave them out")
+    if args.dataset is None:
+        args.dataset = "digits"
+    if args.optimizer is None:
+        args.optimizer = "adamw" if args.model == "gpt" else DEFAULTS["optimizer"]
+    if args.batch_size is None:
+        args.batch_size = GPT_DEFAULTS["batch_size"] if args.model == "gpt" else DEFAULTS["batch_size"]
     if args.test_size is not None and args.dataset != "digits":
         parser.error(f"--test-size applies to --dataset digits only; --dataset {args.dataset} has its own test "
                      "split: leave it out")
@@ -621,20 +732,21 @@ def _parser() -> argparse.ArgumentParser:
                                    "LeNet-5 for 28x28) on the bundled digits or MNIST and print the test accuracy. "
                                    "With no arguments: the bundled 8x8 digits, 64-128-10 ReLU MLP, Adam, on the "
                                    "default backend.")
-    t.add_argument("--dataset", default="digits",
+    t.add_argument("--dataset", default=None,
                    help="digits (bundled 8x8 digits) or mnist:PATH (folder with the IDX files) (default: digits)")
     t.add_argument("--backend", default=None, choices=["auto", "numpy", "cpu", "cuda"],
                    help="array backend; cpu is numpy (default: $XPNN_BACKEND or numpy; auto = cuda when a GPU is "
                         "present)")
-    t.add_argument("--model", default="mlp", choices=["mlp", "cnn"],
-                   help="mlp, or cnn: a small CNN for 8x8 images (digits), LeNet-5 for 28x28 (MNIST); --hidden, "
+    t.add_argument("--model", default="mlp", choices=["mlp", "cnn", "gpt"],
+                   help="mlp, or cnn: a small CNN for 8x8 images (digits), LeNet-5 for 28x28 (MNIST), or gpt: a "
+                        "small GPT on the generated sorting task (no --dataset); --hidden, "
                         "--activation and --dropout apply to mlp only (default: mlp)")
     t.add_argument("--hidden", type=_parse_hidden, default=None,
                    help=f"mlp only: hidden layer widths, comma-separated, 0 for none (default: {DEFAULTS['hidden']})")
     t.add_argument("--activation", default=None, choices=list(ACTIVATIONS),
                    help=f"mlp only: activation after each hidden layer (default: {DEFAULTS['activation']})")
-    t.add_argument("--optimizer", default=DEFAULTS["optimizer"], choices=list(OPTIMIZERS),
-                   help=f"optimizer (default: {DEFAULTS['optimizer']})")
+    t.add_argument("--optimizer", default=None, choices=list(OPTIMIZERS),
+                   help=f"optimizer (default: {DEFAULTS['optimizer']}; adamw for gpt)")
     lrs = ", ".join(f"{k} {v[1]:g}" for k, v in OPTIMIZERS.items())
     t.add_argument("--lr", type=_float_in(0.0, float("inf"), low_open=True, high_open=True), default=None,
                    help=f"learning rate > 0 (default: per optimizer: {lrs})")
@@ -648,8 +760,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_int_at_least(1), default=None,
                    help=f"passes over the training rows, >= 1 (default: {DEFAULTS['epochs']} for mlp, {CNN_EPOCHS} "
                         "for cnn)")
-    t.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULTS["batch_size"],
-                   help=f"rows per optimizer step, >= 1 (default: {DEFAULTS['batch_size']})")
+    t.add_argument("--batch-size", type=_int_at_least(1), default=None,
+                   help=f"rows per optimizer step, >= 1 (default: {DEFAULTS['batch_size']}; "
+                        f"{GPT_DEFAULTS['batch_size']} for gpt)")
     t.add_argument("--test-size", type=_float_in(0.0, 1.0, low_open=True, high_open=True), default=None,
                    help=f"digits: fraction of rows held out for testing, in (0, 1) (default: {DEFAULTS['test_size']})")
     t.add_argument("--dtype", default="float32", choices=["float32", "float64"],

@@ -12,7 +12,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .autograd.tensor import Tensor, bump_versions
+from ._tensor import Tensor, bump_versions
 from .backend import dtype_name, get_backend, namespace_of
 from .errors import ShapeError
 from .random import generator

@@ -1,6 +1,7 @@
 """Ready-made networks built from ``xpnn.nn`` layers (used by ``xpnn train`` and the examples): ``mlp`` (a
 multi-layer perceptron of given widths), ``digits_cnn`` for 1x8x8 images, ``lenet5`` for 1x28x28 images, ``cnn_for``
-picks one by image size; ``load_trained`` rebuilds the model of an ``xpnn train --save`` checkpoint."""
+picks one by image size, ``GPT`` (a small decoder-only transformer, with ``NextTokenLoss`` and the sorting task's
+``sort_digits`` / ``sorted_exactly``); ``load_trained`` rebuilds the model of an ``xpnn train --save`` checkpoint."""
 from __future__ import annotations
 
 import json
@@ -10,11 +11,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from . import data, io, nn
+from . import functional as F
 from .backend import get_backend, namespace_of
-from .errors import CheckpointError
+from .errors import CheckpointError, ShapeError
 from .random import generator
 
-__all__ = ["mlp", "digits_cnn", "lenet5", "cnn_for", "square_image_shape", "load_trained", "model_backend", "ACTIVATIONS"]
+__all__ = ["GPT", "NextTokenLoss", "sort_digits", "sorted_exactly", "gpt_from_config", "mlp", "digits_cnn", "lenet5", "cnn_for", "square_image_shape", "load_trained", "model_backend", "ACTIVATIONS"]
 
 # activation name (as ``xpnn train --activation`` takes it) -> class name in xpnn.nn
 ACTIVATIONS = {
@@ -113,6 +115,7 @@ def load_trained(path: io.PathLike, backend: Any = None, *, model: Optional[str]
     The model (``mlp`` or ``cnn_for``, as trained) is in eval mode on ``backend`` and takes standardized rows:
     ``model(scaler.transform(X))`` for an MLP, with the rows reshaped to ``(N, 1, side, side)`` images for a CNN.
     ``config`` holds the training settings (``model``, ``sizes``, ``activation``, ``dtype``, ``input_range``, ...).
+    A ``--model gpt`` checkpoint gives ``(GPT, None, config)`` (tokens in, no standardizer).
     Raises ``CheckpointNotFoundError`` for a missing file and ``CheckpointError`` when the file is not such a
     checkpoint.
     """
@@ -120,12 +123,23 @@ def load_trained(path: io.PathLike, backend: Any = None, *, model: Optional[str]
     if path.lower().endswith(".safetensors"):
         return _load_safetensors_model(path, backend, model, activation)
     state = io.load(path)
-    missing = [k for k in ("model", "standardizer", "config") if not isinstance(state, dict) or k not in state]
+    gpt = isinstance(state, dict) and isinstance(state.get("config"), dict) and state["config"].get("model") == "gpt"
+    missing = [k for k in ("model", "config") + (() if gpt else ("standardizer",))
+               if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"xpnn.models.load_trained: {path} is an xpnn checkpoint but not a checkpoint written "
                               f"by `xpnn train --save` (no {', '.join(missing)} entry); load it with xpnn.load(path) "
                               "instead")
     config = state["config"]
+    if config.get("model") == "gpt":  # xpnn train --model gpt: no standardizer (tokens in, tokens out)
+        try:
+            net = gpt_from_config(config, backend)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"xpnn.models.load_trained: {path}: its config cannot rebuild the model "
+                                  f"({exc})") from None
+        net.load_state_dict(state["model"])
+        net.eval()
+        return net, None, config
     try:
         sizes = [int(v) for v in config["sizes"]]
         if config.get("model") == "cnn":  # xpnn train --model cnn
@@ -226,3 +240,213 @@ def _load_safetensors_model(path: str, backend: Any, model: Optional[str],
             raise CheckpointError(f"xpnn.models.load_trained: {path}: damaged standardizer metadata ({exc})") from None
         scaler = scaler.to(model_backend(net))
     return net, scaler, config
+
+
+class _CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention of ``GPT`` (``c_attn``: the q, k, v projections as one (3C, C) Linear,
+    ``c_proj``: the output projection), over ``F.scaled_dot_product_attention``; with a KV-cache in ``generate``."""
+
+    def __init__(self, d_model: int, n_head: int, dropout: float, rng: Any, **kw: Any) -> None:
+        super().__init__()
+        self.c_attn = nn.Linear(d_model, 3 * d_model, seed=rng, **kw)
+        self.c_proj = nn.Linear(d_model, d_model, seed=rng, **kw)
+        self.n_head, self.d_model, self.dropout = n_head, d_model, dropout
+        self._rng = int(rng.integers(2**31))
+        self._rngs: dict[int, Any] = {}
+
+    def forward(self, x: Any, cache: Optional[dict[str, Any]] = None, start: int = 0) -> Any:
+        """x (B, T, C) -> (B, T, C). ``cache``: {"k", "v"} arrays (B, H, T_max, D) holding the keys and values of
+        positions < ``start``; this call's are written at ``start`` and the queries attend all of them."""
+        from .functional.dropout import make_rng
+
+        b, t, c = (int(s) for s in x.shape)
+        h = self.n_head
+        w, bias = self.c_attn.weight, self.c_attn.bias
+        q, k, v = (F.permute_dims(F.reshape(F.linear(x, F.index(w, (slice(i * c, (i + 1) * c), slice(None))),
+                                                     F.index(bias, (slice(i * c, (i + 1) * c),))),
+                                            (b, t, h, c // h)), (0, 2, 1, 3)) for i in range(3))
+        mask, causal = None, True
+        if cache is not None:  # (inference: arrays written in place, no graph)
+            cache["k"][:, :, start:start + t, :] = k.data
+            cache["v"][:, :, start:start + t, :] = v.data
+            k, v = cache["k"][:, :, :start + t, :], cache["v"][:, :, :start + t, :]
+            causal = t > 1 and start == 0
+            if t > 1 and start > 0:  # query i (at position start + i) attends keys j <= start + i
+                xp = namespace_of(k)
+                mask = xp.arange(start + t)[None, :] <= xp.arange(start, start + t)[:, None]
+        p = self.dropout if self.training else 0.0
+        rng = None
+        if p > 0.0:
+            xp = namespace_of(q.data)
+            rng = self._rngs.get(id(xp)) or self._rngs.setdefault(id(xp), make_rng(xp, self._rng))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal, rng=rng)
+        y = F.reshape(F.permute_dims(y, (0, 2, 1, 3)), (b, t, c))
+        return F.linear(y, self.c_proj.weight, self.c_proj.bias)
+
+
+class _MLP(nn.Module):
+    """``c_proj(gelu_tanh(c_fc(x)))``, 4x wide (GPT-2's MLP)."""
+
+    def __init__(self, d_model: int, rng: Any, **kw: Any) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(d_model, 4 * d_model, seed=rng, **kw)
+        self.c_proj = nn.Linear(4 * d_model, d_model, seed=rng, **kw)
+
+    def forward(self, x: Any) -> Any:
+        h = F.gelu(F.linear(x, self.c_fc.weight, self.c_fc.bias), approximate="tanh")
+        return F.linear(h, self.c_proj.weight, self.c_proj.bias)
+
+
+class _Block(nn.Module):
+    """A pre-norm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+
+    def __init__(self, d_model: int, n_head: int, dropout: float, rng: Any, **kw: Any) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(d_model, **kw)
+        self.attn = _CausalSelfAttention(d_model, n_head, dropout, rng, **kw)
+        self.ln_2 = nn.LayerNorm(d_model, **kw)
+        self.mlp = _MLP(d_model, rng, **kw)
+        self.drop = nn.Dropout(dropout, seed=int(rng.integers(2**31)))
+
+    def forward(self, x: Any, cache: Optional[dict[str, Any]] = None, start: int = 0) -> Any:
+        x = x + self.drop(self.attn(self.ln_1(x), cache, start))
+        return x + self.drop(self.mlp(self.ln_2(x)))
+
+
+class GPT(nn.Module):
+    """A small decoder-only transformer (GPT-2's layout, Radford et al., 2019): token + learned position
+    embeddings (``wte``, ``wpe``), ``n_layer`` pre-norm blocks (causal multi-head self-attention, GELU (tanh) MLP
+    4x wide), a final LayerNorm ``ln_f``, and logits from the token embedding (the LM head is tied to ``wte``).
+
+    ``model(idx)``: integer tokens (B, T) (array or Tensor), T <= ``block_size`` -> logits (B, T, vocab_size), a
+    Tensor. ``generate(idx, max_new_tokens)``: greedy decoding with a KV-cache. Weights initialised as GPT-2 /
+    nanoGPT: N(0, 0.02), the residual projections N(0, 0.02 / sqrt(2 n_layer)), biases 0, LayerNorms 1 and 0.
+    """
+
+    def __init__(self, vocab_size: int, block_size: int, n_layer: int = 4, n_head: int = 4, d_model: int = 128,
+                 dropout: float = 0.0, *, backend: Any = None, dtype: Any = None, seed: Any = 0) -> None:
+        super().__init__()
+        if d_model % n_head:
+            raise ValueError(f"GPT(d_model={d_model}, n_head={n_head}): d_model must be divisible by n_head")
+        rng = generator(seed)
+        kw = dict(backend=backend, dtype=dtype)
+        self.vocab_size, self.block_size, self.n_layer, self.n_head, self.d_model = (
+            vocab_size, block_size, n_layer, n_head, d_model)
+        self.wte = nn.Embedding(vocab_size, d_model, **kw)
+        self.wpe = nn.Embedding(block_size, d_model, **kw)
+        self.drop = nn.Dropout(dropout, seed=int(rng.integers(2**31)))
+        self.blocks = nn.ModuleList([_Block(d_model, n_head, dropout, rng, **kw) for _ in range(n_layer)])
+        self.ln_f = nn.LayerNorm(d_model, **kw)
+        for name, p in self.named_parameters():
+            if name.endswith("bias") and "ln_" not in name:
+                p.data[...] = 0
+            elif not name.startswith("ln_f") and ".ln_" not in name:
+                std = 0.02 / (2 * n_layer) ** 0.5 if name.endswith("c_proj.weight") else 0.02
+                p.data[...] = get_backend(namespace_of(p.data)).asarray(
+                    rng.normal(0.0, std, size=tuple(p.shape)), dtype=p.data.dtype)
+        nn.FlatBuffer.pack(self.parameters())
+
+    def extra_repr(self) -> str:
+        return (f"vocab_size={self.vocab_size}, block_size={self.block_size}, n_layer={self.n_layer}, "
+                f"n_head={self.n_head}, d_model={self.d_model}")
+
+    def _tokens(self, idx: Any) -> Any:
+        idx = idx.data if hasattr(idx, "_node") else idx
+        if idx.ndim != 2 or int(idx.shape[1]) > self.block_size:
+            raise ShapeError(f"{self._where()}: expected tokens of shape (B, T) with T <= {self.block_size}, got "
+                             f"{tuple(idx.shape)}")
+        return idx
+
+    def _run(self, idx: Any, caches: Optional[list[dict[str, Any]]] = None, start: int = 0) -> Any:
+        t = int(idx.shape[1])
+        xp = namespace_of(idx)
+        pos = xp.arange(start, start + t, dtype=idx.dtype)
+        x = self.drop(F.embedding(idx, self.wte.weight) + F.embedding(pos, self.wpe.weight))
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if caches is None else caches[i], start)
+        return F.linear(self.ln_f(x), self.wte.weight)  # the tied LM head
+
+    def forward(self, idx: Any) -> Any:
+        return self._run(self._tokens(idx))
+
+    def generate(self, idx: Any, max_new_tokens: int, *, use_cache: bool = True) -> Any:
+        """``idx`` (B, T) followed by ``max_new_tokens`` greedily decoded tokens (argmax of each next-token
+        distribution) -> (B, T + max_new_tokens), an array of ``idx``'s namespace (a Tensor's array for a Tensor).
+        With ``use_cache`` (default) each layer keeps its keys and values (two (B, H, T_total, D) arrays), so a new
+        token costs one position's forward (the prefix is never recomputed); ``use_cache=False`` recomputes the
+        whole sequence for every token (the reference). Runs in eval mode under ``no_grad``; raises ``ValueError``
+        when T + max_new_tokens exceeds ``block_size``."""
+        from .autograd.grad_mode import no_grad
+
+        idx = self._tokens(idx)
+        b, t = (int(s) for s in idx.shape)
+        total = t + int(max_new_tokens)
+        if total > self.block_size:
+            raise ValueError(f"{self._where()}.generate: {t} prompt + {max_new_tokens} new tokens exceed "
+                             f"block_size {self.block_size}")
+        xp = namespace_of(idx)
+        was_training = self.training
+        self.eval()
+        try:
+            with no_grad():
+                caches = None
+                if use_cache:
+                    wd = self.wte.weight.data
+                    shape = (b, self.n_head, total, self.d_model // self.n_head)
+                    caches = [{"k": xp.zeros(shape, dtype=wd.dtype), "v": xp.zeros(shape, dtype=wd.dtype)}
+                              for _ in self.blocks]
+                out = idx
+                step_in, start = idx, 0
+                for _ in range(int(max_new_tokens)):
+                    logits = self._run(step_in, caches, start).data if use_cache else self._run(out).data
+                    nxt = xp.astype(xp.argmax(logits[:, -1, :], axis=-1), idx.dtype)[:, None]
+                    out = xp.concat([out, nxt], axis=1)
+                    if use_cache:
+                        start += int(step_in.shape[1])
+                        step_in = nxt
+        finally:
+            self.train(was_training)
+        return out
+
+
+class NextTokenLoss(nn.CrossEntropyLoss):
+    """Cross-entropy of next-token logits (B, T, V) against targets (B, T), positions whose target is
+    ``ignore_index`` (default -100) left out: ``CrossEntropyLoss`` over the B*T rows (what ``GPT`` trains on with
+    ``xpnn.train.fit``, which then reports the accuracy of the predicted tokens)."""
+
+    def forward(self, logits: Any, target: Any) -> Any:
+        v = int(logits.shape[-1])
+        target = target.data if hasattr(target, "_node") else target
+        return super().forward(F.reshape(logits, (-1, v)), namespace_of(target).reshape(target, (-1,)))
+
+
+def sort_digits(model: GPT, sequences: Sequence[Sequence[int]]) -> list[list[int]]:
+    """The answers ``model`` generates (greedy, KV-cache) for the sorting task (``xpnn.data.sorting_task``): each
+    digit sequence, followed by the separator, is a prompt; as many tokens as it has digits are generated.
+    Sequences of one length are decoded as one batch."""
+    be = model_backend(model)
+    out: list[list[int]] = [[] for _ in sequences]
+    by_len: dict[int, list[int]] = {}
+    for i, s in enumerate(sequences):
+        by_len.setdefault(len(s), []).append(i)
+    for n, rows in by_len.items():
+        prompt = np.array([list(sequences[i]) + [data.sorting.SORT_SEP] for i in rows], dtype=np.int64)
+        gen = be.to_numpy(model.generate(be.asarray(prompt), n))[:, n + 1:]
+        for i, answer in zip(rows, gen.tolist()):
+            out[i] = [int(t) for t in answer]
+    return out
+
+
+def sorted_exactly(model: GPT, tokens: np.ndarray) -> float:
+    """The fraction of the sorting task's rows (``tokens`` of ``xpnn.data.sorting_task``) whose generated answer is
+    the digits sorted, every digit right."""
+    seqs = [row[:list(row).index(data.sorting.SORT_SEP)].tolist() for row in np.asarray(tokens)]
+    answers = sort_digits(model, seqs)
+    return float(np.mean([a == sorted(s) for a, s in zip(answers, seqs)]))
+
+
+def gpt_from_config(config: dict[str, Any], backend: Any = None) -> GPT:
+    """The ``GPT`` that a checkpoint's ``config`` (``xpnn train --model gpt --save``) describes."""
+    return GPT(int(config["vocab_size"]), int(config["block_size"]), n_layer=int(config["n_layer"]),
+               n_head=int(config["n_head"]), d_model=int(config["d_model"]), backend=backend,
+               dtype=str(config["dtype"]))

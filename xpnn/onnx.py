@@ -22,7 +22,7 @@ import numpy as np
 
 from ._version import __version__
 from .autograd.grad_mode import enable_grad
-from .autograd.tensor import Tensor
+from ._tensor import Tensor
 from .backend import namespace_of, to_numpy
 from .io import atomic_write
 
@@ -135,7 +135,9 @@ class _Graph:
 
 def _trace(model: Any, x: Any) -> tuple[Tensor, list[Tensor]]:
     """Run ``model`` in eval mode on ``x`` with the graph recorded; (input Tensor, output Tensors)."""
-    inp = Tensor(x, requires_grad=True)
+    # (integer input, e.g. token ids, cannot require grad: the ops that take it are recorded through their
+    # parameters, an Embedding's weight)
+    inp = Tensor(x, requires_grad=bool(namespace_of(x).isdtype(x.dtype, "real floating")))
     was_training = model.training
     model.eval()
     try:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from .autograd.grad_mode import no_grad
-from .autograd.tensor import Tensor, tensor
+from ._tensor import Tensor, tensor
 from .backend import Backend, backend_of, get_backend, to_numpy
 from .data.batching import SeedLike, as_generator, batches
 from .debug import check_device_errors
@@ -338,11 +338,11 @@ def _tape_ready(model: Any, loss_fn: Any) -> bool:
     """Whether ``fit`` can train with ``loss.backward()`` (autograd): xpnn modules all the way down. A module or a
     loss whose ``backward`` is written by hand keeps the explicit protocol: its parameters get their gradients
     outside the tape, and ``DistributedDataParallel`` reduces those only at the end of its explicit ``backward``."""
-    from .nn.module import Module
+    from .nn.explicit import Module
 
     if not isinstance(model, Module) or not isinstance(loss_fn, Module):
         return False
-    return not loss_fn._explicit_backward and not any(m._explicit_backward for m in model.modules())
+    return not loss_fn._explicit_backward and not any(getattr(m, "_explicit_backward", False) for m in model.modules())
 
 
 # --- public API ------------------------------------------------------------------------------------------------

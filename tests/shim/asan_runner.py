@@ -265,6 +265,79 @@ def capturable(make: Callable[..., ShimLoader]) -> None:
                 slack(np.zeros((), np.float32)))
 
 
+def recurrent(make: Callable[..., ShimLoader]) -> None:
+    """kernels/rnn_cells.cu: the LSTM and GRU steps, forward and backward, at a few batch and hidden sizes."""
+    from xpnn.functional.recurrent import step_backward
+
+    def lstm_cell_backward(gx: Any, gh: Any, c: Any, dh: Any, dc: Any) -> Any:
+        dgates, _, _, dc_prev = step_backward("LSTM", gx, gh, None, c, None, dh, dc)
+        return dgates, dc_prev
+
+    def gru_cell_backward(gx: Any, gh: Any, h: Any, dh: Any) -> Any:
+        return step_backward("GRU", gx, gh, h, None, None, dh, None)[:3]
+
+    loader = make()
+    rng = np.random.default_rng(8)
+    for dtype in FLOATS:
+        for n, hidden in ((1, 1), (3, 5), (7, 33)):
+            state = slack(rng.standard_normal((n, hidden)).astype(dtype))
+            dh, dc = (slack(rng.standard_normal((n, hidden)).astype(dtype)) for _ in range(2))
+            for gates in (4, 3):
+                gx, gh = (slack((rng.standard_normal((n, gates * hidden)) * 2).astype(dtype)) for _ in range(2))
+                if gates == 4:
+                    run(loader, F.lstm_cell, gx, gh, state)
+                    run(loader, lstm_cell_backward, gx, gh, state, dh, dc)
+                else:
+                    run(loader, F.gru_cell, gx, gh, state)
+                    run(loader, gru_cell_backward, gx, gh, state, dh)
+def _tape(fn: Callable[..., Any], arrays: tuple[np.ndarray, ...], dy: np.ndarray) -> tuple[Any, ...]:
+    """(out, the gradients of ``arrays``) of ``fn`` on Tensors, backward from ``dy``."""
+    import xpnn
+
+    ts = [xpnn.Tensor(a, requires_grad=True) for a in arrays]
+    out = fn(*ts)
+    out.backward(dy)
+    return (out.data,) + tuple(t.grad for t in ts)
+
+
+def transformer(make: Callable[..., ShimLoader]) -> None:
+    """kernels/layer_norm.cu, attention.cu, embedding.cu and the GELU / SiLU rows, forward and backward through the
+    ops: rows of every lane layout, a row of several chunks, head dims 32/64/128 and a T not a multiple of 16 or 32."""
+
+    def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, dy: np.ndarray) -> tuple[Any, ...]:
+        return _tape(lambda *t: F.layer_norm(t[0], (x.shape[-1],), t[1], t[2]), (x, w, b), dy)
+
+    def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, dy: np.ndarray, causal: bool) -> tuple[Any, ...]:
+        return _tape(lambda *t: F.scaled_dot_product_attention(*t, is_causal=causal), (q, k, v), dy)
+
+    def gelu(x: np.ndarray, dy: np.ndarray, approximate: str) -> tuple[Any, ...]:
+        return _tape(lambda t: F.gelu(t, approximate=approximate), (x,), dy)
+
+    def silu(x: np.ndarray, dy: np.ndarray) -> tuple[Any, ...]:
+        return _tape(F.silu, (x,), dy)
+
+    def embedding_backward(dy: np.ndarray, ids: np.ndarray) -> Any:
+        return F.embedding_backward(dy, ids, 20, padding_idx=3)
+
+    loader = make()
+    rng = np.random.default_rng(0)
+    for dtype in FLOATS:
+        for n, d in ((5, 3), (9, 70), (3, 1000), (2, 20000)):
+            x, dy = (slack(rng.standard_normal((n, d)).astype(dtype)) for _ in range(2))
+            w, b = (slack(rng.standard_normal(d).astype(dtype)) for _ in range(2))
+            run(loader, layer_norm, x, w, b, dy)
+        for head_dim, t in ((32, 37), (64, 20), (128, 9)):
+            q, k, v, dy = (slack((rng.standard_normal((1, 2, t, head_dim)) * 0.5).astype(dtype)) for _ in range(4))
+            for causal in (False, True):
+                run(loader, attention, q, k, v, dy, causal)
+        x, dy = (slack(rng.standard_normal((7, 33)).astype(dtype)) for _ in range(2))
+        for approximate in ("none", "tanh"):
+            run(loader, gelu, x, dy, approximate)
+        run(loader, silu, x, dy)
+        run(loader, embedding_backward, slack(rng.standard_normal((4, 9, 40)).astype(dtype)),
+            slack(rng.integers(0, 20, (4, 9))))
+
+
 CASES: dict[str, Case] = {
     "activations": activations,
     "row_kernels": row_kernels,
@@ -274,12 +347,14 @@ CASES: dict[str, Case] = {
     "optimizers": optimizers,
     "conv": conv,
     "capturable": capturable,
+    "recurrent": recurrent,
+    "transformer": transformer,
 }
 
 
 def covered() -> set[tuple[str, str]]:
     """(kernel, dtype) pairs the cases above are meant to reach: every registry row and dtype."""
-    return {(row.name, dt) for row in registry.RAW + registry.ELEMENTWISE for dt in row.dtypes}
+    return {(row.name, dt) for row in registry.RAW + registry.elementwise() for dt in row.dtypes}
 
 
 def main(argv: list[str]) -> int:

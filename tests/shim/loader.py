@@ -78,7 +78,7 @@ def generate_source() -> str:
     entries = []
     for ne in dict.fromkeys(row.name_expression(dt) for row in registry.RAW for dt in row.dtypes):
         entries.append(f'    {{"{ne}", [](void** a) {{ return xpnn_shim::bind(&{ne}, a); }}}},')
-    for row in registry.ELEMENTWISE:
+    for row in registry.elementwise():
         for dt in row.dtypes:
             lines.append(_elementwise_loop(row, dt))
             entries.append(f'    {{"{_ew_name(row.name, dt)}", '
@@ -103,6 +103,11 @@ XPNN_SHIM_API const char* xpnn_shim_last_error() { return xpnn_shim::last_error.
 XPNN_SHIM_API void xpnn_shim_set_reverse(int reverse) { xpnn_reverse = reverse != 0; }
 // 0: fibers in forward (or reverse) order; else a random order from this seed, drawn afresh every round.
 XPNN_SHIM_API void xpnn_shim_set_order_seed(unsigned long long seed) { xpnn_shim::requested_order_seed = seed; }
+// count != 0: the next launches run only blocks[0:count] of their grids; 0: every block.
+XPNN_SHIM_API void xpnn_shim_set_blocks(const unsigned* blocks, unsigned count) {
+    xpnn_shim::requested_blocks.assign(blocks, blocks + count);
+    std::sort(xpnn_shim::requested_blocks.begin(), xpnn_shim::requested_blocks.end());
+}
 // OS threads running blocks concurrently (1: one block after another).
 XPNN_SHIM_API void xpnn_shim_set_workers(unsigned workers) {
     xpnn_shim::requested_workers = workers == 0 ? 1 : workers;
@@ -167,6 +172,7 @@ def _load(path: Path) -> ctypes.CDLL:
         lib.xpnn_shim_set_reverse.argtypes = [ctypes.c_int]
         lib.xpnn_shim_set_workers.argtypes = [ctypes.c_uint]
         lib.xpnn_shim_set_order_seed.argtypes = [ctypes.c_ulonglong]
+        lib.xpnn_shim_set_blocks.argtypes = [ctypes.POINTER(ctypes.c_uint), ctypes.c_uint]
         lib.xpnn_shim_threads_used.restype = ctypes.c_uint
         lib.xpnn_shim_max_in_flight.restype = ctypes.c_uint
         _libs[path] = lib
@@ -223,7 +229,8 @@ _LAUNCH_LOCK = threading.Lock()
 class ShimLoader:
     """Kernels of the CPU shim for NumPy arrays. ``reverse=True`` runs each block's threads (and the blocks) in
     reverse order; ``order_seed`` (not 0): each block's threads in a random order from that seed, drawn afresh at
-    every barrier; ``workers``: OS threads running blocks concurrently (1: one block after another).
+    every barrier; ``workers``: OS threads running blocks concurrently (1: one block after another); ``only_blocks``:
+run just these blocks of every grid (the others are skipped; for index math on huge sparse arrays).
 
     ``library``: a shim library built already (by default ``build(extra_flags)``). ``exact_buffers=True`` hands
     the kernels exactly-sized copies of the arrays (see ``_ExactBuffers``; for the AddressSanitizer tests)."""
@@ -231,12 +238,14 @@ class ShimLoader:
     name = "shim"
 
     def __init__(self, reverse: bool = False, extra_flags: tuple[str, ...] = (), library: Optional[Path] = None,
-                 exact_buffers: bool = False, workers: int = DEFAULT_WORKERS, order_seed: int = 0):
+                 exact_buffers: bool = False, workers: int = DEFAULT_WORKERS, order_seed: int = 0,
+                 only_blocks: Optional[tuple[int, ...]] = None):
         if workers < 1:
             raise ValueError(f"ShimLoader: workers must be >= 1, got {workers}")
         self.reverse = reverse
         self.order_seed = order_seed
         self.workers = workers
+        self.only_blocks = tuple(only_blocks or ())
         self.lib = _load(Path(library) if library is not None else build(extra_flags).library)
         self.exact_buffers = exact_buffers
         self.launches = 0  # kernels run through this loader (tests check the kernels were really used)
@@ -253,6 +262,8 @@ class ShimLoader:
                 self.lib.xpnn_shim_set_reverse(int(self.reverse))
                 self.lib.xpnn_shim_set_workers(self.workers)
                 self.lib.xpnn_shim_set_order_seed(self.order_seed)
+                self.lib.xpnn_shim_set_blocks((ctypes.c_uint * max(1, len(self.only_blocks)))(*self.only_blocks),
+                                              len(self.only_blocks))
                 rc = self.lib.xpnn_shim_launch(name.encode(), grid, block, int(cooperative), argv)
                 error = self.lib.xpnn_shim_last_error().decode() if rc != 0 else ""
                 threads, in_flight = int(self.lib.xpnn_shim_threads_used()), int(self.lib.xpnn_shim_max_in_flight())

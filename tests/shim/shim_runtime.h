@@ -9,13 +9,18 @@
 // - Hand-off discipline (the CUDA memory model, which x86 would forgive): a value stored with xpnn_publish must be
 //   fenced before the storing thread's next atomic (release), and once a thread of the block did an atomic, no
 //   thread of the block may xpnn_load_published until that thread has fenced (acquire). Either mistake fails the
-//   launch with a message naming it (see common.cuh, "data handed between blocks").
+//   launch with a message naming it (see common.cuh, "data handed between blocks"). Beyond these per-thread rules,
+//   each published store is tagged with its block, thread and fence epoch, and a load of another block's value
+//   fails unless a release of it reached the loading thread through atomics and an acquire fence (Ordering).
 // - Cooperative kernels run their block's threads as ucontext fibers, in forward or reverse order, or in a seeded
 //   random order drawn afresh at every scheduling round (xpnn_shim_set_order_seed; a missing
 //   barrier shows up in one order only). __syncthreads() suspends a fiber until every live thread of the block
 //   arrives (threads that returned drop out); warp shuffles exchange values through per-thread slots between two
-//   warp-wide barriers and require every thread of the warp to take part.
+//   warp barriers of the lanes of their mask (partial masks and __syncwarp too), which must all meet at the same
+//   call site with the same mask (release_warp).
 // - Other kernels run their threads as a plain loop; if such a kernel synchronises, the launch fails.
+// - xpnn_shim_set_blocks runs only the listed blocks of a grid (gridDim unchanged): a grid-stride kernel then
+//   touches only those blocks' elements, so index math past 2^31 elements runs on sparse arrays in little memory.
 // - Errors never abort: the launch returns non-zero and xpnn_shim_last_error() says why.
 // - Under AddressSanitizer (tests/test_kernels_asan.py) every fiber switch is announced to it, as its fiber API asks;
 //   without the announcements it warns about an unknown stack and may report false positives.
@@ -29,6 +34,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
@@ -38,6 +44,7 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -93,6 +100,38 @@ struct Fiber {
 
 const size_t kStackSize = 64 * 1024;
 
+// Cross-block ordering, the CUDA memory model's rules for data one block hands to another (common.cuh, "data
+// handed between blocks"), tracked per launch: every xpnn_publish store is tagged with the writing (block, thread)
+// and that thread's fence count at the store (its epoch). An atomic releases what its thread stored before its
+// last fence (the address records writer -> fence count); an atomic of another thread reads those releases, and
+// its thread's next __threadfence() acquires them (a __syncthreads() then shares them with the block). An
+// xpnn_load_published of a value another block stored must be covered by an acquired release of the storing
+// thread with a fence after the store, else the launch fails: a load that no acquire ordered (x86 and the
+// shim's seq_cst fences would have made it harmless). The storing thread itself must fence and do the atomic.
+// -DXPNN_SHIM_NO_ORDERING builds the shim without these checks (tests show what they add).
+struct StoreTag {
+    unsigned block, thread;
+    unsigned long long epoch;
+};
+
+struct Ordering {
+    std::mutex lock;
+    std::unordered_map<const void*, StoreTag> stores;  // published addresses -> last store
+    std::unordered_map<const void*, std::unordered_map<unsigned long long, unsigned long long>> released;
+};
+
+inline unsigned long long writer_key(unsigned block, unsigned thread) {
+    return (static_cast<unsigned long long>(block) << 32) | thread;
+}
+
+inline void merge_releases(std::unordered_map<unsigned long long, unsigned long long>& into,
+                           const std::unordered_map<unsigned long long, unsigned long long>& from) {
+    for (const auto& e : from) {
+        unsigned long long& f = into[e.first];
+        if (e.second > f) f = e.second;
+    }
+}
+
 struct Scheduler {
     bool cooperative = false;  // fibers (true) or a plain loop over threads (false)
     bool reverse = false;
@@ -103,6 +142,13 @@ struct Scheduler {
     char* stacks = nullptr;  // mmap'ed (pages are touched only as deep as the fibers go)
     size_t stacks_size = 0;
     std::vector<uint64_t> slots;  // shuffle exchange, one per thread
+    struct WarpCall {             // what a thread waiting at a warp barrier called, and where
+        unsigned mask;
+        const char* what;
+        const char* file;
+        int line;
+    };
+    std::vector<WarpCall> warp_calls;  // one per thread
     const std::function<void()>* body = nullptr;
     unsigned current = 0;
     void* main_asan_fake_stack = nullptr;  // the launching thread's, while a fiber runs
@@ -112,6 +158,11 @@ struct Scheduler {
     std::vector<unsigned char> unfenced_publish;  // stored with xpnn_publish, no __threadfence since
     std::vector<unsigned char> unfenced_atomic;   // did an atomic, no __threadfence since
     unsigned unfenced_atomics = 0;                // threads of the block with unfenced_atomic set
+    // cross-block ordering (see Ordering below), per thread of the running block: __threadfence() calls so far;
+    // releases seen by its atomics since its last fence (pending) and after one (acquired): writer -> fences
+    std::vector<unsigned long long> fences;
+    std::vector<std::unordered_map<unsigned long long, unsigned long long>> pending, acquired;
+    struct Ordering* ordering = nullptr;  // of the running launch, shared by the workers
     // static shared memory: (address, serial of the block that last poisoned it) on this worker
     unsigned long long block_serial = 0;
     std::vector<std::pair<void*, unsigned long long>> shared_poisoned;
@@ -185,6 +236,78 @@ inline void barrier(State kind, const char* what) {
     threadIdx.x = sched.current;
 }
 
+// __syncthreads(): what any thread of the block acquired is ordered before every thread's later loads.
+inline void share_acquired() {
+    std::unordered_map<unsigned long long, unsigned long long> all;
+    for (const auto& a : sched.acquired) merge_releases(all, a);
+    if (all.empty()) return;
+    for (auto& a : sched.acquired) a = all;
+}
+
+inline std::string hex(unsigned v) {
+    std::string r = "0x";
+    for (int k = 28; k >= 0; k -= 4) r += "0123456789abcdef"[(v >> k) & 15u];
+    return r;
+}
+
+inline std::string site(const Scheduler::WarpCall& c) {
+    return std::string(c.what) + " at " + c.file + ":" + std::to_string(c.line) + " (mask " + hex(c.mask) + ")";
+}
+
+// Warp w's threads waiting at a warp barrier (a shuffle or __syncwarp): each names a mask of lanes, which must
+// include itself. A mask's lanes go on together once every one of them waits at the same call site (file and line
+// of the shuffle or __syncwarp) with the same mask; a lane of the mask that has exited, waits at __syncthreads, or
+// waits at another call site or with another mask fails the launch (a shuffle in divergent code, a wrong mask).
+// Lanes outside every waiting mask run on (partial masks). Sets `released` when a mask's lanes were released.
+inline bool release_warp(unsigned w, unsigned n, bool& released) {
+    const unsigned base = w * 32, lanes = n - base < 32 ? n - base : 32;
+    const std::string where = " (block " + std::to_string(blockIdx.x) + ", warp " + std::to_string(w) + ")";
+    unsigned handled = 0;
+    for (unsigned l = 0; l < lanes; ++l) {
+        if (sched.fibers[base + l].state != AT_WARP_BARRIER || (handled >> l) & 1u) continue;
+        const Scheduler::WarpCall& c = sched.warp_calls[base + l];
+        if (!((c.mask >> l) & 1u)) {
+            sched.fail(site(c) + ": lane " + std::to_string(l) + " is not in its mask " + hex(c.mask) + where);
+            return false;
+        }
+        for (unsigned m = 0; m < 32; ++m) {
+            if (!((c.mask >> m) & 1u)) continue;
+            if (m >= lanes) {
+                sched.fail(site(c) + ": the mask names lane " + std::to_string(m) + ", past the block" + where);
+                return false;
+            }
+            const State st = sched.fibers[base + m].state;
+            const Scheduler::WarpCall& o = sched.warp_calls[base + m];
+            if (st == DONE) {
+                sched.fail(site(c) + ": lane " + std::to_string(m) + " of the mask has exited" + where);
+                return false;
+            }
+            if (st != AT_WARP_BARRIER) {
+                sched.fail(site(c) + ": lane " + std::to_string(m) + " of the mask is not at a warp barrier (at "
+                           "__syncthreads: a shuffle in divergent code)" + where);
+                return false;
+            }
+#ifdef XPNN_SHIM_COUNT_SHUFFLES  // the old model (tests): lanes meet whatever shuffle each waits at
+            const bool differ = false;
+#else
+            const bool differ =
+                strcmp(o.file, c.file) != 0 || o.line != c.line || strcmp(o.what, c.what) != 0 || o.mask != c.mask;
+#endif
+            if (differ) {
+                sched.fail(site(c) + " (lane " + std::to_string(l) + ") and " + site(o) + " (lane " +
+                           std::to_string(m) + ") meet in one warp barrier: a shuffle in divergent code or "
+                           "different masks" + where);
+                return false;
+            }
+        }
+        for (unsigned m = 0; m < lanes; ++m)
+            if ((c.mask >> m) & 1u) sched.fibers[base + m].state = RUNNABLE;
+        handled |= c.mask;
+        released = true;
+    }
+    return true;
+}
+
 // Run one block of `n` threads as fibers; returns false on error (sched.error says why).
 inline bool run_block_fibers(unsigned n) {
     sched.fibers.assign(n, Fiber());
@@ -206,6 +329,7 @@ inline bool run_block_fibers(unsigned n) {
     ASAN_UNPOISON_MEMORY_REGION(sched.stacks, n * kStackSize);
 #endif
     sched.slots.assign(n, 0);
+    sched.warp_calls.assign(n, Scheduler::WarpCall{0u, nullptr, nullptr, 0});
     for (unsigned t = 0; t < n; ++t) {
         Fiber& f = sched.fibers[t];
         getcontext(&f.ctx);
@@ -239,24 +363,8 @@ inline bool run_block_fibers(unsigned n) {
         }
         // every fiber is done or waiting: release warp barriers first, then the block barrier
         bool released = false, all_done = true, all_at_block = true;
-        for (unsigned w = 0; w * 32 < n; ++w) {
-            unsigned waiting = 0, done = 0, other = 0;
-            for (unsigned t = w * 32; t < n && t < w * 32 + 32; ++t) {
-                const State s = sched.fibers[t].state;
-                if (s == AT_WARP_BARRIER) ++waiting;
-                else if (s == DONE) ++done;
-                else ++other;
-            }
-            if (waiting > 0 && (done > 0 || other > 0)) {
-                sched.fail("warp shuffle without the full warp (block " + std::to_string(blockIdx.x) + ", warp " +
-                           std::to_string(w) + ")");
-                return false;
-            }
-            if (waiting > 0) {
-                for (unsigned t = w * 32; t < w * 32 + 32; ++t) sched.fibers[t].state = RUNNABLE;
-                released = true;
-            }
-        }
+        for (unsigned w = 0; w * 32 < n; ++w)
+            if (!release_warp(w, n, released)) return false;
         if (released) continue;
         for (unsigned t = 0; t < n; ++t) {
             if (sched.fibers[t].state != DONE) all_done = false;
@@ -269,6 +377,7 @@ inline bool run_block_fibers(unsigned n) {
         }
         for (unsigned t = 0; t < n; ++t)
             if (sched.fibers[t].state == AT_BLOCK_BARRIER) sched.fibers[t].state = RUNNABLE;
+        share_acquired();
     }
 }
 
@@ -279,6 +388,9 @@ inline bool run_block(unsigned b, unsigned block) {
     sched.unfenced_publish.assign(block, 0);
     sched.unfenced_atomic.assign(block, 0);
     sched.unfenced_atomics = 0;
+    sched.fences.assign(block, 0);
+    sched.pending.assign(block, {});
+    sched.acquired.assign(block, {});
     if (sched.cooperative) return run_block_fibers(block);
     for (unsigned k = 0; k < block; ++k) {
         threadIdx = {sched.reverse ? block - 1 - k : k, 0, 0};
@@ -294,6 +406,8 @@ struct Launch {
     bool cooperative = false, reverse = false;
     unsigned long long order_seed = 0;
     unsigned grid = 0, block = 0, workers = 1;
+    std::vector<unsigned> only_blocks;  // not empty: run just these blocks of the grid (sorted)
+    Ordering ordering;
     std::atomic<bool> failed{false};
     std::mutex error_lock;
     std::string error;
@@ -306,10 +420,12 @@ inline void run_worker(Launch& L, unsigned w) {
     sched.reverse = L.reverse;
     sched.order_seed = L.order_seed;
     sched.body = L.body;
+    sched.ordering = &L.ordering;
     gridDim = {L.grid, 1, 1};
     blockDim = {L.block, 1, 1};
     for (unsigned k = w; k < L.grid && !L.failed.load(std::memory_order_relaxed); k += L.workers) {
         const unsigned b = L.reverse ? L.grid - 1 - k : k;
+        if (!L.only_blocks.empty() && !std::binary_search(L.only_blocks.begin(), L.only_blocks.end(), b)) continue;
         const unsigned now = L.in_flight.fetch_add(1) + 1;
         unsigned seen = L.max_in_flight.load();
         while (now > seen && !L.max_in_flight.compare_exchange_weak(seen, now)) {
@@ -381,6 +497,7 @@ inline Pool& pool() {
 
 static unsigned requested_workers = 4;
 static unsigned long long requested_order_seed = 0;
+static std::vector<unsigned> requested_blocks;  // xpnn_shim_set_blocks
 static unsigned last_threads_used = 0, last_max_in_flight = 0;
 static std::string last_error;
 
@@ -398,6 +515,7 @@ inline int launch(const std::function<void()>& body, bool cooperative, unsigned 
     L.cooperative = cooperative;
     L.reverse = reverse;
     L.order_seed = requested_order_seed;
+    L.only_blocks = requested_blocks;
     L.grid = grid;
     L.block = block;
     L.workers = grid < requested_workers ? (grid == 0 ? 1 : grid) : requested_workers;
@@ -432,26 +550,52 @@ struct Entry {
 
 inline void __syncthreads() { xpnn_shim::barrier(xpnn_shim::AT_BLOCK_BARRIER, "__syncthreads"); }
 
+namespace xpnn_shim {
+// Wait at a warp barrier for the lanes of `mask` (see release_warp); false when the kernel may not.
+inline bool warp_barrier(unsigned mask, const char* what, const char* file, int line) {
+    if (!sched.cooperative) {
+        sched.fail(std::string(what) + " called by a kernel registered as non-cooperative");
+        return false;
+    }
+    sched.warp_calls[threadIdx.x] = Scheduler::WarpCall{mask, what, file, line};
+    barrier(AT_WARP_BARRIER, what);
+    return true;
+}
+
+// __shfl_xor_sync, tagged with its call site by the macro below: the value of lane (lane ^ lane_mask), which must
+// be in the mask too (a lane outside it gives an undefined value on a GPU).
 template <typename V>
-inline V __shfl_xor_sync(unsigned mask, V v, int lane_mask) {
+inline V shfl_xor(unsigned mask, V v, int lane_mask, const char* file, int line) {
     static_assert(sizeof(V) <= sizeof(uint64_t), "shuffle of a type wider than 64 bits");
-    if (mask != 0xffffffffu) xpnn_shim::sched.fail("__shfl_xor_sync: only the full mask is supported");
-    if (!xpnn_shim::sched.cooperative) {
-        xpnn_shim::sched.fail("__shfl_xor_sync called by a kernel registered as non-cooperative");
+    if (!sched.cooperative) {
+        sched.fail("__shfl_xor_sync called by a kernel registered as non-cooperative");
         return v;
     }
     const unsigned t = threadIdx.x;
+    const unsigned src_lane = (t & 31u) ^ static_cast<unsigned>(lane_mask & 31);
     uint64_t bits = 0;
     memcpy(&bits, &v, sizeof(V));
-    xpnn_shim::sched.slots[t] = bits;
-    xpnn_shim::barrier(xpnn_shim::AT_WARP_BARRIER, "__shfl_xor_sync");
-    const unsigned src = (t & ~31u) | ((t & 31u) ^ static_cast<unsigned>(lane_mask & 31));
-    bits = xpnn_shim::sched.slots[src];
-    xpnn_shim::barrier(xpnn_shim::AT_WARP_BARRIER, "__shfl_xor_sync");
+    sched.slots[t] = bits;
+    warp_barrier(mask, "__shfl_xor_sync", file, line);
+    if (!((mask >> src_lane) & 1u)) {
+        sched.fail(std::string("__shfl_xor_sync at ") + file + ":" + std::to_string(line) + ": lane " +
+                   std::to_string(t & 31u) + " reads lane " + std::to_string(src_lane) + ", outside the mask");
+        return v;
+    }
+    bits = sched.slots[(t & ~31u) | src_lane];
+    warp_barrier(mask, "__shfl_xor_sync", file, line);
     V r;
     memcpy(&r, &bits, sizeof(V));
     return r;
 }
+}  // namespace xpnn_shim
+
+// Call sites (file and line) travel with every warp-level call, so lanes meeting at different ones are caught.
+#define __shfl_xor_sync(mask, v, lane_mask) xpnn_shim::shfl_xor((mask), (v), (lane_mask), __FILE__, __LINE__)
+#define __syncwarp(...) xpnn_shim::warp_barrier(xpnn_shim::syncwarp_mask(__VA_ARGS__), "__syncwarp", __FILE__, __LINE__)
+namespace xpnn_shim {
+inline unsigned syncwarp_mask(unsigned mask = 0xffffffffu) { return mask; }
+}  // namespace xpnn_shim
 
 namespace xpnn_shim {
 // Called at every XPNN_SHARED declaration: the first call in a block fills the variable with 0xFF bytes.
@@ -488,6 +632,17 @@ inline V atomicAdd(V* address, V value) {
             ++sched.unfenced_atomics;
         }
     }
+#ifndef XPNN_SHIM_NO_ORDERING
+    // release what this thread stored before its last fence; read the releases of the atomics before this one
+    std::unique_lock<std::mutex> hold;
+    if (in_block() && sched.ordering != nullptr) {
+        hold = std::unique_lock<std::mutex>(sched.ordering->lock);
+        auto& rel = sched.ordering->released[address];
+        unsigned long long& mine = rel[writer_key(blockIdx.x, tid())];
+        if (sched.fences[tid()] > mine) mine = sched.fences[tid()];
+        merge_releases(sched.pending[tid()], rel);
+    }
+#endif
     if constexpr (std::is_integral<V>::value) {
         return __atomic_fetch_add(address, value, __ATOMIC_RELAXED);
     } else {
@@ -509,14 +664,27 @@ inline void __threadfence() {
             sched.unfenced_atomic[tid()] = 0;
             --sched.unfenced_atomics;
         }
+        ++sched.fences[tid()];  // stores before this fence are released by this thread's next atomic
+        if (!sched.pending[tid()].empty()) {  // acquire what its atomics read
+            merge_releases(sched.acquired[tid()], sched.pending[tid()]);
+            sched.pending[tid()].clear();
+        }
     }
 }
 
 // common.cuh's hand-off helpers (CUDA versions there), checked.
 template <typename V>
 inline void xpnn_publish(V* p, V v) {
+    using namespace xpnn_shim;
     *p = v;
-    if (xpnn_shim::in_block()) xpnn_shim::sched.unfenced_publish[xpnn_shim::tid()] = 1;
+    if (!in_block()) return;
+    sched.unfenced_publish[tid()] = 1;
+#ifndef XPNN_SHIM_NO_ORDERING
+    if (sched.ordering != nullptr) {
+        std::lock_guard<std::mutex> hold(sched.ordering->lock);
+        sched.ordering->stores[p] = StoreTag{blockIdx.x, tid(), sched.fences[tid()]};
+    }
+#endif
 }
 
 template <typename V>
@@ -526,6 +694,25 @@ inline V xpnn_load_published(const V* p) {
         sched.fail("xpnn_load_published after an atomic of this block without __threadfence() after it (missing "
                    "acquire fence; block " + std::to_string(blockIdx.x) + ", thread " + std::to_string(tid()) + ")");
     }
+#ifndef XPNN_SHIM_NO_ORDERING
+    if (in_block() && sched.ordering != nullptr) {
+        std::lock_guard<std::mutex> hold(sched.ordering->lock);
+        const auto it = sched.ordering->stores.find(p);
+        if (it != sched.ordering->stores.end() && it->second.block != blockIdx.x) {
+            const StoreTag& w = it->second;
+            const auto& acq = sched.acquired[tid()];
+            const auto got = acq.find(writer_key(w.block, w.thread));
+            if (got == acq.end() || got->second <= w.epoch) {
+                sched.fail("xpnn_load_published of a value block " + std::to_string(w.block) + " (thread " +
+                           std::to_string(w.thread) + ") stored, which no acquire ordered (block " +
+                           std::to_string(blockIdx.x) + ", thread " + std::to_string(tid()) + "): the storing thread "
+                           "must __threadfence() after the store and then do an atomic that an atomic of this "
+                           "block reads, followed by __threadfence() here (and __syncthreads() for the other "
+                           "threads)");
+            }
+        }
+    }
+#endif
     return *p;
 }
 

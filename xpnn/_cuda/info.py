@@ -26,7 +26,7 @@ def cuda_info() -> dict[str, Any]:
         "nvrtc": None,
         "device": None,
         "compute_capability": None,
-        "kernels": len(registry.RAW) + len(registry.ELEMENTWISE),
+        "kernels": len(registry.RAW) + len(registry.elementwise()),
     }
     try:
         out["kernel_sources"] = str(sources.kernel_dir())

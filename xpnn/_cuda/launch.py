@@ -127,9 +127,12 @@ def _scalar(dtype: str, value: float) -> np.generic:
 def elementwise(row: registry.ElementwiseKernel, loader: KernelLoader, xp: Any, *arrays: Any,
                 **scalars: float) -> Any:
     """The launcher of every elementwise row (``providers`` binds ``row``): the op's arrays (C-contiguous) and its
-    keyword parameters in the row's order, as float64 (the parameters were validated by the op's ``check``)."""
+    keyword parameters in the row's order, as float64 (a string parameter of ``row.choices`` as its index; the
+    parameters were validated by the op's ``check``)."""
     kernel = loader.elementwise(row, dtype_name(arrays[-1].dtype))
-    return kernel(*(_contiguous(a) for a in arrays), *(float(scalars[name]) for name in row.scalars))
+    choices = dict(row.choices)
+    values = (float(choices[name].index(scalars[name]) if name in choices else scalars[name]) for name in row.scalars)
+    return kernel(*(_contiguous(a) for a in arrays), *values)
 
 
 # ---- row kernels: logsumexp, softmax, log_softmax, cross-entropy ---------------------------------------------------
@@ -292,6 +295,12 @@ def _geometry_args(g: Any) -> tuple[np.generic, ...]:
         g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl)), np.int64(g.oh), np.int64(g.ow))
 
 
+def _gather_args(g: Any) -> tuple[np.generic, ...]:
+    """The geometry and dh // sh, dw // sw (int32): the gathers (col2im, max-pool backward) step from kernel offset
+    to offset by divmod(dilation, stride) (kernels/conv.cu, xpnn_axis)."""
+    return (*_geometry_args(g), np.int32(g.dh // g.sh), np.int32(g.dw // g.sw))
+
+
 def _fits(g: Any) -> bool:
     """The kernels index within an image with 32-bit ints (padded sides and output sides below 2**31)."""
     return max(g.hp, g.wp, g.oh, g.ow) < 2**31
@@ -319,7 +328,7 @@ def col2im(loader: KernelLoader, xp: Any, cols: Any, g: Any) -> Any:
         return NotImplemented
     dx = xp.empty((g.n, g.c, g.h, g.w), dtype=cols.dtype)
     _flat_launch(registry.COL2IM, loader, cols.dtype, int(math.prod(dx.shape)),
-                 (_contiguous(cols), dx, *_geometry_args(g)))
+                 (_contiguous(cols), dx, *_gather_args(g)))
     return dx
 
 
@@ -342,7 +351,7 @@ def max_pool2d_backward(loader: KernelLoader, xp: Any, argmax: Any, dy: Any, g: 
         return NotImplemented
     dx = xp.empty((g.n, g.c, g.h, g.w), dtype=dy.dtype)
     _flat_launch(registry.MAX_POOL2D_BACKWARD, loader, dy.dtype, int(math.prod(dx.shape)),
-                 (_contiguous(argmax), _contiguous(dy), dx, *_geometry_args(g)))
+                 (_contiguous(argmax), _contiguous(dy), dx, *_gather_args(g)))
     return dx
 
 
@@ -367,3 +376,60 @@ def adam_update_mixed(loader: KernelLoader, xp: Any, param: Any, master: Any, gr
     kernel = loader.raw(registry.ADAM_UPDATE_MIXED, "float16")
     kernel.launch(flat_grid(n, per_thread=8, sm_count=kernel.sm_count), FLAT_BLOCK, args)  # 8 entries per thread
     return None
+
+
+# ---- recurrent cells (kernels/rnn_cells.cu; the reference is xpnn/functional/recurrent.py) ------------------------
+def _cell_fits(rows: int, gates: int, hidden: int) -> bool:
+    """The kernels index in 32 bits: rows * gates * hidden below 2^31 (else the reference runs)."""
+    return rows * gates * hidden < 2**31
+
+
+def _cell_launch(row: registry.RawKernel, loader: KernelLoader, dtype: Any, n: int, hidden: int,
+                 arrays: tuple) -> None:
+    _flat_launch(row, loader, dtype, n, (*arrays, np.uint32(n), np.uint32(hidden)))
+
+
+def lstm_cell(loader: KernelLoader, xp: Any, gx: Any, gh: Any, c: Any) -> Any:
+    """``(h', c')`` (N, H) of one LSTM step from gx, gh (N, 4H) and c (N, H) (validated by the op)."""
+    rows, hidden = c.shape
+    if not _cell_fits(rows, 4, hidden):
+        return NotImplemented
+    h_out, c_out = xp.empty(c.shape, dtype=c.dtype), xp.empty(c.shape, dtype=c.dtype)
+    _cell_launch(registry.LSTM_CELL, loader, c.dtype, rows * hidden, hidden,
+                 (_contiguous(gx), _contiguous(gh), _contiguous(c), h_out, c_out))
+    return h_out, c_out
+
+
+def lstm_cell_backward(loader: KernelLoader, xp: Any, gx: Any, gh: Any, c: Any, dh: Any, dc: Any) -> Any:
+    """``(dgates (N, 4H), dc_prev (N, H))`` of one LSTM step."""
+    rows, hidden = c.shape
+    if not _cell_fits(rows, 4, hidden):
+        return NotImplemented
+    dgates, dc_prev = xp.empty(gx.shape, dtype=c.dtype), xp.empty(c.shape, dtype=c.dtype)
+    _cell_launch(registry.LSTM_CELL_BACKWARD, loader, c.dtype, rows * hidden, hidden,
+                 (_contiguous(gx), _contiguous(gh), _contiguous(c), _contiguous(dh), _contiguous(dc), dgates,
+                  dc_prev))
+    return dgates, dc_prev
+
+
+def gru_cell(loader: KernelLoader, xp: Any, gx: Any, gh: Any, h: Any) -> Any:
+    """``h'`` (N, H) of one GRU step from gx, gh (N, 3H) and h (N, H)."""
+    rows, hidden = h.shape
+    if not _cell_fits(rows, 3, hidden):
+        return NotImplemented
+    h_out = xp.empty(h.shape, dtype=h.dtype)
+    _cell_launch(registry.GRU_CELL, loader, h.dtype, rows * hidden, hidden,
+                 (_contiguous(gx), _contiguous(gh), _contiguous(h), h_out))
+    return h_out
+
+
+def gru_cell_backward(loader: KernelLoader, xp: Any, gx: Any, gh: Any, h: Any, dh: Any) -> Any:
+    """``(dgx, dgh (N, 3H), dh_prev (N, H))`` of one GRU step (``dh_prev``: the part through ``z * h``)."""
+    rows, hidden = h.shape
+    if not _cell_fits(rows, 3, hidden):
+        return NotImplemented
+    dgx, dgh = xp.empty(gx.shape, dtype=h.dtype), xp.empty(gx.shape, dtype=h.dtype)
+    dh_prev = xp.empty(h.shape, dtype=h.dtype)
+    _cell_launch(registry.GRU_CELL_BACKWARD, loader, h.dtype, rows * hidden, hidden,
+                 (_contiguous(gx), _contiguous(gh), _contiguous(h), _contiguous(dh), dgx, dgh, dh_prev))
+    return dgx, dgh, dh_prev

@@ -1,12 +1,13 @@
 """One row per CUDA kernel: which op it serves, where its source is, its entry point and its dtypes.
 
-Each row is a module constant that the op it serves names (``kernel = registry.SIGMOID_BACKWARD`` on the
-``xpnn.autograd.Op`` declaration, ``_dispatch.lookup(registry.ADAM_UPDATE, ...)`` in a function), so
-go-to-definition leads from the op to its row. Everything else is generated from these rows: the template
-instantiations compiled into each RawModule (``name_expressions``), the elementwise kernels and their launcher, the
-offline compile checks and the CPU shim build in ``tests/shim``. Adding an elementwise kernel = one device function
-in ``kernels/activation_backward.cuh`` + one row here; a raw kernel = its ``.cu`` source, a row here, its launch
-function and its entry in ``xpnn._cuda.providers.LAUNCHERS``.
+A raw kernel's row is a module constant here that the op it serves names (``_dispatch.lookup(registry.ADAM_UPDATE,
+...)`` in a function); an elementwise kernel's row is declared on the op itself
+(``kernel = ElementwiseKernel("softplus_backward", ...)`` in ``xpnn/functional/activations.py``) and listed by
+``elementwise()`` once that op is defined. Either way go-to-definition leads from the op to its row. Everything else
+is generated from the rows: the template instantiations compiled into each RawModule (``name_expressions``), the
+elementwise kernels and their launcher, the offline compile checks and the CPU shim build in ``tests/shim``.
+Adding an elementwise kernel = one device function in ``kernels/activation_backward.cuh`` + the row on its op; a raw
+kernel = its ``.cu`` source, a row here, its launch function and its entry in ``xpnn._cuda.providers.LAUNCHERS``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ C_TYPES = {"float16": "__half", "float32": "float", "float64": "double"}
 ACC_DTYPES = {"float16": "float32", "float32": "float32", "float64": "float64"}
 
 ELEMENTWISE_PREAMBLE = "activation_backward.cuh"
+
+#: every ``ElementwiseKernel`` row made so far (by the ops that declare them, ``xpnn.functional``), by name
+ELEMENTWISE_BY_NAME: dict[str, "ElementwiseKernel"] = {}
 
 
 @dataclass(frozen=True)
@@ -52,12 +56,21 @@ class ElementwiseKernel:
     ``kernels/activation_backward.cuh`` (the preamble) on its inputs converted to the accumulation type ``A`` and
     rounds the result to ``T``. ``in_params`` in CuPy's syntax: arrays of ``T`` first (what the op passes
     positionally), then ``float64`` scalars (the op's keyword parameters, same names). Its launcher is generated:
-    ``xpnn._cuda.launch.elementwise``."""
+    ``xpnn._cuda.launch.elementwise``. The op that runs the kernel declares the row (``Op.kernel``); making it lists
+    it in ``elementwise()`` (one row per name)."""
 
     name: str
     in_params: str
     out_params: str = "T dx"
     dtypes: tuple[str, ...] = _FLOATS
+    #: (parameter, its allowed strings): a keyword parameter given as a string (``approximate="tanh"``) reaches the
+    #: kernel as the string's index in that tuple (a float64 like the other scalars)
+    choices: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def __post_init__(self) -> None:
+        known = ELEMENTWISE_BY_NAME.setdefault(self.name, self)
+        if known != self:
+            raise ValueError(f"ElementwiseKernel {self.name!r}: declared twice, as {known} and as {self}")
 
     def _params(self) -> list[tuple[str, str]]:
         return [tuple(p.split()) for p in self.in_params.split(",")]  # type: ignore[misc]
@@ -82,21 +95,6 @@ class ElementwiseKernel:
         # not "xpnn_<op>": that is the preamble's device function, which the kernel would then overload
         return "xpnn_" + self.name + "_kernel"
 
-
-# ---- elementwise activation backwards (kernels/activation_backward.cuh) ----------------------------------------------
-SIGMOID_BACKWARD = ElementwiseKernel("sigmoid_backward", "T y, T dy")
-TANH_BACKWARD = ElementwiseKernel("tanh_backward", "T y, T dy")
-RELU_BACKWARD = ElementwiseKernel("relu_backward", "T x, T dy")
-LEAKY_RELU_BACKWARD = ElementwiseKernel("leaky_relu_backward", "T x, T dy, float64 negative_slope")
-ELU_BACKWARD = ElementwiseKernel("elu_backward", "T x, T dy, float64 alpha")
-SELU_BACKWARD = ElementwiseKernel("selu_backward", "T x, T dy")
-SOFTPLUS_BACKWARD = ElementwiseKernel("softplus_backward", "T x, T dy, float64 beta, float64 threshold")
-MISH_BACKWARD = ElementwiseKernel("mish_backward", "T x, T dy")
-
-ELEMENTWISE: tuple[ElementwiseKernel, ...] = (
-    SIGMOID_BACKWARD, TANH_BACKWARD, RELU_BACKWARD, LEAKY_RELU_BACKWARD, ELU_BACKWARD, SELU_BACKWARD,
-    SOFTPLUS_BACKWARD, MISH_BACKWARD,
-)
 
 # ---- row kernels (softmax_cross_entropy.cu, row_split.cu) ------------------------------------------------------------
 LOGSUMEXP = RawKernel("logsumexp", "softmax_cross_entropy.cu", "logsumexp_rows<{T}, {A}>", _FLOATS, cooperative=True)
@@ -140,16 +138,48 @@ RMSPROP_UPDATE_CAPTURABLE = RawKernel("rmsprop_update_capturable", "capturable.c
                                       "rmsprop_update_capturable<{T}>", _FLOATS_NO_HALF)
 AMP_UNSCALE_CHECK = RawKernel("amp_unscale_check", "capturable.cu", "amp_unscale_check<{T}>", _FLOATS)
 
+# ---- recurrent cells: one step's gates, cell and hidden update (rnn_cells.cu; xpnn.functional.recurrent) -----------
+LSTM_CELL = RawKernel("lstm_cell", "rnn_cells.cu", "lstm_cell_fwd<{T}, {A}>", _FLOATS)
+LSTM_CELL_BACKWARD = RawKernel("lstm_cell_backward", "rnn_cells.cu", "lstm_cell_bwd<{T}, {A}>", _FLOATS)
+GRU_CELL = RawKernel("gru_cell", "rnn_cells.cu", "gru_cell_fwd<{T}, {A}>", _FLOATS)
+GRU_CELL_BACKWARD = RawKernel("gru_cell_backward", "rnn_cells.cu", "gru_cell_bwd<{T}, {A}>", _FLOATS)
+# ---- transformer blocks (layer_norm.cu, attention.cu, embedding.cu; launchers in xpnn._cuda.transformer) ------------
+LAYER_NORM = RawKernel("layer_norm", "layer_norm.cu", "layer_norm_fwd<{T}, {A}>", _FLOATS, cooperative=True)
+LAYER_NORM_BACKWARD = RawKernel("layer_norm_backward", "layer_norm.cu", "layer_norm_bwd<{T}, {A}>", _FLOATS,
+                                cooperative=True)
+# sums the per-group dweight / dbias partials of layer_norm_bwd (launched by the layer_norm_backward launcher)
+LAYER_NORM_BACKWARD_PARAMS = RawKernel("layer_norm_backward_params", "layer_norm.cu",
+                                       "layer_norm_bwd_params<{T}, {A}>", _FLOATS, helper=True)
+FLASH_ATTENTION = RawKernel("flash_attention", "attention.cu", "attention_fwd<{T}, {A}>", _FLOATS, cooperative=True)
+# dQ (and delta = rowsum(dO * O)), then dK / dV: the flash_attention_backward launcher runs both
+FLASH_ATTENTION_BACKWARD = RawKernel("flash_attention_backward", "attention.cu", "attention_bwd_dq<{T}, {A}>",
+                                     _FLOATS, cooperative=True)
+FLASH_ATTENTION_BACKWARD_DKV = RawKernel("flash_attention_backward_dkv", "attention.cu",
+                                         "attention_bwd_dkv<{T}, {A}>", _FLOATS, cooperative=True, helper=True)
+EMBEDDING_BACKWARD = RawKernel("embedding_backward", "embedding.cu", "embedding_bwd<{T}, {A}>", _FLOATS)
+
 RAW: tuple[RawKernel, ...] = (
     LOGSUMEXP, SOFTMAX, LOG_SOFTMAX, CROSS_ENTROPY_COUNT, CROSS_ENTROPY_WITH_GRAD,
     ADAM_UPDATE, SGD_UPDATE, ADAGRAD_UPDATE, RMSPROP_UPDATE, ROW_CHUNK_MAX_SUM, ROW_CHUNK_FINISH, ADAM_UPDATE_MIXED,
     IM2COL, COL2IM, MAX_POOL2D, MAX_POOL2D_BACKWARD,
     CAPTURABLE_STEP_SCALARS, ADAM_UPDATE_CAPTURABLE, SGD_UPDATE_CAPTURABLE, ADAGRAD_UPDATE_CAPTURABLE,
     RMSPROP_UPDATE_CAPTURABLE, AMP_UNSCALE_CHECK,
+    LSTM_CELL, LSTM_CELL_BACKWARD, GRU_CELL, GRU_CELL_BACKWARD,
+    LAYER_NORM, LAYER_NORM_BACKWARD, LAYER_NORM_BACKWARD_PARAMS, FLASH_ATTENTION, FLASH_ATTENTION_BACKWARD,
+    FLASH_ATTENTION_BACKWARD_DKV, EMBEDDING_BACKWARD,
 )
 
 RAW_BY_NAME = {row.name: row for row in RAW}
-ELEMENTWISE_BY_NAME = {row.name: row for row in ELEMENTWISE}
+
+
+def elementwise() -> tuple[ElementwiseKernel, ...]:
+    """The elementwise rows, in the order their ops were declared (all of them once ``xpnn`` is imported)."""
+    return tuple(ELEMENTWISE_BY_NAME.values())
+
+
+def row(name: str) -> "RawKernel | ElementwiseKernel | None":
+    """The row called ``name`` (what a kernel provider is asked for), or ``None``."""
+    return RAW_BY_NAME.get(name) or ELEMENTWISE_BY_NAME.get(name)
 
 
 def sources() -> tuple[str, ...]:
@@ -164,12 +194,9 @@ def name_expressions(source: str) -> tuple[str, ...]:
 
 def ops() -> tuple[str, ...]:
     """The ops served by kernels (helpers excluded)."""
-    return tuple(row.name for row in RAW + ELEMENTWISE if not getattr(row, "helper", False))
-
-
-BY_NAME: dict[str, "RawKernel | ElementwiseKernel"] = {**RAW_BY_NAME, **ELEMENTWISE_BY_NAME}
+    return tuple(r.name for r in RAW + elementwise() if not getattr(r, "helper", False))
 
 
 def supports(op: str, dtype: str) -> bool:
-    row = BY_NAME.get(op)
-    return row is not None and not getattr(row, "helper", False) and dtype in row.dtypes
+    r = row(op)
+    return r is not None and not getattr(r, "helper", False) and dtype in r.dtypes

@@ -66,7 +66,8 @@ class Param:
         return _C_SCALARS[self.ctype]
 
 
-_KERNEL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\((\d+)\)\s*)?(\w+)\s*\(([^)]*)\)", re.S)
+# __launch_bounds__(max threads[, min blocks per multiprocessor])
+_KERNEL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\((\d+)(?:\s*,\s*\d+)?\)\s*)?(\w+)\s*\(([^)]*)\)", re.S)
 
 
 def _parse_param(text: str) -> Param:

@@ -16,7 +16,7 @@ from ..backend import dtype_name, namespace_of
 from ..errors import InplaceModifiedError
 from .grad_mode import _state as _grad_state
 from . import op as _op
-from .op import _FREED, _OVERRIDDEN, Context, override_for
+from .op import _FREED, _OVERRIDDEN, Context, TensorBase, override_for
 
 __all__ = ["Node", "run_backward", "check_saved_versions"]
 
@@ -110,13 +110,15 @@ def _saved_as_tensors(node: Node) -> None:
 
 
 def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_graph: bool = False,
-                 create_graph: bool = False, inputs: Optional[Sequence[Any]] = None) -> Optional[list[Any]]:
+                 create_graph: bool = False, inputs: Optional[Sequence[Any]] = None,
+                 tensor_cls: Any = None) -> Optional[list[Any]]:
     """Back-propagate ``grad_outputs`` (arrays, or Tensors with ``create_graph``) from ``outputs`` (Tensors).
 
     Without ``inputs``: adds into ``.grad`` of every leaf that requires grad and returns ``None``. With ``inputs``:
-    returns their gradients (``None`` where unreachable) and leaves ``.grad`` alone.
+    returns their gradients (``None`` where unreachable) and leaves ``.grad`` alone. ``tensor_cls``: with
+    ``create_graph``, the class that wraps gradient arrays for the recorded backward (``xpnn.Tensor``: the engine sits
+    below it).
     """
-    Tensor = _op.Tensor  # set by xpnn.autograd.tensor (which imports this module)
     wanted = {id(t) for t in inputs} if inputs is not None else None
     captured: dict[int, Any] = {}
     pending: dict[Node, list[Any]] = {}  # node -> the gradients reaching its outputs so far
@@ -136,7 +138,7 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
     overridden = _OVERRIDDEN["backward"]
     writes = _op.writes
     plain = not create_graph
-    tensor_cls = itertools.repeat(Tensor)  # (isinstance's second argument, for map)
+    tensor_base = itertools.repeat(TensorBase)  # (isinstance's second argument, for map)
     prev_mode = _grad_state.enabled
     _grad_state.enabled = bool(create_graph)
     try:
@@ -171,10 +173,10 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                 if len(in_grads) != len(edges):
                     raise RuntimeError(f"{op.name}: backward returned {len(in_grads)} gradients for "
                                        f"{len(edges)} inputs")
-                if any(map(isinstance, in_grads, tensor_cls)):  # (a backward that made Tensors from Tensors
-                    in_grads = tuple([g._data if isinstance(g, Tensor) else g for g in in_grads])  # it kept)
+                if any(map(isinstance, in_grads, tensor_base)):  # (a backward that made Tensors from Tensors
+                    in_grads = tuple([g._data if isinstance(g, TensorBase) else g for g in in_grads])  # it kept)
             else:
-                in_grads = _call_backward(node, grads, edges, create_graph, Tensor)
+                in_grads = _call_backward(node, grads, edges, create_graph, tensor_cls)
             if not retain_graph:
                 ctx.free()
             for t, live, g in zip(node.inputs, edges, in_grads):
@@ -261,15 +263,15 @@ def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create
     ctx = node.ctx
     if ctx.create_graph and not create_graph:  # a recorded backward before this one swapped Tensors in: hand the
         saved = ctx._saved  # rule arrays again (array * Tensor fails on namespaces whose operators do not defer)
-        ctx._saved = tuple(v._data if isinstance(v, tensor_cls) else v for v in saved)
+        ctx._saved = tuple(v._data if isinstance(v, TensorBase) else v for v in saved)
     ctx.needs_input_grad = edges
     ctx.create_graph = create_graph
     op = node.op
     if len(grads) > 1 and any(g is None for g in grads):  # (a single output was reached: it has its gradient)
-        _zero_missing(ctx, node, grads, tensor_cls)
+        _zero_missing(ctx, node, grads)
     if create_graph:
         _saved_as_tensors(node)
-        grads = [g if g is None or isinstance(g, tensor_cls) else tensor_cls(g) for g in grads]
+        grads = [g if g is None or isinstance(g, TensorBase) else tensor_cls(g) for g in grads]
         try:
             out = op.backward(ctx, *grads)
         except TypeError as exc:
@@ -298,16 +300,16 @@ def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create
                 _accumulate_leaf(t, g, node=node)  # raises the ShapeError that names the op
     if not create_graph:
         for g in out:
-            if isinstance(g, tensor_cls):  # (a backward that made Tensors from Tensors it kept)
-                return tuple(g._data if isinstance(g, tensor_cls) else g for g in out)
+            if isinstance(g, TensorBase):  # (a backward that made Tensors from Tensors it kept)
+                return tuple(g._data if isinstance(g, TensorBase) else g for g in out)
     return out
 
 
-def _zero_missing(ctx: Context, node: Node, grads: list[Any], tensor_cls: Any) -> None:
+def _zero_missing(ctx: Context, node: Node, grads: list[Any]) -> None:
     """An output no gradient reached (unused, or dropped by the caller as in ``y = op(x)[0]``) gets zeros of its
     shape and dtype, as in PyTorch; outputs without gradients (e.g. indices) stay None."""
     like = next(g for g in grads if g is not None)
-    xp = namespace_of(like._data if isinstance(like, tensor_cls) else like)
+    xp = namespace_of(like._data if isinstance(like, TensorBase) else like)
     for i, ref in enumerate(node.outputs):
         if grads[i] is None and ref is not None:
             shape, dtype = ctx._xpnn_out_meta[i]
@@ -318,7 +320,7 @@ def _accumulate_leaf(t: Any, g: Any, node: Optional[Node] = None) -> None:
     """``t.grad += g`` in place when a gradient array exists (a Parameter's flat-buffer view), else store a copy
     (values only: under ``create_graph`` too, as PyTorch's ``.grad`` of a leaf). ``node``: the op whose backward made
     ``g`` (named in the error when its shape is wrong)."""
-    if isinstance(g, _op.Tensor):  # (create_graph): .grad holds values only
+    if isinstance(g, TensorBase):  # (create_graph): .grad holds values only
         g = g._data
     if g.shape != t._data.shape:
         from ..errors import ShapeError

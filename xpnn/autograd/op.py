@@ -30,7 +30,7 @@ import numpy as np
 from .. import _dispatch
 from ..backend import namespace_of
 
-__all__ = ["Op", "Context", "VersionCounter", "register_override", "override_for", "numpy_direct"]
+__all__ = ["Op", "Context", "VersionCounter", "TensorBase", "register_override", "override_for", "numpy_direct"]
 
 _FREED = object()  # marks a context whose saved values were released after backward
 _OVERRIDES: dict[tuple[str, str, str], Callable[..., Any]] = {}
@@ -76,7 +76,7 @@ def numpy_direct(op: str) -> bool:
 class VersionCounter:
     """The version of one array's values, shared by the Tensors that hold that array or a view of it (``detach()``,
     the views xpnn's ops make): every in-place write xpnn makes through one of them adds 1 (PyTorch's version
-    counter; ``xpnn.autograd.tensor.bump_versions``). A Tensor gets its counter on its first write, ``detach()`` or
+    counter; ``xpnn._tensor.bump_versions``). A Tensor gets its counter on its first write, ``detach()`` or
     view; until then its version is 0."""
 
     __slots__ = ("value",)
@@ -101,7 +101,7 @@ class Context:
         self.needs_input_grad = needs_input_grad
         self.create_graph = False
         self._saved: Any = ()
-        # at a recorded forward that saved values (xpnn.autograd.tensor): the module's `writes`, and (Tensor,
+        # at a recorded forward that saved values (xpnn._tensor): the module's `writes`, and (Tensor,
         # version, Tensor, version...) for the input/output Tensors with a version counter
         self._writes = -1
         self._versions: Any = ()
@@ -214,13 +214,22 @@ class Op:
     @classmethod
     def apply(cls, *args: Any, **params: Any) -> Any:
         """Run the op: arrays in -> arrays out; any Tensor in -> Tensor(s) out, recorded when grad mode is on and
-        some input requires grad."""
+        some input requires grad (by the first Tensor input's ``_apply_op``)."""
         for a in args:
-            if isinstance(a, Tensor):
-                return _apply_tensors(cls, args, params)
+            if isinstance(a, TensorBase):
+                return a._apply_op(cls, args, params)
         return cls._run_forward(Context((False,) * len(args), args), args, params)
 
 
-# set at the end of xpnn.autograd.tensor's import (tensor imports this module)
-Tensor: Any = None
-_apply_tensors: Callable[..., Any] = None  # type: ignore[assignment]
+class TensorBase:
+    """What the op core knows of ``xpnn.Tensor`` (``xpnn._tensor``, which subclasses this class and sits
+    above ``xpnn.functional``, whose ops its methods call): ``Op.apply`` hands a call with a Tensor input to that
+    input's ``_apply_op``, and the engine and ``xpnn.functional`` test ``isinstance(x, TensorBase)``. The core never
+    imports the Tensor class."""
+
+    __slots__ = ()
+
+    def _apply_op(self, op: type[Op], args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+        """``op.apply(*args, **params)`` where some input (``self``, the first) is a Tensor: unwrap, run the forward,
+        wrap the outputs, record a node if needed (``xpnn._tensor.Tensor._apply_op``)."""
+        raise NotImplementedError

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import conv_cases  # noqa: F401  (adds the convolution cases to CASES)
+from . import transformer_cases  # noqa: F401  (adds attention and gpt_step to CASES)
+from . import rnn_cases  # noqa: F401  (adds the recurrent case to CASES)
 from .cases import CASES, IMPLS, Unavailable, make_runner, subnormal_count, unavailable_reason
 from .report import UNSTABLE_IQR, UNSTABLE_REPEATS, Row, format_bytes, format_table, machine_info, write_json, write_plot
 from .timing import Timing, copy_bandwidth, free_gpu_memory, measure, settle_allocator
@@ -39,6 +41,10 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
     "conv": [  # the convolution cases (compare with --reference torch-cpu: there is no plain-NumPy version)
         ("conv2d", "lenet1"), ("conv2d", "lenet2"), ("conv2d", "3x3-64"), ("lenet_step", "batch64"),
     ],
+    "transformer": [  # attention and a GPT training step (compare with --reference torch-cpu)
+        ("attention", "b32h4t64d32"), ("attention", "b8h8t256d64"), ("attention", "b4h8t1024d64"),
+        ("gpt_step", "d128l4h4t64b32"), ("generate", "kv-cache"), ("generate", "recompute"),
+    ],
     "graphs": [  # training steps: eager vs CUDA-graph replay (run with --impls xpnn-cuda xpnn-cuda-graph torch-cuda)
         ("mlp_step", "batch16"), ("mlp_step", "batch256"), ("tiny_step", "batch8"),
     ],
@@ -46,8 +52,10 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
         ("sigmoid_backward", "1e4"), ("cross_entropy", "256x10"), ("adam", "1e4"), ("mlp_step", "batch16"),
         ("tiny_step", "batch8"), ("seed_net", "64x1000"), ("conv2d", "lenet2"), ("lenet_step", "batch64"),
         ("softmax", "256x10"), ("logsumexp", "256x10"), ("adam_fp16", "1e4"), ("small_calls", "linear"),
-        ("amp_unscale", "1e4"),
+        ("amp_unscale", "1e4"), ("attention", "b32h4t64d32"), ("gpt_step", "d32l1h2t16b4"), ("generate", "tiny"),
+        ("lstm_step", "h16-T5-batch4"),
     ],
+    "rnn": [("lstm_step", "h256-T50-batch32")],  # compare with --reference torch-cpu (no plain-NumPy version)
 }
 
 

@@ -415,7 +415,7 @@ def step_runner(impl: str, model: Any, loss_fn: Any, opt: Any, x: Any, y: Any) -
     """One training step of ``model`` (zero_grad, forward, backward, optimizer step) as ``impl`` runs it: the
     explicit API (``xpnn-*``), autograd (``xpnn-*-tape``: ``loss_fn(model(tensor(x)), y).backward()``) or a captured
     CUDA graph (``xpnn-cuda-graph``: each call copies the batch in and replays)."""
-    from ..autograd import tensor
+    from .._tensor import tensor
 
     if impl.endswith("-tape"):
         xt = tensor(x)

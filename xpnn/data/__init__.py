@@ -14,12 +14,14 @@ from .batching import as_generator, batches, train_test_split
 from .digits import load_digits
 from .mnist import DatasetError, load_mnist, read_idx, write_idx
 from .preprocessing import PCA, Standardizer
+from .sorting import sorting_task
 
 __all__ = [
     "load_digits", "load_mnist", "read_idx", "write_idx", "DatasetError",
     "batches", "train_test_split", "as_generator",
     "Standardizer", "PCA", "one_hot",
     "cutout", "mixup", "mixup_loss", "DropConnect",
+    "sorting_task",
 ]
 
 

@@ -24,9 +24,10 @@ from collections import OrderedDict
 from typing import Any, Iterator, Optional
 
 from ..autograd.grad_mode import is_grad_enabled
-from ..autograd.tensor import Tensor
+from .._tensor import Tensor
 from ..backend import dtype_name
-from ..nn.module import IncompatibleKeys, Module
+from ..nn.explicit import Module
+from ..nn.module import IncompatibleKeys
 from ..nn.parameter import Parameter
 from .buckets import UNUSED_HINT, GradReducer
 from .process_group import DistributedError, ProcessGroup, get_process_group

@@ -8,9 +8,11 @@ as F`` (or ``from xpnn import F``).
 from . import activations as _activations
 from .activations import *  # noqa: F401,F403 (every name in its __all__: a new activation needs no edit here)
 from . import conv_numpy as _conv_numpy  # registers the NumPy fast paths of conv2d / max_pool2d  # noqa: F401
-from .concat import concat, stack
+from .attention import scaled_dot_product_attention
+from .concat import cat, chunk, concat, split, stack
 from .conv import conv2d, conv2d_backward
 from .dropout import dropout, dropout_mask
+from .embedding import embedding, embedding_backward
 from .elementwise import abs, add, astype, clip, div, exp, log, matmul, mul, neg, pow, sqrt, sub
 from .linear import linear, linear_backward
 from .losses import (
@@ -22,7 +24,7 @@ from .losses import (
     mse_loss_with_grad,
     nll_loss,
 )
-from .normalization import batch_norm
+from .normalization import batch_norm, layer_norm
 from .pooling import (
     adaptive_avg_pool2d,
     adaptive_avg_pool2d_backward,
@@ -32,14 +34,18 @@ from .pooling import (
     max_pool2d_backward,
     max_pool2d_with_argmax,
 )
+from .recurrent import gru_cell, lstm_cell, masked_update, recurrence
 from .reductions import max, mean, min, sum
-from .shape import broadcast_to, index, permute_dims, reshape, sum_to
+from .selection import gather, masked_fill, tril, tril_mask, triu, triu_mask, where
+from .shape import (broadcast_to, clone, contiguous, expand, index, permute, permute_dims, reshape, squeeze, sum_to,
+                    transpose, unsqueeze)
 from .softmax import log_softmax, logsumexp, softmax, softmax_backward
 from .targets import accuracy, one_hot
 from .updates import adagrad_update, adam_update, rmsprop_update, sgd_update
 
 __all__ = [
     "concat", "stack",
+    "scaled_dot_product_attention",
     *_activations.__all__,
     "softmax", "log_softmax", "logsumexp", "softmax_backward", "linear", "linear_backward", "one_hot", "accuracy",
     "cross_entropy", "cross_entropy_with_grad", "nll_loss", "mse_loss", "mse_loss_with_grad",
@@ -48,6 +54,10 @@ __all__ = [
     "add", "sub", "mul", "div", "pow", "neg", "exp", "log", "sqrt", "abs", "clip", "astype", "matmul",
     "sum", "mean", "max", "min", "reshape", "permute_dims", "broadcast_to", "sum_to", "index",
     "adam_update", "sgd_update", "adagrad_update", "rmsprop_update",
+    "cat", "split", "chunk", "unsqueeze", "squeeze", "transpose", "permute", "expand", "contiguous", "clone",
+    "where", "masked_fill", "tril", "triu", "tril_mask", "triu_mask", "gather",
+    "embedding", "embedding_backward", "layer_norm",
     "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_with_argmax", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
+    "lstm_cell", "gru_cell", "recurrence", "masked_update",
 ]

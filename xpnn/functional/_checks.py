@@ -41,7 +41,7 @@ def as_arrays(*values: Any) -> tuple[Any, ...]:
     if ref is None:
         xp, dtype = get_backend().xp, None
     else:
-        arr = ref.data if isinstance(ref, _op.Tensor) else ref
+        arr = ref.data if isinstance(ref, _op.TensorBase) else ref
         xp = namespace_of(arr)
         dtype = arr.dtype if xp.isdtype(arr.dtype, "real floating") else None
         device = getattr(arr, "device", None)

@@ -7,11 +7,12 @@ sigmoid/tanh, the input ``x`` otherwise.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-from .._cuda import registry
+from .._cuda.registry import ElementwiseKernel
 from ..autograd.op import Context, Op, numpy_direct
 from ..backend import namespace_of
 from ..errors import ShapeError
@@ -38,7 +39,7 @@ SELU_SCALE = 1.0507009873554804934193349852946
 
 __all__ = ["sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "relu", "relu_backward", "leaky_relu",
            "leaky_relu_backward", "elu", "elu_backward", "selu", "selu_backward", "softplus", "softplus_backward",
-           "mish", "mish_backward", "prelu", "prelu_backward",
+           "mish", "mish_backward", "gelu", "gelu_backward", "silu", "silu_backward", "prelu", "prelu_backward",
            "maxout", "maxout_backward"]
 
 
@@ -55,7 +56,11 @@ def _pair(saved: Any, dy: Any, where: str, first: str = "saved input") -> Any:
 class _ActivationBackward(Op):
     """An activation's backward as an op of its own, ``f_backward(saved, dy) -> dx`` (what a fused CUDA kernel of the
     same name overrides): ``saved`` and ``dy`` of one shape and floating dtype, scalar parameters as keywords. It
-    keeps both inputs and its parameters for its own backward (second derivatives)."""
+    keeps both inputs and its parameters for its own backward (second derivatives).
+
+    Its kernel is declared here, on the op: ``kernel = ElementwiseKernel(name, "T x, T dy, float64 <param>...")``
+    (``xpnn._cuda.registry``), whose body is the device function ``xpnn_<name>`` of
+    ``kernels/activation_backward.cuh`` and whose launcher is generated (``xpnn._cuda.launch.elementwise``)."""
 
     saved_what = "saved input"  # the name of ``saved`` in error messages
 
@@ -139,7 +144,7 @@ class Sigmoid(Op):
 
 class SigmoidBackward(_ActivationBackward):
     name = "sigmoid_backward"
-    kernel = registry.SIGMOID_BACKWARD
+    kernel = ElementwiseKernel("sigmoid_backward", "T y, T dy")
     saved_what = "sigmoid output"
 
     @staticmethod
@@ -180,7 +185,7 @@ class Tanh(Op):
 
 class TanhBackward(_ActivationBackward):
     name = "tanh_backward"
-    kernel = registry.TANH_BACKWARD
+    kernel = ElementwiseKernel("tanh_backward", "T y, T dy")
     saved_what = "tanh output"
 
     @staticmethod
@@ -230,7 +235,7 @@ class Relu(Op):
 
 class ReluBackward(_ActivationBackward):
     name = "relu_backward"
-    kernel = registry.RELU_BACKWARD
+    kernel = ElementwiseKernel("relu_backward", "T x, T dy")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any) -> Any:
@@ -270,7 +275,7 @@ class LeakyRelu(Op):
 
 class LeakyReluBackward(_ActivationBackward):
     name = "leaky_relu_backward"
-    kernel = registry.LEAKY_RELU_BACKWARD
+    kernel = ElementwiseKernel("leaky_relu_backward", "T x, T dy, float64 negative_slope")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, negative_slope: float) -> Any:
@@ -321,7 +326,7 @@ def _negative(ctx: Context, x: Any) -> Any:
 
 class EluBackward(_ActivationBackward):
     name = "elu_backward"
-    kernel = registry.ELU_BACKWARD
+    kernel = ElementwiseKernel("elu_backward", "T x, T dy, float64 alpha")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, alpha: float) -> Any:
@@ -340,7 +345,7 @@ class EluBackward(_ActivationBackward):
 
 class SeluBackward(_ActivationBackward):
     name = "selu_backward"
-    kernel = registry.SELU_BACKWARD
+    kernel = ElementwiseKernel("selu_backward", "T x, T dy")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any) -> Any:
@@ -413,7 +418,7 @@ class Softplus(Op):
 
 class SoftplusBackward(_ActivationBackward):
     name = "softplus_backward"
-    kernel = registry.SOFTPLUS_BACKWARD
+    kernel = ElementwiseKernel("softplus_backward", "T x, T dy, float64 beta, float64 threshold")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, beta: float, threshold: float) -> Any:
@@ -466,7 +471,7 @@ class Mish(Op):
 
 class MishBackward(_ActivationBackward):
     name = "mish_backward"
-    kernel = registry.MISH_BACKWARD
+    kernel = ElementwiseKernel("mish_backward", "T x, T dy")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any) -> Any:
@@ -489,6 +494,202 @@ class MishBackward(_ActivationBackward):
             t, s = tanh(softplus(x)), sigmoid(x)
             gx = g * dy * (1.0 - t * t) * s * (2.0 + x * (1.0 - s - 2.0 * t * s))
         return gx, (mish_backward(x, g) if ctx.needs_input_grad[1] else None)
+
+
+# --- GELU and SiLU ---------------------------------------------------------------------------------------------
+# erf(x) = x * P(x**2) for |x| < 1 (its Taylor series to x**35: the next term is below 1e-16), and
+# 1 - exp(-x**2) * R(u) for 1 <= |x| <= 6 with u = (48 / (2 + |x|) - 11) / 5 in [-1, 1]: R approximates
+# erfc(x) * exp(x**2) by a degree-14 Chebyshev fit (power basis in u), within 5e-16 of math.erfc absolutely over
+# [1, 6] (checked on 3e5 points); erf is 1 in float64 beyond 6. The array API standard has no erf.
+_ERF_TAYLOR = tuple(2.0 / math.sqrt(math.pi) * (-1) ** n / (math.factorial(n) * (2 * n + 1)) for n in range(18))
+_ERFC_FIT = (0.22142954022993197, 0.16189356804102661, 0.038560570425173836, 0.005588816281821345,
+             0.00019713917775576587, -8.079220415287787e-05, -7.340517946522505e-06, 1.9795613148460196e-06,
+             1.6349963389371036e-07, -7.005189126205893e-08, -5.902762211239398e-10, 2.6224013088842076e-09,
+             -2.6526941840981585e-10, -7.288522045984273e-11, 1.916996187180221e-11)
+_SQRT1_2 = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_TANH_K = math.sqrt(2.0 / math.pi)  # the tanh approximation (Hendrycks & Gimpel 2016): tanh(k * (x + c * x**3))
+_TANH_C = 0.044715
+
+
+def _horner(coefs: tuple[float, ...], z: Any) -> Any:
+    """``sum(coefs[i] * z**i)``."""
+    out = z * coefs[-1] + coefs[-2]
+    for c in coefs[-3::-1]:
+        out = out * z + c
+    return out
+
+
+def _erf(xp: Any, x: Any) -> Any:
+    """erf of a floating array in its dtype (see the constants above)."""
+    a = xp.abs(x)
+    small = xp.clip(x, -1.0, 1.0)
+    small = small * _horner(_ERF_TAYLOR, small * small)
+    big = xp.clip(a, 1.0, 6.0)
+    big = 1.0 - xp.exp(-big * big) * _horner(_ERFC_FIT, (48.0 / (2.0 + big) - 11.0) / 5.0)
+    return xp.where(a < 1.0, small, xp.where(x < 0, -big, big))
+
+
+# the kernels take ``approximate`` as the index of its string in this tuple
+_GELU_APPROXIMATE = (("approximate", ("none", "tanh")),)
+
+
+def _gelu_check(approximate: str) -> None:
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
+class Gelu(Op):
+    name = "gelu"
+    kernel = ElementwiseKernel("gelu", "T x, float64 approximate", "T y", choices=_GELU_APPROXIMATE)
+
+    @staticmethod
+    def check(x: Any, *, approximate: str = "none") -> None:
+        _unary(x, "gelu")
+        _gelu_check(approximate)
+
+    @staticmethod
+    def save(ctx: Context, out: Any, x: Any, *, approximate: str = "none") -> None:
+        ctx.save_for_backward(x)
+        ctx.approximate = approximate
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, *, approximate: str = "none") -> Any:
+        """``x * Phi(x)`` with the normal CDF ``Phi(x) = (1 + erf(x / sqrt(2))) / 2`` (Hendrycks & Gimpel 2016,
+        ``torch.nn.functional.gelu``), or with ``approximate="tanh"``: ``x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715
+        x**3)))``; float16 is computed in float32 and rounded once."""
+        xp = ctx.xp  # (check has validated x and approximate)
+        Gelu.save(ctx, None, x, approximate=approximate)
+        xf = _upcast(xp, x)
+        if approximate == "tanh":
+            out = 0.5 * xf * (1.0 + xp.tanh(_TANH_K * (xf + _TANH_C * xf * xf * xf)))
+        else:
+            out = 0.5 * xf * (1.0 + _erf(xp, xf * _SQRT1_2))
+        return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+
+    @staticmethod
+    def backward(ctx: Context, dy: Any) -> Any:
+        (x,) = ctx.saved_tensors
+        return gelu_backward(x, dy, ctx.approximate)
+
+    @staticmethod
+    def onnx(g: Any, x: str, *, approximate: str = "none") -> str:
+        """``Gelu`` from opset 20, else its formula (float16 computed in float32, as the forward)."""
+        if g.opset >= 20:
+            return g.in_float32("Gelu", x, approximate=approximate)
+        xf = g.cast(x, np.float32) if g.dtype(x) == np.float16 else x
+
+        def c(v: float) -> str:
+            return g.const(v, dtype=xf)
+
+        if approximate == "tanh":
+            inner = g.op("Mul", c(_TANH_K), g.op("Add", xf, g.op("Mul", c(_TANH_C), g.op("Mul", xf, g.op("Mul", xf, xf)))))
+            cdf = g.op("Add", c(1.0), g.op("Tanh", inner))
+        else:
+            cdf = g.op("Add", c(1.0), g.op("Erf", g.op("Mul", xf, c(_SQRT1_2))))
+        out = g.op("Mul", g.op("Mul", c(0.5), xf), cdf)
+        return out if xf == x else g.cast(out, np.float16)
+
+
+class GeluBackward(_ActivationBackward):
+    name = "gelu_backward"
+    kernel = ElementwiseKernel("gelu_backward", "T x, T dy, float64 approximate", choices=_GELU_APPROXIMATE)
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, dy: Any, *, approximate: str = "none") -> Any:
+        """``dx = dy * (Phi(x) + x * phi(x))`` (``phi``: the normal density), or for ``approximate="tanh"``
+        ``dx = dy * ((1 + t) / 2 + x/2 * (1 - t**2) * sqrt(2/pi) * (1 + 3 * 0.044715 x**2))`` with ``t`` the tanh
+        of the forward (PyTorch's ``gelu_backward``); float16 is computed in float32 and rounded once."""
+        xp = ctx.xp  # (check has validated the pair)
+        _gelu_check(approximate)
+        _ActivationBackward.save(ctx, None, x, dy, approximate=approximate)
+        xf = _upcast(xp, x)
+        if approximate == "tanh":
+            x2 = xf * xf
+            t = xp.tanh(_TANH_K * (xf + _TANH_C * x2 * xf))
+            d = 0.5 * (1.0 + t) + 0.5 * xf * (1.0 - t * t) * (_TANH_K * (1.0 + 3.0 * _TANH_C * x2))
+        else:
+            d = 0.5 * (1.0 + _erf(xp, xf * _SQRT1_2)) + xf * (_INV_SQRT_2PI * xp.exp(-0.5 * xf * xf))
+        dx = d * dy
+        return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
+        """d/dx: ``dy * phi(x) * (2 - x**2)``; for ``"tanh"``, with ``s = 1 - t**2`` and ``q = sqrt(2/pi) * (1 +
+        3 * 0.044715 x**2)``: ``dy * s * (q * (1 - x * t * q) + 3 * sqrt(2/pi) * 0.044715 x**2)``; d/d(dy):
+        ``gelu_backward(x, g)``."""
+        x, dy = ctx.saved_tensors
+        approximate = ctx.approximate
+        gx = None
+        if ctx.needs_input_grad[0]:
+            x2 = x * x
+            if approximate == "tanh":
+                t = tanh((x + x2 * x * _TANH_C) * _TANH_K)
+                s = 1.0 - t * t
+                q = (1.0 + x2 * (3.0 * _TANH_C)) * _TANH_K
+                d2 = s * (q * (1.0 - x * t * q) + x2 * (3.0 * _TANH_K * _TANH_C))
+            else:
+                d2 = exp(x2 * -0.5) * (2.0 - x2) * _INV_SQRT_2PI
+            gx = g * dy * d2
+        return gx, (gelu_backward(x, g, approximate) if ctx.needs_input_grad[1] else None)
+
+
+class Silu(Op):
+    name = "silu"
+    kernel = ElementwiseKernel("silu", "T x", "T y")
+
+    @staticmethod
+    def check(x: Any) -> None:
+        _unary(x, "silu")
+
+    @staticmethod
+    def save(ctx: Context, out: Any, x: Any) -> None:
+        ctx.save_for_backward(x)
+
+    @staticmethod
+    def forward(ctx: Context, x: Any) -> Any:
+        """``x * sigmoid(x)`` (Elfwing et al. 2017; ``torch.nn.functional.silu``), the sigmoid in its overflow-free
+        form; float16 is computed in float32 and rounded once."""
+        xp = ctx.xp  # (check has validated x)
+        Silu.save(ctx, None, x)
+        xf = _upcast(xp, x)
+        out = xf * _sigmoid_values(xp, xf)
+        return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+
+    @staticmethod
+    def backward(ctx: Context, dy: Any) -> Any:
+        (x,) = ctx.saved_tensors
+        return silu_backward(x, dy)
+
+    @staticmethod
+    def onnx(g: Any, x: str) -> str:
+        return g.op("Mul", x, g.in_float32("Sigmoid", x))
+
+
+class SiluBackward(_ActivationBackward):
+    name = "silu_backward"
+    kernel = ElementwiseKernel("silu_backward", "T x, T dy")
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, dy: Any) -> Any:
+        """``dx = dy * s * (1 + x * (1 - s))`` with ``s = sigmoid(x)`` (PyTorch's ``silu_backward``); float16 is
+        computed in float32 and rounded once."""
+        xp = ctx.xp  # (check has validated the pair)
+        _ActivationBackward.save(ctx, None, x, dy)
+        xf = _upcast(xp, x)
+        s = _sigmoid_values(xp, xf)
+        dx = s * (1.0 + xf * (1.0 - s)) * dy
+        return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
+        """d/dx: ``dy * s * (1 - s) * (2 + x * (1 - 2 s))``; d/d(dy): ``silu_backward(x, g)``."""
+        x, dy = ctx.saved_tensors
+        gx = None
+        if ctx.needs_input_grad[0]:
+            s = sigmoid(x)
+            gx = g * dy * s * (1.0 - s) * (2.0 + x * (1.0 - 2.0 * s))
+        return gx, (silu_backward(x, g) if ctx.needs_input_grad[1] else None)
 
 
 # --- PReLU (learned slope) ------------------------------------------------------------------------------------
@@ -698,6 +899,32 @@ def mish_backward(x: Any, dy: Any) -> Any:
     """``dx = dy * (t + x * (1 - t**2) * sigmoid(x))`` with ``t = tanh(softplus(x))``; ``x`` and ``dy`` of one
     shape and floating dtype. Raises ``ShapeError``/``DTypeError``."""
     return MishBackward.apply(*_with_dy(x, dy))
+
+
+def gelu(x: Any, approximate: str = "none") -> Any:
+    """``x * Phi(x)``, ``Phi`` the standard normal CDF (Hendrycks & Gimpel 2016, ``torch.nn.functional.gelu``);
+    ``approximate="tanh"``: ``x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x**3)))`` (GPT-2's). ``x``: any shape,
+    floating dtype (float16 computes in float32). Raises ``DTypeError`` for other dtypes, ``ValueError`` for another
+    ``approximate``."""
+    return Gelu.apply(_checks.as_arrays(x)[0], approximate=approximate)
+
+
+def gelu_backward(x: Any, dy: Any, approximate: str = "none") -> Any:
+    """``dx = dy * (Phi(x) + x * phi(x))`` (or the derivative of the tanh form); ``x`` and ``dy`` of one shape and
+    floating dtype. Raises ``ShapeError``/``DTypeError``."""
+    return GeluBackward.apply(*_with_dy(x, dy), approximate=approximate)
+
+
+def silu(x: Any) -> Any:
+    """``x * sigmoid(x)`` (SiLU / swish, Elfwing et al. 2017; ``torch.nn.functional.silu``). ``x``: any shape,
+    floating dtype (float16 computes in float32). Raises ``DTypeError`` for other dtypes."""
+    return Silu.apply(*_checks.as_arrays(x))
+
+
+def silu_backward(x: Any, dy: Any) -> Any:
+    """``dx = dy * s * (1 + x * (1 - s))`` with ``s = sigmoid(x)``; ``x`` and ``dy`` of one shape and floating
+    dtype. Raises ``ShapeError``/``DTypeError``."""
+    return SiluBackward.apply(*_with_dy(x, dy))
 
 
 def prelu(x: Any, weight: Any) -> Any:

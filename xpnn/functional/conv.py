@@ -6,8 +6,9 @@ Shapes: x (N, C_in, H, W), weight (C_out, C_in // groups, kH, kW), bias (C_out,)
 The array-API reference builds the column tensor ``cols`` (N, C_in, kH, kW, OH, OW) from kH*kW strided slices of
 the zero-padded input and multiplies it by the weight, one batched ``matmul`` over the groups:
 ``y[n, g] = W[g] (C_out/G, C_in/G*kH*kW) @ cols[n, g] (C_in/G*kH*kW, OH*OW)``. Backward:
-``dW[g] = sum_n dy[n, g] @ cols[n, g].T``, ``dcols = W[g].T @ dy[n, g]`` scattered back by ``col2im`` (a sum of
-strided slice additions, one per kernel offset; no ``add.at``), ``db = sum(dy, (0, 2, 3))``.
+``dW[g] = sum_n dy[n, g] @ cols[n, g].T`` (computed as ``(sum_n cols[n, g] @ dy[n, g].T).T``),
+``dcols = W[g].T @ dy[n, g]`` scattered back by ``col2im`` (a sum of strided slice additions, one per kernel offset;
+no ``add.at``), ``db = sum(dy, (0, 2, 3))``.
 The column tensor is the only piece a backend changes: NumPy builds it with ``sliding_window_view`` (one copy),
 CuPy with the ``im2col``/``col2im`` kernels in ``kernels/conv.cu``.
 """
@@ -268,7 +269,10 @@ def conv2d_backward(x: Any, weight: Any, dy: Any, stride: IntPair = 1, padding: 
     if cols is None:
         cols = xp.reshape(im2col(x, g), (g.n, groups, kg, g.oh * g.ow))
     dy4 = xp.reshape(dy, (g.n, groups, c_out // groups, g.oh * g.ow))
-    dw = xp.reshape(xp.sum(xp.matmul(dy4, xp.matrix_transpose(cols)), axis=0), tuple(weight.shape))
+    # dW = sum_n dy[n] @ cols[n]^T, computed transposed (sum_n cols[n] @ dy[n]^T): a tall (kg, C_out/G) product
+    # per sample, which OpenBLAS runs 1.2-1.5x faster than the wide one on conv shapes (LeNet, 3x3 64->64)
+    dw_t = xp.sum(xp.matmul(cols, xp.matrix_transpose(dy4)), axis=0)  # (G, kg, C_out/G)
+    dw = xp.reshape(xp.matrix_transpose(dw_t), tuple(weight.shape))
     db = xp.sum(dy, axis=(0, 2, 3)) if need_bias_grad else None
     dx = None
     if need_input_grad:

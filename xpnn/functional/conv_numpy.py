@@ -107,14 +107,14 @@ def conv2d_input_grad_numpy(weight: np.ndarray, dy: np.ndarray, g: Conv2dGeometr
 
 def conv2d_weight_grad_numpy(dy: np.ndarray, cols: np.ndarray, g: Conv2dGeometry, groups: int,
                              w_shape: tuple[int, ...]) -> np.ndarray:
-    """dW of ``conv2d`` (the reference's ``sum_n dy[n, g] @ cols[n, g].T``, same products and summation order) with
-    the per-sample products written into a recycled buffer. cols: (N, groups, C_in/G*kh*kw, oh*ow)."""
+    """dW of ``conv2d`` (the reference's ``(sum_n cols[n, g] @ dy[n, g].T).T``, same products and summation order)
+    with the per-sample products written into a recycled buffer. cols: (N, groups, C_in/G*kh*kw, oh*ow)."""
     c_out = w_shape[0]
     kg = g.c // groups * g.offsets
     dy4 = dy.reshape(g.n, groups, c_out // groups, g.oh * g.ow)
-    part = _workspace.buffer("conv2d.dw_parts", (g.n, groups, c_out // groups, kg), dy.dtype)
-    np.matmul(dy4, cols.reshape(g.n, groups, kg, g.oh * g.ow).swapaxes(-1, -2), out=part)
-    return part.sum(axis=0).reshape(w_shape)
+    part = _workspace.buffer("conv2d.dw_parts", (g.n, groups, kg, c_out // groups), dy.dtype)
+    np.matmul(cols.reshape(g.n, groups, kg, g.oh * g.ow), dy4.swapaxes(-1, -2), out=part)
+    return part.sum(axis=0).swapaxes(-1, -2).reshape(w_shape)
 
 
 def conv2d_input_grad_cols_numpy(weight: np.ndarray, dy: np.ndarray, g: Conv2dGeometry,

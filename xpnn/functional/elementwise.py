@@ -32,7 +32,7 @@ def _check_pair(a: Any, b: Any, where: str) -> None:
 
 def _values(v: Any) -> Any:
     """The array of a Tensor saved for a recorded backward (for masks, which need no gradient), else ``v``."""
-    return v.data if isinstance(v, _op.Tensor) else v
+    return v.data if isinstance(v, _op.TensorBase) else v
 
 
 def _reduce_to(g: Any, shape: Optional[tuple[int, ...]]) -> Any:
@@ -412,9 +412,9 @@ def clip(a: Any, min: Any = None, max: Any = None) -> Any:  # noqa: A002 (PyTorc
     """Clamp to ``[min, max]`` (either may be ``None``); the gradient is 1 where ``min <= a <= max``, else 0
     (``torch.clamp``). ``min``/``max`` may be numbers, arrays or Tensors that do not require grad (the bounds get
     no gradient; ``NotImplementedError`` for one that requires grad)."""
-    if isinstance(min, _op.Tensor) or isinstance(max, _op.Tensor):
+    if isinstance(min, _op.TensorBase) or isinstance(max, _op.TensorBase):
         for bound, which in ((min, "min"), (max, "max")):
-            if isinstance(bound, _op.Tensor) and bound.requires_grad:
+            if isinstance(bound, _op.TensorBase) and bound.requires_grad:
                 raise NotImplementedError(f"clip: the bound {which}= is a Tensor that requires grad; clip gives no "
                                           "gradient to its bounds: pass bound.detach(), or write the clamp with ops "
                                           "(e.g. relu(x - lo) + lo for a lower bound lo)")

@@ -4,22 +4,26 @@ normalising, unbiased variance for the running estimate, ``momentum=None`` for a
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import numpy as np
 
+from .. import _dispatch
+from .._cuda import registry
 from ..autograd import op as _op
 from ..autograd.op import Context, Op
-from ..backend import namespace_of
-from ..errors import ShapeError
+from ..backend import dtype_name, namespace_of
+from ..errors import DTypeError, ShapeError
 from . import _checks
-from .elementwise import sqrt
+from .elementwise import astype, sqrt
 from .reductions import mean as _mean
 from .reductions import sum as _sum
+from .elementwise import _values
 from .shape import reshape
 from .softmax import _upcast
 
-__all__ = ["batch_norm", "batch_norm_train", "batch_norm_eval", "batch_norm_backward"]
+__all__ = ["batch_norm", "batch_norm_train", "batch_norm_eval", "batch_norm_backward", "layer_norm"]
 
 
 def _check(x: Any, weight: Optional[Any], where: str) -> Any:
@@ -171,9 +175,9 @@ def batch_norm(x: Any, running_mean: Optional[Any], running_var: Optional[Any], 
     with ``training`` the batch statistics normalise and update ``running_mean``/``running_var`` in place (if
     given); otherwise the running statistics normalise. ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
     The running statistics may be Tensors: their arrays are used and updated (they get no gradient)."""
-    if isinstance(running_mean, _op.Tensor) or isinstance(running_var, _op.Tensor):  # (were rebound, not updated)
-        running_mean = running_mean.data if isinstance(running_mean, _op.Tensor) else running_mean
-        running_var = running_var.data if isinstance(running_var, _op.Tensor) else running_var
+    if isinstance(running_mean, _op.TensorBase) or isinstance(running_var, _op.TensorBase):  # (rebound, not updated)
+        running_mean = running_mean.data if isinstance(running_mean, _op.TensorBase) else running_mean
+        running_var = running_var.data if isinstance(running_var, _op.TensorBase) else running_var
     return BatchNorm.apply(x, weight, bias, running_mean=running_mean, running_var=running_var, training=training,
                            momentum=momentum, eps=eps, num_batches_tracked=num_batches_tracked)
 
@@ -219,3 +223,141 @@ def batch_norm_backward(
     ctx.save_for_backward(xhat, weight)  # only the shape of the saved input is used
     ctx.batch_stats, ctx.xhat, ctx.invstd, ctx.eps = training, xhat, invstd, 0.0
     return BatchNorm.backward(ctx, dy)
+
+
+# --- layer normalisation ------------------------------------------------------------------------------------------
+def _layer_norm_check(x: Any, weight: Optional[Any], bias: Optional[Any], *, normalized_shape: tuple[int, ...],
+                      eps: float) -> None:
+    where = "layer_norm"
+    arrays = [a for a in (x, weight, bias) if a is not None]
+    xp = namespace_of(*arrays, where=where)
+    _checks.floating(xp, x, where)
+    k = len(normalized_shape)
+    if k == 0 or tuple(x.shape[x.ndim - k:]) != normalized_shape or x.ndim < k:
+        raise ShapeError(f"{where}: expected input with trailing dimensions {normalized_shape} (normalized_shape), "
+                         f"got shape {tuple(x.shape)}")
+    for name, a in (("weight", weight), ("bias", bias)):
+        if a is not None:
+            if tuple(a.shape) != normalized_shape:
+                raise ShapeError(f"{where}: expected {name} of shape {normalized_shape} (normalized_shape), got "
+                                 f"{tuple(a.shape)}")
+            if a.dtype != x.dtype:
+                raise DTypeError(f"{where}: expected input of dtype {dtype_name(a.dtype)} (the {name}'s dtype), got "
+                                 f"{dtype_name(x.dtype)}")
+
+
+class LayerNorm(Op):
+    """Layer normalisation (Ba, Kiros & Hinton 2016; ``torch.nn.functional.layer_norm``) over the trailing
+    ``normalized_shape`` axes. The forward keeps ``ctx.mean`` and ``ctx.rstd`` (``1/sqrt(var + eps)``, biased
+    variance), of the input's leading shape, in float32 for float16 input; a fused kernel's forward override sets
+    the same. The backward uses them, or (``create_graph``) recomputes them as expressions of ``x`` so that second
+    derivatives are exact."""
+
+    name = "layer_norm"
+    check = staticmethod(_layer_norm_check)
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, weight: Optional[Any] = None, bias: Optional[Any] = None, *,
+                normalized_shape: tuple[int, ...], eps: float = 1e-5) -> Any:
+        xp = ctx.xp
+        axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))
+        lead = tuple(x.shape[:x.ndim - len(normalized_shape)])
+        ctx.axes, ctx.eps = axes, eps
+        fused = _dispatch.lookup(registry.LAYER_NORM, xp, x.dtype)  # kernels/layer_norm.cu: one read of x
+        res = NotImplemented if fused is None else fused(x, weight, bias, math.prod(normalized_shape), eps)
+        if res is not NotImplemented:
+            y, mean, rstd = res
+            ctx.mean, ctx.rstd = xp.reshape(mean, lead), xp.reshape(rstd, lead)
+            ctx.save_for_backward(x, weight)
+            return y
+        xf = _upcast(xp, x)  # float16: statistics and normalisation in float32
+        mean = xp.mean(xf, axis=axes, keepdims=True)
+        y = xf - mean
+        rstd = 1.0 / xp.sqrt(xp.mean(y * y, axis=axes, keepdims=True) + eps)
+        y *= rstd
+        if weight is not None:
+            y *= weight if xf is x else xp.astype(weight, xf.dtype)
+        if bias is not None:
+            y += bias if xf is x else xp.astype(bias, xf.dtype)
+        ctx.mean, ctx.rstd = xp.reshape(mean, lead), xp.reshape(rstd, lead)
+        ctx.save_for_backward(x, weight)
+        return xp.astype(y, x.dtype) if y.dtype != x.dtype else y
+
+    @staticmethod
+    def backward(ctx: Context, dy: Any) -> tuple[Any, Any, Any]:
+        """With ``xhat = (x - mean) * rstd`` and ``dxhat = dy * weight``, per row of ``n`` values:
+        ``dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))``, ``dweight = sum(dy * xhat)`` and
+        ``dbias = sum(dy)`` over the leading axes (float16 computed in float32)."""
+        x, weight = ctx.saved_tensors
+        axes = ctx.axes
+        need = ctx.needs_input_grad
+        if not ctx.create_graph:  # arrays: the fused kernels (dx; dweight / dbias summed without atomics)
+            fused = _dispatch.lookup(registry.LAYER_NORM_BACKWARD, ctx.xp, x.dtype)
+            res = NotImplemented if fused is None else fused(
+                x, dy, ctx.xp.reshape(ctx.mean, (-1,)), ctx.xp.reshape(ctx.rstd, (-1,)), weight,
+                math.prod(x.shape[x.ndim - len(axes):]), need_weight=len(need) > 1 and need[1],
+                need_bias=len(need) > 2 and need[2])
+            if res is not NotImplemented:
+                dx, dw, db = res
+                shape = tuple(x.shape[x.ndim - len(axes):])
+                return (dx if need[0] else None, None if dw is None else ctx.xp.reshape(dw, shape),
+                        None if db is None else ctx.xp.reshape(db, shape))
+        half = _values(x).dtype == getattr(ctx.xp, "float16", None)  # computed in float32, as the forward
+        xf = astype(x, "float32") if half else x
+        dyf = astype(dy, "float32") if half else dy
+        if ctx.create_graph:  # recorded: the statistics as expressions of x
+            xc = xf - _mean(xf, axis=axes, keepdims=True)
+            rstd = 1.0 / sqrt(_mean(xc * xc, axis=axes, keepdims=True) + ctx.eps)
+            xhat = xc * rstd
+        else:
+            keep = tuple(x.shape[:x.ndim - len(axes)]) + (1,) * len(axes)
+            rstd = reshape(ctx.rstd, keep)
+            xhat = (xf - reshape(ctx.mean, keep)) * rstd
+        lead = tuple(range(x.ndim - len(axes)))
+        dx = dw = db = None
+        if need[0]:
+            dxhat = dyf * (astype(weight, "float32") if half else weight) if weight is not None else dyf
+            dx = (dxhat - _mean(dxhat, axis=axes, keepdims=True)
+                  - xhat * _mean(dxhat * xhat, axis=axes, keepdims=True)) * rstd
+            dx = astype(dx, x.dtype) if half else dx
+        if len(need) > 1 and need[1]:
+            dw = _sum(dyf * xhat, axis=lead) if lead else dyf * xhat
+            dw = astype(dw, x.dtype) if half else dw
+        if len(need) > 2 and need[2]:
+            db = _sum(dyf, axis=lead) if lead else dyf
+            db = astype(db, x.dtype) if half else db
+        return dx, dw, db
+
+    @staticmethod
+    def onnx(g: Any, x: str, weight: Optional[str] = None, bias: Optional[str] = None, *,
+             normalized_shape: tuple[int, ...], eps: float = 1e-5) -> str:
+        """``LayerNormalization`` (opset 17; statistics in float32 for float16 input), ones/zeros for a missing
+        weight/bias; before opset 17 the formula over the trailing axes."""
+        dt = g.dtype(x)
+        k = len(normalized_shape)
+        if weight is None:
+            weight = g.const(np.ones(normalized_shape), dtype=x)
+        if bias is None:
+            bias = g.const(np.zeros(normalized_shape), dtype=x)
+        if g.opset >= 17:
+            return g.op("LayerNormalization", x, weight, bias, axis=-k, epsilon=float(eps))
+        nd = len(g.shape(x))
+        axes = list(range(nd - k, nd))
+        xf = g.cast(x, np.float32) if dt == np.float16 else x
+        xc = g.op("Sub", xf, g.reduce("ReduceMean", xf, axes))
+        var = g.reduce("ReduceMean", g.op("Mul", xc, xc), axes)
+        xhat = g.op("Div", xc, g.op("Sqrt", g.op("Add", var, g.const(eps, dtype=xf))))
+        if dt == np.float16:
+            xhat = g.cast(xhat, dt)
+        return g.op("Add", g.op("Mul", xhat, weight), bias)
+
+
+def layer_norm(input: Any, normalized_shape: Any, weight: Optional[Any] = None, bias: Optional[Any] = None,  # noqa: A002
+               eps: float = 1e-5) -> Any:
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` over the trailing ``normalized_shape`` axes (an int or a
+    tuple), with the biased variance (``torch.nn.functional.layer_norm``); ``weight``/``bias`` of shape
+    ``normalized_shape`` or ``None``. float16 input: statistics and normalisation in float32, the result rounded
+    once. Raises ``ShapeError`` when the input's trailing dimensions (or weight/bias) do not match
+    ``normalized_shape``, ``DTypeError`` for a non-floating input or a weight of another dtype."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(int(s) for s in normalized_shape)
+    return LayerNorm.apply(input, weight, bias, normalized_shape=shape, eps=float(eps))

@@ -11,7 +11,7 @@ empty too).
 from __future__ import annotations
 
 import builtins
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from .._torch_names import axis_from_dim
 from ..autograd import op as _op
@@ -53,6 +53,15 @@ def _reduced_size(shape: tuple[int, ...], axes: tuple[int, ...]) -> int:
     for a in axes:
         n *= shape[a]
     return n
+
+
+def _reduction(ctx: Context, x: Any, axis: Axis, keepdims: bool, where: str) -> tuple[Any, Any]:
+    """``(namespace, axis as the array API takes it)`` for a reduction of ``x``; keeps what every reduction's
+    backward reads: the input shape, the reduced axes and ``keepdims``."""
+    ctx.shape, ctx.axes, ctx.keepdims = tuple(x.shape), _axes(axis, x.ndim, where), keepdims
+    return namespace_of(x, where=where), axis if axis is None or isinstance(axis, int) else tuple(axis)
+
+
 def _onnx_reduce(op_type: str) -> Any:
     """The ONNX lowering of a reduction over ``axis`` (``None``: all axes)."""
     def onnx(g: Any, x: str, *, axis: Axis = None, keepdims: bool = False) -> str:
@@ -66,11 +75,8 @@ class Sum(Op):
 
     @staticmethod
     def forward(ctx: Context, x: Any, *, axis: Axis = None, keepdims: bool = False) -> Any:
-        xp = namespace_of(x, where="sum")
-        ctx.shape = tuple(x.shape)
-        ctx.axes = _axes(axis, x.ndim, "sum")
-        ctx.keepdims = keepdims
-        return xp.sum(x, axis=axis if axis is None or isinstance(axis, int) else tuple(axis), keepdims=keepdims)
+        xp, ax = _reduction(ctx, x, axis, keepdims, "sum")
+        return xp.sum(x, axis=ax, keepdims=keepdims)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
@@ -83,15 +89,12 @@ class Mean(Op):
 
     @staticmethod
     def forward(ctx: Context, x: Any, *, axis: Axis = None, keepdims: bool = False) -> Any:
-        xp = namespace_of(x, where="mean")
-        ctx.shape = tuple(x.shape)
-        ctx.axes = _axes(axis, x.ndim, "mean")
-        ctx.keepdims = keepdims
+        xp, ax = _reduction(ctx, x, axis, keepdims, "mean")
         if _reduced_size(ctx.shape, ctx.axes) == 0:  # the mean of nothing: NaN (PyTorch), no NumPy warning
             kept = _keep_shape(ctx.shape, ctx.axes)
             shape = kept if keepdims else tuple(s for i, s in enumerate(kept) if i not in ctx.axes)
             return xp.full(shape, float("nan"), dtype=x.dtype)
-        return xp.mean(x, axis=axis if axis is None or isinstance(axis, int) else tuple(axis), keepdims=keepdims)
+        return xp.mean(x, axis=ax, keepdims=keepdims)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
@@ -106,20 +109,18 @@ class _Extremum(Op):
 
     @classmethod
     def forward(cls, ctx: Context, x: Any, *, axis: Axis = None, keepdims: bool = False) -> Any:  # type: ignore[override]
-        xp = namespace_of(x, where=cls.name)
-        axes = _axes(axis, x.ndim, cls.name)
+        xp, ax = _reduction(ctx, x, axis, keepdims, cls.name)
+        axes = ctx.axes
         empty = [a for a in axes if x.shape[a] == 0]
         if empty:  # PyTorch: "Expected reduction dim ... to have non-zero size"
             raise ValueError(f"{cls.name}: cannot reduce over axis {empty[0]} of size 0 (input of shape "
                              f"{tuple(x.shape)}): the {cls.name} of no element is undefined; reduce a non-empty axis")
-        ax = axis if axis is None or isinstance(axis, int) else tuple(axis)
         out = cls._reduce(xp, x, ax, keepdims)
         kept = out if keepdims else xp.reshape(out, _keep_shape(tuple(x.shape), axes))
         # the selected entries: those equal to the result, or the NaNs of a slice holding one (its result is NaN,
         # equal to nothing; PyTorch selects the NaN): ties share the gradient evenly
         hit = xp.astype((x == kept) | xp.isnan(x), x.dtype)
         ctx.share = hit / xp.sum(hit, axis=axes, keepdims=True)
-        ctx.shape, ctx.axes, ctx.keepdims = tuple(x.shape), axes, keepdims
         return out
 
     @staticmethod
@@ -158,38 +159,51 @@ def _with_indices(op: Any, arg: str, x: Any, dim: Any, keepdims: bool) -> Values
     if isinstance(dim, bool) or not isinstance(dim, int):
         raise TypeError(f"{op.name}: dim must be an int (a tuple of axes: use axis=), got {dim!r}")
     values = op.apply(x, axis=dim, keepdims=keepdims)
-    data = x.data if isinstance(x, _op.Tensor) else x
+    data = x.data if isinstance(x, _op.TensorBase) else x
     idx = getattr(namespace_of(data, where=op.name), arg)(data, axis=dim, keepdims=keepdims)
-    return ValuesIndices(values, _op.Tensor(idx) if isinstance(x, _op.Tensor) else idx)
+    return ValuesIndices(values, type(values)(idx) if isinstance(x, _op.TensorBase) else idx)  # (a Tensor)
 
 
-def sum(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None) -> Any:  # noqa: A001
-    """Sum over ``axis`` (all axes by default; ``dim=`` is PyTorch's name for it)."""
+def sum(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None,  # noqa: A001
+        keepdim: Optional[bool] = None) -> Any:
+    """Sum over ``axis`` (all axes by default; ``dim=`` and ``keepdim=`` are PyTorch's names for ``axis`` and
+    ``keepdims``, as in every reduction here)."""
+    if keepdim is not None:  # (PyTorch's name)
+        keepdims = keepdim
     if dim is not None:
         axis = axis_from_dim(axis, dim, "sum")
     return Sum.apply(x, axis=axis, keepdims=keepdims)
 
 
-def mean(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None) -> Any:
+def mean(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None,
+        keepdim: Optional[bool] = None) -> Any:
     """Mean over ``axis`` (all axes by default; ``dim=`` is PyTorch's name for it)."""
+    if keepdim is not None:  # (PyTorch's name)
+        keepdims = keepdim
     if dim is not None:
         axis = axis_from_dim(axis, dim, "mean")
     return Mean.apply(x, axis=axis, keepdims=keepdims)
 
 
-def max(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Any = None) -> Any:  # noqa: A001
+def max(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Any = None,  # noqa: A001
+        keepdim: Optional[bool] = None) -> Any:
     """Maximum over ``axis``; tied maxima share the gradient evenly, and a slice holding a NaN has the maximum NaN,
     its NaN(s) getting the gradient (PyTorch's rule). With ``dim=`` (an int): ``(values, indices)``
     like ``torch.max(x, dim)`` (``ValuesIndices``)."""
+    if keepdim is not None:  # (PyTorch's name)
+        keepdims = keepdim
     if dim is not None:
         return _with_indices(Max, "argmax", x, axis_from_dim(axis, dim, "max"), keepdims)
     return Max.apply(x, axis=axis, keepdims=keepdims)
 
 
-def min(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Any = None) -> Any:  # noqa: A001
+def min(x: Any, axis: Axis = None, keepdims: bool = False, *, dim: Any = None,  # noqa: A001
+        keepdim: Optional[bool] = None) -> Any:
     """Minimum over ``axis``; tied minima share the gradient evenly, and a slice holding a NaN has the minimum NaN,
     its NaN(s) getting the gradient (PyTorch's rule). With ``dim=`` (an int): ``(values, indices)``
     like ``torch.min(x, dim)`` (``ValuesIndices``)."""
+    if keepdim is not None:  # (PyTorch's name)
+        keepdims = keepdim
     if dim is not None:
         return _with_indices(Min, "argmin", x, axis_from_dim(axis, dim, "min"), keepdims)
     return Min.apply(x, axis=axis, keepdims=keepdims)

@@ -1,4 +1,5 @@
-"""Shape ops: ``reshape, permute_dims, broadcast_to, sum_to, index`` (``x[key]``) and ``to_backend``.
+"""Shape ops: ``reshape, permute_dims, broadcast_to, sum_to, index`` (``x[key]``) and ``to_backend``, and PyTorch's
+spellings built on them: ``unsqueeze, squeeze, transpose, permute, expand, contiguous, clone``.
 
 ``index`` takes basic keys (ints, slices, ``None``, ``...``) and integer arrays; in its backward, entries picked
 several times by an integer array get the sum of their gradients (a scatter-add: ``numpy.add.at`` on NumPy,
@@ -6,15 +7,17 @@ several times by an integer array get the sum of their gradients (a scatter-add:
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
+from .._torch_names import dim_index
 from ..autograd.op import Context, Op
 from ..backend import Backend, dtype_name, is_cupy_namespace, is_numpy_namespace, namespace_of, resolve_dtype
 from ..errors import ShapeError
 
-__all__ = ["reshape", "permute_dims", "broadcast_to", "sum_to", "index", "to_backend"]
+__all__ = ["reshape", "permute_dims", "broadcast_to", "sum_to", "index", "to_backend", "unsqueeze", "squeeze",
+           "transpose", "permute", "expand", "contiguous", "clone"]
 
 
 class Reshape(Op):
@@ -37,7 +40,8 @@ class Reshape(Op):
     @staticmethod
     def onnx(g: Any, x: str, *, shape: tuple[int, ...]) -> str:
         """``Reshape`` written to hold for other sizes of the leading axes it keeps (a dynamic batch): the leading
-        dims equal to the input's are 0 ("copy"), and a single dim after them is -1 (``Flatten``)."""
+        dims equal to the input's are 0 ("copy"), and a single dim after them is -1 (``Flatten``); otherwise the
+        caller's own -1, if any, stays."""
         in_shape = g.shape(x)
         size = int(np.prod(in_shape))
         known = int(np.prod([d for d in shape if d != -1]))
@@ -48,6 +52,8 @@ class Reshape(Op):
         dims = [0] * k + target[k:]
         if len(target) - k == 1:
             dims[k] = -1
+        elif -1 in shape and 0 not in shape:  # no kept leading axis: the caller's -1 (ONNX reads it as NumPy does)
+            dims = [int(d) for d in shape]  # holds for other sizes of the axis it stands for, e.g. (T, N, F) -> (-1, F)
         return g.op("Reshape", x, g.ints(dims))
 
 
@@ -125,6 +131,16 @@ def _plain_key(key: Any) -> Any:
     return key
 
 
+def _host_indices_to(xp: Any, key: Any) -> Any:
+    """Lists and NumPy arrays inside an index key as arrays of ``xp``, the indexed array's namespace (PyTorch takes
+    them as indices; ``array_api_strict`` indexes with its own arrays only)."""
+    parts = key if isinstance(key, tuple) else (key,)
+    if not any(isinstance(k, (list, np.ndarray)) for k in parts):
+        return key
+    parts = tuple(xp.asarray(k) if isinstance(k, (list, np.ndarray)) else k for k in parts)
+    return parts if isinstance(key, tuple) else parts[0]
+
+
 def _is_basic(key: Any) -> bool:
     parts = key if isinstance(key, tuple) else (key,)
     return all(k is None or k is Ellipsis or isinstance(k, (int, slice)) for k in parts)
@@ -160,9 +176,13 @@ class Index(Op):
     def forward(ctx: Context, x: Any, *, key: Any) -> Any:
         namespace_of(x, where="index")
         if type(x) is not np.ndarray:
-            key = _with_ellipsis(key, x.ndim)
+            key = _with_ellipsis(_host_indices_to(ctx.xp, key), x.ndim)
         ctx.shape, ctx.key = tuple(x.shape), key
         try:
+            if type(x) is not np.ndarray and not _is_basic(key) and not is_cupy_namespace(ctx.xp):
+                out = _take(ctx.xp, x, key)
+                if out is not NotImplemented:
+                    return out
             return x[key]
         except IndexError as exc:
             raise IndexError(f"index: {exc} (array of shape {tuple(x.shape)})") from None
@@ -223,53 +243,98 @@ class IndexBackward(Op):
 
     @staticmethod
     def forward(ctx: Context, g: Any, *, key: Any, shape: tuple[int, ...]) -> Any:
-        xp = namespace_of(g, where="index backward")
         ctx.key = key
-        out = xp.zeros(shape, dtype=g.dtype)
-        if _is_basic(key) or _is_mask(key):  # no index repeats: assignment is the scatter-add
-            out[key] = g
-        elif is_numpy_namespace(xp):
-            np.add.at(out, key, g)
-        elif is_cupy_namespace(xp):
-            import cupyx
-
-            cupyx.scatter_add(out, key, g)
-        else:
-            out = _one_hot_scatter(xp, g, key, shape)
-        return out
+        return scatter_add(namespace_of(g, where="index backward"), g, key, shape)
 
     @staticmethod
     def backward(ctx: Context, gg: Any) -> Any:
         return index(gg, ctx.key)
 
 
-def _one_hot_scatter(xp: Any, g: Any, key: Any, shape: tuple[int, ...]) -> Any:
-    """Scatter-add for namespaces without integer-array assignment: one integer array at axis p (the other key
-    entries full slices) -> ``onehot.T @ g`` along that axis."""
+def scatter_add(xp: Any, g: Any, key: Any, shape: tuple[int, ...]) -> Any:
+    """Zeros of ``shape`` (``g``'s dtype) with ``g`` added at ``out[key]``, entries picked several times getting the
+    sum (the adjoint of ``x[key]``)."""
+    out = xp.zeros(shape, dtype=g.dtype)
+    if _is_basic(key) or _is_mask(key):  # no index repeats: assignment is the scatter-add
+        out[key] = g
+    elif is_numpy_namespace(xp):
+        np.add.at(out, key, g)
+    elif is_cupy_namespace(xp):
+        import cupyx
+
+        cupyx.scatter_add(out, key, g)
+    else:
+        out = _one_hot_scatter(xp, g, key, shape)
+    return out
+
+
+def _single_array(key: Any, ndim: int) -> Optional[tuple[int, Any]]:
+    """``(p, idx)`` when ``key`` is one integer array ``idx`` at axis ``p`` with full slices (or ``...``) elsewhere
+    (``x[idx]``, ``x[:, idx]``, ``x[..., idx]``), else ``None``."""
     parts = key if isinstance(key, tuple) else (key,)
     if any(k is Ellipsis for k in parts):  # spell ... out as full slices
         i = next(i for i, k in enumerate(parts) if k is Ellipsis)
-        parts = parts[:i] + (slice(None),) * (len(shape) - len(parts) + 1) + parts[i + 1:]
-    parts = parts + (slice(None),) * (len(shape) - len(parts))
+        parts = parts[:i] + (slice(None),) * (ndim - len(parts) + 1) + parts[i + 1:]
+    parts = parts + (slice(None),) * (ndim - len(parts))
     arrays = [i for i, k in enumerate(parts) if hasattr(k, "dtype")]
     if len(arrays) != 1 or any(not (isinstance(k, slice) and k == slice(None)) for i, k in enumerate(parts)
-                               if i != arrays[0]) or parts[arrays[0]].ndim != 1:
-        raise NotImplementedError("index: on this namespace the backward of an integer-array index supports one 1-D "
+                               if i != arrays[0]):
+        return None
+    return arrays[0], parts[arrays[0]]
+
+
+def _take(xp: Any, x: Any, key: Any) -> Any:
+    """``x[key]`` for one integer array among full slices (``_single_array``) on a namespace whose indexing does not
+    take it (the array API standard's ``take`` instead), or ``NotImplemented``."""
+    found = _single_array(key, x.ndim)
+    if found is None or xp.isdtype(found[1].dtype, "bool"):
+        return NotImplemented
+    p, idx = found
+    shape = tuple(x.shape)
+    out = xp.take(x, xp.reshape(idx, (-1,)), axis=p)
+    return xp.reshape(out, shape[:p] + tuple(idx.shape) + shape[p + 1:])
+
+
+def _one_hot_scatter(xp: Any, g: Any, key: Any, shape: tuple[int, ...]) -> Any:
+    """Scatter-add for namespaces without integer-array assignment: one integer array at axis p (the other key
+    entries full slices) -> ``onehot.T @ g`` along that axis."""
+    found = _single_array(key, len(shape))
+    if found is None:
+        raise NotImplementedError("index: on this namespace the backward of an integer-array index supports one "
                                   "integer array with full slices elsewhere (x[idx], x[:, idx])")
-    p = arrays[0]
-    idx = parts[p]
+    p, idx = found
+    idx = xp.reshape(idx, (-1,))
+    k = idx.shape[0]
+    g = xp.reshape(g, shape[:p] + (k,) + shape[p + 1:])
     n = shape[p]
     hot = xp.astype(xp.arange(n, dtype=idx.dtype)[:, None] == idx[None, :], g.dtype)  # (n, k)
     order = (p,) + tuple(i for i in range(g.ndim) if i != p)
     gm = xp.permute_dims(g, order)
     rest = tuple(gm.shape[1:])
-    k = gm.shape[0]
     prod = 1
     for s in rest:
         prod *= s
     out = hot @ xp.reshape(gm, (k, prod))
     out = xp.reshape(out, (n,) + rest)
     return xp.permute_dims(out, tuple(int(i) for i in np.argsort(order)))
+
+
+class Clone(Op):
+    name = "clone"
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, *, c_order: bool = False) -> Any:
+        """A copy (``c_order``: in C order, for arrays with strides: NumPy, CuPy)."""
+        xp = namespace_of(x, where="clone")
+        return x.copy(order="C") if c_order else xp.asarray(x, copy=True)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        return g
+
+    @staticmethod
+    def onnx(g: Any, x: str, *, c_order: bool = False) -> str:
+        return g.op("Identity", x)
 
 
 class ToBackend(Op):
@@ -324,3 +389,79 @@ def index(x: Any, key: Any) -> Any:
 def to_backend(x: Any, backend: Backend, dtype: Any = None) -> Any:
     """``x`` copied to ``backend`` (and cast to ``dtype``); the gradient goes back to ``x``'s backend and dtype."""
     return ToBackend.apply(x, backend=backend, dtype=dtype)
+
+
+def unsqueeze(x: Any, dim: int) -> Any:
+    """A new axis of length 1 at ``dim`` (in ``[-ndim-1, ndim]``; ``torch.unsqueeze``). Raises ``IndexError`` for a
+    ``dim`` out of range."""
+    shape = tuple(x.shape)
+    d = dim_index(dim, len(shape) + 1, "unsqueeze")
+    return reshape(x, shape[:d] + (1,) + shape[d:])
+
+
+def squeeze(x: Any, dim: Any = None) -> Any:
+    """Axes of length 1 dropped: all of them (``dim=None``), or those among ``dim`` (an int or a tuple) that have
+    length 1; the others named are kept (``torch.squeeze``). Raises ``IndexError`` for a ``dim`` out of range."""
+    shape = tuple(x.shape)
+    n = len(shape)
+    if dim is None:
+        drop = {i for i, s in enumerate(shape) if s == 1}
+    else:
+        dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+        drop = {d for d in (dim_index(d, max(n, 1), "squeeze") for d in dims) if d < n and shape[d] == 1}
+    return reshape(x, tuple(s for i, s in enumerate(shape) if i not in drop))
+
+
+def transpose(x: Any, dim0: int, dim1: int) -> Any:
+    """``x`` with axes ``dim0`` and ``dim1`` swapped (``torch.transpose``). Raises ``IndexError`` for a dim out of
+    range."""
+    n = len(x.shape)
+    order = list(range(n))
+    i, j = dim_index(dim0, max(n, 1), "transpose"), dim_index(dim1, max(n, 1), "transpose")
+    if i == j or n < 2:
+        return x
+    order[i], order[j] = j, i
+    return permute_dims(x, tuple(order))
+
+
+def permute(x: Any, dims: tuple[int, ...]) -> Any:
+    """``torch.permute``: ``out.shape[i] = x.shape[dims[i]]`` (``permute_dims`` under PyTorch's name)."""
+    return permute_dims(x, dims)
+
+
+def expand(x: Any, *sizes: Any) -> Any:
+    """``x`` broadcast to ``sizes`` (a tuple or the sizes as arguments) as ``torch.Tensor.expand``: ``-1`` keeps an
+    axis's size, new axes go in front, only axes of length 1 stretch. No copy on NumPy/CuPy; the gradient is summed
+    back. Raises ``ShapeError`` for sizes ``x`` does not expand to."""
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    shape = tuple(x.shape)
+    lead = len(sizes) - len(shape)
+    if lead < 0:
+        raise ShapeError(f"expand: the number of sizes {tuple(sizes)} must be at least the number of dimensions of "
+                         f"shape {shape}")
+    out = []
+    for i, s in enumerate(sizes):
+        old = shape[i - lead] if i >= lead else None
+        if s == -1 and old is not None:
+            s = old
+        if not isinstance(s, int) or s < 0 or (old is not None and old != 1 and old != s):
+            raise ShapeError(f"expand: cannot expand shape {shape} to {tuple(sizes)} (only axes of length 1 stretch, "
+                             "-1 keeps an existing axis, new axes go in front)")
+        out.append(int(s))
+    return broadcast_to(x, tuple(out))
+
+
+def contiguous(x: Any) -> Any:
+    """``x`` in C order (``torch.Tensor.contiguous``): ``x`` itself when it already is, or when its namespace has no
+    strides (the array API standard has none); a copy (``clone``) otherwise."""
+    flags = getattr(x.data if hasattr(x, "_node") else x, "flags", None)
+    if flags is None or flags.c_contiguous:
+        return x
+    return Clone.apply(x, c_order=True)
+
+
+def clone(x: Any) -> Any:
+    """A copy of ``x`` that shares no memory with it (``torch.clone``; NumPy and CuPy keep the memory layout); the
+    gradient passes through."""
+    return Clone.apply(x)

@@ -104,6 +104,26 @@ class LogSumExp(Op):
         return out if xf is x else g.cast(out, "float16")
 
 
+def _save_output(ctx: Context, out: Any, x: Any, *, axis: int = -1) -> None:
+    """``save`` of ``Softmax`` and ``LogSoftmax`` (their backwards read the output and the axis)."""
+    ctx.save_for_backward(out)
+    ctx.axis = axis
+
+
+def _rowwise(ctx: Context, x: Any, axis: int, fn: Any) -> Any:
+    """The forward of ``Softmax``/``LogSoftmax``: ``fn(xp, z)`` on ``z``, ``x`` shifted by its max along ``axis``
+    (float16 in float32, rounded once), saved with ``_save_output``; an empty axis gives an empty output."""
+    xp = namespace_of(x)
+    if _empty_axis(x, axis):
+        out = xp.zeros(x.shape, dtype=x.dtype)  # empty
+    else:
+        z, _ = _shifted(xp, _upcast(xp, x), axis)
+        out = fn(xp, z)
+        out = xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+    _save_output(ctx, out, x, axis=axis)
+    return out
+
+
 class Softmax(Op):
     name = "softmax"
     check = staticmethod(lambda x, *, axis=-1, keepdims=False: _prepare(x, axis, "softmax"))
@@ -112,23 +132,14 @@ class Softmax(Op):
     @staticmethod
     def forward(ctx: Context, x: Any, *, axis: int = -1) -> Any:
         """``exp(x - lse(x))`` along ``axis``; same shape as ``x``."""
-        xp = namespace_of(x)
-        if _empty_axis(x, axis):
-            out = xp.zeros(x.shape, dtype=x.dtype)  # empty
-            Softmax.save(ctx, out, x, axis=axis)
-            return out
-        xf = _upcast(xp, x)
-        z, _ = _shifted(xp, xf, axis)
-        e = xp.exp(z)
-        e /= xp.sum(e, axis=axis, keepdims=True)
-        out = xp.astype(e, x.dtype) if e.dtype != x.dtype else e
-        Softmax.save(ctx, out, x, axis=axis)
-        return out
+        def normalized(xp: Any, z: Any) -> Any:
+            e = xp.exp(z)
+            e /= xp.sum(e, axis=axis, keepdims=True)
+            return e
 
-    @staticmethod
-    def save(ctx: Context, out: Any, x: Any, *, axis: int = -1) -> None:
-        ctx.save_for_backward(out)
-        ctx.axis = axis
+        return _rowwise(ctx, x, axis, normalized)
+
+    save = staticmethod(_save_output)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
@@ -148,22 +159,9 @@ class LogSoftmax(Op):
     @staticmethod
     def forward(ctx: Context, x: Any, *, axis: int = -1) -> Any:
         """``x - lse(x)`` along ``axis``; same shape as ``x``."""
-        xp = namespace_of(x)
-        if _empty_axis(x, axis):
-            out = xp.zeros(x.shape, dtype=x.dtype)  # empty
-            LogSoftmax.save(ctx, out, x, axis=axis)
-            return out
-        xf = _upcast(xp, x)
-        z, _ = _shifted(xp, xf, axis)
-        out = z - xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True))
-        out = xp.astype(out, x.dtype) if out.dtype != x.dtype else out
-        LogSoftmax.save(ctx, out, x, axis=axis)
-        return out
+        return _rowwise(ctx, x, axis, lambda xp, z: z - xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True)))
 
-    @staticmethod
-    def save(ctx: Context, out: Any, x: Any, *, axis: int = -1) -> None:
-        ctx.save_for_backward(out)
-        ctx.axis = axis
+    save = staticmethod(_save_output)
 
     @staticmethod
     def onnx(g: Any, x: str, *, axis: int = -1) -> str:
@@ -182,9 +180,12 @@ class LogSoftmax(Op):
         return g - exp(out) * _sum(g, axis=ctx.axis, keepdims=True)
 
 
-def logsumexp(x: Any, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None) -> Any:
-    """``log(sum(exp(x), axis))`` without overflow; ``axis`` defaults to -1 (``dim=`` is PyTorch's name for it).
-    (N, C) -> (N,) for the default axis."""
+def logsumexp(x: Any, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None,
+              keepdim: Optional[bool] = None) -> Any:
+    """``log(sum(exp(x), axis))`` without overflow; ``axis`` defaults to -1 (``dim=`` and ``keepdim=`` are
+    PyTorch's names for ``axis`` and ``keepdims``). (N, C) -> (N,) for the default axis."""
+    if keepdim is not None:
+        keepdims = keepdim
     if dim is not None:
         axis = axis_from_dim(axis, dim, "logsumexp")
     elif axis is None:

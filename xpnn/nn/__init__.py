@@ -8,19 +8,24 @@ into it), so an optimizer step is one pass.
 """
 from . import activation as _activation
 from .activation import *  # noqa: F401,F403 (every layer in its __all__: a new activation needs no edit here)
+from .attention import MultiheadAttention
 from .batchnorm import BatchNorm1d
 from .batchnorm2d import BatchNorm2d
 from .container import Identity, ModuleList, Residual, Sequential
 from .conv import Conv2d
 from .dropconnect import DropConnect
 from .dropout import Dropout
+from .embedding import Embedding
 from .flatten import Flatten
+from .layernorm import LayerNorm
 from .linear import Linear
 from .loss import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss
 from .maxout import Maxout
-from .module import Module
+from .explicit import Module
 from .parameter import FlatBuffer, Parameter, flat_buffer_of
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .transformer import TransformerEncoderLayer
+from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from . import utils
 
 __all__ = [
@@ -28,5 +33,8 @@ __all__ = [
     "Linear", *_activation.__all__, "Maxout",
     "Dropout", "DropConnect", "BatchNorm1d", "Sequential", "Residual", "ModuleList", "Identity",
     "CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss",
+    "MultiheadAttention", "TransformerEncoderLayer",
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "BatchNorm2d", "utils",
+    "Embedding", "LayerNorm",
+    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
 ]

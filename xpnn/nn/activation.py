@@ -6,11 +6,24 @@ from typing import Any, Optional
 from .. import functional as F
 from .._torch_names import axis_from_dim
 from ..backend import BackendLike
-from .module import Module
+from .explicit import Module
 from .parameter import FlatBuffer, Parameter, factory
 
-__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "SELU", "Softplus", "Mish", "Softmax", "LogSoftmax",
-           "PReLU"]
+__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "SELU", "Softplus", "Mish", "GELU", "SiLU", "Softmax",
+           "LogSoftmax", "PReLU"]
+
+
+class _Inplace(Module):
+    """A layer with PyTorch's ``inplace`` flag. xpnn records no in-place op: ``inplace=True`` is accepted so that
+    ported code runs, and the output is computed out of place (the same values; the input is left unchanged)."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = bool(inplace)
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
+
 
 
 class Sigmoid(Module):
@@ -27,42 +40,42 @@ class Tanh(Module):
         return F.tanh(x)
 
 
-class ReLU(Module):
+class ReLU(_Inplace):
     """``y = max(x, 0)``."""
 
     def forward(self, x: Any) -> Any:
         return F.relu(x)
 
 
-class LeakyReLU(Module):
+class LeakyReLU(_Inplace):
     """``y = x`` for ``x > 0`` else ``negative_slope * x``."""
 
-    def __init__(self, negative_slope: float = 0.01) -> None:
-        super().__init__()
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
+        super().__init__(inplace)
         self.negative_slope = float(negative_slope)
 
     def extra_repr(self) -> str:
-        return f"negative_slope={self.negative_slope}"
+        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
 
     def forward(self, x: Any) -> Any:
         return F.leaky_relu(x, self.negative_slope)
 
 
-class ELU(Module):
+class ELU(_Inplace):
     """``y = x`` for ``x > 0`` else ``alpha * (exp(x) - 1)``."""
 
-    def __init__(self, alpha: float = 1.0) -> None:
-        super().__init__()
+    def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
+        super().__init__(inplace)
         self.alpha = float(alpha)
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}"
+        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
 
     def forward(self, x: Any) -> Any:
         return F.elu(x, self.alpha)
 
 
-class SELU(Module):
+class SELU(_Inplace):
     """``y = scale * elu(x, alpha)`` with the fixed self-normalising constants."""
 
     def forward(self, x: Any) -> Any:
@@ -83,11 +96,35 @@ class Softplus(Module):
         return F.softplus(x, self.beta, self.threshold)
 
 
-class Mish(Module):
+class Mish(_Inplace):
     """``y = x * tanh(softplus(x))`` (Misra 2019, ``torch.nn.Mish``)."""
 
     def forward(self, x: Any) -> Any:
         return F.mish(x)
+
+
+class GELU(Module):
+    """``y = x * Phi(x)``, ``Phi`` the standard normal CDF; ``approximate="tanh"`` for the tanh form
+    (``torch.nn.GELU``)."""
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+    def forward(self, x: Any) -> Any:
+        return F.gelu(x, self.approximate)
+
+
+class SiLU(_Inplace):
+    """``y = x * sigmoid(x)`` (``torch.nn.SiLU``)."""
+
+    def forward(self, x: Any) -> Any:
+        return F.silu(x)
 
 
 class _AlongAxis(Module):

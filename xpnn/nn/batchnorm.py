@@ -9,7 +9,7 @@ from ..backend import BackendLike
 from ..debug import get_debug
 from ..errors import ShapeError
 from .linear import check_features
-from .module import Module
+from .explicit import Module
 from .parameter import FlatBuffer, Parameter, factory
 
 __all__ = ["BatchNorm1d"]

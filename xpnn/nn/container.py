@@ -3,7 +3,7 @@ children for a ``forward`` written by hand) and ``Identity``; their backward is 
 
 ``Sequential`` and ``Residual`` repack all their children's parameters into one FlatBuffer at construction, so a
 model built from them has one data and one grad array (optimizers then update it in one pass). A ``ModuleList``
-only registers its children: the module that owns it packs them with its other parameters on ``parameters()``.
+only registers its children: the module that owns it packs them with its other parameters when it is built.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections import OrderedDict
 from typing import Any, Iterable, Iterator, Union
 
 from ..errors import ShapeError
-from .module import Module
+from .explicit import Module
 
 __all__ = ["Sequential", "Residual", "ModuleList", "Identity"]
 

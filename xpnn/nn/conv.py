@@ -11,9 +11,10 @@ from ..backend import BackendLike, dtype_name
 from ..debug import check_finite, get_debug
 from ..errors import DTypeError, ShapeError
 from .. import functional as F
-from ..autograd.tensor import Tensor
+from .._tensor import Tensor
 from ..functional.conv import IntPair, conv2d_geometry, pair_arg
-from .module import Module, layer_namespace
+from .explicit import Module
+from .module import layer_namespace
 from .parameter import FlatBuffer, Parameter, factory
 
 __all__ = ["Conv2d", "check_image"]

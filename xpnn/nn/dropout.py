@@ -6,7 +6,7 @@ from typing import Any
 from .. import functional as F
 from ..backend import namespace_of
 from ..functional.dropout import dropout_mask, make_rng
-from .module import Module
+from .explicit import Module
 
 __all__ = ["Dropout"]
 
@@ -14,19 +14,20 @@ __all__ = ["Dropout"]
 class Dropout(Module):
     """In training, zero each element with probability ``p`` and scale the rest by ``1/(1-p)``; identity in eval.
 
-    ``seed`` seeds the mask generator (an int gives the same sequence of masks on every run).
+    ``seed`` seeds the mask generator (an int gives the same sequence of masks on every run). ``inplace=True``
+    (PyTorch's flag) is accepted and computes out of place: the same output, the input left unchanged.
     """
 
-    def __init__(self, p: float = 0.5, *, seed: Any = None) -> None:
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: Any = None) -> None:
         super().__init__()
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: p must be a probability in [0, 1), got {p!r}")
-        self.p = float(p)
+        self.p, self.inplace = float(p), bool(inplace)
         self._seed = seed
         self._rngs: dict[int, Any] = {}
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}, inplace={self.inplace}"
 
     def _rng(self, xp: Any) -> Any:
         rng = self._rngs.get(id(xp))

@@ -1,13 +1,15 @@
 """The explicit API: ``out = m(x_array)``; ``dx = m.backward(dy)`` (the first version's protocol), a layer on top of
-``Module.forward`` on Tensors. ``Module.__call__`` comes here for a call with no Tensor argument and for a module
-with a hand-written ``backward``, ``Module.backward`` always; the core (``Module`` on Tensors, autograd, functional)
-never imports this module (``Module`` reaches it through one lazily set reference).
+``Module.forward`` on Tensors: ``Module`` here (``xpnn.nn.Module``, the base of every layer, container and loss of
+``xpnn.nn``) is the core ``xpnn.nn.module.Module`` plus this protocol. Its ``__call__`` comes to ``call`` for a call
+with no Tensor argument and for a module with a hand-written ``backward``, its ``backward`` to ``backward``; the core
+(``xpnn.nn.module``, autograd, functional) never imports this module.
 
 - A call on arrays runs ``forward`` on the tape with the first floating array wrapped (``_InputTensor``), keeps
   ``(input, output)`` on the module (``_last_call``) and returns arrays; ``backward(dy)`` runs the tape from that
   output and returns the input's gradient: the explicit API is sugar over the recorded call.
-- A layer that is one op (``nn.Linear``: ``_ONE_OP``) runs that op and its backward directly on plain NumPy arrays,
-  without the tape (``_OneOpCall``): the same values, a fraction of the host time.
+- A layer that is one op (``nn.Linear``) defines ``_one_op_call(x)``, which runs that op and its backward directly on
+  plain NumPy arrays, without the tape (``one_op_call``, ``_OneOpCall``): the same values, a fraction of the host
+  time.
 - A module whose class writes its own ``backward`` runs its forward as it is on arrays, and joins a Tensor graph as
   one node (``_ModuleOp``).
 """
@@ -20,17 +22,15 @@ import numpy as np
 
 from ..autograd.engine import run_backward
 from ..autograd.grad_mode import _state as _grad_state
-from ..autograd.op import Context, Op, numpy_direct
-from ..autograd.tensor import Tensor
+from ..autograd.op import Context, Op
+from .._tensor import Tensor
 from ..backend import dtype_name, namespace_of
 from ..debug import check_finite, get_debug
 from ..errors import DTypeError, ShapeError
-from ..functional.linear import Linear as LinearOp
-from .linear import Linear, check_features
-from .module import Module
+from . import module as _core
 from .parameter import Parameter
 
-__all__ = ["call", "backward", "call_backward", "ones_like_output"]
+__all__ = ["Module", "call", "backward", "call_backward", "one_op_call", "ones_like_output"]
 
 _USED = object()  # ``_last_call`` after its backward: a second backward is an error that says so
 _TAKES_FLAG: dict[type, bool] = {}
@@ -135,7 +135,7 @@ class _OneOpCall:
         return grads[0] if need_input_grad else None
 
 
-def _one_op_call(module: Module, op: type[Op], x: Any, *params: Optional[Parameter]) -> Any:
+def one_op_call(module: Module, op: type[Op], x: Any, *params: Optional[Parameter]) -> Any:
     """Run ``op`` on the NumPy array ``x`` and the parameters' arrays with a context of its own and keep that call
     for ``backward``, which then runs ``op.backward`` on arrays, with no tape (the same math, a fraction of the host
     time). Returns ``NotImplemented`` where the tape is needed (a parameter with hooks)."""
@@ -156,22 +156,9 @@ def _one_op_call(module: Module, op: type[Op], x: Any, *params: Optional[Paramet
     return out
 
 
-def _linear(m: Linear, x: Any) -> Any:
-    w = m.weight._data
-    if type(x) is not np.ndarray or type(w) is not np.ndarray or get_debug() or not numpy_direct("linear"):
-        return NotImplemented
-    if x.ndim != 2 or x.shape[0] == 0:  # the layer's own rules (see nn.linear.affine)
-        check_features(m, None, x, m.in_features, w.dtype)  # (raises, naming the layer)
-    try:
-        return _one_op_call(m, LinearOp, x, m.weight, m.bias)
-    except (ShapeError, DTypeError):  # the op's check failed: say it naming the layer
-        check_features(m, None, x, m.in_features, w.dtype)
-        raise
-
-
-#: layers that are one op, by their ``forward`` (a subclass with a forward of its own, e.g. ``DropConnect``, is not
-#: here and runs its forward): ``fn(module, x)`` returns the output array or ``NotImplemented`` (take the tape)
-_ONE_OP: dict[Callable[..., Any], Callable[[Any, Any], Any]] = {Linear.forward: _linear}
+#: ``forward`` -> ``_one_op_call`` of the classes that define one (``Module.__init_subclass__``): a subclass with a
+#: forward of its own (e.g. ``DropConnect``) is not here and runs its forward
+_ONE_OP: dict[Callable[..., Any], Callable[[Any, Any], Any]] = {}
 
 
 def call(module: Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -183,7 +170,7 @@ def call(module: Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                 return _ModuleOp.apply(*args, module=module, kwargs=kwargs)
         _count_forward(module)
         return module.forward(*args, **kwargs)
-    fast = _ONE_OP.get(cls.forward)
+    fast = _ONE_OP.get(cls.forward)  # (a layer that is one op: its _one_op_call)
     if fast is not None and len(args) == 1 and not kwargs:
         out = fast(module, args[0])
         if out is not NotImplemented:
@@ -197,6 +184,11 @@ def call(module: Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             first._requires_grad = record
             wrapped[i] = first
             break
+    else:  # no floating input (token ids): a Tensor all the same, so that layers inside take the tape with it
+        for i, a in enumerate(args):
+            if hasattr(a, "shape") and hasattr(a, "dtype") and not isinstance(a, Tensor):
+                wrapped[i] = Tensor(a)
+                break
     out = module.forward(*wrapped, **kwargs)
     if record:
         object.__setattr__(module, "_last_call", (first, out) if isinstance(out, Tensor) else None)
@@ -260,3 +252,48 @@ def backward(module: Module, dy: Any, need_input_grad: bool) -> Any:
     if x._grad is None:  # the output does not depend on the input
         return namespace_of(x.data).zeros_like(x.data)
     return x._grad
+
+
+class Module(_core.Module):
+    """``xpnn.nn.Module``: the core ``xpnn.nn.module.Module`` (``forward``; on Tensors recorded on the tape) plus the
+    explicit API. ``y = m(x)`` on Tensors runs ``forward``; on arrays, or for a class that writes its own
+    ``backward``, the call goes to ``call`` (arrays out), and ``dx = m.backward(dy)`` accumulates parameter gradients.
+
+    A layer whose forward is one op on NumPy arrays may define ``_one_op_call(x)`` (``nn.Linear``): the output array
+    of ``one_op_call`` or ``NotImplemented`` (take the tape).
+    """
+
+    #: whether the class defines its own ``backward`` (the first version's explicit protocol) instead of
+    #: relying on the tape; set for each subclass
+    _explicit_backward = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("backward")
+        if own is not None:
+            cls._explicit_backward = not getattr(own, "_xpnn_tape", False)
+        fast = cls.__dict__.get("_one_op_call")
+        if fast is not None:
+            _ONE_OP[cls.forward] = fast
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._explicit_backward:
+            for a in args:
+                if isinstance(a, Tensor):
+                    return self.forward(*args, **kwargs)
+        return call(self, args, kwargs)
+
+    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
+        """Back-propagate ``dy`` (d loss / d output, the output's shape and dtype) through the last call on arrays:
+        add the parameters' gradients into ``.grad`` and return the gradient of the input (``None`` when
+        ``need_input_grad`` is false). Each forward allows one backward; a forward under ``xpnn.no_grad()`` keeps
+        nothing, so evaluating between a forward and its backward is safe."""
+        return backward(self, dy, need_input_grad)
+
+    backward._xpnn_tape = True  # type: ignore[attr-defined]
+
+    def to(self, backend: Any = None, *, dtype: Any = None) -> "Module":
+        """``xpnn.nn.module.Module.to``; the calls on arrays kept for ``backward`` (on the old arrays) are dropped."""
+        for m in self.modules():
+            m.__dict__.pop("_last_call", None)
+        return super().to(backend, dtype=dtype)

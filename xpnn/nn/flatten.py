@@ -6,7 +6,7 @@ from typing import Any
 
 from .. import functional as F
 from ..errors import ShapeError
-from .module import Module
+from .explicit import Module
 
 __all__ = ["Flatten"]
 

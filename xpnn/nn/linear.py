@@ -8,29 +8,37 @@ import numpy as np
 
 from .. import functional as F
 from .. import init
-from ..autograd.tensor import Tensor
+from .._tensor import Tensor
+from ..autograd.op import numpy_direct
 from ..backend import BackendLike, dtype_name, namespace_of
 from ..debug import check_finite, get_debug
 from ..errors import DTypeError, NamespaceMismatchError, ShapeError
-from .module import Module, layer_namespace
+from ..functional.linear import Linear as LinearOp
+from .explicit import Module, one_op_call
+from .module import layer_namespace
 from .parameter import FlatBuffer, Parameter, factory
 
 __all__ = ["Linear"]
 
 
-def check_features(module: Module, xp: Any, x: Any, in_features: int, dtype: Any) -> None:
-    """Shared input check of layers taking (N, in_features) input (array or Tensor) of the parameters' dtype."""
+def check_features(module: Module, xp: Any, x: Any, in_features: int, dtype: Any, leading: bool = False) -> None:
+    """Shared input check of layers taking (N, in_features) input (array or Tensor) of the parameters' dtype;
+    ``leading``: (N, *, in_features), any leading dimensions (``torch.nn.Linear``; a 1-D sample is refused with a
+    hint, as before)."""
     if isinstance(x, Tensor):
         x = x.data
     if xp is None:
         xp = layer_namespace(module, x, module._ref_array())
-    if x.ndim != 2 or x.shape[1] != in_features:
+    fits = x.ndim >= 2 and x.shape[-1] == in_features if leading else x.ndim == 2 and x.shape[1] == in_features
+    if not fits:
         hint = ""
         if x.ndim == 2 and x.shape[0] == in_features:  # a column-vector layout (features, N), as in many NumPy books
             hint = "; samples are rows in xpnn (PyTorch's layout): pass x.T for a (features, N) array"
         elif x.ndim == 1 and x.shape[0] == in_features:
             hint = "; pass x[None, :] (or x.reshape(1, -1)) for one sample"
-        raise ShapeError(f"{module._where()}: expected input of shape (N, {in_features}), got {tuple(x.shape)}{hint}")
+        batch = "N, *" if leading and x.ndim != 2 else "N"
+        raise ShapeError(f"{module._where()}: expected input of shape ({batch}, {in_features}), got "
+                         f"{tuple(x.shape)}{hint}")
     if x.shape[0] == 0:
         raise ShapeError(f"{module._where()}: empty batch, got input of shape {tuple(x.shape)}")
     if x.dtype != dtype:
@@ -43,19 +51,20 @@ def check_features(module: Module, xp: Any, x: Any, in_features: int, dtype: Any
         check_finite(xp, x, module._where())
 
 
-def affine(module: Module, x: Any, weight: Any, in_features: int) -> Any:
-    """``F.linear(x, weight, module.bias)`` for a layer taking (N, in_features) input: the op validates the
-    arguments; a failed check is re-diagnosed by ``check_features`` so that the error names the layer (and says what
-    to do). The layer's own rules (2-D, a non-empty batch) and, in debug mode, the finite check run here."""
+def affine(module: Module, x: Any, weight: Any, in_features: int, leading: bool = False) -> Any:
+    """``F.linear(x, weight, module.bias)`` for a layer taking (N, in_features) input (``leading``: (N, *,
+    in_features)): the op validates the arguments; a failed check is re-diagnosed by ``check_features`` so that the
+    error names the layer (and says what to do). The layer's own rules (2-D, a non-empty batch) and, in debug mode,
+    the finite check run here."""
     d = x._data if isinstance(x, Tensor) else x
     if d.ndim != 2 or d.shape[0] == 0 or get_debug():
-        check_features(module, None, x, in_features, module.weight.data.dtype)
+        check_features(module, None, x, in_features, module.weight.data.dtype, leading)
         if get_debug():  # NaN weights are reported where they are
             check_finite(namespace_of(module.weight.data), module.weight.data, module._where(), "weight")
     try:
         return F.linear(x, weight, module.bias)
     except (ShapeError, DTypeError, NamespaceMismatchError):
-        check_features(module, None, x, in_features, module.weight.data.dtype)  # raises, naming the layer
+        check_features(module, None, x, in_features, module.weight.data.dtype, leading)  # raises, naming the layer
         raise
 
 
@@ -76,7 +85,8 @@ def init_affine(module: Module, out_rows: int, in_features: int, bias: bool,
 
 
 class Linear(Module):
-    """``y = x @ weight.T + bias``: x (N, in_features) -> y (N, out_features).
+    """``y = x @ weight.T + bias``: x (N, *, in_features) -> y (N, *, out_features), any leading dimensions (e.g.
+    (N, L, in_features) in a transformer) as ``torch.nn.Linear``; a 1-D x is refused (pass ``x[None, :]``).
 
     weight (out_features, in_features) and bias (out_features,) are initialised like ``torch.nn.Linear``
     from a NumPy Generator seeded by ``seed``, in ``dtype`` (default float32) on ``backend``.
@@ -99,4 +109,18 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
     def forward(self, x: Any) -> Any:
-        return affine(self, x, self.weight, self.in_features)
+        return affine(self, x, self.weight, self.in_features, leading=True)
+
+    def _one_op_call(self, x: Any) -> Any:
+        """The explicit API on a NumPy array: the op and its backward without the tape (``explicit.one_op_call``),
+        or ``NotImplemented`` (take the tape)."""
+        w = self.weight._data
+        if type(x) is not np.ndarray or type(w) is not np.ndarray or get_debug() or not numpy_direct("linear"):
+            return NotImplemented
+        if x.ndim != 2 or x.shape[0] == 0:  # the layer's own rules (see affine)
+            check_features(self, None, x, self.in_features, w.dtype, leading=True)  # (raises, naming the layer)
+        try:
+            return one_op_call(self, LinearOp, x, self.weight, self.bias)
+        except (ShapeError, DTypeError):  # the op's check failed: say it naming the layer
+            check_features(self, None, x, self.in_features, w.dtype, leading=True)
+            raise

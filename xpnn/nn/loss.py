@@ -14,7 +14,7 @@ from .. import functional as F
 from ..backend import namespace_of
 from ..functional._checks import REDUCTIONS
 from . import explicit
-from .module import Module
+from .explicit import Module
 
 __all__ = ["CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss"]
 

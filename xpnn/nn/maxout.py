@@ -6,7 +6,7 @@ from typing import Any
 from .. import functional as F
 from ..backend import BackendLike
 from .linear import affine, init_affine
-from .module import Module
+from .explicit import Module
 
 __all__ = ["Maxout"]
 

@@ -1,9 +1,9 @@
-"""``Module``: the base of every layer, container and loss.
+"""``Module``: the core of every layer, container and loss: ``forward`` over ``xpnn.functional`` ops.
 
 A layer writes one ``forward`` with ``xpnn.functional`` ops. Called on ``xpnn.Tensor``s it records on the tape and
-returns a Tensor (``loss.backward()`` then fills the parameters' ``.grad``). Called on plain arrays, or for a class
-that writes its own ``backward``, the call goes to the explicit API (``xpnn.nn.explicit``: arrays out,
-``m.backward(dy)``), a layer on top that this module does not import.
+returns a Tensor (``loss.backward()`` then fills the parameters' ``.grad``). The explicit API of the first version
+(``y = m(x_array)``, ``dx = m.backward(dy)``) is a layer on top that this module does not import:
+``xpnn.nn.explicit.Module`` (``xpnn.nn.Module``, which the layers of ``xpnn.nn`` subclass) adds it.
 
 Attribute assignment registers Parameters, child Modules and (via ``register_buffer``) state arrays such as
 BatchNorm's running statistics, in insertion order, like ``torch.nn.Module``.
@@ -15,24 +15,12 @@ from typing import Any, Iterator, NamedTuple, Optional
 
 import numpy as np
 
-from ..autograd.tensor import Tensor
 from ..backend import is_dtype_like as _is_dtype_like
 from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, to_numpy
 from ..errors import CheckpointError
 from .parameter import FlatBuffer, Parameter, common_buffer, flat_buffer_of
 
 __all__ = ["Module", "IncompatibleKeys", "layer_namespace"]
-
-_explicit: Any = None  # xpnn.nn.explicit, imported by the first call that needs it (``_explicit_api``)
-
-
-def _explicit_api() -> Any:
-    global _explicit
-    from . import explicit
-
-    _explicit = explicit
-    return explicit
-
 
 def layer_namespace(module: "Module", *arrays: Any) -> Any:
     """``namespace_of(*arrays)``; an error names ``module`` (its name is formatted only then: NumPy arrays take
@@ -47,10 +35,22 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list[str]
 
 
-class Module:
-    """Base class: ``y = m(x)`` on Tensors runs ``forward`` (recorded on the tape). On arrays, or for a class that
-    writes its own ``backward``, the call goes to the explicit API (``xpnn.nn.explicit``), where
-    ``dx = m.backward(dy)`` accumulates parameter gradients.
+class _Packing(type):
+    """The metaclass of ``Module``: building a module (its ``__init__`` returned) packs its parameters into one
+    FlatBuffer (``Module._ensure_packed``), so ``parameters()`` and ``named_parameters()`` are plain reads."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        module = super().__call__(*args, **kwargs)
+        if "_modules" in module.__dict__:  # (an __init__ that skipped super().__init__() registered nothing)
+            module._ensure_packed()
+        return module
+
+
+class Module(metaclass=_Packing):
+    """Base class: ``y = m(x)`` runs ``forward`` (on Tensors: recorded on the tape). ``xpnn.nn.Module`` is its
+    subclass ``xpnn.nn.explicit.Module``, which adds the explicit API (calls on arrays, ``m.backward(dy)``).
+    A module's parameters are packed into one FlatBuffer when it is built (when they share namespace and dtype);
+    ``Sequential.append`` and ``to`` repack, a Parameter assigned later keeps its own arrays.
 
     Subclasses implement ``forward`` (and ``extra_repr``, which describes their configuration).
     """
@@ -148,19 +148,11 @@ class Module:
 
     def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
         """``(dotted name, Parameter)`` pairs in registration order, e.g. ``("0.weight", p)``."""
-        named = self._named_parameters_raw()
-        self._ensure_packed([p for _, p in named])
-        return iter(named)
+        return iter(self._named_parameters_raw())
 
     def parameters(self) -> Iterator[Parameter]:
-        """The module's Parameters in order. If they are not yet in one FlatBuffer (e.g. a user-defined module
-        made of several layers) and share a namespace and dtype, they are packed into one first; parameters that
-        already live together in one buffer (e.g. one layer of a larger model) are left where they are.
-        """
-        named = self._named_parameters_raw()
-        plist = [p for _, p in named]
-        self._ensure_packed(plist)
-        return iter(plist)
+        """The module's Parameters in order (no side effect: building the module packed them, see ``Module``)."""
+        return iter([p for _, p in self._named_parameters_raw()])
 
     def named_buffers(self) -> Iterator[tuple[str, Any]]:
         out = []
@@ -170,10 +162,18 @@ class Module:
                     out.append((f"{pre}.{n}" if pre else n, b))
         return iter(out)
 
-    @staticmethod
-    def _ensure_packed(plist: list[Parameter]) -> None:
+    def _ensure_packed(self) -> None:
+        """Pack the parameters into one FlatBuffer unless they already live together in one (e.g. one layer of a
+        larger model) or differ in namespace or dtype (``FlatBuffer.pack`` then leaves them alone)."""
+        plist = [p for _, p in self._named_parameters_raw()]
         if plist and common_buffer(plist) is None:
             FlatBuffer.pack(plist)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """``copy.deepcopy`` / ``pickle``: the copied Parameters are arrays of their own (``Parameter.__getstate__``):
+        pack them again."""
+        self.__dict__.update(state)
+        self._ensure_packed()
 
     def _pack(self) -> Optional[FlatBuffer]:
         """Repack all parameters of this module (and its children) into one fresh FlatBuffer."""
@@ -206,34 +206,11 @@ class Module:
                 p.zero_grad()
 
     # --- calling ------------------------------------------------------------------------------------------
-    #: whether the class defines its own ``backward`` (the first version's explicit protocol) instead of
-    #: relying on the tape; set for each subclass
-    _explicit_backward = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        own = cls.__dict__.get("backward")
-        if own is not None:
-            cls._explicit_backward = not getattr(own, "_xpnn_tape", False)
-
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if not self._explicit_backward:
-            for a in args:
-                if isinstance(a, Tensor):
-                    return self.forward(*args, **kwargs)
-        return (_explicit or _explicit_api()).call(self, args, kwargs)  # the explicit API
+        return self.forward(*args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
-
-    def backward(self, dy: Any, need_input_grad: bool = True) -> Any:
-        """The explicit API (``xpnn.nn.explicit``): back-propagate ``dy`` (d loss / d output, the output's shape
-        and dtype) through the last call on arrays: add the parameters' gradients into ``.grad`` and return the
-        gradient of the input (``None`` when ``need_input_grad`` is false). Each forward allows one backward; a
-        forward under ``xpnn.no_grad()`` keeps nothing, so evaluating between a forward and its backward is safe."""
-        return (_explicit or _explicit_api()).backward(self, dy, need_input_grad)
-
-    backward._xpnn_tape = True  # type: ignore[attr-defined]
 
     def _where(self) -> str:
         """Name used in error messages, e.g. ``Linear(in_features=784, out_features=512)``."""
@@ -284,7 +261,6 @@ class Module:
                 new_b = move(b, floating=xp.isdtype(b.dtype, "real floating"))
                 mod._buffers[n] = new_b
                 object.__setattr__(mod, n, new_b)
-            mod.__dict__.pop("_last_call", None)  # an explicit-API call kept on the old arrays
             mod._moved()
         FlatBuffer.pack(plist)
         return self

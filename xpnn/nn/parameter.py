@@ -16,7 +16,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from ..autograd.tensor import Tensor
+from .._tensor import Tensor
 from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, resolve_dtype
 from ..errors import DTypeError, NamespaceMismatchError, ShapeError
 from ..random import generator
@@ -59,7 +59,8 @@ class Parameter(Tensor):
     def __getstate__(self) -> dict[str, Any]:
         """For ``copy.deepcopy`` and pickle: the values without the FlatBuffer (a copied view would be an array of
         its own, no longer in the copied buffer, so an optimizer of the copy updated the buffer and not the
-        parameters, silently); the copy is a lone Parameter until its module packs it again (``parameters()``)."""
+        parameters, silently); the copy is a lone Parameter until its module packs it again
+        (``Module.__setstate__``)."""
         state = {k: getattr(self, k) for k in ("_data", "_grad", "_requires_grad", "_node", "_index", "_hooks",
                                                "name")}
         state["_flat"], state["_offset"], state["_vc"] = None, 0, None  # (the copy's values are its own)

@@ -8,7 +8,7 @@ from .. import functional as F
 from ..functional import pooling as P
 from ..functional.conv import IntPair, pair_arg
 from .conv import check_image
-from .module import Module
+from .explicit import Module
 
 __all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
 

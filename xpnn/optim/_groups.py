@@ -8,7 +8,7 @@ from typing import Any, Iterable, Union
 
 import numpy as np
 
-from ..autograd.tensor import Tensor
+from .._tensor import Tensor
 from ..backend import dtype_name, get_backend, namespace_of, to_numpy
 from ..errors import CheckpointError
 from ..nn.parameter import Parameter

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..autograd.tensor import bump_versions
+from .._tensor import bump_versions
 from ..errors import CheckpointError
 from ..functional.updates import copy_into
 from ..nn.parameter import flat_buffer_of

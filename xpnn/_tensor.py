@@ -1,9 +1,12 @@
-"""``xpnn.Tensor``: an array of any backend plus what reverse-mode differentiation needs (PyTorch's semantics).
+"""``xpnn.Tensor``, ``xpnn.tensor`` and ``xpnn.grad``: an array of any backend plus what reverse-mode differentiation
+needs (PyTorch's semantics).
 
 A Tensor wraps one array (``.data``: NumPy, CuPy or any array-API array) and, once a backward reaches it,
 its gradient ``.grad`` (an array of the same backend and shape). Ops on Tensors (``xpnn.functional`` functions,
 operators, methods) return Tensors and, when grad mode is on and an input requires grad, record the graph that
-``backward()`` walks. ``xpnn.nn.Parameter`` is a leaf Tensor that requires grad.
+``backward()`` walks; ``grad`` returns gradients instead of accumulating them. ``xpnn.nn.Parameter`` is a leaf
+Tensor that requires grad. This module sits above ``xpnn.functional`` (the operators and methods are its ops); the op
+core below it (``xpnn.autograd``: ``Op``, the engine) knows a Tensor only as ``TensorBase``.
 """
 from __future__ import annotations
 
@@ -14,16 +17,17 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .._torch_names import axis_from_dim
-from ..backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, to_numpy
-from ..debug import check_device_errors
-from ..errors import DTypeError, ShapeError
-from . import op as _op
-from .engine import Node, _accumulate_leaf, _fire_hooks, run_backward
-from .grad_mode import _state as _grad_state, is_grad_enabled
-from .op import VersionCounter
+from ._torch_names import axis_from_dim, dim_index as _dim_index
+from .backend import Backend, BackendLike, dtype_name, get_backend, namespace_of, to_numpy
+from .debug import check_device_errors
+from .errors import DTypeError, ShapeError
+from . import functional as F  # the ops behind the operators and methods (functional sits below: it imports op)
+from .autograd import op as _op
+from .autograd.engine import Node, _accumulate_leaf, _fire_hooks, run_backward
+from .autograd.grad_mode import _state as _grad_state, is_grad_enabled
+from .autograd.op import TensorBase, VersionCounter
 
-__all__ = ["Tensor", "tensor"]
+__all__ = ["Tensor", "tensor", "grad", "zeros_like", "ones_like"]
 
 _hook_ids = itertools.count()
 
@@ -34,6 +38,85 @@ def _counter(t: "Tensor") -> VersionCounter:
     if c is None:
         c = t._vc = VersionCounter()
     return c
+
+
+def _make(data: Any, node: Optional[Node], index: int, requires_grad: bool) -> Tensor:
+    """An op's output Tensor (no validation: the op made ``data``)."""
+    t = Tensor.__new__(Tensor)
+    t._data = data
+    t._grad = t._hooks = t._vc = None
+    t._node = node
+    t._index = index
+    t._requires_grad = requires_grad
+    return t
+
+
+def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+    """``Op.apply`` when some input (``self``, the first) is a Tensor: unwrap, run forward, wrap, record a node if
+    needed (``Tensor._apply_op``)."""
+    grad_on = _grad_state.enabled
+    arrays: list[Any] = []
+    inputs: list[Any] = []  # (the node's inputs: the Tensors, None for constants)
+    flags: list[bool] = []
+    record = False
+    for a in args:
+        if isinstance(a, Tensor):
+            arrays.append(a._data)
+            inputs.append(a)
+            if grad_on and a._requires_grad:
+                record = True
+                flags.append(True)
+            else:
+                flags.append(False)
+        else:
+            arrays.append(a)
+            inputs.append(None)
+            flags.append(False)
+    arrs = tuple(arrays)
+    ctx = _op.Context(tuple(flags), arrs)
+    out = op._run_forward(ctx, arrs, params)
+    if op._user_op:
+        _check_forward_output(op, out, params)
+    if not record:
+        if type(out) is tuple:
+            return tuple([_make(o, None, 0, False) for o in out])
+        t = _make(out, None, 0, False)
+        if op.view:
+            _share_version(t, args[0])
+        return t
+    ins = tuple(inputs)
+    node = Node(op, ctx, ins, args, params)
+    if type(out) is tuple:
+        diff = op.differentiable_outputs
+        ctx._xpnn_out_meta = tuple((tuple(o.shape), o.dtype) for o in out)  # zeros for an output the caller dropped
+        outs = tuple([_make(o, node, i, diff is None or i in diff) for i, o in enumerate(out)])
+        node.outputs = tuple([weakref.ref(t) if t._requires_grad else None for t in outs])
+        if ctx._saved:
+            _note_versions(ctx, ins + outs[1:], outs[0])
+        return outs
+    t = Tensor.__new__(Tensor)  # (_make, inline: the usual call)
+    t._data = out
+    t._grad = t._hooks = t._vc = None
+    t._node = node
+    t._index = 0
+    t._requires_grad = True
+    node.outputs = (weakref.ref(t),)
+    if op.view:
+        _share_version(t, args[0])
+        if ctx._saved:
+            _note_versions(ctx, ins, t)
+    elif ctx._saved:  # _note_versions (inline: the usual call, the output has no counter)
+        ctx._writes = _op.writes
+        vers = None
+        for a in ins:
+            if a is not None and a._vc is not None:
+                if vers is None:
+                    vers = [a, a._vc.value]
+                else:
+                    vers += (a, a._vc.value)
+        if vers is not None:
+            ctx._versions = vers
+    return t
 
 
 class _HookHandle:
@@ -56,7 +139,7 @@ def _is_floating(x: Any) -> bool:
         return False
 
 
-class Tensor:
+class Tensor(TensorBase):
     """An array with an optional gradient and the op that produced it.
 
     Attributes: ``data`` (the array), ``grad`` (array or ``None``), ``requires_grad``, ``shape``, ``dtype``,
@@ -68,6 +151,7 @@ class Tensor:
     __array_ufunc__ = None  # NumPy operators (ndarray + Tensor) defer to the Tensor's reflected methods
     __array_priority__ = 1000.0
     __hash__ = object.__hash__  # hashed by identity, like torch.Tensor, although == is elementwise
+    _apply_op = _apply_tensors  # Op.apply with this Tensor as its first Tensor input
 
     def __init__(self, data: Any, requires_grad: bool = False) -> None:
         vc = None
@@ -270,8 +354,8 @@ class Tensor:
         """This Tensor's values on ``backend`` and/or in ``dtype`` (recorded: gradients flow back through the
         move and the cast). A dtype in place of the backend (``t.to("float64")``, ``t.to(np.float32)``) is taken
         as ``dtype``, as ``Module.to`` does."""
-        from ..functional.shape import to_backend
-        from ..backend import is_dtype_like as _is_dtype_like
+        from .functional.shape import to_backend
+        from .backend import is_dtype_like as _is_dtype_like
 
         if dtype is None and _is_dtype_like(backend):
             backend, dtype = None, backend
@@ -304,12 +388,13 @@ class Tensor:
         seed = _seed_grad(self, grad, "backward", create_graph)
         keep = create_graph if retain_graph is None else retain_graph
         if inputs is None:
-            run_backward([self], [seed], retain_graph=keep, create_graph=create_graph)
+            run_backward([self], [seed], retain_graph=keep, create_graph=create_graph, tensor_cls=Tensor)
             return
         ins = [inputs] if isinstance(inputs, Tensor) else list(inputs)
         if not ins or not all(isinstance(t, Tensor) and t.requires_grad for t in ins):
             raise ValueError("backward: inputs= must be a non-empty sequence of Tensors that require grad")
-        grads = run_backward([self], [seed], retain_graph=keep, create_graph=create_graph, inputs=ins)
+        grads = run_backward([self], [seed], retain_graph=keep, create_graph=create_graph, inputs=ins,
+                             tensor_cls=Tensor)
         assert grads is not None
         done: set[int] = set()
         for t, g in zip(ins, grads):
@@ -381,7 +466,7 @@ class Tensor:
                 "(no gradient flows through it)")
         if hasattr(v, "shape"):
             namespace_of(self._data, v, where="Tensor item assignment")
-        from ..functional.shape import _plain_key
+        from .functional.shape import _plain_key
 
         self._data[_plain_key(key)] = v
         self._bump_version()
@@ -408,7 +493,7 @@ class Tensor:
         try:
             out = ifn(d, o)  # the array's own in-place operator (operator.iadd, ...)
         except ValueError:
-            from ..functional._checks import broadcast
+            from .functional._checks import broadcast
 
             broadcast(f"Tensor {sym}=", d, o, into=d)  # (the backend's error names no op)
             raise
@@ -437,7 +522,7 @@ class Tensor:
         try:
             return Tensor(fn(self._data, o))
         except ValueError:
-            from ..functional._checks import broadcast
+            from .functional._checks import broadcast
 
             broadcast(f"Tensor comparison {sym}", self._data, o)  # (the backend's error names no op)
             raise
@@ -460,30 +545,50 @@ class Tensor:
     def __ne__(self, other: Any) -> "Tensor":  # type: ignore[override]
         return self._compare(other, operator.ne, "!=")
 
+    # logical operators on bool (and integer) Tensors, e.g. to combine attention masks: no gradient
+    def __invert__(self) -> "Tensor":
+        return Tensor(~self._data)
+
+    def __and__(self, other: Any) -> "Tensor":
+        return self._compare(other, operator.and_, "&")
+
+    def __or__(self, other: Any) -> "Tensor":
+        return self._compare(other, operator.or_, "|")
+
     # --- methods (each the xpnn.functional op of the same name) ---------------------------------------------
     # (``dim=`` is PyTorch's name for ``axis=``; ``max``/``min`` given ``dim=`` return ``(values, indices)``)
-    def sum(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None) -> "Tensor":
-        return F.sum(self, axis=axis, keepdims=keepdims, dim=dim)
+    def sum(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None, keepdim: Optional[bool] = None
+            ) -> "Tensor":
+        return F.sum(self, axis=axis, keepdims=keepdims, dim=dim, keepdim=keepdim)
 
-    def mean(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None) -> "Tensor":
-        return F.mean(self, axis=axis, keepdims=keepdims, dim=dim)
+    def mean(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None, keepdim: Optional[bool] = None
+            ) -> "Tensor":
+        return F.mean(self, axis=axis, keepdims=keepdims, dim=dim, keepdim=keepdim)
 
-    def max(self, axis: Any = None, keepdims: bool = False, *, dim: Optional[int] = None) -> Any:
-        return F.max(self, axis=axis, keepdims=keepdims, dim=dim)
+    def max(self, axis: Any = None, keepdims: bool = False, *, dim: Optional[int] = None,
+            keepdim: Optional[bool] = None) -> Any:
+        return F.max(self, axis=axis, keepdims=keepdims, dim=dim, keepdim=keepdim)
 
-    def min(self, axis: Any = None, keepdims: bool = False, *, dim: Optional[int] = None) -> Any:
-        return F.min(self, axis=axis, keepdims=keepdims, dim=dim)
+    def min(self, axis: Any = None, keepdims: bool = False, *, dim: Optional[int] = None,
+            keepdim: Optional[bool] = None) -> Any:
+        return F.min(self, axis=axis, keepdims=keepdims, dim=dim, keepdim=keepdim)
 
-    def argmax(self, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None) -> "Tensor":
+    def argmax(self, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None,
+               keepdim: Optional[bool] = None) -> "Tensor":
         """Indices of the maxima (an integer Tensor, no gradient), e.g. ``(logits.argmax(axis=1) == y)``."""
         if dim is not None:
             axis = axis_from_dim(axis, dim, "argmax")
+        if keepdim is not None:
+            keepdims = keepdim
         return Tensor(namespace_of(self._data).argmax(self._data, axis=axis, keepdims=keepdims))
 
-    def argmin(self, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None) -> "Tensor":
+    def argmin(self, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None,
+               keepdim: Optional[bool] = None) -> "Tensor":
         """Indices of the minima (an integer Tensor, no gradient)."""
         if dim is not None:
             axis = axis_from_dim(axis, dim, "argmin")
+        if keepdim is not None:
+            keepdims = keepdim
         return Tensor(namespace_of(self._data).argmin(self._data, axis=axis, keepdims=keepdims))
 
     def reshape(self, *shape: Any) -> "Tensor":
@@ -502,7 +607,9 @@ class Tensor:
         on a 2-D Tensor ``transpose(0, 1)`` is the transpose (NumPy would read it as the identity permutation)."""
         if not axes:
             return F.permute_dims(self, tuple(range(self.ndim - 1, -1, -1)))
-        if len(axes) == 2 and all(isinstance(a, int) for a in axes) and self.ndim >= 2:
+        if len(axes) == 2 and all(isinstance(a, int) for a in axes) and self.ndim < 2:
+            return F.transpose(self, *axes)  # (0-d and 1-D: dims in [-1, 0], the Tensor itself, as in PyTorch)
+        if len(axes) == 2 and all(isinstance(a, int) for a in axes):
             order = list(range(self.ndim))
             try:
                 i, j = order[axes[0]], order[axes[1]]
@@ -531,6 +638,14 @@ class Tensor:
         if self.ndim != 2:
             raise ShapeError(f"Tensor.T: expected a 2-D Tensor, got shape {self.shape}; use transpose/permute_dims")
         return F.permute_dims(self, (1, 0))
+
+    @property
+    def mT(self) -> "Tensor":
+        """The last two axes swapped (``torch.Tensor.mT``: a batch of matrices transposed). Raises ``ShapeError`` for
+        fewer than 2 dimensions."""
+        if self.ndim < 2:
+            raise ShapeError(f"Tensor.mT: expected at least 2 dimensions, got shape {self.shape}")
+        return F.transpose(self, -2, -1)
 
     def matmul(self, other: Any) -> "Tensor":
         return F.matmul(self, other)
@@ -565,9 +680,9 @@ class Tensor:
     def log_softmax(self, axis: Optional[int] = None, *, dim: Optional[int] = None) -> "Tensor":
         return F.log_softmax(self, axis=axis, dim=dim)
 
-    def logsumexp(self, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None
-                  ) -> "Tensor":
-        return F.logsumexp(self, axis=axis, keepdims=keepdims, dim=dim)
+    def logsumexp(self, axis: Optional[int] = None, keepdims: bool = False, *, dim: Optional[int] = None,
+                  keepdim: Optional[bool] = None) -> "Tensor":
+        return F.logsumexp(self, axis=axis, keepdims=keepdims, dim=dim, keepdim=keepdim)
 
     def astype(self, dtype: Any) -> "Tensor":
         """A cast copy (recorded: the gradient is cast back)."""
@@ -587,20 +702,12 @@ class Tensor:
 
     def unsqueeze(self, dim: int) -> "Tensor":
         """A new axis of length 1 at ``dim`` (in ``[-ndim-1, ndim]``), like ``torch.unsqueeze``."""
-        d = _dim_index(dim, self._data.ndim + 1, "unsqueeze")
-        shape = self.shape
-        return F.reshape(self, shape[:d] + (1,) + shape[d:])
+        return F.unsqueeze(self, dim)
 
     def squeeze(self, dim: Any = None) -> "Tensor":
         """Drop axes of length 1: all of them (``dim=None``), or those among ``dim`` (an int or a tuple) that have
         length 1 (others are kept, as in ``torch.squeeze``)."""
-        shape, n = self.shape, self._data.ndim
-        if dim is None:
-            drop = {i for i, s in enumerate(shape) if s == 1}
-        else:
-            dims = dim if isinstance(dim, (tuple, list)) else (dim,)
-            drop = {d for d in (_dim_index(d, max(n, 1), "squeeze") for d in dims) if d < n and shape[d] == 1}
-        return F.reshape(self, tuple(s for i, s in enumerate(shape) if i not in drop))
+        return F.squeeze(self, dim)
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
         """Axes ``start_dim..end_dim`` (inclusive) merged into one (``torch.flatten``; a 0-d Tensor becomes (1,))."""
@@ -612,6 +719,235 @@ class Tensor:
         if a > b:
             raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {shape}")
         return F.reshape(self, shape[:a] + (_numel(shape[a:b + 1]),) + shape[b + 1:])
+
+    def expand(self, *sizes: Any) -> "Tensor":
+        """``F.expand``: broadcast to ``sizes`` (``-1`` keeps an axis; ``torch.Tensor.expand``)."""
+        return F.expand(self, *sizes)
+
+    def expand_as(self, other: Any) -> "Tensor":
+        """``expand(other.shape)``."""
+        return F.expand(self, tuple(other.shape))
+
+    def contiguous(self) -> "Tensor":
+        """``self`` when its array is in C order or its namespace has no strides, else a copy (``F.contiguous``)."""
+        return F.contiguous(self)
+
+    def clone(self) -> "Tensor":
+        """A copy sharing no memory; the gradient passes through (``torch.Tensor.clone``)."""
+        return F.clone(self)
+
+    def split(self, split_size_or_sections: Any, dim: int = 0) -> tuple["Tensor", ...]:
+        """Pieces along ``dim``: of ``split_size_or_sections`` each (an int; the last may be shorter) or of the
+        listed sizes (``torch.Tensor.split``)."""
+        return F.split(self, split_size_or_sections, dim)
+
+    def chunk(self, chunks: int, dim: int = 0) -> tuple["Tensor", ...]:
+        """At most ``chunks`` pieces of equal size along ``dim`` (``torch.Tensor.chunk``)."""
+        return F.chunk(self, chunks, dim)
+
+    def masked_fill(self, mask: Any, value: Any) -> "Tensor":
+        """``value`` where the boolean ``mask`` (broadcast to this shape) is true (``torch.Tensor.masked_fill``)."""
+        return F.masked_fill(self, mask, value)
+
+    def where(self, condition: Any, other: Any) -> "Tensor":
+        """``F.where(condition, self, other)`` (``torch.Tensor.where``)."""
+        return F.where(condition, self, other)
+
+    def tril(self, diagonal: int = 0) -> "Tensor":
+        """Zeros above the ``diagonal``-th diagonal of the last two axes (``torch.tril``)."""
+        return F.tril(self, diagonal)
+
+    def triu(self, diagonal: int = 0) -> "Tensor":
+        """Zeros below the ``diagonal``-th diagonal of the last two axes (``torch.triu``)."""
+        return F.triu(self, diagonal)
+
+    def gather(self, dim: int, index: Any) -> "Tensor":
+        """``out[i][j] = self[index[i][j]][j]`` for ``dim=0`` and so on (``torch.gather``)."""
+        return F.gather(self, dim, index)
+
+    def masked_fill_(self, mask: Any, value: Any) -> "Tensor":
+        """In-place ``masked_fill`` (``torch.Tensor.masked_fill_``): ``value`` written where the bool ``mask``
+        (broadcast to this shape) is true; returns ``self``. The write goes into ``data`` (arrays that view it see
+        it) and bumps the version counter: an op that saved these values raises ``InplaceModifiedError`` at
+        backward. While recording, a Tensor in the graph takes the fill as its new history (the gradient flows to the
+        entries not filled, and to a 0-d ``value`` Tensor); a leaf that requires grad raises ``RuntimeError``, as
+        in PyTorch, and so does a non-leaf whose values a view or ``detach()`` shares (their history could not
+        follow: write ``x = x.masked_fill(mask, value)``)."""
+        recording = is_grad_enabled() and (
+            self._requires_grad or (isinstance(value, Tensor) and value._requires_grad))
+        if not recording:
+            filled = F.masked_fill(self._data, mask._data if isinstance(mask, Tensor) else mask,
+                                   value._data if isinstance(value, Tensor) else value)
+            self._data[...] = filled
+            self._bump_version()
+            return self
+        if self._requires_grad and self._node is None:
+            raise RuntimeError("Tensor.masked_fill_: a leaf Tensor that requires grad cannot be changed in place "
+                               "(PyTorch's rule); fill it under `with xpnn.no_grad():`, or write "
+                               "`x = x.masked_fill(mask, value)` for a new Tensor")
+        if self._node is not None and self._vc is not None:
+            raise RuntimeError("Tensor.masked_fill_: this Tensor's values are shared with a view or a detach()ed "
+                               "Tensor, whose history cannot follow an in-place fill while recording; write "
+                               "`x = x.masked_fill(mask, value)` instead")
+        # the values before the fill, as a Tensor of their own: the fill's input, and the output of self's old op
+        old = _make(self._data, self._node, self._index, self._requires_grad)
+        old._vc = _counter(self)
+        out = F.masked_fill(old, mask, value)  # (checks mask and value before anything changes)
+        if self._node is not None:
+            refs = list(self._node.outputs)
+            refs[self._index] = weakref.ref(old)
+            self._node.outputs = tuple(refs)
+        self._data[...] = out._data
+        self._node, self._index, self._requires_grad = out._node, 0, out._requires_grad
+        if out._node is not None:
+            out._node.outputs = (weakref.ref(self),)
+        self._bump_version()
+        return self
+
+    def unbind(self, dim: int = 0) -> tuple["Tensor", ...]:
+        """The slices along ``dim``, that axis removed (``torch.unbind``); one ``split`` (views on NumPy/CuPy), so
+        the gradient is one concatenation. Raises ``IndexError`` for ``dim`` out of range or a 0-d Tensor."""
+        d = _dim_index(dim, self.ndim, "unbind")
+        if self.shape[d] == 0:
+            return ()
+        return tuple(F.squeeze(p, d) for p in F.split(self, 1, d))
+
+    def repeat(self, *sizes: Any) -> "Tensor":
+        """This Tensor tiled ``sizes[i]`` times along axis ``i`` (``torch.Tensor.repeat``, i.e. ``numpy.tile``); more
+        sizes than dimensions add leading axes. Built as reshape -> broadcast -> reshape, so the gradient sums the
+        copies. Raises ``ShapeError`` for fewer sizes than dimensions, ``ValueError`` for a negative size."""
+        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+            sizes = tuple(sizes[0])
+        reps = tuple(int(s) for s in sizes)
+        shape = self.shape
+        if len(reps) < len(shape):
+            raise ShapeError(f"Tensor.repeat: the number of repeat sizes {reps} cannot be smaller than the number of "
+                             f"dimensions of shape {shape}")
+        if any(r < 0 for r in reps):
+            raise ValueError(f"Tensor.repeat: repeat sizes must be non-negative, got {reps}")
+        full = (1,) * (len(reps) - len(shape)) + shape
+        inter = tuple(x for s in full for x in (1, s))
+        wide = tuple(x for r, s in zip(reps, full) for x in (r, s))
+        out = F.reshape(F.broadcast_to(F.reshape(self, inter), wide), tuple(r * s for r, s in zip(reps, full)))
+        if all(r == 1 or s == 1 for r, s in zip(reps, full)):
+            # only then can the last reshape be a (read-only, stride-0) view of self: copy, as torch's repeat does
+            out = F.clone(out)
+        return out
+
+    def flip(self, *dims: Any) -> "Tensor":
+        """The order of the entries along each of ``dims`` reversed (``torch.flip``; a tuple or the dims as
+        arguments); a copy of a reversed-slice index, so the gradient is flipped back. Raises ``IndexError`` for a dim out of
+        range, ``ValueError`` for a dim given twice."""
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        axes = [_dim_index(d, max(self.ndim, 1), "flip") for d in dims]
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"flip: dims {tuple(dims)} name a dimension more than once")
+        rev = slice(None, None, -1)
+        # (a copy, as torch.flip: the reversed slice alone is a NumPy/CuPy view of self)
+        return F.clone(F.index(self, tuple(rev if i in axes else slice(None) for i in range(self.ndim))))
+
+    def var(self, dim: Any = None, unbiased: Optional[bool] = None, keepdim: bool = False, *,
+            correction: Optional[float] = None) -> "Tensor":
+        """Variance over ``dim`` (an int, a tuple, or ``None`` for all; ``torch.var``):
+        ``sum((x - mean)**2) / max(0, N - correction)`` with ``N`` the number of entries reduced; ``correction``
+        defaults to 1 (Bessel's correction), and PyTorch's older ``unbiased=False`` means ``correction=0``. Composed
+        of mean/sub/mul/sum, so it has gradients (any order). ``N <= correction`` gives inf or nan, as in PyTorch.
+        Raises ``TypeError`` for both ``unbiased`` and ``correction``, ``DTypeError`` for a non-floating Tensor."""
+        if unbiased is not None and correction is not None:
+            raise TypeError("Tensor.var: pass unbiased= or correction=, not both (unbiased=False is correction=0)")
+        if not _is_floating(self._data):
+            raise DTypeError(f"Tensor.var: expected a floating Tensor, got dtype {dtype_name(self.dtype)} (as "
+                             "torch.var); cast first (e.g. t.double())")
+        corr = correction if correction is not None else (0 if unbiased is False else 1)
+        axes = tuple(range(self.ndim)) if dim is None else dim if isinstance(dim, (tuple, list)) else (dim,)
+        axes = tuple(_dim_index(a, max(self.ndim, 1), "var") for a in axes)
+        n = _numel(tuple(self.shape[a] for a in axes if a < self.ndim))
+        dev = self - F.mean(self, axis=axes, keepdims=True)
+        ss = F.sum(dev * dev, axis=axes, keepdims=keepdim)
+        denom = max(0, n - corr)
+        with np.errstate(divide="ignore", invalid="ignore"):  # N <= correction: x / 0, as PyTorch (inf or nan)
+            return ss / float(denom)
+
+    def rsqrt(self) -> "Tensor":
+        """``1 / sqrt(x)`` (``torch.rsqrt``), as ``x ** -0.5`` (one op; inf at 0, nan below)."""
+        return F.pow(self, -0.5)
+
+    def pow(self, exponent: Any) -> "Tensor":
+        """``self ** exponent`` (``torch.Tensor.pow``; ``F.pow``, gradients for both)."""
+        return F.pow(self, exponent)
+
+    def type_as(self, other: Any) -> "Tensor":
+        """This Tensor in ``other``'s dtype (``torch.Tensor.type_as``): itself when the dtype already matches; a
+        floating target is recorded (the gradient is cast back), an integer or bool one carries no gradient."""
+        dtype = other.dtype
+        if dtype == self.dtype:
+            return self
+        if _is_floating(other._data if isinstance(other, Tensor) else other):
+            return F.astype(self, dtype)
+        return Tensor(F.astype(self._data, dtype))
+
+    def _new(self, size: Any, fill: Any, dtype: Any, requires_grad: bool, where: str) -> "Tensor":
+        if len(size) == 1 and isinstance(size[0], (tuple, list)):
+            size = tuple(size[0])
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in size):
+            raise TypeError(f"Tensor.{where}: size must be non-negative ints, got {tuple(size)}")
+        return _filled(self._data, tuple(size), fill, dtype, requires_grad)
+
+    def new_zeros(self, *size: Any, dtype: Any = None, requires_grad: bool = False) -> "Tensor":
+        """Zeros of shape ``size`` with this Tensor's backend and dtype (or ``dtype``), a new leaf
+        (``torch.Tensor.new_zeros``)."""
+        return self._new(size, 0, dtype, requires_grad, "new_zeros")
+
+    def new_ones(self, *size: Any, dtype: Any = None, requires_grad: bool = False) -> "Tensor":
+        """Ones of shape ``size``, this Tensor's backend and dtype (``torch.Tensor.new_ones``)."""
+        return self._new(size, 1, dtype, requires_grad, "new_ones")
+
+    def new_full(self, size: Any, fill_value: Any, *, dtype: Any = None, requires_grad: bool = False) -> "Tensor":
+        """``fill_value`` in shape ``size``, this Tensor's backend and dtype (``torch.Tensor.new_full``)."""
+        return self._new((size,), fill_value, dtype, requires_grad, "new_full")
+
+    def narrow(self, dim: int, start: int, length: int) -> "Tensor":
+        """Entries ``start .. start + length - 1`` along ``dim`` (``torch.narrow``; a negative ``start`` counts from
+        the end); a view on NumPy/CuPy, recorded. Raises ``IndexError`` when ``start`` is out of range or the piece
+        runs past the end."""
+        d = _dim_index(dim, max(self.ndim, 1), "narrow")
+        if self.ndim == 0:
+            raise IndexError("narrow: cannot narrow a 0-d Tensor")
+        n = self.shape[d]
+        if not -n <= start <= n:
+            raise IndexError(f"narrow: start {start} out of range for dimension {dim} of size {n}")
+        if start < 0:
+            start += n
+        if length < 0 or start + length > n:
+            raise IndexError(f"narrow: start ({start}) + length ({length}) exceeds dimension {dim} of size {n}")
+        key = (slice(None),) * d + (slice(start, start + length),)
+        return F.index(self, key)
+
+    def unflatten(self, dim: int, sizes: Any) -> "Tensor":
+        """Axis ``dim`` split into ``sizes`` (``torch.Tensor.unflatten``; one size may be -1). Raises
+        ``ShapeError`` when the sizes do not multiply to that axis's length."""
+        shape = self.shape
+        d = _dim_index(dim, max(len(shape), 1), "unflatten")
+        sizes = tuple(int(s) for s in sizes)
+        n = shape[d] if shape else 1
+        known = _numel(tuple(s for s in sizes if s != -1))
+        if not sizes or sizes.count(-1) > 1 or (-1 in sizes and (known == 0 or n % known)) or \
+                (-1 not in sizes and known != n):
+            raise ShapeError(f"unflatten: sizes {sizes} do not multiply to the size {n} of dimension {dim} (shape "
+                             f"{shape}; at most one -1)")
+        sizes = tuple(n // known if s == -1 else s for s in sizes)
+        return F.reshape(self, shape[:d] + sizes + shape[d + 1:])
+
+    def is_contiguous(self) -> bool:
+        """Whether the array is in C order (``torch.Tensor.is_contiguous``); ``True`` for a namespace without
+        strides (the array API standard has none)."""
+        flags = getattr(self._data, "flags", None)
+        return True if flags is None else bool(flags.c_contiguous)
+
+    def bool(self) -> "Tensor":
+        """Cast to bool: nonzero -> ``True`` (no gradient, as in PyTorch)."""
+        return Tensor(F.astype(self._data, "bool"))
 
     def float(self) -> "Tensor":
         """Cast to float32 (recorded: the gradient is cast back)."""
@@ -671,92 +1007,6 @@ def _numel(shape: Any) -> int:
     return n
 
 
-def _dim_index(dim: Any, n: int, where: str) -> int:
-    """``dim`` in ``[-n, n)`` as an index in ``[0, n)``; ``IndexError`` otherwise (PyTorch's "Dimension out of
-    range")."""
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"{where}: dim must be an int, got {type(dim).__name__}")
-    if not -n <= dim < n:
-        raise IndexError(f"{where}: dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {dim})")
-    return dim % n
-
-
-def _make(data: Any, node: Optional[Node], index: int, requires_grad: bool) -> Tensor:
-    """An op's output Tensor (no validation: the op made ``data``)."""
-    t = Tensor.__new__(Tensor)
-    t._data = data
-    t._grad = t._hooks = t._vc = None
-    t._node = node
-    t._index = index
-    t._requires_grad = requires_grad
-    return t
-
-
-def _apply_tensors(op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
-    """``Op.apply`` when some input is a Tensor: unwrap, run forward, wrap, record a node if needed."""
-    grad_on = _grad_state.enabled
-    arrays: list[Any] = []
-    inputs: list[Any] = []  # (the node's inputs: the Tensors, None for constants)
-    flags: list[bool] = []
-    record = False
-    for a in args:
-        if isinstance(a, Tensor):
-            arrays.append(a._data)
-            inputs.append(a)
-            if grad_on and a._requires_grad:
-                record = True
-                flags.append(True)
-            else:
-                flags.append(False)
-        else:
-            arrays.append(a)
-            inputs.append(None)
-            flags.append(False)
-    arrs = tuple(arrays)
-    ctx = _op.Context(tuple(flags), arrs)
-    out = op._run_forward(ctx, arrs, params)
-    if op._user_op:
-        _check_forward_output(op, out, params)
-    if not record:
-        if type(out) is tuple:
-            return tuple([_make(o, None, 0, False) for o in out])
-        t = _make(out, None, 0, False)
-        if op.view:
-            _share_version(t, args[0])
-        return t
-    ins = tuple(inputs)
-    node = Node(op, ctx, ins, args, params)
-    if type(out) is tuple:
-        diff = op.differentiable_outputs
-        ctx._xpnn_out_meta = tuple((tuple(o.shape), o.dtype) for o in out)  # zeros for an output the caller dropped
-        outs = tuple([_make(o, node, i, diff is None or i in diff) for i, o in enumerate(out)])
-        node.outputs = tuple([weakref.ref(t) if t._requires_grad else None for t in outs])
-        if ctx._saved:
-            _note_versions(ctx, ins + outs[1:], outs[0])
-        return outs
-    t = Tensor.__new__(Tensor)  # (_make, inline: the usual call)
-    t._data = out
-    t._grad = t._hooks = t._vc = None
-    t._node = node
-    t._index = 0
-    t._requires_grad = True
-    node.outputs = (weakref.ref(t),)
-    if op.view:
-        _share_version(t, args[0])
-        if ctx._saved:
-            _note_versions(ctx, ins, t)
-    elif ctx._saved:  # _note_versions (inline: the usual call, the output has no counter)
-        ctx._writes = _op.writes
-        vers = None
-        for a in ins:
-            if a is not None and a._vc is not None:
-                if vers is None:
-                    vers = [a, a._vc.value]
-                else:
-                    vers += (a, a._vc.value)
-        if vers is not None:
-            ctx._versions = vers
-    return t
 
 
 def bump_versions(tensors: Any) -> None:
@@ -872,13 +1122,70 @@ def tensor(data: Any, requires_grad: bool = False, backend: BackendLike = None, 
     return t
 
 
+def _filled(like: Any, shape: tuple[int, ...], fill: Any, dtype: Any, requires_grad: bool) -> Tensor:
+    """A new leaf of ``shape`` filled with ``fill``, on ``like``'s backend, in ``dtype`` (default ``like``'s)."""
+    xp = namespace_of(like)
+    dt = like.dtype if dtype is None else _resolve(xp, dtype)
+    return Tensor(xp.full(shape, fill, dtype=dt), requires_grad=requires_grad)
+
+
+def zeros_like(input: Any, *, dtype: Any = None, requires_grad: bool = False) -> Tensor:  # noqa: A002
+    """Zeros of ``input``'s shape, backend and dtype (or ``dtype``): a new leaf Tensor (``torch.zeros_like``);
+    ``input`` is a Tensor or an array."""
+    a = input._data if isinstance(input, Tensor) else input
+    return _filled(a, tuple(a.shape), 0, dtype, requires_grad)
+
+
+def ones_like(input: Any, *, dtype: Any = None, requires_grad: bool = False) -> Tensor:  # noqa: A002
+    """Ones of ``input``'s shape, backend and dtype (or ``dtype``): a new leaf Tensor (``torch.ones_like``)."""
+    a = input._data if isinstance(input, Tensor) else input
+    return _filled(a, tuple(a.shape), 1, dtype, requires_grad)
+
+
 def _resolve(xp: Any, dtype: Any) -> Any:
-    from ..backend import resolve_dtype
+    from .backend import resolve_dtype
 
     return resolve_dtype(xp, dtype)
 
 
-_op.Tensor = Tensor
-_op._apply_tensors = _apply_tensors
+def grad(outputs: Any, inputs: Any, grad_outputs: Any = None, retain_graph: Optional[bool] = None,
+         create_graph: bool = False, allow_unused: bool = False) -> tuple[Any, ...]:
+    """Gradients of ``outputs`` with respect to ``inputs`` (``torch.autograd.grad``), returned as a tuple of Tensors
+    (recorded when ``create_graph``, for higher-order derivatives) without touching any ``.grad``.
 
-from .. import functional as F  # noqa: E402  (the ops behind the operators; functional imports autograd.op only)
+    ``outputs``/``inputs``: a Tensor or a sequence of Tensors. ``grad_outputs``: one gradient per output (arrays or
+    Tensors); may be omitted for 0-d outputs. Raises ``RuntimeError`` when an input was not used to compute the
+    outputs, unless ``allow_unused`` (then its entry is ``None``).
+    """
+    outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    ins = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    for t in ins:
+        if not isinstance(t, Tensor) or not t.requires_grad:
+            raise RuntimeError("xpnn.grad: every input must be a Tensor that requires grad, got "
+                               + (type(t).__name__ if not isinstance(t, Tensor) else "a Tensor with requires_grad=False"))
+    if grad_outputs is None:
+        gouts: list[Any] = [None] * len(outs)
+    elif isinstance(grad_outputs, Tensor) or not isinstance(grad_outputs, (list, tuple)):
+        gouts = [grad_outputs]
+    else:
+        gouts = list(grad_outputs)
+    if len(gouts) != len(outs):
+        raise ValueError(f"xpnn.grad: got {len(gouts)} grad_outputs for {len(outs)} outputs")
+    seeds = [_seed_grad(o, g, "xpnn.grad", create_graph) for o, g in zip(outs, gouts)]
+    keep = create_graph if retain_graph is None else retain_graph
+    result = run_backward(outs, seeds, retain_graph=keep, create_graph=create_graph, inputs=ins,
+                          tensor_cls=Tensor)
+    assert result is not None
+    out = []
+    for t, g in zip(ins, result):
+        if g is None:
+            if not allow_unused:
+                hint = ("; the parameters of a module with a hand-written backward are not inputs of the graph "
+                        "(that backward adds into their .grad): use loss.backward() for them"
+                        if t._node is None and hasattr(t, "_flat") else "")
+                raise RuntimeError("xpnn.grad: one of the inputs was not used to compute the outputs "
+                                   f"(shape {tuple(t.shape)}); pass allow_unused=True to get None for it{hint}")
+            out.append(None)
+        else:
+            out.append(g if isinstance(g, Tensor) else Tensor(g))
+    return tuple(out)

@@ -11,9 +11,9 @@ from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 
-from ..autograd.tensor import Tensor
-from ..backend import namespace_of
-from .parameter import Parameter, flat_buffer_of
+from ..._tensor import Tensor
+from ...backend import namespace_of
+from ..parameter import Parameter, flat_buffer_of
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
@@ -77,3 +77,4 @@ def clip_grad_value_(parameters: Params, clip_value: float, foreach: Optional[bo
     for g in _grads(parameters, "clip_grad_value_"):
         xp = namespace_of(g, where="clip_grad_value_")
         g[...] = xp.clip(g, min=-v, max=v)
+from . import rnn  # noqa: E402 (xpnn.nn.utils.rnn: PackedSequence, pack_padded_sequence, pad_packed_sequence)
