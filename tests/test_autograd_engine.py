@@ -563,6 +563,18 @@ def test_hook_fires_once_after_every_contribution():
     assert seen == [want] and x.grad.tolist() == want
 
 
+def test_hook_added_during_backward_fires_once_complete():
+    """A hook that one leaf's hook adds to another leaf in the same backward sees that leaf's whole gradient (each
+    live edge into a leaf is counted, hooked or not when the backward starts)."""
+    x, y = leaf([1.0, 2.0]), leaf([3.0, 4.0])
+    seen = []
+    y.register_post_accumulate_grad_hook(
+        lambda t: x.register_post_accumulate_grad_hook(lambda u: seen.append(u.grad.tolist())))
+    loss = (y * (x * 2.0 + x * 3.0)).sum()  # y's edge is through first; x has two edges, both after it
+    loss.backward()
+    assert seen == [[15.0, 20.0]] and x.grad.tolist() == [15.0, 20.0]
+
+
 def test_hook_that_removes_itself_while_firing():
     x = leaf([1.0])
     calls = []

@@ -301,15 +301,16 @@ def test_failed_launch_leaves_counters_zero(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n", [300, 6000])  # small arrays take np.where itself, larger ones the masked AND
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
-def test_zero_where_is_where_bit_for_bit(dtype):
+def test_zero_where_is_where_bit_for_bit(dtype, n):
     """The NumPy fast path of the ReLU backward reference (bits ANDed with a mask) equals where(cond, 0, values),
     -0.0, NaN and inf included, on contiguous and strided arrays; array_api_strict takes xp.where."""
     from xpnn.functional._masking import zero_where
 
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(300).astype(dtype)
-    v = rng.standard_normal(300).astype(dtype)
+    x = rng.standard_normal(n).astype(dtype)
+    v = rng.standard_normal(n).astype(dtype)
     x[:6] = [0.0, -0.0, NAN, INF, -INF, 1.0]
     v[6:12] = [NAN, INF, -INF, -0.0, 0.0, NAN]
     bits = f"u{np.dtype(dtype).itemsize}"

@@ -94,12 +94,28 @@ def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[
         if ctx._saved:
             _note_versions(ctx, ins + outs[1:], outs[0])
         return outs
-    t = _make(out, node, 0, True)
+    t = Tensor.__new__(Tensor)  # (_make, inline: the usual call)
+    t._data = out
+    t._grad = t._hooks = t._vc = None
+    t._node = node
+    t._index = 0
+    t._requires_grad = True
     node.outputs = (weakref.ref(t),)
     if op.view:
         _share_version(t, args[0])
-    if ctx._saved:
-        _note_versions(ctx, ins, t)
+        if ctx._saved:
+            _note_versions(ctx, ins, t)
+    elif ctx._saved:  # _note_versions (inline: the usual call, the output has no counter)
+        ctx._writes = _op.writes
+        vers = None
+        for a in ins:
+            if a is not None and a._vc is not None:
+                if vers is None:
+                    vers = [a, a._vc.value]
+                else:
+                    vers += (a, a._vc.value)
+        if vers is not None:
+            ctx._versions = vers
     return t
 
 
@@ -1055,12 +1071,15 @@ def _seed_grad(out: Tensor, g: Any, where: str, create_graph: bool) -> Any:
     except a Tensor ``g`` under ``create_graph`` (kept: the gradients then depend on it); the engine wraps arrays
     itself when it records the backward."""
     if g is None:
+        d = out._data
+        if isinstance(d, np.generic) or type(d) is np.ndarray and d.ndim == 0:  # (a NumPy loss: what ones_like
+            # returns, in one call)
+            return np.array(1, dtype=d.dtype)
         if out.numel() != 1:
             made_by = f" (made by {out._node.op.name})" if out._node is not None else ""
             raise RuntimeError(f"{where}: grad can be implicitly created only for one-element outputs; this Tensor"
                                f"{made_by} has shape {out.shape}: pass grad= (e.g. ones of that shape), or reduce "
                                "it first (.sum() or .mean())")
-        d = out._data
         if type(d) is np.ndarray or isinstance(d, np.generic):  # (what the namespace's ones_like returns, faster)
             return np.ones_like(d)
         return namespace_of(d).ones_like(d)

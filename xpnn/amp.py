@@ -56,9 +56,9 @@ def unscale_and_check_(grad: Any, inv_scale: Any, found_inf: Any) -> None:
     bad = xp.logical_not(xp.all(xp.isfinite(grad)))
     found_inf[...] = xp.where(bad, xp.ones_like(found_inf), found_inf)
     if grad.dtype == inv_scale.dtype:
-        InPlace(xp).mul(grad, inv_scale, out=grad)
+        InPlace.of(xp).mul(grad, inv_scale, out=grad)
     else:  # float64 gradients: the factor in their dtype (a power of two, exact)
-        InPlace(xp).mul(grad, xp.astype(inv_scale, grad.dtype), out=grad)
+        InPlace.of(xp).mul(grad, xp.astype(inv_scale, grad.dtype), out=grad)
 
 
 class GradScaler:

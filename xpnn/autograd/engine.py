@@ -9,6 +9,7 @@ Parameter's gradient stays its view of the model's flat gradient buffer) or retu
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any, Optional, Sequence
 
 from ..backend import dtype_name, namespace_of
@@ -56,38 +57,42 @@ def _topo(roots: Sequence[Node], wanted: Optional[set[int]]
     ``wanted``: ids of the Tensors whose gradients are asked for (``grad``), or ``None`` for every leaf that
     requires grad (``backward``). (Nodes are keys by identity: ``Node`` keeps object's hash and equality.)"""
     order: list[Node] = []
-    edges: dict[Node, tuple[bool, ...]] = {}
-    stack: list[tuple[Node, bool]] = [(r, False) for r in roots]
+    edges: dict[Node, Any] = {}
     leaf_edges: dict[int, int] = {}
+    every = wanted is None
+    stack = list(roots)
     while stack:
-        node, expanded = stack.pop()
-        if expanded:
-            flags = []
+        node = stack[-1]
+        flags = edges.get(node)
+        if flags is None:  # first visit: its inputs' nodes go on top (it is finished when it is on top again)
+            edges[node] = _OPEN
             for t in node.inputs:
-                if t is None:
-                    flags.append(False)
-                    continue
-                n = t._node
-                if wanted is not None and id(t) in wanted:
-                    f = True
-                elif n is None:
-                    f = t._requires_grad and wanted is None
-                else:
-                    f = True in edges[n]
-                flags.append(f)
-                if f and n is None:
-                    leaf_edges[id(t)] = leaf_edges.get(id(t), 0) + 1
-            edges[node] = tuple(flags)
-            order.append(node)
+                if t is not None:
+                    n = t._node
+                    if n is not None and n not in edges:
+                        stack.append(n)
             continue
-        if node in edges:
+        stack.pop()
+        if flags is not _OPEN:  # (a node pushed twice: finished already)
             continue
-        edges[node] = ()  # (visited: the flags come when the node is expanded, after its inputs' nodes)
-        stack.append((node, True))
-        for t in node.inputs:  # (a node pushed twice is expanded once: see the check above)
-            if t is not None and t._node is not None:
-                stack.append((t._node, False))
+        fl = []
+        for t in node.inputs:
+            if t is None:
+                f = False
+            elif t._node is not None:
+                f = True in edges[t._node] or not every and id(t) in wanted
+            else:
+                f = t._requires_grad if every else id(t) in wanted
+                if f:  # (every leaf: a hook may be added to one while the backward runs)
+                    i = id(t)
+                    leaf_edges[i] = leaf_edges.get(i, 0) + 1
+            fl.append(f)
+        edges[node] = tuple(fl)
+        order.append(node)
     return order, edges, leaf_edges
+
+
+_OPEN: Any = object()  # (a node being visited: its inputs' nodes are not all finished yet)
 
 
 def _saved_as_tensors(node: Node) -> None:
@@ -132,6 +137,8 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
     order, all_edges, leaf_edges = _topo(roots, wanted)
     overridden = _OVERRIDDEN["backward"]
     writes = _op.writes
+    plain = not create_graph
+    tensor_base = itertools.repeat(TensorBase)  # (isinstance's second argument, for map)
     prev_mode = _grad_state.enabled
     _grad_state.enabled = bool(create_graph)
     try:
@@ -145,35 +152,37 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                     f"{node.op.name}: trying to backward through the graph a second time (its saved values were "
                     "freed by the first backward); pass retain_graph=True to the first backward or xpnn.grad call")
             grads = pending.pop(node, None)
-            in_grads: Any = None
-            if grads is not None:
-                if ctx._saved and ctx._writes != writes:  # something was written since the forward
-                    check_saved_versions(node)
-                op = node.op
-                if (len(grads) == 1 and not create_graph and not ctx.create_graph and not op._user_op
-                        and op.name not in overridden):
-                    # the usual call (one output, arrays, no override): _call_backward's steps that apply
-                    ctx.needs_input_grad = edges
-                    in_grads = op.backward(ctx, grads[0])
-                    if not isinstance(in_grads, tuple):
-                        in_grads = (in_grads,)
-                    if len(in_grads) != len(edges):
-                        raise RuntimeError(f"{op.name}: backward returned {len(in_grads)} gradients for "
-                                           f"{len(edges)} inputs")
-                    for g in in_grads:
-                        if isinstance(g, TensorBase):  # (a backward that made Tensors from Tensors it kept)
-                            in_grads = tuple([g._data if isinstance(g, TensorBase) else g for g in in_grads])
-                            break
-                else:
-                    in_grads = _call_backward(node, grads, edges, create_graph, tensor_cls)
+            if grads is None:  # no gradient reached this node: its leaves' edges still count for their hooks
+                if not retain_graph:
+                    ctx.free()
+                if wanted is None:  # (with inputs=, the live leaves are the wanted ones: no hooks then)
+                    for t, live in zip(node.inputs, edges):
+                        if live and t._node is None:
+                            _leaf_edge_done(t, leaf_edges)
+                continue
+            if ctx._saved and ctx._writes != writes:  # something was written since the forward
+                check_saved_versions(node)
+            op = node.op
+            if (plain and len(grads) == 1 and not ctx.create_graph and not op._user_op
+                    and (not overridden or op.name not in overridden)):
+                # the usual call (one output, arrays, no override): _call_backward's steps that apply
+                ctx.needs_input_grad = edges
+                in_grads = op.backward(ctx, grads[0])
+                if type(in_grads) is not tuple:
+                    in_grads = (in_grads,)
+                if len(in_grads) != len(edges):
+                    raise RuntimeError(f"{op.name}: backward returned {len(in_grads)} gradients for "
+                                       f"{len(edges)} inputs")
+                if any(map(isinstance, in_grads, tensor_base)):  # (a backward that made Tensors from Tensors
+                    in_grads = tuple([g._data if isinstance(g, TensorBase) else g for g in in_grads])  # it kept)
+            else:
+                in_grads = _call_backward(node, grads, edges, create_graph, tensor_cls)
             if not retain_graph:
                 ctx.free()
-            for t, live, g in zip(node.inputs, edges, in_grads if in_grads is not None else edges):
+            for t, live, g in zip(node.inputs, edges, in_grads):
                 if not live:
                     continue
-                if in_grads is None:
-                    g = None
-                if wanted is not None and id(t) in wanted:
+                if wanted and id(t) in wanted:
                     if g is not None:
                         captured[id(t)] = _add(captured.get(id(t)), g)
                     if t._node is None:
@@ -181,12 +190,20 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                 n = t._node
                 if n is not None:
                     if g is not None:
-                        _pend(pending, n, t._index, g)
+                        if n in pending or len(n.outputs) != 1:
+                            _pend(pending, n, t._index, g)
+                        else:  # (the first gradient of a one-output node)
+                            pending[n] = [g]
                     continue
                 if g is not None:
-                    _accumulate_leaf(t, g, node=node)
-                left = leaf_edges[id(t)] - 1
-                leaf_edges[id(t)] = left
+                    d = t._data
+                    if type(g) is type(d) and g.shape == d.shape and g.dtype == d.dtype:
+                        t._accumulate_grad(g)  # (what _accumulate_leaf does once its checks pass)
+                    else:
+                        _accumulate_leaf(t, g, node=node)
+                i = id(t)  # (_leaf_edge_done, inline)
+                left = leaf_edges[i] - 1
+                leaf_edges[i] = left
                 if left == 0 and t._hooks:
                     _fire_hooks(t)
     finally:
@@ -194,6 +211,15 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
     if inputs is None:
         return None
     return [captured.get(id(t)) for t in inputs]
+
+
+def _leaf_edge_done(t: Any, leaf_edges: dict[int, int]) -> None:
+    """One edge into leaf ``t`` is through: fire its hooks after the last one (``_topo`` counted them)."""
+    i = id(t)
+    left = leaf_edges[i] - 1
+    leaf_edges[i] = left
+    if left == 0 and t._hooks:
+        _fire_hooks(t)
 
 
 def _pend(pending: dict[Node, list[Any]], node: Node, index: int, g: Any) -> None:

@@ -23,6 +23,9 @@ class InPlace:
     def __init__(self, xp: Any):
         self.xp = xp
         self.ufuncs = xp if (is_numpy_namespace(xp) or is_cupy_namespace(xp)) else None
+        if self.ufuncs is not None:  # the ufuncs themselves take (a, b, out=out) and return out: no Python frame
+            for name, ufunc in _UFUNCS.items():  # per call (these instance attributes shadow the methods below)
+                setattr(self, name, getattr(xp, ufunc))
 
     @classmethod
     def of(cls, xp: Any) -> "InPlace":
@@ -96,3 +99,6 @@ class InPlace:
 
 
 _BY_NAMESPACE: dict[Any, InPlace] = {}
+# InPlace methods that are exactly one ufunc call with ``out=`` on NumPy/CuPy
+_UFUNCS = {"mul": "multiply", "add": "add", "sub": "subtract", "div": "divide", "sqrt": "sqrt", "maximum": "maximum",
+           "exp": "exp"}

@@ -15,8 +15,16 @@ from .shape import reshape
 
 __all__ = ["linear", "linear_backward"]
 
+_NUMPY_XP = namespace_of(np.empty(0))
+
 
 def _check_linear(x: Any, weight: Any, bias: Any) -> Any:
+    """The namespace of the arguments; raises naming the expected and given shapes/dtypes (the one check of a linear
+    call: ``nn.Linear`` re-diagnoses a failure only to name the layer)."""
+    if (type(x) is np.ndarray and type(weight) is np.ndarray and x.dtype.char in "fd" and x.dtype == weight.dtype
+            and weight.ndim == 2 and x.ndim and x.shape[-1] == weight.shape[1]
+            and (bias is None or type(bias) is np.ndarray and bias.shape == weight.shape[:1])):
+        return _NUMPY_XP  # plain NumPy arguments that pass every check below
     xp = namespace_of(x, weight, bias, where="linear")
     _checks.floating(xp, x, "linear")
     if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
@@ -57,12 +65,11 @@ class Linear(Op):
 
     @staticmethod
     def backward(ctx: Context, dy: Any) -> tuple[Any, Any, Any]:
-        """``dx = dy @ weight``, ``dweight = dy.T @ x``, ``dbias = sum(dy)`` over all but the last axis."""
+        """``dx = dy @ weight``, ``dweight = dy.T @ x``, ``dbias = sum(dy)`` over all but the last axis. (``dy`` has
+        the output's shape: every way in checks it once, ``Tensor.backward``/``xpnn.grad`` against the output, the
+        explicit API's ``backward`` against the kept output, ``linear_backward`` itself.)"""
         x, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
-        if tuple(dy.shape) != tuple(x.shape[:-1]) + (weight.shape[0],):
-            raise ShapeError(f"linear backward: expected dy of shape {tuple(x.shape[:-1]) + (weight.shape[0],)}, "
-                             f"got {tuple(dy.shape)}")
         if len(x.shape) != 2:  # fold leading axes into the batch
             dy2 = reshape(dy, (-1, weight.shape[0]))
             x2 = reshape(x, (-1, weight.shape[1]))

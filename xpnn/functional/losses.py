@@ -69,7 +69,7 @@ def _cross_entropy(xp: Any, logits: Any, target: Any, reduction: str, ignore_ind
     gradient ``(softmax - (1-eps)*onehot - eps/C) * scale``, zero for ignored rows.
     On NumPy/CuPy one (N, C) array is allocated: it holds ``x - m``, then ``exp(x - m)``, then the gradient.
     """
-    ops = InPlace(xp)
+    ops = InPlace.of(xp)
     x = _upcast(xp, logits)
     n, c = x.shape
     z, _ = _shifted(xp, x, -1)
@@ -286,6 +286,14 @@ def _ce_coefficients(logits: Any, target: Any, reduction: str, ignore_index: int
     return xp, a, _poison(xp, xp.sum(w_t), any_bad)
 
 
+_UNSIGNED: dict[Any, Any] = {}  # integer dtype -> the unsigned dtype of its width (for the one-pass label check)
+
+
+def _unsigned(dtype: Any) -> Any:
+    u = _UNSIGNED[dtype] = np.dtype(dtype.str.replace("i", "u"))
+    return u
+
+
 def _numpy_small_call(logits: Any, target: Any, reduction: str, ignore_index: int, eps: float) -> bool:
     """Whether ``cross_entropy_with_grad`` may take the NumPy fast path: float32/64 logits (N, C) with C > 1,
     integer labels (N,) all in [0, C) (checked here, one min/max pass), none ignored, no smoothing, debug off."""
@@ -296,7 +304,7 @@ def _numpy_small_call(logits: Any, target: Any, reduction: str, ignore_index: in
         return False
     c = logits.shape[1]
     # one pass for both bounds: viewed as unsigned, a negative label is above every class index
-    unsigned = target.view(target.dtype.str.replace("i", "u"))
+    unsigned = target.view(_UNSIGNED.get(target.dtype) or _unsigned(target.dtype))
     return not 0 <= ignore_index < c and int(np.maximum.reduce(unsigned, axis=None)) < c
 
 
@@ -306,7 +314,8 @@ def _cross_entropy_numpy(logits: Any, target: Any, reduction: str) -> tuple[Any,
     and the masks of ignored rows (there are none)."""
     n = logits.shape[0]
     m = np.maximum.reduce(logits, axis=-1, keepdims=True)  # (ndarray.max without its Python wrapper)
-    m = np.where(m > -np.inf, m, 0.0)  # as _shifted: 0 for a row max of -inf or NaN
+    # (no _shifted rule here: a row whose max is -inf or NaN gives a NaN loss and NaN gradients with or without
+    # it, and the other rows' values are the same)
     e = logits - m
     rows = np.arange(n)
     z_t = e[rows, target]

@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+import numpy as np
+
 from .. import _dispatch
 from .._cuda import registry
 from ..backend import dtype_name, namespace_of
@@ -37,7 +39,7 @@ __all__ = ["adam_update", "sgd_update", "adagrad_update", "rmsprop_update", "cop
 
 def copy_into(dst: Any, src: Any) -> None:
     """``dst[...] = src`` in place, casting to ``dst.dtype``, without a temporary on NumPy/CuPy."""
-    _InPlace(namespace_of(dst, src, where="copy_into")).copy(src, dst)
+    _InPlace.of(namespace_of(dst, src, where="copy_into")).copy(src, dst)
 
 
 def _work(xp: Any, scratch: Optional[list], i: int, like: Any) -> Any:
@@ -47,12 +49,13 @@ def _work(xp: Any, scratch: Optional[list], i: int, like: Any) -> Any:
     while len(scratch) <= i:
         scratch.append(xp.empty_like(like))
     w = scratch[i]
-    if tuple(w.shape) != tuple(like.shape) or w.dtype != like.dtype:
+    if w.shape != like.shape or w.dtype != like.dtype:
         raise ShapeError(f"scratch[{i}] has shape {tuple(w.shape)} and dtype {dtype_name(w.dtype)}, expected "
                          f"{tuple(like.shape)} and {dtype_name(like.dtype)} (the param's); use one list per param")
     return w
 
 
+_NUMPY_XP = namespace_of(np.empty(0))
 _SIGNATURES: dict[tuple, Any] = {}  # (where, state names, (type, dtype, shape, device) per array) -> namespace
 _MAX_SIGNATURES = 1024
 
@@ -62,7 +65,16 @@ def _check(where: str, param: Any, grad: Any, **state: Any) -> Any:
 
     What the checks derive from types, dtypes, shapes and devices is cached per signature: an optimizer calls
     with the same signature every step, and a cache hit costs one tuple lookup instead of the namespace and
-    dtype derivations (error messages are formatted only when raising)."""
+    dtype derivations (error messages are formatted only when raising). Plain NumPy float32/float64 arrays of one
+    shape and dtype (an optimizer's flat buffer and its state) pass with a type, shape and dtype test each."""
+    if type(param) is np.ndarray and param.dtype.char in "fd":
+        shape, dtype = param.shape, param.dtype
+        if type(grad) is np.ndarray and grad.shape == shape and grad.dtype == dtype:
+            for a in state.values():
+                if a is not None and (type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype):
+                    break
+            else:
+                return _NUMPY_XP
     arrays = {"grad": grad, **{k: v for k, v in state.items() if v is not None}}
     key = (where, tuple(arrays), *((type(a), a.dtype, a.shape, getattr(a, "device", None))
                                    for a in (param, *arrays.values())))
@@ -156,7 +168,7 @@ def sgd_update(param: Any, grad: Any, momentum_buffer: Any = None, *, lr: float,
                     dampening=dampening, nesterov=nesterov, weight_decay=weight_decay, first_step=first_step,
                     maximize=maximize):
         return param
-    ops = _InPlace(xp)
+    ops = _InPlace.of(xp)
     g = _effective_grad(ops, param, grad, weight_decay, maximize, scratch)
     free = 0 if g is grad else 1
     d = g  # the step direction
@@ -202,7 +214,7 @@ def adagrad_update(param: Any, grad: Any, state_sum: Any, *, step: int, lr: floa
     if _kernel_took(op, xp, param.dtype, param, grad, state_sum, step=step, lr=lr, lr_decay=lr_decay,
                     weight_decay=weight_decay, eps=eps, maximize=maximize):
         return param
-    ops = _InPlace(xp)
+    ops = _InPlace.of(xp)
     g = _effective_grad(ops, param, grad, weight_decay, maximize, scratch)
     t = _work(xp, scratch, 0 if g is grad else 1, param)
     clr = _adagrad_clr(xp, param.dtype, step, lr, lr_decay)
@@ -242,7 +254,7 @@ def rmsprop_update(param: Any, grad: Any, square_avg: Any, grad_avg: Any = None,
                     alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
                     maximize=maximize):
         return param
-    ops = _InPlace(xp)
+    ops = _InPlace.of(xp)
     g = _effective_grad(ops, param, grad, weight_decay, maximize, scratch)
     t = _work(xp, scratch, 0 if g is grad else 1, param)
     ops.mul(square_avg, alpha, out=square_avg)
@@ -289,12 +301,15 @@ def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_av
     _check_step("adam_update", step)
     if amsgrad and max_exp_avg_sq is None:
         raise ValueError("adam_update: amsgrad=True needs a max_exp_avg_sq array")
-    op = registry.ADAM_UPDATE_CAPTURABLE if _is_device_scalar(step, lr) else registry.ADAM_UPDATE
-    if _kernel_took(op, xp, param.dtype, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step,
-                    lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                    decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize):
+    on_device = _is_device_scalar(step, lr)
+    kernel = _dispatch.lookup(registry.ADAM_UPDATE_CAPTURABLE if on_device else registry.ADAM_UPDATE, xp,
+                              param.dtype)  # (looked up first: no keyword dict is built for the generic path)
+    if kernel is not None and kernel(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, lr=lr,
+                                     beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                     decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
+                                     maximize=maximize) is not NotImplemented:
         return param
-    ops = _InPlace(xp)
+    ops = _InPlace.of(xp)
     step_size, bc2_sqrt, decay = _adam_scalars(xp, param.dtype, step, lr, beta1, beta2, weight_decay)
     if decoupled_weight_decay and weight_decay != 0:
         ops.mul(param, decay, out=param)
@@ -362,4 +377,7 @@ def _check_step(where: str, step: Any) -> None:
 
 def _is_device_scalar(*values: Any) -> bool:
     """Whether any of ``values`` is a 0-d array (a capturable optimizer's step count or learning rate)."""
-    return any(not isinstance(v, (int, float)) for v in values)
+    for v in values:  # (a loop, not any() over a generator: this runs once per update)
+        if not isinstance(v, (int, float)):
+            return True
+    return False

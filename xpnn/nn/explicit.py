@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..autograd.engine import run_backward
-from ..autograd.grad_mode import is_grad_enabled
+from ..autograd.grad_mode import _state as _grad_state
 from ..autograd.op import Context, Op
 from .._tensor import Tensor
 from ..backend import dtype_name, namespace_of
@@ -151,7 +151,7 @@ def one_op_call(module: Module, op: type[Op], x: Any, *params: Optional[Paramete
         needs.append(p._requires_grad)
     ctx = Context(tuple(needs), (x,))
     out = op.forward(ctx, *arrays) if op.check is None else op._run_forward(ctx, tuple(arrays), {})
-    if is_grad_enabled():
+    if _grad_state.enabled:  # (is_grad_enabled() without its call)
         object.__setattr__(module, "_last_call", _OneOpCall(op, ctx, out, params))
     return out
 
@@ -175,7 +175,7 @@ def call(module: Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         out = fast(module, args[0])
         if out is not NotImplemented:
             return out
-    record = is_grad_enabled()
+    record = _grad_state.enabled
     wrapped = list(args)
     first: Optional[Tensor] = None
     for i, a in enumerate(args):  # the first floating array is the input whose gradient backward returns
@@ -205,8 +205,9 @@ def ones_like_output(module: Module) -> Any:
     call = module.__dict__.get("_last_call")
     if type(call) is tuple:
         out = call[1].data
-        return np.ones(out.shape, out.dtype) if isinstance(out, (np.ndarray, np.generic)) else \
-            namespace_of(out).ones_like(out)
+        if isinstance(out, (np.ndarray, np.generic)):  # (a 0-d loss: one call instead of np.ones' two)
+            return np.array(1, dtype=out.dtype) if out.ndim == 0 else np.ones(out.shape, out.dtype)
+        return namespace_of(out).ones_like(out)
     return None
 
 

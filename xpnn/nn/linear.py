@@ -56,7 +56,8 @@ def affine(module: Module, x: Any, weight: Any, in_features: int, leading: bool 
     in_features)): the op validates the arguments; a failed check is re-diagnosed by ``check_features`` so that the
     error names the layer (and says what to do). The layer's own rules (2-D, a non-empty batch) and, in debug mode,
     the finite check run here."""
-    if x.ndim != 2 or x.shape[0] == 0 or get_debug():
+    d = x._data if isinstance(x, Tensor) else x
+    if d.ndim != 2 or d.shape[0] == 0 or get_debug():
         check_features(module, None, x, in_features, module.weight.data.dtype, leading)
         if get_debug():  # NaN weights are reported where they are
             check_finite(namespace_of(module.weight.data), module.weight.data, module._where(), "weight")

@@ -11,6 +11,7 @@ parameters keep their own arrays and ``FlatBuffer.pack`` returns ``None``: the g
 """
 from __future__ import annotations
 
+import operator
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
@@ -122,7 +123,9 @@ class Parameter(Tensor):
 
     def _accumulate_grad(self, g: Any) -> None:
         """``.grad += g`` in place (into the flat gradient buffer's view for a member of one)."""
-        cur = self.grad
+        cur = self._grad
+        if cur is None:
+            cur = self.grad  # (made on first use)
         cur += g
 
     @property
@@ -283,7 +286,7 @@ def flat_buffer_of(params: Iterable[Parameter]) -> Optional[FlatBuffer]:
     buf = plist[0]._flat if isinstance(plist[0], Parameter) else None
     if buf is None or len(buf.params) != len(plist):
         return None
-    if all(a is b for a, b in zip(buf.params, plist)):
+    if all(map(operator.is_, buf.params, plist)):
         return buf
     return None
 

@@ -4,6 +4,7 @@ differ). State moves between the two layouts as groups change; state dicts alway
 """
 from __future__ import annotations
 
+import operator
 from typing import Any, NamedTuple, Optional
 
 from ..backend import get_backend, is_numpy_namespace, namespace_of
@@ -78,6 +79,9 @@ class Work(NamedTuple):
 make_work = tuple.__new__  # make_work(Work, (...)): a Work without the Python-level __new__ (once per update)
 
 
+_REQUIRES_GRAD = operator.attrgetter("_requires_grad")  # (Tensor.requires_grad without the property's frame)
+
+
 class Layout:
     """The slots of an optimizer: ``flat`` by group index, ``per_param`` by parameter number (``index``:
     ``id(param) -> number``, shared with the optimizer)."""
@@ -96,7 +100,7 @@ class Layout:
         for gi, group in enumerate(groups):
             params = group["params"]
             flat = flat_buffer_of(params)
-            if flat is not None and all([p.requires_grad for p in params]) and (
+            if flat is not None and all(map(_REQUIRES_GRAD, params)) and (
                     not self.per_param or self.agree(params)):
                 if self.per_param:  # per-parameter state left from another layout: join it
                     self.gather(gi, params)
