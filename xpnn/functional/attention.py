@@ -239,11 +239,11 @@ class ScaledDotProductAttention(Op):
 
 def _probs(ctx: Context, q: Any, k: Any, attn_mask: Any) -> Any:
     """P recomputed with ``xpnn.functional`` ops (differentiable in q, k and a float mask)."""
-    xp = ctx.xp if not isinstance(q, _op.Tensor) else namespace_of(q.data)
-    mask_data = attn_mask.data if isinstance(attn_mask, _op.Tensor) else attn_mask
+    xp = ctx.xp if not isinstance(q, _op.TensorBase) else namespace_of(q.data)
+    mask_data = attn_mask.data if isinstance(attn_mask, _op.TensorBase) else attn_mask
     bias, keep = _bias(xp, mask_data, ctx.is_causal, int(q.shape[-2]), int(k.shape[-2]), q.dtype)
     s = mul(matmul(q, _mT(k)), ctx.scale)
-    if isinstance(attn_mask, _op.Tensor) and attn_mask.requires_grad:
+    if isinstance(attn_mask, _op.TensorBase) and attn_mask.requires_grad:
         if keep is not None:
             raise NotImplementedError(f"{_WHERE}: a float attn_mask that requires grad and masks every key of some "
                                       "query row cannot be differentiated twice; detach the mask")
@@ -269,7 +269,7 @@ def scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: An
         scale = 1.0 / math.sqrt(int(query.shape[-1]))
     dm = None
     if dropout_p > 0.0:
-        data = [t.data if isinstance(t, _op.Tensor) else t for t in (query, key, value)]
+        data = [t.data if isinstance(t, _op.TensorBase) else t for t in (query, key, value)]
         xp = namespace_of(*data, where=_WHERE)
         batch = _broadcast_shape(tuple(data[0].shape[:-2]), tuple(data[1].shape[:-2])) or ()
         shape = batch + (int(data[0].shape[-2]), int(data[1].shape[-2]))
