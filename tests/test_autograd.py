@@ -537,3 +537,14 @@ def test_selu_errors_name_selu_and_float16_tanh_backward_rounds_once():
     dy = np.array([1e-3, 2.0, 3e-4, 6e-5], np.float16)
     want = (dy.astype(np.float32) * (1 - y.astype(np.float32) ** 2)).astype(np.float16)
     np.testing.assert_array_equal(F.tanh_backward(y, dy), want)
+
+
+def test_autograd_hands_on_the_old_tensor_names_with_a_deprecation_warning():
+    import xpnn
+    import xpnn.autograd as autograd
+
+    for name in ("Tensor", "tensor", "grad"):
+        with pytest.warns(DeprecationWarning, match=f"use xpnn.{name}"):
+            assert getattr(autograd, name) is getattr(xpnn, name)
+    with pytest.raises(AttributeError):
+        autograd.no_such_name
