@@ -360,3 +360,30 @@ def test_sdpa_float16_computes_the_softmax_in_float32():
     out.sum().backward()
     assert out.dtype == np.float16 and all(t.grad.dtype == np.float16 for t in ts)
     np.testing.assert_allclose(out.numpy(), want, atol=1e-2)
+
+
+@pytest.mark.parametrize("mask", [None, "causal", "bool"])
+def test_sdpa_with_no_keys_gives_zeros_like_pytorch(mask, torch):
+    """S = 0 (e.g. an empty memory): PyTorch returns zeros of (..., L, Ev); gradients are zeros too."""
+    q = xpnn.tensor(np.ones((2, 3, 4)), requires_grad=True)
+    k = xpnn.tensor(np.ones((2, 0, 4)), requires_grad=True)
+    v = xpnn.tensor(np.ones((2, 0, 5)), requires_grad=True)
+    kw = {"is_causal": True} if mask == "causal" else {"attn_mask": np.zeros((3, 0), bool)} if mask else {}
+    out = F.scaled_dot_product_attention(q, k, v, **kw)
+    tkw = {"is_causal": True} if mask == "causal" else {"attn_mask": torch.zeros(3, 0, dtype=torch.bool)} if mask \
+        else {}
+    ref = torch.nn.functional.scaled_dot_product_attention(torch.ones(2, 3, 4, dtype=torch.float64),
+                                                           torch.ones(2, 0, 4, dtype=torch.float64),
+                                                           torch.ones(2, 0, 5, dtype=torch.float64), **tkw)
+    np.testing.assert_array_equal(out.data, ref.numpy())
+    out.sum().backward()
+    np.testing.assert_array_equal(q.grad, np.zeros((2, 3, 4)))
+    assert k.grad.shape == (2, 0, 4) and v.grad.shape == (2, 0, 5)
+
+
+def test_mha_batch_mismatch_names_the_shapes_as_given():
+    m = nn.MultiheadAttention(4, 2, dtype="float64")  # (L, N, E): the batch is axis 1
+    q, kv = np.zeros((3, 2, 4)), np.zeros((3, 5, 4))
+    with pytest.raises(ShapeError, match=r"query's batch size 2, got query \(3, 2, 4\), key \(3, 5, 4\) and value "
+                                         r"\(3, 5, 4\)"):
+        m(q, kv, kv)

@@ -119,6 +119,8 @@ def _bias(xp: Any, attn_mask: Any, is_causal: bool, n_q: int, n_k: int, dtype: A
 def _softmax_rows(xp: Any, s: Any) -> Any:
     """softmax over the last axis of the (fresh) score array ``s``, in place where the namespace allows (NumPy,
     CuPy); float16 in float32."""
+    if s.shape[-1] == 0:  # no keys (S = 0): no probabilities, the output is 0 (as PyTorch's)
+        return s
     half = getattr(xp, "float16", None)
     if half is not None and s.dtype == half:
         return xp.astype(_softmax_rows(xp, xp.astype(s, xp.float32)), half)

@@ -205,6 +205,9 @@ class RNNBase(Module):
                 layout = "(N, T, {0})" if self.batch_first else "(T, N, {0})"
                 raise ShapeError(f"{where}: expected input of shape {layout.format(self.input_size)} or unbatched "
                                  f"(T, {self.input_size}), got {tuple(x.shape)}")
+            if x.shape[1 if self.batch_first and x.ndim == 3 else 0] == 0:
+                raise ShapeError(f"{where}: expected a sequence length T larger than 0 (as torch.nn.RNNBase), got "
+                                 f"input of shape {tuple(x.shape)}")
             unbatched = x.ndim == 2
             if unbatched:
                 x = F.reshape(x, (x.shape[0], 1, x.shape[1]))
