@@ -127,6 +127,10 @@ class RNNBase(Module):
     def _directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    def flatten_parameters(self) -> None:
+        """PyTorch's call that compacts the weights into one cuDNN buffer: here they already live in one
+        ``FlatBuffer``, so this does nothing (it lets PyTorch code that calls it run unchanged)."""
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
