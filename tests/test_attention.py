@@ -387,3 +387,35 @@ def test_mha_batch_mismatch_names_the_shapes_as_given():
     with pytest.raises(ShapeError, match=r"query's batch size 2, got query \(3, 2, 4\), key \(3, 5, 4\) and value "
                                          r"\(3, 5, 4\)"):
         m(q, kv, kv)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_sdpa_grouped_query_attention_matches_pytorch(kv_heads, torch):
+    """``enable_gqa=True`` (PyTorch >= 2.5): key/value with fewer heads than the query; outputs and gradients."""
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 4, 3, 8))
+    k = rng.standard_normal((2, kv_heads, 5, 8))
+    v = rng.standard_normal((2, kv_heads, 5, 6))
+    mask = rng.random((3, 5)) > 0.3
+    mask[:, 0] = True
+    mine = [xpnn.tensor(a, requires_grad=True) for a in (q, k, v)]
+    ref = [torch.tensor(a, requires_grad=True) for a in (q, k, v)]
+    got = F.scaled_dot_product_attention(*mine, attn_mask=mask, enable_gqa=True)
+    want = torch.nn.functional.scaled_dot_product_attention(*ref, attn_mask=torch.tensor(mask), enable_gqa=True)
+    np.testing.assert_allclose(got.data, want.detach().numpy(), rtol=1e-7, atol=1e-12)
+    w = rng.standard_normal(tuple(want.shape))
+    (got * w).sum().backward()
+    (want * torch.tensor(w)).sum().backward()
+    for a, b in zip(mine, ref):
+        np.testing.assert_allclose(a.grad, b.grad.numpy(), rtol=1e-7, atol=1e-12)
+
+
+def test_sdpa_grouped_query_attention_errors():
+    q, k = np.zeros((1, 4, 3, 8)), np.zeros((1, 3, 5, 8))
+    with pytest.raises(ShapeError, match=r"scaled_dot_product_attention: enable_gqa=True needs key and value with one "
+                                         r"head count \(axis -3\) that divides the query's 4, got key \(1, 3, 5, 8\)"):
+        F.scaled_dot_product_attention(q, k, k, enable_gqa=True)
+    with pytest.raises(ShapeError, match=r"enable_gqa=True needs query \(\.\.\., Hq, L, E\)"):
+        F.scaled_dot_product_attention(np.zeros((3, 8)), np.zeros((5, 8)), np.zeros((5, 8)), enable_gqa=True)
+    with pytest.raises(ShapeError, match=r"do not broadcast together"):  # without the flag, as PyTorch
+        F.scaled_dot_product_attention(q, np.zeros((1, 2, 5, 8)), np.zeros((1, 2, 5, 8)))
