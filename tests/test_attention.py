@@ -419,3 +419,23 @@ def test_sdpa_grouped_query_attention_errors():
         F.scaled_dot_product_attention(np.zeros((3, 8)), np.zeros((5, 8)), np.zeros((5, 8)), enable_gqa=True)
     with pytest.raises(ShapeError, match=r"do not broadcast together"):  # without the flag, as PyTorch
         F.scaled_dot_product_attention(q, np.zeros((1, 2, 5, 8)), np.zeros((1, 2, 5, 8)))
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_mha_learned_float_mask_passed_by_name_gets_its_gradient(need_weights, torch):
+    """A Tensor given only as a keyword (here a learned attention bias) makes the call recorded, as a positional one
+    does; before, array query/key/value with ``attn_mask=Tensor`` gave arrays and no gradient for the mask."""
+    torch.manual_seed(0)
+    ref = torch.nn.MultiheadAttention(8, 2).double()
+    m = nn.MultiheadAttention(8, 2, dtype="float64")
+    m.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
+    rng = np.random.default_rng(0)
+    q, k, bias = rng.standard_normal((4, 3, 8)), rng.standard_normal((5, 3, 8)), rng.standard_normal((6, 4, 5))
+    bt, bx = torch.tensor(bias, requires_grad=True), xpnn.tensor(bias, requires_grad=True)
+    want = ref(torch.tensor(q), torch.tensor(k), torch.tensor(k), attn_mask=bt, need_weights=need_weights)[0]
+    got = m(q, k, k, attn_mask=bx, need_weights=need_weights)[0]
+    assert isinstance(got, xpnn.Tensor)
+    (want ** 2).sum().backward()
+    (got ** 2).sum().backward()
+    np.testing.assert_allclose(got.data, want.detach().numpy(), rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(bx.grad, bt.grad.numpy(), rtol=1e-7, atol=1e-12)

@@ -221,6 +221,9 @@ class Module:
             for a in args:
                 if isinstance(a, Tensor):
                     return self.forward(*args, **kwargs)
+            for a in kwargs.values():  # a Tensor passed by name (a learned attn_mask, an h_0) records too
+                if isinstance(a, Tensor):
+                    return self.forward(*args, **kwargs)
         return (_explicit or _explicit_api()).call(self, args, kwargs)  # the explicit API
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
