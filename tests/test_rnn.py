@@ -340,3 +340,15 @@ def test_zero_length_sequence_raises_naming_the_layer(batch_first, shape):
 
 def re_shape(shape):
     return r"\(" + r", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + r"\)"
+
+
+def test_a_list_input_raises_type_error_naming_the_layer():
+    from xpnn.nn.utils.rnn import pack_padded_sequence
+
+    with pytest.raises(TypeError, match=r"LSTM\(2, 3\): expected input to be an array, a Tensor or a PackedSequence, "
+                                        r"got list"):
+        nn.LSTM(2, 3)([[[0.0, 1.0]]])
+    with pytest.raises(TypeError, match=r"GRUCell\(2, 3\): expected input to be an array or Tensor, got list"):
+        nn.GRUCell(2, 3)([[0.0, 1.0]])
+    with pytest.raises(TypeError, match=r"pack_padded_sequence: expected input to be an array or Tensor, got list"):
+        pack_padded_sequence([[[0.0, 1.0]]], [1])

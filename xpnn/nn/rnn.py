@@ -205,6 +205,9 @@ class RNNBase(Module):
                 c0 = None if c0 is None else F.index(c0, (slice(None), xp_idx))
         else:
             x = input
+            if not hasattr(x, "ndim"):
+                raise TypeError(f"{where}: expected input to be an array, a Tensor or a PackedSequence, got "
+                                f"{type(x).__name__}")
             if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
                 layout = "(N, T, {0})" if self.batch_first else "(T, N, {0})"
                 raise ShapeError(f"{where}: expected input of shape {layout.format(self.input_size)} or unbatched "
@@ -360,6 +363,8 @@ class _CellBase(Module):
             return _to_arrays(self.forward(*args, **kwargs))
 
     def _input(self, x: Any) -> tuple[Any, bool]:
+        if not hasattr(x, "ndim"):
+            raise TypeError(f"{self._where()}: expected input to be an array or Tensor, got {type(x).__name__}")
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ShapeError(f"{self._where()}: expected input of shape (N, {self.input_size}) or unbatched "
                              f"({self.input_size},), got {tuple(x.shape)}")

@@ -94,6 +94,8 @@ def pack_padded_sequence(input: Any, lengths: Any, batch_first: bool = False,  #
     Raises ``ShapeError`` for an input of fewer than 2 axes, ``ValueError`` for lengths out of range."""
     where = "pack_padded_sequence"
     x = input
+    if not hasattr(x, "ndim"):
+        raise TypeError(f"{where}: expected input to be an array or Tensor, got {type(x).__name__}")
     if x.ndim < 2:
         raise ShapeError(f"{where}: expected input of shape {'(B, T, *)' if batch_first else '(T, B, *)'}, got "
                          f"{tuple(x.shape)}")
