@@ -195,3 +195,19 @@ def test_encoder_copies_are_independent_with_their_own_dropout():
     assert not np.array_equal(first.dropout(x), second.dropout(x))  # the copies draw different masks
     with pytest.raises(ValueError, match=r"TransformerEncoder: num_layers must be a positive integer, got 0"):
         nn.TransformerEncoder(layer, 0)
+
+
+def test_encoder_stack_on_array_api_strict_with_numpys_results():
+    import array_api_strict as xps
+
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, dtype="float64", seed=0)
+    enc = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(8, dtype="float64"))
+    x = np.random.default_rng(0).standard_normal((2, 5, 8))
+    causal = np.triu(np.ones((5, 5), dtype=bool), 1)
+    want = enc(xpnn.tensor(x), mask=causal, is_causal=True)
+    enc.to(xps)
+    sx = xpnn.tensor(xps.asarray(x), requires_grad=True)
+    got = enc(sx, mask=xps.asarray(causal), is_causal=True)
+    got.sum().backward()
+    assert type(sx.grad).__module__.startswith("array_api_strict")
+    np.testing.assert_allclose(np.asarray(got.data), want.numpy(), atol=1e-12)
