@@ -439,3 +439,17 @@ def test_mha_learned_float_mask_passed_by_name_gets_its_gradient(need_weights, t
     (got ** 2).sum().backward()
     np.testing.assert_allclose(got.data, want.detach().numpy(), rtol=1e-7, atol=1e-12)
     np.testing.assert_allclose(bx.grad, bt.grad.numpy(), rtol=1e-7, atol=1e-12)
+
+
+def test_sdpa_dropout_p_is_checked_and_one_drops_everything(torch):
+    q = np.ones((2, 3, 4))
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(ValueError, match=r"scaled_dot_product_attention: dropout_p must be a probability in "
+                                             r"\[0, 1\], got " + repr(bad)):
+            F.scaled_dot_product_attention(q, q, q, dropout_p=bad)
+    x = xpnn.tensor(q, requires_grad=True)
+    out = F.scaled_dot_product_attention(x, x, x, dropout_p=1.0, seed=0)
+    ref = torch.nn.functional.scaled_dot_product_attention(*(torch.tensor(q),) * 3, dropout_p=1.0)
+    np.testing.assert_array_equal(out.data, ref.numpy())
+    out.sum().backward()
+    np.testing.assert_array_equal(x.grad, np.zeros_like(q))

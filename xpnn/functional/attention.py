@@ -269,6 +269,9 @@ def scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: An
     query, a divisor of its count; query head h then uses key/value head h // (Hq / Hkv) (PyTorch's
     ``repeat_interleave``). Here key and value are gathered to the query's head count (a copy); ``ShapeError`` when
     the counts do not divide."""
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float, np.integer, np.floating)) or \
+            not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"{_WHERE}: dropout_p must be a probability in [0, 1], got {dropout_p!r}")
     if enable_gqa:
         key, value = _repeat_kv_heads(query, key, value)
     if scale is None:
@@ -279,7 +282,11 @@ def scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: An
         xp = namespace_of(*data, where=_WHERE)
         batch = _broadcast_shape(tuple(data[0].shape[:-2]), tuple(data[1].shape[:-2])) or ()
         shape = batch + (int(data[0].shape[-2]), int(data[1].shape[-2]))
-        dm = _dropout_mask(xp, shape, float(dropout_p), data[0].dtype, rng if rng is not None else make_rng(xp, seed))
+        if dropout_p == 1.0:  # every probability dropped: the output is 0 (as PyTorch)
+            dm = xp.zeros(shape, dtype=data[0].dtype)
+        else:
+            dm = _dropout_mask(xp, shape, float(dropout_p), data[0].dtype,
+                               rng if rng is not None else make_rng(xp, seed))
     return ScaledDotProductAttention.apply(query, key, value, attn_mask, is_causal=bool(is_causal),
                                            scale=float(scale), dropout_mask=dm)
 
