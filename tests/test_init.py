@@ -128,3 +128,11 @@ def test_orthogonal_gives_orthonormal_rows_or_columns_like_pytorch(shape, torch)
     np.testing.assert_allclose(to_numpy(s), init.orthogonal(np.zeros(shape), seed=0), rtol=1e-6, atol=1e-6)
     with pytest.raises(ShapeError, match=r"init.orthogonal: expected an array of 2 or more axes, got shape \(4,\)"):
         init.orthogonal_(np.zeros(4))
+
+
+def test_nn_init_is_the_init_module_as_in_pytorch():
+    """PyTorch code writes ``nn.init.xavier_uniform_(layer.weight)`` after ``from torch import nn``."""
+    assert nn.init is init
+    layer = nn.Linear(4, 3)
+    nn.init.zeros_(layer.bias)
+    np.testing.assert_array_equal(to_numpy(layer.bias.data), np.zeros(3))

@@ -27,6 +27,7 @@ from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .transformer import TransformerEncoder, TransformerEncoderLayer
 from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from . import utils
+from .. import init  # nn.init.xavier_uniform_(...), as torch.nn.init
 
 __all__ = [
     "Module", "Parameter", "FlatBuffer", "flat_buffer_of",
@@ -37,4 +38,5 @@ __all__ = [
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "BatchNorm2d", "utils",
     "Embedding", "LayerNorm",
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
+    "init",
 ]
