@@ -375,3 +375,94 @@ def test_sdpa_nan_and_infinite_scores_give_the_generic_rows():
         np.testing.assert_array_equal(got, np.asarray(strict))
         assert np.isnan(got[1, 3]).all() and np.isfinite(np.delete(got[1], 3, 0)).all()
         assert np.isnan(got[0, 2:]).all()  # the rows that attend the NaN key
+@pytest.mark.parametrize("mask", [None, "causal", "bool"])
+def test_sdpa_with_no_keys_gives_zeros_like_pytorch(mask, torch):
+    """S = 0 (e.g. an empty memory): PyTorch returns zeros of (..., L, Ev); gradients are zeros too."""
+    q = xpnn.tensor(np.ones((2, 3, 4)), requires_grad=True)
+    k = xpnn.tensor(np.ones((2, 0, 4)), requires_grad=True)
+    v = xpnn.tensor(np.ones((2, 0, 5)), requires_grad=True)
+    kw = {"is_causal": True} if mask == "causal" else {"attn_mask": np.zeros((3, 0), bool)} if mask else {}
+    out = F.scaled_dot_product_attention(q, k, v, **kw)
+    tkw = {"is_causal": True} if mask == "causal" else {"attn_mask": torch.zeros(3, 0, dtype=torch.bool)} if mask \
+        else {}
+    ref = torch.nn.functional.scaled_dot_product_attention(torch.ones(2, 3, 4, dtype=torch.float64),
+                                                           torch.ones(2, 0, 4, dtype=torch.float64),
+                                                           torch.ones(2, 0, 5, dtype=torch.float64), **tkw)
+    np.testing.assert_array_equal(out.data, ref.numpy())
+    out.sum().backward()
+    np.testing.assert_array_equal(q.grad, np.zeros((2, 3, 4)))
+    assert k.grad.shape == (2, 0, 4) and v.grad.shape == (2, 0, 5)
+
+
+def test_mha_batch_mismatch_names_the_shapes_as_given():
+    m = nn.MultiheadAttention(4, 2, dtype="float64")  # (L, N, E): the batch is axis 1
+    q, kv = np.zeros((3, 2, 4)), np.zeros((3, 5, 4))
+    with pytest.raises(ShapeError, match=r"query's batch size 2, got query \(3, 2, 4\), key \(3, 5, 4\) and value "
+                                         r"\(3, 5, 4\)"):
+        m(q, kv, kv)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_sdpa_grouped_query_attention_matches_pytorch(kv_heads, torch):
+    """``enable_gqa=True`` (PyTorch >= 2.5): key/value with fewer heads than the query; outputs and gradients."""
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 4, 3, 8))
+    k = rng.standard_normal((2, kv_heads, 5, 8))
+    v = rng.standard_normal((2, kv_heads, 5, 6))
+    mask = rng.random((3, 5)) > 0.3
+    mask[:, 0] = True
+    mine = [xpnn.tensor(a, requires_grad=True) for a in (q, k, v)]
+    ref = [torch.tensor(a, requires_grad=True) for a in (q, k, v)]
+    got = F.scaled_dot_product_attention(*mine, attn_mask=mask, enable_gqa=True)
+    want = torch.nn.functional.scaled_dot_product_attention(*ref, attn_mask=torch.tensor(mask), enable_gqa=True)
+    np.testing.assert_allclose(got.data, want.detach().numpy(), rtol=1e-7, atol=1e-12)
+    w = rng.standard_normal(tuple(want.shape))
+    (got * w).sum().backward()
+    (want * torch.tensor(w)).sum().backward()
+    for a, b in zip(mine, ref):
+        np.testing.assert_allclose(a.grad, b.grad.numpy(), rtol=1e-7, atol=1e-12)
+
+
+def test_sdpa_grouped_query_attention_errors():
+    q, k = np.zeros((1, 4, 3, 8)), np.zeros((1, 3, 5, 8))
+    with pytest.raises(ShapeError, match=r"scaled_dot_product_attention: enable_gqa=True needs key and value with one "
+                                         r"head count \(axis -3\) that divides the query's 4, got key \(1, 3, 5, 8\)"):
+        F.scaled_dot_product_attention(q, k, k, enable_gqa=True)
+    with pytest.raises(ShapeError, match=r"enable_gqa=True needs query \(\.\.\., Hq, L, E\)"):
+        F.scaled_dot_product_attention(np.zeros((3, 8)), np.zeros((5, 8)), np.zeros((5, 8)), enable_gqa=True)
+    with pytest.raises(ShapeError, match=r"do not broadcast together"):  # without the flag, as PyTorch
+        F.scaled_dot_product_attention(q, np.zeros((1, 2, 5, 8)), np.zeros((1, 2, 5, 8)))
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_mha_learned_float_mask_passed_by_name_gets_its_gradient(need_weights, torch):
+    """A Tensor given only as a keyword (here a learned attention bias) makes the call recorded, as a positional one
+    does; before, array query/key/value with ``attn_mask=Tensor`` gave arrays and no gradient for the mask."""
+    torch.manual_seed(0)
+    ref = torch.nn.MultiheadAttention(8, 2).double()
+    m = nn.MultiheadAttention(8, 2, dtype="float64")
+    m.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
+    rng = np.random.default_rng(0)
+    q, k, bias = rng.standard_normal((4, 3, 8)), rng.standard_normal((5, 3, 8)), rng.standard_normal((6, 4, 5))
+    bt, bx = torch.tensor(bias, requires_grad=True), xpnn.tensor(bias, requires_grad=True)
+    want = ref(torch.tensor(q), torch.tensor(k), torch.tensor(k), attn_mask=bt, need_weights=need_weights)[0]
+    got = m(q, k, k, attn_mask=bx, need_weights=need_weights)[0]
+    assert isinstance(got, xpnn.Tensor)
+    (want ** 2).sum().backward()
+    (got ** 2).sum().backward()
+    np.testing.assert_allclose(got.data, want.detach().numpy(), rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(bx.grad, bt.grad.numpy(), rtol=1e-7, atol=1e-12)
+
+
+def test_sdpa_dropout_p_is_checked_and_one_drops_everything(torch):
+    q = np.ones((2, 3, 4))
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(ValueError, match=r"scaled_dot_product_attention: dropout_p must be a probability in "
+                                             r"\[0, 1\], got " + repr(bad)):
+            F.scaled_dot_product_attention(q, q, q, dropout_p=bad)
+    x = xpnn.tensor(q, requires_grad=True)
+    out = F.scaled_dot_product_attention(x, x, x, dropout_p=1.0, seed=0)
+    ref = torch.nn.functional.scaled_dot_product_attention(*(torch.tensor(q),) * 3, dropout_p=1.0)
+    np.testing.assert_array_equal(out.data, ref.numpy())
+    out.sum().backward()
+    np.testing.assert_array_equal(x.grad, np.zeros_like(q))

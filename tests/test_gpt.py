@@ -121,3 +121,20 @@ def test_exports_to_onnx_with_the_same_logits(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "gpt.onnx"))
     got = session.run(None, {session.get_inputs()[0].name: idx})[0]
     np.testing.assert_allclose(got, m(xpnn.tensor(idx)).numpy(), atol=1e-5)
+
+
+def test_generate_rejects_bad_prompts_and_counts_naming_the_model():
+    """An empty prompt, a negative or fractional count and a list of tokens: errors naming GPT.generate, not an
+    IndexError from inside the decoding loop or a silent no-op."""
+    m = GPT(5, 8, n_layer=1, n_head=1, d_model=4)
+    with pytest.raises(ValueError, match=r"GPT\(.*\)\.generate: expected a prompt of at least one token per row, got "
+                                         r"tokens of shape \(2, 0\)"):
+        m.generate(np.zeros((2, 0), dtype=np.int64), 3)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match=r"GPT\(.*\)\.generate: expected max_new_tokens to be an integer >= 0, "
+                                             r"got " + repr(bad)):
+            m.generate(np.zeros((1, 2), dtype=np.int64), bad)
+    with pytest.raises(TypeError, match=r"GPT\(.*\): expected tokens as an integer array or Tensor of shape \(B, T\), "
+                                        r"got list"):
+        m.generate([[1, 2]], 2)
+    assert m.generate(np.zeros((1, 2), dtype=np.int64), np.int64(0)).shape == (1, 2)

@@ -108,3 +108,31 @@ def test_init_writes_into_a_tensor_and_bumps_its_version(torch):
         ty.backward()
     with pytest.raises(xpnn.InplaceModifiedError):
         y.backward()
+
+
+@pytest.mark.parametrize("shape", [(12, 3), (3, 12), (8, 2, 3), (5, 5)])
+def test_orthogonal_gives_orthonormal_rows_or_columns_like_pytorch(shape, torch):
+    """``init.orthogonal_`` (the usual init of an LSTM's ``weight_hh``): the (shape[0], rest) view has orthonormal
+    rows or columns, whichever are fewer, times ``gain``, as ``torch.nn.init.orthogonal_`` gives."""
+    lstm = nn.LSTM(3, 4)
+    assert init.orthogonal_(lstm.weight_hh_l0, seed=0) is lstm.weight_hh_l0
+    w = np.zeros(shape)
+    init.orthogonal_(w, gain=2.0, seed=0)
+    ref = torch.nn.init.orthogonal_(torch.empty(shape, dtype=torch.float64), gain=2.0).numpy()
+    for m in (w, ref):
+        flat = m.reshape(shape[0], -1)
+        small = flat @ flat.T if flat.shape[0] <= flat.shape[1] else flat.T @ flat
+        np.testing.assert_allclose(small, 4.0 * np.eye(small.shape[0]), atol=1e-12)
+    s = array_api_strict.zeros(shape, dtype=array_api_strict.float32)
+    init.orthogonal(s, seed=0)
+    np.testing.assert_allclose(to_numpy(s), init.orthogonal(np.zeros(shape), seed=0), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ShapeError, match=r"init.orthogonal: expected an array of 2 or more axes, got shape \(4,\)"):
+        init.orthogonal_(np.zeros(4))
+
+
+def test_nn_init_is_the_init_module_as_in_pytorch():
+    """PyTorch code writes ``nn.init.xavier_uniform_(layer.weight)`` after ``from torch import nn``."""
+    assert nn.init is init
+    layer = nn.Linear(4, 3)
+    nn.init.zeros_(layer.bias)
+    np.testing.assert_array_equal(to_numpy(layer.bias.data), np.zeros(3))

@@ -145,7 +145,8 @@ def _token_model(dtype=None):
 
 class _CausalEncoder(nn.Module):
     """Token ids (N, 6) -> embeddings -> a causal TransformerEncoderLayer (MultiheadAttention inside) -> a
-    MultiheadAttention with a float mask -> a Linear of the flattened sequence."""
+    MultiheadAttention with a float mask -> a TransformerEncoder of two post-norm layers and a final LayerNorm (causal)
+    -> a Linear of the flattened sequence."""
 
     def __init__(self):
         super().__init__()
@@ -153,12 +154,15 @@ class _CausalEncoder(nn.Module):
         self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, norm_first=True,
                                                 activation="gelu", seed=1)
         self.attn = nn.MultiheadAttention(8, 2, batch_first=True, seed=2)
+        self.stack = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, seed=4),
+                                           2, norm=nn.LayerNorm(8))
         self.head = nn.Linear(48, 5, seed=3)
 
     def forward(self, x):
         h = self.layer(self.embed(x), src_mask=np.triu(np.ones((6, 6), dtype=bool), 1))
         bias = np.linspace(-1.0, 1.0, 36, dtype=np.float32).reshape(6, 6)
         h = self.attn(h, h, h, attn_mask=bias, need_weights=False)[0]
+        h = self.stack(h, mask=np.triu(np.ones((6, 6), dtype=bool), 1), is_causal=True)
         return self.head(F.reshape(h, (-1, 48)))
 
 

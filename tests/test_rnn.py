@@ -325,3 +325,30 @@ def test_errors_name_layer_expected_and_given():
         nn.RNN(4, 3, nonlinearity="sigmoid")
     with pytest.raises(ShapeError, match=r"lstm_cell: expected gh of shape \(2, 12\)"):
         F.lstm_cell(np.zeros((2, 12)), np.zeros((2, 9)), np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("shape", [(0, 2, 4), (0, 4)])
+def test_zero_length_sequence_raises_naming_the_layer(batch_first, shape):
+    """PyTorch: "Expected sequence length to be larger than 0 in RNN"; not a reshape error from deep inside."""
+    if batch_first and len(shape) == 3:
+        shape = (2, 0, 4)
+    with pytest.raises(ShapeError, match=r"GRU\(4, 3.*\): expected a sequence length T larger than 0.*got input of "
+                                         r"shape " + re_shape(shape)):
+        nn.GRU(4, 3, batch_first=batch_first)(xpnn.tensor(np.zeros(shape, np.float32)))
+
+
+def re_shape(shape):
+    return r"\(" + r", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + r"\)"
+
+
+def test_a_list_input_raises_type_error_naming_the_layer():
+    from xpnn.nn.utils.rnn import pack_padded_sequence
+
+    with pytest.raises(TypeError, match=r"LSTM\(2, 3\): expected input to be an array, a Tensor or a PackedSequence, "
+                                        r"got list"):
+        nn.LSTM(2, 3)([[[0.0, 1.0]]])
+    with pytest.raises(TypeError, match=r"GRUCell\(2, 3\): expected input to be an array or Tensor, got list"):
+        nn.GRUCell(2, 3)([[0.0, 1.0]])
+    with pytest.raises(TypeError, match=r"pack_padded_sequence: expected input to be an array or Tensor, got list"):
+        pack_padded_sequence([[[0.0, 1.0]]], [1])

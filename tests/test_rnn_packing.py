@@ -102,3 +102,62 @@ def test_packing_errors():
         nn.LSTM(5, 3, dtype="float64")(p)
     with pytest.raises(ValueError, match="lengths with a padded input"):
         nn.GRU(2, 3, dtype="float64")(p, lengths=[4, 2, 1])
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_pad_sequence_matches_torch_and_passes_gradients(torch, batch_first, padding_side):
+    from xpnn.nn.utils.rnn import pad_sequence
+
+    rng = np.random.default_rng(0)
+    seqs = [rng.standard_normal((n, 3)) for n in (2, 5, 1)]
+    mine = [xpnn.tensor(s, requires_grad=True) for s in seqs]
+    theirs = [torch.tensor(s, requires_grad=True) for s in seqs]
+    got = pad_sequence(mine, batch_first=batch_first, padding_value=-2.0, padding_side=padding_side)
+    want = torch.nn.utils.rnn.pad_sequence(theirs, batch_first=batch_first, padding_value=-2.0,
+                                           padding_side=padding_side)
+    np.testing.assert_array_equal(got.data, want.detach().numpy())
+    w = rng.standard_normal(tuple(want.shape))
+    (got * w).sum().backward()
+    (want * torch.tensor(w)).sum().backward()
+    for a, b in zip(mine, theirs):
+        np.testing.assert_array_equal(a.grad, b.grad.numpy())
+    assert isinstance(pad_sequence(seqs), np.ndarray)  # arrays in, an array out
+
+
+@pytest.mark.parametrize("enforce_sorted", [False, True])
+def test_pack_sequence_matches_torch_through_an_lstm(torch, enforce_sorted):
+    from xpnn.nn.utils.rnn import pack_sequence
+
+    rng = np.random.default_rng(1)
+    lens = (5, 3, 2) if enforce_sorted else (2, 5, 3)
+    seqs = [rng.standard_normal((n, 4)) for n in lens]
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(4, 3).double()
+    mine = nn.LSTM(4, 3, dtype="float64")
+    mine.flatten_parameters()  # PyTorch code calls it (cuDNN); a no-op here
+    ref.flatten_parameters()
+    mine.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
+    packed = pack_sequence(seqs, enforce_sorted=enforce_sorted)
+    tpacked = torch.nn.utils.rnn.pack_sequence([torch.tensor(s) for s in seqs], enforce_sorted=enforce_sorted)
+    np.testing.assert_array_equal(packed.batch_sizes, tpacked.batch_sizes.numpy())
+    out, (h, c) = mine(packed)
+    tout, (th, tc) = ref(tpacked)
+    np.testing.assert_allclose(out.data, tout.data.detach().numpy(), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(h, th.detach().numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_pad_sequence_errors_name_the_function():
+    from xpnn.nn.utils.rnn import pack_sequence, pad_sequence
+
+    with pytest.raises(ShapeError, match=r"pad_sequence: expected every sequence to have the trailing shape and dtype "
+                                         r"of sequence 0 \(\(3,\), float64\), got \(\(4,\), float64\) at sequence 1"):
+        pad_sequence([np.zeros((2, 3)), np.zeros((2, 4))])
+    with pytest.raises(ValueError, match=r"pad_sequence: expected at least one sequence"):
+        pad_sequence([])
+    with pytest.raises(TypeError, match=r"pad_sequence: expected a list or tuple"):
+        pad_sequence(np.zeros((2, 3)))
+    with pytest.raises(ShapeError, match=r"pack_sequence: expected sequence 0 to be an array or Tensor of shape"):
+        pack_sequence([[1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"pack_padded_sequence: `lengths` must be sorted in decreasing order"):
+        pack_sequence([np.zeros((1, 2)), np.zeros((3, 2))])

@@ -150,3 +150,64 @@ def test_runs_on_array_api_strict_with_numpys_results():
     np.testing.assert_allclose(np.asarray(sx.grad), xx.grad, atol=1e-12)
     for name, p in m.named_parameters():
         np.testing.assert_allclose(np.asarray(p.grad), grads[name], atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("final_norm", [False, True])
+def test_encoder_stack_matches_pytorch(torch, final_norm):
+    """``nn.TransformerEncoder``: PyTorch's state_dict names (``layers.{i}.*``, ``norm.*``), outputs and gradients
+    with a padding mask and a causal mask."""
+    torch.manual_seed(0)
+    ref_layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True)
+    ref = torch.nn.TransformerEncoder(ref_layer, 2, norm=torch.nn.LayerNorm(8) if final_norm else None,
+                                      enable_nested_tensor=False).double().eval()
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True, dtype="float64")
+    mine = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(8, dtype="float64") if final_norm else None,
+                                 enable_nested_tensor=False).eval()
+    state = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+    assert sorted(mine.state_dict()) == sorted(state)
+    mine.load_state_dict(state)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 8))
+    pad = np.array([[False] * 5, [False, False, False, True, True]])
+    causal = np.triu(np.ones((5, 5), dtype=bool), 1)  # True = ignore, like the padding mask
+    xt = torch.tensor(x, requires_grad=True)
+    xm = xpnn.tensor(x, requires_grad=True)
+    want = ref(xt, mask=torch.tensor(causal), src_key_padding_mask=torch.tensor(pad), is_causal=True)
+    got = mine(xm, mask=causal, src_key_padding_mask=pad, is_causal=True)
+    np.testing.assert_allclose(got.data, want.detach().numpy(), rtol=1e-6, atol=1e-9)
+    w = rng.standard_normal(x.shape)
+    (want * torch.tensor(w)).sum().backward()
+    (got * w).sum().backward()
+    np.testing.assert_allclose(xm.grad, xt.grad.numpy(), rtol=1e-6, atol=1e-9)
+    params = dict(mine.named_parameters())
+    for name, p in ref.named_parameters():
+        np.testing.assert_allclose(params[name].grad, p.grad.numpy(), rtol=1e-6, atol=1e-9, err_msg=name)
+
+
+def test_encoder_copies_are_independent_with_their_own_dropout():
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.5, dtype="float64", seed=0)
+    enc = nn.TransformerEncoder(layer, 2, seed=1)
+    first, second = enc.layers[0], enc.layers[1]
+    np.testing.assert_array_equal(first.linear1.weight.data, layer.linear1.weight.data)
+    first.linear1.weight.data[...] += 1.0
+    assert not np.array_equal(first.linear1.weight.data, second.linear1.weight.data)
+    x = np.ones((3, 1, 8))
+    assert not np.array_equal(first.dropout(x), second.dropout(x))  # the copies draw different masks
+    with pytest.raises(ValueError, match=r"TransformerEncoder: num_layers must be a positive integer, got 0"):
+        nn.TransformerEncoder(layer, 0)
+
+
+def test_encoder_stack_on_array_api_strict_with_numpys_results():
+    import array_api_strict as xps
+
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, dtype="float64", seed=0)
+    enc = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(8, dtype="float64"))
+    x = np.random.default_rng(0).standard_normal((2, 5, 8))
+    causal = np.triu(np.ones((5, 5), dtype=bool), 1)
+    want = enc(xpnn.tensor(x), mask=causal, is_causal=True)
+    enc.to(xps)
+    sx = xpnn.tensor(xps.asarray(x), requires_grad=True)
+    got = enc(sx, mask=xps.asarray(causal), is_causal=True)
+    got.sum().backward()
+    assert type(sx.grad).__module__.startswith("array_api_strict")
+    np.testing.assert_allclose(np.asarray(got.data), want.numpy(), atol=1e-12)

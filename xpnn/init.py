@@ -29,6 +29,7 @@ __all__ = [
     "xavier_normal",
     "kaiming_uniform",
     "kaiming_normal",
+    "orthogonal",
 ]
 
 Seed = Union[int, np.random.Generator, None]
@@ -161,6 +162,27 @@ def kaiming_normal(
     return normal(tensor, 0.0, _kaiming_std(tensor, a, mode, nonlinearity), seed=seed)
 
 
+def orthogonal(tensor: Any, gain: float = 1.0, *, seed: Seed = None) -> Any:
+    """A (semi-)orthogonal matrix (Saxe et al., 2013), ``torch.nn.init.orthogonal_``: the array viewed as
+    (shape[0], prod(shape[1:])) gets orthonormal rows or columns (whichever are fewer), times ``gain``: the Q of a QR
+    decomposition of a N(0, 1) draw, its signs fixed by R's diagonal. Raises ``ShapeError`` for fewer than 2 axes."""
+    shape = _shape(tensor)
+    if len(shape) < 2:
+        raise ShapeError(f"init.orthogonal: expected an array of 2 or more axes, got shape {shape}")
+    rows = shape[0]
+    cols = math.prod(shape[1:])
+    if rows * cols == 0:
+        return tensor
+    flat = _rng(seed).normal(0.0, 1.0, size=(rows, cols))
+    if rows < cols:
+        flat = flat.T
+    q, r = np.linalg.qr(flat)
+    q *= np.sign(np.diag(r))
+    if rows < cols:
+        q = q.T
+    return _write(tensor, gain * q.reshape(shape))
+
+
 # PyTorch spellings
 uniform_ = uniform
 normal_ = normal
@@ -171,4 +193,5 @@ xavier_uniform_ = xavier_uniform
 xavier_normal_ = xavier_normal
 kaiming_uniform_ = kaiming_uniform
 kaiming_normal_ = kaiming_normal
+orthogonal_ = orthogonal
 _calculate_fan_in_and_fan_out = calculate_fan_in_and_fan_out

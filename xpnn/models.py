@@ -319,7 +319,7 @@ class GPT(nn.Module):
     4x wide), a final LayerNorm ``ln_f``, and logits from the token embedding (the LM head is tied to ``wte``).
 
     ``model(idx)``: integer tokens (B, T) (array or Tensor), T <= ``block_size`` -> logits (B, T, vocab_size), a
-    Tensor. ``generate(idx, max_new_tokens)``: greedy decoding with a KV-cache. Weights initialised as GPT-2 /
+    Tensor for a Tensor in (an array for an array: the explicit API, no graph). ``generate(idx, max_new_tokens)``: greedy decoding with a KV-cache. Weights initialised as GPT-2 /
     nanoGPT: N(0, 0.02), the residual projections N(0, 0.02 / sqrt(2 n_layer)), biases 0, LayerNorms 1 and 0.
     """
 
@@ -352,6 +352,9 @@ class GPT(nn.Module):
 
     def _tokens(self, idx: Any) -> Any:
         idx = idx.data if hasattr(idx, "_node") else idx
+        if not hasattr(idx, "ndim"):
+            raise TypeError(f"{self._where()}: expected tokens as an integer array or Tensor of shape (B, T), got "
+                            f"{type(idx).__name__}")
         if idx.ndim != 2 or int(idx.shape[1]) > self.block_size:
             raise ShapeError(f"{self._where()}: expected tokens of shape (B, T) with T <= {self.block_size}, got "
                              f"{tuple(idx.shape)}")
@@ -375,11 +378,19 @@ class GPT(nn.Module):
         With ``use_cache`` (default) each layer keeps its keys and values (two (B, H, T_total, D) arrays), so a new
         token costs one position's forward (the prefix is never recomputed); ``use_cache=False`` recomputes the
         whole sequence for every token (the reference). Runs in eval mode under ``no_grad``; raises ``ValueError``
-        when T + max_new_tokens exceeds ``block_size``."""
+        when T + max_new_tokens exceeds ``block_size``, for a negative or non-integer ``max_new_tokens`` and for an
+        empty prompt (T = 0), ``TypeError`` for tokens that are not an array or Tensor."""
         from .autograd.grad_mode import no_grad
 
         idx = self._tokens(idx)
         b, t = (int(s) for s in idx.shape)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or \
+                max_new_tokens < 0:
+            raise ValueError(f"{self._where()}.generate: expected max_new_tokens to be an integer >= 0, got "
+                             f"{max_new_tokens!r}")
+        if t == 0 and max_new_tokens > 0:
+            raise ValueError(f"{self._where()}.generate: expected a prompt of at least one token per row, got "
+                             f"tokens of shape {tuple(idx.shape)}")
         total = t + int(max_new_tokens)
         if total > self.block_size:
             raise ValueError(f"{self._where()}.generate: {t} prompt + {max_new_tokens} new tokens exceed "

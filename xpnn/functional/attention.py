@@ -36,7 +36,7 @@ from ..backend import dtype_name, is_cupy_namespace, is_numpy_namespace, namespa
 from ..errors import DTypeError, ShapeError
 from .dropout import dropout_mask as _dropout_mask, make_rng
 from .elementwise import _mT, matmul, mul
-from .shape import sum_to
+from .shape import index, sum_to
 from .softmax import softmax, softmax_backward
 
 __all__ = ["scaled_dot_product_attention"]
@@ -119,6 +119,8 @@ def _bias(xp: Any, attn_mask: Any, is_causal: bool, n_q: int, n_k: int, dtype: A
 def _softmax_rows(xp: Any, s: Any) -> Any:
     """softmax over the last axis of the (fresh) score array ``s``, in place where the namespace allows (NumPy,
     CuPy); float16 in float32."""
+    if s.shape[-1] == 0:  # no keys (S = 0): no probabilities, the output is 0 (as PyTorch's)
+        return s
     half = getattr(xp, "float16", None)
     if half is not None and s.dtype == half:
         return xp.astype(_softmax_rows(xp, xp.astype(s, xp.float32)), half)
@@ -255,8 +257,8 @@ def _probs(ctx: Context, q: Any, k: Any, attn_mask: Any) -> Any:
 
 
 def scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0,
-                                 is_causal: bool = False, scale: Optional[float] = None, *, rng: Any = None,
-                                 seed: Any = None) -> Any:
+                                 is_causal: bool = False, scale: Optional[float] = None, enable_gqa: bool = False,
+                                 *, rng: Any = None, seed: Any = None) -> Any:
     """Attention ``softmax(q @ k^T * scale + mask) @ v`` (``torch.nn.functional.scaled_dot_product_attention``).
 
     query (..., L, E), key (..., S, E), value (..., S, Ev) -> (..., L, Ev); the batch axes (e.g. (N, heads))
@@ -264,7 +266,17 @@ def scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: An
     broadcastable to (..., L, S). ``is_causal``: query i attends keys j <= i (not with ``attn_mask``). ``scale``:
     default ``1/sqrt(E)``. ``dropout_p``: dropout on the attention probabilities (mask drawn from ``rng``, from
     ``make_rng``, or ``seed``). A query whose keys are all masked out gives 0 (as PyTorch). Raises ``ShapeError``,
-    ``DTypeError`` (naming the expected and given shapes/dtypes) and ``ValueError`` (mask with ``is_causal``)."""
+    ``DTypeError`` (naming the expected and given shapes/dtypes) and ``ValueError`` (mask with ``is_causal``).
+
+    ``enable_gqa`` (grouped-query attention, PyTorch's flag): key and value may have fewer heads (axis -3) than the
+    query, a divisor of its count; query head h then uses key/value head h // (Hq / Hkv) (PyTorch's
+    ``repeat_interleave``). Here key and value are gathered to the query's head count (a copy); ``ShapeError`` when
+    the counts do not divide."""
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float, np.integer, np.floating)) or \
+            not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"{_WHERE}: dropout_p must be a probability in [0, 1], got {dropout_p!r}")
+    if enable_gqa:
+        key, value = _repeat_kv_heads(query, key, value)
     if scale is None:
         scale = 1.0 / math.sqrt(int(query.shape[-1]))
     dm = None
@@ -273,6 +285,28 @@ def scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: An
         xp = namespace_of(*data, where=_WHERE)
         batch = _broadcast_shape(tuple(data[0].shape[:-2]), tuple(data[1].shape[:-2])) or ()
         shape = batch + (int(data[0].shape[-2]), int(data[1].shape[-2]))
-        dm = _dropout_mask(xp, shape, float(dropout_p), data[0].dtype, rng if rng is not None else make_rng(xp, seed))
+        if dropout_p == 1.0:  # every probability dropped: the output is 0 (as PyTorch)
+            dm = xp.zeros(shape, dtype=data[0].dtype)
+        else:
+            dm = _dropout_mask(xp, shape, float(dropout_p), data[0].dtype,
+                               rng if rng is not None else make_rng(xp, seed))
     return ScaledDotProductAttention.apply(query, key, value, attn_mask, is_causal=bool(is_causal),
                                            scale=float(scale), dropout_mask=dm)
+
+
+def _repeat_kv_heads(query: Any, key: Any, value: Any) -> tuple[Any, Any]:
+    """``enable_gqa``: key and value with Hkv heads (axis -3) gathered to the query's Hq heads, head h from
+    h // (Hq / Hkv) (a no-op when the counts are equal)."""
+    if query.ndim < 3 or key.ndim < 3 or value.ndim < 3:
+        raise ShapeError(f"{_WHERE}: enable_gqa=True needs query (..., Hq, L, E), key (..., Hkv, S, E) and value "
+                         f"(..., Hkv, S, Ev), got {tuple(query.shape)}, {tuple(key.shape)} and {tuple(value.shape)}")
+    hq, hk, hv = int(query.shape[-3]), int(key.shape[-3]), int(value.shape[-3])
+    if hk != hv or hk == 0 or hq % hk:
+        raise ShapeError(f"{_WHERE}: enable_gqa=True needs key and value with one head count (axis -3) that divides "
+                         f"the query's {hq}, got key {tuple(key.shape)} and value {tuple(value.shape)}")
+    if hk == hq:
+        return key, value
+    data = key.data if isinstance(key, _op.TensorBase) else key
+    heads = namespace_of(data).asarray(np.repeat(np.arange(hk), hq // hk))
+    where = (Ellipsis, heads, slice(None), slice(None))
+    return index(key, where), index(value, where)

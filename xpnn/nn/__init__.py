@@ -24,17 +24,19 @@ from .maxout import Maxout
 from .explicit import Module
 from .parameter import FlatBuffer, Parameter, flat_buffer_of
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
-from .transformer import TransformerEncoderLayer
+from .transformer import TransformerEncoder, TransformerEncoderLayer
 from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from . import utils
+from .. import init  # nn.init.xavier_uniform_(...), as torch.nn.init
 
 __all__ = [
     "Module", "Parameter", "FlatBuffer", "flat_buffer_of",
     "Linear", *_activation.__all__, "Maxout",
     "Dropout", "DropConnect", "BatchNorm1d", "Sequential", "Residual", "ModuleList", "Identity",
     "CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss",
-    "MultiheadAttention", "TransformerEncoderLayer",
+    "MultiheadAttention", "TransformerEncoderLayer", "TransformerEncoder",
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "BatchNorm2d", "utils",
     "Embedding", "LayerNorm",
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
+    "init",
 ]

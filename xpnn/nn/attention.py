@@ -113,6 +113,7 @@ class MultiheadAttention(Module):
         for name, x in (("query", query), ("key", key), ("value", value)):
             self._check_input(name, _data(x), batched)
         h, d, e = self.num_heads, self.head_dim, self.embed_dim
+        given = tuple(tuple(_data(x).shape) for x in (query, key, value))
         if batched and not self.batch_first:  # (L, N, E) -> (N, L, E)
             query, key, value = (F.permute_dims(x, (1, 0, 2)) for x in (query, key, value))
         elif not batched:
@@ -120,7 +121,7 @@ class MultiheadAttention(Module):
         n, n_q, n_k = int(query.shape[0]), int(query.shape[1]), int(key.shape[1])
         if tuple(key.shape) != tuple(value.shape) or int(key.shape[0]) != n:
             raise ShapeError(f"{self._where()}: expected key and value of one shape with the query's batch size "
-                             f"{n}, got key {tuple(_data(key).shape)} and value {tuple(_data(value).shape)}")
+                             f"{n}, got query {given[0]}, key {given[1]} and value {given[2]}")
         if is_causal and attn_mask is None:
             raise ValueError(f"{self._where()}: is_causal=True is a hint that attn_mask is the causal mask; pass "
                              "attn_mask too (PyTorch's rule)")

@@ -281,6 +281,9 @@ class Module(_core.Module):
             for a in args:
                 if isinstance(a, Tensor):
                     return self.forward(*args, **kwargs)
+            for a in kwargs.values():  # a Tensor passed by name (a learned attn_mask, an h_0) records too
+                if isinstance(a, Tensor):
+                    return self.forward(*args, **kwargs)
         return call(self, args, kwargs)
 
     def backward(self, dy: Any, need_input_grad: bool = True) -> Any:

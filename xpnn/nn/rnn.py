@@ -127,6 +127,10 @@ class RNNBase(Module):
     def _directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    def flatten_parameters(self) -> None:
+        """PyTorch's call that compacts the weights into one cuDNN buffer: here they already live in one
+        ``FlatBuffer``, so this does nothing (it lets PyTorch code that calls it run unchanged)."""
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
@@ -201,10 +205,16 @@ class RNNBase(Module):
                 c0 = None if c0 is None else F.index(c0, (slice(None), xp_idx))
         else:
             x = input
+            if not hasattr(x, "ndim"):
+                raise TypeError(f"{where}: expected input to be an array, a Tensor or a PackedSequence, got "
+                                f"{type(x).__name__}")
             if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
                 layout = "(N, T, {0})" if self.batch_first else "(T, N, {0})"
                 raise ShapeError(f"{where}: expected input of shape {layout.format(self.input_size)} or unbatched "
                                  f"(T, {self.input_size}), got {tuple(x.shape)}")
+            if x.shape[1 if self.batch_first and x.ndim == 3 else 0] == 0:
+                raise ShapeError(f"{where}: expected a sequence length T larger than 0 (as torch.nn.RNNBase), got "
+                                 f"input of shape {tuple(x.shape)}")
             unbatched = x.ndim == 2
             if unbatched:
                 x = F.reshape(x, (x.shape[0], 1, x.shape[1]))
@@ -353,6 +363,8 @@ class _CellBase(Module):
             return _to_arrays(self.forward(*args, **kwargs))
 
     def _input(self, x: Any) -> tuple[Any, bool]:
+        if not hasattr(x, "ndim"):
+            raise TypeError(f"{self._where()}: expected input to be an array or Tensor, got {type(x).__name__}")
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ShapeError(f"{self._where()}: expected input of shape (N, {self.input_size}) or unbatched "
                              f"({self.input_size},), got {tuple(x.shape)}")

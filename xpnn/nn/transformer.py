@@ -1,9 +1,11 @@
 """``TransformerEncoderLayer``: PyTorch's ``torch.nn.TransformerEncoderLayer`` (self-attention and a feed-forward
 block, each with a residual connection and LayerNorm, post-norm or ``norm_first``), with its parameter names, so its
-``state_dict`` loads as is."""
+``state_dict`` loads as is; ``TransformerEncoder``: a stack of copies of one such layer (``torch.nn.TransformerEncoder``,
+``layers.{i}.*`` and ``norm.*``)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+import copy
+from typing import Any, Callable, Optional, Union
 
 from .. import functional as F
 from ..backend import BackendLike
@@ -11,11 +13,12 @@ from ..random import generator
 from .attention import MultiheadAttention
 from .dropout import Dropout
 from .linear import Linear
+from .container import ModuleList
 from .explicit import Module
 from .layernorm import LayerNorm
 from .parameter import FlatBuffer
 
-__all__ = ["TransformerEncoderLayer"]
+__all__ = ["TransformerEncoderLayer", "TransformerEncoder"]
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
@@ -80,3 +83,44 @@ class TransformerEncoderLayer(Module):
             return x + self._ff_block(self.norm2(x))
         x = self.norm1(x + self._sa_block(x, src_mask, src_key_padding_mask, is_causal))
         return self.norm2(x + self._ff_block(x))
+
+
+class TransformerEncoder(Module):
+    """A stack of ``num_layers`` copies of ``encoder_layer`` (``torch.nn.TransformerEncoder``; the copies start from
+    the layer's weights, as PyTorch's deep copies do), then ``norm`` if given: ``forward(src, mask=None,
+    src_key_padding_mask=None, is_causal=None)`` passes ``mask`` / ``src_key_padding_mask`` / ``is_causal`` (a hint
+    that ``mask`` is the causal mask; ``None`` = False) to every layer; shapes as ``TransformerEncoderLayer``.
+    Parameters ``layers.{i}.*`` and ``norm.*``, so a PyTorch encoder's ``state_dict`` loads as is.
+    ``enable_nested_tensor`` and ``mask_check`` are accepted for PyTorch's signature (PyTorch's nested-tensor fast
+    path is an inference optimisation; here padded positions are computed like the others).
+    Each copy's dropout draws its own masks (their generators are reseeded from ``seed``)."""
+
+    def __init__(self, encoder_layer: Module, num_layers: int, norm: Optional[Module] = None,
+                 enable_nested_tensor: bool = True, mask_check: bool = True, *, seed: Any = None) -> None:
+        super().__init__()
+        if not isinstance(encoder_layer, Module):
+            raise TypeError(f"TransformerEncoder: expected encoder_layer to be a Module (a TransformerEncoderLayer), "
+                            f"got {type(encoder_layer).__name__}")
+        if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
+            raise ValueError(f"TransformerEncoder: num_layers must be a positive integer, got {num_layers!r}")
+        rng = generator(seed)
+        layers = []
+        for _ in range(num_layers):
+            layer = copy.deepcopy(encoder_layer)
+            for m in layer.modules():  # fresh dropout generators per copy (a deep copy would repeat the masks)
+                if isinstance(getattr(m, "_rngs", None), dict):
+                    m._rngs = {}
+                    m._seed = int(rng.integers(2**31))
+            layers.append(layer)
+        self.layers = ModuleList(layers)
+        self.num_layers = num_layers
+        self.norm = norm
+        self.enable_nested_tensor, self.mask_check = bool(enable_nested_tensor), bool(mask_check)
+        FlatBuffer.pack(self.parameters())
+
+    def forward(self, src: Any, mask: Any = None, src_key_padding_mask: Any = None,
+                is_causal: Optional[bool] = None) -> Any:
+        x = src
+        for layer in self.layers:
+            x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal))
+        return x if self.norm is None else self.norm(x)

@@ -77,4 +77,4 @@ def clip_grad_value_(parameters: Params, clip_value: float, foreach: Optional[bo
     for g in _grads(parameters, "clip_grad_value_"):
         xp = namespace_of(g, where="clip_grad_value_")
         g[...] = xp.clip(g, min=-v, max=v)
-from . import rnn  # noqa: E402 (xpnn.nn.utils.rnn: PackedSequence, pack_padded_sequence, pad_packed_sequence)
+from . import rnn  # noqa: E402 (xpnn.nn.utils.rnn: PackedSequence, pack_padded_sequence, pad_packed_sequence, ...)

@@ -1,5 +1,5 @@
 """Variable-length batches for the recurrent layers, with ``torch.nn.utils.rnn``'s semantics: ``PackedSequence``,
-``pack_padded_sequence`` and ``pad_packed_sequence``.
+``pack_padded_sequence``, ``pad_packed_sequence``, ``pad_sequence`` and ``pack_sequence``.
 
 A packed sequence holds the valid time steps only, time-major: ``data`` (sum(lengths), *) is step 0 of every
 sequence, then step 1 of the sequences longer than 1, ...; ``batch_sizes[t]`` is how many sequences have a step
@@ -18,7 +18,7 @@ from ... import functional as F
 from ...backend import namespace_of, to_numpy
 from ...errors import ShapeError
 
-__all__ = ["PackedSequence", "pack_padded_sequence", "pad_packed_sequence"]
+__all__ = ["PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "pack_sequence"]
 
 
 class PackedSequence(NamedTuple):
@@ -94,6 +94,8 @@ def pack_padded_sequence(input: Any, lengths: Any, batch_first: bool = False,  #
     Raises ``ShapeError`` for an input of fewer than 2 axes, ``ValueError`` for lengths out of range."""
     where = "pack_padded_sequence"
     x = input
+    if not hasattr(x, "ndim"):
+        raise TypeError(f"{where}: expected input to be an array or Tensor, got {type(x).__name__}")
     if x.ndim < 2:
         raise ShapeError(f"{where}: expected input of shape {'(B, T, *)' if batch_first else '(T, B, *)'}, got "
                          f"{tuple(x.shape)}")
@@ -140,3 +142,53 @@ def pad_packed_sequence(sequence: PackedSequence, batch_first: bool = False, pad
     if batch_first:
         padded = F.permute_dims(padded, (1, 0) + tuple(range(2, padded.ndim)))
     return padded, lengths
+
+
+def _sequence_list(sequences: Any, where: str) -> list[Any]:
+    """``sequences`` (a list or tuple of arrays/Tensors (L_i, *) with one trailing shape and dtype) checked."""
+    if isinstance(sequences, (list, tuple)):
+        seqs = list(sequences)
+    else:
+        raise TypeError(f"{where}: expected a list or tuple of arrays or Tensors (L_i, *), got "
+                        f"{type(sequences).__name__}")
+    if not seqs:
+        raise ValueError(f"{where}: expected at least one sequence, got an empty {type(sequences).__name__}")
+    for i, seq in enumerate(seqs):
+        if not hasattr(seq, "ndim") or seq.ndim < 1:
+            raise ShapeError(f"{where}: expected sequence {i} to be an array or Tensor of shape (L, *), got "
+                             f"{type(seq).__name__}{'' if not hasattr(seq, 'shape') else ' ' + str(tuple(seq.shape))}")
+        if tuple(seq.shape[1:]) != tuple(seqs[0].shape[1:]) or _array(seq).dtype != _array(seqs[0]).dtype:
+            raise ShapeError(f"{where}: expected every sequence to have the trailing shape and dtype of sequence 0 "
+                             f"({tuple(seqs[0].shape[1:])}, {_array(seqs[0]).dtype}), got "
+                             f"({tuple(seq.shape[1:])}, {_array(seq).dtype}) at sequence {i}")
+    return seqs
+
+
+def pad_sequence(sequences: Any, batch_first: bool = False, padding_value: float = 0.0,
+                 padding_side: str = "right") -> Any:
+    """Stack sequences of different lengths into one padded batch, ``torch.nn.utils.rnn.pad_sequence``:
+    ``sequences`` a list of (L_i, *) arrays or Tensors -> (max L_i, B, *) (``batch_first``: (B, max L_i, *)),
+    ``padding_value`` after each sequence (``padding_side="left"``: before it). Gradients flow to the sequences.
+    Raises ``TypeError``/``ValueError``/``ShapeError`` naming the function for a bad list."""
+    where = "pad_sequence"
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"{where}: padding_side must be 'right' or 'left', got {padding_side!r}")
+    seqs = _sequence_list(sequences, where)
+    steps = max(int(seq.shape[0]) for seq in seqs)
+    xp = namespace_of(_array(seqs[0]))
+    rows = []
+    for seq in seqs:
+        n = steps - int(seq.shape[0])
+        if n:
+            pad = xp.full((n,) + tuple(seq.shape[1:]), padding_value, dtype=_array(seq).dtype)
+            seq = F.concat([seq, pad] if padding_side == "right" else [pad, seq], axis=0)
+        rows.append(seq)
+    return F.stack(rows, axis=0 if batch_first else 1)
+
+
+def pack_sequence(sequences: Any, enforce_sorted: bool = True) -> PackedSequence:
+    """Pack a list of (L_i, *) arrays or Tensors, ``torch.nn.utils.rnn.pack_sequence``: ``pad_sequence`` then
+    ``pack_padded_sequence`` with the lengths L_i (``enforce_sorted``: they must be in decreasing order)."""
+    seqs = _sequence_list(sequences, "pack_sequence")
+    return pack_padded_sequence(pad_sequence(seqs), [int(seq.shape[0]) for seq in seqs],
+                                enforce_sorted=enforce_sorted)
