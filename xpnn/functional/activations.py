@@ -22,7 +22,7 @@ from ._masking import zero_where
 from .elementwise import _values, clip, exp
 from .reductions import sum as _sum
 from .shape import broadcast_to, reshape
-from .softmax import _upcast
+from .softmax import _downcast, _upcast
 
 _NP_OPS = InPlace.of(namespace_of(np.empty(0)))
 try:  # NumPy >= 2 keeps its floating-point error state in a context variable; setting a prepared state costs ~0.1 us
@@ -154,7 +154,7 @@ class SigmoidBackward(_ActivationBackward):
         xp = ctx.xp  # (check has validated the pair)
         _ActivationBackward.save(ctx, None, y, dy)
         dx = _sigmoid_grad(InPlace.of(xp), _upcast(xp, y), dy)  # (dy, of y's dtype, promotes exactly)
-        return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
+        return _downcast(xp, dx, dy.dtype)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -198,7 +198,7 @@ class TanhBackward(_ActivationBackward):
         dx = ops.mul(yf, yf, out=xp.empty_like(yf))
         ops.sub(1.0, dx, out=dx)
         ops.mul(dx, dy, out=dx)
-        return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
+        return _downcast(xp, dx, dy.dtype)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -398,7 +398,7 @@ class Softplus(Op):
         xf = _upcast(xp, x)
         z = xf * beta
         out = xp.where(z > threshold, xf, _softplus_values(xp, z) / beta)
-        return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+        return _downcast(xp, out, x.dtype)
 
     @staticmethod
     def backward(ctx: Context, dy: Any) -> Any:
@@ -428,7 +428,7 @@ class SoftplusBackward(_ActivationBackward):
         _ActivationBackward.save(ctx, None, x, dy, beta=beta, threshold=threshold)
         z = _upcast(xp, x) * beta
         dx = xp.where(z > threshold, 1.0, _sigmoid_values(xp, z)) * dy
-        return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
+        return _downcast(xp, dx, dy.dtype)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -455,7 +455,7 @@ class Mish(Op):
         ctx.save_for_backward(x)
         xf = _upcast(xp, x)
         out = xf * xp.tanh(_softplus_values(xp, xf))
-        return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+        return _downcast(xp, out, x.dtype)
 
     @staticmethod
     def backward(ctx: Context, dy: Any) -> Any:
@@ -482,7 +482,7 @@ class MishBackward(_ActivationBackward):
         xf = _upcast(xp, x)
         t = xp.tanh(_softplus_values(xp, xf))
         dx = (t + xf * (1.0 - t * t) * _sigmoid_values(xp, xf)) * dy
-        return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
+        return _downcast(xp, dx, dy.dtype)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -565,7 +565,7 @@ class Gelu(Op):
             out = 0.5 * xf * (1.0 + xp.tanh(_TANH_K * (xf + _TANH_C * xf * xf * xf)))
         else:
             out = 0.5 * xf * (1.0 + _erf(xp, xf * _SQRT1_2))
-        return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+        return _downcast(xp, out, x.dtype)
 
     @staticmethod
     def backward(ctx: Context, dy: Any) -> Any:
@@ -611,7 +611,7 @@ class GeluBackward(_ActivationBackward):
         else:
             d = 0.5 * (1.0 + _erf(xp, xf * _SQRT1_2)) + xf * (_INV_SQRT_2PI * xp.exp(-0.5 * xf * xf))
         dx = d * dy
-        return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
+        return _downcast(xp, dx, dy.dtype)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
@@ -654,7 +654,7 @@ class Silu(Op):
         Silu.save(ctx, None, x)
         xf = _upcast(xp, x)
         out = xf * _sigmoid_values(xp, xf)
-        return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+        return _downcast(xp, out, x.dtype)
 
     @staticmethod
     def backward(ctx: Context, dy: Any) -> Any:
@@ -679,7 +679,7 @@ class SiluBackward(_ActivationBackward):
         xf = _upcast(xp, x)
         s = _sigmoid_values(xp, xf)
         dx = s * (1.0 + xf * (1.0 - s)) * dy
-        return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
+        return _downcast(xp, dx, dy.dtype)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
