@@ -60,20 +60,20 @@ __device__ __forceinline__ void xpnn_attn_stage(A* dst, int pitch, const T* __re
 
 // s[r] = sum_c rows[r * MD + c] * tile[lane * PAD + c] for c < dd: this warp's R staged rows (row stride MD) times
 // the tile row of this lane (row stride PAD).
-template <typename A, int R>
+template <typename A, unsigned R>
 __device__ __forceinline__ void xpnn_attn_row_dots(A (&s)[R], const A* rows, const A* tile, int lane, int dd) {
     XPNN_UNROLL
-    for (int r = 0; r < R; ++r) s[r] = A(0);
+    for (int r = 0; r < (int)R; ++r) s[r] = A(0);
     XPNN_NO_UNROLL for (int c = 0; c < dd; ++c) {
         const A tc = tile[lane * XPNN_ATTN_PAD + c];
         XPNN_UNROLL
-        for (int r = 0; r < R; ++r) s[r] += rows[r * XPNN_ATTN_MAX_D + c] * tc;
+        for (int r = 0; r < (int)R; ++r) s[r] += rows[r * XPNN_ATTN_MAX_D + c] * tc;
     }
 }
 
 // acc[r][i] += sum_j w[r * TILE + j] * tile[j * PAD + c] at columns c = lane + 32 i < dd: this warp's R rows of
 // weights (P or dS) times the staged tile.
-template <typename A, int R>
+template <typename A, unsigned R>
 __device__ __forceinline__ void xpnn_attn_tile_acc(A (&acc)[R][4], const A* w, const A* tile, int lane, int dd) {
     XPNN_NO_UNROLL for (int j = 0; j < XPNN_ATTN_TILE; ++j) {
         XPNN_UNROLL
@@ -82,7 +82,7 @@ __device__ __forceinline__ void xpnn_attn_tile_acc(A (&acc)[R][4], const A* w, c
             if (c < dd) {
                 const A tc = tile[j * XPNN_ATTN_PAD + c];
                 XPNN_UNROLL
-                for (int r = 0; r < R; ++r) acc[r][i] += w[r * XPNN_ATTN_TILE + j] * tc;
+                for (int r = 0; r < (int)R; ++r) acc[r][i] += w[r * XPNN_ATTN_TILE + j] * tc;
             }
         }
     }
