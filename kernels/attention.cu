@@ -58,6 +58,46 @@ __device__ __forceinline__ void xpnn_attn_stage(A* dst, int pitch, const T* __re
     }
 }
 
+// s[r] = sum_c rows[r * MD + c] * tile[lane * PAD + c] for c < dd: this warp's R staged rows (row stride MD) times
+// the tile row of this lane (row stride PAD).
+template <typename A, unsigned R>
+__device__ __forceinline__ void xpnn_attn_row_dots(A (&s)[R], const A* rows, const A* tile, int lane, int dd) {
+    XPNN_UNROLL
+    for (int r = 0; r < (int)R; ++r) s[r] = A(0);
+    XPNN_NO_UNROLL for (int c = 0; c < dd; ++c) {
+        const A tc = tile[lane * XPNN_ATTN_PAD + c];
+        XPNN_UNROLL
+        for (int r = 0; r < (int)R; ++r) s[r] += rows[r * XPNN_ATTN_MAX_D + c] * tc;
+    }
+}
+
+// acc[r][i] += sum_j w[r * TILE + j] * tile[j * PAD + c] at columns c = lane + 32 i < dd: this warp's R rows of
+// weights (P or dS) times the staged tile.
+template <typename A, unsigned R>
+__device__ __forceinline__ void xpnn_attn_tile_acc(A (&acc)[R][4], const A* w, const A* tile, int lane, int dd) {
+    XPNN_NO_UNROLL for (int j = 0; j < XPNN_ATTN_TILE; ++j) {
+        XPNN_UNROLL
+        for (int i = 0; i < 4; ++i) {
+            const int c = lane + 32 * i;
+            if (c < dd) {
+                const A tc = tile[j * XPNN_ATTN_PAD + c];
+                XPNN_UNROLL
+                for (int r = 0; r < (int)R; ++r) acc[r][i] += w[r * XPNN_ATTN_TILE + j] * tc;
+            }
+        }
+    }
+}
+
+// out[c] = acc[i] * mul at this lane's columns c = lane + 32 i < dd (one output row).
+template <typename T, typename A>
+__device__ __forceinline__ void xpnn_attn_store_row(T* __restrict__ out, const A (&acc)[4], A mul, int lane, int dd) {
+    XPNN_UNROLL
+    for (int i = 0; i < 4; ++i) {
+        const int c = lane + 32 * i;
+        if (c < dd) out[c] = xpnn_from_acc<T>(acc[i] * mul);
+    }
+}
+
 // O and lse of query rows [q0, q0 + W * R) of one (batch, head), blocks over (bh, query block) grid-stride.
 template <typename T, typename A>
 __global__ void __launch_bounds__(128, 4)
@@ -92,13 +132,7 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
             xpnn_attn_stage(kv, PAD, kh, k0, TILE, t_k, d, A(1));
             __syncthreads();
             A s[XPNN_ATTN_R(A)];
-            XPNN_UNROLL
-            for (int r = 0; r < R; ++r) s[r] = A(0);
-            XPNN_NO_UNROLL for (int c = 0; c < dd; ++c) {
-                const A kc = kv[lane * PAD + c];
-                XPNN_UNROLL
-                for (int r = 0; r < R; ++r) s[r] += qs[(warp * R + r) * MD + c] * kc;
-            }
+            xpnn_attn_row_dots(s, qs + warp * R * MD, kv, lane, dd);
             const long long key = k0 + lane;
             XPNN_UNROLL
             for (int r = 0; r < R; ++r) {
@@ -117,28 +151,13 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
             __syncthreads();  // kv (keys) read by every warp; ps written
             xpnn_attn_stage(kv, PAD, vh, k0, TILE, t_k, d, A(1));
             __syncthreads();
-            XPNN_NO_UNROLL for (int j = 0; j < TILE; ++j) {
-                XPNN_UNROLL
-                for (int i = 0; i < 4; ++i) {
-                    const int c = lane + 32 * i;
-                    if (c < dd) {
-                        const A vc = kv[j * PAD + c];
-                        XPNN_UNROLL
-                        for (int r = 0; r < R; ++r) acc[r][i] += ps[(warp * R + r) * TILE + j] * vc;
-                    }
-                }
-            }
+            xpnn_attn_tile_acc(acc, ps + warp * R * TILE, kv, lane, dd);
         }
         XPNN_UNROLL
         for (int r = 0; r < R; ++r) {
             const long long t = q0 + warp * R + r;
             if (t < t_q) {
-                const A inv = A(1) / l[r];
-                XPNN_UNROLL
-                for (int i = 0; i < 4; ++i) {
-                    const int c = lane + 32 * i;
-                    if (c < dd) o[(bh * t_q + t) * d + c] = xpnn_from_acc<T>(acc[r][i] * inv);
-                }
+                xpnn_attn_store_row(o + (bh * t_q + t) * d, acc[r], A(1) / l[r], lane, dd);
                 if (lane == 0) lse[bh * t_q + t] = m[r] + xpnn_log(l[r]);
             }
         }
@@ -190,24 +209,12 @@ attention_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __re
             xpnn_attn_stage(kv, PAD, vh, k0, TILE, t_k, d, A(1));
             __syncthreads();
             A dp[XPNN_ATTN_R(A)];
-            XPNN_UNROLL
-            for (int r = 0; r < R; ++r) dp[r] = A(0);
-            XPNN_NO_UNROLL for (int c = 0; c < dd; ++c) {
-                const A vc = kv[lane * PAD + c];
-                XPNN_UNROLL
-                for (int r = 0; r < R; ++r) dp[r] += dos[(warp * R + r) * MD + c] * vc;
-            }
+            xpnn_attn_row_dots(dp, dos + warp * R * MD, kv, lane, dd);
             __syncthreads();  // every warp read the values
             xpnn_attn_stage(kv, PAD, kh, k0, TILE, t_k, d, A(1));
             __syncthreads();
             A s[XPNN_ATTN_R(A)];
-            XPNN_UNROLL
-            for (int r = 0; r < R; ++r) s[r] = A(0);
-            XPNN_NO_UNROLL for (int c = 0; c < dd; ++c) {
-                const A kc = kv[lane * PAD + c];
-                XPNN_UNROLL
-                for (int r = 0; r < R; ++r) s[r] += qs[(warp * R + r) * MD + c] * kc;
-            }
+            xpnn_attn_row_dots(s, qs + warp * R * MD, kv, lane, dd);
             const long long key = k0 + lane;
             XPNN_UNROLL
             for (int r = 0; r < R; ++r) {
@@ -217,27 +224,13 @@ attention_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __re
                 dss[(warp * R + r) * TILE + lane] = masked ? A(0) : p * (dp[r] - delta_r[r]);
             }
             __syncthreads();  // dss written
-            XPNN_NO_UNROLL for (int j = 0; j < TILE; ++j) {
-                XPNN_UNROLL
-                for (int i = 0; i < 4; ++i) {
-                    const int c = lane + 32 * i;
-                    if (c < dd) {
-                        const A kc = kv[j * PAD + c];
-                        XPNN_UNROLL
-                        for (int r = 0; r < R; ++r) acc[r][i] += dss[(warp * R + r) * TILE + j] * kc;
-                    }
-                }
-            }
+            xpnn_attn_tile_acc(acc, dss + warp * R * TILE, kv, lane, dd);
         }
         XPNN_UNROLL
         for (int r = 0; r < R; ++r) {
             const long long t = q0 + warp * R + r;
             if (t < t_q) {
-                XPNN_UNROLL
-                for (int i = 0; i < 4; ++i) {
-                    const int c = lane + 32 * i;
-                    if (c < dd) dq[(bh * t_q + t) * d + c] = xpnn_from_acc<T>(acc[r][i] * scale);
-                }
+                xpnn_attn_store_row(dq + (bh * t_q + t) * d, acc[r], scale, lane, dd);
             }
         }
     }
@@ -285,13 +278,7 @@ attention_bwd_dkv(const T* __restrict__ q, const T* __restrict__ k, const T* __r
             }
             __syncthreads();
             A s[XPNN_ATTN_R(A)];
-            XPNN_UNROLL
-            for (int r = 0; r < R; ++r) s[r] = A(0);
-            XPNN_NO_UNROLL for (int c = 0; c < dd; ++c) {
-                const A qc = buf[lane * PAD + c];
-                XPNN_UNROLL
-                for (int r = 0; r < R; ++r) s[r] += ks[(warp * R + r) * MD + c] * qc;
-            }
+            xpnn_attn_row_dots(s, ks + warp * R * MD, buf, lane, dd);
             const long long t = t0 + lane;
             A p[XPNN_ATTN_R(A)];
             XPNN_UNROLL
@@ -305,55 +292,23 @@ attention_bwd_dkv(const T* __restrict__ q, const T* __restrict__ k, const T* __r
             xpnn_attn_stage(buf, PAD, dh, t0, TILE, t_q, d, A(1));
             __syncthreads();
             A dp[XPNN_ATTN_R(A)];
-            XPNN_UNROLL
-            for (int r = 0; r < R; ++r) dp[r] = A(0);
-            XPNN_NO_UNROLL for (int c = 0; c < dd; ++c) {
-                const A gc = buf[lane * PAD + c];
-                XPNN_UNROLL
-                for (int r = 0; r < R; ++r) dp[r] += vs[(warp * R + r) * MD + c] * gc;
-            }
+            xpnn_attn_row_dots(dp, vs + warp * R * MD, buf, lane, dd);
             XPNN_UNROLL
             for (int r = 0; r < R; ++r)
                 dss[(warp * R + r) * TILE + lane] = p[r] == A(0) ? A(0) : p[r] * (dp[r] - delta_s[lane]);
             __syncthreads();  // ps / dss written
-            XPNN_NO_UNROLL for (int j = 0; j < TILE; ++j) {
-                XPNN_UNROLL
-                for (int i = 0; i < 4; ++i) {
-                    const int c = lane + 32 * i;
-                    if (c < dd) {
-                        const A gc = buf[j * PAD + c];
-                        XPNN_UNROLL
-                        for (int r = 0; r < R; ++r) dv_acc[r][i] += ps[(warp * R + r) * TILE + j] * gc;
-                    }
-                }
-            }
+            xpnn_attn_tile_acc(dv_acc, ps + warp * R * TILE, buf, lane, dd);
             __syncthreads();  // every warp read dO
             xpnn_attn_stage(buf, PAD, qh, t0, TILE, t_q, d, scale);
             __syncthreads();
-            XPNN_NO_UNROLL for (int j = 0; j < TILE; ++j) {
-                XPNN_UNROLL
-                for (int i = 0; i < 4; ++i) {
-                    const int c = lane + 32 * i;
-                    if (c < dd) {
-                        const A qc = buf[j * PAD + c];
-                        XPNN_UNROLL
-                        for (int r = 0; r < R; ++r) dk_acc[r][i] += dss[(warp * R + r) * TILE + j] * qc;
-                    }
-                }
-            }
+            xpnn_attn_tile_acc(dk_acc, dss + warp * R * TILE, buf, lane, dd);
         }
         XPNN_UNROLL
         for (int r = 0; r < R; ++r) {
             const long long key = k0 + warp * R + r;
             if (key < t_k) {
-                XPNN_UNROLL
-                for (int i = 0; i < 4; ++i) {
-                    const int c = lane + 32 * i;
-                    if (c < dd) {
-                        dk[(bh * t_k + key) * d + c] = xpnn_from_acc<T>(dk_acc[r][i]);
-                        dv[(bh * t_k + key) * d + c] = xpnn_from_acc<T>(dv_acc[r][i]);
-                    }
-                }
+                xpnn_attn_store_row(dk + (bh * t_k + key) * d, dk_acc[r], A(1), lane, dd);
+                xpnn_attn_store_row(dv + (bh * t_k + key) * d, dv_acc[r], A(1), lane, dd);
             }
         }
     }

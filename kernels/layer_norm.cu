@@ -51,6 +51,21 @@ __device__ __forceinline__ long long xpnn_ln_entry(long long chunk, int u, unsig
     return ((chunk * U + u) * (long long)size + rank) * V + j;
 }
 
+// Stores pack `out` as entries e0 + j of row[0:n] (streaming): one 16-byte store where `aligned` (the row is 16-byte
+// aligned) and the pack lies within the row, else entry by entry; entries past n are not written.
+template <typename T>
+__device__ __forceinline__ void xpnn_ln_store(T* __restrict__ row, long long n, long long e0, bool aligned,
+                                              const xpnn_pack<T>& out) {
+    const int V = (int)XPNN_LN_V(T);
+    if (aligned && e0 + V <= n) {
+        xpnn_store_pack_streaming(row + e0, out);
+    } else {
+        XPNN_UNROLL
+        for (int j = 0; j < V; ++j)
+            if (e0 + j < n) xpnn_store_streaming(row + e0 + j, out.v[j]);
+    }
+}
+
 template <typename T, typename A>
 __global__ void __launch_bounds__(512, 1)
 layer_norm_fwd(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
@@ -102,13 +117,7 @@ layer_norm_fwd(const T* __restrict__ x, const T* __restrict__ weight, const T* _
                     if (has_bias) o += (A)xpnn_to_acc(bias[c]);
                     out.v[j] = xpnn_from_acc<T>(o);
                 }
-                if (aligned_out && e0 + V <= n) {
-                    xpnn_store_pack_streaming(orow + e0, out);
-                } else {
-                    XPNN_UNROLL
-                    for (int j = 0; j < V; ++j)
-                        if (e0 + j < n) xpnn_store_streaming(orow + e0 + j, out.v[j]);
-                }
+                xpnn_ln_store(orow, n, e0, aligned_out, out);
             }
         }
         if (active && g.rank == 0) {
@@ -201,13 +210,7 @@ layer_norm_bwd(const T* __restrict__ x, const T* __restrict__ dy, const A* __res
                         }
                     }
                 }
-                if (aligned_out && e0 + V <= n) {
-                    xpnn_store_pack_streaming(orow + e0, out);
-                } else {
-                    XPNN_UNROLL
-                    for (int j = 0; j < V; ++j)
-                        if (e0 + j < n) xpnn_store_streaming(orow + e0 + j, out.v[j]);
-                }
+                xpnn_ln_store(orow, n, e0, aligned_out, out);
             }
         }
     }

@@ -227,8 +227,9 @@ def cross_entropy_with_grad(loader: KernelLoader, xp: Any, logits: Any, target: 
 # ---- optimizer updates over flat buffers, in place --------------------------------------------------------------
 
 def _flat_update(row: registry.RawKernel, loader: KernelLoader, arrays: tuple[Any, ...],
-                 scalars: tuple[np.generic, ...]) -> Any:
-    """Launch optimizer kernel ``row`` over ``arrays`` (param first; None -> placeholder never touched)."""
+                 scalars: tuple[Any, ...]) -> Any:
+    """Launch optimizer kernel ``row`` over ``arrays`` (param first; None -> placeholder never touched), then
+    ``n`` and ``scalars`` (host scalars; the capturable kernels' 0-d device arrays lead theirs)."""
     param = arrays[0]
     present = [a for a in arrays if a is not None]
     if not all(a.flags.c_contiguous for a in present):

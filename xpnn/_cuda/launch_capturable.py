@@ -13,7 +13,7 @@ import numpy as np
 
 from ..backend import dtype_name
 from . import registry, scratch
-from .launch import FLAT_BLOCK, _scalar, flat_grid, pack_items
+from .launch import FLAT_BLOCK, _flat_update, _scalar, flat_grid, pack_items
 from .loader import KernelLoader
 
 
@@ -48,33 +48,14 @@ def adam_update_capturable(loader: KernelLoader, xp: Any, param: Any, grad: Any,
     arrays = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None)
     if not all(a.flags.c_contiguous for a in arrays if a is not None):
         return NotImplemented  # an in-place update through a copy would be lost
-    n = int(math.prod(param.shape))
-    if n == 0:
+    if int(math.prod(param.shape)) == 0:
         return None
-    scalars = _step_scalars(loader, xp, param, step, lr, SCALARS_ADAM, beta1=beta1, beta2=beta2,
-                            weight_decay=weight_decay)
-    args = tuple(param if a is None else a for a in arrays) + (np.int64(n), scalars) + tuple(
+    step_scalars = _step_scalars(loader, xp, param, step, lr, SCALARS_ADAM, beta1=beta1, beta2=beta2,
+                                 weight_decay=weight_decay)
+    scalars = (step_scalars,) + tuple(
         _scalar(t, v) for v in (beta1, 1 - beta1, beta2, 1 - beta2, eps, weight_decay)) + tuple(
         np.int32(f) for f in (decoupled_weight_decay, amsgrad, maximize))
-    kernel = loader.raw(registry.ADAM_UPDATE_CAPTURABLE, t)
-    kernel.launch(flat_grid(n, per_thread=pack_items(param.dtype), sm_count=kernel.sm_count), FLAT_BLOCK, args)
-    return None
-
-
-def _flat(row: registry.RawKernel, param: Any, arrays: tuple[Any, ...], middle: tuple[Any, ...],
-          scalars: tuple[Any, ...],
-          loader: KernelLoader) -> Any:
-    """Launch ``row`` over ``arrays`` (param first; None -> placeholder never touched), then ``n``, ``middle``
-    (device scalars) and ``scalars``."""
-    if not all(a.flags.c_contiguous for a in arrays if a is not None):
-        return NotImplemented  # an in-place update through a copy would be lost
-    n = int(math.prod(param.shape))
-    if n == 0:
-        return None
-    args = tuple(param if a is None else a for a in arrays) + (np.int64(n),) + middle + scalars
-    kernel = loader.raw(row, dtype_name(param.dtype))
-    kernel.launch(flat_grid(n, per_thread=pack_items(param.dtype), sm_count=kernel.sm_count), FLAT_BLOCK, args)
-    return None
+    return _flat_update(registry.ADAM_UPDATE_CAPTURABLE, loader, arrays, scalars)
 
 
 def sgd_update_capturable(loader: KernelLoader, xp: Any, param: Any, grad: Any, momentum_buffer: Any = None, *,
@@ -86,8 +67,8 @@ def sgd_update_capturable(loader: KernelLoader, xp: Any, param: Any, grad: Any, 
     use_momentum = momentum != 0
     scalars = tuple(_scalar(t, v) for v in (momentum, 1 - dampening, weight_decay)) + tuple(
         np.int32(f) for f in (use_momentum, nesterov, first_step, maximize))
-    return _flat(registry.SGD_UPDATE_CAPTURABLE, param, (param, grad, momentum_buffer if use_momentum else None), (lr,),
-                 scalars, loader)
+    return _flat_update(registry.SGD_UPDATE_CAPTURABLE, loader, (param, grad, momentum_buffer if use_momentum else None),
+                        (lr,) + scalars)
 
 
 def adagrad_update_capturable(loader: KernelLoader, xp: Any, param: Any, grad: Any, state_sum: Any, *, step: Any,
@@ -97,12 +78,12 @@ def adagrad_update_capturable(loader: KernelLoader, xp: Any, param: Any, grad: A
     if not (_device_scalar(step, t) and _device_scalar(lr, t)):
         return NotImplemented
     if not all(a.flags.c_contiguous for a in (param, grad, state_sum)):
-        return NotImplemented  # (checked before the scalars launch; _flat checks again)
+        return NotImplemented  # (checked before the scalars launch; _flat_update checks again)
     if int(math.prod(param.shape)) == 0:
         return None
     step_scalars = _step_scalars(loader, xp, param, step, lr, SCALARS_ADAGRAD, lr_decay=lr_decay)
     scalars = (_scalar(t, weight_decay), _scalar(t, eps), np.int32(maximize))
-    return _flat(registry.ADAGRAD_UPDATE_CAPTURABLE, param, (param, grad, state_sum), (step_scalars,), scalars, loader)
+    return _flat_update(registry.ADAGRAD_UPDATE_CAPTURABLE, loader, (param, grad, state_sum), (step_scalars,) + scalars)
 
 
 def rmsprop_update_capturable(loader: KernelLoader, xp: Any, param: Any, grad: Any, square_avg: Any,
@@ -116,7 +97,7 @@ def rmsprop_update_capturable(loader: KernelLoader, xp: Any, param: Any, grad: A
     scalars = tuple(_scalar(t, v) for v in (alpha, 1 - alpha, eps, weight_decay, momentum)) + tuple(
         np.int32(f) for f in (centered, use_momentum, maximize))
     arrays = (param, grad, square_avg, grad_avg if centered else None, momentum_buffer if use_momentum else None)
-    return _flat(registry.RMSPROP_UPDATE_CAPTURABLE, param, arrays, (lr,), scalars, loader)
+    return _flat_update(registry.RMSPROP_UPDATE_CAPTURABLE, loader, arrays, (lr,) + scalars)
 
 
 def amp_unscale_check(loader: KernelLoader, xp: Any, grad: Any, inv_scale: Any, found_inf: Any) -> Any:

@@ -8,7 +8,7 @@ sigmoid/tanh, the input ``x`` otherwise.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from ._masking import zero_where
 from .elementwise import _values, clip, exp
 from .reductions import sum as _sum
 from .shape import broadcast_to, reshape
-from .softmax import _upcast
+from .softmax import _downcast, _upcast
 
 _NP_OPS = InPlace.of(namespace_of(np.empty(0)))
 try:  # NumPy >= 2 keeps its floating-point error state in a context variable; setting a prepared state costs ~0.1 us
@@ -63,6 +63,7 @@ class _ActivationBackward(Op):
     ``kernels/activation_backward.cuh`` and whose launcher is generated (``xpnn._cuda.launch.elementwise``)."""
 
     saved_what = "saved input"  # the name of ``saved`` in error messages
+    params: tuple[str, ...] = ()  # the keyword parameters, in the order ``save`` keeps them on ctx
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -76,6 +77,20 @@ class _ActivationBackward(Op):
         ctx.save_for_backward(saved, dy)
         for key, value in params.items():
             setattr(ctx, key, value)
+
+    #: ``second(ctx, saved, g_dy) -> d/d(saved)`` of ``sum(g * dx)`` given ``g_dy = g * dy`` (the second
+    #: derivative of the activation times ``g_dy``); ``None`` where it is 0 almost everywhere (ReLU, leaky ReLU)
+    second: ClassVar[Optional[Callable[[Context, Any, Any], Any]]] = None
+
+    @classmethod
+    def backward(cls, ctx: Context, g: Any) -> tuple[Any, Any]:
+        """d/d(saved): ``second(ctx, saved, g * dy)``; d/d(dy): the op itself applied to ``(saved, g)`` (it is
+        linear in ``dy``)."""
+        saved, dy = ctx.saved_tensors
+        gs = cls.second(ctx, saved, g * dy) if cls.second is not None and ctx.needs_input_grad[0] else None
+        if not ctx.needs_input_grad[1]:
+            return gs, None
+        return gs, cls.apply(saved, g, **{key: getattr(ctx, key) for key in cls.params})
 
 
 # --- sigmoid --------------------------------------------------------------------------------------------------
@@ -154,13 +169,11 @@ class SigmoidBackward(_ActivationBackward):
         xp = ctx.xp  # (check has validated the pair)
         _ActivationBackward.save(ctx, None, y, dy)
         dx = _sigmoid_grad(InPlace.of(xp), _upcast(xp, y), dy)  # (dy, of y's dtype, promotes exactly)
-        return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
+        return _downcast(xp, dx, dy.dtype)
 
     @staticmethod
-    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
-        y, dy = ctx.saved_tensors
-        gy = g * dy * (1.0 - 2.0 * y) if ctx.needs_input_grad[0] else None
-        return gy, (sigmoid_backward(y, g) if ctx.needs_input_grad[1] else None)
+    def second(ctx: Context, y: Any, g_dy: Any) -> Any:
+        return g_dy * (1.0 - 2.0 * y)
 
 
 # --- tanh -----------------------------------------------------------------------------------------------------
@@ -198,13 +211,11 @@ class TanhBackward(_ActivationBackward):
         dx = ops.mul(yf, yf, out=xp.empty_like(yf))
         ops.sub(1.0, dx, out=dx)
         ops.mul(dx, dy, out=dx)
-        return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
+        return _downcast(xp, dx, dy.dtype)
 
     @staticmethod
-    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
-        y, dy = ctx.saved_tensors
-        gy = g * dy * y * -2.0 if ctx.needs_input_grad[0] else None
-        return gy, (tanh_backward(y, g) if ctx.needs_input_grad[1] else None)
+    def second(ctx: Context, y: Any, g_dy: Any) -> Any:
+        return g_dy * y * -2.0
 
 
 # --- ReLU family ----------------------------------------------------------------------------------------------
@@ -247,11 +258,6 @@ class ReluBackward(_ActivationBackward):
             return zero_where(xp, np.less_equal(x, 0, out=_workspace.buffer("relu_backward.mask", x.shape, bool)), dy)
         return zero_where(xp, x <= 0, dy)
 
-    @staticmethod
-    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
-        x, _ = ctx.saved_tensors  # d/dx is 0 almost everywhere
-        return None, (relu_backward(x, g) if ctx.needs_input_grad[1] else None)
-
 
 class LeakyRelu(Op):
     name = "leaky_relu"
@@ -276,6 +282,7 @@ class LeakyRelu(Op):
 class LeakyReluBackward(_ActivationBackward):
     name = "leaky_relu_backward"
     kernel = ElementwiseKernel("leaky_relu_backward", "T x, T dy, float64 negative_slope")
+    params = ("negative_slope",)
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, negative_slope: float) -> Any:
@@ -283,11 +290,6 @@ class LeakyReluBackward(_ActivationBackward):
         xp = ctx.xp  # (check has validated the pair)
         _ActivationBackward.save(ctx, None, x, dy, negative_slope=negative_slope)
         return xp.where(x > 0, dy, dy * negative_slope)
-
-    @staticmethod
-    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
-        x, _ = ctx.saved_tensors  # d/dx is 0 almost everywhere
-        return None, (leaky_relu_backward(x, g, ctx.negative_slope) if ctx.needs_input_grad[1] else None)
 
 
 class Elu(Op):
@@ -327,6 +329,7 @@ def _negative(ctx: Context, x: Any) -> Any:
 class EluBackward(_ActivationBackward):
     name = "elu_backward"
     kernel = ElementwiseKernel("elu_backward", "T x, T dy, float64 alpha")
+    params = ("alpha",)
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, alpha: float) -> Any:
@@ -337,10 +340,8 @@ class EluBackward(_ActivationBackward):
         return xp.where(x <= 0, dy * (alpha * xp.exp(xp.minimum(x, 0.0))), dy)
 
     @staticmethod
-    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
-        x, dy = ctx.saved_tensors
-        gx = g * dy * exp(clip(x, max=0.0)) * (ctx.alpha * _negative(ctx, x)) if ctx.needs_input_grad[0] else None
-        return gx, (elu_backward(x, g, ctx.alpha) if ctx.needs_input_grad[1] else None)
+    def second(ctx: Context, x: Any, g_dy: Any) -> Any:
+        return g_dy * exp(clip(x, max=0.0)) * (ctx.alpha * _negative(ctx, x))
 
 
 class SeluBackward(_ActivationBackward):
@@ -356,11 +357,8 @@ class SeluBackward(_ActivationBackward):
         return xp.where(x <= 0, dy * (SELU_SCALE * SELU_ALPHA * xp.exp(xp.minimum(x, 0.0))), dy * SELU_SCALE)
 
     @staticmethod
-    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
-        x, dy = ctx.saved_tensors
-        gx = (g * dy * exp(clip(x, max=0.0)) * ((SELU_SCALE * SELU_ALPHA) * _negative(ctx, x))
-              if ctx.needs_input_grad[0] else None)
-        return gx, (selu_backward(x, g) if ctx.needs_input_grad[1] else None)
+    def second(ctx: Context, x: Any, g_dy: Any) -> Any:
+        return g_dy * exp(clip(x, max=0.0)) * ((SELU_SCALE * SELU_ALPHA) * _negative(ctx, x))
 
 
 # --- softplus and mish -----------------------------------------------------------------------------------------
@@ -398,7 +396,7 @@ class Softplus(Op):
         xf = _upcast(xp, x)
         z = xf * beta
         out = xp.where(z > threshold, xf, _softplus_values(xp, z) / beta)
-        return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+        return _downcast(xp, out, x.dtype)
 
     @staticmethod
     def backward(ctx: Context, dy: Any) -> Any:
@@ -419,6 +417,7 @@ class Softplus(Op):
 class SoftplusBackward(_ActivationBackward):
     name = "softplus_backward"
     kernel = ElementwiseKernel("softplus_backward", "T x, T dy, float64 beta, float64 threshold")
+    params = ("beta", "threshold")
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, beta: float, threshold: float) -> Any:
@@ -428,20 +427,14 @@ class SoftplusBackward(_ActivationBackward):
         _ActivationBackward.save(ctx, None, x, dy, beta=beta, threshold=threshold)
         z = _upcast(xp, x) * beta
         dx = xp.where(z > threshold, 1.0, _sigmoid_values(xp, z)) * dy
-        return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
+        return _downcast(xp, dx, dy.dtype)
 
     @staticmethod
-    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
-        """d/dx: ``dy * beta * s * (1 - s)`` with ``s = sigmoid(beta * x)`` where ``beta * x < threshold``, else 0;
-        d/d(dy): ``softplus_backward(x, g)``."""
-        x, dy = ctx.saved_tensors
-        beta, threshold = ctx.beta, ctx.threshold
-        gx = None
-        if ctx.needs_input_grad[0]:
-            z = x * beta
-            s = sigmoid(z)
-            gx = g * dy * s * (1.0 - s) * (beta * _below(ctx, z, threshold))
-        return gx, (softplus_backward(x, g, beta, threshold) if ctx.needs_input_grad[1] else None)
+    def second(ctx: Context, x: Any, g_dy: Any) -> Any:
+        """``g * dy * beta * s * (1 - s)`` with ``s = sigmoid(beta * x)`` where ``beta * x < threshold``, else 0."""
+        z = x * ctx.beta
+        s = sigmoid(z)
+        return g_dy * s * (1.0 - s) * (ctx.beta * _below(ctx, z, ctx.threshold))
 
 
 class Mish(Op):
@@ -455,7 +448,7 @@ class Mish(Op):
         ctx.save_for_backward(x)
         xf = _upcast(xp, x)
         out = xf * xp.tanh(_softplus_values(xp, xf))
-        return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+        return _downcast(xp, out, x.dtype)
 
     @staticmethod
     def backward(ctx: Context, dy: Any) -> Any:
@@ -482,18 +475,13 @@ class MishBackward(_ActivationBackward):
         xf = _upcast(xp, x)
         t = xp.tanh(_softplus_values(xp, xf))
         dx = (t + xf * (1.0 - t * t) * _sigmoid_values(xp, xf)) * dy
-        return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
+        return _downcast(xp, dx, dy.dtype)
 
     @staticmethod
-    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
-        """d/dx: ``dy * (1 - t**2) * s * (2 + x * (1 - s - 2 * t * s))`` (``s = sigmoid(x)``); d/d(dy):
-        ``mish_backward(x, g)``."""
-        x, dy = ctx.saved_tensors
-        gx = None
-        if ctx.needs_input_grad[0]:
-            t, s = tanh(softplus(x)), sigmoid(x)
-            gx = g * dy * (1.0 - t * t) * s * (2.0 + x * (1.0 - s - 2.0 * t * s))
-        return gx, (mish_backward(x, g) if ctx.needs_input_grad[1] else None)
+    def second(ctx: Context, x: Any, g_dy: Any) -> Any:
+        """``g * dy * (1 - t**2) * s * (2 + x * (1 - s - 2 * t * s))`` (``s = sigmoid(x)``)."""
+        t, s = tanh(softplus(x)), sigmoid(x)
+        return g_dy * (1.0 - t * t) * s * (2.0 + x * (1.0 - s - 2.0 * t * s))
 
 
 # --- GELU and SiLU ---------------------------------------------------------------------------------------------
@@ -565,7 +553,7 @@ class Gelu(Op):
             out = 0.5 * xf * (1.0 + xp.tanh(_TANH_K * (xf + _TANH_C * xf * xf * xf)))
         else:
             out = 0.5 * xf * (1.0 + _erf(xp, xf * _SQRT1_2))
-        return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+        return _downcast(xp, out, x.dtype)
 
     @staticmethod
     def backward(ctx: Context, dy: Any) -> Any:
@@ -594,6 +582,7 @@ class Gelu(Op):
 class GeluBackward(_ActivationBackward):
     name = "gelu_backward"
     kernel = ElementwiseKernel("gelu_backward", "T x, T dy, float64 approximate", choices=_GELU_APPROXIMATE)
+    params = ("approximate",)
 
     @staticmethod
     def forward(ctx: Context, x: Any, dy: Any, *, approximate: str = "none") -> Any:
@@ -611,27 +600,21 @@ class GeluBackward(_ActivationBackward):
         else:
             d = 0.5 * (1.0 + _erf(xp, xf * _SQRT1_2)) + xf * (_INV_SQRT_2PI * xp.exp(-0.5 * xf * xf))
         dx = d * dy
-        return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
+        return _downcast(xp, dx, dy.dtype)
 
     @staticmethod
-    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
-        """d/dx: ``dy * phi(x) * (2 - x**2)``; for ``"tanh"``, with ``s = 1 - t**2`` and ``q = sqrt(2/pi) * (1 +
-        3 * 0.044715 x**2)``: ``dy * s * (q * (1 - x * t * q) + 3 * sqrt(2/pi) * 0.044715 x**2)``; d/d(dy):
-        ``gelu_backward(x, g)``."""
-        x, dy = ctx.saved_tensors
-        approximate = ctx.approximate
-        gx = None
-        if ctx.needs_input_grad[0]:
-            x2 = x * x
-            if approximate == "tanh":
-                t = tanh((x + x2 * x * _TANH_C) * _TANH_K)
-                s = 1.0 - t * t
-                q = (1.0 + x2 * (3.0 * _TANH_C)) * _TANH_K
-                d2 = s * (q * (1.0 - x * t * q) + x2 * (3.0 * _TANH_K * _TANH_C))
-            else:
-                d2 = exp(x2 * -0.5) * (2.0 - x2) * _INV_SQRT_2PI
-            gx = g * dy * d2
-        return gx, (gelu_backward(x, g, approximate) if ctx.needs_input_grad[1] else None)
+    def second(ctx: Context, x: Any, g_dy: Any) -> Any:
+        """``g * dy * phi(x) * (2 - x**2)``; for ``"tanh"``, with ``s = 1 - t**2`` and ``q = sqrt(2/pi) * (1 +
+        3 * 0.044715 x**2)``: ``g * dy * s * (q * (1 - x * t * q) + 3 * sqrt(2/pi) * 0.044715 x**2)``."""
+        x2 = x * x
+        if ctx.approximate == "tanh":
+            t = tanh((x + x2 * x * _TANH_C) * _TANH_K)
+            s = 1.0 - t * t
+            q = (1.0 + x2 * (3.0 * _TANH_C)) * _TANH_K
+            d2 = s * (q * (1.0 - x * t * q) + x2 * (3.0 * _TANH_K * _TANH_C))
+        else:
+            d2 = exp(x2 * -0.5) * (2.0 - x2) * _INV_SQRT_2PI
+        return g_dy * d2
 
 
 class Silu(Op):
@@ -654,7 +637,7 @@ class Silu(Op):
         Silu.save(ctx, None, x)
         xf = _upcast(xp, x)
         out = xf * _sigmoid_values(xp, xf)
-        return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+        return _downcast(xp, out, x.dtype)
 
     @staticmethod
     def backward(ctx: Context, dy: Any) -> Any:
@@ -679,17 +662,13 @@ class SiluBackward(_ActivationBackward):
         xf = _upcast(xp, x)
         s = _sigmoid_values(xp, xf)
         dx = s * (1.0 + xf * (1.0 - s)) * dy
-        return xp.astype(dx, dy.dtype) if dx.dtype != dy.dtype else dx
+        return _downcast(xp, dx, dy.dtype)
 
     @staticmethod
-    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
-        """d/dx: ``dy * s * (1 - s) * (2 + x * (1 - 2 s))``; d/d(dy): ``silu_backward(x, g)``."""
-        x, dy = ctx.saved_tensors
-        gx = None
-        if ctx.needs_input_grad[0]:
-            s = sigmoid(x)
-            gx = g * dy * s * (1.0 - s) * (2.0 + x * (1.0 - 2.0 * s))
-        return gx, (silu_backward(x, g) if ctx.needs_input_grad[1] else None)
+    def second(ctx: Context, x: Any, g_dy: Any) -> Any:
+        """``g * dy * s * (1 - s) * (2 + x * (1 - 2 s))`` (``s = sigmoid(x)``)."""
+        s = sigmoid(x)
+        return g_dy * s * (1.0 - s) * (2.0 + x * (1.0 - 2.0 * s))
 
 
 # --- PReLU (learned slope) ------------------------------------------------------------------------------------

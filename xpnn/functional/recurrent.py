@@ -149,14 +149,31 @@ def step_backward(mode: str, gx: Any, gh: Any, h: Any, c: Any, gates: Any, dh: A
 
 
 # --- the cell ops -----------------------------------------------------------------------------------------------
-class LSTMCell(Op):
-    name = "lstm_cell"
-    kernel = registry.LSTM_CELL
-    check = staticmethod(lambda gx, gh, c: _check_cell("lstm_cell", 4, gx, gh, c))
+class _Cell(Op):
+    """A recurrent cell's pointwise step as an op of inputs ``(gx, gh, state)`` (``state``: ``c`` for LSTM, ``h``
+    for GRU). It keeps the three inputs, and on arrays the forward's gates (``ctx.gates``), for ``_step_backward``."""
+
+    mode = ""  # step_forward's mode
 
     @staticmethod
-    def save(ctx: Context, out: Any, gx: Any, gh: Any, c: Any) -> None:
-        ctx.save_for_backward(gx, gh, c)
+    def save(ctx: Context, out: Any, gx: Any, gh: Any, state: Any) -> None:
+        ctx.save_for_backward(gx, gh, state)
+
+    @classmethod
+    def _step_backward(cls, ctx: Context, dh: Any, dc: Any) -> tuple[Any, Any, Any, Any]:
+        """``step_backward`` of the saved step: with the forward's gates on arrays, recomputing them from the
+        inputs under create_graph (so they are differentiable)."""
+        gx, gh, state = ctx.saved_tensors
+        h, c = (None, state) if cls.mode == "LSTM" else (state, None)
+        gates = None if ctx.create_graph else ctx.__dict__.get("gates")
+        return step_backward(cls.mode, gx, gh, h, c, gates, dh, dc)
+
+
+class LSTMCell(_Cell):
+    name = "lstm_cell"
+    mode = "LSTM"
+    kernel = registry.LSTM_CELL
+    check = staticmethod(lambda gx, gh, c: _check_cell("lstm_cell", 4, gx, gh, c))
 
     @staticmethod
     def forward(ctx: Context, gx: Any, gh: Any, c: Any) -> tuple[Any, Any]:
@@ -169,10 +186,7 @@ class LSTMCell(Op):
     def backward(ctx: Context, dh: Any, dc: Any) -> tuple[Any, Any, Any]:
         """``dgates`` (N, 4H; the gradient of both gx and gh) and ``dc = dc_total * f``, where
         ``dc_total = dc' + dh' * o * (1 - tanh(c')**2)``."""
-        gx, gh, c = ctx.saved_tensors
-        # the forward's gates on arrays; recomputed from the inputs under create_graph (so they are differentiable)
-        gates = None if ctx.create_graph else ctx.__dict__.get("gates")
-        dgx, dgh, _, dc_prev = step_backward("LSTM", gx, gh, None, c, gates, dh, dc)
+        dgx, dgh, _, dc_prev = LSTMCell._step_backward(ctx, dh, dc)
         return dgx, dgh, dc_prev
 
     @staticmethod
@@ -197,14 +211,11 @@ def lstm_cell(gx: Any, gh: Any, c: Any) -> tuple[Any, Any]:
     return LSTMCell.apply(gx, gh, c)
 
 
-class GRUCell(Op):
+class GRUCell(_Cell):
     name = "gru_cell"
+    mode = "GRU"
     kernel = registry.GRU_CELL
     check = staticmethod(lambda gx, gh, h: _check_cell("gru_cell", 3, gx, gh, h))
-
-    @staticmethod
-    def save(ctx: Context, out: Any, gx: Any, gh: Any, h: Any) -> None:
-        ctx.save_for_backward(gx, gh, h)
 
     @staticmethod
     def forward(ctx: Context, gx: Any, gh: Any, h: Any) -> Any:
@@ -216,9 +227,7 @@ class GRUCell(Op):
     @staticmethod
     def backward(ctx: Context, dy: Any) -> tuple[Any, Any, Any]:
         """``dgx = [dr, dz, dn]``, ``dgh = [dr, dz, dn * r]`` (pre-activation gradients) and ``dh = dh' * z``."""
-        gx, gh, h = ctx.saved_tensors
-        gates = None if ctx.create_graph else ctx.__dict__.get("gates")
-        return step_backward("GRU", gx, gh, h, None, gates, dy, None)[:3]
+        return GRUCell._step_backward(ctx, dy, None)[:3]
 
     @staticmethod
     def onnx(g: Any, gx: str, gh: str, h: str, hidden: Optional[int] = None) -> str:

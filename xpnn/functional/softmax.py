@@ -59,6 +59,11 @@ def _upcast(xp: Any, x: Any) -> Any:
     return xp.astype(x, xp.float32) if half is not None and x.dtype == half else x
 
 
+def _downcast(xp: Any, out: Any, dtype: Any) -> Any:
+    """``out`` rounded once to ``dtype`` (the input's: float16 after an ``_upcast`` computation), else as it is."""
+    return xp.astype(out, dtype) if out.dtype != dtype else out
+
+
 class LogSumExp(Op):
     name = "logsumexp"
     check = staticmethod(lambda x, *, axis=-1, keepdims=False: _prepare(x, axis, "logsumexp"))
@@ -79,7 +84,7 @@ class LogSumExp(Op):
             out = xp.where(m == float("inf"), m, out)  # a +inf entry (and no NaN, else m is NaN): lse = +inf
         if not keepdims:
             out = xp.squeeze(out, axis=axis)
-        out = xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+        out = _downcast(xp, out, x.dtype)
         LogSumExp.save(ctx, out, x, axis=axis, keepdims=keepdims)
         return out
 
@@ -119,7 +124,7 @@ def _rowwise(ctx: Context, x: Any, axis: int, fn: Any) -> Any:
     else:
         z, _ = _shifted(xp, _upcast(xp, x), axis)
         out = fn(xp, z)
-        out = xp.astype(out, x.dtype) if out.dtype != x.dtype else out
+        out = _downcast(xp, out, x.dtype)
     _save_output(ctx, out, x, axis=axis)
     return out
 
