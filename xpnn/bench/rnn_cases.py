@@ -21,7 +21,7 @@ def _lstm_xpnn(impl: str) -> Callable[[Any], Runner]:
     def build(size: Any) -> Runner:
         from .. import functional as F
         from .. import nn, optim
-        from ..autograd import tensor
+        from .._tensor import tensor
 
         n_in, hidden, layers, steps, batch = size
         d = _Data(impl)
