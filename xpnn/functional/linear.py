@@ -16,15 +16,19 @@ from .shape import reshape
 __all__ = ["linear", "linear_backward"]
 
 _NUMPY_XP = namespace_of(np.empty(0))
+#: the products of 2-D NumPy arrays: ``np.dot`` calls BLAS's GEMM as ``@`` (``np.matmul``) does, with less of the ufunc
+#: machinery around it (~0.4 us less per call at (10, 64) x (64, 30): a fifth of a small layer's product)
+_dot = np.dot
 
 
 def _check_linear(x: Any, weight: Any, bias: Any) -> Any:
     """The namespace of the arguments; raises naming the expected and given shapes/dtypes (the one check of a linear
     call: ``nn.Linear`` re-diagnoses a failure only to name the layer)."""
-    if (type(x) is np.ndarray and type(weight) is np.ndarray and x.dtype.char in "fd" and x.dtype == weight.dtype
-            and weight.ndim == 2 and x.ndim and x.shape[-1] == weight.shape[1]
-            and (bias is None or type(bias) is np.ndarray and bias.shape == weight.shape[:1])):
-        return _NUMPY_XP  # plain NumPy arguments that pass every check below
+    if type(x) is np.ndarray and type(weight) is np.ndarray:
+        dt, ws = x.dtype, weight.shape
+        if (dt.char in "fd" and dt == weight.dtype and len(ws) == 2 and x.ndim and x.shape[-1] == ws[1]
+                and (bias is None or type(bias) is np.ndarray and bias.shape == ws[:1])):
+            return _NUMPY_XP  # plain NumPy arguments that pass every check below
     xp = namespace_of(x, weight, bias, where="linear")
     _checks.floating(xp, x, "linear")
     if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
@@ -54,11 +58,13 @@ class Linear(Op):
         """x (..., in), weight (out, in), bias (out,) or None -> (..., out)."""
         _check_linear(x, weight, bias)
         ctx.save_for_backward(x, weight)
-        if type(x) is np.ndarray and x.ndim > 2:  # NumPy runs (..., in) @ (in, out) as one GEMM per leading
-            rows = math.prod(x.shape[:-1])  # index: fold the leading axes into one GEMM (3x faster at (32, 64, 128))
-            y = (x.reshape(rows, x.shape[-1]) @ weight.T).reshape(x.shape[:-1] + (weight.shape[0],))
-        else:
+        if type(x) is not np.ndarray or type(weight) is not np.ndarray:
             y = x @ weight.T
+        elif x.ndim > 2:  # NumPy runs (..., in) @ (in, out) as one GEMM per leading index: fold the leading axes
+            rows = math.prod(x.shape[:-1])  # into one GEMM (3x faster at (32, 64, 128))
+            y = _dot(x.reshape(rows, x.shape[-1]), weight.T).reshape(x.shape[:-1] + (weight.shape[0],))
+        else:
+            y = _dot(x, weight.T)
         if bias is not None:
             y += bias
         return y
@@ -75,14 +81,25 @@ class Linear(Op):
             x2 = reshape(x, (-1, weight.shape[1]))
         else:
             dy2, x2 = dy, x
-        dx = None
-        if need[0]:  # (NumPy: one GEMM over the folded rows rather than one per leading index)
-            dx = (dy2 @ weight).reshape(dy.shape[:-1] + (weight.shape[1],)) if type(dy2) is np.ndarray \
-                and dy2 is not dy else dy @ weight
-        dw = dy2.T @ x2 if need[1] else None
-        db = None
-        if len(need) > 2 and need[2]:  # (plain NumPy: ndarray.sum's reduction, without the op or its Python wrapper)
-            db = np.add.reduce(dy2, axis=0) if type(dy2) is np.ndarray else _sum(dy2, axis=0)
+        dx = dw = db = None
+        if type(dy2) is np.ndarray and type(x2) is np.ndarray and type(weight) is np.ndarray:
+            # NumPy: np.dot (see _dot), one GEMM over the folded rows rather than one per leading index, and
+            # ndarray.sum's reduction without the op or its Python wrapper
+            if need[0]:
+                dx = _dot(dy2, weight)
+                if dy2 is not dy:
+                    dx = dx.reshape(dy.shape[:-1] + (weight.shape[1],))
+            if need[1]:
+                dw = _dot(dy2.T, x2)
+            if len(need) > 2 and need[2]:
+                db = np.add.reduce(dy2, 0)
+            return dx, dw, db
+        if need[0]:
+            dx = dy @ weight
+        if need[1]:
+            dw = dy2.T @ x2
+        if len(need) > 2 and need[2]:
+            db = _sum(dy2, axis=0)
         return dx, dw, db
 
     @staticmethod

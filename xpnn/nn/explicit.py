@@ -25,7 +25,7 @@ from ..autograd.grad_mode import _state as _grad_state
 from ..autograd.op import Context, Op
 from .._tensor import Tensor
 from ..backend import dtype_name, namespace_of
-from ..debug import check_finite, get_debug
+from ..debug import _debug, check_finite, get_debug
 from ..errors import DTypeError, ShapeError
 from . import module as _core
 from .parameter import Parameter
@@ -114,21 +114,17 @@ def _is_float_array(a: Any) -> bool:
         return False
 
 
-class _OneOpCall:
-    """One call kept by ``_one_op_call``: the op, its context, its output array and the parameters (or ``None``)
-    passed after the input."""
+class _OneOpCall(Context):
+    """One call kept by ``one_op_call``: the op's context (what its forward saved for the backward) that also keeps
+    the op, its output array and the parameters (or ``None``) passed after the input (one object per call)."""
 
-    __slots__ = ("op", "ctx", "out", "params")
-
-    def __init__(self, op: type[Op], ctx: Context, out: Any, params: tuple[Optional[Parameter], ...]) -> None:
-        self.op, self.ctx, self.out, self.params = op, ctx, out, params
+    __slots__ = ("op", "out", "params")
 
     def backward(self, dy: Any, need_input_grad: bool) -> Any:
         """Add the parameters' gradients into their ``.grad`` and return the input's (``None`` when not needed)."""
-        ctx = self.ctx
         if not need_input_grad:
-            ctx.needs_input_grad = (False,) + ctx.needs_input_grad[1:]
-        grads = self.op.backward(ctx, dy)
+            self.needs_input_grad = (False,) + self.needs_input_grad[1:]
+        grads = self.op.backward(self, dy)
         for p, g in zip(self.params, grads[1:]):
             if p is not None and g is not None:
                 p._accumulate_grad(g)
@@ -144,15 +140,16 @@ def one_op_call(module: Module, op: type[Op], x: Any, *params: Optional[Paramete
         if p is None:
             arrays.append(None)
             needs.append(False)
-            continue
-        if p._hooks:
+        elif p._hooks:
             return NotImplemented
-        arrays.append(p._data)
-        needs.append(p._requires_grad)
-    ctx = Context(tuple(needs), (x,))
-    out = op.forward(ctx, *arrays) if op.check is None else op._run_forward(ctx, tuple(arrays), {})
+        else:
+            arrays.append(p._data)
+            needs.append(p._requires_grad)
+    call = _OneOpCall(tuple(needs), (x,))
+    out = op.forward(call, *arrays) if op.check is None else op._run_forward(call, tuple(arrays), {})
     if _grad_state.enabled:  # (is_grad_enabled() without its call)
-        object.__setattr__(module, "_last_call", _OneOpCall(op, ctx, out, params))
+        call.op, call.out, call.params = op, out, params
+        object.__setattr__(module, "_last_call", call)
     return out
 
 
@@ -214,6 +211,11 @@ def ones_like_output(module: Module) -> Any:
 def backward(module: Module, dy: Any, need_input_grad: bool) -> Any:
     """``Module.backward``: back-propagate ``dy`` through the module's last call on arrays."""
     call = module.__dict__.get("_last_call")
+    if type(call) is _OneOpCall and type(dy) is np.ndarray and not _debug[0]:  # (a NumPy output: dy of its shape
+        out_data = call.out  # and dtype is all the checks below ask)
+        if dy.shape == out_data.shape and dy.dtype == out_data.dtype:
+            object.__setattr__(module, "_last_call", _USED)
+            return call.backward(dy, need_input_grad)
     if call is None or call is _USED:
         raise RuntimeError(
             f"{module._where()}: backward() called twice for one forward (a backward already used it: as a "
