@@ -25,9 +25,9 @@ def _check_linear(x: Any, weight: Any, bias: Any) -> Any:
     """The namespace of the arguments; raises naming the expected and given shapes/dtypes (the one check of a linear
     call: ``nn.Linear`` re-diagnoses a failure only to name the layer)."""
     if type(x) is np.ndarray and type(weight) is np.ndarray:
-        dt, ws = x.dtype, weight.shape
-        if (dt.char in "fd" and dt == weight.dtype and len(ws) == 2 and x.ndim and x.shape[-1] == ws[1]
-                and (bias is None or type(bias) is np.ndarray and bias.shape == ws[:1])):
+        dt, ws = x.dtype, weight.shape  # (a dtype is most often the very same object: `is` before `==`)
+        if ((dt is weight.dtype or dt == weight.dtype) and dt.char in "fd" and len(ws) == 2 and x.ndim
+                and x.shape[-1] == ws[1] and (bias is None or type(bias) is np.ndarray and bias.shape == ws[:1])):
             return _NUMPY_XP  # plain NumPy arguments that pass every check below
     xp = namespace_of(x, weight, bias, where="linear")
     _checks.floating(xp, x, "linear")

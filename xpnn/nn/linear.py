@@ -11,7 +11,7 @@ from .. import init
 from .._tensor import Tensor
 from ..autograd.op import numpy_direct
 from ..backend import BackendLike, dtype_name, namespace_of
-from ..debug import check_finite, get_debug
+from ..debug import _debug, check_finite, get_debug
 from ..errors import DTypeError, NamespaceMismatchError, ShapeError
 from ..functional.linear import Linear as LinearOp
 from .explicit import Module, one_op_call
@@ -114,13 +114,14 @@ class Linear(Module):
     def _one_op_call(self, x: Any) -> Any:
         """The explicit API on a NumPy array: the op and its backward without the tape (``explicit.one_op_call``),
         or ``NotImplemented`` (take the tape)."""
-        w = self.weight._data
-        if type(x) is not np.ndarray or type(w) is not np.ndarray or get_debug() or not numpy_direct("linear"):
+        weight = self.weight
+        w = weight._data
+        if type(x) is not np.ndarray or type(w) is not np.ndarray or _debug[0] or not numpy_direct("linear"):
             return NotImplemented
         if x.ndim != 2 or x.shape[0] == 0:  # the layer's own rules (see affine)
             check_features(self, None, x, self.in_features, w.dtype, leading=True)  # (raises, naming the layer)
         try:
-            return one_op_call(self, LinearOp, x, self.weight, self.bias)
+            return one_op_call(self, LinearOp, x, weight, self.bias)
         except (ShapeError, DTypeError):  # the op's check failed: say it naming the layer
             check_features(self, None, x, self.in_features, w.dtype, leading=True)
             raise
