@@ -10,6 +10,7 @@ import xpnn
 import xpnn.functional as F
 from xpnn import _dispatch, nn
 from xpnn.autograd import register_override
+from xpnn.errors import DTypeError, NamespaceMismatchError, NonFiniteError, ShapeError
 from xpnn.functional import losses
 from xpnn.functional.activations import ReluBackward, Sigmoid, SigmoidBackward
 
@@ -159,6 +160,112 @@ def test_linear_explicit_fast_path_equals_the_tape(dtype, bias):
     assert fast.backward(dy, need_input_grad=False) is None
 
 
+def test_linear_explicit_gradients_accumulate_as_the_tape_and_torch():
+    """The fast path adds into ``.grad`` as the tape does and as PyTorch accumulates: the first backward, a second
+    one without zero_grad (added in place: a reference to ``.grad`` taken before sees the sum, as in PyTorch),
+    after zero_grad() (zeroed in place) and after zero_grad(set_to_none=True)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for gradient accumulation")
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((10, 64)) for _ in range(4)]
+    dys = [rng.standard_normal((10, 30)) for _ in range(4)]
+    fast, tape = nn.Linear(64, 30, dtype="float64", seed=0), nn.Linear(64, 30, dtype="float64", seed=0)
+    ref = torch.nn.Linear(64, 30, dtype=torch.float64)
+    with torch.no_grad():
+        ref.weight.copy_(torch.from_numpy(fast.weight.data))
+        ref.bias.copy_(torch.from_numpy(fast.bias.data))
+
+    def step(i):
+        fast(xs[i])
+        dx = fast.backward(dys[i])
+        with general_path():
+            tape(xs[i])
+            assert type(tape.__dict__["_last_call"]) is tuple  # (the recorded call)
+            assert_same(dx, tape.backward(dys[i]))
+        x = torch.from_numpy(xs[i]).requires_grad_(True)
+        ref(x).backward(torch.from_numpy(dys[i]))
+        np.testing.assert_allclose(dx, x.grad.numpy(), rtol=1e-12, atol=1e-12)
+        for p, q, r in zip(fast.parameters(), tape.parameters(), (ref.weight, ref.bias)):
+            assert_same(p.grad, q.grad)
+            np.testing.assert_allclose(p.grad, r.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+    step(0)  # first backward
+    held = fast.weight.grad
+    first = held.copy()
+    step(1)  # accumulates, in place
+    assert fast.weight.grad is held
+    np.testing.assert_allclose(held, first + dys[1].T @ xs[1], rtol=1e-12)
+    fast.zero_grad(), tape.zero_grad(), ref.zero_grad(set_to_none=False)
+    assert not held.any()  # zeroed in place (as torch's zero_grad(set_to_none=False))
+    step(2)
+    fast.zero_grad(set_to_none=True), tape.zero_grad(set_to_none=True), ref.zero_grad(set_to_none=True)
+    step(3)
+
+
+def test_linear_call_one_op_only_takes_one_numpy_array_of_the_layer_itself():
+    """``nn.Linear.__call__`` sends one NumPy array to the fast path; a subclass with a forward or a hand-written
+    backward of its own, a Tensor and another namespace's array take ``Module.__call__`` as before."""
+    from xpnn.nn import explicit
+
+    assert nn.Linear.__call__ is explicit.call_one_op
+    x, dy = np.ones((4, 3)), np.full((4, 2), 0.5)
+
+    class Doubled(nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 2.0
+
+    m = Doubled(3, 2, dtype="float64", seed=0)
+    np.testing.assert_allclose(m(x), 2 * (x @ m.weight.data.T + m.bias.data))
+    assert type(m.__dict__["_last_call"]) is tuple  # (the tape's call: Doubled's forward ran)
+    np.testing.assert_allclose(m.backward(dy), 2 * dy @ m.weight.data)
+
+    class Manual(nn.Linear):  # the first version's protocol: forward on arrays, its own backward
+        def backward(self, dy):
+            self.seen = dy
+            return dy @ self.weight.data
+
+    m = Manual(3, 2, dtype="float64", seed=0)
+    m(x)
+    assert m.__dict__["_xpnn_forwards"] == 1 and "_last_call" not in m.__dict__  # (the protocol's call ran)
+    m.backward(dy)
+    assert m.seen is dy and not m.weight.grad.any()
+
+    m = nn.Linear(3, 2, dtype="float64", seed=0)
+    t = xpnn.tensor(x, requires_grad=True)
+    m(t).backward(xpnn.tensor(dy))
+    assert "_last_call" not in m.__dict__
+    np.testing.assert_allclose(t.grad, dy @ m.weight.data)
+    s = nn.Linear(3, 2, dtype="float64", seed=0).to(array_api_strict)
+    ys = s(array_api_strict.asarray(x))
+    np.testing.assert_allclose(np.asarray(ys), m(x), rtol=1e-15)
+    np.testing.assert_allclose(np.asarray(s.backward(array_api_strict.asarray(dy))), m.backward(dy), rtol=1e-15)
+
+
+def test_linear_explicit_fast_path_backward_checks_dy():
+    """The fast path's backward accepts a NumPy ``dy`` of the kept output's shape and dtype; anything else gets
+    the same errors as before, naming the layer; debug mode turned on after the forward still checks ``dy``."""
+    m = nn.Linear(3, 2, dtype="float64", seed=0)
+    x = np.ones((4, 3))
+    m(x)
+    with pytest.raises(ShapeError, match=r"Linear\(in_features=3, out_features=2\): backward expected dy of shape "
+                                         r"\(4, 2\), got \(4, 3\)"):
+        m.backward(np.ones((4, 3)))
+    m(x)
+    with pytest.raises(DTypeError, match="expected dy of dtype float64, got float32"):
+        m.backward(np.ones((4, 2), np.float32))
+    m(x)
+    with pytest.raises(NamespaceMismatchError, match=r"Linear\(in_features=3"):  # (not: "float64, got float64")
+        m.backward(array_api_strict.ones((4, 2), dtype=array_api_strict.float64))
+    m(x)
+    with pytest.raises(ShapeError, match="got list"):
+        m.backward([[0.0, 0.0]] * 4)
+    m(x)
+    with xpnn.debug.debug_mode(True):
+        with pytest.raises(NonFiniteError, match="dy"):
+            m.backward(np.full((4, 2), np.inf))
+    m(x)
+    np.testing.assert_allclose(m.backward(xpnn.tensor(np.ones((4, 2)))), np.ones((4, 2)) @ m.weight.data)
+
+
 def test_linear_explicit_fast_path_keeps_no_call_under_no_grad_and_respects_hooks():
     m = nn.Linear(4, 2, dtype="float64", seed=0)
     x = np.ones((3, 4))
@@ -214,3 +321,9 @@ def test_sigmoid_fast_path_keeps_the_users_numpy_error_state():
         np.testing.assert_array_equal(F.sigmoid(x), [0.0, 0.5, 1.0])
     with np.errstate(all="warn"):
         np.testing.assert_array_equal(F.sigmoid(x), [0.0, 0.5, 1.0])
+    before = np.geterr()
+    F.sigmoid(x)  # the state the fast path sets for its exp is reset after it
+    assert np.geterr() == before
+    with np.errstate(divide="raise"):
+        F.sigmoid(x)
+        assert np.geterr()["divide"] == "raise" and np.geterr()["over"] == before["over"]

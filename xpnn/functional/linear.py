@@ -15,20 +15,20 @@ from .shape import reshape
 
 __all__ = ["linear", "linear_backward"]
 
-_NUMPY_XP = namespace_of(np.empty(0))
 #: the products of 2-D NumPy arrays: ``np.dot`` calls BLAS's GEMM as ``@`` (``np.matmul``) does, with less of the ufunc
 #: machinery around it (~0.4 us less per call at (10, 64) x (64, 30): a fifth of a small layer's product)
 _dot = np.dot
 
 
-def _check_linear(x: Any, weight: Any, bias: Any) -> Any:
-    """The namespace of the arguments; raises naming the expected and given shapes/dtypes (the one check of a linear
-    call: ``nn.Linear`` re-diagnoses a failure only to name the layer)."""
-    if type(x) is np.ndarray and type(weight) is np.ndarray:
+def _check_linear(x: Any, weight: Any, bias: Any) -> bool:
+    """Raise naming the expected and given shapes/dtypes (the one check of a linear call: ``nn.Linear``
+    re-diagnoses a failure only to name the layer); returns whether ``x`` and ``weight`` are plain float32/float64
+    NumPy arrays (whose products ``np.dot`` runs)."""
+    if type(x) is type(weight) is np.ndarray:
         dt, ws = x.dtype, weight.shape  # (a dtype is most often the very same object: `is` before `==`)
         if ((dt is weight.dtype or dt == weight.dtype) and dt.char in "fd" and len(ws) == 2 and x.ndim
                 and x.shape[-1] == ws[1] and (bias is None or type(bias) is np.ndarray and bias.shape == ws[:1])):
-            return _NUMPY_XP  # plain NumPy arguments that pass every check below
+            return True  # plain NumPy arguments that pass every check below
     xp = namespace_of(x, weight, bias, where="linear")
     _checks.floating(xp, x, "linear")
     if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
@@ -47,7 +47,7 @@ def _check_linear(x: Any, weight: Any, bias: Any) -> Any:
         flat = math.prod(bias.shape) == weight.shape[0]  # e.g. a column (out, 1) or a row (1, out)
         raise ShapeError(f"linear: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}"
                          + ("; pass b.ravel()" if flat else ""))
-    return xp
+    return False
 
 
 class Linear(Op):
@@ -56,9 +56,9 @@ class Linear(Op):
     @staticmethod
     def forward(ctx: Context, x: Any, weight: Any, bias: Any = None) -> Any:
         """x (..., in), weight (out, in), bias (out,) or None -> (..., out)."""
-        _check_linear(x, weight, bias)
+        plain = _check_linear(x, weight, bias)
         ctx.save_for_backward(x, weight)
-        if type(x) is not np.ndarray or type(weight) is not np.ndarray:
+        if not plain:
             y = x @ weight.T
         elif x.ndim > 2:  # NumPy runs (..., in) @ (in, out) as one GEMM per leading index: fold the leading axes
             rows = math.prod(x.shape[:-1])  # into one GEMM (3x faster at (32, 64, 128))
@@ -82,7 +82,7 @@ class Linear(Op):
         else:
             dy2, x2 = dy, x
         dx = dw = db = None
-        if type(dy2) is np.ndarray and type(x2) is np.ndarray and type(weight) is np.ndarray:
+        if type(dy2) is type(x2) is type(weight) is np.ndarray:
             # NumPy: np.dot (see _dot), one GEMM over the folded rows rather than one per leading index, and
             # ndarray.sum's reduction without the op or its Python wrapper
             if need[0]:

@@ -249,11 +249,11 @@ def backward(module: Module, dy: Any, need_input_grad: bool) -> Any:
     if not hasattr(dy, "shape") or tuple(dy.shape) != tuple(out_data.shape):
         got = tuple(dy.shape) if hasattr(dy, "shape") else type(dy).__name__
         raise ShapeError(f"{module._where()}: backward expected dy of shape {tuple(out_data.shape)}, got {got}")
+    if type(dy) is not type(out_data):  # (before the dtypes: two libraries' dtypes never compare equal)
+        namespace_of(out_data, dy, where=module._where())
     if dy.dtype != out_data.dtype:
         raise DTypeError(f"{module._where()}: backward expected dy of dtype {dtype_name(out_data.dtype)}, got "
                          f"{dtype_name(dy.dtype)}")
-    if type(dy) is not type(out_data):
-        namespace_of(out_data, dy, where=module._where())
     if get_debug():
         check_finite(namespace_of(dy), dy, module._where(), "dy")
     if out is None:
