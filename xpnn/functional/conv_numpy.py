@@ -26,7 +26,7 @@ import math
 from typing import Any, Optional
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from .. import _dispatch
 from .._cuda import registry
@@ -71,10 +71,92 @@ def _windows(xpad: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
     return win.transpose(0, 1, 4, 5, 2, 3)
 
 
-def _conv2d_forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Any = None, **params: Any) -> Any:
+def padded_flat(src: np.ndarray, g: Conv2dGeometry, tag: str, head: int = 0,
+                tail: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """src (N, C, H, W) zero-padded in a recycled flat buffer laid out as ``head`` zeros, the (N, C, hp, wp) padded
+    planes, ``tail`` zeros (margins for the shifted reads of ``shift_add_product`` and the dW of
+    ``conv2d_weight_grad_shift_numpy``). Returns (buffer, the planes as an (N, C, hp*wp) view)."""
+    size = g.n * g.c * g.hp * g.wp
+    buf = _workspace.buffer(tag, (head + size + tail,), src.dtype)
+    buf[:head] = 0
+    buf[head + size:] = 0
+    planes = buf[head:head + size].reshape(g.n, g.c, g.hp * g.wp)
+    pad = planes.reshape(g.n, g.c, g.hp, g.wp)
+    top, left = g.pt + g.h, g.pl + g.w
+    pad[:, :, :g.pt] = 0
+    pad[:, :, top:] = 0
+    pad[:, :, g.pt:top, :g.pl] = 0
+    pad[:, :, g.pt:top, left:] = 0
+    pad[:, :, g.pt:top, g.pl:left] = src
+    return buf, planes
+
+
+def _offsets(g: Conv2dGeometry) -> list[int]:
+    """Flat offset of kernel position (i, j) in a padded (hp, wp) plane, in (i, j) order."""
+    return [i * g.dh * g.wp + j * g.dw for i in range(g.kh) for j in range(g.kw)]
+
+
+def shift_add_product(weight: np.ndarray, planes: np.ndarray, g: Conv2dGeometry, groups: int,
+                      bias: Optional[np.ndarray], tag: str) -> np.ndarray:
+    """Stride-1 convolution of the zero-padded planes (N, C, hp*wp) (``padded_flat``) by weight (C_out, C/groups,
+    kh, kw), without columns: per sample one GEMM of every kernel offset's weights with the planes,
+    ``z[gi, (i, j, o), t] = sum_c W[gi*C_out/G + o, c, i, j] xpad[n, gi*C/G + c, t]``, then
+    ``y[n, o, p, q] = sum_{i,j} z[(i, j, o), (p + i*dh)*wp + q + j*dw]``: kh*kw shifted additions over one
+    sample's (oh, wp) rows while z is in cache, cropped to ow columns, plus bias ("kn2row"; Vasudevan et al. 2017,
+    "Parallel multi channel convolution using general matrix multiplication"). A fresh (N, C_out, oh, ow)."""
+    c_out = int(weight.shape[0])
+    cog, cg = c_out // groups, g.c // groups
+    plane, lw = g.hp * g.wp, g.oh * g.wp
+    wst = np.ascontiguousarray(weight.reshape(groups, cog, cg, g.kh, g.kw).transpose(0, 3, 4, 1, 2))
+    wst = wst.reshape(groups, g.offsets * cog, cg)
+    xg = planes.reshape(g.n, groups, cg, plane)
+    z = _workspace.buffer(tag + ".z", (groups, g.offsets, cog, plane), planes.dtype)
+    z2 = z.reshape(groups, g.offsets * cog, plane)
+    acc = _workspace.buffer(tag + ".acc", (groups, cog, lw), planes.dtype)
+    rows = acc.reshape(c_out, g.oh, g.wp)[:, :, :g.ow]
+    y = np.empty((g.n, c_out, g.oh, g.ow), dtype=planes.dtype)
+    b3 = None if bias is None else bias.reshape(c_out, 1, 1)
+    offsets = _offsets(g)
+    for n in range(g.n):
+        np.matmul(wst, xg[n], out=z2)
+        np.copyto(acc, z[:, 0, :, :lw])
+        for k in range(1, g.offsets):
+            # the last offsets run past the plane by up to (kw-1)*dw columns: the last row's unused ones
+            o = offsets[k]
+            m = min(lw, plane - o)
+            acc[..., :m] += z[:, k, :, o:o + m]
+        if b3 is None:
+            np.copyto(y[n], rows)
+        else:
+            np.add(rows, b3, out=y[n])
+    return y
+
+
+# C_in/groups and C_out/groups from which the shift-add products run (measured at 3x3 64->64; the GEMM's depth
+# is C_in/groups, and LeNet's 1 and 6 input channels are far below)
+SHIFT_MIN_CHANNELS = 32
+
+
+def shift_apply(g: Conv2dGeometry, c_out: int, groups: int) -> bool:
+    """Whether the forward (and dW) take ``shift_add_product`` instead of im2col + GEMM: stride 1 and at least
+    ``SHIFT_MIN_CHANNELS`` input and output channels per group."""
+    return g.sh == g.sw == 1 and min(g.c, c_out) // groups >= SHIFT_MIN_CHANNELS
+
+
+def _conv2d_forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Any = None, *, stride: Any = 1,
+                    padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Any:
     if _kernels_answer(registry.IM2COL, x.dtype):
         return NotImplemented
-    return Conv2d.forward(ctx, x, weight, bias, im2col_fn=im2col_numpy, **params)
+    g = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    if not shift_apply(g, int(weight.shape[0]), groups):
+        return Conv2d.forward(ctx, x, weight, bias, im2col_fn=im2col_numpy, stride=stride, padding=padding,
+                              dilation=dilation, groups=groups)
+    _, xpad = padded_flat(x, g, "conv2d.xpad")
+    y = shift_add_product(weight, xpad, g, groups, bias, "conv2d.y")
+    ctx.save_for_backward(x, weight)
+    # cols None: a backward that falls back to the reference rebuilds the columns from x
+    ctx.cols, ctx.xpad, ctx.params, ctx.has_bias = None, xpad, (stride, padding, dilation, groups), bias is not None
+    return y
 
 
 # N * C_in/groups from which dx is accumulated channels-last (measured at LeNet sizes: N*C = 64 (one input channel)
@@ -140,13 +222,21 @@ def conv2d_input_grad_cols_numpy(weight: np.ndarray, dy: np.ndarray, g: Conv2dGe
 
 def conv2d_input_grad_transposed_numpy(weight: np.ndarray, dy: np.ndarray, g: Conv2dGeometry,
                                        groups: int) -> np.ndarray:
+    """dx of a stride-1 ``conv2d`` by the transposed convolution (``_input_grad_transposed``)."""
+    return _input_grad_transposed(weight, dy, g, groups)[0]
+
+
+def _input_grad_transposed(weight: np.ndarray, dy: np.ndarray, g: Conv2dGeometry,
+                           groups: int) -> tuple[np.ndarray, Optional[tuple[np.ndarray, Conv2dGeometry]]]:
     """dx of a stride-1 ``conv2d`` as a forward convolution (the transposed convolution): dy padded by
     ``dilation * (k - 1) - padding`` on each side, correlated with the flipped kernel whose in/out channels are
     swapped per group, ``W'[g, c, co, i, j] = W[g, co, c, kh-1-i, kw-1-j]``:
-    ``dx[n, c, h, w] = sum_{co,i,j} dy[n, co, h + pt - i*dh, w + pl - j*dw] W[co, c, i, j]``. Columns and one
-    batched GEMM whose output is dx in NCHW: no scatter-add passes and no layout change afterwards. Raises
-    ValueError where it does not apply (``_transposed_padding`` None: stride > 1, or padding wider than the dilated
-    kernel)."""
+    ``dx[n, c, h, w] = sum_{co,i,j} dy[n, co, h + pt - i*dh, w + pl - j*dw] W[co, c, i, j]``. With many channels
+    (``shift_apply``) by ``shift_add_product`` over the padded dy (nothing but the padded copy written); else
+    columns of the padded dy and one batched GEMM whose output is dx in NCHW. Either way no scatter-add passes.
+    Returns (dx, (dy's padded buffer, its geometry) where the shift-add product ran, for dW, else None). Raises
+    ValueError where it does not apply (``_transposed_padding`` None: stride > 1, or padding wider than the
+    dilated kernel)."""
     pads = _transposed_padding(g)
     if pads is None:
         raise ValueError(f"conv2d_input_grad_transposed_numpy: needs stride 1 and padding <= dilation*(kernel-1), "
@@ -154,12 +244,70 @@ def conv2d_input_grad_transposed_numpy(weight: np.ndarray, dy: np.ndarray, g: Co
     c_out = int(weight.shape[0])
     cog, cg = c_out // groups, g.c // groups
     gt = Conv2dGeometry(g.n, c_out, g.oh, g.ow, g.kh, g.kw, 1, 1, g.dh, g.dw, *pads, g.h, g.w)
+    wt = weight.reshape(groups, cog, cg, g.kh, g.kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    if shift_apply(gt, g.c, groups):
+        buf, dypad = padded_flat(dy, gt, "conv2d.dy_pad", *_dw_margins(g, gt))
+        return shift_add_product(wt.reshape(g.c, cog, g.kh, g.kw), dypad, gt, groups, None, "conv2d.dx"), (buf, gt)
     cols = _workspace.buffer("conv2d.dx_cols", (g.n, c_out, g.kh, g.kw, g.h, g.w), dy.dtype)
     np.copyto(cols, _windows(_padded(dy, gt, 0.0, "conv2d.dy_pad"), gt))
-    wt = weight.reshape(groups, cog, cg, g.kh, g.kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
     wt = np.ascontiguousarray(wt).reshape(groups, cg, cog * g.offsets)
     dx = np.matmul(wt, cols.reshape(g.n, groups, cog * g.offsets, g.h * g.w))
-    return dx.reshape(g.n, g.c, g.h, g.w)
+    return dx.reshape(g.n, g.c, g.h, g.w), None
+
+
+def _dw_margins(g: Conv2dGeometry, gd: Conv2dGeometry) -> tuple[int, int]:
+    """(head, tail) zeros around dy's padded planes (geometry gd) for the shifted reads of
+    ``conv2d_weight_grad_shift_numpy``: none where the planes are not (hp, wp) like the forward's."""
+    if (gd.hp, gd.wp) != (g.hp, g.wp):
+        return 0, 0
+    at = gd.pt * g.wp + gd.pl  # flat position of dy[.., 0, 0] in its plane
+    return _offsets(g)[-1] - at, at
+
+
+def conv2d_weight_grad_shift_numpy(dy: np.ndarray, xpad: np.ndarray, g: Conv2dGeometry, groups: int,
+                                   w_shape: tuple[int, ...],
+                                   dy_pad: Optional[tuple[np.ndarray, Conv2dGeometry]] = None) -> np.ndarray:
+    """dW of a stride-1 ``conv2d`` from the forward's padded planes xpad (N, C, hp*wp) (``padded_flat``):
+    ``dW[o, c, i, j] = sum_{n,t} e[n, o, t - off(i, j)] xpad[n, c, t]``, e being dy placed in an (hp, wp) plane at
+    its top left (zeros elsewhere) and off(i, j) = i*dh*wp + j*dw. Per sample, the kh*kw shifted copies of e
+    (contiguous rows) make one (kh*kw*C_out/G, hp*wp) operand and one GEMM gives every offset's
+    (C_out/G, C_in/G) block, accumulated over the batch. ``dy_pad``: (buffer, geometry) of dy's padded planes
+    as the transposed convolution of dx built them (``_input_grad_transposed``), used where they are (hp, wp)
+    planes like the forward's (any placement of dy in them gives the same e shifted); else built here. The
+    products include padding zeros times input (and dy) values, which is not 0 where those are inf or NaN: then
+    (dW not finite) dW is recomputed the reference's way from im2col columns."""
+    c_out = w_shape[0]
+    cog, cg = c_out // groups, g.c // groups
+    plane = g.hp * g.wp
+    offsets = _offsets(g)
+    if dy_pad is None or (dy_pad[1].hp, dy_pad[1].wp) != (g.hp, g.wp):
+        gd = Conv2dGeometry(g.n, c_out, g.oh, g.ow, g.kh, g.kw, 1, 1, g.dh, g.dw, 0, g.dh * (g.kh - 1), 0,
+                            g.dw * (g.kw - 1), g.h, g.w)  # dy at the top left of an (hp, wp) plane
+        dy_pad = padded_flat(dy, gd, "conv2d.dw_dy", *_dw_margins(g, gd))[0], gd
+    buf = dy_pad[0]
+    it = buf.itemsize
+    # e[n, o, t - off_k] = buf[head + (n*C_out + o)*hp*wp + at + t - off_k] with head + at = off(kh-1, kw-1)
+    shifted = [as_strided(buf[offsets[-1] - o:], shape=(g.n, groups, cog, plane),
+                          strides=(c_out * plane * it, cog * plane * it, plane * it, it), writeable=False)
+               for o in offsets]
+    est = _workspace.buffer("conv2d.dw_e", (groups, g.offsets, cog, plane), dy.dtype)
+    est2 = est.reshape(groups, g.offsets * cog, plane)
+    acc = _workspace.buffer("conv2d.dw_acc", (groups, g.offsets * cog, cg), dy.dtype)
+    part = _workspace.buffer("conv2d.dw_part", (groups, g.offsets * cog, cg), dy.dtype)
+    xg = xpad.reshape(g.n, groups, cg, plane).swapaxes(-1, -2)
+    for n in range(g.n):
+        for k in range(g.offsets):
+            np.copyto(est[:, k], shifted[k][n])
+        np.matmul(est2, xg[n], out=part if n else acc)
+        if n:
+            acc += part
+    dw = acc.reshape(groups, g.kh, g.kw, cog, cg).transpose(0, 3, 4, 1, 2).reshape(w_shape)
+    if not np.isfinite(dw).all():
+        xp4 = xpad.reshape(g.n, g.c, g.hp, g.wp)
+        cols = _workspace.buffer("conv2d.cols", (g.n, g.c, g.kh, g.kw, g.oh, g.ow), dy.dtype)
+        np.copyto(cols, _windows(xp4, g))
+        dw = conv2d_weight_grad_numpy(dy, cols.reshape(g.n, groups, -1, g.oh * g.ow), g, groups, w_shape)
+    return dw
 
 
 def _transposed_padding(g: Conv2dGeometry) -> Optional[tuple[int, int, int, int]]:
@@ -169,10 +317,12 @@ def _transposed_padding(g: Conv2dGeometry) -> Optional[tuple[int, int, int, int]
 
 
 def input_grad_path(g: Conv2dGeometry, c_out: int, groups: int) -> str:
-    """Which dx of the NumPy backward runs: ``"transposed"`` (stride 1, when its column tensor, C_out*H*W per
-    sample and offset, is no larger than the scatter's, C_in*oh*ow: e.g. 3x3 64->64 with "same" padding),
-    else ``"channels_last"`` or, for short channel rows (N*C_in/groups below ``CHANNELS_LAST_MIN``), ``"cols"``."""
-    if c_out * g.h * g.w <= g.c * g.oh * g.ow and _transposed_padding(g) is not None:
+    """Which dx of the NumPy backward runs: ``"transposed"`` (stride 1, with many channels (``shift_apply``) or
+    when its column tensor, C_out*H*W per sample and offset, is no larger than the scatter's, C_in*oh*ow: e.g.
+    3x3 64->64 with "same" padding), else ``"channels_last"`` or, for short channel rows (N*C_in/groups below
+    ``CHANNELS_LAST_MIN``), ``"cols"``."""
+    if _transposed_padding(g) is not None and (shift_apply(g, c_out, groups)
+                                               or c_out * g.h * g.w <= g.c * g.oh * g.ow):
         return "transposed"
     return "channels_last" if g.n * (g.c // groups) >= CHANNELS_LAST_MIN else "cols"
 
@@ -191,11 +341,19 @@ def _conv2d_backward(ctx: Context, dy: Any) -> Any:
     c_out = int(weight.shape[0])
     if tuple(dy.shape) != (g.n, c_out, g.oh, g.ow) or dy.dtype != x.dtype:
         return NotImplemented  # the reference raises the error that names the mismatch
-    dw = conv2d_weight_grad_numpy(dy, ctx.cols, g, groups, tuple(weight.shape)) if need[1] else None
     db = dy.sum(axis=(0, 2, 3)) if ctx.has_bias and len(need) > 2 and need[2] else None
-    dx = None
+    dx = dy_pad = None
     if need[0]:
-        dx = INPUT_GRAD_PATHS[input_grad_path(g, c_out, groups)](weight, dy, g, groups)
+        path = input_grad_path(g, c_out, groups)
+        if path == "transposed":
+            dx, dy_pad = _input_grad_transposed(weight, dy, g, groups)
+        else:
+            dx = INPUT_GRAD_PATHS[path](weight, dy, g, groups)
+    dw = None
+    if need[1]:
+        xpad = ctx.__dict__.get("xpad")
+        dw = (conv2d_weight_grad_numpy(dy, ctx.cols, g, groups, tuple(weight.shape)) if xpad is None else
+              conv2d_weight_grad_shift_numpy(dy, xpad, g, groups, tuple(weight.shape), dy_pad))
     return dx, dw, db
 
 
