@@ -101,35 +101,30 @@ def shift_add_product(weight: np.ndarray, planes: np.ndarray, g: Conv2dGeometry,
     """Stride-1 convolution of the zero-padded planes (N, C, hp*wp) (``padded_flat``) by weight (C_out, C/groups,
     kh, kw), without columns: per sample one GEMM of every kernel offset's weights with the planes,
     ``z[gi, (i, j, o), t] = sum_c W[gi*C_out/G + o, c, i, j] xpad[n, gi*C/G + c, t]``, then
-    ``y[n, o, p, q] = sum_{i,j} z[(i, j, o), (p + i*dh)*wp + q + j*dw]``: kh*kw shifted additions over one
-    sample's (oh, wp) rows while z is in cache, cropped to ow columns, plus bias ("kn2row"; Vasudevan et al. 2017,
+    ``y[n, o, p, q] = sum_{i,j} z[(i, j, o), (p + i*dh)*wp + q + j*dw]``: one sum over a strided view of z while
+    it is in cache, written into y, plus bias ("kn2row"; Vasudevan et al. 2017,
     "Parallel multi channel convolution using general matrix multiplication"). A fresh (N, C_out, oh, ow)."""
     c_out = int(weight.shape[0])
     cog, cg = c_out // groups, g.c // groups
-    plane, lw = g.hp * g.wp, g.oh * g.wp
+    plane = g.hp * g.wp
     wst = np.ascontiguousarray(weight.reshape(groups, cog, cg, g.kh, g.kw).transpose(0, 3, 4, 1, 2))
     wst = wst.reshape(groups, g.offsets * cog, cg)
     xg = planes.reshape(g.n, groups, cg, plane)
     z = _workspace.buffer(tag + ".z", (groups, g.offsets, cog, plane), planes.dtype)
-    z2 = z.reshape(groups, g.offsets * cog, plane)
-    acc = _workspace.buffer(tag + ".acc", (groups, cog, lw), planes.dtype)
-    rows = acc.reshape(c_out, g.oh, g.wp)[:, :, :g.ow]
-    y = np.empty((g.n, c_out, g.oh, g.ow), dtype=planes.dtype)
-    b3 = None if bias is None else bias.reshape(c_out, 1, 1)
-    offsets = _offsets(g)
-    for n in range(g.n):
-        np.matmul(wst, xg[n], out=z2)
-        np.copyto(acc, z[:, 0, :, :lw])
-        for k in range(1, g.offsets):
-            # the last offsets run past the plane by up to (kw-1)*dw columns: the last row's unused ones
-            o = offsets[k]
-            m = min(lw, plane - o)
-            acc[..., :m] += z[:, k, :, o:o + m]
-        if b3 is None:
-            np.copyto(y[n], rows)
-        else:
-            np.add(rows, b3, out=y[n])
-    return y
+    it = z.itemsize
+    # shifted[gi, i, j, o, p, q] = z[gi, (i, j), o, (p + i*dh)*wp + q + j*dw]: every read inside z's plane
+    shifted = as_strided(z, shape=(groups, g.kh, g.kw, cog, g.oh, g.ow),
+                         strides=(g.offsets * cog * plane * it, (g.kw * cog * plane + g.dh * g.wp) * it,
+                                  (cog * plane + g.dw) * it, plane * it, g.wp * it, it), writeable=False)
+    y = np.empty((g.n, groups, cog, g.oh, g.ow), dtype=planes.dtype)
+    b4 = None if bias is None else bias.reshape(groups, cog, 1, 1)
+    with np.errstate(invalid="ignore"):  # inf - inf from non-finite inputs: NaN, silently, as the BLAS reference
+        for n in range(g.n):
+            np.matmul(wst, xg[n], out=z.reshape(groups, g.offsets * cog, plane))
+            np.sum(shifted, axis=(1, 2), out=y[n])
+            if b4 is not None:
+                y[n] += b4
+    return y.reshape(g.n, c_out, g.oh, g.ow)
 
 
 # C_in/groups and C_out/groups from which the shift-add products run (measured at 3x3 64->64; the GEMM's depth
@@ -295,12 +290,13 @@ def conv2d_weight_grad_shift_numpy(dy: np.ndarray, xpad: np.ndarray, g: Conv2dGe
     acc = _workspace.buffer("conv2d.dw_acc", (groups, g.offsets * cog, cg), dy.dtype)
     part = _workspace.buffer("conv2d.dw_part", (groups, g.offsets * cog, cg), dy.dtype)
     xg = xpad.reshape(g.n, groups, cg, plane).swapaxes(-1, -2)
-    for n in range(g.n):
-        for k in range(g.offsets):
-            np.copyto(est[:, k], shifted[k][n])
-        np.matmul(est2, xg[n], out=part if n else acc)
-        if n:
-            acc += part
+    with np.errstate(invalid="ignore"):  # 0 * inf: found below and recomputed
+        for n in range(g.n):
+            for k in range(g.offsets):
+                np.copyto(est[:, k], shifted[k][n])
+            np.matmul(est2, xg[n], out=part if n else acc)
+            if n:
+                acc += part
     dw = acc.reshape(groups, g.kh, g.kw, cog, cg).transpose(0, 3, 4, 1, 2).reshape(w_shape)
     if not np.isfinite(dw).all():
         xp4 = xpad.reshape(g.n, g.c, g.hp, g.wp)
