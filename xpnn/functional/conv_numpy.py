@@ -71,57 +71,53 @@ def _windows(xpad: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
     return win.transpose(0, 1, 4, 5, 2, 3)
 
 
-def padded_flat(src: np.ndarray, g: Conv2dGeometry, tag: str, head: int = 0,
-                tail: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """src (N, C, H, W) zero-padded in a recycled flat buffer laid out as ``head`` zeros, the (N, C, hp, wp) padded
-    planes, ``tail`` zeros (margins for the shifted reads of ``shift_add_product`` and the dW of
-    ``conv2d_weight_grad_shift_numpy``). Returns (buffer, the planes as an (N, C, hp*wp) view)."""
-    size = g.n * g.c * g.hp * g.wp
-    buf = _workspace.buffer(tag, (head + size + tail,), src.dtype)
-    buf[:head] = 0
-    buf[head + size:] = 0
-    planes = buf[head:head + size].reshape(g.n, g.c, g.hp * g.wp)
-    pad = planes.reshape(g.n, g.c, g.hp, g.wp)
+def padded_shifts(src: np.ndarray, g: Conv2dGeometry, tag: str) -> np.ndarray:
+    """src (N, C, H, W) zero-padded and shifted by each kernel column, in a recycled (N, C, kw, hp*wp) buffer:
+    ``X[n, c, j, t] = xpad[n, c].flat[t + j*dw]`` (0 past the plane's end). ``X[:, :, 0]`` is the padded input;
+    kw shifted planes instead of im2col's kh*kw (``shift_add_product`` sums the kernel rows)."""
+    plane = g.hp * g.wp
+    xs = _workspace.buffer(tag, (g.n, g.c, g.kw, plane), src.dtype)
+    pad = xs[:, :, 0].reshape(g.n, g.c, g.hp, g.wp)
     top, left = g.pt + g.h, g.pl + g.w
     pad[:, :, :g.pt] = 0
     pad[:, :, top:] = 0
     pad[:, :, g.pt:top, :g.pl] = 0
     pad[:, :, g.pt:top, left:] = 0
     pad[:, :, g.pt:top, g.pl:left] = src
-    return buf, planes
+    for j in range(1, g.kw):
+        s = min(j * g.dw, plane)
+        xs[:, :, j, :plane - s] = xs[:, :, 0, s:]
+        xs[:, :, j, plane - s:] = 0
+    return xs
 
 
-def _offsets(g: Conv2dGeometry) -> list[int]:
-    """Flat offset of kernel position (i, j) in a padded (hp, wp) plane, in (i, j) order."""
-    return [i * g.dh * g.wp + j * g.dw for i in range(g.kh) for j in range(g.kw)]
-
-
-def shift_add_product(weight: np.ndarray, planes: np.ndarray, g: Conv2dGeometry, groups: int,
+def shift_add_product(weight: np.ndarray, xs: np.ndarray, g: Conv2dGeometry, groups: int,
                       bias: Optional[np.ndarray], tag: str) -> np.ndarray:
-    """Stride-1 convolution of the zero-padded planes (N, C, hp*wp) (``padded_flat``) by weight (C_out, C/groups,
-    kh, kw), without columns: per sample one GEMM of every kernel offset's weights with the planes,
-    ``z[gi, (i, j, o), t] = sum_c W[gi*C_out/G + o, c, i, j] xpad[n, gi*C/G + c, t]``, then
-    ``y[n, o, p, q] = sum_{i,j} z[(i, j, o), (p + i*dh)*wp + q + j*dw]``: one sum over a strided view of z while
-    it is in cache, written into y, plus bias ("kn2row"; Vasudevan et al. 2017,
-    "Parallel multi channel convolution using general matrix multiplication"). A fresh (N, C_out, oh, ow)."""
+    """Stride-1 convolution by weight (C_out, C/groups, kh, kw) from ``padded_shifts`` xs, without columns
+    ("kn2row" over kernel rows; Vasudevan et al. 2017, "Parallel multi channel convolution using general matrix
+    multiplication"): per sample one GEMM gives every kernel row's partial sums over the whole padded plane,
+    ``z[gi, (i, o), t] = sum_{c,j} W[gi*C_out/G + o, c, i, j] xs[n, gi*C/G + c, j, t]``, and
+    ``y[n, o, p, q] = sum_i z[(i, o), (p + i*dh)*wp + q]``: one sum over a strided view of z while it is in
+    cache, written into y, plus bias. Output positions never read the zeros past a plane's end (t + j*dw <=
+    (hp-1)*wp + ow - 1 + (kw-1)*dw = hp*wp - 1). A fresh (N, C_out, oh, ow)."""
     c_out = int(weight.shape[0])
     cog, cg = c_out // groups, g.c // groups
     plane = g.hp * g.wp
-    wst = np.ascontiguousarray(weight.reshape(groups, cog, cg, g.kh, g.kw).transpose(0, 3, 4, 1, 2))
-    wst = wst.reshape(groups, g.offsets * cog, cg)
-    xg = planes.reshape(g.n, groups, cg, plane)
-    z = _workspace.buffer(tag + ".z", (groups, g.offsets, cog, plane), planes.dtype)
+    w3 = np.ascontiguousarray(weight.reshape(groups, cog, cg, g.kh, g.kw).transpose(0, 3, 1, 2, 4))
+    w3 = w3.reshape(groups, g.kh * cog, cg * g.kw)
+    xg = xs.reshape(g.n, groups, cg * g.kw, plane)
+    z = _workspace.buffer(tag + ".z", (groups, g.kh, cog, plane), xs.dtype)
     it = z.itemsize
-    # shifted[gi, i, j, o, p, q] = z[gi, (i, j), o, (p + i*dh)*wp + q + j*dw]: every read inside z's plane
-    shifted = as_strided(z, shape=(groups, g.kh, g.kw, cog, g.oh, g.ow),
-                         strides=(g.offsets * cog * plane * it, (g.kw * cog * plane + g.dh * g.wp) * it,
-                                  (cog * plane + g.dw) * it, plane * it, g.wp * it, it), writeable=False)
-    y = np.empty((g.n, groups, cog, g.oh, g.ow), dtype=planes.dtype)
+    # shifted[gi, i, o, p, q] = z[gi, i, o, (p + i*dh)*wp + q]: every read inside z's plane
+    shifted = as_strided(z, shape=(groups, g.kh, cog, g.oh, g.ow),
+                         strides=(g.kh * cog * plane * it, (cog * plane + g.dh * g.wp) * it, plane * it,
+                                  g.wp * it, it), writeable=False)
+    y = np.empty((g.n, groups, cog, g.oh, g.ow), dtype=xs.dtype)
     b4 = None if bias is None else bias.reshape(groups, cog, 1, 1)
     with np.errstate(invalid="ignore"):  # inf - inf from non-finite inputs: NaN, silently, as the BLAS reference
         for n in range(g.n):
-            np.matmul(wst, xg[n], out=z.reshape(groups, g.offsets * cog, plane))
-            np.sum(shifted, axis=(1, 2), out=y[n])
+            np.matmul(w3, xg[n], out=z.reshape(groups, g.kh * cog, plane))
+            np.sum(shifted, axis=1, out=y[n])
             if b4 is not None:
                 y[n] += b4
     return y.reshape(g.n, c_out, g.oh, g.ow)
@@ -139,19 +135,25 @@ def shift_apply(g: Conv2dGeometry, c_out: int, groups: int) -> bool:
 
 
 def _conv2d_forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Any = None, *, stride: Any = 1,
-                    padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Any:
+                    padding: Any = 0, dilation: Any = 1, groups: Any = 1) -> Any:
     if _kernels_answer(registry.IM2COL, x.dtype):
         return NotImplemented
-    g = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
-    if not shift_apply(g, int(weight.shape[0]), groups):
-        return Conv2d.forward(ctx, x, weight, bias, im2col_fn=im2col_numpy, stride=stride, padding=padding,
-                              dilation=dilation, groups=groups)
-    _, xpad = padded_flat(x, g, "conv2d.xpad")
-    y = shift_add_product(weight, xpad, g, groups, bias, "conv2d.y")
-    ctx.save_for_backward(x, weight)
-    # cols None: a backward that falls back to the reference rebuilds the columns from x
-    ctx.cols, ctx.xpad, ctx.params, ctx.has_bias = None, xpad, (stride, padding, dilation, groups), bias is not None
-    return y
+    c_out = int(weight.shape[0]) if weight.ndim == 4 else 0
+    # the channel counts first (no geometry on LeNet-sized layers' hot path); invalid arguments: the reference's
+    # errors
+    if x.ndim == 4 and type(groups) is int and groups >= 1 and min(int(x.shape[1]), c_out) // groups \
+            >= SHIFT_MIN_CHANNELS:
+        g = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+        if shift_apply(g, c_out, groups):
+            xs = padded_shifts(x, g, "conv2d.xs")
+            y = shift_add_product(weight, xs, g, groups, bias, "conv2d.y")
+            ctx.save_for_backward(x, weight)
+            # cols None: a backward that falls back to the reference rebuilds the columns from x
+            ctx.cols, ctx.xs, ctx.params = None, xs, (stride, padding, dilation, groups)
+            ctx.has_bias = bias is not None
+            return y
+    return Conv2d.forward(ctx, x, weight, bias, im2col_fn=im2col_numpy, stride=stride, padding=padding,
+                          dilation=dilation, groups=groups)
 
 
 # N * C_in/groups from which dx is accumulated channels-last (measured at LeNet sizes: N*C = 64 (one input channel)
@@ -241,8 +243,8 @@ def _input_grad_transposed(weight: np.ndarray, dy: np.ndarray, g: Conv2dGeometry
     gt = Conv2dGeometry(g.n, c_out, g.oh, g.ow, g.kh, g.kw, 1, 1, g.dh, g.dw, *pads, g.h, g.w)
     wt = weight.reshape(groups, cog, cg, g.kh, g.kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
     if shift_apply(gt, g.c, groups):
-        buf, dypad = padded_flat(dy, gt, "conv2d.dy_pad", *_dw_margins(g, gt))
-        return shift_add_product(wt.reshape(g.c, cog, g.kh, g.kw), dypad, gt, groups, None, "conv2d.dx"), (buf, gt)
+        dys = padded_shifts(dy, gt, "conv2d.dys")
+        return shift_add_product(wt.reshape(g.c, cog, g.kh, g.kw), dys, gt, groups, None, "conv2d.dx"), (dys, gt)
     cols = _workspace.buffer("conv2d.dx_cols", (g.n, c_out, g.kh, g.kw, g.h, g.w), dy.dtype)
     np.copyto(cols, _windows(_padded(dy, gt, 0.0, "conv2d.dy_pad"), gt))
     wt = np.ascontiguousarray(wt).reshape(groups, cg, cog * g.offsets)
@@ -250,58 +252,48 @@ def _input_grad_transposed(weight: np.ndarray, dy: np.ndarray, g: Conv2dGeometry
     return dx.reshape(g.n, g.c, g.h, g.w), None
 
 
-def _dw_margins(g: Conv2dGeometry, gd: Conv2dGeometry) -> tuple[int, int]:
-    """(head, tail) zeros around dy's padded planes (geometry gd) for the shifted reads of
-    ``conv2d_weight_grad_shift_numpy``: none where the planes are not (hp, wp) like the forward's."""
-    if (gd.hp, gd.wp) != (g.hp, g.wp):
-        return 0, 0
-    at = gd.pt * g.wp + gd.pl  # flat position of dy[.., 0, 0] in its plane
-    return _offsets(g)[-1] - at, at
-
-
-def conv2d_weight_grad_shift_numpy(dy: np.ndarray, xpad: np.ndarray, g: Conv2dGeometry, groups: int,
+def conv2d_weight_grad_shift_numpy(dy: np.ndarray, xs: np.ndarray, g: Conv2dGeometry, groups: int,
                                    w_shape: tuple[int, ...],
                                    dy_pad: Optional[tuple[np.ndarray, Conv2dGeometry]] = None) -> np.ndarray:
-    """dW of a stride-1 ``conv2d`` from the forward's padded planes xpad (N, C, hp*wp) (``padded_flat``):
-    ``dW[o, c, i, j] = sum_{n,t} e[n, o, t - off(i, j)] xpad[n, c, t]``, e being dy placed in an (hp, wp) plane at
-    its top left (zeros elsewhere) and off(i, j) = i*dh*wp + j*dw. Per sample, the kh*kw shifted copies of e
-    (contiguous rows) make one (kh*kw*C_out/G, hp*wp) operand and one GEMM gives every offset's
-    (C_out/G, C_in/G) block, accumulated over the batch. ``dy_pad``: (buffer, geometry) of dy's padded planes
-    as the transposed convolution of dx built them (``_input_grad_transposed``), used where they are (hp, wp)
-    planes like the forward's (any placement of dy in them gives the same e shifted); else built here. The
-    products include padding zeros times input (and dy) values, which is not 0 where those are inf or NaN: then
-    (dW not finite) dW is recomputed the reference's way from im2col columns."""
+    """dW of a stride-1 ``conv2d`` from the forward's ``padded_shifts`` xs:
+    ``dW[o, c, i, j] = sum_{n,t} e[n, o, t - i*dh*wp] xs[n, c, j, t]``, e being dy placed at the top left of an
+    (hp, wp) plane (zeros elsewhere). Per sample, kh shifted copies of e make one (kh*C_out/G, hp*wp) operand and
+    one GEMM with xs gives every (kernel row, C_out/G, C_in/G*kw) block, accumulated over the batch.
+    ``dy_pad``: (shifted planes, geometry) of dy as the transposed convolution of dx built them
+    (``_input_grad_transposed``), read where its planes are (hp, wp) like the forward's (only dy's place in them
+    differs); else dy is padded here. The products include padding zeros times input (and dy) values, which is
+    not 0 where those are inf or NaN: then (dW not finite) dW is recomputed the reference's way from im2col
+    columns."""
     c_out = w_shape[0]
     cog, cg = c_out // groups, g.c // groups
     plane = g.hp * g.wp
-    offsets = _offsets(g)
-    if dy_pad is None or (dy_pad[1].hp, dy_pad[1].wp) != (g.hp, g.wp):
+    if dy_pad is not None and (dy_pad[1].hp, dy_pad[1].wp) == (g.hp, g.wp):
+        planes, gd = dy_pad[0][:, :, 0], dy_pad[1]
+    else:
         gd = Conv2dGeometry(g.n, c_out, g.oh, g.ow, g.kh, g.kw, 1, 1, g.dh, g.dw, 0, g.dh * (g.kh - 1), 0,
                             g.dw * (g.kw - 1), g.h, g.w)  # dy at the top left of an (hp, wp) plane
-        dy_pad = padded_flat(dy, gd, "conv2d.dw_dy", *_dw_margins(g, gd))[0], gd
-    buf = dy_pad[0]
-    it = buf.itemsize
-    # e[n, o, t - off_k] = buf[head + (n*C_out + o)*hp*wp + at + t - off_k] with head + at = off(kh-1, kw-1)
-    shifted = [as_strided(buf[offsets[-1] - o:], shape=(g.n, groups, cog, plane),
-                          strides=(c_out * plane * it, cog * plane * it, plane * it, it), writeable=False)
-               for o in offsets]
-    est = _workspace.buffer("conv2d.dw_e", (groups, g.offsets, cog, plane), dy.dtype)
-    est2 = est.reshape(groups, g.offsets * cog, plane)
-    acc = _workspace.buffer("conv2d.dw_acc", (groups, g.offsets * cog, cg), dy.dtype)
-    part = _workspace.buffer("conv2d.dw_part", (groups, g.offsets * cog, cg), dy.dtype)
-    xg = xpad.reshape(g.n, groups, cg, plane).swapaxes(-1, -2)
+        planes = _padded(dy, gd, 0.0, "conv2d.dw_dy").reshape(g.n, c_out, plane)
+    at = gd.pt * g.wp + gd.pl  # e[.., t] = planes[.., t + at]
+    pg = planes.reshape(g.n, groups, cog, plane)
+    est = _workspace.buffer("conv2d.dw_e", (groups, g.kh, cog, plane), dy.dtype)
+    acc = _workspace.buffer("conv2d.dw_acc", (groups, g.kh * cog, cg * g.kw), dy.dtype)
+    part = _workspace.buffer("conv2d.dw_part", (groups, g.kh * cog, cg * g.kw), dy.dtype)
+    xg = xs.reshape(g.n, groups, cg * g.kw, plane).swapaxes(-1, -2)
     with np.errstate(invalid="ignore"):  # 0 * inf: found below and recomputed
         for n in range(g.n):
-            for k in range(g.offsets):
-                np.copyto(est[:, k], shifted[k][n])
-            np.matmul(est2, xg[n], out=part if n else acc)
+            for i in range(g.kh):  # est[gi, i, o, t] = e[n, gi*C_out/G + o, t - i*dh*wp]
+                s = i * g.dh * g.wp
+                m = plane - max(s, at)
+                est[:, i, :, :s] = 0
+                est[:, i, :, s:s + m] = pg[n, :, :, at:at + m]
+                est[:, i, :, s + m:] = 0
+            np.matmul(est.reshape(groups, g.kh * cog, plane), xg[n], out=part if n else acc)
             if n:
                 acc += part
-    dw = acc.reshape(groups, g.kh, g.kw, cog, cg).transpose(0, 3, 4, 1, 2).reshape(w_shape)
+    dw = acc.reshape(groups, g.kh, cog, cg, g.kw).transpose(0, 2, 3, 1, 4).reshape(w_shape)
     if not np.isfinite(dw).all():
-        xp4 = xpad.reshape(g.n, g.c, g.hp, g.wp)
         cols = _workspace.buffer("conv2d.cols", (g.n, g.c, g.kh, g.kw, g.oh, g.ow), dy.dtype)
-        np.copyto(cols, _windows(xp4, g))
+        np.copyto(cols, _windows(xs[:, :, 0].reshape(g.n, g.c, g.hp, g.wp), g))
         dw = conv2d_weight_grad_numpy(dy, cols.reshape(g.n, groups, -1, g.oh * g.ow), g, groups, w_shape)
     return dw
 
@@ -347,9 +339,9 @@ def _conv2d_backward(ctx: Context, dy: Any) -> Any:
             dx = INPUT_GRAD_PATHS[path](weight, dy, g, groups)
     dw = None
     if need[1]:
-        xpad = ctx.__dict__.get("xpad")
-        dw = (conv2d_weight_grad_numpy(dy, ctx.cols, g, groups, tuple(weight.shape)) if xpad is None else
-              conv2d_weight_grad_shift_numpy(dy, xpad, g, groups, tuple(weight.shape), dy_pad))
+        xs = ctx.__dict__.get("xs")
+        dw = (conv2d_weight_grad_numpy(dy, ctx.cols, g, groups, tuple(weight.shape)) if xs is None else
+              conv2d_weight_grad_shift_numpy(dy, xs, g, groups, tuple(weight.shape), dy_pad))
     return dx, dw, db
 
 
