@@ -272,7 +272,7 @@ def test_conv2d_numpy_backward_override_matches_the_reference(monkeypatch, xs, w
         np.testing.assert_array_equal(bt.grad, want[2])
 
 
-# stride-1 cases for the column-free NumPy path (conv_numpy.shift_add_product): its default threshold (>= 32
+# stride-1 cases for the column-free NumPy path (conv_numpy.shift_add_product): above its default threshold (>= 16
 # channels per group), groups below it, a dilated kernel reaching past the input's columns, asymmetric padding, 1x1
 SHIFT_CASES = [
     ((2, 32, 6, 5), (32, 32, 3, 3), 1, 1, 1, 1),
