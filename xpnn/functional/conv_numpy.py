@@ -89,7 +89,7 @@ def padded_shifts(src: np.ndarray, g: Conv2dGeometry, tag: str) -> np.ndarray:
     pad[:, :, g.pt:top, left:] = 0
     pad[:, :, g.pt:top, g.pl:left] = src
     for j in range(1, g.kw):
-        s = min(j * g.dw, plane)
+        s = j * g.dw  # < wp <= hp*wp
         xs[:, :, j, :plane - s] = xs[:, :, 0, s:]
         xs[:, :, j, plane - s:] = 0
     return xs
@@ -234,9 +234,10 @@ def _input_grad_transposed(weight: np.ndarray, dy: np.ndarray, g: Conv2dGeometry
     ``dilation * (k - 1) - padding`` on each side, correlated with the flipped kernel whose in/out channels are
     swapped per group, ``W'[g, c, co, i, j] = W[g, co, c, kh-1-i, kw-1-j]``:
     ``dx[n, c, h, w] = sum_{co,i,j} dy[n, co, h + pt - i*dh, w + pl - j*dw] W[co, c, i, j]``. With many channels
-    (``shift_apply``) by ``shift_add_product`` over the padded dy (nothing but the padded copy written); else
+    (``shift_apply``) by ``shift_add_product`` over kw shifted copies of the padded dy (no column tensor); else
     columns of the padded dy and one batched GEMM whose output is dx in NCHW. Either way no scatter-add passes.
-    Returns (dx, (dy's padded buffer, its geometry) where the shift-add product ran, for dW, else None). Raises
+    Returns (dx, (dy's ``padded_shifts`` buffer, its geometry) where the shift-add product ran, for dW, else
+    None). Raises
     ValueError where it does not apply (``_transposed_padding`` None: stride > 1, or padding wider than the
     dilated kernel)."""
     pads = _transposed_padding(g)
