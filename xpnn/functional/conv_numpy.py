@@ -16,10 +16,10 @@ same context, so the declaration's backward (or the backward override here) foll
 - ``max_pool2d`` backward: per window offset, dy where the argmax is that offset added into the strided view of dx
   (written directly, without a zeroed accumulator, when the windows tile the input exactly).
 
-Scratch (padded and shifted copies, the column tensor, matmul outputs, accumulators, masks) comes from ``_workspace``: buffers
-recycled across calls once nothing references them, so a steady-state training step does not allocate (and
-page-fault) them again each step. Outputs handed to the caller are fresh arrays or views of a workspace buffer
-(which that view then keeps out of reuse).
+Scratch (padded and shifted copies, the column tensor, matmul outputs, accumulators, masks) comes from
+``_workspace``: buffers recycled across calls once nothing references them, so a steady-state training step does
+not allocate (and page-fault) them again each step. Outputs handed to the caller are fresh arrays or views of a
+workspace buffer (which that view then keeps out of reuse).
 
 When a kernel provider answers for NumPy arrays (the CPU shim in tests), each returns ``NotImplemented`` so the
 kernels run.
