@@ -237,9 +237,8 @@ def _input_grad_transposed(weight: np.ndarray, dy: np.ndarray, g: Conv2dGeometry
     (``shift_apply``) by ``shift_add_product`` over kw shifted copies of the padded dy (no column tensor); else
     columns of the padded dy and one batched GEMM whose output is dx in NCHW. Either way no scatter-add passes.
     Returns (dx, (dy's ``padded_shifts`` buffer, its geometry) where the shift-add product ran, for dW, else
-    None). Raises
-    ValueError where it does not apply (``_transposed_padding`` None: stride > 1, or padding wider than the
-    dilated kernel)."""
+    None). Raises ValueError where it does not apply (``_transposed_padding`` None: stride > 1, or padding wider
+    than the dilated kernel)."""
     pads = _transposed_padding(g)
     if pads is None:
         raise ValueError(f"conv2d_input_grad_transposed_numpy: needs stride 1 and padding <= dilation*(kernel-1), "
