@@ -272,6 +272,81 @@ def test_conv2d_numpy_backward_override_matches_the_reference(monkeypatch, xs, w
         np.testing.assert_array_equal(bt.grad, want[2])
 
 
+# stride-1 cases for the column-free NumPy path (conv_numpy.shift_add_product): above its default threshold (>= 16
+# channels per group), groups below it, a dilated kernel reaching past the input's columns, asymmetric padding, 1x1
+SHIFT_CASES = [
+    ((2, 32, 6, 5), (32, 32, 3, 3), 1, 1, 1, 1),
+    ((2, 8, 5, 7), (12, 2, 3, 2), 1, (2, 0), (1, 2), 4),
+    ((1, 2, 7, 8), (2, 2, 3, 3), 1, (0, 2), 3, 1),
+    ((2, 2, 6, 3), (3, 2, 1, 3), 1, (0, 1), (1, 2), 1),
+    ((2, 3, 6, 6), (4, 3, 1, 1), 1, 0, 1, 1),
+]
+
+
+def _conv_through_tape(x, w, b, dy_seed, *args):
+    """(y, dx, dW, db) of conv2d through the tape (the NumPy overrides) for dy = randn(seed=dy_seed)."""
+    import xpnn
+
+    xt, wt, bt = (xpnn.tensor(a, requires_grad=True) for a in (x, w, b))
+    y = F.conv2d(xt, wt, bt, *args)
+    dy = randn(*y.shape, seed=dy_seed).astype(x.dtype)
+    y.backward(xpnn.tensor(dy))
+    return np.asarray(y.data), xt.grad, wt.grad, bt.grad, dy
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", CONV_CASES + TRANSPOSED_CASES + SHIFT_CASES)
+def test_conv2d_numpy_shift_add_path_matches_the_reference(monkeypatch, xs, ws, stride, padding, dilation, groups):
+    """The column-free NumPy path (kn2row forward, dx as its transposed convolution, dW from shifted copies of
+    dy) equals the array-API reference in float64 to rounding, through the tape, twice (the second time on
+    recycled buffers); forced onto few channels. Strided convolutions keep im2col."""
+    from xpnn.functional import conv_numpy
+
+    monkeypatch.setattr(conv_numpy, "SHIFT_MIN_CHANNELS", 1)
+    g = C.conv2d_geometry(xs, ws, stride, padding, dilation, groups)
+    assert conv_numpy.shift_apply(g, ws[0], groups) == (g.sh == g.sw == 1)
+    x, w, b = randn(*xs, seed=1), randn(*ws, seed=2), randn(ws[0], seed=3)
+    for _ in range(2):
+        y, dx, dw, db, dy = _conv_through_tape(x, w, b, 4, stride, padding, dilation, groups)
+        np.testing.assert_allclose(y, C.conv2d_forward(x, w, b, g, groups)[0], rtol=1e-12, atol=1e-12)
+        for got, want in zip((dx, dw, db), F.conv2d_backward(x, w, dy, stride, padding, dilation, groups)):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_conv2d_numpy_shift_add_path_matches_torch(dtype, tol):
+    """3x3 with 64 channels, "same" padding (the shape of the benchmark case, small): the default NumPy path is
+    the column-free one, and equals PyTorch."""
+    from xpnn.functional import conv_numpy
+
+    xs, ws = (3, 64, 6, 5), (64, 64, 3, 3)
+    assert conv_numpy.shift_apply(C.conv2d_geometry(xs, ws, 1, 1), 64, 1)
+    x, w, b = (randn(*s, seed=i).astype(dtype) for i, s in enumerate((xs, ws, (64,))))
+    y, dx, dw, db, dy = _conv_through_tape(x, w, b, 4, 1, 1)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = TF.conv2d(tx, tw, tb, 1, 1)
+    ty.backward(torch.tensor(dy))
+    scale = float(np.abs(ty.detach().numpy()).max())
+    for got, t in ((y, ty.detach()), (dx, tx.grad), (dw, tw.grad), (db, tb.grad)):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, t.numpy(), rtol=tol, atol=tol * scale)
+
+
+def test_conv2d_numpy_shift_add_dw_of_inf_and_nan_inputs_is_the_references():
+    """The shift-add dW multiplies padding zeros by input values (0 * inf is NaN); where dW comes out non-finite
+    it is recomputed from im2col columns, so exactly the reference's entries are inf/NaN."""
+    from xpnn.functional import conv_numpy
+
+    x, w, b = randn(2, 32, 5, 5, seed=1), randn(32, 32, 3, 3, seed=2), randn(32, seed=3)
+    x[0, 3, 0, 4] = np.inf  # right edge: the reference's dW[:, 3, :, 0] never reads it
+    x[1, 5, 2, 0] = np.nan  # left edge: nor dW[:, 5, :, 2]
+    assert conv_numpy.shift_apply(C.conv2d_geometry(x.shape, w.shape, 1, 1), 32, 1)
+    _, dx, dw, db, dy = _conv_through_tape(x, w, b, 4, 1, 1)
+    want = F.conv2d_backward(x, w, dy, 1, 1)[1]
+    assert np.isfinite(want[:, 3, :, 0]).all() and np.isfinite(want[:, 5, :, 2]).all()
+    np.testing.assert_array_equal(dw, want)
+
+
 def test_max_pool2d_numpy_ties_and_signed_zeros_follow_the_reference():
     """The branch-free updates of the NumPy max pooling keep the first maximum on ties (-0.0 against +0.0
     included: y is that element, as with ``copyto(y, v, where=v > y)``) and route dy like the reference, in the
