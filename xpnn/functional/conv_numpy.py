@@ -14,8 +14,8 @@ same context, so the declaration's backward (or the backward override here) foll
 
 Scratch (padded copies, the column tensor, matmul outputs, accumulators, masks) comes from ``_workspace``: buffers
 recycled across calls once nothing references them, so a steady-state training step does not allocate (and
-page-fault) them again each step. Outputs handed to the caller are fresh arrays or views of a workspace buffer
-(which that view then keeps out of reuse).
+page-fault) them again each step. Outputs handed to the caller are fresh arrays, workspace buffers (max-pooling's
+output and input gradient) or views of one: the caller's reference keeps the buffer out of reuse until dropped.
 
 When a kernel provider answers for NumPy arrays (the CPU shim in tests), each returns ``NotImplemented`` so the
 kernels run.
@@ -212,7 +212,8 @@ def max_pool2d_numpy(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, np.n
     if any_nan:  # a NaN (or +inf and -inf) somewhere: `greater` would skip it, the reference does not
         return window_max(np, im2col(x, g, pad_value=-math.inf).reshape(g.n, g.c, g.offsets, g.oh, g.ow), g)
     xpad = _padded(x, g, -np.inf, "max_pool2d.pad")
-    y = xpad[(slice(None), slice(None)) + g.window(0, 0)].copy()
+    y = _workspace.buffer("max_pool2d.out", (g.n, g.c, g.oh, g.ow), x.dtype)  # the output, free again once dropped
+    np.copyto(y, xpad[(slice(None), slice(None)) + g.window(0, 0)])
     arg = _workspace.buffer("max_pool2d.argmax", y.shape, np.int32)  # kept out of reuse while saved for backward
     arg.fill(0)
     win = _workspace.buffer("max_pool2d.win", y.shape, bool)
@@ -239,12 +240,13 @@ def max_pool2d_backward_numpy(argmax: np.ndarray, dy: np.ndarray, g: Conv2dGeome
     tiles = (g.sh == g.kh and g.sw == g.kw and g.dh == g.dw == 1 and g.oh * g.kh == g.hp == g.h
              and g.ow * g.kw == g.wp == g.w)
     if tiles:
-        dx = np.empty((g.n, g.c, g.h, g.w), dtype=dy.dtype)
+        dx = _workspace.buffer("max_pool2d.dx", (g.n, g.c, g.h, g.w), dy.dtype)  # every entry written below
         for k in range(g.offsets):
             np.equal(argmax, k, out=hit)
             np.multiply(hit, dy, out=dx[(slice(None), slice(None)) + g.window(k // g.kw, k % g.kw)])
         return dx
-    dxp = np.zeros((g.n, g.c, g.hp, g.wp), dtype=dy.dtype)
+    dxp = _workspace.buffer("max_pool2d.dx_pad", (g.n, g.c, g.hp, g.wp), dy.dtype)
+    dxp.fill(0)
     share = _workspace.buffer("max_pool2d.share", dy.shape, dy.dtype)
     for k in range(g.offsets):
         np.equal(argmax, k, out=hit)
