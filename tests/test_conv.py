@@ -273,17 +273,22 @@ def test_conv2d_numpy_backward_override_matches_the_reference(monkeypatch, xs, w
 
 
 def test_max_pool2d_numpy_ties_and_signed_zeros_follow_the_reference():
-    """The branch-free updates of the NumPy max pooling keep the first maximum on ties (-0.0 against +0.0
-    included: y is that element, as with ``copyto(y, v, where=v > y)``) and route dy like the reference, in the
-    tiling backward and the general one."""
+    """The branch-free updates of the NumPy max pooling (separable: row maxima, then the maximum of those) keep the
+    window's first maximum in row-major order on ties (-0.0 against +0.0 included: y is that element, as with
+    ``copyto(y, v, where=v > y)``; a tie between a later column of an earlier row and an earlier column of a later
+    row goes to the earlier row) and route dy like the reference, in the tiling backward and the general one, for
+    square and rectangular kernels, strides, padding, dilation and ceil_mode."""
     from xpnn.functional import conv_numpy, pooling
 
     rng = np.random.default_rng(0)
     x = rng.choice(np.array([-0.0, 0.0, 1.0, -1.0]), size=(2, 3, 8, 8))
-    for k, s, p in ((2, None, 0), (3, 2, 1)):
-        g = pooling.pool2d_geometry(x.shape, k, s, p, 1, False, "test")
+    x[0, 0, :2, :2] = [[0.0, 1.0], [1.0, 0.0]]  # first maximum: row 0, column 1 (offset 1), not row 1 (offset 2)
+    for k, s, p, d, ceil in ((2, None, 0, 1, False), (3, 2, 1, 1, False), ((2, 3), 1, (1, 1), 1, False),
+                             (3, 2, 1, 2, True), ((3, 1), (2, 1), (1, 0), (2, 1), True), ((1, 3), (1, 2), (0, 1), 1,
+                                                                                          False)):
+        g = pooling.pool2d_geometry(x.shape, k, s, p, d, ceil, "test")
         y, arg = conv_numpy.max_pool2d_numpy(x, g)
-        y_ref, arg_ref = F.max_pool2d_with_argmax(x, k, s, p)
+        y_ref, arg_ref = F.max_pool2d_with_argmax(x, k, s, p, d, ceil)
         np.testing.assert_array_equal(arg, arg_ref)
         np.testing.assert_array_equal(y, y_ref)
         cols = C.im2col(x, g, pad_value=-np.inf).reshape(g.n, g.c, g.offsets, g.oh, g.ow)
@@ -291,7 +296,9 @@ def test_max_pool2d_numpy_ties_and_signed_zeros_follow_the_reference():
         np.testing.assert_array_equal(np.signbit(y), np.signbit(first))  # y is the winning element, sign included
         dy = rng.standard_normal(y.shape)
         np.testing.assert_array_equal(conv_numpy.max_pool2d_backward_numpy(arg, dy, g),
-                                      F.max_pool2d_backward(arg_ref, dy, x.shape, k, s, p))
+                                      F.max_pool2d_backward(arg_ref, dy, x.shape, k, s, p, d, ceil))
+    assert conv_numpy.max_pool2d_numpy(x, pooling.pool2d_geometry(x.shape, 2, None, 0, 1, False, "test"))[1][
+        0, 0, 0, 0] == 1
 
 
 def test_max_pool2d_propagates_nan_and_takes_the_first_maximum():
