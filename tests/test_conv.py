@@ -301,6 +301,28 @@ def test_max_pool2d_numpy_ties_and_signed_zeros_follow_the_reference():
         0, 0, 0, 0] == 1
 
 
+@pytest.mark.parametrize("k, s, p", [(2, None, 0), (3, 2, 1), (2, 1, 0)])
+def test_max_pool2d_backward_of_inf_and_nan_dy_routes_zeros_elsewhere(k, s, p):
+    """An inf or NaN in dy goes to the pixel that won its window only; the other pixels of the window get 0, as
+    the reference (``where(hit, dy, 0)``) and PyTorch (the NumPy path multiplied ``hit * dy``: ``0 * inf`` is NaN),
+    in the tiling backward and the general one."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for max pooling's gradient")
+    from xpnn.functional import conv_numpy, pooling
+
+    x = randn(2, 3, 8, 8, seed=1)
+    g = pooling.pool2d_geometry(x.shape, k, s, p, 1, False, "test")
+    y, arg = conv_numpy.max_pool2d_numpy(x, g)
+    dy = randn(*y.shape, seed=2)
+    dy[0, 0, 0, :3] = [np.inf, -np.inf, np.nan]
+    dy[1, 2, 1, 1] = np.nan
+    with np.errstate(invalid="ignore"):  # (overlapping windows: a pixel that won two can sum inf and -inf)
+        dx = conv_numpy.max_pool2d_backward_numpy(arg, dy, g)
+        np.testing.assert_array_equal(dx, F.max_pool2d_backward(arg, dy, x.shape, k, s, p))
+    xt = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.max_pool2d(xt, k, s, p).backward(torch.tensor(dy))
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-15, atol=0)  # (overlaps: another summation order)
+
+
 def test_max_pool2d_propagates_nan_and_takes_the_first_maximum():
     x = np.zeros((1, 1, 2, 4))
     x[0, 0, 1, 2] = np.nan

@@ -270,25 +270,43 @@ def max_pool2d_backward_numpy(argmax: np.ndarray, dy: np.ndarray, g: Conv2dGeome
     """dx of max pooling: for each window offset, dy where the argmax is that offset added into the strided view
     of dx it came from (one pass per offset, no (N, C, oh, ow, kh*kw) temporary). When the windows tile the input
     exactly (stride = kernel, no dilation or padding, the sizes divisible: e.g. 2x2 pooling of even sizes), each
-    input pixel is in one window: the products are written straight into a fresh dx, with no zeroed accumulator
-    (a pixel that did not win gets ``0 * dy``: -0.0 where dy < 0, which compares equal to the reference's +0.0)."""
+    input pixel is in one window: the routed values are written straight into a fresh dx, with no zeroed
+    accumulator. For finite dy a routed value is the product ``hit * dy`` (a pixel that did not win gets
+    ``0 * dy``: -0.0 where dy < 0, which compares equal to the reference's +0.0); dy with an inf or NaN (``0 * inf``
+    is NaN) takes ``where(hit, dy, 0)``, the reference's rule (and PyTorch's: 0 for the pixels that did not win)."""
     hit = _workspace.buffer("max_pool2d.hit", dy.shape, bool)
+    finite = _all_finite(dy)
+
+    def route(k: int, out: np.ndarray) -> None:  # out = dy where argmax == k, else 0
+        np.equal(argmax, k, out=hit)
+        if finite:
+            np.multiply(hit, dy, out=out)
+        else:
+            np.copyto(out, np.where(hit, dy, dy.dtype.type(0)))
+
     tiles = (g.sh == g.kh and g.sw == g.kw and g.dh == g.dw == 1 and g.oh * g.kh == g.hp == g.h
              and g.ow * g.kw == g.wp == g.w)
     if tiles:
         dx = _workspace.buffer("max_pool2d.dx", (g.n, g.c, g.h, g.w), dy.dtype)  # every entry written below
         for k in range(g.offsets):
-            np.equal(argmax, k, out=hit)
-            np.multiply(hit, dy, out=dx[(slice(None), slice(None)) + g.window(k // g.kw, k % g.kw)])
+            route(k, dx[(slice(None), slice(None)) + g.window(k // g.kw, k % g.kw)])
         return dx
     dxp = _workspace.buffer("max_pool2d.dx_pad", (g.n, g.c, g.hp, g.wp), dy.dtype)
     dxp.fill(0)
     share = _workspace.buffer("max_pool2d.share", dy.shape, dy.dtype)
     for k in range(g.offsets):
-        np.equal(argmax, k, out=hit)
-        np.multiply(hit, dy, out=share)
+        route(k, share)
         dxp[(slice(None), slice(None)) + g.window(k // g.kw, k % g.kw)] += share
     return dxp[:, :, g.pt:g.pt + g.h, g.pl:g.pl + g.w]
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """Whether ``a`` holds no inf or NaN: for float32/64 one dot product of a with itself (an overflow to inf only
+    sends a finite array down the exact path), else ``isfinite(a).all()``."""
+    if a.dtype in (np.float32, np.float64):
+        r = a.reshape(-1)
+        return bool(np.isfinite(np.dot(r, r)))
+    return bool(np.isfinite(a).all())
 
 
 def _max_pool2d_forward(ctx: Context, x: np.ndarray, *, kernel_size: Any, stride: Any = None, padding: Any = 0,
