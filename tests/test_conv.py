@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import xpnn.functional as F
-from xpnn import _dispatch
+from xpnn import _dispatch, nn
 from xpnn.errors import DTypeError, ShapeError
 from xpnn.functional import conv as C
 from _numgrad import numeric_grad
@@ -321,6 +321,22 @@ def test_max_pool2d_backward_of_inf_and_nan_dy_routes_zeros_elsewhere(k, s, p):
     xt = torch.tensor(x, requires_grad=True)
     torch.nn.functional.max_pool2d(xt, k, s, p).backward(torch.tensor(dy))
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-15, atol=0)  # (overlaps: another summation order)
+
+
+def test_max_pool2d_numpy_of_huge_values_warns_nothing():
+    """The NumPy max pooling's NaN and inf checks (dot products of y and dy with themselves) overflow silently: large
+    finite float32 values pool and route their gradient without a RuntimeWarning, like the reference."""
+    import warnings
+
+    x = np.full((2, 3, 8, 8), 3e38, np.float32)
+    x[0, 0, 0, 0] = -3e38
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer = nn.MaxPool2d(2)
+        y = layer(x)
+        dx = layer.backward(np.full(y.shape, 3e38, np.float32))
+    np.testing.assert_array_equal(y, np.full(y.shape, 3e38, np.float32))
+    assert np.count_nonzero(dx) == y.size
 
 
 def test_max_pool2d_propagates_nan_and_takes_the_first_maximum():

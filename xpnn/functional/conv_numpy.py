@@ -209,8 +209,9 @@ def max_pool2d_numpy(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, np.n
     axis). Each step is branch-free: ``maximum(v, m)`` returns its second operand on ties (so m keeps the earlier
     value, -0.0 included, exactly as ``copyto(m, v, where=v > m)``) and the index takes ``a + win * (k - a)``;
     masked copies with data-dependent masks ran 5x slower. Input with a NaN (which ``maximum`` carries into y, found
-    by one dot product of y with itself) is left to the reference, which makes the NaN win its window. A window of
-    only -inf (padding included) picks its first in-bounds element, as the reference (``pooling.window_max``)."""
+    by ``_all_finite``: one dot product of y with itself) is left to the reference, which makes the NaN win its
+    window. A window of only -inf (padding included) picks its first in-bounds element, as the reference
+    (``pooling.window_max``)."""
     xpad = _padded(x, g, -np.inf, "max_pool2d.pad")
     rows = xpad[:, :, :g.dh * (g.kh - 1) + g.sh * (g.oh - 1) + 1]  # the rows some window reaches
     hshape = (g.n, g.c, rows.shape[2], g.ow)
@@ -231,8 +232,7 @@ def max_pool2d_numpy(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, np.n
         steps.append((hmax[:, :, hs], np.add(harg[:, :, hs], np.int32(i * g.kw),
                                               out=_workspace.buffer(f"max_pool2d.row_arg{i}", y.shape, np.int32))))
     _running_max(y, arg, steps, "max_pool2d.col")
-    if np.isnan(np.dot(y.reshape(-1), y.reshape(-1)) if y.dtype.kind == "f" and y.itemsize >= 4 else y.sum()):
-        # a NaN in some window (or, from the sum, +inf and -inf; the reference is exact for those too)
+    if not _all_finite(y) and np.isnan(y).any():  # a NaN in some window
         return window_max(np, im2col(x, g, pad_value=-math.inf).reshape(g.n, g.c, g.offsets, g.oh, g.ow), g)
     if g.pt or g.pl:  # only top/left padding can come first in a window (every window starts in it or the input)
         np.copyto(arg, first_inbounds_offset(np, g), where=y == -np.inf)
@@ -305,7 +305,8 @@ def _all_finite(a: np.ndarray) -> bool:
     sends a finite array down the exact path), else ``isfinite(a).all()``."""
     if a.dtype in (np.float32, np.float64):
         r = a.reshape(-1)
-        return bool(np.isfinite(np.dot(r, r)))
+        with np.errstate(over="ignore", invalid="ignore"):  # (NumPy reports the dot's overflow otherwise)
+            return bool(np.isfinite(np.dot(r, r)))
     return bool(np.isfinite(a).all())
 
 
