@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import xpnn.functional as F
-from xpnn import _dispatch
+from xpnn import _dispatch, nn
 from xpnn.errors import DTypeError, ShapeError
 from xpnn.functional import conv as C
 from _numgrad import numeric_grad
@@ -348,17 +348,22 @@ def test_conv2d_numpy_shift_add_dw_of_inf_and_nan_inputs_is_the_references():
 
 
 def test_max_pool2d_numpy_ties_and_signed_zeros_follow_the_reference():
-    """The branch-free updates of the NumPy max pooling keep the first maximum on ties (-0.0 against +0.0
-    included: y is that element, as with ``copyto(y, v, where=v > y)``) and route dy like the reference, in the
-    tiling backward and the general one."""
+    """The branch-free updates of the NumPy max pooling (separable: row maxima, then the maximum of those) keep the
+    window's first maximum in row-major order on ties (-0.0 against +0.0 included: y is that element, as with
+    ``copyto(y, v, where=v > y)``; a tie between a later column of an earlier row and an earlier column of a later
+    row goes to the earlier row) and route dy like the reference, in the tiling backward and the general one, for
+    square and rectangular kernels, strides, padding, dilation and ceil_mode."""
     from xpnn.functional import conv_numpy, pooling
 
     rng = np.random.default_rng(0)
     x = rng.choice(np.array([-0.0, 0.0, 1.0, -1.0]), size=(2, 3, 8, 8))
-    for k, s, p in ((2, None, 0), (3, 2, 1)):
-        g = pooling.pool2d_geometry(x.shape, k, s, p, 1, False, "test")
+    x[0, 0, :2, :2] = [[0.0, 1.0], [1.0, 0.0]]  # first maximum: row 0, column 1 (offset 1), not row 1 (offset 2)
+    for k, s, p, d, ceil in ((2, None, 0, 1, False), (3, 2, 1, 1, False), ((2, 3), 1, (1, 1), 1, False),
+                             (3, 2, 1, 2, True), ((3, 1), (2, 1), (1, 0), (2, 1), True), ((1, 3), (1, 2), (0, 1), 1,
+                                                                                          False)):
+        g = pooling.pool2d_geometry(x.shape, k, s, p, d, ceil, "test")
         y, arg = conv_numpy.max_pool2d_numpy(x, g)
-        y_ref, arg_ref = F.max_pool2d_with_argmax(x, k, s, p)
+        y_ref, arg_ref = F.max_pool2d_with_argmax(x, k, s, p, d, ceil)
         np.testing.assert_array_equal(arg, arg_ref)
         np.testing.assert_array_equal(y, y_ref)
         cols = C.im2col(x, g, pad_value=-np.inf).reshape(g.n, g.c, g.offsets, g.oh, g.ow)
@@ -366,7 +371,47 @@ def test_max_pool2d_numpy_ties_and_signed_zeros_follow_the_reference():
         np.testing.assert_array_equal(np.signbit(y), np.signbit(first))  # y is the winning element, sign included
         dy = rng.standard_normal(y.shape)
         np.testing.assert_array_equal(conv_numpy.max_pool2d_backward_numpy(arg, dy, g),
-                                      F.max_pool2d_backward(arg_ref, dy, x.shape, k, s, p))
+                                      F.max_pool2d_backward(arg_ref, dy, x.shape, k, s, p, d, ceil))
+    assert conv_numpy.max_pool2d_numpy(x, pooling.pool2d_geometry(x.shape, 2, None, 0, 1, False, "test"))[1][
+        0, 0, 0, 0] == 1
+
+
+@pytest.mark.parametrize("k, s, p", [(2, None, 0), (3, 2, 1), (2, 1, 0)])
+def test_max_pool2d_backward_of_inf_and_nan_dy_routes_zeros_elsewhere(k, s, p):
+    """An inf or NaN in dy goes to the pixel that won its window only; the other pixels of the window get 0, as
+    the reference (``where(hit, dy, 0)``) and PyTorch (the NumPy path multiplied ``hit * dy``: ``0 * inf`` is NaN),
+    in the tiling backward and the general one."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for max pooling's gradient")
+    from xpnn.functional import conv_numpy, pooling
+
+    x = randn(2, 3, 8, 8, seed=1)
+    g = pooling.pool2d_geometry(x.shape, k, s, p, 1, False, "test")
+    y, arg = conv_numpy.max_pool2d_numpy(x, g)
+    dy = randn(*y.shape, seed=2)
+    dy[0, 0, 0, :3] = [np.inf, -np.inf, np.nan]
+    dy[1, 2, 1, 1] = np.nan
+    with np.errstate(invalid="ignore"):  # (overlapping windows: a pixel that won two can sum inf and -inf)
+        dx = conv_numpy.max_pool2d_backward_numpy(arg, dy, g)
+        np.testing.assert_array_equal(dx, F.max_pool2d_backward(arg, dy, x.shape, k, s, p))
+    xt = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.max_pool2d(xt, k, s, p).backward(torch.tensor(dy))
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-15, atol=0)  # (overlaps: another summation order)
+
+
+def test_max_pool2d_numpy_of_huge_values_warns_nothing():
+    """The NumPy max pooling's NaN and inf checks (dot products of y and dy with themselves) overflow silently: large
+    finite float32 values pool and route their gradient without a RuntimeWarning, like the reference."""
+    import warnings
+
+    x = np.full((2, 3, 8, 8), 3e38, np.float32)
+    x[0, 0, 0, 0] = -3e38
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer = nn.MaxPool2d(2)
+        y = layer(x)
+        dx = layer.backward(np.full(y.shape, 3e38, np.float32))
+    np.testing.assert_array_equal(y, np.full(y.shape, 3e38, np.float32))
+    assert np.count_nonzero(dx) == y.size
 
 
 def test_max_pool2d_propagates_nan_and_takes_the_first_maximum():

@@ -276,3 +276,47 @@ def test_predict_from_a_cnn_checkpoint(capsys, tmp_path):
     assert main(["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "rows.npy")]) == 0
     labels = [int(v) for v in capsys.readouterr().out.split()]
     assert len(labels) == 20 and np.mean(np.array(labels) == y[:20]) > 0.8
+
+
+@pytest.mark.parametrize("pool", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+                                  dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+                                  dict(kernel_size=2, stride=1, dilation=2), dict(kernel_size=(2, 3), stride=(1, 2)),
+                                  dict(kernel_size=2, stride=1, padding=1, dilation=2)])
+def test_sequential_relu_then_max_pool_matches_the_composition(pool, monkeypatch):
+    """``Sequential`` runs a ReLU followed by a MaxPool2d as the pooling first, then the ReLU on the pooled array
+    (when every window holds an input element: no dilation, or no padding): output, input gradient and the conv's
+    parameter gradients equal those of ReLU then pooling exactly, on the tape and through the explicit API, with
+    ties at zero, windows of only negatives, -0.0, -inf and NaN in the input."""
+    rng = np.random.default_rng(0)
+    x = rng.choice(np.array([-2.0, -1.0, -0.0, 0.0, 1.0, 2.0]), size=(2, 3, 7, 8))
+    x[0, 0, 0, :3] = [np.nan, -np.inf, np.inf]
+    x[1, 2] = -1.0  # a channel with only negative windows
+    x[1, 1] = -np.inf
+    conv_args = dict(seed=0, dtype="float64")
+    model = nn.Sequential(nn.Identity(), nn.ReLU(), nn.MaxPool2d(**pool))
+    relu_shapes = []
+    relu = F_.relu
+    monkeypatch.setattr(F_, "relu", lambda a: relu_shapes.append(tuple(a.shape)) or relu(a))
+    xt = xpnn.tensor(x, requires_grad=True)
+    y = model(xt)
+    k = pool.get("kernel_size")
+    swapped = pool.get("dilation", 1) == 1 or pool.get("padding", 0) == 0
+    assert relu_shapes == [tuple(y.shape) if swapped else x.shape]
+    xr = xpnn.tensor(x, requires_grad=True)
+    want = F_.max_pool2d(F_.relu(xr), k, pool.get("stride"), pool.get("padding", 0), pool.get("dilation", 1),
+                         pool.get("ceil_mode", False))
+    np.testing.assert_array_equal(y.data, want.data)
+    dy = rng.standard_normal(y.shape)
+    F_.sum(y * xpnn.tensor(dy)).backward()
+    F_.sum(want * xpnn.tensor(dy)).backward()
+    np.testing.assert_array_equal(xt.grad, xr.grad)
+    # with a conv in front, through the explicit API: the same parameter gradients as the unswapped chain
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, **conv_args), nn.ReLU(), nn.MaxPool2d(**pool))
+    ref = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, **conv_args), nn.ReLU(), nn.Identity(), nn.MaxPool2d(**pool))
+    x2 = np.nan_to_num(x, nan=0.5, posinf=3.0, neginf=-3.0)
+    out, out_ref = net(x2), ref(x2)
+    np.testing.assert_array_equal(out, out_ref)
+    g = rng.standard_normal(out.shape)
+    np.testing.assert_array_equal(net.backward(g), ref.backward(g))
+    for (name, p), (_, q) in zip(net.named_parameters(), ref.named_parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad, err_msg=name)

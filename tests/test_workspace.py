@@ -2,6 +2,7 @@
 anything references it (views, saved autograd contexts, retained graphs, two models of the same shapes, threads),
 is reused once released, and a steady-state conv/pool step allocates no large scratch block."""
 import threading
+import weakref
 
 import numpy as np
 import xpnn
@@ -125,8 +126,8 @@ def test_gradients_handed_out_stay_valid_across_steps():
 
 def test_conv_pool_step_allocates_no_large_scratch():
     """Steady state: a conv + relu + max-pool forward and backward (LeNet's second layer at batch 64) allocates no
-    NumPy block of 128 KiB or more besides the results it hands out (conv output, relu output and its gradient,
-    pooling output, the pooling and conv input gradients): no column tensor, padded copy or accumulator."""
+    NumPy block of 128 KiB or more besides the conv's output and input gradient: no column tensor, padded copy or
+    accumulator, and the relu output and gradient and the pooling input gradient are recycled buffers."""
     conv = nn.Conv2d(6, 16, 5, seed=0, dtype="float32")
     m = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2))
     x = np.random.default_rng(0).standard_normal((64, 6, 14, 14), dtype=np.float32)
@@ -141,7 +142,7 @@ def test_conv_pool_step_allocates_no_large_scratch():
         step()
     count = count_allocations(step)
     out, inp = 64 * 16 * 10 * 10 * 4, 64 * 6 * 14 * 14 * 4
-    results = sorted([out] * 4 + [inp])  # conv y, relu y, pool dx, relu dx (409,600 B each); conv dx
+    results = sorted([out, inp])  # conv y (409,600 B); conv dx
     assert sorted(count.sizes) == results
     assert all(s >= LARGE_BLOCK for s in results)
 
@@ -161,3 +162,33 @@ def test_relu_backward_with_a_recycled_mask():
     np.testing.assert_array_equal(first, kept)
     small = F.relu_backward(x[:4], dy[:4])  # below the recycling size: the plain path
     np.testing.assert_array_equal(small, want[:4])
+
+
+def test_recycled_outputs_stay_intact_while_held():
+    """relu's output and gradient and max-pooling's output and input gradient come from recycled buffers on large
+    NumPy inputs: each result the caller holds keeps its values through later calls of the same shapes (which then
+    get other buffers), equals a fresh computation, and is reused only once dropped."""
+    x = np.random.default_rng(0).standard_normal((64, 16, 10, 10)).astype(np.float32)
+    dy = np.random.default_rng(1).standard_normal((64, 16, 5, 5)).astype(np.float32)
+    relu = nn.ReLU()
+    pool = nn.MaxPool2d(2)
+    y = relu(x)
+    p = pool(y)
+    dp = pool.backward(dy)
+    dx = relu.backward(dp)
+    held = [a.copy() for a in (y, p, dp, dx)]
+    np.testing.assert_array_equal(held[0], np.maximum(x, 0))
+    np.testing.assert_array_equal(held[3], np.where(x > 0, dp, np.float32(0)))
+    for seed in range(3):  # the same shapes again on other data while the first results are held
+        x2 = np.random.default_rng(seed + 2).standard_normal(x.shape).astype(np.float32)
+        y2 = relu(x2)
+        pool(y2)
+        relu.backward(pool.backward(-dy))
+        assert not any(np.shares_memory(y2, a) for a in (y, p, dp, dx))
+    for a, want in zip((y, p, dp, dx), held):
+        np.testing.assert_array_equal(a, want)
+    refs = [weakref.ref(a) for a in (y, p, dp, dx)]
+    del y, p, dp, dx, held
+    assert all(r() is not None for r in refs)  # dropped by the caller, kept by the workspace
+    y3 = relu(x)
+    assert y3 is refs[0]()  # released: the freed buffer comes back

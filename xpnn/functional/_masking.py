@@ -6,7 +6,7 @@ or inf as NaN; on NumPy the values' bits are ANDed with an all-ones/all-zeros ma
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -17,16 +17,17 @@ _ONE = np.uint8(1)
 _SMALL = 1024  # up to this many entries NumPy's where is faster than the masked AND (its calls cost more)
 
 
-def zero_where(xp: Any, cond: Any, values: Any) -> Any:
+def zero_where(xp: Any, cond: Any, values: Any, out: Optional[np.ndarray] = None) -> Any:
     """A new array: ``values`` with +0.0 where ``cond`` (bool, same shape) is true, ``values`` elsewhere (bit for
-    bit, -0.0 and NaN payloads included)."""
+    bit, -0.0 and NaN payloads included). ``out``: a C-contiguous NumPy array of the values' shape and dtype to write
+    the result into (a recycled buffer), used on the NumPy path of at least ``_SMALL`` entries (else ignored)."""
     if ((xp is np or is_numpy_namespace(xp)) and isinstance(values, np.ndarray) and values.dtype.kind == "f"
             and values.dtype.itemsize in _UNSIGNED and tuple(cond.shape) == tuple(values.shape)):
         if values.size <= _SMALL:  # one call where the three below cost more than where's slow per-entry loop
             return np.where(cond, values.dtype.type(0), values)
         bits = _UNSIGNED[values.dtype.itemsize]
         # cond as 0/1 bytes, minus 1 in the unsigned type of the values' width: 0 where zeroed, all ones elsewhere
-        mask = np.subtract(cond.view(np.uint8), _ONE, dtype=bits)
+        mask = np.subtract(cond.view(np.uint8), _ONE, dtype=bits, out=None if out is None else out.view(bits))
         mask &= values.view(bits)
         return mask.view(values.dtype)
     return xp.where(cond, xp.zeros_like(values), values)

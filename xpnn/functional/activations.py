@@ -208,8 +208,8 @@ class TanhBackward(_ActivationBackward):
 
 
 # --- ReLU family ----------------------------------------------------------------------------------------------
-# NumPy masks of at least this many elements come from the recycled workspace (a 256x512 batch's mask is 128 KiB,
-# glibc's mmap threshold: a fresh one each step page-faults); smaller ones are cheaper made fresh
+# NumPy masks and outputs of at least this many elements come from the recycled workspace (a 256x512 batch's mask is
+# 128 KiB, glibc's mmap threshold: a fresh one each step page-faults); smaller ones are cheaper made fresh
 _RECYCLED_MASK = 1 << 16
 
 
@@ -220,6 +220,8 @@ class Relu(Op):
     def forward(ctx: Context, x: Any) -> Any:
         ctx.save_for_backward(x)
         if type(x) is np.ndarray and x.dtype.kind == "f":  # (plain NumPy floats pass _unary's checks)
+            if x.size >= _RECYCLED_MASK:  # a recycled output (no fresh pages to fault in), free again once dropped
+                return np.maximum(x, x.dtype.type(0), out=_workspace.buffer("relu.out", x.shape, x.dtype))
             return np.maximum(x, 0.0)
         return _unary(x, "relu").maximum(x, 0.0)
 
@@ -243,8 +245,9 @@ class ReluBackward(_ActivationBackward):
         by the 0/1 mask on NumPy, which would keep a NaN ``dy`` at ``x <= 0``)."""
         xp = ctx.xp  # (check has validated the pair)
         _ActivationBackward.save(ctx, None, x, dy)
-        if type(x) is np.ndarray and x.size >= _RECYCLED_MASK:  # the mask is scratch: zero_where returns a new array
-            return zero_where(xp, np.less_equal(x, 0, out=_workspace.buffer("relu_backward.mask", x.shape, bool)), dy)
+        if type(x) is np.ndarray and x.size >= _RECYCLED_MASK:  # mask and dx recycled (dx free once dropped)
+            return zero_where(xp, np.less_equal(x, 0, out=_workspace.buffer("relu_backward.mask", x.shape, bool)), dy,
+                              out=_workspace.buffer("relu_backward.dx", x.shape, dy.dtype))
         return zero_where(xp, x <= 0, dy)
 
 

@@ -18,8 +18,9 @@ same context, so the declaration's backward (or the backward override here) foll
 
 Scratch (padded and shifted copies, the column tensor, matmul outputs, accumulators, masks) comes from
 ``_workspace``: buffers recycled across calls once nothing references them, so a steady-state training step does
-not allocate (and page-fault) them again each step. Outputs handed to the caller are fresh arrays or views of a
-workspace buffer (which that view then keeps out of reuse).
+not allocate (and page-fault) them again each step. Outputs handed to the caller are fresh arrays, workspace buffers
+(max-pooling's output and input gradient) or views of one: the caller's reference keeps the buffer out of reuse until
+dropped.
 
 When a kernel provider answers for NumPy arrays (the CPU shim in tests), each returns ``NotImplemented`` so the
 kernels run.
@@ -351,57 +352,114 @@ def _conv2d_backward(ctx: Context, dy: Any) -> Any:
 
 
 def max_pool2d_numpy(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """(y, argmax int32) of max pooling: a running maximum over the kh*kw strided views of the (-inf) padded input,
-    the argmax updated where a view wins. Input with a NaN (rare; one sum finds it) is left to the reference, which
-    makes the NaN win its window. A window of only -inf (padding included) picks its first in-bounds element, as the
-    reference (``pooling.window_max``). Both updates are branch-free passes: ``maximum(v, y)`` returns its second
-    operand on ties (so y keeps the earlier value, -0.0 included, exactly as ``copyto(y, v, where=v > y)``), and the
-    argmax takes ``arg + win * (k - arg)``; masked copies with data-dependent masks ran 5x slower (2.9 vs 0.54 ms for
-    LeNet's first 2x2 pooling at batch 64)."""
-    with np.errstate(invalid="ignore"):  # +inf + -inf is NaN too, without a warning
-        any_nan = np.isnan(x.sum())
-    if any_nan:  # a NaN (or +inf and -inf) somewhere: `greater` would skip it, the reference does not
-        return window_max(np, im2col(x, g, pad_value=-math.inf).reshape(g.n, g.c, g.offsets, g.oh, g.ow), g)
+    """(y, argmax int32) of max pooling, separably: first a running maximum along each row over the kw strided column
+    views of the (-inf) padded input (its column index ``j`` kept), then a running maximum of those row maxima over
+    the kh row views (``i * kw + j`` kept). Row-major order makes this the window's first maximum, as the reference:
+    each row keeps its first maximum, each later row must be strictly greater. kh + kw - 2 steps instead of
+    kh * kw - 1, and the row steps read contiguous rows (NumPy's vector loops) where a window view of stride 2 runs
+    elementwise (7x slower at LeNet's 2x2 pooling; on exact 2x2 tiles the column views also fold into one long
+    axis). Each step is branch-free: ``maximum(v, m)`` returns its second operand on ties (so m keeps the earlier
+    value, -0.0 included, exactly as ``copyto(m, v, where=v > m)``) and the index takes ``a + win * (k - a)``;
+    masked copies with data-dependent masks ran 5x slower. Input with a NaN (which ``maximum`` carries into y, found
+    by ``_all_finite``: one dot product of y with itself) is left to the reference, which makes the NaN win its
+    window. A window of only -inf (padding included) picks its first in-bounds element, as the reference
+    (``pooling.window_max``)."""
     xpad = _padded(x, g, -np.inf, "max_pool2d.pad")
-    y = xpad[(slice(None), slice(None)) + g.window(0, 0)].copy()
+    rows = xpad[:, :, :g.dh * (g.kh - 1) + g.sh * (g.oh - 1) + 1]  # the rows some window reaches
+    hshape = (g.n, g.c, rows.shape[2], g.ow)
+    hmax = _workspace.buffer("max_pool2d.row_max", hshape, x.dtype)
+    np.copyto(hmax, rows[..., g.window(0, 0)[1]])
+    harg = _workspace.buffer("max_pool2d.row_arg", hshape, np.int32)
+    if g.kw == 1:
+        harg.fill(0)
+    _running_max(hmax, harg, [(rows[..., g.window(0, j)[1]], j) for j in range(1, g.kw)], "max_pool2d.row",
+                 a_zero=True)
+    y = _workspace.buffer("max_pool2d.out", (g.n, g.c, g.oh, g.ow), x.dtype)  # the output, free again once dropped
+    np.copyto(y, hmax[:, :, g.window(0, 0)[0]])
     arg = _workspace.buffer("max_pool2d.argmax", y.shape, np.int32)  # kept out of reuse while saved for backward
-    arg.fill(0)
-    win = _workspace.buffer("max_pool2d.win", y.shape, bool)
-    step = _workspace.buffer("max_pool2d.step", y.shape, np.int32)
-    for k in range(1, g.offsets):
-        v = xpad[(slice(None), slice(None)) + g.window(k // g.kw, k % g.kw)]
-        np.greater(v, y, out=win)
-        np.maximum(v, y, out=y)  # = copyto(y, v, where=win) without NaN (ties keep y, the second operand)
-        np.subtract(np.int32(k), arg, out=step)  # arg = where(win, k, arg) as arg + win * (k - arg)
-        np.multiply(step, win, out=step)
-        arg += step
+    np.copyto(arg, harg[:, :, g.window(0, 0)[0]])
+    steps = []
+    for i in range(1, g.kh):
+        hs = g.window(i, 0)[0]
+        steps.append((hmax[:, :, hs], np.add(harg[:, :, hs], np.int32(i * g.kw),
+                                              out=_workspace.buffer(f"max_pool2d.row_arg{i}", y.shape, np.int32))))
+    _running_max(y, arg, steps, "max_pool2d.col")
+    if not _all_finite(y) and np.isnan(y).any():  # a NaN in some window
+        return window_max(np, im2col(x, g, pad_value=-math.inf).reshape(g.n, g.c, g.offsets, g.oh, g.ow), g)
     if g.pt or g.pl:  # only top/left padding can come first in a window (every window starts in it or the input)
         np.copyto(arg, first_inbounds_offset(np, g), where=y == -np.inf)
     return y, arg
+
+
+def _running_max(m: np.ndarray, a: np.ndarray, steps: list[tuple[np.ndarray, Any]], tag: str,
+                 a_zero: bool = False) -> None:
+    """For each (v, k) in order: ``a = where(v > m, k, a)`` and ``m = maximum(v, m)`` in place (m and a
+    C-contiguous, k an int or an int32 array of m's shape; ties and -0.0 keep m, NaN propagates into m). ``v > m``
+    is read off as ``maximum(v, m) != m`` (equal for ties, -0.0 included, since maximum then returns m): a compare of
+    two contiguous arrays, where comparing a strided view runs elementwise (3x slower). ``a_zero``: a holds only
+    zeros (unread; the first step writes it)."""
+    if not steps:
+        return
+    win = _workspace.buffer(f"{tag}.win", m.shape, bool)
+    prev = _workspace.buffer(f"{tag}.prev", m.shape, m.dtype)
+    step = _workspace.buffer(f"{tag}.step", m.shape, np.int32)
+    for v, k in steps:
+        np.copyto(prev, m)
+        np.maximum(v, prev, out=m)
+        np.not_equal(m, prev, out=win)
+        if a_zero and isinstance(k, int):  # a = win * k
+            np.copyto(a, win)
+            if k != 1:
+                a *= np.int32(k)
+            a_zero = False
+            continue
+        np.subtract(np.int32(k) if isinstance(k, int) else k, a, out=step)
+        np.multiply(step, win, out=step)
+        a += step
 
 
 def max_pool2d_backward_numpy(argmax: np.ndarray, dy: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
     """dx of max pooling: for each window offset, dy where the argmax is that offset added into the strided view
     of dx it came from (one pass per offset, no (N, C, oh, ow, kh*kw) temporary). When the windows tile the input
     exactly (stride = kernel, no dilation or padding, the sizes divisible: e.g. 2x2 pooling of even sizes), each
-    input pixel is in one window: the products are written straight into a fresh dx, with no zeroed accumulator
-    (a pixel that did not win gets ``0 * dy``: -0.0 where dy < 0, which compares equal to the reference's +0.0)."""
+    input pixel is in one window: the routed values are written straight into a fresh dx, with no zeroed
+    accumulator. For finite dy a routed value is the product ``hit * dy`` (a pixel that did not win gets
+    ``0 * dy``: -0.0 where dy < 0, which compares equal to the reference's +0.0); dy with an inf or NaN (``0 * inf``
+    is NaN) takes ``where(hit, dy, 0)``, the reference's rule (and PyTorch's: 0 for the pixels that did not win)."""
     hit = _workspace.buffer("max_pool2d.hit", dy.shape, bool)
+    finite = _all_finite(dy)
+
+    def route(k: int, out: np.ndarray) -> None:  # out = dy where argmax == k, else 0
+        np.equal(argmax, k, out=hit)
+        if finite:
+            np.multiply(hit, dy, out=out)
+        else:
+            np.copyto(out, np.where(hit, dy, dy.dtype.type(0)))
+
     tiles = (g.sh == g.kh and g.sw == g.kw and g.dh == g.dw == 1 and g.oh * g.kh == g.hp == g.h
              and g.ow * g.kw == g.wp == g.w)
     if tiles:
-        dx = np.empty((g.n, g.c, g.h, g.w), dtype=dy.dtype)
+        dx = _workspace.buffer("max_pool2d.dx", (g.n, g.c, g.h, g.w), dy.dtype)  # every entry written below
         for k in range(g.offsets):
-            np.equal(argmax, k, out=hit)
-            np.multiply(hit, dy, out=dx[(slice(None), slice(None)) + g.window(k // g.kw, k % g.kw)])
+            route(k, dx[(slice(None), slice(None)) + g.window(k // g.kw, k % g.kw)])
         return dx
-    dxp = np.zeros((g.n, g.c, g.hp, g.wp), dtype=dy.dtype)
+    dxp = _workspace.buffer("max_pool2d.dx_pad", (g.n, g.c, g.hp, g.wp), dy.dtype)
+    dxp.fill(0)
     share = _workspace.buffer("max_pool2d.share", dy.shape, dy.dtype)
     for k in range(g.offsets):
-        np.equal(argmax, k, out=hit)
-        np.multiply(hit, dy, out=share)
+        route(k, share)
         dxp[(slice(None), slice(None)) + g.window(k // g.kw, k % g.kw)] += share
     return dxp[:, :, g.pt:g.pt + g.h, g.pl:g.pl + g.w]
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """Whether ``a`` holds no inf or NaN: for float32/64 one dot product of a with itself (an overflow to inf only
+    sends a finite array down the exact path), else ``isfinite(a).all()``."""
+    if a.dtype in (np.float32, np.float64):
+        r = a.reshape(-1)
+        with np.errstate(over="ignore", invalid="ignore"):  # (NumPy reports the dot's overflow otherwise)
+            return bool(np.isfinite(np.dot(r, r)))
+    return bool(np.isfinite(a).all())
 
 
 def _max_pool2d_forward(ctx: Context, x: np.ndarray, *, kernel_size: Any, stride: Any = None, padding: Any = 0,

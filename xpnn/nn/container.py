@@ -11,9 +11,22 @@ from collections import OrderedDict
 from typing import Any, Iterable, Iterator, Union
 
 from ..errors import ShapeError
+from .activation import ReLU
 from .explicit import Module
+from .pooling import MaxPool2d
 
 __all__ = ["Sequential", "Residual", "ModuleList", "Identity"]
+
+
+def _pool_commutes_with_relu(pool: MaxPool2d) -> bool:
+    """Whether ``relu(max_pool(x))`` is ``max_pool(relu(x))`` exactly, gradients included, so ``Sequential`` runs a
+    ``ReLU`` followed by this ``MaxPool2d`` as the pooling first and the ReLU on its (kh*kw times smaller) output.
+    ReLU is non-decreasing, so a window's maximum after it is ReLU of its maximum; the same element wins (the first
+    maximum: where the maximum is positive the ties are the same elements, a NaN stays a NaN in the same place)
+    except in windows whose maximum is <= 0, where ReLU's gradient is 0 either way, so dx is 0 in the window in both
+    orders (+0.0 or -0.0). It needs every window to hold an input element (padding, -inf, is not passed through the
+    ReLU): true without dilation (padding is at most half the kernel) or without padding."""
+    return pool.dilation == (1, 1) or pool.padding == (0, 0)
 
 
 def _check_module(owner: str, name: str, m: Any) -> Module:
@@ -24,7 +37,11 @@ def _check_module(owner: str, name: str, m: Any) -> Module:
 
 class Sequential(Module):
     """Apply ``modules`` in order; backward runs them in reverse. Children are named ``"0"``, ``"1"``, ... (or by
-    the keys of a single ``OrderedDict`` argument), so parameters are ``"0.weight"``, ``"0.bias"``, ..."""
+    the keys of a single ``OrderedDict`` argument), so parameters are ``"0.weight"``, ``"0.bias"``, ...
+
+    A ``ReLU`` directly followed by a ``MaxPool2d`` (both exactly those classes) runs as the pooling then the ReLU,
+    which gives the same output and gradients with the ReLU on the pooled, smaller array
+    (``_pool_commutes_with_relu`` says when)."""
 
     def __init__(self, *modules: Union[Module, "OrderedDict[str, Module]"]) -> None:
         super().__init__()
@@ -37,9 +54,19 @@ class Sequential(Module):
         self._pack()
 
     def forward(self, x: Any) -> Any:
+        swap = None  # a ReLU whose MaxPool2d runs first (``_pool_commutes_with_relu``)
         for m in self._modules.values():
+            if swap is not None:
+                relu, swap = swap, None
+                if type(m) is MaxPool2d and _pool_commutes_with_relu(m):
+                    x = relu(m(x))
+                    continue
+                x = relu(x)
+            if type(m) is ReLU:
+                swap = m
+                continue
             x = m(x)
-        return x
+        return x if swap is None else swap(x)
 
     def append(self, module: Module) -> "Sequential":
         """Add ``module`` at the end and repack all parameters into one buffer."""
