@@ -130,8 +130,10 @@ def test_saved_output_written_through_detach_raises_like_pytorch():
 # --- detach and views share the counter ---------------------------------------------------------------------------
 @pytest.mark.parametrize("ns", NAMESPACES)
 @pytest.mark.parametrize("view", [lambda x: x[0], lambda x: x[:, 1:], lambda x: x.reshape(4), lambda x: x.T,
-                                  lambda x: x.detach(), lambda x: xpnn.tensor(x), lambda x: x.reshape(4)[1:][0:2]],
-                         ids=["row", "slice", "reshape", "transpose", "detach", "tensor-of-tensor", "view-of-view"])
+                                  lambda x: x.detach(), lambda x: xpnn.tensor(x), lambda x: x.reshape(4)[1:][0:2],
+                                  lambda x: x.split(1)[1], lambda x: F.chunk(x, 2, 1)[0], lambda x: x.unbind(0)[0]],
+                         ids=["row", "slice", "reshape", "transpose", "detach", "tensor-of-tensor", "view-of-view",
+                              "split", "chunk", "unbind"])
 def test_write_through_a_view_is_a_write_to_its_base(view, ns):
     xp = NAMESPACES[ns]
     w, x = _t(xp, np.ones((2, 2)), True), _t(xp, np.ones((2, 2)))
@@ -145,6 +147,43 @@ def test_write_through_a_view_is_a_write_to_its_base(view, ns):
     assert x._version == v._version == 1
     with pytest.raises(InplaceModifiedError, match=r"input 1 of mul"):
         loss.backward()
+
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+@pytest.mark.parametrize("piece", [lambda x: x.split(1)[0], lambda x: F.chunk(x, 2, 1)[1], lambda x: x.unbind(1)[0]],
+                         ids=["split", "chunk", "unbind"])
+def test_write_into_the_base_of_a_saved_piece_is_seen(piece, ns):
+    """split/chunk/unbind pieces are views: a write into the input after an op saved a piece (recorded or not) is a
+    write into the piece, as in PyTorch."""
+    xp = NAMESPACES[ns]
+    w, x = _t(xp, np.ones((2, 2)), True), _t(xp, np.ones((2, 2)))
+    loss = (w[0] * piece(x)).sum()
+    x[0, 0] = 5.0
+    with pytest.raises(InplaceModifiedError, match=r"input 1 of mul"):
+        loss.backward()
+    x = _t(xp, np.ones((2, 2)), True)  # recorded pieces of a leaf that requires grad, the leaf written under no_grad
+    loss = (piece(x) ** 3).sum()
+    with xpnn.no_grad():
+        x += 1.0
+    with pytest.raises(InplaceModifiedError, match=MODIFIED):
+        loss.backward()
+
+
+def test_write_into_the_base_of_a_saved_piece_matches_pytorch():
+    def write_base(torch):
+        x = torch.ones(2, 2)
+        loss = (torch.ones(2, requires_grad=True) * x.split(1)[0]).sum()
+        x[0, 0] = 5.0
+        loss.backward()
+
+    def write_piece(torch):
+        x = torch.ones(2, 2)
+        w = torch.ones(2, 2, requires_grad=True)
+        loss = (w * x).sum()
+        x.split(1)[1][0, 0] = 5.0
+        loss.backward()
+
+    assert _torch_raises(write_base) and _torch_raises(write_piece)
 
 
 def test_view_of_a_saved_value_matches_pytorch():

@@ -79,7 +79,11 @@ def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[
         _check_forward_output(op, out, params)
     if not record:
         if type(out) is tuple:
-            return tuple([_make(o, None, 0, False) for o in out])
+            outs = tuple([_make(o, None, 0, False) for o in out])
+            if op.view:  # (split's pieces)
+                for t in outs:
+                    _share_version(t, args[0])
+            return outs
         t = _make(out, None, 0, False)
         if op.view:
             _share_version(t, args[0])
@@ -91,6 +95,9 @@ def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[
         ctx._xpnn_out_meta = tuple((tuple(o.shape), o.dtype) for o in out)  # zeros for an output the caller dropped
         outs = tuple([_make(o, node, i, diff is None or i in diff) for i, o in enumerate(out)])
         node.outputs = tuple([weakref.ref(t) if t._requires_grad else None for t in outs])
+        if op.view:
+            for t in outs:
+                _share_version(t, args[0])
         if ctx._saved:
             _note_versions(ctx, ins + outs[1:], outs[0])
         return outs
