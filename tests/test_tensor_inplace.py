@@ -211,6 +211,54 @@ def test_a_copy_made_by_indexing_has_its_own_counter(ns):
     np.testing.assert_array_equal(np.asarray(w.grad), [4.0, 5.0, 6.0])
 
 
+@pytest.mark.parametrize("ns", NAMESPACES)
+@pytest.mark.parametrize("how", ["int", "bool", "tuple"])
+def test_write_into_an_index_tensor_after_indexing_is_seen(how, ns):
+    """``x[idx]`` keeps ``idx`` for the backward's scatter: a write into ``idx`` before the backward raises (it sent
+    the gradient to the new positions silently), as in PyTorch; a Tensor key with no write gives the gradient."""
+    xp = NAMESPACES[ns]
+    for write in (False, True):
+        x = _t(xp, [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], True)
+        if how == "bool":
+            idx = xpnn.tensor(xp.asarray([[True, False, True], [False, False, True]]))
+            y = x[idx]
+        elif how == "int":
+            idx = xpnn.tensor(xp.asarray([1, 1]))  # (repeated: the gradients add up)
+            y = x[idx]
+        else:
+            idx = xpnn.tensor(xp.asarray([2, 0]))
+            y = x[:, idx]
+        loss = (y * y).sum()
+        if not write:
+            loss.backward()
+            want = np.zeros((2, 3))
+            if how == "bool":
+                want[[0, 0, 1], [0, 2, 2]] = [2.0, 6.0, 12.0]
+            elif how == "int":
+                want[1] = [16.0, 20.0, 24.0]
+            else:
+                want[:, [2, 0]] = np.asarray([[3.0, 1.0], [6.0, 4.0]]) * 2
+            np.testing.assert_array_equal(np.asarray(x.grad), want)
+            continue
+        if how == "bool":
+            idx[0, 1] = True
+        else:
+            idx[0] = 0
+        with pytest.raises(InplaceModifiedError, match=r"input 1 of index"):
+            loss.backward()
+
+
+def test_write_into_an_index_tensor_matches_pytorch():
+    def run(torch):
+        x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+        idx = torch.tensor([2, 0])
+        loss = (x[idx] ** 2).sum()
+        idx[0] = 1
+        loss.backward()
+
+    assert _torch_raises(run)
+
+
 def test_version_counts_writes_like_pytorch():
     torch = pytest.importorskip("torch", reason="PyTorch is the reference for _version")
     for lib, make in ((torch, lambda: torch.zeros(3)), (xpnn, lambda: xpnn.tensor(np.zeros(3)))):
