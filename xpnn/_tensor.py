@@ -26,6 +26,7 @@ from .autograd import op as _op
 from .autograd.engine import Node, _accumulate_leaf, _fire_hooks, run_backward
 from .autograd.grad_mode import _state as _grad_state, is_grad_enabled
 from .autograd.op import TensorBase, VersionCounter
+from .functional.comparison import Compare as _Compare
 
 __all__ = ["Tensor", "tensor", "grad", "zeros_like", "ones_like"]
 
@@ -334,6 +335,13 @@ class Tensor(TensorBase):
         """The value of a one-element Tensor as a Python number."""
         if self.numel() != 1:
             raise ValueError(f"Tensor.item: only one-element tensors can be converted, got shape {self.shape}")
+        if _traced[0] is not None and computed_from(self, _traced[0]):
+            raise ValueError(
+                f"xpnn.onnx.export: data-dependent value: Tensor.item() (float(), int(), bool()) read a value "
+                f"computed from the model's input (the output of op {self._node.op.name!r}) while tracing; a Python "
+                "number taken from it (a branch, a constant) cannot be exported, as the graph would hold the traced "
+                "input's value for every input; keep the computation in xpnn ops on Tensors (comparisons, where, "
+                "masked_fill)")
         check_device_errors()  # this read syncs anyway: raise label errors deferred on the device (xpnn.debug)
         return to_numpy(self._data).item()  # (ndarray.item takes any one-element shape)
 
@@ -521,13 +529,16 @@ class Tensor(TensorBase):
     def __itruediv__(self, other: Any) -> "Tensor":
         return self._inplace(other, operator.truediv, operator.itruediv, "/")
 
-    # comparisons: no gradient, a boolean Tensor
+    # comparisons: no gradient, a boolean Tensor (while xpnn.onnx traces a model: the op Compare, see ``tracing``)
     def _compare(self, other: Any, fn: Callable[[Any, Any], Any], sym: str) -> "Tensor":
         o = other._data if isinstance(other, Tensor) else other
         if hasattr(o, "shape"):
             namespace_of(self._data, o, where="Tensor comparison")
         try:
-            return Tensor(fn(self._data, o))
+            t = Tensor(fn(self._data, o))
+            if _traced[0] is not None:
+                _note_traced((t,), _Compare, (self, other), {"op": sym})
+            return t
         except ValueError:
             from .functional._checks import broadcast
 
@@ -554,7 +565,10 @@ class Tensor(TensorBase):
 
     # logical operators on bool (and integer) Tensors, e.g. to combine attention masks: no gradient
     def __invert__(self) -> "Tensor":
-        return Tensor(~self._data)
+        t = Tensor(~self._data)
+        if _traced[0] is not None:
+            _note_traced((t,), _Compare, (self,), {"op": "~"})
+        return t
 
     def __and__(self, other: Any) -> "Tensor":
         return self._compare(other, operator.and_, "&")
@@ -1014,6 +1028,68 @@ def _numel(shape: Any) -> int:
     return n
 
 
+
+
+#: the input Tensor while ``tracing`` (xpnn.onnx traces a model), else None
+_traced: list[Optional[Tensor]] = [None]
+
+
+def _apply_traced(self: Tensor, op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+    """``Op.apply`` while ``tracing``: ``_apply_tensors``, then ``_note_traced`` for a call it did not record (no
+    input requires grad)."""
+    out = _apply_tensors(self, op, args, params)
+    outs = out if type(out) is tuple else (out,)
+    if outs and outs[0]._node is None:
+        _note_traced(outs, op, args, params)
+    return out
+
+
+def _note_traced(outs: tuple[Tensor, ...], op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> None:
+    """While ``tracing``: give the outputs ``outs`` of an unrecorded call ``op(*args, **params)`` whose inputs include
+    the traced input or a Tensor computed from it a ``Node`` (they still require no grad), so that the exporter
+    sees every value that depends on the input (a mask, its cast, an integer input's arithmetic)."""
+    if any(isinstance(a, Tensor) and (a._node is not None or a is _traced[0]) for a in args):
+        ins = tuple([a if isinstance(a, Tensor) else None for a in args])
+        node = Node(op, _op.Context((False,) * len(args), ()), ins, args, params)
+        for i, t in enumerate(outs):
+            t._node, t._index = node, i
+        node.outputs = tuple([weakref.ref(t) for t in outs])
+
+
+def computed_from(t: Tensor, inp: Tensor) -> bool:
+    """Whether Tensor ``t`` is ``inp`` or was computed from it by recorded ops (walks ``t``'s history)."""
+    stack, seen = [t], set()
+    while stack:
+        t = stack.pop()
+        if t is inp:
+            return True
+        node = t._node
+        if node is not None and id(node) not in seen:
+            seen.add(id(node))
+            stack.extend(a for a in node.inputs if a is not None)
+    return False
+
+
+class tracing:
+    """``with tracing(inp):`` what ``xpnn.onnx.export`` runs a model's forward under: every op call that takes
+    ``inp`` or a Tensor computed from it is recorded (``_apply_traced``; the usual ``Op.apply`` records only calls
+    with an input that requires grad), comparisons and logical operators (``<``, ``==``, ``&``, ``~``...) as the op
+    ``Compare``, so that masks computed from the input are part of the graph. Not thread-safe: it swaps
+    ``Tensor._apply_op`` for the duration (no cost on the usual path)."""
+
+    def __init__(self, inp: Tensor) -> None:
+        self.inp = inp
+
+    def __enter__(self) -> "tracing":
+        if _traced[0] is not None:
+            raise RuntimeError("xpnn.onnx.export: a model is already being traced (export is not reentrant)")
+        _traced[0] = self.inp
+        Tensor._apply_op = _apply_traced
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        Tensor._apply_op = _apply_tensors
+        _traced[0] = None
 
 
 def bump_versions(tensors: Any) -> None:
