@@ -450,6 +450,25 @@ def test_a_value_computed_from_the_input_outside_the_ops_is_an_error(how, op, tm
     with pytest.raises(ValueError, match=rf"data-dependent value: .*op '{op}'"):
         xonnx.export(_Escape(how), x, path)
     assert not path.exists()
+    assert float(xpnn.tensor(x).sum()) == pytest.approx(5.5)  # the trace is over: values read as usual
+
+
+def test_logical_operators_of_integer_ids(tmp_path):
+    """``&``/``|``/``~`` of integer values are ONNX's Bitwise ops (opset 18); before opset 18 an error names the
+    op and the opset."""
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+
+    class Parity(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(16, 3, seed=0)
+
+        def forward(self, ids):
+            return self.emb((~ids & 7) | 8)
+
+    _export_and_compare(ort, Parity(), (5,), tmp_path, vocab=16, atol=0.0, opset_version=18)
+    with pytest.raises(NotImplementedError, match=r"op 'compare' \(~ of int64 values\) needs .* opset 18"):
+        xonnx.export(Parity(), np.arange(10).reshape(2, 5), tmp_path / "m.onnx", opset_version=17)
 
 
 def test_values_read_but_not_used_in_the_graph_export(tmp_path):
