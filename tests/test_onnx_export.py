@@ -471,6 +471,37 @@ def test_logical_operators_of_integer_ids(tmp_path):
         xonnx.export(Parity(), np.arange(10).reshape(2, 5), tmp_path / "m.onnx", opset_version=17)
 
 
+@pytest.mark.parametrize("how", ["setitem", "mask-key", "iadd", "masked_fill_"])
+def test_an_in_place_write_with_values_of_the_input_is_an_error(how, tmp_path):
+    """In-place writes are not recorded: one into (or with a mask or value computed from) the input's values while
+    tracing would be missing from the graph, so export refuses it, naming the write."""
+    class Writes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 2, seed=0)
+
+        def forward(self, ids):
+            ids = ids + 0                      # (recorded while tracing: integer ops take no gradient)
+            buf = xpnn.tensor(np.zeros(ids.shape, np.int64))
+            if how == "setitem":
+                ids[0, 0] = 3
+            elif how == "mask-key":
+                buf[ids > 4] = 1
+                ids = buf
+            elif how == "iadd":
+                with xpnn.no_grad():
+                    buf += ids
+                ids = buf
+            else:
+                ids.masked_fill_(ids > 5, 0)
+            return self.emb(ids)
+
+    x = np.arange(6).reshape(2, 3)
+    with pytest.raises(ValueError, match=r"data-dependent value: .* writes in place"):
+        xonnx.export(Writes(), x, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_values_read_but_not_used_in_the_graph_export(tmp_path):
     """A value of the input read during the trace that does not reach the graph (a finiteness check) is fine."""
     ort = pytest.importorskip("onnxruntime", reason=ORT)

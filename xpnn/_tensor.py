@@ -481,6 +481,8 @@ class Tensor(TensorBase):
                 "(no gradient flows through it)")
         if hasattr(v, "shape"):
             namespace_of(self._data, v, where="Tensor item assignment")
+        if _traced[0] is not None:
+            _refuse_traced_write(self, (value, *(key if isinstance(key, tuple) else (key,))), "t[key] = value")
         from .functional.shape import _plain_key
 
         self._data[_plain_key(key)] = v
@@ -504,6 +506,8 @@ class Tensor(TensorBase):
         o = other._data if isinstance(other, Tensor) else other
         if hasattr(o, "shape"):
             namespace_of(self._data, o, where=f"Tensor {sym}=")
+        if _traced[0] is not None:
+            _refuse_traced_write(self, (other,), f"Tensor {sym}= under no_grad")
         d = self._data
         try:
             out = ifn(d, o)  # the array's own in-place operator (operator.iadd, ...)
@@ -797,6 +801,8 @@ class Tensor(TensorBase):
         recording = is_grad_enabled() and (
             self._requires_grad or (isinstance(value, Tensor) and value._requires_grad))
         if not recording:
+            if _traced[0] is not None:
+                _refuse_traced_write(self, (mask, value), "Tensor.masked_fill_")
             filled = F.masked_fill(self._data, mask._data if isinstance(mask, Tensor) else mask,
                                    value._data if isinstance(value, Tensor) else value)
             self._data[...] = filled
@@ -1068,6 +1074,20 @@ def computed_from(t: Tensor, inp: Tensor) -> bool:
             seen.add(id(node))
             stack.extend(a for a in node.inputs if a is not None)
     return False
+
+
+def _refuse_traced_write(t: Tensor, others: tuple[Any, ...], where: str) -> None:
+    """While ``tracing``: ``ValueError`` for an in-place write (never recorded) into a Tensor computed from the
+    traced input, or with a value, mask or index computed from it (the exported graph would miss the write)."""
+    inp = _traced[0]
+    hit = t if computed_from(t, inp) else next(
+        (o for o in others if isinstance(o, Tensor) and computed_from(o, inp)), None)
+    if hit is not None:
+        what = "the model's input" if hit._node is None else f"the output of op {hit._node.op.name!r}"
+        raise ValueError(
+            f"xpnn.onnx.export: data-dependent value: {where} writes in place with or into {what}, which is computed "
+            "from the input; in-place writes are not recorded, so the exported graph would miss it; write it out of "
+            "place (where, masked_fill, concat)")
 
 
 class tracing:
