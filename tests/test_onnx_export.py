@@ -383,14 +383,14 @@ def test_tensor_ops_of_attention_code(tmp_path):
 
 
 class _Masks(nn.Module):
-    """Masks computed from the input: comparisons, logical operators, a mask's cast, where and masked_fill."""
+    """Masks computed from the input: comparisons, logical operators, a mask's cast, where and masked_fill; detach."""
 
     def forward(self, x):
         pos = x > 0
         band = ((x >= -0.5) & ~(x > 0.5)) | (x == 0.25)
         h = F.where(pos, x, x * 0.1)                                   # leaky ReLU by a comparison
         h = h.masked_fill(band, 2.0) + (x != h).astype(x.dtype)         # (a mask's cast: recorded, no gradient)
-        h = h.where(x <= 1.0, -1.0) * F.where(x < -1.0, 3.0, x)
+        h = h.where(x <= 1.0, -1.0) * F.where(x < -1.0, 3.0, x) + (x * 0.5).detach()  # (detach: the same values)
         return h + F.where(x.sum(axis=1, keepdims=True) > 0.0, h, 0.0)
 
 

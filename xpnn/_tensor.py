@@ -27,6 +27,7 @@ from .autograd.engine import Node, _accumulate_leaf, _fire_hooks, run_backward
 from .autograd.grad_mode import _state as _grad_state, is_grad_enabled
 from .autograd.op import TensorBase, VersionCounter
 from .functional.comparison import Compare as _Compare
+from .functional.shape import Clone as _Clone
 
 __all__ = ["Tensor", "tensor", "grad", "zeros_like", "ones_like"]
 
@@ -325,7 +326,10 @@ class Tensor(TensorBase):
     def detach(self) -> "Tensor":
         """A Tensor sharing ``data`` (and its version counter: an in-place write through either is seen by the ops
         that saved the other) without history (no gradient flows back through it)."""
-        return Tensor(self)
+        t = Tensor(self)
+        if _traced[0] is not None:  # (exported: the same values)
+            _note_traced((t,), _Clone, (self,), {})
+        return t
 
     def numpy(self) -> np.ndarray:
         """A NumPy copy of ``data`` (a host copy for GPU Tensors); no ``detach`` needed."""

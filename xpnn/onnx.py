@@ -10,7 +10,7 @@ initializers, named by the model's ``state_dict`` keys where they are parameters
 
 Values that depend on the input are never baked in as constants. The trace (``xpnn._tensor.tracing``) records every
 op call that takes the input or a value computed from it, also those without a gradient (an integer input's
-arithmetic, a mask's cast), and comparisons and logical operators (``x > 0``, ``~m``, ``a & b``: ONNX's
+arithmetic, a mask's cast, ``detach()``), and comparisons and logical operators (``x > 0``, ``~m``, ``a & b``: ONNX's
 ``Greater``, ``Not``, ``And``...), so a mask fed to ``where`` or ``masked_fill`` is computed in the graph. A value
 that escapes the recorded ops (``Tensor.data``/``.numpy()`` and array code, ``.item()``, ``bool()`` and Python
 control flow on values) is caught by a second trace on an input of the same shape with other values: a graph that
