@@ -1040,14 +1040,14 @@ def _numel(shape: Any) -> int:
 
 
 
-#: the input Tensor while ``tracing`` (xpnn.onnx traces a model), else None
-_traced: list[Optional[Tensor]] = [None]
+#: while ``tracing`` (xpnn.onnx traces a model): the input Tensor, and ``Tensor._apply_op`` as it was; else None
+_traced: list[Any] = [None, None]
 
 
 def _apply_traced(self: Tensor, op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
-    """``Op.apply`` while ``tracing``: ``_apply_tensors``, then ``_note_traced`` for a call it did not record (no
+    """``Op.apply`` while ``tracing``: the usual ``_apply_op``, then ``_note_traced`` for a call it did not record (no
     input requires grad)."""
-    out = _apply_tensors(self, op, args, params)
+    out = _traced[1](self, op, args, params)
     outs = out if type(out) is tuple else (out,)
     if outs and outs[0]._node is None:
         _note_traced(outs, op, args, params)
@@ -1056,8 +1056,9 @@ def _apply_traced(self: Tensor, op: Any, args: tuple[Any, ...], params: dict[str
 
 def _note_traced(outs: tuple[Tensor, ...], op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> None:
     """While ``tracing``: give the outputs ``outs`` of an unrecorded call ``op(*args, **params)`` whose inputs include
-    the traced input or a Tensor computed from it a ``Node`` (they still require no grad), so that the exporter
-    sees every value that depends on the input (a mask, its cast, an integer input's arithmetic)."""
+    the traced input or a Tensor with a recorded history a ``Node`` (they still require no grad), so that the
+    exporter sees every value that depends on the input (a mask, its cast, an integer input's arithmetic; it folds
+    those that do not)."""
     if any(isinstance(a, Tensor) and (a._node is not None or a is _traced[0]) for a in args):
         ins = tuple([a if isinstance(a, Tensor) else None for a in args])
         node = Node(op, _op.Context((False,) * len(args), ()), ins, args, params)
@@ -1107,13 +1108,13 @@ class tracing:
     def __enter__(self) -> "tracing":
         if _traced[0] is not None:
             raise RuntimeError("xpnn.onnx.export: a model is already being traced (export is not reentrant)")
-        _traced[0] = self.inp
+        _traced[:] = [self.inp, Tensor.__dict__["_apply_op"]]
         Tensor._apply_op = _apply_traced
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        Tensor._apply_op = _apply_tensors
-        _traced[0] = None
+        Tensor._apply_op = _traced[1]
+        _traced[:] = [None, None]
 
 
 def bump_versions(tensors: Any) -> None:
