@@ -375,6 +375,35 @@ def test_sdpa_nan_and_infinite_scores_give_the_generic_rows():
         np.testing.assert_array_equal(got, np.asarray(strict))
         assert np.isnan(got[1, 3]).all() and np.isfinite(np.delete(got[1], 3, 0)).all()
         assert np.isnan(got[0, 2:]).all()  # the rows that attend the NaN key
+@pytest.mark.parametrize("mask", ["causal", "bool", "bool_dead_row"])
+@pytest.mark.parametrize("xp", [np, array_api_strict], ids=["numpy", "array_api_strict"])
+def test_sdpa_nan_key_in_a_masked_position_matches_pytorch(mask, xp, torch):
+    """A NaN in a key that some query rows mask out: PyTorch adds the mask as a -inf bias (its math path and CPU
+    kernels), so NaN + -inf makes those rows NaN too; xpnn gives the same rows, on the NumPy (in place) and the
+    generic path, forward and the recomputed probabilities of a double backward."""
+    rng = np.random.default_rng(7)
+    q, k, v = _qkv(rng, q_shape=(2, 5, 4), k_len=5, v_dim=3)
+    k[:, 3, 1] = np.nan  # key 3: causal rows 0-2 cannot see it
+    kw, tkw = {"is_causal": True}, {"is_causal": True}
+    if mask != "causal":
+        m = np.ones((5, 5), bool)
+        m[:, 3] = False
+        m[1, 3] = True  # only row 1 sees the NaN key
+        if mask == "bool_dead_row":
+            m[4] = False  # a row that sees no key: 0 in PyTorch
+        kw, tkw = {"attn_mask": xp.asarray(m)}, {"attn_mask": torch.from_numpy(m)}
+    want = torch.nn.functional.scaled_dot_product_attention(*(torch.from_numpy(a) for a in (q, k, v)), **tkw).numpy()
+    got = np.asarray(F.scaled_dot_product_attention(*(xp.asarray(a) for a in (q, k, v)), **kw))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, equal_nan=True)
+    qt = xpnn.tensor(xp.asarray(q), requires_grad=True)
+    out = F.scaled_dot_product_attention(qt, xp.asarray(k), xp.asarray(v), **kw)
+    (gq,) = xpnn.grad((out ** 2).sum(), [qt], create_graph=True)
+    tq = torch.from_numpy(q).requires_grad_()
+    tout = torch.nn.functional.scaled_dot_product_attention(tq, *(torch.from_numpy(a) for a in (k, v)), **tkw)
+    (tg,) = torch.autograd.grad((tout ** 2).sum(), [tq], create_graph=True)
+    np.testing.assert_array_equal(np.isnan(np.asarray(gq.data)), np.isnan(tg.detach().numpy()))
+
+
 @pytest.mark.parametrize("mask", [None, "causal", "bool"])
 def test_sdpa_with_no_keys_gives_zeros_like_pytorch(mask, torch):
     """S = 0 (e.g. an empty memory): PyTorch returns zeros of (..., L, Ev); gradients are zeros too."""

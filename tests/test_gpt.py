@@ -121,6 +121,9 @@ def test_exports_to_onnx_with_the_same_logits(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "gpt.onnx"))
     got = session.run(None, {session.get_inputs()[0].name: idx})[0]
     np.testing.assert_allclose(got, m(xpnn.tensor(idx)).numpy(), atol=1e-5)
+    other = np.random.default_rng(1).integers(0, 12, (3, 7))  # (the traced tokens were once baked in)
+    got = session.run(None, {session.get_inputs()[0].name: other})[0]
+    np.testing.assert_allclose(got, m(xpnn.tensor(other)).numpy(), atol=1e-5)
 
 
 def test_generate_rejects_bad_prompts_and_counts_naming_the_model():

@@ -382,6 +382,166 @@ def test_tensor_ops_of_attention_code(tmp_path):
     assert {"Split", "Transpose", "Where", "Expand", "GatherElements", "Concat"} <= ops
 
 
+class _Masks(nn.Module):
+    """Masks computed from the input: comparisons, logical operators, a mask's cast, where and masked_fill; detach."""
+
+    def forward(self, x):
+        pos = x > 0
+        band = ((x >= -0.5) & ~(x > 0.5)) | (x == 0.25)
+        h = F.where(pos, x, x * 0.1)                                   # leaky ReLU by a comparison
+        h = h.masked_fill(band, 2.0) + (x != h).astype(x.dtype)         # (a mask's cast: recorded, no gradient)
+        h = h.where(x <= 1.0, -1.0) * F.where(x < -1.0, 3.0, x) + (x * 0.5).detach()  # (detach: the same values)
+        return h + F.where(x.sum(axis=1, keepdims=True) > 0.0, h, 0.0)
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_masks_computed_from_the_input_are_exported_as_ops(opset, tmp_path):
+    """A comparison of the input fed to where/masked_fill becomes ONNX's Greater/Less/Equal/Not/And/Or: ONNX Runtime
+    gives xpnn's answer on inputs other than the traced one (it was the traced input's mask, a constant)."""
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    proto = _export_and_compare(ort, _Masks(), (8,), tmp_path, batches=(3, 7, 5), opset_version=opset)
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Equal", "Not", "And", "Or", "Where"} <= ops
+    assert all(i.data_type != onnx.TensorProto.BOOL for i in proto.graph.initializer)  # no mask baked in
+    x = np.array([[-2.0, -0.7, -0.5, 0.0, 0.25, 0.5, 0.9, 1.5]], np.float32)
+    np.testing.assert_allclose(_run(_session(ort, tmp_path / "model.onnx"), x), _xpnn_out(_Masks(), x), atol=1e-6)
+
+
+def test_masks_of_integer_ids_are_exported_as_ops(tmp_path):
+    """A padding mask of integer ids (ops that no gradient records: the trace records them) and an id shifted by
+    integer arithmetic give xpnn's answer on other ids."""
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+
+    class Padded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4, seed=0)
+
+        def forward(self, ids):
+            h = self.emb(F.where(ids > 8, ids - 1, ids))           # (an integer where of the input)
+            return h.masked_fill((ids == 0).unsqueeze(-1), 0.0)
+
+    proto = _export_and_compare(ort, Padded(), (6,), tmp_path, vocab=10, batches=(4, 9), atol=0.0)
+    assert {"Equal", "Greater"} <= {n.op_type for n in proto.graph.node}
+
+
+class _Escape(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+
+    def forward(self, x):
+        if self.how == "data":       # a mask computed on the array: outside the recorded ops
+            return F.where(xpnn.tensor(x.data > 0), x, 0.0)
+        if self.how == "numpy":
+            return x * xpnn.tensor(np.argsort(x.numpy(), axis=1).astype(np.float32))
+        if self.how == "item":       # Python control flow on a value of the input
+            return x * 2.0 if x.sum().item() > 0 else x * 3.0
+        return x * float(x.max())    # float(): a value baked in
+
+
+@pytest.mark.parametrize("how, op", [("data", "where"), ("numpy", "mul"), ("item", "sum"), ("float", "max")])
+def test_a_value_computed_from_the_input_outside_the_ops_is_an_error(how, op, tmp_path):
+    """A value read off the input during the trace would be a constant of the graph: a Python number (.item(),
+    float()) is refused where it is read, naming the op that computed it; an array (.data, .numpy()) by the second
+    trace, on other values, whose graph differs, naming the op that used it. Nothing is written."""
+    path = tmp_path / "m.onnx"
+    x = np.array([[1.0, -2.0, 3.0], [0.5, 4.0, -1.0]], np.float32)
+    with pytest.raises(ValueError, match=rf"data-dependent value: .*op '{op}'"):
+        xonnx.export(_Escape(how), x, path)
+    assert not path.exists()
+    assert float(xpnn.tensor(x).sum()) == pytest.approx(5.5)  # the trace is over: values read as usual
+
+
+def test_logical_operators_of_integer_ids(tmp_path):
+    """``&``/``|``/``~`` of integer values are ONNX's Bitwise ops (opset 18); before opset 18 an error names the
+    op and the opset."""
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+
+    class Parity(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(16, 3, seed=0)
+
+        def forward(self, ids):
+            return self.emb((~ids & 7) | 8)
+
+    _export_and_compare(ort, Parity(), (5,), tmp_path, vocab=16, atol=0.0, opset_version=18)
+    with pytest.raises(NotImplementedError, match=r"op 'compare' \(~ of int64 values\) needs .* opset 18"):
+        xonnx.export(Parity(), np.arange(10).reshape(2, 5), tmp_path / "m.onnx", opset_version=17)
+
+
+@pytest.mark.parametrize("how", ["setitem", "mask-key", "iadd", "masked_fill_"])
+def test_an_in_place_write_with_values_of_the_input_is_an_error(how, tmp_path):
+    """In-place writes are not recorded: one into (or with a mask or value computed from) the input's values while
+    tracing would be missing from the graph, so export refuses it, naming the write."""
+    class Writes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 2, seed=0)
+
+        def forward(self, ids):
+            ids = ids + 0                      # (recorded while tracing: integer ops take no gradient)
+            buf = xpnn.tensor(np.zeros(ids.shape, np.int64))
+            if how == "setitem":
+                ids[0, 0] = 3
+            elif how == "mask-key":
+                buf[ids > 4] = 1
+                ids = buf
+            elif how == "iadd":
+                with xpnn.no_grad():
+                    buf += ids
+                ids = buf
+            else:
+                ids.masked_fill_(ids > 5, 0)
+            return self.emb(ids)
+
+    x = np.arange(6).reshape(2, 3)
+    with pytest.raises(ValueError, match=r"data-dependent value: .* writes in place"):
+        xonnx.export(Writes(), x, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_values_read_but_not_used_in_the_graph_export(tmp_path):
+    """A value of the input read during the trace that does not reach the graph (a finiteness check) is fine."""
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+
+    class Checked(nn.Module):
+        def forward(self, x):
+            if not bool(np.isfinite(x.numpy()).all()):
+                raise ValueError("non-finite input")
+            return x * 2.0
+
+    _export_and_compare(ort, Checked(), (3,), tmp_path)
+
+
+class _Scaled(Op):
+    """A user op whose scale is a keyword parameter."""
+
+    name = "scaled"
+
+    @staticmethod
+    def forward(ctx, x, *, scale):
+        return x * (scale.data if hasattr(scale, "data") else scale)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+    @staticmethod
+    def onnx(g, x, *, scale):
+        return g.op("Mul", x, g.const(scale, dtype=x))
+
+
+def test_an_op_parameter_computed_from_the_input_is_an_error(tmp_path):
+    class ScaleByMax(nn.Module):
+        def forward(self, x):
+            return _Scaled.apply(x, scale=x.max())
+
+    with pytest.raises(ValueError, match=r"data-dependent value: parameter 'scale' of op 'scaled'"):
+        xonnx.export(ScaleByMax(), np.ones((2, 3), np.float32), tmp_path / "m.onnx")
+
+
 @pytest.mark.parametrize("key", [
     (slice(None), slice(1, 3)), (slice(None), 0), (slice(None), None, slice(None, None, -1)), (Ellipsis, -1),
     (slice(None), slice(-2, None), None, 1), (slice(None), slice(None, None, 2), Ellipsis, slice(3, 0, -2))],

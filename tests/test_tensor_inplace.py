@@ -130,8 +130,10 @@ def test_saved_output_written_through_detach_raises_like_pytorch():
 # --- detach and views share the counter ---------------------------------------------------------------------------
 @pytest.mark.parametrize("ns", NAMESPACES)
 @pytest.mark.parametrize("view", [lambda x: x[0], lambda x: x[:, 1:], lambda x: x.reshape(4), lambda x: x.T,
-                                  lambda x: x.detach(), lambda x: xpnn.tensor(x), lambda x: x.reshape(4)[1:][0:2]],
-                         ids=["row", "slice", "reshape", "transpose", "detach", "tensor-of-tensor", "view-of-view"])
+                                  lambda x: x.detach(), lambda x: xpnn.tensor(x), lambda x: x.reshape(4)[1:][0:2],
+                                  lambda x: x.split(1)[1], lambda x: F.chunk(x, 2, 1)[0], lambda x: x.unbind(0)[0]],
+                         ids=["row", "slice", "reshape", "transpose", "detach", "tensor-of-tensor", "view-of-view",
+                              "split", "chunk", "unbind"])
 def test_write_through_a_view_is_a_write_to_its_base(view, ns):
     xp = NAMESPACES[ns]
     w, x = _t(xp, np.ones((2, 2)), True), _t(xp, np.ones((2, 2)))
@@ -145,6 +147,43 @@ def test_write_through_a_view_is_a_write_to_its_base(view, ns):
     assert x._version == v._version == 1
     with pytest.raises(InplaceModifiedError, match=r"input 1 of mul"):
         loss.backward()
+
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+@pytest.mark.parametrize("piece", [lambda x: x.split(1)[0], lambda x: F.chunk(x, 2, 1)[1], lambda x: x.unbind(1)[0]],
+                         ids=["split", "chunk", "unbind"])
+def test_write_into_the_base_of_a_saved_piece_is_seen(piece, ns):
+    """split/chunk/unbind pieces are views: a write into the input after an op saved a piece (recorded or not) is a
+    write into the piece, as in PyTorch."""
+    xp = NAMESPACES[ns]
+    w, x = _t(xp, np.ones((2, 2)), True), _t(xp, np.ones((2, 2)))
+    loss = (w[0] * piece(x)).sum()
+    x[0, 0] = 5.0
+    with pytest.raises(InplaceModifiedError, match=r"input 1 of mul"):
+        loss.backward()
+    x = _t(xp, np.ones((2, 2)), True)  # recorded pieces of a leaf that requires grad, the leaf written under no_grad
+    loss = (piece(x) ** 3).sum()
+    with xpnn.no_grad():
+        x += 1.0
+    with pytest.raises(InplaceModifiedError, match=MODIFIED):
+        loss.backward()
+
+
+def test_write_into_the_base_of_a_saved_piece_matches_pytorch():
+    def write_base(torch):
+        x = torch.ones(2, 2)
+        loss = (torch.ones(2, requires_grad=True) * x.split(1)[0]).sum()
+        x[0, 0] = 5.0
+        loss.backward()
+
+    def write_piece(torch):
+        x = torch.ones(2, 2)
+        w = torch.ones(2, 2, requires_grad=True)
+        loss = (w * x).sum()
+        x.split(1)[1][0, 0] = 5.0
+        loss.backward()
+
+    assert _torch_raises(write_base) and _torch_raises(write_piece)
 
 
 def test_view_of_a_saved_value_matches_pytorch():
@@ -170,6 +209,54 @@ def test_a_copy_made_by_indexing_has_its_own_counter(ns):
     assert c._version == 1 and x._version == 0
     loss.backward()
     np.testing.assert_array_equal(np.asarray(w.grad), [4.0, 5.0, 6.0])
+
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+@pytest.mark.parametrize("how", ["int", "bool", "tuple"])
+def test_write_into_an_index_tensor_after_indexing_is_seen(how, ns):
+    """``x[idx]`` keeps ``idx`` for the backward's scatter: a write into ``idx`` before the backward raises (it sent
+    the gradient to the new positions silently), as in PyTorch; a Tensor key with no write gives the gradient."""
+    xp = NAMESPACES[ns]
+    for write in (False, True):
+        x = _t(xp, [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], True)
+        if how == "bool":
+            idx = xpnn.tensor(xp.asarray([[True, False, True], [False, False, True]]))
+            y = x[idx]
+        elif how == "int":
+            idx = xpnn.tensor(xp.asarray([1, 1]))  # (repeated: the gradients add up)
+            y = x[idx]
+        else:
+            idx = xpnn.tensor(xp.asarray([2, 0]))
+            y = x[:, idx]
+        loss = (y * y).sum()
+        if not write:
+            loss.backward()
+            want = np.zeros((2, 3))
+            if how == "bool":
+                want[[0, 0, 1], [0, 2, 2]] = [2.0, 6.0, 12.0]
+            elif how == "int":
+                want[1] = [16.0, 20.0, 24.0]
+            else:
+                want[:, [2, 0]] = np.asarray([[3.0, 1.0], [6.0, 4.0]]) * 2
+            np.testing.assert_array_equal(np.asarray(x.grad), want)
+            continue
+        if how == "bool":
+            idx[0, 1] = True
+        else:
+            idx[0] = 0
+        with pytest.raises(InplaceModifiedError, match=r"input 1 of index"):
+            loss.backward()
+
+
+def test_write_into_an_index_tensor_matches_pytorch():
+    def run(torch):
+        x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+        idx = torch.tensor([2, 0])
+        loss = (x[idx] ** 2).sum()
+        idx[0] = 1
+        loss.backward()
+
+    assert _torch_raises(run)
 
 
 def test_version_counts_writes_like_pytorch():

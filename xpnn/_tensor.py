@@ -26,6 +26,8 @@ from .autograd import op as _op
 from .autograd.engine import Node, _accumulate_leaf, _fire_hooks, run_backward
 from .autograd.grad_mode import _state as _grad_state, is_grad_enabled
 from .autograd.op import TensorBase, VersionCounter
+from .functional.comparison import Compare as _Compare
+from .functional.shape import Clone as _Clone
 
 __all__ = ["Tensor", "tensor", "grad", "zeros_like", "ones_like"]
 
@@ -79,7 +81,11 @@ def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[
         _check_forward_output(op, out, params)
     if not record:
         if type(out) is tuple:
-            return tuple([_make(o, None, 0, False) for o in out])
+            outs = tuple([_make(o, None, 0, False) for o in out])
+            if op.view:  # (split's pieces)
+                for t in outs:
+                    _share_version(t, args[0])
+            return outs
         t = _make(out, None, 0, False)
         if op.view:
             _share_version(t, args[0])
@@ -91,6 +97,9 @@ def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[
         ctx._xpnn_out_meta = tuple((tuple(o.shape), o.dtype) for o in out)  # zeros for an output the caller dropped
         outs = tuple([_make(o, node, i, diff is None or i in diff) for i, o in enumerate(out)])
         node.outputs = tuple([weakref.ref(t) if t._requires_grad else None for t in outs])
+        if op.view:
+            for t in outs:
+                _share_version(t, args[0])
         if ctx._saved:
             _note_versions(ctx, ins + outs[1:], outs[0])
         return outs
@@ -317,7 +326,10 @@ class Tensor(TensorBase):
     def detach(self) -> "Tensor":
         """A Tensor sharing ``data`` (and its version counter: an in-place write through either is seen by the ops
         that saved the other) without history (no gradient flows back through it)."""
-        return Tensor(self)
+        t = Tensor(self)
+        if _traced[0] is not None:  # (exported: the same values)
+            _note_traced((t,), _Clone, (self,), {})
+        return t
 
     def numpy(self) -> np.ndarray:
         """A NumPy copy of ``data`` (a host copy for GPU Tensors); no ``detach`` needed."""
@@ -327,6 +339,13 @@ class Tensor(TensorBase):
         """The value of a one-element Tensor as a Python number."""
         if self.numel() != 1:
             raise ValueError(f"Tensor.item: only one-element tensors can be converted, got shape {self.shape}")
+        if _traced[0] is not None and computed_from(self, _traced[0]):
+            raise ValueError(
+                f"xpnn.onnx.export: data-dependent value: Tensor.item() (float(), int(), bool()) read a value "
+                f"computed from the model's input (the output of op {self._node.op.name!r}) while tracing; a Python "
+                "number taken from it (a branch, a constant) cannot be exported, as the graph would hold the traced "
+                "input's value for every input; keep the computation in xpnn ops on Tensors (comparisons, where, "
+                "masked_fill)")
         check_device_errors()  # this read syncs anyway: raise label errors deferred on the device (xpnn.debug)
         return to_numpy(self._data).item()  # (ndarray.item takes any one-element shape)
 
@@ -466,6 +485,8 @@ class Tensor(TensorBase):
                 "(no gradient flows through it)")
         if hasattr(v, "shape"):
             namespace_of(self._data, v, where="Tensor item assignment")
+        if _traced[0] is not None:
+            _refuse_traced_write(self, (value, *(key if isinstance(key, tuple) else (key,))), "t[key] = value")
         from .functional.shape import _plain_key
 
         self._data[_plain_key(key)] = v
@@ -489,6 +510,8 @@ class Tensor(TensorBase):
         o = other._data if isinstance(other, Tensor) else other
         if hasattr(o, "shape"):
             namespace_of(self._data, o, where=f"Tensor {sym}=")
+        if _traced[0] is not None:
+            _refuse_traced_write(self, (other,), f"Tensor {sym}= under no_grad")
         d = self._data
         try:
             out = ifn(d, o)  # the array's own in-place operator (operator.iadd, ...)
@@ -514,13 +537,16 @@ class Tensor(TensorBase):
     def __itruediv__(self, other: Any) -> "Tensor":
         return self._inplace(other, operator.truediv, operator.itruediv, "/")
 
-    # comparisons: no gradient, a boolean Tensor
+    # comparisons: no gradient, a boolean Tensor (while xpnn.onnx traces a model: the op Compare, see ``tracing``)
     def _compare(self, other: Any, fn: Callable[[Any, Any], Any], sym: str) -> "Tensor":
         o = other._data if isinstance(other, Tensor) else other
         if hasattr(o, "shape"):
             namespace_of(self._data, o, where="Tensor comparison")
         try:
-            return Tensor(fn(self._data, o))
+            t = Tensor(fn(self._data, o))
+            if _traced[0] is not None:
+                _note_traced((t,), _Compare, (self, other), {"op": sym})
+            return t
         except ValueError:
             from .functional._checks import broadcast
 
@@ -547,7 +573,10 @@ class Tensor(TensorBase):
 
     # logical operators on bool (and integer) Tensors, e.g. to combine attention masks: no gradient
     def __invert__(self) -> "Tensor":
-        return Tensor(~self._data)
+        t = Tensor(~self._data)
+        if _traced[0] is not None:
+            _note_traced((t,), _Compare, (self,), {"op": "~"})
+        return t
 
     def __and__(self, other: Any) -> "Tensor":
         return self._compare(other, operator.and_, "&")
@@ -776,6 +805,8 @@ class Tensor(TensorBase):
         recording = is_grad_enabled() and (
             self._requires_grad or (isinstance(value, Tensor) and value._requires_grad))
         if not recording:
+            if _traced[0] is not None:
+                _refuse_traced_write(self, (mask, value), "Tensor.masked_fill_")
             filled = F.masked_fill(self._data, mask._data if isinstance(mask, Tensor) else mask,
                                    value._data if isinstance(value, Tensor) else value)
             self._data[...] = filled
@@ -1007,6 +1038,83 @@ def _numel(shape: Any) -> int:
     return n
 
 
+
+
+#: while ``tracing`` (xpnn.onnx traces a model): the input Tensor, and ``Tensor._apply_op`` as it was; else None
+_traced: list[Any] = [None, None]
+
+
+def _apply_traced(self: Tensor, op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+    """``Op.apply`` while ``tracing``: the usual ``_apply_op``, then ``_note_traced`` for a call it did not record (no
+    input requires grad)."""
+    out = _traced[1](self, op, args, params)
+    outs = out if type(out) is tuple else (out,)
+    if outs and outs[0]._node is None:
+        _note_traced(outs, op, args, params)
+    return out
+
+
+def _note_traced(outs: tuple[Tensor, ...], op: Any, args: tuple[Any, ...], params: dict[str, Any]) -> None:
+    """While ``tracing``: give the outputs ``outs`` of an unrecorded call ``op(*args, **params)`` whose inputs include
+    the traced input or a Tensor with a recorded history a ``Node`` (they still require no grad), so that the
+    exporter sees every value that depends on the input (a mask, its cast, an integer input's arithmetic; it folds
+    those that do not)."""
+    if any(isinstance(a, Tensor) and (a._node is not None or a is _traced[0]) for a in args):
+        ins = tuple([a if isinstance(a, Tensor) else None for a in args])
+        node = Node(op, _op.Context((False,) * len(args), ()), ins, args, params)
+        for i, t in enumerate(outs):
+            t._node, t._index = node, i
+        node.outputs = tuple([weakref.ref(t) for t in outs])
+
+
+def computed_from(t: Tensor, inp: Tensor) -> bool:
+    """Whether Tensor ``t`` is ``inp`` or was computed from it by recorded ops (walks ``t``'s history)."""
+    stack, seen = [t], set()
+    while stack:
+        t = stack.pop()
+        if t is inp:
+            return True
+        node = t._node
+        if node is not None and id(node) not in seen:
+            seen.add(id(node))
+            stack.extend(a for a in node.inputs if a is not None)
+    return False
+
+
+def _refuse_traced_write(t: Tensor, others: tuple[Any, ...], where: str) -> None:
+    """While ``tracing``: ``ValueError`` for an in-place write (never recorded) into a Tensor computed from the
+    traced input, or with a value, mask or index computed from it (the exported graph would miss the write)."""
+    inp = _traced[0]
+    hit = t if computed_from(t, inp) else next(
+        (o for o in others if isinstance(o, Tensor) and computed_from(o, inp)), None)
+    if hit is not None:
+        what = "the model's input" if hit._node is None else f"the output of op {hit._node.op.name!r}"
+        raise ValueError(
+            f"xpnn.onnx.export: data-dependent value: {where} writes in place with or into {what}, which is computed "
+            "from the input; in-place writes are not recorded, so the exported graph would miss it; write it out of "
+            "place (where, masked_fill, concat)")
+
+
+class tracing:
+    """``with tracing(inp):`` what ``xpnn.onnx.export`` runs a model's forward under: every op call that takes
+    ``inp`` or a Tensor computed from it is recorded (``_apply_traced``; the usual ``Op.apply`` records only calls
+    with an input that requires grad), comparisons and logical operators (``<``, ``==``, ``&``, ``~``...) as the op
+    ``Compare``, so that masks computed from the input are part of the graph. Not thread-safe: it swaps
+    ``Tensor._apply_op`` for the duration (no cost on the usual path)."""
+
+    def __init__(self, inp: Tensor) -> None:
+        self.inp = inp
+
+    def __enter__(self) -> "tracing":
+        if _traced[0] is not None:
+            raise RuntimeError("xpnn.onnx.export: a model is already being traced (export is not reentrant)")
+        _traced[:] = [self.inp, Tensor.__dict__["_apply_op"]]
+        Tensor._apply_op = _apply_traced
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        Tensor._apply_op = _traced[1]
+        _traced[:] = [None, None]
 
 
 def bump_versions(tensors: Any) -> None:

@@ -361,16 +361,18 @@ class GPT(nn.Module):
         return idx
 
     def _run(self, idx: Any, caches: Optional[list[dict[str, Any]]] = None, start: int = 0) -> Any:
-        t = int(idx.shape[1])
-        xp = namespace_of(idx)
-        pos = xp.arange(start, start + t, dtype=idx.dtype)
+        arr = idx.data if hasattr(idx, "_node") else idx  # (a Tensor is kept: xpnn.onnx traces the tokens through)
+        t = int(arr.shape[1])
+        xp = namespace_of(arr)
+        pos = xp.arange(start, start + t, dtype=arr.dtype)
         x = self.drop(F.embedding(idx, self.wte.weight) + F.embedding(pos, self.wpe.weight))
         for i, block in enumerate(self.blocks):
             x = block(x, None if caches is None else caches[i], start)
         return F.linear(self.ln_f(x), self.wte.weight)  # the tied LM head
 
     def forward(self, idx: Any) -> Any:
-        return self._run(self._tokens(idx))
+        self._tokens(idx)
+        return self._run(idx)
 
     def generate(self, idx: Any, max_new_tokens: int, *, use_cache: bool = True) -> Any:
         """``idx`` (B, T) followed by ``max_new_tokens`` greedily decoded tokens (argmax of each next-token

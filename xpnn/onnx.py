@@ -1,12 +1,21 @@
 """Export a model to ONNX: ``export(model, example_input, path)`` (needs ``pip install "xpnn[onnx]"``).
 
-The trace is the graph autograd records anyway: the model runs once in eval mode on a Tensor that requires grad,
+The trace is the graph autograd records anyway: the model runs in eval mode on a Tensor that requires grad,
 and the exporter walks the recorded ``Node``s back from the output (each names its ``Op`` class, its inputs and the
 call's arguments: two references per recorded op, the only cost normal execution pays for export). Every op on the path from the input to the output
 is lowered by its declaration's ``onnx`` static method (next to its ``forward`` and ``backward`` in
 ``xpnn/functional``), which emits ONNX nodes through the small builder ``_Graph`` below; an op without one is refused
 by name. Values that do not depend on the input (parameters, buffers, anything computed from them alone) become
 initializers, named by the model's ``state_dict`` keys where they are parameters or buffers.
+
+Values that depend on the input are never baked in as constants. The trace (``xpnn._tensor.tracing``) records every
+op call that takes the input or a value computed from it, also those without a gradient (an integer input's
+arithmetic, a mask's cast, ``detach()``), and comparisons and logical operators (``x > 0``, ``~m``, ``a & b``: ONNX's
+``Greater``, ``Not``, ``And``...), so a mask fed to ``where`` or ``masked_fill`` is computed in the graph. A value
+that escapes the recorded ops (``Tensor.data``/``.numpy()`` and array code, ``.item()``, ``bool()`` and Python
+control flow on values) is caught by a second trace on an input of the same shape with other values: a graph that
+differs is an error naming the op that used the value ("data-dependent value ..."), as is an op parameter computed
+from the input.
 
 Dynamic axes follow ``torch.onnx.export``: static unless ``dynamic_axes`` names them. With dynamic axes the model is
 traced a second time with those axes doubled, and the two graphs must be identical, so a lowering that baked a size
@@ -22,7 +31,7 @@ import numpy as np
 
 from ._version import __version__
 from .autograd.grad_mode import enable_grad
-from ._tensor import Tensor
+from ._tensor import Tensor, computed_from, tracing
 from .backend import namespace_of, to_numpy
 from .io import atomic_write
 
@@ -57,6 +66,8 @@ class _Graph:
         self.outputs: list[str] = []  # the value names of the model's outputs
         self._arrays: dict[int, tuple[Any, str]] = {}  # id of a constant array -> (the array, its initializer)
         self._count = 0
+        self.lowering = ""  # the xpnn op being lowered
+        self.origin: dict[str, str] = {}  # node or initializer name -> the xpnn op whose lowering made it
 
     def _fresh(self, stem: str) -> str:
         self._count += 1
@@ -67,8 +78,10 @@ class _Graph:
         of its output, or a tuple of ``outputs`` names."""
         names = [self._fresh(op_type) for _ in range(outputs)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        self.nodes.append(self._onnx.helper.make_node(op_type, ["" if i is None else i for i in inputs], names,
-                                                      name=self._fresh(f"node_{op_type}"), **attrs))
+        node = self._onnx.helper.make_node(op_type, ["" if i is None else i for i in inputs], names,
+                                           name=self._fresh(f"node_{op_type}"), **attrs)
+        self.nodes.append(node)
+        self.origin[node.name] = self.lowering
         return names[0] if outputs == 1 else tuple(names)
 
     def const(self, value: Any, dtype: Any = None) -> str:
@@ -91,6 +104,7 @@ class _Graph:
             return known
         name = known or self._fresh("const")
         self.initializers[name] = arr
+        self.origin[name] = self.lowering
         self.meta[name] = (arr.dtype, tuple(arr.shape))
         if known is None and dtype is None and hasattr(value, "shape"):
             self._arrays[id(value)] = (value, name)  # (keeps value alive: its id is not reused)
@@ -141,7 +155,7 @@ def _trace(model: Any, x: Any) -> tuple[Tensor, list[Tensor]]:
     was_training = model.training
     model.eval()
     try:
-        with enable_grad():
+        with enable_grad(), tracing(inp):
             out = model(inp)
     finally:
         model.train(was_training)
@@ -210,6 +224,15 @@ def _lower(onnx: Any, opset: int, model: Any, inp: Tensor, outs: list[Tensor], i
             raise NotImplementedError(
                 f"xpnn.onnx.export: op {op.name!r} ({op.__module__}.{op.__qualname__}) has no ONNX lowering; "
                 "declare an onnx(g, *inputs, **params) static method on it (see xpnn.autograd.Op.onnx)")
+        for key, value in (node.params or {}).items():
+            for v in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(v, Tensor) and computed_from(v, inp):
+                    raise ValueError(
+                        f"xpnn.onnx.export: data-dependent value: parameter {key!r} of op {op.name!r} is computed "
+                        "from the model's input, and an op's parameters are constants of the exported graph (it "
+                        "would hold the traced input's value for every input); pass it as a positional input of an "
+                        "op with an ONNX lowering, or compute it from parameters and constants only")
+        g.lowering = op.name
         args = [operand(a) for a in node.args]
         for name, t in zip(args, node.inputs):  # what is known of each input (dtype, example shape)
             if t is not None and name not in g.meta:
@@ -258,15 +281,34 @@ def _same_graph(a: _Graph, b: _Graph) -> Optional[str]:
     """``None`` when the two lowerings made the same nodes and constants; else the first difference."""
     for na, nb in zip(a.nodes, b.nodes):
         if na.SerializeToString() != nb.SerializeToString():
-            return f"node {na.name} ({na.op_type})"
+            return f"node {na.name} ({na.op_type}, lowering op {a.origin.get(na.name, '?')!r})"
     if len(a.nodes) != len(b.nodes):
         return "the number of nodes"
     for name, arr in a.initializers.items():
         other = b.initializers.get(name)
         if other is None or other.shape != arr.shape or other.dtype != arr.dtype or not np.array_equal(
                 arr, other, equal_nan=arr.dtype.kind == "f"):
-            return f"constant {name} of shape {arr.shape}"
+            return f"constant {name} of shape {arr.shape} (used by op {a.origin.get(name, '?')!r})"
     return None
+
+
+def _probe(data: Any) -> Optional[Any]:
+    """An input of ``data``'s shape, dtype and backend with other values, for the check that the graph does not
+    depend on the input's values: floats drawn uniformly in the example's finite range (a constant example: plus
+    a standard normal draw), integers and bools the example's own values shuffled (valid ids stay valid); ``None``
+    when shuffling changes nothing (every value the same)."""
+    arr = np.asarray(to_numpy(data))
+    rng = np.random.default_rng(0)
+    if arr.dtype.kind == "f":
+        finite = arr[np.isfinite(arr)].astype(np.float64)
+        lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+        vals = rng.uniform(lo, hi, arr.shape) if hi > lo else arr + rng.standard_normal(arr.shape)
+        other = vals.astype(arr.dtype)
+    else:
+        other = rng.permutation(arr.reshape(-1)).reshape(arr.shape)
+        if np.array_equal(other, arr):
+            return None
+    return namespace_of(data).asarray(other)
 
 
 def export(model: Any, example_input: Any, path: Union[str, "os.PathLike[str]"], *,
@@ -281,11 +323,17 @@ def export(model: Any, example_input: Any, path: Union[str, "os.PathLike[str]"],
     (torch's default); an output axis whose size follows a dynamic input axis is marked dynamic with its name.
     ``opset_version``: 13 up to the installed onnx's newest (default 17).
 
-    The model runs once (twice with dynamic axes) in eval mode (its mode is restored). float16, float32 and float64
+    The model runs in eval mode (its mode is restored): on the example, on a second input (below), and with dynamic
+    axes on the example doubled along them. float16, float32 and float64
     models export with their dtype. The written model passes ``onnx.checker.check_model``.
 
+    The model also runs on a second input of the example's shape and dtype with other values (floats drawn in the
+    example's range; integer ids shuffled): its graph must be the same, or the export would hold a value of the
+    example input as a constant.
+
     Raises ``ImportError`` without the onnx package, ``NotImplementedError`` naming an op that has no ONNX lowering,
-    ``ValueError`` for bad names/axes/opset or a graph that depends on the size of a dynamic axis.
+    ``ValueError`` for bad names/axes/opset, a graph that depends on the size of a dynamic axis, or one that depends
+    on the input's values outside the recorded ops ("data-dependent value ...", naming the op that used it).
     """
     onnx = _require_onnx()
     newest = onnx.defs.onnx_opset_version()
@@ -313,6 +361,24 @@ def export(model: Any, example_input: Any, path: Union[str, "os.PathLike[str]"],
     dyn = _dynamic_map(dynamic_axes, in_names + out_names, ndims)
 
     g = _lower(onnx, opset, model, inp, outs, in_names[0])
+    other = _probe(data)
+    if other is not None:  # values of the input that reach the graph as constants (or change its structure)
+        try:
+            inp2, outs2 = _trace(model, other)
+        except Exception as exc:
+            raise ValueError(
+                f"xpnn.onnx.export: the model raised {type(exc).__name__} ({exc}) on a second input of the example's "
+                "shape, dtype and value range, which export runs to check that the graph does not depend on the "
+                "input's values") from exc
+        diff = _same_graph(g, _lower(onnx, opset, model, inp2, outs2, in_names[0]))
+        if diff is not None:
+            raise ValueError(
+                f"xpnn.onnx.export: data-dependent value: {diff} differs between the traces of the example input "
+                "and of another input of its shape (values drawn in its range), so the exported graph would give "
+                "the example's answer for every input. A value computed from the input outside xpnn's recorded ops "
+                "(Tensor.data or .numpy() and array code, .item(), bool() or Python control flow on values) "
+                "cannot be exported; compute it with xpnn ops on Tensors (comparisons, where, masked_fill, ...), "
+                "which are recorded and exported")
     out_dims: list[list[Any]] = [list(o.shape) for o in outs]
     in_dyn = dyn.get(in_names[0], {})
     if in_dyn:

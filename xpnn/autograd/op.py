@@ -153,8 +153,9 @@ class Op:
     #: outputs of forward that get gradients (a tuple output's other entries, e.g. argmax indices, get none)
     differentiable_outputs: ClassVar[Optional[tuple[int, ...]]] = None
 
-    #: the output may share the first input's memory (reshape, slicing): its Tensor then shares the input's version
-    #: counter, so an in-place write through either is seen by the ops that saved the other
+    #: the output (each output of a tuple, e.g. split's pieces) may share the first input's memory (reshape,
+    #: slicing): its Tensor then shares the input's version counter, so an in-place write through either is seen by
+    #: the ops that saved the other
     view: ClassVar[bool] = False
 
     #: declared outside the xpnn package (the engine checks the shapes its backward returns); set per subclass

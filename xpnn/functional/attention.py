@@ -7,6 +7,8 @@
 
 ``bias`` is 0 / -inf from a bool ``attn_mask`` (True = attend) or from ``is_causal`` (query i attends keys j <= i,
 the upper-left aligned lower triangle, as in PyTorch), or a float ``attn_mask`` added as is.
+The bias is added, as PyTorch adds it (its math path and its CPU kernels alike): a NaN score of a key that a query
+cannot see still makes that query's row NaN, as in PyTorch (the ONNX lowering's ``Where`` keeps such a row finite).
 
 Memory of the generic (array-API) path, per (batch, head): the forward materialises one (L, S) block, the scores,
 turned in place into the probabilities P, which are kept for backward (the reference cannot do with less without

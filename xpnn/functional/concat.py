@@ -56,6 +56,7 @@ class Concat(Op):
 
 class Split(Op):
     name = "split"
+    view = True  # (the pieces are basic slices: views on NumPy/CuPy, sharing the input's version counter)
 
     @staticmethod
     def forward(ctx: Context, x: Any, *, sizes: tuple[int, ...], axis: int) -> tuple[Any, ...]:

@@ -173,8 +173,12 @@ class Index(Op):
     view = True
 
     @staticmethod
-    def forward(ctx: Context, x: Any, *, key: Any) -> Any:
+    def forward(ctx: Context, x: Any, *indices: Any, key: Any) -> Any:
+        """``indices``: the arrays of the Tensors inside ``key`` (``index``), saved so that a write into one of them
+        before the backward (whose scatter reads them) raises ``InplaceModifiedError``."""
         namespace_of(x, where="index")
+        if indices:
+            ctx.save_for_backward(*indices)
         if type(x) is not np.ndarray:
             key = _with_ellipsis(_host_indices_to(ctx.xp, key), x.ndim)
         ctx.shape, ctx.key = tuple(x.shape), key
@@ -189,11 +193,12 @@ class Index(Op):
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
-        return IndexBackward.apply(g, key=ctx.key, shape=ctx.shape)
-
+        gx = IndexBackward.apply(g, key=ctx.key, shape=ctx.shape)
+        n = len(ctx.saved_tensors)  # (the index Tensors: no gradient)
+        return (gx,) + (None,) * n if n else gx
 
     @staticmethod
-    def onnx(g: Any, x: str, *, key: Any) -> str:
+    def onnx(g: Any, x: str, *indices: Any, key: Any) -> str:
         """Basic keys (ints, slices, ``None``, ``...``): ``Slice`` (full slices left out, so a dynamic axis stays
         free), ``Squeeze`` of the integer-indexed axes, ``Unsqueeze`` for ``None``. Array keys have no lowering."""
         parts = key if isinstance(key, tuple) else (key,)
@@ -382,7 +387,13 @@ def sum_to(x: Any, shape: tuple[int, ...]) -> Any:
 
 
 def index(x: Any, key: Any) -> Any:
-    """``x[key]`` with basic keys or integer arrays; repeated indices accumulate their gradients."""
+    """``x[key]`` with basic keys or integer arrays; repeated indices accumulate their gradients. Tensors inside
+    ``key`` are inputs of the recorded op too (no gradient): a write into one before the backward raises
+    ``InplaceModifiedError``."""
+    parts = key if isinstance(key, tuple) else (key,)
+    tensors = [k for k in parts if hasattr(k, "_node")]
+    if tensors and hasattr(x, "_node"):
+        return Index.apply(x, *tensors, key=_plain_key(key))
     return Index.apply(x, key=_plain_key(key))
 
 
