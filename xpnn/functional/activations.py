@@ -107,10 +107,11 @@ def _sigmoid(ops: InPlace, x: Any) -> Any:
     return ops.div(1.0, out, out=out)
 
 
-def _sigmoid_numpy(x: np.ndarray) -> np.ndarray:
+def _sigmoid_numpy(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
     """``_sigmoid`` for a NumPy float32/float64 array of one or more axes, with the ufuncs called directly (the same
-    operations in the same order: the same values, tests/test_small_calls.py)."""
-    out = np.negative(x)
+    operations in the same order: the same values, tests/test_small_calls.py); into ``out`` (which may be ``x``)
+    when given."""
+    out = np.negative(x, out=out)
     if _NP_ERRSTATE is not None and _NP_ERRSTATE.get() is _NP_ERRSTATE_AT_IMPORT:
         token = _NP_ERRSTATE.set(_NP_IGNORE_OVER)  # as np.errstate(over="ignore"), at a fifth of its cost
         try:

@@ -1,0 +1,189 @@
+"""NumPy fast path of ``recurrence`` (one layer and direction of an RNN/LSTM over a sequence), registered as an
+override of the op's forward and backward (``xpnn.autograd.register_override``; kind ``"numpy"``) for the modes
+"LSTM", "RNN_TANH" and "RNN_RELU" on float32/float64 arrays. It computes the reference's formulas
+(``recurrent.step_forward`` / ``step_backward``, the same operations in the same order) without its per-step
+temporaries:
+
+- forward: the pre-activations of all steps in one (T, N, G*H) buffer, ``gx + b_hh`` written once and each step's
+  ``h @ weight_hh.T`` (a C-ordered copy of the transposed weight) added in place, then activated in place
+  (LSTM: sigmoid over the i, f, o columns only, tanh over g); the states of all steps in (T+1, N, H) buffers (slot
+  ``t`` is step ``t``'s previous state going forward, step ``t``'s new state going in reverse), so the previous
+  hidden states of all steps are one contiguous slice;
+- backward: each step's gate gradients written into one (T, N, G*H) array (that is the gradient of ``gx``), the
+  hidden state's gradient by a product with the C-ordered weight into a reused (N, H) array; the weight gradient one
+  (G*H, T*N) x (T*N, H) product of that array with the slice of previous states, after the loop.
+
+The buffers come from ``_workspace`` and are saved on the op's context (after the reference's five saved values),
+so they are reused by the next training step once the graph is freed. Returns ``NotImplemented`` (the reference
+runs) for GRU, other dtypes (float16), other array types, and when a kernel provider answers for NumPy arrays (the
+tests' CPU shim runs the fused cell kernels). A recorded backward (``create_graph``) always runs the reference, which
+recomputes the steps from the inputs.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from .. import _dispatch
+from .._cuda import registry
+from ..autograd.op import Context, register_override
+from . import _workspace
+from .activations import _sigmoid_numpy, relu_backward, tanh_backward
+from .recurrent import Recurrence
+
+__all__: list[str] = []
+
+_MODES = {"LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1}
+_SAVED = 5  # the reference's saved values (gx, w_hh, b_hh, h0, c0); this path's buffers follow them
+
+
+def _applies(mode: str, gx: Any, w_hh: Any, b_hh: Any, h0: Any, c0: Any, masks: Any) -> bool:
+    if mode not in _MODES or type(gx) is not np.ndarray or gx.dtype.char not in "fd":
+        return False
+    for a in (w_hh, b_hh, h0, c0):
+        if a is not None and (type(a) is not np.ndarray or a.dtype != gx.dtype):
+            return False
+    if masks is not None and any(m is not None and (type(m[0]) is not np.ndarray or type(m[1]) is not np.ndarray)
+                                 for m in masks):
+        return False
+    return mode != "LSTM" or _dispatch.lookup(registry.LSTM_CELL, np, gx.dtype) is None
+
+
+def _slots(t: int, reverse: bool) -> tuple[int, int]:
+    """The state slots (previous, new) of step ``t``."""
+    return (t + 1, t) if reverse else (t, t + 1)
+
+
+def _forward(ctx: Context, gx: Any, w_hh: Any, b_hh: Any, h0: Any, c0: Any, *, mode: str, reverse: bool = False,
+             masks: Any = None) -> Any:
+    if not _applies(mode, gx, w_hh, b_hh, h0, c0, masks):
+        return NotImplemented
+    steps, batch, width = gx.shape
+    hidden, dtype, lstm = h0.shape[1], gx.dtype, mode == "LSTM"
+    w_t = np.ascontiguousarray(w_hh.T)  # (OpenBLAS multiplies by a transposed view ~1.5x slower)
+    pre = _workspace.buffer("recurrence.gates", (steps, batch, width), dtype)
+    if b_hh is not None:  # (the reference adds b_hh to gx once too: only the sum gx + gh matters)
+        np.add(gx, b_hh, out=pre)
+    else:
+        np.copyto(pre, gx)
+    hs = _workspace.buffer("recurrence.h", (steps + 1, batch, hidden), dtype)
+    cs = _workspace.buffer("recurrence.c", (steps + 1, batch, hidden), dtype) if lstm else None
+    tcs = _workspace.buffer("recurrence.tanh_c", (steps, batch, hidden), dtype) if lstm else None
+    gh = _workspace.buffer("recurrence.gh", (batch, width), dtype)
+    tmp = _workspace.buffer("recurrence.tmp", (batch, hidden), dtype)
+    ys = np.empty((steps, batch, hidden), dtype)
+    first = steps if reverse else 0
+    hs[first] = h0
+    if lstm:
+        cs[first] = c0
+    for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+        p, n = _slots(t, reverse)
+        a = pre[t]
+        np.matmul(hs[p], w_t, out=gh)
+        np.add(a, gh, out=a)
+        m = None if masks is None else masks[t]
+        h_new = hs[n] if masks is None else ys[t]  # (masked: the state keeps its old rows, the output is zeroed)
+        if lstm:  # recurrent._lstm_gates: c' = f * c + i * g, h' = o * tanh(c')
+            a4 = a.reshape(batch, 4, hidden)
+            _sigmoid_numpy(a4[:, :2], out=a4[:, :2])
+            _sigmoid_numpy(a4[:, 3], out=a4[:, 3])
+            np.tanh(a4[:, 2], out=a4[:, 2])
+            c_new = cs[n] if m is None else gh[:, :hidden]  # (gh is free until the next step's product)
+            np.multiply(a4[:, 1], cs[p], out=c_new)
+            np.multiply(a4[:, 0], a4[:, 2], out=tmp)
+            np.add(c_new, tmp, out=c_new)
+            np.tanh(c_new, out=tcs[t])
+            np.multiply(a4[:, 3], tcs[t], out=h_new)
+            if m is not None:
+                np.copyto(cs[n], cs[p])
+                np.copyto(cs[n], c_new, where=m[0])
+        elif mode == "RNN_TANH":
+            np.tanh(a, out=a)  # (kept: tanh_backward reads the output)
+            np.copyto(h_new, a)
+        else:
+            np.maximum(a, 0.0, out=h_new)  # (a keeps the pre-activation: relu_backward reads it)
+        if m is not None:
+            np.copyto(hs[n], hs[p])
+            np.copyto(hs[n], h_new, where=m[0])
+            np.multiply(h_new, m[1], out=h_new)
+        elif masks is not None:
+            np.copyto(hs[n], h_new)
+    if masks is None:  # (a copy: the output may be changed in place; the saved states must not)
+        np.copyto(ys, hs[:steps] if reverse else hs[1:])
+    last = 0 if reverse else steps
+    ctx.save_for_backward(gx, w_hh, b_hh, h0, c0, pre, hs, cs, tcs)
+    ctx.mode, ctx.reverse, ctx.masks = mode, reverse, masks
+    if lstm:
+        return ys, hs[last].copy(), cs[last].copy()
+    return ys, hs[last].copy()
+
+
+def _backward(ctx: Context, dys: Any, dh: Any, dc: Any = None) -> Any:
+    saved = ctx.saved_tensors
+    if len(saved) == _SAVED:  # (the reference's forward ran)
+        return NotImplemented
+    gx, w_hh, b_hh, h0, c0, pre, hs, cs, tcs = saved
+    mode, reverse, masks = ctx.mode, ctx.reverse, ctx.masks
+    steps, batch, width = gx.shape
+    hidden, dtype, lstm = h0.shape[1], gx.dtype, mode == "LSTM"
+    dgates = np.empty((steps, batch, width), dtype)  # the gradient of gx (and of gh: gx + gh is all that is used)
+    dh = np.array(dh, dtype=dtype)  # (the running gradients, returned at the end: fresh arrays)
+    dc = np.array(dc, dtype=dtype) if lstm else None
+    dh_new = _workspace.buffer("recurrence.dh_new", (batch, hidden), dtype)
+    dct = _workspace.buffer("recurrence.dct", (batch, hidden), dtype)
+    tmp = _workspace.buffer("recurrence.tmp", (batch, hidden), dtype)
+    factor = _workspace.buffer("recurrence.factor", (batch, width), dtype) if lstm else None
+    dh_pass = dc_pass = None
+    if masks is not None:
+        dh_pass = _workspace.buffer("recurrence.dh_pass", (batch, hidden), dtype)
+        dc_pass = _workspace.buffer("recurrence.dc_pass", (batch, hidden), dtype) if lstm else None
+    for t in (range(steps) if reverse else range(steps - 1, -1, -1)):
+        p, _ = _slots(t, reverse)
+        np.add(dh, dys[t], out=dh_new)
+        m = None if masks is None else masks[t]
+        if m is not None:  # recurrent.Recurrence.backward: a finished sequence's gradient passes the step by
+            drop = 1 - m[1]
+            np.multiply(dh_new, m[1], out=dh_new)
+            np.multiply(dh, drop, out=dh_pass)
+            if lstm:
+                np.multiply(dc, drop, out=dc_pass)
+                np.multiply(dc, m[1], out=dc)
+        d = dgates[t]
+        if lstm:  # recurrent.step_backward, with sigmoid_backward's (1 - y) * y * dy and tanh_backward's
+            a4, d4 = pre[t].reshape(batch, 4, hidden), d.reshape(batch, 4, hidden)  # (1 - y * y) * dy
+            i, f, g, o = a4[:, 0], a4[:, 1], a4[:, 2], a4[:, 3]
+            np.multiply(dh_new, o, out=tmp)
+            np.multiply(tcs[t], tcs[t], out=dct)
+            np.subtract(1.0, dct, out=dct)
+            np.multiply(dct, tmp, out=dct)
+            np.add(dct, dc, out=dct)  # dct = tanh_backward(tanh(c'), dh' * o) + dc'
+            np.multiply(dct, g, out=d4[:, 0])
+            np.multiply(dct, cs[p], out=d4[:, 1])
+            np.multiply(dct, i, out=d4[:, 2])
+            np.multiply(dh_new, tcs[t], out=d4[:, 3])
+            np.subtract(1.0, pre[t], out=factor)  # the sigmoid factor (1 - y) * y of all four columns, then
+            np.multiply(factor, pre[t], out=factor)  # tanh's (1 - g * g) over g's
+            f4 = factor.reshape(batch, 4, hidden)
+            np.multiply(g, g, out=f4[:, 2])
+            np.subtract(1.0, f4[:, 2], out=f4[:, 2])
+            np.multiply(factor, d, out=d)
+            np.multiply(dct, f, out=dc)
+        elif mode == "RNN_TANH":
+            np.copyto(d, tanh_backward(pre[t], dh_new))
+        else:
+            np.copyto(d, relu_backward(pre[t], dh_new))
+        np.matmul(d, w_hh, out=dh)
+        if m is not None:
+            np.add(dh, dh_pass, out=dh)
+            if lstm:
+                np.add(dc, dc_pass, out=dc)
+    flat = dgates.reshape(steps * batch, width)
+    h_prev = hs[1:] if reverse else hs[:steps]  # every step's previous hidden state: one slice of the state buffer
+    dw = np.matmul(flat.T, h_prev.reshape(steps * batch, hidden))
+    db = None if b_hh is None else np.add.reduce(flat, axis=0)
+    return dgates, dw, db, dh, dc
+
+
+register_override(Recurrence.name, "forward", "numpy", _forward)
+register_override(Recurrence.name, "backward", "numpy", _backward)
