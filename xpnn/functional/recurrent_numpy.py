@@ -72,7 +72,7 @@ def _forward(ctx: Context, gx: Any, w_hh: Any, b_hh: Any, h0: Any, c0: Any, *, m
     tcs = _workspace.buffer("recurrence.tanh_c", (steps, batch, hidden), dtype) if lstm else None
     gh = _workspace.buffer("recurrence.gh", (batch, width), dtype)
     tmp = _workspace.buffer("recurrence.tmp", (batch, hidden), dtype)
-    ys = np.empty((steps, batch, hidden), dtype)
+    ys = _workspace.buffer("recurrence.ys", (steps, batch, hidden), dtype)  # (outputs: reused once dropped)
     first = steps if reverse else 0
     hs[first] = h0
     if lstm:
@@ -127,7 +127,8 @@ def _backward(ctx: Context, dys: Any, dh: Any, dc: Any = None) -> Any:
     mode, reverse, masks = ctx.mode, ctx.reverse, ctx.masks
     steps, batch, width = gx.shape
     hidden, dtype, lstm = h0.shape[1], gx.dtype, mode == "LSTM"
-    dgates = np.empty((steps, batch, width), dtype)  # the gradient of gx (and of gh: gx + gh is all that is used)
+    # the gradient of gx (and of gh: gx + gh is all that is used); an output, reused once the caller drops it
+    dgates = _workspace.buffer("recurrence.dgates", (steps, batch, width), dtype)
     dh = np.array(dh, dtype=dtype)  # (the running gradients, returned at the end: fresh arrays)
     dc = np.array(dc, dtype=dtype) if lstm else None
     dh_new = _workspace.buffer("recurrence.dh_new", (batch, hidden), dtype)
