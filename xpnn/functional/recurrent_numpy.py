@@ -6,9 +6,10 @@ temporaries:
 
 - forward: the pre-activations of all steps in one (T, N, G*H) buffer, ``gx + b_hh`` written once and each step's
   ``h @ weight_hh.T`` (a C-ordered copy of the transposed weight) added in place, then activated in place
-  (LSTM: sigmoid over the i, f, o columns only, tanh over g); the states of all steps in (T+1, N, H) buffers (slot
-  ``t`` is step ``t``'s previous state going forward, step ``t``'s new state going in reverse), so the previous
-  hidden states of all steps are one contiguous slice;
+  (LSTM: one sigmoid over the whole contiguous row, faster than over the strided i, f, o columns, then the tanh of
+  g's pre-activations, taken before, written over g's columns); the states of all steps in (T+1, N, H) buffers
+  (slot ``t`` is step ``t``'s previous state going forward, step ``t``'s new state going in reverse), so the
+  previous hidden states of all steps are one contiguous slice;
 - backward: each step's gate gradients written into one (T, N, G*H) array (that is the gradient of ``gx``), the
   hidden state's gradient by a product with the C-ordered weight into a reused (N, H) array; the weight gradient one
   (G*H, T*N) x (T*N, H) product of that array with the slice of previous states, after the loop.
@@ -21,7 +22,7 @@ recomputes the steps from the inputs.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -72,6 +73,7 @@ def _forward(ctx: Context, gx: Any, w_hh: Any, b_hh: Any, h0: Any, c0: Any, *, m
     tcs = _workspace.buffer("recurrence.tanh_c", (steps, batch, hidden), dtype) if lstm else None
     gh = _workspace.buffer("recurrence.gh", (batch, width), dtype)
     tmp = _workspace.buffer("recurrence.tmp", (batch, hidden), dtype)
+    tanh_g = _workspace.buffer("recurrence.tanh_g", (batch, hidden), dtype) if lstm else None
     ys = _workspace.buffer("recurrence.ys", (steps, batch, hidden), dtype)  # (outputs: reused once dropped)
     first = steps if reverse else 0
     hs[first] = h0
@@ -85,13 +87,13 @@ def _forward(ctx: Context, gx: Any, w_hh: Any, b_hh: Any, h0: Any, c0: Any, *, m
         m = None if masks is None else masks[t]
         h_new = hs[n] if masks is None else ys[t]  # (masked: the state keeps its old rows, the output is zeroed)
         if lstm:  # recurrent._lstm_gates: c' = f * c + i * g, h' = o * tanh(c')
-            a4 = a.reshape(batch, 4, hidden)
-            _sigmoid_numpy(a4[:, :2], out=a4[:, :2])
-            _sigmoid_numpy(a4[:, 3], out=a4[:, 3])
-            np.tanh(a4[:, 2], out=a4[:, 2])
+            a4 = a.reshape(batch, 4, hidden)  # (sigmoid over the whole contiguous row is faster than over the
+            np.tanh(a4[:, 2], out=tanh_g)     # strided i, f and o columns; g's columns are then overwritten)
+            _sigmoid_numpy(a, out=a)
+            np.copyto(a4[:, 2], tanh_g)
             c_new = cs[n] if m is None else gh[:, :hidden]  # (gh is free until the next step's product)
             np.multiply(a4[:, 1], cs[p], out=c_new)
-            np.multiply(a4[:, 0], a4[:, 2], out=tmp)
+            np.multiply(a4[:, 0], tanh_g, out=tmp)
             np.add(c_new, tmp, out=c_new)
             np.tanh(c_new, out=tcs[t])
             np.multiply(a4[:, 3], tcs[t], out=h_new)
