@@ -388,7 +388,7 @@ def _reference_only(run):
         register_override("recurrence", "backward", "numpy", recurrent_numpy._backward)
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "RNN_TANH", "RNN_RELU"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("bias", [True, False])

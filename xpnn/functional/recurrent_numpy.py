@@ -1,22 +1,24 @@
 """NumPy fast path of ``recurrence`` (one layer and direction of an RNN/LSTM over a sequence), registered as an
 override of the op's forward and backward (``xpnn.autograd.register_override``; kind ``"numpy"``) for the modes
-"LSTM", "RNN_TANH" and "RNN_RELU" on float32/float64 arrays. It computes the reference's formulas
+"LSTM", "GRU", "RNN_TANH" and "RNN_RELU" on float32/float64 arrays. It computes the reference's formulas
 (``recurrent.step_forward`` / ``step_backward``, the same operations in the same order) without its per-step
 temporaries:
 
-- forward: the pre-activations of all steps in one (T, N, G*H) buffer, ``gx + b_hh`` written once and each step's
+- forward: the pre-activations of all steps in one (T, N, G*H) buffer, ``gx + b_hh`` written once (GRU: ``gx``;
+  its ``b_hh`` is added to each step's ``gh``, whose n columns the reset gate multiplies) and each step's
   ``h @ weight_hh.T`` (a C-ordered copy of the transposed weight) added in place, then activated in place
   (LSTM: one sigmoid over the whole contiguous row, faster than over the strided i, f, o columns, then the tanh of
   g's pre-activations, taken before, written over g's columns); the states of all steps in (T+1, N, H) buffers
   (slot ``t`` is step ``t``'s previous state going forward, step ``t``'s new state going in reverse), so the
   previous hidden states of all steps are one contiguous slice;
-- backward: each step's gate gradients written into one (T, N, G*H) array (that is the gradient of ``gx``), the
+- backward: each step's gate gradients written into one (T, N, G*H) array (that is the gradient of ``gx``; GRU
+  also has that of ``gh``, different in the n columns), the
   hidden state's gradient by a product with the C-ordered weight into a reused (N, H) array; the weight gradient one
   (G*H, T*N) x (T*N, H) product of that array with the slice of previous states, after the loop.
 
 The buffers come from ``_workspace`` and are saved on the op's context (after the reference's five saved values),
 so they are reused by the next training step once the graph is freed. Returns ``NotImplemented`` (the reference
-runs) for GRU, other dtypes (float16), other array types, and when a kernel provider answers for NumPy arrays (the
+runs) for other dtypes (float16), other array types, and when a kernel provider answers for NumPy arrays (the
 tests' CPU shim runs the fused cell kernels). A recorded backward (``create_graph``) always runs the reference, which
 recomputes the steps from the inputs.
 """
@@ -35,12 +37,12 @@ from .recurrent import Recurrence
 
 __all__: list[str] = []
 
-_MODES = {"LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1}
+_KERNELS = {"LSTM": registry.LSTM_CELL, "GRU": registry.GRU_CELL, "RNN_TANH": None, "RNN_RELU": None}
 _SAVED = 5  # the reference's saved values (gx, w_hh, b_hh, h0, c0); this path's buffers follow them
 
 
 def _applies(mode: str, gx: Any, w_hh: Any, b_hh: Any, h0: Any, c0: Any, masks: Any) -> bool:
-    if mode not in _MODES or type(gx) is not np.ndarray or gx.dtype.char not in "fd":
+    if mode not in _KERNELS or type(gx) is not np.ndarray or gx.dtype.char not in "fd":
         return False
     for a in (w_hh, b_hh, h0, c0):
         if a is not None and (type(a) is not np.ndarray or a.dtype != gx.dtype):
@@ -48,7 +50,7 @@ def _applies(mode: str, gx: Any, w_hh: Any, b_hh: Any, h0: Any, c0: Any, masks: 
     if masks is not None and any(m is not None and (type(m[0]) is not np.ndarray or type(m[1]) is not np.ndarray)
                                  for m in masks):
         return False
-    return mode != "LSTM" or _dispatch.lookup(registry.LSTM_CELL, np, gx.dtype) is None
+    return _KERNELS[mode] is None or _dispatch.lookup(_KERNELS[mode], np, gx.dtype) is None
 
 
 def _slots(t: int, reverse: bool) -> tuple[int, int]:
@@ -61,16 +63,18 @@ def _forward(ctx: Context, gx: Any, w_hh: Any, b_hh: Any, h0: Any, c0: Any, *, m
     if not _applies(mode, gx, w_hh, b_hh, h0, c0, masks):
         return NotImplemented
     steps, batch, width = gx.shape
-    hidden, dtype, lstm = h0.shape[1], gx.dtype, mode == "LSTM"
+    hidden, dtype, lstm, gru = h0.shape[1], gx.dtype, mode == "LSTM", mode == "GRU"
     w_t = np.ascontiguousarray(w_hh.T)  # (OpenBLAS multiplies by a transposed view ~1.5x slower)
     pre = _workspace.buffer("recurrence.gates", (steps, batch, width), dtype)
-    if b_hh is not None:  # (the reference adds b_hh to gx once too: only the sum gx + gh matters)
+    fold = b_hh is not None and not gru  # (as the reference: only the sum gx + gh matters, except to GRU's reset
+    if fold:                              # gate, which multiplies gh_n, bias included)
         np.add(gx, b_hh, out=pre)
     else:
         np.copyto(pre, gx)
     hs = _workspace.buffer("recurrence.h", (steps + 1, batch, hidden), dtype)
     cs = _workspace.buffer("recurrence.c", (steps + 1, batch, hidden), dtype) if lstm else None
-    tcs = _workspace.buffer("recurrence.tanh_c", (steps, batch, hidden), dtype) if lstm else None
+    # LSTM: tanh(c') of each step; GRU: gh_n (the n columns of h @ weight_hh.T + b_hh) of each step
+    aux = _workspace.buffer("recurrence.aux", (steps, batch, hidden), dtype) if lstm or gru else None
     gh = _workspace.buffer("recurrence.gh", (batch, width), dtype)
     tmp = _workspace.buffer("recurrence.tmp", (batch, hidden), dtype)
     tanh_g = _workspace.buffer("recurrence.tanh_g", (batch, hidden), dtype) if lstm else None
@@ -83,7 +87,8 @@ def _forward(ctx: Context, gx: Any, w_hh: Any, b_hh: Any, h0: Any, c0: Any, *, m
         p, n = _slots(t, reverse)
         a = pre[t]
         np.matmul(hs[p], w_t, out=gh)
-        np.add(a, gh, out=a)
+        if not gru:
+            np.add(a, gh, out=a)
         m = None if masks is None else masks[t]
         h_new = hs[n] if masks is None else ys[t]  # (masked: the state keeps its old rows, the output is zeroed)
         if lstm:  # recurrent._lstm_gates: c' = f * c + i * g, h' = o * tanh(c')
@@ -95,11 +100,24 @@ def _forward(ctx: Context, gx: Any, w_hh: Any, b_hh: Any, h0: Any, c0: Any, *, m
             np.multiply(a4[:, 1], cs[p], out=c_new)
             np.multiply(a4[:, 0], tanh_g, out=tmp)
             np.add(c_new, tmp, out=c_new)
-            np.tanh(c_new, out=tcs[t])
-            np.multiply(a4[:, 3], tcs[t], out=h_new)
+            np.tanh(c_new, out=aux[t])
+            np.multiply(a4[:, 3], aux[t], out=h_new)
             if m is not None:
                 np.copyto(cs[n], cs[p])
                 np.copyto(cs[n], c_new, where=m[0])
+        elif gru:  # recurrent._gru_gates: r, z = sigmoid(gx + gh), n = tanh(gx_n + r * gh_n), h' = (h - n) * z + n
+            if b_hh is not None:
+                np.add(gh, b_hh, out=gh)
+            rz, a3 = a[:, :2 * hidden], a.reshape(batch, 3, hidden)
+            np.add(rz, gh[:, :2 * hidden], out=rz)
+            _sigmoid_numpy(rz, out=rz)
+            np.copyto(aux[t], gh[:, 2 * hidden:])
+            np.multiply(a3[:, 0], aux[t], out=tmp)
+            np.add(a3[:, 2], tmp, out=a3[:, 2])
+            np.tanh(a3[:, 2], out=a3[:, 2])
+            np.subtract(hs[p], a3[:, 2], out=tmp)
+            np.multiply(tmp, a3[:, 1], out=tmp)
+            np.add(tmp, a3[:, 2], out=h_new)
         elif mode == "RNN_TANH":
             np.tanh(a, out=a)  # (kept: tanh_backward reads the output)
             np.copyto(h_new, a)
@@ -114,7 +132,7 @@ def _forward(ctx: Context, gx: Any, w_hh: Any, b_hh: Any, h0: Any, c0: Any, *, m
     if masks is None:  # (a copy: the output may be changed in place; the saved states must not)
         np.copyto(ys, hs[:steps] if reverse else hs[1:])
     last = 0 if reverse else steps
-    ctx.save_for_backward(gx, w_hh, b_hh, h0, c0, pre, hs, cs, tcs)
+    ctx.save_for_backward(gx, w_hh, b_hh, h0, c0, pre, hs, cs, aux)
     ctx.mode, ctx.reverse, ctx.masks = mode, reverse, masks
     if lstm:
         return ys, hs[last].copy(), cs[last].copy()
@@ -125,10 +143,10 @@ def _backward(ctx: Context, dys: Any, dh: Any, dc: Any = None) -> Any:
     saved = ctx.saved_tensors
     if len(saved) == _SAVED:  # (the reference's forward ran)
         return NotImplemented
-    gx, w_hh, b_hh, h0, c0, pre, hs, cs, tcs = saved
+    gx, w_hh, b_hh, h0, c0, pre, hs, cs, aux = saved
     mode, reverse, masks = ctx.mode, ctx.reverse, ctx.masks
     steps, batch, width = gx.shape
-    hidden, dtype, lstm = h0.shape[1], gx.dtype, mode == "LSTM"
+    hidden, dtype, lstm, gru = h0.shape[1], gx.dtype, mode == "LSTM", mode == "GRU"
     # the gradient of gx (and of gh: gx + gh is all that is used); an output, reused once the caller drops it
     dgates = _workspace.buffer("recurrence.dgates", (steps, batch, width), dtype)
     dh = np.array(dh, dtype=dtype)  # (the running gradients, returned at the end: fresh arrays)
@@ -136,7 +154,9 @@ def _backward(ctx: Context, dys: Any, dh: Any, dc: Any = None) -> Any:
     dh_new = _workspace.buffer("recurrence.dh_new", (batch, hidden), dtype)
     dct = _workspace.buffer("recurrence.dct", (batch, hidden), dtype)
     tmp = _workspace.buffer("recurrence.tmp", (batch, hidden), dtype)
-    factor = _workspace.buffer("recurrence.factor", (batch, width), dtype) if lstm else None
+    factor = _workspace.buffer("recurrence.factor", (batch, width), dtype) if lstm or gru else None
+    # GRU: the gradient of gh, which differs from that of gx in the n columns (dn * r)
+    dgh = _workspace.buffer("recurrence.dgh", (steps, batch, width), dtype) if gru else dgates
     dh_pass = dc_pass = None
     if masks is not None:
         dh_pass = _workspace.buffer("recurrence.dh_pass", (batch, hidden), dtype)
@@ -157,14 +177,14 @@ def _backward(ctx: Context, dys: Any, dh: Any, dc: Any = None) -> Any:
             a4, d4 = pre[t].reshape(batch, 4, hidden), d.reshape(batch, 4, hidden)  # (1 - y * y) * dy
             i, f, g, o = a4[:, 0], a4[:, 1], a4[:, 2], a4[:, 3]
             np.multiply(dh_new, o, out=tmp)
-            np.multiply(tcs[t], tcs[t], out=dct)
+            np.multiply(aux[t], aux[t], out=dct)
             np.subtract(1.0, dct, out=dct)
             np.multiply(dct, tmp, out=dct)
             np.add(dct, dc, out=dct)  # dct = tanh_backward(tanh(c'), dh' * o) + dc'
             np.multiply(dct, g, out=d4[:, 0])
             np.multiply(dct, cs[p], out=d4[:, 1])
             np.multiply(dct, i, out=d4[:, 2])
-            np.multiply(dh_new, tcs[t], out=d4[:, 3])
+            np.multiply(dh_new, aux[t], out=d4[:, 3])
             np.subtract(1.0, pre[t], out=factor)  # the sigmoid factor (1 - y) * y of all four columns, then
             np.multiply(factor, pre[t], out=factor)  # tanh's (1 - g * g) over g's
             f4 = factor.reshape(batch, 4, hidden)
@@ -172,16 +192,35 @@ def _backward(ctx: Context, dys: Any, dh: Any, dc: Any = None) -> Any:
             np.subtract(1.0, f4[:, 2], out=f4[:, 2])
             np.multiply(factor, d, out=d)
             np.multiply(dct, f, out=dc)
+        elif gru:  # recurrent.step_backward: dn = tanh_backward(n, dh - dh * z), dr = sigmoid_backward(r, dn * gh_n),
+            a3, d3, e = pre[t].reshape(batch, 3, hidden), d.reshape(batch, 3, hidden), dgh[t]  # dz =
+            rz, drz = pre[t][:, :2 * hidden], d[:, :2 * hidden]  # sigmoid_backward(z, dh * (h - n)), dh_prev += dh * z
+            np.multiply(dh_new, a3[:, 1], out=tmp)
+            np.subtract(dh_new, tmp, out=dct)
+            np.multiply(a3[:, 2], a3[:, 2], out=d3[:, 2])
+            np.subtract(1.0, d3[:, 2], out=d3[:, 2])
+            np.multiply(d3[:, 2], dct, out=d3[:, 2])
+            np.multiply(d3[:, 2], aux[t], out=d3[:, 0])
+            np.subtract(hs[p], a3[:, 2], out=dct)
+            np.multiply(dh_new, dct, out=d3[:, 1])
+            f2 = factor[:, :2 * hidden]
+            np.subtract(1.0, rz, out=f2)
+            np.multiply(f2, rz, out=f2)
+            np.multiply(f2, drz, out=drz)
+            np.copyto(e[:, :2 * hidden], drz)
+            np.multiply(d3[:, 2], a3[:, 0], out=e[:, 2 * hidden:])
         elif mode == "RNN_TANH":
             np.copyto(d, tanh_backward(pre[t], dh_new))
         else:
             np.copyto(d, relu_backward(pre[t], dh_new))
-        np.matmul(d, w_hh, out=dh)
+        np.matmul(dgh[t], w_hh, out=dh)
         if m is not None:
             np.add(dh, dh_pass, out=dh)
             if lstm:
                 np.add(dc, dc_pass, out=dc)
-    flat = dgates.reshape(steps * batch, width)
+        if gru:
+            np.add(dh, tmp, out=dh)
+    flat = dgh.reshape(steps * batch, width)
     h_prev = hs[1:] if reverse else hs[:steps]  # every step's previous hidden state: one slice of the state buffer
     dw = np.matmul(flat.T, h_prev.reshape(steps * batch, hidden))
     db = None if b_hh is None else np.add.reduce(flat, axis=0)
