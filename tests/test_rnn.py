@@ -460,3 +460,18 @@ def test_recurrence_bias_of_the_wrong_shape_raises():
     gx, w, _, h0, c0 = _recurrence_args("LSTM", np.float64, True)
     with pytest.raises(ShapeError, match=r"recurrence: expected b_hh of shape \(16,\), got \(4,\)"):
         F.recurrence(gx, w, np.zeros(4), h0, c0, mode="LSTM")
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_recurrence_backward_twice_with_retain_graph(mode):
+    """The fast path's backward reads its saved buffers without changing them: a second backward (retain_graph)
+    adds the same gradients again."""
+    args = _recurrence_args(mode, np.float64, True)
+    ts = [None if a is None else xpnn.tensor(a, requires_grad=True) for a in args]
+    out = F.recurrence(*ts, mode=mode, reverse=True)
+    loss = sum(F.sum(o * o) for o in out)
+    loss.backward(retain_graph=True)
+    first = [t.grad.copy() for t in ts if t is not None]
+    loss.backward()
+    for t, g in zip([t for t in ts if t is not None], first):
+        np.testing.assert_allclose(t.grad, 2 * g, rtol=1e-15)
