@@ -192,9 +192,11 @@ def _backward(ctx: Context, dys: Any, dh: Any, dc: Any = None) -> Any:
             np.subtract(1.0, f4[:, 2], out=f4[:, 2])
             np.multiply(factor, d, out=d)
             np.multiply(dct, f, out=dc)
-        elif gru:  # recurrent.step_backward: dn = tanh_backward(n, dh - dh * z), dr = sigmoid_backward(r, dn * gh_n),
-            a3, d3, e = pre[t].reshape(batch, 3, hidden), d.reshape(batch, 3, hidden), dgh[t]  # dz =
-            rz, drz = pre[t][:, :2 * hidden], d[:, :2 * hidden]  # sigmoid_backward(z, dh * (h - n)), dh_prev += dh * z
+        elif gru:
+            # recurrent.step_backward: dn = tanh_backward(n, dh - dh * z), dr = sigmoid_backward(r, dn * gh_n),
+            # dz = sigmoid_backward(z, dh * (h - n)); gh's n columns get dn * r; dh_prev gets dh * z (tmp) too
+            a3, d3, e = pre[t].reshape(batch, 3, hidden), d.reshape(batch, 3, hidden), dgh[t]
+            rz, drz = pre[t][:, :2 * hidden], d[:, :2 * hidden]
             np.multiply(dh_new, a3[:, 1], out=tmp)
             np.subtract(dh_new, tmp, out=dct)
             np.multiply(a3[:, 2], a3[:, 2], out=d3[:, 2])
