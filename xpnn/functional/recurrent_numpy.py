@@ -1,20 +1,22 @@
 """NumPy fast path of ``recurrence`` (one layer and direction of an RNN/LSTM over a sequence), registered as an
 override of the op's forward and backward (``xpnn.autograd.register_override``; kind ``"numpy"``) for the modes
 "LSTM", "GRU", "RNN_TANH" and "RNN_RELU" on float32/float64 arrays. It computes the reference's formulas
-(``recurrent.step_forward`` / ``step_backward``, the same operations in the same order) without its per-step
+(``recurrent.step_forward`` / ``step_backward``, the same operations in the same order: the same values wherever
+the BLAS sums the blocked product below as it sums the whole one, as OpenBLAS does) without its per-step
 temporaries:
 
 - forward: the pre-activations of all steps in one (T, N, G*H) buffer, ``gx + b_hh`` written once (GRU: ``gx``;
   its ``b_hh`` is added to each step's ``gh``, whose n columns the reset gate multiplies) and each step's
-  ``h @ weight_hh.T`` (a C-ordered copy of the transposed weight) added in place, then activated in place
+  ``h @ weight_hh.T`` (with a C-ordered copy of the transposed weight, or in 64-row blocks of the weight where that
+  is faster: ``_blocked_product``) added in place, then activated in place
   (LSTM: one sigmoid over the whole contiguous row, faster than over the strided i, f, o columns, then the tanh of
   g's pre-activations, taken before, written over g's columns); the states of all steps in (T+1, N, H) buffers
   (slot ``t`` is step ``t``'s previous state going forward, step ``t``'s new state going in reverse), so the
   previous hidden states of all steps are one contiguous slice;
 - backward: each step's gate gradients written into one (T, N, G*H) array (that is the gradient of ``gx``; GRU
-  also has that of ``gh``, different in the n columns), the
-  hidden state's gradient by a product with the C-ordered weight into a reused (N, H) array; the weight gradient one
-  (G*H, T*N) x (T*N, H) product of that array with the slice of previous states, after the loop.
+  also has that of ``gh``, different in the n columns), the hidden state's gradient by a product with the
+  C-ordered weight into a reused (N, H) array; the weight gradient one (G*H, T*N) x (T*N, H) product of that array
+  with the slice of previous states, after the loop.
 
 The buffers come from ``_workspace`` and are saved on the op's context (after the reference's five saved values),
 so they are reused by the next training step once the graph is freed. Returns ``NotImplemented`` (the reference
