@@ -479,13 +479,13 @@ def test_recurrence_backward_twice_with_retain_graph(mode):
 
 @pytest.mark.parametrize("mode,hidden", [("LSTM", 32), ("GRU", 64), ("RNN_TANH", 128)])
 @pytest.mark.parametrize("blocked", [False, True])
-def test_recurrence_numpy_hidden_product_forms_equal_the_reference(monkeypatch, mode, hidden, blocked):
-    """Both forms of the fast path's per-step product h @ weight_hh.T (one product, or 64-row blocks of weight_hh
-    with h.T written into the transposed result; recurrent_numpy chooses by timing) give the reference's values in
+def test_recurrence_numpy_step_product_forms_equal_the_reference(monkeypatch, mode, hidden, blocked):
+    """Both forms of the fast path's per-step products h @ weight_hh.T and dgates @ weight_hh (one product, or blocks
+    of rows written into the transposed result; recurrent_numpy chooses by timing) give the reference's values in
     float64 to 1e-12, in reverse with lengths."""
     from xpnn.functional import recurrent_numpy
 
-    monkeypatch.setattr(recurrent_numpy, "_blocked_product", lambda *_: blocked)
+    monkeypatch.setattr(recurrent_numpy, "_rows", lambda n, k, m, dtype: 16 if blocked else 0)
     args = _recurrence_args(mode, np.float64, True, steps=5, batch=3, hidden=hidden)
     keep = np.arange(5)[:, None] < np.array([5, 2, 4])[None, :]
     masks = [None if k.all() else (k[:, None], k[:, None].astype(np.float64)) for k in keep]
@@ -495,15 +495,17 @@ def test_recurrence_numpy_hidden_product_forms_equal_the_reference(monkeypatch, 
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_recurrence_numpy_hidden_product_choice_is_measured_once():
-    """The form of the per-step product is timed once per shape and dtype, and only where the blocks tile G*H."""
+def test_recurrence_numpy_step_product_form_is_measured_once():
+    """The form of a per-step product is timed once per shape and dtype; blocks only where they tile the rows and
+    are small enough for the small-matrix kernels."""
     from xpnn.functional import recurrent_numpy
 
     key = (3, 32, 128, "d")
-    recurrent_numpy._BLOCKED.pop(key, None)
-    first = recurrent_numpy._blocked_product(3, 32, 128, np.float64)
-    assert recurrent_numpy._BLOCKED[key] is first
-    recurrent_numpy._BLOCKED[key] = not first  # (a cached choice is not measured again)
-    assert recurrent_numpy._blocked_product(3, 32, 128, np.float64) is (not first)
-    recurrent_numpy._BLOCKED.pop(key)
-    assert recurrent_numpy._blocked_product(3, 4, 16, np.float64) is False  # (16 columns: no 64-row blocks)
+    recurrent_numpy._ROWS.pop(key, None)
+    first = recurrent_numpy._rows(3, 32, 128, np.float64)
+    assert first in (0, 64) and recurrent_numpy._ROWS[key] == first
+    recurrent_numpy._ROWS[key] = 16  # (a cached choice is not measured again)
+    assert recurrent_numpy._rows(3, 32, 128, np.float64) == 16
+    recurrent_numpy._ROWS.pop(key)
+    assert recurrent_numpy._rows(3, 4, 16, np.float64) == 0  # (16 rows: no 64-row blocks)
+    assert recurrent_numpy._rows(4096, 1024, 4096, np.float64) == 0  # (8-row blocks still too large)

@@ -8,7 +8,7 @@ temporaries:
 - forward: the pre-activations of all steps in one (T, N, G*H) buffer, ``gx + b_hh`` written once (GRU: ``gx``;
   its ``b_hh`` is added to each step's ``gh``, whose n columns the reset gate multiplies) and each step's
   ``h @ weight_hh.T`` (with a C-ordered copy of the transposed weight, or in 64-row blocks of the weight where that
-  is faster: ``_blocked_product``) added in place, then activated in place
+  is faster: ``_rows``) added in place, then activated in place
   (LSTM: one sigmoid over the whole contiguous row, faster than over the strided i, f, o columns, then the tanh of
   g's pre-activations, taken before, written over g's columns); the states of all steps in (T+1, N, H) buffers
   (slot ``t`` is step ``t``'s previous state going forward, step ``t``'s new state going in reverse), so the
@@ -57,39 +57,62 @@ def _applies(mode: str, gx: Any, w_hh: Any, b_hh: Any, h0: Any, c0: Any, masks: 
     return _KERNELS[mode] is None or _dispatch.lookup(_KERNELS[mode], np, gx.dtype) is None
 
 
-# The per-step product h @ weight_hh.T, (N, H) x (H, G*H), can run as G*H/_ROWS products of _ROWS rows of weight_hh
-# with h.T, written into the transposed view of the (N, G*H) result: OpenBLAS's small-matrix kernels make these
-# 1.3-1.8x faster for small N*H (measured at N 16-32, H 128-256), but slower for larger N*H (1.5x at N 64, H 256), and
-# other BLAS builds have no such kernels. So the form is chosen by timing both once per (N, H, G*H, dtype).
-_ROWS = 64
-_BLOCKED: dict[tuple[int, int, int, str], bool] = {}
+# The per-step products, a (N, K) @ b.T for b (M, K) (forward: h @ weight_hh.T, K = H, M = G*H; backward:
+# dgates @ weight_hh, K = G*H, M = H), can run as M/R products of R rows of b with a.T, written into the transposed view
+# of the (N, M) result, R such that R*N*K <= _SMALL: OpenBLAS's small-matrix kernels make these 1.3-1.8x faster at
+# N 16-32, H 128-256 on one thread, but one product is faster with two threads, for larger N*H, and on BLAS builds
+# without such kernels. So the form is chosen by timing both once per shape and dtype (``_rows``).
+_SMALL = 1 << 19
+_ROWS: dict[tuple[int, int, int, str], int] = {}
 
 
-def _blocked_product(batch: int, hidden: int, width: int, dtype: Any) -> bool:
-    """Whether the step's hidden product runs blocked (``_BLOCKED``, filled on first use: the faster of the two forms
-    by the minimum of 5 interleaved timings of each, blocked only when at least 10% faster)."""
-    key = (batch, hidden, width, np.dtype(dtype).char)
-    choice = _BLOCKED.get(key)
-    if choice is None:
-        choice = False
-        if width % _ROWS == 0 and width > _ROWS:
+def _rows(n: int, k: int, m: int, dtype: Any) -> int:
+    """The rows R of b per block of the product a (N, K) @ b.T (b (M, K)), or 0 for one product: the faster form by
+    the minimum of 5 interleaved timings of each, blocks only when at least 10% faster (``_ROWS``, filled once)."""
+    key = (n, k, m, np.dtype(dtype).char)
+    rows = _ROWS.get(key)
+    if rows is None:
+        rows = 64
+        while rows > 8 and rows * n * k > _SMALL:
+            rows //= 2
+        if m % rows or m <= rows or rows * n * k > _SMALL:
+            rows = 0
+        else:
             rng = np.random.default_rng(0)
-            h, w = rng.standard_normal((batch, hidden)).astype(dtype), rng.standard_normal((width, hidden)).astype(dtype)
-            w_t, h_t, out = np.ascontiguousarray(w.T), np.empty((hidden, batch), dtype), np.empty((batch, width), dtype)
-            blocks, out_blocks = w.reshape(-1, _ROWS, hidden), out.T.reshape(-1, _ROWS, batch)
+            a, b = rng.standard_normal((n, k)).astype(dtype), rng.standard_normal((m, k)).astype(dtype)
+            b_t, a_t, out = np.ascontiguousarray(b.T), np.empty((k, n), dtype), np.empty((n, m), dtype)
+            blocks, out_blocks = b.reshape(-1, rows, k), out.T.reshape(-1, rows, n)
             best = [np.inf, np.inf]
             for _ in range(5):
-                for k in (0, 1):
+                for blocked in (0, 1):
                     t0 = time.perf_counter()
-                    if k:
-                        np.copyto(h_t, h.T)
-                        np.matmul(blocks, h_t, out=out_blocks)
-                    else:
-                        np.matmul(h, w_t, out=out)
-                    best[k] = min(best[k], time.perf_counter() - t0)
-            choice = best[1] < 0.9 * best[0]
-        _BLOCKED[key] = choice
-    return choice
+                    _product(a, b_t, out, blocks, a_t, out_blocks) if blocked else _product(a, b_t, out)
+                    best[blocked] = min(best[blocked], time.perf_counter() - t0)
+            rows = rows if best[1] < 0.9 * best[0] else 0
+        _ROWS[key] = rows
+    return rows
+
+
+def _product(a: np.ndarray, b_t: Any, out: np.ndarray, blocks: Any = None, a_t: Any = None,
+             out_blocks: Any = None) -> None:
+    """``out = a @ b_t``: one product, or with ``blocks`` (R-row blocks of b_t.T), ``a_t`` (scratch for a.T) and
+    ``out_blocks`` (the same blocks of out.T) the blocked form."""
+    if blocks is None:
+        np.matmul(a, b_t, out=out)
+    else:
+        np.copyto(a_t, a.T)
+        np.matmul(blocks, a_t, out=out_blocks)
+
+
+def _product_operands(tag: str, n: int, b_t: np.ndarray, out: np.ndarray) -> tuple[Any, Any, Any, Any]:
+    """``(b_t, blocks, a_t, out_blocks)`` for ``_product`` of a (N, K) with ``b_t`` (K, M) into ``out`` (N, M), in the
+    form ``_rows`` chose: a C-ordered ``b_t`` for one product, else None and the blocked operands."""
+    k, m = b_t.shape
+    rows = _rows(n, k, m, b_t.dtype)
+    if not rows:  # (OpenBLAS multiplies by a transposed view ~1.5x slower than by a C-ordered copy)
+        return np.ascontiguousarray(b_t), None, None, None
+    a_t = _workspace.buffer(tag, (k, n), b_t.dtype)
+    return None, np.ascontiguousarray(b_t.T).reshape(-1, rows, k), a_t, out.T.reshape(-1, rows, n)
 
 
 def _slots(t: int, reverse: bool) -> tuple[int, int]:
@@ -103,11 +126,6 @@ def _forward(ctx: Context, gx: Any, w_hh: Any, b_hh: Any, h0: Any, c0: Any, *, m
         return NotImplemented
     steps, batch, width = gx.shape
     hidden, dtype, lstm, gru = h0.shape[1], gx.dtype, mode == "LSTM", mode == "GRU"
-    if _blocked_product(batch, hidden, width, dtype):
-        w_blocks = np.ascontiguousarray(w_hh).reshape(-1, _ROWS, hidden)
-        h_t = _workspace.buffer("recurrence.h_t", (hidden, batch), dtype)
-    else:  # (OpenBLAS multiplies by a transposed view ~1.5x slower than by a C-ordered copy)
-        w_t, w_blocks = np.ascontiguousarray(w_hh.T), None
     pre = _workspace.buffer("recurrence.gates", (steps, batch, width), dtype)
     fold = b_hh is not None and not gru  # (as the reference: only the sum gx + gh matters, except to GRU's reset
     if fold:                              # gate, which multiplies gh_n, bias included)
@@ -119,7 +137,7 @@ def _forward(ctx: Context, gx: Any, w_hh: Any, b_hh: Any, h0: Any, c0: Any, *, m
     # LSTM: tanh(c') of each step; GRU: gh_n (the n columns of h @ weight_hh.T + b_hh) of each step
     aux = _workspace.buffer("recurrence.aux", (steps, batch, hidden), dtype) if lstm or gru else None
     gh = _workspace.buffer("recurrence.gh", (batch, width), dtype)
-    gh_blocks = None if w_blocks is None else gh.T.reshape(-1, _ROWS, batch)
+    w_t, w_blocks, h_t, gh_blocks = _product_operands("recurrence.h_t", batch, w_hh.T, gh)  # (gh = h @ w_hh.T)
     tmp = _workspace.buffer("recurrence.tmp", (batch, hidden), dtype)
     tanh_g = _workspace.buffer("recurrence.tanh_g", (batch, hidden), dtype) if lstm else None
     ys = _workspace.buffer("recurrence.ys", (steps, batch, hidden), dtype)  # (outputs: reused once dropped)
@@ -130,11 +148,7 @@ def _forward(ctx: Context, gx: Any, w_hh: Any, b_hh: Any, h0: Any, c0: Any, *, m
     for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
         p, n = _slots(t, reverse)
         a = pre[t]
-        if w_blocks is None:
-            np.matmul(hs[p], w_t, out=gh)
-        else:
-            np.copyto(h_t, hs[p].T)
-            np.matmul(w_blocks, h_t, out=gh_blocks)
+        _product(hs[p], w_t, gh, w_blocks, h_t, gh_blocks)
         if not gru:
             np.add(a, gh, out=a)
         m = None if masks is None else masks[t]
@@ -205,6 +219,7 @@ def _backward(ctx: Context, dys: Any, dh: Any, dc: Any = None) -> Any:
     factor = _workspace.buffer("recurrence.factor", (batch, width), dtype) if lstm or gru else None
     # GRU: the gradient of gh, which differs from that of gx in the n columns (dn * r)
     dgh = _workspace.buffer("recurrence.dgh", (steps, batch, width), dtype) if gru else dgates
+    w_b, w_blocks, d_t, dh_blocks = _product_operands("recurrence.d_t", batch, w_hh, dh)  # (dh = dgates[t] @ w_hh)
     dh_pass = dc_pass = None
     if masks is not None:
         dh_pass = _workspace.buffer("recurrence.dh_pass", (batch, hidden), dtype)
@@ -263,7 +278,7 @@ def _backward(ctx: Context, dys: Any, dh: Any, dc: Any = None) -> Any:
             np.copyto(d, tanh_backward(pre[t], dh_new))
         else:
             np.copyto(d, relu_backward(pre[t], dh_new))
-        np.matmul(dgh[t], w_hh, out=dh)
+        _product(dgh[t], w_b, dh, w_blocks, d_t, dh_blocks)
         if m is not None:
             np.add(dh, dh_pass, out=dh)
             if lstm:
