@@ -1,9 +1,8 @@
 """NumPy fast path of ``recurrence`` (one layer and direction of an RNN/LSTM over a sequence), registered as an
 override of the op's forward and backward (``xpnn.autograd.register_override``; kind ``"numpy"``) for the modes
 "LSTM", "GRU", "RNN_TANH" and "RNN_RELU" on float32/float64 arrays. It computes the reference's formulas
-(``recurrent.step_forward`` / ``step_backward``, the same operations in the same order: the same values wherever
-the BLAS sums the blocked product below as it sums the whole one, as OpenBLAS does) without its per-step
-temporaries:
+(``recurrent.step_forward`` / ``step_backward``, the same operations in the same order: the same values, except
+where a blocked product below sums in another order than the single one) without its per-step temporaries:
 
 - forward: the pre-activations of all steps in one (T, N, G*H) buffer, ``gx + b_hh`` written once (GRU: ``gx``;
   its ``b_hh`` is added to each step's ``gh``, whose n columns the reset gate multiplies) and each step's
