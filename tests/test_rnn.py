@@ -352,3 +352,160 @@ def test_a_list_input_raises_type_error_naming_the_layer():
         nn.GRUCell(2, 3)([[0.0, 1.0]])
     with pytest.raises(TypeError, match=r"pack_padded_sequence: expected input to be an array or Tensor, got list"):
         pack_padded_sequence([[[0.0, 1.0]]], [1])
+
+
+def _recurrence_args(mode, dtype, bias, seed=0, steps=6, batch=5, hidden=4):
+    rng = np.random.default_rng(seed)
+    gates = {"LSTM": 4, "GRU": 3}.get(mode, 1)
+    gx = rng.normal(size=(steps, batch, gates * hidden))
+    w = rng.normal(size=(gates * hidden, hidden)) * 0.5
+    b = rng.normal(size=gates * hidden) if bias else None
+    h0, c0 = rng.normal(size=(batch, hidden)), (rng.normal(size=(batch, hidden)) if mode == "LSTM" else None)
+    return [None if a is None else a.astype(dtype) for a in (gx, w, b, h0, c0)]
+
+
+def _recurrence_run(args, mode, reverse, masks, seed=1):
+    """Outputs of ``F.recurrence`` on Tensors and the gradients of a random weighting of them (arrays)."""
+    ts = [None if a is None else xpnn.tensor(a, requires_grad=True) for a in args]
+    out = F.recurrence(*ts, mode=mode, reverse=reverse, masks=masks)
+    rng = np.random.default_rng(seed)
+    loss = sum(F.sum(o * xpnn.tensor(rng.normal(size=o.shape).astype(args[0].dtype))) for o in out)
+    loss.backward()
+    return [o.numpy() for o in out] + [t.grad for t in ts if t is not None]
+
+
+def _reference_only(run):
+    """``run()`` with recurrence's NumPy overrides removed (the array-API reference runs), then restored."""
+    from xpnn.autograd.op import register_override
+    from xpnn.functional import recurrent_numpy
+
+    register_override("recurrence", "forward", "numpy", None)
+    register_override("recurrence", "backward", "numpy", None)
+    try:
+        return run()
+    finally:
+        register_override("recurrence", "forward", "numpy", recurrent_numpy._forward)
+        register_override("recurrence", "backward", "numpy", recurrent_numpy._backward)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_recurrence_numpy_fast_path_equals_the_reference(mode, reverse, masked, bias):
+    """The NumPy override of ``recurrence`` (recurrent_numpy) gives the reference's outputs, final states and
+    gradients in float64 (the same operations: equal to 1e-12), with lengths (steps where every sequence runs have
+    no mask), in reverse, with and without bias; twice, so the second call runs on recycled buffers."""
+    from xpnn.autograd.op import register_override
+    from xpnn.functional import recurrent_numpy
+
+    args = _recurrence_args(mode, np.float64, bias)
+    masks = None
+    if masked:
+        keep = np.arange(6)[:, None] < np.array([6, 3, 6, 1, 4])[None, :]  # (T, N)
+        masks = [None if k.all() else (k[:, None], k[:, None].astype(np.float64)) for k in keep]
+    want = _reference_only(lambda: _recurrence_run(args, mode, reverse, masks))
+    ran = []
+
+    def spy(ctx, *a, **kw):
+        out = recurrent_numpy._forward(ctx, *a, **kw)
+        ran.append(out is not NotImplemented)
+        return out
+
+    register_override("recurrence", "forward", "numpy", spy)
+    try:
+        for _ in range(2):
+            got = _recurrence_run(args, mode, reverse, masks)
+            assert len(got) == len(want)
+            for a, b in zip(got, want):
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    finally:
+        register_override("recurrence", "forward", "numpy", recurrent_numpy._forward)
+    assert ran == [True, True]
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-6), (np.float16, 0)])
+def test_recurrence_numpy_fast_path_float32_and_float16_fallback(dtype, tol):
+    """float32 runs the fast path (close to the reference); float16 is left to the reference (the same values)."""
+    from xpnn.autograd.op import Context, override_for
+    from xpnn.functional import recurrent_numpy
+
+    args = _recurrence_args("LSTM", dtype, True)
+    applies = recurrent_numpy._forward(Context((False,) * 5, tuple(args)), *args, mode="LSTM")
+    assert (applies is NotImplemented) == (dtype == np.float16)
+    assert override_for("recurrence", "forward", args[0]) is not None
+    want = _reference_only(lambda: _recurrence_run(args, "LSTM", True, None))
+    got = _recurrence_run(args, "LSTM", True, None)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_recurrence_output_changed_in_place_leaves_the_gradients():
+    """The fast path's output is not the state buffer it saved: writing into the output after the forward leaves
+    the backward's values unchanged."""
+    args = _recurrence_args("LSTM", np.float64, True)
+    want = _recurrence_run(args, "LSTM", False, None)
+    ts = [xpnn.tensor(a, requires_grad=True) for a in args]
+    ys, h, c = F.recurrence(*ts, mode="LSTM")
+    ys.data[...] = 7.0
+    rng = np.random.default_rng(1)
+    loss = sum(F.sum(o * xpnn.tensor(rng.normal(size=o.shape))) for o in (ys, h, c))
+    loss.backward()
+    for t, g in zip(ts, want[3:]):
+        np.testing.assert_array_equal(t.grad, g)
+
+
+def test_recurrence_bias_of_the_wrong_shape_raises():
+    gx, w, _, h0, c0 = _recurrence_args("LSTM", np.float64, True)
+    with pytest.raises(ShapeError, match=r"recurrence: expected b_hh of shape \(16,\), got \(4,\)"):
+        F.recurrence(gx, w, np.zeros(4), h0, c0, mode="LSTM")
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_recurrence_backward_twice_with_retain_graph(mode):
+    """The fast path's backward reads its saved buffers without changing them: a second backward (retain_graph)
+    adds the same gradients again."""
+    args = _recurrence_args(mode, np.float64, True)
+    ts = [None if a is None else xpnn.tensor(a, requires_grad=True) for a in args]
+    out = F.recurrence(*ts, mode=mode, reverse=True)
+    loss = sum(F.sum(o * o) for o in out)
+    loss.backward(retain_graph=True)
+    first = [t.grad.copy() for t in ts if t is not None]
+    loss.backward()
+    for t, g in zip([t for t in ts if t is not None], first):
+        np.testing.assert_allclose(t.grad, 2 * g, rtol=1e-15)
+
+
+@pytest.mark.parametrize("mode,hidden", [("LSTM", 32), ("GRU", 64), ("RNN_TANH", 128)])
+@pytest.mark.parametrize("blocked", [False, True])
+def test_recurrence_numpy_step_product_forms_equal_the_reference(monkeypatch, mode, hidden, blocked):
+    """Both forms of the fast path's per-step products h @ weight_hh.T and dgates @ weight_hh (one product, or blocks
+    of rows written into the transposed result; recurrent_numpy chooses by timing) give the reference's values in
+    float64 to 1e-12, in reverse with lengths."""
+    from xpnn.functional import recurrent_numpy
+
+    monkeypatch.setattr(recurrent_numpy, "_rows", lambda n, k, m, dtype: 16 if blocked else 0)
+    args = _recurrence_args(mode, np.float64, True, steps=5, batch=3, hidden=hidden)
+    keep = np.arange(5)[:, None] < np.array([5, 2, 4])[None, :]
+    masks = [None if k.all() else (k[:, None], k[:, None].astype(np.float64)) for k in keep]
+    want = _reference_only(lambda: _recurrence_run(args, mode, True, masks))
+    got = _recurrence_run(args, mode, True, masks)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_recurrence_numpy_step_product_form_is_measured_once():
+    """The form of a per-step product is timed once per shape and dtype; blocks only where they tile the rows and
+    are small enough for the small-matrix kernels."""
+    from xpnn.functional import recurrent_numpy
+
+    key = (3, 32, 128, "d")
+    recurrent_numpy._ROWS.pop(key, None)
+    first = recurrent_numpy._rows(3, 32, 128, np.float64)
+    assert first in (0, 64) and recurrent_numpy._ROWS[key] == first
+    recurrent_numpy._ROWS[key] = 16  # (a cached choice is not measured again)
+    assert recurrent_numpy._rows(3, 32, 128, np.float64) == 16
+    recurrent_numpy._ROWS.pop(key)
+    assert recurrent_numpy._rows(3, 4, 16, np.float64) == 0  # (16 rows: no 64-row blocks)
+    assert recurrent_numpy._rows(4096, 1024, 4096, np.float64) == 0  # (8-row blocks still too large)

@@ -8,6 +8,7 @@ as F`` (or ``from xpnn import F``).
 from . import activations as _activations
 from .activations import *  # noqa: F401,F403 (every name in its __all__: a new activation needs no edit here)
 from . import conv_numpy as _conv_numpy  # registers the NumPy fast paths of conv2d / max_pool2d  # noqa: F401
+from . import recurrent_numpy as _recurrent_numpy  # registers the NumPy fast path of recurrence  # noqa: F401
 from . import activations_numpy as _activations_numpy  # registers the NumPy fast paths of gelu  # noqa: F401
 from . import normalization_numpy as _normalization_numpy  # registers the NumPy fast path of layer_norm  # noqa: F401
 from .attention import scaled_dot_product_attention

@@ -278,23 +278,31 @@ def _steps(mode: str, gx: Any, w_hh: Any, b_hh: Any, h: Any, c: Any, reverse: bo
     return stack(ys, axis=0), h, c, saved
 
 
+def _check_recurrence(gx: Any, w_hh: Any, b_hh: Any, h0: Any, c0: Any, *, mode: str, reverse: bool = False,
+                      masks: Any = None) -> None:
+    """The arguments of ``recurrence`` (one namespace and dtype; the shapes of ``Recurrence.forward``'s docstring)."""
+    namespace_of(gx, w_hh, b_hh, h0, c0, where="recurrence")
+    if gx.ndim != 3 or gx.shape[0] == 0:
+        raise ShapeError(f"recurrence: expected gx of shape (T, N, G*H) with T >= 1, got {tuple(gx.shape)}")
+    for state in (h0, c0) if mode == "LSTM" else (h0,):
+        _check_cell("recurrence", _GATES[mode], gx[0, ...], gx[0, ...], state)
+    hidden = h0.shape[1]
+    if tuple(w_hh.shape) != (_GATES[mode] * hidden, hidden):
+        raise ShapeError(f"recurrence: expected w_hh of shape {(_GATES[mode] * hidden, hidden)}, got "
+                         f"{tuple(w_hh.shape)}")
+    if b_hh is not None and tuple(b_hh.shape) != (_GATES[mode] * hidden,):
+        raise ShapeError(f"recurrence: expected b_hh of shape {(_GATES[mode] * hidden,)}, got {tuple(b_hh.shape)}")
+
+
 class Recurrence(Op):
     name = "recurrence"
+    check = staticmethod(_check_recurrence)  # (run before the forward or its NumPy override, recurrent_numpy.py)
 
     @staticmethod
     def forward(ctx: Context, gx: Any, w_hh: Any, b_hh: Any, h0: Any, c0: Any, *, mode: str, reverse: bool = False,
                 masks: Any = None) -> tuple[Any, ...]:
         """gx (T, N, G*H), w_hh (G*H, H), b_hh (G*H,) or None, h0 (N, H), c0 (N, H) for LSTM else None ->
         ``(ys (T, N, H), h_n, c_n)`` (LSTM) or ``(ys, h_n)``."""
-        namespace_of(gx, w_hh, b_hh, h0, c0, where="recurrence")
-        if gx.ndim != 3 or gx.shape[0] == 0:
-            raise ShapeError(f"recurrence: expected gx of shape (T, N, G*H) with T >= 1, got {tuple(gx.shape)}")
-        for state in (h0, c0) if mode == "LSTM" else (h0,):
-            _check_cell("recurrence", _GATES[mode], gx[0, ...], gx[0, ...], state)
-        hidden = h0.shape[1]
-        if tuple(w_hh.shape) != (_GATES[mode] * hidden, hidden):
-            raise ShapeError(f"recurrence: expected w_hh of shape {(_GATES[mode] * hidden, hidden)}, got "
-                             f"{tuple(w_hh.shape)}")
         ctx.save_for_backward(gx, w_hh, b_hh, h0, c0)
         ctx.mode, ctx.reverse, ctx.masks = mode, reverse, masks
         ys, h_n, c_n, ctx.steps = _steps(mode, gx, w_hh, b_hh, h0, c0, reverse, masks)
@@ -304,7 +312,7 @@ class Recurrence(Op):
     def backward(ctx: Context, dys: Any, dh: Any, dc: Any = None) -> tuple[Any, ...]:
         """Back through the steps in reverse order; the weight gradient is one product of all steps' gate
         gradients (T*N, G*H) with the previous hidden states (T*N, H), after the loop."""
-        gx, w_hh, b_hh, h0, c0 = ctx.saved_tensors
+        gx, w_hh, b_hh, h0, c0 = ctx.saved_tensors[:5]  # (the NumPy fast path saves its buffers after them)
         mode, reverse, masks = ctx.mode, ctx.reverse, ctx.masks
         # the forward's steps on arrays; recomputed from the inputs under create_graph (so they are differentiable)
         saved = _steps(mode, gx, w_hh, b_hh, h0, c0, reverse, masks)[3] if ctx.create_graph else ctx.steps
