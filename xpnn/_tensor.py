@@ -23,13 +23,14 @@ from .debug import check_device_errors
 from .errors import DTypeError, ShapeError
 from . import functional as F  # the ops behind the operators and methods (functional sits below: it imports op)
 from .autograd import op as _op
-from .autograd.engine import Node, _accumulate_leaf, _fire_hooks, run_backward
+from .autograd.engine import Node, _accumulate_leaf, _fire_hooks, next_seq as _next_seq, note_graph_change, run_backward
 from .autograd.grad_mode import _state as _grad_state, is_grad_enabled
-from .autograd.op import TensorBase, VersionCounter
+from .autograd.op import TensorBase, VersionCounter, new_context
 
 __all__ = ["Tensor", "tensor", "grad", "zeros_like", "ones_like"]
 
 _hook_ids = itertools.count()
+_new_node = Node.__new__
 
 
 def _counter(t: "Tensor") -> VersionCounter:
@@ -56,24 +57,27 @@ def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[
     needed (``Tensor._apply_op``)."""
     grad_on = _grad_state.enabled
     arrays: list[Any] = []
-    inputs: list[Any] = []  # (the node's inputs: the Tensors, None for constants)
     flags: list[bool] = []
     record = False
+    tensors_only = True  # (every argument a Tensor: the node's inputs are the arguments)
+    seq = 1  # (0: an input is an output that gets no gradient, see Node.seq)
     for a in args:
         if isinstance(a, Tensor):
             arrays.append(a._data)
-            inputs.append(a)
             if grad_on and a._requires_grad:
                 record = True
                 flags.append(True)
             else:
                 flags.append(False)
+                if a._node is not None:
+                    seq = 0
         else:
             arrays.append(a)
-            inputs.append(None)
             flags.append(False)
+            tensors_only = False
     arrs = tuple(arrays)
-    ctx = _op.Context(tuple(flags), arrs)
+    live = tuple(flags)
+    ctx = new_context(live, arrs)
     out = op._run_forward(ctx, arrs, params)
     if op._user_op:
         _check_forward_output(op, out, params)
@@ -84,9 +88,17 @@ def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[
         if op.view:
             _share_version(t, args[0])
         return t
-    ins = tuple(inputs)
-    node = Node(op, ctx, ins, args, params)
+    ins = args if tensors_only else tuple([a if isinstance(a, Tensor) else None for a in args])
+    node = _new_node(Node)  # (Node(op, ctx, ins, args, params, live, seq) without the class call)
+    node.op = op
+    node.ctx = ctx
+    node.inputs = ins
+    node.args = args
+    node.params = params
+    node.live = live
+    node.seq = seq and _next_seq()
     if type(out) is tuple:
+        node.outputs = ()
         diff = op.differentiable_outputs
         ctx._xpnn_out_meta = tuple((tuple(o.shape), o.dtype) for o in out)  # zeros for an output the caller dropped
         outs = tuple([_make(o, node, i, diff is None or i in diff) for i, o in enumerate(out)])
@@ -216,6 +228,7 @@ class Tensor(TensorBase):
             raise RuntimeError("Tensor.requires_grad_: a non-leaf Tensor's requires_grad cannot be turned off; "
                                "use .detach()")
         self._requires_grad = bool(requires_grad)
+        note_graph_change()  # (ops that used this Tensor recorded its flag: their backward walks the graph)
         return self
 
     @property
@@ -799,6 +812,7 @@ class Tensor(TensorBase):
             self._node.outputs = tuple(refs)
         self._data[...] = out._data
         self._node, self._index, self._requires_grad = out._node, 0, out._requires_grad
+        note_graph_change()  # (ops that used this Tensor recorded it as the leaf or output it was)
         if out._node is not None:
             out._node.outputs = (weakref.ref(self),)
         self._bump_version()

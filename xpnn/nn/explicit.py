@@ -241,12 +241,10 @@ def backward(module: Module, dy: Any, need_input_grad: bool) -> Any:
         check_finite(namespace_of(dy), dy, module._where(), "dy")
     if out is None:
         return call.backward(dy, need_input_grad)
-    if x is not None and not need_input_grad:
-        x._requires_grad = False
     if out is x:  # the forward returned its input (e.g. Dropout in eval mode)
         return dy if need_input_grad else None
-    if out._node is not None:
-        run_backward([out], [dy])
+    if out._node is not None:  # (without need_input_grad, the input's edges are dead: no dx is computed)
+        run_backward([out], [dy], skip=None if need_input_grad else x)
     if x is None or not need_input_grad:
         return None
     if x._grad is None:  # the output does not depend on the input
