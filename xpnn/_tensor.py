@@ -61,6 +61,7 @@ def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[
     record = False
     tensors_only = True  # (every argument a Tensor: the node's inputs are the arguments)
     seq = 1  # (0: an input is an output that gets no gradient, see Node.seq)
+    vers = None  # (Tensor, version, ...) of the inputs with a version counter (_note_versions)
     for a in args:
         if isinstance(a, Tensor):
             arrays.append(a._data)
@@ -71,6 +72,12 @@ def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[
                 flags.append(False)
                 if a._node is not None:
                     seq = 0
+            vc = a._vc
+            if vc is not None:
+                if vers is None:
+                    vers = [a, vc.value]
+                else:
+                    vers += (a, vc.value)
         else:
             arrays.append(a)
             flags.append(False)
@@ -119,13 +126,6 @@ def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[
             _note_versions(ctx, ins, t)
     elif ctx._saved:  # _note_versions (inline: the usual call, the output has no counter)
         ctx._writes = _op.writes
-        vers = None
-        for a in ins:
-            if a is not None and a._vc is not None:
-                if vers is None:
-                    vers = [a, a._vc.value]
-                else:
-                    vers += (a, a._vc.value)
         if vers is not None:
             ctx._versions = vers
     return t
