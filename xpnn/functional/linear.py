@@ -54,9 +54,12 @@ class Linear(Op):
         """x (..., in), weight (out, in), bias (out,) or None -> (..., out)."""
         _check_linear(x, weight, bias)
         ctx.save_for_backward(x, weight)
-        if type(x) is np.ndarray and x.ndim > 2:  # NumPy runs (..., in) @ (in, out) as one GEMM per leading
-            rows = math.prod(x.shape[:-1])  # index: fold the leading axes into one GEMM (3x faster at (32, 64, 128))
-            y = (x.reshape(rows, x.shape[-1]) @ weight.T).reshape(x.shape[:-1] + (weight.shape[0],))
+        if type(x) is np.ndarray and type(weight) is np.ndarray:
+            if x.ndim > 2:  # NumPy runs (..., in) @ (in, out) as one GEMM per leading index: fold the leading
+                rows = math.prod(x.shape[:-1])  # axes into one GEMM (3x faster at (32, 64, 128))
+                y = (x.reshape(rows, x.shape[-1]) @ weight.T).reshape(x.shape[:-1] + (weight.shape[0],))
+            else:  # (np.dot: the same GEMM and values as @, without the matmul ufunc's setup)
+                y = np.dot(x, weight.T)
         else:
             y = x @ weight.T
         if bias is not None:
@@ -77,8 +80,12 @@ class Linear(Op):
             dy2, x2 = dy, x
         dx = None
         if need[0]:  # (NumPy: one GEMM over the folded rows rather than one per leading index)
-            dx = (dy2 @ weight).reshape(dy.shape[:-1] + (weight.shape[1],)) if type(dy2) is np.ndarray \
-                and dy2 is not dy else dy @ weight
+            if type(dy2) is np.ndarray and type(weight) is np.ndarray:  # (np.dot: see forward)
+                dx = np.dot(dy2, weight)
+                if dy2 is not dy:
+                    dx = dx.reshape(dy.shape[:-1] + (weight.shape[1],))
+            else:
+                dx = dy @ weight
         dw = dy2.T @ x2 if need[1] else None
         db = None
         if len(need) > 2 and need[2]:  # (plain NumPy: ndarray.sum's reduction, without the op or its Python wrapper)

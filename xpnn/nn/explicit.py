@@ -22,7 +22,7 @@ import numpy as np
 
 from ..autograd.engine import run_backward
 from ..autograd.grad_mode import _state as _grad_state
-from ..autograd.op import Context, Op
+from ..autograd.op import Context, Op, new_context
 from .._tensor import Tensor
 from ..backend import dtype_name, namespace_of
 from ..debug import check_finite, get_debug
@@ -30,7 +30,7 @@ from ..errors import DTypeError, ShapeError
 from . import module as _core
 from .parameter import Parameter
 
-__all__ = ["Module", "call", "backward", "call_backward", "one_op_call", "ones_like_output"]
+__all__ = ["Module", "call", "backward", "call_backward", "one_op_call", "one_op_const_call", "ones_like_output"]
 
 _USED = object()  # ``_last_call`` after its backward: a second backward is an error that says so
 _TAKES_FLAG: dict[type, bool] = {}
@@ -103,6 +103,9 @@ class _InputTensor(Tensor):
         self._grad = g if self._grad is None else self._grad + g
 
 
+_new_input = _InputTensor.__new__
+
+
 def _is_float_array(a: Any) -> bool:
     if type(a) is np.ndarray:
         return a.dtype.kind == "f"
@@ -156,9 +159,24 @@ def one_op_call(module: Module, op: type[Op], x: Any, *params: Optional[Paramete
     return out
 
 
-#: ``forward`` -> ``_one_op_call`` of the classes that define one (``Module.__init_subclass__``): a subclass with a
-#: forward of its own (e.g. ``DropConnect``) is not here and runs its forward
-_ONE_OP: dict[Callable[..., Any], Callable[[Any, Any], Any]] = {}
+def one_op_const_call(module: Module, op: type[Op], x: Any, consts: tuple[Any, ...], params: dict[str, Any]) -> Any:
+    """``one_op_call`` for an op whose inputs after ``x`` are constants (arrays, no gradient: a loss's targets) and
+    that takes keyword ``params``: the op's forward (through ``Op._run_forward``, as on the tape) with a context of
+    its own, kept for ``backward`` when grad mode is on; ``x``'s gradient is then computed by the forward where the
+    op does so (cross-entropy), as on the tape."""
+    record = _grad_state.enabled
+    arrays = (x, *consts)
+    ctx = new_context((record,) + (False,) * len(consts), arrays)
+    out = op._run_forward(ctx, arrays, params)
+    if record:
+        object.__setattr__(module, "_last_call", _OneOpCall(op, ctx, out, (None,) * len(consts)))
+    return out
+
+
+#: ``forward`` -> (``_one_op_call``, its number of arguments) of the classes that define one
+#: (``Module.__init_subclass__``): a subclass with a forward of its own (e.g. ``DropConnect``) is not here and runs
+#: its forward
+_ONE_OP: dict[Callable[..., Any], tuple[Callable[..., Any], int]] = {}
 
 
 def call(module: Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -171,8 +189,8 @@ def call(module: Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         _count_forward(module)
         return module.forward(*args, **kwargs)
     fast = _ONE_OP.get(cls.forward)  # (a layer that is one op: its _one_op_call)
-    if fast is not None and len(args) == 1 and not kwargs:
-        out = fast(module, args[0])
+    if fast is not None and len(args) == fast[1] and not kwargs:
+        out = fast[0](module, *args)
         if out is not NotImplemented:
             return out
     record = _grad_state.enabled
@@ -180,7 +198,10 @@ def call(module: Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     first: Optional[Tensor] = None
     for i, a in enumerate(args):  # the first floating array is the input whose gradient backward returns
         if _is_float_array(a):
-            first = _InputTensor(a)
+            first = _new_input(_InputTensor)  # (Tensor(a) without the class call: a is an array)
+            first._data = a
+            first._grad = first._node = first._hooks = first._vc = None
+            first._index = 0
             first._requires_grad = record
             wrapped[i] = first
             break
@@ -203,8 +224,8 @@ def ones_like_output(module: Module) -> Any:
     """Ones of the shape and dtype of the output kept by the last call on arrays (a loss's default ``dy``), or
     ``None`` when no call is kept."""
     call = module.__dict__.get("_last_call")
-    if type(call) is tuple:
-        out = call[1].data
+    if type(call) is tuple or type(call) is _OneOpCall:
+        out = call[1].data if type(call) is tuple else call.out
         if isinstance(out, (np.ndarray, np.generic)):  # (a 0-d loss: one call instead of np.ones' two)
             return np.array(1, dtype=out.dtype) if out.ndim == 0 else np.ones(out.shape, out.dtype)
         return namespace_of(out).ones_like(out)
@@ -235,7 +256,8 @@ def backward(module: Module, dy: Any, need_input_grad: bool) -> Any:
     if dy.dtype != out_data.dtype:
         raise DTypeError(f"{module._where()}: backward expected dy of dtype {dtype_name(out_data.dtype)}, got "
                          f"{dtype_name(dy.dtype)}")
-    if type(dy) is not type(out_data):
+    # (a NumPy scalar output, e.g. a loss, and a 0-d NumPy dy are one namespace)
+    if type(dy) is not type(out_data) and not (type(dy) is np.ndarray and isinstance(out_data, np.generic)):
         namespace_of(out_data, dy, where=module._where())
     if get_debug():
         check_finite(namespace_of(dy), dy, module._where(), "dy")
@@ -257,8 +279,9 @@ class Module(_core.Module):
     explicit API. ``y = m(x)`` on Tensors runs ``forward``; on arrays, or for a class that writes its own
     ``backward``, the call goes to ``call`` (arrays out), and ``dx = m.backward(dy)`` accumulates parameter gradients.
 
-    A layer whose forward is one op on NumPy arrays may define ``_one_op_call(x)`` (``nn.Linear``): the output array
-    of ``one_op_call`` or ``NotImplemented`` (take the tape).
+    A layer whose forward is one op on NumPy arrays may define ``_one_op_call`` with the forward's positional
+    arguments (``nn.Linear``: ``x``; ``nn.CrossEntropyLoss``: ``logits, target``): the output array of
+    ``one_op_call``/``one_op_const_call`` or ``NotImplemented`` (take the tape).
     """
 
     #: whether the class defines its own ``backward`` (the first version's explicit protocol) instead of
@@ -272,7 +295,7 @@ class Module(_core.Module):
             cls._explicit_backward = not getattr(own, "_xpnn_tape", False)
         fast = cls.__dict__.get("_one_op_call")
         if fast is not None:
-            _ONE_OP[cls.forward] = fast
+            _ONE_OP[cls.forward] = (fast, fast.__code__.co_argcount - 1)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not self._explicit_backward:
