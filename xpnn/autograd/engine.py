@@ -202,8 +202,8 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
         patched = None
     overridden = _OVERRIDDEN["backward"]
     writes = _op.writes
-    plain = not create_graph
-    tensor_base = itertools.repeat(TensorBase)  # (isinstance's second argument, for map)
+    plain = not create_graph  # (arrays in and out: no override, or one to look up per op)
+    direct = plain and not overridden
     prev_mode = _grad_state.enabled
     _grad_state.enabled = bool(create_graph)
     try:
@@ -231,9 +231,10 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
             if ctx._saved and ctx._writes != writes:  # something was written since the forward
                 check_saved_versions(node)
             op = node.op
-            if (plain and len(grads) == 1 and not ctx.create_graph and not op._user_op
-                    and (not overridden or op.name not in overridden)):
-                # the usual call (one output, arrays, no override): _call_backward's steps that apply
+            if (len(grads) == 1 and not ctx.create_graph and not op._user_op
+                    and (direct or plain and op.name not in overridden)):
+                # the usual call (one output, arrays, no override): _call_backward's steps that apply (a
+                # gradient that is a Tensor, made by a backward from Tensors it kept, is unwrapped below)
                 ctx.needs_input_grad = edges
                 in_grads = op.backward(ctx, grads[0])
                 if type(in_grads) is not tuple:
@@ -241,8 +242,6 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                 if len(in_grads) != len(edges):
                     raise RuntimeError(f"{op.name}: backward returned {len(in_grads)} gradients for "
                                        f"{len(edges)} inputs")
-                if any(map(isinstance, in_grads, tensor_base)):  # (a backward that made Tensors from Tensors
-                    in_grads = tuple([g._data if isinstance(g, TensorBase) else g for g in in_grads])  # it kept)
             else:
                 in_grads = _call_backward(node, grads, edges, create_graph, tensor_cls)
             if not retain_graph:
@@ -250,6 +249,8 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
             for t, live, g in zip(node.inputs, edges, in_grads):
                 if not live:
                     continue
+                if plain and isinstance(g, TensorBase):
+                    g = g._data
                 if wanted and id(t) in wanted:
                     if g is not None:
                         captured[id(t)] = _add(captured.get(id(t)), g)

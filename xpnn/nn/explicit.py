@@ -250,15 +250,16 @@ def backward(module: Module, dy: Any, need_input_grad: bool) -> Any:
         out_data = out.data
     if isinstance(dy, Tensor):
         dy = dy.data
-    if not hasattr(dy, "shape") or tuple(dy.shape) != tuple(out_data.shape):
-        got = tuple(dy.shape) if hasattr(dy, "shape") else type(dy).__name__
-        raise ShapeError(f"{module._where()}: backward expected dy of shape {tuple(out_data.shape)}, got {got}")
-    if dy.dtype != out_data.dtype:
-        raise DTypeError(f"{module._where()}: backward expected dy of dtype {dtype_name(out_data.dtype)}, got "
-                         f"{dtype_name(dy.dtype)}")
-    # (a NumPy scalar output, e.g. a loss, and a 0-d NumPy dy are one namespace)
-    if type(dy) is not type(out_data) and not (type(dy) is np.ndarray and isinstance(out_data, np.generic)):
-        namespace_of(out_data, dy, where=module._where())
+    if not (type(dy) is np.ndarray and (type(out_data) is np.ndarray or isinstance(out_data, np.generic))
+            and dy.shape == out_data.shape and dy.dtype == out_data.dtype):  # (NumPy arrays that pass: done)
+        if not hasattr(dy, "shape") or tuple(dy.shape) != tuple(out_data.shape):
+            got = tuple(dy.shape) if hasattr(dy, "shape") else type(dy).__name__
+            raise ShapeError(f"{module._where()}: backward expected dy of shape {tuple(out_data.shape)}, got {got}")
+        if dy.dtype != out_data.dtype:
+            raise DTypeError(f"{module._where()}: backward expected dy of dtype {dtype_name(out_data.dtype)}, got "
+                             f"{dtype_name(dy.dtype)}")
+        if type(dy) is not type(out_data):
+            namespace_of(out_data, dy, where=module._where())
     if get_debug():
         check_finite(namespace_of(dy), dy, module._where(), "dy")
     if out is None:
