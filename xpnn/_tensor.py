@@ -31,6 +31,7 @@ __all__ = ["Tensor", "tensor", "grad", "zeros_like", "ones_like"]
 
 _hook_ids = itertools.count()
 _new_node = Node.__new__
+_weakref = weakref.ref
 
 
 def _counter(t: "Tensor") -> VersionCounter:
@@ -43,7 +44,7 @@ def _counter(t: "Tensor") -> VersionCounter:
 
 def _make(data: Any, node: Optional[Node], index: int, requires_grad: bool) -> Tensor:
     """An op's output Tensor (no validation: the op made ``data``)."""
-    t = Tensor.__new__(Tensor)
+    t = _new_tensor(Tensor)
     t._data = data
     t._grad = t._hooks = t._vc = None
     t._node = node
@@ -113,13 +114,13 @@ def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[
         if ctx._saved:
             _note_versions(ctx, ins + outs[1:], outs[0])
         return outs
-    t = Tensor.__new__(Tensor)  # (_make, inline: the usual call)
+    t = _new_tensor(Tensor)  # (_make, inline: the usual call)
     t._data = out
     t._grad = t._hooks = t._vc = None
     t._node = node
     t._index = 0
     t._requires_grad = True
-    node.outputs = (weakref.ref(t),)
+    node.outputs = (_weakref(t),)
     if op.view:
         _share_version(t, args[0])
         if ctx._saved:
@@ -997,6 +998,9 @@ class Tensor(TensorBase):
         if be.name == "cuda":
             return f"cuda:{self._data.device.id}"
         return be.name
+
+
+_new_tensor = Tensor.__new__  # (Tensor.__new__ without the class attribute lookup: once per op)
 
 
 class _Size(int):

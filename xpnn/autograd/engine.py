@@ -80,7 +80,7 @@ def _recorded_order(roots: Sequence[Node], skip: Any) -> Any:
     changed = _changed
     seen = set(roots)
     stack = list(seen)
-    patched: dict[Node, tuple[bool, ...]] = {}
+    patched: Optional[dict[Node, tuple[bool, ...]]] = None
     while stack:
         node = stack.pop()
         if node.seq <= changed:
@@ -92,10 +92,12 @@ def _recorded_order(roots: Sequence[Node], skip: Any) -> Any:
                     if t._hooks:
                         return None
                     if t is skip:
-                        edges = patched[node] = tuple([False if u is skip else f
-                                                       for u, f in zip(node.inputs, node.live)])
+                        edges = tuple([False if u is skip else f for u, f in zip(node.inputs, node.live)])
                         if True not in edges:
                             return None
+                        if patched is None:
+                            patched = {}
+                        patched[node] = edges
                 elif n not in seen:
                     seen.add(n)
                     stack.append(n)
@@ -244,8 +246,10 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                                        f"{len(edges)} inputs")
             else:
                 in_grads = _call_backward(node, grads, edges, create_graph, tensor_cls)
-            if not retain_graph:
-                ctx.free()
+            if not retain_graph:  # (ctx.free(), inline)
+                ctx._saved = _FREED
+                ctx._versions = ctx._args = ()
+                ctx.__dict__.clear()
             for t, live, g in zip(node.inputs, edges, in_grads):
                 if not live:
                     continue

@@ -169,7 +169,7 @@ def one_op_const_call(module: Module, op: type[Op], x: Any, consts: tuple[Any, .
     ctx = new_context((record,) + (False,) * len(consts), arrays)
     out = op._run_forward(ctx, arrays, params)
     if record:
-        object.__setattr__(module, "_last_call", _OneOpCall(op, ctx, out, (None,) * len(consts)))
+        module.__dict__["_last_call"] = _OneOpCall(op, ctx, out, (None,) * len(consts))
     return out
 
 
@@ -212,7 +212,8 @@ def call(module: Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                 break
     out = module.forward(*wrapped, **kwargs)
     if record:
-        object.__setattr__(module, "_last_call", (first, out) if isinstance(out, Tensor) else None)
+        # (object.__setattr__ without its call: a plain attribute, past Module.__setattr__'s registration)
+        module.__dict__["_last_call"] = (first, out) if isinstance(out, Tensor) else None
     if isinstance(out, Tensor):
         return out._data
     if isinstance(out, tuple):
@@ -242,7 +243,7 @@ def backward(module: Module, dy: Any, need_input_grad: bool) -> Any:
             "arrays before each backward" if call is _USED else
             f"{module._where()}: backward() called before forward(): each backward needs its own forward on "
             "arrays (this one has none; a forward under xpnn.no_grad() keeps nothing)")
-    object.__setattr__(module, "_last_call", _USED)
+    module.__dict__["_last_call"] = _USED
     if type(call) is _OneOpCall:
         x, out, out_data = None, None, call.out
     else:
