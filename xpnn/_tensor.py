@@ -61,7 +61,7 @@ def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[
     flags: list[bool] = []
     record = False
     tensors_only = True  # (every argument a Tensor: the node's inputs are the arguments)
-    seq = 1  # (0: an input is an output that gets no gradient, see Node.seq)
+    fed = False  # (an input is an op's output that gets no gradient, e.g. indices)
     vers = None  # (Tensor, version, ...) of the inputs with a version counter (_note_versions)
     for a in args:
         if isinstance(a, Tensor):
@@ -72,7 +72,7 @@ def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[
             else:
                 flags.append(False)
                 if a._node is not None:
-                    seq = 0
+                    fed = True
             vc = a._vc
             if vc is not None:
                 if vers is None:
@@ -97,14 +97,16 @@ def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[
             _share_version(t, args[0])
         return t
     ins = args if tensors_only else tuple([a if isinstance(a, Tensor) else None for a in args])
-    node = _new_node(Node)  # (Node(op, ctx, ins, args, params, live, seq) without the class call)
+    node = _new_node(Node)  # (Node(op, ctx, ins, args, params, live, next_seq()) without the class call)
     node.op = op
     node.ctx = ctx
     node.inputs = ins
     node.args = args
     node.params = params
-    node.live = live
-    node.seq = seq and _next_seq()
+    # (the edges a backward finds: an output without gradient, once fed to an op, gets one from it, see Node)
+    node.live = live if not fed else tuple([f or isinstance(a, Tensor) and a._node is not None
+                                            for a, f in zip(args, live)])
+    node.seq = _next_seq()
     if type(out) is tuple:
         node.outputs = ()
         diff = op.differentiable_outputs

@@ -28,10 +28,11 @@ class Node:
     given: ``args`` (positional: Tensors and constants) and ``params`` (keywords), which ``xpnn.onnx`` reads to lower
     the graph (references to objects the call made anyway).
 
-    ``live``: per input, whether a gradient flows to it, as recorded (the input required grad); ``seq``: the
-    node's number in recording order (``next_seq``), or 0 where ``live`` may differ from what a backward finds (an
-    input is an output that gets no gradient, e.g. indices). A backward from nodes all numbered after the last
-    ``note_graph_change`` takes ``live`` as the edges and orders the nodes by ``seq`` (``_recorded_order``)."""
+    ``live``: per input, whether a gradient flows to it, as recorded (the input required grad, or it is an output
+    of another node, as a backward finds it); ``seq``: the node's number in recording order (``next_seq``). A
+    backward from nodes all numbered after the last ``note_graph_change`` takes ``live`` as the edges
+    (``_recorded_order``); every backward visits the nodes in decreasing ``seq`` (as PyTorch's engine does) where
+    that is a topological order, which it is unless an in-place op rewired a Tensor that older nodes used."""
 
     __slots__ = ("op", "ctx", "inputs", "outputs", "args", "params", "live", "seq", "__weakref__")
 
@@ -75,7 +76,7 @@ def _recorded_order(roots: Sequence[Node], skip: Any) -> Any:
     """The nodes reachable from ``roots`` in reverse recording order (outputs before the nodes that made their
     inputs: a reverse topological order), and the nodes whose edges differ from their ``live`` flags (``skip``'s,
     a leaf whose gradient is not wanted) mapped to their edges; or ``None`` where the recorded flags cannot be
-    trusted (a node recorded before the last ``note_graph_change``, or numbered 0), a leaf has hooks (their edges
+    trusted (a node recorded before the last ``note_graph_change``), a leaf has hooks (their edges
     are counted: ``_topo``), or ``skip`` leaves a node with no live edge."""
     changed = _changed
     seen = set(roots)
@@ -109,7 +110,7 @@ _seq_of = operator.attrgetter("seq")
 
 def _topo(roots: Sequence[Node], wanted: Optional[set[int]], skip: Any = None
           ) -> tuple[list[Node], dict[Node, tuple[bool, ...]], dict[int, int]]:
-    """(nodes in post-order, node -> per-input "a gradient is needed here" flags (all False: the node leads to
+    """(nodes in post-order, in recording order where that is one, node -> per-input "a gradient is needed here" flags (all False: the node leads to
     no wanted leaf and is skipped), leaf id -> number of live edges into it).
 
     ``wanted``: ids of the Tensors whose gradients are asked for (``grad``), or ``None`` for every leaf that
@@ -119,6 +120,7 @@ def _topo(roots: Sequence[Node], wanted: Optional[set[int]], skip: Any = None
     edges: dict[Node, Any] = {}
     leaf_edges: dict[int, int] = {}
     every = wanted is None
+    by_seq = True  # (every input's node older than its consumer: recording order is a topological order)
     stack = list(roots)
     while stack:
         node = stack[-1]
@@ -140,6 +142,8 @@ def _topo(roots: Sequence[Node], wanted: Optional[set[int]], skip: Any = None
                 f = False
             elif t._node is not None:
                 f = True in edges[t._node] or not every and id(t) in wanted
+                if t._node.seq > node.seq:
+                    by_seq = False
             else:
                 f = (t._requires_grad and t is not skip) if every else id(t) in wanted
                 if f:  # (every leaf: a hook may be added to one while the backward runs)
@@ -148,6 +152,8 @@ def _topo(roots: Sequence[Node], wanted: Optional[set[int]], skip: Any = None
             fl.append(f)
         edges[node] = tuple(fl)
         order.append(node)
+    if by_seq:  # (the order of _recorded_order: the same sums, bit for bit, whichever way a backward goes)
+        order.sort(key=_seq_of)
     return order, edges, leaf_edges
 
 
