@@ -604,6 +604,79 @@ def test_diamond_graph_matches_the_closed_form():
     np.testing.assert_allclose(x.grad, want, rtol=1e-12)
 
 
+def test_requires_grad_turned_off_after_the_forward_stops_its_gradient():
+    """The backward's live edges follow each leaf's requires_grad when the backward runs (the recorded flags are
+    only a shortcut while no leaf changed): a leaf turned off after the forward gets no gradient, and a node that
+    leads to no leaf that still requires grad is not run."""
+    ops = _ops()
+    x, w = leaf([1.0, 2.0]), leaf([3.0, 4.0])
+    loss = ops.Scale.apply(x, factor=5.0).sum() + (x * w).sum()
+    x.requires_grad_(False)
+    loss.backward()
+    assert x.grad is None and w.grad.tolist() == [1.0, 2.0]
+    assert ops.seen["bwd"] == []  # (Scale led to x only)
+
+
+def test_requires_grad_turned_on_after_the_forward_gets_its_gradient():
+    x, w = leaf([1.0, 2.0]), xpnn.tensor(np.array([3.0, 4.0]))
+    loss = (x * w).sum()
+    w.requires_grad_(True)
+    loss.backward()
+    assert x.grad.tolist() == [3.0, 4.0] and w.grad.tolist() == [1.0, 2.0]
+
+
+def test_recorded_backward_matches_the_walked_graph_on_a_branching_graph():
+    """The same gradients, summed in recording order, whether the backward takes the recorded edges or walks the
+    graph (a hook on a leaf makes it count every edge: the walk)."""
+    v = np.array([0.5, -1.0, 2.0])
+
+    def run(hook):
+        x, w = xpnn.tensor(v, requires_grad=True), xpnn.tensor(v[::-1].copy(), requires_grad=True)
+        if hook:
+            w.register_post_accumulate_grad_hook(lambda t: None)
+        a = x * w
+        b = F.exp(a) - x
+        c = a * b + F.tanh(b) * w + (a * 3.0).sum()
+        (c * c).sum().backward()
+        return x.grad, w.grad
+
+    for g, h in zip(run(False), run(True)):
+        np.testing.assert_array_equal(g, h)
+
+
+def test_op_fed_a_non_differentiable_output_backpropagates_alike_either_way():
+    """An op that takes an output without gradient (indices) next to one that requires grad: the recorded edges
+    are those a walk of the graph finds (a leaf hook forces the walk)."""
+    def run(hook):
+        ops = _ops()
+        x = leaf([1.0, 3.0, 2.0])
+        if hook:
+            x.register_post_accumulate_grad_hook(lambda t: None)
+        v, i = ops.ArgMax2.apply(x)
+        (v * i).sum().backward()
+        return x.grad, ops.seen["bwd"][-1][1]
+
+    (g1, gi1), (g2, gi2) = run(False), run(True)
+    np.testing.assert_array_equal(g1, g2)
+    np.testing.assert_array_equal(gi1, gi2)
+
+
+def test_masked_fill_in_place_after_an_op_used_the_tensor():
+    """An in-place fill rewires the Tensor to the fill's node after an op used it: the backward then walks the
+    graph (the edges recorded before the fill are not trusted), with or without leaf hooks alike."""
+    def run(hook):
+        x = leaf([1.0, 2.0, 3.0])
+        if hook:
+            x.register_post_accumulate_grad_hook(lambda t: None)
+        t = xpnn.tensor(np.array([4.0, 5.0, 6.0]))
+        before = (t + x * 2.0).sum()  # t is a constant here (and not saved: add keeps no inputs)
+        t.masked_fill_(np.array([True, False, False]), (x * 10.0)[0])  # t now depends on x
+        (before + (t * 1.0).sum()).backward()
+        return x.grad
+
+    np.testing.assert_array_equal(run(False), run(True))
+
+
 def test_grad_sums_the_grad_outputs_of_an_output_listed_twice():
     x = leaf([1.0, 2.0])
     y = x * 3.0

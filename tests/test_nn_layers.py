@@ -239,6 +239,39 @@ def test_sequential_indexing_and_need_input_grad():
     assert "(fc1): Linear(in_features=3, out_features=4, bias=True)" in repr(named)
 
 
+def test_need_input_grad_false_runs_no_backward_toward_the_input(monkeypatch):
+    """Without the input's gradient, an op whose only live input is the input is not run and the first layer's
+    op is told not to compute its dx; the parameters get the same gradients."""
+    from xpnn.functional import activations
+    from xpnn.functional.linear import Linear as LinearOp
+
+    seen = []
+    relu_backward, linear_backward = activations.relu_backward, LinearOp.backward
+
+    def linear_spy(ctx, dy):
+        seen.append(("linear", ctx.needs_input_grad))
+        return linear_backward(ctx, dy)
+
+    monkeypatch.setattr(activations, "relu_backward", lambda *a: seen.append("relu") or relu_backward(*a))
+    monkeypatch.setattr(LinearOp, "backward", staticmethod(linear_spy))
+    x, dy = randn(5, 3), np.ones((5, 2), np.float32)
+    first_relu = nn.Sequential(nn.ReLU(), nn.Linear(3, 2, seed=0))
+    first_relu(x)
+    assert first_relu.backward(dy, need_input_grad=False) is None
+    assert seen == [("linear", (False, True, True))]
+    want = [p.grad.copy() for p in first_relu.parameters()]
+    first_relu.zero_grad()
+    first_relu(x)
+    assert first_relu.backward(dy).shape == (5, 3) and seen[1:] == [("linear", (True, True, True)), "relu"]
+    for p, g in zip(first_relu.parameters(), want):
+        np.testing.assert_array_equal(p.grad, g)
+    seen.clear()
+    first_linear = nn.Sequential(nn.Linear(3, 4, seed=0), nn.Tanh(), nn.Linear(4, 2, seed=1))
+    first_linear(x)
+    assert first_linear.backward(dy, need_input_grad=False) is None
+    assert seen == [("linear", (True, True, True)), ("linear", (False, True, True))]
+
+
 def test_user_module_without_flag_in_sequential():
     class Double(nn.Module):
         def forward(self, x):

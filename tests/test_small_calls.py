@@ -327,3 +327,86 @@ def test_sigmoid_fast_path_keeps_the_users_numpy_error_state():
     with np.errstate(divide="raise"):
         F.sigmoid(x)
         assert np.geterr()["divide"] == "raise" and np.geterr()["over"] == before["over"]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # (the NaN row)
+@pytest.mark.parametrize("label_dtype", [np.int8, np.uint8, np.int32, np.int64, np.uint64])
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_cross_entropy_fast_path_reads_and_writes_the_targets_of_any_layout(layout, label_dtype):
+    """The fast path reads and writes the target entries at their flat positions: logits of any memory layout and
+    labels of any integer dtype give the general path's loss and gradient."""
+    rng = np.random.default_rng(5)
+    base = (rng.standard_normal((6, 10)) * 20).astype(np.float32)
+    base[2, 3] = np.nan
+    logits = {"C": base[:, :5].copy(), "F": np.asfortranarray(base[:, :5]), "strided": base[:, ::2]}[layout]
+    target = rng.integers(0, 5, 6).astype(label_dtype)
+    for reduction in ("mean", "sum", "none"):
+        fast = F.cross_entropy_with_grad(logits, target, reduction=reduction)
+        with general_path():
+            general = F.cross_entropy_with_grad(logits, target, reduction=reduction)
+        for a, b in zip(fast, general):
+            assert_same(a, b)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # (the NaN row)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_loss_explicit_fast_path_equals_the_tape(dtype, reduction):
+    """``CrossEntropyLoss`` on NumPy arrays runs its op and backward without the tape: the tape's loss and
+    gradient, one backward per forward, nothing kept under no_grad."""
+    rng = np.random.default_rng(1)
+    logits = (rng.standard_normal((8, 4)) * 5).astype(dtype)
+    logits[3, 1] = np.nan
+    target = rng.integers(0, 4, 8)
+    fast, tape = nn.CrossEntropyLoss(reduction=reduction), nn.CrossEntropyLoss(reduction=reduction)
+    dy = None if reduction != "none" else rng.standard_normal(8).astype(dtype)
+    loss1 = fast(logits, target)
+    assert type(fast.__dict__["_last_call"]).__name__ == "_OneOpCall"
+    dx1 = fast.backward(dy)
+    with general_path():
+        loss2 = tape(logits, target)
+        assert type(tape.__dict__["_last_call"]) is tuple  # (the recorded call)
+        dx2 = tape.backward(dy)
+    assert_same(np.asarray(loss1), np.asarray(loss2))
+    assert type(loss1) is type(loss2)
+    assert_same(dx1, dx2)
+    with pytest.raises(RuntimeError, match="twice"):
+        fast.backward(dy)
+    fast(logits, target)
+    assert fast.backward(dy, need_input_grad=False) is None
+    with xpnn.no_grad():
+        assert_same(np.asarray(fast(logits, target)), np.asarray(loss2))
+    with pytest.raises(RuntimeError, match="before forward"):
+        fast.backward(dy)
+
+
+def test_cross_entropy_loss_explicit_fast_path_steps_aside():
+    """Class weights, class-probability targets and Tensors take the tape."""
+    logits = np.random.default_rng(2).standard_normal((5, 3))
+    weighted = nn.CrossEntropyLoss(weight=np.array([1.0, 2.0, 0.5]))
+    weighted(logits, np.array([0, 1, 2, 1, 0]))
+    assert type(weighted.__dict__["_last_call"]) is tuple
+    soft = nn.CrossEntropyLoss()
+    soft(logits, np.full((5, 3), 1 / 3))
+    assert type(soft.__dict__["_last_call"]) is tuple
+    plain = nn.CrossEntropyLoss()
+    loss = plain(xpnn.tensor(logits, requires_grad=True), np.array([0, 1, 2, 1, 0]))
+    assert isinstance(loss, xpnn.Tensor) and "_last_call" not in plain.__dict__
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(8, 16), (16,), (2, 3, 16)])
+def test_linear_numpy_gemms_equal_the_matmul_expressions(shape, dtype):
+    """Linear on NumPy arrays (np.dot for 2-D) gives exactly ``x @ w.T + b``, ``dy @ w``, ``dy.T @ x``."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape).astype(dtype)
+    w, b = rng.standard_normal((32, 16)).astype(dtype), rng.standard_normal(32).astype(dtype)
+    y = F.linear(x, w, b)
+    assert_same(y, x @ w.T + b)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw, db = F.linear_backward(x.reshape(-1, 16), w, dy.reshape(-1, 32))
+    assert_same(dx, dy.reshape(-1, 32) @ w)
+    assert_same(dw, dy.reshape(-1, 32).T @ x.reshape(-1, 16))
+    xt = xpnn.tensor(x, requires_grad=True)
+    F.linear(xt, w, b).backward(dy)
+    assert_same(xt.grad, (dy.reshape(-1, 32) @ w).reshape(shape))

@@ -392,3 +392,34 @@ def test_python_scalars_and_lists():
     s = array_api_strict.ones((2,), dtype=array_api_strict.float32)
     assert sgd_update(s, 1.0, lr=0.5) is s  # next to an array a scalar takes its namespace and dtype
     assert s.dtype == array_api_strict.float32 and npy(s).tolist() == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_adam_numpy_matches_its_operations_with_python_float_operands_bit_for_bit(dtype, amsgrad):
+    """On NumPy the constant operands (beta1, 1 - beta1, beta2, 1 - beta2, eps) are 0-d arrays of the parameter's
+    dtype made once: the same values and results as the Python floats NumPy converts in each call."""
+    import math
+
+    rng = np.random.default_rng(3)
+    shape = (7, 5)
+    p, m, v, vm = (rng.standard_normal(shape).astype(dtype), np.zeros(shape, dtype), np.zeros(shape, dtype),
+                   np.zeros(shape, dtype))
+    rp, rm, rv, rvm = p.copy(), m.copy(), v.copy(), vm.copy()
+    lr, b1, b2, eps = 1e-3, 0.8, 0.99, 1e-4
+    for step in range(1, 4):
+        g = (rng.standard_normal(shape) * 10.0 ** rng.integers(-6, 3, shape)).astype(dtype)
+        adam_update(p, g, m, v, vm if amsgrad else None, step=step, lr=lr, beta1=b1, beta2=b2, eps=eps,
+                    amsgrad=amsgrad)
+        t = np.empty_like(rp)  # the update's operations, with Python floats
+        np.multiply(rm, b1, out=rm)
+        np.add(rm, np.multiply(g, 1 - b1, out=t), out=rm)
+        np.multiply(rv, b2, out=rv)
+        np.add(rv, np.multiply(np.multiply(g, g, out=t), 1 - b2, out=t), out=rv)
+        d = np.maximum(rvm, rv, out=rvm) if amsgrad else rv
+        np.divide(np.sqrt(d, out=t), math.sqrt(1 - b2**step), out=t)
+        np.divide(rm, np.add(t, eps, out=t), out=t)
+        np.subtract(rp, np.multiply(t, lr / (1 - b1**step), out=t), out=rp)
+        for a, b in ((p, rp), (m, rm), (v, rv), (vm, rvm)):
+            assert a.dtype == dtype
+            np.testing.assert_array_equal(a, b)

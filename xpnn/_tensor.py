@@ -23,15 +23,17 @@ from .debug import check_device_errors
 from .errors import DTypeError, ShapeError
 from . import functional as F  # the ops behind the operators and methods (functional sits below: it imports op)
 from .autograd import op as _op
-from .autograd.engine import Node, _accumulate_leaf, _fire_hooks, run_backward
+from .autograd.engine import Node, _accumulate_leaf, _fire_hooks, next_seq as _next_seq, note_graph_change, run_backward
 from .autograd.grad_mode import _state as _grad_state, is_grad_enabled
-from .autograd.op import TensorBase, VersionCounter
+from .autograd.op import TensorBase, VersionCounter, new_context
 from .functional.comparison import Compare as _Compare
 from .functional.shape import Clone as _Clone
 
 __all__ = ["Tensor", "tensor", "grad", "zeros_like", "ones_like"]
 
 _hook_ids = itertools.count()
+_new_node = Node.__new__
+_weakref = weakref.ref
 
 
 def _counter(t: "Tensor") -> VersionCounter:
@@ -44,7 +46,7 @@ def _counter(t: "Tensor") -> VersionCounter:
 
 def _make(data: Any, node: Optional[Node], index: int, requires_grad: bool) -> Tensor:
     """An op's output Tensor (no validation: the op made ``data``)."""
-    t = Tensor.__new__(Tensor)
+    t = _new_tensor(Tensor)
     t._data = data
     t._grad = t._hooks = t._vc = None
     t._node = node
@@ -58,24 +60,34 @@ def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[
     needed (``Tensor._apply_op``)."""
     grad_on = _grad_state.enabled
     arrays: list[Any] = []
-    inputs: list[Any] = []  # (the node's inputs: the Tensors, None for constants)
     flags: list[bool] = []
     record = False
+    tensors_only = True  # (every argument a Tensor: the node's inputs are the arguments)
+    fed = False  # (an input is an op's output that gets no gradient, e.g. indices)
+    vers = None  # (Tensor, version, ...) of the inputs with a version counter (_note_versions)
     for a in args:
         if isinstance(a, Tensor):
             arrays.append(a._data)
-            inputs.append(a)
             if grad_on and a._requires_grad:
                 record = True
                 flags.append(True)
             else:
                 flags.append(False)
+                if a._node is not None:
+                    fed = True
+            vc = a._vc
+            if vc is not None:
+                if vers is None:
+                    vers = [a, vc.value]
+                else:
+                    vers += (a, vc.value)
         else:
             arrays.append(a)
-            inputs.append(None)
             flags.append(False)
+            tensors_only = False
     arrs = tuple(arrays)
-    ctx = _op.Context(tuple(flags), arrs)
+    live = tuple(flags)
+    ctx = new_context(live, arrs)
     out = op._run_forward(ctx, arrs, params)
     if op._user_op:
         _check_forward_output(op, out, params)
@@ -90,9 +102,19 @@ def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[
         if op.view:
             _share_version(t, args[0])
         return t
-    ins = tuple(inputs)
-    node = Node(op, ctx, ins, args, params)
+    ins = args if tensors_only else tuple([a if isinstance(a, Tensor) else None for a in args])
+    node = _new_node(Node)  # (Node(op, ctx, ins, args, params, live, next_seq()) without the class call)
+    node.op = op
+    node.ctx = ctx
+    node.inputs = ins
+    node.args = args
+    node.params = params
+    # (the edges a backward finds: an output without gradient, once fed to an op, gets one from it, see Node)
+    node.live = live if not fed else tuple([f or isinstance(a, Tensor) and a._node is not None
+                                            for a, f in zip(args, live)])
+    node.seq = _next_seq()
     if type(out) is tuple:
+        node.outputs = ()
         diff = op.differentiable_outputs
         ctx._xpnn_out_meta = tuple((tuple(o.shape), o.dtype) for o in out)  # zeros for an output the caller dropped
         outs = tuple([_make(o, node, i, diff is None or i in diff) for i, o in enumerate(out)])
@@ -103,26 +125,19 @@ def _apply_tensors(self: "Tensor", op: Any, args: tuple[Any, ...], params: dict[
         if ctx._saved:
             _note_versions(ctx, ins + outs[1:], outs[0])
         return outs
-    t = Tensor.__new__(Tensor)  # (_make, inline: the usual call)
+    t = _new_tensor(Tensor)  # (_make, inline: the usual call)
     t._data = out
     t._grad = t._hooks = t._vc = None
     t._node = node
     t._index = 0
     t._requires_grad = True
-    node.outputs = (weakref.ref(t),)
+    node.outputs = (_weakref(t),)
     if op.view:
         _share_version(t, args[0])
         if ctx._saved:
             _note_versions(ctx, ins, t)
     elif ctx._saved:  # _note_versions (inline: the usual call, the output has no counter)
         ctx._writes = _op.writes
-        vers = None
-        for a in ins:
-            if a is not None and a._vc is not None:
-                if vers is None:
-                    vers = [a, a._vc.value]
-                else:
-                    vers += (a, a._vc.value)
         if vers is not None:
             ctx._versions = vers
     return t
@@ -225,6 +240,7 @@ class Tensor(TensorBase):
             raise RuntimeError("Tensor.requires_grad_: a non-leaf Tensor's requires_grad cannot be turned off; "
                                "use .detach()")
         self._requires_grad = bool(requires_grad)
+        note_graph_change()  # (ops that used this Tensor recorded its flag: their backward walks the graph)
         return self
 
     @property
@@ -830,6 +846,7 @@ class Tensor(TensorBase):
             self._node.outputs = tuple(refs)
         self._data[...] = out._data
         self._node, self._index, self._requires_grad = out._node, 0, out._requires_grad
+        note_graph_change()  # (ops that used this Tensor recorded it as the leaf or output it was)
         if out._node is not None:
             out._node.outputs = (weakref.ref(self),)
         self._bump_version()
@@ -1014,6 +1031,9 @@ class Tensor(TensorBase):
         if be.name == "cuda":
             return f"cuda:{self._data.device.id}"
         return be.name
+
+
+_new_tensor = Tensor.__new__  # (Tensor.__new__ without the class attribute lookup: once per op)
 
 
 class _Size(int):

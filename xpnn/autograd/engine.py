@@ -10,6 +10,7 @@ Parameter's gradient stays its view of the model's flat gradient buffer) or retu
 from __future__ import annotations
 
 import itertools
+import operator
 from typing import Any, Optional, Sequence
 
 from ..backend import dtype_name, namespace_of
@@ -25,18 +26,27 @@ class Node:
     """One recorded op call: ``op`` (the ``Op`` subclass), ``ctx``, ``inputs`` (Tensors or ``None`` per positional
     input), weak references to its output Tensors (to hand them to a recorded backward), and the call's arguments as
     given: ``args`` (positional: Tensors and constants) and ``params`` (keywords), which ``xpnn.onnx`` reads to lower
-    the graph (references to objects the call made anyway)."""
+    the graph (references to objects the call made anyway).
 
-    __slots__ = ("op", "ctx", "inputs", "outputs", "args", "params", "__weakref__")
+    ``live``: per input, whether a gradient flows to it, as recorded (the input required grad, or it is an output
+    of another node, as a backward finds it); ``seq``: the node's number in recording order (``next_seq``). A
+    backward from nodes all numbered after the last ``note_graph_change`` takes ``live`` as the edges
+    (``_recorded_order``); every backward visits the nodes in decreasing ``seq`` (as PyTorch's engine does) where
+    that is a topological order, which it is unless an in-place op rewired a Tensor that older nodes used."""
+
+    __slots__ = ("op", "ctx", "inputs", "outputs", "args", "params", "live", "seq", "__weakref__")
 
     def __init__(self, op: Any, ctx: Context, inputs: tuple[Any, ...], args: tuple[Any, ...] = (),
-                 params: Optional[dict[str, Any]] = None) -> None:
+                 params: Optional[dict[str, Any]] = None, live: Optional[tuple[bool, ...]] = None,
+                 seq: int = 0) -> None:
         self.op = op
         self.ctx = ctx
         self.inputs = inputs
         self.outputs: tuple[Any, ...] = ()
         self.args = args
         self.params = params
+        self.live = live
+        self.seq = seq
 
     def name(self) -> str:
         return self.op.name
@@ -45,21 +55,72 @@ class Node:
         return f"<{self.op.name} backward>"
 
 
+#: ``next_seq()``: the next node number (``Node.seq``; numbers only grow)
+next_seq = itertools.count(1).__next__
+_changed = 0  # the number taken by the last note_graph_change
+
+
+def note_graph_change() -> None:
+    """Record a change that can make a recorded graph's live edges differ from the ``live`` flags its nodes
+    recorded: a Tensor's ``requires_grad`` set after ops used it, a Tensor rewired to another node by an in-place
+    op. Backwards through nodes recorded before it then find the live edges by walking the graph (``_topo``)."""
+    global _changed
+    _changed = next_seq()
+
+
 def _add(a: Any, b: Any) -> Any:
     return b if a is None else a + b
 
 
-def _topo(roots: Sequence[Node], wanted: Optional[set[int]]
+def _recorded_order(roots: Sequence[Node], skip: Any) -> Any:
+    """The nodes reachable from ``roots`` in reverse recording order (outputs before the nodes that made their
+    inputs: a reverse topological order), and the nodes whose edges differ from their ``live`` flags (``skip``'s,
+    a leaf whose gradient is not wanted) mapped to their edges; or ``None`` where the recorded flags cannot be
+    trusted (a node recorded before the last ``note_graph_change``), a leaf has hooks (their edges
+    are counted: ``_topo``), or ``skip`` leaves a node with no live edge."""
+    changed = _changed
+    seen = set(roots)
+    stack = list(seen)
+    patched: Optional[dict[Node, tuple[bool, ...]]] = None
+    while stack:
+        node = stack.pop()
+        if node.seq <= changed:
+            return None
+        for t in node.inputs:
+            if t is not None:
+                n = t._node
+                if n is None:
+                    if t._hooks:
+                        return None
+                    if t is skip:
+                        edges = tuple([False if u is skip else f for u, f in zip(node.inputs, node.live)])
+                        if True not in edges:
+                            return None
+                        if patched is None:
+                            patched = {}
+                        patched[node] = edges
+                elif n not in seen:
+                    seen.add(n)
+                    stack.append(n)
+    return sorted(seen, key=_seq_of, reverse=True), patched
+
+
+_seq_of = operator.attrgetter("seq")
+
+
+def _topo(roots: Sequence[Node], wanted: Optional[set[int]], skip: Any = None
           ) -> tuple[list[Node], dict[Node, tuple[bool, ...]], dict[int, int]]:
-    """(nodes in post-order, node -> per-input "a gradient is needed here" flags (all False: the node leads to
+    """(nodes in post-order, in recording order where that is one, node -> per-input "a gradient is needed here" flags (all False: the node leads to
     no wanted leaf and is skipped), leaf id -> number of live edges into it).
 
     ``wanted``: ids of the Tensors whose gradients are asked for (``grad``), or ``None`` for every leaf that
-    requires grad (``backward``). (Nodes are keys by identity: ``Node`` keeps object's hash and equality.)"""
+    requires grad (``backward``); ``skip``: a leaf whose gradient is not wanted. (Nodes are keys by identity:
+    ``Node`` keeps object's hash and equality.)"""
     order: list[Node] = []
     edges: dict[Node, Any] = {}
     leaf_edges: dict[int, int] = {}
     every = wanted is None
+    by_seq = True  # (every input's node older than its consumer: recording order is a topological order)
     stack = list(roots)
     while stack:
         node = stack[-1]
@@ -81,14 +142,18 @@ def _topo(roots: Sequence[Node], wanted: Optional[set[int]]
                 f = False
             elif t._node is not None:
                 f = True in edges[t._node] or not every and id(t) in wanted
+                if t._node.seq > node.seq:
+                    by_seq = False
             else:
-                f = t._requires_grad if every else id(t) in wanted
+                f = (t._requires_grad and t is not skip) if every else id(t) in wanted
                 if f:  # (every leaf: a hook may be added to one while the backward runs)
                     i = id(t)
                     leaf_edges[i] = leaf_edges.get(i, 0) + 1
             fl.append(f)
         edges[node] = tuple(fl)
         order.append(node)
+    if by_seq:  # (the order of _recorded_order: the same sums, bit for bit, whichever way a backward goes)
+        order.sort(key=_seq_of)
     return order, edges, leaf_edges
 
 
@@ -111,13 +176,14 @@ def _saved_as_tensors(node: Node) -> None:
 
 def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_graph: bool = False,
                  create_graph: bool = False, inputs: Optional[Sequence[Any]] = None,
-                 tensor_cls: Any = None) -> Optional[list[Any]]:
+                 tensor_cls: Any = None, skip: Any = None) -> Optional[list[Any]]:
     """Back-propagate ``grad_outputs`` (arrays, or Tensors with ``create_graph``) from ``outputs`` (Tensors).
 
     Without ``inputs``: adds into ``.grad`` of every leaf that requires grad and returns ``None``. With ``inputs``:
     returns their gradients (``None`` where unreachable) and leaves ``.grad`` alone. ``tensor_cls``: with
     ``create_graph``, the class that wraps gradient arrays for the recorded backward (``xpnn.Tensor``: the engine sits
-    below it).
+    below it). ``skip`` (without ``inputs``): a leaf whose gradient is not wanted, as if it did not require grad
+    (the explicit API's input when ``need_input_grad=False``).
     """
     wanted = {id(t) for t in inputs} if inputs is not None else None
     captured: dict[int, Any] = {}
@@ -128,24 +194,34 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
             captured[id(out)] = _add(captured.get(id(out)), g)
         node = out._node
         if node is None:
-            if wanted is None and out.requires_grad:
+            if wanted is None and out.requires_grad and out is not skip:
                 _accumulate_leaf(out, g)
                 _fire_hooks(out)
             continue
         _pend(pending, node, out._index, g)
         roots.append(node)
-    order, all_edges, leaf_edges = _topo(roots, wanted)
+    found = _recorded_order(roots, skip) if wanted is None else None
+    if found is not None:  # (the usual backward: each node's edges as recorded, no leaf hooks to count edges for)
+        order, patched = found
+        all_edges = leaf_edges = None
+    else:
+        order, all_edges, leaf_edges = _topo(roots, wanted, skip)
+        order.reverse()
+        patched = None
     overridden = _OVERRIDDEN["backward"]
     writes = _op.writes
-    plain = not create_graph
-    tensor_base = itertools.repeat(TensorBase)  # (isinstance's second argument, for map)
+    plain = not create_graph  # (arrays in and out: no override, or one to look up per op)
+    direct = plain and not overridden
     prev_mode = _grad_state.enabled
     _grad_state.enabled = bool(create_graph)
     try:
-        for node in reversed(order):
-            edges = all_edges[node]
-            if True not in edges:
-                continue
+        for node in order:
+            if all_edges is None:
+                edges = patched[node] if patched and node in patched else node.live
+            else:
+                edges = all_edges[node]
+                if True not in edges:
+                    continue
             ctx = node.ctx
             if ctx._saved is _FREED:
                 raise RuntimeError(
@@ -155,17 +231,18 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
             if grads is None:  # no gradient reached this node: its leaves' edges still count for their hooks
                 if not retain_graph:
                     ctx.free()
-                if wanted is None:  # (with inputs=, the live leaves are the wanted ones: no hooks then)
-                    for t, live in zip(node.inputs, edges):
+                if leaf_edges is not None and wanted is None:  # (with inputs=, the live leaves are the wanted ones:
+                    for t, live in zip(node.inputs, edges):  # no hooks then)
                         if live and t._node is None:
                             _leaf_edge_done(t, leaf_edges)
                 continue
             if ctx._saved and ctx._writes != writes:  # something was written since the forward
                 check_saved_versions(node)
             op = node.op
-            if (plain and len(grads) == 1 and not ctx.create_graph and not op._user_op
-                    and (not overridden or op.name not in overridden)):
-                # the usual call (one output, arrays, no override): _call_backward's steps that apply
+            if (len(grads) == 1 and not ctx.create_graph and not op._user_op
+                    and (direct or plain and op.name not in overridden)):
+                # the usual call (one output, arrays, no override): _call_backward's steps that apply (a
+                # gradient that is a Tensor, made by a backward from Tensors it kept, is unwrapped below)
                 ctx.needs_input_grad = edges
                 in_grads = op.backward(ctx, grads[0])
                 if type(in_grads) is not tuple:
@@ -173,15 +250,17 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                 if len(in_grads) != len(edges):
                     raise RuntimeError(f"{op.name}: backward returned {len(in_grads)} gradients for "
                                        f"{len(edges)} inputs")
-                if any(map(isinstance, in_grads, tensor_base)):  # (a backward that made Tensors from Tensors
-                    in_grads = tuple([g._data if isinstance(g, TensorBase) else g for g in in_grads])  # it kept)
             else:
                 in_grads = _call_backward(node, grads, edges, create_graph, tensor_cls)
-            if not retain_graph:
-                ctx.free()
+            if not retain_graph:  # (ctx.free(), inline)
+                ctx._saved = _FREED
+                ctx._versions = ctx._args = ()
+                ctx.__dict__.clear()
             for t, live, g in zip(node.inputs, edges, in_grads):
                 if not live:
                     continue
+                if plain and isinstance(g, TensorBase):
+                    g = g._data
                 if wanted and id(t) in wanted:
                     if g is not None:
                         captured[id(t)] = _add(captured.get(id(t)), g)
@@ -201,11 +280,12 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                         t._accumulate_grad(g)  # (what _accumulate_leaf does once its checks pass)
                     else:
                         _accumulate_leaf(t, g, node=node)
-                i = id(t)  # (_leaf_edge_done, inline)
-                left = leaf_edges[i] - 1
-                leaf_edges[i] = left
-                if left == 0 and t._hooks:
-                    _fire_hooks(t)
+                if leaf_edges is not None:
+                    i = id(t)  # (_leaf_edge_done, inline)
+                    left = leaf_edges[i] - 1
+                    leaf_edges[i] = left
+                    if left == 0 and t._hooks:
+                        _fire_hooks(t)
     finally:
         _grad_state.enabled = prev_mode
     if inputs is None:

@@ -78,7 +78,7 @@ class Linear(Op):
         explicit API's ``backward`` against the kept output, ``linear_backward`` itself.)"""
         x, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
-        if len(x.shape) != 2:  # fold leading axes into the batch
+        if x.ndim != 2:  # fold leading axes into the batch
             dy2 = reshape(dy, (-1, weight.shape[0]))
             x2 = reshape(x, (-1, weight.shape[1]))
         else:

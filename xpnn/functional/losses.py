@@ -311,27 +311,46 @@ def _numpy_small_call(logits: Any, target: Any, reduction: str, ignore_index: in
 def _cross_entropy_numpy(logits: Any, target: Any, reduction: str) -> tuple[Any, Any]:
     """``_cross_entropy(..., with_grad=True)`` for the case ``_numpy_small_call`` accepts, in plain NumPy: the same
     operations in the same order (so the same values, tests/test_small_calls.py), without the namespace wrappers
-    and the masks of ignored rows (there are none)."""
-    n = logits.shape[0]
+    and the masks of ignored rows (there are none). The target entries are read and written at their flat
+    positions (``take``/``put``: the values of ``e[rows, target]`` without the fancy-index machinery)."""
+    n, c = logits.shape
+    k = _ROWS.get((logits.dtype, n, c)) or _rows(logits.dtype, n, c)
+    starts, one, count, inv = k
     m = np.maximum.reduce(logits, axis=-1, keepdims=True)  # (ndarray.max without its Python wrapper)
     # (no _shifted rule here: a row whose max is -inf or NaN gives a NaN loss and NaN gradients with or without
     # it, and the other rows' values are the same)
     e = logits - m
-    rows = np.arange(n)
-    z_t = e[rows, target]
+    if target.dtype.kind == "u" and target.dtype.itemsize == 8:  # (uint64 + int64 would be float64; labels < c)
+        target = target.astype(np.intp)
+    at = starts + target  # the flat (C-order) positions of e[i, target[i]]
+    z_t = e.take(at)
     np.exp(e, out=e)
     s = np.add.reduce(e, axis=-1)
     per = np.log(s) - z_t
-    one = logits.dtype.type(1.0)
     if reduction == "mean":
-        scale = one / logits.dtype.type(n)
-        loss = np.add.reduce(per, axis=None) / logits.dtype.type(n)
+        scale = inv
+        loss = np.add.reduce(per, axis=None) / count
     else:
         scale = one
         loss = np.add.reduce(per, axis=None) if reduction == "sum" else per
     e *= (scale / s)[:, None]
-    e[rows, target] -= scale
+    e.put(at, e.take(at) - scale)  # e[rows, target] -= scale
     return loss, e
+
+
+_ROWS: dict[tuple, tuple] = {}  # (dtype, N, C) -> (row starts i*C, 1, N, 1/N) for _cross_entropy_numpy
+
+
+def _rows(dtype: Any, n: int, c: int) -> tuple:
+    """``(arange(n) * c, dtype(1), dtype(n), dtype(1) / dtype(n))`` for ``_cross_entropy_numpy``, made once per
+    (dtype, N, C) (the scalars as the reference makes them, in ``logits``'s dtype)."""
+    if len(_ROWS) >= 1024:
+        _ROWS.clear()
+    starts = np.arange(n) * c
+    starts.flags.writeable = False
+    one, count = dtype.type(1.0), dtype.type(n)
+    k = _ROWS[(dtype, n, c)] = (starts, one, count, one / count)
+    return k
 
 
 def _with_grad(xp: Any, logits: Any, target: Any, reduction: str, ignore_index: int, eps: float) -> tuple[Any, Any]:

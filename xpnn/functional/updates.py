@@ -315,15 +315,36 @@ def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_av
         ops.mul(param, decay, out=param)
     g = _effective_grad(ops, param, grad, 0.0 if decoupled_weight_decay else weight_decay, maximize, scratch)
     t = _work(xp, scratch, 0 if g is grad else 1, param)
-    ops.mul(exp_avg, beta1, out=exp_avg)
-    ops.add(exp_avg, ops.mul(g, 1 - beta1, out=t), out=exp_avg)
-    ops.mul(exp_avg_sq, beta2, out=exp_avg_sq)
-    ops.add(exp_avg_sq, ops.mul(ops.mul(g, g, out=t), 1 - beta2, out=t), out=exp_avg_sq)
+    b1, c1, b2, c2, e = (_numpy_constants(param.dtype, beta1, beta2, eps) if type(param) is np.ndarray
+                         else (beta1, 1 - beta1, beta2, 1 - beta2, eps))
+    ops.mul(exp_avg, b1, out=exp_avg)
+    ops.add(exp_avg, ops.mul(g, c1, out=t), out=exp_avg)
+    ops.mul(exp_avg_sq, b2, out=exp_avg_sq)
+    ops.add(exp_avg_sq, ops.mul(ops.mul(g, g, out=t), c2, out=t), out=exp_avg_sq)
     v = ops.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq) if amsgrad else exp_avg_sq
     ops.div(ops.sqrt(v, out=t), bc2_sqrt, out=t)
-    ops.div(exp_avg, ops.add(t, eps, out=t), out=t)  # t = m / denom
+    ops.div(exp_avg, ops.add(t, e, out=t), out=t)  # t = m / denom
     ops.sub(param, ops.mul(t, step_size, out=t), out=param)
     return param
+
+
+_CONSTANTS: dict[tuple, tuple] = {}
+
+
+def _numpy_constants(dtype: Any, beta1: float, beta2: float, eps: float) -> tuple:
+    """``(beta1, 1 - beta1, beta2, 1 - beta2, eps)`` as 0-d NumPy arrays of ``dtype``, made once per value: the
+    values and results that the Python floats give (NumPy converts a Python float operand to the array's dtype),
+    without that conversion in each ufunc call (~2,400 instructions each; never written: ufunc inputs only)."""
+    key = (dtype, beta1, beta2, eps)
+    try:
+        c = _CONSTANTS.get(key)
+    except TypeError:  # (an unhashable value, e.g. an array: as given)
+        return beta1, 1 - beta1, beta2, 1 - beta2, eps
+    if c is None:
+        if len(_CONSTANTS) >= _MAX_SIGNATURES:
+            _CONSTANTS.clear()
+        c = _CONSTANTS[key] = tuple(np.array(v, dtype=dtype) for v in (beta1, 1 - beta1, beta2, 1 - beta2, eps))
+    return c
 
 
 def _adam_scalars(xp: Any, dtype: Any, step: Any, lr: Any, beta1: float, beta2: float,

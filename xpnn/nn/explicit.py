@@ -22,7 +22,7 @@ import numpy as np
 
 from ..autograd.engine import run_backward
 from ..autograd.grad_mode import _state as _grad_state
-from ..autograd.op import Context, Op
+from ..autograd.op import Context, Op, new_context
 from .._tensor import Tensor
 from ..backend import dtype_name, namespace_of
 from ..debug import _debug, check_finite, get_debug
@@ -30,7 +30,8 @@ from ..errors import DTypeError, ShapeError
 from . import module as _core
 from .parameter import Parameter
 
-__all__ = ["Module", "call", "backward", "call_backward", "call_one_op", "one_op_call", "ones_like_output"]
+__all__ = ["Module", "call", "backward", "call_backward", "call_one_op", "one_op_call", "one_op_const_call",
+           "ones_like_output"]
 
 _USED = object()  # ``_last_call`` after its backward: a second backward is an error that says so
 _TAKES_FLAG: dict[type, bool] = {}
@@ -103,6 +104,9 @@ class _InputTensor(Tensor):
         self._grad = g if self._grad is None else self._grad + g
 
 
+_new_input = _InputTensor.__new__
+
+
 def _is_float_array(a: Any) -> bool:
     if type(a) is np.ndarray:
         return a.dtype.kind == "f"
@@ -155,9 +159,24 @@ def one_op_call(module: Module, op: type[Op], x: Any, *params: Optional[Paramete
     return out
 
 
-#: ``forward`` -> ``_one_op_call`` of the classes that define one (``Module.__init_subclass__``): a subclass with a
-#: forward of its own (e.g. ``DropConnect``) is not here and runs its forward
-_ONE_OP: dict[Callable[..., Any], Callable[[Any, Any], Any]] = {}
+def one_op_const_call(module: Module, op: type[Op], x: Any, consts: tuple[Any, ...], params: dict[str, Any]) -> Any:
+    """``one_op_call`` for an op whose inputs after ``x`` are constants (arrays, no gradient: a loss's targets) and
+    that takes keyword ``params``: the op's forward (through ``Op._run_forward``, as on the tape) with a context of
+    its own, kept for ``backward`` when grad mode is on; ``x``'s gradient is then computed by the forward where the
+    op does so (cross-entropy), as on the tape."""
+    record = _grad_state.enabled
+    arrays = (x, *consts)
+    ctx = new_context((record,) + (False,) * len(consts), arrays)
+    out = op._run_forward(ctx, arrays, params)
+    if record:
+        module.__dict__["_last_call"] = _OneOpCall(op, ctx, out, (None,) * len(consts))
+    return out
+
+
+#: ``forward`` -> (``_one_op_call``, its number of arguments) of the classes that define one
+#: (``Module.__init_subclass__``): a subclass with a forward of its own (e.g. ``DropConnect``) is not here and runs
+#: its forward
+_ONE_OP: dict[Callable[..., Any], tuple[Callable[..., Any], int]] = {}
 
 
 def call_one_op(module: Module, *args: Any, **kwargs: Any) -> Any:
@@ -166,8 +185,8 @@ def call_one_op(module: Module, *args: Any, **kwargs: Any) -> Any:
     subclass with a forward or a backward of its own, or ``NotImplemented``, to ``Module.__call__``."""
     if len(args) == 1 and not kwargs and type(args[0]) is np.ndarray and not module._explicit_backward:
         fast = _ONE_OP.get(type(module).forward)
-        if fast is not None:
-            out = fast(module, args[0])
+        if fast is not None and fast[1] == 1:
+            out = fast[0](module, args[0])
             if out is not NotImplemented:
                 return out
     return Module.__call__(module, *args, **kwargs)
@@ -183,8 +202,8 @@ def call(module: Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         _count_forward(module)
         return module.forward(*args, **kwargs)
     fast = _ONE_OP.get(cls.forward)  # (a layer that is one op: its _one_op_call)
-    if fast is not None and len(args) == 1 and not kwargs:
-        out = fast(module, args[0])
+    if fast is not None and len(args) == fast[1] and not kwargs:
+        out = fast[0](module, *args)
         if out is not NotImplemented:
             return out
     record = _grad_state.enabled
@@ -192,7 +211,10 @@ def call(module: Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     first: Optional[Tensor] = None
     for i, a in enumerate(args):  # the first floating array is the input whose gradient backward returns
         if _is_float_array(a):
-            first = _InputTensor(a)
+            first = _new_input(_InputTensor)  # (Tensor(a) without the class call: a is an array)
+            first._data = a
+            first._grad = first._node = first._hooks = first._vc = None
+            first._index = 0
             first._requires_grad = record
             wrapped[i] = first
             break
@@ -203,7 +225,8 @@ def call(module: Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                 break
     out = module.forward(*wrapped, **kwargs)
     if record:
-        object.__setattr__(module, "_last_call", (first, out) if isinstance(out, Tensor) else None)
+        # (object.__setattr__ without its call: a plain attribute, past Module.__setattr__'s registration)
+        module.__dict__["_last_call"] = (first, out) if isinstance(out, Tensor) else None
     if isinstance(out, Tensor):
         return out._data
     if isinstance(out, tuple):
@@ -215,8 +238,8 @@ def ones_like_output(module: Module) -> Any:
     """Ones of the shape and dtype of the output kept by the last call on arrays (a loss's default ``dy``), or
     ``None`` when no call is kept."""
     call = module.__dict__.get("_last_call")
-    if type(call) is tuple:
-        out = call[1].data
+    if type(call) is tuple or type(call) is _OneOpCall:
+        out = call[1].data if type(call) is tuple else call.out
         if isinstance(out, (np.ndarray, np.generic)):  # (a 0-d loss: one call instead of np.ones' two)
             return np.array(1, dtype=out.dtype) if out.ndim == 0 else np.ones(out.shape, out.dtype)
         return namespace_of(out).ones_like(out)
@@ -238,7 +261,7 @@ def backward(module: Module, dy: Any, need_input_grad: bool) -> Any:
             "arrays before each backward" if call is _USED else
             f"{module._where()}: backward() called before forward(): each backward needs its own forward on "
             "arrays (this one has none; a forward under xpnn.no_grad() keeps nothing)")
-    object.__setattr__(module, "_last_call", _USED)
+    module.__dict__["_last_call"] = _USED
     if type(call) is _OneOpCall:
         x, out, out_data = None, None, call.out
     else:
@@ -246,24 +269,24 @@ def backward(module: Module, dy: Any, need_input_grad: bool) -> Any:
         out_data = out.data
     if isinstance(dy, Tensor):
         dy = dy.data
-    if not hasattr(dy, "shape") or tuple(dy.shape) != tuple(out_data.shape):
-        got = tuple(dy.shape) if hasattr(dy, "shape") else type(dy).__name__
-        raise ShapeError(f"{module._where()}: backward expected dy of shape {tuple(out_data.shape)}, got {got}")
-    if type(dy) is not type(out_data):  # (before the dtypes: two libraries' dtypes never compare equal)
-        namespace_of(out_data, dy, where=module._where())
-    if dy.dtype != out_data.dtype:
-        raise DTypeError(f"{module._where()}: backward expected dy of dtype {dtype_name(out_data.dtype)}, got "
-                         f"{dtype_name(dy.dtype)}")
+    if not (type(dy) is np.ndarray and (type(out_data) is np.ndarray or isinstance(out_data, np.generic))
+            and dy.shape == out_data.shape and dy.dtype == out_data.dtype):  # (NumPy arrays that pass: done)
+        if not hasattr(dy, "shape") or tuple(dy.shape) != tuple(out_data.shape):
+            got = tuple(dy.shape) if hasattr(dy, "shape") else type(dy).__name__
+            raise ShapeError(f"{module._where()}: backward expected dy of shape {tuple(out_data.shape)}, got {got}")
+        if type(dy) is not type(out_data):  # (before the dtypes: two libraries' dtypes never compare equal)
+            namespace_of(out_data, dy, where=module._where())
+        if dy.dtype != out_data.dtype:
+            raise DTypeError(f"{module._where()}: backward expected dy of dtype {dtype_name(out_data.dtype)}, got "
+                             f"{dtype_name(dy.dtype)}")
     if get_debug():
         check_finite(namespace_of(dy), dy, module._where(), "dy")
     if out is None:
         return call.backward(dy, need_input_grad)
-    if x is not None and not need_input_grad:
-        x._requires_grad = False
     if out is x:  # the forward returned its input (e.g. Dropout in eval mode)
         return dy if need_input_grad else None
-    if out._node is not None:
-        run_backward([out], [dy])
+    if out._node is not None:  # (without need_input_grad, the input's edges are dead: no dx is computed)
+        run_backward([out], [dy], skip=None if need_input_grad else x)
     if x is None or not need_input_grad:
         return None
     if x._grad is None:  # the output does not depend on the input
@@ -276,8 +299,10 @@ class Module(_core.Module):
     explicit API. ``y = m(x)`` on Tensors runs ``forward``; on arrays, or for a class that writes its own
     ``backward``, the call goes to ``call`` (arrays out), and ``dx = m.backward(dy)`` accumulates parameter gradients.
 
-    A layer whose forward is one op on NumPy arrays may define ``_one_op_call(x)`` (``nn.Linear``): the output array
-    of ``one_op_call`` or ``NotImplemented`` (take the tape); its class's ``__call__`` becomes ``call_one_op``.
+    A layer whose forward is one op on NumPy arrays may define ``_one_op_call`` with the forward's positional
+    arguments (``nn.Linear``: ``x``; ``nn.CrossEntropyLoss``: ``logits, target``): the output array of
+    ``one_op_call``/``one_op_const_call`` or ``NotImplemented`` (take the tape); its class's ``__call__`` becomes
+    ``call_one_op``.
     """
 
     #: whether the class defines its own ``backward`` (the first version's explicit protocol) instead of
@@ -291,7 +316,7 @@ class Module(_core.Module):
             cls._explicit_backward = not getattr(own, "_xpnn_tape", False)
         fast = cls.__dict__.get("_one_op_call")
         if fast is not None:
-            _ONE_OP[cls.forward] = fast
+            _ONE_OP[cls.forward] = (fast, fast.__code__.co_argcount - 1)
             if "__call__" not in cls.__dict__:
                 cls.__call__ = call_one_op  # type: ignore[method-assign]
 

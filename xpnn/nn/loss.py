@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .. import functional as F
+from ..autograd.op import _OVERRIDDEN, numpy_direct
 from ..backend import namespace_of
 from ..functional._checks import REDUCTIONS
+from ..functional.losses import CrossEntropy as _CrossEntropyOp
 from . import explicit
 from .explicit import Module
 
@@ -78,6 +82,17 @@ class CrossEntropyLoss(_Loss):
     def forward(self, logits: Any, target: Any) -> Any:
         return F.cross_entropy(logits, target, reduction=self.reduction, ignore_index=self.ignore_index,
                                label_smoothing=self.label_smoothing, weight=self.weight)
+
+    def _one_op_call(self, logits: Any, target: Any) -> Any:
+        """The explicit API on NumPy float logits and integer class indices without ``weight``: the op that
+        ``forward`` runs (``F.cross_entropy``'s ``CrossEntropy``) and its backward without the tape
+        (``explicit.one_op_const_call``: the same values), or ``NotImplemented`` (take the tape)."""
+        if (self.weight is not None or type(logits) is not np.ndarray or type(target) is not np.ndarray
+                or logits.dtype.kind != "f" or target.dtype.kind not in "iu" or not numpy_direct("cross_entropy")
+                or "cross_entropy" in _OVERRIDDEN["backward"]):
+            return NotImplemented
+        return explicit.one_op_const_call(self, _CrossEntropyOp, logits, (target,), {
+            "reduction": self.reduction, "ignore_index": self.ignore_index, "label_smoothing": self.label_smoothing})
 
 
 class NLLLoss(_Loss):
