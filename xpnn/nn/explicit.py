@@ -22,7 +22,7 @@ import numpy as np
 
 from ..autograd.engine import run_backward
 from ..autograd.grad_mode import _state as _grad_state
-from ..autograd.op import Context, Op, new_context
+from ..autograd.op import Context, Op
 from .._tensor import Tensor
 from ..backend import dtype_name, namespace_of
 from ..debug import _debug, check_finite, get_debug
@@ -166,10 +166,11 @@ def one_op_const_call(module: Module, op: type[Op], x: Any, consts: tuple[Any, .
     op does so (cross-entropy), as on the tape."""
     record = _grad_state.enabled
     arrays = (x, *consts)
-    ctx = new_context((record,) + (False,) * len(consts), arrays)
-    out = op._run_forward(ctx, arrays, params)
+    call = _OneOpCall((record,) + (False,) * len(consts), arrays)
+    out = op._run_forward(call, arrays, params)
     if record:
-        module.__dict__["_last_call"] = _OneOpCall(op, ctx, out, (None,) * len(consts))
+        call.op, call.out, call.params = op, out, (None,) * len(consts)
+        module.__dict__["_last_call"] = call
     return out
 
 
