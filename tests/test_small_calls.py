@@ -327,3 +327,26 @@ def test_sigmoid_fast_path_keeps_the_users_numpy_error_state():
     with np.errstate(divide="raise"):
         F.sigmoid(x)
         assert np.geterr()["divide"] == "raise" and np.geterr()["over"] == before["over"]
+
+
+@pytest.mark.parametrize("xdt,bdt", [(np.float64, np.float32), (np.float32, np.float64), (np.float64, np.int64)])
+def test_linear_bias_of_another_dtype_is_refused_on_every_path(xdt, bdt):
+    """A bias whose dtype differs from the weight's is a DTypeError naming both dtypes, as in
+    ``torch.nn.functional.linear``, on the plain-NumPy path (np.dot), through Tensors and on array_api_strict
+    (``y += bias`` silently promoted or rounded the output before)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for linear's dtype rule")
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((5, 4)).astype(xdt), rng.standard_normal((3, 4)).astype(xdt), np.ones(3, bdt)
+    with pytest.raises(RuntimeError):
+        torch.nn.functional.linear(torch.tensor(x), torch.tensor(w), torch.tensor(b))
+    msg = "linear: bias dtype .* differs from weight dtype"
+    with pytest.raises(DTypeError, match=msg):
+        F.linear(x, w, b)
+    with pytest.raises(DTypeError, match=msg):
+        F.linear(xpnn.tensor(x, requires_grad=True), xpnn.tensor(w), xpnn.tensor(b))
+    with pytest.raises(DTypeError, match=msg):
+        F.linear(x[None], w, b)  # (N, *, in)
+    xs = array_api_strict
+    with pytest.raises(DTypeError, match=msg):
+        F.linear(xs.asarray(x), xs.asarray(w), xs.asarray(b))
+    assert F.linear(x, w, b.astype(xdt)).dtype == xdt
