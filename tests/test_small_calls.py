@@ -280,6 +280,23 @@ def test_linear_explicit_fast_path_keeps_no_call_under_no_grad_and_respects_hook
     assert len(seen) == 1  # a parameter with a hook takes the tape, which fires it
 
 
+
+def test_linear_explicit_fast_path_with_a_computed_weight_or_bias_takes_the_tape():
+    """A weight or bias that is a Tensor computed from parameters (a tied weight's ``.T``, a scaled bias) is no
+    leaf: its gradient must reach the parameters it came from, as through the tape (the fast path accumulated it
+    on the computed Tensor and left the parameters without a gradient)."""
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((5, 4)), rng.standard_normal((5, 3))
+    m = nn.Linear(4, 3, dtype="float64", seed=0)
+    base, b = nn.Parameter(rng.standard_normal((4, 3))), nn.Parameter(rng.standard_normal(3))
+    m.weight, m.bias = base.T, b * 2.0
+    y = m(x)
+    np.testing.assert_allclose(y, x @ base.data + 2.0 * b.data, rtol=1e-14)
+    np.testing.assert_allclose(m.backward(dy), dy @ base.data.T, rtol=1e-14)
+    np.testing.assert_allclose(base.grad, x.T @ dy, rtol=1e-14)
+    np.testing.assert_allclose(b.grad, 2.0 * dy.sum(axis=0), rtol=1e-14)
+    assert m.weight.grad is None and m.bias.grad is None
+
 def test_fast_paths_step_aside_for_overrides():
     calls = []
 
