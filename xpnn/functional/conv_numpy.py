@@ -339,6 +339,9 @@ def _conv2d_backward(ctx: Context, dy: Any) -> Any:
     dx = dy_pad = None
     if need[0]:
         path = input_grad_path(g, c_out, groups)
+        if path == "transposed" and not _all_finite(weight):  # its products include dy's padding zeros times the
+            # weights, NaN for an inf/NaN weight where the reference (and PyTorch) add only real terms: the scatter
+            path = "channels_last" if g.n * (g.c // groups) >= CHANNELS_LAST_MIN else "cols"
         if path == "transposed":
             dx, dy_pad = _input_grad_transposed(weight, dy, g, groups)
         else:
