@@ -386,6 +386,12 @@ class ToBackend(Op):
     def backward(ctx: Context, g: Any) -> Any:
         return to_backend(g, backend=ctx.src, dtype=ctx.dtype)
 
+    @staticmethod
+    def onnx(g: Any, x: str, *, backend: Backend, dtype: Any = None) -> str:
+        """``t.to(dtype)`` (e.g. a mask's ``m.to(x.dtype)``): ``Cast``, as ``astype``; a move between backends is
+        nothing in the graph (``Identity``)."""
+        return g.op("Identity", x) if dtype is None else g.cast(x, resolve_dtype(np, dtype))
+
 
 def reshape(x: Any, shape: tuple[int, ...]) -> Any:
     """``x`` with a new ``shape`` (one entry may be -1)."""
