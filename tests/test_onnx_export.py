@@ -415,7 +415,8 @@ def test_a_mask_cast_with_to_exports_as_cast(tmp_path):
 
     class Casts(nn.Module):
         def forward(self, x):
-            return x * (x > 0).to(x.dtype) + (x < -1).to(np.float32) * 2.0 + x.to("numpy") + x.to(dtype="float64").to(x.dtype)
+            cast = (x > 0).to(x.dtype) + (x < -1).to(np.float32) * 2.0
+            return x * cast + x.to("numpy") + x.to(dtype="float64").to(x.dtype)
 
     proto = _export_and_compare(ort, Casts(), (6,), tmp_path)
     assert "Cast" in {n.op_type for n in proto.graph.node}

@@ -269,8 +269,8 @@ def test_a_write_into_an_index_array_or_list_after_indexing_leaves_the_gradient(
     gradient, checked here); it shares a NumPy array key's memory, and its gradient then moves."""
     torch = pytest.importorskip("torch", reason="PyTorch is the reference for indexing with host keys")
     xp = NAMESPACES[ns]
-    make = {"array": lambda: np.array([2, 0]), "mask": lambda: np.array([True, False, True]),
-            "list": lambda: [2, 0], "nested list": lambda: [[2, 0]], "tuple": lambda: (slice(None), np.array([2, 0]))}[how]
+    make = {"array": lambda: np.array([2, 0]), "mask": lambda: np.array([True, False, True]), "list": lambda: [2, 0],
+            "nested list": lambda: [[2, 0]], "tuple": lambda: (slice(None), np.array([2, 0]))}[how]
     values = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]
 
     def grad(lib, x, written):

@@ -145,9 +145,9 @@ _BASIC_TYPES = frozenset((int, slice, type(None), type(Ellipsis)))
 
 
 def _key_snapshot(key: Any, indices: tuple[Any, ...]) -> Any:
-    """``key`` (not all ints, slices, None, ``...``) with copies of its lists and arrays, except ``indices`` (index Tensors' arrays, saved and
-    version-checked): the backward's scatter reads the key, so a later write into the caller's index array or list
-    must not move the gradient (PyTorch copies such keys into index tensors at the forward)."""
+    """``key`` (not all ints, slices, None, ``...``) with copies of its lists and arrays, except ``indices`` (index
+    Tensors' arrays, saved and version-checked): the backward's scatter reads the key, so a later write into the
+    caller's index array or list must not move the gradient (PyTorch copies list keys into index tensors)."""
     parts = key if type(key) is tuple else (key,)
     parts = tuple(k if any(k is i for i in indices) else _copied(k) for k in parts)
     return parts if isinstance(key, tuple) else parts[0]
