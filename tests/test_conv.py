@@ -347,6 +347,50 @@ def test_conv2d_numpy_shift_add_dw_of_inf_and_nan_inputs_is_the_references():
     np.testing.assert_array_equal(dw, want)
 
 
+
+@pytest.mark.parametrize("channels", [4, 32])
+def test_conv2d_numpy_transposed_dx_of_inf_and_nan_weights_is_the_references(channels):
+    """dx as a transposed convolution multiplies dy's padding zeros by the weights (0 * inf is NaN): with an inf or
+    NaN weight the NumPy backward takes the scatter path, so dx has inf/NaN exactly where the reference and
+    PyTorch have them (the transposed product put NaN on border pixels the weight never reaches), both for the
+    column-free (32 channels) and the im2col (4 channels) transposed products."""
+    from xpnn.functional import conv_numpy
+
+    x, w, b = randn(2, channels, 5, 5, seed=1), randn(channels, channels, 3, 3, seed=2), randn(channels, seed=3)
+    w[0, 1, 0, 0] = np.inf
+    w[1, 0, 2, 2] = np.nan
+    assert conv_numpy.input_grad_path(C.conv2d_geometry(x.shape, w.shape, 1, 1), channels, 1) == "transposed"
+    with np.errstate(invalid="ignore"):
+        _, dx, dw, db, dy = _conv_through_tape(x, w, b, 4, 1, 1)
+        want = F.conv2d_backward(x, w, dy, 1, 1)[0]
+    assert np.isfinite(want).any() and not np.isfinite(want).all()
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(want))
+    np.testing.assert_allclose(dx, want, rtol=1e-12, atol=1e-12)
+    if torch is not None:
+        tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w)
+        TF.conv2d(tx, tw, None, 1, 1).backward(torch.tensor(dy))
+        np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels", [4, 32])
+def test_conv2d_of_an_empty_batch_has_zero_weight_and_bias_gradients(channels):
+    """F.conv2d of an empty batch (N = 0; PyTorch allows it) gives an empty output and dx and all-zero dW and db,
+    also right after a call of the same shapes left values in the recycled buffers (the column-free dW returned
+    its uninitialised accumulator)."""
+    from xpnn.functional import conv_numpy
+
+    x, w, b = randn(2, channels, 6, 6, seed=1), randn(channels, channels, 3, 3, seed=2), randn(channels, seed=3)
+    assert conv_numpy.shift_apply(C.conv2d_geometry(x.shape, w.shape, 1, 1), channels, 1) == (channels >= 16)
+    _conv_through_tape(x, w, b, 4, 1, 1)
+    y, dx, dw, db, _ = _conv_through_tape(x[:0], w, b, 4, 1, 1)
+    assert y.shape == (0, channels, 6, 6) and dx.shape == (0, channels, 6, 6)
+    np.testing.assert_array_equal(dw, np.zeros_like(w))
+    np.testing.assert_array_equal(db, np.zeros_like(b))
+    if torch is not None:
+        tw = torch.tensor(w, requires_grad=True)
+        TF.conv2d(torch.zeros((0, channels, 6, 6), dtype=torch.float64), tw, None, 1, 1).sum().backward()
+        np.testing.assert_array_equal(tw.grad.numpy(), dw)
+
 def test_max_pool2d_numpy_ties_and_signed_zeros_follow_the_reference():
     """The branch-free updates of the NumPy max pooling (separable: row maxima, then the maximum of those) keep the
     window's first maximum in row-major order on ties (-0.0 against +0.0 included: y is that element, as with

@@ -184,3 +184,46 @@ def test_nll_loss_module_matches_torch(reduction):
     if reduction == "mean":
         np.testing.assert_allclose(nn.NLLLoss()(nn.LogSoftmax(dim=1)(z), t % 4), nn.CrossEntropyLoss()(z, t % 4),
                                    rtol=1e-12)
+
+
+def test_sequential_slicing_item_assignment_and_deletion_like_torch():
+    """``seq[a:b]`` is a Sequential of the same children under their names, ``seq[i] = m`` replaces a child,
+    ``del seq[i]`` / ``del seq[a:b]`` removes and renumbers, as ``torch.nn.Sequential``; the errors name
+    Sequential. Slicing moves no parameter: the model it came from keeps its one buffer and trains on."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for Sequential's indexing")
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    seq = nn.Sequential(lin(3, 4, 0), nn.ReLU(), lin(4, 2, 1), nn.Tanh())
+    ref = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2), torch.nn.Tanh())
+    buf, w0 = seq.flat_buffer(), seq[0].weight.data
+    part, tpart = seq[1:3], ref[1:3]
+    assert type(part) is nn.Sequential and list(part) == [seq[1], seq[2]]
+    assert list(part.state_dict()) == list(tpart.state_dict()) == ["2.weight", "2.bias"]
+    assert seq.flat_buffer() is buf and seq[0].weight.data is w0  # nothing repacked
+    np.testing.assert_allclose(seq[2:](seq[:2](x)), seq(x), rtol=1e-6)
+    assert len(seq[::2]) == len(ref[::2]) == 2 and len(seq[5:]) == 0
+    seq.eval()
+    assert not seq[:2].training
+
+    seq[3] = nn.Sigmoid()
+    ref[3] = torch.nn.Sigmoid()
+    assert type(seq[-1]) is nn.Sigmoid and list(seq._modules) == ["0", "1", "2", "3"]
+    np.testing.assert_allclose(seq(x), 1 / (1 + np.exp(-seq[:3](x))), rtol=1e-6)
+    seq[2] = lin(4, 6, 2)
+    assert seq.flat_buffer() is not None and seq(x).shape == (5, 6)
+
+    del seq[1]
+    del ref[1]
+    assert [type(m) for m in seq] == [nn.Linear, nn.Linear, nn.Sigmoid]
+    assert list(seq.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    assert list(ref.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    del seq[1:]
+    assert len(seq) == 1 and seq.flat_buffer() is not None and seq(x).shape == (5, 4)
+
+    with pytest.raises(IndexError, match="Sequential index 3 out of range for 1 modules"):
+        seq[3]
+    with pytest.raises(IndexError, match="Sequential index -2 out of range"):
+        seq[-2] = nn.ReLU()
+    with pytest.raises(TypeError, match="Sequential indices must be integers or slices, got str"):
+        seq["0"]
+    with pytest.raises(TypeError, match="Sequential: child 0 must be an xpnn.nn.Module"):
+        seq[0] = torch.nn.ReLU()

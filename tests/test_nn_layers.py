@@ -494,3 +494,15 @@ def test_linear_leading_dims_fold_into_one_matmul_per_slice_values(shape):
         y.backward(dy)
         want_dx = np.stack([d @ w for d in dy]) if shape[0] else np.zeros(shape)
         np.testing.assert_allclose(xt.grad, want_dx, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("bad", [[[1.0, 2.0, 3.0, 4.0]], 3.0, None])
+def test_layers_called_with_a_list_or_number_raise_a_type_error_naming_the_layer(bad):
+    """A layer called with something that is no array or Tensor raises TypeError naming the layer (PyTorch:
+    ``TypeError: linear(): argument 'input' must be Tensor, not list``), not an AttributeError from inside it."""
+    layers = [nn.Linear(4, 3), nn.Conv2d(1, 2, 3), nn.BatchNorm1d(4), nn.BatchNorm2d(4), nn.Flatten(),
+              nn.LayerNorm(4), nn.PReLU(), nn.Sequential(nn.Linear(4, 3), nn.ReLU()), nn.MaxPool2d(2)]
+    for m in layers:
+        with pytest.raises(TypeError, match=r"\(|layer_norm|prelu") as info:
+            m(bad)
+        assert type(info.value) is TypeError, (m, info.value)

@@ -407,6 +407,20 @@ def test_masks_computed_from_the_input_are_exported_as_ops(opset, tmp_path):
     np.testing.assert_allclose(_run(_session(ort, tmp_path / "model.onnx"), x), _xpnn_out(_Masks(), x), atol=1e-6)
 
 
+
+def test_a_mask_cast_with_to_exports_as_cast(tmp_path):
+    """``m.to(x.dtype)`` / ``m.to(np.float32)`` of a comparison (PyTorch's usual cast of a mask) and ``x.to()`` onto
+    the same backend export as ``Cast``/``Identity`` (op 'to_backend' had no lowering) and give xpnn's answer."""
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+
+    class Casts(nn.Module):
+        def forward(self, x):
+            cast = (x > 0).to(x.dtype) + (x < -1).to(np.float32) * 2.0
+            return x * cast + x.to("numpy") + x.to(dtype="float64").to(x.dtype)
+
+    proto = _export_and_compare(ort, Casts(), (6,), tmp_path)
+    assert "Cast" in {n.op_type for n in proto.graph.node}
+
 def test_masks_of_integer_ids_are_exported_as_ops(tmp_path):
     """A padding mask of integer ids (ops that no gradient records: the trace records them) and an id shifted by
     integer arithmetic give xpnn's answer on other ids."""

@@ -280,6 +280,23 @@ def test_linear_explicit_fast_path_keeps_no_call_under_no_grad_and_respects_hook
     assert len(seen) == 1  # a parameter with a hook takes the tape, which fires it
 
 
+
+def test_linear_explicit_fast_path_with_a_computed_weight_or_bias_takes_the_tape():
+    """A weight or bias that is a Tensor computed from parameters (a tied weight's ``.T``, a scaled bias) is no
+    leaf: its gradient must reach the parameters it came from, as through the tape (the fast path accumulated it
+    on the computed Tensor and left the parameters without a gradient)."""
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((5, 4)), rng.standard_normal((5, 3))
+    m = nn.Linear(4, 3, dtype="float64", seed=0)
+    base, b = nn.Parameter(rng.standard_normal((4, 3))), nn.Parameter(rng.standard_normal(3))
+    m.weight, m.bias = base.T, b * 2.0
+    y = m(x)
+    np.testing.assert_allclose(y, x @ base.data + 2.0 * b.data, rtol=1e-14)
+    np.testing.assert_allclose(m.backward(dy), dy @ base.data.T, rtol=1e-14)
+    np.testing.assert_allclose(base.grad, x.T @ dy, rtol=1e-14)
+    np.testing.assert_allclose(b.grad, 2.0 * dy.sum(axis=0), rtol=1e-14)
+    assert m.weight.grad is None and m.bias.grad is None
+
 def test_fast_paths_step_aside_for_overrides():
     calls = []
 
@@ -410,3 +427,24 @@ def test_linear_numpy_gemms_equal_the_matmul_expressions(shape, dtype):
     xt = xpnn.tensor(x, requires_grad=True)
     F.linear(xt, w, b).backward(dy)
     assert_same(xt.grad, (dy.reshape(-1, 32) @ w).reshape(shape))
+@pytest.mark.parametrize("xdt,bdt", [(np.float64, np.float32), (np.float32, np.float64), (np.float64, np.int64)])
+def test_linear_bias_of_another_dtype_is_refused_on_every_path(xdt, bdt):
+    """A bias whose dtype differs from the weight's is a DTypeError naming both dtypes, as in
+    ``torch.nn.functional.linear``, on the plain-NumPy path (np.dot), through Tensors and on array_api_strict
+    (``y += bias`` silently promoted or rounded the output before)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for linear's dtype rule")
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((5, 4)).astype(xdt), rng.standard_normal((3, 4)).astype(xdt), np.ones(3, bdt)
+    with pytest.raises(RuntimeError):
+        torch.nn.functional.linear(torch.tensor(x), torch.tensor(w), torch.tensor(b))
+    msg = "linear: bias dtype .* differs from weight dtype"
+    with pytest.raises(DTypeError, match=msg):
+        F.linear(x, w, b)
+    with pytest.raises(DTypeError, match=msg):
+        F.linear(xpnn.tensor(x, requires_grad=True), xpnn.tensor(w), xpnn.tensor(b))
+    with pytest.raises(DTypeError, match=msg):
+        F.linear(x[None], w, b)  # (N, *, in)
+    xs = array_api_strict
+    with pytest.raises(DTypeError, match=msg):
+        F.linear(xs.asarray(x), xs.asarray(w), xs.asarray(b))
+    assert F.linear(x, w, b.astype(xdt)).dtype == xdt

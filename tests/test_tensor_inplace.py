@@ -259,6 +259,35 @@ def test_write_into_an_index_tensor_matches_pytorch():
     assert _torch_raises(run)
 
 
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+@pytest.mark.parametrize("how", ["array", "mask", "list", "nested list", "tuple"])
+def test_a_write_into_an_index_array_or_list_after_indexing_leaves_the_gradient(how, ns):
+    """``x[key]`` with a NumPy array or a list in the key (not a Tensor: no version counter to check) takes the
+    key's values at the forward: a later write into the caller's array or list leaves the gradient of the loss as
+    computed (it went to the new positions silently). PyTorch copies a list key into an index tensor (the same
+    gradient, checked here); it shares a NumPy array key's memory, and its gradient then moves."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for indexing with host keys")
+    xp = NAMESPACES[ns]
+    make = {"array": lambda: np.array([2, 0]), "mask": lambda: np.array([True, False, True]), "list": lambda: [2, 0],
+            "nested list": lambda: [[2, 0]], "tuple": lambda: (slice(None), np.array([2, 0]))}[how]
+    values = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]
+
+    def grad(lib, x, written):
+        key = make()
+        loss = (x[key] ** 3).sum()
+        if written:
+            target = key[0] if how == "nested list" else key[1] if how == "tuple" else key
+            target[:] = [1, 1] if how != "mask" else [False, True, True]
+        loss.backward()
+        return np.asarray(x.grad.detach().numpy() if lib is torch else x.grad)
+
+    want = grad(xpnn, _t(xp, values, True), written=False)
+    np.testing.assert_array_equal(grad(xpnn, _t(xp, values, True), written=True), want)
+    if how == "list":  # (torch reads a nested list as a tuple of indices, deprecated)
+        x = torch.tensor(values, dtype=torch.float64, requires_grad=True)
+        np.testing.assert_array_equal(grad(torch, x, written=True), want)
+
 def test_version_counts_writes_like_pytorch():
     torch = pytest.importorskip("torch", reason="PyTorch is the reference for _version")
     for lib, make in ((torch, lambda: torch.zeros(3)), (xpnn, lambda: xpnn.tensor(np.zeros(3)))):

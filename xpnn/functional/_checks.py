@@ -76,9 +76,13 @@ def length_one_axis(x: Any, axis: int, where: str, result: str,
 
 
 def floating(xp: Any, x: Any, where: str, what: str = "input") -> None:
-    if getattr(x.dtype, "kind", None) == "f":  # NumPy/CuPy dtypes: skip the (slow) generic isdtype
+    try:
+        dt = x.dtype
+    except AttributeError:  # a Python number or a list where an array is needed (torch: TypeError too)
+        raise TypeError(f"{where}: {what} must be an array or Tensor, got {type(x).__name__}") from None
+    if getattr(dt, "kind", None) == "f":  # NumPy/CuPy dtypes: skip the (slow) generic isdtype
         return
-    if not xp.isdtype(x.dtype, "real floating"):
+    if not xp.isdtype(dt, "real floating"):
         raise DTypeError(f"{where}: {what} must be a floating array (float16/32/64), got dtype {dtype_name(x.dtype)}")
 
 

@@ -285,6 +285,8 @@ def conv2d_weight_grad_shift_numpy(dy: np.ndarray, xs: np.ndarray, g: Conv2dGeom
     acc = _workspace.buffer("conv2d.dw_acc", (groups, g.kh * cog, cg * g.kw), dy.dtype)
     part = _workspace.buffer("conv2d.dw_part", (groups, g.kh * cog, cg * g.kw), dy.dtype)
     xg = xs.reshape(g.n, groups, cg * g.kw, plane).swapaxes(-1, -2)
+    if g.n == 0:  # an empty batch: no product writes the (recycled, uninitialised) accumulator
+        acc.fill(0)
     with np.errstate(invalid="ignore"):  # 0 * inf: found below and recomputed
         for n in range(g.n):
             for i in range(g.kh):  # est[gi, i, o, t] = e[n, gi*C_out/G + o, t - i*dh*wp]
@@ -339,6 +341,9 @@ def _conv2d_backward(ctx: Context, dy: Any) -> Any:
     dx = dy_pad = None
     if need[0]:
         path = input_grad_path(g, c_out, groups)
+        if path == "transposed" and not _all_finite(weight):  # its products include dy's padding zeros times the
+            # weights, NaN for an inf/NaN weight where the reference (and PyTorch) add only real terms: the scatter
+            path = "channels_last" if g.n * (g.c // groups) >= CHANNELS_LAST_MIN else "cols"
         if path == "transposed":
             dx, dy_pad = _input_grad_transposed(weight, dy, g, groups)
         else:

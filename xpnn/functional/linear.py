@@ -29,7 +29,8 @@ def _check_linear(x: Any, weight: Any, bias: Any) -> bool:
     if type(x) is type(weight) is np.ndarray:
         dt, ws = x.dtype, weight.shape  # (a dtype is most often the very same object: `is` before `==`)
         if ((dt is weight.dtype or dt == weight.dtype) and dt.char in "fd" and len(ws) == 2 and x.ndim
-                and x.shape[-1] == ws[1] and (bias is None or type(bias) is np.ndarray and bias.shape == ws[:1])):
+                and x.shape[-1] == ws[1] and (bias is None or type(bias) is np.ndarray and bias.shape == ws[:1]
+                                              and (bias.dtype is dt or bias.dtype == dt))):
             return True  # plain NumPy arguments that pass every check below
     xp = namespace_of(x, weight, bias, where="linear")
     _checks.floating(xp, x, "linear")
@@ -49,6 +50,10 @@ def _check_linear(x: Any, weight: Any, bias: Any) -> bool:
         flat = math.prod(bias.shape) == weight.shape[0]  # e.g. a column (out, 1) or a row (1, out)
         raise ShapeError(f"linear: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}"
                          + ("; pass b.ravel()" if flat else ""))
+    if bias is not None and bias.dtype != weight.dtype:  # (torch.nn.functional.linear's rule: `y += bias` would
+        # promote or silently round the output to another dtype)
+        raise DTypeError(f"linear: bias dtype {dtype_name(bias.dtype)} differs from weight dtype "
+                         f"{dtype_name(weight.dtype)}")
     return False
 
 

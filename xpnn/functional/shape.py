@@ -141,6 +141,28 @@ def _host_indices_to(xp: Any, key: Any) -> Any:
     return parts if isinstance(key, tuple) else parts[0]
 
 
+_BASIC_TYPES = frozenset((int, slice, type(None), type(Ellipsis)))
+
+
+def _key_snapshot(key: Any, indices: tuple[Any, ...]) -> Any:
+    """``key`` (not all ints, slices, None, ``...``) with copies of its lists and arrays, except ``indices`` (index
+    Tensors' arrays, saved and version-checked): the backward's scatter reads the key, so a later write into the
+    caller's index array or list must not move the gradient (PyTorch copies list keys into index tensors)."""
+    parts = key if type(key) is tuple else (key,)
+    parts = tuple(k if any(k is i for i in indices) else _copied(k) for k in parts)
+    return parts if isinstance(key, tuple) else parts[0]
+
+
+def _copied(k: Any) -> Any:
+    if isinstance(k, list):
+        return [_copied(e) for e in k]
+    if isinstance(k, np.ndarray):
+        return k.copy()
+    if hasattr(k, "shape") and hasattr(k, "dtype") and not isinstance(k, np.generic):  # another namespace's array
+        return namespace_of(k).asarray(k, copy=True)
+    return k
+
+
 def _is_basic(key: Any) -> bool:
     parts = key if isinstance(key, tuple) else (key,)
     return all(k is None or k is Ellipsis or isinstance(k, (int, slice)) for k in parts)
@@ -179,6 +201,11 @@ class Index(Op):
         namespace_of(x, where="index")
         if indices:
             ctx.save_for_backward(*indices)
+        if ctx.needs_input_grad[0]:
+            for k in key if type(key) is tuple else (key,):
+                if type(k) not in _BASIC_TYPES:  # (a loop here: basic keys, the common case, cost no call)
+                    key = _key_snapshot(key, indices)
+                    break
         if type(x) is not np.ndarray:
             key = _with_ellipsis(_host_indices_to(ctx.xp, key), x.ndim)
         ctx.shape, ctx.key = tuple(x.shape), key
@@ -358,6 +385,12 @@ class ToBackend(Op):
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
         return to_backend(g, backend=ctx.src, dtype=ctx.dtype)
+
+    @staticmethod
+    def onnx(g: Any, x: str, *, backend: Backend, dtype: Any = None) -> str:
+        """``t.to(dtype)`` (e.g. a mask's ``m.to(x.dtype)``): ``Cast``, as ``astype``; a move between backends is
+        nothing in the graph (``Identity``)."""
+        return g.op("Identity", x) if dtype is None else g.cast(x, resolve_dtype(np, dtype))
 
 
 def reshape(x: Any, shape: tuple[int, ...]) -> Any:

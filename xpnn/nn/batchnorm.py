@@ -10,6 +10,7 @@ from ..debug import get_debug
 from ..errors import ShapeError
 from .linear import check_features
 from .explicit import Module
+from .module import not_an_array
 from .parameter import FlatBuffer, Parameter, factory
 
 __all__ = ["BatchNorm1d"]
@@ -67,7 +68,11 @@ class BatchNorm1d(Module):
         """The op validates the arguments (the channels and dtype against ``weight``); a failed check is
         re-diagnosed by ``_check`` so that the error names the layer. ``_check`` runs first only where the op cannot
         see the rule: no ``weight``, the layer's 2-D (or 4-D) input and non-empty batch, debug mode."""
-        if x.ndim != self._ndim or x.shape[0] == 0 or self.weight is None or get_debug():
+        try:
+            checks = x.ndim != self._ndim or x.shape[0] == 0 or self.weight is None or get_debug()
+        except AttributeError:
+            raise not_an_array(self, x) from None
+        if checks:
             self._check(x)
         try:
             return self._normalize(x)

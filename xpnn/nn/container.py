@@ -74,13 +74,45 @@ class Sequential(Module):
         self._pack()
         return self
 
-    def __getitem__(self, idx: int) -> Module:
+    def _index(self, idx: Any) -> int:
+        n = len(self._modules)
+        if isinstance(idx, bool) or not isinstance(idx, int):
+            raise TypeError(f"Sequential indices must be integers or slices, got {type(idx).__name__}")
+        if not -n <= idx < n:
+            raise IndexError(f"Sequential index {idx} out of range for {n} modules")
+        return idx % n
+
+    def __getitem__(self, idx: Union[int, slice]) -> Any:
+        """``seq[i]``: that child; ``seq[a:b]``: a new ``Sequential`` of those children under their names, as
+        ``torch.nn.Sequential`` (the same modules: their parameters stay where they are, nothing is repacked)."""
+        if isinstance(idx, slice):
+            part = object.__new__(Sequential)  # (not through __init__, which would repack the shared parameters)
+            Module.__init__(part)
+            for name, m in list(self._modules.items())[idx]:
+                setattr(part, name, m)
+            object.__setattr__(part, "training", self.training)
+            return part
+        return list(self._modules.values())[self._index(idx)]
+
+    def __setitem__(self, idx: int, module: Module) -> None:
+        """Replace the child at ``idx`` (its name kept) and repack all parameters into one buffer."""
+        name = list(self._modules)[self._index(idx)]
+        setattr(self, name, _check_module("Sequential", name, module))
+        self._pack()
+
+    def __delitem__(self, idx: Union[int, slice]) -> None:
+        """Remove the child at ``idx`` (or a slice of them); the rest are renumbered ``"0"``, ``"1"``, ... as in
+        ``torch.nn.Sequential``, and their parameters repacked into one buffer."""
         mods = list(self._modules.values())
-        if not isinstance(idx, int):
-            raise TypeError(f"Sequential indices must be integers, got {type(idx).__name__}")
-        if not -len(mods) <= idx < len(mods):
-            raise IndexError(f"Sequential index {idx} out of range for {len(mods)} modules")
-        return mods[idx]
+        if isinstance(idx, slice):
+            del mods[idx]
+        else:
+            del mods[self._index(idx)]
+        for name in list(self._modules):
+            delattr(self, name)
+        for i, m in enumerate(mods):
+            setattr(self, str(i), m)
+        self._pack()
 
     def __len__(self) -> int:
         return len(self._modules)

@@ -14,7 +14,7 @@ from .. import functional as F
 from .._tensor import Tensor
 from ..functional.conv import IntPair, conv2d_geometry, pair_arg
 from .explicit import Module
-from .module import layer_namespace
+from .module import layer_namespace, not_an_array
 from .parameter import FlatBuffer, Parameter, factory
 
 __all__ = ["Conv2d", "check_image"]
@@ -109,7 +109,11 @@ class Conv2d(Module):
         """The op validates the arguments; a failed check is re-diagnosed here so that the error names the layer.
         The layer's own rules (a non-empty batch) and, in debug mode, the finite check run first."""
         w = self.weight.data
-        if x.ndim != 4 or x.shape[0] == 0 or get_debug():
+        try:
+            checks = x.ndim != 4 or x.shape[0] == 0 or get_debug()
+        except AttributeError:
+            raise not_an_array(self, x) from None
+        if checks:
             check_image(self, None, x, self.in_channels, w.dtype)
         try:
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)

@@ -140,14 +140,15 @@ class _OneOpCall(Context):
 def one_op_call(module: Module, op: type[Op], x: Any, *params: Optional[Parameter]) -> Any:
     """Run ``op`` on the NumPy array ``x`` and the parameters' arrays with a context of its own and keep that call
     for ``backward``, which then runs ``op.backward`` on arrays, with no tape (the same math, a fraction of the host
-    time). Returns ``NotImplemented`` where the tape is needed (a parameter with hooks)."""
+    time). Returns ``NotImplemented`` where the tape is needed (a parameter with hooks, or a Tensor that is not a
+    leaf in its place)."""
     arrays, needs = [x], [True]
     for p in params:
         if p is None:
             arrays.append(None)
             needs.append(False)
-        elif p._hooks:
-            return NotImplemented
+        elif p._hooks or p._node is not None:  # (a Tensor computed from parameters, e.g. a tied weight's .T:
+            return NotImplemented  # only the tape sends its gradient on to them)
         else:
             arrays.append(p._data)
             needs.append(p._requires_grad)

@@ -7,6 +7,7 @@ from typing import Any
 from .. import functional as F
 from ..errors import ShapeError
 from .explicit import Module
+from .module import not_an_array
 
 __all__ = ["Flatten"]
 
@@ -22,7 +23,10 @@ class Flatten(Module):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
     def forward(self, x: Any) -> Any:
-        shape = tuple(x.shape)
+        try:
+            shape = tuple(x.shape)
+        except AttributeError:
+            raise not_an_array(self, x) from None
         nd = len(shape)
         if not (-nd <= self.start_dim < nd and -nd <= self.end_dim < nd) or \
                 self.start_dim % nd > self.end_dim % nd:

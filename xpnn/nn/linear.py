@@ -15,7 +15,7 @@ from ..debug import _debug, check_finite, get_debug
 from ..errors import DTypeError, NamespaceMismatchError, ShapeError
 from ..functional.linear import Linear as LinearOp
 from .explicit import Module, one_op_call
-from .module import layer_namespace
+from .module import layer_namespace, not_an_array
 from .parameter import FlatBuffer, Parameter, factory
 
 __all__ = ["Linear"]
@@ -57,7 +57,11 @@ def affine(module: Module, x: Any, weight: Any, in_features: int, leading: bool 
     error names the layer (and says what to do). The layer's own rules (2-D, a non-empty batch) and, in debug mode,
     the finite check run here."""
     d = x._data if isinstance(x, Tensor) else x
-    if d.ndim != 2 or d.shape[0] == 0 or get_debug():
+    try:
+        checks = d.ndim != 2 or d.shape[0] == 0 or get_debug()
+    except AttributeError:
+        raise not_an_array(module, d) from None
+    if checks:
         check_features(module, None, x, in_features, module.weight.data.dtype, leading)
         if get_debug():  # NaN weights are reported where they are
             check_finite(namespace_of(module.weight.data), module.weight.data, module._where(), "weight")

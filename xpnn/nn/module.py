@@ -30,6 +30,18 @@ def layer_namespace(module: "Module", *arrays: Any) -> Any:
     return namespace_of(*arrays, where=module._where())
 
 
+def not_an_array(module: "Module", x: Any) -> TypeError:
+    """The error for a layer called with ``x`` that is no array or Tensor (a list, a number, None), whose
+    ``.ndim``/``.shape`` the layer's checks could not read: ``layer_namespace``'s TypeError naming ``module`` (as
+    ``torch.nn.Linear`` refuses a list) rather than an AttributeError from inside the layer. Layers call it from
+    an ``except AttributeError`` around those reads (no cost on the hot path)."""
+    try:
+        layer_namespace(module, x)
+    except TypeError as e:
+        return e
+    return TypeError(f"{module._where()}: expected an array or Tensor, got {type(x).__name__}")
+
+
 class IncompatibleKeys(NamedTuple):
     missing_keys: list[str]
     unexpected_keys: list[str]
