@@ -348,6 +348,39 @@ def test_conv2d_numpy_shift_add_dw_of_inf_and_nan_inputs_is_the_references():
 
 
 
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", SHIFT_CASES)
+def test_conv2d_numpy_padded_shifts_are_the_shifted_padded_planes(xs, ws, stride, padding, dilation, groups):
+    """``padded_shifts`` (built one sample at a time, zeroed planes) is its definition ``X[n, c, j, t] =
+    xpad[n, c].flat[t + j*dw]`` (0 past the plane's end), also on a recycled buffer holding an earlier call's
+    values."""
+    from xpnn.functional import conv_numpy
+
+    g = C.conv2d_geometry(xs, ws, stride, padding, dilation, groups)
+    x = randn(*xs, seed=1)
+    xpad = np.pad(x, ((0, 0), (0, 0), (g.pt, g.pb), (g.pl, g.pr))).reshape(g.n, g.c, -1)
+    want = np.zeros((g.n, g.c, g.kw, g.hp * g.wp))
+    for j in range(g.kw):
+        want[:, :, j, :g.hp * g.wp - j * g.dw] = xpad[:, :, j * g.dw:]
+    conv_numpy.padded_shifts(x + 1, g, "test.shifts")
+    np.testing.assert_array_equal(conv_numpy.padded_shifts(x, g, "test.shifts"), want)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (2, 3, 300, 300), (0, 4, 3, 3), (2, 3, 0, 5)])
+def test_conv2d_numpy_channel_sums_are_the_bias_gradient(shape):
+    """``channel_sums`` (the NumPy backward's db) is ``dy.sum(axis=(0, 2, 3))``: float32 by blocked products with a
+    ones vector (one row per block where a plane exceeds the block; non-contiguous dy) to float32 rounding, float64
+    exactly NumPy's sum."""
+    from xpnn.functional import conv_numpy
+
+    dy = randn(*shape, seed=5)
+    np.testing.assert_array_equal(conv_numpy.channel_sums(dy), dy.sum(axis=(0, 2, 3)))
+    for d in (dy.astype(np.float32), dy.astype(np.float32).transpose(0, 1, 3, 2)):
+        got = conv_numpy.channel_sums(d)
+        assert got.dtype == np.float32 and got.shape == (shape[1],)
+        want = d.astype(np.float64).sum(axis=(0, 2, 3))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(d).sum(axis=(0, 2, 3)).max(initial=1))
+
+
 @pytest.mark.parametrize("channels", [4, 32])
 def test_conv2d_numpy_transposed_dx_of_inf_and_nan_weights_is_the_references(channels):
     """dx as a transposed convolution multiplies dy's padding zeros by the weights (0 * inf is NaN): with an inf or
