@@ -292,14 +292,16 @@ def conv2d_weight_grad_shift_numpy(dy: np.ndarray, xs: np.ndarray, g: Conv2dGeom
     xg = xs.reshape(g.n, groups, cg * g.kw, plane).swapaxes(-1, -2)
     if g.n == 0:  # an empty batch: no product writes the (recycled, uninitialised) accumulator
         acc.fill(0)
+    for i in range(g.kh):  # the zeros around each row's copy of e, the same for every sample
+        s = i * g.dh * g.wp
+        est[:, i, :, :s] = 0
+        est[:, i, :, s + plane - max(s, at):] = 0
     with np.errstate(invalid="ignore"):  # 0 * inf: found below and recomputed
         for n in range(g.n):
             for i in range(g.kh):  # est[gi, i, o, t] = e[n, gi*C_out/G + o, t - i*dh*wp]
                 s = i * g.dh * g.wp
                 m = plane - max(s, at)
-                est[:, i, :, :s] = 0
                 est[:, i, :, s:s + m] = pg[n, :, :, at:at + m]
-                est[:, i, :, s + m:] = 0
             np.matmul(est.reshape(groups, g.kh * cog, plane), xg[n], out=part if n else acc)
             if n:
                 acc += part
