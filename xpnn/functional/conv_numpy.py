@@ -6,11 +6,14 @@ same context, so the declaration's backward (or the backward override here) foll
   tensor; kw shifted copies of the padded input, one GEMM per sample giving each kernel row's partial sums and a
   kh-way shifted sum (``shift_add_product``, "kn2row"); dW from kh shifted copies of dy's plane, one GEMM per
   sample (``conv2d_weight_grad_shift_numpy``); dx as the transposed convolution by the same product;
-- ``conv2d`` forward otherwise (few channels, e.g. LeNet; strides): the column tensor from a
-  ``sliding_window_view`` of the padded input, copied once (the reference stacks kh*kw strided slices); backward:
-  dW/db as the reference; dx as a forward convolution of dy with the flipped kernel for stride 1 where its
-  columns are no larger (``conv2d_input_grad_transposed_numpy``), else accumulated channels-last
-  (``conv2d_input_grad_numpy``) or, for short channel rows, with the reference's NCHW ``col2im``;
+- ``conv2d`` forward otherwise (few channels, e.g. LeNet; strides): the column tensor from a strided view of the
+  padded input (the reference stacks kh*kw strided slices), with stride 1 in height copied in two passes with long
+  runs (kernel-column shifted rows, then the columns); backward: dW/db as the reference; dx as a forward
+  convolution of dy with the flipped kernel for stride 1 where its columns are no larger
+  (``conv2d_input_grad_transposed_numpy``), else accumulated batch-last for stride 1
+  (``conv2d_input_grad_batch_last_numpy``) or channels-last (``conv2d_input_grad_numpy``), or, for short channel
+  rows, by the two-pass transpose of the forward's copies (``conv2d_input_grad_rows_numpy``) or the reference's
+  NCHW ``col2im``;
 - ``max_pool2d`` forward: a running maximum over the kh*kw strided views (the reference builds the column tensor
   and takes ``argmax`` over its window axis, which NumPy does slowly for short axes);
 - ``max_pool2d`` backward: per window offset, dy where the argmax is that offset added into the strided view of dx
