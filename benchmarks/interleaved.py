@@ -1,6 +1,9 @@
 """xpnn and PyTorch timed the way a user runs them: one fresh process, the libraries' default threads (set
 ``OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1`` to compare single-threaded), no allocator tuning (no
-``settle_allocator``), wall clock, the implementations alternating call by call so both see the same load.
+``settle_allocator``), wall clock, the implementations alternating call by call so both see the same load, in an order shuffled each round
+(seeded): the implementation timed right after another library's calls starts with its buffers out of cache (and,
+after PyTorch's allocator returned memory, page-faults again): 0.3-0.9 ms of a one-thread LeNet-5 step, which a
+fixed order charged to the same implementation every round.
 
     python benchmarks/interleaved.py lenet_step batch64 [--rounds 40] [--calls 5] [--impls xpnn-numpy torch-cpu]
 
@@ -11,6 +14,7 @@ median of the per-round ratios).
 from __future__ import annotations
 
 import argparse
+import random
 import resource
 import statistics
 import time
@@ -34,8 +38,10 @@ def main() -> None:
             r.fn()
     times: dict[str, list[float]] = {i: [] for i in a.impls}
     faults = dict.fromkeys(a.impls, 0)
+    order, rng = list(runners.items()), random.Random(0)
     for _ in range(a.rounds):
-        for impl, r in runners.items():
+        rng.shuffle(order)
+        for impl, r in order:
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             for _ in range(a.calls):

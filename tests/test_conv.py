@@ -33,6 +33,7 @@ CONV_CASES = [
     ((2, 2, 6, 7), (4, 1, 2, 3), 1, "same", (1, 2), 2),   # "same" with an even kernel: extra pad bottom/right
     ((2, 3, 5, 6), (2, 3, 3, 3), (2, 1), "valid", 1, 1),
     ((1, 4, 6, 6), (4, 1, 3, 3), 1, 1, 1, 4),             # depthwise
+    ((2, 3, 6, 9), (4, 3, 3, 3), (1, 2), 1, (2, 1), 1),   # stride 1 in height only, dilated rows
 ]
 
 
@@ -85,6 +86,12 @@ def test_numpy_overrides_equal_the_reference():
                                    atol=1e-12)
         # the NCHW col2im path and dW: the reference's products and summation order, so bit for bit
         np.testing.assert_array_equal(conv_numpy.conv2d_input_grad_cols_numpy(w, dy, g, groups), want)
+        if g.sh == 1:  # the two-pass scatter: the same terms, summed over kernel rows first
+            np.testing.assert_allclose(conv_numpy.conv2d_input_grad_rows_numpy(w, dy, g, groups), want,
+                                       rtol=1e-12, atol=1e-12)
+        if g.sh == g.sw == 1:  # channels-last's terms in a batch-last layout
+            np.testing.assert_allclose(conv_numpy.conv2d_input_grad_batch_last_numpy(w, dy, g, groups), want,
+                                       rtol=1e-12, atol=1e-12)
         cols = conv_numpy.im2col_numpy(x, g).reshape(g.n, groups, -1, g.oh * g.ow)
         np.testing.assert_array_equal(conv_numpy.conv2d_weight_grad_numpy(dy, cols, g, groups, ws),
                                       F.conv2d_backward(x, w, dy, stride, padding, dilation, groups)[1])
@@ -243,7 +250,7 @@ TRANSPOSED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("path", ["transposed", "channels_last", "cols"])
+@pytest.mark.parametrize("path", ["transposed", "channels_last", "cols", "rows", "batch_last"])
 @pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", CONV_CASES + TRANSPOSED_CASES)
 def test_conv2d_numpy_backward_override_matches_the_reference(monkeypatch, xs, ws, stride, padding, dilation,
                                                                groups, path):
@@ -257,6 +264,11 @@ def test_conv2d_numpy_backward_override_matches_the_reference(monkeypatch, xs, w
         assert conv_numpy.input_grad_path(g, ws[0], groups) != "transposed"  # falls back
         with pytest.raises(ValueError, match="stride 1"):
             conv_numpy.conv2d_input_grad_transposed_numpy(randn(*ws), randn(g.n, ws[0], g.oh, g.ow), g, groups)
+        return
+    if path == "rows" and g.sh != 1 or path == "batch_last" and (g.sh, g.sw) != (1, 1):
+        assert conv_numpy.input_grad_path(g, ws[0], groups) != path
+        with pytest.raises(ValueError, match="stride 1"):
+            conv_numpy.INPUT_GRAD_PATHS[path](randn(*ws), randn(g.n, ws[0], g.oh, g.ow), g, groups)
         return
     monkeypatch.setattr(conv_numpy, "input_grad_path", lambda *_: path)
     x, w, b = randn(*xs, seed=1), randn(*ws, seed=2), randn(ws[0], seed=3)
