@@ -292,6 +292,8 @@ SHIFT_CASES = [
     ((1, 2, 7, 8), (2, 2, 3, 3), 1, (0, 2), 3, 1),
     ((2, 2, 6, 3), (3, 2, 1, 3), 1, (0, 1), (1, 2), 1),
     ((2, 3, 6, 6), (4, 3, 1, 1), 1, 0, 1, 1),
+    ((2, 3, 6, 7), (4, 3, 3, 4), 1, "same", 1, 1),        # pl 1, pr 2: the pitch shares one column
+    ((2, 3, 5, 6), (4, 3, 2, 2), 1, 2, 1, 1),             # padding beyond the kernel's reach: pitch = ow
 ]
 
 
@@ -375,6 +377,19 @@ def test_conv2d_numpy_padded_shifts_are_the_shifted_padded_planes(xs, ws, stride
         want[:, :, j, :g.hp * g.wp - j * g.dw] = xpad[:, :, j * g.dw:]
     conv_numpy.padded_shifts(x + 1, g, "test.shifts")
     np.testing.assert_array_equal(conv_numpy.padded_shifts(x, g, "test.shifts"), want)
+
+
+def test_conv2d_numpy_shift_geometry_shares_the_padding_between_rows():
+    """The column-free path's planes have ``max(pl, pr)`` zero columns between two rows (at most ``dw*(kw-1)``,
+    so dy's rows fit): 3x3 "same" at 32x32 has a 33-column pitch, not 34; oh, ow stay."""
+    from xpnn.functional import conv_numpy
+
+    for ws, padding, dilation, wp in (((64, 64, 3, 3), 1, 1, 33), ((4, 3, 3, 4), "same", 1, 34),
+                                      ((4, 3, 2, 2), 2, 1, 35), ((4, 3, 3, 3), 0, 1, 32), ((4, 3, 3, 3), 3, 2, 35)):
+        g = C.conv2d_geometry((2, ws[1], 32, 32), ws, 1, padding, dilation)
+        gs = conv_numpy.shift_geometry(g)
+        assert (gs.wp, gs.hp, gs.oh, gs.ow, gs.pl) == (wp, g.hp, g.oh, g.ow, g.pl)
+        assert gs.wp >= max(gs.ow, g.w + max(g.pl, g.pr))
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 4, 6), (2, 3, 300, 300), (0, 4, 3, 3), (2, 3, 0, 5)])

@@ -30,6 +30,7 @@ kernels run.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Optional
 
@@ -97,6 +98,16 @@ def _windows(xpad: np.ndarray, g: Conv2dGeometry) -> np.ndarray:
     return win.transpose(0, 1, 4, 5, 2, 3)
 
 
+def shift_geometry(g: Conv2dGeometry) -> Conv2dGeometry:
+    """g with the right padding cut by ``min(pl, pr, dw*(kw-1))``: the plane pitch (wp) of the column-free path.
+    In a flat plane a row's right padding runs on into the next row's left padding, so ``max(pl, pr)`` zero
+    columns between two rows serve both (every padded position a window reads, ``(r, c)`` at ``r*wp + c``, is
+    still an input value or a zero, a window's last one past the plane's end at most, which ``padded_shifts``
+    zeroes); at most ``dw*(kw-1)`` so that dy's (oh, ow) rows fit the pitch (dW). 3x3 "same": 33 columns instead
+    of 34, 3% fewer products in each of the three GEMMs (oh, ow unchanged)."""
+    return dataclasses.replace(g, pr=g.pr - min(g.pl, g.pr, g.dw * (g.kw - 1)))
+
+
 def padded_shifts(src: np.ndarray, g: Conv2dGeometry, tag: str) -> np.ndarray:
     """src (N, C, H, W) zero-padded and shifted by each kernel column, in a recycled (N, C, kw, hp*wp) buffer:
     ``X[n, c, j, t] = xpad[n, c].flat[t + j*dw]`` (0 past the plane's end). ``X[:, :, 0]`` is the padded input;
@@ -123,8 +134,8 @@ def shift_add_product(weight: np.ndarray, xs: np.ndarray, g: Conv2dGeometry, gro
     multiplication"): per sample one GEMM gives every kernel row's partial sums over the whole padded plane,
     ``z[gi, (i, o), t] = sum_{c,j} W[gi*C_out/G + o, c, i, j] xs[n, gi*C/G + c, j, t]``, and
     ``y[n, o, p, q] = sum_i z[(i, o), (p + i*dh)*wp + q]``: kh-1 additions of strided views of z while it is in
-    cache, written into y, plus bias. Output positions never read the zeros past a plane's end (t + j*dw <=
-    (hp-1)*wp + ow - 1 + (kw-1)*dw = hp*wp - 1). A fresh (N, C_out, oh, ow)."""
+    cache, written into y, plus bias. g: ``shift_geometry``'s (or the full padding's) geometry, as xs was built
+    with. A fresh (N, C_out, oh, ow)."""
     c_out = int(weight.shape[0])
     cog, cg = c_out // groups, g.c // groups
     plane = g.hp * g.wp
@@ -177,8 +188,9 @@ def _conv2d_forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Any =
             >= SHIFT_MIN_CHANNELS:
         g = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
         if shift_apply(g, c_out, groups):
-            xs = padded_shifts(x, g, "conv2d.xs")
-            y = shift_add_product(weight, xs, g, groups, bias, "conv2d.y")
+            gs = shift_geometry(g)
+            xs = padded_shifts(x, gs, "conv2d.xs")
+            y = shift_add_product(weight, xs, gs, groups, bias, "conv2d.y")
             ctx.save_for_backward(x, weight)
             # cols None: a backward that falls back to the reference rebuilds the columns from x
             ctx.cols, ctx.xs, ctx.params = None, xs, (stride, padding, dilation, groups)
@@ -336,8 +348,9 @@ def _input_grad_transposed(weight: np.ndarray, dy: np.ndarray, g: Conv2dGeometry
     gt = Conv2dGeometry(g.n, c_out, g.oh, g.ow, g.kh, g.kw, 1, 1, g.dh, g.dw, *pads, g.h, g.w)
     wt = weight.reshape(groups, cog, cg, g.kh, g.kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
     if shift_apply(gt, g.c, groups):
-        dys = padded_shifts(dy, gt, "conv2d.dys")
-        return shift_add_product(wt.reshape(g.c, cog, g.kh, g.kw), dys, gt, groups, None, "conv2d.dx"), (dys, gt)
+        gs = shift_geometry(gt)
+        dys = padded_shifts(dy, gs, "conv2d.dys")
+        return shift_add_product(wt.reshape(g.c, cog, g.kh, g.kw), dys, gs, groups, None, "conv2d.dx"), (dys, gs)
     cols = _workspace.buffer("conv2d.dx_cols", (g.n, c_out, g.kh, g.kw, g.h, g.w), dy.dtype)
     np.copyto(cols, _windows(_padded(dy, gt, 0.0, "conv2d.dy_pad"), gt))
     wt = np.ascontiguousarray(wt).reshape(groups, cg, cog * g.offsets)
@@ -354,9 +367,10 @@ def conv2d_weight_grad_shift_numpy(dy: np.ndarray, xs: np.ndarray, g: Conv2dGeom
     one GEMM with xs gives every (kernel row, C_out/G, C_in/G*kw) block, accumulated over the batch.
     ``dy_pad``: (shifted planes, geometry) of dy as the transposed convolution of dx built them
     (``_input_grad_transposed``), read where its planes are (hp, wp) like the forward's (only dy's place in them
-    differs); else dy is padded here. The products include padding zeros times input (and dy) values, which is
-    not 0 where those are inf or NaN: then (dW not finite) dW is recomputed the reference's way from im2col
-    columns."""
+    differs); else dy is padded here. g: the convolution's geometry; xs and dy_pad's planes have the pitch of
+    ``shift_geometry(g)``. The products include padding zeros times input (and dy) values, which is not 0 where
+    those are inf or NaN: then (dW not finite) dW is recomputed the reference's way from im2col columns."""
+    g_full, g = g, shift_geometry(g)
     c_out = w_shape[0]
     cog, cg = c_out // groups, g.c // groups
     plane = g.hp * g.wp
@@ -364,7 +378,7 @@ def conv2d_weight_grad_shift_numpy(dy: np.ndarray, xs: np.ndarray, g: Conv2dGeom
         planes, gd = dy_pad[0][:, :, 0], dy_pad[1]
     else:
         gd = Conv2dGeometry(g.n, c_out, g.oh, g.ow, g.kh, g.kw, 1, 1, g.dh, g.dw, 0, g.dh * (g.kh - 1), 0,
-                            g.dw * (g.kw - 1), g.h, g.w)  # dy at the top left of an (hp, wp) plane
+                            g.wp - g.ow, g.h, g.w)  # dy at the top left of an (hp, wp) plane
         planes = _padded(dy, gd, 0.0, "conv2d.dw_dy").reshape(g.n, c_out, plane)
     at = gd.pt * g.wp + gd.pl  # e[.., t] = planes[.., t + at]
     pg = planes.reshape(g.n, groups, cog, plane)
@@ -390,8 +404,10 @@ def conv2d_weight_grad_shift_numpy(dy: np.ndarray, xs: np.ndarray, g: Conv2dGeom
     dw = acc.reshape(groups, g.kh, cog, cg, g.kw).transpose(0, 2, 3, 1, 4).reshape(w_shape)
     if not np.isfinite(dw).all():
         cols = _workspace.buffer("conv2d.cols", (g.n, g.c, g.kh, g.kw, g.oh, g.ow), dy.dtype)
-        np.copyto(cols, _windows(xs[:, :, 0].reshape(g.n, g.c, g.hp, g.wp), g))
-        dw = conv2d_weight_grad_numpy(dy, cols.reshape(g.n, groups, -1, g.oh * g.ow), g, groups, w_shape)
+        s4 = xs.strides  # cols[n, c, i, j, p, q] = xs[n, c, j, (p + i*dh)*wp + q]: the windows' values
+        np.copyto(cols, as_strided(xs, shape=cols.shape, strides=(s4[0], s4[1], g.dh * g.wp * s4[3], s4[2],
+                                                                  g.wp * s4[3], s4[3]), writeable=False))
+        dw = conv2d_weight_grad_numpy(dy, cols.reshape(g.n, groups, -1, g.oh * g.ow), g_full, groups, w_shape)
     return dw
 
 
