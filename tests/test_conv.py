@@ -613,3 +613,20 @@ def test_max_pool2d_nan_windows_like_torch(xs, k, s, p, d, ceil):
     for path, (y, dx) in _max_pool_paths(x, dy, args).items():
         np.testing.assert_array_equal(y, y_ref, err_msg=path)
         np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12, err_msg=path)
+
+
+def test_integer_scalars_of_numpy_are_ints_for_window_arguments():
+    """``np.int64`` / ``np.int32`` / 0-d integer arrays (what NumPy code computes sizes with) are accepted for kernel
+    size, stride, padding and dilation, as PyTorch accepts them, and give the same result as Python ints; bools and
+    floats are refused with the argument's name."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 7, 7))
+    w = np.random.default_rng(1).standard_normal((4, 3, 3, 3))
+    want = F.conv2d(x, w, stride=2, padding=1, dilation=1)
+    got = F.conv2d(x, w, stride=np.int64(2), padding=(np.int32(1), np.array(1)), dilation=np.uint8(1))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(F.max_pool2d(x, np.int64(2), stride=np.int16(2)), F.max_pool2d(x, 2, stride=2))
+    layer = nn.Conv2d(3, 4, np.int64(3), dtype="float64")
+    assert layer.kernel_size == (3, 3) and type(layer.kernel_size[0]) is int
+    for bad in (True, np.True_, 2.0, (2, 2.0)):
+        with pytest.raises(ValueError, match="max_pool2d: kernel_size must be an int or a pair of ints"):
+            F.max_pool2d(x, bad)

@@ -201,6 +201,45 @@ def test_linear_explicit_gradients_accumulate_as_the_tape_and_torch():
     step(3)
 
 
+def test_a_subclass_fast_path_is_its_own_and_follows_its_forward():
+    """The fast path belongs to a class whose forward is the one it computes: a subclass that defines its own
+    ``_one_op_call`` (inheriting ``forward``) uses it without touching ``nn.Linear``'s (keyed by the shared forward
+    before, it replaced the fast path of every plain Linear); a subclass of that one inherits it; a subclass with its
+    own forward runs that forward."""
+    from xpnn.nn import explicit
+
+    x = np.ones((4, 3))
+
+    calls = []
+
+    class Counting(nn.Linear):
+        def _one_op_call(self, x):
+            calls.append(type(self))
+            return super()._one_op_call(x)
+
+    class Inherits(Counting):
+        pass
+
+    class OwnForward(Counting):
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    plain = nn.Linear(3, 2, dtype="float64", seed=0)
+    expected = x @ plain.weight.data.T + plain.bias.data
+    np.testing.assert_array_equal(plain(x), expected)
+    assert calls == [] and type(plain.__dict__["_last_call"]) is not tuple  # (Linear's own fast path)
+    for cls in (Counting, Inherits):
+        m = cls(3, 2, dtype="float64", seed=0)
+        np.testing.assert_array_equal(m(x), expected)
+        assert calls[-1] is cls
+    m = OwnForward(3, 2, dtype="float64", seed=0)
+    np.testing.assert_array_equal(m(x), expected + 1.0)
+    assert len(calls) == 2 and type(m.__dict__["_last_call"]) is tuple  # (the tape ran OwnForward.forward)
+    np.testing.assert_array_equal(plain(x), expected)
+    assert len(calls) == 2
+    assert explicit._ONE_OP[nn.Linear][0] is nn.Linear.__dict__["_one_op_call"]
+
+
 def test_linear_call_one_op_only_takes_one_numpy_array_of_the_layer_itself():
     """``nn.Linear.__call__`` sends one NumPy array to the fast path; a subclass with a forward or a hand-written
     backward of its own, a Tensor and another namespace's array take ``Module.__call__`` as before."""

@@ -14,6 +14,7 @@ CuPy with the ``im2col``/``col2im`` kernels in ``kernels/conv.cu``.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -29,16 +30,30 @@ IntPair = Union[int, Sequence[int]]
 __all__ = ["conv2d", "conv2d_backward", "conv2d_geometry", "Conv2dGeometry", "im2col", "col2im", "pair_arg"]
 
 
+def _index(value: Any) -> Optional[int]:
+    """``value`` as a Python int if it is an integer (``operator.index``) and not a bool, else None."""
+    if isinstance(value, bool):  # (NumPy's bool has no __index__)
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def pair_arg(value: IntPair, name: str, where: str, minimum: int = 1) -> tuple[int, int]:
-    """An int or a pair of ints -> (h, w); each must be an int >= ``minimum`` (error names ``where``)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        out = (value, value)
+    """An int or a pair of ints -> (h, w) of Python ints; each must be an int >= ``minimum`` (error names ``where``).
+    Integer scalars of other types (``np.int64``, a 0-d integer array: anything with ``__index__``) count as ints, as
+    in PyTorch; bools do not."""
+    single = _index(value)
+    if single is not None:
+        out = (single, single)
     else:
         try:
-            out = tuple(value)  # type: ignore[arg-type]
+            pair = tuple(value)  # type: ignore[arg-type]
         except TypeError:
-            out = ()
-        if len(out) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in out):
+            pair = ()
+        out = tuple(_index(v) for v in pair)  # type: ignore[assignment]
+        if len(out) != 2 or None in out:
             raise ValueError(f"{where}: {name} must be an int or a pair of ints, got {value!r}")
     if min(out) < minimum:
         raise ValueError(f"{where}: {name} must be >= {minimum}, got {value!r}")

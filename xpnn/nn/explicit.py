@@ -175,10 +175,10 @@ def one_op_const_call(module: Module, op: type[Op], x: Any, consts: tuple[Any, .
     return out
 
 
-#: ``forward`` -> (``_one_op_call``, its number of arguments) of the classes that define one
-#: (``Module.__init_subclass__``): a subclass with a forward of its own (e.g. ``DropConnect``) is not here and runs
-#: its forward
-_ONE_OP: dict[Callable[..., Any], tuple[Callable[..., Any], int]] = {}
+#: class -> (``_one_op_call``, its number of arguments) for each class whose ``_one_op_call`` (its own or inherited)
+#: belongs to its ``forward`` (``Module.__init_subclass__``): a subclass with a forward of its own (e.g.
+#: ``DropConnect``) is not here and runs its forward; a subclass with a ``_one_op_call`` of its own has its own entry
+_ONE_OP: dict[type, tuple[Callable[..., Any], int]] = {}
 
 
 def call_one_op(module: Module, *args: Any, **kwargs: Any) -> Any:
@@ -186,7 +186,7 @@ def call_one_op(module: Module, *args: Any, **kwargs: Any) -> Any:
     straight to ``_one_op_call`` (``call``'s rules, without the generic path's checks: ~0.5 us), anything else, a
     subclass with a forward or a backward of its own, or ``NotImplemented``, to ``Module.__call__``."""
     if len(args) == 1 and not kwargs and type(args[0]) is np.ndarray and not module._explicit_backward:
-        fast = _ONE_OP.get(type(module).forward)
+        fast = _ONE_OP.get(type(module))
         if fast is not None and fast[1] == 1:
             out = fast[0](module, args[0])
             if out is not NotImplemented:
@@ -203,7 +203,7 @@ def call(module: Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                 return _ModuleOp.apply(*args, module=module, kwargs=kwargs)
         _count_forward(module)
         return module.forward(*args, **kwargs)
-    fast = _ONE_OP.get(cls.forward)  # (a layer that is one op: its _one_op_call)
+    fast = _ONE_OP.get(cls)  # (a layer that is one op: its _one_op_call)
     if fast is not None and len(args) == fast[1] and not kwargs:
         out = fast[0](module, *args)
         if out is not NotImplemented:
@@ -316,10 +316,11 @@ class Module(_core.Module):
         own = cls.__dict__.get("backward")
         if own is not None:
             cls._explicit_backward = not getattr(own, "_xpnn_tape", False)
-        fast = cls.__dict__.get("_one_op_call")
-        if fast is not None:
-            _ONE_OP[cls.forward] = (fast, fast.__code__.co_argcount - 1)
-            if "__call__" not in cls.__dict__:
+        owner = next((k for k in cls.__mro__ if "_one_op_call" in k.__dict__), None)
+        if owner is not None and cls.forward is owner.forward:  # (the fast path computes that class's forward)
+            fast = owner.__dict__["_one_op_call"]
+            _ONE_OP[cls] = (fast, fast.__code__.co_argcount - 1)
+            if owner is cls and "__call__" not in cls.__dict__:
                 cls.__call__ = call_one_op  # type: ignore[method-assign]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
