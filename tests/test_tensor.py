@@ -973,3 +973,24 @@ def test_first_gradient_is_a_private_copy():
     (a + b).backward(np.array([1.0]))  # add hands the same gradient to both inputs
     (a + b).backward(np.array([1.0]))
     assert a.grad.tolist() == [2.0] and b.grad.tolist() == [2.0]
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_a_tensor_computed_by_ops_pickles_as_a_leaf(how):
+    """Pickling (or deep-copying) a Tensor with history gives a leaf with its values and ``requires_grad``, as
+    ``torch.Tensor`` pickles (it failed on the history's weak references); the original graph still backpropagates."""
+    import copy
+    import pickle
+
+    x = xpnn.tensor(np.array([1.0, -2.0, 3.0]), requires_grad=True)
+    y = x * 2.0
+    z = pickle.loads(pickle.dumps(y)) if how == "pickle" else copy.deepcopy(y)
+    assert type(z) is xpnn.Tensor and z.requires_grad and z.is_leaf
+    np.testing.assert_array_equal(z.data, y.data)
+    assert not np.shares_memory(z.data, y.data)
+    z.sum().backward()
+    np.testing.assert_array_equal(z.grad, np.ones(3))
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, np.full(3, 2.0))
+    leaf = pickle.loads(pickle.dumps(x.detach()))
+    assert leaf.is_leaf and not leaf.requires_grad

@@ -339,6 +339,15 @@ class Tensor(TensorBase):
         return (self[i] for i in range(int(self._data.shape[0])))
 
     # --- leaving the graph --------------------------------------------------------------------------------
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """Pickling (and ``copy.deepcopy``) of a Tensor computed by ops stores it as a leaf with its values and
+        ``requires_grad``, without its history, as ``torch.Tensor`` pickles; leaves pickle as they are."""
+        if self._node is None:
+            return object.__reduce_ex__(self, protocol)
+        leaf = Tensor(self._data)
+        leaf._requires_grad = self._requires_grad
+        return object.__reduce_ex__(leaf, protocol)
+
     def detach(self) -> "Tensor":
         """A Tensor sharing ``data`` (and its version counter: an in-place write through either is seen by the ops
         that saved the other) without history (no gradient flows back through it)."""
