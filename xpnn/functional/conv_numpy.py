@@ -39,7 +39,7 @@ from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from .. import _dispatch
 from .._cuda import registry
-from . import _workspace
+from . import _workspace, cpu_threads
 from ..autograd.op import Context, register_override
 from .conv import Conv2d, Conv2dGeometry, conv2d_geometry, im2col
 from .pooling import MaxPool2d, first_inbounds_offset, pool2d_geometry, window_max
@@ -116,14 +116,18 @@ def padded_shifts(src: np.ndarray, g: Conv2dGeometry, tag: str) -> np.ndarray:
     32x32), the padding by zeroing the whole plane first (no narrow border writes)."""
     plane = g.hp * g.wp
     xs = _workspace.buffer(tag, (g.n, g.c, g.kw, plane), src.dtype)
-    for n in range(g.n):
-        xn = xs[n]
-        xn[:, 0].fill(0)
-        xn[:, 0].reshape(g.c, g.hp, g.wp)[:, g.pt:g.pt + g.h, g.pl:g.pl + g.w] = src[n]
-        for j in range(1, g.kw):
-            s = j * g.dw  # < wp <= hp*wp
-            xn[:, j, :plane - s] = xn[:, 0, s:]
-            xn[:, j, plane - s:] = 0
+
+    def fill(lo: int, hi: int) -> None:
+        for n in range(lo, hi):
+            xn = xs[n]
+            xn[:, 0].fill(0)
+            xn[:, 0].reshape(g.c, g.hp, g.wp)[:, g.pt:g.pt + g.h, g.pl:g.pl + g.w] = src[n]
+            for j in range(1, g.kw):
+                s = j * g.dw  # < wp <= hp*wp
+                xn[:, j, :plane - s] = xn[:, 0, s:]
+                xn[:, j, plane - s:] = 0
+
+    cpu_threads.parallel_for(g.n, fill)
     return xs
 
 
@@ -135,33 +139,37 @@ def shift_add_product(weight: np.ndarray, xs: np.ndarray, g: Conv2dGeometry, gro
     ``z[gi, (i, o), t] = sum_{c,j} W[gi*C_out/G + o, c, i, j] xs[n, gi*C/G + c, j, t]``, and
     ``y[n, o, p, q] = sum_i z[(i, o), (p + i*dh)*wp + q]``: kh-1 additions of strided views of z while it is in
     cache, written into y, plus bias. g: ``shift_geometry``'s (or the full padding's) geometry, as xs was built
-    with. A fresh (N, C_out, oh, ow)."""
+    with. Returns (N, C_out, oh, ow) in a recycled buffer (``_workspace``: reused once nothing references it)."""
     c_out = int(weight.shape[0])
     cog, cg = c_out // groups, g.c // groups
     plane = g.hp * g.wp
     w3 = np.ascontiguousarray(weight.reshape(groups, cog, cg, g.kh, g.kw).transpose(0, 3, 1, 2, 4))
     w3 = w3.reshape(groups, g.kh * cog, cg * g.kw)
     xg = xs.reshape(g.n, groups, cg * g.kw, plane)
-    z = _workspace.buffer(tag + ".z", (groups, g.kh, cog, plane), xs.dtype)
-    it = z.itemsize
-    # shifted[gi, i, o, p, q] = z[gi, i, o, (p + i*dh)*wp + q]: every read inside z's plane
-    shifted = as_strided(z, shape=(groups, g.kh, cog, g.oh, g.ow),
-                         strides=(g.kh * cog * plane * it, (cog * plane + g.dh * g.wp) * it, plane * it,
-                                  g.wp * it, it), writeable=False)
-    y = np.empty((g.n, groups, cog, g.oh, g.ow), dtype=xs.dtype)
+    y = _workspace.buffer(tag, (g.n, groups, cog, g.oh, g.ow), xs.dtype)  # recycled: no fresh pages each call
     b4 = None if bias is None else bias.reshape(groups, cog, 1, 1)
-    with np.errstate(invalid="ignore"):  # inf - inf from non-finite inputs: NaN, silently, as the BLAS reference
-        for n in range(g.n):
-            np.matmul(w3, xg[n], out=z.reshape(groups, g.kh * cog, plane))
-            yn = y[n]  # sum_i shifted[:, i] in index order, as np.sum over that axis (one pass fewer)
-            if g.kh == 1:
-                np.copyto(yn, shifted[:, 0])
-            else:
-                np.add(shifted[:, 0], shifted[:, 1], out=yn)
-            for i in range(2, g.kh):
-                yn += shifted[:, i]
-            if b4 is not None:
-                yn += b4
+
+    def product(lo: int, hi: int) -> None:
+        z = _workspace.buffer(tag + ".z", (groups, g.kh, cog, plane), xs.dtype)  # the running thread's own
+        it = z.itemsize
+        # shifted[gi, i, o, p, q] = z[gi, i, o, (p + i*dh)*wp + q]: every read inside z's plane
+        shifted = as_strided(z, shape=(groups, g.kh, cog, g.oh, g.ow),
+                             strides=(g.kh * cog * plane * it, (cog * plane + g.dh * g.wp) * it, plane * it,
+                                      g.wp * it, it), writeable=False)
+        with np.errstate(invalid="ignore"):  # inf - inf from non-finite inputs: NaN, silently, as the reference
+            for n in range(lo, hi):
+                np.matmul(w3, xg[n], out=z.reshape(groups, g.kh * cog, plane))
+                yn = y[n]  # sum_i shifted[:, i] in index order, as np.sum over that axis (one pass fewer)
+                if g.kh == 1:
+                    np.copyto(yn, shifted[:, 0])
+                else:
+                    np.add(shifted[:, 0], shifted[:, 1], out=yn)
+                for i in range(2, g.kh):
+                    yn += shifted[:, i]
+                if b4 is not None:
+                    yn += b4
+
+    cpu_threads.parallel_for(g.n, product)
     return y.reshape(g.n, c_out, g.oh, g.ow)
 
 
@@ -382,25 +390,37 @@ def conv2d_weight_grad_shift_numpy(dy: np.ndarray, xs: np.ndarray, g: Conv2dGeom
         planes = _padded(dy, gd, 0.0, "conv2d.dw_dy").reshape(g.n, c_out, plane)
     at = gd.pt * g.wp + gd.pl  # e[.., t] = planes[.., t + at]
     pg = planes.reshape(g.n, groups, cog, plane)
-    est = _workspace.buffer("conv2d.dw_e", (groups, g.kh, cog, plane), dy.dtype)
-    acc = _workspace.buffer("conv2d.dw_acc", (groups, g.kh * cog, cg * g.kw), dy.dtype)
-    part = _workspace.buffer("conv2d.dw_part", (groups, g.kh * cog, cg * g.kw), dy.dtype)
     xg = xs.reshape(g.n, groups, cg * g.kw, plane).swapaxes(-1, -2)
-    if g.n == 0:  # an empty batch: no product writes the (recycled, uninitialised) accumulator
-        acc.fill(0)
-    for i in range(g.kh):  # the zeros around each row's copy of e, the same for every sample
-        s = i * g.dh * g.wp
-        est[:, i, :, :s] = 0
-        est[:, i, :, s + plane - max(s, at):] = 0
-    with np.errstate(invalid="ignore"):  # 0 * inf: found below and recomputed
-        for n in range(g.n):
-            for i in range(g.kh):  # est[gi, i, o, t] = e[n, gi*C_out/G + o, t - i*dh*wp]
-                s = i * g.dh * g.wp
-                m = plane - max(s, at)
-                est[:, i, :, s:s + m] = pg[n, :, :, at:at + m]
-            np.matmul(est.reshape(groups, g.kh * cog, plane), xg[n], out=part if n else acc)
-            if n:
-                acc += part
+    acc_shape = (groups, g.kh * cog, cg * g.kw)
+    sums: list[tuple[int, np.ndarray]] = []  # one accumulator per chunk of samples, added in chunk order
+
+    def accumulate(lo: int, hi: int) -> None:
+        est = _workspace.buffer("conv2d.dw_e", (groups, g.kh, cog, plane), dy.dtype)  # the running thread's own
+        acc = _workspace.buffer("conv2d.dw_acc", acc_shape, dy.dtype)
+        part = _workspace.buffer("conv2d.dw_part", acc_shape, dy.dtype)
+        for i in range(g.kh):  # the zeros around each row's copy of e, the same for every sample
+            s = i * g.dh * g.wp
+            est[:, i, :, :s] = 0
+            est[:, i, :, s + plane - max(s, at):] = 0
+        with np.errstate(invalid="ignore"):  # 0 * inf: found below and recomputed
+            for n in range(lo, hi):
+                for i in range(g.kh):  # est[gi, i, o, t] = e[n, gi*C_out/G + o, t - i*dh*wp]
+                    s = i * g.dh * g.wp
+                    m = plane - max(s, at)
+                    est[:, i, :, s:s + m] = pg[n, :, :, at:at + m]
+                np.matmul(est.reshape(groups, g.kh * cog, plane), xg[n], out=part if n > lo else acc)
+                if n > lo:
+                    acc += part
+        sums.append((lo, acc))
+
+    cpu_threads.parallel_for(g.n, accumulate)
+    parts = [a for _, a in sorted(sums, key=lambda t: t[0])]
+    if parts:
+        acc = parts[0]
+        for a in parts[1:]:
+            acc += a
+    else:  # an empty batch
+        acc = np.zeros(acc_shape, dy.dtype)
     dw = acc.reshape(groups, g.kh, cog, cg, g.kw).transpose(0, 2, 3, 1, 4).reshape(w_shape)
     if not np.isfinite(dw).all():
         cols = _workspace.buffer("conv2d.cols", (g.n, g.c, g.kh, g.kw, g.oh, g.ow), dy.dtype)
