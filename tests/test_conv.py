@@ -630,3 +630,94 @@ def test_integer_scalars_of_numpy_are_ints_for_window_arguments():
     for bad in (True, np.True_, 2.0, (2, 2.0)):
         with pytest.raises(ValueError, match="max_pool2d: kernel_size must be an int or a pair of ints"):
             F.max_pool2d(x, bad)
+
+
+@pytest.fixture
+def split_batches(monkeypatch):
+    """Every batch of two or more samples split over two threads (``cpu_threads``) however small its work; records
+    the chunk counts of the splits that ran."""
+    from xpnn.functional import conv_numpy, cpu_threads
+
+    monkeypatch.setattr(conv_numpy, "CHUNK_MIN_ELEMENTS", 1)
+    counts = []
+    run = cpu_threads.parallel_for
+
+    def spy(n, body, min_chunk=1):
+        counts.append(run(n, body, min_chunk))
+        return counts[-1]
+
+    monkeypatch.setattr(cpu_threads, "parallel_for", spy)
+    cpu_threads.set_num_threads(2)
+    yield counts
+    cpu_threads.set_num_threads(None)
+
+
+@pytest.mark.parametrize("path", ["transposed", "channels_last", "cols", "rows", "batch_last"])
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups",
+                         [c for c in CONV_CASES + TRANSPOSED_CASES if c[0][0] >= 2])
+def test_conv2d_numpy_split_over_threads_matches_the_reference(split_batches, monkeypatch, xs, ws, stride, padding,
+                                                               dilation, groups, path):
+    """The im2col path split over two threads (each chunk of the batch's columns and products in its own thread;
+    dx by the path chosen for the whole batch, per chunk; dW summed over the chunks) equals the array-API reference
+    in float64, through the tape, twice (the second time on recycled buffers)."""
+    from xpnn.functional import conv_numpy
+
+    g = C.conv2d_geometry(xs, ws, stride, padding, dilation, groups)
+    if path == "transposed" and conv_numpy._transposed_padding(g) is None \
+            or path == "rows" and g.sh != 1 or path == "batch_last" and (g.sh, g.sw) != (1, 1):
+        return  # the path does not apply (test_conv2d_numpy_backward_override_matches_the_reference)
+    monkeypatch.setattr(conv_numpy, "input_grad_path", lambda *_: path)
+    x, w, b = randn(*xs, seed=1), randn(*ws, seed=2), randn(ws[0], seed=3)
+    for _ in range(2):
+        split_batches.clear()
+        y, dx, dw, db, dy = _conv_through_tape(x, w, b, 4, stride, padding, dilation, groups)
+        assert split_batches and all(c == 2 for c in split_batches)  # forward, dx and dW each ran in two chunks
+        np.testing.assert_allclose(y, C.conv2d_forward(x, w, b, g, groups)[0], rtol=1e-12, atol=1e-12)
+        for got, want in zip((dx, dw, db), F.conv2d_backward(x, w, dy, stride, padding, dilation, groups)):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_numpy_split_over_threads_is_deterministic_and_keeps_outputs(split_batches):
+    """Split over two threads, float32 at LeNet's second layer: the output and dx equal the one-thread run's bit for
+    bit (each sample's products are the same), dW to rounding (summed per chunk), and two runs are identical; an
+    output held by the caller keeps its values while later steps run (recycled buffers stay out of reuse)."""
+    from xpnn.functional import cpu_threads
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 6, 14, 14), dtype=np.float32)
+    w = rng.standard_normal((16, 6, 5, 5), dtype=np.float32)
+    b = rng.standard_normal(16, dtype=np.float32)
+    split = [_conv_through_tape(x, w, b, 4) for _ in range(2)]
+    assert split_batches and all(c == 2 for c in split_batches)
+    for got, again in zip(split[0], split[1]):
+        np.testing.assert_array_equal(got, again)
+    kept = [a.copy() for a in split[0]]
+    cpu_threads.set_num_threads(1)
+    one = _conv_through_tape(x, w, b, 4)
+    np.testing.assert_array_equal(split[0][0], one[0])
+    np.testing.assert_array_equal(split[0][1], one[1])
+    np.testing.assert_allclose(split[0][2], one[2], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(split[0][3], one[3])
+    for got, want in zip(split[0], kept):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("xs,k,s,p,d,ceil", [c for c in POOL_CASES + POOL_EDGE_CASES if c[0][0] >= 2])
+def test_max_pool2d_split_over_threads_matches_the_reference(split_batches, xs, k, s, p, d, ceil):
+    """Max pooling split over two threads (per chunk of the batch: the pooled values and argmax, then the routed
+    gradient) equals the array code of the declaration, through the tape, with -inf, +inf and NaN mixed in."""
+    import xpnn
+
+    x = randn(*xs, seed=3)
+    flat = x.reshape(-1)
+    flat[::5], flat[1::7], flat[2::11] = -np.inf, np.inf, np.nan
+    y_ref, arg = F.max_pool2d_with_argmax(x, k, s, p, d, ceil)
+    dy = randn(*y_ref.shape, seed=4)
+    for _ in range(2):
+        split_batches.clear()
+        xt = xpnn.tensor(x, requires_grad=True)
+        y = F.max_pool2d(xt, k, s, p, d, ceil)
+        y.backward(xpnn.tensor(dy))
+        assert split_batches and all(c == 2 for c in split_batches)
+        np.testing.assert_array_equal(np.asarray(y.data), y_ref)
+        np.testing.assert_array_equal(xt.grad, F.max_pool2d_backward(arg, dy, xs, k, s, p, d, ceil))

@@ -52,6 +52,31 @@ def _kernels_answer(op: Any, dtype: Any) -> bool:
     return _dispatch.lookup(op, np, dtype) is not None
 
 
+# elements (of the largest array a sample's work touches) from which a chunk of the batch is worth a thread of its
+# own: a split costs ~30-50 us of thread hand-off, a sample of LeNet's second convolution ~15,000 column elements
+CHUNK_MIN_ELEMENTS = 1 << 16
+
+
+def _min_chunk(per_sample: int) -> int:
+    """Samples per chunk for ``per_sample`` elements of work each (``CHUNK_MIN_ELEMENTS`` per chunk at least)."""
+    return -(-CHUNK_MIN_ELEMENTS // max(per_sample, 1))
+
+
+def _split(n: int, per_sample: int) -> bool:
+    """Whether a batch of n samples of ``per_sample`` elements of work each runs in more than one chunk."""
+    return cpu_threads.planned_chunks(n, _min_chunk(per_sample)) > 1
+
+
+def _batch_chunks(n: int, per_sample: int, fn: Any) -> list[tuple[int, int, Any]]:
+    """``[(lo, hi, fn(lo, hi))]`` over contiguous chunks of a batch of n samples in order, the chunks run at once on
+    ``cpu_threads`` (one chunk when the threads are 1, another split is running, or the batch's work is small:
+    ``per_sample`` elements each, at least ``CHUNK_MIN_ELEMENTS`` per chunk)."""
+    out: list[tuple[int, int, Any]] = []
+    cpu_threads.parallel_for(n, lambda lo, hi: out.append((lo, hi, fn(lo, hi))), _min_chunk(per_sample))
+    out.sort(key=lambda t: t[0])
+    return out
+
+
 def _padded(x: np.ndarray, g: Conv2dGeometry, value: float, tag: str) -> np.ndarray:
     """x (N, C, H, W) inside a recycled (N, C, hp, wp) buffer whose border holds ``value`` (x itself unpadded)."""
     if not (g.pt or g.pb or g.pl or g.pr):
@@ -204,8 +229,40 @@ def _conv2d_forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Any =
             ctx.cols, ctx.xs, ctx.params = None, xs, (stride, padding, dilation, groups)
             ctx.has_bias = bias is not None
             return y
+    if x.ndim == 4 and weight.ndim == 4 and type(groups) is int and groups >= 1 and int(x.shape[0]) > 1 \
+            and cpu_threads.get_num_threads() > 1:
+        g = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+        if _split(g.n, g.c * g.offsets * g.oh * g.ow) and x.dtype == weight.dtype \
+                and (bias is None or bias.dtype == x.dtype):
+            return _conv2d_forward_chunks(ctx, x, weight, bias, g, groups, (stride, padding, dilation, groups))
     return Conv2d.forward(ctx, x, weight, bias, im2col_fn=im2col_numpy, stride=stride, padding=padding,
                           dilation=dilation, groups=groups)
+
+
+def _conv2d_forward_chunks(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray],
+                           g: Conv2dGeometry, groups: int, params: tuple[Any, ...]) -> np.ndarray:
+    """The im2col forward (``conv.conv2d_forward``'s products) over chunks of the batch at once (``_batch_chunks``):
+    each chunk's columns into its thread's buffer (saved per chunk for the backward, ``ctx.col_chunks``) and its
+    product into its rows of y."""
+    c_out = int(weight.shape[0])
+    kg = g.c // groups * g.offsets
+    w3 = weight.reshape(groups, c_out // groups, kg)
+    y = _workspace.buffer("conv2d.out", (g.n, c_out, g.oh, g.ow), x.dtype)  # free again once the caller drops it
+    b4 = None if bias is None else bias.reshape(1, c_out, 1, 1)
+
+    def run(lo: int, hi: int) -> np.ndarray:
+        cols = im2col_numpy(x[lo:hi], dataclasses.replace(g, n=hi - lo)).reshape(hi - lo, groups, kg, g.oh * g.ow)
+        yk = y[lo:hi]
+        np.matmul(w3, cols, out=yk.reshape(hi - lo, groups, c_out // groups, g.oh * g.ow))
+        if b4 is not None:
+            yk += b4
+        return cols
+
+    chunks = _batch_chunks(g.n, kg * g.oh * g.ow, run)  # one chunk (all of x) when another split is running
+    ctx.save_for_backward(x, weight)
+    # cols None: a backward that falls back to the reference rebuilds the columns from x
+    ctx.cols, ctx.col_chunks, ctx.params, ctx.has_bias = None, chunks, params, bias is not None
+    return y
 
 
 # N * C_in/groups from which dx is accumulated channels-last (measured at LeNet sizes: N*C = 64 (one input channel)
@@ -213,11 +270,13 @@ def _conv2d_forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Any =
 CHANNELS_LAST_MIN = 256
 
 
-def conv2d_input_grad_numpy(weight: np.ndarray, dy: np.ndarray, g: Conv2dGeometry, groups: int) -> np.ndarray:
+def conv2d_input_grad_numpy(weight: np.ndarray, dy: np.ndarray, g: Conv2dGeometry, groups: int,
+                            out: Optional[np.ndarray] = None) -> np.ndarray:
     """dx of ``conv2d`` for dy (N, C_out, oh, ow): per group and kernel offset (i, j), the product
     ``dy (oh*ow*N, C_out/G) @ W[:, :, i, j] (C_out/G, C_in/G)`` (one batched matmul over the offsets) added into the
     strided window view of a channels-last (H, W, N, C) dx. Channels-last makes each addition run over contiguous
-    N*C blocks; the reference's NCHW ``col2im`` adds rows of only ow contiguous values (3x slower at LeNet sizes)."""
+    N*C blocks; the reference's NCHW ``col2im`` adds rows of only ow contiguous values (3x slower at LeNet sizes).
+    ``out``: an (N, C_in, H, W) array to write dx into (else a fresh one)."""
     c_out = weight.shape[0]
     cog, cg = c_out // groups, g.c // groups
     dyt = _workspace.buffer("conv2d.dy_cl", (g.oh, g.ow, g.n, c_out), dy.dtype)
@@ -233,16 +292,24 @@ def conv2d_input_grad_numpy(weight: np.ndarray, dy: np.ndarray, g: Conv2dGeometr
         for k in range(g.offsets):
             hs, ws = g.window(k // g.kw, k % g.kw)
             dxp[hs, ws, :, gi * cg:(gi + 1) * cg] += parts5[k]
-    return np.ascontiguousarray(dxp[g.pt:g.pt + g.h, g.pl:g.pl + g.w].transpose(2, 3, 0, 1))
+    return _nchw(dxp[g.pt:g.pt + g.h, g.pl:g.pl + g.w].transpose(2, 3, 0, 1), out)
+
+
+def _nchw(dx: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
+    """dx (a transposed view of an accumulator) copied into ``out``, else into a fresh C-contiguous array."""
+    if out is None:
+        return np.ascontiguousarray(dx)
+    np.copyto(out, dx)
+    return out
 
 
 def conv2d_input_grad_batch_last_numpy(weight: np.ndarray, dy: np.ndarray, g: Conv2dGeometry,
-                                       groups: int) -> np.ndarray:
+                                       groups: int, out: Optional[np.ndarray] = None) -> np.ndarray:
     """dx of a stride-1 ``conv2d``: ``conv2d_input_grad_numpy``'s products and additions in a (C, H, W, N) layout
     (the same terms and order; the GEMM's rounding may differ in the last bit): dy as (C_out, oh*ow*N), one GEMM per group ``W[g] (kh*kw*C_in/G, C_out/G) @ dy[g]`` for
     every offset, then per offset one addition over rows of ow*N contiguous values (channels-last adds rows of
     N*C_in/G; 1.0-1.25x faster at LeNet's second layer, N=64, C=6 -> 16, 14x14, 5x5, 1 thread, 2026-12-06).
-    Raises ValueError for a stride above 1."""
+    ``out``: as ``conv2d_input_grad_numpy``'s. Raises ValueError for a stride above 1."""
     if g.sh != 1 or g.sw != 1:
         raise ValueError(f"conv2d_input_grad_batch_last_numpy: needs stride 1, got {g}")
     c_out = weight.shape[0]
@@ -260,7 +327,7 @@ def conv2d_input_grad_batch_last_numpy(weight: np.ndarray, dy: np.ndarray, g: Co
             h0, w0 = i * g.dh, j * g.dw * g.n
             dxp[:, :, h0:h0 + g.oh, w0:w0 + g.ow * g.n] += p6[:, i, j]
     dx = dxp.reshape(g.c, g.hp, g.wp, g.n)[:, g.pt:g.pt + g.h, g.pl:g.pl + g.w]
-    return np.ascontiguousarray(dx.transpose(3, 0, 1, 2))
+    return _nchw(dx.transpose(3, 0, 1, 2), out)
 
 
 def conv2d_weight_grad_numpy(dy: np.ndarray, cols: np.ndarray, g: Conv2dGeometry, groups: int,
@@ -503,15 +570,43 @@ def _conv2d_backward(ctx: Context, dy: Any) -> Any:
         if path == "transposed" and not _all_finite(weight):  # its products include dy's padding zeros times the
             # weights, NaN for an inf/NaN weight where the reference (and PyTorch) add only real terms: the scatter
             path = scatter_path(g, groups)
-        if path == "transposed":
+        chunked = len(ctx.__dict__.get("col_chunks", ())) > 1  # the forward ran split (im2col path)
+        if not chunked and path == "transposed":
             dx, dy_pad = _input_grad_transposed(weight, dy, g, groups)
-        else:
+        elif not chunked:
             dx = INPUT_GRAD_PATHS[path](weight, dy, g, groups)
+        else:  # the path chosen for the whole batch, run per chunk of it at once
+            dx = _workspace.buffer("conv2d.dx_out", tuple(x.shape), x.dtype)  # free again once dropped
+
+            def run(lo: int, hi: int) -> None:
+                gk = dataclasses.replace(g, n=hi - lo)
+                if path in ("batch_last", "channels_last"):  # written in place
+                    INPUT_GRAD_PATHS[path](weight, dy[lo:hi], gk, groups, out=dx[lo:hi])
+                else:
+                    dx[lo:hi] = (_input_grad_transposed(weight, dy[lo:hi], gk, groups)[0] if path == "transposed"
+                                 else INPUT_GRAD_PATHS[path](weight, dy[lo:hi], gk, groups))
+
+            _batch_chunks(g.n, max(g.c * g.h * g.w, c_out * g.oh * g.ow) * max(g.offsets // 4, 1), run)
     dw = None
     if need[1]:
-        xs = ctx.__dict__.get("xs")
-        dw = (conv2d_weight_grad_numpy(dy, ctx.cols, g, groups, tuple(weight.shape)) if xs is None else
-              conv2d_weight_grad_shift_numpy(dy, xs, g, groups, tuple(weight.shape), dy_pad))
+        xs, col_chunks = ctx.__dict__.get("xs"), ctx.__dict__.get("col_chunks")
+        if xs is not None:
+            dw = conv2d_weight_grad_shift_numpy(dy, xs, g, groups, tuple(weight.shape), dy_pad)
+        elif col_chunks is not None:  # the forward's chunks at once, each where its columns are; added in order
+            sums: list[Any] = [None] * len(col_chunks)
+
+            def dw_chunks(k0: int, k1: int) -> None:
+                for k in range(k0, k1):
+                    lo, hi, cols = col_chunks[k]
+                    sums[k] = conv2d_weight_grad_numpy(dy[lo:hi], cols, dataclasses.replace(g, n=hi - lo), groups,
+                                                       tuple(weight.shape))
+
+            cpu_threads.parallel_for(len(col_chunks), dw_chunks)
+            dw = sums[0]
+            for part in sums[1:]:
+                dw += part
+        else:
+            dw = conv2d_weight_grad_numpy(dy, ctx.cols, g, groups, tuple(weight.shape))
     return dx, dw, db
 
 
@@ -631,9 +726,17 @@ def _max_pool2d_forward(ctx: Context, x: np.ndarray, *, kernel_size: Any, stride
     if _kernels_answer(registry.MAX_POOL2D, x.dtype) or x.dtype.kind != "f":
         return NotImplemented  # kernels (shim), or an error message from the reference
     g = pool2d_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
-    y, ctx.argmax = max_pool2d_numpy(x, g)
     ctx.args = (tuple(x.shape), kernel_size, stride, padding, dilation, ceil_mode)
     ctx.geometry = g
+    if not _split(g.n, g.c * g.h * g.w):
+        y, ctx.argmax = max_pool2d_numpy(x, g)
+        return y
+    chunks = _batch_chunks(g.n, g.c * g.h * g.w, lambda lo, hi: max_pool2d_numpy(x[lo:hi],
+                                                                                   dataclasses.replace(g, n=hi - lo)))
+    y = _workspace.buffer("max_pool2d.out_all", (g.n, g.c, g.oh, g.ow), x.dtype)  # free again once dropped
+    for lo, hi, (yk, _) in chunks:
+        y[lo:hi] = yk
+    ctx.argmax, ctx.arg_chunks = None, [(lo, hi, arg) for lo, hi, (_, arg) in chunks]
     return y
 
 
@@ -641,8 +744,20 @@ def _max_pool2d_backward(ctx: Context, dy: Any) -> Any:
     g = ctx.__dict__.get("geometry")
     if g is None or type(dy) is not np.ndarray or ctx.create_graph or tuple(dy.shape) != (g.n, g.c, g.oh, g.ow) \
             or _kernels_answer(registry.MAX_POOL2D_BACKWARD, dy.dtype):
+        if ctx.__dict__.get("arg_chunks") is not None:  # the reference's backward reads the whole argmax
+            ctx.argmax, ctx.arg_chunks = np.concatenate([arg for _, _, arg in ctx.arg_chunks]), None
         return NotImplemented
-    return max_pool2d_backward_numpy(ctx.argmax, dy, g)
+    arg_chunks = ctx.__dict__.get("arg_chunks")
+    if arg_chunks is None:
+        return max_pool2d_backward_numpy(ctx.argmax, dy, g)
+    dx = _workspace.buffer("max_pool2d.dx_all", (g.n, g.c, g.h, g.w), dy.dtype)  # free again once dropped
+
+    def run(k0: int, k1: int) -> None:  # the forward's chunks at once
+        for lo, hi, arg in arg_chunks[k0:k1]:
+            dx[lo:hi] = max_pool2d_backward_numpy(arg, dy[lo:hi], dataclasses.replace(g, n=hi - lo))
+
+    cpu_threads.parallel_for(len(arg_chunks), run)
+    return dx
 
 
 register_override(Conv2d.name, "forward", "numpy", _conv2d_forward)

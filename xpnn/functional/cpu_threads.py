@@ -25,7 +25,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
-__all__ = ["get_num_threads", "set_num_threads", "parallel_for", "chunks"]
+__all__ = ["get_num_threads", "set_num_threads", "parallel_for", "planned_chunks", "chunks"]
 
 _requested: Optional[int] = None  # set_num_threads's value
 _blas: Optional[list[Any]] = None  # threadpoolctl controllers of NumPy's BLAS ([] when none was found)
@@ -121,15 +121,20 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
+def planned_chunks(n: int, min_chunk: int = 1) -> int:
+    """How many chunks ``parallel_for(n, body, min_chunk)`` splits the loop into when no other split is running."""
+    return max(1, min(get_num_threads(), n // max(1, min_chunk))) if n > 0 else 0
+
+
 def parallel_for(n: int, body: Callable[[int, int], None], min_chunk: int = 1) -> int:
     """Run ``body(lo, hi)`` over contiguous chunks covering range(n), at most ``get_num_threads()`` of them and each
     at least ``min_chunk`` long, at once on a thread pool (the first chunk in the calling thread), with NumPy's BLAS
     limited to one thread meanwhile. Returns the number of chunks (0 for n = 0). ``body`` must write only its own
     chunk's part of shared outputs. An exception from a chunk is raised after every chunk has finished."""
-    if n <= 0:
+    threads = planned_chunks(n, min_chunk)
+    if threads == 0:
         return 0
-    threads = min(get_num_threads(), n // max(1, min_chunk))
-    if threads <= 1 or not _busy.acquire(blocking=False):
+    if threads == 1 or not _busy.acquire(blocking=False):
         body(0, n)
         return 1
     try:
