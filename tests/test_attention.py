@@ -296,9 +296,9 @@ def test_mha_constructor_takes_pytorchs_positional_arguments(torch):
     theirs = list(inspect.signature(torch.nn.MultiheadAttention.__init__).parameters)
     assert ours[:10] == theirs[:10]  # (embed_dim, num_heads, dropout, bias, add_bias_kv, ..., batch_first)
     assert nn.MultiheadAttention(8, 2, 0.0, True, False, False, None, None, True).batch_first
-    for kw in ({"add_bias_kv": True}, {"add_zero_attn": True}, {"kdim": 4}, {"vdim": 6}):
-        with pytest.raises(NotImplementedError, match="MultiheadAttention: add_bias_kv, add_zero_attn and kdim"):
-            nn.MultiheadAttention(8, 2, **kw)
+    m = nn.MultiheadAttention(8, 2, 0.0, True, True, True, 4, 6)
+    assert (m.kdim, m.vdim, m._qkv_same_embed_dim, m.add_zero_attn) == (4, 6, False, True)
+    assert m.in_proj_weight is None and tuple(m.bias_k.shape) == (1, 1, 8)
 
 
 def test_mha_bad_arguments_raise_naming_the_layer():
@@ -495,3 +495,99 @@ def test_sdpa_dropout_p_is_checked_and_one_drops_everything(torch):
     np.testing.assert_array_equal(out.data, ref.numpy())
     out.sum().backward()
     np.testing.assert_array_equal(x.grad, np.zeros_like(q))
+
+
+KV_CASES = [  # kdim, vdim, add_bias_kv, add_zero_attn, batch_first, need_weights, masks, bias
+    (4, 6, False, False, True, True, None, True),
+    (4, 6, False, False, False, False, "bool", True),
+    (8, 5, False, False, True, False, "float", False),
+    (None, None, True, False, True, True, "bool", True),
+    (None, None, False, True, False, True, "float", True),
+    (4, 6, True, True, True, False, "bool", True),
+    (4, 6, True, True, False, True, None, False),
+    (3, 3, True, True, True, True, "float3d", True),
+]
+
+
+@pytest.mark.parametrize("case", KV_CASES)
+def test_mha_kdim_vdim_bias_kv_and_zero_attn_match_pytorch(case, torch):
+    """Separate q/k/v projections (``kdim``/``vdim``), ``add_bias_kv`` and ``add_zero_attn``: PyTorch's parameters
+    (names, shapes, order), outputs, weights (S + 1 or + 2 columns) and the gradients of the inputs and every
+    parameter, with masks (padded with an attended column per added key, as PyTorch pads them)."""
+    kdim, vdim, bias_kv, zero_attn, batch_first, need_weights, masks, bias = case
+    rng = np.random.default_rng(KV_CASES.index(case))
+    E, H, N, L, S = 8, 2, 3, 4, 5
+    kw = dict(bias=bias, add_bias_kv=bias_kv, add_zero_attn=zero_attn, kdim=kdim, vdim=vdim, batch_first=batch_first)
+    tm, xm = _mha_pair(torch, E, H, **kw)
+    assert [(k, tuple(v.shape)) for k, v in xm.named_parameters()] == \
+        [(k, tuple(v.shape)) for k, v in tm.named_parameters()]
+    assert xm._qkv_same_embed_dim == tm._qkv_same_embed_dim
+    kd, vd = kdim or E, vdim or E
+
+    def seq(length, dim):
+        return rng.standard_normal((N, length, dim) if batch_first else (length, N, dim))
+    q, k, v = seq(L, E), seq(S, kd), seq(S, vd)
+    kpm = am = None
+    if masks == "bool":
+        kpm = rng.random((N, S)) < 0.3
+        am = rng.random((L, S)) < 0.3
+        kpm[:, 0] = am[:, 0] = False
+    elif masks == "float":
+        kpm, am = rng.standard_normal((N, S)), rng.standard_normal((L, S))
+    elif masks == "float3d":
+        am = rng.standard_normal((N * H, L, S))
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    t_out, t_w = tm(tq, tk, tv, key_padding_mask=None if kpm is None else torch.tensor(kpm),
+                    need_weights=need_weights, attn_mask=None if am is None else torch.tensor(am))
+    g = rng.standard_normal(tuple(t_out.shape))
+    ((t_out * torch.tensor(g)).sum() + (0 if t_w is None else (t_w ** 2).sum())).backward()
+    xq, xk, xv = (xpnn.tensor(a, requires_grad=True) for a in (q, k, v))
+    out, w = xm(xq, xk, xv, key_padding_mask=kpm, need_weights=need_weights, attn_mask=am)
+    ((out * g).sum() + (0 if w is None else (w ** 2).sum())).backward()
+    np.testing.assert_allclose(out.numpy(), t_out.detach().numpy(), atol=1e-10)
+    assert (w is None) == (t_w is None)
+    if w is not None:
+        assert tuple(w.shape) == (N, L, S + bias_kv + zero_attn)
+        np.testing.assert_allclose(w.numpy(), t_w.detach().numpy(), atol=1e-10)
+    for mine, theirs in zip((xq, xk, xv), (tq, tk, tv)):
+        np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), atol=1e-10)
+    t_params = dict(tm.named_parameters())
+    for name, p in xm.named_parameters():
+        np.testing.assert_allclose(p.grad, t_params[name].grad.numpy(), atol=1e-10, err_msg=name)
+
+
+def test_mha_kdim_vdim_gradcheck_float64():
+    rng = np.random.default_rng(7)
+    m = nn.MultiheadAttention(4, 2, batch_first=True, kdim=3, vdim=5, add_bias_kv=True, add_zero_attn=True,
+                              dtype="float64", seed=0)
+    q, k, v = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 2, 3)), rng.standard_normal((2, 2, 5))
+    kpm = np.array([[False, True], [False, False]])
+    w = rng.standard_normal((2, 3, 4))
+
+    def loss():
+        with xpnn.no_grad():
+            return float((m(xpnn.tensor(q), xpnn.tensor(k), xpnn.tensor(v), key_padding_mask=kpm)[0] * w).sum())
+
+    xs = [xpnn.tensor(a, requires_grad=True) for a in (q, k, v)]
+    (m(*xs, key_padding_mask=kpm)[0] * w).sum().backward()
+    for x, a in zip(xs, (q, k, v)):
+        np.testing.assert_allclose(x.grad, numeric_grad(loss, a), atol=1e-7)
+    for name, p in m.named_parameters():
+        np.testing.assert_allclose(p.grad, numeric_grad(loss, p.data), atol=1e-7, err_msg=name)
+
+
+def test_mha_kdim_vdim_wrong_shapes_name_the_layer():
+    m = nn.MultiheadAttention(8, 2, batch_first=True, kdim=4, vdim=6, dtype="float64")
+    q = xpnn.tensor(np.zeros((2, 3, 8)))
+    k, v = xpnn.tensor(np.zeros((2, 5, 4))), xpnn.tensor(np.zeros((2, 5, 6)))
+    assert tuple(m(q, k, v)[0].shape) == (2, 3, 8)
+    with pytest.raises(ShapeError, match=r"MultiheadAttention\(embed_dim=8, num_heads=2\): expected key of shape "
+                                         r"\(N, S, kdim\) with kdim = 4 .*got \(2, 5, 8\)"):
+        m(q, xpnn.tensor(np.zeros((2, 5, 8))), v)
+    with pytest.raises(ShapeError, match=r"expected value of shape \(N, S, vdim\) with vdim = 6 .*got \(2, 5, 4\)"):
+        m(q, k, k)
+    with pytest.raises(ShapeError, match=r"expected key and value of one length S .*key \(2, 5, 4\) and value "
+                                         r"\(2, 4, 6\)"):
+        m(q, k, xpnn.tensor(np.zeros((2, 4, 6))))
+    with pytest.raises(ValueError, match=r"MultiheadAttention: kdim must be a positive integer, got 0"):
+        nn.MultiheadAttention(8, 2, kdim=0)

@@ -166,6 +166,35 @@ class _CausalEncoder(nn.Module):
         return self.head(F.reshape(h, (-1, 48)))
 
 
+class _Seq2Seq(nn.Module):
+    """Token ids (N, 6) -> embeddings -> an nn.Transformer (pre-norm, gelu; source: the 6 tokens, target: the first
+    4, with a float causal tgt_mask, a bool memory_mask and a src_mask) -> a TransformerDecoder of post-norm
+    TransformerDecoderLayers over the same memory -> a MultiheadAttention with kdim/vdim (separate q/k/v
+    projections) -> a Linear of the flattened target."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(11, 8, seed=0)
+        self.model = nn.Transformer(8, 2, 1, 2, 16, dropout=0.0, activation="gelu", batch_first=True,
+                                    norm_first=True, seed=1)
+        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(8, 2, 16, dropout=0.0, batch_first=True,
+                                                                        seed=2), 2)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True, kdim=3, vdim=5, seed=3)
+        self.head = nn.Linear(32, 5, seed=4)
+
+    def forward(self, x):
+        h = self.embed(x)
+        src, tgt = h, h[:, :4, :]
+        memory_mask = np.zeros((4, 6), dtype=bool)
+        memory_mask[:, 5] = True
+        y = self.model(src, tgt, src_mask=np.eye(6, dtype=bool)[::-1].copy(),
+                       tgt_mask=nn.Transformer.generate_square_subsequent_mask(4), memory_mask=memory_mask,
+                       tgt_is_causal=True)
+        y = self.decoder(y, src, tgt_mask=np.triu(np.ones((4, 4), dtype=bool), 1), tgt_is_causal=True)
+        y = self.attn(y, src[:, :, :3], src[:, :, 3:], need_weights=False)[0]
+        return self.head(F.reshape(y, (-1, 32)))
+
+
 class _Recurrent(nn.Module):
     """The recurrent layers and cells in turn on (N, T, 4), from initial states computed from the input (a zero
     state made by the layer would be a constant of the traced batch size: with a dynamic batch axis the export
@@ -190,8 +219,9 @@ class _Recurrent(nn.Module):
 
 
 LAYER_MODELS = {"dense": (_dense_model, (8,)), "conv": (_conv_model, (2, 12, 11)), "pool": (_pool_model, (2, 9, 10)),
-                "tokens": (_token_model, (6,)), "attention": (_CausalEncoder, (6,)), "recurrent": (_Recurrent, (5, 4))}
-VOCAB = {"tokens": 11, "attention": 11}  # models whose input is token ids
+                "tokens": (_token_model, (6,)), "attention": (_CausalEncoder, (6,)), "recurrent": (_Recurrent, (5, 4)),
+                "seq2seq": (_Seq2Seq, (6,))}
+VOCAB = {"tokens": 11, "attention": 11, "seq2seq": 11}  # models whose input is token ids
 
 
 @pytest.mark.parametrize("case", sorted(LAYER_MODELS))
@@ -259,6 +289,28 @@ def test_broadcast_to_a_batch_shape_exports_static_only(tmp_path):
         xonnx.export(Spread(), x, tmp_path / "m.onnx", dynamic_axes={"input": [0]})
     xonnx.export(Spread(), x, tmp_path / "m.onnx")
     np.testing.assert_allclose(_run(_session(ort, tmp_path / "m.onnx"), x), _xpnn_out(Spread(), x), atol=1e-6)
+
+
+def test_attention_with_bias_kv_and_zero_attn_exports_static_only(tmp_path):
+    """``add_bias_kv`` / ``add_zero_attn`` append a key of the batch's size (a constant of the traced batch): a
+    dynamic batch axis is refused, the static export matches."""
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+
+    class Attend(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True, add_bias_kv=True, add_zero_attn=True, kdim=3,
+                                              vdim=5, seed=0)
+
+        def forward(self, x):
+            return self.attn(x, x[:, :, :3], x[:, :, 3:], attn_mask=np.triu(np.ones((6, 6), dtype=bool), 1),
+                             need_weights=False)[0]
+
+    x = np.random.default_rng(0).standard_normal((3, 6, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="depends on the size of the dynamic axes"):
+        xonnx.export(Attend(), x, tmp_path / "m.onnx", dynamic_axes={"input": [0]})
+    xonnx.export(Attend(), x, tmp_path / "m.onnx")
+    np.testing.assert_allclose(_run(_session(ort, tmp_path / "m.onnx"), x), _xpnn_out(Attend(), x), atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float64"])

@@ -38,10 +38,18 @@ class MultiheadAttention(Module):
     ``scaled_dot_product_attention`` op (no weights materialised beyond it). ``is_causal`` is PyTorch's hint that
     ``attn_mask`` is the causal mask (it needs ``attn_mask``).
 
-    Parameters initialised as PyTorch: ``in_proj_weight`` Xavier-uniform, biases 0, ``out_proj.weight`` like a
-    ``Linear``. PyTorch's constructor signature; ``add_bias_kv``, ``add_zero_attn`` and ``kdim``/``vdim`` other than
-    ``embed_dim`` raise ``NotImplementedError``. Raises ``ValueError`` when ``embed_dim`` is not divisible by ``num_heads``; ``ShapeError`` /
-    ``DTypeError`` naming the layer for inputs or masks of the wrong shape or dtype.
+    ``kdim``/``vdim`` (key (S, N, kdim), value (S, N, vdim)): when either differs from ``embed_dim``
+    (``_qkv_same_embed_dim`` False) the projections are separate, ``q_proj_weight`` (E, E), ``k_proj_weight``
+    (E, kdim), ``v_proj_weight`` (E, vdim), as PyTorch's (``in_proj_weight`` is then ``None``; ``in_proj_bias`` stays
+    (3E,)). ``add_bias_kv``: learned ``bias_k``, ``bias_v`` (1, 1, E) appended to the projected keys and values as one
+    more key position; ``add_zero_attn``: a zero key and value appended after the head split (both as in
+    ``torch.nn.functional.multi_head_attention_forward``; the masks get an attended column for each, and the
+    weights have S + 1 or S + 2 columns).
+
+    Parameters initialised as PyTorch: the input projections Xavier-uniform, biases 0, ``bias_k``/``bias_v``
+    Xavier-normal, ``out_proj.weight`` like a ``Linear``. PyTorch's constructor signature. Raises ``ValueError`` when
+    ``embed_dim`` is not divisible by ``num_heads``; ``ShapeError`` / ``DTypeError`` naming the layer for inputs or
+    masks of the wrong shape or dtype.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
@@ -49,10 +57,9 @@ class MultiheadAttention(Module):
                  vdim: Optional[int] = None, batch_first: bool = False, *, backend: BackendLike = None,
                  dtype: Any = None, seed: Any = None) -> None:
         super().__init__()
-        if add_bias_kv or add_zero_attn or kdim not in (None, embed_dim) or vdim not in (None, embed_dim):
-            raise NotImplementedError("MultiheadAttention: add_bias_kv, add_zero_attn and kdim/vdim other than "
-                                      "embed_dim are not supported")
-        for name, val in (("embed_dim", embed_dim), ("num_heads", num_heads)):
+        kdim = embed_dim if kdim is None else kdim
+        vdim = embed_dim if vdim is None else vdim
+        for name, val in (("embed_dim", embed_dim), ("num_heads", num_heads), ("kdim", kdim), ("vdim", vdim)):
             if not isinstance(val, int) or isinstance(val, bool) or val < 1:
                 raise ValueError(f"MultiheadAttention: {name} must be a positive integer, got {val!r}")
         if embed_dim % num_heads:
@@ -63,11 +70,30 @@ class MultiheadAttention(Module):
             raise ValueError(f"MultiheadAttention: dropout must be a probability in [0, 1), got {dropout!r}")
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.dropout, self.batch_first = float(dropout), bool(batch_first)
+        self.kdim, self.vdim = kdim, vdim
+        self._qkv_same_embed_dim = kdim == embed_dim and vdim == embed_dim
+        self.add_zero_attn = bool(add_zero_attn)
         be, dt, rng = factory(backend, dtype, seed)
-        w = np.empty((3 * embed_dim, embed_dim))
-        init.xavier_uniform(w, seed=rng)
-        self.in_proj_weight = Parameter(be.asarray(w, dtype=dt))
-        self.in_proj_bias = Parameter(be.asarray(np.zeros(3 * embed_dim), dtype=dt)) if bias else None
+
+        def param(shape: tuple[int, ...], fill: Any) -> Parameter:
+            w = np.zeros(shape)
+            if fill is not None:
+                fill(w, seed=rng)
+            return Parameter(be.asarray(w, dtype=dt))
+        if self._qkv_same_embed_dim:
+            self.in_proj_weight = param((3 * embed_dim, embed_dim), init.xavier_uniform)
+            self.q_proj_weight = self.k_proj_weight = self.v_proj_weight = None
+        else:
+            self.q_proj_weight = param((embed_dim, embed_dim), init.xavier_uniform)
+            self.k_proj_weight = param((embed_dim, kdim), init.xavier_uniform)
+            self.v_proj_weight = param((embed_dim, vdim), init.xavier_uniform)
+            self.in_proj_weight = None
+        self.in_proj_bias = param((3 * embed_dim,), None) if bias else None
+        if add_bias_kv:
+            self.bias_k = param((1, 1, embed_dim), init.xavier_normal)
+            self.bias_v = param((1, 1, embed_dim), init.xavier_normal)
+        else:
+            self.bias_k = self.bias_v = None
         self.out_proj = Linear(embed_dim, embed_dim, bias=bias, backend=be, dtype=dt, seed=rng)
         if bias:
             self.out_proj.bias.data[...] = 0
@@ -85,11 +111,14 @@ class MultiheadAttention(Module):
         return rng
 
     def _check_input(self, name: str, x: Any, batched: bool) -> None:
+        e, dim = {"query": ("E", self.embed_dim), "key": ("kdim", self.kdim), "value": ("vdim", self.vdim)}[name]
         want = ("(N, L, E)" if self.batch_first else "(L, N, E)") if batched else "(L, E)"
-        if x.ndim != (3 if batched else 2) or x.shape[-1] != self.embed_dim:
-            raise ShapeError(f"{self._where()}: expected {name} of shape {want} with E = {self.embed_dim} (batched "
+        if name != "query":
+            want = want.replace("L", "S").replace("E", e)
+        if x.ndim != (3 if batched else 2) or x.shape[-1] != dim:
+            raise ShapeError(f"{self._where()}: expected {name} of shape {want} with {e} = {dim} (batched "
                              f"3-D or unbatched 2-D, like the query), got {tuple(x.shape)}")
-        dt = self.in_proj_weight.data.dtype
+        dt = self.out_proj.weight.data.dtype
         if x.dtype != dt:
             raise DTypeError(f"{self._where()}: expected {name} of dtype {dtype_name(dt)} (the parameters' dtype), "
                              f"got {dtype_name(x.dtype)}")
@@ -119,13 +148,13 @@ class MultiheadAttention(Module):
         elif not batched:
             query, key, value = (F.reshape(x, (1,) + tuple(x.shape)) for x in (query, key, value))
         n, n_q, n_k = int(query.shape[0]), int(query.shape[1]), int(key.shape[1])
-        if tuple(key.shape) != tuple(value.shape) or int(key.shape[0]) != n:
-            raise ShapeError(f"{self._where()}: expected key and value of one shape with the query's batch size "
+        if tuple(key.shape[:2]) != tuple(value.shape[:2]) or int(key.shape[0]) != n:
+            raise ShapeError(f"{self._where()}: expected key and value of one length S with the query's batch size "
                              f"{n}, got query {given[0]}, key {given[1]} and value {given[2]}")
         if is_causal and attn_mask is None:
             raise ValueError(f"{self._where()}: is_causal=True is a hint that attn_mask is the causal mask; pass "
                              "attn_mask too (PyTorch's rule)")
-        dt = self.in_proj_weight.data.dtype
+        dt = self.out_proj.weight.data.dtype
         mask = None  # for scaled_dot_product_attention: bool True = attend, or float added; (N|1, H|1, L, S)
         if key_padding_mask is not None:
             kpm = self._mask("key_padding_mask", key_padding_mask, ((n, n_k),) if batched else ((n_k,), ), dt)
@@ -134,6 +163,11 @@ class MultiheadAttention(Module):
             am = self._mask("attn_mask", attn_mask, ((n_q, n_k), (n * h, n_q, n_k)), dt)
             am = F.reshape(am, (n, h, n_q, n_k)) if _data(am).ndim == 3 else am
             mask = am if mask is None else _merge(mask, am, dt)
+        extra = (self.bias_k is not None) + self.add_zero_attn  # key positions appended below
+        if mask is not None and extra:
+            m = _data(mask)
+            pad = namespace_of(m).zeros(tuple(m.shape[:-1]) + (extra,), dtype=m.dtype)  # False / 0: attended
+            mask = F.concat([mask, pad], axis=-1)
         if mask is not None:
             m = _data(mask)
             xp = namespace_of(m)
@@ -142,10 +176,18 @@ class MultiheadAttention(Module):
         w, b = self.in_proj_weight, self.in_proj_bias
         heads = []
         for i, x in enumerate((query, key, value)):
-            wi = F.index(w, (slice(i * e, (i + 1) * e), slice(None)))
+            if self._qkv_same_embed_dim:
+                wi = F.index(w, (slice(i * e, (i + 1) * e), slice(None)))
+            else:
+                wi = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)[i]
             bi = None if b is None else F.index(b, (slice(i * e, (i + 1) * e),))
             y = F.linear(x, wi, bi)  # (N, L, E) -> (N, H, L, D)
-            heads.append(F.permute_dims(F.reshape(y, (n, int(x.shape[1]), h, d)), (0, 2, 1, 3)))
+            if i and self.bias_k is not None:  # bias_k / bias_v as one more key position
+                y = F.concat([y, F.broadcast_to((self.bias_k, self.bias_v)[i - 1], (n, 1, e))], axis=1)
+            y = F.permute_dims(F.reshape(y, (n, int(y.shape[1]), h, d)), (0, 2, 1, 3))
+            if i and self.add_zero_attn:  # a zero key and value
+                y = F.concat([y, namespace_of(_data(y)).zeros((n, h, 1, d), dtype=dt)], axis=2)
+            heads.append(y)
         q, k, v = heads
         p_drop = self.dropout if self.training else 0.0
         weights = None
