@@ -134,12 +134,14 @@ def cpu_threads_count(request):
     cpu_threads.set_num_threads(None)
 
 
-def test_conv_pool_step_allocates_no_large_scratch(cpu_threads_count):
+def test_conv_pool_step_allocates_no_large_scratch(cpu_threads_count, monkeypatch):
     """Steady state: a conv + relu + max-pool forward and backward (LeNet's second layer at batch 64) allocates no
     NumPy block of 128 KiB or more besides the conv's output and input gradient: no column tensor, padded copy or
     accumulator, and the relu output and gradient and the pooling input gradient are recycled buffers. Split over
-    two threads, the conv's output and input gradient are recycled buffers too (each chunk writes its rows), so
-    nothing of that size is allocated at all."""
+    two threads (forced at this size), the conv's output and input gradient are recycled buffers too (each chunk
+    writes its rows), so nothing of that size is allocated at all."""
+    from xpnn.functional import conv_numpy
+    monkeypatch.setattr(conv_numpy, "CHUNK_MIN_ELEMENTS", 1)
     conv = nn.Conv2d(6, 16, 5, seed=0, dtype="float32")
     m = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2))
     x = np.random.default_rng(0).standard_normal((64, 6, 14, 14), dtype=np.float32)

@@ -53,8 +53,11 @@ def _kernels_answer(op: Any, dtype: Any) -> bool:
 
 
 # elements (of the largest array a sample's work touches) from which a chunk of the batch is worth a thread of its
-# own: a split costs ~30-50 us of thread hand-off, a sample of LeNet's second convolution ~15,000 column elements
-CHUNK_MIN_ELEMENTS = 1 << 16
+# own (about 1 ms of work): a split costs ~30-100 us of thread hand-off and, within ~0.1 s of a product that OpenBLAS
+# ran on two threads, shares the second core with OpenBLAS's idle thread, which spins that long before it sleeps.
+# LeNet's layers (batch 64: 0.3-1.3 M elements per layer) stay whole: split, its step was no faster (2 cores,
+# 2026-12-06); 3x3 64->64 at 32x32, batch 32 (6.9 M) splits in two
+CHUNK_MIN_ELEMENTS = 1 << 20
 
 
 def _min_chunk(per_sample: int) -> int:
@@ -152,7 +155,7 @@ def padded_shifts(src: np.ndarray, g: Conv2dGeometry, tag: str) -> np.ndarray:
                 xn[:, j, :plane - s] = xn[:, 0, s:]
                 xn[:, j, plane - s:] = 0
 
-    cpu_threads.parallel_for(g.n, fill)
+    cpu_threads.parallel_for(g.n, fill, _min_chunk(g.c * g.kw * plane))
     return xs
 
 
@@ -194,7 +197,7 @@ def shift_add_product(weight: np.ndarray, xs: np.ndarray, g: Conv2dGeometry, gro
                 if b4 is not None:
                     yn += b4
 
-    cpu_threads.parallel_for(g.n, product)
+    cpu_threads.parallel_for(g.n, product, _min_chunk(g.c * g.kw * plane))
     return y.reshape(g.n, c_out, g.oh, g.ow)
 
 
@@ -480,7 +483,7 @@ def conv2d_weight_grad_shift_numpy(dy: np.ndarray, xs: np.ndarray, g: Conv2dGeom
                     acc += part
         sums.append((lo, acc))
 
-    cpu_threads.parallel_for(g.n, accumulate)
+    cpu_threads.parallel_for(g.n, accumulate, _min_chunk(g.c * g.kw * plane))
     parts = [a for _, a in sorted(sums, key=lambda t: t[0])]
     if parts:
         acc = parts[0]
