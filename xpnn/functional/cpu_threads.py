@@ -9,9 +9,15 @@ instead of two BLAS pools fighting over the same cores.
 
 The number of threads (``get_num_threads``) is ``set_num_threads``'s value, else the number of threads NumPy's BLAS
 runs (which follows ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` and ``threadpoolctl.threadpool_limits``), at most
-the CPUs this process may run on. With one thread, or when NumPy's BLAS cannot be found (then its threads cannot be
-limited), or when another ``parallel_for`` is running (nested or from another thread), the loop runs in the calling
-thread as one chunk.
+the CPUs this process may run on; 1 when threadpoolctl finds no BLAS of NumPy's (e.g. Apple's Accelerate): then its
+threads cannot be limited, and only a ``set_num_threads`` value splits loops, NumPy's BLAS keeping its own threads.
+With one thread, or when another ``parallel_for`` is running (nested or from another thread), or when NumPy's BLAS
+does not take the limit of one thread (OpenBLAS's process-wide limit belongs to another thread that holds a
+``threadpool_limits``, threadpoolctl >= 3.8), the loop runs in the calling thread as one chunk.
+
+The limit is set and restored with threadpoolctl's own ``limit`` (so a ``threadpool_limits`` of the user's, in this
+thread or another, keeps working), in the calling thread and, for BLAS libraries whose limit is per thread (MKL,
+OpenBLAS built with OpenMP), in each thread that runs a chunk.
 
 Chunks depend only on the loop's length and the number of threads, so a result summed over chunks (a weight
 gradient accumulated per chunk, then added) is the same from run to run at a given thread count.
@@ -20,6 +26,7 @@ gradient accumulated per chunk, then added) is the same from run to run at a giv
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +35,11 @@ from typing import Any, Callable, Optional
 __all__ = ["get_num_threads", "set_num_threads", "parallel_for", "chunks"]
 
 _requested: Optional[int] = None  # set_num_threads's value
-_blas: Optional[list[Any]] = None  # threadpoolctl controllers of NumPy's BLAS ([] when none was found)
+# threadpoolctl's controllers of NumPy's BLAS ([] when none was found), a ThreadpoolController over them (None when
+# none) and whether any of them limits per thread (MKL, OpenBLAS built with OpenMP); found once
+_blas: Optional[list[Any]] = None
+_blas_ctl: Any = None
+_blas_per_thread = False
 _pool: Optional[ThreadPoolExecutor] = None
 _pool_workers = 0
 _busy = threading.Lock()  # held while a parallel_for runs its chunks
@@ -44,7 +55,7 @@ def _cpus() -> int:
 def _numpy_blas() -> list[Any]:
     """threadpoolctl's controllers of the BLAS NumPy calls (the library inside NumPy's package where there is one,
     e.g. the wheels' ``scipy_openblas``; else every BLAS loaded), found once."""
-    global _blas
+    global _blas, _blas_ctl, _blas_per_thread
     if _blas is None:
         try:
             import numpy as np
@@ -52,18 +63,29 @@ def _numpy_blas() -> list[Any]:
         except ImportError:
             _blas = []
             return _blas
-        blas = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
+        ctl = ThreadpoolController().select(user_api="blas")
         # NumPy's wheels keep their OpenBLAS in numpy.libs (Linux) or numpy/.dylibs (macOS), beside the package
         root = os.path.dirname(os.path.dirname(os.path.realpath(np.__file__)))
-        own = [lc for lc in blas if os.path.realpath(lc.filepath).startswith(os.path.join(root, "numpy"))]
-        _blas = own or blas
+        own = [lc.filepath for lc in ctl.lib_controllers
+               if os.path.realpath(lc.filepath).startswith(os.path.join(root, "numpy"))]
+        if own:
+            ctl = ctl.select(filepath=own)
+        blas = list(ctl.lib_controllers)
+        _blas_ctl = ctl if blas else None
+        _blas_per_thread = any(lc.internal_api == "mkl" or getattr(lc, "threading_layer", None) == "openmp"
+                               for lc in blas)
+        _blas = blas  # last: another thread that sees _blas set sees the rest
     return _blas
 
 
 def get_num_threads() -> int:
-    """Threads the NumPy fast paths split their loops over: ``set_num_threads``'s value, else the threads of NumPy's
-    BLAS (1 where it cannot be found), at most the CPUs this process may use (``os.sched_getaffinity``).
-    ``torch.get_num_threads``'s counterpart."""
+    """The number of threads xpnn's NumPy fast paths split their per-sample loops over (``torch.get_num_threads``'s
+    counterpart; ``xpnn.get_num_threads``).
+
+    ``set_num_threads``'s value if one was set; else the threads of NumPy's BLAS, which follow ``OMP_NUM_THREADS`` /
+    ``OPENBLAS_NUM_THREADS`` (``OMP_NUM_THREADS=1`` gives 1) and a ``threadpoolctl.threadpool_limits`` in force, at
+    most the CPUs this process may use (``os.sched_getaffinity``); 1 where threadpoolctl finds no BLAS of NumPy's
+    (e.g. Apple's Accelerate). It does not control NumPy's BLAS itself."""
     if _requested is not None:
         return _requested
     blas = _numpy_blas()
@@ -73,11 +95,17 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: Optional[int]) -> None:
-    """Split the NumPy fast paths' loops over ``n`` threads (``torch.set_num_threads``'s counterpart; NumPy's BLAS
-    outside those loops keeps its own setting). ``None`` returns to the default (NumPy's BLAS threads).
+    """Split xpnn's NumPy fast-path loops (the column-free convolution's per-sample copies, products and weight
+    gradient) over ``n`` threads; ``None`` returns to the default (``get_num_threads``). ``torch.set_num_threads``'s
+    counterpart (``xpnn.set_num_threads``), process-wide.
+
+    Only those loops: NumPy's BLAS outside them keeps its own setting (``OMP_NUM_THREADS``, ``threadpoolctl``);
+    while a split loop runs, NumPy's BLAS is limited to one thread (so a NumPy call of another thread at that moment
+    runs single-threaded). Results do not depend on ``n`` except a weight gradient summed per chunk, whose
+    summation order (not its value beyond rounding) follows ``n``.
 
     Raises:
-        TypeError: n is not an int or None.
+        TypeError: n is not an int or None (bool and float included).
         ValueError: n < 1.
     """
     global _requested
@@ -91,7 +119,9 @@ def set_num_threads(n: Optional[int]) -> None:
 
 def chunks(n: int, parts: int) -> list[tuple[int, int]]:
     """``parts`` contiguous (lo, hi) ranges covering range(n), sizes differing by at most one, none empty (fewer
-    ranges when n < parts)."""
+    ranges when n < parts; none for n = 0; one for parts < 1)."""
+    if n <= 0:
+        return []
     parts = max(1, min(parts, n))
     q, r = divmod(n, parts)
     out, lo = [], 0
@@ -121,11 +151,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
+def _limited(body: Callable[[int, int], None], lo: int, hi: int) -> None:
+    """A worker's chunk under its own limit of one BLAS thread (BLAS libraries whose limit is per thread)."""
+    with _blas_ctl.limit(limits=1):
+        body(lo, hi)
+
+
 def parallel_for(n: int, body: Callable[[int, int], None], min_chunk: int = 1) -> int:
     """Run ``body(lo, hi)`` over contiguous chunks covering range(n), at most ``get_num_threads()`` of them and each
     at least ``min_chunk`` long, at once on a thread pool (the first chunk in the calling thread), with NumPy's BLAS
     limited to one thread meanwhile. Returns the number of chunks (0 for n = 0). ``body`` must write only its own
-    chunk's part of shared outputs. An exception from a chunk is raised after every chunk has finished."""
+    chunk's part of shared outputs. An exception from a chunk (KeyboardInterrupt included) is raised after every
+    chunk has finished. Where the pool takes no work (at interpreter exit: atexit handlers), the chunks run one
+    after the other in the calling thread."""
     if n <= 0:
         return 0
     threads = min(get_num_threads(), n // max(1, min_chunk))
@@ -134,27 +172,36 @@ def parallel_for(n: int, body: Callable[[int, int], None], min_chunk: int = 1) -
         return 1
     try:
         blas = _numpy_blas()
-        before = [lc.num_threads for lc in blas]
-        for lc in blas:
-            lc.set_num_threads(1)
-        try:
+        with _blas_ctl.limit(limits=1) if blas else contextlib.nullcontext():
+            if any(lc.num_threads != 1 for lc in blas):  # the limit did not take: split, BLAS threads would fight
+                body(0, n)
+                return 1
             parts = chunks(n, threads)
-            futures = [_executor(len(parts) - 1).submit(body, lo, hi) for lo, hi in parts[1:]]
-            error: Optional[BaseException] = None
-            try:
-                body(*parts[0])
-            except BaseException as e:  # noqa: BLE001 (re-raised once the other chunks are done)
-                error = e
-            for f in futures:
+            pool = _executor(len(parts) - 1)
+            here, futures = [parts[0]], []
+            for lo, hi in parts[1:]:
                 try:
-                    f.result()
-                except BaseException as e:  # noqa: BLE001
+                    futures.append(pool.submit(_limited, body, lo, hi) if _blas_per_thread
+                                   else pool.submit(body, lo, hi))
+                except RuntimeError:  # the pool takes no work once the interpreter is exiting
+                    here.append((lo, hi))
+            error: Optional[BaseException] = None
+            for lo, hi in here:
+                try:
+                    body(lo, hi)
+                except BaseException as e:  # noqa: BLE001 (re-raised once the other chunks are done)
                     error = error or e
+            for f in futures:
+                while True:  # a KeyboardInterrupt while waiting: still wait, so that no chunk outlives the call
+                    try:
+                        f.result()
+                        break
+                    except BaseException as e:  # noqa: BLE001
+                        error = error or e
+                        if f.done():
+                            break
             if error is not None:
                 raise error
             return len(parts)
-        finally:
-            for lc, t in zip(blas, before):
-                lc.set_num_threads(t)
     finally:
         _busy.release()
