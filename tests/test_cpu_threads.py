@@ -291,10 +291,11 @@ def test_parallel_for_leaves_threadpool_limits_usable_in_other_threads(blas_two_
 
 @contextlib.contextmanager
 def _fake_blas(per_thread, limit_takes=True):
-    """cpu_threads' BLAS replaced by a fake controller: threads count per thread, 4 unless a limit is in force in
-    that thread (``limit_takes`` False: limits are ignored, as OpenBLAS's when another thread holds them)."""
+    """cpu_threads' BLAS replaced by a fake library controller whose thread count is per thread, 4 until set in
+    that thread (``limit_takes`` False: settings are ignored, as OpenBLAS's under threadpoolctl >= 3.8 when another
+    living thread holds its limit). Yields the controller and the list of (thread, value) of each setting."""
     local = threading.local()
-    entered = []
+    settings = []
 
     class Lib:
         internal_api = "mkl" if per_thread else "openblas"
@@ -302,46 +303,45 @@ def _fake_blas(per_thread, limit_takes=True):
 
         @property
         def num_threads(self):
-            return getattr(local, "limit", 4)
+            return getattr(local, "n", 4)
 
-    class Ctl:
-        @contextlib.contextmanager
-        def limit(self, limits):
-            entered.append(threading.get_ident())
+        def set_num_threads(self, n):
+            settings.append((threading.get_ident(), n))
             if limit_takes:
-                local.limit = limits
-            try:
-                yield
-            finally:
-                local.__dict__.pop("limit", None)
+                local.n = n
 
-    saved = cpu_threads._blas, cpu_threads._blas_ctl, cpu_threads._blas_per_thread
-    cpu_threads._blas, cpu_threads._blas_ctl, cpu_threads._blas_per_thread = [Lib()], Ctl(), per_thread
+    saved = cpu_threads._blas, cpu_threads._blas_per_thread
+    cpu_threads._blas, cpu_threads._blas_per_thread = [Lib()], per_thread
     try:
-        yield Lib(), entered
+        yield Lib(), settings
     finally:
-        cpu_threads._blas, cpu_threads._blas_ctl, cpu_threads._blas_per_thread = saved
+        cpu_threads._blas, cpu_threads._blas_per_thread = saved
 
 
 @pytest.mark.parametrize("per_thread", [False, True])
 def test_every_chunk_runs_under_a_limit_of_one_blas_thread(per_thread):
-    """A process-wide limit (OpenBLAS with pthreads) is set once by the calling thread; a per-thread one (MKL through
-    threadpoolctl >= 3.8, OpenBLAS with OpenMP) also in each worker that runs a chunk."""
+    """A process-wide limit (OpenBLAS with pthreads) is set once by the calling thread and restored after; a
+    per-thread one (MKL through threadpoolctl >= 3.8, OpenBLAS with OpenMP) also in each worker that runs a chunk."""
     cpu_threads.set_num_threads(3)
-    with _fake_blas(per_thread) as (lib, entered):
+    me = threading.get_ident()
+    with _fake_blas(per_thread) as (lib, settings):
         inside = {}
 
         def body(lo, hi):
             inside[lo] = (threading.get_ident(), lib.num_threads)
 
         assert cpu_threads.parallel_for(3, body) == 3
-        workers = {ident for lo, (ident, _) in inside.items() if lo > 0}
-        assert entered[0] == threading.get_ident() and inside[0][1] == 1
+        workers = [ident for lo, (ident, _) in sorted(inside.items()) if lo > 0]
+        assert me not in workers  # (one worker may run both of theirs)
+        assert inside[0][1] == 1 and lib.num_threads == 4
+        mine = [v for t, v in settings if t == me]
+        assert mine == [1, 4]
         if per_thread:
             assert all(t == 1 for _, t in inside.values())
-            assert set(entered[1:]) == workers and len(entered) == 3
+            for w in set(workers):
+                assert [v for t, v in settings if t == w] == [1, 4] * workers.count(w)
         else:
-            assert entered == [threading.get_ident()]
+            assert len(settings) == 2
 
 
 def test_a_blas_limit_that_does_not_take_runs_one_chunk():
@@ -356,7 +356,6 @@ def test_without_a_blas_of_numpy_s_the_default_is_one_thread(monkeypatch):
     """threadpoolctl finds no BLAS (Apple's Accelerate, a BLAS it does not know): one thread by default; a
     set_num_threads value still splits."""
     monkeypatch.setattr(cpu_threads, "_blas", [])
-    monkeypatch.setattr(cpu_threads, "_blas_ctl", None)
     assert cpu_threads.get_num_threads() == 1
     assert cpu_threads.parallel_for(4, lambda lo, hi: None) == 1
     cpu_threads.set_num_threads(2)

@@ -15,9 +15,11 @@ With one thread, or when another ``parallel_for`` is running (nested or from ano
 does not take the limit of one thread (OpenBLAS's process-wide limit belongs to another thread that holds a
 ``threadpool_limits``, threadpoolctl >= 3.8), the loop runs in the calling thread as one chunk.
 
-The limit is set and restored with threadpoolctl's own ``limit`` (so a ``threadpool_limits`` of the user's, in this
-thread or another, keeps working), in the calling thread and, for BLAS libraries whose limit is per thread (MKL,
-OpenBLAS built with OpenMP), in each thread that runs a chunk.
+The limit is set in the calling thread and, for BLAS libraries whose limit is per thread (MKL through threadpoolctl
+>= 3.8, OpenBLAS built with OpenMP), also in each thread that runs a chunk. threadpoolctl >= 3.8 gives OpenBLAS's
+process-wide limit to the first living thread that sets it; ``parallel_for`` counts itself in threadpoolctl's
+ownership count as ``threadpool_limits`` does, so it hands the limit back when done and a ``threadpool_limits`` of
+the user's, in this thread or another, keeps working.
 
 Chunks depend only on the loop's length and the number of threads, so a result summed over chunks (a weight
 gradient accumulated per chunk, then added) is the same from run to run at a given thread count.
@@ -26,7 +28,6 @@ gradient accumulated per chunk, then added) is the same from run to run at a giv
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -35,11 +36,12 @@ from typing import Any, Callable, Optional
 __all__ = ["get_num_threads", "set_num_threads", "parallel_for", "chunks"]
 
 _requested: Optional[int] = None  # set_num_threads's value
-# threadpoolctl's controllers of NumPy's BLAS ([] when none was found), a ThreadpoolController over them (None when
-# none) and whether any of them limits per thread (MKL, OpenBLAS built with OpenMP); found once
+# threadpoolctl's controllers of NumPy's BLAS ([] when none was found), whether any of them limits per thread (MKL,
+# OpenBLAS built with OpenMP) and threadpoolctl's count of the limits a thread holds (None before threadpoolctl 3.8,
+# which has no owner of OpenBLAS's limit); found once
 _blas: Optional[list[Any]] = None
-_blas_ctl: Any = None
 _blas_per_thread = False
+_ownership: Any = None
 _pool: Optional[ThreadPoolExecutor] = None
 _pool_workers = 0
 _busy = threading.Lock()  # held while a parallel_for runs its chunks
@@ -55,25 +57,22 @@ def _cpus() -> int:
 def _numpy_blas() -> list[Any]:
     """threadpoolctl's controllers of the BLAS NumPy calls (the library inside NumPy's package where there is one,
     e.g. the wheels' ``scipy_openblas``; else every BLAS loaded), found once."""
-    global _blas, _blas_ctl, _blas_per_thread
+    global _blas, _blas_per_thread, _ownership
     if _blas is None:
         try:
             import numpy as np
-            from threadpoolctl import ThreadpoolController
+            import threadpoolctl
         except ImportError:
             _blas = []
             return _blas
-        ctl = ThreadpoolController().select(user_api="blas")
+        blas = [lc for lc in threadpoolctl.ThreadpoolController().lib_controllers if lc.user_api == "blas"]
         # NumPy's wheels keep their OpenBLAS in numpy.libs (Linux) or numpy/.dylibs (macOS), beside the package
         root = os.path.dirname(os.path.dirname(os.path.realpath(np.__file__)))
-        own = [lc.filepath for lc in ctl.lib_controllers
-               if os.path.realpath(lc.filepath).startswith(os.path.join(root, "numpy"))]
-        if own:
-            ctl = ctl.select(filepath=own)
-        blas = list(ctl.lib_controllers)
-        _blas_ctl = ctl if blas else None
+        own = [lc for lc in blas if os.path.realpath(lc.filepath).startswith(os.path.join(root, "numpy"))]
+        blas = own or blas
         _blas_per_thread = any(lc.internal_api == "mkl" or getattr(lc, "threading_layer", None) == "openmp"
                                for lc in blas)
+        _ownership = getattr(threadpoolctl, "CONTROLLING_THREAD_OWNERSHIP", None)
         _blas = blas  # last: another thread that sees _blas set sees the rest
     return _blas
 
@@ -153,8 +152,15 @@ if hasattr(os, "register_at_fork"):
 
 def _limited(body: Callable[[int, int], None], lo: int, hi: int) -> None:
     """A worker's chunk under its own limit of one BLAS thread (BLAS libraries whose limit is per thread)."""
-    with _blas_ctl.limit(limits=1):
+    blas = _numpy_blas()
+    before = [lc.num_threads for lc in blas]
+    try:
+        for lc in blas:
+            lc.set_num_threads(1)
         body(lo, hi)
+    finally:
+        for lc, t in zip(blas, before):
+            lc.set_num_threads(t)
 
 
 def parallel_for(n: int, body: Callable[[int, int], None], min_chunk: int = 1) -> int:
@@ -172,36 +178,50 @@ def parallel_for(n: int, body: Callable[[int, int], None], min_chunk: int = 1) -
         return 1
     try:
         blas = _numpy_blas()
-        with _blas_ctl.limit(limits=1) if blas else contextlib.nullcontext():
+        before = [lc.num_threads for lc in blas]
+        if _ownership is not None:
+            _ownership.increment()  # as threadpool_limits: the limit is handed back when the count returns to 0
+        try:
+            for lc in blas:
+                lc.set_num_threads(1)
             if any(lc.num_threads != 1 for lc in blas):  # the limit did not take: split, BLAS threads would fight
                 body(0, n)
                 return 1
-            parts = chunks(n, threads)
-            pool = _executor(len(parts) - 1)
-            here, futures = [parts[0]], []
-            for lo, hi in parts[1:]:
-                try:
-                    futures.append(pool.submit(_limited, body, lo, hi) if _blas_per_thread
-                                   else pool.submit(body, lo, hi))
-                except RuntimeError:  # the pool takes no work once the interpreter is exiting
-                    here.append((lo, hi))
-            error: Optional[BaseException] = None
-            for lo, hi in here:
-                try:
-                    body(lo, hi)
-                except BaseException as e:  # noqa: BLE001 (re-raised once the other chunks are done)
-                    error = error or e
-            for f in futures:
-                while True:  # a KeyboardInterrupt while waiting: still wait, so that no chunk outlives the call
-                    try:
-                        f.result()
-                        break
-                    except BaseException as e:  # noqa: BLE001
-                        error = error or e
-                        if f.done():
-                            break
-            if error is not None:
-                raise error
-            return len(parts)
+            return _run(n, threads, body)
+        finally:
+            for lc, t in zip(blas, before):
+                lc.set_num_threads(t)
+            if _ownership is not None:
+                _ownership.decrement()
     finally:
         _busy.release()
+
+
+def _run(n: int, threads: int, body: Callable[[int, int], None]) -> int:
+    """parallel_for's chunks, the first (and any the pool refuses) in the calling thread."""
+    parts = chunks(n, threads)
+    pool = _executor(len(parts) - 1)
+    here, futures = [parts[0]], []
+    for lo, hi in parts[1:]:
+        try:
+            futures.append(pool.submit(_limited, body, lo, hi) if _blas_per_thread else pool.submit(body, lo, hi))
+        except RuntimeError:  # the pool takes no work once the interpreter is exiting
+            here.append((lo, hi))
+    error: Optional[BaseException] = None
+    for lo, hi in here:
+        try:
+            body(lo, hi)
+        except BaseException as e:  # noqa: BLE001 (re-raised once the other chunks are done)
+            error = error or e
+    for f in futures:
+        while True:  # a KeyboardInterrupt while waiting: still wait, so that no chunk outlives the call
+            try:
+                f.result()
+                break
+            except BaseException as e:  # noqa: BLE001
+                error = error or e
+                if f.done():
+                    break
+    if error is not None:
+        raise error
+    return len(parts)
