@@ -451,6 +451,113 @@ def test_conv2d_of_an_empty_batch_has_zero_weight_and_bias_gradients(channels):
         TF.conv2d(torch.zeros((0, channels, 6, 6), dtype=torch.float64), tw, None, 1, 1).sum().backward()
         np.testing.assert_array_equal(tw.grad.numpy(), dw)
 
+
+@pytest.fixture
+def split_loops(monkeypatch):
+    """``split_loops(threads)`` sets ``cpu_threads.set_num_threads(threads)`` (None again after the test) and returns
+    the list into which each ``parallel_for`` of the NumPy fast paths appends its number of chunks. Loops split
+    however small their work (``CHUNK_MIN_ELEMENTS`` 1)."""
+    from xpnn.functional import conv_numpy, cpu_threads
+
+    monkeypatch.setattr(conv_numpy, "CHUNK_MIN_ELEMENTS", 1)
+    real, seen = cpu_threads.parallel_for, []
+
+    def recording(n, body, min_chunk=1):
+        seen.append(real(n, body, min_chunk))
+        return seen[-1]
+
+    monkeypatch.setattr(cpu_threads, "parallel_for", recording)
+
+    def split(threads):
+        cpu_threads.set_num_threads(threads)
+        seen.clear()
+        return seen
+
+    yield split
+    cpu_threads.set_num_threads(None)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 1e-5)])
+def test_conv2d_numpy_shift_add_path_split_over_threads_gives_the_same_results(split_loops, dtype, tol):
+    """The column-free path's loops split over 2 and 3 threads (``cpu_threads.parallel_for``): the forward output and dx
+    (per-sample products) are bit-identical to one thread's; dW (accumulated per chunk, the chunks then added)
+    equal to rounding, bit-identical from run to run at a thread count (chunks follow the batch size only) and
+    exactly the chunks' sums added in chunk order."""
+    import xpnn
+    from xpnn.functional import conv_numpy
+
+    xs, ws = (5, 16, 7, 6), (24, 16, 3, 3)
+    assert conv_numpy.shift_apply(C.conv2d_geometry(xs, ws, 1, 1), 24, 1)
+    x, w, b = (randn(*s, seed=i).astype(dtype) for i, s in enumerate((xs, ws, (24,))))
+    runs = {}
+    for threads in (1, 2, 2, 3, 3):
+        seen = split_loops(threads)
+        runs.setdefault(threads, []).append(_conv_through_tape(x, w, b, 4, 1, 1)[:4])
+        assert len(seen) >= 3 and set(seen) == {threads}  # forward, dx and dW all split
+    y1, dx1, dw1, db1 = runs[1][0]
+    for threads in (2, 3):
+        y, dx, dw, db = runs[threads][0]
+        np.testing.assert_array_equal(y, y1)
+        np.testing.assert_array_equal(dx, dx1)
+        np.testing.assert_array_equal(db, db1)
+        np.testing.assert_allclose(dw, dw1, rtol=tol, atol=tol * float(np.abs(dw1).max()))
+        for a, c in zip(runs[threads][0], runs[threads][1]):
+            np.testing.assert_array_equal(a, c)
+    # at 3 threads, dW is exactly the chunks' dWs (samples 0-1, 2-3, 4) added in chunk order
+    dy = randn(*y1.shape, seed=4).astype(dtype)
+    split_loops(1)
+    parts = []
+    for lo, hi in ((0, 2), (2, 4), (4, 5)):
+        wt = xpnn.tensor(w, requires_grad=True)
+        F.conv2d(xpnn.tensor(x[lo:hi]), wt, xpnn.tensor(b), 1, 1).backward(xpnn.tensor(dy[lo:hi]))
+        parts.append(wt.grad)
+    np.testing.assert_array_equal(runs[3][0][2], (parts[0] + parts[1]) + parts[2])
+
+
+def test_conv2d_numpy_shift_add_path_split_over_threads_gradcheck(split_loops):
+    """float64 finite differences of the column-free path with its loops split over 2 threads (2 samples)."""
+    from xpnn.functional import conv_numpy
+
+    x, w, b = randn(2, 16, 3, 4, seed=1), randn(16, 16, 3, 3, seed=2), randn(16, seed=3)
+    assert conv_numpy.shift_apply(C.conv2d_geometry(x.shape, w.shape, 1, 1), 16, 1)
+    seen = split_loops(2)
+    _, dx, dw, db, dy = _conv_through_tape(x, w, b, 4, 1, 1)
+    assert set(seen) == {2}
+
+    def f():
+        return float(np.sum(F.conv2d(x, w, b, 1, 1) * dy))
+
+    for got, arr in ((dx, x), (dw[:2], w[:2]), (db, b)):
+        np.testing.assert_allclose(got, numeric_grad(f, arr), rtol=1e-6, atol=1e-8)
+
+
+def test_conv2d_numpy_shift_add_dw_of_inf_and_nan_inputs_split_over_threads(split_loops):
+    """With the dW loop split over 2 threads, a non-finite dW (0 * inf from the padding) is still recomputed the
+    reference's way: exactly the reference's entries are inf/NaN."""
+    x, w, b = randn(2, 32, 5, 5, seed=1), randn(32, 32, 3, 3, seed=2), randn(32, seed=3)
+    x[0, 3, 0, 4] = np.inf
+    x[1, 5, 2, 0] = np.nan
+    seen = split_loops(2)
+    _, dx, dw, db, dy = _conv_through_tape(x, w, b, 4, 1, 1)
+    assert set(seen) == {2}
+    want = F.conv2d_backward(x, w, dy, 1, 1)[1]
+    assert np.isfinite(want[:, 3, :, 0]).all() and not np.isfinite(want).all()
+    np.testing.assert_array_equal(dw, want)
+
+
+def test_conv2d_numpy_shift_add_path_of_an_empty_batch_split_over_threads(split_loops):
+    """N = 0 with 2 threads: no chunk runs, dW and db are zeros (after a split call of the same shapes left values
+    in every thread's recycled buffers)."""
+    x, w, b = randn(3, 16, 6, 6, seed=1), randn(16, 16, 3, 3, seed=2), randn(16, seed=3)
+    seen = split_loops(2)
+    _conv_through_tape(x, w, b, 4, 1, 1)
+    assert set(seen) == {2}
+    y, dx, dw, db, _ = _conv_through_tape(x[:0], w, b, 4, 1, 1)
+    assert y.shape == (0, 16, 6, 6) and dx.shape == (0, 16, 6, 6)
+    np.testing.assert_array_equal(dw, np.zeros_like(w))
+    np.testing.assert_array_equal(db, np.zeros_like(b))
+
+
 def test_max_pool2d_numpy_ties_and_signed_zeros_follow_the_reference():
     """The branch-free updates of the NumPy max pooling (separable: row maxima, then the maximum of those) keep the
     window's first maximum in row-major order on ties (-0.0 against +0.0 included: y is that element, as with

@@ -21,6 +21,7 @@ from . import autograd, data, functional, init, nn, optim, train
 from . import amp, cuda, distributed, models, onnx  # xpnn.models.load_trained(...) etc. after a plain `import xpnn`
 from . import functional as F
 from .functional import cat, chunk, split, stack, tril, triu, where  # torch.cat, torch.where, ... (the F ops)
+from .functional.cpu_threads import get_num_threads, set_num_threads  # torch.get_num_threads, ...
 from .io import load, save
 from .random import manual_seed
 
@@ -29,7 +30,7 @@ __all__ = [
     "__version__", "Backend", "get_backend", "set_backend", "use_backend", "set_debug",
     "kernels_enabled", "set_kernels_enabled", "use_kernels", "functional", "nn", "optim", "init", "data", "train",
     "amp", "cuda", "distributed", "models", "onnx",
-    "save", "load", "manual_seed",
+    "save", "load", "manual_seed", "get_num_threads", "set_num_threads",
     "cat", "stack", "split", "chunk", "where", "tril", "triu", "zeros_like", "ones_like",
     "XpnnError", "BackendUnavailableError", "ShapeError", "DTypeError", "NamespaceMismatchError",
     "NonFiniteError", "CheckpointError", "InplaceModifiedError",

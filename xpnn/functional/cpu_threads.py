@@ -9,9 +9,17 @@ instead of two BLAS pools fighting over the same cores.
 
 The number of threads (``get_num_threads``) is ``set_num_threads``'s value, else the number of threads NumPy's BLAS
 runs (which follows ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` and ``threadpoolctl.threadpool_limits``), at most
-the CPUs this process may run on. With one thread, or when NumPy's BLAS cannot be found (then its threads cannot be
-limited), or when another ``parallel_for`` is running (nested or from another thread), the loop runs in the calling
-thread as one chunk.
+the CPUs this process may run on; 1 when threadpoolctl finds no BLAS of NumPy's (e.g. Apple's Accelerate): then its
+threads cannot be limited, and only a ``set_num_threads`` value splits loops, NumPy's BLAS keeping its own threads.
+With one thread, or when another ``parallel_for`` is running (nested or from another thread), or when NumPy's BLAS
+does not take the limit of one thread (OpenBLAS's process-wide limit belongs to another thread that holds a
+``threadpool_limits``, threadpoolctl >= 3.8), the loop runs in the calling thread as one chunk.
+
+The limit is set in the calling thread and, for BLAS libraries whose limit is per thread (MKL through threadpoolctl
+>= 3.8, OpenBLAS built with OpenMP), also in each thread that runs a chunk. threadpoolctl >= 3.8 gives OpenBLAS's
+process-wide limit to the first living thread that sets it; ``parallel_for`` counts itself in threadpoolctl's
+ownership count as ``threadpool_limits`` does, so it hands the limit back when done and a ``threadpool_limits`` of
+the user's, in this thread or another, keeps working.
 
 Chunks depend only on the loop's length and the number of threads, so a result summed over chunks (a weight
 gradient accumulated per chunk, then added) is the same from run to run at a given thread count.
@@ -20,18 +28,28 @@ gradient accumulated per chunk, then added) is the same from run to run at a giv
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
-__all__ = ["get_num_threads", "set_num_threads", "parallel_for", "planned_chunks", "chunks"]
+import numpy as np
+
+__all__ = ["get_num_threads", "set_num_threads", "parallel_for", "planned_chunks", "chunks", "dot"]
 
 _requested: Optional[int] = None  # set_num_threads's value
-_blas: Optional[list[Any]] = None  # threadpoolctl controllers of NumPy's BLAS ([] when none was found)
+# threadpoolctl's controllers of NumPy's BLAS ([] when none was found), whether any of them limits per thread (MKL,
+# OpenBLAS built with OpenMP) and threadpoolctl's count of the limits a thread holds (None before threadpoolctl 3.8,
+# which has no owner of OpenBLAS's limit); found once
+_blas: Optional[list[Any]] = None
+_blas_per_thread = False
+_ownership: Any = None
 _pool: Optional[ThreadPoolExecutor] = None
 _pool_workers = 0
 _busy = threading.Lock()  # held while a parallel_for runs its chunks
+_last_split = -math.inf  # time.monotonic() of the last split (or product on one BLAS thread)
 
 
 def _cpus() -> int:
@@ -44,26 +62,34 @@ def _cpus() -> int:
 def _numpy_blas() -> list[Any]:
     """threadpoolctl's controllers of the BLAS NumPy calls (the library inside NumPy's package where there is one,
     e.g. the wheels' ``scipy_openblas``; else every BLAS loaded), found once."""
-    global _blas
+    global _blas, _blas_per_thread, _ownership
     if _blas is None:
         try:
             import numpy as np
-            from threadpoolctl import ThreadpoolController
+            import threadpoolctl
         except ImportError:
             _blas = []
             return _blas
-        blas = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
+        blas = [lc for lc in threadpoolctl.ThreadpoolController().lib_controllers if lc.user_api == "blas"]
         # NumPy's wheels keep their OpenBLAS in numpy.libs (Linux) or numpy/.dylibs (macOS), beside the package
         root = os.path.dirname(os.path.dirname(os.path.realpath(np.__file__)))
         own = [lc for lc in blas if os.path.realpath(lc.filepath).startswith(os.path.join(root, "numpy"))]
-        _blas = own or blas
+        blas = own or blas
+        _blas_per_thread = any(lc.internal_api == "mkl" or getattr(lc, "threading_layer", None) == "openmp"
+                               for lc in blas)
+        _ownership = getattr(threadpoolctl, "CONTROLLING_THREAD_OWNERSHIP", None)
+        _blas = blas  # last: another thread that sees _blas set sees the rest
     return _blas
 
 
 def get_num_threads() -> int:
-    """Threads the NumPy fast paths split their loops over: ``set_num_threads``'s value, else the threads of NumPy's
-    BLAS (1 where it cannot be found), at most the CPUs this process may use (``os.sched_getaffinity``).
-    ``torch.get_num_threads``'s counterpart."""
+    """The number of threads xpnn's NumPy fast paths split their per-sample loops over (``torch.get_num_threads``'s
+    counterpart; ``xpnn.get_num_threads``).
+
+    ``set_num_threads``'s value if one was set; else the threads of NumPy's BLAS, which follow ``OMP_NUM_THREADS`` /
+    ``OPENBLAS_NUM_THREADS`` (``OMP_NUM_THREADS=1`` gives 1) and a ``threadpoolctl.threadpool_limits`` in force, at
+    most the CPUs this process may use (``os.sched_getaffinity``); 1 where threadpoolctl finds no BLAS of NumPy's
+    (e.g. Apple's Accelerate). It does not control NumPy's BLAS itself."""
     if _requested is not None:
         return _requested
     blas = _numpy_blas()
@@ -73,11 +99,17 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: Optional[int]) -> None:
-    """Split the NumPy fast paths' loops over ``n`` threads (``torch.set_num_threads``'s counterpart; NumPy's BLAS
-    outside those loops keeps its own setting). ``None`` returns to the default (NumPy's BLAS threads).
+    """Split xpnn's NumPy fast-path loops (the column-free convolution's per-sample copies, products and weight
+    gradient) over ``n`` threads; ``None`` returns to the default (``get_num_threads``). ``torch.set_num_threads``'s
+    counterpart (``xpnn.set_num_threads``), process-wide.
+
+    Only those loops: NumPy's BLAS outside them keeps its own setting (``OMP_NUM_THREADS``, ``threadpoolctl``);
+    while a split loop runs, NumPy's BLAS is limited to one thread (so a NumPy call of another thread at that moment
+    runs single-threaded). Results do not depend on ``n`` except a weight gradient summed per chunk, whose
+    summation order (not its value beyond rounding) follows ``n``.
 
     Raises:
-        TypeError: n is not an int or None.
+        TypeError: n is not an int or None (bool and float included).
         ValueError: n < 1.
     """
     global _requested
@@ -91,7 +123,9 @@ def set_num_threads(n: Optional[int]) -> None:
 
 def chunks(n: int, parts: int) -> list[tuple[int, int]]:
     """``parts`` contiguous (lo, hi) ranges covering range(n), sizes differing by at most one, none empty (fewer
-    ranges when n < parts)."""
+    ranges when n < parts; none for n = 0; one for parts < 1)."""
+    if n <= 0:
+        return []
     parts = max(1, min(parts, n))
     q, r = divmod(n, parts)
     out, lo = [], 0
@@ -126,40 +160,136 @@ def planned_chunks(n: int, min_chunk: int = 1) -> int:
     return max(1, min(get_num_threads(), n // max(1, min_chunk))) if n > 0 else 0
 
 
+def _limited(body: Callable[[int, int], None], lo: int, hi: int) -> None:
+    """A worker's chunk under its own limit of one BLAS thread (BLAS libraries whose limit is per thread)."""
+    blas = _numpy_blas()
+    before = [lc.num_threads for lc in blas]
+    try:
+        for lc in blas:
+            lc.set_num_threads(1)
+        body(lo, hi)
+    finally:
+        for lc, t in zip(blas, before):
+            lc.set_num_threads(t)
+
+
 def parallel_for(n: int, body: Callable[[int, int], None], min_chunk: int = 1) -> int:
     """Run ``body(lo, hi)`` over contiguous chunks covering range(n), at most ``get_num_threads()`` of them and each
     at least ``min_chunk`` long, at once on a thread pool (the first chunk in the calling thread), with NumPy's BLAS
     limited to one thread meanwhile. Returns the number of chunks (0 for n = 0). ``body`` must write only its own
-    chunk's part of shared outputs. An exception from a chunk is raised after every chunk has finished."""
+    chunk's part of shared outputs. An exception from a chunk (KeyboardInterrupt included) is raised after every
+    chunk has finished. Where the pool takes no work (at interpreter exit: atexit handlers), the chunks run one
+    after the other in the calling thread."""
     threads = planned_chunks(n, min_chunk)
     if threads == 0:
         return 0
-    if threads == 1 or not _busy.acquire(blocking=False):
-        body(0, n)
-        return 1
+    if threads > 1:
+        count = _one_blas_thread(lambda: _run(n, threads, body))
+        if count is not None:
+            return count
+    body(0, n)
+    return 1
+
+
+def _one_blas_thread(fn: Callable[[], Any]) -> Any:
+    """``fn()`` with NumPy's BLAS limited to one thread, holding the split lock; None (fn not called) when another
+    split holds it or the limit does not take. Records the time (``_last_split``)."""
+    global _last_split
+    if not _busy.acquire(blocking=False):
+        return None
     try:
         blas = _numpy_blas()
         before = [lc.num_threads for lc in blas]
-        for lc in blas:
-            lc.set_num_threads(1)
+        if _ownership is not None:
+            _ownership.increment()  # as threadpool_limits: the limit is handed back when the count returns to 0
         try:
-            parts = chunks(n, threads)
-            futures = [_executor(len(parts) - 1).submit(body, lo, hi) for lo, hi in parts[1:]]
-            error: Optional[BaseException] = None
-            try:
-                body(*parts[0])
-            except BaseException as e:  # noqa: BLE001 (re-raised once the other chunks are done)
-                error = e
-            for f in futures:
-                try:
-                    f.result()
-                except BaseException as e:  # noqa: BLE001
-                    error = error or e
-            if error is not None:
-                raise error
-            return len(parts)
+            for lc in blas:
+                lc.set_num_threads(1)
+            if any(lc.num_threads != 1 for lc in blas):  # the limit did not take: split, BLAS threads would fight
+                return None
+            _last_split = time.monotonic()
+            return fn()
         finally:
             for lc, t in zip(blas, before):
                 lc.set_num_threads(t)
+            if _ownership is not None:
+                _ownership.decrement()
     finally:
         _busy.release()
+
+
+def _run(n: int, threads: int, body: Callable[[int, int], None]) -> int:
+    """parallel_for's chunks, the first (and any the pool refuses) in the calling thread."""
+    parts = chunks(n, threads)
+    pool = _executor(len(parts) - 1)
+    here, futures = [parts[0]], []
+    for lo, hi in parts[1:]:
+        try:
+            futures.append(pool.submit(_limited, body, lo, hi) if _blas_per_thread else pool.submit(body, lo, hi))
+        except RuntimeError:  # the pool takes no work once the interpreter is exiting
+            here.append((lo, hi))
+    error: Optional[BaseException] = None
+    for lo, hi in here:
+        try:
+            body(lo, hi)
+        except BaseException as e:  # noqa: BLE001 (re-raised once the other chunks are done)
+            error = error or e
+    for f in futures:
+        while True:  # a KeyboardInterrupt while waiting: still wait, so that no chunk outlives the call
+            try:
+                f.result()
+                break
+            except BaseException as e:  # noqa: BLE001
+                error = error or e
+                if f.done():
+                    break
+    if error is not None:
+        raise error
+    return len(parts)
+
+
+#: the products of plain 2-D NumPy arrays: ``np.dot`` calls BLAS's GEMM as ``@`` (``np.matmul``) does, with less of
+#: the ufunc machinery around it; its ``_implementation`` (NEP 18) skips the ``__array_function__`` dispatch, a Python
+#: call that finds nothing to dispatch for plain arrays (together ~0.6 us less per product at (10, 64) x (64, 30),
+#: a quarter of a small layer's product)
+_dot = getattr(np.dot, "_implementation", np.dot)
+
+# multiply-adds from which OpenBLAS may run a product on several threads (its GEMM_MULTITHREAD_THRESHOLD, 4 x 65536)
+BLAS_THREADED_MACS = 1 << 18
+# multiply-adds from which ``dot`` splits the rows of a product over the threads (~170 us on one core)
+SPLIT_MIN_MACS = 1 << 24
+# seconds after a split within which ``dot`` keeps OpenBLAS off its own threads (they spin ~0.1 s once idle)
+SPLIT_RECENT_S = 1.0
+
+
+def dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.dot(a, b)`` of NumPy float arrays, a (M, K) and b (K, N) -> (M, N) (or a vector: ``np.dot``), for products in a process whose
+    fast paths split loops (a ``parallel_for`` of more than one chunk ran within ``SPLIT_RECENT_S``): then a product
+    that OpenBLAS would run on several threads runs on the split's threads instead, its rows in chunks, each on one
+    BLAS thread (from ``SPLIT_MIN_MACS`` multiply-adds), or on one BLAS thread. Why: after a product on several
+    threads, OpenBLAS's idle threads spin for about 0.1 s before they sleep, holding the cores the next split loop
+    needs (a conv net's step with a linear head: 1.15x slower split than whole, 0.78x with the spinning turned
+    off by ``OPENBLAS_THREAD_TIMEOUT``, 2 cores, 2026-12-06). Otherwise (and with one thread) ``np.dot``, which lets
+    OpenBLAS thread it. The rows' products are the same either way."""
+    if a.ndim != 2 or b.ndim != 2:  # a vector: a product BLAS runs on one thread
+        return _dot(a, b)
+    m, n = int(a.shape[0]), int(b.shape[1])
+    macs = m * int(a.shape[1]) * n
+    if macs < BLAS_THREADED_MACS or time.monotonic() - _last_split > SPLIT_RECENT_S:
+        return _dot(a, b)
+    threads = get_num_threads()
+    if threads == 1:
+        return _dot(a, b)
+    out = np.empty((m, n), np.result_type(a, b))
+
+    def rows(lo: int, hi: int) -> None:
+        _dot(a[lo:hi], b, out[lo:hi])
+
+    def run() -> bool:
+        if macs >= SPLIT_MIN_MACS and m > 1:
+            _run(m, threads, rows)
+        else:
+            rows(0, m)
+        return True
+
+    return out if _one_blas_thread(run) else _dot(a, b)

@@ -9,17 +9,11 @@ import numpy as np
 from ..autograd.op import Context, Op
 from ..backend import dtype_name, namespace_of
 from ..errors import DTypeError, ShapeError
-from . import _checks
+from . import _checks, cpu_threads
 from .reductions import sum as _sum
 from .shape import reshape
 
 __all__ = ["linear", "linear_backward"]
-
-#: the products of plain 2-D NumPy arrays: ``np.dot`` calls BLAS's GEMM as ``@`` (``np.matmul``) does, with less of
-#: the ufunc machinery around it; its ``_implementation`` (NEP 18) skips the ``__array_function__`` dispatch, a Python
-#: call that finds nothing to dispatch for plain arrays (together ~0.6 us less per product at (10, 64) x (64, 30),
-#: a quarter of a small layer's product)
-_dot = getattr(np.dot, "_implementation", np.dot)
 
 
 def _check_linear(x: Any, weight: Any, bias: Any) -> bool:
@@ -69,9 +63,9 @@ class Linear(Op):
             y = x @ weight.T
         elif x.ndim > 2:  # NumPy runs (..., in) @ (in, out) as one GEMM per leading index: fold the leading axes
             rows = math.prod(x.shape[:-1])  # into one GEMM (3x faster at (32, 64, 128))
-            y = _dot(x.reshape(rows, x.shape[-1]), weight.T).reshape(x.shape[:-1] + (weight.shape[0],))
+            y = cpu_threads.dot(x.reshape(rows, x.shape[-1]), weight.T).reshape(x.shape[:-1] + (weight.shape[0],))
         else:
-            y = _dot(x, weight.T)
+            y = cpu_threads.dot(x, weight.T)
         if bias is not None:
             y += bias
         return y
@@ -90,14 +84,14 @@ class Linear(Op):
             dy2, x2 = dy, x
         dx = dw = db = None
         if type(dy2) is type(x2) is type(weight) is np.ndarray:
-            # NumPy: np.dot (see _dot), one GEMM over the folded rows rather than one per leading index, and
+            # NumPy: np.dot (cpu_threads.dot), one GEMM over the folded rows rather than one per leading index, and
             # ndarray.sum's reduction without the op or its Python wrapper
             if need[0]:
-                dx = _dot(dy2, weight)
+                dx = cpu_threads.dot(dy2, weight)
                 if dy2 is not dy:
                     dx = dx.reshape(dy.shape[:-1] + (weight.shape[1],))
             if need[1]:
-                dw = _dot(dy2.T, x2)
+                dw = cpu_threads.dot(dy2.T, x2)
             if len(need) > 2 and need[2]:
                 db = np.add.reduce(dy2, 0)
             return dx, dw, db
