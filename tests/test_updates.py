@@ -423,3 +423,36 @@ def test_adam_numpy_matches_its_operations_with_python_float_operands_bit_for_bi
         for a, b in ((p, rp), (m, rm), (v, rv), (vm, rvm)):
             assert a.dtype == dtype
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("options", [{}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "decoupled_weight_decay": True},
+                                     {"amsgrad": True}, {"maximize": True, "weight_decay": 0.05}])
+@pytest.mark.parametrize("scratch", [False, True])
+def test_adam_split_over_threads_is_the_whole_update(monkeypatch, options, scratch):
+    """A flat NumPy buffer's Adam update split over two threads (``cpu_threads``; chunks of at least
+    ``SPLIT_MIN_ELEMENTS``, forced small here) gives the whole update's values bit for bit (the same passes element
+    by element), with or without a scratch list, several steps running."""
+    from xpnn.functional import cpu_threads, updates
+
+    monkeypatch.setattr(updates, "SPLIT_MIN_ELEMENTS", 64)
+    counts = []
+    real = cpu_threads.parallel_for
+    monkeypatch.setattr(cpu_threads, "parallel_for", lambda n, body, m=1: counts.append(real(n, body, m)) or counts[-1])
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal(1001).astype(np.float32)
+    grads = [rng.standard_normal(1001).astype(np.float32) for _ in range(3)]
+    runs = {}
+    for threads in (1, 2):
+        cpu_threads.set_num_threads(threads)
+        try:
+            p, m, v, vmax = p0.copy(), *(np.zeros(1001, np.float32) for _ in range(3))
+            work = [] if scratch else None
+            for step, g in enumerate(grads, 1):
+                adam_update(p, g, m, v, vmax, step=step, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8,
+                            scratch=work, **options)
+            runs[threads] = (p, m, v, vmax)
+        finally:
+            cpu_threads.set_num_threads(None)
+    assert counts and all(c == 2 for c in counts)
+    for got, want in zip(runs[2], runs[1]):
+        np.testing.assert_array_equal(got, want)

@@ -31,7 +31,7 @@ from .. import _dispatch
 from .._cuda import registry
 from ..backend import dtype_name, namespace_of
 from ..errors import DTypeError, ShapeError
-from . import _checks
+from . import _checks, cpu_threads
 from ._inplace import InPlace as _InPlace
 
 __all__ = ["adam_update", "sgd_update", "adagrad_update", "rmsprop_update", "copy_into"]
@@ -310,13 +310,54 @@ def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_av
                                      maximize=maximize) is not NotImplemented:
         return param
     ops = _InPlace.of(xp)
-    step_size, bc2_sqrt, decay = _adam_scalars(xp, param.dtype, step, lr, beta1, beta2, weight_decay)
+    scalars = _adam_scalars(xp, param.dtype, step, lr, beta1, beta2, weight_decay)
+    consts = (_numpy_constants(param.dtype, beta1, beta2, eps) if type(param) is np.ndarray
+              else (beta1, 1 - beta1, beta2, 1 - beta2, eps))
+    args = (scalars, consts, weight_decay, decoupled_weight_decay, amsgrad, maximize)
+    arrays = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
+    n_work = 1 if (weight_decay == 0 or decoupled_weight_decay) and not maximize else 2  # (see _effective_grad)
+    if type(param) is np.ndarray and param.size >= 2 * SPLIT_MIN_ELEMENTS and _split_numpy(
+            arrays, scratch, n_work, lambda a, w: _adam_passes(ops, *a, *args, w)):
+        return param
+    _adam_passes(ops, *arrays, *args, scratch)
+    return param
+
+
+# elements per chunk from which a NumPy update of a flat buffer splits over cpu_threads (each chunk runs all of the
+# update's passes over its slice): about 1 ms of Adam's passes on one core
+SPLIT_MIN_ELEMENTS = 1 << 18
+
+
+def _split_numpy(arrays: tuple, scratch: Optional[list], n_work: int, passes: Any) -> bool:
+    """Run ``passes(slices, work_slices)`` over chunks of C-contiguous NumPy arrays of one shape (None entries
+    stay None) on ``cpu_threads``, at least ``SPLIT_MIN_ELEMENTS`` each; ``scratch`` (or fresh arrays) holds the
+    ``n_work`` work arrays, each chunk working in its slices. False (nothing run) where the arrays are not all
+    such arrays or the update would run as one chunk."""
+    param = arrays[0]
+    if cpu_threads.planned_chunks(param.size, SPLIT_MIN_ELEMENTS) < 2 or any(
+            a is not None and (type(a) is not np.ndarray or a.shape != param.shape or not a.flags.c_contiguous)
+            for a in arrays):
+        return False
+    flat = [None if a is None else a.reshape(-1) for a in arrays]
+    work = [_work(_NUMPY_XP, scratch, i, param).reshape(-1) for i in range(n_work)]
+
+    def chunk(lo: int, hi: int) -> None:
+        passes([None if a is None else a[lo:hi] for a in flat], [w[lo:hi] for w in work])
+
+    return cpu_threads.parallel_for(param.size, chunk, SPLIT_MIN_ELEMENTS) > 0
+
+
+def _adam_passes(ops: _InPlace, param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_avg_sq: Any,
+                 scalars: tuple, consts: tuple, weight_decay: float, decoupled_weight_decay: bool, amsgrad: bool,
+                 maximize: bool, scratch: Optional[list]) -> None:
+    """``adam_update``'s passes over its arrays (or slices of them: the same math element by element)."""
+    xp = ops.xp
+    step_size, bc2_sqrt, decay = scalars
     if decoupled_weight_decay and weight_decay != 0:
         ops.mul(param, decay, out=param)
     g = _effective_grad(ops, param, grad, 0.0 if decoupled_weight_decay else weight_decay, maximize, scratch)
     t = _work(xp, scratch, 0 if g is grad else 1, param)
-    b1, c1, b2, c2, e = (_numpy_constants(param.dtype, beta1, beta2, eps) if type(param) is np.ndarray
-                         else (beta1, 1 - beta1, beta2, 1 - beta2, eps))
+    b1, c1, b2, c2, e = consts
     ops.mul(exp_avg, b1, out=exp_avg)
     ops.add(exp_avg, ops.mul(g, c1, out=t), out=exp_avg)
     ops.mul(exp_avg_sq, b2, out=exp_avg_sq)
@@ -325,7 +366,6 @@ def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_av
     ops.div(ops.sqrt(v, out=t), bc2_sqrt, out=t)
     ops.div(exp_avg, ops.add(t, e, out=t), out=t)  # t = m / denom
     ops.sub(param, ops.mul(t, step_size, out=t), out=param)
-    return param
 
 
 _CONSTANTS: dict[tuple, tuple] = {}
