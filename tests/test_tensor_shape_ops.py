@@ -345,3 +345,41 @@ def test_more_bad_input_names_the_op():
         with pytest.raises(TypeError, match=r"(tril|triu): diagonal must be an int, got 0.5"):
             fn(x, 0.5)
     np.testing.assert_array_equal(F.tril(np.ones((2, 2)), np.int64(-1)), [[0.0, 0.0], [1.0, 0.0]])
+
+
+@pytest.mark.parametrize("xp", [np, xs], ids=["numpy", "array_api_strict"])
+def test_where_of_a_condition_alone_nonzero_and_argwhere_as_torch(xp):
+    """``where(condition)`` is ``torch.where(condition)`` = ``nonzero(condition, as_tuple=True)``: one index array
+    per axis, in row-major order (it was a TypeError, missing arguments); ``nonzero`` gives the (K, ndim) indices
+    (``torch.nonzero``, ``torch.argwhere``), ``as_tuple`` the per-axis ones; bool, integer and floating inputs, 0-d,
+    empty and all-zero ones; arrays in, arrays out; Tensors in, Tensors without gradient or graph node out; the
+    top-level names and the Tensor methods."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for where(condition) and nonzero")
+    inputs = [np.array([[0.0, 1.5, 0.0], [-2.0, 0.0, 3.0]]), MASK, np.array([[[0, 3], [1, 0]]]), np.array(5),
+              np.array(0.0), np.zeros((2, 3)), np.zeros((0, 4), bool), np.array([True])]
+
+    def same(got, want):
+        got = got.to("numpy").numpy() if isinstance(got, xpnn.Tensor) else got
+        assert tuple(got.shape) == tuple(want.shape)
+        np.testing.assert_array_equal(np.asarray(got), want.numpy())
+
+    for a in inputs:
+        t = torch.tensor(a)
+        want_tuple, want = torch.where(t), torch.nonzero(t)
+        assert len(want_tuple) == max(a.ndim, 1)
+        for arg in (xp.asarray(a), xpnn.tensor(xp.asarray(a))):
+            for got_tuple in (F.where(arg), xpnn.where(arg), F.nonzero(arg, as_tuple=True)):
+                assert type(got_tuple) is tuple and len(got_tuple) == len(want_tuple)
+                for g, w in zip(got_tuple, want_tuple):
+                    same(g, w)
+            for got in (F.nonzero(arg), xpnn.nonzero(arg), xpnn.argwhere(arg), F.argwhere(arg)):
+                same(got, want)
+                assert isinstance(got, xpnn.Tensor) == isinstance(arg, xpnn.Tensor)
+    x = xpnn.tensor(xp.asarray(inputs[0]), requires_grad=True)
+    for got in (x.nonzero(), x.argwhere(), *x.nonzero(as_tuple=True), *xpnn.where(x * 2 > 1)):
+        assert not got.requires_grad and got.grad_fn is None
+    same(x.nonzero(), torch.tensor(inputs[0]).nonzero())
+    with pytest.raises(TypeError, match="where: pass both input and other, or neither"):
+        F.where(MASK, np.ones((3, 4)))
+    with pytest.raises(TypeError, match="as_tuple must be a bool"):
+        F.nonzero(MASK, as_tuple=1)

@@ -807,6 +807,15 @@ class Tensor(TensorBase):
         """``F.where(condition, self, other)`` (``torch.Tensor.where``)."""
         return F.where(condition, self, other)
 
+    def nonzero(self, *, as_tuple: bool = False) -> Any:
+        """The indices of the nonzero entries: (K, ndim), or a tuple of ndim (K,) index Tensors with ``as_tuple``
+        (``torch.Tensor.nonzero``; ``F.nonzero``); no gradient."""
+        return F.nonzero(self, as_tuple=as_tuple)
+
+    def argwhere(self) -> "Tensor":
+        """``self.nonzero()`` (``torch.Tensor.argwhere``)."""
+        return F.nonzero(self)
+
     def tril(self, diagonal: int = 0) -> "Tensor":
         """Zeros above the ``diagonal``-th diagonal of the last two axes (``torch.tril``)."""
         return F.tril(self, diagonal)
