@@ -383,3 +383,26 @@ def test_where_of_a_condition_alone_nonzero_and_argwhere_as_torch(xp):
         F.where(MASK, np.ones((3, 4)))
     with pytest.raises(TypeError, match="as_tuple must be a bool"):
         F.nonzero(MASK, as_tuple=1)
+
+
+@pytest.mark.parametrize("xp", [np, xs], ids=["numpy", "array_api_strict"])
+def test_expand_as_is_an_op_of_its_own_with_expands_rules(xp):
+    """``F.expand_as(x, other)`` (``Tensor.expand_as``, now one op so that ONNX export reads ``other``'s shape at run
+    time): ``torch.Tensor.expand_as``'s values, ``x``'s gradient summed back, none for ``other`` (any dtype; only
+    its shape is read), and expand's error naming the op."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for expand_as")
+    x0, other0 = RNG.standard_normal((3, 1)), RNG.standard_normal((2, 3, 4))
+    tx, to = torch.tensor(x0, requires_grad=True), torch.tensor(other0, requires_grad=True)
+    ty = tx.expand_as(to)
+    (ty * torch.tensor(other0)).sum().backward()
+    x, other = xpnn.tensor(xp.asarray(x0), requires_grad=True), xpnn.tensor(xp.asarray(other0), requires_grad=True)
+    y = F.expand_as(x, other)
+    assert tuple(y.shape) == (2, 3, 4)
+    np.testing.assert_array_equal(np.asarray(y.to("numpy").numpy()), ty.detach().numpy())
+    (y * xpnn.tensor(xp.asarray(other0))).sum().backward()
+    np.testing.assert_allclose(np.asarray(x.grad), tx.grad.numpy(), rtol=1e-12)
+    assert other.grad is None
+    with pytest.raises(ShapeError, match=r"expand_as: cannot expand shape \(3, 1\) to \(2, 2\)"):
+        F.expand_as(x, xp.zeros((2, 2), dtype=xp.bool))
+    np.testing.assert_array_equal(np.asarray(F.expand_as(xp.asarray(x0), xp.zeros((3, 2), dtype=xp.bool))),
+                                  np.broadcast_to(x0, (3, 2)))  # arrays in, arrays out

@@ -779,8 +779,8 @@ class Tensor(TensorBase):
         return F.expand(self, *sizes)
 
     def expand_as(self, other: Any) -> "Tensor":
-        """``expand(other.shape)``."""
-        return F.expand(self, tuple(other.shape))
+        """``expand(other.shape)`` (``F.expand_as``: ONNX export takes the shape from ``other`` at run time)."""
+        return F.expand_as(self, other)
 
     def contiguous(self) -> "Tensor":
         """``self`` when its array is in C order or its namespace has no strides, else a copy (``F.contiguous``)."""
