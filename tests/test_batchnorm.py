@@ -165,8 +165,7 @@ def test_input_shape_checks():
     for bad in (np.ones((4, 2)), np.ones(3), np.ones((4, 3, 1))):
         with pytest.raises(ShapeError, match=r"expected input of shape \(N, 3\)"):
             bn(bad)
-    with pytest.raises(ShapeError, match="empty batch"):
-        bn(np.ones((0, 3)))
+    assert bn(np.ones((0, 3))).shape == (0, 3)  # an empty batch, as in PyTorch (test_nn_conv.py checks it)
 
 
 def test_backward_checks_dy():
@@ -278,3 +277,43 @@ def test_matches_torch_batchnorm1d_in_training_and_eval(affine, track):
     yt.backward(torch.from_numpy(dy[:4]))
     np.testing.assert_allclose(ours(x2), yt.detach().numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(ours.backward(dy[:4]), xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("training", [True, False])
+def test_an_empty_batch_gives_an_empty_output_and_leaves_the_running_statistics(training, momentum):
+    """``torch.nn.BatchNorm1d`` on a batch of 0 (refused before): an empty output and input gradient, zero weight and
+    bias gradients, the running statistics unchanged (no NaN from the empty mean), ``num_batches_tracked`` counting
+    the training call; on the tape and the explicit API, NumPy and array_api_strict; a batch of one is still refused
+    in training (PyTorch's rule: more than 1 value per channel)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for BatchNorm1d's empty batch")
+    import array_api_strict
+
+    import xpnn
+
+    ref = torch.nn.BatchNorm1d(3, momentum=momentum).double().train(training)
+    with torch.no_grad():
+        ref.weight.copy_(torch.tensor([0.5, -2.0, 1.5]))
+        ref.running_mean.copy_(torch.tensor([0.3, -1.0, 2.0]))
+    xt = torch.zeros((0, 3), dtype=torch.float64, requires_grad=True)
+    ref(xt).sum().backward()
+    for xp in (np, array_api_strict):
+        ours = _bn(3, momentum=momentum).train(training)
+        ours.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
+        ours.num_batches_tracked[...] = 0
+        ours.to(xp)
+        y = ours(xpnn.tensor(xp.zeros((0, 3), dtype=xp.float64), requires_grad=True))
+        assert tuple(y.shape) == (0, 3)
+        y.sum().backward()
+        for name in ("weight", "bias"):
+            np.testing.assert_array_equal(np.asarray(getattr(ours, name).grad), getattr(ref, name).grad.numpy())
+        ours.zero_grad()
+        assert ours(xp.zeros((0, 3), dtype=xp.float64)).shape == (0, 3)  # the explicit API
+        assert ours.backward(xp.zeros((0, 3), dtype=xp.float64)).shape == (0, 3)
+        np.testing.assert_array_equal(np.asarray(ours.running_mean), ref.running_mean.numpy())
+        np.testing.assert_array_equal(np.asarray(ours.running_var), ref.running_var.numpy())
+        assert int(ours.num_batches_tracked) == 2 * int(ref.num_batches_tracked)  # (two calls here, one in torch)
+    with pytest.raises(ValueError):
+        ref.train()(torch.zeros((1, 3), dtype=torch.float64))
+    with pytest.raises(ShapeError, match="more than 1 value per channel"):
+        _bn(3)(np.zeros((1, 3)))

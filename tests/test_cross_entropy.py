@@ -115,3 +115,48 @@ def test_errors_say_what_is_wrong():
         F.cross_entropy(logits, labels, weight=weight[:3])
     with pytest.raises(ValueError, match=r"target values must be in \[0, 4\)"):
         F.cross_entropy(logits, labels + 4, weight=weight)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kind, opts", [("labels", {})] + CASES + [("labels", dict(label_smoothing=0.2))], ids=str)
+def test_an_empty_batch_gives_pytorchs_nan_mean_zero_sum_and_empty_none(kind, opts, reduction):
+    """A batch of 0 (refused before): ``torch.nn.functional.cross_entropy`` gives NaN for "mean" (0 / 0), 0 for "sum"
+    and an empty (0,) for "none", with an empty gradient; the same from F.cross_entropy (arrays, Tensors,
+    array_api_strict), F.cross_entropy_with_grad, nn.CrossEntropyLoss (both APIs) and F.nll_loss, with no warning."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for cross_entropy's empty batch")
+    import warnings
+
+    logits, probs, labels, weight = _inputs(n=0)
+    target = probs if kind == "probabilities" else labels.astype(np.int64)
+    extra = dict(ignore_index=1) if kind == "labels ignore_index" else {}
+    kw, tkw = {**_xpnn_kwargs(opts, weight), **extra}, {**_torch_kwargs(torch, opts, weight), **extra}
+    xt = torch.tensor(logits, requires_grad=True)
+    want = torch.nn.functional.cross_entropy(xt, torch.tensor(target), reduction=reduction, **tkw)
+    want.sum().backward()
+    want = want.detach().numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no 0/0 RuntimeWarning)
+        np.testing.assert_array_equal(F.cross_entropy(logits, target, reduction=reduction, **kw), want)
+        loss, grad = F.cross_entropy_with_grad(logits, target, reduction=reduction, **kw)
+        np.testing.assert_array_equal(loss, want)
+        assert grad.shape == (0, 4)
+        x = xpnn.tensor(logits, requires_grad=True)
+        y = F.cross_entropy(x, target, reduction=reduction, **kw)
+        np.testing.assert_array_equal(y.numpy(), want)
+        y.sum().backward()
+        assert x.grad.shape == xt.grad.shape
+        xs = array_api_strict.asarray
+        skw = {k: (xs(v) if k == "weight" else v) for k, v in kw.items()}
+        np.testing.assert_array_equal(
+            np.asarray(F.cross_entropy(xs(logits), xs(target), reduction=reduction, **skw)), want)
+        m = nn.CrossEntropyLoss(reduction=reduction, **kw)
+        np.testing.assert_array_equal(m(logits, target), want)  # the explicit API
+        assert m.backward(np.ones(want.shape)).shape == (0, 4)
+        if kind != "probabilities" and not opts.get("label_smoothing"):
+            w = {"weight": weight} if opts.get("weight") else {}
+            np.testing.assert_array_equal(
+                F.nll_loss(logits, target, reduction=reduction, **w, **extra),
+                torch.nn.functional.nll_loss(torch.tensor(logits), torch.tensor(target), reduction=reduction,
+                                             **_torch_kwargs(torch, opts, weight), **extra).numpy())
+    with pytest.raises(ShapeError, match="empty logits"):  # no class at all is still refused
+        F.cross_entropy(np.zeros((2, 0)), np.zeros(2, np.int64))

@@ -210,3 +210,21 @@ def test_gathers_step_offsets_with_a_borrow(loader, monkeypatch, max_grid, kerne
     dy = np.round(randn(y.shape, "float32", 15) * 64) / 64
     np.testing.assert_array_equal(through_kernel(loader, F.max_pool2d_backward, arg, dy, xs, *args),
                                   reference(F.max_pool2d_backward, arg, dy, xs, *args))
+
+
+def test_an_empty_batch_through_the_kernel_launchers(loader):
+    """N = 0 (the layers take it, as PyTorch's): the launch code (conv through im2col/col2im, max pooling with int32
+    argmax, average pooling) launches nothing and gives the reference's empty outputs and zero dW/db."""
+    x, w, b = np.zeros((0, 3, 6, 6), np.float32), randn((4, 3, 3, 3), "float32", 1), randn((4,), "float32", 2)
+    with _dispatch.use_provider(make_provider(loader)):
+        before = loader.launches
+        y = F.conv2d(x, w, b, 1, 1)
+        dx, dw, db = F.conv2d_backward(x, w, np.zeros(y.shape, np.float32), 1, 1)
+        yp, arg = F.max_pool2d_with_argmax(x, 2)
+        dxp = F.max_pool2d_backward(arg, yp, x.shape, 2)
+        ya = F.avg_pool2d(x, 2)
+        assert loader.launches == before
+    assert y.shape == (0, 4, 6, 6) and dx.shape == x.shape and yp.shape == ya.shape == (0, 3, 3, 3)
+    np.testing.assert_array_equal(dw, np.zeros_like(w))
+    np.testing.assert_array_equal(db, np.zeros_like(b))
+    assert arg.dtype == np.int32 and dxp.shape == x.shape  # (the kernel's argmax dtype: its path was taken)

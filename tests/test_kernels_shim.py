@@ -556,7 +556,7 @@ def test_update_of_non_contiguous_param_falls_back(forward_loader):
 def test_row_kernels_do_not_launch_on_empty_rows(forward_loader, shape):
     """No launch for N = 0 or C = 0: the launchers answer an empty result (N = 0) or leave an empty row to the
     reference (C = 0: logsumexp -inf, softmax/log_softmax empty, as PyTorch), and cross-entropy leaves an empty
-    batch to the reference's error."""
+    batch to the reference (PyTorch's NaN mean and an empty gradient) and no class to its error."""
     x = np.zeros(shape, np.float32)
     for name, want in (("logsumexp", np.full(shape[0], -np.inf, np.float32)), ("softmax", x), ("log_softmax", x)):
         before = forward_loader.launches
@@ -569,8 +569,13 @@ def test_row_kernels_do_not_launch_on_empty_rows(forward_loader, shape):
         assert got.dtype == np.float32
     before = forward_loader.launches
     assert launch.cross_entropy_with_grad(forward_loader, np, x, np.zeros(shape[0], np.int64)) is NotImplemented
-    with _dispatch.use_provider(make_provider(forward_loader)), pytest.raises(ValueError, match="cross_entropy"):
-        F.cross_entropy_with_grad(x, np.zeros(shape[0], np.int64))
+    with _dispatch.use_provider(make_provider(forward_loader)):
+        if shape[0] == 0:
+            loss, grad = F.cross_entropy_with_grad(x, np.zeros(0, np.int64))
+            assert np.isnan(loss) and grad.shape == shape
+        else:
+            with pytest.raises(ValueError, match="cross_entropy"):
+                F.cross_entropy_with_grad(x, np.zeros(shape[0], np.int64))
     assert forward_loader.launches == before
 @pytest.mark.parametrize("fn, n_states, kwargs", [
     (updates.adam_update, 2, dict(step=2, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)),

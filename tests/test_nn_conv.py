@@ -157,6 +157,45 @@ def test_layer_errors_name_the_layer_and_shapes():
     assert y.shape == (2, 4, 3, 3)
 
 
+@pytest.mark.parametrize("make,shape", [
+    (lambda: nn.Conv2d(3, 4, 3, padding=1, dtype="float64"), (0, 3, 5, 5)),
+    (lambda: nn.MaxPool2d(2), (0, 3, 4, 4)),
+    (lambda: nn.AvgPool2d(2), (0, 3, 4, 4)),
+    (lambda: nn.AdaptiveAvgPool2d(2), (0, 3, 4, 4)),
+    (lambda: nn.BatchNorm2d(3, dtype="float64"), (0, 3, 2, 2)),
+    (lambda: nn.BatchNorm2d(3, dtype="float64").eval(), (0, 3, 2, 2)),
+    (lambda: nn.Flatten(), (0, 3, 2, 2)),
+])
+def test_image_layers_take_an_empty_batch_like_torch(make, shape):
+    """A batch of 0 (PyTorch's layers take it; these refused it before): the output shape of the torch layer, an
+    empty input gradient and all-zero parameter gradients, on the tape and the explicit API."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for the layers' empty batch")
+    m = make()
+    name = type(m).__name__
+    ref = {"Conv2d": lambda: torch.nn.Conv2d(3, 4, 3, padding=1), "MaxPool2d": lambda: torch.nn.MaxPool2d(2),
+           "AvgPool2d": lambda: torch.nn.AvgPool2d(2), "AdaptiveAvgPool2d": lambda: torch.nn.AdaptiveAvgPool2d(2),
+           "BatchNorm2d": lambda: torch.nn.BatchNorm2d(3), "Flatten": lambda: torch.nn.Flatten()}[name]().double()
+    ref.train(m.training)
+    if m.state_dict():
+        m.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
+    xt = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+    yt = ref(xt)
+    yt.sum().backward()
+    x = xpnn.tensor(np.zeros(shape), requires_grad=True)
+    y = m(x)
+    assert tuple(y.shape) == tuple(yt.shape)
+    y.sum().backward()
+    assert x.grad.shape == shape
+    for n, p in m.named_parameters():
+        np.testing.assert_array_equal(p.grad, ref.get_parameter(n).grad.numpy(), err_msg=n)
+    m.zero_grad()
+    assert m(np.zeros(shape)).shape == tuple(yt.shape)  # the explicit API
+    assert m.backward(np.zeros(tuple(yt.shape))).shape == shape
+    for n, buf in m.named_buffers():
+        np.testing.assert_array_equal(buf, ref.get_buffer(n).numpy() * (2 if n == "num_batches_tracked" else 1),
+                                      err_msg=n)  # (two training calls here, one in torch)
+
+
 def test_batchnorm2d_running_statistics_follow_batchnorm1d():
     x = randn(4, 3, 2, 5) * 3 + 2
     bn2, bn1 = nn.BatchNorm2d(3, momentum=None, dtype="float64"), nn.BatchNorm1d(3, momentum=None, dtype="float64")

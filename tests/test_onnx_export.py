@@ -278,11 +278,13 @@ def test_reshape_to_a_fixed_batch_with_a_dynamic_axis_is_an_error(tmp_path):
 
 
 def test_broadcast_to_a_batch_shape_exports_static_only(tmp_path):
+    """A broadcast that stretches the batch axis to sizes given as ints holds the traced batch size: an error with a
+    dynamic batch axis (expand_as exports it, test_expand_keeps_a_dynamic_batch_axis), exact when static."""
     ort = pytest.importorskip("onnxruntime", reason=ORT)
 
     class Spread(nn.Module):
         def forward(self, x):
-            return x + F.broadcast_to(F.min(x, axis=1, keepdims=True), tuple(x.shape))
+            return x + F.broadcast_to(F.min(x, axis=0, keepdims=True), tuple(x.shape))
 
     x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
     with pytest.raises(ValueError, match="depends on the size of the dynamic axes"):
@@ -311,6 +313,36 @@ def test_attention_with_bias_kv_and_zero_attn_exports_static_only(tmp_path):
         xonnx.export(Attend(), x, tmp_path / "m.onnx", dynamic_axes={"input": [0]})
     xonnx.export(Attend(), x, tmp_path / "m.onnx")
     np.testing.assert_allclose(_run(_session(ort, tmp_path / "m.onnx"), x), _xpnn_out(Attend(), x), atol=1e-6)
+class _Cls(nn.Module):
+    """A class token (a parameter) put in front of each sequence: ``expand_as`` a slice of the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.cls = nn.Parameter(np.linspace(-1, 1, 4, dtype=np.float32).reshape(1, 1, 4))
+
+    def forward(self, x):                                             # (N, L, 4)
+        return F.cat([self.cls.expand_as(x[:, :1]), x], dim=1)      # (N, L + 1, 4)
+
+
+class _Spread(nn.Module):
+    """Broadcasts of values that carry the batch axis: over a feature axis (``broadcast_to`` with the input's
+    shape, ``expand`` with -1 for the batch), and over the batch axis to the input's shape (``expand_as``)."""
+
+    def forward(self, x):                                             # (N, 4, 6)
+        h = x + F.broadcast_to(F.min(x, axis=1, keepdims=True), tuple(x.shape))
+        h = h.unsqueeze(1).expand(-1, 3, -1, -1).sum(axis=1)          # (N, 4, 6)
+        return h - F.mean(h, axis=0, keepdims=True).expand_as(h)
+
+
+@pytest.mark.parametrize("make,shape", [(_Cls, (2, 4)), (_Spread, (4, 6))], ids=["class token", "spread"])
+def test_expand_keeps_a_dynamic_batch_axis(make, shape, tmp_path):
+    """expand / broadcast_to of a value that carries the batch axis export with it dynamic (Expand's shape input
+    holds 1 there: ONNX's Expand broadcasts both ways), and expand_as takes its sizes from ``Shape`` of its
+    argument, also to stretch a constant or a batch statistic over the batch; ONNX Runtime gives xpnn's outputs at
+    two batch sizes (these exports were refused as tied to the traced batch size)."""
+    ort = pytest.importorskip("onnxruntime", reason=ORT)
+    proto = _export_and_compare(ort, make(), shape, tmp_path, atol=1e-5)
+    assert "Expand" in {n.op_type for n in proto.graph.node}
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float64"])

@@ -345,3 +345,64 @@ def test_more_bad_input_names_the_op():
         with pytest.raises(TypeError, match=r"(tril|triu): diagonal must be an int, got 0.5"):
             fn(x, 0.5)
     np.testing.assert_array_equal(F.tril(np.ones((2, 2)), np.int64(-1)), [[0.0, 0.0], [1.0, 0.0]])
+
+
+@pytest.mark.parametrize("xp", [np, xs], ids=["numpy", "array_api_strict"])
+def test_where_of_a_condition_alone_nonzero_and_argwhere_as_torch(xp):
+    """``where(condition)`` is ``torch.where(condition)`` = ``nonzero(condition, as_tuple=True)``: one index array
+    per axis, in row-major order (it was a TypeError, missing arguments); ``nonzero`` gives the (K, ndim) indices
+    (``torch.nonzero``, ``torch.argwhere``), ``as_tuple`` the per-axis ones; bool, integer and floating inputs, 0-d,
+    empty and all-zero ones; arrays in, arrays out; Tensors in, Tensors without gradient or graph node out; the
+    top-level names and the Tensor methods."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for where(condition) and nonzero")
+    inputs = [np.array([[0.0, 1.5, 0.0], [-2.0, 0.0, 3.0]]), MASK, np.array([[[0, 3], [1, 0]]]), np.array(5),
+              np.array(0.0), np.zeros((2, 3)), np.zeros((0, 4), bool), np.array([True])]
+
+    def same(got, want):
+        got = got.to("numpy").numpy() if isinstance(got, xpnn.Tensor) else got
+        assert tuple(got.shape) == tuple(want.shape)
+        np.testing.assert_array_equal(np.asarray(got), want.numpy())
+
+    for a in inputs:
+        t = torch.tensor(a)
+        want_tuple, want = torch.where(t), torch.nonzero(t)
+        assert len(want_tuple) == max(a.ndim, 1)
+        for arg in (xp.asarray(a), xpnn.tensor(xp.asarray(a))):
+            for got_tuple in (F.where(arg), xpnn.where(arg), F.nonzero(arg, as_tuple=True)):
+                assert type(got_tuple) is tuple and len(got_tuple) == len(want_tuple)
+                for g, w in zip(got_tuple, want_tuple):
+                    same(g, w)
+            for got in (F.nonzero(arg), xpnn.nonzero(arg), xpnn.argwhere(arg), F.argwhere(arg)):
+                same(got, want)
+                assert isinstance(got, xpnn.Tensor) == isinstance(arg, xpnn.Tensor)
+    x = xpnn.tensor(xp.asarray(inputs[0]), requires_grad=True)
+    for got in (x.nonzero(), x.argwhere(), *x.nonzero(as_tuple=True), *xpnn.where(x * 2 > 1)):
+        assert not got.requires_grad and got.grad_fn is None
+    same(x.nonzero(), torch.tensor(inputs[0]).nonzero())
+    with pytest.raises(TypeError, match="where: pass both input and other, or neither"):
+        F.where(MASK, np.ones((3, 4)))
+    with pytest.raises(TypeError, match="as_tuple must be a bool"):
+        F.nonzero(MASK, as_tuple=1)
+
+
+@pytest.mark.parametrize("xp", [np, xs], ids=["numpy", "array_api_strict"])
+def test_expand_as_is_an_op_of_its_own_with_expands_rules(xp):
+    """``F.expand_as(x, other)`` (``Tensor.expand_as``, now one op so that ONNX export reads ``other``'s shape at run
+    time): ``torch.Tensor.expand_as``'s values, ``x``'s gradient summed back, none for ``other`` (any dtype; only
+    its shape is read), and expand's error naming the op."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for expand_as")
+    x0, other0 = RNG.standard_normal((3, 1)), RNG.standard_normal((2, 3, 4))
+    tx, to = torch.tensor(x0, requires_grad=True), torch.tensor(other0, requires_grad=True)
+    ty = tx.expand_as(to)
+    (ty * torch.tensor(other0)).sum().backward()
+    x, other = xpnn.tensor(xp.asarray(x0), requires_grad=True), xpnn.tensor(xp.asarray(other0), requires_grad=True)
+    y = F.expand_as(x, other)
+    assert tuple(y.shape) == (2, 3, 4)
+    np.testing.assert_array_equal(np.asarray(y.to("numpy").numpy()), ty.detach().numpy())
+    (y * xpnn.tensor(xp.asarray(other0))).sum().backward()
+    np.testing.assert_allclose(np.asarray(x.grad), tx.grad.numpy(), rtol=1e-12)
+    assert other.grad is None
+    with pytest.raises(ShapeError, match=r"expand_as: cannot expand shape \(3, 1\) to \(2, 2\)"):
+        F.expand_as(x, xp.zeros((2, 2), dtype=xp.bool))
+    np.testing.assert_array_equal(np.asarray(F.expand_as(xp.asarray(x0), xp.zeros((3, 2), dtype=xp.bool))),
+                                  np.broadcast_to(x0, (3, 2)))  # arrays in, arrays out

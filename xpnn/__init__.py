@@ -20,7 +20,7 @@ from .errors import (
 from . import autograd, data, functional, init, nn, optim, train
 from . import amp, cuda, distributed, models, onnx  # xpnn.models.load_trained(...) etc. after a plain `import xpnn`
 from . import functional as F
-from .functional import cat, chunk, split, stack, tril, triu, where  # torch.cat, torch.where, ... (the F ops)
+from .functional import argwhere, cat, chunk, nonzero, split, stack, tril, triu, where  # torch.cat, torch.where, ...
 from .functional.cpu_threads import get_num_threads, set_num_threads  # torch.get_num_threads, ...
 from .io import load, save
 from .random import manual_seed
@@ -31,7 +31,7 @@ __all__ = [
     "kernels_enabled", "set_kernels_enabled", "use_kernels", "functional", "nn", "optim", "init", "data", "train",
     "amp", "cuda", "distributed", "models", "onnx",
     "save", "load", "manual_seed", "get_num_threads", "set_num_threads",
-    "cat", "stack", "split", "chunk", "where", "tril", "triu", "zeros_like", "ones_like",
+    "cat", "stack", "split", "chunk", "where", "nonzero", "argwhere", "tril", "triu", "zeros_like", "ones_like",
     "XpnnError", "BackendUnavailableError", "ShapeError", "DTypeError", "NamespaceMismatchError",
     "NonFiniteError", "CheckpointError", "InplaceModifiedError",
 ]

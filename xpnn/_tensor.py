@@ -779,8 +779,8 @@ class Tensor(TensorBase):
         return F.expand(self, *sizes)
 
     def expand_as(self, other: Any) -> "Tensor":
-        """``expand(other.shape)``."""
-        return F.expand(self, tuple(other.shape))
+        """``expand(other.shape)`` (``F.expand_as``: ONNX export takes the shape from ``other`` at run time)."""
+        return F.expand_as(self, other)
 
     def contiguous(self) -> "Tensor":
         """``self`` when its array is in C order or its namespace has no strides, else a copy (``F.contiguous``)."""
@@ -806,6 +806,15 @@ class Tensor(TensorBase):
     def where(self, condition: Any, other: Any) -> "Tensor":
         """``F.where(condition, self, other)`` (``torch.Tensor.where``)."""
         return F.where(condition, self, other)
+
+    def nonzero(self, *, as_tuple: bool = False) -> Any:
+        """The indices of the nonzero entries: (K, ndim), or a tuple of ndim (K,) index Tensors with ``as_tuple``
+        (``torch.Tensor.nonzero``; ``F.nonzero``); no gradient."""
+        return F.nonzero(self, as_tuple=as_tuple)
+
+    def argwhere(self) -> "Tensor":
+        """``self.nonzero()`` (``torch.Tensor.argwhere``)."""
+        return F.nonzero(self)
 
     def tril(self, diagonal: int = 0) -> "Tensor":
         """Zeros above the ``diagonal``-th diagonal of the last two axes (``torch.tril``)."""

@@ -39,9 +39,9 @@ from .pooling import (
 )
 from .recurrent import gru_cell, lstm_cell, masked_update, recurrence
 from .reductions import max, mean, min, sum
-from .selection import gather, masked_fill, tril, tril_mask, triu, triu_mask, where
-from .shape import (broadcast_to, clone, contiguous, expand, index, permute, permute_dims, reshape, squeeze, sum_to,
-                    transpose, unsqueeze)
+from .selection import argwhere, gather, masked_fill, nonzero, tril, tril_mask, triu, triu_mask, where
+from .shape import (broadcast_to, clone, contiguous, expand, expand_as, index, permute, permute_dims, reshape, squeeze,
+                    sum_to, transpose, unsqueeze)
 from .softmax import log_softmax, logsumexp, softmax, softmax_backward
 from .targets import accuracy, one_hot
 from .updates import adagrad_update, adam_update, rmsprop_update, sgd_update
@@ -58,7 +58,8 @@ __all__ = [
     "sum", "mean", "max", "min", "reshape", "permute_dims", "broadcast_to", "sum_to", "index",
     "adam_update", "sgd_update", "adagrad_update", "rmsprop_update",
     "cat", "split", "chunk", "unsqueeze", "squeeze", "transpose", "permute", "expand", "contiguous", "clone",
-    "where", "masked_fill", "tril", "triu", "tril_mask", "triu_mask", "gather",
+    "expand_as",
+    "where", "masked_fill", "tril", "triu", "tril_mask", "triu_mask", "gather", "nonzero", "argwhere",
     "embedding", "embedding_backward", "layer_norm",
     "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_with_argmax", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",

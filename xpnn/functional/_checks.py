@@ -112,7 +112,7 @@ def class_targets(xp: Any, logits: Any, target: Any, where: str, ignore_index: i
     if logits.ndim != 2:
         raise ShapeError(f"{where}: logits must have shape (N, C), got {tuple(logits.shape)}")
     n, c = logits.shape
-    if n == 0 or c == 0:
+    if c == 0:  # (an empty batch, N = 0, is fine: PyTorch's mean is NaN, its sum 0, its "none" empty)
         raise ShapeError(f"{where}: empty logits of shape {tuple(logits.shape)}")
     if getattr(target.dtype, "kind", None) not in ("i", "u") and not xp.isdtype(target.dtype, "integral"):
         raise DTypeError(

@@ -251,8 +251,8 @@ def _ce_coefficients(logits: Any, target: Any, reduction: str, ignore_index: int
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"{where}: label_smoothing must be in [0, 1], got {eps}")
     _checks.floating(xp, x, where, "logits")
-    if x.ndim != 2 or 0 in x.shape:
-        raise ShapeError(f"{where}: logits must have shape (N, C) with N, C > 0, got {tuple(x.shape)}")
+    if x.ndim != 2 or x.shape[1] == 0:  # (an empty batch, N = 0, gives PyTorch's NaN mean, 0 sum, empty "none")
+        raise ShapeError(f"{where}: logits must have shape (N, C) with C > 0, got {tuple(x.shape)}")
     n, c = x.shape
     if weight is not None:
         weight = _values(weight)
@@ -274,7 +274,7 @@ def _ce_coefficients(logits: Any, target: Any, reduction: str, ignore_index: int
         _checks.length_one_axis(x, 1, where, "every loss and gradient is 0 (one class)",
                                 "pass logits.T: logits are (N, C) rows")
         a = t * (1.0 - eps) + eps / c if eps > 0.0 else t
-        return xp, (a * weight if weight is not None else a), n
+        return xp, (a * weight if weight is not None else a), n if n else float("nan")  # (no 0/0 warning)
     xp, t, any_bad = _check_ce(x, t, reduction, ignore_index, eps, where)
     valid = xp.astype(t != ignore_index, x.dtype)
     safe = xp.where(t != ignore_index, t, xp.zeros_like(t))
@@ -283,7 +283,8 @@ def _ce_coefficients(logits: Any, target: Any, reduction: str, ignore_index: int
     a = onehot * ((1.0 - eps) * w_t)[:, None]
     if eps > 0.0:
         a = a + (eps / c) * weight[None, :] * valid[:, None]
-    return xp, a, _poison(xp, xp.sum(w_t), any_bad)
+    denom = xp.sum(w_t) if n else xp.full((), float("nan"), dtype=x.dtype)  # (an empty batch: no 0/0 warning)
+    return xp, a, _poison(xp, denom, any_bad)
 
 
 _UNSIGNED: dict[Any, Any] = {}  # integer dtype -> the unsigned dtype of its width (for the one-pass label check)
@@ -395,8 +396,8 @@ def nll_loss(input: Any, target: Any, weight: Any = None, ignore_index: int = -1
         loss = per
     elif reduction == "sum":
         loss = _sum(per)
-    else:
-        loss = div(_sum(per), xp.sum(rows))
+    else:  # (an empty batch: PyTorch's NaN, without a 0/0 warning)
+        loss = div(_sum(per), xp.sum(rows) if n else xp.full((), float("nan"), dtype=x.dtype))
     if any_bad is not None:  # a deferred label check failed: NaN, never a number (as cross_entropy)
         loss = add(loss, xp.where(any_bad, xp.asarray(float("nan"), dtype=x.dtype), xp.asarray(0.0, dtype=x.dtype)))
     return loss

@@ -81,8 +81,14 @@ class BatchNorm(Op):
         axes, bshape, n = _layout(tuple(x.shape))
         ctx.save_for_backward(x, weight)
         ctx.batch_stats, ctx.eps = training, eps
-        if training:
-            if n < 2:
+        if training and n == 0:  # an empty batch, as torch.batch_norm: an empty output (weight and bias get zero
+            # gradients), the running statistics unchanged (num_batches_tracked counts the call, as nn.BatchNorm*'s)
+            if num_batches_tracked is not None:
+                num_batches_tracked += 1
+            ctx.batch_stats = False  # (no statistics: dx = dy * weight, empty)
+            xhat, invstd = x, xp.ones((x.shape[1],), dtype=x.dtype)
+        elif training:
+            if n == 1:
                 raise ShapeError(f"batch_norm: expected more than 1 value per channel when training, got input "
                                  f"{tuple(x.shape)}")
             xhat, invstd, mean, var = _stats(xp, x, eps)

@@ -1,5 +1,6 @@
 """Choosing entries: ``where`` (``torch.where``), ``masked_fill``, ``tril`` / ``triu`` and the masks behind them
-(``tril_mask`` / ``triu_mask``, e.g. a causal attention mask), and ``gather`` (``torch.gather``).
+(``tril_mask`` / ``triu_mask``, e.g. a causal attention mask), and ``gather`` (``torch.gather``); finding them:
+``nonzero`` / ``argwhere`` (``torch.nonzero``, ``torch.argwhere``; ``where(condition)`` alone).
 
 Gradients flow to the chosen entries only: ``where``'s to each operand where it was picked (summed back over the
 axes broadcasting stretched), ``gather``'s by a scatter-add into the input's shape (``numpy.add.at`` on NumPy,
@@ -14,6 +15,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .._torch_names import dim_index
+from ..autograd import op as _op
 from ..autograd.op import Context, Op
 from ..backend import BackendLike, dtype_name, get_backend, is_cupy_namespace, is_numpy_namespace, namespace_of, to_numpy
 from ..debug import defer_check, defers_checks
@@ -22,7 +24,7 @@ from . import _checks
 from .elementwise import _values, astype
 from .shape import sum_to
 
-__all__ = ["where", "masked_fill", "tril", "triu", "tril_mask", "triu_mask", "gather"]
+__all__ = ["where", "nonzero", "argwhere", "masked_fill", "tril", "triu", "tril_mask", "triu_mask", "gather"]
 
 
 def _operand(xp: Any, v: Any, other: Any) -> Any:
@@ -90,11 +92,60 @@ class Where(Op):
         return g.op("Where", condition, x, y)
 
 
-def where(condition: Any, input: Any, other: Any) -> Any:  # noqa: A002 (PyTorch's names)
+def where(condition: Any, input: Any = None, other: Any = None) -> Any:  # noqa: A002 (PyTorch's names)
     """``input`` where the bool ``condition`` is true, ``other`` elsewhere (``torch.where``); the three broadcast
     together, and ``input`` or ``other`` may be a Python scalar. Raises ``DTypeError`` for a non-bool condition,
-    ``ShapeError`` for shapes that do not broadcast."""
+    ``ShapeError`` for shapes that do not broadcast.
+
+    ``where(condition)`` alone is ``nonzero(condition, as_tuple=True)`` (``torch.where(condition)``, NumPy's
+    ``np.where(condition)``): a tuple of index arrays, one per axis."""
+    if input is None and other is None:
+        return nonzero(condition, as_tuple=True)
+    if input is None or other is None:
+        raise TypeError("where: pass both input and other, or neither (where(condition) gives the indices of the "
+                        "nonzero entries, as nonzero(condition, as_tuple=True))")
     return Where.apply(condition, input, other)
+
+
+class Nonzero(Op):
+    """The indices of the nonzero (true) entries in row-major order; no gradient. Its one output is a tuple: the
+    per-axis index arrays (``as_tuple``), or a 1-tuple holding their (K, ndim) stack."""
+
+    name = "nonzero"
+    differentiable_outputs = ()
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, *, as_tuple: bool) -> tuple[Any, ...]:
+        xp = namespace_of(x, where="nonzero")
+        if x.ndim == 0:  # (the standard's nonzero takes 1 or more axes; PyTorch: a 0-d entry is at index 0 of (1,))
+            idx = xp.nonzero(xp.reshape(x, (1,)))
+            if as_tuple:
+                return idx
+            return (xp.zeros((idx[0].shape[0], 0), dtype=idx[0].dtype),)
+        idx = xp.nonzero(x)
+        return idx if as_tuple else (xp.stack(idx, axis=1),)
+
+    @staticmethod
+    def backward(ctx: Context, *g: Any) -> tuple[None]:
+        return (None,)
+
+
+def nonzero(x: Any, *, as_tuple: bool = False) -> Any:
+    """The indices of the nonzero (for bool: true) entries of ``x`` (array or Tensor, any dtype), in row-major order,
+    as ``torch.nonzero``: a (K, x.ndim) integer array, or with ``as_tuple=True`` a tuple of x.ndim index arrays of
+    shape (K,) (NumPy's ``np.nonzero``; a 0-d ``x`` counts as shape (1,)). Tensors in, Tensors out, with no gradient.
+    The output's size depends on the values: on CuPy the call waits for the device."""
+    if not isinstance(as_tuple, bool):
+        raise TypeError(f"nonzero: as_tuple must be a bool, got {as_tuple!r}")
+    if isinstance(x, _op.TensorBase):  # (indices: no node in the graph, as torch.nonzero's have no grad_fn)
+        x = x.detach()
+    out = Nonzero.apply(x, as_tuple=as_tuple)
+    return tuple(out) if as_tuple else out[0]
+
+
+def argwhere(x: Any) -> Any:
+    """``nonzero(x)``: the (K, x.ndim) indices of the nonzero entries (``torch.argwhere``, ``np.argwhere``)."""
+    return nonzero(x)
 
 
 def masked_fill(x: Any, mask: Any, value: Any) -> Any:

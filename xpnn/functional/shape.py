@@ -1,5 +1,5 @@
 """Shape ops: ``reshape, permute_dims, broadcast_to, sum_to, index`` (``x[key]``) and ``to_backend``, and PyTorch's
-spellings built on them: ``unsqueeze, squeeze, transpose, permute, expand, contiguous, clone``.
+spellings built on them: ``unsqueeze, squeeze, transpose, permute, expand, expand_as, contiguous, clone``.
 
 ``index`` takes basic keys (ints, slices, ``None``, ``...``) and integer arrays; in its backward, entries picked
 several times by an integer array get the sum of their gradients (a scatter-add: ``numpy.add.at`` on NumPy,
@@ -17,7 +17,7 @@ from ..backend import Backend, dtype_name, is_cupy_namespace, is_numpy_namespace
 from ..errors import ShapeError
 
 __all__ = ["reshape", "permute_dims", "broadcast_to", "sum_to", "index", "to_backend", "unsqueeze", "squeeze",
-           "transpose", "permute", "expand", "contiguous", "clone"]
+           "transpose", "permute", "expand", "expand_as", "contiguous", "clone"]
 
 
 class Reshape(Op):
@@ -96,7 +96,32 @@ class BroadcastTo(Op):
 
     @staticmethod
     def onnx(g: Any, x: str, *, shape: tuple[int, ...]) -> str:
-        return g.op("Expand", x, g.ints(shape))
+        """``Expand``, whose shape input broadcasts both ways: 1 for each axis ``x`` already has at its size, so that
+        only the stretched sizes are constants (a dynamic batch axis that ``x`` carries stays dynamic)."""
+        have = (None,) * (len(shape) - len(g.shape(x))) + tuple(g.shape(x))
+        return g.op("Expand", x, g.ints([1 if h == s else s for h, s in zip(have, shape)]))
+
+
+class ExpandAs(Op):
+    """``x`` broadcast to ``other``'s shape; ``other`` gives only its shape (no gradient). Exported as
+    ``Expand(x, Shape(other))``: the sizes follow ``other`` at run time (e.g. its dynamic batch axis)."""
+
+    name = "expand_as"
+    view = True
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, other: Any) -> Any:
+        xp = namespace_of(x, where="expand_as")  # (of ``other`` only the shape is read, as before)
+        ctx.shape = tuple(x.shape)
+        return xp.broadcast_to(x, _expanded_shape(tuple(x.shape), tuple(other.shape), "expand_as"))
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, None]:
+        return sum_to(g, ctx.shape), None
+
+    @staticmethod
+    def onnx(g: Any, x: str, other: str) -> str:
+        return g.op("Expand", x, g.op("Shape", other))
 
 
 class SumTo(Op):
@@ -479,10 +504,14 @@ def expand(x: Any, *sizes: Any) -> Any:
     back. Raises ``ShapeError`` for sizes ``x`` does not expand to."""
     if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
         sizes = tuple(sizes[0])
-    shape = tuple(x.shape)
+    return broadcast_to(x, _expanded_shape(tuple(x.shape), tuple(sizes), "expand"))
+
+
+def _expanded_shape(shape: tuple[int, ...], sizes: tuple[Any, ...], where: str) -> tuple[int, ...]:
+    """The shape ``torch.Tensor.expand`` makes of ``shape`` with ``sizes``, or ``ShapeError`` naming ``where``."""
     lead = len(sizes) - len(shape)
     if lead < 0:
-        raise ShapeError(f"expand: the number of sizes {tuple(sizes)} must be at least the number of dimensions of "
+        raise ShapeError(f"{where}: the number of sizes {tuple(sizes)} must be at least the number of dimensions of "
                          f"shape {shape}")
     out = []
     for i, s in enumerate(sizes):
@@ -490,10 +519,18 @@ def expand(x: Any, *sizes: Any) -> Any:
         if s == -1 and old is not None:
             s = old
         if not isinstance(s, int) or s < 0 or (old is not None and old != 1 and old != s):
-            raise ShapeError(f"expand: cannot expand shape {shape} to {tuple(sizes)} (only axes of length 1 stretch, "
-                             "-1 keeps an existing axis, new axes go in front)")
+            raise ShapeError(f"{where}: cannot expand shape {shape} to {tuple(sizes)} (only axes of length 1 "
+                             "stretch, -1 keeps an existing axis, new axes go in front)")
         out.append(int(s))
-    return broadcast_to(x, tuple(out))
+    return tuple(out)
+
+
+def expand_as(x: Any, other: Any) -> Any:
+    """``x`` broadcast to ``other``'s shape (``torch.Tensor.expand_as``); the gradient is summed back to ``x``,
+    ``other`` gets none. ONNX export reads the shape from ``other`` at run time (``Shape``), so a constant (a class
+    token, say) expanded to the shape of a value with a dynamic batch axis exports with that axis dynamic. Raises
+    ``ShapeError`` as ``expand``."""
+    return ExpandAs.apply(x, other)
 
 
 def contiguous(x: Any) -> Any:

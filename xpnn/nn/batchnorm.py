@@ -67,9 +67,10 @@ class BatchNorm1d(Module):
     def forward(self, x: Any) -> Any:
         """The op validates the arguments (the channels and dtype against ``weight``); a failed check is
         re-diagnosed by ``_check`` so that the error names the layer. ``_check`` runs first only where the op cannot
-        see the rule: no ``weight``, the layer's 2-D (or 4-D) input and non-empty batch, debug mode."""
+        see the rule: no ``weight``, the layer's 2-D (or 4-D) input, debug mode. An empty batch gives an empty output
+        and leaves the running statistics as they are (``torch.nn.BatchNorm1d``)."""
         try:
-            checks = x.ndim != self._ndim or x.shape[0] == 0 or self.weight is None or get_debug()
+            checks = x.ndim != self._ndim or self.weight is None or get_debug()
         except AttributeError:
             raise not_an_array(self, x) from None
         if checks:
@@ -82,7 +83,8 @@ class BatchNorm1d(Module):
 
     def _normalize(self, x: Any) -> Any:
         batch_stats = self.training or not self.track_running_stats
-        if batch_stats and math.prod(int(s) for i, s in enumerate(x.shape) if i != 1) < 2:
+        if batch_stats and math.prod(int(s) for i, s in enumerate(x.shape) if i != 1) == 1:  # (PyTorch's rule: 0 is
+            # an empty batch)
             raise ShapeError(f"{self._where()}: expected more than 1 value per channel when training, "
                              f"got input of shape {tuple(x.shape)}")
         w, b = self.weight, self.bias

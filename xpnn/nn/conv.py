@@ -35,8 +35,6 @@ def check_image(module: Module, xp: Any, x: Any, channels: Any, dtype: Any) -> N
     if channels is not None and x.shape[1] != channels:
         raise ShapeError(f"{module._where()}: expected input {want} with {channels} channels, "
                          f"got shape {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ShapeError(f"{module._where()}: empty batch, got input of shape {tuple(x.shape)}")
     if dtype is not None and x.dtype != dtype:
         want_dt, got = dtype_name(dtype), dtype_name(x.dtype)
         raise DTypeError(f"{module._where()}: expected input of dtype {want_dt} (the parameters' dtype), got {got}; "
@@ -107,10 +105,10 @@ class Conv2d(Module):
 
     def forward(self, x: Any) -> Any:
         """The op validates the arguments; a failed check is re-diagnosed here so that the error names the layer.
-        The layer's own rules (a non-empty batch) and, in debug mode, the finite check run first."""
+        In debug mode the finite check runs first. An empty batch (N = 0) gives an empty output, as in PyTorch."""
         w = self.weight.data
         try:
-            checks = x.ndim != 4 or x.shape[0] == 0 or get_debug()
+            checks = x.ndim != 4 or get_debug()
         except AttributeError:
             raise not_an_array(self, x) from None
         if checks:

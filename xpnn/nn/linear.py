@@ -23,24 +23,22 @@ __all__ = ["Linear"]
 
 def check_features(module: Module, xp: Any, x: Any, in_features: int, dtype: Any, leading: bool = False) -> None:
     """Shared input check of layers taking (N, in_features) input (array or Tensor) of the parameters' dtype;
-    ``leading``: (N, *, in_features), any leading dimensions (``torch.nn.Linear``; a 1-D sample is refused with a
-    hint, as before)."""
+    ``leading``: (*, in_features), any leading dimensions, none included (``torch.nn.Linear``: a 1-D sample gives a 1-D
+    output). An empty batch is accepted, as in PyTorch."""
     if isinstance(x, Tensor):
         x = x.data
     if xp is None:
         xp = layer_namespace(module, x, module._ref_array())
-    fits = x.ndim >= 2 and x.shape[-1] == in_features if leading else x.ndim == 2 and x.shape[1] == in_features
+    fits = x.ndim >= 1 and x.shape[-1] == in_features if leading else x.ndim == 2 and x.shape[1] == in_features
     if not fits:
         hint = ""
         if x.ndim == 2 and x.shape[0] == in_features:  # a column-vector layout (features, N), as in many NumPy books
             hint = "; samples are rows in xpnn (PyTorch's layout): pass x.T for a (features, N) array"
-        elif x.ndim == 1 and x.shape[0] == in_features:
+        elif x.ndim == 1 and x.shape[0] == in_features:  # (``leading`` takes it)
             hint = "; pass x[None, :] (or x.reshape(1, -1)) for one sample"
         batch = "N, *" if leading and x.ndim != 2 else "N"
         raise ShapeError(f"{module._where()}: expected input of shape ({batch}, {in_features}), got "
                          f"{tuple(x.shape)}{hint}")
-    if x.shape[0] == 0:
-        raise ShapeError(f"{module._where()}: empty batch, got input of shape {tuple(x.shape)}")
     if x.dtype != dtype:
         want, got = dtype_name(dtype), dtype_name(x.dtype)
         hint = f"cast the input (e.g. x.astype('{want}') for NumPy)"
@@ -52,13 +50,13 @@ def check_features(module: Module, xp: Any, x: Any, in_features: int, dtype: Any
 
 
 def affine(module: Module, x: Any, weight: Any, in_features: int, leading: bool = False) -> Any:
-    """``F.linear(x, weight, module.bias)`` for a layer taking (N, in_features) input (``leading``: (N, *,
+    """``F.linear(x, weight, module.bias)`` for a layer taking (N, in_features) input (``leading``: (*,
     in_features)): the op validates the arguments; a failed check is re-diagnosed by ``check_features`` so that the
-    error names the layer (and says what to do). The layer's own rules (2-D, a non-empty batch) and, in debug mode,
+    error names the layer (and says what to do). The layer's own rule (2-D unless ``leading``) and, in debug mode,
     the finite check run here."""
     d = x._data if isinstance(x, Tensor) else x
     try:
-        checks = d.ndim != 2 or d.shape[0] == 0 or get_debug()
+        checks = d.ndim != 2 or get_debug()
     except AttributeError:
         raise not_an_array(module, d) from None
     if checks:
@@ -89,8 +87,9 @@ def init_affine(module: Module, out_rows: int, in_features: int, bias: bool,
 
 
 class Linear(Module):
-    """``y = x @ weight.T + bias``: x (N, *, in_features) -> y (N, *, out_features), any leading dimensions (e.g.
-    (N, L, in_features) in a transformer) as ``torch.nn.Linear``; a 1-D x is refused (pass ``x[None, :]``).
+    """``y = x @ weight.T + bias``: x (*, in_features) -> y (*, out_features), any leading dimensions as
+    ``torch.nn.Linear``: (N, in), (N, L, in) in a transformer, one unbatched sample (in,) -> (out,), an empty batch
+    (0, in) -> (0, out) (whose gradients are zeros for ``weight`` and ``bias``).
 
     weight (out_features, in_features) and bias (out_features,) are initialised like ``torch.nn.Linear``
     from a NumPy Generator seeded by ``seed``, in ``dtype`` (default float32) on ``backend``.
@@ -122,7 +121,7 @@ class Linear(Module):
         w = weight._data
         if type(x) is not np.ndarray or type(w) is not np.ndarray or _debug[0] or not numpy_direct("linear"):
             return NotImplemented
-        if x.ndim != 2 or x.shape[0] == 0:  # the layer's own rules (see affine)
+        if x.ndim != 2:  # the layer's own rule (see affine)
             check_features(self, None, x, self.in_features, w.dtype, leading=True)  # (raises, naming the layer)
         try:
             return one_op_call(self, LinearOp, x, weight, self.bias)
