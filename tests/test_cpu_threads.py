@@ -289,6 +289,21 @@ def test_parallel_for_leaves_threadpool_limits_usable_in_other_threads(blas_two_
     assert seen == {"user limit": 1, "chunks": 2, 0: 1, 2: 1}
 
 
+def test_a_users_threadpool_limits_keeps_its_hold_across_parallel_for(blas_two_threads):
+    """Under threadpoolctl >= 3.8 a thread inside ``threadpool_limits`` holds OpenBLAS's process-wide limit (other
+    threads' settings are ignored); a parallel_for inside that block leaves the hold with it."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    lib = cpu_threads._numpy_blas()[0]
+    if cpu_threads._ownership is None or (lib.internal_api, getattr(lib, "threading_layer", None)) != (
+            "openblas", "pthreads"):
+        pytest.skip("needs OpenBLAS with pthreads under threadpoolctl >= 3.8 (a process-wide limit with an owner)")
+    cpu_threads.set_num_threads(2)
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        assert cpu_threads.parallel_for(4, lambda lo, hi: None) == 2
+        _set_blas_from_a_passing_thread(3)  # ignored: this thread still holds the limit
+        assert _blas_threads() == 1
+
+
 @contextlib.contextmanager
 def _fake_blas(per_thread, limit_takes=True):
     """cpu_threads' BLAS replaced by a fake library controller whose thread count is per thread, 4 until set in
