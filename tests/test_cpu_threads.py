@@ -2,6 +2,7 @@
 with NumPy's BLAS limited to one thread meanwhile), get_num_threads / set_num_threads (also as xpnn.*), and how it
 behaves with exceptions, KeyboardInterrupt, nesting, concurrent callers, threadpoolctl limits, fork and exit."""
 import contextlib
+import contextvars
 import os
 import signal
 import subprocess
@@ -178,6 +179,34 @@ def test_ctrl_c_while_waiting_for_the_chunks_is_raised_after_they_finished(blas_
         signal.signal(signal.SIGINT, old)
     assert done == [1]
     assert _blas_threads() == before
+
+
+_CALLER = contextvars.ContextVar("caller", default="unset")
+
+
+def test_chunks_run_under_the_callers_numpy_error_state_and_context():
+    """np.errstate / np.seterr (context-local in NumPy 2) and other context variables hold in every chunk, not only
+    the calling thread's: an overflow raises in whichever chunk it happens."""
+    cpu_threads.set_num_threads(3)
+    seen = {}
+
+    def body(lo, hi):
+        try:
+            np.array([1e308]) * 10
+            seen[lo] = ("no error", _CALLER.get())
+        except FloatingPointError:
+            seen[lo] = ("raised", _CALLER.get())
+
+    token = _CALLER.set("set by the caller")
+    try:
+        with np.errstate(over="raise"):
+            assert cpu_threads.parallel_for(3, body) == 3
+    finally:
+        _CALLER.reset(token)
+    assert seen == {lo: ("raised", "set by the caller") for lo in range(3)}
+    with np.errstate(over="ignore"):
+        cpu_threads.parallel_for(3, body)
+    assert seen == {lo: ("no error", "unset") for lo in range(3)}
 
 
 def test_a_nested_parallel_for_runs_in_its_chunk_sequentially():
