@@ -28,6 +28,7 @@ gradient accumulated per chunk, then added) is the same from run to run at a giv
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -165,8 +166,8 @@ def _limited(body: Callable[[int, int], None], lo: int, hi: int) -> None:
 
 def parallel_for(n: int, body: Callable[[int, int], None], min_chunk: int = 1) -> int:
     """Run ``body(lo, hi)`` over contiguous chunks covering range(n), at most ``get_num_threads()`` of them and each
-    at least ``min_chunk`` long, at once on a thread pool (the first chunk in the calling thread), with NumPy's BLAS
-    limited to one thread meanwhile. Returns the number of chunks (0 for n = 0). ``body`` must write only its own
+    at least ``min_chunk`` long, at once on a thread pool (the first chunk in the calling thread; the others in a
+    copy of its context, so under its NumPy error state), with NumPy's BLAS limited to one thread meanwhile. Returns the number of chunks (0 for n = 0). ``body`` must write only its own
     chunk's part of shared outputs. An exception from a chunk (KeyboardInterrupt included) is raised after every
     chunk has finished. Where the pool takes no work (at interpreter exit: atexit handlers), the chunks run one
     after the other in the calling thread."""
@@ -203,8 +204,11 @@ def _run(n: int, threads: int, body: Callable[[int, int], None]) -> int:
     pool = _executor(len(parts) - 1)
     here, futures = [parts[0]], []
     for lo, hi in parts[1:]:
+        # in a copy of the caller's context: NumPy's error state (np.errstate, np.seterr) and other context variables
+        run = contextvars.copy_context().run
         try:
-            futures.append(pool.submit(_limited, body, lo, hi) if _blas_per_thread else pool.submit(body, lo, hi))
+            futures.append(pool.submit(run, _limited, body, lo, hi) if _blas_per_thread
+                           else pool.submit(run, body, lo, hi))
         except RuntimeError:  # the pool takes no work once the interpreter is exiting
             here.append((lo, hi))
     error: Optional[BaseException] = None
