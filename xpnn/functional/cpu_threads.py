@@ -167,10 +167,11 @@ def _limited(body: Callable[[int, int], None], lo: int, hi: int) -> None:
 def parallel_for(n: int, body: Callable[[int, int], None], min_chunk: int = 1) -> int:
     """Run ``body(lo, hi)`` over contiguous chunks covering range(n), at most ``get_num_threads()`` of them and each
     at least ``min_chunk`` long, at once on a thread pool (the first chunk in the calling thread; the others in a
-    copy of its context, so under its NumPy error state), with NumPy's BLAS limited to one thread meanwhile. Returns the number of chunks (0 for n = 0). ``body`` must write only its own
-    chunk's part of shared outputs. An exception from a chunk (KeyboardInterrupt included) is raised after every
-    chunk has finished. Where the pool takes no work (at interpreter exit: atexit handlers), the chunks run one
-    after the other in the calling thread."""
+    copy of its context, so under its NumPy error state), with NumPy's BLAS limited to one thread meanwhile.
+    Returns the number of chunks (0 for n = 0). ``body`` must write only its own chunk's part of shared outputs.
+    An exception from a chunk (KeyboardInterrupt included) is raised after every chunk has finished. Where the pool
+    takes no work (at interpreter exit: atexit handlers), the chunks run one after the other in the calling
+    thread."""
     if n <= 0:
         return 0
     threads = min(get_num_threads(), n // max(1, min_chunk))
@@ -185,7 +186,7 @@ def parallel_for(n: int, body: Callable[[int, int], None], min_chunk: int = 1) -
         try:
             for lc in blas:
                 lc.set_num_threads(1)
-            if any(lc.num_threads != 1 for lc in blas):  # the limit did not take: split, BLAS threads would fight
+            if any(lc.num_threads != 1 for lc in blas):  # not taken (another thread holds OpenBLAS's limit)
                 body(0, n)
                 return 1
             return _run(n, threads, body)
