@@ -161,21 +161,21 @@ def test_ctrl_c_while_waiting_for_the_chunks_is_raised_after_they_finished(blas_
     before = _blas_threads()
     done = []
 
+    main = threading.main_thread().ident
+
     def body(lo, hi):
-        if lo > 0:
-            time.sleep(0.6)
+        if lo > 0:  # the worker's chunk: Ctrl-C reaches the main thread (waiting, or in its own chunk) meanwhile
+            time.sleep(0.1)
+            signal.pthread_kill(main, signal.SIGINT)
+            time.sleep(0.5)
             done.append(lo)
 
-    main = threading.main_thread().ident
-    timer = threading.Timer(0.15, lambda: signal.pthread_kill(main, signal.SIGINT))
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        timer.start()
         with pytest.raises(KeyboardInterrupt):
             cpu_threads.parallel_for(2, body)
             time.sleep(WAIT_S)  # not reached when the interrupt came inside parallel_for
     finally:
-        timer.cancel()
         signal.signal(signal.SIGINT, old)
     assert done == [1]
     assert _blas_threads() == before
