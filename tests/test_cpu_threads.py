@@ -2,6 +2,7 @@
 with NumPy's BLAS limited to one thread meanwhile), get_num_threads / set_num_threads (also as xpnn.*), and how it
 behaves with exceptions, KeyboardInterrupt, nesting, concurrent callers, threadpoolctl limits, fork and exit."""
 import contextlib
+import contextvars
 import os
 import signal
 import subprocess
@@ -160,24 +161,52 @@ def test_ctrl_c_while_waiting_for_the_chunks_is_raised_after_they_finished(blas_
     before = _blas_threads()
     done = []
 
+    main = threading.main_thread().ident
+
     def body(lo, hi):
-        if lo > 0:
-            time.sleep(0.6)
+        if lo > 0:  # the worker's chunk: Ctrl-C reaches the main thread (waiting, or in its own chunk) meanwhile
+            time.sleep(0.1)
+            signal.pthread_kill(main, signal.SIGINT)
+            time.sleep(0.5)
             done.append(lo)
 
-    main = threading.main_thread().ident
-    timer = threading.Timer(0.15, lambda: signal.pthread_kill(main, signal.SIGINT))
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        timer.start()
         with pytest.raises(KeyboardInterrupt):
             cpu_threads.parallel_for(2, body)
             time.sleep(WAIT_S)  # not reached when the interrupt came inside parallel_for
     finally:
-        timer.cancel()
         signal.signal(signal.SIGINT, old)
     assert done == [1]
     assert _blas_threads() == before
+
+
+_CALLER = contextvars.ContextVar("caller", default="unset")
+
+
+def test_chunks_run_under_the_callers_numpy_error_state_and_context():
+    """np.errstate / np.seterr (context-local in NumPy 2) and other context variables hold in every chunk, not only
+    the calling thread's: an overflow raises in whichever chunk it happens."""
+    cpu_threads.set_num_threads(3)
+    seen = {}
+
+    def body(lo, hi):
+        try:
+            np.array([1e308]) * 10
+            seen[lo] = ("no error", _CALLER.get())
+        except FloatingPointError:
+            seen[lo] = ("raised", _CALLER.get())
+
+    token = _CALLER.set("set by the caller")
+    try:
+        with np.errstate(over="raise"):
+            assert cpu_threads.parallel_for(3, body) == 3
+    finally:
+        _CALLER.reset(token)
+    assert seen == {lo: ("raised", "set by the caller") for lo in range(3)}
+    with np.errstate(over="ignore"):
+        cpu_threads.parallel_for(3, body)
+    assert seen == {lo: ("no error", "unset") for lo in range(3)}
 
 
 def test_a_nested_parallel_for_runs_in_its_chunk_sequentially():
@@ -287,6 +316,21 @@ def test_parallel_for_leaves_threadpool_limits_usable_in_other_threads(blas_two_
     t.start()
     t.join(WAIT_S)
     assert seen == {"user limit": 1, "chunks": 2, 0: 1, 2: 1}
+
+
+def test_a_users_threadpool_limits_keeps_its_hold_across_parallel_for(blas_two_threads):
+    """Under threadpoolctl >= 3.8 a thread inside ``threadpool_limits`` holds OpenBLAS's process-wide limit (other
+    threads' settings are ignored); a parallel_for inside that block leaves the hold with it."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    lib = cpu_threads._numpy_blas()[0]
+    if cpu_threads._ownership is None or (lib.internal_api, getattr(lib, "threading_layer", None)) != (
+            "openblas", "pthreads"):
+        pytest.skip("needs OpenBLAS with pthreads under threadpoolctl >= 3.8 (a process-wide limit with an owner)")
+    cpu_threads.set_num_threads(2)
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        assert cpu_threads.parallel_for(4, lambda lo, hi: None) == 2
+        _set_blas_from_a_passing_thread(3)  # ignored: this thread still holds the limit
+        assert _blas_threads() == 1
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ gradient accumulated per chunk, then added) is the same from run to run at a giv
 """
 from __future__ import annotations
 
+import contextvars
 import math
 import os
 import threading
@@ -175,11 +176,12 @@ def _limited(body: Callable[[int, int], None], lo: int, hi: int) -> None:
 
 def parallel_for(n: int, body: Callable[[int, int], None], min_chunk: int = 1) -> int:
     """Run ``body(lo, hi)`` over contiguous chunks covering range(n), at most ``get_num_threads()`` of them and each
-    at least ``min_chunk`` long, at once on a thread pool (the first chunk in the calling thread), with NumPy's BLAS
-    limited to one thread meanwhile. Returns the number of chunks (0 for n = 0). ``body`` must write only its own
-    chunk's part of shared outputs. An exception from a chunk (KeyboardInterrupt included) is raised after every
-    chunk has finished. Where the pool takes no work (at interpreter exit: atexit handlers), the chunks run one
-    after the other in the calling thread."""
+    at least ``min_chunk`` long, at once on a thread pool (the first chunk in the calling thread; the others in a
+    copy of its context, so under its NumPy error state), with NumPy's BLAS limited to one thread meanwhile.
+    Returns the number of chunks (0 for n = 0). ``body`` must write only its own chunk's part of shared outputs.
+    An exception from a chunk (KeyboardInterrupt included) is raised after every chunk has finished. Where the pool
+    takes no work (at interpreter exit: atexit handlers), the chunks run one after the other in the calling
+    thread."""
     threads = planned_chunks(n, min_chunk)
     if threads == 0:
         return 0
@@ -205,7 +207,7 @@ def _one_blas_thread(fn: Callable[[], Any]) -> Any:
         try:
             for lc in blas:
                 lc.set_num_threads(1)
-            if any(lc.num_threads != 1 for lc in blas):  # the limit did not take: split, BLAS threads would fight
+            if any(lc.num_threads != 1 for lc in blas):  # not taken (another thread holds OpenBLAS's limit)
                 return None
             _last_split = time.monotonic()
             return fn()
@@ -224,8 +226,11 @@ def _run(n: int, threads: int, body: Callable[[int, int], None]) -> int:
     pool = _executor(len(parts) - 1)
     here, futures = [parts[0]], []
     for lo, hi in parts[1:]:
+        # in a copy of the caller's context: NumPy's error state (np.errstate, np.seterr) and other context variables
+        run = contextvars.copy_context().run
         try:
-            futures.append(pool.submit(_limited, body, lo, hi) if _blas_per_thread else pool.submit(body, lo, hi))
+            futures.append(pool.submit(run, _limited, body, lo, hi) if _blas_per_thread
+                           else pool.submit(run, body, lo, hi))
         except RuntimeError:  # the pool takes no work once the interpreter is exiting
             here.append((lo, hi))
     error: Optional[BaseException] = None
