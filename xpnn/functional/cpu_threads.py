@@ -33,7 +33,8 @@ import math
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+import queue
+from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -47,8 +48,6 @@ _requested: Optional[int] = None  # set_num_threads's value
 _blas: Optional[list[Any]] = None
 _blas_per_thread = False
 _ownership: Any = None
-_pool: Optional[ThreadPoolExecutor] = None
-_pool_workers = 0
 _busy = threading.Lock()  # held while a parallel_for runs its chunks
 _last_split = -math.inf  # time.monotonic() of the last split (or product on one BLAS thread)
 
@@ -137,19 +136,46 @@ def chunks(n: int, parts: int) -> list[tuple[int, int]]:
     return out
 
 
-def _executor(workers: int) -> ThreadPoolExecutor:
-    global _pool, _pool_workers
-    if _pool is None or _pool_workers < workers:
-        if _pool is not None:
-            _pool.shutdown(wait=False)
-        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xpnn-cpu")
-        _pool_workers = workers
-    return _pool
+class _Worker:
+    """A thread that runs the jobs put on its queue, in order. Chunk k of every split runs on worker k - 1, so its
+    scratch buffers (``_workspace``'s caches are per thread) are found again on the next call; a shared pool hands a
+    chunk to whichever thread is idle and its buffers are allocated (and page-faulted) anew."""
+
+    def __init__(self, k: int) -> None:
+        self.jobs: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name=f"xpnn-cpu-{k}", daemon=True)
+        self.thread.start()  # RuntimeError once the interpreter is exiting
+
+    def _loop(self) -> None:
+        while True:
+            self.jobs.get()()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+
+        def job() -> None:
+            try:
+                future.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001 (handed to the caller)
+                future.set_exception(e)
+
+        self.jobs.put(job)
+        return future
+
+
+_workers: list[_Worker] = []
+
+
+def _worker(k: int) -> _Worker:
+    """Worker k (0-based), started on first use."""
+    while len(_workers) <= k:
+        _workers.append(_Worker(len(_workers) + 1))
+    return _workers[k]
 
 
 def _forget_pool() -> None:  # a forked child has none of the parent's threads
-    global _pool, _pool_workers, _busy
-    _pool, _pool_workers, _busy = None, 0, threading.Lock()
+    global _workers, _busy
+    _workers, _busy = [], threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -223,16 +249,17 @@ def _one_blas_thread(fn: Callable[[], Any]) -> Any:
 def _run(n: int, threads: int, body: Callable[[int, int], None]) -> int:
     """parallel_for's chunks, the first (and any the pool refuses) in the calling thread."""
     parts = chunks(n, threads)
-    pool = _executor(len(parts) - 1)
     here, futures = [parts[0]], []
-    for lo, hi in parts[1:]:
+    for k, (lo, hi) in enumerate(parts[1:]):
         # in a copy of the caller's context: NumPy's error state (np.errstate, np.seterr) and other context variables
         run = contextvars.copy_context().run
         try:
-            futures.append(pool.submit(run, _limited, body, lo, hi) if _blas_per_thread
-                           else pool.submit(run, body, lo, hi))
-        except RuntimeError:  # the pool takes no work once the interpreter is exiting
+            worker = _worker(k)
+        except RuntimeError:  # no new thread once the interpreter is exiting
             here.append((lo, hi))
+            continue
+        futures.append(worker.submit(run, _limited, body, lo, hi) if _blas_per_thread
+                       else worker.submit(run, body, lo, hi))
     error: Optional[BaseException] = None
     for lo, hi in here:
         try:
