@@ -429,12 +429,13 @@ def test_adam_numpy_matches_its_operations_with_python_float_operands_bit_for_bi
                                      {"amsgrad": True}, {"maximize": True, "weight_decay": 0.05}])
 @pytest.mark.parametrize("scratch", [False, True])
 def test_adam_split_over_threads_is_the_whole_update(monkeypatch, options, scratch):
-    """A flat NumPy buffer's Adam update split over two threads (``cpu_threads``; chunks of at least
-    ``SPLIT_MIN_ELEMENTS``, forced small here) gives the whole update's values bit for bit (the same passes element
-    by element), with or without a scratch list, several steps running."""
+    """A flat NumPy buffer's Adam update in blocks (``BLOCK_BYTES``) split over two threads (``cpu_threads``; at
+    least ``SPLIT_MIN_ELEMENTS`` per thread; both forced small here) gives the whole update's values bit for bit (the
+    same passes element by element), with or without a scratch list, several steps running."""
     from xpnn.functional import cpu_threads, updates
 
     monkeypatch.setattr(updates, "SPLIT_MIN_ELEMENTS", 64)
+    monkeypatch.setattr(updates, "BLOCK_BYTES", 100)  # blocks of 25 float32: the last one partial
     counts = []
     real = cpu_threads.parallel_for
     monkeypatch.setattr(cpu_threads, "parallel_for", lambda n, body, m=1: counts.append(real(n, body, m)) or counts[-1])
@@ -444,6 +445,7 @@ def test_adam_split_over_threads_is_the_whole_update(monkeypatch, options, scrat
     runs = {}
     for threads in (1, 2):
         cpu_threads.set_num_threads(threads)
+        counts.clear()
         try:
             p, m, v, vmax = p0.copy(), *(np.zeros(1001, np.float32) for _ in range(3))
             work = [] if scratch else None

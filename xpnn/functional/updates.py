@@ -316,35 +316,42 @@ def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_av
     args = (scalars, consts, weight_decay, decoupled_weight_decay, amsgrad, maximize)
     arrays = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
     n_work = 1 if (weight_decay == 0 or decoupled_weight_decay) and not maximize else 2  # (see _effective_grad)
-    if type(param) is np.ndarray and param.size >= 2 * SPLIT_MIN_ELEMENTS and _split_numpy(
+    if type(param) is np.ndarray and param.nbytes >= 2 * BLOCK_BYTES and _blocked_numpy(
             arrays, scratch, n_work, lambda a, w: _adam_passes(ops, *a, *args, w)):
         return param
     _adam_passes(ops, *arrays, *args, scratch)
     return param
 
 
-# elements per chunk from which a NumPy update of a flat buffer splits over cpu_threads (each chunk runs all of the
-# update's passes over its slice): about 1 ms of Adam's passes on one core
+# bytes per array of a block of a NumPy update: all of the update's passes run over one block of its arrays (param,
+# grad, state and work arrays: ~1.3 MiB in all for Adam in float32, within a core's L2 cache) before the next, not
+# each pass over the whole arrays (which streams them from memory ~10 times). Adam over 0.67 M / 4.3 M float32
+# parameters: 1.3x / 1.6x faster on one core than whole-array passes (2026-12-06)
+BLOCK_BYTES = 1 << 18
+# elements from which the blocks of a NumPy update split over cpu_threads (~1 ms of Adam's passes on one core)
 SPLIT_MIN_ELEMENTS = 1 << 18
 
 
-def _split_numpy(arrays: tuple, scratch: Optional[list], n_work: int, passes: Any) -> bool:
-    """Run ``passes(slices, work_slices)`` over chunks of C-contiguous NumPy arrays of one shape (None entries
-    stay None) on ``cpu_threads``, at least ``SPLIT_MIN_ELEMENTS`` each; ``scratch`` (or fresh arrays) holds the
-    ``n_work`` work arrays, each chunk working in its slices. False (nothing run) where the arrays are not all
-    such arrays or the update would run as one chunk."""
+def _blocked_numpy(arrays: tuple, scratch: Optional[list], n_work: int, passes: Any) -> bool:
+    """Run ``passes(slices, work_slices)`` block by block over C-contiguous NumPy arrays of one shape and dtype
+    (None entries stay None), ``BLOCK_BYTES`` per array, the blocks split over ``cpu_threads`` (at least
+    ``SPLIT_MIN_ELEMENTS`` per thread); ``scratch`` (or fresh arrays) holds the ``n_work`` work arrays, each block
+    working in its slices. False (nothing run) where the arrays are not all such arrays."""
     param = arrays[0]
-    if cpu_threads.planned_chunks(param.size, SPLIT_MIN_ELEMENTS) < 2 or any(
-            a is not None and (type(a) is not np.ndarray or a.shape != param.shape or not a.flags.c_contiguous)
-            for a in arrays):
+    if any(a is not None and (type(a) is not np.ndarray or a.shape != param.shape or a.dtype != param.dtype
+                              or not a.flags.c_contiguous) for a in arrays):
         return False
     flat = [None if a is None else a.reshape(-1) for a in arrays]
     work = [_work(_NUMPY_XP, scratch, i, param).reshape(-1) for i in range(n_work)]
+    size, block = param.size, max(1, BLOCK_BYTES // param.itemsize)
 
-    def chunk(lo: int, hi: int) -> None:
-        passes([None if a is None else a[lo:hi] for a in flat], [w[lo:hi] for w in work])
+    def blocks(b0: int, b1: int) -> None:
+        for lo in range(b0 * block, min(b1 * block, size), block):
+            hi = min(lo + block, size)
+            passes([None if a is None else a[lo:hi] for a in flat], [w[lo:hi] for w in work])
 
-    return cpu_threads.parallel_for(param.size, chunk, SPLIT_MIN_ELEMENTS) > 0
+    cpu_threads.parallel_for(-(-size // block), blocks, max(1, SPLIT_MIN_ELEMENTS // block))
+    return True
 
 
 def _adam_passes(ops: _InPlace, param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_avg_sq: Any,
