@@ -6,6 +6,13 @@ after PyTorch's allocator returned memory, page-faults again): 0.3-0.9 ms of a o
 fixed order charged to the same implementation every round.
 
     python benchmarks/interleaved.py lenet_step batch64 [--rounds 40] [--calls 5] [--impls xpnn-numpy torch-cpu]
+        [--settle 0.3]
+
+``--settle S``: before each implementation's calls, sleep S seconds and run one untimed call. A library's idle
+threads keep spinning after its calls (OpenBLAS's ~0.1 s, PyTorch's OpenMP threads a while) on the cores the next
+implementation needs: without it, each library's times include the other's spinning threads (on 2 cores,
+2026-12-06: PyTorch's LeNet-5 step 5.2 ms after a pause, 6.8-21 ms right after xpnn's calls), so the ratios
+compare each as it runs alone in a process, the way a user runs one of them.
 
 Prints, per implementation, min and median of the per-call wall time (each round times ``--calls`` calls in a row)
 and the process's minor page faults per call, then the ratio of the first implementation to the last (min, median,
@@ -31,6 +38,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--calls", type=int, default=5)
     p.add_argument("--impls", nargs="+", default=["xpnn-numpy", "torch-cpu"])
+    p.add_argument("--settle", type=float, default=0.0,
+                   help="seconds to sleep (then one untimed call) before each implementation's calls")
     a = p.parse_args()
     runners = {i: make_runner(a.case, a.size, i) for i in a.impls}
     for r in runners.values():
@@ -42,6 +51,9 @@ def main() -> None:
     for _ in range(a.rounds):
         rng.shuffle(order)
         for impl, r in order:
+            if a.settle > 0:
+                time.sleep(a.settle)
+                r.fn()
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             for _ in range(a.calls):

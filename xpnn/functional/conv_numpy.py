@@ -25,6 +25,11 @@ not allocate (and page-fault) them again each step. Outputs handed to the caller
 (max-pooling's output and input gradient) or views of one: the caller's reference keeps the buffer out of reuse until
 dropped.
 
+Threads (``cpu_threads``): the column-free path's per-sample loops (copies, products, dW accumulation) and, from
+``CHUNK_MIN_ELEMENTS`` of work per chunk, the im2col path and max pooling run split over the batch, one contiguous
+chunk of samples per thread (each chunk's columns and argmax kept for its backward; dW summed over the chunks in
+chunk order, so it depends on the thread count only in rounding). Smaller layers (LeNet's) run whole.
+
 When a kernel provider answers for NumPy arrays (the CPU shim in tests), each returns ``NotImplemented`` so the
 kernels run.
 """
