@@ -303,12 +303,12 @@ def dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     needs (a conv net's step with a linear head: 1.15x slower split than whole, 0.78x with the spinning turned
     off by ``OPENBLAS_THREAD_TIMEOUT``, 2 cores, 2026-12-06). Otherwise (and with one thread) ``np.dot``, which lets
     OpenBLAS thread it. The rows' products are the same either way."""
-    if a.ndim != 2 or b.ndim != 2:  # a vector: a product BLAS runs on one thread
+    # (a.size * b.shape[-1] = M * K * N: the host cost of a small layer's product stays np.dot's)
+    if a.size * b.shape[-1] < BLAS_THREADED_MACS or time.monotonic() - _last_split > SPLIT_RECENT_S \
+            or a.ndim != 2 or b.ndim != 2:  # (a vector: a product BLAS runs on one thread)
         return _dot(a, b)
     m, n = int(a.shape[0]), int(b.shape[1])
     macs = m * int(a.shape[1]) * n
-    if macs < BLAS_THREADED_MACS or time.monotonic() - _last_split > SPLIT_RECENT_S:
-        return _dot(a, b)
     threads = get_num_threads()
     if threads == 1:
         return _dot(a, b)

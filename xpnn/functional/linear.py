@@ -15,6 +15,11 @@ from .shape import reshape
 
 __all__ = ["linear", "linear_backward"]
 
+_dot = cpu_threads._dot  # np.dot without NEP 18's dispatch
+# multiply-adds (x.size * out_features) from which a product goes through cpu_threads.dot; below, np.dot is called
+# directly (a small layer's host cost: the extra call is ~40% of its product)
+_THREADED = cpu_threads.BLAS_THREADED_MACS
+
 
 def _check_linear(x: Any, weight: Any, bias: Any) -> bool:
     """Raise naming the expected and given shapes/dtypes (the one check of a linear call: ``nn.Linear``
@@ -65,7 +70,7 @@ class Linear(Op):
             rows = math.prod(x.shape[:-1])  # into one GEMM (3x faster at (32, 64, 128))
             y = cpu_threads.dot(x.reshape(rows, x.shape[-1]), weight.T).reshape(x.shape[:-1] + (weight.shape[0],))
         else:
-            y = cpu_threads.dot(x, weight.T)
+            y = _dot(x, weight.T) if x.size * weight.shape[0] < _THREADED else cpu_threads.dot(x, weight.T)
         if bias is not None:
             y += bias
         return y
@@ -84,14 +89,14 @@ class Linear(Op):
             dy2, x2 = dy, x
         dx = dw = db = None
         if type(dy2) is type(x2) is type(weight) is np.ndarray:
-            # NumPy: np.dot (cpu_threads.dot), one GEMM over the folded rows rather than one per leading index, and
+            # NumPy: np.dot (cpu_threads.dot where BLAS may thread it), one GEMM over the folded rows rather than one per leading index, and
             # ndarray.sum's reduction without the op or its Python wrapper
             if need[0]:
-                dx = cpu_threads.dot(dy2, weight)
+                dx = _dot(dy2, weight) if dy2.size * weight.shape[1] < _THREADED else cpu_threads.dot(dy2, weight)
                 if dy2 is not dy:
                     dx = dx.reshape(dy.shape[:-1] + (weight.shape[1],))
             if need[1]:
-                dw = cpu_threads.dot(dy2.T, x2)
+                dw = _dot(dy2.T, x2) if dy2.size * x2.shape[1] < _THREADED else cpu_threads.dot(dy2.T, x2)
             if len(need) > 2 and need[2]:
                 db = np.add.reduce(dy2, 0)
             return dx, dw, db
