@@ -436,6 +436,7 @@ def test_adam_split_over_threads_is_the_whole_update(monkeypatch, options, scrat
 
     monkeypatch.setattr(updates, "SPLIT_MIN_ELEMENTS", 64)
     monkeypatch.setattr(updates, "BLOCK_BYTES", 100)  # blocks of 25 float32: the last one partial
+    monkeypatch.setattr(cpu_threads, "splitting", lambda: True)  # as in a process whose convolutions run split
     counts = []
     real = cpu_threads.parallel_for
     monkeypatch.setattr(cpu_threads, "parallel_for", lambda n, body, m=1: counts.append(real(n, body, m)) or counts[-1])

@@ -39,7 +39,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-__all__ = ["get_num_threads", "set_num_threads", "parallel_for", "planned_chunks", "chunks", "dot"]
+__all__ = ["get_num_threads", "set_num_threads", "parallel_for", "planned_chunks", "chunks", "dot", "splitting"]
 
 _requested: Optional[int] = None  # set_num_threads's value
 # threadpoolctl's controllers of NumPy's BLAS ([] when none was found), whether any of them limits per thread (MKL,
@@ -292,6 +292,14 @@ BLAS_THREADED_MACS = 1 << 18
 SPLIT_MIN_MACS = 1 << 24
 # seconds after a split within which ``dot`` keeps OpenBLAS off its own threads (they spin ~0.1 s once idle)
 SPLIT_RECENT_S = 1.0
+
+
+def splitting() -> bool:
+    """Whether a loop ran split (``parallel_for`` in more than one chunk) within the last ``SPLIT_RECENT_S``: the
+    process's work has loops that pay for threads (e.g. large convolutions), so ``dot`` keeps OpenBLAS off its
+    own threads and updates split their blocks too. A process without such loops (an MLP, LeNet) keeps NumPy's
+    behaviour: OpenBLAS threads its products, and updates run on one thread."""
+    return time.monotonic() - _last_split <= SPLIT_RECENT_S
 
 
 def dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:

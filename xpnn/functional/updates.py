@@ -328,7 +328,8 @@ def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_av
 # each pass over the whole arrays (which streams them from memory ~10 times). Adam over 0.67 M / 4.3 M float32
 # parameters: 1.3x / 1.6x faster on one core than whole-array passes (2026-12-06)
 BLOCK_BYTES = 1 << 18
-# elements from which the blocks of a NumPy update split over cpu_threads (~1 ms of Adam's passes on one core)
+# elements per thread from which the blocks of a NumPy update split over cpu_threads (~1 ms of Adam's passes on one
+# core), in a process whose loops run split
 SPLIT_MIN_ELEMENTS = 1 << 18
 
 
@@ -336,7 +337,8 @@ def _blocked_numpy(arrays: tuple, scratch: Optional[list], n_work: int, passes: 
     """Run ``passes(slices, work_slices)`` block by block over C-contiguous NumPy arrays of one shape and dtype
     (None entries stay None), ``BLOCK_BYTES`` per array, the blocks split over ``cpu_threads`` (at least
     ``SPLIT_MIN_ELEMENTS`` per thread); ``scratch`` (or fresh arrays) holds the ``n_work`` work arrays, each block
-    working in its slices. False (nothing run) where the arrays are not all such arrays."""
+    working in its slices, in a process whose loops run split (``cpu_threads.splitting``), else on this thread.
+    False (nothing run) where the arrays are not all such arrays."""
     param = arrays[0]
     if any(a is not None and (type(a) is not np.ndarray or a.shape != param.shape or a.dtype != param.dtype
                               or not a.flags.c_contiguous) for a in arrays):
@@ -350,7 +352,11 @@ def _blocked_numpy(arrays: tuple, scratch: Optional[list], n_work: int, passes: 
             hi = min(lo + block, size)
             passes([None if a is None else a[lo:hi] for a in flat], [w[lo:hi] for w in work])
 
-    cpu_threads.parallel_for(-(-size // block), blocks, max(1, SPLIT_MIN_ELEMENTS // block))
+    n_blocks = -(-size // block)
+    if cpu_threads.splitting():  # (else OpenBLAS's idle threads may hold the other cores: see cpu_threads.dot)
+        cpu_threads.parallel_for(n_blocks, blocks, max(1, SPLIT_MIN_ELEMENTS // block))
+    else:
+        blocks(0, n_blocks)
     return True
 
 
