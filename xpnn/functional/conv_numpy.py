@@ -605,7 +605,7 @@ def _conv2d_backward(ctx: Context, dy: Any) -> Any:
                     dx[lo:hi] = (_input_grad_transposed(weight, dy[lo:hi], gk, groups)[0] if path == "transposed"
                                  else INPUT_GRAD_PATHS[path](weight, dy[lo:hi], gk, groups))
 
-            _batch_chunks(g.n, max(g.c * g.h * g.w, c_out * g.oh * g.ow) * max(g.offsets // 4, 1), run)
+            _batch_chunks(g.n, g.c * g.offsets * g.oh * g.ow, run)  # (the forward's measure: a sample's columns)
     dw = None
     if need[1]:
         xs, col_chunks = ctx.__dict__.get("xs"), ctx.__dict__.get("col_chunks")
