@@ -4,11 +4,14 @@ statistics while training, a batch of two, the dtype and ``dy`` checks, ``need_i
 results, gradients, buffers and errors are checked."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from xpnn import nn
 from xpnn.errors import DTypeError, ShapeError
+from _numgrad import numeric_grad
 
 
 def _x(n=8, c=3, seed=0):
@@ -162,9 +165,19 @@ def test_input_dtype_must_match_the_parameters_or_the_running_statistics():
 
 def test_input_shape_checks():
     bn = _bn(3)
-    for bad in (np.ones((4, 2)), np.ones(3), np.ones((4, 3, 1))):
-        with pytest.raises(ShapeError, match=r"expected input of shape \(N, 3\)"):
+    for bad in (np.ones((4, 2)), np.ones(3), np.ones((4, 3, 1, 1)), np.ones((4, 2, 5))):  # ((N, 3, L) is taken)
+        with pytest.raises(ShapeError, match=r"BatchNorm1d\(3\): expected input of shape \(N, 3\)"):
             bn(bad)
+    for bad in (np.ones(3), np.ones((4, 3, 1, 1)), np.ones((4, 2, 5))):
+        with pytest.raises(ShapeError, match=rf"BatchNorm1d\(3\): expected input of shape \(N, 3\) or \(N, 3, L\), "
+                                             rf"got {re.escape(str(bad.shape))}"):
+            bn(bad)
+    with pytest.raises(DTypeError, match=r"BatchNorm1d\(3\): expected input of dtype float64.*got float32"):
+        bn(np.ones((4, 3, 5), np.float32))
+    with pytest.raises(ShapeError, match=r"BatchNorm1d\(3\): expected more than 1 value per channel when training, "
+                                         r"got input of shape \(1, 3, 1\)"):
+        bn(np.ones((1, 3, 1)))
+    assert int(bn.num_batches_tracked) == 0
     assert bn(np.ones((0, 3))).shape == (0, 3)  # an empty batch, as in PyTorch (test_nn_conv.py checks it)
 
 
@@ -317,3 +330,80 @@ def test_an_empty_batch_gives_an_empty_output_and_leaves_the_running_statistics(
         ref.train()(torch.zeros((1, 3), dtype=torch.float64))
     with pytest.raises(ShapeError, match="more than 1 value per channel"):
         _bn(3)(np.zeros((1, 3)))
+
+
+@pytest.mark.parametrize("affine,track,momentum", [(True, True, 0.3), (False, True, None), (True, False, 0.1)])
+def test_matches_torch_batchnorm1d_on_n_c_l_input(affine, track, momentum):
+    """(N, C, L) input (refused before): statistics per channel over N and L as ``torch.nn.BatchNorm1d``; outputs,
+    input and parameter gradients, running statistics over two training steps, then eval; the explicit API and
+    the tape (float64)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for BatchNorm1d on (N, C, L) input")
+    import xpnn
+
+    rng = np.random.default_rng(21)
+    x, dy = rng.normal(size=(4, 3, 5)) * 2 + 1, rng.normal(size=(4, 3, 5))
+    ours = _bn(3, eps=1e-3, momentum=momentum, affine=affine, track_running_stats=track)
+    tape = _bn(3, eps=1e-3, momentum=momentum, affine=affine, track_running_stats=track)
+    ref = torch.nn.BatchNorm1d(3, eps=1e-3, momentum=momentum, affine=affine, track_running_stats=track).double()
+    if affine:
+        w, b = np.array([0.5, -2.0, 1.5]), np.array([0.25, 0.0, -1.0])
+        for m in (ours, tape):
+            m.weight.data[...], m.bias.data[...] = w, b
+        with torch.no_grad():
+            ref.weight.copy_(torch.from_numpy(w))
+            ref.bias.copy_(torch.from_numpy(b))
+    for step in range(2):  # two steps: the running statistics are updated from a non-initial value
+        xt = torch.tensor(x + step, requires_grad=True)
+        yt = ref(xt)
+        yt.backward(torch.from_numpy(dy))
+        np.testing.assert_allclose(ours(x + step), yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(ours.backward(dy), xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+        tx = xpnn.tensor(x + step, requires_grad=True)
+        (tape(tx) * xpnn.tensor(dy)).sum().backward()
+        np.testing.assert_allclose(tx.grad, xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+    for m in (ours, tape) if affine else ():
+        np.testing.assert_allclose(m.weight.grad, ref.weight.grad.numpy(), rtol=1e-10)
+        np.testing.assert_allclose(m.bias.grad, ref.bias.grad.numpy(), rtol=1e-10)
+    for m in (ours, tape) if track else ():
+        np.testing.assert_allclose(m.running_mean, ref.running_mean.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(m.running_var, ref.running_var.numpy(), rtol=1e-12)
+        assert int(m.num_batches_tracked) == int(ref.num_batches_tracked) == 2
+    ours.eval()
+    ref.eval()
+    x2 = rng.normal(size=(2, 3, 4))
+    xt = torch.tensor(x2, requires_grad=True)
+    yt = ref(xt)
+    yt.backward(torch.from_numpy(dy[:2, :, :4]))
+    np.testing.assert_allclose(ours(x2), yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ours.backward(dy[:2, :, :4]), xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_n_c_l_input_gradcheck(training):
+    """Finite differences of sum(bn(x) * g) for (N, C, L) input through the explicit API (float64)."""
+    rng = np.random.default_rng(3)
+    bn = _bn(3, track_running_stats=not training)  # (training: no running statistics to move between calls)
+    bn.weight.data[...], bn.bias.data[...] = [0.5, -2.0, 1.5], [0.25, 0.0, -1.0]
+    bn.train(training)
+    x, g = rng.normal(size=(3, 3, 4)), rng.normal(size=(3, 3, 4))
+    bn.zero_grad()
+    bn(x)
+    dx = bn.backward(g)
+    analytic = {n: np.array(p.grad) for n, p in bn.named_parameters()}
+    f = lambda: float(np.sum(bn(x) * g))  # noqa: E731
+    np.testing.assert_allclose(dx, numeric_grad(f, x), rtol=1e-6, atol=1e-8)
+    for n, p in bn.named_parameters():
+        np.testing.assert_allclose(analytic[n], numeric_grad(f, p.data), rtol=1e-6, atol=1e-8, err_msg=n)
+
+
+def test_n_c_l_input_on_array_api_strict():
+    xs = pytest.importorskip("array_api_strict")
+    rng = np.random.default_rng(4)
+    x, dy = rng.normal(size=(4, 3, 5)), rng.normal(size=(4, 3, 5))
+    ref, bn = _bn(3), _bn(3, backend=xs)
+    y = bn(xs.asarray(x))
+    assert type(y) is type(xs.asarray(0.0)) and tuple(y.shape) == (4, 3, 5)
+    np.testing.assert_allclose(np.asarray(y), ref(x), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(bn.backward(xs.asarray(dy))), ref.backward(dy), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(bn.weight.grad), ref.weight.grad, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(bn.running_var), ref.running_var, rtol=1e-12)

@@ -1,9 +1,12 @@
 """Convolution and pooling: xpnn.functional against torch.nn.functional on the same inputs, float64
 finite-difference gradchecks over stride/padding/dilation/groups/ceil_mode/count_include_pad, the array-API
 reference on array_api_strict, and argument errors."""
+import re
+
 import numpy as np
 import pytest
 
+import xpnn
 import xpnn.functional as F
 from xpnn import _dispatch, nn
 from xpnn.errors import DTypeError, ShapeError
@@ -137,8 +140,10 @@ def test_conv2d_errors():
     x, w = randn(2, 3, 5, 5), randn(4, 3, 3, 3)
     with pytest.raises(ShapeError, match=r"conv2d: expected input with 3 channels .*got input of shape \(2, 2, 5, 5\)"):
         F.conv2d(randn(2, 2, 5, 5), w)
-    with pytest.raises(ShapeError, match="4-D input"):
-        F.conv2d(randn(3, 5, 5), w)
+    for bad in ((5, 5), (1, 2, 3, 5, 5)):  # (a 3-D (C, H, W) sample is taken, as torch's conv2d does)
+        with pytest.raises(ShapeError, match=rf"conv2d: expected 3-D \(C, H, W\) or 4-D \(N, C, H, W\) input, "
+                                             rf"got shape {re.escape(str(bad))}"):
+            F.conv2d(randn(*bad), w)
     with pytest.raises(ShapeError, match="smaller than the kernel"):
         F.conv2d(randn(2, 3, 2, 5), w)
     with pytest.raises(ValueError, match="divisible by groups"):
@@ -227,6 +232,66 @@ def test_adaptive_avg_pool2d_matches_torch_and_gradcheck(xs, out):
         np.testing.assert_allclose(dx, want[1], rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(dx, numeric_grad(lambda: float(np.sum(F.adaptive_avg_pool2d(x, out) * dy)), x),
                                rtol=1e-6, atol=1e-8)
+
+
+UNBATCHED_OPS = [  # (xpnn op, torch op) on one (C, H, W) sample; conv2d's weight is the second argument
+    (lambda x, w: F.conv2d(x, w, w[:, 0, 0, 0], 2, 1, 2, 2), lambda x, w: TF.conv2d(x, w, w[:, 0, 0, 0], 2, 1, 2, 2)),
+    (lambda x, w: F.conv2d(x, w, None, 1, "same", 1, 2),
+     lambda x, w: TF.conv2d(x, w, None, 1, "same", 1, 2)),
+    (lambda x, w: F.max_pool2d(x, 3, 2, 1, 1, True), lambda x, w: TF.max_pool2d(x, 3, 2, 1, 1, True)),
+    (lambda x, w: F.avg_pool2d(x, 3, 2, 1, True, False), lambda x, w: TF.avg_pool2d(x, 3, 2, 1, True, False)),
+    (lambda x, w: F.adaptive_avg_pool2d(x, (3, 2)), lambda x, w: TF.adaptive_avg_pool2d(x, (3, 2))),
+]
+
+
+@pytest.mark.parametrize("op,ref", UNBATCHED_OPS)
+def test_image_ops_take_an_unbatched_sample_like_torch(op, ref):
+    """A 3-D (C, H, W) input (torch's unbatched form; refused before) gives torch's (C_out, OH, OW) output and, on
+    the tape, torch's gradients (float64); on arrays, the batch of one's output without its batch axis."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for the ops' unbatched input")
+    x, w = randn(4, 7, 6, seed=1), randn(6, 2, 3, 3, seed=2)
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    yt = ref(xt, wt)
+    dy = randn(*yt.shape, seed=3)
+    yt.backward(torch.tensor(dy))
+    tx, tw = xpnn.tensor(x, requires_grad=True), xpnn.tensor(w, requires_grad=True)
+    y = op(tx, tw)
+    np.testing.assert_allclose(y.data, yt.detach().numpy(), rtol=1e-12, atol=1e-14)
+    F.sum(y * xpnn.tensor(dy)).backward()
+    np.testing.assert_allclose(tx.grad, xt.grad.numpy(), rtol=1e-12, atol=1e-14)
+    if wt.grad is not None:
+        np.testing.assert_allclose(tw.grad, wt.grad.numpy(), rtol=1e-12, atol=1e-14)
+    y_arr = op(x, w)
+    assert isinstance(y_arr, np.ndarray)
+    np.testing.assert_array_equal(y_arr, op(x[None], w)[0])
+
+
+@pytest.mark.parametrize("op", [o for o, _ in UNBATCHED_OPS])
+def test_image_ops_of_an_unbatched_sample_gradcheck(op):
+    """Finite differences of sum(op(x, w) * g) against the tape's gradients for a (C, H, W) x (float64)."""
+    x, w = randn(4, 6, 5, seed=1), randn(6, 2, 3, 3, seed=2)
+    g = randn(*op(x, w).shape, seed=3)
+    tx, tw = xpnn.tensor(x, requires_grad=True), xpnn.tensor(w, requires_grad=True)
+    F.sum(op(tx, tw) * xpnn.tensor(g)).backward()
+    f = lambda: float(np.sum(op(x, w) * g))  # noqa: E731
+    np.testing.assert_allclose(tx.grad, numeric_grad(f, x), rtol=1e-6, atol=1e-8)
+    if tw.grad is not None:
+        np.testing.assert_allclose(tw.grad, numeric_grad(f, w), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("op", [o for o, _ in UNBATCHED_OPS])
+def test_image_ops_of_an_unbatched_sample_run_on_array_api_strict(op):
+    xps = pytest.importorskip("array_api_strict")
+    x, w = randn(4, 7, 6, seed=1), randn(6, 2, 3, 3, seed=2)
+    ys = op(xps.asarray(x), xps.asarray(w))
+    assert isinstance(ys, type(xps.asarray(0.0)))
+    np.testing.assert_allclose(np.asarray(ys), op(x, w), rtol=1e-12, atol=1e-14)
+    tx = xpnn.tensor(xps.asarray(x), requires_grad=True)
+    F.sum(op(tx, xps.asarray(w))).backward()
+    tn = xpnn.tensor(x, requires_grad=True)
+    F.sum(op(tn, w)).backward()
+    assert tuple(tx.grad.shape) == x.shape
+    np.testing.assert_allclose(np.asarray(tx.grad), tn.grad, rtol=1e-12, atol=1e-14)
 
 
 def test_pooling_runs_on_array_api_strict():
@@ -638,8 +703,12 @@ def test_pooling_errors():
     x = randn(2, 3, 5, 5)
     with pytest.raises(ValueError, match="at most half of the kernel size"):
         F.max_pool2d(x, 2, padding=2)
-    with pytest.raises(ShapeError, match="4-D input"):
-        F.avg_pool2d(randn(3, 5, 5), 2)
+    for name, fn in (("max_pool2d", F.max_pool2d), ("avg_pool2d", F.avg_pool2d),
+                     ("adaptive_avg_pool2d", F.adaptive_avg_pool2d)):
+        for bad in ((5, 5), (1, 2, 3, 5, 5)):  # (a 3-D (C, H, W) sample is taken, as torch's pools do)
+            with pytest.raises(ShapeError, match=rf"{name}: expected 3-D \(C, H, W\) or 4-D \(N, C, H, W\) input, "
+                                                 rf"got shape {re.escape(str(bad))}"):
+                fn(randn(*bad), 2)
     with pytest.raises(ShapeError, match="too small for kernel"):
         F.max_pool2d(randn(1, 1, 2, 2), 3)
     with pytest.raises(ValueError, match="output_size"):

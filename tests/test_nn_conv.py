@@ -1,6 +1,8 @@
 """Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, BatchNorm2d: finite-difference gradchecks through the
 explicit API (float64), a PyTorch CNN's state_dict giving the same logits and gradients, PyTorch's init, dtypes,
 layer-named errors, `xpnn train --model cnn` and the CNN example."""
+import re
+
 import numpy as np
 import pytest
 
@@ -55,6 +57,13 @@ MODULES = [
     (lambda: nn.BatchNorm2d(3, dtype="float64"), (3, 3, 2, 3)),
     (lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, **D), nn.BatchNorm2d(3, dtype="float64"), nn.ReLU(),
                            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 2, **D)), (3, 2, 4, 4)),
+    # one unbatched (C, H, W) sample, as PyTorch takes it
+    (lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2, **D), (4, 7, 8)),
+    (lambda: nn.MaxPool2d(3, 2, 1, ceil_mode=True), (2, 7, 6)),
+    (lambda: nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False), (2, 7, 6)),
+    (lambda: nn.AdaptiveAvgPool2d((3, None)), (2, 7, 5)),
+    (lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, **D), nn.ReLU(), nn.MaxPool2d(2),
+                           nn.Flatten(0), nn.Linear(12, 2, **D)), (2, 4, 4)),
 ]
 
 
@@ -133,8 +142,17 @@ def test_layer_errors_name_the_layer_and_shapes():
     with pytest.raises(ShapeError, match=r"Conv2d\(3, 4, kernel_size=\(3, 3\).*expected input \(N, 3, H, W\) "
                                          r"with 3 channels, got shape \(2, 2, 5, 5\)"):
         conv(np.zeros((2, 2, 5, 5), np.float32))
-    with pytest.raises(ShapeError, match=r"Conv2d.*expected 4-D input \(N, 3, H, W\), got shape \(3, 5, 5\)"):
-        conv(np.zeros((3, 5, 5), np.float32))
+    with pytest.raises(ShapeError, match=r"Conv2d.*expected 3-D \(3, H, W\) or 4-D \(N, 3, H, W\) input, "
+                                         r"got shape \(5, 5\)"):
+        conv(np.zeros((5, 5), np.float32))
+    with pytest.raises(ShapeError, match=r"Conv2d.*expected 3-D \(3, H, W\) or 4-D \(N, 3, H, W\) input, "
+                                         r"got shape \(1, 1, 3, 5, 5\)"):
+        conv(np.zeros((1, 1, 3, 5, 5), np.float32))
+    with pytest.raises(ShapeError, match=r"Conv2d.*expected input \(3, H, W\) with 3 channels, got shape \(2, 5, 5\)"):
+        conv(np.zeros((2, 5, 5), np.float32))
+    with pytest.raises(ShapeError, match=r"BatchNorm2d\(3\).*expected 4-D input \(N, 3, H, W\), got shape "
+                                         r"\(3, 2, 2\)"):
+        nn.BatchNorm2d(3)(np.zeros((3, 2, 2), np.float32))  # 4-D only, as torch.nn.BatchNorm2d
     with pytest.raises(ShapeError, match=r"Conv2d.*smaller than the kernel"):
         conv(np.zeros((1, 3, 2, 2), np.float32))
     with pytest.raises(DTypeError, match=r"Conv2d.*expected input of dtype float32.*got float64"):
@@ -145,8 +163,11 @@ def test_layer_errors_name_the_layer_and_shapes():
         nn.Conv2d(3, 4, 3, padding_mode="reflect")
     with pytest.raises(ValueError, match="'same' is not supported for strided"):
         nn.Conv2d(3, 4, 3, stride=2, padding="same")
-    with pytest.raises(ShapeError, match=r"MaxPool2d.*expected 4-D input"):
-        nn.MaxPool2d(2)(np.zeros((2, 4), np.float32))
+    for pool in (nn.MaxPool2d(2), nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(2)):
+        for shape in ((2, 4), (1, 1, 2, 4, 4)):
+            with pytest.raises(ShapeError, match=rf"{type(pool).__name__}\(.*expected 3-D \(C, H, W\) or 4-D "
+                                                 rf"\(N, C, H, W\) input, got shape {re.escape(str(shape))}"):
+                pool(np.zeros(shape, np.float32))
     with pytest.raises(ShapeError, match=r"BatchNorm2d\(3\).*3 channels, got shape \(2, 4, 2, 2\)"):
         nn.BatchNorm2d(3)(np.zeros((2, 4, 2, 2), np.float32))
     with pytest.raises(RuntimeError, match=r"MaxPool2d.*backward\(\) called before forward\(\)"):
@@ -194,6 +215,44 @@ def test_image_layers_take_an_empty_batch_like_torch(make, shape):
     for n, buf in m.named_buffers():
         np.testing.assert_array_equal(buf, ref.get_buffer(n).numpy() * (2 if n == "num_batches_tracked" else 1),
                                       err_msg=n)  # (two training calls here, one in torch)
+
+
+@pytest.mark.parametrize("name,args,shape", [
+    ("Conv2d", (4, 6, 3), (4, 7, 8)),
+    ("Conv2d", dict(in_channels=4, out_channels=6, kernel_size=(3, 2), stride=2, padding=1, dilation=2, groups=2),
+     (4, 9, 8)),
+    ("MaxPool2d", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), (2, 7, 6)),
+    ("AvgPool2d", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False), (2, 7, 6)),
+    ("AdaptiveAvgPool2d", ((3, None),), (2, 7, 5)),
+])
+def test_image_layers_take_an_unbatched_sample_like_torch(name, args, shape):
+    """One (C, H, W) sample (torch's unbatched input; refused before): torch's output and gradients (float64), on
+    the tape and through the explicit API (a 3-D dy)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for the layers' unbatched input")
+    pos, kw = (args, {}) if isinstance(args, tuple) else ((), args)
+    ref = getattr(torch.nn, name)(*pos, **kw).double()
+    m = getattr(nn, name)(*pos, **kw, **(D if name == "Conv2d" else {}))
+    if m.state_dict():
+        m.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
+    x, xt = randn(*shape), torch.tensor(randn(*shape), requires_grad=True)
+    yt = ref(xt)
+    dy = randn(*yt.shape, seed=7)
+    yt.backward(torch.tensor(dy))
+    tx = xpnn.tensor(x, requires_grad=True)
+    y = m(tx)
+    assert tuple(y.shape) == tuple(yt.shape) == (m(x[None]).shape[1:])
+    F_.sum(y * xpnn.tensor(dy)).backward()
+    np.testing.assert_allclose(y.data, yt.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(tx.grad, xt.grad.numpy(), rtol=1e-12, atol=1e-14)
+    for n, p in m.named_parameters():
+        np.testing.assert_allclose(p.grad, ref.get_parameter(n).grad.numpy(), rtol=1e-12, atol=1e-14, err_msg=n)
+    m.zero_grad()
+    y_arr = m(x)  # the explicit API
+    assert isinstance(y_arr, np.ndarray)
+    np.testing.assert_allclose(y_arr, yt.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(m.backward(dy), xt.grad.numpy(), rtol=1e-12, atol=1e-14)
+    for n, p in m.named_parameters():
+        np.testing.assert_allclose(p.grad, ref.get_parameter(n).grad.numpy(), rtol=1e-12, atol=1e-14, err_msg=n)
 
 
 def test_batchnorm2d_running_statistics_follow_batchnorm1d():

@@ -24,10 +24,12 @@ from ..autograd.op import Context, Op
 from ..backend import dtype_name, namespace_of
 from ..errors import DTypeError, ShapeError
 from . import _checks
+from .shape import reshape
 
 IntPair = Union[int, Sequence[int]]
 
-__all__ = ["conv2d", "conv2d_backward", "conv2d_geometry", "Conv2dGeometry", "im2col", "col2im", "pair_arg"]
+__all__ = ["conv2d", "conv2d_backward", "conv2d_geometry", "Conv2dGeometry", "im2col", "col2im", "pair_arg",
+           "is_unbatched_image", "per_sample"]
 
 
 def _index(value: Any) -> Optional[int]:
@@ -260,12 +262,34 @@ class Conv2d(Op):
                     dilations=[geo.dh, geo.dw], pads=[geo.pt, geo.pl, geo.pb, geo.pr], group=groups)
 
 
+def is_unbatched_image(x: Any, where: str) -> bool:
+    """True for a 3-D (C, H, W) sample, which ``conv2d`` and the 2-D pools take as PyTorch does (a batch of one,
+    the batch axis dropped from the output); False for 4-D (N, C, H, W) and for a non-array (the op's own check
+    names it). Raises ShapeError for another rank."""
+    ndim = getattr(x, "ndim", None)
+    if ndim == 3:
+        return True
+    if ndim is not None and ndim != 4:
+        raise ShapeError(f"{where}: expected 3-D (C, H, W) or 4-D (N, C, H, W) input, got shape {tuple(x.shape)}")
+    return False
+
+
+def per_sample(apply: Callable[..., Any], x: Any, *args: Any, **kwargs: Any) -> Any:
+    """``apply`` (an op over (N, C, H, W)) on one (C, H, W) sample: x viewed as (1, C, H, W), the output's batch
+    axis dropped; both reshapes are recorded on Tensors, so gradients come back in x's shape."""
+    y = apply(reshape(x, (1, *tuple(x.shape))), *args, **kwargs)
+    return reshape(y, tuple(y.shape[1:]))
+
+
 def conv2d(x: Any, weight: Any, bias: Optional[Any] = None, stride: IntPair = 1,
            padding: Union[IntPair, str] = 0, dilation: IntPair = 1, groups: int = 1) -> Any:
     """2-D cross-correlation like ``torch.nn.functional.conv2d``: x (N, C_in, H, W), weight
-    (C_out, C_in/groups, kH, kW), bias (C_out,) or None -> (N, C_out, OH, OW). ``padding``: int, pair, ``"valid"``
-    or ``"same"`` (stride 1 only). Arrays or Tensors (then recorded). Raises ShapeError/DTypeError/ValueError
-    naming the mismatch."""
+    (C_out, C_in/groups, kH, kW), bias (C_out,) or None -> (N, C_out, OH, OW); one unbatched sample (C_in, H, W)
+    -> (C_out, OH, OW). ``padding``: int, pair, ``"valid"`` or ``"same"`` (stride 1 only). Arrays or Tensors (then
+    recorded). Raises ShapeError/DTypeError/ValueError naming the mismatch."""
+    if is_unbatched_image(x, "conv2d"):
+        return per_sample(Conv2d.apply, x, weight, bias, stride=stride, padding=padding, dilation=dilation,
+                          groups=groups)
     return Conv2d.apply(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 

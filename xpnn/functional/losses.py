@@ -28,15 +28,17 @@ from .softmax import _shifted, _upcast, log_softmax, softmax
 
 
 def _reduce(xp: Any, per: Any, reduction: str) -> Any:
+    """``per`` reduced; the mean of no elements (an empty batch) is NaN, as in PyTorch, without NumPy's warning."""
     if reduction == "mean":
-        return xp.mean(per)
+        return xp.mean(per) if math.prod(per.shape) else xp.full((), float("nan"), dtype=per.dtype)
     if reduction == "sum":
         return xp.sum(per)
     return per
 
 
 def _grad_scale(per: Any, reduction: str) -> float:
-    return 1.0 / math.prod(per.shape) if reduction == "mean" else 1.0
+    """d(reduced)/d(per element): 1/numel for ``"mean"`` (1 for an empty ``per``, whose gradient is empty)."""
+    return 1.0 / max(math.prod(per.shape), 1) if reduction == "mean" else 1.0
 
 
 def _check_ce(logits: Any, target: Any, reduction: str, ignore_index: int, label_smoothing: float,
@@ -406,8 +408,6 @@ def nll_loss(input: Any, target: Any, weight: Any = None, ignore_index: int = -1
 def _check_pair(pred: Any, target: Any, reduction: str, where: str, first: str) -> Any:
     xp = _checks.pair(pred, target, where, (first, "target"))
     _checks.reduction(reduction, where)
-    if pred.ndim > 0 and pred.shape[0] == 0:
-        raise ValueError(f"{where}: empty batch of shape {tuple(pred.shape)}")
     check_finite(xp, pred, where, first)
     check_finite(xp, target, where, "target")
     return xp
@@ -460,7 +460,9 @@ class BCEWithLogits(Op):
 
 
 def mse_loss(pred: Any, target: Any, reduction: str = "mean") -> Any:
-    """Mean squared error ``(pred - target)**2``, reduced; ``pred`` and ``target`` of one shape."""
+    """Mean squared error ``(pred - target)**2``, reduced; ``pred`` and ``target`` of one shape
+    (``torch.nn.functional.mse_loss``: an empty input gives NaN for ``"mean"``, 0 for ``"sum"``, an empty array for
+    ``"none"``)."""
     return MSELoss.apply(pred, target, reduction=reduction)
 
 
@@ -479,7 +481,9 @@ def _bce_terms(xp: Any, logits: Any, target: Any) -> Any:
 
 
 def binary_cross_entropy_with_logits(logits: Any, target: Any, reduction: str = "mean") -> Any:
-    """Sigmoid + binary cross-entropy on ``logits`` with probabilities ``target`` (same shape), overflow-free."""
+    """Sigmoid + binary cross-entropy on ``logits`` with probabilities ``target`` (same shape), overflow-free
+    (``torch.nn.functional.binary_cross_entropy_with_logits``: an empty input gives NaN for ``"mean"``, 0 for
+    ``"sum"``, an empty array for ``"none"``)."""
     return BCEWithLogits.apply(logits, target, reduction=reduction)
 
 

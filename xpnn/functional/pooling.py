@@ -23,7 +23,8 @@ from ..autograd.op import Context, Op
 from ..backend import namespace_of
 from ..errors import ShapeError
 from . import _checks
-from .conv import Conv2dGeometry, IntPair, col2im, im2col, no_higher_order, pair_arg
+from .conv import (Conv2dGeometry, IntPair, col2im, im2col, is_unbatched_image, no_higher_order, pair_arg,
+                   per_sample)
 
 __all__ = ["pool2d_geometry", "window_max", "first_inbounds_offset", "max_pool2d", "max_pool2d_with_argmax",
            "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
@@ -147,8 +148,11 @@ class MaxPool2d(Op):
 
 def max_pool2d(x: Any, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
                dilation: IntPair = 1, ceil_mode: bool = False) -> Any:
-    """Max over sliding windows, like ``torch.nn.functional.max_pool2d``: (N, C, H, W) -> (N, C, OH, OW).
-    Arrays or Tensors (then recorded)."""
+    """Max over sliding windows, like ``torch.nn.functional.max_pool2d``: (N, C, H, W) -> (N, C, OH, OW), one
+    unbatched sample (C, H, W) -> (C, OH, OW). Arrays or Tensors (then recorded)."""
+    if is_unbatched_image(x, "max_pool2d"):
+        return per_sample(MaxPool2d.apply, x, kernel_size=kernel_size, stride=stride, padding=padding,
+                          dilation=dilation, ceil_mode=ceil_mode)
     return MaxPool2d.apply(x, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
                            ceil_mode=ceil_mode)
 
@@ -228,8 +232,11 @@ class AvgPool2d(Op):
 
 def avg_pool2d(x: Any, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
                ceil_mode: bool = False, count_include_pad: bool = True) -> Any:
-    """Mean over sliding windows, like ``torch.nn.functional.avg_pool2d``: (N, C, H, W) -> (N, C, OH, OW).
-    Arrays or Tensors (then recorded)."""
+    """Mean over sliding windows, like ``torch.nn.functional.avg_pool2d``: (N, C, H, W) -> (N, C, OH, OW), one
+    unbatched sample (C, H, W) -> (C, OH, OW). Arrays or Tensors (then recorded)."""
+    if is_unbatched_image(x, "avg_pool2d"):
+        return per_sample(AvgPool2d.apply, x, kernel_size=kernel_size, stride=stride, padding=padding,
+                          ceil_mode=ceil_mode, count_include_pad=count_include_pad)
     return AvgPool2d.apply(x, kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
                            count_include_pad=count_include_pad)
 
@@ -313,7 +320,10 @@ class AdaptiveAvgPool2d(Op):
 
 def adaptive_avg_pool2d(x: Any, output_size: Union[int, None, Sequence[Optional[int]]]) -> Any:
     """Average pooling to a fixed output size, like ``torch.nn.functional.adaptive_avg_pool2d``:
-    (N, C, H, W) -> (N, C, OH, OW). Arrays or Tensors (then recorded)."""
+    (N, C, H, W) -> (N, C, OH, OW), one unbatched sample (C, H, W) -> (C, OH, OW). Arrays or Tensors (then
+    recorded)."""
+    if is_unbatched_image(x, "adaptive_avg_pool2d"):
+        return per_sample(AdaptiveAvgPool2d.apply, x, output_size=output_size)
     return AdaptiveAvgPool2d.apply(x, output_size=output_size)
 
 

@@ -1,4 +1,5 @@
-"""``BatchNorm1d``: batch normalisation over the batch axis of (N, C) input, with running statistics."""
+"""``BatchNorm1d``: batch normalisation over the batch axis of (N, C) input (and the length axis of (N, C, L)
+input), with running statistics."""
 from __future__ import annotations
 
 import math
@@ -7,24 +8,26 @@ from typing import Any, Optional
 from .. import functional as F
 from ..backend import BackendLike
 from ..debug import get_debug
+from .._tensor import Tensor
 from ..errors import ShapeError
-from .linear import check_features
+from .linear import check_features, check_input_dtype
 from .explicit import Module
-from .module import not_an_array
+from .module import layer_namespace, not_an_array
 from .parameter import FlatBuffer, Parameter, factory
 
 __all__ = ["BatchNorm1d"]
 
 
 class BatchNorm1d(Module):
-    """``y = (x - mean) / sqrt(var + eps) * weight + bias`` per feature of x (N, C), like ``torch.nn.BatchNorm1d``.
+    """``y = (x - mean) / sqrt(var + eps) * weight + bias`` per feature of x (N, C), or per channel of x (N, C, L)
+    with the statistics over N and L, like ``torch.nn.BatchNorm1d``.
 
     Training uses the batch mean and (biased) variance and updates ``running_mean``/``running_var`` (the latter
     with the unbiased variance) by ``momentum`` (``None``: cumulative average); eval uses the running statistics
     (or batch statistics when ``track_running_stats=False``). weight starts at 1, bias at 0.
     """
 
-    _ndim = 2  # the input's number of axes
+    _ndims: tuple[int, ...] = (2, 3)  # the input's numbers of axes
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
                  track_running_stats: bool = True, *,
@@ -60,17 +63,26 @@ class BatchNorm1d(Module):
         return f"BatchNorm1d({self.num_features})"
 
     def _check(self, x: Any) -> None:
-        """The layer's check of x (N, num_features): errors name the layer."""
+        """The layer's check of x (N, num_features) or (N, num_features, L): errors name the layer."""
         ref = self.weight.data if self.weight is not None else self.running_mean
-        check_features(self, None, x, self.num_features, ref.dtype if ref is not None else x.dtype)
+        d = x.data if isinstance(x, Tensor) else x
+        dtype = ref.dtype if ref is not None else d.dtype
+        if d.ndim == 2:
+            check_features(self, None, x, self.num_features, dtype)  # (with its hint for a (C, N) layout)
+            return
+        if d.ndim != 3 or d.shape[1] != self.num_features:
+            raise ShapeError(f"{self._where()}: expected input of shape (N, {self.num_features}) or "
+                             f"(N, {self.num_features}, L), got {tuple(d.shape)}")
+        xp = layer_namespace(self, d) if ref is None else layer_namespace(self, d, ref)
+        check_input_dtype(self, xp, d, dtype)
 
     def forward(self, x: Any) -> Any:
         """The op validates the arguments (the channels and dtype against ``weight``); a failed check is
         re-diagnosed by ``_check`` so that the error names the layer. ``_check`` runs first only where the op cannot
-        see the rule: no ``weight``, the layer's 2-D (or 4-D) input, debug mode. An empty batch gives an empty output
-        and leaves the running statistics as they are (``torch.nn.BatchNorm1d``)."""
+        see the rule: no ``weight``, the layer's 2-D or 3-D (BatchNorm2d: 4-D) input, debug mode. An empty batch
+        gives an empty output and leaves the running statistics as they are (``torch.nn.BatchNorm1d``)."""
         try:
-            checks = x.ndim != self._ndim or self.weight is None or get_debug()
+            checks = x.ndim not in self._ndims or self.weight is None or get_debug()
         except AttributeError:
             raise not_an_array(self, x) from None
         if checks:

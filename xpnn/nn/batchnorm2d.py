@@ -14,7 +14,7 @@ class BatchNorm2d(BatchNorm1d):
     for normalising, unbiased for ``running_var``, ``momentum=None`` cumulative) with the statistics taken over
     the N, H and W axes of (N, C, H, W) input (``xpnn.functional.batch_norm``)."""
 
-    _ndim = 4
+    _ndims = (4,)
 
     def _where(self) -> str:
         return f"BatchNorm2d({self.num_features})"

@@ -20,19 +20,24 @@ from .parameter import FlatBuffer, Parameter, factory
 __all__ = ["Conv2d", "check_image"]
 
 
-def check_image(module: Module, xp: Any, x: Any, channels: Any, dtype: Any) -> None:
+def check_image(module: Module, xp: Any, x: Any, channels: Any, dtype: Any, unbatched: bool = False) -> None:
     """Shared input check of the image layers: 4-D (N, C, H, W) (array or Tensor) with ``channels`` channels
-    (None: any) of ``dtype`` (None: any floating dtype); errors name the layer, the expected and the given
-    shape/dtype. ``xp`` None: found from x and the layer's parameters."""
+    (None: any) of ``dtype`` (None: any floating dtype); ``unbatched``: one (C, H, W) sample is accepted too (as
+    ``torch.nn.Conv2d`` and the 2-D pools do). Errors name the layer, the expected and the given shape/dtype.
+    ``xp`` None: found from x and the layer's parameters."""
     if isinstance(x, Tensor):
         x = x.data
     if xp is None:
         ref = module._ref_array()
         xp = layer_namespace(module, x) if ref is None else layer_namespace(module, x, ref)
-    want = f"(N, {channels if channels is not None else 'C'}, H, W)"
-    if x.ndim != 4:
-        raise ShapeError(f"{module._where()}: expected 4-D input {want}, got shape {tuple(x.shape)}")
-    if channels is not None and x.shape[1] != channels:
+    c = channels if channels is not None else "C"
+    want = f"(N, {c}, H, W)"
+    if x.ndim != 4 and not (unbatched and x.ndim == 3):
+        ranks = f"3-D ({c}, H, W) or 4-D {want} input" if unbatched else f"4-D input {want}"
+        raise ShapeError(f"{module._where()}: expected {ranks}, got shape {tuple(x.shape)}")
+    if x.ndim == 3:
+        want = f"({c}, H, W)"
+    if channels is not None and x.shape[-3] != channels:
         raise ShapeError(f"{module._where()}: expected input {want} with {channels} channels, "
                          f"got shape {tuple(x.shape)}")
     if dtype is not None and x.dtype != dtype:
@@ -46,7 +51,8 @@ def check_image(module: Module, xp: Any, x: Any, channels: Any, dtype: Any) -> N
 
 
 class Conv2d(Module):
-    """2-D cross-correlation like ``torch.nn.Conv2d``: x (N, in_channels, H, W) -> (N, out_channels, OH, OW).
+    """2-D cross-correlation like ``torch.nn.Conv2d``: x (N, in_channels, H, W) -> (N, out_channels, OH, OW); one
+    unbatched sample (in_channels, H, W) -> (out_channels, OH, OW).
 
     weight (out_channels, in_channels // groups, kH, kW) and bias (out_channels,) are initialised as PyTorch does
     (``kaiming_uniform(a=sqrt(5))``, bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in_channels/groups*kH*kW)
@@ -105,18 +111,20 @@ class Conv2d(Module):
 
     def forward(self, x: Any) -> Any:
         """The op validates the arguments; a failed check is re-diagnosed here so that the error names the layer.
-        In debug mode the finite check runs first. An empty batch (N = 0) gives an empty output, as in PyTorch."""
+        In debug mode the finite check runs first. An empty batch (N = 0) gives an empty output, and one (C, H, W)
+        sample a (C_out, OH, OW) output, as in PyTorch."""
         w = self.weight.data
         try:
-            checks = x.ndim != 4 or get_debug()
+            checks = (x.ndim != 4 and x.ndim != 3) or get_debug()
         except AttributeError:
             raise not_an_array(self, x) from None
         if checks:
-            check_image(self, None, x, self.in_channels, w.dtype)
+            check_image(self, None, x, self.in_channels, w.dtype, unbatched=True)
         try:
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         except (ValueError, TypeError):  # (ShapeError, DTypeError, NamespaceMismatchError among them)
-            check_image(self, None, x, self.in_channels, w.dtype)
-            conv2d_geometry(tuple(x.shape), w.shape, self.stride, self.padding, self.dilation, self.groups,
+            check_image(self, None, x, self.in_channels, w.dtype, unbatched=True)
+            shape = tuple(x.shape) if x.ndim == 4 else (1, *tuple(x.shape))
+            conv2d_geometry(shape, w.shape, self.stride, self.padding, self.dilation, self.groups,
                             where=self._where())
             raise

@@ -39,6 +39,12 @@ def check_features(module: Module, xp: Any, x: Any, in_features: int, dtype: Any
         batch = "N, *" if leading and x.ndim != 2 else "N"
         raise ShapeError(f"{module._where()}: expected input of shape ({batch}, {in_features}), got "
                          f"{tuple(x.shape)}{hint}")
+    check_input_dtype(module, xp, x, dtype)
+
+
+def check_input_dtype(module: Module, xp: Any, x: Any, dtype: Any) -> None:
+    """The dtype half of ``check_features`` (x an array of namespace ``xp``): a DTypeError naming the layer unless
+    x has the parameters' ``dtype``; in debug mode, the finite check."""
     if x.dtype != dtype:
         want, got = dtype_name(dtype), dtype_name(x.dtype)
         hint = f"cast the input (e.g. x.astype('{want}') for NumPy)"

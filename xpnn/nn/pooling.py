@@ -1,5 +1,6 @@
-"""Pooling layers over (N, C, H, W) input: ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d`` (PyTorch's
-arguments and defaults; no parameters). One ``forward`` each over ``xpnn.functional``'s ops."""
+"""Pooling layers over (N, C, H, W) input or one unbatched (C, H, W) sample: ``MaxPool2d``, ``AvgPool2d``,
+``AdaptiveAvgPool2d`` (PyTorch's arguments, defaults and shapes; no parameters). One ``forward`` each over
+``xpnn.functional``'s ops."""
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Union
@@ -30,7 +31,7 @@ class MaxPool2d(Module):
                 f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
 
     def forward(self, x: Any) -> Any:
-        check_image(self, None, x, None, None)
+        check_image(self, None, x, None, None, unbatched=True)
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
 
@@ -50,7 +51,7 @@ class AvgPool2d(Module):
                 f"ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad}")
 
     def forward(self, x: Any) -> Any:
-        check_image(self, None, x, None, None)
+        check_image(self, None, x, None, None, unbatched=True)
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
 
 
@@ -67,5 +68,5 @@ class AdaptiveAvgPool2d(Module):
         return f"output_size={self.output_size!r}"
 
     def forward(self, x: Any) -> Any:
-        check_image(self, None, x, None, None)
+        check_image(self, None, x, None, None, unbatched=True)
         return F.adaptive_avg_pool2d(x, self.output_size)
