@@ -276,6 +276,39 @@ def test_set_num_threads_validates_and_none_resets():
     assert cpu_threads.get_num_threads() == default
 
 
+def test_set_num_threads_takes_numpy_integers_as_torch_does():
+    cpu_threads.set_num_threads(np.int64(3))
+    assert cpu_threads.get_num_threads() == 3 and type(cpu_threads.get_num_threads()) is int
+    with pytest.raises(ValueError, match="set_num_threads"):
+        cpu_threads.set_num_threads(np.int32(0))
+
+
+def test_get_num_threads_from_another_thread_while_a_split_runs_is_the_setting(blas_two_threads, monkeypatch):
+    """While a split loop holds NumPy's BLAS at one thread, get_num_threads (the default: NumPy's BLAS threads)
+    still answers the setting from before the limit, in another thread and inside the chunks."""
+    monkeypatch.setattr(cpu_threads, "_cpus", lambda: 4)
+    want = cpu_threads.get_num_threads()
+    assert want == _blas_threads() >= 2
+    started, release, seen = threading.Event(), threading.Event(), []
+
+    def body(lo, hi):
+        seen.append(cpu_threads.get_num_threads())
+        started.set()
+        assert release.wait(WAIT_S)
+
+    t = threading.Thread(target=cpu_threads.parallel_for, args=(2, body))
+    t.start()
+    try:
+        assert started.wait(WAIT_S)
+        assert _blas_threads() == 1  # the split's limit is in force
+        assert cpu_threads.get_num_threads() == want
+    finally:
+        release.set()
+        t.join(WAIT_S)
+    assert seen == [want, want]
+    assert cpu_threads.get_num_threads() == want
+
+
 def test_get_and_set_num_threads_are_public_as_in_torch():
     assert xpnn.get_num_threads is cpu_threads.get_num_threads
     assert xpnn.set_num_threads is cpu_threads.set_num_threads
@@ -445,6 +478,37 @@ def test_parallel_for_works_in_a_child_forked_after_the_pool_was_used():
     if pid == 0:
         _child_splits()
     assert _wait_child(pid) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_child_forked_while_a_split_limits_blas_gets_numpy_s_blas_threads_back(blas_two_threads, monkeypatch):
+    """Forked while another thread's split held NumPy's BLAS at one thread: the thread that would restore it does
+    not run in the child, so the child restores it (else NumPy runs single-threaded there for good, and the
+    default thread count is 1)."""
+    monkeypatch.setattr(cpu_threads, "_cpus", lambda: 4)
+    want = _blas_threads()
+    started, release = threading.Event(), threading.Event()
+
+    def body(lo, hi):
+        started.set()
+        assert release.wait(WAIT_S)
+
+    t = threading.Thread(target=cpu_threads.parallel_for, args=(2, body))
+    t.start()
+    try:
+        assert started.wait(WAIT_S) and _blas_threads() == 1
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os._exit(0 if _blas_threads() == want == cpu_threads.get_num_threads() else 1)
+            except BaseException:  # noqa: BLE001
+                os._exit(2)
+        assert _wait_child(pid) == 0
+    finally:
+        release.set()
+        t.join(WAIT_S)
+    assert _blas_threads() == want
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
