@@ -181,6 +181,30 @@ def test_ctrl_c_while_waiting_for_the_chunks_is_raised_after_they_finished(blas_
     assert _blas_threads() == before
 
 
+def test_ctrl_c_while_handing_out_chunks_waits_for_those_handed_out(monkeypatch):
+    """A KeyboardInterrupt while chunks are being handed out (here: when worker 1 is fetched, as while a new worker
+    thread starts) is raised only after the chunk already handed to worker 0 finished: no chunk keeps writing into
+    the caller's arrays after parallel_for has raised."""
+    cpu_threads.set_num_threads(3)
+    cpu_threads.parallel_for(3, lambda lo, hi: None)  # the workers exist
+    real, done = cpu_threads._worker, []
+
+    def interrupted(k):
+        if k == 1:
+            raise KeyboardInterrupt
+        return real(k)
+
+    def body(lo, hi):
+        time.sleep(0.3)
+        done.append(lo)
+
+    monkeypatch.setattr(cpu_threads, "_worker", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cpu_threads.parallel_for(3, body)
+    assert done == [1]  # worker 0's chunk (samples 1-2) finished; neither the caller's nor worker 1's ran
+    assert not cpu_threads._busy.locked()
+
+
 _CALLER = contextvars.ContextVar("caller", default="unset")
 
 

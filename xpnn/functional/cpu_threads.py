@@ -278,17 +278,22 @@ def _run(n: int, threads: int, body: Callable[[int, int], None]) -> int:
     """parallel_for's chunks, the first (and any the pool refuses) in the calling thread."""
     parts = chunks(n, threads)
     here, futures = [parts[0]], []
-    for k, (lo, hi) in enumerate(parts[1:]):
-        # in a copy of the caller's context: NumPy's error state (np.errstate, np.seterr) and other context variables
-        run = contextvars.copy_context().run
-        try:
-            worker = _worker(k)
-        except RuntimeError:  # no new thread once the interpreter is exiting
-            here.append((lo, hi))
-            continue
-        futures.append(worker.submit(run, _limited, body, lo, hi) if _blas_per_thread
-                       else worker.submit(run, body, lo, hi))
     error: Optional[BaseException] = None
+    try:
+        for k, (lo, hi) in enumerate(parts[1:]):
+            # in a copy of the caller's context: NumPy's error state (np.errstate, np.seterr) and other context
+            # variables
+            run = contextvars.copy_context().run
+            try:
+                worker = _worker(k)
+            except RuntimeError:  # no new thread once the interpreter is exiting
+                here.append((lo, hi))
+                continue
+            futures.append(worker.submit(run, _limited, body, lo, hi) if _blas_per_thread
+                           else worker.submit(run, body, lo, hi))
+    except BaseException as e:  # noqa: BLE001 (a KeyboardInterrupt while handing out chunks (a worker's start
+        # waits): no chunk here, but the chunks handed out are waited for below before it is raised)
+        error, here = e, []
     for lo, hi in here:
         try:
             body(lo, hi)
