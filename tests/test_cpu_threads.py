@@ -181,6 +181,30 @@ def test_ctrl_c_while_waiting_for_the_chunks_is_raised_after_they_finished(blas_
     assert _blas_threads() == before
 
 
+def test_ctrl_c_while_handing_out_chunks_waits_for_those_handed_out(monkeypatch):
+    """A KeyboardInterrupt while chunks are being handed out (here: when worker 1 is fetched, as while a new worker
+    thread starts) is raised only after the chunk already handed to worker 0 finished: no chunk keeps writing into
+    the caller's arrays after parallel_for has raised."""
+    cpu_threads.set_num_threads(3)
+    cpu_threads.parallel_for(3, lambda lo, hi: None)  # the workers exist
+    real, done = cpu_threads._worker, []
+
+    def interrupted(k):
+        if k == 1:
+            raise KeyboardInterrupt
+        return real(k)
+
+    def body(lo, hi):
+        time.sleep(0.3)
+        done.append(lo)
+
+    monkeypatch.setattr(cpu_threads, "_worker", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cpu_threads.parallel_for(3, body)
+    assert done == [1]  # worker 0's chunk (samples 1-2) finished; neither the caller's nor worker 1's ran
+    assert not cpu_threads._busy.locked()
+
+
 _CALLER = contextvars.ContextVar("caller", default="unset")
 
 
@@ -274,6 +298,39 @@ def test_set_num_threads_validates_and_none_resets():
     assert cpu_threads.get_num_threads() == 3
     cpu_threads.set_num_threads(None)
     assert cpu_threads.get_num_threads() == default
+
+
+def test_set_num_threads_takes_numpy_integers_as_torch_does():
+    cpu_threads.set_num_threads(np.int64(3))
+    assert cpu_threads.get_num_threads() == 3 and type(cpu_threads.get_num_threads()) is int
+    with pytest.raises(ValueError, match="set_num_threads"):
+        cpu_threads.set_num_threads(np.int32(0))
+
+
+def test_get_num_threads_from_another_thread_while_a_split_runs_is_the_setting(blas_two_threads, monkeypatch):
+    """While a split loop holds NumPy's BLAS at one thread, get_num_threads (the default: NumPy's BLAS threads)
+    still answers the setting from before the limit, in another thread and inside the chunks."""
+    monkeypatch.setattr(cpu_threads, "_cpus", lambda: 4)
+    want = cpu_threads.get_num_threads()
+    assert want == _blas_threads() >= 2
+    started, release, seen = threading.Event(), threading.Event(), []
+
+    def body(lo, hi):
+        seen.append(cpu_threads.get_num_threads())
+        started.set()
+        assert release.wait(WAIT_S)
+
+    t = threading.Thread(target=cpu_threads.parallel_for, args=(2, body))
+    t.start()
+    try:
+        assert started.wait(WAIT_S)
+        assert _blas_threads() == 1  # the split's limit is in force
+        assert cpu_threads.get_num_threads() == want
+    finally:
+        release.set()
+        t.join(WAIT_S)
+    assert seen == [want, want]
+    assert cpu_threads.get_num_threads() == want
 
 
 def test_get_and_set_num_threads_are_public_as_in_torch():
@@ -445,6 +502,37 @@ def test_parallel_for_works_in_a_child_forked_after_the_pool_was_used():
     if pid == 0:
         _child_splits()
     assert _wait_child(pid) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_child_forked_while_a_split_limits_blas_gets_numpy_s_blas_threads_back(blas_two_threads, monkeypatch):
+    """Forked while another thread's split held NumPy's BLAS at one thread: the thread that would restore it does
+    not run in the child, so the child restores it (else NumPy runs single-threaded there for good, and the
+    default thread count is 1)."""
+    monkeypatch.setattr(cpu_threads, "_cpus", lambda: 4)
+    want = _blas_threads()
+    started, release = threading.Event(), threading.Event()
+
+    def body(lo, hi):
+        started.set()
+        assert release.wait(WAIT_S)
+
+    t = threading.Thread(target=cpu_threads.parallel_for, args=(2, body))
+    t.start()
+    try:
+        assert started.wait(WAIT_S) and _blas_threads() == 1
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os._exit(0 if _blas_threads() == want == cpu_threads.get_num_threads() else 1)
+            except BaseException:  # noqa: BLE001
+                os._exit(2)
+        assert _wait_child(pid) == 0
+    finally:
+        release.set()
+        t.join(WAIT_S)
+    assert _blas_threads() == want
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

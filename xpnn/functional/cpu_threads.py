@@ -13,7 +13,8 @@ the CPUs this process may run on; 1 when threadpoolctl finds no BLAS of NumPy's 
 threads cannot be limited, and only a ``set_num_threads`` value splits loops, NumPy's BLAS keeping its own threads.
 With one thread, or when another ``parallel_for`` is running (nested or from another thread), or when NumPy's BLAS
 does not take the limit of one thread (OpenBLAS's process-wide limit belongs to another thread that holds a
-``threadpool_limits``, threadpoolctl >= 3.8), the loop runs in the calling thread as one chunk.
+``threadpool_limits``, threadpoolctl >= 3.8), the loop runs in the calling thread as one chunk. A child forked while
+a split runs gets NumPy's BLAS threads back as they were before the split's limit.
 
 The limit is set in the calling thread and, for BLAS libraries whose limit is per thread (MKL through threadpoolctl
 >= 3.8, OpenBLAS built with OpenMP), also in each thread that runs a chunk. threadpoolctl >= 3.8 gives OpenBLAS's
@@ -49,6 +50,9 @@ _blas: Optional[list[Any]] = None
 _blas_per_thread = False
 _ownership: Any = None
 _busy = threading.Lock()  # held while a parallel_for runs its chunks
+# NumPy's BLAS thread counts from before the limit of one that a split (or ``dot``) holds now; None when none holds
+# it. get_num_threads reads them (not the limit) from any thread, and a child forked during the split gets them back
+_held: Optional[list[int]] = None
 _last_split = -math.inf  # time.monotonic() of the last split (or product on one BLAS thread)
 
 
@@ -89,13 +93,15 @@ def get_num_threads() -> int:
     ``set_num_threads``'s value if one was set; else the threads of NumPy's BLAS, which follow ``OMP_NUM_THREADS`` /
     ``OPENBLAS_NUM_THREADS`` (``OMP_NUM_THREADS=1`` gives 1) and a ``threadpoolctl.threadpool_limits`` in force, at
     most the CPUs this process may use (``os.sched_getaffinity``); 1 where threadpoolctl finds no BLAS of NumPy's
-    (e.g. Apple's Accelerate). It does not control NumPy's BLAS itself."""
+    (e.g. Apple's Accelerate). The same value from every thread while a split loop runs (its limit of NumPy's BLAS
+    to one thread is not the setting). It does not control NumPy's BLAS itself."""
     if _requested is not None:
         return _requested
     blas = _numpy_blas()
     if not blas:
         return 1
-    return max(1, min(int(blas[0].num_threads), _cpus()))
+    held = _held  # (a split's limit of one is not the setting: the counts from before it)
+    return max(1, min(int(held[0] if held is not None else blas[0].num_threads), _cpus()))
 
 
 def set_num_threads(n: Optional[int]) -> None:
@@ -109,13 +115,14 @@ def set_num_threads(n: Optional[int]) -> None:
     summation order (not its value beyond rounding) follows ``n``.
 
     Raises:
-        TypeError: n is not an int or None (bool and float included).
+        TypeError: n is not an int (a NumPy integer is one) or None (bool and float included).
         ValueError: n < 1.
     """
     global _requested
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):  # (a NumPy integer too, as torch takes)
             raise TypeError(f"set_num_threads: expected an int >= 1 or None, got {type(n).__name__}")
+        n = int(n)
         if n < 1:
             raise ValueError(f"set_num_threads: expected an int >= 1 or None, got {n}")
     _requested = n
@@ -173,9 +180,28 @@ def _worker(k: int) -> _Worker:
     return _workers[k]
 
 
-def _forget_pool() -> None:  # a forked child has none of the parent's threads
-    global _workers, _busy
+def _forget_pool() -> None:
+    """In a forked child: no pool (it has none of the parent's threads), a free lock, and NumPy's BLAS threads back
+    where a split of another thread had limited them to one when the fork came (that thread, which would restore
+    them, does not run in the child)."""
+    global _workers, _busy, _held
     _workers, _busy = [], threading.Lock()
+    held, _held = _held, None
+    if held is not None:
+        _set_blas_threads(held)
+
+
+def _set_blas_threads(counts: list[int]) -> None:
+    """NumPy's BLAS controllers set to ``counts``, counted in threadpoolctl's ownership (as ``threadpool_limits``)
+    so that OpenBLAS's process-wide limit is handed back after."""
+    if _ownership is not None:
+        _ownership.increment()
+    try:
+        for lc, t in zip(_numpy_blas(), counts):
+            lc.set_num_threads(t)
+    finally:
+        if _ownership is not None:
+            _ownership.decrement()
 
 
 if hasattr(os, "register_at_fork"):
@@ -222,7 +248,7 @@ def parallel_for(n: int, body: Callable[[int, int], None], min_chunk: int = 1) -
 def _one_blas_thread(fn: Callable[[], Any]) -> Any:
     """``fn()`` with NumPy's BLAS limited to one thread, holding the split lock; None (fn not called) when another
     split holds it or the limit does not take. Records the time (``_last_split``)."""
-    global _last_split
+    global _last_split, _held
     if not _busy.acquire(blocking=False):
         return None
     try:
@@ -231,6 +257,7 @@ def _one_blas_thread(fn: Callable[[], Any]) -> Any:
         if _ownership is not None:
             _ownership.increment()  # as threadpool_limits: the limit is handed back when the count returns to 0
         try:
+            _held = before
             for lc in blas:
                 lc.set_num_threads(1)
             if any(lc.num_threads != 1 for lc in blas):  # not taken (another thread holds OpenBLAS's limit)
@@ -240,6 +267,7 @@ def _one_blas_thread(fn: Callable[[], Any]) -> Any:
         finally:
             for lc, t in zip(blas, before):
                 lc.set_num_threads(t)
+            _held = None
             if _ownership is not None:
                 _ownership.decrement()
     finally:
@@ -250,17 +278,22 @@ def _run(n: int, threads: int, body: Callable[[int, int], None]) -> int:
     """parallel_for's chunks, the first (and any the pool refuses) in the calling thread."""
     parts = chunks(n, threads)
     here, futures = [parts[0]], []
-    for k, (lo, hi) in enumerate(parts[1:]):
-        # in a copy of the caller's context: NumPy's error state (np.errstate, np.seterr) and other context variables
-        run = contextvars.copy_context().run
-        try:
-            worker = _worker(k)
-        except RuntimeError:  # no new thread once the interpreter is exiting
-            here.append((lo, hi))
-            continue
-        futures.append(worker.submit(run, _limited, body, lo, hi) if _blas_per_thread
-                       else worker.submit(run, body, lo, hi))
     error: Optional[BaseException] = None
+    try:
+        for k, (lo, hi) in enumerate(parts[1:]):
+            # in a copy of the caller's context: NumPy's error state (np.errstate, np.seterr) and other context
+            # variables
+            run = contextvars.copy_context().run
+            try:
+                worker = _worker(k)
+            except RuntimeError:  # no new thread once the interpreter is exiting
+                here.append((lo, hi))
+                continue
+            futures.append(worker.submit(run, _limited, body, lo, hi) if _blas_per_thread
+                           else worker.submit(run, body, lo, hi))
+    except BaseException as e:  # noqa: BLE001 (a KeyboardInterrupt while handing out chunks (a worker's start
+        # waits): no chunk here, but the chunks handed out are waited for below before it is raised)
+        error, here = e, []
     for lo, hi in here:
         try:
             body(lo, hi)
