@@ -343,7 +343,7 @@ def test_get_and_set_num_threads_are_public_as_in_torch():
 
 
 def test_the_default_follows_numpy_blas_and_threadpool_limits(blas_two_threads, monkeypatch):
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import threadpoolctl  # (a dependency of xpnn)
     cpus = cpu_threads._cpus()
     with monkeypatch.context() as m:
         m.setattr(cpu_threads, "_cpus", lambda: 1)  # at most the CPUs this process may use
@@ -359,7 +359,7 @@ def test_the_default_follows_numpy_blas_and_threadpool_limits(blas_two_threads, 
 def test_parallel_for_leaves_threadpool_limits_usable_in_other_threads(blas_two_threads):
     """threadpoolctl >= 3.8 lets only one living thread set OpenBLAS's process-wide limit: parallel_for hands it
     back when done, so a limit of the user's or a parallel_for in another thread takes effect afterwards."""
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import threadpoolctl  # (a dependency of xpnn)
     cpu_threads.set_num_threads(2)
     assert cpu_threads.parallel_for(4, lambda lo, hi: None) == 2  # in this (the main) thread, which stays alive
     seen = {}
@@ -378,7 +378,7 @@ def test_parallel_for_leaves_threadpool_limits_usable_in_other_threads(blas_two_
 def test_a_users_threadpool_limits_keeps_its_hold_across_parallel_for(blas_two_threads):
     """Under threadpoolctl >= 3.8 a thread inside ``threadpool_limits`` holds OpenBLAS's process-wide limit (other
     threads' settings are ignored); a parallel_for inside that block leaves the hold with it."""
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import threadpoolctl  # (a dependency of xpnn)
     lib = cpu_threads._numpy_blas()[0]
     if cpu_threads._ownership is None or (lib.internal_api, getattr(lib, "threading_layer", None)) != (
             "openblas", "pthreads"):
