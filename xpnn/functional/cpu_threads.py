@@ -32,9 +32,9 @@ from __future__ import annotations
 import contextvars
 import math
 import os
+import queue
 import threading
 import time
-import queue
 from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
