@@ -54,7 +54,24 @@ def _clones(layer: Module, num_layers: int, rng: Any) -> ModuleList:
     return ModuleList(layers)
 
 
-class TransformerEncoderLayer(Module):
+class _FeedForwardLayer(Module):
+    """What the encoder and decoder layers share: the activation, the feed-forward block
+    ``linear2(dropout(activation(linear1(x))))`` (their ``linear1``, ``dropout``, ``linear2``) and the repr."""
+
+    def _set_activation(self, activation: Union[str, Callable[[Any], Any]]) -> None:
+        self.activation_name = activation if isinstance(activation, str) else getattr(activation, "__name__", "fn")
+        self._activation = _ACTIVATIONS[activation] if isinstance(activation, str) else activation
+
+    def _feed_forward(self, x: Any) -> Any:
+        h = self.dropout(self._activation(F.linear(x, self.linear1.weight, self.linear1.bias)))
+        return F.linear(h, self.linear2.weight, self.linear2.bias)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, nhead={self.nhead}, dim_feedforward={self.dim_feedforward}, "
+                f"activation={self.activation_name}, norm_first={self.norm_first}")
+
+
+class TransformerEncoderLayer(_FeedForwardLayer):
     """One encoder layer of "Attention Is All You Need" (Vaswani et al., 2017), PyTorch's defaults and layout:
 
     post-norm (``norm_first=False``): ``x = norm1(x + sa(x)); x = norm2(x + ff(x))``;
@@ -86,14 +103,9 @@ class TransformerEncoderLayer(Module):
         self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **kw)
         self.dropout1 = Dropout(dropout, seed=int(rng.integers(2**31)))
         self.dropout2 = Dropout(dropout, seed=int(rng.integers(2**31)))
-        self.activation_name = activation if isinstance(activation, str) else getattr(activation, "__name__", "fn")
-        self._activation = _ACTIVATIONS[activation] if isinstance(activation, str) else activation
+        self._set_activation(activation)
         self.d_model, self.nhead, self.dim_feedforward = d_model, nhead, dim_feedforward
         FlatBuffer.pack(self.parameters())
-
-    def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, nhead={self.nhead}, dim_feedforward={self.dim_feedforward}, "
-                f"activation={self.activation_name}, norm_first={self.norm_first}")
 
     def _sa_block(self, x: Any, attn_mask: Any, key_padding_mask: Any, is_causal: bool) -> Any:
         y = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, need_weights=False,
@@ -101,8 +113,7 @@ class TransformerEncoderLayer(Module):
         return self.dropout1(y)
 
     def _ff_block(self, x: Any) -> Any:
-        h = self.dropout(self._activation(F.linear(x, self.linear1.weight, self.linear1.bias)))
-        return self.dropout2(F.linear(h, self.linear2.weight, self.linear2.bias))
+        return self.dropout2(self._feed_forward(x))
 
     def forward(self, src: Any, src_mask: Any = None, src_key_padding_mask: Any = None,
                 is_causal: bool = False) -> Any:
@@ -149,7 +160,7 @@ def _shape_of(x: Any) -> tuple[int, ...]:
     return tuple((x.data if isinstance(x, Tensor) else x).shape)
 
 
-class TransformerDecoderLayer(Module):
+class TransformerDecoderLayer(_FeedForwardLayer):
     """One decoder layer of "Attention Is All You Need" (Vaswani et al., 2017), ``torch.nn.TransformerDecoderLayer``'s
     defaults, layout and parameter names:
 
@@ -191,14 +202,9 @@ class TransformerDecoderLayer(Module):
         self.dropout1 = Dropout(dropout, seed=int(rng.integers(2**31)))
         self.dropout2 = Dropout(dropout, seed=int(rng.integers(2**31)))
         self.dropout3 = Dropout(dropout, seed=int(rng.integers(2**31)))
-        self.activation_name = activation if isinstance(activation, str) else getattr(activation, "__name__", "fn")
-        self._activation = _ACTIVATIONS[activation] if isinstance(activation, str) else activation
+        self._set_activation(activation)
         self.d_model, self.nhead, self.dim_feedforward = d_model, nhead, dim_feedforward
         FlatBuffer.pack(self.parameters())
-
-    def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, nhead={self.nhead}, dim_feedforward={self.dim_feedforward}, "
-                f"activation={self.activation_name}, norm_first={self.norm_first}")
 
     def _check_inputs(self, tgt: Any, memory: Any) -> None:
         """tgt and memory: both batched (3-D) or both unbatched (2-D), one batch size, E = d_model."""
@@ -233,8 +239,7 @@ class TransformerDecoderLayer(Module):
                                           key_padding_mask, is_causal, ("memory_mask", "memory_key_padding_mask")))
 
     def _ff_block(self, x: Any) -> Any:
-        h = self.dropout(self._activation(F.linear(x, self.linear1.weight, self.linear1.bias)))
-        return self.dropout3(F.linear(h, self.linear2.weight, self.linear2.bias))
+        return self.dropout3(self._feed_forward(x))
 
     def forward(self, tgt: Any, memory: Any, tgt_mask: Any = None, memory_mask: Any = None,
                 tgt_key_padding_mask: Any = None, memory_key_padding_mask: Any = None, tgt_is_causal: bool = False,
