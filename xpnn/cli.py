@@ -445,7 +445,10 @@ def _info(args: argparse.Namespace) -> int:
         lines.append("fused kernels enabled: yes (used for CuPy arrays on the CUDA device)")
     else:
         lines.append("fused kernels enabled: yes, but not used here: no CUDA device or driver found "
-                     "(they are used when one is; NumPy runs the array-API code)")
+                     "(they are used when one is; NumPy arrays take the array-API code and the cpu kernels below)")
+    from .functional import cpu_kernels
+
+    lines.append(f"cpu kernels (compiled NumPy-array loops): {cpu_kernels.status()}")
     lines.extend(_mpi_lines())
     try:
         from ._cuda.info import cuda_info

@@ -31,7 +31,7 @@ from .. import _dispatch
 from .._cuda import registry
 from ..backend import dtype_name, namespace_of
 from ..errors import DTypeError, ShapeError
-from . import _checks, cpu_threads
+from . import _checks, cpu_kernels, cpu_threads
 from ._inplace import InPlace as _InPlace
 
 __all__ = ["adam_update", "sgd_update", "adagrad_update", "rmsprop_update", "copy_into"]
@@ -309,8 +309,12 @@ def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_av
                                      decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
                                      maximize=maximize) is not NotImplemented:
         return param
-    ops = _InPlace.of(xp)
     scalars = _adam_scalars(xp, param.dtype, step, lr, beta1, beta2, weight_decay)
+    if type(param) is np.ndarray and not on_device and cpu_kernels.adam_update(
+            param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, beta1, beta2, eps, weight_decay,
+            decoupled_weight_decay, amsgrad, maximize):  # one compiled pass, the same results as the passes below
+        return param
+    ops = _InPlace.of(xp)
     consts = (_numpy_constants(param.dtype, beta1, beta2, eps) if type(param) is np.ndarray
               else (beta1, 1 - beta1, beta2, 1 - beta2, eps))
     args = (scalars, consts, weight_decay, decoupled_weight_decay, amsgrad, maximize)
