@@ -310,10 +310,10 @@ def adam_update(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_av
                                      maximize=maximize) is not NotImplemented:
         return param
     scalars = _adam_scalars(xp, param.dtype, step, lr, beta1, beta2, weight_decay)
-    if type(param) is np.ndarray and not on_device and cpu_kernels.adam_update(
-            param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, beta1, beta2, eps, weight_decay,
-            decoupled_weight_decay, amsgrad, maximize):  # one compiled pass, the same results as the passes below
-        return param
+    if type(param) is np.ndarray and param.size >= cpu_kernels.MIN_ELEMENTS and not on_device \
+            and cpu_kernels.adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, beta1, beta2, eps,
+                                        weight_decay, decoupled_weight_decay, amsgrad, maximize):
+        return param  # one compiled pass (cpu_kernels), the same values as the passes below
     ops = _InPlace.of(xp)
     consts = (_numpy_constants(param.dtype, beta1, beta2, eps) if type(param) is np.ndarray
               else (beta1, 1 - beta1, beta2, 1 - beta2, eps))
