@@ -69,15 +69,15 @@ def test_adam_takes_the_compiled_pass_only_where_it_applies(monkeypatch):
 
     z = lambda k, dt=np.float32: np.zeros(k, dt)  # noqa: E731
     assert run(z(n), z(n), z(n), z(n)) == [True]
-    assert run(z(n - 1), z(n - 1), z(n - 1), z(n - 1)) == [False]
+    assert not any(run(z(n - 1), z(n - 1), z(n - 1), z(n - 1)))
     wide = z(2 * n)
-    assert run(wide[::2], z(n), z(n), z(n)) == [False]  # a strided parameter
+    assert not any(run(wide[::2], z(n), z(n), z(n)))  # a strided parameter
     shared = z(n)
-    assert run(z(n), shared, shared, z(n)) == [False]  # exp_avg is the gradient's memory
+    assert not any(run(z(n), shared, shared, z(n)))  # exp_avg is the gradient's memory
     half = [z(n, np.float16) for _ in range(4)]
     adam_update(*half, step=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)  # float16: NumPy (no compiled loop)
     with _dispatch.use_kernels(False):
-        assert run(z(n), z(n), z(n), z(n)) == [False]
+        assert not any(run(z(n), z(n), z(n), z(n)))
 
 
 @needs_library
