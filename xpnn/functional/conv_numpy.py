@@ -44,7 +44,7 @@ from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from .. import _dispatch
 from .._cuda import registry
-from . import _workspace, cpu_threads
+from . import _workspace, cpu_kernels, cpu_threads
 from ..autograd.op import Context, register_override
 from .conv import Conv2d, Conv2dGeometry, conv2d_geometry, im2col
 from .pooling import MaxPool2d, first_inbounds_offset, pool2d_geometry, window_max
@@ -151,6 +151,8 @@ def padded_shifts(src: np.ndarray, g: Conv2dGeometry, tag: str) -> np.ndarray:
     xs = _workspace.buffer(tag, (g.n, g.c, g.kw, plane), src.dtype)
 
     def fill(lo: int, hi: int) -> None:
+        if cpu_kernels.shift_planes(xs, src, lo, hi, g.pt, g.pl, g.wp, g.dw):  # one compiled pass
+            return
         for n in range(lo, hi):
             _fill_shifts(xs[n], src[n], g)
 
@@ -199,10 +201,12 @@ def shift_add_product(weight: np.ndarray, xs: np.ndarray, g: Conv2dGeometry, gro
                                       g.wp * it, it), writeable=False)
         with np.errstate(invalid="ignore"):  # inf - inf from non-finite inputs: NaN, silently, as the reference
             for n in range(lo, hi):
-                if src is not None:
+                if src is not None and not cpu_kernels.shift_planes(xs, src, n, n + 1, g.pt, g.pl, g.wp, g.dw):
                     _fill_shifts(xs[n], src[n], g)
                 np.matmul(w3, xg[n], out=z.reshape(groups, g.kh * cog, plane))
                 yn = y[n]  # sum_i shifted[:, i] in index order, as np.sum over that axis (one pass fewer)
+                if cpu_kernels.shift_row_sum(z, yn, bias, g.wp, g.dh):  # the same sums in one compiled pass
+                    continue
                 if g.kh == 1:
                     np.copyto(yn, shifted[:, 0])
                 else:
@@ -490,10 +494,11 @@ def conv2d_weight_grad_shift_numpy(dy: np.ndarray, xs: np.ndarray, g: Conv2dGeom
             est[:, i, :, s + plane - max(s, at):] = 0
         with np.errstate(invalid="ignore"):  # 0 * inf: found below and recomputed
             for n in range(lo, hi):
-                for i in range(g.kh):  # est[gi, i, o, t] = e[n, gi*C_out/G + o, t - i*dh*wp]
-                    s = i * g.dh * g.wp
-                    m = plane - max(s, at)
-                    est[:, i, :, s:s + m] = pg[n, :, :, at:at + m]
+                if not cpu_kernels.shift_dw_rows(est, pg[n], at, g.dh, g.wp):  # else the copies in one pass
+                    for i in range(g.kh):  # est[gi, i, o, t] = e[n, gi*C_out/G + o, t - i*dh*wp]
+                        s = i * g.dh * g.wp
+                        m = plane - max(s, at)
+                        est[:, i, :, s:s + m] = pg[n, :, :, at:at + m]
                 np.matmul(est.reshape(groups, g.kh * cog, plane), xg[n], out=part if n > lo else acc)
                 if n > lo:
                     acc += part

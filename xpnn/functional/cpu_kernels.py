@@ -36,10 +36,10 @@ import numpy as np
 
 from .. import _dispatch
 
-__all__ = ["library", "status", "adam_update", "SOURCES", "FLAGS"]
+__all__ = ["library", "status", "adam_update", "shift_planes", "shift_row_sum", "shift_dw_rows", "SOURCES", "FLAGS"]
 
 #: the sources compiled into the library, in ``kernels/cpu``
-SOURCES = ("optimizers.cpp",)
+SOURCES = ("optimizers.cpp", "conv.cpp")
 #: -ffp-contract=off: each a*b+c rounded twice, as NumPy's separate ufuncs (results equal the NumPy path's);
 #: -fno-math-errno: sqrt as one instruction (no errno to set; its result is the same correctly rounded value)
 FLAGS = ("-std=c++17", "-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-fvisibility=hidden")
@@ -151,6 +151,12 @@ def _signatures() -> dict[str, list[Any]]:
         # xpnn_cpu_adam_<dtype>(param, grad, exp_avg, exp_avg_sq, vmax, n, beta1, 1 - beta1, beta2, 1 - beta2, eps,
         #                       weight_decay, decay, step_size, bc2_sqrt, decoupled, amsgrad, maximize)
         sig[f"xpnn_cpu_adam_{dtype.name}"] = [ctypes.c_void_p] * 5 + [ctypes.c_longlong] + [c] * 9 + [ctypes.c_int] * 3
+        # xpnn_cpu_shift_planes_<dtype>(xs, src, lo, hi, c, h, w, 4 src strides, kw, hp, wp, pt, pl, dw)
+        sig[f"xpnn_cpu_shift_planes_{dtype.name}"] = [ctypes.c_void_p] * 2 + [ctypes.c_longlong] * 15
+        # xpnn_cpu_shift_row_sum_<dtype>(z, y, bias or NULL, groups, kh, cog, plane, wp, dh, oh, ow)
+        sig[f"xpnn_cpu_shift_row_sum_{dtype.name}"] = [ctypes.c_void_p] * 3 + [ctypes.c_longlong] * 8
+        # xpnn_cpu_shift_dw_rows_<dtype>(est, pg, groups, kh, cog, plane, channel stride of pg, at, dh, wp)
+        sig[f"xpnn_cpu_shift_dw_rows_{dtype.name}"] = [ctypes.c_void_p] * 2 + [ctypes.c_longlong] * 8
     return sig
 
 
@@ -219,4 +225,74 @@ def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_av
     # the scalars are rounded to the arrays' dtype by ctypes, as NumPy rounds a Python float operand
     fn(*(None if a is None else a.ctypes.data for a in arrays), param.size, beta1, 1 - beta1, beta2, 1 - beta2, eps,
        weight_decay, decay, step_size, bc2_sqrt, int(decoupled_weight_decay), int(amsgrad), int(maximize))
+    return True
+
+
+# The column-free convolution's loops (kernels/cpu/conv.cpp; conv_numpy's shift-add path). Each returns False
+# (nothing done) where it does not apply, and the caller runs its NumPy passes. Called once per sample (or range of
+# samples) inside conv_numpy's chunks, so they check only what the NumPy path could receive differently.
+
+
+def _conv_kernel(name: str, *arrays: Any) -> Any:
+    """The entry point ``xpnn_cpu_<name>_<dtype>`` for NumPy arrays of one float32/float64 dtype (None entries
+    skipped), or None: kernels off or not built, another array type or dtype."""
+    dtype = arrays[0].dtype
+    if dtype not in _C_TYPES or not _dispatch.kernels_enabled():
+        return None
+    for a in arrays:
+        if a is not None and (type(a) is not np.ndarray or a.dtype != dtype):
+            return None
+    lib = library()
+    return None if lib is None else getattr(lib, f"xpnn_cpu_{name}_{dtype.name}")
+
+
+def shift_planes(xs: np.ndarray, src: np.ndarray, lo: int, hi: int, pt: int, pl: int, wp: int, dw: int) -> bool:
+    """``conv_numpy._fill_shifts`` for samples ``lo:hi`` in one pass: xs (N, C, kw, hp*wp) C-contiguous, the
+    column-shifted zero-padded planes of src (N, C, H, W, any strides) placed at row ``pt``, column ``pl`` of a
+    plane of pitch ``wp``, shifted by ``j*dw`` (the same values, zeros included). False where it does not apply."""
+    fn = _conv_kernel("shift_planes", xs, src)
+    if fn is None or not xs.flags.c_contiguous or xs.ndim != 4 or src.ndim != 4 or xs.shape[:2] != src.shape[:2]:
+        return False
+    it = src.itemsize
+    n, c, kw, plane = xs.shape
+    if any(s % it for s in src.strides) or not 0 <= lo <= hi <= n or plane % wp \
+            or pt + src.shape[2] > plane // wp or pl + src.shape[3] > wp:
+        return False
+    fn(xs.ctypes.data, src.ctypes.data, lo, hi, c, src.shape[2], src.shape[3], *(s // it for s in src.strides), kw,
+       plane // wp, wp, pt, pl, dw)
+    return True
+
+
+def shift_row_sum(z: np.ndarray, y: np.ndarray, bias: Optional[np.ndarray], wp: int, dh: int) -> bool:
+    """One sample of ``conv_numpy.shift_add_product``'s kernel-row sum in one pass: y (groups, C_out/G, oh, ow) =
+    ``((z_0 + z_1) + z_2) + ... + bias``, z_i the row-i shifted view of z (groups, kh, C_out/G, plane) (pitch
+    ``wp``, rows ``dh`` apart), in the NumPy passes' order (equal bit for bit). All C-contiguous, bias (C_out,) or
+    None. False where it does not apply."""
+    fn = _conv_kernel("shift_row_sum", z, y, bias)
+    if fn is None or not (z.flags.c_contiguous and y.flags.c_contiguous) or z.ndim != 4 or y.ndim != 4 \
+            or (z.shape[0], z.shape[2]) != y.shape[:2] \
+            or y.shape[3] > wp or (y.shape[2] - 1 + (z.shape[1] - 1) * dh) * wp + y.shape[3] > z.shape[3] \
+            or (bias is not None and not (bias.flags.c_contiguous and bias.size == y.shape[0] * y.shape[1])):
+        return False
+    groups, kh, cog, plane = z.shape
+    fn(z.ctypes.data, y.ctypes.data, None if bias is None else bias.ctypes.data, groups, kh, cog, plane, wp, dh,
+       y.shape[2], y.shape[3])
+    return True
+
+
+def shift_dw_rows(est: np.ndarray, pg: np.ndarray, at: int, dh: int, wp: int) -> bool:
+    """One sample of ``conv_numpy.conv2d_weight_grad_shift_numpy``'s operand in one pass: ``est[gi, i, o, s:s+m] =
+    pg[gi, o, at:at+m]``, s = i*dh*wp, m = plane - max(s, at), for est (groups, kh, C_out/G, plane) C-contiguous and
+    pg (groups, C_out/G, plane) with contiguous rows equally spaced (est's other entries untouched). False where it
+    does not apply."""
+    fn = _conv_kernel("shift_dw_rows", est, pg)
+    if fn is None or not est.flags.c_contiguous or est.ndim != 4 or pg.shape != (est.shape[0],) + est.shape[2:]:
+        return False
+    it = pg.itemsize
+    s0, s1, s2 = pg.strides
+    groups, kh, cog, plane = est.shape
+    cstride = s1 if cog > 1 else s0  # (the stride of a length-1 axis is arbitrary)
+    if s2 != it or cstride % it or (groups > 1 and cog > 1 and s0 != s1 * cog):
+        return False
+    fn(est.ctypes.data, pg.ctypes.data, groups, kh, cog, plane, cstride // it, at, dh, wp)
     return True
