@@ -931,22 +931,26 @@ def _same_bits(got, want):
                          [c for c in CONV_CASES + TRANSPOSED_CASES if c[2] == 1] + SHIFT_KERNEL_CASES)
 def test_conv2d_numpy_shift_add_compiled_loops_equal_the_numpy_passes_bit_for_bit(
         monkeypatch, xs, ws, stride, padding, dilation, groups, dtype, special):
-    """y, dx and dW (and db) of the column-free path with the compiled loops equal its NumPy passes' (the loops'
-    wrappers answering False, as where the library is not built; ``use_kernels(False)`` would run the reference,
-    not this path) bit for bit, each loop having run; also with inf/NaN in x and dy (in
+    """y, dx and dW (and db) of the column-free path with the compiled loops equal its NumPy passes' (no loop
+    applying, as where the library is not built; ``use_kernels(False)`` would run the reference, not this path) bit
+    for bit, each loop having run; also with inf/NaN in x and dy (in
     shifted sums and products), without bias, for a non-contiguous input, split into one-sample chunks, twice
     (recycled buffers)."""
     from xpnn.functional import conv_numpy
 
     monkeypatch.setattr(conv_numpy, "SHIFT_MIN_CHANNELS", 1)
     monkeypatch.setattr(conv_numpy, "CHUNK_MIN_ELEMENTS", 1)
-    ran, compiled = {}, [True]  # compiled[0] False: the loops answer False, so the NumPy passes run
-    for name in ("shift_planes", "shift_row_sum", "shift_dw_rows"):
-        def spy(*args, _fn=getattr(cpu_kernels, name), _name=name):
-            done = compiled[0] and _fn(*args)
-            if done:
+    ran, compiled = {}, [True]  # compiled[0] False: no compiled loop applies, so the NumPy passes run
+    for name in ("shift_planes_fn", "shift_row_sum_fn", "shift_dw_rows_fn"):
+        def spy(*args, _make=getattr(cpu_kernels, name), _name=name):
+            loop = _make(*args) if compiled[0] else None
+            if loop is None:
+                return None
+
+            def run_loop(*where):
                 ran[_name] = True
-            return done
+                loop(*where)
+            return run_loop
         monkeypatch.setattr(cpu_kernels, name, spy)
     x, w, b = (randn(*s, seed=i + 1).astype(dtype) for i, s in enumerate((xs, ws, (ws[0],))))
     g = C.conv2d_geometry(xs, ws, stride, padding, dilation, groups)
@@ -973,7 +977,7 @@ def test_conv2d_numpy_shift_add_compiled_loops_equal_the_numpy_passes_bit_for_bi
         assert not ran
         compiled[0] = True
         got = run()
-        assert ran == dict.fromkeys(("shift_planes", "shift_row_sum", "shift_dw_rows"), True)
+        assert ran == dict.fromkeys(("shift_planes_fn", "shift_row_sum_fn", "shift_dw_rows_fn"), True)
         ran.clear()
         for a, e in zip(got, want):
             _same_bits(a, e)
@@ -983,7 +987,7 @@ def test_conv2d_numpy_shift_add_compiled_loops_equal_the_numpy_passes_bit_for_bi
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_conv2d_numpy_padded_shifts_compiled_equals_the_numpy_copies(dtype):
     """``padded_shifts`` from the compiled loop (a range of samples per call) equals its NumPy copies byte for byte,
-    NaN payloads, -0.0 and the zeros included, for a strided input (every other column) on a dirty buffer."""
+    NaN payloads, -0.0 and the zeros included, for a strided input (every other column) on a buffer full of NaN."""
     from xpnn.functional import conv_numpy
 
     g = C.conv2d_geometry((3, 5, 6, 7), (4, 5, 3, 3), 1, (1, 2), (1, 2))
@@ -992,6 +996,31 @@ def test_conv2d_numpy_padded_shifts_compiled_equals_the_numpy_copies(dtype):
     ints = np.uint32 if dtype == np.float32 else np.uint64
     with _dispatch.use_kernels(False):
         want = conv_numpy.padded_shifts(x, g, "test.shifts").copy()
-    conv_numpy.padded_shifts(x + 1, g, "test.shifts")
+    dirty = conv_numpy.padded_shifts(x, g, "test.shifts")
+    dirty.fill(np.nan)  # every entry the loop must write (the zeros included) stale
+    address = dirty.ctypes.data
+    del dirty
     got = conv_numpy.padded_shifts(x, g, "test.shifts")
+    assert got.ctypes.data == address  # (the recycled buffer)
     np.testing.assert_array_equal(got.view(ints), want.view(ints))
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("groups,cog,kh,dh,at", [(1, 5, 3, 1, 8), (3, 1, 2, 2, 0), (2, 4, 3, 1, 30)])
+def test_conv2d_numpy_dw_rows_compiled_writes_exactly_the_shifted_copies(dtype, groups, cog, kh, dh, at):
+    """``cpu_kernels.shift_dw_rows_fn`` writes ``est[gi, i, o, s:s+m] = pg[n, gi, o, at:at+m]`` (s = i*dh*wp,
+    m = plane - max(s, at)) and nothing else, from dy's planes inside a (N, C, kw, plane) shifts buffer (rows
+    kw*plane apart), every sample."""
+    wp, plane = 6, 42
+    planes = randn(2, groups * cog, 3, plane, seed=1).astype(dtype)[:, :, 0]
+    pg = planes.reshape(2, groups, cog, plane)
+    for n in range(2):
+        want = np.full((groups, kh, cog, plane), np.nan, dtype)
+        for i in range(kh):
+            s = i * dh * wp
+            m = plane - max(s, at)
+            want[:, i, :, s:s + m] = pg[n, :, :, at:at + m]
+        est = np.full_like(want, np.nan)
+        cpu_kernels.shift_dw_rows_fn(est, pg, at, dh, wp)(n)
+        np.testing.assert_array_equal(est, want)

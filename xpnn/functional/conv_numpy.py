@@ -150,8 +150,11 @@ def padded_shifts(src: np.ndarray, g: Conv2dGeometry, tag: str) -> np.ndarray:
     plane = g.hp * g.wp
     xs = _workspace.buffer(tag, (g.n, g.c, g.kw, plane), src.dtype)
 
+    compiled = cpu_kernels.shift_planes_fn(xs, src, g.pt, g.pl, g.wp, g.dw)
+
     def fill(lo: int, hi: int) -> None:
-        if cpu_kernels.shift_planes(xs, src, lo, hi, g.pt, g.pl, g.wp, g.dw):  # one compiled pass
+        if compiled is not None:  # the chunk in one compiled pass
+            compiled(lo, hi)
             return
         for n in range(lo, hi):
             _fill_shifts(xs[n], src[n], g)
@@ -191,9 +194,11 @@ def shift_add_product(weight: np.ndarray, xs: np.ndarray, g: Conv2dGeometry, gro
     xg = xs.reshape(g.n, groups, cg * g.kw, plane)
     y = _workspace.buffer(tag, (g.n, groups, cog, g.oh, g.ow), xs.dtype)  # recycled: no fresh pages each call
     b4 = None if bias is None else bias.reshape(groups, cog, 1, 1)
+    fill = None if src is None else cpu_kernels.shift_planes_fn(xs, src, g.pt, g.pl, g.wp, g.dw)
 
     def product(lo: int, hi: int) -> None:
         z = _workspace.buffer(tag + ".z", (groups, g.kh, cog, plane), xs.dtype)  # the running thread's own
+        row_sum = cpu_kernels.shift_row_sum_fn(z, y, bias, g.wp, g.dh)  # the sums below in one compiled pass
         it = z.itemsize
         # shifted[gi, i, o, p, q] = z[gi, i, o, (p + i*dh)*wp + q]: every read inside z's plane
         shifted = as_strided(z, shape=(groups, g.kh, cog, g.oh, g.ow),
@@ -201,12 +206,15 @@ def shift_add_product(weight: np.ndarray, xs: np.ndarray, g: Conv2dGeometry, gro
                                       g.wp * it, it), writeable=False)
         with np.errstate(invalid="ignore"):  # inf - inf from non-finite inputs: NaN, silently, as the reference
             for n in range(lo, hi):
-                if src is not None and not cpu_kernels.shift_planes(xs, src, n, n + 1, g.pt, g.pl, g.wp, g.dw):
+                if fill is not None:
+                    fill(n, n + 1)
+                elif src is not None:
                     _fill_shifts(xs[n], src[n], g)
                 np.matmul(w3, xg[n], out=z.reshape(groups, g.kh * cog, plane))
-                yn = y[n]  # sum_i shifted[:, i] in index order, as np.sum over that axis (one pass fewer)
-                if cpu_kernels.shift_row_sum(z, yn, bias, g.wp, g.dh):  # the same sums in one compiled pass
+                if row_sum is not None:
+                    row_sum(n)
                     continue
+                yn = y[n]  # sum_i shifted[:, i] in index order, as np.sum over that axis (one pass fewer)
                 if g.kh == 1:
                     np.copyto(yn, shifted[:, 0])
                 else:
@@ -492,9 +500,12 @@ def conv2d_weight_grad_shift_numpy(dy: np.ndarray, xs: np.ndarray, g: Conv2dGeom
             s = i * g.dh * g.wp
             est[:, i, :, :s] = 0
             est[:, i, :, s + plane - max(s, at):] = 0
+        rows = cpu_kernels.shift_dw_rows_fn(est, pg, at, g.dh, g.wp)  # the copies below in one compiled pass
         with np.errstate(invalid="ignore"):  # 0 * inf: found below and recomputed
             for n in range(lo, hi):
-                if not cpu_kernels.shift_dw_rows(est, pg[n], at, g.dh, g.wp):  # else the copies in one pass
+                if rows is not None:
+                    rows(n)
+                else:
                     for i in range(g.kh):  # est[gi, i, o, t] = e[n, gi*C_out/G + o, t - i*dh*wp]
                         s = i * g.dh * g.wp
                         m = plane - max(s, at)

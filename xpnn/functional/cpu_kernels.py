@@ -30,13 +30,14 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from .. import _dispatch
 
-__all__ = ["library", "status", "adam_update", "shift_planes", "shift_row_sum", "shift_dw_rows", "SOURCES", "FLAGS"]
+__all__ = ["library", "status", "adam_update", "shift_planes_fn", "shift_row_sum_fn", "shift_dw_rows_fn", "SOURCES",
+           "FLAGS"]
 
 #: the sources compiled into the library, in ``kernels/cpu``
 SOURCES = ("optimizers.cpp", "conv.cpp")
@@ -228,9 +229,10 @@ def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_av
     return True
 
 
-# The column-free convolution's loops (kernels/cpu/conv.cpp; conv_numpy's shift-add path). Each returns False
-# (nothing done) where it does not apply, and the caller runs its NumPy passes. Called once per sample (or range of
-# samples) inside conv_numpy's chunks, so they check only what the NumPy path could receive differently.
+# The column-free convolution's loops (kernels/cpu/conv.cpp; conv_numpy's shift-add path). Each ``*_fn`` checks its
+# arrays once and returns a function that runs the loop for one sample (or a range) in one ctypes call (~3 us of
+# Python where the checks and pointer look-ups are ~15 us: conv_numpy's chunks call them per sample on threads, and
+# the Python in between holds the GIL), or None where it does not apply: then the caller runs its NumPy passes.
 
 
 def _conv_kernel(name: str, *arrays: Any) -> Any:
@@ -246,53 +248,76 @@ def _conv_kernel(name: str, *arrays: Any) -> Any:
     return None if lib is None else getattr(lib, f"xpnn_cpu_{name}_{dtype.name}")
 
 
-def shift_planes(xs: np.ndarray, src: np.ndarray, lo: int, hi: int, pt: int, pl: int, wp: int, dw: int) -> bool:
-    """``conv_numpy._fill_shifts`` for samples ``lo:hi`` in one pass: xs (N, C, kw, hp*wp) C-contiguous, the
-    column-shifted zero-padded planes of src (N, C, H, W, any strides) placed at row ``pt``, column ``pl`` of a
-    plane of pitch ``wp``, shifted by ``j*dw`` (the same values, zeros included). False where it does not apply."""
+def shift_planes_fn(xs: np.ndarray, src: np.ndarray, pt: int, pl: int, wp: int,
+                    dw: int) -> Optional[Callable[[int, int], None]]:
+    """``fill(lo, hi)``: ``conv_numpy._fill_shifts`` for samples ``lo:hi`` in one pass, xs (N, C, kw, hp*wp)
+    C-contiguous receiving the column-shifted zero-padded planes of src (N, C, H, W, any strides) placed at row
+    ``pt``, column ``pl`` of a plane of pitch ``wp``, shifted by ``j*dw`` (the same bytes, zeros included); None
+    where it does not apply."""
     fn = _conv_kernel("shift_planes", xs, src)
     if fn is None or not xs.flags.c_contiguous or xs.ndim != 4 or src.ndim != 4 or xs.shape[:2] != src.shape[:2]:
-        return False
+        return None
     it = src.itemsize
     n, c, kw, plane = xs.shape
-    if any(s % it for s in src.strides) or not 0 <= lo <= hi <= n or plane % wp \
-            or pt + src.shape[2] > plane // wp or pl + src.shape[3] > wp:
-        return False
-    fn(xs.ctypes.data, src.ctypes.data, lo, hi, c, src.shape[2], src.shape[3], *(s // it for s in src.strides), kw,
-       plane // wp, wp, pt, pl, dw)
-    return True
+    if any(s % it for s in src.strides) or plane % wp or pt + src.shape[2] > plane // wp or pl + src.shape[3] > wp:
+        return None
+    xp, sp = xs.ctypes.data, src.ctypes.data
+    rest = (c, src.shape[2], src.shape[3], *(s // it for s in src.strides), kw, plane // wp, wp, pt, pl, dw)
+
+    def fill(lo: int, hi: int, _keep: Any = (xs, src)) -> None:  # (_keep: the arrays stay while fill does)
+        if not 0 <= lo <= hi <= n:
+            raise IndexError(f"shift_planes: samples {lo}:{hi} of {n}")
+        fn(xp, sp, lo, hi, *rest)
+
+    return fill
 
 
-def shift_row_sum(z: np.ndarray, y: np.ndarray, bias: Optional[np.ndarray], wp: int, dh: int) -> bool:
-    """One sample of ``conv_numpy.shift_add_product``'s kernel-row sum in one pass: y (groups, C_out/G, oh, ow) =
-    ``((z_0 + z_1) + z_2) + ... + bias``, z_i the row-i shifted view of z (groups, kh, C_out/G, plane) (pitch
-    ``wp``, rows ``dh`` apart), in the NumPy passes' order (equal bit for bit). All C-contiguous, bias (C_out,) or
-    None. False where it does not apply."""
+def shift_row_sum_fn(z: np.ndarray, y: np.ndarray, bias: Optional[np.ndarray], wp: int,
+                     dh: int) -> Optional[Callable[[int], None]]:
+    """``row_sum(n)``: sample n of ``conv_numpy.shift_add_product``'s kernel-row sum in one pass, y[n] (groups,
+    C_out/G, oh, ow) = ``((z_0 + z_1) + z_2) + ... + bias``, z_i the row-i shifted view of z (groups, kh, C_out/G,
+    plane) (pitch ``wp``, rows ``dh`` apart), in the NumPy passes' order (equal bit for bit). y (N, groups, C_out/G,
+    oh, ow) and z C-contiguous, bias (C_out,) or None; None where it does not apply."""
     fn = _conv_kernel("shift_row_sum", z, y, bias)
-    if fn is None or not (z.flags.c_contiguous and y.flags.c_contiguous) or z.ndim != 4 or y.ndim != 4 \
-            or (z.shape[0], z.shape[2]) != y.shape[:2] \
-            or y.shape[3] > wp or (y.shape[2] - 1 + (z.shape[1] - 1) * dh) * wp + y.shape[3] > z.shape[3] \
-            or (bias is not None and not (bias.flags.c_contiguous and bias.size == y.shape[0] * y.shape[1])):
-        return False
+    if fn is None or not (z.flags.c_contiguous and y.flags.c_contiguous) or z.ndim != 4 or y.ndim != 5 \
+            or (z.shape[0], z.shape[2]) != y.shape[1:3] \
+            or y.shape[4] > wp or (y.shape[3] - 1 + (z.shape[1] - 1) * dh) * wp + y.shape[4] > z.shape[3] \
+            or (bias is not None and not (bias.flags.c_contiguous and bias.size == y.shape[1] * y.shape[2])):
+        return None
     groups, kh, cog, plane = z.shape
-    fn(z.ctypes.data, y.ctypes.data, None if bias is None else bias.ctypes.data, groups, kh, cog, plane, wp, dh,
-       y.shape[2], y.shape[3])
-    return True
+    n, step = y.shape[0], y.strides[0]
+    zp, yp, bp = z.ctypes.data, y.ctypes.data, None if bias is None else bias.ctypes.data
+    rest = (groups, kh, cog, plane, wp, dh, y.shape[3], y.shape[4])
+
+    def row_sum(k: int, _keep: Any = (z, y, bias)) -> None:
+        if not 0 <= k < n:
+            raise IndexError(f"shift_row_sum: sample {k} of {n}")
+        fn(zp, yp + k * step, bp, *rest)
+
+    return row_sum
 
 
-def shift_dw_rows(est: np.ndarray, pg: np.ndarray, at: int, dh: int, wp: int) -> bool:
-    """One sample of ``conv_numpy.conv2d_weight_grad_shift_numpy``'s operand in one pass: ``est[gi, i, o, s:s+m] =
-    pg[gi, o, at:at+m]``, s = i*dh*wp, m = plane - max(s, at), for est (groups, kh, C_out/G, plane) C-contiguous and
-    pg (groups, C_out/G, plane) with contiguous rows equally spaced (est's other entries untouched). False where it
-    does not apply."""
+def shift_dw_rows_fn(est: np.ndarray, pg: np.ndarray, at: int, dh: int, wp: int) -> Optional[Callable[[int], None]]:
+    """``rows(n)``: sample n of ``conv_numpy.conv2d_weight_grad_shift_numpy``'s operand in one pass, ``est[gi, i, o,
+    s:s+m] = pg[n, gi, o, at:at+m]``, s = i*dh*wp, m = plane - max(s, at) (est's other entries untouched), for est
+    (groups, kh, C_out/G, plane) C-contiguous and pg (N, groups, C_out/G, plane) with contiguous rows equally spaced
+    in a sample; None where it does not apply."""
     fn = _conv_kernel("shift_dw_rows", est, pg)
-    if fn is None or not est.flags.c_contiguous or est.ndim != 4 or pg.shape != (est.shape[0],) + est.shape[2:]:
-        return False
+    if fn is None or not est.flags.c_contiguous or est.ndim != 4 or pg.shape[1:] != (est.shape[0],) + est.shape[2:] \
+            or not 0 <= at <= est.shape[3]:
+        return None
     it = pg.itemsize
-    s0, s1, s2 = pg.strides
+    sn, s0, s1, s2 = pg.strides
     groups, kh, cog, plane = est.shape
     cstride = s1 if cog > 1 else s0  # (the stride of a length-1 axis is arbitrary)
     if s2 != it or cstride % it or (groups > 1 and cog > 1 and s0 != s1 * cog):
-        return False
-    fn(est.ctypes.data, pg.ctypes.data, groups, kh, cog, plane, cstride // it, at, dh, wp)
-    return True
+        return None
+    n, ep, pp = pg.shape[0], est.ctypes.data, pg.ctypes.data
+    rest = (groups, kh, cog, plane, cstride // it, at, dh, wp)
+
+    def rows(k: int, _keep: Any = (est, pg)) -> None:
+        if not 0 <= k < n:
+            raise IndexError(f"shift_dw_rows: sample {k} of {n}")
+        fn(ep, pp + k * sn, *rest)
+
+    return rows
