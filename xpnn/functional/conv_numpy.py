@@ -30,6 +30,9 @@ Threads (``cpu_threads``): the column-free path's per-sample loops (copies, prod
 chunk of samples per thread (each chunk's columns and argmax kept for its backward; dW summed over the chunks in
 chunk order, so it depends on the thread count only in rounding). Smaller layers (LeNet's) run whole.
 
+The column-free path's copies and shifted sums run as compiled loops where ``cpu_kernels`` has them (one call per
+sample, the same values as the NumPy passes here, which run otherwise).
+
 When a kernel provider answers for NumPy arrays (the CPU shim in tests), each returns ``NotImplemented`` so the
 kernels run.
 """

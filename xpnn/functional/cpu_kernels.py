@@ -4,7 +4,9 @@ NumPy runs an optimizer update as one ufunc call per operation: Adam is ~13 pass
 expressions compiled into one loop read and write each element once: Adam over the 0.67 M parameters of a
 784-512-512-10 MLP takes 0.7 ms instead of 1.7-2.4 ms on one core (2026-12-06). No NumPy formulation or BLAS call
 fuses elementwise passes, and splitting them over Python threads does not pay at this size (see ``cpu_threads``), so
-these few loops are compiled.
+these few loops are compiled. The column-free convolution's copies and shifted sums (``conv_numpy``'s shift-add path,
+``kernels/cpu/conv.cpp``) likewise: several NumPy calls per sample, each holding the GIL while the batch's chunks run
+on threads, become one call.
 
 - The sources are ``kernels/cpu/*.cpp``: C++ that includes the element math of the CUDA kernels (``kernels/adam.cuh``)
   so each update is written once for CUDA and the CPU. Built with ``-ffp-contract=off`` (no a*b+c -> FMA), their
