@@ -36,10 +36,10 @@ import numpy as np
 
 from .. import _dispatch
 
-__all__ = ["library", "status", "adam_update", "SOURCES", "FLAGS"]
+__all__ = ["library", "status", "adam_update", "SOURCES", "FLAGS", "im2col_ready", "im2col", "col2im"]
 
 #: the sources compiled into the library, in ``kernels/cpu``
-SOURCES = ("optimizers.cpp",)
+SOURCES = ("optimizers.cpp", "im2col.cpp")
 #: -ffp-contract=off: each a*b+c rounded twice, as NumPy's separate ufuncs (results equal the NumPy path's);
 #: -fno-math-errno: sqrt as one instruction (no errno to set; its result is the same correctly rounded value)
 FLAGS = ("-std=c++17", "-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-fvisibility=hidden")
@@ -151,6 +151,11 @@ def _signatures() -> dict[str, list[Any]]:
         # xpnn_cpu_adam_<dtype>(param, grad, exp_avg, exp_avg_sq, vmax, n, beta1, 1 - beta1, beta2, 1 - beta2, eps,
         #                       weight_decay, decay, step_size, bc2_sqrt, decoupled, amsgrad, maximize)
         sig[f"xpnn_cpu_adam_{dtype.name}"] = [ctypes.c_void_p] * 5 + [ctypes.c_longlong] + [c] * 9 + [ctypes.c_int] * 3
+        # xpnn_cpu_im2col_<dtype>(x, cols, geometry); xpnn_cpu_col2im_<path>_<dtype>(columns, dx, geometry, dx's
+        # element strides over n, c, h)
+        sig[f"xpnn_cpu_im2col_{dtype.name}"] = [ctypes.c_void_p] * 3
+        for path in COL2IM_PATHS:
+            sig[f"xpnn_cpu_col2im_{path}_{dtype.name}"] = [ctypes.c_void_p] * 3 + [ctypes.c_longlong] * 3
     return sig
 
 
@@ -219,4 +224,59 @@ def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_av
     # the scalars are rounded to the arrays' dtype by ctypes, as NumPy rounds a Python float operand
     fn(*(None if a is None else a.ctypes.data for a in arrays), param.size, beta1, 1 - beta1, beta2, 1 - beta2, eps,
        weight_decay, decay, step_size, bc2_sqrt, int(decoupled_weight_decay), int(amsgrad), int(maximize))
+    return True
+
+
+#: the scatters of ``conv_numpy`` with a compiled gather-form col2im (kernels/cpu/im2col.cpp)
+COL2IM_PATHS = ("batch_last", "channels_last", "rows", "cols")
+
+
+def _geometry(g: Any, groups: int) -> Any:
+    """The geometry array the im2col kernels read: n, c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, groups."""
+    return (ctypes.c_longlong * 15)(g.n, g.c, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow,
+                                    groups)
+
+
+def im2col_ready(dtype: Any) -> bool:
+    """Whether the im2col kernels run for NumPy arrays of ``dtype`` (kernels on and built, float32/float64)."""
+    return _dispatch.kernels_enabled() and np.dtype(dtype) in _C_TYPES and library() is not None
+
+
+def _im2col_lib(*arrays: np.ndarray) -> Optional[ctypes.CDLL]:
+    """The library where the im2col kernels apply to these NumPy arrays (kernels on and built, one float32/float64
+    dtype, all C-contiguous), else None."""
+    if not _dispatch.kernels_enabled():
+        return None
+    dtype = arrays[0].dtype
+    if dtype not in _C_TYPES or any(type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous
+                                    for a in arrays):
+        return None
+    return library()
+
+
+def im2col(x: np.ndarray, cols: np.ndarray, g: Any) -> bool:
+    """``conv_numpy.im2col_numpy``'s column tensor in one pass: ``cols[n, c, i, j, p, q] = x[n, c, i*dh + p*sh - pt,
+    j*dw + q*sw - pl]`` (0 in the padding) for x (N, C, H, W) and cols (N, C, kh, kw, oh, ow), both C-contiguous
+    and of one float dtype; g the ``Conv2dGeometry``. False (nothing done) where it does not apply (``_im2col_lib``)."""
+    lib = _im2col_lib(x, cols)
+    if lib is None:
+        return False
+    getattr(lib, f"xpnn_cpu_im2col_{x.dtype.name}")(x.ctypes.data, cols.ctypes.data, _geometry(g, 1))
+    return True
+
+
+def col2im(path: str, columns: np.ndarray, dx: np.ndarray, g: Any, groups: int) -> bool:
+    """The scatter of ``conv_numpy``'s dx path ``path`` (one of ``COL2IM_PATHS``) from its GEMM output ``columns``
+    (C-contiguous, in that path's layout: see kernels/cpu/im2col.cpp) straight into dx (N, C_in, H, W), an array or
+    a view whose rows are contiguous (e.g. the interior of a padded buffer): each dx element the NumPy path's terms
+    in its order from 0, so the same values bit for bit. False (nothing done) where it does not apply
+    (``_im2col_lib``, dx of another dtype or with strided rows)."""
+    lib = _im2col_lib(columns)
+    item = columns.itemsize
+    if lib is None or type(dx) is not np.ndarray or dx.dtype != columns.dtype or dx.ndim != 4 \
+            or not dx.flags.writeable or (dx.shape[3] > 1 and dx.strides[3] != item) or any(s % item for s in dx.strides):
+        return False
+    sn, sc, sh = (s // item for s in dx.strides[:3])
+    getattr(lib, f"xpnn_cpu_col2im_{path}_{columns.dtype.name}")(columns.ctypes.data, dx.ctypes.data,
+                                                                 _geometry(g, groups), sn, sc, sh)
     return True
