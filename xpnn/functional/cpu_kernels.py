@@ -259,7 +259,7 @@ def im2col(x: np.ndarray, cols: np.ndarray, g: Any) -> bool:
     j*dw + q*sw - pl]`` (0 in the padding) for x (N, C, H, W) and cols (N, C, kh, kw, oh, ow), both C-contiguous
     and of one float dtype; g the ``Conv2dGeometry``. False (nothing done) where it does not apply (``_im2col_lib``)."""
     lib = _im2col_lib(x, cols)
-    if lib is None:
+    if lib is None or x.shape != (g.n, g.c, g.h, g.w) or cols.shape != (g.n, g.c, g.kh, g.kw, g.oh, g.ow):
         return False
     getattr(lib, f"xpnn_cpu_im2col_{x.dtype.name}")(x.ctypes.data, cols.ctypes.data, _geometry(g, 1))
     return True
@@ -270,11 +270,16 @@ def col2im(path: str, columns: np.ndarray, dx: np.ndarray, g: Any, groups: int) 
     (C-contiguous, in that path's layout: see kernels/cpu/im2col.cpp) straight into dx (N, C_in, H, W), an array or
     a view whose rows are contiguous (e.g. the interior of a padded buffer): each dx element the NumPy path's terms
     in its order from 0, so the same values bit for bit. False (nothing done) where it does not apply
-    (``_im2col_lib``, dx of another dtype or with strided rows)."""
+    (``_im2col_lib``, dx of another dtype or with strided rows, shapes other than the geometry's, a stride the path
+    does not take). Raises ValueError for an unknown path."""
+    if path not in COL2IM_PATHS:
+        raise ValueError(f"cpu_kernels.col2im: path must be one of {COL2IM_PATHS}, got {path!r}")
     lib = _im2col_lib(columns)
     item = columns.itemsize
-    if lib is None or type(dx) is not np.ndarray or dx.dtype != columns.dtype or dx.ndim != 4 \
-            or not dx.flags.writeable or (dx.shape[3] > 1 and dx.strides[3] != item) or any(s % item for s in dx.strides):
+    if lib is None or type(dx) is not np.ndarray or dx.dtype != columns.dtype or dx.shape != (g.n, g.c, g.h, g.w) \
+            or not dx.flags.writeable or (g.w > 1 and dx.strides[3] != item) or any(s % item for s in dx.strides) \
+            or columns.size != g.n * g.c * g.offsets * g.oh * g.ow or g.c % groups \
+            or path == "rows" and g.sh != 1 or path == "batch_last" and (g.sh, g.sw) != (1, 1):
         return False
     sn, sc, sh = (s // item for s in dx.strides[:3])
     getattr(lib, f"xpnn_cpu_col2im_{path}_{columns.dtype.name}")(columns.ctypes.data, dx.ctypes.data,
