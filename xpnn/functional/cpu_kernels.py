@@ -4,7 +4,9 @@ NumPy runs an optimizer update as one ufunc call per operation: Adam is ~13 pass
 expressions compiled into one loop read and write each element once: Adam over the 0.67 M parameters of a
 784-512-512-10 MLP takes 0.7 ms instead of 1.7-2.4 ms on one core (2026-12-06). No NumPy formulation or BLAS call
 fuses elementwise passes, and splitting them over Python threads does not pay at this size (see ``cpu_threads``), so
-these few loops are compiled.
+these few loops are compiled. Likewise the im2col convolution path's column build and col2im (``im2col``,
+``col2im``; kernels/cpu/im2col.cpp): NumPy scatters column gradients with kh*kw strided additions into a padded
+accumulator and a transpose, where one loop gathers each dx row once.
 
 - The sources are ``kernels/cpu/*.cpp``: C++ that includes the element math of the CUDA kernels (``kernels/adam.cuh``)
   so each update is written once for CUDA and the CPU. Built with ``-ffp-contract=off`` (no a*b+c -> FMA), their
