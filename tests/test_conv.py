@@ -915,15 +915,6 @@ needs_cpu_kernels = pytest.mark.skipif(cpu_kernels.library() is None,
                                        reason=f"the CPU kernels are not built here: {cpu_kernels.status()}")
 
 
-def _same_bits(got, want):
-    """got and want hold the same bits, NaN's payload aside (a NaN where the other has one)."""
-    assert got.dtype == want.dtype and got.shape == want.shape
-    nan = np.isnan(want)
-    np.testing.assert_array_equal(np.isnan(got), nan)
-    ints = np.uint32 if got.dtype == np.float32 else np.uint64
-    np.testing.assert_array_equal(np.where(nan, 0, got).view(ints), np.where(nan, 0, want).view(ints))
-
-
 @needs_cpu_kernels
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("special", ["finite", "non-finite", "no bias", "strided input"])
@@ -1024,3 +1015,123 @@ def test_conv2d_numpy_dw_rows_compiled_writes_exactly_the_shifted_copies(dtype, 
         est = np.full_like(want, np.nan)
         cpu_kernels.shift_dw_rows_fn(est, pg, at, dh, wp)(n)
         np.testing.assert_array_equal(est, want)
+# cases for the compiled im2col kernels (kernels/cpu/im2col.cpp): LeNet's two layers (small batch) besides the
+# strides, paddings, dilations and groups above
+COMPILED_CASES = CONV_CASES + TRANSPOSED_CASES + [
+    ((2, 1, 28, 28), (6, 1, 5, 5), 1, 2, 1, 1),
+    ((3, 6, 14, 14), (16, 6, 5, 5), 1, 0, 1, 1),
+    ((2, 4, 11, 10), (4, 2, 3, 3), (2, 3), (2, 1), (2, 1), 2),
+]
+
+
+def _same_bits(got, want, what=""):
+    """Equal bit for bit, but for the sign and payload of NaNs: NaN where ``want`` is NaN. (Which operand's NaN a
+    sum of two NaNs keeps depends on the instruction and the compiler's operand order: NumPy's own additions
+    keep the first operand's in their vector loops and the second's in their scalar loops.)"""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == want.dtype and got.shape == want.shape, what
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan, err_msg=what)
+    bits = np.dtype(f"u{want.itemsize}")
+    np.testing.assert_array_equal(np.where(nan, 0, got).view(bits), np.where(nan, 0, want).view(bits), err_msg=what)
+
+
+def _non_finite(a):
+    """a with NaN, inf, -inf and -0.0 spread over it."""
+    a = a.copy()
+    a.flat[::7], a.flat[3::11], a.flat[5::13], a.flat[2::17] = np.nan, np.inf, -np.inf, -0.0
+    return a
+
+
+@pytest.fixture
+def compiled_calls(monkeypatch):
+    """The return values of every ``cpu_kernels.im2col`` / ``col2im`` call (so a test sees the kernels ran); skips
+    where the CPU kernels are not built."""
+    from xpnn.functional import cpu_kernels
+
+    if cpu_kernels.library() is None:
+        pytest.skip(f"the CPU kernels are not built here: {cpu_kernels.status()}")
+    calls = []
+    for name in ("im2col", "col2im"):
+        real = getattr(cpu_kernels, name)
+        monkeypatch.setattr(cpu_kernels, name, lambda *a, _real=real, _name=name: calls.append(
+            (_name, _real(*a))) or calls[-1][1])
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("path", ["channels_last", "cols", "rows", "batch_last"])
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", COMPILED_CASES)
+def test_conv2d_numpy_compiled_col2im_equals_the_numpy_scatter(compiled_calls, xs, ws, stride, padding, dilation,
+                                                              groups, path, dtype):
+    """Each scatter dx path with the compiled gather-form col2im gives the NumPy scatter's dx bit for bit (the same
+    terms summed in the same order from 0; NaN where it has NaN), for dy with NaN, inf and -0.0, returned and
+    written into ``out`` (a slice of a larger batch, as a chunk of a split backward writes)."""
+    from xpnn.functional import conv_numpy
+
+    g = C.conv2d_geometry(xs, ws, stride, padding, dilation, groups)
+    if path == "rows" and g.sh != 1 or path == "batch_last" and (g.sh, g.sw) != (1, 1):
+        return  # the path does not apply (test_conv2d_numpy_backward_override_matches_the_reference)
+    fn = conv_numpy.INPUT_GRAD_PATHS[path]
+    w = randn(*ws, seed=2).astype(dtype)
+    dy = _non_finite(randn(g.n, ws[0], g.oh, g.ow, seed=4).astype(dtype))
+    with _dispatch.use_kernels(False), np.errstate(all="ignore"):
+        want = np.array(fn(w, dy, g, groups))
+    assert not any(ran for _, ran in compiled_calls)  # kernels off: the NumPy scatter
+    compiled_calls.clear()
+    with np.errstate(all="ignore"):
+        got = fn(w, dy, g, groups)
+        _same_bits(got, want, path)
+        big = np.full((g.n + 2,) + want.shape[1:], 7, dtype)
+        fn(w, dy, g, groups, out=big[1:-1])
+        _same_bits(big[1:-1], want, path + " (out)")
+    assert compiled_calls == [("col2im", True)] * 2
+    np.testing.assert_array_equal(big[[0, -1]], 7)  # nothing written outside out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", COMPILED_CASES)
+def test_conv2d_numpy_compiled_im2col_equals_the_numpy_copies(compiled_calls, xs, ws, stride, padding, dilation,
+                                                             groups, dtype):
+    """The compiled column tensor is ``im2col_numpy``'s NumPy copies exactly (NaN, inf and -0.0 copied, zeros in
+    the padding), in its recycled buffer."""
+    from xpnn.functional import conv_numpy
+
+    g = C.conv2d_geometry(xs, ws, stride, padding, dilation, groups)
+    x = _non_finite(randn(*xs, seed=1).astype(dtype))
+    with _dispatch.use_kernels(False):
+        want = conv_numpy.im2col_numpy(x, g).copy()
+    got = conv_numpy.im2col_numpy(x, g)
+    assert compiled_calls == [("im2col", False), ("im2col", True)]  # kernels off, then on
+    bits = np.dtype(f"u{want.itemsize}")
+    np.testing.assert_array_equal(got.view(bits), want.view(bits))
+    np.testing.assert_array_equal(got, C.im2col(x, g))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("path", ["channels_last", "cols", "rows", "batch_last"])
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", [c for c in COMPILED_CASES if c[0][0] >= 2])
+def test_conv2d_numpy_compiled_kernels_give_the_numpy_step(compiled_calls, monkeypatch, xs, ws, stride, padding,
+                                                           dilation, groups, path, threads):
+    """Through the tape in float32, whole and split over two threads (each chunk's columns and dx scatter one
+    compiled call): y, dx, dW and db with the compiled kernels equal those with the kernels off bit for bit."""
+    from xpnn.functional import conv_numpy, cpu_threads
+
+    g = C.conv2d_geometry(xs, ws, stride, padding, dilation, groups)
+    if path == "rows" and g.sh != 1 or path == "batch_last" and (g.sh, g.sw) != (1, 1):
+        return
+    monkeypatch.setattr(conv_numpy, "input_grad_path", lambda *_: path)
+    monkeypatch.setattr(conv_numpy, "CHUNK_MIN_ELEMENTS", 1)
+    x, w, b = (randn(*s, seed=k).astype(np.float32) for k, s in enumerate((xs, ws, (ws[0],)), 1))
+    cpu_threads.set_num_threads(threads)
+    try:
+        with _dispatch.use_kernels(False):
+            want = _conv_through_tape(x, w, b, 4, stride, padding, dilation, groups)
+        assert not any(ran for _, ran in compiled_calls)
+        compiled_calls.clear()
+        got = _conv_through_tape(x, w, b, 4, stride, padding, dilation, groups)
+    finally:
+        cpu_threads.set_num_threads(None)
+    assert compiled_calls.count(("im2col", True)) == threads and compiled_calls.count(("col2im", True)) == threads
+    for a, b_, what in zip(got, want, ("y", "dx", "dW", "db", "dy")):
+        _same_bits(a, b_, what)

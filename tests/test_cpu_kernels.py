@@ -191,3 +191,30 @@ def test_the_library_is_built_once_into_the_cache_and_reused(tmp_path):
 def test_kernels_off_reports_it():
     with _dispatch.use_kernels(False):
         assert cpu_kernels.status().startswith("off")
+
+
+@needs_library
+def test_im2col_kernels_run_only_where_they_apply():
+    """``cpu_kernels.im2col`` / ``col2im`` run for C-contiguous float32/float64 arrays of the geometry's shapes (dx
+    may be a view with contiguous rows) and the strides each path takes; otherwise, and with kernels off, they do
+    nothing and say so (the NumPy path runs); an unknown path is an error."""
+    from xpnn.functional.conv import conv2d_geometry
+
+    g = conv2d_geometry((2, 3, 6, 6), (4, 3, 3, 3), 1, 1)
+    cols = np.zeros((2, 3, 3, 3, 6, 6), np.float32)
+    x = np.ones((2, 3, 6, 6), np.float32)
+    assert cpu_kernels.im2col(x, cols, g) and cols[0, 0, 1, 1].sum() == 36
+    assert not cpu_kernels.im2col(x.astype(np.float16), cols.astype(np.float16), g)
+    assert not cpu_kernels.im2col(np.asfortranarray(x), cols, g)
+    assert not cpu_kernels.im2col(x[:1], cols, g)  # not the geometry's shape
+    dx = np.zeros((2, 3, 6, 8), np.float32)[..., 1:7]  # rows of a wider buffer
+    assert cpu_kernels.col2im("cols", cols, dx, g, 1) and dx.sum() == cols.sum()
+    assert not cpu_kernels.col2im("cols", cols, dx[..., ::2], g, 1)  # strided rows
+    assert not cpu_kernels.col2im("cols", cols[:1], dx, g, 1)
+    assert not cpu_kernels.col2im("cols", cols, dx.astype(np.float64), g, 1)
+    g2 = conv2d_geometry((2, 3, 6, 6), (4, 3, 3, 3), 2, 1)
+    assert not cpu_kernels.col2im("rows", np.zeros((2, 3, 3, 3, 3, 3), np.float32), dx, g2, 1)  # stride 2
+    with _dispatch.use_kernels(False):
+        assert not cpu_kernels.im2col(x, cols, g) and not cpu_kernels.col2im("cols", cols, dx, g, 1)
+    with pytest.raises(ValueError, match="path must be one of"):
+        cpu_kernels.col2im("scatter", cols, dx, g, 1)

@@ -6,7 +6,9 @@ expressions compiled into one loop read and write each element once: Adam over t
 fuses elementwise passes, and splitting them over Python threads does not pay at this size (see ``cpu_threads``), so
 these few loops are compiled. The column-free convolution's copies and shifted sums (``conv_numpy``'s shift-add path,
 ``kernels/cpu/conv.cpp``) likewise: several NumPy calls per sample, each holding the GIL while the batch's chunks run
-on threads, become one call.
+on threads, become one call. Likewise the im2col convolution path's column build and col2im (``im2col``,
+``col2im``; kernels/cpu/im2col.cpp): NumPy scatters column gradients with kh*kw strided additions into a padded
+accumulator and a transpose, where one loop gathers each dx row once.
 
 - The sources are ``kernels/cpu/*.cpp``: C++ that includes the element math of the CUDA kernels (``kernels/adam.cuh``)
   so each update is written once for CUDA and the CPU. Built with ``-ffp-contract=off`` (no a*b+c -> FMA), their
@@ -38,11 +40,11 @@ import numpy as np
 
 from .. import _dispatch
 
-__all__ = ["library", "status", "adam_update", "shift_planes_fn", "shift_row_sum_fn", "shift_dw_rows_fn", "SOURCES",
-           "FLAGS"]
+__all__ = ["library", "status", "adam_update", "shift_planes_fn", "shift_row_sum_fn", "shift_dw_rows_fn",
+           "im2col_ready", "im2col", "col2im", "SOURCES", "FLAGS"]
 
 #: the sources compiled into the library, in ``kernels/cpu``
-SOURCES = ("optimizers.cpp", "conv.cpp")
+SOURCES = ("optimizers.cpp", "conv.cpp", "im2col.cpp")
 #: -ffp-contract=off: each a*b+c rounded twice, as NumPy's separate ufuncs (results equal the NumPy path's);
 #: -fno-math-errno: sqrt as one instruction (no errno to set; its result is the same correctly rounded value)
 FLAGS = ("-std=c++17", "-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-fvisibility=hidden")
@@ -160,6 +162,11 @@ def _signatures() -> dict[str, list[Any]]:
         sig[f"xpnn_cpu_shift_row_sum_{dtype.name}"] = [ctypes.c_void_p] * 3 + [ctypes.c_longlong] * 8
         # xpnn_cpu_shift_dw_rows_<dtype>(est, pg, groups, kh, cog, plane, channel stride of pg, at, dh, wp)
         sig[f"xpnn_cpu_shift_dw_rows_{dtype.name}"] = [ctypes.c_void_p] * 2 + [ctypes.c_longlong] * 8
+        # xpnn_cpu_im2col_<dtype>(x, cols, geometry); xpnn_cpu_col2im_<path>_<dtype>(columns, dx, geometry, dx's
+        # element strides over n, c, h)
+        sig[f"xpnn_cpu_im2col_{dtype.name}"] = [ctypes.c_void_p] * 3
+        for path in COL2IM_PATHS:
+            sig[f"xpnn_cpu_col2im_{path}_{dtype.name}"] = [ctypes.c_void_p] * 3 + [ctypes.c_longlong] * 3
     return sig
 
 
@@ -323,3 +330,61 @@ def shift_dw_rows_fn(est: np.ndarray, pg: np.ndarray, at: int, dh: int, wp: int)
         fn(ep, pp + k * sn, *rest)
 
     return rows
+#: the scatters of ``conv_numpy`` with a compiled gather-form col2im (kernels/cpu/im2col.cpp)
+COL2IM_PATHS = ("batch_last", "channels_last", "rows", "cols")
+
+
+def _geometry(g: Any, groups: int) -> Any:
+    """The geometry array the im2col kernels read: n, c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, groups."""
+    return (ctypes.c_longlong * 15)(g.n, g.c, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow,
+                                    groups)
+
+
+def im2col_ready(dtype: Any) -> bool:
+    """Whether the im2col kernels run for NumPy arrays of ``dtype`` (kernels on and built, float32/float64)."""
+    return _dispatch.kernels_enabled() and np.dtype(dtype) in _C_TYPES and library() is not None
+
+
+def _im2col_lib(*arrays: np.ndarray) -> Optional[ctypes.CDLL]:
+    """The library where the im2col kernels apply to these NumPy arrays (kernels on and built, one float32/float64
+    dtype, all C-contiguous), else None."""
+    if not _dispatch.kernels_enabled():
+        return None
+    dtype = arrays[0].dtype
+    if dtype not in _C_TYPES or any(type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous
+                                    for a in arrays):
+        return None
+    return library()
+
+
+def im2col(x: np.ndarray, cols: np.ndarray, g: Any) -> bool:
+    """``conv_numpy.im2col_numpy``'s column tensor in one pass: ``cols[n, c, i, j, p, q] = x[n, c, i*dh + p*sh - pt,
+    j*dw + q*sw - pl]`` (0 in the padding) for x (N, C, H, W) and cols (N, C, kh, kw, oh, ow), both C-contiguous
+    and of one float dtype; g the ``Conv2dGeometry``. False (nothing done) where it does not apply (``_im2col_lib``)."""
+    lib = _im2col_lib(x, cols)
+    if lib is None or x.shape != (g.n, g.c, g.h, g.w) or cols.shape != (g.n, g.c, g.kh, g.kw, g.oh, g.ow):
+        return False
+    getattr(lib, f"xpnn_cpu_im2col_{x.dtype.name}")(x.ctypes.data, cols.ctypes.data, _geometry(g, 1))
+    return True
+
+
+def col2im(path: str, columns: np.ndarray, dx: np.ndarray, g: Any, groups: int) -> bool:
+    """The scatter of ``conv_numpy``'s dx path ``path`` (one of ``COL2IM_PATHS``) from its GEMM output ``columns``
+    (C-contiguous, in that path's layout: see kernels/cpu/im2col.cpp) straight into dx (N, C_in, H, W), an array or
+    a view whose rows are contiguous (e.g. the interior of a padded buffer): each dx element the NumPy path's terms
+    in its order from 0, so the same values bit for bit. False (nothing done) where it does not apply
+    (``_im2col_lib``, dx of another dtype or with strided rows, shapes other than the geometry's, a stride the path
+    does not take). Raises ValueError for an unknown path."""
+    if path not in COL2IM_PATHS:
+        raise ValueError(f"cpu_kernels.col2im: path must be one of {COL2IM_PATHS}, got {path!r}")
+    lib = _im2col_lib(columns)
+    item = columns.itemsize
+    if lib is None or type(dx) is not np.ndarray or dx.dtype != columns.dtype or dx.shape != (g.n, g.c, g.h, g.w) \
+            or not dx.flags.writeable or (g.w > 1 and dx.strides[3] != item) or any(s % item for s in dx.strides) \
+            or columns.size != g.n * g.c * g.offsets * g.oh * g.ow or g.c % groups \
+            or path == "rows" and g.sh != 1 or path == "batch_last" and (g.sh, g.sw) != (1, 1):
+        return False
+    sn, sc, sh = (s // item for s in dx.strides[:3])
+    getattr(lib, f"xpnn_cpu_col2im_{path}_{columns.dtype.name}")(columns.ctypes.data, dx.ctypes.data,
+                                                                 _geometry(g, groups), sn, sc, sh)
+    return True
