@@ -98,7 +98,7 @@ def _compiler() -> tuple[Optional[list[str]], str]:
             return None, f"$CXX={env!r} is not a command line ({e}): {_ADVICE} (set CXX to a C++ compiler)"
         if shutil.which(cmd[0]):
             return cmd, ""
-        return None, f"$CXX={env!r} names no program on PATH: {_ADVICE} (set CXX to an installed C++ compiler)"
+        return None, f"no C++ compiler: $CXX={env!r} names no program on PATH: {_ADVICE} (set CXX to an installed one)"
     for name in _COMPILERS:
         path = shutil.which(name)
         if path:
