@@ -11,9 +11,11 @@ these few loops are compiled.
   results equal the NumPy path's bit for bit.
 - Built on first use with the system C++ compiler (``$CXX``, else the first of ``c++``, ``g++``, ``clang++`` on
   PATH; ~1 s), cached as ``cpu-<hash>.so`` in ``$XPNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/xpnn``, else
-  ``~/.cache/xpnn`` (else the temporary folder). The hash covers the sources, the flags and the compiler's
-  ``--version``; the file is written under a temporary name and renamed, so processes building at once (MPI ranks,
-  test workers) never load a partial library.
+  ``~/.cache/xpnn``; where that cannot be written or loaded from, in this user's private ``xpnn-<uid>`` in the
+  temporary folder. The hash covers the sources, the flags, the machine and the compiler's ``--version``. The file
+  is written under a temporary name and renamed, with its SHA-256 next to it (a library cut short by a crash is
+  rebuilt, never loaded); processes starting together (MPI ranks, test workers) wait on a lock of the folder for
+  one build. A build past ``BUILD_TIMEOUT_S`` is killed with everything the compiler started.
 - Called through ctypes, which releases the GIL for the call.
 - Where no compiler is found or the build fails, ``library()`` is None, ``status()`` says why, and the NumPy paths
   run (the same results, slower). ``XPNN_DISABLE_KERNELS=1`` / ``xpnn.set_kernels_enabled(False)`` turn these off
@@ -217,6 +219,7 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` as a whole (a temporary file in its folder, then a rename), readable by all."""
     fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
