@@ -430,3 +430,45 @@ def test_a_fork_while_another_thread_builds_does_not_deadlock_the_child(monkeypa
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     pytest.fail("the forked child waited on the build lock forever")
+
+
+_FAST_MATH_PROBE = textwrap.dedent("""
+    import numpy as np
+    from xpnn import _dispatch
+    from xpnn.functional import cpu_kernels
+    from xpnn.functional.updates import adam_update
+    assert cpu_kernels.library() is not None, cpu_kernels.status()
+    tiny = np.float32(1e-38) / np.float32(1e4)
+    print("subnormals kept:", bool(tiny != 0))
+    finals = []
+    for kernels in (True, False):
+        rng = np.random.default_rng(0)
+        p = rng.standard_normal(cpu_kernels.MIN_ELEMENTS).astype(np.float32)
+        m, v, vmax = (np.zeros_like(p) for _ in range(3))
+        with _dispatch.use_kernels(kernels), np.errstate(all="ignore"):
+            for step in (1, 2, 3):
+                g = rng.standard_normal(p.size).astype(np.float32)
+                g[:5] = (np.nan, np.inf, -np.inf, 0.0, -0.0)
+                adam_update(p, g, m, v, vmax, step=step, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8,
+                            weight_decay=0.1, amsgrad=True, maximize=True)
+        finals.append(np.concatenate([p, m, v, vmax]).view(np.uint32))
+    print("bit for bit:", bool((finals[0] == finals[1]).all()))
+""")
+
+
+@needs_library
+def test_fast_math_in_cxx_is_cancelled(tmp_path):
+    """CXX="g++ -ffast-math" (or -Ofast): the build's flags cancel it, so the compiled Adam still equals the NumPy
+    passes bit for bit (NaN and inf gradients included), and loading the library leaves the process's
+    floating-point mode alone (GCC links crtfastmath.o into a -ffast-math library, which turns on flush-to-zero
+    for the whole process: NumPy's subnormals would become 0)."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ is not installed")
+    for fast in ("-ffast-math", "-Ofast"):
+        env = {**os.environ, "CXX": f"{gxx} {fast}", "XPNN_CACHE_DIR": str(tmp_path / "cache")}
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        out = subprocess.run([sys.executable, "-c", _FAST_MATH_PROBE], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split("\n")[:2] == ["subnormals kept: True", "bit for bit: True"], (fast, out.stdout)

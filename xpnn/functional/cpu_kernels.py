@@ -47,9 +47,12 @@ __all__ = ["library", "status", "adam_update", "SOURCES", "FLAGS"]
 
 #: the sources compiled into the library, in ``kernels/cpu``
 SOURCES = ("optimizers.cpp",)
+#: -fno-fast-math -fno-unsafe-math-optimizations: cancel those in $CXX (CXX="g++ -ffast-math" would reorder the math,
+#: and link crtfastmath.o, whose loading turns on flush-to-zero for the whole process, NumPy included);
 #: -ffp-contract=off: each a*b+c rounded twice, as NumPy's separate ufuncs (results equal the NumPy path's);
 #: -fno-math-errno: sqrt as one instruction (no errno to set; its result is the same correctly rounded value)
-FLAGS = ("-std=c++17", "-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-fvisibility=hidden")
+FLAGS = ("-std=c++17", "-O3", "-fno-fast-math", "-fno-unsafe-math-optimizations", "-ffp-contract=off",
+         "-fno-math-errno", "-fPIC", "-shared", "-fvisibility=hidden")
 _COMPILERS = ("c++", "g++", "clang++")
 #: elements from which an update takes the compiled loop: below, a ctypes call (~5 us with its arguments) costs
 #: more than NumPy's passes over a small array
