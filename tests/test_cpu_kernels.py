@@ -472,3 +472,26 @@ def test_fast_math_in_cxx_is_cancelled(tmp_path):
                              cwd=tmp_path, timeout=300)
         assert out.returncode == 0, out.stderr
         assert out.stdout.split("\n")[:2] == ["subnormals kept: True", "bit for bit: True"], (fast, out.stdout)
+
+
+@needs_library
+def test_adam_on_views_at_odd_offsets_of_one_buffer_equals_the_numpy_passes(monkeypatch):
+    """Parameter, gradient and states as adjacent views of one buffer, starting 3 elements in (not at a vector
+    boundary): the compiled pass runs (each is its own memory) and gives the NumPy passes' values."""
+    calls = []
+    real = cpu_kernels.adam_update
+    monkeypatch.setattr(cpu_kernels, "adam_update", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
+    n = cpu_kernels.MIN_ELEMENTS + 5
+    finals = []
+    for kernels in (True, False):
+        rng = np.random.default_rng(3)
+        buf = np.zeros(3 + 5 * n, np.float64)
+        p, g, m, v, vmax = (buf[3 + i * n:3 + (i + 1) * n] for i in range(5))
+        p[:] = rng.standard_normal(n)
+        with _dispatch.use_kernels(kernels):
+            for step in (1, 2):
+                g[:] = rng.standard_normal(n)
+                adam_update(p, g, m, v, vmax, step=step, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, amsgrad=True)
+        finals.append(buf.copy())
+    assert calls == [True, True, False, False]
+    np.testing.assert_array_equal(*finals)
