@@ -337,22 +337,26 @@ def status() -> str:
     return _state["loaded"][1]
 
 
-def _usable(arrays: tuple[Any, ...]) -> bool:
-    """Whether the arrays (None entries skipped) are C-contiguous, aligned, writeable NumPy float32/float64 arrays
-    of one shape and dtype (native byte order), at least ``MIN_ELEMENTS`` long, each its own memory. (A read-only
-    array makes NumPy raise where the C loop would write it; a misaligned one is undefined behaviour in C.)"""
+def _pointers(arrays: tuple[Any, ...]) -> Optional[list[Optional[int]]]:
+    """The arrays' data addresses (None for None entries) where they are C-contiguous, aligned, writeable NumPy
+    float32/float64 arrays of one shape and dtype (native byte order), at least ``MIN_ELEMENTS`` long, each its own
+    memory; else None. (A read-only array makes NumPy raise where the C loop would write it; a misaligned one is
+    undefined behaviour in C.) Each address is read once (``ndarray.ctypes.data``: ~1 us each)."""
     first = arrays[0]
     if first.dtype not in _C_TYPES or first.size < MIN_ELEMENTS:
-        return False
-    present = [a for a in arrays if a is not None]
-    for a in present:
+        return None
+    for a in arrays:
+        if a is None:
+            continue
         if type(a) is not np.ndarray or a.shape != first.shape or a.dtype != first.dtype:
-            return False
+            return None
         flags = a.flags
         if not (flags.c_contiguous and flags.aligned and flags.writeable):
-            return False
-    spans = sorted((a.__array_interface__["data"][0], a.nbytes) for a in present)
-    return all(lo + n <= nxt for (lo, n), (nxt, _) in zip(spans, spans[1:]))  # no two overlap
+            return None
+    pointers = [None if a is None else a.ctypes.data for a in arrays]
+    spans = sorted(p for p in pointers if p is not None)
+    nbytes = first.nbytes
+    return pointers if all(lo + nbytes <= nxt for lo, nxt in zip(spans, spans[1:])) else None  # no two overlap
 
 
 def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray,
@@ -361,7 +365,7 @@ def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_av
                 maximize: bool) -> bool:
     """``updates.adam_update`` on NumPy arrays in one compiled pass; ``scalars`` = ``(step_size, bc2_sqrt, decay)``
     as ``updates._adam_scalars`` gives them. False (nothing done) where it does not apply: kernels off or not built,
-    arrays that are not ``_usable``, or a ``step_size``, ``decay`` or ``weight_decay`` that is not a Python float or
+    arrays that ``_pointers`` refuses, or a ``step_size``, ``decay`` or ``weight_decay`` that is not a Python float or
     int (a NumPy float64 lr, e.g. from ``np.cos`` in a schedule, makes NumPy compute those products of float32
     arrays in float64, where the compiled loop rounds the scalar to float32 first)."""
     if not _dispatch.kernels_enabled():
@@ -369,14 +373,14 @@ def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_av
     step_size, bc2_sqrt, decay = scalars
     if type(step_size) not in _PLAIN or type(decay) not in _PLAIN or type(weight_decay) not in _PLAIN:
         return False
-    arrays = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None)
-    if not _usable(arrays):
+    pointers = _pointers((param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None))
+    if pointers is None:
         return False
     lib = library()
     if lib is None:
         return False
     fn = getattr(lib, f"xpnn_cpu_adam_{param.dtype.name}")
     # the scalars are rounded to the arrays' dtype by ctypes, as NumPy rounds a Python float operand
-    fn(*(None if a is None else a.ctypes.data for a in arrays), param.size, beta1, 1 - beta1, beta2, 1 - beta2, eps,
-       weight_decay, decay, step_size, bc2_sqrt, int(decoupled_weight_decay), int(amsgrad), int(maximize))
+    fn(*pointers, param.size, beta1, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, decay, step_size, bc2_sqrt,
+       int(decoupled_weight_decay), int(amsgrad), int(maximize))
     return True
