@@ -495,3 +495,18 @@ def test_adam_on_views_at_odd_offsets_of_one_buffer_equals_the_numpy_passes(monk
         finals.append(buf.copy())
     assert calls == [True, True, False, False]
     np.testing.assert_array_equal(*finals)
+
+
+def test_the_cache_folder_settings_are_read_as_documented(monkeypatch, tmp_path):
+    """``XPNN_CACHE_DIR`` with a ``~`` (written unexpanded in a .env or YAML file) is the home folder's; a relative
+    ``XDG_CACHE_HOME`` is ignored (the XDG specification); the private temporary folder comes last."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    last = tmp_path / f"xpnn-{cpu_kernels._uid()}"
+    monkeypatch.setenv("XPNN_CACHE_DIR", "~/xpnn-cache")
+    assert cpu_kernels._cache_dirs() == [tmp_path / "home" / "xpnn-cache", last]
+    monkeypatch.delenv("XPNN_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    assert cpu_kernels._cache_dirs() == [tmp_path / "home" / ".cache" / "xpnn", last]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cpu_kernels._cache_dirs() == [tmp_path / "xdg" / "xpnn", last]
