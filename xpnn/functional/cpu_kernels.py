@@ -285,13 +285,13 @@ def _load() -> tuple[Optional[ctypes.CDLL], str]:
         except subprocess.TimeoutExpired:
             return None, (f"building the CPU kernels with {' '.join(cxx)} took over {BUILD_TIMEOUT_S:g} s and was "
                           f"stopped: {_ADVICE} (set CXX to a working C++ compiler)")
-        except OSError as e:  # a folder we cannot write, or load from (noexec)
+        except OSError as e:  # a folder we cannot write, or load from (noexec), or a library that does not load
             errors.append(f"{folder}: {e}")
             continue
         _declare(lib)
         return lib, f"compiled with {' '.join(cxx)} ({target})"
     return None, (f"the CPU kernels could not be built or loaded in a cache folder: {_ADVICE} (set XPNN_CACHE_DIR to a "
-                  "writable folder): " + "; ".join(errors))
+                  "writable folder, or CXX to a C++ compiler for this machine): " + "; ".join(errors))
 
 
 def _signatures() -> dict[str, list[Any]]:
