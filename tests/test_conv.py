@@ -10,7 +10,7 @@ import xpnn
 import xpnn.functional as F
 from xpnn import _dispatch, nn
 from xpnn.errors import DTypeError, ShapeError
-from xpnn.functional import conv as C
+from xpnn.functional import conv as C, cpu_kernels
 from _numgrad import numeric_grad
 
 try:
@@ -897,3 +897,130 @@ def test_max_pool2d_split_over_threads_matches_the_reference(split_batches, xs, 
         assert split_batches and all(c == 2 for c in split_batches)
         np.testing.assert_array_equal(np.asarray(y.data), y_ref)
         np.testing.assert_array_equal(xt.grad, F.max_pool2d_backward(arg, dy, xs, k, s, p, d, ceil))
+
+
+# the column-free path's compiled loops (kernels/cpu/conv.cpp: shifted planes, kernel-row sums, dW's shifted dy
+# copies): groups, dilation, asymmetric padding, with and without bias, kh == 1, on top of the stride-1 cases above
+SHIFT_KERNEL_CASES = [
+    ((2, 32, 6, 5), (32, 32, 3, 3), 1, 1, 1, 1),
+    ((2, 32, 7, 6), (48, 16, 3, 2), 1, (2, 0), (1, 2), 2),
+    ((2, 16, 6, 7), (16, 16, 3, 4), 1, "same", 1, 1),
+    ((1, 16, 5, 6), (16, 16, 2, 2), 1, 2, 1, 1),
+    ((2, 16, 8, 8), (24, 16, 1, 1), 1, 0, 1, 1),
+    ((3, 16, 9, 8), (32, 16, 3, 3), 1, (0, 1), (2, 1), 1),
+]
+
+
+needs_cpu_kernels = pytest.mark.skipif(cpu_kernels.library() is None,
+                                       reason=f"the CPU kernels are not built here: {cpu_kernels.status()}")
+
+
+def _same_bits(got, want):
+    """got and want hold the same bits, NaN's payload aside (a NaN where the other has one)."""
+    assert got.dtype == want.dtype and got.shape == want.shape
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    ints = np.uint32 if got.dtype == np.float32 else np.uint64
+    np.testing.assert_array_equal(np.where(nan, 0, got).view(ints), np.where(nan, 0, want).view(ints))
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("special", ["finite", "non-finite", "no bias", "strided input"])
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups",
+                         [c for c in CONV_CASES + TRANSPOSED_CASES if c[2] == 1] + SHIFT_KERNEL_CASES)
+def test_conv2d_numpy_shift_add_compiled_loops_equal_the_numpy_passes_bit_for_bit(
+        monkeypatch, xs, ws, stride, padding, dilation, groups, dtype, special):
+    """y, dx and dW (and db) of the column-free path with the compiled loops equal its NumPy passes' (no loop
+    applying, as where the library is not built; ``use_kernels(False)`` would run the reference, not this path) bit
+    for bit, each loop having run; also with inf/NaN in x and dy (in
+    shifted sums and products), without bias, for a non-contiguous input, split into one-sample chunks, twice
+    (recycled buffers)."""
+    from xpnn.functional import conv_numpy
+
+    monkeypatch.setattr(conv_numpy, "SHIFT_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_numpy, "CHUNK_MIN_ELEMENTS", 1)
+    ran, compiled = {}, [True]  # compiled[0] False: no compiled loop applies, so the NumPy passes run
+    for name in ("shift_planes_fn", "shift_row_sum_fn", "shift_dw_rows_fn"):
+        def spy(*args, _make=getattr(cpu_kernels, name), _name=name):
+            loop = _make(*args) if compiled[0] else None
+            if loop is None:
+                return None
+
+            def run_loop(*where):
+                ran[_name] = True
+                loop(*where)
+            return run_loop
+        monkeypatch.setattr(cpu_kernels, name, spy)
+    x, w, b = (randn(*s, seed=i + 1).astype(dtype) for i, s in enumerate((xs, ws, (ws[0],))))
+    g = C.conv2d_geometry(xs, ws, stride, padding, dilation, groups)
+    dy = randn(g.n, ws[0], g.oh, g.ow, seed=4).astype(dtype)
+    if special == "non-finite":
+        x[0, 0, 0, -1], x[-1, -1, -1, 0], x[0, -1, xs[2] // 2, xs[3] // 2] = np.inf, np.nan, -np.inf
+        dy[0, 0, 0, 0], dy[-1, -1, -1, -1] = np.nan, np.inf
+    if special == "strided input":
+        x = np.ascontiguousarray(np.swapaxes(x, 2, 3)).swapaxes(2, 3)  # the same values, column-major planes
+        assert not x.flags.c_contiguous
+    bias = None if special == "no bias" else b
+
+    def run():
+        xt, wt = xpnn.tensor(x, requires_grad=True), xpnn.tensor(w, requires_grad=True)
+        bt = None if bias is None else xpnn.tensor(bias, requires_grad=True)
+        with np.errstate(all="ignore"):
+            y = F.conv2d(xt, wt, bt, stride, padding, dilation, groups)
+            y.backward(xpnn.tensor(dy))
+        return [np.array(y.data), xt.grad, wt.grad] + ([] if bt is None else [bt.grad])
+
+    for _ in range(2):
+        compiled[0] = False
+        want = run()
+        assert not ran
+        compiled[0] = True
+        got = run()
+        assert ran == dict.fromkeys(("shift_planes_fn", "shift_row_sum_fn", "shift_dw_rows_fn"), True)
+        ran.clear()
+        for a, e in zip(got, want):
+            _same_bits(a, e)
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_numpy_padded_shifts_compiled_equals_the_numpy_copies(dtype):
+    """``padded_shifts`` from the compiled loop (a range of samples per call) equals its NumPy copies byte for byte,
+    NaN payloads, -0.0 and the zeros included, for a strided input (every other column) on a buffer full of NaN."""
+    from xpnn.functional import conv_numpy
+
+    g = C.conv2d_geometry((3, 5, 6, 7), (4, 5, 3, 3), 1, (1, 2), (1, 2))
+    x = randn(3, 5, 6, 14, seed=1).astype(dtype)[..., ::2]
+    x[0, 0, 0, :3] = (np.nan, -0.0, np.inf)
+    ints = np.uint32 if dtype == np.float32 else np.uint64
+    with _dispatch.use_kernels(False):
+        want = conv_numpy.padded_shifts(x, g, "test.shifts").copy()
+    dirty = conv_numpy.padded_shifts(x, g, "test.shifts")
+    dirty.fill(np.nan)  # every entry the loop must write (the zeros included) stale
+    address = dirty.ctypes.data
+    del dirty
+    got = conv_numpy.padded_shifts(x, g, "test.shifts")
+    assert got.ctypes.data == address  # (the recycled buffer)
+    np.testing.assert_array_equal(got.view(ints), want.view(ints))
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("groups,cog,kh,dh,at", [(1, 5, 3, 1, 8), (3, 1, 2, 2, 0), (2, 4, 3, 1, 30)])
+def test_conv2d_numpy_dw_rows_compiled_writes_exactly_the_shifted_copies(dtype, groups, cog, kh, dh, at):
+    """``cpu_kernels.shift_dw_rows_fn`` writes ``est[gi, i, o, s:s+m] = pg[n, gi, o, at:at+m]`` (s = i*dh*wp,
+    m = plane - max(s, at)) and nothing else, from dy's planes inside a (N, C, kw, plane) shifts buffer (rows
+    kw*plane apart), every sample."""
+    wp, plane = 6, 42
+    planes = randn(2, groups * cog, 3, plane, seed=1).astype(dtype)[:, :, 0]
+    pg = planes.reshape(2, groups, cog, plane)
+    for n in range(2):
+        want = np.full((groups, kh, cog, plane), np.nan, dtype)
+        for i in range(kh):
+            s = i * dh * wp
+            m = plane - max(s, at)
+            want[:, i, :, s:s + m] = pg[n, :, :, at:at + m]
+        est = np.full_like(want, np.nan)
+        cpu_kernels.shift_dw_rows_fn(est, pg, at, dh, wp)(n)
+        np.testing.assert_array_equal(est, want)

@@ -30,6 +30,9 @@ Threads (``cpu_threads``): the column-free path's per-sample loops (copies, prod
 chunk of samples per thread (each chunk's columns and argmax kept for its backward; dW summed over the chunks in
 chunk order, so it depends on the thread count only in rounding). Smaller layers (LeNet's) run whole.
 
+The column-free path's copies and shifted sums run as compiled loops where ``cpu_kernels`` has them (one call per
+sample, the same values as the NumPy passes here, which run otherwise).
+
 When a kernel provider answers for NumPy arrays (the CPU shim in tests), each returns ``NotImplemented`` so the
 kernels run.
 """
@@ -44,7 +47,7 @@ from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from .. import _dispatch
 from .._cuda import registry
-from . import _workspace, cpu_threads
+from . import _workspace, cpu_kernels, cpu_threads
 from ..autograd.op import Context, register_override
 from .conv import Conv2d, Conv2dGeometry, conv2d_geometry, im2col
 from .pooling import MaxPool2d, first_inbounds_offset, pool2d_geometry, window_max
@@ -150,7 +153,12 @@ def padded_shifts(src: np.ndarray, g: Conv2dGeometry, tag: str) -> np.ndarray:
     plane = g.hp * g.wp
     xs = _workspace.buffer(tag, (g.n, g.c, g.kw, plane), src.dtype)
 
+    compiled = cpu_kernels.shift_planes_fn(xs, src, g.pt, g.pl, g.wp, g.dw)
+
     def fill(lo: int, hi: int) -> None:
+        if compiled is not None:  # the chunk in one compiled pass
+            compiled(lo, hi)
+            return
         for n in range(lo, hi):
             _fill_shifts(xs[n], src[n], g)
 
@@ -189,9 +197,11 @@ def shift_add_product(weight: np.ndarray, xs: np.ndarray, g: Conv2dGeometry, gro
     xg = xs.reshape(g.n, groups, cg * g.kw, plane)
     y = _workspace.buffer(tag, (g.n, groups, cog, g.oh, g.ow), xs.dtype)  # recycled: no fresh pages each call
     b4 = None if bias is None else bias.reshape(groups, cog, 1, 1)
+    fill = None if src is None else cpu_kernels.shift_planes_fn(xs, src, g.pt, g.pl, g.wp, g.dw)
 
     def product(lo: int, hi: int) -> None:
         z = _workspace.buffer(tag + ".z", (groups, g.kh, cog, plane), xs.dtype)  # the running thread's own
+        row_sum = cpu_kernels.shift_row_sum_fn(z, y, bias, g.wp, g.dh)  # the sums below in one compiled pass
         it = z.itemsize
         # shifted[gi, i, o, p, q] = z[gi, i, o, (p + i*dh)*wp + q]: every read inside z's plane
         shifted = as_strided(z, shape=(groups, g.kh, cog, g.oh, g.ow),
@@ -199,9 +209,14 @@ def shift_add_product(weight: np.ndarray, xs: np.ndarray, g: Conv2dGeometry, gro
                                       g.wp * it, it), writeable=False)
         with np.errstate(invalid="ignore"):  # inf - inf from non-finite inputs: NaN, silently, as the reference
             for n in range(lo, hi):
-                if src is not None:
+                if fill is not None:
+                    fill(n, n + 1)
+                elif src is not None:
                     _fill_shifts(xs[n], src[n], g)
                 np.matmul(w3, xg[n], out=z.reshape(groups, g.kh * cog, plane))
+                if row_sum is not None:
+                    row_sum(n)
+                    continue
                 yn = y[n]  # sum_i shifted[:, i] in index order, as np.sum over that axis (one pass fewer)
                 if g.kh == 1:
                     np.copyto(yn, shifted[:, 0])
@@ -488,12 +503,16 @@ def conv2d_weight_grad_shift_numpy(dy: np.ndarray, xs: np.ndarray, g: Conv2dGeom
             s = i * g.dh * g.wp
             est[:, i, :, :s] = 0
             est[:, i, :, s + plane - max(s, at):] = 0
+        rows = cpu_kernels.shift_dw_rows_fn(est, pg, at, g.dh, g.wp)  # the copies below in one compiled pass
         with np.errstate(invalid="ignore"):  # 0 * inf: found below and recomputed
             for n in range(lo, hi):
-                for i in range(g.kh):  # est[gi, i, o, t] = e[n, gi*C_out/G + o, t - i*dh*wp]
-                    s = i * g.dh * g.wp
-                    m = plane - max(s, at)
-                    est[:, i, :, s:s + m] = pg[n, :, :, at:at + m]
+                if rows is not None:
+                    rows(n)
+                else:
+                    for i in range(g.kh):  # est[gi, i, o, t] = e[n, gi*C_out/G + o, t - i*dh*wp]
+                        s = i * g.dh * g.wp
+                        m = plane - max(s, at)
+                        est[:, i, :, s:s + m] = pg[n, :, :, at:at + m]
                 np.matmul(est.reshape(groups, g.kh * cog, plane), xg[n], out=part if n > lo else acc)
                 if n > lo:
                     acc += part

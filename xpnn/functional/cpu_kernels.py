@@ -4,7 +4,9 @@ NumPy runs an optimizer update as one ufunc call per operation: Adam is ~13 pass
 expressions compiled into one loop read and write each element once: Adam over the 0.67 M parameters of a
 784-512-512-10 MLP takes 0.7 ms instead of 1.7-2.4 ms on one core (2026-12-06). No NumPy formulation or BLAS call
 fuses elementwise passes, and splitting them over Python threads does not pay at this size (see ``cpu_threads``), so
-these few loops are compiled.
+these few loops are compiled. The column-free convolution's copies and shifted sums (``conv_numpy``'s shift-add path,
+``kernels/cpu/conv.cpp``) likewise: several NumPy calls per sample, each holding the GIL while the batch's chunks run
+on threads, become one call.
 
 - The sources are ``kernels/cpu/*.cpp``: C++ that includes the element math of the CUDA kernels (``kernels/adam.cuh``)
   so each update is written once for CUDA and the CPU. Built with ``-ffp-contract=off`` (no a*b+c -> FMA), their
@@ -37,16 +39,17 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
 from .. import _dispatch
 
-__all__ = ["library", "status", "adam_update", "SOURCES", "FLAGS"]
+__all__ = ["library", "status", "adam_update", "shift_planes_fn", "shift_row_sum_fn", "shift_dw_rows_fn", "SOURCES",
+           "FLAGS"]
 
 #: the sources compiled into the library, in ``kernels/cpu``
-SOURCES = ("optimizers.cpp",)
+SOURCES = ("optimizers.cpp", "conv.cpp")
 #: -fno-fast-math -fno-unsafe-math-optimizations: cancel those in $CXX (CXX="g++ -ffast-math" would reorder the math,
 #: and link crtfastmath.o, whose loading turns on flush-to-zero for the whole process, NumPy included);
 #: -ffp-contract=off: each a*b+c rounded twice, as NumPy's separate ufuncs (results equal the NumPy path's);
@@ -301,6 +304,12 @@ def _signatures() -> dict[str, list[Any]]:
         # xpnn_cpu_adam_<dtype>(param, grad, exp_avg, exp_avg_sq, vmax, n, beta1, 1 - beta1, beta2, 1 - beta2, eps,
         #                       weight_decay, decay, step_size, bc2_sqrt, decoupled, amsgrad, maximize)
         sig[f"xpnn_cpu_adam_{dtype.name}"] = [ctypes.c_void_p] * 5 + [ctypes.c_longlong] + [c] * 9 + [ctypes.c_int] * 3
+        # xpnn_cpu_shift_planes_<dtype>(xs, src, lo, hi, c, h, w, 4 src strides, kw, hp, wp, pt, pl, dw)
+        sig[f"xpnn_cpu_shift_planes_{dtype.name}"] = [ctypes.c_void_p] * 2 + [ctypes.c_longlong] * 15
+        # xpnn_cpu_shift_row_sum_<dtype>(z, y, bias or NULL, groups, kh, cog, plane, wp, dh, oh, ow)
+        sig[f"xpnn_cpu_shift_row_sum_{dtype.name}"] = [ctypes.c_void_p] * 3 + [ctypes.c_longlong] * 8
+        # xpnn_cpu_shift_dw_rows_<dtype>(est, pg, groups, kh, cog, plane, channel stride of pg, at, dh, wp)
+        sig[f"xpnn_cpu_shift_dw_rows_{dtype.name}"] = [ctypes.c_void_p] * 2 + [ctypes.c_longlong] * 8
     return sig
 
 
@@ -387,3 +396,97 @@ def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_av
     fn(*pointers, param.size, beta1, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, decay, step_size, bc2_sqrt,
        int(decoupled_weight_decay), int(amsgrad), int(maximize))
     return True
+
+
+# The column-free convolution's loops (kernels/cpu/conv.cpp; conv_numpy's shift-add path). Each ``*_fn`` checks its
+# arrays once and returns a function that runs the loop for one sample (or a range) in one ctypes call (~3 us of
+# Python where the checks and pointer look-ups are ~15 us: conv_numpy's chunks call them per sample on threads, and
+# the Python in between holds the GIL), or None where it does not apply: then the caller runs its NumPy passes.
+
+
+def _conv_kernel(name: str, *arrays: Any) -> Any:
+    """The entry point ``xpnn_cpu_<name>_<dtype>`` for NumPy arrays of one float32/float64 dtype (None entries
+    skipped), or None: kernels off or not built, another array type or dtype."""
+    dtype = arrays[0].dtype
+    if dtype not in _C_TYPES or not _dispatch.kernels_enabled():
+        return None
+    for a in arrays:
+        if a is not None and (type(a) is not np.ndarray or a.dtype != dtype):
+            return None
+    lib = library()
+    return None if lib is None else getattr(lib, f"xpnn_cpu_{name}_{dtype.name}")
+
+
+def shift_planes_fn(xs: np.ndarray, src: np.ndarray, pt: int, pl: int, wp: int,
+                    dw: int) -> Optional[Callable[[int, int], None]]:
+    """``fill(lo, hi)``: ``conv_numpy._fill_shifts`` for samples ``lo:hi`` in one pass, xs (N, C, kw, hp*wp)
+    C-contiguous receiving the column-shifted zero-padded planes of src (N, C, H, W, any strides) placed at row
+    ``pt``, column ``pl`` of a plane of pitch ``wp``, shifted by ``j*dw`` (the same bytes, zeros included); None
+    where it does not apply."""
+    fn = _conv_kernel("shift_planes", xs, src)
+    if fn is None or not xs.flags.c_contiguous or xs.ndim != 4 or src.ndim != 4 or xs.shape[:2] != src.shape[:2]:
+        return None
+    it = src.itemsize
+    n, c, kw, plane = xs.shape
+    if any(s % it for s in src.strides) or plane % wp or pt + src.shape[2] > plane // wp or pl + src.shape[3] > wp:
+        return None
+    xp, sp = xs.ctypes.data, src.ctypes.data
+    rest = (c, src.shape[2], src.shape[3], *(s // it for s in src.strides), kw, plane // wp, wp, pt, pl, dw)
+
+    def fill(lo: int, hi: int, _keep: Any = (xs, src)) -> None:  # (_keep: the arrays stay while fill does)
+        if not 0 <= lo <= hi <= n:
+            raise IndexError(f"shift_planes: samples {lo}:{hi} of {n}")
+        fn(xp, sp, lo, hi, *rest)
+
+    return fill
+
+
+def shift_row_sum_fn(z: np.ndarray, y: np.ndarray, bias: Optional[np.ndarray], wp: int,
+                     dh: int) -> Optional[Callable[[int], None]]:
+    """``row_sum(n)``: sample n of ``conv_numpy.shift_add_product``'s kernel-row sum in one pass, y[n] (groups,
+    C_out/G, oh, ow) = ``((z_0 + z_1) + z_2) + ... + bias``, z_i the row-i shifted view of z (groups, kh, C_out/G,
+    plane) (pitch ``wp``, rows ``dh`` apart), in the NumPy passes' order (equal bit for bit). y (N, groups, C_out/G,
+    oh, ow) and z C-contiguous, bias (C_out,) or None; None where it does not apply."""
+    fn = _conv_kernel("shift_row_sum", z, y, bias)
+    if fn is None or not (z.flags.c_contiguous and y.flags.c_contiguous) or z.ndim != 4 or y.ndim != 5 \
+            or (z.shape[0], z.shape[2]) != y.shape[1:3] \
+            or y.shape[4] > wp or (y.shape[3] - 1 + (z.shape[1] - 1) * dh) * wp + y.shape[4] > z.shape[3] \
+            or (bias is not None and not (bias.flags.c_contiguous and bias.size == y.shape[1] * y.shape[2])):
+        return None
+    groups, kh, cog, plane = z.shape
+    n, step = y.shape[0], y.strides[0]
+    zp, yp, bp = z.ctypes.data, y.ctypes.data, None if bias is None else bias.ctypes.data
+    rest = (groups, kh, cog, plane, wp, dh, y.shape[3], y.shape[4])
+
+    def row_sum(k: int, _keep: Any = (z, y, bias)) -> None:
+        if not 0 <= k < n:
+            raise IndexError(f"shift_row_sum: sample {k} of {n}")
+        fn(zp, yp + k * step, bp, *rest)
+
+    return row_sum
+
+
+def shift_dw_rows_fn(est: np.ndarray, pg: np.ndarray, at: int, dh: int, wp: int) -> Optional[Callable[[int], None]]:
+    """``rows(n)``: sample n of ``conv_numpy.conv2d_weight_grad_shift_numpy``'s operand in one pass, ``est[gi, i, o,
+    s:s+m] = pg[n, gi, o, at:at+m]``, s = i*dh*wp, m = plane - max(s, at) (est's other entries untouched), for est
+    (groups, kh, C_out/G, plane) C-contiguous and pg (N, groups, C_out/G, plane) with contiguous rows equally spaced
+    in a sample; None where it does not apply."""
+    fn = _conv_kernel("shift_dw_rows", est, pg)
+    if fn is None or not est.flags.c_contiguous or est.ndim != 4 or pg.shape[1:] != (est.shape[0],) + est.shape[2:] \
+            or not 0 <= at <= est.shape[3]:
+        return None
+    it = pg.itemsize
+    sn, s0, s1, s2 = pg.strides
+    groups, kh, cog, plane = est.shape
+    cstride = s1 if cog > 1 else s0  # (the stride of a length-1 axis is arbitrary)
+    if s2 != it or cstride % it or (groups > 1 and cog > 1 and s0 != s1 * cog):
+        return None
+    n, ep, pp = pg.shape[0], est.ctypes.data, pg.ctypes.data
+    rest = (groups, kh, cog, plane, cstride // it, at, dh, wp)
+
+    def rows(k: int, _keep: Any = (est, pg)) -> None:
+        if not 0 <= k < n:
+            raise IndexError(f"shift_dw_rows: sample {k} of {n}")
+        fn(ep, pp + k * sn, *rest)
+
+    return rows
