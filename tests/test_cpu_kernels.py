@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +221,319 @@ def test_im2col_kernels_run_only_where_they_apply():
         assert not cpu_kernels.im2col(x, cols, g) and not cpu_kernels.col2im("cols", cols, dx, g, 1)
     with pytest.raises(ValueError, match="path must be one of"):
         cpu_kernels.col2im("scatter", cols, dx, g, 1)
+
+
+@needs_library
+def test_adam_leaves_read_only_and_misaligned_arrays_to_the_numpy_passes(monkeypatch):
+    """A read-only parameter or state (``flags.writeable`` False; ``np.frombuffer`` of immutable bytes) makes the
+    NumPy passes raise, and the compiled loop must not write it instead; a misaligned float32 view (undefined
+    behaviour in C) runs the NumPy passes too, with their values."""
+    calls = []
+    real = cpu_kernels.adam_update
+    monkeypatch.setattr(cpu_kernels, "adam_update", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
+    n = cpu_kernels.MIN_ELEMENTS
+    kw = dict(step=1, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)
+    for which in range(4):
+        if which == 1:
+            continue  # (the gradient is only read)
+        arrays = [np.ones(n, np.float32) for _ in range(4)]
+        arrays[which].flags.writeable = False
+        with pytest.raises(ValueError, match="read-only"):
+            adam_update(*arrays, **kw)
+        assert calls == [False]
+        calls.clear()
+    frozen = b"\0" * (4 * n)
+    with pytest.raises(ValueError, match="read-only"):
+        adam_update(np.frombuffer(frozen, np.float32), np.ones(n, np.float32), np.zeros(n, np.float32),
+                    np.zeros(n, np.float32), **kw)
+    assert frozen == b"\0" * (4 * n)
+    calls.clear()
+
+    finals = []
+    for kernels in (True, False):
+        buf = np.zeros(4 * 4 * n + 1, np.uint8)
+        p, g, m, v = (buf[1 + 4 * n * i:1 + 4 * n * (i + 1)].view(np.float32) for i in range(4))
+        p[:], g[:] = np.linspace(-1, 1, n), np.linspace(2, -3, n)
+        assert not p.flags.aligned and p.flags.c_contiguous
+        with _dispatch.use_kernels(kernels):
+            adam_update(p, g, m, v, **kw)
+        finals.append(p.copy())
+    assert calls == [False, False]
+    np.testing.assert_array_equal(*finals)
+
+
+@needs_library
+@pytest.mark.parametrize("options", [dict(lr=np.float64(1e-2)), dict(weight_decay=np.float64(0.1)),
+                                     dict(weight_decay=np.float64(0.1), decoupled_weight_decay=True),
+                                     dict(beta1=np.float64(0.9))], ids=["lr", "l2", "decoupled", "beta1"])
+def test_adam_with_numpy_float64_hyperparameters_equals_the_numpy_passes(options):
+    """An lr (or weight decay, beta1) that is a NumPy float64 (a schedule computed with ``np.cos``): NumPy computes
+    its products with float32 arrays in float64; the compiled loop, which would round it to float32 first, is not
+    taken, so the values stay the NumPy passes'."""
+    def run(kernels):
+        rng = np.random.default_rng(0)
+        n = cpu_kernels.MIN_ELEMENTS + 1
+        p = rng.standard_normal(n).astype(np.float32)
+        m, v = np.zeros_like(p), np.zeros_like(p)
+        kw = dict(dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8), **options)
+        with _dispatch.use_kernels(kernels):
+            for step in (1, 2, 3):
+                adam_update(p, rng.standard_normal(n).astype(np.float32), m, v, step=step, **kw)
+        return p, m, v
+
+    for a, b in zip(run(True), run(False)):
+        np.testing.assert_array_equal(a, b)
+
+
+def _run_probe(env_changes: dict, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env_changes}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=300)
+
+
+@needs_library
+def test_a_library_cut_short_in_the_cache_is_rebuilt_not_loaded(tmp_path):
+    """A cached library cut short (power lost before the disk was written, a copy that stopped) or emptied would
+    crash every later process that loads it (SIGBUS): it is checked against the checksum its build recorded, and
+    rebuilt. The files are readable by others sharing the folder (not mkstemp's 0600)."""
+    cache = tmp_path / "cache"
+    assert _probe({"XPNN_CACHE_DIR": str(cache)}, tmp_path)[0]
+    (lib,) = cache.glob("cpu-*.so")
+    whole = lib.read_bytes()
+    for f in cache.iterdir():
+        assert f.stat().st_mode & 0o044 == 0o044, f
+    for size in (20000, 0):
+        lib.write_bytes(whole[:size])
+        out = _run_probe({"XPNN_CACHE_DIR": str(cache)}, tmp_path)
+        assert out.returncode == 0, (out.returncode, out.stderr)
+        assert out.stdout.split()[0] == "True"
+        assert lib.stat().st_size == len(whole)  # (rebuilt whole)
+
+
+def test_without_a_home_folder_the_cache_is_in_a_private_temporary_folder(monkeypatch, tmp_path):
+    """No $HOME and no passwd entry (a container's user): the cache is this user's folder in the temporary
+    folder, not an exception. That folder is used only when this user owns it and no one else may write to it
+    (a library planted there by another user must never be loaded)."""
+    pwd = pytest.importorskip("pwd", reason="POSIX users")
+
+    def no_user(uid):
+        raise KeyError(uid)
+
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.delenv("XPNN_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_user)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert cpu_kernels._cache_dirs() == [tmp_path / f"xpnn-{os.getuid()}"]
+
+    planted = tmp_path / f"xpnn-{os.getuid()}"
+    planted.mkdir()
+    planted.chmod(0o777)
+    monkeypatch.setenv("CXX", shutil.which("false") or "false")  # (nothing is compiled: the folder is refused)
+    lib, status = cpu_kernels._load()
+    assert lib is None
+    assert "only this user may write" in status and "XPNN_CACHE_DIR" in status
+
+
+def test_an_unwritable_cache_dir_falls_back_to_the_temporary_folder(monkeypatch, tmp_path):
+    """$XPNN_CACHE_DIR that cannot be created (under a regular file): the library goes to this user's temporary
+    folder instead of being left out."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("XPNN_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert cpu_kernels._cache_dirs() == [blocker / "cache", tmp_path / f"xpnn-{cpu_kernels._uid()}"]
+
+
+def test_a_hung_compiler_is_stopped_with_what_it_started(monkeypatch, tmp_path):
+    """A compiler that never finishes: the build is given up after ``BUILD_TIMEOUT_S`` (once: not again in the next
+    cache folder), the NumPy paths run, and the process the compiler started (as g++ starts cc1plus) is killed too,
+    not left running."""
+    if os.name != "posix":
+        pytest.skip("a POSIX shell script stands for the compiler")
+    pidfile = tmp_path / "child.pid"
+    script = tmp_path / "hung-c++"
+    script.write_text(f'#!/bin/sh\n[ "$1" = --version ] && exec echo hung 1.0\nsleep 300 &\necho $! > "{pidfile}"\n'
+                      "wait\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("CXX", str(script))
+    monkeypatch.setenv("XPNN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "BUILD_TIMEOUT_S", 2.0)
+    start = time.monotonic()
+    lib, status = cpu_kernels._load()
+    assert time.monotonic() - start < 3 * 2.0
+    assert lib is None and "was stopped" in status and "CXX" in status
+    child = int(pidfile.read_text())
+    for _ in range(100):  # (SIGKILL is delivered asynchronously)
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the compiler's child process {child} still runs")
+
+
+def test_a_cxx_that_is_not_a_command_line_is_reported(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", 'g++ "-m64')
+    monkeypatch.setenv("XPNN_CACHE_DIR", str(tmp_path))
+    lib, status = cpu_kernels._load()
+    assert lib is None and status.startswith("$CXX=") and "NumPy paths run" in status
+
+
+def test_the_cache_key_names_the_machine(monkeypatch):
+    """A home folder shared by x86-64 and arm64 hosts: each builds its own library (g++ --version does not name
+    its target), instead of one failing to load the other's."""
+    src, cxx = cpu_kernels._source_dir(), ["true"]
+    monkeypatch.setattr(cpu_kernels, "_run", lambda cmd, timeout: subprocess.CompletedProcess(cmd, 0, "c++ 1", ""))
+    keys = set()
+    for machine in ("x86_64", "aarch64"):
+        monkeypatch.setattr(platform, "machine", lambda m=machine: m)
+        keys.add(cpu_kernels._key(cxx, src))
+    assert len(keys) == 2
+
+
+def test_processes_starting_together_compile_once(tmp_path):
+    """Three processes on an empty cache (MPI ranks): one compiles, the others wait for its library (a lock on the
+    cache folder) instead of each compiling on the same cores."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None or os.name != "posix":
+        pytest.skip("g++ and a POSIX shell are needed")
+    log = tmp_path / "builds.log"
+    script = tmp_path / "logging-c++"
+    script.write_text(f'#!/bin/sh\n[ "$1" = --version ] || echo build >> "{log}"\nexec "{cxx}" "$@"\n')
+    script.chmod(0o755)
+    env = {**os.environ, "XPNN_CACHE_DIR": str(tmp_path / "cache"), "CXX": str(script)}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    procs = [subprocess.Popen([sys.executable, "-c", _PROBE], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env, cwd=tmp_path) for _ in range(3)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert out.split()[0] == "True", out
+    assert log.read_text().split() == ["build"]
+
+
+def test_status_with_kernels_off_compiles_nothing(monkeypatch):
+    """``XPNN_DISABLE_KERNELS=1`` is the way to skip a build that fails or hangs: ``status()`` (``xpnn info``) then
+    reports "off" without building."""
+    loads = []
+    monkeypatch.setattr(cpu_kernels, "_state", {})
+    monkeypatch.setattr(cpu_kernels, "_load", lambda: loads.append(1) or (None, "not built"))
+    with _dispatch.use_kernels(False):
+        assert cpu_kernels.status().startswith("off")
+    assert loads == []
+    assert cpu_kernels.status() == "not built" and loads == [1]
+
+
+@pytest.mark.parametrize("value", ["True", "ON", "Yes"])
+def test_xpnn_disable_kernels_is_read_in_any_case(value):
+    env = {**os.environ, "XPNN_DISABLE_KERNELS": value}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    out = subprocess.run([sys.executable, "-c", "import xpnn; print(xpnn.kernels_enabled())"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+def test_a_fork_while_another_thread_builds_does_not_deadlock_the_child(monkeypatch):
+    """A process forked while another thread holds the build lock (a DataLoader's workers started during the first
+    Adam step): the child's first kernel call builds or loads on its own instead of waiting forever."""
+    monkeypatch.setattr(cpu_kernels, "_state", {})
+    monkeypatch.setattr(cpu_kernels, "_load", lambda: (None, "stub"))
+    with cpu_kernels._lock:
+        pid = os.fork()
+        if pid == 0:  # the child: exit status 0 once library() returned
+            os._exit(0 if cpu_kernels.library() is None else 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child waited on the build lock forever")
+
+
+_FAST_MATH_PROBE = textwrap.dedent("""
+    import numpy as np
+    from xpnn import _dispatch
+    from xpnn.functional import cpu_kernels
+    from xpnn.functional.updates import adam_update
+    assert cpu_kernels.library() is not None, cpu_kernels.status()
+    tiny = np.float32(1e-38) / np.float32(1e4)
+    print("subnormals kept:", bool(tiny != 0))
+    finals = []
+    for kernels in (True, False):
+        rng = np.random.default_rng(0)
+        p = rng.standard_normal(cpu_kernels.MIN_ELEMENTS).astype(np.float32)
+        m, v, vmax = (np.zeros_like(p) for _ in range(3))
+        with _dispatch.use_kernels(kernels), np.errstate(all="ignore"):
+            for step in (1, 2, 3):
+                g = rng.standard_normal(p.size).astype(np.float32)
+                g[:5] = (np.nan, np.inf, -np.inf, 0.0, -0.0)
+                adam_update(p, g, m, v, vmax, step=step, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8,
+                            weight_decay=0.1, amsgrad=True, maximize=True)
+        finals.append(np.concatenate([p, m, v, vmax]).view(np.uint32))
+    print("bit for bit:", bool((finals[0] == finals[1]).all()))
+""")
+
+
+@needs_library
+def test_fast_math_in_cxx_is_cancelled(tmp_path):
+    """CXX="g++ -ffast-math" (or -Ofast): the build's flags cancel it, so the compiled Adam still equals the NumPy
+    passes bit for bit (NaN and inf gradients included), and loading the library leaves the process's
+    floating-point mode alone (GCC links crtfastmath.o into a -ffast-math library, which turns on flush-to-zero
+    for the whole process: NumPy's subnormals would become 0)."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ is not installed")
+    for fast in ("-ffast-math", "-Ofast"):
+        env = {**os.environ, "CXX": f"{gxx} {fast}", "XPNN_CACHE_DIR": str(tmp_path / "cache")}
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        out = subprocess.run([sys.executable, "-c", _FAST_MATH_PROBE], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split("\n")[:2] == ["subnormals kept: True", "bit for bit: True"], (fast, out.stdout)
+
+
+@needs_library
+def test_adam_on_views_at_odd_offsets_of_one_buffer_equals_the_numpy_passes(monkeypatch):
+    """Parameter, gradient and states as adjacent views of one buffer, starting 3 elements in (not at a vector
+    boundary): the compiled pass runs (each is its own memory) and gives the NumPy passes' values."""
+    calls = []
+    real = cpu_kernels.adam_update
+    monkeypatch.setattr(cpu_kernels, "adam_update", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
+    n = cpu_kernels.MIN_ELEMENTS + 5
+    finals = []
+    for kernels in (True, False):
+        rng = np.random.default_rng(3)
+        buf = np.zeros(3 + 5 * n, np.float64)
+        p, g, m, v, vmax = (buf[3 + i * n:3 + (i + 1) * n] for i in range(5))
+        p[:] = rng.standard_normal(n)
+        with _dispatch.use_kernels(kernels):
+            for step in (1, 2):
+                g[:] = rng.standard_normal(n)
+                adam_update(p, g, m, v, vmax, step=step, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, amsgrad=True)
+        finals.append(buf.copy())
+    assert calls == [True, True, False, False]
+    np.testing.assert_array_equal(*finals)
+
+
+def test_the_cache_folder_settings_are_read_as_documented(monkeypatch, tmp_path):
+    """``XPNN_CACHE_DIR`` with a ``~`` (written unexpanded in a .env or YAML file) is the home folder's; a relative
+    ``XDG_CACHE_HOME`` is ignored (the XDG specification); the private temporary folder comes last."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    last = tmp_path / f"xpnn-{cpu_kernels._uid()}"
+    monkeypatch.setenv("XPNN_CACHE_DIR", "~/xpnn-cache")
+    assert cpu_kernels._cache_dirs() == [tmp_path / "home" / "xpnn-cache", last]
+    monkeypatch.delenv("XPNN_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    assert cpu_kernels._cache_dirs() == [tmp_path / "home" / ".cache" / "xpnn", last]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cpu_kernels._cache_dirs() == [tmp_path / "xdg" / "xpnn", last]

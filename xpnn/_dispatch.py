@@ -17,7 +17,8 @@ import array_api_compat
 
 Provider = Callable[[str, Any, Any], Optional[Callable[..., Any]]]
 
-_enabled: list[bool] = [os.environ.get("XPNN_DISABLE_KERNELS", "").strip() not in ("1", "true", "yes")]
+# (any case: XPNN_DISABLE_KERNELS=True, as a shell or a YAML file writes it, turns them off too)
+_enabled: list[bool] = [os.environ.get("XPNN_DISABLE_KERNELS", "").strip().lower() not in ("1", "true", "yes", "on")]
 _provider: list[Optional[Provider]] = [None]
 
 

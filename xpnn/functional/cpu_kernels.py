@@ -15,9 +15,11 @@ accumulator and a transpose, where one loop gathers each dx row once.
   results equal the NumPy path's bit for bit.
 - Built on first use with the system C++ compiler (``$CXX``, else the first of ``c++``, ``g++``, ``clang++`` on
   PATH; ~1 s), cached as ``cpu-<hash>.so`` in ``$XPNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/xpnn``, else
-  ``~/.cache/xpnn`` (else the temporary folder). The hash covers the sources, the flags and the compiler's
-  ``--version``; the file is written under a temporary name and renamed, so processes building at once (MPI ranks,
-  test workers) never load a partial library.
+  ``~/.cache/xpnn``; where that cannot be written or loaded from, in this user's private ``xpnn-<uid>`` in the
+  temporary folder. The hash covers the sources, the flags, the machine and the compiler's ``--version``. The file
+  is written under a temporary name and renamed, with its SHA-256 next to it (a library cut short by a crash is
+  rebuilt, never loaded); processes starting together (MPI ranks, test workers) wait on a lock of the folder for
+  one build. A build past ``BUILD_TIMEOUT_S`` is killed with everything the compiler started.
 - Called through ctypes, which releases the GIL for the call.
 - Where no compiler is found or the build fails, ``library()`` is None, ``status()`` says why, and the NumPy paths
   run (the same results, slower). ``XPNN_DISABLE_KERNELS=1`` / ``xpnn.set_kernels_enabled(False)`` turn these off
@@ -25,16 +27,21 @@ accumulator and a transpose, where one loop gathers each dx row once.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
+import platform
 import shlex
 import shutil
+import signal
+import stat
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -45,17 +52,40 @@ __all__ = ["library", "status", "adam_update", "shift_planes_fn", "shift_row_sum
 
 #: the sources compiled into the library, in ``kernels/cpu``
 SOURCES = ("optimizers.cpp", "conv.cpp", "im2col.cpp")
+#: -fno-fast-math -fno-unsafe-math-optimizations: cancel those in $CXX (CXX="g++ -ffast-math" would reorder the math,
+#: and link crtfastmath.o, whose loading turns on flush-to-zero for the whole process, NumPy included);
 #: -ffp-contract=off: each a*b+c rounded twice, as NumPy's separate ufuncs (results equal the NumPy path's);
 #: -fno-math-errno: sqrt as one instruction (no errno to set; its result is the same correctly rounded value)
-FLAGS = ("-std=c++17", "-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-fvisibility=hidden")
+FLAGS = ("-std=c++17", "-O3", "-fno-fast-math", "-fno-unsafe-math-optimizations", "-ffp-contract=off",
+         "-fno-math-errno", "-fPIC", "-shared", "-fvisibility=hidden")
 _COMPILERS = ("c++", "g++", "clang++")
 #: elements from which an update takes the compiled loop: below, a ctypes call (~5 us with its arguments) costs
 #: more than NumPy's passes over a small array
 MIN_ELEMENTS = 1 << 12
+#: seconds the compiler may take (~1.5 s alone here; ~10 s with 8 processes building at once on 2 cores) before the
+#: build is given up (the compiler and everything it started killed) and the NumPy paths run: a hung compiler
+#: delays the first training step by this much once, never more
+BUILD_TIMEOUT_S = 120.0
+#: seconds for ``$CXX --version`` (part of the cache key)
+VERSION_TIMEOUT_S = 20.0
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {}  # "lib": the loaded library or None, "status": why (set once, under _lock)
+# "loaded": (the loaded library or None, the status line), set once (under _lock) in one assignment
+_state: dict[str, tuple[Optional[ctypes.CDLL], str]] = {}
 _C_TYPES = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}
+_ADVICE = "the NumPy paths run"
+_PLAIN = (float, int)  # scalar types that NumPy rounds to an array's dtype as ctypes does
+
+
+def _after_fork_in_child() -> None:
+    """A fork while another thread held ``_lock`` (building) leaves the child's copy held by a thread that does not
+    exist there: a new lock, so that the child's first kernel call builds or loads instead of waiting forever."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _source_dir() -> Optional[Path]:
@@ -67,56 +97,165 @@ def _source_dir() -> Optional[Path]:
     return None
 
 
-def _compiler() -> Optional[list[str]]:
+def _compiler() -> tuple[Optional[list[str]], str]:
     """The C++ compiler command: ``$CXX`` (split like a shell word list) if set, else the first of ``c++``, ``g++``,
-    ``clang++`` on PATH; None when there is none."""
+    ``clang++`` on PATH; ``(None, why)`` when there is none."""
     env = os.environ.get("CXX", "").strip()
     if env:
-        cmd = shlex.split(env)
-        return cmd if shutil.which(cmd[0]) else None
+        try:
+            cmd = shlex.split(env)
+        except ValueError as e:
+            return None, f"$CXX={env!r} is not a command line ({e}): {_ADVICE} (set CXX to a C++ compiler)"
+        if shutil.which(cmd[0]):
+            return cmd, ""
+        return None, f"no C++ compiler: $CXX={env!r} names no program on PATH: {_ADVICE} (set CXX to an installed one)"
     for name in _COMPILERS:
         path = shutil.which(name)
         if path:
-            return [path]
-    return None
+            return [path], ""
+    return None, (f"no C++ compiler found ($CXX, c++, g++ or clang++ on PATH): {_ADVICE} (install one, e.g. g++, "
+                  "for the compiled CPU kernels)")
+
+
+def _uid() -> str:
+    return str(os.getuid()) if hasattr(os, "getuid") else "user"
 
 
 def _cache_dirs() -> list[Path]:
-    """Where the built library may be kept, in order of preference."""
-    env = os.environ.get("XPNN_CACHE_DIR")
+    """Where the built library may be kept, in order of preference: ``$XPNN_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/xpnn`` (an absolute path only, as the XDG specification says), else ``~/.cache/xpnn`` (none
+    where there is no home folder: a container's user without one); then this user's folder in the temporary folder
+    (where the first cannot be written or loaded from, e.g. a read-only or ``noexec`` home)."""
+    dirs = []
+    env = os.environ.get("XPNN_CACHE_DIR", "").strip()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    home = os.path.expanduser("~")  # ("~" itself where no home folder is known)
     if env:
-        return [Path(env)]
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return [base / "xpnn", Path(tempfile.gettempdir()) / f"xpnn-{os.getuid() if hasattr(os, 'getuid') else 'user'}"]
+        dirs.append(Path(env).expanduser())
+    elif os.path.isabs(xdg):
+        dirs.append(Path(xdg) / "xpnn")
+    elif home != "~":
+        dirs.append(Path(home) / ".cache" / "xpnn")
+    dirs.append(Path(tempfile.gettempdir()) / f"xpnn-{_uid()}")
+    return dirs
 
 
 def _key(cxx: list[str], src: Path) -> str:
-    """Hash of the sources (with the headers they include), the flags and the compiler's version."""
+    """Hash of the sources (with the headers they include), the flags, the machine and the compiler's version."""
     h = hashlib.sha256()
     for f in sorted(src.parent.glob("*.cuh")) + [src / s for s in SOURCES]:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     h.update(" ".join(FLAGS).encode())
     try:
-        version = subprocess.run([*cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+        version = _run([*cxx, "--version"], VERSION_TIMEOUT_S).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
-    h.update(" ".join(cxx).encode() + b"\0" + version.encode())
+    # (the machine: a home folder shared by x86-64 and arm64 hosts keeps one library of each; the version line of
+    # g++ does not name its target)
+    h.update(" ".join(cxx).encode() + b"\0" + version.encode() + b"\0" + platform.machine().encode())
     return h.hexdigest()[:20]
 
 
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run ``cmd`` capturing its output, in its own process group: on a timeout (``subprocess.TimeoutExpired``) or
+    an interrupt, the whole group is killed (a compiler driver's ``cc1plus`` and ``ld`` too, which killing the
+    driver alone leaves running)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=hasattr(os, "killpg"))
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:  # a timeout, or Ctrl-C (which no longer reaches the compiler in its own session)
+        try:
+            if hasattr(os, "killpg"):
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+        except ProcessLookupError:  # (all of it had exited)
+            pass
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _checksum_file(target: Path) -> Path:
+    return target.with_suffix(".sha256")
+
+
+def _intact(target: Path) -> bool:
+    """Whether ``target`` is whole: its SHA-256 is the one its build recorded next to it (``.sha256``, written
+    after the library). A library cut short (power lost before the disk was written, a copy that stopped) would
+    crash the process that loads it (SIGBUS) instead of raising, so it is rebuilt instead of loaded."""
+    try:
+        return hashlib.sha256(target.read_bytes()).hexdigest() == _checksum_file(target).read_text().strip()
+    except OSError:
+        return False
+
+
+def _private_folder(folder: Path) -> None:
+    """Create ``folder`` for this user only, and check that it is this user's and no one else may write to it
+    (an OSError if not): a library in the shared temporary folder planted by another user must never be loaded."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(folder)
+    if hasattr(os, "getuid") and (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid()
+                                  or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+        raise PermissionError(f"{folder} is not a folder of this user's that only this user may write to")
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` (POSIX): processes starting together (MPI ranks, test workers)
+    wait for one build instead of each compiling. Where locks are not supported, or the holder takes past
+    ``BUILD_TIMEOUT_S`` (a stopped process), the caller goes on without the lock (the build is atomic anyway)."""
+    try:
+        import fcntl
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        deadline = time.monotonic() + BUILD_TIMEOUT_S + 10
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            except OSError:  # (no locks on this file system)
+                break
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` as a whole (a temporary file in its folder, then a rename), readable by all."""
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # (mkstemp's 0600: others sharing $XPNN_CACHE_DIR could not read it)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _build(cxx: list[str], src: Path, target: Path) -> Optional[str]:
-    """Compile the sources into ``target`` (atomically: a temporary file in its folder, then a rename); the
-    compiler's message when it fails, else None."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Compile the sources into ``target`` (atomically: a temporary file in its folder, then a rename), then record
+    its checksum (see ``_intact``); the compiler's message when it fails, else None. Raises
+    ``subprocess.TimeoutExpired`` past ``BUILD_TIMEOUT_S``."""
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([*cxx, *FLAGS, "-o", tmp, *(str(src / s) for s in SOURCES)], capture_output=True,
-                              text=True, timeout=300)
+        proc = _run([*cxx, *FLAGS, "-o", tmp, *(str(src / s) for s in SOURCES)], BUILD_TIMEOUT_S)
         if proc.returncode != 0:
             return (proc.stderr or proc.stdout).strip()[-2000:] or f"exit status {proc.returncode}"
+        os.chmod(tmp, 0o755)  # (some linkers keep mkstemp's 0600: others sharing $XPNN_CACHE_DIR could not load it)
+        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
         os.replace(tmp, target)
+        _write_atomically(_checksum_file(target), digest.encode())
         return None
     finally:
         if os.path.exists(tmp):
@@ -126,27 +265,38 @@ def _build(cxx: list[str], src: Path, target: Path) -> Optional[str]:
 def _load() -> tuple[Optional[ctypes.CDLL], str]:
     src = _source_dir()
     if src is None:
-        return None, "the CPU kernel sources (kernels/cpu) were not found: reinstall xpnn"
-    cxx = _compiler()
+        return None, f"the CPU kernel sources (kernels/cpu) were not found: {_ADVICE} (reinstall xpnn)"
+    cxx, why = _compiler()
     if cxx is None:
-        return None, ("no C++ compiler found ($CXX, c++, g++ or clang++ on PATH): the NumPy paths run (install "
-                      "one, e.g. g++, for the compiled CPU kernels)")
+        return None, why
     key = _key(cxx, src)
     errors = []
-    for folder in _cache_dirs():
+    folders = _cache_dirs()
+    for folder in folders:
         target = folder / f"cpu-{key}.so"
         try:
-            if not target.is_file():
-                message = _build(cxx, src, target)
-                if message is not None:
-                    return None, f"building the CPU kernels with {cxx[0]} failed: {message}"
+            if folder == folders[-1]:  # (the temporary folder's)
+                _private_folder(folder)
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
+            if not _intact(target):
+                with _folder_lock(folder):
+                    if not _intact(target):  # (not built by the process that held the lock)
+                        message = _build(cxx, src, target)
+                        if message is not None:
+                            return None, (f"building the CPU kernels with {' '.join(cxx)} failed: {_ADVICE} (set CXX "
+                                          f"to a working C++ compiler): {message}")
             lib = ctypes.CDLL(str(target))
-        except (OSError, subprocess.SubprocessError) as e:  # a folder we cannot write, a build that timed out
+        except subprocess.TimeoutExpired:
+            return None, (f"building the CPU kernels with {' '.join(cxx)} took over {BUILD_TIMEOUT_S:g} s and was "
+                          f"stopped: {_ADVICE} (set CXX to a working C++ compiler)")
+        except OSError as e:  # a folder we cannot write, or load from (noexec), or a library that does not load
             errors.append(f"{folder}: {e}")
             continue
         _declare(lib)
-        return lib, f"compiled with {cxx[0]} ({target})"
-    return None, "the CPU kernels could not be built or loaded: " + "; ".join(errors)
+        return lib, f"compiled with {' '.join(cxx)} ({target})"
+    return None, (f"the CPU kernels could not be built or loaded in a cache folder: {_ADVICE} (set XPNN_CACHE_DIR to a "
+                  "writable folder, or CXX to a C++ compiler for this machine): " + "; ".join(errors))
 
 
 def _signatures() -> dict[str, list[Any]]:
@@ -181,38 +331,51 @@ def _declare(lib: ctypes.CDLL) -> None:
 def library() -> Optional[ctypes.CDLL]:
     """The compiled CPU kernels (built and loaded on the first call), or None where they cannot be built (see
     ``status``). Never raises."""
-    lib = _state.get("lib", False)
-    if lib is not False:
-        return lib
-    with _lock:
-        if "lib" not in _state:
-            try:
-                _state["lib"], _state["status"] = _load()
-            except Exception as e:  # noqa: BLE001 (never fail a training step over an optional speed-up)
-                _state["lib"], _state["status"] = None, f"the CPU kernels could not be loaded: {e!r}"
-    return _state["lib"]
+    loaded = _state.get("loaded")
+    if loaded is None:
+        with _lock:
+            loaded = _state.get("loaded")
+            if loaded is None:
+                try:
+                    loaded = _load()
+                except Exception as e:  # noqa: BLE001 (never fail a training step over an optional speed-up)
+                    loaded = None, f"the CPU kernels could not be loaded: {_ADVICE}: {e!r}"
+                _state["loaded"] = loaded
+    return loaded[0]
 
 
 def status() -> str:
-    """Whether the compiled CPU kernels are in use, and why not (builds them if that was not tried yet)."""
-    lib = library()
+    """Whether the compiled CPU kernels are in use, and why not. Builds them if that was not tried yet, unless the
+    kernels are off (then nothing is compiled: ``XPNN_DISABLE_KERNELS=1`` is the way to skip a build that fails or
+    hangs)."""
     if not _dispatch.kernels_enabled():
-        return "off (XPNN_DISABLE_KERNELS / set_kernels_enabled(False))" + ("" if lib else "; " + _state["status"])
-    return _state["status"]
+        loaded = _state.get("loaded")
+        return ("off (XPNN_DISABLE_KERNELS=1 or xpnn.set_kernels_enabled(False)): the NumPy paths run"
+                + ("" if loaded is None else f"; when on: {loaded[1]}"))
+    library()
+    return _state["loaded"][1]
 
 
-def _usable(arrays: tuple[Any, ...]) -> bool:
-    """Whether the arrays (None entries skipped) are C-contiguous NumPy float32/float64 arrays of one shape and
-    dtype, at least ``MIN_ELEMENTS`` long, each its own memory."""
+def _pointers(arrays: tuple[Any, ...]) -> Optional[list[Optional[int]]]:
+    """The arrays' data addresses (None for None entries) where they are C-contiguous, aligned, writeable NumPy
+    float32/float64 arrays of one shape and dtype (native byte order), at least ``MIN_ELEMENTS`` long, each its own
+    memory; else None. (A read-only array makes NumPy raise where the C loop would write it; a misaligned one is
+    undefined behaviour in C.) Each address is read once (``ndarray.ctypes.data``: ~1 us each)."""
     first = arrays[0]
     if first.dtype not in _C_TYPES or first.size < MIN_ELEMENTS:
-        return False
-    present = [a for a in arrays if a is not None]
-    for a in present:
-        if type(a) is not np.ndarray or a.shape != first.shape or a.dtype != first.dtype or not a.flags.c_contiguous:
-            return False
-    spans = sorted((a.__array_interface__["data"][0], a.nbytes) for a in present)
-    return all(lo + n <= nxt for (lo, n), (nxt, _) in zip(spans, spans[1:]))  # no two overlap
+        return None
+    for a in arrays:
+        if a is None:
+            continue
+        if type(a) is not np.ndarray or a.shape != first.shape or a.dtype != first.dtype:
+            return None
+        flags = a.flags
+        if not (flags.c_contiguous and flags.aligned and flags.writeable):
+            return None
+    pointers = [None if a is None else a.ctypes.data for a in arrays]
+    spans = sorted(p for p in pointers if p is not None)
+    nbytes = first.nbytes
+    return pointers if all(lo + nbytes <= nxt for lo, nxt in zip(spans, spans[1:])) else None  # no two overlap
 
 
 def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray,
@@ -220,21 +383,25 @@ def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_av
                 beta2: float, eps: float, weight_decay: float, decoupled_weight_decay: bool, amsgrad: bool,
                 maximize: bool) -> bool:
     """``updates.adam_update`` on NumPy arrays in one compiled pass; ``scalars`` = ``(step_size, bc2_sqrt, decay)``
-    as ``updates._adam_scalars`` gives them (Python floats). False (nothing done) where it does not apply: kernels
-    off or not built, arrays that are not ``_usable``."""
+    as ``updates._adam_scalars`` gives them. False (nothing done) where it does not apply: kernels off or not built,
+    arrays that ``_pointers`` refuses, or a ``step_size``, ``decay`` or ``weight_decay`` that is not a Python float or
+    int (a NumPy float64 lr, e.g. from ``np.cos`` in a schedule, makes NumPy compute those products of float32
+    arrays in float64, where the compiled loop rounds the scalar to float32 first)."""
     if not _dispatch.kernels_enabled():
         return False
-    arrays = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None)
-    if not _usable(arrays):
+    step_size, bc2_sqrt, decay = scalars
+    if type(step_size) not in _PLAIN or type(decay) not in _PLAIN or type(weight_decay) not in _PLAIN:
+        return False
+    pointers = _pointers((param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None))
+    if pointers is None:
         return False
     lib = library()
     if lib is None:
         return False
-    step_size, bc2_sqrt, decay = scalars
     fn = getattr(lib, f"xpnn_cpu_adam_{param.dtype.name}")
     # the scalars are rounded to the arrays' dtype by ctypes, as NumPy rounds a Python float operand
-    fn(*(None if a is None else a.ctypes.data for a in arrays), param.size, beta1, 1 - beta1, beta2, 1 - beta2, eps,
-       weight_decay, decay, step_size, bc2_sqrt, int(decoupled_weight_decay), int(amsgrad), int(maximize))
+    fn(*pointers, param.size, beta1, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, decay, step_size, bc2_sqrt,
+       int(decoupled_weight_decay), int(amsgrad), int(maximize))
     return True
 
 
