@@ -417,8 +417,8 @@ def _conv_kernel(name: str, *arrays: Any) -> Any:
     dtype = arrays[0].dtype
     if dtype not in _C_TYPES or not _dispatch.kernels_enabled():
         return None
-    for a in arrays:
-        if a is not None and (type(a) is not np.ndarray or a.dtype != dtype):
+    for a in arrays:  # (misaligned: undefined behaviour in C; the arrays written are conv_numpy's own buffers)
+        if a is not None and (type(a) is not np.ndarray or a.dtype != dtype or not a.flags.aligned):
             return None
     lib = library()
     return None if lib is None else getattr(lib, f"xpnn_cpu_{name}_{dtype.name}")
@@ -497,6 +497,8 @@ def shift_dw_rows_fn(est: np.ndarray, pg: np.ndarray, at: int, dh: int, wp: int)
         fn(ep, pp + k * sn, *rest)
 
     return rows
+
+
 #: the scatters of ``conv_numpy`` with a compiled gather-form col2im (kernels/cpu/im2col.cpp)
 COL2IM_PATHS = ("batch_last", "channels_last", "rows", "cols")
 
@@ -519,7 +521,7 @@ def _im2col_lib(*arrays: np.ndarray) -> Optional[ctypes.CDLL]:
         return None
     dtype = arrays[0].dtype
     if dtype not in _C_TYPES or any(type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous
-                                    for a in arrays):
+                                    or not a.flags.aligned for a in arrays):
         return None
     return library()
 
@@ -547,7 +549,7 @@ def col2im(path: str, columns: np.ndarray, dx: np.ndarray, g: Any, groups: int) 
     lib = _im2col_lib(columns)
     item = columns.itemsize
     if lib is None or type(dx) is not np.ndarray or dx.dtype != columns.dtype or dx.shape != (g.n, g.c, g.h, g.w) \
-            or not dx.flags.writeable or (g.w > 1 and dx.strides[3] != item) or any(s % item for s in dx.strides) \
+            or not (dx.flags.writeable and dx.flags.aligned) or (g.w > 1 and dx.strides[3] != item) or any(s % item for s in dx.strides) \
             or columns.size != g.n * g.c * g.offsets * g.oh * g.ow or g.c % groups \
             or path == "rows" and g.sh != 1 or path == "batch_last" and (g.sh, g.sw) != (1, 1):
         return False
