@@ -44,7 +44,7 @@ from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from .. import _dispatch
 from .._cuda import registry
-from . import _workspace, cpu_threads
+from . import _workspace, cpu_kernels, cpu_threads
 from ..autograd.op import Context, register_override
 from .conv import Conv2d, Conv2dGeometry, conv2d_geometry, im2col
 from .pooling import MaxPool2d, first_inbounds_offset, pool2d_geometry, window_max
@@ -639,9 +639,14 @@ def max_pool2d_numpy(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, np.n
     axis). Each step is branch-free: ``maximum(v, m)`` returns its second operand on ties (so m keeps the earlier
     value, -0.0 included, exactly as ``copyto(m, v, where=v > m)``) and the index takes ``a + win * (k - a)``;
     masked copies with data-dependent masks ran 5x slower. Input with a NaN (which ``maximum`` carries into y, found
-    by ``_all_finite``: one dot product of y with itself) is left to the reference, which makes the NaN win its
-    window. A window of only -inf (padding included) picks its first in-bounds element, as the reference
-    (``pooling.window_max``)."""
+    by ``_all_finite``: one dot product of y with itself) takes the reference's argmax (the last NaN of a window) and
+    its y in the NaN windows (the first NaN). A window of only -inf (padding included) picks its first in-bounds element, as the reference
+    (``pooling.window_max``). The compiled kernel (``cpu_kernels.max_pool2d``), where it applies, computes the same y
+    and argmax in one pass, NaN windows included."""
+    y = _workspace.buffer("max_pool2d.out", (g.n, g.c, g.oh, g.ow), x.dtype)  # the output, free again once dropped
+    arg = _workspace.buffer("max_pool2d.argmax", y.shape, np.int32)  # kept out of reuse while saved for backward
+    if cpu_kernels.max_pool2d(x, g, y, arg):
+        return y, arg
     xpad = _padded(x, g, -np.inf, "max_pool2d.pad")
     rows = xpad[:, :, :g.dh * (g.kh - 1) + g.sh * (g.oh - 1) + 1]  # the rows some window reaches
     hshape = (g.n, g.c, rows.shape[2], g.ow)
@@ -652,9 +657,7 @@ def max_pool2d_numpy(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, np.n
         harg.fill(0)
     _running_max(hmax, harg, [(rows[..., g.window(0, j)[1]], j) for j in range(1, g.kw)], "max_pool2d.row",
                  a_zero=True)
-    y = _workspace.buffer("max_pool2d.out", (g.n, g.c, g.oh, g.ow), x.dtype)  # the output, free again once dropped
     np.copyto(y, hmax[:, :, g.window(0, 0)[0]])
-    arg = _workspace.buffer("max_pool2d.argmax", y.shape, np.int32)  # kept out of reuse while saved for backward
     np.copyto(arg, harg[:, :, g.window(0, 0)[0]])
     steps = []
     for i in range(1, g.kh):
@@ -662,8 +665,12 @@ def max_pool2d_numpy(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, np.n
         steps.append((hmax[:, :, hs], np.add(harg[:, :, hs], np.int32(i * g.kw),
                                               out=_workspace.buffer(f"max_pool2d.row_arg{i}", y.shape, np.int32))))
     _running_max(y, arg, steps, "max_pool2d.col")
-    if not _all_finite(y) and np.isnan(y).any():  # a NaN in some window
-        return window_max(np, im2col(x, g, pad_value=-math.inf).reshape(g.n, g.c, g.offsets, g.oh, g.ow), g)
+    if not _all_finite(y) and np.isnan(y).any():  # a NaN in some window: the reference's argmax and NaN
+        # (y elsewhere stays the first maximum, its signed zero included: NumPy's max keeps the last of +0.0/-0.0)
+        y_ref, arg_ref = window_max(np, im2col(x, g, pad_value=-math.inf).reshape(g.n, g.c, g.offsets, g.oh, g.ow), g)
+        np.copyto(y, y_ref, where=np.isnan(y_ref))
+        np.copyto(arg, arg_ref)
+        return y, arg
     if g.pt or g.pl:  # only top/left padding can come first in a window (every window starts in it or the input)
         np.copyto(arg, first_inbounds_offset(np, g), where=y == -np.inf)
     return y, arg
@@ -703,7 +710,14 @@ def max_pool2d_backward_numpy(argmax: np.ndarray, dy: np.ndarray, g: Conv2dGeome
     input pixel is in one window: the routed values are written straight into a fresh dx, with no zeroed
     accumulator. For finite dy a routed value is the product ``hit * dy`` (a pixel that did not win gets
     ``0 * dy``: -0.0 where dy < 0, which compares equal to the reference's +0.0); dy with an inf or NaN (``0 * inf``
-    is NaN) takes ``where(hit, dy, 0)``, the reference's rule (and PyTorch's: 0 for the pixels that did not win)."""
+    is NaN) takes ``where(hit, dy, 0)``, the reference's rule (and PyTorch's: 0 for the pixels that did not win).
+    The compiled kernel (``cpu_kernels.max_pool2d_backward``), where it applies, computes the same dx in one pass."""
+    tiles = (g.sh == g.kh and g.sw == g.kw and g.dh == g.dw == 1 and g.oh * g.kh == g.hp == g.h
+             and g.ow * g.kw == g.wp == g.w)
+    if cpu_kernels.pooling_applies(g, argmax, dy):
+        dx = _workspace.buffer("max_pool2d.dx", (g.n, g.c, g.h, g.w), dy.dtype)
+        if cpu_kernels.max_pool2d_backward(argmax, dy, g, dx, (2 if _all_finite(dy) else 1) if tiles else 0):
+            return dx
     hit = _workspace.buffer("max_pool2d.hit", dy.shape, bool)
     finite = _all_finite(dy)
 
@@ -714,8 +728,6 @@ def max_pool2d_backward_numpy(argmax: np.ndarray, dy: np.ndarray, g: Conv2dGeome
         else:
             np.copyto(out, np.where(hit, dy, dy.dtype.type(0)))
 
-    tiles = (g.sh == g.kh and g.sw == g.kw and g.dh == g.dw == 1 and g.oh * g.kh == g.hp == g.h
-             and g.ow * g.kw == g.wp == g.w)
     if tiles:
         dx = _workspace.buffer("max_pool2d.dx", (g.n, g.c, g.h, g.w), dy.dtype)  # every entry written below
         for k in range(g.offsets):

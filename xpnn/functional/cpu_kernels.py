@@ -36,10 +36,10 @@ import numpy as np
 
 from .. import _dispatch
 
-__all__ = ["library", "status", "adam_update", "SOURCES", "FLAGS"]
+__all__ = ["library", "status", "adam_update", "max_pool2d", "max_pool2d_backward", "pooling_applies", "SOURCES", "FLAGS"]
 
 #: the sources compiled into the library, in ``kernels/cpu``
-SOURCES = ("optimizers.cpp",)
+SOURCES = ("optimizers.cpp", "pooling.cpp")
 #: -ffp-contract=off: each a*b+c rounded twice, as NumPy's separate ufuncs (results equal the NumPy path's);
 #: -fno-math-errno: sqrt as one instruction (no errno to set; its result is the same correctly rounded value)
 FLAGS = ("-std=c++17", "-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-fvisibility=hidden")
@@ -151,6 +151,12 @@ def _signatures() -> dict[str, list[Any]]:
         # xpnn_cpu_adam_<dtype>(param, grad, exp_avg, exp_avg_sq, vmax, n, beta1, 1 - beta1, beta2, 1 - beta2, eps,
         #                       weight_decay, decay, step_size, bc2_sqrt, decoupled, amsgrad, maximize)
         sig[f"xpnn_cpu_adam_{dtype.name}"] = [ctypes.c_void_p] * 5 + [ctypes.c_longlong] + [c] * 9 + [ctypes.c_int] * 3
+        # xpnn_cpu_max_pool2d_<dtype>(x, y, argmax, planes, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+        sig[f"xpnn_cpu_max_pool2d_{dtype.name}"] = [ctypes.c_void_p] * 3 + [ctypes.c_longlong] + [ctypes.c_int] * 12
+        # xpnn_cpu_max_pool2d_backward_<dtype>(argmax, dy, dx, planes, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+        #                                      tiles)
+        sig[f"xpnn_cpu_max_pool2d_backward_{dtype.name}"] = ([ctypes.c_void_p] * 3 + [ctypes.c_longlong]
+                                                             + [ctypes.c_int] * 13)
     return sig
 
 
@@ -219,4 +225,45 @@ def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_av
     # the scalars are rounded to the arrays' dtype by ctypes, as NumPy rounds a Python float operand
     fn(*(None if a is None else a.ctypes.data for a in arrays), param.size, beta1, 1 - beta1, beta2, 1 - beta2, eps,
        weight_decay, decay, step_size, bc2_sqrt, int(decoupled_weight_decay), int(amsgrad), int(maximize))
+    return True
+
+
+def _pool_geometry(g: Any) -> tuple[int, ...]:
+    """(planes, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow) of a ``Conv2dGeometry`` for the pooling kernels."""
+    return g.n * g.c, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow
+
+
+def pooling_applies(g: Any, *arrays: Any) -> bool:
+    """Whether the pooling kernels run for geometry g (a ``Conv2dGeometry``) on these arrays: kernels on and built,
+    C-contiguous NumPy arrays, the float ones float32 or float64 (one dtype), the others int32 (argmax), and padded
+    planes below 2^31 elements (the kernels' index math within a plane is 32-bit)."""
+    if not _dispatch.kernels_enabled() or g.hp * g.wp >= 1 << 31:
+        return False
+    if not all(type(a) is np.ndarray and a.flags.c_contiguous for a in arrays):
+        return False
+    floats = {a.dtype for a in arrays if a.dtype != np.int32}
+    return len(floats) == 1 and floats <= _C_TYPES.keys() and library() is not None
+
+
+def max_pool2d(x: np.ndarray, g: Any, y: np.ndarray, argmax: np.ndarray) -> bool:
+    """``conv_numpy.max_pool2d_numpy`` in one compiled pass: y (N, C, OH, OW) and int32 argmax (the winning offset
+    ``i * kw + j``) written for x (N, C, H, W) of geometry g, each window's winner by the CUDA kernel's rule
+    (``kernels/max_pool.cuh``: the first maximum; a NaN window's first NaN in y and its last NaN in argmax; padding
+    never winning). False (nothing done) where ``pooling_applies`` does not hold."""
+    if not pooling_applies(g, x, y, argmax):
+        return False
+    fn = getattr(library(), f"xpnn_cpu_max_pool2d_{x.dtype.name}")
+    fn(x.ctypes.data, y.ctypes.data, argmax.ctypes.data, *_pool_geometry(g))
+    return True
+
+
+def max_pool2d_backward(argmax: np.ndarray, dy: np.ndarray, g: Any, dx: np.ndarray, tiles: int) -> bool:
+    """``conv_numpy.max_pool2d_backward_numpy`` in one compiled pass: dx (N, C, H, W) from the int32 argmax and dy
+    (N, C, OH, OW). ``tiles``: 0 where the windows do not tile the input exactly (each pixel: +0.0 plus the dy of
+    the windows it won, in increasing kernel offset), 1 / 2 where they do (each pixel: the dy of its window where it
+    won, else +0.0 / ``0 * dy``). False (nothing done) where ``pooling_applies`` does not hold."""
+    if not pooling_applies(g, argmax, dy, dx):
+        return False
+    fn = getattr(library(), f"xpnn_cpu_max_pool2d_backward_{dy.dtype.name}")
+    fn(argmax.ctypes.data, dy.ctypes.data, dx.ctypes.data, *_pool_geometry(g), tiles)
     return True
