@@ -13,69 +13,134 @@
 
 namespace {
 
-// y, argmax (planes, oh, ow) from x (planes, h, w): each window's winner by the rule shared with the CUDA kernel.
-template <typename T>
+// y, argmax (planes, oh, ow) from x (planes, h, w). A window inside the input without NaN takes a branch-free
+// loop (the rule's first maximum: a later value wins only when greater; a window of only -inf keeps offset 0, its
+// first in-bounds pixel): compare-and-select instead of branches that random data mispredicts. Windows reaching
+// into the padding, or holding a NaN, take the rule shared with the CUDA kernel (xpnn_max_pool_window).
+template <typename T, int K>
 void max_pool2d_fwd(const T* x, T* y, int* argmax, long long planes, int h, int w, int kh, int kw, int sh, int sw,
                     int dh, int dw, int pt, int pl, int oh, int ow) {
+    if (K) kh = kw = K;
     const long long plane_in = (long long)h * w, plane_out = (long long)oh * ow;
+    const T neg_inf = -(T)INFINITY;
     for (long long c = 0; c < planes; ++c) {
         const T* img = x + c * plane_in;
         T* yc = y + c * plane_out;
         int* ac = argmax + c * plane_out;
         for (int p = 0; p < oh; ++p) {
             const int h0 = p * sh - pt;
+            const bool rows_inside = h0 >= 0 && h0 + (kh - 1) * dh < h;
             for (int q = 0; q < ow; ++q) {
+                const int w0 = q * sw - pl;
+                if (rows_inside && w0 >= 0 && w0 + (kw - 1) * dw < w) {
+                    const T* corner = img + (long long)h0 * w + w0;
+                    T best = neg_inf;
+                    int arg = 0;
+                    bool nan = false;
+                    for (int i = 0; i < kh; ++i) {
+                        const T* row = corner + (long long)i * dh * w;
+                        for (int j = 0; j < kw; ++j) {
+                            const T v = row[j * dw];
+                            const int win = -(int)(v > best);  // all ones where v wins
+                            best = v > best ? v : best;
+                            arg = (arg & ~win) | ((i * kw + j) & win);
+                            nan |= v != v;
+                        }
+                    }
+                    if (!nan) {
+                        yc[p * ow + q] = best;
+                        ac[p * ow + q] = arg;
+                        continue;
+                    }
+                }
                 ac[p * ow + q] = xpnn_max_pool_window(
-                    h, w, h0, q * sw - pl, kh, kw, dh, dw, -(T)INFINITY,
-                    [&](int hh, int ww) { return img[(long long)hh * w + ww]; }, yc[p * ow + q]);
+                    h, w, h0, w0, kh, kw, dh, dw, neg_inf, [&](int hh, int ww) { return img[(long long)hh * w + ww]; },
+                    yc[p * ow + q]);
             }
         }
     }
 }
 
-// dx (planes, h, w) from argmax and dy (planes, oh, ow). tiles != 0: the windows tile the input exactly (stride =
-// kernel, no dilation or padding, sizes divisible), each pixel is in one window and gets dy where it won, else 0
-// (tiles == 1, as where(hit, dy, 0)) or 0 * dy (tiles == 2, the NumPy path's product for finite dy: -0.0 where dy is
-// negative). Otherwise each pixel gets +0.0 plus dy of every window it won, added in increasing kernel offset (the
-// NumPy path's order: one pass per offset into a zeroed padded buffer; a pixel is at offset k of one window at most).
+// dx (planes, h, w) from argmax and dy (planes, oh, ow) where the windows tile the input exactly (stride = kernel,
+// no dilation or padding, sizes divisible): each pixel is in one window and gets its dy where it won, else 0
+// (Product false, as where(hit, dy, 0)) or 0 * dy (Product true, the NumPy path's product for finite dy: -0.0 where
+// dy is negative).
+template <typename T, bool Product, int KW>
+void max_pool2d_bwd_tiles(const int* __restrict__ argmax, const T* __restrict__ dy, T* __restrict__ dx,
+                          long long planes, int w, int kh, int kw, int oh, int ow) {
+    if (KW) kw = KW;
+    const long long rows = planes * oh;  // output rows over all planes: each covers kh rows of dx
+    for (long long r = 0; r < rows; ++r) {
+        const int* ar = argmax + r * ow;
+        const T* gr = dy + r * ow;
+        for (int i = 0; i < kh; ++i) {
+            T* row = dx + (r * kh + i) * w;
+            for (int q = 0; q < ow; ++q) {
+                const int a = ar[q] - i * kw;
+                const T g = gr[q];
+                const T miss = Product ? T(0) * g : T(0);
+                for (int j = 0; j < kw; ++j) row[q * kw + j] = a == j ? g : miss;
+            }
+        }
+    }
+}
+
+// dx (planes, h, w) from argmax and dy (planes, oh, ow), any geometry: each pixel gets +0.0 plus dy of every window
+// it won, added in increasing kernel offset (the NumPy path's order: one pass per offset into a zeroed padded
+// buffer; a pixel is at offset k of one window at most). A select, not a branch: adding +0.0 for a window the pixel
+// did not win leaves the sum's bits (never -0.0: it starts at +0.0).
 template <typename T>
-void max_pool2d_bwd(const int* argmax, const T* dy, T* dx, long long planes, int h, int w, int kh, int kw, int sh,
-                    int sw, int dh, int dw, int pt, int pl, int oh, int ow, int tiles) {
+void max_pool2d_bwd(const int* __restrict__ argmax, const T* __restrict__ dy, T* __restrict__ dx, long long planes,
+                    int h, int w, int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl, int oh, int ow) {
     const long long plane_in = (long long)h * w, plane_out = (long long)oh * ow;
+    for (long long e = 0; e < planes * plane_in; ++e) dx[e] = T(0);
     for (long long c = 0; c < planes; ++c) {
         const int* ac = argmax + c * plane_out;
         const T* gc = dy + c * plane_out;
         T* dc = dx + c * plane_in;
-        if (tiles) {
-            for (int p = 0; p < oh; ++p) {
-                for (int q = 0; q < ow; ++q) {
-                    const int a = ac[p * ow + q];
-                    const T g = gc[p * ow + q];
-                    const T miss = tiles == 2 ? T(0) * g : T(0);
-                    for (int i = 0; i < kh; ++i) {
-                        T* row = dc + (long long)(p * kh + i) * w + q * kw;
-                        for (int j = 0; j < kw; ++j) row[j] = a == i * kw + j ? g : miss;
-                    }
-                }
-            }
-            continue;
-        }
-        for (long long k = 0; k < plane_in; ++k) dc[k] = T(0);
         for (int i = 0; i < kh; ++i) {
             for (int j = 0; j < kw; ++j) {
-                const int k = i * kw + j;
+                const int k = i * kw + j, w_off = j * dw - pl;
+                int q0 = 0, q1 = ow;  // the outputs whose pixel at offset (i, j) has its column inside the input
+                while (q0 < ow && q0 * sw + w_off < 0) ++q0;
+                while (q1 > q0 && (q1 - 1) * sw + w_off >= w) --q1;
                 for (int p = 0; p < oh; ++p) {
                     const int hh = p * sh + i * dh - pt;
-                    for (int q = 0; q < ow; ++q) {
-                        const int ww = q * sw + j * dw - pl;
-                        // a window without in-bounds pixel points into the padding: the NumPy path drops it
-                        if (ac[p * ow + q] == k && hh >= 0 && hh < h && ww >= 0 && ww < w) {
-                            dc[(long long)hh * w + ww] += gc[p * ow + q];
-                        }
-                    }
+                    if (hh < 0 || hh >= h) continue;  // (a window without in-bounds pixel points into the padding)
+                    T* row = dc + (long long)hh * w + w_off;
+                    const int* ar = ac + p * ow;
+                    const T* gr = gc + p * ow;
+                    for (int q = q0; q < q1; ++q) row[q * sw] += ar[q] == k ? gr[q] : T(0);
                 }
             }
         }
+    }
+}
+
+// The loops over a window with its size fixed where it is 2x2 or 3x3 (K; 0: any; the backward's KW: its width): a
+// loop of a run-time count that short ran up to ~15x slower (GCC vectorises it, with its set-up every window).
+template <typename T>
+void max_pool2d_forward(const T* x, T* y, int* argmax, long long planes, int h, int w, int kh, int kw, int sh, int sw,
+                        int dh, int dw, int pt, int pl, int oh, int ow) {
+    const int k = kh == kw ? kw : 0;
+    auto run = k == 2 ? max_pool2d_fwd<T, 2> : k == 3 ? max_pool2d_fwd<T, 3> : max_pool2d_fwd<T, 0>;
+    run(x, y, argmax, planes, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow);
+}
+
+// tiles: 0 any geometry (max_pool2d_bwd), 1 / 2 exact tiles with +0.0 / 0 * dy for the pixels that did not win.
+template <typename T>
+void max_pool2d_backward(const int* argmax, const T* dy, T* dx, long long planes, int h, int w, int kh, int kw,
+                         int sh, int sw, int dh, int dw, int pt, int pl, int oh, int ow, int tiles) {
+    if (tiles) {
+        auto run = tiles == 2 ? (kw == 2   ? max_pool2d_bwd_tiles<T, true, 2>
+                                 : kw == 3 ? max_pool2d_bwd_tiles<T, true, 3>
+                                           : max_pool2d_bwd_tiles<T, true, 0>)
+                              : (kw == 2   ? max_pool2d_bwd_tiles<T, false, 2>
+                                 : kw == 3 ? max_pool2d_bwd_tiles<T, false, 3>
+                                           : max_pool2d_bwd_tiles<T, false, 0>);
+        run(argmax, dy, dx, planes, w, kh, kw, oh, ow);
+    } else {
+        max_pool2d_bwd(argmax, dy, dx, planes, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow);
     }
 }
 
@@ -84,25 +149,25 @@ void max_pool2d_bwd(const int* argmax, const T* dy, T* dx, long long planes, int
 XPNN_CPU_API void xpnn_cpu_max_pool2d_float32(const float* x, float* y, int* argmax, long long planes, int h, int w,
                                               int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl, int oh,
                                               int ow) {
-    max_pool2d_fwd(x, y, argmax, planes, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow);
+    max_pool2d_forward(x, y, argmax, planes, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow);
 }
 
 XPNN_CPU_API void xpnn_cpu_max_pool2d_float64(const double* x, double* y, int* argmax, long long planes, int h,
                                               int w, int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl,
                                               int oh, int ow) {
-    max_pool2d_fwd(x, y, argmax, planes, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow);
+    max_pool2d_forward(x, y, argmax, planes, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow);
 }
 
 XPNN_CPU_API void xpnn_cpu_max_pool2d_backward_float32(const int* argmax, const float* dy, float* dx,
                                                        long long planes, int h, int w, int kh, int kw, int sh,
                                                        int sw, int dh, int dw, int pt, int pl, int oh, int ow,
                                                        int tiles) {
-    max_pool2d_bwd(argmax, dy, dx, planes, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, tiles);
+    max_pool2d_backward(argmax, dy, dx, planes, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, tiles);
 }
 
 XPNN_CPU_API void xpnn_cpu_max_pool2d_backward_float64(const int* argmax, const double* dy, double* dx,
                                                        long long planes, int h, int w, int kh, int kw, int sh,
                                                        int sw, int dh, int dw, int pt, int pl, int oh, int ow,
                                                        int tiles) {
-    max_pool2d_bwd(argmax, dy, dx, planes, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, tiles);
+    max_pool2d_backward(argmax, dy, dx, planes, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, tiles);
 }
