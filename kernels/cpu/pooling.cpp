@@ -4,6 +4,8 @@
 // offset (i, j) reads input pixel (p*sh + i*dh - pt, q*sw + j*dw - pl). Results equal the NumPy path's
 // (conv_numpy.max_pool2d_numpy / max_pool2d_backward_numpy) bit for bit.
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 
 #define __device__
 #define __forceinline__ inline
@@ -13,10 +15,45 @@
 
 namespace {
 
-// y, argmax (planes, oh, ow) from x (planes, h, w). A window inside the input without NaN takes a branch-free
-// loop (the rule's first maximum: a later value wins only when greater; a window of only -inf keeps offset 0, its
-// first in-bounds pixel): compare-and-select instead of branches that random data mispredicts. Windows reaching
-// into the padding, or holding a NaN, take the rule shared with the CUDA kernel (xpnn_max_pool_window).
+// g where keep, else +0.0, through the bits (a mask, not a branch: which windows a pixel won is data-dependent).
+inline float kept_or_zero(bool keep, float g) {
+    uint32_t b;
+    memcpy(&b, &g, sizeof b);
+    b &= 0u - (uint32_t)keep;
+    memcpy(&g, &b, sizeof b);
+    return g;
+}
+
+inline double kept_or_zero(bool keep, double g) {
+    uint64_t b;
+    memcpy(&b, &g, sizeof b);
+    b &= 0u - (uint64_t)keep;
+    memcpy(&g, &b, sizeof b);
+    return g;
+}
+
+// The window's running maximum and first winner without branches (random data mispredicts them): v wins when
+// greater; a NaN is only noted (nan), for the rule of xpnn_max_pool_window.
+template <typename T>
+inline void take(T v, int k, T& best, int& arg, bool& nan) {
+    const int win = -(int)(v > best);  // all ones where v wins
+    best = v > best ? v : best;
+    arg = (arg & ~win) | (k & win);
+    nan |= v != v;
+}
+
+// The kernel indices [lo, hi) whose positions start + i*d lie in [0, size) (contiguous: positions increase).
+inline void inside(int start, int k, int d, int size, int& lo, int& hi) {
+    lo = 0;
+    hi = k;
+    while (lo < k && start + lo * d < 0) ++lo;
+    while (hi > lo && start + (hi - 1) * d >= size) --hi;
+}
+
+// y, argmax (planes, oh, ow) from x (planes, h, w). Each window runs over its in-bounds pixels (padding never wins)
+// from best = -inf and the first in-bounds offset, a later pixel winning when greater: the rule's first maximum, and
+// a window of only -inf keeps its first in-bounds pixel. Windows holding a NaN, or with no in-bounds pixel, take
+// the rule shared with the CUDA kernel (xpnn_max_pool_window) instead.
 template <typename T, int K>
 void max_pool2d_fwd(const T* x, T* y, int* argmax, long long planes, int h, int w, int kh, int kw, int sh, int sw,
                     int dh, int dw, int pt, int pl, int oh, int ow) {
@@ -29,33 +66,37 @@ void max_pool2d_fwd(const T* x, T* y, int* argmax, long long planes, int h, int 
         int* ac = argmax + c * plane_out;
         for (int p = 0; p < oh; ++p) {
             const int h0 = p * sh - pt;
-            const bool rows_inside = h0 >= 0 && h0 + (kh - 1) * dh < h;
+            int i0, i1;
+            inside(h0, kh, dh, h, i0, i1);
             for (int q = 0; q < ow; ++q) {
                 const int w0 = q * sw - pl;
-                if (rows_inside && w0 >= 0 && w0 + (kw - 1) * dw < w) {
+                T best = neg_inf;
+                int arg = 0;
+                bool nan = false;
+                if (i0 == 0 && i1 == kh && w0 >= 0 && w0 + (kw - 1) * dw < w) {  // inside: loops of fixed size
                     const T* corner = img + (long long)h0 * w + w0;
-                    T best = neg_inf;
-                    int arg = 0;
-                    bool nan = false;
                     for (int i = 0; i < kh; ++i) {
                         const T* row = corner + (long long)i * dh * w;
-                        for (int j = 0; j < kw; ++j) {
-                            const T v = row[j * dw];
-                            const int win = -(int)(v > best);  // all ones where v wins
-                            best = v > best ? v : best;
-                            arg = (arg & ~win) | ((i * kw + j) & win);
-                            nan |= v != v;
-                        }
+                        for (int j = 0; j < kw; ++j) take(row[j * dw], i * kw + j, best, arg, nan);
                     }
-                    if (!nan) {
-                        yc[p * ow + q] = best;
-                        ac[p * ow + q] = arg;
-                        continue;
+                } else {
+                    int j0, j1;
+                    inside(w0, kw, dw, w, j0, j1);
+                    nan = i0 == i1 || j0 == j1;  // no in-bounds pixel: the shared rule's offset
+                    arg = i0 * kw + j0;
+                    for (int i = i0; i < i1; ++i) {
+                        const T* row = img + (long long)(h0 + i * dh) * w + w0;
+                        for (int j = j0; j < j1; ++j) take(row[j * dw], i * kw + j, best, arg, nan);
                     }
                 }
-                ac[p * ow + q] = xpnn_max_pool_window(
-                    h, w, h0, w0, kh, kw, dh, dw, neg_inf, [&](int hh, int ww) { return img[(long long)hh * w + ww]; },
-                    yc[p * ow + q]);
+                if (!nan) {
+                    yc[p * ow + q] = best;
+                    ac[p * ow + q] = arg;
+                } else {
+                    ac[p * ow + q] = xpnn_max_pool_window(
+                        h, w, h0, w0, kh, kw, dh, dw, neg_inf,
+                        [&](int hh, int ww) { return img[(long long)hh * w + ww]; }, yc[p * ow + q]);
+                }
             }
         }
     }
@@ -87,11 +128,12 @@ void max_pool2d_bwd_tiles(const int* __restrict__ argmax, const T* __restrict__ 
 
 // dx (planes, h, w) from argmax and dy (planes, oh, ow), any geometry: each pixel gets +0.0 plus dy of every window
 // it won, added in increasing kernel offset (the NumPy path's order: one pass per offset into a zeroed padded
-// buffer; a pixel is at offset k of one window at most). A select, not a branch: adding +0.0 for a window the pixel
-// did not win leaves the sum's bits (never -0.0: it starts at +0.0).
-template <typename T>
+// buffer; a pixel is at offset k of one window at most). Adding +0.0 for a window the pixel did not win (instead of
+// a branch) leaves the sum's bits: it starts at +0.0, so it is never -0.0.
+template <typename T, int SW>
 void max_pool2d_bwd(const int* __restrict__ argmax, const T* __restrict__ dy, T* __restrict__ dx, long long planes,
                     int h, int w, int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl, int oh, int ow) {
+    if (SW) sw = SW;
     const long long plane_in = (long long)h * w, plane_out = (long long)oh * ow;
     for (long long e = 0; e < planes * plane_in; ++e) dx[e] = T(0);
     for (long long c = 0; c < planes; ++c) {
@@ -110,15 +152,20 @@ void max_pool2d_bwd(const int* __restrict__ argmax, const T* __restrict__ dy, T*
                     T* row = dc + (long long)hh * w + w_off;
                     const int* ar = ac + p * ow;
                     const T* gr = gc + p * ow;
-                    for (int q = q0; q < q1; ++q) row[q * sw] += ar[q] == k ? gr[q] : T(0);
+                    for (int q = q0; q < q1; ++q) {
+                        const T sum = row[q * sw];
+                        const T next = sum + kept_or_zero(ar[q] == k, gr[q]);
+                        row[q * sw] = sum != sum ? sum : next;  // NaN + NaN: the sum's NaN, as NumPy's sum + dy
+                    }
                 }
             }
         }
     }
 }
 
-// The loops over a window with its size fixed where it is 2x2 or 3x3 (K; 0: any; the backward's KW: its width): a
-// loop of a run-time count that short ran up to ~15x slower (GCC vectorises it, with its set-up every window).
+// The loops over a window with its size fixed where it is 2x2 or 3x3 (K; 0: any; the backward's KW: its width), and
+// the backward's strided row of stride 1 or 2 (SW): with a run-time count or stride these short loops ran up to ~15x
+// slower (GCC vectorises them, with its set-up every window or row).
 template <typename T>
 void max_pool2d_forward(const T* x, T* y, int* argmax, long long planes, int h, int w, int kh, int kw, int sh, int sw,
                         int dh, int dw, int pt, int pl, int oh, int ow) {
@@ -140,7 +187,8 @@ void max_pool2d_backward(const int* argmax, const T* dy, T* dx, long long planes
                                            : max_pool2d_bwd_tiles<T, false, 0>);
         run(argmax, dy, dx, planes, w, kh, kw, oh, ow);
     } else {
-        max_pool2d_bwd(argmax, dy, dx, planes, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow);
+        auto run = sw == 1 ? max_pool2d_bwd<T, 1> : sw == 2 ? max_pool2d_bwd<T, 2> : max_pool2d_bwd<T, 0>;
+        run(argmax, dy, dx, planes, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow);
     }
 }
 
