@@ -18,6 +18,8 @@ same context, so the declaration's backward (or the backward override here) foll
   and takes ``argmax`` over its window axis, which NumPy does slowly for short axes);
 - ``max_pool2d`` backward: per window offset, dy where the argmax is that offset added into the strided view of dx
   (written directly, without a zeroed accumulator, when the windows tile the input exactly).
+- ``max_pool2d`` forward and backward, where the compiled CPU kernels apply (``cpu_kernels.max_pool2d``,
+  ``cpu_kernels.max_pool2d_backward``): one compiled call per batch chunk, with the NumPy passes' results bit for bit.
 
 Scratch (padded and shifted copies, the column tensor, matmul outputs, accumulators, masks) comes from
 ``_workspace``: buffers recycled across calls once nothing references them, so a steady-state training step does

@@ -7,7 +7,8 @@ fuses elementwise passes, and splitting them over Python threads does not pay at
 these few loops are compiled.
 
 - The sources are ``kernels/cpu/*.cpp``: C++ that includes the element math of the CUDA kernels (``kernels/adam.cuh``)
-  so each update is written once for CUDA and the CPU. Built with ``-ffp-contract=off`` (no a*b+c -> FMA), their
+  so each update is written once for CUDA and the CPU. Max pooling (``max_pool2d``, ``max_pool2d_backward``: one call
+  per batch chunk, the window rule of ``kernels/max_pool.cuh``) likewise. Built with ``-ffp-contract=off`` (no a*b+c -> FMA), their
   results equal the NumPy path's bit for bit.
 - Built on first use with the system C++ compiler (``$CXX``, else the first of ``c++``, ``g++``, ``clang++`` on
   PATH; ~1 s), cached as ``cpu-<hash>.so`` in ``$XPNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/xpnn``, else
