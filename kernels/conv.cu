@@ -135,7 +135,7 @@ col2im(const T* __restrict__ cols, T* __restrict__ dx, long long n, long long c,
 
 // y (N, C, oh, ow): window maxima; argmax: the winning offset i*kw + j, chosen as PyTorch's max_pool2d_with_indices
 // (xpnn_max_pool_window in max_pool.cuh, shared with the CPU kernel: the first maximum, the last NaN; padding never
-// wins, even in a window of only -inf, pytorch#23161).
+// wins, even in a window of only -inf, pytorch#23161); a window with no in-bounds element reports offset 0.
 template <typename T, typename A>
 __global__ void __launch_bounds__(256)
 max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y, int* __restrict__ argmax, long long n, long long c,
@@ -146,9 +146,10 @@ max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y, int* __restrict__ arg
         const T* img = x + at.top * h * w;
         const int h0 = (int)(at.digit[1] * (unsigned)sh) - pt, w0 = (int)(at.digit[0] * (unsigned)sw) - pl;
         A best;
-        argmax[idx] = xpnn_max_pool_window(
+        const int arg = xpnn_max_pool_window(
             (int)h, (int)w, h0, w0, kh, kw, dh, dw, xpnn_neg_inf<A>(),
             [&](int hh, int ww) { return (A)xpnn_to_acc(img[(long long)hh * w + ww]); }, best);
+        argmax[idx] = arg < 0 ? 0 : arg;
         y[idx] = xpnn_from_acc<T>(best);
     });
 }

@@ -5,26 +5,14 @@
 #ifndef XPNN_MAX_POOL_CUH
 #define XPNN_MAX_POOL_CUH
 
-// Out of line on the GPU: inlined into max_pool2d_fwd, the rare no-in-bounds fallback made ptxas spill registers.
-#ifdef __CUDACC__
-#define XPNN_MAX_POOL_NOINLINE __noinline__
-#else
-#define XPNN_MAX_POOL_NOINLINE inline
-#endif
-
-// The first kernel index i in [0, k) whose input position start + i*d lies in [0, size); 0 where none does.
-__device__ XPNN_MAX_POOL_NOINLINE int xpnn_first_inside(int start, int k, int d, int size) {
-    const int i = start >= 0 ? 0 : (d - 1 - start) / d;  // the first i with start + i*d >= 0
-    return i < k && start + i * d < size ? i : 0;
-}
-
 // The window with top-left padded corner at input position (h0, w0) (negative inside the top/left padding) of an
 // h x w image; load(hh, ww) reads input pixel (hh, ww) as A. Sets best to the window's maximum and returns the
 // winning offset i*kw + j: from the first in-bounds pixel on, the first maximum (ties keep the earlier); a NaN makes
 // best the window's first NaN (as NumPy's max) and the offset its last NaN (PyTorch's `v > best || isnan(v)`).
 // Padding never wins, even in a window of only -inf (pytorch#23161); a window without in-bounds pixel (dilation
-// can step over a small input) gives neg_inf and the first in-bounds row's and column's offset, 0 for an axis with
-// none (the reference's first_inbounds_offset).
+// can step over a small input) gives neg_inf and -1, for the caller to name an offset (the reference's
+// first_inbounds_offset: the first in-bounds row's and column's, 0 for an axis with none; computing it here made
+// ptxas spill registers in max_pool2d_fwd).
 template <typename A, typename Load>
 __device__ __forceinline__ int xpnn_max_pool_window(int h, int w, int h0, int w0, int kh, int kw, int dh, int dw,
                                                     A neg_inf, Load&& load, A& best_out) {
@@ -47,7 +35,7 @@ __device__ __forceinline__ int xpnn_max_pool_window(int h, int w, int h0, int w0
         }
     }
     best_out = best;
-    return arg >= 0 ? arg : xpnn_first_inside(h0, kh, dh, h) * kw + xpnn_first_inside(w0, kw, dw, w);
+    return arg;
 }
 
 #endif  // XPNN_MAX_POOL_CUH

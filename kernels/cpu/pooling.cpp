@@ -42,6 +42,14 @@ inline void take(T v, int k, T& best, int& arg, bool& nan) {
     nan |= v != v;
 }
 
+// The first kernel index i in [0, k) whose position start + i*d lies in [0, size); 0 where none does.
+inline int first_inside(int start, int k, int d, int size) {
+    for (int i = 0; i < k; ++i) {
+        if (start + i * d >= 0 && start + i * d < size) return i;
+    }
+    return 0;
+}
+
 // The kernel indices [lo, hi) whose positions start + i*d lie in [0, size) (contiguous: positions increase).
 inline void inside(int start, int k, int d, int size, int& lo, int& hi) {
     lo = 0;
@@ -53,7 +61,8 @@ inline void inside(int start, int k, int d, int size, int& lo, int& hi) {
 // y, argmax (planes, oh, ow) from x (planes, h, w). Each window runs over its in-bounds pixels (padding never wins)
 // from best = -inf and the first in-bounds offset, a later pixel winning when greater: the rule's first maximum, and
 // a window of only -inf keeps its first in-bounds pixel. Windows holding a NaN, or with no in-bounds pixel, take
-// the rule shared with the CUDA kernel (xpnn_max_pool_window) instead.
+// the rule shared with the CUDA kernel (xpnn_max_pool_window) instead; it is written with branches, which random
+// data mispredicts (4x slower at LeNet's 2x2 pooling), hence the loops here for the other windows.
 template <typename T, int K>
 void max_pool2d_fwd(const T* x, T* y, int* argmax, long long planes, int h, int w, int kh, int kw, int sh, int sw,
                     int dh, int dw, int pt, int pl, int oh, int ow) {
@@ -93,9 +102,11 @@ void max_pool2d_fwd(const T* x, T* y, int* argmax, long long planes, int h, int 
                     yc[p * ow + q] = best;
                     ac[p * ow + q] = arg;
                 } else {
-                    ac[p * ow + q] = xpnn_max_pool_window(
-                        h, w, h0, w0, kh, kw, dh, dw, neg_inf,
-                        [&](int hh, int ww) { return img[(long long)hh * w + ww]; }, yc[p * ow + q]);
+                    arg = xpnn_max_pool_window(h, w, h0, w0, kh, kw, dh, dw, neg_inf,
+                                               [&](int hh, int ww) { return img[(long long)hh * w + ww]; },
+                                               yc[p * ow + q]);
+                    // -1: no in-bounds pixel, the reference's first_inbounds_offset
+                    ac[p * ow + q] = arg >= 0 ? arg : first_inside(h0, kh, dh, h) * kw + first_inside(w0, kw, dw, w);
                 }
             }
         }
