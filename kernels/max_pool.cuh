@@ -7,8 +7,8 @@
 
 // The window with top-left padded corner at input position (h0, w0) (negative inside the top/left padding) of an
 // h x w image; load(hh, ww) reads input pixel (hh, ww) as A. Sets best to the window's maximum and returns the
-// winning offset i*kw + j: from the first in-bounds pixel on, the first maximum (ties keep the earlier); a NaN makes
-// best the window's first NaN (as NumPy's max) and the offset its last NaN (PyTorch's `v > best || isnan(v)`).
+// winning offset i*kw + j, best being that pixel: from the first in-bounds pixel on, the first maximum (ties keep
+// the earlier), the last NaN of a window with one (PyTorch's `v > best || isnan(v)`).
 // Padding never wins, even in a window of only -inf (pytorch#23161); a window without in-bounds pixel (dilation
 // can step over a small input) gives neg_inf and -1, for the caller to name an offset (the reference's
 // first_inbounds_offset: the first in-bounds row's and column's, 0 for an axis with none; computing it here made
@@ -25,11 +25,8 @@ __device__ __forceinline__ int xpnn_max_pool_window(int h, int w, int h0, int w0
             const int ww = w0 + j * dw;
             if (ww < 0 || ww >= w) continue;
             const A v = load(hh, ww);
-            if (arg < 0 || v > best) {
+            if (arg < 0 || v > best || v != v) {
                 best = v;
-                arg = i * kw + j;
-            } else if (v != v) {
-                if (best == best) best = v;
                 arg = i * kw + j;
             }
         }

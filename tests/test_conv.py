@@ -664,18 +664,18 @@ def test_max_pool2d_numpy_ties_and_signed_zeros_follow_the_reference(pool_path):
 
 
 def test_max_pool2d_numpy_with_a_nan_elsewhere_keeps_the_winning_element(pool_path):
-    """A NaN in one window sends the NumPy max pooling to the reference for the argmax (the last NaN) and the NaN
-    windows' y; the other windows keep the winning element, signed zero included, as without the NaN (the
-    reference's y of a +0.0/-0.0 tie is NumPy's max, the last of them)."""
+    """A NaN in one window sends the NumPy max pooling to the reference for the argmax (the last NaN); y stays the
+    winning element in every window: that NaN (its sign included), and the signed zero of a +0.0/-0.0 tie's first
+    element, as without the NaN (the reference's y there is NumPy's max: the first NaN, the last of the zeros)."""
     from xpnn.functional import conv_numpy, pooling
 
     x = np.zeros((1, 2, 4, 4))
     x[0, 0, :2, :2] = [[0.0, -0.0], [-0.0, -1.0]]  # winner: +0.0 at offset 0
-    x[0, 1, 0, 0] = x[0, 1, 1, 1] = np.nan  # two NaNs in one window: argmax the last
+    x[0, 1, 0, 0], x[0, 1, 1, 1] = np.nan, -np.nan  # two NaNs in one window: argmax the last
     g = pooling.pool2d_geometry(x.shape, 2, None, 0, 1, False, "test")
     y, arg = conv_numpy.max_pool2d_numpy(x, g)
     assert arg[0, 0, 0, 0] == 0 and y[0, 0, 0, 0] == 0 and not np.signbit(y[0, 0, 0, 0])
-    assert arg[0, 1, 0, 0] == 3 and np.isnan(y[0, 1, 0, 0])
+    assert arg[0, 1, 0, 0] == 3 and np.isnan(y[0, 1, 0, 0]) and np.signbit(y[0, 1, 0, 0])
     y_ref, arg_ref = F.max_pool2d_with_argmax(x, 2)
     np.testing.assert_array_equal(arg, arg_ref)
     np.testing.assert_array_equal(y, y_ref)

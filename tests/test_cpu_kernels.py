@@ -255,7 +255,7 @@ def _pool_both(fn, *args):
 @pytest.mark.parametrize("xs,k,s,p,d,ceil", POOL_GEOMETRIES)
 def test_max_pool2d_compiled_equals_the_numpy_path_bit_for_bit(xs, k, s, p, d, ceil, specials, dtype):
     """Every geometry, both dtypes, ties and signed zeros; with specials -inf windows (padding never wins), NaN
-    windows (y the first NaN, argmax the last, as the reference) and inf/NaN in dy (0 for the pixels that did not
+    windows (argmax the last NaN, as the reference, and y that NaN) and inf/NaN in dy (0 for the pixels that did not
     win): the compiled forward and backward give the NumPy path's y, argmax and dx bit for bit."""
     from xpnn.functional import conv_numpy, pooling
 

@@ -641,8 +641,8 @@ def max_pool2d_numpy(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, np.n
     axis). Each step is branch-free: ``maximum(v, m)`` returns its second operand on ties (so m keeps the earlier
     value, -0.0 included, exactly as ``copyto(m, v, where=v > m)``) and the index takes ``a + win * (k - a)``;
     masked copies with data-dependent masks ran 5x slower. Input with a NaN (which ``maximum`` carries into y, found
-    by ``_all_finite``: one dot product of y with itself) takes the reference's argmax (the last NaN of a window) and
-    its y in the NaN windows (the first NaN). A window of only -inf (padding included) picks its first in-bounds element, as the reference
+    by ``_all_finite``: one dot product of y with itself) takes the reference's argmax (the last NaN of a window),
+    with y that NaN (as PyTorch: y is the winning element in every window). A window of only -inf (padding included) picks its first in-bounds element, as the reference
     (``pooling.window_max``). The compiled kernel (``cpu_kernels.max_pool2d``), where it applies, computes the same y
     and argmax in one pass, NaN windows included."""
     y = _workspace.buffer("max_pool2d.out", (g.n, g.c, g.oh, g.ow), x.dtype)  # the output, free again once dropped
@@ -667,11 +667,12 @@ def max_pool2d_numpy(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, np.n
         steps.append((hmax[:, :, hs], np.add(harg[:, :, hs], np.int32(i * g.kw),
                                               out=_workspace.buffer(f"max_pool2d.row_arg{i}", y.shape, np.int32))))
     _running_max(y, arg, steps, "max_pool2d.col")
-    if not _all_finite(y) and np.isnan(y).any():  # a NaN in some window: the reference's argmax and NaN
-        # (y elsewhere stays the first maximum, its signed zero included: NumPy's max keeps the last of +0.0/-0.0)
-        y_ref, arg_ref = window_max(np, im2col(x, g, pad_value=-math.inf).reshape(g.n, g.c, g.offsets, g.oh, g.ow), g)
-        np.copyto(y, y_ref, where=np.isnan(y_ref))
+    if not _all_finite(y) and np.isnan(y).any():  # a NaN in some window: the reference's argmax (its last NaN)
+        cols = im2col(x, g, pad_value=-math.inf).reshape(g.n, g.c, g.offsets, g.oh, g.ow)
+        y_ref, arg_ref = window_max(np, cols, g)
         np.copyto(arg, arg_ref)
+        # y stays the winning element (signed zeros included: NumPy's max keeps the last of +0.0/-0.0), that NaN too
+        np.copyto(y, np.take_along_axis(cols, arg_ref[:, :, None], axis=2)[:, :, 0], where=np.isnan(y_ref))
         return y, arg
     if g.pt or g.pl:  # only top/left padding can come first in a window (every window starts in it or the input)
         np.copyto(arg, first_inbounds_offset(np, g), where=y == -np.inf)

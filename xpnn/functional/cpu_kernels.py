@@ -249,8 +249,7 @@ def pooling_applies(g: Any, *arrays: Any) -> bool:
 def max_pool2d(x: np.ndarray, g: Any, y: np.ndarray, argmax: np.ndarray) -> bool:
     """``conv_numpy.max_pool2d_numpy`` in one compiled pass: y (N, C, OH, OW) and int32 argmax (the winning offset
     ``i * kw + j``) written for x (N, C, H, W) of geometry g, each window's winner by the CUDA kernel's rule
-    (``kernels/max_pool.cuh``: the first maximum; a NaN window's first NaN in y and its last NaN in argmax; padding
-    never winning). False (nothing done) where ``pooling_applies`` does not hold."""
+    (``kernels/max_pool.cuh``: the first maximum, the last NaN, padding never winning; y the winning element). False (nothing done) where ``pooling_applies`` does not hold."""
     if not pooling_applies(g, x, y, argmax):
         return False
     fn = getattr(library(), f"xpnn_cpu_max_pool2d_{x.dtype.name}")
