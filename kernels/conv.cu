@@ -5,6 +5,7 @@
 // (pt, pl); output (oh, ow). An output position (p, q) at kernel offset (i, j) reads padded pixel
 // (p*sh + i*dh, q*sw + j*dw), i.e. input pixel (p*sh + i*dh - pt, q*sw + j*dw - pl).
 #include "common.cuh"
+#include "max_pool.cuh"
 
 // A flat index as mixed-radix digits (least significant first, digit[k] < radix[k], each radix below 2^31) and
 // what is left above them (top). The grid-stride loops here decode their first index and the grid's stride once
@@ -132,9 +133,9 @@ col2im(const T* __restrict__ cols, T* __restrict__ dx, long long n, long long c,
     });
 }
 
-// y (N, C, oh, ow): window maxima; argmax: the winning offset i*kw + j, chosen as PyTorch's max_pool2d_with_indices:
-// from the window's first in-bounds element on, `v > best || isnan(v)` (the first maximum, the last NaN). Padding
-// never wins, even in a window of only -inf (pytorch#23161); a window with no in-bounds element reports offset 0.
+// y (N, C, oh, ow): window maxima; argmax: the winning offset i*kw + j, chosen as PyTorch's max_pool2d_with_indices
+// (xpnn_max_pool_window in max_pool.cuh, shared with the CPU kernel: the first maximum, the last NaN; padding never
+// wins, even in a window of only -inf, pytorch#23161); a window with no in-bounds element reports offset 0.
 template <typename T, typename A>
 __global__ void __launch_bounds__(256)
 max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y, int* __restrict__ argmax, long long n, long long c,
@@ -144,23 +145,12 @@ max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y, int* __restrict__ arg
     xpnn_for_each_decoded(n * c, radix, [&](long long idx, const xpnn_mixed_radix<2>& at) {
         const T* img = x + at.top * h * w;
         const int h0 = (int)(at.digit[1] * (unsigned)sh) - pt, w0 = (int)(at.digit[0] * (unsigned)sw) - pl;
-        A best = xpnn_neg_inf<A>();
-        int arg = -1;
-        for (int i = 0; i < kh; ++i) {
-            const int hh = h0 + i * dh;
-            if (hh < 0 || hh >= h) continue;
-            for (int j = 0; j < kw; ++j) {
-                const int ww = w0 + j * dw;
-                if (ww < 0 || ww >= w) continue;
-                const A v = (A)xpnn_to_acc(img[(long long)hh * w + ww]);
-                if (arg < 0 || v > best || v != v) {
-                    best = v;
-                    arg = i * kw + j;
-                }
-            }
-        }
-        y[idx] = xpnn_from_acc<T>(best);
+        A best;
+        const int arg = xpnn_max_pool_window(
+            (int)h, (int)w, h0, w0, kh, kw, dh, dw, xpnn_neg_inf<A>(),
+            [&](int hh, int ww) { return (A)xpnn_to_acc(img[(long long)hh * w + ww]); }, best);
         argmax[idx] = arg < 0 ? 0 : arg;
+        y[idx] = xpnn_from_acc<T>(best);
     });
 }
 

@@ -68,7 +68,18 @@ def test_conv2d_gradcheck(xs, ws, stride, padding, dilation, groups):
         np.testing.assert_allclose(got, numeric_grad(f, arr), rtol=1e-6, atol=1e-8)
 
 
-def test_numpy_overrides_equal_the_reference():
+@pytest.fixture(params=["compiled", "numpy"])
+def pool_path(request, monkeypatch):
+    """Max pooling's NumPy override both ways: through the compiled kernels (``cpu_kernels``, where built) and
+    through its NumPy passes."""
+    from xpnn.functional import cpu_kernels
+
+    if request.param == "numpy":
+        monkeypatch.setattr(cpu_kernels, "pooling_applies", lambda *a: False)
+    return request.param
+
+
+def test_numpy_overrides_equal_the_reference(pool_path):
     """The NumPy fast paths registered as overrides (conv_numpy) compute what the array-API declarations compute:
     the same columns, the same pooled values and argmax, the same pooling gradient."""
     from xpnn.autograd.op import override_for
@@ -623,7 +634,7 @@ def test_conv2d_numpy_shift_add_path_of_an_empty_batch_split_over_threads(split_
     np.testing.assert_array_equal(db, np.zeros_like(b))
 
 
-def test_max_pool2d_numpy_ties_and_signed_zeros_follow_the_reference():
+def test_max_pool2d_numpy_ties_and_signed_zeros_follow_the_reference(pool_path):
     """The branch-free updates of the NumPy max pooling (separable: row maxima, then the maximum of those) keep the
     window's first maximum in row-major order on ties (-0.0 against +0.0 included: y is that element, as with
     ``copyto(y, v, where=v > y)``; a tie between a later column of an earlier row and an earlier column of a later
@@ -652,8 +663,26 @@ def test_max_pool2d_numpy_ties_and_signed_zeros_follow_the_reference():
         0, 0, 0, 0] == 1
 
 
+def test_max_pool2d_numpy_with_a_nan_elsewhere_keeps_the_winning_element(pool_path):
+    """A NaN in one window sends the NumPy max pooling to the reference for the argmax (the last NaN); y stays the
+    winning element in every window: that NaN (its sign included), and the signed zero of a +0.0/-0.0 tie's first
+    element, as without the NaN (the reference's y there is NumPy's max: the first NaN, the last of the zeros)."""
+    from xpnn.functional import conv_numpy, pooling
+
+    x = np.zeros((1, 2, 4, 4))
+    x[0, 0, :2, :2] = [[0.0, -0.0], [-0.0, -1.0]]  # winner: +0.0 at offset 0
+    x[0, 1, 0, 0], x[0, 1, 1, 1] = np.nan, -np.nan  # two NaNs in one window: argmax the last
+    g = pooling.pool2d_geometry(x.shape, 2, None, 0, 1, False, "test")
+    y, arg = conv_numpy.max_pool2d_numpy(x, g)
+    assert arg[0, 0, 0, 0] == 0 and y[0, 0, 0, 0] == 0 and not np.signbit(y[0, 0, 0, 0])
+    assert arg[0, 1, 0, 0] == 3 and np.isnan(y[0, 1, 0, 0]) and np.signbit(y[0, 1, 0, 0])
+    y_ref, arg_ref = F.max_pool2d_with_argmax(x, 2)
+    np.testing.assert_array_equal(arg, arg_ref)
+    np.testing.assert_array_equal(y, y_ref)
+
+
 @pytest.mark.parametrize("k, s, p", [(2, None, 0), (3, 2, 1), (2, 1, 0)])
-def test_max_pool2d_backward_of_inf_and_nan_dy_routes_zeros_elsewhere(k, s, p):
+def test_max_pool2d_backward_of_inf_and_nan_dy_routes_zeros_elsewhere(k, s, p, pool_path):
     """An inf or NaN in dy goes to the pixel that won its window only; the other pixels of the window get 0, as
     the reference (``where(hit, dy, 0)``) and PyTorch (the NumPy path multiplied ``hit * dy``: ``0 * inf`` is NaN),
     in the tiling backward and the general one."""
@@ -674,7 +703,7 @@ def test_max_pool2d_backward_of_inf_and_nan_dy_routes_zeros_elsewhere(k, s, p):
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-15, atol=0)  # (overlaps: another summation order)
 
 
-def test_max_pool2d_numpy_of_huge_values_warns_nothing():
+def test_max_pool2d_numpy_of_huge_values_warns_nothing(pool_path):
     """The NumPy max pooling's NaN and inf checks (dot products of y and dy with themselves) overflow silently: large
     finite float32 values pool and route their gradient without a RuntimeWarning, like the reference."""
     import warnings
@@ -760,7 +789,7 @@ def _torch_max_pool(x, dy, args):
 
 
 @pytest.mark.parametrize("xs,k,s,p,d,ceil", POOL_EDGE_CASES)
-def test_max_pool2d_windows_of_only_minus_inf_route_into_the_input_like_torch(xs, k, s, p, d, ceil):
+def test_max_pool2d_windows_of_only_minus_inf_route_into_the_input_like_torch(xs, k, s, p, d, ceil, pool_path):
     """A window whose elements are all -inf (padding included) takes its first in-bounds element as the argmax, so
     dx sums to dy.sum() (pytorch#23161); routing into the padding lost the gradient."""
     args = (k, s, p, d, ceil)
@@ -777,7 +806,7 @@ def test_max_pool2d_windows_of_only_minus_inf_route_into_the_input_like_torch(xs
 
 
 @pytest.mark.parametrize("xs,k,s,p,d,ceil", POOL_EDGE_CASES[1:])
-def test_max_pool2d_nan_windows_like_torch(xs, k, s, p, d, ceil):
+def test_max_pool2d_nan_windows_like_torch(xs, k, s, p, d, ceil, pool_path):
     """NaN propagates to every window holding one and, as in PyTorch (``val > maxval || isnan(val)``), the last NaN
     of a window gets its gradient; -inf and +inf mixed in."""
     args = (k, s, p, d, ceil)

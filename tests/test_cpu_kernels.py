@@ -537,3 +537,153 @@ def test_the_cache_folder_settings_are_read_as_documented(monkeypatch, tmp_path)
     assert cpu_kernels._cache_dirs() == [tmp_path / "home" / ".cache" / "xpnn", last]
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cpu_kernels._cache_dirs() == [tmp_path / "xdg" / "xpnn", last]
+
+
+# ---- max pooling (kernels/cpu/pooling.cpp) ----------------------------------------------------------------------
+
+# (input shape, kernel, stride, padding, dilation, ceil_mode)
+POOL_GEOMETRIES = [
+    ((3, 6, 28, 28), 2, 2, 0, 1, False),  # LeNet's tiles
+    ((2, 4, 10, 10), 2, None, 0, 1, False),
+    ((2, 3, 13, 11), 3, 2, 1, 1, False),
+    ((2, 3, 12, 12), 3, 2, 1, 1, True),
+    ((2, 3, 11, 13), 3, 1, 1, 2, False),  # dilation 2
+    ((2, 2, 10, 9), 3, 2, 0, 1, True),  # ceil_mode: partial last windows
+    ((2, 3, 9, 8), 3, 1, 0, 1, False),  # stride < kernel: overlapping windows
+    ((2, 3, 9, 10), (2, 3), (1, 2), (1, 1), (2, 1), True),
+    ((2, 2, 7, 7), 2, 2, 1, 1, False),  # padding, but the windows do not tile
+    ((1, 2, 1, 5), 2, 1, 1, 2, False),  # dilation steps over the one row: windows with no in-bounds pixel
+]
+
+
+def _pool_input(shape, dtype, seed, specials=True):
+    """Few distinct values (ties), signed zeros, and where ``specials`` -inf runs, whole -inf planes and NaNs of
+    both signs."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, size=shape).astype(dtype)
+    x[rng.random(shape) < 0.2] = -0.0
+    if specials:
+        x[rng.random(shape) < 0.3] = -np.inf
+        x[0, 0] = -np.inf
+        nan = rng.random(shape) < 0.03
+        x[nan] = np.where(rng.random(shape) < 0.5, np.nan, -np.nan)[nan]
+    return x
+
+
+def _pool_dy(shape, dtype, seed, specials):
+    rng = np.random.default_rng(seed)
+    dy = rng.standard_normal(shape).astype(dtype)
+    dy[rng.random(shape) < 0.2] = -0.0
+    if specials:
+        dy.flat[::7] = np.inf
+        dy.flat[3::11] = -np.inf
+        dy.flat[5::13] = np.nan
+    return dy
+
+
+def _same_bits(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert np.array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}"))
+
+
+def _pool_both(fn, *args):
+    """fn(*args) with the compiled kernels and with the NumPy path (copies: the results are recycled buffers)."""
+    with _dispatch.use_kernels(True):
+        got = [np.array(a) for a in fn(*args)]
+    with _dispatch.use_kernels(False), np.errstate(invalid="ignore"):
+        want = [np.array(a) for a in fn(*args)]
+    return got, want
+
+
+@needs_library
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("specials", [False, True], ids=["finite", "nan-inf"])
+@pytest.mark.parametrize("xs,k,s,p,d,ceil", POOL_GEOMETRIES)
+def test_max_pool2d_compiled_equals_the_numpy_path_bit_for_bit(xs, k, s, p, d, ceil, specials, dtype):
+    """Every geometry, both dtypes, ties and signed zeros; with specials -inf windows (padding never wins), NaN
+    windows (argmax the last NaN, as the reference, and y that NaN) and inf/NaN in dy (0 for the pixels that did not
+    win): the compiled forward and backward give the NumPy path's y, argmax and dx bit for bit."""
+    from xpnn.functional import conv_numpy, pooling
+
+    g = pooling.pool2d_geometry(xs, k, s, p, d, ceil, "test")
+    x = _pool_input(xs, dtype, seed=len(xs) + g.kh, specials=specials)
+    (y, arg), (y_ref, arg_ref) = _pool_both(conv_numpy.max_pool2d_numpy, x, g)
+    _same_bits(y, y_ref)
+    np.testing.assert_array_equal(arg, arg_ref)
+    assert arg.dtype == np.int32
+    for finite_dy in (True, False) if specials else (True,):
+        dy = _pool_dy(y.shape, dtype, seed=1, specials=not finite_dy)
+        (dx,), (dx_ref,) = _pool_both(lambda *a: (conv_numpy.max_pool2d_backward_numpy(*a),), arg_ref, dy, g)
+        _same_bits(dx, dx_ref)
+
+
+@needs_library
+def test_max_pool2d_compiled_sums_overlapping_windows_in_the_numpy_order():
+    """Stride 1 with a 3x3 kernel: a pixel that wins up to nine windows gets their dy summed in increasing kernel
+    offset (the NumPy path's pass order), which differs in rounding from other orders for these values."""
+    from xpnn.functional import conv_numpy, pooling
+
+    xs = (1, 1, 6, 6)
+    x = np.zeros(xs, np.float32)
+    x[0, 0, 2, 2] = 1.0  # the maximum of every window that holds it
+    g = pooling.pool2d_geometry(xs, 3, 1, 0, 1, False, "test")
+    dy = np.array([1e8, 1.0, -1e8, 3.0], np.float32).repeat(4)[:g.oh * g.ow].reshape(1, 1, g.oh, g.ow)
+    (y, arg), _ = _pool_both(conv_numpy.max_pool2d_numpy, x, g)
+    (dx,), (dx_ref,) = _pool_both(lambda *a: (conv_numpy.max_pool2d_backward_numpy(*a),), arg, dy, g)
+    _same_bits(dx, dx_ref)
+    assert dx[0, 0, 2, 2] != np.float32(dy[arg == arg].sum(dtype=np.float64))  # the order matters here
+
+
+@needs_library
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "chunks"])
+def test_max_pool2d_layer_through_the_tape_equals_the_numpy_path(chunked, monkeypatch):
+    """F.max_pool2d on a tensor and its backward through the tape (LeNet's first pooling), whole and split over two
+    threads (one compiled call per chunk), for a batch, an unbatched (C, H, W) input and an empty batch: y and dx
+    equal the NumPy path's (kernels on, the compiled ones left out) bit for bit, and the reference's
+    (``use_kernels(False)``) in value (the reference's y of a +0.0/-0.0 tie is NumPy's max, the last of them; the
+    NumPy path's and the kernel's is the winning element, the first)."""
+    import xpnn
+    from xpnn import functional as F
+    from xpnn.functional import conv_numpy, cpu_threads
+
+    def run(kernels, compiled, x, dy):
+        with _dispatch.use_kernels(kernels), monkeypatch.context() as m:
+            if not compiled:
+                m.setattr(cpu_kernels, "pooling_applies", lambda *a: False)
+            t = xpnn.tensor(x, requires_grad=True)
+            out = F.max_pool2d(t, 2)
+            out.backward(dy)
+            return out.numpy().copy(), np.array(t.grad)
+
+    if chunked:
+        monkeypatch.setattr(conv_numpy, "CHUNK_MIN_ELEMENTS", 1)
+        cpu_threads.set_num_threads(2)
+    try:
+        for shape in ((8, 6, 28, 28), (6, 28, 28), (0, 6, 28, 28)):
+            x = _pool_input(shape, np.float32, seed=3, specials=False)
+            dy = _pool_dy(shape[:-2] + (14, 14), np.float32, seed=4, specials=False)
+            got = run(True, True, x, dy)
+            for a, b in zip(got, run(True, False, x, dy)):
+                _same_bits(a, b)
+            for a, b in zip(got, run(False, False, x, dy)):
+                np.testing.assert_array_equal(a, b)
+    finally:
+        cpu_threads.set_num_threads(None)
+
+
+@needs_library
+def test_max_pool2d_takes_the_compiled_kernel_only_where_it_applies(monkeypatch):
+    """C-contiguous float32/float64 NumPy input takes the compiled kernel; float16 and kernels off take the NumPy
+    path (the same results)."""
+    from xpnn.functional import conv_numpy, pooling
+
+    calls = []
+    real = cpu_kernels.max_pool2d
+    monkeypatch.setattr(cpu_kernels, "max_pool2d", lambda *a: calls.append(real(*a)) or calls[-1])
+    g = pooling.pool2d_geometry((2, 3, 8, 8), 2, None, 0, 1, False, "test")
+    for dtype, on, want in ((np.float32, True, True), (np.float64, True, True), (np.float16, True, False),
+                            (np.float32, False, False)):
+        calls.clear()
+        with _dispatch.use_kernels(on):
+            conv_numpy.max_pool2d_numpy(np.ones((2, 3, 8, 8), dtype), g)
+        assert calls == [want]

@@ -18,6 +18,8 @@ same context, so the declaration's backward (or the backward override here) foll
   and takes ``argmax`` over its window axis, which NumPy does slowly for short axes);
 - ``max_pool2d`` backward: per window offset, dy where the argmax is that offset added into the strided view of dx
   (written directly, without a zeroed accumulator, when the windows tile the input exactly).
+- ``max_pool2d`` forward and backward, where the compiled CPU kernels apply (``cpu_kernels.max_pool2d``,
+  ``cpu_kernels.max_pool2d_backward``): one compiled call per batch chunk, with the NumPy passes' results bit for bit.
 
 Scratch (padded and shifted copies, the column tensor, matmul outputs, accumulators, masks) comes from
 ``_workspace``: buffers recycled across calls once nothing references them, so a steady-state training step does
@@ -710,9 +712,14 @@ def max_pool2d_numpy(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, np.n
     axis). Each step is branch-free: ``maximum(v, m)`` returns its second operand on ties (so m keeps the earlier
     value, -0.0 included, exactly as ``copyto(m, v, where=v > m)``) and the index takes ``a + win * (k - a)``;
     masked copies with data-dependent masks ran 5x slower. Input with a NaN (which ``maximum`` carries into y, found
-    by ``_all_finite``: one dot product of y with itself) is left to the reference, which makes the NaN win its
-    window. A window of only -inf (padding included) picks its first in-bounds element, as the reference
-    (``pooling.window_max``)."""
+    by ``_all_finite``: one dot product of y with itself) takes the reference's argmax (the last NaN of a window),
+    with y that NaN (as PyTorch: y is the winning element in every window). A window of only -inf (padding included) picks its first in-bounds element, as the reference
+    (``pooling.window_max``). The compiled kernel (``cpu_kernels.max_pool2d``), where it applies, computes the same y
+    and argmax in one pass, NaN windows included."""
+    y = _workspace.buffer("max_pool2d.out", (g.n, g.c, g.oh, g.ow), x.dtype)  # the output, free again once dropped
+    arg = _workspace.buffer("max_pool2d.argmax", y.shape, np.int32)  # kept out of reuse while saved for backward
+    if cpu_kernels.max_pool2d(x, g, y, arg):
+        return y, arg
     xpad = _padded(x, g, -np.inf, "max_pool2d.pad")
     rows = xpad[:, :, :g.dh * (g.kh - 1) + g.sh * (g.oh - 1) + 1]  # the rows some window reaches
     hshape = (g.n, g.c, rows.shape[2], g.ow)
@@ -723,9 +730,7 @@ def max_pool2d_numpy(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, np.n
         harg.fill(0)
     _running_max(hmax, harg, [(rows[..., g.window(0, j)[1]], j) for j in range(1, g.kw)], "max_pool2d.row",
                  a_zero=True)
-    y = _workspace.buffer("max_pool2d.out", (g.n, g.c, g.oh, g.ow), x.dtype)  # the output, free again once dropped
     np.copyto(y, hmax[:, :, g.window(0, 0)[0]])
-    arg = _workspace.buffer("max_pool2d.argmax", y.shape, np.int32)  # kept out of reuse while saved for backward
     np.copyto(arg, harg[:, :, g.window(0, 0)[0]])
     steps = []
     for i in range(1, g.kh):
@@ -733,8 +738,13 @@ def max_pool2d_numpy(x: np.ndarray, g: Conv2dGeometry) -> tuple[np.ndarray, np.n
         steps.append((hmax[:, :, hs], np.add(harg[:, :, hs], np.int32(i * g.kw),
                                               out=_workspace.buffer(f"max_pool2d.row_arg{i}", y.shape, np.int32))))
     _running_max(y, arg, steps, "max_pool2d.col")
-    if not _all_finite(y) and np.isnan(y).any():  # a NaN in some window
-        return window_max(np, im2col(x, g, pad_value=-math.inf).reshape(g.n, g.c, g.offsets, g.oh, g.ow), g)
+    if not _all_finite(y) and np.isnan(y).any():  # a NaN in some window: the reference's argmax (its last NaN)
+        cols = im2col(x, g, pad_value=-math.inf).reshape(g.n, g.c, g.offsets, g.oh, g.ow)
+        y_ref, arg_ref = window_max(np, cols, g)
+        np.copyto(arg, arg_ref)
+        # y stays the winning element (signed zeros included: NumPy's max keeps the last of +0.0/-0.0), that NaN too
+        np.copyto(y, np.take_along_axis(cols, arg_ref[:, :, None], axis=2)[:, :, 0], where=np.isnan(y_ref))
+        return y, arg
     if g.pt or g.pl:  # only top/left padding can come first in a window (every window starts in it or the input)
         np.copyto(arg, first_inbounds_offset(np, g), where=y == -np.inf)
     return y, arg
@@ -774,7 +784,14 @@ def max_pool2d_backward_numpy(argmax: np.ndarray, dy: np.ndarray, g: Conv2dGeome
     input pixel is in one window: the routed values are written straight into a fresh dx, with no zeroed
     accumulator. For finite dy a routed value is the product ``hit * dy`` (a pixel that did not win gets
     ``0 * dy``: -0.0 where dy < 0, which compares equal to the reference's +0.0); dy with an inf or NaN (``0 * inf``
-    is NaN) takes ``where(hit, dy, 0)``, the reference's rule (and PyTorch's: 0 for the pixels that did not win)."""
+    is NaN) takes ``where(hit, dy, 0)``, the reference's rule (and PyTorch's: 0 for the pixels that did not win).
+    The compiled kernel (``cpu_kernels.max_pool2d_backward``), where it applies, computes the same dx in one pass."""
+    tiles = (g.sh == g.kh and g.sw == g.kw and g.dh == g.dw == 1 and g.oh * g.kh == g.hp == g.h
+             and g.ow * g.kw == g.wp == g.w)
+    if cpu_kernels.pooling_applies(g, argmax, dy):
+        dx = _workspace.buffer("max_pool2d.dx", (g.n, g.c, g.h, g.w), dy.dtype)
+        if cpu_kernels.max_pool2d_backward(argmax, dy, g, dx, (2 if _all_finite(dy) else 1) if tiles else 0):
+            return dx
     hit = _workspace.buffer("max_pool2d.hit", dy.shape, bool)
     finite = _all_finite(dy)
 
@@ -785,8 +802,6 @@ def max_pool2d_backward_numpy(argmax: np.ndarray, dy: np.ndarray, g: Conv2dGeome
         else:
             np.copyto(out, np.where(hit, dy, dy.dtype.type(0)))
 
-    tiles = (g.sh == g.kh and g.sw == g.kw and g.dh == g.dw == 1 and g.oh * g.kh == g.hp == g.h
-             and g.ow * g.kw == g.wp == g.w)
     if tiles:
         dx = _workspace.buffer("max_pool2d.dx", (g.n, g.c, g.h, g.w), dy.dtype)  # every entry written below
         for k in range(g.offsets):

@@ -11,7 +11,8 @@ on threads, become one call. Likewise the im2col convolution path's column build
 accumulator and a transpose, where one loop gathers each dx row once.
 
 - The sources are ``kernels/cpu/*.cpp``: C++ that includes the element math of the CUDA kernels (``kernels/adam.cuh``)
-  so each update is written once for CUDA and the CPU. Built with ``-ffp-contract=off`` (no a*b+c -> FMA), their
+  so each update is written once for CUDA and the CPU. Max pooling (``max_pool2d``, ``max_pool2d_backward``: one call
+  per batch chunk, the window rule of ``kernels/max_pool.cuh``) likewise. Built with ``-ffp-contract=off`` (no a*b+c -> FMA), their
   results equal the NumPy path's bit for bit.
 - Built on first use with the system C++ compiler (``$CXX``, else the first of ``c++``, ``g++``, ``clang++`` on
   PATH; ~1 s), cached as ``cpu-<hash>.so`` in ``$XPNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/xpnn``, else
@@ -48,10 +49,11 @@ import numpy as np
 from .. import _dispatch
 
 __all__ = ["library", "status", "adam_update", "shift_planes_fn", "shift_row_sum_fn", "shift_dw_rows_fn",
-           "im2col_ready", "im2col", "col2im", "SOURCES", "FLAGS"]
+           "im2col_ready", "im2col", "col2im", "max_pool2d", "max_pool2d_backward", "pooling_applies", "SOURCES",
+           "FLAGS"]
 
 #: the sources compiled into the library, in ``kernels/cpu``
-SOURCES = ("optimizers.cpp", "conv.cpp", "im2col.cpp")
+SOURCES = ("optimizers.cpp", "conv.cpp", "im2col.cpp", "pooling.cpp")
 #: -fno-fast-math -fno-unsafe-math-optimizations: cancel those in $CXX (CXX="g++ -ffast-math" would reorder the math,
 #: and link crtfastmath.o, whose loading turns on flush-to-zero for the whole process, NumPy included);
 #: -ffp-contract=off: each a*b+c rounded twice, as NumPy's separate ufuncs (results equal the NumPy path's);
@@ -317,6 +319,12 @@ def _signatures() -> dict[str, list[Any]]:
         sig[f"xpnn_cpu_im2col_{dtype.name}"] = [ctypes.c_void_p] * 3
         for path in COL2IM_PATHS:
             sig[f"xpnn_cpu_col2im_{path}_{dtype.name}"] = [ctypes.c_void_p] * 3 + [ctypes.c_longlong] * 3
+        # xpnn_cpu_max_pool2d_<dtype>(x, y, argmax, planes, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+        sig[f"xpnn_cpu_max_pool2d_{dtype.name}"] = [ctypes.c_void_p] * 3 + [ctypes.c_longlong] + [ctypes.c_int] * 12
+        # xpnn_cpu_max_pool2d_backward_<dtype>(argmax, dy, dx, planes, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+        #                                      tiles)
+        sig[f"xpnn_cpu_max_pool2d_backward_{dtype.name}"] = ([ctypes.c_void_p] * 3 + [ctypes.c_longlong]
+                                                             + [ctypes.c_int] * 13)
     return sig
 
 
@@ -556,4 +564,44 @@ def col2im(path: str, columns: np.ndarray, dx: np.ndarray, g: Any, groups: int) 
     sn, sc, sh = (s // item for s in dx.strides[:3])
     getattr(lib, f"xpnn_cpu_col2im_{path}_{columns.dtype.name}")(columns.ctypes.data, dx.ctypes.data,
                                                                  _geometry(g, groups), sn, sc, sh)
+    return True
+
+
+def _pool_geometry(g: Any) -> tuple[int, ...]:
+    """(planes, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow) of a ``Conv2dGeometry`` for the pooling kernels."""
+    return g.n * g.c, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow
+
+
+def pooling_applies(g: Any, *arrays: Any) -> bool:
+    """Whether the pooling kernels run for geometry g (a ``Conv2dGeometry``) on these arrays: kernels on and built,
+    C-contiguous NumPy arrays, the float ones float32 or float64 (one dtype), the others int32 (argmax), and padded
+    planes below 2^31 elements (the kernels' index math within a plane is 32-bit)."""
+    if not _dispatch.kernels_enabled() or g.hp * g.wp >= 1 << 31:
+        return False
+    if not all(type(a) is np.ndarray and a.flags.c_contiguous for a in arrays):
+        return False
+    floats = {a.dtype for a in arrays if a.dtype != np.int32}
+    return len(floats) == 1 and floats <= _C_TYPES.keys() and library() is not None
+
+
+def max_pool2d(x: np.ndarray, g: Any, y: np.ndarray, argmax: np.ndarray) -> bool:
+    """``conv_numpy.max_pool2d_numpy`` in one compiled pass: y (N, C, OH, OW) and int32 argmax (the winning offset
+    ``i * kw + j``) written for x (N, C, H, W) of geometry g, each window's winner by the CUDA kernel's rule
+    (``kernels/max_pool.cuh``: the first maximum, the last NaN, padding never winning; y the winning element). False (nothing done) where ``pooling_applies`` does not hold."""
+    if not pooling_applies(g, x, y, argmax):
+        return False
+    fn = getattr(library(), f"xpnn_cpu_max_pool2d_{x.dtype.name}")
+    fn(x.ctypes.data, y.ctypes.data, argmax.ctypes.data, *_pool_geometry(g))
+    return True
+
+
+def max_pool2d_backward(argmax: np.ndarray, dy: np.ndarray, g: Any, dx: np.ndarray, tiles: int) -> bool:
+    """``conv_numpy.max_pool2d_backward_numpy`` in one compiled pass: dx (N, C, H, W) from the int32 argmax and dy
+    (N, C, OH, OW). ``tiles``: 0 where the windows do not tile the input exactly (each pixel: +0.0 plus the dy of
+    the windows it won, in increasing kernel offset), 1 / 2 where they do (each pixel: the dy of its window where it
+    won, else +0.0 / ``0 * dy``). False (nothing done) where ``pooling_applies`` does not hold."""
+    if not pooling_applies(g, argmax, dy, dx):
+        return False
+    fn = getattr(library(), f"xpnn_cpu_max_pool2d_backward_{dy.dtype.name}")
+    fn(argmax.ctypes.data, dy.ctypes.data, dx.ctypes.data, *_pool_geometry(g), tiles)
     return True
