@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <type_traits>
+
 #define __device__
 #define __forceinline__ inline
 #include "../max_pool.cuh"
@@ -16,18 +18,12 @@
 namespace {
 
 // g where keep, else +0.0, through the bits (a mask, not a branch: which windows a pixel won is data-dependent).
-inline float kept_or_zero(bool keep, float g) {
-    uint32_t b;
+template <typename T>
+inline T kept_or_zero(bool keep, T g) {
+    typedef typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type Bits;
+    Bits b;
     memcpy(&b, &g, sizeof b);
-    b &= 0u - (uint32_t)keep;
-    memcpy(&g, &b, sizeof b);
-    return g;
-}
-
-inline double kept_or_zero(bool keep, double g) {
-    uint64_t b;
-    memcpy(&b, &g, sizeof b);
-    b &= 0u - (uint64_t)keep;
+    b &= Bits(0) - Bits(keep);
     memcpy(&g, &b, sizeof b);
     return g;
 }
