@@ -1164,3 +1164,59 @@ def test_conv2d_numpy_compiled_kernels_give_the_numpy_step(compiled_calls, monke
     assert compiled_calls.count(("im2col", True)) == threads and compiled_calls.count(("col2im", True)) == threads
     for a, b_, what in zip(got, want, ("y", "dx", "dW", "db", "dy")):
         _same_bits(a, b_, what)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "nhwc-view"])
+@pytest.mark.parametrize("threads,n", [(3, 5), (3, 7), (4, 5), (4, 7)])
+def test_compiled_conv_and_max_pool_split_unevenly_give_the_numpy_step(monkeypatch, threads, n, layout, dtype):
+    """A small CNN (im2col conv, overlapping ceil-mode pooling, grouped strided 1x5 conv, 2x2 pooling, column-free
+    conv) through the tape with its batch split unevenly over 3 and 4 threads (chunks of 1-2 samples, one compiled
+    call each), its input contiguous or an NCHW view of NHWC data: the loss and every gradient equal those of the
+    NumPy passes (the compiled wrappers left out) bit for bit, and the compiled kernels ran on more than one chunk."""
+    import xpnn
+    from xpnn.functional import conv_numpy, cpu_threads
+
+    if cpu_kernels.library() is None:
+        pytest.skip(f"the CPU kernels are not built here: {cpu_kernels.status()}")
+    monkeypatch.setattr(conv_numpy, "CHUNK_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(conv_numpy, "SHIFT_MIN_CHANNELS", 16)  # the last conv only (16 -> 16 channels)
+    x = randn(n, 11, 13, 3, seed=1).astype(dtype).transpose(0, 3, 1, 2)
+    if layout == "contiguous":
+        x = np.ascontiguousarray(x)
+    ws = [randn(*s, seed=k).astype(dtype) for k, s in enumerate(((8, 3, 3, 3), (16, 4, 1, 5), (16, 16, 3, 3)), 2)]
+    bs = [randn(s, seed=k).astype(dtype) for k, s in enumerate((8, 16, 16), 5)]
+
+    def step():
+        xt = xpnn.tensor(x, requires_grad=True)
+        params = [xpnn.tensor(a, requires_grad=True) for a in ws + bs]
+        h = F.relu(F.conv2d(xt, params[0], params[3], 1, 1))
+        h = F.max_pool2d(h, 3, 2, 1, ceil_mode=True)
+        h = F.relu(F.conv2d(h, params[1], params[4], (1, 2), (0, 2), 1, 2))
+        h = F.max_pool2d(h, 2)
+        h = F.conv2d(h, params[2], params[5], 1, 1)
+        loss = (h * h).sum()
+        loss.backward()
+        return [np.array(loss.data), np.array(xt.grad)] + [np.array(p.grad) for p in params]
+
+    ran = []
+    cpu_threads.set_num_threads(threads)
+    try:
+        with monkeypatch.context() as m:  # the NumPy passes
+            for name in ("im2col", "col2im", "im2col_ready", "max_pool2d", "max_pool2d_backward", "pooling_applies"):
+                m.setattr(cpu_kernels, name, lambda *a: False)
+            for name in ("shift_planes_fn", "shift_row_sum_fn", "shift_dw_rows_fn"):
+                m.setattr(cpu_kernels, name, lambda *a: None)
+            want = step()
+        for name in ("im2col", "max_pool2d"):
+            real = getattr(cpu_kernels, name)
+            monkeypatch.setattr(cpu_kernels, name, lambda *a, _real=real, _name=name: ran.append(
+                (_name, _real(*a))) or ran[-1][1])
+        got = step()
+    finally:
+        cpu_threads.set_num_threads(None)
+    for a, b, what in zip(got, want, ("loss", "dx", "dW1", "dW2", "dW3", "db1", "db2", "db3")):
+        _same_bits(a, b, what)
+    assert ran.count(("max_pool2d", True)) == 2 * threads
+    # conv1's columns compiled per chunk where its chunks are C-contiguous; conv2's always
+    assert ran.count(("im2col", True)) == (1 if layout == "nhwc-view" else 2) * threads
