@@ -687,3 +687,42 @@ def test_max_pool2d_takes_the_compiled_kernel_only_where_it_applies(monkeypatch)
         with _dispatch.use_kernels(on):
             conv_numpy.max_pool2d_numpy(np.ones((2, 3, 8, 8), dtype), g)
         assert calls == [want]
+
+
+@needs_library
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool2d_leaves_misaligned_arrays_to_the_numpy_path(monkeypatch, dtype):
+    """A C-contiguous but misaligned input or dy (``np.frombuffer`` at an odd byte offset, as from a packed file or
+    record; undefined behaviour in C, reported by -fsanitize=alignment) takes the NumPy path, forward and backward,
+    with its values; the same arrays aligned take the compiled kernels."""
+    from xpnn.functional import conv_numpy, pooling
+
+    calls = []
+    for name in ("max_pool2d", "max_pool2d_backward"):
+        real = getattr(cpu_kernels, name)
+        monkeypatch.setattr(cpu_kernels, name, lambda *a, _real=real, _name=name: calls.append(
+            (_name, _real(*a))) or calls[-1][1])
+
+    def misaligned(a):
+        out = np.frombuffer(bytearray(a.nbytes + 1), a.dtype, a.size, 1).reshape(a.shape)
+        out[...] = a
+        assert out.flags.c_contiguous and not out.flags.aligned
+        return out
+
+    xs = (2, 3, 9, 10)
+    g = pooling.pool2d_geometry(xs, 3, 2, 1, 1, True, "test")
+    x = _pool_input(xs, dtype, seed=5, specials=False)
+    dy = _pool_dy((2, 3, g.oh, g.ow), dtype, seed=6, specials=False)
+    with _dispatch.use_kernels(False):
+        y_ref, arg_ref = (np.array(a) for a in conv_numpy.max_pool2d_numpy(x, g))
+        dx_ref = np.array(conv_numpy.max_pool2d_backward_numpy(arg_ref, dy, g))
+    calls.clear()
+    y, arg = conv_numpy.max_pool2d_numpy(misaligned(x), g)
+    _same_bits(np.array(y), y_ref)
+    np.testing.assert_array_equal(arg, arg_ref)
+    _same_bits(np.array(conv_numpy.max_pool2d_backward_numpy(arg_ref, misaligned(dy), g)), dx_ref)
+    assert calls == [("max_pool2d", False)]  # (the backward's pooling_applies already said no)
+    calls.clear()
+    conv_numpy.max_pool2d_numpy(x, g)
+    conv_numpy.max_pool2d_backward_numpy(arg_ref, dy, g)
+    assert calls == [("max_pool2d", True), ("max_pool2d_backward", True)]
