@@ -1220,3 +1220,22 @@ def test_compiled_conv_and_max_pool_split_unevenly_give_the_numpy_step(monkeypat
     assert ran.count(("max_pool2d", True)) == 2 * threads
     # conv1's columns compiled per chunk where its chunks are C-contiguous; conv2's always
     assert ran.count(("im2col", True)) == (1 if layout == "nhwc-view" else 2) * threads
+
+
+@pytest.mark.parametrize("path", ["channels_last", "cols"])
+@pytest.mark.parametrize("stride", [(2**63 - 1, 2**63 - 1), (2**62 + 1, 3), (2, 2**63 - 2)])
+def test_conv2d_numpy_compiled_kernels_with_strides_near_the_int64_limit(compiled_calls, monkeypatch, stride, path):
+    """A stride so large that one window fits in its axis (up to 2^63 - 1, the geometry's int64): the compiled
+    columns and col2im give the reference's y and dx (their index math must not overflow: a ceiling division as
+    (a + s - 1) / s wrapped and left output rows and dx zero)."""
+    from xpnn.functional import conv_numpy
+
+    monkeypatch.setattr(conv_numpy, "input_grad_path", lambda *_: path)
+    x, w, b = randn(2, 3, 9, 10, seed=1), randn(4, 3, 2, 3, seed=2), randn(4, seed=3)
+    with _dispatch.use_kernels(False):  # the array-API reference
+        want = _conv_through_tape(x, w, b, 4, stride, 1, 1, 1)
+    compiled_calls.clear()
+    got = _conv_through_tape(x, w, b, 4, stride, 1, 1, 1)
+    assert compiled_calls == [("im2col", True), ("col2im", True)]
+    for a, b_, what in zip(got, want, ("y", "dx", "dW", "db")):
+        np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12, err_msg=what)

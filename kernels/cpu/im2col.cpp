@@ -24,8 +24,8 @@ struct Geom {
           pt(g[10]), pl(g[11]), oh(g[12]), ow(g[13]), groups(g[14]) {}
 };
 
-// The first q >= 0 with q * s >= a (s > 0).
-inline long long first_at_least(long long a, long long s) { return a <= 0 ? 0 : (a + s - 1) / s; }
+// The first q >= 0 with q * s >= a (s > 0); not as (a + s - 1) / s, which overflows for a stride near 2^63.
+inline long long first_at_least(long long a, long long s) { return a <= 0 ? 0 : (a - 1) / s + 1; }
 
 // The output positions q in [lo, hi) of a kernel column whose padded input column w + pl = off + q * s lies in
 // [pl, pl + w) (off = j * dw).
