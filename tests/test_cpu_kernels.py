@@ -726,3 +726,20 @@ def test_max_pool2d_leaves_misaligned_arrays_to_the_numpy_path(monkeypatch, dtyp
     conv_numpy.max_pool2d_numpy(x, g)
     conv_numpy.max_pool2d_backward_numpy(arg_ref, dy, g)
     assert calls == [("max_pool2d", True), ("max_pool2d_backward", True)]
+
+
+@needs_library
+@pytest.mark.parametrize("stride,dilation", [((2**31, 2), 1), ((2, 2**32 + 2), 1), (2, (1, 2**31))])
+def test_max_pool2d_kernels_are_not_given_what_a_c_int_cannot_hold(stride, dilation):
+    """The pooling kernels take their geometry as C ints (ctypes truncates larger Python ints silently): a stride or
+    dilation from 2^31 on (a valid geometry where one window fits in that axis) leaves them out; below, they run."""
+    from xpnn.functional import pooling
+
+    x = np.ones((2, 3, 9, 10), np.float32)
+    kernel = (2, 1) if dilation != 1 else 2
+    g = pooling.pool2d_geometry(x.shape, kernel, stride, 0, dilation, False, "test")
+    y, arg = np.empty((2, 3, g.oh, g.ow), np.float32), np.empty((2, 3, g.oh, g.ow), np.int32)
+    assert not cpu_kernels.pooling_applies(g, x, y, arg)
+    small = pooling.pool2d_geometry(x.shape, kernel, 2**31 - 1, 0, 1, False, "test")
+    assert cpu_kernels.pooling_applies(small, x, np.empty((2, 3, small.oh, small.ow), np.float32),
+                                       np.empty((2, 3, small.oh, small.ow), np.int32))

@@ -575,9 +575,10 @@ def _pool_geometry(g: Any) -> tuple[int, ...]:
 def pooling_applies(g: Any, *arrays: Any) -> bool:
     """Whether the pooling kernels run for geometry g (a ``Conv2dGeometry``) on these arrays: kernels on and built,
     C-contiguous aligned NumPy arrays (misaligned, e.g. ``np.frombuffer`` at an odd offset: undefined behaviour in
-    C), the float ones float32 or float64 (one dtype), the others int32 (argmax), and padded planes below 2^31
-    elements (the kernels' index math within a plane is 32-bit)."""
-    if not _dispatch.kernels_enabled() or g.hp * g.wp >= 1 << 31:
+    C), the float ones float32 or float64 (one dtype), the others int32 (argmax), padded planes below 2^31
+    elements (the kernels' index math within a plane is 32-bit) and strides and dilations below 2^31 (passed as C
+    ints, which ctypes would truncate silently)."""
+    if not _dispatch.kernels_enabled() or g.hp * g.wp >= 1 << 31 or max(g.sh, g.sw, g.dh, g.dw) >= 1 << 31:
         return False
     if not all(type(a) is np.ndarray and a.flags.c_contiguous and a.flags.aligned for a in arrays):
         return False
