@@ -743,3 +743,135 @@ def test_max_pool2d_kernels_are_not_given_what_a_c_int_cannot_hold(stride, dilat
     small = pooling.pool2d_geometry(x.shape, kernel, 2**31 - 1, 0, 1, False, "test")
     assert cpu_kernels.pooling_applies(small, x, np.empty((2, 3, small.oh, small.ow), np.float32),
                                        np.empty((2, 3, small.oh, small.ow), np.int32))
+
+
+def _relu_pair(dtype, shape, seed=0):
+    """x and dy with NaNs (two payloads), infinities, +-0.0 and subnormals placed where x <= 0 and where x > 0."""
+    rng = np.random.default_rng(seed)
+    x, dy = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    bits = np.dtype(f"u{np.dtype(dtype).itemsize}")
+    nan1, nan2 = np.array([np.nan, np.nan], dtype)
+    nan2 = (np.array(nan2).view(bits) | bits.type(1)).view(dtype)  # another quiet NaN payload
+    tiny = np.finfo(dtype).smallest_subnormal
+    specials = np.array([np.nan, nan2, np.inf, -np.inf, 0.0, -0.0, tiny, -tiny], dtype)
+    flat_x, flat_dy = x.reshape(-1), dy.reshape(-1)
+    k = len(specials)
+    if flat_x.size < 4 * k:  # (a tiny array: special x and dy side by side)
+        flat_x[:k], flat_dy[k:2 * k] = specials, specials[::-1]
+        flat_x[k:2 * k] = -1.0
+        return x, dy
+    flat_x[:k] = specials  # each special x with a finite dy
+    flat_dy[k:3 * k] = np.concatenate([specials, specials])  # each special dy at x <= 0 and at x > 0
+    flat_x[k:2 * k], flat_x[2 * k:3 * k] = -1.0, 1.0
+    flat_x[3 * k:4 * k] = specials  # special x with special dy
+    flat_dy[3 * k:4 * k] = specials[::-1]
+    return x, dy
+
+
+@needs_library
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(cpu_kernels.MIN_ELEMENTS + 3,), (7, 1031), (256, 512), (5, 5)],
+                         ids=["odd", "small-fresh", "recycled", "tiny"])
+def test_relu_backward_compiled_equals_the_numpy_path_bit_for_bit(dtype, shape):
+    """``relu_backward`` and the ReluBackward op (the recycled-buffer path from 65536 elements) with the compiled
+    pass give zero_where's bits: +0.0 where x <= 0 (-0.0 and -inf included; a NaN dy there too), dy where x > 0 or x
+    is NaN (NaN payloads and -0.0 dy kept)."""
+    from xpnn.functional import activations
+
+    x, dy = _relu_pair(dtype, shape)
+    got = activations.relu_backward(x, dy).copy()
+    with _dispatch.use_kernels(False):
+        want = activations.relu_backward(x, dy).copy()
+    assert got.dtype == want.dtype == dtype and got.shape == shape
+    assert got.tobytes() == want.tobytes()
+    k = 8
+    flat = got.reshape(-1)
+    if flat.size >= 4 * k:  # (the rule itself, not only agreement)
+        passed = np.array([1, 1, 1, 0, 0, 0, 1, 0], bool)  # x = NaN, NaN, inf, -inf, 0, -0, tiny, -tiny
+        assert flat[:k][passed].tobytes() == dy.reshape(-1)[:k][passed].tobytes()
+        assert not np.signbit(flat[:k][~passed]).any() and (flat[:k][~passed] == 0).all()
+        assert not np.signbit(flat[k:2 * k]).any() and (flat[k:2 * k] == 0).all()
+        assert flat[2 * k:3 * k].tobytes() == dy.reshape(-1)[2 * k:3 * k].tobytes()
+
+
+@needs_library
+def test_relu_backward_takes_the_compiled_pass_only_where_it_applies(monkeypatch):
+    """C-contiguous float32/float64 NumPy arrays from ``MIN_ELEMENTS`` on take the compiled pass; smaller,
+    strided, float16 or read-only inputs and kernels off take zero_where (the same values)."""
+    from xpnn.functional import activations
+
+    calls = []
+    real = cpu_kernels.relu_backward
+    monkeypatch.setattr(cpu_kernels, "relu_backward", lambda *a: calls.append(real(*a)) or calls[-1])
+    n = 1 << 16
+
+    def run(x, dy):
+        calls.clear()
+        got = activations.relu_backward(x, dy)
+        with _dispatch.use_kernels(False):
+            want = activations.relu_backward(x, dy)
+        assert got.tobytes() == want.tobytes()
+        return any(calls)
+
+    x, dy = _relu_pair(np.float32, (2, n))
+    assert run(x, dy) and run(x[0], dy[0]) and run(x[0, :cpu_kernels.MIN_ELEMENTS], dy[0, :cpu_kernels.MIN_ELEMENTS])
+    assert not run(x[0, :cpu_kernels.MIN_ELEMENTS - 1], dy[0, :cpu_kernels.MIN_ELEMENTS - 1])
+    assert not run(x[:, ::2], dy[:, ::2])  # strided
+    assert not run(x.T, dy.T)  # (2, n) transposed: not C-contiguous
+    assert not run(x.astype(np.float16), dy.astype(np.float16))
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    assert not run(frozen, dy)
+    with _dispatch.use_kernels(False):
+        calls.clear()
+        activations.relu_backward(x, dy)
+        assert not any(calls)
+
+
+@needs_library
+def test_relu_backward_compiled_from_several_threads_at_once():
+    """Eight threads each running the compiled ReLU backward (no GIL held in the C call) on arrays of their own
+    get the NumPy path's bits (the kernel keeps no state; each thread's recycled buffer is its own)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from xpnn.functional import activations
+
+    pairs = [_relu_pair(np.float32, (64, 1024 + 16 * i), seed=i) for i in range(8)]
+    with _dispatch.use_kernels(False):
+        want = [activations.relu_backward(x, dy).copy() for x, dy in pairs]
+
+    def run(i):
+        x, dy = pairs[i]
+        return [activations.relu_backward(x, dy).copy() for _ in range(20)]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(run, range(8)))
+    for got, w in zip(results, want):
+        assert all(g.tobytes() == w.tobytes() for g in got)
+
+
+@needs_library
+def test_relu_mlp_gradients_with_the_compiled_relu_backward_match_the_numpy_path():
+    """Explicit API and tape: a 784-512-512-10 ReLU MLP's parameter gradients (the recycled-buffer path at batch
+    256) with the compiled ReLU backward equal those with the kernels off, bit for bit."""
+    import xpnn
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((256, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 256)
+
+    def grads(kernels, tape):
+        model = nn.Sequential(nn.Linear(784, 512, seed=0), nn.ReLU(), nn.Linear(512, 512, seed=1), nn.ReLU(),
+                              nn.Linear(512, 10, seed=2))
+        loss_fn = nn.CrossEntropyLoss()
+        with _dispatch.use_kernels(kernels):
+            if tape:
+                loss_fn(model(xpnn.tensor(x)), y).backward()
+            else:
+                loss_fn(model(x), y)
+                model.backward(loss_fn.backward(), need_input_grad=False)
+        return [p.grad.copy() for p in model.parameters()]
+
+    for tape in (False, True):
+        for a, b in zip(grads(True, tape), grads(False, tape)):
+            assert a.tobytes() == b.tobytes()

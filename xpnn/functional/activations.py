@@ -16,7 +16,7 @@ from .._cuda.registry import ElementwiseKernel
 from ..autograd.op import Context, Op, numpy_direct
 from ..backend import namespace_of
 from ..errors import ShapeError
-from . import _checks, _workspace
+from . import _checks, _workspace, cpu_kernels
 from ._inplace import InPlace
 from ._masking import zero_where
 from .elementwise import _values, clip, exp
@@ -263,8 +263,11 @@ class ReluBackward(_ActivationBackward):
         xp = ctx.xp  # (check has validated the pair)
         _ActivationBackward.save(ctx, None, x, dy)
         if type(x) is np.ndarray and x.size >= _RECYCLED_MASK:  # mask and dx recycled (dx free once dropped)
+            dx = _workspace.buffer("relu_backward.dx", x.shape, dy.dtype)
+            if cpu_kernels.relu_backward(x, dy, dx):  # one compiled pass, the same bits
+                return dx
             return zero_where(xp, np.less_equal(x, 0, out=_workspace.buffer("relu_backward.mask", x.shape, bool)), dy,
-                              out=_workspace.buffer("relu_backward.dx", x.shape, dy.dtype))
+                              out=dx)
         return zero_where(xp, x <= 0, dy)
 
 
@@ -830,7 +833,9 @@ def relu_backward(x: Any, dy: Any) -> Any:
     ``x <= 0`` gives 0 and a NaN ``x`` passes ``dy`` through (the CUDA kernel does the same)."""
     if (type(x) is np.ndarray and x.dtype.char in "fd" and type(dy) is np.ndarray and dy.dtype == x.dtype
             and dy.shape == x.shape and x.size < _RECYCLED_MASK and numpy_direct("relu_backward")):
-        return zero_where(np, x <= 0, dy)  # NumPy fast path (small: a fresh mask), no Op.apply
+        # NumPy fast path (small: a fresh output), no Op.apply: one compiled pass where it applies, else a fresh mask
+        dx = np.empty(x.shape, x.dtype) if x.size >= cpu_kernels.MIN_ELEMENTS else None
+        return dx if dx is not None and cpu_kernels.relu_backward(x, dy, dx) else zero_where(np, x <= 0, dy)
     return ReluBackward.apply(*_with_dy(x, dy))
 
 

@@ -49,11 +49,11 @@ import numpy as np
 from .. import _dispatch
 
 __all__ = ["library", "status", "adam_update", "shift_planes_fn", "shift_row_sum_fn", "shift_dw_rows_fn",
-           "im2col_ready", "im2col", "col2im", "max_pool2d", "max_pool2d_backward", "pooling_applies", "SOURCES",
-           "FLAGS"]
+           "im2col_ready", "im2col", "col2im", "max_pool2d", "max_pool2d_backward", "pooling_applies", "relu_backward",
+           "SOURCES", "FLAGS"]
 
 #: the sources compiled into the library, in ``kernels/cpu``
-SOURCES = ("optimizers.cpp", "conv.cpp", "im2col.cpp", "pooling.cpp")
+SOURCES = ("optimizers.cpp", "conv.cpp", "im2col.cpp", "pooling.cpp", "activations.cpp")
 #: -fno-fast-math -fno-unsafe-math-optimizations: cancel those in $CXX (CXX="g++ -ffast-math" would reorder the math,
 #: and link crtfastmath.o, whose loading turns on flush-to-zero for the whole process, NumPy included);
 #: -ffp-contract=off: each a*b+c rounded twice, as NumPy's separate ufuncs (results equal the NumPy path's);
@@ -325,6 +325,8 @@ def _signatures() -> dict[str, list[Any]]:
         #                                      tiles)
         sig[f"xpnn_cpu_max_pool2d_backward_{dtype.name}"] = ([ctypes.c_void_p] * 3 + [ctypes.c_longlong]
                                                              + [ctypes.c_int] * 13)
+        # xpnn_cpu_relu_backward_<dtype>(x, dy, dx, n)
+        sig[f"xpnn_cpu_relu_backward_{dtype.name}"] = [ctypes.c_void_p] * 3 + [ctypes.c_longlong]
     return sig
 
 
@@ -606,4 +608,22 @@ def max_pool2d_backward(argmax: np.ndarray, dy: np.ndarray, g: Any, dx: np.ndarr
         return False
     fn = getattr(library(), f"xpnn_cpu_max_pool2d_backward_{dy.dtype.name}")
     fn(argmax.ctypes.data, dy.ctypes.data, dx.ctypes.data, *_pool_geometry(g), tiles)
+    return True
+
+
+def relu_backward(x: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> bool:
+    """``activations.relu_backward`` in one compiled pass: dx = +0.0 where ``x <= 0`` else dy (a NaN x passes dy;
+    the rule of ``kernels/activation_backward.cuh``), bit for bit the NumPy path's (``zero_where``: three passes).
+    False (nothing done) where it does not apply: kernels off or not built, or arrays that ``_pointers`` refuses
+    (fewer than ``MIN_ELEMENTS``, not C-contiguous float32/float64 NumPy arrays of one shape and dtype, read-only,
+    overlapping)."""
+    if x.size < MIN_ELEMENTS or not _dispatch.kernels_enabled():
+        return False
+    pointers = _pointers((dx, x, dy))
+    if pointers is None:
+        return False
+    lib = library()
+    if lib is None:
+        return False
+    getattr(lib, f"xpnn_cpu_relu_backward_{x.dtype.name}")(pointers[1], pointers[2], pointers[0], x.size)
     return True
