@@ -796,8 +796,9 @@ def test_relu_backward_compiled_equals_the_numpy_path_bit_for_bit(dtype, shape):
 
 @needs_library
 def test_relu_backward_takes_the_compiled_pass_only_where_it_applies(monkeypatch):
-    """C-contiguous float32/float64 NumPy arrays from ``MIN_ELEMENTS`` on take the compiled pass; smaller,
-    strided, float16 or read-only inputs and kernels off take zero_where (the same values)."""
+    """C-contiguous float32/float64 NumPy arrays from ``MIN_ELEMENTS`` on (read-only inputs too) take the compiled
+    pass; smaller, strided or float16 inputs, a dx overlapping an input, and kernels off take zero_where (the same
+    values)."""
     from xpnn.functional import activations
 
     calls = []
@@ -821,7 +822,18 @@ def test_relu_backward_takes_the_compiled_pass_only_where_it_applies(monkeypatch
     assert not run(x.astype(np.float16), dy.astype(np.float16))
     frozen = x.copy()
     frozen.flags.writeable = False
-    assert not run(frozen, dy)
+    assert run(frozen, dy)
+    out = np.empty_like(x)
+    assert real(x, dy, out) and out.tobytes() == activations.relu_backward(x, dy).tobytes()
+    both = np.empty(2 * x.size + 1, np.float32)  # dx one element past dy's start: overlapping
+    shared_dy, shared_dx = both[:x.size].reshape(x.shape), both[1:x.size + 1].reshape(x.shape)
+    assert not real(x, shared_dy, shared_dx) and not real(shared_dy, x, shared_dx)
+    assert not real(x, dy, out[:, ::-1])  # a reversed (negative-stride) dx
+    raw = np.zeros(x.nbytes + 1, np.uint8)
+    misaligned = np.frombuffer(raw, np.float32, x.size, offset=1).reshape(x.shape)
+    misaligned_copy = np.ndarray(x.shape, np.float32, raw, offset=1)  # (writeable, misaligned)
+    misaligned_copy[...] = x
+    assert not misaligned.flags.aligned and not run(misaligned, dy)
     with _dispatch.use_kernels(False):
         calls.clear()
         activations.relu_backward(x, dy)

@@ -611,19 +611,32 @@ def max_pool2d_backward(argmax: np.ndarray, dy: np.ndarray, g: Any, dx: np.ndarr
     return True
 
 
+_RELU_BACKWARD = {dt: f"xpnn_cpu_relu_backward_{dt.name}" for dt in _C_TYPES}  # (dtype.name is a Python property)
+
+
 def relu_backward(x: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> bool:
-    """``activations.relu_backward`` in one compiled pass: dx = +0.0 where ``x <= 0`` else dy (a NaN x passes dy;
-    the rule of ``kernels/activation_backward.cuh``), bit for bit the NumPy path's (``zero_where``: three passes).
-    False (nothing done) where it does not apply: kernels off or not built, or arrays that ``_pointers`` refuses
-    (fewer than ``MIN_ELEMENTS``, not C-contiguous float32/float64 NumPy arrays of one shape and dtype, read-only,
-    overlapping)."""
-    if x.size < MIN_ELEMENTS or not _dispatch.kernels_enabled():
+    """``activations.relu_backward`` in one compiled pass into ``dx``: +0.0 where ``x <= 0`` else dy (a NaN x passes
+    dy; the rule of ``kernels/activation_backward.cuh``), bit for bit the NumPy path's (``zero_where``: three
+    passes). False (nothing done) where it does not apply: kernels off or not built, fewer than ``MIN_ELEMENTS``
+    elements, arrays that are not C-contiguous aligned float32/float64 NumPy arrays of one shape and dtype, a
+    read-only dx, or a dx sharing memory with x or dy."""
+    dt = x.dtype
+    if x.size < MIN_ELEMENTS or dt not in _C_TYPES or not _dispatch.kernels_enabled():
         return False
-    pointers = _pointers((dx, x, dy))
-    if pointers is None:
+    shape = x.shape
+    for a in (x, dy, dx):
+        if type(a) is not np.ndarray or a.dtype != dt or a.shape != shape:
+            return False
+        flags = a.flags
+        if not (flags.c_contiguous and flags.aligned):
+            return False
+    if not dx.flags.writeable:
+        return False
+    px, pd, po, nbytes = x.ctypes.data, dy.ctypes.data, dx.ctypes.data, x.nbytes
+    if po < px + nbytes and px < po + nbytes or po < pd + nbytes and pd < po + nbytes:
         return False
     lib = library()
     if lib is None:
         return False
-    getattr(lib, f"xpnn_cpu_relu_backward_{x.dtype.name}")(pointers[1], pointers[2], pointers[0], x.size)
+    getattr(lib, _RELU_BACKWARD[dt])(px, pd, po, x.size)
     return True
