@@ -228,6 +228,8 @@ class TanhBackward(_ActivationBackward):
 # NumPy masks and outputs of at least this many elements come from the recycled workspace (a 256x512 batch's mask is
 # 128 KiB, glibc's mmap threshold: a fresh one each step page-faults); smaller ones are cheaper made fresh
 _RECYCLED_MASK = 1 << 16
+# from this many elements relu_backward tries the compiled pass (``cpu_kernels.relu_backward``)
+_COMPILED = cpu_kernels.MIN_ELEMENTS
 
 
 class Relu(Op):
@@ -834,8 +836,11 @@ def relu_backward(x: Any, dy: Any) -> Any:
     if (type(x) is np.ndarray and x.dtype.char in "fd" and type(dy) is np.ndarray and dy.dtype == x.dtype
             and dy.shape == x.shape and x.size < _RECYCLED_MASK and numpy_direct("relu_backward")):
         # NumPy fast path (small: a fresh output), no Op.apply: one compiled pass where it applies, else a fresh mask
-        dx = np.empty(x.shape, x.dtype) if x.size >= cpu_kernels.MIN_ELEMENTS else None
-        return dx if dx is not None and cpu_kernels.relu_backward(x, dy, dx) else zero_where(np, x <= 0, dy)
+        if x.size >= _COMPILED:
+            dx = np.empty(x.shape, x.dtype)
+            if cpu_kernels.relu_backward(x, dy, dx):
+                return dx
+        return zero_where(np, x <= 0, dy)
     return ReluBackward.apply(*_with_dy(x, dy))
 
 
