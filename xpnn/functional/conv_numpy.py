@@ -255,6 +255,154 @@ def shift_apply(g: Conv2dGeometry, c_out: int, groups: int) -> bool:
     return g.sh == g.sw == 1 and min(g.c, c_out) // groups >= SHIFT_MIN_CHANNELS
 
 
+# Winograd F(2x2, 3x3) (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks"): per 2x2 output
+# tile, y = A^T [(G g G^T) . (B^T d B)] A over the 4x4 input tile d, summed over input channels by 16 batched GEMMs
+# (16, C_out, C_in) @ (16, C_in, tiles): 16 products per 4 outputs where the direct convolution takes 36 (2.25x
+# fewer). The tile transforms are compiled (kernels/cpu/winograd.cpp), one call per chunk of samples.
+_WINO_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+#: C_in and C_out from which 3x3 stride-1 convolutions (forward, dx, dW) take the Winograd path (with the compiled
+#: kernels only; else the shift path runs). Measured: see the README section "Compiled CPU kernels" and
+#: ``winograd_apply``.
+WINOGRAD_MIN_CHANNELS = 16
+#: tiles (whole samples) per block of ``winograd_conv``: a sample of 3x3 64->64 at 32x32 (256 tiles) keeps its V and
+#: M (1 MiB each, float32) in a core's L2 cache; whole chunks (8-16 MiB) ran the transforms 1.3-2x slower
+WINOGRAD_BLOCK_TILES = 256
+
+
+def winograd_apply(g: Conv2dGeometry, c_out: int, groups: int, dtype: Any) -> bool:
+    """Whether the forward, dx and dW of a conv2d of geometry g take the Winograd path: a 3x3 kernel, stride 1,
+    dilation 1, groups 1, padding at most 2 on each side (so that dx, the transposed convolution, pads dy by
+    ``2 - padding >= 0``), at least ``WINOGRAD_MIN_CHANNELS`` input and output channels, a non-empty output, and
+    the compiled transforms built and on for ``dtype`` (float32/float64)."""
+    return (g.kh == g.kw == 3 and g.sh == g.sw == 1 and g.dh == g.dw == 1 and groups == 1
+            and max(g.pt, g.pb, g.pl, g.pr) <= 2 and min(g.c, c_out) >= WINOGRAD_MIN_CHANNELS
+            and g.n > 0 and g.oh > 0 and g.ow > 0 and g.h > 0 and g.w > 0 and cpu_kernels.winograd_ready(dtype))
+
+
+def winograd_weights(weight: np.ndarray) -> np.ndarray:
+    """U = G g G^T of weight (C_out, C_in, 3, 3), as (16, C_out, C_in) C-contiguous (``U[4*a + b, o, c]``)."""
+    gm = np.asarray(_WINO_G, dtype=weight.dtype)
+    u = np.matmul(np.matmul(gm, weight), gm.T)  # (C_out, C_in, 4, 4)
+    return np.ascontiguousarray(u.reshape(weight.shape[0], weight.shape[1], 16).transpose(2, 0, 1))
+
+
+def _entry_stride(elems: int, itemsize: int) -> int:
+    """Elements between the 16 entries of a (16, C, T) tile array of C*T = ``elems`` elements each: an odd number
+    of 64-byte cache lines (a multiple of 4 KiB, e.g. 64 channels x 256 tiles, puts the 16 rows the transforms
+    write or read at once in one cache set: the input transform took 1.5x longer)."""
+    line = max(1, 64 // itemsize)
+    lines = -(-elems // line)
+    return (lines + 1 - lines % 2) * line
+
+
+def _tiles(buf: np.ndarray, c: int, t: int) -> np.ndarray:
+    """The (16, c, t) view of the first c*t elements of each row of buf (16, stride)."""
+    return buf[:, :c * t].reshape(16, c, t)
+
+
+def _contiguous(a: np.ndarray, tag: str) -> np.ndarray:
+    """a, or a copy of it in a recycled buffer where it is not C-contiguous and aligned (the compiled transforms')."""
+    if a.flags.c_contiguous and a.flags.aligned:
+        return a
+    out = _workspace.buffer(tag, a.shape, a.dtype)
+    np.copyto(out, a)
+    return out
+
+
+def winograd_conv(x: np.ndarray, u: np.ndarray, bias: Optional[np.ndarray], pt: int, pl: int, oh: int, ow: int,
+                  tag: str, keep: bool) -> Optional[tuple[np.ndarray, list[tuple[int, int, np.ndarray]]]]:
+    """The 3x3 stride-1 correlation ``y[n, o, p, q] = sum_{c,i,j} w[o, c, i, j] x[n, c, p + i - pt, q + j - pl]``
+    (+ bias; x zero outside) of x (N, C_in, H, W) C-contiguous by Winograd F(2x2, 3x3), ``u = winograd_weights(w)``,
+    y (N, C_out, oh, ow) in a recycled buffer (``tag``). Chunks of samples run at once on ``cpu_threads``; each
+    chunk in blocks of ``WINOGRAD_BLOCK_TILES`` tiles or more (whole samples) whose V and M stay in cache: V =
+    input transform (16, C_in, T), M = U @ V (16 GEMMs), y = output transform of M (one C call per transform).
+    Returns (y, [(lo, hi, V)] of every block in sample order where ``keep``, for dW) or None where some output is
+    not finite (a tile mixes 16 inputs, so an inf or NaN reaches outputs the direct convolution leaves finite: the
+    caller recomputes)."""
+    n, c = int(x.shape[0]), int(x.shape[1])
+    co = int(u.shape[1])
+    th, tw = -(-oh // 2), -(-ow // 2)
+    per = th * tw
+    step = max(1, -(-WINOGRAD_BLOCK_TILES // per))  # samples per block
+    y = _workspace.buffer(tag, (n, co, oh, ow), x.dtype)
+    blocks: list[tuple[int, int, np.ndarray]] = []
+    bad: list[int] = []
+
+    def run(lo: int, hi: int) -> None:
+        count = -(-(hi - lo) // step)
+        vs = _workspace.buffer(tag + ".v", (count if keep else 1, 16, _entry_stride(c * step * per, x.itemsize)),
+                               x.dtype)  # the running thread's own
+        ms = _workspace.buffer(tag + ".m", (16, _entry_stride(co * step * per, x.itemsize)), x.dtype)
+        for k, s in enumerate(range(lo, hi, step)):
+            e = min(s + step, hi)
+            t = (e - s) * per
+            v = _tiles(vs[k if keep else 0], c, t)
+            m = _tiles(ms, co, t)
+            cpu_kernels.winograd_input(x, v, s, e, pt, pl, th, tw)
+            np.matmul(u, v, out=m)
+            if cpu_kernels.winograd_output(m, y, bias, s, e, th, tw):
+                bad.append(s)
+            if keep:
+                blocks.append((s, e, v))
+
+    with np.errstate(all="ignore"):  # inf/NaN: found by the output transform, recomputed by the caller
+        cpu_threads.parallel_for(n, run, _min_chunk(16 * max(c, co) * per))
+    if bad:
+        return None
+    blocks.sort(key=lambda blk: blk[0])
+    return y, blocks
+
+
+def winograd_input_grad(weight: np.ndarray, dy: np.ndarray, g: Conv2dGeometry) -> Optional[np.ndarray]:
+    """dx (N, C_in, H, W) of a conv2d (``winograd_apply``) as the transposed convolution (``_input_grad_transposed``:
+    dy padded by 2 - padding, the kernel flipped with in/out channels swapped) by ``winograd_conv``; None where some
+    dx is not finite (the caller recomputes)."""
+    u = winograd_weights(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    out = winograd_conv(_contiguous(dy, "conv2d.wino_dy"), u, None, 2 - g.pt, 2 - g.pl, g.h, g.w,
+                        "conv2d.wino_dx", keep=False)
+    return None if out is None else out[0]
+
+
+def winograd_weight_grad(dy: np.ndarray, blocks: list[tuple[int, int, np.ndarray]],
+                         w_shape: tuple[int, ...]) -> Optional[np.ndarray]:
+    """dW (C_out, C_in, 3, 3) of a conv2d whose forward ran ``winograd_conv`` (its blocks' V):
+    ``dW[o, c] = G^T (sum_t E[:, o, t] V[:, c, t]) G`` with E = A dY A^T of each 2x2 tile of dy (the gradient of
+    U = G g G^T through y = A^T (U . V) A). Chunks of the blocks at once on ``cpu_threads``; per block E (one C
+    call) and 16 GEMMs (16, C_out, T) @ (16, T, C_in), added in block order; the chunks' sums added in chunk order
+    (deterministic at a thread count). None where dW is not finite (the caller recomputes)."""
+    co, c = w_shape[0], w_shape[1]
+    dy = _contiguous(dy, "conv2d.wino_dy")
+    sums: list[tuple[int, np.ndarray]] = []
+
+    def run(k0: int, k1: int) -> None:
+        acc = _workspace.buffer("conv2d.wino_du", (16, co, c), dy.dtype)  # the running thread's own
+        part = _workspace.buffer("conv2d.wino_du_part", (16, co, c), dy.dtype)
+        most = max(v.shape[2] for _, _, v in blocks[k0:k1])
+        es = _workspace.buffer("conv2d.wino_e", (16, _entry_stride(co * most, dy.itemsize)), dy.dtype)
+        for k in range(k0, k1):
+            lo, hi, v = blocks[k]
+            e = _tiles(es, co, v.shape[2])
+            cpu_kernels.winograd_dy(dy, e, lo, hi)
+            np.matmul(e, v.transpose(0, 2, 1), out=part if k > k0 else acc)
+            if k > k0:
+                acc += part
+        sums.append((k0, acc))
+
+    with np.errstate(all="ignore"):
+        cpu_threads.parallel_for(len(blocks), run, _min_chunk(16 * max(c, co) * blocks[0][2].shape[2])
+                                 if blocks else 1)
+    if not sums:
+        return np.zeros(w_shape, dy.dtype)
+    parts = [a for _, a in sorted(sums, key=lambda t: t[0])]
+    du = parts[0]
+    for a in parts[1:]:
+        du += a
+    gm = np.asarray(_WINO_G, dtype=dy.dtype)
+    with np.errstate(all="ignore"):
+        dw = np.matmul(np.matmul(gm.T, du.transpose(1, 2, 0).reshape(co, c, 4, 4)), gm)
+    return dw if np.isfinite(dw).all() else None
+
+
 def _conv2d_forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Any = None, *, stride: Any = 1,
                     padding: Any = 0, dilation: Any = 1, groups: Any = 1) -> Any:
     if _kernels_answer(registry.IM2COL, x.dtype):
@@ -266,6 +414,17 @@ def _conv2d_forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Any =
             >= SHIFT_MIN_CHANNELS:
         g = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
         if shift_apply(g, c_out, groups):
+            if winograd_apply(g, c_out, groups, x.dtype) and weight.dtype == x.dtype \
+                    and (bias is None or bias.dtype == x.dtype):
+                out = winograd_conv(_contiguous(x, "conv2d.wino_x"), winograd_weights(weight),
+                                    None if bias is None else np.ascontiguousarray(bias), g.pt, g.pl, g.oh, g.ow,
+                                    "conv2d.wino_y", keep=True)
+                if out is not None:  # (else an inf or NaN: the shift path below, the reference's semantics)
+                    ctx.save_for_backward(x, weight)
+                    # cols None: a backward that falls back to the reference rebuilds the columns from x
+                    ctx.cols, ctx.wino, ctx.params = None, out[1], (stride, padding, dilation, groups)
+                    ctx.has_bias = bias is not None
+                    return out[0]
             gs = shift_geometry(g)
             xs = _workspace.buffer("conv2d.xs", (gs.n, gs.c, gs.kw, gs.hp * gs.wp), x.dtype)
             y = shift_add_product(weight, xs, gs, groups, bias, "conv2d.y", src=x)  # (xs filled as it goes)
@@ -658,7 +817,12 @@ def _conv2d_backward(ctx: Context, dy: Any) -> Any:
         return NotImplemented  # the reference raises the error that names the mismatch
     db = channel_sums(dy) if ctx.has_bias and len(need) > 2 and need[2] else None
     dx = dy_pad = None
-    if need[0]:
+    wino = ctx.__dict__.get("wino")  # the forward's Winograd blocks (V of each)
+    if wino is not None:
+        dy = _contiguous(dy, "conv2d.wino_dy")  # (what the transforms read)
+    if need[0] and wino is not None:
+        dx = winograd_input_grad(weight, dy, g)  # None: not finite, recomputed below
+    if need[0] and dx is None:
         path = input_grad_path(g, c_out, groups)
         if path == "transposed" and not _all_finite(weight):  # its products include dy's padding zeros times the
             # weights, NaN for an inf/NaN weight where the reference (and PyTorch) add only real terms: the scatter
@@ -682,7 +846,12 @@ def _conv2d_backward(ctx: Context, dy: Any) -> Any:
     dw = None
     if need[1]:
         xs, col_chunks = ctx.__dict__.get("xs"), ctx.__dict__.get("col_chunks")
-        if xs is not None:
+        if wino is not None:
+            dw = winograd_weight_grad(dy, wino, tuple(weight.shape))
+            if dw is None:  # an inf or NaN: the shift path's dW (the reference's where that is not finite)
+                dw = conv2d_weight_grad_shift_numpy(dy, padded_shifts(x, shift_geometry(g), "conv2d.xs"), g, groups,
+                                                    tuple(weight.shape), dy_pad)
+        elif xs is not None:
             dw = conv2d_weight_grad_shift_numpy(dy, xs, g, groups, tuple(weight.shape), dy_pad)
         elif col_chunks is not None:  # the forward's chunks at once, each where its columns are; added in order
             sums: list[Any] = [None] * len(col_chunks)
