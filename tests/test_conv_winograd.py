@@ -30,6 +30,12 @@ CASES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def small_planes(monkeypatch):
+    """Winograd for the tests' small planes too (by default from ``WINOGRAD_MIN_TILES`` tiles per sample)."""
+    monkeypatch.setattr(conv_numpy, "WINOGRAD_MIN_TILES", 1)
+
+
 def randn(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape)
 
@@ -247,7 +253,7 @@ def test_compiled_transforms_are_their_definitions(dtype):
         cpu_kernels.winograd_input(x, v[:, :, :-1], 1, 3, pt, pl, th, tw)
 
 
-def test_winograd_applies_only_where_it_computes_the_convolution():
+def test_winograd_applies_only_where_it_computes_the_convolution(monkeypatch):
     """3x3, stride 1, dilation 1, groups 1, padding <= 2, 16+ channels, the compiled kernels on; else not (the
     shift or im2col paths run)."""
     def applies(xs, ws, stride=1, padding=1, dilation=1, groups=1, dtype=np.float32):
@@ -265,3 +271,8 @@ def test_winograd_applies_only_where_it_computes_the_convolution():
     assert not applies((2, 16, 8, 8), (16, 16, 3, 3), dtype=np.float16)
     with _dispatch.use_kernels(False):
         assert not applies((2, 16, 8, 8), (16, 16, 3, 3))
+    monkeypatch.setattr(conv_numpy, "WINOGRAD_MIN_TILES", 100)  # (the default: small planes take the shift path)
+    assert applies((2, 16, 19, 20), (16, 16, 3, 3))  # 10 x 10 tiles
+    assert not applies((2, 16, 19, 18), (16, 16, 3, 3))
+    assert not applies((2, 16, 20, 20), (16, 16, 3, 3), padding=0)  # the output 18 x 18: 9 x 9 tiles
+    assert applies((2, 16, 21, 21), (16, 16, 3, 3), padding=0)  # 19 x 19: 10 x 10 tiles (dx's 21 x 21: 11 x 11)

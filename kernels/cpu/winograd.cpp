@@ -140,7 +140,7 @@ void a_rows(const T* __restrict__ a, const T* __restrict__ c, T* __restrict__ o0
 
 // x (N, C, h, w) C-contiguous; v (16, c, T), T = (hi - lo) * th * tw, each v[k] C-contiguous and ks elements after
 // v[k - 1] (as m and e below: a stride of an odd number of cache lines keeps the 16 entries' rows out of one
-// cache set, where a multiple of 4 KiB made the transforms 1.5x slower): tile (ty, tx) of sample n reads input rows
+// cache set; a multiple of 4 KiB made the transforms ~5% slower): tile (ty, tx) of sample n reads input rows
 // 2*ty - pt .. +3 and columns 2*tx - pl .. +3 (0 outside x).
 template <typename T>
 void input_transform(const T* x, T* v, ll lo, ll hi, ll c, ll h, ll w, ll pt, ll pl, ll th, ll tw, ll ks) {

@@ -261,22 +261,34 @@ def shift_apply(g: Conv2dGeometry, c_out: int, groups: int) -> bool:
 # fewer). The tile transforms are compiled (kernels/cpu/winograd.cpp), one call per chunk of samples.
 _WINO_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 #: C_in and C_out from which 3x3 stride-1 convolutions (forward, dx, dW) take the Winograd path (with the compiled
-#: kernels only; else the shift path runs). Measured: see the README section "Compiled CPU kernels" and
-#: ``winograd_apply``.
+#: transforms only: NumPy passes for them took 21 ms for the input transform alone at 3x3 64->64, 32x32, batch 32,
+#: float32, 1 thread, more than the shift path's whole forward, ~18 ms; so without the compiled kernels the shift path
+#: runs). Measured forward + backward (dx, dW, db) through the tape, float32, batch 32, "same" padding, against the
+#: shift path (separate processes, min of 8 steps, load ~2.2 from other jobs, 2026-12-06): default threads, 32x32:
+#: 16 ch 6.9-8.3 against 9.4 ms, 32 ch 19.5 against 23.3 ms, 64 ch 57.7-62.5 against 72.3-78.4 ms; 24x24, 64 ch
+#: 34.6 against 42.8 ms; one thread (OMP/OPENBLAS_NUM_THREADS=1), 32x32: 16 ch 8.2-8.8 against 8.6-9.6 ms, 64 ch
+#: 64.3-65.5 against 78.0 ms
 WINOGRAD_MIN_CHANNELS = 16
+#: output tiles (2x2) per sample from which the Winograd path runs: small planes spend more on the transforms'
+#: per-plane work than the products save (64 ch, default threads: 8x8 (16 tiles) 8.4 against the shift path's 6.4 ms,
+#: 16x16 (64 tiles) 15.7-16.0 against 16.2 ms, 24x24 (144 tiles) 34.6 against 42.8 ms)
+WINOGRAD_MIN_TILES = 100
 #: tiles (whole samples) per block of ``winograd_conv``: a sample of 3x3 64->64 at 32x32 (256 tiles) keeps its V and
-#: M (1 MiB each, float32) in a core's L2 cache; whole chunks (8-16 MiB) ran the transforms 1.3-2x slower
+#: M (1 MiB each, float32) in a core's L2 cache; with the whole batch's (32 MiB each) a first version of the
+#: input transform took 9.3 against 7.4 ms per batch of 32 (1 thread)
 WINOGRAD_BLOCK_TILES = 256
 
 
 def winograd_apply(g: Conv2dGeometry, c_out: int, groups: int, dtype: Any) -> bool:
     """Whether the forward, dx and dW of a conv2d of geometry g take the Winograd path: a 3x3 kernel, stride 1,
     dilation 1, groups 1, padding at most 2 on each side (so that dx, the transposed convolution, pads dy by
-    ``2 - padding >= 0``), at least ``WINOGRAD_MIN_CHANNELS`` input and output channels, a non-empty output, and
+    ``2 - padding >= 0``), at least ``WINOGRAD_MIN_CHANNELS`` input and output channels, at least
+    ``WINOGRAD_MIN_TILES`` output tiles per sample (for the output and for dx, the input), a non-empty batch, and
     the compiled transforms built and on for ``dtype`` (float32/float64)."""
     return (g.kh == g.kw == 3 and g.sh == g.sw == 1 and g.dh == g.dw == 1 and groups == 1
             and max(g.pt, g.pb, g.pl, g.pr) <= 2 and min(g.c, c_out) >= WINOGRAD_MIN_CHANNELS
-            and g.n > 0 and g.oh > 0 and g.ow > 0 and g.h > 0 and g.w > 0 and cpu_kernels.winograd_ready(dtype))
+            and min(-(-g.oh // 2) * -(-g.ow // 2), -(-g.h // 2) * -(-g.w // 2)) >= WINOGRAD_MIN_TILES
+            and g.n > 0 and g.oh > 0 and g.ow > 0 and cpu_kernels.winograd_ready(dtype))
 
 
 def winograd_weights(weight: np.ndarray) -> np.ndarray:
@@ -288,8 +300,8 @@ def winograd_weights(weight: np.ndarray) -> np.ndarray:
 
 def _entry_stride(elems: int, itemsize: int) -> int:
     """Elements between the 16 entries of a (16, C, T) tile array of C*T = ``elems`` elements each: an odd number
-    of 64-byte cache lines (a multiple of 4 KiB, e.g. 64 channels x 256 tiles, puts the 16 rows the transforms
-    write or read at once in one cache set: the input transform took 1.5x longer)."""
+    of 64-byte cache lines (a multiple of 4 KiB, e.g. 64 channels x 256 tiles, maps the 16 rows the transforms
+    write or read at once to one cache set: each transform took ~5% longer, 1 thread, 3x3 64->64, 32x32)."""
     line = max(1, 64 // itemsize)
     lines = -(-elems // line)
     return (lines + 1 - lines % 2) * line
