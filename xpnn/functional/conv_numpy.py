@@ -6,6 +6,12 @@ same context, so the declaration's backward (or the backward override here) foll
   tensor; kw shifted copies of the padded input, one GEMM per sample giving each kernel row's partial sums and a
   kh-way shifted sum (``shift_add_product``, "kn2row"); dW from kh shifted copies of dy's plane, one GEMM per
   sample (``conv2d_weight_grad_shift_numpy``); dx as the transposed convolution by the same product;
+- ``conv2d`` 3x3, stride 1, dilation 1, groups 1, padding <= 2, >= ``WINOGRAD_MIN_CHANNELS`` channels and
+  ``WINOGRAD_MIN_TILES`` output tiles per sample, with the compiled CPU kernels (``winograd_apply``): Winograd
+  F(2x2, 3x3) (``winograd_conv``: compiled tile transforms, 16 batched GEMMs per block of samples, 2.25x fewer
+  products than the shift path); dx as the transposed convolution by the same routine; dW from the forward's
+  transformed input (``winograd_weight_grad``). Another algorithm, so other rounding (within a few ulps of the sums of
+  |terms|); where an output or dW is not finite (an inf/NaN spreads over a tile), it is recomputed by the shift path;
 - ``conv2d`` forward otherwise (few channels, e.g. LeNet; strides): the column tensor from a strided view of the
   padded input (the reference stacks kh*kw strided slices), with stride 1 in height copied in two passes with long
   runs (kernel-column shifted rows, then the columns); backward: dW/db as the reference; dx as a forward
@@ -291,11 +297,20 @@ def winograd_apply(g: Conv2dGeometry, c_out: int, groups: int, dtype: Any) -> bo
             and g.n > 0 and g.oh > 0 and g.ow > 0 and cpu_kernels.winograd_ready(dtype))
 
 
-def winograd_weights(weight: np.ndarray) -> np.ndarray:
-    """U = G g G^T of weight (C_out, C_in, 3, 3), as (16, C_out, C_in) C-contiguous (``U[4*a + b, o, c]``)."""
+def winograd_weights(weight: np.ndarray, tag: str) -> np.ndarray:
+    """U = G g G^T of weight (C_out, C_in, 3, 3) (any strides), as a recycled (16, C_out, C_in) buffer (``tag``),
+    ``U[4*a + b, o, c] = sum_{i,j} G[a, i] g[o, c, i, j] G[b, j]``: two 2-D products over all (o, c) at once."""
+    co, c = int(weight.shape[0]), int(weight.shape[1])
     gm = np.asarray(_WINO_G, dtype=weight.dtype)
-    u = np.matmul(np.matmul(gm, weight), gm.T)  # (C_out, C_in, 4, 4)
-    return np.ascontiguousarray(u.reshape(weight.shape[0], weight.shape[1], 16).transpose(2, 0, 1))
+    w3 = _workspace.buffer(tag + ".w", (3, co * c, 3), weight.dtype)  # w3[i, oc, j] = g[o, c, i, j]
+    np.copyto(w3.reshape(3, co, c, 3), weight.transpose(2, 0, 1, 3))
+    gw = _workspace.buffer(tag + ".gw", (3, co * c * 4), weight.dtype)  # gw[i, (oc, b)] = sum_j g[o, c, i, j] G[b, j]
+    np.matmul(w3.reshape(3 * co * c, 3), gm.T, out=gw.reshape(3 * co * c, 4))
+    ggw = _workspace.buffer(tag + ".ggw", (4, co * c * 4), weight.dtype)  # ggw[a, (oc, b)]
+    np.matmul(gm, gw, out=ggw)
+    u = _workspace.buffer(tag, (16, co, c), weight.dtype)
+    np.copyto(u.reshape(4, 4, co * c), ggw.reshape(4, co * c, 4).transpose(0, 2, 1))
+    return u
 
 
 def _entry_stride(elems: int, itemsize: int) -> int:
@@ -369,7 +384,7 @@ def winograd_input_grad(weight: np.ndarray, dy: np.ndarray, g: Conv2dGeometry) -
     """dx (N, C_in, H, W) of a conv2d (``winograd_apply``) as the transposed convolution (``_input_grad_transposed``:
     dy padded by 2 - padding, the kernel flipped with in/out channels swapped) by ``winograd_conv``; None where some
     dx is not finite (the caller recomputes)."""
-    u = winograd_weights(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    u = winograd_weights(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), "conv2d.wino_ut")
     out = winograd_conv(_contiguous(dy, "conv2d.wino_dy"), u, None, 2 - g.pt, 2 - g.pl, g.h, g.w,
                         "conv2d.wino_dx", keep=False)
     return None if out is None else out[0]
@@ -410,9 +425,14 @@ def winograd_weight_grad(dy: np.ndarray, blocks: list[tuple[int, int, np.ndarray
     for a in parts[1:]:
         du += a
     gm = np.asarray(_WINO_G, dtype=dy.dtype)
+    gdu = _workspace.buffer("conv2d.wino_gdu", (3, 4, co * c), dy.dtype)  # sum_a G[a, i] du[(a, b), o, c]
+    dw = _workspace.buffer("conv2d.wino_dw", (3, 3, co * c), dy.dtype)  # sum_b (that)[i, b] G[b, j]
     with np.errstate(all="ignore"):
-        dw = np.matmul(np.matmul(gm.T, du.transpose(1, 2, 0).reshape(co, c, 4, 4)), gm)
-    return dw if np.isfinite(dw).all() else None
+        np.matmul(gm.T, du.reshape(4, 4 * co * c), out=gdu.reshape(3, 4 * co * c))
+        np.matmul(gm.T, gdu, out=dw)
+    if not _all_finite(dw):
+        return None
+    return np.ascontiguousarray(dw.reshape(3, 3, co, c).transpose(2, 3, 0, 1))
 
 
 def _conv2d_forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Any = None, *, stride: Any = 1,
@@ -428,7 +448,7 @@ def _conv2d_forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Any =
         if shift_apply(g, c_out, groups):
             if winograd_apply(g, c_out, groups, x.dtype) and weight.dtype == x.dtype \
                     and (bias is None or bias.dtype == x.dtype):
-                out = winograd_conv(_contiguous(x, "conv2d.wino_x"), winograd_weights(weight),
+                out = winograd_conv(_contiguous(x, "conv2d.wino_x"), winograd_weights(weight, "conv2d.wino_u"),
                                     None if bias is None else np.ascontiguousarray(bias), g.pt, g.pl, g.oh, g.ow,
                                     "conv2d.wino_y", keep=True)
                 if out is not None:  # (else an inf or NaN: the shift path below, the reference's semantics)

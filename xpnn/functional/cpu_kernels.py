@@ -10,6 +10,10 @@ on threads, become one call. Likewise the im2col convolution path's column build
 ``col2im``; kernels/cpu/im2col.cpp): NumPy scatters column gradients with kh*kw strided additions into a padded
 accumulator and a transpose, where one loop gathers each dx row once.
 
+The Winograd F(2x2, 3x3) convolution's tile transforms (``winograd_input``, ``winograd_output``, ``winograd_dy``;
+kernels/cpu/winograd.cpp) are the one exception to "the same values as a NumPy path": they serve another algorithm
+(``conv_numpy.winograd_conv``), whose NumPy-only form would be slower than the shift path it replaces.
+
 - The sources are ``kernels/cpu/*.cpp``: C++ that includes the element math of the CUDA kernels (``kernels/adam.cuh``)
   so each update is written once for CUDA and the CPU. Max pooling (``max_pool2d``, ``max_pool2d_backward``: one call
   per batch chunk, the window rule of ``kernels/max_pool.cuh``) likewise. Built with ``-ffp-contract=off`` (no a*b+c -> FMA), their
