@@ -273,7 +273,25 @@ def test_winograd_applies_only_where_it_computes_the_convolution(monkeypatch):
     with _dispatch.use_kernels(False):
         assert not applies((2, 16, 8, 8), (16, 16, 3, 3))
     monkeypatch.setattr(conv_numpy, "WINOGRAD_MIN_TILES", 100)  # (the default: small planes take the shift path)
+    assert applies((32, 64, 32, 32), (64, 64, 3, 3))  # the benchmark's conv2d 3x3-64
     assert applies((2, 16, 19, 20), (16, 16, 3, 3))  # 10 x 10 tiles
     assert not applies((2, 16, 19, 18), (16, 16, 3, 3))
     assert not applies((2, 16, 20, 20), (16, 16, 3, 3), padding=0)  # the output 18 x 18: 9 x 9 tiles
     assert applies((2, 16, 21, 21), (16, 16, 3, 3), padding=0)  # 19 x 19: 10 x 10 tiles (dx's 21 x 21: 11 x 11)
+
+
+def test_winograd_of_a_strided_input_and_a_broadcast_dy(winograd_calls):
+    """A non-contiguous input (column-major planes) and the stride-0 dy of ``y.sum()``: the transforms read
+    contiguous copies; the results equal the reference's (float64, to 1e-12 of the sums of |terms|)."""
+    x, w, b, _ = case_arrays((2, 16, 7, 8), 16, 1, np.float64)
+    xs = np.ascontiguousarray(np.swapaxes(x, 2, 3)).swapaxes(2, 3)
+    assert not xs.flags.c_contiguous
+    xt, wt, bt = (xpnn.tensor(a, requires_grad=True) for a in (xs, w, b))
+    y = F.conv2d(xt, wt, bt, 1, 1)
+    y.sum().backward()
+    ones = np.ones(y.shape)
+    want = reference(x, w, b, ones, 1)
+    scale = bounds(x, w, ones, 1)
+    assert winograd_calls == [(16, 16), (16, 16)]
+    for a, e, s in zip((np.asarray(y.data), xt.grad, wt.grad), want, scale):
+        assert (np.abs(a - e) <= 1e-12 * s + 1e-300).all()
