@@ -1,10 +1,11 @@
 // The tile transforms of the Winograd F(2x2, 3x3) convolution of xpnn/functional/conv_numpy.py (Lavin & Gray 2016,
 // "Fast Algorithms for Convolutional Neural Networks"), for NumPy arrays (compiled with the other kernels/cpu
-// sources by xpnn/functional/cpu_kernels.py, called through ctypes, one call per chunk of samples). The products
-// between them stay np.matmul (16 batched GEMMs). With
+// sources by xpnn/functional/cpu_kernels.py, called through ctypes, one call per block of samples [lo, hi): one
+// sample at 3x3 64->64, 32x32, whose transformed tiles stay in cache for the product). The products between them stay
+// np.matmul (16 batched GEMMs). With
 //   B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]], A^T = [[1,1,1,0],[0,1,-1,-1]]:
 // - input: V = B^T d B for every 4x4 input tile d (tiles at stride 2, the padding and everything past the input
-//   zero), laid out (16, C, T), T the chunk's tiles (sample, tile row, tile column);
+//   zero), laid out (16, C, T), T the block's tiles (sample, tile row, tile column);
 // - output: y = A^T m A (+ bias) for every tile of M (16, C_out, T), the last partial tiles cropped; returns 1
 //   where a written output is not finite (inf or NaN), else 0;
 // - dy: A dY A^T for every 2x2 tile of dy (0 past its edge), laid out (16, C_out, T) (the gradient of the
@@ -165,8 +166,9 @@ void input_transform(const T* x, T* v, ll lo, ll hi, ll c, ll h, ll w, ll pt, ll
     }
 }
 
-// m (16, co, T) (entries ks apart) -> y (N, co, oh, ow) C-contiguous, samples [lo, hi); bias (co,) or null; y = A^T m A + bias, the
-// last row and column of partial tiles dropped. Returns whether some written output is not finite.
+// m (16, co, T) (entries ks apart) -> y (N, co, oh, ow) C-contiguous, samples [lo, hi); bias (co,) or null;
+// y = A^T m A + bias, the last row and column of partial tiles dropped. Returns whether some written output is not
+// finite.
 template <typename T>
 int output_transform(const T* m, T* y, const T* bias, ll lo, ll hi, ll co, ll oh, ll ow, ll th, ll tw, ll ks) {
     const ll tiles = (hi - lo) * th * tw, plane = th * tw;
@@ -197,8 +199,8 @@ int output_transform(const T* m, T* y, const T* bias, ll lo, ll hi, ll co, ll oh
     return bad;
 }
 
-// dy (N, co, oh, ow) C-contiguous -> e (16, co, T) (entries ks apart), samples [lo, hi): A dY A^T of every 2x2 tile dY = [[a, b],
-// [c, d]] (0 past dy's edge), A = [[1, 0], [1, 1], [1, -1], [0, -1]].
+// dy (N, co, oh, ow) C-contiguous -> e (16, co, T) (entries ks apart), samples [lo, hi): A dY A^T of every 2x2
+// tile dY = [[a, b], [c, d]] (0 past dy's edge), A = [[1, 0], [1, 1], [1, -1], [0, -1]].
 template <typename T>
 void dy_transform(const T* dy, T* e, ll lo, ll hi, ll co, ll oh, ll ow, ll th, ll tw, ll ks) {
     const ll tiles = (hi - lo) * th * tw, plane = th * tw;
