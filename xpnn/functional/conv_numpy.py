@@ -264,7 +264,7 @@ def shift_apply(g: Conv2dGeometry, c_out: int, groups: int) -> bool:
 # Winograd F(2x2, 3x3) (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks"): per 2x2 output
 # tile, y = A^T [(G g G^T) . (B^T d B)] A over the 4x4 input tile d, summed over input channels by 16 batched GEMMs
 # (16, C_out, C_in) @ (16, C_in, tiles): 16 products per 4 outputs where the direct convolution takes 36 (2.25x
-# fewer). The tile transforms are compiled (kernels/cpu/winograd.cpp), one call per chunk of samples.
+# fewer). The tile transforms are compiled (kernels/cpu/winograd.cpp), one call per block of samples.
 _WINO_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 #: C_in and C_out from which 3x3 stride-1 convolutions (forward, dx, dW) take the Winograd path (with the compiled
 #: transforms only: NumPy passes for them took 21 ms for the input transform alone at 3x3 64->64, 32x32, batch 32,
@@ -273,7 +273,7 @@ _WINO_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 #: shift path (separate processes, min of 8 steps, load ~2.2 from other jobs, 2026-12-06): default threads, 32x32:
 #: 16 ch 6.9-8.3 against 9.4 ms, 32 ch 19.5 against 23.3 ms, 64 ch 57.7-62.5 against 72.3-78.4 ms; 24x24, 64 ch
 #: 34.6 against 42.8 ms; one thread (OMP/OPENBLAS_NUM_THREADS=1), 32x32: 16 ch 8.2-8.8 against 8.6-9.6 ms, 64 ch
-#: 64.3-65.5 against 78.0 ms
+#: 64.3-65.5 against 78.0 ms. (Checked within ``shift_apply``'s channel rule: at least ``SHIFT_MIN_CHANNELS``.)
 WINOGRAD_MIN_CHANNELS = 16
 #: output tiles (2x2) per sample from which the Winograd path runs: small planes spend more on the transforms'
 #: per-plane work than the products save (64 ch, default threads: 8x8 (16 tiles) 8.4 against the shift path's 6.4 ms,
