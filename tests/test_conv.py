@@ -554,7 +554,8 @@ def split_loops(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 1e-5)])
-def test_conv2d_numpy_shift_add_path_split_over_threads_gives_the_same_results(split_loops, dtype, tol):
+def test_conv2d_numpy_shift_add_path_split_over_threads_gives_the_same_results(split_loops, monkeypatch, dtype,
+                                                                                tol):
     """The column-free path's loops split over 2 and 3 threads (``cpu_threads.parallel_for``): the forward output and dx
     (per-sample products) are bit-identical to one thread's; dW (accumulated per chunk, the chunks then added)
     equal to rounding, bit-identical from run to run at a thread count (chunks follow the batch size only) and
@@ -562,6 +563,7 @@ def test_conv2d_numpy_shift_add_path_split_over_threads_gives_the_same_results(s
     import xpnn
     from xpnn.functional import conv_numpy
 
+    monkeypatch.setattr(conv_numpy, "WINOGRAD_MIN_CHANNELS", 1 << 30)  # (3x3, 16 channels: else Winograd's path)
     xs, ws = (5, 16, 7, 6), (24, 16, 3, 3)
     assert conv_numpy.shift_apply(C.conv2d_geometry(xs, ws, 1, 1), 24, 1)
     x, w, b = (randn(*s, seed=i).astype(dtype) for i, s in enumerate((xs, ws, (24,))))
@@ -960,6 +962,7 @@ def test_conv2d_numpy_shift_add_compiled_loops_equal_the_numpy_passes_bit_for_bi
 
     monkeypatch.setattr(conv_numpy, "SHIFT_MIN_CHANNELS", 1)
     monkeypatch.setattr(conv_numpy, "CHUNK_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(conv_numpy, "WINOGRAD_MIN_CHANNELS", 1 << 30)  # (3x3 with 16+ channels: else Winograd's)
     ran, compiled = {}, [True]  # compiled[0] False: no compiled loop applies, so the NumPy passes run
     for name in ("shift_planes_fn", "shift_row_sum_fn", "shift_dw_rows_fn"):
         def spy(*args, _make=getattr(cpu_kernels, name), _name=name):

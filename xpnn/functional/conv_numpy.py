@@ -6,6 +6,12 @@ same context, so the declaration's backward (or the backward override here) foll
   tensor; kw shifted copies of the padded input, one GEMM per sample giving each kernel row's partial sums and a
   kh-way shifted sum (``shift_add_product``, "kn2row"); dW from kh shifted copies of dy's plane, one GEMM per
   sample (``conv2d_weight_grad_shift_numpy``); dx as the transposed convolution by the same product;
+- ``conv2d`` 3x3, stride 1, dilation 1, groups 1, padding <= 2, >= ``WINOGRAD_MIN_CHANNELS`` channels and
+  ``WINOGRAD_MIN_TILES`` output tiles per sample, with the compiled CPU kernels (``winograd_apply``): Winograd
+  F(2x2, 3x3) (``winograd_conv``: compiled tile transforms, 16 batched GEMMs per block of samples, 2.25x fewer
+  products than the shift path); dx as the transposed convolution by the same routine; dW from the forward's
+  transformed input (``winograd_weight_grad``). Another algorithm, so other rounding (within a few ulps of the sums of
+  |terms|); where an output or dW is not finite (an inf/NaN spreads over a tile), it is recomputed by the shift path;
 - ``conv2d`` forward otherwise (few channels, e.g. LeNet; strides): the column tensor from a strided view of the
   padded input (the reference stacks kh*kw strided slices), with stride 1 in height copied in two passes with long
   runs (kernel-column shifted rows, then the columns); backward: dW/db as the reference; dx as a forward
@@ -255,6 +261,180 @@ def shift_apply(g: Conv2dGeometry, c_out: int, groups: int) -> bool:
     return g.sh == g.sw == 1 and min(g.c, c_out) // groups >= SHIFT_MIN_CHANNELS
 
 
+# Winograd F(2x2, 3x3) (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks"): per 2x2 output
+# tile, y = A^T [(G g G^T) . (B^T d B)] A over the 4x4 input tile d, summed over input channels by 16 batched GEMMs
+# (16, C_out, C_in) @ (16, C_in, tiles): 16 products per 4 outputs where the direct convolution takes 36 (2.25x
+# fewer). The tile transforms are compiled (kernels/cpu/winograd.cpp), one call per block of samples.
+_WINO_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+#: C_in and C_out from which 3x3 stride-1 convolutions (forward, dx, dW) take the Winograd path (with the compiled
+#: transforms only: NumPy passes for them took 21 ms for the input transform alone at 3x3 64->64, 32x32, batch 32,
+#: float32, 1 thread, more than the shift path's whole forward, ~18 ms; so without the compiled kernels the shift path
+#: runs). Measured forward + backward (dx, dW, db) through the tape, float32, batch 32, "same" padding, against the
+#: shift path (separate processes, min of 8 steps, load ~2.2 from other jobs, 2026-12-06): default threads, 32x32:
+#: 16 ch 6.9-8.3 against 9.4 ms, 32 ch 19.5 against 23.3 ms, 64 ch 57.7-62.5 against 72.3-78.4 ms; 24x24, 64 ch
+#: 34.6 against 42.8 ms; one thread (OMP/OPENBLAS_NUM_THREADS=1), 32x32: 16 ch 8.2-8.8 against 8.6-9.6 ms, 64 ch
+#: 64.3-65.5 against 78.0 ms. (Checked within ``shift_apply``'s channel rule: at least ``SHIFT_MIN_CHANNELS``.)
+WINOGRAD_MIN_CHANNELS = 16
+#: output tiles (2x2) per sample from which the Winograd path runs: small planes spend more on the transforms'
+#: per-plane work than the products save (64 ch, default threads: 8x8 (16 tiles) 8.4 against the shift path's 6.4 ms,
+#: 16x16 (64 tiles) 15.7-16.0 against 16.2 ms, 24x24 (144 tiles) 34.6 against 42.8 ms)
+WINOGRAD_MIN_TILES = 100
+#: tiles (whole samples) per block of ``winograd_conv``: a sample of 3x3 64->64 at 32x32 (256 tiles) keeps its V and
+#: M (1 MiB each, float32) in a core's L2 cache; with the whole batch's (32 MiB each) a first version of the
+#: input transform took 9.3 against 7.4 ms per batch of 32 (1 thread)
+WINOGRAD_BLOCK_TILES = 256
+
+
+def winograd_apply(g: Conv2dGeometry, c_out: int, groups: int, dtype: Any) -> bool:
+    """Whether the forward, dx and dW of a conv2d of geometry g take the Winograd path: a 3x3 kernel, stride 1,
+    dilation 1, groups 1, padding at most 2 on each side (so that dx, the transposed convolution, pads dy by
+    ``2 - padding >= 0``), at least ``WINOGRAD_MIN_CHANNELS`` input and output channels, at least
+    ``WINOGRAD_MIN_TILES`` output tiles per sample (for the output and for dx, the input), a non-empty batch, and
+    the compiled transforms built and on for ``dtype`` (float32/float64)."""
+    return (g.kh == g.kw == 3 and g.sh == g.sw == 1 and g.dh == g.dw == 1 and groups == 1
+            and max(g.pt, g.pb, g.pl, g.pr) <= 2 and min(g.c, c_out) >= WINOGRAD_MIN_CHANNELS
+            and min(-(-g.oh // 2) * -(-g.ow // 2), -(-g.h // 2) * -(-g.w // 2)) >= WINOGRAD_MIN_TILES
+            and g.n > 0 and g.oh > 0 and g.ow > 0 and cpu_kernels.winograd_ready(dtype))
+
+
+def winograd_weights(weight: np.ndarray, tag: str) -> np.ndarray:
+    """U = G g G^T of weight (C_out, C_in, 3, 3) (any strides), as a recycled (16, C_out, C_in) buffer (``tag``),
+    ``U[4*a + b, o, c] = sum_{i,j} G[a, i] g[o, c, i, j] G[b, j]``: two 2-D products over all (o, c) at once."""
+    co, c = int(weight.shape[0]), int(weight.shape[1])
+    gm = np.asarray(_WINO_G, dtype=weight.dtype)
+    w3 = _workspace.buffer(tag + ".w", (3, co * c, 3), weight.dtype)  # w3[i, oc, j] = g[o, c, i, j]
+    np.copyto(w3.reshape(3, co, c, 3), weight.transpose(2, 0, 1, 3))
+    gw = _workspace.buffer(tag + ".gw", (3, co * c * 4), weight.dtype)  # gw[i, (oc, b)] = sum_j g[o, c, i, j] G[b, j]
+    np.matmul(w3.reshape(3 * co * c, 3), gm.T, out=gw.reshape(3 * co * c, 4))
+    ggw = _workspace.buffer(tag + ".ggw", (4, co * c * 4), weight.dtype)  # ggw[a, (oc, b)]
+    np.matmul(gm, gw, out=ggw)
+    u = _workspace.buffer(tag, (16, co, c), weight.dtype)
+    np.copyto(u.reshape(4, 4, co * c), ggw.reshape(4, co * c, 4).transpose(0, 2, 1))
+    return u
+
+
+def _entry_stride(elems: int, itemsize: int) -> int:
+    """Elements between the 16 entries of a (16, C, T) tile array of C*T = ``elems`` elements each: an odd number
+    of 64-byte cache lines (a multiple of 4 KiB, e.g. 64 channels x 256 tiles, maps the 16 rows the transforms
+    write or read at once to one cache set: each transform took ~5% longer, 1 thread, 3x3 64->64, 32x32)."""
+    line = max(1, 64 // itemsize)
+    lines = -(-elems // line)
+    return (lines + 1 - lines % 2) * line
+
+
+def _tiles(buf: np.ndarray, c: int, t: int) -> np.ndarray:
+    """The (16, c, t) view of the first c*t elements of each row of buf (16, stride)."""
+    return buf[:, :c * t].reshape(16, c, t)
+
+
+def _contiguous(a: np.ndarray, tag: str) -> np.ndarray:
+    """a, or a copy of it in a recycled buffer where it is not C-contiguous and aligned (the compiled transforms')."""
+    if a.flags.c_contiguous and a.flags.aligned:
+        return a
+    out = _workspace.buffer(tag, a.shape, a.dtype)
+    np.copyto(out, a)
+    return out
+
+
+def winograd_conv(x: np.ndarray, u: np.ndarray, bias: Optional[np.ndarray], pt: int, pl: int, oh: int, ow: int,
+                  tag: str, keep: bool) -> Optional[tuple[np.ndarray, list[tuple[int, int, np.ndarray]]]]:
+    """The 3x3 stride-1 correlation ``y[n, o, p, q] = sum_{c,i,j} w[o, c, i, j] x[n, c, p + i - pt, q + j - pl]``
+    (+ bias; x zero outside) of x (N, C_in, H, W) C-contiguous by Winograd F(2x2, 3x3), ``u = winograd_weights(w)``,
+    y (N, C_out, oh, ow) in a recycled buffer (``tag``). Chunks of samples run at once on ``cpu_threads``; each
+    chunk in blocks of ``WINOGRAD_BLOCK_TILES`` tiles or more (whole samples) whose V and M stay in cache: V =
+    input transform (16, C_in, T), M = U @ V (16 GEMMs), y = output transform of M (one C call per transform).
+    Returns (y, [(lo, hi, V)] of every block in sample order where ``keep``, for dW) or None where some output is
+    not finite (a tile mixes 16 inputs, so an inf or NaN reaches outputs the direct convolution leaves finite: the
+    caller recomputes)."""
+    n, c = int(x.shape[0]), int(x.shape[1])
+    co = int(u.shape[1])
+    th, tw = -(-oh // 2), -(-ow // 2)
+    per = th * tw
+    step = max(1, -(-WINOGRAD_BLOCK_TILES // per))  # samples per block
+    y = _workspace.buffer(tag, (n, co, oh, ow), x.dtype)
+    blocks: list[tuple[int, int, np.ndarray]] = []
+    bad: list[int] = []
+
+    def run(lo: int, hi: int) -> None:
+        count = -(-(hi - lo) // step)
+        vs = _workspace.buffer(tag + ".v", (count if keep else 1, 16, _entry_stride(c * step * per, x.itemsize)),
+                               x.dtype)  # the running thread's own
+        ms = _workspace.buffer(tag + ".m", (16, _entry_stride(co * step * per, x.itemsize)), x.dtype)
+        for k, s in enumerate(range(lo, hi, step)):
+            e = min(s + step, hi)
+            t = (e - s) * per
+            v = _tiles(vs[k if keep else 0], c, t)
+            m = _tiles(ms, co, t)
+            cpu_kernels.winograd_input(x, v, s, e, pt, pl, th, tw)
+            np.matmul(u, v, out=m)
+            if cpu_kernels.winograd_output(m, y, bias, s, e, th, tw):
+                bad.append(s)
+            if keep:
+                blocks.append((s, e, v))
+
+    with np.errstate(all="ignore"):  # inf/NaN: found by the output transform, recomputed by the caller
+        cpu_threads.parallel_for(n, run, _min_chunk(16 * max(c, co) * per))
+    if bad:
+        return None
+    blocks.sort(key=lambda blk: blk[0])
+    return y, blocks
+
+
+def winograd_input_grad(weight: np.ndarray, dy: np.ndarray, g: Conv2dGeometry) -> Optional[np.ndarray]:
+    """dx (N, C_in, H, W) of a conv2d (``winograd_apply``) as the transposed convolution (``_input_grad_transposed``:
+    dy padded by 2 - padding, the kernel flipped with in/out channels swapped) by ``winograd_conv``; None where some
+    dx is not finite (the caller recomputes)."""
+    u = winograd_weights(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), "conv2d.wino_ut")
+    out = winograd_conv(_contiguous(dy, "conv2d.wino_dy"), u, None, 2 - g.pt, 2 - g.pl, g.h, g.w,
+                        "conv2d.wino_dx", keep=False)
+    return None if out is None else out[0]
+
+
+def winograd_weight_grad(dy: np.ndarray, blocks: list[tuple[int, int, np.ndarray]],
+                         w_shape: tuple[int, ...]) -> Optional[np.ndarray]:
+    """dW (C_out, C_in, 3, 3) of a conv2d whose forward ran ``winograd_conv`` (its blocks' V):
+    ``dW[o, c] = G^T (sum_t E[:, o, t] V[:, c, t]) G`` with E = A dY A^T of each 2x2 tile of dy (the gradient of
+    U = G g G^T through y = A^T (U . V) A). Chunks of the blocks at once on ``cpu_threads``; per block E (one C
+    call) and 16 GEMMs (16, C_out, T) @ (16, T, C_in), added in block order; the chunks' sums added in chunk order
+    (deterministic at a thread count). None where dW is not finite (the caller recomputes)."""
+    co, c = w_shape[0], w_shape[1]
+    dy = _contiguous(dy, "conv2d.wino_dy")
+    sums: list[tuple[int, np.ndarray]] = []
+
+    def run(k0: int, k1: int) -> None:
+        acc = _workspace.buffer("conv2d.wino_du", (16, co, c), dy.dtype)  # the running thread's own
+        part = _workspace.buffer("conv2d.wino_du_part", (16, co, c), dy.dtype)
+        most = max(v.shape[2] for _, _, v in blocks[k0:k1])
+        es = _workspace.buffer("conv2d.wino_e", (16, _entry_stride(co * most, dy.itemsize)), dy.dtype)
+        for k in range(k0, k1):
+            lo, hi, v = blocks[k]
+            e = _tiles(es, co, v.shape[2])
+            cpu_kernels.winograd_dy(dy, e, lo, hi)
+            np.matmul(e, v.transpose(0, 2, 1), out=part if k > k0 else acc)
+            if k > k0:
+                acc += part
+        sums.append((k0, acc))
+
+    with np.errstate(all="ignore"):
+        cpu_threads.parallel_for(len(blocks), run, _min_chunk(16 * max(c, co) * blocks[0][2].shape[2])
+                                 if blocks else 1)
+    if not sums:
+        return np.zeros(w_shape, dy.dtype)
+    parts = [a for _, a in sorted(sums, key=lambda t: t[0])]
+    du = parts[0]
+    for a in parts[1:]:
+        du += a
+    gm = np.asarray(_WINO_G, dtype=dy.dtype)
+    gdu = _workspace.buffer("conv2d.wino_gdu", (3, 4, co * c), dy.dtype)  # sum_a G[a, i] du[(a, b), o, c]
+    dw = _workspace.buffer("conv2d.wino_dw", (3, 3, co * c), dy.dtype)  # sum_b (that)[i, b] G[b, j]
+    with np.errstate(all="ignore"):
+        np.matmul(gm.T, du.reshape(4, 4 * co * c), out=gdu.reshape(3, 4 * co * c))
+        np.matmul(gm.T, gdu, out=dw)
+    if not _all_finite(dw):
+        return None
+    return np.ascontiguousarray(dw.reshape(3, 3, co, c).transpose(2, 3, 0, 1))
+
+
 def _conv2d_forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Any = None, *, stride: Any = 1,
                     padding: Any = 0, dilation: Any = 1, groups: Any = 1) -> Any:
     if _kernels_answer(registry.IM2COL, x.dtype):
@@ -266,6 +446,17 @@ def _conv2d_forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Any =
             >= SHIFT_MIN_CHANNELS:
         g = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
         if shift_apply(g, c_out, groups):
+            if winograd_apply(g, c_out, groups, x.dtype) and weight.dtype == x.dtype \
+                    and (bias is None or bias.dtype == x.dtype):
+                out = winograd_conv(_contiguous(x, "conv2d.wino_x"), winograd_weights(weight, "conv2d.wino_u"),
+                                    None if bias is None else np.ascontiguousarray(bias), g.pt, g.pl, g.oh, g.ow,
+                                    "conv2d.wino_y", keep=True)
+                if out is not None:  # (else an inf or NaN: the shift path below, the reference's semantics)
+                    ctx.save_for_backward(x, weight)
+                    # cols None: a backward that falls back to the reference rebuilds the columns from x
+                    ctx.cols, ctx.wino, ctx.params = None, out[1], (stride, padding, dilation, groups)
+                    ctx.has_bias = bias is not None
+                    return out[0]
             gs = shift_geometry(g)
             xs = _workspace.buffer("conv2d.xs", (gs.n, gs.c, gs.kw, gs.hp * gs.wp), x.dtype)
             y = shift_add_product(weight, xs, gs, groups, bias, "conv2d.y", src=x)  # (xs filled as it goes)
@@ -658,7 +849,12 @@ def _conv2d_backward(ctx: Context, dy: Any) -> Any:
         return NotImplemented  # the reference raises the error that names the mismatch
     db = channel_sums(dy) if ctx.has_bias and len(need) > 2 and need[2] else None
     dx = dy_pad = None
-    if need[0]:
+    wino = ctx.__dict__.get("wino")  # the forward's Winograd blocks (V of each)
+    if wino is not None:
+        dy = _contiguous(dy, "conv2d.wino_dy")  # (what the transforms read)
+    if need[0] and wino is not None:
+        dx = winograd_input_grad(weight, dy, g)  # None: not finite, recomputed below
+    if need[0] and dx is None:
         path = input_grad_path(g, c_out, groups)
         if path == "transposed" and not _all_finite(weight):  # its products include dy's padding zeros times the
             # weights, NaN for an inf/NaN weight where the reference (and PyTorch) add only real terms: the scatter
@@ -682,7 +878,12 @@ def _conv2d_backward(ctx: Context, dy: Any) -> Any:
     dw = None
     if need[1]:
         xs, col_chunks = ctx.__dict__.get("xs"), ctx.__dict__.get("col_chunks")
-        if xs is not None:
+        if wino is not None:
+            dw = winograd_weight_grad(dy, wino, tuple(weight.shape))
+            if dw is None:  # an inf or NaN: the shift path's dW (the reference's where that is not finite)
+                dw = conv2d_weight_grad_shift_numpy(dy, padded_shifts(x, shift_geometry(g), "conv2d.xs"), g, groups,
+                                                    tuple(weight.shape), dy_pad)
+        elif xs is not None:
             dw = conv2d_weight_grad_shift_numpy(dy, xs, g, groups, tuple(weight.shape), dy_pad)
         elif col_chunks is not None:  # the forward's chunks at once, each where its columns are; added in order
             sums: list[Any] = [None] * len(col_chunks)

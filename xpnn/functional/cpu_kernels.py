@@ -10,6 +10,10 @@ on threads, become one call. Likewise the im2col convolution path's column build
 ``col2im``; kernels/cpu/im2col.cpp): NumPy scatters column gradients with kh*kw strided additions into a padded
 accumulator and a transpose, where one loop gathers each dx row once.
 
+The Winograd F(2x2, 3x3) convolution's tile transforms (``winograd_input``, ``winograd_output``, ``winograd_dy``;
+kernels/cpu/winograd.cpp) are the one exception to "the same values as a NumPy path": they serve another algorithm
+(``conv_numpy.winograd_conv``), whose NumPy-only form would be slower than the shift path it replaces.
+
 - The sources are ``kernels/cpu/*.cpp``: C++ that includes the element math of the CUDA kernels (``kernels/adam.cuh``)
   so each update is written once for CUDA and the CPU. Max pooling (``max_pool2d``, ``max_pool2d_backward``: one call
   per batch chunk, the window rule of ``kernels/max_pool.cuh``) likewise, and ReLU's backward (``relu_backward``: one
@@ -52,10 +56,10 @@ from .. import _dispatch
 
 __all__ = ["library", "status", "adam_update", "shift_planes_fn", "shift_row_sum_fn", "shift_dw_rows_fn",
            "im2col_ready", "im2col", "col2im", "max_pool2d", "max_pool2d_backward", "pooling_applies", "relu_backward",
-           "SOURCES", "FLAGS"]
+           "SOURCES", "FLAGS", "winograd_ready", "winograd_input", "winograd_output", "winograd_dy"]
 
 #: the sources compiled into the library, in ``kernels/cpu``
-SOURCES = ("optimizers.cpp", "conv.cpp", "im2col.cpp", "pooling.cpp", "activations.cpp")
+SOURCES = ("optimizers.cpp", "conv.cpp", "im2col.cpp", "pooling.cpp", "activations.cpp", "winograd.cpp")
 #: -fno-fast-math -fno-unsafe-math-optimizations: cancel those in $CXX (CXX="g++ -ffast-math" would reorder the math,
 #: and link crtfastmath.o, whose loading turns on flush-to-zero for the whole process, NumPy included);
 #: -ffp-contract=off: each a*b+c rounded twice, as NumPy's separate ufuncs (results equal the NumPy path's);
@@ -304,7 +308,8 @@ def _load() -> tuple[Optional[ctypes.CDLL], str]:
 
 
 def _signatures() -> dict[str, list[Any]]:
-    """Entry point -> ctypes argument types, for every kernel and dtype (each returns nothing)."""
+    """Entry point -> ctypes argument types, for every kernel and dtype (each returns nothing but
+    ``xpnn_cpu_winograd_output_*``, an int)."""
     sig: dict[str, list[Any]] = {}
     for dtype, c in _C_TYPES.items():
         # xpnn_cpu_adam_<dtype>(param, grad, exp_avg, exp_avg_sq, vmax, n, beta1, 1 - beta1, beta2, 1 - beta2, eps,
@@ -329,6 +334,12 @@ def _signatures() -> dict[str, list[Any]]:
                                                              + [ctypes.c_int] * 13)
         # xpnn_cpu_relu_backward_<dtype>(x, dy, dx, n)
         sig[f"xpnn_cpu_relu_backward_{dtype.name}"] = [ctypes.c_void_p] * 3 + [ctypes.c_longlong]
+        # xpnn_cpu_winograd_input_<dtype>(x, v, lo, hi, c, h, w, pt, pl, th, tw, v's entry stride);
+        # xpnn_cpu_winograd_output_<dtype>(m, y, bias or NULL, lo, hi, co, oh, ow, th, tw, m's entry stride) -> int
+        # (1: some output not finite); xpnn_cpu_winograd_dy_<dtype>(dy, e, lo, hi, co, oh, ow, th, tw, e's stride)
+        sig[f"xpnn_cpu_winograd_input_{dtype.name}"] = [ctypes.c_void_p] * 2 + [ctypes.c_longlong] * 10
+        sig[f"xpnn_cpu_winograd_output_{dtype.name}"] = [ctypes.c_void_p] * 3 + [ctypes.c_longlong] * 8
+        sig[f"xpnn_cpu_winograd_dy_{dtype.name}"] = [ctypes.c_void_p] * 2 + [ctypes.c_longlong] * 8
     return sig
 
 
@@ -337,7 +348,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     for name, argtypes in _signatures().items():
         fn = getattr(lib, name)
         fn.argtypes = argtypes
-        fn.restype = None
+        fn.restype = ctypes.c_int if name.startswith("xpnn_cpu_winograd_output_") else None
 
 
 def library() -> Optional[ctypes.CDLL]:
@@ -642,3 +653,72 @@ def relu_backward(x: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> bool:
         return False
     getattr(lib, _RELU_BACKWARD[dt])(px, pd, po, x.size)
     return True
+
+
+# The Winograd F(2x2, 3x3) convolution's tile transforms (kernels/cpu/winograd.cpp; conv_numpy's Winograd path),
+# one call per chunk of samples [lo, hi); T below is that chunk's tiles, (hi - lo) * th * tw.
+
+
+def winograd_ready(dtype: Any) -> bool:
+    """Whether the Winograd transforms run for NumPy arrays of ``dtype`` (kernels on and built, float32/float64)."""
+    return _dispatch.kernels_enabled() and np.dtype(dtype) in _C_TYPES and library() is not None
+
+
+def _winograd_fn(name: str, planes: tuple[tuple[Any, tuple[int, ...]], ...], tiles: Any,
+                 tile_shape: tuple[int, int, int]) -> tuple[Any, int]:
+    """(the entry point ``xpnn_cpu_winograd_<name>_<dtype>``, the element stride between ``tiles``' 16 entries) for
+    these (array, expected shape) pairs and the tile array (``tile_shape``, each entry ``tiles[k]`` C-contiguous,
+    the entries apart by a whole number of elements, not overlapping); ValueError unless every array is an aligned
+    NumPy array of the first one's float32/float64 dtype (``planes`` C-contiguous), or where the kernels are off or
+    not built (check ``winograd_ready``)."""
+    dtype = planes[0][0].dtype
+    for a, shape in planes + ((tiles, tile_shape),):
+        entry = a is tiles and type(a) is np.ndarray and a.ndim == 3 and a[0].flags.c_contiguous \
+            and a.strides[0] % a.itemsize == 0 and a.strides[0] >= a[0].nbytes
+        if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape or not a.flags.aligned \
+                or not (entry or a is not tiles and a.flags.c_contiguous):
+            got = (type(a).__name__, getattr(a, "shape", None), getattr(a, "dtype", None))
+            raise ValueError(f"cpu_kernels.winograd_{name}: needs aligned contiguous NumPy arrays of shape {shape} "
+                             f"and dtype {dtype}, got {got}")
+    if not winograd_ready(dtype):
+        raise ValueError(f"cpu_kernels.winograd_{name}: the compiled kernels are off or not built ({status()})")
+    return getattr(library(), f"xpnn_cpu_winograd_{name}_{dtype.name}"), tiles.strides[0] // tiles.itemsize
+
+
+def winograd_input(x: np.ndarray, v: np.ndarray, lo: int, hi: int, pt: int, pl: int, th: int, tw: int) -> None:
+    """``v[k, c, t] = (B^T d B)[k // 4, k % 4]`` for every 4x4 tile d of x (N, C, H, W) C-contiguous, samples
+    ``lo:hi``, into v (16, C, T) (each ``v[k]`` C-contiguous; a padded stride between them is kept): tile (ty, tx)
+    of sample n (t = ((n - lo) * th + ty) * tw + tx) reads rows ``2*ty - pt`` to ``2*ty - pt + 3`` and columns
+    ``2*tx - pl`` to ``2*tx - pl + 3`` (0 outside x). ValueError for arrays or a range that do not fit
+    (``_winograd_fn``)."""
+    n, c, h, w = x.shape
+    if not 0 <= lo <= hi <= n:
+        raise ValueError(f"cpu_kernels.winograd_input: samples {lo}:{hi} of {n}")
+    fn, ks = _winograd_fn("input", ((x, x.shape),), v, (16, c, (hi - lo) * th * tw))
+    fn(x.ctypes.data, v.ctypes.data, lo, hi, c, h, w, pt, pl, th, tw, ks)
+
+
+def winograd_output(m: np.ndarray, y: np.ndarray, bias: Optional[np.ndarray], lo: int, hi: int, th: int,
+                    tw: int) -> bool:
+    """Samples ``lo:hi`` of y (N, C_out, oh, ow) C-contiguous from m (16, C_out, T) (as ``winograd_input``'s v):
+    each 2x2 tile ``A^T m A`` (+ bias (C_out,)), its rows and columns past oh, ow dropped. Returns whether some
+    output written is not finite. ValueError for arrays or a range that do not fit (``_winograd_fn``)."""
+    n, co, oh, ow = y.shape
+    if not 0 <= lo <= hi <= n or th != -(-oh // 2) or tw != -(-ow // 2) or not y.flags.writeable:
+        raise ValueError(f"cpu_kernels.winograd_output: samples {lo}:{hi} of {n}, tiles {th}x{tw} for {oh}x{ow}")
+    planes = ((y, y.shape),) + (() if bias is None else ((bias, (co,)),))
+    fn, ks = _winograd_fn("output", planes, m, (16, co, (hi - lo) * th * tw))
+    return bool(fn(m.ctypes.data, y.ctypes.data, None if bias is None else bias.ctypes.data, lo, hi, co, oh, ow,
+                   th, tw, ks))
+
+
+def winograd_dy(dy: np.ndarray, e: np.ndarray, lo: int, hi: int) -> None:
+    """``e[k, o, t] = (A dY A^T)[k // 4, k % 4]`` for every 2x2 tile dY of dy (N, C_out, oh, ow) C-contiguous (0
+    past its edge), samples ``lo:hi``, into e (16, C_out, T) (as ``winograd_input``'s v). ValueError for arrays or
+    a range that do not fit (``_winograd_fn``)."""
+    n, co, oh, ow = dy.shape
+    th, tw = -(-oh // 2), -(-ow // 2)
+    if not 0 <= lo <= hi <= n:
+        raise ValueError(f"cpu_kernels.winograd_dy: samples {lo}:{hi} of {n}")
+    fn, ks = _winograd_fn("dy", ((dy, dy.shape),), e, (16, co, (hi - lo) * th * tw))
+    fn(dy.ctypes.data, e.ctypes.data, lo, hi, co, oh, ow, th, tw, ks)
