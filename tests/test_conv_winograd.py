@@ -295,3 +295,20 @@ def test_winograd_of_a_strided_input_and_a_broadcast_dy(winograd_calls):
     assert winograd_calls == [(16, 16), (16, 16)]
     for a, e, s in zip((np.asarray(y.data), xt.grad, wt.grad), want, scale):
         assert (np.abs(a - e) <= 1e-12 * s + 1e-300).all()
+
+
+def test_winograd_forward_with_a_misaligned_bias(winograd_calls):
+    """A bias whose data is not aligned to its dtype (``np.frombuffer`` at an odd byte offset), on the functional
+    API and through the tape: the transforms read an aligned copy; y equals the reference's (no ValueError from
+    the compiled output transform)."""
+    x, w, b, dy = case_arrays((2, 16, 7, 8), 16, 1, np.float64)
+    raw = np.zeros(b.nbytes + 1, np.uint8)
+    bm = np.frombuffer(raw.data, dtype=b.dtype, offset=1, count=b.size)
+    assert not bm.flags.aligned
+    raw[1:] = b.view(np.uint8)
+    want = reference(x, w, b, dy, 1)
+    np.testing.assert_allclose(F.conv2d(x, w, bm, 1, 1), want[0], rtol=1e-12, atol=1e-12)
+    got = through_tape(x, w, bm, dy, 1)
+    assert winograd_calls
+    for a, e in zip(got, want):
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)

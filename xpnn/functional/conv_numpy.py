@@ -449,7 +449,7 @@ def _conv2d_forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Any =
             if winograd_apply(g, c_out, groups, x.dtype) and weight.dtype == x.dtype \
                     and (bias is None or bias.dtype == x.dtype):
                 out = winograd_conv(_contiguous(x, "conv2d.wino_x"), winograd_weights(weight, "conv2d.wino_u"),
-                                    None if bias is None else np.ascontiguousarray(bias), g.pt, g.pl, g.oh, g.ow,
+                                    None if bias is None else _contiguous(bias, "conv2d.wino_bias"), g.pt, g.pl, g.oh, g.ow,
                                     "conv2d.wino_y", keep=True)
                 if out is not None:  # (else an inf or NaN: the shift path below, the reference's semantics)
                     ctx.save_for_backward(x, weight)
