@@ -312,3 +312,51 @@ def test_winograd_forward_with_a_misaligned_bias(winograd_calls):
     assert winograd_calls
     for a, e in zip(got, want):
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+
+
+def test_winograd_backward_with_the_kernels_turned_off_after_the_forward(winograd_calls):
+    """A forward on the Winograd path, then its backward with the compiled kernels off (``use_kernels(False)``, as
+    an evaluation helper or another thread may set): dx and dW from the NumPy paths, equal to the reference's (no
+    ValueError from the transforms); the same with the kernels turned off between the two backwards of a retained
+    graph."""
+    x, w, b, dy = case_arrays((2, 16, 7, 8), 16, 1, np.float64)
+    want = reference(x, w, b, dy, 1)
+    for off_for_both in (True, False):
+        winograd_calls.clear()
+        xt, wt, bt = (xpnn.tensor(a, requires_grad=True) for a in (x, w, b))
+        y = F.conv2d(xt, wt, bt, 1, 1)
+        assert winograd_calls == [(16, 16)]
+        if not off_for_both:
+            y.backward(xpnn.tensor(dy), retain_graph=True)
+            for t in (xt, wt, bt):
+                t.grad = None
+        with _dispatch.use_kernels(False):
+            y.backward(xpnn.tensor(dy))
+        for a, e in zip((xt.grad, wt.grad, bt.grad), want[1:]):
+            np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+
+
+def test_winograd_runs_to_its_end_when_another_thread_turns_the_kernels_off(monkeypatch, winograd_calls):
+    """The kernels turned off (by another thread: the switch is process-wide) while a Winograd forward or dx is
+    between its transforms: the call finishes on the compiled transforms it chose, with the reference's values."""
+    x, w, b, dy = case_arrays((3, 16, 7, 8), 16, 1, np.float64)
+    want = reference(x, w, b, dy, 1)
+    monkeypatch.setattr(conv_numpy, "WINOGRAD_BLOCK_TILES", 1)  # one sample per block: transforms after the flip
+    real = cpu_kernels.winograd_input
+
+    def flip(*args):
+        real(*args)
+        _dispatch.set_kernels_enabled(False)
+
+    monkeypatch.setattr(cpu_kernels, "winograd_input", flip)
+    was = _dispatch.kernels_enabled()
+    try:
+        xt, wt, bt = (xpnn.tensor(a, requires_grad=True) for a in (x, w, b))
+        y = F.conv2d(xt, wt, bt, 1, 1)
+        _dispatch.set_kernels_enabled(True)
+        y.backward(xpnn.tensor(dy))
+    finally:
+        _dispatch.set_kernels_enabled(was)
+    assert winograd_calls == [(16, 16), (16, 16)]
+    for a, e in zip((np.asarray(y.data), xt.grad, wt.grad, bt.grad), want):
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)

@@ -850,9 +850,12 @@ def _conv2d_backward(ctx: Context, dy: Any) -> Any:
     db = channel_sums(dy) if ctx.has_bias and len(need) > 2 and need[2] else None
     dx = dy_pad = None
     wino = ctx.__dict__.get("wino")  # the forward's Winograd blocks (V of each)
-    if wino is not None:
+    # (kernels turned off since the forward, e.g. ``use_kernels(False)`` around the backward: dx and dW by the
+    # NumPy paths below, as after a non-finite Winograd result)
+    transforms = wino is not None and cpu_kernels.winograd_ready(dy.dtype)
+    if transforms:
         dy = _contiguous(dy, "conv2d.wino_dy")  # (what the transforms read)
-    if need[0] and wino is not None:
+    if need[0] and transforms:
         dx = winograd_input_grad(weight, dy, g)  # None: not finite, recomputed below
     if need[0] and dx is None:
         path = input_grad_path(g, c_out, groups)
@@ -879,7 +882,7 @@ def _conv2d_backward(ctx: Context, dy: Any) -> Any:
     if need[1]:
         xs, col_chunks = ctx.__dict__.get("xs"), ctx.__dict__.get("col_chunks")
         if wino is not None:
-            dw = winograd_weight_grad(dy, wino, tuple(weight.shape))
+            dw = winograd_weight_grad(dy, wino, tuple(weight.shape)) if transforms else None
             if dw is None:  # an inf or NaN: the shift path's dW (the reference's where that is not finite)
                 dw = conv2d_weight_grad_shift_numpy(dy, padded_shifts(x, shift_geometry(g), "conv2d.xs"), g, groups,
                                                     tuple(weight.shape), dy_pad)

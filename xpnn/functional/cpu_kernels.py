@@ -669,9 +669,12 @@ def _winograd_fn(name: str, planes: tuple[tuple[Any, tuple[int, ...]], ...], til
     """(the entry point ``xpnn_cpu_winograd_<name>_<dtype>``, the element stride between ``tiles``' 16 entries) for
     these (array, expected shape) pairs and the tile array (``tile_shape``, each entry ``tiles[k]`` C-contiguous,
     the entries apart by a whole number of elements, not overlapping); ValueError unless every array is an aligned
-    NumPy array of the first one's float32/float64 dtype (``planes`` C-contiguous), or where the kernels are off or
-    not built (check ``winograd_ready``)."""
+    NumPy array of the first one's float32/float64 dtype (``planes`` C-contiguous), or where the library is not
+    built (check ``winograd_ready``; the on/off switch is the caller's to check, once per convolution: another
+    thread turning the kernels off midway must not fail it)."""
     dtype = planes[0][0].dtype
+    if dtype not in _C_TYPES:
+        raise ValueError(f"cpu_kernels.winograd_{name}: float32 or float64 arrays only, got {dtype}")
     for a, shape in planes + ((tiles, tile_shape),):
         entry = a is tiles and type(a) is np.ndarray and a.ndim == 3 and a[0].flags.c_contiguous \
             and a.strides[0] % a.itemsize == 0 and a.strides[0] >= a[0].nbytes
@@ -680,9 +683,10 @@ def _winograd_fn(name: str, planes: tuple[tuple[Any, tuple[int, ...]], ...], til
             got = (type(a).__name__, getattr(a, "shape", None), getattr(a, "dtype", None))
             raise ValueError(f"cpu_kernels.winograd_{name}: needs aligned contiguous NumPy arrays of shape {shape} "
                              f"and dtype {dtype}, got {got}")
-    if not winograd_ready(dtype):
-        raise ValueError(f"cpu_kernels.winograd_{name}: the compiled kernels are off or not built ({status()})")
-    return getattr(library(), f"xpnn_cpu_winograd_{name}_{dtype.name}"), tiles.strides[0] // tiles.itemsize
+    lib = library()
+    if lib is None:
+        raise ValueError(f"cpu_kernels.winograd_{name}: the compiled kernels are not built ({status()})")
+    return getattr(lib, f"xpnn_cpu_winograd_{name}_{dtype.name}"), tiles.strides[0] // tiles.itemsize
 
 
 def winograd_input(x: np.ndarray, v: np.ndarray, lo: int, hi: int, pt: int, pl: int, th: int, tw: int) -> None:
