@@ -360,3 +360,38 @@ def test_winograd_runs_to_its_end_when_another_thread_turns_the_kernels_off(monk
     assert winograd_calls == [(16, 16), (16, 16)]
     for a, e in zip((np.asarray(y.data), xt.grad, wt.grad, bt.grad), want):
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+
+
+def test_winograd_keeps_the_transformed_input_only_for_a_weight_gradient(monkeypatch):
+    """The forward keeps every block's transformed input V (4x the input) only where dW will be asked for: under
+    no_grad, on plain arrays, or with a frozen weight it runs block by block in one V (peak memory well below the
+    whole batch's V), and a frozen weight's dx is still the reference's."""
+    import tracemalloc
+    from xpnn.functional import _workspace
+    monkeypatch.setattr(conv_numpy, "WINOGRAD_BLOCK_TILES", 1)  # one sample per block
+    x, w, b, dy = case_arrays((16, 16, 16, 16), 16, 1, np.float64)
+    v_all = 16 * 16 * 64 * x.shape[0] * x.itemsize  # every sample's V: 16 entries x C x 64 tiles
+    cpu_threads.set_num_threads(1)
+    try:
+        for run in ("no_grad", "arrays", "frozen"):
+            _workspace.clear()
+            xt, wt = xpnn.tensor(x, requires_grad=run == "frozen"), xpnn.tensor(w, requires_grad=False)
+            tracemalloc.start()
+            try:
+                if run == "no_grad":
+                    with xpnn.no_grad():
+                        y = F.conv2d(xpnn.tensor(x), xpnn.tensor(w, requires_grad=True), None, 1, 1)
+                elif run == "arrays":
+                    y = F.conv2d(x, w, None, 1, 1)
+                else:
+                    y = F.conv2d(xt, wt, None, 1, 1)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak < v_all / 2, (run, peak, v_all)
+            if run == "frozen":
+                y.backward(xpnn.tensor(dy))
+                np.testing.assert_allclose(xt.grad, reference(x, w, b, dy, 1)[1], rtol=1e-12, atol=1e-12)
+                assert wt.grad is None
+    finally:
+        cpu_threads.set_num_threads(None)

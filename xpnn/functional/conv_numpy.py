@@ -448,12 +448,15 @@ def _conv2d_forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: Any =
         if shift_apply(g, c_out, groups):
             if winograd_apply(g, c_out, groups, x.dtype) and weight.dtype == x.dtype \
                     and (bias is None or bias.dtype == x.dtype):
+                # every block's V (4x the input) kept only for a dW (not under no_grad, on arrays, a frozen weight)
+                need_dw = len(ctx.needs_input_grad) > 1 and ctx.needs_input_grad[1]
                 out = winograd_conv(_contiguous(x, "conv2d.wino_x"), winograd_weights(weight, "conv2d.wino_u"),
-                                    None if bias is None else _contiguous(bias, "conv2d.wino_bias"), g.pt, g.pl, g.oh, g.ow,
-                                    "conv2d.wino_y", keep=True)
+                                    None if bias is None else _contiguous(bias, "conv2d.wino_bias"), g.pt, g.pl,
+                                    g.oh, g.ow, "conv2d.wino_y", keep=need_dw)
                 if out is not None:  # (else an inf or NaN: the shift path below, the reference's semantics)
                     ctx.save_for_backward(x, weight)
-                    # cols None: a backward that falls back to the reference rebuilds the columns from x
+                    # cols None: a backward that falls back to the reference rebuilds the columns from x; wino: the
+                    # blocks' V ([] without need_dw)
                     ctx.cols, ctx.wino, ctx.params = None, out[1], (stride, padding, dilation, groups)
                     ctx.has_bias = bias is not None
                     return out[0]
@@ -882,7 +885,7 @@ def _conv2d_backward(ctx: Context, dy: Any) -> Any:
     if need[1]:
         xs, col_chunks = ctx.__dict__.get("xs"), ctx.__dict__.get("col_chunks")
         if wino is not None:
-            dw = winograd_weight_grad(dy, wino, tuple(weight.shape)) if transforms else None
+            dw = winograd_weight_grad(dy, wino, tuple(weight.shape)) if transforms and wino else None
             if dw is None:  # an inf or NaN: the shift path's dW (the reference's where that is not finite)
                 dw = conv2d_weight_grad_shift_numpy(dy, padded_shifts(x, shift_geometry(g), "conv2d.xs"), g, groups,
                                                     tuple(weight.shape), dy_pad)
