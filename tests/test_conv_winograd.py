@@ -297,15 +297,21 @@ def test_winograd_of_a_strided_input_and_a_broadcast_dy(winograd_calls):
         assert (np.abs(a - e) <= 1e-12 * s + 1e-300).all()
 
 
-def test_winograd_forward_with_a_misaligned_bias(winograd_calls):
-    """A bias whose data is not aligned to its dtype (``np.frombuffer`` at an odd byte offset), on the functional
-    API and through the tape: the transforms read an aligned copy; y equals the reference's (no ValueError from
-    the compiled output transform)."""
+@pytest.mark.parametrize("kind", ["misaligned", "memmap"])
+def test_winograd_forward_with_a_misaligned_or_subclass_bias(tmp_path, winograd_calls, kind):
+    """A bias whose data is not aligned to its dtype (``np.frombuffer`` at an odd byte offset) or an ndarray
+    subclass (``np.load(..., mmap_mode="r")``), on the functional API and through the tape: the transforms read an
+    aligned plain array; y equals the reference's (no ValueError from the compiled output transform)."""
     x, w, b, dy = case_arrays((2, 16, 7, 8), 16, 1, np.float64)
-    raw = np.zeros(b.nbytes + 1, np.uint8)
-    bm = np.frombuffer(raw.data, dtype=b.dtype, offset=1, count=b.size)
-    assert not bm.flags.aligned
-    raw[1:] = b.view(np.uint8)
+    if kind == "misaligned":
+        raw = np.zeros(b.nbytes + 1, np.uint8)
+        bm = np.frombuffer(raw.data, dtype=b.dtype, offset=1, count=b.size)
+        assert not bm.flags.aligned
+        raw[1:] = b.view(np.uint8)
+    else:
+        np.save(tmp_path / "b.npy", b)
+        bm = np.load(tmp_path / "b.npy", mmap_mode="r")
+        assert type(bm) is np.memmap
     want = reference(x, w, b, dy, 1)
     np.testing.assert_allclose(F.conv2d(x, w, bm, 1, 1), want[0], rtol=1e-12, atol=1e-12)
     got = through_tape(x, w, bm, dy, 1)

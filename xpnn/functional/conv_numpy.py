@@ -328,7 +328,9 @@ def _tiles(buf: np.ndarray, c: int, t: int) -> np.ndarray:
 
 
 def _contiguous(a: np.ndarray, tag: str) -> np.ndarray:
-    """a, or a copy of it in a recycled buffer where it is not C-contiguous and aligned (the compiled transforms')."""
+    """a as a plain ndarray (a view of a subclass's data, e.g. ``np.memmap``), or a copy of it in a recycled buffer
+    where it is not C-contiguous and aligned (what the compiled transforms take)."""
+    a = np.asarray(a)
     if a.flags.c_contiguous and a.flags.aligned:
         return a
     out = _workspace.buffer(tag, a.shape, a.dtype)
