@@ -401,3 +401,29 @@ def test_winograd_keeps_the_transformed_input_only_for_a_weight_gradient(monkeyp
                 assert wt.grad is None
     finally:
         cpu_threads.set_num_threads(None)
+
+
+@pytest.mark.parametrize("where", ["x", "dy"])
+def test_winograd_transforms_overflowing_a_finite_float32_convolution(winograd_calls, where):
+    """Rows alternating +-2e38 (float32): the direct convolution of a centre-tap kernel is finite, but the transforms'
+    differences (d2 - d1 of x, p - q of dy) overflow to inf; the results are recomputed, finite and equal to the
+    reference's."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)
+    dy = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)
+    big = x if where == "x" else dy
+    big[...] = 0
+    big[:, 0, ::2] = 2e38
+    big[:, 0, 1::2] = -2e38
+    w = np.zeros((16, 16, 3, 3), np.float32)
+    w[:, 0, 1, 1] = 0.5  # (dW's entries for channel 0 stay sums of finite products of the others' x and dy)
+    b = np.zeros(16, np.float32)
+    with np.errstate(all="ignore"):
+        got = through_tape(x, w, b, dy, 1)
+        want = reference(x, w, b, dy, 1)
+    assert winograd_calls
+    assert np.isfinite(want[0 if where == "x" else 1]).all()  # (y from x, dx from dy: finite)
+    for a, e in zip(got, want):
+        fin = np.isfinite(e)
+        np.testing.assert_array_equal(np.isfinite(a), fin)
+        np.testing.assert_allclose(a[fin], e[fin], rtol=1e-5, atol=1e-30 + 1e-6 * np.abs(e[fin]).max())
