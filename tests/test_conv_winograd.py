@@ -427,3 +427,34 @@ def test_winograd_transforms_overflowing_a_finite_float32_convolution(winograd_c
         fin = np.isfinite(e)
         np.testing.assert_array_equal(np.isfinite(a), fin)
         np.testing.assert_allclose(a[fin], e[fin], rtol=1e-5, atol=1e-30 + 1e-6 * np.abs(e[fin]).max())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_winograd_two_forwards_then_two_backwards(monkeypatch, winograd_calls, threads):
+    """Two forwards of one layer on different inputs (the second's recycled buffers must not be the first's saved V
+    or output), a no_grad forward between, then the backwards in reverse order, one retained and run again: every
+    y, dx and dW equals the reference's of its own input."""
+    monkeypatch.setattr(conv_numpy, "CHUNK_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(conv_numpy, "WINOGRAD_BLOCK_TILES", 1)
+    (x1, w, b, dy1), (x2, _, _, dy2) = case_arrays((3, 16, 7, 8), 16, 1, np.float64, seed=1), \
+        case_arrays((3, 16, 7, 8), 16, 1, np.float64, seed=5)
+    want = [reference(x, w, b, dy, 1) for x, dy in ((x1, dy1), (x2, dy2))]
+    cpu_threads.set_num_threads(threads)
+    try:
+        wt, bt = xpnn.tensor(w, requires_grad=True), xpnn.tensor(b, requires_grad=True)
+        xs = [xpnn.tensor(x, requires_grad=True) for x in (x1, x2)]
+        ys = [F.conv2d(x, wt, bt, 1, 1) for x in xs]
+        with xpnn.no_grad():
+            F.conv2d(xpnn.tensor(x2 * 3), wt, bt, 1, 1)
+        got = {}
+        for k, retain in ((1, True), (1, False), (0, False)):
+            wt.grad = bt.grad = None
+            xs[k].grad = None
+            ys[k].backward(xpnn.tensor((dy1, dy2)[k]), retain_graph=retain)
+            got[k, retain] = (np.asarray(ys[k].data), xs[k].grad, wt.grad, bt.grad)
+    finally:
+        cpu_threads.set_num_threads(None)
+    assert len(winograd_calls) == 3 + 3
+    for (k, _), arrays in got.items():
+        for a, e in zip(arrays, want[k]):
+            np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
