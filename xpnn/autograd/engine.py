@@ -246,7 +246,7 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                 # gradient that is a Tensor, made by a backward from Tensors it kept, is unwrapped below)
                 ctx.needs_input_grad = edges
                 if op.adds_leaf_grads:  # (Context.leaf_grad; None: one kept from an earlier backward is dropped)
-                    ctx.leaf_inputs = node.inputs if into_grad else None
+                    ctx._leaf_inputs = node.inputs if into_grad else None
                 in_grads = op.backward(ctx, grads[0])
                 if type(in_grads) is not tuple:
                     in_grads = (in_grads,)
@@ -349,7 +349,7 @@ def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create
         ctx._saved = tuple(v._data if isinstance(v, TensorBase) else v for v in saved)
     ctx.needs_input_grad = edges
     ctx.create_graph = create_graph
-    ctx.__dict__.pop("leaf_inputs", None)  # (Context.leaf_grad: gradients are returned on this path)
+    ctx._leaf_inputs = None  # (Context.leaf_grad: gradients are returned on this path)
     op = node.op
     if len(grads) > 1 and any(g is None for g in grads):  # (a single output was reached: it has its gradient)
         _zero_missing(ctx, node, grads)

@@ -95,7 +95,10 @@ class Context:
     attribute the forward sets (shapes, masks, indices). ``needs_input_grad`` has one bool per positional input;
     ``xp`` is the arrays' namespace; ``create_graph`` is True while a backward is itself being recorded."""
 
-    __slots__ = ("needs_input_grad", "create_graph", "_saved", "_writes", "_versions", "_args", "_xp", "__dict__")
+    # (_leaf_inputs: set by the engine for ops with ``adds_leaf_grads`` only, read by ``leaf_grad``; a slot, left
+    # unset elsewhere, so that neither a call nor a backward makes the ``__dict__`` for it)
+    __slots__ = ("needs_input_grad", "create_graph", "_saved", "_writes", "_versions", "_args", "_xp", "_leaf_inputs",
+                 "__dict__")
 
     def __init__(self, needs_input_grad: tuple[bool, ...], args: tuple[Any, ...]) -> None:
         # (new_context sets the same fields)
@@ -141,7 +144,7 @@ class Context:
         returns ``None`` for it), or ``None``: the backward returns the gradient as usual. An array only where the
         engine would do exactly ``.grad += g`` (``leaf_grad_target``): set by the engine for an op with
         ``adds_leaf_grads`` in a backward into ``.grad`` (not ``xpnn.grad``, not ``create_graph``)."""
-        inputs = self.__dict__.get("leaf_inputs")
+        inputs = getattr(self, "_leaf_inputs", None)
         return None if inputs is None else leaf_grad_target(inputs, i)
 
     def free(self) -> None:
