@@ -272,3 +272,19 @@ def test_linear_backward_function_returns_dweight():
     w, _, x, dy = _lone(rng)
     _, dw, _ = linear_backward(x, w.data, dy)
     np.testing.assert_allclose(dw, dy.T @ x, rtol=1e-12, atol=1e-12)
+
+
+@needs_blas
+def test_no_gemm_into_grad_while_loops_split(gemm_calls, monkeypatch):
+    """After a split loop ``cpu_threads.dot`` keeps OpenBLAS off its own threads: the weight gradient keeps that
+    path (``np.dot`` by rows on the split's threads, then ``+=``)."""
+    import time
+
+    monkeypatch.setattr(cpu_threads, "_last_split", time.monotonic() + 60.0)
+    monkeypatch.setattr(cpu_threads, "get_num_threads", lambda: 2)
+    rng = np.random.default_rng(9)
+    w, b, x, dy = _lone(rng)
+    w.grad = np.ones_like(w.data)
+    xpnn.functional.linear(xpnn.Tensor(x), w, b).backward(dy)
+    assert gemm_calls[0] == 0
+    np.testing.assert_allclose(w.grad, 1 + dy.T @ x, rtol=1e-12, atol=1e-12)
