@@ -80,7 +80,10 @@ class Linear(Op):
     def backward(ctx: Context, dy: Any) -> tuple[Any, Any, Any]:
         """``dx = dy @ weight``, ``dweight = dy.T @ x``, ``dbias = sum(dy)`` over all but the last axis. (``dy`` has
         the output's shape: every way in checks it once, ``Tensor.backward``/``xpnn.grad`` against the output, the
-        explicit API's ``backward`` against the kept output, ``linear_backward`` itself.)"""
+        explicit API's ``backward`` against the kept output, ``linear_backward`` itself.) On NumPy, a large
+        ``dweight`` is added into the weight's ``.grad`` by the GEMM itself (beta = 1) where ``ctx.leaf_grad(1)``
+        hands over that array (a backward into ``.grad`` that would do exactly ``.grad += dweight``); it is then
+        returned as ``None``."""
         x, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
         if x.ndim != 2:  # fold leading axes into the batch
