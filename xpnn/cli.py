@@ -449,6 +449,9 @@ def _info(args: argparse.Namespace) -> int:
     from .functional import cpu_kernels
 
     lines.append(f"cpu kernels (compiled NumPy-array loops): {cpu_kernels.status()}")
+    from .functional import blas
+
+    lines.append(f"cpu BLAS gemm (Linear's weight gradient added into .grad): {blas.status()}")
     lines.extend(_mpi_lines())
     try:
         from ._cuda.info import cuda_info

@@ -212,6 +212,7 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
     writes = _op.writes
     plain = not create_graph  # (arrays in and out: no override, or one to look up per op)
     direct = plain and not overridden
+    into_grad = plain and wanted is None  # (a backward into .grad: an op may add a leaf's gradient there itself)
     prev_mode = _grad_state.enabled
     _grad_state.enabled = bool(create_graph)
     try:
@@ -244,6 +245,8 @@ def run_backward(outputs: Sequence[Any], grad_outputs: Sequence[Any], *, retain_
                 # the usual call (one output, arrays, no override): _call_backward's steps that apply (a
                 # gradient that is a Tensor, made by a backward from Tensors it kept, is unwrapped below)
                 ctx.needs_input_grad = edges
+                if op.adds_leaf_grads:  # (Context.leaf_grad; None: one kept from an earlier backward is dropped)
+                    ctx._leaf_inputs = node.inputs if into_grad else None
                 in_grads = op.backward(ctx, grads[0])
                 if type(in_grads) is not tuple:
                     in_grads = (in_grads,)
@@ -346,6 +349,7 @@ def _call_backward(node: Node, grads: list[Any], edges: tuple[bool, ...], create
         ctx._saved = tuple(v._data if isinstance(v, TensorBase) else v for v in saved)
     ctx.needs_input_grad = edges
     ctx.create_graph = create_graph
+    ctx._leaf_inputs = None  # (Context.leaf_grad: gradients are returned on this path)
     op = node.op
     if len(grads) > 1 and any(g is None for g in grads):  # (a single output was reached: it has its gradient)
         _zero_missing(ctx, node, grads)

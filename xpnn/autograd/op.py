@@ -95,7 +95,10 @@ class Context:
     attribute the forward sets (shapes, masks, indices). ``needs_input_grad`` has one bool per positional input;
     ``xp`` is the arrays' namespace; ``create_graph`` is True while a backward is itself being recorded."""
 
-    __slots__ = ("needs_input_grad", "create_graph", "_saved", "_writes", "_versions", "_args", "_xp", "__dict__")
+    # (_leaf_inputs: set by the engine for ops with ``adds_leaf_grads`` only, read by ``leaf_grad``; a slot, left
+    # unset elsewhere, so that neither a call nor a backward makes the ``__dict__`` for it)
+    __slots__ = ("needs_input_grad", "create_graph", "_saved", "_writes", "_versions", "_args", "_xp", "_leaf_inputs",
+                 "__dict__")
 
     def __init__(self, needs_input_grad: tuple[bool, ...], args: tuple[Any, ...]) -> None:
         # (new_context sets the same fields)
@@ -136,6 +139,14 @@ class Context:
     def freed(self) -> bool:
         return self._saved is _FREED
 
+    def leaf_grad(self, i: int) -> Any:
+        """The gradient array that input ``i``'s gradient may be added into in place by the backward (which then
+        returns ``None`` for it), or ``None``: the backward returns the gradient as usual. An array only where the
+        engine would do exactly ``.grad += g`` (``leaf_grad_target``): set by the engine for an op with
+        ``adds_leaf_grads`` in a backward into ``.grad`` (not ``xpnn.grad``, not ``create_graph``)."""
+        inputs = getattr(self, "_leaf_inputs", None)
+        return None if inputs is None else leaf_grad_target(inputs, i)
+
     def free(self) -> None:
         self._saved = _FREED
         self._versions = ()
@@ -144,6 +155,21 @@ class Context:
 
 
 _new_context = Context.__new__
+
+
+def leaf_grad_target(inputs: tuple[Any, ...], i: int) -> Any:
+    """``inputs[i]``'s gradient array where adding a gradient into it in place is exactly what accumulating that
+    input's gradient does: a leaf whose class accumulates in place (``_grad_in_place``: ``Parameter``) with a
+    gradient array already there, no post-accumulate hooks, passed once among ``inputs`` (Tensors or ``None``,
+    others skipped); else ``None``."""
+    t = inputs[i]
+    if (t is None or t._node is not None or t._hooks or not getattr(type(t), "_grad_in_place", False)
+            or not t._requires_grad):
+        return None
+    for j, u in enumerate(inputs):
+        if u is t and j != i:
+            return None
+    return t._grad
 
 
 def new_context(needs_input_grad: tuple[bool, ...], args: tuple[Any, ...]) -> Context:
@@ -174,6 +200,11 @@ class Op:
     #: slicing): its Tensor then shares the input's version counter, so an in-place write through either is seen by
     #: the ops that saved the other
     view: ClassVar[bool] = False
+
+    #: the backward may add a leaf input's gradient into that leaf's ``.grad`` itself (``Context.leaf_grad``) and
+    #: return ``None`` for it (``linear``: the weight gradient by one GEMM with beta = 1); the engine then hands the
+    #: call's input Tensors to the context
+    adds_leaf_grads: ClassVar[bool] = False
 
     #: declared outside the xpnn package (the engine checks the shapes its backward returns); set per subclass
     _user_op: ClassVar[bool] = False

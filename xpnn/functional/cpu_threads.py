@@ -40,7 +40,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-__all__ = ["get_num_threads", "set_num_threads", "parallel_for", "planned_chunks", "chunks", "dot", "splitting"]
+from .blas import gemm_accumulate
+
+__all__ = ["get_num_threads", "set_num_threads", "parallel_for", "planned_chunks", "chunks", "dot", "dot_add", "splitting"]
 
 _requested: Optional[int] = None  # set_num_threads's value
 # threadpoolctl's controllers of NumPy's BLAS ([] when none was found), whether any of them limits per thread (MKL,
@@ -325,6 +327,17 @@ BLAS_THREADED_MACS = 1 << 18
 SPLIT_MIN_MACS = 1 << 24
 # seconds after a split within which ``dot`` keeps OpenBLAS off its own threads (they spin ~0.1 s once idle)
 SPLIT_RECENT_S = 1.0
+
+
+def dot_add(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
+    """``out += a @ b`` by one BLAS GEMM with beta 1 (``blas.gemm_accumulate``) where ``dot`` would run the
+    product as one ``np.dot``; False (nothing done) where ``dot`` would split its rows over the threads (a split ran
+    recently: OpenBLAS's own threads would spin) or ``gemm_accumulate`` does not apply. a (M, K), b (K, N), out
+    (M, N)."""
+    if (a.size * b.shape[-1] >= BLAS_THREADED_MACS and time.monotonic() - _last_split <= SPLIT_RECENT_S
+            and get_num_threads() > 1):
+        return False
+    return gemm_accumulate(a, b, out)
 
 
 def splitting() -> bool:

@@ -58,6 +58,7 @@ def _check_linear(x: Any, weight: Any, bias: Any) -> bool:
 
 class Linear(Op):
     name = "linear"
+    adds_leaf_grads = True  # (the weight's gradient: backward)
 
     @staticmethod
     def forward(ctx: Context, x: Any, weight: Any, bias: Any = None) -> Any:
@@ -79,7 +80,10 @@ class Linear(Op):
     def backward(ctx: Context, dy: Any) -> tuple[Any, Any, Any]:
         """``dx = dy @ weight``, ``dweight = dy.T @ x``, ``dbias = sum(dy)`` over all but the last axis. (``dy`` has
         the output's shape: every way in checks it once, ``Tensor.backward``/``xpnn.grad`` against the output, the
-        explicit API's ``backward`` against the kept output, ``linear_backward`` itself.)"""
+        explicit API's ``backward`` against the kept output, ``linear_backward`` itself.) On NumPy, a large
+        ``dweight`` is added into the weight's ``.grad`` by the GEMM itself (beta = 1) where ``ctx.leaf_grad(1)``
+        hands over that array (a backward into ``.grad`` that would do exactly ``.grad += dweight``); it is then
+        returned as ``None``."""
         x, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
         if x.ndim != 2:  # fold leading axes into the batch
@@ -96,7 +100,12 @@ class Linear(Op):
                 if dy2 is not dy:
                     dx = dx.reshape(dy.shape[:-1] + (weight.shape[1],))
             if need[1]:
-                dw = _dot(dy2.T, x2) if dy2.size * x2.shape[1] < _THREADED else cpu_threads.dot(dy2.T, x2)
+                if dy2.size * x2.shape[1] < _THREADED:
+                    dw = _dot(dy2.T, x2)
+                else:  # a large product: added into the weight's .grad by the GEMM itself where that is exactly
+                    into = ctx.leaf_grad(1)  # `.grad += dw` (beta = 1: no temporary and no second pass over it)
+                    if into is None or not cpu_threads.dot_add(dy2.T, x2, into):
+                        dw = cpu_threads.dot(dy2.T, x2)
             if len(need) > 2 and need[2]:
                 db = np.add.reduce(dy2, 0)
             return dx, dw, db

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..autograd.engine import run_backward
 from ..autograd.grad_mode import _state as _grad_state
-from ..autograd.op import Context, Op
+from ..autograd.op import Context, Op, leaf_grad_target
 from .._tensor import Tensor
 from ..backend import dtype_name, namespace_of
 from ..debug import _debug, check_finite, get_debug
@@ -135,6 +135,11 @@ class _OneOpCall(Context):
                 if g is not None:
                     p._accumulate_grad(g)
         return grads[0] if need_input_grad else None
+
+    def leaf_grad(self, i: int) -> Any:
+        """``Context.leaf_grad`` for this call: parameter ``i``'s gradient array (the input, 0, is an array), which
+        ``backward`` would add the gradient into (``leaf_grad_target``'s rules)."""
+        return None if i == 0 else leaf_grad_target((None,) + self.params, i)
 
 
 def one_op_call(module: Module, op: type[Op], x: Any, *params: Optional[Parameter]) -> Any:

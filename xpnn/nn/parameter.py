@@ -43,6 +43,10 @@ class Parameter(Tensor):
 
     __slots__ = ("_flat", "_offset", "name")
 
+    #: ``_accumulate_grad`` is ``.grad += g`` in place once a gradient array exists, so an op's backward may add
+    #: into that array itself (``xpnn.autograd.op.leaf_grad_target``)
+    _grad_in_place = True
+
     def __init__(self, data: Any, name: Optional[str] = None, requires_grad: bool = True):
         if isinstance(data, Tensor):
             data = data.data
