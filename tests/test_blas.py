@@ -78,13 +78,14 @@ def test_status_names_the_gemm_or_says_why_not():
 # --- Linear's backward ---------------------------------------------------------------------------------------------
 @pytest.fixture
 def gemm_calls(monkeypatch):
-    """Count the GEMMs that added a weight gradient into .grad (the old path calls none)."""
-    calls = [0]
+    """Count the GEMMs that added a weight gradient into .grad (the old path calls none); ``calls[1]`` counts those
+    that added a forward's product onto its bias (``a`` is the input there, C-contiguous, and ``dy.T`` here)."""
+    calls = [0, 0]
     real = cpu_threads.gemm_accumulate
 
     def counted(a, b, out):
         done = real(a, b, out)
-        calls[0] += done
+        calls[1 if a.flags.c_contiguous else 0] += done
         return done
     monkeypatch.setattr(cpu_threads, "gemm_accumulate", counted)
     return calls
@@ -288,3 +289,31 @@ def test_no_gemm_into_grad_while_loops_split(gemm_calls, monkeypatch):
     xpnn.functional.linear(xpnn.Tensor(x), w, b).backward(dy)
     assert gemm_calls[0] == 0
     np.testing.assert_allclose(w.grad, 1 + dy.T @ x, rtol=1e-12, atol=1e-12)
+
+
+# --- Linear's forward: the product added onto the bias by the GEMM -------------------------------------------------
+@needs_blas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(BATCH, 96), (4, 16, 96)])
+def test_linear_forward_adds_the_product_onto_the_bias(dtype, shape, gemm_calls):
+    rng = np.random.default_rng(3)
+    x, w, b = _rand(rng, shape, dtype), _rand(rng, (80, 96), dtype), _rand(rng, (80,), dtype)
+    got = xpnn.functional.linear(x, w, b)
+    assert gemm_calls[1] == 1
+    with _dispatch.use_kernels(False):
+        want = xpnn.functional.linear(x, w, b)
+    assert got.shape == want.shape == shape[:-1] + (80,) and got.dtype == want.dtype == dtype
+    np.testing.assert_allclose(got, want, **_close(dtype))
+    np.testing.assert_allclose(got, x @ w.T + b, **_close(dtype))
+
+
+@needs_blas
+def test_linear_forward_without_the_gemm_gives_the_same_values(gemm_calls):
+    """Inputs the GEMM cannot take (strided, no bias, below the threshold) go the product-then-``+=`` way."""
+    rng = np.random.default_rng(4)
+    w, b = _rand(rng, (80, 96), np.float64), _rand(rng, (80,), np.float64)
+    strided = _rand(rng, (BATCH, 192), np.float64)[:, ::2]
+    for x, bias in ((strided, b), (_rand(rng, (BATCH, 96), np.float64), None), (_rand(rng, (2, 96), np.float64), b)):
+        got = xpnn.functional.linear(x, w, bias)
+        np.testing.assert_allclose(got, x @ w.T + (0.0 if bias is None else bias), rtol=1e-12, atol=1e-12)
+    assert gemm_calls[1] == 0
