@@ -1,7 +1,17 @@
-// CPU builds of activation backwards for NumPy arrays (compiled and called as xpnn/functional/cpu_kernels.py
-// describes): one pass over C-contiguous arrays, the element rule included from the header the CUDA elementwise
-// kernels use (../activation_backward.cuh). ReLU's backward is a select (no arithmetic on dy), so dx equals the
-// NumPy path's (activations.ReluBackward: zero_where's three passes) bit for bit, NaN payloads and -0.0 included.
+// CPU builds of ReLU and leaky ReLU for NumPy arrays (compiled and called as xpnn/functional/cpu_kernels.py
+// describes): one pass over C-contiguous arrays, each equal to the NumPy path it replaces bit for bit.
+// - ReLU's backward is a select (no arithmetic on dy), so dx equals the NumPy path's (activations.ReluBackward:
+//   zero_where's three passes), NaN payloads and -0.0 included; its element rule comes from the header the CUDA
+//   elementwise kernels use (../activation_backward.cuh).
+// - ReLU's forward is np.maximum(x, 0)'s select: a NaN x passes unchanged (payload and sign, a signalling NaN not
+//   quieted), -0.0 gives +0.0. No CUDA kernel has this rule (CuPy's maximum runs there), so it is written here.
+// - Leaky ReLU forward and backward: NumPy's where(x > 0, a, a * slope) multiplies every element (a = x, resp. dy) by
+//   the slope and selects; so does leaky_relu_select, which returns the floating-point exceptions raised
+//   (FE_OVERFLOW, FE_INVALID, FE_UNDERFLOW, FE_DIVBYZERO; 0 for none): where there is one, the caller runs the NumPy
+//   path again, which reports it as NumPy's error state says. (The rule of xpnn_leaky_relu_backward in
+//   ../activation_backward.cuh, written here as two loops per block so that every product is taken and both loops
+//   are vectorized, which a one-element function does not allow.)
+#include <fenv.h>
 #include <math.h>
 
 #define __device__
@@ -18,6 +28,38 @@ void relu_backward(const T* x, const T* dy, T* dx, long long n) {
     for (long long i = 0; i < n; ++i) dx[i] = xpnn_relu_backward(x[i], dy[i]);
 }
 
+// y = +0.0 where x <= 0 (-0.0 and -inf included) else x (NaN too): np.maximum(x, 0)'s bits; y may be x itself
+template <typename T>
+void relu_forward(const T* x, T* y, long long n) {
+    for (long long i = 0; i < n; ++i) {
+        const T v = x[i];
+        y[i] = v <= T(0) ? T(0) : v;
+    }
+}
+
+constexpr int kReported = FE_OVERFLOW | FE_INVALID | FE_UNDERFLOW | FE_DIVBYZERO;
+constexpr long long kBlock = 256;  // elements per block: its products stay in a stack buffer (L1)
+
+// out = a where x > 0 else a * slope (forward: a = x; backward: a = dy, xpnn_leaky_relu_backward's rule). NumPy's
+// where(x > 0, a, a * slope) takes the product of every element, so the loop does too, block by block (all products
+// into a stack buffer, then the select): a product written inside the select would be moved into the x <= 0 branch
+// by the compiler (raising fewer exceptions, and not vectorized). out may be x or a itself. Returns the exceptions
+// raised (kReported bits; the compare of a NaN x may add FE_INVALID, which only sends the caller to NumPy).
+template <typename T>
+int leaky_relu_select(const T* x, const T* a, T slope, T* out, long long n) {
+    T scaled[kBlock];
+    feclearexcept(FE_ALL_EXCEPT);
+    for (long long lo = 0; lo < n; lo += kBlock) {
+        const long long m = n - lo < kBlock ? n - lo : kBlock;
+        const T* xb = x + lo;
+        const T* ab = a + lo;
+        T* ob = out + lo;
+        for (long long j = 0; j < m; ++j) scaled[j] = ab[j] * slope;
+        for (long long j = 0; j < m; ++j) ob[j] = xb[j] > T(0) ? ab[j] : scaled[j];
+    }
+    return fetestexcept(kReported);
+}
+
 }  // namespace
 
 XPNN_CPU_API void xpnn_cpu_relu_backward_float32(const float* x, const float* dy, float* dx, long long n) {
@@ -26,4 +68,26 @@ XPNN_CPU_API void xpnn_cpu_relu_backward_float32(const float* x, const float* dy
 
 XPNN_CPU_API void xpnn_cpu_relu_backward_float64(const double* x, const double* dy, double* dx, long long n) {
     relu_backward(x, dy, dx, n);
+}
+
+XPNN_CPU_API void xpnn_cpu_relu_forward_float32(const float* x, float* y, long long n) { relu_forward(x, y, n); }
+
+XPNN_CPU_API void xpnn_cpu_relu_forward_float64(const double* x, double* y, long long n) { relu_forward(x, y, n); }
+
+XPNN_CPU_API int xpnn_cpu_leaky_relu_forward_float32(const float* x, float slope, float* y, long long n) {
+    return leaky_relu_select(x, x, slope, y, n);
+}
+
+XPNN_CPU_API int xpnn_cpu_leaky_relu_forward_float64(const double* x, double slope, double* y, long long n) {
+    return leaky_relu_select(x, x, slope, y, n);
+}
+
+XPNN_CPU_API int xpnn_cpu_leaky_relu_backward_float32(const float* x, const float* dy, float slope, float* dx,
+                                                      long long n) {
+    return leaky_relu_select(x, dy, slope, dx, n);
+}
+
+XPNN_CPU_API int xpnn_cpu_leaky_relu_backward_float64(const double* x, const double* dy, double slope, double* dx,
+                                                      long long n) {
+    return leaky_relu_select(x, dy, slope, dx, n);
 }
