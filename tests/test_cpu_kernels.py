@@ -1194,3 +1194,46 @@ def test_leaky_relu_gradients_from_the_compiled_passes_match_finite_differences(
     assert got.tobytes() == grad(False).tobytes()
     num = numeric_grad(lambda: float((F.leaky_relu(x, 0.3) * w).sum()), x)
     np.testing.assert_allclose(got, num, rtol=1e-6, atol=1e-8)
+
+
+def test_relu_and_leaky_relu_baseline_loops_equal_numpy_bit_for_bit(tmp_path):
+    """The loops a CPU without AVX2 runs (activations.cpp built with ``-DXPNN_CPU_CLONES=``: no AVX2 variant; this
+    machine's library runs the AVX2 one where the CPU has it): ReLU forward and backward, leaky ReLU forward and
+    backward on float32/float64 specials at the start and in the tail equal the NumPy expressions bit for bit."""
+    import ctypes
+
+    from xpnn.functional import activations
+
+    cxx, why = cpu_kernels._compiler()
+    if cxx is None:
+        pytest.skip(why)
+    lib_path = tmp_path / "activations.so"
+    proc = subprocess.run([*cxx, *cpu_kernels.FLAGS, "-DXPNN_CPU_CLONES=", "-o", str(lib_path),
+                           str(REPO / "kernels" / "cpu" / "activations.cpp")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lib = ctypes.CDLL(str(lib_path))
+    sig = cpu_kernels._signatures()
+    for dtype in (np.float32, np.float64):
+        name = np.dtype(dtype).name
+        fns = {}
+        for kind in ("relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward"):
+            fn = fns[kind] = getattr(lib, f"xpnn_cpu_{kind}_{name}")
+            fn.argtypes = sig[f"xpnn_cpu_{kind}_{name}"]
+            fn.restype = ctypes.c_int if kind.startswith("leaky") else None
+        n = cpu_kernels.MIN_ELEMENTS + 15
+        for at in (0, n - 9):
+            x, dy = _with_specials(dtype, (n,), at=at), _with_specials(dtype, (n,), seed=1, at=n - 16 - at + 7)
+            out = np.empty_like(x)
+            fns["relu_forward"](x.ctypes.data, out.ctypes.data, n)
+            assert out.tobytes() == np.maximum(x, dtype(0)).tobytes()
+            fns["relu_backward"](x.ctypes.data, dy.ctypes.data, out.ctypes.data, n)
+            with _dispatch.use_kernels(False):
+                assert out.tobytes() == activations.relu_backward(x, dy).tobytes()
+            fx, fd = _leaky_pair(dtype, (n,), seed=at)
+            assert fns["leaky_relu_forward"](fx.ctypes.data, 0.2, out.ctypes.data, n) == 0
+            assert out.tobytes() == np.where(fx > 0, fx, fx * 0.2).tobytes()
+            assert fns["leaky_relu_backward"](fx.ctypes.data, fd.ctypes.data, 0.2, out.ctypes.data, n) == 0
+            assert out.tobytes() == np.where(fx > 0, fd, fd * 0.2).tobytes()
+            with np.errstate(all="ignore"):  # (NaNs, subnormals: the bits still equal; exceptions are reported)
+                fns["leaky_relu_forward"](x.ctypes.data, 0.2, out.ctypes.data, n)
+                assert out.tobytes() == np.where(x > 0, x, x * 0.2).tobytes()

@@ -22,10 +22,13 @@
 
 // These loops are bound by the vector width: on x86-64 ELF (Linux) each is also built for AVX2 and the variant the
 // CPU runs is chosen once, when the library is loaded (target_clones; no -march flag for the whole library). The
-// same IEEE operations in either (no FMA: -ffp-contract=off), so the same bits.
+// same IEEE operations in either (no FMA: -ffp-contract=off), so the same bits. (-DXPNN_CPU_CLONES= builds the
+// baseline loops alone: tests/test_cpu_kernels.py checks them so.)
+#ifndef XPNN_CPU_CLONES
 #if defined(__x86_64__) && defined(__ELF__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
 #define XPNN_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
 #endif
 #endif
 #ifndef XPNN_CPU_CLONES
