@@ -51,7 +51,8 @@ def _ab(label: str, fn: Callable[[], object], rounds: int, calls: int) -> None:
     for k, v in times.items():
         print(f"{label} {k}: min {min(v):.1f} us  median {statistics.median(v):.1f} us")
     new, old = times["new"], times["old"]
-    print(f"{label} new/old: min {min(new) / min(old):.3f}  median {statistics.median(new) / statistics.median(old):.3f}")
+    ratio_med = statistics.median(new) / statistics.median(old)
+    print(f"{label} new/old: min {min(new) / min(old):.3f}  median {ratio_med:.3f}")
 
 
 def main() -> None:

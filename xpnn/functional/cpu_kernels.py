@@ -18,8 +18,9 @@ kernels/cpu/winograd.cpp) are the one exception to "the same values as a NumPy p
   so each update is written once for CUDA and the CPU. Max pooling (``max_pool2d``, ``max_pool2d_backward``: one call
   per batch chunk, the window rule of ``kernels/max_pool.cuh``) likewise, and ReLU's backward (``relu_backward``: one
   pass where ``zero_where`` makes three; the rule of ``kernels/activation_backward.cuh``, in
-  ``kernels/cpu/activations.cpp``). Built with ``-ffp-contract=off`` (no a*b+c -> FMA), their results equal the NumPy
-  path's bit for bit.
+  ``kernels/cpu/activations.cpp``), with ReLU's forward and leaky ReLU's forward and backward (``relu_forward``,
+  ``leaky_relu_forward``, ``leaky_relu_backward``). Built with ``-ffp-contract=off`` (no a*b+c -> FMA), their
+  results equal the NumPy path's bit for bit.
 - Built on first use with the system C++ compiler (``$CXX``, else the first of ``c++``, ``g++``, ``clang++`` on
   PATH; ~1 s), cached as ``cpu-<hash>.so`` in ``$XPNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/xpnn``, else
   ``~/.cache/xpnn``; where that cannot be written or loaded from, in this user's private ``xpnn-<uid>`` in the
