@@ -887,3 +887,353 @@ def test_relu_mlp_gradients_with_the_compiled_relu_backward_match_the_numpy_path
     for tape in (False, True):
         for a, b in zip(grads(True, tape), grads(False, tape)):
             assert a.tobytes() == b.tobytes()
+
+
+# --- ReLU forward, leaky ReLU forward and backward (kernels/cpu/activations.cpp) --------------------------------
+
+_ODD_SIZES = [cpu_kernels.MIN_ELEMENTS - 1, cpu_kernels.MIN_ELEMENTS, cpu_kernels.MIN_ELEMENTS + 1,
+              cpu_kernels.MIN_ELEMENTS + 15]
+
+
+def _specials(dtype):
+    """Every value whose bits np.maximum and np.where may treat apart: quiet NaNs of both signs and two payloads, a
+    signalling NaN of each sign, +-inf, +-0.0, +-the smallest subnormal and +-the largest finite value."""
+    bits = np.dtype(f"u{np.dtype(dtype).itemsize}")
+    nan = np.array(np.nan, dtype).view(bits)
+    inf = np.array(np.inf, dtype).view(bits)
+    sign = bits.type(1) << bits.type(8 * np.dtype(dtype).itemsize - 1)
+    nans = np.array([nan, nan | sign, nan | bits.type(5), nan | bits.type(5) | sign, inf | bits.type(1),
+                     inf | bits.type(1) | sign], bits).view(dtype)
+    fi = np.finfo(dtype)
+    return np.concatenate([nans, np.array([np.inf, -np.inf, 0.0, -0.0, fi.smallest_subnormal,
+                                           -fi.smallest_subnormal, fi.max, -fi.max, 1.0, -1.0], dtype)])
+
+
+def _with_specials(dtype, shape, seed=0, at=0):
+    """Standard normal values of ``shape`` with ``_specials`` written from flat index ``at`` (as many as fit)."""
+    x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    flat, sp = x.reshape(-1), _specials(dtype)
+    k = min(len(sp), flat.size - at)
+    flat[at:at + k] = sp[:k]
+    return x
+
+
+def _bits(a):
+    return a.dtype, a.shape, a.tobytes()
+
+
+@needs_library
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(n,) for n in _ODD_SIZES] + [(256, 512), (7, 1031)],
+                         ids=["min-1", "min", "min+1", "min+15", "recycled", "fresh"])
+def test_relu_forward_compiled_equals_np_maximum_bit_for_bit(dtype, shape):
+    """``relu`` with the compiled pass gives ``np.maximum(x, 0)``'s bits (the NumPy path, kernels off): NaNs
+    unchanged (payload, sign, signalling NaNs not quieted), +0.0 for -0.0, -inf and negative subnormals; the specials
+    at the start, in the middle and in the last (scalar tail) elements."""
+    from xpnn.functional import activations
+
+    size = int(np.prod(shape))
+    for at in (0, size // 2 + 1, max(size - 9, 0)):
+        x = _with_specials(dtype, shape, at=at)
+        got = activations.relu(x).copy()
+        with _dispatch.use_kernels(False):
+            want = activations.relu(x).copy()
+        assert _bits(got) == _bits(want) == _bits(np.maximum(x, dtype(0)))
+    sp = np.tile(_specials(dtype), -(-cpu_kernels.MIN_ELEMENTS // len(_specials(dtype))))
+    out = np.empty_like(sp)
+    assert cpu_kernels.relu_forward(sp, out)  # (the kernel itself, NaNs included)
+    assert out.tobytes() == np.maximum(sp, dtype(0)).tobytes()
+    passed = ~(sp <= 0)  # the rule: x itself where not x <= 0 (NaN included), else +0.0
+    assert out[passed].tobytes() == sp[passed].tobytes()
+    assert not np.signbit(out[~passed]).any() and (out[~passed] == 0).all()
+
+
+@needs_library
+def test_relu_forward_takes_the_compiled_pass_only_where_it_applies(monkeypatch):
+    """C-contiguous aligned float32/float64 NumPy arrays from ``MIN_ELEMENTS`` on (a read-only x too, and in place:
+    out is x) take the compiled pass; smaller, strided, transposed, misaligned or float16 inputs, a read-only or
+    partly overlapping out, and kernels off take np.maximum (the same values)."""
+    from xpnn.functional import activations
+
+    calls = []
+    real = cpu_kernels.relu_forward
+    monkeypatch.setattr(cpu_kernels, "relu_forward", lambda *a: calls.append(real(*a)) or calls[-1])
+    n = 1 << 16
+
+    def run(x):
+        calls.clear()
+        got = activations.relu(x)
+        with _dispatch.use_kernels(False):
+            want = activations.relu(x)
+        assert _bits(got) == _bits(want)
+        return any(calls)
+
+    x = _with_specials(np.float32, (2, n))
+    m = cpu_kernels.MIN_ELEMENTS
+    with np.errstate(invalid="ignore", over="ignore"):  # (the casts of signalling NaNs, of max to float16)
+        x64, x16 = x.astype(np.float64), x.astype(np.float16)
+    assert run(x) and run(x[0]) and run(x[0, :m]) and run(x64)
+    assert not run(x[0, :m - 1])
+    assert not run(x[:, ::2]) and not run(x.T)  # strided; (2, n) transposed
+    assert not run(x16)
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    assert run(frozen)
+    raw = np.zeros(x.nbytes + 1, np.uint8)
+    misaligned = np.ndarray(x.shape, np.float32, raw, offset=1)
+    misaligned[...] = x
+    assert not misaligned.flags.aligned and not run(misaligned)
+    with _dispatch.use_kernels(False):
+        calls.clear()
+        activations.relu(x)
+        assert not any(calls)
+    want = np.maximum(x, np.float32(0))
+    inplace = x.copy()
+    assert real(inplace, inplace) and inplace.tobytes() == want.tobytes()  # out is x
+    assert not real(x, frozen)  # read-only out
+    both = np.empty(x.size + 1, np.float32)
+    both[:x.size] = x.reshape(-1)
+    assert not real(both[:x.size].reshape(x.shape), both[1:].reshape(x.shape))  # out one element past x
+    assert not real(x, np.empty_like(x)[:, ::-1])  # a reversed out
+    assert not real(x, np.empty(x.shape, np.float64))  # another dtype
+
+
+_SLOPES = [0.01, 0.2, -0.5, 0.0, 1.0, 3, -2, 1e-3]
+
+
+def _leaky_pair(dtype, shape, seed=0):
+    """x and dy with _specials (no NaN, no subnormal: those raise the compare's or the product's exceptions) where
+    x <= 0 and where x > 0, dy's also where x is special."""
+    sp = np.array([v for v in _specials(dtype) if np.isfinite(v) and (v == 0 or abs(v) >= 1) or np.isinf(v)],
+                  dtype)
+    sp = sp[np.abs(sp) < np.finfo(dtype).max]  # (max * 3 overflows: its own test)
+    rng = np.random.default_rng(seed)
+    x, dy = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    fx, fd, k = x.reshape(-1), dy.reshape(-1), len(sp)
+    for at in (0, fx.size - 3 * k):  # at the start and in the scalar tail
+        fx[at:at + k], fd[at:at + k] = sp, 1.5
+        fx[at + k:at + 2 * k], fd[at + k:at + 2 * k] = -1.0, sp
+        fx[at + 2 * k:at + 3 * k], fd[at + 2 * k:at + 3 * k] = 1.0, sp
+    return x, dy
+
+
+@needs_library
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(n,) for n in _ODD_SIZES] + [(256, 512), (7, 1031)],
+                         ids=["min-1", "min", "min+1", "min+15", "recycled", "fresh"])
+def test_leaky_relu_compiled_equals_the_numpy_path_bit_for_bit(dtype, shape):
+    """``leaky_relu`` and ``leaky_relu_backward`` with the compiled pass give ``np.where(x > 0, a, a * slope)``'s
+    bits (kernels off), the product in x's dtype (a Python float slope rounded to float32 for float32 x, NEP 50),
+    for slopes below and above 1, negative, 0 and Python ints; +-0.0, +-inf and +-1 in x and in dy, at the start and
+    in the scalar tail. From ``MIN_ELEMENTS`` the kernel itself runs (no exception on these values)."""
+    from xpnn.functional import activations
+
+    x, dy = _leaky_pair(dtype, shape)
+    compiled = x.size >= cpu_kernels.MIN_ELEMENTS
+    for slope in _SLOPES:
+        with np.errstate(invalid="ignore"):  # (inf * 0: both paths warn; the NaN made is compared below)
+            got_y = activations.leaky_relu(x, slope).copy()
+            got_dx = activations.leaky_relu_backward(x, dy, slope).copy()
+            with _dispatch.use_kernels(False):
+                want_y = activations.leaky_relu(x, slope)
+                want_dx = activations.leaky_relu_backward(x, dy, slope)
+        assert _bits(got_y) == _bits(want_y) and got_y.dtype == dtype
+        assert _bits(got_dx) == _bits(want_dx) and got_dx.dtype == dtype
+        if slope != 0:  # (the kernel ran: no exception from these values)
+            out = np.empty_like(x)
+            assert cpu_kernels.leaky_relu_forward(x, slope, out) == compiled
+            assert not compiled or out.tobytes() == want_y.tobytes()
+            assert cpu_kernels.leaky_relu_backward(x, dy, slope, out) == compiled
+            assert not compiled or out.tobytes() == want_dx.tobytes()
+    assert (got_y[x > 0] == x[x > 0]).all() and (got_dx[x > 0] == dy[x > 0]).all()  # the rule (slope 1e-3)
+    neg = ~(x > 0) & np.isfinite(x)
+    assert (got_y[neg] == x[neg] * dtype(1e-3)).all()
+
+
+@needs_library
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_leaky_relu_with_nans_and_subnormals_equals_the_numpy_path(dtype):
+    """NaNs (quiet and signalling, both signs, two payloads) and subnormals in x and dy: the same bits as the NumPy
+    path and the same warnings (a signalling NaN's product: invalid; the compiled pass falls back to NumPy where
+    its products or compares raised an exception)."""
+    import warnings
+
+    from xpnn.functional import activations
+
+    n = cpu_kernels.MIN_ELEMENTS + 5
+    for at in (0, n - 9):
+        x = _with_specials(dtype, (n,), at=at)
+        dy = _with_specials(dtype, (n,), seed=1, at=n // 3 if at == 0 else 5)
+        results = []
+        for kernels in (True, False):
+            with warnings.catch_warnings(record=True) as caught, _dispatch.use_kernels(kernels):
+                warnings.simplefilter("always")
+                y = activations.leaky_relu(x, 0.25).copy()
+                dx = activations.leaky_relu_backward(x, dy, 0.25).copy()
+            results.append((_bits(y), _bits(dx), sorted(str(w.message) for w in caught)))
+        assert results[0] == results[1]
+        assert any("invalid" in m for m in results[0][2])  # (the signalling NaNs' products)
+
+
+@needs_library
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_leaky_relu_compiled_reports_overflow_and_invalid_as_numpy_does(dtype):
+    """NumPy multiplies every element by the slope, x > 0 too: an overflow there warns (or raises under
+    ``np.errstate(over="raise")``), inf * 0 warns of an invalid value; with the compiled pass the same (it takes
+    every product and hands such arrays back to NumPy), and the values agree."""
+    from xpnn.functional import activations
+
+    n = cpu_kernels.MIN_ELEMENTS + 1
+    x = np.random.default_rng(0).standard_normal(n).astype(dtype)
+    dy = np.ones(n, dtype)
+    big = x.copy()
+    big[n // 2] = np.finfo(dtype).max  # x > 0: the result is x, the unused product overflows
+    out = np.empty_like(x)
+    assert not cpu_kernels.leaky_relu_forward(big, 2.0, out)
+    assert not cpu_kernels.leaky_relu_backward(x, big, 2.0, out)
+    for kernels in (True, False):
+        with _dispatch.use_kernels(kernels):
+            with pytest.warns(RuntimeWarning, match="overflow"):
+                y = activations.leaky_relu(big, 2.0)
+            assert y[n // 2] == np.finfo(dtype).max
+            with pytest.warns(RuntimeWarning, match="overflow"):
+                activations.leaky_relu_backward(x, big, 2.0)
+            with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+                activations.leaky_relu(big, 2.0)
+            inf = x.copy()
+            inf[3] = np.inf
+            with pytest.warns(RuntimeWarning, match="invalid"):
+                y = activations.leaky_relu(inf, 0.0)
+            assert y[3] == np.inf
+            with pytest.warns(RuntimeWarning, match="invalid"):
+                activations.leaky_relu_backward(x + 1e3, inf, 0)
+    assert cpu_kernels.leaky_relu_forward(x, 2.0, out)  # (the same arrays without those values: compiled)
+
+
+@needs_library
+def test_leaky_relu_takes_the_compiled_pass_only_where_it_applies(monkeypatch):
+    """Python float or int slopes on C-contiguous aligned float32/float64 arrays from ``MIN_ELEMENTS`` (read-only
+    inputs too; out may be an input) take the compiled pass; a NumPy float64 slope (NumPy then computes float32 in
+    float64), a NaN, infinite or out-of-float32-range slope, an int past 2**53, float16, strided or smaller
+    arrays, and kernels off take the NumPy path (the same values and dtype)."""
+    from xpnn.functional import activations
+
+    calls = []
+    for name in ("leaky_relu_forward", "leaky_relu_backward"):
+        real_fn = getattr(cpu_kernels, name)
+        monkeypatch.setattr(cpu_kernels, name, lambda *a, _f=real_fn: calls.append(_f(*a)) or calls[-1])
+    n = 1 << 16
+
+    def run(x, dy, slope):
+        calls.clear()
+        with np.errstate(over="ignore", invalid="ignore"):  # (inf and NaN slopes times x = 0)
+            got = (activations.leaky_relu(x, slope), activations.leaky_relu_backward(x, dy, slope))
+            hit = list(calls)  # (forward and backward: both compiled or neither)
+            with _dispatch.use_kernels(False):
+                want = (activations.leaky_relu(x, slope), activations.leaky_relu_backward(x, dy, slope))
+        for g, w in zip(got, want):
+            assert _bits(g) == _bits(w)
+        assert len(hit) in (0, 2) and len(set(hit)) <= 1
+        return any(hit)
+
+    x, dy = _leaky_pair(np.float32, (2, n))
+    m = cpu_kernels.MIN_ELEMENTS
+    assert run(x, dy, 0.01) and run(x[0, :m], dy[0, :m], 0.01) and run(x, dy, 2)
+    assert run(x.astype(np.float64), dy.astype(np.float64), 1e300)
+    assert not run(x[0, :m - 1], dy[0, :m - 1], 0.01)
+    assert not run(x[:, ::2], dy[:, ::2], 0.01) and not run(x.T, dy.T, 0.01)
+    assert not run(x.astype(np.float16), dy.astype(np.float16), 0.01)
+    for slope in (np.float64(0.01), np.float32(0.01), float("nan"), float("inf"), 3.5e38, 1e300, 2**53 + 1, True):
+        calls.clear()
+        assert not run(x, dy, slope)
+    assert activations.leaky_relu(x, np.float64(0.01)).dtype == np.float64  # (NumPy's promotion, kept)
+    zeros, out = np.zeros(m, np.float32), np.empty(m, np.float32)
+    assert cpu_kernels.leaky_relu_forward(zeros, 3.0e38, out)  # (a slope finite in float32)
+    frozen_x, frozen_dy = x.copy(), dy.copy()
+    frozen_x.flags.writeable = frozen_dy.flags.writeable = False
+    assert run(frozen_x, frozen_dy, 0.01)
+    with _dispatch.use_kernels(False):
+        calls.clear()
+        activations.leaky_relu(x, 0.01)
+        assert not any(calls)
+    monkeypatch.undo()
+    want_y, want_dx = np.where(x > 0, x, x * 0.01), np.where(x > 0, dy, dy * 0.01)
+    a, b = x.copy(), dy.copy()
+    assert cpu_kernels.leaky_relu_forward(a, 0.01, a) and a.tobytes() == want_y.tobytes()  # out is x
+    a = x.copy()
+    assert cpu_kernels.leaky_relu_backward(a, b, 0.01, b) and b.tobytes() == want_dx.tobytes()  # dx is dy
+    b = dy.copy()
+    assert cpu_kernels.leaky_relu_backward(a, b, 0.01, a) and a.tobytes() == want_dx.tobytes()  # dx is x
+    both = np.empty(x.size + 1, np.float32)
+    both[:x.size] = x.reshape(-1)
+    assert not cpu_kernels.leaky_relu_forward(both[:x.size].reshape(x.shape), 0.01, both[1:].reshape(x.shape))
+    assert not cpu_kernels.leaky_relu_backward(x, dy, 0.01, frozen_x)  # read-only dx
+
+
+@needs_library
+def test_leaky_relu_gradients_from_the_compiled_passes_match_finite_differences():
+    """float64, ``MIN_ELEMENTS + 3`` elements (the compiled forward and backward run): the tape's gradient of
+    ``sum(w * leaky_relu(x, 0.3))`` equals central differences, and the NumPy path's gradient bit for bit."""
+    import xpnn
+    from _numgrad import numeric_grad
+    from xpnn import functional as F
+
+    rng = np.random.default_rng(4)
+    n = cpu_kernels.MIN_ELEMENTS + 3
+    x = rng.standard_normal(n)
+    x[np.abs(x) < 1e-3] = 0.5  # (away from the kink)
+    w = rng.standard_normal(n)
+
+    def grad(kernels):
+        with _dispatch.use_kernels(kernels):
+            X = xpnn.tensor(x, requires_grad=True)
+            (F.leaky_relu(X, 0.3) * w).sum().backward()
+            return np.asarray(X.grad)
+
+    got = grad(True)
+    assert got.tobytes() == grad(False).tobytes()
+    num = numeric_grad(lambda: float((F.leaky_relu(x, 0.3) * w).sum()), x)
+    np.testing.assert_allclose(got, num, rtol=1e-6, atol=1e-8)
+
+
+def test_relu_and_leaky_relu_baseline_loops_equal_numpy_bit_for_bit(tmp_path):
+    """The loops a CPU without AVX2 runs (activations.cpp built with ``-DXPNN_CPU_CLONES=``: no AVX2 variant; this
+    machine's library runs the AVX2 one where the CPU has it): ReLU forward and backward, leaky ReLU forward and
+    backward on float32/float64 specials at the start and in the tail equal the NumPy expressions bit for bit."""
+    import ctypes
+
+    from xpnn.functional import activations
+
+    cxx, why = cpu_kernels._compiler()
+    if cxx is None:
+        pytest.skip(why)
+    lib_path = tmp_path / "activations.so"
+    proc = subprocess.run([*cxx, *cpu_kernels.FLAGS, "-DXPNN_CPU_CLONES=", "-o", str(lib_path),
+                           str(REPO / "kernels" / "cpu" / "activations.cpp")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lib = ctypes.CDLL(str(lib_path))
+    sig = cpu_kernels._signatures()
+    for dtype in (np.float32, np.float64):
+        name = np.dtype(dtype).name
+        fns = {}
+        for kind in ("relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward"):
+            fn = fns[kind] = getattr(lib, f"xpnn_cpu_{kind}_{name}")
+            fn.argtypes = sig[f"xpnn_cpu_{kind}_{name}"]
+            fn.restype = ctypes.c_int if kind.startswith("leaky") else None
+        n = cpu_kernels.MIN_ELEMENTS + 15
+        for at in (0, n - 9):
+            x, dy = _with_specials(dtype, (n,), at=at), _with_specials(dtype, (n,), seed=1, at=n - 16 - at + 7)
+            out = np.empty_like(x)
+            fns["relu_forward"](x.ctypes.data, out.ctypes.data, n)
+            assert out.tobytes() == np.maximum(x, dtype(0)).tobytes()
+            fns["relu_backward"](x.ctypes.data, dy.ctypes.data, out.ctypes.data, n)
+            with _dispatch.use_kernels(False):
+                assert out.tobytes() == activations.relu_backward(x, dy).tobytes()
+            fx, fd = _leaky_pair(dtype, (n,), seed=at)
+            assert fns["leaky_relu_forward"](fx.ctypes.data, 0.2, out.ctypes.data, n) == 0
+            assert out.tobytes() == np.where(fx > 0, fx, fx * 0.2).tobytes()
+            assert fns["leaky_relu_backward"](fx.ctypes.data, fd.ctypes.data, 0.2, out.ctypes.data, n) == 0
+            assert out.tobytes() == np.where(fx > 0, fd, fd * 0.2).tobytes()
+            with np.errstate(all="ignore"):  # (NaNs, subnormals: the bits still equal; exceptions are reported)
+                fns["leaky_relu_forward"](x.ctypes.data, 0.2, out.ctypes.data, n)
+                assert out.tobytes() == np.where(x > 0, x, x * 0.2).tobytes()

@@ -228,8 +228,16 @@ class TanhBackward(_ActivationBackward):
 # NumPy masks and outputs of at least this many elements come from the recycled workspace (a 256x512 batch's mask is
 # 128 KiB, glibc's mmap threshold: a fresh one each step page-faults); smaller ones are cheaper made fresh
 _RECYCLED_MASK = 1 << 16
-# from this many elements relu_backward tries the compiled pass (``cpu_kernels.relu_backward``)
+# from this many elements ReLU and leaky ReLU try their compiled passes (``cpu_kernels.relu_forward``, ...)
 _COMPILED = cpu_kernels.MIN_ELEMENTS
+
+
+def _recycled_or_new(tag: str, like: np.ndarray) -> np.ndarray:
+    """An uninitialised output of ``like``'s shape and dtype for a compiled pass: recycled (``_workspace``, free again
+    once dropped) from ``_RECYCLED_MASK`` elements, else fresh."""
+    if like.size >= _RECYCLED_MASK:
+        return _workspace.buffer(tag, like.shape, like.dtype)
+    return np.empty(like.shape, like.dtype)
 
 
 class Relu(Op):
@@ -239,8 +247,11 @@ class Relu(Op):
     def forward(ctx: Context, x: Any) -> Any:
         ctx.save_for_backward(x)
         if type(x) is np.ndarray and x.dtype.kind == "f":  # (plain NumPy floats pass _unary's checks)
-            if x.size >= _RECYCLED_MASK:  # a recycled output (no fresh pages to fault in), free again once dropped
-                return np.maximum(x, x.dtype.type(0), out=_workspace.buffer("relu.out", x.shape, x.dtype))
+            if x.size >= _COMPILED:
+                out = _recycled_or_new("relu.out", x)  # (recycled: no fresh pages to fault in)
+                if cpu_kernels.relu_forward(x, out):  # one compiled pass, np.maximum's bits
+                    return out
+                return np.maximum(x, x.dtype.type(0), out=out)
             return np.maximum(x, 0.0)
         return _unary(x, "relu").maximum(x, 0.0)
 
@@ -281,6 +292,10 @@ class LeakyRelu(Op):
         xp = _unary(x, "leaky_relu")
         ctx.save_for_backward(x)
         ctx.negative_slope = negative_slope
+        if type(x) is np.ndarray and x.dtype.char in "fd" and x.size >= _COMPILED:
+            out = _recycled_or_new("leaky_relu.out", x)
+            if cpu_kernels.leaky_relu_forward(x, negative_slope, out):  # one compiled pass, the same bits
+                return out
         return xp.where(x > 0, x, x * negative_slope)
 
     @staticmethod
@@ -303,6 +318,10 @@ class LeakyReluBackward(_ActivationBackward):
         """``dx = dy`` where ``x > 0`` else ``negative_slope * dy``."""
         xp = ctx.xp  # (check has validated the pair)
         _ActivationBackward.save(ctx, None, x, dy, negative_slope=negative_slope)
+        if type(x) is np.ndarray and x.dtype.char in "fd" and x.size >= _COMPILED:
+            dx = _recycled_or_new("leaky_relu_backward.dx", dy)
+            if cpu_kernels.leaky_relu_backward(x, dy, negative_slope, dx):  # one compiled pass, the same bits
+                return dx
         return xp.where(x > 0, dy, dy * negative_slope)
 
 

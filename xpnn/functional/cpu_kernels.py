@@ -18,8 +18,9 @@ kernels/cpu/winograd.cpp) are the one exception to "the same values as a NumPy p
   so each update is written once for CUDA and the CPU. Max pooling (``max_pool2d``, ``max_pool2d_backward``: one call
   per batch chunk, the window rule of ``kernels/max_pool.cuh``) likewise, and ReLU's backward (``relu_backward``: one
   pass where ``zero_where`` makes three; the rule of ``kernels/activation_backward.cuh``, in
-  ``kernels/cpu/activations.cpp``). Built with ``-ffp-contract=off`` (no a*b+c -> FMA), their results equal the NumPy
-  path's bit for bit.
+  ``kernels/cpu/activations.cpp``), with ReLU's forward and leaky ReLU's forward and backward (``relu_forward``,
+  ``leaky_relu_forward``, ``leaky_relu_backward``). Built with ``-ffp-contract=off`` (no a*b+c -> FMA), their
+  results equal the NumPy path's bit for bit.
 - Built on first use with the system C++ compiler (``$CXX``, else the first of ``c++``, ``g++``, ``clang++`` on
   PATH; ~1 s), cached as ``cpu-<hash>.so`` in ``$XPNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/xpnn``, else
   ``~/.cache/xpnn``; where that cannot be written or loaded from, in this user's private ``xpnn-<uid>`` in the
@@ -56,7 +57,8 @@ from .. import _dispatch
 
 __all__ = ["library", "status", "adam_update", "shift_planes_fn", "shift_row_sum_fn", "shift_dw_rows_fn",
            "im2col_ready", "im2col", "col2im", "max_pool2d", "max_pool2d_backward", "pooling_applies", "relu_backward",
-           "SOURCES", "FLAGS", "winograd_ready", "winograd_input", "winograd_output", "winograd_dy"]
+           "SOURCES", "FLAGS", "winograd_ready", "winograd_input", "winograd_output", "winograd_dy", "relu_forward",
+           "leaky_relu_forward", "leaky_relu_backward"]
 
 #: the sources compiled into the library, in ``kernels/cpu``
 SOURCES = ("optimizers.cpp", "conv.cpp", "im2col.cpp", "pooling.cpp", "activations.cpp", "winograd.cpp")
@@ -309,7 +311,7 @@ def _load() -> tuple[Optional[ctypes.CDLL], str]:
 
 def _signatures() -> dict[str, list[Any]]:
     """Entry point -> ctypes argument types, for every kernel and dtype (each returns nothing but
-    ``xpnn_cpu_winograd_output_*``, an int)."""
+    ``xpnn_cpu_winograd_output_*`` and ``xpnn_cpu_leaky_relu_*``, an int)."""
     sig: dict[str, list[Any]] = {}
     for dtype, c in _C_TYPES.items():
         # xpnn_cpu_adam_<dtype>(param, grad, exp_avg, exp_avg_sq, vmax, n, beta1, 1 - beta1, beta2, 1 - beta2, eps,
@@ -340,6 +342,12 @@ def _signatures() -> dict[str, list[Any]]:
         sig[f"xpnn_cpu_winograd_input_{dtype.name}"] = [ctypes.c_void_p] * 2 + [ctypes.c_longlong] * 10
         sig[f"xpnn_cpu_winograd_output_{dtype.name}"] = [ctypes.c_void_p] * 3 + [ctypes.c_longlong] * 8
         sig[f"xpnn_cpu_winograd_dy_{dtype.name}"] = [ctypes.c_void_p] * 2 + [ctypes.c_longlong] * 8
+        # xpnn_cpu_relu_forward_<dtype>(x, y, n); xpnn_cpu_leaky_relu_forward_<dtype>(x, slope, y, n) -> int and
+        # xpnn_cpu_leaky_relu_backward_<dtype>(x, dy, slope, dx, n) -> int (the floating-point exceptions raised)
+        sig[f"xpnn_cpu_relu_forward_{dtype.name}"] = [ctypes.c_void_p] * 2 + [ctypes.c_longlong]
+        sig[f"xpnn_cpu_leaky_relu_forward_{dtype.name}"] = [ctypes.c_void_p, c, ctypes.c_void_p, ctypes.c_longlong]
+        sig[f"xpnn_cpu_leaky_relu_backward_{dtype.name}"] = [ctypes.c_void_p] * 2 + [c, ctypes.c_void_p,
+                                                                                      ctypes.c_longlong]
     return sig
 
 
@@ -348,7 +356,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     for name, argtypes in _signatures().items():
         fn = getattr(lib, name)
         fn.argtypes = argtypes
-        fn.restype = ctypes.c_int if name.startswith("xpnn_cpu_winograd_output_") else None
+        fn.restype = ctypes.c_int if name.startswith(("xpnn_cpu_winograd_output_", "xpnn_cpu_leaky_relu_")) else None
 
 
 def library() -> Optional[ctypes.CDLL]:
@@ -726,3 +734,94 @@ def winograd_dy(dy: np.ndarray, e: np.ndarray, lo: int, hi: int) -> None:
         raise ValueError(f"cpu_kernels.winograd_dy: samples {lo}:{hi} of {n}")
     fn, ks = _winograd_fn("dy", ((dy, dy.shape),), e, (16, co, (hi - lo) * th * tw))
     fn(dy.ctypes.data, e.ctypes.data, lo, hi, co, oh, ow, th, tw, ks)
+
+
+# ReLU's forward and leaky ReLU's forward and backward (kernels/cpu/activations.cpp): one pass each, the NumPy
+# path's bits.
+_RELU_FORWARD = {dt: f"xpnn_cpu_relu_forward_{dt.name}" for dt in _C_TYPES}
+_LEAKY_RELU = {(dt, way): f"xpnn_cpu_leaky_relu_{way}_{dt.name}" for dt in _C_TYPES for way in ("forward", "backward")}
+#: the largest Python float rounded to a finite float32 / float64 (a larger slope: NumPy warns of an overflow in
+#: the cast, which the compiled loop would not)
+_FINITE = {np.dtype(np.float32): float(np.finfo(np.float32).max), np.dtype(np.float64): float(np.finfo(np.float64).max)}
+
+
+def _elementwise(inputs: tuple[np.ndarray, ...], out: np.ndarray) -> bool:
+    """Whether one elementwise pass over ``inputs`` into ``out`` applies: kernels on, at least ``MIN_ELEMENTS``
+    elements, C-contiguous aligned float32/float64 NumPy arrays of one shape and dtype, ``out`` writeable and
+    either the very array memory of an input (in place: each element is read before it is written) or apart from
+    all of them (a partial overlap would read elements already written)."""
+    first = inputs[0]
+    dt, shape = first.dtype, first.shape
+    if first.size < MIN_ELEMENTS or dt not in _C_TYPES or not _dispatch.kernels_enabled():
+        return False
+    for a in inputs + (out,):
+        if type(a) is not np.ndarray or a.dtype != dt or a.shape != shape:
+            return False
+        flags = a.flags
+        if not (flags.c_contiguous and flags.aligned):
+            return False
+    if not out.flags.writeable:
+        return False
+    po, nbytes = out.ctypes.data, out.nbytes
+    for a in inputs:
+        pa = a.ctypes.data
+        if pa != po and po < pa + nbytes and pa < po + nbytes:
+            return False
+    return True
+
+
+def relu_forward(x: np.ndarray, out: np.ndarray) -> bool:
+    """``np.maximum(x, x.dtype.type(0), out=out)`` (``activations.Relu``) in one compiled pass, bit for bit: +0.0
+    where ``x <= 0`` (-0.0 and -inf included), else x (a NaN unchanged: payload, sign, a signalling NaN not
+    quieted). ``out`` may be ``x`` (in place). False (nothing done) where ``_elementwise`` does not apply (kernels
+    off or not built, fewer than ``MIN_ELEMENTS`` elements, not C-contiguous aligned float32/float64 NumPy arrays of
+    one shape and dtype, a read-only out, an out partly overlapping x)."""
+    if not _elementwise((x,), out):
+        return False
+    lib = library()
+    if lib is None:
+        return False
+    getattr(lib, _RELU_FORWARD[x.dtype])(x.ctypes.data, out.ctypes.data, x.size)
+    return True
+
+
+def _slope_applies(slope: Any, dt: np.dtype) -> bool:
+    """Whether ctypes rounds ``slope`` to ``dt`` as NumPy rounds it as the operand of ``array * slope`` (NEP 50: a
+    Python float or int takes the array's dtype): a Python float finite in ``dt`` (not NaN: of two NaN operands the
+    compiled multiply may keep the other's payload), or a Python int exact in a double (ctypes goes through one, NumPy
+    converts a larger int directly). Any other type (a NumPy float64 scalar makes NumPy compute float32 products in
+    float64) does not apply."""
+    t = type(slope)
+    if t is float:
+        return -_FINITE[dt] <= slope <= _FINITE[dt]
+    return t is int and -(1 << 53) <= slope <= 1 << 53
+
+
+def leaky_relu_forward(x: np.ndarray, negative_slope: float, out: np.ndarray) -> bool:
+    """``np.where(x > 0, x, x * negative_slope)`` (``activations.LeakyRelu``) into ``out`` in one compiled pass, bit
+    for bit (the product in x's dtype, NaN x passed as the product passes it). ``out`` may be ``x``. False where it
+    does not apply (as ``relu_forward``, or a ``negative_slope`` that ``_slope_applies`` refuses) and where a product
+    raised a floating-point exception (overflow, invalid, underflow; or the compare of a NaN): then the caller runs
+    the NumPy path, which reports it as ``np.errstate`` says."""
+    dt = x.dtype
+    if not (_elementwise((x,), out) and _slope_applies(negative_slope, dt)):
+        return False
+    lib = library()
+    if lib is None:
+        return False
+    return not getattr(lib, _LEAKY_RELU[dt, "forward"])(x.ctypes.data, negative_slope, out.ctypes.data, x.size)
+
+
+def leaky_relu_backward(x: np.ndarray, dy: np.ndarray, negative_slope: float, dx: np.ndarray) -> bool:
+    """``np.where(x > 0, dy, dy * negative_slope)`` (``activations.LeakyReluBackward``) into ``dx`` in one compiled
+    pass, bit for bit (the rule of ``xpnn_leaky_relu_backward``, ``kernels/activation_backward.cuh``). ``dx`` may be
+    ``x`` or ``dy``. False where it does not apply or a product raised a floating-point exception, as for
+    ``leaky_relu_forward``."""
+    dt = x.dtype
+    if not (_elementwise((x, dy), dx) and _slope_applies(negative_slope, dt)):
+        return False
+    lib = library()
+    if lib is None:
+        return False
+    return not getattr(lib, _LEAKY_RELU[dt, "backward"])(x.ctypes.data, dy.ctypes.data, negative_slope,
+                                                         dx.ctypes.data, x.size)
