@@ -14,8 +14,8 @@ The Winograd F(2x2, 3x3) convolution's tile transforms (``winograd_input``, ``wi
 kernels/cpu/winograd.cpp) are the one exception to "the same values as a NumPy path": they serve another algorithm
 (``conv_numpy.winograd_conv``), whose NumPy-only form would be slower than the shift path it replaces.
 
-- The sources are ``kernels/cpu/*.cpp``: C++ that includes the element math of the CUDA kernels (``kernels/adam.cuh``)
-  so each update is written once for CUDA and the CPU. Max pooling (``max_pool2d``, ``max_pool2d_backward``: one call
+- The sources are ``kernels/cpu/*.cpp``: C++ that includes the element math of the CUDA kernels (``kernels/adam.cuh``;
+  SGD, Adagrad and RMSprop: ``kernels/updates.cuh``) so each update is written once for CUDA and the CPU. Max pooling (``max_pool2d``, ``max_pool2d_backward``: one call
   per batch chunk, the window rule of ``kernels/max_pool.cuh``) likewise, and ReLU's backward (``relu_backward``: one
   pass where ``zero_where`` makes three; the rule of ``kernels/activation_backward.cuh``, in
   ``kernels/cpu/activations.cpp``). Built with ``-ffp-contract=off`` (no a*b+c -> FMA), their results equal the NumPy
