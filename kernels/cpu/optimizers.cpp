@@ -115,42 +115,42 @@ XPNN_CPU_API void xpnn_cpu_adam_float64(double* param, const double* grad, doubl
          weight_decay, decay, step_size, bc2_sqrt, decoupled, amsgrad, maximize);
 }
 
-XPNN_CPU_API void xpnn_cpu_sgd_float32(float* param, const float* grad, float* momentum_buffer, long long n, float lr,
-                                     float momentum, float one_minus_dampening, float weight_decay, int use_momentum,
-                                     int nesterov, int first_step, int maximize) {
+XPNN_CPU_API void xpnn_cpu_sgd_float32(float* param, const float* grad, float* momentum_buffer, long long n,
+                                     float lr, float momentum, float one_minus_dampening, float weight_decay,
+                                     int use_momentum, int nesterov, int first_step, int maximize) {
     sgd(param, grad, momentum_buffer, n, lr, momentum, one_minus_dampening, weight_decay, use_momentum, nesterov,
         first_step, maximize);
 }
 
-XPNN_CPU_API void xpnn_cpu_adagrad_float32(float* param, const float* grad, float* state_sum, long long n, float clr,
-                                         float weight_decay, float eps, int maximize) {
+XPNN_CPU_API void xpnn_cpu_adagrad_float32(float* param, const float* grad, float* state_sum, long long n,
+                                         float clr, float weight_decay, float eps, int maximize) {
     adagrad(param, grad, state_sum, n, clr, weight_decay, eps, maximize);
 }
 
 XPNN_CPU_API void xpnn_cpu_rmsprop_float32(float* param, const float* grad, float* square_avg, float* grad_avg,
-                                         float* momentum_buffer, long long n, float lr, float alpha, float one_minus_alpha,
-                                         float eps, float weight_decay, float momentum, int centered, int use_momentum,
-                                         int maximize) {
+                                         float* momentum_buffer, long long n, float lr, float alpha,
+                                         float one_minus_alpha, float eps, float weight_decay, float momentum,
+                                         int centered, int use_momentum, int maximize) {
     rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, n, lr, alpha, one_minus_alpha, eps, weight_decay,
             momentum, centered, use_momentum, maximize);
 }
 
-XPNN_CPU_API void xpnn_cpu_sgd_float64(double* param, const double* grad, double* momentum_buffer, long long n, double lr,
-                                     double momentum, double one_minus_dampening, double weight_decay, int use_momentum,
-                                     int nesterov, int first_step, int maximize) {
+XPNN_CPU_API void xpnn_cpu_sgd_float64(double* param, const double* grad, double* momentum_buffer, long long n,
+                                     double lr, double momentum, double one_minus_dampening, double weight_decay,
+                                     int use_momentum, int nesterov, int first_step, int maximize) {
     sgd(param, grad, momentum_buffer, n, lr, momentum, one_minus_dampening, weight_decay, use_momentum, nesterov,
         first_step, maximize);
 }
 
-XPNN_CPU_API void xpnn_cpu_adagrad_float64(double* param, const double* grad, double* state_sum, long long n, double clr,
-                                         double weight_decay, double eps, int maximize) {
+XPNN_CPU_API void xpnn_cpu_adagrad_float64(double* param, const double* grad, double* state_sum, long long n,
+                                         double clr, double weight_decay, double eps, int maximize) {
     adagrad(param, grad, state_sum, n, clr, weight_decay, eps, maximize);
 }
 
 XPNN_CPU_API void xpnn_cpu_rmsprop_float64(double* param, const double* grad, double* square_avg, double* grad_avg,
-                                         double* momentum_buffer, long long n, double lr, double alpha, double one_minus_alpha,
-                                         double eps, double weight_decay, double momentum, int centered, int use_momentum,
-                                         int maximize) {
+                                         double* momentum_buffer, long long n, double lr, double alpha,
+                                         double one_minus_alpha, double eps, double weight_decay, double momentum,
+                                         int centered, int use_momentum, int maximize) {
     rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, n, lr, alpha, one_minus_alpha, eps, weight_decay,
             momentum, centered, use_momentum, maximize);
 }

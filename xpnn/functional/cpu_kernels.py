@@ -769,7 +769,7 @@ def sgd_update(param: np.ndarray, grad: np.ndarray, momentum_buffer: Optional[np
     ``momentum != 0``; on ``first_step`` it receives the gradient as is), the same values as the NumPy passes.
     False (nothing done) where it does not apply (see ``_update_fn``)."""
     use_momentum = momentum != 0
-    one_minus_dampening = 1 - dampening if type(dampening) in _PLAIN else dampening
+    one_minus_dampening = 1 - dampening  # (not a Python float where dampening is not: then refused)
     pointers = _pointers((param, grad, momentum_buffer if use_momentum else None))
     fn = _update_fn("sgd", pointers, param.dtype, (lr, momentum, one_minus_dampening), weight_decay)
     if fn is None:
@@ -800,7 +800,7 @@ def rmsprop_update(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray, 
     ``momentum_buffer`` only where ``momentum > 0``), the same values as the NumPy passes. False (nothing done)
     where it does not apply (see ``_update_fn``)."""
     centered, use_momentum = bool(centered), momentum > 0
-    one_minus_alpha = 1 - alpha if type(alpha) in _PLAIN else alpha
+    one_minus_alpha = 1 - alpha
     pointers = _pointers((param, grad, square_avg, grad_avg if centered else None,
                           momentum_buffer if use_momentum else None))
     fn = _update_fn("rmsprop", pointers, param.dtype, (lr, alpha, one_minus_alpha, eps, momentum), weight_decay)
