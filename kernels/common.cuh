@@ -11,6 +11,7 @@
 
 #include "acc.cuh"
 #include "adam.cuh"
+#include "updates.cuh"
 
 #define XPNN_FULL_MASK 0xffffffffu
 #define XPNN_MAX_WARPS 32  // 1024 threads per block at most

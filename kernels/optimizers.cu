@@ -24,72 +24,41 @@ adam_update(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ e
 }
 
 // SGD: g = -grad if maximize; g += wd*p; with momentum: buf = g on the first step else
-// buf = momentum*buf + (1-dampening)*g, g = g + momentum*buf if nesterov else buf; p -= lr*g.
+// buf = momentum*buf + (1-dampening)*g, g = g + momentum*buf if nesterov else buf; p -= lr*g
+// (xpnn_sgd_element, updates.cuh).
 template <typename T>
 __global__ void __launch_bounds__(256)
 sgd_update(T* __restrict__ param, const T* __restrict__ grad, T* momentum_buffer, long long n, T lr, T momentum,
            T one_minus_dampening, T weight_decay, int use_momentum, int nesterov, int first_step, int maximize) {
+    const xpnn_sgd_params<T> h = {lr, momentum, one_minus_dampening, weight_decay, use_momentum, nesterov,
+                                  first_step, maximize};
     T* const arrays[3] = {param, const_cast<T*>(grad), use_momentum ? momentum_buffer : nullptr};
-    xpnn_flat_update(arrays, 0x5u, n, [&](T (&x)[3]) {
-        const T p = x[0];
-        T g = maximize ? -x[1] : x[1];
-        if (weight_decay != T(0)) g = g + weight_decay * p;
-        if (use_momentum) {
-            const T b = first_step ? g : momentum * x[2] + one_minus_dampening * g;
-            x[2] = b;
-            g = nesterov ? g + momentum * b : b;
-        }
-        x[0] = p - lr * g;
-    });
+    xpnn_flat_update(arrays, 0x5u, n, [&](T (&x)[3]) { xpnn_sgd_element(h, x[0], x[1], x[2]); });
 }
 
 // Adagrad: g = -grad if maximize; g += wd*p; sum += g*g; p -= clr * g / (sqrt(sum) + eps),
-// clr = lr / (1 + (step - 1) * lr_decay).
+// clr = lr / (1 + (step - 1) * lr_decay) (xpnn_adagrad_element, updates.cuh).
 template <typename T>
 __global__ void __launch_bounds__(256)
 adagrad_update(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ state_sum, long long n, T clr,
                T weight_decay, T eps, int maximize) {
     T* const arrays[3] = {param, const_cast<T*>(grad), state_sum};
     xpnn_flat_update(arrays, 0x5u, n, [&](T (&x)[3]) {
-        const T p = x[0];
-        T g = maximize ? -x[1] : x[1];
-        if (weight_decay != T(0)) g = g + weight_decay * p;
-        const T s = x[2] + g * g;
-        x[2] = s;
-        x[0] = p - (g / (xpnn_sqrt(s) + eps)) * clr;
+        xpnn_adagrad_element(clr, weight_decay, eps, maximize, x[0], x[1], x[2]);
     });
 }
 
 // RMSprop: g = -grad if maximize; g += wd*p; sq = alpha*sq + (1-alpha)*g*g;
 // centered: ga = alpha*ga + (1-alpha)*g, avg = sqrt(sq - ga*ga) + eps; else avg = sqrt(sq) + eps;
-// momentum: buf = momentum*buf + g/avg, p -= lr*buf; else p -= lr*g/avg.
+// momentum: buf = momentum*buf + g/avg, p -= lr*buf; else p -= lr*g/avg (xpnn_rmsprop_element, updates.cuh).
 template <typename T>
 __global__ void __launch_bounds__(256)
 rmsprop_update(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ square_avg, T* grad_avg,
                T* momentum_buffer, long long n, T lr, T alpha, T one_minus_alpha, T eps, T weight_decay, T momentum,
                int centered, int use_momentum, int maximize) {
+    const xpnn_rmsprop_params<T> h = {lr, alpha, one_minus_alpha, eps, weight_decay, momentum, centered,
+                                      use_momentum, maximize};
     T* const arrays[5] = {param, const_cast<T*>(grad), square_avg, centered ? grad_avg : nullptr,
                           use_momentum ? momentum_buffer : nullptr};
-    xpnn_flat_update(arrays, 0x1du, n, [&](T (&x)[5]) {
-        const T p = x[0];
-        T g = maximize ? -x[1] : x[1];
-        if (weight_decay != T(0)) g = g + weight_decay * p;
-        const T sq = alpha * x[2] + (g * g) * one_minus_alpha;
-        x[2] = sq;
-        T avg;
-        if (centered) {
-            const T ga = alpha * x[3] + one_minus_alpha * g;
-            x[3] = ga;
-            avg = xpnn_sqrt(sq - ga * ga) + eps;
-        } else {
-            avg = xpnn_sqrt(sq) + eps;
-        }
-        if (use_momentum) {
-            const T b = momentum * x[4] + g / avg;
-            x[4] = b;
-            x[0] = p - lr * b;
-        } else {
-            x[0] = p - (g / avg) * lr;
-        }
-    });
+    xpnn_flat_update(arrays, 0x1du, n, [&](T (&x)[5]) { xpnn_rmsprop_element(h, x[0], x[1], x[2], x[3], x[4]); });
 }

@@ -1015,6 +1015,74 @@ def _leaky_pair(dtype, shape, seed=0):
         fx[at + k:at + 2 * k], fd[at + k:at + 2 * k] = -1.0, sp
         fx[at + 2 * k:at + 3 * k], fd[at + 2 * k:at + 3 * k] = 1.0, sp
     return x, dy
+# ---- SGD, Adagrad and RMSprop (kernels/cpu/optimizers.cpp, the element rules of kernels/updates.cuh) -------------
+
+SGD_OPTIONS = [dict(momentum=m, dampening=d, nesterov=n, weight_decay=wd, maximize=mx)
+               for m, d, n, wd, mx in itertools.product((0.0, 0.9), (0.0, 0.3), (False, True), (0.0, 0.1),
+                                                        (False, True))]
+ADAGRAD_OPTIONS = [dict(lr_decay=ld, weight_decay=wd, maximize=mx)
+                   for ld, wd, mx in itertools.product((0.0, 0.1), (0.0, 0.1), (False, True))]
+RMSPROP_OPTIONS = [dict(centered=c, momentum=m, weight_decay=wd, maximize=mx)
+                   for c, m, wd, mx in itertools.product((False, True), (0.0, 0.5), (0.0, 0.1), (False, True))]
+
+
+def _options_id(options):
+    return ",".join(f"{k}={v}" for k, v in options.items() if v) or "plain"
+
+
+def _assert_same_bits(a, b):
+    """The same values bit for bit (signed zeros told apart), NaN where the other has NaN (its sign and payload
+    aside: the loop negates a NaN gradient where NumPy multiplies it by -1, which keeps its sign)."""
+    assert a.dtype == b.dtype and a.shape == b.shape
+    nan = np.isnan(a)
+    np.testing.assert_array_equal(nan, np.isnan(b))
+    ints = np.uint32 if a.dtype == np.float32 else np.uint64
+    np.testing.assert_array_equal(np.where(nan, 0, a).view(ints), np.where(nan, 0, b).view(ints))
+
+
+_DEFAULTS = {"sgd": dict(lr=0.1), "adagrad": dict(lr=0.1, eps=1e-10),
+             "rmsprop": dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False)}
+
+
+def _update_run(name, dtype, size, options, kernels, steps=3, seed=0, scalars=None):
+    """``steps`` updates by ``updates.<name>_update`` of fresh arrays (a parameter with +-inf and -0.0, gradients
+    with NaN, +-inf and signed zeros among them): the final parameter and states."""
+    from xpnn.functional import updates
+
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal(size).astype(dtype)
+    p[5:8] = (np.inf, -np.inf, -0.0)
+    states = [np.zeros(size, dtype) for _ in range(3)]
+    fn = getattr(updates, f"{name}_update")
+    with _dispatch.use_kernels(kernels), np.errstate(all="ignore"):  # (the NumPy passes warn about the NaN)
+        for step in range(1, steps + 1):
+            g = rng.standard_normal(size).astype(dtype)
+            g[:5] = (np.nan, np.inf, -np.inf, 0.0, -0.0)
+            kw = {**_DEFAULTS[name], **(scalars or {}), **options}
+            if name == "sgd":
+                fn(p, g, states[0], first_step=step == 1, **kw)
+            elif name == "adagrad":
+                fn(p, g, states[0], step=step, **kw)
+            else:
+                fn(p, g, *states, **kw)
+    return [p, *states]
+
+
+def _misaligned(a):
+    """A C-contiguous copy of float32 ``a`` one byte into a buffer (``flags.aligned`` False)."""
+    buf = np.zeros(a.nbytes + 1, np.uint8)
+    out = buf[1:].view(np.float32)
+    out[:] = a
+    assert not out.flags.aligned and out.flags.c_contiguous
+    return out
+
+
+def _counting(monkeypatch, name):
+    """A list that receives what ``cpu_kernels.<name>_update`` returns at each call."""
+    calls = []
+    real = getattr(cpu_kernels, f"{name}_update")
+    monkeypatch.setattr(cpu_kernels, f"{name}_update", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
+    return calls
 
 
 @needs_library
@@ -1237,3 +1305,195 @@ def test_relu_and_leaky_relu_baseline_loops_equal_numpy_bit_for_bit(tmp_path):
             with np.errstate(all="ignore"):  # (NaNs, subnormals: the bits still equal; exceptions are reported)
                 fns["leaky_relu_forward"](x.ctypes.data, 0.2, out.ctypes.data, n)
                 assert out.tobytes() == np.where(x > 0, x, x * 0.2).tobytes()
+
+
+@needs_library
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name, options", [("sgd", o) for o in SGD_OPTIONS] + [("adagrad", o) for o in ADAGRAD_OPTIONS]
+                         + [("rmsprop", o) for o in RMSPROP_OPTIONS],
+                         ids=lambda v: _options_id(v) if isinstance(v, dict) else v)
+def test_sgd_adagrad_rmsprop_compiled_equal_the_numpy_passes_bit_for_bit(monkeypatch, name, options, dtype):
+    """Every option set and both dtypes, 4097 elements, three steps (SGD's first with ``first_step``: the buffer
+    takes the gradient) with non-finite gradients and parameters: the compiled pass runs and gives the NumPy
+    passes' values exactly."""
+    calls = _counting(monkeypatch, name)
+    size = cpu_kernels.MIN_ELEMENTS + 1
+    got = _update_run(name, dtype, size, options, kernels=True)
+    assert calls == [True] * 3
+    want = _update_run(name, dtype, size, options, kernels=False)
+    for a, b in zip(got, want):
+        assert a.dtype == dtype
+        _assert_same_bits(a, b)
+
+
+@needs_library
+@pytest.mark.parametrize("name, options", [("sgd", dict(momentum=0.9, nesterov=True)), ("adagrad", {}),
+                                           ("rmsprop", dict(centered=True, momentum=0.5))])
+@pytest.mark.parametrize("size", [cpu_kernels.MIN_ELEMENTS - 1, cpu_kernels.MIN_ELEMENTS,
+                                  cpu_kernels.MIN_ELEMENTS + 3, 3 * cpu_kernels.MIN_ELEMENTS + 7])
+def test_sgd_adagrad_rmsprop_compiled_from_min_elements_on(monkeypatch, name, options, size):
+    """Sizes around ``MIN_ELEMENTS`` (not multiples of a vector width): the compiled pass from ``MIN_ELEMENTS`` on,
+    the NumPy passes below, the same values either way."""
+    calls = _counting(monkeypatch, name)
+    got = _update_run(name, np.float32, size, options, kernels=True)
+    assert calls == [True] * 3 if size >= cpu_kernels.MIN_ELEMENTS else calls == []
+    for a, b in zip(got, _update_run(name, np.float32, size, options, kernels=False)):
+        _assert_same_bits(a, b)
+
+
+@needs_library
+@pytest.mark.parametrize("name, scalars", [
+    ("sgd", dict(lr=np.float64(0.1))), ("sgd", dict(momentum=np.float64(0.9))),
+    ("sgd", dict(momentum=0.9, dampening=np.float64(0.3))), ("sgd", dict(weight_decay=np.float64(0.1))),
+    ("adagrad", dict(lr=np.float64(0.1))), ("adagrad", dict(lr_decay=np.float64(0.1))),
+    ("adagrad", dict(eps=np.float64(1e-10))), ("adagrad", dict(weight_decay=np.float64(0.1))),
+    ("rmsprop", dict(lr=np.float64(1e-2))), ("rmsprop", dict(alpha=np.float64(0.99))),
+    ("rmsprop", dict(eps=np.float64(1e-8))), ("rmsprop", dict(momentum=np.float64(0.5))),
+    ("rmsprop", dict(weight_decay=np.float64(0.1)))], ids=lambda v: _options_id(v) if isinstance(v, dict) else v)
+def test_sgd_adagrad_rmsprop_with_numpy_float64_hyperparameters_equal_the_numpy_passes(monkeypatch, name, scalars):
+    """A hyperparameter that is a NumPy float64 (a schedule computed with ``np.cos``): NumPy computes its products
+    with float32 arrays in float64; the compiled loop, which would round it to float32 first, is not taken."""
+    calls = _counting(monkeypatch, name)
+    size = cpu_kernels.MIN_ELEMENTS + 1
+    got = _update_run(name, np.float32, size, {}, kernels=True, scalars=scalars)
+    assert calls == [False] * 3
+    for a, b in zip(got, _update_run(name, np.float32, size, {}, kernels=False, scalars=scalars)):
+        _assert_same_bits(a, b)
+
+
+@needs_library
+@pytest.mark.parametrize("name", ["adam", "sgd", "adagrad", "rmsprop"])
+def test_a_weight_decay_that_rounds_to_zero_leaves_the_update_to_the_numpy_passes(monkeypatch, name):
+    """``weight_decay=1e-50`` is not 0, so the NumPy passes add ``p * 1e-50`` (0 in float32; NaN where p is
+    infinite) to the gradient; the compiled loop sees a float32 0 and would add nothing: it is not taken."""
+    calls = _counting(monkeypatch, name)
+    size = cpu_kernels.MIN_ELEMENTS + 1
+    finals = []
+    for kernels in (True, False):
+        if name == "adam":
+            p = np.linspace(-1, 1, size, dtype=np.float32)
+            p[5:7] = (np.inf, -np.inf)
+            states = [np.zeros_like(p) for _ in range(2)]
+            with _dispatch.use_kernels(kernels), np.errstate(all="ignore"):
+                adam_update(p, np.ones_like(p), *states, step=1, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8,
+                            weight_decay=1e-50)
+            finals.append([p, *states])
+        else:
+            finals.append(_update_run(name, np.float32, size, {}, kernels, scalars=dict(weight_decay=1e-50)))
+    assert calls == [False] * (2 if name == "adam" else 6)
+    assert np.isnan(finals[1][0][5:7]).all()  # (the infinite parameters: inf * 0 in the NumPy passes)
+    for a, b in zip(*finals):
+        _assert_same_bits(a, b)
+
+
+@needs_library
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "rmsprop"])
+def test_sgd_adagrad_rmsprop_take_the_compiled_pass_only_where_it_applies(monkeypatch, name):
+    """Read-only arrays make the NumPy passes raise (never written by the loop instead); strided, misaligned,
+    overlapping and float16 arrays, and kernels off, run the NumPy passes, with their values."""
+    from xpnn.functional import updates
+
+    calls = _counting(monkeypatch, name)
+    n = cpu_kernels.MIN_ELEMENTS
+    fn = getattr(updates, f"{name}_update")
+    kw = {"sgd": dict(lr=0.1, momentum=0.9), "adagrad": dict(step=1, lr=0.1),
+          "rmsprop": dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.5, centered=True)}[name]
+    n_arrays = {"sgd": 3, "adagrad": 3, "rmsprop": 5}[name]
+
+    def run(arrays, kernels=True):
+        calls.clear()
+        with _dispatch.use_kernels(kernels):
+            fn(*arrays, **kw)
+        return list(calls)
+
+    def fresh(k=n, dtype=np.float32):
+        arrays = [np.linspace(0.25, 1, k).astype(dtype) for _ in range(n_arrays)]
+        arrays[2] += 1  # (the squares' average above the average's square: no sqrt of a negative)
+        return arrays
+
+    assert run(fresh()) == [True]
+    for which in range(n_arrays):
+        if which == 1:
+            continue  # (the gradient is only read)
+        arrays = fresh()
+        arrays[which].flags.writeable = False
+        before = arrays[which].copy()
+        with pytest.raises(ValueError, match="read-only"):
+            run(arrays)
+        assert calls == [False]
+        np.testing.assert_array_equal(arrays[which], before)
+    for make in (lambda a: np.repeat(a, 2)[::2], _misaligned):  # strided, misaligned
+        finals = []
+        for kernels in (True, False):
+            arrays = fresh()
+            arrays[0] = make(arrays[0])
+            assert run(arrays, kernels) == [False]
+            finals.append([a.copy() for a in arrays])
+        for a, b in zip(*finals):
+            _assert_same_bits(a, b)
+    arrays = fresh()
+    arrays[-1] = arrays[1]  # a state in the gradient's memory
+    assert run(arrays) == [False]
+    assert run(fresh(dtype=np.float16)) == [False]  # (float16: no compiled loop)
+    assert run(fresh(), kernels=False) == [False]
+
+
+OPTIMIZERS = {
+    "sgd-nesterov": (lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4), "sgd"),
+    "sgd-dampening": (lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, dampening=0.1, maximize=True), "sgd"),
+    "sgd-plain": (lambda ps: optim.SGD(ps, lr=0.05), "sgd"),
+    "adagrad": (lambda ps: optim.Adagrad(ps, lr=0.05, lr_decay=0.01, weight_decay=1e-4), "adagrad"),
+    "rmsprop-centered": (lambda ps: optim.RMSprop(ps, lr=1e-3, centered=True, momentum=0.5, weight_decay=1e-4),
+                         "rmsprop"),
+    "rmsprop": (lambda ps: optim.RMSprop(ps, lr=1e-3, maximize=True), "rmsprop"),
+}
+
+
+@needs_library
+@pytest.mark.parametrize("which", list(OPTIMIZERS))
+def test_an_mlp_trained_with_compiled_sgd_adagrad_rmsprop_matches_the_numpy_one(monkeypatch, which):
+    """Through the optimizer's flat buffer: ten steps of a 64-128-10 MLP (9.6 K elements in one update) take the
+    compiled pass and give the same parameters as with the kernels off."""
+    make, name = OPTIMIZERS[which]
+    calls = _counting(monkeypatch, name)
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((32, 64)).astype(np.float32), rng.integers(0, 10, 32)
+    finals = []
+    for kernels in (True, False):
+        with _dispatch.use_kernels(kernels):
+            model = nn.Sequential(nn.Linear(64, 128, seed=0), nn.ReLU(), nn.Linear(128, 10, seed=1))
+            opt = make(model.parameters())
+            loss_fn = nn.CrossEntropyLoss()
+            for _ in range(10):
+                opt.zero_grad()
+                loss_fn(model(x), y)
+                model.backward(loss_fn.backward(), need_input_grad=False)
+                opt.step()
+            finals.append([p.data.copy() for p in model.parameters()])
+    assert calls == [True] * 10 + [False] * 10
+    for a, b in zip(*finals):
+        _assert_same_bits(a, b)
+
+
+@needs_library
+@pytest.mark.parametrize("which", list(OPTIMIZERS))
+def test_lone_parameters_with_compiled_sgd_adagrad_rmsprop_match_the_numpy_ones(monkeypatch, which):
+    """Parameters outside a flat buffer, each updated by itself: the large one (float64, 5,000 elements) takes the
+    compiled pass, the small one (float64, 10) the NumPy passes; both end as with the kernels off."""
+    from xpnn.nn.parameter import Parameter
+
+    make, name = OPTIMIZERS[which]
+    calls = _counting(monkeypatch, name)
+    finals = []
+    for kernels in (True, False):
+        rng = np.random.default_rng(2)
+        big, small = Parameter(rng.standard_normal(5000)), Parameter(rng.standard_normal(10))
+        opt = make([big, small])
+        with _dispatch.use_kernels(kernels):
+            for _ in range(4):
+                big.grad, small.grad = rng.standard_normal(5000), rng.standard_normal(10)
+                opt.step()
+        finals.append([big.data.copy(), small.data.copy()])
+    assert calls == [True] * 4 + [False] * 4  # (the small parameter: below MIN_ELEMENTS, not asked)
+    for a, b in zip(*finals):
+        _assert_same_bits(a, b)

@@ -14,8 +14,8 @@ The Winograd F(2x2, 3x3) convolution's tile transforms (``winograd_input``, ``wi
 kernels/cpu/winograd.cpp) are the one exception to "the same values as a NumPy path": they serve another algorithm
 (``conv_numpy.winograd_conv``), whose NumPy-only form would be slower than the shift path it replaces.
 
-- The sources are ``kernels/cpu/*.cpp``: C++ that includes the element math of the CUDA kernels (``kernels/adam.cuh``)
-  so each update is written once for CUDA and the CPU. Max pooling (``max_pool2d``, ``max_pool2d_backward``: one call
+- The sources are ``kernels/cpu/*.cpp``: C++ that includes the element math of the CUDA kernels (``kernels/adam.cuh``;
+  SGD, Adagrad and RMSprop: ``kernels/updates.cuh``) so each update is written once for CUDA and the CPU. Max pooling (``max_pool2d``, ``max_pool2d_backward``: one call
   per batch chunk, the window rule of ``kernels/max_pool.cuh``) likewise, and ReLU's backward (``relu_backward``: one
   pass where ``zero_where`` makes three; the rule of ``kernels/activation_backward.cuh``, in
   ``kernels/cpu/activations.cpp``), with ReLU's forward and leaky ReLU's forward and backward (``relu_forward``,
@@ -58,7 +58,7 @@ from .. import _dispatch
 __all__ = ["library", "status", "adam_update", "shift_planes_fn", "shift_row_sum_fn", "shift_dw_rows_fn",
            "im2col_ready", "im2col", "col2im", "max_pool2d", "max_pool2d_backward", "pooling_applies", "relu_backward",
            "SOURCES", "FLAGS", "winograd_ready", "winograd_input", "winograd_output", "winograd_dy", "relu_forward",
-           "leaky_relu_forward", "leaky_relu_backward"]
+           "leaky_relu_forward", "leaky_relu_backward", "sgd_update", "adagrad_update", "rmsprop_update"]
 
 #: the sources compiled into the library, in ``kernels/cpu``
 SOURCES = ("optimizers.cpp", "conv.cpp", "im2col.cpp", "pooling.cpp", "activations.cpp", "winograd.cpp")
@@ -348,6 +348,15 @@ def _signatures() -> dict[str, list[Any]]:
         sig[f"xpnn_cpu_leaky_relu_forward_{dtype.name}"] = [ctypes.c_void_p, c, ctypes.c_void_p, ctypes.c_longlong]
         sig[f"xpnn_cpu_leaky_relu_backward_{dtype.name}"] = [ctypes.c_void_p] * 2 + [c, ctypes.c_void_p,
                                                                                       ctypes.c_longlong]
+        # xpnn_cpu_sgd_<dtype>(param, grad, buf, n, lr, momentum, 1 - dampening, weight_decay, use_momentum,
+        #                      nesterov, first_step, maximize)
+        sig[f"xpnn_cpu_sgd_{dtype.name}"] = [ctypes.c_void_p] * 3 + [ctypes.c_longlong] + [c] * 4 + [ctypes.c_int] * 4
+        # xpnn_cpu_adagrad_<dtype>(param, grad, state_sum, n, clr, weight_decay, eps, maximize)
+        sig[f"xpnn_cpu_adagrad_{dtype.name}"] = [ctypes.c_void_p] * 3 + [ctypes.c_longlong] + [c] * 3 + [ctypes.c_int]
+        # xpnn_cpu_rmsprop_<dtype>(param, grad, square_avg, grad_avg, buf, n, lr, alpha, 1 - alpha, eps,
+        #                          weight_decay, momentum, centered, use_momentum, maximize)
+        sig[f"xpnn_cpu_rmsprop_{dtype.name}"] = ([ctypes.c_void_p] * 5 + [ctypes.c_longlong] + [c] * 6
+                                                 + [ctypes.c_int] * 3)
     return sig
 
 
@@ -417,12 +426,15 @@ def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_av
     as ``updates._adam_scalars`` gives them. False (nothing done) where it does not apply: kernels off or not built,
     arrays that ``_pointers`` refuses, or a ``step_size``, ``decay`` or ``weight_decay`` that is not a Python float or
     int (a NumPy float64 lr, e.g. from ``np.cos`` in a schedule, makes NumPy compute those products of float32
-    arrays in float64, where the compiled loop rounds the scalar to float32 first)."""
+    arrays in float64, where the compiled loop rounds the scalar to float32 first), or an L2 ``weight_decay`` that
+    is not 0 but rounds to 0 in the arrays' dtype."""
     if not _dispatch.kernels_enabled():
         return False
     step_size, bc2_sqrt, decay = scalars
     if type(step_size) not in _PLAIN or type(decay) not in _PLAIN or type(weight_decay) not in _PLAIN:
         return False
+    if weight_decay != 0 and not decoupled_weight_decay and param.dtype.type(weight_decay) == 0:
+        return False  # (the NumPy passes add p * 0: NaN where p is infinite; the loop, seeing 0, adds nothing)
     pointers = _pointers((param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None))
     if pointers is None:
         return False
@@ -825,3 +837,71 @@ def leaky_relu_backward(x: np.ndarray, dy: np.ndarray, negative_slope: float, dx
         return False
     return not getattr(lib, _LEAKY_RELU[dt, "backward"])(x.ctypes.data, dy.ctypes.data, negative_slope,
                                                          dx.ctypes.data, x.size)
+# SGD, Adagrad and RMSprop (kernels/cpu/optimizers.cpp, the element rules of kernels/updates.cuh): one pass where
+# updates.sgd_update / adagrad_update / rmsprop_update run 2-12 NumPy passes.
+
+
+def _update_fn(name: str, pointers: Optional[list[Optional[int]]], dtype: Any, scalars: tuple[Any, ...],
+               weight_decay: Any) -> Any:
+    """The entry point ``xpnn_cpu_<name>_<dtype>``, or None where the update does not apply: kernels off or not
+    built, arrays that ``_pointers`` refused (``pointers`` None), or a scalar (``scalars``, ``weight_decay``) that
+    is not a Python float or int (a NumPy float64 lr from a schedule: NumPy computes its products with float32
+    arrays in float64, where the loop rounds it to float32 first), or a nonzero ``weight_decay`` that rounds to 0
+    in ``dtype`` (the NumPy passes add ``0 * p``, NaN where p is infinite; the loop, seeing 0, adds nothing)."""
+    if pointers is None or not _dispatch.kernels_enabled():
+        return None
+    for v in scalars:
+        if type(v) not in _PLAIN:
+            return None
+    if type(weight_decay) not in _PLAIN or weight_decay != 0 and dtype.type(weight_decay) == 0:
+        return None
+    lib = library()
+    return None if lib is None else getattr(lib, f"xpnn_cpu_{name}_{dtype.name}")
+
+
+def sgd_update(param: np.ndarray, grad: np.ndarray, momentum_buffer: Optional[np.ndarray], lr: Any, momentum: Any,
+               dampening: Any, nesterov: bool, weight_decay: Any, first_step: bool, maximize: bool) -> bool:
+    """``updates.sgd_update`` on NumPy arrays in one compiled pass (``momentum_buffer`` used only where
+    ``momentum != 0``; on ``first_step`` it receives the gradient as is), the same values as the NumPy passes.
+    False (nothing done) where it does not apply (see ``_update_fn``)."""
+    use_momentum = momentum != 0
+    one_minus_dampening = 1 - dampening  # (not a Python float where dampening is not: then refused)
+    pointers = _pointers((param, grad, momentum_buffer if use_momentum else None))
+    fn = _update_fn("sgd", pointers, param.dtype, (lr, momentum, one_minus_dampening), weight_decay)
+    if fn is None:
+        return False
+    # the scalars are rounded to the arrays' dtype by ctypes, as NumPy rounds a Python float operand
+    fn(*pointers, param.size, lr, momentum, one_minus_dampening, weight_decay, int(use_momentum),
+       int(bool(nesterov)), int(bool(first_step)), int(bool(maximize)))
+    return True
+
+
+def adagrad_update(param: np.ndarray, grad: np.ndarray, state_sum: np.ndarray, clr: Any, weight_decay: Any,
+                   eps: Any, maximize: bool) -> bool:
+    """``updates.adagrad_update`` on NumPy arrays in one compiled pass; ``clr`` as ``updates._adagrad_clr`` gives it
+    (a Python float for a Python lr, step and lr_decay). False (nothing done) where it does not apply (see
+    ``_update_fn``)."""
+    pointers = _pointers((param, grad, state_sum))
+    fn = _update_fn("adagrad", pointers, param.dtype, (clr, eps), weight_decay)
+    if fn is None:
+        return False
+    fn(*pointers, param.size, clr, weight_decay, eps, int(bool(maximize)))
+    return True
+
+
+def rmsprop_update(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray, grad_avg: Optional[np.ndarray],
+                   momentum_buffer: Optional[np.ndarray], lr: Any, alpha: Any, eps: Any, weight_decay: Any,
+                   momentum: Any, centered: bool, maximize: bool) -> bool:
+    """``updates.rmsprop_update`` on NumPy arrays in one compiled pass (``grad_avg`` used only where ``centered``,
+    ``momentum_buffer`` only where ``momentum > 0``), the same values as the NumPy passes. False (nothing done)
+    where it does not apply (see ``_update_fn``)."""
+    centered, use_momentum = bool(centered), momentum > 0
+    one_minus_alpha = 1 - alpha
+    pointers = _pointers((param, grad, square_avg, grad_avg if centered else None,
+                          momentum_buffer if use_momentum else None))
+    fn = _update_fn("rmsprop", pointers, param.dtype, (lr, alpha, one_minus_alpha, eps, momentum), weight_decay)
+    if fn is None:
+        return False
+    fn(*pointers, param.size, lr, alpha, one_minus_alpha, eps, weight_decay, momentum, int(centered),
+       int(use_momentum), int(bool(maximize)))
+    return True

@@ -168,6 +168,9 @@ def sgd_update(param: Any, grad: Any, momentum_buffer: Any = None, *, lr: float,
                     dampening=dampening, nesterov=nesterov, weight_decay=weight_decay, first_step=first_step,
                     maximize=maximize):
         return param
+    if type(param) is np.ndarray and param.size >= cpu_kernels.MIN_ELEMENTS and cpu_kernels.sgd_update(
+            param, grad, momentum_buffer, lr, momentum, dampening, nesterov, weight_decay, first_step, maximize):
+        return param  # one compiled pass (cpu_kernels), the same values as the passes below
     ops = _InPlace.of(xp)
     g = _effective_grad(ops, param, grad, weight_decay, maximize, scratch)
     free = 0 if g is grad else 1
@@ -214,10 +217,13 @@ def adagrad_update(param: Any, grad: Any, state_sum: Any, *, step: int, lr: floa
     if _kernel_took(op, xp, param.dtype, param, grad, state_sum, step=step, lr=lr, lr_decay=lr_decay,
                     weight_decay=weight_decay, eps=eps, maximize=maximize):
         return param
+    clr = _adagrad_clr(xp, param.dtype, step, lr, lr_decay)
+    if type(param) is np.ndarray and param.size >= cpu_kernels.MIN_ELEMENTS and cpu_kernels.adagrad_update(
+            param, grad, state_sum, clr, weight_decay, eps, maximize):
+        return param  # one compiled pass (cpu_kernels), the same values as the passes below
     ops = _InPlace.of(xp)
     g = _effective_grad(ops, param, grad, weight_decay, maximize, scratch)
     t = _work(xp, scratch, 0 if g is grad else 1, param)
-    clr = _adagrad_clr(xp, param.dtype, step, lr, lr_decay)
     ops.add(state_sum, ops.mul(g, g, out=t), out=state_sum)
     ops.add(ops.sqrt(state_sum, out=t), eps, out=t)
     ops.div(g, t, out=t)
@@ -254,6 +260,10 @@ def rmsprop_update(param: Any, grad: Any, square_avg: Any, grad_avg: Any = None,
                     alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
                     maximize=maximize):
         return param
+    if type(param) is np.ndarray and param.size >= cpu_kernels.MIN_ELEMENTS and cpu_kernels.rmsprop_update(
+            param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, weight_decay, momentum, centered,
+            maximize):
+        return param  # one compiled pass (cpu_kernels), the same values as the passes below
     ops = _InPlace.of(xp)
     g = _effective_grad(ops, param, grad, weight_decay, maximize, scratch)
     t = _work(xp, scratch, 0 if g is grad else 1, param)
