@@ -317,3 +317,22 @@ def test_linear_forward_without_the_gemm_gives_the_same_values(gemm_calls):
         got = xpnn.functional.linear(x, w, bias)
         np.testing.assert_allclose(got, x @ w.T + (0.0 if bias is None else bias), rtol=1e-12, atol=1e-12)
     assert gemm_calls[1] == 0
+
+
+def test_linear_forward_of_a_vector_fills_no_matrix_with_the_bias():
+    """x of shape (in,) is one matrix-vector product: no (in, out) output is made and filled with the bias first
+    (a 4096 x 256 float64 one, 8 MiB, was)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    x, w, b = _rand(rng, (4096,), np.float64), _rand(rng, (256, 4096), np.float64), _rand(rng, (256,), np.float64)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        got = xpnn.functional.linear(x, w, b)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got.shape == (256,)
+    np.testing.assert_allclose(got, w @ x + b, rtol=1e-12, atol=1e-12)
+    assert peak < 1 << 20, f"peak {peak} bytes for a (256,) output"

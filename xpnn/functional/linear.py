@@ -85,8 +85,8 @@ class Linear(Op):
         elif x.ndim > 2:  # NumPy runs (..., in) @ (in, out) as one GEMM per leading index: fold the leading axes
             rows = math.prod(x.shape[:-1])  # into one GEMM (3x faster at (32, 64, 128))
             return _affine(x.reshape(rows, x.shape[-1]), weight, bias).reshape(x.shape[:-1] + (weight.shape[0],))
-        elif x.size * weight.shape[0] < _THREADED:
-            y = _dot(x, weight.T)
+        elif x.ndim == 1 or x.size * weight.shape[0] < _THREADED:  # (a vector x (in,): one GEMV, no (M, out)
+            y = _dot(x, weight.T)  # output to fill with the bias first)
         else:
             return _affine(x, weight, bias)
         if bias is not None:
