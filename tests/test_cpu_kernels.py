@@ -1110,6 +1110,35 @@ def test_leaky_relu_compiled_reports_overflow_and_invalid_as_numpy_does(dtype):
     assert cpu_kernels.leaky_relu_forward(x, 2.0, out)  # (the same arrays without those values: compiled)
 
 
+
+@needs_library
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("way", ["forward, out is x", "backward, dx is dy", "backward, dx is x"])
+def test_leaky_relu_in_place_with_an_exception_leaves_the_input_for_the_numpy_path(dtype, way):
+    """In place (out is x, dx is dy or x), a product that overflows in the 12th block of 256 sends the caller to
+    the NumPy path, which must find the inputs as they were: the compiled pass had written its products over the
+    first blocks (x <= 0 times the slope), so NumPy's where() then multiplied those by the slope again. The
+    overflow is reported as ``np.errstate`` says; without an exception the in-place result is NumPy's."""
+    n = cpu_kernels.MIN_ELEMENTS + 904
+    rng = np.random.default_rng(7)
+    x0, dy0 = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    a0 = x0 if way.startswith("forward") else dy0
+    a0[3000] = np.finfo(dtype).max  # (its product by 3 overflows)
+
+    def run(x, dy, slope):
+        out = dy if way.endswith("dy") else x
+        if way.startswith("forward"):
+            return cpu_kernels.leaky_relu_forward(x, slope, out)
+        return cpu_kernels.leaky_relu_backward(x, dy, slope, out)
+
+    x, dy = x0.copy(), dy0.copy()
+    assert not run(x, dy, 3.0)
+    assert x.tobytes() == x0.tobytes() and dy.tobytes() == dy0.tobytes()
+    x, dy = x0.copy(), dy0.copy()
+    assert run(x, dy, 0.5)
+    assert (dy if way.endswith("dy") else x).tobytes() == np.where(x0 > 0, a0, a0 * 0.5).tobytes()
+
+
 @needs_library
 def test_leaky_relu_takes_the_compiled_pass_only_where_it_applies(monkeypatch):
     """Python float or int slopes on C-contiguous aligned float32/float64 arrays from ``MIN_ELEMENTS`` (read-only

@@ -802,26 +802,49 @@ def leaky_relu_forward(x: np.ndarray, negative_slope: float, out: np.ndarray) ->
     for bit (the product in x's dtype, NaN x passed as the product passes it). ``out`` may be ``x``. False where it
     does not apply (as ``relu_forward``, or a ``negative_slope`` that ``_slope_applies`` refuses) and where a product
     raised a floating-point exception (overflow, invalid, underflow; or the compare of a NaN): then the caller runs
-    the NumPy path, which reports it as ``np.errstate`` says."""
+    the NumPy path, which reports it as ``np.errstate`` says, on x as it was (``_leaky_out``)."""
     dt = x.dtype
     if not (_elementwise((x,), out) and _slope_applies(negative_slope, dt)):
         return False
     lib = library()
     if lib is None:
         return False
-    return not getattr(lib, _LEAKY_RELU[dt, "forward"])(x.ctypes.data, negative_slope, out.ctypes.data, x.size)
+    dst = _leaky_out(out, x)
+    raised = getattr(lib, _LEAKY_RELU[dt, "forward"])(x.ctypes.data, negative_slope, dst.ctypes.data, x.size)
+    return _leaky_done(raised, dst, out)
 
 
 def leaky_relu_backward(x: np.ndarray, dy: np.ndarray, negative_slope: float, dx: np.ndarray) -> bool:
     """``np.where(x > 0, dy, dy * negative_slope)`` (``activations.LeakyReluBackward``) into ``dx`` in one compiled
     pass, bit for bit (the rule of ``xpnn_leaky_relu_backward``, ``kernels/activation_backward.cuh``). ``dx`` may be
     ``x`` or ``dy``. False where it does not apply or a product raised a floating-point exception, as for
-    ``leaky_relu_forward``."""
+    ``leaky_relu_forward`` (x and dy then as they were)."""
     dt = x.dtype
     if not (_elementwise((x, dy), dx) and _slope_applies(negative_slope, dt)):
         return False
     lib = library()
     if lib is None:
         return False
-    return not getattr(lib, _LEAKY_RELU[dt, "backward"])(x.ctypes.data, dy.ctypes.data, negative_slope,
-                                                         dx.ctypes.data, x.size)
+    dst = _leaky_out(dx, x, dy)
+    raised = getattr(lib, _LEAKY_RELU[dt, "backward"])(x.ctypes.data, dy.ctypes.data, negative_slope, dst.ctypes.data,
+                                                       x.size)
+    return _leaky_done(raised, dst, dx)
+
+
+def _leaky_out(out: np.ndarray, *inputs: np.ndarray) -> np.ndarray:
+    """Where a leaky ReLU pass writes: ``out``, or a new array where ``out`` is an input (in place). The pass may
+    end in a floating-point exception, after which the caller's NumPy path runs on the inputs: written in place,
+    they would be partly overwritten by then (their products, not their values)."""
+    if any(out.ctypes.data == a.ctypes.data for a in inputs):
+        return np.empty_like(out)
+    return out
+
+
+def _leaky_done(raised: int, dst: np.ndarray, out: np.ndarray) -> bool:
+    """False where the pass raised a floating-point exception (``out`` then as it was where it is an input);
+    else True, with the result copied into ``out`` where the pass wrote a new array (``_leaky_out``)."""
+    if raised:
+        return False
+    if dst is not out:
+        np.copyto(out, dst)
+    return True
