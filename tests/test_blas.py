@@ -319,6 +319,29 @@ def test_linear_forward_without_the_gemm_gives_the_same_values(gemm_calls):
     assert gemm_calls[1] == 0
 
 
+
+@needs_blas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [96, 128, 129, 512, 784])
+def test_linear_forward_equals_the_kernels_off_path_bit_for_bit(dtype, k, gemm_calls):
+    """The GEMM adds each K-block's partial sums onto the bias in turn: past one block (K = 400 float64 / 464
+    float32 on this machine's OpenBLAS) that rounds otherwise than the product then ``+= bias``, and an MLP's
+    outputs and gradients then changed with the kernels turned off. Up to ``_ONE_K_BLOCK`` in_features the GEMM
+    runs (the same bits); past it the product then ``+=``."""
+    import importlib
+
+    linear_module = importlib.import_module("xpnn.functional.linear")  # (the package's `linear` is the function)
+    rng = np.random.default_rng(k)
+    x, w, b = _rand(rng, (256, k), dtype), _rand(rng, (512, k), dtype), _rand(rng, (512,), dtype)
+    x[0, :3] = [np.inf, -0.0, np.nan]
+    b[:2] = [-0.0, -np.inf]
+    with np.errstate(invalid="ignore"):
+        got = xpnn.functional.linear(x, w, b)
+        with _dispatch.use_kernels(False):
+            want = xpnn.functional.linear(x, w, b)
+    assert got.tobytes() == want.tobytes()
+    assert gemm_calls[1] == (k <= linear_module._ONE_K_BLOCK)
+
 def test_linear_forward_of_a_vector_fills_no_matrix_with_the_bias():
     """x of shape (in,) is one matrix-vector product: no (in, out) output is made and filled with the bias first
     (a 4096 x 256 float64 one, 8 MiB, was)."""

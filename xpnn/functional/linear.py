@@ -19,6 +19,11 @@ _dot = cpu_threads._dot  # np.dot without NEP 18's dispatch
 # multiply-adds (x.size * out_features) from which a product goes through cpu_threads.dot; below, np.dot is called
 # directly (a small layer's host cost: the extra call is ~40% of its product)
 _THREADED = cpu_threads.BLAS_THREADED_MACS
+#: in_features up to which Linear's forward adds the product onto the bias inside the GEMM (``_affine``): BLAS sums
+#: the K axis in blocks (OpenBLAS's GEMM_Q, 128 to 768 by CPU; 384 float64 / 448 float32 here) and adds each
+#: block's partial sums onto the output; within one block that is ``bias + (x @ w.T)``, the bits of the product then
+#: ``+= bias`` (addition commutes), past it a sum in another order (kernels on and off would then differ)
+_ONE_K_BLOCK = 128
 
 
 def _check_linear(x: Any, weight: Any, bias: Any) -> bool:
@@ -59,8 +64,9 @@ def _check_linear(x: Any, weight: Any, bias: Any) -> bool:
 def _affine(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray]) -> np.ndarray:
     """``x @ weight.T + bias`` of plain NumPy arrays, x (M, in): the bias broadcast into the output first and the
     product added onto it by the GEMM itself (beta = 1, ``cpu_threads.dot_add``), as ``torch.addmm`` does, where that
-    applies (one pass over the output fewer than the product then ``+=``); else the product then ``+=``."""
-    if bias is not None and x.size * weight.shape[0] >= _THREADED:
+    applies (one pass over the output fewer than the product then ``+=``, the same bits: in_features up to
+    ``_ONE_K_BLOCK``); else the product then ``+=``."""
+    if bias is not None and x.shape[1] <= _ONE_K_BLOCK and x.size * weight.shape[0] >= _THREADED:
         y = np.empty((x.shape[0], weight.shape[0]), x.dtype)
         y[...] = bias
         if cpu_threads.dot_add(x, weight.T, y):
