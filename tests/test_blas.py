@@ -3,6 +3,8 @@ backward adding the weight gradient into ``.grad`` with it: the same gradients a
 with kernels off), and the old path wherever the in-place add would not be exactly that."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -69,6 +71,52 @@ def test_gemm_accumulate_refuses_what_it_cannot_do_exactly():
     np.testing.assert_array_equal(out, before)
     assert blas.gemm_accumulate(a, b, out) is True  # (the same call applies with kernels on)
 
+
+
+@needs_blas
+@pytest.mark.parametrize("kind", ["invalid", "over", "under"])
+def test_gemm_accumulate_reports_floating_point_exceptions_as_np_dot(kind):
+    """np.dot reports the exceptions its GEMM raised (inf * 0, an overflow, an underflow) as ``np.errstate`` says;
+    the GEMM through ctypes raised them unseen: a Linear forward or weight gradient with kernels on gave NaN without
+    the warning, or without the FloatingPointError asked for, that the kernels-off path gives."""
+    value = {"invalid": np.inf, "over": 1e300, "under": 1e-300}[kind]
+    a = np.full((16, 8), value)
+    b = np.zeros((8, 12)) if kind == "invalid" else np.full((8, 12), value)
+    message = {"invalid": "invalid value", "over": "overflow", "under": "underflow"}[kind] + " encountered in dot"
+    for run in (lambda: np.dot(a, b), lambda: blas.gemm_accumulate(a, b, np.zeros((16, 12)))):
+        with np.errstate(all="ignore", **{kind: "raise"}), pytest.raises(FloatingPointError, match=message):
+            run()
+        with np.errstate(all="ignore", **{kind: "warn"}), pytest.warns(RuntimeWarning, match=message):
+            run()
+        calls = []
+        with np.errstate(all="ignore", **{kind: "call"}):
+            old = np.seterrcall(lambda *args: calls.append(args))
+            try:
+                run()
+            finally:
+                np.seterrcall(old)
+        assert calls and calls[0][0] == message.split(" encountered")[0]
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("error")
+            run()
+    out = np.zeros((16, 12))
+    with np.errstate(all="ignore"):
+        assert blas.gemm_accumulate(a, b, out)
+        np.testing.assert_array_equal(out, a @ b)
+
+
+@needs_blas
+def test_linear_forward_reports_an_invalid_product_with_kernels_on_as_off(gemm_calls):
+    x, w, b = np.ones((512, 64)), np.zeros((1024, 64)), np.zeros(1024)
+    x[0, 0] = np.inf
+    for kernels in (True, False):
+        with _dispatch.use_kernels(kernels):
+            with np.errstate(invalid="raise"), pytest.raises(FloatingPointError, match="invalid value"):
+                xpnn.functional.linear(x, w, b)
+            with pytest.warns(RuntimeWarning, match="invalid value"):
+                y = xpnn.functional.linear(x, w, b)
+            assert np.isnan(y[0]).all() and not np.isnan(y[1:]).any()
+    assert gemm_calls[1] >= 1  # (the GEMM ran with kernels on)
 
 def test_status_names_the_gemm_or_says_why_not():
     text = blas.status()
