@@ -19,10 +19,11 @@ _dot = cpu_threads._dot  # np.dot without NEP 18's dispatch
 # multiply-adds (x.size * out_features) from which a product goes through cpu_threads.dot; below, np.dot is called
 # directly (a small layer's host cost: the extra call is ~40% of its product)
 _THREADED = cpu_threads.BLAS_THREADED_MACS
-#: in_features up to which Linear's forward adds the product onto the bias inside the GEMM (``_affine``): BLAS sums
-#: the K axis in blocks (OpenBLAS's GEMM_Q, 128 to 768 by CPU; 384 float64 / 448 float32 here) and adds each
-#: block's partial sums onto the output; within one block that is ``bias + (x @ w.T)``, the bits of the product then
-#: ``+= bias`` (addition commutes), past it a sum in another order (kernels on and off would then differ)
+#: in_features up to which Linear's forward adds the product onto the bias inside the GEMM (``_affine``): OpenBLAS
+#: sums the K axis in blocks (its GEMM_Q, set per CPU: the bits first differ from K = 400 float64 / 464 float32 on
+#: this machine's, 2026-12-06) and adds each block's sums onto the output; within one block that is
+#: ``bias + (x @ w.T)``, the bits of the product then ``+= bias`` (addition commutes), past it a sum in another
+#: order (kernels on and off would then differ: tests/test_blas.py checks the bits). 128 leaves a margin.
 _ONE_K_BLOCK = 128
 
 
