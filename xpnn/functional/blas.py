@@ -15,22 +15,21 @@ caller runs its NumPy path; ``status()`` says which was found.
 Floating-point exceptions: ``np.dot`` reports those its GEMM raised in the calling thread (an inf times 0, an
 overflow...) as ``np.errstate`` says (a RuntimeWarning "invalid value encountered in dot" by default, a
 FloatingPointError under ``np.errstate(invalid="raise")``). ``gemm_accumulate`` does the same: it clears the calling
-thread's flags, calls the GEMM and reports those raised (``fetestexcept`` of the C library, through ctypes, with the
-flag values of x86-64 or arm64; elsewhere the GEMM is not used), with np.dot's messages.
+thread's flags, calls the GEMM and reports those raised (``_fpe``: x86-64 and arm64; elsewhere the GEMM is not
+used), with np.dot's messages.
 """
 from __future__ import annotations
 
 import ctypes
 import os
 import platform
-import sys
 import threading
-import warnings
 from typing import Any, Optional
 
 import numpy as np
 
 from .. import _dispatch
+from . import _fpe
 
 __all__ = ["gemm_accumulate", "status"]
 
@@ -38,55 +37,6 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # (CBLAS enum values)
 #: (symbol pattern, integer type) in the order they are tried; ``{}`` is ``s`` or ``d``
 _SYMBOLS = (("scipy_cblas_{}gemm64_", ctypes.c_int64), ("cblas_{}gemm64_", ctypes.c_int64),
             ("cblas_{}gemm", None))
-
-#: C's FE_DIVBYZERO, FE_OVERFLOW, FE_UNDERFLOW, FE_INVALID by machine, with the kind and text NumPy's error state
-#: gives each (in the order NumPy reports them) and NumPy's NPY_FPE_* code (passed to an ``np.seterrcall`` function)
-_FE_BITS = {"x86_64": (0x04, 0x08, 0x10, 0x01), "amd64": (0x04, 0x08, 0x10, 0x01),
-            "aarch64": (0x02, 0x04, 0x08, 0x01), "arm64": (0x02, 0x04, 0x08, 0x01)}
-_FPE_KINDS = (("divide", "divide by zero", 1), ("over", "overflow", 2), ("under", "underflow", 4),
-              ("invalid", "invalid value", 8))
-
-
-def _fenv() -> Optional[tuple[Any, Any, tuple[int, ...], int]]:
-    """(feclearexcept, fetestexcept, the four flags in ``_FPE_KINDS``' order, their union) of the C library
-    loaded in the process, or None (another machine or OS: no GEMM through ctypes then)."""
-    bits = _FE_BITS.get(platform.machine().lower())
-    if bits is None or sys.platform == "win32":
-        return None
-    try:
-        libc = ctypes.CDLL(None)
-        clear, test = libc.feclearexcept, libc.fetestexcept
-    except (OSError, AttributeError, TypeError):
-        return None
-    for fn in (clear, test):
-        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-    return clear, test, bits, sum(bits)
-
-
-_FENV = _fenv()
-
-
-def _report(raised: int) -> None:
-    """Report the floating-point exceptions in ``raised`` (C flags) as NumPy reports np.dot's: by ``np.geterr()``,
-    divide, overflow, underflow then invalid (``np.errstate``: ignore, warn, raise, call, print or log)."""
-    assert _FENV is not None
-    modes = np.geterr()
-    for bit, (kind, text, code) in zip(_FENV[2], _FPE_KINDS):
-        mode = modes[kind]
-        if not raised & bit or mode == "ignore":
-            continue
-        message = f"{text} encountered in dot"
-        if mode == "raise":
-            raise FloatingPointError(message)
-        if mode == "warn":
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
-        elif mode == "call":
-            np.geterrcall()(text, code)
-        elif mode == "print":
-            sys.stderr.write(f"Warning: {message}\n")
-        elif mode == "log":
-            np.geterrcall().write(f"Warning: {message}\n")
-
 
 _lock = threading.Lock()
 _found: Optional[tuple[dict[Any, Any], int, str]] = None  # ({dtype: function}, largest int, status text)
@@ -138,10 +88,10 @@ def _find() -> tuple[dict[Any, Any], int, str]:
         int64_build = "USE64BITINT" in config.upper()
         found: tuple[dict[Any, Any], int, str] = ({}, 0, "no CBLAS gemm of NumPy's BLAS found among the loaded "
                                                            "libraries: weight gradients take np.dot and +=")
-        if _FENV is None:
+        if _fpe.FENV is None:
             found = ({}, 0, f"no CBLAS gemm used: the C library's floating-point flags are not known on "
                             f"{platform.machine()} (x86-64 and arm64 only): weight gradients take np.dot and +=")
-        for path in _candidates() if _FENV is not None else ():
+        for path in _candidates() if _fpe.FENV is not None else ():
             try:  # (RTLD_NOLOAD: a handle of the library already loaded, never a second copy)
                 lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LOCAL)
             except (OSError, AttributeError):
@@ -218,11 +168,11 @@ def gemm_accumulate(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
         return False
     if np.may_share_memory(out, a) or np.may_share_memory(out, b):
         return False
-    clear, test, _, reported = _FENV  # (set: _find found no GEMM without it)
+    clear, test, _, reported = _fpe.FENV  # (set: _find finds no GEMM without it)
     clear(reported)
     fn(_ROW_MAJOR, ta[0], tb[0], m, n, k, 1.0, a.ctypes.data, ta[1], b.ctypes.data, tb[1], 1.0, out.ctypes.data,
        max(1, n))
     raised = test(reported)
     if raised:
-        _report(raised)
+        _fpe.report(raised, "dot")
     return True
