@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from xpnn import _dispatch, nn, optim
-from xpnn.functional import cpu_kernels
+from xpnn.functional import _fpe, cpu_kernels
 from xpnn.functional.updates import adam_update
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +55,47 @@ def test_adam_compiled_equals_the_numpy_passes_bit_for_bit(dtype, options):
         assert a.dtype == dtype
         np.testing.assert_array_equal(a, b)
 
+
+
+@needs_library
+@pytest.mark.skipif(_fpe.FENV is None, reason="the C library's floating-point flags are not known on this machine")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options", ADAM_OPTIONS, ids=lambda o: ",".join(k for k, v in o.items() if v) or "plain")
+def test_adam_compiled_reports_floating_point_exceptions_as_the_numpy_passes(dtype, options):
+    """An inf gradient makes the NumPy passes warn "invalid value" (or raise under ``np.errstate``); the compiled
+    pass raised the same flag unseen. Now the same kinds are reported (with "adam_update" named), and finite or NaN
+    gradients report nothing either way (no spurious flags from the compiled loop). With amsgrad, invalid is not
+    reported (the vectorized max of a NaN raises it where np.maximum does not)."""
+    import warnings
+
+    size = cpu_kernels.MIN_ELEMENTS + 1
+
+    def kinds(grad_values, kernels):
+        rng = np.random.default_rng(0)
+        p = rng.standard_normal(size).astype(dtype)
+        m, v, vmax = (np.zeros(size, dtype) for _ in range(3))
+        g = rng.standard_normal(size).astype(dtype)
+        g[:len(grad_values)] = grad_values
+        found = set()
+        with _dispatch.use_kernels(kernels):
+            for kind in ("divide", "over", "under", "invalid"):
+                with np.errstate(all="ignore", **{kind: "raise"}):
+                    try:
+                        adam_update(p.copy(), g, m.copy(), v.copy(), vmax.copy(), step=1, lr=1e-2, beta1=0.9,
+                                    beta2=0.999, eps=1e-8, **options)
+                    except FloatingPointError:
+                        found.add(kind)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                adam_update(p, g, m, v, vmax, step=1, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, **options)
+        return found, bool(caught)
+
+    for grad_values in ((), (np.inf,), (np.nan, 0.0)):
+        on, off = kinds(grad_values, True), kinds(grad_values, False)
+        if options["amsgrad"]:
+            off = (off[0] - {"invalid"}, bool(off[0] - {"invalid"}))
+        assert on == off, grad_values
+    assert kinds((np.inf,), True) == (({"invalid"}, True) if not options["amsgrad"] else (set(), False))
 
 @needs_library
 def test_adam_takes_the_compiled_pass_only_where_it_applies(monkeypatch):

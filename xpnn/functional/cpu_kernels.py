@@ -54,6 +54,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from .. import _dispatch
+from . import _fpe
 
 __all__ = ["library", "status", "adam_update", "shift_planes_fn", "shift_row_sum_fn", "shift_dw_rows_fn",
            "im2col_ready", "im2col", "col2im", "max_pool2d", "max_pool2d_backward", "pooling_applies", "relu_backward",
@@ -417,7 +418,10 @@ def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_av
     as ``updates._adam_scalars`` gives them. False (nothing done) where it does not apply: kernels off or not built,
     arrays that ``_pointers`` refuses, or a ``step_size``, ``decay`` or ``weight_decay`` that is not a Python float or
     int (a NumPy float64 lr, e.g. from ``np.cos`` in a schedule, makes NumPy compute those products of float32
-    arrays in float64, where the compiled loop rounds the scalar to float32 first)."""
+    arrays in float64, where the compiled loop rounds the scalar to float32 first). The floating-point exceptions
+    the pass raised (an inf gradient: invalid) are reported as the NumPy passes' are, by ``np.errstate`` (``_fpe``;
+    a FloatingPointError after the whole update), where the C library's flags are known; with ``amsgrad`` all but
+    invalid, which the vectorized max of a NaN raises where ``np.maximum`` does not."""
     if not _dispatch.kernels_enabled():
         return False
     step_size, bc2_sqrt, decay = scalars
@@ -430,9 +434,16 @@ def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_av
     if lib is None:
         return False
     fn = getattr(lib, f"xpnn_cpu_adam_{param.dtype.name}")
+    fenv = _fpe.FENV
+    if fenv is not None:
+        fenv[0](fenv[3])  # (clear the flags NumPy reports)
     # the scalars are rounded to the arrays' dtype by ctypes, as NumPy rounds a Python float operand
     fn(*pointers, param.size, beta1, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, decay, step_size, bc2_sqrt,
        int(decoupled_weight_decay), int(amsgrad), int(maximize))
+    if fenv is not None:
+        raised = fenv[1](fenv[3] - fenv[2][3] if amsgrad else fenv[3])  # (fenv[2][3]: FE_INVALID)
+        if raised:
+            _fpe.report(raised, "adam_update")
     return True
 
 
