@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from xpnn import _dispatch, nn, optim
-from xpnn.functional import cpu_kernels
+from xpnn.functional import _fpe, cpu_kernels
 from xpnn.functional.updates import adam_update
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +55,47 @@ def test_adam_compiled_equals_the_numpy_passes_bit_for_bit(dtype, options):
         assert a.dtype == dtype
         np.testing.assert_array_equal(a, b)
 
+
+
+@needs_library
+@pytest.mark.skipif(_fpe.FENV is None, reason="the C library's floating-point flags are not known on this machine")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options", ADAM_OPTIONS, ids=lambda o: ",".join(k for k, v in o.items() if v) or "plain")
+def test_adam_compiled_reports_floating_point_exceptions_as_the_numpy_passes(dtype, options):
+    """An inf gradient makes the NumPy passes warn "invalid value" (or raise under ``np.errstate``); the compiled
+    pass raised the same flag unseen. Now the same kinds are reported (with "adam_update" named), and finite or NaN
+    gradients report nothing either way (no spurious flags from the compiled loop). With amsgrad, invalid is not
+    reported (the vectorized max of a NaN raises it where np.maximum does not)."""
+    import warnings
+
+    size = cpu_kernels.MIN_ELEMENTS + 1
+
+    def kinds(grad_values, kernels):
+        rng = np.random.default_rng(0)
+        p = rng.standard_normal(size).astype(dtype)
+        m, v, vmax = (np.zeros(size, dtype) for _ in range(3))
+        g = rng.standard_normal(size).astype(dtype)
+        g[:len(grad_values)] = grad_values
+        found = set()
+        with _dispatch.use_kernels(kernels):
+            for kind in ("divide", "over", "under", "invalid"):
+                with np.errstate(all="ignore", **{kind: "raise"}):
+                    try:
+                        adam_update(p.copy(), g, m.copy(), v.copy(), vmax.copy(), step=1, lr=1e-2, beta1=0.9,
+                                    beta2=0.999, eps=1e-8, **options)
+                    except FloatingPointError:
+                        found.add(kind)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                adam_update(p, g, m, v, vmax, step=1, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, **options)
+        return found, bool(caught)
+
+    for grad_values in ((), (np.inf,), (np.nan, 0.0)):
+        on, off = kinds(grad_values, True), kinds(grad_values, False)
+        if options["amsgrad"]:
+            off = (off[0] - {"invalid"}, bool(off[0] - {"invalid"}))
+        assert on == off, grad_values
+    assert kinds((np.inf,), True) == (({"invalid"}, True) if not options["amsgrad"] else (set(), False))
 
 @needs_library
 def test_adam_takes_the_compiled_pass_only_where_it_applies(monkeypatch):
@@ -1178,6 +1219,35 @@ def test_leaky_relu_compiled_reports_overflow_and_invalid_as_numpy_does(dtype):
     assert cpu_kernels.leaky_relu_forward(x, 2.0, out)  # (the same arrays without those values: compiled)
 
 
+
+@needs_library
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("way", ["forward, out is x", "backward, dx is dy", "backward, dx is x"])
+def test_leaky_relu_in_place_with_an_exception_leaves_the_input_for_the_numpy_path(dtype, way):
+    """In place (out is x, dx is dy or x), a product that overflows in the 12th block of 256 sends the caller to
+    the NumPy path, which must find the inputs as they were: the compiled pass had written its products over the
+    first blocks (x <= 0 times the slope), so NumPy's where() then multiplied those by the slope again. The
+    overflow is reported as ``np.errstate`` says; without an exception the in-place result is NumPy's."""
+    n = cpu_kernels.MIN_ELEMENTS + 904
+    rng = np.random.default_rng(7)
+    x0, dy0 = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    a0 = x0 if way.startswith("forward") else dy0
+    a0[3000] = np.finfo(dtype).max  # (its product by 3 overflows)
+
+    def run(x, dy, slope):
+        out = dy if way.endswith("dy") else x
+        if way.startswith("forward"):
+            return cpu_kernels.leaky_relu_forward(x, slope, out)
+        return cpu_kernels.leaky_relu_backward(x, dy, slope, out)
+
+    x, dy = x0.copy(), dy0.copy()
+    assert not run(x, dy, 3.0)
+    assert x.tobytes() == x0.tobytes() and dy.tobytes() == dy0.tobytes()
+    x, dy = x0.copy(), dy0.copy()
+    assert run(x, dy, 0.5)
+    assert (dy if way.endswith("dy") else x).tobytes() == np.where(x0 > 0, a0, a0 * 0.5).tobytes()
+
+
 @needs_library
 def test_leaky_relu_takes_the_compiled_pass_only_where_it_applies(monkeypatch):
     """Python float or int slopes on C-contiguous aligned float32/float64 arrays from ``MIN_ELEMENTS`` (read-only
@@ -1497,3 +1567,53 @@ def test_lone_parameters_with_compiled_sgd_adagrad_rmsprop_match_the_numpy_ones(
     assert calls == [True] * 4 + [False] * 4  # (the small parameter: below MIN_ELEMENTS, not asked)
     for a, b in zip(*finals):
         _assert_same_bits(a, b)
+
+
+@needs_library
+@pytest.mark.skipif(_fpe.FENV is None, reason="the C library's floating-point flags are not known on this machine")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name, options", [("sgd", o) for o in SGD_OPTIONS] + [("adagrad", o) for o in ADAGRAD_OPTIONS]
+                         + [("rmsprop", o) for o in RMSPROP_OPTIONS],
+                         ids=lambda v: _options_id(v) if isinstance(v, dict) else v)
+def test_sgd_adagrad_rmsprop_compiled_report_floating_point_exceptions_as_the_numpy_passes(name, options, dtype):
+    """The kinds of floating-point exception the compiled pass reports (``np.errstate(kind="raise")``, and whether
+    it warns by default) are those of the NumPy passes, for finite, inf, -inf and NaN gradients and an infinite
+    parameter (e.g. Adagrad's inf / inf: invalid)."""
+    import warnings
+
+    from xpnn.functional import updates
+
+    size = cpu_kernels.MIN_ELEMENTS + 1
+    fn = getattr(updates, f"{name}_update")
+
+    def run(p, g, states, step):
+        kw = {**_DEFAULTS[name], **options}
+        if name == "sgd":
+            fn(p, g, states[0], first_step=step == 1, **kw)
+        elif name == "adagrad":
+            fn(p, g, states[0], step=step, **kw)
+        else:
+            fn(p, g, *states, **kw)
+
+    def kinds(grad_values, param_values, kernels):
+        rng = np.random.default_rng(0)
+        p0 = rng.standard_normal(size).astype(dtype)
+        p0[:len(param_values)] = param_values
+        g = rng.standard_normal(size).astype(dtype)
+        g[:len(grad_values)] = grad_values
+        found = set()
+        with _dispatch.use_kernels(kernels):
+            for kind in ("divide", "over", "under", "invalid"):
+                for step in (1, 2):
+                    with np.errstate(all="ignore", **{kind: "raise"}):
+                        try:
+                            run(p0.copy(), g, [np.full(size, 0.5, dtype) for _ in range(3)], step)
+                        except FloatingPointError:
+                            found.add((kind, step))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                run(p0.copy(), g, [np.full(size, 0.5, dtype) for _ in range(3)], 2)
+        return found, bool(caught)
+
+    for grads, params in (((), ()), ((np.inf,), ()), ((-np.inf, np.inf), ()), ((np.nan,), ()), ((), (np.inf,))):
+        assert kinds(grads, params, True) == kinds(grads, params, False), (grads, params)

@@ -11,17 +11,25 @@ NumPy's BLAS (``numpy.show_config``). Its symbols are looked up in a fixed order
 ``cblas_?gemm64_`` (64-bit integers, ILP64), then ``cblas_?gemm`` (32-bit integers, unless NumPy's BLAS reports
 ``USE64BITINT``). Where none is found (another OS, an unusual build) ``gemm_accumulate`` returns False and the
 caller runs its NumPy path; ``status()`` says which was found.
+
+Floating-point exceptions: ``np.dot`` reports those its GEMM raised in the calling thread (an inf times 0, an
+overflow...) as ``np.errstate`` says (a RuntimeWarning "invalid value encountered in dot" by default, a
+FloatingPointError under ``np.errstate(invalid="raise")``). ``gemm_accumulate`` does the same: it clears the calling
+thread's flags, calls the GEMM and reports those raised (``_fpe``: x86-64 and arm64; elsewhere the GEMM is not
+used), with np.dot's messages.
 """
 from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import threading
 from typing import Any, Optional
 
 import numpy as np
 
 from .. import _dispatch
+from . import _fpe
 
 __all__ = ["gemm_accumulate", "status"]
 
@@ -80,7 +88,10 @@ def _find() -> tuple[dict[Any, Any], int, str]:
         int64_build = "USE64BITINT" in config.upper()
         found: tuple[dict[Any, Any], int, str] = ({}, 0, "no CBLAS gemm of NumPy's BLAS found among the loaded "
                                                            "libraries: weight gradients take np.dot and +=")
-        for path in _candidates():
+        if _fpe.FENV is None:
+            found = ({}, 0, f"no CBLAS gemm used: the C library's floating-point flags are not known on "
+                            f"{platform.machine()} (x86-64 and arm64 only): weight gradients take np.dot and +=")
+        for path in _candidates() if _fpe.FENV is not None else ():
             try:  # (RTLD_NOLOAD: a handle of the library already loaded, never a second copy)
                 lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LOCAL)
             except (OSError, AttributeError):
@@ -135,7 +146,9 @@ def gemm_accumulate(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
     aligned, writeable and shares no memory with ``a`` or ``b``, and ``a``/``b`` are each C- or F-contiguous
     (transposed views included). Returns False, having done nothing, where it does not apply: another array type,
     dtype or layout, a zero-sized dimension, shapes that do not match, sizes past the BLAS integer width, kernels
-    turned off (``xpnn.set_kernels_enabled(False)``), or no CBLAS GEMM of NumPy's BLAS found (``status()``)."""
+    turned off (``xpnn.set_kernels_enabled(False)``), or no CBLAS GEMM of NumPy's BLAS found (``status()``).
+    Floating-point exceptions the GEMM raised are reported as np.dot reports them (``np.errstate``; a
+    FloatingPointError is raised after ``out`` was updated)."""
     if not _dispatch.kernels_enabled() or type(out) is not np.ndarray or out.ndim != 2:
         return False
     dtype = out.dtype
@@ -155,6 +168,11 @@ def gemm_accumulate(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
         return False
     if np.may_share_memory(out, a) or np.may_share_memory(out, b):
         return False
+    clear, test, _, reported = _fpe.FENV  # (set: _find finds no GEMM without it)
+    clear(reported)
     fn(_ROW_MAJOR, ta[0], tb[0], m, n, k, 1.0, a.ctypes.data, ta[1], b.ctypes.data, tb[1], 1.0, out.ctypes.data,
        max(1, n))
+    raised = test(reported)
+    if raised:
+        _fpe.report(raised, "dot")
     return True

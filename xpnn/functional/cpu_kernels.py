@@ -54,6 +54,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from .. import _dispatch
+from . import _fpe
 
 __all__ = ["library", "status", "adam_update", "shift_planes_fn", "shift_row_sum_fn", "shift_dw_rows_fn",
            "im2col_ready", "im2col", "col2im", "max_pool2d", "max_pool2d_backward", "pooling_applies", "relu_backward",
@@ -427,7 +428,10 @@ def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_av
     arrays that ``_pointers`` refuses, or a ``step_size``, ``decay`` or ``weight_decay`` that is not a Python float or
     int (a NumPy float64 lr, e.g. from ``np.cos`` in a schedule, makes NumPy compute those products of float32
     arrays in float64, where the compiled loop rounds the scalar to float32 first), or an L2 ``weight_decay`` that
-    is not 0 but rounds to 0 in the arrays' dtype."""
+    is not 0 but rounds to 0 in the arrays' dtype. The floating-point exceptions the pass raised (an inf gradient:
+    invalid) are reported as the NumPy passes' are, by ``np.errstate`` (``_fpe``; a FloatingPointError after the
+    whole update), where the C library's flags are known; with ``amsgrad`` all but invalid, which the vectorized max
+    of a NaN raises where ``np.maximum`` does not."""
     if not _dispatch.kernels_enabled():
         return False
     step_size, bc2_sqrt, decay = scalars
@@ -442,9 +446,16 @@ def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_av
     if lib is None:
         return False
     fn = getattr(lib, f"xpnn_cpu_adam_{param.dtype.name}")
+    fenv = _fpe.FENV
+    if fenv is not None:
+        fenv[0](fenv[3])  # (clear the flags NumPy reports)
     # the scalars are rounded to the arrays' dtype by ctypes, as NumPy rounds a Python float operand
     fn(*pointers, param.size, beta1, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, decay, step_size, bc2_sqrt,
        int(decoupled_weight_decay), int(amsgrad), int(maximize))
+    if fenv is not None:
+        raised = fenv[1](fenv[3] - fenv[2][3] if amsgrad else fenv[3])  # (fenv[2][3]: FE_INVALID)
+        if raised:
+            _fpe.report(raised, "adam_update")
     return True
 
 
@@ -814,29 +825,54 @@ def leaky_relu_forward(x: np.ndarray, negative_slope: float, out: np.ndarray) ->
     for bit (the product in x's dtype, NaN x passed as the product passes it). ``out`` may be ``x``. False where it
     does not apply (as ``relu_forward``, or a ``negative_slope`` that ``_slope_applies`` refuses) and where a product
     raised a floating-point exception (overflow, invalid, underflow; or the compare of a NaN): then the caller runs
-    the NumPy path, which reports it as ``np.errstate`` says."""
+    the NumPy path, which reports it as ``np.errstate`` says, on x as it was (``_leaky_out``)."""
     dt = x.dtype
     if not (_elementwise((x,), out) and _slope_applies(negative_slope, dt)):
         return False
     lib = library()
     if lib is None:
         return False
-    return not getattr(lib, _LEAKY_RELU[dt, "forward"])(x.ctypes.data, negative_slope, out.ctypes.data, x.size)
+    dst = _leaky_out(out, x)
+    raised = getattr(lib, _LEAKY_RELU[dt, "forward"])(x.ctypes.data, negative_slope, dst.ctypes.data, x.size)
+    return _leaky_done(raised, dst, out)
 
 
 def leaky_relu_backward(x: np.ndarray, dy: np.ndarray, negative_slope: float, dx: np.ndarray) -> bool:
     """``np.where(x > 0, dy, dy * negative_slope)`` (``activations.LeakyReluBackward``) into ``dx`` in one compiled
     pass, bit for bit (the rule of ``xpnn_leaky_relu_backward``, ``kernels/activation_backward.cuh``). ``dx`` may be
     ``x`` or ``dy``. False where it does not apply or a product raised a floating-point exception, as for
-    ``leaky_relu_forward``."""
+    ``leaky_relu_forward`` (x and dy then as they were)."""
     dt = x.dtype
     if not (_elementwise((x, dy), dx) and _slope_applies(negative_slope, dt)):
         return False
     lib = library()
     if lib is None:
         return False
-    return not getattr(lib, _LEAKY_RELU[dt, "backward"])(x.ctypes.data, dy.ctypes.data, negative_slope,
-                                                         dx.ctypes.data, x.size)
+    dst = _leaky_out(dx, x, dy)
+    raised = getattr(lib, _LEAKY_RELU[dt, "backward"])(x.ctypes.data, dy.ctypes.data, negative_slope, dst.ctypes.data,
+                                                       x.size)
+    return _leaky_done(raised, dst, dx)
+
+
+def _leaky_out(out: np.ndarray, *inputs: np.ndarray) -> np.ndarray:
+    """Where a leaky ReLU pass writes: ``out``, or a new array where ``out`` is an input (in place). The pass may
+    end in a floating-point exception, after which the caller's NumPy path runs on the inputs: written in place,
+    they would be partly overwritten by then (their products, not their values)."""
+    if any(out.ctypes.data == a.ctypes.data for a in inputs):
+        return np.empty_like(out)
+    return out
+
+
+def _leaky_done(raised: int, dst: np.ndarray, out: np.ndarray) -> bool:
+    """False where the pass raised a floating-point exception (``out`` then as it was where it is an input);
+    else True, with the result copied into ``out`` where the pass wrote a new array (``_leaky_out``)."""
+    if raised:
+        return False
+    if dst is not out:
+        np.copyto(out, dst)
+    return True
+
+
 # SGD, Adagrad and RMSprop (kernels/cpu/optimizers.cpp, the element rules of kernels/updates.cuh): one pass where
 # updates.sgd_update / adagrad_update / rmsprop_update run 2-12 NumPy passes.
 
@@ -859,11 +895,26 @@ def _update_fn(name: str, pointers: Optional[list[Optional[int]]], dtype: Any, s
     return None if lib is None else getattr(lib, f"xpnn_cpu_{name}_{dtype.name}")
 
 
+def _run_reporting(name: str, fn: Any, *args: Any) -> None:
+    """``fn(*args)`` with the floating-point exceptions it raised reported as the NumPy passes' are, by
+    ``np.errstate`` (``_fpe``, naming ``name``; a FloatingPointError after the whole update), where the C library's
+    flags are known."""
+    fenv = _fpe.FENV
+    if fenv is not None:
+        fenv[0](fenv[3])  # (clear the flags NumPy reports)
+    fn(*args)
+    if fenv is not None:
+        raised = fenv[1](fenv[3])
+        if raised:
+            _fpe.report(raised, name)
+
+
 def sgd_update(param: np.ndarray, grad: np.ndarray, momentum_buffer: Optional[np.ndarray], lr: Any, momentum: Any,
                dampening: Any, nesterov: bool, weight_decay: Any, first_step: bool, maximize: bool) -> bool:
     """``updates.sgd_update`` on NumPy arrays in one compiled pass (``momentum_buffer`` used only where
     ``momentum != 0``; on ``first_step`` it receives the gradient as is), the same values as the NumPy passes.
-    False (nothing done) where it does not apply (see ``_update_fn``)."""
+    False (nothing done) where it does not apply (see ``_update_fn``). Floating-point exceptions are reported as
+    the NumPy passes' are (``_run_reporting``)."""
     use_momentum = momentum != 0
     one_minus_dampening = 1 - dampening  # (not a Python float where dampening is not: then refused)
     pointers = _pointers((param, grad, momentum_buffer if use_momentum else None))
@@ -871,8 +922,8 @@ def sgd_update(param: np.ndarray, grad: np.ndarray, momentum_buffer: Optional[np
     if fn is None:
         return False
     # the scalars are rounded to the arrays' dtype by ctypes, as NumPy rounds a Python float operand
-    fn(*pointers, param.size, lr, momentum, one_minus_dampening, weight_decay, int(use_momentum),
-       int(bool(nesterov)), int(bool(first_step)), int(bool(maximize)))
+    _run_reporting("sgd_update", fn, *pointers, param.size, lr, momentum, one_minus_dampening, weight_decay,
+                   int(use_momentum), int(bool(nesterov)), int(bool(first_step)), int(bool(maximize)))
     return True
 
 
@@ -885,7 +936,7 @@ def adagrad_update(param: np.ndarray, grad: np.ndarray, state_sum: np.ndarray, c
     fn = _update_fn("adagrad", pointers, param.dtype, (clr, eps), weight_decay)
     if fn is None:
         return False
-    fn(*pointers, param.size, clr, weight_decay, eps, int(bool(maximize)))
+    _run_reporting("adagrad_update", fn, *pointers, param.size, clr, weight_decay, eps, int(bool(maximize)))
     return True
 
 
@@ -902,6 +953,6 @@ def rmsprop_update(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray, 
     fn = _update_fn("rmsprop", pointers, param.dtype, (lr, alpha, one_minus_alpha, eps, momentum), weight_decay)
     if fn is None:
         return False
-    fn(*pointers, param.size, lr, alpha, one_minus_alpha, eps, weight_decay, momentum, int(centered),
-       int(use_momentum), int(bool(maximize)))
+    _run_reporting("rmsprop_update", fn, *pointers, param.size, lr, alpha, one_minus_alpha, eps, weight_decay,
+                   momentum, int(centered), int(use_momentum), int(bool(maximize)))
     return True

@@ -56,21 +56,6 @@ def _check_linear(x: Any, weight: Any, bias: Any) -> bool:
     return False
 
 
-def _affine(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray]) -> np.ndarray:
-    """``x @ weight.T + bias`` of plain NumPy arrays, x (M, in): the bias broadcast into the output first and the
-    product added onto it by the GEMM itself (beta = 1, ``cpu_threads.dot_add``), as ``torch.addmm`` does, where that
-    applies (one pass over the output fewer than the product then ``+=``); else the product then ``+=``."""
-    if bias is not None and x.size * weight.shape[0] >= _THREADED:
-        y = np.empty((x.shape[0], weight.shape[0]), x.dtype)
-        y[...] = bias
-        if cpu_threads.dot_add(x, weight.T, y):
-            return y
-    y = cpu_threads.dot(x, weight.T)
-    if bias is not None:
-        y += bias
-    return y
-
-
 class Linear(Op):
     name = "linear"
     adds_leaf_grads = True  # (the weight's gradient: backward)
@@ -84,11 +69,9 @@ class Linear(Op):
             y = x @ weight.T
         elif x.ndim > 2:  # NumPy runs (..., in) @ (in, out) as one GEMM per leading index: fold the leading axes
             rows = math.prod(x.shape[:-1])  # into one GEMM (3x faster at (32, 64, 128))
-            return _affine(x.reshape(rows, x.shape[-1]), weight, bias).reshape(x.shape[:-1] + (weight.shape[0],))
-        elif x.size * weight.shape[0] < _THREADED:
-            y = _dot(x, weight.T)
+            y = cpu_threads.dot(x.reshape(rows, x.shape[-1]), weight.T).reshape(x.shape[:-1] + (weight.shape[0],))
         else:
-            return _affine(x, weight, bias)
+            y = _dot(x, weight.T) if x.size * weight.shape[0] < _THREADED else cpu_threads.dot(x, weight.T)
         if bias is not None:
             y += bias
         return y
