@@ -662,27 +662,13 @@ def relu_backward(x: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> bool:
     """``activations.relu_backward`` in one compiled pass into ``dx``: +0.0 where ``x <= 0`` else dy (a NaN x passes
     dy; the rule of ``kernels/activation_backward.cuh``), bit for bit the NumPy path's (``zero_where``: three
     passes). False (nothing done) where it does not apply: kernels off or not built, fewer than ``MIN_ELEMENTS``
-    elements, arrays that are not C-contiguous aligned float32/float64 NumPy arrays of one shape and dtype, a
-    read-only dx, or a dx sharing memory with x or dy."""
-    dt = x.dtype
-    if x.size < MIN_ELEMENTS or dt not in _C_TYPES or not _dispatch.kernels_enabled():
-        return False
-    shape = x.shape
-    for a in (x, dy, dx):
-        if type(a) is not np.ndarray or a.dtype != dt or a.shape != shape:
-            return False
-        flags = a.flags
-        if not (flags.c_contiguous and flags.aligned):
-            return False
-    if not dx.flags.writeable:
-        return False
-    px, pd, po, nbytes = x.ctypes.data, dy.ctypes.data, dx.ctypes.data, x.nbytes
-    if po < px + nbytes and px < po + nbytes or po < pd + nbytes and pd < po + nbytes:
+    elements, or arrays ``_elementwise`` refuses (dx may be x or dy itself, not overlap them in part)."""
+    if not _elementwise((x, dy), dx):
         return False
     lib = library()
     if lib is None:
         return False
-    getattr(lib, _RELU_BACKWARD[dt])(px, pd, po, x.size)
+    getattr(lib, _RELU_BACKWARD[x.dtype])(x.ctypes.data, dy.ctypes.data, dx.ctypes.data, x.size)
     return True
 
 
