@@ -34,8 +34,8 @@ def test_tiny_run_prints_table_and_writes_json_and_png(tmp_path, capsys):
         assert r["median"] > 0 and r["rounds"] >= 5 and r["subnormals"] == 0
         if "numpy-plain" in CASES[r["case"]].builders:
             assert r["ratio"] == pytest.approx(1.0) if r["impl"] == "numpy-plain" else r["ratio"] > 0
-        memory_bound = r["case"] in ("sigmoid_backward", "cross_entropy", "adam", "softmax", "logsumexp", "adam_fp16",
-                                     "amp_unscale")
+        memory_bound = r["case"] in ("sigmoid_backward", "cross_entropy", "adam", "sgd", "softmax", "logsumexp",
+                                     "adam_fp16", "amp_unscale")
         assert (r["floor_fraction"] is not None) == memory_bound
         if memory_bound:
             assert r["floor_fraction"] == pytest.approx(r["bytes_moved"] / r["median"] / r["copy_bandwidth"])
@@ -122,7 +122,7 @@ def test_reference_adam_matches_xpnn_adam():
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_cpu_runner_runs(case):
-    size = {"sigmoid_backward": "1e4", "cross_entropy": "256x10", "adam": "1e4", "mlp_step": "batch16",
+    size = {"sigmoid_backward": "1e4", "cross_entropy": "256x10", "adam": "1e4", "sgd": "1e4", "mlp_step": "batch16",
             "seed_net": "64x1000", "tiny_step": "batch8", "conv2d": "lenet2", "lenet_step": "batch64",
             "softmax": "256x10", "logsumexp": "256x10", "adam_fp16": "1e4", "small_calls": "linear",
             "amp_unscale": "1e4", "attention": "b32h4t64d32", "gpt_step": "d32l1h2t16b4", "generate": "tiny",
@@ -134,6 +134,24 @@ def test_every_cpu_runner_runs(case):
         r.fn()
         r.fn()
         assert subnormal_count(r.state()) == 0
+
+
+@pytest.mark.parametrize("n", [50, 5000])  # (5000: past cpu_kernels.MIN_ELEMENTS, the compiled update)
+def test_reference_sgd_matches_xpnn_sgd(n):
+    from xpnn import nn, optim
+
+    rng = np.random.default_rng(2)
+    p0, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    plain = [p0.copy()]
+    opt_plain = ref.SGD(plain, lr=1e-2, momentum=0.9)
+    p = nn.Parameter(p0.copy())
+    p.grad = g.copy()
+    opt = optim.SGD([p], lr=1e-2, momentum=0.9)
+    for _ in range(3):
+        opt_plain.step([g])
+        opt.step()
+    np.testing.assert_allclose(plain[0], p.data, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(opt_plain.state()[0], opt.state_dict()["state"][0]["momentum_buffer"], rtol=1e-6)
 
 
 def _plotted_figure(monkeypatch, tmp_path, rows):

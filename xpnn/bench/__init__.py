@@ -31,7 +31,7 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
     "quick": [
         ("sigmoid_backward", "1e6"), ("sigmoid_backward", "1e8"),
         ("cross_entropy", "4096x1000"), ("cross_entropy", "8192x32768"),
-        ("adam", "1e6"), ("adam", "1e8"), ("adam", "200-tensors"),
+        ("adam", "1e6"), ("adam", "1e8"), ("adam", "200-tensors"), ("sgd", "1e6"),
         ("mlp_step", "batch256"), ("tiny_step", "batch8"),
         ("seed_net", "64x1000"), ("small_calls", "sigmoid"), ("small_calls", "cross_entropy"),
         ("small_calls", "linear"),
@@ -49,8 +49,8 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
         ("mlp_step", "batch16"), ("mlp_step", "batch256"), ("tiny_step", "batch8"),
     ],
     "tiny": [  # a smoke run: seconds, every case once
-        ("sigmoid_backward", "1e4"), ("cross_entropy", "256x10"), ("adam", "1e4"), ("mlp_step", "batch16"),
-        ("tiny_step", "batch8"), ("seed_net", "64x1000"), ("conv2d", "lenet2"), ("lenet_step", "batch64"),
+        ("sigmoid_backward", "1e4"), ("cross_entropy", "256x10"), ("adam", "1e4"), ("sgd", "1e4"),
+        ("mlp_step", "batch16"), ("tiny_step", "batch8"), ("seed_net", "64x1000"), ("conv2d", "lenet2"), ("lenet_step", "batch64"),
         ("softmax", "256x10"), ("logsumexp", "256x10"), ("adam_fp16", "1e4"), ("small_calls", "linear"),
         ("amp_unscale", "1e4"), ("attention", "b32h4t64d32"), ("gpt_step", "d32l1h2t16b4"), ("generate", "tiny"),
         ("lstm_step", "h16-T5-batch4"),

@@ -354,52 +354,79 @@ def _adam_bytes(size: Any) -> int:
     return 28 * sum(math.prod(s) for s in _adam_shapes(size))  # read p, g, m, v; write p, m, v (float32)
 
 
-def _adam_xpnn(impl: str) -> Callable[[Any], Runner]:
+def _optimizer_xpnn(make: Callable[[Any, list[Any]], Any]) -> Callable[[str], Callable[[Any], Runner]]:
+    """Runners of one ``opt.step()`` of the xpnn optimizer ``make(optim, params)`` over ``_adam_shapes(size)`` (the
+    200 tensors: one flat buffer), gradients set once."""
+    def per_impl(impl: str) -> Callable[[Any], Runner]:
+        def build(size: Any) -> Runner:
+            from .. import nn, optim
+
+            d = _Data(impl)
+            backend = _backend(impl)
+            if size == MANY_TENSORS:
+                model = nn.Sequential(*[nn.Linear(64, 64, backend=backend, seed=i) for i in range(100)])
+                params = list(model.parameters())  # one flat buffer holds all 200 tensors
+            else:
+                params = [nn.Parameter(d.normal((int(size),), scale=0.1))]
+            for p in params:
+                p.grad = d.normal(p.shape, scale=1e-2)
+            opt = make(optim, params)
+
+            def state() -> list[Any]:
+                return [p.data for p in params] + [p.grad for p in params] + _xpnn_optimizer_arrays(opt)
+
+            return Runner(opt.step, IMPLS[impl].device, state, keep=[params])
+        return build
+    return per_impl
+
+
+def _optimizer_plain(make: Callable[[list[Any]], Any]) -> Callable[[Any], Runner]:
+    """Runners of one step of the plain-NumPy optimizer ``make(params)`` (``numpy_reference``), one tensor at a
+    time."""
     def build(size: Any) -> Runner:
-        from .. import nn, optim
-
-        d = _Data(impl)
-        backend = _backend(impl)
-        if size == MANY_TENSORS:
-            model = nn.Sequential(*[nn.Linear(64, 64, backend=backend, seed=i) for i in range(100)])
-            params = list(model.parameters())  # one flat buffer holds all 200 tensors
-        else:
-            params = [nn.Parameter(d.normal((int(size),), scale=0.1))]
-        for p in params:
-            p.grad = d.normal(p.shape, scale=1e-2)
-        opt = optim.Adam(params, lr=ADAM_LR)
-
-        def state() -> list[Any]:
-            return [p.data for p in params] + [p.grad for p in params] + _xpnn_optimizer_arrays(opt)
-
-        return Runner(opt.step, IMPLS[impl].device, state, keep=[params])
+        d = _Data("numpy-plain")
+        params = [d.normal(s, scale=0.1) for s in _adam_shapes(size)]
+        grads = [d.normal(s, scale=1e-2) for s in _adam_shapes(size)]
+        opt = make(params)
+        return Runner(lambda: opt.step(grads), "cpu", lambda: params + grads + opt.state())
     return build
 
 
-def _adam_plain(size: Any) -> Runner:
-    d = _Data("numpy-plain")
-    params = [d.normal(s, scale=0.1) for s in _adam_shapes(size)]
-    grads = [d.normal(s, scale=1e-2) for s in _adam_shapes(size)]
-    opt = ref.Adam(params, lr=ADAM_LR)
-    return Runner(lambda: opt.step(grads), "cpu", lambda: params + grads + opt.state())
+def _optimizer_torch(make: Callable[[Any, list[Any], str], Any]) -> Callable[[str], Callable[[Any], Runner]]:
+    """Runners of one ``opt.step()`` of the PyTorch optimizer ``make(torch, params, impl)``."""
+    def per_impl(impl: str) -> Callable[[Any], Runner]:
+        def build(size: Any) -> Runner:
+            import torch
+
+            d = _Data(impl)
+            params = [torch.nn.Parameter(d.normal(s, scale=0.1)) for s in _adam_shapes(size)]
+            for p in params:
+                p.grad = d.normal(tuple(p.shape), scale=1e-2)
+            opt = make(torch, params, impl)
+
+            def state() -> list[Any]:
+                return list(params) + [p.grad for p in params] + _torch_optimizer_arrays(opt)
+
+            return Runner(opt.step, IMPLS[impl].device, state, keep=[params])
+        return build
+    return per_impl
 
 
-def _adam_torch(impl: str) -> Callable[[Any], Runner]:
-    def build(size: Any) -> Runner:
-        import torch
+_adam_xpnn = _optimizer_xpnn(lambda optim, params: optim.Adam(params, lr=ADAM_LR))
+_adam_plain = _optimizer_plain(lambda params: ref.Adam(params, lr=ADAM_LR))
+# the GPU target compares with torch's fused Adam; the CPU one with torch's default Adam
+_adam_torch = _optimizer_torch(lambda torch, params, impl: torch.optim.Adam(
+    params, lr=ADAM_LR, fused=True if impl == "torch-cuda" else None))
 
-        d = _Data(impl)
-        params = [torch.nn.Parameter(d.normal(s, scale=0.1)) for s in _adam_shapes(size)]
-        for p in params:
-            p.grad = d.normal(tuple(p.shape), scale=1e-2)
-        # the GPU target compares with torch's fused Adam; the CPU one with torch's default Adam
-        opt = torch.optim.Adam(params, lr=ADAM_LR, fused=True if impl == "torch-cuda" else None)
+# SGD with momentum (``torch.optim.SGD(lr, momentum=0.9)``'s defaults otherwise): read p, g, buf; write p, buf
+SGD_LR, SGD_MOMENTUM = 1e-2, 0.9
+_sgd_xpnn = _optimizer_xpnn(lambda optim, params: optim.SGD(params, lr=SGD_LR, momentum=SGD_MOMENTUM))
+_sgd_plain = _optimizer_plain(lambda params: ref.SGD(params, lr=SGD_LR, momentum=SGD_MOMENTUM))
+_sgd_torch = _optimizer_torch(lambda torch, params, impl: torch.optim.SGD(params, lr=SGD_LR, momentum=SGD_MOMENTUM))
 
-        def state() -> list[Any]:
-            return list(params) + [p.grad for p in params] + _torch_optimizer_arrays(opt)
 
-        return Runner(opt.step, IMPLS[impl].device, state, keep=[params])
-    return build
+def _sgd_bytes(size: Any) -> int:
+    return 20 * sum(math.prod(s) for s in _adam_shapes(size))  # read p, g, buf; write p, buf (float32)
 
 
 # --- one training step of a 784-512-512-10 ReLU MLP: Adam, softmax cross-entropy, float32 ----------------------
@@ -818,6 +845,9 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("adam", "Adam step, float32 (flat buffer of n parameters, or 100 Linear(64, 64) layers)",
          {"1e4": 10**4, "1e6": 10**6, "1e7": 10**7, "1e8": 10**8, MANY_TENSORS: MANY_TENSORS}, frozenset({"1e8"}),
          _adam_bytes, _per_impl(_adam_xpnn, _adam_plain, _adam_torch)),
+    Case("sgd", "SGD step with momentum 0.9, float32 (flat buffer of n parameters, or 100 Linear(64, 64) layers)",
+         {"1e4": 10**4, "1e6": 10**6, "1e7": 10**7, "1e8": 10**8, MANY_TENSORS: MANY_TENSORS}, frozenset({"1e8"}),
+         _sgd_bytes, _per_impl(_sgd_xpnn, _sgd_plain, _sgd_torch)),
     Case("softmax", "softmax over the rows of float32 (N, C)",
          {"256x10": (256, 10), "4096x1000": (4096, 1000), "65536x10": (65536, 10), "8192x32768": (8192, 32768),
           "8x262144": (8, 262144)},  # few wide rows: split across blocks (kernels/row_split.cu)

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["sigmoid_backward", "softmax", "logsumexp", "cross_entropy_with_grad", "Adam", "MLP", "SeedNet",
+__all__ = ["sigmoid_backward", "softmax", "logsumexp", "cross_entropy_with_grad", "Adam", "SGD", "MLP", "SeedNet",
            "seed_net_data"]
 
 
@@ -78,6 +78,28 @@ class Adam:
 
     def state(self) -> list[np.ndarray]:
         return self.m + self.v
+
+
+class SGD:
+    """SGD with momentum, one tensor at a time (``torch.optim.SGD``): buf = g on the first step, else
+    buf = momentum * buf + g; p -= lr * buf."""
+
+    def __init__(self, params: Sequence[np.ndarray], lr: float = 1e-2, momentum: float = 0.9):
+        self.params = list(params)
+        self.lr, self.momentum = lr, momentum
+        self.buf: list[np.ndarray] = []
+
+    def step(self, grads: Sequence[np.ndarray]) -> None:
+        if not self.buf:
+            self.buf = [g.copy() for g in grads]
+        else:
+            for i, g in enumerate(grads):
+                self.buf[i] = self.momentum * self.buf[i] + g
+        for p, b in zip(self.params, self.buf):
+            p -= self.lr * b
+
+    def state(self) -> list[np.ndarray]:
+        return self.buf
 
 
 class MLP:
