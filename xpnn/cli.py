@@ -381,9 +381,7 @@ def _abort_other_ranks(code: int) -> None:
     from .distributed import get_process_group, get_world_size, is_initialized
 
     if is_initialized() and get_world_size() > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        get_process_group().abort(code)
+        get_process_group().abort(code)  # (flushes this rank's output and lets mpiexec forward it first)
 
 
 def _mpi_lines() -> list[str]:

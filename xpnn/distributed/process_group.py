@@ -269,7 +269,14 @@ class ProcessGroup:
         self.comm.Free()
 
     def abort(self, code: int = 1) -> None:
-        """Kill every rank of the job (``MPI_Abort``); used when one rank fails."""
+        """Kill every rank of the job (``MPI_Abort``) with exit status ``code``; used when one rank fails. What this
+        rank wrote to stdout/stderr is flushed first, and a moment given to mpiexec to forward it."""
+        sys.stderr.flush()
+        sys.stdout.flush()
+        # mpiexec forwards a rank's output through its proxy process, and MPI_Abort kills that proxy too: the last
+        # lines could be lost (an error message, a traceback: the job then failed without a word, ~1 run in 30 on 2
+        # idle cores, more on a busy machine). A moment lets the proxy forward them.
+        time.sleep(0.5)
         self.MPI.COMM_WORLD.Abort(code)
 
     def __repr__(self) -> str:
@@ -375,12 +382,7 @@ def _abort_hook(exc_type: Any, exc: Any, tb: Any) -> None:
     text = "".join(traceback.format_exception(exc_type, exc, tb))
     sys.stderr.write(f"[xpnn rank {group.rank}/{group.world_size}] {text}"
                      f"[xpnn rank {group.rank}/{group.world_size}] aborting all ranks (MPI_Abort)\n")
-    sys.stderr.flush()
-    sys.stdout.flush()
-    # mpiexec forwards a rank's output through its proxy process, and MPI_Abort kills that proxy too: on a busy
-    # machine the traceback was lost (the job failed without a word). A moment lets the proxy forward it.
-    time.sleep(0.5)
-    group.abort(1 if exc_type is not KeyboardInterrupt else 130)
+    group.abort(1 if exc_type is not KeyboardInterrupt else 130)  # (flushes, and lets mpiexec forward the lines)
 
 
 def init_process_group(backend: str = "auto", *, timeout: Optional[float] = None) -> ProcessGroup:
